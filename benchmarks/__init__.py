@@ -1,0 +1,1 @@
+"""Benchmarks: synthfs against native and peer tools (``synthfs bench``)."""

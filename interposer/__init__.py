@@ -1,0 +1,1 @@
+"""The interposer: supervisor, syscall table, seccomp filter, handlers, namespace, policy, CLI."""

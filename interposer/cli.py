@@ -1,0 +1,76 @@
+"""The ``synthfs`` command: one entry point, one module per subcommand.
+
+Each subcommand lives in its own module exposing ``HELP`` (one line),
+``configure(parser)`` and ``main(args) -> int``. Only the chosen module is
+imported, so ``synthfs run`` does not pay for the server's or the benchmark's
+imports at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["COMMANDS", "main"]
+
+#: subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("interposer.run", "run a command with the synthetic tree at /data"),
+    "syscalls": ("interposer.syscalls_cli", "print the syscall table (support level, handler)"),
+    "server": ("server.main", "serve a repository directory to agents"),
+    "agent": ("agent.main", "run the trusted agent (holds the token, owns the cache)"),
+    "policy": ("interposer.policy_cli", "check or explain a policy file"),
+    "bench": ("benchmarks.cli", "benchmark synthfs against native and peer tools"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="synthfs",
+        description="Unmodified programs see a data repository as /data, without a kernel mount.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Find the subcommand without importing every implementation.
+    verbose = 0
+    while argv and argv[0] in ("-v", "-vv", "--verbose"):
+        verbose += 2 if argv[0] == "-vv" else 1
+        argv.pop(0)
+    if not argv or argv[0] not in COMMANDS:
+        parser = _top_parser()
+        if not argv or argv[0] in ("-h", "--help"):
+            parser.print_help()
+            return 0 if argv else 2
+        parser.error(f"unknown command {argv[0]!r} (choose from {', '.join(COMMANDS)})")
+    name = argv.pop(0)
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"synthfs {name}", description=help_text)
+    parser.add_argument("-v", "--verbose", action="count", default=verbose, help="more logging")
+    module.configure(parser)
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(module.main(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _setup_logging(verbose: int) -> None:
+    import logging
+
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="synthfs %(name)s: %(levelname)s: %(message)s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

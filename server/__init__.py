@@ -1,0 +1,1 @@
+"""The data server: verifies tokens and serves a repository through a Backend."""

@@ -1,0 +1,1 @@
+"""Repository backends behind the server (local directory; object stores later)."""
