@@ -36,6 +36,7 @@ __all__ = [
     "Committed",
     "Data",
     "DirEntry",
+    "Done",
     "Error",
     "FileKind",
     "Hello",
@@ -386,6 +387,12 @@ class Sync(Message):
 @frozen
 class Synced(Message):
     uploaded: int = field(validator=_U64)
+
+
+@message("done")
+@frozen
+class Done(Message):
+    """A request that succeeded with nothing to return (remove, rename, upload chunk)."""
 
 
 # -- errors ----------------------------------------------------------------------------
