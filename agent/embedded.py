@@ -1,0 +1,242 @@
+"""The embedded default: a private server + agent pair for one ``synthfs run --data DIR``.
+
+Trusts: the Python interpreter running it (``sys.executable``) and the
+``server`` / ``agent`` packages beside this one. It creates every secret
+itself: a private 0700 work directory holding both ``ipc://`` sockets and the
+bootstrap key (0600, random), so no other user can reach either process. The
+key never appears in argv or the environment: the server reads the file, the
+agent reads the same key from an inherited pipe.
+
+Usage::
+
+    with embedded("./datasets") as stack:
+        client = Client(stack.agent_endpoint)   # the interposer's side
+        ...
+    # both processes are gone (SIGTERM, then SIGKILL after a grace period)
+    # and the work directory is removed.
+
+Both processes start in parallel (the agent's registration waits in ZeroMQ's
+queue until the server binds); the stack is ready when both have written
+``ready`` on their ready fd. A process that exits or stays silent past
+``startup_timeout`` is an :class:`EmbeddedError` carrying its stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+
+from agent.cache import DEFAULT_CACHE_SIZE
+from agent.main import default_cache_dir
+
+__all__ = ["EmbeddedError", "TrustedStack", "embedded"]
+
+#: Seconds to wait for SIGTERM to work before SIGKILL.
+GRACE = 2.0
+_REPO = Path(__file__).resolve().parent.parent
+
+
+class EmbeddedError(RuntimeError):
+    """The embedded server or agent could not be started (message says why)."""
+
+
+@attrs.frozen
+class TrustedStack:
+    """A running embedded server + agent pair (valid inside the ``with`` block)."""
+
+    agent_endpoint: str  # ipc:// endpoint the interposer connects to
+    server_endpoint: str  # ipc:// endpoint of the server (only the agent uses it)
+    workdir: str  # private 0700 directory: sockets, key, logs (removed on exit)
+    cache_dir: str  # the agent's content cache root
+    data_dir: str  # the repository directory the server serves
+    server_pid: int
+    agent_pid: int
+
+    @property
+    def refused_paths(self) -> tuple[str, ...]:
+        """Host paths no guest may name: the work directory and the cache."""
+        return (self.workdir, self.cache_dir)
+
+
+def _check_data_dir(data_dir: str | os.PathLike[str]) -> str:
+    path = os.path.abspath(os.fspath(data_dir))
+    if not os.path.exists(path):
+        raise EmbeddedError(f"data directory {path} does not exist")
+    if not os.path.isdir(path):
+        raise EmbeddedError(f"data directory {path} is not a directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise EmbeddedError(f"data directory {path} is not readable")
+    return path
+
+
+def _runtime_base() -> str | None:
+    run = os.environ.get("XDG_RUNTIME_DIR")
+    if run and os.path.isdir(run) and os.access(run, os.W_OK) and len(run) < 60:
+        return run
+    return None
+
+
+@contextlib.contextmanager
+def embedded(
+    data_dir: str | os.PathLike[str],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_size: int = DEFAULT_CACHE_SIZE,
+    startup_timeout: float = 10.0,
+    token_ttl: float | None = None,
+    verbose: int = 0,
+) -> Iterator[TrustedStack]:
+    """Start a private server (serving ``data_dir``) and agent; stop both on exit.
+
+    ``cache_dir`` defaults to ``$XDG_CACHE_HOME/synthfs`` or ``~/.cache/synthfs``.
+    Raises :class:`EmbeddedError` (before starting anything) for a bad
+    ``data_dir``, or when a process fails to become ready in ``startup_timeout``.
+    """
+    data = _check_data_dir(data_dir)
+    cache = os.path.abspath(os.fspath(cache_dir)) if cache_dir is not None else default_cache_dir()
+    workdir = tempfile.mkdtemp(prefix="synthfs-", dir=_runtime_base())
+    os.chmod(workdir, 0o700)
+    procs: list[_Proc] = []
+    try:
+        key_path = os.path.join(workdir, "bootstrap.key")
+        key = secrets.token_hex(32).encode()
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, key + b"\n")
+        finally:
+            os.close(fd)
+        server_ep = f"ipc://{workdir}/server.sock"
+        agent_ep = f"ipc://{workdir}/agent.sock"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(_REPO), env.get("PYTHONPATH", "")) if p
+        )
+        v = ["-" + "v" * verbose] if verbose else []
+
+        server_argv = [sys.executable, "-m", "server", *v, "--root", data, "--listen", server_ep,
+                       "--bootstrap-key", key_path]
+        if token_ttl is not None:
+            server_argv += ["--token-ttl", f"{token_ttl:g}"]
+        server = _spawn("server", server_argv, workdir, env, [])
+        procs.append(server)
+
+        key_r, key_w = os.pipe()
+        try:
+            agent_argv = [sys.executable, "-m", "agent", *v, "--server", server_ep,
+                          "--bootstrap-fd", str(key_r), "--listen", agent_ep,
+                          "--cache", cache, "--cache-size", str(cache_size)]
+            agent = _spawn("agent", agent_argv, workdir, env, [key_r])
+            procs.append(agent)
+        finally:
+            os.close(key_r)
+        try:
+            os.write(key_w, key)  # a 64-byte write to an empty pipe never blocks
+        finally:
+            os.close(key_w)
+        del key
+
+        _wait_ready(procs, startup_timeout)
+        yield TrustedStack(
+            agent_endpoint=agent_ep,
+            server_endpoint=server_ep,
+            workdir=workdir,
+            cache_dir=cache,
+            data_dir=data,
+            server_pid=server.popen.pid,
+            agent_pid=agent.popen.pid,
+        )
+    finally:
+        _stop(procs)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@attrs.define
+class _Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: str
+    ready_fd: int | None
+
+    def output(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read()[-4000:].decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+
+
+def _spawn(
+    name: str, argv: list[str], workdir: str, env: dict[str, str], pass_fds: list[int]
+) -> _Proc:
+    ready_r, ready_w = os.pipe()
+    argv = [*argv, "--ready-fd", str(ready_w)]
+    log_path = os.path.join(workdir, f"{name}.log")
+    with open(log_path, "wb") as log:
+        try:
+            p = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                pass_fds=[ready_w, *pass_fds], cwd="/", start_new_session=True,
+            )
+        except BaseException:
+            os.close(ready_r)
+            raise
+        finally:
+            os.close(ready_w)
+    return _Proc(name=name, popen=p, log_path=log_path, ready_fd=ready_r)
+
+
+def _wait_ready(procs: list[_Proc], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    waiting = {p.ready_fd: p for p in procs if p.ready_fd is not None}
+    while waiting:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            p = next(iter(waiting.values()))
+            raise EmbeddedError(
+                f"synthfs {p.name} did not become ready within {timeout:g} s; "
+                f"its output:\n{p.output()}"
+            )
+        readable, _, _ = select.select(list(waiting), [], [], left)
+        for fd in readable:
+            p = waiting.pop(fd)
+            data = os.read(fd, 64)
+            os.close(fd)
+            p.ready_fd = None
+            if not data.startswith(b"ready"):
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.popen.wait(timeout=GRACE)
+                raise EmbeddedError(
+                    f"synthfs {p.name} failed to start (exit {p.popen.returncode}); "
+                    f"its output:\n{p.output()}"
+                )
+
+
+def _stop(procs: list[_Proc]) -> None:
+    for p in procs:
+        if p.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + GRACE
+    for p in procs:
+        try:
+            p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                p.popen.kill()
+            p.popen.wait()
+        if p.ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(p.ready_fd)
+            p.ready_fd = None

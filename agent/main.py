@@ -1,0 +1,258 @@
+"""``synthfs agent``: the trusted agent process (its CLI and its one I/O loop).
+
+Trusts: the bootstrap key file or fd it is given (it must be private), the
+server it registers with, and the interposer, the only process able to reach
+its private ``ipc://`` socket (mode 0600, in a 0700 directory). It makes itself
+non-dumpable first thing, so guests (same uid) cannot ptrace it or read its
+memory; the key and the session token live in its memory only, never in argv,
+the environment, a log line or a file it writes.
+
+Start-up: read the key, bind the socket, register with the server (a clear
+error if the server does not answer within ``--timeout`` seconds), open the
+cache, then print a ready line on stderr and write ``b"ready\\n"`` to
+``--ready-fd`` (and close it). One loop then serves the interposer, one
+request at a time; every exception inside a handler becomes an ``Error``
+reply (unexpected ones are logged with their traceback and answered EIO), so
+the agent never dies on input. SIGTERM/SIGINT stop it cleanly (index saved,
+socket file removed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import signal
+import stat
+import sys
+from types import FrameType
+from typing import Any
+
+import zmq
+
+from agent.cache import DEFAULT_CACHE_SIZE
+from agent.service import DEFAULT_ATTR_TTL, AgentService
+from agent.upstream import Upstream
+from protocol.client import DEFAULT_TIMEOUT, Unreachable
+from protocol.codec import DecodeError, decode, encode, error_from_exception
+
+__all__ = ["HELP", "configure", "default_cache_dir", "main", "read_key_fd", "read_key_file"]
+
+HELP = "run the trusted agent (holds the token, owns the cache)"
+log = logging.getLogger(__name__)
+
+_PR_SET_DUMPABLE = 4
+_MAX_KEY = 4096
+
+
+def make_undumpable() -> None:
+    """prctl(PR_SET_DUMPABLE, 0): no ptrace, no /proc/PID/mem, no core dump."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"prctl(PR_SET_DUMPABLE, 0): {os.strerror(e)}")
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "synthfs")
+
+
+def read_key_file(path: str) -> bytes:
+    """The bootstrap key in ``path``; refuse a file others can read or write."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"bootstrap key {path} is not a regular file")
+        if st.st_mode & 0o077:
+            raise PermissionError(
+                errno.EPERM,
+                f"bootstrap key {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
+                f"it must be 0600 (chmod 600 {path})",
+            )
+        if st.st_uid != os.getuid():
+            raise PermissionError(errno.EPERM, f"bootstrap key {path} is not owned by this user")
+        return _read_key(fd)
+    finally:
+        os.close(fd)
+
+
+def read_key_fd(fd: int) -> bytes:
+    """The bootstrap key from an inherited fd (read to EOF, then closed)."""
+    try:
+        return _read_key(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_key(fd: int) -> bytes:
+    chunks = []
+    total = 0
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > _MAX_KEY:
+            raise OSError(errno.EINVAL, "bootstrap key is too long")
+    key = b"".join(chunks).strip()
+    if not key:
+        raise OSError(errno.EINVAL, "bootstrap key is empty")
+    return key
+
+
+def _socket_path(endpoint: str) -> str:
+    if not endpoint.startswith("ipc://"):
+        raise ValueError(f"--listen must be an ipc:// endpoint, not {endpoint!r}")
+    path = os.path.abspath(endpoint[len("ipc://"):])
+    if len(path.encode()) > 107:
+        raise ValueError(f"socket path {path} is longer than 107 bytes")
+    return path
+
+
+def _private_dir(path: str) -> None:
+    d = os.path.dirname(path)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    st = os.stat(d)
+    if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        raise PermissionError(
+            errno.EPERM,
+            f"the socket's directory {d} must be owned by this user with mode 0700 "
+            f"(it has {stat.S_IMODE(st.st_mode):04o})",
+        )
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", required=True, metavar="EP", help="the server's endpoint")
+    key = parser.add_mutually_exclusive_group(required=True)
+    key.add_argument("--bootstrap-key", metavar="FILE", help="bootstrap key file (mode 0600)")
+    key.add_argument("--bootstrap-fd", metavar="N", type=int, help="read the key from fd N")
+    parser.add_argument("--listen", required=True, metavar="ipc://PATH",
+                        help="private socket for the interposer (its directory must be 0700)")
+    parser.add_argument("--cache", metavar="DIR", default=None,
+                        help="content cache (default: $XDG_CACHE_HOME/synthfs or ~/.cache/synthfs)")
+    parser.add_argument("--cache-size", metavar="BYTES", type=int, default=DEFAULT_CACHE_SIZE,
+                        help="bound of the cache; clean copies are evicted LRU (default 1 GiB)")
+    parser.add_argument("--attr-ttl", metavar="S", type=float, default=DEFAULT_ATTR_TTL,
+                        help="seconds a Stat/List answer serves later Stats (default 1, max 1)")
+    parser.add_argument("--timeout", metavar="S", type=float, default=DEFAULT_TIMEOUT,
+                        help="seconds before an unanswered server request fails (default 5)")
+    parser.add_argument("--ready-fd", metavar="N", type=int, default=None,
+                        help="write 'ready' to fd N and close it once serving")
+
+
+class _Stop(Exception):
+    pass
+
+
+def main(args: argparse.Namespace) -> int:
+    make_undumpable()
+    try:
+        key = read_key_fd(args.bootstrap_fd) if args.bootstrap_fd is not None \
+            else read_key_file(args.bootstrap_key)
+        sock_path = _socket_path(args.listen)
+        _private_dir(sock_path)
+    except (OSError, ValueError) as exc:
+        print(f"synthfs agent: {exc}", file=sys.stderr)
+        return 2
+    if not 0 <= args.attr_ttl <= 1:
+        print("synthfs agent: --attr-ttl must be between 0 and 1 s", file=sys.stderr)
+        return 2
+    cache_root = os.path.abspath(args.cache or default_cache_dir())
+    refused = [cache_root, sock_path]
+    if args.bootstrap_key is not None:
+        refused.append(os.path.abspath(args.bootstrap_key))
+
+    ctx = zmq.Context()
+    upstream = Upstream(args.server, key, timeout=args.timeout)
+    del key
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    service: AgentService | None = None
+    try:
+        old_umask = os.umask(0o077)
+        try:
+            if os.path.exists(sock_path):
+                os.unlink(sock_path)  # a stale socket from a killed agent
+            router.bind(f"ipc://{sock_path}")
+        finally:
+            os.umask(old_umask)
+        os.chmod(sock_path, 0o600)
+        try:
+            upstream.register()
+        except Unreachable:
+            print(f"synthfs agent: server at {args.server} did not answer within "
+                  f"{args.timeout:g} s", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"synthfs agent: registration with {args.server} failed: {exc}", file=sys.stderr)
+            return 1
+        service = AgentService(upstream, cache_root, cache_size=args.cache_size,
+                               attr_ttl=args.attr_ttl, refused_paths=tuple(refused))
+        print(f"synthfs agent: ready on ipc://{sock_path} (server {args.server}, "
+              f"repo {upstream.repo_id}, cache {service.cache.dir})", file=sys.stderr, flush=True)
+        if args.ready_fd is not None:
+            try:
+                os.write(args.ready_fd, b"ready\n")
+            finally:
+                os.close(args.ready_fd)
+        _serve(router, service)
+        return 0
+    finally:
+        if service is not None:
+            service.close()
+        upstream.close()
+        router.close(linger=0)
+        ctx.term()
+        if os.path.exists(sock_path):
+            with contextlib.suppress(OSError):
+                os.unlink(sock_path)
+
+
+def _serve(router: zmq.Socket[Any], service: AgentService) -> None:
+    state = {"idle": True, "stop": False}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        state["stop"] = True
+        if state["idle"]:
+            raise _Stop
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        while not state["stop"]:
+            if not router.poll(1000, zmq.POLLIN):
+                service.idle()
+                continue
+            state["idle"] = False
+            parts = router.recv_multipart(copy=False)
+            reply = _answer(service, parts[-1].buffer)
+            if reply is not None:
+                router.send_multipart([p.bytes for p in parts[:-1]] + [reply], copy=False)
+            state["idle"] = True
+    except _Stop:
+        pass
+    log.info("agent: stopping")
+
+
+def _answer(service: AgentService, frame: Any) -> bytes | None:
+    try:
+        env = decode(frame)
+    except DecodeError as exc:
+        log.warning("agent: dropped a bad frame: %s", exc)
+        return None
+    log.debug("agent: <- %r", env.msg)
+    try:
+        reply = service.handle(env.msg)
+    except OSError as exc:
+        reply = error_from_exception(exc)
+    except Exception as exc:
+        log.exception("agent: internal error handling %s", env.msg.kind)
+        reply = error_from_exception(exc)
+    try:
+        return encode(reply, env.request_id)
+    except Exception as exc:
+        log.exception("agent: could not encode the reply to %s", env.msg.kind)
+        return encode(error_from_exception(exc), env.request_id)

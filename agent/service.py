@@ -1,0 +1,431 @@
+"""The agent's request handlers: what each interposer message does.
+
+Trusts: the interposer (the only peer that can reach the agent's private
+socket) to send well-formed, already policy-checked requests; the server to
+serve the repository. It does not trust message contents beyond what the
+codec validated: paths are checked here again (absolute, normalised).
+
+Handlers are plain methods taking a message and returning a reply message or
+raising ``OSError``; the I/O loop in :mod:`agent.main` turns exceptions into
+``Error`` replies. Semantics (the interposer depends on them):
+
+* ``Stat``/``List``/``Readlink``/``Mkdir``/``Remove``/``Rename``/``Symlink``/
+  ``SetAttr`` are forwarded; the caches follow the agent's own mutations at
+  once. ``Stat`` may be answered from the attribute cache (filled by Stat and
+  List replies) for ``attr_ttl`` seconds (default 1 s, ``--attr-ttl``).
+* Wherever a path has a dirty local copy, its size and mtime/ctime come from
+  that copy.
+* ``Open`` revalidates with the server (one Stat), fetches when the version
+  changed and the local copy is clean, and returns the cache file's host path.
+* ``Commit`` uploads a changed local copy; a clean one is answered at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import posixpath
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from agent.cache import ContentCache, Entry, signature
+from agent.upstream import Upstream
+from protocol.messages import (
+    CHUNK_SIZE,
+    PROTOCOL_VERSION,
+    Attrs,
+    Commit,
+    Committed,
+    Data,
+    DirEntry,
+    Done,
+    FileKind,
+    Hello,
+    LinkTarget,
+    List,
+    Listing,
+    Message,
+    Mkdir,
+    Open,
+    Opened,
+    Read,
+    Readlink,
+    Remove,
+    Rename,
+    RenameFlags,
+    SetAttr,
+    Stat,
+    StatReply,
+    Symlink,
+    Sync,
+    Synced,
+    UploadAbort,
+    UploadChunk,
+    UploadCommit,
+    Welcome,
+)
+
+__all__ = ["DEFAULT_ATTR_TTL", "PIPELINE_WINDOW", "AgentService"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds an attribute learnt from a Stat or List reply answers a Stat.
+DEFAULT_ATTR_TTL = 1.0
+#: Reads / upload chunks in flight during a fetch or an upload.
+PIPELINE_WINDOW = 4
+_FETCH_ATTEMPTS = 3
+
+
+def _check_path(path: str) -> str:
+    if not path.startswith("/") or "\0" in path:
+        raise OSError(errno.EINVAL, "wire paths are repository-absolute")
+    norm = posixpath.normpath(path)
+    if norm.startswith("//"):
+        norm = "/" + norm.lstrip("/")
+    if norm != path.rstrip("/") and not (path == "/" and norm == "/"):
+        raise OSError(errno.EINVAL, "wire paths must be normalised")
+    return norm
+
+
+def _parent(path: str) -> str:
+    return posixpath.dirname(path) or "/"
+
+
+class AgentService:
+    """The agent's core: one upstream session, one content cache, one attr cache."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        cache_root: str,
+        *,
+        cache_size: int,
+        attr_ttl: float = DEFAULT_ATTR_TTL,
+        refused_paths: tuple[str, ...] = (),
+    ) -> None:
+        self.upstream = upstream
+        self.cache_root = cache_root
+        self.cache_size = cache_size
+        self.attr_ttl = attr_ttl
+        self.refused_paths = refused_paths
+        self.cache = ContentCache(cache_root, upstream.repo_id, cache_size)
+        upstream.on_repo_change = self._repo_changed
+        self._attrs: dict[str, tuple[Attrs, float]] = {}
+        self.stats = {"fetches": 0, "uploads": 0, "attr_hits": 0}
+        self._handlers: dict[type[Message], Callable[[Any], Message]] = {
+            Hello: self.hello,
+            Stat: self.stat,
+            List: self.list,
+            Readlink: self.readlink,
+            Open: self.open,
+            Commit: self.commit,
+            Sync: self.sync,
+            Mkdir: self.mkdir,
+            Remove: self.remove,
+            Rename: self.rename,
+            Symlink: self.symlink,
+            SetAttr: self.setattr,
+        }
+
+    def close(self) -> None:
+        self.cache.close()
+
+    def _repo_changed(self, repo_id: str) -> None:
+        log.warning("server now serves repository %r: switching caches", repo_id)
+        self.cache.close()
+        self.cache = ContentCache(self.cache_root, repo_id, self.cache_size)
+        self._attrs.clear()
+
+    def handle(self, msg: Message) -> Message:
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            raise OSError(errno.EOPNOTSUPP, f"the agent does not serve {msg.kind}")
+        return handler(msg)
+
+    def idle(self) -> None:
+        """Housekeeping between requests."""
+        self.cache.flush_touches()
+
+    # -- attribute cache ------------------------------------------------------------
+
+    def _remember(self, path: str, a: Attrs) -> None:
+        self._attrs[path] = (a, time.monotonic() + self.attr_ttl)
+
+    def _forget(self, path: str, *, below: bool = False) -> None:
+        self._attrs.pop(path, None)
+        if below:
+            prefix = path.rstrip("/") + "/"
+            for p in [p for p in self._attrs if p.startswith(prefix)]:
+                del self._attrs[p]
+
+    def _present(self, path: str, a: Attrs) -> Attrs:
+        """``a`` as the guest must see it: a dirty local copy's size and times win."""
+        e = self.cache.get(path)
+        if e is None:
+            return a
+        st = self.cache.local_stat(e)
+        if st is None or not self.cache.is_dirty(e, st):
+            return a
+        return attrs.evolve(a, size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+
+    def _stat_upstream(self, path: str) -> Attrs:
+        a = self.upstream.call(Stat(path=path), StatReply).attrs
+        self._remember(path, a)
+        return a
+
+    # -- handlers -------------------------------------------------------------------
+
+    def hello(self, msg: Hello) -> Message:
+        if msg.version != PROTOCOL_VERSION:
+            raise OSError(errno.EPROTO, f"agent speaks protocol {PROTOCOL_VERSION}")
+        return Welcome(  # the attrs plugin mistypes converter=tuple fields
+            version=PROTOCOL_VERSION, refused_paths=self.refused_paths,  # type: ignore[arg-type]
+        )
+
+    def stat(self, msg: Stat) -> Message:
+        path = _check_path(msg.path)
+        hit = self._attrs.get(path)
+        if hit is not None and hit[1] > time.monotonic():
+            self.stats["attr_hits"] += 1
+            return StatReply(attrs=self._present(path, hit[0]))
+        try:
+            a = self._stat_upstream(path)
+        except FileNotFoundError:
+            self._forget(path)
+            raise
+        return StatReply(attrs=self._present(path, a))
+
+    def list(self, msg: List) -> Message:
+        path = _check_path(msg.path)
+        reply = self.upstream.call(List(path=path), Listing)
+        self._remember(path, reply.attrs)
+        entries = []
+        for d in reply.entries:
+            child = posixpath.join(path, d.name)
+            self._remember(child, d.attrs)
+            shown = self._present(child, d.attrs)
+            entries.append(d if shown is d.attrs else DirEntry(name=d.name, attrs=shown))
+        return Listing(attrs=reply.attrs, entries=entries)  # type: ignore[arg-type]  # converter=tuple
+
+    def readlink(self, msg: Readlink) -> Message:
+        return self.upstream.call(Readlink(path=_check_path(msg.path)), LinkTarget)
+
+    def mkdir(self, msg: Mkdir) -> Message:
+        path = _check_path(msg.path)
+        self._forget(_parent(path))
+        reply = self.upstream.call(Mkdir(path=path, mode=msg.mode), StatReply)
+        self._remember(path, reply.attrs)
+        return reply
+
+    def symlink(self, msg: Symlink) -> Message:
+        path = _check_path(msg.path)
+        self._forget(_parent(path))
+        reply = self.upstream.call(Symlink(target=msg.target, path=path), StatReply)
+        self._remember(path, reply.attrs)
+        return reply
+
+    def remove(self, msg: Remove) -> Message:
+        path = _check_path(msg.path)
+        self._forget(path, below=True)
+        self._forget(_parent(path))
+        reply = self.upstream.call(Remove(path=path, directory=msg.directory), Done)
+        self.cache.drop(path)
+        return reply
+
+    def rename(self, msg: Rename) -> Message:
+        src, dst = _check_path(msg.src), _check_path(msg.dst)
+        for p in (src, dst):
+            self._forget(p, below=True)
+            self._forget(_parent(p))
+        reply = self.upstream.call(Rename(src=src, dst=dst, flags=msg.flags), Done)
+        self.cache.rename(src, dst, exchange=bool(msg.flags & RenameFlags.EXCHANGE))
+        return reply
+
+    def setattr(self, msg: SetAttr) -> Message:
+        path = _check_path(msg.path)
+        self._forget(path)
+        e = self.cache.get(path)
+        rest = attrs.evolve(msg, path=path, size=None)
+        has_rest = (msg.mode, msg.atime_ns, msg.mtime_ns) != (None, None, None)
+        if e is not None and msg.size is not None:
+            # Truncate the shared local copy (every holder sees it), then upload it.
+            os.truncate(self.cache.object_path(path), msg.size)
+            self.cache.record(path, e.attrs, e.recorded, dirty=True)
+            a = self._upload(path)
+            if not has_rest:
+                self._remember(path, a)
+                return StatReply(attrs=a)
+            reply = self.upstream.call(rest, StatReply)
+        else:
+            reply = self.upstream.call(attrs.evolve(msg, path=path), StatReply)
+        e = self.cache.get(path)
+        if e is not None and not self.cache.is_dirty(e):
+            # Metadata only: the content of the clean copy is still the server's.
+            self.cache.record(path, reply.attrs, e.recorded)
+        self._remember(path, reply.attrs)
+        return StatReply(attrs=self._present(path, reply.attrs))
+
+    # -- materialisation ------------------------------------------------------------
+
+    def open(self, msg: Open) -> Message:
+        path = _check_path(msg.path)
+        flags = msg.flags
+        writing = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+        e = self.cache.get(path)
+        try:
+            a = self._stat_upstream(path)
+        except FileNotFoundError:
+            self._forget(path)
+            if e is not None and self.cache.is_dirty(e):
+                a = e.attrs  # a dirty local copy wins (its upload will recreate it)
+            elif not flags & os.O_CREAT:
+                if e is not None:
+                    self.cache.drop(path)
+                raise
+            else:
+                return self._create(path, msg.mode, pin=writing)
+        else:
+            if flags & os.O_CREAT and flags & os.O_EXCL:
+                raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        if a.kind == FileKind.DIR:
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if a.kind == FileKind.SYMLINK:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+        if flags & os.O_DIRECTORY:
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        truncate = writing and bool(flags & os.O_TRUNC)
+        if e is not None and (self.cache.is_dirty(e) or e.version == a.version):
+            if truncate:
+                os.truncate(self.cache.object_path(path), 0)
+                e = self.cache.record(path, e.attrs, e.recorded, dirty=True)
+        elif truncate:
+            # No need to fetch what is about to be thrown away.
+            e = self._empty_copy(path, a, dirty=a.size != 0)
+        else:
+            e = self._fetch(path, a)
+        self.cache.touch(e)
+        if writing:
+            e.pinned = True
+        self.cache.evict(keep=path)
+        return Opened(host_path=self.cache.object_path(path), attrs=self._present(path, e.attrs))
+
+    def _empty_copy(self, path: str, a: Attrs, *, dirty: bool) -> Entry:
+        fd, tmp = self.cache.new_temp()
+        os.close(fd)
+        e = self.cache.install(path, tmp, a)
+        if dirty:
+            e = self.cache.record(path, a, e.recorded, dirty=True)
+        return e
+
+    def _create(self, path: str, mode: int, *, pin: bool) -> Message:
+        upload_id = secrets.token_hex(16)
+        a = self.upstream.call(UploadCommit(upload_id=upload_id, path=path, size=0, mode=mode),
+                               StatReply).attrs
+        self._forget(_parent(path))
+        self._remember(path, a)
+        e = self._empty_copy(path, a, dirty=False)
+        e.pinned = pin
+        return Opened(host_path=self.cache.object_path(path), attrs=a)
+
+    def _fetch(self, path: str, a: Attrs) -> Entry:
+        """Fetch ``path`` at version ``a.version`` into a temp file, rename into place."""
+        for attempt in range(_FETCH_ATTEMPTS):
+            fd, tmp = self.cache.new_temp()
+            try:
+                try:
+                    self._fetch_into(fd, path, a)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                if exc.errno != errno.ESTALE or attempt == _FETCH_ATTEMPTS - 1:
+                    raise
+                log.debug("fetch %s: changed during the fetch, again", path)
+                a = self._stat_upstream(path)
+                if a.kind != FileKind.FILE:
+                    raise OSError(errno.ESTALE, "the object changed kind during a fetch") from None
+                continue
+            self.stats["fetches"] += 1
+            return self.cache.install(path, tmp, a)
+        raise AssertionError("unreachable")
+
+    def _fetch_into(self, fd: int, path: str, a: Attrs) -> None:
+        size = a.size
+        if size:
+            os.ftruncate(fd, size)
+        count = (size + CHUNK_SIZE - 1) // CHUNK_SIZE
+
+        def read(i: int) -> Message:
+            off = i * CHUNK_SIZE
+            n = min(CHUNK_SIZE, size - off)
+            return Read(path=path, offset=off, length=n, version=a.version)
+
+        for i, data in self.upstream.pipeline(count, read, Data, PIPELINE_WINDOW):
+            off = i * CHUNK_SIZE
+            want = min(CHUNK_SIZE, size - off)
+            if data.version != a.version or len(data.data) != want:
+                raise OSError(errno.ESTALE, "the object changed during a fetch")
+            os.pwrite(fd, data.data, off)
+
+    def commit(self, msg: Commit) -> Message:
+        path = _check_path(msg.path)
+        e = self.cache.get(path)
+        if e is None:
+            return Committed(attrs=self._stat_upstream(path))
+        e.pinned = False
+        if not self.cache.is_dirty(e):
+            return Committed(attrs=e.attrs)
+        return Committed(attrs=self._upload(path))
+
+    def _upload(self, path: str) -> Attrs:
+        """Upload the local copy of ``path``; record the new version; return its attrs."""
+        e = self.cache.get(path)
+        assert e is not None
+        obj = self.cache.object_path(path)
+        upload_id = secrets.token_hex(16)
+        with open(obj, "rb", buffering=0) as f:
+            st0 = os.fstat(f.fileno())
+            size = st0.st_size
+            count = (size + CHUNK_SIZE - 1) // CHUNK_SIZE
+            fileno = f.fileno()
+
+            def chunk(i: int) -> Message:
+                off = i * CHUNK_SIZE
+                data = os.pread(fileno, min(CHUNK_SIZE, size - off), off)
+                return UploadChunk(upload_id=upload_id, offset=off, data=data)
+
+            try:
+                for _ in self.upstream.pipeline(count, chunk, Done, PIPELINE_WINDOW):
+                    pass
+                a = self.upstream.call(
+                    UploadCommit(upload_id=upload_id, path=path, size=size, mode=e.attrs.mode),
+                    StatReply,
+                ).attrs
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    self.upstream.call(UploadAbort(upload_id=upload_id), Done)
+                raise
+        st1 = os.stat(obj)
+        # If a guest wrote during the upload, the copy stays dirty (recorded = before).
+        self.cache.record(path, a, signature(st0), dirty=signature(st0) != signature(st1))
+        self.stats["uploads"] += 1
+        self._forget(_parent(path))
+        self._remember(path, a)
+        log.debug("uploaded %s: %d bytes, version %s", path, size, a.version)
+        return a
+
+    def sync(self, msg: Sync) -> Message:
+        n = 0
+        for e in self.cache:
+            if self.cache.is_dirty(e):
+                self._upload(e.path)
+                n += 1
+        return Synced(uploaded=n)
+

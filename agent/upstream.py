@@ -1,0 +1,133 @@
+"""The agent's link to the server: registration, the session token, resends.
+
+Trusts: the server it was pointed at (it proves itself by accepting our HMAC
+and serving the repository). Holds the two secrets of the agent, in memory
+only: the bootstrap key (to register) and the session token (attached to every
+request through :class:`protocol.client.Client`'s ``token_provider``). Neither
+appears in a repr or a log line.
+
+Re-registration is transparent: shortly before the token expires, or when the
+server answers EKEYEXPIRED / EKEYREJECTED (token expired, or the server
+restarted and forgot it), the agent registers again and resends the request
+once.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from protocol.client import Client, RemoteError
+from protocol.messages import PROTOCOL_VERSION, Message, Register, Registered
+
+__all__ = ["Upstream"]
+
+log = logging.getLogger(__name__)
+
+_AUTH_ERRNOS = (errno.EKEYEXPIRED, errno.EKEYREJECTED)
+#: Register again when less than this much of the token's life is left.
+_RENEW_MARGIN_NS = 200_000_000
+
+_M = TypeVar("_M", bound=Message)
+
+
+class Upstream:
+    """A registered session with the server at ``endpoint``."""
+
+    def __init__(self, endpoint: str, key: bytes, *, timeout: float = 5.0) -> None:
+        self.endpoint = endpoint
+        self._key = key
+        self._token = ""
+        self._expires_at_ns = 0
+        self.token_id = ""
+        self.repo_id = ""
+        self.agent_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.client = Client(endpoint, timeout=timeout, token_provider=self._current_token)
+        self.registrations = 0
+        #: Called with the new repo id when a re-registration reports another one.
+        self.on_repo_change: Callable[[str], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Upstream({self.endpoint!r}, token_id={self.token_id!r})"
+
+    def _current_token(self) -> str:
+        return self._token
+
+    def close(self) -> None:
+        self.client.close()
+
+    def register(self) -> Registered:
+        """Prove the bootstrap key (HMAC, the key never travels) and take a token."""
+        nonce = secrets.token_hex(16)
+        ts = time.time_ns()
+        mac = hmac.new(self._key, f"{self.agent_id}|{nonce}|{ts}".encode(), hashlib.sha256)
+        self._token = ""
+        reply = self.client.call(
+            Register(version=PROTOCOL_VERSION, agent_id=self.agent_id, nonce=nonce,
+                     timestamp_ns=ts, mac=mac.hexdigest())
+        )
+        if not isinstance(reply, Registered):
+            raise OSError(errno.EPROTO, f"server answered Register with {reply.kind}")
+        self._token = reply.token
+        self._expires_at_ns = reply.expires_at_ns
+        self.token_id = reply.token_id
+        self.registrations += 1
+        log.info("registered with %s as %s (token %s)",
+                 self.endpoint, self.agent_id, reply.token_id)
+        if self.repo_id and reply.repo_id != self.repo_id and self.on_repo_change is not None:
+            self.on_repo_change(reply.repo_id)
+        self.repo_id = reply.repo_id
+        return reply
+
+    def _fresh(self) -> None:
+        if not self._token or time.time_ns() > self._expires_at_ns - _RENEW_MARGIN_NS:
+            self.register()
+
+    def call(self, msg: Message, expect: type[_M]) -> _M:
+        """Forward ``msg``; re-register and resend once on an authentication error."""
+        self._fresh()
+        try:
+            reply = self.client.call(msg)
+        except RemoteError as exc:
+            if exc.errno not in _AUTH_ERRNOS:
+                raise
+            log.info("server refused the token (%s): registering again", errno.errorcode[exc.errno])
+            self.register()
+            reply = self.client.call(msg)
+        if not isinstance(reply, expect):
+            raise OSError(errno.EPROTO, f"server answered {msg.kind} with {reply.kind}")
+        return reply
+
+    def pipeline(
+        self, count: int, make: Callable[[int], Message], expect: type[_M], window: int = 4
+    ) -> Iterator[tuple[int, _M]]:
+        """Send ``make(0) .. make(count-1)`` pipelined; yield ``(i, reply)`` in order.
+
+        On an authentication error at ``i``, register again and go on from ``i``
+        (once per call).
+        """
+        self._fresh()
+        start = 0
+        renewed = False
+        while start < count:
+            base = start
+            try:
+                replies = self.client.pipeline((make(i) for i in range(base, count)), window)
+                for n, reply in enumerate(replies):
+                    if not isinstance(reply, expect):
+                        raise OSError(errno.EPROTO, f"server answered with {reply.kind}")
+                    yield base + n, reply
+                    start = base + n + 1
+            except RemoteError as exc:
+                if exc.errno not in _AUTH_ERRNOS or renewed:
+                    raise
+                renewed = True
+                self.register()

@@ -1,0 +1,227 @@
+"""A small synchronous ZeroMQ client for the synthfs protocol (DEALER socket).
+
+Used by the interposer (to talk to the agent) and by the agent (to talk to the
+server). It trusts the peer it was pointed at to speak the protocol, but not
+the bytes it receives: every reply goes through :func:`protocol.codec.decode`,
+and a reply that does not decode or does not carry the id of the request in
+flight is dropped (and logged at DEBUG).
+
+Semantics, in the Majordomo (7/MDP) "lazy pirate" style:
+
+* Every request gets a fresh request id (a per-client counter); the reply must
+  echo it. Replies to older requests (late answers to a request we resent)
+  are dropped.
+* A call has a total budget of ``timeout`` seconds, split evenly across
+  ``1 + retries`` attempts. When an attempt times out, the socket is closed
+  (pending messages discarded, ``linger=0``) and reopened, and the *same*
+  frame (same request id) is sent again. Every synthfs request is idempotent
+  or carries its own idempotency key (upload ids), so resending is safe.
+* When every attempt has timed out, :class:`Unreachable` is raised: a
+  ``TimeoutError`` (so an ``OSError``) with errno **ETIMEDOUT**. The agent
+  turns it into ``Error(ETIMEDOUT)`` for the interposer, which hands that
+  errno to the guest.
+* An :class:`~protocol.messages.Error` reply raises ``OSError(errno, message)``
+  (:class:`RemoteError`, an ``OSError`` subclass).
+
+Framing: a request is sent as one frame (the encoded envelope). On receive,
+the last frame of a multipart message is the envelope, so a peer that adds an
+empty delimiter frame (REQ-style) works too.
+
+A ``Client`` is **not thread-safe**: use one per thread. The hot path (one
+encode, one send, one poll, one receive, one decode) allocates little; a small
+round trip over ``ipc://`` costs a few tens of microseconds on top of the peer.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, cast
+
+import zmq
+
+from protocol.codec import DecodeError, decode, encode
+from protocol.messages import Error, Message
+
+__all__ = ["DEFAULT_TIMEOUT", "Client", "RemoteError", "Unreachable"]
+
+log = logging.getLogger(__name__)
+
+#: Total seconds one call may take (all attempts together) unless told otherwise.
+DEFAULT_TIMEOUT = 5.0
+
+
+class Unreachable(TimeoutError):
+    """The peer did not answer within the call's budget (errno ETIMEDOUT)."""
+
+    def __init__(self, endpoint: str, seconds: float) -> None:
+        super().__init__(errno_mod.ETIMEDOUT, f"{endpoint} did not answer within {seconds:g} s")
+        self.endpoint = endpoint
+        self.seconds = seconds
+
+
+class RemoteError(OSError):
+    """The peer answered with an :class:`Error` (``errno`` is the peer's)."""
+
+
+class Client:
+    """One DEALER connection to ``endpoint``; see the module docstring for semantics.
+
+    ``token_provider``, when given, is called before each request and its result
+    is put in the envelope (the agent passes its session token this way, so the
+    token lives in one place only). ``retries`` is the number of resends after
+    the first attempt times out.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = 2,
+        token_provider: Callable[[], str] | None = None,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        if timeout <= 0 or retries < 0:
+            raise ValueError("timeout must be > 0 and retries >= 0")
+        self.endpoint = endpoint
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self._attempt_ms = max(1, int(self.timeout * 1000 / (1 + self.retries)))
+        self._token_provider = token_provider
+        self._ctx = context or zmq.Context.instance()
+        # Start ids at a random point so a reopened client never matches old replies.
+        self._next_id = int.from_bytes(os.urandom(4), "little") << 16
+        self._sock: zmq.Socket[Any] | None = None
+        self._open()
+
+    def __repr__(self) -> str:
+        return f"Client({self.endpoint!r}, timeout={self.timeout:g}, retries={self.retries})"
+
+    # -- socket life cycle ------------------------------------------------------------
+
+    def _open(self) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.connect(self.endpoint)
+        self._sock = sock
+
+    def _reopen(self) -> None:
+        log.debug("client %s: no answer, reopening the socket", self.endpoint)
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        self._open()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- calls ------------------------------------------------------------------------
+
+    def _frame(self, msg: Message) -> tuple[int, bytes]:
+        rid = self._next_id
+        self._next_id = (rid + 1) & 0xFFFFFFFFFFFFFFFF
+        token = self._token_provider() if self._token_provider is not None else ""
+        return rid, encode(msg, rid, token)
+
+    def call(self, msg: Message) -> Message:
+        """Send ``msg``, wait for its reply; raise ``RemoteError`` or ``Unreachable``."""
+        rid, frame = self._frame(msg)
+        sock = self._sock
+        assert sock is not None, "client is closed"
+        sock.send(frame, 0, copy=len(frame) < 65536)
+        for attempt in range(1 + self.retries):
+            if attempt:
+                self._reopen()
+                sock = self._sock
+                assert sock is not None
+                sock.send(frame, 0, copy=False)
+            reply = self._wait_for({rid}, self._attempt_ms)
+            if reply is not None:
+                return _unwrap(reply[1])
+        raise Unreachable(self.endpoint, self.timeout)
+
+    def pipeline(self, msgs: Iterable[Message], window: int = 4) -> Iterator[Message]:
+        """Send ``msgs`` with up to ``window`` in flight; yield the replies in order.
+
+        An ``Error`` reply raises ``RemoteError`` at its place in the sequence
+        (the requests still in flight are abandoned: their late replies will be
+        dropped). A stall longer than one attempt's timeout reopens the socket
+        and resends every request in flight; after ``1 + retries`` consecutive
+        stalls, ``Unreachable`` is raised.
+        """
+        source = iter(msgs)
+        inflight: deque[tuple[int, bytes]] = deque()
+        done: dict[int, Message] = {}
+        exhausted = False
+        stalls = 0
+        while True:
+            while not exhausted and len(inflight) < window:
+                try:
+                    m = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
+                rid, frame = self._frame(m)
+                inflight.append((rid, frame))
+                assert self._sock is not None
+                self._sock.send(frame, 0, copy=len(frame) < 65536)
+            if not inflight:
+                return
+            head = inflight[0][0]
+            if head in done:
+                inflight.popleft()
+                yield _unwrap(done.pop(head))
+                continue
+            got = self._wait_for({r for r, _ in inflight}, self._attempt_ms)
+            if got is not None:
+                stalls = 0
+                done[got[0]] = got[1]
+                continue
+            stalls += 1
+            if stalls > self.retries:
+                raise Unreachable(self.endpoint, self.timeout)
+            self._reopen()
+            assert self._sock is not None
+            for _rid, frame in inflight:
+                self._sock.send(frame, 0, copy=False)
+
+    def _wait_for(self, rids: set[int], timeout_ms: int) -> tuple[int, Message] | None:
+        """The next reply whose id is in ``rids``, or None after ``timeout_ms``."""
+        sock = self._sock
+        assert sock is not None
+        deadline = time.monotonic() + timeout_ms / 1000
+        remaining = timeout_ms
+        while sock.poll(remaining, zmq.POLLIN):
+            parts = sock.recv_multipart(copy=False)
+            try:
+                env = decode(cast(bytes, parts[-1].buffer))  # decode reads any buffer
+            except DecodeError as exc:
+                log.debug("client %s: dropped an undecodable reply: %s", self.endpoint, exc)
+            else:
+                if env.request_id in rids:
+                    return env.request_id, env.msg
+                log.debug("client %s: dropped a reply to request %d", self.endpoint, env.request_id)
+            remaining = int((deadline - time.monotonic()) * 1000)
+            if remaining <= 0:
+                break
+        return None
+
+
+def _unwrap(msg: Message) -> Message:
+    if isinstance(msg, Error):
+        raise RemoteError(msg.errno, msg.message or os.strerror(msg.errno))
+    return msg
