@@ -1,0 +1,175 @@
+"""The repository backend interface the server dispatches to.
+
+A backend serves one repository. It trusts nothing about the paths it is
+given: every public method takes a *wire path* (repository-absolute, "/" is
+the root) and validates it with :func:`split_path` before touching storage.
+It trusts the caller (the server's service loop) to have authenticated the
+request already.
+
+Errors are plain ``OSError`` with ``errno`` set to exactly what a Linux file
+system would return (ENOENT, ENOTDIR, EISDIR, ENOTEMPTY, EEXIST, ELOOP...);
+the service turns them into wire errors unchanged. There is deliberately no
+backend-specific exception hierarchy.
+
+The interface is small so that an object-store backend can implement it:
+stat, list, ranged read, whole-object chunked upload with atomic install,
+mkdir, remove, rename, symlink/readlink, setattr, and a version (etag) per
+object that changes whenever its content changes.
+"""
+
+from __future__ import annotations
+
+import abc
+import errno
+import os
+import secrets
+
+from protocol.messages import CHUNK_SIZE, MAX_PATH, Attrs, DirEntry, RenameFlags
+
+__all__ = [
+    "RESERVED_PREFIX",
+    "Backend",
+    "is_reserved",
+    "oserror",
+    "split_path",
+]
+
+#: Names starting with this prefix belong to the server (staging area, temp
+#: files). They never appear in a listing and no wire path may name them.
+RESERVED_PREFIX = ".synthfs-"
+
+
+def oserror(code: int, detail: str = "") -> OSError:
+    """An OSError carrying ``code`` and the standard message for it."""
+    msg = os.strerror(code)
+    return OSError(code, f"{msg}: {detail}" if detail else msg)
+
+
+def is_reserved(name: str) -> bool:
+    return name.startswith(RESERVED_PREFIX)
+
+
+def split_path(path: str) -> tuple[str, ...]:
+    """The components of a wire path; () is the repository root.
+
+    Refused with EINVAL: a non-str, a path not starting with "/", a NUL byte,
+    a ".." component, a path longer than MAX_PATH. Empty and "." components are
+    dropped ("/a//./b/" is "/a/b"). A reserved component (a server temp name)
+    is ENOENT: such objects do not exist for clients.
+    """
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise oserror(errno.EINVAL, "wire paths are absolute")
+    if "\x00" in path:
+        raise oserror(errno.EINVAL, "NUL in path")
+    if len(path) > MAX_PATH:
+        raise oserror(errno.ENAMETOOLONG)
+    parts = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            raise oserror(errno.EINVAL, "'..' in a wire path")
+        if len(part.encode("utf-8", "surrogatepass")) > 255:
+            raise oserror(errno.ENAMETOOLONG)
+        if is_reserved(part):
+            raise oserror(errno.ENOENT)
+        parts.append(part)
+    return tuple(parts)
+
+
+class Backend(abc.ABC):
+    """One repository. Thread-safe: the server calls it from a worker pool."""
+
+    #: A stable id of the repository (same root -> same id across restarts).
+    repo_id: str
+
+    # -- reads ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def stat(self, path: str) -> Attrs:
+        """Attributes of ``path``; never follows a final symlink (lstat)."""
+
+    @abc.abstractmethod
+    def list(self, path: str) -> tuple[Attrs, list[DirEntry]]:
+        """The directory's own attributes and every entry with its attributes."""
+
+    @abc.abstractmethod
+    def read(
+        self, path: str, offset: int, length: int, version: str = ""
+    ) -> tuple[bytes, bool, str]:
+        """Up to ``length`` (<= CHUNK_SIZE) bytes at ``offset``: (data, eof, version).
+
+        A non-empty ``version`` that differs from the object's is ESTALE.
+        """
+
+    @abc.abstractmethod
+    def readlink(self, path: str) -> str:
+        """The text of the symlink at ``path`` (EINVAL if it is not one)."""
+
+    # -- whole-object writes -------------------------------------------------------
+
+    @abc.abstractmethod
+    def upload_chunk(self, upload_id: str, offset: int, data: bytes) -> None:
+        """Stage ``data`` at ``offset`` of upload ``upload_id`` (idempotent by offset)."""
+
+    @abc.abstractmethod
+    def upload_commit(self, upload_id: str, path: str, size: int, mode: int = 0o644) -> Attrs:
+        """Install the staged upload as ``path``'s new version, atomically.
+
+        ``size`` must equal the staged size with no holes (else EIO and nothing
+        is installed); ``mode`` applies when ``path`` is new. Committing an
+        already committed ``upload_id`` answers the same attributes again.
+        """
+
+    @abc.abstractmethod
+    def upload_abort(self, upload_id: str) -> None:
+        """Forget a staged upload (no error if it is unknown)."""
+
+    # -- namespace -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def mkdir(self, path: str, mode: int = 0o755) -> Attrs: ...
+
+    @abc.abstractmethod
+    def remove(self, path: str, directory: bool = False) -> None:
+        """unlink (``directory`` False) or rmdir (True)."""
+
+    @abc.abstractmethod
+    def rename(self, src: str, dst: str, flags: RenameFlags = RenameFlags.NONE) -> None: ...
+
+    @abc.abstractmethod
+    def symlink(self, target: str, path: str) -> Attrs:
+        """Create ``path`` as a symlink whose text is ``target``, verbatim."""
+
+    @abc.abstractmethod
+    def setattr(
+        self,
+        path: str,
+        mode: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        size: int | None = None,
+    ) -> Attrs:
+        """chmod / utimes / truncate; None leaves a field unchanged."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release resources (file descriptors...)."""
+
+    # -- conveniences built on the interface ---------------------------------------
+
+    def write_bytes(self, path: str, data: bytes, mode: int = 0o644) -> Attrs:
+        """Upload ``data`` as ``path``'s new content (chunked, then committed)."""
+        upload_id = secrets.token_hex(16)
+        for off in range(0, len(data), CHUNK_SIZE):
+            self.upload_chunk(upload_id, off, data[off : off + CHUNK_SIZE])
+        return self.upload_commit(upload_id, path, len(data), mode)
+
+    def read_bytes(self, path: str) -> bytes:
+        """The whole content of ``path`` (pinned to one version)."""
+        out = bytearray()
+        version = ""
+        while True:
+            data, eof, version = self.read(path, len(out), CHUNK_SIZE, version)
+            out += data
+            if eof or not data:
+                return bytes(out)

@@ -1,0 +1,627 @@
+"""The local-directory backend: a repository is a directory on this host.
+
+Trusts nothing in the paths it gets. The root directory is opened once as a
+file descriptor and every path is resolved *beneath* it with ``openat2``
+(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS), or, where
+``openat2`` is missing, by a component walk with ``O_NOFOLLOW`` on each
+step. The server never follows a symlink: a symlink inside the repository is
+an object (stat, readlink and list show it), and a path that goes *through*
+one fails with ELOOP or ENOTDIR, so a symlink pointing outside the root
+cannot be used to reach anything outside it. Operations then act on the
+final name relative to its parent directory's fd, never on a full host path.
+
+Writes are whole-object and atomic. The protocol sends upload chunks before
+the destination path (UploadChunk has no path), so chunks are staged in a
+server-owned directory ``ROOT/.synthfs-staging`` on the same file system;
+commit fsyncs the staged file, renames it over the destination (a new inode,
+so a new version) and fsyncs the destination directory. A crash at any point
+leaves the old or the new version. The staging directory is emptied at
+start-up. Names starting with ``.synthfs-`` are reserved: hidden from
+listings and unreachable from the wire. A destination on another file system
+mounted below the root gets EXDEV (not supported).
+
+Truncation (SetAttr.size) of a file up to ``atomic_truncate_max`` bytes is
+atomic the same way (copy the kept prefix into a staged file, rename); a
+larger file is truncated in place (ftruncate + fsync).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import errno
+import hashlib
+import logging
+import os
+import platform
+import stat
+import threading
+import time
+
+import attrs as attrs_mod
+
+from protocol.messages import CHUNK_SIZE, Attrs, DirEntry, FileKind, RenameFlags
+from server.backends.base import Backend, is_reserved, oserror, split_path
+
+__all__ = ["STAGING_DIR", "LocalBackend", "attrs_from_stat", "version_of"]
+
+log = logging.getLogger(__name__)
+
+STAGING_DIR = ".synthfs-staging"
+_UPLOAD_IDLE_S = 3600.0
+_COMMITTED_MEMORY = 10_000
+_MAX_UPLOAD_SIZE = 2**50
+
+# -- syscalls Python does not wrap ---------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+_SYS_OPENAT2 = 437 if platform.machine() in ("x86_64", "aarch64", "riscv64") else None
+_SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276}.get(platform.machine())
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
+
+def _openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    assert _SYS_OPENAT2 is not None
+    how = _OpenHow(flags, 0, resolve)
+    raw = os.fsencode(path)
+    for _ in range(16):  # EAGAIN: a concurrent rename raced the lookup; retry
+        fd = _libc.syscall(
+            ctypes.c_long(_SYS_OPENAT2),
+            ctypes.c_int(dirfd),
+            ctypes.c_char_p(raw),
+            ctypes.byref(how),
+            ctypes.c_size_t(ctypes.sizeof(how)),
+        )
+        if fd >= 0:
+            return int(fd)
+        err = ctypes.get_errno()
+        if err != errno.EAGAIN:
+            raise oserror(err, path)
+    raise oserror(errno.EAGAIN, path)
+
+
+def _openat2_works() -> bool:
+    if _SYS_OPENAT2 is None:
+        return False
+    try:
+        os.close(_openat2(-100, "/", os.O_PATH | os.O_CLOEXEC, 0))  # AT_FDCWD
+    except OSError:
+        return False
+    return True
+
+
+def _renameat2(olddir: int, old: str, newdir: int, new: str, flags: int) -> None:
+    if flags == 0:
+        os.rename(old, new, src_dir_fd=olddir, dst_dir_fd=newdir)
+        return
+    fn = getattr(_libc, "renameat2", None)
+    args = (ctypes.c_int(olddir), ctypes.c_char_p(os.fsencode(old)),
+            ctypes.c_int(newdir), ctypes.c_char_p(os.fsencode(new)), ctypes.c_uint(flags))
+    if fn is not None:
+        rc = fn(*args)
+    elif _SYS_RENAMEAT2 is not None:
+        rc = _libc.syscall(ctypes.c_long(_SYS_RENAMEAT2), *args)
+    else:
+        raise oserror(errno.EINVAL, "renameat2 flags are not supported here")
+    if rc != 0:
+        raise oserror(ctypes.get_errno(), f"{old} -> {new}")
+
+
+# -- attributes ------------------------------------------------------------------------
+
+
+def version_of(st: os.stat_result) -> str:
+    """The etag of an object: inode, mtime, ctime and size (any content change moves one)."""
+    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_ctime_ns:x}-{st.st_size:x}"
+
+
+def _kind(st: os.stat_result) -> FileKind | None:
+    if stat.S_ISREG(st.st_mode):
+        return FileKind.FILE
+    if stat.S_ISDIR(st.st_mode):
+        return FileKind.DIR
+    if stat.S_ISLNK(st.st_mode):
+        return FileKind.SYMLINK
+    return None
+
+
+def attrs_from_stat(st: os.stat_result) -> Attrs:
+    """Wire attributes of a stat result; a FIFO, socket or device is EACCES (not served)."""
+    kind = _kind(st)
+    if kind is None:
+        raise oserror(errno.EACCES, "special files are not served")
+    return Attrs(
+        kind=kind,
+        size=st.st_size,
+        mode=stat.S_IMODE(st.st_mode),
+        mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+        ino=st.st_ino,
+        nlink=st.st_nlink,
+        version=version_of(st),
+    )
+
+
+@attrs_mod.define
+class _Upload:
+    name: str
+    ranges: list[tuple[int, int]] = attrs_mod.field(factory=list)
+    last_used: float = attrs_mod.field(factory=time.monotonic)
+    lock: threading.Lock = attrs_mod.field(factory=threading.Lock)
+    done: bool = False
+
+    def add(self, start: int, end: int) -> None:
+        merged: list[tuple[int, int]] = []
+        for a, b in sorted([*self.ranges, (start, end)]):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        self.ranges = merged
+
+    def covers(self, size: int) -> bool:
+        if size == 0:
+            return all(a == b for a, b in self.ranges) or self.ranges == [(0, 0)]
+        return self.ranges == [(0, size)]
+
+
+class LocalBackend(Backend):
+    """A repository served from the local directory ``root``."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        use_openat2: bool | None = None,
+        atomic_truncate_max: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.root = os.path.realpath(root)
+        self.repo_id = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:16]
+        self._openat2 = _openat2_works() if use_openat2 is None else use_openat2
+        self._atomic_truncate_max = atomic_truncate_max
+        self._root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._root_dev = os.fstat(self._root_fd).st_dev
+        self._lock = threading.Lock()
+        self._uploads: dict[str, _Upload] = {}
+        self._committed: collections.OrderedDict[str, tuple[str, Attrs]] = collections.OrderedDict()
+        self._staging_fd = self._open_staging()
+        self._clean_staging()
+        log.info("local backend on %s (repo %s, %s)", self.root, self.repo_id,
+                 "openat2" if self._openat2 else "O_NOFOLLOW walk")
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({self.root!r})"
+
+    def close(self) -> None:
+        for fd in (self._staging_fd, self._root_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._staging_fd = self._root_fd = -1
+
+    # -- staging -----------------------------------------------------------------------
+
+    def _open_staging(self) -> int:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(STAGING_DIR, 0o700, dir_fd=self._root_fd)
+        fd = os.open(STAGING_DIR, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=self._root_fd)
+        return fd
+
+    def _clean_staging(self) -> None:
+        """Remove every staged file left by a previous run (crash or kill)."""
+        dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._staging_fd)
+        try:
+            names = os.listdir(dfd)
+        finally:
+            os.close(dfd)
+        for name in names:
+            try:
+                os.unlink(name, dir_fd=self._staging_fd)
+                log.info("removed stale staged file %s", name)
+            except OSError as exc:
+                log.warning("cannot remove stale staged entry %s: %s", name, exc.strerror)
+
+    @staticmethod
+    def _staged_name(upload_id: str) -> str:
+        return "up-" + hashlib.sha256(upload_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+    def _new_staged(self, name: str) -> int:
+        return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       0o600, dir_fd=self._staging_fd)
+
+    # -- resolution --------------------------------------------------------------------
+
+    def _open(self, parts: tuple[str, ...], flags: int) -> int:
+        """Open ``parts`` beneath the root, following no symlink anywhere."""
+        flags |= os.O_CLOEXEC | os.O_NOFOLLOW
+        if not parts:
+            return os.open(".", flags & ~os.O_NOFOLLOW, dir_fd=self._root_fd)
+        if self._openat2:
+            return _openat2(self._root_fd, "/".join(parts), flags,
+                            RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+        fd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._root_fd)
+        try:
+            for part in parts[:-1]:
+                nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+            return os.open(parts[-1], flags, dir_fd=fd)
+        finally:
+            os.close(fd)
+
+    def _parent(self, path: str) -> tuple[int, str, tuple[str, ...]]:
+        """(fd of the parent directory (O_PATH), final name, all parts); root is EBUSY."""
+        parts = split_path(path)
+        if not parts:
+            raise oserror(errno.EBUSY, "the repository root")
+        return self._open(parts[:-1], os.O_PATH | os.O_DIRECTORY), parts[-1], parts
+
+    @staticmethod
+    def _fsync_dir(dir_fd: int) -> None:
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _reopen(fd: int, flags: int) -> int:
+        """Reopen an O_PATH fd with real access (same inode, no path lookup)."""
+        return os.open(f"/proc/self/fd/{fd}", flags | os.O_CLOEXEC | os.O_NOCTTY)
+
+    def _check_dev(self, dir_fd: int) -> None:
+        if os.fstat(dir_fd).st_dev != self._root_dev:
+            raise oserror(errno.EXDEV, "another file system below the root")
+
+    # -- reads -------------------------------------------------------------------------
+
+    def stat(self, path: str) -> Attrs:
+        parts = split_path(path)
+        if not parts:
+            return attrs_from_stat(os.fstat(self._root_fd))
+        pfd = self._open(parts[:-1], os.O_PATH | os.O_DIRECTORY)
+        try:
+            return attrs_from_stat(os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False))
+        finally:
+            os.close(pfd)
+
+    def list(self, path: str) -> tuple[Attrs, list[DirEntry]]:
+        parts = split_path(path)
+        fd = self._open(parts, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            own = attrs_from_stat(os.fstat(fd))
+            entries: list[DirEntry] = []
+            with os.scandir(fd) as it:
+                for entry in it:
+                    name = entry.name
+                    if is_reserved(name):
+                        continue
+                    try:
+                        name.encode("utf-8")
+                    except UnicodeEncodeError:
+                        log.warning("skipping a name that is not UTF-8 in %s", path)
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # removed while listing
+                    if _kind(st) is None:
+                        continue  # FIFO, socket, device: not served
+                    entries.append(DirEntry(name=name, attrs=attrs_from_stat(st)))
+        finally:
+            os.close(fd)
+        entries.sort(key=lambda e: e.name)
+        return own, entries
+
+    def read(
+        self, path: str, offset: int, length: int, version: str = ""
+    ) -> tuple[bytes, bool, str]:
+        if not 0 <= length <= CHUNK_SIZE:
+            raise oserror(errno.EINVAL, "read length")
+        pfd = self._open(split_path(path), os.O_PATH)
+        try:
+            st = os.fstat(pfd)
+            if stat.S_ISDIR(st.st_mode):
+                raise oserror(errno.EISDIR)
+            if stat.S_ISLNK(st.st_mode):
+                raise oserror(errno.ELOOP)
+            if not stat.S_ISREG(st.st_mode):
+                raise oserror(errno.EACCES, "special files are not served")
+            fd = self._reopen(pfd, os.O_RDONLY | os.O_NONBLOCK)
+        finally:
+            os.close(pfd)
+        try:
+            st = os.fstat(fd)
+            current = version_of(st)
+            if version and version != current:
+                raise oserror(errno.ESTALE, "the object changed")
+            data = os.pread(fd, length, offset) if length and offset < st.st_size else b""
+            eof = offset + len(data) >= st.st_size
+            return data, eof, current
+        finally:
+            os.close(fd)
+
+    def readlink(self, path: str) -> str:
+        parts = split_path(path)
+        if not parts:
+            raise oserror(errno.EINVAL)
+        pfd = self._open(parts[:-1], os.O_PATH | os.O_DIRECTORY)
+        try:
+            raw = os.readlink(os.fsencode(parts[-1]), dir_fd=pfd)
+        finally:
+            os.close(pfd)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise oserror(errno.EILSEQ, "link target is not UTF-8") from None
+
+    # -- uploads -----------------------------------------------------------------------
+
+    def _expire_uploads(self) -> None:
+        now = time.monotonic()
+        for uid, up in list(self._uploads.items()):
+            if now - up.last_used > _UPLOAD_IDLE_S and not up.lock.locked():
+                del self._uploads[uid]
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(up.name, dir_fd=self._staging_fd)
+                log.info("expired idle upload %s", up.name)
+
+    def _get_upload(self, upload_id: str, create: bool) -> _Upload | None:
+        with self._lock:
+            up = self._uploads.get(upload_id)
+            if up is None and create:
+                self._expire_uploads()
+                name = self._staged_name(upload_id)
+                with contextlib.suppress(FileNotFoundError):  # left by an aborted run
+                    os.unlink(name, dir_fd=self._staging_fd)
+                os.close(self._new_staged(name))
+                up = self._uploads[upload_id] = _Upload(name=name)
+            return up
+
+    def upload_chunk(self, upload_id: str, offset: int, data: bytes) -> None:
+        if len(data) > CHUNK_SIZE:
+            raise oserror(errno.EMSGSIZE)
+        if offset + len(data) > _MAX_UPLOAD_SIZE:
+            raise oserror(errno.EFBIG)
+        with self._lock:
+            if upload_id in self._committed:
+                return  # a resend after the commit: nothing to do
+        up = self._get_upload(upload_id, create=True)
+        assert up is not None
+        with up.lock:
+            if up.done:
+                return
+            flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(up.name, flags, dir_fd=self._staging_fd)
+            try:
+                view = memoryview(data)
+                pos = 0
+                while pos < len(view):
+                    pos += os.pwrite(fd, view[pos:], offset + pos)
+            finally:
+                os.close(fd)
+            up.add(offset, offset + len(data))
+            up.last_used = time.monotonic()
+
+    def upload_abort(self, upload_id: str) -> None:
+        with self._lock:
+            up = self._uploads.pop(upload_id, None)
+        if up is None:
+            return
+        with up.lock:
+            up.done = True
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(up.name, dir_fd=self._staging_fd)
+
+    def upload_commit(self, upload_id: str, path: str, size: int, mode: int = 0o644) -> Attrs:
+        with self._lock:
+            if upload_id in self._committed:
+                return self._committed[upload_id][1]
+        pfd, name, _parts = self._parent(path)
+        try:
+            self._check_dev(pfd)
+            up = self._get_upload(upload_id, create=size == 0)
+            if up is None:
+                raise oserror(errno.EIO, "unknown upload (nothing staged)")
+            with up.lock:
+                with self._lock:
+                    if upload_id in self._committed:
+                        return self._committed[upload_id][1]
+                if not up.covers(size):
+                    raise oserror(errno.EIO, f"upload does not match size {size}")
+                fd = os.open(up.name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=self._staging_fd)
+                try:
+                    if os.fstat(fd).st_size != size:
+                        raise oserror(errno.EIO, f"staged size is not {size}")
+                    try:
+                        old = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        new_mode = mode
+                    else:
+                        if stat.S_ISDIR(old.st_mode):
+                            raise oserror(errno.EISDIR)
+                        if stat.S_ISLNK(old.st_mode):
+                            raise oserror(errno.ELOOP, "the server does not write through symlinks")
+                        new_mode = stat.S_IMODE(old.st_mode)
+                    os.fchmod(fd, new_mode)
+                    os.fsync(fd)
+                    os.rename(up.name, name, src_dir_fd=self._staging_fd, dst_dir_fd=pfd)
+                    self._fsync_dir(pfd)
+                    result = attrs_from_stat(os.fstat(fd))
+                finally:
+                    os.close(fd)
+                up.done = True
+                with self._lock:
+                    self._uploads.pop(upload_id, None)
+                    self._committed[upload_id] = (path, result)
+                    while len(self._committed) > _COMMITTED_MEMORY:
+                        self._committed.popitem(last=False)
+                return result
+        finally:
+            os.close(pfd)
+
+    # -- namespace ---------------------------------------------------------------------
+
+    def mkdir(self, path: str, mode: int = 0o755) -> Attrs:
+        if not split_path(path):
+            raise oserror(errno.EEXIST)
+        pfd, name, _ = self._parent(path)
+        try:
+            os.mkdir(name, 0o700, dir_fd=pfd)
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(name, flags, dir_fd=pfd)
+            try:
+                os.fchmod(fd, mode)
+                result = attrs_from_stat(os.fstat(fd))
+            finally:
+                os.close(fd)
+            self._fsync_dir(pfd)
+            return result
+        finally:
+            os.close(pfd)
+
+    def remove(self, path: str, directory: bool = False) -> None:
+        pfd, name, _ = self._parent(path)
+        try:
+            if directory:
+                os.rmdir(name, dir_fd=pfd)
+            else:
+                os.unlink(name, dir_fd=pfd)
+            self._fsync_dir(pfd)
+        finally:
+            os.close(pfd)
+
+    def rename(self, src: str, dst: str, flags: RenameFlags = RenameFlags.NONE) -> None:
+        flags = RenameFlags(flags)
+        if flags & ~(RenameFlags.NOREPLACE | RenameFlags.EXCHANGE) or flags == (
+            RenameFlags.NOREPLACE | RenameFlags.EXCHANGE
+        ):
+            raise oserror(errno.EINVAL, "rename flags")
+        sfd, sname, _ = self._parent(src)
+        try:
+            dfd, dname, _ = self._parent(dst)
+            try:
+                _renameat2(sfd, sname, dfd, dname, int(flags))
+                self._fsync_dir(dfd)
+                if not os.path.samestat(os.fstat(sfd), os.fstat(dfd)):
+                    self._fsync_dir(sfd)
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
+
+    def symlink(self, target: str, path: str) -> Attrs:
+        if not split_path(path):
+            raise oserror(errno.EEXIST)
+        if "\x00" in target:
+            raise oserror(errno.EINVAL, "NUL in link target")
+        if not target:
+            raise oserror(errno.ENOENT, "empty link target")
+        pfd, name, _ = self._parent(path)
+        try:
+            os.symlink(target, name, dir_fd=pfd)
+            self._fsync_dir(pfd)
+            return attrs_from_stat(os.stat(name, dir_fd=pfd, follow_symlinks=False))
+        finally:
+            os.close(pfd)
+
+    def setattr(
+        self,
+        path: str,
+        mode: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        size: int | None = None,
+    ) -> Attrs:
+        parts = split_path(path)
+        if not parts:
+            if size is not None:
+                raise oserror(errno.EISDIR)
+            fd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._root_fd)
+        else:
+            fd = self._open(parts, os.O_PATH)
+        try:
+            st = os.fstat(fd)
+            if _kind(st) is None:
+                raise oserror(errno.EACCES, "special files are not served")
+            if size is not None:
+                if stat.S_ISDIR(st.st_mode):
+                    raise oserror(errno.EISDIR)
+                if stat.S_ISLNK(st.st_mode):
+                    raise oserror(errno.ELOOP, "the server does not write through symlinks")
+                if size != st.st_size:
+                    limit = self._atomic_truncate_max
+                    if st.st_size <= limit and size <= limit:
+                        self._truncate_atomic(path, fd, st, size)
+                        os.close(fd)
+                        fd = self._open(parts, os.O_PATH)
+                    else:
+                        wfd = self._reopen(fd, os.O_WRONLY | os.O_NONBLOCK)
+                        try:
+                            os.ftruncate(wfd, size)
+                            os.fsync(wfd)
+                        finally:
+                            os.close(wfd)
+            if mode is not None:
+                if stat.S_ISLNK(st.st_mode):
+                    raise oserror(errno.EOPNOTSUPP, "symlinks have no mode on Linux")
+                os.chmod(f"/proc/self/fd/{fd}", mode)
+            if atime_ns is not None or mtime_ns is not None:
+                cur = os.fstat(fd)
+                times = (cur.st_atime_ns if atime_ns is None else atime_ns,
+                         cur.st_mtime_ns if mtime_ns is None else mtime_ns)
+                if stat.S_ISLNK(st.st_mode):
+                    pfd, name, _ = self._parent(path)
+                    try:
+                        os.utime(name, ns=times, dir_fd=pfd, follow_symlinks=False)
+                    finally:
+                        os.close(pfd)
+                else:
+                    os.utime(f"/proc/self/fd/{fd}", ns=times)
+            return attrs_from_stat(os.fstat(fd))
+        finally:
+            os.close(fd)
+
+    def _truncate_atomic(self, path: str, fd: int, st: os.stat_result, size: int) -> None:
+        """Install a copy of the first ``size`` bytes (zero-extended) in one rename."""
+        pfd, name, _ = self._parent(path)
+        try:
+            self._check_dev(pfd)
+            staged = self._staged_name("truncate-" + os.urandom(8).hex())
+            out = self._new_staged(staged)
+            try:
+                src = self._reopen(fd, os.O_RDONLY | os.O_NONBLOCK)
+                try:
+                    done, want = 0, min(size, st.st_size)
+                    while done < want:
+                        n = os.copy_file_range(src, out, want - done, done, done)
+                        if n == 0:
+                            break
+                        done += n
+                finally:
+                    os.close(src)
+                os.ftruncate(out, size)
+                os.fchmod(out, stat.S_IMODE(st.st_mode))
+                os.fsync(out)
+                os.rename(staged, name, src_dir_fd=self._staging_fd, dst_dir_fd=pfd)
+                self._fsync_dir(pfd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(staged, dir_fd=self._staging_fd)
+                raise
+            finally:
+                os.close(out)
+        finally:
+            os.close(pfd)

@@ -1,0 +1,411 @@
+"""One reusable test suite for every repository backend.
+
+Subclass :class:`BackendSuite` and implement :meth:`make_backend` to return a
+backend over an *empty* repository. Every test builds its content through the
+backend's own interface, so the suite runs unchanged on any backend.
+"""
+
+from __future__ import annotations
+
+import errno
+import secrets
+
+import pytest
+
+from protocol.messages import CHUNK_SIZE, FileKind, RenameFlags
+from server.backends.base import Backend
+
+__all__ = ["BackendSuite"]
+
+
+def _errno(excinfo: pytest.ExceptionInfo[OSError]) -> int | None:
+    return excinfo.value.errno
+
+
+class BackendSuite:
+    """Behaviour every backend must have (errnos as a Linux file system gives them)."""
+
+    def make_backend(self) -> Backend:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def be(self):
+        backend = self.make_backend()
+        yield backend
+        backend.close()
+
+    # -- stat / list --------------------------------------------------------------
+
+    def test_root_is_a_directory(self, be):
+        a = be.stat("/")
+        assert a.kind is FileKind.DIR
+        assert a.version
+
+    def test_new_repository_lists_empty(self, be):
+        own, entries = be.list("/")
+        assert own.kind is FileKind.DIR
+        assert entries == []
+
+    def test_stat_missing_is_enoent(self, be):
+        with pytest.raises(OSError) as ei:
+            be.stat("/nope")
+        assert _errno(ei) == errno.ENOENT
+
+    def test_stat_through_a_file_is_enotdir(self, be):
+        be.write_bytes("/f", b"x")
+        with pytest.raises(OSError) as ei:
+            be.stat("/f/g")
+        assert _errno(ei) == errno.ENOTDIR
+
+    def test_list_carries_attrs_of_every_entry(self, be):
+        be.mkdir("/d")
+        be.write_bytes("/d/a", b"hello")
+        be.mkdir("/d/sub")
+        be.symlink("a", "/d/l")
+        own, entries = be.list("/d")
+        assert own == be.stat("/d")
+        by_name = {e.name: e.attrs for e in entries}
+        assert sorted(by_name) == ["a", "l", "sub"]
+        assert by_name["a"] == be.stat("/d/a")
+        assert by_name["a"].size == 5
+        assert by_name["sub"].kind is FileKind.DIR
+        assert by_name["l"].kind is FileKind.SYMLINK
+
+    def test_list_of_a_file_is_enotdir(self, be):
+        be.write_bytes("/f", b"")
+        with pytest.raises(OSError) as ei:
+            be.list("/f")
+        assert _errno(ei) == errno.ENOTDIR
+
+    def test_list_hides_staged_uploads(self, be):
+        be.upload_chunk("pending", 0, b"partial")
+        _own, entries = be.list("/")
+        assert entries == []
+        be.upload_abort("pending")
+
+    # -- read ---------------------------------------------------------------------
+
+    def test_read_ranges(self, be):
+        data = bytes(range(256)) * 10
+        be.write_bytes("/f", data)
+        assert be.read("/f", 0, 10, "")[0] == data[:10]
+        d, eof, _v = be.read("/f", 100, 50)
+        assert d == data[100:150] and not eof
+        d, eof, _v = be.read("/f", len(data) - 5, 100)
+        assert d == data[-5:] and eof
+        d, eof, _v = be.read("/f", len(data) + 100, 10)
+        assert d == b"" and eof
+        assert be.read_bytes("/f") == data
+
+    def test_read_of_empty_file(self, be):
+        be.write_bytes("/e", b"")
+        assert be.read("/e", 0, 10)[:2] == (b"", True)
+
+    def test_read_version_mismatch_is_estale(self, be):
+        a = be.write_bytes("/f", b"one")
+        _d, _eof, v = be.read("/f", 0, 3, a.version)
+        assert v == a.version
+        be.write_bytes("/f", b"two")
+        with pytest.raises(OSError) as ei:
+            be.read("/f", 0, 3, a.version)
+        assert _errno(ei) == errno.ESTALE
+
+    def test_read_directory_is_eisdir(self, be):
+        be.mkdir("/d")
+        with pytest.raises(OSError) as ei:
+            be.read("/d", 0, 1)
+        assert _errno(ei) == errno.EISDIR
+
+    def test_read_missing_is_enoent(self, be):
+        with pytest.raises(OSError) as ei:
+            be.read("/nope", 0, 1)
+        assert _errno(ei) == errno.ENOENT
+
+    def test_read_never_follows_a_symlink(self, be):
+        be.write_bytes("/f", b"data")
+        be.symlink("f", "/l")
+        with pytest.raises(OSError) as ei:
+            be.read("/l", 0, 4)
+        assert _errno(ei) == errno.ELOOP
+
+    # -- uploads ------------------------------------------------------------------
+
+    def test_write_creates_with_mode(self, be):
+        a = be.write_bytes("/f", b"abc", mode=0o640)
+        assert (a.kind, a.size, a.mode) == (FileKind.FILE, 3, 0o640)
+        assert be.stat("/f") == a
+
+    def test_rewrite_keeps_mode_and_changes_version(self, be):
+        a1 = be.write_bytes("/f", b"abc", mode=0o600)
+        a2 = be.write_bytes("/f", b"abc", mode=0o777)
+        assert a2.mode == 0o600
+        assert a2.version != a1.version
+        a3 = be.write_bytes("/f", b"abcd")
+        assert len({a1.version, a2.version, a3.version}) == 3
+
+    def test_multi_chunk_upload_out_of_order_and_resent(self, be):
+        data = secrets.token_bytes(CHUNK_SIZE * 2 + 123)
+        chunks = [(o, data[o : o + CHUNK_SIZE]) for o in range(0, len(data), CHUNK_SIZE)]
+        for off, chunk in reversed(chunks):
+            be.upload_chunk("u1", off, chunk)
+        be.upload_chunk("u1", *chunks[0])  # a resend is harmless
+        a = be.upload_commit("u1", "/big", len(data))
+        assert a.size == len(data)
+        assert be.read_bytes("/big") == data
+
+    def test_commit_is_idempotent(self, be):
+        be.upload_chunk("u", 0, b"hello")
+        a = be.upload_commit("u", "/f", 5)
+        assert be.upload_commit("u", "/f", 5) == a
+        be.upload_chunk("u", 0, b"hello")  # a late resent chunk changes nothing
+        assert be.stat("/f") == a
+
+    def test_commit_with_wrong_size_is_eio_and_installs_nothing(self, be):
+        be.write_bytes("/f", b"old")
+        be.upload_chunk("u", 0, b"new content")
+        with pytest.raises(OSError) as ei:
+            be.upload_commit("u", "/f", 3)
+        assert _errno(ei) == errno.EIO
+        assert be.read_bytes("/f") == b"old"
+
+    def test_commit_with_a_hole_is_eio(self, be):
+        be.upload_chunk("u", 5, b"tail")
+        with pytest.raises(OSError) as ei:
+            be.upload_commit("u", "/f", 9)
+        assert _errno(ei) == errno.EIO
+        with pytest.raises(OSError):
+            be.stat("/f")
+
+    def test_commit_unknown_upload(self, be):
+        with pytest.raises(OSError) as ei:
+            be.upload_commit("never-sent", "/f", 10)
+        assert _errno(ei) == errno.EIO
+        assert be.upload_commit("empty", "/e", 0).size == 0
+
+    def test_abort_discards(self, be):
+        be.upload_chunk("u", 0, b"abc")
+        be.upload_abort("u")
+        be.upload_abort("u")  # unknown: no error
+        with pytest.raises(OSError):
+            be.upload_commit("u", "/f", 3)
+
+    def test_commit_onto_directory_is_eisdir(self, be):
+        be.mkdir("/d")
+        be.upload_chunk("u", 0, b"x")
+        with pytest.raises(OSError) as ei:
+            be.upload_commit("u", "/d", 1)
+        assert _errno(ei) == errno.EISDIR
+
+    def test_commit_in_missing_directory_is_enoent(self, be):
+        be.upload_chunk("u", 0, b"x")
+        with pytest.raises(OSError) as ei:
+            be.upload_commit("u", "/no/f", 1)
+        assert _errno(ei) == errno.ENOENT
+
+    # -- mkdir / remove -----------------------------------------------------------
+
+    def test_mkdir(self, be):
+        a = be.mkdir("/d", 0o750)
+        assert (a.kind, a.mode) == (FileKind.DIR, 0o750)
+        with pytest.raises(OSError) as ei:
+            be.mkdir("/d")
+        assert _errno(ei) == errno.EEXIST
+        with pytest.raises(OSError) as ei:
+            be.mkdir("/x/y")
+        assert _errno(ei) == errno.ENOENT
+        with pytest.raises(OSError) as ei:
+            be.mkdir("/")
+        assert _errno(ei) == errno.EEXIST
+
+    def test_remove_errnos(self, be):
+        be.mkdir("/d")
+        be.write_bytes("/d/f", b"x")
+        with pytest.raises(OSError) as ei:
+            be.remove("/d")
+        assert _errno(ei) == errno.EISDIR
+        with pytest.raises(OSError) as ei:
+            be.remove("/d", directory=True)
+        assert _errno(ei) == errno.ENOTEMPTY
+        with pytest.raises(OSError) as ei:
+            be.remove("/d/f", directory=True)
+        assert _errno(ei) == errno.ENOTDIR
+        with pytest.raises(OSError) as ei:
+            be.remove("/nope")
+        assert _errno(ei) == errno.ENOENT
+        with pytest.raises(OSError) as ei:
+            be.remove("/")
+        assert _errno(ei) == errno.EBUSY
+        be.remove("/d/f")
+        be.remove("/d", directory=True)
+        assert be.list("/")[1] == []
+
+    def test_remove_symlink_removes_the_link_only(self, be):
+        be.write_bytes("/f", b"x")
+        be.symlink("f", "/l")
+        be.remove("/l")
+        assert be.read_bytes("/f") == b"x"
+
+    # -- rename -------------------------------------------------------------------
+
+    def test_rename_replaces(self, be):
+        be.write_bytes("/a", b"A")
+        be.write_bytes("/b", b"B")
+        be.rename("/a", "/b")
+        assert be.read_bytes("/b") == b"A"
+        with pytest.raises(OSError) as ei:
+            be.stat("/a")
+        assert _errno(ei) == errno.ENOENT
+
+    def test_rename_noreplace(self, be):
+        be.write_bytes("/a", b"A")
+        be.write_bytes("/b", b"B")
+        with pytest.raises(OSError) as ei:
+            be.rename("/a", "/b", RenameFlags.NOREPLACE)
+        assert _errno(ei) == errno.EEXIST
+        be.rename("/a", "/c", RenameFlags.NOREPLACE)
+        assert be.read_bytes("/c") == b"A"
+
+    def test_rename_exchange(self, be):
+        be.write_bytes("/a", b"A")
+        be.mkdir("/b")
+        be.rename("/a", "/b", RenameFlags.EXCHANGE)
+        assert be.stat("/a").kind is FileKind.DIR
+        assert be.read_bytes("/b") == b"A"
+        with pytest.raises(OSError) as ei:
+            be.rename("/a", "/missing", RenameFlags.EXCHANGE)
+        assert _errno(ei) == errno.ENOENT
+
+    def test_rename_errnos(self, be):
+        be.mkdir("/d")
+        be.write_bytes("/d/f", b"x")
+        be.write_bytes("/f", b"y")
+        with pytest.raises(OSError) as ei:
+            be.rename("/f", "/d")
+        assert _errno(ei) == errno.EISDIR
+        with pytest.raises(OSError) as ei:
+            be.rename("/d", "/f")
+        assert _errno(ei) == errno.ENOTDIR
+        with pytest.raises(OSError) as ei:
+            be.rename("/d", "/d/sub")
+        assert _errno(ei) == errno.EINVAL
+        with pytest.raises(OSError) as ei:
+            be.rename("/nope", "/x")
+        assert _errno(ei) == errno.ENOENT
+        with pytest.raises(OSError) as ei:
+            be.rename("/", "/x")
+        assert _errno(ei) == errno.EBUSY
+        with pytest.raises(OSError) as ei:
+            be.rename("/f", "/f", RenameFlags.NOREPLACE | RenameFlags.EXCHANGE)
+        assert _errno(ei) == errno.EINVAL
+
+    def test_rename_directory_moves_content(self, be):
+        be.mkdir("/d")
+        be.write_bytes("/d/f", b"x")
+        be.rename("/d", "/e")
+        assert be.read_bytes("/e/f") == b"x"
+
+    # -- symlinks -----------------------------------------------------------------
+
+    def test_symlink_and_readlink_verbatim(self, be):
+        for i, target in enumerate(["plain", "../../../etc/passwd", "/abs/path", "a//b/./c/"]):
+            a = be.symlink(target, f"/l{i}")
+            assert a.kind is FileKind.SYMLINK
+            assert be.readlink(f"/l{i}") == target
+            assert be.stat(f"/l{i}").kind is FileKind.SYMLINK
+
+    def test_symlink_errnos(self, be):
+        be.write_bytes("/f", b"")
+        with pytest.raises(OSError) as ei:
+            be.symlink("x", "/f")
+        assert _errno(ei) == errno.EEXIST
+        with pytest.raises(OSError) as ei:
+            be.readlink("/f")
+        assert _errno(ei) == errno.EINVAL
+        with pytest.raises(OSError) as ei:
+            be.readlink("/nope")
+        assert _errno(ei) == errno.ENOENT
+
+    def test_paths_through_a_symlink_fail(self, be):
+        be.mkdir("/d")
+        be.write_bytes("/d/f", b"x")
+        be.symlink("d", "/l")
+        for op in (lambda: be.stat("/l/f"), lambda: be.read("/l/f", 0, 1),
+                   lambda: be.list("/l"), lambda: be.mkdir("/l/new"),
+                   lambda: be.write_bytes("/l/g", b"y")):
+            with pytest.raises(OSError) as ei:
+                op()
+            assert _errno(ei) in (errno.ELOOP, errno.ENOTDIR)
+        assert sorted(e.name for e in be.list("/d")[1]) == ["f"]
+
+    def test_commit_onto_symlink_does_not_write_through(self, be):
+        be.write_bytes("/f", b"orig")
+        be.symlink("f", "/l")
+        be.upload_chunk("u", 0, b"new")
+        with pytest.raises(OSError) as ei:
+            be.upload_commit("u", "/l", 3)
+        assert _errno(ei) == errno.ELOOP
+        assert be.read_bytes("/f") == b"orig"
+
+    # -- setattr ------------------------------------------------------------------
+
+    def test_chmod(self, be):
+        be.write_bytes("/f", b"x", mode=0o644)
+        a = be.setattr("/f", mode=0o600)
+        assert a.mode == 0o600 == be.stat("/f").mode
+
+    def test_chmod_symlink_is_eopnotsupp(self, be):
+        be.write_bytes("/f", b"x", mode=0o644)
+        be.symlink("f", "/l")
+        with pytest.raises(OSError) as ei:
+            be.setattr("/l", mode=0o600)
+        assert _errno(ei) == errno.EOPNOTSUPP
+        assert be.stat("/f").mode == 0o644
+
+    def test_utimes(self, be):
+        be.write_bytes("/f", b"x")
+        a = be.setattr("/f", atime_ns=1_000_000_000, mtime_ns=2_000_000_123)
+        assert a.mtime_ns == 2_000_000_123
+        b = be.setattr("/f", atime_ns=5_000_000_000)  # mtime untouched
+        assert b.mtime_ns == 2_000_000_123
+
+    def test_truncate_changes_size_and_version(self, be):
+        a = be.write_bytes("/f", b"0123456789", mode=0o640)
+        b = be.setattr("/f", size=4)
+        assert (b.size, b.mode) == (4, 0o640)
+        assert b.version != a.version
+        assert be.read_bytes("/f") == b"0123"
+        c = be.setattr("/f", size=6)
+        assert be.read_bytes("/f") == b"0123\0\0"
+        assert c.version != b.version
+
+    def test_truncate_directory_is_eisdir(self, be):
+        be.mkdir("/d")
+        with pytest.raises(OSError) as ei:
+            be.setattr("/d", size=0)
+        assert _errno(ei) == errno.EISDIR
+
+    def test_setattr_missing_is_enoent(self, be):
+        with pytest.raises(OSError) as ei:
+            be.setattr("/nope", mode=0o600)
+        assert _errno(ei) == errno.ENOENT
+
+    # -- paths --------------------------------------------------------------------
+
+    @pytest.mark.parametrize("bad", ["", "relative", "../x", "/../x", "/a/../../x", "/a\x00b"])
+    def test_bad_wire_paths_are_einval(self, be, bad):
+        with pytest.raises(OSError) as ei:
+            be.stat(bad)
+        assert _errno(ei) == errno.EINVAL
+
+    def test_path_normalisation(self, be):
+        be.mkdir("/d")
+        be.write_bytes("/d/f", b"x")
+        assert be.stat("//d/./f/") == be.stat("/d/f")
+
+    def test_reserved_names_are_unreachable(self, be):
+        with pytest.raises(OSError) as ei:
+            be.stat("/.synthfs-staging")
+        assert _errno(ei) == errno.ENOENT
+        with pytest.raises(OSError) as ei:
+            be.write_bytes("/.synthfs-x", b"")
+        assert _errno(ei) == errno.ENOENT

@@ -1,0 +1,139 @@
+"""The backend suite on the local-directory backend, plus what only it can show."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+from backend_suite import BackendSuite
+
+from server.backends.local import STAGING_DIR, LocalBackend
+
+
+class TestLocalBackend(BackendSuite):
+    @pytest.fixture(autouse=True)
+    def _root(self, tmp_path):
+        self.root = tmp_path / "repo"
+        self.root.mkdir()
+
+    def make_backend(self):
+        return LocalBackend(self.root)
+
+
+class TestLocalBackendWithoutOpenat2(TestLocalBackend):
+    """The O_NOFOLLOW component walk, for kernels without openat2."""
+
+    def make_backend(self):
+        return LocalBackend(self.root, use_openat2=False)
+
+
+@pytest.fixture(params=[True, False], ids=["openat2", "walk"])
+def outside(request, tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    out = tmp_path / "outside"
+    out.mkdir()
+    (out / "secret").write_text("SECRET")
+    os.chmod(out / "secret", 0o644)
+    os.symlink(out, root / "link")
+    os.symlink(out / "secret", root / "filelink")
+    os.symlink("../outside", root / "rel")
+    be = LocalBackend(root, use_openat2=request.param)
+    yield be, out
+    be.close()
+
+
+def test_symlink_out_of_root_is_never_followed(outside):
+    be, out = outside
+    for path in ("/link/secret", "/rel/secret", "/filelink"):
+        with pytest.raises(OSError) as ei:
+            be.read(path, 0, 100)
+        assert ei.value.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV)
+    with pytest.raises(OSError):
+        be.list("/link")
+    with pytest.raises(OSError):
+        be.stat("/link/secret")
+    for op in (
+        lambda: be.mkdir("/link/made"),
+        lambda: be.write_bytes("/link/written", b"x"),
+        lambda: be.symlink("x", "/rel/sym"),
+        lambda: be.rename("/filelink", "/link/moved"),
+        lambda: be.remove("/link/secret"),
+        lambda: be.setattr("/link/secret", mode=0o777),
+        lambda: be.setattr("/filelink", mode=0o777),
+        lambda: be.setattr("/filelink", size=0),
+        lambda: be.upload_commit("x", "/link/empty", 0),
+    ):
+        with pytest.raises(OSError):
+            op()
+    assert sorted(os.listdir(out)) == ["secret"]
+    assert (out / "secret").read_text() == "SECRET"
+    assert os.stat(out / "secret").st_mode & 0o777 == 0o644
+    # The links themselves are objects of the repository.
+    assert be.readlink("/link") == str(out)
+    assert be.stat("/link").kind == "symlink"
+
+
+def test_etc_passwd_is_not_served(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    os.symlink("/etc", root / "link")
+    be = LocalBackend(root)
+    try:
+        with pytest.raises(OSError) as ei:
+            be.read("/link/passwd", 0, 4096)
+        assert ei.value.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV)
+    finally:
+        be.close()
+
+
+def test_special_files_are_not_served(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    os.mkfifo(root / "fifo")
+    be = LocalBackend(root)
+    try:
+        assert be.list("/")[1] == []
+        with pytest.raises(OSError) as ei:
+            be.read("/fifo", 0, 10)  # must not block
+        assert ei.value.errno == errno.EACCES
+    finally:
+        be.close()
+
+
+def test_staging_is_cleaned_at_start(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    be = LocalBackend(root)
+    be.upload_chunk("u", 0, b"partial")
+    be.close()
+    assert os.listdir(root / STAGING_DIR)
+    LocalBackend(root).close()
+    assert os.listdir(root / STAGING_DIR) == []
+
+
+def test_upload_installs_a_new_inode(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    be = LocalBackend(root)
+    try:
+        a = be.write_bytes("/f", b"one")
+        b = be.write_bytes("/f", b"two")
+        assert a.ino != b.ino
+        assert (root / "f").read_bytes() == b"two"
+    finally:
+        be.close()
+
+
+def test_large_truncate_in_place(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    be = LocalBackend(root, atomic_truncate_max=4)
+    try:
+        a = be.write_bytes("/f", b"0123456789")
+        b = be.setattr("/f", size=3)
+        assert b.ino == a.ino and b.size == 3 and b.version != a.version
+        assert be.read_bytes("/f") == b"012"
+    finally:
+        be.close()
