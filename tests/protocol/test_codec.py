@@ -1,0 +1,134 @@
+"""The codec: every message kind round-trips; any bytes decode or fail cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol import messages as m
+from protocol.codec import MAX_FRAME, DecodeError, decode, encode, error_from_exception
+
+A = m.Attrs(kind=m.FileKind.FILE, size=12, mode=0o644, mtime_ns=1, ctime_ns=-2, ino=7,
+            nlink=1, version="v1")
+D = m.Attrs(kind="dir", size=0, mode=0o755, mtime_ns=0, ctime_ns=0, ino=1)
+
+#: One example of every registered message kind.
+EXAMPLES: list[m.Message] = [
+    m.Hello(version=1),
+    m.Welcome(version=1, refused_paths=("/cache", "/run/agent.sock")),
+    m.Register(version=1, agent_id="host:1", nonce="n", timestamp_ns=5, mac="ab" * 32),
+    m.Registered(token="secret", token_id="t1", expires_at_ns=10, repo_id="r"),
+    m.Stat(path="/a"),
+    m.StatReply(attrs=A),
+    m.List(path="/"),
+    m.Listing(attrs=D, entries=(m.DirEntry(name="a", attrs=A), m.DirEntry(name="é", attrs=D))),
+    m.Read(path="/a", offset=3, length=m.CHUNK_SIZE, version="v1"),
+    m.Data(data=b"\x00\xff" * 10, eof=True, version="v1"),
+    m.UploadChunk(upload_id="u", offset=0, data=b"xyz"),
+    m.UploadCommit(upload_id="u", path="/a", size=3, mode=0o600),
+    m.UploadAbort(upload_id="u"),
+    m.Mkdir(path="/d", mode=0o700),
+    m.Remove(path="/d", directory=True),
+    m.Rename(src="/a", dst="/b", flags=m.RenameFlags.NOREPLACE),
+    m.Symlink(target="../x", path="/l"),
+    m.Readlink(path="/l"),
+    m.LinkTarget(target="../x"),
+    m.SetAttr(path="/a", mode=0o600, atime_ns=None, mtime_ns=-5, size=0),
+    m.Open(path="/a", flags=0o102, mode=0o640),
+    m.Opened(host_path="/cache/x", attrs=A),
+    m.Commit(path="/a"),
+    m.Committed(attrs=A),
+    m.Sync(),
+    m.Synced(uploaded=3),
+    m.Done(),
+    m.Error(errno=errno.ENOENT, message="No such file or directory"),
+]
+
+
+def test_examples_cover_every_kind() -> None:
+    assert {type(x) for x in EXAMPLES} == set(m.REGISTRY.values())
+
+
+@pytest.mark.parametrize("msg", EXAMPLES, ids=lambda x: x.kind)
+def test_round_trip(msg: m.Message) -> None:
+    env = decode(encode(msg, request_id=2**64 - 1, token="tok"))
+    assert env.msg == msg
+    assert type(env.msg) is type(msg)
+    assert env.request_id == 2**64 - 1
+    assert env.token == "tok"
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    env = decode(encode(m.Registered(token="s3cr3t", token_id="t", expires_at_ns=1, repo_id="r"),
+                        token="s3cr3t"))
+    assert "s3cr3t" not in repr(env)
+
+
+def test_decodes_from_a_memoryview() -> None:
+    frame = encode(m.Stat(path="/x"), 9)
+    assert decode(memoryview(frame)).msg == m.Stat(path="/x")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [2, "stat", 1, "", {"path": "/a"}],  # other protocol version
+        [True, "stat", 1, "", {"path": "/a"}],  # bool is not a version
+        [1, "nope", 1, "", {}],  # unknown kind
+        [1, "stat", -1, "", {"path": "/a"}],  # negative request id
+        [1, "stat", 1, 5, {"path": "/a"}],  # token not a string
+        [1, "stat", 1, "", {"path": "/a", "extra": 1}],  # unknown field
+        [1, "stat", 1, "", {"path": 3}],  # wrong type
+        [1, "stat", 1, "", {}],  # missing field
+        [1, "stat_reply", 1, "", {"attrs": [1, 2]}],  # short attrs
+        [1, "read", 1, "", {"path": "/a", "offset": 0, "length": m.CHUNK_SIZE + 1}],
+        [1, "stat", 1, ""],  # short envelope
+        {"a": 1},
+    ],
+)
+def test_malformed_frames_are_decode_errors(raw: object) -> None:
+    with pytest.raises(DecodeError):
+        decode(msgpack.packb(raw, use_bin_type=True))
+
+
+def test_oversized_frame_is_refused() -> None:
+    with pytest.raises(DecodeError):
+        decode(b"\x00" * (MAX_FRAME + 1))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=512))
+def test_any_bytes_decode_or_raise_decode_error(data: bytes) -> None:
+    with contextlib.suppress(DecodeError):
+        decode(data)
+
+
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.text(max_size=20),
+                  st.binary(max_size=20), st.floats(allow_nan=True))
+_values = st.recursive(_leaf, lambda c: st.lists(c, max_size=4)
+                       | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(kind=st.sampled_from(sorted(m.REGISTRY)), rid=st.integers(-5, 2**65), body=_values)
+def test_structured_garbage_is_a_decode_error(kind: str, rid: int, body: object) -> None:
+    """Well-formed msgpack envelopes with arbitrary bodies: DecodeError or a valid message."""
+    try:
+        frame = msgpack.packb([1, kind, rid, "", body], use_bin_type=True)
+    except (OverflowError, ValueError):
+        return
+    try:
+        env = decode(frame)
+    except DecodeError:
+        return
+    assert env.msg.kind == kind
+
+
+def test_error_from_exception_keeps_errno_and_fails_closed() -> None:
+    assert error_from_exception(FileNotFoundError(errno.ENOENT, "x")).errno == errno.ENOENT
+    assert error_from_exception(KeyError("boom")).errno == errno.EIO
