@@ -29,6 +29,7 @@ from protocol.messages import CHUNK_SIZE, MAX_PATH, Attrs, DirEntry, RenameFlags
 __all__ = [
     "RESERVED_PREFIX",
     "Backend",
+    "Entries",
     "is_reserved",
     "oserror",
     "split_path",
@@ -37,6 +38,9 @@ __all__ = [
 #: Names starting with this prefix belong to the server (staging area, temp
 #: files). They never appear in a listing and no wire path may name them.
 RESERVED_PREFIX = ".synthfs-"
+
+#: A listing's entries (an alias: ``list`` is also a Backend method name).
+Entries = list[DirEntry]
 
 
 def oserror(code: int, detail: str = "") -> OSError:
@@ -90,7 +94,7 @@ class Backend(abc.ABC):
         """Attributes of ``path``; never follows a final symlink (lstat)."""
 
     @abc.abstractmethod
-    def list(self, path: str) -> tuple[Attrs, list[DirEntry]]:
+    def list(self, path: str) -> tuple[Attrs, Entries]:
         """The directory's own attributes and every entry with its attributes."""
 
     @abc.abstractmethod

@@ -42,7 +42,7 @@ import time
 import attrs as attrs_mod
 
 from protocol.messages import CHUNK_SIZE, Attrs, DirEntry, FileKind, RenameFlags
-from server.backends.base import Backend, is_reserved, oserror, split_path
+from server.backends.base import Backend, Entries, is_reserved, oserror, split_path
 
 __all__ = ["STAGING_DIR", "LocalBackend", "attrs_from_stat", "version_of"]
 
@@ -296,12 +296,12 @@ class LocalBackend(Backend):
         finally:
             os.close(pfd)
 
-    def list(self, path: str) -> tuple[Attrs, list[DirEntry]]:
+    def list(self, path: str) -> tuple[Attrs, Entries]:
         parts = split_path(path)
         fd = self._open(parts, os.O_RDONLY | os.O_DIRECTORY)
         try:
             own = attrs_from_stat(os.fstat(fd))
-            entries: list[DirEntry] = []
+            entries: Entries = []
             with os.scandir(fd) as it:
                 for entry in it:
                     name = entry.name

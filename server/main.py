@@ -1,0 +1,153 @@
+"""``synthfs server``: serve a repository directory to agents over ZeroMQ.
+
+Trusts: the command line (its operator), the bootstrap key file (which must be
+private) and the repository directory. Trusts nothing that arrives on the
+socket (see :mod:`server.service`).
+
+    synthfs server --root DIR --listen ENDPOINT [--bootstrap-key FILE]
+
+Prints ``synthfs server: serving ROOT on ENDPOINT`` on stderr once the socket
+is bound (and writes ``ready`` to ``--ready-fd`` for launchers), then serves
+until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import sys
+
+__all__ = ["HELP", "check_endpoint", "configure", "main"]
+
+log = logging.getLogger(__name__)
+
+HELP = "serve a repository directory to agents"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Serve the repository directory ROOT to synthfs agents over ZeroMQ. Agents "
+        "register with an HMAC of the bootstrap key and get a session token; every "
+        "other request must carry it."
+    )
+    parser.add_argument("--root", required=True, metavar="DIR", help="the repository directory")
+    parser.add_argument(
+        "--listen", required=True, metavar="ENDPOINT",
+        help="ZeroMQ endpoint: ipc://PATH (socket created 0600) or tcp://HOST:PORT on a "
+        "loopback address (tcp://127.0.0.1:* picks a free port)",
+    )
+    parser.add_argument(
+        "--bootstrap-key", metavar="FILE", default=None,
+        help="the bootstrap key file, created (32 random bytes as hex, mode 0600) when it "
+        "does not exist; refused if group or others can access it "
+        "(default: $XDG_CONFIG_HOME/synthfs/bootstrap.key, ~/.config when unset)",
+    )
+    parser.add_argument("--token-ttl", type=float, default=3600.0, metavar="SECONDS",
+                        help="lifetime of a session token (default: 3600)")
+    parser.add_argument("--publish", metavar="ENDPOINT", default=None,
+                        help="also announce invalidations (path, new version) on a PUB socket")
+    parser.add_argument("--workers", type=int, default=8, metavar="N",
+                        help="threads serving bulk data (reads, uploads); default 8")
+    parser.add_argument(
+        "--allow-remote", action="store_true",
+        help="allow a tcp endpoint that is not loopback (UNENCRYPTED: CURVE comes with issue 5)",
+    )
+    parser.add_argument("--ready-fd", type=int, metavar="N", default=None,
+                        help="write 'ready' to fd N and close it once the socket is bound")
+
+
+def check_endpoint(endpoint: str, allow_remote: bool) -> None:
+    """Refuse what the server must not bind: other transports, non-loopback tcp."""
+    if endpoint.startswith("ipc://"):
+        if len(endpoint) <= len("ipc://"):
+            raise ValueError("empty ipc:// path")
+        return
+    if not endpoint.startswith("tcp://"):
+        raise ValueError(f"{endpoint!r}: only ipc:// and tcp:// endpoints are supported")
+    hostport = endpoint[len("tcp://"):]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port:
+        raise ValueError(f"{endpoint!r}: expected tcp://HOST:PORT")
+    host = host.strip("[]")
+    loopback = host in ("localhost", "lo")
+    if not loopback:
+        with contextlib.suppress(ValueError):
+            loopback = ipaddress.ip_address(host).is_loopback
+    if loopback:
+        return
+    if not allow_remote:
+        raise ValueError(
+            f"{endpoint!r} is not a loopback address; pass --allow-remote to serve other "
+            "machines (the link is not encrypted until CURVE, issue 5)"
+        )
+    log.warning("serving %s beyond this machine WITHOUT encryption (CURVE is issue 5)", endpoint)
+    print(f"synthfs server: warning: {endpoint} is reachable from other machines and the "
+          "link is not encrypted (CURVE is issue 5)", file=sys.stderr)
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"synthfs server: error: {msg}", file=sys.stderr)
+    return code
+
+
+def main(args: argparse.Namespace) -> int:
+    import zmq
+
+    from server.auth import Authority, default_key_path, load_or_create_key
+    from server.backends.local import LocalBackend
+    from server.service import Server
+
+    root = os.path.abspath(args.root)
+    if not os.path.isdir(root):
+        return _fail(f"--root {args.root}: not a directory")
+    if args.token_ttl <= 0:
+        return _fail("--token-ttl must be positive")
+    try:
+        check_endpoint(args.listen, args.allow_remote)
+        if args.publish:
+            check_endpoint(args.publish, args.allow_remote)
+    except ValueError as exc:
+        return _fail(str(exc))
+    key_path = args.bootstrap_key or default_key_path()
+    try:
+        key, created = load_or_create_key(key_path)
+    except OSError as exc:
+        return _fail(str(exc.strerror or exc))
+    if created:
+        print(f"synthfs server: created bootstrap key {key_path} (mode 0600)", file=sys.stderr)
+    try:
+        backend = LocalBackend(root)
+    except OSError as exc:
+        return _fail(f"cannot serve {root}: {exc.strerror or exc}")
+    authority = Authority(key, backend.repo_id, args.token_ttl)
+    del key
+    server = Server(backend, authority, args.listen, workers=args.workers, publish=args.publish)
+    stop_r, stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        try:
+            bound = server.bind()
+        except zmq.ZMQError as exc:
+            return _fail(f"cannot listen on {args.listen}: {exc}", 1)
+        signal.set_wakeup_fd(stop_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)  # the wakeup fd ends the loop
+        extra = f" (invalidations on {server.bound_publish})" if args.publish else ""
+        print(f"synthfs server: serving {root} on {bound}{extra}", file=sys.stderr, flush=True)
+        if args.ready_fd is not None:
+            try:
+                os.write(args.ready_fd, b"ready\n")
+                os.close(args.ready_fd)
+            except OSError as exc:
+                log.warning("--ready-fd %d: %s", args.ready_fd, exc.strerror)
+        server.serve(stop_fd=stop_r)
+        return 0
+    finally:
+        signal.set_wakeup_fd(-1)
+        server.close()
+        backend.close()
+        os.close(stop_r)
+        os.close(stop_w)

@@ -1,0 +1,493 @@
+"""The server's broker: one ZeroMQ I/O loop, request dispatch, worker pools.
+
+Trusts nothing that arrives on its socket. Every frame is decoded by
+:mod:`protocol.codec` (which refuses anything malformed); a frame that does
+not decode gets an ``Error(EBADMSG)`` reply (with its request id when one can
+be salvaged, else 0), a bad multipart shape gets the same, and both are
+logged at a limited rate. Every request other than ``Register`` must carry a
+live session token (:mod:`server.auth`), checked before anything is done.
+Only token ids are logged, never tokens.
+
+Shape (one I/O loop per process, as STYLE.md asks): a ROUTER frontend and an
+inproc PULL for replies are polled by one thread, which decodes, checks the
+token and hands requests to two thread pools: *meta* (stat, list, mkdir...)
+and *bulk* (read, upload). Bulk requests of one client take at most half the
+bulk pool (the rest wait in that client's backlog), and metadata never waits
+behind bulk data, so one client's big read does not stall another's stat.
+Workers answer through per-thread PUSH sockets into the PULL; the I/O thread
+alone writes to the ROUTER (and the optional PUB socket, which announces
+invalidations ``[b"inval", msgpack([path, version])]`` after each mutation;
+an empty version means the object is gone).
+
+:func:`handle` (request -> reply, with the changed paths) is pure of sockets
+and is what the tests of dispatch exercise through the real socket.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import logging
+import os
+import posixpath
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgpack
+import zmq
+
+from protocol import messages as m
+from protocol.codec import MAX_FRAME, DecodeError, Envelope, decode, encode, error_from_exception
+from server.auth import AuthError, Authority
+from server.backends.base import Backend
+
+__all__ = ["HANDLERS", "Server", "handle"]
+
+log = logging.getLogger(__name__)
+
+Changed = list[tuple[str, str]]  # (path, new version or "" when gone)
+
+
+def _stat_reply(a: m.Attrs) -> m.StatReply:
+    return m.StatReply(attrs=a)
+
+
+def _h_stat(b: Backend, r: Any) -> m.Message:
+    return _stat_reply(b.stat(r.path))
+
+
+def _h_list(b: Backend, r: Any) -> m.Message:
+    own, entries = b.list(r.path)
+    # attrs' mypy plugin types converter=tuple's argument as an unbound Iterable[_T_co]
+    return m.Listing(attrs=own, entries=tuple(entries))  # type: ignore[arg-type]
+
+
+def _h_read(b: Backend, r: Any) -> m.Message:
+    data, eof, version = b.read(r.path, r.offset, r.length, r.version)
+    return m.Data(data=data, eof=eof, version=version)
+
+
+def _h_readlink(b: Backend, r: Any) -> m.Message:
+    return m.LinkTarget(target=b.readlink(r.path))
+
+
+def _h_chunk(b: Backend, r: Any) -> m.Message:
+    b.upload_chunk(r.upload_id, r.offset, r.data)
+    return m.Done()
+
+
+def _h_commit(b: Backend, r: Any) -> m.Message:
+    return _stat_reply(b.upload_commit(r.upload_id, r.path, r.size, r.mode))
+
+
+def _h_abort(b: Backend, r: Any) -> m.Message:
+    b.upload_abort(r.upload_id)
+    return m.Done()
+
+
+def _h_mkdir(b: Backend, r: Any) -> m.Message:
+    return _stat_reply(b.mkdir(r.path, r.mode))
+
+
+def _h_remove(b: Backend, r: Any) -> m.Message:
+    b.remove(r.path, r.directory)
+    return m.Done()
+
+
+def _h_rename(b: Backend, r: Any) -> m.Message:
+    b.rename(r.src, r.dst, r.flags)
+    return m.Done()
+
+
+def _h_symlink(b: Backend, r: Any) -> m.Message:
+    return _stat_reply(b.symlink(r.target, r.path))
+
+
+def _h_setattr(b: Backend, r: Any) -> m.Message:
+    return _stat_reply(b.setattr(r.path, r.mode, r.atime_ns, r.mtime_ns, r.size))
+
+
+#: request class -> (handler, bulk?, paths it changes)
+HANDLERS: dict[type[m.Message], tuple[Callable[[Backend, Any], m.Message], bool,
+                                      Callable[[Any], tuple[str, ...]]]] = {
+    m.Stat: (_h_stat, False, lambda r: ()),
+    m.List: (_h_list, False, lambda r: ()),
+    m.Read: (_h_read, True, lambda r: ()),
+    m.Readlink: (_h_readlink, False, lambda r: ()),
+    m.UploadChunk: (_h_chunk, True, lambda r: ()),
+    m.UploadCommit: (_h_commit, True, lambda r: (r.path,)),
+    m.UploadAbort: (_h_abort, False, lambda r: ()),
+    m.Mkdir: (_h_mkdir, False, lambda r: (r.path,)),
+    m.Remove: (_h_remove, False, lambda r: (r.path,)),
+    m.Rename: (_h_rename, False, lambda r: (r.src, r.dst)),
+    m.Symlink: (_h_symlink, False, lambda r: (r.path,)),
+    m.SetAttr: (_h_setattr, False, lambda r: (r.path,)),
+}
+
+
+def _version_or_gone(backend: Backend, path: str) -> str:
+    try:
+        return backend.stat(path).version
+    except OSError:
+        return ""
+
+
+def handle(
+    backend: Backend, msg: m.Message, want_changes: bool = False
+) -> tuple[m.Message, Changed]:
+    """Run one authenticated request; the reply (an Error on failure) and what changed."""
+    entry = HANDLERS.get(type(msg))
+    if entry is None:
+        return m.Error(errno=errno.EOPNOTSUPP, message=f"{msg.kind} is not a server request"), []
+    fn, _bulk, touched = entry
+    try:
+        reply = fn(backend, msg)
+    except OSError as exc:
+        return error_from_exception(exc), []
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a value the OS call refuses
+        log.info("%s refused: %s: %s", msg.kind, type(exc).__name__, exc)
+        return m.Error(errno=errno.EINVAL, message=f"invalid argument: {type(exc).__name__}"), []
+    except Exception:
+        log.exception("bug while serving %s", msg.kind)
+        return m.Error(errno=errno.EIO, message="internal error"), []
+    changed: Changed = []
+    if want_changes:
+        for path in touched(msg):
+            changed.append((path, _version_or_gone(backend, path)))
+            parent = posixpath.dirname(path.rstrip("/")) or "/"
+            changed.append((parent, _version_or_gone(backend, parent)))
+    return reply, changed
+
+
+def _salvage_request_id(payload: bytes) -> int:
+    """The request id of a frame that did not decode, when it is recognisable; else 0."""
+    try:
+        raw = msgpack.unpackb(payload, raw=True, use_list=True, max_bin_len=MAX_FRAME,
+                              max_str_len=MAX_FRAME)
+    except Exception:
+        return 0
+    if isinstance(raw, list) and len(raw) >= 3:
+        rid = raw[2]
+        if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**64:
+            return rid
+    return 0
+
+
+class _RateLimitedLog:
+    """At most ``burst`` warnings per ``period`` seconds; then a count of the suppressed."""
+
+    def __init__(self, burst: int = 20, period: float = 10.0) -> None:
+        self.burst, self.period = burst, period
+        self.start, self.count, self.suppressed = time.monotonic(), 0, 0
+
+    def warning(self, fmt: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self.start > self.period:
+            if self.suppressed:
+                log.warning("%d more bad frames in the last %.0f s (not logged)",
+                            self.suppressed, self.period)
+            self.start, self.count, self.suppressed = now, 0, 0
+        self.count += 1
+        if self.count <= self.burst:
+            log.warning(fmt, *args)
+        else:
+            self.suppressed += 1
+
+
+class Server:
+    """The broker. ``bind()`` then ``serve(stop_fd)`` from one thread; ``close()`` at the end."""
+
+    MAX_PENDING = 4096
+    MAX_PENDING_BYTES = 256 * 1024 * 1024
+
+    def __init__(
+        self,
+        backend: Backend,
+        authority: Authority,
+        endpoint: str,
+        *,
+        workers: int = 8,
+        meta_workers: int = 4,
+        publish: str | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.backend = backend
+        self.authority = authority
+        self.endpoint = endpoint
+        self.publish_endpoint = publish
+        self.bound_endpoint = ""
+        self.bound_publish = ""
+        self._ctx = context or zmq.Context.instance()
+        self._workers = max(1, workers)
+        self._per_client_bulk = max(1, self._workers // 2)
+        self._meta = ThreadPoolExecutor(max(1, meta_workers), thread_name_prefix="synthfs-meta")
+        self._bulk = ThreadPoolExecutor(self._workers, thread_name_prefix="synthfs-bulk")
+        self._reply_ep = f"inproc://synthfs-replies-{id(self):x}"
+        self._local = threading.local()
+        self._push_lock = threading.Lock()
+        self._pushes: list[zmq.Socket] = []
+        self._bad = _RateLimitedLog()
+        self._router: zmq.Socket | None = None
+        self._pull: zmq.Socket | None = None
+        self._pub: zmq.Socket | None = None
+        # I/O-thread-only state:
+        self._pending = 0
+        self._pending_bytes = 0
+        self._bulk_active: dict[bytes, int] = {}
+        self._bulk_backlog: dict[bytes, collections.deque[tuple[list[bytes], Envelope, int]]] = {}
+
+    def __repr__(self) -> str:
+        return f"Server({self.endpoint!r}, {self.backend!r})"
+
+    # -- sockets -----------------------------------------------------------------------
+
+    def bind(self) -> str:
+        """Bind the sockets; returns the endpoint actually bound (a tcp port chosen by "*")."""
+        self._pull = self._ctx.socket(zmq.PULL)
+        self._pull.bind(self._reply_ep)
+        router = self._ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 500)
+        router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME + 4096)
+        router.setsockopt(zmq.RCVHWM, 1000)
+        router.setsockopt(zmq.SNDHWM, 1000)
+        self._router = router
+        self.bound_endpoint = self._bind_private(router, self.endpoint)
+        if self.publish_endpoint:
+            pub = self._ctx.socket(zmq.PUB)
+            pub.setsockopt(zmq.LINGER, 0)
+            self._pub = pub
+            self.bound_publish = self._bind_private(pub, self.publish_endpoint)
+        return self.bound_endpoint
+
+    @staticmethod
+    def _bind_private(sock: zmq.Socket, endpoint: str) -> str:
+        if endpoint.startswith("ipc://"):
+            old = os.umask(0o077)  # the socket file is created 0600
+            try:
+                sock.bind(endpoint)
+            finally:
+                os.umask(old)
+            path = endpoint[len("ipc://"):]
+            if not path.startswith("@"):
+                os.chmod(path, 0o600)
+        else:
+            sock.bind(endpoint)
+        bound = sock.getsockopt(zmq.LAST_ENDPOINT)
+        return bound.decode() if isinstance(bound, bytes) else str(bound)
+
+    def close(self) -> None:
+        self._meta.shutdown(wait=True, cancel_futures=True)
+        self._bulk.shutdown(wait=True, cancel_futures=True)
+        self._flush_replies()
+        with self._push_lock:
+            for s in self._pushes:
+                s.close(linger=0)
+            self._pushes.clear()
+        for sock in (self._router, self._pull, self._pub):
+            if sock is not None:
+                sock.close()
+        self._router = self._pull = self._pub = None
+        for ep in (self.bound_endpoint, self.bound_publish):
+            if ep.startswith("ipc://") and not ep[6:].startswith("@"):
+                with contextlib.suppress(OSError):
+                    os.unlink(ep[6:])
+
+    # -- the I/O loop ------------------------------------------------------------------
+
+    def serve(self, stop_fd: int | None = None, stop: threading.Event | None = None) -> None:
+        """Serve until ``stop_fd`` becomes readable or ``stop`` is set."""
+        assert self._router is not None and self._pull is not None, "bind() first"
+        router, pull = self._router, self._pull
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(pull, zmq.POLLIN)
+        if stop_fd is not None:
+            poller.register(stop_fd, zmq.POLLIN)
+        reading = True
+        while True:
+            timeout = 200 if stop is not None else None
+            events = dict(poller.poll(timeout))
+            if (stop_fd is not None and stop_fd in events) or (stop is not None and stop.is_set()):
+                log.info("stopping")
+                return
+            if pull in events:
+                self._flush_replies()
+            if router in events:
+                for _ in range(256):
+                    if not self._can_read():
+                        break
+                    try:
+                        frames = router.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._on_request(frames)
+            want = self._can_read()
+            if want != reading:
+                poller.modify(router, zmq.POLLIN if want else 0)
+                reading = want
+
+    def _can_read(self) -> bool:
+        return self._pending < self.MAX_PENDING and self._pending_bytes < self.MAX_PENDING_BYTES
+
+    def _flush_replies(self) -> None:
+        pull, router = self._pull, self._router
+        if pull is None or router is None:
+            return
+        while True:
+            try:
+                frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            tag = frames[0].bytes
+            if tag == b"P":
+                if self._pub is not None:
+                    self._pub.send_multipart(frames[1:], copy=False)
+                continue
+            # b"R", size, identity, [b""], reply
+            size = int(frames[1].bytes)
+            ident = frames[2].bytes
+            self._pending -= 1
+            self._pending_bytes -= size
+            try:
+                router.send_multipart(frames[2:], zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError as exc:  # peer gone or its queue full: it will resend
+                log.debug("reply dropped: %s", exc)
+            if tag == b"B":
+                self._bulk_done(ident)
+
+    def _reply_now(self, route: list[bytes], msg: m.Message, request_id: int) -> None:
+        assert self._router is not None
+        try:
+            self._router.send_multipart([*route, encode(msg, request_id)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.debug("reply dropped: %s", exc)
+
+    def _on_request(self, frames: list[bytes]) -> None:
+        if len(frames) == 2:
+            route, payload = frames[:1], frames[1]
+        elif len(frames) == 3 and frames[1] == b"":
+            route, payload = frames[:2], frames[2]  # a REQ client's envelope
+        else:
+            self._bad.warning("bad multipart request (%d frames) dropped with an error reply",
+                              len(frames))
+            if frames:
+                self._reply_now(frames[:1], m.Error(errno=errno.EBADMSG,
+                                                    message="one frame per request"), 0)
+            return
+        try:
+            env = decode(payload)
+        except DecodeError as exc:
+            self._bad.warning("bad frame (%d bytes): %s", len(payload), str(exc)[:200])
+            self._reply_now(route, m.Error(errno=errno.EBADMSG, message=str(exc)[:200]),
+                            _salvage_request_id(payload))
+            return
+        except Exception:  # the codec promises DecodeError only; never die on input
+            log.exception("codec bug on a %d-byte frame", len(payload))
+            self._reply_now(route, m.Error(errno=errno.EBADMSG, message="undecodable"), 0)
+            return
+        msg = env.msg
+        if isinstance(msg, m.Register):
+            self._submit(self._meta, "R", route, env, len(payload))
+            return
+        entry = HANDLERS.get(type(msg))
+        if entry is None:
+            self._reply_now(route, m.Error(errno=errno.EOPNOTSUPP,
+                                           message=f"{msg.kind} is not a server request"),
+                            env.request_id)
+            return
+        try:
+            session = self.authority.check(env.token)
+        except AuthError as exc:
+            log.info("%s #%d refused: %s", msg.kind, env.request_id, exc.strerror)
+            self._reply_now(route, m.Error(errno=exc.errno or errno.EKEYREJECTED,
+                                           message=str(exc.strerror or "")[:200]),
+                            env.request_id)
+            return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s #%d token %s", msg.kind, env.request_id, session.token_id)
+        if entry[1]:
+            ident = route[0]
+            if self._bulk_active.get(ident, 0) < self._per_client_bulk:
+                self._bulk_active[ident] = self._bulk_active.get(ident, 0) + 1
+                self._submit(self._bulk, "B", route, env, len(payload))
+            else:
+                self._bulk_backlog.setdefault(ident, collections.deque()).append(
+                    (route, env, len(payload)))
+                self._pending += 1
+                self._pending_bytes += len(payload)
+        else:
+            self._submit(self._meta, "R", route, env, len(payload))
+
+    def _bulk_done(self, ident: bytes) -> None:
+        backlog = self._bulk_backlog.get(ident)
+        if backlog:
+            route, env, size = backlog.popleft()
+            if not backlog:
+                del self._bulk_backlog[ident]
+            self._pending -= 1
+            self._pending_bytes -= size
+            self._submit(self._bulk, "B", route, env, size)  # keeps its active slot
+            return
+        n = self._bulk_active.get(ident, 0) - 1
+        if n > 0:
+            self._bulk_active[ident] = n
+        else:
+            self._bulk_active.pop(ident, None)
+
+    def _submit(self, pool: ThreadPoolExecutor, tag: str, route: list[bytes], env: Envelope,
+                size: int) -> None:
+        self._pending += 1
+        self._pending_bytes += size
+        try:
+            pool.submit(self._work, tag, route, env, size)
+        except RuntimeError:  # shutting down
+            self._pending -= 1
+            self._pending_bytes -= size
+
+    # -- workers -----------------------------------------------------------------------
+
+    def _push(self) -> zmq.Socket:
+        sock = getattr(self._local, "push", None)
+        if sock is None:
+            sock = self._ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.connect(self._reply_ep)
+            self._local.push = sock
+            with self._push_lock:
+                self._pushes.append(sock)
+        return sock
+
+    def _work(self, tag: str, route: list[bytes], env: Envelope, size: int) -> None:
+        started = time.perf_counter()
+        changed: Changed = []
+        msg = env.msg
+        try:
+            if isinstance(msg, m.Register):
+                try:
+                    reply: m.Message = self.authority.register(msg)
+                except AuthError as exc:
+                    reply = m.Error(errno=exc.errno or errno.EACCES,
+                                    message=str(exc.strerror or "")[:200])
+            else:
+                reply, changed = handle(self.backend, msg, want_changes=self._pub is not None)
+            out = encode(reply, env.request_id)
+            if len(out) > MAX_FRAME:
+                out = encode(m.Error(errno=errno.EOVERFLOW, message="reply too large for a frame"),
+                             env.request_id)
+        except Exception:
+            log.exception("bug while serving %s", msg.kind)
+            out = encode(m.Error(errno=errno.EIO, message="internal error"), env.request_id)
+            reply = m.Error(errno=errno.EIO)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s #%d -> %s %.0f µs", msg.kind, env.request_id,
+                      reply.kind if not isinstance(reply, m.Error)
+                      else f"error {errno.errorcode.get(reply.errno, reply.errno)}",
+                      (time.perf_counter() - started) * 1e6)
+        push = self._push()
+        push.send_multipart([tag.encode(), str(size).encode(), *route, out], copy=False)
+        for path, version in changed:
+            push.send_multipart([b"P", b"inval", msgpack.packb([path, version])])
