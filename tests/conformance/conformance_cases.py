@@ -1,0 +1,750 @@
+"""The conformance case table and the harness that runs one case on one side.
+
+A case is a real program (coreutils, tar, grep, sqlite3, sh, python) given as
+an argv template where ``{root}`` is the tree's root: a temporary directory
+natively, ``/data`` under synthfs. Both sides start from the same tree (built
+twice by the same deterministic builder, times included), run in the same
+cwd outside the tree with the same environment and umask, and must agree on
+exit status, stdout and stderr (after mapping the native root to ``/data`` and
+the case's own normaliser) and on the resulting tree (names, types, contents,
+symlink targets, permission bits; file mtimes only where the case says so).
+
+Each normaliser is a deliberate statement that some output legitimately
+differs between two correct file systems; its comment says why. Everything
+not normalised must match byte for byte.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+import sys
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import helpers
+
+__all__ = [
+    "CASES",
+    "ENV",
+    "Case",
+    "Side",
+    "build_standard",
+    "compare",
+    "env_for",
+    "finish",
+    "run_case_native",
+]
+
+#: One fixed environment for both sides: C locale (stable messages and sort
+#: order), UTC (stable dates), no user site for python.
+ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LC_ALL": "C",
+    "TZ": "UTC",
+    "HOME": "/nonexistent",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "SYNTHFS_CONFORMANCE": "1",  # a variable the guest must see unchanged
+}
+#: mtime given to every object of a starting tree (2020-09-13T12:26:40Z).
+FIXED_NS = 1_600_000_000_000_000_000
+PY = sys.executable
+
+
+# -- starting trees -----------------------------------------------------------------------
+
+
+def _fix_times(root: Path) -> None:
+    """Give every object the same mtime, bottom-up (so directories keep theirs)."""
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames + dirnames:
+            os.utime(os.path.join(dirpath, name), ns=(FIXED_NS, FIXED_NS), follow_symlinks=False)
+    os.utime(root, ns=(FIXED_NS, FIXED_NS))
+
+
+def _tar_bytes() -> bytes:
+    """A small deterministic archive: dirs, files with odd modes, a symlink."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+
+        def add(name: str, kind: bytes, mode: int, data: bytes = b"", link: str = "") -> None:
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.mode, ti.mtime, ti.size, ti.linkname = (
+                kind,
+                mode,
+                1_234_567_890,
+                len(data),
+                link,
+            )
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = "root"
+            tf.addfile(ti, io.BytesIO(data) if data else None)
+
+        add("pkg", tarfile.DIRTYPE, 0o755)
+        add("pkg/README", tarfile.REGTYPE, 0o644, b"read me\n")
+        add("pkg/bin", tarfile.DIRTYPE, 0o750)
+        add("pkg/bin/tool", tarfile.REGTYPE, 0o755, b"#!/bin/sh\necho tool\n")
+        add("pkg/secret.key", tarfile.REGTYPE, 0o600, b"k" * 3000)
+        add("pkg/latest", tarfile.SYMTYPE, 0o777, link="bin/tool")
+        add("pkg/empty", tarfile.DIRTYPE, 0o700)
+    return buf.getvalue()
+
+
+def build_standard(root: Path) -> None:
+    """The default starting tree. Deterministic: same bytes, modes and times every call.
+
+    ::
+
+        a.txt lines.txt exec.sh(0755) private.txt(0600) seed.bin(200 KiB) sums.txt in.tar
+        d/ b.txt up -> ../a.txt  sub/c.txt  empty/
+        e/(0700) x.txt
+        link -> a.txt   dlink -> d   dangling -> nowhere
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o755)
+
+    def w(rel: str, data: bytes, mode: int = 0o644) -> None:
+        p = root / rel
+        p.write_bytes(data)
+        os.chmod(p, mode)
+
+    def d(rel: str, mode: int = 0o755) -> None:
+        (root / rel).mkdir()
+        os.chmod(root / rel, mode)
+
+    w("a.txt", b"hello\nworld\n")
+    w("lines.txt", b"".join(b"line %d: the quick brown fox\n" % i for i in range(1, 21)))
+    w("exec.sh", b"#!/bin/sh\necho hi\n", 0o755)
+    w("private.txt", b"private\n", 0o600)
+    w("seed.bin", random.Random(1234).randbytes(200 * 1024))
+    d("d")
+    w("d/b.txt", b"a needle in d\n")
+    os.symlink("../a.txt", root / "d/up")
+    d("d/sub")
+    w("d/sub/c.txt", b"deep needle\nand more\n")
+    d("d/empty")
+    d("e", 0o700)
+    w("e/x.txt", b"x\n")
+    os.symlink("a.txt", root / "link")
+    os.symlink("d", root / "dlink")
+    os.symlink("nowhere", root / "dangling")
+    w("sums.txt", b"")  # filled below from the real contents
+    import hashlib
+
+    sums = "".join(
+        f"{hashlib.sha256((root / n).read_bytes()).hexdigest()}  {n}\n"
+        for n in ("a.txt", "d/b.txt", "seed.bin")
+    )
+    w("sums.txt", sums.encode())
+    w("in.tar", _tar_bytes())
+    _fix_times(root)
+
+
+# -- normalisers --------------------------------------------------------------------------
+# Each takes (text, dirs) where dirs is the set of guest paths (/data/...) that are
+# directories in that side's resulting tree, and returns the text to compare.
+
+Normaliser = Callable[[str, frozenset[str]], str]
+
+
+def exact(text: str, dirs: frozenset[str]) -> str:
+    return text
+
+
+def sort_lines(text: str, dirs: frozenset[str]) -> str:
+    # Directory listing order (getdents) is unspecified: find, grep -r and du
+    # print in that order, so only the set of lines is comparable.
+    return "".join(sorted(text.splitlines(keepends=True)))
+
+
+def ls_long(text: str, dirs: frozenset[str]) -> str:
+    # `ls -la` of a directory. Legitimately file-system specific, so masked:
+    # - "total N": the sum of st_blocks, an allocation detail of the backing store;
+    # - the ".." line: it is the tree's parent, a different host directory natively;
+    # - size and link count of directories: st_size of a directory is
+    #   unspecified (ext4 4096, tmpfs grows per entry) and st_nlink of a
+    #   directory is 1 on btrfs and others; column widths follow them, so
+    #   fields are re-joined with single spaces.
+    # Everything else (modes, file link counts, owners, file sizes, mtimes, names,
+    # symlink targets) must match.
+    out = []
+    for line in text.splitlines():
+        f = line.split()
+        if not f or f[0] == "total" or f[-1] == "..":
+            continue
+        if f[0].startswith("d") and len(f) >= 6:
+            f[1] = f[4] = "<dir>"
+        out.append(" ".join(f))
+    return "\n".join(out) + "\n"
+
+
+def du_apparent(text: str, dirs: frozenset[str]) -> str:
+    # `du -ab`: a directory's line counts its own st_size (unspecified, see
+    # ls_long) plus everything below, so directory lines keep only the path.
+    # File lines (apparent sizes) must match. Order is getdents order: sorted.
+    out = []
+    for line in text.splitlines():
+        _size, _, path = line.partition("\t")
+        out.append(f"<dir>\t{path}" if path in dirs else line)
+    return "".join(sorted(x + "\n" for x in out))
+
+
+def dd_stats(text: str, dirs: frozenset[str]) -> str:
+    # dd's last stderr line reports elapsed time and throughput: keep the byte count.
+    return re.sub(r"copied, [0-9.e+-]+ s, .*", "copied, <time>", text)
+
+
+# -- the case table -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One conformance case. ``argv`` elements may contain ``{root}``."""
+
+    name: str
+    argv: tuple[str, ...]
+    tree: Callable[[Path], None] = build_standard
+    cwd: str | None = None  # relative to the root: the program starts there
+    norm: Normaliser = exact
+    times: bool = False  # compare regular files' mtimes too
+    umask: int = 0o022
+
+    def render(self, root: str) -> list[str]:
+        argv = [a.replace("{root}", root) for a in self.argv]
+        if self.cwd is not None:
+            # synthfs run keeps the caller's cwd and /data does not exist on the
+            # host, so both sides enter the tree the same way: through a shell.
+            target = root if self.cwd == "." else f"{root}/{self.cwd}"
+            argv = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", target, *argv]
+        return argv
+
+
+def sh(script: str) -> tuple[str, ...]:
+    return ("sh", "-c", script)
+
+
+def py(script: str) -> tuple[str, ...]:
+    return (PY, "-I", "-c", script, "{root}")
+
+
+PY_IO = """
+import os, sys
+r = sys.argv[1]
+with open(f"{r}/new.txt", "w") as f:
+    f.write("line1\\n"); f.write("line2\\n")
+with open(f"{r}/new.txt", "a") as f:
+    f.write("appended\\n")
+with open(f"{r}/new.txt", "r+b") as f:
+    f.seek(2); f.write(b"NE"); f.seek(0); print(f.read())
+    print(f.tell(), os.fstat(f.fileno()).st_size)
+print(os.stat(f"{r}/new.txt").st_size, os.path.getsize(f"{r}/a.txt"))
+print(open(f"{r}/a.txt").read(), end="")
+with open(f"{r}/seed.bin", "rb") as f:
+    f.seek(1000); print(f.read(16).hex()); print(os.pread(f.fileno(), 8, 150000).hex())
+fd = os.open(f"{r}/pw.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+os.pwrite(fd, b"xyz", 10); os.write(fd, b"ab"); os.writev(fd, [b"C", b"D"]); os.close(fd)
+fd = os.open(f"{r}/pw.bin", os.O_RDONLY)
+print(os.lseek(fd, 0, os.SEEK_END), os.preadv(fd, [bytearray(4)], 0)); os.close(fd)
+os.rename(f"{r}/new.txt", f"{r}/d/renamed.txt")
+os.remove(f"{r}/lines.txt")
+os.makedirs(f"{r}/m/n/o")
+print(sorted(os.listdir(r)))
+print(os.path.exists(f"{r}/lines.txt"), os.path.isdir(f"{r}/m/n"), os.path.islink(f"{r}/link"))
+"""
+
+PY_PATHLIB = """
+import sys
+from pathlib import Path
+r = Path(sys.argv[1])
+print(sorted(p.relative_to(r).as_posix() for p in r.rglob("*.txt")))
+print((r / "a.txt").read_text(), end="")
+(r / "p" / "q").mkdir(parents=True)
+(r / "p" / "q" / "w.bin").write_bytes(bytes(range(256)))
+for p in sorted(r.iterdir()):
+    print(p.name, p.is_dir(), p.is_file(), p.is_symlink(), p.exists())
+print((r / "link").resolve(), (r / "d" / "up").resolve(), (r / "dlink" / "sub").resolve())
+(r / "private.txt").unlink()
+(r / "a.txt").rename(r / "p" / "a.txt")
+(r / "p" / "t.txt").touch(mode=0o600)
+(r / "d" / "empty").rmdir()
+print((r / "p" / "q" / "w.bin").stat().st_size, (r / "d").exists(), (r / "nope").exists())
+print((r / "link").exists(), (r / "link").is_symlink(), (r / "link").readlink())
+"""
+
+PY_SCANDIR = """
+import os, sys
+r = sys.argv[1]
+def walk(p, depth):
+    with os.scandir(p) as it:
+        for e in sorted(it, key=lambda e: e.name):
+            st = e.stat(follow_symlinks=False)
+            size = st.st_size if e.is_file(follow_symlinks=False) else "-"
+            print("  " * depth + e.name, e.path, e.is_dir(), e.is_file(), e.is_symlink(),
+                  e.is_dir(follow_symlinks=False), oct(st.st_mode), size, e.inode() == st.st_ino)
+            if e.is_dir(follow_symlinks=False):
+                walk(e.path, depth + 1)
+walk(r, 0)
+for dirpath, dirnames, filenames in sorted(os.walk(r)):
+    print(dirpath, sorted(dirnames), sorted(filenames))
+"""
+
+PY_SHUTIL = """
+import os, shutil, sys
+r = sys.argv[1]
+shutil.copytree(f"{r}/d", f"{r}/d2", symlinks=True)
+shutil.copytree(f"{r}/d", f"{r}/d3")
+shutil.copy2(f"{r}/exec.sh", f"{r}/exec2.sh")
+shutil.copyfile(f"{r}/seed.bin", f"{r}/seed2.bin")
+shutil.copymode(f"{r}/private.txt", f"{r}/seed2.bin")
+shutil.move(f"{r}/e", f"{r}/d2/e")
+shutil.rmtree(f"{r}/d")
+print(sorted(os.listdir(r)), sorted(os.listdir(f"{r}/d2")))
+"""
+
+PY_JSON = """
+import json, sys
+r = sys.argv[1]
+doc = {"name": "synthfs", "n": [1, 2, 3], "nested": {"ok": True, "pi": 3.5}, "s": "\\u00e9t\\u00e9"}
+with open(f"{r}/doc.json", "w") as f:
+    json.dump(doc, f, indent=2, sort_keys=True)
+with open(f"{r}/doc.json") as f:
+    back = json.load(f)
+print(back == doc, json.dumps(back, sort_keys=True))
+"""
+
+PY_THREADS = """
+import os, sys, threading
+r = sys.argv[1]
+def writer(i):
+    with open(f"{r}/t{i}.txt", "w") as f:
+        for j in range(3000):
+            f.write(f"thread {i} line {j}\\n")
+            if j % 500 == 0:
+                f.flush()
+        f.flush(); os.fsync(f.fileno())
+ts = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(sorted(n for n in os.listdir(r) if n.startswith("t")))
+print([os.path.getsize(f"{r}/t{i}.txt") for i in range(4)])
+"""
+
+PY_ERRORS = """
+import errno, os, sys
+r = sys.argv[1]
+def t(label, f):
+    try:
+        f(); print(label, "ok")
+    except OSError as e:
+        print(label, errno.errorcode.get(e.errno, e.errno))
+t("open missing", lambda: open(f"{r}/missing"))
+t("excl existing", lambda: os.open(f"{r}/a.txt", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+t("excl on symlink", lambda: os.open(f"{r}/dangling", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+t("write dir", lambda: os.open(f"{r}/d", os.O_WRONLY))
+t("listdir file", lambda: os.listdir(f"{r}/a.txt"))
+t("file as dir", lambda: open(f"{r}/a.txt/x"))
+t("stat file slash", lambda: os.stat(f"{r}/a.txt/"))
+t("creat dir slash", lambda: os.open(f"{r}/newdir/", os.O_CREAT | os.O_WRONLY))
+t("rmdir nonempty", lambda: os.rmdir(f"{r}/d"))
+t("rmdir dot", lambda: os.rmdir(f"{r}/d/empty/."))
+t("rmdir file", lambda: os.rmdir(f"{r}/a.txt"))
+t("unlink dir", lambda: os.unlink(f"{r}/d"))
+t("unlink missing", lambda: os.unlink(f"{r}/missing"))
+t("mkdir existing", lambda: os.mkdir(f"{r}/d"))
+t("mkdir on symlink", lambda: os.mkdir(f"{r}/link"))
+t("mkdir missing parent", lambda: os.mkdir(f"{r}/nope/x"))
+t("O_DIRECTORY file", lambda: os.open(f"{r}/a.txt", os.O_RDONLY | os.O_DIRECTORY))
+t("O_NOFOLLOW link", lambda: os.open(f"{r}/link", os.O_RDONLY | os.O_NOFOLLOW))
+t("dangling", lambda: open(f"{r}/dangling"))
+t("rename into self", lambda: os.rename(f"{r}/d", f"{r}/d/sub/x"))
+t("rename dir over file", lambda: os.rename(f"{r}/d", f"{r}/a.txt"))
+t("rename file over dir", lambda: os.rename(f"{r}/a.txt", f"{r}/e"))
+t("rename dir over nonempty", lambda: os.rename(f"{r}/d/empty", f"{r}/e"))
+t("rename missing", lambda: os.rename(f"{r}/missing", f"{r}/x"))
+t("readlink file", lambda: os.readlink(f"{r}/a.txt"))
+t("symlink exists", lambda: os.symlink("x", f"{r}/a.txt"))
+t("chdir file", lambda: os.chdir(f"{r}/a.txt"))
+t("truncate dir", lambda: os.truncate(f"{r}/d", 0))
+t("link dir", lambda: os.link(f"{r}/d", f"{r}/dl"))
+print("access", os.access(f"{r}/missing", os.F_OK), os.access(f"{r}/a.txt", os.W_OK))
+t("long name", lambda: open(f"{r}/" + "n" * 256))
+os.symlink("loop2", f"{r}/loop1"); os.symlink("loop1", f"{r}/loop2")
+t("loop", lambda: open(f"{r}/loop1"))
+print(sorted(os.listdir(r)))
+"""
+
+PY_MMAP = """
+import mmap, sys
+r = sys.argv[1]
+with open(f"{r}/seed.bin", "rb") as f:
+    m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    print(len(m), m[100:108].hex(), m[-4:].hex()); m.close()
+with open(f"{r}/mm.bin", "w+b") as f:
+    f.truncate(8192)
+    m = mmap.mmap(f.fileno(), 8192)
+    m[0:5] = b"hello"; m[4096:4100] = b"page"; m.flush(); m.close()
+print(open(f"{r}/mm.bin", "rb").read(5))
+"""
+
+PY_META = """
+import os, stat, sys
+r = sys.argv[1]
+os.chmod(f"{r}/a.txt", 0o600); os.chmod(f"{r}/d", 0o750); os.chmod(f"{r}/exec.sh", 0o4755)
+os.truncate(f"{r}/lines.txt", 10)
+with open(f"{r}/private.txt", "r+") as f:
+    os.ftruncate(f.fileno(), 3); os.fchmod(f.fileno(), 0o640)
+os.utime(f"{r}/lines.txt", ns=(1_500_000_000_000_000_000, 1_500_000_000_123_456_789))
+st = os.stat(f"{r}/lines.txt")
+print(st.st_mtime_ns, st.st_size)
+for n in ("a.txt", "d", "exec.sh", "private.txt"):
+    print(n, stat.filemode(os.stat(f"{r}/{n}").st_mode))
+x = f"{r}/exec.sh"
+print(os.access(x, os.X_OK), os.access(f"{r}/a.txt", os.R_OK), os.access(f"{r}/missing", os.F_OK))
+"""
+
+PY_CONSISTENT = """
+import os, sys
+r = sys.argv[1]
+dfd = os.open(r, os.O_RDONLY | os.O_DIRECTORY)
+entries = {e.name: e for e in os.scandir(r)}
+for name in ("a.txt", "d", "seed.bin", "link", "dlink", "e"):
+    p = f"{r}/{name}"
+    s, l = os.stat(p), os.lstat(p)
+    fd = os.open(p, os.O_RDONLY); f = os.fstat(fd); os.close(fd)
+    a = os.stat(name, dir_fd=dfd); al = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    same = lambda x, y: (x.st_ino, x.st_dev, x.st_mode, x.st_size, x.st_mtime_ns, x.st_nlink) == (
+        y.st_ino, y.st_dev, y.st_mode, y.st_size, y.st_mtime_ns, y.st_nlink)
+    print(name, "stat=fstat", same(s, f), "stat=statat", same(s, a), "lstat=lstatat", same(l, al),
+          "scandir ino", entries[name].inode() == l.st_ino, "link differs", l.st_ino != s.st_ino)
+print("root dev", os.stat(r).st_dev == os.stat(f"{r}/a.txt").st_dev)
+"""
+
+PY_FD_PATHS = """
+import os, sys
+r = sys.argv[1]
+fd = os.open(f"{r}/d/b.txt", os.O_RDONLY)
+print(os.readlink(f"/proc/self/fd/{fd}"))
+os.chdir(f"{r}/d/sub")
+print(os.getcwd()); print(os.readlink("/proc/self/cwd"))
+print(open("c.txt").read(), end=""); print(open("../b.txt").read(), end="")
+print(sorted(os.listdir("..")))
+dfd = os.open("..", os.O_RDONLY | os.O_DIRECTORY)
+print(os.readlink(f"/proc/self/fd/{dfd}"))
+print(open("b.txt", opener=lambda p, fl: os.open(p, fl, dir_fd=dfd)).read(), end="")
+os.fchdir(dfd); print(os.getcwd())
+print(os.path.realpath("up"), os.path.abspath("sub"))
+with open("/proc/self/cwd/sub/c.txt") as f: print(f.read(), end="")
+"""
+
+PY_SQLITE_WAL = """
+import sqlite3, sys
+r = sys.argv[1]
+db = sqlite3.connect(f"{r}/wal.db")
+print(db.execute("pragma journal_mode=wal").fetchone())
+db.execute("create table t(k integer primary key, v text)")
+with db:
+    db.executemany("insert into t(v) values (?)", [(f"v{i}",) for i in range(500)])
+other = sqlite3.connect(f"{r}/wal.db")
+print(other.execute("select count(*), min(v), max(v) from t").fetchone())
+other.close()
+db.execute("pragma wal_checkpoint(truncate)")
+db.execute("pragma journal_mode=delete")
+db.close()
+"""
+
+SQL_CREATE = (
+    "create table t(k integer primary key, v text); "
+    "insert into t(v) values ('alpha'),('beta'),('gamma'); create index iv on t(v);"
+)
+SQL_QUERY = "update t set v='BETA' where k=2; select * from t order by k; pragma integrity_check;"
+
+TAR_C = "tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=gnu"
+
+CASES: list[Case] = [
+    # -- listing
+    Case("ls_1a", ("ls", "-1a", "{root}")),
+    Case("ls_1aR", ("ls", "-1aR", "{root}")),
+    Case("ls_la", ("ls", "-la", "--time-style=+%s", "{root}"), norm=ls_long),
+    Case("ls_la_subdir", ("ls", "-la", "--time-style=+%s", "{root}/d"), norm=ls_long),
+    Case(
+        "ls_ln_files",
+        (
+            "ls",
+            "-ln",
+            "--time-style=+%s",
+            "{root}/a.txt",
+            "{root}/exec.sh",
+            "{root}/private.txt",
+            "{root}/link",
+            "{root}/seed.bin",
+            "{root}/d/up",
+        ),
+    ),
+    Case("ls_cwd_relative", ("ls", "-1aR", ".", "../e"), cwd="d"),
+    Case("ls_F_dereference", ("ls", "-1F", "{root}", "{root}/dlink/")),
+    # -- reading
+    Case(
+        "cat",
+        (
+            "cat",
+            "{root}/a.txt",
+            "{root}/d/b.txt",
+            "{root}/link",
+            "{root}/d/up",
+            "{root}/dlink/sub/c.txt",
+        ),
+    ),
+    Case("cat_redirect_binary", sh("cat {root}/seed.bin {root}/seed.bin > {root}/double.bin")),
+    Case("head", sh("head -n 3 {root}/lines.txt && head -c 20 {root}/seed.bin | od -An -tx1")),
+    Case("tail", sh("tail -n 2 {root}/lines.txt {root}/a.txt && tail -c 7 {root}/lines.txt")),
+    Case("wc", sh("wc {root}/lines.txt {root}/a.txt {root}/seed.bin && wc -l < {root}/lines.txt")),
+    Case("sha256sum", ("sha256sum", "{root}/a.txt", "{root}/seed.bin", "{root}/link")),
+    Case("sha256sum_check_cwd", ("sha256sum", "-c", "sums.txt"), cwd="."),
+    Case("grep_r", ("grep", "-rn", "needle", "{root}"), norm=sort_lines),
+    Case("grep_rl_count", sh("grep -rl needle {root} | sort && grep -c fox {root}/lines.txt")),
+    Case(
+        "stat_files",
+        (
+            "stat",
+            "-c",
+            "%n %s %F %a %h",
+            "{root}/a.txt",
+            "{root}/link",
+            "{root}/seed.bin",
+            "{root}/exec.sh",
+            "{root}/private.txt",
+        ),
+    ),
+    Case("stat_dirs", ("stat", "-c", "%n %F %a", "{root}", "{root}/d", "{root}/dlink", "{root}/e")),
+    Case("stat_L", ("stat", "-L", "-c", "%n %s %F %a", "{root}/link", "{root}/d/up")),
+    Case("stat_times", ("stat", "-c", "%n %Y %y", "{root}/a.txt", "{root}/d/b.txt")),
+    Case("find", ("find", "{root}"), norm=sort_lines),
+    Case("find_printf", ("find", "{root}", "-printf", "%y %m %p %l\\n"), norm=sort_lines),
+    Case(
+        "find_type_size",
+        ("find", "{root}", "-type", "f", "-name", "*.txt", "-printf", "%s %p\\n"),
+        norm=sort_lines,
+    ),
+    Case("find_L", ("find", "-L", "{root}", "-type", "f"), norm=sort_lines),
+    Case("find_delete", ("find", "{root}/d", "-name", "*.txt", "-delete")),
+    Case("du_ab", ("du", "-ab", "{root}"), norm=du_apparent),
+    Case("readlink", ("readlink", "{root}/link", "{root}/d/up", "{root}/dangling", "{root}/dlink")),
+    Case("realpath", ("realpath", "{root}/link", "{root}/d/up", "{root}/dlink/sub", "{root}/d/..")),
+    # -- writing
+    Case(
+        "cp_r",
+        sh(
+            "cp -r {root}/d {root}/d2 && cp {root}/a.txt {root}/e/ && cp -a {root}/e {root}/e2"
+            " && diff -r {root}/d {root}/d2 && echo same"
+        ),
+    ),
+    Case(
+        "mv",
+        sh(
+            "mv {root}/a.txt {root}/d/a2.txt && mv {root}/d {root}/dd && "
+            "mv {root}/dd/sub/c.txt {root}/c.txt && mv -v {root}/e {root}/dd/ && ls -1R {root}"
+        ),
+    ),
+    Case("rm_r", sh("rm -r {root}/d && rm -f {root}/link {root}/missing && rm -rfv {root}/e")),
+    Case(
+        "mkdir_p",
+        sh("mkdir -p {root}/x/y/z {root}/d/sub && mkdir -m 700 {root}/m && mkdir -pv {root}/v/w"),
+    ),
+    Case("touch", ("touch", "{root}/new", "{root}/a.txt", "{root}/d/sub/new2")),
+    Case(
+        "touch_times",
+        sh(
+            "touch -d @1234567890 {root}/a.txt {root}/newt && "
+            "touch -m -d '2020-01-01 00:00:00' {root}/d/b.txt && "
+            "stat -c '%n %Y' {root}/a.txt {root}/newt {root}/d/b.txt"
+        ),
+        times=True,
+    ),
+    Case(
+        "ln_s",
+        sh(
+            "ln -s a.txt {root}/l1 && ln -s ../d/b.txt {root}/e/l2 && "
+            "ln -sf b.txt {root}/d/up && readlink {root}/l1 {root}/e/l2 {root}/d/up && "
+            "readlink -f {root}/l1 {root}/dlink/sub && cat {root}/l1 {root}/e/l2 {root}/d/up"
+        ),
+    ),
+    Case(
+        "chmod",
+        sh(
+            "chmod 600 {root}/a.txt && chmod -R go-rx {root}/d && chmod +x {root}/lines.txt"
+            " && stat -c '%n %a' {root}/a.txt {root}/d {root}/d/b.txt {root}/lines.txt"
+        ),
+    ),
+    Case(
+        "truncate",
+        sh(
+            "truncate -s 5 {root}/a.txt && truncate -s 100k {root}/sparse && "
+            "truncate -s +3 {root}/lines.txt && wc -c {root}/a.txt {root}/sparse"
+        ),
+    ),
+    Case("sed_i", ("sed", "-i", "s/hello/HELLO/", "{root}/a.txt", "{root}/private.txt")),
+    Case(
+        "append_redirect",
+        sh(
+            "echo one >> {root}/a.txt; echo two >> {root}/a.txt; "
+            "echo new > {root}/d/n.txt; cat {root}/a.txt {root}/d/n.txt"
+        ),
+    ),
+    Case("umask_077", sh("umask 077 && touch {root}/u && mkdir {root}/ud && echo x > {root}/ux")),
+    Case(
+        "tar_create",
+        sh(f"{TAR_C} -C {{root}} -cf {{root}}/out.tar d e link a.txt && tar -tvf {{root}}/out.tar"),
+    ),
+    Case(
+        "tar_extract",
+        sh(
+            "mkdir {root}/x && tar -C {root}/x -xf {root}/in.tar && "
+            "find {root}/x -printf '%y %m %p %l\\n' | sort"
+        ),
+        times=True,
+    ),
+    Case(
+        "tar_roundtrip_gz",
+        sh(
+            f"{TAR_C} -C {{root}} -czf {{root}}/t.tgz d && mkdir {{root}}/y && "
+            "tar -C {root}/y -xzf {root}/t.tgz"
+        ),
+    ),
+    Case(
+        "dd_fsync",
+        ("dd", "if={root}/seed.bin", "of={root}/out", "bs=64k", "conv=fsync"),
+        norm=dd_stats,
+    ),
+    Case(
+        "dd_notrunc_skip",
+        (
+            "dd",
+            "if={root}/seed.bin",
+            "of={root}/a.txt",
+            "bs=4k",
+            "skip=3",
+            "count=5",
+            "conv=notrunc,fsync",
+        ),
+        norm=dd_stats,
+    ),
+    Case(
+        "sqlite3",
+        sh(
+            f'sqlite3 {{root}}/db.sqlite "{SQL_CREATE}" && sqlite3 {{root}}/db.sqlite "{SQL_QUERY}"'
+        ),
+    ),
+    Case(
+        "sh_cd_pwd",
+        sh(
+            "cd {root}/d && pwd && ls && cd sub && pwd -P && /bin/pwd && ls -a .. "
+            "&& cd ../../dlink && pwd && pwd -P && cd .. && pwd"
+        ),
+    ),
+    Case(
+        "fork_writer",
+        sh(
+            "for i in 1 2 3; do (echo $i > {root}/f$i) & done; wait; "
+            "cat {root}/f1 {root}/f2 {root}/f3"
+        ),
+    ),
+    # -- python
+    Case("py_io", py(PY_IO)),
+    Case("py_pathlib", py(PY_PATHLIB)),
+    Case("py_scandir_walk", py(PY_SCANDIR)),
+    Case("py_shutil", py(PY_SHUTIL)),
+    Case("py_json", py(PY_JSON)),
+    Case("py_threads", py(PY_THREADS)),
+    Case("py_errors", py(PY_ERRORS)),
+    Case("py_mmap", py(PY_MMAP)),
+    Case("py_meta", py(PY_META)),
+    Case("py_stat_consistency", py(PY_CONSISTENT)),
+    Case("py_fd_cwd_paths", py(PY_FD_PATHS)),
+    Case("py_sqlite_wal", py(PY_SQLITE_WAL)),
+    # -- errors: same message, same status
+    Case("err_cat_missing", ("cat", "{root}/missing")),
+    Case("err_mkdir_existing", ("mkdir", "{root}/d")),
+    Case("err_rmdir_nonempty", ("rmdir", "{root}/d")),
+    Case("err_ls_enotdir", ("ls", "{root}/a.txt/x")),
+    Case("err_rm_dir", ("rm", "{root}/d")),
+    Case("err_touch_missing_parent", ("touch", "{root}/nope/x")),
+    Case("err_cp_missing", ("cp", "{root}/missing", "{root}/x")),
+    Case("err_mv_into_self", ("mv", "{root}/d", "{root}/d/sub/")),
+    Case("err_grep_absent", ("grep", "-r", "absent-word", "{root}")),
+    Case("err_cd_missing", sh("cd {root}/nope")),
+    Case("err_ln_exists", ("ln", "-s", "x", "{root}/a.txt")),
+    # -- the wrapper keeps the guest's world: status, signals, env, cwd
+    Case("exit_status", sh("cat {root}/a.txt; exit 42")),
+    Case("killed_by_signal", sh("cat {root}/a.txt; kill -9 $$")),
+    Case("env_untouched", ("env",)),
+    Case("cwd_untouched", ("/bin/pwd",)),
+]
+
+
+# -- running one side ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side's result after normalisation: comparable with ==."""
+
+    status: int
+    stdout: str
+    stderr: str
+    tree: dict[str, helpers.Entry] = field(compare=False)
+
+    def show(self) -> str:
+        return f"exit {self.status}\n--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
+
+
+def guest_dirs(tree: dict[str, helpers.Entry]) -> frozenset[str]:
+    m = helpers.MOUNT
+    return frozenset(m if r == "." else f"{m}/{r}" for r, e in tree.items() if e.kind == "dir")
+
+
+def finish(case: Case, out: helpers.Outcome, root_shown: str, tree_root: Path) -> Side:
+    tree = helpers.snapshot(tree_root, times=case.times)
+    dirs = guest_dirs(tree)
+
+    def norm(text: str) -> str:
+        return case.norm(helpers.normalise_paths(text, root_shown), dirs)
+
+    return Side(out.status, norm(out.stdout), norm(out.stderr), tree)
+
+
+def env_for(home: Path) -> dict[str, str]:
+    """ENV with HOME at a real directory shared by the runs being compared."""
+    return {**ENV, "HOME": str(home)}
+
+
+def run_case_native(case: Case, base: Path, outside: Path, home: Path) -> Side:
+    """Build the tree under ``base`` and run the case natively on it, from cwd ``outside``.
+
+    ``outside`` and ``home`` must be the same directories for the runs being
+    compared (the guest's cwd and environment are part of what they print).
+    """
+    root = (base / "tree").resolve()
+    case.tree(root)
+    out = helpers.run_native(
+        case.render(str(root)), cwd=outside, env=env_for(home), umask=case.umask
+    )
+    return finish(case, out, str(root), root)
+
+
+def compare(case: Case, expected: Side, actual: Side, label: str = "synthfs") -> list[str]:
+    """Every way ``actual`` differs from the native ``expected`` (empty: conformant)."""
+    problems = []
+    if expected.status != actual.status:
+        problems.append(f"exit status: native {expected.status}, {label} {actual.status}")
+    for name in ("stdout", "stderr"):
+        e, a = getattr(expected, name), getattr(actual, name)
+        if e != a:
+            problems.append(f"{name} differs:\n--- native\n{e}--- {label}\n{a}")
+    tree = helpers.diff_trees(expected.tree, actual.tree)
+    if tree:
+        problems.append("resulting tree differs (native -> " + label + "):\n  " + "\n  ".join(tree))
+    return problems

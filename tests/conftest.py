@@ -1,0 +1,32 @@
+"""Fixtures shared by every test directory: kept small and generic.
+
+``synthfs`` gives a :class:`helpers.SynthfsLauncher` and skips only when the
+kernel itself cannot ptrace or seccomp (anything else that breaks
+``synthfs run`` must show up as a failure, not a skip).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # so tests can `import helpers`
+
+import helpers
+
+
+@functools.cache
+def _kernel_reason() -> str | None:
+    return helpers.ptrace_unavailable_reason()
+
+
+@pytest.fixture
+def synthfs() -> helpers.SynthfsLauncher:
+    """How to run a command under ``synthfs run`` (``SYNTHFS_TEST_MODE=data|agent``)."""
+    reason = _kernel_reason()
+    if reason:
+        pytest.skip(f"synthfs cannot run on this kernel: {reason}")
+    return helpers.SynthfsLauncher()
