@@ -1,0 +1,140 @@
+"""``synthfs bench``: run the workload suite under native, synthfs and the peers.
+
+The subcommand shell: options in, :func:`benchmarks.harness.run_bench`, then
+the JSON, the markdown table and the PNG chart out. ``--quick`` is the CI
+smoke run (tiny sizes, one timed run, pinned pass only; under 2 minutes);
+``--micro`` runs the supervisor micro-benchmark instead (benchmarks/micro.py).
+
+Trusts: its command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["HELP", "configure", "main"]
+
+HELP = "benchmark synthfs against native and peer tools"
+
+DEFAULT_TOOLS = (
+    "native,synthfs,synthfs-data,proot,strace,strace-bpf,runsc,bwrap,fuse,seccomp"
+)
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from benchmarks.tools import ALL_TOOLS
+
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="CI smoke run: tiny sizes, 1 timed run, pinned pass only (< 2 min)",
+    )  # fmt: skip
+    parser.add_argument("--runs", type=int, help="timed runs per cell (default 5; --quick: 1)")
+    parser.add_argument(
+        "--tools", default=DEFAULT_TOOLS,
+        help=f"comma-separated, from: {', '.join(ALL_TOOLS)} (default: all)",
+    )  # fmt: skip
+    parser.add_argument("--workloads", default="", help="comma-separated ids (default: all)")
+    parser.add_argument(
+        "--passes", default="",
+        help="pinned,unpinned (default: both; --quick: pinned)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--size", action="append", default=[], metavar="NAME=N",
+        help="override one size (e.g. big_mib=64, tree_files=2000); repeatable",
+    )  # fmt: skip
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run (600)")
+    parser.add_argument(
+        "--cell-budget", type=float, default=0.0, metavar="S",
+        help="fewer timed runs (at least 1) for cells whose runs x warm-up exceed S seconds",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=BENCH_DIR / "out",
+        help="directory for data, JSON, chart (default benchmarks/out, git-ignored)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tmpfs", type=Path, default=Path("/dev/shm/synthfs-bench"),
+        help="tmpfs directory for W4t (default /dev/shm/synthfs-bench)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--results-md", type=Path,
+        help="markdown output (default: benchmarks/RESULTS.md, or OUT/RESULTS-quick.md "
+        "with --quick)",
+    )  # fmt: skip
+    parser.add_argument("--no-install", action="store_true", help="never apt-get missing tools")
+    parser.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    parser.add_argument(
+        "--micro", action="store_true",
+        help="run the supervisor micro-benchmark (time per trapped syscall) instead",
+    )  # fmt: skip
+
+
+def _sizes(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from benchmarks.workloads import Sizes
+
+    sizes = Sizes.quick() if args.quick else Sizes.full()
+    changes = {}
+    for item in args.size:
+        name, _, value = item.partition("=")
+        if name not in sizes.to_dict() or not value.isdigit():
+            names = ", ".join(sizes.to_dict())
+            raise SystemExit(f"synthfs bench: bad --size {item!r} (names: {names})")
+        changes[name] = int(value)
+    return sizes.scaled(**changes)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.micro:
+        from benchmarks import micro
+
+        return micro.main(args)
+
+    from benchmarks import report
+    from benchmarks.harness import Options, Pass, run_bench
+
+    passes_arg = args.passes or ("pinned" if args.quick else "pinned,unpinned")
+    try:
+        passes = tuple(Pass(p.strip()) for p in passes_arg.split(",") if p.strip())
+    except ValueError:
+        print(f"synthfs bench: bad --passes {passes_arg!r} (pinned, unpinned)", file=sys.stderr)
+        return 2
+    opts = Options(
+        sizes=_sizes(args),
+        runs=args.runs or (1 if args.quick else 5),
+        passes=passes,
+        tools=tuple(t.strip() for t in args.tools.split(",") if t.strip()),
+        only_workloads=tuple(w.strip() for w in args.workloads.split(",") if w.strip()),
+        timeout=args.timeout,
+        cell_budget=args.cell_budget,
+        out_dir=args.out,
+        tmpfs_dir=args.tmpfs,
+        install=not args.no_install,
+        quick=args.quick,
+        progress=not args.no_progress,
+    )
+    try:
+        results = run_bench(opts)
+    except ValueError as exc:
+        print(f"synthfs bench: {exc}", file=sys.stderr)
+        return 2
+    data = results.to_dict()
+    out = args.out.resolve()
+    stem = "results-quick" if args.quick else "results"
+    stamp = results.meta["started"][:19].replace(":", "").replace("-", "")
+    report.write_json(data, out / f"{stem}-{stamp}.json")
+    report.write_json(data, out / f"{stem}.json")
+    default_md = out / "RESULTS-quick.md" if args.quick else BENCH_DIR / "RESULTS.md"
+    md_path = args.results_md or default_md
+    md_path.write_text(report.markdown(data))
+    chart = report.plot(data, out / f"{stem}.png")
+    print(f"JSON: {out / f'{stem}.json'}")
+    print(f"markdown: {md_path}")
+    print(f"chart: {chart or 'not drawn (matplotlib missing: pip install synthfs[bench])'}")
+    bad = [c for c in results.cells if c.tool == "native" and not c.ok]
+    if bad:
+        which = ", ".join(c.workload for c in bad)
+        print(f"synthfs bench: native failed on {which}", file=sys.stderr)
+        return 1
+    return 0

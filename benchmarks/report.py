@@ -1,0 +1,208 @@
+"""Reports from :class:`benchmarks.harness.Results`: JSON, markdown, PNG chart.
+
+Pure formatting, except the chart (matplotlib, imported only when drawn, with
+the Agg backend: no display needed). Timings are printed as measured; a cell
+that did not pass its output check shows its status, never a number.
+
+Trusts: the results it is given.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["markdown", "plot", "write_json"]
+
+TIMES = "\u00d7"  # multiplication sign
+DASH = "\u2013"  # en dash, for ranges
+
+#: Tools that are not in the workload table proper, and why, for RESULTS.md.
+NOT_MEASURED = {
+    "Parrot (cctools `parrot_run`)": (
+        "not installable here: Debian 12 ships `coop-computing-tools` without `parrot_run` "
+        "(Parrot is not built in Debian's package), and there is no other packaged build"
+    ),
+}
+
+
+def write_json(data: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+
+
+def _secs(x: float) -> str:
+    if x >= 100:
+        return f"{x:.0f} s"
+    if x >= 1:
+        return f"{x:.2f} s"
+    return f"{x * 1000:.0f} ms" if x >= 0.01 else f"{x * 1000:.1f} ms"
+
+
+def _ratio(x: float) -> str:
+    fmt = ".0f" if x >= 100 else ".1f" if x >= 10 else ".2f"
+    return f"{x:{fmt}}{TIMES}"
+
+
+def _cells(data: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {(c["pass"], c["workload"], c["tool"]): c for c in data["cells"]}
+
+
+def _short_status(c: dict[str, Any]) -> str:
+    return {
+        "failed": "FAIL",
+        "wrong-output": "WRONG",
+        "timeout": "TIMEOUT",
+        "setup-failed": "n/a (setup)",
+        "no-reference": "no ref",
+        "skipped": "skipped",
+    }.get(c["status"], c["status"])
+
+
+def markdown(data: dict[str, Any], title: str = "synthfs benchmark results") -> str:
+    meta = data["meta"]
+    tools = data["tools"]
+    cells = _cells(data)
+    wls = data["workloads"]
+    names = list(tools)
+    m = meta["machine"]
+    out = [f"# {title}", ""]
+    out += [
+        f"Date: {meta['date']} (run {meta['started'][11:16]}{DASH}{meta['finished'][11:16]} UTC). "
+        f"Machine: {m['cpus']} vCPU {m['cpu']}, {m['memory']} RAM, {m['os']}, "
+        f"Linux {m['kernel']}. Load average before/after the run: "
+        f"{meta['load_before'][0]:.2f} / {meta['load_after'][0]:.2f} (1 min).",
+        "",
+        f"Method: one warm-up then up to {meta['runs']} timed runs per cell, interleaved across "
+        "tools (each round runs every tool once, in a rotated order); wall-clock time of the "
+        f"whole command including the tool's own start-up; median, min{DASH}max, and the ratio of "
+        "medians to native's from the same pass. A run counts only if it exits 0 and its "
+        "output (data path replaced by `<DATA>`) equals native's."
+        + (
+            f" Cells whose warm-up exceeded {meta['cell_budget']:.0f} s / {meta['runs']} got "
+            "fewer timed runs (`n` in the detail table)."
+            if meta.get("cell_budget")
+            else ""
+        ),
+        "",
+        "Sizes: " + ", ".join(f"{k}={v}" for k, v in meta["sizes"].items()) + ".",
+        "",
+        "Tools:",
+        "",
+    ]
+    for t in tools.values():
+        line = f"- **{t['label']}** — {t['note'] or 'the command as is, on the real directory'}"
+        if t.get("version"):
+            line += f" (`{t['version']}`)"
+        if t.get("setup_error"):
+            line += f". **Not measured: {t['setup_error']}**"
+        out.append(line)
+    for name, why in NOT_MEASURED.items():
+        out.append(f"- **{name}** — not measured: {why}.")
+    out.append("")
+
+    for pass_ in meta["passes"]:
+        heading = (
+            "pinned (`taskset -c 0`: tool, helpers and harness on one CPU)"
+            if pass_ == "pinned"
+            else "unpinned (2 vCPUs)"
+        )
+        out += [f"## Ratio to native, {heading}", ""]
+        present = [n for n in names if any((pass_, w["id"], n) in cells for w in wls)]
+        labels = " | ".join(tools[n]["label"] for n in present[1:])
+        out.append(f"| workload | native | {labels} |")
+        out.append("|---" * (len(present) + 1) + "|")
+        for w in wls:
+            row = [f"{w['id']} {w['title']}".replace("|", "\\|")]
+            for n in present:
+                c = cells.get((pass_, w["id"], n))
+                if c is None:
+                    row.append("—")
+                elif "median" not in c:
+                    row.append(_short_status(c))
+                elif n == "native":
+                    row.append(_secs(c["median"]))
+                elif "ratio" in c:
+                    row.append(_ratio(c["ratio"]))
+                else:
+                    row.append(_secs(c["median"]))
+            out.append("| " + " | ".join(row) + " |")
+        out += ["", "— : not applicable (see the workload notes).", ""]
+
+    out += ["## Detail", ""]
+    rng_head = f"min{DASH}max"
+    head = f"| pass | workload | tool | median | {rng_head} | ratio ({rng_head}) | n | status |"
+    out.append(head)
+    out.append("|---|---|---|---|---|---|---|---|")
+    for pass_ in meta["passes"]:
+        for w in wls:
+            for n in names:
+                c = cells.get((pass_, w["id"], n))
+                if c is None:
+                    continue
+                if "median" in c:
+                    rng = f"{_secs(c['min'])}{DASH}{_secs(c['max'])}"
+                    ratio = ""
+                    if "ratio" in c:
+                        lo, hi = _ratio(c["ratio_min"]), _ratio(c["ratio_max"])
+                        ratio = f"{_ratio(c['ratio'])} ({lo}{DASH}{hi})"
+                    med = _secs(c["median"])
+                else:
+                    rng = ratio = med = ""
+                status = c["status"]
+                if c["error"]:
+                    status += ": " + c["error"].replace("|", "/").replace("\n", " ")[:160]
+                row = [pass_, w["id"], tools[n]["label"], med, rng, ratio, str(c["n"]), status]
+                out.append("| " + " | ".join(row) + " |")
+    out += ["", "## Workloads", ""]
+    for w in wls:
+        line = f"- **{w['id']}** {w['title']}: `{w['command']}`"
+        if w["reset"]:
+            line += f" (reset before each run: `{w['reset']}`)"
+        if w["note"]:
+            line += f". {w['note']}"
+        out.append(line.replace("\n", "⏎"))
+    out.append("")
+    return "\n".join(out)
+
+
+def plot(data: dict[str, Any], path: Path) -> Path | None:
+    """Grouped bar chart of ratios to native (log scale), one panel per pass."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    cells = _cells(data)
+    wls = [w["id"] for w in data["workloads"]]
+    tools = [n for n in data["tools"] if n != "native"]
+    passes = data["meta"]["passes"]
+    fig, axes = plt.subplots(
+        len(passes), 1, figsize=(max(8, len(wls) * 1.1), 4.2 * len(passes)), squeeze=False
+    )
+    width = 0.8 / max(1, len(tools))
+    for ax, pass_ in zip(axes[:, 0], passes, strict=True):
+        for i, name in enumerate(tools):
+            xs, ys = [], []
+            for j, w in enumerate(wls):
+                c = cells.get((pass_, w, name))
+                if c and "ratio" in c:
+                    xs.append(j + (i - (len(tools) - 1) / 2) * width)
+                    ys.append(c["ratio"])
+            if xs:
+                ax.bar(xs, ys, width, label=data["tools"][name]["label"])
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(wls)), wls)
+        ax.set_ylabel("time / native (log)")
+        ax.set_title(f"ratio to native, {pass_}")
+        ax.grid(axis="y", which="both", alpha=0.3)
+    axes[0, 0].legend(fontsize="small", ncol=3, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
