@@ -1,0 +1,157 @@
+"""Registration, tokens and start-up checks, against a real server process."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+import time
+
+from server_harness import REPO, RawClient, ServerProc, make_key, register
+
+from protocol.messages import Error, Mkdir, Registered, Stat, StatReply, UploadCommit
+
+
+def _err(reply) -> int:
+    assert isinstance(reply, Error), reply
+    return reply.errno
+
+
+def test_register_gives_a_token(srv):
+    c = srv.client(registered=False)
+    reply = register(c, srv.key)
+    assert isinstance(reply, Registered)
+    assert len(reply.token) >= 40 and reply.token_id and reply.token_id not in reply.token
+    assert reply.expires_at_ns > time.time_ns() + 3000 * 10**9
+    real = os.path.realpath(srv.root)
+    assert reply.repo_id == hashlib.sha256(real.encode()).hexdigest()[:16]
+    assert isinstance(c.call(Stat(path="/")), StatReply)
+    assert reply.token not in srv.proc.output()  # never logged
+
+
+def test_two_registrations_get_different_tokens(srv):
+    a, b = srv.client(), srv.client()
+    assert a.token != b.token
+
+
+def test_bad_mac_is_refused(srv):
+    c = srv.client(registered=False)
+    reply = register(c, srv.key, mac="00" * 32)
+    assert _err(reply) == errno.EACCES
+    reply = register(c, b"not the key at all, not at all")
+    assert _err(reply) == errno.EACCES
+    assert not c.token
+
+
+def test_replayed_nonce_is_refused(srv):
+    c = srv.client(registered=False)
+    ts = time.time_ns()
+    assert isinstance(register(c, srv.key, nonce="n-1", ts=ts), Registered)
+    assert _err(register(c, srv.key, nonce="n-1", ts=ts)) == errno.EACCES
+    assert _err(register(c, srv.key, agent_id="other", nonce="n-1")) == errno.EACCES
+
+
+def test_stale_or_future_timestamp_is_refused(srv):
+    c = srv.client(registered=False)
+    now = time.time_ns()
+    assert _err(register(c, srv.key, ts=now - 121 * 10**9)) == errno.EACCES
+    assert _err(register(c, srv.key, ts=now + 121 * 10**9)) == errno.EACCES
+    assert isinstance(register(c, srv.key, ts=now - 100 * 10**9), Registered)
+
+
+def test_missing_or_wrong_token_does_nothing(srv):
+    c = srv.client(registered=False)
+    assert _err(c.call(Mkdir(path="/made"), token="")) == errno.EKEYREJECTED
+    assert _err(c.call(Mkdir(path="/made"), token="x" * 43)) == errno.EKEYREJECTED
+    assert _err(c.call(UploadCommit(upload_id="u", path="/f", size=0), token="nope")) == (
+        errno.EKEYREJECTED)
+    assert sorted(os.listdir(srv.root)) == [".synthfs-staging"]
+
+
+def test_expired_token_does_nothing(make_server):
+    srv = make_server("--token-ttl", "1")
+    c = srv.client()
+    assert isinstance(c.call(Stat(path="/")), StatReply)
+    time.sleep(1.2)
+    assert _err(c.call(Mkdir(path="/made"))) == errno.EKEYEXPIRED
+    assert _err(c.call(UploadCommit(upload_id="u", path="/f", size=0))) == errno.EKEYEXPIRED
+    assert not (srv.root / "made").exists() and not (srv.root / "f").exists()
+    register(c, srv.key)  # a fresh registration works again
+    assert isinstance(c.call(Mkdir(path="/made")), StatReply)
+    assert (srv.root / "made").is_dir()
+
+
+def test_token_of_a_previous_server_is_rejected(make_server, tmp_path):
+    srv = make_server()
+    c = srv.client()
+    srv.proc.stop()
+    srv2 = make_server(root=srv.root)
+    c2 = RawClient(srv2.endpoint, token=c.token)
+    try:
+        assert _err(c2.call(Stat(path="/"))) == errno.EKEYREJECTED
+    finally:
+        c2.close()
+
+
+def test_key_file_is_created_private(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    key_path = tmp_path / "conf" / "bootstrap.key"
+    p = ServerProc(root, key_path, f"ipc://{tmp_path}/s.sock").start()
+    try:
+        st = os.stat(key_path)
+        assert stat.S_IMODE(st.st_mode) == 0o600
+        key = key_path.read_bytes().strip()
+        assert len(key) == 64 and bytes.fromhex(key.decode())
+        c = RawClient(p.bound)
+        try:
+            assert isinstance(register(c, key), Registered)
+        finally:
+            c.close()
+        assert key.decode() not in p.output()
+    finally:
+        p.stop()
+
+
+def _run_server(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "server", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_group_readable_key_is_refused(tmp_path):
+    key_path = tmp_path / "k"
+    make_key(key_path)
+    os.chmod(key_path, 0o640)
+    (tmp_path / "repo").mkdir()
+    r = _run_server("--root", str(tmp_path / "repo"), "--listen", f"ipc://{tmp_path}/s.sock",
+                    "--bootstrap-key", str(key_path))
+    assert r.returncode == 2
+    assert "group or others can access it" in r.stderr and "0640" in r.stderr
+
+
+def test_non_loopback_listen_is_refused(tmp_path):
+    make_key(tmp_path / "k")
+    (tmp_path / "repo").mkdir()
+    for ep in ("tcp://0.0.0.0:5999", "tcp://*:5999", "inproc://x", "udp://1.2.3.4:5"):
+        r = _run_server("--root", str(tmp_path / "repo"), "--listen", ep,
+                        "--bootstrap-key", str(tmp_path / "k"))
+        assert r.returncode == 2, ep
+        assert "error" in r.stderr
+
+
+def test_tcp_loopback_with_any_port(make_server):
+    srv = make_server(endpoint="tcp://127.0.0.1:*")
+    assert srv.endpoint.startswith("tcp://127.0.0.1:") and not srv.endpoint.endswith("*")
+    c = srv.client()
+    assert isinstance(c.call(Stat(path="/")), StatReply)
+
+
+def test_ipc_socket_is_private_and_removed_on_sigterm(srv):
+    path = srv.endpoint[len("ipc://"):]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert srv.proc.stop() == 0
+    assert not os.path.exists(path)
+    assert "synthfs server: serving" in srv.proc.output()
