@@ -752,6 +752,12 @@ class _Loader:
             note = f" (from {raw!r})" if text != raw else ""
             raise self.error(path, f"{exc}{note}") from None
 
+    def argv_glob(self, raw: str, path: KeyPath) -> ArgvGlob:
+        try:
+            return ArgvGlob.compile(self.expand(raw, path))
+        except GlobError as exc:
+            raise self.error(path, str(exc)) from None
+
     # -- the document --------------------------------------------------------------------
     def load(self) -> Policy:
         try:
@@ -835,7 +841,7 @@ class _Loader:
             for j, earlier in enumerate(apps):
                 if _shadows(earlier, app):
                     raise self.error(
-                        ("app", i),
+                        ("app", i, "match"),
                         f"app {app.name!r} can never match: app {earlier.name!r} above"
                         f" (line {self.line(('app', j))}) matches every executable and argv it does"
                         " (move the more specific app first, or make the matchers differ)",
@@ -929,8 +935,7 @@ class _Loader:
                 match["argv"], (*p, "match", "argv"), "globs, each must match some argv element"
             )
             argv = tuple(
-                ArgvGlob.compile(self.expand(g, (*p, "match", "argv", k)))
-                for k, g in enumerate(raw_argv)
+                self.argv_glob(g, (*p, "match", "argv", k)) for k, g in enumerate(raw_argv)
             )
         sha: str | None = None
         if "sha256" in match:
@@ -971,10 +976,10 @@ class _Loader:
             for j, entry in enumerate(entries):
                 count += 1
                 rp: KeyPath = (*p, kind, j)
+                if "errno" in entry and kind == "allow":
+                    raise self.error((*rp, "errno"), "errno only applies to deny rules (remove it)")
                 what = "an allow rule" if kind == "allow" else "a deny rule"
                 self.keys(entry, _ALLOW_KEYS if kind == "allow" else _DENY_KEYS, rp, what)
-                if "errno" in entry and kind == "allow":
-                    raise self.error((*rp, "errno"), "errno only applies to deny rules")
                 for need in ("paths", "ops"):
                     if need not in entry:
                         raise self.error(rp, f"{kind} rule has no {need!r} (e.g. {need} = [...])")
