@@ -149,6 +149,16 @@ class _Stop(Exception):
 
 def main(args: argparse.Namespace) -> int:
     make_undumpable()
+    flag = _StopFlag()
+    flag.install()
+    try:
+        return _main(args, flag)
+    except _Stop:
+        log.info("agent: stopped")
+        return 0
+
+
+def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
     try:
         key = read_key_fd(args.bootstrap_fd) if args.bootstrap_fd is not None \
             else read_key_file(args.bootstrap_key)
@@ -198,7 +208,7 @@ def main(args: argparse.Namespace) -> int:
                 os.write(args.ready_fd, b"ready\n")
             finally:
                 os.close(args.ready_fd)
-        _serve(router, service)
+        _serve(router, service, flag)
         return 0
     finally:
         if service is not None:
@@ -211,30 +221,34 @@ def main(args: argparse.Namespace) -> int:
                 os.unlink(sock_path)
 
 
-def _serve(router: zmq.Socket[Any], service: AgentService) -> None:
-    state = {"idle": True, "stop": False}
+class _StopFlag:
+    """SIGTERM/SIGINT: stop at once when idle, else after the request in hand."""
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        state["stop"] = True
-        if state["idle"]:
+    def __init__(self) -> None:
+        self.idle = True
+        self.stop = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop = True
+        if self.idle:
             raise _Stop
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        while not state["stop"]:
-            if not router.poll(1000, zmq.POLLIN):
-                service.idle()
-                continue
-            state["idle"] = False
-            parts = router.recv_multipart(copy=False)
-            reply = _answer(service, parts[-1].buffer)
-            if reply is not None:
-                router.send_multipart([p.bytes for p in parts[:-1]] + [reply], copy=False)
-            state["idle"] = True
-    except _Stop:
-        pass
-    log.info("agent: stopping")
+
+def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag) -> None:
+    while not flag.stop:
+        if not router.poll(1000, zmq.POLLIN):
+            service.idle()
+            continue
+        flag.idle = False
+        parts = router.recv_multipart(copy=False)
+        reply = _answer(service, parts[-1].buffer)
+        if reply is not None:
+            router.send_multipart([p.bytes for p in parts[:-1]] + [reply], copy=False)
+        flag.idle = True
 
 
 def _answer(service: AgentService, frame: Any) -> bytes | None:

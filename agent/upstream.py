@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from protocol.client import Client, RemoteError
+from protocol.client import Client, Unreachable
 from protocol.messages import PROTOCOL_VERSION, Message, Register, Registered
 
 __all__ = ["Upstream"]
@@ -96,8 +96,8 @@ class Upstream:
         self._fresh()
         try:
             reply = self.client.call(msg)
-        except RemoteError as exc:
-            if exc.errno not in _AUTH_ERRNOS:
+        except OSError as exc:
+            if exc.errno not in _AUTH_ERRNOS or isinstance(exc, Unreachable):
                 raise
             log.info("server refused the token (%s): registering again", errno.errorcode[exc.errno])
             self.register()
@@ -126,8 +126,8 @@ class Upstream:
                         raise OSError(errno.EPROTO, f"server answered with {reply.kind}")
                     yield base + n, reply
                     start = base + n + 1
-            except RemoteError as exc:
-                if exc.errno not in _AUTH_ERRNOS or renewed:
+            except OSError as exc:
+                if exc.errno not in _AUTH_ERRNOS or renewed or isinstance(exc, Unreachable):
                     raise
                 renewed = True
                 self.register()

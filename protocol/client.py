@@ -20,8 +20,9 @@ Semantics, in the Majordomo (7/MDP) "lazy pirate" style:
   ``TimeoutError`` (so an ``OSError``) with errno **ETIMEDOUT**. The agent
   turns it into ``Error(ETIMEDOUT)`` for the interposer, which hands that
   errno to the guest.
-* An :class:`~protocol.messages.Error` reply raises ``OSError(errno, message)``
-  (:class:`RemoteError`, an ``OSError`` subclass).
+* An :class:`~protocol.messages.Error` reply raises ``OSError(errno, message)``,
+  which Python turns into the matching subclass (``FileNotFoundError`` for
+  ENOENT...), so callers can catch either by class or by ``errno``.
 
 Framing: a request is sent as one frame (the encoded envelope). On receive,
 the last frame of a multipart message is the envelope, so a peer that adds an
@@ -47,7 +48,7 @@ import zmq
 from protocol.codec import DecodeError, decode, encode
 from protocol.messages import Error, Message
 
-__all__ = ["DEFAULT_TIMEOUT", "Client", "RemoteError", "Unreachable"]
+__all__ = ["DEFAULT_TIMEOUT", "Client", "Unreachable", "raise_for_error"]
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,6 @@ class Unreachable(TimeoutError):
         super().__init__(errno_mod.ETIMEDOUT, f"{endpoint} did not answer within {seconds:g} s")
         self.endpoint = endpoint
         self.seconds = seconds
-
-
-class RemoteError(OSError):
-    """The peer answered with an :class:`Error` (``errno`` is the peer's)."""
 
 
 class Client:
@@ -138,7 +135,7 @@ class Client:
         return rid, encode(msg, rid, token)
 
     def call(self, msg: Message) -> Message:
-        """Send ``msg``, wait for its reply; raise ``RemoteError`` or ``Unreachable``."""
+        """Send ``msg`` and wait for its reply; raise ``OSError`` (Error reply) or ``Unreachable``."""
         rid, frame = self._frame(msg)
         sock = self._sock
         assert sock is not None, "client is closed"
@@ -157,7 +154,7 @@ class Client:
     def pipeline(self, msgs: Iterable[Message], window: int = 4) -> Iterator[Message]:
         """Send ``msgs`` with up to ``window`` in flight; yield the replies in order.
 
-        An ``Error`` reply raises ``RemoteError`` at its place in the sequence
+        An ``Error`` reply raises ``OSError`` at its place in the sequence
         (the requests still in flight are abandoned: their late replies will be
         dropped). A stall longer than one attempt's timeout reopens the socket
         and resends every request in flight; after ``1 + retries`` consecutive
@@ -221,7 +218,11 @@ class Client:
         return None
 
 
-def _unwrap(msg: Message) -> Message:
+def raise_for_error(msg: Message) -> Message:
+    """``msg``, unless it is an :class:`Error`: then ``OSError(errno, message)``."""
     if isinstance(msg, Error):
-        raise RemoteError(msg.errno, msg.message or os.strerror(msg.errno))
+        raise OSError(msg.errno, msg.message or os.strerror(msg.errno))
     return msg
+
+
+_unwrap = raise_for_error
