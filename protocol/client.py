@@ -135,7 +135,7 @@ class Client:
         return rid, encode(msg, rid, token)
 
     def call(self, msg: Message) -> Message:
-        """Send ``msg`` and wait for its reply; raise ``OSError`` (Error reply) or ``Unreachable``."""
+        """Send ``msg``, wait for the reply; raise OSError (an Error reply) or Unreachable."""
         rid, frame = self._frame(msg)
         sock = self._sock
         assert sock is not None, "client is closed"

@@ -24,9 +24,7 @@ from protocol.messages import Message
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP = 20.0
-# TEMPORARY (dev before server/main.py lands): SYNTHFS_DEV_SERVER=/path/devserver.py
-SERVER_CMD = [sys.executable, os.environ["SYNTHFS_DEV_SERVER"]] if os.environ.get(
-    "SYNTHFS_DEV_SERVER") else [sys.executable, "-m", "server"]
+SERVER_CMD = [sys.executable, "-m", "server"]
 
 
 def _env() -> dict[str, str]:
