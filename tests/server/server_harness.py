@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import secrets
 import select
 import signal
@@ -64,8 +65,10 @@ class ServerProc:
             self.kill()
             raise RuntimeError(f"server not ready: {self.output()}")
         for line in self.output().splitlines():
-            if "serving" in line and " on " in line:
-                self.bound = line.rsplit(" on ", 1)[1].split(" ")[0]
+            line = re.sub(r" \(invalidations on \S+\)$", "", line)
+            found = re.match(r"synthfs server: serving .* on (\S+)$", line)
+            if found:
+                self.bound = found.group(1)
         return self
 
     def output(self) -> str:

@@ -1,0 +1,243 @@
+"""Every operation round trip over the real socket, concurrency and invalidations."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import time
+
+import msgpack
+import pytest
+import zmq
+
+from protocol.codec import decode, encode
+from protocol.messages import (
+    CHUNK_SIZE,
+    Data,
+    Done,
+    Error,
+    FileKind,
+    Hello,
+    LinkTarget,
+    List,
+    Listing,
+    Mkdir,
+    Read,
+    Readlink,
+    Remove,
+    Rename,
+    RenameFlags,
+    SetAttr,
+    Stat,
+    StatReply,
+    Symlink,
+    UploadAbort,
+    UploadChunk,
+    UploadCommit,
+)
+
+
+def _upload(c, path: str, data: bytes, mode: int = 0o644) -> StatReply:
+    uid = secrets.token_hex(8)
+    for off in range(0, len(data), CHUNK_SIZE):
+        assert isinstance(c.call(UploadChunk(upload_id=uid, offset=off,
+                                             data=data[off : off + CHUNK_SIZE])), Done)
+    reply = c.call(UploadCommit(upload_id=uid, path=path, size=len(data), mode=mode))
+    assert isinstance(reply, StatReply), reply
+    return reply
+
+
+def _err(reply) -> int:
+    assert isinstance(reply, Error), reply
+    return reply.errno
+
+
+def test_every_operation_round_trip(srv):
+    c = srv.client()
+    root = srv.root
+    # Mkdir -> StatReply
+    r = c.call(Mkdir(path="/d", mode=0o750))
+    assert isinstance(r, StatReply) and r.attrs.kind is FileKind.DIR and r.attrs.mode == 0o750
+    assert (root / "d").is_dir()
+    # Upload -> StatReply, file on disk
+    r = _upload(c, "/d/f", b"hello world", mode=0o640)
+    assert r.attrs.size == 11 and r.attrs.mode == 0o640
+    assert (root / "d" / "f").read_bytes() == b"hello world"
+    # Stat
+    s = c.call(Stat(path="/d/f"))
+    assert isinstance(s, StatReply) and s.attrs == r.attrs
+    # Read (ranged, pinned version)
+    d = c.call(Read(path="/d/f", offset=6, length=100, version=r.attrs.version))
+    assert isinstance(d, Data) and d.data == b"world" and d.eof and d.version == r.attrs.version
+    # Symlink / Readlink
+    s = c.call(Symlink(target="f", path="/d/l"))
+    assert isinstance(s, StatReply) and s.attrs.kind is FileKind.SYMLINK
+    assert c.call(Readlink(path="/d/l")) == LinkTarget(target="f")
+    assert os.readlink(root / "d" / "l") == "f"
+    # List (READDIRPLUS)
+    lst = c.call(List(path="/d"))
+    assert isinstance(lst, Listing)
+    assert {e.name: e.attrs.kind for e in lst.entries} == {"f": FileKind.FILE,
+                                                          "l": FileKind.SYMLINK}
+    assert lst.attrs.kind is FileKind.DIR
+    # SetAttr: chmod, utimes, truncate
+    s = c.call(SetAttr(path="/d/f", mode=0o600, mtime_ns=1_500_000_000_000_000_000, size=5))
+    assert isinstance(s, StatReply)
+    assert (s.attrs.mode, s.attrs.size, s.attrs.mtime_ns) == (0o600, 5, 1_500_000_000_000_000_000)
+    assert (root / "d" / "f").read_bytes() == b"hello"
+    # Rename (plain, NOREPLACE, EXCHANGE)
+    assert isinstance(c.call(Rename(src="/d/f", dst="/d/g")), Done)
+    _upload(c, "/d/h", b"H")
+    assert _err(c.call(Rename(src="/d/g", dst="/d/h", flags=RenameFlags.NOREPLACE))) == (
+        errno.EEXIST)
+    assert isinstance(c.call(Rename(src="/d/g", dst="/d/h", flags=RenameFlags.EXCHANGE)), Done)
+    assert (root / "d" / "h").read_bytes() == b"hello" and (root / "d" / "g").read_bytes() == b"H"
+    # Remove
+    assert isinstance(c.call(Remove(path="/d/g")), Done)
+    assert _err(c.call(Remove(path="/d", directory=True))) == errno.ENOTEMPTY
+    for name in ("h", "l"):
+        assert isinstance(c.call(Remove(path=f"/d/{name}")), Done)
+    assert isinstance(c.call(Remove(path="/d", directory=True)), Done)
+    assert sorted(os.listdir(root)) == [".synthfs-staging"]
+    # UploadAbort
+    assert isinstance(c.call(UploadChunk(upload_id="ab", offset=0, data=b"x")), Done)
+    assert isinstance(c.call(UploadAbort(upload_id="ab")), Done)
+    assert _err(c.call(UploadCommit(upload_id="ab", path="/x", size=1))) == errno.EIO
+
+
+def test_errnos_cross_the_wire(srv):
+    c = srv.client()
+    assert _err(c.call(Stat(path="/nope"))) == errno.ENOENT
+    _upload(c, "/f", b"x")
+    assert _err(c.call(Stat(path="/f/x"))) == errno.ENOTDIR
+    assert _err(c.call(List(path="/f"))) == errno.ENOTDIR
+    assert _err(c.call(Remove(path="/", directory=True))) == errno.EBUSY
+    assert _err(c.call(Mkdir(path="/f"))) == errno.EEXIST
+    assert _err(c.call(Readlink(path="/f"))) == errno.EINVAL
+    c.call(Mkdir(path="/d"))
+    assert _err(c.call(Remove(path="/d"))) == errno.EISDIR
+    assert _err(c.call(Read(path="/d", offset=0, length=1))) == errno.EISDIR
+
+
+def test_multi_chunk_read_with_version_and_estale(srv):
+    c = srv.client()
+    data = secrets.token_bytes(CHUNK_SIZE + 1000)
+    a = _upload(c, "/big", data).attrs
+    first = c.call(Read(path="/big", offset=0, length=CHUNK_SIZE, version=a.version))
+    assert isinstance(first, Data) and not first.eof and len(first.data) == CHUNK_SIZE
+    _upload(c, "/big", b"changed")
+    assert _err(c.call(Read(path="/big", offset=CHUNK_SIZE, length=CHUNK_SIZE,
+                            version=a.version))) == errno.ESTALE
+
+
+def test_version_changes_on_every_write(srv):
+    c = srv.client()
+    versions = {_upload(c, "/f", b"same").attrs.version for _ in range(20)}
+    assert len(versions) == 20
+
+
+def test_commit_resend_returns_same_attrs(srv):
+    c = srv.client()
+    c.call(UploadChunk(upload_id="once", offset=0, data=b"abc"))
+    a = c.call(UploadCommit(upload_id="once", path="/f", size=3))
+    b = c.call(UploadCommit(upload_id="once", path="/f", size=3))
+    assert isinstance(a, StatReply) and a == b
+
+
+def test_not_a_server_request(srv):
+    c = srv.client()
+    assert _err(c.call(Hello(version=1))) == errno.EOPNOTSUPP
+
+
+def test_reply_echoes_request_id_and_req_envelope_works(srv):
+    c = srv.client()
+    rid = c.send(Stat(path="/"), rid=2**64 - 1)
+    got, reply = c.recv()
+    assert got == rid and isinstance(reply, StatReply)
+    req = zmq.Context.instance().socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(srv.endpoint)
+    try:
+        req.send(encode(Stat(path="/"), 7, c.token))
+        assert req.poll(5000)
+        env = decode(req.recv())
+        assert env.request_id == 7 and isinstance(env.msg, StatReply)
+    finally:
+        req.close()
+
+
+def test_special_files_are_refused(srv):
+    os.mkfifo(srv.root / "fifo")
+    c = srv.client()
+    assert _err(c.call(Read(path="/fifo", offset=0, length=10))) == errno.EACCES
+    assert [e.name for e in c.call(List(path="/")).entries] == []
+
+
+def test_a_slow_client_does_not_stall_another(srv):
+    """Client A pipelines 24 chunk-sized reads; B's stat is answered before A is done."""
+    a, b = srv.client(), srv.client()
+    data = secrets.token_bytes(CHUNK_SIZE)
+    _upload(a, "/big", data)
+    rids = [a.send(Read(path="/big", offset=0, length=CHUNK_SIZE)) for _ in range(24)]
+    time.sleep(0.005)
+    t0 = time.perf_counter()
+    reply = b.call(Stat(path="/big"))
+    stat_latency = time.perf_counter() - t0
+    assert isinstance(reply, StatReply)
+    seen = []
+    for _ in rids:
+        rid, msg = a.recv(timeout=30)
+        assert isinstance(msg, Data) and msg.data == data
+        seen.append(rid)
+    bulk_total = time.perf_counter() - t0
+    assert sorted(seen) == sorted(rids)
+    assert stat_latency < bulk_total / 2, (stat_latency, bulk_total)
+
+
+def test_many_clients_at_once(srv):
+    clients = [srv.client() for _ in range(8)]
+    for i, c in enumerate(clients):
+        _upload(c, f"/f{i}", str(i).encode())
+    rids = {c: c.send(Stat(path=f"/f{i}")) for i, c in enumerate(clients)}
+    for i, c in enumerate(clients):
+        rid, msg = c.recv()
+        assert rid == rids[c] and isinstance(msg, StatReply) and msg.attrs.size == len(str(i))
+
+
+@pytest.fixture
+def published(make_server, tmp_path):
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="sfs-pub-", dir="/tmp")
+    srv = make_server("--publish", f"ipc://{d}/pub.sock")
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"inval")
+    sub.connect(f"ipc://{d}/pub.sock")
+    time.sleep(0.2)  # PUB/SUB: let the subscription reach the publisher
+    yield srv, sub
+    sub.close()
+
+
+def test_invalidations_are_published(published):
+    srv, sub = published
+    c = srv.client()
+    a = _upload(c, "/f", b"v1").attrs
+    seen = {}
+    deadline = time.monotonic() + 5
+    while not {"/f", "/"} <= set(seen) and time.monotonic() < deadline:
+        if sub.poll(500):
+            _topic, body = sub.recv_multipart()
+            path, version = msgpack.unpackb(body)
+            seen[path] = version
+    assert seen["/f"] == a.version
+    assert "/" in seen
+    c.call(Remove(path="/f"))
+    while sub.poll(2000):
+        _topic, body = sub.recv_multipart()
+        path, version = msgpack.unpackb(body)
+        seen[path] = version
+        if path == "/f":
+            break
+    assert seen["/f"] == ""
