@@ -43,7 +43,7 @@ import attrs
 
 from protocol.messages import Attrs
 
-__all__ = ["DEFAULT_CACHE_SIZE", "ContentCache", "Entry", "Signature", "signature"]
+__all__ = ["DEFAULT_CACHE_SIZE", "ContentCache", "Entry", "Signature", "object_name", "signature"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,11 @@ _SAFE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 #: (size, mtime_ns, ctime_ns, ino) of a local copy.
 Signature = tuple[int, int, int, int]
+
+
+def object_name(path: str) -> str:
+    """The file name of ``path``'s local copy (the interposer relies on it after renames)."""
+    return hashlib.sha256(path.encode()).hexdigest()[:40]
 
 
 def signature(st: os.stat_result) -> Signature:
@@ -187,7 +192,7 @@ class ContentCache:
     # -- entries --------------------------------------------------------------------
 
     def object_path(self, path: str) -> str:
-        return os.path.join(self.objects, hashlib.sha256(path.encode()).hexdigest()[:40])
+        return os.path.join(self.objects, object_name(path))
 
     def get(self, path: str) -> Entry | None:
         return self._entries.get(path)
