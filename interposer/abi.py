@@ -1,0 +1,144 @@
+"""x86_64 Linux ABI constants and struct packing the handlers need.
+
+Pure: builds the bytes of ``struct stat``, ``struct statx``, ``linux_dirent64``
+and friends from synthetic attributes, and parses ``struct open_how``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat as st
+import struct
+
+from protocol.messages import Attrs, FileKind
+
+__all__ = [
+    "AT_EMPTY_PATH",
+    "AT_FDCWD",
+    "AT_REMOVEDIR",
+    "AT_SYMLINK_FOLLOW",
+    "AT_SYMLINK_NOFOLLOW",
+    "SYNTH_DEV",
+    "dirent64",
+    "mode_of",
+    "pack_stat",
+    "pack_statx",
+]
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_REMOVEDIR = 0x200
+AT_SYMLINK_FOLLOW = 0x400
+AT_NO_AUTOMOUNT = 0x800
+AT_EMPTY_PATH = 0x1000
+AT_EACCESS = 0x200
+
+O_ACCMODE = 0o3
+O_WRONLY = 0o1
+O_RDWR = 0o2
+O_CREAT = 0o100
+O_EXCL = 0o200
+O_NOCTTY = 0o400
+O_TRUNC = 0o1000
+O_APPEND = 0o2000
+O_NONBLOCK = 0o4000
+O_DIRECTORY = 0o200000
+O_NOFOLLOW = 0o400000
+O_CLOEXEC = 0o2000000
+O_PATH = 0o10000000
+O_TMPFILE = 0o20000000 | O_DIRECTORY
+O_LARGEFILE = 0o100000
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+RESOLVE_CACHED = 0x20
+
+#: st_dev of every synthetic object: major 0 (anonymous devices), a fixed minor.
+SYNTH_DEV = os.makedev(0, 0x5F5F)
+
+_DT = {FileKind.FILE: 8, FileKind.DIR: 4, FileKind.SYMLINK: 10}
+_TYPE_BITS = {FileKind.FILE: st.S_IFREG, FileKind.DIR: st.S_IFDIR, FileKind.SYMLINK: st.S_IFLNK}
+
+# struct stat (x86_64): dev, ino, nlink, mode, uid, gid, pad, rdev, size, blksize,
+# blocks, atime, atime_ns, mtime, mtime_ns, ctime, ctime_ns, 3 reserved.
+_STAT = STAT_STRUCT = struct.Struct("<QQQIIIIQqqqqqqqqq24x")
+# struct statx: mask, blksize, attributes, nlink, uid, gid, mode, pad, ino, size,
+# blocks, attributes_mask, atime/btime/ctime/mtime (sec i64, nsec u32, pad),
+# rdev major/minor, dev major/minor, then reserved space to 256 bytes.
+_STATX_TS = "qI4x"
+_STATX = struct.Struct("<IIQIIIH2xQQQQ" + _STATX_TS * 4 + "IIII")
+STATX_SIZE = 256
+STATX_BASIC_STATS = 0x7FF
+
+
+def mode_of(attrs: Attrs) -> int:
+    return _TYPE_BITS[attrs.kind] | (attrs.mode & 0o7777)
+
+
+def _split_ns(ns: int) -> tuple[int, int]:
+    return ns // 1_000_000_000, ns % 1_000_000_000
+
+
+def pack_stat(attrs: Attrs, uid: int, gid: int) -> bytes:
+    m_s, m_ns = _split_ns(attrs.mtime_ns)
+    c_s, c_ns = _split_ns(attrs.ctime_ns)
+    return _STAT.pack(
+        SYNTH_DEV, attrs.ino, attrs.nlink, mode_of(attrs), uid, gid, 0, 0, attrs.size, 4096,
+        (attrs.size + 511) // 512, m_s, m_ns, m_s, m_ns, c_s, c_ns,
+    )
+
+
+def pack_statx(attrs: Attrs, uid: int, gid: int) -> bytes:
+    m_s, m_ns = _split_ns(attrs.mtime_ns)
+    c_s, c_ns = _split_ns(attrs.ctime_ns)
+    body = _STATX.pack(
+        STATX_BASIC_STATS, 4096, 0, attrs.nlink, uid, gid, mode_of(attrs), attrs.ino,
+        attrs.size, (attrs.size + 511) // 512, 0,
+        m_s, m_ns,  # atime
+        0, 0,  # btime (not reported: STATX_BTIME is not in the mask)
+        c_s, c_ns,  # ctime
+        m_s, m_ns,  # mtime
+        0, 0, os.major(SYNTH_DEV), os.minor(SYNTH_DEV),
+    )
+    return body + bytes(STATX_SIZE - len(body))
+
+
+def dirent64(ino: int, offset: int, kind: FileKind | None, name: bytes) -> bytes:
+    """One ``linux_dirent64`` record, padded to 8 bytes."""
+    reclen = (19 + len(name) + 1 + 7) & ~7
+    dtype = _DT.get(kind, 0) if kind is not None else 4
+    head = struct.pack("<QqHB", ino, offset, reclen, dtype)
+    return head + name + bytes(reclen - 19 - len(name))
+
+
+def dirent(ino: int, offset: int, kind: FileKind | None, name: bytes) -> bytes:
+    """One legacy ``linux_dirent`` record (getdents), d_type in the last byte."""
+    reclen = (18 + len(name) + 2 + 7) & ~7
+    dtype = _DT.get(kind, 0) if kind is not None else 4
+    head = struct.pack("<QqH", ino, offset, reclen)
+    body = name + bytes(reclen - 18 - len(name) - 1)
+    return head + body + bytes([dtype])
+
+
+OPEN_HOW = struct.Struct("<QQQ")
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+NR_STATX = 332
+
+
+def host_statx(path: str, atflags: int, mask: int) -> bytes:
+    """``statx`` of a host path, run by the supervisor itself (raises OSError)."""
+    buf = ctypes.create_string_buffer(STATX_SIZE)
+    ret = _libc.syscall(ctypes.c_long(NR_STATX), ctypes.c_int(AT_FDCWD),
+                        ctypes.c_char_p(os.fsencode(path)), ctypes.c_int(atflags),
+                        ctypes.c_uint(mask & 0xFFFFFFFF), buf)
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return buf.raw

@@ -1,0 +1,95 @@
+"""The guest's seccomp-BPF filter, generated from the syscall table.
+
+Built in the supervisor with pyseccomp (over libseccomp) and exported as raw
+BPF, so that the forked child only makes two ``prctl`` calls before ``execve``
+(no allocation, no library state after fork). Wrong architecture and x32
+numbers kill the process; table rows trace, refuse or kill; syscall numbers
+newer than the table get ENOSYS; everything else is allowed and runs at
+native speed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import tempfile
+
+import pyseccomp as sc
+
+from interposer.syscalls import TABLE, UNKNOWN_RANGE, Action, Cond
+
+__all__ = ["CompiledFilter", "build_filter", "install_in_child"]
+
+_OPS = {"LT": sc.LT, "EQ": sc.EQ, "NE": sc.NE, "MASKED_EQ": sc.MASKED_EQ}
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class CompiledFilter:
+    """Raw BPF ready to load; the buffers are allocated before any fork."""
+
+    def __init__(self, bpf: bytes) -> None:
+        if len(bpf) % 8 or not bpf:
+            raise ValueError("BPF program must be a non-empty multiple of 8 bytes")
+        self.bpf = bpf
+        self._buf = ctypes.create_string_buffer(bpf, len(bpf))
+        self._prog = _SockFprog(len(bpf) // 8, ctypes.addressof(self._buf))
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._prctl = self._libc.prctl
+        self._prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                                ctypes.c_ulong)
+        self._prctl.restype = ctypes.c_int
+
+    @property
+    def instructions(self) -> int:
+        return len(self.bpf) // 8
+
+    def load(self) -> None:
+        """Set no_new_privs and install the filter in the calling process."""
+        if self._prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
+        if self._prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self._prog), 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"prctl(PR_SET_SECCOMP): {os.strerror(err)}")
+
+
+def _arg(cond: Cond) -> sc.Arg:
+    if cond.op == "MASKED_EQ":
+        return sc.Arg(cond.index, sc.MASKED_EQ, cond.mask, cond.value)
+    return sc.Arg(cond.index, _OPS[cond.op], cond.value)
+
+
+def build_filter() -> CompiledFilter:
+    """The filter for every guest, from :data:`interposer.syscalls.TABLE`."""
+    filt = sc.SyscallFilter(sc.ALLOW)
+    filt.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
+    for spec in TABLE:
+        if spec.action is Action.TRACE:
+            action = sc.TRACE(spec.nr & 0xFFFF)
+        elif spec.action is Action.ERRNO:
+            action = sc.ERRNO(spec.errno)
+        else:
+            action = sc.KILL_PROCESS
+        if spec.when:
+            for conds in spec.when:
+                filt.add_rule_exactly(action, spec.nr, *(_arg(c) for c in conds))
+        else:
+            filt.add_rule_exactly(action, spec.nr)
+    for nr in UNKNOWN_RANGE:
+        filt.add_rule_exactly(sc.ERRNO(errno.ENOSYS), nr)
+    with tempfile.TemporaryFile() as out:
+        filt.export_bpf(out)
+        out.seek(0)
+        bpf = out.read()
+    return CompiledFilter(bpf)
+
+
+def install_in_child(compiled: CompiledFilter) -> None:
+    compiled.load()

@@ -1,0 +1,1414 @@
+"""Syscall handlers: decode arguments by role, call one shared operation, return an action.
+
+Thin and pure: a handler reads the guest only through :class:`~interposer.ports.Guest`,
+reaches the repository only through :class:`~interposer.ports.Repo` and the host
+through :class:`~interposer.ports.Host`, and returns an
+:mod:`interposer.actions` value; the supervisor applies it. ``open``,
+``openat``, ``openat2`` and ``creat`` end in :func:`open_at`; the stat family
+in :func:`stat_at`; and so on.
+
+The TOCTOU rule (DESIGN.md §4): a path is read out of the guest once. Host
+queries (stat, access, readlink) are answered by the supervisor itself on the
+object it opened with ``O_PATH`` and checked, so the kernel never re-reads a
+guest path. Calls the kernel must run (open, mkdir, unlink, ...) run on the
+checked copy in the scratch page; opens use ``openat2`` with
+``RESOLVE_NO_SYMLINKS`` on the resolved path, so a symlink swapped in after the
+check fails instead of escaping.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as st
+from collections.abc import Callable
+
+from attrs import frozen
+
+from interposer import abi
+from interposer.abi import AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW
+from interposer.actions import CONTINUE, Fail, Result, Return, RunChecked, Scratch
+from interposer.ports import Call, Env
+from protocol.messages import Attrs, FileKind, RenameFlags
+
+__all__ = ["HANDLERS", "Loc", "locate"]
+
+NR_OPENAT = 257
+NR_OPENAT2 = 437
+NR_MKDIRAT = 258
+NR_UNLINKAT = 263
+NR_RENAMEAT2 = 316
+NR_LINKAT = 265
+NR_SYMLINKAT = 266
+NR_FCHMODAT = 268
+NR_FCHOWNAT = 260
+NR_TRUNCATE = 76
+NR_UTIMENSAT = 280
+NR_FUTIMESAT = 261
+NR_CHDIR = 80
+NR_EXECVE = 59
+NR_EXECVEAT = 322
+NR_MKNODAT = 259
+NR_CONNECT = 42
+NR_BIND = 49
+NR_INOTIFY_ADD_WATCH = 254
+NR_NAME_TO_HANDLE_AT = 303
+NR_STATFS = 137
+
+_NO_LINKS = abi.RESOLVE_NO_SYMLINKS | abi.RESOLVE_NO_MAGICLINKS
+
+Handler = Callable[[Call, Env], Result]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(fn: Handler) -> Handler:
+    HANDLERS[fn.__name__] = fn
+    return fn
+
+
+def _s32(value: int) -> int:
+    """An int argument as the kernel sees it (the low 32 bits, signed)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _cstr(path: str) -> Scratch:
+    return Scratch(os.fsencode(path) + b"\0")
+
+
+# -- locating a path ------------------------------------------------------------------------
+
+
+@frozen
+class Loc:
+    """Where a guest path leads.
+
+    Synthetic: ``repo`` is the repository path and ``attrs`` its attributes
+    (None: does not exist). Host: ``host`` is the path the kernel will use (the
+    resolved real path, or for a magic link to a non-file the ``/proc`` path).
+    """
+
+    guest: str
+    repo: str | None = None
+    attrs: Attrs | None = None
+    host: str | None = None
+    must_be_dir: bool = False
+    #: the location of an fd (AT_EMPTY_PATH): ``host`` is its /proc magic link
+    via_fd: bool = False
+
+    @property
+    def synthetic(self) -> bool:
+        return self.repo is not None
+
+
+class Refused(OSError):
+    pass
+
+
+def _proc_self(path: str, call: Call) -> str:
+    if path == "/proc/self" or path.startswith("/proc/self/"):
+        return f"/proc/{call.guest.tgid}" + path[len("/proc/self"):]
+    if path == "/proc/thread-self" or path.startswith("/proc/thread-self/"):
+        return f"/proc/{call.guest.tgid}/task/{call.guest.tid}" + path[len("/proc/thread-self"):]
+    return path
+
+
+def fd_loc(call: Call, env: Env, fd: int) -> Loc | None:
+    """What an fd refers to; None when it is not open (EBADF)."""
+    if fd == AT_FDCWD:
+        cwd = call.proc.fs.cwd
+        if cwd is not None:
+            return _synthetic_loc(env, cwd)
+        return Loc(guest=call.guest.host_cwd(), host=f"/proc/{call.guest.tgid}/cwd", via_fd=True)
+    target = call.guest.fd_target(fd)
+    if target is None:
+        return None
+    handle = env.host.dir_handle(target)
+    if handle is not None:
+        return Loc(guest=env.ns.guest_path(handle.repo_path), repo=handle.repo_path,
+                   attrs=env.repo.lstat(handle.repo_path))
+    repo = env.repo.repo_path_of(target)
+    if repo is not None:
+        return Loc(guest=env.ns.guest_path(repo), repo=repo, attrs=env.repo.lstat(repo))
+    return Loc(guest=target, host=f"/proc/{call.guest.tgid}/fd/{fd}", via_fd=True)
+
+
+def _synthetic_loc(env: Env, guest_path: str) -> Loc:
+    repo = env.ns.repo_path(guest_path)
+    assert repo is not None
+    return Loc(guest=guest_path, repo=repo, attrs=env.repo.lstat(repo))
+
+
+def locate(call: Call, env: Env, dirfd: int, addr: int, *, follow: bool,
+           empty_ok: bool = False) -> Loc:
+    """Resolve the guest path at ``addr`` relative to ``dirfd`` (raises OSError)."""
+    raw = call.guest.read_path(addr)
+    if not raw:
+        if not empty_ok:
+            raise OSError(errno.ENOENT, "empty path")
+        loc = fd_loc(call, env, dirfd)
+        if loc is None:
+            raise OSError(errno.EBADF, "bad fd")
+        return loc
+    if raw.startswith("/"):
+        base = "/"
+    else:
+        base_loc = fd_loc(call, env, dirfd)
+        if base_loc is None:
+            raise OSError(errno.EBADF, "bad dirfd")
+        if base_loc.synthetic:
+            if base_loc.attrs is None:
+                raise OSError(errno.ENOENT, "directory vanished")
+            if base_loc.attrs.kind is not FileKind.DIR:
+                raise OSError(errno.ENOTDIR, "dirfd is not a directory")
+        elif not base_loc.guest.startswith("/"):
+            raise OSError(errno.ENOTDIR, "dirfd is not a directory")
+        base = base_loc.guest
+    if raw.startswith("/proc/") or base.startswith("/proc/") or raw in ("/proc", "/proc/"):
+        raw = _proc_self(raw if raw.startswith("/") else base.rstrip("/") + "/" + raw, call)
+        base = "/"
+    target = env.ns.resolve(raw, base, follow=follow, lstat=env.repo.lstat,
+                            readlink=env.repo.readlink,
+                            host_realpath=lambda p: env.host.realpath(p, True))
+    if target.synthetic:
+        if any(0xDC80 <= ord(c) <= 0xDCFF for c in target.path):
+            raise OSError(errno.EILSEQ, "names on /data must be UTF-8")
+        return Loc(guest=env.ns.guest_path(target.path), repo=target.path, attrs=target.attrs,
+                   must_be_dir=target.must_be_dir)
+    return _host_loc(call, env, target.path, follow, target.must_be_dir)
+
+
+def _host_loc(call: Call, env: Env, path: str, follow: bool, must_be_dir: bool) -> Loc:
+    # Synthetic cwd seen through /proc: /proc/PID/cwd of a process whose cwd is on /data.
+    cwd_link = f"/proc/{call.guest.tgid}/cwd"
+    if call.proc.fs.cwd is not None and (path == cwd_link or path.startswith(cwd_link + "/")):
+        if path == cwd_link and not follow:
+            return Loc(guest=path, host=path)
+        rest = path[len(cwd_link):]
+        return locate_guest_path(call, env, call.proc.fs.cwd + rest, follow)
+    real = env.host.realpath(path, follow)
+    if env.host.refused(real):
+        raise Refused(errno.EACCES, "refused path")
+    handle = env.host.dir_handle(real)
+    if handle is not None:
+        return _synthetic_loc(env, env.ns.guest_path(handle.repo_path))
+    repo = env.repo.repo_path_of(real.removesuffix(" (deleted)"))
+    if repo is not None:
+        return _synthetic_loc(env, env.ns.guest_path(repo))
+    if not real.startswith("/") or real.endswith(" (deleted)") or real.startswith("/memfd:"):
+        # A magic link to something that is not a path (pipe, socket, deleted file):
+        # only the kernel can follow it.
+        return Loc(guest=path, host=path)
+    return Loc(guest=real, host=real, must_be_dir=must_be_dir)
+
+
+def locate_guest_path(call: Call, env: Env, path: str, follow: bool) -> Loc:
+    target = env.ns.resolve(path, "/", follow=follow, lstat=env.repo.lstat,
+                            readlink=env.repo.readlink)
+    if target.synthetic:
+        return Loc(guest=env.ns.guest_path(target.path), repo=target.path, attrs=target.attrs)
+    return _host_loc(call, env, target.path, follow, target.must_be_dir)
+
+
+def _deny(call: Call, env: Env, op: str, loc: Loc) -> int:
+    return env.check(call, op, loc.guest)
+
+
+def guarded(fn: Callable[[Call, Env], Result]) -> Handler:
+    """Turn OSError raised while locating into the guest's errno."""
+
+    def run(call: Call, env: Env) -> Result:
+        try:
+            return fn(call, env)
+        except OSError as exc:
+            return Fail(exc.errno or errno.EIO)
+
+    run.__name__ = fn.__name__
+    run.__doc__ = fn.__doc__
+    HANDLERS[fn.__name__] = run
+    return run
+
+
+# -- synthetic attributes ----------------------------------------------------------------------
+
+
+def _live_attrs(env: Env, repo: str, attrs: Attrs) -> Attrs:
+    """Attributes with size and times from the local copy when this session has one."""
+    if attrs.kind is not FileKind.FILE:
+        return attrs
+    local = env.repo.local_copy(repo)
+    if local is None:
+        return attrs
+    try:
+        s = os.stat(local)
+    except OSError:
+        return attrs
+    return Attrs(kind=attrs.kind, size=s.st_size, mode=attrs.mode, mtime_ns=s.st_mtime_ns,
+                 ctime_ns=max(attrs.ctime_ns, s.st_ctime_ns), ino=attrs.ino, nlink=attrs.nlink,
+                 version=attrs.version)
+
+
+def _need(loc: Loc) -> Attrs:
+    if loc.attrs is None:
+        raise OSError(errno.ENOENT, "no such file or directory")
+    if loc.must_be_dir and loc.attrs.kind is not FileKind.DIR:
+        raise OSError(errno.ENOTDIR, "not a directory")
+    return loc.attrs
+
+
+# -- open ----------------------------------------------------------------------------------
+
+
+def open_at(call: Call, env: Env, dirfd: int, addr: int, flags: int, mode: int,
+            resolve: int = 0) -> Result:
+    """The one open: open, openat, openat2 and creat end here."""
+    flags &= 0xFFFFFFFF
+    acc = flags & abi.O_ACCMODE
+    follow = not flags & abi.O_NOFOLLOW
+    try:
+        loc = locate(call, env, dirfd, addr, follow=follow)
+    except Refused:
+        return Fail(errno.EACCES)
+    except OSError as exc:
+        return Fail(exc.errno or errno.EIO)
+    if loc.synthetic:
+        return _open_synthetic(call, env, loc, flags, mode)
+    assert loc.host is not None
+    creating = bool(flags & abi.O_CREAT) or (flags & abi.O_TMPFILE) == abi.O_TMPFILE
+    kmode = mode & 0o7777 if creating else 0
+    if loc.host != loc.guest:
+        # A magic link to a pipe, socket or deleted file: the kernel must follow it.
+        return RunChecked(NR_OPENAT, (AT_FDCWD, _cstr(loc.host), flags, kmode))
+    how = abi.OPEN_HOW.pack(flags, kmode, (resolve & ~(abi.RESOLVE_BENEATH | abi.RESOLVE_IN_ROOT)) | _NO_LINKS)
+    del acc
+    return RunChecked(NR_OPENAT2, (AT_FDCWD, _cstr(loc.host), Scratch(how), len(how)))
+
+
+def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Result:
+    assert loc.repo is not None
+    acc = flags & abi.O_ACCMODE
+    writing = acc in (abi.O_WRONLY, abi.O_RDWR) or bool(flags & abi.O_TRUNC)
+    if (flags & abi.O_TMPFILE) == abi.O_TMPFILE:
+        return Fail(errno.EOPNOTSUPP)
+    attrs = loc.attrs
+    if attrs is None:
+        if not flags & abi.O_CREAT:
+            return Fail(errno.ENOENT)
+        if loc.must_be_dir or flags & abi.O_DIRECTORY:
+            return Fail(errno.EISDIR if loc.must_be_dir else errno.EINVAL)
+        denied = env.check(call, "create", loc.guest)
+        if denied:
+            return Fail(denied)
+    elif attrs.kind is FileKind.SYMLINK:
+        return Fail(errno.ELOOP)
+    elif attrs.kind is FileKind.DIR:
+        if flags & abi.O_CREAT and not flags & abi.O_DIRECTORY:
+            return Fail(errno.EISDIR)
+        if acc != 0 or flags & abi.O_TRUNC:
+            return Fail(errno.EISDIR)
+        denied = env.check(call, "list", loc.guest)
+        if denied:
+            return Fail(denied)
+        placeholder = env.host.new_dir_handle(loc.repo)
+        kflags = abi.O_DIRECTORY | (flags & (abi.O_CLOEXEC | abi.O_NONBLOCK | abi.O_PATH))
+        how = abi.OPEN_HOW.pack(kflags, 0, _NO_LINKS)
+        return RunChecked(NR_OPENAT2, (AT_FDCWD, _cstr(placeholder), Scratch(how), len(how)))
+    else:
+        if flags & abi.O_CREAT and flags & abi.O_EXCL:
+            return Fail(errno.EEXIST)
+        if flags & abi.O_DIRECTORY or loc.must_be_dir:
+            return Fail(errno.ENOTDIR)
+        denied = env.check(call, "write" if writing else "read", loc.guest)
+        if denied:
+            return Fail(denied)
+    try:
+        opened = env.repo.open(loc.repo, flags, (mode & 0o7777) & ~call.guest.umask())
+    except OSError as exc:
+        return Fail(exc.errno or errno.EIO)
+    kflags = flags & ~(abi.O_CREAT | abi.O_EXCL | abi.O_TRUNC | abi.O_NOFOLLOW | abi.O_DIRECTORY
+                       | abi.O_NOCTTY)
+    how = abi.OPEN_HOW.pack(kflags, 0, _NO_LINKS)
+
+    def after(ret: int) -> None:
+        if ret >= 0 and writing:
+            call.proc.wrote = True
+
+    return RunChecked(NR_OPENAT2, (AT_FDCWD, _cstr(opened.host_path), Scratch(how), len(how)), after)
+
+
+@handler
+def sys_open(call: Call, env: Env) -> Result:
+    a = call.args
+    return open_at(call, env, AT_FDCWD, a[0], a[1], a[2])
+
+
+@handler
+def sys_openat(call: Call, env: Env) -> Result:
+    a = call.args
+    return open_at(call, env, _s32(a[0]), a[1], a[2], a[3])
+
+
+@handler
+def sys_creat(call: Call, env: Env) -> Result:
+    a = call.args
+    return open_at(call, env, AT_FDCWD, a[0], abi.O_CREAT | abi.O_WRONLY | abi.O_TRUNC, a[1])
+
+
+@handler
+def sys_openat2(call: Call, env: Env) -> Result:
+    a = call.args
+    size = a[3]
+    if size < abi.OPEN_HOW.size:
+        return Fail(errno.EINVAL)
+    try:
+        raw = call.guest.read(a[2], abi.OPEN_HOW.size)
+    except OSError:
+        return Fail(errno.EFAULT)
+    flags, mode, resolve = abi.OPEN_HOW.unpack(raw)
+    if flags >> 32 or mode & ~0o7777 or resolve & ~0x3F:
+        return Fail(errno.EINVAL)
+    if resolve & abi.RESOLVE_IN_ROOT:
+        return Fail(errno.EXDEV)  # not emulated; refused rather than guessed
+    return open_at(call, env, _s32(a[0]), a[1], flags, mode, resolve)
+
+
+# -- stat family --------------------------------------------------------------------------------
+
+
+def _host_stat(call: Call, env: Env, loc: Loc, follow: bool) -> os.stat_result:
+    assert loc.host is not None
+    return os.stat(loc.host, follow_symlinks=follow or loc.via_fd)
+
+
+def stat_at(call: Call, env: Env, dirfd: int, addr: int, buf: int, atflags: int) -> Result:
+    follow = not atflags & AT_SYMLINK_NOFOLLOW
+    try:
+        loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
+        if loc.synthetic:
+            assert loc.repo is not None
+            attrs = _need(loc)
+            denied = env.check(call, "stat", loc.guest)
+            if denied:
+                return Fail(denied)
+            data = abi.pack_stat(_live_attrs(env, loc.repo, attrs), env.uid, env.gid)
+        else:
+            data = pack_host_stat(_host_stat(call, env, loc, follow))
+    except Refused:
+        return Fail(errno.EACCES)
+    except OSError as exc:
+        return Fail(exc.errno or errno.EIO)
+    return Return(0, ((buf, data),))
+
+
+def pack_host_stat(s: os.stat_result) -> bytes:
+    return abi.STAT_STRUCT.pack(
+        s.st_dev, s.st_ino, s.st_nlink, s.st_mode, s.st_uid, s.st_gid, 0, s.st_rdev, s.st_size,
+        s.st_blksize, s.st_blocks, s.st_atime_ns // 10**9, s.st_atime_ns % 10**9,
+        s.st_mtime_ns // 10**9, s.st_mtime_ns % 10**9, s.st_ctime_ns // 10**9,
+        s.st_ctime_ns % 10**9,
+    )
+
+
+@handler
+def sys_stat(call: Call, env: Env) -> Result:
+    return stat_at(call, env, AT_FDCWD, call.args[0], call.args[1], 0)
+
+
+@handler
+def sys_lstat(call: Call, env: Env) -> Result:
+    return stat_at(call, env, AT_FDCWD, call.args[0], call.args[1], AT_SYMLINK_NOFOLLOW)
+
+
+@handler
+def sys_newfstatat(call: Call, env: Env) -> Result:
+    a = call.args
+    return stat_at(call, env, _s32(a[0]), a[1], a[2], a[3])
+
+
+@handler
+def sys_fstat(call: Call, env: Env) -> Result:
+    loc = fd_loc(call, env, _s32(call.args[0]))
+    if loc is None or not loc.synthetic:
+        return CONTINUE
+    assert loc.repo is not None
+    if loc.attrs is None:
+        return CONTINUE  # removed while open: the kernel's view of the cache file
+    return Return(0, ((call.args[1], abi.pack_stat(_live_attrs(env, loc.repo, loc.attrs),
+                                                   env.uid, env.gid)),))
+
+
+@handler
+def sys_statx(call: Call, env: Env) -> Result:
+    dirfd, addr, atflags, _mask, buf = (_s32(call.args[0]), call.args[1], call.args[2],
+                                        call.args[3], call.args[4])
+    follow = not atflags & AT_SYMLINK_NOFOLLOW
+    try:
+        loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
+        if loc.synthetic:
+            assert loc.repo is not None
+            attrs = _need(loc)
+            denied = env.check(call, "stat", loc.guest)
+            if denied:
+                return Fail(denied)
+            data = abi.pack_statx(_live_attrs(env, loc.repo, attrs), env.uid, env.gid)
+        else:
+            assert loc.host is not None
+            nofollow = AT_SYMLINK_NOFOLLOW if (atflags & AT_SYMLINK_NOFOLLOW and not loc.via_fd) else 0
+            data = abi.host_statx(loc.host, (atflags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)) | nofollow,
+                                  call.args[3])
+    except Refused:
+        return Fail(errno.EACCES)
+    except OSError as exc:
+        return Fail(exc.errno or errno.EIO)
+    return Return(0, ((buf, data),))
+
+
+def access_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, atflags: int) -> Result:
+    follow = not atflags & AT_SYMLINK_NOFOLLOW
+    if mode & ~7:
+        return Fail(errno.EINVAL)
+    try:
+        loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
+        if not loc.synthetic:
+            assert loc.host is not None
+            ok = os.access(loc.host, mode, effective_ids=bool(atflags & abi.AT_EACCESS),
+                           follow_symlinks=follow)
+            if ok:
+                return Return(0)
+            # Find the errno the kernel would give.
+            os.stat(loc.host, follow_symlinks=follow)
+            return Fail(errno.EACCES)
+        attrs = _need(loc)
+    except Refused:
+        return Fail(errno.EACCES)
+    except OSError as exc:
+        return Fail(exc.errno or errno.EIO)
+    denied = env.check(call, "stat", loc.guest)
+    if denied:
+        return Fail(denied)
+    if mode & os.W_OK:
+        denied = env.check(call, "write", loc.guest)
+        if denied:
+            return Fail(denied)
+    if mode & os.X_OK and attrs.kind is FileKind.FILE and not attrs.mode & 0o111:
+        return Fail(errno.EACCES)
+    if env.uid != 0:
+        bits = (attrs.mode >> 6) & 7
+        if mode & ~bits & 7:
+            return Fail(errno.EACCES)
+    return Return(0)
+
+
+@handler
+def sys_access(call: Call, env: Env) -> Result:
+    return access_at(call, env, AT_FDCWD, call.args[0], call.args[1], 0)
+
+
+@handler
+def sys_faccessat(call: Call, env: Env) -> Result:
+    return access_at(call, env, _s32(call.args[0]), call.args[1], call.args[2], 0)
+
+
+@handler
+def sys_faccessat2(call: Call, env: Env) -> Result:
+    a = call.args
+    return access_at(call, env, _s32(a[0]), a[1], a[2], a[3])
+
+
+def readlink_at(call: Call, env: Env, dirfd: int, addr: int, buf: int, size: int) -> Result:
+    size = _s32(size)
+    if size <= 0:
+        return Fail(errno.EINVAL)
+    try:
+        raw = call.guest.read_path(addr)
+        text = _proc_link(call, env, raw, dirfd)
+        if text is None:
+            loc = locate(call, env, dirfd, addr, follow=False, empty_ok=True)
+            if loc.synthetic:
+                attrs = _need(loc)
+                if attrs.kind is not FileKind.SYMLINK:
+                    return Fail(errno.EINVAL)
+                denied = env.check(call, "stat", loc.guest)
+                if denied:
+                    return Fail(denied)
+                assert loc.repo is not None
+                text = env.repo.readlink(loc.repo)
+            else:
+                assert loc.host is not None
+                text = _translate_host_link(env, os.readlink(loc.host))
+    except Refused:
+        return Fail(errno.EACCES)
+    except OSError as exc:
+        return Fail(exc.errno or errno.EIO)
+    data = os.fsencode(text)[:size]
+    return Return(len(data), ((buf, data),))
+
+
+def _translate_host_link(env: Env, text: str) -> str:
+    """A link text that names a cache copy or a placeholder shows the synthetic path."""
+    handle = env.host.dir_handle(text)
+    if handle is not None:
+        return env.ns.guest_path(handle.repo_path)
+    repo = env.repo.repo_path_of(text.removesuffix(" (deleted)"))
+    if repo is not None:
+        return env.ns.guest_path(repo) + (" (deleted)" if text.endswith(" (deleted)") else "")
+    return text
+
+
+def _proc_link(call: Call, env: Env, raw: str, dirfd: int) -> str | None:
+    """The text of /proc/PID/{cwd,exe} when synthetic (handled before generic lookup)."""
+    if not raw.startswith("/proc/"):
+        return None
+    path = _proc_self(raw, call)
+    own = f"/proc/{call.guest.tgid}"
+    if path == own + "/cwd" and call.proc.fs.cwd is not None:
+        return call.proc.fs.cwd
+    if path == own + "/exe" and call.proc.exe and env.ns.repo_path(call.proc.exe) is not None:
+        return call.proc.exe
+    return None
+
+
+@handler
+def sys_readlink(call: Call, env: Env) -> Result:
+    return readlink_at(call, env, AT_FDCWD, call.args[0], call.args[1], call.args[2])
+
+
+@handler
+def sys_readlinkat(call: Call, env: Env) -> Result:
+    a = call.args
+    return readlink_at(call, env, _s32(a[0]), a[1], a[2], a[3])
+
+
+@guarded
+def sys_statfs(call: Call, env: Env) -> Result:
+    loc = locate(call, env, AT_FDCWD, call.args[0], follow=True)
+    if loc.synthetic:
+        _need(loc)
+        return RunChecked(NR_STATFS, (_cstr(env.host.placeholder_root()), call.args[1]))
+    assert loc.host is not None
+    return RunChecked(NR_STATFS, (_cstr(loc.host), call.args[1]))
+
+
+# -- namespace changes -------------------------------------------------------------------------
+
+
+def _synthetic_op(fn: Callable[[], None]) -> Result:
+    try:
+        fn()
+    except OSError as exc:
+        return Fail(exc.errno or errno.EIO)
+    return Return(0)
+
+
+def mkdir_at(call: Call, env: Env, dirfd: int, addr: int, mode: int) -> Result:
+    loc = locate(call, env, dirfd, addr, follow=False)
+    if not loc.synthetic:
+        assert loc.host is not None
+        return RunChecked(NR_MKDIRAT, (AT_FDCWD, _cstr(loc.host), mode))
+    assert loc.repo is not None
+    if loc.attrs is not None:
+        return Fail(errno.EEXIST)
+    denied = env.check(call, "create", loc.guest)
+    if denied:
+        return Fail(denied)
+    repo = loc.repo
+    return _synthetic_op(lambda: env.repo.mkdir(repo, (mode & 0o7777) & ~call.guest.umask()))
+
+
+@guarded
+def sys_mkdir(call: Call, env: Env) -> Result:
+    return mkdir_at(call, env, AT_FDCWD, call.args[0], call.args[1])
+
+
+@guarded
+def sys_mkdirat(call: Call, env: Env) -> Result:
+    a = call.args
+    return mkdir_at(call, env, _s32(a[0]), a[1], a[2])
+
+
+def unlink_at(call: Call, env: Env, dirfd: int, addr: int, atflags: int) -> Result:
+    if atflags & ~AT_REMOVEDIR:
+        return Fail(errno.EINVAL)
+    directory = bool(atflags & AT_REMOVEDIR)
+    loc = locate(call, env, dirfd, addr, follow=False)
+    if not loc.synthetic:
+        assert loc.host is not None
+        return RunChecked(NR_UNLINKAT, (AT_FDCWD, _cstr(loc.host), atflags))
+    assert loc.repo is not None
+    if loc.repo == "/":
+        return Fail(errno.EBUSY)
+    attrs = _need(loc)
+    if directory and attrs.kind is not FileKind.DIR:
+        return Fail(errno.ENOTDIR)
+    if not directory and attrs.kind is FileKind.DIR:
+        return Fail(errno.EISDIR)
+    if directory and call.guest.read_path(addr).rstrip("/").endswith("/."):
+        return Fail(errno.EINVAL)
+    denied = env.check(call, "delete", loc.guest)
+    if denied:
+        return Fail(denied)
+    repo = loc.repo
+    return _synthetic_op(lambda: env.repo.remove(repo, directory))
+
+
+@guarded
+def sys_unlink(call: Call, env: Env) -> Result:
+    return unlink_at(call, env, AT_FDCWD, call.args[0], 0)
+
+
+@guarded
+def sys_rmdir(call: Call, env: Env) -> Result:
+    return unlink_at(call, env, AT_FDCWD, call.args[0], AT_REMOVEDIR)
+
+
+@guarded
+def sys_unlinkat(call: Call, env: Env) -> Result:
+    a = call.args
+    return unlink_at(call, env, _s32(a[0]), a[1], a[2])
+
+
+def rename_at(call: Call, env: Env, olddirfd: int, oldaddr: int, newdirfd: int, newaddr: int,
+              flags: int) -> Result:
+    if flags & ~0x7 or (flags & 1 and flags & 2):
+        return Fail(errno.EINVAL)
+    src = locate(call, env, olddirfd, oldaddr, follow=False)
+    dst = locate(call, env, newdirfd, newaddr, follow=False)
+    if src.synthetic != dst.synthetic:
+        if src.synthetic and src.attrs is None:
+            return Fail(errno.ENOENT)
+        return Fail(errno.EXDEV)
+    if not src.synthetic:
+        assert src.host is not None and dst.host is not None
+        return RunChecked(NR_RENAMEAT2, (AT_FDCWD, _cstr(src.host), AT_FDCWD, _cstr(dst.host), flags))
+    assert src.repo is not None and dst.repo is not None
+    sattrs = _need(src)
+    if flags & 4:
+        return Fail(errno.EINVAL)  # RENAME_WHITEOUT
+    if src.repo == "/" or dst.repo == "/":
+        return Fail(errno.EBUSY)
+    if dst.repo.startswith(src.repo + "/"):
+        return Fail(errno.EINVAL)
+    if dst.attrs is not None and not flags & 2:
+        if flags & 1:
+            return Fail(errno.EEXIST)
+        if sattrs.kind is FileKind.DIR and dst.attrs.kind is not FileKind.DIR:
+            return Fail(errno.ENOTDIR)
+        if sattrs.kind is not FileKind.DIR and dst.attrs.kind is FileKind.DIR:
+            return Fail(errno.EISDIR)
+    elif flags & 2:
+        return Fail(errno.ENOENT)
+    if src.must_be_dir and sattrs.kind is not FileKind.DIR:
+        return Fail(errno.ENOTDIR)
+    for loc in (src, dst):
+        denied = env.check(call, "rename", loc.guest)
+        if denied:
+            return Fail(denied)
+    if src.repo == dst.repo:
+        return Return(0)
+    s, d = src.repo, dst.repo
+    return _synthetic_op(lambda: env.repo.rename(s, d, RenameFlags(flags & 3)))
+
+
+@guarded
+def sys_rename(call: Call, env: Env) -> Result:
+    return rename_at(call, env, AT_FDCWD, call.args[0], AT_FDCWD, call.args[1], 0)
+
+
+@guarded
+def sys_renameat(call: Call, env: Env) -> Result:
+    a = call.args
+    return rename_at(call, env, _s32(a[0]), a[1], _s32(a[2]), a[3], 0)
+
+
+@guarded
+def sys_renameat2(call: Call, env: Env) -> Result:
+    a = call.args
+    return rename_at(call, env, _s32(a[0]), a[1], _s32(a[2]), a[3], a[4] & 0xFFFFFFFF)
+
+
+def link_at(call: Call, env: Env, olddirfd: int, oldaddr: int, newdirfd: int, newaddr: int,
+            flags: int) -> Result:
+    src = locate(call, env, olddirfd, oldaddr, follow=bool(flags & abi.AT_SYMLINK_FOLLOW),
+                 empty_ok=bool(flags & AT_EMPTY_PATH))
+    dst = locate(call, env, newdirfd, newaddr, follow=False)
+    if src.synthetic or dst.synthetic:
+        if src.synthetic != dst.synthetic:
+            return Fail(errno.EXDEV)
+        _need(src)
+        if dst.attrs is not None:
+            return Fail(errno.EEXIST)
+        return Fail(errno.EPERM)
+    assert src.host is not None and dst.host is not None
+    return RunChecked(NR_LINKAT, (AT_FDCWD, _cstr(src.host), AT_FDCWD, _cstr(dst.host),
+                                  flags & ~AT_EMPTY_PATH))
+
+
+@guarded
+def sys_link(call: Call, env: Env) -> Result:
+    return link_at(call, env, AT_FDCWD, call.args[0], AT_FDCWD, call.args[1], 0)
+
+
+@guarded
+def sys_linkat(call: Call, env: Env) -> Result:
+    a = call.args
+    return link_at(call, env, _s32(a[0]), a[1], _s32(a[2]), a[3], a[4])
+
+
+def symlink_at(call: Call, env: Env, target_addr: int, dirfd: int, addr: int) -> Result:
+    target = call.guest.read_path(target_addr)
+    if not target:
+        return Fail(errno.ENOENT)
+    loc = locate(call, env, dirfd, addr, follow=False)
+    if not loc.synthetic:
+        assert loc.host is not None
+        return RunChecked(NR_SYMLINKAT, (_cstr(target), AT_FDCWD, _cstr(loc.host)))
+    assert loc.repo is not None
+    if loc.attrs is not None:
+        return Fail(errno.EEXIST)
+    denied = env.check(call, "create", loc.guest)
+    if denied:
+        return Fail(denied)
+    repo = loc.repo
+    return _synthetic_op(lambda: env.repo.symlink(target, repo))
+
+
+@guarded
+def sys_symlink(call: Call, env: Env) -> Result:
+    return symlink_at(call, env, call.args[0], AT_FDCWD, call.args[1])
+
+
+@guarded
+def sys_symlinkat(call: Call, env: Env) -> Result:
+    a = call.args
+    return symlink_at(call, env, a[0], _s32(a[1]), a[2])
+
+
+def mknod_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, dev: int) -> Result:
+    loc = locate(call, env, dirfd, addr, follow=False)
+    if loc.synthetic:
+        if loc.attrs is not None:
+            return Fail(errno.EEXIST)
+        if st.S_IFMT(mode) in (0, st.S_IFREG):
+            return open_synthetic_create(call, env, loc, mode)
+        return Fail(errno.EPERM)
+    assert loc.host is not None
+    return RunChecked(NR_MKNODAT, (AT_FDCWD, _cstr(loc.host), mode, dev))
+
+
+def open_synthetic_create(call: Call, env: Env, loc: Loc, mode: int) -> Result:
+    assert loc.repo is not None
+    denied = env.check(call, "create", loc.guest)
+    if denied:
+        return Fail(denied)
+    repo = loc.repo
+    return _synthetic_op(lambda: _drop(env.repo.open(
+        repo, abi.O_CREAT | abi.O_EXCL | abi.O_WRONLY, (mode & 0o7777) & ~call.guest.umask())))
+
+
+def _drop(_value: object) -> None:
+    return None
+
+
+@guarded
+def sys_mknod(call: Call, env: Env) -> Result:
+    a = call.args
+    return mknod_at(call, env, AT_FDCWD, a[0], a[1], a[2])
+
+
+@guarded
+def sys_mknodat(call: Call, env: Env) -> Result:
+    a = call.args
+    return mknod_at(call, env, _s32(a[0]), a[1], a[2], a[3])
+
+
+# -- attributes changes ------------------------------------------------------------------------
+
+
+def chmod_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, atflags: int) -> Result:
+    follow = not atflags & AT_SYMLINK_NOFOLLOW
+    loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
+    if not loc.synthetic:
+        assert loc.host is not None
+        return RunChecked(NR_FCHMODAT, (AT_FDCWD, _cstr(loc.host), mode))
+    attrs = _need(loc)
+    if attrs.kind is FileKind.SYMLINK:
+        return Fail(errno.EOPNOTSUPP)
+    denied = env.check(call, "chmod", loc.guest)
+    if denied:
+        return Fail(denied)
+    assert loc.repo is not None
+    repo = loc.repo
+    return _synthetic_op(lambda: env.repo.setattr(repo, mode=mode & 0o7777))
+
+
+@guarded
+def sys_chmod(call: Call, env: Env) -> Result:
+    return chmod_at(call, env, AT_FDCWD, call.args[0], call.args[1], 0)
+
+
+@guarded
+def sys_fchmodat(call: Call, env: Env) -> Result:
+    a = call.args
+    return chmod_at(call, env, _s32(a[0]), a[1], a[2], 0)
+
+
+@guarded
+def sys_fchmodat2(call: Call, env: Env) -> Result:
+    a = call.args
+    return chmod_at(call, env, _s32(a[0]), a[1], a[2], a[3])
+
+
+@guarded
+def sys_fchmod(call: Call, env: Env) -> Result:
+    loc = fd_loc(call, env, _s32(call.args[0]))
+    if loc is None or not loc.synthetic:
+        return CONTINUE
+    attrs = _need(loc)
+    denied = env.check(call, "chmod", loc.guest)
+    if denied:
+        return Fail(denied)
+    assert loc.repo is not None
+    repo = loc.repo
+    del attrs
+    return _synthetic_op(lambda: env.repo.setattr(repo, mode=call.args[1] & 0o7777))
+
+
+def chown_at(call: Call, env: Env, dirfd: int, addr: int, uid: int, gid: int, atflags: int) -> Result:
+    follow = not atflags & AT_SYMLINK_NOFOLLOW
+    loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
+    if not loc.synthetic:
+        assert loc.host is not None
+        return RunChecked(NR_FCHOWNAT, (AT_FDCWD, _cstr(loc.host), uid, gid, atflags & ~AT_EMPTY_PATH))
+    _need(loc)
+    denied = env.check(call, "chmod", loc.guest)
+    return Fail(denied) if denied else Return(0)
+
+
+@guarded
+def sys_chown(call: Call, env: Env) -> Result:
+    a = call.args
+    return chown_at(call, env, AT_FDCWD, a[0], a[1], a[2], 0)
+
+
+@guarded
+def sys_lchown(call: Call, env: Env) -> Result:
+    a = call.args
+    return chown_at(call, env, AT_FDCWD, a[0], a[1], a[2], AT_SYMLINK_NOFOLLOW)
+
+
+@guarded
+def sys_fchownat(call: Call, env: Env) -> Result:
+    a = call.args
+    return chown_at(call, env, _s32(a[0]), a[1], a[2], a[3], a[4])
+
+
+@guarded
+def sys_fchown(call: Call, env: Env) -> Result:
+    loc = fd_loc(call, env, _s32(call.args[0]))
+    if loc is None or not loc.synthetic:
+        return CONTINUE
+    _need(loc)
+    denied = env.check(call, "chmod", loc.guest)
+    return Fail(denied) if denied else Return(0)
+
+
+@guarded
+def sys_truncate(call: Call, env: Env) -> Result:
+    length = call.args[1]
+    if length >> 63:
+        return Fail(errno.EINVAL)
+    loc = locate(call, env, AT_FDCWD, call.args[0], follow=True)
+    if not loc.synthetic:
+        assert loc.host is not None
+        return RunChecked(NR_TRUNCATE, (_cstr(loc.host), length))
+    attrs = _need(loc)
+    if attrs.kind is FileKind.DIR:
+        return Fail(errno.EISDIR)
+    denied = env.check(call, "write", loc.guest)
+    if denied:
+        return Fail(denied)
+    assert loc.repo is not None
+    repo = loc.repo
+    return _synthetic_op(lambda: env.repo.setattr(repo, size=length))
+
+
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+
+def _now_ns() -> int:
+    import time
+
+    return time.time_ns()
+
+
+def utimens_at(call: Call, env: Env, dirfd: int, addr: int, times: list[tuple[int, int]] | None,
+               atflags: int, *, raw: Callable[[Loc], Result]) -> Result:
+    follow = not atflags & AT_SYMLINK_NOFOLLOW
+    if addr == 0:
+        loc = fd_loc(call, env, dirfd)
+        if loc is None:
+            return Fail(errno.EBADF)
+        if not loc.synthetic:
+            return CONTINUE
+    else:
+        loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
+    if not loc.synthetic:
+        return raw(loc)
+    _need(loc)
+    denied = env.check(call, "chmod", loc.guest)
+    if denied:
+        return Fail(denied)
+    now = _now_ns()
+    values: list[int | None] = []
+    for sec, nsec in times or [(0, UTIME_NOW), (0, UTIME_NOW)]:
+        if nsec == UTIME_OMIT:
+            values.append(None)
+        elif nsec == UTIME_NOW:
+            values.append(now)
+        elif not 0 <= nsec < 1_000_000_000:
+            return Fail(errno.EINVAL)
+        else:
+            values.append(sec * 1_000_000_000 + nsec)
+    assert loc.repo is not None
+    repo = loc.repo
+    if values[0] is None and values[1] is None:
+        return Return(0)
+    return _synthetic_op(lambda: env.repo.setattr(repo, atime_ns=values[0], mtime_ns=values[1]))
+
+
+def _read_times(call: Call, addr: int, usec: bool) -> list[tuple[int, int]] | None:
+    if addr == 0:
+        return None
+    import struct
+
+    raw = call.guest.read(addr, 32)
+    a_s, a_f, m_s, m_f = struct.unpack("<qqqq", raw)
+    if usec:
+        if not (0 <= a_f < 1_000_000 and 0 <= m_f < 1_000_000):
+            raise OSError(errno.EINVAL, "bad timeval")
+        return [(a_s, a_f * 1000), (m_s, m_f * 1000)]
+    return [(a_s, a_f), (m_s, m_f)]
+
+
+@guarded
+def sys_utimensat(call: Call, env: Env) -> Result:
+    a = call.args
+    dirfd, addr, tptr, flags = _s32(a[0]), a[1], a[2], a[3]
+    times = _read_times(call, tptr, usec=False)
+
+    def raw(loc: Loc) -> Result:
+        assert loc.host is not None
+        return RunChecked(NR_UTIMENSAT, (AT_FDCWD, _cstr(loc.host), tptr, flags & ~AT_EMPTY_PATH))
+
+    return utimens_at(call, env, dirfd, addr, times, flags, raw=raw)
+
+
+def _utimes(call: Call, env: Env, dirfd: int, addr: int, tptr: int) -> Result:
+    times = _read_times(call, tptr, usec=True)
+
+    def raw(loc: Loc) -> Result:
+        assert loc.host is not None
+        return RunChecked(NR_FUTIMESAT, (AT_FDCWD, _cstr(loc.host), tptr))
+
+    return utimens_at(call, env, dirfd, addr, times, 0, raw=raw)
+
+
+@guarded
+def sys_utimes(call: Call, env: Env) -> Result:
+    return _utimes(call, env, AT_FDCWD, call.args[0], call.args[1])
+
+
+@guarded
+def sys_futimesat(call: Call, env: Env) -> Result:
+    return _utimes(call, env, _s32(call.args[0]), call.args[1], call.args[2])
+
+
+@guarded
+def sys_utime(call: Call, env: Env) -> Result:
+    import struct
+
+    tptr = call.args[1]
+    times = None
+    if tptr:
+        actime, modtime = struct.unpack("<qq", call.guest.read(tptr, 16))
+        times = [(actime, 0), (modtime, 0)]
+    loc = locate(call, env, AT_FDCWD, call.args[0], follow=True)
+    if not loc.synthetic:
+        assert loc.host is not None
+        return RunChecked(132, (_cstr(loc.host), tptr))
+    return utimens_at(call, env, AT_FDCWD, call.args[0], times, 0, raw=lambda _l: Fail(errno.EIO))
+
+
+# -- extended attributes -----------------------------------------------------------------------
+
+
+def _xattr(call: Call, env: Env, follow: bool, synthetic_result: Result) -> Result:
+    loc = locate(call, env, AT_FDCWD, call.args[0], follow=follow)
+    if not loc.synthetic:
+        assert loc.host is not None
+        args: list[int | Scratch] = list(call.args)
+        args[0] = _cstr(loc.host)
+        return RunChecked(call.nr, tuple(args))
+    _need(loc)
+    denied = env.check(call, "stat", loc.guest)
+    return Fail(denied) if denied else synthetic_result
+
+
+@guarded
+def sys_getxattr(call: Call, env: Env) -> Result:
+    return _xattr(call, env, True, Fail(errno.ENODATA))
+
+
+@guarded
+def sys_lgetxattr(call: Call, env: Env) -> Result:
+    return _xattr(call, env, False, Fail(errno.ENODATA))
+
+
+@guarded
+def sys_setxattr(call: Call, env: Env) -> Result:
+    return _xattr(call, env, True, Fail(errno.ENOTSUP))
+
+
+@guarded
+def sys_lsetxattr(call: Call, env: Env) -> Result:
+    return _xattr(call, env, False, Fail(errno.ENOTSUP))
+
+
+@guarded
+def sys_listxattr(call: Call, env: Env) -> Result:
+    return _xattr(call, env, True, Return(0))
+
+
+@guarded
+def sys_llistxattr(call: Call, env: Env) -> Result:
+    return _xattr(call, env, False, Return(0))
+
+
+@guarded
+def sys_removexattr(call: Call, env: Env) -> Result:
+    return _xattr(call, env, True, Fail(errno.ENODATA))
+
+
+@guarded
+def sys_lremovexattr(call: Call, env: Env) -> Result:
+    return _xattr(call, env, False, Fail(errno.ENODATA))
+
+
+@guarded
+def sys_xattrat(call: Call, env: Env) -> Result:
+    """The *xattrat and file_*attr syscalls (Linux 6.13+): on the host only."""
+    a = call.args
+    loc = locate(call, env, _s32(a[0]), a[1], follow=not a[2] & AT_SYMLINK_NOFOLLOW,
+                 empty_ok=bool(a[2] & AT_EMPTY_PATH))
+    if loc.synthetic:
+        return Fail(errno.ENOTSUP)
+    assert loc.host is not None
+    args: list[int | Scratch] = list(a)
+    args[0], args[1] = AT_FDCWD, _cstr(loc.host)
+    args[2] = a[2] & ~AT_EMPTY_PATH
+    return RunChecked(call.nr, tuple(args))
+
+
+# -- cwd and exec ----------------------------------------------------------------------------
+
+
+@guarded
+def sys_chdir(call: Call, env: Env) -> Result:
+    loc = locate(call, env, AT_FDCWD, call.args[0], follow=True)
+    return _chdir(call, env, loc)
+
+
+def _chdir(call: Call, env: Env, loc: Loc) -> Result:
+    if loc.synthetic:
+        attrs = _need(loc)
+        if attrs.kind is not FileKind.DIR:
+            return Fail(errno.ENOTDIR)
+        denied = env.check(call, "list", loc.guest)
+        if denied:
+            return Fail(denied)
+        call.proc.fs.cwd = loc.guest
+        return Return(0)
+    assert loc.host is not None
+    fs = call.proc.fs
+
+    def after(ret: int) -> None:
+        if ret == 0:
+            fs.cwd = None
+
+    return RunChecked(NR_CHDIR, (_cstr(loc.host),), after)
+
+
+@guarded
+def sys_fchdir(call: Call, env: Env) -> Result:
+    loc = fd_loc(call, env, _s32(call.args[0]))
+    if loc is None:
+        return Fail(errno.EBADF)
+    if loc.synthetic:
+        return _chdir(call, env, loc)
+    fs = call.proc.fs
+    if fs.cwd is None:
+        return CONTINUE
+
+    def after(ret: int) -> None:
+        if ret == 0:
+            fs.cwd = None
+
+    return RunChecked(call.nr, call.args, after)
+
+
+@handler
+def sys_getcwd(call: Call, env: Env) -> Result:
+    cwd = call.proc.fs.cwd
+    if cwd is None:
+        return CONTINUE
+    data = os.fsencode(cwd) + b"\0"
+    size = call.args[1]
+    if size < len(data):
+        return Fail(errno.ERANGE)
+    return Return(len(data), ((call.args[0], data),))
+
+
+def exec_at(call: Call, env: Env, dirfd: int, addr: int, argv: int, envp: int, flags: int) -> Result:
+    loc = locate(call, env, dirfd, addr, follow=not flags & AT_SYMLINK_NOFOLLOW,
+                 empty_ok=bool(flags & AT_EMPTY_PATH))
+    if loc.synthetic:
+        attrs = _need(loc)
+        if attrs.kind is FileKind.DIR:
+            return Fail(errno.EACCES)
+        if not attrs.mode & 0o111:
+            return Fail(errno.EACCES)
+        denied = env.check(call, "read", loc.guest)
+        if denied:
+            return Fail(denied)
+        assert loc.repo is not None
+        opened = env.repo.open(loc.repo, 0, 0)
+        path = opened.host_path
+    else:
+        if call.guest.read_path(addr) == "" and flags & AT_EMPTY_PATH:
+            return CONTINUE  # fexecve: the fd was opened (and checked) already
+        assert loc.host is not None
+        path = loc.host
+    return RunChecked(NR_EXECVEAT, (AT_FDCWD, _cstr(path), argv, envp, flags & ~AT_EMPTY_PATH))
+
+
+@guarded
+def sys_execve(call: Call, env: Env) -> Result:
+    a = call.args
+    return exec_at(call, env, AT_FDCWD, a[0], a[1], a[2], 0)
+
+
+@guarded
+def sys_execveat(call: Call, env: Env) -> Result:
+    a = call.args
+    return exec_at(call, env, _s32(a[0]), a[1], a[2], a[3], a[4])
+
+
+# -- fds that may be synthetic ----------------------------------------------------------------
+
+
+def _getdents(call: Call, env: Env, legacy: bool) -> Result:
+    fd, buf, size = _s32(call.args[0]), call.args[1], call.args[2] & 0xFFFFFFFF
+    target = call.guest.fd_target(fd)
+    handle = env.host.dir_handle(target) if target is not None else None
+    if handle is None:
+        return CONTINUE
+    if handle.entries is None:
+        try:
+            listing = env.repo.listdir(handle.repo_path)
+        except OSError as exc:
+            return Fail(exc.errno or errno.EIO)
+        parent = handle.repo_path.rsplit("/", 1)[0] or "/"
+        pattrs = env.repo.lstat(parent) if handle.repo_path != "/" else None
+        from protocol.messages import DirEntry
+
+        handle.entries = [
+            DirEntry(".", listing.attrs),
+            DirEntry("..", pattrs or listing.attrs),
+            *listing.entries,
+        ]
+    pack = abi.dirent if legacy else abi.dirent64
+    out = bytearray()
+    pos = handle.pos
+    entries = handle.entries
+    while pos < len(entries):
+        e = entries[pos]
+        rec = pack(e.attrs.ino or pos + 1, pos + 1, e.attrs.kind, os.fsencode(e.name))
+        if len(out) + len(rec) > size:
+            if not out:
+                return Fail(errno.EINVAL)
+            break
+        out += rec
+        pos += 1
+    handle.pos = pos
+    return Return(len(out), ((buf, bytes(out)),) if out else ())
+
+
+@guarded
+def sys_getdents64(call: Call, env: Env) -> Result:
+    return _getdents(call, env, legacy=False)
+
+
+@guarded
+def sys_getdents(call: Call, env: Env) -> Result:
+    return _getdents(call, env, legacy=True)
+
+
+@handler
+def sys_lseek(call: Call, env: Env) -> Result:
+    target = call.guest.fd_target(_s32(call.args[0]))
+    handle = env.host.dir_handle(target) if target is not None else None
+    if handle is None:
+        return CONTINUE
+    offset = call.args[1]
+    if offset >> 63:
+        return Fail(errno.EINVAL)
+    handle.pos = offset
+    if offset == 0:
+        handle.entries = None  # rewinddir sees a fresh listing
+    return Return(offset)
+
+
+def _commit_fd(call: Call, env: Env, fd: int) -> int:
+    """Upload fd's local copy if it is one; 0 or an errno."""
+    target = call.guest.fd_target(fd)
+    if target is None:
+        return 0
+    repo = env.repo.repo_path_of(target)
+    if repo is None:
+        return 0
+    try:
+        env.repo.commit(repo)
+    except OSError as exc:
+        return exc.errno or errno.EIO
+    return 0
+
+
+@handler
+def sys_close(call: Call, env: Env) -> Result:
+    if not call.proc.wrote:
+        return CONTINUE
+    err = _commit_fd(call, env, _s32(call.args[0]))
+    if not err:
+        return CONTINUE
+
+    def after(ret: int) -> Fail | None:
+        return Fail(err) if ret == 0 else None
+
+    return RunChecked(call.nr, call.args, after)
+
+
+@handler
+def sys_close_range(call: Call, env: Env) -> Result:
+    if not call.proc.wrote:
+        return CONTINUE
+    first, last = call.args[0] & 0xFFFFFFFF, call.args[1] & 0xFFFFFFFF
+    for fd in call.guest.open_fds():
+        if first <= fd <= last:
+            _commit_fd(call, env, fd)
+    return CONTINUE
+
+
+@handler
+def sys_fsync(call: Call, env: Env) -> Result:
+    if not call.proc.wrote:
+        return CONTINUE
+    err = _commit_fd(call, env, _s32(call.args[0]))
+    return Fail(err) if err else CONTINUE
+
+
+@handler
+def sys_sync(call: Call, env: Env) -> Result:
+    try:
+        env.repo.sync()
+    except OSError:
+        pass  # sync(2) cannot fail
+    return CONTINUE
+
+
+@guarded
+def sys_inotify_add_watch(call: Call, env: Env) -> Result:
+    loc = locate(call, env, AT_FDCWD, call.args[1], follow=not call.args[2] & 0x01000000)
+    if loc.synthetic:
+        _need(loc)
+        return Fail(errno.ENOTSUP)
+    assert loc.host is not None
+    return RunChecked(NR_INOTIFY_ADD_WATCH, (call.args[0], _cstr(loc.host), call.args[2]))
+
+
+@guarded
+def sys_name_to_handle_at(call: Call, env: Env) -> Result:
+    a = call.args
+    loc = locate(call, env, _s32(a[0]), a[1], follow=bool(a[4] & abi.AT_SYMLINK_FOLLOW),
+                 empty_ok=bool(a[4] & AT_EMPTY_PATH))
+    if loc.synthetic:
+        return Fail(errno.EOPNOTSUPP)
+    assert loc.host is not None
+    return RunChecked(NR_NAME_TO_HANDLE_AT, (AT_FDCWD, _cstr(loc.host), a[2], a[3], a[4] & ~AT_EMPTY_PATH))
+
+
+# -- sockets -------------------------------------------------------------------------------------
+
+AF_UNIX = 1
+
+
+def _sock_path(call: Call, addr: int, size: int) -> str | None:
+    """The filesystem path of an AF_UNIX sockaddr, or None for other families/abstract."""
+    if addr == 0 or size < 3:
+        return None
+    raw = call.guest.read(addr, min(size, 110))
+    if int.from_bytes(raw[:2], "little") != AF_UNIX or raw[2] == 0:
+        return None
+    return os.fsdecode(raw[2:].split(b"\0", 1)[0])
+
+
+def _sock_call(call: Call, env: Env, nr: int) -> Result:
+    a = call.args
+    size = a[2] & 0xFFFFFFFF
+    path = _sock_path(call, a[1], size)
+    if path is None:
+        return CONTINUE
+    base = call.proc.fs.cwd or call.guest.host_cwd()
+    target = env.ns.resolve(path, base, follow=True, lstat=env.repo.lstat, readlink=env.repo.readlink)
+    if target.synthetic:
+        return Fail(errno.ECONNREFUSED if nr == NR_CONNECT else errno.EACCES)
+    real = env.host.realpath(target.path, True)
+    if env.host.refused(real):
+        return Fail(errno.EACCES)
+    family = (AF_UNIX).to_bytes(2, "little")
+    sockaddr = family + os.fsencode(real)[:107] + b"\0"
+    return RunChecked(nr, (a[0], Scratch(sockaddr), len(sockaddr)))
+
+
+@guarded
+def sys_connect(call: Call, env: Env) -> Result:
+    return _sock_call(call, env, NR_CONNECT)
+
+
+@guarded
+def sys_bind(call: Call, env: Env) -> Result:
+    return _sock_call(call, env, NR_BIND)
+
+
+# -- guards of the scratch page -------------------------------------------------------------
+
+
+@handler
+def sys_memguard(call: Call, env: Env) -> Result:
+    addr, length = call.args[0], call.args[1]
+    return Fail(errno.EPERM) if call.guest.touches_scratch(addr, length) else CONTINUE
+
+
+@handler
+def sys_mremap_guard(call: Call, env: Env) -> Result:
+    old, old_len, new_len, flags, new = call.args[:5]
+    if call.guest.touches_scratch(old, old_len):
+        return Fail(errno.EPERM)
+    if flags & 0x2 and call.guest.touches_scratch(new, new_len):
+        return Fail(errno.EPERM)
+    return CONTINUE
+
+
+@handler
+def sys_memguard_shmat(call: Call, env: Env) -> Result:
+    return Fail(errno.EPERM) if call.guest.touches_scratch(call.args[1], 1 << 30) else CONTINUE

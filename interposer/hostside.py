@@ -1,0 +1,122 @@
+"""The host side of the namespace: symlink resolution for checks, refused paths, placeholders.
+
+Implements :class:`interposer.ports.Host`. Trusts the host kernel. The
+supervisor resolves a guest's host path itself — ``open(O_PATH)`` in its own
+process, then ``readlink`` of its ``/proc/self/fd`` entry — so symlinks and
+``/proc`` magic links are followed exactly as the kernel follows them, and the
+answer is checked against the paths no guest may name: the agent's cache,
+socket and key, the supervisor's private directory, ``/proc/PID/mem`` of any
+process and ``/proc/PID`` of the trusted processes.
+
+Placeholders: an open synthetic directory is, to the kernel, an fd on a fresh
+empty directory under the private directory; the supervisor maps it back to
+the repository path (getdents, fchdir, ``*at`` calls are emulated).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable
+
+from interposer.ports import DirHandle
+
+__all__ = ["HostSide"]
+
+_PROC_PID = re.compile(r"^/proc/(\d+)(/.*)?$")
+_MEM = re.compile(r"^/proc/\d+(/task/\d+)?/mem$")
+_GC_EVERY = 512
+_KEEP = 64
+
+
+class HostSide:
+    def __init__(self, private_dir: str, refused: Iterable[str], trusted_pids: Iterable[int]) -> None:
+        self.private_dir = os.path.realpath(private_dir)
+        self._dirs = os.path.join(self.private_dir, "dirs")
+        os.makedirs(self._dirs, mode=0o700, exist_ok=True)
+        roots = {self.private_dir}
+        for path in refused:
+            if path:
+                roots.add(os.path.realpath(path))
+        self.refused_roots = tuple(sorted(roots))
+        self.trusted_pids = {int(p) for p in trusted_pids}
+        self._handles: dict[str, DirHandle] = {}
+        self._next = 0
+        #: called to learn which placeholders guests still hold (set by the supervisor)
+        self.live_fd_targets: Callable[[], Iterable[str]] | None = None
+
+    # -- resolution ---------------------------------------------------------------------------
+
+    def realpath(self, path: str, follow: bool) -> str:
+        if path == "/":
+            return "/"
+        flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+        try:
+            fd = os.open(path, flags)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EACCES):
+                raise
+            # The last component may not exist yet (creation): resolve its directory.
+            head, _, name = path.rstrip("/").rpartition("/")
+            if not name or name in (".", ".."):
+                return path
+            try:
+                fd = os.open(head or "/", os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY)
+            except OSError:
+                return path  # the kernel will fail the same way
+            try:
+                real_dir = os.readlink(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
+            return real_dir.rstrip("/") + "/" + name
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+
+    def refused(self, real_path: str) -> bool:
+        for root in self.refused_roots:
+            if real_path == root or real_path.startswith(root + "/"):
+                return True
+        if real_path.startswith("/proc/"):
+            if _MEM.match(real_path):
+                return True
+            m = _PROC_PID.match(real_path)
+            if m and int(m.group(1)) in self.trusted_pids:
+                return True
+        return False
+
+    # -- placeholders -------------------------------------------------------------------------
+
+    def placeholder_root(self) -> str:
+        return self._dirs
+
+    def new_dir_handle(self, repo_path: str) -> str:
+        self._next += 1
+        if self._next % _GC_EVERY == 0:
+            self._collect()
+        path = os.path.join(self._dirs, str(self._next))
+        os.mkdir(path, 0o500)
+        self._handles[path] = DirHandle(repo_path)
+        return path
+
+    def dir_handle(self, host_path: str) -> DirHandle | None:
+        return self._handles.get(host_path)
+
+    def _collect(self) -> None:
+        """Remove placeholders no guest holds any more."""
+        if self.live_fd_targets is None:
+            return
+        live = set(self.live_fd_targets())
+        # The newest handles may be in flight (created, not yet opened by the guest).
+        recent = {os.path.join(self._dirs, str(n)) for n in range(self._next - _KEEP, self._next + 1)}
+        for path in [p for p in self._handles if p not in live and p not in recent]:
+            del self._handles[path]
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+    def close(self) -> None:
+        shutil.rmtree(self.private_dir, ignore_errors=True)

@@ -1,0 +1,200 @@
+"""Path resolution for guests: which paths are synthetic, and what they name.
+
+Pure code: no ptrace, no sockets. The supervisor hands it the path the guest
+passed (copied out of the guest once), the base it is relative to (the
+guest's cwd or a dirfd's target) and two lookups into the synthetic tree; it
+answers with a :class:`Target`.
+
+Rules (documented in docs/namespace.md):
+
+* ``.`` and ``..`` are resolved component by component. On the host side a
+  ``..`` after a component that may be a symlink is resolved physically
+  through the ``host_realpath`` port (as the kernel would); inside the
+  synthetic tree it follows the synthetic symlinks already resolved.
+* ``..`` at the mount root leaves to the real parent (``/data/..`` is ``/``).
+* Symlinks stored in the repository are resolved inside the namespace:
+  an absolute target is anchored at the mount root (``/data/l -> /etc``
+  names ``/data/etc``), and a relative target cannot climb above it. A
+  repository symlink can therefore never name a host file.
+* Host symlinks are resolved by the kernel (and, for the security check, by
+  the supervisor); a host symlink that points into the mount reaches the
+  host's own directory of that name, not the synthetic tree.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from collections.abc import Callable
+
+from attrs import frozen
+
+from protocol.messages import Attrs, FileKind
+
+__all__ = ["MAX_SYMLINKS", "Namespace", "Target", "Where"]
+
+MAX_SYMLINKS = 40
+
+
+class Where(enum.Enum):
+    HOST = "host"
+    SYNTH = "synth"
+
+
+@frozen
+class Target:
+    """A resolved path.
+
+    ``path`` is an absolute host path (HOST) or a repository path such as
+    ``/a/b`` (SYNTH; ``/`` is the repository root). ``attrs`` is the synthetic
+    object's attributes when it exists (None: it does not). ``must_be_dir``
+    records a trailing slash.
+    """
+
+    where: Where
+    path: str
+    attrs: Attrs | None = None
+    must_be_dir: bool = False
+
+    @property
+    def synthetic(self) -> bool:
+        return self.where is Where.SYNTH
+
+
+Lstat = Callable[[str], Attrs | None]
+Readlink = Callable[[str], str]
+
+
+class Namespace:
+    """One synthetic mount (``/data`` by default) over the host's tree."""
+
+    def __init__(self, mount: str = "/data") -> None:
+        if not mount.startswith("/") or mount == "/" or "\0" in mount:
+            raise ValueError(f"mount point must be an absolute path other than '/': {mount!r}")
+        parts = [p for p in mount.split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise ValueError(f"mount point must be normalised: {mount!r}")
+        self.mount = "/" + "/".join(parts)
+        self._mount_parts = parts
+
+    # -- conversions ----------------------------------------------------------------------
+
+    def guest_path(self, repo_path: str) -> str:
+        """The guest-visible path of a repository path."""
+        return self.mount if repo_path == "/" else self.mount + repo_path
+
+    def repo_path(self, guest_path: str) -> str | None:
+        """The repository path of a normalised guest path, or None when it is on the host."""
+        if guest_path == self.mount:
+            return "/"
+        if guest_path.startswith(self.mount + "/"):
+            return guest_path[len(self.mount):]
+        return None
+
+    # -- resolution -----------------------------------------------------------------------
+
+    def resolve(
+        self,
+        path: str,
+        base: str,
+        *,
+        follow: bool,
+        lstat: Lstat,
+        readlink: Readlink,
+        host_realpath: Callable[[str], str] | None = None,
+    ) -> Target:
+        """Resolve ``path`` (relative to the absolute guest path ``base``).
+
+        ``follow`` says whether a final synthetic symlink is followed.
+        Raises OSError with the errno a kernel would give (ENOENT, ENOTDIR,
+        ELOOP, ENAMETOOLONG).
+        """
+        if not path:
+            raise OSError(errno.ENOENT, "empty path")
+        if len(path) >= 4096:
+            raise OSError(errno.ENAMETOOLONG, "path too long")
+        trailing = path.endswith("/")
+        todo = [c for c in path.split("/") if c and c != "."]
+        todo.reverse()  # a stack: next component last
+        cur: list[str] = [] if path.startswith("/") else [c for c in base.split("/") if c]
+        attrs: Attrs | None = None
+        looked = -1  # len(cur) when attrs was last looked up
+        links = 0
+        mount_len = len(self._mount_parts)
+        while todo:
+            comp = todo.pop()
+            if len(comp) > 255:
+                raise OSError(errno.ENAMETOOLONG, "name too long")
+            if comp == "..":
+                if not cur:
+                    continue
+                if self._inside(cur) or host_realpath is None or self._is_mount_root(cur):
+                    cur.pop()
+                else:
+                    # Host side: the kernel resolves '..' physically.
+                    real = host_realpath("/" + "/".join(cur))
+                    cur = [c for c in real.split("/") if c]
+                    if cur:
+                        cur.pop()
+                attrs = None
+                looked = -1
+                continue
+            cur.append(comp)
+            if not self._inside(cur):
+                attrs = None
+                continue
+            repo = "/" + "/".join(cur[mount_len:]) if len(cur) > mount_len else "/"
+            attrs = lstat(repo)
+            looked = len(cur)
+            last = not todo
+            if attrs is None:
+                if not last:
+                    raise OSError(errno.ENOENT, "no such file or directory")
+                continue
+            if attrs.kind is FileKind.SYMLINK and (not last or follow or trailing):
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, "too many levels of symbolic links")
+                target = readlink(repo)
+                if not target:
+                    raise OSError(errno.ENOENT, "empty symlink")
+                cur.pop()
+                if target.startswith("/"):
+                    cur = list(self._mount_parts)
+                # The target may not climb above the mount root.
+                todo.extend(reversed(self._clamp(cur, [c for c in target.split("/") if c and c != "."])))
+                attrs, looked = None, -1
+                continue
+            if not last and attrs.kind is not FileKind.DIR:
+                raise OSError(errno.ENOTDIR, "not a directory")
+        guest = "/" + "/".join(cur)
+        repo_path = self.repo_path(guest)
+        if repo_path is None:
+            return Target(Where.HOST, guest, None, trailing)
+        if attrs is None or looked != len(cur):
+            # '.', '..' or a substituted symlink left us somewhere not looked up yet.
+            attrs = lstat(repo_path)
+        if trailing and attrs is not None and attrs.kind is FileKind.FILE:
+            raise OSError(errno.ENOTDIR, "not a directory")
+        return Target(Where.SYNTH, repo_path, attrs, trailing)
+
+    def _inside(self, cur: list[str]) -> bool:
+        n = len(self._mount_parts)
+        return len(cur) >= n and cur[:n] == self._mount_parts
+
+    def _is_mount_root(self, cur: list[str]) -> bool:
+        return cur == self._mount_parts
+
+    def _clamp(self, cur: list[str], target: list[str]) -> list[str]:
+        """Drop the '..' components of a symlink target that would climb above the mount root."""
+        depth = len(cur) - len(self._mount_parts)
+        kept: list[str] = []
+        for comp in target:
+            if comp == "..":
+                if depth == 0:
+                    continue
+                depth -= 1
+            else:
+                depth += 1
+            kept.append(comp)
+        return kept

@@ -1,0 +1,134 @@
+"""The interfaces handlers see: one guest thread, the repository, the host.
+
+Handlers are pure functions of a :class:`Call` and an :class:`Env`; every
+effect goes through these ports. The supervisor implements them with ptrace,
+``/proc`` and the agent; unit tests implement them with dictionaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from attrs import define, field
+
+from interposer.namespace import Namespace
+from protocol.messages import Attrs, DirEntry, Listing, Opened, RenameFlags
+
+__all__ = ["Call", "DirHandle", "Env", "FsState", "Guest", "Host", "Proc", "Repo"]
+
+
+class Guest(Protocol):
+    """One stopped guest thread."""
+
+    tid: int
+    tgid: int
+
+    def read_path(self, addr: int) -> str:
+        """The NUL-terminated path at ``addr``; OSError EFAULT / ENAMETOOLONG."""
+
+    def read(self, addr: int, size: int) -> bytes: ...
+
+    def fd_target(self, fd: int) -> str | None:
+        """What ``/proc/TGID/fd/FD`` links to, or None when the fd is not open."""
+
+    def host_cwd(self) -> str: ...
+
+    def umask(self) -> int:
+        """The process's umask (read from /proc when a handler creates something)."""
+
+    def open_fds(self) -> list[int]: ...
+
+    def touches_scratch(self, addr: int, length: int) -> bool:
+        """Whether [addr, addr+length) overlaps the supervisor's scratch area."""
+
+
+class Repo(Protocol):
+    """The synthetic tree, as the agent serves it (paths are repository paths)."""
+
+    def lstat(self, path: str) -> Attrs | None: ...
+    def listdir(self, path: str) -> Listing: ...
+    def readlink(self, path: str) -> str: ...
+    def open(self, path: str, flags: int, mode: int) -> Opened: ...
+    def commit(self, path: str) -> None: ...
+    def sync(self) -> None: ...
+    def mkdir(self, path: str, mode: int) -> None: ...
+    def remove(self, path: str, directory: bool) -> None: ...
+    def rename(self, src: str, dst: str, flags: RenameFlags) -> None: ...
+    def symlink(self, target: str, path: str) -> None: ...
+    def setattr(self, path: str, *, mode: int | None = None, atime_ns: int | None = None,
+                mtime_ns: int | None = None, size: int | None = None) -> None: ...
+    def repo_path_of(self, host_path: str) -> str | None:
+        """The repository path whose local copy is ``host_path``, if it is one."""
+    def local_copy(self, path: str) -> str | None:
+        """The host path of ``path``'s local copy, if this session has one."""
+
+
+class Host(Protocol):
+    """The host side: symlink resolution for checks, and the supervisor's private files."""
+
+    def realpath(self, path: str, follow: bool) -> str:
+        """The path with every symlink resolved (magic links included), as the kernel would."""
+
+    def refused(self, real_path: str) -> bool:
+        """True for paths no guest may name (cache, sockets, keys, trusted processes)."""
+
+    def new_dir_handle(self, repo_path: str) -> str:
+        """A fresh, empty placeholder directory standing for ``repo_path``; its host path."""
+
+    def dir_handle(self, host_path: str) -> DirHandle | None: ...
+
+    def placeholder_root(self) -> str: ...
+
+
+@define
+class DirHandle:
+    """An open synthetic directory: the repository path and a getdents cursor."""
+
+    repo_path: str
+    entries: Sequence[DirEntry] | None = None
+    pos: int = 0
+
+
+@define
+class FsState:
+    """What CLONE_FS shares: the synthetic cwd (None when the kernel's cwd is the cwd)."""
+
+    cwd: str | None = None
+
+
+@define
+class Proc:
+    """One guest process (thread group) as the handlers know it."""
+
+    tgid: int
+    fs: FsState = field(factory=FsState)
+    exe: str = ""
+    argv: tuple[str, ...] = ()
+    app: object = None
+    #: set once the process opened a synthetic file for writing (close must commit)
+    wrote: bool = False
+
+
+@define
+class Call:
+    """One trapped syscall."""
+
+    nr: int
+    name: str
+    args: tuple[int, int, int, int, int, int]
+    guest: Guest
+    proc: Proc
+
+
+class Env(Protocol):
+    """Supervisor-wide services."""
+
+    ns: Namespace
+    repo: Repo
+    host: Host
+    uid: int
+    gid: int
+
+    def check(self, call: Call, op: str, guest_path: str) -> int:
+        """0 when the policy allows ``op`` on ``guest_path`` for this process, else the errno."""

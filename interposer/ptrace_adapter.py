@@ -1,0 +1,189 @@
+"""The only importer of python-ptrace: tracing primitives for the supervisor.
+
+python-ptrace gives us the ptrace(2) binding and the register structure. It
+lacks seccomp stops (``PTRACE_O_TRACESECCOMP``, event 7) and
+``PTRACE_O_EXITKILL``; this module adds them, plus what the wait loop needs
+(``__WALL``), guest memory access through ``/proc/PID/mem`` and the start-up
+sequence of a traced child. It trusts nothing read from a guest: callers
+validate what they read.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+from typing import Any
+
+from ptrace import PtraceError
+from ptrace.binding import func as _pt
+
+__all__ = [
+    "EVENT_CLONE",
+    "EVENT_EXEC",
+    "EVENT_EXIT",
+    "EVENT_FORK",
+    "EVENT_SECCOMP",
+    "EVENT_VFORK",
+    "OPTIONS",
+    "WALL",
+    "GuestMemory",
+    "PtraceError",
+    "Regs",
+    "cont",
+    "event_msg",
+    "get_regs",
+    "interrupt",
+    "kill",
+    "listen",
+    "set_regs",
+    "syscall",
+    "traceme",
+]
+
+PTRACE_O_TRACESYSGOOD = 0x1
+PTRACE_O_TRACEFORK = 0x2
+PTRACE_O_TRACEVFORK = 0x4
+PTRACE_O_TRACECLONE = 0x8
+PTRACE_O_TRACEEXEC = 0x10
+PTRACE_O_TRACEEXIT = 0x40
+PTRACE_O_TRACESECCOMP = 0x80
+PTRACE_O_EXITKILL = 0x100000
+
+EVENT_FORK = 1
+EVENT_VFORK = 2
+EVENT_CLONE = 3
+EVENT_EXEC = 4
+EVENT_EXIT = 6
+EVENT_SECCOMP = 7
+
+PTRACE_SETOPTIONS = 0x4200
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_INTERRUPT = 0x4207
+PTRACE_LISTEN = 0x4208
+
+#: waitpid flag: wait for every child, threads included (not in ``os``).
+WALL = 0x40000000
+
+#: Every option the supervisor sets on the first guest (inherited by the rest).
+OPTIONS = (
+    PTRACE_O_TRACESYSGOOD
+    | PTRACE_O_TRACEFORK
+    | PTRACE_O_TRACEVFORK
+    | PTRACE_O_TRACECLONE
+    | PTRACE_O_TRACEEXEC
+    | PTRACE_O_TRACEEXIT
+    | PTRACE_O_TRACESECCOMP
+    | PTRACE_O_EXITKILL
+)
+
+Regs = Any  # python-ptrace's user_regs_struct (ctypes)
+
+
+def traceme() -> None:
+    _pt.ptrace_traceme()
+
+
+def set_options(pid: int, options: int = OPTIONS) -> None:
+    _pt.ptrace(PTRACE_SETOPTIONS, pid, 0, options)
+
+
+def cont(pid: int, sig: int = 0) -> None:
+    _pt.ptrace_cont(pid, sig)
+
+
+def syscall(pid: int, sig: int = 0) -> None:
+    """Resume until the next syscall stop (used to reach a syscall's exit)."""
+    _pt.ptrace_syscall(pid, sig)
+
+
+def listen(pid: int) -> None:
+    _pt.ptrace(PTRACE_LISTEN, pid, 0, 0)
+
+
+def interrupt(pid: int) -> None:
+    _pt.ptrace(PTRACE_INTERRUPT, pid, 0, 0)
+
+
+def event_msg(pid: int) -> int:
+    value = ctypes.c_ulong()
+    _pt.ptrace(PTRACE_GETEVENTMSG, pid, 0, ctypes.addressof(value))
+    return value.value
+
+
+def get_regs(pid: int) -> Regs:
+    return _pt.ptrace_getregs(pid)
+
+
+def set_regs(pid: int, regs: Regs) -> None:
+    _pt.ptrace_setregs(pid, regs)
+
+
+def kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class GuestMemory:
+    """Reads and writes one guest address space through ``/proc/PID/mem``.
+
+    The file must be reopened after every exec (an fd opened before an exec
+    silently writes nothing after it). Writes reach read-only pages (the
+    scratch page) because the kernel forces them for a tracer.
+    """
+
+    __slots__ = ("fd", "pid")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.fd = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def read(self, addr: int, size: int) -> bytes:
+        try:
+            return os.pread(self.fd, size, addr)
+        except OSError as exc:
+            raise OSError(errno.EFAULT, "bad guest address") from exc
+
+    def read_cstring(self, addr: int, limit: int = 4096) -> bytes | None:
+        """The NUL-terminated bytes at ``addr`` (without the NUL).
+
+        None when the string is longer than ``limit`` bytes (ENAMETOOLONG).
+        Raises OSError(EFAULT) when ``addr`` is not readable.
+        """
+        if addr == 0:
+            raise OSError(errno.EFAULT, "NULL path")
+        out = b""
+        # Read up to the page boundary first: the next page may be unmapped.
+        want = 4096 - (addr & 4095)
+        while True:
+            try:
+                chunk = os.pread(self.fd, want, addr)
+            except OSError as exc:
+                raise OSError(errno.EFAULT, "bad guest address") from exc
+            if not chunk:
+                raise OSError(errno.EFAULT, "bad guest address")
+            nul = chunk.find(b"\0")
+            if nul >= 0:
+                out += chunk[:nul]
+                return out if len(out) < limit else None
+            out += chunk
+            if len(out) >= limit:
+                return None
+            addr += len(chunk)
+            want = 4096
+
+    def write(self, addr: int, data: bytes) -> None:
+        try:
+            written = os.pwrite(self.fd, data, addr)
+        except OSError as exc:
+            raise OSError(errno.EFAULT, "bad guest address") from exc
+        if written != len(data):
+            raise OSError(errno.EFAULT, "short write to guest memory")

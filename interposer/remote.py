@@ -1,0 +1,197 @@
+"""The interposer's view of the repository: the agent, behind a small attribute cache.
+
+Implements :class:`interposer.ports.Repo` over a :class:`protocol.client.Client`
+connected to the agent's private socket. Trusts the agent (a trusted process
+of the same user). The cache holds what Stat and List (READDIRPLUS) replies
+said, for ``ttl`` seconds; every mutation this interposer makes invalidates
+what it touched at once, so a sandbox sees its own changes immediately and
+other agents' changes within ``ttl``. Opens always go to the agent, which
+revalidates with the server (close-to-open consistency).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+from agent.cache import object_name
+from protocol.client import Client, Unreachable
+from protocol.messages import (
+    PROTOCOL_VERSION,
+    Attrs,
+    Commit,
+    Hello,
+    List,
+    Listing,
+    LinkTarget,
+    Mkdir,
+    Open,
+    Opened,
+    Readlink,
+    Remove,
+    Rename,
+    RenameFlags,
+    SetAttr,
+    Stat,
+    StatReply,
+    Symlink,
+    Sync,
+    Welcome,
+)
+
+__all__ = ["Remote"]
+
+_MISSING = object()
+
+
+class Remote:
+    """The repository as the agent serves it, with the interposer's caches."""
+
+    def __init__(self, endpoint: str, *, ttl: float = 1.0, timeout: float = 10.0) -> None:
+        self.endpoint = endpoint
+        self.ttl = ttl
+        self._client = Client(endpoint, timeout=timeout, retries=1)
+        self._attrs: dict[str, tuple[float, Attrs | None]] = {}
+        self._links: dict[str, tuple[float, str]] = {}
+        self._by_host: dict[str, str] = {}
+        self._local: dict[str, str] = {}
+        welcome = self._call(Hello(version=PROTOCOL_VERSION))
+        if not isinstance(welcome, Welcome):
+            raise OSError(errno.EPROTO, f"agent at {endpoint} answered {welcome.kind!r} to hello")
+        self.refused_paths: tuple[str, ...] = welcome.refused_paths
+        #: requests sent to the agent (tests read it to prove a denial sent nothing)
+        self.requests = 1
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, msg: object) -> object:
+        try:
+            return self._client.call(msg)  # type: ignore[arg-type]
+        except Unreachable as exc:
+            raise OSError(errno.EIO, f"agent unreachable: {exc}") from None
+
+    def _ask(self, msg: object) -> object:
+        self.requests += 1
+        return self._call(msg)
+
+    # -- cache ------------------------------------------------------------------------------
+
+    def _forget(self, path: str) -> None:
+        self._attrs.pop(path, None)
+        self._links.pop(path, None)
+        parent = path.rsplit("/", 1)[0] or "/"
+        self._attrs.pop(parent, None)
+
+    def _forget_below(self, path: str) -> None:
+        prefix = path.rstrip("/") + "/"
+        for key in [k for k in self._attrs if k.startswith(prefix)]:
+            del self._attrs[key]
+        for key in [k for k in self._links if k.startswith(prefix)]:
+            del self._links[key]
+
+    # -- Repo port ----------------------------------------------------------------------------
+
+    def lstat(self, path: str) -> Attrs | None:
+        hit = self._attrs.get(path)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        try:
+            reply = self._ask(Stat(path=path))
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                self._attrs[path] = (now + self.ttl, None)
+                return None
+            raise
+        assert isinstance(reply, StatReply)
+        self._attrs[path] = (now + self.ttl, reply.attrs)
+        return reply.attrs
+
+    def listdir(self, path: str) -> Listing:
+        reply = self._ask(List(path=path))
+        assert isinstance(reply, Listing)
+        expiry = time.monotonic() + self.ttl
+        self._attrs[path] = (expiry, reply.attrs)
+        base = "" if path == "/" else path
+        for entry in reply.entries:
+            self._attrs[f"{base}/{entry.name}"] = (expiry, entry.attrs)
+        return reply
+
+    def readlink(self, path: str) -> str:
+        hit = self._links.get(path)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        reply = self._ask(Readlink(path=path))
+        assert isinstance(reply, LinkTarget)
+        self._links[path] = (now + self.ttl, reply.target)
+        return reply.target
+
+    def open(self, path: str, flags: int, mode: int) -> Opened:
+        reply = self._ask(Open(path=path, flags=flags & 0xFFFFFFFF, mode=mode & 0o7777))
+        assert isinstance(reply, Opened)
+        self._by_host[reply.host_path] = path
+        self._local[path] = reply.host_path
+        self._attrs[path] = (time.monotonic() + self.ttl, reply.attrs)
+        if flags & 0o100:  # O_CREAT: the parent's listing changed
+            parent = path.rsplit("/", 1)[0] or "/"
+            self._attrs.pop(parent, None)
+        return reply
+
+    def commit(self, path: str) -> None:
+        self._ask(Commit(path=path))
+        self._attrs.pop(path, None)
+
+    def sync(self) -> None:
+        self._ask(Sync())
+        self._attrs.clear()
+
+    def mkdir(self, path: str, mode: int) -> None:
+        self._ask(Mkdir(path=path, mode=mode & 0o7777))
+        self._forget(path)
+
+    def remove(self, path: str, directory: bool) -> None:
+        self._ask(Remove(path=path, directory=directory))
+        self._forget(path)
+        host = self._local.pop(path, None)
+        if host is not None:
+            self._by_host.pop(host, None)
+
+    def rename(self, src: str, dst: str, flags: RenameFlags) -> None:
+        self._ask(Rename(src=src, dst=dst, flags=flags))
+        for path in (src, dst):
+            self._forget(path)
+            self._forget_below(path)
+        moved = {p: h for p, h in self._local.items() if p == src or p.startswith(src + "/")}
+        replaced = {p: h for p, h in self._local.items() if p == dst or p.startswith(dst + "/")}
+        for p, h in replaced.items():
+            self._local.pop(p, None)
+            self._by_host.pop(h, None)
+        for p, h in moved.items():
+            self._local.pop(p, None)
+            self._by_host.pop(h, None)
+        for p, h in moved.items():
+            # The agent moved the local copy to the new path's name (its cache names an
+            # object by the hash of its path: agent.cache.ContentCache.object_path), and
+            # guests may hold fds on it: learn the new name so close still commits.
+            new = dst + p[len(src):]
+            new_host = os.path.join(os.path.dirname(h), object_name(new))
+            self._local[new] = new_host
+            self._by_host[new_host] = new
+
+    def symlink(self, target: str, path: str) -> None:
+        self._ask(Symlink(target=target, path=path))
+        self._forget(path)
+
+    def setattr(self, path: str, *, mode: int | None = None, atime_ns: int | None = None,
+                mtime_ns: int | None = None, size: int | None = None) -> None:
+        self._ask(SetAttr(path=path, mode=mode, atime_ns=atime_ns, mtime_ns=mtime_ns, size=size))
+        self._attrs.pop(path, None)
+
+    def repo_path_of(self, host_path: str) -> str | None:
+        return self._by_host.get(host_path)
+
+    def local_copy(self, path: str) -> str | None:
+        return self._local.get(path)

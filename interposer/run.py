@@ -1,0 +1,201 @@
+"""``synthfs run``: launch a command with the synthetic tree at ``/data``.
+
+Wires the parts together: the filter from the syscall table, the agent (a
+running one with ``--agent``, or an embedded server + agent pair with
+``--data``), the policy, the host side, and the supervisor's wait loop. The
+exit status is the guest's (128+N when it died of signal N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import IO
+
+from interposer.filter import build_filter
+from interposer.hostside import HostSide
+from interposer.namespace import Namespace
+from interposer.policy import Op, Policy, PolicyError
+from interposer.ports import Call, Proc
+from interposer.remote import Remote
+from interposer.supervisor import Supervisor
+
+__all__ = ["HELP", "RunEnv", "configure", "main"]
+
+HELP = "run a command with the synthetic tree at /data"
+log = logging.getLogger(__name__)
+
+
+class RunEnv:
+    """The :class:`~interposer.ports.Env` of one ``synthfs run``."""
+
+    def __init__(self, ns: Namespace, repo: Remote, host: HostSide, policy: Policy,
+                 audit: IO[str] | None = None, audit_all: bool = False) -> None:
+        self.ns = ns
+        self.repo = repo
+        self.host = host
+        self.policy = policy
+        self.uid = os.geteuid()
+        self.gid = os.getegid()
+        self.audit = audit
+        self.audit_all = audit_all
+        self.denials = 0
+        self._default_app = policy.identify("", (), lambda: "")
+
+    def identify(self, proc: Proc) -> None:
+        exe = proc.exe
+
+        def digest() -> str:
+            h = hashlib.sha256()
+            with open(f"/proc/{proc.tgid}/exe", "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            return h.hexdigest()
+
+        proc.app = self.policy.identify(exe, proc.argv, digest)
+
+    def check(self, call: Call, op: str, guest_path: str) -> int:
+        app = call.proc.app if call.proc.app is not None else self._default_app
+        decision = self.policy.decide(app, Op(op), guest_path)  # type: ignore[arg-type]
+        if decision.allowed and not self.audit_all:
+            return 0
+        if not decision.allowed:
+            self.denials += 1
+        if self.audit is not None:
+            record = {
+                "time": time.time(), "event": "policy/decision", "pid": call.guest.tgid,
+                "exe": call.proc.exe, "app": getattr(app, "name", None), "syscall": call.name,
+                "path": guest_path, "op": op, "decision": decision.action.value,
+                "rule": decision.rule, "errno": errno.errorcode.get(decision.errno, ""),
+            }
+            self.audit.write(json.dumps(record) + "\n")
+            self.audit.flush()
+        return 0 if decision.allowed else decision.errno
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--data", metavar="DIR", help="serve DIR as the repository (starts a private server and agent)")
+    src.add_argument("--agent", metavar="ENDPOINT", help="use a running agent (ipc://PATH)")
+    parser.add_argument("--mount", default="/data", help="guest path of the synthetic tree (default: /data)")
+    parser.add_argument("--policy", metavar="FILE", help="policy file (default: policies/default.toml semantics)")
+    parser.add_argument("--read-only", action="store_true", help="refuse every write on the mount (EROFS)")
+    parser.add_argument("--cache", metavar="DIR", help="content cache directory for --data (default: ~/.cache/synthfs)")
+    parser.add_argument("--audit", metavar="FILE", help="append policy decisions (denials) as JSON lines to FILE")
+    parser.add_argument("--audit-all", action="store_true", help="audit allowed decisions too")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"synthfs run: {message}", file=sys.stderr)
+    return code
+
+
+@contextlib.contextmanager
+def _agent_endpoint(args: argparse.Namespace) -> Iterator[tuple[str, tuple[int, ...]]]:
+    if args.agent:
+        yield args.agent, ()
+        return
+    from agent.embedded import embedded
+
+    with embedded(args.data or ".", cache_dir=args.cache, verbose=args.verbose) as stack:
+        yield stack.agent_endpoint, (stack.server_pid, stack.agent_pid)
+
+
+def main(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command.pop(0)
+    if not command:
+        return _fail("no command given (usage: synthfs run [OPTIONS] -- CMD [ARGS...])")
+    if not args.agent and not args.data:
+        return _fail("say where the data is: --data DIR (a directory to serve) or --agent ENDPOINT")
+    if args.data and not os.path.isdir(args.data):
+        return _fail(f"--data {args.data}: not a directory")
+    try:
+        ns = Namespace(args.mount)
+    except ValueError as exc:
+        return _fail(str(exc))
+    try:
+        policy = Policy.from_toml(args.policy) if args.policy else Policy.default()
+    except PolicyError as exc:
+        return _fail(f"bad policy: {exc}")
+    except OSError as exc:
+        return _fail(f"cannot read policy {args.policy}: {exc.strerror}")
+    if args.read_only:
+        policy = policy.read_only()
+    try:
+        compiled = build_filter()
+    except OSError as exc:
+        return _fail(f"cannot build the seccomp filter ({exc}); is libseccomp2 installed?", 125)
+    audit = open(args.audit, "a", encoding="utf-8") if args.audit else None  # noqa: SIM115
+    private = tempfile.mkdtemp(prefix="synthfs-run-")
+    try:
+        with _agent_endpoint(args) as (endpoint, trusted):
+            try:
+                remote = Remote(endpoint)
+            except OSError as exc:
+                return _fail(f"cannot reach the agent at {endpoint}: {exc.strerror or exc}", 125)
+            socket_path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else ""
+            host = HostSide(private, (*remote.refused_paths, socket_path),
+                            (os.getpid(), *trusted))
+            env = RunEnv(ns, remote, host, policy, audit, args.audit_all)
+            sup = Supervisor(env, compiled, on_exec=env.identify)
+            host.live_fd_targets = lambda: _live_targets(sup.procs)
+            return _supervise(sup, command)
+    except Exception as exc:  # a clear message, not a traceback, for set-up failures
+        if args.verbose:
+            raise
+        from agent.embedded import EmbeddedError
+
+        if isinstance(exc, EmbeddedError):
+            return _fail(str(exc), 125)
+        raise
+    finally:
+        if audit is not None:
+            audit.close()
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _live_targets(procs: dict[int, Proc]) -> Iterator[str]:
+    for tgid in list(procs):
+        try:
+            names = os.listdir(f"/proc/{tgid}/fd")
+        except OSError:
+            continue
+        for name in names:
+            with contextlib.suppress(OSError):
+                yield os.readlink(f"/proc/{tgid}/fd/{name}")
+
+
+def _supervise(sup: Supervisor, command: list[str]) -> int:
+    old = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        signal.SIGQUIT: signal.signal(signal.SIGQUIT, signal.SIG_IGN),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda s, _f: sup.forward(s)),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, lambda s, _f: sup.forward(s)),
+    }
+    try:
+        try:
+            sup.spawn(command)
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.EACCES):
+                return _fail(f"ptrace is not permitted here ({exc}); check kernel.yama.ptrace_scope "
+                             "and the container's seccomp profile", 125)
+            raise
+        return sup.run()
+    finally:
+        sup.kill_all()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,515 @@
+"""The supervisor: launches the guest under ptrace + seccomp and runs the one wait loop.
+
+The only place (with :mod:`interposer.ptrace_adapter`) that touches ptrace. It
+follows every fork, vfork, clone, exec and exit of the guest tree; at each
+seccomp stop it looks the syscall up in the table, calls its handler with a
+:class:`~interposer.ports.Call`, and applies the action the handler returns.
+Trusts the kernel, the agent and its own handlers; trusts nothing a guest
+wrote (paths are read once, through ``/proc/PID/mem``).
+
+The scratch area: after every exec the supervisor injects an ``mmap`` of a
+read-only anonymous region at the lowest address the kernel allows; checked
+copies of paths are written there (the tracer can, the guest cannot), one
+slot per syscall in flight, and the filter refuses guest calls that would
+unmap, remap or re-protect it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import signal
+from collections.abc import Callable, Sequence
+
+from attrs import define, field
+
+from interposer import ptrace_adapter as pt
+from interposer.actions import Continue, Fail, Kill, Result, Return, RunChecked, Scratch
+from interposer.filter import CompiledFilter
+from interposer.handlers import HANDLERS
+from interposer.ports import Call, Env, FsState, Proc
+from interposer.syscalls import BY_NR
+
+__all__ = ["Supervisor"]
+
+log = logging.getLogger(__name__)
+
+SLOT_SIZE = 3 * 4096
+SLOTS = 40
+SCRATCH_SIZE = SLOT_SIZE * SLOTS
+_MASK64 = (1 << 64) - 1
+_SIGTRAP_SYSCALL = signal.SIGTRAP | 0x80
+CLONE_VM = 0x100
+CLONE_FS = 0x200
+CLONE_THREAD = 0x10000
+PROT_READ = 1
+MAP_PRIVATE = 0x02
+MAP_ANONYMOUS = 0x20
+MAP_FIXED_NOREPLACE = 0x100000
+NR_MMAP = 9
+NR_CLONE = 56
+NR_VFORK = 58
+_ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+
+
+def _scratch_base() -> int:
+    try:
+        with open("/proc/sys/vm/mmap_min_addr") as f:
+            low = int(f.read().strip())
+    except (OSError, ValueError):
+        low = 65536
+    return max(4096, (low + 4095) & ~4095)
+
+
+SCRATCH_BASE = _scratch_base()
+
+
+@define
+class MemSpace:
+    """One guest address space (shared by threads and by a vfork child)."""
+
+    pid: int
+    mem: pt.GuestMemory
+    free: list[int] = field(factory=lambda: list(range(SLOTS - 1, -1, -1)))
+
+    def alloc(self) -> int | None:
+        return self.free.pop() if self.free else None
+
+    def release(self, slot: int) -> None:
+        self.free.append(slot)
+
+
+@define
+class Pending:
+    saved: tuple[int, ...]  # orig_rax, then the six argument registers
+    after: Callable[[int], Return | Fail | None] | None
+    space: MemSpace
+    slot: int
+
+
+@define
+class Thread:
+    tid: int
+    proc: Proc
+    space: MemSpace | None
+    pending: Pending | None = None
+    started: bool = False  # past the launcher's exec (its stops before are not the guest's)
+    fresh: bool = False  # a new child whose initial SIGSTOP is still to come
+
+
+class GuestView:
+    """The :class:`~interposer.ports.Guest` port for one stopped thread."""
+
+    __slots__ = ("space", "tgid", "tid")
+
+    def __init__(self, tid: int, tgid: int, space: MemSpace) -> None:
+        self.tid = tid
+        self.tgid = tgid
+        self.space = space
+
+    def read_path(self, addr: int) -> str:
+        raw = self.space.mem.read_cstring(addr)
+        if raw is None:
+            raise OSError(errno.ENAMETOOLONG, "path too long")
+        return os.fsdecode(raw)
+
+    def read(self, addr: int, size: int) -> bytes:
+        data = self.space.mem.read(addr, size)
+        if len(data) != size:
+            raise OSError(errno.EFAULT, "bad address")
+        return data
+
+    def fd_target(self, fd: int) -> str | None:
+        if fd < 0:
+            return None
+        try:
+            return os.readlink(f"/proc/{self.tgid}/fd/{fd}")
+        except OSError:
+            return None
+
+    def host_cwd(self) -> str:
+        return os.readlink(f"/proc/{self.tid}/cwd")
+
+    def umask(self) -> int:
+        try:
+            with open(f"/proc/{self.tid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Umask:"):
+                        return int(line.split()[1], 8)
+        except OSError:
+            pass
+        return 0o022
+
+    def open_fds(self) -> list[int]:
+        try:
+            return [int(n) for n in os.listdir(f"/proc/{self.tgid}/fd")]
+        except OSError:
+            return []
+
+    def touches_scratch(self, addr: int, length: int) -> bool:
+        end = addr + max(length, 1)
+        return addr < SCRATCH_BASE + SCRATCH_SIZE and end > SCRATCH_BASE
+
+
+class Supervisor:
+    """Runs one guest command tree to completion; see the module docstring."""
+
+    def __init__(self, env: Env, compiled: CompiledFilter,
+                 on_exec: Callable[[Proc], None] | None = None) -> None:
+        self.env = env
+        self.filter = compiled
+        self.on_exec = on_exec
+        self.threads: dict[int, Thread] = {}
+        self.procs: dict[int, Proc] = {}
+        self.early: dict[int, int] = {}  # new children whose first stop came before the event
+        self.main_pid = 0
+        self.exit_status: int | None = None
+        self.stops = 0
+
+    # -- launch ------------------------------------------------------------------------------
+
+    def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
+        """Fork the guest: TRACEME, SIGSTOP, load the filter, exec. Returns its pid."""
+        compiled = self.filter
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                pt.traceme()
+                os.kill(os.getpid(), signal.SIGSTOP)
+                compiled.load()
+                os.execvpe(argv[0], list(argv), env if env is not None else os.environ)
+            except FileNotFoundError:
+                os.write(2, f"synthfs run: {argv[0]}: command not found\n".encode())
+                os._exit(127)
+            except PermissionError:
+                os.write(2, f"synthfs run: {argv[0]}: permission denied\n".encode())
+                os._exit(126)
+            except BaseException as exc:
+                os.write(2, f"synthfs run: cannot start {argv[0]}: {exc}\n".encode())
+                os._exit(127)
+            os._exit(127)
+        _, status = os.waitpid(pid, pt.WALL)
+        if not os.WIFSTOPPED(status):
+            raise OSError(errno.ECHILD, f"guest did not stop after PTRACE_TRACEME (status {status:#x})")
+        pt.set_options(pid)
+        self.main_pid = pid
+        proc = Proc(tgid=pid, fs=FsState())
+        self.procs[pid] = proc
+        self.threads[pid] = Thread(pid, proc, None)
+        pt.cont(pid)
+        return pid
+
+    # -- the wait loop --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Follow the guest tree until every process has exited; the main guest's status."""
+        while self.threads:
+            try:
+                pid, status = os.waitpid(-1, pt.WALL)
+            except ChildProcessError:
+                break
+            self.stops += 1
+            try:
+                self._dispatch(pid, status)
+            except pt.PtraceError as exc:
+                # The thread vanished (killed) between its stop and our request.
+                if exc.errno != errno.ESRCH:
+                    raise
+        return self.exit_status if self.exit_status is not None else 1
+
+    def _dispatch(self, pid: int, status: int) -> None:
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self._gone(pid, status)
+            return
+        if not os.WIFSTOPPED(status):
+            return
+        sig = os.WSTOPSIG(status)
+        event = status >> 16
+        t = self.threads.get(pid)
+        if t is None:
+            # A new child's first stop can come before its parent's fork event.
+            self.early[pid] = sig
+            return
+        if sig == signal.SIGTRAP:
+            if event == pt.EVENT_SECCOMP:
+                self._on_seccomp(t)
+            elif event in (pt.EVENT_FORK, pt.EVENT_VFORK, pt.EVENT_CLONE):
+                self._on_clone(t)
+            elif event == pt.EVENT_EXEC:
+                self._on_exec(t)
+            elif event:
+                pt.cont(pid)
+            else:
+                pt.cont(pid, signal.SIGTRAP)  # the guest's own SIGTRAP: deliver it
+            return
+        if sig == _SIGTRAP_SYSCALL:
+            self._on_syscall_exit(t)
+            return
+        if event:
+            pt.cont(pid)
+            return
+        if sig == signal.SIGSTOP and t.fresh:
+            t.fresh = False
+            pt.cont(pid)
+            return
+        # A signal for the guest: deliver it.
+        pt.cont(pid, sig)
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def _on_clone(self, t: Thread) -> None:
+        child = pt.event_msg(t.tid)
+        regs = pt.get_regs(t.tid)
+        nr = regs.orig_rax
+        flags = regs.rdi if nr == NR_CLONE else (CLONE_VM if nr == NR_VFORK else 0)
+        parent = t.proc
+        if flags & CLONE_THREAD:
+            proc = parent
+        else:
+            fs = parent.fs if flags & CLONE_FS else FsState(cwd=parent.fs.cwd)
+            proc = Proc(tgid=child, fs=fs, exe=parent.exe, argv=parent.argv, app=parent.app,
+                        wrote=parent.wrote)
+            self.procs[child] = proc
+        if flags & CLONE_VM or t.space is None:
+            space = t.space
+        else:
+            space = MemSpace(child, pt.GuestMemory(child))
+        new = Thread(child, proc, space, started=t.started)
+        self.threads[child] = new
+        if child in self.early:
+            del self.early[child]
+            pt.cont(child)
+        else:
+            new.fresh = True
+        pt.cont(t.tid)
+
+    def _on_exec(self, t: Thread) -> None:
+        former = pt.event_msg(t.tid)
+        if former != t.tid:
+            old = self.threads.pop(former, None)
+            if old is not None and old.pending is not None:
+                old.pending = None
+        # Other threads of the group are gone; the exec'ing thread is now the leader.
+        t.pending = None
+        if t.space is not None and t.space.pid == t.tid:
+            t.space.mem.close()
+        tgid = t.proc.tgid
+        if t.proc is not None and any(o.proc is t.proc and o.tid != t.tid for o in self.threads.values()):
+            # It shared a Proc with threads that the exec killed; from now on it stands alone.
+            pass
+        space = MemSpace(t.tid, pt.GuestMemory(t.tid))
+        t.space = space
+        t.started = True
+        self._inject_scratch(t)
+        proc = t.proc
+        if proc.tgid != t.tid:  # a thread of another tgid exec'd (should not happen)
+            proc.tgid = t.tid
+        del tgid
+        try:
+            exe = os.readlink(f"/proc/{t.tid}/exe")
+        except OSError:
+            exe = ""
+        repo = self.env.repo.repo_path_of(exe)
+        proc.exe = self.env.ns.guest_path(repo) if repo is not None else exe
+        try:
+            with open(f"/proc/{t.tid}/cmdline", "rb") as f:
+                proc.argv = tuple(os.fsdecode(a) for a in f.read().split(b"\0")[:-1])
+        except OSError:
+            proc.argv = ()
+        if self.on_exec is not None:
+            self.on_exec(proc)
+        pt.cont(t.tid)
+
+    def _inject_scratch(self, t: Thread) -> None:
+        """Map the read-only scratch area into a freshly exec'd guest."""
+        assert t.space is not None
+        tid = t.tid
+        regs = pt.get_regs(tid)
+        saved = ctypes.create_string_buffer(ctypes.string_at(ctypes.addressof(regs), ctypes.sizeof(regs)))
+        rip = regs.rip
+        mem = t.space.mem
+        # At the exec stop, execve's own return still overwrites rax: load it in the stub.
+        stub = b"\xb8" + NR_MMAP.to_bytes(4, "little") + b"\x0f\x05\xcc"  # mov eax,9; syscall; int3
+        original = mem.read(rip, len(stub))
+        mem.write(rip, stub)
+        regs.rax = NR_MMAP
+        regs.orig_rax = _MASK64
+        regs.rdi = SCRATCH_BASE
+        regs.rsi = SCRATCH_SIZE
+        regs.rdx = PROT_READ
+        regs.r10 = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE
+        regs.r8 = _MASK64
+        regs.r9 = 0
+        pt.set_regs(tid, regs)
+        pt.cont(tid)
+        deferred = 0
+        while True:
+            _, status = os.waitpid(tid, pt.WALL)
+            if not os.WIFSTOPPED(status):
+                self._gone(tid, status)
+                raise pt.PtraceError("guest died during set-up", errno=errno.ESRCH, pid=tid)
+            sig = os.WSTOPSIG(status)
+            if sig == signal.SIGTRAP and status >> 16 == 0:
+                break
+            if status >> 16 == 0 and sig != signal.SIGTRAP:
+                deferred = sig
+            pt.cont(tid)
+        result = pt.get_regs(tid).rax
+        mem.write(rip, original)
+        ctypes.memmove(ctypes.addressof(regs), saved, ctypes.sizeof(regs))
+        pt.set_regs(tid, regs)
+        if result != SCRATCH_BASE:
+            err = (-result) & 0xFFF if result > _MASK64 // 2 else 0
+            log.error("cannot map the scratch area at %#x in pid %d: %s", SCRATCH_BASE, tid,
+                      os.strerror(err) if err else hex(result))
+            pt.kill(tid)
+            return
+        if deferred:
+            os.kill(tid, deferred)
+
+    def _gone(self, pid: int, status: int) -> None:
+        t = self.threads.pop(pid, None)
+        self.early.pop(pid, None)
+        if pid == self.main_pid:
+            if os.WIFEXITED(status):
+                self.exit_status = os.WEXITSTATUS(status)
+            else:
+                self.exit_status = 128 + os.WTERMSIG(status)
+            # The sandbox ends with its main process: no guest is left behind.
+            for other in list(self.threads):
+                pt.kill(other)
+        if t is None:
+            return
+        proc = t.proc
+        if not any(o.proc is proc for o in self.threads.values()):
+            self.procs.pop(proc.tgid, None)
+            if proc.wrote:
+                try:
+                    self.env.repo.sync()
+                except OSError as exc:
+                    log.warning("upload at exit of pid %d failed: %s", proc.tgid, exc)
+            if t.space is not None and t.space.pid == pid:
+                t.space.mem.close()
+
+    # -- syscalls --------------------------------------------------------------------------------
+
+    def _on_seccomp(self, t: Thread) -> None:
+        tid = t.tid
+        if not t.started or t.space is None:
+            pt.cont(tid)
+            return
+        regs = pt.get_regs(tid)
+        nr = regs.orig_rax
+        spec = BY_NR.get(nr)
+        if spec is None or spec.handler is None:
+            pt.cont(tid)  # a guest's own stacked filter asked for TRACE
+            return
+        call = Call(nr, spec.name, (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9),
+                    GuestView(tid, t.proc.tgid, t.space), t.proc)
+        try:
+            result = HANDLERS[spec.handler](call, self.env)
+        except OSError as exc:
+            result = Fail(exc.errno or errno.EIO)
+        except Exception:
+            log.exception("handler %s failed (pid %d): refusing the call", spec.handler, tid)
+            result = Fail(errno.EIO)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("[%d] %s%r -> %r", tid, spec.name, call.args[:len(spec.args)], result)
+        self._apply(t, regs, result)
+
+    def _apply(self, t: Thread, regs: pt.Regs, result: Result) -> None:
+        tid = t.tid
+        if isinstance(result, Continue):
+            pt.cont(tid)
+            return
+        if isinstance(result, Return | Fail):
+            if isinstance(result, Return):
+                assert t.space is not None
+                try:
+                    for addr, data in result.writes:
+                        t.space.mem.write(addr, data)
+                except OSError:
+                    result = Fail(errno.EFAULT)
+            regs.orig_rax = _MASK64
+            regs.rax = (result.value if isinstance(result, Return) else -result.errno) & _MASK64
+            pt.set_regs(tid, regs)
+            pt.cont(tid)
+            return
+        if isinstance(result, Kill):
+            log.error("killing guest %d: %s", t.proc.tgid, result.reason)
+            pt.kill(t.proc.tgid)
+            pt.cont(tid)
+            return
+        assert isinstance(result, RunChecked)
+        space = t.space
+        assert space is not None
+        slot = space.alloc()
+        if slot is None:
+            self._apply(t, regs, Fail(errno.EAGAIN))
+            return
+        base = SCRATCH_BASE + slot * SLOT_SIZE
+        blob = bytearray()
+        values: list[int] = []
+        for arg in result.args:
+            if isinstance(arg, Scratch):
+                values.append(base + len(blob))
+                blob += arg.data
+                blob += bytes(-len(blob) % 8)
+            else:
+                values.append(arg & _MASK64)
+        if len(blob) > SLOT_SIZE:
+            space.release(slot)
+            self._apply(t, regs, Fail(errno.ENAMETOOLONG))
+            return
+        try:
+            space.mem.write(base, bytes(blob))
+        except OSError:
+            space.release(slot)
+            self._apply(t, regs, Fail(errno.EFAULT))
+            return
+        saved = (regs.orig_rax, regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)
+        regs.orig_rax = result.nr
+        for name, value in zip(_ARG_REGS, values, strict=False):
+            setattr(regs, name, value)
+        pt.set_regs(tid, regs)
+        t.pending = Pending(saved, result.after, space, slot)
+        pt.syscall(tid)
+
+    def _on_syscall_exit(self, t: Thread) -> None:
+        p = t.pending
+        tid = t.tid
+        if p is None:
+            pt.cont(tid)
+            return
+        t.pending = None
+        p.space.release(p.slot)
+        regs = pt.get_regs(tid)
+        ret = regs.rax
+        if ret > _MASK64 // 2:
+            ret -= 1 << 64
+        outcome = p.after(ret) if p.after is not None else None
+        regs.orig_rax = p.saved[0]
+        for name, value in zip(_ARG_REGS, p.saved[1:], strict=True):
+            setattr(regs, name, value)
+        if isinstance(outcome, Return):
+            regs.rax = outcome.value & _MASK64
+        elif isinstance(outcome, Fail):
+            regs.rax = -outcome.errno & _MASK64
+        pt.set_regs(tid, regs)
+        pt.cont(tid)
+
+    # -- teardown ----------------------------------------------------------------------------------
+
+    def kill_all(self) -> None:
+        for pid in list(self.threads):
+            pt.kill(pid)
+
+    def forward(self, sig: int) -> None:
+        """Deliver a signal the supervisor received to the main guest."""
+        if self.main_pid and self.exit_status is None:
+            try:
+                os.kill(self.main_pid, sig)
+            except ProcessLookupError:
+                pass

@@ -1,0 +1,274 @@
+"""The syscall table: the single source of truth for what synthfs does with each syscall.
+
+One :class:`SyscallSpec` row per x86_64 syscall that synthfs does not simply
+allow. The seccomp filter (:mod:`interposer.filter`), the dispatcher
+(:mod:`interposer.supervisor`), ``synthfs syscalls`` and the consistency test
+are all generated from :data:`TABLE`. A syscall absent from the table runs
+natively (it takes no path and cannot reach a synthetic object); a syscall
+number the table does not know at all (newer than this table) gets ENOSYS, so
+a new path syscall is never silently allowed.
+
+Roles name what an argument is, as nsjail's ``syscall_defs.h`` does; handlers
+decode arguments by role, so ``open``, ``openat``, ``openat2`` and ``creat``
+end in one shared operation.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+
+from attrs import field, frozen
+
+__all__ = [
+    "BY_NAME",
+    "BY_NR",
+    "MAX_KNOWN_NR",
+    "TABLE",
+    "Action",
+    "Cond",
+    "Level",
+    "Role",
+    "SyscallSpec",
+]
+
+
+class Role(enum.StrEnum):
+    PATH = "path"  # a path the guest names (copied once, resolved by us)
+    PATH2 = "path2"  # second path (rename, link)
+    TEXT = "text"  # a string that is not resolved (symlink target, xattr name)
+    DIRFD = "dirfd"
+    DIRFD2 = "dirfd2"
+    FD = "fd"
+    FLAGS = "flags"  # open flags
+    ATFLAGS = "atflags"  # AT_* flags
+    MODE = "mode"
+    OUT = "out"  # a buffer the kernel (or we) fill
+    IN = "in"  # a buffer the guest passes in (struct)
+    SIZE = "size"
+    INT = "int"
+    ADDR = "addr"
+    SOCKADDR = "sockaddr"
+
+
+class Level(enum.StrEnum):
+    """How far synthfs supports a syscall."""
+
+    FULL = "full"  # emulated on the synthetic tree, checked on the host
+    FD = "fd"  # traced to recognise synthetic fds; host fds run natively
+    GUARD = "guard"  # traced only when its arguments could touch what synthfs protects
+    HOST = "host-only"  # checked on the host; refused (errno) on the synthetic tree
+    DENIED = "denied"  # always refused with an errno
+    KILL = "kill"
+
+
+class Action(enum.Enum):
+    TRACE = "trace"
+    ERRNO = "errno"
+    KILL = "kill"
+
+
+@frozen
+class Cond:
+    """A seccomp argument comparison: ``arg[index] <op> value`` (op as in libseccomp)."""
+
+    index: int
+    op: str  # "LT", "EQ", "MASKED_EQ", "NE"
+    value: int
+    mask: int = 0
+
+
+@frozen
+class SyscallSpec:
+    name: str
+    nr: int
+    args: tuple[Role, ...]
+    level: Level
+    handler: str | None = None  # function name in interposer.handlers
+    action: Action = Action.TRACE
+    errno: int = 0  # for Action.ERRNO
+    #: TRACE only when every condition holds (several tuples: any of them).
+    when: tuple[tuple[Cond, ...], ...] = ()
+    note: str = field(default="")
+
+
+#: Lowest address the scratch area may occupy is ``vm.mmap_min_addr``; the guard
+#: rules trap memory calls whose address is below this bound.
+SCRATCH_GUARD_END = 0x200000
+MAP_FIXED = 0x10
+MREMAP_FIXED = 0x2
+CLONE_UNTRACED = 0x00800000
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+SEEK_SET = 0
+
+P, P2, T = Role.PATH, Role.PATH2, Role.TEXT
+D, D2, FD = Role.DIRFD, Role.DIRFD2, Role.FD
+FL, AF, M = Role.FLAGS, Role.ATFLAGS, Role.MODE
+O, I, SZ, N, A = Role.OUT, Role.IN, Role.SIZE, Role.INT, Role.ADDR
+
+_low_addr = ((Cond(0, "LT", SCRATCH_GUARD_END),),)
+
+
+def _row(name: str, nr: int, args: tuple[Role, ...], level: Level, handler: str | None = None,
+         note: str = "", **kw: object) -> SyscallSpec:
+    return SyscallSpec(name=name, nr=nr, args=args, level=level, handler=handler, note=note, **kw)  # type: ignore[arg-type]
+
+
+def _deny(name: str, nr: int, err: int, note: str) -> SyscallSpec:
+    return SyscallSpec(name=name, nr=nr, args=(), level=Level.DENIED, action=Action.ERRNO,
+                       errno=err, note=note)
+
+
+TABLE: tuple[SyscallSpec, ...] = (
+    # -- opening ------------------------------------------------------------------------
+    _row("open", 2, (P, FL, M), Level.FULL, "sys_open"),
+    _row("openat", 257, (D, P, FL, M), Level.FULL, "sys_openat"),
+    _row("openat2", 437, (D, P, I, SZ), Level.FULL, "sys_openat2", "RESOLVE_* flags honoured on the host; on /data RESOLVE_BENEATH/IN_ROOT act at the mount root"),
+    _row("creat", 85, (P, M), Level.FULL, "sys_creat"),
+    # -- attributes ---------------------------------------------------------------------
+    _row("stat", 4, (P, O), Level.FULL, "sys_stat"),
+    _row("lstat", 6, (P, O), Level.FULL, "sys_lstat"),
+    _row("newfstatat", 262, (D, P, O, AF), Level.FULL, "sys_newfstatat"),
+    _row("statx", 332, (D, P, AF, N, O), Level.FULL, "sys_statx"),
+    _row("fstat", 5, (FD, O), Level.FD, "sys_fstat"),
+    _row("access", 21, (P, N), Level.FULL, "sys_access"),
+    _row("faccessat", 269, (D, P, N), Level.FULL, "sys_faccessat"),
+    _row("faccessat2", 439, (D, P, N, AF), Level.FULL, "sys_faccessat2"),
+    _row("readlink", 89, (P, O, SZ), Level.FULL, "sys_readlink", "/proc/self/{fd/N,cwd,exe} show synthetic paths"),
+    _row("readlinkat", 267, (D, P, O, SZ), Level.FULL, "sys_readlinkat"),
+    _row("statfs", 137, (P, O), Level.FULL, "sys_statfs", "on /data: the cache file system's figures"),
+    _row("chmod", 90, (P, M), Level.FULL, "sys_chmod"),
+    _row("fchmodat", 268, (D, P, M), Level.FULL, "sys_fchmodat"),
+    _row("fchmodat2", 452, (D, P, M, AF), Level.FULL, "sys_fchmodat2"),
+    _row("fchmod", 91, (FD, M), Level.FD, "sys_fchmod"),
+    _row("chown", 92, (P, N, N), Level.FULL, "sys_chown", "on /data: accepted and ignored (the repository stores no owners)"),
+    _row("lchown", 94, (P, N, N), Level.FULL, "sys_lchown"),
+    _row("fchownat", 260, (D, P, N, N, AF), Level.FULL, "sys_fchownat"),
+    _row("fchown", 93, (FD, N, N), Level.FD, "sys_fchown"),
+    _row("truncate", 76, (P, N), Level.FULL, "sys_truncate"),
+    _row("utime", 132, (P, I), Level.FULL, "sys_utime"),
+    _row("utimes", 235, (P, I), Level.FULL, "sys_utimes"),
+    _row("futimesat", 261, (D, P, I), Level.FULL, "sys_futimesat"),
+    _row("utimensat", 280, (D, P, I, AF), Level.FULL, "sys_utimensat"),
+    # -- namespace changes ---------------------------------------------------------------
+    _row("mkdir", 83, (P, M), Level.FULL, "sys_mkdir"),
+    _row("mkdirat", 258, (D, P, M), Level.FULL, "sys_mkdirat"),
+    _row("rmdir", 84, (P,), Level.FULL, "sys_rmdir"),
+    _row("unlink", 87, (P,), Level.FULL, "sys_unlink"),
+    _row("unlinkat", 263, (D, P, AF), Level.FULL, "sys_unlinkat"),
+    _row("rename", 82, (P, P2), Level.FULL, "sys_rename", "across the /data boundary: EXDEV"),
+    _row("renameat", 264, (D, P, D2, P2), Level.FULL, "sys_renameat"),
+    _row("renameat2", 316, (D, P, D2, P2, N), Level.FULL, "sys_renameat2"),
+    _row("link", 86, (P, P2), Level.HOST, "sys_link", "on /data: EPERM (the repository has no hard links)"),
+    _row("linkat", 265, (D, P, D2, P2, AF), Level.HOST, "sys_linkat"),
+    _row("symlink", 88, (T, P), Level.FULL, "sys_symlink"),
+    _row("symlinkat", 266, (T, D, P), Level.FULL, "sys_symlinkat"),
+    _row("mknod", 133, (P, M, N), Level.HOST, "sys_mknod", "on /data: EPERM"),
+    _row("mknodat", 259, (D, P, M, N), Level.HOST, "sys_mknodat"),
+    # -- extended attributes -------------------------------------------------------------
+    _row("getxattr", 191, (P, T, O, SZ), Level.FULL, "sys_getxattr", "on /data: ENODATA (no xattrs stored)"),
+    _row("lgetxattr", 192, (P, T, O, SZ), Level.FULL, "sys_lgetxattr"),
+    _row("setxattr", 188, (P, T, I, SZ, N), Level.FULL, "sys_setxattr", "on /data: ENOTSUP"),
+    _row("lsetxattr", 189, (P, T, I, SZ, N), Level.FULL, "sys_lsetxattr"),
+    _row("listxattr", 194, (P, O, SZ), Level.FULL, "sys_listxattr", "on /data: empty list"),
+    _row("llistxattr", 195, (P, O, SZ), Level.FULL, "sys_llistxattr"),
+    _row("removexattr", 197, (P, T), Level.FULL, "sys_removexattr", "on /data: ENODATA"),
+    _row("lremovexattr", 198, (P, T), Level.FULL, "sys_lremovexattr"),
+    _row("setxattrat", 463, (D, P, AF, T, I, SZ), Level.HOST, "sys_xattrat", "newer than the table's handlers: ENOTSUP on /data"),
+    _row("getxattrat", 464, (D, P, AF, T, I, SZ), Level.HOST, "sys_xattrat"),
+    _row("listxattrat", 465, (D, P, AF, O, SZ), Level.HOST, "sys_xattrat"),
+    _row("removexattrat", 466, (D, P, AF, T), Level.HOST, "sys_xattrat"),
+    _row("file_getattr", 468, (D, P, O, SZ, AF), Level.HOST, "sys_xattrat"),
+    _row("file_setattr", 469, (D, P, I, SZ, AF), Level.HOST, "sys_xattrat"),
+    # -- working directory and exec ------------------------------------------------------
+    _row("chdir", 80, (P,), Level.FULL, "sys_chdir"),
+    _row("fchdir", 81, (FD,), Level.FD, "sys_fchdir"),
+    _row("getcwd", 79, (O, SZ), Level.FULL, "sys_getcwd"),
+    _row("execve", 59, (P, A, A), Level.FULL, "sys_execve", "a program on /data runs from its cached copy"),
+    _row("execveat", 322, (D, P, A, A, AF), Level.FULL, "sys_execveat"),
+    # -- fds that may be synthetic -------------------------------------------------------
+    _row("getdents64", 217, (FD, O, SZ), Level.FD, "sys_getdents64"),
+    _row("getdents", 78, (FD, O, SZ), Level.FD, "sys_getdents"),
+    _row("lseek", 8, (FD, N, N), Level.FD, "sys_lseek", "traced for SEEK_SET only (rewinddir/seekdir on /data)",
+         when=((Cond(2, "EQ", SEEK_SET),),)),
+    _row("close", 3, (FD,), Level.FD, "sys_close", "a written /data file is uploaded at close"),
+    _row("close_range", 436, (FD, FD, N), Level.FD, "sys_close_range"),
+    _row("fsync", 74, (FD,), Level.FD, "sys_fsync", "a written /data file is uploaded at fsync"),
+    _row("fdatasync", 75, (FD,), Level.FD, "sys_fsync"),
+    _row("syncfs", 306, (FD,), Level.FD, "sys_fsync"),
+    _row("sync", 162, (), Level.FD, "sys_sync", "uploads every written /data file"),
+    _row("inotify_add_watch", 254, (FD, P, N), Level.HOST, "sys_inotify_add_watch", "on /data: ENOTSUP (watchers fall back to polling)"),
+    _row("name_to_handle_at", 303, (D, P, O, O, AF), Level.HOST, "sys_name_to_handle_at", "on /data: EOPNOTSUPP"),
+    _row("connect", 42, (FD, Role.SOCKADDR, SZ), Level.HOST, "sys_connect", "AF_UNIX paths checked (the agent's socket is refused)"),
+    _row("bind", 49, (FD, Role.SOCKADDR, SZ), Level.HOST, "sys_bind", "AF_UNIX paths checked; on /data: EACCES"),
+    # -- guards of the scratch page ------------------------------------------------------
+    _row("mprotect", 10, (A, SZ, N), Level.GUARD, "sys_memguard", when=_low_addr),
+    _row("pkey_mprotect", 329, (A, SZ, N, N), Level.GUARD, "sys_memguard", when=_low_addr),
+    _row("munmap", 11, (A, SZ), Level.GUARD, "sys_memguard", when=_low_addr),
+    _row("madvise", 28, (A, SZ, N), Level.GUARD, "sys_memguard", when=_low_addr),
+    _row("mremap", 25, (A, SZ, SZ, N, A), Level.GUARD, "sys_mremap_guard",
+         when=((Cond(0, "LT", SCRATCH_GUARD_END),),
+               (Cond(3, "MASKED_EQ", MREMAP_FIXED, MREMAP_FIXED), Cond(4, "LT", SCRATCH_GUARD_END)))),
+    _row("mmap", 9, (A, SZ, N, N, FD, N), Level.GUARD, "sys_memguard",
+         when=((Cond(0, "LT", SCRATCH_GUARD_END), Cond(3, "MASKED_EQ", MAP_FIXED, MAP_FIXED)),)),
+    _row("shmat", 30, (N, A, N), Level.GUARD, "sys_memguard_shmat",
+         when=((Cond(1, "NE", 0),),)),
+    # -- refused outright ----------------------------------------------------------------
+    _deny("io_uring_setup", 425, errno.ENOSYS, "io_uring bypasses seccomp"),
+    _deny("io_uring_enter", 426, errno.ENOSYS, "io_uring bypasses seccomp"),
+    _deny("io_uring_register", 427, errno.ENOSYS, "io_uring bypasses seccomp"),
+    _deny("clone3", 435, errno.ENOSYS, "its flags hide behind a pointer; libc falls back to clone"),
+    SyscallSpec(name="clone", nr=56, args=(N,), level=Level.GUARD, action=Action.ERRNO, errno=errno.EPERM,
+                when=((Cond(0, "MASKED_EQ", CLONE_UNTRACED, CLONE_UNTRACED),),),
+                note="CLONE_UNTRACED refused (a child must stay traced)"),
+    SyscallSpec(name="seccomp", nr=317, args=(N, N, A), level=Level.GUARD, action=Action.ERRNO,
+                errno=errno.EPERM, when=((Cond(1, "MASKED_EQ", SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                                               SECCOMP_FILTER_FLAG_NEW_LISTENER),),),
+                note="filters may stack; a user-notification listener (it outranks TRACE) is refused"),
+    _deny("ptrace", 101, errno.EPERM, "guests may not trace (the supervisor, the agent or each other)"),
+    _deny("process_vm_readv", 310, errno.EPERM, "reads another process's memory"),
+    _deny("process_vm_writev", 311, errno.EPERM, "writes another process's memory"),
+    _deny("process_madvise", 440, errno.EPERM, "acts on another process's memory"),
+    _deny("pidfd_getfd", 438, errno.EPERM, "steals another process's fds"),
+    _deny("open_by_handle_at", 304, errno.EPERM, "opens by handle, bypassing paths"),
+    _deny("chroot", 161, errno.EPERM, "would change the root the namespace is resolved against"),
+    _deny("pivot_root", 155, errno.EPERM, "mounts"),
+    _deny("mount", 165, errno.EPERM, "mounts"),
+    _deny("umount2", 166, errno.EPERM, "mounts"),
+    _deny("open_tree", 428, errno.EPERM, "mounts"),
+    _deny("move_mount", 429, errno.EPERM, "mounts"),
+    _deny("fsopen", 430, errno.EPERM, "mounts"),
+    _deny("fsconfig", 431, errno.EPERM, "mounts"),
+    _deny("fsmount", 432, errno.EPERM, "mounts"),
+    _deny("fspick", 433, errno.EPERM, "mounts"),
+    _deny("mount_setattr", 442, errno.EPERM, "mounts"),
+    _deny("open_tree_attr", 467, errno.EPERM, "mounts"),
+    _deny("fanotify_mark", 301, errno.EPERM, "watches paths outside the supervisor's view"),
+    _deny("swapon", 167, errno.EPERM, "host administration"),
+    _deny("swapoff", 168, errno.EPERM, "host administration"),
+    _deny("acct", 163, errno.EPERM, "host administration"),
+    _deny("quotactl", 179, errno.EPERM, "host administration"),
+    _deny("quotactl_fd", 443, errno.EPERM, "host administration"),
+    _deny("uselib", 134, errno.ENOSYS, "obsolete"),
+    _deny("kexec_load", 246, errno.EPERM, "host administration"),
+    _deny("kexec_file_load", 320, errno.EPERM, "host administration"),
+    _deny("init_module", 175, errno.EPERM, "host administration"),
+    _deny("finit_module", 313, errno.EPERM, "host administration"),
+    _deny("delete_module", 176, errno.EPERM, "host administration"),
+    _deny("reboot", 169, errno.EPERM, "host administration"),
+    _deny("bpf", 321, errno.EPERM, "kernel programs"),
+    _deny("perf_event_open", 298, errno.EPERM, "kernel tracing"),
+    _deny("keyctl", 250, errno.EPERM, "kernel keyrings (the agent's secrets live elsewhere, but keyrings are shared)"),
+    _deny("add_key", 248, errno.EPERM, "kernel keyrings"),
+    _deny("request_key", 249, errno.EPERM, "kernel keyrings"),
+)
+
+#: The newest syscall number the table was written against; larger ones get ENOSYS.
+MAX_KNOWN_NR = 470
+#: Numbers above MAX_KNOWN_NR refused with ENOSYS by the filter (the kernel's range).
+UNKNOWN_RANGE = range(MAX_KNOWN_NR + 1, 512)
+
+BY_NR: dict[int, SyscallSpec] = {spec.nr: spec for spec in TABLE}
+BY_NAME: dict[str, SyscallSpec] = {spec.name: spec for spec in TABLE}
+if len(BY_NR) != len(TABLE) or len(BY_NAME) != len(TABLE):
+    raise TypeError("the syscall table names a syscall twice")
