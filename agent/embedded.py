@@ -96,11 +96,16 @@ def embedded(
     cache_size: int = DEFAULT_CACHE_SIZE,
     startup_timeout: float = 10.0,
     token_ttl: float | None = None,
+    attr_ttl: float | None = None,
+    server_listen: str | None = None,
     verbose: int = 0,
 ) -> Iterator[TrustedStack]:
     """Start a private server (serving ``data_dir``) and agent; stop both on exit.
 
     ``cache_dir`` defaults to ``$XDG_CACHE_HOME/synthfs`` or ``~/.cache/synthfs``.
+    ``token_ttl`` and ``attr_ttl`` pass through to the server and the agent;
+    ``server_listen`` replaces the server's private ``ipc://`` endpoint (for
+    benchmarks: e.g. ``tcp://127.0.0.1:5701``; a port the caller chose).
     Raises :class:`EmbeddedError` (before starting anything) for a bad
     ``data_dir``, or when a process fails to become ready in ``startup_timeout``.
     """
@@ -117,16 +122,17 @@ def embedded(
             os.write(fd, key + b"\n")
         finally:
             os.close(fd)
-        server_ep = f"ipc://{workdir}/server.sock"
+        server_ep = server_listen or f"ipc://{workdir}/server.sock"
         agent_ep = f"ipc://{workdir}/agent.sock"
+        # Start-up speed: run both with -S (no site import, no .pth processing)
+        # and hand them this interpreter's own sys.path instead, so they import
+        # exactly what this process imports (the repository, the venv).
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(_REPO), env.get("PYTHONPATH", "")) if p
-        )
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(_REPO), *filter(None, sys.path)]))
         v = ["-" + "v" * verbose] if verbose else []
 
-        server_argv = [sys.executable, "-m", "server", *v, "--root", data, "--listen", server_ep,
-                       "--bootstrap-key", key_path]
+        server_argv = [sys.executable, "-S", "-m", "server", *v, "--root", data,
+                       "--listen", server_ep, "--bootstrap-key", key_path]
         if token_ttl is not None:
             server_argv += ["--token-ttl", f"{token_ttl:g}"]
         server = _spawn("server", server_argv, workdir, env, [])
@@ -134,9 +140,11 @@ def embedded(
 
         key_r, key_w = os.pipe()
         try:
-            agent_argv = [sys.executable, "-m", "agent", *v, "--server", server_ep,
+            agent_argv = [sys.executable, "-S", "-m", "agent", *v, "--server", server_ep,
                           "--bootstrap-fd", str(key_r), "--listen", agent_ep,
                           "--cache", cache, "--cache-size", str(cache_size)]
+            if attr_ttl is not None:
+                agent_argv += ["--attr-ttl", f"{attr_ttl:g}"]
             agent = _spawn("agent", agent_argv, workdir, env, [key_r])
             procs.append(agent)
         finally:

@@ -199,8 +199,12 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
         except OSError as exc:
             print(f"synthfs agent: registration with {args.server} failed: {exc}", file=sys.stderr)
             return 1
-        service = AgentService(upstream, cache_root, cache_size=args.cache_size,
-                               attr_ttl=args.attr_ttl, refused_paths=tuple(refused))
+        try:
+            service = AgentService(upstream, cache_root, cache_size=args.cache_size,
+                                   attr_ttl=args.attr_ttl, refused_paths=tuple(refused))
+        except OSError as exc:
+            print(f"synthfs agent: cannot use the cache at {cache_root}: {exc}", file=sys.stderr)
+            return 1
         print(f"synthfs agent: ready on ipc://{sock_path} (server {args.server}, "
               f"repo {upstream.repo_id}, cache {service.cache.dir})", file=sys.stderr, flush=True)
         if args.ready_fd is not None:

@@ -1,0 +1,93 @@
+"""agent.embedded: a private server + agent pair that starts, serves and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.embedded import EmbeddedError, TrustedStack, embedded
+from protocol.client import Client
+from protocol.messages import PROTOCOL_VERSION, Commit, Hello, Open, Opened, Stat, StatReply, Welcome
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes only once reaped; embedded() waits for both.
+    return Path(f"/proc/{pid}").exists()
+
+
+def test_starts_serves_and_tears_down(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hello.txt").write_bytes(b"hi there")
+    t0 = time.monotonic()
+    with embedded(data, cache_dir=tmp_path / "cache") as s:
+        ready_in = time.monotonic() - t0
+        assert isinstance(s, TrustedStack)
+        work = Path(s.workdir)
+        assert stat.S_IMODE(work.stat().st_mode) == 0o700
+        assert stat.S_IMODE((work / "bootstrap.key").stat().st_mode) == 0o600
+        key = (work / "bootstrap.key").read_text().strip()
+        assert s.agent_endpoint.startswith("ipc://") and s.server_endpoint.startswith("ipc://")
+        with Client(s.agent_endpoint, timeout=10) as c:
+            w = c.call(Hello(version=PROTOCOL_VERSION))
+            assert isinstance(w, Welcome)
+            assert str(tmp_path / "cache") in w.refused_paths
+            st = c.call(Stat(path="/hello.txt"))
+            assert isinstance(st, StatReply) and st.attrs.size == 8
+            o = c.call(Open(path="/hello.txt", flags=os.O_RDWR))
+            assert isinstance(o, Opened)
+            assert Path(o.host_path).read_bytes() == b"hi there"
+            Path(o.host_path).write_bytes(b"changed")
+            c.call(Commit(path="/hello.txt"))
+        assert (data / "hello.txt").read_bytes() == b"changed"
+        pids = (s.server_pid, s.agent_pid)
+        for pid in pids:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            assert key.encode() not in cmdline  # the key is never in argv
+            assert key.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
+    assert not any(_alive(pid) for pid in pids)
+    assert not work.exists()
+    print(f"embedded ready in {ready_in * 1000:.0f} ms")
+
+
+def test_bad_data_dir_is_a_clear_error_before_anything_starts(tmp_path: Path) -> None:
+    before = set(os.listdir(tmp_path))
+    with pytest.raises(EmbeddedError, match="does not exist"), embedded(tmp_path / "nope"):
+        pass
+    f = tmp_path / "file"
+    f.write_bytes(b"")
+    with pytest.raises(EmbeddedError, match="not a directory"), embedded(f):
+        pass
+    assert set(os.listdir(tmp_path)) == before | {"file"}
+
+
+def test_startup_failure_reports_the_process_output(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    # A cache "directory" that is a file: the agent cannot start and says why.
+    bad_cache = tmp_path / "cache"
+    bad_cache.write_bytes(b"")
+    with pytest.raises(EmbeddedError) as info, embedded(data, cache_dir=bad_cache,
+                                                        startup_timeout=15):
+        pass
+    assert "agent" in str(info.value)
+
+
+def test_exception_inside_the_block_still_tears_down(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(RuntimeError, match="boom"), \
+            embedded(data, cache_dir=tmp_path / "cache") as s:
+        pids = (s.server_pid, s.agent_pid)
+        work = s.workdir
+        raise RuntimeError("boom")
+    assert not any(_alive(pid) for pid in pids)
+    assert not os.path.exists(work)
