@@ -1,0 +1,236 @@
+"""Benchmark of the trusted side: stat latency through agent -> server, and cold fill.
+
+Run (a script, not a test; it takes about a minute and writes a 256 MiB file):
+
+    .venv/bin/python benchmarks/bench_trusted.py [--size-mib 256] [--json]
+
+What it measures, all in one run on one machine:
+
+* ``stat``: round trip of a ``Stat`` from a client playing the interposer,
+  through the agent (attribute cache off: ``--attr-ttl 0``) to the server and
+  back (two hops), with the agent -> server link over ``ipc://`` and over
+  ``tcp://127.0.0.1``. For scale, also: the agent alone answering from its
+  attribute cache (one hop), the server alone (one hop, the agent's client),
+  and a bare ZeroMQ DEALER/ROUTER echo of the same size (the floor of one hop
+  on this machine).
+* ``fill``: cold fill of a ``--size-mib`` file into the agent's cache (one
+  ``Open`` that fetches it: pipelined ranged Reads), in MB/s, against
+  ``cat file > /dev/null`` of the same file in the same run. The server's
+  file is in the page cache for both (the cat runs first and warms it).
+* ``warm open``: an ``Open`` of an unchanged cached file (one revalidation
+  round trip to the server, no data).
+
+Targets (issue 2): <= 150 us per stat round trip (two hops), >= 300 MB/s cold fill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import zmq
+
+from agent.embedded import embedded
+from agent.upstream import Upstream
+from protocol.client import Client
+from protocol.messages import Open, Opened, Stat, StatReply
+
+__all__ = ["main"]
+
+MIB = 1024 * 1024
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    s = sorted(samples)
+    return {
+        "median_us": statistics.median(s) * 1e6,
+        "p99_us": s[min(len(s) - 1, int(len(s) * 0.99))] * 1e6,
+        "n": len(s),
+    }
+
+
+def _time_calls(fn: object, n: int, warmup: int = 200) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()  # type: ignore[operator]
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()  # type: ignore[operator]
+        out.append(time.perf_counter() - t)
+    return _percentiles(out)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_ECHO = """
+import sys, zmq
+s = zmq.Context().socket(zmq.ROUTER); s.bind(sys.argv[1])
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+while True:
+    s.send_multipart(s.recv_multipart())
+"""
+
+
+def bare_zmq_echo(endpoint: str, n: int) -> dict[str, float]:
+    p = subprocess.Popen([sys.executable, "-c", _ECHO, endpoint], stdout=subprocess.PIPE)
+    try:
+        assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+        ctx = zmq.Context.instance()
+        d = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.connect(endpoint)
+        payload = b"x" * 40
+
+        def once() -> None:
+            d.send(payload)
+            d.recv()
+
+        r = _time_calls(once, n)
+        d.close()
+        return r
+    finally:
+        p.kill()
+        p.wait()
+
+
+def stat_latency(data: Path, cache: Path, server_listen: str | None, n: int) -> dict[str, object]:
+    out: dict[str, object] = {}
+    with embedded(data, cache_dir=cache, attr_ttl=0, server_listen=server_listen) as s:
+        with Client(s.agent_endpoint, timeout=10) as c:
+
+            def two_hops() -> None:
+                r = c.call(Stat(path="/small"))
+                assert isinstance(r, StatReply)
+
+            out["two_hops"] = _time_calls(two_hops, n)
+        key = (Path(s.workdir) / "bootstrap.key").read_bytes().strip()
+        up = Upstream(s.server_endpoint, key, timeout=10)
+        up.register()
+        out["server_only"] = _time_calls(lambda: up.call(Stat(path="/small"), StatReply), n)
+        up.close()
+    return out
+
+
+def agent_only_latency(data: Path, cache: Path, n: int) -> dict[str, float]:
+    """One hop: the agent answers Stat from its attribute cache (TTL 1 s, kept warm)."""
+    with embedded(data, cache_dir=cache, attr_ttl=1) as s, Client(s.agent_endpoint) as c:
+        samples = []
+        for i in range(n + 200):
+            t = time.perf_counter()
+            c.call(Stat(path="/small"))
+            if i >= 200:
+                samples.append(time.perf_counter() - t)
+        return _percentiles(samples)  # includes the ~1 upstream refresh per second
+
+
+def cat_throughput(path: Path) -> float:
+    t = time.perf_counter()
+    subprocess.run(f"cat {path} > /dev/null", shell=True, check=True)
+    return path.stat().st_size / (time.perf_counter() - t) / 1e6
+
+
+def fill_throughput(data: Path, work: Path, runs: int) -> dict[str, object]:
+    big = data / "big"
+    size = big.stat().st_size
+    fills = []
+    warm = []
+    for i in range(runs):
+        cache = work / f"fill-cache-{i}"
+        with embedded(data, cache_dir=cache) as s, Client(s.agent_endpoint, timeout=120) as c:
+            t = time.perf_counter()
+            o = c.call(Open(path="/big", flags=os.O_RDONLY))
+            dt = time.perf_counter() - t
+            assert isinstance(o, Opened) and os.path.getsize(o.host_path) == size
+            fills.append(size / dt / 1e6)
+            for _ in range(50):
+                t = time.perf_counter()
+                c.call(Open(path="/big", flags=os.O_RDONLY))
+                warm.append(time.perf_counter() - t)
+        shutil.rmtree(cache, ignore_errors=True)
+    return {"fill_MBps": fills, "fill_MBps_median": statistics.median(fills),
+            "warm_open": _percentiles(warm)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--stats", type=int, default=2000, help="round trips per latency figure")
+    ap.add_argument("--fills", type=int, default=3, help="cold fills (median reported)")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = ap.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="synthfs-bench-"))
+    try:
+        data = work / "data"
+        data.mkdir()
+        (data / "small").write_bytes(b"x" * 100)
+        with open(data / "big", "wb") as f:
+            chunk = os.urandom(4 * MIB)
+            for _ in range(args.size_mib // 4):
+                f.write(chunk)
+        load = os.getloadavg()[0]
+        res: dict[str, object] = {"cpus": os.cpu_count(), "loadavg_1m_start": load}
+        res["zmq_echo_ipc"] = bare_zmq_echo(f"ipc://{work}/echo.sock", args.stats)
+        res["zmq_echo_tcp"] = bare_zmq_echo(f"tcp://127.0.0.1:{_free_port()}", args.stats)
+        res["stat_ipc"] = stat_latency(data, work / "c1", None, args.stats)
+        res["stat_tcp"] = stat_latency(data, work / "c2", f"tcp://127.0.0.1:{_free_port()}",
+                                       args.stats)
+        res["agent_attr_cache_hit"] = agent_only_latency(data, work / "c3", args.stats)
+        cat = [cat_throughput(data / "big") for _ in range(3)]
+        res["cat_MBps"] = cat
+        res["cat_MBps_median"] = statistics.median(cat)
+        res["fill"] = fill_throughput(data, work, args.fills)
+        res["loadavg_1m_end"] = os.getloadavg()[0]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    _report(res, args.size_mib)
+    return 0
+
+
+def _report(res: dict[str, object], size_mib: int) -> None:
+    def lat(name: str, r: object) -> None:
+        assert isinstance(r, dict)
+        print(f"  {name:<44} median {r['median_us']:7.0f} us   p99 {r['p99_us']:7.0f} us")
+
+    print(f"synthfs trusted-side benchmark ({res['cpus']} CPUs, load "
+          f"{res['loadavg_1m_start']:.1f} -> {res['loadavg_1m_end']:.1f})")
+    print("stat round trip (interposer -> agent -> server, attr cache off), target <= 150 us:")
+    for link in ("ipc", "tcp"):
+        r = res[f"stat_{link}"]
+        assert isinstance(r, dict)
+        lat(f"two hops, agent->server over {link}", r["two_hops"])
+        lat(f"  server alone over {link} (one hop)", r["server_only"])
+    lat("agent alone, attr cache hit (one hop)", res["agent_attr_cache_hit"])
+    lat("bare ZeroMQ echo over ipc (floor of a hop)", res["zmq_echo_ipc"])
+    lat("bare ZeroMQ echo over tcp (floor of a hop)", res["zmq_echo_tcp"])
+    fill = res["fill"]
+    assert isinstance(fill, dict)
+    print(f"cold fill of {size_mib} MiB into the agent cache, target >= 300 MB/s:")
+    print(f"  agent fill   median {fill['fill_MBps_median']:7.0f} MB/s   runs "
+          + ", ".join(f"{x:.0f}" for x in fill["fill_MBps"]))
+    print(f"  cat > /dev/null median {res['cat_MBps_median']:7.0f} MB/s   runs "
+          + ", ".join(f"{x:.0f}" for x in res["cat_MBps"]))  # type: ignore[union-attr]
+    lat("warm Open (revalidation only)", fill["warm_open"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
