@@ -35,6 +35,7 @@ __all__ = [
     "Outcome",
     "SynthfsLauncher",
     "diff_trees",
+    "drop_server_reserved",
     "normalise_paths",
     "ptrace_unavailable_reason",
     "run_native",
@@ -45,6 +46,12 @@ REPO = Path(__file__).resolve().parent.parent
 SYNTHFS = REPO / ".venv" / "bin" / "synthfs"
 if not SYNTHFS.exists():  # a venv elsewhere: the synthfs beside the running python
     SYNTHFS = Path(sys.executable).with_name("synthfs")
+#: Names the server reserves in a repository directory (staging area); hidden
+#: from guests. Kept in sync with the server when it is importable.
+try:
+    from server.backends.base import RESERVED_PREFIX
+except ImportError:  # pragma: no cover - the server package is part of this repo
+    RESERVED_PREFIX = ".synthfs-"
 #: Guest path of the synthetic tree in every test.
 MOUNT = "/data"
 #: Content kept verbatim in a snapshot up to this size (larger: sha256 only).
@@ -106,6 +113,19 @@ def snapshot(root: Path | str, *, times: bool = False, modes: bool = True) -> di
 
     visit(root, ".")
     return out
+
+
+def drop_server_reserved(tree: dict[str, Entry]) -> dict[str, Entry]:
+    """A repository snapshot without the server's own top-level ``.synthfs-*`` directories,
+    as long as they are empty (a leftover staged upload inside one is kept: it is a bug).
+    """
+    reserved = {
+        rel
+        for rel, e in tree.items()
+        if "/" not in rel and rel.startswith(RESERVED_PREFIX) and e.kind == "dir"
+    }
+    empty = {r for r in reserved if not any(k.startswith(r + "/") for k in tree)}
+    return {k: v for k, v in tree.items() if k not in empty}
 
 
 def _show(e: Entry) -> str:

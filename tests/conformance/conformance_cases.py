@@ -706,8 +706,17 @@ def guest_dirs(tree: dict[str, helpers.Entry]) -> frozenset[str]:
     return frozenset(m if r == "." else f"{m}/{r}" for r, e in tree.items() if e.kind == "dir")
 
 
-def finish(case: Case, out: helpers.Outcome, root_shown: str, tree_root: Path) -> Side:
+def finish(
+    case: Case, out: helpers.Outcome, root_shown: str, tree_root: Path, *, repo: bool = False
+) -> Side:
+    """Normalise one side's outcome and snapshot its tree.
+
+    ``repo=True``: the tree is a repository served by synthfs; the server's own
+    empty ``.synthfs-*`` directories are not part of it (guests never see them).
+    """
     tree = helpers.snapshot(tree_root, times=case.times)
+    if repo:
+        tree = helpers.drop_server_reserved(tree)
     dirs = guest_dirs(tree)
 
     def norm(text: str) -> str:

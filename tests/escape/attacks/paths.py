@@ -1,0 +1,285 @@
+"""Namespace and trusted-part attacks, one per MODE, as a guest would try them.
+
+Usage: paths.py MODE DATA TARGET [MARKER]
+
+DATA is where the synthetic tree is (``/data`` under synthfs, a plain
+directory for the native control). TARGET is a host path the guest must not
+reach (a canary in the agent's cache, the bootstrap key, the agent's socket,
+a pid...). MARKER, when given, is the content that proves the file read is
+the forbidden one.
+
+Exit status (nsjail style): 66 = the forbidden thing happened; 0 = refused
+as expected; 3 = refused, but not the way the case requires (e.g. wrong
+errno); 2 = usage or setup error. One line on stdout says what happened.
+"""
+
+import ctypes
+import errno
+import mmap
+import os
+import socket
+import sys
+import tempfile
+
+ESCAPED, REFUSED, ODD, USAGE = 66, 0, 3, 2
+DEEP = "../" * 40  # more than enough `..` to reach / from anywhere
+
+
+def out(code, msg):
+    print(msg, flush=True)
+    sys.exit(code)
+
+
+def fail_name(e):
+    return errno.errorcode.get(e.errno, str(e.errno))
+
+
+def read_and_judge(path_or_fd, marker, how, *, dir_fd=None):
+    """Open (if a path) and read: escaped when any byte (or the marker) comes back."""
+    try:
+        if isinstance(path_or_fd, int):
+            fd = path_or_fd
+        else:
+            fd = os.open(path_or_fd, os.O_RDONLY, dir_fd=dir_fd)
+        data = os.read(fd, 4096)
+        os.close(fd)
+    except OSError as e:
+        out(REFUSED, f"{how}: refused ({fail_name(e)})")
+    if marker is None or marker.encode() in data:
+        out(ESCAPED, f"{how}: ESCAPED, read {data[:40]!r}")
+    out(ODD, f"{how}: read something else: {data[:40]!r}")
+
+
+def rel(target):
+    return target.lstrip("/")
+
+
+def main():
+    if len(sys.argv) < 4:
+        out(USAGE, __doc__)
+    mode, data, target = sys.argv[1:4]
+    marker = sys.argv[4] if len(sys.argv) > 4 else None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    if mode == "abs":
+        read_and_judge(target, marker, "absolute path")
+    elif mode == "dotdot":
+        read_and_judge(f"{data}/{DEEP}{rel(target)}", marker, ".. chain from the mount")
+    elif mode == "dotdot_relative":
+        os.chdir(data)
+        read_and_judge(f"{DEEP}{rel(target)}", marker, "relative .. chain from cwd in the mount")
+    elif mode == "dotdot_subdir":
+        os.chdir(f"{data}/sub")
+        read_and_judge(f"../../{DEEP}{rel(target)}", marker, ".. chain from a subdir of the mount")
+    elif mode == "dirfd_dotdot":
+        dfd = os.open(data, os.O_RDONLY | os.O_DIRECTORY)
+        read_and_judge(f"{DEEP}{rel(target)}", marker, "openat(dirfd of mount, ../..)", dir_fd=dfd)
+    elif mode == "chdir_dotdot":
+        os.chdir(data)
+        try:
+            os.chdir(f"{DEEP}{rel(os.path.dirname(target))}")
+        except OSError as e:
+            out(REFUSED, f"chdir via .. into the target's dir: refused ({fail_name(e)})")
+        read_and_judge(os.path.basename(target), marker, "relative open after chdir via ..")
+    elif mode == "tmp_symlink":
+        d = tempfile.mkdtemp()
+        os.symlink(target, f"{d}/l")
+        read_and_judge(f"{d}/l", marker, "symlink in /tmp to the target")
+    elif mode == "tmp_dir_symlink":
+        d = tempfile.mkdtemp()
+        os.symlink(os.path.dirname(target), f"{d}/dir")
+        read_and_judge(f"{d}/dir/{os.path.basename(target)}", marker, "symlink in /tmp to the dir")
+    elif mode == "tmp_symlink_via_data":
+        d = tempfile.mkdtemp()
+        os.symlink(f"{data}/{DEEP}{rel(target)}", f"{d}/l")
+        read_and_judge(f"{d}/l", marker, "symlink in /tmp through the mount's ..")
+    elif mode == "guest_symlink_abs":
+        name = f"{data}/evil-abs-{os.getpid()}"
+        os.symlink(target, name)
+        read_and_judge(name, marker, "symlink created in the mount with an absolute host target")
+    elif mode == "guest_symlink_rel":
+        name = f"{data}/evil-rel-{os.getpid()}"
+        os.symlink(f"{DEEP}{rel(target)}", name)
+        read_and_judge(name, marker, "symlink created in the mount with a .. target")
+    elif mode == "repo_link":
+        # TARGET here is the name of a symlink stored in the repository.
+        read_and_judge(f"{data}/{target}", marker, f"repository symlink {target}")
+    elif mode == "repo_link_host_file":
+        # A repository symlink to a host file must resolve inside the namespace: ENOENT.
+        link, host = target.split(":", 1)
+        with open(host, "rb") as f:
+            host_data = f.read(4096)
+        try:
+            fd = os.open(f"{data}/{link}", os.O_RDONLY)
+        except OSError as e:
+            code = REFUSED if e.errno == errno.ENOENT else ODD
+            out(code, f"repository symlink to host {host}: {fail_name(e)} (want ENOENT)")
+        got = os.read(fd, 4096)
+        if got == host_data:
+            out(ESCAPED, f"repository symlink exposes host {host}: ESCAPED {got[:40]!r}")
+        out(ODD, f"repository symlink opened something else: {got[:40]!r}")
+    elif mode == "proc_cwd":
+        try:
+            os.chdir(os.path.dirname(target))
+        except OSError:
+            os.chdir(data)
+            read_and_judge(
+                f"/proc/self/cwd/{DEEP}{rel(target)}", marker, "/proc/self/cwd/.. from the mount"
+            )
+        read_and_judge(
+            f"/proc/self/cwd/{os.path.basename(target)}", marker, "/proc/self/cwd after chdir"
+        )
+    elif mode == "proc_root":
+        read_and_judge(f"/proc/self/root{target}", marker, "/proc/self/root + target")
+    elif mode == "proc_fd_dir":
+        dfd = os.open(data, os.O_RDONLY | os.O_DIRECTORY)
+        read_and_judge(f"/proc/self/fd/{dfd}/{DEEP}{rel(target)}", marker, "/proc/self/fd/N/..")
+    elif mode == "proc_thread_cwd":
+        os.chdir(data)
+        read_and_judge(
+            f"/proc/thread-self/cwd/{DEEP}{rel(target)}", marker, "/proc/thread-self/cwd/.."
+        )
+    elif mode == "stat":
+        try:
+            st = os.stat(target)
+        except OSError as e:
+            out(REFUSED, f"stat: refused ({fail_name(e)})")
+        out(ESCAPED, f"stat: ESCAPED (the target exists, size {st.st_size})")
+    elif mode == "listdir":
+        try:
+            names = os.listdir(os.path.dirname(target))
+        except OSError as e:
+            out(REFUSED, f"listdir of the target's dir: refused ({fail_name(e)})")
+        out(ESCAPED, f"listdir of the target's dir: ESCAPED {sorted(names)[:5]}")
+    elif mode == "rename_into_data":
+        try:
+            os.rename(target, f"{data}/stolen-{os.getpid()}")
+        except OSError as e:
+            out(REFUSED, f"rename target into the mount: refused ({fail_name(e)})")
+        out(ESCAPED, "rename target into the mount: ESCAPED")
+    elif mode == "hardlink":
+        d = tempfile.mkdtemp()
+        try:
+            os.link(target, f"{d}/hl")
+        except OSError as e:
+            out(REFUSED, f"hard link to the target: refused ({fail_name(e)})")
+        read_and_judge(f"{d}/hl", marker, "hard link to the target")
+    elif mode == "unlink":
+        try:
+            os.unlink(target)
+        except OSError as e:
+            out(REFUSED, f"unlink target: refused ({fail_name(e)})")
+        out(ESCAPED, "unlink target: ESCAPED (it is gone)")
+    elif mode == "write":
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND)
+            os.write(fd, b"x")
+        except OSError as e:
+            out(REFUSED, f"open target for writing: refused ({fail_name(e)})")
+        out(ESCAPED, "open target for writing: ESCAPED")
+    elif mode == "connect":
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(target)
+        except OSError as e:
+            out(REFUSED, f"connect to the socket: refused ({fail_name(e)})")
+        out(ESCAPED, "connect to the socket: ESCAPED")
+    elif mode == "openat2_dotdot":
+        # openat2(AT_FDCWD, data/../../target, {O_RDONLY, resolve=RESOLVE_NO_MAGICLINKS})
+        how = (ctypes.c_uint64 * 3)(os.O_RDONLY, 0, 0x02)
+        path = f"{data}/{DEEP}{rel(target)}".encode()
+        fd = libc.syscall(437, -100, path, ctypes.byref(how), 24)
+        if fd < 0:
+            out(REFUSED, f"openat2 .. chain: refused ({errno.errorcode.get(ctypes.get_errno())})")
+        read_and_judge(fd, marker, "openat2 .. chain")
+    elif mode == "openat2_dirfd":
+        # openat2(dirfd of the mount, ../../target, {O_RDONLY, resolve=0})
+        dfd = os.open(data, os.O_RDONLY | os.O_DIRECTORY)
+        how = (ctypes.c_uint64 * 3)(os.O_RDONLY, 0, 0)
+        path = f"{DEEP}{rel(target)}".encode()
+        fd = libc.syscall(437, dfd, path, ctypes.byref(how), 24)
+        if fd < 0:
+            out(REFUSED, f"openat2 dirfd ..: refused ({errno.errorcode.get(ctypes.get_errno())})")
+        read_and_judge(fd, marker, "openat2 dirfd .. chain")
+    elif mode == "proc_fd_reopen_write":
+        # Reopen a read-only fd on a /data file for writing through /proc/self/fd.
+        fd = os.open(f"{data}/{target}", os.O_RDONLY)
+        try:
+            w = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_APPEND)
+            os.write(w, b"tampered\n")
+            os.close(w)
+        except OSError as e:
+            out(REFUSED, f"reopen read-only fd for writing: refused ({fail_name(e)})")
+        out(ESCAPED, "reopen read-only fd for writing via /proc/self/fd: ESCAPED")
+    elif mode == "maps_leak":
+        # mmap a /data file; whatever path /proc/self/maps shows for the mapping must
+        # be /data/... or refuse to open (the cache's host path is nameless to guests).
+        with open(f"{data}/{target}", "rb") as f:
+            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        probe = ctypes.c_char.from_buffer(m)
+        addr = ctypes.addressof(probe)
+        del probe
+        shown = None
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split(maxsplit=5)
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                if lo <= addr < hi and len(parts) == 6:
+                    shown = parts[5].strip()
+        m.close()
+        if shown is None:
+            out(ODD, "the mapping is not in /proc/self/maps")
+        if shown.startswith("/data/"):
+            out(REFUSED, f"maps shows the synthetic path {shown}")
+        try:
+            fd = os.open(shown.removesuffix(" (deleted)"), os.O_RDONLY)
+        except OSError as e:
+            out(REFUSED, f"maps shows host path {shown}, which does not open ({fail_name(e)})")
+        os.close(fd)
+        out(ESCAPED, f"maps shows host path {shown} and it opens: ESCAPED")
+    elif mode == "signal":
+        try:
+            os.kill(int(target), 0)
+        except OSError as e:
+            out(REFUSED, f"kill(pid, 0): refused ({fail_name(e)})")
+        out(ESCAPED, "kill(pid, 0) succeeded: ESCAPED (the guest may signal it)")
+    elif mode == "ptrace_attach":
+        pid = int(target)
+        if libc.ptrace(16, pid, None, None) != 0:  # PTRACE_ATTACH
+            out(REFUSED, f"ptrace attach: refused ({errno.errorcode.get(ctypes.get_errno())})")
+        os.waitpid(pid, 0x40000000)
+        libc.ptrace(17, pid, None, None)  # PTRACE_DETACH
+        out(ESCAPED, "ptrace attach: ESCAPED")
+    elif mode == "proc_mem_read":
+        pid = int(target)
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                start = int(f.readline().split("-")[0], 16)
+            fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+            got = os.pread(fd, 16, start)
+        except OSError as e:
+            out(REFUSED, f"/proc/PID/mem read: refused ({fail_name(e)})")
+        out(ESCAPED, f"/proc/PID/mem read: ESCAPED {got!r}")
+    elif mode == "process_vm_readv":
+        pid = int(target)
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                start = int(f.readline().split("-")[0], 16)
+        except OSError as e:
+            out(REFUSED, f"/proc/PID/maps: refused ({fail_name(e)})")
+
+        class Iov(ctypes.Structure):
+            _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+        buf = ctypes.create_string_buffer(16)
+        local, remote = Iov(ctypes.addressof(buf), 16), Iov(start, 16)
+        n = libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        if n < 0:
+            out(REFUSED, f"process_vm_readv: refused ({errno.errorcode.get(ctypes.get_errno())})")
+        out(ESCAPED, f"process_vm_readv: ESCAPED {buf.raw!r}")
+    else:
+        out(USAGE, f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,396 @@
+"""Escape suite: (policy, command, expected exit) triples, nsjail style.
+
+Every attack is a small program (``attacks/*.c`` compiled here with gcc, or
+``attacks/paths.py``) that exits 66 when the forbidden thing happened. Each
+attack runs twice:
+
+1. **natively**, against an equivalent unprotected world (a plain directory
+   for ``/data``, a canary file for the cache, a listening socket, a dummy
+   process): it must exit 66 there. This is the control that proves the
+   program can detect its own success; an attack whose control cannot
+   succeed on this kernel (x32 disabled, io_uring disabled) is skipped with
+   that reason rather than passing vacuously;
+2. **under** ``synthfs run --agent`` on an embedded server + agent whose
+   cache root and work directory (sockets, bootstrap key) the test knows:
+   it must exit with one of the expected statuses and never 66.
+
+The forbidden targets are a canary file the test writes into the agent's
+cache root, the bootstrap key and agent socket in the stack's private work
+directory (DESIGN.md mechanism 6: "refused to every guest by a rule no
+policy can loosen"), a file denied by a per-app policy, host files named by
+repository symlinks, the scratch page, and the trusted processes.
+
+Run: ``.venv/bin/python -m pytest tests/escape`` (TOCTOU at 10,000 attempts;
+``-m slow`` adds the 100,000-attempt runs).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import helpers
+import pytest
+
+pytestmark = pytest.mark.ptrace
+
+ESCAPED = 66
+ATTACKS = Path(__file__).resolve().parent / "attacks"
+PATHS_PY = ATTACKS / "paths.py"
+#: Killed by the sandbox's filter (SIGSYS) or by the supervisor (SIGKILL).
+KILLED = {128 + signal.SIGSYS, 128 + signal.SIGKILL}
+DEEP = "../" * 40
+
+DENY_SECRET_POLICY = """\
+version = 1
+name = "escape-deny-secret"
+description = "escape suite: every program reads /data except /data/secret (EACCES)"
+default = "deny"
+
+[[mount]]
+path = "/data"
+
+[[app]]
+name = "everyone"
+match.exe = ["/**"]
+allow = [{ paths = ["/data", "/data/**"], ops = ["*"] }]
+deny = [{ paths = ["/data/secret", "/data/secret/**"], ops = ["*"], errno = "EACCES" }]
+"""
+
+
+# -- the two worlds -------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """Everything an attack's argv can name, for one side (native control or synthfs)."""
+
+    data: str  # the tree: /data under synthfs, a plain directory natively
+    canary: Path  # forbidden file in the (real or stand-in) cache root
+    key: Path  # forbidden: the bootstrap key (or a stand-in)
+    sock: Path  # forbidden: the agent's socket (or a listening stand-in)
+    agent_pid: int
+    server_pid: int
+    marker: str
+    repo: Path  # host directory holding the tree's contents
+    stack: object = None  # the embedded TrustedStack (synthfs side only)
+
+    def fill(self, arg: str) -> str:
+        return arg.format(
+            data=self.data, canary=self.canary, key=self.key, sock=self.sock,
+            agent_pid=self.agent_pid, server_pid=self.server_pid, marker=self.marker,
+            secret_size=len(self.marker) + 1, deep=DEEP,
+        )
+
+    def reset(self) -> None:
+        """Put back the canary (an escaped unlink/rename/write may have changed it)."""
+        self.canary.write_text(self.marker + "\n")
+
+
+def build_repo(repo: Path, canary: Path, marker: str) -> None:
+    repo.mkdir(parents=True, exist_ok=True)
+    (repo / "ok").write_text("ok\n")
+    (repo / "sub").mkdir(exist_ok=True)
+    (repo / "sub" / "f").write_text("f\n")
+    (repo / "secret").write_text(marker + "\n")  # policy-denied in the policy cases
+    links = {
+        "pw_link": "/etc/passwd",
+        "etc_link": "/etc",
+        "cache_abs": str(canary),
+        "cache_rel": DEEP + str(canary).lstrip("/"),
+        "cachedir_abs": str(canary.parent),
+    }
+    for name, target in links.items():
+        if not (repo / name).is_symlink():
+            os.symlink(target, repo / name)
+
+
+@pytest.fixture(scope="module")
+def kernel_ok() -> None:
+    reason = helpers.ptrace_unavailable_reason()
+    if reason:
+        pytest.skip(f"synthfs cannot run on this kernel: {reason}")
+
+
+@pytest.fixture(scope="module")
+def native_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    base = tmp_path_factory.mktemp("native")
+    marker = "SYNTHFS-CANARY-" + secrets.token_hex(8)
+    cache = base / "cache"
+    cache.mkdir()
+    work = base / "work"
+    work.mkdir()
+    canary = cache / "canary"
+    key = work / "bootstrap.key"
+    key.write_text(marker + "\n")
+    sock_path = work / "agent.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(8)
+    dummy = subprocess.Popen(["sleep", "600"])  # stands in for the agent and the server
+    repo = (base / "tree").resolve()
+    build_repo(repo, canary, marker)
+    world = World(str(repo), canary, key, sock_path, dummy.pid, dummy.pid, marker, repo)
+    world.reset()
+    try:
+        yield world
+    finally:
+        dummy.kill()
+        dummy.wait()
+        listener.close()
+
+
+@pytest.fixture(scope="module")
+def synthfs_world(kernel_ok: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """One embedded server + agent for the module, with known cache and work paths.
+
+    A broken ``agent.embedded`` is an error of every synthfs-side test, not a skip.
+    """
+    from agent.embedded import embedded
+
+    base = tmp_path_factory.mktemp("synthfs")
+    marker = "SYNTHFS-CANARY-" + secrets.token_hex(8)
+    cache = (base / "cache").resolve()
+    repo = (base / "repo").resolve()
+    build_repo(repo, cache / "canary", marker)
+    with embedded(repo, cache_dir=cache) as stack:
+        work = Path(stack.workdir)
+        world = World(
+            "/data", cache / "canary", work / "bootstrap.key",
+            Path(stack.agent_endpoint.removeprefix("ipc://")),
+            stack.agent_pid, stack.server_pid, marker, repo,
+        )
+        world.stack = stack
+        cache.mkdir(parents=True, exist_ok=True)
+        world.reset()
+        assert world.key.exists(), f"the embedded stack has no {world.key}: update this suite"
+        assert world.sock.exists(), f"the embedded stack has no {world.sock}: update this suite"
+        yield world
+
+
+@pytest.fixture(scope="session")
+def cbin(tmp_path_factory: pytest.TempPathFactory):
+    """Compile ``attacks/NAME.c`` once per session; returns the binary's path."""
+    out = tmp_path_factory.mktemp("attacks-bin")
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            exe = out / name
+            subprocess.run(
+                ["gcc", "-O1", "-Wall", "-pthread", "-o", str(exe), str(ATTACKS / f"{name}.c")],
+                check=True, timeout=120,
+            )
+            built[name] = exe
+        return built[name]
+
+    return get
+
+
+# -- running one attack -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attack:
+    """(policy, command, expected exit): ``argv[0]`` is ``paths`` or a C program name."""
+
+    name: str
+    argv: tuple[str, ...]
+    expect: frozenset[int] = frozenset({0})
+    policy: str | None = None  # TOML text
+    flags: tuple[str, ...] = ()  # more `synthfs run` options, e.g. --read-only
+
+
+def _argv(attack: Attack, world: World, cbin) -> list[str]:
+    prog, *args = attack.argv
+    head = [sys.executable, "-I", str(PATHS_PY)] if prog == "paths" else [str(cbin(prog))]
+    return head + [world.fill(a) for a in args]
+
+
+def run_attack(attack: Attack, native: World, guest: World, cbin, tmp_path: Path) -> None:
+    # 1. the control: natively the attack must succeed, or it proves nothing
+    native.reset()
+    control = helpers.run_native(_argv(attack, native, cbin), cwd=tmp_path)
+    if control.status != ESCAPED:
+        if "not implemented" in control.stdout or "Function not implemented" in control.stdout:
+            pytest.skip(f"this kernel lacks the feature: control said {control.stdout.strip()!r}")
+        pytest.fail(f"control run did not escape natively, the attack proves nothing:\n"
+                    f"{control.show()}")
+    # 2. under synthfs
+    guest.reset()
+    extra = list(attack.flags)
+    if attack.policy is not None:
+        pol = tmp_path / "policy.toml"
+        pol.write_text(attack.policy)
+        extra += ["--policy", str(pol)]
+    launcher = helpers.SynthfsLauncher(mode="agent")
+    argv = launcher.argv(guest.repo, _argv(attack, guest, cbin), stack=guest.stack, extra=extra)
+    got = helpers.run_native(argv, cwd=tmp_path)
+    assert got.status != ESCAPED, f"ESCAPED: {attack.name}\n{got.show()}"
+    assert got.status in attack.expect, (
+        f"{attack.name}: exit {got.status}, expected one of {sorted(attack.expect)}\n{got.show()}"
+    )
+    if attack.expect == frozenset({0}):
+        assert got.stdout.strip(), f"{attack.name}: the attack printed nothing\n{got.show()}"
+    assert guest.canary.read_text() == guest.marker + "\n", "the canary was changed"
+
+
+# -- the attack table ---------------------------------------------------------------------------
+
+
+def paths(mode: str, target: str = "{canary}", **kw) -> Attack:
+    argv = ("paths", mode, "{data}", target, "{marker}")
+    return Attack(f"{mode}:{target.strip('{}')}", argv, **kw)
+
+
+NAMESPACE = [
+    # the cache root canary, every way a guest can name it
+    paths("abs"),
+    paths("dotdot"),
+    paths("dotdot_relative"),
+    paths("dotdot_subdir"),
+    paths("dirfd_dotdot"),
+    paths("chdir_dotdot"),
+    paths("tmp_symlink"),
+    paths("tmp_dir_symlink"),
+    paths("tmp_symlink_via_data"),
+    paths("guest_symlink_abs"),
+    paths("guest_symlink_rel"),
+    paths("proc_cwd"),
+    paths("proc_root"),
+    paths("proc_fd_dir"),
+    paths("proc_thread_cwd"),
+    paths("stat"),
+    paths("listdir"),
+    paths("rename_into_data"),
+    paths("hardlink"),
+    paths("unlink"),
+    paths("write"),
+    paths("openat2_dotdot"),
+    paths("openat2_dirfd"),
+    # the work directory: bootstrap key and agent socket
+    paths("abs", "{key}"),
+    paths("dotdot", "{key}"),
+    paths("tmp_symlink", "{key}"),
+    paths("proc_root", "{key}"),
+    paths("stat", "{key}"),
+    paths("stat", "{sock}"),
+    paths("connect", "{sock}"),
+    # symlinks stored in the repository
+    paths("repo_link", "cache_abs"),
+    paths("repo_link", "cache_rel"),
+    Attack("repo_link_host_file:pw_link", ("paths", "repo_link_host_file", "{data}",
+                                           "pw_link:/etc/passwd")),
+    Attack("repo_link_host_file:etc_link", ("paths", "repo_link_host_file", "{data}",
+                                            "etc_link/passwd:/etc/passwd")),
+    # what the cache's host path leaks through
+    Attack("maps_leak:ok", ("paths", "maps_leak", "{data}", "ok")),
+    Attack("proc_fd_reopen_write:ok", ("paths", "proc_fd_reopen_write", "{data}", "ok"),
+           flags=("--read-only",)),
+]
+
+# repo_link cache_abs resolves inside the namespace: the native control has the
+# same symlink in a plain directory, where it does reach the canary.
+
+ABI = [
+    Attack("int80_open", ("abi", "int80", "{canary}", "{marker}"), expect=frozenset({0} | KILLED)),
+    Attack("x32_openat", ("abi", "x32", "{canary}", "{marker}"), expect=frozenset({0} | KILLED)),
+    Attack("io_uring_enosys", ("abi", "io_uring", "-", "-")),
+    Attack("clone3_enosys", ("abi", "clone3", "-", "-")),
+]
+
+SCRATCH = [
+    Attack(f"scratch_{m}", ("scratch", m), expect=frozenset({0} | KILLED))
+    for m in ("mprotect", "munmap", "madvise", "procmem", "mremap", "mmap_fixed")
+]
+
+TRUSTED = [
+    Attack("signal_agent", ("paths", "signal", "{data}", "{agent_pid}")),
+    Attack("signal_server", ("paths", "signal", "{data}", "{server_pid}")),
+    Attack("ptrace_agent", ("paths", "ptrace_attach", "{data}", "{agent_pid}")),
+    Attack("proc_mem_agent", ("paths", "proc_mem_read", "{data}", "{agent_pid}")),
+    Attack("process_vm_readv_agent", ("paths", "process_vm_readv", "{data}", "{agent_pid}")),
+]
+
+
+def _ids(attacks: list[Attack]) -> list[str]:
+    return [a.name for a in attacks]
+
+
+@pytest.mark.parametrize("attack", NAMESPACE, ids=_ids(NAMESPACE))
+def test_namespace_escape(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+    if attack.flags == ("--read-only",):
+        assert (synthfs_world.repo / "ok").read_text() == "ok\n", "read-only file was changed"
+
+
+@pytest.mark.parametrize("attack", ABI, ids=_ids(ABI))
+def test_abi_escape(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+@pytest.mark.parametrize("attack", SCRATCH, ids=_ids(SCRATCH))
+def test_scratch_page(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+@pytest.mark.parametrize("attack", TRUSTED, ids=_ids(TRUSTED))
+def test_trusted_process_attack(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+def _toctou(op: str, forbidden: str, n: int, policy: str | None = None) -> Attack:
+    size = "{secret_size}" if op == "stat" else "{marker}"
+    return Attack(
+        f"toctou_{op}_{'policy_secret' if policy else 'canary'}_{n}",
+        ("toctou", op, "{data}/ok", forbidden, size, str(n)),
+        policy=policy,
+    )
+
+
+TOCTOU_SPECS = [
+    ("open", "{canary}", None),
+    ("openat", "{canary}", None),
+    ("stat", "{canary}", None),
+    ("symlink", "{canary}", None),
+    ("open", "{data}/secret", DENY_SECRET_POLICY),
+    ("symlink", "{data}/secret", DENY_SECRET_POLICY),
+]
+TOCTOU = [
+    pytest.param(
+        _toctou(op, target, n, pol),
+        id=f"{op}-{'policy_secret' if pol else 'canary'}-{n}",
+        marks=marks,
+    )
+    for op, target, pol in TOCTOU_SPECS
+    for n, marks in ((10_000, ()), (100_000, (pytest.mark.slow,)))
+]
+
+
+@pytest.mark.parametrize("attack", TOCTOU)
+def test_toctou(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
+    """Zero successes in N attempts while a thread flips the path (or a symlink).
+
+    The native control (same N, no sandbox) must escape. Exit 3 under synthfs
+    means the race never ran both ways (no allowed open, or no refusal): the
+    run proves nothing, and fails.
+    """
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+def test_policy_file_is_valid(tmp_path: Path) -> None:
+    """The suite's own policy loads (else every policy case fails for the wrong reason)."""
+    pol = tmp_path / "p.toml"
+    pol.write_text(DENY_SECRET_POLICY)
+    p = subprocess.run(
+        [str(helpers.SYNTHFS), "policy", "check", str(pol)], capture_output=True, text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
