@@ -1,0 +1,93 @@
+"""The namespace resolver, without ptrace: a dict stands for the repository."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from interposer.namespace import Namespace, Where
+from protocol.messages import Attrs, FileKind
+
+
+def _a(kind: str, ino: int = 1) -> Attrs:
+    return Attrs(kind=kind, size=0, mode=0o755, mtime_ns=0, ctime_ns=0, ino=ino)
+
+
+TREE = {
+    "/": _a("dir"),
+    "/d": _a("dir"),
+    "/d/f": _a("file"),
+    "/d/e": _a("dir"),
+    "/rel": _a("symlink"),  # -> d/e
+    "/abs": _a("symlink"),  # -> /etc/passwd (anchored at the mount root)
+    "/up": _a("symlink"),  # -> ../../../d  (cannot climb above the root)
+    "/loop": _a("symlink"),  # -> loop
+    "/f": _a("file"),
+    "/abs2": _a("symlink"),  # -> /d/f
+}
+LINKS = {"/abs2": "/d/f", "/rel": "d/e", "/abs": "/etc/passwd", "/up": "../../../d", "/loop": "loop"}
+
+
+def resolve(path: str, base: str = "/", follow: bool = True):
+    return Namespace("/data").resolve(path, base, follow=follow, lstat=TREE.get,
+                                      readlink=LINKS.__getitem__)
+
+
+def test_host_paths_stay_on_the_host() -> None:
+    t = resolve("/usr/lib/../bin/x")
+    assert t.where is Where.HOST and t.path == "/usr/bin/x"
+    assert resolve("/database").where is Where.HOST  # a prefix that is not the mount
+
+
+def test_synthetic_paths_and_relative_bases() -> None:
+    t = resolve("/data/d/f")
+    assert t.where is Where.SYNTH and t.path == "/d/f" and t.attrs == TREE["/d/f"]
+    assert resolve("f", base="/data/d").path == "/d/f"
+    assert resolve("data/d", base="/").path == "/d"
+    assert resolve(".", base="/data/d").attrs == TREE["/d"]
+
+
+def test_dotdot_at_the_mount_root_leaves_to_the_real_parent() -> None:
+    t = resolve("/data/..")
+    assert t.where is Where.HOST and t.path == "/"
+    assert resolve("../etc", base="/data").path == "/etc"
+
+
+def test_symlinks_resolve_inside_the_namespace() -> None:
+    assert resolve("/data/rel").path == "/d/e"
+    # An absolute target is anchored at the mount root: /etc/passwd names
+    # /data/etc/passwd, which does not exist; it never names the host's file.
+    with pytest.raises(FileNotFoundError):
+        resolve("/data/abs")
+    anchored = resolve("/data/abs2")
+    assert anchored.where is Where.SYNTH and anchored.path == "/d/f"
+    assert resolve("/data/up").path == "/d"
+    assert resolve("/data/rel", follow=False).path == "/rel"
+
+
+def test_symlink_then_dotdot_is_physical() -> None:
+    # /data/rel -> d/e, so /data/rel/.. is /data/d, not /data.
+    assert resolve("/data/rel/..").path == "/d"
+
+
+def test_kernel_errnos() -> None:
+    for path, err in [("/data/loop", errno.ELOOP), ("/data/f/x", errno.ENOTDIR),
+                      ("/data/nope/x", errno.ENOENT), ("/data/f/", errno.ENOTDIR),
+                      ("", errno.ENOENT), ("/data/" + "x" * 256, errno.ENAMETOOLONG)]:
+        with pytest.raises(OSError) as info:
+            resolve(path)
+        assert info.value.errno == err, path
+
+
+def test_missing_final_component_is_not_an_error() -> None:
+    t = resolve("/data/d/new")
+    assert t.where is Where.SYNTH and t.attrs is None
+
+
+def test_bad_mount_points_are_refused() -> None:
+    for bad in ("data", "/", "/a/../b"):
+        with pytest.raises(ValueError):
+            Namespace(bad)
+    assert Namespace("/mnt/repo/").guest_path("/x") == "/mnt/repo/x"
+    assert FileKind.DIR.value == "dir"
