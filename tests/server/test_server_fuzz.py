@@ -1,0 +1,134 @@
+"""Hostile input: 1,000 random frames at a running server; it still answers a valid Stat.
+
+Mixes raw random bytes, msgpack arrays that look like envelopes but carry
+wrong types, unknown kinds and fields, random multipart shapes, and
+well-formed requests with a valid token and odd arguments (so the backend
+sees hostile paths and values too).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+
+import attrs
+import msgpack
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from server_harness import RawClient, ServerProc, make_key, register
+
+from protocol.messages import REGISTRY, Stat, StatReply
+
+KINDS = sorted(REGISTRY)
+FIELDS = sorted({f.name for cls in REGISTRY.values() for f in attrs.fields(cls)})
+PATHS = ["/", "/a", "/a/b", "/d", "/d/f", "../x", "/..", "/.synthfs-staging", "", "/\x00",
+         "//", "/" + "x" * 300, "/a/" * 2000]
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(), st.text(max_size=20), st.binary(max_size=20), st.sampled_from(PATHS),
+)
+#: Shallow on purpose: deep recursive strategies cost Hypothesis tens of ms per example.
+values = st.one_of(scalars, st.lists(scalars, max_size=4),
+                   st.dictionaries(st.text(max_size=6), scalars, max_size=3))
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuzz")
+    root = tmp / "repo"
+    root.mkdir()
+    (root / "d").mkdir()
+    (root / "d" / "f").write_bytes(b"data")
+    key = make_key(tmp / "k")
+    sockdir = tempfile.mkdtemp(prefix="sfs-", dir="/tmp")
+    proc = ServerProc(root, tmp / "k", f"ipc://{sockdir}/s.sock").start()
+    client = RawClient(proc.bound)
+    register(client, key)
+    yield proc, client
+    client.close()
+    proc.stop()
+    shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def _drain(client: RawClient) -> int:
+    n = 0
+    while True:
+        try:
+            client.sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return n
+        n += 1
+
+
+def _pack(envelope) -> list[bytes]:
+    return [msgpack.packb(list(envelope), use_bin_type=True)]
+
+
+#: Plausible values per field name, for requests that pass the codec and reach the backend.
+FIELD_VALUES = {
+    "path": st.sampled_from(PATHS), "src": st.sampled_from(PATHS), "dst": st.sampled_from(PATHS),
+    "target": st.sampled_from(PATHS), "offset": st.integers(0, 2**20),
+    "length": st.integers(0, 2**16), "size": st.integers(0, 2**16),
+    "mode": st.integers(0, 0o7777), "data": st.binary(max_size=64),
+    "upload_id": st.sampled_from(["u1", "u2", ""]), "flags": st.integers(0, 3),
+    "directory": st.booleans(), "version": st.sampled_from(["", "1-2-3-4"]),
+    "atime_ns": st.none() | st.integers(-(2**63), 2**63 - 1),
+    "mtime_ns": st.none() | st.integers(-(2**63), 2**63 - 1),
+}
+SERVER_KINDS = ["stat", "list", "read", "readlink", "upload_chunk", "upload_commit",
+                "upload_abort", "mkdir", "remove", "rename", "symlink", "setattr"]
+
+
+def frames(token: str):
+    """One request's frames: garbage, wrong shapes, wrong types, or odd but valid requests."""
+    version = st.just(1) | scalars
+    kind = st.sampled_from(KINDS) | st.text(max_size=10)
+    rid = st.integers(0, 2**64 - 1) | scalars
+    tok = st.sampled_from([token, ""]) | scalars
+    body = st.dictionaries(st.sampled_from(FIELDS), values, max_size=4)
+    requests = st.sampled_from(SERVER_KINDS).flatmap(
+        lambda k: st.fixed_dictionaries(
+            {f.name: FIELD_VALUES.get(f.name, values) for f in attrs.fields(REGISTRY[k])}
+        ).map(lambda b, k=k: _pack([1, k, 1, token, b]))
+    )
+    return st.one_of(
+        st.binary(max_size=300).map(lambda b: [b]),
+        st.lists(st.binary(max_size=50), min_size=1, max_size=4),
+        values.map(lambda v: [msgpack.packb(v, use_bin_type=True)]),
+        st.tuples(version, kind, rid, tok, body).map(_pack),
+        st.tuples(version, kind, rid, tok, values).map(_pack),
+        requests,
+    )
+
+
+def test_random_frames_never_break_the_server(fuzz_server):
+    proc, client = fuzz_server
+    sent = 0
+
+    @settings(max_examples=1000, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(frames(client.token))
+    def send_one(parts):
+        nonlocal sent
+        client.sock.send_multipart(parts)
+        sent += 1
+        if sent % 50 == 0:
+            _drain(client)
+
+    started = time.monotonic()
+    send_one()
+    assert sent >= 1000
+    assert proc.alive(), proc.output()
+    rid = client.send(Stat(path="/"))  # the root: random requests cannot remove it
+    deadline = time.monotonic() + 20
+    while True:
+        got, reply = client.recv(timeout=max(0.1, deadline - time.monotonic()))
+        if got == rid:
+            break
+    assert isinstance(reply, StatReply) and reply.attrs.kind == "dir"
+    assert proc.alive()
+    assert time.monotonic() - started < 60
