@@ -7,7 +7,7 @@ guests reach cache files only through fds the interposer opened for them.
 Layout under the cache root::
 
     <root>/<repo_dir>/lock            flock: one agent per cache directory at a time
-    <root>/<repo_dir>/index.json      path -> version, server attrs, recorded stat, dirty
+    <root>/<repo_dir>/index.sqlite    path -> server attrs (version), recorded stat, dirty, LRU
     <root>/<repo_dir>/objects/<h>     h = sha256(path)[:40]: the one local copy of path
     <root>/<repo_dir>/tmp/            fetches land here, then are renamed into objects/
 
@@ -19,9 +19,15 @@ A local copy is *dirty* when a guest changed it since it was last fetched or
 uploaded: its (size, mtime_ns, ctime_ns, ino) differ from the ones recorded
 then, or the agent flagged it (a local truncation, a pending creation).
 Dirty copies are never evicted; clean ones are evicted least recently used
-first when the total size exceeds the bound. The index is rewritten
-(temp + rename) after every change of content state, and lazily after mere
-LRU touches; it survives restarts, so a second run starts warm.
+first when the total size exceeds the bound (the total is tracked from the
+recorded sizes, and recounted from the files before evicting).
+
+The index is an SQLite table, one row per local copy, written at once on
+every change of content state (one small upsert, no fsync: the cache can be
+rebuilt, and a lost row only makes a copy cold) and lazily for LRU touches.
+It survives restarts, so a second run starts warm. A row whose recorded stat
+no longer matches its file at the next start is a dirty copy (a guest wrote
+it and the agent stopped before uploading): ``Sync`` uploads it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
@@ -48,7 +55,15 @@ __all__ = ["DEFAULT_CACHE_SIZE", "ContentCache", "Entry", "Signature", "object_n
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SIZE = 1 << 30
-_INDEX_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS copies (
+    path TEXT PRIMARY KEY,
+    attrs TEXT NOT NULL,      -- JSON array, Attrs fields in order
+    recorded TEXT NOT NULL,   -- JSON [size, mtime_ns, ctime_ns, ino]
+    dirty INTEGER NOT NULL,
+    used REAL NOT NULL
+)
+"""
 _ATTR_FIELDS = tuple(f.name for f in attrs.fields(Attrs))
 _SAFE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -113,19 +128,40 @@ class ContentCache:
             raise OSError(errno.EBUSY, f"all cache directories for {repo_id!r} in {root} are busy")
         self.objects = os.path.join(self.dir, "objects")
         self.tmp = os.path.join(self.dir, "tmp")
-        self.index_path = os.path.join(self.dir, "index.json")
+        self.index_path = os.path.join(self.dir, "index.sqlite")
         os.makedirs(self.objects, mode=0o700, exist_ok=True)
         os.makedirs(self.tmp, mode=0o700, exist_ok=True)
         self._entries: dict[str, Entry] = {}
-        self._touched = False
+        self._touched: set[str] = set()
+        self._bytes = 0  # sum of recorded sizes
+        self._db = self._open_db()
         self._load()
 
     def close(self) -> None:
-        """Save the index and release the directory lock."""
+        """Save LRU times, close the index and release the directory lock."""
         if self._lock_fd >= 0:
-            self.save()
+            self.flush_touches()
+            self._db.close()
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+    def _open_db(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.index_path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute(_SCHEMA)
+            return db
+        except sqlite3.DatabaseError as exc:
+            log.warning("cache index %s unusable (%s): starting cold", self.index_path, exc)
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.index_path + suffix)
+            db = sqlite3.connect(self.index_path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute(_SCHEMA)
+            return db
 
     # -- index ----------------------------------------------------------------------
 
@@ -133,61 +169,61 @@ class ContentCache:
         for name in os.listdir(self.tmp):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.tmp, name))
-        try:
-            with open(self.index_path, encoding="utf-8") as f:
-                raw = json.load(f)
-            if raw.get("version") != _INDEX_VERSION:
-                raise ValueError("index version")
-            for item in raw["entries"]:
+        bad = []
+        for path, a, rec, dirty, used in self._db.execute(
+                "SELECT path, attrs, recorded, dirty, used FROM copies"):
+            try:
+                sig = tuple(int(x) for x in json.loads(rec))
+                if len(sig) != 4:
+                    raise ValueError("recorded")
                 e = Entry(
-                    path=item["path"],
-                    attrs=Attrs(**dict(zip(_ATTR_FIELDS, item["attrs"], strict=True))),
-                    recorded=tuple(item["recorded"]),
-                    dirty=bool(item["dirty"]),
-                    used=float(item["used"]),
+                    path=path,
+                    attrs=Attrs(**dict(zip(_ATTR_FIELDS, json.loads(a), strict=True))),
+                    recorded=(sig[0], sig[1], sig[2], sig[3]),
+                    dirty=bool(dirty),
+                    used=float(used),
                 )
-                if os.path.exists(self.object_path(e.path)):
-                    self._entries[e.path] = e
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("cache index %s unreadable (%s): starting cold", self.index_path, exc)
-            self._entries.clear()
-        known = {os.path.basename(self.object_path(p)) for p in self._entries}
+            except (ValueError, TypeError) as exc:
+                log.warning("cache index: dropping the row of %r (%s)", path, exc)
+                bad.append(path)
+                continue
+            if os.path.exists(self.object_path(e.path)):
+                self._entries[e.path] = e
+                self._bytes += e.recorded[0]
+            else:
+                bad.append(path)
+        for path in bad:
+            self._db.execute("DELETE FROM copies WHERE path = ?", (path,))
+        known = {object_name(p) for p in self._entries}
         for name in os.listdir(self.objects):
             if name not in known:
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(self.objects, name))
         log.info("cache %s: %d local copies", self.dir, len(self._entries))
 
-    def save(self) -> None:
-        """Rewrite the index atomically (temp file + rename)."""
-        items = [
-            {
-                "path": e.path,
-                "attrs": [str(v) if f == "kind" else v for f, v in zip(
-                    _ATTR_FIELDS, attrs.astuple(e.attrs, recurse=False), strict=True)],
-                "recorded": list(e.recorded),
-                "dirty": e.dirty,
-                "used": e.used,
-            }
-            for e in self._entries.values()
-        ]
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".index.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"version": _INDEX_VERSION, "entries": items}, f, separators=(",", ":"))
-            os.replace(tmp, self.index_path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        self._touched = False
+    def _put(self, e: Entry) -> None:
+        a = [str(v) if f == "kind" else v
+             for f, v in zip(_ATTR_FIELDS, attrs.astuple(e.attrs, recurse=False), strict=True)]
+        self._db.execute(
+            "INSERT OR REPLACE INTO copies (path, attrs, recorded, dirty, used) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (e.path, json.dumps(a), json.dumps(list(e.recorded)), int(e.dirty), e.used),
+        )
+        self._touched.discard(e.path)
+
+    def _delete(self, path: str) -> None:
+        self._db.execute("DELETE FROM copies WHERE path = ?", (path,))
+        self._touched.discard(path)
 
     def flush_touches(self) -> None:
-        """Save the index if only LRU times changed since the last save."""
-        if self._touched:
-            self.save()
+        """Write the LRU times that changed since the last flush."""
+        if not self._touched:
+            return
+        rows = [(self._entries[p].used, p) for p in self._touched if p in self._entries]
+        self._db.execute("BEGIN")
+        self._db.executemany("UPDATE copies SET used = ? WHERE path = ?", rows)
+        self._db.execute("COMMIT")
+        self._touched.clear()
 
     # -- entries --------------------------------------------------------------------
 
@@ -205,7 +241,7 @@ class ContentCache:
 
     def touch(self, entry: Entry) -> None:
         entry.used = time.time()
-        self._touched = True
+        self._touched.add(entry.path)
 
     def local_stat(self, entry: Entry) -> os.stat_result | None:
         try:
@@ -240,15 +276,18 @@ class ContentCache:
         e = Entry(path=path, attrs=attrs_, recorded=sig, dirty=dirty, used=time.time(),
                   pinned=old.pinned if old else False)
         self._entries[path] = e
-        self.save()
+        self._bytes += sig[0] - (old.recorded[0] if old else 0)
+        self._put(e)
         return e
 
     def drop(self, path: str) -> None:
         """Forget ``path``'s local copy and delete the file (holders keep the inode)."""
-        if self._entries.pop(path, None) is not None:
+        e = self._entries.pop(path, None)
+        if e is not None:
+            self._bytes -= e.recorded[0]
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.object_path(path))
-            self.save()
+            self._delete(path)
 
     def rename(self, src: str, dst: str, *, exchange: bool = False) -> None:
         """Move the local copies of ``src`` and below to ``dst`` (or swap them)."""
@@ -256,9 +295,7 @@ class ContentCache:
         other = [(e, src + e.path[len(dst):]) for e in self.under(dst)] if exchange else []
         if not exchange:
             for e in self.under(dst):
-                self._entries.pop(e.path, None)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.object_path(e.path))
+                self.drop(e.path)
         # Park every moving file under a temporary name first, so a swap works.
         parked: list[tuple[Entry, str, str, bool]] = []
         for e, new in moving + other:
@@ -268,20 +305,23 @@ class ContentCache:
             os.close(fd)
             os.replace(old_obj, park)
             self._entries.pop(e.path, None)
+            self._delete(e.path)
             parked.append((e, new, park, was_dirty))
         for e, new, park, was_dirty in parked:
             obj = self.object_path(new)
             os.replace(park, obj)
             sig = signature(os.stat(obj))
-            self._entries[new] = Entry(
+            moved = Entry(
                 path=new, attrs=e.attrs, recorded=e.recorded if was_dirty else sig,
                 dirty=e.dirty or was_dirty, used=e.used, pinned=e.pinned,
             )
-        self.save()
+            self._entries[new] = moved
+            self._put(moved)
 
     # -- size bound -----------------------------------------------------------------
 
     def total_bytes(self) -> int:
+        """The size of every local copy, counted from the files."""
         total = 0
         for e in self._entries.values():
             st = self.local_stat(e)
@@ -290,7 +330,13 @@ class ContentCache:
         return total
 
     def evict(self, keep: str | None = None) -> int:
-        """Evict clean, unpinned copies LRU first until under the bound; return how many."""
+        """Evict clean, unpinned copies LRU first until under the bound; return how many.
+
+        Cheap when under the bound by the recorded sizes; otherwise recounts from
+        the files (dirty copies may have grown) and evicts.
+        """
+        if self._bytes <= self.max_bytes:
+            return 0
         sizes: dict[str, int] = {}
         total = 0
         for e in self._entries.values():
@@ -298,22 +344,16 @@ class ContentCache:
             size = st.st_size if st is not None else 0
             sizes[e.path] = size
             total += size
-        if total <= self.max_bytes:
-            return 0
         evicted = 0
         for e in sorted(self._entries.values(), key=lambda e: e.used):
             if total <= self.max_bytes:
                 break
             if e.path == keep or e.pinned or self.is_dirty(e):
                 continue
-            self._entries.pop(e.path, None)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.object_path(e.path))
+            self.drop(e.path)
             total -= sizes[e.path]
             evicted += 1
             log.debug("cache: evicted %s (%d bytes)", e.path, sizes[e.path])
-        if evicted:
-            self.save()
         return evicted
 
     def describe(self) -> dict[str, Any]:

@@ -5,7 +5,9 @@ Trusts: the Python interpreter running it (``sys.executable``) and the
 itself: a private 0700 work directory holding both ``ipc://`` sockets and the
 bootstrap key (0600, random), so no other user can reach either process. The
 key never appears in argv or the environment: the server reads the file, the
-agent reads the same key from an inherited pipe.
+agent reads the same key from an inherited pipe, and the file is deleted as
+soon as both are ready. The agent lists the work directory (and its cache)
+in ``Welcome.refused_paths``, so the interposer refuses it to every guest.
 
 Usage::
 
@@ -142,7 +144,8 @@ def embedded(
         try:
             agent_argv = [sys.executable, "-S", "-m", "agent", *v, "--server", server_ep,
                           "--bootstrap-fd", str(key_r), "--listen", agent_ep,
-                          "--cache", cache, "--cache-size", str(cache_size)]
+                          "--cache", cache, "--cache-size", str(cache_size),
+                          "--refuse", workdir]
             if attr_ttl is not None:
                 agent_argv += ["--attr-ttl", f"{attr_ttl:g}"]
             agent = _spawn("agent", agent_argv, workdir, env, [key_r])
@@ -156,6 +159,9 @@ def embedded(
         del key
 
         _wait_ready(procs, startup_timeout)
+        # Both hold the key in memory now; the file has no further use (defence in
+        # depth: the work directory is refused to guests anyway).
+        os.unlink(key_path)
         yield TrustedStack(
             agent_endpoint=agent_ep,
             server_endpoint=server_ep,

@@ -139,6 +139,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="seconds a Stat/List answer serves later Stats (default 1, max 1)")
     parser.add_argument("--timeout", metavar="S", type=float, default=DEFAULT_TIMEOUT,
                         help="seconds before an unanswered server request fails (default 5)")
+    parser.add_argument("--refuse", metavar="PATH", action="append", default=[],
+                        help="another host path to list in Welcome.refused_paths (repeatable)")
     parser.add_argument("--ready-fd", metavar="N", type=int, default=None,
                         help="write 'ready' to fd N and close it once serving")
 
@@ -174,6 +176,7 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
     refused = [cache_root, sock_path]
     if args.bootstrap_key is not None:
         refused.append(os.path.abspath(args.bootstrap_key))
+    refused.extend(os.path.abspath(p) for p in args.refuse)
 
     ctx = zmq.Context()
     upstream = Upstream(args.server, key, timeout=args.timeout)
