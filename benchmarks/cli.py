@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument(
         "--quick", action="store_true",
-        help="CI smoke run: tiny sizes, 1 timed run, pinned pass only (< 2 min)",
+        help="CI smoke run: tiny sizes, 1 timed run, no warm-up, pinned pass only (< 2 min)",
     )  # fmt: skip
     parser.add_argument("--runs", type=int, help="timed runs per cell (default 5; --quick: 1)")
     parser.add_argument(
@@ -55,13 +55,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="directory for data, JSON, chart (default benchmarks/out, git-ignored)",
     )  # fmt: skip
     parser.add_argument(
-        "--tmpfs", type=Path, default=Path("/dev/shm/synthfs-bench"),
-        help="tmpfs directory for W4t (default /dev/shm/synthfs-bench)",
+        "--tmpfs", type=Path,
+        help="tmpfs directory for W4t (default: as root a private tmpfs mounted at "
+        "OUT/tmpfs for the run, visible to runsc; else /dev/shm/synthfs-bench)",
     )  # fmt: skip
     parser.add_argument(
         "--results-md", type=Path,
         help="markdown output (default: benchmarks/RESULTS.md, or OUT/RESULTS-quick.md "
         "with --quick)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-warmup", action="store_true",
+        help="no warm-up run: the first timed run is the reference (implied by --quick)",
     )  # fmt: skip
     parser.add_argument("--no-install", action="store_true", help="never apt-get missing tools")
     parser.add_argument("--no-progress", action="store_true", help="no progress on stderr")
@@ -112,6 +117,7 @@ def main(args: argparse.Namespace) -> int:
         tmpfs_dir=args.tmpfs,
         install=not args.no_install,
         quick=args.quick,
+        warmup=not (args.quick or args.no_warmup),
         progress=not args.no_progress,
     )
     try:

@@ -4,7 +4,8 @@ For each pass (pinned to CPU 0 with ``taskset -c 0``, then unpinned), for each
 workload: one warm-up run per tool (native's output becomes the reference),
 then N timed rounds, each round running every tool once in a rotated order so
 that machine drift hits all tools alike. Before every run, untimed: the
-workload's ``prepare`` (host side) and ``reset`` (through the same tool). A
+workload's ``prepare`` (host side); after every run, untimed, its ``reset``
+through the same tool, so that every run starts from the pristine tree. A
 run counts only when it exits 0 and its normalised output equals native's; a
 tool that fails is recorded with its error, never dropped.
 
@@ -149,9 +150,10 @@ class Options:
     timeout: float = 600.0
     cell_budget: float = 0.0  # seconds per cell; fewer timed runs when exceeded (0: off)
     out_dir: Path = Path("benchmarks/out")
-    tmpfs_dir: Path = Path("/dev/shm/synthfs-bench")
+    tmpfs_dir: Path | None = None  # None: a tmpfs the harness mounts (root) or /dev/shm
     install: bool = True
     quick: bool = False
+    warmup: bool = True
     progress: bool = True
 
 
@@ -391,15 +393,15 @@ def run_bench(opts: Options) -> Results:
     out_dir = opts.out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     disk_root = out_dir / ("data-quick" if opts.quick else "data")
-    tmpfs_root = opts.tmpfs_dir / ("data-quick" if opts.quick else "data")
+    tmpfs_dir, mounted = _tmpfs_dir(opts, out_dir)
+    tmpfs_root = tmpfs_dir / ("data-quick" if opts.quick else "data")
     wanted = set(opts.only_workloads)
     suite = [w for w in workloads(opts.sizes) if not wanted or w.id in wanted]
     ctx = Context(disk_root=disk_root, tmpfs_root=tmpfs_root, out_dir=out_dir, install=opts.install)
     tools = make_tools(list(opts.tools), ctx)
 
-    total = sum(1 for _ in opts.passes for w in suite for t in tools if t.applies(w)) * (
-        opts.runs + 1
-    )
+    cells_planned = sum(1 for _ in opts.passes for w in suite for t in tools if t.applies(w))
+    total = cells_planned * (opts.runs + int(opts.warmup))
     progress = Progress(total, opts.progress)
     progress.message(f"generating data in {disk_root} and {tmpfs_root} ...")
     generate(disk_root, tmpfs_root, opts.sizes)
@@ -408,14 +410,20 @@ def run_bench(opts: Options) -> Results:
     load_before = os.getloadavg()
     started = datetime.now(UTC)
     cells: list[Cell] = []
-    with _tools_running(tools, progress) as setup_errors:
-        try:
-            for pass_ in opts.passes:
-                set_affinity_tree({0} if pass_ is Pass.PINNED else original_affinity)
-                for wl in suite:
-                    cells += _run_workload(wl, pass_, tools, setup_errors, opts, progress, suite)
-        finally:
-            set_affinity_tree(original_affinity)
+    try:
+        with _tools_running(tools, progress) as setup_errors:
+            try:
+                for pass_ in opts.passes:
+                    set_affinity_tree({0} if pass_ is Pass.PINNED else original_affinity)
+                    for wl in suite:
+                        cells += _run_workload(
+                            wl, pass_, tools, setup_errors, opts, progress, suite
+                        )
+            finally:
+                set_affinity_tree(original_affinity)
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(tmpfs_dir)], capture_output=True, check=False)
     finished = datetime.now(UTC)
     progress.message(f"done in {_hms((finished - started).total_seconds())}")
 
@@ -432,6 +440,7 @@ def run_bench(opts: Options) -> Results:
         "quick": opts.quick,
         "timeout": opts.timeout,
         "cell_budget": opts.cell_budget,
+        "warmup": opts.warmup,
         "disk_root": str(disk_root),
         "tmpfs_root": str(tmpfs_root),
         "argv": sys.argv,
@@ -447,6 +456,30 @@ def run_bench(opts: Options) -> Results:
         for t in tools
     }
     return Results(meta=meta, tools=tool_info, workloads=suite, cells=cells)
+
+
+def _tmpfs_dir(opts: Options, out_dir: Path) -> tuple[Path, bool]:
+    """The tmpfs directory for W4t, and whether the harness mounted it.
+
+    /dev/shm is invisible inside runsc (its /dev is its own), so as root the
+    harness mounts a private tmpfs under the output directory for the run.
+    """
+    if opts.tmpfs_dir is not None:
+        return opts.tmpfs_dir, False
+    if os.geteuid() == 0:
+        mnt = out_dir / "tmpfs"
+        mnt.mkdir(exist_ok=True)
+        if os.path.ismount(mnt):
+            return mnt, False
+        size = f"size={opts.sizes.w4_files * opts.sizes.w4_file_bytes * 4 + (64 << 20)}"
+        p = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", size, "synthfs-bench", str(mnt)],
+            capture_output=True,
+            check=False,
+        )
+        if p.returncode == 0:
+            return mnt, True
+    return Path("/dev/shm/synthfs-bench"), False
 
 
 def _run_workload(
@@ -467,6 +500,8 @@ def _run_workload(
     pin = ["taskset", "-c", "0"] if pass_ is Pass.PINNED else []
     reference: str | None = None
 
+    per_cell = opts.runs + int(opts.warmup)
+
     def later() -> list[tuple[str, str]]:
         # (workload, tool) keys of every run still to come, for the ETA
         rest: list[tuple[str, str]] = []
@@ -474,10 +509,11 @@ def _run_workload(
         idx = suite.index(wl)
         for p in passes[passes.index(pass_) :]:
             for w in suite[idx + 1 :] if p is pass_ else suite:
-                rest += [(w.id, t.name) for t in tools if t.applies(w)] * (opts.runs + 1)
+                rest += [(w.id, t.name) for t in tools if t.applies(w)] * per_cell
         for t in running:
             c = cells[t.name]
-            left = (0 if c.warmup else 1) + max(0, c.planned - len(c.runs))
+            pending_warmup = opts.warmup and c.warmup is None
+            left = int(pending_warmup) + max(0, c.planned - len(c.runs))
             rest += [(wl.id, t.name)] * left
         return rest
 
@@ -486,12 +522,14 @@ def _run_workload(
         progress.show(f"{pass_.value} {wl.id} {wl.title} | {tool.label} | {label}", later())
         if wl.prepare is not None:
             wl.prepare(tool.ctx.root(wl.root))
-        if wl.reset:
-            r = run_once(pin + tool.argv(wl.render(wl.reset, data), wl.root), opts.timeout)
-            if r.status is not Status.OK:
-                return attrs.evolve(r, error="reset failed: " + r.error)
         rec = run_once(pin + tool.argv(wl.render(wl.command, data), wl.root), opts.timeout)
         progress.record((wl.id, tool.name), rec.seconds)
+        if wl.reset:
+            # clean up through the same tool (untimed), so the next tool starts
+            # from the pristine tree and a FUSE cache sees its own deletions
+            r = run_once(pin + tool.argv(wl.render(wl.reset, data), wl.root), opts.timeout)
+            if r.status is not Status.OK and rec.status is Status.OK:
+                rec.status, rec.error = r.status, "clean-up failed: " + r.error
         if rec.status is Status.OK and reference is not None:
             got = wl.normalise(rec.output, data)
             if got != reference:
@@ -501,11 +539,18 @@ def _run_workload(
         rec.output = _tail(rec.output)
         return rec
 
-    # warm-up: native first, its output is the reference
+    if wl.reset:  # leftovers of an interrupted earlier run, natively
+        run_once(["sh", "-c", wl.render(wl.reset, str(tools[0].ctx.root(wl.root)))], opts.timeout)
+
+    # warm-up: native first, its output is the reference (without warm-up,
+    # e.g. --quick, this first run is also the first timed run)
     for tool in running:
         cell = cells[tool.name]
-        rec = one(tool, "warm-up")
-        cell.warmup = rec
+        rec = one(tool, "warm-up" if opts.warmup else f"run 1/{cell.planned}")
+        if opts.warmup:
+            cell.warmup = rec
+        else:
+            cell.runs.append(rec)
         if tool.name == "native" and rec.status is Status.OK:
             data = tool.data_path(wl.root) if wl.root is not Root.NONE else ""
             reference = wl.normalise(rec.output, data)
@@ -532,6 +577,7 @@ def _run_workload(
             if rec.status is not Status.OK and cell.status is Status.OK:
                 cell.status, cell.error = rec.status, rec.error
     for cell in cells.values():
-        if cell.status is Status.SKIPPED and cell.warmup is not None:
-            cell.status = cell.warmup.status  # report what actually happened
+        first = cell.warmup or (cell.runs[0] if cell.runs else None)
+        if cell.status is Status.SKIPPED and first is not None:
+            cell.status = first.status  # report what actually happened
     return list(cells.values())

@@ -74,7 +74,8 @@ def markdown(data: dict[str, Any], title: str = "synthfs benchmark results") -> 
         f"Linux {m['kernel']}. Load average before/after the run: "
         f"{meta['load_before'][0]:.2f} / {meta['load_after'][0]:.2f} (1 min).",
         "",
-        f"Method: one warm-up then up to {meta['runs']} timed runs per cell, interleaved across "
+        ("Method: one warm-up then " if meta.get("warmup", True) else "Method: no warm-up, ")
+        + f"up to {meta['runs']} timed runs per cell, interleaved across "
         "tools (each round runs every tool once, in a rotated order); wall-clock time of the "
         f"whole command including the tool's own start-up; median, min{DASH}max, and the ratio of "
         "medians to native's from the same pass. A run counts only if it exits 0 and its "

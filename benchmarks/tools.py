@@ -222,12 +222,14 @@ class RcloneFuse(Tool):
     ssh's encryption; ``rclone mount`` of a local directory needs nothing but
     ``fuse3`` and measures the FUSE round trips a mount costs.
     ``--vfs-cache-mode writes`` is what rclone documents for programs that
-    open files read-write (sqlite, git): without it W8 fails.
+    open files read-write (sqlite, git): without it W8 fails. ``--file-perms
+    0755``: the local backend keeps no modes through the mount, and W8c runs
+    the program it built.
     """
 
     name = "fuse"
     label = "FUSE (rclone mount)"
-    note = "`rclone mount DIR MNT --vfs-cache-mode writes` (local backend, fuse3)"
+    note = "`rclone mount DIR MNT --vfs-cache-mode writes --file-perms 0755` (local backend, fuse3)"
     MOUNT_TIMEOUT = 15.0
 
     def __init__(self, ctx: Context) -> None:
@@ -274,6 +276,7 @@ class RcloneFuse(Tool):
             self.exe, "mount", str(self.ctx.root(root)), str(mnt),
             "--config", str(self.ctx.out_dir / "rclone.conf"),
             "--vfs-cache-mode", "writes", "--cache-dir", str(cache),
+            "--file-perms", "0755",
         ]  # fmt: skip
 
     def teardown(self) -> None:
