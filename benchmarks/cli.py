@@ -45,7 +45,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--size", action="append", default=[], metavar="NAME=N",
         help="override one size (e.g. big_mib=64, tree_files=2000); repeatable",
     )  # fmt: skip
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run (600)")
+    parser.add_argument(
+        "--timeout", type=float, help="seconds per run (default 600; --quick: 60)"
+    )
     parser.add_argument(
         "--cell-budget", type=float, default=0.0, metavar="S",
         help="fewer timed runs (at least 1) for cells whose runs x warm-up exceed S seconds",
@@ -111,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
         passes=passes,
         tools=tuple(t.strip() for t in args.tools.split(",") if t.strip()),
         only_workloads=tuple(w.strip() for w in args.workloads.split(",") if w.strip()),
-        timeout=args.timeout,
+        timeout=args.timeout or (60.0 if args.quick else 600.0),
         cell_budget=args.cell_budget,
         out_dir=args.out,
         tmpfs_dir=args.tmpfs,

@@ -21,8 +21,9 @@ DASH = "\u2013"  # en dash, for ranges
 #: Tools that are not in the workload table proper, and why, for RESULTS.md.
 NOT_MEASURED = {
     "Parrot (cctools `parrot_run`)": (
-        "not installable here: Debian 12 ships `coop-computing-tools` without `parrot_run` "
-        "(Parrot is not built in Debian's package), and there is no other packaged build"
+        "not installable here: Debian 12's `coop-computing-tools` (9.9-2+b4) ships "
+        "`parrot_run`'s man page but not the program (checked with `dpkg -c`); building "
+        "cctools from source was not attempted"
     ),
 }
 

@@ -78,15 +78,15 @@ class Sizes:
         """Tiny sizes for CI smoke runs (the harness runs, outputs agree)."""
         return cls(
             big_mib=8,
-            tree_files=300,
-            tree_dirs=10,
-            w4_files=50,
+            tree_files=120,
+            tree_dirs=6,
+            w4_files=20,
             w5_runs=2,
             w7_getpid=10_000,
             w7_dd_blocks=10_000,
             sqlite_rows=2_000,
-            git_files=100,
-            c_modules=3,
+            git_files=40,
+            c_modules=2,
         )
 
     def scaled(self, **changes: int) -> Sizes:
