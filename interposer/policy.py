@@ -15,11 +15,12 @@ API (what the supervisor calls)::
 
     Policy.from_toml(path, env=os.environ) -> Policy      # PolicyError on any defect
     Policy.from_text(text, name="<policy>", env=os.environ) -> Policy
-    Policy.default() -> Policy          # policies/default.toml: all apps read-write, host as is
+    Policy.default(mount="/data") -> Policy  # policies/default.toml: all read-write, host as is
     policy.read_only() -> Policy        # --read-only: write-class ops on the mount -> EROFS
     policy.mounts: tuple[str, ...]      # guest paths of the synthetic mounts, e.g. ("/data",)
     policy.network: NetworkMode         # DENY | LOOPBACK | ALLOW (ALLOW when [host] says nothing)
     policy.identify(exe, argv, sha256) -> App              # at each execve; exe is a realpath
+    policy.unmatched -> App             # the app before the first execve / of unlisted exes
     policy.decide(app, op, path) -> Decision               # path: normalised, on a mount
     policy.decide_host(app, op, path) -> Decision          # path: normalised, not on a mount
     policy.explain(app, op, path) -> tuple[Decision, ...]  # every matching rule, winner first
@@ -96,6 +97,7 @@ __all__ = [
     "Op",
     "Policy",
     "PolicyError",
+    "is_normal",
 ]
 
 
@@ -259,8 +261,19 @@ _OK_HOST = Decision(Action.ALLOW, "default", "no [host] section: the host is unt
 
 _CACHE_MAX = 1 << 16
 
-# A normalised absolute path: no empty, '.' or '..' component, no trailing '/'.
-_NORMAL = re.compile(r"(?:/(?!\.\.?(?:/|$))[^/\x00]+)+|/")
+
+def is_normal(path: object) -> bool:
+    """True for a normalised absolute path: no empty, '.' or '..' component, no
+    trailing '/', no NUL (substring tests: several times faster than a regex)."""
+    return (
+        type(path) is str
+        and path[:1] == "/"
+        and "//" not in path
+        and "/./" not in path
+        and "/../" not in path
+        and "\x00" not in path
+        and (path == "/" or not path.endswith(("/", "/.", "/..")))
+    )
 
 
 class Policy:
@@ -272,7 +285,8 @@ class Policy:
         "_erofs",
         "_exe_cache",
         "_host",
-        "_mount_re",
+        "_mount_prefixes",
+        "_mount_set",
         "_read_only",
         "_unmatched",
         "apps",
@@ -315,9 +329,8 @@ class Policy:
         self._read_only = read_only
         self._cache: dict[tuple[object, str, str], Decision] = {}
         self._exe_cache: dict[str, tuple[App, ...]] = {}
-        self._mount_re = re.compile(
-            "(?:" + "|".join(re.escape(m) for m in mounts) + ")(?:/.*)?", re.DOTALL
-        )
+        self._mount_set = frozenset(mounts)
+        self._mount_prefixes = tuple(m + "/" for m in mounts)
         self._erofs = Decision(
             Action.DENY, "--read-only", "--read-only: the mount is read-only", _errno.EROFS
         )
@@ -348,9 +361,14 @@ class Policy:
         return _Loader(text, name, os.environ if env is None else env).load()
 
     @classmethod
-    def default(cls) -> Policy:
-        """The built-in default: every app read-write on /data, host untouched."""
-        return cls.from_text(DEFAULT_POLICY_TOML, name="default.toml", env={})
+    def default(cls, mount: str = "/data") -> Policy:
+        """The built-in default: every app read-write on ``mount``, host untouched."""
+        text = DEFAULT_POLICY_TOML
+        if mount != "/data":
+            if not isinstance(mount, str) or '"' in mount or "\\" in mount or "$" in mount:
+                raise PolicyError("default.toml", None, f"bad mount path {mount!r}")
+            text = text.replace('path = "/data"', f'path = "{mount}"')
+        return cls.from_text(text, name="default.toml", env={})
 
     def read_only(self) -> Policy:
         """This policy with every write-class op on the mount denied (EROFS)."""
@@ -370,6 +388,11 @@ class Policy:
             core=self._core,
             read_only=True,
         )
+
+    @property
+    def unmatched(self) -> App:
+        """The app of executables no [[app]] matches (the top-level default applies)."""
+        return self._unmatched
 
     @property
     def is_read_only(self) -> bool:
@@ -459,7 +482,7 @@ class Policy:
         return tuple(out)
 
     def is_on_mount(self, path: str) -> bool:
-        return self._mount_re.fullmatch(path) is not None
+        return path in self._mount_set or path.startswith(self._mount_prefixes)
 
     def _check_app(self, app: App) -> Decision | None:
         if app.owner is not self._core:
@@ -469,14 +492,14 @@ class Policy:
         return None
 
     def _check_path(self, path: str, *, on_mount: bool) -> Decision | None:
-        if not isinstance(path, str) or _NORMAL.fullmatch(path) is None:
+        if not is_normal(path):
             return Decision(
                 Action.DENY,
                 "engine",
                 f"path {path!r} is not absolute and normalised",
                 _errno.EACCES,
             )
-        if on_mount and self._mount_re.fullmatch(path) is None:
+        if on_mount and not self.is_on_mount(path):
             return Decision(
                 Action.DENY, "engine", f"path {path!r} is not on a synthetic mount", _errno.EACCES
             )

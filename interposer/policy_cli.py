@@ -41,7 +41,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "explain",
         help="say which app matches, which rule decides and why",
         description="Explain one decision. Give the guest's argv as one shell-quoted string"
-        " (--argv 'python3 -m pytest') or element by element (--arg python3 --arg=-m). Paths on a mount are decided by the app's rules; other paths by [host].",
+        " (--argv 'python3 -m pytest') or element by element (--arg python3 --arg=-m)."
+        " Paths on a mount are decided by the app's rules; other paths by [host].",
     )
     explain.add_argument("file", metavar="FILE")
     explain.add_argument("--exe", required=True, help="executable (its realpath is matched)")

@@ -94,9 +94,8 @@ class PathGlob:
                     out.append(re.escape(ch))
             pieces.append("".join(out))
         regex = "".join(pieces)
-        if dstar == len(comps):  # "/**", "/**/**": also the root itself
-            regex = "/|" + regex
-            regex = f"(?:{regex})"
+        if dstar == len(comps):  # "/**", "/**/**": the root or any path, never ""
+            regex = "(?:/|(?:/[^/]+)+)"
         return cls(text=text, regex=regex, specificity=(literal, -dstar, -star), components=comps)
 
     @property

@@ -1008,3 +1008,21 @@ def test_audit_record_json() -> None:
         latency_us=0,
     )
     assert json.loads(allow.to_json())["errname"] == ""
+
+
+def test_default_policy_on_another_mount_and_the_unmatched_app() -> None:
+    p = Policy.default("/mnt/x")
+    assert p.mounts == ("/mnt/x",)
+    assert p.decide(p.unmatched, Op.WRITE, "/mnt/x/a").allowed
+    assert p.decide(p.unmatched, Op.WRITE, "/data/a").rule == "engine"
+    with pytest.raises(PolicyError):
+        Policy.default('/x"y')
+    with pytest.raises(PolicyError):
+        Policy.default("relative")
+
+
+def test_before_the_first_exec_no_app_matches() -> None:
+    p = load(with_app('[[app]]\nname = "all"\nmatch.exe = ["/**"]\ndefault = "allow"\n'))
+    assert p.identify("", [], no_hash) is p.unmatched  # "/**" never matches an empty exe
+    assert p.identify("/", ["/"], no_hash).name == "all"
+    assert not p.unmatched.matched and p.apps[0].matched

@@ -441,3 +441,17 @@ def test_engine_matches_reference(
             if best[0] == "deny":
                 assert d.errno == {"EACCES": 13, "ENOENT": 2}[best[3]]
             assert f"on {best[1]}" in d.reason, (path, op, best, d)
+
+
+@FUZZ
+@given(st.text(alphabet="/.a\x00", max_size=12))
+def test_is_normal_agrees_with_normpath(path: str) -> None:
+    from interposer.policy import is_normal
+
+    expected = (
+        path.startswith("/")
+        and not path.startswith("//")
+        and "\x00" not in path
+        and os.path.normpath(path) == path
+    )
+    assert is_normal(path) == expected, path
