@@ -186,6 +186,9 @@ class LocalBackend(Backend):
         atomic_truncate_max: int = 64 * 1024 * 1024,
     ) -> None:
         self.root = os.path.realpath(root)
+        if not os.path.isdir("/proc/self/fd"):
+            # Reopening an O_PATH fd (read, chmod, utimes) goes through /proc/self/fd.
+            raise oserror(errno.ENOSYS, "the local backend needs /proc mounted")
         self.repo_id = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:16]
         self._openat2 = _openat2_works() if use_openat2 is None else use_openat2
         self._atomic_truncate_max = atomic_truncate_max
