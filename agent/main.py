@@ -251,10 +251,11 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag) -> N
             service.idle()
             continue
         flag.idle = False
-        parts = router.recv_multipart(copy=False)
-        reply = _answer(service, parts[-1].buffer)
+        parts = router.recv_multipart()  # interposer requests are small: copying is cheaper
+        reply = _answer(service, parts[-1])
         if reply is not None:
-            router.send_multipart([p.bytes for p in parts[:-1]] + [reply], copy=False)
+            parts[-1] = reply
+            router.send_multipart(parts)
         flag.idle = True
 
 

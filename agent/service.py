@@ -16,7 +16,9 @@ raising ``OSError``; the I/O loop in :mod:`agent.main` turns exceptions into
 * Wherever a path has a dirty local copy, its size and mtime/ctime come from
   that copy.
 * ``Open`` revalidates with the server (one Stat), fetches when the version
-  changed and the local copy is clean, and returns the cache file's host path.
+  changed and the local copy is clean and not open for writing (a copy open
+  for writing stays shared until its ``Commit``), and returns the cache
+  file's host path.
 * ``Commit`` uploads a changed local copy; a clean one is answered at once.
 """
 
@@ -304,7 +306,9 @@ class AgentService:
         if flags & os.O_DIRECTORY:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         truncate = writing and bool(flags & os.O_TRUNC)
-        if e is not None and (self.cache.is_dirty(e) or e.version == a.version):
+        # Keep the one shared copy when it is dirty, current, or open for writing
+        # (replacing it would split the writer from later readers; its commit wins).
+        if e is not None and (e.pinned or self.cache.is_dirty(e) or e.version == a.version):
             if truncate:
                 os.truncate(self.cache.object_path(path), 0)
                 e = self.cache.record(path, e.attrs, e.recorded, dirty=True)

@@ -20,6 +20,8 @@ Semantics, in the Majordomo (7/MDP) "lazy pirate" style:
   ``TimeoutError`` (so an ``OSError``) with errno **ETIMEDOUT**. The agent
   turns it into ``Error(ETIMEDOUT)`` for the interposer, which hands that
   errno to the guest.
+* A message the codec cannot encode (a path with a lone surrogate, i.e. bytes
+  that are not UTF-8) raises ``OSError(EINVAL)`` before anything is sent.
 * An :class:`~protocol.messages.Error` reply raises ``OSError(errno, message)``,
   which Python turns into the matching subclass (``FileNotFoundError`` for
   ENOENT...), so callers can catch either by class or by ``errno``.
@@ -132,7 +134,11 @@ class Client:
         rid = self._next_id
         self._next_id = (rid + 1) & 0xFFFFFFFFFFFFFFFF
         token = self._token_provider() if self._token_provider is not None else ""
-        return rid, encode(msg, rid, token)
+        try:
+            return rid, encode(msg, rid, token)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # e.g. a path holding a lone surrogate (undecodable bytes): not sendable.
+            raise OSError(errno_mod.EINVAL, f"cannot encode {msg.kind}: {exc}") from None
 
     def call(self, msg: Message) -> Message:
         """Send ``msg``, wait for the reply; raise OSError (an Error reply) or Unreachable."""

@@ -466,3 +466,71 @@ def test_client_unreachable_when_agent_is_gone(tmp_path: Path) -> None:
     with Client(f"ipc://{tmp_path}/none.sock", timeout=0.3, retries=0) as c, \
             pytest.raises(Unreachable):
         c.call(Stat(path="/"))
+
+
+def test_copy_open_for_writing_stays_shared(running: Stack) -> None:
+    (running.root / "f").write_bytes(b"v1")
+    w = opened(running, "/f", RW)
+    (running.root / "f").write_bytes(b"server v2")  # changes while a writer holds the copy
+    r = opened(running, "/f", RD)
+    assert r.host_path == w.host_path
+    assert os.stat(r.host_path).st_ino == os.stat(w.host_path).st_ino  # same inode: shared
+    running.call(Commit(path="/f"))  # the writer closes: no change, nothing uploaded
+    assert Path(opened(running, "/f", RD).host_path).read_bytes() == b"server v2"
+
+
+def test_two_agents_never_share_a_cache_directory(stack: Stack) -> None:
+    (stack.root / "f").write_bytes(b"x")
+    stack.start_server()
+    stack.start_agent()
+    first = opened(stack, "/f").host_path
+    second_ep = f"ipc://{stack.run}/agent2.sock"
+    import sys
+
+    from conftest import Proc
+
+    other = Proc("agent2", [sys.executable, "-m", "agent", "--server", stack.server_ep,
+                            "--bootstrap-key", str(stack.key), "--listen", second_ep,
+                            "--cache", str(stack.cache)], stack.tmp / "agent2.log")
+    try:
+        other.wait_ready()
+        with Client(second_ep, timeout=10) as c:
+            o = c.call(Open(path="/f", flags=RD))
+            assert isinstance(o, Opened)
+        assert os.path.dirname(o.host_path) != os.path.dirname(first)
+        assert o.host_path.startswith(str(stack.cache))
+    finally:
+        other.stop()
+
+
+def test_random_requests_never_kill_the_agent(running: Stack) -> None:
+    import random
+
+    rng = random.Random(1234)
+    (running.root / "f").write_bytes(b"data")
+    (running.root / "d").mkdir()
+    paths = ["/", "/f", "/d", "/d/x", "/missing", "/f/under-a-file", "//f", "/./f", "/d/../f",
+             "", "relative", "/" + "n" * 300, "/\udcff", "/f\n"]
+    makers = [
+        lambda p: Stat(path=p), lambda p: List(path=p), lambda p: Readlink(path=p),
+        lambda p: Open(path=p, flags=rng.choice([0, 1, 2, 0o100, 0o1101, 0o302, 0o200000]),
+                       mode=rng.randrange(0o7777)),
+        lambda p: Commit(path=p), lambda p: Mkdir(path=p, mode=0o755),
+        lambda p: Remove(path=p, directory=rng.random() < 0.5),
+        lambda p: Rename(src=p, dst=rng.choice(paths) or "/z"),
+        lambda p: Symlink(target="t", path=p), lambda p: SetAttr(path=p, size=rng.randrange(9)),
+        lambda p: Sync(), lambda p: Hello(version=rng.randrange(3)),
+    ]
+    with Client(running.agent_ep, timeout=10, retries=0) as c:
+        for _ in range(300):
+            try:
+                msg = rng.choice(makers)(rng.choice(paths))
+            except (TypeError, ValueError):
+                continue
+            try:
+                c.call(msg)
+            except OSError as exc:
+                assert not isinstance(exc, Unreachable), f"agent stopped answering after {msg!r}"
+                assert exc.errno != errno.EIO or "internal" not in str(exc), f"{msg!r}: {exc}"
+    assert running.agent is not None and running.agent.popen.poll() is None
+    assert "Traceback" not in running.agent.output()

@@ -172,3 +172,13 @@ def test_round_trip_latency_is_small(peer: Callable[[Script], Peer]) -> None:
             c.call(Stat(path="/a"))
         per = (time.perf_counter() - t0) / n
     assert per < 0.002, f"{per * 1e6:.0f} us per round trip"
+
+
+def test_unencodable_message_is_einval_and_nothing_is_sent(peer: Callable[[Script], Peer]) -> None:
+    p = peer(lambda rid, msg, tok, n: [(rid, StatReply(attrs=A))])
+    with Client(p.endpoint) as c:
+        with pytest.raises(OSError) as info:
+            c.call(Stat(path="/bad\udcff"))
+        assert info.value.errno == errno.EINVAL
+        assert c.call(Stat(path="/ok")) == StatReply(attrs=A)
+    assert [m for _, m, _ in p.seen] == [Stat(path="/ok")]
