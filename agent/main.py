@@ -28,6 +28,7 @@ import os
 import signal
 import stat
 import sys
+import time
 from types import FrameType
 from typing import Any
 
@@ -172,6 +173,9 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
     if not 0 <= args.attr_ttl <= 1:
         print("synthfs agent: --attr-ttl must be between 0 and 1 s", file=sys.stderr)
         return 2
+    if args.cache_size <= 0 or args.timeout <= 0:
+        print("synthfs agent: --cache-size and --timeout must be positive", file=sys.stderr)
+        return 2
     cache_root = os.path.abspath(args.cache or default_cache_dir())
     refused = [cache_root, sock_path]
     if args.bootstrap_key is not None:
@@ -246,9 +250,11 @@ class _StopFlag:
 
 
 def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag) -> None:
+    housekeeping = time.monotonic() + 1.0
     while not flag.stop:
-        if not router.poll(1000, zmq.POLLIN):
-            service.idle()
+        if not router.poll(1000, zmq.POLLIN) or time.monotonic() > housekeeping:
+            service.idle()  # at least once a second, busy or not
+            housekeeping = time.monotonic() + 1.0
             continue
         flag.idle = False
         parts = router.recv_multipart()  # interposer requests are small: copying is cheaper
@@ -265,7 +271,7 @@ def _answer(service: AgentService, frame: Any) -> bytes | None:
     except DecodeError as exc:
         log.warning("agent: dropped a bad frame: %s", exc)
         return None
-    log.debug("agent: <- %r", env.msg)
+    log.debug("agent: <- %d %r", env.request_id, env.msg)
     try:
         reply = service.handle(env.msg)
     except OSError as exc:
