@@ -20,7 +20,6 @@ import hmac
 import logging
 import os
 import secrets
-import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -49,7 +48,7 @@ class Upstream:
         self._expires_at_ns = 0
         self.token_id = ""
         self.repo_id = ""
-        self.agent_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.agent_id = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
         self.client = Client(endpoint, timeout=timeout, token_provider=self._current_token)
         self.registrations = 0
         #: Called with the new repo id when a re-registration reports another one.
