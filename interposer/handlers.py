@@ -1095,6 +1095,33 @@ def sys_lremovexattr(call: Call, env: Env) -> Result:
     return _xattr(call, env, False, Fail(errno.ENODATA))
 
 
+def _fxattr(call: Call, env: Env, synthetic_result: Result) -> Result:
+    loc = fd_loc(call, env, _s32(call.args[0]))
+    if loc is None or not loc.synthetic:
+        return CONTINUE
+    return synthetic_result
+
+
+@guarded
+def sys_fgetxattr(call: Call, env: Env) -> Result:
+    return _fxattr(call, env, Fail(errno.ENODATA))
+
+
+@guarded
+def sys_fsetxattr(call: Call, env: Env) -> Result:
+    return _fxattr(call, env, Fail(errno.ENOTSUP))
+
+
+@guarded
+def sys_flistxattr(call: Call, env: Env) -> Result:
+    return _fxattr(call, env, Return(0))
+
+
+@guarded
+def sys_fremovexattr(call: Call, env: Env) -> Result:
+    return _fxattr(call, env, Fail(errno.ENODATA))
+
+
 @guarded
 def sys_xattrat(call: Call, env: Env) -> Result:
     """The *xattrat and file_*attr syscalls (Linux 6.13+): on the host only."""

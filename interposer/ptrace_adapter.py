@@ -16,8 +16,20 @@ import os
 import signal
 from typing import Any
 
-from ptrace import PtraceError
-from ptrace.binding import func as _pt
+import sys
+import types
+
+# python-ptrace finds libc with ctypes.util.find_library, which runs ldconfig and
+# gcc in subprocesses (~0.1-0.3 s at every start-up). glibc's soname is fixed on
+# Linux: hand python-ptrace the loaded library instead.
+if "ptrace.ctypes_libc" not in sys.modules:
+    _shim = types.ModuleType("ptrace.ctypes_libc")
+    _shim.LIBC_FILENAME = "libc.so.6"  # type: ignore[attr-defined]
+    _shim.libc = ctypes.CDLL("libc.so.6", use_errno=True)  # type: ignore[attr-defined]
+    sys.modules["ptrace.ctypes_libc"] = _shim
+
+from ptrace import PtraceError  # noqa: E402
+from ptrace.binding import func as _pt  # noqa: E402
 
 __all__ = [
     "EVENT_CLONE",
