@@ -76,6 +76,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--micro", action="store_true",
         help="run the supervisor micro-benchmark (time per trapped syscall) instead",
     )  # fmt: skip
+    parser.add_argument(
+        "--micro-iterations", type=int, default=20_000, help="loop length for --micro (20000)"
+    )
 
 
 def _sizes(args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -6,10 +6,15 @@ resume, decoding (GETREGS and copying the path out), namespace resolution and
 the policy decision, the agent round trip (for synthetic paths), and the
 resume (SETREGS, CONT, the exit stop when a register was rewritten).
 
-This module is the stub the interposer's author fills in: the boundary is
-:func:`measure_supervisor`, which must return one :class:`Breakdown` per
-scenario. Until it exists, ``--micro`` says so and exits 2; nothing here
-guesses numbers.
+Two levels. :func:`measure_end_to_end` works today: loops of one syscall
+timed *inside* the guest (so start-up is excluded), natively and under
+``synthfs run --agent``, ``strace --seccomp-bpf`` (a C tracer stopping on the
+same file syscalls) and the bare one-rule seccomp filter; the difference per
+call is the supervisor's whole cost. The breakdown by phase is the stub the
+interposer's author fills in: the boundary is :func:`measure_supervisor`,
+which must return one :class:`Breakdown` per scenario (it needs timers in the
+supervisor loop). Until then ``--micro`` prints the end-to-end table and says
+the breakdown is not available; nothing here guesses numbers.
 
 Trusts: the interposer it measures.
 """
@@ -21,7 +26,14 @@ import sys
 
 import attrs
 
-__all__ = ["SCENARIOS", "Breakdown", "main", "measure_supervisor"]
+__all__ = [
+    "SCENARIOS",
+    "Breakdown",
+    "EndToEnd",
+    "main",
+    "measure_end_to_end",
+    "measure_supervisor",
+]
 
 #: What to measure, each as a loop of one syscall in a guest under the
 #: supervisor (default: 100,000 iterations, the result divided by that).
@@ -64,17 +76,119 @@ def measure_supervisor(scenario: str, iterations: int = 100_000) -> Breakdown:
     raise NotImplementedError("the supervisor micro-benchmark needs the interposer (issue #3)")
 
 
+# ------------------------------------------------- end to end (works today)
+
+#: guest loops, timed inside the guest (so start-up is excluded): (setup, body)
+GUEST_LOOPS = {
+    "getpid": ("", "os.getpid()"),
+    "host-stat": ("", "os.stat('/etc/hostname')"),
+    "data-stat": ("", "os.stat(D + '/x')"),
+    "data-open": ("", "os.close(os.open(D + '/x', os.O_RDONLY))"),
+}
+
+
+@attrs.frozen
+class EndToEnd:
+    """Per-call cost of a scenario under a tool, minus native's, from guest-timed loops."""
+
+    scenario: str
+    tool: str
+    iterations: int
+    native_us: float  # per call, natively
+    tool_us: float  # per call, under the tool
+    error: str = ""
+
+    @property
+    def overhead_us(self) -> float:
+        return self.tool_us - self.native_us
+
+
+def _guest(scenario: str, data: str, n: int) -> str:
+    setup, body = GUEST_LOOPS[scenario]
+    return (
+        f"import os, time\nD = {data!r}\n{setup}\n"
+        f"for _ in range(1000): {body}\n"  # warm: cache filled, code paths hot
+        f"t = time.perf_counter()\nfor _ in range({n}): {body}\n"
+        f"print(time.perf_counter() - t)"
+    )
+
+
+def _loop_seconds(argv: list[str]) -> tuple[float, str]:
+    import subprocess
+
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    if p.returncode != 0:
+        return 0.0, f"exit {p.returncode}: " + " | ".join(p.stderr.strip().splitlines()[-2:])
+    try:
+        return float(p.stdout.strip().splitlines()[-1]), ""
+    except (ValueError, IndexError):
+        return 0.0, f"unexpected output {p.stdout[-200:]!r}"
+
+
+def measure_end_to_end(iterations: int = 20_000, pin: bool = True) -> list[EndToEnd]:
+    """Each scenario natively, under ``synthfs run --agent``, strace --seccomp-bpf
+    and the bare seccomp filter; per-call time from loops timed inside the guest."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from benchmarks.tools import FLOOR_LAUNCHER, embedded_stack, synthfs_exe
+    from benchmarks.workloads import PYTHON
+
+    prefix = ["taskset", "-c", "0"] if pin else []
+    out: list[EndToEnd] = []
+    with tempfile.TemporaryDirectory(prefix="synthfs-micro-") as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        (data / "x").write_bytes(b"x" * 4096)
+        with embedded_stack(data, Path(tmp) / "cache") as stack:
+            ep = str(stack.agent_endpoint)
+            tools: dict[str, tuple[list[str], str]] = {
+                "synthfs": ([*synthfs_exe(), "run", "--agent", ep, "--"], "/data"),
+                "seccomp": ([sys.executable, "-c", FLOOR_LAUNCHER], str(data)),
+            }
+            if shutil.which("strace"):
+                strace = ["strace", "--seccomp-bpf", "-f", "-e", "trace=file", "-o", "/dev/null"]
+                tools["strace-bpf"] = (strace, str(data))
+            for scenario in GUEST_LOOPS:
+                n = iterations * (50 if scenario == "getpid" else 1)  # ~40 ns: needs more
+                native_argv = [*prefix, PYTHON, "-c", _guest(scenario, str(data), n)]
+                nat, err = _loop_seconds(native_argv)
+                for name, (wrap, dpath) in tools.items():
+                    if name == "seccomp" and scenario != "getpid":
+                        continue
+                    argv = [*prefix, *wrap, PYTHON, "-c", _guest(scenario, dpath, n)]
+                    t, terr = _loop_seconds(argv)
+                    per_nat, per_tool = nat / n * 1e6, t / n * 1e6
+                    out.append(EndToEnd(scenario, name, n, per_nat, per_tool, err or terr))
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
-    rows = []
-    for name, description in SCENARIOS.items():
-        try:
-            rows.append(measure_supervisor(name))
-        except NotImplementedError as exc:
-            print(f"synthfs bench --micro: {name}: not available: {exc}", file=sys.stderr)
-            return 2
-        print(f"{name}: {description}", file=sys.stderr)
+    iterations = int(getattr(args, "micro_iterations", 0) or 20_000)
+    try:
+        rows = measure_end_to_end(iterations)
+    except Exception as exc:  # reported, not hidden: the stack or synthfs run failed
+        print(f"synthfs bench --micro: end-to-end loops failed: {exc!r}", file=sys.stderr)
+        return 1
+    print(f"Per call, from loops of {iterations:,} (getpid: x50) timed inside the guest")
+    print("(start-up excluded),", end=" ")
+    print("pinned to CPU 0. overhead = tool - native.\n")
+    print("| scenario | tool | native µs | tool µs | overhead µs | error |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r.scenario} | {r.tool} | {r.native_us:.2f} | {r.tool_us:.2f} "
+            f"| {r.overhead_us:.2f} | {r.error} |"
+        )
+    print()
+    try:
+        phases = [measure_supervisor(name) for name in SCENARIOS]
+    except NotImplementedError as exc:
+        print(f"Breakdown by phase: not available yet ({exc}).")
+        return 0
     print("| scenario | total µs | stop | decode | policy | agent | resume |")
     print("|---|---|---|---|---|---|---|")
-    for b in rows:
+    for b in phases:
         print(b.row())
     return 0

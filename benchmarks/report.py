@@ -194,13 +194,18 @@ def plot(data: dict[str, Any], path: Path) -> Path | None:
                 if c and "ratio" in c:
                     xs.append(j + (i - (len(tools) - 1) / 2) * width)
                     ys.append(c["ratio"])
-            if xs:
-                ax.bar(xs, ys, width, label=data["tools"][name]["label"])
+            bars = ax.bar(xs, ys, width, label=data["tools"][name]["label"]) if xs else None
+            for j, w in enumerate(wls):  # failures are marked, not left as gaps
+                c = cells.get((pass_, w, name))
+                if c and "ratio" not in c and c["status"] != "setup-failed":
+                    x = j + (i - (len(tools) - 1) / 2) * width
+                    color = bars.patches[0].get_facecolor() if bars else "black"
+                    ax.plot([x], [1.0], marker="x", color=color, markersize=7)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
         ax.set_xticks(range(len(wls)), wls)
         ax.set_ylabel("time / native (log)")
-        ax.set_title(f"ratio to native, {pass_}")
+        ax.set_title(f"ratio to native, {pass_} (x on the 1.0 line: failed or wrong output)")
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[0, 0].legend(fontsize="small", ncol=3, loc="upper left")
     fig.tight_layout()
