@@ -180,6 +180,15 @@ class AgentService:
             return a
         return attrs.evolve(a, size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
 
+    def _entry(self, path: str) -> Entry | None:
+        """The cache entry of ``path`` if its local file still exists (else forget it)."""
+        e = self.cache.get(path)
+        if e is not None and self.cache.local_stat(e) is None:
+            log.warning("cache: the local copy of %s vanished; forgetting it", path)
+            self.cache.drop(path)
+            return None
+        return e
+
     def _stat_upstream(self, path: str) -> Attrs:
         a = self.upstream.call(Stat(path=path), StatReply).attrs
         self._remember(path, a)
@@ -256,7 +265,7 @@ class AgentService:
     def setattr(self, msg: SetAttr) -> Message:
         path = _check_path(msg.path)
         self._forget(path)
-        e = self.cache.get(path)
+        e = self._entry(path)
         rest = attrs.evolve(msg, path=path, size=None)
         has_rest = (msg.mode, msg.atime_ns, msg.mtime_ns) != (None, None, None)
         if e is not None and msg.size is not None:
@@ -283,7 +292,7 @@ class AgentService:
         path = _check_path(msg.path)
         flags = msg.flags
         writing = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
-        e = self.cache.get(path)
+        e = self._entry(path)
         try:
             a = self._stat_upstream(path)
         except FileNotFoundError:
@@ -308,7 +317,10 @@ class AgentService:
         truncate = writing and bool(flags & os.O_TRUNC)
         # Keep the one shared copy when it is dirty, current, or open for writing
         # (replacing it would split the writer from later readers; its commit wins).
+        shown = a
         if e is not None and (e.pinned or self.cache.is_dirty(e) or e.version == a.version):
+            if e.version != a.version:
+                shown = e.attrs  # the kept copy is of an older version: say so
             if truncate:
                 os.truncate(self.cache.object_path(path), 0)
                 e = self.cache.record(path, e.attrs, e.recorded, dirty=True)
@@ -317,11 +329,12 @@ class AgentService:
             e = self._empty_copy(path, a, dirty=a.size != 0)
         else:
             e = self._fetch(path, a)
+            shown = e.attrs  # a fetch that met a change fetched the newer version
         self.cache.touch(e)
         if writing:
             e.pinned = True
         self.cache.evict(keep=path)
-        return Opened(host_path=self.cache.object_path(path), attrs=self._present(path, e.attrs))
+        return Opened(host_path=self.cache.object_path(path), attrs=self._present(path, shown))
 
     def _empty_copy(self, path: str, a: Attrs, *, dirty: bool) -> Entry:
         fd, tmp = self.cache.new_temp()
@@ -405,7 +418,7 @@ class AgentService:
 
     def commit(self, msg: Commit) -> Message:
         path = _check_path(msg.path)
-        e = self.cache.get(path)
+        e = self._entry(path)
         if e is None:
             return Committed(attrs=self._stat_upstream(path))
         e.pinned = False

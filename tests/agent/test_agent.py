@@ -534,3 +534,12 @@ def test_random_requests_never_kill_the_agent(running: Stack) -> None:
                 assert exc.errno != errno.EIO or "internal" not in str(exc), f"{msg!r}: {exc}"
     assert running.agent is not None and running.agent.popen.poll() is None
     assert "Traceback" not in running.agent.output()
+
+
+def test_a_vanished_cache_file_is_fetched_again(running: Stack) -> None:
+    (running.root / "f").write_bytes(b"content")
+    o = opened(running, "/f")
+    os.unlink(o.host_path)  # someone cleaned the cache behind the agent's back
+    assert Path(opened(running, "/f").host_path).read_bytes() == b"content"
+    c = running.call(Commit(path="/f"))
+    assert isinstance(c, Committed) and c.attrs.size == 7
