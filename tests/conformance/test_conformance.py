@@ -53,9 +53,8 @@ def test_conformance(case: Case, tmp_path: Path, synthfs: helpers.SynthfsLaunche
     native = run_case_native(case, tmp_path / "native", outside, home)
     guest = run_case_synthfs(case, tmp_path / "synthfs", outside, home, synthfs)
     problems = compare(case, native, guest)
-    assert not problems, f"case {case.name}: {' '.join(case.render(helpers.MOUNT))}\n" + "\n".join(
-        problems
-    )
+    shown = " ".join(a if len(a) < 100 else a[:60].strip() + " ..." for a in case.render("/data"))
+    assert not problems, f"case {case.name}: {shown}\n" + "\n".join(problems)
 
 
 def test_second_run_sees_first_runs_writes(

@@ -16,7 +16,8 @@ attack runs twice:
 
 The forbidden targets are a canary file the test writes into the agent's
 cache root, the bootstrap key and agent socket in the stack's private work
-directory (DESIGN.md mechanism 6: "refused to every guest by a rule no
+directory (the bootstrap key is deleted once the stack is ready, so a canary
+file stands in for it there; DESIGN.md mechanism 6: "refused to every guest by a rule no
 policy can loosen"), a file denied by a per-app policy, host files named by
 repository symlinks, the scratch page, and the trusted processes.
 
@@ -74,8 +75,9 @@ class World:
 
     data: str  # the tree: /data under synthfs, a plain directory natively
     canary: Path  # forbidden file in the (real or stand-in) cache root
-    key: Path  # forbidden: the bootstrap key (or a stand-in)
+    key: Path  # forbidden: a canary in the stack's private work dir (beside sockets and key)
     sock: Path  # forbidden: the agent's socket (or a listening stand-in)
+    server_sock: Path  # forbidden: the server's socket (or a listening stand-in)
     agent_pid: int
     server_pid: int
     marker: str
@@ -85,13 +87,15 @@ class World:
     def fill(self, arg: str) -> str:
         return arg.format(
             data=self.data, canary=self.canary, key=self.key, sock=self.sock,
+            server_sock=self.server_sock,
             agent_pid=self.agent_pid, server_pid=self.server_pid, marker=self.marker,
             secret_size=len(self.marker) + 1, deep=DEEP,
         )
 
     def reset(self) -> None:
-        """Put back the canary (an escaped unlink/rename/write may have changed it)."""
+        """Put back the canaries (an escaped unlink/rename/write may have changed them)."""
         self.canary.write_text(self.marker + "\n")
+        self.key.write_text(self.marker + "\n")
 
 
 def build_repo(repo: Path, canary: Path, marker: str) -> None:
@@ -128,23 +132,28 @@ def native_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     work = base / "work"
     work.mkdir()
     canary = cache / "canary"
-    key = work / "bootstrap.key"
-    key.write_text(marker + "\n")
-    sock_path = work / "agent.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(sock_path))
-    listener.listen(8)
+    key = work / "canary"
+    listeners = []
+    for name in ("agent.sock", "server.sock"):
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(work / name))
+        listener.listen(8)
+        listeners.append(listener)
     dummy = subprocess.Popen(["sleep", "600"])  # stands in for the agent and the server
     repo = (base / "tree").resolve()
     build_repo(repo, canary, marker)
-    world = World(str(repo), canary, key, sock_path, dummy.pid, dummy.pid, marker, repo)
+    world = World(
+        str(repo), canary, key, work / "agent.sock", work / "server.sock",
+        dummy.pid, dummy.pid, marker, repo,
+    )
     world.reset()
     try:
         yield world
     finally:
         dummy.kill()
         dummy.wait()
-        listener.close()
+        for listener in listeners:
+            listener.close()
 
 
 @pytest.fixture(scope="module")
@@ -163,15 +172,16 @@ def synthfs_world(kernel_ok: None, tmp_path_factory: pytest.TempPathFactory) -> 
     with embedded(repo, cache_dir=cache) as stack:
         work = Path(stack.workdir)
         world = World(
-            "/data", cache / "canary", work / "bootstrap.key",
+            "/data", cache / "canary", work / "canary",
             Path(stack.agent_endpoint.removeprefix("ipc://")),
+            Path(stack.server_endpoint.removeprefix("ipc://")),
             stack.agent_pid, stack.server_pid, marker, repo,
         )
         world.stack = stack
         cache.mkdir(parents=True, exist_ok=True)
         world.reset()
-        assert world.key.exists(), f"the embedded stack has no {world.key}: update this suite"
-        assert world.sock.exists(), f"the embedded stack has no {world.sock}: update this suite"
+        for sock in (world.sock, world.server_sock):
+            assert sock.exists(), f"the embedded stack has no {sock}: update this suite"
         yield world
 
 
@@ -275,7 +285,7 @@ NAMESPACE = [
     paths("write"),
     paths("openat2_dotdot"),
     paths("openat2_dirfd"),
-    # the work directory: bootstrap key and agent socket
+    # the work directory (sockets; the bootstrap key lives there until both are ready)
     paths("abs", "{key}"),
     paths("dotdot", "{key}"),
     paths("tmp_symlink", "{key}"),
@@ -283,6 +293,8 @@ NAMESPACE = [
     paths("stat", "{key}"),
     paths("stat", "{sock}"),
     paths("connect", "{sock}"),
+    paths("connect", "{server_sock}"),
+    paths("stat", "{server_sock}"),
     # symlinks stored in the repository
     paths("repo_link", "cache_abs"),
     paths("repo_link", "cache_rel"),
