@@ -70,6 +70,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--no-warmup", action="store_true",
         help="no warm-up run: the first timed run is the reference (implied by --quick)",
     )  # fmt: skip
+    parser.add_argument(
+        "--report-from", action="append", type=Path, default=[], metavar="JSON",
+        help="no run: write the markdown and chart from saved results (repeat to merge "
+        "runs: tools missing from the first are added, each with its own run's native)",
+    )  # fmt: skip
     parser.add_argument("--no-install", action="store_true", help="never apt-get missing tools")
     parser.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     parser.add_argument(
@@ -103,6 +108,17 @@ def main(args: argparse.Namespace) -> int:
 
     from benchmarks import report
     from benchmarks.harness import Options, Pass, run_bench
+
+    if args.report_from:
+        import json
+
+        runs = [json.loads(p.read_text()) for p in args.report_from]
+        data = report.merge(*runs)
+        md_path = args.results_md or BENCH_DIR / "RESULTS.md"
+        md_path.write_text(report.markdown(data))
+        chart = report.plot(data, args.out.resolve() / "results.png")
+        print(f"markdown: {md_path}\nchart: {chart}")
+        return 0
 
     passes_arg = args.passes or ("pinned" if args.quick else "pinned,unpinned")
     try:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["markdown", "plot", "write_json"]
+__all__ = ["markdown", "merge", "plot", "write_json"]
 
 TIMES = "\u00d7"  # multiplication sign
 DASH = "\u2013"  # en dash, for ranges
@@ -31,6 +31,43 @@ NOT_MEASURED = {
 def write_json(data: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+
+
+def merge(first: dict[str, Any], *others: dict[str, Any]) -> dict[str, Any]:
+    """One report from several runs: ``first`` as is, then the tools of each
+    other run that ``first`` lacks, with that run's own native as an extra
+    column (``native#2``...). Ratios stay those of each cell's own run; the
+    tool notes say which run a column comes from. Passes and workloads are
+    the first run's (a cell of another run outside them is left out)."""
+    out = json.loads(json.dumps(first))
+    out["meta"]["merged"] = []
+    for k, other in enumerate(others, start=2):
+        om = other["meta"]
+        when = f"run #{k}, {om['date']}, load {om['load_before'][0]:.2f}/{om['load_after'][0]:.2f}"
+        out["meta"]["merged"].append(
+            {"run": k, "date": om["date"], "sizes": om["sizes"], "runs": om["runs"],
+             "load_before": om["load_before"], "load_after": om["load_after"],
+             "passes": om["passes"]}
+        )  # fmt: skip
+        if om["sizes"] != first["meta"]["sizes"]:
+            when += ", OTHER SIZES: " + ", ".join(
+                f"{n}={v}" for n, v in om["sizes"].items() if first["meta"]["sizes"].get(n) != v
+            )
+        rename = {"native": f"native#{k}"}
+        for name, info in other["tools"].items():
+            if name in out["tools"] and name != "native":
+                continue
+            new = rename.get(name, name)
+            info = dict(info)
+            info["note"] = (info["note"] or "the command as is") + f" [{when}]"
+            if name == "native":
+                info["label"] = f"native (run #{k})"
+            rename[name] = new
+            out["tools"][new] = info
+        for c in other["cells"]:
+            if c["tool"] in rename and c["pass"] in first["meta"]["passes"]:
+                out["cells"].append({**c, "tool": rename[c["tool"]]})
+    return out
 
 
 def _secs(x: float) -> str:
@@ -111,6 +148,12 @@ def markdown(data: dict[str, Any], title: str = "synthfs benchmark results") -> 
             else "unpinned (2 vCPUs)"
         )
         out += [f"## Ratio to native, {heading}", ""]
+        if meta.get("merged"):
+            out += [
+                "Columns from another run (see the tool notes) are ratios to *that* run's "
+                "native, shown in its own column.",
+                "",
+            ]
         present = [n for n in names if any((pass_, w["id"], n) in cells for w in wls)]
         labels = " | ".join(tools[n]["label"] for n in present[1:])
         out.append(f"| workload | native | {labels} |")
@@ -123,7 +166,7 @@ def markdown(data: dict[str, Any], title: str = "synthfs benchmark results") -> 
                     row.append("—")
                 elif "median" not in c:
                     row.append(_short_status(c))
-                elif n == "native":
+                elif n.startswith("native"):
                     row.append(_secs(c["median"]))
                 elif "ratio" in c:
                     row.append(_ratio(c["ratio"]))
@@ -180,7 +223,7 @@ def plot(data: dict[str, Any], path: Path) -> Path | None:
         return None
     cells = _cells(data)
     wls = [w["id"] for w in data["workloads"]]
-    tools = [n for n in data["tools"] if n != "native"]
+    tools = [n for n in data["tools"] if not n.startswith("native")]
     passes = data["meta"]["passes"]
     fig, axes = plt.subplots(
         len(passes), 1, figsize=(max(8, len(wls) * 1.1), 4.2 * len(passes)), squeeze=False
