@@ -16,7 +16,8 @@ server-owned directory ``ROOT/.synthfs-staging`` on the same file system;
 commit fsyncs the staged file, renames it over the destination (a new inode,
 so a new version) and fsyncs the destination directory. A crash at any point
 leaves the old or the new version. The staging directory is emptied at
-start-up. Names starting with ``.synthfs-`` are reserved: hidden from
+start-up, except a journal of recent commits that keeps a commit resent
+after a restart idempotent. Names starting with ``.synthfs-`` are reserved: hidden from
 listings and unreachable from the wire. A destination on another file system
 mounted below the root gets EXDEV (not supported).
 
@@ -32,6 +33,7 @@ import contextlib
 import ctypes
 import errno
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -49,6 +51,8 @@ __all__ = ["STAGING_DIR", "LocalBackend", "attrs_from_stat", "version_of"]
 log = logging.getLogger(__name__)
 
 STAGING_DIR = ".synthfs-staging"
+_JOURNAL = "committed.journal"
+_JOURNAL_READ_MAX = 4 * 1024 * 1024
 _UPLOAD_IDLE_S = 3600.0
 _COMMITTED_MEMORY = 10_000
 _MAX_UPLOAD_SIZE = 2**50
@@ -199,6 +203,7 @@ class LocalBackend(Backend):
         self._committed: collections.OrderedDict[str, tuple[str, Attrs]] = collections.OrderedDict()
         self._staging_fd = self._open_staging()
         self._clean_staging()
+        self._journal_fd = self._load_journal()
         log.info("local backend on %s (repo %s, %s)", self.root, self.repo_id,
                  "openat2" if self._openat2 else "O_NOFOLLOW walk")
 
@@ -206,10 +211,10 @@ class LocalBackend(Backend):
         return f"LocalBackend({self.root!r})"
 
     def close(self) -> None:
-        for fd in (self._staging_fd, self._root_fd):
+        for fd in (self._journal_fd, self._staging_fd, self._root_fd):
             if fd >= 0:
                 os.close(fd)
-        self._staging_fd = self._root_fd = -1
+        self._journal_fd = self._staging_fd = self._root_fd = -1
 
     # -- staging -----------------------------------------------------------------------
 
@@ -228,11 +233,71 @@ class LocalBackend(Backend):
         finally:
             os.close(dfd)
         for name in names:
+            if name == _JOURNAL:
+                continue
             try:
                 os.unlink(name, dir_fd=self._staging_fd)
                 log.info("removed stale staged file %s", name)
             except OSError as exc:
                 log.warning("cannot remove stale staged entry %s: %s", name, exc.strerror)
+
+    def _load_journal(self) -> int:
+        """Reload the ids of recent commits, so a commit resent after a restart is idempotent.
+
+        The journal is ``STAGING_DIR/committed.journal``: one line per commit,
+        ``staged-name <TAB> JSON [path, attrs...]``, appended without fsync (a
+        lost line only turns a resent commit into EIO: the agent uploads again).
+        At start-up the newest ``_COMMITTED_MEMORY`` lines are kept.
+        """
+        lines: list[bytes] = []
+        try:
+            fd = os.open(_JOURNAL, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=self._staging_fd)
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                size = os.fstat(fd).st_size
+                start = max(0, size - _JOURNAL_READ_MAX)
+                lines = os.pread(fd, size - start, start).split(b"\n")
+                if start:
+                    lines = lines[1:]  # a partial first line
+            finally:
+                os.close(fd)
+        for line in lines[-_COMMITTED_MEMORY:]:
+            try:
+                key, raw = line.decode().split("\t", 1)
+                path, *fields = json.loads(raw)
+                self._committed[key] = (path, Attrs(*fields))
+            except (ValueError, TypeError):
+                continue  # a torn last line, or garbage: ignore it
+        tmp = _JOURNAL + ".new"
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600, dir_fd=self._staging_fd)
+        try:
+            os.write(out, b"".join(self._journal_line(k, p, a) for k, (p, a)
+                                   in self._committed.items()))
+        finally:
+            os.close(out)
+        os.rename(tmp, _JOURNAL, src_dir_fd=self._staging_fd, dst_dir_fd=self._staging_fd)
+        return os.open(_JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       dir_fd=self._staging_fd)
+
+    @staticmethod
+    def _journal_line(key: str, path: str, a: Attrs) -> bytes:
+        fields = [path, a.kind.value, a.size, a.mode, a.mtime_ns, a.ctime_ns, a.ino, a.nlink,
+                  a.version]
+        return f"{key}\t{json.dumps(fields)}\n".encode()
+
+    def _remember_commit(self, key: str, path: str, result: Attrs) -> None:
+        """Under self._lock: remember a commit in memory and in the journal."""
+        self._committed[key] = (path, result)
+        while len(self._committed) > _COMMITTED_MEMORY:
+            self._committed.popitem(last=False)
+        try:
+            os.write(self._journal_fd, self._journal_line(key, path, result))
+        except OSError as exc:
+            log.warning("commit journal: %s", exc.strerror)
 
     @staticmethod
     def _staged_name(upload_id: str) -> str:
@@ -398,7 +463,7 @@ class LocalBackend(Backend):
         if offset + len(data) > _MAX_UPLOAD_SIZE:
             raise oserror(errno.EFBIG)
         with self._lock:
-            if upload_id in self._committed:
+            if self._staged_name(upload_id) in self._committed:
                 return  # a resend after the commit: nothing to do
         up = self._get_upload(upload_id, create=True)
         assert up is not None
@@ -428,9 +493,10 @@ class LocalBackend(Backend):
                 os.unlink(up.name, dir_fd=self._staging_fd)
 
     def upload_commit(self, upload_id: str, path: str, size: int, mode: int = 0o644) -> Attrs:
+        key = self._staged_name(upload_id)
         with self._lock:
-            if upload_id in self._committed:
-                return self._committed[upload_id][1]
+            if key in self._committed:
+                return self._committed[key][1]
         pfd, name, _parts = self._parent(path)
         try:
             self._check_dev(pfd)
@@ -439,8 +505,8 @@ class LocalBackend(Backend):
                 raise oserror(errno.EIO, "unknown upload (nothing staged)")
             with up.lock:
                 with self._lock:
-                    if upload_id in self._committed:
-                        return self._committed[upload_id][1]
+                    if key in self._committed:
+                        return self._committed[key][1]
                 if not up.covers(size):
                     raise oserror(errno.EIO, f"upload does not match size {size}")
                 fd = os.open(up.name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -468,9 +534,7 @@ class LocalBackend(Backend):
                 up.done = True
                 with self._lock:
                     self._uploads.pop(upload_id, None)
-                    self._committed[upload_id] = (path, result)
-                    while len(self._committed) > _COMMITTED_MEMORY:
-                        self._committed.popitem(last=False)
+                    self._remember_commit(key, path, result)
                 return result
         finally:
             os.close(pfd)

@@ -6,6 +6,7 @@ file, and a restarted server removes the staged leftovers.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -13,7 +14,16 @@ import time
 
 import pytest
 
-from protocol.messages import CHUNK_SIZE, Done, Read, Stat, StatReply, UploadChunk, UploadCommit
+from protocol.messages import (
+    CHUNK_SIZE,
+    Done,
+    Error,
+    Read,
+    Stat,
+    StatReply,
+    UploadChunk,
+    UploadCommit,
+)
 
 BIG = 64 * 1024 * 1024
 
@@ -27,7 +37,8 @@ def _sha(path) -> str:
 
 
 def _staged(root) -> list[str]:
-    return os.listdir(root / ".synthfs-staging")
+    """Staged upload files (the commit journal beside them is not one)."""
+    return [n for n in os.listdir(root / ".synthfs-staging") if n != "committed.journal"]
 
 
 @pytest.fixture
@@ -76,10 +87,17 @@ def test_kill_between_commit_and_reply_is_old_or_new(old_version, make_server, d
         time.sleep(delay)
     srv.proc.kill()
     assert _sha(srv.root / "big") in (old_sha, new_sha)
-    make_server(root=srv.root)
+    srv2 = make_server(root=srv.root)
     assert _staged(srv.root) == []
     assert _sha(srv.root / "big") in (old_sha, new_sha)
     assert sorted(os.listdir(srv.root)) == [".synthfs-staging", "big"]
+    # The agent resends its commit: either the journal knows it (then the new
+    # version is in place), or it is EIO and the agent uploads again.
+    resent = srv2.client().call(UploadCommit(upload_id="u", path="/big", size=len(data)))
+    if isinstance(resent, StatReply):
+        assert _sha(srv.root / "big") == new_sha
+    else:
+        assert isinstance(resent, Error) and resent.errno == errno.EIO
 
 
 def test_acknowledged_upload_survives_kill(old_version, make_server):
@@ -95,3 +113,5 @@ def test_acknowledged_upload_survives_kill(old_version, make_server):
     c2 = srv2.client()
     got = c2.call(Read(path="/big", offset=2 * CHUNK_SIZE, length=100))
     assert got.data == data[2 * CHUNK_SIZE :] and got.version == reply.attrs.version
+    # A commit resent after the restart answers the same attributes (idempotent).
+    assert c2.call(UploadCommit(upload_id="u", path="/big", size=len(data))) == reply
