@@ -249,9 +249,12 @@ def run_once(argv: list[str], timeout: float) -> RunRecord:
         return RunRecord(0.0, Status.FAILED, error=f"cannot start {argv[0]}: {exc}")
     try:
         out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except BaseException as exc:  # timeout, or Ctrl-C: leave nothing running
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        if not isinstance(exc, subprocess.TimeoutExpired):
+            proc.wait()
+            raise
         out, err = proc.communicate()
         elapsed = time.perf_counter() - start
         return RunRecord(
