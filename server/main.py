@@ -49,7 +49,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-ttl", type=float, default=3600.0, metavar="SECONDS",
                         help="lifetime of a session token (default: 3600)")
     parser.add_argument("--publish", metavar="ENDPOINT", default=None,
-                        help="also announce invalidations (path, new version) on a PUB socket")
+                        help="also announce invalidations on a PUB socket: frames [b'inval', "
+                        "msgpack([path, new version or '' if gone])] after each mutation")
     parser.add_argument("--workers", type=int, default=8, metavar="N",
                         help="threads serving bulk data (reads, uploads); default 8")
     parser.add_argument(
@@ -106,6 +107,8 @@ def main(args: argparse.Namespace) -> int:
         return _fail(f"--root {args.root}: not a directory")
     if args.token_ttl <= 0:
         return _fail("--token-ttl must be positive")
+    if args.workers < 1:
+        return _fail("--workers must be at least 1")
     try:
         check_endpoint(args.listen, args.allow_remote)
         if args.publish:

@@ -386,7 +386,7 @@ class Server:
         try:
             env = decode(payload)
         except DecodeError as exc:
-            self._bad.warning("bad frame (%d bytes): %s", len(payload), str(exc)[:200])
+            self._bad.warning("bad frame (%d bytes): %r", len(payload), str(exc)[:200])
             self._reply_now(route, m.Error(errno=errno.EBADMSG, message=str(exc)[:200]),
                             _salvage_request_id(payload))
             return
