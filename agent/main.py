@@ -146,6 +146,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="write 'ready' to fd N and close it once serving")
 
 
+def _why(exc: BaseException) -> str:
+    """An error for a human: the OSError's message (with the file name), not its repr."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc)
+
+
 class _Stop(Exception):
     pass
 
@@ -168,7 +175,7 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
         sock_path = _socket_path(args.listen)
         _private_dir(sock_path)
     except (OSError, ValueError) as exc:
-        print(f"synthfs agent: {exc}", file=sys.stderr)
+        print(f"synthfs agent: {_why(exc)}", file=sys.stderr)
         return 2
     if not 0 <= args.attr_ttl <= 1:
         print("synthfs agent: --attr-ttl must be between 0 and 1 s", file=sys.stderr)
@@ -204,13 +211,15 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
                   f"{args.timeout:g} s", file=sys.stderr)
             return 1
         except OSError as exc:
-            print(f"synthfs agent: registration with {args.server} failed: {exc}", file=sys.stderr)
+            print(f"synthfs agent: registration with {args.server} failed: {_why(exc)}",
+                  file=sys.stderr)
             return 1
         try:
             service = AgentService(upstream, cache_root, cache_size=args.cache_size,
                                    attr_ttl=args.attr_ttl, refused_paths=tuple(refused))
         except OSError as exc:
-            print(f"synthfs agent: cannot use the cache at {cache_root}: {exc}", file=sys.stderr)
+            print(f"synthfs agent: cannot use the cache at {cache_root}: {_why(exc)}",
+                  file=sys.stderr)
             return 1
         print(f"synthfs agent: ready on ipc://{sock_path} (server {args.server}, "
               f"repo {upstream.repo_id}, cache {service.cache.dir})", file=sys.stderr, flush=True)
