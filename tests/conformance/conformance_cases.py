@@ -646,6 +646,13 @@ CASES: list[Case] = [
         ),
     ),
     Case(
+        "host_symlink_into_tree",
+        sh(
+            "d=$(mktemp -d) && ln -s {root}/a.txt $d/l && ln -s {root}/d $d/dl && "
+            "cat $d/l $d/dl/b.txt && ls $d/dl && echo via-host > $d/dl/new.txt; rm -r $d"
+        ),
+    ),
+    Case(
         "fork_writer",
         sh(
             "for i in 1 2 3; do (echo $i > {root}/f$i) & done; wait; "

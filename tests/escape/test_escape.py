@@ -243,6 +243,9 @@ def run_attack(attack: Attack, native: World, guest: World, cbin, tmp_path: Path
     launcher = helpers.SynthfsLauncher(mode="agent")
     argv = launcher.argv(guest.repo, _argv(attack, guest, cbin), stack=guest.stack, extra=extra)
     got = helpers.run_native(argv, cwd=tmp_path)
+    # the verdict line of both runs, shown by `pytest -rA` for passing attacks too
+    print(f"control: exit {control.status}: {control.stdout.strip()}")
+    print(f"synthfs: exit {got.status}: {got.stdout.strip()} {got.stderr.strip()[-300:]}")
     assert got.status != ESCAPED, f"ESCAPED: {attack.name}\n{got.show()}"
     assert got.status in attack.expect, (
         f"{attack.name}: exit {got.status}, expected one of {sorted(attack.expect)}\n{got.show()}"
