@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat as st
 from collections.abc import Callable
 
@@ -178,7 +179,16 @@ def locate(call: Call, env: Env, dirfd: int, addr: int, *, follow: bool,
     return _host_loc(call, env, target.path, follow, target.must_be_dir)
 
 
+_PROC_FD = re.compile(r"^/proc/(\d+)(?:/task/\d+)?/fd/(\d+)(/.*)?$")
+
+
 def _host_loc(call: Call, env: Env, path: str, follow: bool, must_be_dir: bool) -> Loc:
+    # /proc/PID/fd/N[/rest] of the guest's own fd on a synthetic object.
+    m = _PROC_FD.match(path)
+    if m and int(m.group(1)) == call.guest.tgid and (m.group(3) or follow):
+        loc = fd_loc(call, env, int(m.group(2)))
+        if loc is not None and loc.synthetic:
+            return locate_guest_path(call, env, loc.guest + (m.group(3) or ""), follow)
     # Synthetic cwd seen through /proc: /proc/PID/cwd of a process whose cwd is on /data.
     cwd_link = f"/proc/{call.guest.tgid}/cwd"
     if call.proc.fs.cwd is not None and (path == cwd_link or path.startswith(cwd_link + "/")):
@@ -233,15 +243,11 @@ def guarded(fn: Callable[[Call, Env], Result]) -> Handler:
 
 
 def _live_attrs(env: Env, repo: str, attrs: Attrs) -> Attrs:
-    """Attributes with size and times from the local copy when this session has one."""
+    """Attributes with size and times from the local copy when a guest wrote it."""
     if attrs.kind is not FileKind.FILE:
         return attrs
-    local = env.repo.local_copy(repo)
-    if local is None:
-        return attrs
-    try:
-        s = os.stat(local)
-    except OSError:
+    s = env.repo.written_copy(repo)
+    if s is None:
         return attrs
     return Attrs(kind=attrs.kind, size=s.st_size, mode=attrs.mode, mtime_ns=s.st_mtime_ns,
                  ctime_ns=max(attrs.ctime_ns, s.st_ctime_ns), ino=attrs.ino, nlink=attrs.nlink,
@@ -264,7 +270,9 @@ def open_at(call: Call, env: Env, dirfd: int, addr: int, flags: int, mode: int,
     """The one open: open, openat, openat2 and creat end here."""
     flags &= 0xFFFFFFFF
     acc = flags & abi.O_ACCMODE
-    follow = not flags & abi.O_NOFOLLOW
+    # O_CREAT|O_EXCL never follows a final symlink (it fails with EEXIST).
+    excl = flags & (abi.O_CREAT | abi.O_EXCL) == abi.O_CREAT | abi.O_EXCL
+    follow = not (flags & abi.O_NOFOLLOW or excl)
     try:
         loc = locate(call, env, dirfd, addr, follow=follow)
     except Refused:
@@ -300,7 +308,16 @@ def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Re
         if denied:
             return Fail(denied)
     elif attrs.kind is FileKind.SYMLINK:
-        return Fail(errno.ELOOP)
+        if flags & abi.O_CREAT and flags & abi.O_EXCL:
+            return Fail(errno.EEXIST)
+        if not flags & abi.O_PATH:
+            return Fail(errno.ELOOP)
+        # O_PATH|O_NOFOLLOW: an fd on the link itself (glibc's fchmodat and
+        # lchown emulations fstat it): an fd on a placeholder symlink.
+        placeholder = env.host.new_dir_handle(loc.repo, symlink=True)
+        kflags = abi.O_PATH | abi.O_NOFOLLOW | (flags & abi.O_CLOEXEC)
+        how = abi.OPEN_HOW.pack(kflags, 0, _NO_LINKS)
+        return RunChecked(NR_OPENAT2, (AT_FDCWD, _cstr(placeholder), Scratch(how), len(how)))
     elif attrs.kind is FileKind.DIR:
         if flags & abi.O_CREAT and not flags & abi.O_DIRECTORY:
             return Fail(errno.EISDIR)

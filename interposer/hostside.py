@@ -94,12 +94,15 @@ class HostSide:
     def placeholder_root(self) -> str:
         return self._dirs
 
-    def new_dir_handle(self, repo_path: str) -> str:
+    def new_dir_handle(self, repo_path: str, symlink: bool = False) -> str:
         self._next += 1
         if self._next % _GC_EVERY == 0:
             self._collect()
         path = os.path.join(self._dirs, str(self._next))
-        os.mkdir(path, 0o500)
+        if symlink:
+            os.symlink("synthfs-placeholder", path)
+        else:
+            os.mkdir(path, 0o500)
         self._handles[path] = DirHandle(repo_path)
         return path
 
@@ -116,7 +119,10 @@ class HostSide:
         for path in [p for p in self._handles if p not in live and p not in recent]:
             del self._handles[path]
             with contextlib.suppress(OSError):
-                os.rmdir(path)
+                if os.path.islink(path):
+                    os.unlink(path)
+                else:
+                    os.rmdir(path)
 
     def close(self) -> None:
         shutil.rmtree(self.private_dir, ignore_errors=True)

@@ -184,6 +184,27 @@ class _Rule:
     ref: str
     order: int
     decision: Decision
+    # For the per-directory cache (see Policy._dir_decision):
+    lp: tuple[str, ...] = attrs.field(init=False)  # literal components before a wildcard
+    fixed_len: int | None = attrs.field(init=False)  # component count when there is no **
+    under: re.Pattern[str] | None = attrs.field(init=False)  # "H/**": H, to match a prefix
+
+    @lp.default
+    def _lp(self) -> tuple[str, ...]:
+        return literal_prefix(self.glob)
+
+    @fixed_len.default
+    def _fixed_len(self) -> int | None:
+        return None if "**" in self.glob.components else len(self.glob.components)
+
+    @under.default
+    def _under(self) -> re.Pattern[str] | None:
+        comps = self.glob.components
+        if not comps or comps[-1] != "**":
+            return None
+        if len(comps) == 1:
+            return re.compile(".*", re.DOTALL)
+        return re.compile(PathGlob.compile("/" + "/".join(comps[:-1])).regex, re.DOTALL)
 
     @property
     def sort_key(self) -> tuple[int, int, int, int, int]:
@@ -285,6 +306,7 @@ class Policy:
     __slots__ = (
         "_cache",
         "_core",
+        "_dir_cache",
         "_erofs",
         "_exe_cache",
         "_host",
@@ -332,6 +354,7 @@ class Policy:
         self._read_only = read_only
         self._cache: dict[tuple[object, str, str], Decision] = {}
         self._exe_cache: dict[str, tuple[App, ...]] = {}
+        self._dir_cache: dict[tuple[object, str, str], Decision | None] = {}
         self._mount_set = frozenset(mounts)
         self._mount_prefixes = tuple(m + "/" for m in mounts)
         self._erofs = Decision(
@@ -465,6 +488,20 @@ class Policy:
             bad = self._check_app(app) or self._check_path(path, on_mount=True)
             assert bad is not None
             return bad  # not cached: a supervisor bug, kept visible
+        # Every child of some directories gets the same answer: memoise those.
+        dkey = (app, op, path.rpartition("/")[0])
+        dcache = self._dir_cache
+        if dkey in dcache:
+            shared = dcache[dkey]
+            if shared is not None:
+                return shared
+        else:
+            shared = self._dir_decision(app, op, dkey[2])
+            if len(dcache) >= _CACHE_MAX:
+                dcache.clear()
+            dcache[dkey] = shared
+            if shared is not None:
+                return shared
         pattern, decisions, _rules = app.tables[op]
         decision = app.default
         if pattern is not None:
@@ -476,6 +513,39 @@ class Policy:
         if len(cache) >= _CACHE_MAX:
             cache.clear()
         cache[key] = decision
+        return decision
+
+    def _dir_decision(self, app: App, op: Op, parent: str) -> Decision | None:
+        """The decision every child of ``parent`` gets, or None if the rules may
+        tell children apart (then each path is decided on its own).
+
+        Rules are in precedence order and the first matching one decides. A
+        rule that cannot match any child (its literal prefix leaves
+        ``parent``, or it has no ``**`` and the wrong depth) is skipped; if the
+        first rule left is ``H/**`` with ``H`` matching ``parent`` or an
+        ancestor, it matches every child and decides for all of them;
+        any other rule means "no shared answer". No rule left: the default.
+        """
+        if not (parent in self._mount_set or parent.startswith(self._mount_prefixes)):
+            return None
+        comps = tuple(parent[1:].split("/"))
+        depth = len(comps) + 1
+        decision = app.default
+        for rule in app.tables[op][2]:
+            lp = rule.lp
+            n = min(len(lp), len(comps))
+            if lp[:n] != comps[:n] or (rule.fixed_len is not None and rule.fixed_len != depth):
+                continue  # matches no child of parent
+            under = rule.under
+            if under is None:
+                return None
+            prefixes = ["/" + "/".join(comps[:k]) for k in range(len(comps), 0, -1)]
+            if not any(under.fullmatch(q) for q in prefixes):
+                return None
+            decision = rule.decision
+            break
+        if self._read_only and decision.action is Action.ALLOW and op in WRITE_OPS:
+            decision = self._erofs
         return decision
 
     def explain(self, app: App, op: Op, path: str) -> tuple[Decision, ...]:

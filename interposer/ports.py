@@ -7,6 +7,7 @@ effect goes through these ports. The supervisor implements them with ptrace,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -62,6 +63,8 @@ class Repo(Protocol):
         """The repository path whose local copy is ``host_path``, if it is one."""
     def local_copy(self, path: str) -> str | None:
         """The host path of ``path``'s local copy, if this session has one."""
+    def written_copy(self, path: str) -> os.stat_result | None:
+        """The local copy's stat when a guest changed it since it matched the server."""
 
 
 class Host(Protocol):
@@ -73,8 +76,8 @@ class Host(Protocol):
     def refused(self, real_path: str) -> bool:
         """True for paths no guest may name (cache, sockets, keys, trusted processes)."""
 
-    def new_dir_handle(self, repo_path: str) -> str:
-        """A fresh, empty placeholder directory standing for ``repo_path``; its host path."""
+    def new_dir_handle(self, repo_path: str, symlink: bool = False) -> str:
+        """A fresh placeholder (an empty directory, or a symlink) standing for ``repo_path``."""
 
     def dir_handle(self, host_path: str) -> DirHandle | None: ...
 

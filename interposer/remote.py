@@ -15,12 +15,15 @@ import errno
 import os
 import time
 
+from attrs import evolve
+
 from agent.cache import object_name
 from protocol.client import Client, Unreachable
 from protocol.messages import (
     PROTOCOL_VERSION,
     Attrs,
     Commit,
+    DirEntry,
     Hello,
     List,
     Listing,
@@ -56,6 +59,12 @@ class Remote:
         self._links: dict[str, tuple[float, str]] = {}
         self._by_host: dict[str, str] = {}
         self._local: dict[str, str] = {}
+        #: (size, mtime_ns) of each local copy when it last matched the server's object
+        self._synced: dict[str, tuple[int, int]] = {}
+        #: st_ino shown for each path: the first one seen this session. The server
+        #: installs every upload as a new file (atomic rename), so its inode number
+        #: changes with each write; programs (sqlite) compare stat and fstat inodes.
+        self._ino: dict[str, int] = {}
         welcome = self._call(Hello(version=PROTOCOL_VERSION))
         if not isinstance(welcome, Welcome):
             raise OSError(errno.EPROTO, f"agent at {endpoint} answered {welcome.kind!r} to hello")
@@ -77,6 +86,20 @@ class Remote:
         return self._call(msg)
 
     # -- cache ------------------------------------------------------------------------------
+
+    def _stable(self, path: str, attrs: Attrs) -> Attrs:
+        ino = self._ino.setdefault(path, attrs.ino)
+        return attrs if ino == attrs.ino else evolve(attrs, ino=ino)
+
+    def _record_local(self, path: str) -> None:
+        host = self._local.get(path)
+        if host is None:
+            return
+        try:
+            st = os.stat(host)
+        except OSError:
+            return
+        self._synced[path] = (st.st_size, st.st_mtime_ns)
 
     def _forget(self, path: str) -> None:
         self._attrs.pop(path, None)
@@ -106,18 +129,24 @@ class Remote:
                 return None
             raise
         assert isinstance(reply, StatReply)
-        self._attrs[path] = (now + self.ttl, reply.attrs)
-        return reply.attrs
+        attrs = self._stable(path, reply.attrs)
+        self._attrs[path] = (now + self.ttl, attrs)
+        return attrs
 
     def listdir(self, path: str) -> Listing:
         reply = self._ask(List(path=path))
         assert isinstance(reply, Listing)
         expiry = time.monotonic() + self.ttl
-        self._attrs[path] = (expiry, reply.attrs)
         base = "" if path == "/" else path
+        entries = []
         for entry in reply.entries:
-            self._attrs[f"{base}/{entry.name}"] = (expiry, entry.attrs)
-        return reply
+            child = f"{base}/{entry.name}"
+            attrs = self._stable(child, entry.attrs)
+            self._attrs[child] = (expiry, attrs)
+            entries.append(DirEntry(entry.name, attrs))
+        listing = Listing(attrs=self._stable(path, reply.attrs), entries=entries)
+        self._attrs[path] = (expiry, listing.attrs)
+        return listing
 
     def readlink(self, path: str) -> str:
         hit = self._links.get(path)
@@ -134,7 +163,13 @@ class Remote:
         assert isinstance(reply, Opened)
         self._by_host[reply.host_path] = path
         self._local[path] = reply.host_path
-        self._attrs[path] = (time.monotonic() + self.ttl, reply.attrs)
+        attrs = self._stable(path, reply.attrs)
+        self._attrs[path] = (time.monotonic() + self.ttl, attrs)
+        if not flags & 0o1003:  # read-only, no O_TRUNC: the copy is the server's object
+            self._record_local(path)
+        elif path not in self._synced:
+            self._record_local(path)
+        reply = Opened(host_path=reply.host_path, attrs=attrs)
         if flags & 0o100:  # O_CREAT: the parent's listing changed
             parent = path.rsplit("/", 1)[0] or "/"
             self._attrs.pop(parent, None)
@@ -143,10 +178,13 @@ class Remote:
     def commit(self, path: str) -> None:
         self._ask(Commit(path=path))
         self._attrs.pop(path, None)
+        self._record_local(path)
 
     def sync(self) -> None:
         self._ask(Sync())
         self._attrs.clear()
+        for path in self._local:
+            self._record_local(path)
 
     def mkdir(self, path: str, mode: int) -> None:
         self._ask(Mkdir(path=path, mode=mode & 0o7777))
@@ -155,6 +193,8 @@ class Remote:
     def remove(self, path: str, directory: bool) -> None:
         self._ask(Remove(path=path, directory=directory))
         self._forget(path)
+        self._ino.pop(path, None)
+        self._synced.pop(path, None)
         host = self._local.pop(path, None)
         if host is not None:
             self._by_host.pop(host, None)
@@ -172,6 +212,12 @@ class Remote:
         for p, h in moved.items():
             self._local.pop(p, None)
             self._by_host.pop(h, None)
+        inos = {p: i for p, i in self._ino.items() if p == src or p.startswith(src + "/")}
+        for p in [p for p in self._ino if p == dst or p.startswith(dst + "/")]:
+            del self._ino[p]
+        for p, i in inos.items():
+            del self._ino[p]
+            self._ino[dst + p[len(src):]] = i
         for p, h in moved.items():
             # The agent moved the local copy to the new path's name (its cache names an
             # object by the hash of its path: agent.cache.ContentCache.object_path), and
@@ -195,3 +241,14 @@ class Remote:
 
     def local_copy(self, path: str) -> str | None:
         return self._local.get(path)
+
+    def written_copy(self, path: str) -> os.stat_result | None:
+        """The local copy's stat when a guest changed it since it matched the server."""
+        host = self._local.get(path)
+        if host is None:
+            return None
+        try:
+            st = os.stat(host)
+        except OSError:
+            return None
+        return None if self._synced.get(path) == (st.st_size, st.st_mtime_ns) else st

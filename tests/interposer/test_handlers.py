@@ -115,6 +115,9 @@ class FakeRepo:
     def local_copy(self, path: str) -> str | None:
         return None
 
+    def written_copy(self, path: str) -> None:
+        return None
+
 
 class FakeHost:
     def __init__(self) -> None:
@@ -126,7 +129,7 @@ class FakeHost:
     def refused(self, real_path: str) -> bool:
         return real_path.startswith("/cache")
 
-    def new_dir_handle(self, repo_path: str) -> str:
+    def new_dir_handle(self, repo_path: str, symlink: bool = False) -> str:
         path = f"/run/dirs/{len(self.handles)}"
         self.handles[path] = DirHandle(repo_path)
         return path
