@@ -189,7 +189,7 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
         refused.append(os.path.abspath(args.bootstrap_key))
     refused.extend(os.path.abspath(p) for p in args.refuse)
 
-    ctx = zmq.Context()
+    ctx: zmq.Context[Any] = zmq.Context.instance()  # one context, one I/O thread
     upstream = Upstream(args.server, key, timeout=args.timeout)
     del key
     router = ctx.socket(zmq.ROUTER)
@@ -235,7 +235,6 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
             service.close()
         upstream.close()
         router.close(linger=0)
-        ctx.term()
         if os.path.exists(sock_path):
             with contextlib.suppress(OSError):
                 os.unlink(sock_path)
