@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import shutil
+import tempfile
 import time
 
 import msgpack
@@ -215,17 +217,26 @@ def test_many_clients_at_once(srv):
 
 @pytest.fixture
 def published(make_server, tmp_path):
-    import tempfile
-
     d = tempfile.mkdtemp(prefix="sfs-pub-", dir="/tmp")
     srv = make_server("--publish", f"ipc://{d}/pub.sock")
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"inval")
     sub.connect(f"ipc://{d}/pub.sock")
-    time.sleep(0.2)  # PUB/SUB: let the subscription reach the publisher
+    # PUB drops messages until the subscription has reached it: probe until one arrives.
+    c = srv.client()
+    made = 0
+    while not sub.poll(100):
+        assert made < 100, "no invalidation ever arrived"
+        c.call(Mkdir(path=f"/probe{made}"))
+        made += 1
+    for i in range(made):
+        c.call(Remove(path=f"/probe{i}", directory=True))
+    while sub.poll(300):
+        sub.recv_multipart()
     yield srv, sub
     sub.close()
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_invalidations_are_published(published):
