@@ -125,7 +125,13 @@ def markdown(data: dict[str, Any], title: str = "synthfs benchmark results") -> 
             else ""
         ),
         "",
-        "Sizes: " + ", ".join(f"{k}={v}" for k, v in meta["sizes"].items()) + ".",
+        "Sizes: " + ", ".join(f"{k}={v}" for k, v in meta["sizes"].items()) + "."
+        + (
+            " **Quick run (CI smoke): tiny sizes, start-up dominates, the ratios say "
+            "nothing about throughput.**"
+            if meta.get("quick")
+            else ""
+        ),
         "",
         "Tools:",
         "",
@@ -175,6 +181,7 @@ def markdown(data: dict[str, Any], title: str = "synthfs benchmark results") -> 
             out.append("| " + " | ".join(row) + " |")
         out += ["", "— : not applicable (see the workload notes).", ""]
 
+    out += _targets(data)
     out += ["## Detail", ""]
     rng_head = f"min{DASH}max"
     head = f"| pass | workload | tool | median | {rng_head} | ratio ({rng_head}) | n | status |"
@@ -210,6 +217,70 @@ def markdown(data: dict[str, Any], title: str = "synthfs benchmark results") -> 
         out.append(line.replace("\n", "⏎"))
     out.append("")
     return "\n".join(out)
+
+
+#: issue #6's targets: workload -> maximum ratio to native for synthfs
+RATIO_TARGETS = {
+    "W1": 1.1, "W1c": 3.0, "W2": 10.0, "W3": 10.0, "W4d": 10.0, "W4t": 10.0, "W5": 2.5,
+    "W6": 10.0, "W7a": 1.25, "W7b": 1.25, "W8a": 3.0, "W8b": 3.0, "W8c": 3.0,
+}  # fmt: skip
+#: start-up targets in seconds (median of `synthfs run -- true`)
+STARTUP_TARGETS = {"synthfs": 0.15, "synthfs-data": 0.4}
+#: the interposing peers synthfs must beat on every workload
+INTERPOSERS = ("proot", "strace", "strace-bpf", "runsc")
+
+
+def _targets(data: dict[str, Any]) -> list[str]:
+    """Issue #6's targets against the synthfs cells, per pass (none: no lines)."""
+    cells = _cells(data)
+    if not any(c["tool"] == "synthfs" and "median" in c for c in data["cells"]):
+        return []
+    out = ["## synthfs against the targets of issue #6", ""]
+    for pass_ in data["meta"]["passes"]:
+        out += [f"### {pass_}", "", "| workload | target | synthfs | met | slower than |"]
+        out.append("|---|---|---|---|---|")
+        for w in data["workloads"]:
+            c = cells.get((pass_, w["id"], "synthfs"))
+            if c is None:
+                continue
+            peers = [
+                data["tools"][p]["label"]
+                for p in INTERPOSERS
+                if "median" in cells.get((pass_, w["id"], p), {})
+                and ("median" not in c or cells[pass_, w["id"], p]["median"] < c["median"])
+            ]
+            if w["id"] == "S0":
+                for name, limit in STARTUP_TARGETS.items():
+                    sc = cells.get((pass_, "S0", name))
+                    if sc is None:
+                        continue
+                    got = _secs(sc["median"]) if "median" in sc else _short_status(sc)
+                    met = "median" in sc and sc["median"] <= limit
+                    label = data["tools"][name]["label"]
+                    slower = ", ".join(peers) if name == "synthfs" else ""
+                    out.append(
+                        f"| S0 {label} start-up | ≤ {_secs(limit)} | {got} | "
+                        f"{'yes' if met else 'NO'} | {slower} |"
+                    )
+                continue
+            limit = RATIO_TARGETS.get(w["id"])
+            if "ratio" not in c:
+                got, met = _short_status(c), "NO"
+            else:
+                got = _ratio(c["ratio"])
+                met = "yes" if limit is None or c["ratio"] <= limit else (
+                    f"NO ({c['ratio'] / limit:.1f}{TIMES} over)"
+                )
+            extra = ""
+            if w["id"] in ("W7a", "W7b"):
+                floor = cells.get((pass_, w["id"], "seccomp"), {})
+                if "median" in floor and "median" in c:
+                    rel = c["median"] / floor["median"]
+                    extra = f"; {_ratio(rel)} the bare filter (target ≤ 1.05{TIMES})"
+            target = f"≤ {_ratio(limit)}" if limit else "—"
+            out.append(f"| {w['id']} | {target} | {got}{extra} | {met} | {', '.join(peers)} |")
+        out.append("")
+    return out
 
 
 def plot(data: dict[str, Any], path: Path) -> Path | None:
