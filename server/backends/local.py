@@ -449,8 +449,10 @@ class LocalBackend(Backend):
         with self._lock:
             up = self._uploads.get(upload_id)
             if up is None and create:
-                self._expire_uploads()
                 name = self._staged_name(upload_id)
+                if name in self._committed:
+                    return None  # committed meanwhile: nothing to stage
+                self._expire_uploads()
                 with contextlib.suppress(FileNotFoundError):  # left by an aborted run
                     os.unlink(name, dir_fd=self._staging_fd)
                 os.close(self._new_staged(name))
@@ -462,11 +464,9 @@ class LocalBackend(Backend):
             raise oserror(errno.EMSGSIZE)
         if offset + len(data) > _MAX_UPLOAD_SIZE:
             raise oserror(errno.EFBIG)
-        with self._lock:
-            if self._staged_name(upload_id) in self._committed:
-                return  # a resend after the commit: nothing to do
         up = self._get_upload(upload_id, create=True)
-        assert up is not None
+        if up is None:
+            return  # a resend after the commit: nothing to do
         with up.lock:
             if up.done:
                 return
@@ -502,6 +502,9 @@ class LocalBackend(Backend):
             self._check_dev(pfd)
             up = self._get_upload(upload_id, create=size == 0)
             if up is None:
+                with self._lock:
+                    if key in self._committed:  # a concurrent resend committed it
+                        return self._committed[key][1]
                 raise oserror(errno.EIO, "unknown upload (nothing staged)")
             with up.lock:
                 with self._lock:

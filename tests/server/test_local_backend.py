@@ -168,3 +168,30 @@ def test_torn_journal_is_tolerated(tmp_path):
         f.write(b"garbage\tnot json\n\xff\xfe\npartial-line-without-newline\t[1,")
     LocalBackend(root).close()
     assert (root / "f").read_bytes() == b"x" and a.size == 1
+
+
+def test_concurrent_resent_commits_install_once(tmp_path):
+    import threading
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    be = LocalBackend(root)
+    try:
+        be.upload_chunk("u", 0, b"x" * 1000)
+        results, errors = [], []
+
+        def commit():
+            try:
+                results.append(be.upload_commit("u", "/f", 1000))
+            except OSError as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=commit) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and len(results) == 8 and len(set(results)) == 1
+        assert [n for n in os.listdir(root / STAGING_DIR) if n.startswith("up-")] == []
+    finally:
+        be.close()
