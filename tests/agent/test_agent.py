@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from conftest import Stack, wait_until
+from agent_stack import Stack, wait_until
 
 from protocol.client import Client, Unreachable
 from protocol.messages import (
@@ -430,7 +430,7 @@ def test_key_from_inherited_fd(stack: Stack, tmp_path: Path) -> None:
     os.close(w)
     import sys
 
-    from conftest import Proc
+    from agent_stack import Proc
 
     agent = Proc("agent", [sys.executable, "-m", "agent", "--server", stack.server_ep,
                            "--bootstrap-fd", str(r), "--listen", stack.agent_ep,
@@ -487,7 +487,7 @@ def test_two_agents_never_share_a_cache_directory(stack: Stack) -> None:
     second_ep = f"ipc://{stack.run}/agent2.sock"
     import sys
 
-    from conftest import Proc
+    from agent_stack import Proc
 
     other = Proc("agent2", [sys.executable, "-m", "agent", "--server", stack.server_ep,
                             "--bootstrap-key", str(stack.key), "--listen", second_ep,
