@@ -140,9 +140,51 @@ def _synthetic_loc(env: Env, guest_path: str) -> Loc:
     return Loc(guest=guest_path, repo=repo, attrs=env.repo.lstat(repo))
 
 
+#: The policy operation a syscall's path is checked for before any lookup, so a
+#: denied request never reaches the agent (open decides from its flags).
+PRE_OPS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("stat", "lstat", "newfstatat", "statx", "access", "faccessat", "faccessat2",
+                     "readlink", "readlinkat", "statfs", "getxattr", "lgetxattr", "listxattr",
+                     "llistxattr"), ("stat",)),
+    **dict.fromkeys(("mkdir", "mkdirat", "symlink", "symlinkat", "mknod", "mknodat"), ("create",)),
+    **dict.fromkeys(("unlink", "unlinkat", "rmdir"), ("delete",)),
+    **dict.fromkeys(("rename", "renameat", "renameat2"), ("rename",)),
+    **dict.fromkeys(("link", "linkat"), ("link",)),
+    **dict.fromkeys(("chmod", "fchmodat", "fchmodat2", "chown", "lchown", "fchownat", "utime",
+                     "utimes", "utimensat", "futimesat", "setxattr", "lsetxattr", "removexattr",
+                     "lremovexattr"), ("chmod",)),
+    "truncate": ("write",),
+    "chdir": ("list",),
+    **dict.fromkeys(("execve", "execveat"), ("read",)),
+}
+
+
+def precheck(call: Call, env: Env, ops: tuple[str, ...], raw: str, base: str) -> None:
+    """Refuse before any lookup when the path, as written, is denied for every op."""
+    if not ops:
+        return
+    lexical = os.path.normpath(raw if raw.startswith("/") else base.rstrip("/") + "/" + raw)
+    if lexical.startswith("//"):
+        lexical = lexical[1:]
+    if env.ns.repo_path(lexical) is None:
+        return
+    first = 0
+    for op in ops:
+        err = env.check(call, op, lexical)
+        if not err:
+            return
+        first = first or err
+    raise OSError(first, "denied by policy")
+
+
 def locate(call: Call, env: Env, dirfd: int, addr: int, *, follow: bool,
-           empty_ok: bool = False) -> Loc:
-    """Resolve the guest path at ``addr`` relative to ``dirfd`` (raises OSError)."""
+           empty_ok: bool = False, ops: tuple[str, ...] | None = None) -> Loc:
+    """Resolve the guest path at ``addr`` relative to ``dirfd`` (raises OSError).
+
+    ``ops`` (default: :data:`PRE_OPS` of the syscall) are checked on the path
+    as written before anything is looked up; the handler checks the resolved
+    path again once it knows what it is.
+    """
     raw = call.guest.read_path(addr)
     if not raw:
         if not empty_ok:
@@ -165,6 +207,7 @@ def locate(call: Call, env: Env, dirfd: int, addr: int, *, follow: bool,
         elif not base_loc.guest.startswith("/"):
             raise OSError(errno.ENOTDIR, "dirfd is not a directory")
         base = base_loc.guest
+    precheck(call, env, PRE_OPS.get(call.name, ()) if ops is None else ops, raw, base)
     if raw.startswith("/proc/") or base.startswith("/proc/") or raw in ("/proc", "/proc/"):
         raw = _proc_self(raw if raw.startswith("/") else base.rstrip("/") + "/" + raw, call)
         base = "/"
@@ -273,8 +316,15 @@ def open_at(call: Call, env: Env, dirfd: int, addr: int, flags: int, mode: int,
     # O_CREAT|O_EXCL never follows a final symlink (it fails with EEXIST).
     excl = flags & (abi.O_CREAT | abi.O_EXCL) == abi.O_CREAT | abi.O_EXCL
     follow = not (flags & abi.O_NOFOLLOW or excl)
+    writing = flags & abi.O_ACCMODE in (abi.O_WRONLY, abi.O_RDWR) or bool(flags & abi.O_TRUNC)
+    if flags & abi.O_DIRECTORY:
+        ops: tuple[str, ...] = ("list", "read")
+    elif flags & abi.O_CREAT:
+        ops = ("create", "write")
+    else:
+        ops = ("write",) if writing else ("read", "list", "stat")
     try:
-        loc = locate(call, env, dirfd, addr, follow=follow)
+        loc = locate(call, env, dirfd, addr, follow=follow, ops=ops)
     except Refused:
         return Fail(errno.EACCES)
     except OSError as exc:

@@ -192,7 +192,7 @@ def test_a_denied_open_never_reaches_the_repository(world) -> None:
     guest, env, proc, call = world
     r = call("open", guest.put(100, "/data/secret"), os.O_RDONLY, 0)
     assert r == Fail(errno.EACCES)
-    assert env.repo.calls == [] and env.denied == [("read", "/data/secret")]
+    assert env.repo.calls == [] and env.denied[0] == ("read", "/data/secret")
 
 
 def test_host_open_uses_the_checked_copy_and_refuses_the_cache(world) -> None:

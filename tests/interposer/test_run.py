@@ -1,0 +1,159 @@
+"""``synthfs run`` end to end: a real server, a real agent, real guests under ptrace."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agent.embedded import embedded
+
+pytestmark = pytest.mark.ptrace
+
+SYNTHFS = [sys.executable, "-m", "interposer.cli"]
+
+
+def run(*args: str, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SYNTHFS, *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    (root / "d").mkdir(parents=True)
+    (root / "x.txt").write_text("the x file\n")
+    (root / "secret.txt").write_text("top secret\n")
+    (root / "d" / "y.txt").write_text("why\n")
+    return root
+
+
+def test_reads_writes_and_exit_status(repo: Path) -> None:
+    r = run("run", "--data", str(repo), "--", "sh", "-c",
+            "cat /data/x.txt; echo made > /data/d/new.txt; cd /data/d && pwd; exit 3")
+    assert r.returncode == 3, r.stderr
+    assert r.stdout == "the x file\n/data/d\n"
+    assert (repo / "d" / "new.txt").read_text() == "made\n"
+
+
+def test_the_guest_environment_and_cwd_are_untouched(repo: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "SYNTHFS_PROBE": "kept"}
+    r = run("run", "--data", str(repo), "--", "sh", "-c", 'echo "$SYNTHFS_PROBE $(pwd)"',
+            cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"kept {tmp_path}\n"
+
+
+def test_death_by_signal_is_128_plus_n(repo: Path) -> None:
+    r = run("run", "--data", str(repo), "--", "sh", "-c", "kill -9 $$")
+    assert r.returncode == 128 + 9
+
+
+def test_clear_errors(repo: Path, tmp_path: Path) -> None:
+    r = run("run", "--data", str(repo), "--", "no-such-command-xyz")
+    assert r.returncode == 127 and "no-such-command-xyz: command not found" in r.stderr
+    r = run("run", "--data", str(tmp_path / "missing"), "--", "true")
+    assert r.returncode == 2 and "not a directory" in r.stderr
+    r = run("run", "--agent", f"ipc://{tmp_path}/nobody.sock", "--", "true", timeout=60)
+    assert r.returncode == 125 and "cannot reach the agent" in r.stderr
+    r = run("run", "--data", str(repo))
+    assert r.returncode == 2 and "no command" in r.stderr
+    r = run("run", "--bogus-flag", "--", "true")
+    assert r.returncode == 2 and "unrecognized arguments" in r.stderr
+
+
+def test_read_only(repo: Path) -> None:
+    r = run("run", "--read-only", "--data", str(repo), "--", "sh", "-c",
+            "cat /data/x.txt && echo no > /data/x.txt")
+    assert r.returncode != 0
+    assert r.stdout == "the x file\n"
+    assert "Read-only file system" in r.stderr
+    assert (repo / "x.txt").read_text() == "the x file\n"
+
+
+POLICY = textwrap.dedent("""\
+    version = 1
+    name = "two-apps"
+    description = "cat may read /data; head gets nothing"
+    default = "deny"
+
+    [[mount]]
+    path = "/data"
+
+    [[app]]
+    name = "reader"
+    match.exe = ["/usr/bin/cat"]
+    allow = [{ paths = ["/data/**"], ops = ["read", "stat"] }]
+
+    [[app]]
+    name = "nosy"
+    match.exe = ["/usr/bin/head"]
+    deny = [{ paths = ["/data/**"], ops = ["*"] }]
+    """)
+
+
+def test_per_app_policy_denial_never_reaches_the_agent(repo: Path, tmp_path: Path) -> None:
+    policy = tmp_path / "two-apps.toml"
+    policy.write_text(POLICY)
+    audit = tmp_path / "audit.jsonl"
+    with embedded(repo, cache_dir=tmp_path / "cache", verbose=2) as stack:
+        r = run("run", "--agent", stack.agent_endpoint, "--policy", str(policy), "--audit",
+                str(audit), "--", "sh", "-c",
+                "cat /data/x.txt; head -n1 /data/secret.txt; echo head=$?")
+        agent_log = Path(stack.workdir, "agent.log").read_text(errors="replace")
+    assert r.stdout == "the x file\nhead=1\n", r.stderr
+    assert "'/data/secret.txt' for reading: Permission denied" in r.stderr
+    # The allowed read went through the agent; the denied one never left the supervisor.
+    assert "/x.txt" in agent_log
+    assert "secret" not in agent_log
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    denied = [rec for rec in records if rec["decision"] == "deny"]
+    assert denied and all(rec["path"] == "/data/secret.txt" for rec in denied)
+    assert denied[0]["app"] == "nosy" and denied[0]["errno"] == "EACCES"
+
+
+def test_threads_and_forks_write_through(repo: Path) -> None:
+    script = textwrap.dedent("""\
+        import os, threading
+        def w(i):
+            with open(f"/data/t{i}.txt", "w") as f:
+                f.write(str(i) * 1000)
+        ts = [threading.Thread(target=w, args=(i,)) for i in range(4)]
+        [t.start() for t in ts]; [t.join() for t in ts]
+        pids = []
+        for i in range(3):
+            pid = os.fork()
+            if pid == 0:
+                with open(f"/data/f{i}.txt", "w") as f:
+                    f.write(f"child {i}")
+                os._exit(0)
+            pids.append(pid)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        print(sorted(os.listdir("/data")))
+        """)
+    r = run("run", "--data", str(repo), "--", sys.executable, "-c", script)
+    assert r.returncode == 0, r.stderr
+    for i in range(4):
+        assert (repo / f"t{i}.txt").read_text() == str(i) * 1000
+    for i in range(3):
+        assert (repo / f"f{i}.txt").read_text() == f"child {i}"
+    assert "'t3.txt'" in r.stdout and "'f2.txt'" in r.stdout
+
+
+def test_no_guest_survives_the_run(repo: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    r = run("run", "--data", str(repo), "--", "sh", "-c",
+            f"sleep 300 & echo $! > {marker}; exit 0")
+    assert r.returncode == 0, r.stderr
+    pid = int(marker.read_text())
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):
+            os.kill(pid, 0)
+            import time
+
+            time.sleep(0.1)
