@@ -26,6 +26,7 @@ queue until the server binds); the stack is ready when both have written
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
 import select
@@ -191,6 +192,15 @@ class _Proc:
             return ""
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the launching thread's process dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def _spawn(
     name: str, argv: list[str], workdir: str, env: dict[str, str], pass_fds: list[int]
 ) -> _Proc:
@@ -199,9 +209,13 @@ def _spawn(
     log_path = os.path.join(workdir, f"{name}.log")
     with open(log_path, "wb") as log:
         try:
+            # A new session: a Ctrl-C meant for the guests does not stop the agent
+            # before it has uploaded their writes. PDEATHSIG: if this process dies
+            # without cleaning up (SIGKILL), its server and agent die too.
             p = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 pass_fds=[ready_w, *pass_fds], cwd="/", start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         except BaseException:
             os.close(ready_r)

@@ -102,3 +102,30 @@ def test_exception_inside_the_block_still_tears_down(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert not any(_alive(pid) for pid in pids)
     assert not os.path.exists(work)
+
+
+def test_killed_launcher_takes_server_and_agent_with_it(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    data.mkdir()
+    script = (
+        "import sys, time\n"
+        "from agent.embedded import embedded\n"
+        f"with embedded({str(data)!r}, cache_dir={str(tmp_path / 'cache')!r}) as s:\n"
+        "    print(s.server_pid, s.agent_pid, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=str(repo))
+    assert p.stdout is not None
+    pids = [int(x) for x in p.stdout.readline().split()]
+    assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in pids)
