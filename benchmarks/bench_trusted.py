@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import socket
 import statistics
@@ -86,7 +87,21 @@ while True:
 """
 
 
-def bare_zmq_echo(endpoint: str, n: int) -> dict[str, float]:
+def _cpu_per_call(fn: object, n: int) -> float:
+    """This process's CPU time per call, in µs (independent of wake-up latency)."""
+    t = time.process_time()
+    for _ in range(n):
+        fn()  # type: ignore[operator]
+    return (time.process_time() - t) / n * 1e6
+
+
+def bare_zmq_echo(endpoint: str, n: int) -> dict[str, object]:
+    """The floor of one hop, and protocol.client.Client against the same echo peer.
+
+    The echo peer sends each frame back unchanged, so a ``Stat`` comes back
+    as a valid reply with the right request id: Client.call's full path
+    (encode, send, poll, receive, decode) against raw send/recv of bytes.
+    """
     p = subprocess.Popen([sys.executable, "-c", _ECHO, endpoint], stdout=subprocess.PIPE)
     try:
         assert p.stdout is not None and p.stdout.readline() == b"ready\n"
@@ -96,13 +111,22 @@ def bare_zmq_echo(endpoint: str, n: int) -> dict[str, float]:
         d.connect(endpoint)
         payload = b"x" * 40
 
-        def once() -> None:
+        def raw() -> None:
             d.send(payload)
             d.recv()
 
-        r = _time_calls(once, n)
+        out: dict[str, object] = {"raw": _time_calls(raw, n)}
+        out["raw_cpu_us"] = _cpu_per_call(raw, n)
         d.close()
-        return r
+        with Client(endpoint, timeout=10) as c:
+            msg = Stat(path="/some/small/path")
+
+            def client() -> None:
+                c.call(msg)
+
+            out["client"] = _time_calls(client, n)
+            out["client_cpu_us"] = _cpu_per_call(client, n)
+        return out
     finally:
         p.kill()
         p.wait()
@@ -110,20 +134,43 @@ def bare_zmq_echo(endpoint: str, n: int) -> dict[str, float]:
 
 def stat_latency(data: Path, cache: Path, server_listen: str | None, n: int) -> dict[str, object]:
     out: dict[str, object] = {}
-    with embedded(data, cache_dir=cache, attr_ttl=0, server_listen=server_listen) as s:
-        with Client(s.agent_endpoint, timeout=10) as c:
+    with embedded(data, cache_dir=cache, attr_ttl=0, server_listen=server_listen) as s, \
+            Client(s.agent_endpoint, timeout=10) as c:
 
-            def two_hops() -> None:
-                r = c.call(Stat(path="/small"))
-                assert isinstance(r, StatReply)
+        def two_hops() -> None:
+            r = c.call(Stat(path="/small"))
+            assert isinstance(r, StatReply)
 
-            out["two_hops"] = _time_calls(two_hops, n)
-        key = (Path(s.workdir) / "bootstrap.key").read_bytes().strip()
-        up = Upstream(s.server_endpoint, key, timeout=10)
-        up.register()
-        out["server_only"] = _time_calls(lambda: up.call(Stat(path="/small"), StatReply), n)
-        up.close()
+        out["two_hops"] = _time_calls(two_hops, n)
+    out["server_only"] = server_only_latency(data, cache.parent, server_listen, n)
     return out
+
+
+def server_only_latency(data: Path, work: Path, listen: str | None, n: int) -> dict[str, float]:
+    """One hop: the agent's upstream client straight to a server of our own."""
+    run = Path(tempfile.mkdtemp(dir=work, prefix="srv-"))
+    key = run / "bootstrap.key"
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, secrets.token_hex(32).encode())
+    os.close(fd)
+    endpoint = listen or f"ipc://{run}/server.sock"
+    r, w = os.pipe()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    p = subprocess.Popen([sys.executable, "-m", "server", "--root", str(data), "--listen",
+                          endpoint, "--bootstrap-key", str(key), "--ready-fd", str(w)],
+                         pass_fds=(w,), env=env, stderr=subprocess.DEVNULL)
+    os.close(w)
+    try:
+        assert os.read(r, 16).startswith(b"ready"), "server did not start"
+        up = Upstream(endpoint, key.read_bytes().strip(), timeout=10)
+        up.register()
+        res = _time_calls(lambda: up.call(Stat(path="/small"), StatReply), n)
+        up.close()
+        return res
+    finally:
+        os.close(r)
+        p.terminate()
+        p.wait()
 
 
 def agent_only_latency(data: Path, cache: Path, n: int) -> dict[str, float]:
@@ -220,8 +267,13 @@ def _report(res: dict[str, object], size_mib: int) -> None:
         lat(f"two hops, agent->server over {link}", r["two_hops"])
         lat(f"  server alone over {link} (one hop)", r["server_only"])
     lat("agent alone, attr cache hit (one hop)", res["agent_attr_cache_hit"])
-    lat("bare ZeroMQ echo over ipc (floor of a hop)", res["zmq_echo_ipc"])
-    lat("bare ZeroMQ echo over tcp (floor of a hop)", res["zmq_echo_tcp"])
+    for link in ("ipc", "tcp"):
+        echo = res[f"zmq_echo_{link}"]
+        assert isinstance(echo, dict)
+        lat(f"bare ZeroMQ echo over {link} (floor of a hop)", echo["raw"])
+        lat(f"  Client.call(Stat) on that echo over {link}", echo["client"])
+        print(f"  {'':<44} CPU per call: raw {echo['raw_cpu_us']:.0f} us, "
+              f"Client {echo['client_cpu_us']:.0f} us")
     fill = res["fill"]
     assert isinstance(fill, dict)
     print(f"cold fill of {size_mib} MiB into the agent cache, target >= 300 MB/s:")
