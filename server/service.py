@@ -329,7 +329,10 @@ class Server:
                         frames = router.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    self._on_request(frames)
+                    try:
+                        self._on_request(frames)
+                    except Exception:  # a bug must not take the server down
+                        log.exception("bug while dispatching a request")
             want = self._can_read()
             if want != reading:
                 poller.modify(router, zmq.POLLIN if want else 0)
