@@ -194,6 +194,9 @@ def locate(call: Call, env: Env, dirfd: int, addr: int, *, follow: bool,
             raise OSError(errno.EBADF, "bad fd")
         return loc
     if raw.startswith("/"):
+        if _CLEAN_ABS.match(raw) and not env.ns.covers(raw) and not raw.startswith("/proc"):
+            # The common case: a normalised absolute host path (no '.', '..', '//').
+            return _host_loc(call, env, raw, follow, False)
         base = "/"
     else:
         base_loc = fd_loc(call, env, dirfd)
@@ -222,6 +225,7 @@ def locate(call: Call, env: Env, dirfd: int, addr: int, *, follow: bool,
     return _host_loc(call, env, target.path, follow, target.must_be_dir)
 
 
+_CLEAN_ABS = re.compile(r"^(?:/(?!\.\.?(?:/|$))[^/]+)+$")
 _PROC_FD = re.compile(r"^/proc/(\d+)(?:/task/\d+)?/fd/(\d+)(/.*)?$")
 
 

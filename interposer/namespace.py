@@ -75,6 +75,7 @@ class Namespace:
         if any(p in (".", "..") for p in parts):
             raise ValueError(f"mount point must be normalised: {mount!r}")
         self.mount = "/" + "/".join(parts)
+        self._prefix = self.mount + "/"
         self._mount_parts = parts
 
     # -- conversions ----------------------------------------------------------------------
@@ -82,6 +83,10 @@ class Namespace:
     def guest_path(self, repo_path: str) -> str:
         """The guest-visible path of a repository path."""
         return self.mount if repo_path == "/" else self.mount + repo_path
+
+    def covers(self, path: str) -> bool:
+        """Whether a normalised absolute path is the mount or below it."""
+        return path == self.mount or path.startswith(self._prefix)
 
     def repo_path(self, guest_path: str) -> str | None:
         """The repository path of a normalised guest path, or None when it is on the host."""
