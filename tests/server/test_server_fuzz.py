@@ -132,3 +132,27 @@ def test_random_frames_never_break_the_server(fuzz_server):
     assert isinstance(reply, StatReply) and reply.attrs.kind == "dir"
     assert proc.alive()
     assert time.monotonic() - started < 60
+
+
+def test_bad_frames_get_an_error_reply(fuzz_server):
+    import errno
+
+    from protocol.codec import decode
+    from protocol.messages import Error
+
+    _proc, client = fuzz_server
+    _drain(client)
+
+    def reply_to(parts):
+        client.sock.send_multipart(parts)
+        env = decode(client.recv_frames()[-1])
+        assert isinstance(env.msg, Error) and env.msg.errno == errno.EBADMSG, env.msg
+        return env.request_id
+
+    assert reply_to([b"\xc1garbage"]) == 0
+    assert reply_to([b"a", b"b", b"c"]) == 0
+    assert reply_to([b""]) == 0
+    # A recognisable envelope with a bad body: its request id is salvaged.
+    assert reply_to([msgpack.packb([1, "stat", 77, "", {"path": 5}])]) == 77
+    assert reply_to([msgpack.packb([2, "stat", 78, "", {"path": "/"}])]) == 78
+    assert reply_to([msgpack.packb([1, "stat", 79, "", {"path": "/", "x": 1}])]) == 79
