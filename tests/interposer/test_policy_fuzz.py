@@ -394,9 +394,9 @@ rule = st.tuples(
 
 
 @FUZZ
-@given(st.lists(rule, max_size=8), st.lists(paths, min_size=1, max_size=6))
+@given(st.lists(rule, max_size=8), st.lists(paths, min_size=1, max_size=12), st.booleans())
 def test_engine_matches_reference(
-    rules: list[tuple[str, str, str, str]], probes: list[str]
+    rules: list[tuple[str, str, str, str]], probes: list[str], read_only: bool
 ) -> None:
     entries = []
     seen = set()
@@ -423,6 +423,8 @@ def test_engine_matches_reference(
         + "]\n"
     )
     policy = Policy.from_text(text, env={})
+    if read_only:
+        policy = policy.read_only()
     app = policy.identify("/usr/bin/x", ["x"], lambda: "")
     ordered = allows + denies  # file order: allow array first, then deny
     for path in probes:
@@ -437,6 +439,9 @@ def test_engine_matches_reference(
                 assert d.rule == "default" and not d.allowed
                 continue
             best = max(cands, key=lambda c: c[:3])[3]
+            if read_only and op == "write" and best[0] == "allow":
+                assert (d.rule, d.errno) == ("--read-only", 30)
+                continue
             assert d.action.value == best[0], (path, op, best, d)
             if best[0] == "deny":
                 assert d.errno == {"EACCES": 13, "ENOENT": 2}[best[3]]
