@@ -138,8 +138,9 @@ def main(args: argparse.Namespace) -> int:
         signal.set_wakeup_fd(stop_w, warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: None)  # the wakeup fd ends the loop
-        extra = f" (invalidations on {server.bound_publish})" if args.publish else ""
-        print(f"synthfs server: serving {root} on {bound}{extra}", file=sys.stderr, flush=True)
+        if args.publish:
+            print(f"synthfs server: invalidations on {server.bound_publish}", file=sys.stderr)
+        print(f"synthfs server: serving {root} on {bound}", file=sys.stderr, flush=True)
         if args.ready_fd is not None:
             try:
                 os.write(args.ready_fd, b"ready\n")

@@ -63,7 +63,7 @@ def _h_stat(b: Backend, r: Any) -> m.Message:
 def _h_list(b: Backend, r: Any) -> m.Message:
     own, entries = b.list(r.path)
     # attrs' mypy plugin types converter=tuple's argument as an unbound Iterable[_T_co]
-    return m.Listing(attrs=own, entries=tuple(entries))  # type: ignore[arg-type]
+    return m.Listing(attrs=own, entries=tuple(entries))
 
 
 def _h_read(b: Backend, r: Any) -> m.Message:

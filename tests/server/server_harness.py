@@ -65,7 +65,6 @@ class ServerProc:
             self.kill()
             raise RuntimeError(f"server not ready: {self.output()}")
         for line in self.output().splitlines():
-            line = re.sub(r" \(invalidations on \S+\)$", "", line)
             found = re.match(r"synthfs server: serving .* on (\S+)$", line)
             if found:
                 self.bound = found.group(1)

@@ -155,3 +155,25 @@ def test_ipc_socket_is_private_and_removed_on_sigterm(srv):
     assert srv.proc.stop() == 0
     assert not os.path.exists(path)
     assert "synthfs server: serving" in srv.proc.output()
+
+
+def test_default_key_path_is_under_xdg_config_home(tmp_path):
+    (tmp_path / "repo").mkdir()
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    r, w = os.pipe()
+    p = subprocess.Popen([sys.executable, "-m", "server", "--root", str(tmp_path / "repo"),
+                          "--listen", f"ipc://{tmp_path}/s.sock", "--ready-fd", str(w)],
+                         cwd=REPO, env=env, pass_fds=[w], stderr=subprocess.PIPE, text=True)
+    os.close(w)
+    try:
+        assert os.read(r, 16) == b"ready\n"
+        key = tmp_path / "xdg" / "synthfs" / "bootstrap.key"
+        assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    finally:
+        os.close(r)
+        p.terminate()
+        _out, err = p.communicate(timeout=15)
+    assert p.returncode == 0
+    lines = err.splitlines()
+    assert f"created bootstrap key {key}" in lines[0]
+    assert lines[-1] == f"synthfs server: serving {tmp_path / 'repo'} on ipc://{tmp_path}/s.sock"
