@@ -35,9 +35,10 @@ Semantics in brief (the full text, with examples, is ``docs/policy.md``):
   ``match.exe`` (any of its path globs, against the realpath of the
   executable) and ``match.argv`` (every glob must match at least one argv
   element, ``argv[0]`` included) both match is the app. If that app pins
-  ``match.sha256`` and the binary's digest differs (or cannot be read), the
-  process gets a *pin-mismatch* app that is denied everything on the mount
-  with EACCES: it never falls through to a later, more permissive entry.
+  ``match.sha256`` (a digest or a list) and the binary's digest is not one of
+  them (or cannot be read), the process gets a *pin-mismatch* app that is
+  denied everything on the mount with EACCES: it never falls through to a
+  later, more permissive entry.
   No entry matches: the top-level ``default`` applies.
 * Rules: ``allow``/``deny`` lists of ``{paths, ops[, errno]}``; the most
   specific matching glob wins (more literal characters, then fewer ``**``,
@@ -224,7 +225,7 @@ class App:
     ref: str  # "file:line" of the [[app]] header, or "default"
     exe: tuple[PathGlob, ...]
     argv: tuple[ArgvGlob, ...]
-    sha256: str | None
+    sha256: frozenset[str] | None  # accepted digests (lowercase hex), None: no pin
     default: Decision
     rules: tuple[_Rule, ...]
     deny_all: Decision | None = None  # set on pin-mismatch apps
@@ -458,7 +459,7 @@ class Policy:
                     digest = sha256()
                 except OSError:
                     digest = ""
-                if not isinstance(digest, str) or digest.lower() != app.sha256:
+                if not isinstance(digest, str) or digest.lower() not in app.sha256:
                     assert app.pin_mismatch is not None
                     return app.pin_mismatch
             return app
@@ -1057,14 +1058,25 @@ class _Loader:
             argv = tuple(
                 self.argv_glob(g, (*p, "match", "argv", k)) for k, g in enumerate(raw_argv)
             )
-        sha: str | None = None
+        sha: frozenset[str] | None = None
         if "sha256" in match:
-            sha = self.string(match, "sha256", (*p, "match"))
-            if sha is None or _SHA.fullmatch(sha) is None:
+            raw_sha = match["sha256"]
+            digests = [raw_sha] if isinstance(raw_sha, str) else raw_sha
+            hint = "run `sha256sum EXE`; several accepted versions: a list of digests"
+            if not isinstance(digests, list) or not digests:
                 raise self.error(
-                    (*p, "match", "sha256"), "sha256 must be 64 hex digits (run `sha256sum EXE`)"
+                    (*p, "match", "sha256"),
+                    f"sha256 must be 64 hex digits or a list of them ({hint})",
                 )
-            sha = sha.lower()
+            for k, digest in enumerate(digests):
+                if not isinstance(digest, str) or _SHA.fullmatch(digest) is None:
+                    where = (
+                        (*p, "match", "sha256")
+                        if isinstance(raw_sha, str)
+                        else (*p, "match", "sha256", k)
+                    )
+                    raise self.error(where, f"sha256 must be 64 hex digits ({hint})")
+            sha = frozenset(d.lower() for d in digests)
 
         action, errno = top_action, top_errno
         whose = "the policy"

@@ -151,7 +151,7 @@ def _explain(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     print(f"argv:     {shlex.join(argv)}")
     if app.deny_all is not None:
         print(f"app:      {app.name} — {app.ref}: sha256 {hashed[0] if hashed else '(unreadable)'}")
-        print(f"          differs from the pin {app.sha256}")
+        print(f"          differs from the pin {', '.join(sorted(app.sha256 or ()))}")
     elif app.matched:
         how = ", ".join(g.text for g in app.exe if g.matches(exe))
         if app.argv:

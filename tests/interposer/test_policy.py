@@ -1026,3 +1026,58 @@ def test_before_the_first_exec_no_app_matches() -> None:
     assert p.identify("", [], no_hash) is p.unmatched  # "/**" never matches an empty exe
     assert p.identify("/", ["/"], no_hash).name == "all"
     assert not p.unmatched.matched and p.apps[0].matched
+
+
+def test_sha256_pin_may_list_several_versions(fake_exe: tuple[Path, str]) -> None:
+    exe, digest = fake_exe
+    other = "ab" * 32
+    p = load(
+        with_app(
+            f'[[app]]\nname = "tool"\nmatch.exe = ["{exe}"]\n'
+            f'match.sha256 = ["{other}", "{digest.upper()}"]\n'
+            'allow = [{ paths = ["/data/**"], ops = ["read"] }]\n'
+        )
+    )
+    app = p.identify(str(exe), [str(exe)], lambda: digest)
+    assert app.name == "tool" and p.decide(app, Op.READ, "/data/x").allowed
+    assert p.identify(str(exe), [str(exe)], lambda: other).name == "tool"
+    assert p.identify(str(exe), [str(exe)], lambda: "cd" * 32).deny_all is not None
+    bad = with_app(
+        '[[app]]\nname = "tool"\nmatch.exe = ["/x"]\n'
+        f'match.sha256 = [\n  "{other}",\n  "nothex",\n]\n'
+    )
+    with pytest.raises(PolicyError) as info:
+        Policy.from_text(bad, name="t.toml", env={})
+    assert info.value.line == line_with(bad, "nothex") and "64 hex digits" in info.value.message
+    with pytest.raises(PolicyError, match="or a list of them"):
+        Policy.from_text(
+            with_app('[[app]]\nname = "t"\nmatch.exe = ["/x"]\nmatch.sha256 = []\n'), env={}
+        )
+
+
+def test_directory_memo_never_changes_a_decision() -> None:
+    p = rules_policy(
+        """\
+        allow = [{ paths = ["/data/a/**"], ops = ["read"] },
+                 { paths = ["/data/c/x"], ops = ["read"] }]
+        deny = [{ paths = ["/data/a/*.key"], ops = ["read"], errno = "ENOENT" },
+                { paths = ["/data/b/**"], ops = ["read"], errno = "EPERM" }]
+        """
+    )
+    a = app_of(p)
+    # /data/a: '*.key' tells children apart; /data/b and /data/a/sub: one answer for all
+    assert p._dir_decision(a, Op.READ, "/data/a") is None
+    assert p._dir_decision(a, Op.READ, "/data/b").errno == errno.EPERM
+    assert p._dir_decision(a, Op.READ, "/data/a/sub").allowed
+    assert p._dir_decision(a, Op.READ, "/data/c") is None  # /data/c/x is a child
+    assert p._dir_decision(a, Op.READ, "/data/d") == a.default
+    for _ in range(2):  # twice: the second pass is answered from the memos
+        assert p.decide(a, Op.READ, "/data/a/x.txt").allowed
+        assert p.decide(a, Op.READ, "/data/a/x.key").errno == errno.ENOENT
+        assert p.decide(a, Op.READ, "/data/a/sub/x.key").allowed  # '*' stays in one component
+        assert p.decide(a, Op.READ, "/data/b/y").errno == errno.EPERM
+        assert p.decide(a, Op.READ, "/data/c/x").allowed
+        assert not p.decide(a, Op.READ, "/data/c/y").allowed
+        assert p.decide(a, Op.READ, "/data").rule == "default"
+    ro = p.read_only()
+    assert ro._dir_decision(a, Op.WRITE, "/data/a/sub") == a.default  # no write rules
