@@ -61,6 +61,11 @@ Semantics in brief (the full text, with examples, is ``docs/policy.md``):
   two rules of one app giving one (glob, op) pair twice (two readings), and
   an app that an earlier app shadows (identical or covering matchers).
 
+Speed: globs are compiled once; per app and op all rules are one regular
+expression in precedence order; decisions are memoised per (app, op, path)
+and, where no rule tells a directory's children apart, per directory. The
+caches are plain dicts (safe under the GIL; a race only recomputes).
+
 Decision.rule is ``"<file>:<line>"`` of the deciding rule, ``"default"``,
 ``"--read-only"`` or ``"engine"`` (the supervisor passed a path that is not
 normalised or not on a mount: fail closed with EACCES).
