@@ -200,7 +200,7 @@ class AgentService:
         if msg.version != PROTOCOL_VERSION:
             raise OSError(errno.EPROTO, f"agent speaks protocol {PROTOCOL_VERSION}")
         return Welcome(  # the attrs plugin mistypes converter=tuple fields
-            version=PROTOCOL_VERSION, refused_paths=self.refused_paths,  # type: ignore[arg-type]
+            version=PROTOCOL_VERSION, refused_paths=self.refused_paths,
         )
 
     def stat(self, msg: Stat) -> Message:
@@ -226,7 +226,7 @@ class AgentService:
             self._remember(child, d.attrs)
             shown = self._present(child, d.attrs)
             entries.append(d if shown is d.attrs else DirEntry(name=d.name, attrs=shown))
-        return Listing(attrs=reply.attrs, entries=entries)  # type: ignore[arg-type]  # converter=tuple
+        return Listing(attrs=reply.attrs, entries=entries)  # converter=tuple
 
     def readlink(self, msg: Readlink) -> Message:
         return self.upstream.call(Readlink(path=_check_path(msg.path)), LinkTarget)

@@ -87,8 +87,23 @@ def pack_stat(attrs: Attrs, uid: int, gid: int) -> bytes:
     m_s, m_ns = _split_ns(attrs.mtime_ns)
     c_s, c_ns = _split_ns(attrs.ctime_ns)
     return _STAT.pack(
-        SYNTH_DEV, attrs.ino, attrs.nlink, mode_of(attrs), uid, gid, 0, 0, attrs.size, 4096,
-        (attrs.size + 511) // 512, m_s, m_ns, m_s, m_ns, c_s, c_ns,
+        SYNTH_DEV,
+        attrs.ino,
+        attrs.nlink,
+        mode_of(attrs),
+        uid,
+        gid,
+        0,
+        0,
+        attrs.size,
+        4096,
+        (attrs.size + 511) // 512,
+        m_s,
+        m_ns,
+        m_s,
+        m_ns,
+        c_s,
+        c_ns,
     )
 
 
@@ -96,13 +111,29 @@ def pack_statx(attrs: Attrs, uid: int, gid: int) -> bytes:
     m_s, m_ns = _split_ns(attrs.mtime_ns)
     c_s, c_ns = _split_ns(attrs.ctime_ns)
     body = _STATX.pack(
-        STATX_BASIC_STATS, 4096, 0, attrs.nlink, uid, gid, mode_of(attrs), attrs.ino,
-        attrs.size, (attrs.size + 511) // 512, 0,
-        m_s, m_ns,  # atime
-        0, 0,  # btime (not reported: STATX_BTIME is not in the mask)
-        c_s, c_ns,  # ctime
-        m_s, m_ns,  # mtime
-        0, 0, os.major(SYNTH_DEV), os.minor(SYNTH_DEV),
+        STATX_BASIC_STATS,
+        4096,
+        0,
+        attrs.nlink,
+        uid,
+        gid,
+        mode_of(attrs),
+        attrs.ino,
+        attrs.size,
+        (attrs.size + 511) // 512,
+        0,
+        m_s,
+        m_ns,  # atime
+        0,
+        0,  # btime (not reported: STATX_BTIME is not in the mask)
+        c_s,
+        c_ns,  # ctime
+        m_s,
+        m_ns,  # mtime
+        0,
+        0,
+        os.major(SYNTH_DEV),
+        os.minor(SYNTH_DEV),
     )
     return body + bytes(STATX_SIZE - len(body))
 
@@ -135,9 +166,14 @@ NR_STATX = 332
 def host_statx(path: str, atflags: int, mask: int) -> bytes:
     """``statx`` of a host path, run by the supervisor itself (raises OSError)."""
     buf = ctypes.create_string_buffer(STATX_SIZE)
-    ret = _libc.syscall(ctypes.c_long(NR_STATX), ctypes.c_int(AT_FDCWD),
-                        ctypes.c_char_p(os.fsencode(path)), ctypes.c_int(atflags),
-                        ctypes.c_uint(mask & 0xFFFFFFFF), buf)
+    ret = _libc.syscall(
+        ctypes.c_long(NR_STATX),
+        ctypes.c_int(AT_FDCWD),
+        ctypes.c_char_p(os.fsencode(path)),
+        ctypes.c_int(atflags),
+        ctypes.c_uint(mask & 0xFFFFFFFF),
+        buf,
+    )
     if ret != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)

@@ -31,7 +31,9 @@ def _top_parser() -> argparse.ArgumentParser:
         prog="synthfs",
         description="Unmodified programs see a data repository as /data, without a kernel mount.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)

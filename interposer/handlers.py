@@ -18,6 +18,7 @@ check fails instead of escaping.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -108,9 +109,9 @@ class Refused(OSError):
 
 def _proc_self(path: str, call: Call) -> str:
     if path == "/proc/self" or path.startswith("/proc/self/"):
-        return f"/proc/{call.guest.tgid}" + path[len("/proc/self"):]
+        return f"/proc/{call.guest.tgid}" + path[len("/proc/self") :]
     if path == "/proc/thread-self" or path.startswith("/proc/thread-self/"):
-        return f"/proc/{call.guest.tgid}/task/{call.guest.tid}" + path[len("/proc/thread-self"):]
+        return f"/proc/{call.guest.tgid}/task/{call.guest.tid}" + path[len("/proc/thread-self") :]
     return path
 
 
@@ -126,8 +127,11 @@ def fd_loc(call: Call, env: Env, fd: int) -> Loc | None:
         return None
     handle = env.host.dir_handle(target)
     if handle is not None:
-        return Loc(guest=env.ns.guest_path(handle.repo_path), repo=handle.repo_path,
-                   attrs=env.repo.lstat(handle.repo_path))
+        return Loc(
+            guest=env.ns.guest_path(handle.repo_path),
+            repo=handle.repo_path,
+            attrs=env.repo.lstat(handle.repo_path),
+        )
     repo = env.repo.repo_path_of(target)
     if repo is not None:
         return Loc(guest=env.ns.guest_path(repo), repo=repo, attrs=env.repo.lstat(repo))
@@ -143,16 +147,48 @@ def _synthetic_loc(env: Env, guest_path: str) -> Loc:
 #: The policy operation a syscall's path is checked for before any lookup, so a
 #: denied request never reaches the agent (open decides from its flags).
 PRE_OPS: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(("stat", "lstat", "newfstatat", "statx", "access", "faccessat", "faccessat2",
-                     "readlink", "readlinkat", "statfs", "getxattr", "lgetxattr", "listxattr",
-                     "llistxattr"), ("stat",)),
+    **dict.fromkeys(
+        (
+            "stat",
+            "lstat",
+            "newfstatat",
+            "statx",
+            "access",
+            "faccessat",
+            "faccessat2",
+            "readlink",
+            "readlinkat",
+            "statfs",
+            "getxattr",
+            "lgetxattr",
+            "listxattr",
+            "llistxattr",
+        ),
+        ("stat",),
+    ),
     **dict.fromkeys(("mkdir", "mkdirat", "symlink", "symlinkat", "mknod", "mknodat"), ("create",)),
     **dict.fromkeys(("unlink", "unlinkat", "rmdir"), ("delete",)),
     **dict.fromkeys(("rename", "renameat", "renameat2"), ("rename",)),
     **dict.fromkeys(("link", "linkat"), ("link",)),
-    **dict.fromkeys(("chmod", "fchmodat", "fchmodat2", "chown", "lchown", "fchownat", "utime",
-                     "utimes", "utimensat", "futimesat", "setxattr", "lsetxattr", "removexattr",
-                     "lremovexattr"), ("chmod",)),
+    **dict.fromkeys(
+        (
+            "chmod",
+            "fchmodat",
+            "fchmodat2",
+            "chown",
+            "lchown",
+            "fchownat",
+            "utime",
+            "utimes",
+            "utimensat",
+            "futimesat",
+            "setxattr",
+            "lsetxattr",
+            "removexattr",
+            "lremovexattr",
+        ),
+        ("chmod",),
+    ),
     "truncate": ("write",),
     "chdir": ("list",),
     **dict.fromkeys(("execve", "execveat"), ("read",)),
@@ -177,8 +213,16 @@ def precheck(call: Call, env: Env, ops: tuple[str, ...], raw: str, base: str) ->
     raise OSError(first, "denied by policy")
 
 
-def locate(call: Call, env: Env, dirfd: int, addr: int, *, follow: bool,
-           empty_ok: bool = False, ops: tuple[str, ...] | None = None) -> Loc:
+def locate(
+    call: Call,
+    env: Env,
+    dirfd: int,
+    addr: int,
+    *,
+    follow: bool,
+    empty_ok: bool = False,
+    ops: tuple[str, ...] | None = None,
+) -> Loc:
     """Resolve the guest path at ``addr`` relative to ``dirfd`` (raises OSError).
 
     ``ops`` (default: :data:`PRE_OPS` of the syscall) are checked on the path
@@ -214,14 +258,23 @@ def locate(call: Call, env: Env, dirfd: int, addr: int, *, follow: bool,
     if raw.startswith("/proc/") or base.startswith("/proc/") or raw in ("/proc", "/proc/"):
         raw = _proc_self(raw if raw.startswith("/") else base.rstrip("/") + "/" + raw, call)
         base = "/"
-    target = env.ns.resolve(raw, base, follow=follow, lstat=env.repo.lstat,
-                            readlink=env.repo.readlink,
-                            host_realpath=lambda p: env.host.realpath(p, True))
+    target = env.ns.resolve(
+        raw,
+        base,
+        follow=follow,
+        lstat=env.repo.lstat,
+        readlink=env.repo.readlink,
+        host_realpath=lambda p: env.host.realpath(p, True),
+    )
     if target.synthetic:
         if any(0xDC80 <= ord(c) <= 0xDCFF for c in target.path):
             raise OSError(errno.EILSEQ, "names on /data must be UTF-8")
-        return Loc(guest=env.ns.guest_path(target.path), repo=target.path, attrs=target.attrs,
-                   must_be_dir=target.must_be_dir)
+        return Loc(
+            guest=env.ns.guest_path(target.path),
+            repo=target.path,
+            attrs=target.attrs,
+            must_be_dir=target.must_be_dir,
+        )
     return _host_loc(call, env, target.path, follow, target.must_be_dir)
 
 
@@ -241,7 +294,7 @@ def _host_loc(call: Call, env: Env, path: str, follow: bool, must_be_dir: bool) 
     if call.proc.fs.cwd is not None and (path == cwd_link or path.startswith(cwd_link + "/")):
         if path == cwd_link and not follow:
             return Loc(guest=path, host=path)
-        rest = path[len(cwd_link):]
+        rest = path[len(cwd_link) :]
         return locate_guest_path(call, env, call.proc.fs.cwd + rest, follow)
     real = env.host.realpath(path, follow)
     if env.host.refused(real):
@@ -260,8 +313,9 @@ def _host_loc(call: Call, env: Env, path: str, follow: bool, must_be_dir: bool) 
 
 
 def locate_guest_path(call: Call, env: Env, path: str, follow: bool) -> Loc:
-    target = env.ns.resolve(path, "/", follow=follow, lstat=env.repo.lstat,
-                            readlink=env.repo.readlink)
+    target = env.ns.resolve(
+        path, "/", follow=follow, lstat=env.repo.lstat, readlink=env.repo.readlink
+    )
     if target.synthetic:
         return Loc(guest=env.ns.guest_path(target.path), repo=target.path, attrs=target.attrs)
     return _host_loc(call, env, target.path, follow, target.must_be_dir)
@@ -296,9 +350,16 @@ def _live_attrs(env: Env, repo: str, attrs: Attrs) -> Attrs:
     s = env.repo.written_copy(repo)
     if s is None:
         return attrs
-    return Attrs(kind=attrs.kind, size=s.st_size, mode=attrs.mode, mtime_ns=s.st_mtime_ns,
-                 ctime_ns=max(attrs.ctime_ns, s.st_ctime_ns), ino=attrs.ino, nlink=attrs.nlink,
-                 version=attrs.version)
+    return Attrs(
+        kind=attrs.kind,
+        size=s.st_size,
+        mode=attrs.mode,
+        mtime_ns=s.st_mtime_ns,
+        ctime_ns=max(attrs.ctime_ns, s.st_ctime_ns),
+        ino=attrs.ino,
+        nlink=attrs.nlink,
+        version=attrs.version,
+    )
 
 
 def _need(loc: Loc) -> Attrs:
@@ -312,8 +373,9 @@ def _need(loc: Loc) -> Attrs:
 # -- open ----------------------------------------------------------------------------------
 
 
-def open_at(call: Call, env: Env, dirfd: int, addr: int, flags: int, mode: int,
-            resolve: int = 0) -> Result:
+def open_at(
+    call: Call, env: Env, dirfd: int, addr: int, flags: int, mode: int, resolve: int = 0
+) -> Result:
     """The one open: open, openat, openat2 and creat end here."""
     flags &= 0xFFFFFFFF
     acc = flags & abi.O_ACCMODE
@@ -341,7 +403,9 @@ def open_at(call: Call, env: Env, dirfd: int, addr: int, flags: int, mode: int,
     if loc.host != loc.guest:
         # A magic link to a pipe, socket or deleted file: the kernel must follow it.
         return RunChecked(NR_OPENAT, (AT_FDCWD, _cstr(loc.host), flags, kmode))
-    how = abi.OPEN_HOW.pack(flags, kmode, (resolve & ~(abi.RESOLVE_BENEATH | abi.RESOLVE_IN_ROOT)) | _NO_LINKS)
+    how = abi.OPEN_HOW.pack(
+        flags, kmode, (resolve & ~(abi.RESOLVE_BENEATH | abi.RESOLVE_IN_ROOT)) | _NO_LINKS
+    )
     del acc
     return RunChecked(NR_OPENAT2, (AT_FDCWD, _cstr(loc.host), Scratch(how), len(how)))
 
@@ -396,15 +460,18 @@ def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Re
         opened = env.repo.open(loc.repo, flags, (mode & 0o7777) & ~call.guest.umask())
     except OSError as exc:
         return Fail(exc.errno or errno.EIO)
-    kflags = flags & ~(abi.O_CREAT | abi.O_EXCL | abi.O_TRUNC | abi.O_NOFOLLOW | abi.O_DIRECTORY
-                       | abi.O_NOCTTY)
+    kflags = flags & ~(
+        abi.O_CREAT | abi.O_EXCL | abi.O_TRUNC | abi.O_NOFOLLOW | abi.O_DIRECTORY | abi.O_NOCTTY
+    )
     how = abi.OPEN_HOW.pack(kflags, 0, _NO_LINKS)
 
     def after(ret: int) -> None:
         if ret >= 0 and writing:
             call.proc.wrote = True
 
-    return RunChecked(NR_OPENAT2, (AT_FDCWD, _cstr(opened.host_path), Scratch(how), len(how)), after)
+    return RunChecked(
+        NR_OPENAT2, (AT_FDCWD, _cstr(opened.host_path), Scratch(how), len(how)), after
+    )
 
 
 @handler
@@ -473,9 +540,22 @@ def stat_at(call: Call, env: Env, dirfd: int, addr: int, buf: int, atflags: int)
 
 def pack_host_stat(s: os.stat_result) -> bytes:
     return abi.STAT_STRUCT.pack(
-        s.st_dev, s.st_ino, s.st_nlink, s.st_mode, s.st_uid, s.st_gid, 0, s.st_rdev, s.st_size,
-        s.st_blksize, s.st_blocks, s.st_atime_ns // 10**9, s.st_atime_ns % 10**9,
-        s.st_mtime_ns // 10**9, s.st_mtime_ns % 10**9, s.st_ctime_ns // 10**9,
+        s.st_dev,
+        s.st_ino,
+        s.st_nlink,
+        s.st_mode,
+        s.st_uid,
+        s.st_gid,
+        0,
+        s.st_rdev,
+        s.st_size,
+        s.st_blksize,
+        s.st_blocks,
+        s.st_atime_ns // 10**9,
+        s.st_atime_ns % 10**9,
+        s.st_mtime_ns // 10**9,
+        s.st_mtime_ns % 10**9,
+        s.st_ctime_ns // 10**9,
         s.st_ctime_ns % 10**9,
     )
 
@@ -504,14 +584,20 @@ def sys_fstat(call: Call, env: Env) -> Result:
     assert loc.repo is not None
     if loc.attrs is None:
         return CONTINUE  # removed while open: the kernel's view of the cache file
-    return Return(0, ((call.args[1], abi.pack_stat(_live_attrs(env, loc.repo, loc.attrs),
-                                                   env.uid, env.gid)),))
+    return Return(
+        0, ((call.args[1], abi.pack_stat(_live_attrs(env, loc.repo, loc.attrs), env.uid, env.gid)),)
+    )
 
 
 @handler
 def sys_statx(call: Call, env: Env) -> Result:
-    dirfd, addr, atflags, _mask, buf = (_s32(call.args[0]), call.args[1], call.args[2],
-                                        call.args[3], call.args[4])
+    dirfd, addr, atflags, _mask, buf = (
+        _s32(call.args[0]),
+        call.args[1],
+        call.args[2],
+        call.args[3],
+        call.args[4],
+    )
     follow = not atflags & AT_SYMLINK_NOFOLLOW
     try:
         loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
@@ -524,9 +610,14 @@ def sys_statx(call: Call, env: Env) -> Result:
             data = abi.pack_statx(_live_attrs(env, loc.repo, attrs), env.uid, env.gid)
         else:
             assert loc.host is not None
-            nofollow = AT_SYMLINK_NOFOLLOW if (atflags & AT_SYMLINK_NOFOLLOW and not loc.via_fd) else 0
-            data = abi.host_statx(loc.host, (atflags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)) | nofollow,
-                                  call.args[3])
+            nofollow = (
+                AT_SYMLINK_NOFOLLOW if (atflags & AT_SYMLINK_NOFOLLOW and not loc.via_fd) else 0
+            )
+            data = abi.host_statx(
+                loc.host,
+                (atflags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)) | nofollow,
+                call.args[3],
+            )
     except Refused:
         return Fail(errno.EACCES)
     except OSError as exc:
@@ -542,8 +633,9 @@ def access_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, atflags: i
         loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
         if not loc.synthetic:
             assert loc.host is not None
-            ok = os.access(loc.host, mode, effective_ids=bool(atflags & abi.AT_EACCESS),
-                           follow_symlinks=follow)
+            ok = os.access(
+                loc.host, mode, effective_ids=bool(atflags & abi.AT_EACCESS), follow_symlinks=follow
+            )
             if ok:
                 return Return(0)
             # Find the errno the kernel would give.
@@ -738,8 +830,9 @@ def sys_unlinkat(call: Call, env: Env) -> Result:
     return unlink_at(call, env, _s32(a[0]), a[1], a[2])
 
 
-def rename_at(call: Call, env: Env, olddirfd: int, oldaddr: int, newdirfd: int, newaddr: int,
-              flags: int) -> Result:
+def rename_at(
+    call: Call, env: Env, olddirfd: int, oldaddr: int, newdirfd: int, newaddr: int, flags: int
+) -> Result:
     if flags & ~0x7 or (flags & 1 and flags & 2):
         return Fail(errno.EINVAL)
     src = locate(call, env, olddirfd, oldaddr, follow=False)
@@ -750,7 +843,9 @@ def rename_at(call: Call, env: Env, olddirfd: int, oldaddr: int, newdirfd: int, 
         return Fail(errno.EXDEV)
     if not src.synthetic:
         assert src.host is not None and dst.host is not None
-        return RunChecked(NR_RENAMEAT2, (AT_FDCWD, _cstr(src.host), AT_FDCWD, _cstr(dst.host), flags))
+        return RunChecked(
+            NR_RENAMEAT2, (AT_FDCWD, _cstr(src.host), AT_FDCWD, _cstr(dst.host), flags)
+        )
     assert src.repo is not None and dst.repo is not None
     sattrs = _need(src)
     if flags & 4:
@@ -797,10 +892,17 @@ def sys_renameat2(call: Call, env: Env) -> Result:
     return rename_at(call, env, _s32(a[0]), a[1], _s32(a[2]), a[3], a[4] & 0xFFFFFFFF)
 
 
-def link_at(call: Call, env: Env, olddirfd: int, oldaddr: int, newdirfd: int, newaddr: int,
-            flags: int) -> Result:
-    src = locate(call, env, olddirfd, oldaddr, follow=bool(flags & abi.AT_SYMLINK_FOLLOW),
-                 empty_ok=bool(flags & AT_EMPTY_PATH))
+def link_at(
+    call: Call, env: Env, olddirfd: int, oldaddr: int, newdirfd: int, newaddr: int, flags: int
+) -> Result:
+    src = locate(
+        call,
+        env,
+        olddirfd,
+        oldaddr,
+        follow=bool(flags & abi.AT_SYMLINK_FOLLOW),
+        empty_ok=bool(flags & AT_EMPTY_PATH),
+    )
     dst = locate(call, env, newdirfd, newaddr, follow=False)
     if src.synthetic or dst.synthetic:
         if src.synthetic != dst.synthetic:
@@ -810,8 +912,9 @@ def link_at(call: Call, env: Env, olddirfd: int, oldaddr: int, newdirfd: int, ne
             return Fail(errno.EEXIST)
         return Fail(errno.EPERM)
     assert src.host is not None and dst.host is not None
-    return RunChecked(NR_LINKAT, (AT_FDCWD, _cstr(src.host), AT_FDCWD, _cstr(dst.host),
-                                  flags & ~AT_EMPTY_PATH))
+    return RunChecked(
+        NR_LINKAT, (AT_FDCWD, _cstr(src.host), AT_FDCWD, _cstr(dst.host), flags & ~AT_EMPTY_PATH)
+    )
 
 
 @guarded
@@ -872,8 +975,13 @@ def open_synthetic_create(call: Call, env: Env, loc: Loc, mode: int) -> Result:
     if denied:
         return Fail(denied)
     repo = loc.repo
-    return _synthetic_op(lambda: _drop(env.repo.open(
-        repo, abi.O_CREAT | abi.O_EXCL | abi.O_WRONLY, (mode & 0o7777) & ~call.guest.umask())))
+    return _synthetic_op(
+        lambda: _drop(
+            env.repo.open(
+                repo, abi.O_CREAT | abi.O_EXCL | abi.O_WRONLY, (mode & 0o7777) & ~call.guest.umask()
+            )
+        )
+    )
 
 
 def _drop(_value: object) -> None:
@@ -944,12 +1052,16 @@ def sys_fchmod(call: Call, env: Env) -> Result:
     return _synthetic_op(lambda: env.repo.setattr(repo, mode=call.args[1] & 0o7777))
 
 
-def chown_at(call: Call, env: Env, dirfd: int, addr: int, uid: int, gid: int, atflags: int) -> Result:
+def chown_at(
+    call: Call, env: Env, dirfd: int, addr: int, uid: int, gid: int, atflags: int
+) -> Result:
     follow = not atflags & AT_SYMLINK_NOFOLLOW
     loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
     if not loc.synthetic:
         assert loc.host is not None
-        return RunChecked(NR_FCHOWNAT, (AT_FDCWD, _cstr(loc.host), uid, gid, atflags & ~AT_EMPTY_PATH))
+        return RunChecked(
+            NR_FCHOWNAT, (AT_FDCWD, _cstr(loc.host), uid, gid, atflags & ~AT_EMPTY_PATH)
+        )
     _need(loc)
     denied = env.check(call, "chmod", loc.guest)
     return Fail(denied) if denied else Return(0)
@@ -1013,8 +1125,16 @@ def _now_ns() -> int:
     return time.time_ns()
 
 
-def utimens_at(call: Call, env: Env, dirfd: int, addr: int, times: list[tuple[int, int]] | None,
-               atflags: int, *, raw: Callable[[Loc], Result]) -> Result:
+def utimens_at(
+    call: Call,
+    env: Env,
+    dirfd: int,
+    addr: int,
+    times: list[tuple[int, int]] | None,
+    atflags: int,
+    *,
+    raw: Callable[[Loc], Result],
+) -> Result:
     follow = not atflags & AT_SYMLINK_NOFOLLOW
     if addr == 0:
         loc = fd_loc(call, env, dirfd)
@@ -1197,8 +1317,14 @@ def sys_fremovexattr(call: Call, env: Env) -> Result:
 def sys_xattrat(call: Call, env: Env) -> Result:
     """The *xattrat and file_*attr syscalls (Linux 6.13+): on the host only."""
     a = call.args
-    loc = locate(call, env, _s32(a[0]), a[1], follow=not a[2] & AT_SYMLINK_NOFOLLOW,
-                 empty_ok=bool(a[2] & AT_EMPTY_PATH))
+    loc = locate(
+        call,
+        env,
+        _s32(a[0]),
+        a[1],
+        follow=not a[2] & AT_SYMLINK_NOFOLLOW,
+        empty_ok=bool(a[2] & AT_EMPTY_PATH),
+    )
     if loc.synthetic:
         return Fail(errno.ENOTSUP)
     assert loc.host is not None
@@ -1267,9 +1393,17 @@ def sys_getcwd(call: Call, env: Env) -> Result:
     return Return(len(data), ((call.args[0], data),))
 
 
-def exec_at(call: Call, env: Env, dirfd: int, addr: int, argv: int, envp: int, flags: int) -> Result:
-    loc = locate(call, env, dirfd, addr, follow=not flags & AT_SYMLINK_NOFOLLOW,
-                 empty_ok=bool(flags & AT_EMPTY_PATH))
+def exec_at(
+    call: Call, env: Env, dirfd: int, addr: int, argv: int, envp: int, flags: int
+) -> Result:
+    loc = locate(
+        call,
+        env,
+        dirfd,
+        addr,
+        follow=not flags & AT_SYMLINK_NOFOLLOW,
+        empty_ok=bool(flags & AT_EMPTY_PATH),
+    )
     if loc.synthetic:
         attrs = _need(loc)
         if attrs.kind is FileKind.DIR:
@@ -1417,10 +1551,8 @@ def sys_fsync(call: Call, env: Env) -> Result:
 
 @handler
 def sys_sync(call: Call, env: Env) -> Result:
-    try:
+    with contextlib.suppress(OSError):  # sync(2) cannot fail
         env.repo.sync()
-    except OSError:
-        pass  # sync(2) cannot fail
     return CONTINUE
 
 
@@ -1437,12 +1569,20 @@ def sys_inotify_add_watch(call: Call, env: Env) -> Result:
 @guarded
 def sys_name_to_handle_at(call: Call, env: Env) -> Result:
     a = call.args
-    loc = locate(call, env, _s32(a[0]), a[1], follow=bool(a[4] & abi.AT_SYMLINK_FOLLOW),
-                 empty_ok=bool(a[4] & AT_EMPTY_PATH))
+    loc = locate(
+        call,
+        env,
+        _s32(a[0]),
+        a[1],
+        follow=bool(a[4] & abi.AT_SYMLINK_FOLLOW),
+        empty_ok=bool(a[4] & AT_EMPTY_PATH),
+    )
     if loc.synthetic:
         return Fail(errno.EOPNOTSUPP)
     assert loc.host is not None
-    return RunChecked(NR_NAME_TO_HANDLE_AT, (AT_FDCWD, _cstr(loc.host), a[2], a[3], a[4] & ~AT_EMPTY_PATH))
+    return RunChecked(
+        NR_NAME_TO_HANDLE_AT, (AT_FDCWD, _cstr(loc.host), a[2], a[3], a[4] & ~AT_EMPTY_PATH)
+    )
 
 
 # -- sockets -------------------------------------------------------------------------------------
@@ -1467,7 +1607,9 @@ def _sock_call(call: Call, env: Env, nr: int) -> Result:
     if path is None:
         return CONTINUE
     base = call.proc.fs.cwd or call.guest.host_cwd()
-    target = env.ns.resolve(path, base, follow=True, lstat=env.repo.lstat, readlink=env.repo.readlink)
+    target = env.ns.resolve(
+        path, base, follow=True, lstat=env.repo.lstat, readlink=env.repo.readlink
+    )
     if target.synthetic:
         return Fail(errno.ECONNREFUSED if nr == NR_CONNECT else errno.EACCES)
     real = env.host.realpath(target.path, True)

@@ -33,7 +33,9 @@ _KEEP = 64
 
 
 class HostSide:
-    def __init__(self, private_dir: str, refused: Iterable[str], trusted_pids: Iterable[int]) -> None:
+    def __init__(
+        self, private_dir: str, refused: Iterable[str], trusted_pids: Iterable[int]
+    ) -> None:
         self.private_dir = os.path.realpath(private_dir)
         self._dirs = os.path.join(self.private_dir, "dirs")
         os.makedirs(self._dirs, mode=0o700, exist_ok=True)
@@ -115,7 +117,9 @@ class HostSide:
             return
         live = set(self.live_fd_targets())
         # The newest handles may be in flight (created, not yet opened by the guest).
-        recent = {os.path.join(self._dirs, str(n)) for n in range(self._next - _KEEP, self._next + 1)}
+        recent = {
+            os.path.join(self._dirs, str(n)) for n in range(self._next - _KEEP, self._next + 1)
+        }
         for path in [p for p in self._handles if p not in live and p not in recent]:
             del self._handles[path]
             with contextlib.suppress(OSError):

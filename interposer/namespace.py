@@ -93,7 +93,7 @@ class Namespace:
         if guest_path == self.mount:
             return "/"
         if guest_path.startswith(self.mount + "/"):
-            return guest_path[len(self.mount):]
+            return guest_path[len(self.mount) :]
         return None
 
     # -- resolution -----------------------------------------------------------------------
@@ -167,7 +167,9 @@ class Namespace:
                 if target.startswith("/"):
                     cur = list(self._mount_parts)
                 # The target may not climb above the mount root.
-                todo.extend(reversed(self._clamp(cur, [c for c in target.split("/") if c and c != "."])))
+                todo.extend(
+                    reversed(self._clamp(cur, [c for c in target.split("/") if c and c != "."]))
+                )
                 attrs, looked = None, -1
                 continue
             if not last and attrs.kind is not FileKind.DIR:

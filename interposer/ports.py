@@ -57,12 +57,21 @@ class Repo(Protocol):
     def remove(self, path: str, directory: bool) -> None: ...
     def rename(self, src: str, dst: str, flags: RenameFlags) -> None: ...
     def symlink(self, target: str, path: str) -> None: ...
-    def setattr(self, path: str, *, mode: int | None = None, atime_ns: int | None = None,
-                mtime_ns: int | None = None, size: int | None = None) -> None: ...
+    def setattr(
+        self,
+        path: str,
+        *,
+        mode: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        size: int | None = None,
+    ) -> None: ...
     def repo_path_of(self, host_path: str) -> str | None:
         """The repository path whose local copy is ``host_path``, if it is one."""
+
     def local_copy(self, path: str) -> str | None:
         """The host path of ``path``'s local copy, if this session has one."""
+
     def written_copy(self, path: str) -> os.stat_result | None:
         """The local copy's stat when a guest changed it since it matched the server."""
 
@@ -127,11 +136,16 @@ class Call:
 class Env(Protocol):
     """Supervisor-wide services."""
 
-    ns: Namespace
-    repo: Repo
-    host: Host
-    uid: int
-    gid: int
+    @property
+    def ns(self) -> Namespace: ...
+    @property
+    def repo(self) -> Repo: ...
+    @property
+    def host(self) -> Host: ...
+    @property
+    def uid(self) -> int: ...
+    @property
+    def gid(self) -> int: ...
 
     def check(self, call: Call, op: str, guest_path: str) -> int:
         """0 when the policy allows ``op`` on ``guest_path`` for this process, else the errno."""

@@ -10,14 +10,14 @@ validate what they read.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import signal
-from typing import Any
-
 import sys
 import types
+from typing import Any
 
 # python-ptrace finds libc with ctypes.util.find_library, which runs ldconfig and
 # gcc in subprocesses (~0.1-0.3 s at every start-up). glibc's soname is fixed on
@@ -28,8 +28,8 @@ if "ptrace.ctypes_libc" not in sys.modules:
     _shim.libc = ctypes.CDLL("libc.so.6", use_errno=True)  # type: ignore[attr-defined]
     sys.modules["ptrace.ctypes_libc"] = _shim
 
-from ptrace import PtraceError  # noqa: E402
-from ptrace.binding import func as _pt  # noqa: E402
+from ptrace import PtraceError
+from ptrace.binding import func as _pt
 
 __all__ = [
     "EVENT_CLONE",
@@ -133,10 +133,8 @@ def set_regs(pid: int, regs: Regs) -> None:
 
 
 def kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 class GuestMemory:

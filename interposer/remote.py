@@ -25,9 +25,10 @@ from protocol.messages import (
     Commit,
     DirEntry,
     Hello,
+    LinkTarget,
     List,
     Listing,
-    LinkTarget,
+    Message,
     Mkdir,
     Open,
     Opened,
@@ -75,13 +76,13 @@ class Remote:
     def close(self) -> None:
         self._client.close()
 
-    def _call(self, msg: object) -> object:
+    def _call(self, msg: Message) -> Message:
         try:
-            return self._client.call(msg)  # type: ignore[arg-type]
+            return self._client.call(msg)
         except Unreachable as exc:
             raise OSError(errno.EIO, f"agent unreachable: {exc}") from None
 
-    def _ask(self, msg: object) -> object:
+    def _ask(self, msg: Message) -> Message:
         self.requests += 1
         return self._call(msg)
 
@@ -144,7 +145,7 @@ class Remote:
             attrs = self._stable(child, entry.attrs)
             self._attrs[child] = (expiry, attrs)
             entries.append(DirEntry(entry.name, attrs))
-        listing = Listing(attrs=self._stable(path, reply.attrs), entries=entries)
+        listing = Listing(attrs=self._stable(path, reply.attrs), entries=tuple(entries))
         self._attrs[path] = (expiry, listing.attrs)
         return listing
 
@@ -165,9 +166,9 @@ class Remote:
         self._local[path] = reply.host_path
         attrs = self._stable(path, reply.attrs)
         self._attrs[path] = (time.monotonic() + self.ttl, attrs)
-        if not flags & 0o1003:  # read-only, no O_TRUNC: the copy is the server's object
-            self._record_local(path)
-        elif path not in self._synced:
+        if (
+            not flags & 0o1003 or path not in self._synced
+        ):  # read-only, no O_TRUNC: the copy is the server's object
             self._record_local(path)
         reply = Opened(host_path=reply.host_path, attrs=attrs)
         if flags & 0o100:  # O_CREAT: the parent's listing changed
@@ -217,12 +218,12 @@ class Remote:
             del self._ino[p]
         for p, i in inos.items():
             del self._ino[p]
-            self._ino[dst + p[len(src):]] = i
+            self._ino[dst + p[len(src) :]] = i
         for p, h in moved.items():
             # The agent moved the local copy to the new path's name (its cache names an
             # object by the hash of its path: agent.cache.ContentCache.object_path), and
             # guests may hold fds on it: learn the new name so close still commits.
-            new = dst + p[len(src):]
+            new = dst + p[len(src) :]
             new_host = os.path.join(os.path.dirname(h), object_name(new))
             self._local[new] = new_host
             self._by_host[new_host] = new
@@ -231,8 +232,15 @@ class Remote:
         self._ask(Symlink(target=target, path=path))
         self._forget(path)
 
-    def setattr(self, path: str, *, mode: int | None = None, atime_ns: int | None = None,
-                mtime_ns: int | None = None, size: int | None = None) -> None:
+    def setattr(
+        self,
+        path: str,
+        *,
+        mode: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        size: int | None = None,
+    ) -> None:
         self._ask(SetAttr(path=path, mode=mode, atime_ns=atime_ns, mtime_ns=mtime_ns, size=size))
         self._attrs.pop(path, None)
 

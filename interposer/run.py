@@ -40,8 +40,15 @@ log = logging.getLogger(__name__)
 class RunEnv:
     """The :class:`~interposer.ports.Env` of one ``synthfs run``."""
 
-    def __init__(self, ns: Namespace, repo: Remote, host: HostSide, policy: Policy,
-                 audit: IO[str] | None = None, audit_all: bool = False) -> None:
+    def __init__(
+        self,
+        ns: Namespace,
+        repo: Remote,
+        host: HostSide,
+        policy: Policy,
+        audit: IO[str] | None = None,
+        audit_all: bool = False,
+    ) -> None:
         self.ns = ns
         self.repo = repo
         self.host = host
@@ -74,10 +81,17 @@ class RunEnv:
             self.denials += 1
         if self.audit is not None:
             record = {
-                "time": time.time(), "event": "policy/decision", "pid": call.guest.tgid,
-                "exe": call.proc.exe, "app": getattr(app, "name", None), "syscall": call.name,
-                "path": guest_path, "op": op, "decision": decision.action.value,
-                "rule": decision.rule, "errno": errno.errorcode.get(decision.errno, ""),
+                "time": time.time(),
+                "event": "policy/decision",
+                "pid": call.guest.tgid,
+                "exe": call.proc.exe,
+                "app": getattr(app, "name", None),
+                "syscall": call.name,
+                "path": guest_path,
+                "op": op,
+                "decision": decision.action.value,
+                "rule": decision.rule,
+                "errno": errno.errorcode.get(decision.errno, ""),
             }
             self.audit.write(json.dumps(record) + "\n")
             self.audit.flush()
@@ -86,13 +100,29 @@ class RunEnv:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--data", metavar="DIR", help="serve DIR as the repository (starts a private server and agent)")
+    src.add_argument(
+        "--data",
+        metavar="DIR",
+        help="serve DIR as the repository (starts a private server and agent)",
+    )
     src.add_argument("--agent", metavar="ENDPOINT", help="use a running agent (ipc://PATH)")
-    parser.add_argument("--mount", default="/data", help="guest path of the synthetic tree (default: /data)")
-    parser.add_argument("--policy", metavar="FILE", help="policy file (default: policies/default.toml semantics)")
-    parser.add_argument("--read-only", action="store_true", help="refuse every write on the mount (EROFS)")
-    parser.add_argument("--cache", metavar="DIR", help="content cache directory for --data (default: ~/.cache/synthfs)")
-    parser.add_argument("--audit", metavar="FILE", help="append policy decisions (denials) as JSON lines to FILE")
+    parser.add_argument(
+        "--mount", default="/data", help="guest path of the synthetic tree (default: /data)"
+    )
+    parser.add_argument(
+        "--policy", metavar="FILE", help="policy file (default: policies/default.toml semantics)"
+    )
+    parser.add_argument(
+        "--read-only", action="store_true", help="refuse every write on the mount (EROFS)"
+    )
+    parser.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="content cache directory for --data (default: ~/.cache/synthfs)",
+    )
+    parser.add_argument(
+        "--audit", metavar="FILE", help="append policy decisions (denials) as JSON lines to FILE"
+    )
     parser.add_argument("--audit-all", action="store_true", help="audit allowed decisions too")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
@@ -147,9 +177,8 @@ def main(args: argparse.Namespace) -> int:
                 remote = Remote(endpoint)
             except OSError as exc:
                 return _fail(f"cannot reach the agent at {endpoint}: {exc.strerror or exc}", 125)
-            socket_path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else ""
-            host = HostSide(private, (*remote.refused_paths, socket_path),
-                            (os.getpid(), *trusted))
+            socket_path = endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else ""
+            host = HostSide(private, (*remote.refused_paths, socket_path), (os.getpid(), *trusted))
             env = RunEnv(ns, remote, host, policy, audit, args.audit_all)
             sup = Supervisor(env, compiled, on_exec=env.identify)
             host.live_fd_targets = lambda: _live_targets(sup.procs)
@@ -191,8 +220,11 @@ def _supervise(sup: Supervisor, command: list[str]) -> int:
             sup.spawn(command)
         except OSError as exc:
             if exc.errno in (errno.EPERM, errno.EACCES):
-                return _fail(f"ptrace is not permitted here ({exc}); check kernel.yama.ptrace_scope "
-                             "and the container's seccomp profile", 125)
+                return _fail(
+                    f"ptrace is not permitted here ({exc}); check kernel.yama.ptrace_scope "
+                    "and the container's seccomp profile",
+                    125,
+                )
             raise
         return sup.run()
     finally:

@@ -16,6 +16,7 @@ unmap, remap or re-protect it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -156,8 +157,9 @@ class GuestView:
 class Supervisor:
     """Runs one guest command tree to completion; see the module docstring."""
 
-    def __init__(self, env: Env, compiled: CompiledFilter,
-                 on_exec: Callable[[Proc], None] | None = None) -> None:
+    def __init__(
+        self, env: Env, compiled: CompiledFilter, on_exec: Callable[[Proc], None] | None = None
+    ) -> None:
         self.env = env
         self.filter = compiled
         self.on_exec = on_exec
@@ -179,7 +181,7 @@ class Supervisor:
                 pt.traceme()
                 os.kill(os.getpid(), signal.SIGSTOP)
                 compiled.load()
-                os.execvpe(argv[0], list(argv), env if env is not None else os.environ)
+                os.execvpe(argv[0], list(argv), env if env is not None else os.environ)  # noqa: S606
             except FileNotFoundError:
                 os.write(2, f"synthfs run: {argv[0]}: command not found\n".encode())
                 os._exit(127)
@@ -192,7 +194,9 @@ class Supervisor:
             os._exit(127)
         _, status = os.waitpid(pid, pt.WALL)
         if not os.WIFSTOPPED(status):
-            raise OSError(errno.ECHILD, f"guest did not stop after PTRACE_TRACEME (status {status:#x})")
+            raise OSError(
+                errno.ECHILD, f"guest did not stop after PTRACE_TRACEME (status {status:#x})"
+            )
         pt.set_options(pid)
         self.main_pid = pid
         proc = Proc(tgid=pid, fs=FsState())
@@ -269,8 +273,14 @@ class Supervisor:
             proc = parent
         else:
             fs = parent.fs if flags & CLONE_FS else FsState(cwd=parent.fs.cwd)
-            proc = Proc(tgid=child, fs=fs, exe=parent.exe, argv=parent.argv, app=parent.app,
-                        wrote=parent.wrote)
+            proc = Proc(
+                tgid=child,
+                fs=fs,
+                exe=parent.exe,
+                argv=parent.argv,
+                app=parent.app,
+                wrote=parent.wrote,
+            )
             self.procs[child] = proc
         if flags & CLONE_VM or t.space is None:
             space = t.space
@@ -296,7 +306,9 @@ class Supervisor:
         if t.space is not None and t.space.pid == t.tid:
             t.space.mem.close()
         tgid = t.proc.tgid
-        if t.proc is not None and any(o.proc is t.proc and o.tid != t.tid for o in self.threads.values()):
+        if t.proc is not None and any(
+            o.proc is t.proc and o.tid != t.tid for o in self.threads.values()
+        ):
             # It shared a Proc with threads that the exec killed; from now on it stands alone.
             pass
         space = MemSpace(t.tid, pt.GuestMemory(t.tid))
@@ -327,7 +339,9 @@ class Supervisor:
         assert t.space is not None
         tid = t.tid
         regs = pt.get_regs(tid)
-        saved = ctypes.create_string_buffer(ctypes.string_at(ctypes.addressof(regs), ctypes.sizeof(regs)))
+        saved = ctypes.create_string_buffer(
+            ctypes.string_at(ctypes.addressof(regs), ctypes.sizeof(regs))
+        )
         rip = regs.rip
         mem = t.space.mem
         # At the exec stop, execve's own return still overwrites rax: load it in the stub.
@@ -362,8 +376,12 @@ class Supervisor:
         pt.set_regs(tid, regs)
         if result != SCRATCH_BASE:
             err = (-result) & 0xFFF if result > _MASK64 // 2 else 0
-            log.error("cannot map the scratch area at %#x in pid %d: %s", SCRATCH_BASE, tid,
-                      os.strerror(err) if err else hex(result))
+            log.error(
+                "cannot map the scratch area at %#x in pid %d: %s",
+                SCRATCH_BASE,
+                tid,
+                os.strerror(err) if err else hex(result),
+            )
             pt.kill(tid)
             return
         if deferred:
@@ -406,8 +424,13 @@ class Supervisor:
         if spec is None or spec.handler is None:
             pt.cont(tid)  # a guest's own stacked filter asked for TRACE
             return
-        call = Call(nr, spec.name, (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9),
-                    GuestView(tid, t.proc.tgid, t.space), t.proc)
+        call = Call(
+            nr,
+            spec.name,
+            (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9),
+            GuestView(tid, t.proc.tgid, t.space),
+            t.proc,
+        )
         try:
             result = HANDLERS[spec.handler](call, self.env)
         except OSError as exc:
@@ -416,7 +439,7 @@ class Supervisor:
             log.exception("handler %s failed (pid %d): refusing the call", spec.handler, tid)
             result = Fail(errno.EIO)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("[%d] %s%r -> %r", tid, spec.name, call.args[:len(spec.args)], result)
+            log.debug("[%d] %s%r -> %r", tid, spec.name, call.args[: len(spec.args)], result)
         self._apply(t, regs, result)
 
     def _apply(self, t: Thread, regs: pt.Regs, result: Result) -> None:
@@ -509,7 +532,5 @@ class Supervisor:
     def forward(self, sig: int) -> None:
         """Deliver a signal the supervisor received to the main guest."""
         if self.main_pid and self.exit_status is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.main_pid, sig)
-            except ProcessLookupError:
-                pass

@@ -23,13 +23,19 @@ def render(markdown: bool = False) -> str:
         elif spec.action is Action.ERRNO:
             import errno
 
-            filt = f"{errno.errorcode.get(spec.errno, spec.errno)}" + (" (when args match)" if spec.when else "")
+            filt = f"{errno.errorcode.get(spec.errno, spec.errno)}" + (
+                " (when args match)" if spec.when else ""
+            )
         else:
             filt = "kill"
-        rows.append((str(spec.nr), spec.name, spec.level.value, filt, spec.handler or "-", spec.note))
+        rows.append(
+            (str(spec.nr), spec.name, spec.level.value, filt, spec.handler or "-", spec.note)
+        )
     header = ("nr", "syscall", "level", "filter", "handler", "note")
-    tail = (f"Syscalls {UNKNOWN_RANGE.start}-{UNKNOWN_RANGE.stop - 1} (newer than this table): ENOSYS. "
-            "Every other syscall runs natively (allowed by the filter, never stopped).")
+    tail = (
+        f"Syscalls {UNKNOWN_RANGE.start}-{UNKNOWN_RANGE.stop - 1} (newer than this table): ENOSYS. "
+        "Every other syscall runs natively (allowed by the filter, never stopped)."
+    )
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -37,7 +43,9 @@ def render(markdown: bool = False) -> str:
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(5)]
     out = []
     for r in (header, *rows):
-        out.append("  ".join(r[i].ljust(widths[i]) for i in range(5)) + ("  " + r[5] if r[5] else ""))
+        out.append(
+            "  ".join(r[i].ljust(widths[i]) for i in range(5)) + ("  " + r[5] if r[5] else "")
+        )
     return "\n".join(out) + "\n\n" + tail + "\n"
 
 

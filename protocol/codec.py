@@ -59,6 +59,10 @@ class Envelope:
     token: str = attrs.field(default="", repr=False)
 
 
+def _fields(cls: type[Message]) -> tuple[attrs.Attribute[Any], ...]:
+    return attrs.fields(cls)  # type: ignore[arg-type]  # every registered Message is attrs
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Attrs):
         return [_plain(getattr(value, name)) for name in _ATTR_FIELDS]
@@ -73,7 +77,7 @@ def _plain(value: Any) -> Any:
 
 def encode(msg: Message, request_id: int = 0, token: str = "") -> bytes:
     """One frame for ``msg``."""
-    body = {f.name: _plain(getattr(msg, f.name)) for f in attrs.fields(type(msg))}
+    body = {f.name: _plain(getattr(msg, f.name)) for f in _fields(type(msg))}
     out = msgpack.packb([PROTOCOL_VERSION, msg.kind, request_id, token, body], use_bin_type=True)
     assert isinstance(out, bytes)
     return out
@@ -81,7 +85,7 @@ def encode(msg: Message, request_id: int = 0, token: str = "") -> bytes:
 
 def _attrs_from(raw: Any) -> Attrs:
     if not isinstance(raw, list) or len(raw) != len(_ATTR_FIELDS):
-        raise DecodeError("attrs must be an array of %d values" % len(_ATTR_FIELDS))
+        raise DecodeError(f"attrs must be an array of {len(_ATTR_FIELDS)} values")
     return Attrs(**dict(zip(_ATTR_FIELDS, raw, strict=True)))
 
 
@@ -112,9 +116,7 @@ def decode(frame: bytes) -> Envelope:
     if len(frame) > MAX_FRAME:
         raise DecodeError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME}")
     try:
-        raw = msgpack.unpackb(
-            frame, raw=False, use_list=True, strict_map_key=True
-        )
+        raw = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
     except Exception as exc:  # msgpack raises many unrelated types on garbage
         raise DecodeError(f"not msgpack: {type(exc).__name__}") from None
     if not isinstance(raw, list) or len(raw) != 5:
@@ -124,14 +126,18 @@ def decode(frame: bytes) -> Envelope:
         raise DecodeError(f"protocol version {version!r} is not {PROTOCOL_VERSION}")
     if not isinstance(kind, str) or kind not in REGISTRY:
         raise DecodeError(f"unknown message kind {kind!r}")
-    if not isinstance(request_id, int) or isinstance(request_id, bool) or not 0 <= request_id < 2**64:
+    if (
+        not isinstance(request_id, int)
+        or isinstance(request_id, bool)
+        or not 0 <= request_id < 2**64
+    ):
         raise DecodeError("request_id must be an unsigned 64-bit integer")
     if not isinstance(token, str) or len(token) > 1024:
         raise DecodeError("token must be a short string")
     if not isinstance(body, dict):
         raise DecodeError("body must be a map")
     cls = REGISTRY[kind]
-    names = {f.name for f in attrs.fields(cls)}  # type: ignore[arg-type]
+    names = {f.name for f in _fields(cls)}
     unknown = set(body) - names
     if unknown:
         raise DecodeError(f"{kind}: unknown fields {sorted(map(str, unknown))}")

@@ -20,9 +20,9 @@ errno and never a traceback.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from typing import Any, ClassVar, TypeVar
 
-import attrs
 from attrs import field, frozen
 from attrs.validators import and_, deep_iterable, ge, instance_of, le, max_len, optional
 
@@ -110,12 +110,18 @@ def message(kind: str) -> Any:
 
     def register(cls: _M) -> _M:
         if kind in REGISTRY:
-            raise TypeError(f"duplicate message kind {kind!r}: {REGISTRY[kind].__name__} and {cls.__name__}")
+            raise TypeError(
+                f"duplicate message kind {kind!r}: {REGISTRY[kind].__name__} and {cls.__name__}"
+            )
         cls.kind = kind
         REGISTRY[kind] = cls
         return cls
 
     return register
+
+
+def _as_tuple(values: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(values)
 
 
 # -- values carried inside messages -------------------------------------------------
@@ -159,7 +165,7 @@ class Welcome(Message):
 
     version: int = field(validator=_U64)
     refused_paths: tuple[str, ...] = field(
-        converter=tuple, validator=deep_iterable(_PATH, instance_of(tuple))
+        converter=_as_tuple, validator=deep_iterable(_PATH, instance_of(tuple))
     )
 
 
@@ -219,7 +225,7 @@ class List(Message):
 class Listing(Message):
     attrs: Attrs = field(validator=instance_of(Attrs))
     entries: tuple[DirEntry, ...] = field(
-        converter=tuple, validator=deep_iterable(instance_of(DirEntry), instance_of(tuple))
+        converter=_as_tuple, validator=deep_iterable(instance_of(DirEntry), instance_of(tuple))
     )
 
 
@@ -409,8 +415,3 @@ class Error(Message):
 
     errno: int = field(validator=and_(instance_of(int), ge(1), le(4095)))
     message: str = field(validator=_SHORT, default="")
-
-
-def fields_of(msg: Message) -> dict[str, Any]:
-    """A message's fields as a plain dict (values not yet encoded)."""
-    return attrs.asdict(msg, recurse=False)

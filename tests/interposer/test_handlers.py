@@ -19,8 +19,14 @@ AT_FDCWD = abi.AT_FDCWD & (2**64 - 1)
 
 
 def _a(kind: str, ino: int, size: int = 0) -> Attrs:
-    return Attrs(kind=kind, size=size, mode=0o644 if kind == "file" else 0o755, mtime_ns=10**18,
-                 ctime_ns=10**18, ino=ino)
+    return Attrs(
+        kind=kind,
+        size=size,
+        mode=0o644 if kind == "file" else 0o755,
+        mtime_ns=10**18,
+        ctime_ns=10**18,
+        ino=ino,
+    )
 
 
 class FakeGuest:
@@ -61,8 +67,12 @@ class FakeGuest:
 
 class FakeRepo:
     def __init__(self) -> None:
-        self.tree = {"/": _a("dir", 1), "/d": _a("dir", 2), "/d/f": _a("file", 3, 5),
-                     "/secret": _a("file", 4, 1)}
+        self.tree = {
+            "/": _a("dir", 1),
+            "/d": _a("dir", 2),
+            "/d/f": _a("file", 3, 5),
+            "/secret": _a("file", 4, 1),
+        }
         self.calls: list[str] = []
         self.local: dict[str, str] = {}
 
@@ -72,8 +82,14 @@ class FakeRepo:
     def listdir(self, path: str) -> Listing:
         self.calls.append(f"list {path}")
         prefix = path.rstrip("/") + "/"
-        names = sorted(p[len(prefix):] for p in self.tree if p.startswith(prefix) and "/" not in p[len(prefix):] and p != path)
-        return Listing(attrs=self.tree[path], entries=[DirEntry(n, self.tree[prefix + n]) for n in names])
+        names = sorted(
+            p[len(prefix) :]
+            for p in self.tree
+            if p.startswith(prefix) and "/" not in p[len(prefix) :] and p != path
+        )
+        return Listing(
+            attrs=self.tree[path], entries=[DirEntry(n, self.tree[prefix + n]) for n in names]
+        )
 
     def readlink(self, path: str) -> str:
         raise OSError(errno.EINVAL, "not a link")
@@ -107,7 +123,9 @@ class FakeRepo:
         self.calls.append(f"symlink {target} {path}")
 
     def setattr(self, path: str, **kw: object) -> None:
-        self.calls.append(f"setattr {path} {sorted((k, v) for k, v in kw.items() if v is not None)}")
+        self.calls.append(
+            f"setattr {path} {sorted((k, v) for k, v in kw.items() if v is not None)}"
+        )
 
     def repo_path_of(self, host_path: str) -> str | None:
         return next((p for p, h in self.local.items() if h == host_path), None)
@@ -208,7 +226,7 @@ def test_stat_of_a_synthetic_file_is_emulated(world) -> None:
     guest, env, proc, call = world
     r = call("newfstatat", AT_FDCWD, guest.put(100, "/data/d/f"), 0x7000, 0)
     assert isinstance(r, Return) and r.value == 0
-    (addr, data), = r.writes
+    ((addr, data),) = r.writes
     assert addr == 0x7000 and len(data) == 144
     dev, ino, nlink, mode, uid = struct.unpack_from("<QQQII", data)
     assert (dev, ino, uid) == (abi.SYNTH_DEV, 3, 1000) and mode == 0o100644
@@ -240,7 +258,7 @@ def test_directories_list_through_a_placeholder(world) -> None:
     off = 0
     while off < len(data):
         _ino, _doff, reclen, _type = struct.unpack_from("<QqHB", data, off)
-        names.append(data[off + 19:off + reclen].split(b"\0")[0].decode())
+        names.append(data[off + 19 : off + reclen].split(b"\0")[0].decode())
         off += reclen
     assert names == [".", "..", "f"]
     assert call("getdents64", 3, 0x9000, 4096) == Return(0)
@@ -256,7 +274,9 @@ def test_namespace_changes(world) -> None:
     assert call("mkdir", guest.put(101, "/data/d"), 0o777) == Fail(errno.EEXIST)
     assert call("rmdir", guest.put(102, "/data/d/f")) == Fail(errno.ENOTDIR)
     assert call("unlink", guest.put(103, "/data/d")) == Fail(errno.EISDIR)
-    assert call("rename", guest.put(104, "/data/d/f"), guest.put(105, "/tmp/f")) == Fail(errno.EXDEV)
+    assert call("rename", guest.put(104, "/data/d/f"), guest.put(105, "/tmp/f")) == Fail(
+        errno.EXDEV
+    )
     assert call("rename", guest.put(106, "/data/d/f"), guest.put(107, "/data/g")) == Return(0)
     assert env.repo.calls[-1] == "rename /d/f /g"
     assert call("link", guest.put(108, "/data/d/f"), guest.put(109, "/data/h")) == Fail(errno.EPERM)

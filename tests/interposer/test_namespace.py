@@ -26,12 +26,19 @@ TREE = {
     "/f": _a("file"),
     "/abs2": _a("symlink"),  # -> /d/f
 }
-LINKS = {"/abs2": "/d/f", "/rel": "d/e", "/abs": "/etc/passwd", "/up": "../../../d", "/loop": "loop"}
+LINKS = {
+    "/abs2": "/d/f",
+    "/rel": "d/e",
+    "/abs": "/etc/passwd",
+    "/up": "../../../d",
+    "/loop": "loop",
+}
 
 
 def resolve(path: str, base: str = "/", follow: bool = True):
-    return Namespace("/data").resolve(path, base, follow=follow, lstat=TREE.get,
-                                      readlink=LINKS.__getitem__)
+    return Namespace("/data").resolve(
+        path, base, follow=follow, lstat=TREE.get, readlink=LINKS.__getitem__
+    )
 
 
 def test_host_paths_stay_on_the_host() -> None:
@@ -72,9 +79,14 @@ def test_symlink_then_dotdot_is_physical() -> None:
 
 
 def test_kernel_errnos() -> None:
-    for path, err in [("/data/loop", errno.ELOOP), ("/data/f/x", errno.ENOTDIR),
-                      ("/data/nope/x", errno.ENOENT), ("/data/f/", errno.ENOTDIR),
-                      ("", errno.ENOENT), ("/data/" + "x" * 256, errno.ENAMETOOLONG)]:
+    for path, err in [
+        ("/data/loop", errno.ELOOP),
+        ("/data/f/x", errno.ENOTDIR),
+        ("/data/nope/x", errno.ENOENT),
+        ("/data/f/", errno.ENOTDIR),
+        ("", errno.ENOENT),
+        ("/data/" + "x" * 256, errno.ENAMETOOLONG),
+    ]:
         with pytest.raises(OSError) as info:
             resolve(path)
         assert info.value.errno == err, path

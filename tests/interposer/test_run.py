@@ -33,8 +33,15 @@ def repo(tmp_path: Path) -> Path:
 
 
 def test_reads_writes_and_exit_status(repo: Path) -> None:
-    r = run("run", "--data", str(repo), "--", "sh", "-c",
-            "cat /data/x.txt; echo made > /data/d/new.txt; cd /data/d && pwd; exit 3")
+    r = run(
+        "run",
+        "--data",
+        str(repo),
+        "--",
+        "sh",
+        "-c",
+        "cat /data/x.txt; echo made > /data/d/new.txt; cd /data/d && pwd; exit 3",
+    )
     assert r.returncode == 3, r.stderr
     assert r.stdout == "the x file\n/data/d\n"
     assert (repo / "d" / "new.txt").read_text() == "made\n"
@@ -42,8 +49,17 @@ def test_reads_writes_and_exit_status(repo: Path) -> None:
 
 def test_the_guest_environment_and_cwd_are_untouched(repo: Path, tmp_path: Path) -> None:
     env = {**os.environ, "SYNTHFS_PROBE": "kept"}
-    r = run("run", "--data", str(repo), "--", "sh", "-c", 'echo "$SYNTHFS_PROBE $(pwd)"',
-            cwd=tmp_path, env=env)
+    r = run(
+        "run",
+        "--data",
+        str(repo),
+        "--",
+        "sh",
+        "-c",
+        'echo "$SYNTHFS_PROBE $(pwd)"',
+        cwd=tmp_path,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout == f"kept {tmp_path}\n"
 
@@ -67,8 +83,16 @@ def test_clear_errors(repo: Path, tmp_path: Path) -> None:
 
 
 def test_read_only(repo: Path) -> None:
-    r = run("run", "--read-only", "--data", str(repo), "--", "sh", "-c",
-            "cat /data/x.txt && echo no > /data/x.txt")
+    r = run(
+        "run",
+        "--read-only",
+        "--data",
+        str(repo),
+        "--",
+        "sh",
+        "-c",
+        "cat /data/x.txt && echo no > /data/x.txt",
+    )
     assert r.returncode != 0
     assert r.stdout == "the x file\n"
     assert "Read-only file system" in r.stderr
@@ -101,9 +125,19 @@ def test_per_app_policy_denial_never_reaches_the_agent(repo: Path, tmp_path: Pat
     policy.write_text(POLICY)
     audit = tmp_path / "audit.jsonl"
     with embedded(repo, cache_dir=tmp_path / "cache", verbose=2) as stack:
-        r = run("run", "--agent", stack.agent_endpoint, "--policy", str(policy), "--audit",
-                str(audit), "--", "sh", "-c",
-                "cat /data/x.txt; head -n1 /data/secret.txt; echo head=$?")
+        r = run(
+            "run",
+            "--agent",
+            stack.agent_endpoint,
+            "--policy",
+            str(policy),
+            "--audit",
+            str(audit),
+            "--",
+            "sh",
+            "-c",
+            "cat /data/x.txt; head -n1 /data/secret.txt; echo head=$?",
+        )
         agent_log = Path(stack.workdir, "agent.log").read_text(errors="replace")
     assert r.stdout == "the x file\nhead=1\n", r.stderr
     assert "'/data/secret.txt' for reading: Permission denied" in r.stderr
@@ -147,8 +181,7 @@ def test_threads_and_forks_write_through(repo: Path) -> None:
 
 def test_no_guest_survives_the_run(repo: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pid"
-    r = run("run", "--data", str(repo), "--", "sh", "-c",
-            f"sleep 300 & echo $! > {marker}; exit 0")
+    r = run("run", "--data", str(repo), "--", "sh", "-c", f"sleep 300 & echo $! > {marker}; exit 0")
     assert r.returncode == 0, r.stderr
     pid = int(marker.read_text())
     with pytest.raises(ProcessLookupError):
