@@ -358,6 +358,8 @@ class LocalBackend(Backend):
         parts = split_path(path)
         if not parts:
             return attrs_from_stat(os.fstat(self._root_fd))
+        if len(parts) == 1:  # one name in the root: no walk, no extra fd
+            return attrs_from_stat(os.stat(parts[0], dir_fd=self._root_fd, follow_symlinks=False))
         pfd = self._open(parts[:-1], os.O_PATH | os.O_DIRECTORY)
         try:
             return attrs_from_stat(os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False))
