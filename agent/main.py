@@ -259,13 +259,16 @@ class _StopFlag:
 
 def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag) -> None:
     housekeeping = time.monotonic() + 1.0
+    router.setsockopt(zmq.RCVTIMEO, 1000)  # a blocking receive: cheaper than poll + recv
     while not flag.stop:
-        if not router.poll(1000, zmq.POLLIN) or time.monotonic() > housekeeping:
+        if time.monotonic() > housekeeping:
             service.idle()  # at least once a second, busy or not
             housekeeping = time.monotonic() + 1.0
+        try:
+            parts = router.recv_multipart()  # interposer requests are small: copy them
+        except zmq.Again:
             continue
         flag.idle = False
-        parts = router.recv_multipart()  # interposer requests are small: copying is cheaper
         reply = _answer(service, parts[-1])
         if reply is not None:
             parts[-1] = reply
