@@ -199,7 +199,7 @@ class AgentService:
     def hello(self, msg: Hello) -> Message:
         if msg.version != PROTOCOL_VERSION:
             raise OSError(errno.EPROTO, f"agent speaks protocol {PROTOCOL_VERSION}")
-        return Welcome(  # the attrs plugin mistypes converter=tuple fields
+        return Welcome(
             version=PROTOCOL_VERSION, refused_paths=self.refused_paths,
         )
 
