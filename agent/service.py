@@ -155,8 +155,11 @@ class AgentService:
         return handler(msg)
 
     def idle(self) -> None:
-        """Housekeeping between requests."""
+        """Housekeeping between requests (about once a second)."""
         self.cache.flush_touches()
+        now = time.monotonic()
+        for p in [p for p, (_, until) in self._attrs.items() if until <= now]:
+            del self._attrs[p]
 
     # -- attribute cache ------------------------------------------------------------
 
