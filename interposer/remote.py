@@ -70,8 +70,9 @@ class Remote:
         if not isinstance(welcome, Welcome):
             raise OSError(errno.EPROTO, f"agent at {endpoint} answered {welcome.kind!r} to hello")
         self.refused_paths: tuple[str, ...] = welcome.refused_paths
-        #: requests sent to the agent (tests read it to prove a denial sent nothing)
+        #: requests sent to the agent, and the time they took (``--stats``)
         self.requests = 1
+        self.agent_ns = 0
 
     def close(self) -> None:
         self._client.close()
@@ -84,7 +85,11 @@ class Remote:
 
     def _ask(self, msg: Message) -> Message:
         self.requests += 1
-        return self._call(msg)
+        t0 = time.perf_counter_ns()
+        try:
+            return self._call(msg)
+        finally:
+            self.agent_ns += time.perf_counter_ns() - t0
 
     # -- cache ------------------------------------------------------------------------------
 

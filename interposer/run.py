@@ -124,6 +124,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--audit", metavar="FILE", help="append policy decisions (denials) as JSON lines to FILE"
     )
     parser.add_argument("--audit-all", action="store_true", help="audit allowed decisions too")
+    parser.add_argument(
+        "--stats",
+        metavar="FILE",
+        help="write the supervisor's counters and phase timers (JSON) to FILE at exit",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
 
@@ -182,7 +187,16 @@ def main(args: argparse.Namespace) -> int:
             env = RunEnv(ns, remote, host, policy, audit, args.audit_all)
             sup = Supervisor(env, compiled, on_exec=env.identify)
             host.live_fd_targets = lambda: _live_targets(sup.procs)
-            return _supervise(sup, command)
+            if args.stats:
+                sup.stats = {}
+            status = _supervise(sup, command)
+            if args.stats and sup.stats is not None:
+                sup.stats.update(
+                    agent_requests=remote.requests, agent_ns=remote.agent_ns, denials=env.denials
+                )
+                with open(args.stats, "w", encoding="utf-8") as f:
+                    json.dump(sup.stats, f, indent=1)
+            return status
     except Exception as exc:  # a clear message, not a traceback, for set-up failures
         if args.verbose:
             raise

@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Sequence
 
 from attrs import define, field
@@ -169,6 +170,8 @@ class Supervisor:
         self.main_pid = 0
         self.exit_status: int | None = None
         self.stops = 0
+        #: phase timers (ns), kept only when profiling (``synthfs run --stats FILE``)
+        self.stats: dict[str, int] | None = None
 
     # -- launch ------------------------------------------------------------------------------
 
@@ -209,6 +212,22 @@ class Supervisor:
 
     def run(self) -> int:
         """Follow the guest tree until every process has exited; the main guest's status."""
+        if self.stats is not None:
+            self.stats.update(
+                dict.fromkeys(
+                    (
+                        "seccomp_stops",
+                        "exit_stops",
+                        "rewritten",
+                        "decode_ns",
+                        "handler_ns",
+                        "apply_ns",
+                        "wall_ns",
+                    ),
+                    0,
+                )
+            )
+            started = time.perf_counter_ns()
         while self.threads:
             try:
                 pid, status = os.waitpid(-1, pt.WALL)
@@ -221,6 +240,9 @@ class Supervisor:
                 # The thread vanished (killed) between its stop and our request.
                 if exc.errno != errno.ESRCH:
                     raise
+        if self.stats is not None:
+            self.stats["stops"] = self.stops
+            self.stats["wall_ns"] = time.perf_counter_ns() - started
         return self.exit_status if self.exit_status is not None else 1
 
     def _dispatch(self, pid: int, status: int) -> None:
@@ -418,6 +440,8 @@ class Supervisor:
         if not t.started or t.space is None:
             pt.cont(tid)
             return
+        stats = self.stats
+        t0 = time.perf_counter_ns() if stats is not None else 0
         regs = pt.get_regs(tid)
         nr = regs.orig_rax
         spec = BY_NR.get(nr)
@@ -431,6 +455,7 @@ class Supervisor:
             GuestView(tid, t.proc.tgid, t.space),
             t.proc,
         )
+        t1 = time.perf_counter_ns() if stats is not None else 0
         try:
             result = HANDLERS[spec.handler](call, self.env)
         except OSError as exc:
@@ -440,7 +465,18 @@ class Supervisor:
             result = Fail(errno.EIO)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("[%d] %s%r -> %r", tid, spec.name, call.args[: len(spec.args)], result)
+        if stats is None:
+            self._apply(t, regs, result)
+            return
+        t2 = time.perf_counter_ns()
         self._apply(t, regs, result)
+        t3 = time.perf_counter_ns()
+        stats["seccomp_stops"] += 1
+        stats["decode_ns"] += t1 - t0
+        stats["handler_ns"] += t2 - t1
+        stats["apply_ns"] += t3 - t2
+        if isinstance(result, RunChecked):
+            stats["rewritten"] += 1
 
     def _apply(self, t: Thread, regs: pt.Regs, result: Result) -> None:
         tid = t.tid
@@ -506,6 +542,8 @@ class Supervisor:
         if p is None:
             pt.cont(tid)
             return
+        if self.stats is not None:
+            self.stats["exit_stops"] += 1
         t.pending = None
         p.space.release(p.slot)
         regs = pt.get_regs(tid)
