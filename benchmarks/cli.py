@@ -140,6 +140,7 @@ def main(args: argparse.Namespace) -> int:
         quick=args.quick,
         warmup=not (args.quick or args.no_warmup),
         progress=not args.no_progress,
+        partial_json=args.out.resolve() / ("partial-quick.json" if args.quick else "partial.json"),
     )
     try:
         results = run_bench(opts)

@@ -155,6 +155,7 @@ class Options:
     quick: bool = False
     warmup: bool = True
     progress: bool = True
+    partial_json: Path | None = None  # rewritten after every workload
 
 
 @attrs.define
@@ -413,8 +414,43 @@ def run_bench(opts: Options) -> Results:
     load_before = os.getloadavg()
     started = datetime.now(UTC)
     cells: list[Cell] = []
+    versions = _versions(tools)
+
+    def results(finished: datetime | None, setup_errors: dict[str, str]) -> Results:
+        meta = {
+            "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+            "started": started.isoformat(),
+            "finished": (finished or datetime.now(UTC)).isoformat(),
+            "complete": finished is not None,
+            "machine": _machine(),
+            "load_before": load_before,
+            "load_after": os.getloadavg(),
+            "sizes": opts.sizes.to_dict(),
+            "runs": opts.runs,
+            "passes": [p.value for p in opts.passes],
+            "quick": opts.quick,
+            "timeout": opts.timeout,
+            "cell_budget": opts.cell_budget,
+            "warmup": opts.warmup,
+            "disk_root": str(disk_root),
+            "tmpfs_root": str(tmpfs_root),
+            "argv": sys.argv,
+        }
+        tool_info = {
+            t.name: {
+                "label": t.label,
+                "note": t.note,
+                "setup_error": setup_errors.get(t.name, ""),
+                "version": versions.get(t.name, ""),
+            }
+            for t in tools
+        }
+        return Results(meta=meta, tools=tool_info, workloads=suite, cells=list(cells))
+
+    errors: dict[str, str] = {}
     try:
         with _tools_running(tools, progress) as setup_errors:
+            errors = setup_errors
             try:
                 for pass_ in opts.passes:
                     set_affinity_tree({0} if pass_ is Pass.PINNED else original_affinity)
@@ -422,6 +458,8 @@ def run_bench(opts: Options) -> Results:
                         cells += _run_workload(
                             wl, pass_, tools, setup_errors, opts, progress, suite
                         )
+                        if opts.partial_json is not None:  # survive an interrupted run
+                            _save_partial(results(None, setup_errors), opts.partial_json)
             finally:
                 set_affinity_tree(original_affinity)
     finally:
@@ -429,36 +467,15 @@ def run_bench(opts: Options) -> Results:
             subprocess.run(["umount", str(tmpfs_dir)], capture_output=True, check=False)
     finished = datetime.now(UTC)
     progress.message(f"done in {_hms((finished - started).total_seconds())}")
+    return results(finished, errors)
 
-    meta = {
-        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "started": started.isoformat(),
-        "finished": finished.isoformat(),
-        "machine": _machine(),
-        "load_before": load_before,
-        "load_after": os.getloadavg(),
-        "sizes": opts.sizes.to_dict(),
-        "runs": opts.runs,
-        "passes": [p.value for p in opts.passes],
-        "quick": opts.quick,
-        "timeout": opts.timeout,
-        "cell_budget": opts.cell_budget,
-        "warmup": opts.warmup,
-        "disk_root": str(disk_root),
-        "tmpfs_root": str(tmpfs_root),
-        "argv": sys.argv,
-    }
-    versions = _versions(tools)
-    tool_info = {
-        t.name: {
-            "label": t.label,
-            "note": t.note,
-            "setup_error": setup_errors.get(t.name, ""),
-            "version": versions.get(t.name, ""),
-        }
-        for t in tools
-    }
-    return Results(meta=meta, tools=tool_info, workloads=suite, cells=cells)
+
+def _save_partial(res: Results, path: Path) -> None:
+    import json
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res.to_dict(), indent=1) + "\n")
+    tmp.replace(path)
 
 
 def _tmpfs_dir(opts: Options, out_dir: Path) -> tuple[Path, bool]:

@@ -106,6 +106,8 @@ def markdown(data: dict[str, Any], title: str = "synthfs benchmark results") -> 
     names = list(tools)
     m = meta["machine"]
     out = [f"# {title}", ""]
+    if meta.get("complete") is False:
+        out += ["**Partial results: the run was interrupted; cells not reached are absent.**", ""]
     out += [
         f"Date: {meta['date']} (run {meta['started'][11:16]}{DASH}{meta['finished'][11:16]} UTC). "
         f"Machine: {m['cpus']} vCPU {m['cpu']}, {m['memory']} RAM, {m['os']}, "
