@@ -719,7 +719,7 @@ def finish(
     """Normalise one side's outcome and snapshot its tree.
 
     ``repo=True``: the tree is a repository served by synthfs; the server's own
-    empty ``.synthfs-*`` directories are not part of it (guests never see them).
+    ``.synthfs-*`` entries are not part of it (guests never see them).
     """
     tree = helpers.snapshot(tree_root, times=case.times)
     if repo:
