@@ -178,8 +178,12 @@ def _explain(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print(f"errno:    {name} ({decision.errno}, {os.strerror(decision.errno)})")
     else:
         print("errno:    0")
-    if chain[1:]:
+    lower = [d for d in chain[1:] if d.rule != "default"]
+    if lower:
         print("also matches, lower precedence:")
-    for other in chain[1:]:
+    for other in lower:
         print(f"          {other.action.value} by {other.rule}: {other.reason}")
+    for other in chain[1:]:
+        if other.rule == "default":
+            print(f"fallback: {other.action.value} by default: {other.reason}")
     return 0 if decision.allowed else 1
