@@ -219,8 +219,12 @@ class LocalBackend(Backend):
     # -- staging -----------------------------------------------------------------------
 
     def _open_staging(self) -> int:
+        # Creating the staging directory must not show as a change of the root:
+        # put the root's times back (its listing hides the reserved name).
+        before = os.stat(self._root_fd)
         with contextlib.suppress(FileExistsError):
             os.mkdir(STAGING_DIR, 0o700, dir_fd=self._root_fd)
+            os.utime(f"/proc/self/fd/{self._root_fd}", ns=(before.st_atime_ns, before.st_mtime_ns))
         fd = os.open(STAGING_DIR, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                      dir_fd=self._root_fd)
         return fd
@@ -357,7 +361,7 @@ class LocalBackend(Backend):
     def stat(self, path: str) -> Attrs:
         parts = split_path(path)
         if not parts:
-            return attrs_from_stat(os.fstat(self._root_fd))
+            return self._root_attrs(os.fstat(self._root_fd))
         if len(parts) == 1:  # one name in the root: no walk, no extra fd
             return attrs_from_stat(os.stat(parts[0], dir_fd=self._root_fd, follow_symlinks=False))
         pfd = self._open(parts[:-1], os.O_PATH | os.O_DIRECTORY)
@@ -366,11 +370,16 @@ class LocalBackend(Backend):
         finally:
             os.close(pfd)
 
+    def _root_attrs(self, st: os.stat_result) -> Attrs:
+        """The root's attributes without the hidden staging directory's link."""
+        a = attrs_from_stat(st)
+        return attrs_mod.evolve(a, nlink=max(2, a.nlink - 1))
+
     def list(self, path: str) -> tuple[Attrs, Entries]:
         parts = split_path(path)
         fd = self._open(parts, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            own = attrs_from_stat(os.fstat(fd))
+            own = self._root_attrs(os.fstat(fd)) if not parts else attrs_from_stat(os.fstat(fd))
             entries: Entries = []
             with os.scandir(fd) as it:
                 for entry in it:
