@@ -13,6 +13,7 @@ to go through an embedded stack and ``--agent`` instead of ``--data``).
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import helpers
@@ -99,19 +100,14 @@ def test_stdin_reaches_the_guest(tmp_path: Path, synthfs: helpers.SynthfsLaunche
     repo = tmp_path / "repo"
     repo.mkdir()
     outside, home = _dirs(tmp_path)
-    argv = synthfs.argv(repo, ["sh", "-c", "cat > /data/in.txt && wc -c < /data/in.txt"])
-    if synthfs.mode == "agent":
-        pytest.skip("stdin test runs in data mode only")
-    import subprocess
-
-    p = subprocess.run(
-        argv,
-        input=b"piped through\n",
-        capture_output=True,
-        cwd=outside,
-        env=env_for(home),
-        timeout=helpers.TIMEOUT,
-    )
+    with synthfs.stack(repo) as stack:
+        argv = synthfs.argv(
+            repo, ["sh", "-c", "cat > /data/in.txt && wc -c < /data/in.txt"], stack=stack
+        )
+        p = subprocess.run(
+            argv, input=b"piped through\n", capture_output=True, cwd=outside,
+            env=env_for(home), timeout=helpers.TIMEOUT,
+        )
     assert (p.returncode, p.stdout, p.stderr) == (0, b"14\n", b""), p
     assert (repo / "in.txt").read_bytes() == b"piped through\n"
 
