@@ -96,6 +96,9 @@ class World:
         """Put back the canaries (an escaped unlink/rename/write may have changed them)."""
         self.canary.write_text(self.marker + "\n")
         self.key.write_text(self.marker + "\n")
+        secret = self.repo / "secret"
+        if not secret.is_file() or secret.read_text() != self.marker + "\n":
+            secret.write_text(self.marker + "\n")
 
 
 def build_repo(repo: Path, canary: Path, marker: str) -> None:
@@ -110,6 +113,8 @@ def build_repo(repo: Path, canary: Path, marker: str) -> None:
         "cache_abs": str(canary),
         "cache_rel": DEEP + str(canary).lstrip("/"),
         "cachedir_abs": str(canary.parent),
+        "secret_link": "secret",
+        "sub/up_secret": "../secret",
     }
     for name, target in links.items():
         if not (repo / name).is_symlink():
@@ -260,7 +265,7 @@ def run_attack(attack: Attack, native: World, guest: World, cbin, tmp_path: Path
 
 def paths(mode: str, target: str = "{canary}", **kw) -> Attack:
     argv = ("paths", mode, "{data}", target, "{marker}")
-    return Attack(f"{mode}:{target.strip('{}')}", argv, **kw)
+    return Attack(f"{mode}:{target.replace('{', '').replace('}', '')}", argv, **kw)
 
 
 NAMESPACE = [
@@ -314,6 +319,25 @@ NAMESPACE = [
 # repo_link cache_abs resolves inside the namespace: the native control has the
 # same symlink in a plain directory, where it does reach the canary.
 
+# The same tricks against a file the per-app policy denies (/data/secret, EACCES),
+# where the forbidden thing lives inside the namespace and only the policy stands
+# between the guest and it. (listdir is left out: listing /data is allowed.)
+POLICY_TRICKS = [
+    paths(mode, "{data}/secret", policy=DENY_SECRET_POLICY)
+    for mode in (
+        "abs", "dotdot", "dotdot_relative", "dotdot_subdir", "dirfd_dotdot", "chdir_dotdot",
+        "tmp_symlink", "tmp_dir_symlink", "guest_symlink_rel", "proc_cwd", "proc_fd_dir",
+        "stat", "rename_into_data", "hardlink", "unlink", "write", "openat2_dotdot",
+        "openat2_dirfd",
+    )
+] + [
+    paths("abs", spelled, policy=DENY_SECRET_POLICY)
+    for spelled in ("{data}//secret", "{data}/./secret", "{data}/sub/../secret")
+] + [
+    paths("repo_link", name, policy=DENY_SECRET_POLICY)
+    for name in ("secret_link", "sub/up_secret")
+]
+
 ABI = [
     Attack("int80_open", ("abi", "int80", "{canary}", "{marker}"), expect=frozenset({0} | KILLED)),
     Attack("x32_openat", ("abi", "x32", "{canary}", "{marker}"), expect=frozenset({0} | KILLED)),
@@ -344,6 +368,40 @@ def test_namespace_escape(attack, native_world, synthfs_world, cbin, tmp_path) -
     run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
     if attack.flags == ("--read-only",):
         assert (synthfs_world.repo / "ok").read_text() == "ok\n", "read-only file was changed"
+
+
+@pytest.mark.parametrize("attack", POLICY_TRICKS, ids=_ids(POLICY_TRICKS))
+def test_policy_denied_file(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+    assert (synthfs_world.repo / "secret").read_text() == synthfs_world.marker + "\n"
+
+
+READ_MODES = (
+    "abs", "dotdot", "dotdot_relative", "dotdot_subdir", "dirfd_dotdot", "chdir_dotdot",
+    "tmp_symlink", "tmp_dir_symlink", "guest_symlink_rel", "proc_cwd", "proc_fd_dir",
+    "openat2_dotdot", "openat2_dirfd",
+)
+
+
+@pytest.mark.parametrize("mode", READ_MODES)
+def test_policy_trick_positive_twin(mode, synthfs_world, cbin, tmp_path) -> None:
+    """The same trick aimed at the allowed /data/ok must work under the same policy.
+
+    Otherwise the refusal in test_policy_denied_file proves nothing (the trick
+    is simply broken under synthfs). Exit 3 = "opened, read something other
+    than the marker", i.e. the read went through.
+    """
+    attack = paths(mode, "{data}/ok", policy=DENY_SECRET_POLICY)
+    pol = tmp_path / "policy.toml"
+    pol.write_text(DENY_SECRET_POLICY)
+    launcher = helpers.SynthfsLauncher(mode="agent")
+    argv = launcher.argv(
+        synthfs_world.repo, _argv(attack, synthfs_world, cbin), stack=synthfs_world.stack,
+        extra=["--policy", str(pol)],
+    )
+    got = helpers.run_native(argv, cwd=tmp_path)
+    print(f"synthfs: exit {got.status}: {got.stdout.strip()}")
+    assert got.status == 3 and "read something else: b'ok\\n'" in got.stdout, got.show()
 
 
 @pytest.mark.parametrize("attack", ABI, ids=_ids(ABI))
