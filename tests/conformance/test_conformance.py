@@ -13,6 +13,7 @@ to go through an embedded stack and ``--agent`` instead of ``--data``).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -50,6 +51,9 @@ def _dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_conformance(case: Case, tmp_path: Path, synthfs: helpers.SynthfsLauncher) -> None:
+    missing = [t for t in case.needs if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (add to .ci/setup to run this case)")
     outside, home = _dirs(tmp_path)
     native = run_case_native(case, tmp_path / "native", outside, home)
     guest = run_case_synthfs(case, tmp_path / "synthfs", outside, home, synthfs)
