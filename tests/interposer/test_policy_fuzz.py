@@ -23,7 +23,12 @@ from interposer.policy import Action, Op, Policy, PolicyError
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"WORKSPACE": "/w", "HOME": "/home/u", "TMPDIR": "/tmp"}
-FUZZ = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+#: examples per test; SYNTHFS_FUZZ_EXAMPLES=5000 for a long run
+FUZZ = settings(
+    deadline=None,
+    max_examples=int(os.environ.get("SYNTHFS_FUZZ_EXAMPLES", "300")),
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def load_or_error(text: str) -> Policy | None:
