@@ -473,6 +473,15 @@ print(os.path.realpath("up"), os.path.abspath("sub"))
 with open("/proc/self/cwd/sub/c.txt") as f: print(f.read(), end="")
 """
 
+PY_SPAWN_MANY = """
+import subprocess, sys
+r = sys.argv[1]
+# CPython spawns with vfork where it can: 60 short-lived children, each reading /data
+outs = [subprocess.run(["cat", f"{r}/a.txt"], capture_output=True).stdout for _ in range(60)]
+print(len(outs), len(set(outs)), outs[0])
+subprocess.run(["sh", "-c", f"echo from-child > {r}/child.txt"], check=True)
+"""
+
 PY_SQLITE_WAL = """
 import sqlite3, sys
 r = sys.argv[1]
@@ -740,6 +749,7 @@ CASES: list[Case] = [
     Case("py_stat_consistency", py(PY_CONSISTENT)),
     Case("py_fd_cwd_paths", py(PY_FD_PATHS)),
     Case("py_sqlite_wal", py(PY_SQLITE_WAL)),
+    Case("py_spawn_many", py(PY_SPAWN_MANY)),
     # -- errors: same message, same status
     Case("err_cat_missing", ("cat", "{root}/missing")),
     Case("err_mkdir_existing", ("mkdir", "{root}/d")),

@@ -237,7 +237,26 @@ def main():
             out(REFUSED, f"maps shows host path {shown}, which does not open ({fail_name(e)})")
         os.close(fd)
         out(ESCAPED, f"maps shows host path {shown} and it opens: ESCAPED")
+    elif mode == "long_dotdot":
+        # close to PATH_MAX: a supervisor that truncates the copy must not resolve it differently
+        pad = "./" * ((4000 - len(data) - len(DEEP) - len(target)) // 2)
+        read_and_judge(f"{data}/{pad}{DEEP}{rel(target)}", marker, "near-PATH_MAX .. chain")
+    elif mode == "too_long":
+        # beyond PATH_MAX: ENAMETOOLONG natively and under synthfs, never a truncated path
+        path = f"{data}/{'./' * 2100}{DEEP}{rel(target)}"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            code = REFUSED if e.errno == errno.ENAMETOOLONG else ODD
+            out(code, f"path of {len(path)} bytes: {fail_name(e)} (want ENAMETOOLONG)")
+        read_and_judge(fd, marker, "path beyond PATH_MAX")
+    elif mode == "nonutf8_dotdot":
+        # a directory whose name is not UTF-8, then .. out of the mount
+        path = os.fsencode(data) + b"/\xff\xfe/../" + os.fsencode(DEEP + rel(target))
+        read_and_judge(path, marker, ".. chain through a non-UTF-8 directory")
     elif mode == "signal":
+        if target == "ppid":
+            target = str(os.getppid())
         try:
             os.kill(int(target), 0)
         except OSError as e:
