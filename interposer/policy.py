@@ -77,6 +77,7 @@ import datetime
 import difflib
 import enum
 import errno as _errno
+import functools
 import json
 import os
 import re
@@ -193,7 +194,7 @@ class _Rule:
     # For the per-directory cache (see Policy._dir_decision):
     lp: tuple[str, ...] = attrs.field(init=False)  # literal components before a wildcard
     fixed_len: int | None = attrs.field(init=False)  # component count when there is no **
-    under: re.Pattern[str] | None = attrs.field(init=False)  # "H/**": H, to match a prefix
+    under: str | None = attrs.field(init=False)  # "H/**": regex of H, to match a prefix
 
     @lp.default
     def _lp(self) -> tuple[str, ...]:
@@ -204,13 +205,13 @@ class _Rule:
         return None if "**" in self.glob.components else len(self.glob.components)
 
     @under.default
-    def _under(self) -> re.Pattern[str] | None:
+    def _under(self) -> str | None:
         comps = self.glob.components
         if not comps or comps[-1] != "**":
             return None
         if len(comps) == 1:
-            return re.compile(".*", re.DOTALL)
-        return re.compile(PathGlob.compile("/" + "/".join(comps[:-1])).regex, re.DOTALL)
+            return ".*"
+        return PathGlob.compile("/" + "/".join(comps[:-1])).regex
 
     @property
     def sort_key(self) -> tuple[int, int, int, int, int]:
@@ -236,6 +237,7 @@ class App:
     deny_all: Decision | None = None  # set on pin-mismatch apps
     pin_mismatch: App | None = None  # the deny-all twin of a pinned app
     owner: object = attrs.field(default=None, repr=False)  # the loaded policy it belongs to
+    # per op, built on first use by _table(): (alternation, decisions, rules)
     tables: dict[Op, tuple[re.Pattern[str] | None, tuple[Decision, ...], tuple[_Rule, ...]]] = (
         attrs.field(factory=dict, repr=False)
     )
@@ -512,7 +514,7 @@ class Policy:
         if shared is not None:
             decision = shared
         else:
-            pattern, decisions, _rules = app.tables[op]
+            pattern, decisions, _rules = _table(app, op)
             decision = app.default
             if pattern is not None:
                 m = pattern.fullmatch(path)
@@ -548,14 +550,14 @@ class Policy:
         comps = tuple(parent[1:].split("/"))
         depth = len(comps) + 1
         decision = app.default
-        for rule in app.tables[op][2]:
+        for rule in _table(app, op)[2]:
             lp = rule.lp
             n = min(len(lp), len(comps))
             if lp[:n] != comps[:n] or (rule.fixed_len is not None and rule.fixed_len != depth):
                 continue  # matches no child of parent
-            under = rule.under
-            if under is None:
+            if rule.under is None:
                 return None
+            under = _rx(rule.under)
             prefixes = ["/" + "/".join(comps[:k]) for k in range(len(comps), 0, -1)]
             if not any(under.fullmatch(q) for q in prefixes):
                 return None
@@ -576,7 +578,7 @@ class Policy:
         bad = self._check_app(app) or self._check_path(path, on_mount=True)
         if bad is not None:
             return (bad,)
-        _pattern, _decisions, rules = app.tables[op]
+        _pattern, _decisions, rules = _table(app, op)
         out = [r.decision for r in rules if r.glob.matches(path)]
         out.append(app.default)
         if self._read_only and op in WRITE_OPS and out[0].allowed:
@@ -947,7 +949,6 @@ class _Loader:
             rules=(),
             owner=self.core,
         )
-        _build_tables(unmatched)
 
         apps: list[App] = []
         rule_count = 0
@@ -1199,7 +1200,6 @@ class _Loader:
                 deny_all=deny,
                 owner=self.core,
             )
-            _build_tables(twin)
         app = App(
             name=name,
             ref=self.ref(p),
@@ -1211,7 +1211,6 @@ class _Loader:
             pin_mismatch=twin,
             owner=self.core,
         )
-        _build_tables(app)
         return app, count
 
     def ops(self, value: object, path: KeyPath) -> frozenset[Op]:
@@ -1319,17 +1318,26 @@ def _dotted(path: KeyPath) -> str:
     return out
 
 
-def _build_tables(app: App) -> None:
-    """Per op: one alternation of the app's rules in precedence order."""
-    for op in Op:
+def _table(
+    app: App, op: Op
+) -> tuple[re.Pattern[str] | None, tuple[Decision, ...], tuple[_Rule, ...]]:
+    """The app's rules for ``op`` in precedence order, and their alternation.
+
+    Built on first use (a 100-app policy loads without compiling 900
+    expressions, and apps never exec'd never pay for theirs)."""
+    table = app.tables.get(op)
+    if table is None:
         rules = sorted((r for r in app.rules if op in r.ops), key=lambda r: r.sort_key)
-        if rules:
-            pattern: re.Pattern[str] | None = re.compile(
-                "|".join(f"({r.glob.regex})" for r in rules), re.DOTALL
-            )
-        else:
-            pattern = None
-        app.tables[op] = (pattern, tuple(r.decision for r in rules), tuple(rules))
+        pattern = (
+            re.compile("|".join(f"({r.glob.regex})" for r in rules), re.DOTALL) if rules else None
+        )
+        table = app.tables[op] = (pattern, tuple(r.decision for r in rules), tuple(rules))
+    return table
+
+
+@functools.lru_cache(maxsize=4096)
+def _rx(source: str) -> re.Pattern[str]:
+    return re.compile(source, re.DOTALL)
 
 
 def _shadows(earlier: App, later: App) -> bool:
