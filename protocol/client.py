@@ -190,7 +190,7 @@ class Client:
                 inflight.popleft()
                 yield _unwrap(done.pop(head))
                 continue
-            got = self._wait_for({r for r, _ in inflight}, self._attempt_ms)
+            got = self._wait_for({r for r, _ in inflight}, self._attempt_ms, bulk=True)
             if got is not None:
                 stalls = 0
                 done[got[0]] = got[1]
@@ -203,8 +203,14 @@ class Client:
             for _rid, frame in inflight:
                 self._sock.send(frame, 0, copy=False)
 
-    def _wait_for(self, rids: set[int], timeout_ms: int) -> tuple[int, Message] | None:
-        """The next reply whose id is in ``rids``, or None after ``timeout_ms``."""
+    def _wait_for(
+        self, rids: set[int], timeout_ms: int, *, bulk: bool = False
+    ) -> tuple[int, Message] | None:
+        """The next reply whose id is in ``rids``, or None after ``timeout_ms``.
+
+        ``bulk`` replies (Data chunks) are received without a copy; small ones
+        are copied into bytes, which is cheaper than a zero-copy Frame.
+        """
         sock = self._sock
         assert sock is not None
         deadline = time.monotonic() + timeout_ms / 1000
@@ -216,11 +222,14 @@ class Client:
                 sock.setsockopt(zmq.RCVTIMEO, remaining)
                 self._rcvtimeo = remaining
             try:
-                parts = sock.recv_multipart(copy=False)
+                frame = sock.recv(copy=not bulk)
+                while sock.rcvmore:  # a REQ-style peer's delimiter: the envelope is last
+                    frame = sock.recv(copy=not bulk)
             except zmq.Again:
                 return None
             try:
-                env = decode(cast(bytes, parts[-1].buffer))  # decode reads any buffer
+                data = cast(bytes, frame if isinstance(frame, bytes) else frame.buffer)
+                env = decode(data)  # decode reads any buffer
             except DecodeError as exc:
                 log.debug("client %s: dropped an undecodable reply: %s", self.endpoint, exc)
             else:
