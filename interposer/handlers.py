@@ -1454,10 +1454,17 @@ def _getdents(call: Call, env: Env, legacy: bool) -> Result:
         pattrs = env.repo.lstat(parent) if handle.repo_path != "/" else None
         from protocol.messages import DirEntry
 
+        # Entries the policy hides (errno ENOENT) are not listed either.
+        base = env.ns.guest_path(handle.repo_path).rstrip("/")
+        visible = [
+            e
+            for e in listing.entries
+            if env.check(call, "stat", f"{base}/{e.name}") != errno.ENOENT
+        ]
         handle.entries = [
             DirEntry(".", listing.attrs),
             DirEntry("..", pattrs or listing.attrs),
-            *listing.entries,
+            *visible,
         ]
     pack = abi.dirent if legacy else abi.dirent64
     out = bytearray()

@@ -58,7 +58,7 @@ class RunEnv:
         self.audit = audit
         self.audit_all = audit_all
         self.denials = 0
-        self._default_app = policy.identify("", (), lambda: "")
+        self._default_app = policy.unmatched  # before the first exec
 
     def identify(self, proc: Proc) -> None:
         exe = proc.exe
@@ -163,11 +163,14 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc))
     try:
-        policy = Policy.from_toml(args.policy) if args.policy else Policy.default()
+        policy = Policy.from_toml(args.policy) if args.policy else Policy.default(ns.mount)
     except PolicyError as exc:
         return _fail(f"bad policy: {exc}")
-    except OSError as exc:
-        return _fail(f"cannot read policy {args.policy}: {exc.strerror}")
+    if ns.mount not in policy.mounts:
+        return _fail(
+            f"the policy {args.policy} has no [[mount]] for {ns.mount} "
+            f"(it names {', '.join(policy.mounts) or 'none'}): pass --mount or fix the policy"
+        )
     if args.read_only:
         policy = policy.read_only()
     try:
