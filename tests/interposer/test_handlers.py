@@ -310,7 +310,9 @@ def test_entries_hidden_with_enoent_are_not_listed(world) -> None:
     guest, env, proc, call = world
     env.repo.tree["/d/hidden"] = _a("file", 7)
     real_check = env.check
-    env.check = lambda c, op, path: errno.ENOENT if path == "/data/d/hidden" else real_check(c, op, path)
+    env.check = lambda c, op, path: (
+        errno.ENOENT if path == "/data/d/hidden" else real_check(c, op, path)
+    )
     r = call("openat", AT_FDCWD, guest.put(100, "/data/d"), os.O_RDONLY | os.O_DIRECTORY, 0)
     guest.fds[3] = _scratch_path(r).rstrip(b"\0").decode()
     data = call("getdents64", 3, 0x9000, 4096).writes[0][1]
