@@ -23,8 +23,8 @@ import enum
 from collections.abc import Iterable
 from typing import Any, ClassVar, TypeVar
 
+import attrs
 from attrs import field, frozen
-from attrs.validators import and_, deep_iterable, ge, instance_of, le, max_len, optional
 
 __all__ = [
     "CHUNK_SIZE",
@@ -64,6 +64,14 @@ __all__ = [
     "UploadChunk",
     "UploadCommit",
     "Welcome",
+    "WireBool",
+    "WireBytes",
+    "WireInt",
+    "WireOptional",
+    "WireStr",
+    "WireTuple",
+    "WireType",
+    "WireValue",
     "message",
 ]
 
@@ -73,11 +81,140 @@ CHUNK_SIZE = 4 * 1024 * 1024
 #: Longest path accepted on the wire (Linux PATH_MAX).
 MAX_PATH = 4096
 
-_U64 = and_(instance_of(int), ge(0), le(2**64 - 1))
-_I64 = and_(instance_of(int), ge(-(2**63)), le(2**63 - 1))
-_PATH = and_(instance_of(str), max_len(MAX_PATH))
-_NAME = and_(instance_of(str), max_len(255))
-_SHORT = and_(instance_of(str), max_len(1024))
+_U64_MAX = 2**64 - 1
+_U32_MAX = 2**32 - 1
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
+# -- wire types of fields ------------------------------------------------------------
+#
+# Every field's validator is one of the small frozen classes below: one plain check
+# when a message is built (not a chain of attrs validators: building an ``Attrs``
+# through ``and_(instance_of, ge, le)`` chains cost tens of µs), and a description
+# of the field's wire type that :mod:`protocol.codec` reads to build its decoders.
+# A field's type and limits are declared once, here.
+
+
+def _type_error(attribute: attrs.Attribute[Any], value: Any, want: str) -> TypeError:
+    return TypeError(f"{attribute.name} must be {want}, not {type(value).__name__}")
+
+
+@frozen
+class WireInt:
+    """An int in ``[lo, hi]``; a bool is not an int here (``True`` is not a size)."""
+
+    lo: int
+    hi: int
+
+    def __call__(self, inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value.__class__ is not int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise _type_error(attribute, value, "an int")
+        if not self.lo <= value <= self.hi:
+            raise ValueError(f"{attribute.name} must be in [{self.lo}, {self.hi}], not {value}")
+
+    def describe(self) -> str:
+        return f"an int in [{self.lo}, {self.hi}]"
+
+
+@frozen
+class WireStr:
+    """A str of at most ``max_len`` characters."""
+
+    max_len: int
+
+    def __call__(self, inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, str):
+            raise _type_error(attribute, value, "a str")
+        if len(value) > self.max_len:
+            raise ValueError(f"{attribute.name} is longer than {self.max_len} characters")
+
+    def describe(self) -> str:
+        return f"a str of at most {self.max_len} characters"
+
+
+@frozen
+class WireBytes:
+    """A bytes of at most ``max_len`` bytes."""
+
+    max_len: int
+
+    def __call__(self, inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, bytes):
+            raise _type_error(attribute, value, "bytes")
+        if len(value) > self.max_len:
+            raise ValueError(f"{attribute.name} is longer than {self.max_len} bytes")
+
+    def describe(self) -> str:
+        return f"bytes of at most {self.max_len}"
+
+
+@frozen
+class WireBool:
+    def __call__(self, inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, bool):
+            raise _type_error(attribute, value, "a bool")
+
+    def describe(self) -> str:
+        return "a bool"
+
+
+@frozen
+class WireValue:
+    """An instance of ``cls``: a value class (``Attrs``, ``DirEntry``) or an enum."""
+
+    cls: type
+
+    def __call__(self, inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, self.cls):
+            raise _type_error(attribute, value, f"a {self.cls.__name__}")
+
+    def describe(self) -> str:
+        if issubclass(self.cls, enum.Enum):
+            return f"one of {sorted(str(x.value) for x in self.cls)}"
+        return f"a {self.cls.__name__}"
+
+
+@frozen
+class WireOptional:
+    """None, or what ``inner`` accepts."""
+
+    inner: WireType
+
+    def __call__(self, inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None:
+            self.inner(inst, attribute, value)
+
+    def describe(self) -> str:
+        return f"None or {self.inner.describe()}"
+
+
+@frozen
+class WireTuple:
+    """A tuple whose every item ``item`` accepts."""
+
+    item: WireType
+
+    def __call__(self, inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, tuple):
+            raise _type_error(attribute, value, "a tuple")
+        check = self.item
+        for v in value:
+            check(inst, attribute, v)
+
+    def describe(self) -> str:
+        return f"an array of {self.item.describe()}"
+
+
+WireType = WireInt | WireStr | WireBytes | WireBool | WireValue | WireOptional | WireTuple
+
+_U64 = WireInt(0, _U64_MAX)
+_I64 = WireInt(_I64_MIN, _I64_MAX)
+_MODE = WireInt(0, 0o7777)
+_PATH = WireStr(MAX_PATH)
+_NAME = WireStr(255)
+_SHORT = WireStr(1024)
+_DATA = WireBytes(CHUNK_SIZE)
+_BOOL = WireBool()
 
 
 class FileKind(enum.StrEnum):
@@ -92,6 +229,15 @@ class RenameFlags(enum.IntFlag):
     NONE = 0
     NOREPLACE = 1
     EXCHANGE = 2
+
+
+def _rename_flags(value: Any) -> RenameFlags:
+    """RenameFlags of an unsigned 32-bit int (``RenameFlags(-1)`` would quietly be 3)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"flags must be an int, not {type(value).__name__}")
+    if not 0 <= value <= _U32_MAX:
+        raise ValueError(f"flags must be in [0, {_U32_MAX}], not {value}")
+    return RenameFlags(value)
 
 
 class Message:
@@ -131,9 +277,9 @@ def _as_tuple(values: Iterable[Any]) -> tuple[Any, ...]:
 class Attrs:
     """What a ``stat`` of one repository object says. ``version`` is its etag."""
 
-    kind: FileKind = field(converter=FileKind)
+    kind: FileKind = field(converter=FileKind, validator=WireValue(FileKind))
     size: int = field(validator=_U64)
-    mode: int = field(validator=and_(instance_of(int), ge(0), le(0o7777)))
+    mode: int = field(validator=_MODE)
     mtime_ns: int = field(validator=_I64)
     ctime_ns: int = field(validator=_I64)
     ino: int = field(validator=_U64)
@@ -144,7 +290,7 @@ class Attrs:
 @frozen
 class DirEntry:
     name: str = field(validator=_NAME)
-    attrs: Attrs = field(validator=instance_of(Attrs))
+    attrs: Attrs = field(validator=WireValue(Attrs))
 
 
 # -- connection set-up ---------------------------------------------------------------
@@ -165,7 +311,7 @@ class Welcome(Message):
 
     version: int = field(validator=_U64)
     refused_paths: tuple[str, ...] = field(
-        converter=_as_tuple, validator=deep_iterable(_PATH, instance_of(tuple))
+        converter=_as_tuple, validator=WireTuple(_PATH)
     )
 
 
@@ -209,7 +355,7 @@ class Stat(Message):
 @message("stat_reply")
 @frozen
 class StatReply(Message):
-    attrs: Attrs = field(validator=instance_of(Attrs))
+    attrs: Attrs = field(validator=WireValue(Attrs))
 
 
 @message("list")
@@ -223,9 +369,9 @@ class List(Message):
 @message("listing")
 @frozen
 class Listing(Message):
-    attrs: Attrs = field(validator=instance_of(Attrs))
+    attrs: Attrs = field(validator=WireValue(Attrs))
     entries: tuple[DirEntry, ...] = field(
-        converter=_as_tuple, validator=deep_iterable(instance_of(DirEntry), instance_of(tuple))
+        converter=_as_tuple, validator=WireTuple(WireValue(DirEntry))
     )
 
 
@@ -240,15 +386,15 @@ class Read(Message):
 
     path: str = field(validator=_PATH)
     offset: int = field(validator=_U64)
-    length: int = field(validator=and_(instance_of(int), ge(0), le(CHUNK_SIZE)))
+    length: int = field(validator=WireInt(0, CHUNK_SIZE))
     version: str = field(validator=_SHORT, default="")
 
 
 @message("data")
 @frozen
 class Data(Message):
-    data: bytes = field(validator=and_(instance_of(bytes), max_len(CHUNK_SIZE)), repr=False)
-    eof: bool = field(validator=instance_of(bool))
+    data: bytes = field(validator=_DATA, repr=False)
+    eof: bool = field(validator=_BOOL)
     version: str = field(validator=_SHORT)
 
 
@@ -259,7 +405,7 @@ class UploadChunk(Message):
 
     upload_id: str = field(validator=_SHORT)
     offset: int = field(validator=_U64)
-    data: bytes = field(validator=and_(instance_of(bytes), max_len(CHUNK_SIZE)), repr=False)
+    data: bytes = field(validator=_DATA, repr=False)
 
 
 @message("upload_commit")
@@ -275,7 +421,7 @@ class UploadCommit(Message):
     upload_id: str = field(validator=_SHORT)
     path: str = field(validator=_PATH)
     size: int = field(validator=_U64)
-    mode: int = field(validator=and_(instance_of(int), ge(0), le(0o7777)), default=0o644)
+    mode: int = field(validator=_MODE, default=0o644)
 
 
 @message("upload_abort")
@@ -288,7 +434,7 @@ class UploadAbort(Message):
 @frozen
 class Mkdir(Message):
     path: str = field(validator=_PATH)
-    mode: int = field(validator=and_(instance_of(int), ge(0), le(0o7777)), default=0o755)
+    mode: int = field(validator=_MODE, default=0o755)
 
 
 @message("remove")
@@ -297,7 +443,7 @@ class Remove(Message):
     """unlink (``directory`` False) or rmdir (True) of ``path``."""
 
     path: str = field(validator=_PATH)
-    directory: bool = field(validator=instance_of(bool), default=False)
+    directory: bool = field(validator=_BOOL, default=False)
 
 
 @message("rename")
@@ -305,7 +451,9 @@ class Remove(Message):
 class Rename(Message):
     src: str = field(validator=_PATH)
     dst: str = field(validator=_PATH)
-    flags: RenameFlags = field(converter=RenameFlags, default=RenameFlags.NONE)
+    flags: RenameFlags = field(
+        converter=_rename_flags, validator=WireInt(0, _U32_MAX), default=RenameFlags.NONE
+    )
 
 
 @message("symlink")
@@ -335,12 +483,10 @@ class SetAttr(Message):
     """chmod / utimensat / truncate of ``path``; None leaves a field as it is."""
 
     path: str = field(validator=_PATH)
-    mode: int | None = field(
-        validator=optional(and_(instance_of(int), ge(0), le(0o7777))), default=None
-    )
-    atime_ns: int | None = field(validator=optional(_I64), default=None)
-    mtime_ns: int | None = field(validator=optional(_I64), default=None)
-    size: int | None = field(validator=optional(_U64), default=None)
+    mode: int | None = field(validator=WireOptional(_MODE), default=None)
+    atime_ns: int | None = field(validator=WireOptional(_I64), default=None)
+    mtime_ns: int | None = field(validator=WireOptional(_I64), default=None)
+    size: int | None = field(validator=WireOptional(_U64), default=None)
 
 
 # -- materialisation (interposer -> agent only) ----------------------------------------
@@ -357,7 +503,7 @@ class Open(Message):
 
     path: str = field(validator=_PATH)
     flags: int = field(validator=_U64)
-    mode: int = field(validator=and_(instance_of(int), ge(0), le(0o7777)), default=0o644)
+    mode: int = field(validator=_MODE, default=0o644)
 
 
 @message("opened")
@@ -366,7 +512,7 @@ class Opened(Message):
     """The host path of the cache file to open, and the object's attributes."""
 
     host_path: str = field(validator=_PATH)
-    attrs: Attrs = field(validator=instance_of(Attrs))
+    attrs: Attrs = field(validator=WireValue(Attrs))
 
 
 @message("commit")
@@ -380,7 +526,7 @@ class Commit(Message):
 @message("committed")
 @frozen
 class Committed(Message):
-    attrs: Attrs = field(validator=instance_of(Attrs))
+    attrs: Attrs = field(validator=WireValue(Attrs))
 
 
 @message("sync")
@@ -413,5 +559,5 @@ class Error(Message):
     token) tell the agent to register again and resend.
     """
 
-    errno: int = field(validator=and_(instance_of(int), ge(1), le(4095)))
+    errno: int = field(validator=WireInt(1, 4095))
     message: str = field(validator=_SHORT, default="")
