@@ -432,6 +432,7 @@ def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Re
             return Fail(errno.ELOOP)
         # O_PATH|O_NOFOLLOW: an fd on the link itself (glibc's fchmodat and
         # lchown emulations fstat it): an fd on a placeholder symlink.
+        call.proc.synthetic = True
         placeholder = env.host.new_dir_handle(loc.repo, symlink=True)
         kflags = abi.O_PATH | abi.O_NOFOLLOW | (flags & abi.O_CLOEXEC)
         how = abi.OPEN_HOW.pack(kflags, 0, _NO_LINKS)
@@ -444,6 +445,7 @@ def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Re
         denied = env.check(call, "list", loc.guest)
         if denied:
             return Fail(denied)
+        call.proc.synthetic = True
         placeholder = env.host.new_dir_handle(loc.repo)
         kflags = abi.O_DIRECTORY | (flags & (abi.O_CLOEXEC | abi.O_NONBLOCK | abi.O_PATH))
         how = abi.OPEN_HOW.pack(kflags, 0, _NO_LINKS)
@@ -466,8 +468,9 @@ def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Re
     how = abi.OPEN_HOW.pack(kflags, 0, _NO_LINKS)
 
     def after(ret: int) -> None:
-        if ret >= 0 and writing:
-            call.proc.wrote = True
+        if ret >= 0:
+            call.proc.synthetic = True
+            call.proc.wrote = call.proc.wrote or writing
 
     return RunChecked(
         NR_OPENAT2, (AT_FDCWD, _cstr(opened.host_path), Scratch(how), len(how)), after
@@ -1352,6 +1355,7 @@ def _chdir(call: Call, env: Env, loc: Loc) -> Result:
         if denied:
             return Fail(denied)
         call.proc.fs.cwd = loc.guest
+        call.proc.synthetic = True
         return Return(0)
     assert loc.host is not None
     fs = call.proc.fs

@@ -120,6 +120,8 @@ class Proc:
     app: object = None
     #: set once the process opened a synthetic file for writing (close must commit)
     wrote: bool = False
+    #: set once the process opened anything synthetic (its fd syscalls need a look)
+    synthetic: bool = False
 
 
 @define

@@ -32,7 +32,7 @@ from interposer.actions import Continue, Fail, Kill, Result, Return, RunChecked,
 from interposer.filter import CompiledFilter
 from interposer.handlers import HANDLERS
 from interposer.ports import Call, Env, FsState, Proc
-from interposer.syscalls import BY_NR
+from interposer.syscalls import BY_NR, Need
 
 __all__ = ["Supervisor"]
 
@@ -219,6 +219,7 @@ class Supervisor:
                         "seccomp_stops",
                         "exit_stops",
                         "rewritten",
+                        "skipped",
                         "decode_ns",
                         "handler_ns",
                         "apply_ns",
@@ -302,6 +303,7 @@ class Supervisor:
                 argv=parent.argv,
                 app=parent.app,
                 wrote=parent.wrote,
+                synthetic=parent.synthetic,
             )
             self.procs[child] = proc
         if flags & CLONE_VM or t.space is None:
@@ -448,6 +450,20 @@ class Supervisor:
         if spec is None or spec.handler is None:
             pt.cont(tid)  # a guest's own stacked filter asked for TRACE
             return
+        needs = spec.needs
+        if needs is not Need.ALWAYS:
+            proc = t.proc
+            if not (
+                proc.synthetic
+                if needs is Need.SYNTH_FD
+                else proc.wrote
+                if needs is Need.WROTE
+                else proc.fs.cwd is not None
+            ):
+                pt.cont(tid)  # this process cannot hold what the handler looks for
+                if stats is not None:
+                    stats["skipped"] += 1
+                return
         call = Call(
             nr,
             spec.name,

@@ -28,6 +28,7 @@ __all__ = [
     "Action",
     "Cond",
     "Level",
+    "Need",
     "Role",
     "SyscallSpec",
 ]
@@ -62,6 +63,20 @@ class Level(enum.StrEnum):
     KILL = "kill"
 
 
+class Need(enum.Enum):
+    """What a process must have done before a traced fd syscall can concern /data.
+
+    The filter traps these syscalls in every process; the supervisor resumes
+    the stop at once, without decoding, when the process cannot hold what the
+    handler looks for.
+    """
+
+    ALWAYS = "always"
+    SYNTH_FD = "synthetic fd"  # the process opened a synthetic file or directory
+    WROTE = "written fd"  # the process opened a synthetic file for writing
+    SYNTH_CWD = "synthetic cwd"  # its cwd is on /data
+
+
 class Action(enum.Enum):
     TRACE = "trace"
     ERRNO = "errno"
@@ -90,6 +105,7 @@ class SyscallSpec:
     #: TRACE only when every condition holds (several tuples: any of them).
     when: tuple[tuple[Cond, ...], ...] = ()
     note: str = field(default="")
+    needs: Need = Need.ALWAYS
 
 
 #: Lowest address the scratch area may occupy is ``vm.mmap_min_addr``; the guard
@@ -109,42 +125,78 @@ OUT, IN, SZ, N, A = Role.OUT, Role.IN, Role.SIZE, Role.INT, Role.ADDR
 _low_addr = ((Cond(0, "LT", SCRATCH_GUARD_END),),)
 
 
-def _row(name: str, nr: int, args: tuple[Role, ...], level: Level, handler: str | None = None,
-         note: str = "", **kw: object) -> SyscallSpec:
+def _row(
+    name: str,
+    nr: int,
+    args: tuple[Role, ...],
+    level: Level,
+    handler: str | None = None,
+    note: str = "",
+    **kw: object,
+) -> SyscallSpec:
     return SyscallSpec(name=name, nr=nr, args=args, level=level, handler=handler, note=note, **kw)  # type: ignore[arg-type]
 
 
 def _deny(name: str, nr: int, err: int, note: str) -> SyscallSpec:
-    return SyscallSpec(name=name, nr=nr, args=(), level=Level.DENIED, action=Action.ERRNO,
-                       errno=err, note=note)
+    return SyscallSpec(
+        name=name, nr=nr, args=(), level=Level.DENIED, action=Action.ERRNO, errno=err, note=note
+    )
 
 
 TABLE: tuple[SyscallSpec, ...] = (
     # -- opening ------------------------------------------------------------------------
     _row("open", 2, (P, FL, M), Level.FULL, "sys_open"),
     _row("openat", 257, (D, P, FL, M), Level.FULL, "sys_openat"),
-    _row("openat2", 437, (D, P, IN, SZ), Level.FULL, "sys_openat2", "RESOLVE_* flags honoured on the host; on /data RESOLVE_BENEATH/IN_ROOT act at the mount root"),
+    _row(
+        "openat2",
+        437,
+        (D, P, IN, SZ),
+        Level.FULL,
+        "sys_openat2",
+        "RESOLVE_* flags honoured on the host; on /data RESOLVE_BENEATH/IN_ROOT act at the mount root",
+    ),
     _row("creat", 85, (P, M), Level.FULL, "sys_creat"),
     # -- attributes ---------------------------------------------------------------------
     _row("stat", 4, (P, OUT), Level.FULL, "sys_stat"),
     _row("lstat", 6, (P, OUT), Level.FULL, "sys_lstat"),
     _row("newfstatat", 262, (D, P, OUT, AF), Level.FULL, "sys_newfstatat"),
     _row("statx", 332, (D, P, AF, N, OUT), Level.FULL, "sys_statx"),
-    _row("fstat", 5, (FD, OUT), Level.FD, "sys_fstat"),
+    _row("fstat", 5, (FD, OUT), Level.FD, "sys_fstat", needs=Need.SYNTH_FD),
     _row("access", 21, (P, N), Level.FULL, "sys_access"),
     _row("faccessat", 269, (D, P, N), Level.FULL, "sys_faccessat"),
     _row("faccessat2", 439, (D, P, N, AF), Level.FULL, "sys_faccessat2"),
-    _row("readlink", 89, (P, OUT, SZ), Level.FULL, "sys_readlink", "/proc/self/{fd/N,cwd,exe} show synthetic paths"),
+    _row(
+        "readlink",
+        89,
+        (P, OUT, SZ),
+        Level.FULL,
+        "sys_readlink",
+        "/proc/self/{fd/N,cwd,exe} show synthetic paths",
+    ),
     _row("readlinkat", 267, (D, P, OUT, SZ), Level.FULL, "sys_readlinkat"),
-    _row("statfs", 137, (P, OUT), Level.FULL, "sys_statfs", "on /data: the cache file system's figures"),
+    _row(
+        "statfs",
+        137,
+        (P, OUT),
+        Level.FULL,
+        "sys_statfs",
+        "on /data: the cache file system's figures",
+    ),
     _row("chmod", 90, (P, M), Level.FULL, "sys_chmod"),
     _row("fchmodat", 268, (D, P, M), Level.FULL, "sys_fchmodat"),
     _row("fchmodat2", 452, (D, P, M, AF), Level.FULL, "sys_fchmodat2"),
-    _row("fchmod", 91, (FD, M), Level.FD, "sys_fchmod"),
-    _row("chown", 92, (P, N, N), Level.FULL, "sys_chown", "on /data: accepted and ignored (the repository stores no owners)"),
+    _row("fchmod", 91, (FD, M), Level.FD, "sys_fchmod", needs=Need.SYNTH_FD),
+    _row(
+        "chown",
+        92,
+        (P, N, N),
+        Level.FULL,
+        "sys_chown",
+        "on /data: accepted and ignored (the repository stores no owners)",
+    ),
     _row("lchown", 94, (P, N, N), Level.FULL, "sys_lchown"),
     _row("fchownat", 260, (D, P, N, N, AF), Level.FULL, "sys_fchownat"),
-    _row("fchown", 93, (FD, N, N), Level.FD, "sys_fchown"),
+    _row("fchown", 93, (FD, N, N), Level.FD, "sys_fchown", needs=Need.SYNTH_FD),
     _row("truncate", 76, (P, N), Level.FULL, "sys_truncate"),
     _row("utime", 132, (P, IN), Level.FULL, "sys_utime"),
     _row("utimes", 235, (P, IN), Level.FULL, "sys_utimes"),
@@ -159,14 +211,28 @@ TABLE: tuple[SyscallSpec, ...] = (
     _row("rename", 82, (P, P2), Level.FULL, "sys_rename", "across the /data boundary: EXDEV"),
     _row("renameat", 264, (D, P, D2, P2), Level.FULL, "sys_renameat"),
     _row("renameat2", 316, (D, P, D2, P2, N), Level.FULL, "sys_renameat2"),
-    _row("link", 86, (P, P2), Level.HOST, "sys_link", "on /data: EPERM (the repository has no hard links)"),
+    _row(
+        "link",
+        86,
+        (P, P2),
+        Level.HOST,
+        "sys_link",
+        "on /data: EPERM (the repository has no hard links)",
+    ),
     _row("linkat", 265, (D, P, D2, P2, AF), Level.HOST, "sys_linkat"),
     _row("symlink", 88, (T, P), Level.FULL, "sys_symlink"),
     _row("symlinkat", 266, (T, D, P), Level.FULL, "sys_symlinkat"),
     _row("mknod", 133, (P, M, N), Level.HOST, "sys_mknod", "on /data: EPERM"),
     _row("mknodat", 259, (D, P, M, N), Level.HOST, "sys_mknodat"),
     # -- extended attributes -------------------------------------------------------------
-    _row("getxattr", 191, (P, T, OUT, SZ), Level.FULL, "sys_getxattr", "on /data: ENODATA (no xattrs stored)"),
+    _row(
+        "getxattr",
+        191,
+        (P, T, OUT, SZ),
+        Level.FULL,
+        "sys_getxattr",
+        "on /data: ENODATA (no xattrs stored)",
+    ),
     _row("lgetxattr", 192, (P, T, OUT, SZ), Level.FULL, "sys_lgetxattr"),
     _row("setxattr", 188, (P, T, IN, SZ, N), Level.FULL, "sys_setxattr", "on /data: ENOTSUP"),
     _row("lsetxattr", 189, (P, T, IN, SZ, N), Level.FULL, "sys_lsetxattr"),
@@ -174,11 +240,50 @@ TABLE: tuple[SyscallSpec, ...] = (
     _row("llistxattr", 195, (P, OUT, SZ), Level.FULL, "sys_llistxattr"),
     _row("removexattr", 197, (P, T), Level.FULL, "sys_removexattr", "on /data: ENODATA"),
     _row("lremovexattr", 198, (P, T), Level.FULL, "sys_lremovexattr"),
-    _row("fgetxattr", 193, (FD, T, OUT, SZ), Level.FD, "sys_fgetxattr", "on /data: ENODATA"),
-    _row("fsetxattr", 190, (FD, T, IN, SZ, N), Level.FD, "sys_fsetxattr", "on /data: ENOTSUP (so ACL tools fall back to chmod)"),
-    _row("flistxattr", 196, (FD, OUT, SZ), Level.FD, "sys_flistxattr", "on /data: empty list"),
-    _row("fremovexattr", 199, (FD, T), Level.FD, "sys_fremovexattr", "on /data: ENODATA"),
-    _row("setxattrat", 463, (D, P, AF, T, IN, SZ), Level.HOST, "sys_xattrat", "newer than the table's handlers: ENOTSUP on /data"),
+    _row(
+        "fgetxattr",
+        193,
+        (FD, T, OUT, SZ),
+        Level.FD,
+        "sys_fgetxattr",
+        "on /data: ENODATA",
+        needs=Need.SYNTH_FD,
+    ),
+    _row(
+        "fsetxattr",
+        190,
+        (FD, T, IN, SZ, N),
+        Level.FD,
+        "sys_fsetxattr",
+        "on /data: ENOTSUP (so ACL tools fall back to chmod)",
+        needs=Need.SYNTH_FD,
+    ),
+    _row(
+        "flistxattr",
+        196,
+        (FD, OUT, SZ),
+        Level.FD,
+        "sys_flistxattr",
+        "on /data: empty list",
+        needs=Need.SYNTH_FD,
+    ),
+    _row(
+        "fremovexattr",
+        199,
+        (FD, T),
+        Level.FD,
+        "sys_fremovexattr",
+        "on /data: ENODATA",
+        needs=Need.SYNTH_FD,
+    ),
+    _row(
+        "setxattrat",
+        463,
+        (D, P, AF, T, IN, SZ),
+        Level.HOST,
+        "sys_xattrat",
+        "newer than the table's handlers: ENOTSUP on /data",
+    ),
     _row("getxattrat", 464, (D, P, AF, T, IN, SZ), Level.HOST, "sys_xattrat"),
     _row("listxattrat", 465, (D, P, AF, OUT, SZ), Level.HOST, "sys_xattrat"),
     _row("removexattrat", 466, (D, P, AF, T), Level.HOST, "sys_xattrat"),
@@ -187,49 +292,147 @@ TABLE: tuple[SyscallSpec, ...] = (
     # -- working directory and exec ------------------------------------------------------
     _row("chdir", 80, (P,), Level.FULL, "sys_chdir"),
     _row("fchdir", 81, (FD,), Level.FD, "sys_fchdir"),
-    _row("getcwd", 79, (OUT, SZ), Level.FULL, "sys_getcwd"),
-    _row("execve", 59, (P, A, A), Level.FULL, "sys_execve", "a program on /data runs from its cached copy"),
+    _row("getcwd", 79, (OUT, SZ), Level.FULL, "sys_getcwd", needs=Need.SYNTH_CWD),
+    _row(
+        "execve",
+        59,
+        (P, A, A),
+        Level.FULL,
+        "sys_execve",
+        "a program on /data runs from its cached copy",
+    ),
     _row("execveat", 322, (D, P, A, A, AF), Level.FULL, "sys_execveat"),
     # -- fds that may be synthetic -------------------------------------------------------
-    _row("getdents64", 217, (FD, OUT, SZ), Level.FD, "sys_getdents64"),
-    _row("getdents", 78, (FD, OUT, SZ), Level.FD, "sys_getdents"),
-    _row("lseek", 8, (FD, N, N), Level.FD, "sys_lseek", "traced for SEEK_SET only (rewinddir/seekdir on /data)",
-         when=((Cond(2, "EQ", SEEK_SET),),)),
-    _row("close", 3, (FD,), Level.FD, "sys_close", "a written /data file is uploaded at close"),
-    _row("close_range", 436, (FD, FD, N), Level.FD, "sys_close_range"),
-    _row("fsync", 74, (FD,), Level.FD, "sys_fsync", "a written /data file is uploaded at fsync"),
-    _row("fdatasync", 75, (FD,), Level.FD, "sys_fsync"),
-    _row("syncfs", 306, (FD,), Level.FD, "sys_fsync"),
-    _row("sync", 162, (), Level.FD, "sys_sync", "uploads every written /data file"),
-    _row("inotify_add_watch", 254, (FD, P, N), Level.HOST, "sys_inotify_add_watch", "on /data: ENOTSUP (watchers fall back to polling)"),
-    _row("name_to_handle_at", 303, (D, P, OUT, OUT, AF), Level.HOST, "sys_name_to_handle_at", "on /data: EOPNOTSUPP"),
-    _row("connect", 42, (FD, Role.SOCKADDR, SZ), Level.HOST, "sys_connect", "AF_UNIX paths checked (the agent's socket is refused)"),
-    _row("bind", 49, (FD, Role.SOCKADDR, SZ), Level.HOST, "sys_bind", "AF_UNIX paths checked; on /data: EACCES"),
+    _row("getdents64", 217, (FD, OUT, SZ), Level.FD, "sys_getdents64", needs=Need.SYNTH_FD),
+    _row("getdents", 78, (FD, OUT, SZ), Level.FD, "sys_getdents", needs=Need.SYNTH_FD),
+    _row(
+        "lseek",
+        8,
+        (FD, N, N),
+        Level.FD,
+        "sys_lseek",
+        "traced for SEEK_SET only (rewinddir/seekdir on /data)",
+        when=((Cond(2, "EQ", SEEK_SET),),),
+        needs=Need.SYNTH_FD,
+    ),
+    _row(
+        "close",
+        3,
+        (FD,),
+        Level.FD,
+        "sys_close",
+        "a written /data file is uploaded at close",
+        needs=Need.WROTE,
+    ),
+    _row("close_range", 436, (FD, FD, N), Level.FD, "sys_close_range", needs=Need.WROTE),
+    _row(
+        "fsync",
+        74,
+        (FD,),
+        Level.FD,
+        "sys_fsync",
+        "a written /data file is uploaded at fsync",
+        needs=Need.WROTE,
+    ),
+    _row("fdatasync", 75, (FD,), Level.FD, "sys_fsync", needs=Need.WROTE),
+    _row("syncfs", 306, (FD,), Level.FD, "sys_fsync", needs=Need.WROTE),
+    _row(
+        "sync", 162, (), Level.FD, "sys_sync", "uploads every written /data file", needs=Need.WROTE
+    ),
+    _row(
+        "inotify_add_watch",
+        254,
+        (FD, P, N),
+        Level.HOST,
+        "sys_inotify_add_watch",
+        "on /data: ENOTSUP (watchers fall back to polling)",
+    ),
+    _row(
+        "name_to_handle_at",
+        303,
+        (D, P, OUT, OUT, AF),
+        Level.HOST,
+        "sys_name_to_handle_at",
+        "on /data: EOPNOTSUPP",
+    ),
+    _row(
+        "connect",
+        42,
+        (FD, Role.SOCKADDR, SZ),
+        Level.HOST,
+        "sys_connect",
+        "AF_UNIX paths checked (the agent's socket is refused)",
+    ),
+    _row(
+        "bind",
+        49,
+        (FD, Role.SOCKADDR, SZ),
+        Level.HOST,
+        "sys_bind",
+        "AF_UNIX paths checked; on /data: EACCES",
+    ),
     # -- guards of the scratch page ------------------------------------------------------
     _row("mprotect", 10, (A, SZ, N), Level.GUARD, "sys_memguard", when=_low_addr),
     _row("pkey_mprotect", 329, (A, SZ, N, N), Level.GUARD, "sys_memguard", when=_low_addr),
     _row("munmap", 11, (A, SZ), Level.GUARD, "sys_memguard", when=_low_addr),
     _row("madvise", 28, (A, SZ, N), Level.GUARD, "sys_memguard", when=_low_addr),
-    _row("mremap", 25, (A, SZ, SZ, N, A), Level.GUARD, "sys_mremap_guard",
-         when=((Cond(0, "LT", SCRATCH_GUARD_END),),
-               (Cond(3, "MASKED_EQ", MREMAP_FIXED, MREMAP_FIXED), Cond(4, "LT", SCRATCH_GUARD_END)))),
-    _row("mmap", 9, (A, SZ, N, N, FD, N), Level.GUARD, "sys_memguard",
-         when=((Cond(0, "LT", SCRATCH_GUARD_END), Cond(3, "MASKED_EQ", MAP_FIXED, MAP_FIXED)),)),
-    _row("shmat", 30, (N, A, N), Level.GUARD, "sys_memguard_shmat",
-         when=((Cond(1, "NE", 0),),)),
+    _row(
+        "mremap",
+        25,
+        (A, SZ, SZ, N, A),
+        Level.GUARD,
+        "sys_mremap_guard",
+        when=(
+            (Cond(0, "LT", SCRATCH_GUARD_END),),
+            (Cond(3, "MASKED_EQ", MREMAP_FIXED, MREMAP_FIXED), Cond(4, "LT", SCRATCH_GUARD_END)),
+        ),
+    ),
+    _row(
+        "mmap",
+        9,
+        (A, SZ, N, N, FD, N),
+        Level.GUARD,
+        "sys_memguard",
+        when=((Cond(0, "LT", SCRATCH_GUARD_END), Cond(3, "MASKED_EQ", MAP_FIXED, MAP_FIXED)),),
+    ),
+    _row("shmat", 30, (N, A, N), Level.GUARD, "sys_memguard_shmat", when=((Cond(1, "NE", 0),),)),
     # -- refused outright ----------------------------------------------------------------
     _deny("io_uring_setup", 425, errno.ENOSYS, "io_uring bypasses seccomp"),
     _deny("io_uring_enter", 426, errno.ENOSYS, "io_uring bypasses seccomp"),
     _deny("io_uring_register", 427, errno.ENOSYS, "io_uring bypasses seccomp"),
     _deny("clone3", 435, errno.ENOSYS, "its flags hide behind a pointer; libc falls back to clone"),
-    SyscallSpec(name="clone", nr=56, args=(N,), level=Level.GUARD, action=Action.ERRNO, errno=errno.EPERM,
-                when=((Cond(0, "MASKED_EQ", CLONE_UNTRACED, CLONE_UNTRACED),),),
-                note="CLONE_UNTRACED refused (a child must stay traced)"),
-    SyscallSpec(name="seccomp", nr=317, args=(N, N, A), level=Level.GUARD, action=Action.ERRNO,
-                errno=errno.EPERM, when=((Cond(1, "MASKED_EQ", SECCOMP_FILTER_FLAG_NEW_LISTENER,
-                                               SECCOMP_FILTER_FLAG_NEW_LISTENER),),),
-                note="filters may stack; a user-notification listener (it outranks TRACE) is refused"),
-    _deny("ptrace", 101, errno.EPERM, "guests may not trace (the supervisor, the agent or each other)"),
+    SyscallSpec(
+        name="clone",
+        nr=56,
+        args=(N,),
+        level=Level.GUARD,
+        action=Action.ERRNO,
+        errno=errno.EPERM,
+        when=((Cond(0, "MASKED_EQ", CLONE_UNTRACED, CLONE_UNTRACED),),),
+        note="CLONE_UNTRACED refused (a child must stay traced)",
+    ),
+    SyscallSpec(
+        name="seccomp",
+        nr=317,
+        args=(N, N, A),
+        level=Level.GUARD,
+        action=Action.ERRNO,
+        errno=errno.EPERM,
+        when=(
+            (
+                Cond(
+                    1,
+                    "MASKED_EQ",
+                    SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                    SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                ),
+            ),
+        ),
+        note="filters may stack; a user-notification listener (it outranks TRACE) is refused",
+    ),
+    _deny(
+        "ptrace", 101, errno.EPERM, "guests may not trace (the supervisor, the agent or each other)"
+    ),
     _deny("process_vm_readv", 310, errno.EPERM, "reads another process's memory"),
     _deny("process_vm_writev", 311, errno.EPERM, "writes another process's memory"),
     _deny("process_madvise", 440, errno.EPERM, "acts on another process's memory"),
@@ -262,7 +465,12 @@ TABLE: tuple[SyscallSpec, ...] = (
     _deny("reboot", 169, errno.EPERM, "host administration"),
     _deny("bpf", 321, errno.EPERM, "kernel programs"),
     _deny("perf_event_open", 298, errno.EPERM, "kernel tracing"),
-    _deny("keyctl", 250, errno.EPERM, "kernel keyrings (the agent's secrets live elsewhere, but keyrings are shared)"),
+    _deny(
+        "keyctl",
+        250,
+        errno.EPERM,
+        "kernel keyrings (the agent's secrets live elsewhere, but keyrings are shared)",
+    ),
     _deny("add_key", 248, errno.EPERM, "kernel keyrings"),
     _deny("request_key", 249, errno.EPERM, "kernel keyrings"),
 )
