@@ -117,3 +117,44 @@ def test_normalisation_maps_only_the_native_root(tmp_path: Path) -> None:
     assert (
         helpers.normalise_paths("/var/cache/synthfs/ab", "/tmp/x/tree") == "/var/cache/synthfs/ab"
     )
+
+
+def test_normalisers_mask_only_what_they_claim() -> None:
+    """Each normaliser hides its documented file-system detail and nothing else."""
+    from conformance_cases import dd_stats, du_apparent, ls_long, sort_lines
+
+    none: frozenset[str] = frozenset()
+    base = (
+        "total 8\n"
+        "drwxr-xr-x 3 root root 4096 1600000000 .\n"
+        "drwxrwxrwt 9 root root 4096 1700000000 ..\n"
+        "-rw-r--r-- 1 root root 12 1600000000 a.txt\n"
+        "drwxr-xr-x 2 root root 4096 1600000000 d\n"
+    )
+    fs_detail = (
+        base.replace("total 8", "total 24")
+        .replace("9 root root 4096 1700000000", "3 root root 60 1800000000")
+        .replace("2 root root 4096 1600000000 d", "1 root root   80 1600000000 d")
+    )
+    assert ls_long(base, none) == ls_long(fs_detail, none)
+    for real in ("12 1600000000 a.txt", "-rw-r--r-- 1", "1600000000 d", "drwxr-xr-x 3"):
+        changed = {
+            "12 1600000000 a.txt": "13 1600000000 a.txt",
+            "-rw-r--r-- 1": "-rw------- 1",
+            "1600000000 d": "1600000001 d",
+            "drwxr-xr-x 3": "drwx------ 3",
+        }[real]
+        assert ls_long(base, none) != ls_long(base.replace(real, changed), none), real
+
+    dirs = frozenset({"/data", "/data/d"})
+    du = "4096\t/data/d\n12\t/data/a.txt\n8204\t/data\n"
+    assert du_apparent(du, dirs) == du_apparent("60\t/data/d\n12\t/data/a.txt\n72\t/data\n", dirs)
+    assert du_apparent(du, dirs) != du_apparent(du.replace("12\t", "13\t"), dirs)
+    assert du_apparent(du, dirs) != du_apparent(du + "1\t/data/extra\n", dirs)
+
+    assert sort_lines("b\na\n", none) == sort_lines("a\nb\n", none)
+    assert sort_lines("b\na\n", none) != sort_lines("a\nb\nb\n", none)
+
+    dd = "3+1 records in\n3+1 records out\n204800 bytes (205 kB, 200 KiB) copied, 0.01 s, 20 MB/s\n"
+    assert dd_stats(dd, none) == dd_stats(dd.replace("0.01 s, 20 MB/s", "1.5 s, 136 kB/s"), none)
+    assert dd_stats(dd, none) != dd_stats(dd.replace("204800 bytes", "204799 bytes"), none)
