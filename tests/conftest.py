@@ -8,12 +8,15 @@ kernel itself cannot ptrace or seccomp (anything else that breaks
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # so tests can `import helpers`
+if os.environ.get("SYNTHFS_TEST_SOURCE"):  # test another checkout's synthfs (see helpers)
+    sys.path.insert(0, os.environ["SYNTHFS_TEST_SOURCE"])
 
 import helpers
 

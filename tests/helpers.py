@@ -40,12 +40,28 @@ __all__ = [
     "ptrace_unavailable_reason",
     "run_native",
     "snapshot",
+    "synthfs_command",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
 SYNTHFS = REPO / ".venv" / "bin" / "synthfs"
 if not SYNTHFS.exists():  # a venv elsewhere: the synthfs beside the running python
     SYNTHFS = Path(sys.executable).with_name("synthfs")
+#: ``SYNTHFS_TEST_SOURCE=/path/to/checkout`` runs synthfs from another checkout
+#: (e.g. ``git archive HEAD | tar -x -C /tmp/wt``: test a commit while the shared
+#: checkout is mid-edit). tests/conftest.py puts it first on sys.path too.
+SOURCE = os.environ.get("SYNTHFS_TEST_SOURCE")
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "from interposer.cli import main; sys.exit(main())"
+)
+
+
+def synthfs_command() -> list[str]:
+    """argv prefix that runs the ``synthfs`` command (without touching the guest's env)."""
+    if SOURCE:
+        return [sys.executable, "-c", _BOOT, SOURCE]
+    return [str(SYNTHFS)]
 #: Names the server reserves in a repository directory (staging area); hidden
 #: from guests. Kept in sync with the server when it is importable.
 try:
@@ -304,7 +320,7 @@ class SynthfsLauncher:
         else:
             raise ValueError(f"SYNTHFS_TEST_MODE must be 'data' or 'agent', not {self.mode!r}")
         mount = [] if self.mount == MOUNT else ["--mount", self.mount]
-        return [str(SYNTHFS), "run", *source, *mount, *self.extra, *extra, "--", *argv]
+        return [*synthfs_command(), "run", *source, *mount, *self.extra, *extra, "--", *argv]
 
     def run(
         self,

@@ -466,6 +466,16 @@ TOCTOU = [
     )
     for op, target, pol in TOCTOU_SPECS
     for n, marks in ((10_000, ()), (100_000, (pytest.mark.slow,)))
+] + [
+    # unlink and rename each create and upload a file per attempt: fewer attempts
+    pytest.param(
+        _toctou(op, target, n, pol),
+        id=f"{op}-{'policy_secret' if pol else 'canary'}-{n}",
+        marks=marks,
+    )
+    for op in ("unlink", "rename")
+    for target, pol in (("{canary}", None), ("{data}/secret", DENY_SECRET_POLICY))
+    for n, marks in ((2_000, ()), (20_000, (pytest.mark.slow,)))
 ]
 
 
@@ -478,6 +488,7 @@ def test_toctou(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
     run proves nothing, and fails.
     """
     run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+    assert (synthfs_world.repo / "secret").read_text() == synthfs_world.marker + "\n"
 
 
 def test_policy_file_is_valid(tmp_path: Path) -> None:
@@ -485,7 +496,7 @@ def test_policy_file_is_valid(tmp_path: Path) -> None:
     pol = tmp_path / "p.toml"
     pol.write_text(DENY_SECRET_POLICY)
     p = subprocess.run(
-        [str(helpers.SYNTHFS), "policy", "check", str(pol)], capture_output=True, text=True,
+        [*helpers.synthfs_command(), "policy", "check", str(pol)], capture_output=True, text=True,
         timeout=60,
     )
     assert p.returncode == 0, p.stdout + p.stderr

@@ -6,6 +6,10 @@
  *                   open whose content starts with MARKER (only FORBIDDEN has it)
  *   stat          : the buffer is flipped; escape = a stat that succeeds with
  *                   st_size == MARKER (a number: the forbidden file's size)
+ *   unlink        : recreate ALLOWED, unlink(buffer); escape = FORBIDDEN is gone
+ *                   afterwards (the test also checks it from the host side)
+ *   rename        : recreate ALLOWED, rename(buffer, ALLOWED.moved); escape =
+ *                   ALLOWED.moved then holds MARKER
  *   symlink       : the buffer is fixed (DIR/l in a fresh /tmp dir) and the
  *                   thread atomically renames symlinks to ALLOWED / FORBIDDEN
  *                   over it; escape as for open
@@ -79,7 +83,29 @@ int main(int argc, char **argv) {
     if (pthread_create(&t, NULL, swap ? swapper : flipper, NULL)) return 2;
     long ok = 0, refused = 0, escaped = 0, other = 0;
     int dfd = open("/", O_RDONLY | O_DIRECTORY);
+    char moved[4200];
+    snprintf(moved, sizeof moved, "%s.moved", allowed);
     for (long i = 0; i < n; i++) {
+        if (!strcmp(op, "unlink") || !strcmp(op, "rename")) {
+            /* the allowed name is recreated each time; the buffer flips under the call */
+            int c = open(allowed, O_CREAT | O_WRONLY | O_TRUNC, 0644);
+            if (c >= 0) { if (write(c, "ok\n", 3) != 3) other++; close(c); }
+            int r = !strcmp(op, "unlink") ? unlink(buf) : rename(buf, moved);
+            if (r != 0) { refused++; continue; }
+            ok++;
+            if (!strcmp(op, "rename")) {
+                char got[256] = {0};
+                int fd = open(moved, O_RDONLY);
+                if (fd >= 0) {
+                    if (read(fd, got, sizeof got - 1) > 0 && !strncmp(got, marker, strlen(marker))) {
+                        escaped++;
+                        ok--;
+                    }
+                    close(fd);
+                }
+            }
+            continue;
+        }
         if (!strcmp(op, "stat")) {
             struct stat st;
             if (stat(buf, &st) == 0) {
@@ -98,6 +124,7 @@ int main(int argc, char **argv) {
     }
     atomic_store(&stop, 1);
     pthread_join(t, NULL);
+    if (!strcmp(op, "unlink") && access(forbidden, F_OK) != 0 && errno == ENOENT) escaped++;
     printf("%s attempts=%ld ok=%ld refused=%ld escaped=%ld other=%ld\n", op, n, ok, refused, escaped, other);
     if (escaped) return 66;
     if (!ok || !refused) return 3;
