@@ -142,6 +142,13 @@ def main(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         partial_json=args.out.resolve() / ("partial-quick.json" if args.quick else "partial.json"),
     )
+    import signal
+
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds through the harness: mounts, stacks, tools cleaned up
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)  # also when started in the background (SIG_IGN)
     try:
         results = run_bench(opts)
     except ValueError as exc:

@@ -36,7 +36,7 @@ from typing import Any
 
 import attrs
 
-from benchmarks.tools import Context, Tool, ToolError, make_tools
+from benchmarks.tools import SOURCE_ROOT, Context, Tool, ToolError, make_tools, source_commit
 from benchmarks.workloads import Root, Sizes, Workload, generate, workloads
 
 __all__ = [
@@ -415,6 +415,7 @@ def run_bench(opts: Options) -> Results:
     started = datetime.now(UTC)
     cells: list[Cell] = []
     versions = _versions(tools)
+    commit = source_commit()
 
     def results(finished: datetime | None, setup_errors: dict[str, str]) -> Results:
         meta = {
@@ -435,6 +436,8 @@ def run_bench(opts: Options) -> Results:
             "disk_root": str(disk_root),
             "tmpfs_root": str(tmpfs_root),
             "argv": sys.argv,
+            "synthfs_source": str(SOURCE_ROOT),
+            "synthfs_commit": commit,
         }
         tool_info = {
             t.name: {

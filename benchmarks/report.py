@@ -127,6 +127,8 @@ def markdown(data: dict[str, Any], title: str = "synthfs benchmark results") -> 
             else ""
         ),
         "",
+        f"synthfs measured at commit `{meta.get('synthfs_commit', '?')}`.",
+        "",
         "Sizes: " + ", ".join(f"{k}={v}" for k, v in meta["sizes"].items()) + "."
         + (
             " **Quick run (CI smoke): tiny sizes, start-up dominates, the ratios say "

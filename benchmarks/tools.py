@@ -325,12 +325,32 @@ class SeccompFloor(Tool):
 # ------------------------------------------------------------------ synthfs
 
 
+#: The source tree this harness (and so the synthfs it runs) comes from. Run
+#: the harness from a snapshot (``git archive HEAD``) to benchmark one commit
+#: while others keep editing the checkout.
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+_SYNTHFS_LAUNCH = (
+    "import sys; sys.path.insert(0, {root!r}); "
+    "from interposer.cli import main; sys.exit(main())"
+)
+
+
 def synthfs_exe() -> list[str]:
-    """The ``synthfs`` entry point beside this interpreter (or ``-m``)."""
-    script = Path(sys.executable).with_name("synthfs")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "interposer.cli"]
+    """``synthfs`` from :data:`SOURCE_ROOT` (not whatever the venv points at)."""
+    return [sys.executable, "-c", _SYNTHFS_LAUNCH.format(root=str(SOURCE_ROOT))]
+
+
+def source_commit() -> str:
+    """The commit synthfs is measured at (``.git-commit`` of a snapshot, else git)."""
+    stamp = SOURCE_ROOT / ".git-commit"
+    if stamp.exists():
+        return stamp.read_text().strip() + " (snapshot)"
+    p = subprocess.run(
+        ["git", "-C", str(SOURCE_ROOT), "describe", "--always", "--dirty"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return p.stdout.strip() or "unknown"
 
 
 #: Names under which ``agent.embedded`` may offer its context manager; the
