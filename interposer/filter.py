@@ -17,11 +17,12 @@ import tempfile
 
 import pyseccomp as sc
 
-from interposer.syscalls import TABLE, UNKNOWN_RANGE, Action, Cond
+from interposer.policy import NetworkMode, Policy
+from interposer.syscalls import TABLE, UNKNOWN_RANGE, Action, Cond, Gate
 
-__all__ = ["CompiledFilter", "build_filter", "install_in_child"]
+__all__ = ["CompiledFilter", "active_gates", "build_filter", "install_in_child"]
 
-_OPS = {"LT": sc.LT, "EQ": sc.EQ, "NE": sc.NE, "MASKED_EQ": sc.MASKED_EQ}
+_OPS = {"LT": sc.LT, "GT": sc.GT, "EQ": sc.EQ, "NE": sc.NE, "MASKED_EQ": sc.MASKED_EQ}
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
@@ -74,11 +75,31 @@ def _arg(cond: Cond) -> sc.Arg:
     return sc.Arg(cond.index, _OPS[cond.op], cond.value)
 
 
-def build_filter() -> CompiledFilter:
-    """The filter for every guest, from :data:`interposer.syscalls.TABLE`."""
+def active_gates(policy: Policy | None) -> frozenset[Gate]:
+    """The table rows a run under ``policy`` needs (None: every row)."""
+    if policy is None:
+        return frozenset(Gate)
+    gates = {Gate.ALWAYS}
+    if policy.network is not NetworkMode.ALLOW:
+        gates |= {Gate.NETWORK, Gate.SEND}
+    if policy.has_host_rules:
+        gates.add(Gate.SEND)
+    return frozenset(gates)
+
+
+def build_filter(policy: Policy | None = None) -> CompiledFilter:
+    """The filter for every guest, from :data:`interposer.syscalls.TABLE`.
+
+    Rows gated on the policy (:class:`~interposer.syscalls.Gate`) are left out
+    when ``policy`` cannot need them, so ``network = "allow"`` traps no socket
+    call; ``None`` builds every row.
+    """
+    gates = active_gates(policy)
     filt = sc.SyscallFilter(sc.ALLOW)
     filt.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
     for spec in TABLE:
+        if spec.gate not in gates:
+            continue
         if spec.action is Action.TRACE:
             action = sc.TRACE(spec.nr & 0xFFFF)
         elif spec.action is Action.ERRNO:

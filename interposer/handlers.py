@@ -30,6 +30,7 @@ from attrs import frozen
 from interposer import abi
 from interposer.abi import AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW
 from interposer.actions import CONTINUE, Fail, Result, Return, RunChecked, Scratch
+from interposer.policy import NetworkMode
 from interposer.ports import Call, Env
 from protocol.messages import Attrs, FileKind, RenameFlags
 
@@ -97,6 +98,9 @@ class Loc:
     must_be_dir: bool = False
     #: the location of an fd (AT_EMPTY_PATH): ``host`` is its /proc magic link
     via_fd: bool = False
+    #: host: the resolved path the ``[host]`` rules decide on (None: not a file-system
+    #: object, e.g. a pipe or socket reached through a /proc magic link)
+    real: str | None = None
 
     @property
     def synthetic(self) -> bool:
@@ -121,7 +125,8 @@ def fd_loc(call: Call, env: Env, fd: int) -> Loc | None:
         cwd = call.proc.fs.cwd
         if cwd is not None:
             return _synthetic_loc(env, cwd)
-        return Loc(guest=call.guest.host_cwd(), host=f"/proc/{call.guest.tgid}/cwd", via_fd=True)
+        cwd_path = call.guest.host_cwd()
+        return Loc(guest=cwd_path, host=f"/proc/{call.guest.tgid}/cwd", via_fd=True, real=cwd_path)
     target = call.guest.fd_target(fd)
     if target is None:
         return None
@@ -135,7 +140,20 @@ def fd_loc(call: Call, env: Env, fd: int) -> Loc | None:
     repo = env.repo.repo_path_of(target)
     if repo is not None:
         return Loc(guest=env.ns.guest_path(repo), repo=repo, attrs=env.repo.lstat(repo))
-    return Loc(guest=target, host=f"/proc/{call.guest.tgid}/fd/{fd}", via_fd=True)
+    return Loc(
+        guest=target,
+        host=f"/proc/{call.guest.tgid}/fd/{fd}",
+        via_fd=True,
+        real=_decidable(target),
+    )
+
+
+def _decidable(target: str) -> str | None:
+    """The host path the [host] rules decide on for a link target (None: not a path)."""
+    target = target.removesuffix(" (deleted)")
+    if not target.startswith("/") or target.startswith("/memfd:"):
+        return None
+    return target
 
 
 def _synthetic_loc(env: Env, guest_path: str) -> Loc:
@@ -195,6 +213,34 @@ PRE_OPS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The policy operation a syscall does on a *host* path (docs/policy.md: ``read``,
+#: ``stat`` and ``list`` are the read class, the rest the write class). Same as
+#: :data:`PRE_OPS` where that names one op; open decides from its flags. A
+#: syscall missing here is asked for ``write`` (fail closed).
+HOST_OPS: dict[str, str] = {
+    **{name: ops[0] for name, ops in PRE_OPS.items()},
+    **dict.fromkeys(("getxattrat", "listxattrat", "file_getattr"), "stat"),
+    **dict.fromkeys(("setxattrat", "removexattrat", "file_setattr"), "chmod"),
+    "inotify_add_watch": "stat",
+    "name_to_handle_at": "stat",
+}
+
+
+def host_check(call: Call, env: Env, op: str, loc: Loc) -> None:
+    """The one host check: may this process do ``op`` on the host object ``loc`` leads to?
+
+    Decided on the real path the supervisor resolved itself (``_host_loc``: its
+    own O_PATH open and readlink), never on the guest's text; the kernel then
+    runs on that same path, opens with RESOLVE_NO_SYMLINKS. Raises OSError
+    with the policy's errno (the decision is audited by the Env).
+    """
+    if loc.real is None:
+        return  # a pipe, socket or anonymous inode the process already holds
+    err = env.check_host(call, op, loc.real)
+    if err:
+        raise OSError(err, "denied by the host policy")
+
+
 def precheck(call: Call, env: Env, ops: tuple[str, ...], raw: str, base: str) -> None:
     """Refuse before any lookup when the path, as written, is denied for every op."""
     if not ops:
@@ -222,13 +268,31 @@ def locate(
     follow: bool,
     empty_ok: bool = False,
     ops: tuple[str, ...] | None = None,
+    host_op: str | None = None,
 ) -> Loc:
     """Resolve the guest path at ``addr`` relative to ``dirfd`` (raises OSError).
 
     ``ops`` (default: :data:`PRE_OPS` of the syscall) are checked on the path
     as written before anything is looked up; the handler checks the resolved
-    path again once it knows what it is.
+    path again once it knows what it is. A host location is checked here, once,
+    for ``host_op`` (default: :data:`HOST_OPS` of the syscall) on its real path.
     """
+    loc = _locate(call, env, dirfd, addr, follow=follow, empty_ok=empty_ok, ops=ops)
+    if not loc.synthetic:
+        host_check(call, env, host_op or HOST_OPS.get(call.name, "write"), loc)
+    return loc
+
+
+def _locate(
+    call: Call,
+    env: Env,
+    dirfd: int,
+    addr: int,
+    *,
+    follow: bool,
+    empty_ok: bool,
+    ops: tuple[str, ...] | None,
+) -> Loc:
     raw = call.guest.read_path(addr)
     if not raw:
         if not empty_ok:
@@ -293,7 +357,7 @@ def _host_loc(call: Call, env: Env, path: str, follow: bool, must_be_dir: bool) 
     cwd_link = f"/proc/{call.guest.tgid}/cwd"
     if call.proc.fs.cwd is not None and (path == cwd_link or path.startswith(cwd_link + "/")):
         if path == cwd_link and not follow:
-            return Loc(guest=path, host=path)
+            return Loc(guest=path, host=path, real=path)
         rest = path[len(cwd_link) :]
         return locate_guest_path(call, env, call.proc.fs.cwd + rest, follow)
     real = env.host.realpath(path, follow)
@@ -307,9 +371,9 @@ def _host_loc(call: Call, env: Env, path: str, follow: bool, must_be_dir: bool) 
         return _synthetic_loc(env, env.ns.guest_path(repo))
     if not real.startswith("/") or real.endswith(" (deleted)") or real.startswith("/memfd:"):
         # A magic link to something that is not a path (pipe, socket, deleted file):
-        # only the kernel can follow it.
-        return Loc(guest=path, host=path)
-    return Loc(guest=real, host=real, must_be_dir=must_be_dir)
+        # only the kernel can follow it. A deleted file is decided on its old name.
+        return Loc(guest=path, host=path, real=_decidable(real))
+    return Loc(guest=real, host=real, must_be_dir=must_be_dir, real=real)
 
 
 def locate_guest_path(call: Call, env: Env, path: str, follow: bool) -> Loc:
@@ -389,8 +453,14 @@ def open_at(
         ops = ("create", "write")
     else:
         ops = ("write",) if writing else ("read", "list", "stat")
+    # On the host: creating (O_CREAT, O_TMPFILE) is "create", any write access
+    # "write" (both write class), the rest (O_RDONLY, O_PATH) "read".
+    if flags & abi.O_CREAT or (flags & abi.O_TMPFILE) == abi.O_TMPFILE:
+        host_op = "create"
+    else:
+        host_op = "write" if writing else "read"
     try:
-        loc = locate(call, env, dirfd, addr, follow=follow, ops=ops)
+        loc = locate(call, env, dirfd, addr, follow=follow, ops=ops, host_op=host_op)
     except Refused:
         return Fail(errno.EACCES)
     except OSError as exc:
@@ -636,6 +706,8 @@ def access_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, atflags: i
         loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
         if not loc.synthetic:
             assert loc.host is not None
+            if mode & os.W_OK:
+                host_check(call, env, "write", loc)  # writable here means: may open to write
             ok = os.access(
                 loc.host, mode, effective_ids=bool(atflags & abi.AT_EACCESS), follow_symlinks=follow
             )
@@ -1597,38 +1669,114 @@ def sys_name_to_handle_at(call: Call, env: Env) -> Result:
 
 
 # -- sockets -------------------------------------------------------------------------------------
+#
+# Two policies meet here. AF_UNIX paths are host paths: resolved by us, refused
+# when private, checked by the [host] rules (connect and send: "write", as the
+# kernel asks write permission on the socket inode; bind: "create"), and the
+# kernel runs on the resolved path. IP families follow ``network``: "deny"
+# refuses every IP socket and address, "loopback" lets through only
+# 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104, "allow" everything. A checked
+# address is passed to the kernel from the scratch page (our copy), so a guest
+# thread cannot change it after the check.
 
+AF_UNSPEC = 0
 AF_UNIX = 1
+AF_INET = 2
+AF_INET6 = 10
+AF_NETLINK = 16
+NR_SENDTO = 44
+_LOCAL_FAMILIES = (AF_UNIX, AF_NETLINK)  # never leave the machine
+_SOCKADDR_MAX = 128  # sizeof(struct sockaddr_storage)
+_MSGHDR = 56  # sizeof(struct msghdr)
+_MMSGHDR = 64  # sizeof(struct mmsghdr)
+_V4_MAPPED = bytes(10) + b"\xff\xff"
 
 
-def _sock_path(call: Call, addr: int, size: int) -> str | None:
-    """The filesystem path of an AF_UNIX sockaddr, or None for other families/abstract."""
-    if addr == 0 or size < 3:
+@frozen
+class SockAddr:
+    """A sockaddr copied out of the guest once: its bytes, family and what it names."""
+
+    raw: bytes
+    family: int
+    #: AF_UNIX: the path (None: abstract or unnamed); IP: "addr:port"
+    text: str | None
+    #: IP: the address stays on this machine (loopback)
+    local: bool = False
+
+
+def read_sockaddr(call: Call, addr: int, size: int) -> SockAddr | None:
+    """The sockaddr at ``addr`` (None: no address). OSError EFAULT on a bad pointer."""
+    if addr == 0 or size == 0:
         return None
-    raw = call.guest.read(addr, min(size, 110))
-    if int.from_bytes(raw[:2], "little") != AF_UNIX or raw[2] == 0:
-        return None
-    return os.fsdecode(raw[2:].split(b"\0", 1)[0])
+    if size > _SOCKADDR_MAX:
+        raise OSError(errno.EINVAL, "address too long")  # as the kernel says
+    raw = call.guest.read(addr, size)
+    if len(raw) < 2:
+        return SockAddr(raw, -1, None)
+    family = int.from_bytes(raw[:2], "little")
+    if family == AF_UNIX:
+        if len(raw) < 3 or raw[2] == 0:
+            return SockAddr(raw, family, None)
+        return SockAddr(raw, family, os.fsdecode(raw[2:].split(b"\0", 1)[0]))
+    if family == AF_INET and len(raw) >= 8:
+        port = int.from_bytes(raw[2:4], "big")
+        ip = raw[4:8]
+        return SockAddr(raw, family, f"{'.'.join(map(str, ip))}:{port}", ip[0] == 127)
+    if family == AF_INET6 and len(raw) >= 24:
+        import ipaddress
+
+        port = int.from_bytes(raw[2:4], "big")
+        ip6 = raw[8:24]
+        local = ip6 == bytes(15) + b"\x01" or (ip6[:12] == _V4_MAPPED and ip6[12] == 127)
+        return SockAddr(raw, family, f"[{ipaddress.IPv6Address(ip6)}]:{port}", local)
+    return SockAddr(raw, family, None)
 
 
-def _sock_call(call: Call, env: Env, nr: int) -> Result:
-    a = call.args
-    size = a[2] & 0xFFFFFFFF
-    path = _sock_path(call, a[1], size)
-    if path is None:
-        return CONTINUE
+def net_check(call: Call, env: Env, op: str, sa: SockAddr) -> int:
+    """0 when ``network`` lets ``op`` reach ``sa`` (an IP or other non-local family), else errno."""
+    if sa.family in (AF_UNSPEC, *_LOCAL_FAMILIES):
+        return 0
+    what = sa.text or f"family {sa.family}"
+    return env.check_net(call, op, what, sa.local)
+
+
+def _unix_target(call: Call, env: Env, op: str, path: str) -> str:
+    """The real host path of an AF_UNIX socket path, checked (raises OSError)."""
     base = call.proc.fs.cwd or call.guest.host_cwd()
     target = env.ns.resolve(
         path, base, follow=True, lstat=env.repo.lstat, readlink=env.repo.readlink
     )
     if target.synthetic:
-        return Fail(errno.ECONNREFUSED if nr == NR_CONNECT else errno.EACCES)
+        raise OSError(errno.ECONNREFUSED if op == "connect" else errno.EACCES, "on /data")
     real = env.host.realpath(target.path, True)
     if env.host.refused(real):
-        return Fail(errno.EACCES)
-    family = (AF_UNIX).to_bytes(2, "little")
-    sockaddr = family + os.fsencode(real)[:107] + b"\0"
-    return RunChecked(nr, (a[0], Scratch(sockaddr), len(sockaddr)))
+        raise Refused(errno.EACCES, "refused path")
+    host_check(call, env, "create" if op == "bind" else "write", Loc(guest=real, real=real))
+    return real
+
+
+def _unix_sockaddr(real: str) -> bytes:
+    return AF_UNIX.to_bytes(2, "little") + os.fsencode(real)[:107] + b"\0"
+
+
+def _sock_call(call: Call, env: Env, nr: int) -> Result:
+    """connect and bind: (fd, sockaddr, addrlen)."""
+    a = call.args
+    op = "connect" if nr == NR_CONNECT else "bind"
+    sa = read_sockaddr(call, a[1], a[2] & 0xFFFFFFFF)
+    if sa is None:
+        return CONTINUE
+    if sa.family == AF_UNIX:
+        if sa.text is None:
+            return CONTINUE  # abstract or unnamed: no path
+        sockaddr = _unix_sockaddr(_unix_target(call, env, op, sa.text))
+        return RunChecked(nr, (a[0], Scratch(sockaddr), len(sockaddr)))
+    if env.network is NetworkMode.ALLOW:
+        return CONTINUE
+    err = net_check(call, env, op, sa)
+    if err:
+        return Fail(err)
+    return RunChecked(nr, (a[0], Scratch(sa.raw), len(sa.raw)))
 
 
 @guarded
@@ -1639,6 +1787,77 @@ def sys_connect(call: Call, env: Env) -> Result:
 @guarded
 def sys_bind(call: Call, env: Env) -> Result:
     return _sock_call(call, env, NR_BIND)
+
+
+@guarded
+def sys_socket(call: Call, env: Env) -> Result:
+    """socket(domain, ...): under "deny" no IP socket; no family that leaves the machine
+    other than IP under "loopback" (connect/bind/send then check each address)."""
+    domain = call.args[0] & 0xFFFFFFFF
+    if domain in _LOCAL_FAMILIES or env.network is NetworkMode.ALLOW:
+        return CONTINUE
+    local = domain in (AF_INET, AF_INET6)  # creating one sends nothing; its uses are checked
+    name = {AF_INET: "AF_INET", AF_INET6: "AF_INET6"}.get(domain, f"family {domain}")
+    err = env.check_net(call, "socket", name, local)
+    return Fail(err) if err else CONTINUE
+
+
+@guarded
+def sys_sendto(call: Call, env: Env) -> Result:
+    """sendto(fd, buf, len, flags, dest, addrlen): the destination is checked and copied."""
+    a = call.args
+    sa = read_sockaddr(call, a[4], a[5] & 0xFFFFFFFF)
+    if sa is None:
+        return CONTINUE
+    if sa.family == AF_UNIX:
+        if sa.text is None:
+            return CONTINUE
+        sockaddr = _unix_sockaddr(_unix_target(call, env, "send", sa.text))
+        return RunChecked(NR_SENDTO, (*a[:4], Scratch(sockaddr), len(sockaddr)))
+    if env.network is NetworkMode.ALLOW:
+        return CONTINUE
+    err = net_check(call, env, "send", sa)
+    if err:
+        return Fail(err)
+    return RunChecked(NR_SENDTO, (*a[:4], Scratch(sa.raw), len(sa.raw)))
+
+
+def _msg_name(call: Call, env: Env, msghdr: bytes) -> int:
+    """Check the destination of one msghdr: 0 or an errno (raises OSError)."""
+    name = int.from_bytes(msghdr[0:8], "little")
+    namelen = int.from_bytes(msghdr[8:12], "little")
+    sa = read_sockaddr(call, name, namelen)
+    if sa is None:
+        return 0
+    if sa.family == AF_UNIX:
+        if sa.text is not None:
+            _unix_target(call, env, "send", sa.text)
+        return 0
+    if env.network is NetworkMode.ALLOW:
+        return 0
+    return net_check(call, env, "send", sa)
+
+
+@guarded
+def sys_sendmsg(call: Call, env: Env) -> Result:
+    """sendmsg(fd, msghdr, flags): msg_name is checked (it stays in guest memory:
+    see docs/policy.md for what that leaves open)."""
+    err = _msg_name(call, env, call.guest.read(call.args[1], _MSGHDR))
+    return Fail(err) if err else CONTINUE
+
+
+@guarded
+def sys_sendmmsg(call: Call, env: Env) -> Result:
+    """sendmmsg(fd, mmsghdr[], vlen, flags): every message's msg_name is checked."""
+    vlen = min(call.args[2] & 0xFFFFFFFF, 1024)  # UIO_MAXIOV: the kernel's own bound
+    if vlen == 0:
+        return CONTINUE
+    table = call.guest.read(call.args[1], vlen * _MMSGHDR)
+    for i in range(vlen):
+        err = _msg_name(call, env, table[i * _MMSGHDR : i * _MMSGHDR + _MSGHDR])
+        if err:
+            return Fail(err)
+    return CONTINUE
 
 
 # -- guards of the scratch page -------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Protocol
 from attrs import define, field
 
 from interposer.namespace import Namespace
+from interposer.policy import NetworkMode
 from protocol.messages import Attrs, DirEntry, Listing, Opened, RenameFlags
 
 __all__ = ["Call", "DirHandle", "Env", "FsState", "Guest", "Host", "Proc", "Repo"]
@@ -149,5 +150,16 @@ class Env(Protocol):
     @property
     def gid(self) -> int: ...
 
+    @property
+    def network(self) -> NetworkMode:
+        """What the policy lets IP sockets reach (``[host] network``)."""
+
     def check(self, call: Call, op: str, guest_path: str) -> int:
         """0 when the policy allows ``op`` on ``guest_path`` for this process, else the errno."""
+
+    def check_host(self, call: Call, op: str, path: str) -> int:
+        """0 when the ``[host]`` rules allow ``op`` on the resolved host ``path``, else errno."""
+
+    def check_net(self, call: Call, op: str, address: str, local: bool) -> int:
+        """0 when ``network`` lets ``op`` (socket, connect, bind, send) reach ``address``
+        (``local``: it stays on this machine), else the errno. Denials are audited."""

@@ -26,7 +26,16 @@ from typing import IO
 from interposer.filter import build_filter
 from interposer.hostside import HostSide
 from interposer.namespace import Namespace
-from interposer.policy import Op, Policy, PolicyError
+from interposer.policy import (
+    Action,
+    App,
+    AuditRecord,
+    Decision,
+    NetworkMode,
+    Op,
+    Policy,
+    PolicyError,
+)
 from interposer.ports import Call, Proc
 from interposer.remote import Remote
 from interposer.supervisor import Supervisor
@@ -59,6 +68,7 @@ class RunEnv:
         self.audit_all = audit_all
         self.denials = 0
         self._default_app = policy.unmatched  # before the first exec
+        self._host_rules = policy.has_host_rules
 
     def identify(self, proc: Proc) -> None:
         exe = proc.exe
@@ -72,30 +82,68 @@ class RunEnv:
 
         proc.app = self.policy.identify(exe, proc.argv, digest)
 
+    @property
+    def network(self) -> NetworkMode:
+        return self.policy.network
+
+    def _app(self, call: Call) -> App:
+        app = call.proc.app
+        return app if isinstance(app, App) else self._default_app
+
     def check(self, call: Call, op: str, guest_path: str) -> int:
-        app = call.proc.app if call.proc.app is not None else self._default_app
-        decision = self.policy.decide(app, Op(op), guest_path)  # type: ignore[arg-type]
+        """A decision on the mount (``Policy.decide``), audited."""
+        t0 = time.perf_counter_ns()
+        app = self._app(call)
+        decision = self.policy.decide(app, Op(op), guest_path)
         if decision.allowed and not self.audit_all:
             return 0
+        return self._record(call, app, op, guest_path, decision, t0)
+
+    def check_host(self, call: Call, op: str, path: str) -> int:
+        """A decision on a resolved host path (``Policy.decide_host``), audited."""
+        if not self._host_rules:
+            return 0  # no [host]: the host is untouched (and there is nothing to audit)
+        t0 = time.perf_counter_ns()
+        app = self._app(call)
+        decision = self.policy.decide_host(app, Op(op), path)
+        if decision.allowed and not self.audit_all:
+            return 0
+        return self._record(call, app, op, path, decision, t0)
+
+    def check_net(self, call: Call, op: str, address: str, local: bool) -> int:
+        """A decision on the network (``[host] network``), audited."""
+        t0 = time.perf_counter_ns()
+        mode = self.policy.network
+        allowed = mode is NetworkMode.ALLOW or (mode is NetworkMode.LOOPBACK and local)
+        if allowed and not self.audit_all:
+            return 0
+        rule = f"[host] network = {mode.value!r}"
+        if allowed:
+            decision = Decision(Action.ALLOW, rule, f"network {mode.value} allows it", 0)
+        else:
+            reason = "no IP traffic" if mode is NetworkMode.DENY else "loopback addresses only"
+            decision = Decision(Action.DENY, rule, reason, errno.EACCES)
+        return self._record(call, self._app(call), op, address, decision, t0)
+
+    def _record(self, call: Call, app: App, op: str, path: str, decision: Decision, t0: int) -> int:
+        """Count and audit one decision; its errno (0 when allowed)."""
         if not decision.allowed:
             self.denials += 1
         if self.audit is not None:
-            record = {
-                "time": time.time(),
-                "event": "policy/decision",
-                "pid": call.guest.tgid,
-                "exe": call.proc.exe,
-                "app": getattr(app, "name", None),
-                "syscall": call.name,
-                "path": guest_path,
-                "op": op,
-                "decision": decision.action.value,
-                "rule": decision.rule,
-                "errno": errno.errorcode.get(decision.errno, ""),
-            }
-            self.audit.write(json.dumps(record) + "\n")
+            record = AuditRecord.from_decision(
+                time=time.time(),
+                pid=call.guest.tgid,
+                exe=call.proc.exe,
+                app=app,
+                syscall=call.name,
+                path=path,
+                op=op,
+                decision=decision,
+                latency_us=(time.perf_counter_ns() - t0) / 1000,
+            )
+            self.audit.write(record.to_json() + "\n")
             self.audit.flush()
-        return 0 if decision.allowed else decision.errno
+        return decision.errno if not decision.allowed else 0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -174,7 +222,7 @@ def main(args: argparse.Namespace) -> int:
     if args.read_only:
         policy = policy.read_only()
     try:
-        compiled = build_filter()
+        compiled = build_filter(policy)
     except OSError as exc:
         return _fail(f"cannot build the seccomp filter ({exc}); is libseccomp2 installed?", 125)
     audit = open(args.audit, "a", encoding="utf-8") if args.audit else None  # noqa: SIM115

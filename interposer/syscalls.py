@@ -27,6 +27,7 @@ __all__ = [
     "TABLE",
     "Action",
     "Cond",
+    "Gate",
     "Level",
     "Need",
     "Role",
@@ -50,6 +51,7 @@ class Role(enum.StrEnum):
     INT = "int"
     ADDR = "addr"
     SOCKADDR = "sockaddr"
+    FAMILY = "family"  # a socket's address family (AF_*)
 
 
 class Level(enum.StrEnum):
@@ -77,6 +79,15 @@ class Need(enum.Enum):
     SYNTH_CWD = "synthetic cwd"  # its cwd is on /data
 
 
+class Gate(enum.Enum):
+    """When the filter includes a row at all: rows only some policies need cost
+    nothing under the others (the filter is built per run, from the policy)."""
+
+    ALWAYS = "always"
+    NETWORK = "network restricted"  # [host] network = "deny" | "loopback"
+    SEND = "network or host restricted"  # the above, or [host] read/write lists
+
+
 class Action(enum.Enum):
     TRACE = "trace"
     ERRNO = "errno"
@@ -88,7 +99,7 @@ class Cond:
     """A seccomp argument comparison: ``arg[index] <op> value`` (op as in libseccomp)."""
 
     index: int
-    op: str  # "LT", "EQ", "MASKED_EQ", "NE"
+    op: str  # "LT", "GT", "EQ", "MASKED_EQ", "NE"
     value: int
     mask: int = 0
 
@@ -106,6 +117,7 @@ class SyscallSpec:
     when: tuple[tuple[Cond, ...], ...] = ()
     note: str = field(default="")
     needs: Need = Need.ALWAYS
+    gate: Gate = Gate.ALWAYS
 
 
 #: Lowest address the scratch area may occupy is ``vm.mmap_min_addr``; the guard
@@ -361,7 +373,7 @@ TABLE: tuple[SyscallSpec, ...] = (
         (FD, Role.SOCKADDR, SZ),
         Level.HOST,
         "sys_connect",
-        "AF_UNIX paths checked (the agent's socket is refused)",
+        "AF_UNIX paths checked (the agent's socket is refused); IP addresses by [host] network",
     ),
     _row(
         "bind",
@@ -369,7 +381,49 @@ TABLE: tuple[SyscallSpec, ...] = (
         (FD, Role.SOCKADDR, SZ),
         Level.HOST,
         "sys_bind",
-        "AF_UNIX paths checked; on /data: EACCES",
+        "AF_UNIX paths checked; on /data: EACCES; IP addresses by [host] network",
+    ),
+    # -- the network ([host] network); rows in the filter only when the policy restricts it
+    _row(
+        "socket",
+        41,
+        (Role.FAMILY, N, N),
+        Level.HOST,
+        "sys_socket",
+        "network deny: no IP socket (EACCES); deny/loopback: no other family that leaves the machine; "
+        "in the filter only when the policy restricts the network",
+        # every family but AF_UNIX (1) (a 64-bit compare: upper bits set are trapped too)
+        when=((Cond(0, "GT", 1),),),
+        gate=Gate.NETWORK,
+    ),
+    _row(
+        "sendto",
+        44,
+        (FD, IN, SZ, N, Role.SOCKADDR, SZ),
+        Level.HOST,
+        "sys_sendto",
+        "with a destination only (send() passes none); checked like connect; "
+        "in the filter only when the policy restricts the network or the host",
+        when=((Cond(4, "NE", 0),),),
+        gate=Gate.SEND,
+    ),
+    _row(
+        "sendmsg",
+        46,
+        (FD, IN, N),
+        Level.HOST,
+        "sys_sendmsg",
+        "msg_name checked like connect; only when the policy restricts the network or the host",
+        gate=Gate.SEND,
+    ),
+    _row(
+        "sendmmsg",
+        307,
+        (FD, IN, N, N),
+        Level.HOST,
+        "sys_sendmmsg",
+        "every msg_name checked like connect; only when the policy restricts network or host",
+        gate=Gate.SEND,
     ),
     # -- guards of the scratch page ------------------------------------------------------
     _row("mprotect", 10, (A, SZ, N), Level.GUARD, "sys_memguard", when=_low_addr),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -147,7 +148,9 @@ def test_per_app_policy_denial_never_reaches_the_agent(repo: Path, tmp_path: Pat
     records = [json.loads(line) for line in audit.read_text().splitlines()]
     denied = [rec for rec in records if rec["decision"] == "deny"]
     assert denied and all(rec["path"] == "/data/secret.txt" for rec in denied)
-    assert denied[0]["app"] == "nosy" and denied[0]["errno"] == "EACCES"
+    assert denied[0]["app"] == "nosy" and denied[0]["errno"] == errno.EACCES
+    assert denied[0]["errname"] == "EACCES" and denied[0]["rule"].startswith("two-apps.toml:")
+    assert denied[0]["latency_us"] >= 0 and denied[0]["time"].endswith("Z")
 
 
 def test_threads_and_forks_write_through(repo: Path) -> None:
