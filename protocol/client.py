@@ -26,9 +26,10 @@ Semantics, in the Majordomo (7/MDP) "lazy pirate" style:
   which Python turns into the matching subclass (``FileNotFoundError`` for
   ENOENT...), so callers can catch either by class or by ``errno``.
 
-Framing: a request is sent as one frame (the encoded envelope). On receive,
-the last frame of a multipart message is the envelope, so a peer that adds an
-empty delimiter frame (REQ-style) works too.
+Framing: a request is sent as one frame (the encoded envelope). Frames are
+received one at a time, so a peer that adds an empty delimiter frame
+(REQ-style) works too: the delimiter does not decode and is dropped, the
+envelope after it is read next.
 
 A ``Client`` is **not thread-safe**: use one per thread. The hot path (one
 encode, one send, one poll, one receive, one decode) allocates little; a small
@@ -222,9 +223,9 @@ class Client:
                 sock.setsockopt(zmq.RCVTIMEO, remaining)
                 self._rcvtimeo = remaining
             try:
+                # One frame at a time: a peer that adds a delimiter frame (REQ style)
+                # costs one dropped undecodable frame, then its envelope follows.
                 frame = sock.recv(copy=not bulk)
-                while sock.rcvmore:  # a REQ-style peer's delimiter: the envelope is last
-                    frame = sock.recv(copy=not bulk)
             except zmq.Again:
                 return None
             try:

@@ -25,9 +25,10 @@ Script = Callable[[int, Message, str, int], list[tuple[int, Message]]]
 
 
 class Peer:
-    def __init__(self, endpoint: str, script: Script) -> None:
+    def __init__(self, endpoint: str, script: Script, *, delimiter: bool = False) -> None:
         self.endpoint = endpoint
         self.script = script
+        self.delimiter = delimiter  # reply REQ-style: [identity, b"", envelope]
         self.seen: list[tuple[int, Message, str]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -51,7 +52,8 @@ class Peer:
             n = attempts.get(env.request_id, 0)
             attempts[env.request_id] = n + 1
             for rid, reply in self.script(env.request_id, env.msg, env.token, n):
-                sock.send_multipart([ident, encode(reply, rid)])
+                extra = [b""] if self.delimiter else []
+                sock.send_multipart([ident, *extra, encode(reply, rid)])
         sock.close()
 
     def stop(self) -> None:
@@ -182,3 +184,14 @@ def test_unencodable_message_is_einval_and_nothing_is_sent(peer: Callable[[Scrip
         assert info.value.errno == errno.EINVAL
         assert c.call(Stat(path="/ok")) == StatReply(attrs=A)
     assert [m for _, m, _ in p.seen] == [Stat(path="/ok")]
+
+
+def test_a_req_style_delimiter_frame_is_tolerated(tmp_path: Path) -> None:
+    p = Peer(f"ipc://{tmp_path}/req.sock", lambda rid, msg, tok, n: [(rid, StatReply(attrs=A))],
+             delimiter=True)
+    try:
+        with Client(p.endpoint, timeout=2) as c:
+            for _ in range(3):
+                assert c.call(Stat(path="/a")) == StatReply(attrs=A)
+    finally:
+        p.stop()
