@@ -1,0 +1,133 @@
+"""TOCTOU against a [host] write denial: symlinks swapped in a guest-writable directory.
+
+Policy ``policies/ci.toml`` with ``WORKSPACE`` set: the guest may write its
+workspace, not the directory beside it that holds the victim file. The guest
+(one Python program, two threads) races:
+
+* ``dir``: ``WS/d`` is exchanged (``renameat2(RENAME_EXCHANGE)``, atomic) again
+  and again between a real directory holding ``f`` and a symlink to the
+  victim's directory, while the other thread opens ``WS/d/f`` for writing. A
+  check on ``WS/d/f`` followed by a kernel walk of the guest's path would
+  write the victim whenever the swap lands between the two; synthfs decides
+  on the real path it resolved and opens it with ``RESOLVE_NO_SYMLINKS``, so
+  the late swap gives ELOOP.
+* ``link``: ``WS/link`` is exchanged between a symlink to ``WS/ok`` and a
+  symlink to the victim, while the other thread opens ``WS/link`` for writing.
+
+Exit 66 when an open for writing landed on the victim (its inode). Each
+variant runs natively first as the control (it must escape there), then under
+synthfs, where it must make zero escapes in N attempts while both sides of the
+race were seen (opens that succeeded in the workspace, opens denied).
+``SYNTHFS_TOCTOU_N`` sets N (default 2,000: CI-sized).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ptrace
+
+ESCAPED = 66
+ROOT = Path(__file__).resolve().parents[2]
+N = int(os.environ.get("SYNTHFS_TOCTOU_N", "2000"))
+
+GUEST = r"""
+import ctypes, errno, os, sys, threading
+ws, out, variant, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+AT_FDCWD, RENAME_EXCHANGE, NR_RENAMEAT2 = -100, 2, 316
+if variant == "dir":
+    a, b, target = ws + "/d", ws + "/d_alt", ws + "/d/f"
+else:
+    a, b, target = ws + "/link", ws + "/link_alt", ws + "/link"
+victim = os.stat(out + "/f").st_ino
+stop = False
+
+def swap():
+    while not stop:
+        libc.syscall(NR_RENAMEAT2, AT_FDCWD, a.encode(), AT_FDCWD, b.encode(), RENAME_EXCHANGE)
+
+t = threading.Thread(target=swap)
+t.start()
+counts = {"ok": 0, "escaped": 0}
+try:
+    for _ in range(n):
+        try:
+            fd = os.open(target, os.O_WRONLY)
+        except OSError as e:
+            name = errno.errorcode.get(e.errno, str(e.errno))
+            counts[name] = counts.get(name, 0) + 1
+            continue
+        if os.fstat(fd).st_ino == victim:
+            os.write(fd, b"ESCAPED\n")
+            counts["escaped"] += 1
+        else:
+            counts["ok"] += 1
+        os.close(fd)
+finally:
+    stop = True
+    t.join()
+print(counts)
+sys.exit(66 if counts["escaped"] else 0)
+"""
+
+
+@pytest.fixture
+def world() -> Iterator[tuple[Path, Path]]:
+    """WS (the workspace) and OUT (beside it, not writable under ci.toml), outside /tmp."""
+    base = Path(tempfile.mkdtemp(prefix="synthfs-toctou-", dir="/var/tmp"))
+    ws, out = base / "ws", base / "out"
+    ws.mkdir()
+    out.mkdir()
+    (out / "f").write_text("victim\n")
+    (ws / "d").mkdir()
+    (ws / "d" / "f").write_text("mine\n")
+    (ws / "d_alt").symlink_to(out)
+    (ws / "ok").write_text("mine\n")
+    (ws / "link").symlink_to(ws / "ok")
+    (ws / "link_alt").symlink_to(out / "f")
+    (ws / "guest.py").write_text(GUEST)
+    (base / "data").mkdir()
+    try:
+        yield ws, out
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _counts(stdout: str) -> dict[str, int]:
+    return ast.literal_eval(stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("variant", ["dir", "link"])
+def test_symlink_swap_never_writes_a_write_denied_host_file(
+    world: tuple[Path, Path], variant: str
+) -> None:
+    ws, out = world
+    argv = [sys.executable, str(ws / "guest.py"), str(ws), str(out), variant]
+    # The control: natively the race is won (the program can see its own escape).
+    native = subprocess.run([*argv, str(N)], capture_output=True, text=True, timeout=120)
+    assert native.returncode == ESCAPED, (native.stdout, native.stderr)
+    (out / "f").write_text("victim\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "interposer.cli", "run", "--data", str(ws.parent / "data"),
+         "--policy", str(ROOT / "policies" / "ci.toml"), "--", *argv, str(N)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "WORKSPACE": str(ws)},
+    )  # fmt: skip
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    counts = _counts(r.stdout)
+    assert counts["escaped"] == 0
+    assert (out / "f").read_text() == "victim\n"
+    # Both sides of the race were seen: writes in the workspace and denials.
+    assert counts["ok"] > 0 and counts.get("EACCES", 0) > 0, counts
+    assert set(counts) <= {"ok", "escaped", "EACCES", "ELOOP"}, counts
