@@ -43,6 +43,7 @@ import time
 
 import attrs as attrs_mod
 
+from protocol.codec import build
 from protocol.messages import CHUNK_SIZE, Attrs, DirEntry, FileKind, RenameFlags
 from server.backends.base import Backend, Entries, is_reserved, oserror, split_path
 
@@ -139,21 +140,18 @@ def _kind(st: os.stat_result) -> FileKind | None:
     return None
 
 
+def _attrs_values(st: os.stat_result, kind: FileKind) -> list[object]:
+    """The fields of ``Attrs`` in order (checked by :func:`protocol.codec.build`)."""
+    return [kind, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_ctime_ns,
+            st.st_ino, st.st_nlink, version_of(st)]
+
+
 def attrs_from_stat(st: os.stat_result) -> Attrs:
     """Wire attributes of a stat result; a FIFO, socket or device is EACCES (not served)."""
     kind = _kind(st)
     if kind is None:
         raise oserror(errno.EACCES, "special files are not served")
-    return Attrs(
-        kind=kind,
-        size=st.st_size,
-        mode=stat.S_IMODE(st.st_mode),
-        mtime_ns=st.st_mtime_ns,
-        ctime_ns=st.st_ctime_ns,
-        ino=st.st_ino,
-        nlink=st.st_nlink,
-        version=version_of(st),
-    )
+    return build(Attrs, *_attrs_values(st, kind))  # checked, at a third of Attrs(...)'s cost
 
 
 @attrs_mod.define
@@ -395,9 +393,10 @@ class LocalBackend(Backend):
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue  # removed while listing
-                    if _kind(st) is None:
+                    kind = _kind(st)
+                    if kind is None:
                         continue  # FIFO, socket, device: not served
-                    entries.append(DirEntry(name=name, attrs=attrs_from_stat(st)))
+                    entries.append(build(DirEntry, name, _attrs_values(st, kind)))
         finally:
             os.close(fd)
         entries.sort(key=lambda e: e.name)

@@ -296,3 +296,21 @@ def test_fast_decoder_agrees_with_the_validators(
         assert not all_valid, f"a valid {kind} was refused: {body!r}"[:500]
         return
     assert got == _construct(m.REGISTRY[kind], body)
+
+
+def test_build_checks_values_as_the_decoder_does() -> None:
+    from protocol.codec import build
+
+    assert build(m.Attrs, m.FileKind.FILE, 12, 0o644, -1, 2, 7, 1, "v1") == A
+    assert build(m.Attrs, *ATTRS_WIRE) == A
+    assert build(m.DirEntry, "a", ATTRS_WIRE) == m.DirEntry(name="a", attrs=A)
+    for slot, bad in [(1, -1), (1, True), (2, 0o10000), (0, "fifo"), (0, m.RenameFlags.NONE),
+                      (7, b"v"), (3, 2**63)]:
+        values = list(ATTRS_WIRE)
+        values[slot] = bad
+        with pytest.raises(DecodeError):
+            build(m.Attrs, *values)
+    with pytest.raises(DecodeError):
+        build(m.Attrs, *ATTRS_WIRE[:7])
+    with pytest.raises(TypeError):
+        build(m.Stat, "/a")  # messages go through their constructors
