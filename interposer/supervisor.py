@@ -322,27 +322,20 @@ class Supervisor:
     def _on_exec(self, t: Thread) -> None:
         former = pt.event_msg(t.tid)
         if former != t.tid:
+            # A thread other than the leader exec'd: it now has the leader's pid.
             old = self.threads.pop(former, None)
-            if old is not None and old.pending is not None:
-                old.pending = None
-        # Other threads of the group are gone; the exec'ing thread is now the leader.
-        t.pending = None
+            if old is not None:
+                self._drop_pending(old)
+        # The execve (its scratch slot, in an address space now gone or, after a
+        # vfork, still the parent's) will have no exit stop: release the slot.
+        self._drop_pending(t)
         if t.space is not None and t.space.pid == t.tid:
             t.space.mem.close()
-        tgid = t.proc.tgid
-        if t.proc is not None and any(
-            o.proc is t.proc and o.tid != t.tid for o in self.threads.values()
-        ):
-            # It shared a Proc with threads that the exec killed; from now on it stands alone.
-            pass
         space = MemSpace(t.tid, pt.GuestMemory(t.tid))
         t.space = space
         t.started = True
         self._inject_scratch(t)
         proc = t.proc
-        if proc.tgid != t.tid:  # a thread of another tgid exec'd (should not happen)
-            proc.tgid = t.tid
-        del tgid
         try:
             exe = os.readlink(f"/proc/{t.tid}/exe")
         except OSError:
@@ -411,8 +404,16 @@ class Supervisor:
         if deferred:
             os.kill(tid, deferred)
 
+    @staticmethod
+    def _drop_pending(t: Thread) -> None:
+        if t.pending is not None:
+            t.pending.space.release(t.pending.slot)
+            t.pending = None
+
     def _gone(self, pid: int, status: int) -> None:
         t = self.threads.pop(pid, None)
+        if t is not None:
+            self._drop_pending(t)
         self.early.pop(pid, None)
         if pid == self.main_pid:
             if os.WIFEXITED(status):
