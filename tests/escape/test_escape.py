@@ -44,7 +44,6 @@ pytestmark = pytest.mark.ptrace
 
 ESCAPED = 66
 ATTACKS = Path(__file__).resolve().parent / "attacks"
-PATHS_PY = ATTACKS / "paths.py"
 #: Killed by the sandbox's filter (SIGSYS) or by the supervisor (SIGKILL).
 KILLED = {128 + signal.SIGSYS, 128 + signal.SIGKILL}
 DEEP = "../" * 40
@@ -231,7 +230,10 @@ class Attack:
 
 def _argv(attack: Attack, world: World, cbin) -> list[str]:
     prog, *args = attack.argv
-    head = [sys.executable, "-I", str(PATHS_PY)] if prog == "paths" else [str(cbin(prog))]
+    if prog in ("paths", "identity"):
+        head = [sys.executable, "-I", str(ATTACKS / f"{prog}.py")]
+    else:
+        head = [str(cbin(prog))]
     return head + [world.fill(a) for a in args]
 
 
@@ -424,6 +426,57 @@ def test_policy_trick_positive_twin(mode, synthfs_world, cbin, tmp_path) -> None
 @pytest.mark.parametrize("attack", ABI, ids=_ids(ABI))
 def test_abi_escape(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
     run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+def identity_policy() -> str:
+    """This python may do anything on /data; cat may do nothing there."""
+    py = os.path.realpath(sys.executable)
+    return f"""\
+version = 1
+name = "escape-identity"
+description = "escape suite: python reads /data, cat is denied /data whatever its name"
+default = "deny"
+
+[[mount]]
+path = "/data"
+
+[[app]]
+name = "python"
+match.exe = ["{py}"]
+allow = [{{ paths = ["/data", "/data/**"], ops = ["*"] }}]
+
+[[app]]
+name = "cat"
+match.exe = ["{os.path.realpath("/usr/bin/cat")}"]
+deny = [{{ paths = ["/data", "/data/**"], ops = ["*"] }}]
+"""
+
+
+IDENTITY = [
+    Attack(f"identity_{m}", ("identity", m, "{data}", "/usr/bin/cat", "{marker}"),
+           policy=identity_policy())
+    for m in ("plain", "argv0", "execveat", "proc_fd", "symlink")
+]
+
+
+@pytest.mark.parametrize("attack", IDENTITY, ids=_ids(IDENTITY))
+def test_exec_identity(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+def test_exec_identity_allowed_twin(synthfs_world, cbin, tmp_path) -> None:
+    """Under the same policy an exec'd python does read /data/secret (exit 66 here is
+    success): otherwise the identity refusals above prove nothing."""
+    attack = Attack("twin", ("identity", "allowed_twin", "{data}", "/usr/bin/cat", "{marker}"))
+    pol = tmp_path / "policy.toml"
+    pol.write_text(identity_policy())
+    launcher = helpers.SynthfsLauncher(mode="agent")
+    argv = launcher.argv(
+        synthfs_world.repo, _argv(attack, synthfs_world, cbin), stack=synthfs_world.stack,
+        extra=["--policy", str(pol)],
+    )
+    got = helpers.run_native(argv, cwd=tmp_path)
+    assert got.status == ESCAPED, got.show()
 
 
 @pytest.mark.parametrize("attack", STORMS, ids=_ids(STORMS))

@@ -13,8 +13,12 @@ workspace, not the directory beside it that holds the victim file. The guest
   the late swap gives ELOOP.
 * ``link``: ``WS/link`` is exchanged between a symlink to ``WS/ok`` and a
   symlink to the victim, while the other thread opens ``WS/link`` for writing.
+* ``unlink`` and ``chmod``: the ``dir`` race against calls the kernel runs on
+  a path (not opens). synthfs pins the checked parent (or object) with an
+  ``O_PATH`` + ``RESOLVE_NO_SYMLINKS`` open in the supervisor and gives the
+  kernel ``/proc/SUPERVISOR/fd/N/name``, which no swap can redirect.
 
-Exit 66 when an open for writing landed on the victim (its inode). Each
+Exit 66 when the victim was written, removed or changed mode. Each
 variant runs natively first as the control (it must escape there), then under
 synthfs, where it must make zero escapes in N attempts while both sides of the
 race were seen (opens that succeeded in the workspace, opens denied).
@@ -46,12 +50,46 @@ ws, out, variant, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 AT_FDCWD, RENAME_EXCHANGE, NR_RENAMEAT2 = -100, 2, 316
-if variant == "dir":
-    a, b, target = ws + "/d", ws + "/d_alt", ws + "/d/f"
-else:
+if variant == "link":
     a, b, target = ws + "/link", ws + "/link_alt", ws + "/link"
-victim = os.stat(out + "/f").st_ino
+else:
+    a, b, target = ws + "/d", ws + "/d_alt", ws + "/d/f"
+victim = os.stat(out + "/f")
 stop = False
+
+
+def hit():
+    try:
+        now = os.stat(out + "/f")
+    except FileNotFoundError:
+        return True
+    return now.st_ino != victim.st_ino or now.st_mode != victim.st_mode
+
+
+def attempt():
+    if variant == "unlink":
+        os.unlink(target)
+        if hit():
+            return True
+        for _ in range(1000):  # put it back (a create while d is the link is refused)
+            try:
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
+                break
+            except OSError:
+                pass
+        return hit()
+    if variant == "chmod":
+        os.chmod(target, 0o600)
+        os.chmod(target, 0o644)
+        return hit()
+    fd = os.open(target, os.O_WRONLY)
+    try:
+        if os.fstat(fd).st_ino == victim.st_ino:
+            os.write(fd, b"ESCAPED\n")
+            return True
+        return False
+    finally:
+        os.close(fd)
 
 def swap():
     while not stop:
@@ -63,17 +101,14 @@ counts = {"ok": 0, "escaped": 0}
 try:
     for _ in range(n):
         try:
-            fd = os.open(target, os.O_WRONLY)
+            escaped = attempt()
         except OSError as e:
             name = errno.errorcode.get(e.errno, str(e.errno))
             counts[name] = counts.get(name, 0) + 1
             continue
-        if os.fstat(fd).st_ino == victim:
-            os.write(fd, b"ESCAPED\n")
-            counts["escaped"] += 1
-        else:
-            counts["ok"] += 1
-        os.close(fd)
+        counts["escaped" if escaped else "ok"] += 1
+        if escaped:
+            break
 finally:
     stop = True
     t.join()
@@ -90,6 +125,7 @@ def world() -> Iterator[tuple[Path, Path]]:
     ws.mkdir()
     out.mkdir()
     (out / "f").write_text("victim\n")
+    (out / "f").chmod(0o644)
     (ws / "d").mkdir()
     (ws / "d" / "f").write_text("mine\n")
     (ws / "d_alt").symlink_to(out)
@@ -108,7 +144,7 @@ def _counts(stdout: str) -> dict[str, int]:
     return ast.literal_eval(stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("variant", ["dir", "link"])
+@pytest.mark.parametrize("variant", ["dir", "link", "unlink", "chmod"])
 def test_symlink_swap_never_writes_a_write_denied_host_file(
     world: tuple[Path, Path], variant: str
 ) -> None:
@@ -117,7 +153,9 @@ def test_symlink_swap_never_writes_a_write_denied_host_file(
     # The control: natively the race is won (the program can see its own escape).
     native = subprocess.run([*argv, str(N)], capture_output=True, text=True, timeout=120)
     assert native.returncode == ESCAPED, (native.stdout, native.stderr)
+    (out / "f").unlink(missing_ok=True)
     (out / "f").write_text("victim\n")
+    (out / "f").chmod(0o644)
     r = subprocess.run(
         [sys.executable, "-m", "interposer.cli", "run", "--data", str(ws.parent / "data"),
          "--policy", str(ROOT / "policies" / "ci.toml"), "--", *argv, str(N)],
@@ -130,4 +168,4 @@ def test_symlink_swap_never_writes_a_write_denied_host_file(
     assert (out / "f").read_text() == "victim\n"
     # Both sides of the race were seen: writes in the workspace and denials.
     assert counts["ok"] > 0 and counts.get("EACCES", 0) > 0, counts
-    assert set(counts) <= {"ok", "escaped", "EACCES", "ELOOP"}, counts
+    assert set(counts) <= {"ok", "escaped", "EACCES", "ELOOP", "ENOENT"}, counts
