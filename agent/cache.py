@@ -48,9 +48,18 @@ from typing import Any
 
 import attrs
 
+from agent.naming import object_name
 from protocol.messages import Attrs
 
-__all__ = ["DEFAULT_CACHE_SIZE", "ContentCache", "Entry", "Signature", "object_name", "signature"]
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "ContentCache",
+    "Entry",
+    "Signature",
+    "default_cache_dir",
+    "object_name",
+    "signature",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +80,10 @@ _SAFE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 Signature = tuple[int, int, int, int]
 
 
-def object_name(path: str) -> str:
-    """The file name of ``path``'s local copy (the interposer relies on it after renames)."""
-    return hashlib.sha256(path.encode()).hexdigest()[:40]
+def default_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/synthfs``, or ``~/.cache/synthfs``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "synthfs")
 
 
 def signature(st: os.stat_result) -> Signature:

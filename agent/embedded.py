@@ -41,8 +41,7 @@ from pathlib import Path
 
 import attrs
 
-from agent.cache import DEFAULT_CACHE_SIZE
-from agent.main import default_cache_dir
+from agent.cache import DEFAULT_CACHE_SIZE, default_cache_dir
 
 __all__ = ["EmbeddedError", "TrustedStack", "embedded"]
 

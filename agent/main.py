@@ -34,13 +34,13 @@ from typing import Any
 
 import zmq
 
-from agent.cache import DEFAULT_CACHE_SIZE
+from agent.cache import DEFAULT_CACHE_SIZE, default_cache_dir
 from agent.service import DEFAULT_ATTR_TTL, AgentService
 from agent.upstream import Upstream
 from protocol.client import DEFAULT_TIMEOUT, Unreachable
 from protocol.codec import DecodeError, decode, encode, error_from_exception
 
-__all__ = ["HELP", "configure", "default_cache_dir", "main", "read_key_fd", "read_key_file"]
+__all__ = ["HELP", "configure", "main", "make_undumpable", "read_key_fd", "read_key_file"]
 
 HELP = "run the trusted agent (holds the token, owns the cache)"
 log = logging.getLogger(__name__)
@@ -55,11 +55,6 @@ def make_undumpable() -> None:
     if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"prctl(PR_SET_DUMPABLE, 0): {os.strerror(e)}")
-
-
-def default_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "synthfs")
 
 
 def read_key_file(path: str) -> bytes:
