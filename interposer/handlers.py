@@ -241,6 +241,61 @@ def host_check(call: Call, env: Env, op: str, loc: Loc) -> None:
         raise OSError(err, "denied by the host policy")
 
 
+@frozen
+class Pin:
+    """A checked host path for a call the kernel runs (not an open).
+
+    The kernel walks a path again; a symlink a guest swaps into a directory
+    component after the check would redirect it. So, when the policy restricts
+    the host, the supervisor opens the checked parent directory (or, for calls
+    that follow the last component, the object itself) with
+    ``RESOLVE_NO_SYMLINKS`` and the kernel is given ``/proc/SUPERVISOR/fd/N/name``
+    (``/proc/SUPERVISOR/fd/N``): a walk that cannot leave what was checked.
+    """
+
+    loc: Loc
+    whole: bool = False
+
+
+def run_host(
+    env: Env,
+    nr: int,
+    args: tuple[int | Scratch | Pin, ...],
+    after: Callable[[int], Return | Fail | None] | None = None,
+) -> Result:
+    """RunChecked with every :class:`Pin` made a pinned path (see :class:`Pin`)."""
+    fds: list[int] = []
+    out: list[int | Scratch] = []
+    try:
+        for arg in args:
+            if not isinstance(arg, Pin):
+                out.append(arg)
+                continue
+            loc = arg.loc
+            assert loc.host is not None
+            pinned = None
+            if not loc.via_fd and loc.real is not None and loc.real == loc.host:
+                pinned = env.pin(loc.host, arg.whole)
+            if pinned is None:
+                out.append(_cstr(loc.host))
+            else:
+                fds.append(pinned[1])
+                out.append(_cstr(pinned[0]))
+    except OSError as exc:
+        for fd in fds:
+            env.unpin(fd)
+        return Fail(exc.errno or errno.EIO)
+    if not fds:
+        return RunChecked(nr, tuple(out), after)
+
+    def done(ret: int) -> Return | Fail | None:
+        for fd in fds:
+            env.unpin(fd)
+        return after(ret) if after is not None else None
+
+    return RunChecked(nr, tuple(out), done)
+
+
 def precheck(call: Call, env: Env, ops: tuple[str, ...], raw: str, base: str) -> None:
     """Refuse before any lookup when the path, as written, is denied for every op."""
     if not ops:
@@ -842,7 +897,7 @@ def mkdir_at(call: Call, env: Env, dirfd: int, addr: int, mode: int) -> Result:
     loc = locate(call, env, dirfd, addr, follow=False)
     if not loc.synthetic:
         assert loc.host is not None
-        return RunChecked(NR_MKDIRAT, (AT_FDCWD, _cstr(loc.host), mode))
+        return run_host(env, NR_MKDIRAT, (AT_FDCWD, Pin(loc), mode))
     assert loc.repo is not None
     if loc.attrs is not None:
         return Fail(errno.EEXIST)
@@ -871,7 +926,7 @@ def unlink_at(call: Call, env: Env, dirfd: int, addr: int, atflags: int) -> Resu
     loc = locate(call, env, dirfd, addr, follow=False)
     if not loc.synthetic:
         assert loc.host is not None
-        return RunChecked(NR_UNLINKAT, (AT_FDCWD, _cstr(loc.host), atflags))
+        return run_host(env, NR_UNLINKAT, (AT_FDCWD, Pin(loc), atflags))
     assert loc.repo is not None
     if loc.repo == "/":
         return Fail(errno.EBUSY)
@@ -918,9 +973,7 @@ def rename_at(
         return Fail(errno.EXDEV)
     if not src.synthetic:
         assert src.host is not None and dst.host is not None
-        return RunChecked(
-            NR_RENAMEAT2, (AT_FDCWD, _cstr(src.host), AT_FDCWD, _cstr(dst.host), flags)
-        )
+        return run_host(env, NR_RENAMEAT2, (AT_FDCWD, Pin(src), AT_FDCWD, Pin(dst), flags))
     assert src.repo is not None and dst.repo is not None
     sattrs = _need(src)
     if flags & 4:
@@ -987,8 +1040,11 @@ def link_at(
             return Fail(errno.EEXIST)
         return Fail(errno.EPERM)
     assert src.host is not None and dst.host is not None
-    return RunChecked(
-        NR_LINKAT, (AT_FDCWD, _cstr(src.host), AT_FDCWD, _cstr(dst.host), flags & ~AT_EMPTY_PATH)
+    follow = bool(flags & abi.AT_SYMLINK_FOLLOW)
+    return run_host(
+        env,
+        NR_LINKAT,
+        (AT_FDCWD, Pin(src, whole=follow), AT_FDCWD, Pin(dst), flags & ~AT_EMPTY_PATH),
     )
 
 
@@ -1010,7 +1066,7 @@ def symlink_at(call: Call, env: Env, target_addr: int, dirfd: int, addr: int) ->
     loc = locate(call, env, dirfd, addr, follow=False)
     if not loc.synthetic:
         assert loc.host is not None
-        return RunChecked(NR_SYMLINKAT, (_cstr(target), AT_FDCWD, _cstr(loc.host)))
+        return run_host(env, NR_SYMLINKAT, (_cstr(target), AT_FDCWD, Pin(loc)))
     assert loc.repo is not None
     if loc.attrs is not None:
         return Fail(errno.EEXIST)
@@ -1041,7 +1097,7 @@ def mknod_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, dev: int) -
             return open_synthetic_create(call, env, loc, mode)
         return Fail(errno.EPERM)
     assert loc.host is not None
-    return RunChecked(NR_MKNODAT, (AT_FDCWD, _cstr(loc.host), mode, dev))
+    return run_host(env, NR_MKNODAT, (AT_FDCWD, Pin(loc), mode, dev))
 
 
 def open_synthetic_create(call: Call, env: Env, loc: Loc, mode: int) -> Result:
@@ -1083,7 +1139,7 @@ def chmod_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, atflags: in
     loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
     if not loc.synthetic:
         assert loc.host is not None
-        return RunChecked(NR_FCHMODAT, (AT_FDCWD, _cstr(loc.host), mode))
+        return run_host(env, NR_FCHMODAT, (AT_FDCWD, Pin(loc, whole=follow), mode))
     attrs = _need(loc)
     if attrs.kind is FileKind.SYMLINK:
         return Fail(errno.EOPNOTSUPP)
@@ -1134,8 +1190,10 @@ def chown_at(
     loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
     if not loc.synthetic:
         assert loc.host is not None
-        return RunChecked(
-            NR_FCHOWNAT, (AT_FDCWD, _cstr(loc.host), uid, gid, atflags & ~AT_EMPTY_PATH)
+        return run_host(
+            env,
+            NR_FCHOWNAT,
+            (AT_FDCWD, Pin(loc, whole=follow), uid, gid, atflags & ~AT_EMPTY_PATH),
         )
     _need(loc)
     denied = env.check(call, "chmod", loc.guest)
@@ -1178,7 +1236,7 @@ def sys_truncate(call: Call, env: Env) -> Result:
     loc = locate(call, env, AT_FDCWD, call.args[0], follow=True)
     if not loc.synthetic:
         assert loc.host is not None
-        return RunChecked(NR_TRUNCATE, (_cstr(loc.host), length))
+        return run_host(env, NR_TRUNCATE, (Pin(loc, whole=True), length))
     attrs = _need(loc)
     if attrs.kind is FileKind.DIR:
         return Fail(errno.EISDIR)
@@ -1265,7 +1323,10 @@ def sys_utimensat(call: Call, env: Env) -> Result:
 
     def raw(loc: Loc) -> Result:
         assert loc.host is not None
-        return RunChecked(NR_UTIMENSAT, (AT_FDCWD, _cstr(loc.host), tptr, flags & ~AT_EMPTY_PATH))
+        whole = not flags & AT_SYMLINK_NOFOLLOW
+        return run_host(
+            env, NR_UTIMENSAT, (AT_FDCWD, Pin(loc, whole=whole), tptr, flags & ~AT_EMPTY_PATH)
+        )
 
     return utimens_at(call, env, dirfd, addr, times, flags, raw=raw)
 
@@ -1275,7 +1336,7 @@ def _utimes(call: Call, env: Env, dirfd: int, addr: int, tptr: int) -> Result:
 
     def raw(loc: Loc) -> Result:
         assert loc.host is not None
-        return RunChecked(NR_FUTIMESAT, (AT_FDCWD, _cstr(loc.host), tptr))
+        return run_host(env, NR_FUTIMESAT, (AT_FDCWD, Pin(loc, whole=True), tptr))
 
     return utimens_at(call, env, dirfd, addr, times, 0, raw=raw)
 
@@ -1302,7 +1363,7 @@ def sys_utime(call: Call, env: Env) -> Result:
     loc = locate(call, env, AT_FDCWD, call.args[0], follow=True)
     if not loc.synthetic:
         assert loc.host is not None
-        return RunChecked(132, (_cstr(loc.host), tptr))
+        return run_host(env, 132, (Pin(loc, whole=True), tptr))
     return utimens_at(call, env, AT_FDCWD, call.args[0], times, 0, raw=lambda _l: Fail(errno.EIO))
 
 
@@ -1313,9 +1374,9 @@ def _xattr(call: Call, env: Env, follow: bool, synthetic_result: Result) -> Resu
     loc = locate(call, env, AT_FDCWD, call.args[0], follow=follow)
     if not loc.synthetic:
         assert loc.host is not None
-        args: list[int | Scratch] = list(call.args)
-        args[0] = _cstr(loc.host)
-        return RunChecked(call.nr, tuple(args))
+        args: list[int | Scratch | Pin] = list(call.args)
+        args[0] = Pin(loc, whole=follow)
+        return run_host(env, call.nr, tuple(args))
     _need(loc)
     denied = env.check(call, "stat", loc.guest)
     return Fail(denied) if denied else synthetic_result

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import errno
 import hashlib
 import json
@@ -23,6 +24,7 @@ import time
 from collections.abc import Iterator
 from typing import IO
 
+from interposer import abi
 from interposer.filter import build_filter
 from interposer.hostside import HostSide
 from interposer.namespace import Namespace
@@ -110,6 +112,25 @@ class RunEnv:
             return 0
         return self._record(call, app, op, path, decision, t0)
 
+    def pin(self, real_path: str, whole: bool) -> tuple[str, int] | None:
+        if not self._host_rules:
+            return None  # no host decisions to protect: the kernel walks the checked path
+        if whole:
+            target, name = real_path, ""
+        else:
+            head, _, name = real_path.rpartition("/")
+            target = head or "/"
+            if not name:
+                return None
+        flags = os.O_PATH | os.O_CLOEXEC | (0 if whole else os.O_DIRECTORY)
+        fd = _openat2(target, flags, abi.RESOLVE_NO_SYMLINKS | abi.RESOLVE_NO_MAGICLINKS)
+        base = f"/proc/{os.getpid()}/fd/{fd}"
+        return (f"{base}/{name}" if name else base), fd
+
+    def unpin(self, fd: int) -> None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
     def check_net(self, call: Call, op: str, address: str, local: bool) -> int:
         """A decision on the network (``[host] network``), audited."""
         t0 = time.perf_counter_ns()
@@ -144,6 +165,27 @@ class RunEnv:
             self.audit.write(record.to_json() + "\n")
             self.audit.flush()
         return decision.errno if not decision.allowed else 0
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+NR_OPENAT2 = 437
+
+
+def _openat2(path: str, flags: int, resolve: int) -> int:
+    """openat2(AT_FDCWD, path, {flags, 0, resolve}) in the supervisor; OSError on failure."""
+    how = abi.OPEN_HOW.pack(flags, 0, resolve)
+    fd = _libc.syscall(
+        ctypes.c_long(NR_OPENAT2),
+        ctypes.c_int(abi.AT_FDCWD),
+        ctypes.c_char_p(os.fsencode(path)),
+        ctypes.c_char_p(how),
+        ctypes.c_size_t(len(how)),
+    )
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(fd)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -183,6 +183,12 @@ class FakeEnv:
     def check_net(self, call: Call, op: str, address: str, local: bool) -> int:
         return 0
 
+    def pin(self, real_path: str, whole: bool) -> tuple[str, int] | None:
+        return None
+
+    def unpin(self, fd: int) -> None:
+        pass
+
 
 @pytest.fixture
 def world():

@@ -61,6 +61,12 @@ class RealPaths(FakeEnv):
     def check_host(self, call: Call, op: str, path: str) -> int:
         return self.run_env.check_host(call, op, path)
 
+    def pin(self, real_path: str, whole: bool) -> tuple[str, int] | None:
+        return self.run_env.pin(real_path, whole)
+
+    def unpin(self, fd: int) -> None:
+        self.run_env.unpin(fd)
+
     def records(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.log.getvalue().splitlines()]
 
@@ -153,7 +159,9 @@ def test_a_symlink_in_a_writable_dir_is_decided_on_its_target(world) -> None:
     assert isinstance(r, RunChecked) and _path(r) == f"{ws}/in/r.txt"  # the checked real path
     # the link itself (no follow) lives in the writable dir: deleting it is fine
     r = call("unlink", f"{ws}/out/to_in")
-    assert isinstance(r, RunChecked) and _path(r, 1) == f"{ws}/out/to_in"
+    assert isinstance(r, RunChecked) and _path(r, 1).endswith("/to_in")
+    assert r.after is not None
+    r.after(0)
     # '..' resolves before the decision
     assert call("open", f"{ws}/out/../in/r.txt", os.O_WRONLY, 0) == Fail(errno.EACCES)
 
@@ -188,6 +196,32 @@ def test_queries_are_read_class_and_mutations_write_class(world) -> None:
     assert {r["op"] for r in env.records()} == {
         "stat", "write", "create", "delete", "chmod", "rename",
     }  # fmt: skip
+
+
+def test_mutations_run_on_a_pinned_path(world) -> None:
+    """The kernel walks /proc/SUPERVISOR/fd/N[/name]: an fd opened with RESOLVE_NO_SYMLINKS."""
+    ws, env, call = world
+    r = call("unlink", f"{ws}/out/w.txt")
+    assert isinstance(r, RunChecked) and r.after is not None
+    pinned = _path(r)
+    prefix = f"/proc/{os.getpid()}/fd/"
+    assert pinned.startswith(prefix) and pinned.endswith("/w.txt")
+    fd = int(pinned[len(prefix) :].split("/")[0])
+    assert os.readlink(f"/proc/self/fd/{fd}") == f"{ws}/out"  # the checked parent
+    r.after(0)
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed after the call
+    r = call("chmod", f"{ws}/out/w.txt", 0o600)  # follows the last component: pin the object
+    assert isinstance(r, RunChecked) and r.after is not None
+    fd = int(_path(r)[len(prefix) :])
+    assert os.readlink(f"/proc/self/fd/{fd}") == f"{ws}/out/w.txt"
+    r.after(0)
+    # a symlink where the checked path had a directory: ELOOP, nothing runs
+    os.rename(ws / "out", ws / "out.real")
+    (ws / "out").symlink_to(ws / "in")
+    with pytest.raises(OSError) as exc:
+        env.run_env.pin(f"{ws}/out/w.txt", False)
+    assert exc.value.errno == errno.ELOOP
 
 
 def test_a_hard_link_to_a_read_only_file_is_refused(world) -> None:
