@@ -17,7 +17,7 @@ import time
 
 from attrs import evolve
 
-from agent.cache import object_name
+from agent.naming import object_name
 from protocol.client import Client, Unreachable
 from protocol.messages import (
     PROTOCOL_VERSION,
