@@ -1820,6 +1820,23 @@ def _unix_sockaddr(real: str) -> bytes:
     return AF_UNIX.to_bytes(2, "little") + os.fsencode(real)[:107] + b"\0"
 
 
+def _unix_reach(
+    env: Env, nr: int, real: str, args: Callable[[Scratch, int], tuple[int | Scratch, ...]]
+) -> Result:
+    """connect/sendto to a checked socket path: the kernel gets the socket itself, pinned
+    (``/proc/SUPERVISOR/fd/N``: a swapped-in symlink cannot lead it to the agent's socket)."""
+    pinned = env.pin(real, True, always=True)
+    sockaddr = _unix_sockaddr(pinned[0] if pinned else real)
+    if pinned is None:
+        return RunChecked(nr, args(Scratch(sockaddr), len(sockaddr)))
+    fd = pinned[1]
+
+    def done(ret: int) -> None:
+        env.unpin(fd)
+
+    return RunChecked(nr, args(Scratch(sockaddr), len(sockaddr)), done)
+
+
 def _sock_call(call: Call, env: Env, nr: int) -> Result:
     """connect and bind: (fd, sockaddr, addrlen)."""
     a = call.args
@@ -1830,7 +1847,11 @@ def _sock_call(call: Call, env: Env, nr: int) -> Result:
     if sa.family == AF_UNIX:
         if sa.text is None:
             return CONTINUE  # abstract or unnamed: no path
-        sockaddr = _unix_sockaddr(_unix_target(call, env, op, sa.text))
+        real = _unix_target(call, env, op, sa.text)
+        if nr == NR_CONNECT:
+            return _unix_reach(env, nr, real, lambda sock, size: (a[0], sock, size))
+        # bind names the new socket with this path (getsockname shows it): not pinned
+        sockaddr = _unix_sockaddr(real)
         return RunChecked(nr, (a[0], Scratch(sockaddr), len(sockaddr)))
     if env.network is NetworkMode.ALLOW:
         return CONTINUE
@@ -1873,8 +1894,8 @@ def sys_sendto(call: Call, env: Env) -> Result:
     if sa.family == AF_UNIX:
         if sa.text is None:
             return CONTINUE
-        sockaddr = _unix_sockaddr(_unix_target(call, env, "send", sa.text))
-        return RunChecked(NR_SENDTO, (*a[:4], Scratch(sockaddr), len(sockaddr)))
+        real = _unix_target(call, env, "send", sa.text)
+        return _unix_reach(env, NR_SENDTO, real, lambda sock, size: (*a[:4], sock, size))
     if env.network is NetworkMode.ALLOW:
         return CONTINUE
     err = net_check(call, env, "send", sa)

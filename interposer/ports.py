@@ -160,13 +160,13 @@ class Env(Protocol):
     def check_host(self, call: Call, op: str, path: str) -> int:
         """0 when the ``[host]`` rules allow ``op`` on the resolved host ``path``, else errno."""
 
-    def pin(self, real_path: str, whole: bool) -> tuple[str, int] | None:
+    def pin(self, real_path: str, whole: bool, always: bool = False) -> tuple[str, int] | None:
         """Pin a checked host path for a call the kernel runs (see ``handlers.Pin``).
 
         Opens the parent directory of ``real_path`` (``whole``: the object
         itself) with RESOLVE_NO_SYMLINKS in the supervisor and returns the path
         the kernel should walk instead and the fd to :meth:`unpin` after the
-        call; None when nothing needs pinning (no [host] rules). OSError (ELOOP
+        call; None when nothing needs pinning (no [host] rules, unless ``always``). OSError (ELOOP
         when a symlink was swapped in, ENOENT...) fails the call.
         """
 

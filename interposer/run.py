@@ -112,8 +112,8 @@ class RunEnv:
             return 0
         return self._record(call, app, op, path, decision, t0)
 
-    def pin(self, real_path: str, whole: bool) -> tuple[str, int] | None:
-        if not self._host_rules:
+    def pin(self, real_path: str, whole: bool, always: bool = False) -> tuple[str, int] | None:
+        if not self._host_rules and not always:
             return None  # no host decisions to protect: the kernel walks the checked path
         if whole:
             target, name = real_path, ""
