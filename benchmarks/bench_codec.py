@@ -16,8 +16,9 @@ Construction of the message is not timed; decoding times the whole
 ``--against DIR`` runs this script's measurement in child processes, one per
 tree, alternating ``DIR`` (before) and this tree (after) for ``--rounds``
 rounds, so both see the same machine load (the VM is shared and noisy); it
-prints the median of the per-round medians and the worst per-round p99 for
-each. ``--trusted`` also alternates ``benchmarks/bench_trusted.py --json
+prints the median of the per-round medians and of the per-round p99s for
+each (``--json`` keeps every round, ``--show FILE`` prints it again).
+``--trusted`` also alternates ``benchmarks/bench_trusted.py --json
 --size-mib 4 --fills 1`` of each tree (real server and agent processes) and
 reports the stat round trips from it. The DIR tree is used as it is: make it
 with ``git archive REV | tar -x -C DIR``.
@@ -113,6 +114,7 @@ def _trusted_rows(r: dict[str, Any]) -> dict[str, dict[str, float]]:
         "stat two hops, agent->server tcp": r["stat_tcp"]["two_hops"],
         "stat server alone, ipc (one hop)": r["stat_ipc"]["server_only"],
         "stat agent attr-cache hit (one hop)": r["agent_attr_cache_hit"],
+        "warm Open, revalidation (two hops)": r["fill"]["warm_open"],
         "Client.call(Stat) on a bare echo, ipc": r["zmq_echo_ipc"]["client"],
         "bare ZeroMQ echo, ipc (floor)": r["zmq_echo_ipc"]["raw"],
     }
@@ -137,7 +139,7 @@ def compare(before: Path, rounds: int, scale: float, trusted: bool, stats: int) 
 
 def _summary(runs: list[dict[str, dict[str, float]]], row: str) -> tuple[float, float]:
     med = statistics.median(r[row]["median_us"] for r in runs)
-    p99 = max(r[row]["p99_us"] for r in runs)
+    p99 = statistics.median(r[row]["p99_us"] for r in runs)
     return med, p99
 
 
@@ -145,7 +147,7 @@ def _print_compare(res: dict[str, Any]) -> None:
     before, after = res["runs"]["before"], res["runs"]["after"]
     print(f"before/after, {res['rounds']} interleaved rounds, {res['cpus']} CPUs, "
           f"load {' '.join(f'{x:.1f}' for x in res['loadavg_1m'])}")
-    print("median = median of the per-round medians; p99 = worst per-round p99 (µs)")
+    print("median = median of the per-round medians; p99 = median of the per-round p99s (µs)")
     print(f"{'':<40} {'before med':>10} {'p99':>9} {'after med':>10} {'p99':>9} {'speed-up':>8}")
     for row in before[0]:
         bm, bp = _summary(before, row)
@@ -164,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --against: also alternate bench_trusted.py stat round trips")
     ap.add_argument("--stats", type=int, default=2000,
                     help="round trips per figure of bench_trusted.py (with --trusted)")
+    ap.add_argument("--show", metavar="JSON", type=Path,
+                    help="print the table of a saved --against --json run")
     args = ap.parse_args(argv)
+    if args.show is not None:
+        _print_compare(json.loads(args.show.read_text()))
+        return 0
     if args.against is not None:
         res: Any = compare(args.against, args.rounds, args.scale, args.trusted, args.stats)
         if args.json:
