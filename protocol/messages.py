@@ -3,7 +3,9 @@
 Every message is a frozen attrs class registered under an explicit ``kind`` tag.
 A duplicate tag is a ``TypeError`` at import time. The classes hold data only:
 encoding lives in :mod:`protocol.codec`, which trusts nothing it receives and
-validates every field through the validators declared here.
+checks every field against the wire type declared here as its validator
+(:class:`WireInt`, :class:`WireStr`...): the constructor runs it, and the codec
+generates its decoders from it.
 
 Two links use these messages:
 
