@@ -281,11 +281,24 @@ class AgentService:
                 return StatReply(attrs=a)
             reply = self.upstream.call(rest, StatReply)
         else:
+            if e is not None and msg.mtime_ns is not None and self.cache.is_dirty(e):
+                # New times apply to the written content: upload it first, or the
+                # upload at close would stamp its own time over them (cp -a, tar, touch).
+                self._upload(path)
             reply = self.upstream.call(attrs.evolve(msg, path=path), StatReply)
         e = self.cache.get(path)
         if e is not None and not self.cache.is_dirty(e):
             # Metadata only: the content of the clean copy is still the server's.
-            self.cache.record(path, reply.attrs, e.recorded)
+            local = self.cache.object_path(path)
+            if msg.mtime_ns is not None:
+                # The local copy shows the same times (and stays clean).
+                with contextlib.suppress(OSError):
+                    os.utime(local, ns=(reply.attrs.mtime_ns, reply.attrs.mtime_ns))
+            try:
+                recorded = signature(os.stat(local))
+            except OSError:
+                recorded = e.recorded
+            self.cache.record(path, reply.attrs, recorded)
         self._remember(path, reply.attrs)
         return StatReply(attrs=self._present(path, reply.attrs))
 

@@ -46,7 +46,8 @@ from protocol.messages import (
 
 __all__ = ["Remote"]
 
-_MISSING = object()
+#: Seconds an Open, Commit or Sync may take (a cold fetch or an upload of a large file).
+BULK_TIMEOUT = 3600.0
 
 
 class Remote:
@@ -56,6 +57,9 @@ class Remote:
         self.endpoint = endpoint
         self.ttl = ttl
         self._client = Client(endpoint, timeout=timeout, retries=1)
+        # Open, Commit and Sync move whole files (a cold fetch, an upload): they get
+        # a patient client of their own, and are never resent while the agent works.
+        self._bulk = Client(endpoint, timeout=BULK_TIMEOUT, retries=0)
         self._attrs: dict[str, tuple[float, Attrs | None]] = {}
         self._links: dict[str, tuple[float, str]] = {}
         self._by_host: dict[str, str] = {}
@@ -76,18 +80,19 @@ class Remote:
 
     def close(self) -> None:
         self._client.close()
+        self._bulk.close()
 
-    def _call(self, msg: Message) -> Message:
+    def _call(self, msg: Message, client: Client | None = None) -> Message:
         try:
-            return self._client.call(msg)
+            return (client or self._client).call(msg)
         except Unreachable as exc:
             raise OSError(errno.EIO, f"agent unreachable: {exc}") from None
 
-    def _ask(self, msg: Message) -> Message:
+    def _ask(self, msg: Message, bulk: bool = False) -> Message:
         self.requests += 1
         t0 = time.perf_counter_ns()
         try:
-            return self._call(msg)
+            return self._call(msg, self._bulk if bulk else None)
         finally:
             self.agent_ns += time.perf_counter_ns() - t0
 
@@ -165,7 +170,7 @@ class Remote:
         return reply.target
 
     def open(self, path: str, flags: int, mode: int) -> Opened:
-        reply = self._ask(Open(path=path, flags=flags & 0xFFFFFFFF, mode=mode & 0o7777))
+        reply = self._ask(Open(path=path, flags=flags & 0xFFFFFFFF, mode=mode & 0o7777), bulk=True)
         assert isinstance(reply, Opened)
         self._by_host[reply.host_path] = path
         self._local[path] = reply.host_path
@@ -182,12 +187,12 @@ class Remote:
         return reply
 
     def commit(self, path: str) -> None:
-        self._ask(Commit(path=path))
+        self._ask(Commit(path=path), bulk=True)
         self._attrs.pop(path, None)
         self._record_local(path)
 
     def sync(self) -> None:
-        self._ask(Sync())
+        self._ask(Sync(), bulk=True)
         self._attrs.clear()
         for path in self._local:
             self._record_local(path)
