@@ -63,7 +63,7 @@ def hit():
         now = os.stat(out + "/f")
     except FileNotFoundError:
         return True
-    return now.st_ino != victim.st_ino or now.st_mode != victim.st_mode
+    return now.st_ino != victim.st_ino or now.st_ctime_ns != victim.st_ctime_ns
 
 
 def attempt():
@@ -123,9 +123,25 @@ def world() -> Iterator[tuple[Path, Path]]:
     base = Path(tempfile.mkdtemp(prefix="synthfs-toctou-", dir="/var/tmp"))
     ws, out = base / "ws", base / "out"
     ws.mkdir()
+    (base / "data").mkdir()
+    _reset(ws, out)
+    try:
+        yield ws, out
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _reset(ws: Path, out: Path) -> None:
+    """The starting position (a run leaves the swapped names in any state)."""
+    for name in ("d", "d_alt", "link", "link_alt", "ok"):
+        path = ws / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+    shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     (out / "f").write_text("victim\n")
-    (out / "f").chmod(0o644)
     (ws / "d").mkdir()
     (ws / "d" / "f").write_text("mine\n")
     (ws / "d_alt").symlink_to(out)
@@ -133,11 +149,6 @@ def world() -> Iterator[tuple[Path, Path]]:
     (ws / "link").symlink_to(ws / "ok")
     (ws / "link_alt").symlink_to(out / "f")
     (ws / "guest.py").write_text(GUEST)
-    (base / "data").mkdir()
-    try:
-        yield ws, out
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _counts(stdout: str) -> dict[str, int]:
@@ -153,9 +164,7 @@ def test_symlink_swap_never_writes_a_write_denied_host_file(
     # The control: natively the race is won (the program can see its own escape).
     native = subprocess.run([*argv, str(N)], capture_output=True, text=True, timeout=120)
     assert native.returncode == ESCAPED, (native.stdout, native.stderr)
-    (out / "f").unlink(missing_ok=True)
-    (out / "f").write_text("victim\n")
-    (out / "f").chmod(0o644)
+    _reset(ws, out)
     r = subprocess.run(
         [sys.executable, "-m", "interposer.cli", "run", "--data", str(ws.parent / "data"),
          "--policy", str(ROOT / "policies" / "ci.toml"), "--", *argv, str(N)],
