@@ -4,7 +4,8 @@ For each pass (pinned to CPU 0 with ``taskset -c 0``, then unpinned), for each
 workload: one warm-up run per tool (native's output becomes the reference),
 then N timed rounds, each round running every tool once in a rotated order so
 that machine drift hits all tools alike. Before every run, untimed: the
-workload's ``prepare`` (host side); after every run, untimed, its ``reset``
+workload's ``prepare`` (host side) and a wait until the helpers are idle
+(:func:`quiesce`); after every run, untimed, its ``reset``
 through the same tool, so that every run starts from the pristine tree. A
 run counts only when it exits 0 and its normalised output equals native's; a
 tool that fails is recorded with its error, never dropped.
@@ -85,6 +86,7 @@ class RunRecord:
     cpu_sys: float = 0.0
     output: str = ""
     error: str = ""
+    settle: float = 0.0  # untimed wait for idle helpers before the run
 
     def to_dict(self) -> dict[str, Any]:
         d = attrs.asdict(self)
@@ -226,6 +228,40 @@ def set_affinity_tree(cpus: set[int]) -> None:
 
 
 # --------------------------------------------------------------- running
+
+
+def _cpu_ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total
+
+
+def quiesce(max_wait: float = 5.0, step: float = 0.05) -> float:
+    """Wait until the helpers (every live descendant: FUSE daemon, synthfs agent
+    and server) use no CPU for two polls in a row; return the seconds waited.
+
+    Without it a helper's after-work (rclone uploading or collecting garbage,
+    an agent writing its cache index) lands on the next tool's run, and in the
+    pinned pass on the same CPU: the tool that follows FUSE in the rotation
+    (native, the way the rounds rotate) was measured up to 3x slow.
+    """
+    me = os.getpid()
+    pids = [p for p in _descendants(me) if p != me]
+    start = time.monotonic()
+    if not pids:
+        return 0.0
+    last, still = _cpu_ticks(pids), 0
+    while time.monotonic() - start < max_wait and still < 2:
+        time.sleep(step)
+        now = _cpu_ticks(pids)
+        still = still + 1 if now == last else 0
+        last = now
+    return time.monotonic() - start
 
 
 def _tail(text: str, n: int = OUTPUT_KEEP) -> str:
@@ -545,7 +581,9 @@ def _run_workload(
         progress.show(f"{pass_.value} {wl.id} {wl.title} | {tool.label} | {label}", later())
         if wl.prepare is not None:
             wl.prepare(tool.ctx.root(wl.root))
+        settle = quiesce()
         rec = run_once(pin + tool.argv(wl.render(wl.command, data), wl.root), opts.timeout)
+        rec.settle = settle
         progress.record((wl.id, tool.name), rec.seconds)
         if wl.reset:
             # clean up through the same tool (untimed), so the next tool starts

@@ -229,7 +229,10 @@ class RcloneFuse(Tool):
 
     name = "fuse"
     label = "FUSE (rclone mount)"
-    note = "`rclone mount DIR MNT --vfs-cache-mode writes --file-perms 0755` (local backend, fuse3)"
+    note = (
+        "`rclone mount COPY MNT --vfs-cache-mode writes --file-perms 0755` (local backend, "
+        "fuse3), on its own copy of the data (rclone drops the page cache of what it reads)"
+    )
     MOUNT_TIMEOUT = 15.0
 
     def __init__(self, ctx: Context) -> None:
@@ -248,6 +251,24 @@ class RcloneFuse(Tool):
         for root in (Root.DISK, Root.TMPFS):
             self.mounts[root] = self._mount(root)
 
+    def _private_copy(self, root: Root) -> Path:
+        """The mount serves its own copy of the data: rclone's local backend drops
+        the page cache of every file it reads (fadvise), which left the real
+        files cold for whichever tool ran next (measured: 256 MiB resident
+        before a read through the mount, 144 MiB after)."""
+        src = self.ctx.root(root)
+        dst = src.parent / f"{src.name}-fuse"
+        stamp = ".bench-stamp"
+        have = [(d / stamp).read_text() if (d / stamp).exists() else None for d in (src, dst)]
+        if have[0] is not None and have[0] == have[1]:
+            return dst
+        if dst.exists():
+            shutil.rmtree(dst)
+        p = subprocess.run(["cp", "-a", str(src), str(dst)], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise ToolError(f"copying the data for the FUSE mount failed: {p.stderr.strip()}")
+        return dst
+
     def _mount(self, root: Root) -> Path:
         mnt = self.ctx.out_dir / f"mnt-{root.value}"
         if os.path.ismount(mnt):
@@ -257,7 +278,7 @@ class RcloneFuse(Tool):
         cache = self.ctx.out_dir / f"rclone-cache-{root.value}"
         with logf.open("wb") as lf:
             proc = subprocess.Popen(
-                self._mount_argv(root, mnt, cache),
+                self._mount_argv(self._private_copy(root), mnt, cache),
                 stdout=lf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -271,9 +292,9 @@ class RcloneFuse(Tool):
             time.sleep(0.05)
         return mnt
 
-    def _mount_argv(self, root: Root, mnt: Path, cache: Path) -> list[str]:
+    def _mount_argv(self, src: Path, mnt: Path, cache: Path) -> list[str]:
         return [
-            self.exe, "mount", str(self.ctx.root(root)), str(mnt),
+            self.exe, "mount", str(src), str(mnt),
             "--config", str(self.ctx.out_dir / "rclone.conf"),
             "--vfs-cache-mode", "writes", "--cache-dir", str(cache),
             "--file-perms", "0755",
