@@ -50,7 +50,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="lifetime of a session token (default: 3600)")
     parser.add_argument("--publish", metavar="ENDPOINT", default=None,
                         help="also announce invalidations on a PUB socket: frames [b'inval', "
-                        "msgpack([path, new version or '' if gone])] after each mutation")
+                        "msgpack([path, new version or '' if gone, instance, seq, parent?])] "
+                        "after each mutation, and [b'beat', msgpack([instance, seq])] every "
+                        "0.5 s (agents hold callback promises while these arrive unbroken)")
     parser.add_argument("--workers", type=int, default=8, metavar="N",
                         help="threads serving bulk data (reads, uploads); default 8")
     parser.add_argument(

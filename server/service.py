@@ -16,8 +16,14 @@ bulk pool (the rest wait in that client's backlog), and metadata never waits
 behind bulk data, so one client's big read does not stall another's stat.
 Workers answer through per-thread PUSH sockets into the PULL; the I/O thread
 alone writes to the ROUTER (and the optional PUB socket, which announces
-invalidations ``[b"inval", msgpack([path, version])]`` after each mutation;
-an empty version means the object is gone).
+invalidations ``[b"inval", msgpack([path, version, instance, seq, parent])]``
+after each mutation and before its reply (an empty version means the object
+is gone; ``parent`` is true for the parent directory of a changed object,
+whose listing changed), and a heartbeat ``[b"beat", msgpack([instance,
+seq])]`` every :data:`BEAT_INTERVAL` seconds. ``instance`` is random per
+server process; ``seq`` numbers invalidations 1, 2, 3... (a beat carries the
+last one), so a subscriber detects a restart, a lost message or a dead
+publisher, and holds its callback promises only while none happened).
 
 :func:`handle` (request -> reply, with the changed paths) is pure of sockets
 and is what the tests of dispatch exercise through the real socket.
@@ -31,6 +37,7 @@ import errno
 import logging
 import os
 import posixpath
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -45,11 +52,14 @@ from protocol.codec import MAX_FRAME, DecodeError, Envelope, decode, encode, err
 from server.auth import AuthError, Authority
 from server.backends.base import Backend
 
-__all__ = ["HANDLERS", "INLINE", "Server", "handle"]
+__all__ = ["BEAT_INTERVAL", "HANDLERS", "INLINE", "Server", "handle"]
 
 log = logging.getLogger(__name__)
 
-Changed = list[tuple[str, str]]  # (path, new version or "" when gone)
+Changed = list[tuple[str, str, bool]]  # (path, new version or "" when gone, parent?)
+
+#: Seconds between two heartbeats on the PUB socket.
+BEAT_INTERVAL = 0.5
 
 
 def _stat_reply(a: m.Attrs) -> m.StatReply:
@@ -162,9 +172,9 @@ def handle(
     changed: Changed = []
     if want_changes:
         for path in touched(msg):
-            changed.append((path, _version_or_gone(backend, path)))
+            changed.append((path, _version_or_gone(backend, path), False))
             parent = posixpath.dirname(path.rstrip("/")) or "/"
-            changed.append((parent, _version_or_gone(backend, parent)))
+            changed.append((parent, _version_or_gone(backend, parent), True))
     return reply, changed
 
 
@@ -239,6 +249,8 @@ class Server:
         self._router: zmq.Socket | None = None
         self._pull: zmq.Socket | None = None
         self._pub: zmq.Socket | None = None
+        self.instance_id = secrets.token_hex(8)
+        self._pub_seq = 0
         # I/O-thread-only state:
         self._pending = 0
         self._pending_bytes = 0
@@ -313,8 +325,15 @@ class Server:
         if stop_fd is not None:
             poller.register(stop_fd, zmq.POLLIN)
         reading = True
+        next_beat = time.monotonic()
         while True:
             timeout = 200 if stop is not None else None
+            if self._pub is not None:
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._beat()
+                    next_beat = now + BEAT_INTERVAL
+                timeout = min(timeout or 10**9, int((next_beat - now) * 1000) + 1)
             events = dict(poller.poll(timeout))
             if (stop_fd is not None and stop_fd in events) or (stop is not None and stop.is_set()):
                 log.info("stopping")
@@ -354,7 +373,10 @@ class Server:
             tag = frames[0].bytes
             if tag == b"P":
                 if self._pub is not None:
-                    self._pub.send_multipart(frames[1:], copy=False)
+                    path, version, parent = msgpack.unpackb(frames[1].bytes)
+                    self._pub_seq += 1
+                    self._pub.send_multipart([b"inval", msgpack.packb(
+                        [path, version, self.instance_id, self._pub_seq, parent])])
                 continue
             # b"R", size, identity, [b""], reply
             size = int(frames[1].bytes)
@@ -367,6 +389,12 @@ class Server:
                 log.debug("reply dropped: %s", exc)
             if tag == b"B":
                 self._bulk_done(ident)
+
+    def _beat(self) -> None:
+        assert self._pub is not None
+        with contextlib.suppress(zmq.ZMQError):
+            self._pub.send_multipart(
+                [b"beat", msgpack.packb([self.instance_id, self._pub_seq])], zmq.NOBLOCK)
 
     def _reply_now(self, route: list[bytes], msg: m.Message, request_id: int) -> None:
         assert self._router is not None
@@ -513,6 +541,7 @@ class Server:
                       else f"error {errno.errorcode.get(reply.errno, reply.errno)}",
                       (time.perf_counter() - started) * 1e6)
         push = self._push()
+        # Invalidations first: the I/O loop publishes them before it sends the reply.
+        for path, version, parent in changed:
+            push.send_multipart([b"P", msgpack.packb([path, version, parent])])
         push.send_multipart([tag.encode(), str(size).encode(), *route, out], copy=False)
-        for path, version in changed:
-            push.send_multipart([b"P", b"inval", msgpack.packb([path, version])])

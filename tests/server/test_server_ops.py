@@ -248,15 +248,51 @@ def test_invalidations_are_published(published):
     while not {"/f", "/"} <= set(seen) and time.monotonic() < deadline:
         if sub.poll(500):
             _topic, body = sub.recv_multipart()
-            path, version = msgpack.unpackb(body)
+            path, version = msgpack.unpackb(body)[:2]
             seen[path] = version
     assert seen["/f"] == a.version
     assert "/" in seen
     c.call(Remove(path="/f"))
     while sub.poll(2000):
         _topic, body = sub.recv_multipart()
-        path, version = msgpack.unpackb(body)
+        path, version = msgpack.unpackb(body)[:2]
         seen[path] = version
         if path == "/f":
             break
     assert seen["/f"] == ""
+
+
+def test_heartbeat_and_sequence_numbers(published):
+    """Beats every ~0.5 s carry the instance and the last inval's seq; invals count 1, 2..."""
+    srv, sub = published
+    sub.setsockopt(zmq.SUBSCRIBE, b"beat")
+    beats = []
+    deadline = time.monotonic() + 5
+    while len(beats) < 3 and time.monotonic() < deadline:
+        if sub.poll(1000):
+            topic, body = sub.recv_multipart()
+            if topic == b"beat":
+                beats.append((time.monotonic(), *msgpack.unpackb(body)))
+    assert len(beats) == 3
+    (t0, inst, seq0), (_, inst1, seq1), (t2, inst2, seq2) = beats
+    assert inst == inst1 == inst2 and len(inst) == 16
+    assert seq0 == seq1 == seq2 > 0  # the fixture's probes were published
+    assert 0.6 < t2 - t0 < 2.0
+    c = srv.client()
+    _upload(c, "/g", b"x")
+    invals = []
+    while len(invals) < 2 and sub.poll(2000):
+        topic, body = sub.recv_multipart()
+        if topic == b"inval":
+            invals.append(msgpack.unpackb(body))
+    assert [i[3] for i in invals] == [seq0 + 1, seq0 + 2]
+    assert {i[2] for i in invals} == {inst}
+    assert invals[0][0] == "/g" and invals[0][4] is False
+    assert invals[1][0] == "/" and invals[1][4] is True
+    while sub.poll(1500):
+        topic, body = sub.recv_multipart()
+        if topic == b"beat":
+            assert msgpack.unpackb(body) == [inst, seq0 + 2]
+            break
+    else:
+        raise AssertionError("no beat after the invalidations")
