@@ -1,5 +1,8 @@
 """The embedded default: a private server + agent pair for one ``synthfs run --data DIR``.
 
+The server publishes invalidations on a third private socket (``--publish``)
+that the agent follows (``--subscribe``): see :mod:`agent.callbacks`.
+
 Trusts: the Python interpreter running it (``sys.executable``) and the
 ``server`` / ``agent`` packages beside this one. It creates every secret
 itself: a private 0700 work directory holding both ``ipc://`` sockets and the
@@ -126,6 +129,9 @@ def embedded(
             os.close(fd)
         server_ep = server_listen or f"ipc://{workdir}/server.sock"
         agent_ep = f"ipc://{workdir}/agent.sock"
+        # The server's invalidations and heartbeats: the agent holds callback promises
+        # (an unchanged cached object opens with no round trip).
+        pub_ep = f"ipc://{workdir}/publish.sock"
         # Start-up speed: run both with -S (no site import, no .pth processing)
         # and hand them this interpreter's own sys.path instead, so they import
         # exactly what this process imports (the repository, the venv).
@@ -134,7 +140,8 @@ def embedded(
         v = ["-" + "v" * verbose] if verbose else []
 
         server_argv = [sys.executable, "-S", "-m", "server", *v, "--root", data,
-                       "--listen", server_ep, "--bootstrap-key", key_path]
+                       "--listen", server_ep, "--bootstrap-key", key_path,
+                       "--publish", pub_ep]
         if token_ttl is not None:
             server_argv += ["--token-ttl", f"{token_ttl:g}"]
         server = _spawn("server", server_argv, workdir, env, [])
@@ -144,6 +151,7 @@ def embedded(
         try:
             agent_argv = [sys.executable, "-S", "-m", "agent", *v, "--server", server_ep,
                           "--bootstrap-fd", str(key_r), "--listen", agent_ep,
+                          "--subscribe", pub_ep,
                           "--cache", cache, "--cache-size", str(cache_size),
                           "--refuse", workdir]
             if attr_ttl is not None:

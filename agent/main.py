@@ -11,7 +11,8 @@ Start-up: read the key, bind the socket, register with the server (a clear
 error if the server does not answer within ``--timeout`` seconds), open the
 cache, then print a ready line on stderr and write ``b"ready\\n"`` to
 ``--ready-fd`` (and close it). One loop then serves the interposer, one
-request at a time; every exception inside a handler becomes an ``Error``
+request at a time, and (with ``--subscribe``) the server's invalidations
+beside it (:mod:`agent.callbacks`); every exception inside a handler becomes an ``Error``
 reply (unexpected ones are logged with their traceback and answered EIO), so
 the agent never dies on input. SIGTERM/SIGINT stop it cleanly (index saved,
 socket file removed).
@@ -35,6 +36,7 @@ from typing import Any
 import zmq
 
 from agent.cache import DEFAULT_CACHE_SIZE, default_cache_dir
+from agent.callbacks import Promises, Subscription
 from agent.service import DEFAULT_ATTR_TTL, AgentService
 from agent.upstream import Upstream
 from protocol.client import DEFAULT_TIMEOUT, Unreachable
@@ -133,6 +135,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="bound of the cache; clean copies are evicted LRU (default 1 GiB)")
     parser.add_argument("--attr-ttl", metavar="S", type=float, default=DEFAULT_ATTR_TTL,
                         help="seconds a Stat/List answer serves later Stats (default 1, max 1)")
+    parser.add_argument("--subscribe", metavar="EP", default=None,
+                        help="the server's --publish endpoint: hold callback promises, so an "
+                        "Open or Stat of an unchanged cached object needs no round trip")
     parser.add_argument("--timeout", metavar="S", type=float, default=DEFAULT_TIMEOUT,
                         help="seconds before an unanswered server request fails (default 5)")
     parser.add_argument("--refuse", metavar="PATH", action="append", default=[],
@@ -190,6 +195,7 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     service: AgentService | None = None
+    sub: Subscription | None = None
     try:
         old_umask = os.umask(0o077)
         try:
@@ -209,9 +215,14 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
             print(f"synthfs agent: registration with {args.server} failed: {_why(exc)}",
                   file=sys.stderr)
             return 1
+        promises = Promises()
+        if args.subscribe:
+            sub = Subscription(ctx, args.subscribe, promises)
         try:
             service = AgentService(upstream, cache_root, cache_size=args.cache_size,
-                                   attr_ttl=args.attr_ttl, refused_paths=tuple(refused))
+                                   attr_ttl=args.attr_ttl, refused_paths=tuple(refused),
+                                   promises=promises,
+                                   refresh=sub.drain if sub is not None else None)
         except OSError as exc:
             print(f"synthfs agent: cannot use the cache at {cache_root}: {_why(exc)}",
                   file=sys.stderr)
@@ -223,11 +234,13 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
                 os.write(args.ready_fd, b"ready\n")
             finally:
                 os.close(args.ready_fd)
-        _serve(router, service, flag)
+        _serve(router, service, flag, sub)
         return 0
     finally:
         if service is not None:
             service.close()
+        if sub is not None:
+            sub.close()
         upstream.close()
         router.close(linger=0)
         if os.path.exists(sock_path):
@@ -252,15 +265,28 @@ class _StopFlag:
             raise _Stop
 
 
-def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag) -> None:
+def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
+           sub: Subscription | None = None) -> None:
     housekeeping = time.monotonic() + 1.0
-    router.setsockopt(zmq.RCVTIMEO, 1000)  # a blocking receive: cheaper than poll + recv
+    if sub is None:
+        router.setsockopt(zmq.RCVTIMEO, 1000)  # a blocking receive: cheaper than poll + recv
+    else:
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(sub.socket, zmq.POLLIN)
+        poller.register(sub.monitor, zmq.POLLIN)
     while not flag.stop:
         if time.monotonic() > housekeeping:
             service.idle()  # at least once a second, busy or not
             housekeeping = time.monotonic() + 1.0
+        if sub is not None:
+            events = dict(poller.poll(1000))
+            if sub.socket in events or sub.monitor in events:
+                sub.drain()  # before the request: what arrived first is known first
+            if router not in events:
+                continue
         try:
-            parts = router.recv_multipart()  # interposer requests are small: copy them
+            parts = router.recv_multipart(zmq.NOBLOCK if sub is not None else 0)
         except zmq.Again:
             continue
         flag.idle = False

@@ -12,10 +12,13 @@ raising ``OSError``; the I/O loop in :mod:`agent.main` turns exceptions into
 * ``Stat``/``List``/``Readlink``/``Mkdir``/``Remove``/``Rename``/``Symlink``/
   ``SetAttr`` are forwarded; the caches follow the agent's own mutations at
   once. ``Stat`` may be answered from the attribute cache (filled by Stat and
-  List replies) for ``attr_ttl`` seconds (default 1 s, ``--attr-ttl``).
+  List replies) while a callback promise holds on the path
+  (:mod:`agent.callbacks`), else for ``attr_ttl`` seconds (default 1 s,
+  ``--attr-ttl``).
 * Wherever a path has a dirty local copy, its size and mtime/ctime come from
   that copy.
-* ``Open`` revalidates with the server (one Stat), fetches when the version
+* ``Open`` revalidates with the server (one Stat) unless a callback promise
+  holds on the path (then no round trip at all), fetches when the version
   changed and the local copy is clean and not open for writing (a copy open
   for writing stays shared until its ``Commit``), and returns the cache
   file's host path.
@@ -39,6 +42,7 @@ from typing import Any
 import attrs
 
 from agent.cache import ContentCache, Entry, signature
+from agent.callbacks import Promises
 from agent.upstream import Upstream
 from protocol.messages import (
     CHUNK_SIZE,
@@ -112,6 +116,8 @@ class AgentService:
         cache_size: int,
         attr_ttl: float = DEFAULT_ATTR_TTL,
         refused_paths: tuple[str, ...] = (),
+        promises: Promises | None = None,
+        refresh: Callable[[], None] | None = None,
     ) -> None:
         self.upstream = upstream
         self.cache_root = cache_root
@@ -121,8 +127,14 @@ class AgentService:
         self.cache = ContentCache(cache_root, upstream.repo_id, cache_size)
         upstream.on_repo_change = self._repo_changed
         self._attrs: dict[str, tuple[Attrs, float]] = {}
+        # Without a subscription the promises never become live: every Open revalidates.
+        self.promises = promises or Promises()
+        self.promises.on_inval = self._invalidated
+        self.promises.known = self._known_version
+        self._refresh = refresh or (lambda: None)
+        self._registrations = upstream.registrations
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch-writer")
-        self.stats = {"fetches": 0, "uploads": 0, "attr_hits": 0}
+        self.stats = {"fetches": 0, "uploads": 0, "attr_hits": 0, "promised_opens": 0}
         self._handlers: dict[type[Message], Callable[[Any], Message]] = {
             Hello: self.hello,
             Stat: self.stat,
@@ -147,6 +159,7 @@ class AgentService:
         self.cache.close()
         self.cache = ContentCache(self.cache_root, repo_id, self.cache_size)
         self._attrs.clear()
+        self.promises.break_all("the server serves another repository")
 
     def handle(self, msg: Message) -> Message:
         handler = self._handlers.get(type(msg))
@@ -158,20 +171,56 @@ class AgentService:
         """Housekeeping between requests (about once a second)."""
         self.cache.flush_touches()
         now = time.monotonic()
-        for p in [p for p, (_, until) in self._attrs.items() if until <= now]:
+        self.promises.expire()
+        for p in [p for p, (_, until) in self._attrs.items()
+                  if until <= now and not self.promises.holds(p)]:
             del self._attrs[p]
 
     # -- attribute cache ------------------------------------------------------------
 
-    def _remember(self, path: str, a: Attrs) -> None:
+    def _remember(self, path: str, a: Attrs, stamp: tuple[int, int] | None = None) -> None:
+        """Cache ``a``; with the promise ``stamp`` taken before its request was sent, hold it."""
         self._attrs[path] = (a, time.monotonic() + self.attr_ttl)
+        if stamp is not None:
+            self.promises.hold(path, stamp)
+        else:
+            self.promises.release(path)
 
     def _forget(self, path: str, *, below: bool = False) -> None:
         self._attrs.pop(path, None)
+        self.promises.release(path)
         if below:
             prefix = path.rstrip("/") + "/"
             for p in [p for p in self._attrs if p.startswith(prefix)]:
                 del self._attrs[p]
+                self.promises.release(p)
+
+    def _stamp(self) -> tuple[int, int] | None:
+        """A promise stamp for the request about to be sent (None: no promise possible)."""
+        self._refresh()
+        if self.upstream.registrations != self._registrations:
+            self._registrations = self.upstream.registrations
+            self.promises.break_all("registered with the server again")
+        return self.promises.stamp()
+
+    def _promised(self, path: str) -> Attrs | None:
+        """The attributes of ``path`` if a callback promise holds on them (no round trip)."""
+        hit = self._attrs.get(path)
+        if hit is None:
+            return None
+        self._refresh()
+        if self.upstream.registrations != self._registrations:
+            self._registrations = self.upstream.registrations
+            self.promises.break_all("registered with the server again")
+        return hit[0] if self.promises.holds(path) else None
+
+    def _invalidated(self, path: str, version: str, parent: bool) -> None:
+        """An invalidation from the server: what the agent knows of ``path`` is stale."""
+        self._attrs.pop(path, None)
+
+    def _known_version(self, path: str) -> str | None:
+        hit = self._attrs.get(path)
+        return hit[0].version if hit is not None else None
 
     def _present(self, path: str, a: Attrs) -> Attrs:
         """``a`` as the guest must see it: a dirty local copy's size and times win."""
@@ -193,8 +242,9 @@ class AgentService:
         return e
 
     def _stat_upstream(self, path: str) -> Attrs:
+        stamp = self._stamp()
         a = self.upstream.call(Stat(path=path), StatReply).attrs
-        self._remember(path, a)
+        self._remember(path, a, stamp)
         return a
 
     # -- handlers -------------------------------------------------------------------
@@ -209,7 +259,7 @@ class AgentService:
     def stat(self, msg: Stat) -> Message:
         path = _check_path(msg.path)
         hit = self._attrs.get(path)
-        if hit is not None and hit[1] > time.monotonic():
+        if hit is not None and (hit[1] > time.monotonic() or self._promised(path) is not None):
             self.stats["attr_hits"] += 1
             return StatReply(attrs=self._present(path, hit[0]))
         try:
@@ -221,12 +271,13 @@ class AgentService:
 
     def list(self, msg: List) -> Message:
         path = _check_path(msg.path)
+        stamp = self._stamp()
         reply = self.upstream.call(List(path=path), Listing)
-        self._remember(path, reply.attrs)
+        self._remember(path, reply.attrs, stamp)
         entries = []
         for d in reply.entries:
             child = posixpath.join(path, d.name)
-            self._remember(child, d.attrs)
+            self._remember(child, d.attrs, stamp)
             shown = self._present(child, d.attrs)
             entries.append(d if shown is d.attrs else DirEntry(name=d.name, attrs=shown))
         return Listing(attrs=reply.attrs, entries=entries)  # converter=tuple
@@ -310,7 +361,12 @@ class AgentService:
         writing = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
         e = self._entry(path)
         try:
-            a = self._stat_upstream(path)
+            promised = self._promised(path) if e is not None else None
+            if promised is not None:
+                self.stats["promised_opens"] += 1
+                log.debug("open %s: promised (version %s), no round trip", path,
+                          promised.version)
+            a = promised or self._stat_upstream(path)
         except FileNotFoundError:
             self._forget(path)
             if e is not None and self.cache.is_dirty(e):
@@ -362,10 +418,11 @@ class AgentService:
 
     def _create(self, path: str, mode: int, *, pin: bool) -> Message:
         upload_id = secrets.token_hex(16)
+        stamp = self._stamp()
         a = self.upstream.call(UploadCommit(upload_id=upload_id, path=path, size=0, mode=mode),
                                StatReply).attrs
         self._forget(_parent(path))
-        self._remember(path, a)
+        self._remember(path, a, stamp)
         e = self._empty_copy(path, a, dirty=False)
         e.pinned = pin
         return Opened(host_path=self.cache.object_path(path), attrs=a)
@@ -462,6 +519,7 @@ class AgentService:
             try:
                 for _ in self.upstream.pipeline(count, chunk, Done, PIPELINE_WINDOW):
                     pass
+                stamp = self._stamp()
                 a = self.upstream.call(
                     UploadCommit(upload_id=upload_id, path=path, size=size, mode=e.attrs.mode),
                     StatReply,
@@ -475,7 +533,7 @@ class AgentService:
         self.cache.record(path, a, signature(st0), dirty=signature(st0) != signature(st1))
         self.stats["uploads"] += 1
         self._forget(_parent(path))
-        self._remember(path, a)
+        self._remember(path, a, stamp)
         log.debug("uploaded %s: %d bytes, version %s", path, size, a.version)
         return a
 

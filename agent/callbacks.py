@@ -1,0 +1,245 @@
+"""Callback promises: serve a cached object with no round trip while nothing changed it.
+
+Trusts: the server's PUB socket (``--subscribe``; a private ``ipc://`` socket
+in the embedded stack). A forged beat could keep promises alive, so the
+endpoint must be as private as the server's own socket.
+
+The server publishes ``[b"inval", msgpack([path, version, instance, seq,
+parent])]`` for every object a mutation changed (and its parent directory,
+``parent`` true) *before* it acknowledges the mutation, and ``[b"beat",
+msgpack([instance, seq])]`` every 0.5 s. :class:`Promises` (pure: messages
+and a clock in, decisions out) holds a promise on a path when a server answer
+about it was asked for while the subscription was live, and honours it only
+while the subscription is provably unbroken:
+
+* *live*: some message arrived within ``beat_timeout`` (1.5 s);
+* no sequence gap (ZeroMQ SUB drops messages when slow): any gap, or a beat
+  whose seq is not the last one seen, breaks every promise;
+* the same server instance: a restart (new instance id) breaks every promise;
+* no disconnection (socket monitor) since: a disconnect breaks every promise.
+
+A broken promise only costs a round trip: the agent revalidates (one Stat) and
+holds a new promise. Each promise is stamped with the number of invalidations
+processed when its request was *sent*; an invalidation of the path, or of
+an ancestor as an object (gone, renamed, replaced), processed afterwards
+cancels it, whatever the order in which the reply and the invalidation were
+processed. A parent-directory invalidation (its listing changed) cancels the
+directory's own promise only. Promises also end after ``max_age`` seconds,
+which bounds how long a change made behind the server's back (directly in its
+directory, published by nobody) can stay unseen.
+
+Limit (as with any asynchronous callback channel): another agent's change is
+seen once its invalidation has arrived. The server publishes it before it
+acknowledges the change, so it races only a longer chain (ack to the writer,
+the writer's guest, whatever tells this agent's guest to open); the liveness
+window bounds the rest.
+
+:class:`Subscription` is the socket side (a SUB socket and its monitor),
+polled by the agent's one I/O loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+__all__ = ["BEAT_TIMEOUT", "MAX_AGE", "Promises", "Subscription"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds without any message after which promises are not honoured.
+BEAT_TIMEOUT = 1.5
+#: Seconds a promise lasts at most (changes behind the server's back show within this).
+MAX_AGE = 30.0
+#: More marks than this and the agent breaks every promise instead (bounded memory).
+_MAX_MARKS = 100_000
+
+#: Called with (path, version or "", parent?) for each invalidation processed.
+OnInval = Callable[[str, str, bool], None]
+
+
+class Promises:
+    """The promise state: pure (messages and times in, decisions out)."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        beat_timeout: float = BEAT_TIMEOUT,
+        max_age: float = MAX_AGE,
+    ) -> None:
+        self.clock = clock
+        self.beat_timeout = beat_timeout
+        self.max_age = max_age
+        self.instance: str | None = None
+        self.seq = 0
+        self.epoch = 0
+        self.heard = float("-inf")
+        self.n = 0  # invalidations processed in this epoch
+        self._held: dict[str, tuple[int, int, float]] = {}  # path -> (epoch, n, since)
+        self._marks: dict[str, int] = {}  # path -> n of its last invalidation
+        self._trees: dict[str, int] = {}  # path -> n of its last invalidation as an object
+        self.breaks = 0
+        self.on_inval: OnInval | None = None
+        #: The version the agent knows of a path (None: nothing); an invalidation to
+        #: that very version (the agent's own change coming back) cancels nothing.
+        self.known: Callable[[str], str | None] = lambda path: None
+
+    # -- the channel ----------------------------------------------------------------
+
+    def break_all(self, why: str) -> None:
+        """Every promise is void; none holds until the channel proves itself again."""
+        if self.instance is not None or self._held:
+            log.info("callback promises broken: %s", why)
+        self.breaks += 1
+        self.epoch += 1
+        self.instance = None
+        self.n = 0
+        self._held.clear()
+        self._marks.clear()
+        self._trees.clear()
+
+    def _sync(self, instance: str, seq: int) -> None:
+        if self.instance is None:
+            self.instance, self.seq = instance, seq
+            log.debug("callback promises: following instance %s from seq %d", instance, seq)
+
+    def beat(self, instance: str, seq: int) -> None:
+        now = self.clock()
+        if self.instance is not None and (instance != self.instance or seq != self.seq):
+            self.break_all("server restarted" if instance != self.instance
+                           else f"lost invalidations (seq {self.seq} -> {seq})")
+        self._sync(instance, seq)
+        self.heard = now
+
+    def inval(self, path: str, version: str, instance: str, seq: int, parent: bool) -> None:
+        now = self.clock()
+        if self.instance is not None and (instance != self.instance or seq != self.seq + 1):
+            self.break_all("server restarted" if instance != self.instance
+                           else f"lost invalidations (seq {self.seq} -> {seq})")
+        if self.instance is None:
+            self._sync(instance, seq)
+        self.seq = seq
+        self.heard = now
+        if version and self.known(path) == version:
+            return  # nothing this agent knows has changed
+        self.n += 1
+        self._marks[path] = self.n
+        if not parent:
+            self._trees[path] = self.n
+        if len(self._marks) > _MAX_MARKS:
+            self.break_all("too many invalidations to track")
+        if self.on_inval is not None:
+            self.on_inval(path, version, parent)
+
+    def disconnected(self) -> None:
+        self.break_all("disconnected from the publisher")
+
+    def live(self) -> bool:
+        return self.instance is not None and self.clock() - self.heard <= self.beat_timeout
+
+    # -- promises -------------------------------------------------------------------
+
+    def stamp(self) -> tuple[int, int] | None:
+        """Take before sending a request; pass to :meth:`hold` with its answer."""
+        return (self.epoch, self.n) if self.live() else None
+
+    def hold(self, path: str, stamp: tuple[int, int] | None) -> None:
+        if stamp is not None and stamp[0] == self.epoch:
+            self._held[path] = (stamp[0], stamp[1], self.clock())
+
+    def release(self, path: str) -> None:
+        self._held.pop(path, None)
+
+    def holds(self, path: str) -> bool:
+        """True when what the agent knows of ``path`` is still the server's truth."""
+        h = self._held.get(path)
+        if h is None:
+            return False
+        epoch, n, since = h
+        now = self.clock()
+        if (epoch != self.epoch or self.instance is None or now - self.heard > self.beat_timeout
+                or now - since > self.max_age or self._marks.get(path, 0) > n):
+            return False
+        if self._trees:
+            p = path
+            while True:
+                if self._trees.get(p, 0) > n:
+                    return False
+                if p == "/":
+                    break
+                p = posixpath.dirname(p) or "/"
+        return True
+
+    def expire(self) -> None:
+        """Housekeeping: drop promises past ``max_age`` or cancelled."""
+        now = self.clock()
+        for p in [p for p, (e, _, since) in self._held.items()
+                  if e != self.epoch or now - since > self.max_age]:
+            del self._held[p]
+        if not self._held:
+            self._marks.clear()
+            self._trees.clear()
+
+
+class Subscription:
+    """The SUB socket on the server's PUB endpoint, and its monitor (disconnects)."""
+
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str, promises: Promises) -> None:
+        self.endpoint = endpoint
+        self.promises = promises
+        self.socket = ctx.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 100_000)
+        self.socket.setsockopt(zmq.SUBSCRIBE, b"inval")
+        self.socket.setsockopt(zmq.SUBSCRIBE, b"beat")
+        self.monitor = self.socket.get_monitor_socket(
+            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED)
+        self.socket.connect(endpoint)
+
+    def close(self) -> None:
+        self.socket.disable_monitor()
+        self.monitor.close(linger=0)
+        self.socket.close(linger=0)
+
+    def drain(self) -> None:
+        """Process every event and message already received (never blocks)."""
+        while True:
+            try:
+                ev = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            if ev["event"] == zmq.EVENT_DISCONNECTED:
+                self.promises.disconnected()
+            elif ev["event"] == zmq.EVENT_CONNECTED:
+                self.promises.break_all("connected to the publisher")
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._on_message(frames)
+            except (ValueError, TypeError, IndexError, msgpack.UnpackException) as exc:
+                self.promises.break_all(f"undecodable publication: {exc}")
+
+    def _on_message(self, frames: list[bytes]) -> None:
+        body = msgpack.unpackb(frames[1])
+        if frames[0] == b"beat":
+            instance, seq = body[0], body[1]
+            if not isinstance(instance, str) or not isinstance(seq, int):
+                raise ValueError("bad beat")
+            self.promises.beat(instance, seq)
+        elif frames[0] == b"inval":
+            path, version, instance, seq, parent = body[:5]
+            if not (isinstance(path, str) and isinstance(version, str)
+                    and isinstance(instance, str) and isinstance(seq, int)):
+                raise ValueError("bad invalidation")
+            self.promises.inval(path, version, instance, seq, bool(parent))

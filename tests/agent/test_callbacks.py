@@ -1,0 +1,294 @@
+"""Callback promises: the pure state machine, then real server and agent processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+from agent_stack import Proc, Stack, wait_until
+
+from agent.callbacks import Promises
+from protocol.client import Client
+from protocol.messages import Commit, Open, Opened, Rename, RenameFlags, SetAttr, Stat, StatReply
+
+RD, WR = os.O_RDONLY, os.O_WRONLY
+
+
+# -- the state machine (no sockets) ---------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _live(clock: Clock | None = None) -> tuple[Promises, Clock]:
+    clock = clock or Clock()
+    p = Promises(clock=clock)
+    p.beat("A", 7)
+    return p, clock
+
+
+def test_no_promise_before_the_channel_is_live() -> None:
+    p = Promises(clock=Clock())
+    assert p.stamp() is None
+    p.hold("/f", p.stamp())
+    assert not p.holds("/f")
+
+
+def test_a_promise_holds_until_its_path_is_invalidated() -> None:
+    p, _ = _live()
+    p.hold("/f", p.stamp())
+    p.hold("/g", p.stamp())
+    assert p.holds("/f") and p.holds("/g")
+    p.inval("/f", "v2", "A", 8, False)
+    assert not p.holds("/f") and p.holds("/g")
+
+
+def test_an_invalidation_processed_before_the_reply_still_cancels() -> None:
+    p, _ = _live()
+    stamp = p.stamp()  # request sent
+    p.inval("/f", "v2", "A", 8, False)  # processed before the (older) reply
+    p.hold("/f", stamp)
+    assert not p.holds("/f")
+    p.hold("/f", p.stamp())  # a request sent after it is fresh
+    assert p.holds("/f")
+
+
+def test_parent_invalidation_cancels_the_directory_only() -> None:
+    p, _ = _live()
+    for path in ("/d", "/d/f", "/d/e/g"):
+        p.hold(path, p.stamp())
+    p.inval("/d", "v", "A", 8, True)
+    assert not p.holds("/d") and p.holds("/d/f") and p.holds("/d/e/g")
+    p.inval("/d/e", "", "A", 9, False)  # a directory gone (or renamed): its subtree
+    assert p.holds("/d/f") and not p.holds("/d/e/g")
+
+
+def test_a_gap_a_restart_a_disconnect_or_silence_breaks_every_promise() -> None:
+    p, clock = _live()
+    p.hold("/f", p.stamp())
+    p.inval("/x", "v", "A", 9, False)  # seq 8 was lost
+    assert not p.holds("/f") and p.breaks == 1
+    p.hold("/f", p.stamp())
+    assert p.holds("/f")
+    p.beat("A", 10)  # a beat says 10 invalidations, we saw 9
+    assert not p.holds("/f")
+    p.hold("/f", p.stamp())
+    p.beat("B", 0)  # another server instance
+    assert not p.holds("/f")
+    p.hold("/f", p.stamp())
+    p.disconnected()
+    assert not p.holds("/f") and p.stamp() is None
+    p.beat("B", 0)
+    p.hold("/f", p.stamp())
+    clock.t += 1.4
+    assert p.holds("/f")
+    clock.t += 0.2  # no message for 1.6 s
+    assert not p.holds("/f") and p.stamp() is None
+    p.beat("B", 0)  # the same instance, no gap: nothing was missed
+    assert p.holds("/f")
+    clock.t += p.max_age
+    p.beat("B", 0)
+    assert not p.holds("/f")  # too old
+
+
+def test_the_agents_own_change_coming_back_cancels_nothing() -> None:
+    p, _ = _live()
+    known = {"/f": "v2"}
+    p.known = known.get
+    p.hold("/f", p.stamp())
+    p.inval("/f", "v2", "A", 8, False)
+    assert p.holds("/f")
+    p.inval("/f", "v3", "A", 9, False)
+    assert not p.holds("/f")
+
+
+# -- real processes ----------------------------------------------------------------------------
+
+
+def _requests(server: Proc) -> int:
+    """Requests the server has dispatched so far (its -vv debug log: one line each)."""
+    return len(re.findall(r"^\S.* (\w+) #\d+ token ", server.output(), re.M))
+
+
+def _opened(c: Client, path: str, flags: int = RD) -> Opened:
+    reply = c.call(Open(path=path, flags=flags, mode=0o644))
+    assert isinstance(reply, Opened)
+    return reply
+
+
+@pytest.fixture
+def promised(stack: Stack) -> Iterator[Stack]:
+    """Server -vv --publish; agent --subscribe; returns once promises are live."""
+    d = tempfile.mkdtemp(prefix="sfs-cb-", dir="/tmp")
+    stack.pub_ep = f"ipc://{d}/pub.sock"  # type: ignore[attr-defined]
+    stack.start_server("-vv", "--publish", stack.pub_ep)  # type: ignore[attr-defined]
+    stack.start_agent("--subscribe", stack.pub_ep)  # type: ignore[attr-defined]
+    (stack.root / "f").write_bytes(b"one")
+    assert stack.server is not None
+    # Promises hold once a beat arrived: an Open then needs no Stat.
+    c = stack.client()
+    assert wait_until(lambda: _promised_open(stack, c, "/f"), timeout=10)
+    try:
+        yield stack
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _promised_open(stack: Stack, c: Client, path: str) -> bool:
+    assert stack.server is not None
+    _opened(c, path)
+    before = _requests(stack.server)
+    _opened(c, path)
+    time.sleep(0.05)
+    return _requests(stack.server) == before
+
+
+def _one_more_open_costs(stack: Stack, c: Client, path: str) -> tuple[int, Opened]:
+    assert stack.server is not None
+    before = _requests(stack.server)
+    o = _opened(c, path)
+    time.sleep(0.1)  # the server logs after it answers
+    return _requests(stack.server) - before, o
+
+
+def test_promised_open_and_stat_make_no_server_request(promised: Stack) -> None:
+    c = promised.clients[0]
+    assert promised.server is not None
+    before = _requests(promised.server)
+    for _ in range(20):
+        o = _opened(c, "/f")
+        assert Path(o.host_path).read_bytes() == b"one"
+    time.sleep(1.2)  # past the attribute TTL: the promise alone answers the Stat
+    st = c.call(Stat(path="/f"))
+    assert isinstance(st, StatReply) and st.attrs.size == 3
+    time.sleep(0.1)
+    assert _requests(promised.server) == before
+
+
+@contextlib.contextmanager
+def _second_agent(stack: Stack, tmp_path: Path) -> Iterator[Client]:
+    """Another agent on the same server (its own socket and cache, no subscription)."""
+    run2 = tmp_path / "run2"
+    run2.mkdir(mode=0o700)
+    ep2 = f"ipc://{run2}/agent.sock"
+    agent2 = Proc("agent2", [sys.executable, "-m", "agent", "--server", stack.server_ep,
+                             "--bootstrap-key", str(stack.key), "--listen", ep2,
+                             "--cache", str(tmp_path / "cache2")], tmp_path / "agent2.log")
+    agent2.wait_ready()
+    c2 = Client(ep2, timeout=10, retries=0)
+    try:
+        yield c2
+    finally:
+        c2.close()
+        agent2.stop()
+
+
+def test_a_change_through_another_agent_is_seen_by_the_next_open(promised: Stack,
+                                                                  tmp_path: Path) -> None:
+    c = promised.clients[0]
+    with _second_agent(promised, tmp_path) as c2:
+        o = _opened(c2, "/f", WR | os.O_TRUNC)
+        Path(o.host_path).write_bytes(b"two, from the other agent")
+        c2.call(Commit(path="/f"))
+        # At once: the server published the invalidation before it acknowledged the commit.
+        o = _opened(c, "/f")
+        assert Path(o.host_path).read_bytes() == b"two, from the other agent"
+    assert wait_until(lambda: _promised_open(promised, c, "/f"))
+
+
+def test_a_directory_exchanged_elsewhere_voids_the_promises_below_it(promised: Stack,
+                                                                     tmp_path: Path) -> None:
+    c = promised.clients[0]
+    for name in ("d", "e"):
+        (promised.root / name).mkdir()
+        (promised.root / name / "g").write_bytes(f"in {name}".encode())
+    assert wait_until(lambda: _promised_open(promised, c, "/d/g"))
+    with _second_agent(promised, tmp_path) as c2:
+        # Published: /d and /e (objects), / (parent); nothing about /d/g itself.
+        c2.call(Rename(src="/d", dst="/e", flags=RenameFlags.EXCHANGE))
+        assert Path(_opened(c, "/d/g").host_path).read_bytes() == b"in e"
+
+
+def test_a_change_in_the_directory_then_published_is_seen(promised: Stack,
+                                                         tmp_path: Path) -> None:
+    """Written behind the server's back, then a mutation through it publishes the path."""
+    c = promised.clients[0]
+    (promised.root / "f").write_bytes(b"behind the server's back")
+    n, o = _one_more_open_costs(promised, c, "/f")
+    assert n == 0 and Path(o.host_path).read_bytes() == b"one"  # promised: nobody said
+    with _second_agent(promised, tmp_path) as c2:
+        c2.call(SetAttr(path="/f", mode=0o640))  # publishes /f
+        o = _opened(c, "/f")
+        assert Path(o.host_path).read_bytes() == b"behind the server's back"
+
+
+def test_server_restart_breaks_promises_and_the_next_open_revalidates(promised: Stack) -> None:
+    c = promised.clients[0]
+    assert promised.server is not None
+    promised.server.stop()
+    (promised.root / "f").write_bytes(b"changed while the server was down")
+    promised.start_server("-vv", "--publish", promised.pub_ep)  # type: ignore[attr-defined]
+    # The next open revalidates (one Stat) and sees the change, at once.
+    o = _opened(c, "/f")
+    assert Path(o.host_path).read_bytes() == b"changed while the server was down"
+    assert wait_until(lambda: _promised_open(promised, c, "/f"), timeout=10)
+
+
+def test_a_sequence_gap_breaks_promises(stack: Stack, tmp_path: Path) -> None:
+    """A test publisher stands in for the server's PUB: a seq jump breaks every promise."""
+    d = tempfile.mkdtemp(prefix="sfs-gap-", dir="/tmp")
+    ep = f"ipc://{d}/pub.sock"
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(ep)
+    try:
+        stack.start_server("-vv")
+        stack.start_agent("--subscribe", ep)
+        assert stack.server is not None
+        (stack.root / "f").write_bytes(b"one")
+        c = stack.client()
+        seq = 0
+
+        def beat() -> None:
+            pub.send_multipart([b"beat", msgpack.packb(["test", seq])])
+
+        def promised_now() -> bool:
+            beat()
+            time.sleep(0.05)
+            return _promised_open(stack, c, "/f")
+
+        assert wait_until(promised_now, timeout=10)
+        beat()
+        n, _ = _one_more_open_costs(stack, c, "/f")
+        assert n == 0
+        seq = 5  # invalidations 1..5 were lost
+        pub.send_multipart([b"inval", msgpack.packb(["/other", "v", "test", seq, False])])
+        time.sleep(0.1)
+        (stack.root / "f").write_bytes(b"two")  # behind the fake publisher's back
+        n, o = _one_more_open_costs(stack, c, "/f")
+        assert n == 2 and Path(o.host_path).read_bytes() == b"two"  # Stat, Read
+        # Silence: with no beat for > 1.5 s, promises are not honoured either.
+        beat()
+        time.sleep(0.05)
+        _opened(c, "/f")
+        time.sleep(1.7)
+        n, _ = _one_more_open_costs(stack, c, "/f")
+        assert n == 1
+    finally:
+        pub.close()
+        shutil.rmtree(d, ignore_errors=True)
