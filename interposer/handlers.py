@@ -101,6 +101,9 @@ class Loc:
     #: host: the resolved path the ``[host]`` rules decide on (None: not a file-system
     #: object, e.g. a pipe or socket reached through a /proc magic link)
     real: str | None = None
+    #: host: ``host`` is a /proc magic link to a pipe, socket or deleted file, which
+    #: only the kernel can follow (no RESOLVE_NO_MAGICLINKS for it)
+    magic: bool = False
 
     @property
     def synthetic(self) -> bool:
@@ -111,7 +114,22 @@ class Refused(OSError):
     pass
 
 
+#: The standard /dev links into /proc/self: resolved in the guest's context, not
+#: the supervisor's (the supervisor's own /proc/self is another process).
+_DEV_SELF = {
+    "/dev/stdin": "/proc/self/fd/0",
+    "/dev/stdout": "/proc/self/fd/1",
+    "/dev/stderr": "/proc/self/fd/2",
+    "/dev/fd": "/proc/self/fd",
+}
+
+
 def _proc_self(path: str, call: Call) -> str:
+    if path.startswith("/dev/"):
+        for link, target in _DEV_SELF.items():
+            if path == link or path.startswith(link + "/"):
+                path = target + path[len(link) :]
+                break
     if path == "/proc/self" or path.startswith("/proc/self/"):
         return f"/proc/{call.guest.tgid}" + path[len("/proc/self") :]
     if path == "/proc/thread-self" or path.startswith("/proc/thread-self/"):
@@ -357,7 +375,11 @@ def _locate(
             raise OSError(errno.EBADF, "bad fd")
         return loc
     if raw.startswith("/"):
-        if _CLEAN_ABS.match(raw) and not env.ns.covers(raw) and not raw.startswith("/proc"):
+        if (
+            _CLEAN_ABS.match(raw)
+            and not env.ns.covers(raw)
+            and not raw.startswith(("/proc", "/dev/std", "/dev/fd"))
+        ):
             # The common case: a normalised absolute host path (no '.', '..', '//').
             return _host_loc(call, env, raw, follow, False)
         base = "/"
@@ -374,7 +396,15 @@ def _locate(
             raise OSError(errno.ENOTDIR, "dirfd is not a directory")
         base = base_loc.guest
     precheck(call, env, PRE_OPS.get(call.name, ()) if ops is None else ops, raw, base)
-    if raw.startswith("/proc/") or base.startswith("/proc/") or raw in ("/proc", "/proc/"):
+    if (
+        raw.startswith(("/proc/", "/dev/"))
+        or base.startswith(("/proc/", "/dev/"))
+        or raw
+        in (
+            "/proc",
+            "/proc/",
+        )
+    ):
         raw = _proc_self(raw if raw.startswith("/") else base.rstrip("/") + "/" + raw, call)
         base = "/"
     target = env.ns.resolve(
@@ -416,6 +446,9 @@ def _host_loc(call: Call, env: Env, path: str, follow: bool, must_be_dir: bool) 
         rest = path[len(cwd_link) :]
         return locate_guest_path(call, env, call.proc.fs.cwd + rest, follow)
     real = env.host.realpath(path, follow)
+    if env.ns.covers(real):
+        # A host symlink into the synthetic mount (/tmp/l -> /data/x).
+        return locate_guest_path(call, env, real, follow)
     if env.host.refused(real):
         raise Refused(errno.EACCES, "refused path")
     handle = env.host.dir_handle(real)
@@ -426,8 +459,12 @@ def _host_loc(call: Call, env: Env, path: str, follow: bool, must_be_dir: bool) 
         return _synthetic_loc(env, env.ns.guest_path(repo))
     if not real.startswith("/") or real.endswith(" (deleted)") or real.startswith("/memfd:"):
         # A magic link to something that is not a path (pipe, socket, deleted file):
-        # only the kernel can follow it. A deleted file is decided on its old name.
-        return Loc(guest=path, host=path, real=_decidable(real))
+        # only the kernel can follow it, and only when the path names the magic link
+        # itself (/proc/PID/fd/N): through any other symlink, the supervisor's
+        # resolution and the guest's could name different objects.
+        if not _PROC_FD.match(path) or m is None:
+            raise Refused(errno.EACCES, "a magic link reached through another symlink")
+        return Loc(guest=path, host=path, real=_decidable(real), magic=True)
     return Loc(guest=real, host=real, must_be_dir=must_be_dir, real=real)
 
 
@@ -525,7 +562,7 @@ def open_at(
     assert loc.host is not None
     creating = bool(flags & abi.O_CREAT) or (flags & abi.O_TMPFILE) == abi.O_TMPFILE
     kmode = mode & 0o7777 if creating else 0
-    if loc.host != loc.guest:
+    if loc.magic:
         # A magic link to a pipe, socket or deleted file: the kernel must follow it.
         return RunChecked(NR_OPENAT, (AT_FDCWD, _cstr(loc.host), flags, kmode))
     how = abi.OPEN_HOW.pack(

@@ -20,6 +20,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 from collections.abc import Callable, Iterable
 
 from interposer.ports import DirHandle
@@ -61,23 +62,48 @@ class HostSide:
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EACCES):
                 raise
-            # The last component may not exist yet (creation): resolve its directory.
-            head, _, name = path.rstrip("/").rpartition("/")
-            if not name or name in (".", ".."):
-                return path
-            try:
-                fd = os.open(head or "/", os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY)
-            except OSError:
-                return path  # the kernel will fail the same way
-            try:
-                real_dir = os.readlink(f"/proc/self/fd/{fd}")
-            finally:
-                os.close(fd)
-            return real_dir.rstrip("/") + "/" + name
+            return self._walk(path, follow)
         try:
             return os.readlink(f"/proc/self/fd/{fd}")
         finally:
             os.close(fd)
+
+    def _walk(self, path: str, follow: bool) -> str:
+        """Resolve what exists of ``path`` component by component, following symlinks.
+
+        Used when the path does not (fully) exist: the result is the real path of
+        its longest existing prefix plus the rest as written, so that a host
+        symlink into the synthetic mount (``/tmp/l -> /data/x``), whose target
+        the host cannot open, still names ``/data/x`` for the caller.
+        """
+        todo = [c for c in path.split("/") if c and c != "."]
+        todo.reverse()
+        cur = ""
+        links = 0
+        while todo:
+            comp = todo.pop()
+            if comp == "..":
+                cur = cur.rpartition("/")[0]
+                continue
+            candidate = f"{cur}/{comp}"
+            try:
+                st = os.lstat(candidate)
+            except OSError:
+                rest = "/".join(reversed(todo))
+                return candidate + ("/" + rest if rest else "")
+            if stat.S_ISLNK(st.st_mode) and (todo or follow):
+                links += 1
+                if links > 40:
+                    return path  # the kernel will say ELOOP
+                target = os.readlink(candidate)
+                if target.startswith("/proc/self") or target.startswith("/proc/thread-self"):
+                    return path  # resolved in the guest's context only: let the caller refuse
+                if target.startswith("/"):
+                    cur = ""
+                todo.extend(reversed([c for c in target.split("/") if c and c != "."]))
+                continue
+            cur = candidate
+        return cur or "/"
 
     def refused(self, real_path: str) -> bool:
         for root in self.refused_roots:

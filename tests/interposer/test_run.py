@@ -193,3 +193,23 @@ def test_no_guest_survives_the_run(repo: Path, tmp_path: Path) -> None:
             import time
 
             time.sleep(0.1)
+
+
+def test_dev_std_links_and_host_symlinks_into_the_mount(repo: Path, tmp_path: Path) -> None:
+    (tmp_path / "l").symlink_to("/data/x.txt")
+    (tmp_path / "dl").symlink_to("/data/d")
+    (tmp_path / "self").symlink_to("/proc/self/fd/1")
+    r = run(
+        "run",
+        "--data",
+        str(repo),
+        "--",
+        "sh",
+        "-c",
+        f"echo out > /dev/stdout; echo err > /dev/stderr; echo in | cat /dev/stdin; "
+        f"cat {tmp_path}/l {tmp_path}/dl/y.txt; echo x > {tmp_path}/self; echo rc=$?",
+    )
+    assert r.stdout == "out\nin\nthe x file\nwhy\nrc=2\n", r.stderr
+    assert r.stderr.startswith("err\n")
+    # Through a symlink of its own, /proc/self would be the supervisor's: refused.
+    assert "Permission denied" in r.stderr
