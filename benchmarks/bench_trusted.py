@@ -19,6 +19,10 @@ What it measures, all in one run on one machine:
   file is in the page cache for both (the cat runs first and warms it).
 * ``warm open``: an ``Open`` of an unchanged cached file (one revalidation
   round trip to the server, no data).
+* ``promises``: ``Open`` (and ``Stat``, attribute TTL 0) of an unchanged cached
+  file through two agents of one server (``--publish``), measured interleaved
+  in the same run: one follows the invalidations (``--subscribe``: callback
+  promises, no round trip), the other does not (one revalidation Stat each).
 * ``startup``: time for ``agent.embedded.embedded()`` to have both processes ready.
 
 Targets (issue 2): <= 150 us per stat round trip (two hops), >= 300 MB/s cold fill.
@@ -186,6 +190,60 @@ def agent_only_latency(data: Path, cache: Path, n: int) -> dict[str, float]:
         return _percentiles(samples)  # includes the ~1 upstream refresh per second
 
 
+def _spawn_ready(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    r, w = os.pipe()
+    p = subprocess.Popen([*argv, "--ready-fd", str(w)], pass_fds=(w,), env=env,
+                         stderr=subprocess.DEVNULL)
+    os.close(w)
+    try:
+        assert os.read(r, 16).startswith(b"ready"), f"{argv[2]} did not start"
+    finally:
+        os.close(r)
+    return p
+
+
+def promise_latency(data: Path, work: Path, n: int) -> dict[str, object]:
+    """Open/Stat through an agent with callback promises and one without, interleaved."""
+    run = Path(tempfile.mkdtemp(dir=work, prefix="cb-"))
+    key = run / "bootstrap.key"
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, secrets.token_hex(32).encode())
+    os.close(fd)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    server_ep, pub_ep = f"ipc://{run}/server.sock", f"ipc://{run}/pub.sock"
+    procs = [_spawn_ready([sys.executable, "-m", "server", "--root", str(data), "--listen",
+                           server_ep, "--bootstrap-key", str(key), "--publish", pub_ep], env)]
+    clients: dict[str, Client] = {}
+    try:
+        for name, extra in (("promised", ["--subscribe", pub_ep]), ("revalidated", [])):
+            procs.append(_spawn_ready(
+                [sys.executable, "-m", "agent", "--server", server_ep, "--bootstrap-key",
+                 str(key), "--listen", f"ipc://{run}/{name}.sock", "--cache",
+                 str(run / f"cache-{name}"), "--attr-ttl", "0", *extra], env))
+            clients[name] = Client(f"ipc://{run}/{name}.sock", timeout=10)
+        for c in clients.values():
+            c.call(Open(path="/small", flags=os.O_RDONLY))
+        time.sleep(1.0)  # a beat has arrived: the promised agent's next Stat holds a promise
+        samples: dict[str, list[float]] = {f"{k}_{op}": [] for k in clients
+                                           for op in ("open", "stat")}
+        msgs = {"open": Open(path="/small", flags=os.O_RDONLY), "stat": Stat(path="/small")}
+        for block in range(max(1, n // 100) + 2):
+            for name, c in clients.items():
+                for op, msg in msgs.items():
+                    for _ in range(100):
+                        t = time.perf_counter()
+                        c.call(msg)
+                        if block >= 2:  # two warm-up blocks
+                            samples[f"{name}_{op}"].append(time.perf_counter() - t)
+        return {k: _percentiles(v) for k, v in samples.items()}
+    finally:
+        for c in clients.values():
+            c.close()
+        for p in reversed(procs):
+            p.terminate()
+            p.wait()
+
+
 def startup(data: Path, work: Path, runs: int) -> list[float]:
     """Seconds from entering embedded() to both processes ready (warm cache dir)."""
     out = []
@@ -249,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         res["stat_tcp"] = stat_latency(data, work / "c2", f"tcp://127.0.0.1:{_free_port()}",
                                        args.stats)
         res["agent_attr_cache_hit"] = agent_only_latency(data, work / "c3", args.stats)
+        res["promises"] = promise_latency(data, work, args.stats)
         res["startup_s"] = startup(data, work, 5)
         cat = [cat_throughput(data / "big") for _ in range(3)]
         res["cat_MBps"] = cat
@@ -279,6 +338,13 @@ def _report(res: dict[str, object], size_mib: int) -> None:
         lat(f"two hops, agent->server over {link}", r["two_hops"])
         lat(f"  server alone over {link} (one hop)", r["server_only"])
     lat("agent alone, attr cache hit (one hop)", res["agent_attr_cache_hit"])
+    cb = res["promises"]
+    assert isinstance(cb, dict)
+    print("warm Open / Stat (attr TTL 0) of a cached file, same run, interleaved:")
+    lat("Open, revalidated (one Stat upstream)", cb["revalidated_open"])
+    lat("Open, callback promise (no round trip)", cb["promised_open"])
+    lat("Stat, upstream", cb["revalidated_stat"])
+    lat("Stat, callback promise (no round trip)", cb["promised_stat"])
     for link in ("ipc", "tcp"):
         echo = res[f"zmq_echo_{link}"]
         assert isinstance(echo, dict)
