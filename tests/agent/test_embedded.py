@@ -129,3 +129,30 @@ def test_killed_launcher_takes_server_and_agent_with_it(tmp_path: Path) -> None:
     while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in pids)
+
+
+def test_embedded_agent_holds_callback_promises(tmp_path: Path) -> None:
+    """The embedded pair is wired for promises: a warm Open then costs the server nothing."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_bytes(b"one")
+
+    def requests(s: TrustedStack) -> int:
+        log = Path(s.workdir, "server.log").read_text(errors="replace")
+        return len(re.findall(r" #\d+ token ", log))
+
+    with embedded(data, cache_dir=tmp_path / "cache", verbose=2) as s, \
+            Client(s.agent_endpoint, timeout=10) as c:
+        assert any(n.startswith("publish.sock") for n in os.listdir(s.workdir))
+        deadline = time.monotonic() + 10
+        while True:
+            assert isinstance(c.call(Open(path="/f", flags=os.O_RDONLY)), Opened)
+            before = requests(s)
+            assert before > 0  # the log does count requests (the Open's Stat, Read)
+            for _ in range(10):
+                c.call(Open(path="/f", flags=os.O_RDONLY))
+            time.sleep(0.1)
+            if requests(s) == before:
+                break
+            assert time.monotonic() < deadline, "no Open was ever served on a promise"
+            time.sleep(0.2)
