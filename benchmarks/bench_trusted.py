@@ -17,8 +17,8 @@ What it measures, all in one run on one machine:
   ``Open`` that fetches it: pipelined ranged Reads), in MB/s, against
   ``cat file > /dev/null`` of the same file in the same run. The server's
   file is in the page cache for both (the cat runs first and warms it).
-* ``warm open``: an ``Open`` of an unchanged cached file (one revalidation
-  round trip to the server, no data).
+* ``warm open``: an ``Open`` of an unchanged cached file right after its fill
+  (the embedded agent follows invalidations: no round trip once promised).
 * ``promises``: ``Open`` (and ``Stat``, attribute TTL 0) of an unchanged cached
   file through two agents of one server (``--publish``), measured interleaved
   in the same run: one follows the invalidations (``--subscribe``: callback
@@ -363,7 +363,7 @@ def _report(res: dict[str, object], size_mib: int) -> None:
           + ", ".join(f"{x:.0f}" for x in fill["fill_MBps"]))
     print(f"  cat > /dev/null median {res['cat_MBps_median']:7.0f} MB/s   runs "
           + ", ".join(f"{x:.0f}" for x in res["cat_MBps"]))  # type: ignore[union-attr]
-    lat("warm Open (revalidation only)", fill["warm_open"])
+    lat("warm Open (embedded: on a callback promise)", fill["warm_open"])
 
 
 if __name__ == "__main__":
