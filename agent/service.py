@@ -172,8 +172,11 @@ class AgentService:
         self.cache.flush_touches()
         now = time.monotonic()
         self.promises.expire()
-        for p in [p for p, (_, until) in self._attrs.items()
-                  if until <= now and not self.promises.holds(p)]:
+        for p in [
+            p
+            for p, (_, until) in self._attrs.items()
+            if until <= now and not self.promises.holds(p)
+        ]:
             del self._attrs[p]
 
     # -- attribute cache ------------------------------------------------------------
@@ -249,11 +252,22 @@ class AgentService:
 
     # -- handlers -------------------------------------------------------------------
 
+    def _trusted_pids(self) -> tuple[int, ...]:
+        """This agent's pid, and the server's when it runs on this machine."""
+        ep = self.upstream.endpoint
+        local = ep.startswith("ipc://") or ep.startswith(
+            ("tcp://127.", "tcp://localhost", "tcp://[::1]")
+        )
+        server = self.upstream.server_pid
+        return (os.getpid(), server) if local and server else (os.getpid(),)
+
     def hello(self, msg: Hello) -> Message:
         if msg.version != PROTOCOL_VERSION:
             raise OSError(errno.EPROTO, f"agent speaks protocol {PROTOCOL_VERSION}")
         return Welcome(
-            version=PROTOCOL_VERSION, refused_paths=self.refused_paths,
+            version=PROTOCOL_VERSION,
+            refused_paths=self.refused_paths,
+            trusted_pids=self._trusted_pids(),
         )
 
     def stat(self, msg: Stat) -> Message:
@@ -364,8 +378,7 @@ class AgentService:
             promised = self._promised(path) if e is not None else None
             if promised is not None:
                 self.stats["promised_opens"] += 1
-                log.debug("open %s: promised (version %s), no round trip", path,
-                          promised.version)
+                log.debug("open %s: promised (version %s), no round trip", path, promised.version)
             a = promised or self._stat_upstream(path)
         except FileNotFoundError:
             self._forget(path)
@@ -419,8 +432,9 @@ class AgentService:
     def _create(self, path: str, mode: int, *, pin: bool) -> Message:
         upload_id = secrets.token_hex(16)
         stamp = self._stamp()
-        a = self.upstream.call(UploadCommit(upload_id=upload_id, path=path, size=0, mode=mode),
-                               StatReply).attrs
+        a = self.upstream.call(
+            UploadCommit(upload_id=upload_id, path=path, size=0, mode=mode), StatReply
+        ).attrs
         self._forget(_parent(path))
         self._remember(path, a, stamp)
         e = self._empty_copy(path, a, dirty=False)
@@ -544,4 +558,3 @@ class AgentService:
                 self._upload(e.path)
                 n += 1
         return Synced(uploaded=n)
-

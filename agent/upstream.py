@@ -48,6 +48,7 @@ class Upstream:
         self._expires_at_ns = 0
         self.token_id = ""
         self.repo_id = ""
+        self.server_pid = 0
         self.agent_id = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
         self.client = Client(endpoint, timeout=timeout, token_provider=self._current_token)
         self.registrations = 0
@@ -70,8 +71,13 @@ class Upstream:
         mac = hmac.new(self._key, f"{self.agent_id}|{nonce}|{ts}".encode(), hashlib.sha256)
         self._token = ""
         reply = self.client.call(
-            Register(version=PROTOCOL_VERSION, agent_id=self.agent_id, nonce=nonce,
-                     timestamp_ns=ts, mac=mac.hexdigest())
+            Register(
+                version=PROTOCOL_VERSION,
+                agent_id=self.agent_id,
+                nonce=nonce,
+                timestamp_ns=ts,
+                mac=mac.hexdigest(),
+            )
         )
         if not isinstance(reply, Registered):
             raise OSError(errno.EPROTO, f"server answered Register with {reply.kind}")
@@ -79,11 +85,13 @@ class Upstream:
         self._expires_at_ns = reply.expires_at_ns
         self.token_id = reply.token_id
         self.registrations += 1
-        log.info("registered with %s as %s (token %s)",
-                 self.endpoint, self.agent_id, reply.token_id)
+        log.info(
+            "registered with %s as %s (token %s)", self.endpoint, self.agent_id, reply.token_id
+        )
         if self.repo_id and reply.repo_id != self.repo_id and self.on_repo_change is not None:
             self.on_repo_change(reply.repo_id)
         self.repo_id = reply.repo_id
+        self.server_pid = reply.server_pid
         return reply
 
     def _fresh(self) -> None:

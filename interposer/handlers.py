@@ -2001,3 +2001,20 @@ def sys_mremap_guard(call: Call, env: Env) -> Result:
 @handler
 def sys_memguard_shmat(call: Call, env: Env) -> Result:
     return Fail(errno.EPERM) if call.guest.touches_scratch(call.args[1], 1 << 30) else CONTINUE
+
+
+# -- signals -------------------------------------------------------------------------------
+
+
+@handler
+def sys_signal_guard(call: Call, env: Env) -> Result:
+    """kill, tkill, tgkill, rt_(tg)sigqueueinfo, pidfd_open: never toward a trusted process.
+
+    The first argument is the target (a pid, tgid or tid). Process groups
+    (pid <= 0) are left alone: the agent and server run in sessions of their
+    own, and the supervisor ignores or forwards what reaches it.
+    """
+    pid = _s32(call.args[0])
+    if pid > 0 and env.host.trusted(pid):
+        return Fail(errno.EPERM)
+    return CONTINUE

@@ -105,6 +105,19 @@ class HostSide:
             cur = candidate
         return cur or "/"
 
+    def trusted(self, pid: int) -> bool:
+        """Whether ``pid`` (a process or any of its threads) is a trusted process."""
+        if pid in self.trusted_pids:
+            return True
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Tgid:"):
+                        return int(line.split()[1]) in self.trusted_pids
+        except (OSError, ValueError):
+            pass
+        return False
+
     def refused(self, real_path: str) -> bool:
         for root in self.refused_roots:
             if real_path == root or real_path.startswith(root + "/"):

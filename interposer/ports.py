@@ -86,6 +86,9 @@ class Host(Protocol):
     def refused(self, real_path: str) -> bool:
         """True for paths no guest may name (cache, sockets, keys, trusted processes)."""
 
+    def trusted(self, pid: int) -> bool:
+        """Whether a pid or tid belongs to the supervisor, the agent or the server."""
+
     def new_dir_handle(self, repo_path: str, symlink: bool = False) -> str:
         """A fresh placeholder (an empty directory, or a symlink) standing for ``repo_path``."""
 

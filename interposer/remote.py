@@ -74,6 +74,7 @@ class Remote:
         if not isinstance(welcome, Welcome):
             raise OSError(errno.EPROTO, f"agent at {endpoint} answered {welcome.kind!r} to hello")
         self.refused_paths: tuple[str, ...] = welcome.refused_paths
+        self.trusted_pids: tuple[int, ...] = welcome.trusted_pids
         #: requests sent to the agent, and the time they took (``--stats``)
         self.requests = 1
         self.agent_ns = 0

@@ -276,7 +276,11 @@ def main(args: argparse.Namespace) -> int:
             except OSError as exc:
                 return _fail(f"cannot reach the agent at {endpoint}: {exc.strerror or exc}", 125)
             socket_path = endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else ""
-            host = HostSide(private, (*remote.refused_paths, socket_path), (os.getpid(), *trusted))
+            host = HostSide(
+                private,
+                (*remote.refused_paths, socket_path),
+                (os.getpid(), *trusted, *remote.trusted_pids),
+            )
             env = RunEnv(ns, remote, host, policy, audit, args.audit_all)
             sup = Supervisor(env, compiled, on_exec=env.identify)
             host.live_fd_targets = lambda: _live_targets(sup.procs)

@@ -484,6 +484,13 @@ TABLE: tuple[SyscallSpec, ...] = (
         ),
         note="filters may stack; a user-notification listener (it outranks TRACE) is refused",
     ),
+    # -- signals to the trusted processes ------------------------------------------------
+    _row("kill", 62, (N, N), Level.GUARD, "sys_signal_guard", "refused (EPERM) toward the supervisor, agent and server"),
+    _row("tkill", 200, (N, N), Level.GUARD, "sys_signal_guard"),
+    _row("tgkill", 234, (N, N, N), Level.GUARD, "sys_signal_guard"),
+    _row("rt_sigqueueinfo", 129, (N, N, IN), Level.GUARD, "sys_signal_guard"),
+    _row("rt_tgsigqueueinfo", 297, (N, N, N, IN), Level.GUARD, "sys_signal_guard"),
+    _row("pidfd_open", 434, (N, N), Level.GUARD, "sys_signal_guard", "no pidfd on a trusted process (pidfd_send_signal needs one)"),
     _deny(
         "ptrace", 101, errno.EPERM, "guests may not trace (the supervisor, the agent or each other)"
     ),

@@ -309,11 +309,15 @@ class Hello(Message):
 @message("welcome")
 @frozen
 class Welcome(Message):
-    """agent -> interposer: the agent's version and the host paths no guest may name."""
+    """agent -> interposer: the agent's version, the host paths no guest may name,
+    and the pids no guest may signal or trace (the agent's own; the server's when local)."""
 
     version: int = field(validator=_U64)
     refused_paths: tuple[str, ...] = field(
         converter=_as_tuple, validator=WireTuple(_PATH)
+    )
+    trusted_pids: tuple[int, ...] = field(
+        converter=_as_tuple, validator=WireTuple(_U64), default=()
     )
 
 
@@ -341,6 +345,8 @@ class Registered(Message):
     token_id: str = field(validator=_SHORT)
     expires_at_ns: int = field(validator=_U64)
     repo_id: str = field(validator=_SHORT)
+    #: the server's pid, which a local agent passes on as one no guest may signal
+    server_pid: int = field(validator=_U64, default=0)
 
 
 # -- file operations (both links) -------------------------------------------------

@@ -176,6 +176,7 @@ class Authority:
             token_id=session.token_id,
             expires_at_ns=session.expires_at_ns,
             repo_id=self._repo_id,
+            server_pid=os.getpid(),
         )
 
     def check(self, token: str, now_ns: int | None = None) -> Session:

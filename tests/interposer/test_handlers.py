@@ -159,6 +159,9 @@ class FakeHost:
     def placeholder_root(self) -> str:
         return "/run/dirs"
 
+    def trusted(self, pid: int) -> bool:
+        return pid == 1
+
 
 class FakeEnv:
     uid = gid = 1000
@@ -333,3 +336,12 @@ def test_entries_hidden_with_enoent_are_not_listed(world) -> None:
     data = call("getdents64", 3, 0x9000, 4096).writes[0][1]
     assert b"hidden" not in data and b"f\0" in data
     assert call("stat", guest.put(101, "/data/d/hidden"), 0x7000) == Fail(errno.ENOENT)
+
+
+def test_no_signal_reaches_a_trusted_process(world) -> None:
+    guest, env, proc, call = world
+    assert call("kill", 1, 9) == Fail(errno.EPERM)
+    assert call("tgkill", 1, 1, 15) == Fail(errno.EPERM)
+    assert call("pidfd_open", 1, 0) == Fail(errno.EPERM)
+    assert call("kill", 4243, 15) == Continue()
+    assert call("kill", 0, 15) == Continue()  # its own process group
