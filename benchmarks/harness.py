@@ -405,6 +405,7 @@ def _versions(tools: list[Tool]) -> dict[str, str]:
         p = subprocess.run(cmd, capture_output=True, text=True, check=False)
         lines = [ln.strip() for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
         lines = [ln for ln in lines if set(ln) - set(" _|/\\()-'.")]  # skip ASCII art
+        lines = [" ".join(w for w in ln.split() if set(w) - set("_|/\\")) for ln in lines]
         out[t.name] = lines[0] if lines else ""
     return out
 
