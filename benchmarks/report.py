@@ -67,6 +67,12 @@ def merge(first: dict[str, Any], *others: dict[str, Any]) -> dict[str, Any]:
         for c in other["cells"]:
             if c["tool"] in rename and c["pass"] in first["meta"]["passes"]:
                 out["cells"].append({**c, "tool": rename[c["tool"]]})
+        for pass_ in om["passes"]:  # a pass the first run lacks: taken whole, own native
+            if pass_ in first["meta"]["passes"]:
+                continue
+            out["meta"]["passes"].append(pass_)
+            out["meta"].setdefault("pass_from", {})[pass_] = when
+            out["cells"] += [c for c in other["cells"] if c["pass"] == pass_]
     return out
 
 
@@ -158,6 +164,8 @@ def markdown(data: dict[str, Any], title: str = "synthfs benchmark results") -> 
             else "unpinned (2 vCPUs)"
         )
         out += [f"## Ratio to native, {heading}", ""]
+        if pass_ in meta.get("pass_from", {}):
+            out += [f"This pass comes from another run: {meta['pass_from'][pass_]}.", ""]
         if meta.get("merged"):
             out += [
                 "Columns from another run (see the tool notes) are ratios to *that* run's "
