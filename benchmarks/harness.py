@@ -241,7 +241,7 @@ def _cpu_ticks(pids: list[int]) -> int:
     return total
 
 
-def quiesce(max_wait: float = 5.0, step: float = 0.05) -> float:
+def quiesce(max_wait: float = 5.0, step: float = 0.03) -> float:
     """Wait until the helpers (every live descendant: FUSE daemon, synthfs agent
     and server) use no CPU for two polls in a row; return the seconds waited.
 
