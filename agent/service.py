@@ -34,6 +34,7 @@ import logging
 import os
 import posixpath
 import secrets
+import stat
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -418,8 +419,24 @@ class AgentService:
         self.cache.touch(e)
         if writing:
             e.pinned = True
+        self._match_mode(e, shown.mode)
         self.cache.evict(keep=path)
         return Opened(host_path=self.cache.object_path(path), attrs=self._present(path, shown))
+
+    def _match_mode(self, e: Entry, mode: int) -> None:
+        """Give the local copy the object's execute bits (the kernel checks them at exec)."""
+        local = self.cache.object_path(e.path)
+        try:
+            st = os.stat(local)
+        except OSError:
+            return
+        want = 0o600 | (mode & 0o111)
+        if stat.S_IMODE(st.st_mode) == want:
+            return
+        clean = not self.cache.is_dirty(e, st)
+        os.chmod(local, want)
+        if clean:  # a chmod moves ctime: the copy is still the server's object
+            self.cache.record(e.path, e.attrs, signature(os.stat(local)))
 
     def _empty_copy(self, path: str, a: Attrs, *, dirty: bool) -> Entry:
         fd, tmp = self.cache.new_temp()
