@@ -40,8 +40,8 @@ __all__ = [
 SCENARIOS = {
     "host-stat": "stat() of a host path: trapped, checked, continued (target <= 15 us)",
     "data-stat-cached": "stat() of /data/x answered from the agent's attribute cache",
-    "data-open-warm": "open()+close() of /data/x, cache known good (no agent round trip)",
-    "data-open-revalidate": "open()+close() of /data/x with one agent round trip",
+    "data-open-warm": "open()+close() of /data/x: one agent round trip, the agent's promise "
+    "spares the server round trip",
     "getpid": "getpid(): not trapped (the seccomp filter's cost only, ~40 ns)",
 }
 
@@ -66,14 +66,79 @@ class Breakdown:
         )
 
 
-def measure_supervisor(scenario: str, iterations: int = 100_000) -> Breakdown:
-    """Run ``scenario`` under the supervisor and return its breakdown.
+#: which guest loop measures each scenario
+_LOOP_OF = {
+    "host-stat": "host-stat",
+    "data-stat-cached": "data-stat",
+    "data-open-warm": "data-open",
+    "getpid": "getpid",
+}
 
-    To be implemented with the interposer (issue #3): run a guest loop of the
-    scenario's syscall under ``synthfs run`` with the supervisor's per-phase
-    timers enabled, and divide by ``iterations``.
+
+def measure_supervisor(scenario: str, iterations: int = 100_000) -> Breakdown:
+    """Run ``scenario`` under the supervisor with its phase timers (``--stats``).
+
+    The loop runs twice, with ``iterations`` and with none, and the difference of
+    the supervisor's counters is divided by ``iterations``: decode (GETREGS, the
+    table, the Call), policy (the handler minus its agent time: namespace, host
+    checks, policy), agent (round trips), resume (SETREGS, scratch writes, CONT).
+    ``stop`` is what remains of the guest-timed total: the kernel's stop and
+    resume, the exit stop of rewritten calls, and waking the supervisor.
     """
-    raise NotImplementedError("the supervisor micro-benchmark needs the interposer (issue #3)")
+    import json
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from benchmarks.tools import embedded_stack, synthfs_exe
+    from benchmarks.workloads import PYTHON
+
+    loop = _LOOP_OF[scenario]
+    with tempfile.TemporaryDirectory(prefix="synthfs-micro-") as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        (data / "x").write_bytes(b"x" * 4096)
+        with embedded_stack(data, Path(tmp) / "cache") as stack:
+            runs = []
+            for n in (iterations, 0):
+                stats = Path(tmp) / f"stats-{n}.json"
+                argv = [
+                    *synthfs_exe(),
+                    "run",
+                    "--agent",
+                    str(stack.agent_endpoint),
+                    "--stats",
+                    str(stats),
+                    "--",
+                    PYTHON,
+                    "-c",
+                    _guest(loop, "/data", n),
+                ]
+                p = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+                if p.returncode != 0:
+                    raise RuntimeError(f"{scenario}: exit {p.returncode}: {p.stderr[-300:]}")
+                runs.append(
+                    (float(p.stdout.strip().splitlines()[-1]), json.loads(stats.read_text()))
+                )
+    (seconds, full), (_, empty) = runs
+    n = max(iterations, 1)
+
+    def per(key: str) -> float:
+        return (full.get(key, 0) - empty.get(key, 0)) / n / 1000
+
+    total = seconds / n * 1e6
+    agent = per("agent_ns")
+    decode, handler, resume = per("decode_ns"), per("handler_ns"), per("apply_ns")
+    return Breakdown(
+        scenario,
+        iterations,
+        total,
+        stop_us=max(0.0, total - decode - handler - resume),
+        decode_us=decode,
+        policy_us=handler - agent,
+        agent_us=agent,
+        resume_us=resume,
+    )
 
 
 # ------------------------------------------------- end to end (works today)
