@@ -402,7 +402,22 @@ READ_MODES = (
 )
 
 
-@pytest.mark.parametrize("mode", READ_MODES)
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param(
+            m,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="a repository symlink cannot climb above the mount root (docs/namespace.md):"
+                " '../../data/ok' from /data stays inside /data",
+            ),
+        )
+        if m == "guest_symlink_rel"
+        else m
+        for m in READ_MODES
+    ],
+)
 def test_policy_trick_positive_twin(mode, synthfs_world, cbin, tmp_path) -> None:
     """The same trick aimed at the allowed /data/ok must work under the same policy.
 
