@@ -32,31 +32,32 @@ from interposer.abi import AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_NOF
 from interposer.actions import CONTINUE, Fail, Result, Return, RunChecked, Scratch
 from interposer.policy import NetworkMode
 from interposer.ports import Call, Env
+from interposer.syscalls import BY_NAME
 from protocol.messages import Attrs, FileKind, RenameFlags
 
 __all__ = ["HANDLERS", "Loc", "locate"]
 
-NR_OPENAT = 257
-NR_OPENAT2 = 437
-NR_MKDIRAT = 258
-NR_UNLINKAT = 263
-NR_RENAMEAT2 = 316
-NR_LINKAT = 265
-NR_SYMLINKAT = 266
-NR_FCHMODAT = 268
-NR_FCHOWNAT = 260
-NR_TRUNCATE = 76
-NR_UTIMENSAT = 280
-NR_FUTIMESAT = 261
-NR_CHDIR = 80
-NR_EXECVE = 59
-NR_EXECVEAT = 322
-NR_MKNODAT = 259
-NR_CONNECT = 42
-NR_BIND = 49
-NR_INOTIFY_ADD_WATCH = 254
-NR_NAME_TO_HANDLE_AT = 303
-NR_STATFS = 137
+NR_OPENAT = BY_NAME["openat"].nr
+NR_OPENAT2 = BY_NAME["openat2"].nr
+NR_MKDIRAT = BY_NAME["mkdirat"].nr
+NR_UNLINKAT = BY_NAME["unlinkat"].nr
+NR_RENAMEAT2 = BY_NAME["renameat2"].nr
+NR_LINKAT = BY_NAME["linkat"].nr
+NR_SYMLINKAT = BY_NAME["symlinkat"].nr
+NR_FCHMODAT = BY_NAME["fchmodat"].nr
+NR_FCHOWNAT = BY_NAME["fchownat"].nr
+NR_TRUNCATE = BY_NAME["truncate"].nr
+NR_UTIMENSAT = BY_NAME["utimensat"].nr
+NR_FUTIMESAT = BY_NAME["futimesat"].nr
+NR_CHDIR = BY_NAME["chdir"].nr
+NR_EXECVE = BY_NAME["execve"].nr
+NR_EXECVEAT = BY_NAME["execveat"].nr
+NR_MKNODAT = BY_NAME["mknodat"].nr
+NR_CONNECT = BY_NAME["connect"].nr
+NR_BIND = BY_NAME["bind"].nr
+NR_INOTIFY_ADD_WATCH = BY_NAME["inotify_add_watch"].nr
+NR_NAME_TO_HANDLE_AT = BY_NAME["name_to_handle_at"].nr
+NR_STATFS = BY_NAME["statfs"].nr
 
 _NO_LINKS = abi.RESOLVE_NO_SYMLINKS | abi.RESOLVE_NO_MAGICLINKS
 
@@ -1400,7 +1401,7 @@ def sys_utime(call: Call, env: Env) -> Result:
     loc = locate(call, env, AT_FDCWD, call.args[0], follow=True)
     if not loc.synthetic:
         assert loc.host is not None
-        return run_host(env, 132, (Pin(loc, whole=True), tptr))
+        return run_host(env, BY_NAME["utime"].nr, (Pin(loc, whole=True), tptr))
     return utimens_at(call, env, AT_FDCWD, call.args[0], times, 0, raw=lambda _l: Fail(errno.EIO))
 
 
@@ -1782,7 +1783,7 @@ AF_UNIX = 1
 AF_INET = 2
 AF_INET6 = 10
 AF_NETLINK = 16
-NR_SENDTO = 44
+NR_SENDTO = BY_NAME["sendto"].nr
 _LOCAL_FAMILIES = (AF_UNIX, AF_NETLINK)  # never leave the machine
 _SOCKADDR_MAX = 128  # sizeof(struct sockaddr_storage)
 _MSGHDR = 56  # sizeof(struct msghdr)
