@@ -39,6 +39,7 @@ from agent.cache import DEFAULT_CACHE_SIZE, default_cache_dir
 from agent.callbacks import Promises, Subscription
 from agent.service import DEFAULT_ATTR_TTL, AgentService
 from agent.upstream import Upstream
+from protocol.bootstrap import check_key_fd
 from protocol.client import DEFAULT_TIMEOUT, Unreachable
 from protocol.codec import DecodeError, decode, encode, error_from_exception
 
@@ -63,17 +64,7 @@ def read_key_file(path: str) -> bytes:
     """The bootstrap key in ``path``; refuse a file others can read or write."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, f"bootstrap key {path} is not a regular file")
-        if st.st_mode & 0o077:
-            raise PermissionError(
-                errno.EPERM,
-                f"bootstrap key {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
-                f"it must be 0600 (chmod 600 {path})",
-            )
-        if st.st_uid != os.getuid():
-            raise PermissionError(errno.EPERM, f"bootstrap key {path} is not owned by this user")
+        check_key_fd(fd, path)
         return _read_key(fd)
     finally:
         os.close(fd)

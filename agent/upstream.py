@@ -15,8 +15,6 @@ once.
 from __future__ import annotations
 
 import errno
-import hashlib
-import hmac
 import logging
 import os
 import secrets
@@ -24,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+from protocol.bootstrap import register_mac
 from protocol.client import Client, Unreachable
 from protocol.messages import PROTOCOL_VERSION, Message, Register, Registered
 
@@ -68,7 +67,7 @@ class Upstream:
         """Prove the bootstrap key (HMAC, the key never travels) and take a token."""
         nonce = secrets.token_hex(16)
         ts = time.time_ns()
-        mac = hmac.new(self._key, f"{self.agent_id}|{nonce}|{ts}".encode(), hashlib.sha256)
+        mac = register_mac(self._key, self.agent_id, nonce, ts)
         self._token = ""
         reply = self.client.call(
             Register(
@@ -76,7 +75,7 @@ class Upstream:
                 agent_id=self.agent_id,
                 nonce=nonce,
                 timestamp_ns=ts,
-                mac=mac.hexdigest(),
+                mac=mac,
             )
         )
         if not isinstance(reply, Registered):

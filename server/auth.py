@@ -23,12 +23,12 @@ import hmac
 import logging
 import os
 import secrets
-import stat
 import threading
 import time
 
 import attrs
 
+from protocol.bootstrap import check_key_fd, register_mac
 from protocol.messages import PROTOCOL_VERSION, Register, Registered
 
 __all__ = [
@@ -87,17 +87,7 @@ def load_or_create_key(path: str) -> tuple[bytes, bool]:
             created = True
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise PermissionError(errno.EINVAL, f"bootstrap key {path} is not a regular file")
-        if st.st_mode & 0o077:
-            raise PermissionError(
-                errno.EPERM,
-                f"bootstrap key {path} has mode {stat.S_IMODE(st.st_mode):04o}: group or others "
-                f"can access it; it must be 0600 (chmod 600 {path})",
-            )
-        if st.st_uid != os.getuid():
-            raise PermissionError(errno.EPERM, f"bootstrap key {path} is not owned by this user")
+        check_key_fd(fd, path)
         raw = os.read(fd, _MAX_KEY + 1)
     finally:
         os.close(fd)
@@ -107,12 +97,6 @@ def load_or_create_key(path: str) -> tuple[bytes, bool]:
     if len(key) < 16:
         raise PermissionError(errno.EINVAL, f"bootstrap key {path} is empty or too short")
     return key, created
-
-
-def register_mac(key: bytes, agent_id: str, nonce: str, timestamp_ns: int) -> str:
-    """The mac an agent puts in Register (hex HMAC-SHA256)."""
-    msg = f"{agent_id}|{nonce}|{timestamp_ns}".encode()
-    return hmac.new(key, msg, hashlib.sha256).hexdigest()
 
 
 @attrs.frozen
