@@ -20,7 +20,7 @@ import pyseccomp as sc
 from interposer.policy import NetworkMode, Policy
 from interposer.syscalls import TABLE, UNKNOWN_RANGE, Action, Cond, Gate
 
-__all__ = ["CompiledFilter", "active_gates", "build_filter", "install_in_child"]
+__all__ = ["CompiledFilter", "active_gates", "build_filter"]
 
 _OPS = {"LT": sc.LT, "GT": sc.GT, "EQ": sc.EQ, "NE": sc.NE, "MASKED_EQ": sc.MASKED_EQ}
 PR_SET_NO_NEW_PRIVS = 38
@@ -118,7 +118,3 @@ def build_filter(policy: Policy | None = None) -> CompiledFilter:
         out.seek(0)
         bpf = out.read()
     return CompiledFilter(bpf)
-
-
-def install_in_child(compiled: CompiledFilter) -> None:
-    compiled.load()

@@ -50,7 +50,6 @@ NR_TRUNCATE = BY_NAME["truncate"].nr
 NR_UTIMENSAT = BY_NAME["utimensat"].nr
 NR_FUTIMESAT = BY_NAME["futimesat"].nr
 NR_CHDIR = BY_NAME["chdir"].nr
-NR_EXECVE = BY_NAME["execve"].nr
 NR_EXECVEAT = BY_NAME["execveat"].nr
 NR_MKNODAT = BY_NAME["mknodat"].nr
 NR_CONNECT = BY_NAME["connect"].nr
@@ -535,7 +534,6 @@ def open_at(
 ) -> Result:
     """The one open: open, openat, openat2 and creat end here."""
     flags &= 0xFFFFFFFF
-    acc = flags & abi.O_ACCMODE
     # O_CREAT|O_EXCL never follows a final symlink (it fails with EEXIST).
     excl = flags & (abi.O_CREAT | abi.O_EXCL) == abi.O_CREAT | abi.O_EXCL
     follow = not (flags & abi.O_NOFOLLOW or excl)
@@ -569,7 +567,6 @@ def open_at(
     how = abi.OPEN_HOW.pack(
         flags, kmode, (resolve & ~(abi.RESOLVE_BENEATH | abi.RESOLVE_IN_ROOT)) | _NO_LINKS
     )
-    del acc
     return RunChecked(NR_OPENAT2, (AT_FDCWD, _cstr(loc.host), Scratch(how), len(how)))
 
 
@@ -923,7 +920,7 @@ def sys_statfs(call: Call, env: Env) -> Result:
 # -- namespace changes -------------------------------------------------------------------------
 
 
-def _synthetic_op(fn: Callable[[], None]) -> Result:
+def _synthetic_op(fn: Callable[[], object]) -> Result:
     try:
         fn()
     except OSError as exc:
@@ -1145,16 +1142,10 @@ def open_synthetic_create(call: Call, env: Env, loc: Loc, mode: int) -> Result:
         return Fail(denied)
     repo = loc.repo
     return _synthetic_op(
-        lambda: _drop(
-            env.repo.open(
-                repo, abi.O_CREAT | abi.O_EXCL | abi.O_WRONLY, (mode & 0o7777) & ~call.guest.umask()
-            )
+        lambda: env.repo.open(
+            repo, abi.O_CREAT | abi.O_EXCL | abi.O_WRONLY, (mode & 0o7777) & ~call.guest.umask()
         )
     )
-
-
-def _drop(_value: object) -> None:
-    return None
 
 
 @guarded
