@@ -17,19 +17,22 @@ import stat
 __all__ = ["check_key_fd", "register_mac"]
 
 
-def check_key_fd(fd: int, path: str) -> None:
-    """Refuse a key file that is not a regular file of ours with mode 0600 (PermissionError)."""
+def check_key_fd(fd: int, path: str, what: str = "bootstrap key") -> None:
+    """Refuse a key file that is not a regular file of ours with mode 0600 (PermissionError).
+
+    ``what`` names the file in the errors (the CURVE secret key files follow the same rules).
+    """
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        raise PermissionError(errno.EINVAL, f"bootstrap key {path} is not a regular file")
+        raise PermissionError(errno.EINVAL, f"{what} {path} is not a regular file")
     if st.st_mode & 0o077:
         raise PermissionError(
             errno.EPERM,
-            f"bootstrap key {path} has mode {stat.S_IMODE(st.st_mode):04o}: group or others "
+            f"{what} {path} has mode {stat.S_IMODE(st.st_mode):04o}: group or others "
             f"can access it; it must be 0600 (chmod 600 {path})",
         )
     if st.st_uid != os.getuid():
-        raise PermissionError(errno.EPERM, f"bootstrap key {path} is not owned by this user")
+        raise PermissionError(errno.EPERM, f"{what} {path} is not owned by this user")
 
 
 def register_mac(key: bytes, agent_id: str, nonce: str, timestamp_ns: int) -> str:
