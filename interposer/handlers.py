@@ -32,7 +32,7 @@ from interposer.abi import AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_NOF
 from interposer.actions import CONTINUE, Fail, Result, Return, RunChecked, Scratch
 from interposer.policy import NetworkMode
 from interposer.ports import Call, Env
-from interposer.syscalls import BY_NAME
+from interposer.syscalls import BY_NAME, Role
 from protocol.messages import Attrs, FileKind, RenameFlags
 
 __all__ = ["HANDLERS", "Loc", "locate"]
@@ -57,6 +57,7 @@ NR_BIND = BY_NAME["bind"].nr
 NR_INOTIFY_ADD_WATCH = BY_NAME["inotify_add_watch"].nr
 NR_NAME_TO_HANDLE_AT = BY_NAME["name_to_handle_at"].nr
 NR_STATFS = BY_NAME["statfs"].nr
+IN_DONT_FOLLOW = 0x01000000
 
 _NO_LINKS = abi.RESOLVE_NO_SYMLINKS | abi.RESOLVE_NO_MAGICLINKS
 
@@ -913,8 +914,7 @@ def sys_statfs(call: Call, env: Env) -> Result:
     if loc.synthetic:
         _need(loc)
         return RunChecked(NR_STATFS, (_cstr(env.host.placeholder_root()), call.args[1]))
-    assert loc.host is not None
-    return RunChecked(NR_STATFS, (_cstr(loc.host), call.args[1]))
+    return run_host(env, NR_STATFS, (Pin(loc, whole=True), call.args[1]))
 
 
 # -- namespace changes -------------------------------------------------------------------------
@@ -1482,21 +1482,15 @@ def sys_fremovexattr(call: Call, env: Env) -> Result:
 def sys_xattrat(call: Call, env: Env) -> Result:
     """The *xattrat and file_*attr syscalls (Linux 6.13+): on the host only."""
     a = call.args
-    loc = locate(
-        call,
-        env,
-        _s32(a[0]),
-        a[1],
-        follow=not a[2] & AT_SYMLINK_NOFOLLOW,
-        empty_ok=bool(a[2] & AT_EMPTY_PATH),
-    )
+    at = BY_NAME[call.name].args.index(Role.ATFLAGS)  # *xattrat: third argument; file_*attr: fifth
+    follow = not a[at] & AT_SYMLINK_NOFOLLOW
+    loc = locate(call, env, _s32(a[0]), a[1], follow=follow, empty_ok=bool(a[at] & AT_EMPTY_PATH))
     if loc.synthetic:
         return Fail(errno.ENOTSUP)
-    assert loc.host is not None
-    args: list[int | Scratch] = list(a)
-    args[0], args[1] = AT_FDCWD, _cstr(loc.host)
-    args[2] = a[2] & ~AT_EMPTY_PATH
-    return RunChecked(call.nr, tuple(args))
+    args: list[int | Scratch | Pin] = list(a)
+    args[0], args[1] = AT_FDCWD, Pin(loc, whole=follow)
+    args[at] = a[at] & ~AT_EMPTY_PATH
+    return run_host(env, call.nr, tuple(args))
 
 
 # -- cwd and exec ----------------------------------------------------------------------------
@@ -1731,12 +1725,14 @@ def sys_sync(call: Call, env: Env) -> Result:
 
 @guarded
 def sys_inotify_add_watch(call: Call, env: Env) -> Result:
-    loc = locate(call, env, AT_FDCWD, call.args[1], follow=not call.args[2] & 0x01000000)
+    follow = not call.args[2] & IN_DONT_FOLLOW
+    loc = locate(call, env, AT_FDCWD, call.args[1], follow=follow)
     if loc.synthetic:
         _need(loc)
         return Fail(errno.ENOTSUP)
-    assert loc.host is not None
-    return RunChecked(NR_INOTIFY_ADD_WATCH, (call.args[0], _cstr(loc.host), call.args[2]))
+    return run_host(
+        env, NR_INOTIFY_ADD_WATCH, (call.args[0], Pin(loc, whole=follow), call.args[2])
+    )
 
 
 @guarded
@@ -1752,9 +1748,11 @@ def sys_name_to_handle_at(call: Call, env: Env) -> Result:
     )
     if loc.synthetic:
         return Fail(errno.EOPNOTSUPP)
-    assert loc.host is not None
-    return RunChecked(
-        NR_NAME_TO_HANDLE_AT, (AT_FDCWD, _cstr(loc.host), a[2], a[3], a[4] & ~AT_EMPTY_PATH)
+    follow = bool(a[4] & abi.AT_SYMLINK_FOLLOW)
+    return run_host(
+        env,
+        NR_NAME_TO_HANDLE_AT,
+        (AT_FDCWD, Pin(loc, whole=follow), a[2], a[3], a[4] & ~AT_EMPTY_PATH),
     )
 
 

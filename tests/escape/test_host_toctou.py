@@ -54,7 +54,9 @@ if variant == "link":
     a, b, target = ws + "/link", ws + "/link_alt", ws + "/link"
 else:
     a, b, target = ws + "/d", ws + "/d_alt", ws + "/d/f"
-victim = os.stat(out + "/f")
+READS = ("inotify", "handle")  # read-class calls: the policy hides OUT entirely
+victim = os.stat(out + "/f") if variant not in READS else None
+victim_ino = int(sys.argv[5]) if variant in READS else victim.st_ino
 stop = False
 
 
@@ -63,7 +65,9 @@ def hit():
         now = os.stat(out + "/f")
     except FileNotFoundError:
         return True
-    return now.st_ino != victim.st_ino or now.st_ctime_ns != victim.st_ctime_ns
+    return now.st_ino != victim.st_ino or now.st_ctime_ns != victim.st_ctime_ns or (
+        variant == "setxattrat" and "user.synthfs" in os.listxattr(out + "/f")
+    )
 
 
 def attempt():
@@ -82,6 +86,31 @@ def attempt():
         os.chmod(target, 0o600)
         os.chmod(target, 0o644)
         return hit()
+    if variant == "setxattrat":  # setxattrat(AT_FDCWD, path, 0, name, &{value, size, flags}, 16)
+        value = ctypes.create_string_buffer(b"x")
+        args = (ctypes.c_uint64 * 2)(ctypes.addressof(value), 1)  # u64 value; u32 size, flags
+        name, size = b"user.synthfs", ctypes.c_long(16)
+        r = libc.syscall(463, AT_FDCWD, target.encode(), 0, name, args, size)
+        if r < 0:
+            raise OSError(ctypes.get_errno(), "setxattrat")
+        return hit()
+    if variant == "inotify":  # the watched inode shows in /proc/self/fdinfo
+        ino = inotify_fd = libc.inotify_init1(0o2000000)
+        try:
+            if libc.inotify_add_watch(inotify_fd, target.encode(), 0x4) < 0:
+                raise OSError(ctypes.get_errno(), "inotify_add_watch")
+            with open(f"/proc/self/fdinfo/{inotify_fd}") as info:
+                ino = int(info.read().split(" ino:")[1].split()[0], 16)
+        finally:
+            os.close(inotify_fd)
+        return ino == victim_ino
+    if variant == "handle":  # ext4's file handle starts with the inode number
+        buf = ctypes.create_string_buffer(8 + 128)
+        buf[0:4] = (128).to_bytes(4, "little")
+        mount_id = ctypes.c_int()
+        if libc.name_to_handle_at(AT_FDCWD, target.encode(), buf, ctypes.byref(mount_id), 0) < 0:
+            raise OSError(ctypes.get_errno(), "name_to_handle_at")
+        return int.from_bytes(buf.raw[8:12], "little") == victim_ino
     fd = os.open(target, os.O_WRONLY)
     try:
         if os.fstat(fd).st_ino == victim.st_ino:
@@ -155,7 +184,7 @@ def _counts(stdout: str) -> dict[str, int]:
     return ast.literal_eval(stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("variant", ["dir", "link", "unlink", "chmod"])
+@pytest.mark.parametrize("variant", ["dir", "link", "unlink", "chmod", "setxattrat"])
 def test_symlink_swap_never_writes_a_write_denied_host_file(
     world: tuple[Path, Path], variant: str
 ) -> None:
@@ -176,5 +205,48 @@ def test_symlink_swap_never_writes_a_write_denied_host_file(
     assert counts["escaped"] == 0
     assert (out / "f").read_text() == "victim\n"
     # Both sides of the race were seen: writes in the workspace and denials.
+    assert counts["ok"] > 0 and counts.get("EACCES", 0) > 0, counts
+    assert set(counts) <= {"ok", "escaped", "EACCES", "ELOOP", "ENOENT"}, counts
+
+
+#: A policy that hides OUT from reads (ci.toml lets the whole host be read).
+READ_POLICY = """
+version = 1
+default = "allow"
+[[mount]]
+path = "/data"
+[[app]]
+name = "job"
+match.exe = ["/**"]
+allow = [{ paths = ["/data/**"], ops = ["*"] }]
+[host]
+read = ["/usr/**", "/lib/**", "/lib64/**", "/bin/**", "/etc/**", "/proc/**", "/dev/**",
+        "/sys/**", "/", "/var", "/var/tmp", "$BASE", "$WORKSPACE/**", "$VENV/**"]
+"""
+
+
+@pytest.mark.parametrize("variant", ["inotify", "handle"])
+def test_symlink_swap_never_reaches_a_read_denied_host_file(
+    world: tuple[Path, Path], variant: str, tmp_path: Path
+) -> None:
+    """inotify_add_watch and name_to_handle_at on WS/d/f while d flips to OUT (hidden)."""
+    ws, out = world
+    victim = str((out / "f").stat().st_ino)
+    argv = [sys.executable, str(ws / "guest.py"), str(ws), str(out), variant]
+    native = subprocess.run([*argv, str(N), victim], capture_output=True, text=True, timeout=120)
+    assert native.returncode == ESCAPED, (native.stdout, native.stderr)
+    _reset(ws, out)
+    policy = tmp_path / "read.toml"
+    policy.write_text(READ_POLICY)
+    venv = Path(sys.prefix).resolve()
+    r = subprocess.run(
+        [sys.executable, "-m", "interposer.cli", "run", "--data", str(ws.parent / "data"),
+         "--policy", str(policy), "--", *argv, str(N), victim],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "WORKSPACE": str(ws), "BASE": str(ws.parent), "VENV": str(venv)},
+    )  # fmt: skip
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    counts = _counts(r.stdout)
+    assert counts["escaped"] == 0
     assert counts["ok"] > 0 and counts.get("EACCES", 0) > 0, counts
     assert set(counts) <= {"ok", "escaped", "EACCES", "ELOOP", "ENOENT"}, counts
