@@ -1,9 +1,13 @@
-"""Hostile input: 1,000 random frames at a running server; it still answers a valid Stat.
+"""Hostile input at a running server: every frame answered, the server still serving.
 
-Mixes raw random bytes, msgpack arrays that look like envelopes but carry
-wrong types, unknown kinds and fields, random multipart shapes, and
-well-formed requests with a valid token and odd arguments (so the backend
-sees hostile paths and values too).
+Two fuzzers. The Hypothesis one (1,000 frames) builds structured frames:
+raw random bytes, msgpack arrays that look like envelopes but carry wrong
+types, unknown kinds and fields, random multipart shapes, and well-formed
+requests with a valid token and odd arguments (so the backend sees hostile
+paths and values too). The socket-speed one (:mod:`fuzzframes`) mutates
+precomputed frames: ``SYNTHFS_FUZZ_FRAMES`` of them in CI (20,000), a million
+in the slow run, with a valid Stat after every 200 that must be answered.
+The server owes a reply to every frame (an error for a bad one).
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ import attrs
 import msgpack
 import pytest
 import zmq
+from fuzzframes import CI_FRAMES, FULL_FRAMES, SEED, FrameFuzzer, blast, server_seeds
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_harness import RawClient, ServerProc, make_key, register
 
-from protocol.messages import REGISTRY, Stat, StatReply
+from protocol.messages import REGISTRY, Message, Registered, Stat, StatReply
 
 KINDS = sorted(REGISTRY)
 FIELDS = sorted({f.name for cls in REGISTRY.values() for f in attrs.fields(cls)})
@@ -156,3 +161,41 @@ def test_bad_frames_get_an_error_reply(fuzz_server):
     assert reply_to([msgpack.packb([1, "stat", 77, "", {"path": 5}])]) == 77
     assert reply_to([msgpack.packb([2, "stat", 78, "", {"path": "/"}])]) == 78
     assert reply_to([msgpack.packb([1, "stat", 79, "", {"path": "/", "x": 1}])]) == 79
+
+
+def _is_root(msg: Message) -> bool:
+    return isinstance(msg, StatReply) and msg.attrs.kind == "dir"
+
+
+def _blast_server(fuzz_server, count: int) -> None:
+    proc, client = fuzz_server
+    _drain(client)
+    valid, garbage = server_seeds(client.token)
+    res = blast(proc.bound, FrameFuzzer(valid, garbage, SEED), count,
+                probe=lambda: Stat(path="/"), probe_ok=_is_root, owes_reply=lambda parts: True,
+                alive=proc.alive, in_order=False, probe_token=client.token)
+    print(res.summary("server"))
+    assert res.frames == count and res.probes == -(-count // 200)
+    assert res.mismatches == []
+    assert res.replies == res.frames, f"{res.dropped} frames got no reply (seed {SEED})"
+    assert proc.alive(), proc.output()[-3000:]
+    log = proc.output()
+    assert "Traceback" not in log and "bug while" not in log, log[-3000:]
+    # Still serving, new agents too: a fresh registration and a request on its token.
+    with RawClient(proc.bound) as fresh:
+        assert isinstance(register(fresh, make_key_of(proc)), Registered)
+        assert _is_root(fresh.call(Stat(path="/")))
+
+
+def make_key_of(proc: ServerProc) -> bytes:
+    return proc.key_path.read_bytes().strip()
+
+
+def test_fuzzed_frames_at_socket_speed(fuzz_server):
+    """CI: SYNTHFS_FUZZ_FRAMES (20,000) mutated frames, a probe after every 200."""
+    _blast_server(fuzz_server, CI_FRAMES)
+
+
+@pytest.mark.slow
+def test_a_million_fuzzed_frames(fuzz_server):
+    _blast_server(fuzz_server, FULL_FRAMES)
