@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "syscalls": ("interposer.syscalls_cli", "print the syscall table (support level, handler)"),
     "server": ("server.main", "serve a repository directory to agents"),
     "agent": ("agent.main", "run the trusted agent (holds the token, owns the cache)"),
+    "keys": ("protocol.keys_cli", "make a CURVE key pair for tcp:// agents and servers"),
     "policy": ("interposer.policy_cli", "check or explain a policy file"),
     "bench": ("benchmarks.cli", "benchmark synthfs against native and peer tools"),
 }

@@ -1,10 +1,17 @@
 """``synthfs server``: serve a repository directory to agents over ZeroMQ.
 
-Trusts: the command line (its operator), the bootstrap key file (which must be
-private) and the repository directory. Trusts nothing that arrives on the
-socket (see :mod:`server.service`).
+Trusts: the command line (its operator), the bootstrap key file and the CURVE
+secret key file (both must be private), the client public keys it is given, and
+the repository directory. Trusts nothing that arrives on the socket (see
+:mod:`server.service`).
 
     synthfs server --root DIR --listen ENDPOINT [--bootstrap-key FILE]
+                   [--curve-secret FILE --curve-clients DIR_OR_FILE]
+
+A ``tcp://`` endpoint that is not loopback needs CURVE (:mod:`protocol.curve`):
+the session token and the paths must not cross a network in clear. There is
+no unencrypted override; a private network is served through a loopback
+endpoint and a tunnel, or with CURVE.
 
 Prints ``synthfs server: serving ROOT on ENDPOINT`` on stderr once the socket
 is bound (and writes ``ready`` to ``--ready-fd`` for launchers), then serves
@@ -14,12 +21,16 @@ until SIGTERM or SIGINT.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ipaddress
 import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
+
+from protocol.curve import remote_tcp
+
+if TYPE_CHECKING:
+    from protocol.curve import CurveServer
 
 __all__ = ["HELP", "check_endpoint", "configure", "main"]
 
@@ -32,13 +43,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Serve the repository directory ROOT to synthfs agents over ZeroMQ. Agents "
         "register with an HMAC of the bootstrap key and get a session token; every "
-        "other request must carry it."
+        "other request must carry it. To serve agents on other machines, listen on "
+        "tcp://ADDRESS:PORT with CURVE: make key pairs with 'synthfs keys', start the "
+        "server with --curve-secret and --curve-clients, and the agents with "
+        "--curve-secret and --server-key (the link is then encrypted and only the listed "
+        "agents' keys get through)."
     )
     parser.add_argument("--root", required=True, metavar="DIR", help="the repository directory")
     parser.add_argument(
         "--listen", required=True, metavar="ENDPOINT",
-        help="ZeroMQ endpoint: ipc://PATH (socket created 0600) or tcp://HOST:PORT on a "
-        "loopback address (tcp://127.0.0.1:* picks a free port)",
+        help="ZeroMQ endpoint: ipc://PATH (socket created 0600), tcp://HOST:PORT on a "
+        "loopback address (tcp://127.0.0.1:* picks a free port), or, with --curve-secret, "
+        "any tcp://ADDRESS:PORT (tcp://*:PORT: every interface)",
     )
     parser.add_argument(
         "--bootstrap-key", metavar="FILE", default=None,
@@ -56,15 +72,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=8, metavar="N",
                         help="threads serving bulk data (reads, uploads); default 8")
     parser.add_argument(
-        "--allow-remote", action="store_true",
-        help="allow a tcp endpoint that is not loopback (UNENCRYPTED: CURVE comes with issue 5)",
+        "--curve-secret", metavar="FILE", default=None,
+        help="the server's CURVE secret key file (NAME.key_secret from 'synthfs keys', mode "
+        "0600): --listen and --publish then encrypt and authenticate every connection; "
+        "agents need the matching NAME.key as their --server-key. Required for a tcp "
+        "endpoint that is not loopback",
+    )
+    parser.add_argument(
+        "--curve-clients", metavar="DIR_OR_FILE", default=None,
+        help="the agents' CURVE public keys allowed to connect: one NAME.key file, or a "
+        "directory whose *.key files are read at start-up; any other key is refused during "
+        "the handshake (required with --curve-secret)",
     )
     parser.add_argument("--ready-fd", type=int, metavar="N", default=None,
                         help="write 'ready' to fd N and close it once the socket is bound")
 
 
-def check_endpoint(endpoint: str, allow_remote: bool) -> None:
-    """Refuse what the server must not bind: other transports, non-loopback tcp."""
+def check_endpoint(endpoint: str, curve: bool) -> None:
+    """Refuse what the server must not bind: other transports, non-loopback tcp without CURVE."""
     if endpoint.startswith("ipc://"):
         if len(endpoint) <= len("ipc://"):
             raise ValueError("empty ipc:// path")
@@ -75,26 +100,29 @@ def check_endpoint(endpoint: str, allow_remote: bool) -> None:
     host, sep, port = hostport.rpartition(":")
     if not sep or not host or not port:
         raise ValueError(f"{endpoint!r}: expected tcp://HOST:PORT")
-    host = host.strip("[]")
-    loopback = host in ("localhost", "lo")
-    if not loopback:
-        with contextlib.suppress(ValueError):
-            loopback = ipaddress.ip_address(host).is_loopback
-    if loopback:
-        return
-    if not allow_remote:
+    if remote_tcp(endpoint) and not curve:
         raise ValueError(
-            f"{endpoint!r} is not a loopback address; pass --allow-remote to serve other "
-            "machines (the link is not encrypted until CURVE, issue 5)"
+            f"{endpoint!r} is not a loopback address: serving other machines needs CURVE "
+            "(--curve-secret and --curve-clients; make keys with 'synthfs keys'), so that "
+            "tokens and paths do not cross the network in clear"
         )
-    log.warning("serving %s beyond this machine WITHOUT encryption (CURVE is issue 5)", endpoint)
-    print(f"synthfs server: warning: {endpoint} is reachable from other machines and the "
-          "link is not encrypted (CURVE is issue 5)", file=sys.stderr)
 
 
 def _fail(msg: str, code: int = 2) -> int:
     print(f"synthfs server: error: {msg}", file=sys.stderr)
     return code
+
+
+def _load_curve(args: argparse.Namespace) -> CurveServer | None:
+    """The CURVE settings, or None; ValueError/OSError with a message for the operator."""
+    from protocol.curve import CurveServer, load_allowed, load_keypair
+
+    if args.curve_secret is None and args.curve_clients is None:
+        return None
+    if args.curve_secret is None or args.curve_clients is None:
+        raise ValueError("--curve-secret and --curve-clients go together")
+    return CurveServer(keys=load_keypair(args.curve_secret),
+                       allowed=load_allowed(args.curve_clients))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -112,9 +140,15 @@ def main(args: argparse.Namespace) -> int:
     if args.workers < 1:
         return _fail("--workers must be at least 1")
     try:
-        check_endpoint(args.listen, args.allow_remote)
+        curve = _load_curve(args)
+    except OSError as exc:
+        return _fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc.strerror))
+    except ValueError as exc:
+        return _fail(str(exc))
+    try:
+        check_endpoint(args.listen, curve is not None)
         if args.publish:
-            check_endpoint(args.publish, args.allow_remote)
+            check_endpoint(args.publish, curve is not None)
     except ValueError as exc:
         return _fail(str(exc))
     key_path = args.bootstrap_key or default_key_path()
@@ -130,7 +164,8 @@ def main(args: argparse.Namespace) -> int:
         return _fail(f"cannot serve {root}: {exc.strerror or exc}")
     authority = Authority(key, backend.repo_id, args.token_ttl)
     del key
-    server = Server(backend, authority, args.listen, workers=args.workers, publish=args.publish)
+    server = Server(backend, authority, args.listen, workers=args.workers, publish=args.publish,
+                    curve=curve)
     stop_r, stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         try:
@@ -142,6 +177,9 @@ def main(args: argparse.Namespace) -> int:
             signal.signal(sig, lambda *_: None)  # the wakeup fd ends the loop
         if args.publish:
             print(f"synthfs server: invalidations on {server.bound_publish}", file=sys.stderr)
+        if curve is not None:
+            print(f"synthfs server: CURVE on (server key {curve.keys.public.decode()}, "
+                  f"{len(curve.allowed)} client keys)", file=sys.stderr)
         print(f"synthfs server: serving {root} on {bound}", file=sys.stderr, flush=True)
         if args.ready_fd is not None:
             try:

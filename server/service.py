@@ -25,6 +25,11 @@ server process; ``seq`` numbers invalidations 1, 2, 3... (a beat carries the
 last one), so a subscriber detects a restart, a lost message or a dead
 publisher, and holds its callback promises only while none happened).
 
+With ``curve`` (:mod:`protocol.curve`), the ROUTER and the PUB socket are
+CURVE servers and the same loop answers ZAP on an inproc REP socket: a peer
+whose public key is not among the allowed ones is dropped during the
+handshake, so none of its frames reaches this loop.
+
 :func:`handle` (request -> reply, with the changed paths) is pure of sockets
 and is what the tests of dispatch exercise through the real socket.
 """
@@ -49,6 +54,7 @@ import zmq
 
 from protocol import messages as m
 from protocol.codec import MAX_FRAME, DecodeError, Envelope, decode, encode, error_from_exception
+from protocol.curve import ZAP_ENDPOINT, CurveServer, apply, server_sockopts, zap_reply
 from server.auth import AuthError, Authority
 from server.backends.base import Backend
 
@@ -228,6 +234,7 @@ class Server:
         workers: int = 8,
         meta_workers: int = 4,
         publish: str | None = None,
+        curve: CurveServer | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         self.backend = backend
@@ -236,7 +243,11 @@ class Server:
         self.publish_endpoint = publish
         self.bound_endpoint = ""
         self.bound_publish = ""
-        self._ctx = context or zmq.Context.instance()
+        self.curve = curve
+        # A CURVE server answers ZAP on the context's one fixed inproc endpoint: its own
+        # context, so two servers in one process (tests) do not collide.
+        self._own_ctx = context is None and curve is not None
+        self._ctx = context or (zmq.Context() if curve is not None else zmq.Context.instance())
         self._workers = max(1, workers)
         self._per_client_bulk = max(1, self._workers // 2)
         self._meta = ThreadPoolExecutor(max(1, meta_workers), thread_name_prefix="synthfs-meta")
@@ -249,6 +260,7 @@ class Server:
         self._router: zmq.Socket | None = None
         self._pull: zmq.Socket | None = None
         self._pub: zmq.Socket | None = None
+        self._zap: zmq.Socket | None = None
         self.instance_id = secrets.token_hex(8)
         self._pub_seq = 0
         # I/O-thread-only state:
@@ -266,16 +278,25 @@ class Server:
         """Bind the sockets; returns the endpoint actually bound (a tcp port chosen by "*")."""
         self._pull = self._ctx.socket(zmq.PULL)
         self._pull.bind(self._reply_ep)
+        if self.curve is not None:
+            # Before any CURVE socket binds: without a ZAP handler libzmq admits every key.
+            self._zap = self._ctx.socket(zmq.REP)
+            self._zap.setsockopt(zmq.LINGER, 0)
+            self._zap.bind(ZAP_ENDPOINT)
         router = self._ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 500)
         router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME + 4096)
         router.setsockopt(zmq.RCVHWM, 1000)
         router.setsockopt(zmq.SNDHWM, 1000)
+        if self.curve is not None:
+            apply(router, server_sockopts(self.curve.keys))
         self._router = router
         self.bound_endpoint = self._bind_private(router, self.endpoint)
         if self.publish_endpoint:
             pub = self._ctx.socket(zmq.PUB)
             pub.setsockopt(zmq.LINGER, 0)
+            if self.curve is not None:
+                apply(pub, server_sockopts(self.curve.keys))
             self._pub = pub
             self.bound_publish = self._bind_private(pub, self.publish_endpoint)
         return self.bound_endpoint
@@ -304,10 +325,12 @@ class Server:
             for s in self._pushes:
                 s.close(linger=0)
             self._pushes.clear()
-        for sock in (self._router, self._pull, self._pub):
+        for sock in (self._router, self._pull, self._pub, self._zap):
             if sock is not None:
                 sock.close()
-        self._router = self._pull = self._pub = None
+        self._router = self._pull = self._pub = self._zap = None
+        if self._own_ctx:
+            self._ctx.term()
         for ep in (self.bound_endpoint, self.bound_publish):
             if ep.startswith("ipc://") and not ep[6:].startswith("@"):
                 with contextlib.suppress(OSError):
@@ -324,6 +347,8 @@ class Server:
         poller.register(pull, zmq.POLLIN)
         if stop_fd is not None:
             poller.register(stop_fd, zmq.POLLIN)
+        if self._zap is not None:
+            poller.register(self._zap, zmq.POLLIN)
         reading = True
         next_beat = time.monotonic()
         while True:
@@ -340,6 +365,8 @@ class Server:
                 return
             if pull in events:
                 self._flush_replies()
+            if self._zap is not None and self._zap in events:
+                self._answer_zap()
             if router in events and self._can_read():
                 # One request per wake-up: polling again costs less than the zmq.Again a
                 # second non-blocking receive raises when (as usual) nothing else waits
@@ -357,6 +384,20 @@ class Server:
             if want != reading:
                 poller.modify(router, zmq.POLLIN if want else 0)
                 reading = want
+
+    def _answer_zap(self) -> None:
+        """One ZAP request (a new CURVE peer): admitted only with an allowed client key."""
+        assert self._zap is not None and self.curve is not None
+        try:
+            frames = self._zap.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        reply, why = zap_reply(frames, self.curve.allowed)
+        if reply[2] == b"200":
+            log.info("%s", why)
+        else:
+            self._bad.warning("%s", why)
+        self._zap.send_multipart(reply)
 
     def _can_read(self) -> bool:
         return self._pending < self.MAX_PENDING and self._pending_bytes < self.MAX_PENDING_BYTES

@@ -102,16 +102,18 @@ def test_key_file(tmp_path):
 @pytest.mark.parametrize("ep", ["ipc:///tmp/x.sock", "tcp://127.0.0.1:5", "tcp://127.0.0.1:*",
                                 "tcp://[::1]:5", "tcp://localhost:5"])
 def test_loopback_endpoints_are_accepted(ep):
-    check_endpoint(ep, allow_remote=False)
+    check_endpoint(ep, curve=False)
 
 
 @pytest.mark.parametrize("ep", ["tcp://0.0.0.0:5", "tcp://*:5", "tcp://10.0.0.1:5",
                                 "tcp://eth0:5", "inproc://x", "ipc://", "tcp://127.0.0.1"])
 def test_other_endpoints_are_refused(ep):
     with pytest.raises(ValueError):
-        check_endpoint(ep, allow_remote=False)
+        check_endpoint(ep, curve=False)
 
 
-def test_allow_remote(capsys):
-    check_endpoint("tcp://0.0.0.0:5", allow_remote=True)
-    assert "not encrypted" in capsys.readouterr().err
+def test_remote_tcp_needs_curve():
+    check_endpoint("tcp://0.0.0.0:5", curve=True)
+    check_endpoint("tcp://10.0.0.1:5", curve=True)
+    with pytest.raises(ValueError, match="needs CURVE"):
+        check_endpoint("tcp://10.0.0.1:5", curve=False)
