@@ -288,11 +288,29 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
         flag.idle = True
 
 
+#: [window start, bad frames in it]: at most _BAD_BURST logged per 10 s, so a flood
+#: of bad frames cannot fill the disk with log lines.
+_bad_frames = [0.0, 0]
+_BAD_BURST = 20
+
+
+def _log_bad_frame(exc: DecodeError) -> None:
+    now = time.monotonic()
+    if now - _bad_frames[0] >= 10.0:
+        if _bad_frames[1] > _BAD_BURST:
+            log.warning("agent: %d more bad frames dropped (not logged)",
+                        _bad_frames[1] - _BAD_BURST)
+        _bad_frames[:] = [now, 0]
+    _bad_frames[1] += 1
+    if _bad_frames[1] <= _BAD_BURST:
+        log.warning("agent: dropped a bad frame: %s", exc)
+
+
 def _answer(service: AgentService, frame: Any) -> bytes | None:
     try:
         env = decode(frame)
     except DecodeError as exc:
-        log.warning("agent: dropped a bad frame: %s", exc)
+        _log_bad_frame(exc)
         return None
     log.debug("agent: <- %d %r", env.request_id, env.msg)
     try:

@@ -1,0 +1,58 @@
+"""Hostile input at a running agent's socket: bad frames dropped, good ones answered, alive.
+
+The agent's socket is private to the interposer, so a frame on it is either
+a bug in the interposer or an attacker who already got past the socket's
+0600/0700 guard; either way the agent must neither die nor hang. Its rule
+(:mod:`agent.main`): a frame that does not decode is dropped (and logged),
+a frame that decodes is answered, one at a time and in order. So the
+fuzzer (:mod:`fuzzframes`) predicts, with the same codec, which frames are
+owed a reply, and checks after every batch of 200 (with a valid Stat whose
+answer must come) that exactly those were answered. ``SYNTHFS_FUZZ_FRAMES``
+frames in CI (20,000); a million in the slow run.
+"""
+
+from __future__ import annotations
+
+import pytest
+from agent_stack import Stack
+from fuzzframes import CI_FRAMES, FULL_FRAMES, SEED, FrameFuzzer, agent_seeds, blast, decodes
+
+from protocol.messages import Message, Stat, StatReply
+
+
+def _is_root(msg: Message) -> bool:
+    return isinstance(msg, StatReply) and msg.attrs.kind == "dir"
+
+
+def _blast_agent(running: Stack, count: int) -> None:
+    (running.root / "d").mkdir()
+    (running.root / "d" / "f").write_bytes(b"data")
+    (running.root / "f").write_bytes(b"file")
+    agent = running.agent
+    assert agent is not None and running.server is not None
+    valid, garbage = agent_seeds()
+    res = blast(running.agent_ep, FrameFuzzer(valid, garbage, SEED), count,
+                probe=lambda: Stat(path="/"), probe_ok=_is_root,
+                owes_reply=lambda parts: decodes(parts[-1]),
+                alive=lambda: agent.popen.poll() is None, in_order=True)
+    print(res.summary("agent"))
+    assert res.frames == count and res.probes == -(-count // 200)
+    assert res.mismatches == [], res.mismatches[:10]
+    assert res.replies == res.expected, f"seed {SEED}"
+    assert agent.popen.poll() is None and running.server.popen.poll() is None
+    log = agent.output()
+    assert "Traceback" not in log and "internal error" not in log, log[-3000:]
+    # Dropped frames are logged at a limited rate: a flood must not fill the disk.
+    assert len(log.splitlines()) < res.dropped / 10, f"{len(log.splitlines())} log lines"
+    # Still serving: a fresh interposer connection gets a real answer.
+    assert _is_root(running.client().call(Stat(path="/")))
+
+
+def test_fuzzed_frames_at_socket_speed(running: Stack) -> None:
+    """CI: SYNTHFS_FUZZ_FRAMES (20,000) mutated frames, a probe after every 200."""
+    _blast_agent(running, CI_FRAMES)
+
+
+@pytest.mark.slow
+def test_a_million_fuzzed_frames(running: Stack) -> None:
+    _blast_agent(running, FULL_FRAMES)
