@@ -56,10 +56,13 @@ class Remote:
     def __init__(self, endpoint: str, *, ttl: float = 1.0, timeout: float = 10.0) -> None:
         self.endpoint = endpoint
         self.ttl = ttl
-        self._client = Client(endpoint, timeout=timeout, retries=1)
+        #: the agent's pid (Welcome): a wait on a dead agent ends within a second (EIO)
+        self._agent_pid: int | None = None
+        self._agent_lost = False
+        self._client = Client(endpoint, timeout=timeout, retries=1, alive=self._agent_alive)
         # Open, Commit and Sync move whole files (a cold fetch, an upload): they get
         # a patient client of their own, and are never resent while the agent works.
-        self._bulk = Client(endpoint, timeout=BULK_TIMEOUT, retries=0)
+        self._bulk = Client(endpoint, timeout=BULK_TIMEOUT, retries=0, alive=self._agent_alive)
         self._attrs: dict[str, tuple[float, Attrs | None]] = {}
         self._links: dict[str, tuple[float, str]] = {}
         self._by_host: dict[str, str] = {}
@@ -75,6 +78,7 @@ class Remote:
             raise OSError(errno.EPROTO, f"agent at {endpoint} answered {welcome.kind!r} to hello")
         self.refused_paths: tuple[str, ...] = welcome.refused_paths
         self.trusted_pids: tuple[int, ...] = welcome.trusted_pids
+        self._agent_pid = welcome.trusted_pids[0] if welcome.trusted_pids else None
         #: requests sent to the agent, and the time they took (``--stats``)
         self.requests = 1
         self.agent_ns = 0
@@ -83,11 +87,32 @@ class Remote:
         self._client.close()
         self._bulk.close()
 
+    def _agent_alive(self) -> bool:
+        pid = self._agent_pid
+        if pid is None:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+        except (OSError, IndexError):
+            return False
+
     def _call(self, msg: Message, client: Client | None = None) -> Message:
         try:
+            if self._agent_lost:  # the agent died: its successor (if any) says who it is
+                self._rehello()
             return (client or self._client).call(msg)
         except Unreachable as exc:
+            self._agent_lost = not self._agent_alive()
             raise OSError(errno.EIO, f"agent unreachable: {exc}") from None
+
+    def _rehello(self) -> None:
+        welcome = self._client.call(Hello(version=PROTOCOL_VERSION))
+        if not isinstance(welcome, Welcome) or not welcome.trusted_pids:
+            raise OSError(errno.EIO, "the restarted agent did not say who it is")
+        self.trusted_pids = welcome.trusted_pids
+        self._agent_pid = welcome.trusted_pids[0]
+        self._agent_lost = False
 
     def _ask(self, msg: Message, bulk: bool = False) -> Message:
         self.requests += 1

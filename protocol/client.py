@@ -20,6 +20,10 @@ Semantics, in the Majordomo (7/MDP) "lazy pirate" style:
   ``TimeoutError`` (so an ``OSError``) with errno **ETIMEDOUT**. The agent
   turns it into ``Error(ETIMEDOUT)`` for the interposer, which hands that
   errno to the guest.
+* With ``alive`` (a callable saying whether the peer process still exists),
+  a wait longer than a second checks it once a second: a dead peer ends the
+  call at once with :class:`Unreachable` (the request died with it), instead
+  of after the whole budget (the interposer's bulk budget is an hour).
 * A message the codec cannot encode (a path with a lone surrogate, i.e. bytes
   that are not UTF-8) raises ``OSError(EINVAL)`` before anything is sent.
 * An :class:`~protocol.messages.Error` reply raises ``OSError(errno, message)``,
@@ -85,6 +89,7 @@ class Client:
         retries: int = 2,
         token_provider: Callable[[], str] | None = None,
         context: zmq.Context[Any] | None = None,
+        alive: Callable[[], bool] | None = None,
     ) -> None:
         if timeout <= 0 or retries < 0:
             raise ValueError("timeout must be > 0 and retries >= 0")
@@ -93,6 +98,7 @@ class Client:
         self.retries = int(retries)
         self._attempt_ms = max(1, int(self.timeout * 1000 / (1 + self.retries)))
         self._token_provider = token_provider
+        self._alive = alive
         self._ctx = context or zmq.Context.instance()
         # Start ids at a random point so a reopened client never matches old replies.
         self._next_id = int.from_bytes(os.urandom(4), "little") << 16
@@ -154,10 +160,29 @@ class Client:
                 sock = self._sock
                 assert sock is not None
                 sock.send(frame, 0, copy=False)
-            reply = self._wait_for({rid}, self._attempt_ms)
+            if self._alive is not None:
+                reply = self._wait_alive(rid)
+            else:
+                reply = self._wait_for({rid}, self._attempt_ms)
             if reply is not None:
                 return _unwrap(reply[1])
         raise Unreachable(self.endpoint, self.timeout)
+
+    def _wait_alive(self, rid: int) -> tuple[int, Message] | None:
+        """One attempt's wait, asking ``alive`` every second; Unreachable once the peer is gone."""
+        assert self._alive is not None
+        t0 = time.monotonic()
+        deadline = t0 + self._attempt_ms / 1000
+        while True:
+            left = int((deadline - time.monotonic()) * 1000)
+            if left <= 0:
+                return None
+            reply = self._wait_for({rid}, min(left, 1000))
+            if reply is not None:
+                return reply
+            if not self._alive():
+                self._reopen()  # drop the request: never deliver it late to a successor
+                raise Unreachable(self.endpoint, time.monotonic() - t0)
 
     def pipeline(self, msgs: Iterable[Message], window: int = 4) -> Iterator[Message]:
         """Send ``msgs`` with up to ``window`` in flight; yield the replies in order.
