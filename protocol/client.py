@@ -47,7 +47,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, cast
 
 import zmq
@@ -78,7 +78,8 @@ class Client:
     ``token_provider``, when given, is called before each request and its result
     is put in the envelope (the agent passes its session token this way, so the
     token lives in one place only). ``retries`` is the number of resends after
-    the first attempt times out.
+    the first attempt times out. ``sockopts`` are set on every socket it opens,
+    before it connects (the agent's CURVE keys: :func:`protocol.curve.client_sockopts`).
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class Client:
         token_provider: Callable[[], str] | None = None,
         context: zmq.Context[Any] | None = None,
         alive: Callable[[], bool] | None = None,
+        sockopts: Mapping[int, int | bytes] | None = None,
     ) -> None:
         if timeout <= 0 or retries < 0:
             raise ValueError("timeout must be > 0 and retries >= 0")
@@ -98,6 +100,7 @@ class Client:
         self.retries = int(retries)
         self._attempt_ms = max(1, int(self.timeout * 1000 / (1 + self.retries)))
         self._token_provider = token_provider
+        self._sockopts = dict(sockopts or {})
         self._alive = alive
         self._ctx = context or zmq.Context.instance()
         # Start ids at a random point so a reopened client never matches old replies.
@@ -115,6 +118,8 @@ class Client:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
+        for opt, value in self._sockopts.items():
+            sock.setsockopt(opt, value)
         sock.connect(self.endpoint)
         self._sock = sock
         self._rcvtimeo = -1
