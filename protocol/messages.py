@@ -319,6 +319,8 @@ class Welcome(Message):
     trusted_pids: tuple[int, ...] = field(
         converter=_as_tuple, validator=WireTuple(_U64), default=()
     )
+    #: the agent's lease channel (``agent.leases``): "" when it grants no leases
+    leases: str = field(validator=_PATH, default="")
 
 
 @message("register")
@@ -517,10 +519,19 @@ class Open(Message):
 @message("opened")
 @frozen
 class Opened(Message):
-    """The host path of the cache file to open, and the object's attributes."""
+    """The host path of the cache file to open, and the object's attributes.
+
+    With a lease (``lease`` names the agent's lease channel instance, "" for
+    none), the interposer may open the same copy again without asking, while the
+    channel vouches for it (``agent.leases``): ``lease_seq`` is the channel's
+    sequence number when it was granted, ``lease_until_ns`` its CLOCK_MONOTONIC end.
+    """
 
     host_path: str = field(validator=_PATH)
     attrs: Attrs = field(validator=WireValue(Attrs))
+    lease: str = field(validator=_SHORT, default="")
+    lease_seq: int = field(validator=_U64, default=0)
+    lease_until_ns: int = field(validator=_U64, default=0)
 
 
 @message("commit")
