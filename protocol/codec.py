@@ -18,23 +18,26 @@ default are refused, and every value is checked against its field's wire type
 str) and ranges.
 
 How it is fast (the interposer pays a round trip on every open of a /data
-file): for each class the codec generates, once at import, a plain Python
-decoder and encoder from the fields' wire types (as attrs generates
-``__init__``): one inline type-and-range check per field, no validator
-chains, no per-message dict comprehensions. A decoded value has been checked
-by the decoder itself, so the instance is built through a trusted path
-(``object.__new__`` and ``object.__setattr__``, as attrs' own ``__init__``
-sets frozen slots) instead of running the validators a second time. Messages
-built by hand still go through their validating ``__init__``. A large bytes
-field (``Data``, ``UploadChunk``) is written last in its frame with one copy
-(``b"".join``) instead of msgpack's growing buffer. :func:`decoder_source`
-shows the code generated for a class.
+file): for each class the codec generates a plain Python decoder and encoder
+from the fields' wire types (as attrs generates ``__init__``): one inline
+type-and-range check per field, no validator chains, no per-message dict
+comprehensions. A class's code is generated the first time a frame of its kind
+is encoded or decoded, not at import: a process pays only for the kinds it
+speaks (start-up matters: ``synthfs run`` speaks a handful of the ~35). A
+decoded value has been checked by the decoder itself, so the instance is built
+through a trusted path (``object.__new__`` and ``object.__setattr__``, as
+attrs' own ``__init__`` sets frozen slots) instead of running the validators a
+second time. Messages built by hand still go through their validating
+``__init__``. A large bytes field (``Data``, ``UploadChunk``) is written last
+in its frame with one copy (``b"".join``) instead of msgpack's growing buffer.
+:func:`decoder_source` shows the code generated for a class.
 """
 
 from __future__ import annotations
 
 import enum
 import errno as errno_mod
+import threading
 import types
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -45,8 +48,6 @@ import msgpack
 from protocol.messages import (
     PROTOCOL_VERSION,
     REGISTRY,
-    Attrs,
-    DirEntry,
     Error,
     Message,
     WireBool,
@@ -210,9 +211,17 @@ class _Gen:
     # -- one class ------------------------------------------------------------------
 
     def build(self, cls: type) -> None:
+        """Generate the decoder and encoder of ``cls`` (and of the classes it holds)."""
+        self.decoders[cls] = self.encoders[cls] = _unbuilt  # recursion guard
+        try:
+            self._write(cls)
+        except BaseException:
+            del self.decoders[cls], self.encoders[cls]  # a later use tries again, and fails alike
+            raise
+
+    def _write(self, cls: type) -> None:
         name = cls.__name__
         self.ns[name] = cls
-        self.decoders[cls] = self.encoders[cls] = _unbuilt  # recursion guard
         fields = attrs.fields(cls)
         if issubclass(cls, Message):
             as_map, kind = True, cls.kind
@@ -276,26 +285,35 @@ def _unbuilt(raw: Any) -> Any:  # pragma: no cover - only seen while a class is 
 
 
 _GEN = _Gen()
-for _cls in (Attrs, DirEntry, *REGISTRY.values()):
-    _GEN.build(_cls)
-#: kind -> (class, decoder of its body, encoder of its body)
-_KINDS: dict[str, tuple[type[Message], Callable[[Any], Any], Callable[[Any], Any]]] = {
-    kind: (cls, _GEN.decoders[cls], _GEN.encoders[cls]) for kind, cls in REGISTRY.items()
-}
+#: Held while code is generated: the agent and the server decode on several threads,
+#: and a half-built class (``_unbuilt``) must never be seen by another one.
+_GEN_LOCK = threading.RLock()
+#: kind -> (class, decoder of its body, encoder of its body), filled on first use
+_KINDS: dict[str, tuple[type[Message], Callable[[Any], Any], Callable[[Any], Any]]] = {}
 #: message class -> the name of its bytes field, if it has one (written last in a frame)
-_BLOB: dict[type[Message], str] = {
-    cls: f.name for cls in REGISTRY.values() for f in attrs.fields(cls)  # type: ignore[arg-type]
-    if isinstance(f.validator, WireBytes)
-}
+_BLOB: dict[type[Message], str] = {}
+
+
+def _coders(cls: type) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """The decoder and encoder of ``cls``, generated now if this is their first use."""
+    dec = _GEN.decoders.get(cls)
+    if dec is None or dec is _unbuilt:
+        with _GEN_LOCK:
+            if cls not in _GEN.decoders:  # else built meanwhile, or being built by this thread
+                _GEN.build(cls)
+    return _GEN.decoders[cls], _GEN.encoders[cls]
 
 
 def _kind(kind: str) -> tuple[type[Message], Callable[[Any], Any], Callable[[Any], Any]] | None:
-    """The codec entry of ``kind`` (a class registered after this module's import is built now)."""
+    """The codec entry of ``kind``, its code generated on first use (None: no such kind)."""
     entry = _KINDS.get(kind)
     if entry is None and kind in REGISTRY:
         cls = REGISTRY[kind]
-        _GEN.build(cls)
-        entry = _KINDS[kind] = (cls, _GEN.decoders[cls], _GEN.encoders[cls])
+        dec, enc = _coders(cls)
+        for f in attrs.fields(cls):  # type: ignore[arg-type]
+            if isinstance(f.validator, WireBytes):
+                _BLOB[cls] = f.name
+        entry = _KINDS[kind] = (cls, dec, enc)
     return entry
 
 
@@ -310,17 +328,15 @@ def build(cls: type[_V], *values: Any) -> _V:
     if issubclass(cls, Message):
         raise TypeError("build() makes value classes; a message is built by its constructor")
     decoder = _GEN.decoders.get(cls)
-    if decoder is None:
-        _GEN.build(cls)
-        decoder = _GEN.decoders[cls]
+    if decoder is None or decoder is _unbuilt:
+        decoder = _coders(cls)[0]
     out: _V = decoder(list(values))
     return out
 
 
 def decoder_source(cls: type) -> str:
     """The generated decoder and encoder of ``cls`` (a message or value class), as text."""
-    if cls not in _GEN.source:
-        _GEN.build(cls)
+    _coders(cls)
     return _GEN.source[cls]
 
 
