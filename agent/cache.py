@@ -43,7 +43,7 @@ import re
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -339,8 +339,10 @@ class ContentCache:
                 total += st.st_size
         return total
 
-    def evict(self, keep: str | None = None) -> int:
+    def evict(self, keep: str | None = None, spare: Callable[[str], bool] | None = None) -> int:
         """Evict clean, unpinned copies LRU first until under the bound; return how many.
+
+        ``spare(path)`` true keeps that copy too (an interposer holds a lease on it).
 
         Cheap when under the bound by the recorded sizes; otherwise recounts from
         the files (dirty copies may have grown) and evicts.
@@ -358,7 +360,7 @@ class ContentCache:
         for e in sorted(self._entries.values(), key=lambda e: e.used):
             if total <= self.max_bytes:
                 break
-            if e.path == keep or e.pinned or self.is_dirty(e):
+            if e.path == keep or e.pinned or self.is_dirty(e) or (spare and spare(e.path)):
                 continue
             self.drop(e.path)
             total -= sizes[e.path]
