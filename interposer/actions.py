@@ -12,7 +12,8 @@ supervisor loop applies it:
   every :class:`Scratch` argument is replaced by the address of its bytes in
   the guest's read-only scratch page (the checked copy, never guest-writable
   memory). The guest's registers are restored at the syscall's exit, and
-  ``after`` may rewrite the result.
+  ``after`` may rewrite the result (a :class:`Return`'s ``writes`` are stored
+  in the guest's memory then).
 * :class:`Kill` — kill the guest process, with a reason for the log.
 """
 
@@ -43,9 +44,15 @@ class Fail:
 
 @frozen
 class Scratch:
-    """Bytes to place in the scratch page; the argument becomes their address."""
+    """Bytes to place in the scratch page; the argument becomes their address.
+
+    ``links`` are pointers inside ``data``: at each byte offset, the supervisor
+    stores the scratch address of the linked bytes (a checked ``struct msghdr``
+    whose ``msg_name`` is a checked copy too).
+    """
 
     data: bytes = field(repr=lambda b: repr(b[:64]))
+    links: tuple[tuple[int, Scratch], ...] = ()
 
 
 @frozen

@@ -1773,10 +1773,10 @@ AF_INET = 2
 AF_INET6 = 10
 AF_NETLINK = 16
 NR_SENDTO = BY_NAME["sendto"].nr
+NR_SENDMSG = BY_NAME["sendmsg"].nr
 _LOCAL_FAMILIES = (AF_UNIX, AF_NETLINK)  # never leave the machine
 _SOCKADDR_MAX = 128  # sizeof(struct sockaddr_storage)
 _MSGHDR = 56  # sizeof(struct msghdr)
-_MMSGHDR = 64  # sizeof(struct mmsghdr)
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 
 
@@ -1931,42 +1931,75 @@ def sys_sendto(call: Call, env: Env) -> Result:
     return RunChecked(NR_SENDTO, (*a[:4], Scratch(sa.raw), len(sa.raw)))
 
 
-def _msg_name(call: Call, env: Env, msghdr: bytes) -> int:
-    """Check the destination of one msghdr: 0 or an errno (raises OSError)."""
+def _checked_msghdr(call: Call, env: Env, msghdr: bytes) -> tuple[Scratch, int | None]:
+    """A copy of one ``struct msghdr`` whose destination was checked, and the pin to drop.
+
+    The copy, and the copy of ``msg_name`` it points to, go to the scratch page:
+    a guest thread that rewrites the address (or sets one where there was none)
+    after the check changes nothing the kernel reads. An AF_UNIX path is the
+    pinned socket, as for sendto. Raises OSError with the errno of a denial.
+    """
     name = int.from_bytes(msghdr[0:8], "little")
     namelen = int.from_bytes(msghdr[8:12], "little")
     sa = read_sockaddr(call, name, namelen)
-    if sa is None:
-        return 0
-    if sa.family == AF_UNIX:
-        if sa.text is not None:
-            _unix_target(call, env, "send", sa.text)
-        return 0
-    if env.network is NetworkMode.ALLOW:
-        return 0
-    return net_check(call, env, "send", sa)
+    raw, pin = b"", None
+    if sa is not None and sa.family == AF_UNIX and sa.text is not None:
+        real = _unix_target(call, env, "send", sa.text)
+        pinned = env.pin(real, True, always=True)
+        raw = _unix_sockaddr(pinned[0] if pinned else real)
+        pin = pinned[1] if pinned else None
+    elif sa is not None:
+        err = 0 if env.network is NetworkMode.ALLOW else net_check(call, env, "send", sa)
+        if err:
+            raise OSError(err, "denied by the network policy")
+        raw = sa.raw
+    header = bytes(8) + len(raw).to_bytes(4, "little") + msghdr[12:_MSGHDR]
+    return Scratch(header, ((0, Scratch(raw)),) if raw else ()), pin
+
+
+def _send_checked(
+    env: Env,
+    call: Call,
+    msghdr: bytes,
+    flags: int,
+    after: Callable[[int], Return | None] | None = None,
+) -> Result:
+    """sendmsg(fd, checked copy of ``msghdr``, flags); ``after`` sees the result."""
+    copy, pin = _checked_msghdr(call, env, msghdr)
+
+    def done(ret: int) -> Return | None:
+        if pin is not None:
+            env.unpin(pin)
+        return after(ret) if after is not None else None
+
+    return RunChecked(NR_SENDMSG, (call.args[0], copy, flags), done)
 
 
 @guarded
 def sys_sendmsg(call: Call, env: Env) -> Result:
-    """sendmsg(fd, msghdr, flags): msg_name is checked (it stays in guest memory:
-    see docs/policy.md for what that leaves open)."""
-    err = _msg_name(call, env, call.guest.read(call.args[1], _MSGHDR))
-    return Fail(err) if err else CONTINUE
+    """sendmsg(fd, msghdr, flags): the kernel reads a checked copy of the header."""
+    return _send_checked(env, call, call.guest.read(call.args[1], _MSGHDR), call.args[2])
 
 
 @guarded
 def sys_sendmmsg(call: Call, env: Env) -> Result:
-    """sendmmsg(fd, mmsghdr[], vlen, flags): every message's msg_name is checked."""
-    vlen = min(call.args[2] & 0xFFFFFFFF, 1024)  # UIO_MAXIOV: the kernel's own bound
-    if vlen == 0:
+    """sendmmsg(fd, mmsghdr[], vlen, flags): the first message, as a checked sendmsg.
+
+    The kernel stores each message's ``msg_len`` back into the table, which a
+    read-only copy cannot take; so one message is sent per call (sendmmsg may
+    send fewer than ``vlen``: callers send the rest again) and its ``msg_len``
+    is stored in the guest's table at the exit.
+    """
+    table = call.args[1]
+    if call.args[2] & 0xFFFFFFFF == 0:
         return CONTINUE
-    table = call.guest.read(call.args[1], vlen * _MMSGHDR)
-    for i in range(vlen):
-        err = _msg_name(call, env, table[i * _MMSGHDR : i * _MMSGHDR + _MSGHDR])
-        if err:
-            return Fail(err)
-    return CONTINUE
+
+    def one(ret: int) -> Return | None:
+        if ret < 0:
+            return None
+        return Return(1, ((table + _MSGHDR, ret.to_bytes(4, "little")),))
+
+    return _send_checked(env, call, call.guest.read(table, _MSGHDR), call.args[3], one)
 
 
 # -- guards of the scratch page -------------------------------------------------------------

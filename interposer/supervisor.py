@@ -68,6 +68,16 @@ def _scratch_base() -> int:
 SCRATCH_BASE = _scratch_base()
 
 
+def _place(item: Scratch, base: int, blob: bytearray) -> int:
+    """Append ``item`` (and what it links to) to a slot's bytes at ``base``; its address."""
+    start = len(blob)
+    blob += item.data
+    blob += bytes(-len(blob) % 8)
+    for offset, child in item.links:
+        blob[start + offset : start + offset + 8] = _place(child, base, blob).to_bytes(8, "little")
+    return base + start
+
+
 @define
 class MemSpace:
     """One guest address space (shared by threads and by a vfork child)."""
@@ -527,14 +537,10 @@ class Supervisor:
             return
         base = SCRATCH_BASE + slot * SLOT_SIZE
         blob = bytearray()
-        values: list[int] = []
-        for arg in result.args:
-            if isinstance(arg, Scratch):
-                values.append(base + len(blob))
-                blob += arg.data
-                blob += bytes(-len(blob) % 8)
-            else:
-                values.append(arg & _MASK64)
+        values = [
+            _place(arg, base, blob) if isinstance(arg, Scratch) else arg & _MASK64
+            for arg in result.args
+        ]
         if len(blob) > SLOT_SIZE:
             space.release(slot)
             self._apply(t, regs, Fail(errno.ENAMETOOLONG))
@@ -568,6 +574,12 @@ class Supervisor:
         if ret > _MASK64 // 2:
             ret -= 1 << 64
         outcome = p.after(ret) if p.after is not None else None
+        if isinstance(outcome, Return) and outcome.writes:
+            try:
+                for addr, data in outcome.writes:
+                    p.space.mem.write(addr, data)
+            except OSError:
+                outcome = Fail(errno.EFAULT)
         regs.orig_rax = p.saved[0]
         for name, value in zip(_ARG_REGS, p.saved[1:], strict=True):
             setattr(regs, name, value)

@@ -8,6 +8,7 @@ test sends a packet off the machine: the non-loopback address is 192.0.2.1
 
 from __future__ import annotations
 
+import ast
 import errno
 import io
 import json
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 from test_handlers import FakeEnv, FakeGuest
 
-from interposer.actions import Continue, Fail, RunChecked, Scratch
+from interposer.actions import Continue, Fail, Return, RunChecked, Scratch
 from interposer.filter import active_gates, build_filter
 from interposer.handlers import HANDLERS
 from interposer.policy import Policy
@@ -201,12 +202,25 @@ def test_sendto_sendmsg_sendmmsg() -> None:
     guest.mem[0x3100] = msghdr(0x2000, 16)
     guest.mem[0x3200] = msghdr(0, 0)
     assert call("sendmsg", 3, 0x3000, 0) == Fail(errno.EACCES)
-    assert call("sendmsg", 3, 0x3100, 0) == Continue()
-    assert call("sendmsg", 3, 0x3200, 0) == Continue()
+    # The kernel reads checked copies of the header and of msg_name (scratch page).
+    r = call("sendmsg", 3, 0x3100, 0x40)
+    header = struct.pack("<QI", 0, 16) + msghdr(0x2000, 16)[12:]
+    assert isinstance(r, RunChecked) and r.nr == BY_NAME["sendmsg"].nr
+    assert r.args == (3, Scratch(header, ((0, Scratch(sin("127.0.0.53", 53))),)), 0x40)
+    r = call("sendmsg", 3, 0x3200, 0)
+    assert isinstance(r, RunChecked) and r.args[1] == Scratch(msghdr(0, 0))
+    # sendmmsg: one message per call, as a checked sendmsg; msg_len stored at the exit.
     mm = msghdr(0x2000, 16) + bytes(8) + msghdr(0x1000, 16) + bytes(8)
     guest.mem[0x4000] = mm
-    assert call("sendmmsg", 3, 0x4000, 1, 0) == Continue()
-    assert call("sendmmsg", 3, 0x4000, 2, 0) == Fail(errno.EACCES)
+    guest.mem[0x5000] = mm[64:]
+    assert call("sendmmsg", 3, 0x4000, 0, 0) == Continue()
+    r = call("sendmmsg", 3, 0x4000, 2, 0x40)
+    assert isinstance(r, RunChecked) and r.nr == BY_NAME["sendmsg"].nr
+    assert r.args == (3, Scratch(header, ((0, Scratch(sin("127.0.0.53", 53))),)), 0x40)
+    assert r.after is not None
+    assert r.after(10) == Return(1, ((0x4000 + 56, (10).to_bytes(4, "little")),))
+    assert r.after(-errno.EAGAIN) is None
+    assert call("sendmmsg", 3, 0x5000, 1, 0) == Fail(errno.EACCES)  # the rest, sent again
     assert call("sendto", 3, 0x9000, 10, 0, 0x1000, 129) == Fail(errno.EINVAL)
     assert call("connect", 3, 0xDEAD, 16) == Fail(errno.EFAULT)
     assert {rec["op"] for rec in env.records()} == {"send"}
@@ -322,3 +336,104 @@ def test_ci_toml_network_is_loopback_only(tmp_path: Path) -> None:
         if rec["op"] == "connect" or rec["op"] == "send"
     ]
     assert net == [("connect", "192.0.2.1:80", "EACCES"), ("sendto", "192.0.2.1:9", "EACCES")]
+
+
+# -- a guest thread rewrites msg_name between the check and the kernel's copy ------------------
+
+RACE_GUEST = textwrap.dedent("""\
+    import ctypes, errno, socket, struct, sys, threading
+    call, own, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    libc = ctypes.CDLL(None, use_errno=True)
+    head = struct.pack("<H", socket.AF_INET) + struct.pack(">H", port)
+    near, far = head + socket.inet_aton("127.0.0.1"), head + socket.inet_aton(own)
+    name = ctypes.create_string_buffer(near + bytes(8), 16)
+    data = ctypes.create_string_buffer(b"x")
+    iov = (ctypes.c_uint64 * 2)(ctypes.addressof(data), 1)
+    # mmsghdr: msghdr { name, namelen, iov, iovlen, control, controllen, flags }, len
+    hdr = (ctypes.c_uint64 * 8)(ctypes.addressof(name), 16, ctypes.addressof(iov), 1, 0, 0, 0, 0)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stop = False
+
+    def flip():
+        while not stop:
+            ctypes.memmove(name, far, 8)
+            ctypes.memmove(name, near, 8)
+
+    t = threading.Thread(target=flip)
+    t.start()
+    counts = {"ok": 0}
+    for _ in range(n):
+        if call == "sendmsg":
+            r = libc.sendmsg(s.fileno(), hdr, 0)
+        else:
+            r = libc.sendmmsg(s.fileno(), hdr, 1, 0)
+        if r < 0:
+            e = errno.errorcode.get(ctypes.get_errno(), "?")
+            counts[e] = counts.get(e, 0) + 1
+        else:
+            counts["ok"] += 1
+    stop = True
+    t.join()
+    print(counts)
+    """)
+
+
+def _own_address() -> str | None:
+    """This machine's address on its default route (no packet is sent to find it)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))
+        own = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if own.startswith("127.") else own
+
+
+@pytest.mark.ptrace
+@pytest.mark.parametrize("call", ["sendmsg", "sendmmsg"])
+def test_a_rewritten_msg_name_never_reaches_a_denied_address(tmp_path: Path, call: str) -> None:
+    """Under loopback, a thread flips msg_name between 127.0.0.1 and this machine's own
+    address (denied, yet local: nothing leaves the machine) while another sends."""
+    own = _own_address()
+    if own is None:
+        pytest.skip("no non-loopback address on this machine")
+    near = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    near.bind(("127.0.0.1", 0))
+    port = near.getsockname()[1]
+    far = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    far.bind((own, port))
+    far.setblocking(False)
+    ws = tmp_path / "ws"
+    (tmp_path / "data").mkdir()
+    ws.mkdir()
+    (ws / "race.py").write_text(RACE_GUEST)
+    argv = [sys.executable, str(ws / "race.py"), call, own, str(port), "3000"]
+
+    def escaped() -> int:
+        got = 0
+        while True:
+            try:
+                far.recv(16)
+            except BlockingIOError:
+                return got
+            got += 1
+
+    try:
+        native = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert native.returncode == 0, native.stderr
+        assert escaped() > 0  # the control: natively the flipped address is reached
+        r = subprocess.run(
+            [*SYNTHFS, "run", "--data", str(tmp_path / "data"),
+             "--policy", str(ROOT / "policies" / "ci.toml"), "--", *argv],
+            capture_output=True, text=True, timeout=300, cwd=ROOT,
+            env={**os.environ, "WORKSPACE": str(ws)},
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        counts = ast.literal_eval(r.stdout.strip().splitlines()[-1])
+        assert escaped() == 0
+        assert counts["ok"] > 0 and counts.get("EACCES", 0) > 0, counts
+    finally:
+        near.close()
+        far.close()
