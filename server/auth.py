@@ -11,8 +11,9 @@ answer is a session token (``secrets.token_urlsafe(32)``, secret), its id
 (public: the only thing ever logged) and its expiry.
 
 Tokens are held in memory only (a restarted server forgets them: agents
-register again). They are looked up by their SHA-256 and compared with
-``hmac.compare_digest``.
+register again). A registration revokes the earlier token of the same agent
+id, so a token replayed after its agent re-registered is refused. Tokens
+are looked up by their SHA-256 and compared with ``hmac.compare_digest``.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class Authority:
         self._lock = threading.Lock()
         self._nonces: dict[str, int] = {}  # nonce -> forget after (ns)
         self._sessions: dict[bytes, Session] = {}  # sha256(token) -> session
+        self._latest: dict[str, bytes] = {}  # agent id -> its newest session's digest
 
     def __repr__(self) -> str:
         return f"Authority(repo={self._repo_id}, sessions={len(self._sessions)})"
@@ -152,7 +154,13 @@ class Authority:
                 agent_id=msg.agent_id,
                 expires_at_ns=now + self._ttl_ns,
             )
-            self._sessions[self._digest(token)] = session
+            digest = self._digest(token)
+            self._sessions[digest] = session
+            # A new registration supersedes the agent's older token: replaying it fails.
+            older = self._latest.get(msg.agent_id)
+            if older is not None and older in self._sessions:
+                self._sessions[older] = attrs.evolve(self._sessions[older], revoked=True)
+            self._latest[msg.agent_id] = digest
         log.info("agent %r registered: token %s, expires in %.0f s",
                  msg.agent_id[:64], session.token_id, self._ttl_ns / 1e9)
         return Registered(
@@ -211,3 +219,4 @@ class Authority:
             if len(self._sessions) >= _MAX_SESSIONS:
                 oldest = min(self._sessions, key=lambda d: self._sessions[d].expires_at_ns)
                 del self._sessions[oldest]
+            self._latest = {a: d for a, d in self._latest.items() if d in self._sessions}

@@ -137,8 +137,11 @@ class RawClient:
                 return reply
 
 
-def register(client: RawClient, key: bytes, agent_id: str = "test-agent",
+def register(client: RawClient, key: bytes, agent_id: str | None = None,
              nonce: str | None = None, ts: int | None = None, mac: str | None = None) -> Message:
+    """Register ``client`` (a fresh agent id unless given: a registration supersedes
+    the earlier token of the same agent id)."""
+    agent_id = f"test-agent-{secrets.token_hex(4)}" if agent_id is None else agent_id
     nonce = secrets.token_hex(16) if nonce is None else nonce
     ts = time.time_ns() if ts is None else ts
     mac = register_mac(key, agent_id, nonce, ts) if mac is None else mac

@@ -12,7 +12,18 @@ import time
 
 from server_harness import REPO, RawClient, ServerProc, make_key, register
 
-from protocol.messages import Error, Mkdir, Registered, Stat, StatReply, UploadCommit
+from protocol.codec import encode
+from protocol.messages import (
+    PROTOCOL_VERSION,
+    Error,
+    Mkdir,
+    Register,
+    Registered,
+    Stat,
+    StatReply,
+    UploadCommit,
+)
+from server.auth import register_mac
 
 
 def _err(reply) -> int:
@@ -177,3 +188,56 @@ def test_default_key_path_is_under_xdg_config_home(tmp_path):
     lines = err.splitlines()
     assert f"created bootstrap key {key}" in lines[0]
     assert lines[-1] == f"synthfs server: serving {tmp_path / 'repo'} on ipc://{tmp_path}/s.sock"
+
+
+# -- replayed and forged tokens -------------------------------------------------------------
+
+
+def test_old_token_after_reregistration_is_refused(srv):
+    """An agent registering again (expiry, restart) makes its previous token worthless."""
+    c = srv.client(registered=False)
+    assert isinstance(register(c, srv.key, agent_id="agent-1"), Registered)
+    old = c.token
+    other = srv.client(registered=False)
+    assert isinstance(register(other, srv.key, agent_id="agent-2"), Registered)
+    assert isinstance(register(c, srv.key, agent_id="agent-1"), Registered)
+    assert c.token != old
+    assert _err(c.call(Mkdir(path="/replayed"), token=old)) == errno.EKEYREJECTED
+    assert _err(c.call(Stat(path="/"), token=old)) == errno.EKEYREJECTED
+    assert not (srv.root / "replayed").exists()
+    assert isinstance(c.call(Stat(path="/")), StatReply)  # the new token works
+    assert isinstance(other.call(Stat(path="/")), StatReply)  # another agent's is untouched
+
+
+def test_replayed_register_frame_is_refused(srv):
+    """A Register captured on the wire and sent again byte for byte gets no token."""
+    c = srv.client(registered=False)
+    nonce, ts = "captured-nonce", time.time_ns()
+    mac = register_mac(srv.key, "agent-x", nonce, ts)
+    frame = encode(Register(version=PROTOCOL_VERSION, agent_id="agent-x", nonce=nonce,
+                            timestamp_ns=ts, mac=mac), 41)
+    c.sock.send(frame)
+    assert isinstance(c.recv()[1], Registered)
+    c.sock.send(frame)
+    assert _err(c.recv()[1]) == errno.EACCES
+
+
+def test_forged_tokens_are_refused(srv):
+    """Near misses of a live token, its public id, its digest, odd characters: all refused."""
+    c = srv.client()
+    token = c.token
+    reply = register(srv.client(registered=False), srv.key)
+    assert isinstance(reply, Registered)
+    flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
+    forged = [flipped, token[:-1], token + "A", token.upper(), " " + token, token + "\x00",
+              reply.token_id, hashlib.sha256(token.encode()).hexdigest(), "\udcff" * 10,
+              "é" * 43, token[::-1]]
+    for bad in forged:
+        try:
+            answer = c.call(Mkdir(path="/forged"), token=bad)
+        except ValueError:  # a token the codec cannot encode never leaves the client
+            continue
+        assert _err(answer) == errno.EKEYREJECTED, bad
+    assert _err(c.call(Stat(path="/"), token="t" * 2000)) == errno.EBADMSG  # over 1024: a bad frame
+    assert not (srv.root / "forged").exists()
+    assert isinstance(c.call(Stat(path="/")), StatReply)
