@@ -1,0 +1,163 @@
+"""Load: 8 guests across 2 agents and 1 server; nothing lost, torn or wrong, nothing hangs.
+
+One real server (publishing invalidations), two real agents (each with its
+own cache, both subscribed), and four guests per agent, each a
+``synthfs run --agent ENDPOINT -- python3 guest.py`` doing N mixed
+operations (create, overwrite, append, read back with a checksum, rename,
+delete, list) in its own directory plus reads of shared files
+(:mod:`guest`). All eight run at once. Then, from the server's directory
+itself: every guest's directory holds exactly the files its model says,
+with exactly the bytes (no lost, torn, wrong or extra file), no upload is
+left staged, and all three trusted processes are still up. Every wait is
+bounded (a guest past the budget is a deadlock and fails the test).
+
+CI: ``SYNTHFS_LOAD_OPS`` operations per guest (100); slow: 1,000.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
+
+from agent_stack import SERVER_CMD, Proc
+from helpers import synthfs_command
+
+GUEST = Path(__file__).resolve().with_name("guest.py")
+AGENTS = 2
+GUESTS_PER_AGENT = 4
+CI_OPS = int(os.environ.get("SYNTHFS_LOAD_OPS", "100"))
+FULL_OPS = 1000
+
+
+class Fleet:
+    """One server, two agents: real processes on private ipc:// sockets."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.root = tmp / "repo"
+        self.root.mkdir()
+        self.run = tmp / "run"
+        self.run.mkdir(mode=0o700)
+        self.key = self.run / "bootstrap.key"
+        fd = os.open(self.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, secrets.token_hex(32).encode() + b"\n")
+        os.close(fd)
+        self.server_ep = f"ipc://{self.run}/server.sock"
+        self.publish_ep = f"ipc://{self.run}/publish.sock"
+        self.agent_eps = [f"ipc://{self.run}/agent{i}.sock" for i in range(AGENTS)]
+        self.procs: list[Proc] = []
+
+    def start(self) -> None:
+        server = Proc("server", [*SERVER_CMD, "--root", str(self.root), "--listen",
+                                 self.server_ep, "--bootstrap-key", str(self.key),
+                                 "--publish", self.publish_ep], self.tmp / "server.log")
+        self.procs.append(server)
+        for i, ep in enumerate(self.agent_eps):
+            self.procs.append(Proc(f"agent{i}", [
+                sys.executable, "-m", "agent", "--server", self.server_ep, "--bootstrap-key",
+                str(self.key), "--listen", ep, "--cache", str(self.tmp / f"cache{i}"),
+                "--subscribe", self.publish_ep], self.tmp / f"agent{i}.log"))
+        for p in self.procs:
+            p.wait_ready()
+
+    def alive(self) -> list[str]:
+        return [p.name for p in self.procs if p.popen.poll() is None]
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+
+
+def _tree_sums(d: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()}
+
+
+def _load(tmp: Path, ops: int, budget: float) -> None:
+    fleet = Fleet(tmp)
+    shared = fleet.root / "shared"
+    shared.mkdir()
+    sums = {}
+    for i, size in enumerate([0, 10, 4096, 100_000, 1_000_000, 3_000_000]):
+        data = os.urandom(size)
+        (shared / f"s{i}").write_bytes(data)
+        sums[f"s{i}"] = hashlib.sha256(data).hexdigest()
+    manifest = tmp / "shared.json"
+    manifest.write_text(json.dumps(sums))
+    fleet.start()
+    guests: list[tuple[str, subprocess.Popen[bytes]]] = []
+    try:
+        started = time.monotonic()
+        for a, ep in enumerate(fleet.agent_eps):
+            for g in range(GUESTS_PER_AGENT):
+                name = f"g{a}{g}"
+                argv = [*synthfs_command(), "run", "--agent", ep, "--", sys.executable,
+                        str(GUEST), f"/data/{name}", str(ops), str(1000 * a + g),
+                        "/data/shared", str(manifest)]
+                with open(tmp / f"{name}.err", "wb") as err:
+                    guests.append((name, subprocess.Popen(argv, stdout=subprocess.PIPE,
+                                                          stderr=err, stdin=subprocess.DEVNULL)))
+        results: dict[str, dict] = {}
+        hung = []
+        for name, p in guests:
+            try:
+                out, _ = p.communicate(timeout=max(1.0, budget - (time.monotonic() - started)))
+            except subprocess.TimeoutExpired:
+                hung.append(name)
+                p.kill()
+                p.communicate()
+                continue
+            err = (tmp / f"{name}.err").read_text(errors="replace")
+            assert p.returncode == 0, f"{name}: exit {p.returncode}\n{err[-3000:]}"
+            results[name] = json.loads(out)
+        elapsed = time.monotonic() - started
+        assert not hung, f"guests {hung} did not finish within {budget:g} s (deadlock?)"
+        total = sum(r["ops"] for r in results.values())
+        errors = {n: r["first_errors"] for n, r in results.items() if r["errors"]}
+        slowest = max((r["slowest_s"], n, r["slowest_op"]) for n, r in results.items())
+        busy = max(r["seconds"] for r in results.values())  # the longest guest's op loop
+        print(f"\nload: {len(results)} guests x {ops} ops = {total} ops; wall {elapsed:.1f} s "
+              f"({total / elapsed:.0f} ops/s with start-up), op loops {busy:.1f} s "
+              f"({total / busy:.0f} ops/s); errors {sum(r['errors'] for r in results.values())}; "
+              f"slowest op {slowest[0] * 1000:.0f} ms ({slowest[2]} in {slowest[1]})")
+        assert total == ops * AGENTS * GUESTS_PER_AGENT
+        assert errors == {}, errors
+        # The server's directory, not what the guests believe: nothing lost, torn, wrong, extra.
+        for name, r in results.items():
+            on_server = _tree_sums(fleet.root / name)
+            lost = sorted(set(r["model"]) - set(on_server))
+            extra = sorted(set(on_server) - set(r["model"]))
+            wrong = sorted(k for k, v in r["model"].items() if on_server.get(k, v) != v)
+            assert (lost, extra, wrong) == ([], [], []), f"{name}: lost/extra/wrong"
+        assert _tree_sums(shared) == sums
+        staging = fleet.root / ".synthfs-staging"
+        left = sorted(set(os.listdir(staging)) - {"committed.journal"}) if staging.exists() else []
+        assert left == [], f"uploads left staged: {left[:5]}"
+        assert fleet.alive() == [p.name for p in fleet.procs]
+        for p in fleet.procs:
+            assert "Traceback" not in p.output(), p.output()[-3000:]
+    finally:
+        for _, p in guests:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        fleet.stop()
+
+
+def test_eight_guests_two_agents(synthfs, tmp_path: Path) -> None:
+    """CI: SYNTHFS_LOAD_OPS (100) operations per guest within 5 minutes."""
+    _load(tmp_path, CI_OPS, budget=300)
+
+
+@pytest.mark.slow
+def test_eight_guests_two_agents_full(synthfs, tmp_path: Path) -> None:
+    _load(tmp_path, FULL_OPS, budget=1800)
