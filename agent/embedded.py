@@ -24,6 +24,11 @@ Both processes start in parallel (the agent's registration waits in ZeroMQ's
 queue until the server binds); the stack is ready when both have written
 ``ready`` on their ready fd. A process that exits or stays silent past
 ``startup_timeout`` is an :class:`EmbeddedError` carrying its stderr.
+
+:func:`starting` is the same pair for a launcher with work of its own to do
+while they boot (``synthfs run`` imports the interposer and builds the guest's
+filter meanwhile): it returns as soon as both processes are spawned, and
+``launch.ready()`` waits for them and deletes the key file.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ import attrs
 
 from agent.cache import DEFAULT_CACHE_SIZE, default_cache_dir
 
-__all__ = ["EmbeddedError", "TrustedStack", "embedded"]
+__all__ = ["EmbeddedError", "Launch", "TrustedStack", "embedded", "starting"]
 
 #: Seconds to wait for SIGTERM to work before SIGKILL.
 GRACE = 2.0
@@ -114,6 +119,54 @@ def embedded(
     Raises :class:`EmbeddedError` (before starting anything) for a bad
     ``data_dir``, or when a process fails to become ready in ``startup_timeout``.
     """
+    with starting(
+        data_dir, cache_dir=cache_dir, cache_size=cache_size, startup_timeout=startup_timeout,
+        token_ttl=token_ttl, attr_ttl=attr_ttl, server_listen=server_listen, verbose=verbose,
+    ) as launch:
+        yield launch.ready()
+
+
+class Launch:
+    """A server + agent pair being started by :func:`starting`."""
+
+    def __init__(self, procs: list[_Proc], key_path: str, deadline: float, timeout: float,
+                 stack: TrustedStack) -> None:
+        self._procs = procs
+        self._key_path = key_path
+        self._deadline = deadline
+        self._timeout = timeout
+        self._stack = stack
+        self._ready = False
+
+    def ready(self) -> TrustedStack:
+        """Wait until both processes are ready (:class:`EmbeddedError` if one is not)."""
+        if not self._ready:
+            _wait_ready(self._procs, self._deadline, self._timeout)
+            # Both hold the key in memory now; the file has no further use (defence
+            # in depth: the work directory is refused to guests anyway).
+            os.unlink(self._key_path)
+            self._ready = True
+        return self._stack
+
+
+@contextlib.contextmanager
+def starting(
+    data_dir: str | os.PathLike[str],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_size: int = DEFAULT_CACHE_SIZE,
+    startup_timeout: float = 10.0,
+    token_ttl: float | None = None,
+    attr_ttl: float | None = None,
+    server_listen: str | None = None,
+    verbose: int = 0,
+) -> Iterator[Launch]:
+    """Spawn the pair of :func:`embedded` and return at once; stop both on exit.
+
+    Call ``ready()`` on the :class:`Launch` before using either process:
+    ``startup_timeout`` counts from the spawn. The same arguments and errors as
+    :func:`embedded`; the stack is never handed out before both are ready.
+    """
     data = _check_data_dir(data_dir)
     cache = os.path.abspath(os.fspath(cache_dir)) if cache_dir is not None else default_cache_dir()
     workdir = tempfile.mkdtemp(prefix="synthfs-", dir=_runtime_base())
@@ -144,6 +197,7 @@ def embedded(
                        "--publish", pub_ep]
         if token_ttl is not None:
             server_argv += ["--token-ttl", f"{token_ttl:g}"]
+        spawned = time.monotonic()
         server = _spawn("server", server_argv, workdir, env, [])
         procs.append(server)
 
@@ -166,11 +220,7 @@ def embedded(
             os.close(key_w)
         del key
 
-        _wait_ready(procs, startup_timeout)
-        # Both hold the key in memory now; the file has no further use (defence in
-        # depth: the work directory is refused to guests anyway).
-        os.unlink(key_path)
-        yield TrustedStack(
+        stack = TrustedStack(
             agent_endpoint=agent_ep,
             server_endpoint=server_ep,
             workdir=workdir,
@@ -179,6 +229,7 @@ def embedded(
             server_pid=server.popen.pid,
             agent_pid=agent.popen.pid,
         )
+        yield Launch(procs, key_path, spawned + startup_timeout, startup_timeout, stack)
     finally:
         _stop(procs)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -232,8 +283,7 @@ def _spawn(
     return _Proc(name=name, popen=p, log_path=log_path, ready_fd=ready_r)
 
 
-def _wait_ready(procs: list[_Proc], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+def _wait_ready(procs: list[_Proc], deadline: float, timeout: float) -> None:
     waiting = {p.ready_fd: p for p in procs if p.ready_fd is not None}
     while waiting:
         left = deadline - time.monotonic()

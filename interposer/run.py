@@ -2,190 +2,48 @@
 
 Wires the parts together: the filter from the syscall table, the agent (a
 running one with ``--agent``, or an embedded server + agent pair with
-``--data``), the policy, the host side, and the supervisor's wait loop. The
-exit status is the guest's (128+N when it died of signal N).
+``--data``), the policy, the host side (:class:`~interposer.runenv.RunEnv`),
+and the supervisor's wait loop. The exit status is the guest's (128+N when it
+died of signal N).
+
+Start-up order (``--data``): the server and the agent are spawned first, with
+nothing but the standard library and the launcher loaded; the interposer's
+own imports, the policy and the seccomp filter happen while they boot; the
+guest starts once both are ready (the key file deleted), so the guest never
+runs beside a half-started stack.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import errno
-import hashlib
 import json
-import logging
 import os
 import shutil
 import signal
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
-from typing import IO
+from typing import TYPE_CHECKING
 
-from interposer import abi
-from interposer.filter import build_filter
-from interposer.hostside import HostSide
-from interposer.namespace import Namespace
-from interposer.policy import (
-    Action,
-    App,
-    AuditRecord,
-    Decision,
-    NetworkMode,
-    Op,
-    Policy,
-    PolicyError,
-)
-from interposer.ports import Call, Proc
-from interposer.remote import Remote
-from interposer.supervisor import Supervisor
+if TYPE_CHECKING:
+    from agent.embedded import Launch
+    from interposer.ports import Proc
+    from interposer.runenv import RunEnv
+    from interposer.supervisor import Supervisor
 
 __all__ = ["HELP", "RunEnv", "configure", "main"]
 
 HELP = "run a command with the synthetic tree at /data"
-log = logging.getLogger(__name__)
 
 
-class RunEnv:
-    """The :class:`~interposer.ports.Env` of one ``synthfs run``."""
+def __getattr__(name: str) -> object:
+    if name == "RunEnv":  # where it lived before the split (tests construct it from here)
+        from interposer.runenv import RunEnv
 
-    def __init__(
-        self,
-        ns: Namespace,
-        repo: Remote,
-        host: HostSide,
-        policy: Policy,
-        audit: IO[str] | None = None,
-        audit_all: bool = False,
-    ) -> None:
-        self.ns = ns
-        self.repo = repo
-        self.host = host
-        self.policy = policy
-        self.uid = os.geteuid()
-        self.gid = os.getegid()
-        self.audit = audit
-        self.audit_all = audit_all
-        self.denials = 0
-        self._default_app = policy.unmatched  # before the first exec
-        self._host_rules = policy.has_host_rules
-
-    def identify(self, proc: Proc) -> None:
-        exe = proc.exe
-
-        def digest() -> str:
-            h = hashlib.sha256()
-            with open(f"/proc/{proc.tgid}/exe", "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            return h.hexdigest()
-
-        proc.app = self.policy.identify(exe, proc.argv, digest)
-
-    @property
-    def network(self) -> NetworkMode:
-        return self.policy.network
-
-    def _app(self, call: Call) -> App:
-        app = call.proc.app
-        return app if isinstance(app, App) else self._default_app
-
-    def check(self, call: Call, op: str, guest_path: str) -> int:
-        """A decision on the mount (``Policy.decide``), audited."""
-        t0 = time.perf_counter_ns()
-        app = self._app(call)
-        decision = self.policy.decide(app, Op(op), guest_path)
-        if decision.allowed and not self.audit_all:
-            return 0
-        return self._record(call, app, op, guest_path, decision, t0)
-
-    def check_host(self, call: Call, op: str, path: str) -> int:
-        """A decision on a resolved host path (``Policy.decide_host``), audited."""
-        if not self._host_rules:
-            return 0  # no [host]: the host is untouched (and there is nothing to audit)
-        t0 = time.perf_counter_ns()
-        app = self._app(call)
-        decision = self.policy.decide_host(app, Op(op), path)
-        if decision.allowed and not self.audit_all:
-            return 0
-        return self._record(call, app, op, path, decision, t0)
-
-    def pin(self, real_path: str, whole: bool, always: bool = False) -> tuple[str, int] | None:
-        if not self._host_rules and not always:
-            return None  # no host decisions to protect: the kernel walks the checked path
-        if whole:
-            target, name = real_path, ""
-        else:
-            head, _, name = real_path.rpartition("/")
-            target = head or "/"
-            if not name:
-                return None
-        flags = os.O_PATH | os.O_CLOEXEC | (0 if whole else os.O_DIRECTORY)
-        fd = _openat2(target, flags, abi.RESOLVE_NO_SYMLINKS | abi.RESOLVE_NO_MAGICLINKS)
-        base = f"/proc/{os.getpid()}/fd/{fd}"
-        return (f"{base}/{name}" if name else base), fd
-
-    def unpin(self, fd: int) -> None:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-    def check_net(self, call: Call, op: str, address: str, local: bool) -> int:
-        """A decision on the network (``[host] network``), audited."""
-        t0 = time.perf_counter_ns()
-        mode = self.policy.network
-        allowed = mode is NetworkMode.ALLOW or (mode is NetworkMode.LOOPBACK and local)
-        if allowed and not self.audit_all:
-            return 0
-        rule = f"[host] network = {mode.value!r}"
-        if allowed:
-            decision = Decision(Action.ALLOW, rule, f"network {mode.value} allows it", 0)
-        else:
-            reason = "no IP traffic" if mode is NetworkMode.DENY else "loopback addresses only"
-            decision = Decision(Action.DENY, rule, reason, errno.EACCES)
-        return self._record(call, self._app(call), op, address, decision, t0)
-
-    def _record(self, call: Call, app: App, op: str, path: str, decision: Decision, t0: int) -> int:
-        """Count and audit one decision; its errno (0 when allowed)."""
-        if not decision.allowed:
-            self.denials += 1
-        if self.audit is not None:
-            record = AuditRecord.from_decision(
-                time=time.time(),
-                pid=call.guest.tgid,
-                exe=call.proc.exe,
-                app=app,
-                syscall=call.name,
-                path=path,
-                op=op,
-                decision=decision,
-                latency_us=(time.perf_counter_ns() - t0) / 1000,
-            )
-            self.audit.write(record.to_json() + "\n")
-            self.audit.flush()
-        return decision.errno if not decision.allowed else 0
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-NR_OPENAT2 = 437
-
-
-def _openat2(path: str, flags: int, resolve: int) -> int:
-    """openat2(AT_FDCWD, path, {flags, 0, resolve}) in the supervisor; OSError on failure."""
-    how = abi.OPEN_HOW.pack(flags, 0, resolve)
-    fd = _libc.syscall(
-        ctypes.c_long(NR_OPENAT2),
-        ctypes.c_int(abi.AT_FDCWD),
-        ctypes.c_char_p(os.fsencode(path)),
-        ctypes.c_char_p(how),
-        ctypes.c_size_t(len(how)),
-    )
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return int(fd)
+        return RunEnv
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -227,17 +85,6 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-@contextlib.contextmanager
-def _agent_endpoint(args: argparse.Namespace) -> Iterator[tuple[str, tuple[int, ...]]]:
-    if args.agent:
-        yield args.agent, ()
-        return
-    from agent.embedded import embedded
-
-    with embedded(args.data or ".", cache_dir=args.cache, verbose=args.verbose) as stack:
-        yield stack.agent_endpoint, (stack.server_pid, stack.agent_pid)
-
-
 def main(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
@@ -248,6 +95,37 @@ def main(args: argparse.Namespace) -> int:
         return _fail("say where the data is: --data DIR (a directory to serve) or --agent ENDPOINT")
     if args.data and not os.path.isdir(args.data):
         return _fail(f"--data {args.data}: not a directory")
+    try:
+        with contextlib.ExitStack() as resources:
+            launch: Launch | None = None
+            if args.data:
+                # First: the server and the agent boot while the interposer loads.
+                from agent.embedded import starting
+
+                launch = resources.enter_context(
+                    starting(args.data, cache_dir=args.cache, verbose=args.verbose)
+                )
+            return _run(args, command, launch)
+    except Exception as exc:  # a clear message, not a traceback, for set-up failures
+        if args.verbose:
+            raise
+        from agent.embedded import EmbeddedError
+
+        if isinstance(exc, EmbeddedError):
+            return _fail(str(exc), 125)
+        raise
+
+
+def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) -> int:
+    """Everything after the embedded pair's spawn: policy, filter, agent, guest."""
+    from interposer.filter import build_filter
+    from interposer.hostside import HostSide
+    from interposer.namespace import Namespace
+    from interposer.policy import Policy, PolicyError
+    from interposer.remote import Remote
+    from interposer.runenv import RunEnv
+    from interposer.supervisor import Supervisor
+
     try:
         ns = Namespace(args.mount)
     except ValueError as exc:
@@ -267,41 +145,38 @@ def main(args: argparse.Namespace) -> int:
         compiled = build_filter(policy)
     except OSError as exc:
         return _fail(f"cannot build the seccomp filter ({exc}); is libseccomp2 installed?", 125)
+    trusted: tuple[int, ...] = ()
+    if launch is None:
+        endpoint = args.agent
+    else:
+        stack = launch.ready()  # both up, the key file gone: only now may a guest run
+        endpoint, trusted = stack.agent_endpoint, (stack.server_pid, stack.agent_pid)
     audit = open(args.audit, "a", encoding="utf-8") if args.audit else None  # noqa: SIM115
     private = tempfile.mkdtemp(prefix="synthfs-run-")
     try:
-        with _agent_endpoint(args) as (endpoint, trusted):
-            try:
-                remote = Remote(endpoint)
-            except OSError as exc:
-                return _fail(f"cannot reach the agent at {endpoint}: {exc.strerror or exc}", 125)
-            socket_path = endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else ""
-            host = HostSide(
-                private,
-                (*remote.refused_paths, socket_path),
-                (os.getpid(), *trusted, *remote.trusted_pids),
+        try:
+            remote = Remote(endpoint)
+        except OSError as exc:
+            return _fail(f"cannot reach the agent at {endpoint}: {exc.strerror or exc}", 125)
+        socket_path = endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else ""
+        host = HostSide(
+            private,
+            (*remote.refused_paths, socket_path),
+            (os.getpid(), *trusted, *remote.trusted_pids),
+        )
+        env = RunEnv(ns, remote, host, policy, audit, args.audit_all)
+        sup = Supervisor(env, compiled, on_exec=env.identify)
+        host.live_fd_targets = lambda: _live_targets(sup.procs)
+        if args.stats:
+            sup.stats = {}
+        status = _supervise(sup, command)
+        if args.stats and sup.stats is not None:
+            sup.stats.update(
+                agent_requests=remote.requests, agent_ns=remote.agent_ns, denials=env.denials
             )
-            env = RunEnv(ns, remote, host, policy, audit, args.audit_all)
-            sup = Supervisor(env, compiled, on_exec=env.identify)
-            host.live_fd_targets = lambda: _live_targets(sup.procs)
-            if args.stats:
-                sup.stats = {}
-            status = _supervise(sup, command)
-            if args.stats and sup.stats is not None:
-                sup.stats.update(
-                    agent_requests=remote.requests, agent_ns=remote.agent_ns, denials=env.denials
-                )
-                with open(args.stats, "w", encoding="utf-8") as f:
-                    json.dump(sup.stats, f, indent=1)
-            return status
-    except Exception as exc:  # a clear message, not a traceback, for set-up failures
-        if args.verbose:
-            raise
-        from agent.embedded import EmbeddedError
-
-        if isinstance(exc, EmbeddedError):
-            return _fail(str(exc), 125)
-        raise
+            with open(args.stats, "w", encoding="utf-8") as f:
+                json.dump(sup.stats, f, indent=1)
+        return status
     finally:
         if audit is not None:
             audit.close()

@@ -1,0 +1,174 @@
+"""The :class:`~interposer.ports.Env` of one ``synthfs run``: policy checks, audit, pins.
+
+Split from :mod:`interposer.run` so that the command can start the embedded
+server and agent before it pays for these imports (the policy engine, the
+protocol classes): they boot while the interposer loads. Trusts the policy
+it is given; everything about the guest comes in through :class:`Call`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import hashlib
+import os
+import time
+from typing import IO
+
+from interposer import abi
+from interposer.hostside import HostSide
+from interposer.namespace import Namespace
+from interposer.policy import (
+    Action,
+    App,
+    AuditRecord,
+    Decision,
+    NetworkMode,
+    Op,
+    Policy,
+)
+from interposer.ports import Call, Proc
+from interposer.remote import Remote
+
+__all__ = ["RunEnv"]
+
+
+class RunEnv:
+    """The :class:`~interposer.ports.Env` of one ``synthfs run``."""
+
+    def __init__(
+        self,
+        ns: Namespace,
+        repo: Remote,
+        host: HostSide,
+        policy: Policy,
+        audit: IO[str] | None = None,
+        audit_all: bool = False,
+    ) -> None:
+        self.ns = ns
+        self.repo = repo
+        self.host = host
+        self.policy = policy
+        self.uid = os.geteuid()
+        self.gid = os.getegid()
+        self.audit = audit
+        self.audit_all = audit_all
+        self.denials = 0
+        self._default_app = policy.unmatched  # before the first exec
+        self._host_rules = policy.has_host_rules
+
+    def identify(self, proc: Proc) -> None:
+        exe = proc.exe
+
+        def digest() -> str:
+            h = hashlib.sha256()
+            with open(f"/proc/{proc.tgid}/exe", "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            return h.hexdigest()
+
+        proc.app = self.policy.identify(exe, proc.argv, digest)
+
+    @property
+    def network(self) -> NetworkMode:
+        return self.policy.network
+
+    def _app(self, call: Call) -> App:
+        app = call.proc.app
+        return app if isinstance(app, App) else self._default_app
+
+    def check(self, call: Call, op: str, guest_path: str) -> int:
+        """A decision on the mount (``Policy.decide``), audited."""
+        t0 = time.perf_counter_ns()
+        app = self._app(call)
+        decision = self.policy.decide(app, Op(op), guest_path)
+        if decision.allowed and not self.audit_all:
+            return 0
+        return self._record(call, app, op, guest_path, decision, t0)
+
+    def check_host(self, call: Call, op: str, path: str) -> int:
+        """A decision on a resolved host path (``Policy.decide_host``), audited."""
+        if not self._host_rules:
+            return 0  # no [host]: the host is untouched (and there is nothing to audit)
+        t0 = time.perf_counter_ns()
+        app = self._app(call)
+        decision = self.policy.decide_host(app, Op(op), path)
+        if decision.allowed and not self.audit_all:
+            return 0
+        return self._record(call, app, op, path, decision, t0)
+
+    def pin(self, real_path: str, whole: bool, always: bool = False) -> tuple[str, int] | None:
+        if not self._host_rules and not always:
+            return None  # no host decisions to protect: the kernel walks the checked path
+        if whole:
+            target, name = real_path, ""
+        else:
+            head, _, name = real_path.rpartition("/")
+            target = head or "/"
+            if not name:
+                return None
+        flags = os.O_PATH | os.O_CLOEXEC | (0 if whole else os.O_DIRECTORY)
+        fd = _openat2(target, flags, abi.RESOLVE_NO_SYMLINKS | abi.RESOLVE_NO_MAGICLINKS)
+        base = f"/proc/{os.getpid()}/fd/{fd}"
+        return (f"{base}/{name}" if name else base), fd
+
+    def unpin(self, fd: int) -> None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    def check_net(self, call: Call, op: str, address: str, local: bool) -> int:
+        """A decision on the network (``[host] network``), audited."""
+        t0 = time.perf_counter_ns()
+        mode = self.policy.network
+        allowed = mode is NetworkMode.ALLOW or (mode is NetworkMode.LOOPBACK and local)
+        if allowed and not self.audit_all:
+            return 0
+        rule = f"[host] network = {mode.value!r}"
+        if allowed:
+            decision = Decision(Action.ALLOW, rule, f"network {mode.value} allows it", 0)
+        else:
+            reason = "no IP traffic" if mode is NetworkMode.DENY else "loopback addresses only"
+            decision = Decision(Action.DENY, rule, reason, errno.EACCES)
+        return self._record(call, self._app(call), op, address, decision, t0)
+
+    def _record(self, call: Call, app: App, op: str, path: str, decision: Decision, t0: int) -> int:
+        """Count and audit one decision; its errno (0 when allowed)."""
+        if not decision.allowed:
+            self.denials += 1
+        if self.audit is not None:
+            record = AuditRecord.from_decision(
+                time=time.time(),
+                pid=call.guest.tgid,
+                exe=call.proc.exe,
+                app=app,
+                syscall=call.name,
+                path=path,
+                op=op,
+                decision=decision,
+                latency_us=(time.perf_counter_ns() - t0) / 1000,
+            )
+            self.audit.write(record.to_json() + "\n")
+            self.audit.flush()
+        return decision.errno if not decision.allowed else 0
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+NR_OPENAT2 = 437
+
+
+def _openat2(path: str, flags: int, resolve: int) -> int:
+    """openat2(AT_FDCWD, path, {flags, 0, resolve}) in the supervisor; OSError on failure."""
+    how = abi.OPEN_HOW.pack(flags, 0, resolve)
+    fd = _libc.syscall(
+        ctypes.c_long(NR_OPENAT2),
+        ctypes.c_int(abi.AT_FDCWD),
+        ctypes.c_char_p(os.fsencode(path)),
+        ctypes.c_char_p(how),
+        ctypes.c_size_t(len(how)),
+    )
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(fd)
