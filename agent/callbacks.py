@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
@@ -190,9 +190,13 @@ class Promises:
 
 
 class Subscription:
-    """The SUB socket on the server's PUB endpoint, and its monitor (disconnects)."""
+    """The SUB socket on the server's PUB endpoint, and its monitor (disconnects).
 
-    def __init__(self, ctx: zmq.Context[Any], endpoint: str, promises: Promises) -> None:
+    ``sockopts`` are set before it connects (the agent's CURVE keys, as upstream).
+    """
+
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str, promises: Promises,
+                 sockopts: Mapping[int, int | bytes] | None = None) -> None:
         self.endpoint = endpoint
         self.promises = promises
         self.socket = ctx.socket(zmq.SUB)
@@ -200,6 +204,8 @@ class Subscription:
         self.socket.setsockopt(zmq.RCVHWM, 100_000)
         self.socket.setsockopt(zmq.SUBSCRIBE, b"inval")
         self.socket.setsockopt(zmq.SUBSCRIBE, b"beat")
+        for opt, value in (sockopts or {}).items():
+            self.socket.setsockopt(opt, value)
         self.monitor = self.socket.get_monitor_socket(
             zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED)
         self.socket.connect(endpoint)

@@ -1,14 +1,18 @@
 """``synthfs agent``: the trusted agent process (its CLI and its one I/O loop).
 
-Trusts: the bootstrap key file or fd it is given (it must be private), the
-server it registers with, and the interposer, the only process able to reach
+Trusts: the bootstrap key file or fd it is given (it must be private), its
+CURVE secret key file (private too), the server it registers with (over a
+``tcp://`` link that leaves the machine: the one holding ``--server-key``'s
+secret, :mod:`protocol.curve`), and the interposer, the only process able to reach
 its private ``ipc://`` socket (mode 0600, in a 0700 directory). It makes itself
 non-dumpable first thing, so guests (same uid) cannot ptrace it or read its
 memory; the key and the session token live in its memory only, never in argv,
 the environment, a log line or a file it writes.
 
-Start-up: read the key, bind the socket, register with the server (a clear
-error if the server does not answer within ``--timeout`` seconds), open the
+Start-up: read the key, bind the socket, with CURVE complete one handshake
+(a clear error if the server refuses this agent's key or never completes
+one), register with the server (a clear error if the server does not answer
+within ``--timeout`` seconds), open the
 cache, then print a ready line on stderr and write ``b"ready\\n"`` to
 ``--ready-fd`` (and close it). One loop then serves the interposer, one
 request at a time, and (with ``--subscribe``) the server's invalidations
@@ -42,6 +46,7 @@ from agent.upstream import Upstream
 from protocol.bootstrap import check_key_fd
 from protocol.client import DEFAULT_TIMEOUT, Unreachable
 from protocol.codec import DecodeError, decode, encode, error_from_exception
+from protocol.curve import client_sockopts, handshake, load_keypair, load_public, remote_tcp
 
 __all__ = ["HELP", "configure", "main", "make_undumpable", "read_key_fd", "read_key_file"]
 
@@ -129,6 +134,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subscribe", metavar="EP", default=None,
                         help="the server's --publish endpoint: hold callback promises, so an "
                         "Open or Stat of an unchanged cached object needs no round trip")
+    parser.add_argument("--curve-secret", metavar="FILE", default=None,
+                        help="this agent's CURVE secret key file (NAME.key_secret from "
+                        "'synthfs keys', mode 0600; its NAME.key goes to the server's "
+                        "--curve-clients): the link to --server and --subscribe is encrypted "
+                        "and authenticated. Required when the server is not on a loopback "
+                        "address")
+    parser.add_argument("--server-key", metavar="FILE", default=None,
+                        help="the server's CURVE public key file (its NAME.key); required "
+                        "with --curve-secret")
     parser.add_argument("--timeout", metavar="S", type=float, default=DEFAULT_TIMEOUT,
                         help="seconds before an unanswered server request fails (default 5)")
     parser.add_argument("--refuse", metavar="PATH", action="append", default=[],
@@ -142,6 +156,20 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     return str(exc)
+
+
+def _curve_sockopts(args: argparse.Namespace) -> dict[int, int | bytes]:
+    """The CURVE options for the upstream sockets ({} without CURVE); refuse clear remote links."""
+    if args.curve_secret is None and args.server_key is None:
+        for flag, ep in (("--server", args.server), ("--subscribe", args.subscribe)):
+            if ep and remote_tcp(ep):
+                raise ValueError(f"{flag} {ep} is not a loopback address: the link needs CURVE "
+                                 "(--curve-secret and --server-key), or the token would cross "
+                                 "the network in clear")
+        return {}
+    if args.curve_secret is None or args.server_key is None:
+        raise ValueError("--curve-secret and --server-key go together")
+    return client_sockopts(load_keypair(args.curve_secret), load_public(args.server_key))
 
 
 class _Stop(Exception):
@@ -174,14 +202,21 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
     if args.cache_size <= 0 or args.timeout <= 0:
         print("synthfs agent: --cache-size and --timeout must be positive", file=sys.stderr)
         return 2
+    try:
+        sockopts = _curve_sockopts(args)
+    except (OSError, ValueError) as exc:
+        print(f"synthfs agent: {_why(exc)}", file=sys.stderr)
+        return 2
     cache_root = os.path.abspath(args.cache or default_cache_dir())
     refused = [cache_root, sock_path]
     if args.bootstrap_key is not None:
         refused.append(os.path.abspath(args.bootstrap_key))
+    if args.curve_secret is not None:
+        refused.append(os.path.abspath(args.curve_secret))  # no guest reads our CURVE secret
     refused.extend(os.path.abspath(p) for p in args.refuse)
 
     ctx: zmq.Context[Any] = zmq.Context.instance()  # one context, one I/O thread
-    upstream = Upstream(args.server, key, timeout=args.timeout)
+    upstream = Upstream(args.server, key, timeout=args.timeout, sockopts=sockopts)
     del key
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
@@ -196,6 +231,12 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
         finally:
             os.umask(old_umask)
         os.chmod(sock_path, 0o600)
+        if sockopts:
+            try:
+                handshake(ctx, args.server, sockopts, args.timeout)
+            except OSError as exc:  # refused key, or no handshake at all
+                print(f"synthfs agent: {_why(exc)}", file=sys.stderr)
+                return 1
         try:
             upstream.register()
         except Unreachable:
@@ -208,7 +249,7 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
             return 1
         promises = Promises()
         if args.subscribe:
-            sub = Subscription(ctx, args.subscribe, promises)
+            sub = Subscription(ctx, args.subscribe, promises, sockopts)
         try:
             service = AgentService(upstream, cache_root, cache_size=args.cache_size,
                                    attr_ttl=args.attr_ttl, refused_paths=tuple(refused),

@@ -19,7 +19,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
 from protocol.bootstrap import register_mac
@@ -40,7 +40,8 @@ _M = TypeVar("_M", bound=Message)
 class Upstream:
     """A registered session with the server at ``endpoint``."""
 
-    def __init__(self, endpoint: str, key: bytes, *, timeout: float = 5.0) -> None:
+    def __init__(self, endpoint: str, key: bytes, *, timeout: float = 5.0,
+                 sockopts: Mapping[int, int | bytes] | None = None) -> None:
         self.endpoint = endpoint
         self._key = key
         self._token = ""
@@ -49,7 +50,8 @@ class Upstream:
         self.repo_id = ""
         self.server_pid = 0
         self.agent_id = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.client = Client(endpoint, timeout=timeout, token_provider=self._current_token)
+        self.client = Client(endpoint, timeout=timeout, token_provider=self._current_token,
+                             sockopts=sockopts)
         self.registrations = 0
         #: Called with the new repo id when a re-registration reports another one.
         self.on_repo_change: Callable[[str], None] | None = None

@@ -165,14 +165,14 @@ def load_keypair(path: str) -> KeyPair:
     """Our own key pair from a ``.key_secret`` file (mode 0600, ours; else PermissionError)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        check_key_fd(fd, path, what="CURVE secret key")
         data = _read(fd, path)
+        public, secret = _parse(data, path)
+        if secret is None:
+            raise ValueError(f"{path}: no secret-key (is this the public .key file? the "
+                             f"secret one is {SECRET_SUFFIX})")
+        check_key_fd(fd, path, what="CURVE secret key")
     finally:
         os.close(fd)
-    public, secret = _parse(data, path)
-    if secret is None:
-        raise ValueError(f"{path}: no secret-key (is this the public .key file? the secret "
-                         f"one is {SECRET_SUFFIX})")
     derived = zmq.curve_public(secret)
     if public is not None and public != derived:
         raise ValueError(f"{path}: its public-key does not match its secret-key")
