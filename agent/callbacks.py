@@ -88,6 +88,11 @@ class Promises:
         self._trees: dict[str, int] = {}  # path -> n of its last invalidation as an object
         self.breaks = 0
         self.on_inval: OnInval | None = None
+        #: Called for every invalidation received, even one of a version the agent
+        #: already knows (the lease channel forwards them all: agent.leases).
+        self.on_change: OnInval | None = None
+        #: Called when every promise breaks, with the reason.
+        self.on_break: Callable[[str], None] | None = None
         #: The version the agent knows of a path (None: nothing); an invalidation to
         #: that very version (the agent's own change coming back) cancels nothing.
         self.known: Callable[[str], str | None] = lambda path: None
@@ -105,6 +110,8 @@ class Promises:
         self._held.clear()
         self._marks.clear()
         self._trees.clear()
+        if self.on_break is not None:
+            self.on_break(why)
 
     def _sync(self, instance: str, seq: int) -> None:
         if self.instance is None:
@@ -128,6 +135,8 @@ class Promises:
             self._sync(instance, seq)
         self.seq = seq
         self.heard = now
+        if self.on_change is not None:
+            self.on_change(path, version, parent)
         if version and self.known(path) == version:
             return  # nothing this agent knows has changed
         self.n += 1
@@ -177,6 +186,16 @@ class Promises:
                     break
                 p = posixpath.dirname(p) or "/"
         return True
+
+    def deadline(self, path: str) -> float | None:
+        """When the promise on ``path`` ends at the latest (None: it does not hold)."""
+        if not self.holds(path):
+            return None
+        return self._held[path][2] + self.max_age
+
+    def vouched(self) -> float:
+        """Until when the channel vouches for the promises it holds (-inf: not live)."""
+        return self.heard + self.beat_timeout if self.instance is not None else float("-inf")
 
     def expire(self) -> None:
         """Housekeeping: drop promises past ``max_age`` or cancelled."""

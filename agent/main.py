@@ -41,6 +41,7 @@ import zmq
 
 from agent.cache import DEFAULT_CACHE_SIZE, default_cache_dir
 from agent.callbacks import Promises, Subscription
+from agent.leases import BEAT_INTERVAL, LeaseBoard
 from agent.service import DEFAULT_ATTR_TTL, AgentService
 from agent.upstream import Upstream
 from protocol.bootstrap import check_key_fd
@@ -222,6 +223,7 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
     router.setsockopt(zmq.LINGER, 0)
     service: AgentService | None = None
     sub: Subscription | None = None
+    board: LeaseBoard | None = None
     try:
         old_umask = os.umask(0o077)
         try:
@@ -250,11 +252,16 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
         promises = Promises()
         if args.subscribe:
             sub = Subscription(ctx, args.subscribe, promises, sockopts)
+            board = LeaseBoard.bind(ctx, sock_path)  # leases rest on promises
+            if board is not None:
+                refused.append(board.path)
         try:
             service = AgentService(upstream, cache_root, cache_size=args.cache_size,
                                    attr_ttl=args.attr_ttl, refused_paths=tuple(refused),
                                    promises=promises,
-                                   refresh=sub.drain if sub is not None else None)
+                                   refresh=sub.drain if sub is not None else None,
+                                   leases=board,
+                                   leases_endpoint=board.endpoint if board else "")
         except OSError as exc:
             print(f"synthfs agent: cannot use the cache at {cache_root}: {_why(exc)}",
                   file=sys.stderr)
@@ -273,6 +280,8 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
             service.close()
         if sub is not None:
             sub.close()
+        if board is not None:
+            board.close()
         upstream.close()
         router.close(linger=0)
         if os.path.exists(sock_path):
@@ -307,14 +316,21 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
         poller.register(router, zmq.POLLIN)
         poller.register(sub.socket, zmq.POLLIN)
         poller.register(sub.monitor, zmq.POLLIN)
+    board = service.leases
+    if board is not None and board.socket is not None:
+        poller.register(board.socket, zmq.POLLIN)
     while not flag.stop:
         if time.monotonic() > housekeeping:
             service.idle()  # at least once a second, busy or not
             housekeeping = time.monotonic() + 1.0
         if sub is not None:
-            events = dict(poller.poll(1000))
+            events = dict(poller.poll(1000 if board is None else int(BEAT_INTERVAL * 1000)))
             if sub.socket in events or sub.monitor in events:
                 sub.drain()  # before the request: what arrived first is known first
+            if board is not None:
+                if board.socket in events:
+                    board.subscribed()
+                board.beat()  # when due
             if router not in events:
                 continue
         try:

@@ -23,6 +23,12 @@ raising ``OSError``; the I/O loop in :mod:`agent.main` turns exceptions into
   for writing stays shared until its ``Commit``), and returns the cache
   file's host path.
 * ``Commit`` uploads a changed local copy; a clean one is answered at once.
+* With a lease channel (:mod:`agent.leases`), a read-only ``Open`` of a clean
+  copy under a callback promise carries a lease: the interposer opens that copy
+  itself until the lease is voided. Every change to what the agent knows of a
+  leased path (a server invalidation, a mutation through this agent, an open
+  for writing, a dropped copy) is published on the channel first; a leased
+  copy is not evicted while its lease runs.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import attrs
 
 from agent.cache import ContentCache, Entry, signature
 from agent.callbacks import Promises
+from agent.leases import LeaseBoard
 from agent.upstream import Upstream
 from protocol.messages import (
     CHUNK_SIZE,
@@ -119,6 +126,8 @@ class AgentService:
         refused_paths: tuple[str, ...] = (),
         promises: Promises | None = None,
         refresh: Callable[[], None] | None = None,
+        leases: LeaseBoard | None = None,
+        leases_endpoint: str = "",
     ) -> None:
         self.upstream = upstream
         self.cache_root = cache_root
@@ -132,10 +141,17 @@ class AgentService:
         self.promises = promises or Promises()
         self.promises.on_inval = self._invalidated
         self.promises.known = self._known_version
+        self.leases = leases
+        self.leases_endpoint = leases_endpoint if leases is not None else ""
+        if leases is not None:
+            leases.vouched = self.promises.vouched
+            self.promises.on_change = self._changed
+            self.promises.on_break = lambda why: leases.break_all(why)
         self._refresh = refresh or (lambda: None)
         self._registrations = upstream.registrations
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch-writer")
-        self.stats = {"fetches": 0, "uploads": 0, "attr_hits": 0, "promised_opens": 0}
+        self.stats = {"fetches": 0, "uploads": 0, "attr_hits": 0, "promised_opens": 0,
+                      "leases": 0}
         self._handlers: dict[type[Message], Callable[[Any], Message]] = {
             Hello: self.hello,
             Stat: self.stat,
@@ -157,6 +173,8 @@ class AgentService:
 
     def _repo_changed(self, repo_id: str) -> None:
         log.warning("server now serves repository %r: switching caches", repo_id)
+        if self.leases is not None:
+            self.leases.break_all("the server serves another repository")
         self.cache.close()
         self.cache = ContentCache(self.cache_root, repo_id, self.cache_size)
         self._attrs.clear()
@@ -173,6 +191,8 @@ class AgentService:
         self.cache.flush_touches()
         now = time.monotonic()
         self.promises.expire()
+        if self.leases is not None:
+            self.leases.expire()
         for p in [
             p
             for p, (_, until) in self._attrs.items()
@@ -189,6 +209,16 @@ class AgentService:
             self.promises.hold(path, stamp)
         else:
             self.promises.release(path)
+
+    def _void(self, path: str, *, tree: bool = False) -> None:
+        """Leases on ``path`` (and below, with ``tree``) end: it is about to change."""
+        if self.leases is not None:
+            self.leases.void(path, tree=tree)
+
+    def _changed(self, path: str, version: str, parent: bool) -> None:
+        """Any invalidation from the server: leases on the object end (not on a listing)."""
+        if not parent:
+            self._void(path, tree=True)
 
     def _forget(self, path: str, *, below: bool = False) -> None:
         self._attrs.pop(path, None)
@@ -241,6 +271,7 @@ class AgentService:
         e = self.cache.get(path)
         if e is not None and self.cache.local_stat(e) is None:
             log.warning("cache: the local copy of %s vanished; forgetting it", path)
+            self._void(path)
             self.cache.drop(path)
             return None
         return e
@@ -269,6 +300,7 @@ class AgentService:
             version=PROTOCOL_VERSION,
             refused_paths=self.refused_paths,
             trusted_pids=self._trusted_pids(),
+            leases=self.leases_endpoint,
         )
 
     def stat(self, msg: Stat) -> Message:
@@ -302,6 +334,7 @@ class AgentService:
 
     def mkdir(self, msg: Mkdir) -> Message:
         path = _check_path(msg.path)
+        self._void(path, tree=True)
         self._forget(_parent(path))
         reply = self.upstream.call(Mkdir(path=path, mode=msg.mode), StatReply)
         self._remember(path, reply.attrs)
@@ -309,6 +342,7 @@ class AgentService:
 
     def symlink(self, msg: Symlink) -> Message:
         path = _check_path(msg.path)
+        self._void(path, tree=True)
         self._forget(_parent(path))
         reply = self.upstream.call(Symlink(target=msg.target, path=path), StatReply)
         self._remember(path, reply.attrs)
@@ -316,6 +350,7 @@ class AgentService:
 
     def remove(self, msg: Remove) -> Message:
         path = _check_path(msg.path)
+        self._void(path, tree=True)
         self._forget(path, below=True)
         self._forget(_parent(path))
         reply = self.upstream.call(Remove(path=path, directory=msg.directory), Done)
@@ -325,6 +360,7 @@ class AgentService:
     def rename(self, msg: Rename) -> Message:
         src, dst = _check_path(msg.src), _check_path(msg.dst)
         for p in (src, dst):
+            self._void(p, tree=True)
             self._forget(p, below=True)
             self._forget(_parent(p))
         reply = self.upstream.call(Rename(src=src, dst=dst, flags=msg.flags), Done)
@@ -333,6 +369,7 @@ class AgentService:
 
     def setattr(self, msg: SetAttr) -> Message:
         path = _check_path(msg.path)
+        self._void(path)
         self._forget(path)
         e = self._entry(path)
         rest = attrs.evolve(msg, path=path, size=None)
@@ -374,6 +411,8 @@ class AgentService:
         path = _check_path(msg.path)
         flags = msg.flags
         writing = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+        if writing or flags & (os.O_CREAT | os.O_TRUNC):
+            self._void(path)  # before anything changes: readers must ask again
         e = self._entry(path)
         try:
             promised = self._promised(path) if e is not None else None
@@ -387,6 +426,7 @@ class AgentService:
                 a = e.attrs  # a dirty local copy wins (its upload will recreate it)
             elif not flags & os.O_CREAT:
                 if e is not None:
+                    self._void(path)
                     self.cache.drop(path)
                 raise
             else:
@@ -420,8 +460,23 @@ class AgentService:
         if writing:
             e.pinned = True
         self._match_mode(e, shown.mode)
-        self.cache.evict(keep=path)
-        return Opened(host_path=self.cache.object_path(path), attrs=self._present(path, shown))
+        self.cache.evict(keep=path, spare=self.leases.granted if self.leases else None)
+        host = self.cache.object_path(path)
+        lease = None
+        if not (writing or flags & (os.O_CREAT | os.O_TRUNC)):
+            lease = self._lease(path, e, shown)
+        if lease is None:
+            return Opened(host_path=host, attrs=self._present(path, shown))
+        self.stats["leases"] += 1
+        return Opened(host_path=host, attrs=shown, lease=lease[0], lease_seq=lease[1],
+                      lease_until_ns=lease[2])
+
+    def _lease(self, path: str, e: Entry, a: Attrs) -> tuple[str, int, int] | None:
+        """A lease on the copy just opened, when a promise vouches for it and it is clean."""
+        if self.leases is None or e.pinned or e.version != a.version or self.cache.is_dirty(e):
+            return None
+        until = self.promises.deadline(path)
+        return None if until is None else self.leases.grant(path, until)
 
     def _match_mode(self, e: Entry, mode: int) -> None:
         """Give the local copy the object's execute bits (the kernel checks them at exec)."""
@@ -561,6 +616,7 @@ class AgentService:
                 raise
         st1 = os.stat(obj)
         # If a guest wrote during the upload, the copy stays dirty (recorded = before).
+        self._void(path)
         self.cache.record(path, a, signature(st0), dirty=signature(st0) != signature(st1))
         self.stats["uploads"] += 1
         self._forget(_parent(path))
