@@ -1,0 +1,421 @@
+"""Faults injected into a running sandbox: nothing acknowledged is lost, nothing torn, no hang.
+
+Every test runs real processes: a guest under ``synthfs run`` (embedded with
+``--data``, or ``--agent`` on a separately started server and agent from
+``tests/agent/agent_stack.py``), and injects one fault from outside: SIGKILL
+of the guest, the agent, the server or the supervisor; a stopped server; a
+token that expires; a full repository file system. What the guest saw comes
+from its own report (one JSON line per call: errno and duration); what was
+kept is read from the repository directory after every process has gone.
+
+Every wait is bounded: a call that does not return within ``HANG`` seconds
+fails the test as a hang (the run is killed), it never stalls the suite.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from fault_stack import OPS_LOOP, Guest, Stack, alive, stray_files
+
+#: Longest a single guest call may take under any fault (the agent's own
+#: server timeout is 1-5 s, plus one resend): longer is a hang.
+HANG = 20.0
+#: Errnos a guest may see while a trusted part is away.
+AWAY = {errno.EIO, errno.ETIMEDOUT}
+
+
+@pytest.fixture
+def stack(tmp_path: Path, synthfs: object) -> Stack:  # synthfs: skip where ptrace cannot run
+    s = Stack(tmp_path)
+    (s.root / "ref").write_bytes(os.urandom(100_000))
+    (s.root / "out").mkdir()
+    yield s  # type: ignore[misc]
+    s.stop()
+
+
+def _embedded(repo: Path) -> list[str]:
+    """``synthfs run`` on its own server and agent for ``repo``, with a private cache."""
+    return ["--data", str(repo), "--cache", str(repo.parent / "cache")]
+
+
+def _ops_guest(stack: Stack, seconds: float) -> tuple[Guest, Path]:
+    stop = stack.tmp / "stop"
+    g = Guest(["--agent", stack.agent_ep], OPS_LOOP, str(stop), str(seconds))
+    return g, stop
+
+
+def _check_ops(g: Guest, root: Path, allowed: set[int]) -> dict[str, int]:
+    """Every call bounded, only ``allowed`` errnos, nothing torn, every acked write kept."""
+    recs = [r for r in g.records() if "op" in r]
+    assert recs, g.show()
+    slow = [r for r in recs if r["dt"] > HANG]
+    assert not slow, f"calls took longer than {HANG} s: {slow}\n{g.show()}"
+    bad = [r for r in recs if r["errno"] and r["errno"] not in allowed]
+    assert not bad, f"unexpected errnos {bad[:5]}\n{g.show()}"
+    torn = [r for r in recs if "torn" in r]
+    assert not torn, f"read back other bytes than /data/ref holds: {torn[:5]}"
+    lost = []
+    for r in recs:
+        if "acked" in r:
+            host = root / r["acked"].removeprefix("/data/")
+            if not host.exists() or host.read_text() != r["body"]:
+                lost.append(r["acked"])
+    assert not lost, f"acknowledged writes lost or wrong: {lost}"
+    return {
+        "calls": len(recs),
+        "failed": sum(1 for r in recs if r["errno"]),
+        "acked": sum(1 for r in recs if "acked" in r),
+    }
+
+
+# -- the agent ---------------------------------------------------------------------------
+
+
+def test_agent_killed_and_restarted(stack: Stack) -> None:
+    """SIGKILL the agent mid-run: calls fail with EIO (bounded) until a new agent is up."""
+    stack.start_server("-v")
+    stack.start_agent("--timeout", "2")
+    g, stop = _ops_guest(stack, 60)
+    assert g.wait_for(lambda rs: sum("op" in r for r in rs) >= 8, 30), g.show()
+    assert stack.agent is not None
+    stack.agent.stop(signal.SIGKILL)
+    t_killed = time.monotonic()
+    # The guest keeps calling while no agent exists: at least one call must come back.
+    n = len(g.records())
+    assert g.wait_for(lambda rs: len(rs) > n + 2, HANG), f"guest stalled\n{g.show()}"
+    first_agent_log = stack.agent.output()
+    stack.start_agent("--timeout", "2")
+    t_back = time.monotonic()
+    # After the restart, calls succeed again.
+    def recovered(rs: list[dict]) -> bool:
+        tail = [r for r in rs if "op" in r][-8:]
+        return len(tail) == 8 and not any(r["errno"] for r in tail)
+    ok = g.wait_for(recovered, 2 * HANG)
+    stop.touch()
+    rc = g.finish(HANG)
+    assert rc is not None, f"synthfs run hung\n{g.show()}"
+    assert ok, f"calls did not recover after the agent restarted\n{g.show()}"
+    stats = _check_ops(g, stack.root, AWAY)
+    assert stats["failed"] > 0, "no call noticed the dead agent: the fault was not injected"
+    # The restarted agent registered anew with the server, and served.
+    assert "ready" in stack.agent.output().replace(first_agent_log, "", 1)
+    assert stack.server is not None
+    registrations = stack.server.output().count("registered: token")
+    assert registrations == 2, f"{registrations} registrations for two agents"
+    print(f"agent killed: {stats}, down {t_back - t_killed:.1f} s")
+
+
+def test_agent_killed_while_serving(stack: Stack) -> None:
+    """The agent dies holding a request (frozen, then SIGKILLed): EIO within seconds."""
+    stack.start_server()
+    stack.start_agent()
+    g, stop = _ops_guest(stack, 60)
+    assert g.wait_for(lambda rs: sum("op" in r for r in rs) >= 8, 30), g.show()
+    assert stack.agent is not None
+    stack.agent.popen.send_signal(signal.SIGSTOP)
+    time.sleep(2.5)  # the guest's next call waits at the frozen (live) agent
+    stack.agent.stop(signal.SIGKILL)
+    t_killed = time.monotonic()
+    came_back = g.wait_for(lambda rs: any(r.get("errno") for r in rs), HANG)
+    took = time.monotonic() - t_killed
+    stop.touch()
+    rc = g.finish(HANG)
+    assert came_back and rc is not None, f"the call in flight never came back\n{g.show()}"
+    stats = _check_ops(g, stack.root, AWAY)
+    assert stats["failed"] > 0, g.show()
+    assert took < 3, f"the call on the dead agent took {took:.1f} s after its death"
+    waited = max(r["dt"] for r in g.records() if r.get("errno"))
+    assert waited > 2, f"a call on a live (frozen) agent gave up after {waited} s"
+    print(f"agent killed while serving: {stats}, the call in flight returned {took:.1f} s later")
+
+
+# -- the server ----------------------------------------------------------------------------
+
+
+def _run_ops_around(stack: Stack, fault, seconds: float = 6.0) -> Guest:  # type: ignore[no-untyped-def]
+    """Start the ops guest, let it work, call ``fault()``, let it work on; bounded throughout."""
+    g, stop = _ops_guest(stack, 60)
+    assert g.wait_for(lambda rs: sum("op" in r for r in rs) >= 8, 30), g.show()
+    fault()
+    n = len(g.records())
+    # It goes on: a few more calls come back after the fault, then it is told to stop.
+    g.wait_for(lambda rs: len(rs) > n + 16, seconds + HANG)
+    time.sleep(max(0.0, seconds - 4))
+    stop.touch()
+    rc = g.finish(HANG)
+    assert rc is not None, f"synthfs run hung\n{g.show()}"
+    assert rc == 0, f"synthfs run: exit {rc}\n{g.show()}"
+    return g
+
+
+def test_server_restarted_during_a_run(stack: Stack) -> None:
+    """The server stops and starts again mid-run: the guest notices nothing."""
+    stack.start_server()
+    stack.start_agent("-v")
+
+    def restart() -> None:
+        assert stack.server is not None
+        stack.server.stop()
+        stack.start_server()
+
+    g = _run_ops_around(stack, restart)
+    stats = _check_ops(g, stack.root, set())
+    assert stack.agent is not None
+    registrations = stack.agent.output().count("registered with")
+    assert registrations >= 2, f"the agent registered {registrations} time(s): no restart seen"
+    print(f"server restarted: {stats}")
+
+
+def test_token_expiry_mid_run(stack: Stack) -> None:
+    """Tokens live one second: the agent re-registers under a running guest, unnoticed."""
+    stack.start_server("--token-ttl", "1", "-v")
+    stack.start_agent("--attr-ttl", "0")
+    g = _run_ops_around(stack, lambda: time.sleep(2.5))
+    stats = _check_ops(g, stack.root, set())
+    assert stack.server is not None
+    registrations = stack.server.output().count("registered: token")
+    assert registrations >= 3, f"only {registrations} registrations: did tokens expire?"
+    print(f"token expiry: {stats}, {registrations} registrations")
+
+
+def test_server_unreachable_for_5s(stack: Stack) -> None:
+    """The server is frozen (SIGSTOP) for 5 s: calls fail within the bound, then work again."""
+    stack.start_server()
+    stack.start_agent("--timeout", "1", "--attr-ttl", "0")
+    assert stack.server is not None
+
+    def freeze() -> None:
+        assert stack.server is not None
+        stack.server.popen.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(5)
+        finally:
+            stack.server.popen.send_signal(signal.SIGCONT)
+
+    g = _run_ops_around(stack, freeze)
+    stats = _check_ops(g, stack.root, AWAY)
+    assert stats["failed"] > 0, "no call noticed the frozen server: the fault was not injected"
+    recs = [r for r in g.records() if "op" in r]
+    assert not any(r["errno"] for r in recs[-8:]), f"calls did not recover\n{g.show()}"
+    slow = max(r["dt"] for r in recs)
+    assert slow < 5, f"a call waited {slow} s for a server the agent gives 1 s"
+    print(f"server frozen 5 s: {stats}, slowest call {slow:.2f} s")
+
+
+# -- the guest -----------------------------------------------------------------------------
+
+#: Writes argv[1]'s new version in 64 KiB chunks (10 ms apart), printing its pid
+#: after the first. With argv[2] == "rename" it writes argv[1].tmp and renames
+#: it over argv[1] (the atomic-replace idiom).
+SLOW_WRITER = r"""
+import os, sys, time
+path, how, chunks = sys.argv[1], sys.argv[2], int(sys.argv[3])
+target = path + ".tmp" if how == "rename" else path
+fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+for i in range(chunks):
+    os.write(fd, bytes([65 + i % 26]) * 65536)
+    if i == 0:
+        print(os.getpid(), flush=True)
+    time.sleep(0.01)
+os.close(fd)
+if how == "rename":
+    os.rename(target, path)
+print("done", flush=True)
+"""
+CHUNKS = 40
+
+
+def _new_version() -> bytes:
+    return b"".join(bytes([65 + i % 26]) * 65536 for i in range(CHUNKS))
+
+
+def _kill_writer_once(repo: Path, how: str, delay: float) -> bytes:
+    """One guest killed ``delay`` s into its write; the file the repository then holds."""
+    g = Guest(_embedded(repo), SLOW_WRITER, "/data/f", how, str(CHUNKS))
+    try:
+        assert g.wait_for(lambda _rs: bool(g.lines), 30), g.show()
+        pid = int(g.lines[0])
+        time.sleep(delay)
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        rc = g.finish(HANG)
+    assert rc is not None, f"synthfs run hung after its guest was killed\n{g.show()}"
+    assert rc == 128 + signal.SIGKILL, f"exit {rc}, expected the guest's SIGKILL\n{g.show()}"
+    return (repo / "f").read_bytes()
+
+
+@pytest.mark.parametrize("how", ["rename", "inplace"])
+def test_guest_killed_mid_write(tmp_path: Path, synthfs: object, how: str) -> None:
+    """SIGKILL a guest mid-write, three times: the repository holds a version, never a mix.
+
+    ``rename`` (write a temp file, rename it over): the file is exactly the old
+    or the new version. ``inplace`` (O_TRUNC, then write): as on a local file
+    system the file holds what the guest wrote before it died (its exit uploads
+    the copy), so the old version or a prefix of the new one; never old bytes
+    after new ones, never bytes nobody wrote.
+    """
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    old = b"old version\n" * 50_000
+    new = _new_version()
+    seen: list[str] = []
+    for delay in (0.05, 0.15, 0.3):
+        (repo / "f").write_bytes(old)
+        got = _kill_writer_once(repo, how, delay)
+        if how == "rename":
+            assert got in (old, new), f"torn file: {len(got)} bytes, head {got[:20]!r}"
+        else:
+            assert got == old or new.startswith(got), \
+                f"a mix: {len(got)} bytes, head {got[:20]!r}, tail {got[-20:]!r}"
+        assert stray_files(repo, {"f", "f.tmp"}) == [], stray_files(repo, {"f", "f.tmp"})
+        seen.append("old" if got == old else "new" if got == new else f"prefix {len(got)}")
+    print(f"guest killed mid-write ({how}): {seen}")
+
+
+# -- the supervisor ------------------------------------------------------------------------
+
+#: Leaves a process tree behind (a sleeper, a forked child), prints every pid,
+#: then writes /data/big in full and closes it (the upload), printing "closing".
+TREE_WRITER = r"""
+import os, subprocess, sys, time
+sleeper = subprocess.Popen(["sleep", "300"])
+child = os.fork()
+if child == 0:
+    time.sleep(300)
+    os._exit(0)
+print("pids", os.getpid(), sleeper.pid, child, flush=True)
+fd = os.open("/data/big", os.O_WRONLY | os.O_TRUNC)
+for i in range(int(sys.argv[1])):
+    os.write(fd, bytes([65 + i % 26]) * 65536)
+print("closing", flush=True)
+os.close(fd)
+print("closed", flush=True)
+time.sleep(300)
+"""
+
+
+def _descendants(pid: int) -> set[int]:
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                kids = Path(f"/proc/{p}/task/{tid}/children").read_text().split()
+            except OSError:
+                continue
+            for k in map(int, kids):
+                if k not in out:
+                    out.add(k)
+                    todo.append(k)
+    return out
+
+
+def _wait_gone(pids: set[int], timeout: float) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = {p for p in pids if alive(p)}
+        if not left:
+            return left
+        time.sleep(0.05)
+    return {p for p in pids if alive(p)}
+
+
+@pytest.mark.parametrize(("when", "delay"), [("writing", 0.0), ("closing", 0.0),
+                                           ("closing", 0.15)])
+def test_supervisor_killed(tmp_path: Path, synthfs: object, when: str, delay: float) -> None:
+    """SIGKILL ``synthfs run``: no guest survives, no partial upload is installed."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    old = b"old\n" * 100_000
+    (repo / "big").write_bytes(old)
+    chunks = 160  # 10 MiB: its upload takes a while
+    new = b"".join(bytes([65 + i % 26]) * 65536 for i in range(chunks))
+    g = Guest(_embedded(repo), TREE_WRITER, str(chunks))
+    try:
+        assert g.wait_for(lambda _rs: any(x.startswith("pids") for x in g.lines), 30), g.show()
+        guests = {int(p) for p in g.lines[0].split()[1:]}
+        if when == "closing":
+            assert g.wait_for(lambda _rs: "closing" in g.lines, 30), g.show()
+        time.sleep(delay)  # 0.15 s after "closing": the upload is under way
+        tree = _descendants(g.popen.pid)
+        assert guests <= tree, (guests, tree)
+        os.kill(g.popen.pid, signal.SIGKILL)
+    finally:
+        rc = g.finish(HANG)
+    assert rc == -signal.SIGKILL
+    survivors = _wait_gone(guests, 5)
+    assert not survivors, f"guest processes outlived their supervisor: {survivors}"
+    # The embedded server and agent (told by PDEATHSIG) finish what they hold and go.
+    trusted_left = _wait_gone(tree - guests, 15)
+    assert not trusted_left, f"embedded server/agent still running: {trusted_left}"
+    got = (repo / "big").read_bytes()
+    assert got in (old, new), f"a partial upload was installed: {len(got)} bytes"
+    assert stray_files(repo, {"big"}) == []
+    print(f"supervisor killed while {when} (+{delay} s): file is {'new' if got == new else 'old'}")
+
+
+# -- the repository's disk -----------------------------------------------------------------
+
+DISK_FILLER = r"""
+import errno, os
+def attempt(path, size, fsync=True):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(fd, b"x" * size)
+    e_sync = e_close = 0
+    if fsync:
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            e_sync = e.errno
+    try:
+        os.close(fd)
+    except OSError as e:
+        e_close = e.errno
+    print(path, e_sync, e_close, flush=True)
+attempt("/data/f", 3 << 20)
+attempt("/data/g", 3 << 20, fsync=False)
+attempt("/data/small", 1000)
+print(len(open("/data/keep", "rb").read()), flush=True)
+"""
+
+
+def test_repository_disk_full(tmp_path: Path, synthfs: object) -> None:
+    """A 1 MiB repository file system: ENOSPC to the guest, old data intact, still usable."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs for the repository needs root")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(repo)],
+                             capture_output=True, text=True, timeout=30)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        old, keep = b"old\n" * 25_000, os.urandom(300_000)
+        (repo / "f").write_bytes(old)
+        (repo / "keep").write_bytes(keep)
+        g = Guest(_embedded(repo), DISK_FILLER, cwd=tmp_path)
+        rc = g.finish(60)
+        assert rc == 0, f"exit {rc}\n{g.show()}"
+        results = {line.split()[0]: line.split()[1:] for line in g.lines if line.startswith("/")}
+        assert results["/data/f"] == [str(errno.ENOSPC)] * 2, g.show()
+        assert results["/data/g"][1] == str(errno.ENOSPC), g.show()
+        assert results["/data/small"] == ["0", "0"], f"a full disk broke later writes\n{g.show()}"
+        assert g.lines[-1] == str(len(keep)), g.show()
+        assert (repo / "f").read_bytes() == old, "the old version was damaged"
+        assert (repo / "keep").read_bytes() == keep
+        assert (repo / "small").read_bytes() == b"x" * 1000
+        assert stray_files(repo, {"f", "g", "keep", "small"}) == []
+    finally:
+        subprocess.run(["umount", "-l", str(repo)], timeout=30, check=False)
