@@ -1,12 +1,18 @@
 """One load guest: N mixed file operations on /data, run under ``synthfs run``.
 
-Usage: ``python3 guest.py DIR N SEED SHARED_DIR MANIFEST``
+Usage: ``python3 guest.py DIR N SEED SHARED_DIR MANIFEST PUB_DIR``
 
 Works in its own directory ``DIR`` (created), keeping a model of what every
 file in it must hold (name -> sha256): create, overwrite, append, read back
 and compare, rename (sometimes over another file), delete, list and compare
 with the model; and reads the shared files under ``SHARED_DIR``, whose
-sha256 the host file ``MANIFEST`` (JSON) gives. Every operation is timed.
+sha256 the host file ``MANIFEST`` (JSON) gives. And it talks with the other
+guests (on the other agent too) through ``PUB_DIR``: it publishes
+self-checking files (the sha256 of the payload in hex, then the payload),
+each written under a temporary name and renamed into place (the atomic
+idiom: a reader on any agent sees the old or the new file, never a torn one),
+as ``NAME-K`` (never changed again) and ``NAME-live`` (replaced each time),
+and it reads the others' files and checks them. Every operation is timed.
 
 Prints one JSON object on stdout: ops done, errors (the first few described),
 the slowest operation, and the final model, which the test compares with the
@@ -24,8 +30,10 @@ import time
 
 
 def main() -> int:
-    top, n, seed, shared, manifest = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), \
-        sys.argv[4], sys.argv[5]
+    top, n, seed, shared, manifest, pub = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), \
+        sys.argv[4], sys.argv[5], sys.argv[6]
+    me = os.path.basename(top)
+    published: dict[str, str] = {}  # name in pub -> sha256 of the whole file
     with open(manifest) as f:
         shared_sums: dict[str, str] = json.load(f)
     rng = random.Random(seed)
@@ -40,6 +48,15 @@ def main() -> int:
         size = rng.choice([0, 1, 100, 4096, 5000, 65536, 200_000])
         return rng.randbytes(size)
 
+    def publish(name: str) -> None:
+        payload = rng.randbytes(rng.choice([0, 10, 5000, 70_000]))
+        data = hashlib.sha256(payload).hexdigest().encode() + payload
+        tmp = f"{pub}/.tmp-{me}-{serial}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.rename(tmp, f"{pub}/{name}")
+        published[name] = hashlib.sha256(data).hexdigest()
+
     def check(name: str, data: bytes, want: str) -> None:
         got = hashlib.sha256(data).hexdigest()
         if got != want:
@@ -50,7 +67,7 @@ def main() -> int:
     while done < n:
         names = sorted(model)
         op = rng.choice(["create", "create", "write", "append", "read", "read", "rename",
-                         "delete", "list", "shared"])
+                         "delete", "list", "shared", "publish", "peek"])
         if op in ("write", "append", "read", "rename", "delete") and not names:
             op = "create"
         started = time.monotonic()
@@ -98,6 +115,17 @@ def main() -> int:
                 seen = sorted(os.listdir(top))
                 if seen != names:
                     errors.append(f"listing {sorted(set(seen) ^ set(names))[:5]} differ")
+            elif op == "publish":
+                serial += 1
+                publish(f"{me}-live" if rng.random() < 0.5 else f"{me}-{serial}")
+            elif op == "peek":  # another guest's published file, maybe through the other agent
+                theirs = [x for x in os.listdir(pub) if not x.startswith(".tmp-")]
+                if theirs:
+                    name = rng.choice(theirs)
+                    with open(f"{pub}/{name}", "rb") as f:
+                        data = f.read()
+                    if data[:64] != hashlib.sha256(data[64:]).hexdigest().encode():
+                        errors.append(f"pub/{name}: torn or wrong ({len(data)} bytes)")
             else:
                 rel = rng.choice(sorted(shared_sums))
                 with open(f"{shared}/{rel}", "rb") as f:
@@ -111,7 +139,8 @@ def main() -> int:
         done += 1
     report = {"ops": done, "counts": counts, "errors": len(errors),
               "first_errors": errors[:10], "seconds": time.monotonic() - loop_started,
-              "slowest_s": slowest[0], "slowest_op": slowest[1], "model": model}
+              "slowest_s": slowest[0], "slowest_op": slowest[1], "model": model,
+              "published": published}
     json.dump(report, sys.stdout)
     return 0
 

@@ -4,12 +4,15 @@ One real server (publishing invalidations), two real agents (each with its
 own cache, both subscribed), and four guests per agent, each a
 ``synthfs run --agent ENDPOINT -- python3 guest.py`` doing N mixed
 operations (create, overwrite, append, read back with a checksum, rename,
-delete, list) in its own directory plus reads of shared files
-(:mod:`guest`). All eight run at once. Then, from the server's directory
+delete, list) in its own directory, reads of shared files, and exchanges
+of self-checking files with the other guests (written under a temporary
+name and renamed into place; read by guests of both agents): see
+:mod:`guest`. All eight run at once. Then, from the server's directory
 itself: every guest's directory holds exactly the files its model says,
-with exactly the bytes (no lost, torn, wrong or extra file), no upload is
-left staged, and all three trusted processes are still up. Every wait is
-bounded (a guest past the budget is a deadlock and fails the test).
+with exactly the bytes (no lost, torn, wrong or extra file), every
+published file holds the last version its guest renamed into place, no
+upload is left staged, and all three trusted processes are still up.
+Every wait is bounded (a guest past the budget is a deadlock and fails).
 
 CI: ``SYNTHFS_LOAD_OPS`` operations per guest (100); slow: 1,000.
 """
@@ -93,6 +96,7 @@ def _load(tmp: Path, ops: int, budget: float) -> None:
         sums[f"s{i}"] = hashlib.sha256(data).hexdigest()
     manifest = tmp / "shared.json"
     manifest.write_text(json.dumps(sums))
+    (fleet.root / "pub").mkdir()
     fleet.start()
     guests: list[tuple[str, subprocess.Popen[bytes]]] = []
     try:
@@ -102,7 +106,7 @@ def _load(tmp: Path, ops: int, budget: float) -> None:
                 name = f"g{a}{g}"
                 argv = [*synthfs_command(), "run", "--agent", ep, "--", sys.executable,
                         str(GUEST), f"/data/{name}", str(ops), str(1000 * a + g),
-                        "/data/shared", str(manifest)]
+                        "/data/shared", str(manifest), "/data/pub"]
                 with open(tmp / f"{name}.err", "wb") as err:
                     guests.append((name, subprocess.Popen(argv, stdout=subprocess.PIPE,
                                                           stderr=err, stdin=subprocess.DEVNULL)))
@@ -139,6 +143,11 @@ def _load(tmp: Path, ops: int, budget: float) -> None:
             wrong = sorted(k for k, v in r["model"].items() if on_server.get(k, v) != v)
             assert (lost, extra, wrong) == ([], [], []), f"{name}: lost/extra/wrong"
         assert _tree_sums(shared) == sums
+        published = {k: v for r in results.values() for k, v in r["published"].items()}
+        assert published, "no guest published anything"
+        on_server = _tree_sums(fleet.root / "pub")
+        assert {k: on_server.get(k) for k in published} == published
+        assert sorted(set(on_server) - set(published)) == []  # no temporary file left
         staging = fleet.root / ".synthfs-staging"
         left = sorted(set(os.listdir(staging)) - {"committed.journal"}) if staging.exists() else []
         assert left == [], f"uploads left staged: {left[:5]}"
