@@ -22,7 +22,8 @@ errno and never a traceback.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar
 
 import attrs
@@ -97,12 +98,63 @@ _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 # A field's type and limits are declared once, here.
 
 
+class _Value:
+    """``repr``, ``==`` and ``hash`` of every class here, written once.
+
+    attrs would generate and compile these three for each of the ~45 classes at
+    import (half of its per-class cost; start-up matters, every synthfs process
+    imports this module), so the classes say ``repr=False, eq=False`` and inherit
+    these instead. They behave as attrs' own: ``Stat(path='/a')`` without the
+    ``repr=False`` fields; equal when of the same class with equal fields
+    (``NotImplemented`` for another class); a hash of the fields.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _shown(type(self)))
+        return f"{type(self).__qualname__}({shown})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        key = _key(type(self))
+        return bool(key(self) == key(other))
+
+    def __hash__(self) -> int:
+        return hash((type(self), _key(type(self))(self)))
+
+
+_KEYS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+_SHOWN: dict[type, tuple[str, ...]] = {}
+
+
+def _key(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    """The tuple of an instance's field values (what == and hash compare)."""
+    key = _KEYS.get(cls)
+    if key is None:
+        names = tuple(f.name for f in attrs.fields(cls))
+        if len(names) >= 2:
+            key = operator.attrgetter(*names)
+        else:
+            key = lambda obj: tuple(getattr(obj, n) for n in names)  # noqa: E731
+        _KEYS[cls] = key
+    return key
+
+
+def _shown(cls: type) -> tuple[str, ...]:
+    shown = _SHOWN.get(cls)
+    if shown is None:
+        shown = _SHOWN[cls] = tuple(f.name for f in attrs.fields(cls) if f.repr)
+    return shown
+
+
 def _type_error(attribute: attrs.Attribute[Any], value: Any, want: str) -> TypeError:
     return TypeError(f"{attribute.name} must be {want}, not {type(value).__name__}")
 
 
-@frozen
-class WireInt:
+@frozen(repr=False, eq=False)
+class WireInt(_Value):
     """An int in ``[lo, hi]``; a bool is not an int here (``True`` is not a size)."""
 
     lo: int
@@ -118,8 +170,8 @@ class WireInt:
         return f"an int in [{self.lo}, {self.hi}]"
 
 
-@frozen
-class WireStr:
+@frozen(repr=False, eq=False)
+class WireStr(_Value):
     """A str of at most ``max_len`` characters."""
 
     max_len: int
@@ -134,8 +186,8 @@ class WireStr:
         return f"a str of at most {self.max_len} characters"
 
 
-@frozen
-class WireBytes:
+@frozen(repr=False, eq=False)
+class WireBytes(_Value):
     """A bytes of at most ``max_len`` bytes."""
 
     max_len: int
@@ -150,8 +202,8 @@ class WireBytes:
         return f"bytes of at most {self.max_len}"
 
 
-@frozen
-class WireBool:
+@frozen(repr=False, eq=False)
+class WireBool(_Value):
     def __call__(self, inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         if not isinstance(value, bool):
             raise _type_error(attribute, value, "a bool")
@@ -160,8 +212,8 @@ class WireBool:
         return "a bool"
 
 
-@frozen
-class WireValue:
+@frozen(repr=False, eq=False)
+class WireValue(_Value):
     """An instance of ``cls``: a value class (``Attrs``, ``DirEntry``) or an enum."""
 
     cls: type
@@ -176,8 +228,8 @@ class WireValue:
         return f"a {self.cls.__name__}"
 
 
-@frozen
-class WireOptional:
+@frozen(repr=False, eq=False)
+class WireOptional(_Value):
     """None, or what ``inner`` accepts."""
 
     inner: WireType
@@ -190,8 +242,8 @@ class WireOptional:
         return f"None or {self.inner.describe()}"
 
 
-@frozen
-class WireTuple:
+@frozen(repr=False, eq=False)
+class WireTuple(_Value):
     """A tuple whose every item ``item`` accepts."""
 
     item: WireType
@@ -242,7 +294,7 @@ def _rename_flags(value: Any) -> RenameFlags:
     return RenameFlags(value)
 
 
-class Message:
+class Message(_Value):
     """Base of every wire message; ``kind`` is set by :func:`message`."""
 
     kind: ClassVar[str]
@@ -275,8 +327,8 @@ def _as_tuple(values: Iterable[Any]) -> tuple[Any, ...]:
 # -- values carried inside messages -------------------------------------------------
 
 
-@frozen
-class Attrs:
+@frozen(repr=False, eq=False)
+class Attrs(_Value):
     """What a ``stat`` of one repository object says. ``version`` is its etag."""
 
     kind: FileKind = field(converter=FileKind, validator=WireValue(FileKind))
@@ -289,8 +341,8 @@ class Attrs:
     version: str = field(validator=_SHORT, default="")
 
 
-@frozen
-class DirEntry:
+@frozen(repr=False, eq=False)
+class DirEntry(_Value):
     name: str = field(validator=_NAME)
     attrs: Attrs = field(validator=WireValue(Attrs))
 
@@ -299,7 +351,7 @@ class DirEntry:
 
 
 @message("hello")
-@frozen
+@frozen(repr=False, eq=False)
 class Hello(Message):
     """interposer -> agent: first message on a connection."""
 
@@ -307,7 +359,7 @@ class Hello(Message):
 
 
 @message("welcome")
-@frozen
+@frozen(repr=False, eq=False)
 class Welcome(Message):
     """agent -> interposer: the agent's version, the host paths no guest may name,
     and the pids no guest may signal or trace (the agent's own; the server's when local)."""
@@ -324,7 +376,7 @@ class Welcome(Message):
 
 
 @message("register")
-@frozen
+@frozen(repr=False, eq=False)
 class Register(Message):
     """agent -> server: proof of the bootstrap key without sending it.
 
@@ -339,7 +391,7 @@ class Register(Message):
 
 
 @message("registered")
-@frozen
+@frozen(repr=False, eq=False)
 class Registered(Message):
     """server -> agent: a session token (secret), its id (public) and expiry."""
 
@@ -355,7 +407,7 @@ class Registered(Message):
 
 
 @message("stat")
-@frozen
+@frozen(repr=False, eq=False)
 class Stat(Message):
     """Attributes of ``path`` without following a final symlink (lstat)."""
 
@@ -363,13 +415,13 @@ class Stat(Message):
 
 
 @message("stat_reply")
-@frozen
+@frozen(repr=False, eq=False)
 class StatReply(Message):
     attrs: Attrs = field(validator=WireValue(Attrs))
 
 
 @message("list")
-@frozen
+@frozen(repr=False, eq=False)
 class List(Message):
     """Every entry of a directory with its attributes (READDIRPLUS)."""
 
@@ -377,7 +429,7 @@ class List(Message):
 
 
 @message("listing")
-@frozen
+@frozen(repr=False, eq=False)
 class Listing(Message):
     attrs: Attrs = field(validator=WireValue(Attrs))
     entries: tuple[DirEntry, ...] = field(
@@ -386,7 +438,7 @@ class Listing(Message):
 
 
 @message("read")
-@frozen
+@frozen(repr=False, eq=False)
 class Read(Message):
     """agent -> server: ``length`` bytes (at most CHUNK_SIZE) from ``offset``.
 
@@ -401,7 +453,7 @@ class Read(Message):
 
 
 @message("data")
-@frozen
+@frozen(repr=False, eq=False)
 class Data(Message):
     data: bytes = field(validator=_DATA, repr=False)
     eof: bool = field(validator=_BOOL)
@@ -409,7 +461,7 @@ class Data(Message):
 
 
 @message("upload_chunk")
-@frozen
+@frozen(repr=False, eq=False)
 class UploadChunk(Message):
     """agent -> server: one chunk of a whole-object upload (idempotent by offset)."""
 
@@ -419,7 +471,7 @@ class UploadChunk(Message):
 
 
 @message("upload_commit")
-@frozen
+@frozen(repr=False, eq=False)
 class UploadCommit(Message):
     """agent -> server: install the upload as ``path``'s new version, atomically.
 
@@ -435,20 +487,20 @@ class UploadCommit(Message):
 
 
 @message("upload_abort")
-@frozen
+@frozen(repr=False, eq=False)
 class UploadAbort(Message):
     upload_id: str = field(validator=_SHORT)
 
 
 @message("mkdir")
-@frozen
+@frozen(repr=False, eq=False)
 class Mkdir(Message):
     path: str = field(validator=_PATH)
     mode: int = field(validator=_MODE, default=0o755)
 
 
 @message("remove")
-@frozen
+@frozen(repr=False, eq=False)
 class Remove(Message):
     """unlink (``directory`` False) or rmdir (True) of ``path``."""
 
@@ -457,7 +509,7 @@ class Remove(Message):
 
 
 @message("rename")
-@frozen
+@frozen(repr=False, eq=False)
 class Rename(Message):
     src: str = field(validator=_PATH)
     dst: str = field(validator=_PATH)
@@ -467,7 +519,7 @@ class Rename(Message):
 
 
 @message("symlink")
-@frozen
+@frozen(repr=False, eq=False)
 class Symlink(Message):
     """Create ``path`` as a symlink whose text is ``target`` (kept verbatim)."""
 
@@ -476,19 +528,19 @@ class Symlink(Message):
 
 
 @message("readlink")
-@frozen
+@frozen(repr=False, eq=False)
 class Readlink(Message):
     path: str = field(validator=_PATH)
 
 
 @message("link_target")
-@frozen
+@frozen(repr=False, eq=False)
 class LinkTarget(Message):
     target: str = field(validator=_PATH)
 
 
 @message("setattr")
-@frozen
+@frozen(repr=False, eq=False)
 class SetAttr(Message):
     """chmod / utimensat / truncate of ``path``; None leaves a field as it is."""
 
@@ -503,7 +555,7 @@ class SetAttr(Message):
 
 
 @message("open")
-@frozen
+@frozen(repr=False, eq=False)
 class Open(Message):
     """Materialise ``path`` in the agent's cache for a guest open.
 
@@ -517,7 +569,7 @@ class Open(Message):
 
 
 @message("opened")
-@frozen
+@frozen(repr=False, eq=False)
 class Opened(Message):
     """The host path of the cache file to open, and the object's attributes.
 
@@ -535,7 +587,7 @@ class Opened(Message):
 
 
 @message("commit")
-@frozen
+@frozen(repr=False, eq=False)
 class Commit(Message):
     """Upload the local copy of ``path`` if it changed since its last upload."""
 
@@ -543,25 +595,25 @@ class Commit(Message):
 
 
 @message("committed")
-@frozen
+@frozen(repr=False, eq=False)
 class Committed(Message):
     attrs: Attrs = field(validator=WireValue(Attrs))
 
 
 @message("sync")
-@frozen
+@frozen(repr=False, eq=False)
 class Sync(Message):
     """Upload every local copy that changed since its last upload."""
 
 
 @message("synced")
-@frozen
+@frozen(repr=False, eq=False)
 class Synced(Message):
     uploaded: int = field(validator=_U64)
 
 
 @message("done")
-@frozen
+@frozen(repr=False, eq=False)
 class Done(Message):
     """A request that succeeded with nothing to return (remove, rename, upload chunk)."""
 
@@ -570,7 +622,7 @@ class Done(Message):
 
 
 @message("error")
-@frozen
+@frozen(repr=False, eq=False)
 class Error(Message):
     """A failed request: a Linux errno and a short human message, nothing else.
 
