@@ -5,8 +5,14 @@ connected to the agent's private socket. Trusts the agent (a trusted process
 of the same user). The cache holds what Stat and List (READDIRPLUS) replies
 said, for ``ttl`` seconds; every mutation this interposer makes invalidates
 what it touched at once, so a sandbox sees its own changes immediately and
-other agents' changes within ``ttl``. Opens always go to the agent, which
-revalidates with the server (close-to-open consistency).
+other agents' changes within ``ttl``. Opens go to the agent, which
+revalidates with the server (close-to-open consistency), except a read-only
+open of a file the agent gave a lease on (:mod:`agent.leases`): while the
+agent's lease channel vouches for it, and the copy's stat is the one seen at
+the grant, the interposer opens the same copy itself, with no round trip. The
+channel is drained (never waited on) before a lease is used; every change this
+sandbox makes to a path drops its lease at once, and an open for writing,
+truncating or creating always asks the agent.
 """
 
 from __future__ import annotations
@@ -15,8 +21,11 @@ import errno
 import os
 import time
 
+import zmq
 from attrs import evolve
 
+from agent.leases import LeaseFeed, Leases
+from agent.leases import signature as copy_signature
 from agent.naming import object_name
 from protocol.client import Client, Unreachable
 from protocol.messages import (
@@ -48,6 +57,10 @@ __all__ = ["Remote"]
 
 #: Seconds an Open, Commit or Sync may take (a cold fetch or an upload of a large file).
 BULK_TIMEOUT = 3600.0
+#: Open flags a leased open may carry: read-only, nothing that creates or truncates.
+_LEASE_FLAGS = (
+    os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NOATIME | 0o100000
+)  # 0o100000: O_LARGEFILE (0 in Python's os on x86_64, set by 32-bit-era callers)
 
 
 class Remote:
@@ -82,8 +95,17 @@ class Remote:
         #: requests sent to the agent, and the time they took (``--stats``)
         self.requests = 1
         self.agent_ns = 0
+        #: opens served from a lease (no round trip)
+        self.leased_opens = 0
+        self._leases: Leases | None = None
+        self._feed: LeaseFeed | None = None
+        if welcome.leases:
+            self._leases = Leases()
+            self._feed = LeaseFeed(zmq.Context.instance(), welcome.leases, self._leases)
 
     def close(self) -> None:
+        if self._feed is not None:
+            self._feed.close()
         self._client.close()
         self._bulk.close()
 
@@ -137,6 +159,10 @@ class Remote:
         except OSError:
             return
         self._synced[path] = (st.st_size, st.st_mtime_ns)
+
+    def _drop_lease(self, path: str, *, tree: bool = False) -> None:
+        if self._leases is not None:
+            self._leases.drop(path, tree=tree)
 
     def _forget(self, path: str) -> None:
         self._attrs.pop(path, None)
@@ -195,7 +221,36 @@ class Remote:
         self._links[path] = (now + self.ttl, reply.target)
         return reply.target
 
+    def _open_leased(self, path: str) -> Opened | None:
+        """The copy a lease vouches for, opened with no round trip (None: ask the agent)."""
+        assert self._feed is not None and self._leases is not None
+        self._feed.drain()
+        lease = self._leases.get(path)
+        if lease is None:
+            return None
+        opened = lease.opened
+        try:
+            st = os.stat(opened.host_path)
+        except OSError:
+            st = None
+        if st is None or copy_signature(st) != lease.sig:
+            self._leases.drop(path)  # evicted, replaced or written: ask the agent
+            return None
+        self.leased_opens += 1
+        self._by_host[opened.host_path] = path
+        self._local[path] = opened.host_path
+        self._attrs[path] = (time.monotonic() + self.ttl, opened.attrs)
+        self._synced[path] = (st.st_size, st.st_mtime_ns)
+        return opened
+
     def open(self, path: str, flags: int, mode: int) -> Opened:
+        if self._leases is not None:
+            if flags & ~_LEASE_FLAGS & 0xFFFFFFFF:
+                self._leases.drop(path)  # writing, creating, truncating: always the agent
+            else:
+                leased = self._open_leased(path)
+                if leased is not None:
+                    return leased
         reply = self._ask(Open(path=path, flags=flags & 0xFFFFFFFF, mode=mode & 0o7777), bulk=True)
         assert isinstance(reply, Opened)
         self._by_host[reply.host_path] = path
@@ -206,28 +261,45 @@ class Remote:
             not flags & 0o1003 or path not in self._synced
         ):  # read-only, no O_TRUNC: the copy is the server's object
             self._record_local(path)
+        lease = reply
         reply = Opened(host_path=reply.host_path, attrs=attrs)
+        if lease.lease and self._leases is not None:
+            self._take_lease(path, lease, reply)
         if flags & 0o100:  # O_CREAT: the parent's listing changed
             parent = path.rsplit("/", 1)[0] or "/"
             self._attrs.pop(parent, None)
         return reply
 
+    def _take_lease(self, path: str, granted: Opened, opened: Opened) -> None:
+        """Hold the lease the agent granted with ``granted``, for later opens of ``path``."""
+        assert self._leases is not None
+        try:
+            st = os.stat(opened.host_path)
+        except OSError:
+            return
+        self._leases.install(path, evolve(granted, attrs=opened.attrs), copy_signature(st))
+
     def commit(self, path: str) -> None:
+        self._drop_lease(path)
         self._ask(Commit(path=path), bulk=True)
         self._attrs.pop(path, None)
         self._record_local(path)
 
     def sync(self) -> None:
+        if self._leases is not None:
+            self._leases.drop_all("this sandbox synced")
         self._ask(Sync(), bulk=True)
         self._attrs.clear()
         for path in self._local:
             self._record_local(path)
 
     def mkdir(self, path: str, mode: int) -> None:
+        self._drop_lease(path, tree=True)
         self._ask(Mkdir(path=path, mode=mode & 0o7777))
         self._forget(path)
 
     def remove(self, path: str, directory: bool) -> None:
+        self._drop_lease(path, tree=True)
         self._ask(Remove(path=path, directory=directory))
         self._forget(path)
         self._ino.pop(path, None)
@@ -237,6 +309,8 @@ class Remote:
             self._by_host.pop(host, None)
 
     def rename(self, src: str, dst: str, flags: RenameFlags) -> None:
+        self._drop_lease(src, tree=True)
+        self._drop_lease(dst, tree=True)
         self._ask(Rename(src=src, dst=dst, flags=flags))
         for path in (src, dst):
             self._forget(path)
@@ -265,6 +339,7 @@ class Remote:
             self._by_host[new_host] = new
 
     def symlink(self, target: str, path: str) -> None:
+        self._drop_lease(path, tree=True)
         self._ask(Symlink(target=target, path=path))
         self._forget(path)
 
@@ -277,6 +352,7 @@ class Remote:
         mtime_ns: int | None = None,
         size: int | None = None,
     ) -> None:
+        self._drop_lease(path)
         self._ask(SetAttr(path=path, mode=mode, atime_ns=atime_ns, mtime_ns=mtime_ns, size=size))
         self._attrs.pop(path, None)
 
@@ -295,4 +371,7 @@ class Remote:
             st = os.stat(host)
         except OSError:
             return None
-        return None if self._synced.get(path) == (st.st_size, st.st_mtime_ns) else st
+        if self._synced.get(path) == (st.st_size, st.st_mtime_ns):
+            return None
+        self._drop_lease(path)  # a guest of this sandbox wrote it
+        return st
