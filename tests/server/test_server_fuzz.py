@@ -199,3 +199,38 @@ def test_fuzzed_frames_at_socket_speed(fuzz_server):
 @pytest.mark.slow
 def test_a_million_fuzzed_frames(fuzz_server):
     _blast_server(fuzz_server, FULL_FRAMES)
+
+
+def test_oversized_frame_is_dropped_and_the_server_goes_on(fuzz_server):
+    """A frame over the size limit is dropped with its connection; the server serves on."""
+    from protocol.codec import MAX_FRAME
+
+    proc, client = fuzz_server
+    with RawClient(proc.bound, token=client.token) as big:
+        big.sock.send(b"\x00" * (MAX_FRAME + 8192))
+        assert not big.sock.poll(500)  # no reply: ZeroMQ refused the message
+        assert _is_root(big.call(Stat(path="/")))  # the socket reconnected, served again
+    assert proc.alive()
+    assert _is_root(client.call(Stat(path="/")))
+
+
+def test_a_client_that_never_reads_does_not_stall_others(fuzz_server):
+    """5,000 pipelined reads from a client that never reads its replies: others still served."""
+    from protocol.messages import CHUNK_SIZE, Read
+
+    proc, client = fuzz_server
+    (proc.root / "big").write_bytes(b"x" * CHUNK_SIZE)
+    hog = RawClient(proc.bound, token=client.token)
+    hog.sock.setsockopt(zmq.SNDHWM, 0)
+    hog.sock.setsockopt(zmq.RCVHWM, 1)
+    try:
+        for _ in range(5000):
+            hog.send(Read(path="/big", offset=0, length=CHUNK_SIZE))
+        started = time.monotonic()
+        for _ in range(20):
+            assert _is_root(client.call(Stat(path="/"), timeout=20))
+        assert time.monotonic() - started < 20
+        assert proc.alive()
+    finally:
+        hog.close()
+        (proc.root / "big").unlink()
