@@ -211,8 +211,13 @@ def load_allowed(path: str) -> frozenset[bytes]:
 
 
 def server_sockopts(keys: KeyPair) -> dict[int, int | bytes]:
-    """Options for a CURVE server socket (ROUTER, PUB), set before ``bind``."""
-    return {zmq.CURVE_SERVER: 1, zmq.CURVE_SECRETKEY: keys.secret, zmq.ZAP_DOMAIN: ZAP_DOMAIN}
+    """Options for a CURVE server socket (ROUTER, PUB), set before ``bind``.
+
+    ``ZAP_ENFORCE_DOMAIN``: without a ZAP handler in the context, libzmq would
+    admit every client key; with it, such a handshake fails instead.
+    """
+    return {zmq.CURVE_SERVER: 1, zmq.CURVE_SECRETKEY: keys.secret, zmq.ZAP_DOMAIN: ZAP_DOMAIN,
+            zmq.ZAP_ENFORCE_DOMAIN: 1}
 
 
 def client_sockopts(keys: KeyPair, server_public: bytes) -> dict[int, int | bytes]:

@@ -321,3 +321,23 @@ def test_synthfs_keys_cli(tmp_path: Path):
     assert pair.public.decode() in done.stderr
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=_env(), check=False)
     assert again.returncode == 1 and "not overwritten" in again.stderr
+
+
+def test_without_a_zap_handler_nobody_is_admitted():
+    """Defence in depth: a CURVE server socket whose context has no ZAP handler (a bug in
+    the server's set-up) refuses every client instead of admitting any key."""
+    ctx = zmq.Context()
+    try:
+        server = curve.KeyPair(*zmq.curve_keypair())
+        client = curve.KeyPair(*zmq.curve_keypair())
+        router = ctx.socket(zmq.ROUTER)
+        curve.apply(router, curve.server_sockopts(server))
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        try:
+            with pytest.raises(TimeoutError):
+                curve.handshake(ctx, f"tcp://127.0.0.1:{port}",
+                                curve.client_sockopts(client, server.public), 1.0)
+        finally:
+            router.close(linger=0)
+    finally:
+        ctx.term()
