@@ -7,6 +7,7 @@ and friends from synthetic attributes, and parses ``struct open_how``.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import stat as st
 import struct
@@ -163,18 +164,80 @@ _libc.syscall.restype = ctypes.c_long
 NR_STATX = 332
 
 
-def host_statx(path: str, atflags: int, mask: int) -> bytes:
-    """``statx`` of a host path, run by the supervisor itself (raises OSError)."""
-    buf = ctypes.create_string_buffer(STATX_SIZE)
-    ret = _libc.syscall(
-        ctypes.c_long(NR_STATX),
-        ctypes.c_int(AT_FDCWD),
-        ctypes.c_char_p(os.fsencode(path)),
-        ctypes.c_int(atflags),
-        ctypes.c_uint(mask & 0xFFFFFFFF),
-        buf,
-    )
-    if ret != 0:
+NR_OPENAT2 = 437
+NR_FACCESSAT2 = 439
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
         err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
+        raise OSError(err, os.strerror(err), what)
+    return ret
+
+
+def host_openat2(path: str, flags: int, resolve: int) -> int:
+    """openat2(AT_FDCWD, path, {flags, 0, resolve}) in the supervisor (raises OSError)."""
+    how = OPEN_HOW.pack(flags, 0, resolve)
+    return _check(
+        _libc.syscall(
+            ctypes.c_long(NR_OPENAT2),
+            ctypes.c_int(AT_FDCWD),
+            ctypes.c_char_p(os.fsencode(path)),
+            ctypes.c_char_p(how),
+            ctypes.c_size_t(len(how)),
+        ),
+        path,
+    )
+
+
+def open_checked(real: str, follow: bool, must_be_dir: bool = False) -> int:
+    """An O_PATH fd on a checked real path, by a walk that follows no symlink at all.
+
+    The supervisor answers stat, statx, access and readlink of host paths
+    itself, through this fd: a symlink a guest swapped into the path after the
+    decision fails the walk (ELOOP) instead of showing another object.
+    """
+    flags = O_PATH | O_CLOEXEC | (0 if follow else O_NOFOLLOW) | (O_DIRECTORY if must_be_dir else 0)
+    return host_openat2(real, flags, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+
+
+def host_statx(path: str, atflags: int, mask: int, dirfd: int = AT_FDCWD) -> bytes:
+    """``statx`` of a host path (or of ``dirfd`` itself: path "" and AT_EMPTY_PATH),
+    run by the supervisor (raises OSError)."""
+    buf = ctypes.create_string_buffer(STATX_SIZE)
+    _check(
+        _libc.syscall(
+            ctypes.c_long(NR_STATX),
+            ctypes.c_int(dirfd),
+            ctypes.c_char_p(os.fsencode(path)),
+            ctypes.c_int(atflags),
+            ctypes.c_uint(mask & 0xFFFFFFFF),
+            buf,
+        ),
+        path,
+    )
     return buf.raw
+
+
+def host_access(fd: int, mode: int, effective: bool) -> bool:
+    """faccessat2(fd, "", mode, AT_EMPTY_PATH): may this process access the object?"""
+    flags = AT_EMPTY_PATH | (AT_EACCESS if effective else 0)
+    ret = _libc.syscall(
+        ctypes.c_long(NR_FACCESSAT2), ctypes.c_int(fd), ctypes.c_char_p(b""),
+        ctypes.c_int(mode), ctypes.c_int(flags),
+    )  # fmt: skip
+    if ret == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EACCES:
+        return False
+    raise OSError(err, os.strerror(err))
+
+
+def host_readlink(fd: int) -> str:
+    """readlinkat(fd, ""): the text of the symlink ``fd`` (O_PATH | O_NOFOLLOW) is on."""
+    if not st.S_ISLNK(os.stat(fd).st_mode):
+        raise OSError(errno.EINVAL, "not a symbolic link")  # readlink's answer (not ENOENT)
+    buf = ctypes.create_string_buffer(4096)
+    n = _check(_libc.readlinkat(ctypes.c_int(fd), ctypes.c_char_p(b""), buf, 4096), "readlinkat")
+    return os.fsdecode(buf.raw[:n])

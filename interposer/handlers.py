@@ -23,7 +23,7 @@ import errno
 import os
 import re
 import stat as st
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from attrs import frozen
 
@@ -677,9 +677,31 @@ def sys_openat2(call: Call, env: Env) -> Result:
 # -- stat family --------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _checked(loc: Loc, follow: bool) -> Iterator[int | None]:
+    """An O_PATH fd on the checked host object, for the supervisor's own answers.
+
+    None for a /proc magic link (an fd of the guest's, or what a /proc link
+    leads to that is not a path): the kernel resolves those by the object, not
+    by a walk a guest could redirect.
+    """
+    if loc.via_fd or loc.magic:
+        yield None
+        return
+    assert loc.host is not None
+    fd = abi.open_checked(loc.host, follow, loc.must_be_dir)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def _host_stat(call: Call, env: Env, loc: Loc, follow: bool) -> os.stat_result:
     assert loc.host is not None
-    return os.stat(loc.host, follow_symlinks=follow or loc.via_fd)
+    with _checked(loc, follow) as fd:
+        if fd is not None:
+            return os.stat(fd)
+        return os.stat(loc.host, follow_symlinks=follow or loc.via_fd)
 
 
 def stat_at(call: Call, env: Env, dirfd: int, addr: int, buf: int, atflags: int) -> Result:
@@ -777,11 +799,12 @@ def sys_statx(call: Call, env: Env) -> Result:
             nofollow = (
                 AT_SYMLINK_NOFOLLOW if (atflags & AT_SYMLINK_NOFOLLOW and not loc.via_fd) else 0
             )
-            data = abi.host_statx(
-                loc.host,
-                (atflags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)) | nofollow,
-                call.args[3],
-            )
+            sync = atflags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)  # AT_STATX_* and the like
+            with _checked(loc, follow) as fd:
+                if fd is None:
+                    data = abi.host_statx(loc.host, sync | nofollow, call.args[3])
+                else:
+                    data = abi.host_statx("", sync | AT_EMPTY_PATH, call.args[3], dirfd=fd)
     except Refused:
         return Fail(errno.EACCES)
     except OSError as exc:
@@ -799,14 +822,15 @@ def access_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, atflags: i
             assert loc.host is not None
             if mode & os.W_OK:
                 host_check(call, env, "write", loc)  # writable here means: may open to write
-            ok = os.access(
-                loc.host, mode, effective_ids=bool(atflags & abi.AT_EACCESS), follow_symlinks=follow
-            )
-            if ok:
-                return Return(0)
-            # Find the errno the kernel would give.
-            os.stat(loc.host, follow_symlinks=follow)
-            return Fail(errno.EACCES)
+            effective = bool(atflags & abi.AT_EACCESS)
+            with _checked(loc, follow) as fd:
+                if fd is not None:
+                    ok = abi.host_access(fd, mode, effective)
+                else:
+                    ok = os.access(loc.host, mode, effective_ids=effective, follow_symlinks=follow)
+                    if not ok:
+                        os.stat(loc.host, follow_symlinks=follow)  # the errno the kernel gives
+            return Return(0) if ok else Fail(errno.EACCES)
         attrs = _need(loc)
     except Refused:
         return Fail(errno.EACCES)
@@ -864,7 +888,9 @@ def readlink_at(call: Call, env: Env, dirfd: int, addr: int, buf: int, size: int
                 text = env.repo.readlink(loc.repo)
             else:
                 assert loc.host is not None
-                text = _translate_host_link(env, os.readlink(loc.host))
+                with _checked(loc, False) as fd:
+                    link = abi.host_readlink(fd) if fd is not None else os.readlink(loc.host)
+                text = _translate_host_link(env, link)
     except Refused:
         return Fail(errno.EACCES)
     except OSError as exc:
