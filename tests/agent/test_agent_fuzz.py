@@ -37,6 +37,7 @@ def _blast_agent(running: Stack, count: int) -> None:
                 alive=lambda: agent.popen.poll() is None, in_order=True)
     print(res.summary("agent"))
     assert res.frames == count and res.probes == -(-count // 200)
+    assert res.errnos["undecodable"] == 0  # every reply is a valid message
     assert res.mismatches == [], res.mismatches[:10]
     assert res.replies == res.expected, f"seed {SEED}"
     assert agent.popen.poll() is None and running.server.popen.poll() is None

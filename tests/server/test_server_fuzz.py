@@ -176,6 +176,7 @@ def _blast_server(fuzz_server, count: int) -> None:
                 alive=proc.alive, in_order=False, probe_token=client.token)
     print(res.summary("server"))
     assert res.frames == count and res.probes == -(-count // 200)
+    assert res.errnos["undecodable"] == 0  # every reply is a valid message
     assert res.mismatches == []
     assert res.replies == res.frames, f"{res.dropped} frames got no reply (seed {SEED})"
     assert proc.alive(), proc.output()[-3000:]
