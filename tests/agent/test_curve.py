@@ -28,9 +28,19 @@ from agent_stack import REPO, Stack, _env, wait_until
 from protocol import curve
 from protocol.bootstrap import register_mac
 from protocol.client import Client, Unreachable
-from protocol.messages import PROTOCOL_VERSION, Open, Opened, Register, Registered, Stat, StatReply
+from protocol.messages import (
+    PROTOCOL_VERSION,
+    Mkdir,
+    Open,
+    Opened,
+    Register,
+    Registered,
+    Stat,
+    StatReply,
+)
 
 NAME = "curve-probe-7d1f0e.txt"
+DIR = "curve-dir-3b8e44"
 CONTENT = b"CONTENT-MARKER-51c9a2e8 " * 64
 START = 20.0
 
@@ -141,65 +151,79 @@ def _register(client: Client, key: bytes) -> str:
     return reply.token
 
 
-def _exercise(stack: Stack, upstream: str, sockopts: dict[int, int | bytes]) -> str:
-    """Through ``upstream``: an agent serves Stat and Open of NAME; a client registers and
-    Stats with its own token (returned, so the caller can look for it)."""
+def _exercise(stack: Stack, keys: dict[str, tuple[str, str]] | None) -> tuple[str, bytes, bytes]:
+    """A server (CURVE with ``keys``) and an agent whose upstream and subscription run through
+    recording relays: the agent serves Stat and Open of NAME and makes DIR (an invalidation
+    on the PUB socket), a client registers and Stats with its own token.
+
+    Returns the token and the two recordings (upstream, invalidations).
+    """
     (stack.root / NAME).write_bytes(CONTENT)
-    stack.server_ep = upstream
-    stack.start_agent(*(() if not sockopts else (
-        "--curve-secret", str(stack.tmp / "keys" / "agent.key_secret"),
-        "--server-key", str(stack.tmp / "keys" / "server.key"))))
-    reply = stack.call(Stat(path=f"/{NAME}"))
-    assert isinstance(reply, StatReply) and reply.attrs.size == len(CONTENT)
-    got = stack.call(Open(path=f"/{NAME}", flags=os.O_RDONLY))
-    assert isinstance(got, Opened)
-    assert Path(got.host_path).read_bytes() == CONTENT
-    held = {"token": ""}
-    with Client(upstream, timeout=10, sockopts=sockopts,
-                token_provider=lambda: held["token"]) as client:
-        held["token"] = _register(client, stack.key.read_bytes().strip())
-        assert isinstance(client.call(Stat(path=f"/{NAME}")), StatReply)  # carries the token
-    assert len(held["token"]) >= 32
-    return held["token"]
+    stack.server_ep = "tcp://127.0.0.1:*"
+    curve_args: tuple[str, ...] = ()
+    sockopts: dict[int, int | bytes] = {}
+    if keys is not None:
+        curve_args = ("--curve-secret", keys["agent"][1], "--server-key", keys["server"][0])
+        sockopts = _client_opts(keys, "probe")
+        _curve_server(stack, keys, "--publish", "tcp://127.0.0.1:*")
+    else:
+        stack.start_server("--publish", "tcp://127.0.0.1:*")
+    assert stack.server is not None
+    pub = re.search(r"invalidations on (tcp://\S+)", stack.server.output())
+    assert pub, stack.server.output()
+    upstream, invals = Relay(_port(_bound(stack))), Relay(_port(pub.group(1)))
+    try:
+        stack.server_ep = upstream.endpoint
+        stack.start_agent(*curve_args, "--subscribe", invals.endpoint)
+        reply = stack.call(Stat(path=f"/{NAME}"))
+        assert isinstance(reply, StatReply) and reply.attrs.size == len(CONTENT)
+        got = stack.call(Open(path=f"/{NAME}", flags=os.O_RDONLY))
+        assert isinstance(got, Opened)
+        assert Path(got.host_path).read_bytes() == CONTENT
+        stack.call(Mkdir(path=f"/{DIR}"))
+        assert (stack.root / DIR).is_dir()
+        held = {"token": ""}
+        with Client(upstream.endpoint, timeout=10, sockopts=sockopts,
+                    token_provider=lambda: held["token"]) as client:
+            held["token"] = _register(client, stack.key.read_bytes().strip())
+            assert isinstance(client.call(Stat(path=f"/{NAME}")), StatReply)  # with the token
+        assert len(held["token"]) >= 32
+        time.sleep(1.0)  # beats and the invalidation of DIR reach the relay
+        assert upstream.connections >= 2 and invals.connections >= 1
+        return held["token"], upstream.bytes(), invals.bytes()
+    finally:
+        upstream.close()
+        invals.close()
 
 
 def test_curve_link_carries_nothing_in_clear_and_plain_does(tmp_path: Path,
                                                            keys: dict[str, tuple[str, str]]):
-    # With CURVE: the agent serves, and the recording holds no token, name or content.
+    # With CURVE: the agent serves, and the recordings hold no token, name or content.
     stack = Stack(tmp_path)
-    relay = None
     try:
-        bound = _curve_server(stack, keys)
-        relay = Relay(_port(bound))
-        token = _exercise(stack, relay.endpoint, _client_opts(keys, "probe"))
-        seen = relay.bytes()
-        assert relay.connections >= 2 and len(seen) > len(CONTENT)
-        assert b"CURVE" in seen  # the ZMTP greeting names the mechanism
-        for secret in (token.encode(), NAME.encode(), CONTENT[:24], b"register", b"stat"):
-            assert secret not in seen, secret
+        token, seen, published = _exercise(stack, keys)
         assert "CURVE on" in stack.server.output()  # type: ignore[union-attr]
     finally:
         stack.stop()
-        if relay is not None:
-            relay.close()
+    assert len(seen) > len(CONTENT) and len(published) > 200
+    assert b"CURVE" in seen and b"CURVE" in published  # the ZMTP greeting names the mechanism
+    for secret in (token.encode(), NAME.encode(), CONTENT[:24], b"register", b"stat"):
+        assert secret not in seen, secret
+    for secret in (DIR.encode(), b"inval", b"beat"):
+        assert secret not in published, secret
 
     # The same exchange without CURVE (loopback tcp): everything shows, so the test can fail.
     plain_dir = tmp_path / "plain"
     plain_dir.mkdir()
     plain = Stack(plain_dir)
-    relay = None
     try:
-        plain.server_ep = "tcp://127.0.0.1:*"
-        plain.start_server()
-        relay = Relay(_port(_bound(plain)))
-        token = _exercise(plain, relay.endpoint, {})
-        seen = relay.bytes()
-        for secret in (token.encode(), NAME.encode(), CONTENT[:24]):
-            assert secret in seen, secret
+        token, seen, published = _exercise(plain, None)
     finally:
         plain.stop()
-        if relay is not None:
-            relay.close()
+    for secret in (token.encode(), NAME.encode(), CONTENT[:24]):
+        assert secret in seen, secret
+    for secret in (DIR.encode(), b"inval", b"beat"):
+        assert secret in published, secret
 
 
 def test_unknown_keys_and_plain_clients_get_nothing(tmp_path: Path,
