@@ -30,6 +30,8 @@ from protocol.bootstrap import register_mac
 from protocol.client import Client, Unreachable
 from protocol.messages import (
     PROTOCOL_VERSION,
+    Commit,
+    Committed,
     Mkdir,
     Open,
     Opened,
@@ -41,6 +43,7 @@ from protocol.messages import (
 
 NAME = "curve-probe-7d1f0e.txt"
 DIR = "curve-dir-3b8e44"
+UPLOAD = b"UPLOADED-MARKER-0c77d1 " * 64
 CONTENT = b"CONTENT-MARKER-51c9a2e8 " * 64
 START = 20.0
 
@@ -153,8 +156,9 @@ def _register(client: Client, key: bytes) -> str:
 
 def _exercise(stack: Stack, keys: dict[str, tuple[str, str]] | None) -> tuple[str, bytes, bytes]:
     """A server (CURVE with ``keys``) and an agent whose upstream and subscription run through
-    recording relays: the agent serves Stat and Open of NAME and makes DIR (an invalidation
-    on the PUB socket), a client registers and Stats with its own token.
+    recording relays: the agent serves Stat and Open of NAME, makes DIR (an invalidation
+    on the PUB socket) and uploads UPLOAD into it; a client registers and Stats with its
+    own token.
 
     Returns the token and the two recordings (upstream, invalidations).
     """
@@ -182,6 +186,11 @@ def _exercise(stack: Stack, keys: dict[str, tuple[str, str]] | None) -> tuple[st
         assert Path(got.host_path).read_bytes() == CONTENT
         stack.call(Mkdir(path=f"/{DIR}"))
         assert (stack.root / DIR).is_dir()
+        new = stack.call(Open(path=f"/{DIR}/up", flags=os.O_WRONLY | os.O_CREAT, mode=0o644))
+        assert isinstance(new, Opened)
+        Path(new.host_path).write_bytes(UPLOAD)
+        assert isinstance(stack.call(Commit(path=f"/{DIR}/up")), Committed)
+        assert (stack.root / DIR / "up").read_bytes() == UPLOAD
         held = {"token": ""}
         with Client(upstream.endpoint, timeout=10, sockopts=sockopts,
                     token_provider=lambda: held["token"]) as client:
@@ -207,7 +216,8 @@ def test_curve_link_carries_nothing_in_clear_and_plain_does(tmp_path: Path,
         stack.stop()
     assert len(seen) > len(CONTENT) and len(published) > 200
     assert b"CURVE" in seen and b"CURVE" in published  # the ZMTP greeting names the mechanism
-    for secret in (token.encode(), NAME.encode(), CONTENT[:24], b"register", b"stat"):
+    for secret in (token.encode(), NAME.encode(), CONTENT[:24], UPLOAD[:24], b"register",
+                   b"stat"):
         assert secret not in seen, secret
     for secret in (DIR.encode(), b"inval", b"beat"):
         assert secret not in published, secret
@@ -220,7 +230,7 @@ def test_curve_link_carries_nothing_in_clear_and_plain_does(tmp_path: Path,
         token, seen, published = _exercise(plain, None)
     finally:
         plain.stop()
-    for secret in (token.encode(), NAME.encode(), CONTENT[:24]):
+    for secret in (token.encode(), NAME.encode(), CONTENT[:24], UPLOAD[:24]):
         assert secret in seen, secret
     for secret in (DIR.encode(), b"inval", b"beat"):
         assert secret in published, secret
