@@ -1,6 +1,6 @@
 """One load guest: N mixed file operations on /data, run under ``synthfs run``.
 
-Usage: ``python3 guest.py DIR N SEED SHARED_DIR MANIFEST PUB_DIR``
+Usage: ``python3 guest.py DIR N SEED SHARED_DIR MANIFEST PUB_DIR [THREADS]``
 
 Works in its own directory ``DIR`` (created), keeping a model of what every
 file in it must hold (name -> sha256): create, overwrite, append, read back
@@ -14,9 +14,12 @@ idiom: a reader on any agent sees the old or the new file, never a torn one),
 as ``NAME-K`` (never changed again) and ``NAME-live`` (replaced each time),
 and it reads the others' files and checks them. Every operation is timed.
 
+With THREADS > 1, that many threads each do N operations, thread K in
+``DIR/tK`` (a multithreaded guest: the supervisor follows every thread).
+
 Prints one JSON object on stdout: ops done, errors (the first few described),
-the slowest operation, and the final model, which the test compares with the
-server's directory. Uses only the standard library (any python3 will do).
+the slowest operation, and the final models (directory -> model), which the
+test compares with the server's directories. Uses only the standard library (any python3 will do).
 """
 
 from __future__ import annotations
@@ -26,16 +29,16 @@ import json
 import os
 import random
 import sys
+import threading
 import time
+from typing import Any
 
 
-def main() -> int:
-    top, n, seed, shared, manifest, pub = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), \
-        sys.argv[4], sys.argv[5], sys.argv[6]
-    me = os.path.basename(top)
+def work(top: str, n: int, seed: int, shared: str, shared_sums: dict[str, str],
+         pub: str) -> dict[str, Any]:
+    """N operations in ``top``; the report (see the module docstring)."""
+    me = top.strip("/").replace("/", "-")
     published: dict[str, str] = {}  # name in pub -> sha256 of the whole file
-    with open(manifest) as f:
-        shared_sums: dict[str, str] = json.load(f)
     rng = random.Random(seed)
     model: dict[str, str] = {}
     errors: list[str] = []
@@ -137,10 +140,41 @@ def main() -> int:
             slowest = (took, op)
         counts[op] = counts.get(op, 0) + 1
         done += 1
-    report = {"ops": done, "counts": counts, "errors": len(errors),
-              "first_errors": errors[:10], "seconds": time.monotonic() - loop_started,
-              "slowest_s": slowest[0], "slowest_op": slowest[1], "model": model,
-              "published": published}
+    return {"ops": done, "counts": counts, "errors": errors,
+            "seconds": time.monotonic() - loop_started, "slowest": [slowest[0], slowest[1]],
+            "models": {top: model}, "published": published}
+
+
+def main() -> int:
+    top, n, seed, shared, manifest, pub = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), \
+        sys.argv[4], sys.argv[5], sys.argv[6]
+    threads = int(sys.argv[7]) if len(sys.argv) > 7 else 1
+    with open(manifest) as f:
+        shared_sums: dict[str, str] = json.load(f)
+    if threads == 1:
+        reports = [work(top, n, seed, shared, shared_sums, pub)]
+    else:
+        os.makedirs(top, exist_ok=True)
+        reports = [{} for _ in range(threads)]
+
+        def run(k: int) -> None:
+            reports[k] = work(f"{top}/t{k}", n, seed * 100 + k, shared, shared_sums, pub)
+
+        pool = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+    errors = [e for r in reports for e in r.get("errors", ["a thread died"])]
+    report = {"ops": sum(r.get("ops", 0) for r in reports),
+              "counts": {k: sum(r["counts"].get(k, 0) for r in reports if r)
+                         for k in {k for r in reports if r for k in r["counts"]}},
+              "errors": len(errors), "first_errors": errors[:10],
+              "seconds": max(r.get("seconds", 0.0) for r in reports),
+              "slowest_s": max(r["slowest"][0] for r in reports if r),
+              "slowest_op": max((r["slowest"] for r in reports if r), default=[0, ""])[1],
+              "models": {d: m for r in reports if r for d, m in r["models"].items()},
+              "published": {k: v for r in reports if r for k, v in r["published"].items()}}
     json.dump(report, sys.stdout)
     return 0
 

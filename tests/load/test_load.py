@@ -82,10 +82,11 @@ class Fleet:
 
 
 def _tree_sums(d: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()
+            if not p.is_dir()}
 
 
-def _load(tmp: Path, ops: int, budget: float) -> None:
+def _load(tmp: Path, ops: int, budget: float, threads: int = 1) -> None:
     fleet = Fleet(tmp)
     shared = fleet.root / "shared"
     shared.mkdir()
@@ -106,7 +107,7 @@ def _load(tmp: Path, ops: int, budget: float) -> None:
                 name = f"g{a}{g}"
                 argv = [*synthfs_command(), "run", "--agent", ep, "--", sys.executable,
                         str(GUEST), f"/data/{name}", str(ops), str(1000 * a + g),
-                        "/data/shared", str(manifest), "/data/pub"]
+                        "/data/shared", str(manifest), "/data/pub", str(threads)]
                 with open(tmp / f"{name}.err", "wb") as err:
                     guests.append((name, subprocess.Popen(argv, stdout=subprocess.PIPE,
                                                           stderr=err, stdin=subprocess.DEVNULL)))
@@ -129,19 +130,23 @@ def _load(tmp: Path, ops: int, budget: float) -> None:
         errors = {n: r["first_errors"] for n, r in results.items() if r["errors"]}
         slowest = max((r["slowest_s"], n, r["slowest_op"]) for n, r in results.items())
         busy = max(r["seconds"] for r in results.values())  # the longest guest's op loop
-        print(f"\nload: {len(results)} guests x {ops} ops = {total} ops; wall {elapsed:.1f} s "
+        print(f"\nload: {len(results)} guests x {threads} threads x {ops} ops = {total} ops; "
+              f"wall {elapsed:.1f} s "
               f"({total / elapsed:.0f} ops/s with start-up), op loops {busy:.1f} s "
               f"({total / busy:.0f} ops/s); errors {sum(r['errors'] for r in results.values())}; "
               f"slowest op {slowest[0] * 1000:.0f} ms ({slowest[2]} in {slowest[1]})")
-        assert total == ops * AGENTS * GUESTS_PER_AGENT
+        assert total == ops * AGENTS * GUESTS_PER_AGENT * threads
+        assert slowest[0] < 60, "an operation took a minute: something waits unbounded"
         assert errors == {}, errors
         # The server's directory, not what the guests believe: nothing lost, torn, wrong, extra.
-        for name, r in results.items():
-            on_server = _tree_sums(fleet.root / name)
-            lost = sorted(set(r["model"]) - set(on_server))
-            extra = sorted(set(on_server) - set(r["model"]))
-            wrong = sorted(k for k, v in r["model"].items() if on_server.get(k, v) != v)
-            assert (lost, extra, wrong) == ([], [], []), f"{name}: lost/extra/wrong"
+        dirs = {d: m for r in results.values() for d, m in r["models"].items()}
+        assert len(dirs) == AGENTS * GUESTS_PER_AGENT * threads
+        for d, model in dirs.items():
+            on_server = _tree_sums(fleet.root / d.removeprefix("/data/"))
+            lost = sorted(set(model) - set(on_server))
+            extra = sorted(set(on_server) - set(model))
+            wrong = sorted(k for k, v in model.items() if on_server.get(k, v) != v)
+            assert (lost, extra, wrong) == ([], [], []), f"{d}: lost/extra/wrong"
         assert _tree_sums(shared) == sums
         published = {k: v for r in results.values() for k, v in r["published"].items()}
         assert published, "no guest published anything"
@@ -165,6 +170,11 @@ def _load(tmp: Path, ops: int, budget: float) -> None:
 def test_eight_guests_two_agents(synthfs, tmp_path: Path) -> None:
     """CI: SYNTHFS_LOAD_OPS (100) operations per guest within 5 minutes."""
     _load(tmp_path, CI_OPS, budget=300)
+
+
+def test_eight_threaded_guests_two_agents(synthfs, tmp_path: Path) -> None:
+    """CI: the same with two threads per guest (the supervisor follows both), half the ops."""
+    _load(tmp_path, max(1, CI_OPS // 2), budget=300, threads=2)
 
 
 @pytest.mark.slow
