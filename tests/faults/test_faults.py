@@ -18,6 +18,7 @@ import errno
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -455,3 +456,133 @@ def test_restarted_agent_is_still_out_of_reach(stack: Stack) -> None:
     rc = g.finish(HANG)
     assert rc == 0, g.show()
     assert g.lines[-1] == f"restarted {errno.EPERM}", g.show()
+
+
+# -- faults during an upload ---------------------------------------------------------------
+
+#: Writes argv[1] MiB to /data/big (a pattern), prints "closing", closes (the
+#: upload) and prints the close's errno; then prints the errno of a second,
+#: small write (the stack still works).
+BIG_WRITER = r"""
+import os, sys, time
+fd = os.open("/data/big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+for i in range(int(sys.argv[1])):
+    os.write(fd, bytes([65 + i % 26]) * (1 << 20))
+print("closing", flush=True)
+try:
+    os.close(fd)
+    print("close 0", flush=True)
+except OSError as e:
+    print("close", e.errno, flush=True)
+deadline = time.monotonic() + 60
+while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
+    time.sleep(0.05)  # the fault is over: is the stack usable again?
+try:
+    with open("/data/after", "w") as f:
+        f.write("after")
+    print("after 0", flush=True)
+except OSError as e:
+    print("after", e.errno, flush=True)
+"""
+
+
+def _big(mib: int) -> bytes:
+    return b"".join(bytes([65 + i % 26]) * (1 << 20) for i in range(mib))
+
+
+def _upload_fault(stack: Stack, fault, limit: float = HANG,  # type: ignore[no-untyped-def]
+                  mib: int = 48) -> tuple[int, int]:
+    """Run BIG_WRITER, inject ``fault()`` as it closes; (close errno, later write's errno).
+
+    The close must return within ``limit`` seconds of the fault's start.
+    """
+    old = b"old\n" * 1000
+    (stack.root / "big").write_bytes(old)
+    over = stack.tmp / "fault-over"
+    g = Guest(["--agent", stack.agent_ep], BIG_WRITER, str(mib), str(over))
+    assert g.wait_for(lambda _rs: "closing" in g.lines, 60), g.show()
+    t0 = time.monotonic()
+    injector = threading.Thread(target=fault)
+    injector.start()
+    returned = g.wait_for(lambda _rs: any(x.startswith("close ") for x in g.lines), 2 * HANG)
+    took = time.monotonic() - t0
+    injector.join(2 * HANG)
+    assert returned, f"the close never returned\n{g.show()}"
+    over.touch()
+    rc = g.finish(4 * HANG)
+    assert rc is not None, f"synthfs run hung\n{g.show()}"
+    assert rc == 0, g.show()
+    close_err = int(next(x for x in g.lines if x.startswith("close")).split()[1])
+    after_err = int(next(x for x in g.lines if x.startswith("after")).split()[1])
+    got = (stack.root / "big").read_bytes()
+    new = _big(mib)
+    assert got in (old, new), f"a torn upload was installed: {len(got)} bytes"
+    if close_err == 0:
+        assert got == new, "close said 0 but the server holds the old version"
+    assert stray_files(stack.root, {"big", "after", "out", "ref"}) == []
+    print(f"close returned {took:.1f} s after the fault began")
+    assert took < limit, f"the close took {took:.1f} s (bound {limit} s)"
+    return close_err, after_err
+
+
+def test_server_restarted_during_an_upload(stack: Stack) -> None:
+    """The server restarts while a 48 MiB close uploads: acked means kept, never torn."""
+    stack.start_server()
+    stack.start_agent()
+
+    def restart() -> None:
+        time.sleep(0.1)
+        assert stack.server is not None
+        stack.server.stop(signal.SIGKILL)
+        stack.start_server()
+
+    close_err, after_err = _upload_fault(stack, restart)
+    assert close_err in {0} | AWAY, errno.errorcode.get(close_err, close_err)
+    assert after_err == 0
+    print(f"server restarted during an upload: close errno {close_err}")
+
+
+def test_token_expiry_during_an_upload(stack: Stack) -> None:
+    """Tokens live 0.25 s; a 48 MiB upload outlives several: the close succeeds."""
+    stack.start_server("--token-ttl", "0.25", "-v")
+    stack.start_agent()
+    close_err, after_err = _upload_fault(stack, lambda: None)
+    assert stack.server is not None
+    registrations = stack.server.output().count("registered: token")
+    print(f"token expiry during an upload: close errno {close_err}, {registrations} registrations")
+    assert close_err == 0, f"close failed: {errno.errorcode.get(close_err, close_err)}"
+    assert after_err == 0
+
+
+def test_server_frozen_during_an_upload(stack: Stack) -> None:
+    """The server freezes 5 s mid-upload: a bounded error (or success), never torn."""
+    stack.start_server()
+    stack.start_agent("--timeout", "1")
+
+    def freeze() -> None:
+        time.sleep(0.2)
+        assert stack.server is not None
+        stack.server.popen.send_signal(signal.SIGSTOP)
+        time.sleep(5)
+        stack.server.popen.send_signal(signal.SIGCONT)
+
+    close_err, after_err = _upload_fault(stack, freeze, limit=4)  # the agent's timeout is 1 s
+    assert close_err in {0} | AWAY, errno.errorcode.get(close_err, close_err)
+    assert after_err == 0
+    print(f"server frozen during an upload: close errno {close_err}")
+
+
+def test_agent_killed_during_an_upload(stack: Stack) -> None:
+    """The agent dies while a close uploads: EIO at once, old version kept, no stray files."""
+    stack.start_server()
+    stack.start_agent()
+
+    def kill() -> None:
+        time.sleep(0.2)
+        assert stack.agent is not None
+        stack.agent.stop(signal.SIGKILL)
+
+    close_err, after_err = _upload_fault(stack, kill, limit=3)
+    print(f"agent killed during an upload: close errno {close_err}, after {after_err}")
+    assert close_err in {0} | AWAY
+    assert after_err in AWAY  # no agent any more
