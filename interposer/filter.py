@@ -35,10 +35,12 @@ class _SockFprog(ctypes.Structure):
 class CompiledFilter:
     """Raw BPF ready to load; the buffers are allocated before any fork."""
 
-    def __init__(self, bpf: bytes) -> None:
+    def __init__(self, bpf: bytes, gates: frozenset[Gate] = frozenset(Gate)) -> None:
         if len(bpf) % 8 or not bpf:
             raise ValueError("BPF program must be a non-empty multiple of 8 bytes")
         self.bpf = bpf
+        #: the table rows' gates this filter was built with (the supervisor reads HOST)
+        self.gates = gates
         self._buf = ctypes.create_string_buffer(bpf, len(bpf))
         self._prog = _SockFprog(len(bpf) // 8, ctypes.addressof(self._buf))
         self._libc = ctypes.CDLL(None, use_errno=True)
@@ -83,7 +85,7 @@ def active_gates(policy: Policy | None) -> frozenset[Gate]:
     if policy.network is not NetworkMode.ALLOW:
         gates |= {Gate.NETWORK, Gate.SEND}
     if policy.has_host_rules:
-        gates.add(Gate.SEND)
+        gates |= {Gate.SEND, Gate.HOST}
     return frozenset(gates)
 
 
@@ -117,4 +119,4 @@ def build_filter(policy: Policy | None = None) -> CompiledFilter:
         filt.export_bpf(out)
         out.seek(0)
         bpf = out.read()
-    return CompiledFilter(bpf)
+    return CompiledFilter(bpf, gates)

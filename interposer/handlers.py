@@ -293,7 +293,9 @@ def run_host(
             loc = arg.loc
             assert loc.host is not None
             pinned = None
-            if not loc.via_fd and loc.real is not None and loc.real == loc.host:
+            if loc.via_fd and loc.real is not None and not loc.magic:
+                pinned = env.pin(loc.real, True, via=loc.host)  # an fd: the object it holds
+            elif loc.real is not None and loc.real == loc.host:
                 pinned = env.pin(loc.host, arg.whole)
             if pinned is None:
                 out.append(_cstr(loc.host))
@@ -1223,11 +1225,31 @@ def sys_fchmodat2(call: Call, env: Env) -> Result:
     return chmod_at(call, env, _s32(a[0]), a[1], a[2], a[3])
 
 
+def host_fd_op(call: Call, env: Env, loc: Loc, run: Callable[[Loc], Result]) -> Result:
+    """fchmod, fchown, fsetxattr, fremovexattr on a host fd, under ``[host]`` rules.
+
+    Natively a read-only fd is enough for them; here they are judged as their
+    path forms are (``chmod`` on the fd's file) and run as the path form
+    (``run``) on the object the fd holds, pinned (a guest thread cannot dup2
+    another file onto the fd after the check). Without ``[host]`` rules, and on
+    what is not a file (pipes, sockets), they run natively.
+    """
+    if not env.host_rules or loc.real is None:
+        return CONTINUE
+    host_check(call, env, "chmod", loc)
+    return run(loc)
+
+
 @guarded
 def sys_fchmod(call: Call, env: Env) -> Result:
     loc = fd_loc(call, env, _s32(call.args[0]))
-    if loc is None or not loc.synthetic:
+    if loc is None:
         return CONTINUE
+    if not loc.synthetic:
+        mode = call.args[1]
+        return host_fd_op(
+            call, env, loc, lambda fd: run_host(env, NR_FCHMODAT, (AT_FDCWD, Pin(fd, True), mode))
+        )
     attrs = _need(loc)
     denied = env.check(call, "chmod", loc.guest)
     if denied:
@@ -1275,9 +1297,17 @@ def sys_fchownat(call: Call, env: Env) -> Result:
 
 @guarded
 def sys_fchown(call: Call, env: Env) -> Result:
-    loc = fd_loc(call, env, _s32(call.args[0]))
-    if loc is None or not loc.synthetic:
+    a = call.args
+    loc = fd_loc(call, env, _s32(a[0]))
+    if loc is None:
         return CONTINUE
+    if not loc.synthetic:
+        return host_fd_op(
+            call,
+            env,
+            loc,
+            lambda fd: run_host(env, NR_FCHOWNAT, (AT_FDCWD, Pin(fd, True), a[1], a[2], 0)),
+        )
     _need(loc)
     denied = env.check(call, "chmod", loc.guest)
     return Fail(denied) if denied else Return(0)
@@ -1329,7 +1359,9 @@ def utimens_at(
         if loc is None:
             return Fail(errno.EBADF)
         if not loc.synthetic:
-            return CONTINUE
+            if atflags:
+                return Fail(errno.EINVAL)  # as the kernel says for a NULL path with flags
+            return host_fd_op(call, env, loc, raw)
     else:
         loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
     if not loc.synthetic:
@@ -1477,10 +1509,16 @@ def sys_lremovexattr(call: Call, env: Env) -> Result:
     return _xattr(call, env, False, Fail(errno.ENODATA))
 
 
-def _fxattr(call: Call, env: Env, synthetic_result: Result) -> Result:
+def _fxattr(call: Call, env: Env, synthetic_result: Result, path_form: str = "") -> Result:
+    """An f*xattr call; ``path_form`` (the changes) judges a host fd by the path call."""
     loc = fd_loc(call, env, _s32(call.args[0]))
-    if loc is None or not loc.synthetic:
+    if loc is None:
         return CONTINUE
+    if not loc.synthetic:
+        if not path_form:
+            return CONTINUE  # reading attributes of an fd the guest holds
+        nr, rest = BY_NAME[path_form].nr, call.args[1:]
+        return host_fd_op(call, env, loc, lambda fd: run_host(env, nr, (Pin(fd, True), *rest)))
     return synthetic_result
 
 
@@ -1491,7 +1529,7 @@ def sys_fgetxattr(call: Call, env: Env) -> Result:
 
 @guarded
 def sys_fsetxattr(call: Call, env: Env) -> Result:
-    return _fxattr(call, env, Fail(errno.ENOTSUP))
+    return _fxattr(call, env, Fail(errno.ENOTSUP), "setxattr")
 
 
 @guarded
@@ -1501,7 +1539,7 @@ def sys_flistxattr(call: Call, env: Env) -> Result:
 
 @guarded
 def sys_fremovexattr(call: Call, env: Env) -> Result:
-    return _fxattr(call, env, Fail(errno.ENODATA))
+    return _fxattr(call, env, Fail(errno.ENODATA), "removexattr")
 
 
 @guarded

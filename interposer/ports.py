@@ -163,14 +163,22 @@ class Env(Protocol):
     def check_host(self, call: Call, op: str, path: str) -> int:
         """0 when the ``[host]`` rules allow ``op`` on the resolved host ``path``, else errno."""
 
-    def pin(self, real_path: str, whole: bool, always: bool = False) -> tuple[str, int] | None:
+    @property
+    def host_rules(self) -> bool:
+        """Whether the policy restricts host paths (``[host]`` read or write lists)."""
+
+    def pin(
+        self, real_path: str, whole: bool, always: bool = False, via: str | None = None
+    ) -> tuple[str, int] | None:
         """Pin a checked host path for a call the kernel runs (see ``handlers.Pin``).
 
         Opens the parent directory of ``real_path`` (``whole``: the object
         itself) with RESOLVE_NO_SYMLINKS in the supervisor and returns the path
         the kernel should walk instead and the fd to :meth:`unpin` after the
-        call; None when nothing needs pinning (no [host] rules, unless ``always``). OSError (ELOOP
-        when a symlink was swapped in, ENOENT...) fails the call.
+        call; None when nothing needs pinning (no [host] rules, unless ``always``).
+        ``via``: a guest fd's /proc magic link, opened instead of walking the path;
+        it must still lead to ``real_path``. OSError (ELOOP when a symlink was
+        swapped in, EACCES when the fd changed, ENOENT...) fails the call.
         """
 
     def unpin(self, fd: int) -> None: ...

@@ -9,7 +9,6 @@ it is given; everything about the guest comes in through :class:`Call`.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import os
@@ -56,7 +55,7 @@ class RunEnv:
         self.audit_all = audit_all
         self.denials = 0
         self._default_app = policy.unmatched  # before the first exec
-        self._host_rules = policy.has_host_rules
+        self.host_rules = policy.has_host_rules
 
     def identify(self, proc: Proc) -> None:
         exe = proc.exe
@@ -89,7 +88,7 @@ class RunEnv:
 
     def check_host(self, call: Call, op: str, path: str) -> int:
         """A decision on a resolved host path (``Policy.decide_host``), audited."""
-        if not self._host_rules:
+        if not self.host_rules:
             return 0  # no [host]: the host is untouched (and there is nothing to audit)
         t0 = time.perf_counter_ns()
         app = self._app(call)
@@ -98,9 +97,19 @@ class RunEnv:
             return 0
         return self._record(call, app, op, path, decision, t0)
 
-    def pin(self, real_path: str, whole: bool, always: bool = False) -> tuple[str, int] | None:
-        if not self._host_rules and not always:
+    def pin(
+        self, real_path: str, whole: bool, always: bool = False, via: str | None = None
+    ) -> tuple[str, int] | None:
+        if not self.host_rules and not always:
             return None  # no host decisions to protect: the kernel walks the checked path
+        if via is not None:
+            # An fd of the guest's (/proc/PID/fd/N): the object it holds now, which must
+            # be the one checked (a guest thread may dup2 another file onto N meanwhile).
+            fd = os.open(via, os.O_PATH | os.O_CLOEXEC)
+            if os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)") != real_path:
+                os.close(fd)
+                raise OSError(errno.EACCES, "the fd changed under the check")
+            return f"/proc/{os.getpid()}/fd/{fd}", fd
         if whole:
             target, name = real_path, ""
         else:
@@ -109,7 +118,7 @@ class RunEnv:
             if not name:
                 return None
         flags = os.O_PATH | os.O_CLOEXEC | (0 if whole else os.O_DIRECTORY)
-        fd = _openat2(target, flags, abi.RESOLVE_NO_SYMLINKS | abi.RESOLVE_NO_MAGICLINKS)
+        fd = abi.host_openat2(target, flags, abi.RESOLVE_NO_SYMLINKS | abi.RESOLVE_NO_MAGICLINKS)
         base = f"/proc/{os.getpid()}/fd/{fd}"
         return (f"{base}/{name}" if name else base), fd
 
@@ -151,24 +160,3 @@ class RunEnv:
             self.audit.write(record.to_json() + "\n")
             self.audit.flush()
         return decision.errno if not decision.allowed else 0
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-NR_OPENAT2 = 437
-
-
-def _openat2(path: str, flags: int, resolve: int) -> int:
-    """openat2(AT_FDCWD, path, {flags, 0, resolve}) in the supervisor; OSError on failure."""
-    how = abi.OPEN_HOW.pack(flags, 0, resolve)
-    fd = _libc.syscall(
-        ctypes.c_long(NR_OPENAT2),
-        ctypes.c_int(abi.AT_FDCWD),
-        ctypes.c_char_p(os.fsencode(path)),
-        ctypes.c_char_p(how),
-        ctypes.c_size_t(len(how)),
-    )
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return int(fd)

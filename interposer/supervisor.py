@@ -32,7 +32,7 @@ from interposer.actions import Continue, Fail, Kill, Result, Return, RunChecked,
 from interposer.filter import CompiledFilter
 from interposer.handlers import HANDLERS
 from interposer.ports import Call, Env, FsState, Proc
-from interposer.syscalls import BY_NR, Need
+from interposer.syscalls import BY_NR, Gate, Need
 
 __all__ = ["Supervisor"]
 
@@ -173,6 +173,7 @@ class Supervisor:
     ) -> None:
         self.env = env
         self.filter = compiled
+        self._host_fds = Gate.HOST in compiled.gates  # Need.HOST_FD rows: every process
         self.on_exec = on_exec
         self.threads: dict[int, Thread] = {}
         self.procs: dict[int, Proc] = {}
@@ -462,6 +463,8 @@ class Supervisor:
             pt.cont(tid)  # a guest's own stacked filter asked for TRACE
             return
         needs = spec.needs
+        if needs is Need.HOST_FD:
+            needs = Need.ALWAYS if self._host_fds else Need.SYNTH_FD
         if needs is not Need.ALWAYS:
             proc = t.proc
             if not (

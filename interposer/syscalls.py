@@ -77,6 +77,9 @@ class Need(enum.Enum):
     SYNTH_FD = "synthetic fd"  # the process opened a synthetic file or directory
     WROTE = "written fd"  # the process opened a synthetic file for writing
     SYNTH_CWD = "synthetic cwd"  # its cwd is on /data
+    #: a synthetic fd, or any fd when the policy restricts the host (Gate.HOST): a
+    #: read-only host fd must not be enough to change a file the policy protects
+    HOST_FD = "synthetic fd, or [host] rules"
 
 
 class Gate(enum.Enum):
@@ -86,6 +89,7 @@ class Gate(enum.Enum):
     ALWAYS = "always"
     NETWORK = "network restricted"  # [host] network = "deny" | "loopback"
     SEND = "network or host restricted"  # the above, or [host] read/write lists
+    HOST = "host restricted"  # [host] read/write lists (rows: none; Need.HOST_FD reads it)
 
 
 class Action(enum.Enum):
@@ -197,7 +201,15 @@ TABLE: tuple[SyscallSpec, ...] = (
     _row("chmod", 90, (P, M), Level.FULL, "sys_chmod"),
     _row("fchmodat", 268, (D, P, M), Level.FULL, "sys_fchmodat"),
     _row("fchmodat2", 452, (D, P, M, AF), Level.FULL, "sys_fchmodat2"),
-    _row("fchmod", 91, (FD, M), Level.FD, "sys_fchmod", needs=Need.SYNTH_FD),
+    _row(
+        "fchmod",
+        91,
+        (FD, M),
+        Level.FD,
+        "sys_fchmod",
+        "on a host fd under [host] rules: judged and run as chmod of the fd's file",
+        needs=Need.HOST_FD,
+    ),
     _row(
         "chown",
         92,
@@ -208,7 +220,7 @@ TABLE: tuple[SyscallSpec, ...] = (
     ),
     _row("lchown", 94, (P, N, N), Level.FULL, "sys_lchown"),
     _row("fchownat", 260, (D, P, N, N, AF), Level.FULL, "sys_fchownat"),
-    _row("fchown", 93, (FD, N, N), Level.FD, "sys_fchown", needs=Need.SYNTH_FD),
+    _row("fchown", 93, (FD, N, N), Level.FD, "sys_fchown", needs=Need.HOST_FD),
     _row("truncate", 76, (P, N), Level.FULL, "sys_truncate"),
     _row("utime", 132, (P, IN), Level.FULL, "sys_utime"),
     _row("utimes", 235, (P, IN), Level.FULL, "sys_utimes"),
@@ -268,7 +280,7 @@ TABLE: tuple[SyscallSpec, ...] = (
         Level.FD,
         "sys_fsetxattr",
         "on /data: ENOTSUP (so ACL tools fall back to chmod)",
-        needs=Need.SYNTH_FD,
+        needs=Need.HOST_FD,
     ),
     _row(
         "flistxattr",
@@ -286,7 +298,7 @@ TABLE: tuple[SyscallSpec, ...] = (
         Level.FD,
         "sys_fremovexattr",
         "on /data: ENODATA",
-        needs=Need.SYNTH_FD,
+        needs=Need.HOST_FD,
     ),
     _row(
         "setxattrat",

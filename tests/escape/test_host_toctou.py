@@ -18,7 +18,18 @@ workspace, not the directory beside it that holds the victim file. The guest
   ``O_PATH`` + ``RESOLVE_NO_SYMLINKS`` open in the supervisor and gives the
   kernel ``/proc/SUPERVISOR/fd/N/name``, which no swap can redirect.
 
-Exit 66 when the victim was written, removed or changed mode. Each
+* ``setxattrat``: the same race against the *xattrat syscalls (pinned too).
+* ``fchmod``, ``futimens``, ``fsetxattr``: fd N flips (dup2) between a
+  workspace file and the victim, both opened read-only, while the other
+  thread changes N's file. A read-only fd is enough natively; synthfs judges
+  the call as its path form on the fd's file and runs it on the object it
+  checked (opened from the fd, compared with the decision).
+* ``inotify``, ``handle``, ``stat`` (under a policy that hides OUT from reads):
+  inotify_add_watch, name_to_handle_at and the supervisor's own stat answer
+  must never reach the hidden victim (its inode never shows).
+
+Exit 66 when the victim was written, removed, changed mode, times or xattrs,
+or (read variants) showed its inode. Each
 variant runs natively first as the control (it must escape there), then under
 synthfs, where it must make zero escapes in N attempts while both sides of the
 race were seen (opens that succeeded in the workspace, opens denied).
@@ -66,7 +77,7 @@ def hit():
     except FileNotFoundError:
         return True
     return now.st_ino != victim.st_ino or now.st_ctime_ns != victim.st_ctime_ns or (
-        variant == "setxattrat" and "user.synthfs" in os.listxattr(out + "/f")
+        variant in ("setxattrat", "fsetxattr") and "user.synthfs" in os.listxattr(out + "/f")
     )
 
 
@@ -85,6 +96,9 @@ def attempt():
     if variant == "chmod":
         os.chmod(target, 0o600)
         os.chmod(target, 0o644)
+        return hit()
+    if variant in FD_CALLS:
+        FD_CALLS[variant](flipping)
         return hit()
     if variant == "setxattrat":  # setxattrat(AT_FDCWD, path, 0, name, &{value, size, flags}, 16)
         value = ctypes.create_string_buffer(b"x")
@@ -122,8 +136,23 @@ def attempt():
     finally:
         os.close(fd)
 
+FD_CALLS = {  # a read-only fd must not be enough to change a file the policy protects
+    "fchmod": lambda fd: (os.chmod(fd, 0o600), os.chmod(fd, 0o644)),
+    "futimens": lambda fd: os.utime(fd),
+    "fsetxattr": lambda fd: os.setxattr(fd, "user.synthfs", b"x"),
+}
+if variant in FD_CALLS:  # fd N flips between a workspace file and the victim (dup2)
+    mine = os.open(ws + "/ok", os.O_RDONLY)
+    theirs = os.open(out + "/f", os.O_RDONLY)
+    flipping = os.dup(mine)
+
+
 def swap():
     while not stop:
+        if variant in FD_CALLS:
+            os.dup2(theirs, flipping)
+            os.dup2(mine, flipping)
+            continue
         libc.syscall(NR_RENAMEAT2, AT_FDCWD, a.encode(), AT_FDCWD, b.encode(), RENAME_EXCHANGE)
 
 t = threading.Thread(target=swap)
@@ -186,7 +215,9 @@ def _counts(stdout: str) -> dict[str, int]:
     return ast.literal_eval(stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("variant", ["dir", "link", "unlink", "chmod", "setxattrat"])
+@pytest.mark.parametrize(
+    "variant", ["dir", "link", "unlink", "chmod", "setxattrat", "fchmod", "futimens", "fsetxattr"]
+)
 def test_symlink_swap_never_writes_a_write_denied_host_file(
     world: tuple[Path, Path], variant: str
 ) -> None:

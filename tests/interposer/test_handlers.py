@@ -179,6 +179,7 @@ class FakeEnv:
         return 0
 
     network = NetworkMode.ALLOW
+    host_rules = False
 
     def check_host(self, call: Call, op: str, path: str) -> int:
         return 0
@@ -186,7 +187,9 @@ class FakeEnv:
     def check_net(self, call: Call, op: str, address: str, local: bool) -> int:
         return 0
 
-    def pin(self, real_path: str, whole: bool, always: bool = False) -> tuple[str, int] | None:
+    def pin(
+        self, real_path: str, whole: bool, always: bool = False, via: str | None = None
+    ) -> tuple[str, int] | None:
         return None
 
     def unpin(self, fd: int) -> None:

@@ -61,8 +61,14 @@ class RealPaths(FakeEnv):
     def check_host(self, call: Call, op: str, path: str) -> int:
         return self.run_env.check_host(call, op, path)
 
-    def pin(self, real_path: str, whole: bool, always: bool = False) -> tuple[str, int] | None:
-        return self.run_env.pin(real_path, whole, always)
+    @property
+    def host_rules(self) -> bool:
+        return self.run_env.host_rules
+
+    def pin(
+        self, real_path: str, whole: bool, always: bool = False, via: str | None = None
+    ) -> tuple[str, int] | None:
+        return self.run_env.pin(real_path, whole, always, via)
 
     def unpin(self, fd: int) -> None:
         self.run_env.unpin(fd)

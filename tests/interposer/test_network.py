@@ -254,7 +254,8 @@ def test_the_filter_traps_the_network_only_when_the_policy_restricts_it() -> Non
     allow = Policy.from_text(NET_POLICY.format(mode="allow"))
     loopback = Policy.from_text(NET_POLICY.format(mode="loopback"))
     assert active_gates(Policy.default("/data")) == {Gate.ALWAYS}
-    assert active_gates(allow) == {Gate.ALWAYS, Gate.SEND}  # [host] present: sendto paths
+    # [host] present: sendto paths, and fchmod & co. on host fds
+    assert active_gates(allow) == {Gate.ALWAYS, Gate.SEND, Gate.HOST}
     assert active_gates(loopback) == set(Gate) == active_gates(None)
     sizes = [build_filter(p).instructions for p in (Policy.default("/data"), allow, loopback)]
     assert sizes[0] < sizes[1] < sizes[2] == build_filter().instructions
