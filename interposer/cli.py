@@ -3,13 +3,18 @@
 Each subcommand lives in its own module exposing ``HELP`` (one line),
 ``configure(parser)`` and ``main(args) -> int``. Only the chosen module is
 imported, so ``synthfs run`` does not pay for the server's or the benchmark's
-imports at start-up.
+imports at start-up. A module that closes everything it opened before its
+``main`` returns says ``FAST_EXIT = True``: run as the program (``main()``
+with no argv), the process then ends at once with ``os._exit``, skipping the
+interpreter's teardown of every module and object (~30 ms quiet, over 100 ms
+on a loaded machine, paid at the end of every ``synthfs run``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -42,6 +47,7 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    program = argv is None  # the console script or ``python -m interposer.cli``
     argv = list(sys.argv[1:] if argv is None else argv)
     # Find the subcommand without importing every implementation.
     verbose = 0
@@ -63,9 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        return int(module.main(args))
+        status = int(module.main(args))
     except KeyboardInterrupt:
-        return 130
+        status = 130
+    if program and getattr(module, "FAST_EXIT", False):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 def _setup_logging(verbose: int) -> None:

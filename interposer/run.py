@@ -33,9 +33,11 @@ if TYPE_CHECKING:
     from interposer.runenv import RunEnv
     from interposer.supervisor import Supervisor
 
-__all__ = ["HELP", "RunEnv", "configure", "main"]
+__all__ = ["FAST_EXIT", "HELP", "RunEnv", "configure", "main"]
 
 HELP = "run a command with the synthetic tree at /data"
+#: main() has closed everything (audit, stats, the embedded pair) when it returns.
+FAST_EXIT = True
 
 
 def __getattr__(name: str) -> object:
