@@ -10,6 +10,7 @@ guest gets an error, never the old content.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -26,10 +27,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 from agent_stack import Proc, Stack, wait_until
 
+from interposer.remote import Remote
 from protocol.client import Client
 from protocol.messages import Commit, Open, Opened
-
-pytestmark = pytest.mark.ptrace
 
 SYNTHFS = [sys.executable, "-m", "interposer.cli"]
 GUEST = """
@@ -134,6 +134,7 @@ def _leased(stack: Stack, guest: Guest, want: str) -> None:
     assert wait_until(one_without_a_round_trip, timeout=10), "no read was served from a lease"
 
 
+@pytest.mark.ptrace
 def test_another_agents_change_is_seen_by_the_next_open(two_agents: tuple[Stack, Proc]) -> None:
     stack, _ = two_agents
     guest = Guest(stack.agent_ep, stack.tmp / "guest.log")
@@ -155,6 +156,7 @@ def test_another_agents_change_is_seen_by_the_next_open(two_agents: tuple[Stack,
         guest.stop()
 
 
+@pytest.mark.ptrace
 def test_a_killed_agent_breaks_the_leases(two_agents: tuple[Stack, Proc]) -> None:
     stack, _ = two_agents
     assert stack.agent is not None
@@ -170,3 +172,82 @@ def test_a_killed_agent_breaks_the_leases(two_agents: tuple[Stack, Proc]) -> Non
             assert got.startswith("ERR"), got
     finally:
         guest.stop()
+
+
+# -- the interposer's Remote itself (no guest): what ends a lease on this side ---------------
+
+
+def _remote_with_a_lease(stack: Stack, path: str = "/f") -> Remote:
+    r = Remote(stack.agent_ep)
+
+    def leased() -> bool:
+        r.open(path, os.O_RDONLY, 0)
+        n = r.requests
+        r.open(path, os.O_RDONLY, 0)
+        return r.requests == n
+
+    assert wait_until(leased, timeout=10), "no lease"
+    return r
+
+
+def test_this_sandboxs_own_changes_drop_the_lease_at_once(two_agents: tuple[Stack, Proc]) -> None:
+    stack, _ = two_agents
+    r = _remote_with_a_lease(stack)
+    try:
+        n = r.requests
+        o = r.open("/f", os.O_WRONLY | os.O_TRUNC, 0)  # never leased
+        assert r.requests == n + 1
+        assert r._leases is not None and r._leases.get("/f") is None  # dropped here, at once
+        Path(o.host_path).write_bytes(b"mine")
+        r.commit("/f")
+        n = r.requests
+        o = r.open("/f", os.O_RDONLY, 0)
+        assert r.requests == n + 1, "an open after this sandbox's commit used the old lease"
+        assert Path(o.host_path).read_bytes() == b"mine"
+        for change in (lambda: r.setattr("/f", mode=0o600), lambda: r.rename("/f", "/g", 0)):
+            r.open("/f", os.O_RDONLY, 0)
+            change()
+            assert r._leases.get("/f") is None  # before anything from the agent is drained
+            n = r.requests
+            with contextlib.suppress(FileNotFoundError):
+                r.open("/f", os.O_RDONLY, 0)
+            assert r.requests == n + 1
+    finally:
+        r.close()
+
+
+def test_a_vanished_copy_costs_a_round_trip_not_an_error(two_agents: tuple[Stack, Proc]) -> None:
+    stack, _ = two_agents
+    r = _remote_with_a_lease(stack)
+    try:
+        host = r.open("/f", os.O_RDONLY, 0).host_path
+        os.unlink(host)  # as an eviction would
+        n = r.requests
+        o = r.open("/f", os.O_RDONLY, 0)
+        assert r.requests == n + 1
+        assert Path(o.host_path).read_bytes() == b"one"
+    finally:
+        r.close()
+
+
+def test_a_leased_copy_is_not_evicted(stack: Stack) -> None:
+    d = tempfile.mkdtemp(prefix="sfs-lease-", dir="/tmp")
+    try:
+        pub = f"ipc://{d}/pub.sock"
+        stack.start_server("--publish", pub)
+        for name in ("a", "b", "c"):
+            (stack.root / name).write_bytes(name.encode() * 100)
+        stack.start_agent("--subscribe", pub, "--cache-size", "150")  # room for one copy
+        r = _remote_with_a_lease(stack, "/a")
+        try:
+            host = r.open("/a", os.O_RDONLY, 0).host_path
+            r.open("/b", os.O_RDONLY, 0)
+            r.open("/c", os.O_RDONLY, 0)
+            assert os.path.exists(host), "the agent evicted a copy under a lease"
+            n = r.requests
+            r.open("/a", os.O_RDONLY, 0)
+            assert r.requests == n
+        finally:
+            r.close()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
