@@ -21,6 +21,10 @@ after a restart idempotent. Names starting with ``.synthfs-`` are reserved: hidd
 listings and unreachable from the wire. A destination on another file system
 mounted below the root gets EXDEV (not supported).
 
+A file's setuid and setgid bits are never set from the wire (dropped
+silently, as a ``nosuid`` mount would ignore them): the repository is a
+host directory, where such a file would run as the server's user.
+
 Truncation (SetAttr.size) of a file up to ``atomic_truncate_max`` bytes is
 atomic the same way (copy the kept prefix into a staged file, rename); a
 larger file is truncated in place (ftruncate + fsync).
@@ -57,6 +61,9 @@ _JOURNAL_READ_MAX = 4 * 1024 * 1024
 _UPLOAD_IDLE_S = 3600.0
 _COMMITTED_MEMORY = 10_000
 _MAX_UPLOAD_SIZE = 2**50
+#: Mode bits a wire request may not set on a file: the repository is a host directory,
+#: and a setuid or setgid file there would run as the server's user (often root).
+_SETID = stat.S_ISUID | stat.S_ISGID
 
 # -- syscalls Python does not wrap ---------------------------------------------------
 
@@ -530,7 +537,7 @@ class LocalBackend(Backend):
                     try:
                         old = os.stat(name, dir_fd=pfd, follow_symlinks=False)
                     except FileNotFoundError:
-                        new_mode = mode
+                        new_mode = mode & ~_SETID
                     else:
                         if stat.S_ISDIR(old.st_mode):
                             raise oserror(errno.EISDIR)
@@ -657,6 +664,8 @@ class LocalBackend(Backend):
             if mode is not None:
                 if stat.S_ISLNK(st.st_mode):
                     raise oserror(errno.EOPNOTSUPP, "symlinks have no mode on Linux")
+                if stat.S_ISREG(st.st_mode):
+                    mode &= ~_SETID
                 os.chmod(f"/proc/self/fd/{fd}", mode)
             if atime_ns is not None or mtime_ns is not None:
                 cur = os.fstat(fd)

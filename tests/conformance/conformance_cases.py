@@ -429,7 +429,7 @@ print(open(f"{r}/mm.bin", "rb").read(5))
 PY_META = """
 import os, stat, sys
 r = sys.argv[1]
-os.chmod(f"{r}/a.txt", 0o600); os.chmod(f"{r}/d", 0o750); os.chmod(f"{r}/exec.sh", 0o4755)
+os.chmod(f"{r}/a.txt", 0o600); os.chmod(f"{r}/d", 0o750); os.chmod(f"{r}/exec.sh", 0o755)
 os.truncate(f"{r}/lines.txt", 10)
 with open(f"{r}/private.txt", "r+") as f:
     os.ftruncate(f.fileno(), 3); os.fchmod(f.fileno(), 0o640)
@@ -709,6 +709,10 @@ CASES: list[Case] = [
     Case("ln_hard", sh("ln {root}/a.txt {root}/hard && stat -c '%n %h %s' {root}/a.txt "
                        "{root}/hard && echo more >> {root}/hard && cat {root}/a.txt"),
          diverges="the repository has no hard links: link(2) on /data gives EPERM"),
+    Case("chmod_setuid", sh("chmod 4755 {root}/exec.sh && chmod 2755 {root}/a.txt && "
+                            "stat -c '%n %A' {root}/exec.sh {root}/a.txt"),
+         diverges="setuid and setgid bits are not stored in the repository (dropped, as on "
+                  "a nosuid mount): it is a host directory, where they would run as the server"),
     Case("gzip_gunzip", sh("gzip -k {root}/lines.txt && gzip -t {root}/lines.txt.gz && "
                            "mv {root}/lines.txt.gz {root}/l.gz && gunzip -c {root}/l.gz | wc -l"),
          needs=("gzip",)),

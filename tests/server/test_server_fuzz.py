@@ -235,3 +235,27 @@ def test_a_client_that_never_reads_does_not_stall_others(fuzz_server):
     finally:
         hog.close()
         (proc.root / "big").unlink()
+
+
+def test_no_request_plants_a_setuid_file(fuzz_server):
+    """Found by a syscall fuzzer: chmod 04755 on /data reached the repository as is.
+
+    The repository is a host directory: a setuid or setgid file there runs as
+    the server's user for anyone who executes it natively. The bits are dropped.
+    """
+    import os
+    import stat
+
+    from protocol.messages import SetAttr, UploadChunk, UploadCommit
+
+    proc, client = fuzz_server
+    (proc.root / "prog").write_bytes(b"#!/bin/sh\n")
+    reply = client.call(SetAttr(path="/prog", mode=0o6755))
+    assert isinstance(reply, StatReply) and reply.attrs.mode == 0o755, reply
+    assert client.call(UploadChunk(upload_id="setid-1", offset=0, data=b"x")).kind == "done"
+    reply = client.call(UploadCommit(upload_id="setid-1", path="/prog2", size=1, mode=0o6777))
+    assert isinstance(reply, StatReply) and reply.attrs.mode == 0o777, reply
+    for name in ("prog", "prog2"):
+        mode = os.stat(proc.root / name).st_mode
+        assert not mode & (stat.S_ISUID | stat.S_ISGID), f"{name}: {mode:o}"
+        os.unlink(proc.root / name)
