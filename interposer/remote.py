@@ -184,6 +184,11 @@ class Remote:
         now = time.monotonic()
         if hit is not None and hit[0] > now:
             return hit[1]
+        if self._leases is not None:
+            leased = self._leased(path)
+            if leased is not None:  # the agent vouches for these attributes still
+                self._attrs[path] = (now + self.ttl, leased[0].attrs)
+                return leased[0].attrs
         try:
             reply = self._ask(Stat(path=path))
         except OSError as exc:
@@ -221,21 +226,28 @@ class Remote:
         self._links[path] = (now + self.ttl, reply.target)
         return reply.target
 
-    def _open_leased(self, path: str) -> Opened | None:
-        """The copy a lease vouches for, opened with no round trip (None: ask the agent)."""
+    def _leased(self, path: str) -> tuple[Opened, os.stat_result] | None:
+        """What a lease on ``path`` vouches for now, and its copy's stat (None: ask the agent)."""
         assert self._feed is not None and self._leases is not None
         self._feed.drain()
         lease = self._leases.get(path)
         if lease is None:
             return None
-        opened = lease.opened
         try:
-            st = os.stat(opened.host_path)
+            st = os.stat(lease.opened.host_path)
         except OSError:
             st = None
         if st is None or copy_signature(st) != lease.sig:
             self._leases.drop(path)  # evicted, replaced or written: ask the agent
             return None
+        return lease.opened, st
+
+    def _open_leased(self, path: str) -> Opened | None:
+        """The copy a lease vouches for, opened with no round trip (None: ask the agent)."""
+        hit = self._leased(path)
+        if hit is None:
+            return None
+        opened, st = hit
         self.leased_opens += 1
         self._by_host[opened.host_path] = path
         self._local[path] = opened.host_path
