@@ -14,6 +14,7 @@ fails the test as a hang (the run is killed), it never stalls the suite.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -359,8 +360,11 @@ def test_supervisor_killed(tmp_path: Path, synthfs: object, when: str, delay: fl
     survivors = _wait_gone(guests, 5)
     assert not survivors, f"guest processes outlived their supervisor: {survivors}"
     # The embedded server and agent (told by PDEATHSIG) finish what they hold and go.
+    t_dead = time.monotonic()
     trusted_left = _wait_gone(tree - guests, 15)
-    assert not trusted_left, f"embedded server/agent still running: {trusted_left}"
+    names = {p: Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in trusted_left if alive(p)}
+    assert not trusted_left, f"embedded server/agent still running: {names}"
+    print(f"trusted processes gone {time.monotonic() - t_dead:.1f} s after the supervisor")
     got = (repo / "big").read_bytes()
     assert got in (old, new), f"a partial upload was installed: {len(got)} bytes"
     assert stray_files(repo, {"big"}) == []
@@ -586,3 +590,120 @@ def test_agent_killed_during_an_upload(stack: Stack) -> None:
     print(f"agent killed during an upload: close errno {close_err}, after {after_err}")
     assert close_err in {0} | AWAY
     assert after_err in AWAY  # no agent any more
+
+
+# -- longer variants (-m slow) -------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["rename", "inplace"])
+def test_guest_killed_mid_write_many(tmp_path: Path, synthfs: object, how: str) -> None:
+    """20 kills at random points of the write (and after it): old, new or a prefix, never a mix."""
+    import random
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    old, new = b"old version\n" * 50_000, _new_version()
+    rng = random.Random(5)
+    seen: dict[str, int] = {}
+    for _ in range(20):
+        (repo / "f").write_bytes(old)
+        g = Guest(_embedded(repo), SLOW_WRITER, "/data/f", how, str(CHUNKS))
+        assert g.wait_for(lambda _rs, g=g: bool(g.lines), 30), g.show()
+        time.sleep(rng.uniform(0, 0.5))
+        with contextlib.suppress(ProcessLookupError):  # finished first: the new version
+            os.kill(int(g.lines[0]), signal.SIGKILL)
+        rc = g.finish(HANG)
+        assert rc in (0, 128 + signal.SIGKILL), g.show()
+        got = (repo / "f").read_bytes()
+        if rc == 0:
+            assert got == new
+        elif how == "rename":
+            assert got in (old, new), f"torn file: {len(got)} bytes"
+        else:
+            assert got == old or new.startswith(got), f"a mix: {len(got)} bytes"
+        assert stray_files(repo, {"f", "f.tmp"}) == []
+        kind = "old" if got == old else "new" if got == new else "prefix"
+        seen[kind] = seen.get(kind, 0) + 1
+    print(f"guest killed mid-write x20 ({how}): {seen}")
+
+
+@pytest.mark.slow
+def test_supervisor_killed_many(tmp_path: Path, synthfs: object) -> None:
+    """10 supervisor kills at random points of a 10 MiB close: no survivor, old or new."""
+    import random
+
+    rng = random.Random(7)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    chunks = 160
+    old = b"old\n" * 100_000
+    new = b"".join(bytes([65 + i % 26]) * 65536 for i in range(chunks))
+    seen: dict[str, int] = {}
+    for _ in range(10):
+        (repo / "big").write_bytes(old)
+        g = Guest(_embedded(repo), TREE_WRITER, str(chunks))
+        assert g.wait_for(lambda _rs, g=g: "closing" in g.lines, 60), g.show()
+        guests = {int(p) for p in g.lines[0].split()[1:]}
+        tree = _descendants(g.popen.pid)
+        time.sleep(rng.uniform(0, 0.4))
+        os.kill(g.popen.pid, signal.SIGKILL)
+        g.finish(HANG)
+        assert not _wait_gone(guests, 5), "a guest outlived its supervisor"
+        assert not _wait_gone(tree - guests, 15), "the embedded server or agent stayed"
+        got = (repo / "big").read_bytes()
+        assert got in (old, new), f"a partial upload was installed: {len(got)} bytes"
+        assert stray_files(repo, {"big"}) == []
+        kind = "old" if got == old else "new"
+        seen[kind] = seen.get(kind, 0) + 1
+    print(f"supervisor killed x10 during a close: {seen}")
+
+
+@pytest.mark.slow
+def test_server_killed_for_5s(stack: Stack) -> None:
+    """The server is SIGKILLed (its socket goes) and comes back 5 s later."""
+    stack.start_server()
+    stack.start_agent("--timeout", "1", "--attr-ttl", "0", "-v")
+
+    def outage() -> None:
+        assert stack.server is not None
+        stack.server.stop(signal.SIGKILL)
+        time.sleep(5)
+        stack.start_server()
+
+    g = _run_ops_around(stack, outage, seconds=8)
+    stats = _check_ops(g, stack.root, AWAY)
+    assert stats["failed"] > 0, "no call noticed the dead server"
+    recs = [r for r in g.records() if "op" in r]
+    assert not any(r["errno"] for r in recs[-8:]), f"calls did not recover\n{g.show()}"
+    assert max(r["dt"] for r in recs) < 5
+    assert stack.agent is not None and stack.agent.output().count("registered with") >= 2
+    print(f"server killed for 5 s: {stats}")
+
+
+@pytest.mark.slow
+def test_agent_killed_three_times(stack: Stack) -> None:
+    """Three agent deaths and restarts in one run: EIO while down, success after each."""
+    stack.start_server("-v")
+    stack.start_agent()
+    g, stop = _ops_guest(stack, 120)
+    assert g.wait_for(lambda rs: sum("op" in r for r in rs) >= 8, 30), g.show()
+    for _ in range(3):
+        assert stack.agent is not None
+        stack.agent.stop(signal.SIGKILL)
+        n = len(g.records())
+        assert g.wait_for(lambda rs, n=n: len(rs) > n + 2, HANG), g.show()
+        stack.start_agent()
+        n = len(g.records())
+
+        def recovered(rs: list[dict], n: int = n) -> bool:
+            tail = [r for r in rs[n:] if "op" in r][-8:]
+            return len(tail) == 8 and not any(r["errno"] for r in tail)
+
+        assert g.wait_for(recovered, 2 * HANG), f"no recovery\n{g.show()}"
+    stop.touch()
+    assert g.finish(HANG) is not None, g.show()
+    stats = _check_ops(g, stack.root, AWAY)
+    assert stack.server is not None
+    assert stack.server.output().count("registered: token") == 4
+    print(f"agent killed three times: {stats}")
