@@ -431,10 +431,22 @@ class List(Message):
 @message("listing")
 @frozen(repr=False, eq=False)
 class Listing(Message):
+    """A directory's attributes and entries (READDIRPLUS).
+
+    agent -> interposer only, and optional: ``leased`` names the entries whose
+    local copies in ``lease_dir`` the agent gives a lease on (as ``Opened`` does,
+    with the same ``lease``, ``lease_seq`` and ``lease_until_ns`` for all).
+    """
+
     attrs: Attrs = field(validator=WireValue(Attrs))
     entries: tuple[DirEntry, ...] = field(
         converter=_as_tuple, validator=WireTuple(WireValue(DirEntry))
     )
+    lease: str = field(validator=_SHORT, default="")
+    lease_seq: int = field(validator=_U64, default=0)
+    lease_until_ns: int = field(validator=_U64, default=0)
+    lease_dir: str = field(validator=_PATH, default="")
+    leased: tuple[str, ...] = field(converter=_as_tuple, validator=WireTuple(_PATH), default=())
 
 
 @message("read")
