@@ -138,6 +138,34 @@ def test_agent_killed_while_serving(stack: Stack) -> None:
     print(f"agent killed while serving: {stats}, the call in flight returned {took:.1f} s later")
 
 
+def test_embedded_agent_killed(tmp_path: Path, synthfs: object) -> None:
+    """``synthfs run --data``: its own agent dies; every later call is EIO within seconds."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "ref").write_bytes(os.urandom(100_000))
+    (repo / "out").mkdir()
+    stop = tmp_path / "stop"
+    g = Guest(_embedded(repo), OPS_LOOP, str(stop), "60")
+    assert g.wait_for(lambda rs: sum("op" in r for r in rs) >= 8, 30), g.show()
+    agents = [p for p in _descendants(g.popen.pid)
+              if b"-m\x00agent\x00" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(agents) == 1, agents
+    os.kill(agents[0], signal.SIGKILL)
+    n = len(g.records())
+    assert g.wait_for(lambda rs: sum(1 for r in rs[n:] if r.get("errno")) >= 8, 2 * HANG), \
+        f"the guest's calls did not fail promptly\n{g.show()}"
+    stop.touch()
+    rc = g.finish(HANG)
+    assert rc == 0, f"exit {rc}\n{g.show()}"
+    recs = [r for r in g.records() if "op" in r]
+    after = [r for r in recs[n:] if r["errno"]]
+    assert all(r["errno"] == errno.EIO for r in after), after[:5]
+    assert max(r["dt"] for r in after) < 3, max(r["dt"] for r in after)
+    _check_ops(g, repo, AWAY)
+    print(f"embedded agent killed: {len(after)} calls failed with EIO, "
+          f"slowest {max(r['dt'] for r in after):.2f} s")
+
+
 # -- the server ----------------------------------------------------------------------------
 
 
