@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import secrets
 import select
 import shutil
 import signal
@@ -45,26 +44,29 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from typing import NamedTuple
 
-import attrs
-
-from agent.cache import DEFAULT_CACHE_SIZE, default_cache_dir
+# Light on imports on purpose (no attrs, no agent.cache and the protocol behind it):
+# ``synthfs run --data`` imports this module first and spawns the pair before it
+# loads anything else, so that they boot while the interposer loads.
 
 __all__ = ["EmbeddedError", "Launch", "TrustedStack", "embedded", "starting"]
 
 #: Seconds to wait for SIGTERM to work before SIGKILL.
 GRACE = 2.0
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 
 class EmbeddedError(RuntimeError):
     """The embedded server or agent could not be started (message says why)."""
 
 
-@attrs.frozen
-class TrustedStack:
-    """A running embedded server + agent pair (valid inside the ``with`` block)."""
+class TrustedStack(NamedTuple):
+    """A running embedded server + agent pair (valid inside the ``with`` block).
+
+    A NamedTuple rather than an attrs class: this module must not import attrs
+    (see the imports).
+    """
 
     agent_endpoint: str  # ipc:// endpoint the interposer connects to
     server_endpoint: str  # ipc:// endpoint of the server (only the agent uses it)
@@ -103,7 +105,7 @@ def embedded(
     data_dir: str | os.PathLike[str],
     *,
     cache_dir: str | os.PathLike[str] | None = None,
-    cache_size: int = DEFAULT_CACHE_SIZE,
+    cache_size: int | None = None,
     startup_timeout: float = 10.0,
     token_ttl: float | None = None,
     attr_ttl: float | None = None,
@@ -112,7 +114,8 @@ def embedded(
 ) -> Iterator[TrustedStack]:
     """Start a private server (serving ``data_dir``) and agent; stop both on exit.
 
-    ``cache_dir`` defaults to ``$XDG_CACHE_HOME/synthfs`` or ``~/.cache/synthfs``.
+    ``cache_dir`` defaults to ``$XDG_CACHE_HOME/synthfs`` or ``~/.cache/synthfs``
+    and ``cache_size`` to the agent's default (``agent.cache.DEFAULT_CACHE_SIZE``).
     ``token_ttl`` and ``attr_ttl`` pass through to the server and the agent;
     ``server_listen`` replaces the server's private ``ipc://`` endpoint (for
     benchmarks: e.g. ``tcp://127.0.0.1:5701``; a port the caller chose).
@@ -154,7 +157,7 @@ def starting(
     data_dir: str | os.PathLike[str],
     *,
     cache_dir: str | os.PathLike[str] | None = None,
-    cache_size: int = DEFAULT_CACHE_SIZE,
+    cache_size: int | None = None,
     startup_timeout: float = 10.0,
     token_ttl: float | None = None,
     attr_ttl: float | None = None,
@@ -168,13 +171,13 @@ def starting(
     :func:`embedded`; the stack is never handed out before both are ready.
     """
     data = _check_data_dir(data_dir)
-    cache = os.path.abspath(os.fspath(cache_dir)) if cache_dir is not None else default_cache_dir()
+    cache = os.path.abspath(os.fspath(cache_dir)) if cache_dir is not None else None
     workdir = tempfile.mkdtemp(prefix="synthfs-", dir=_runtime_base())
     os.chmod(workdir, 0o700)
     procs: list[_Proc] = []
     try:
         key_path = os.path.join(workdir, "bootstrap.key")
-        key = secrets.token_hex(32).encode()
+        key = os.urandom(32).hex().encode()  # what secrets.token_hex does, without its imports
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, key + b"\n")
@@ -189,7 +192,7 @@ def starting(
         # and hand them this interpreter's own sys.path instead, so they import
         # exactly what this process imports (the repository, the venv).
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(_REPO), *filter(None, sys.path)]))
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([_REPO, *filter(None, sys.path)]))
         v = ["-" + "v" * verbose] if verbose else []
 
         server_argv = [sys.executable, "-S", "-m", "server", *v, "--root", data,
@@ -205,9 +208,11 @@ def starting(
         try:
             agent_argv = [sys.executable, "-S", "-m", "agent", *v, "--server", server_ep,
                           "--bootstrap-fd", str(key_r), "--listen", agent_ep,
-                          "--subscribe", pub_ep,
-                          "--cache", cache, "--cache-size", str(cache_size),
-                          "--refuse", workdir]
+                          "--subscribe", pub_ep, "--refuse", workdir]
+            if cache is not None:
+                agent_argv += ["--cache", cache]
+            if cache_size is not None:
+                agent_argv += ["--cache-size", str(cache_size)]
             if attr_ttl is not None:
                 agent_argv += ["--attr-ttl", f"{attr_ttl:g}"]
             agent = _spawn("agent", agent_argv, workdir, env, [key_r])
@@ -220,6 +225,10 @@ def starting(
             os.close(key_w)
         del key
 
+        if cache is None:  # the agent's default, computed here after the spawn (see imports)
+            from agent.cache import default_cache_dir
+
+            cache = default_cache_dir()
         stack = TrustedStack(
             agent_endpoint=agent_ep,
             server_endpoint=server_ep,
@@ -235,12 +244,15 @@ def starting(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-@attrs.define
 class _Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: str
-    ready_fd: int | None
+    """One spawned process: its log file and, until it is ready, its ready fd."""
+
+    def __init__(self, name: str, popen: subprocess.Popen[bytes], log_path: str,
+                 ready_fd: int | None) -> None:
+        self.name = name
+        self.popen = popen
+        self.log_path = log_path
+        self.ready_fd = ready_fd
 
     def output(self) -> str:
         try:
