@@ -48,7 +48,8 @@ from typing import Any
 
 import msgpack
 import zmq
-from zmq.utils.monitor import parse_monitor_message
+
+from protocol.monitor import monitor_event
 
 __all__ = ["BEAT_TIMEOUT", "MAX_AGE", "Promises", "Subscription"]
 
@@ -238,12 +239,12 @@ class Subscription:
         """Process every event and message already received (never blocks)."""
         while True:
             try:
-                ev = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
+                event = monitor_event(self.monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 break
-            if ev["event"] == zmq.EVENT_DISCONNECTED:
+            if event == zmq.EVENT_DISCONNECTED:
                 self.promises.disconnected()
-            elif ev["event"] == zmq.EVENT_CONNECTED:
+            elif event == zmq.EVENT_CONNECTED:
                 self.promises.break_all("connected to the publisher")
         while True:
             try:

@@ -37,9 +37,9 @@ from typing import Any
 import attrs
 import zmq
 from zmq.utils import z85
-from zmq.utils.monitor import parse_monitor_message
 
 from protocol.bootstrap import check_key_fd
+from protocol.monitor import monitor_event
 
 __all__ = [
     "ZAP_ENDPOINT",
@@ -286,7 +286,7 @@ def handshake(ctx: zmq.Context[Any], endpoint: str, sockopts: Mapping[int, int |
         while (left := deadline - time.monotonic()) > 0:
             if not monitor.poll(int(left * 1000) + 1):
                 break
-            event = parse_monitor_message(monitor.recv_multipart())["event"]
+            event = monitor_event(monitor.recv_multipart())
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 return
             if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
