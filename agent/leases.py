@@ -6,7 +6,9 @@ keep leases alive, so it must be as private as the agent's request socket.
 
 The agent grants a lease with an ``Opened`` reply when a callback promise from
 the server holds on the object (:mod:`agent.callbacks`) and its local copy is
-clean and not open for writing. The lease names the channel's ``instance``,
+clean and not open for writing; a ``Listing`` reply grants one on each entry
+whose cached copy qualifies alike, so that a first open (``find | xargs cat``
+over a warm cache) needs no round trip either. The lease names the channel's ``instance``,
 its sequence number when granted and its end (CLOCK_MONOTONIC: agent and
 interposer share the machine): the end of the promise it rests on. The agent
 then publishes, on an XPUB socket, in order:
@@ -218,7 +220,8 @@ class Lease:
     instance: str
     seq: int
     until: float  # CLOCK_MONOTONIC seconds
-    sig: Signature  # the copy's stat when the lease arrived
+    #: the copy's stat when the lease arrived, or at its first use (a listing's leases)
+    sig: Signature | None
 
 
 class Leases:
@@ -287,7 +290,7 @@ class Leases:
 
     # -- leases ---------------------------------------------------------------------
 
-    def install(self, path: str, opened: Opened, sig: Signature) -> bool:
+    def install(self, path: str, opened: Opened, sig: Signature | None) -> bool:
         """Hold the lease ``opened`` carries (False: none, or not safe to take)."""
         if not opened.lease or len(self._held) >= _MAX_LEASES:
             return False

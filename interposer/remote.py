@@ -214,7 +214,26 @@ class Remote:
             entries.append(DirEntry(entry.name, attrs))
         listing = Listing(attrs=self._stable(path, reply.attrs), entries=tuple(entries))
         self._attrs[path] = (expiry, listing.attrs)
+        if reply.leased and self._leases is not None:
+            self._take_listed_leases(base, reply, listing)
         return listing
+
+    def _take_listed_leases(self, base: str, reply: Listing, listing: Listing) -> None:
+        """Hold the leases a listing carries: the first open of those entries is local too."""
+        assert self._leases is not None
+        shown = {e.name: e.attrs for e in listing.entries}
+        for name in reply.leased:
+            attrs = shown.get(name)
+            if attrs is None or "/" in name or name in (".", ".."):
+                continue
+            child = f"{base}/{name}"
+            opened = Opened(
+                host_path=os.path.join(reply.lease_dir, object_name(child)), attrs=attrs,
+                lease=reply.lease, lease_seq=reply.lease_seq,
+                lease_until_ns=reply.lease_until_ns,
+            )
+            if not self._leases.install(child, opened, None):
+                return
 
     def readlink(self, path: str) -> str:
         hit = self._links.get(path)
@@ -237,6 +256,10 @@ class Remote:
             st = os.stat(lease.opened.host_path)
         except OSError:
             st = None
+        if lease.sig is None and st is not None:
+            # A listing's lease: the copy is the vouched one now (any change through an
+            # agent was voided before it, and the channel was just drained).
+            lease.sig = copy_signature(st)
         if st is None or copy_signature(st) != lease.sig:
             self._leases.drop(path)  # evicted, replaced or written: ask the agent
             return None

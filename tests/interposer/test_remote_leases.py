@@ -251,3 +251,28 @@ def test_a_leased_copy_is_not_evicted(stack: Stack) -> None:
             r.close()
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_listing_leases_warm_copies_for_their_first_open(two_agents: tuple[Stack, Proc]) -> None:
+    stack, _ = two_agents
+    for name in ("g", "h"):
+        (stack.root / name).write_bytes(name.encode())
+    warm = _remote_with_a_lease(stack)  # promises live; every copy in A1's cache
+    for name in ("/g", "/h"):
+        warm.open(name, os.O_RDONLY, 0)
+    warm.close()
+    r = Remote(stack.agent_ep)
+    try:
+        assert wait_until(lambda: r._feed is not None and (r._feed.drain() or True)
+                          and r._leases is not None and r._leases.instance is not None)
+        r.listdir("/")
+        n = r.requests
+        for name, want in (("/f", b"one"), ("/g", b"g"), ("/h", b"h")):
+            assert Path(r.open(name, os.O_RDONLY, 0).host_path).read_bytes() == want
+        assert r.requests == n, "a first open after the listing asked the agent"
+        _write_through(f"ipc://{stack.run}/agent2.sock", b"new")
+        assert wait_until(
+            lambda: Path(r.open("/f", os.O_RDONLY, 0).host_path).read_bytes() == b"new",
+            timeout=1.0), "a listing's lease outlived a change through another agent"
+    finally:
+        r.close()
