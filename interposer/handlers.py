@@ -1840,6 +1840,7 @@ NR_SENDTO = BY_NAME["sendto"].nr
 NR_SENDMSG = BY_NAME["sendmsg"].nr
 _LOCAL_FAMILIES = (AF_UNIX, AF_NETLINK)  # never leave the machine
 _SOCKADDR_MAX = 128  # sizeof(struct sockaddr_storage)
+_SUN_PATH = 108  # sizeof(sockaddr_un.sun_path)
 _MSGHDR = 56  # sizeof(struct msghdr)
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 
@@ -1941,15 +1942,62 @@ def _sock_call(call: Call, env: Env, nr: int) -> Result:
         real = _unix_target(call, env, op, sa.text)
         if nr == NR_CONNECT:
             return _unix_reach(env, nr, real, lambda sock, size: (a[0], sock, size))
-        # bind names the new socket with this path (getsockname shows it): not pinned
-        sockaddr = _unix_sockaddr(real)
-        return RunChecked(nr, (a[0], Scratch(sockaddr), len(sockaddr)))
+        return _unix_bind(call, env, real, sa)
     if env.network is NetworkMode.ALLOW:
         return CONTINUE
     err = net_check(call, env, op, sa)
     if err:
         return Fail(err)
     return RunChecked(nr, (a[0], Scratch(sa.raw), len(sa.raw)))
+
+
+def _unix_bind(call: Call, env: Env, real: str, sa: SockAddr) -> Result:
+    """bind to a checked socket path: under ``[host]`` rules, in the pinned parent.
+
+    The kernel keeps the path text it was given as the socket's name; the
+    pinned ``/proc/SUPERVISOR/fd/N/name`` would show in getsockname, so the
+    supervisor remembers the name the guest gave (by socket inode) and
+    getsockname answers with it. A pinned path longer than sun_path allows is
+    refused (ENAMETOOLONG) rather than walked unpinned.
+    """
+    pinned = env.pin(real, False)
+    if pinned is None:
+        sockaddr = _unix_sockaddr(real)
+        return RunChecked(NR_BIND, (call.args[0], Scratch(sockaddr), len(sockaddr)))
+    path, pin = pinned
+    if len(os.fsencode(path)) > _SUN_PATH - 1:
+        env.unpin(pin)
+        return Fail(errno.ENAMETOOLONG)
+    sockaddr = _unix_sockaddr(path)
+    text = os.fsencode(sa.text or "")
+    name = sa.raw[:2] + text + b"\0"  # what the kernel stores: family, path, NUL
+    holder = f"/proc/{call.guest.tgid}/fd/{_s32(call.args[0])}"
+
+    def done(ret: int) -> None:
+        env.unpin(pin)
+        if ret == 0:
+            with contextlib.suppress(OSError):
+                env.bound_names[os.stat(holder).st_ino] = name
+
+    return RunChecked(NR_BIND, (call.args[0], Scratch(sockaddr), len(sockaddr)), done)
+
+
+@guarded
+def sys_getsockname(call: Call, env: Env) -> Result:
+    """getsockname of a socket bound in a pinned directory: the name the guest gave."""
+    if not env.bound_names:
+        return CONTINUE
+    fd, addr, lenp = _s32(call.args[0]), call.args[1], call.args[2]
+    try:
+        name = env.bound_names.get(os.stat(f"/proc/{call.guest.tgid}/fd/{fd}").st_ino)
+    except OSError:
+        return CONTINUE  # EBADF and the like: the kernel's answer
+    if name is None:
+        return CONTINUE
+    room = int.from_bytes(call.guest.read(lenp, 4), "little")
+    if room > 0x7FFFFFFF:
+        return Fail(errno.EINVAL)
+    return Return(0, ((addr, name[:room]), (lenp, len(name).to_bytes(4, "little"))))
 
 
 @guarded

@@ -95,7 +95,14 @@ class HostSide:
                 links += 1
                 if links > 40:
                     return path  # the kernel will say ELOOP
-                target = os.readlink(candidate)
+                try:
+                    target = os.readlink(candidate)
+                except OSError as exc:
+                    if exc.errno == errno.EINVAL:  # no longer a symlink (swapped): look again
+                        todo.append(comp)
+                        continue
+                    rest = "/".join(reversed(todo))
+                    return candidate + ("/" + rest if rest else "")
                 if target.startswith("/proc/self") or target.startswith("/proc/thread-self"):
                     return path  # resolved in the guest's context only: let the caller refuse
                 if target.startswith("/"):

@@ -167,6 +167,10 @@ class Env(Protocol):
     def host_rules(self) -> bool:
         """Whether the policy restricts host paths (``[host]`` read or write lists)."""
 
+    @property
+    def bound_names(self) -> dict[int, bytes]:
+        """Socket inode -> the sockaddr a guest bound it to (bound via a pinned path)."""
+
     def pin(
         self, real_path: str, whole: bool, always: bool = False, via: str | None = None
     ) -> tuple[str, int] | None:

@@ -56,6 +56,7 @@ class RunEnv:
         self.denials = 0
         self._default_app = policy.unmatched  # before the first exec
         self.host_rules = policy.has_host_rules
+        self.bound_names: dict[int, bytes] = {}
 
     def identify(self, proc: Proc) -> None:
         exe = proc.exe

@@ -89,7 +89,7 @@ class Gate(enum.Enum):
     ALWAYS = "always"
     NETWORK = "network restricted"  # [host] network = "deny" | "loopback"
     SEND = "network or host restricted"  # the above, or [host] read/write lists
-    HOST = "host restricted"  # [host] read/write lists (rows: none; Need.HOST_FD reads it)
+    HOST = "host restricted"  # [host] present (getsockname; Need.HOST_FD reads it too)
 
 
 class Action(enum.Enum):
@@ -394,6 +394,16 @@ TABLE: tuple[SyscallSpec, ...] = (
         Level.HOST,
         "sys_bind",
         "AF_UNIX paths checked; on /data: EACCES; IP addresses by [host] network",
+    ),
+    _row(
+        "getsockname",
+        51,
+        (FD, OUT, A),
+        Level.HOST,
+        "sys_getsockname",
+        "a socket bound in a pinned directory shows the name the guest gave; "
+        "in the filter only under [host] rules",
+        gate=Gate.HOST,
     ),
     # -- the network ([host] network); rows in the filter only when the policy restricts it
     _row(

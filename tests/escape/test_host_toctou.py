@@ -24,6 +24,9 @@ workspace, not the directory beside it that holds the victim file. The guest
   thread changes N's file. A read-only fd is enough natively; synthfs judges
   the call as its path form on the fd's file and runs it on the object it
   checked (opened from the fd, compared with the decision).
+* ``bind``: an AF_UNIX socket bound at ``WS/d/sN`` while ``d`` flips: the socket
+  file must never appear beside the victim, and getsockname must show the
+  name the guest gave (the kernel walked a pinned path).
 * ``inotify``, ``handle``, ``stat`` (under a policy that hides OUT from reads):
   inotify_add_watch, name_to_handle_at and the supervisor's own stat answer
   must never reach the hidden victim (its inode never shows).
@@ -56,7 +59,8 @@ ROOT = Path(__file__).resolve().parents[2]
 N = int(os.environ.get("SYNTHFS_TOCTOU_N", "2000"))
 
 GUEST = r"""
-import ctypes, errno, os, sys, threading
+import ctypes, errno, os, socket, sys, threading
+serial = 0
 ws, out, variant, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -100,6 +104,17 @@ def attempt():
     if variant in FD_CALLS:
         FD_CALLS[variant](flipping)
         return hit()
+    if variant == "bind":  # a new socket file: never beside the victim
+        global serial
+        serial += 1
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.bind(f"{ws}/d/s{serial}")
+            if s.getsockname() != f"{ws}/d/s{serial}":
+                raise SystemExit(f"getsockname shows {s.getsockname()!r}")
+        finally:
+            s.close()
+        return os.listdir(out) != ["f"]
     if variant == "setxattrat":  # setxattrat(AT_FDCWD, path, 0, name, &{value, size, flags}, 16)
         value = ctypes.create_string_buffer(b"x")
         args = (ctypes.c_uint64 * 2)(ctypes.addressof(value), 1)  # u64 value; u32 size, flags
@@ -216,7 +231,8 @@ def _counts(stdout: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(
-    "variant", ["dir", "link", "unlink", "chmod", "setxattrat", "fchmod", "futimens", "fsetxattr"]
+    "variant",
+    ["dir", "link", "unlink", "chmod", "setxattrat", "fchmod", "futimens", "fsetxattr", "bind"],
 )
 def test_symlink_swap_never_writes_a_write_denied_host_file(
     world: tuple[Path, Path], variant: str

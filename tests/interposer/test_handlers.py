@@ -171,6 +171,7 @@ class FakeEnv:
         self.repo = FakeRepo()
         self.host = FakeHost()
         self.denied: list[tuple[str, str]] = []
+        self.bound_names: dict[int, bytes] = {}
 
     def check(self, call: Call, op: str, guest_path: str) -> int:
         if guest_path.startswith("/data/secret"):
