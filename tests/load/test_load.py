@@ -14,6 +14,10 @@ published file holds the last version its guest renamed into place, no
 upload is left staged, and all three trusted processes are still up.
 Every wait is bounded (a guest past the budget is a deadlock and fails).
 
+Variants: two threads per guest; and a hostile client fuzzing the server
+(:mod:`fuzzframes`, no token) during the whole run, which must neither
+disturb the guests nor go unanswered.
+
 CI: ``SYNTHFS_LOAD_OPS`` operations per guest (100); slow: 1,000.
 """
 
@@ -25,6 +29,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,7 +38,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 
 from agent_stack import SERVER_CMD, Proc
+from fuzzframes import SEED, BlastResult, FrameFuzzer, blast, server_seeds
 from helpers import synthfs_command
+
+from agent.upstream import Upstream
+from protocol.messages import Message, Stat, StatReply
 
 GUEST = Path(__file__).resolve().with_name("guest.py")
 AGENTS = 2
@@ -86,7 +95,30 @@ def _tree_sums(d: Path) -> dict[str, str]:
             if not p.is_dir()}
 
 
-def _load(tmp: Path, ops: int, budget: float, threads: int = 1) -> None:
+def _attack(fleet: Fleet, frames: int, out: dict[str, object]) -> None:
+    """A hostile client without a token: ``frames`` fuzzed frames at the server, probed."""
+    try:
+        up = Upstream(fleet.server_ep, fleet.key.read_bytes().strip())
+        try:
+            token = up.register().token  # for the probes only: the fuzzed frames carry none
+        finally:
+            up.close()
+
+        def is_root(msg: Message) -> bool:
+            return isinstance(msg, StatReply) and msg.attrs.kind == "dir"
+
+        valid, garbage = server_seeds("")
+        server = fleet.procs[0]
+        out["result"] = blast(fleet.server_ep, FrameFuzzer(valid, garbage, SEED), frames,
+                              probe=lambda: Stat(path="/"), probe_ok=is_root,
+                              owes_reply=lambda parts: True,
+                              alive=lambda: server.popen.poll() is None, in_order=False,
+                              probe_token=token)
+    except BaseException as exc:
+        out["error"] = exc
+
+
+def _load(tmp: Path, ops: int, budget: float, threads: int = 1, fuzz_frames: int = 0) -> None:
     fleet = Fleet(tmp)
     shared = fleet.root / "shared"
     shared.mkdir()
@@ -100,8 +132,12 @@ def _load(tmp: Path, ops: int, budget: float, threads: int = 1) -> None:
     (fleet.root / "pub").mkdir()
     fleet.start()
     guests: list[tuple[str, subprocess.Popen[bytes]]] = []
+    hostile: dict[str, object] = {}
+    attacker = threading.Thread(target=_attack, args=(fleet, fuzz_frames, hostile), daemon=True)
     try:
         started = time.monotonic()
+        if fuzz_frames:
+            attacker.start()
         for a, ep in enumerate(fleet.agent_eps):
             for g in range(GUESTS_PER_AGENT):
                 name = f"g{a}{g}"
@@ -156,6 +192,14 @@ def _load(tmp: Path, ops: int, budget: float, threads: int = 1) -> None:
         staging = fleet.root / ".synthfs-staging"
         left = sorted(set(os.listdir(staging)) - {"committed.journal"}) if staging.exists() else []
         assert left == [], f"uploads left staged: {left[:5]}"
+        if fuzz_frames:
+            attacker.join(timeout=max(1.0, budget - (time.monotonic() - started)))
+            assert not attacker.is_alive(), "the fuzzing client did not finish"
+            assert "error" not in hostile, hostile.get("error")
+            res = hostile["result"]
+            assert isinstance(res, BlastResult)
+            print(res.summary("server under load"))
+            assert res.replies == res.frames == fuzz_frames and res.mismatches == []
         assert fleet.alive() == [p.name for p in fleet.procs]
         for p in fleet.procs:
             assert "Traceback" not in p.output(), p.output()[-3000:]
@@ -175,6 +219,11 @@ def test_eight_guests_two_agents(synthfs, tmp_path: Path) -> None:
 def test_eight_threaded_guests_two_agents(synthfs, tmp_path: Path) -> None:
     """CI: the same with two threads per guest (the supervisor follows both), half the ops."""
     _load(tmp_path, max(1, CI_OPS // 2), budget=300, threads=2)
+
+
+def test_load_while_a_hostile_client_fuzzes_the_server(synthfs, tmp_path: Path) -> None:
+    """CI: half the ops, while 20,000 fuzzed frames (no token) hit the same server."""
+    _load(tmp_path, max(1, CI_OPS // 2), budget=300, fuzz_frames=20_000)
 
 
 @pytest.mark.slow
