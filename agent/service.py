@@ -114,6 +114,20 @@ def _parent(path: str) -> str:
     return posixpath.dirname(path) or "/"
 
 
+def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
+    """Write all of ``data`` at ``offset``: a short write (a full disk) goes on, so it fails.
+
+    ``os.pwrite`` returns a count; ignoring a short one left a hole of zeros in a
+    fetched copy that was then installed as the server's object.
+    """
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+    return len(data)
+
+
 class AgentService:
     """The agent's core: one upstream session, one content cache, one attr cache."""
 
@@ -595,11 +609,11 @@ class AgentService:
                 if data.version != a.version or len(data.data) != want:
                     raise OSError(errno.ESTALE, "the object changed during a fetch")
                 if count == 1:
-                    os.pwrite(fd, data.data, off)
+                    _pwrite_all(fd, data.data, off)
                     continue
                 while len(pending) >= 2:
                     pending.popleft().result()
-                pending.append(self._writer.submit(os.pwrite, fd, data.data, off))
+                pending.append(self._writer.submit(_pwrite_all, fd, data.data, off))
             while pending:
                 pending.popleft().result()
         finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import signal
 import subprocess
@@ -735,3 +736,41 @@ def test_agent_killed_three_times(stack: Stack) -> None:
     assert stack.server is not None
     assert stack.server.output().count("registered: token") == 4
     print(f"agent killed three times: {stats}")
+
+
+CACHE_READER = r"""
+import hashlib, os
+for name in ("big", "small"):
+    try:
+        with open(f"/data/{name}", "rb") as f:
+            print(name, 0, hashlib.sha256(f.read()).hexdigest(), flush=True)
+    except OSError as e:
+        print(name, e.errno, "-", flush=True)
+"""
+
+
+def test_cache_disk_full(tmp_path: Path, synthfs: object) -> None:
+    """The agent's cache on a 1 MiB file system: a 2 MB file is refused, never served torn."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs for the cache needs root")
+    repo, cache = tmp_path / "repo", tmp_path / "cache"
+    repo.mkdir()
+    cache.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(cache)],
+                             capture_output=True, text=True, timeout=30)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        big, small = os.urandom(2_000_000), b"small\n"
+        (repo / "big").write_bytes(big)
+        (repo / "small").write_bytes(small)
+        g = Guest(["--data", str(repo), "--cache", str(cache)], CACHE_READER)
+        rc = g.finish(60)
+        assert rc == 0, g.show()
+        got = {line.split()[0]: line.split()[1:] for line in g.lines}
+        # The big file does not fit: ENOSPC (the errno kept), never other bytes.
+        assert got["big"][0] == str(errno.ENOSPC), f"big: {got['big']}\n{g.show()}"
+        # A failed fetch leaves nothing behind: the small file still fits.
+        assert got["small"] == ["0", hashlib.sha256(small).hexdigest()], g.show()
+    finally:
+        subprocess.run(["umount", "-l", str(cache)], timeout=30, check=False)
