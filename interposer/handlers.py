@@ -2145,11 +2145,17 @@ def sys_memguard_shmat(call: Call, env: Env) -> Result:
 def sys_signal_guard(call: Call, env: Env) -> Result:
     """kill, tkill, tgkill, rt_(tg)sigqueueinfo, pidfd_open: never toward a trusted process.
 
-    The first argument is the target (a pid, tgid or tid). Process groups
-    (pid <= 0) are left alone: the agent and server run in sessions of their
-    own, and the supervisor ignores or forwards what reaches it.
+    The first argument is the target (a pid, tgid or tid). kill(-1) (every
+    process the user may signal) is refused, and so is kill(-PGID) of the
+    agent's or the server's process group; the guest's own group (pid 0) is
+    left alone: the supervisor may share it (a shell's job) and forwards what
+    reaches it.
     """
     pid = _s32(call.args[0])
-    if pid > 0 and env.host.trusted(pid):
+    if pid > 0:
+        return Fail(errno.EPERM) if env.host.trusted(pid) else CONTINUE
+    if call.name != "kill" or pid == 0 or _s32(call.args[1]) == 0:
+        return CONTINUE
+    if pid == -1 or env.host.trusted_group(-pid):
         return Fail(errno.EPERM)
     return CONTINUE

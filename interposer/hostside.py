@@ -125,6 +125,16 @@ class HostSide:
             pass
         return False
 
+    def trusted_group(self, pgid: int) -> bool:
+        """Whether ``pgid`` is the process group of the agent or the server."""
+        me = os.getpid()
+        for pid in self.trusted_pids:
+            if pid != me:
+                with contextlib.suppress(OSError):
+                    if os.getpgid(pid) == pgid:
+                        return True
+        return False
+
     def refused(self, real_path: str) -> bool:
         for root in self.refused_roots:
             if real_path == root or real_path.startswith(root + "/"):

@@ -89,6 +89,9 @@ class Host(Protocol):
     def trusted(self, pid: int) -> bool:
         """Whether a pid or tid belongs to the supervisor, the agent or the server."""
 
+    def trusted_group(self, pgid: int) -> bool:
+        """Whether a process group is the agent's or the server's."""
+
     def new_dir_handle(self, repo_path: str, symlink: bool = False) -> str:
         """A fresh placeholder (an empty directory, or a symlink) standing for ``repo_path``."""
 

@@ -372,6 +372,8 @@ TRUSTED = [
     Attack("signal_agent", ("paths", "signal", "{data}", "{agent_pid}")),
     Attack("signal_server", ("paths", "signal", "{data}", "{server_pid}")),
     Attack("signal_supervisor", ("paths", "signal", "{data}", "ppid")),
+    Attack("signal_agent_group", ("paths", "signal_group", "{data}", "{agent_pid}")),
+    Attack("signal_server_group", ("paths", "signal_group", "{data}", "{server_pid}")),
     Attack("ptrace_agent", ("paths", "ptrace_attach", "{data}", "{agent_pid}")),
     Attack("proc_mem_agent", ("paths", "proc_mem_read", "{data}", "{agent_pid}")),
     Attack("process_vm_readv_agent", ("paths", "process_vm_readv", "{data}", "{agent_pid}")),

@@ -162,6 +162,9 @@ class FakeHost:
     def trusted(self, pid: int) -> bool:
         return pid == 1
 
+    def trusted_group(self, pgid: int) -> bool:
+        return pgid == 7
+
 
 class FakeEnv:
     uid = gid = 1000
@@ -349,3 +352,8 @@ def test_no_signal_reaches_a_trusted_process(world) -> None:
     assert call("pidfd_open", 1, 0) == Fail(errno.EPERM)
     assert call("kill", 4243, 15) == Continue()
     assert call("kill", 0, 15) == Continue()  # its own process group
+    assert call("kill", -1, 15) == Fail(errno.EPERM)  # every process the user may signal
+    assert call("kill", -1, 0) == Continue()  # signal 0 only asks whether any exists
+    assert call("kill", -7, 9) == Fail(errno.EPERM)  # the agent's process group
+    assert call("kill", -8, 9) == Continue()
+    assert call("kill", (-7) & 0xFFFFFFFF, 9) == Fail(errno.EPERM)  # an int in a 64-bit register

@@ -17,6 +17,7 @@ import ctypes
 import errno
 import mmap
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -262,6 +263,13 @@ def main():
         except OSError as e:
             out(REFUSED, f"kill(pid, 0): refused ({fail_name(e)})")
         out(ESCAPED, "kill(pid, 0) succeeded: ESCAPED (the guest may signal it)")
+    elif mode == "signal_group":
+        # SIGCONT (harmless) to the whole process group of a trusted process
+        try:
+            os.killpg(os.getpgid(int(target)), signal.SIGCONT)
+        except OSError as e:
+            out(REFUSED, f"killpg(its group, SIGCONT): refused ({fail_name(e)})")
+        out(ESCAPED, "killpg(its group, SIGCONT) succeeded: ESCAPED")
     elif mode == "ptrace_attach":
         pid = int(target)
         if libc.ptrace(16, pid, None, None) != 0:  # PTRACE_ATTACH
