@@ -57,9 +57,9 @@ from typing import Any
 import attrs
 import msgpack
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from protocol.messages import Opened
+from protocol.monitor import monitor_event
 
 __all__ = [
     "BEAT_INTERVAL",
@@ -376,9 +376,9 @@ class LeaseFeed:
             return
         monitor, sock = self.monitor, self.socket
         while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            ev = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
-            if ev["event"] in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CONNECTED,
-                               zmq.EVENT_MONITOR_STOPPED):
+            event = monitor_event(monitor.recv_multipart(zmq.NOBLOCK))
+            if event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CONNECTED,
+                         zmq.EVENT_MONITOR_STOPPED):
                 self.leases.disconnected()
         while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             frames = sock.recv_multipart(zmq.NOBLOCK)
