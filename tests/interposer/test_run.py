@@ -213,3 +213,20 @@ def test_dev_std_links_and_host_symlinks_into_the_mount(repo: Path, tmp_path: Pa
     assert r.stderr.startswith("err\n")
     # Through a symlink of its own, /proc/self would be the supervisor's: refused.
     assert "Permission denied" in r.stderr
+
+
+def test_start_up_imports_stay_light() -> None:
+    """What start-up time rests on (benchmarks/RESULTS.md): ``synthfs run --data``
+    spawns the server and agent before it loads attrs or the protocol, and no
+    synthfs process imports asyncio (pyzmq's zmq.utils.monitor does)."""
+    probe = (
+        "import sys, interposer.cli, interposer.run, agent.embedded\n"
+        "early = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('attr', 'attrs', 'protocol', 'msgpack', 'zmq', 'sqlite3') or m == 'agent.cache')\n"
+        "import interposer.runenv, interposer.supervisor, interposer.filter, agent.main, "
+        "server.main, server.service, server.auth, server.backends.local\n"
+        "print(early, 'asyncio' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out == "[] False\n"
