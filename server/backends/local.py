@@ -281,16 +281,28 @@ class LocalBackend(Backend):
             except (ValueError, TypeError):
                 continue  # a torn last line, or garbage: ignore it
         tmp = _JOURNAL + ".new"
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                      0o600, dir_fd=self._staging_fd)
+        text = b"".join(self._journal_line(k, p, a) for k, (p, a) in self._committed.items())
         try:
-            os.write(out, b"".join(self._journal_line(k, p, a) for k, (p, a)
-                                   in self._committed.items()))
-        finally:
-            os.close(out)
-        os.rename(tmp, _JOURNAL, src_dir_fd=self._staging_fd, dst_dir_fd=self._staging_fd)
-        return os.open(_JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
-                       dir_fd=self._staging_fd)
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, 0o600, dir_fd=self._staging_fd)
+            try:
+                if os.write(out, text) != len(text):
+                    raise oserror(errno.ENOSPC, "short write")
+            finally:
+                os.close(out)
+            os.rename(tmp, _JOURNAL, src_dir_fd=self._staging_fd, dst_dir_fd=self._staging_fd)
+        except OSError as exc:
+            # A full disk must not stop the server from serving what it holds: keep
+            # the journal uncompacted (it is read tolerantly), or go without one.
+            log.warning("commit journal not rewritten: %s", exc.strerror)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=self._staging_fd)
+        try:
+            return os.open(_JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                           | os.O_CLOEXEC, 0o600, dir_fd=self._staging_fd)
+        except OSError as exc:
+            log.warning("no commit journal: %s", exc.strerror)
+            return -1
 
     @staticmethod
     def _journal_line(key: str, path: str, a: Attrs) -> bytes:

@@ -451,6 +451,15 @@ def test_repository_disk_full(tmp_path: Path, synthfs: object) -> None:
         assert (repo / "keep").read_bytes() == keep
         assert (repo / "small").read_bytes() == b"x" * 1000
         assert stray_files(repo, {"f", "g", "keep", "small"}) == []
+        # Filled to the last block, the repository is still served (a new server reads it).
+        with contextlib.suppress(OSError), open(repo / "filler", "wb") as filler:
+            while filler.write(b"\0" * 4096):
+                filler.flush()
+        again = Guest(_embedded(repo), "print(len(open('/data/keep', 'rb').read()))",
+                      cwd=tmp_path)
+        rc = again.finish(60)
+        assert rc == 0 and again.lines == [str(len(keep))], \
+            f"a full repository is not served\n{again.show()}"
     finally:
         subprocess.run(["umount", "-l", str(repo)], timeout=30, check=False)
 
