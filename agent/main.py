@@ -46,7 +46,7 @@ from agent.service import DEFAULT_ATTR_TTL, AgentService
 from agent.upstream import Upstream
 from protocol.bootstrap import check_key_fd
 from protocol.client import DEFAULT_TIMEOUT, Unreachable
-from protocol.codec import DecodeError, decode, encode, error_from_exception
+from protocol.codec import MAX_FRAME, DecodeError, decode, encode, error_from_exception
 from protocol.curve import client_sockopts, handshake, load_keypair, load_public, remote_tcp
 
 __all__ = ["HELP", "configure", "main", "make_undumpable", "read_key_fd", "read_key_file"]
@@ -221,6 +221,7 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
     del key
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME + 4096)  # larger: dropped with the connection
     service: AgentService | None = None
     sub: Subscription | None = None
     board: LeaseBoard | None = None

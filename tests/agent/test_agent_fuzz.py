@@ -57,3 +57,22 @@ def test_fuzzed_frames_at_socket_speed(running: Stack) -> None:
 @pytest.mark.slow
 def test_a_million_fuzzed_frames(running: Stack) -> None:
     _blast_agent(running, FULL_FRAMES)
+
+
+def test_oversized_frame_is_dropped_and_the_agent_goes_on(running: Stack) -> None:
+    """A frame over the codec's limit never reaches the agent's memory whole: ZeroMQ drops it."""
+    import zmq
+
+    from protocol.codec import MAX_FRAME
+
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(running.agent_ep)
+    try:
+        s.send(b"\x00" * (4 * MAX_FRAME))
+        assert not s.poll(500)
+    finally:
+        s.close()
+    assert running.agent is not None and running.agent.popen.poll() is None
+    assert _is_root(running.client().call(Stat(path="/")))
+    assert "bad frame" not in running.agent.output()  # dropped by ZeroMQ, before decoding
