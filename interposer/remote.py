@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import time
 
 import zmq
@@ -120,6 +121,14 @@ class Remote:
             return False
 
     def _call(self, msg: Message, client: Client | None = None) -> Message:
+        pid = self._agent_pid
+        if pid is not None and not self._agent_lost:
+            try:
+                os.kill(pid, 0)  # ~1 µs: an agent that died since is replaced before we ask
+            except ProcessLookupError:
+                self._agent_lost = True
+            except PermissionError:
+                pass
         try:
             if self._agent_lost:  # the agent died: its successor (if any) says who it is
                 self._rehello()
@@ -129,7 +138,20 @@ class Remote:
             raise OSError(errno.EIO, f"agent unreachable: {exc}") from None
 
     def _rehello(self) -> None:
-        welcome = self._client.call(Hello(version=PROTOCOL_VERSION))
+        """Greet whoever listens on the agent's socket now; EIO at once when nobody does."""
+        if self.endpoint.startswith("ipc://"):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                probe.connect(self.endpoint[len("ipc://") :])
+            except OSError:
+                raise OSError(errno.EIO, f"no agent listens at {self.endpoint}") from None
+            finally:
+                probe.close()
+        old, self._agent_pid = self._agent_pid, None  # a busy new agent is waited for
+        try:
+            welcome = self._client.call(Hello(version=PROTOCOL_VERSION))
+        finally:
+            self._agent_pid = old
         if not isinstance(welcome, Welcome) or not welcome.trusted_pids:
             raise OSError(errno.EIO, "the restarted agent did not say who it is")
         self.trusted_pids = welcome.trusted_pids

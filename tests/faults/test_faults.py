@@ -804,10 +804,6 @@ except OSError as e:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="interposer/remote.py judges a call by the pid of the "
-                   "agent it last greeted: the first call after a restart that waits more than "
-                   "1 s on the new agent fails with EIO (bounded, never a hang; the next call "
-                   "finds the new agent)")
 def test_close_after_the_agent_restarted(stack: Stack) -> None:
     """A file written before an agent restart is closed after it: the new agent uploads it.
 
