@@ -120,11 +120,12 @@ class Upstream:
         """Send ``make(0) .. make(count-1)`` pipelined; yield ``(i, reply)`` in order.
 
         On an authentication error at ``i``, register again and go on from ``i``
-        (once per call).
+        (again at a later ``i`` when the token expires again: a long transfer may
+        outlive several tokens; twice at the same ``i`` is an error).
         """
         self._fresh()
         start = 0
-        renewed = False
+        renewed_at = -1
         while start < count:
             base = start
             try:
@@ -135,7 +136,8 @@ class Upstream:
                     yield base + n, reply
                     start = base + n + 1
             except OSError as exc:
-                if exc.errno not in _AUTH_ERRNOS or renewed or isinstance(exc, Unreachable):
+                if exc.errno not in _AUTH_ERRNOS or renewed_at == start \
+                        or isinstance(exc, Unreachable):
                     raise
-                renewed = True
+                renewed_at = start
                 self.register()

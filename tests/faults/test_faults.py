@@ -585,10 +585,10 @@ def test_server_restarted_during_an_upload(stack: Stack) -> None:
 
 
 def test_token_expiry_during_an_upload(stack: Stack) -> None:
-    """Tokens live 0.25 s; a 48 MiB upload outlives several: the close succeeds."""
+    """Tokens live 0.25 s; a 96 MiB upload outlives several: the close succeeds."""
     stack.start_server("--token-ttl", "0.25", "-v")
     stack.start_agent()
-    close_err, after_err = _upload_fault(stack, lambda: None)
+    close_err, after_err = _upload_fault(stack, lambda: None, mib=96)
     assert stack.server is not None
     registrations = stack.server.output().count("registered: token")
     print(f"token expiry during an upload: close errno {close_err}, {registrations} registrations")
