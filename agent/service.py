@@ -633,6 +633,21 @@ class AgentService:
         return Committed(attrs=self._upload(path))
 
     def _upload(self, path: str) -> Attrs:
+        """Upload the local copy of ``path`` (again, once, if the server restarted meanwhile).
+
+        A restarted server has forgotten the chunks staged before it stopped, so the
+        commit fails (EIO); the whole upload is worth one more try.
+        """
+        server = self.upstream.server_pid
+        try:
+            return self._upload_once(path)
+        except OSError as exc:
+            if exc.errno != errno.EIO or self.upstream.server_pid == server:
+                raise
+            log.info("upload of %s: the server restarted meanwhile, uploading again", path)
+        return self._upload_once(path)
+
+    def _upload_once(self, path: str) -> Attrs:
         """Upload the local copy of ``path``; record the new version; return its attrs."""
         e = self.cache.get(path)
         assert e is not None

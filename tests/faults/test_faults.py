@@ -568,7 +568,7 @@ def _upload_fault(stack: Stack, fault, limit: float = HANG,  # type: ignore[no-u
 
 
 def test_server_restarted_during_an_upload(stack: Stack) -> None:
-    """The server restarts while a 48 MiB close uploads: acked means kept, never torn."""
+    """The server restarts while a 48 MiB close uploads: the close succeeds, never torn."""
     stack.start_server()
     stack.start_agent()
 
@@ -579,9 +579,10 @@ def test_server_restarted_during_an_upload(stack: Stack) -> None:
         stack.start_server()
 
     close_err, after_err = _upload_fault(stack, restart)
-    assert close_err in {0} | AWAY, errno.errorcode.get(close_err, close_err)
-    assert after_err == 0
     print(f"server restarted during an upload: close errno {close_err}")
+    # The agent uploads again to the new server (which lost the staged chunks).
+    assert close_err == 0, errno.errorcode.get(close_err, close_err)
+    assert after_err == 0
 
 
 def test_token_expiry_during_an_upload(stack: Stack) -> None:
