@@ -138,6 +138,11 @@ def _proc_self(path: str, call: Call) -> str:
     return path
 
 
+def _whose(call: Call) -> tuple[int, int]:
+    """The guest thread a host walk is for (its /proc/self, /proc/thread-self)."""
+    return call.guest.tgid, call.guest.tid
+
+
 def fd_loc(call: Call, env: Env, fd: int) -> Loc | None:
     """What an fd refers to; None when it is not open (EBADF)."""
     if fd == AT_FDCWD:
@@ -416,7 +421,7 @@ def _locate(
         follow=follow,
         lstat=env.repo.lstat,
         readlink=env.repo.readlink,
-        host_realpath=lambda p: env.host.realpath(p, True),
+        host_realpath=lambda p: env.host.realpath(p, True, _whose(call)),
     )
     if target.synthetic:
         if any(0xDC80 <= ord(c) <= 0xDCFF for c in target.path):
@@ -448,7 +453,7 @@ def _host_loc(call: Call, env: Env, path: str, follow: bool, must_be_dir: bool) 
             return Loc(guest=path, host=path, real=path)
         rest = path[len(cwd_link) :]
         return locate_guest_path(call, env, call.proc.fs.cwd + rest, follow)
-    real = env.host.realpath(path, follow)
+    real = env.host.realpath(path, follow, _whose(call))
     if env.ns.covers(real):
         # A host symlink into the synthetic mount (/tmp/l -> /data/x).
         return locate_guest_path(call, env, real, follow)
@@ -1901,7 +1906,7 @@ def _unix_target(call: Call, env: Env, op: str, path: str) -> str:
     )
     if target.synthetic:
         raise OSError(errno.ECONNREFUSED if op == "connect" else errno.EACCES, "on /data")
-    real = env.host.realpath(target.path, True)
+    real = env.host.realpath(target.path, True, _whose(call))
     if env.host.refused(real):
         raise Refused(errno.EACCES, "refused path")
     host_check(call, env, "create" if op == "bind" else "write", Loc(guest=real, real=real))

@@ -23,14 +23,28 @@ import shutil
 import stat
 from collections.abc import Callable, Iterable
 
+from interposer import abi
 from interposer.ports import DirHandle
 
 __all__ = ["HostSide"]
 
 _PROC_PID = re.compile(r"^/proc/(\d+)(/.*)?$")
 _MEM = re.compile(r"^/proc/\d+(/task/\d+)?/mem$")
+#: the text of a /proc magic link to what is not a path (``pipe:[7]``, ``anon_inode:[eventfd]``)
+_NOT_A_PATH = re.compile(r"^[\w-]+:")
 _GC_EVERY = 512
 _KEEP = 64
+
+
+def _guest_self(path: str, guest: tuple[int, int]) -> str:
+    """``/proc/self...`` and ``/proc/thread-self...`` as the guest thread means them."""
+    for link, real in (
+        ("/proc/self", f"/proc/{guest[0]}"),
+        ("/proc/thread-self", f"/proc/{guest[0]}/task/{guest[1]}"),
+    ):
+        if path == link or path.startswith(link + "/"):
+            return real + path[len(link) :]
+    return path
 
 
 class HostSide:
@@ -53,28 +67,38 @@ class HostSide:
 
     # -- resolution ---------------------------------------------------------------------------
 
-    def realpath(self, path: str, follow: bool) -> str:
+    def realpath(self, path: str, follow: bool, guest: tuple[int, int] = (0, 0)) -> str:
+        """See :class:`interposer.ports.Host`; ``guest`` (tgid, tid) is whose
+        ``/proc/self`` and ``/proc/thread-self`` a symlink on the way means."""
         if path == "/":
             return "/"
         flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
         try:
-            fd = os.open(path, flags)
+            # No magic link on this walk: /proc/self/fd/N would be the supervisor's fd.
+            fd = abi.host_openat2(path, flags, abi.RESOLVE_NO_MAGICLINKS)
         except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EACCES):
+            if exc.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EACCES,
+                                 errno.EXDEV):  # fmt: skip
                 raise
-            return self._walk(path, follow)
+            return self._walk(path, follow, guest)
         try:
-            return os.readlink(f"/proc/self/fd/{fd}")
+            real = os.readlink(f"/proc/self/fd/{fd}")
         finally:
             os.close(fd)
+        own = f"/proc/{os.getpid()}"
+        if guest[0] and (real == own or real.startswith(own + "/")):
+            return self._walk(path, follow, guest)  # a symlink to /proc/self: the guest's
+        return real
 
-    def _walk(self, path: str, follow: bool) -> str:
+    def _walk(self, path: str, follow: bool, guest: tuple[int, int] = (0, 0)) -> str:
         """Resolve what exists of ``path`` component by component, following symlinks.
 
         Used when the path does not (fully) exist: the result is the real path of
         its longest existing prefix plus the rest as written, so that a host
         symlink into the synthetic mount (``/tmp/l -> /data/x``), whose target
-        the host cannot open, still names ``/data/x`` for the caller.
+        the host cannot open, still names ``/data/x`` for the caller. Used too
+        when the walk meets a magic link or ``/proc/self``: those are resolved in
+        the guest's context (``guest``), as the kernel would for it.
         """
         todo = [c for c in path.split("/") if c and c != "."]
         todo.reverse()
@@ -91,6 +115,10 @@ class HostSide:
             except OSError:
                 rest = "/".join(reversed(todo))
                 return candidate + ("/" + rest if rest else "")
+            if guest[0] and candidate in ("/proc/self", "/proc/thread-self"):
+                todo.extend(reversed(_guest_self(candidate, guest).split("/")[2:]))
+                cur = "/proc"
+                continue
             if stat.S_ISLNK(st.st_mode) and (todo or follow):
                 links += 1
                 if links > 40:
@@ -103,8 +131,13 @@ class HostSide:
                         continue
                     rest = "/".join(reversed(todo))
                     return candidate + ("/" + rest if rest else "")
-                if target.startswith("/proc/self") or target.startswith("/proc/thread-self"):
-                    return path  # resolved in the guest's context only: let the caller refuse
+                if _NOT_A_PATH.match(target) and candidate.startswith("/proc/"):
+                    rest = "/".join(reversed(todo))  # a magic link to a pipe, socket...:
+                    return target + ("/" + rest if rest else "")  # what readlink says
+                if guest[0]:
+                    target = _guest_self(target, guest)
+                elif target.startswith(("/proc/self", "/proc/thread-self")):
+                    return path  # no guest to resolve it for: let the caller refuse
                 if target.startswith("/"):
                     cur = ""
                 todo.extend(reversed([c for c in target.split("/") if c and c != "."]))

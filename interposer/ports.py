@@ -80,8 +80,9 @@ class Repo(Protocol):
 class Host(Protocol):
     """The host side: symlink resolution for checks, and the supervisor's private files."""
 
-    def realpath(self, path: str, follow: bool) -> str:
-        """The path with every symlink resolved (magic links included), as the kernel would."""
+    def realpath(self, path: str, follow: bool, guest: tuple[int, int] = (0, 0)) -> str:
+        """The path with every symlink resolved (magic links included), as the kernel
+        would for the guest thread ``guest`` (tgid, tid)."""
 
     def refused(self, real_path: str) -> bool:
         """True for paths no guest may name (cache, sockets, keys, trusted processes)."""

@@ -142,7 +142,7 @@ class FakeHost:
     def __init__(self) -> None:
         self.handles: dict[str, DirHandle] = {}
 
-    def realpath(self, path: str, follow: bool) -> str:
+    def realpath(self, path: str, follow: bool, guest: tuple[int, int] = (0, 0)) -> str:
         return path
 
     def refused(self, real_path: str) -> bool:

@@ -55,7 +55,7 @@ class RealPaths(FakeEnv):
         self.policy = Policy.from_text(HOST_POLICY.format(ws=ws), name="host.toml")
         self.log = io.StringIO()
         self.run_env = RunEnv(self.ns, self.repo, self.host, self.policy, self.log, audit_all)  # type: ignore[arg-type]
-        self.host.realpath = lambda p, follow: _realpath(p, follow)  # type: ignore[method-assign]
+        self.host.realpath = lambda p, follow, guest=(0, 0): _realpath(p, follow)  # type: ignore[method-assign]
         self.network = self.policy.network
 
     def check_host(self, call: Call, op: str, path: str) -> int:
@@ -246,7 +246,7 @@ def test_private_paths_stay_refused_whatever_the_policy(world) -> None:
 
 def test_pipes_through_magic_links_are_not_host_paths(world) -> None:
     ws, env, call = world
-    env.host.realpath = lambda p, follow: "pipe:[4242]"  # type: ignore[method-assign]
+    env.host.realpath = lambda p, follow, guest=(0, 0): "pipe:[4242]"  # type: ignore[method-assign]
     assert not isinstance(call("open", "/proc/self/fd/1", os.O_WRONLY, 0), Fail)
     assert env.records() == []
 

@@ -211,8 +211,22 @@ def test_dev_std_links_and_host_symlinks_into_the_mount(repo: Path, tmp_path: Pa
     )
     assert r.stdout == "out\nin\nthe x file\nwhy\nrc=2\n", r.stderr
     assert r.stderr.startswith("err\n")
-    # Through a symlink of its own, /proc/self would be the supervisor's: refused.
+    # Through a symlink of its own, /proc/self/fd/1 leads to a pipe: refused.
     assert "Permission denied" in r.stderr
+
+
+def test_a_host_symlink_to_proc_self_means_the_guest(repo: Path, tmp_path: Path) -> None:
+    """/tmp/l -> /proc/self/fd/1 is the guest's stdout, not the supervisor's."""
+    (tmp_path / "self").symlink_to("/proc/self/fd/1")
+    (tmp_path / "status").symlink_to("/proc/self/status")
+    out = tmp_path / "out.txt"
+    script = f"exec 1>{out}; echo via-link > {tmp_path}/self; grep '^PPid:' {tmp_path}/status >&2"
+    r = run("run", "--data", str(repo), "--", "sh", "-c", script + "; echo $$ >&2")
+    assert r.returncode == 0, r.stderr
+    assert out.read_text() == "via-link\n"
+    assert r.stdout == ""
+    ppid, sh = r.stderr.split()[-2:]
+    assert ppid == sh  # grep's parent is the guest's sh (the supervisor's would be pytest)
 
 
 def test_start_up_imports_stay_light() -> None:
