@@ -218,13 +218,14 @@ def run_native(
     cwd: Path | str,
     env: Mapping[str, str] | None = None,
     umask: int = 0o022,
+    timeout: float = TIMEOUT,
 ) -> Outcome:
     p = subprocess.run(
         list(argv),
         cwd=cwd,
         env=dict(env) if env is not None else None,
         capture_output=True,
-        timeout=TIMEOUT,
+        timeout=timeout,
         umask=umask,
         stdin=subprocess.DEVNULL,
     )

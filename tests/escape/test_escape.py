@@ -226,6 +226,8 @@ class Attack:
     #: refusal that synthfs must reproduce exactly (e.g. ENAMETOOLONG, never a
     #: truncated path that resolves elsewhere)
     control: int = ESCAPED
+    #: seconds each run may take (the long TOCTOU runs need more than the default)
+    timeout: float = helpers.TIMEOUT
 
 
 def _argv(attack: Attack, world: World, cbin) -> list[str]:
@@ -240,7 +242,7 @@ def _argv(attack: Attack, world: World, cbin) -> list[str]:
 def run_attack(attack: Attack, native: World, guest: World, cbin, tmp_path: Path) -> None:
     # 1. the control: natively the attack must succeed, or it proves nothing
     native.reset()
-    control = helpers.run_native(_argv(attack, native, cbin), cwd=tmp_path)
+    control = helpers.run_native(_argv(attack, native, cbin), cwd=tmp_path, timeout=attack.timeout)
     if control.status != attack.control:
         if "not implemented" in control.stdout or "Function not implemented" in control.stdout:
             pytest.skip(f"this kernel lacks the feature: control said {control.stdout.strip()!r}")
@@ -256,7 +258,7 @@ def run_attack(attack: Attack, native: World, guest: World, cbin, tmp_path: Path
         extra += ["--policy", str(pol)]
     launcher = helpers.SynthfsLauncher(mode="agent")
     argv = launcher.argv(guest.repo, _argv(attack, guest, cbin), stack=guest.stack, extra=extra)
-    got = helpers.run_native(argv, cwd=tmp_path)
+    got = helpers.run_native(argv, cwd=tmp_path, timeout=attack.timeout)
     # the verdict line of both runs, shown by `pytest -rA` for passing attacks too
     print(f"control: exit {control.status}: {control.stdout.strip()}")
     print(f"synthfs: exit {got.status}: {got.stdout.strip()} {got.stderr.strip()[-300:]}")
@@ -435,7 +437,7 @@ def test_policy_trick_positive_twin(mode, synthfs_world, cbin, tmp_path) -> None
         synthfs_world.repo, _argv(attack, synthfs_world, cbin), stack=synthfs_world.stack,
         extra=["--policy", str(pol)],
     )
-    got = helpers.run_native(argv, cwd=tmp_path)
+    got = helpers.run_native(argv, cwd=tmp_path, timeout=attack.timeout)
     print(f"synthfs: exit {got.status}: {got.stdout.strip()}")
     assert got.status == 3 and "read something else: b'ok\\n'" in got.stdout, got.show()
 
@@ -492,7 +494,7 @@ def test_exec_identity_allowed_twin(synthfs_world, cbin, tmp_path) -> None:
         synthfs_world.repo, _argv(attack, synthfs_world, cbin), stack=synthfs_world.stack,
         extra=["--policy", str(pol)],
     )
-    got = helpers.run_native(argv, cwd=tmp_path)
+    got = helpers.run_native(argv, cwd=tmp_path, timeout=attack.timeout)
     assert got.status == ESCAPED, got.show()
 
 
@@ -517,6 +519,7 @@ def _toctou(op: str, forbidden: str, n: int, policy: str | None = None) -> Attac
         f"toctou_{op}_{'policy_secret' if policy else 'canary'}_{n}",
         ("toctou", op, "{data}/ok", forbidden, size, str(n)),
         policy=policy,
+        timeout=max(helpers.TIMEOUT, n * 0.06),  # unlink/rename: ~40 ms an attempt
     )
 
 
