@@ -1917,19 +1917,26 @@ def _unix_sockaddr(real: str) -> bytes:
     return AF_UNIX.to_bytes(2, "little") + os.fsencode(real)[:107] + b"\0"
 
 
+def _pinned_socket(env: Env, real: str) -> tuple[bytes, int | None]:
+    """The sockaddr of a checked socket path, pinned on the socket itself
+    (``/proc/SUPERVISOR/fd/N``: a swapped-in symlink cannot lead the kernel to the
+    agent's socket), and the pin to drop after the call (None: not pinned)."""
+    pinned = env.pin(real, True, always=True)
+    if pinned is None:
+        return _unix_sockaddr(real), None
+    return _unix_sockaddr(pinned[0]), pinned[1]
+
+
 def _unix_reach(
     env: Env, nr: int, real: str, args: Callable[[Scratch, int], tuple[int | Scratch, ...]]
 ) -> Result:
-    """connect/sendto to a checked socket path: the kernel gets the socket itself, pinned
-    (``/proc/SUPERVISOR/fd/N``: a swapped-in symlink cannot lead it to the agent's socket)."""
-    pinned = env.pin(real, True, always=True)
-    sockaddr = _unix_sockaddr(pinned[0] if pinned else real)
-    if pinned is None:
+    """connect/sendto to a checked socket path: the kernel gets the pinned socket."""
+    sockaddr, pin = _pinned_socket(env, real)
+    if pin is None:
         return RunChecked(nr, args(Scratch(sockaddr), len(sockaddr)))
-    fd = pinned[1]
 
     def done(ret: int) -> None:
-        env.unpin(fd)
+        env.unpin(pin)
 
     return RunChecked(nr, args(Scratch(sockaddr), len(sockaddr)), done)
 
@@ -2061,10 +2068,7 @@ def _checked_msghdr(call: Call, env: Env, msghdr: bytes) -> tuple[Scratch, int |
     sa = read_sockaddr(call, name, namelen)
     raw, pin = b"", None
     if sa is not None and sa.family == AF_UNIX and sa.text is not None:
-        real = _unix_target(call, env, "send", sa.text)
-        pinned = env.pin(real, True, always=True)
-        raw = _unix_sockaddr(pinned[0] if pinned else real)
-        pin = pinned[1] if pinned else None
+        raw, pin = _pinned_socket(env, _unix_target(call, env, "send", sa.text))
     elif sa is not None:
         err = 0 if env.network is NetworkMode.ALLOW else net_check(call, env, "send", sa)
         if err:
