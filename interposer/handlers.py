@@ -23,7 +23,7 @@ import errno
 import os
 import re
 import stat as st
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from attrs import frozen
 
@@ -626,8 +626,10 @@ def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Re
         denied = env.check(call, "write" if writing else "read", loc.guest)
         if denied:
             return Fail(denied)
+    if flags & abi.O_CREAT:
+        mode = mode & 0o7777 & ~call.guest.umask()  # read from /proc: only when it matters
     try:
-        opened = env.repo.open(loc.repo, flags, (mode & 0o7777) & ~call.guest.umask())
+        opened = env.repo.open(loc.repo, flags, mode & 0o7777)
     except OSError as exc:
         return Fail(exc.errno or errno.EIO)
     kflags = flags & ~(
@@ -684,28 +686,39 @@ def sys_openat2(call: Call, env: Env) -> Result:
 # -- stat family --------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _checked(loc: Loc, follow: bool) -> Iterator[int | None]:
+class _CheckedFd:
     """An O_PATH fd on the checked host object, for the supervisor's own answers.
 
-    None for a /proc magic link (an fd of the guest's, or what a /proc link
-    leads to that is not a path): the kernel resolves those by the object, not
-    by a walk a guest could redirect.
+    The fd the host resolution opened on that very object when it has one (no
+    second walk), else one opened on the real path following no symlink. None
+    for a /proc magic link (an fd of the guest's, or what a /proc link leads to
+    that is not a path): the kernel resolves those by the object, not by a
+    walk a guest could redirect.
     """
-    if loc.via_fd or loc.magic:
-        yield None
-        return
-    assert loc.host is not None
-    fd = abi.open_checked(loc.host, follow, loc.must_be_dir)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+
+    __slots__ = ("fd",)
+
+    def __init__(self, env: Env, loc: Loc, follow: bool) -> None:
+        self.fd: int | None = None
+        if loc.via_fd or loc.magic:
+            return
+        assert loc.host is not None
+        if not loc.must_be_dir:
+            self.fd = env.host.take_checked(loc.host, follow)
+        if self.fd is None:
+            self.fd = abi.open_checked(loc.host, follow, loc.must_be_dir)
+
+    def __enter__(self) -> int | None:
+        return self.fd
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 def _host_stat(call: Call, env: Env, loc: Loc, follow: bool) -> os.stat_result:
     assert loc.host is not None
-    with _checked(loc, follow) as fd:
+    with _CheckedFd(env, loc, follow) as fd:
         if fd is not None:
             return os.stat(fd)
         return os.stat(loc.host, follow_symlinks=follow or loc.via_fd)
@@ -807,7 +820,7 @@ def sys_statx(call: Call, env: Env) -> Result:
                 AT_SYMLINK_NOFOLLOW if (atflags & AT_SYMLINK_NOFOLLOW and not loc.via_fd) else 0
             )
             sync = atflags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)  # AT_STATX_* and the like
-            with _checked(loc, follow) as fd:
+            with _CheckedFd(env, loc, follow) as fd:
                 if fd is None:
                     data = abi.host_statx(loc.host, sync | nofollow, call.args[3])
                 else:
@@ -830,7 +843,7 @@ def access_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, atflags: i
             if mode & os.W_OK:
                 host_check(call, env, "write", loc)  # writable here means: may open to write
             effective = bool(atflags & abi.AT_EACCESS)
-            with _checked(loc, follow) as fd:
+            with _CheckedFd(env, loc, follow) as fd:
                 if fd is not None:
                     ok = abi.host_access(fd, mode, effective)
                 else:
@@ -895,7 +908,7 @@ def readlink_at(call: Call, env: Env, dirfd: int, addr: int, buf: int, size: int
                 text = env.repo.readlink(loc.repo)
             else:
                 assert loc.host is not None
-                with _checked(loc, False) as fd:
+                with _CheckedFd(env, loc, False) as fd:
                     link = abi.host_readlink(fd) if fd is not None else os.readlink(loc.host)
                 text = _translate_host_link(env, link)
     except Refused:

@@ -84,6 +84,10 @@ class Host(Protocol):
         """The path with every symlink resolved (magic links included), as the kernel
         would for the guest thread ``guest`` (tgid, tid)."""
 
+    def take_checked(self, real_path: str, follow: bool) -> int | None:
+        """The O_PATH fd the last :meth:`realpath` opened on ``real_path`` (resolved with
+        ``follow``), handed over to the caller to use and close; None if it has none."""
+
     def refused(self, real_path: str) -> bool:
         """True for paths no guest may name (cache, sockets, keys, trusted processes)."""
 

@@ -145,6 +145,9 @@ class FakeHost:
     def realpath(self, path: str, follow: bool, guest: tuple[int, int] = (0, 0)) -> str:
         return path
 
+    def take_checked(self, real_path: str, follow: bool) -> int | None:
+        return None
+
     def refused(self, real_path: str) -> bool:
         return real_path.startswith("/cache")
 
