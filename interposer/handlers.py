@@ -392,17 +392,7 @@ def _locate(
             return _host_loc(call, env, raw, follow, False)
         base = "/"
     else:
-        base_loc = fd_loc(call, env, dirfd)
-        if base_loc is None:
-            raise OSError(errno.EBADF, "bad dirfd")
-        if base_loc.synthetic:
-            if base_loc.attrs is None:
-                raise OSError(errno.ENOENT, "directory vanished")
-            if base_loc.attrs.kind is not FileKind.DIR:
-                raise OSError(errno.ENOTDIR, "dirfd is not a directory")
-        elif not base_loc.guest.startswith("/"):
-            raise OSError(errno.ENOTDIR, "dirfd is not a directory")
-        base = base_loc.guest
+        base = _base_dir(call, env, dirfd)
     precheck(call, env, PRE_OPS.get(call.name, ()) if ops is None else ops, raw, base)
     if (
         raw.startswith(("/proc/", "/dev/"))
@@ -433,6 +423,37 @@ def _locate(
             must_be_dir=target.must_be_dir,
         )
     return _host_loc(call, env, target.path, follow, target.must_be_dir)
+
+
+def _base_dir(call: Call, env: Env, dirfd: int) -> str:
+    """The absolute guest path a relative path starts from (raises OSError as the kernel).
+
+    A synthetic directory the sandbox knows as one is taken without a lookup: only
+    its kind matters here (a create in it forgets its attributes, and looking them
+    up again cost a round trip per file), and a removal by another client shows in
+    the lookup of the name below it (ENOENT), as it would natively.
+    """
+    if dirfd == AT_FDCWD:
+        known = call.proc.fs.cwd
+    else:
+        target = call.guest.fd_target(dirfd)
+        handle = env.host.dir_handle(target) if target is not None else None
+        known = env.ns.guest_path(handle.repo_path) if handle is not None else None
+    if known is not None:
+        repo = env.ns.repo_path(known)
+        if repo is not None and env.repo.known_dir(repo):
+            return known
+    base_loc = fd_loc(call, env, dirfd)
+    if base_loc is None:
+        raise OSError(errno.EBADF, "bad dirfd")
+    if base_loc.synthetic:
+        if base_loc.attrs is None:
+            raise OSError(errno.ENOENT, "directory vanished")
+        if base_loc.attrs.kind is not FileKind.DIR:
+            raise OSError(errno.ENOTDIR, "dirfd is not a directory")
+    elif not base_loc.guest.startswith("/"):
+        raise OSError(errno.ENOTDIR, "dirfd is not a directory")
+    return base_loc.guest
 
 
 _CLEAN_ABS = re.compile(r"^(?:/(?!\.\.?(?:/|$))[^/]+)+$")
@@ -1751,12 +1772,12 @@ def sys_lseek(call: Call, env: Env) -> Result:
 
 
 def _commit_fd(call: Call, env: Env, fd: int) -> int:
-    """Upload fd's local copy if it is one; 0 or an errno."""
+    """Upload fd's local copy if it is one open for writing; 0 or an errno."""
     target = call.guest.fd_target(fd)
     if target is None:
         return 0
     repo = env.repo.repo_path_of(target)
-    if repo is None:
+    if repo is None or not call.guest.fd_writable(fd):
         return 0
     try:
         env.repo.commit(repo)

@@ -34,6 +34,9 @@ class Guest(Protocol):
     def fd_target(self, fd: int) -> str | None:
         """What ``/proc/TGID/fd/FD`` links to, or None when the fd is not open."""
 
+    def fd_writable(self, fd: int) -> bool:
+        """Whether the fd is open for writing (False when it is not open)."""
+
     def host_cwd(self) -> str: ...
 
     def umask(self) -> int:
@@ -69,6 +72,10 @@ class Repo(Protocol):
     ) -> None: ...
     def repo_path_of(self, host_path: str) -> str | None:
         """The repository path whose local copy is ``host_path``, if it is one."""
+
+    def known_dir(self, path: str) -> bool:
+        """Whether ``path`` was seen as a directory and not removed or renamed through
+        this sandbox since (its attributes may be stale; its kind is not)."""
 
     def local_copy(self, path: str) -> str | None:
         """The host path of ``path``'s local copy, if this session has one."""

@@ -53,6 +53,9 @@ class FakeGuest:
     def fd_target(self, fd: int) -> str | None:
         return self.fds.get(fd)
 
+    def fd_writable(self, fd: int) -> bool:
+        return fd in self.fds
+
     def host_cwd(self) -> str:
         return self.cwd
 
@@ -130,6 +133,9 @@ class FakeRepo:
 
     def repo_path_of(self, host_path: str) -> str | None:
         return next((p for p, h in self.local.items() if h == host_path), None)
+
+    def known_dir(self, path: str) -> bool:
+        return False
 
     def local_copy(self, path: str) -> str | None:
         return None
