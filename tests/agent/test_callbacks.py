@@ -459,6 +459,7 @@ def beaten(stack: Stack) -> Iterator[Stack]:
         (d_ / "b").write_bytes(b"bb")
         c = stack.client()
         assert wait_until(lambda: _promised_list(stack, c, "/d"), timeout=10)
+        stack.silence = stop  # type: ignore[attr-defined]
         yield stack
     finally:
         stop.set()
@@ -503,3 +504,14 @@ def test_server_restart_breaks_the_kept_listing(listed: Stack) -> None:
     n, names = _one_more_list_costs(listed, c, "/d")
     assert n >= 1 and "while-down" in names
     assert wait_until(lambda: _promised_list(listed, c, "/d"), timeout=10)
+
+
+def test_silence_breaks_the_kept_listing(beaten: Stack) -> None:
+    c = beaten.clients[0]
+    (beaten.root / "d" / "behind-its-back").write_bytes(b"")
+    n, names = _one_more_list_costs(beaten, c, "/d")
+    assert n == 0 and "behind-its-back" not in names  # nobody said: from memory
+    beaten.silence.set()  # type: ignore[attr-defined]
+    time.sleep(1.7)  # > BEAT_TIMEOUT without a beat: no promise is honoured
+    n, names = _one_more_list_costs(beaten, c, "/d")
+    assert n == 1 and "behind-its-back" in names
