@@ -16,13 +16,14 @@ raising ``OSError``; the I/O loop in :mod:`agent.main` turns exceptions into
   (:mod:`agent.callbacks`), else for ``attr_ttl`` seconds (default 1 s,
   ``--attr-ttl``).
 * ``List`` is answered from the server's last listing of the directory while
-  callback promises hold on the directory *and* on every entry (the server
-  publishes a created, removed or renamed entry for the directory too, and a
-  write, chmod or utimes for the entry); an invalidation of either, news of
-  other attributes, or a mutation through this agent drops it. The agent keeps
-  at most :data:`LISTING_DIRS` listings of :data:`LISTING_ENTRIES` entries in
-  all (least recently used first out). The reply is built afresh each time
-  (dirty copies' sizes and times, leases).
+  callback promises hold on the directory *and* on every entry: the server
+  publishes each changed object and its parent, but a write, chmod or utimes
+  of an entry leaves the directory's own version as it was (the agent skips
+  that invalidation), so only the entry's tells. An invalidation of either,
+  other attributes learnt meanwhile, or a mutation through this agent drops
+  the kept listing. At most :data:`LISTING_DIRS` listings of
+  :data:`LISTING_ENTRIES` entries in all are kept (least recently used out).
+  The reply is built afresh each time (dirty copies' sizes and times, leases).
 * Wherever a path has a dirty local copy, its size and mtime/ctime come from
   that copy.
 * ``Open`` revalidates with the server (one Stat) unless a callback promise
