@@ -17,9 +17,9 @@ raising ``OSError``; the I/O loop in :mod:`agent.main` turns exceptions into
   ``--attr-ttl``).
 * ``List`` is answered from the server's last listing of the directory while
   callback promises hold on the directory *and* on every entry: the server
-  publishes each changed object and its parent, but a write, chmod or utimes
-  of an entry leaves the directory's own version as it was (the agent skips
-  that invalidation), so only the entry's tells. An invalidation of either,
+  publishes each changed object and its parent, but a chmod or utimes of an
+  entry leaves the directory's own version as it was (the agent skips that
+  invalidation), so only the entry's tells. An invalidation of either,
   other attributes learnt meanwhile, or a mutation through this agent drops
   the kept listing. At most :data:`LISTING_DIRS` listings of
   :data:`LISTING_ENTRIES` entries in all are kept (least recently used out).
