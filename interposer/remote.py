@@ -3,7 +3,8 @@
 Implements :class:`interposer.ports.Repo` over a :class:`protocol.client.Client`
 connected to the agent's private socket. Trusts the agent (a trusted process
 of the same user). The cache holds what Stat and List (READDIRPLUS) replies
-said, for ``ttl`` seconds; every mutation this interposer makes invalidates
+said, for ``ttl`` seconds (a listing says too that a name it lacks does not
+exist); every mutation this interposer makes invalidates
 what it touched at once, so a sandbox sees its own changes immediately and
 other agents' changes within ``ttl``. Opens go to the agent, which
 revalidates with the server (close-to-open consistency), except a read-only
@@ -80,6 +81,8 @@ class Remote:
         self._bulk = Client(endpoint, timeout=BULK_TIMEOUT, retries=0, alive=self._agent_alive)
         self._attrs: dict[str, tuple[float, Attrs | None]] = {}
         self._links: dict[str, tuple[float, str]] = {}
+        #: the names of each directory listed, and until when a name it lacks is absent
+        self._names: dict[str, tuple[float, frozenset[str]]] = {}
         self._by_host: dict[str, str] = {}
         self._local: dict[str, str] = {}
         #: (size, mtime_ns) of each local copy when it last matched the server's object
@@ -194,13 +197,17 @@ class Remote:
     def _forget(self, path: str) -> None:
         self._attrs.pop(path, None)
         self._links.pop(path, None)
+        self._names.pop(path, None)
         parent = path.rsplit("/", 1)[0] or "/"
         self._attrs.pop(parent, None)
+        self._names.pop(parent, None)
 
     def _forget_below(self, path: str) -> None:
         prefix = path.rstrip("/") + "/"
         for key in [k for k in self._attrs if k.startswith(prefix)]:
             del self._attrs[key]
+        for key in [k for k in self._names if k.startswith(prefix)]:
+            del self._names[key]
         for key in [k for k in self._links if k.startswith(prefix)]:
             del self._links[key]
 
@@ -211,6 +218,11 @@ class Remote:
         now = time.monotonic()
         if hit is not None and hit[0] > now:
             return hit[1]
+        parent, _, name = path.rpartition("/")
+        listed = self._names.get(parent or "/")
+        if listed is not None and listed[0] > now and name and name not in listed[1]:
+            self._attrs[path] = (listed[0], None)  # a fresh listing of its directory lacks it
+            return None
         if self._leases is not None:
             leased = self._leased(path)
             if leased is not None:  # the agent vouches for these attributes still
@@ -247,6 +259,7 @@ class Remote:
         listing = Listing(attrs=self._stable(path, reply.attrs), entries=tuple(entries))
         self._dirs.add(path)
         self._attrs[path] = (expiry, listing.attrs)
+        self._names[path] = (expiry, frozenset(e.name for e in entries))
         if reply.leased and self._leases is not None:
             self._take_listed_leases(base, reply, listing)
         return listing
@@ -338,6 +351,7 @@ class Remote:
         if flags & 0o100:  # O_CREAT: the parent's listing changed
             parent = path.rsplit("/", 1)[0] or "/"
             self._attrs.pop(parent, None)
+            self._names.pop(parent, None)
         return reply
 
     def _take_lease(self, path: str, granted: Opened, opened: Opened) -> None:
@@ -369,6 +383,7 @@ class Remote:
             self._leases.drop_all("this sandbox synced")
         self._ask(Sync(), bulk=True)
         self._attrs.clear()
+        self._names.clear()
         for path in self._local:
             self._record_local(path)
 

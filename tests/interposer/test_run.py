@@ -274,3 +274,15 @@ def test_children_of_a_writer_cost_no_commit_or_sync(
     few, many = _requests(repo, tmp_path, script(2)), _requests(repo, tmp_path, script(6))
     assert (repo / "d" / "w.txt").read_text() == "w\n"
     assert many - few <= 4 * most, (few, many)
+
+
+def test_a_fresh_listing_answers_for_missing_names(repo: Path, tmp_path: Path) -> None:
+    """After ``ls``, looking up names the listing lacks costs no agent request; a name
+    this sandbox creates afterwards is seen at once."""
+    probes = "; ".join(f"test -e /data/d/nope{i} && exit 9" for i in range(5))
+    listed = _requests(repo, tmp_path, "ls /data/d > /dev/null")
+    probed = _requests(repo, tmp_path, f"ls /data/d > /dev/null; {probes}; true")
+    assert probed == listed, (listed, probed)
+    script = "ls /data/d >/dev/null; test -e /data/d/n && exit 9; echo n >/data/d/n; cat /data/d/n"
+    r = run("run", "--data", str(repo), "--", "sh", "-c", script)
+    assert (r.returncode, r.stdout) == (0, "n\n"), r.stderr
