@@ -24,6 +24,8 @@ raising ``OSError``; the I/O loop in :mod:`agent.main` turns exceptions into
   the kept listing. At most :data:`LISTING_DIRS` listings of
   :data:`LISTING_ENTRIES` entries in all are kept (least recently used out).
   The reply is built afresh each time (dirty copies' sizes and times, leases).
+  A name such a listing lacks does not exist: its ``Stat`` (and an ``Open``'s
+  revalidation, an ``O_CREAT`` one's too) gets ENOENT without the server.
 * Wherever a path has a dirty local copy, its size and mtime/ctime come from
   that copy.
 * ``Open`` revalidates with the server (one Stat) unless a callback promise
@@ -183,7 +185,7 @@ class AgentService:
         self._registrations = upstream.registrations
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch-writer")
         self.stats = {"fetches": 0, "uploads": 0, "attr_hits": 0, "promised_opens": 0,
-                      "leases": 0, "promised_lists": 0}
+                      "leases": 0, "promised_lists": 0, "promised_absent": 0}
         self._handlers: dict[type[Message], Callable[[Any], Message]] = {
             Hello: self.hello,
             Stat: self.stat,
@@ -361,6 +363,16 @@ class AgentService:
         return e
 
     def _stat_upstream(self, path: str) -> Attrs:
+        """The server's attributes of ``path``; FileNotFoundError also when the kept
+        listing of its directory (promised, as a whole) lacks the name."""
+        parent = _parent(path) if path != "/" else ""
+        if (
+            parent in self._listings
+            and self._kept_listing(parent) is not None  # (its promises checked)
+            and posixpath.basename(path) not in self._listings[parent][1]
+        ):
+            self.stats["promised_absent"] += 1
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
         stamp = self._stamp()
         a = self.upstream.call(Stat(path=path), StatReply).attrs
         self._remember(path, a, stamp)

@@ -495,6 +495,35 @@ def test_this_agents_own_change_shows_in_the_next_list(beaten: Stack) -> None:
     assert "m" not in changed(Remove(path="/d/m", directory=True))
 
 
+def test_a_name_the_kept_listing_lacks_costs_no_server_request(listed: Stack,
+                                                               tmp_path: Path) -> None:
+    """Stat and Open of a missing name in a promised listing: ENOENT from memory; once
+    another agent creates it (published), the next Stat and Open see it."""
+    c = listed.clients[0]
+    assert listed.server is not None
+    before = _requests(listed.server)
+    for _ in range(5):
+        with pytest.raises(FileNotFoundError):
+            c.call(Stat(path="/d/nope"))
+        with pytest.raises(FileNotFoundError):
+            c.call(Open(path="/d/nope", flags=RD, mode=0))
+    time.sleep(0.1)
+    assert _requests(listed.server) == before
+    with _second_agent(listed, tmp_path) as c2:
+        o = _opened(c2, "/d/nope", WR | os.O_CREAT)
+        Path(o.host_path).write_bytes(b"here now")
+        c2.call(Commit(path="/d/nope"))
+
+        def seen() -> bool:
+            try:
+                return c.call(Stat(path="/d/nope")).attrs.size == 8  # type: ignore[attr-defined]
+            except FileNotFoundError:
+                return False
+
+        assert wait_until(seen, timeout=5)
+        assert Path(_opened(c, "/d/nope").host_path).read_bytes() == b"here now"
+
+
 def test_server_restart_breaks_the_kept_listing(listed: Stack) -> None:
     c = listed.clients[0]
     assert listed.server is not None
