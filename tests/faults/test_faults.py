@@ -482,8 +482,6 @@ print("restarted", probe(int(open(sys.argv[2]).read())), flush=True)
 """
 
 
-@pytest.mark.xfail(strict=True, reason="the supervisor learns the trusted pids once, at start: "
-                   "a restarted agent's pid is not protected (interposer/run.py, HostSide)")
 def test_restarted_agent_is_still_out_of_reach(stack: Stack) -> None:
     """Signals toward the agent get EPERM, and toward the agent that replaced it too."""
     stack.start_server()
