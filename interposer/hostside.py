@@ -169,8 +169,9 @@ class HostSide:
                 self.trusted_pids.add(listener.pid)
         #: whether a pid or tid is a guest's (set by the supervisor; a guest is never trusted)
         self.is_guest: Callable[[int], bool] = lambda _pid: False
-        #: more trusted pids, read when asked (the agent's latest Welcome, set by run.py)
-        self.also_trusted: Callable[[], Iterable[int]] = lambda: ()
+        #: more trusted pids, read when asked (the agent's latest Welcome, set by run.py);
+        #: None when one of them cannot be told now (a dead server not yet replaced)
+        self.also_trusted: Callable[[], Iterable[int] | None] = lambda: ()
         self._handles: dict[str, DirHandle] = {}
         self._next = 0
         #: called to learn which placeholders guests still hold (set by the supervisor)
@@ -261,7 +262,8 @@ class HostSide:
 
         A guest's pid answers at once; any other pid that is not known to be
         trusted makes the listeners say who they are now (a restarted agent),
-        and is refused while one of them cannot say (nobody listens): fail closed.
+        and is refused while one of them cannot say (nobody listens), or while
+        a server the agent named is dead and not yet replaced: fail closed.
         """
         if pid in self.trusted_pids:
             return True
@@ -274,9 +276,10 @@ class HostSide:
             return True
         if self.is_guest(tgid):
             return False
-        if not self._learn():
+        also = self.also_trusted() if self._learn() else None
+        if also is None:
             return True
-        return tgid in self.trusted_pids or tgid in set(self.also_trusted())
+        return tgid in self.trusted_pids or tgid in set(also)
 
     def _learn(self) -> bool:
         """Trust whoever serves the trusted sockets now; False when one has no listener."""
@@ -296,7 +299,7 @@ class HostSide:
         """Whether ``pgid`` is the process group of the agent or the server."""
         self._learn()
         me = os.getpid()
-        for pid in self.trusted_pids | set(self.also_trusted()):
+        for pid in self.trusted_pids.union(self.also_trusted() or ()):
             if pid != me:
                 with contextlib.suppress(OSError):
                     if os.getpgid(pid) == pgid:

@@ -180,8 +180,8 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
             (os.getpid(), *trusted, *remote.trusted_pids),
             listeners,
         )
-        # A restarted agent's Welcome (after a guest's next request) names its server.
-        host.also_trusted = lambda: remote.trusted_pids
+        # The agent names its server (--agent: it may restart; asked again when it died).
+        host.also_trusted = remote.trusted_now
         env = RunEnv(ns, remote, host, policy, audit, args.audit_all)
         sup = Supervisor(env, compiled, on_exec=env.identify)
         host.live_fd_targets = lambda: _live_targets(sup.procs)
