@@ -380,6 +380,10 @@ TRUSTED = [
     Attack("ptrace_agent", ("paths", "ptrace_attach", "{data}", "{agent_pid}")),
     Attack("proc_mem_agent", ("paths", "proc_mem_read", "{data}", "{agent_pid}")),
     Attack("process_vm_readv_agent", ("paths", "process_vm_readv", "{data}", "{agent_pid}")),
+    Attack("prlimit_agent", ("paths", "prlimit", "{data}", "{agent_pid}")),
+    Attack("prlimit_server", ("paths", "prlimit", "{data}", "{server_pid}")),
+    Attack("prlimit_supervisor", ("paths", "prlimit", "{data}", "ppid")),
+    Attack("sched_setaffinity_agent", ("paths", "sched_setaffinity", "{data}", "{agent_pid}")),
 ]
 
 
@@ -515,7 +519,8 @@ def test_trusted_process_attack(attack, native_world, synthfs_world, cbin, tmp_p
 
 
 #: Attacks on a restarted agent (a new pid the supervisor did not know at start).
-RESTARTED = ["signal", "signal_group", "proc_environ", "proc_fd_list", "proc_mem_read"]
+RESTARTED = ["signal", "signal_group", "proc_environ", "proc_fd_list", "proc_mem_read",
+             "prlimit"]
 
 
 @pytest.mark.parametrize("mode", RESTARTED)

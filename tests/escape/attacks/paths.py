@@ -289,6 +289,27 @@ def main():
         except OSError as e:
             out(REFUSED, f"killpg(its group, SIGCONT): refused ({fail_name(e)})")
         out(ESCAPED, "killpg(its group, SIGCONT) succeeded: ESCAPED")
+    elif mode == "prlimit":
+        # set its RLIMIT_CPU to what it is (a lower one would kill it with SIGXCPU)
+        import resource
+
+        if target == "ppid":
+            target = str(os.getppid())
+        pid = int(target)
+        try:
+            resource.prlimit(pid, resource.RLIMIT_CPU, resource.prlimit(pid, resource.RLIMIT_CPU))
+        except OSError as e:
+            out(REFUSED, f"prlimit(pid, RLIMIT_CPU): refused ({fail_name(e)})")
+        out(ESCAPED, "prlimit(pid, RLIMIT_CPU) set: ESCAPED (the guest may change its limits)")
+    elif mode == "sched_setaffinity":
+        if target == "ppid":
+            target = str(os.getppid())
+        pid = int(target)
+        try:
+            os.sched_setaffinity(pid, os.sched_getaffinity(pid))
+        except OSError as e:
+            out(REFUSED, f"sched_setaffinity(pid): refused ({fail_name(e)})")
+        out(ESCAPED, "sched_setaffinity(pid) succeeded: ESCAPED")
     elif mode == "proc_environ":
         read_and_judge(f"/proc/{int(target)}/environ", None, "/proc/PID/environ")
     elif mode == "proc_fd_list":
