@@ -99,6 +99,11 @@ def test_a_restarted_listener_is_trusted_and_its_predecessor_forgotten(
         assert host.trusted(second.pid)
         assert host.refused(f"/proc/{second.pid}/environ")
         assert host.refused(f"/proc/{second.pid}/task/{second.pid}/fd")
+        tids = [int(t) for t in os.listdir(f"/proc/{second.pid}/task")]
+        assert len(tids) > 1  # ZeroMQ's I/O threads
+        for tid in tids:
+            assert host.trusted(tid), tid  # /proc/TID reaches the process as /proc/PID does
+            assert host.refused(f"/proc/{tid}/environ")
         assert first.pid not in host.trusted_pids  # dead: its pid may return as a guest's
         assert not host.trusted(bystander.pid)
         assert not host.refused(f"/proc/{bystander.pid}/environ")
