@@ -729,7 +729,7 @@ def test_supervisor_killed_many(tmp_path: Path, synthfs: object) -> None:
         os.kill(g.popen.pid, signal.SIGKILL)
         g.finish(HANG)
         assert not _wait_gone(guests, 5), "a guest outlived its supervisor"
-        assert not _wait_gone(tree - guests, 15), "the embedded server or agent stayed"
+        assert not _wait_gone(tree - guests, TRUSTED_GONE), "the embedded server or agent stayed"
         got = (repo / "big").read_bytes()
         assert got in (old, new), f"a partial upload was installed: {len(got)} bytes"
         assert stray_files(repo, {"big"}) == []
