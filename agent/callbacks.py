@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgpack
@@ -186,6 +186,30 @@ class Promises:
                 if p == "/":
                     break
                 p = posixpath.dirname(p) or "/"
+        return True
+
+    def holds_entries(self, directory: str, names: Iterable[str]) -> bool:
+        """:meth:`holds` of ``directory`` and of each entry ``names`` in it (one walk up)."""
+        if not self.holds(directory):
+            return False
+        top = 0  # the last invalidation of the directory or an ancestor as an object
+        if self._trees:
+            p = directory
+            while True:
+                top = max(top, self._trees.get(p, 0))
+                if p == "/":
+                    break
+                p = posixpath.dirname(p) or "/"
+        prefix = directory if directory == "/" else directory + "/"
+        held, marks, epoch = self._held, self._marks, self.epoch
+        oldest = self.clock() - self.max_age
+        for name in names:
+            path = prefix + name
+            h = held.get(path)
+            # An entry's own invalidation (as an object or not) is among the marks.
+            if (h is None or h[0] != epoch or h[2] < oldest or h[1] < top
+                    or marks.get(path, 0) > h[1]):
+                return False
         return True
 
     def deadline(self, path: str) -> float | None:

@@ -15,6 +15,15 @@ raising ``OSError``; the I/O loop in :mod:`agent.main` turns exceptions into
   List replies) while a callback promise holds on the path
   (:mod:`agent.callbacks`), else for ``attr_ttl`` seconds (default 1 s,
   ``--attr-ttl``).
+* ``List`` is answered from the server's last listing of the directory while
+  callback promises hold on the directory *and* on every entry: the server
+  publishes each changed object and its parent, but a chmod or utimes of an
+  entry leaves the directory's own version as it was (the agent skips that
+  invalidation), so only the entry's tells. An invalidation of either,
+  other attributes learnt meanwhile, or a mutation through this agent drops
+  the kept listing. At most :data:`LISTING_DIRS` listings of
+  :data:`LISTING_ENTRIES` entries in all are kept (least recently used out).
+  The reply is built afresh each time (dirty copies' sizes and times, leases).
 * Wherever a path has a dirty local copy, its size and mtime/ctime come from
   that copy.
 * ``Open`` revalidates with the server (one Stat) unless a callback promise
@@ -88,12 +97,16 @@ from protocol.messages import (
     Welcome,
 )
 
-__all__ = ["DEFAULT_ATTR_TTL", "PIPELINE_WINDOW", "AgentService"]
+__all__ = ["DEFAULT_ATTR_TTL", "LISTING_DIRS", "LISTING_ENTRIES", "PIPELINE_WINDOW",
+           "AgentService"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds an attribute learnt from a Stat or List reply answers a Stat.
 DEFAULT_ATTR_TTL = 1.0
+#: Directories whose listings the agent keeps, and their entries in all (LRU beyond).
+LISTING_DIRS = 4096
+LISTING_ENTRIES = 100_000
 #: Reads / upload chunks in flight during a fetch or an upload.
 PIPELINE_WINDOW = 6
 _FETCH_ATTEMPTS = 3
@@ -152,6 +165,10 @@ class AgentService:
         self.cache = ContentCache(cache_root, upstream.repo_id, cache_size)
         upstream.on_repo_change = self._repo_changed
         self._attrs: dict[str, tuple[Attrs, float]] = {}
+        # Directory -> the server's listing and its entries by name (LRU order).
+        self._listings: collections.OrderedDict[str, tuple[Listing, dict[str, Attrs]]] = (
+            collections.OrderedDict())
+        self._listed = 0  # entries in self._listings
         # Without a subscription the promises never become live: every Open revalidates.
         self.promises = promises or Promises()
         self.promises.on_inval = self._invalidated
@@ -166,7 +183,7 @@ class AgentService:
         self._registrations = upstream.registrations
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch-writer")
         self.stats = {"fetches": 0, "uploads": 0, "attr_hits": 0, "promised_opens": 0,
-                      "leases": 0}
+                      "leases": 0, "promised_lists": 0}
         self._handlers: dict[type[Message], Callable[[Any], Message]] = {
             Hello: self.hello,
             Stat: self.stat,
@@ -193,6 +210,8 @@ class AgentService:
         self.cache.close()
         self.cache = ContentCache(self.cache_root, repo_id, self.cache_size)
         self._attrs.clear()
+        self._listings.clear()
+        self._listed = 0
         self.promises.break_all("the server serves another repository")
 
     def handle(self, msg: Message) -> Message:
@@ -219,6 +238,8 @@ class AgentService:
 
     def _remember(self, path: str, a: Attrs, stamp: tuple[int, int] | None = None) -> None:
         """Cache ``a``; with the promise ``stamp`` taken before its request was sent, hold it."""
+        if self._listings:
+            self._learnt(path, a)
         self._attrs[path] = (a, time.monotonic() + self.attr_ttl)
         if stamp is not None:
             self.promises.hold(path, stamp)
@@ -238,18 +259,18 @@ class AgentService:
     def _forget(self, path: str, *, below: bool = False) -> None:
         self._attrs.pop(path, None)
         self.promises.release(path)
+        self._drop_listing(path)  # (its parent's fails its check: no promise on path)
         if below:
             prefix = path.rstrip("/") + "/"
             for p in [p for p in self._attrs if p.startswith(prefix)]:
                 del self._attrs[p]
                 self.promises.release(p)
+            for p in [p for p in self._listings if p.startswith(prefix)]:
+                self._drop_listing(p)
 
     def _stamp(self) -> tuple[int, int] | None:
         """A promise stamp for the request about to be sent (None: no promise possible)."""
-        self._refresh()
-        if self.upstream.registrations != self._registrations:
-            self._registrations = self.upstream.registrations
-            self.promises.break_all("registered with the server again")
+        self._catch_up()
         return self.promises.stamp()
 
     def _promised(self, path: str) -> Attrs | None:
@@ -257,15 +278,63 @@ class AgentService:
         hit = self._attrs.get(path)
         if hit is None:
             return None
+        self._catch_up()
+        return hit[0] if self.promises.holds(path) else None
+
+    def _catch_up(self) -> None:
+        """Process what the server published so far (and a re-registration)."""
         self._refresh()
         if self.upstream.registrations != self._registrations:
             self._registrations = self.upstream.registrations
             self.promises.break_all("registered with the server again")
-        return hit[0] if self.promises.holds(path) else None
 
     def _invalidated(self, path: str, version: str, parent: bool) -> None:
         """An invalidation from the server: what the agent knows of ``path`` is stale."""
         self._attrs.pop(path, None)
+        self._drop_listing(path)
+        self._drop_listing(_parent(path))  # an entry it may lack (no promise of it to break)
+
+    # -- listing cache --------------------------------------------------------------
+
+    def _keep_listing(self, path: str, listing: Listing) -> None:
+        """Keep the server's ``listing`` of ``path`` (its promises are held already)."""
+        self._drop_listing(path)
+        self._listings[path] = (listing, {d.name: d.attrs for d in listing.entries})
+        self._listed += len(listing.entries)
+        while len(self._listings) > LISTING_DIRS or self._listed > LISTING_ENTRIES:
+            _, (old, _) = self._listings.popitem(last=False)
+            self._listed -= len(old.entries)
+
+    def _drop_listing(self, path: str) -> None:
+        kept = self._listings.pop(path, None)
+        if kept is not None:
+            self._listed -= len(kept[0].entries)
+
+    def _learnt(self, path: str, a: Attrs) -> None:
+        """``a`` is news of ``path``: a kept listing that says otherwise is stale."""
+        kept = self._listings.get(path)
+        if kept is not None and kept[0].attrs != a:
+            self._drop_listing(path)
+        if path == "/":
+            return
+        parent = _parent(path)
+        kept = self._listings.get(parent)
+        if kept is not None and kept[1].get(posixpath.basename(path)) != a:
+            self._drop_listing(parent)  # a changed entry, or one the listing lacks
+
+    def _kept_listing(self, path: str) -> Listing | None:
+        """The kept listing of ``path`` while promises hold on it and on each entry."""
+        if path not in self._listings:
+            return None
+        self._catch_up()
+        kept = self._listings.get(path)  # an invalidation may have dropped it meanwhile
+        if kept is None:
+            return None
+        if not self.promises.holds_entries(path, kept[1]):
+            self._drop_listing(path)
+            return None
+        self._listings.move_to_end(path)
+        return kept[0]
 
     def _known_version(self, path: str) -> str | None:
         hit = self._attrs.get(path)
@@ -333,27 +402,47 @@ class AgentService:
 
     def list(self, msg: List) -> Message:
         path = _check_path(msg.path)
+        kept = self._kept_listing(path)
+        if kept is not None:
+            self.stats["promised_lists"] += 1
+            return self._listing_reply(path, kept, promised=True)
         stamp = self._stamp()
         reply = self.upstream.call(List(path=path), Listing)
+        self._drop_listing(path)
         self._remember(path, reply.attrs, stamp)
+        for d in reply.entries:
+            self._remember(posixpath.join(path, d.name), d.attrs, stamp)
+        if stamp is not None:
+            self._keep_listing(path, reply)
+        return self._listing_reply(path, reply, promised=stamp is not None)
+
+    def _listing_reply(self, path: str, listing: Listing, *, promised: bool) -> Listing:
+        """The server's ``listing`` as this guest sees it now: dirty copies, leases."""
         entries = []
         leasable = []
-        for d in reply.entries:
-            child = posixpath.join(path, d.name)
-            self._remember(child, d.attrs, stamp)
+        same = True
+        prefix = path if path == "/" else path + "/"
+        for d in listing.entries:
+            child = prefix + d.name
             shown = self._present(child, d.attrs)
-            entries.append(d if shown is d.attrs else DirEntry(name=d.name, attrs=shown))
-            if stamp is not None and shown is d.attrs and self.leases is not None:
+            if shown is d.attrs:
+                entries.append(d)
+            else:
+                entries.append(DirEntry(name=d.name, attrs=shown))
+                same = False
+            if promised and shown is d.attrs and self.leases is not None:
                 e = self.cache.get(child)
                 if (e is not None and not e.pinned and e.version == d.attrs.version
                         and e.attrs.mode == d.attrs.mode and d.attrs.kind == FileKind.FILE):
                     leasable.append(d.name)
         if leasable:
-            return self._list_leased(path, reply.attrs, entries, leasable)
-        return Listing(attrs=reply.attrs, entries=entries)  # converter=tuple
+            return self._list_leased(path, listing.attrs, entries, leasable)
+        if same and not listing.leased:
+            return listing  # frozen: the same object serves every request
+        return Listing(attrs=listing.attrs, entries=entries)  # converter=tuple
 
     def _list_leased(self, path: str, a: Attrs, entries: Sequence[DirEntry],
-                     names: Sequence[str]) -> Message:
+                     names: Sequence[str]) -> Listing:
         """The listing with leases on the entries whose clean copies a promise vouches for
         (a first open of each needs no round trip either: ``find | xargs cat``)."""
         assert self.leases is not None

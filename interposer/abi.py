@@ -175,19 +175,23 @@ def _check(ret: int, what: str) -> int:
     return ret
 
 
+# openat2 through its own prototype of syscall(2): it runs on every trapped host path.
+_openat2 = ctypes.CDLL(None, use_errno=True).syscall
+_openat2.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t)
+_openat2.restype = ctypes.c_long
+_HOWS: dict[tuple[int, int], bytes] = {}
+
+
 def host_openat2(path: str, flags: int, resolve: int) -> int:
     """openat2(AT_FDCWD, path, {flags, 0, resolve}) in the supervisor (raises OSError)."""
-    how = OPEN_HOW.pack(flags, 0, resolve)
-    return _check(
-        _libc.syscall(
-            ctypes.c_long(NR_OPENAT2),
-            ctypes.c_int(AT_FDCWD),
-            ctypes.c_char_p(os.fsencode(path)),
-            ctypes.c_char_p(how),
-            ctypes.c_size_t(len(how)),
-        ),
-        path,
-    )
+    how = _HOWS.get((flags, resolve))
+    if how is None:
+        how = _HOWS.setdefault((flags, resolve), OPEN_HOW.pack(flags, 0, resolve))
+    fd: int = _openat2(NR_OPENAT2, AT_FDCWD, os.fsencode(path), how, OPEN_HOW.size)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return fd
 
 
 def open_checked(real: str, follow: bool, must_be_dir: bool = False) -> int:

@@ -23,13 +23,14 @@ import errno
 import os
 import re
 import stat as st
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from attrs import frozen
 
 from interposer import abi
 from interposer.abi import AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW
 from interposer.actions import CONTINUE, Fail, Result, Return, RunChecked, Scratch
+from interposer.namespace import NAME_MAX, Final, last_name
 from interposer.policy import NetworkMode
 from interposer.ports import Call, Env
 from interposer.syscalls import BY_NAME, Role
@@ -105,6 +106,8 @@ class Loc:
     #: host: ``host`` is a /proc magic link to a pipe, socket or deleted file, which
     #: only the kernel can follow (no RESOLVE_NO_MAGICLINKS for it)
     magic: bool = False
+    #: synthetic: the final component as the guest wrote it ('.' and '..' kept)
+    last: str = ""
 
     @property
     def synthetic(self) -> bool:
@@ -350,6 +353,7 @@ def locate(
     empty_ok: bool = False,
     ops: tuple[str, ...] | None = None,
     host_op: str | None = None,
+    final: Final = Final.LOOKUP,
 ) -> Loc:
     """Resolve the guest path at ``addr`` relative to ``dirfd`` (raises OSError).
 
@@ -357,8 +361,12 @@ def locate(
     as written before anything is looked up; the handler checks the resolved
     path again once it knows what it is. A host location is checked here, once,
     for ``host_op`` (default: :data:`HOST_OPS` of the syscall) on its real path.
+    ``final``: see :class:`~interposer.namespace.Final` (ENTRY: call
+    :func:`_looked_up` where the kernel looks the final name up).
     """
-    loc = _locate(call, env, dirfd, addr, follow=follow, empty_ok=empty_ok, ops=ops)
+    loc = _locate(
+        call, env, dirfd, addr, follow=follow, empty_ok=empty_ok, ops=ops, final=final
+    )
     if not loc.synthetic:
         host_check(call, env, host_op or HOST_OPS.get(call.name, "write"), loc)
     return loc
@@ -373,6 +381,7 @@ def _locate(
     follow: bool,
     empty_ok: bool,
     ops: tuple[str, ...] | None,
+    final: Final = Final.LOOKUP,
 ) -> Loc:
     raw = call.guest.read_path(addr)
     if not raw:
@@ -392,18 +401,9 @@ def _locate(
             return _host_loc(call, env, raw, follow, False)
         base = "/"
     else:
-        base_loc = fd_loc(call, env, dirfd)
-        if base_loc is None:
-            raise OSError(errno.EBADF, "bad dirfd")
-        if base_loc.synthetic:
-            if base_loc.attrs is None:
-                raise OSError(errno.ENOENT, "directory vanished")
-            if base_loc.attrs.kind is not FileKind.DIR:
-                raise OSError(errno.ENOTDIR, "dirfd is not a directory")
-        elif not base_loc.guest.startswith("/"):
-            raise OSError(errno.ENOTDIR, "dirfd is not a directory")
-        base = base_loc.guest
+        base = _base_dir(call, env, dirfd)
     precheck(call, env, PRE_OPS.get(call.name, ()) if ops is None else ops, raw, base)
+    last = last_name(raw)
     if (
         raw.startswith(("/proc/", "/dev/"))
         or base.startswith(("/proc/", "/dev/"))
@@ -422,6 +422,7 @@ def _locate(
         lstat=env.repo.lstat,
         readlink=env.repo.readlink,
         host_realpath=lambda p: env.host.realpath(p, True, _whose(call)),
+        final=final,
     )
     if target.synthetic:
         if any(0xDC80 <= ord(c) <= 0xDCFF for c in target.path):
@@ -431,8 +432,40 @@ def _locate(
             repo=target.path,
             attrs=target.attrs,
             must_be_dir=target.must_be_dir,
+            last=last,
         )
     return _host_loc(call, env, target.path, follow, target.must_be_dir)
+
+
+def _base_dir(call: Call, env: Env, dirfd: int) -> str:
+    """The absolute guest path a relative path starts from (raises OSError as the kernel).
+
+    A synthetic directory the sandbox knows as one is taken without a lookup: only
+    its kind matters here (a create in it forgets its attributes, and looking them
+    up again cost a round trip per file), and a removal by another client shows in
+    the lookup of the name below it (ENOENT), as it would natively.
+    """
+    if dirfd == AT_FDCWD:
+        known = call.proc.fs.cwd
+    else:
+        target = call.guest.fd_target(dirfd)
+        handle = env.host.dir_handle(target) if target is not None else None
+        known = env.ns.guest_path(handle.repo_path) if handle is not None else None
+    if known is not None:
+        repo = env.ns.repo_path(known)
+        if repo is not None and env.repo.known_dir(repo):
+            return known
+    base_loc = fd_loc(call, env, dirfd)
+    if base_loc is None:
+        raise OSError(errno.EBADF, "bad dirfd")
+    if base_loc.synthetic:
+        if base_loc.attrs is None:
+            raise OSError(errno.ENOENT, "directory vanished")
+        if base_loc.attrs.kind is not FileKind.DIR:
+            raise OSError(errno.ENOTDIR, "dirfd is not a directory")
+    elif not base_loc.guest.startswith("/"):
+        raise OSError(errno.ENOTDIR, "dirfd is not a directory")
+    return base_loc.guest
 
 
 _CLEAN_ABS = re.compile(r"^(?:/(?!\.\.?(?:/|$))[^/]+)+$")
@@ -526,6 +559,18 @@ def _live_attrs(env: Env, repo: str, attrs: Attrs) -> Attrs:
     )
 
 
+def _looked_up(loc: Loc) -> Attrs | None:
+    """The attributes of a location resolved with ``Final.ENTRY``, now that the kernel
+    would look its final name up: a name longer than NAME_MAX fails here."""
+    if loc.repo is not None and len(last_name(loc.repo)) > NAME_MAX:
+        raise OSError(errno.ENAMETOOLONG, "name too long")
+    return loc.attrs
+
+
+#: The final components that name no entry of their own (the kernel's LAST_DOT, LAST_DOTDOT).
+_DOTS = (".", "..")
+
+
 def _need(loc: Loc) -> Attrs:
     if loc.attrs is None:
         raise OSError(errno.ENOENT, "no such file or directory")
@@ -536,12 +581,38 @@ def _need(loc: Loc) -> Attrs:
 
 # -- open ----------------------------------------------------------------------------------
 
+#: The flags O_PATH keeps: open(2) drops the others, openat2(2) refuses them (EINVAL).
+O_PATH_FLAGS = abi.O_PATH | abi.O_DIRECTORY | abi.O_NOFOLLOW | abi.O_CLOEXEC
+#: __O_TMPFILE (the bit without O_DIRECTORY) and what must come with it.
+_O_TMPFILE_BIT = abi.O_TMPFILE & ~abi.O_DIRECTORY
+_O_TMPFILE_MASK = abi.O_TMPFILE | abi.O_CREAT
+
+
+def open_flags_valid(flags: int) -> bool:
+    """Whether the kernel accepts the flag combination (build_open_flags), before any lookup."""
+    if flags & (abi.O_CREAT | abi.O_DIRECTORY) == abi.O_CREAT | abi.O_DIRECTORY:
+        return False  # refused since Linux 6.4 (it used to create a regular file)
+    if flags & _O_TMPFILE_BIT:
+        if flags & _O_TMPFILE_MASK != abi.O_TMPFILE:
+            return False
+        if flags & abi.O_ACCMODE not in (abi.O_WRONLY, abi.O_RDWR):
+            return False
+    return not (flags & abi.O_PATH and flags & ~O_PATH_FLAGS)
+
+
+def legacy_open_flags(flags: int) -> int:
+    """open(2) and openat(2) ignore what O_PATH does not keep."""
+    flags &= 0xFFFFFFFF
+    return flags & O_PATH_FLAGS if flags & abi.O_PATH else flags
+
 
 def open_at(
     call: Call, env: Env, dirfd: int, addr: int, flags: int, mode: int, resolve: int = 0
 ) -> Result:
     """The one open: open, openat, openat2 and creat end here."""
     flags &= 0xFFFFFFFF
+    if not open_flags_valid(flags):
+        return Fail(errno.EINVAL)
     # O_CREAT|O_EXCL never follows a final symlink (it fails with EEXIST).
     excl = flags & (abi.O_CREAT | abi.O_EXCL) == abi.O_CREAT | abi.O_EXCL
     follow = not (flags & abi.O_NOFOLLOW or excl)
@@ -558,8 +629,11 @@ def open_at(
         host_op = "create"
     else:
         host_op = "write" if writing else "read"
+    final = Final.ENTRY if flags & abi.O_CREAT else Final.LOOKUP
     try:
-        loc = locate(call, env, dirfd, addr, follow=follow, ops=ops, host_op=host_op)
+        loc = locate(
+            call, env, dirfd, addr, follow=follow, ops=ops, host_op=host_op, final=final
+        )
     except Refused:
         return Fail(errno.EACCES)
     except OSError as exc:
@@ -582,8 +656,13 @@ def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Re
     assert loc.repo is not None
     acc = flags & abi.O_ACCMODE
     writing = acc in (abi.O_WRONLY, abi.O_RDWR) or bool(flags & abi.O_TRUNC)
-    if (flags & abi.O_TMPFILE) == abi.O_TMPFILE:
-        return Fail(errno.EOPNOTSUPP)
+    if flags & abi.O_CREAT:
+        if loc.must_be_dir:
+            return Fail(errno.EISDIR)  # before the name is looked up
+        try:
+            _looked_up(loc)
+        except OSError as exc:
+            return Fail(exc.errno or errno.EIO)
     attrs = loc.attrs
     if attrs is None:
         if not flags & abi.O_CREAT:
@@ -596,6 +675,8 @@ def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Re
     elif attrs.kind is FileKind.SYMLINK:
         if flags & abi.O_CREAT and flags & abi.O_EXCL:
             return Fail(errno.EEXIST)
+        if flags & abi.O_DIRECTORY:
+            return Fail(errno.ENOTDIR)
         if not flags & abi.O_PATH:
             return Fail(errno.ELOOP)
         # O_PATH|O_NOFOLLOW: an fd on the link itself (glibc's fchmodat and
@@ -608,6 +689,9 @@ def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Re
     elif attrs.kind is FileKind.DIR:
         if flags & abi.O_CREAT and not flags & abi.O_DIRECTORY:
             return Fail(errno.EISDIR)
+        if flags & abi.O_TMPFILE == abi.O_TMPFILE:
+            # A valid O_TMPFILE on a directory: an unnamed file the repository cannot hold.
+            return Fail(errno.EOPNOTSUPP)
         if acc != 0 or flags & abi.O_TRUNC:
             return Fail(errno.EISDIR)
         denied = env.check(call, "list", loc.guest)
@@ -626,8 +710,10 @@ def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Re
         denied = env.check(call, "write" if writing else "read", loc.guest)
         if denied:
             return Fail(denied)
+    if flags & abi.O_CREAT:
+        mode = mode & 0o7777 & ~call.guest.umask()  # read from /proc: only when it matters
     try:
-        opened = env.repo.open(loc.repo, flags, (mode & 0o7777) & ~call.guest.umask())
+        opened = env.repo.open(loc.repo, flags, mode & 0o7777)
     except OSError as exc:
         return Fail(exc.errno or errno.EIO)
     kflags = flags & ~(
@@ -648,13 +734,13 @@ def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Re
 @handler
 def sys_open(call: Call, env: Env) -> Result:
     a = call.args
-    return open_at(call, env, AT_FDCWD, a[0], a[1], a[2])
+    return open_at(call, env, AT_FDCWD, a[0], legacy_open_flags(a[1]), a[2])
 
 
 @handler
 def sys_openat(call: Call, env: Env) -> Result:
     a = call.args
-    return open_at(call, env, _s32(a[0]), a[1], a[2], a[3])
+    return open_at(call, env, _s32(a[0]), a[1], legacy_open_flags(a[2]), a[3])
 
 
 @handler
@@ -676,6 +762,8 @@ def sys_openat2(call: Call, env: Env) -> Result:
     flags, mode, resolve = abi.OPEN_HOW.unpack(raw)
     if flags >> 32 or mode & ~0o7777 or resolve & ~0x3F:
         return Fail(errno.EINVAL)
+    if mode and not flags & (abi.O_CREAT | _O_TMPFILE_BIT):
+        return Fail(errno.EINVAL)  # a mode only goes with a creating open
     if resolve & abi.RESOLVE_IN_ROOT:
         return Fail(errno.EXDEV)  # not emulated; refused rather than guessed
     return open_at(call, env, _s32(a[0]), a[1], flags, mode, resolve)
@@ -684,28 +772,39 @@ def sys_openat2(call: Call, env: Env) -> Result:
 # -- stat family --------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _checked(loc: Loc, follow: bool) -> Iterator[int | None]:
+class _CheckedFd:
     """An O_PATH fd on the checked host object, for the supervisor's own answers.
 
-    None for a /proc magic link (an fd of the guest's, or what a /proc link
-    leads to that is not a path): the kernel resolves those by the object, not
-    by a walk a guest could redirect.
+    The fd the host resolution opened on that very object when it has one (no
+    second walk), else one opened on the real path following no symlink. None
+    for a /proc magic link (an fd of the guest's, or what a /proc link leads to
+    that is not a path): the kernel resolves those by the object, not by a
+    walk a guest could redirect.
     """
-    if loc.via_fd or loc.magic:
-        yield None
-        return
-    assert loc.host is not None
-    fd = abi.open_checked(loc.host, follow, loc.must_be_dir)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+
+    __slots__ = ("fd",)
+
+    def __init__(self, env: Env, loc: Loc, follow: bool) -> None:
+        self.fd: int | None = None
+        if loc.via_fd or loc.magic:
+            return
+        assert loc.host is not None
+        if not loc.must_be_dir:
+            self.fd = env.host.take_checked(loc.host, follow)
+        if self.fd is None:
+            self.fd = abi.open_checked(loc.host, follow, loc.must_be_dir)
+
+    def __enter__(self) -> int | None:
+        return self.fd
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 def _host_stat(call: Call, env: Env, loc: Loc, follow: bool) -> os.stat_result:
     assert loc.host is not None
-    with _checked(loc, follow) as fd:
+    with _CheckedFd(env, loc, follow) as fd:
         if fd is not None:
             return os.stat(fd)
         return os.stat(loc.host, follow_symlinks=follow or loc.via_fd)
@@ -807,7 +906,7 @@ def sys_statx(call: Call, env: Env) -> Result:
                 AT_SYMLINK_NOFOLLOW if (atflags & AT_SYMLINK_NOFOLLOW and not loc.via_fd) else 0
             )
             sync = atflags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)  # AT_STATX_* and the like
-            with _checked(loc, follow) as fd:
+            with _CheckedFd(env, loc, follow) as fd:
                 if fd is None:
                     data = abi.host_statx(loc.host, sync | nofollow, call.args[3])
                 else:
@@ -830,7 +929,7 @@ def access_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, atflags: i
             if mode & os.W_OK:
                 host_check(call, env, "write", loc)  # writable here means: may open to write
             effective = bool(atflags & abi.AT_EACCESS)
-            with _checked(loc, follow) as fd:
+            with _CheckedFd(env, loc, follow) as fd:
                 if fd is not None:
                     ok = abi.host_access(fd, mode, effective)
                 else:
@@ -895,7 +994,7 @@ def readlink_at(call: Call, env: Env, dirfd: int, addr: int, buf: int, size: int
                 text = env.repo.readlink(loc.repo)
             else:
                 assert loc.host is not None
-                with _checked(loc, False) as fd:
+                with _CheckedFd(env, loc, False) as fd:
                     link = abi.host_readlink(fd) if fd is not None else os.readlink(loc.host)
                 text = _translate_host_link(env, link)
     except Refused:
@@ -953,6 +1052,15 @@ def sys_statfs(call: Call, env: Env) -> Result:
 # -- namespace changes -------------------------------------------------------------------------
 
 
+def _created(loc: Loc) -> None:
+    """The checks of a new name that is not a directory (mknod, symlink, link's target)."""
+    if _looked_up(loc) is not None:
+        raise OSError(errno.EEXIST, "file exists")
+    if loc.must_be_dir:
+        # A trailing slash asks for a directory, and this call does not make one.
+        raise OSError(errno.ENOENT, "no such file or directory")
+
+
 def _synthetic_op(fn: Callable[[], object]) -> Result:
     try:
         fn()
@@ -962,13 +1070,13 @@ def _synthetic_op(fn: Callable[[], object]) -> Result:
 
 
 def mkdir_at(call: Call, env: Env, dirfd: int, addr: int, mode: int) -> Result:
-    loc = locate(call, env, dirfd, addr, follow=False)
+    loc = locate(call, env, dirfd, addr, follow=False, final=Final.ENTRY)
     if not loc.synthetic:
         assert loc.host is not None
         return run_host(env, NR_MKDIRAT, (AT_FDCWD, Pin(loc), mode))
     assert loc.repo is not None
-    if loc.attrs is not None:
-        return Fail(errno.EEXIST)
+    if _looked_up(loc) is not None:
+        return Fail(errno.EEXIST)  # whatever it is, with or without a trailing slash
     denied = env.check(call, "create", loc.guest)
     if denied:
         return Fail(denied)
@@ -991,11 +1099,16 @@ def unlink_at(call: Call, env: Env, dirfd: int, addr: int, atflags: int) -> Resu
     if atflags & ~AT_REMOVEDIR:
         return Fail(errno.EINVAL)
     directory = bool(atflags & AT_REMOVEDIR)
-    loc = locate(call, env, dirfd, addr, follow=False)
+    loc = locate(call, env, dirfd, addr, follow=False, final=Final.ENTRY)
     if not loc.synthetic:
         assert loc.host is not None
         return run_host(env, NR_UNLINKAT, (AT_FDCWD, Pin(loc), atflags))
     assert loc.repo is not None
+    if loc.last in _DOTS:
+        if not directory:
+            return Fail(errno.EISDIR)
+        return Fail(errno.EINVAL if loc.last == "." else errno.ENOTEMPTY)
+    _looked_up(loc)
     if loc.repo == "/":
         return Fail(errno.EBUSY)
     attrs = _need(loc)
@@ -1003,8 +1116,6 @@ def unlink_at(call: Call, env: Env, dirfd: int, addr: int, atflags: int) -> Resu
         return Fail(errno.ENOTDIR)
     if not directory and attrs.kind is FileKind.DIR:
         return Fail(errno.EISDIR)
-    if directory and call.guest.read_path(addr).rstrip("/").endswith("/."):
-        return Fail(errno.EINVAL)
     denied = env.check(call, "delete", loc.guest)
     if denied:
         return Fail(denied)
@@ -1033,8 +1144,8 @@ def rename_at(
 ) -> Result:
     if flags & ~0x7 or (flags & 1 and flags & 2):
         return Fail(errno.EINVAL)
-    src = locate(call, env, olddirfd, oldaddr, follow=False)
-    dst = locate(call, env, newdirfd, newaddr, follow=False)
+    src = locate(call, env, olddirfd, oldaddr, follow=False, final=Final.ENTRY)
+    dst = locate(call, env, newdirfd, newaddr, follow=False, final=Final.ENTRY)
     if src.synthetic != dst.synthetic:
         if src.synthetic and src.attrs is None:
             return Fail(errno.ENOENT)
@@ -1043,24 +1154,36 @@ def rename_at(
         assert src.host is not None and dst.host is not None
         return run_host(env, NR_RENAMEAT2, (AT_FDCWD, Pin(src), AT_FDCWD, Pin(dst), flags))
     assert src.repo is not None and dst.repo is not None
-    sattrs = _need(src)
+    # The kernel's order: '.' and '..', the source's name, the target's, then the types.
+    if src.last in _DOTS:
+        return Fail(errno.EBUSY)
+    if dst.last in _DOTS:
+        return Fail(errno.EEXIST if flags & 1 else errno.EBUSY)
+    sattrs = _looked_up(src)
+    if sattrs is None:
+        return Fail(errno.ENOENT)
+    dattrs = _looked_up(dst)
     if flags & 4:
         return Fail(errno.EINVAL)  # RENAME_WHITEOUT
+    if flags & 1 and dattrs is not None:
+        return Fail(errno.EEXIST)
+    if flags & 2 and dattrs is None:
+        return Fail(errno.ENOENT)
+    if flags & 2 and dst.must_be_dir and dattrs is not None and dattrs.kind is not FileKind.DIR:
+        return Fail(errno.ENOTDIR)
+    # A trailing slash is a non-directory's ENOTDIR (the target's too, unless exchanged).
+    slash = src.must_be_dir or (dst.must_be_dir and not flags & 2)
+    if slash and sattrs.kind is not FileKind.DIR:
+        return Fail(errno.ENOTDIR)
     if src.repo == "/" or dst.repo == "/":
         return Fail(errno.EBUSY)
     if dst.repo.startswith(src.repo + "/"):
         return Fail(errno.EINVAL)
-    if dst.attrs is not None and not flags & 2:
-        if flags & 1:
-            return Fail(errno.EEXIST)
-        if sattrs.kind is FileKind.DIR and dst.attrs.kind is not FileKind.DIR:
+    if dattrs is not None and not flags & 2:
+        if sattrs.kind is FileKind.DIR and dattrs.kind is not FileKind.DIR:
             return Fail(errno.ENOTDIR)
-        if sattrs.kind is not FileKind.DIR and dst.attrs.kind is FileKind.DIR:
+        if sattrs.kind is not FileKind.DIR and dattrs.kind is FileKind.DIR:
             return Fail(errno.EISDIR)
-    elif flags & 2:
-        return Fail(errno.ENOENT)
-    if src.must_be_dir and sattrs.kind is not FileKind.DIR:
-        return Fail(errno.ENOTDIR)
     for loc in (src, dst):
         denied = env.check(call, "rename", loc.guest)
         if denied:
@@ -1099,13 +1222,12 @@ def link_at(
         follow=bool(flags & abi.AT_SYMLINK_FOLLOW),
         empty_ok=bool(flags & AT_EMPTY_PATH),
     )
-    dst = locate(call, env, newdirfd, newaddr, follow=False)
+    dst = locate(call, env, newdirfd, newaddr, follow=False, final=Final.ENTRY)
     if src.synthetic or dst.synthetic:
         if src.synthetic != dst.synthetic:
             return Fail(errno.EXDEV)
         _need(src)
-        if dst.attrs is not None:
-            return Fail(errno.EEXIST)
+        _created(dst)
         return Fail(errno.EPERM)
     assert src.host is not None and dst.host is not None
     follow = bool(flags & abi.AT_SYMLINK_FOLLOW)
@@ -1131,13 +1253,12 @@ def symlink_at(call: Call, env: Env, target_addr: int, dirfd: int, addr: int) ->
     target = call.guest.read_path(target_addr)
     if not target:
         return Fail(errno.ENOENT)
-    loc = locate(call, env, dirfd, addr, follow=False)
+    loc = locate(call, env, dirfd, addr, follow=False, final=Final.ENTRY)
     if not loc.synthetic:
         assert loc.host is not None
         return run_host(env, NR_SYMLINKAT, (_cstr(target), AT_FDCWD, Pin(loc)))
     assert loc.repo is not None
-    if loc.attrs is not None:
-        return Fail(errno.EEXIST)
+    _created(loc)
     denied = env.check(call, "create", loc.guest)
     if denied:
         return Fail(denied)
@@ -1157,10 +1278,9 @@ def sys_symlinkat(call: Call, env: Env) -> Result:
 
 
 def mknod_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, dev: int) -> Result:
-    loc = locate(call, env, dirfd, addr, follow=False)
+    loc = locate(call, env, dirfd, addr, follow=False, final=Final.ENTRY)
     if loc.synthetic:
-        if loc.attrs is not None:
-            return Fail(errno.EEXIST)
+        _created(loc)
         if st.S_IFMT(mode) in (0, st.S_IFREG):
             return open_synthetic_create(call, env, loc, mode)
         return Fail(errno.EPERM)
@@ -1738,12 +1858,12 @@ def sys_lseek(call: Call, env: Env) -> Result:
 
 
 def _commit_fd(call: Call, env: Env, fd: int) -> int:
-    """Upload fd's local copy if it is one; 0 or an errno."""
+    """Upload fd's local copy if it is one open for writing; 0 or an errno."""
     target = call.guest.fd_target(fd)
     if target is None:
         return 0
     repo = env.repo.repo_path_of(target)
-    if repo is None:
+    if repo is None or not call.guest.fd_writable(fd):
         return 0
     try:
         env.repo.commit(repo)

@@ -161,6 +161,10 @@ class HostSide:
         #: None when one of them cannot be told now (a dead server not yet replaced)
         self.also_trusted: Callable[[], Iterable[int] | None] = lambda: ()
         self._handles: dict[str, DirHandle] = {}
+        #: (real path, follow, O_PATH fd) of the last resolution, for :meth:`take_checked`
+        self._kept: tuple[str, bool, int] | None = None
+        self._own = f"/proc/{os.getpid()}"
+        self._own_prefix = self._own + "/"
         self._next = 0
         #: called to learn which placeholders guests still hold (set by the supervisor)
         self.live_fd_targets: Callable[[], Iterable[str]] | None = None
@@ -183,12 +187,24 @@ class HostSide:
             return self._walk(path, follow, guest)
         try:
             real = os.readlink(f"/proc/self/fd/{fd}")
-        finally:
+        except OSError:
             os.close(fd)
-        own = f"/proc/{os.getpid()}"
-        if guest[0] and (real == own or real.startswith(own + "/")):
+            raise
+        if guest[0] and (real == self._own or real.startswith(self._own_prefix)):
+            os.close(fd)
             return self._walk(path, follow, guest)  # a symlink to /proc/self: the guest's
+        kept, self._kept = self._kept, (real, follow, fd)
+        if kept is not None:
+            os.close(kept[2])
         return real
+
+    def take_checked(self, real: str, follow: bool) -> int | None:
+        """See :class:`interposer.ports.Host`: the fd the last :meth:`realpath` opened."""
+        kept = self._kept
+        if kept is None or kept[0] != real or kept[1] != follow:
+            return None
+        self._kept = None
+        return kept[2]
 
     def _walk(self, path: str, follow: bool, guest: tuple[int, int] = (0, 0)) -> str:
         """Resolve what exists of ``path`` component by component, following symlinks.

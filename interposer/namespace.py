@@ -31,14 +31,36 @@ from attrs import frozen
 
 from protocol.messages import Attrs, FileKind
 
-__all__ = ["MAX_SYMLINKS", "Namespace", "Target", "Where"]
+__all__ = ["MAX_SYMLINKS", "NAME_MAX", "Final", "Namespace", "Target", "Where", "last_name"]
 
 MAX_SYMLINKS = 40
+NAME_MAX = 255
 
 
 class Where(enum.Enum):
     HOST = "host"
     SYNTH = "synth"
+
+
+class Final(enum.Enum):
+    """How the final component is treated (the kernel's last-component lookups).
+
+    ``LOOKUP`` (stat, open, chdir...): a trailing slash follows a final
+    symlink and makes a non-directory ENOTDIR. ``ENTRY`` (mkdir, mknod,
+    symlink, link's new name, unlink, rmdir, rename, open with O_CREAT): the
+    final component names the entry itself, never followed, whatever the
+    slash; a name longer than NAME_MAX is not looked up (the handler reports
+    ENAMETOOLONG when the kernel would look it up, after the other operand).
+    """
+
+    LOOKUP = "lookup"
+    ENTRY = "entry"
+
+
+def last_name(path: str) -> str:
+    """The final component of ``path`` as written: ``.`` and ``..`` kept, ``""`` for ``/``."""
+    parts = [c for c in path.split("/") if c]
+    return parts[-1] if parts else ""
 
 
 @frozen
@@ -107,10 +129,12 @@ class Namespace:
         lstat: Lstat,
         readlink: Readlink,
         host_realpath: Callable[[str], str] | None = None,
+        final: Final = Final.LOOKUP,
     ) -> Target:
         """Resolve ``path`` (relative to the absolute guest path ``base``).
 
-        ``follow`` says whether a final synthetic symlink is followed.
+        ``follow`` says whether a final synthetic symlink is followed;
+        ``final`` what a trailing slash and a long final name do (:class:`Final`).
         Raises OSError with the errno a kernel would give (ENOENT, ENOTDIR,
         ELOOP, ENAMETOOLONG).
         """
@@ -119,16 +143,20 @@ class Namespace:
         if len(path) >= 4096:
             raise OSError(errno.ENAMETOOLONG, "path too long")
         trailing = path.endswith("/")
-        todo = [c for c in path.split("/") if c and c != "."]
+        # '.' stays in the walk: what comes before it must be a directory ('f/.' is ENOTDIR).
+        todo = [c for c in path.split("/") if c]
         todo.reverse()  # a stack: next component last
         cur: list[str] = [] if path.startswith("/") else [c for c in base.split("/") if c]
         attrs: Attrs | None = None
         looked = -1  # len(cur) when attrs was last looked up
         links = 0
         mount_len = len(self._mount_parts)
+        entry = final is Final.ENTRY
         while todo:
             comp = todo.pop()
-            if len(comp) > 255:
+            if comp == ".":
+                continue
+            if len(comp) > NAME_MAX and not (entry and not todo):
                 raise OSError(errno.ENAMETOOLONG, "name too long")
             if comp == "..":
                 if not cur:
@@ -149,14 +177,14 @@ class Namespace:
                 attrs = None
                 continue
             repo = "/" + "/".join(cur[mount_len:]) if len(cur) > mount_len else "/"
-            attrs = lstat(repo)
-            looked = len(cur)
             last = not todo
+            attrs = None if len(comp) > NAME_MAX else lstat(repo)
+            looked = len(cur)
             if attrs is None:
                 if not last:
                     raise OSError(errno.ENOENT, "no such file or directory")
                 continue
-            if attrs.kind is FileKind.SYMLINK and (not last or follow or trailing):
+            if attrs.kind is FileKind.SYMLINK and (not last or follow or (trailing and not entry)):
                 links += 1
                 if links > MAX_SYMLINKS:
                     raise OSError(errno.ELOOP, "too many levels of symbolic links")
@@ -167,9 +195,7 @@ class Namespace:
                 if target.startswith("/"):
                     cur = list(self._mount_parts)
                 # The target may not climb above the mount root.
-                todo.extend(
-                    reversed(self._clamp(cur, [c for c in target.split("/") if c and c != "."]))
-                )
+                todo.extend(reversed(self._clamp(cur, [c for c in target.split("/") if c])))
                 attrs, looked = None, -1
                 continue
             if not last and attrs.kind is not FileKind.DIR:
@@ -178,10 +204,10 @@ class Namespace:
         repo_path = self.repo_path(guest)
         if repo_path is None:
             return Target(Where.HOST, guest, None, trailing)
-        if attrs is None or looked != len(cur):
+        if looked != len(cur):
             # '.', '..' or a substituted symlink left us somewhere not looked up yet.
             attrs = lstat(repo_path)
-        if trailing and attrs is not None and attrs.kind is FileKind.FILE:
+        if trailing and not entry and attrs is not None and attrs.kind is FileKind.FILE:
             raise OSError(errno.ENOTDIR, "not a directory")
         return Target(Where.SYNTH, repo_path, attrs, trailing)
 
@@ -197,7 +223,9 @@ class Namespace:
         depth = len(cur) - len(self._mount_parts)
         kept: list[str] = []
         for comp in target:
-            if comp == "..":
+            if comp == ".":
+                pass
+            elif comp == "..":
                 if depth == 0:
                     continue
                 depth -= 1

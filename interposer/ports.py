@@ -34,6 +34,9 @@ class Guest(Protocol):
     def fd_target(self, fd: int) -> str | None:
         """What ``/proc/TGID/fd/FD`` links to, or None when the fd is not open."""
 
+    def fd_writable(self, fd: int) -> bool:
+        """Whether the fd is open for writing (False when it is not open)."""
+
     def host_cwd(self) -> str: ...
 
     def umask(self) -> int:
@@ -70,6 +73,10 @@ class Repo(Protocol):
     def repo_path_of(self, host_path: str) -> str | None:
         """The repository path whose local copy is ``host_path``, if it is one."""
 
+    def known_dir(self, path: str) -> bool:
+        """Whether ``path`` was seen as a directory and not removed or renamed through
+        this sandbox since (its attributes may be stale; its kind is not)."""
+
     def local_copy(self, path: str) -> str | None:
         """The host path of ``path``'s local copy, if this session has one."""
 
@@ -83,6 +90,10 @@ class Host(Protocol):
     def realpath(self, path: str, follow: bool, guest: tuple[int, int] = (0, 0)) -> str:
         """The path with every symlink resolved (magic links included), as the kernel
         would for the guest thread ``guest`` (tgid, tid)."""
+
+    def take_checked(self, real_path: str, follow: bool) -> int | None:
+        """The O_PATH fd the last :meth:`realpath` opened on ``real_path`` (resolved with
+        ``follow``), handed over to the caller to use and close; None if it has none."""
 
     def refused(self, real_path: str) -> bool:
         """True for paths no guest may name (cache, sockets, keys, trusted processes)."""

@@ -34,6 +34,7 @@ from protocol.messages import (
     Attrs,
     Commit,
     DirEntry,
+    FileKind,
     Hello,
     LinkTarget,
     List,
@@ -93,6 +94,10 @@ class Remote:
         self._local: dict[str, str] = {}
         #: (size, mtime_ns) of each local copy when it last matched the server's object
         self._synced: dict[str, tuple[int, int]] = {}
+        #: paths this sandbox opened for writing: what an exit's sync looks at
+        self._written: set[str] = set()
+        #: paths seen as directories (see :meth:`known_dir`)
+        self._dirs: set[str] = set()
         #: st_ino shown for each path: the first one seen this session. The server
         #: installs every upload as a new file (atomic rename), so its inode number
         #: changes with each write; programs (sqlite) compare stat and fstat inodes.
@@ -243,11 +248,16 @@ class Remote:
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 self._attrs[path] = (now + self.ttl, None)
+                self._dirs.discard(path)
                 return None
             raise
         assert isinstance(reply, StatReply)
         attrs = self._stable(path, reply.attrs)
         self._attrs[path] = (now + self.ttl, attrs)
+        if attrs.kind is FileKind.DIR:
+            self._dirs.add(path)
+        else:
+            self._dirs.discard(path)
         return attrs
 
     def listdir(self, path: str) -> Listing:
@@ -262,6 +272,7 @@ class Remote:
             self._attrs[child] = (expiry, attrs)
             entries.append(DirEntry(entry.name, attrs))
         listing = Listing(attrs=self._stable(path, reply.attrs), entries=tuple(entries))
+        self._dirs.add(path)
         self._attrs[path] = (expiry, listing.attrs)
         if reply.leased and self._leases is not None:
             self._take_listed_leases(base, reply, listing)
@@ -339,11 +350,13 @@ class Remote:
         assert isinstance(reply, Opened)
         self._by_host[reply.host_path] = path
         self._local[path] = reply.host_path
+        if flags & 0o1003:  # O_WRONLY, O_RDWR, O_TRUNC
+            self._written.add(path)
         attrs = self._stable(path, reply.attrs)
         self._attrs[path] = (time.monotonic() + self.ttl, attrs)
-        if (
-            not flags & 0o1003 or path not in self._synced
-        ):  # read-only, no O_TRUNC: the copy is the server's object
+        if path not in self._synced or not (flags & 0o1003 or path in self._written):
+            # Read-only, no O_TRUNC, of a copy this sandbox never opened for writing:
+            # the copy is the server's object (a written one is until its next upload).
             self._record_local(path)
         lease = reply
         reply = Opened(host_path=reply.host_path, attrs=attrs)
@@ -370,6 +383,15 @@ class Remote:
         self._record_local(path)
 
     def sync(self) -> None:
+        """Upload what changed, when a copy this sandbox opened for writing changed.
+
+        Called at the exit of every process that may have written (children
+        inherit that): the usual exit, whose writes were committed at close, costs
+        a stat of each written copy and no request. A writable fd can outlive its
+        close (a dup), so a copy stays looked at for the whole session.
+        """
+        if not any(self.written_copy(path) is not None for path in list(self._written)):
+            return
         if self._leases is not None:
             self._leases.drop_all("this sandbox synced")
         self._ask(Sync(), bulk=True)
@@ -386,8 +408,10 @@ class Remote:
         self._drop_lease(path, tree=True)
         self._ask(Remove(path=path, directory=directory))
         self._forget(path)
+        self._forget_dirs(path)
         self._ino.pop(path, None)
         self._synced.pop(path, None)
+        self._written.discard(path)
         host = self._local.pop(path, None)
         if host is not None:
             self._by_host.pop(host, None)
@@ -399,6 +423,7 @@ class Remote:
         for path in (src, dst):
             self._forget(path)
             self._forget_below(path)
+            self._forget_dirs(path)
         moved = {p: h for p, h in self._local.items() if p == src or p.startswith(src + "/")}
         replaced = {p: h for p, h in self._local.items() if p == dst or p.startswith(dst + "/")}
         for p, h in replaced.items():
@@ -407,6 +432,9 @@ class Remote:
         for p, h in moved.items():
             self._local.pop(p, None)
             self._by_host.pop(h, None)
+        written = {p for p in self._written if p == src or p.startswith(src + "/")}
+        self._written -= written
+        self._written.update(dst + p[len(src) :] for p in written)
         inos = {p: i for p, i in self._ino.items() if p == src or p.startswith(src + "/")}
         for p in [p for p in self._ino if p == dst or p.startswith(dst + "/")]:
             del self._ino[p]
@@ -442,6 +470,13 @@ class Remote:
 
     def repo_path_of(self, host_path: str) -> str | None:
         return self._by_host.get(host_path)
+
+    def known_dir(self, path: str) -> bool:
+        return path in self._dirs
+
+    def _forget_dirs(self, path: str) -> None:
+        prefix = path.rstrip("/") + "/"
+        self._dirs -= {p for p in self._dirs if p == path or p.startswith(prefix)}
 
     def local_copy(self, path: str) -> str | None:
         return self._local.get(path)

@@ -141,6 +141,16 @@ class GuestView:
         except OSError:
             return None
 
+    def fd_writable(self, fd: int) -> bool:
+        try:
+            with open(f"/proc/{self.tgid}/fdinfo/{fd}", "rb") as f:
+                for line in f:
+                    if line.startswith(b"flags:"):
+                        return int(line.split()[1], 8) & os.O_ACCMODE != os.O_RDONLY
+        except (OSError, ValueError, IndexError):
+            pass
+        return False
+
     def host_cwd(self) -> str:
         return os.readlink(f"/proc/{self.tid}/cwd")
 

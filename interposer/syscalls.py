@@ -161,11 +161,12 @@ def _deny(name: str, nr: int, err: int, note: str) -> SyscallSpec:
 
 #: A pid argument (the first) that names another process: 0 is the caller itself.
 _other_pid = ((Cond(0, "NE", 0),),)
+_TMPFILE_NOTE = "a valid O_TMPFILE on a /data directory: EOPNOTSUPP (no unnamed files there)"
 
 TABLE: tuple[SyscallSpec, ...] = (
     # -- opening ------------------------------------------------------------------------
-    _row("open", 2, (P, FL, M), Level.FULL, "sys_open"),
-    _row("openat", 257, (D, P, FL, M), Level.FULL, "sys_openat"),
+    _row("open", 2, (P, FL, M), Level.FULL, "sys_open", _TMPFILE_NOTE),
+    _row("openat", 257, (D, P, FL, M), Level.FULL, "sys_openat", _TMPFILE_NOTE),
     _row(
         "openat2",
         437,

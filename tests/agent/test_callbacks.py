@@ -8,6 +8,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,22 @@ from agent_stack import Proc, Stack, wait_until
 
 from agent.callbacks import Promises
 from protocol.client import Client
-from protocol.messages import Commit, Open, Opened, Rename, RenameFlags, SetAttr, Stat, StatReply
+from protocol.messages import (
+    Attrs,
+    Commit,
+    List,
+    Listing,
+    Mkdir,
+    Open,
+    Opened,
+    Remove,
+    Rename,
+    RenameFlags,
+    SetAttr,
+    Stat,
+    StatReply,
+    Symlink,
+)
 
 RD, WR = os.O_RDONLY, os.O_WRONLY
 
@@ -115,6 +131,45 @@ def test_the_agents_own_change_coming_back_cancels_nothing() -> None:
     assert p.holds("/f")
     p.inval("/f", "v3", "A", 9, False)
     assert not p.holds("/f")
+
+
+def test_entries_hold_with_the_directory_and_each_entry() -> None:
+    p, clock = _live()
+    st = p.stamp()
+    for path in ("/d", "/d/a", "/d/b"):
+        p.hold(path, st)
+    assert p.holds_entries("/d", ["a", "b"])
+    assert not p.holds_entries("/d", ["a", "b", "c"])  # no promise on c
+    p.inval("/d/b", "v2", "A", 8, False)  # an entry changed
+    assert not p.holds_entries("/d", ["a", "b"]) and p.holds_entries("/d", ["a"])
+    st = p.stamp()
+    p.hold("/d/b", st)
+    assert p.holds_entries("/d", ["a", "b"])
+    p.inval("/", "v3", "A", 9, True)  # the root's listing: nothing of /d
+    assert p.holds_entries("/d", ["a", "b"])
+    p.inval("/x", "v4", "A", 10, False)
+    assert p.holds_entries("/d", ["a", "b"])
+    clock.t += 1.0
+    p.beat("A", 10)
+    p.inval("/", "", "A", 11, False)  # an ancestor as an object: nothing below holds
+    assert not p.holds_entries("/d", ["a", "b"])
+    assert not p.holds_entries("/d", [])
+    p, clock = _live()
+    for path in ("/", "/a"):
+        p.hold(path, p.stamp())
+    assert p.holds_entries("/", ["a"])
+    clock.t += 2.0  # silence
+    assert not p.holds_entries("/", ["a"])
+    p.beat("A", 7)
+    assert p.holds_entries("/", ["a"])
+    p.hold("/a", p.stamp())
+    clock.t += p.max_age - 0.5
+    p.beat("A", 7)
+    assert p.holds_entries("/", []) is False  # "/" is past max_age; "/a" is not
+    p.hold("/", p.stamp())
+    assert p.holds_entries("/", ["a"])
+    p.beat("A", 9)  # a gap
+    assert not p.holds_entries("/", ["a"])
 
 
 # -- real processes ----------------------------------------------------------------------------
@@ -292,3 +347,171 @@ def test_a_sequence_gap_breaks_promises(stack: Stack, tmp_path: Path) -> None:
     finally:
         pub.close()
         shutil.rmtree(d, ignore_errors=True)
+
+
+# -- listings under promises (agent.service: List answered from the agent's memory) ---------
+
+
+def _listed(c: Client, path: str) -> dict[str, Attrs]:
+    reply = c.call(List(path=path))
+    assert isinstance(reply, Listing), reply
+    return {d.name: d.attrs for d in reply.entries}
+
+
+def _one_more_list_costs(stack: Stack, c: Client, path: str) -> tuple[int, dict[str, Attrs]]:
+    assert stack.server is not None
+    before = _requests(stack.server)
+    names = _listed(c, path)
+    time.sleep(0.1)  # the server logs after it answers
+    return _requests(stack.server) - before, names
+
+
+def _promised_list(stack: Stack, c: Client, path: str) -> bool:
+    _listed(c, path)
+    return _one_more_list_costs(stack, c, path)[0] == 0
+
+
+@pytest.fixture
+def listed(promised: Stack) -> Stack:
+    """/d holds a, b and the directory sub; its listing is answered from memory."""
+    d = promised.root / "d"
+    d.mkdir()
+    (d / "a").write_bytes(b"a")
+    (d / "b").write_bytes(b"bb")
+    (d / "sub").mkdir()
+    assert wait_until(lambda: _promised_list(promised, promised.clients[0], "/d"))
+    return promised
+
+
+def test_a_promised_list_makes_no_server_request(listed: Stack) -> None:
+    c = listed.clients[0]
+    assert listed.server is not None
+    before = _requests(listed.server)
+    for _ in range(20):
+        names = _listed(c, "/d")
+        assert sorted(names) == ["a", "b", "sub"] and names["b"].size == 2
+    time.sleep(0.1)
+    assert _requests(listed.server) == before
+    # A dirty local copy shows its size in the kept listing too (the reply is rebuilt).
+    o = _opened(c, "/d/a", WR)
+    Path(o.host_path).write_bytes(b"written here, not yet committed")
+    assert _listed(c, "/d")["a"].size == len(b"written here, not yet committed")
+    c.call(Commit(path="/d/a"))
+
+
+def test_a_change_through_another_agent_shows_in_the_next_list(listed: Stack,
+                                                               tmp_path: Path) -> None:
+    c = listed.clients[0]
+    with _second_agent(listed, tmp_path) as c2:
+
+        def changed(change: object) -> dict[str, Attrs]:
+            """``change`` through the other agent; /d as this agent lists it at once."""
+            assert wait_until(lambda: _promised_list(listed, c, "/d"))  # from memory before
+            change()  # type: ignore[operator]
+            return _listed(c, "/d")
+
+        def write(path: str, data: bytes, flags: int) -> None:
+            o = _opened(c2, path, flags)
+            Path(o.host_path).write_bytes(data)
+            c2.call(Commit(path=path))
+
+        names = changed(lambda: write("/d/new", b"created", WR | os.O_CREAT))
+        assert names["new"].size == len(b"created")
+        names = changed(lambda: write("/d/a", b"new content", WR | os.O_TRUNC))
+        assert names["a"].size == len(b"new content")
+        names = changed(lambda: c2.call(SetAttr(path="/d/a", mode=0o600)))
+        assert names["a"].mode == 0o600
+        names = changed(lambda: c2.call(SetAttr(path="/d/a", mtime_ns=10**18)))
+        assert names["a"].mtime_ns == 10**18
+        sub = names["sub"]
+        names = changed(lambda: write("/d/sub/x", b"x", WR | os.O_CREAT))
+        assert names["sub"].mtime_ns != sub.mtime_ns or names["sub"].ctime_ns != sub.ctime_ns
+        names = changed(lambda: c2.call(Rename(src="/d/a", dst="/d/c", flags=RenameFlags.NONE)))
+        assert "a" not in names and names["c"].size == len(b"new content")
+        names = changed(lambda: c2.call(Remove(path="/d/b")))
+        assert sorted(names) == ["c", "new", "sub"]
+
+
+@pytest.fixture
+def beaten(stack: Stack) -> Iterator[Stack]:
+    """The agent follows a test publisher that only beats: no invalidation ever comes,
+    so only the agent's own bookkeeping can drop what its mutations change."""
+    d = tempfile.mkdtemp(prefix="sfs-beat-", dir="/tmp")
+    ep = f"ipc://{d}/pub.sock"
+    stop = threading.Event()
+
+    def beat() -> None:
+        pub = zmq.Context.instance().socket(zmq.PUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.bind(ep)
+        while not stop.wait(0.2):
+            pub.send_multipart([b"beat", msgpack.packb(["test", 0])])
+        pub.close()
+
+    beater = threading.Thread(target=beat)
+    beater.start()
+    try:
+        stack.start_server("-vv")
+        stack.start_agent("--subscribe", ep)
+        d_ = stack.root / "d"
+        d_.mkdir()
+        (d_ / "a").write_bytes(b"a")
+        (d_ / "b").write_bytes(b"bb")
+        c = stack.client()
+        assert wait_until(lambda: _promised_list(stack, c, "/d"), timeout=10)
+        stack.silence = stop  # type: ignore[attr-defined]
+        yield stack
+    finally:
+        stop.set()
+        beater.join()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_this_agents_own_change_shows_in_the_next_list(beaten: Stack) -> None:
+    listed = beaten
+    c = listed.clients[0]
+    (listed.root / "d" / "behind-its-back").write_bytes(b"")
+    assert "behind-its-back" not in _listed(c, "/d")  # nobody said: from memory
+
+    def changed(msg: object) -> dict[str, Attrs]:
+        assert wait_until(lambda: _promised_list(listed, c, "/d"))
+        if msg is not None:
+            c.call(msg)  # type: ignore[arg-type]
+        return _listed(c, "/d")
+
+    c.call(Open(path="/d/new", flags=WR | os.O_CREAT, mode=0o644))
+    names = _listed(c, "/d")
+    assert names["new"].size == 0
+    Path(_opened(c, "/d/new", WR).host_path).write_bytes(b"twelve bytes")
+    c.call(Commit(path="/d/new"))
+    assert _listed(c, "/d")["new"].size == 12
+    assert changed(Mkdir(path="/d/m"))["m"].kind.name == "DIR"
+    assert changed(Symlink(target="/d/a", path="/d/l"))["l"].kind.name == "SYMLINK"
+    assert changed(SetAttr(path="/d/a", mode=0o640))["a"].mode == 0o640
+    assert changed(SetAttr(path="/d/a", size=0))["a"].size == 0
+    names = changed(Rename(src="/d/b", dst="/d/c", flags=RenameFlags.NONE))
+    assert "b" not in names and names["c"].size == 2
+    assert "c" not in changed(Remove(path="/d/c"))
+    assert "m" not in changed(Remove(path="/d/m", directory=True))
+
+
+def test_server_restart_breaks_the_kept_listing(listed: Stack) -> None:
+    c = listed.clients[0]
+    assert listed.server is not None
+    listed.server.stop()
+    (listed.root / "d" / "while-down").write_bytes(b"")
+    listed.start_server("-vv", "--publish", listed.pub_ep)  # type: ignore[attr-defined]
+    n, names = _one_more_list_costs(listed, c, "/d")
+    assert n >= 1 and "while-down" in names
+    assert wait_until(lambda: _promised_list(listed, c, "/d"), timeout=10)
+
+
+def test_silence_breaks_the_kept_listing(beaten: Stack) -> None:
+    c = beaten.clients[0]
+    (beaten.root / "d" / "behind-its-back").write_bytes(b"")
+    n, names = _one_more_list_costs(beaten, c, "/d")
+    assert n == 0 and "behind-its-back" not in names  # nobody said: from memory
+    beaten.silence.set()  # type: ignore[attr-defined]
+    time.sleep(1.7)  # > BEAT_TIMEOUT without a beat: no promise is honoured
+    n, names = _one_more_list_costs(beaten, c, "/d")
+    assert n == 1 and "behind-its-back" in names

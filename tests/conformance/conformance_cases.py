@@ -413,6 +413,155 @@ t("loop", lambda: open(f"{r}/loop1"))
 print(sorted(os.listdir(r)))
 """
 
+#: The prelude of the errno edge cases below (a syscall fuzzer found the first
+#: five): ``t`` prints the errno name (or ok) of one call; raw openat2/renameat2.
+PY_EDGE = """
+import ctypes, errno, os, stat, struct, sys
+r = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+def openat2(path, flags, mode=0):
+    how = struct.pack("QQQ", flags, mode, 0)
+    fd = libc.syscall(437, -100, path.encode(), how, len(how))  # SYS_openat2, AT_FDCWD
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "openat2")
+    return fd
+def renameat2(a, b, fl):
+    if libc.renameat2(-100, a.encode(), -100, b.encode(), fl) < 0:
+        raise OSError(ctypes.get_errno(), "renameat2")
+def t(label, f):
+    try:
+        fd = f()
+        if isinstance(fd, int):
+            os.close(fd)
+        print(label, "ok")
+    except OSError as e:
+        print(label, errno.errorcode.get(e.errno, e.errno))
+TMP, REG, L = os.O_TMPFILE, stat.S_IFREG | 0o644, "a" * 300
+"""
+
+#: A trailing slash on a new name: only mkdir makes a directory (ENOENT, EISDIR for O_CREAT).
+PY_SLASH_NEW = PY_EDGE + """
+t("symlink new/", lambda: os.symlink("x", f"{r}/new1/"))
+t("mknod new/", lambda: os.mknod(f"{r}/new2/", REG))
+t("link new/", lambda: os.link(f"{r}/a.txt", f"{r}/new3/"))
+t("mkdir new/", lambda: os.mkdir(f"{r}/new4/"))
+t("creat new/", lambda: os.open(f"{r}/new5/", os.O_CREAT | os.O_WRONLY))
+t("O_CREAT|O_EXCL new/", lambda: os.open(f"{r}/new5/", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+t("symlink missing/new/", lambda: os.symlink("x", f"{r}/nope/x/"))
+t("rename file to new/", lambda: os.rename(f"{r}/lines.txt", f"{r}/new6/"))
+t("rename file/ to new", lambda: os.rename(f"{r}/lines.txt/", f"{r}/new6"))
+t("exchange with file/", lambda: renameat2(f"{r}/d/b.txt", f"{r}/exec.sh/", 2))
+t("rename dir to new/", lambda: os.rename(f"{r}/d/empty", f"{r}/new7/"))
+print(sorted(os.listdir(r)))
+"""
+
+#: A trailing slash on an existing name: EEXIST for creators whatever it is, and
+#: no final symlink followed by mkdir, unlink, rmdir, rename.
+PY_SLASH_EXISTING = PY_EDGE + """
+for name in ("a.txt", "d", "link", "dlink", "dangling"):
+    t(f"mkdir {name}/", lambda: os.mkdir(f"{r}/{name}/"))
+    t(f"symlink {name}/", lambda: os.symlink("x", f"{r}/{name}/"))
+    t(f"mknod {name}/", lambda: os.mknod(f"{r}/{name}/", REG))
+    t(f"link to {name}/", lambda: os.link(f"{r}/d/b.txt", f"{r}/{name}/"))
+    t(f"unlink {name}/", lambda: os.unlink(f"{r}/{name}/"))
+    t(f"rmdir {name}/", lambda: os.rmdir(f"{r}/{name}/"))
+    t(f"creat {name}/", lambda: os.open(f"{r}/{name}/", os.O_CREAT | os.O_WRONLY))
+    t(f"open {name}/", lambda: os.open(f"{r}/{name}/", os.O_RDONLY))
+t("link from file/", lambda: os.link(f"{r}/d/b.txt/", f"{r}/new8"))
+t("rename file over file/", lambda: os.rename(f"{r}/d/b.txt", f"{r}/a.txt/"))
+t("rename file over dir/", lambda: os.rename(f"{r}/d/b.txt", f"{r}/e/"))
+print(sorted(os.listdir(r)))
+"""
+
+#: O_PATH: open(2) ignores the flags it does not keep, openat2(2) refuses them (EINVAL).
+PY_O_PATH = PY_EDGE + """
+for name, fl in [("O_TRUNC", os.O_TRUNC), ("O_WRONLY", os.O_WRONLY), ("O_RDWR", os.O_RDWR),
+                 ("O_CREAT", os.O_CREAT), ("O_CREAT|O_EXCL", os.O_CREAT | os.O_EXCL),
+                 ("O_APPEND", os.O_APPEND), ("O_TMPFILE|O_RDWR", TMP | os.O_RDWR),
+                 ("O_NONBLOCK", os.O_NONBLOCK), ("O_NOATIME", os.O_NOATIME)]:
+    for what in ("d", "a.txt"):
+        t(f"open {what} O_PATH|{name}", lambda: os.open(f"{r}/{what}", os.O_PATH | fl))
+        t(f"openat2 {what} O_PATH|{name}", lambda: openat2(f"{r}/{what}", os.O_PATH | fl))
+t("open missing O_PATH|O_CREAT", lambda: os.open(f"{r}/new9", os.O_PATH | os.O_CREAT))
+t("open file O_PATH|O_DIRECTORY", lambda: os.open(f"{r}/a.txt", os.O_PATH | os.O_DIRECTORY))
+t("open link O_PATH|O_NOFOLLOW|O_TRUNC",
+  lambda: os.open(f"{r}/link", os.O_PATH | os.O_NOFOLLOW | os.O_TRUNC))
+print(os.path.getsize(f"{r}/a.txt"), sorted(os.listdir(r)))
+"""
+
+#: O_TMPFILE: the flag combinations the kernel refuses (EINVAL before any lookup)
+#: and lookups that fail; the valid ones are py_tmpfile (a documented divergence).
+PY_O_TMPFILE = PY_EDGE + """
+t("tmpfile dir O_RDONLY", lambda: os.open(r, TMP | os.O_RDONLY, 0o600))
+t("tmpfile dir O_RDWR|O_CREAT", lambda: os.open(r, TMP | os.O_RDWR | os.O_CREAT, 0o600))
+t("tmpfile without O_DIRECTORY", lambda: os.open(r, (TMP & ~os.O_DIRECTORY) | os.O_RDWR, 0o600))
+t("tmpfile file O_RDWR", lambda: os.open(f"{r}/a.txt", TMP | os.O_RDWR, 0o600))
+t("tmpfile missing O_RDWR", lambda: os.open(f"{r}/new10", TMP | os.O_RDWR, 0o600))
+t("tmpfile missing O_RDONLY", lambda: os.open(f"{r}/new10", TMP | os.O_RDONLY, 0o600))
+t("openat2 tmpfile dir O_RDONLY", lambda: openat2(r, TMP | os.O_RDONLY, 0o600))
+t("openat2 mode without create", lambda: openat2(f"{r}/a.txt", os.O_RDONLY, 0o600))
+for what in ("new11", "d", "a.txt"):
+    t(f"O_CREAT|O_DIRECTORY {what}", lambda: os.open(f"{r}/{what}", os.O_CREAT | os.O_DIRECTORY))
+print(sorted(os.listdir(r)))
+"""
+
+#: NAME_MAX: rename and link look the source up before the new name, and a
+#: long name in the middle of a path fails the walk.
+PY_NAME_MAX = PY_EDGE + """
+t("rename missing to long", lambda: os.rename(f"{r}/missing", f"{r}/{L}"))
+t("rename missing to 256", lambda: os.rename(f"{r}/missing", f"{r}/" + "b" * 256))
+t("rename long to missing", lambda: os.rename(f"{r}/{L}", f"{r}/x"))
+t("rename file to long", lambda: os.rename(f"{r}/lines.txt", f"{r}/{L}"))
+t("rename missing to long/x", lambda: os.rename(f"{r}/missing", f"{r}/{L}/x"))
+t("rename missing to 5000 bytes", lambda: os.rename(f"{r}/missing", f"{r}/" + "c/" * 2500))
+t("rename file to missing/long", lambda: os.rename(f"{r}/lines.txt", f"{r}/missing/{L}"))
+t("link missing to long", lambda: os.link(f"{r}/missing", f"{r}/{L}"))
+t("link file to long", lambda: os.link(f"{r}/a.txt", f"{r}/{L}"))
+t("creat long", lambda: os.open(f"{r}/{L}", os.O_CREAT | os.O_WRONLY))
+t("name of 200 2-byte chars", lambda: open(f"{r}/" + "\\u00e9" * 200, "w"))
+for op, f in [("mkdir", os.mkdir), ("unlink", os.unlink), ("stat", os.stat),
+              ("symlink", lambda p: os.symlink("x", p))]:
+    t(f"{op} long", lambda: f(f"{r}/{L}"))
+print(sorted(os.listdir(r)))
+"""
+
+#: '.', '..' and '' as the name, '.' after a non-directory, O_DIRECTORY on symlinks.
+PY_DOT_NAMES = PY_EDGE + """
+ops = [("mkdir", os.mkdir), ("rmdir", os.rmdir), ("unlink", os.unlink),
+       ("symlink", lambda p: os.symlink("x", p)), ("mknod", lambda p: os.mknod(p, REG)),
+       ("link", lambda p: os.link(f"{r}/a.txt", p)),
+       ("rename-from", lambda p: os.rename(p, f"{r}/d/b.txt")),
+       ("rename-to", lambda p: os.rename(f"{r}/exec.sh", p)),
+       ("rename-dir-to", lambda p: os.rename(f"{r}/d/sub", p))]
+for op, f in ops:
+    t(f"{op} ''", lambda: f(""))
+    for where in ("e", "d/sub"):
+        for last in (".", "..", "./", "../", ""):
+            t(f"{op} {where}/{last}", lambda: f(f"{r}/{where}/{last}"))
+t("stat file/.", lambda: os.stat(f"{r}/a.txt/."))
+t("symlink link-to-file/.", lambda: os.symlink("x", f"{r}/link/."))
+t("noreplace onto file/.", lambda: renameat2(f"{r}/d/b.txt", f"{r}/a.txt/.", 1))
+t("O_DIRECTORY link-to-file", lambda: os.open(f"{r}/link", os.O_RDONLY | os.O_DIRECTORY))
+t("O_DIRECTORY|O_NOFOLLOW dlink",
+  lambda: os.open(f"{r}/dlink", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW))
+t("O_TRUNC dir", lambda: os.open(f"{r}/d", os.O_TRUNC | os.O_RDONLY))
+os.chdir(f"{r}/e")
+for op, f in [("rmdir", os.rmdir), ("unlink", os.unlink), ("mkdir", os.mkdir)]:
+    for name in (".", ".."):
+        t(f"cwd {op} {name}", lambda: f(name))
+os.chdir("/")
+print(sorted(os.listdir(r)), sorted(os.listdir(f"{r}/d")), sorted(os.listdir(f"{r}/e")))
+"""
+
+#: O_TMPFILE that the kernel accepts: an unnamed file in a directory.
+PY_TMPFILE = """
+import os, sys
+r = sys.argv[1]
+fd = os.open(r, os.O_TMPFILE | os.O_RDWR, 0o600)
+os.write(fd, b"unnamed\\n"); os.close(fd)
+print(sorted(os.listdir(r)))
+"""
+
 PY_MMAP = """
 import mmap, sys
 r = sys.argv[1]
@@ -753,6 +902,14 @@ CASES: list[Case] = [
     Case("py_json", py(PY_JSON)),
     Case("py_threads", py(PY_THREADS)),
     Case("py_errors", py(PY_ERRORS)),
+    Case("py_errno_slash_new", py(PY_SLASH_NEW)),
+    Case("py_errno_slash_existing", py(PY_SLASH_EXISTING)),
+    Case("py_errno_o_path", py(PY_O_PATH)),
+    Case("py_errno_o_tmpfile", py(PY_O_TMPFILE)),
+    Case("py_errno_name_max", py(PY_NAME_MAX)),
+    Case("py_errno_dot_names", py(PY_DOT_NAMES)),
+    Case("py_tmpfile", py(PY_TMPFILE),
+         diverges="O_TMPFILE on /data: EOPNOTSUPP (the repository holds no unnamed files)"),
     Case("py_mmap", py(PY_MMAP)),
     Case("py_meta", py(PY_META)),
     Case("py_stat_consistency", py(PY_CONSISTENT)),

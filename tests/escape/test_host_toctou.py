@@ -230,6 +230,20 @@ def _counts(stdout: str) -> dict[str, int]:
     return ast.literal_eval(stdout.strip().splitlines()[-1])
 
 
+def _escapes_natively(ws: Path, out: Path, argv: list[str]) -> None:
+    """The control: natively the race is won (the program sees its own escape).
+
+    A loaded machine can keep the swapping thread from running at the right
+    moment for one whole run: up to three runs, from the starting position.
+    """
+    for _ in range(3):
+        native = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        if native.returncode == ESCAPED:
+            break
+        _reset(ws, out)
+    assert native.returncode == ESCAPED, (native.stdout, native.stderr)
+
+
 @pytest.mark.parametrize(
     "variant",
     ["dir", "link", "unlink", "chmod", "setxattrat", "fchmod", "futimens", "fsetxattr", "bind"],
@@ -239,9 +253,7 @@ def test_symlink_swap_never_writes_a_write_denied_host_file(
 ) -> None:
     ws, out = world
     argv = [sys.executable, str(ws / "guest.py"), str(ws), str(out), variant]
-    # The control: natively the race is won (the program can see its own escape).
-    native = subprocess.run([*argv, str(N)], capture_output=True, text=True, timeout=120)
-    assert native.returncode == ESCAPED, (native.stdout, native.stderr)
+    _escapes_natively(ws, out, [*argv, str(N)])
     _reset(ws, out)
     r = subprocess.run(
         [sys.executable, "-m", "interposer.cli", "run", "--data", str(ws.parent / "data"),
@@ -282,8 +294,7 @@ def test_symlink_swap_never_reaches_a_read_denied_host_file(
     ws, out = world
     victim = str((out / "f").stat().st_ino)
     argv = [sys.executable, str(ws / "guest.py"), str(ws), str(out), variant]
-    native = subprocess.run([*argv, str(N), victim], capture_output=True, text=True, timeout=120)
-    assert native.returncode == ESCAPED, (native.stdout, native.stderr)
+    _escapes_natively(ws, out, [*argv, str(N), victim])
     _reset(ws, out)
     policy = tmp_path / "read.toml"
     policy.write_text(READ_POLICY)

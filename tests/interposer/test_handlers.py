@@ -53,6 +53,9 @@ class FakeGuest:
     def fd_target(self, fd: int) -> str | None:
         return self.fds.get(fd)
 
+    def fd_writable(self, fd: int) -> bool:
+        return fd in self.fds
+
     def host_cwd(self) -> str:
         return self.cwd
 
@@ -131,6 +134,9 @@ class FakeRepo:
     def repo_path_of(self, host_path: str) -> str | None:
         return next((p for p, h in self.local.items() if h == host_path), None)
 
+    def known_dir(self, path: str) -> bool:
+        return False
+
     def local_copy(self, path: str) -> str | None:
         return None
 
@@ -144,6 +150,9 @@ class FakeHost:
 
     def realpath(self, path: str, follow: bool, guest: tuple[int, int] = (0, 0)) -> str:
         return path
+
+    def take_checked(self, real_path: str, follow: bool) -> int | None:
+        return None
 
     def refused(self, real_path: str) -> bool:
         return real_path.startswith("/cache")
@@ -357,3 +366,22 @@ def test_no_signal_reaches_a_trusted_process(world) -> None:
     assert call("kill", -7, 9) == Fail(errno.EPERM)  # the agent's process group
     assert call("kill", -8, 9) == Continue()
     assert call("kill", (-7) & 0xFFFFFFFF, 9) == Fail(errno.EPERM)  # an int in a 64-bit register
+
+
+def test_open_flags_the_kernel_refuses_or_ignores() -> None:
+    from interposer.handlers import legacy_open_flags, open_flags_valid
+
+    rdwr_tmp = abi.O_TMPFILE | abi.O_RDWR
+    assert open_flags_valid(rdwr_tmp) and open_flags_valid(abi.O_PATH | abi.O_DIRECTORY)
+    for bad in (
+        abi.O_TMPFILE,  # O_RDONLY
+        rdwr_tmp | abi.O_CREAT,
+        (abi.O_TMPFILE & ~abi.O_DIRECTORY) | abi.O_RDWR,  # __O_TMPFILE alone
+        abi.O_CREAT | abi.O_DIRECTORY,
+        abi.O_PATH | abi.O_TRUNC,  # as openat2 sees it
+    ):
+        assert not open_flags_valid(bad), oct(bad)
+    # open(2) drops what O_PATH does not keep (O_PATH|O_TMPFILE is an O_DIRECTORY lookup).
+    assert legacy_open_flags(abi.O_PATH | abi.O_TRUNC | abi.O_RDWR) == abi.O_PATH
+    assert legacy_open_flags(abi.O_PATH | rdwr_tmp) == abi.O_PATH | abi.O_DIRECTORY
+    assert legacy_open_flags(abi.O_RDWR | abi.O_TRUNC) == abi.O_RDWR | abi.O_TRUNC

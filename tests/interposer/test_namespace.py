@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from interposer.namespace import Namespace, Where
+from interposer.namespace import Final, Namespace, Where, last_name
 from protocol.messages import Attrs, FileKind
 
 
@@ -35,9 +35,9 @@ LINKS = {
 }
 
 
-def resolve(path: str, base: str = "/", follow: bool = True):
+def resolve(path: str, base: str = "/", follow: bool = True, final: Final = Final.LOOKUP):
     return Namespace("/data").resolve(
-        path, base, follow=follow, lstat=TREE.get, readlink=LINKS.__getitem__
+        path, base, follow=follow, lstat=TREE.get, readlink=LINKS.__getitem__, final=final
     )
 
 
@@ -95,6 +95,39 @@ def test_kernel_errnos() -> None:
 def test_missing_final_component_is_not_an_error() -> None:
     t = resolve("/data/d/new")
     assert t.where is Where.SYNTH and t.attrs is None
+
+
+def test_entry_names_the_entry_itself_whatever_the_slash() -> None:
+    # mkdir, unlink, rename...: a trailing slash neither follows a final symlink
+    # nor fails on a file; the handler decides (EEXIST, ENOTDIR...).
+    f = resolve("/data/f/", final=Final.ENTRY)
+    assert (f.path, f.attrs, f.must_be_dir) == ("/f", TREE["/f"], True)
+    link = resolve("/data/abs2/", follow=False, final=Final.ENTRY)
+    assert (link.path, link.attrs) == ("/abs2", TREE["/abs2"])
+    with pytest.raises(NotADirectoryError):
+        resolve("/data/abs2/")
+    # A long final name is left for the handler (ENAMETOOLONG once it is looked up),
+    # and is never asked of the repository.
+    asked: list[str] = []
+
+    def lstat(path: str) -> Attrs | None:
+        asked.append(path)
+        return TREE.get(path)
+
+    long = Namespace("/data").resolve(
+        "/data/d/" + "x" * 256, "/", follow=False, lstat=lstat, readlink=LINKS.__getitem__,
+        final=Final.ENTRY,
+    )
+    assert long.attrs is None and asked == ["/", "/d"]
+    with pytest.raises(OSError) as info:  # not the final component: the walk fails
+        resolve("/data/" + "x" * 256 + "/y", final=Final.ENTRY)
+    assert info.value.errno == errno.ENAMETOOLONG
+
+
+def test_last_name_keeps_dot_and_dotdot() -> None:
+    assert [last_name(p) for p in ("/data/d/.", "e/../", "a//b//", "/", "x")] == [
+        ".", "..", "b", "", "x"
+    ]
 
 
 def test_bad_mount_points_are_refused() -> None:

@@ -244,3 +244,33 @@ def test_start_up_imports_stay_light() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout
     assert out == "[] False\n"
+
+
+def _requests(repo: Path, tmp_path: Path, script: str) -> int:
+    """Agent requests of one run of ``sh -c script`` (``--stats``), after checking it worked."""
+    stats = tmp_path / "stats.json"
+    r = run("run", "--data", str(repo), "--stats", str(stats), "--", "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    return int(json.loads(stats.read_text())["agent_requests"])
+
+
+@pytest.mark.parametrize(
+    ("child", "most"),
+    [("/bin/true", 0), ("cat /data/d/w.txt > /dev/null", 1)],
+    ids=["exit", "read-and-exit"],
+)
+def test_children_of_a_writer_cost_no_commit_or_sync(
+    repo: Path, tmp_path: Path, child: str, most: int
+) -> None:
+    """A process that wrote passes that on to its children: their exits and their
+    closes of read-only fds must not each cost a Sync/Commit round trip (at most
+    ``most`` requests per extra child: a cat's Open); the write still lands."""
+
+    def script(n: int) -> str:
+        # The redirect's fd is dup2'ed to stdout and closed before echo writes:
+        # the data reaches the server at the first exit's sync, not at a close.
+        return f"echo w > /data/d/w.txt; for i in $(seq {n}); do {child}; done"
+
+    few, many = _requests(repo, tmp_path, script(2)), _requests(repo, tmp_path, script(6))
+    assert (repo / "d" / "w.txt").read_text() == "w\n"
+    assert many - few <= 4 * most, (few, many)
