@@ -191,7 +191,8 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
         status = _supervise(sup, command)
         if args.stats and sup.stats is not None:
             sup.stats.update(
-                agent_requests=remote.requests, agent_ns=remote.agent_ns, denials=env.denials
+                agent_requests=remote.requests, agent_ns=remote.agent_ns, denials=env.denials,
+                listener_probes=sum(listener.probes for listener in listeners),
             )
             with open(args.stats, "w", encoding="utf-8") as f:
                 json.dump(sup.stats, f, indent=1)
