@@ -534,7 +534,26 @@ def test_restarted_agent_is_still_out_of_reach(stack: Stack) -> None:
     assert g.lines[0] == f"first {errno.EPERM}", g.show()
     agent.stop(signal.SIGKILL)
     restarted = stack.start_agent()
-    newpid.write_text(str(restarted.pid))
+    newpid.with_suffix(".tmp").write_text(str(restarted.pid))
+    newpid.with_suffix(".tmp").rename(newpid)  # whole: the guest reads it at once
+    rc = g.finish(HANG)
+    assert rc == 0, g.show()
+    assert g.lines[-1] == f"restarted {errno.EPERM}", g.show()
+
+
+def test_restarted_server_is_still_out_of_reach(stack: Stack) -> None:
+    """--agent with a local server: the server that replaced a killed one gets EPERM too,
+    before any guest request has made the agent register with it."""
+    server = stack.start_server()
+    stack.start_agent()
+    newpid = stack.tmp / "newpid"
+    g = Guest(["--agent", stack.agent_ep], SIGNAL_PROBE, str(server.pid), str(newpid))
+    assert g.wait_for(lambda _rs: any(x.startswith("first") for x in g.lines), 30), g.show()
+    assert g.lines[0] == f"first {errno.EPERM}", g.show()
+    server.stop(signal.SIGKILL)
+    restarted = stack.start_server()
+    newpid.with_suffix(".tmp").write_text(str(restarted.pid))
+    newpid.with_suffix(".tmp").rename(newpid)  # whole: the guest reads it at once
     rc = g.finish(HANG)
     assert rc == 0, g.show()
     assert g.lines[-1] == f"restarted {errno.EPERM}", g.show()
