@@ -20,6 +20,12 @@ Usage::
     # both processes are gone (SIGTERM, then SIGKILL after a grace period)
     # and the work directory is removed.
 
+If the launcher dies without cleaning up (SIGKILL), the agent is told at once
+(``PR_SET_PDEATHSIG``: SIGTERM, so it finishes the request in hand, an upload
+included) and the server stays while the agent does: it stops when every
+holder of its lifeline pipe (the launcher and the agent) has gone. Both are
+gone within moments of the launcher, and no upload in flight is cut off.
+
 Both processes start in parallel (the agent's registration waits in ZeroMQ's
 queue until the server binds); the stack is ready when both have written
 ``ready`` on their ready fd. A process that exits or stays silent past
@@ -175,6 +181,7 @@ def starting(
     workdir = tempfile.mkdtemp(prefix="synthfs-", dir=_runtime_base())
     os.chmod(workdir, 0o700)
     procs: list[_Proc] = []
+    lifeline: int | None = None
     try:
         key_path = os.path.join(workdir, "bootstrap.key")
         key = os.urandom(32).hex().encode()  # what secrets.token_hex does, without its imports
@@ -200,8 +207,16 @@ def starting(
                        "--publish", pub_ep]
         if token_ttl is not None:
             server_argv += ["--token-ttl", f"{token_ttl:g}"]
+        # The server's lifeline: it stops at EOF, once this process and the agent
+        # (the write end's holders) have both gone; no PDEATHSIG of its own.
+        life_r, life_w = os.pipe()
+        lifeline = life_w
+        server_argv += ["--lifeline-fd", str(life_r)]
         spawned = time.monotonic()
-        server = _spawn("server", server_argv, workdir, env, [])
+        try:
+            server = _spawn("server", server_argv, workdir, env, [life_r], die_with_parent=False)
+        finally:
+            os.close(life_r)
         procs.append(server)
 
         key_r, key_w = os.pipe()
@@ -215,7 +230,7 @@ def starting(
                 agent_argv += ["--cache-size", str(cache_size)]
             if attr_ttl is not None:
                 agent_argv += ["--attr-ttl", f"{attr_ttl:g}"]
-            agent = _spawn("agent", agent_argv, workdir, env, [key_r])
+            agent = _spawn("agent", agent_argv, workdir, env, [key_r, life_w])
             procs.append(agent)
         finally:
             os.close(key_r)
@@ -240,7 +255,7 @@ def starting(
         )
         yield Launch(procs, key_path, spawned + startup_timeout, startup_timeout, stack)
     finally:
-        _stop(procs)
+        _stop(procs, lifeline)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -272,7 +287,8 @@ def _die_with_parent() -> None:
 
 
 def _spawn(
-    name: str, argv: list[str], workdir: str, env: dict[str, str], pass_fds: list[int]
+    name: str, argv: list[str], workdir: str, env: dict[str, str], pass_fds: list[int],
+    die_with_parent: bool = True,
 ) -> _Proc:
     ready_r, ready_w = os.pipe()
     argv = [*argv, "--ready-fd", str(ready_w)]
@@ -281,11 +297,12 @@ def _spawn(
         try:
             # A new session: a Ctrl-C meant for the guests does not stop the agent
             # before it has uploaded their writes. PDEATHSIG: if this process dies
-            # without cleaning up (SIGKILL), its server and agent die too.
+            # without cleaning up (SIGKILL), the agent stops too (the server follows
+            # it through its lifeline).
             p = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 pass_fds=[ready_w, *pass_fds], cwd="/", start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent if die_with_parent else None,
             )
         except BaseException:
             os.close(ready_r)
@@ -320,15 +337,21 @@ def _wait_ready(procs: list[_Proc], deadline: float, timeout: float) -> None:
                 )
 
 
-def _stop(procs: list[_Proc]) -> None:
-    for p in procs:
+def _stop(procs: list[_Proc], lifeline: int | None = None) -> None:
+    """Stop the agent first (it may be finishing an upload to the server), then the server.
+
+    Each gets SIGTERM, then SIGKILL after ``GRACE`` seconds; the launcher's end of the
+    server's lifeline closes once the agent has gone.
+    """
+    for p in reversed(procs):  # spawned server first, agent second
+        if p.name == "server" and lifeline is not None:
+            os.close(lifeline)
+            lifeline = None
         if p.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 p.popen.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + GRACE
-    for p in procs:
         try:
-            p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            p.popen.wait(timeout=GRACE)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 p.popen.kill()
@@ -337,3 +360,5 @@ def _stop(procs: list[_Proc]) -> None:
             with contextlib.suppress(OSError):
                 os.close(p.ready_fd)
             p.ready_fd = None
+    if lifeline is not None:
+        os.close(lifeline)

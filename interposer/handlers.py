@@ -2272,7 +2272,8 @@ def sys_memguard_shmat(call: Call, env: Env) -> Result:
 
 @handler
 def sys_signal_guard(call: Call, env: Env) -> Result:
-    """kill, tkill, tgkill, rt_(tg)sigqueueinfo, pidfd_open: never toward a trusted process.
+    """kill, tkill, tgkill, rt_(tg)sigqueueinfo, pidfd_open, and prlimit64 and
+    sched_set* (another process's limits, scheduling): never toward a trusted process.
 
     The first argument is the target (a pid, tgid or tid). kill(-1) (every
     process the user may signal) is refused, and so is kill(-PGID) of the

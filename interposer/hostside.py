@@ -8,6 +8,14 @@ answer is checked against the paths no guest may name: the agent's cache,
 socket and key, the supervisor's private directory, ``/proc/PID/mem`` of any
 process and ``/proc/PID`` of the trusted processes.
 
+Trusted processes: the supervisor, and whoever serves the agent's (and, with
+``--data``, the server's) ``ipc://`` socket *now*. A restarted agent has a new
+pid; the kernel says whose it is (:class:`Listener`: ``SO_PEERCRED`` of a
+connection to the socket), asked only when a guest names a pid that is
+neither trusted nor a guest, and cached until the socket file or its
+listener changes. While nobody listens (the agent is away), every such pid is
+refused: a starting agent is protected before its first answer.
+
 Placeholders: an open synthetic directory is, to the kernel, an fd on a fresh
 empty directory under the private directory; the supervisor maps it back to
 the repository path (getdents, fchdir, ``*at`` calls are emulated).
@@ -20,13 +28,16 @@ import errno
 import os
 import re
 import shutil
+import socket
 import stat
+import struct
+import time
 from collections.abc import Callable, Iterable
 
 from interposer import abi
 from interposer.ports import DirHandle
 
-__all__ = ["HostSide"]
+__all__ = ["HostSide", "Listener"]
 
 _PROC_PID = re.compile(r"^/proc/(\d+)(/.*)?$")
 _MEM = re.compile(r"^/proc/\d+(/task/\d+)?/mem$")
@@ -47,9 +58,88 @@ def _guest_self(path: str, guest: tuple[int, int]) -> str:
     return path
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+#: How long :func:`peer_pid` retries a listener whose backlog is full (seconds).
+_BACKLOG_WAIT = 0.05
+
+
+def peer_pid(path: str) -> int | None:
+    """The pid of the process listening on the unix socket ``path`` (None: nobody).
+
+    The kernel records the listener's credentials at ``listen()`` and hands
+    them to every client as ``SO_PEERCRED``. The connection closes at once,
+    before any byte is sent: a ZeroMQ listener drops it silently. Never
+    blocks: a full backlog is retried for up to ``_BACKLOG_WAIT`` seconds,
+    then answers None (the caller fails closed).
+    """
+    deadline = time.monotonic() + _BACKLOG_WAIT
+    while True:
+        probe = socket.socket(
+            socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        )
+        try:
+            probe.connect(path)
+            cred = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            pid = struct.unpack("3i", cred)[0]
+            return pid if pid > 0 else None
+        except BlockingIOError:  # the backlog is full: the listener accepts in a moment
+            if time.monotonic() > deadline:
+                return None
+        except OSError:  # ENOENT, ECONNREFUSED (a stale socket file): nobody listens
+            return None
+        finally:
+            probe.close()
+        time.sleep(0.002)
+
+
+class Listener:
+    """Who serves a unix socket now: learned from the kernel, kept while it holds.
+
+    The answer is cached with the socket file's inode (a restarted ZeroMQ
+    listener binds a new file): a check costs a ``stat`` and a ``kill(pid, 0)``
+    while the file and its listener stay; a connection (:func:`peer_pid`) when
+    either changed.
+    """
+
+    def __init__(self, path: str, pid: int | None = None) -> None:
+        self.path = path
+        #: the last listener learned (or the one the caller knew at start)
+        self.pid = pid
+        self._ino: int | None = None
+        #: connections made to learn the listener (for tests and ``--stats``)
+        self.probes = 0
+
+    def current(self) -> int | None:
+        """The listener's pid now; None when nobody listens (or it cannot be told)."""
+        try:
+            ino = os.stat(self.path).st_ino
+        except OSError:
+            return None
+        if ino == self._ino and self.pid is not None and _alive(self.pid):
+            return self.pid
+        self.probes += 1
+        pid = peer_pid(self.path)
+        if pid is not None:
+            self.pid, self._ino = pid, ino
+        return pid
+
+
 class HostSide:
     def __init__(
-        self, private_dir: str, refused: Iterable[str], trusted_pids: Iterable[int]
+        self,
+        private_dir: str,
+        refused: Iterable[str],
+        trusted_pids: Iterable[int],
+        listeners: Iterable[Listener] = (),
     ) -> None:
         self.private_dir = os.path.realpath(private_dir)
         self._dirs = os.path.join(self.private_dir, "dirs")
@@ -60,6 +150,16 @@ class HostSide:
                 roots.add(os.path.realpath(path))
         self.refused_roots = tuple(sorted(roots))
         self.trusted_pids = {int(p) for p in trusted_pids}
+        #: the trusted sockets (the agent's, the server's): their listeners are trusted
+        self.listeners = tuple(listeners)
+        for listener in self.listeners:
+            if listener.pid is not None:
+                self.trusted_pids.add(listener.pid)
+        #: whether a pid or tid is a guest's (set by the supervisor; a guest is never trusted)
+        self.is_guest: Callable[[int], bool] = lambda _pid: False
+        #: more trusted pids, read when asked (the agent's latest Welcome, set by run.py);
+        #: None when one of them cannot be told now (a dead server not yet replaced)
+        self.also_trusted: Callable[[], Iterable[int] | None] = lambda: ()
         self._handles: dict[str, DirHandle] = {}
         #: (real path, follow, O_PATH fd) of the last resolution, for :meth:`take_checked`
         self._kept: tuple[str, bool, int] | None = None
@@ -162,22 +262,46 @@ class HostSide:
         return cur or "/"
 
     def trusted(self, pid: int) -> bool:
-        """Whether ``pid`` (a process or any of its threads) is a trusted process."""
+        """Whether ``pid`` (a process or any of its threads) is a trusted process.
+
+        A guest's pid answers at once; any other pid that is not known to be
+        trusted makes the listeners say who they are now (a restarted agent),
+        and is refused while one of them cannot say (nobody listens), or while
+        a server the agent named is dead and not yet replaced: fail closed.
+        """
         if pid in self.trusted_pids:
             return True
-        try:
-            with open(f"/proc/{pid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"Tgid:"):
-                        return int(line.split()[1]) in self.trusted_pids
-        except (OSError, ValueError):
-            pass
-        return False
+        if self.is_guest(pid):
+            return False
+        also = self.also_trusted() if self._learn() else None
+        if also is None:
+            return True
+        group = self.trusted_pids.union(also)
+        if pid in group:
+            return True
+        # A thread of a trusted process (/proc/TID works as /proc/PID does): a stat
+        # per trusted process costs less than reading the pid's status file.
+        return any(os.path.exists(f"/proc/{tp}/task/{pid}") for tp in group)
+
+    def _learn(self) -> bool:
+        """Trust whoever serves the trusted sockets now; False when one has no listener."""
+        known = True
+        for listener in self.listeners:
+            old = listener.pid
+            pid = listener.current()
+            if pid is None:
+                known = False
+            elif pid != old:
+                self.trusted_pids.add(pid)
+                if old is not None and not _alive(old):
+                    self.trusted_pids.discard(old)  # its pid may come back as a guest's
+        return known
 
     def trusted_group(self, pgid: int) -> bool:
         """Whether ``pgid`` is the process group of the agent or the server."""
+        self._learn()
         me = os.getpid()
-        for pid in self.trusted_pids:
+        for pid in self.trusted_pids.union(self.also_trusted() or ()):
             if pid != me:
                 with contextlib.suppress(OSError):
                     if os.getpgid(pid) == pgid:
@@ -192,7 +316,7 @@ class HostSide:
             if _MEM.match(real_path):
                 return True
             m = _PROC_PID.match(real_path)
-            if m and int(m.group(1)) in self.trusted_pids:
+            if m and self.trusted(int(m.group(1))):
                 return True
         return False
 

@@ -66,6 +66,16 @@ _LEASE_FLAGS = (
 )  # 0o100000: O_LARGEFILE (0 in Python's os on x86_64, set by 32-bit-era callers)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 class Remote:
     """The repository as the agent serves it, with the interposer's caches."""
 
@@ -165,6 +175,23 @@ class Remote:
         self.trusted_pids = welcome.trusted_pids
         self._agent_pid = welcome.trusted_pids[0]
         self._agent_lost = False
+
+    def trusted_now(self) -> tuple[int, ...] | None:
+        """The pids the agent vouches for (itself, a local server), asked again when
+        one of them has died (a restarted server); None while one is still dead.
+
+        Costs a ``kill(pid, 0)`` a pid while they all live; a hello when one died.
+        """
+        if all(_alive(p) for p in self.trusted_pids):
+            return self.trusted_pids
+        try:
+            welcome = self._ask(Hello(version=PROTOCOL_VERSION))
+        except OSError:
+            return None
+        if isinstance(welcome, Welcome) and welcome.trusted_pids:
+            self.trusted_pids = welcome.trusted_pids
+            self._agent_pid = welcome.trusted_pids[0]
+        return self.trusted_pids if all(_alive(p) for p in self.trusted_pids) else None
 
     def _ask(self, msg: Message, bulk: bool = False) -> Message:
         self.requests += 1

@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) -> int:
     """Everything after the embedded pair's spawn: policy, filter, agent, guest."""
     from interposer.filter import build_filter
-    from interposer.hostside import HostSide
+    from interposer.hostside import HostSide, Listener
     from interposer.namespace import Namespace
     from interposer.policy import Policy, PolicyError
     from interposer.remote import Remote
@@ -148,11 +148,13 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
     except OSError as exc:
         return _fail(f"cannot build the seccomp filter ({exc}); is libseccomp2 installed?", 125)
     trusted: tuple[int, ...] = ()
+    server_socket = ""
     if launch is None:
         endpoint = args.agent
     else:
         stack = launch.ready()  # both up, the key file gone: only now may a guest run
         endpoint, trusted = stack.agent_endpoint, (stack.server_pid, stack.agent_pid)
+        server_socket = _socket_path(stack.server_endpoint)
     audit = open(args.audit, "a", encoding="utf-8") if args.audit else None  # noqa: SIM115
     private = tempfile.mkdtemp(prefix="synthfs-run-")
     try:
@@ -160,21 +162,37 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
             remote = Remote(endpoint)
         except OSError as exc:
             return _fail(f"cannot reach the agent at {endpoint}: {exc.strerror or exc}", 125)
-        socket_path = endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else ""
+        socket_path = _socket_path(endpoint)
+        # Whoever serves these sockets is trusted, a restarted agent too (learned when
+        # a guest names a pid); with --data the server cannot restart (nothing restarts
+        # it), its socket is watched the same way all the same.
+        listeners = [
+            Listener(path, pid)
+            for path, pid in (
+                (socket_path, remote.trusted_pids[0] if remote.trusted_pids else None),
+                (server_socket, trusted[0] if trusted else None),
+            )
+            if path
+        ]
         host = HostSide(
             private,
             (*remote.refused_paths, socket_path),
             (os.getpid(), *trusted, *remote.trusted_pids),
+            listeners,
         )
+        # The agent names its server (--agent: it may restart; asked again when it died).
+        host.also_trusted = remote.trusted_now
         env = RunEnv(ns, remote, host, policy, audit, args.audit_all)
         sup = Supervisor(env, compiled, on_exec=env.identify)
         host.live_fd_targets = lambda: _live_targets(sup.procs)
+        host.is_guest = sup.threads.__contains__
         if args.stats:
             sup.stats = {}
         status = _supervise(sup, command)
         if args.stats and sup.stats is not None:
             sup.stats.update(
-                agent_requests=remote.requests, agent_ns=remote.agent_ns, denials=env.denials
+                agent_requests=remote.requests, agent_ns=remote.agent_ns, denials=env.denials,
+                listener_probes=sum(listener.probes for listener in listeners),
             )
             with open(args.stats, "w", encoding="utf-8") as f:
                 json.dump(sup.stats, f, indent=1)
@@ -183,6 +201,11 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
         if audit is not None:
             audit.close()
         shutil.rmtree(private, ignore_errors=True)
+
+
+def _socket_path(endpoint: str) -> str:
+    """The file of an ``ipc://`` endpoint ("" for any other transport)."""
+    return endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else ""
 
 
 def _live_targets(procs: dict[int, Proc]) -> Iterator[str]:

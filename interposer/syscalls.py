@@ -159,6 +159,8 @@ def _deny(name: str, nr: int, err: int, note: str) -> SyscallSpec:
     )
 
 
+#: A pid argument (the first) that names another process: 0 is the caller itself.
+_other_pid = ((Cond(0, "NE", 0),),)
 _TMPFILE_NOTE = "a valid O_TMPFILE on a /data directory: EOPNOTSUPP (no unnamed files there)"
 
 TABLE: tuple[SyscallSpec, ...] = (
@@ -515,6 +517,13 @@ TABLE: tuple[SyscallSpec, ...] = (
     _row("rt_sigqueueinfo", 129, (N, N, IN), Level.GUARD, "sys_signal_guard"),
     _row("rt_tgsigqueueinfo", 297, (N, N, N, IN), Level.GUARD, "sys_signal_guard"),
     _row("pidfd_open", 434, (N, N), Level.GUARD, "sys_signal_guard", "no pidfd on a trusted process (pidfd_send_signal needs one)"),
+    # another process's limits and scheduling (0: the caller's own, not trapped): a lowered
+    # RLIMIT_CPU kills with SIGXCPU, a lowered RLIMIT_NOFILE starves a server
+    _row("prlimit64", 302, (N, N, N, N), Level.GUARD, "sys_signal_guard", "refused (EPERM) toward the supervisor, agent and server", when=_other_pid),
+    _row("sched_setaffinity", 203, (N, N, N), Level.GUARD, "sys_signal_guard", when=_other_pid),
+    _row("sched_setscheduler", 144, (N, N, N), Level.GUARD, "sys_signal_guard", when=_other_pid),
+    _row("sched_setparam", 142, (N, N), Level.GUARD, "sys_signal_guard", when=_other_pid),
+    _row("sched_setattr", 314, (N, N, N), Level.GUARD, "sys_signal_guard", when=_other_pid),
     _deny(
         "ptrace", 101, errno.EPERM, "guests may not trace (the supervisor, the agent or each other)"
     ),

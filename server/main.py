@@ -15,16 +15,20 @@ endpoint and a tunnel, or with CURVE.
 
 Prints ``synthfs server: serving ROOT on ENDPOINT`` on stderr once the socket
 is bound (and writes ``ready`` to ``--ready-fd`` for launchers), then serves
-until SIGTERM or SIGINT.
+until SIGTERM or SIGINT, or (``--lifeline-fd``) until every holder of a pipe's
+write end has gone: the embedded launcher and its agent hold it, so the server
+outlives an agent that finishes an upload after its launcher was killed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 from protocol.curve import remote_tcp
@@ -86,6 +90,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--ready-fd", type=int, metavar="N", default=None,
                         help="write 'ready' to fd N and close it once the socket is bound")
+    parser.add_argument("--lifeline-fd", type=int, metavar="N", default=None,
+                        help="stop when fd N (a pipe's read end) reads end-of-file: when "
+                        "every process holding its write end has gone")
+
+
+def _watch_lifeline(fd: int, stop_w: int) -> None:
+    """Wait for end-of-file on ``fd``, then end the serving loop (as a signal would)."""
+    try:
+        while os.read(fd, 64):
+            pass
+    except OSError as exc:
+        log.warning("--lifeline-fd %d: %s", fd, exc.strerror)
+        return
+    log.info("lifeline: every holder has gone")
+    with contextlib.suppress(OSError):  # already stopping: the pipe is full
+        os.write(stop_w, b"\0")
 
 
 def check_endpoint(endpoint: str, curve: bool) -> None:
@@ -175,6 +195,10 @@ def main(args: argparse.Namespace) -> int:
         signal.set_wakeup_fd(stop_w, warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: None)  # the wakeup fd ends the loop
+        if args.lifeline_fd is not None:
+            # its own copy of stop_w: the thread may outlive this function's close of it
+            threading.Thread(target=_watch_lifeline, args=(args.lifeline_fd, os.dup(stop_w)),
+                             name="lifeline", daemon=True).start()
         if args.publish:
             print(f"synthfs server: invalidations on {server.bound_publish}", file=sys.stderr)
         if curve is not None:

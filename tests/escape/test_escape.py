@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -379,6 +380,10 @@ TRUSTED = [
     Attack("ptrace_agent", ("paths", "ptrace_attach", "{data}", "{agent_pid}")),
     Attack("proc_mem_agent", ("paths", "proc_mem_read", "{data}", "{agent_pid}")),
     Attack("process_vm_readv_agent", ("paths", "process_vm_readv", "{data}", "{agent_pid}")),
+    Attack("prlimit_agent", ("paths", "prlimit", "{data}", "{agent_pid}")),
+    Attack("prlimit_server", ("paths", "prlimit", "{data}", "{server_pid}")),
+    Attack("prlimit_supervisor", ("paths", "prlimit", "{data}", "ppid")),
+    Attack("sched_setaffinity_agent", ("paths", "sched_setaffinity", "{data}", "{agent_pid}")),
 ]
 
 
@@ -511,6 +516,60 @@ def test_scratch_page(attack, native_world, synthfs_world, cbin, tmp_path) -> No
 @pytest.mark.parametrize("attack", TRUSTED, ids=_ids(TRUSTED))
 def test_trusted_process_attack(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
     run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+#: Attacks on a restarted agent (a new pid the supervisor did not know at start).
+RESTARTED = ["signal", "signal_group", "proc_environ", "proc_fd_list", "proc_mem_read",
+             "prlimit"]
+
+
+@pytest.mark.parametrize("mode", RESTARTED)
+def test_restarted_agent_attack(mode, native_world, kernel_ok, tmp_path) -> None:
+    """The agent is killed and restarted while a guest waits: the guest attacks the
+    new pid before it ever asks /data anything, and is refused as for the first."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
+    from agent_stack import Stack
+
+    def argv(data: str, pidfile: Path) -> list[str]:
+        return [sys.executable, "-I", str(ATTACKS / "paths.py"), mode, data, f"@{pidfile}"]
+
+    native_pid = tmp_path / "native.pid"
+    native_pid.write_text(str(native_world.agent_pid))
+    control = helpers.run_native(argv(native_world.data, native_pid), cwd=tmp_path)
+    assert control.status == ESCAPED, f"the control proves nothing\n{control.show()}"
+    (tmp_path / "stack").mkdir()
+    stack = Stack(tmp_path / "stack")
+    pidfile = tmp_path / "agent.pid"
+    guest = None
+    try:
+        stack.start_server()
+        first = stack.start_agent()
+        guest = subprocess.Popen(
+            [*helpers.synthfs_command(), "run", "--agent", stack.agent_ep, "--",
+             *argv("/data", pidfile)],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        waiting = Path(f"{pidfile}.waiting")
+        for _ in range(1500):
+            if waiting.exists() or guest.poll() is not None:
+                break
+            time.sleep(0.02)
+        assert waiting.exists(), "the guest never started waiting"
+        first.stop(signal.SIGKILL)
+        second = stack.start_agent()
+        assert second.pid != first.pid
+        pidfile.with_suffix(".tmp").write_text(str(second.pid))
+        pidfile.with_suffix(".tmp").rename(pidfile)
+        out, _ = guest.communicate(timeout=helpers.TIMEOUT)
+        print(f"synthfs: exit {guest.returncode}: {out.strip()[-300:]}")
+        assert guest.returncode != ESCAPED, f"ESCAPED: {mode} on the restarted agent\n{out}"
+        assert guest.returncode == 0, out
+        assert stack.agent is not None and stack.agent.popen.poll() is None, "agent killed"
+    finally:
+        if guest is not None and guest.poll() is None:
+            guest.kill()
+            guest.wait()
+        stack.stop()
 
 
 def _toctou(op: str, forbidden: str, n: int, policy: str | None = None) -> Attack:

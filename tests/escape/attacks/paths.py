@@ -8,6 +8,9 @@ reach (a canary in the agent's cache, the bootstrap key, the agent's socket,
 a pid...). MARKER, when given, is the content that proves the file read is
 the forbidden one.
 
+TARGET ``@FILE`` (a pid to come): the attack creates ``FILE.waiting``, waits
+up to 30 s for FILE, and attacks the pid FILE names (a restarted agent).
+
 Exit status (nsjail style): 66 = the forbidden thing happened; 0 = refused
 as expected; 3 = refused, but not the way the case requires (e.g. wrong
 errno); 2 = usage or setup error. One line on stdout says what happened.
@@ -21,6 +24,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 
 ESCAPED, REFUSED, ODD, USAGE = 66, 0, 3, 2
 DEEP = "../" * 40  # more than enough `..` to reach / from anywhere
@@ -51,6 +55,19 @@ def read_and_judge(path_or_fd, marker, how, *, dir_fd=None):
     out(ODD, f"{how}: read something else: {data[:40]!r}")
 
 
+def pid_to_come(target):
+    """``@FILE``: say we wait (FILE.waiting), then the pid FILE names once it exists."""
+    path = target[1:]
+    open(path + ".waiting", "w").close()
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            out(USAGE, f"{path} never came")
+        time.sleep(0.02)
+    with open(path) as f:
+        return f.read().strip()
+
+
 def rel(target):
     return target.lstrip("/")
 
@@ -61,6 +78,8 @@ def main():
     mode, data, target = sys.argv[1:4]
     marker = sys.argv[4] if len(sys.argv) > 4 else None
     libc = ctypes.CDLL(None, use_errno=True)
+    if target.startswith("@"):
+        target = pid_to_come(target)
 
     if mode == "abs":
         read_and_judge(target, marker, "absolute path")
@@ -270,6 +289,35 @@ def main():
         except OSError as e:
             out(REFUSED, f"killpg(its group, SIGCONT): refused ({fail_name(e)})")
         out(ESCAPED, "killpg(its group, SIGCONT) succeeded: ESCAPED")
+    elif mode == "prlimit":
+        # set its RLIMIT_CPU to what it is (a lower one would kill it with SIGXCPU)
+        import resource
+
+        if target == "ppid":
+            target = str(os.getppid())
+        pid = int(target)
+        try:
+            resource.prlimit(pid, resource.RLIMIT_CPU, resource.prlimit(pid, resource.RLIMIT_CPU))
+        except OSError as e:
+            out(REFUSED, f"prlimit(pid, RLIMIT_CPU): refused ({fail_name(e)})")
+        out(ESCAPED, "prlimit(pid, RLIMIT_CPU) set: ESCAPED (the guest may change its limits)")
+    elif mode == "sched_setaffinity":
+        if target == "ppid":
+            target = str(os.getppid())
+        pid = int(target)
+        try:
+            os.sched_setaffinity(pid, os.sched_getaffinity(pid))
+        except OSError as e:
+            out(REFUSED, f"sched_setaffinity(pid): refused ({fail_name(e)})")
+        out(ESCAPED, "sched_setaffinity(pid) succeeded: ESCAPED")
+    elif mode == "proc_environ":
+        read_and_judge(f"/proc/{int(target)}/environ", None, "/proc/PID/environ")
+    elif mode == "proc_fd_list":
+        try:
+            fds = os.listdir(f"/proc/{int(target)}/fd")
+        except OSError as e:
+            out(REFUSED, f"/proc/PID/fd listing: refused ({fail_name(e)})")
+        out(ESCAPED, f"/proc/PID/fd listing: ESCAPED {len(fds)} fds")
     elif mode == "ptrace_attach":
         pid = int(target)
         if libc.ptrace(16, pid, None, None) != 0:  # PTRACE_ATTACH
