@@ -182,6 +182,17 @@ _openat2.restype = ctypes.c_long
 _HOWS: dict[tuple[int, int], bytes] = {}
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one this process may not signal too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def host_openat2(path: str, flags: int, resolve: int) -> int:
     """openat2(AT_FDCWD, path, {flags, 0, resolve}) in the supervisor (raises OSError)."""
     how = _HOWS.get((flags, resolve))

@@ -58,16 +58,6 @@ def _guest_self(path: str, guest: tuple[int, int]) -> str:
     return path
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 #: How long :func:`peer_pid` retries a listener whose backlog is full (seconds).
 _BACKLOG_WAIT = 0.05
 
@@ -124,7 +114,7 @@ class Listener:
             ino = os.stat(self.path).st_ino
         except OSError:
             return None
-        if ino == self._ino and self.pid is not None and _alive(self.pid):
+        if ino == self._ino and self.pid is not None and abi.pid_alive(self.pid):
             return self.pid
         self.probes += 1
         pid = peer_pid(self.path)
@@ -293,7 +283,7 @@ class HostSide:
                 known = False
             elif pid != old:
                 self.trusted_pids.add(pid)
-                if old is not None and not _alive(old):
+                if old is not None and not abi.pid_alive(old):
                     self.trusted_pids.discard(old)  # its pid may come back as a guest's
         return known
 

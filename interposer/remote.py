@@ -29,6 +29,7 @@ from attrs import evolve
 from agent.leases import LeaseFeed, Leases
 from agent.leases import signature as copy_signature
 from agent.naming import object_name
+from interposer import abi
 from protocol.client import Client, Unreachable
 from protocol.messages import (
     PROTOCOL_VERSION,
@@ -64,16 +65,6 @@ BULK_TIMEOUT = 3600.0
 _LEASE_FLAGS = (
     os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NOATIME | 0o100000
 )  # 0o100000: O_LARGEFILE (0 in Python's os on x86_64, set by 32-bit-era callers)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 class Remote:
@@ -182,7 +173,7 @@ class Remote:
 
         Costs a ``kill(pid, 0)`` a pid while they all live; a hello when one died.
         """
-        if all(_alive(p) for p in self.trusted_pids):
+        if all(abi.pid_alive(p) for p in self.trusted_pids):
             return self.trusted_pids
         try:
             welcome = self._ask(Hello(version=PROTOCOL_VERSION))
@@ -191,7 +182,7 @@ class Remote:
         if isinstance(welcome, Welcome) and welcome.trusted_pids:
             self.trusted_pids = welcome.trusted_pids
             self._agent_pid = welcome.trusted_pids[0]
-        return self.trusted_pids if all(_alive(p) for p in self.trusted_pids) else None
+        return self.trusted_pids if all(abi.pid_alive(p) for p in self.trusted_pids) else None
 
     def _ask(self, msg: Message, bulk: bool = False) -> Message:
         self.requests += 1
