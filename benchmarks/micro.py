@@ -6,15 +6,14 @@ resume, decoding (GETREGS and copying the path out), namespace resolution and
 the policy decision, the agent round trip (for synthetic paths), and the
 resume (SETREGS, CONT, the exit stop when a register was rewritten).
 
-Two levels. :func:`measure_end_to_end` works today: loops of one syscall
-timed *inside* the guest (so start-up is excluded), natively and under
-``synthfs run --agent``, ``strace --seccomp-bpf`` (a C tracer stopping on the
-same file syscalls) and the bare one-rule seccomp filter; the difference per
-call is the supervisor's whole cost. The breakdown by phase is the stub the
-interposer's author fills in: the boundary is :func:`measure_supervisor`,
-which must return one :class:`Breakdown` per scenario (it needs timers in the
-supervisor loop). Until then ``--micro`` prints the end-to-end table and says
-the breakdown is not available; nothing here guesses numbers.
+Two levels. :func:`measure_end_to_end`: loops of one syscall timed *inside*
+the guest (so start-up is excluded), natively and under ``synthfs run
+--agent``, ``strace --seccomp-bpf`` (a C tracer stopping on the same file
+syscalls) and the bare one-rule seccomp filter; the difference per call is the
+supervisor's whole cost. :func:`measure_supervisor`: the same loops under the
+supervisor's phase timers (``synthfs run --stats``), one :class:`Breakdown`
+per scenario — a run of the loop and a run without it, the difference divided
+by the iterations, so start-up and teardown cancel out.
 
 Trusts: the interposer it measures.
 """
@@ -40,8 +39,8 @@ __all__ = [
 SCENARIOS = {
     "host-stat": "stat() of a host path: trapped, checked, continued (target <= 15 us)",
     "data-stat-cached": "stat() of /data/x answered from the agent's attribute cache",
-    "data-open-warm": "open()+close() of /data/x: one agent round trip, the agent's promise "
-    "spares the server round trip",
+    "data-open-warm": "open()+close() of /data/x: a lease the interposer holds spares the "
+    "agent round trip",
     "getpid": "getpid(): not trapped (the seccomp filter's cost only, ~40 ns)",
 }
 
