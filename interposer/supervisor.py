@@ -217,6 +217,11 @@ class Supervisor:
                 os._exit(127)
             os._exit(127)
         _, status = os.waitpid(pid, pt.WALL)
+        if os.WIFEXITED(status):
+            # Before its SIGSTOP the child only asks to be traced: that was refused.
+            raise PermissionError(
+                errno.EPERM, "PTRACE_TRACEME was refused (is synthfs itself being traced?)"
+            )
         if not os.WIFSTOPPED(status):
             raise OSError(
                 errno.ECHILD, f"guest did not stop after PTRACE_TRACEME (status {status:#x})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -81,6 +82,17 @@ def test_clear_errors(repo: Path, tmp_path: Path) -> None:
     assert r.returncode == 2 and "no command" in r.stderr
     r = run("run", "--bogus-flag", "--", "true")
     assert r.returncode == 2 and "unrecognized arguments" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (.ci/setup installs it)")
+def test_a_traced_synthfs_says_so(repo: Path) -> None:
+    """Under another tracer (strace -f) the guest cannot be traced: a clear error, no traceback."""
+    r = subprocess.run(
+        ["strace", "-f", "-o", "/dev/null", *SYNTHFS, "run", "--data", str(repo), "--", "true"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 125, r.stderr
+    assert "PTRACE_TRACEME was refused" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_read_only(repo: Path) -> None:
