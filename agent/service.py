@@ -32,7 +32,10 @@ raising ``OSError``; the I/O loop in :mod:`agent.main` turns exceptions into
   holds on the path (then no round trip at all), fetches when the version
   changed and the local copy is clean and not open for writing (a copy open
   for writing stays shared until its ``Commit``), and returns the cache
-  file's host path.
+  file's host path. An ``O_CREAT`` open of a path the agent knows nothing of
+  tries an exclusive create first (one round trip instead of a Stat and a
+  create; EEXIST: it exists, and is opened as above); no create ever replaces
+  a file another client made meanwhile.
 * ``Commit`` uploads a changed local copy; a clean one is answered at once.
 * With a lease channel (:mod:`agent.leases`), a read-only ``Open`` of a clean
   copy under a callback promise carries a lease: the interposer opens that copy
@@ -562,6 +565,12 @@ class AgentService:
         if writing or flags & (os.O_CREAT | os.O_TRUNC):
             self._void(path)  # before anything changes: readers must ask again
         e = self._entry(path)
+        if flags & os.O_CREAT and e is None and path not in self._attrs:
+            # Nothing known of it: such an open usually creates. One exclusive create
+            # instead of a Stat and then a create; EEXIST: open what is there, below.
+            created = self._create(path, msg.mode, pin=writing)
+            if created is not None:
+                return created
         try:
             promised = self._promised(path) if e is not None else None
             if promised is not None:
@@ -578,7 +587,12 @@ class AgentService:
                     self.cache.drop(path)
                 raise
             else:
-                return self._create(path, msg.mode, pin=writing)
+                created = self._create(path, msg.mode, pin=writing)
+                if created is not None:
+                    return created
+                if flags & os.O_EXCL:
+                    raise OSError(errno.EEXIST, os.strerror(errno.EEXIST)) from None
+                a = self._stat_upstream(path)  # made by another client meanwhile: open it
         else:
             if flags & os.O_CREAT and flags & os.O_EXCL:
                 raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
@@ -649,12 +663,17 @@ class AgentService:
             e = self.cache.record(path, a, e.recorded, dirty=True)
         return e
 
-    def _create(self, path: str, mode: int, *, pin: bool) -> Message:
+    def _create(self, path: str, mode: int, *, pin: bool) -> Message | None:
+        """Create ``path`` empty on the server, exclusively; None when it exists."""
         upload_id = secrets.token_hex(16)
         stamp = self._stamp()
-        a = self.upstream.call(
-            UploadCommit(upload_id=upload_id, path=path, size=0, mode=mode), StatReply
-        ).attrs
+        try:
+            a = self.upstream.call(
+                UploadCommit(upload_id=upload_id, path=path, size=0, mode=mode, exclusive=True),
+                StatReply,
+            ).attrs
+        except FileExistsError:
+            return None
         self._forget(_parent(path))
         self._remember(path, a, stamp)
         e = self._empty_copy(path, a, dirty=False)

@@ -488,14 +488,17 @@ class UploadCommit(Message):
     """agent -> server: install the upload as ``path``'s new version, atomically.
 
     ``size`` is the total the agent sent; a mismatch is EIO and installs nothing.
-    ``mode`` is used when the object is new. Resending a committed upload id
-    answers the same attributes again (idempotent).
+    ``mode`` is used when the object is new. ``exclusive``: only if ``path``
+    does not exist, else EEXIST (an ``O_CREAT`` that must never replace a file
+    another client made meanwhile). Resending a committed upload id answers the
+    same attributes again (idempotent).
     """
 
     upload_id: str = field(validator=_SHORT)
     path: str = field(validator=_PATH)
     size: int = field(validator=_U64)
     mode: int = field(validator=_MODE, default=0o644)
+    exclusive: bool = field(validator=_BOOL, default=False)
 
 
 @message("upload_abort")

@@ -97,7 +97,7 @@ def _h_chunk(b: Backend, r: Any) -> m.Message:
 
 
 def _h_commit(b: Backend, r: Any) -> m.Message:
-    return _stat_reply(b.upload_commit(r.upload_id, r.path, r.size, r.mode))
+    return _stat_reply(b.upload_commit(r.upload_id, r.path, r.size, r.mode, r.exclusive))
 
 
 def _h_abort(b: Backend, r: Any) -> m.Message:

@@ -117,12 +117,16 @@ class Backend(abc.ABC):
         """Stage ``data`` at ``offset`` of upload ``upload_id`` (idempotent by offset)."""
 
     @abc.abstractmethod
-    def upload_commit(self, upload_id: str, path: str, size: int, mode: int = 0o644) -> Attrs:
+    def upload_commit(
+        self, upload_id: str, path: str, size: int, mode: int = 0o644, exclusive: bool = False
+    ) -> Attrs:
         """Install the staged upload as ``path``'s new version, atomically.
 
         ``size`` must equal the staged size with no holes (else EIO and nothing
-        is installed); ``mode`` applies when ``path`` is new. Committing an
-        already committed ``upload_id`` answers the same attributes again.
+        is installed); ``mode`` applies when ``path`` is new. ``exclusive``:
+        EEXIST when ``path`` exists, decided atomically (never replaces it).
+        Committing an already committed ``upload_id`` answers the same
+        attributes again.
         """
 
     @abc.abstractmethod

@@ -521,7 +521,9 @@ class LocalBackend(Backend):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(up.name, dir_fd=self._staging_fd)
 
-    def upload_commit(self, upload_id: str, path: str, size: int, mode: int = 0o644) -> Attrs:
+    def upload_commit(
+        self, upload_id: str, path: str, size: int, mode: int = 0o644, exclusive: bool = False
+    ) -> Attrs:
         key = self._staged_name(upload_id)
         with self._lock:
             if key in self._committed:
@@ -551,6 +553,8 @@ class LocalBackend(Backend):
                     except FileNotFoundError:
                         new_mode = mode & ~_SETID
                     else:
+                        if exclusive:
+                            raise oserror(errno.EEXIST)
                         if stat.S_ISDIR(old.st_mode):
                             raise oserror(errno.EISDIR)
                         if stat.S_ISLNK(old.st_mode):
@@ -558,7 +562,14 @@ class LocalBackend(Backend):
                         new_mode = stat.S_IMODE(old.st_mode)
                     os.fchmod(fd, new_mode)
                     os.fsync(fd)
-                    os.rename(up.name, name, src_dir_fd=self._staging_fd, dst_dir_fd=pfd)
+                    if exclusive:
+                        # link(2) fails (EEXIST) on a name that appeared since the
+                        # stat: the exclusive create never replaces anything.
+                        os.link(up.name, name, src_dir_fd=self._staging_fd, dst_dir_fd=pfd,
+                                follow_symlinks=False)
+                        os.unlink(up.name, dir_fd=self._staging_fd)
+                    else:
+                        os.rename(up.name, name, src_dir_fd=self._staging_fd, dst_dir_fd=pfd)
                     self._fsync_dir(pfd)
                     result = attrs_from_stat(os.fstat(fd))
                 finally:

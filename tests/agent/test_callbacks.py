@@ -213,10 +213,11 @@ def _promised_open(stack: Stack, c: Client, path: str) -> bool:
     return _requests(stack.server) == before
 
 
-def _one_more_open_costs(stack: Stack, c: Client, path: str) -> tuple[int, Opened]:
+def _one_more_open_costs(stack: Stack, c: Client, path: str,
+                         flags: int = RD) -> tuple[int, Opened]:
     assert stack.server is not None
     before = _requests(stack.server)
-    o = _opened(c, path)
+    o = _opened(c, path, flags)
     time.sleep(0.1)  # the server logs after it answers
     return _requests(stack.server) - before, o
 
@@ -522,6 +523,23 @@ def test_a_name_the_kept_listing_lacks_costs_no_server_request(listed: Stack,
 
         assert wait_until(seen, timeout=5)
         assert Path(_opened(c, "/d/nope").host_path).read_bytes() == b"here now"
+
+
+def test_a_create_is_one_exclusive_request_and_never_replaces(promised: Stack) -> None:
+    """O_CREAT of a path the agent knows nothing of: one server request (an exclusive
+    create); a file another client made meanwhile is opened, never truncated, and
+    O_EXCL on it is EEXIST."""
+    c = promised.clients[0]
+    n, o = _one_more_open_costs(promised, c, "/made", WR | os.O_CREAT)
+    assert n == 1 and Path(o.host_path).read_bytes() == b""
+    assert (promised.root / "made").read_bytes() == b""
+    (promised.root / "theirs").write_bytes(b"not yours")  # behind the agent's back
+    o = _opened(c, "/theirs", WR | os.O_CREAT)
+    assert Path(o.host_path).read_bytes() == b"not yours"
+    assert (promised.root / "theirs").read_bytes() == b"not yours"
+    (promised.root / "theirs2").write_bytes(b"x")
+    with pytest.raises(FileExistsError):
+        c.call(Open(path="/theirs2", flags=WR | os.O_CREAT | os.O_EXCL, mode=0o644))
 
 
 def test_server_restart_breaks_the_kept_listing(listed: Stack) -> None:

@@ -189,6 +189,19 @@ class BackendSuite:
         with pytest.raises(OSError):
             be.upload_commit("u", "/f", 3)
 
+    def test_exclusive_commit_never_replaces(self, be):
+        be.write_bytes("/f", b"theirs")
+        with pytest.raises(OSError) as ei:
+            be.upload_commit("u", "/f", 0, exclusive=True)
+        assert _errno(ei) == errno.EEXIST
+        assert be.read_bytes("/f") == b"theirs"
+        be.mkdir("/d")
+        with pytest.raises(OSError) as ei:
+            be.upload_commit("v", "/d", 0, exclusive=True)
+        assert _errno(ei) == errno.EEXIST
+        a = be.upload_commit("w", "/new", 0, mode=0o640, exclusive=True)
+        assert (a.size, a.mode) == (0, 0o640) and be.read_bytes("/new") == b""
+
     def test_commit_onto_directory_is_eisdir(self, be):
         be.mkdir("/d")
         be.upload_chunk("u", 0, b"x")
