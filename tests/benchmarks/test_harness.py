@@ -198,3 +198,25 @@ def test_micro_guest_loop_runs_natively(tmp_path: Path) -> None:
 def test_tools_are_described() -> None:
     for name, cls in ALL_TOOLS.items():
         assert cls.name == name and cls.label
+
+
+@pytest.mark.ptrace
+def test_quick_cli_synthfs_agrees_with_native_on_every_workload(
+    tmp_path: Path, programs: None
+) -> None:
+    """`synthfs bench --quick --tools native,synthfs`: every workload (cat, find, du,
+    tar, python, dd, sqlite3, git, make+gcc) gives native's output under synthfs."""
+    args = _parse(
+        [
+            "--quick", "--tools", "native,synthfs", "--out", str(tmp_path / "out"),
+            "--tmpfs", str(tmp_path / "tmpfs"), "--results-md", str(tmp_path / "R.md"),
+            "--no-progress", "--no-install",
+            *[f"--size={k}={v}" for k, v in TINY.to_dict().items()],
+        ]
+    )  # fmt: skip
+    assert cli.main(args) == 0
+    data = json.loads((tmp_path / "out" / "results-quick.json").read_text())
+    cells = [c for c in data["cells"] if c["tool"] == "synthfs"]
+    assert {c["workload"] for c in cells} == {w.id for w in workloads(TINY)}
+    for cell in cells:
+        assert cell["status"] == "ok", (cell["workload"], cell["error"])
