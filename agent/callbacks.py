@@ -178,28 +178,25 @@ class Promises:
         if (epoch != self.epoch or self.instance is None or now - self.heard > self.beat_timeout
                 or now - since > self.max_age or self._marks.get(path, 0) > n):
             return False
+        return self._tree_mark(path) <= n
+
+    def _tree_mark(self, path: str) -> int:
+        """The last invalidation of ``path`` or an ancestor as an object (0: none)."""
+        top = 0
         if self._trees:
             p = path
-            while True:
-                if self._trees.get(p, 0) > n:
-                    return False
-                if p == "/":
-                    break
-                p = posixpath.dirname(p) or "/"
-        return True
-
-    def holds_entries(self, directory: str, names: Iterable[str]) -> bool:
-        """:meth:`holds` of ``directory`` and of each entry ``names`` in it (one walk up)."""
-        if not self.holds(directory):
-            return False
-        top = 0  # the last invalidation of the directory or an ancestor as an object
-        if self._trees:
-            p = directory
             while True:
                 top = max(top, self._trees.get(p, 0))
                 if p == "/":
                     break
                 p = posixpath.dirname(p) or "/"
+        return top
+
+    def holds_entries(self, directory: str, names: Iterable[str]) -> bool:
+        """:meth:`holds` of ``directory`` and of each entry ``names`` in it (one walk up)."""
+        if not self.holds(directory):
+            return False
+        top = self._tree_mark(directory)
         prefix = directory if directory == "/" else directory + "/"
         held, marks, epoch = self._held, self._marks, self.epoch
         oldest = self.clock() - self.max_age

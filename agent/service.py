@@ -370,8 +370,7 @@ class AgentService:
         listing of its directory (promised, as a whole) lacks the name."""
         parent = _parent(path) if path != "/" else ""
         if (
-            parent in self._listings
-            and self._kept_listing(parent) is not None  # (its promises checked)
+            self._kept_listing(parent) is not None  # (its promises checked)
             and posixpath.basename(path) not in self._listings[parent][1]
         ):
             self.stats["promised_absent"] += 1
