@@ -146,15 +146,17 @@ def _whose(call: Call) -> tuple[int, int]:
     return call.guest.tgid, call.guest.tid
 
 
-def fd_loc(call: Call, env: Env, fd: int) -> Loc | None:
-    """What an fd refers to; None when it is not open (EBADF)."""
+def fd_loc(call: Call, env: Env, fd: int, target: str | None = None) -> Loc | None:
+    """What an fd refers to; None when it is not open (EBADF). ``target``: its
+    ``/proc`` link, when the caller has read it already."""
     if fd == AT_FDCWD:
         cwd = call.proc.fs.cwd
         if cwd is not None:
             return _synthetic_loc(env, cwd)
         cwd_path = call.guest.host_cwd()
         return Loc(guest=cwd_path, host=f"/proc/{call.guest.tgid}/cwd", via_fd=True, real=cwd_path)
-    target = call.guest.fd_target(fd)
+    if target is None:
+        target = call.guest.fd_target(fd)
     if target is None:
         return None
     handle = env.host.dir_handle(target)
@@ -445,6 +447,7 @@ def _base_dir(call: Call, env: Env, dirfd: int) -> str:
     up again cost a round trip per file), and a removal by another client shows in
     the lookup of the name below it (ENOENT), as it would natively.
     """
+    target = None
     if dirfd == AT_FDCWD:
         known = call.proc.fs.cwd
     else:
@@ -455,7 +458,7 @@ def _base_dir(call: Call, env: Env, dirfd: int) -> str:
         repo = env.ns.repo_path(known)
         if repo is not None and env.repo.known_dir(repo):
             return known
-    base_loc = fd_loc(call, env, dirfd)
+    base_loc = fd_loc(call, env, dirfd, target)
     if base_loc is None:
         raise OSError(errno.EBADF, "bad dirfd")
     if base_loc.synthetic:

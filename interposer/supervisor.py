@@ -111,6 +111,18 @@ class Thread:
     fresh: bool = False  # a new child whose initial SIGSTOP is still to come
 
 
+def _proc_octal(path: str, key: bytes) -> int | None:
+    """The octal number after ``key`` in a /proc file of ``key value`` lines (None: absent)."""
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class GuestView:
     """The :class:`~interposer.ports.Guest` port for one stopped thread."""
 
@@ -142,27 +154,15 @@ class GuestView:
             return None
 
     def fd_writable(self, fd: int) -> bool:
-        try:
-            with open(f"/proc/{self.tgid}/fdinfo/{fd}", "rb") as f:
-                for line in f:
-                    if line.startswith(b"flags:"):
-                        return int(line.split()[1], 8) & os.O_ACCMODE != os.O_RDONLY
-        except (OSError, ValueError, IndexError):
-            pass
-        return False
+        flags = _proc_octal(f"/proc/{self.tgid}/fdinfo/{fd}", b"flags:")
+        return flags is not None and flags & os.O_ACCMODE != os.O_RDONLY
 
     def host_cwd(self) -> str:
         return os.readlink(f"/proc/{self.tid}/cwd")
 
     def umask(self) -> int:
-        try:
-            with open(f"/proc/{self.tid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"Umask:"):
-                        return int(line.split()[1], 8)
-        except OSError:
-            pass
-        return 0o022
+        umask = _proc_octal(f"/proc/{self.tid}/status", b"Umask:")
+        return 0o022 if umask is None else umask
 
     def open_fds(self) -> list[int]:
         try:
