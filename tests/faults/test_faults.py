@@ -524,34 +524,20 @@ print("restarted", probe(int(open(sys.argv[2]).read())), flush=True)
 """
 
 
-def test_restarted_agent_is_still_out_of_reach(stack: Stack) -> None:
-    """Signals toward the agent get EPERM, and toward the agent that replaced it too."""
-    stack.start_server()
-    agent = stack.start_agent()
-    newpid = stack.tmp / "newpid"
-    g = Guest(["--agent", stack.agent_ep], SIGNAL_PROBE, str(agent.pid), str(newpid))
-    assert g.wait_for(lambda _rs: any(x.startswith("first") for x in g.lines), 30), g.show()
-    assert g.lines[0] == f"first {errno.EPERM}", g.show()
-    agent.stop(signal.SIGKILL)
-    restarted = stack.start_agent()
-    newpid.with_suffix(".tmp").write_text(str(restarted.pid))
-    newpid.with_suffix(".tmp").rename(newpid)  # whole: the guest reads it at once
-    rc = g.finish(HANG)
-    assert rc == 0, g.show()
-    assert g.lines[-1] == f"restarted {errno.EPERM}", g.show()
-
-
-def test_restarted_server_is_still_out_of_reach(stack: Stack) -> None:
-    """--agent with a local server: the server that replaced a killed one gets EPERM too,
-    before any guest request has made the agent register with it."""
+@pytest.mark.parametrize("who", ["agent", "server"])
+def test_restarted_trusted_process_is_still_out_of_reach(stack: Stack, who: str) -> None:
+    """Signals toward the agent (with --agent: its local server) get EPERM, and toward the
+    process that replaced it too — a server before any guest request has made the agent
+    register with it."""
     server = stack.start_server()
-    stack.start_agent()
+    agent = stack.start_agent()
+    victim = agent if who == "agent" else server
     newpid = stack.tmp / "newpid"
-    g = Guest(["--agent", stack.agent_ep], SIGNAL_PROBE, str(server.pid), str(newpid))
+    g = Guest(["--agent", stack.agent_ep], SIGNAL_PROBE, str(victim.pid), str(newpid))
     assert g.wait_for(lambda _rs: any(x.startswith("first") for x in g.lines), 30), g.show()
     assert g.lines[0] == f"first {errno.EPERM}", g.show()
-    server.stop(signal.SIGKILL)
-    restarted = stack.start_server()
+    victim.stop(signal.SIGKILL)
+    restarted = stack.start_agent() if who == "agent" else stack.start_server()
     newpid.with_suffix(".tmp").write_text(str(restarted.pid))
     newpid.with_suffix(".tmp").rename(newpid)  # whole: the guest reads it at once
     rc = g.finish(HANG)
