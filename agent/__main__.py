@@ -3,7 +3,7 @@
 import os
 import sys
 
-from interposer.cli import main
+from synthfs.cli import main
 
 status = main(["agent", *sys.argv[1:]])
 # Everything is closed by now (sockets, thread pools, the cache index): skip the

@@ -48,9 +48,9 @@ from typing import Any
 
 import attrs
 
-from agent.naming import object_name
-from protocol.codec import build
-from protocol.messages import Attrs
+from synthfs.protocol.codec import build
+from synthfs.protocol.messages import Attrs
+from synthfs.protocol.naming import object_name
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",

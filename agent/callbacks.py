@@ -49,7 +49,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from protocol.monitor import monitor_event
+from synthfs.protocol.monitor import monitor_event
 
 __all__ = ["BEAT_TIMEOUT", "MAX_AGE", "Promises", "Subscription"]
 
@@ -90,7 +90,7 @@ class Promises:
         self.breaks = 0
         self.on_inval: OnInval | None = None
         #: Called for every invalidation received, even one of a version the agent
-        #: already knows (the lease channel forwards them all: agent.leases).
+        #: already knows (the lease channel forwards them all: synthfs.protocol.leases).
         self.on_change: OnInval | None = None
         #: Called when every promise breaks, with the reason.
         self.on_break: Callable[[str], None] | None = None

@@ -52,6 +52,8 @@ import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
+import synthfs
+
 # Light on imports on purpose (no attrs, no agent.cache and the protocol behind it):
 # ``synthfs run --data`` imports this module first and spawns the pair before it
 # loads anything else, so that they boot while the interposer loads.
@@ -60,7 +62,8 @@ __all__ = ["EmbeddedError", "Launch", "TrustedStack", "embedded", "starting"]
 
 #: Seconds to wait for SIGTERM to work before SIGKILL.
 GRACE = 2.0
-_REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+#: the directory that holds the ``synthfs`` package (a checkout, or site-packages)
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(synthfs.__file__)))
 
 
 class EmbeddedError(RuntimeError):
@@ -202,7 +205,7 @@ def starting(
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([_REPO, *filter(None, sys.path)]))
         v = ["-" + "v" * verbose] if verbose else []
 
-        server_argv = [sys.executable, "-S", "-m", "server", *v, "--root", data,
+        server_argv = [sys.executable, "-S", "-m", "synthfs.server", *v, "--root", data,
                        "--listen", server_ep, "--bootstrap-key", key_path,
                        "--publish", pub_ep]
         if token_ttl is not None:
@@ -221,7 +224,7 @@ def starting(
 
         key_r, key_w = os.pipe()
         try:
-            agent_argv = [sys.executable, "-S", "-m", "agent", *v, "--server", server_ep,
+            agent_argv = [sys.executable, "-S", "-m", "synthfs.agent", *v, "--server", server_ep,
                           "--bootstrap-fd", str(key_r), "--listen", agent_ep,
                           "--subscribe", pub_ep, "--refuse", workdir]
             if cache is not None:
@@ -241,7 +244,7 @@ def starting(
         del key
 
         if cache is None:  # the agent's default, computed here after the spawn (see imports)
-            from agent.cache import default_cache_dir
+            from synthfs.agent.cache import default_cache_dir
 
             cache = default_cache_dir()
         stack = TrustedStack(

@@ -39,15 +39,15 @@ from typing import Any
 
 import zmq
 
-from agent.cache import DEFAULT_CACHE_SIZE, default_cache_dir
-from agent.callbacks import Promises, Subscription
-from agent.leases import BEAT_INTERVAL, LeaseBoard
-from agent.service import DEFAULT_ATTR_TTL, AgentService
-from agent.upstream import Upstream
-from protocol.bootstrap import check_key_fd
-from protocol.client import DEFAULT_TIMEOUT, Unreachable
-from protocol.codec import MAX_FRAME, DecodeError, decode, encode, error_from_exception
-from protocol.curve import client_sockopts, handshake, load_keypair, load_public, remote_tcp
+from synthfs.agent.cache import DEFAULT_CACHE_SIZE, default_cache_dir
+from synthfs.agent.callbacks import Promises, Subscription
+from synthfs.agent.service import DEFAULT_ATTR_TTL, AgentService
+from synthfs.agent.upstream import Upstream
+from synthfs.protocol.bootstrap import check_key_fd
+from synthfs.protocol.client import DEFAULT_TIMEOUT, Unreachable
+from synthfs.protocol.codec import MAX_FRAME, DecodeError, decode, encode, error_from_exception
+from synthfs.protocol.curve import client_sockopts, handshake, load_keypair, load_public, remote_tcp
+from synthfs.protocol.leases import BEAT_INTERVAL, LeaseBoard
 
 __all__ = ["HELP", "configure", "main", "make_undumpable", "read_key_fd", "read_key_file"]
 

@@ -37,7 +37,7 @@ raising ``OSError``; the I/O loop in :mod:`agent.main` turns exceptions into
   create; EEXIST: it exists, and is opened as above); no create ever replaces
   a file another client made meanwhile.
 * ``Commit`` uploads a changed local copy; a clean one is answered at once.
-* With a lease channel (:mod:`agent.leases`), a read-only ``Open`` of a clean
+* With a lease channel (:mod:`synthfs.protocol.leases`), a read-only ``Open`` of a clean
   copy under a callback promise carries a lease: the interposer opens that copy
   itself until the lease is voided; a ``List`` reply carries leases on the
   entries whose cached copies qualify alike. Every change to what the agent knows of a
@@ -63,11 +63,11 @@ from typing import Any
 
 import attrs
 
-from agent.cache import ContentCache, Entry, signature
-from agent.callbacks import Promises
-from agent.leases import LeaseBoard
-from agent.upstream import Upstream
-from protocol.messages import (
+from synthfs.agent.cache import ContentCache, Entry, signature
+from synthfs.agent.callbacks import Promises
+from synthfs.agent.upstream import Upstream
+from synthfs.protocol.leases import LeaseBoard
+from synthfs.protocol.messages import (
     CHUNK_SIZE,
     PROTOCOL_VERSION,
     Attrs,

@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
-from protocol.bootstrap import register_mac
-from protocol.client import Client, Unreachable
-from protocol.messages import PROTOCOL_VERSION, Message, Register, Registered
+from synthfs.protocol.bootstrap import register_mac
+from synthfs.protocol.client import Client, Unreachable
+from synthfs.protocol.messages import PROTOCOL_VERSION, Message, Register, Registered
 
 __all__ = ["Upstream"]
 

@@ -63,8 +63,8 @@ def _time(fn: Callable[[], object], n: int, warmup: int) -> dict[str, float]:
 
 def measure(scale: float = 1.0) -> dict[str, dict[str, float]]:
     """µs per encode / decode of each message, in this process (imports ``protocol`` now)."""
-    from protocol import messages as m
-    from protocol.codec import decode, encode
+    from synthfs.protocol import messages as m
+    from synthfs.protocol.codec import decode, encode
 
     a = m.Attrs(kind=m.FileKind.FILE, size=123456, mode=0o644, mtime_ns=1_700_000_000_123_456_789,
                 ctime_ns=1_700_000_000_123_456_789, ino=987654321, nlink=1,

@@ -24,7 +24,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
-from interposer.policy import Op, Policy
+from synthfs.policy.engine import Op, Policy
 
 __all__ = ["big_policy_text", "main", "measure"]
 

@@ -47,10 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zmq
 
-from agent.embedded import embedded
-from agent.upstream import Upstream
-from protocol.client import Client
-from protocol.messages import Open, Opened, Stat, StatReply
+from synthfs.agent.embedded import embedded
+from synthfs.agent.upstream import Upstream
+from synthfs.protocol.client import Client
+from synthfs.protocol.messages import Open, Opened, Stat, StatReply
 
 __all__ = ["main"]
 
@@ -161,7 +161,7 @@ def server_only_latency(data: Path, work: Path, listen: str | None, n: int) -> d
     endpoint = listen or f"ipc://{run}/server.sock"
     r, w = os.pipe()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    p = subprocess.Popen([sys.executable, "-m", "server", "--root", str(data), "--listen",
+    p = subprocess.Popen([sys.executable, "-m", "synthfs.server", "--root", str(data), "--listen",
                           endpoint, "--bootstrap-key", str(key), "--ready-fd", str(w)],
                          pass_fds=(w,), env=env, stderr=subprocess.DEVNULL)
     os.close(w)
@@ -211,13 +211,13 @@ def promise_latency(data: Path, work: Path, n: int) -> dict[str, object]:
     os.close(fd)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     server_ep, pub_ep = f"ipc://{run}/server.sock", f"ipc://{run}/pub.sock"
-    procs = [_spawn_ready([sys.executable, "-m", "server", "--root", str(data), "--listen",
+    procs = [_spawn_ready([sys.executable, "-m", "synthfs.server", "--root", str(data), "--listen",
                            server_ep, "--bootstrap-key", str(key), "--publish", pub_ep], env)]
     clients: dict[str, Client] = {}
     try:
         for name, extra in (("promised", ["--subscribe", pub_ep]), ("revalidated", [])):
             procs.append(_spawn_ready(
-                [sys.executable, "-m", "agent", "--server", server_ep, "--bootstrap-key",
+                [sys.executable, "-m", "synthfs.agent", "--server", server_ep, "--bootstrap-key",
                  str(key), "--listen", f"ipc://{run}/{name}.sock", "--cache",
                  str(run / f"cache-{name}"), "--attr-ttl", "0", *extra], env))
             clients[name] = Client(f"ipc://{run}/{name}.sock", timeout=10)

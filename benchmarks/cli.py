@@ -25,7 +25,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from benchmarks.tools import ALL_TOOLS
+    from synthfs.benchmarks.tools import ALL_TOOLS
 
     parser.add_argument(
         "--quick", action="store_true",
@@ -87,7 +87,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _sizes(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from benchmarks.workloads import Sizes
+    from synthfs.benchmarks.workloads import Sizes
 
     sizes = Sizes.quick() if args.quick else Sizes.full()
     changes = {}
@@ -102,12 +102,12 @@ def _sizes(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def main(args: argparse.Namespace) -> int:
     if args.micro:
-        from benchmarks import micro
+        from synthfs.benchmarks import micro
 
         return micro.main(args)
 
-    from benchmarks import report
-    from benchmarks.harness import Options, Pass, run_bench
+    from synthfs.benchmarks import report
+    from synthfs.benchmarks.harness import Options, Pass, run_bench
 
     if args.report_from:
         import json

@@ -37,8 +37,15 @@ from typing import Any
 
 import attrs
 
-from benchmarks.tools import SOURCE_ROOT, Context, Tool, ToolError, make_tools, source_commit
-from benchmarks.workloads import Root, Sizes, Workload, generate, workloads
+from synthfs.benchmarks.tools import (
+    SOURCE_ROOT,
+    Context,
+    Tool,
+    ToolError,
+    make_tools,
+    source_commit,
+)
+from synthfs.benchmarks.workloads import Root, Sizes, Workload, generate, workloads
 
 __all__ = [
     "Cell",

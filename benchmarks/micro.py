@@ -89,8 +89,8 @@ def measure_supervisor(scenario: str, iterations: int = 100_000) -> Breakdown:
     import tempfile
     from pathlib import Path
 
-    from benchmarks.tools import embedded_stack, synthfs_exe
-    from benchmarks.workloads import PYTHON
+    from synthfs.benchmarks.tools import embedded_stack, synthfs_exe
+    from synthfs.benchmarks.workloads import PYTHON
 
     loop = _LOOP_OF[scenario]
     with tempfile.TemporaryDirectory(prefix="synthfs-micro-") as tmp:
@@ -196,8 +196,8 @@ def measure_end_to_end(iterations: int = 20_000, pin: bool = True) -> list[EndTo
     import tempfile
     from pathlib import Path
 
-    from benchmarks.tools import FLOOR_LAUNCHER, embedded_stack, synthfs_exe
-    from benchmarks.workloads import PYTHON
+    from synthfs.benchmarks.tools import FLOOR_LAUNCHER, embedded_stack, synthfs_exe
+    from synthfs.benchmarks.workloads import PYTHON
 
     prefix = ["taskset", "-c", "0"] if pin else []
     out: list[EndToEnd] = []

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from benchmarks.workloads import Root, Workload
+from synthfs.benchmarks.workloads import Root, Workload
 
 __all__ = [
     "ALL_TOOLS",
@@ -353,7 +353,7 @@ SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 _SYNTHFS_LAUNCH = (
     "import sys; sys.path.insert(0, {root!r}); "
-    "from interposer.cli import main; sys.exit(main())"
+    "from synthfs.cli import main; sys.exit(main())"
 )
 
 
@@ -387,9 +387,9 @@ def embedded_stack(data_dir: Path, cache_dir: Path) -> Iterator[Any]:
     The one place that knows ``agent.embedded``'s API: adapt it here when
     that module lands or changes.
     """
-    if importlib.util.find_spec("agent.embedded") is None:
+    if importlib.util.find_spec("synthfs.agent.embedded") is None:
         raise ToolError("agent.embedded does not exist yet (no embedded server+agent)")
-    module = importlib.import_module("agent.embedded")
+    module = importlib.import_module("synthfs.agent.embedded")
     factory = next((getattr(module, n) for n in EMBEDDED_NAMES if hasattr(module, n)), None)
     if factory is None:
         raise ToolError(f"agent.embedded has none of {', '.join(EMBEDDED_NAMES)}")
@@ -399,7 +399,7 @@ def embedded_stack(data_dir: Path, cache_dir: Path) -> Iterator[Any]:
         cm = factory(data_dir)
     with cm as stack:
         if not getattr(stack, "agent_endpoint", None):
-            raise ToolError("agent.embedded's handle has no agent_endpoint")
+            raise ToolError("synthfs.agent.embedded's handle has no agent_endpoint")
         yield stack
 
 
@@ -416,7 +416,7 @@ class Synthfs(Tool):
         self.endpoints: dict[Root, str] = {}
 
     def setup(self) -> None:
-        if importlib.util.find_spec("interposer.run") is None:
+        if importlib.util.find_spec("synthfs.interposer.run") is None:
             raise ToolError("`synthfs run` is not implemented yet (no interposer.run module)")
         try:
             for root in (Root.DISK, Root.TMPFS):
@@ -461,7 +461,7 @@ class SynthfsData(Tool):
     only = ("S0",)
 
     def setup(self) -> None:
-        if importlib.util.find_spec("interposer.run") is None:
+        if importlib.util.find_spec("synthfs.interposer.run") is None:
             raise ToolError("`synthfs run` is not implemented yet (no interposer.run module)")
 
     def data_path(self, root: Root) -> str:

@@ -12,7 +12,7 @@ import os
 import stat as st
 import struct
 
-from protocol.messages import Attrs, FileKind
+from synthfs.protocol.messages import Attrs, FileKind
 
 __all__ = [
     "AT_EMPTY_PATH",

@@ -17,8 +17,8 @@ import tempfile
 
 import pyseccomp as sc
 
-from interposer.policy import NetworkMode, Policy
-from interposer.syscalls import TABLE, UNKNOWN_RANGE, Action, Cond, Gate
+from synthfs.interposer.syscalls import TABLE, UNKNOWN_RANGE, Action, Cond, Gate
+from synthfs.policy.engine import NetworkMode, Policy
 
 __all__ = ["CompiledFilter", "active_gates", "build_filter"]
 

@@ -27,14 +27,14 @@ from collections.abc import Callable
 
 from attrs import frozen
 
-from interposer import abi
-from interposer.abi import AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW
-from interposer.actions import CONTINUE, Fail, Result, Return, RunChecked, Scratch
-from interposer.namespace import NAME_MAX, Final, last_name
-from interposer.policy import NetworkMode
-from interposer.ports import Call, Env
-from interposer.syscalls import BY_NAME, Role
-from protocol.messages import Attrs, FileKind, RenameFlags
+from synthfs.interposer import abi
+from synthfs.interposer.abi import AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW
+from synthfs.interposer.actions import CONTINUE, Fail, Result, Return, RunChecked, Scratch
+from synthfs.interposer.namespace import NAME_MAX, Final, last_name
+from synthfs.interposer.ports import Call, Env
+from synthfs.interposer.syscalls import BY_NAME, Role
+from synthfs.policy.engine import NetworkMode
+from synthfs.protocol.messages import Attrs, FileKind, RenameFlags
 
 __all__ = ["HANDLERS", "Loc", "locate"]
 
@@ -1804,7 +1804,7 @@ def _getdents(call: Call, env: Env, legacy: bool) -> Result:
             return Fail(exc.errno or errno.EIO)
         parent = handle.repo_path.rsplit("/", 1)[0] or "/"
         pattrs = env.repo.lstat(parent) if handle.repo_path != "/" else None
-        from protocol.messages import DirEntry
+        from synthfs.protocol.messages import DirEntry
 
         # Entries the policy hides (errno ENOENT) are not listed either.
         base = env.ns.guest_path(handle.repo_path).rstrip("/")

@@ -34,8 +34,8 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 
-from interposer import abi
-from interposer.ports import DirHandle
+from synthfs.interposer import abi
+from synthfs.interposer.ports import DirHandle
 
 __all__ = ["HostSide", "Listener"]
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from attrs import frozen
 
-from protocol.messages import Attrs, FileKind
+from synthfs.protocol.messages import Attrs, FileKind
 
 __all__ = ["MAX_SYMLINKS", "NAME_MAX", "Final", "Namespace", "Target", "Where", "last_name"]
 

@@ -13,9 +13,9 @@ from typing import Protocol
 
 from attrs import define, field
 
-from interposer.namespace import Namespace
-from interposer.policy import NetworkMode
-from protocol.messages import Attrs, DirEntry, Listing, Opened, RenameFlags
+from synthfs.interposer.namespace import Namespace
+from synthfs.policy.engine import NetworkMode
+from synthfs.protocol.messages import Attrs, DirEntry, Listing, Opened, RenameFlags
 
 __all__ = ["Call", "DirHandle", "Env", "FsState", "Guest", "Host", "Proc", "Repo"]
 

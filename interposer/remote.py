@@ -8,7 +8,7 @@ exist); every mutation this interposer makes invalidates
 what it touched at once, so a sandbox sees its own changes immediately and
 other agents' changes within ``ttl``. Opens go to the agent, which
 revalidates with the server (close-to-open consistency), except a read-only
-open of a file the agent gave a lease on (:mod:`agent.leases`): while the
+open of a file the agent gave a lease on (:mod:`synthfs.protocol.leases`): while the
 agent's lease channel vouches for it, and the copy's stat is the one seen at
 the grant, the interposer opens the same copy itself, with no round trip. The
 channel is drained (never waited on) before a lease is used; every change this
@@ -26,12 +26,11 @@ import time
 import zmq
 from attrs import evolve
 
-from agent.leases import LeaseFeed, Leases
-from agent.leases import signature as copy_signature
-from agent.naming import object_name
-from interposer import abi
-from protocol.client import Client, Unreachable
-from protocol.messages import (
+from synthfs.interposer import abi
+from synthfs.protocol.client import Client, Unreachable
+from synthfs.protocol.leases import LeaseFeed, Leases
+from synthfs.protocol.leases import signature as copy_signature
+from synthfs.protocol.messages import (
     PROTOCOL_VERSION,
     Attrs,
     Commit,
@@ -56,6 +55,7 @@ from protocol.messages import (
     Sync,
     Welcome,
 )
+from synthfs.protocol.naming import object_name
 
 __all__ = ["Remote"]
 

@@ -28,10 +28,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from agent.embedded import Launch
-    from interposer.ports import Proc
-    from interposer.runenv import RunEnv
-    from interposer.supervisor import Supervisor
+    from synthfs.agent.embedded import Launch
+    from synthfs.interposer.ports import Proc
+    from synthfs.interposer.runenv import RunEnv
+    from synthfs.interposer.supervisor import Supervisor
 
 __all__ = ["FAST_EXIT", "HELP", "RunEnv", "configure", "main"]
 
@@ -42,7 +42,7 @@ FAST_EXIT = True
 
 def __getattr__(name: str) -> object:
     if name == "RunEnv":  # where it lived before the split (tests construct it from here)
-        from interposer.runenv import RunEnv
+        from synthfs.interposer.runenv import RunEnv
 
         return RunEnv
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
             launch: Launch | None = None
             if args.data:
                 # First: the server and the agent boot while the interposer loads.
-                from agent.embedded import starting
+                from synthfs.agent.embedded import starting
 
                 launch = resources.enter_context(
                     starting(args.data, cache_dir=args.cache, verbose=args.verbose)
@@ -111,7 +111,7 @@ def main(args: argparse.Namespace) -> int:
     except Exception as exc:  # a clear message, not a traceback, for set-up failures
         if args.verbose:
             raise
-        from agent.embedded import EmbeddedError
+        from synthfs.agent.embedded import EmbeddedError
 
         if isinstance(exc, EmbeddedError):
             return _fail(str(exc), 125)
@@ -120,13 +120,13 @@ def main(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) -> int:
     """Everything after the embedded pair's spawn: policy, filter, agent, guest."""
-    from interposer.filter import build_filter
-    from interposer.hostside import HostSide, Listener
-    from interposer.namespace import Namespace
-    from interposer.policy import Policy, PolicyError
-    from interposer.remote import Remote
-    from interposer.runenv import RunEnv
-    from interposer.supervisor import Supervisor
+    from synthfs.interposer.filter import build_filter
+    from synthfs.interposer.hostside import HostSide, Listener
+    from synthfs.interposer.namespace import Namespace
+    from synthfs.interposer.remote import Remote
+    from synthfs.interposer.runenv import RunEnv
+    from synthfs.interposer.supervisor import Supervisor
+    from synthfs.policy.engine import Policy, PolicyError
 
     try:
         ns = Namespace(args.mount)

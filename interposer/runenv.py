@@ -15,10 +15,12 @@ import os
 import time
 from typing import IO
 
-from interposer import abi
-from interposer.hostside import HostSide
-from interposer.namespace import Namespace
-from interposer.policy import (
+from synthfs.interposer import abi
+from synthfs.interposer.hostside import HostSide
+from synthfs.interposer.namespace import Namespace
+from synthfs.interposer.ports import Call, Proc
+from synthfs.interposer.remote import Remote
+from synthfs.policy.engine import (
     Action,
     App,
     AuditRecord,
@@ -27,8 +29,6 @@ from interposer.policy import (
     Op,
     Policy,
 )
-from interposer.ports import Call, Proc
-from interposer.remote import Remote
 
 #: op names as handlers give them (an Enum call by value costs ~1 µs per check)
 _OPS = {op.value: op for op in Op}

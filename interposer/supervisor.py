@@ -27,12 +27,12 @@ from collections.abc import Callable, Sequence
 
 from attrs import define, field
 
-from interposer import ptrace_adapter as pt
-from interposer.actions import Continue, Fail, Kill, Result, Return, RunChecked, Scratch
-from interposer.filter import CompiledFilter
-from interposer.handlers import HANDLERS
-from interposer.ports import Call, Env, FsState, Proc
-from interposer.syscalls import BY_NR, Gate, Need
+from synthfs.interposer import ptrace_adapter as pt
+from synthfs.interposer.actions import Continue, Fail, Kill, Result, Return, RunChecked, Scratch
+from synthfs.interposer.filter import CompiledFilter
+from synthfs.interposer.handlers import HANDLERS
+from synthfs.interposer.ports import Call, Env, FsState, Proc
+from synthfs.interposer.syscalls import BY_NR, Gate, Need
 
 __all__ = ["Supervisor"]
 

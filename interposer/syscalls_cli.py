@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from interposer.syscalls import TABLE, UNKNOWN_RANGE, Action
+from synthfs.interposer.syscalls import TABLE, UNKNOWN_RANGE, Action
 
 __all__ = ["HELP", "configure", "main", "render"]
 

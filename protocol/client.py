@@ -52,8 +52,8 @@ from typing import Any, cast
 
 import zmq
 
-from protocol.codec import DecodeError, decode, encode
-from protocol.messages import Error, Message
+from synthfs.protocol.codec import DecodeError, decode, encode
+from synthfs.protocol.messages import Error, Message
 
 __all__ = ["DEFAULT_TIMEOUT", "Client", "Unreachable", "raise_for_error"]
 

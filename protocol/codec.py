@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 import attrs
 import msgpack
 
-from protocol.messages import (
+from synthfs.protocol.messages import (
     PROTOCOL_VERSION,
     REGISTRY,
     Error,

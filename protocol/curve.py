@@ -38,8 +38,8 @@ import attrs
 import zmq
 from zmq.utils import z85
 
-from protocol.bootstrap import check_key_fd
-from protocol.monitor import monitor_event
+from synthfs.protocol.bootstrap import check_key_fd
+from synthfs.protocol.monitor import monitor_event
 
 __all__ = [
     "ZAP_ENDPOINT",

@@ -30,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from protocol.curve import load_keypair, write_keypair
+    from synthfs.protocol.curve import load_keypair, write_keypair
 
     directory = os.path.dirname(os.path.abspath(args.prefix))
     if not os.path.isdir(directory):

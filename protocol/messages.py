@@ -371,7 +371,7 @@ class Welcome(Message):
     trusted_pids: tuple[int, ...] = field(
         converter=_as_tuple, validator=WireTuple(_U64), default=()
     )
-    #: the agent's lease channel (``agent.leases``): "" when it grants no leases
+    #: the agent's lease channel (``synthfs.protocol.leases``): "" when it grants no leases
     leases: str = field(validator=_PATH, default="")
 
 
@@ -590,7 +590,7 @@ class Opened(Message):
 
     With a lease (``lease`` names the agent's lease channel instance, "" for
     none), the interposer may open the same copy again without asking, while the
-    channel vouches for it (``agent.leases``): ``lease_seq`` is the channel's
+    channel vouches for it (``synthfs.protocol.leases``): ``lease_seq`` is the channel's
     sequence number when it was granted, ``lease_until_ns`` its CLOCK_MONOTONIC end.
     """
 

@@ -29,8 +29,8 @@ import time
 
 import attrs
 
-from protocol.bootstrap import check_key_fd, register_mac
-from protocol.messages import PROTOCOL_VERSION, Register, Registered
+from synthfs.protocol.bootstrap import check_key_fd, register_mac
+from synthfs.protocol.messages import PROTOCOL_VERSION, Register, Registered
 
 __all__ = [
     "CLOCK_SKEW_NS",

@@ -31,10 +31,10 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
-from protocol.curve import remote_tcp
+from synthfs.protocol.curve import remote_tcp
 
 if TYPE_CHECKING:
-    from protocol.curve import CurveServer
+    from synthfs.protocol.curve import CurveServer
 
 __all__ = ["HELP", "check_endpoint", "configure", "main"]
 
@@ -135,7 +135,7 @@ def _fail(msg: str, code: int = 2) -> int:
 
 def _load_curve(args: argparse.Namespace) -> CurveServer | None:
     """The CURVE settings, or None; ValueError/OSError with a message for the operator."""
-    from protocol.curve import CurveServer, load_allowed, load_keypair
+    from synthfs.protocol.curve import CurveServer, load_allowed, load_keypair
 
     if args.curve_secret is None and args.curve_clients is None:
         return None
@@ -148,9 +148,9 @@ def _load_curve(args: argparse.Namespace) -> CurveServer | None:
 def main(args: argparse.Namespace) -> int:
     import zmq
 
-    from server.auth import Authority, default_key_path, load_or_create_key
-    from server.backends.local import LocalBackend
-    from server.service import Server
+    from synthfs.server.auth import Authority, default_key_path, load_or_create_key
+    from synthfs.server.backends.local import LocalBackend
+    from synthfs.server.service import Server
 
     root = os.path.abspath(args.root)
     if not os.path.isdir(root):

@@ -52,11 +52,18 @@ from typing import Any
 import msgpack
 import zmq
 
-from protocol import messages as m
-from protocol.codec import MAX_FRAME, DecodeError, Envelope, decode, encode, error_from_exception
-from protocol.curve import ZAP_ENDPOINT, CurveServer, apply, server_sockopts, zap_reply
-from server.auth import AuthError, Authority
-from server.backends.base import Backend
+from synthfs.protocol import messages as m
+from synthfs.protocol.codec import (
+    MAX_FRAME,
+    DecodeError,
+    Envelope,
+    decode,
+    encode,
+    error_from_exception,
+)
+from synthfs.protocol.curve import ZAP_ENDPOINT, CurveServer, apply, server_sockopts, zap_reply
+from synthfs.server.auth import AuthError, Authority
+from synthfs.server.backends.base import Backend
 
 __all__ = ["BEAT_INTERVAL", "HANDLERS", "INLINE", "Server", "handle"]
 

@@ -39,8 +39,8 @@ from typing import Any
 import msgpack
 import zmq
 
-from protocol.codec import DecodeError, decode, encode
-from protocol.messages import (
+from synthfs.protocol.codec import DecodeError, decode, encode
+from synthfs.protocol.messages import (
     PROTOCOL_VERSION,
     Commit,
     Error,

@@ -53,7 +53,7 @@ if not SYNTHFS.exists():  # a venv elsewhere: the synthfs beside the running pyt
 SOURCE = os.environ.get("SYNTHFS_TEST_SOURCE")
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv.pop(1)); "
-    "from interposer.cli import main; sys.exit(main())"
+    "from synthfs.cli import main; sys.exit(main())"
 )
 
 
@@ -65,7 +65,7 @@ def synthfs_command() -> list[str]:
 #: Names the server reserves in a repository directory (staging area); hidden
 #: from guests. Kept in sync with the server when it is importable.
 try:
-    from server.backends.base import RESERVED_PREFIX
+    from synthfs.server.backends.base import RESERVED_PREFIX
 except Exception:  # a server mid-edit must not break the comparison of every suite
     RESERVED_PREFIX = ".synthfs-"
 #: Guest path of the synthetic tree in every test.
@@ -269,7 +269,7 @@ def ptrace_unavailable_reason() -> str | None:
 
 def _embedded_factory():  # pragma: no cover - depends on the agent engineer's API
     """The agent's embedded-stack context manager (imported late: may not exist yet)."""
-    import agent.embedded as emb
+    import synthfs.agent.embedded as emb
 
     for name in ("embedded", "EmbeddedStack", "Embedded", "start", "embedded_stack"):
         f = getattr(emb, name, None)

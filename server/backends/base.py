@@ -24,7 +24,7 @@ import errno
 import os
 import secrets
 
-from protocol.messages import CHUNK_SIZE, MAX_PATH, Attrs, DirEntry, RenameFlags
+from synthfs.protocol.messages import CHUNK_SIZE, MAX_PATH, Attrs, DirEntry, RenameFlags
 
 __all__ = [
     "RESERVED_PREFIX",

@@ -47,9 +47,9 @@ import time
 
 import attrs as attrs_mod
 
-from protocol.codec import build
-from protocol.messages import CHUNK_SIZE, Attrs, DirEntry, FileKind, RenameFlags
-from server.backends.base import Backend, Entries, is_reserved, oserror, split_path
+from synthfs.protocol.codec import build
+from synthfs.protocol.messages import CHUNK_SIZE, Attrs, DirEntry, FileKind, RenameFlags
+from synthfs.server.backends.base import Backend, Entries, is_reserved, oserror, split_path
 
 __all__ = ["STAGING_DIR", "LocalBackend", "attrs_from_stat", "version_of"]
 

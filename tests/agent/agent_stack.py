@@ -17,12 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-from protocol.client import Client
-from protocol.messages import Message
+from synthfs.protocol.client import Client
+from synthfs.protocol.messages import Message
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP = 20.0
-SERVER_CMD = [sys.executable, "-m", "server"]
+SERVER_CMD = [sys.executable, "-m", "synthfs.server"]
 
 
 def _env() -> dict[str, str]:
@@ -108,8 +108,9 @@ class Stack:
         return self.server
 
     def start_agent(self, *extra: str, wait: bool = True) -> Proc:
-        self.agent = Proc("agent", [sys.executable, "-m", "agent", "--server", self.server_ep,
-                                    "--bootstrap-key", str(self.key), "--listen", self.agent_ep,
+        self.agent = Proc("agent", [sys.executable, "-m", "synthfs.agent",
+                                    "--server", self.server_ep, "--bootstrap-key", str(self.key),
+                                    "--listen", self.agent_ep,
                                     "--cache", str(self.cache), *extra], self.tmp / "agent.log")
         if wait:
             self.agent.wait_ready()

@@ -12,8 +12,8 @@ import pytest
 import zmq
 from agent_stack import Stack, wait_until
 
-from protocol.client import Client, Unreachable
-from protocol.messages import (
+from synthfs.protocol.client import Client, Unreachable
+from synthfs.protocol.messages import (
     CHUNK_SIZE,
     PROTOCOL_VERSION,
     Commit,
@@ -432,7 +432,7 @@ def test_key_from_inherited_fd(stack: Stack, tmp_path: Path) -> None:
 
     from agent_stack import Proc
 
-    agent = Proc("agent", [sys.executable, "-m", "agent", "--server", stack.server_ep,
+    agent = Proc("agent", [sys.executable, "-m", "synthfs.agent", "--server", stack.server_ep,
                            "--bootstrap-fd", str(r), "--listen", stack.agent_ep,
                            "--cache", str(stack.cache)], tmp_path / "fd-agent.log", (r,))
     os.close(r)
@@ -489,7 +489,7 @@ def test_two_agents_never_share_a_cache_directory(stack: Stack) -> None:
 
     from agent_stack import Proc
 
-    other = Proc("agent2", [sys.executable, "-m", "agent", "--server", stack.server_ep,
+    other = Proc("agent2", [sys.executable, "-m", "synthfs.agent", "--server", stack.server_ep,
                             "--bootstrap-key", str(stack.key), "--listen", second_ep,
                             "--cache", str(stack.cache)], stack.tmp / "agent2.log")
     try:

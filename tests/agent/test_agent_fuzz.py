@@ -17,7 +17,7 @@ import pytest
 from agent_stack import Stack
 from fuzzframes import CI_FRAMES, FULL_FRAMES, SEED, FrameFuzzer, agent_seeds, blast, decodes
 
-from protocol.messages import Message, Stat, StatReply
+from synthfs.protocol.messages import Message, Stat, StatReply
 
 
 def _is_root(msg: Message) -> bool:
@@ -63,7 +63,7 @@ def test_oversized_frame_is_dropped_and_the_agent_goes_on(running: Stack) -> Non
     """A frame over the codec's limit never reaches the agent's memory whole: ZeroMQ drops it."""
     import zmq
 
-    from protocol.codec import MAX_FRAME
+    from synthfs.protocol.codec import MAX_FRAME
 
     s = zmq.Context.instance().socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)

@@ -18,9 +18,9 @@ import pytest
 import zmq
 from agent_stack import Proc, Stack, wait_until
 
-from agent.callbacks import Promises
-from protocol.client import Client
-from protocol.messages import (
+from synthfs.agent.callbacks import Promises
+from synthfs.protocol.client import Client
+from synthfs.protocol.messages import (
     Attrs,
     Commit,
     List,
@@ -242,7 +242,7 @@ def _second_agent(stack: Stack, tmp_path: Path) -> Iterator[Client]:
     run2 = tmp_path / "run2"
     run2.mkdir(mode=0o700)
     ep2 = f"ipc://{run2}/agent.sock"
-    agent2 = Proc("agent2", [sys.executable, "-m", "agent", "--server", stack.server_ep,
+    agent2 = Proc("agent2", [sys.executable, "-m", "synthfs.agent", "--server", stack.server_ep,
                              "--bootstrap-key", str(stack.key), "--listen", ep2,
                              "--cache", str(tmp_path / "cache2")], tmp_path / "agent2.log")
     agent2.wait_ready()

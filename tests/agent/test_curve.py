@@ -25,10 +25,10 @@ import pytest
 import zmq
 from agent_stack import REPO, Stack, _env, wait_until
 
-from protocol import curve
-from protocol.bootstrap import register_mac
-from protocol.client import Client, Unreachable
-from protocol.messages import (
+from synthfs.protocol import curve
+from synthfs.protocol.bootstrap import register_mac
+from synthfs.protocol.client import Client, Unreachable
+from synthfs.protocol.messages import (
     PROTOCOL_VERSION,
     Commit,
     Committed,
@@ -347,7 +347,7 @@ def test_zap_decisions():
 
 
 def test_synthfs_keys_cli(tmp_path: Path):
-    cmd = [sys.executable, "-m", "interposer.cli", "keys", str(tmp_path / "node")]
+    cmd = [sys.executable, "-m", "synthfs.cli", "keys", str(tmp_path / "node")]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=_env(), check=False)
     assert done.returncode == 0, done.stderr
     pair = curve.load_keypair(str(tmp_path / "node.key_secret"))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.embedded import EmbeddedError, TrustedStack, embedded
-from protocol.client import Client
-from protocol.messages import (
+from synthfs.agent.embedded import EmbeddedError, TrustedStack, embedded
+from synthfs.protocol.client import Client
+from synthfs.protocol.messages import (
     PROTOCOL_VERSION,
     Commit,
     Hello,

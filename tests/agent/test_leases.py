@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import msgpack
 
-from agent.callbacks import Promises
-from agent.leases import BEAT_TIMEOUT, LeaseBoard, Leases
-from protocol.messages import Attrs, FileKind, Opened
+from synthfs.agent.callbacks import Promises
+from synthfs.protocol.leases import BEAT_TIMEOUT, LeaseBoard, Leases
+from synthfs.protocol.messages import Attrs, FileKind, Opened
 
 _NS = 1_000_000_000
 A = Attrs(kind=FileKind.FILE, size=3, mode=0o644, mtime_ns=1, ctime_ns=1, ino=7, nlink=1,

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import cli, report
-from benchmarks.harness import Options, Pass, Status, run_bench
-from benchmarks.tools import ALL_TOOLS, Tool
-from benchmarks.workloads import Root, Sizes, Workload, generate, workloads
+from synthfs.benchmarks import cli, report
+from synthfs.benchmarks.harness import Options, Pass, Status, run_bench
+from synthfs.benchmarks.tools import ALL_TOOLS, Tool
+from synthfs.benchmarks.workloads import Root, Sizes, Workload, generate, workloads
 
 TINY = Sizes.quick().scaled(
     big_mib=1, tree_files=40, tree_dirs=4, w4_files=10, w7_getpid=1000, w7_dd_blocks=1000,
@@ -129,7 +129,7 @@ def test_setup_failure_is_reported_not_dropped(tmp_path: Path, programs: None) -
         label = "missing"
 
         def setup(self) -> None:
-            from benchmarks.tools import ToolError
+            from synthfs.benchmarks.tools import ToolError
 
             raise ToolError("not installed here")
 
@@ -176,7 +176,7 @@ def test_normalise_masks_only_what_it_names() -> None:
 
 
 def test_micro_boundary() -> None:
-    from benchmarks import micro
+    from synthfs.benchmarks import micro
 
     try:
         b = micro.measure_supervisor("getpid", iterations=10)
@@ -186,8 +186,8 @@ def test_micro_boundary() -> None:
 
 
 def test_micro_guest_loop_runs_natively(tmp_path: Path) -> None:
-    from benchmarks import micro
-    from benchmarks.workloads import PYTHON
+    from synthfs.benchmarks import micro
+    from synthfs.benchmarks.workloads import PYTHON
 
     (tmp_path / "x").write_text("x")
     for scenario in micro.GUEST_LOOPS:

@@ -168,7 +168,7 @@ def synthfs_world(kernel_ok: None, tmp_path_factory: pytest.TempPathFactory) -> 
 
     A broken ``agent.embedded`` is an error of every synthfs-side test, not a skip.
     """
-    from agent.embedded import embedded
+    from synthfs.agent.embedded import embedded
 
     base = tmp_path_factory.mktemp("synthfs")
     marker = "SYNTHFS-CANARY-" + secrets.token_hex(8)

@@ -256,7 +256,7 @@ def test_symlink_swap_never_writes_a_write_denied_host_file(
     _escapes_natively(ws, out, [*argv, str(N)])
     _reset(ws, out)
     r = subprocess.run(
-        [sys.executable, "-m", "interposer.cli", "run", "--data", str(ws.parent / "data"),
+        [sys.executable, "-m", "synthfs.cli", "run", "--data", str(ws.parent / "data"),
          "--policy", str(ROOT / "policies" / "ci.toml"), "--", *argv, str(N)],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
         env={**os.environ, "WORKSPACE": str(ws)},
@@ -300,7 +300,7 @@ def test_symlink_swap_never_reaches_a_read_denied_host_file(
     policy.write_text(READ_POLICY)
     venv = Path(sys.prefix).resolve()
     r = subprocess.run(
-        [sys.executable, "-m", "interposer.cli", "run", "--data", str(ws.parent / "data"),
+        [sys.executable, "-m", "synthfs.cli", "run", "--data", str(ws.parent / "data"),
          "--policy", str(policy), "--", *argv, str(N), victim],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
         env={**os.environ, "WORKSPACE": str(ws), "BASE": str(ws.parent), "VENV": str(venv)},

@@ -8,13 +8,13 @@ import struct
 
 import pytest
 
-from interposer import abi
-from interposer.actions import Continue, Fail, Return, RunChecked, Scratch
-from interposer.handlers import HANDLERS
-from interposer.namespace import Namespace
-from interposer.policy import NetworkMode
-from interposer.ports import Call, DirHandle, FsState, Proc
-from protocol.messages import Attrs, DirEntry, Listing, Opened, RenameFlags
+from synthfs.interposer import abi
+from synthfs.interposer.actions import Continue, Fail, Return, RunChecked, Scratch
+from synthfs.interposer.handlers import HANDLERS
+from synthfs.interposer.namespace import Namespace
+from synthfs.interposer.ports import Call, DirHandle, FsState, Proc
+from synthfs.policy.engine import NetworkMode
+from synthfs.protocol.messages import Attrs, DirEntry, Listing, Opened, RenameFlags
 
 AT_FDCWD = abi.AT_FDCWD & (2**64 - 1)
 
@@ -215,7 +215,7 @@ def world():
     proc = Proc(tgid=guest.tgid, fs=FsState())
 
     def call(name: str, *args: int):
-        from interposer.syscalls import BY_NAME
+        from synthfs.interposer.syscalls import BY_NAME
 
         spec = BY_NAME[name]
         full = (list(args) + [0] * 6)[:6]
@@ -369,7 +369,7 @@ def test_no_signal_reaches_a_trusted_process(world) -> None:
 
 
 def test_open_flags_the_kernel_refuses_or_ignores() -> None:
-    from interposer.handlers import legacy_open_flags, open_flags_valid
+    from synthfs.interposer.handlers import legacy_open_flags, open_flags_valid
 
     rdwr_tmp = abi.O_TMPFILE | abi.O_RDWR
     assert open_flags_valid(rdwr_tmp) and open_flags_valid(abi.O_PATH | abi.O_DIRECTORY)

@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 from test_handlers import FakeEnv, FakeGuest
 
-from interposer import abi
-from interposer.actions import Fail, Return, RunChecked, Scratch
-from interposer.handlers import HANDLERS, HOST_OPS, PRE_OPS
-from interposer.policy import READ_OPS, WRITE_OPS, Op, Policy
-from interposer.ports import Call, FsState, Proc
-from interposer.run import RunEnv
-from interposer.syscalls import BY_NAME, TABLE, Action, Role
+from synthfs.interposer import abi
+from synthfs.interposer.actions import Fail, Return, RunChecked, Scratch
+from synthfs.interposer.handlers import HANDLERS, HOST_OPS, PRE_OPS
+from synthfs.interposer.ports import Call, FsState, Proc
+from synthfs.interposer.run import RunEnv
+from synthfs.interposer.syscalls import BY_NAME, TABLE, Action, Role
+from synthfs.policy.engine import READ_OPS, WRITE_OPS, Op, Policy
 
 AT_FDCWD = abi.AT_FDCWD & (2**64 - 1)
 
@@ -280,7 +280,7 @@ def test_no_host_section_means_no_host_decision(ws: Path) -> None:
 
 # -- policy triples, run for real -------------------------------------------------------------
 
-SYNTHFS = [sys.executable, "-m", "interposer.cli"]
+SYNTHFS = [sys.executable, "-m", "synthfs.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 CI_TOML = ROOT / "policies" / "ci.toml"
 

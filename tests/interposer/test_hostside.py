@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from interposer.hostside import HostSide, Listener, peer_pid
+from synthfs.interposer.hostside import HostSide, Listener, peer_pid
 
 #: Listens on argv[1] (a plain unix socket, or ZeroMQ with argv[2] == "zmq"), says
 #: "ready", then sleeps until killed.

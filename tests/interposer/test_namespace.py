@@ -6,8 +6,8 @@ import errno
 
 import pytest
 
-from interposer.namespace import Final, Namespace, Where, last_name
-from protocol.messages import Attrs, FileKind
+from synthfs.interposer.namespace import Final, Namespace, Where, last_name
+from synthfs.protocol.messages import Attrs, FileKind
 
 
 def _a(kind: str, ino: int = 1) -> Attrs:

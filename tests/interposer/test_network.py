@@ -24,13 +24,13 @@ from pathlib import Path
 import pytest
 from test_handlers import FakeEnv, FakeGuest
 
-from interposer.actions import Continue, Fail, Return, RunChecked, Scratch
-from interposer.filter import active_gates, build_filter
-from interposer.handlers import HANDLERS
-from interposer.policy import Policy
-from interposer.ports import Call, FsState, Proc
-from interposer.run import RunEnv
-from interposer.syscalls import BY_NAME, Gate
+from synthfs.interposer.actions import Continue, Fail, Return, RunChecked, Scratch
+from synthfs.interposer.filter import active_gates, build_filter
+from synthfs.interposer.handlers import HANDLERS
+from synthfs.interposer.ports import Call, FsState, Proc
+from synthfs.interposer.run import RunEnv
+from synthfs.interposer.syscalls import BY_NAME, Gate
+from synthfs.policy.engine import Policy
 
 NET_POLICY = """\
 version = 1
@@ -266,7 +266,7 @@ def test_the_filter_traps_the_network_only_when_the_policy_restricts_it() -> Non
 
 # -- ci.toml for real ---------------------------------------------------------------------------
 
-SYNTHFS = [sys.executable, "-m", "interposer.cli"]
+SYNTHFS = [sys.executable, "-m", "synthfs.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 
 GUEST = textwrap.dedent("""\

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from interposer.policy import (
+from synthfs.policy.engine import (
     DEFAULT_POLICY_TOML,
     READ_OPS,
     WRITE_OPS,
@@ -22,8 +22,8 @@ from interposer.policy import (
     Policy,
     PolicyError,
 )
-from interposer.policy_glob import ArgvGlob, GlobError, PathGlob
-from interposer.policy_lines import key_lines
+from synthfs.policy.globs import ArgvGlob, GlobError, PathGlob
+from synthfs.policy.lines import key_lines
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"WORKSPACE": "/home/ci/ws", "HOME": "/home/ci", "TMPDIR": "/var/tmp/x"}

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from benchmarks import bench_policy
-from interposer.policy import Policy
+from synthfs.benchmarks import bench_policy
+from synthfs.policy.engine import Policy
 
 
 def test_big_policy_shape() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from interposer.cli import main
+from synthfs.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 POLICIES = REPO / "policies"

@@ -19,7 +19,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from interposer.policy import Action, Op, Policy, PolicyError
+from synthfs.policy.engine import Action, Op, Policy, PolicyError
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"WORKSPACE": "/w", "HOME": "/home/u", "TMPDIR": "/tmp"}
@@ -456,7 +456,7 @@ def test_engine_matches_reference(
 @FUZZ
 @given(st.text(alphabet="/.a\x00", max_size=12))
 def test_is_normal_agrees_with_normpath(path: str) -> None:
-    from interposer.policy import is_normal
+    from synthfs.policy.engine import is_normal
 
     expected = (
         path.startswith("/")

@@ -21,7 +21,7 @@ import pytest
 
 pytestmark = pytest.mark.ptrace
 
-SYNTHFS = [sys.executable, "-m", "interposer.cli"]
+SYNTHFS = [sys.executable, "-m", "synthfs.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 SH = os.path.realpath(shutil.which("sh") or "/bin/sh")
 CAT = os.path.realpath(shutil.which("cat") or "/bin/cat")

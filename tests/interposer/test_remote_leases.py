@@ -27,11 +27,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 from agent_stack import Proc, Stack, wait_until
 
-from interposer.remote import Remote
-from protocol.client import Client
-from protocol.messages import Commit, Open, Opened
+from synthfs.interposer.remote import Remote
+from synthfs.protocol.client import Client
+from synthfs.protocol.messages import Commit, Open, Opened
 
-SYNTHFS = [sys.executable, "-m", "interposer.cli"]
+SYNTHFS = [sys.executable, "-m", "synthfs.cli"]
 GUEST = """
 import os, sys
 for line in sys.stdin:
@@ -84,7 +84,7 @@ def two_agents(stack: Stack) -> Iterator[tuple[Stack, Proc]]:
     stack.start_server("--publish", pub)
     (stack.root / "f").write_bytes(b"one")
     stack.start_agent("-vv", "--subscribe", pub)
-    a2 = Proc("agent2", [sys.executable, "-m", "agent", "--server", stack.server_ep,
+    a2 = Proc("agent2", [sys.executable, "-m", "synthfs.agent", "--server", stack.server_ep,
                          "--bootstrap-key", str(stack.key), "--listen",
                          f"ipc://{stack.run}/agent2.sock", "--cache", str(stack.tmp / "cache2"),
                          "--subscribe", pub], stack.tmp / "agent2.log")

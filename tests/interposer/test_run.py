@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.embedded import embedded
+from synthfs.agent.embedded import embedded
 
 pytestmark = pytest.mark.ptrace
 
-SYNTHFS = [sys.executable, "-m", "interposer.cli"]
+SYNTHFS = [sys.executable, "-m", "synthfs.cli"]
 
 
 def run(*args: str, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -246,11 +246,13 @@ def test_start_up_imports_stay_light() -> None:
     spawns the server and agent before it loads attrs or the protocol, and no
     synthfs process imports asyncio (pyzmq's zmq.utils.monitor does)."""
     probe = (
-        "import sys, interposer.cli, interposer.run, agent.embedded\n"
+        "import sys, synthfs.cli, synthfs.interposer.run, synthfs.agent.embedded\n"
         "early = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('attr', 'attrs', 'protocol', 'msgpack', 'zmq', 'sqlite3') or m == 'agent.cache')\n"
-        "import interposer.runenv, interposer.supervisor, interposer.filter, agent.main, "
-        "server.main, server.service, server.auth, server.backends.local\n"
+        "('attr', 'attrs', 'msgpack', 'zmq', 'sqlite3') or m.startswith('synthfs.protocol') "
+        "or m == 'synthfs.agent.cache')\n"
+        "import synthfs.interposer.runenv, synthfs.interposer.supervisor, "
+        "synthfs.interposer.filter, synthfs.agent.main, synthfs.server.main, "
+        "synthfs.server.service, synthfs.server.auth, synthfs.server.backends.local\n"
         "print(early, 'asyncio' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pyseccomp as sc
 
-from interposer.cli import main as cli_main
-from interposer.filter import build_filter
-from interposer.handlers import HANDLERS
-from interposer.syscalls import BY_NAME, MAX_KNOWN_NR, TABLE, Action, Level, Role
+from synthfs.cli import main as cli_main
+from synthfs.interposer.filter import build_filter
+from synthfs.interposer.handlers import HANDLERS
+from synthfs.interposer.syscalls import BY_NAME, MAX_KNOWN_NR, TABLE, Action, Level, Role
 
 #: Every x86_64 syscall that takes a path (or reaches another process's files),
 #: from the kernel's syscall list. Each must have a row: a path syscall the

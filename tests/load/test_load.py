@@ -41,8 +41,8 @@ from agent_stack import SERVER_CMD, Proc
 from fuzzframes import SEED, BlastResult, FrameFuzzer, blast, server_seeds
 from helpers import synthfs_command
 
-from agent.upstream import Upstream
-from protocol.messages import Message, Stat, StatReply
+from synthfs.agent.upstream import Upstream
+from synthfs.protocol.messages import Message, Stat, StatReply
 
 GUEST = Path(__file__).resolve().with_name("guest.py")
 AGENTS = 2
@@ -76,7 +76,8 @@ class Fleet:
         self.procs.append(server)
         for i, ep in enumerate(self.agent_eps):
             self.procs.append(Proc(f"agent{i}", [
-                sys.executable, "-m", "agent", "--server", self.server_ep, "--bootstrap-key",
+                sys.executable, "-m", "synthfs.agent", "--server", self.server_ep,
+                "--bootstrap-key",
                 str(self.key), "--listen", ep, "--cache", str(self.tmp / f"cache{i}"),
                 "--subscribe", self.publish_ep], self.tmp / f"agent{i}.log"))
         for p in self.procs:

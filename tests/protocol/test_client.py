@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import zmq
 
-from protocol.client import Client, Unreachable
-from protocol.codec import decode, encode
-from protocol.messages import Attrs, Error, Message, Read, Stat, StatReply
+from synthfs.protocol.client import Client, Unreachable
+from synthfs.protocol.codec import decode, encode
+from synthfs.protocol.messages import Attrs, Error, Message, Read, Stat, StatReply
 
 A = Attrs(kind="file", size=1, mode=0o644, mtime_ns=0, ctime_ns=0, ino=1)
 #: (request_id, message, token, attempt number for that id) -> list of (request_id, reply)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import messages as m
-from protocol.codec import MAX_FRAME, DecodeError, decode, encode, error_from_exception
+from synthfs.protocol import messages as m
+from synthfs.protocol.codec import MAX_FRAME, DecodeError, decode, encode, error_from_exception
 
 A = m.Attrs(kind=m.FileKind.FILE, size=12, mode=0o644, mtime_ns=1, ctime_ns=-2, ino=7,
             nlink=1, version="v1")

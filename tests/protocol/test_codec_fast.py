@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_codec import EXAMPLES  # one example of every kind
 
-from protocol import codec
-from protocol import messages as m
-from protocol.codec import DecodeError, decode, decoder_source, encode
+from synthfs.protocol import codec
+from synthfs.protocol import messages as m
+from synthfs.protocol.codec import DecodeError, decode, decoder_source, encode
 
 A = m.Attrs(kind=m.FileKind.FILE, size=12, mode=0o644, mtime_ns=-1, ctime_ns=2, ino=7, nlink=1,
             version="v1")
@@ -299,7 +299,7 @@ def test_fast_decoder_agrees_with_the_validators(
 
 
 def test_build_checks_values_as_the_decoder_does() -> None:
-    from protocol.codec import build
+    from synthfs.protocol.codec import build
 
     assert build(m.Attrs, m.FileKind.FILE, 12, 0o644, -1, 2, 7, 1, "v1") == A
     assert build(m.Attrs, *ATTRS_WIRE) == A

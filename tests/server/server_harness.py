@@ -19,9 +19,9 @@ from pathlib import Path
 
 import zmq
 
-from protocol.codec import decode, encode
-from protocol.messages import PROTOCOL_VERSION, Message, Register, Registered
-from server.auth import register_mac
+from synthfs.protocol.codec import decode, encode
+from synthfs.protocol.messages import PROTOCOL_VERSION, Message, Register, Registered
+from synthfs.server.auth import register_mac
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ class ServerProc:
         self.bound = endpoint
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "server", "--root", str(self.root), "--listen",
+        return [sys.executable, "-m", "synthfs.server", "--root", str(self.root), "--listen",
                 self.endpoint, "--bootstrap-key", str(self.key_path), *self.extra]
 
     def start(self, timeout: float = 15.0) -> ServerProc:

@@ -6,9 +6,9 @@ import errno
 import os
 
 import pytest
-from backend_suite import BackendSuite
 
-from server.backends.local import STAGING_DIR, LocalBackend
+from synthfs.server.backends.local import STAGING_DIR, LocalBackend
+from synthfs.testing.backend_suite import BackendSuite
 
 
 class TestLocalBackend(BackendSuite):

@@ -12,8 +12,8 @@ import time
 
 from server_harness import REPO, RawClient, ServerProc, make_key, register
 
-from protocol.codec import encode
-from protocol.messages import (
+from synthfs.protocol.codec import encode
+from synthfs.protocol.messages import (
     PROTOCOL_VERSION,
     Error,
     Mkdir,
@@ -23,7 +23,7 @@ from protocol.messages import (
     StatReply,
     UploadCommit,
 )
-from server.auth import register_mac
+from synthfs.server.auth import register_mac
 
 
 def _err(reply) -> int:
@@ -128,8 +128,8 @@ def test_key_file_is_created_private(tmp_path):
 
 
 def _run_server(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run([sys.executable, "-m", "synthfs.server", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=30)
 
 
 def test_group_readable_key_is_refused(tmp_path):
@@ -172,7 +172,7 @@ def test_default_key_path_is_under_xdg_config_home(tmp_path):
     (tmp_path / "repo").mkdir()
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
     r, w = os.pipe()
-    p = subprocess.Popen([sys.executable, "-m", "server", "--root", str(tmp_path / "repo"),
+    p = subprocess.Popen([sys.executable, "-m", "synthfs.server", "--root", str(tmp_path / "repo"),
                           "--listen", f"ipc://{tmp_path}/s.sock", "--ready-fd", str(w)],
                          cwd=REPO, env=env, pass_fds=[w], stderr=subprocess.PIPE, text=True)
     os.close(w)

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from protocol.messages import PROTOCOL_VERSION, Register
-from server.auth import AuthError, Authority, load_or_create_key, register_mac
-from server.main import check_endpoint
+from synthfs.protocol.messages import PROTOCOL_VERSION, Register
+from synthfs.server.auth import AuthError, Authority, load_or_create_key, register_mac
+from synthfs.server.main import check_endpoint
 
 KEY = b"k" * 64
 

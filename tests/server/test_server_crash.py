@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from protocol.messages import (
+from synthfs.protocol.messages import (
     CHUNK_SIZE,
     Done,
     Error,

@@ -10,7 +10,7 @@ import tempfile
 import pytest
 from server_harness import RawClient, ServerProc, make_key, register
 
-from protocol.messages import (
+from synthfs.protocol.messages import (
     Error,
     List,
     Mkdir,

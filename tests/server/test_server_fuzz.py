@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_harness import RawClient, ServerProc, make_key, register
 
-from protocol.messages import REGISTRY, Message, Registered, Stat, StatReply
+from synthfs.protocol.messages import REGISTRY, Message, Registered, Stat, StatReply
 
 KINDS = sorted(REGISTRY)
 FIELDS = sorted({f.name for cls in REGISTRY.values() for f in attrs.fields(cls)})
@@ -142,8 +142,8 @@ def test_random_frames_never_break_the_server(fuzz_server):
 def test_bad_frames_get_an_error_reply(fuzz_server):
     import errno
 
-    from protocol.codec import decode
-    from protocol.messages import Error
+    from synthfs.protocol.codec import decode
+    from synthfs.protocol.messages import Error
 
     _proc, client = fuzz_server
     _drain(client)
@@ -204,7 +204,7 @@ def test_a_million_fuzzed_frames(fuzz_server):
 
 def test_oversized_frame_is_dropped_and_the_server_goes_on(fuzz_server):
     """A frame over the size limit is dropped with its connection; the server serves on."""
-    from protocol.codec import MAX_FRAME
+    from synthfs.protocol.codec import MAX_FRAME
 
     proc, client = fuzz_server
     with RawClient(proc.bound, token=client.token) as big:
@@ -217,7 +217,7 @@ def test_oversized_frame_is_dropped_and_the_server_goes_on(fuzz_server):
 
 def test_a_client_that_never_reads_does_not_stall_others(fuzz_server):
     """5,000 pipelined reads from a client that never reads its replies: others still served."""
-    from protocol.messages import CHUNK_SIZE, Read
+    from synthfs.protocol.messages import CHUNK_SIZE, Read
 
     proc, client = fuzz_server
     (proc.root / "big").write_bytes(b"x" * CHUNK_SIZE)
@@ -246,7 +246,7 @@ def test_no_request_plants_a_setuid_file(fuzz_server):
     import os
     import stat
 
-    from protocol.messages import SetAttr, UploadChunk, UploadCommit
+    from synthfs.protocol.messages import SetAttr, UploadChunk, UploadCommit
 
     proc, client = fuzz_server
     (proc.root / "prog").write_bytes(b"#!/bin/sh\n")

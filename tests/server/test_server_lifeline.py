@@ -27,7 +27,7 @@ def test_the_server_stops_when_the_lifeline_closes(tmp_path: Path) -> None:
     holder = proc = None
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--root", str(root), "--listen",
+            [sys.executable, "-m", "synthfs.server", "--root", str(root), "--listen",
              f"ipc://{tmp_path}/s.sock", "--bootstrap-key", str(key),
              "--lifeline-fd", str(life_r), "--ready-fd", str(ready_w)],
             pass_fds=[life_r, ready_w], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

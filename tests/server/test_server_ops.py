@@ -13,8 +13,8 @@ import msgpack
 import pytest
 import zmq
 
-from protocol.codec import decode, encode
-from protocol.messages import (
+from synthfs.protocol.codec import decode, encode
+from synthfs.protocol.messages import (
     CHUNK_SIZE,
     Data,
     Done,

@@ -18,17 +18,20 @@ import os
 import sys
 from collections.abc import Sequence
 
+from synthfs import __version__
+
 __all__ = ["COMMANDS", "main"]
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("interposer.run", "run a command with the synthetic tree at /data"),
-    "syscalls": ("interposer.syscalls_cli", "print the syscall table (support level, handler)"),
-    "server": ("server.main", "serve a repository directory to agents"),
-    "agent": ("agent.main", "run the trusted agent (holds the token, owns the cache)"),
-    "keys": ("protocol.keys_cli", "make a CURVE key pair for tcp:// agents and servers"),
-    "policy": ("interposer.policy_cli", "check or explain a policy file"),
-    "bench": ("benchmarks.cli", "benchmark synthfs against native and peer tools"),
+    "run": ("synthfs.interposer.run", "run a command with the synthetic tree at /data"),
+    "syscalls": ("synthfs.interposer.syscalls_cli",
+                 "print the syscall table (support level, handler)"),
+    "server": ("synthfs.server.main", "serve a repository directory to agents"),
+    "agent": ("synthfs.agent.main", "run the trusted agent (holds the token, owns the cache)"),
+    "keys": ("synthfs.protocol.keys_cli", "make a CURVE key pair for tcp:// agents and servers"),
+    "policy": ("synthfs.policy.cli", "check or explain a policy file"),
+    "bench": ("synthfs.benchmarks.cli", "benchmark synthfs against native and peer tools"),
 }
 
 
@@ -40,6 +43,7 @@ def _top_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
     )
+    parser.add_argument("--version", action="version", version=f"synthfs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -47,7 +51,7 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    program = argv is None  # the console script or ``python -m interposer.cli``
+    program = argv is None  # the console script or ``python -m synthfs``
     argv = list(sys.argv[1:] if argv is None else argv)
     # Find the subcommand without importing every implementation.
     verbose = 0
@@ -56,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.pop(0)
     if not argv or argv[0] not in COMMANDS:
         parser = _top_parser()
-        if not argv or argv[0] in ("-h", "--help"):
+        if not argv or argv[0] in ("-h", "--help", "--version"):
+            if argv and argv[0] == "--version":
+                print(f"synthfs {__version__}")
+                return 0
             parser.print_help()
             return 0 if argv else 2
         parser.error(f"unknown command {argv[0]!r} (choose from {', '.join(COMMANDS)})")

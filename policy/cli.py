@@ -3,7 +3,7 @@
     synthfs policy check FILE [FILE ...]
     synthfs policy explain FILE --exe PATH [--argv 'ARGV' | --arg A ...] --op OP --path PATH
 
-Role: a thin shell around :mod:`interposer.policy` for humans and CI.
+Role: a thin shell around :mod:`synthfs.policy.engine` for humans and CI.
 ``check`` prints ``FILE: ok (N apps, M rules)`` or the error with its line
 and fix, and exits 0 (all ok) or 1. ``explain`` identifies the app the way
 the supervisor would at execve (realpath of ``--exe``, argv, sha256 of the
@@ -25,7 +25,7 @@ import shlex
 import sys
 from collections.abc import Mapping
 
-from interposer.policy import Op, Policy, PolicyError
+from synthfs.policy.engine import Op, Policy, PolicyError
 
 __all__ = ["HELP", "configure", "main"]
 

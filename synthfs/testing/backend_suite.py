@@ -12,8 +12,8 @@ import secrets
 
 import pytest
 
-from protocol.messages import CHUNK_SIZE, FileKind, RenameFlags
-from server.backends.base import Backend
+from synthfs.protocol.messages import CHUNK_SIZE, FileKind, RenameFlags
+from synthfs.server.backends.base import Backend
 
 __all__ = ["BackendSuite"]
 

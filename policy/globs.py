@@ -1,6 +1,6 @@
 """Globs of the policy language, compiled once to regular expressions.
 
-Pure helpers for :mod:`interposer.policy`. Two kinds of glob:
+Pure helpers for :mod:`synthfs.policy.engine`. Two kinds of glob:
 
 * **path globs** (rule paths, ``match.exe``, ``[host]`` lists, mount paths):
   absolute, ``/``-separated, normalised (no empty, ``.`` or ``..``

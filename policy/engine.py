@@ -88,8 +88,8 @@ from typing import Any
 
 import attrs
 
-from interposer.policy_glob import ArgvGlob, GlobError, PathGlob, literal_prefix, paths_related
-from interposer.policy_lines import KeyPath, key_lines, line_of
+from synthfs.policy.globs import ArgvGlob, GlobError, PathGlob, literal_prefix, paths_related
+from synthfs.policy.lines import KeyPath, key_lines, line_of
 
 __all__ = [
     "DEFAULT_POLICY_TOML",

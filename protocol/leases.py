@@ -58,8 +58,8 @@ import attrs
 import msgpack
 import zmq
 
-from protocol.messages import Opened
-from protocol.monitor import monitor_event
+from synthfs.protocol.messages import Opened
+from synthfs.protocol.monitor import monitor_event
 
 __all__ = [
     "BEAT_INTERVAL",
