@@ -60,7 +60,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--mount", default="/data", help="guest path of the synthetic tree (default: /data)"
     )
     parser.add_argument(
-        "--policy", metavar="FILE", help="policy file (default: policies/default.toml semantics)"
+        "--policy", metavar="FILE|NAME",
+        help="policy file, or the name of a shipped policy (synthfs policy list); "
+        "default: the 'default' policy's semantics"
     )
     parser.add_argument(
         "--read-only", action="store_true", help="refuse every write on the mount (EROFS)"
@@ -127,13 +129,16 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
     from synthfs.interposer.runenv import RunEnv
     from synthfs.interposer.supervisor import Supervisor
     from synthfs.policy.engine import Policy, PolicyError
+    from synthfs.policy.shipped import PolicyNotFound, locate
 
     try:
         ns = Namespace(args.mount)
     except ValueError as exc:
         return _fail(str(exc))
     try:
-        policy = Policy.from_toml(args.policy) if args.policy else Policy.default(ns.mount)
+        policy = Policy.from_toml(locate(args.policy)) if args.policy else Policy.default(ns.mount)
+    except PolicyNotFound as exc:
+        return _fail(str(exc))
     except PolicyError as exc:
         return _fail(f"bad policy: {exc}")
     if ns.mount not in policy.mounts:
