@@ -149,7 +149,7 @@ def test_embedded_agent_killed(tmp_path: Path, synthfs: object) -> None:
     g = Guest(_embedded(repo), OPS_LOOP, str(stop), "60")
     assert g.wait_for(lambda rs: sum("op" in r for r in rs) >= 8, 30), g.show()
     agents = [p for p in _descendants(g.popen.pid)
-              if b"-m\x00agent\x00" in Path(f"/proc/{p}/cmdline").read_bytes()]
+              if b"-m\x00synthfs.agent\x00" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert len(agents) == 1, agents
     os.kill(agents[0], signal.SIGKILL)
     n = len(g.records())
