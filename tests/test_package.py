@@ -15,9 +15,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
-
 import helpers
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,7 +49,8 @@ def _run(venv: Path, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_the_wheel_installs_one_import_name(installed: Path) -> None:
     purelib = next((installed / "lib").glob("python3.*/site-packages"))
     ours = sorted(p.name for p in purelib.iterdir()
-                  if p.name not in ("zz-deps.pth", "__pycache__") and not p.name.endswith(".dist-info"))
+                  if p.name not in ("zz-deps.pth", "__pycache__")
+                  and not p.name.endswith(".dist-info"))
     assert ours == ["synthfs"]
     pkg = purelib / "synthfs"
     for part in ("interposer", "agent", "server", "protocol", "policy", "testing"):
