@@ -12,6 +12,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import time
 from typing import IO
 
@@ -33,7 +34,38 @@ from synthfs.policy.engine import (
 #: op names as handlers give them (an Enum call by value costs ~1 µs per check)
 _OPS = {op.value: op for op in Op}
 
-__all__ = ["RunEnv"]
+__all__ = ["LOADER_VARIABLES", "RunEnv", "borrowed_identity"]
+
+#: Environment variables that make the dynamic loader or the C library run, load or
+#: write code and files the caller chose: glibc's list of variables it drops for a
+#: setuid program (elf/dl-unsecvars.h) that change what runs, plus every ``LD_*``
+#: (musl reads LD_PRELOAD and LD_LIBRARY_PATH). A process exec'd with one of them is
+#: not identified as its executable (docs/policy.md, "Which app is a process?").
+LOADER_VARIABLES = frozenset(
+    {"GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCPATH", "MALLOC_TRACE",
+     "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS"}
+)
+
+#: The dynamic loaders' file names: run directly (``ld.so PROGRAM``) they load any program.
+_LOADER_NAME = re.compile(
+    r"^(?:ld-linux[-\w.]*\.so(?:\.\d+)*|ld-musl-\w+\.so\.\d+|ld\.so(?:\.\d+)?|ld64\.so(?:\.\d+)*)$"
+)
+
+
+def borrowed_identity(exe: str, environ: bytes) -> str | None:
+    """Why a freshly exec'd image runs code chosen besides ``exe``, or None.
+
+    ``environ`` is the new image's environment as the kernel laid it out
+    (``/proc/PID/environ`` at the exec stop, before the image runs: no thread
+    can change it any more).
+    """
+    if _LOADER_NAME.match(exe.rpartition("/")[2]):
+        return "the dynamic loader run directly"
+    for entry in environ.split(b"\0"):
+        name = entry.partition(b"=")[0].decode("latin-1")
+        if name.startswith("LD_") or name in LOADER_VARIABLES:
+            return f"loader variable {name} in its environment"
+    return None
 
 
 class RunEnv:
@@ -71,7 +103,13 @@ class RunEnv:
                     h.update(block)
             return h.hexdigest()
 
-        proc.app = self.policy.identify(exe, proc.argv, digest)
+        try:
+            with open(f"/proc/{proc.tgid}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            environ = b"LD_=unreadable"  # fail closed: an environment we cannot see
+        why = borrowed_identity(exe, environ)
+        proc.app = self.policy.identify(exe, proc.argv, digest, borrowed=why is not None)
 
     @property
     def network(self) -> NetworkMode:

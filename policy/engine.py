@@ -254,6 +254,12 @@ class App:
         """False for the catch-all app of executables no [[app]] matches."""
         return self.ref != "default"
 
+    @property
+    def any_exe(self) -> bool:
+        """True when the app matches every executable (a ``/**`` exe glob) and pins
+        no digest: it is not an identity, so a loaded-by-request process may have it."""
+        return self.sha256 is None and any(g.text == "/**" for g in self.exe)
+
     def matches(self, exe: str, argv: Sequence[str]) -> bool:
         """exe and argv matchers only (the pin is checked by identify)."""
         if self.exe_re is None or self.exe_re.fullmatch(exe) is None:
@@ -444,12 +450,29 @@ class Policy:
         return f"<Policy {self.name!r} from {self.source}: {counts}{ro}>"
 
     # -- identity ------------------------------------------------------------------------
-    def identify(self, exe: str, argv: Sequence[str], sha256: Callable[[], str]) -> App:
+    def identify(
+        self,
+        exe: str,
+        argv: Sequence[str],
+        sha256: Callable[[], str],
+        *,
+        borrowed: bool = False,
+    ) -> App:
         """The app of a process that just exec'd ``exe`` (a realpath) with ``argv``.
 
         ``sha256()`` is called at most once, and only when the first matching
         app pins a digest; if it raises OSError the pin counts as mismatched.
+        ``borrowed``: the new image runs code its caller chose besides ``exe``
+        (loader variables such as LD_PRELOAD in its environment, or the
+        dynamic loader run directly): only apps that match every executable
+        and pin nothing (:attr:`App.any_exe`) may match, since any other app
+        would lend its identity to that code (docs/policy.md).
         """
+        if borrowed:
+            for app in self.apps:
+                if app.any_exe and all(any(g.matches(a) for a in argv) for g in app.argv):
+                    return app
+            return self._unmatched
         candidates = self._exe_cache.get(exe)
         if candidates is None:
             candidates = tuple(

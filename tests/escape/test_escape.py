@@ -27,6 +27,7 @@ Run: ``.venv/bin/python -m pytest tests/escape`` (TOCTOU at 10,000 attempts;
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import signal
@@ -233,7 +234,7 @@ class Attack:
 
 def _argv(attack: Attack, world: World, cbin) -> list[str]:
     prog, *args = attack.argv
-    if prog in ("paths", "identity"):
+    if prog in ("paths", "identity", "borrow"):
         head = [sys.executable, "-I", str(ATTACKS / f"{prog}.py")]
     else:
         head = [str(cbin(prog))]
@@ -494,6 +495,75 @@ def test_exec_identity_allowed_twin(synthfs_world, cbin, tmp_path) -> None:
     attack = Attack("twin", ("identity", "allowed_twin", "{data}", "/usr/bin/cat", "{marker}"))
     pol = tmp_path / "policy.toml"
     pol.write_text(identity_policy())
+    launcher = helpers.SynthfsLauncher(mode="agent")
+    argv = launcher.argv(
+        synthfs_world.repo, _argv(attack, synthfs_world, cbin), stack=synthfs_world.stack,
+        extra=["--policy", str(pol)],
+    )
+    got = helpers.run_native(argv, cwd=tmp_path, timeout=attack.timeout)
+    assert got.status == ESCAPED, got.show()
+
+
+def borrow_policy() -> str:
+    """cat, pinned by its digest, reads /data; so do helpers under /usr/lib; nothing else."""
+    cat = os.path.realpath("/usr/bin/cat")
+    digest = hashlib.sha256(Path(cat).read_bytes()).hexdigest()
+    return f"""\
+version = 1
+name = "escape-borrow"
+description = "escape suite: only the pinned cat (and helpers under /usr/lib) read /data"
+default = "deny"
+
+[[mount]]
+path = "/data"
+
+[[app]]
+name = "cat"
+match.exe = ["{cat}"]
+match.sha256 = "{digest}"
+allow = [{{ paths = ["/data", "/data/**"], ops = ["*"] }}]
+
+[[app]]
+name = "helpers"
+match.exe = ["/usr/lib/**"]
+allow = [{{ paths = ["/data", "/data/**"], ops = ["*"] }}]
+"""
+
+
+@pytest.fixture(scope="session")
+def preload_so(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``attacks/preload.c`` built as a shared library (its constructor reads a file)."""
+    so = tmp_path_factory.mktemp("attacks-so") / "preload.so"
+    subprocess.run(
+        ["gcc", "-O1", "-Wall", "-shared", "-fPIC", "-o", str(so), str(ATTACKS / "preload.c")],
+        check=True, timeout=120,
+    )
+    return so
+
+
+BORROW_MODES = ("ld_preload", "ld_audit", "ldso", "ldso_preload")
+
+
+@pytest.mark.parametrize("mode", BORROW_MODES)
+def test_borrowed_identity(mode, preload_so, native_world, synthfs_world, cbin, tmp_path) -> None:
+    """Code the attacker chose (a preloaded library, or any program under ld.so) never
+    runs with a pinned or exe-matched app's rules (docs/policy.md)."""
+    attack = Attack(
+        f"borrow_{mode}",
+        ("borrow", mode, "{data}", "/usr/bin/cat", "{marker}", str(preload_so)),
+        policy=borrow_policy(),
+    )
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+def test_borrowed_identity_twin(preload_so, synthfs_world, cbin, tmp_path) -> None:
+    """Under the same policy the pinned cat itself does read /data/secret (exit 66 is
+    success here): otherwise the refusals above prove nothing."""
+    attack = Attack(
+        "twin", ("borrow", "twin", "{data}", "/usr/bin/cat", "{marker}", str(preload_so))
+    )
+    pol = tmp_path / "policy.toml"
+    pol.write_text(borrow_policy())
     launcher = helpers.SynthfsLauncher(mode="agent")
     argv = launcher.argv(
         synthfs_world.repo, _argv(attack, synthfs_world, cbin), stack=synthfs_world.stack,

@@ -734,6 +734,43 @@ def test_sha256_unreadable_counts_as_mismatch(fake_exe: tuple[Path, str]) -> Non
     assert p.identify(str(exe), [str(exe)], broken).deny_all is not None
 
 
+def test_borrowed_identity_gets_only_catch_all_apps(fake_exe: tuple[Path, str]) -> None:
+    """A process that runs code its caller chose (LD_PRELOAD, ld.so run directly) is
+    not its executable: the pinned app is skipped, unhashed, and so is any app that
+    names executables; an app for every executable still applies."""
+    exe, digest = fake_exe
+    p = pinned_policy(exe, digest)
+    app = p.identify(str(exe), [str(exe)], no_hash, borrowed=True)
+    assert app.name == "anything"
+    named = ident_policy()
+    assert named.identify("/usr/bin/python3", ["python3"], no_hash).name == "python"
+    assert named.identify("/usr/bin/python3", ["python3"], no_hash, borrowed=True).name == (
+        "(unmatched)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("exe", "environ", "why"),
+    [
+        ("/usr/bin/cat", b"PATH=/bin\0HOME=/root\0", None),
+        ("/usr/bin/cat", b"PATH=/bin\0LD_PRELOAD=/tmp/x.so\0", "LD_PRELOAD"),
+        ("/usr/bin/cat", b"LD_AUDIT=/tmp/x.so\0", "LD_AUDIT"),
+        ("/usr/bin/cat", b"A=1\0LD_LIBRARY_PATH=/tmp\0", "LD_LIBRARY_PATH"),
+        ("/usr/bin/cat", b"GCONV_PATH=/tmp\0", "GCONV_PATH"),
+        ("/usr/bin/cat", b"GLIBC_TUNABLES=x\0", "GLIBC_TUNABLES"),
+        ("/usr/bin/cat", b"XLD_PRELOAD=/tmp/x.so\0", None),
+        ("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", b"", "dynamic loader"),
+        ("/lib/ld-musl-x86_64.so.1", b"", "dynamic loader"),
+        ("/usr/bin/ld", b"", None),
+    ],
+)
+def test_borrowed_identity_reasons(exe: str, environ: bytes, why: str | None) -> None:
+    from synthfs.interposer.runenv import borrowed_identity
+
+    got = borrowed_identity(exe, environ)
+    assert (got is None) if why is None else (got is not None and why in got)
+
+
 def test_exe_globs_match_realpaths_only() -> None:
     p = ident_policy()
     # the supervisor passes realpaths; a symlink name is just another path
