@@ -1768,12 +1768,48 @@ def exec_at(
         assert loc.repo is not None
         opened = env.repo.open(loc.repo, 0, 0)
         path = opened.host_path
+        _expect_exec(call, env, path, True)
     else:
         if call.guest.read_path(addr) == "" and flags & AT_EMPTY_PATH:
-            return CONTINUE  # fexecve: the fd was opened (and checked) already
+            # fexecve: the fd was opened (and checked) already
+            _expect_exec(call, env, f"/proc/{call.guest.tgid}/fd/{dirfd}", True)
+            return CONTINUE
         assert loc.host is not None
         path = loc.host
+        _expect_exec(call, env, path, loc.via_fd or loc.magic or loc.real != loc.host)
     return RunChecked(NR_EXECVEAT, (AT_FDCWD, _cstr(path), argv, envp, flags & ~AT_EMPTY_PATH))
+
+
+def _expect_exec(call: Call, env: Env, path: str, via: bool) -> None:
+    """Remember the object a checked execve will run (docs/policy.md, exec).
+
+    The kernel walks ``path`` again: a directory swapped for a symlink after
+    the check would run a program from a place the ``[host]`` rules deny. So
+    the supervisor pins the checked file (``RESOLVE_NO_SYMLINKS``: a swap
+    already made fails with ELOOP) and notes its ``(st_dev, st_ino)`` (for a
+    script, its interpreter's); at the exec stop, before the new image runs an
+    instruction, the mapped executable must be one of the noted objects, or
+    the process is killed. The kernel gets the checked path as text, so
+    ``/proc/self/exe``, ``comm``, ``AT_EXECFN`` and a script's name stay native.
+    ``via``: ``path`` is a magic link (an fd, ``/proc/PID/exe``) to open as is.
+    """
+    if not env.host_rules:
+        return
+    if via:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)  # the object, not a walk
+        pinned: tuple[str, int] | None = ("", fd)
+    else:
+        pinned = env.pin(path, True)  # raises ELOOP when a symlink is in the way now
+    if pinned is None:
+        return
+    try:
+        obj = abi.executed_object(pinned[1], f"/proc/{call.guest.tgid}/cwd")
+    finally:
+        env.unpin(pinned[1])
+    if call.proc.exec_checked is None:
+        call.proc.exec_checked = set()
+    if obj is not None:
+        call.proc.exec_checked.add(obj)
 
 
 @guarded

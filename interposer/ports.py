@@ -141,6 +141,9 @@ class Proc:
     wrote: bool = False
     #: set once the process opened anything synthetic (its fd syscalls need a look)
     synthetic: bool = False
+    #: under [host] rules: ``(st_dev, st_ino)`` of every executable an execve since the
+    #: last exec checked (the image the kernel maps must be one of them), None: unchecked
+    exec_checked: set[tuple[int, int]] | None = None
 
 
 @define

@@ -93,7 +93,24 @@ class RunEnv:
         self.host_rules = policy.has_host_rules
         self.bound_names: dict[int, bytes] = {}
 
-    def identify(self, proc: Proc) -> None:
+    def identify(self, proc: Proc) -> str | None:
+        """Decide the app of a process at its exec stop; a reason to kill it, or None.
+
+        Killed: under ``[host]`` rules, the image the kernel mapped is not an
+        executable the execve checked (a directory was swapped for a symlink
+        between the check and the exec: handlers._expect_exec).
+        """
+        checked, proc.exec_checked = proc.exec_checked, None
+        if checked is not None:
+            try:
+                s = os.stat(f"/proc/{proc.tgid}/exe")
+                mapped: tuple[int, int] | None = (s.st_dev, s.st_ino)
+            except OSError:
+                mapped = None
+            if mapped not in checked:
+                proc.app = self.policy.unmatched
+                self.denials += 1
+                return "the executable changed between the policy check and the exec"
         exe = proc.exe
 
         def digest() -> str:
@@ -110,6 +127,7 @@ class RunEnv:
             environ = b"LD_=unreadable"  # fail closed: an environment we cannot see
         why = borrowed_identity(exe, environ)
         proc.app = self.policy.identify(exe, proc.argv, digest, borrowed=why is not None)
+        return None
 
     @property
     def network(self) -> NetworkMode:
