@@ -1155,6 +1155,10 @@ def rename_at(
         return Fail(errno.EXDEV)
     if not src.synthetic:
         assert src.host is not None and dst.host is not None
+        if env.host_rules and src.real is not None and dst.real is not None:
+            denied = _host_rename_check(call, env, src.real, dst.real, flags)
+            if denied:
+                return Fail(denied)
         return run_host(env, NR_RENAMEAT2, (AT_FDCWD, Pin(src), AT_FDCWD, Pin(dst), flags))
     assert src.repo is not None and dst.repo is not None
     # The kernel's order: '.' and '..', the source's name, the target's, then the types.
@@ -1193,8 +1197,30 @@ def rename_at(
             return Fail(denied)
     if src.repo == dst.repo:
         return Return(0)
+    # Rules are about paths: nothing may leave a stricter rule by the move (and an
+    # exchange moves the target the other way).
+    denied = env.check_rename(call, src.guest, dst.guest, sattrs.kind is FileKind.DIR)
+    if not denied and flags & 2 and dattrs is not None:
+        denied = env.check_rename(call, dst.guest, src.guest, dattrs.kind is FileKind.DIR)
+    if denied:
+        return Fail(denied)
     s, d = src.repo, dst.repo
     return _synthetic_op(lambda: env.repo.rename(s, d, RenameFlags(flags & 3)))
+
+
+def _host_rename_check(call: Call, env: Env, src: str, dst: str, flags: int) -> int:
+    """The [host] side of :meth:`Env.check_rename` (and the other way for an exchange)."""
+
+    def tree(path: str) -> bool:
+        try:
+            return st.S_ISDIR(os.lstat(path).st_mode)
+        except OSError:
+            return False  # the kernel answers for a name that is not there
+
+    denied = env.check_host_rename(call, src, dst, tree(src))
+    if not denied and flags & 2:
+        denied = env.check_host_rename(call, dst, src, tree(dst))
+    return denied
 
 
 @guarded

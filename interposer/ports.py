@@ -181,6 +181,13 @@ class Env(Protocol):
     def check_host(self, call: Call, op: str, path: str) -> int:
         """0 when the ``[host]`` rules allow ``op`` on the resolved host ``path``, else errno."""
 
+    def check_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
+        """0 when renaming the guest path ``src`` to ``dst`` (``tree``: a directory)
+        moves nothing from under a stricter rule, else the errno (EXDEV)."""
+
+    def check_host_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
+        """The same for two resolved host paths under ``[host]`` rules."""
+
     @property
     def host_rules(self) -> bool:
         """Whether the policy restricts host paths (``[host]`` read or write lists)."""

@@ -157,6 +157,27 @@ class RunEnv:
             return 0
         return self._record(call, app, op, path, decision, t0)
 
+    def check_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
+        """0 when moving ``src`` to ``dst`` (guest paths on the mount; ``tree``: a
+        directory) keeps every path under rules at least as strict
+        (``Policy.decide_rename``), else the errno (EXDEV), audited."""
+        t0 = time.perf_counter_ns()
+        app = self._app(call)
+        decision = self.policy.decide_rename(app, src, dst, tree)
+        if decision.allowed and not self.audit_all:
+            return 0
+        return self._record(call, app, "rename", f"{src} -> {dst}", decision, t0)
+
+    def check_host_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
+        """:meth:`check_rename` for two resolved host paths (``[host]`` rules)."""
+        if not self.host_rules:
+            return 0
+        t0 = time.perf_counter_ns()
+        decision = self.policy.decide_host_rename(src, dst, tree)
+        if decision.allowed and not self.audit_all:
+            return 0
+        return self._record(call, self._app(call), "rename", f"{src} -> {dst}", decision, t0)
+
     def pin(
         self, real_path: str, whole: bool, always: bool = False, via: str | None = None
     ) -> tuple[str, int] | None:

@@ -30,10 +30,12 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -234,7 +236,7 @@ class Attack:
 
 def _argv(attack: Attack, world: World, cbin) -> list[str]:
     prog, *args = attack.argv
-    if prog in ("paths", "identity", "borrow"):
+    if prog in ("paths", "identity", "borrow", "rename"):
         head = [sys.executable, "-I", str(ATTACKS / f"{prog}.py")]
     else:
         head = [str(cbin(prog))]
@@ -571,6 +573,118 @@ def test_borrowed_identity_twin(preload_so, synthfs_world, cbin, tmp_path) -> No
     )
     got = helpers.run_native(argv, cwd=tmp_path, timeout=attack.timeout)
     assert got.status == ESCAPED, got.show()
+
+
+RENAME_POLICY = """\
+version = 1
+name = "escape-rename"
+description = "escape suite: /data is open except a subtree (and reads of another)"
+default = "deny"
+
+[[mount]]
+path = "/data"
+
+[[app]]
+name = "everyone"
+match.exe = ["/**"]
+allow = [{ paths = ["/data", "/data/**"], ops = ["*"] }]
+deny = [
+  { paths = ["/data/rn_subtree/dir/inner/**"], ops = ["*"] },
+  { paths = ["/data/rn_into/private/**"], ops = ["read"] },
+]
+"""
+
+
+def _rename_tree(repo: Path, mode: str, marker: str) -> None:
+    top = repo / f"rn_{mode}"
+    shutil.rmtree(top, ignore_errors=True)
+    secret = top / ("dir/inner/secret" if mode == "subtree" else "private/secret")
+    secret.parent.mkdir(parents=True)
+    secret.write_text(marker + "\n")
+    (top / "public").mkdir()
+
+
+@pytest.mark.parametrize("mode", ["subtree", "into"])
+def test_rename_moves_nothing_from_under_a_rule(
+    mode, native_world, synthfs_world, cbin, tmp_path
+) -> None:
+    """Renaming an allowed directory must not make a denied path below it readable
+    under its new name, nor a read-denied tree readable by moving it somewhere open."""
+    for world in (native_world, synthfs_world):
+        _rename_tree(world.repo, mode, world.marker)
+    attack = Attack(f"rename_{mode}", ("rename", mode, "{data}", "{marker}"), policy=RENAME_POLICY)
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+def test_rename_twin_moves_what_no_rule_tells_apart(synthfs_world, tmp_path) -> None:
+    """The same policy lets a directory with no stricter rule inside be renamed."""
+    top = synthfs_world.repo / "rn_twin"
+    shutil.rmtree(top, ignore_errors=True)
+    (top / "a" / "b").mkdir(parents=True)
+    (top / "a" / "b" / "f").write_text("f\n")
+    pol = tmp_path / "policy.toml"
+    pol.write_text(RENAME_POLICY)
+    code = (
+        "import os; os.rename('/data/rn_twin/a', '/data/rn_twin/c');"
+        " print(open('/data/rn_twin/c/b/f').read())"
+    )
+    launcher = helpers.SynthfsLauncher(mode="agent")
+    argv = launcher.argv(
+        synthfs_world.repo, [sys.executable, "-I", "-c", code], stack=synthfs_world.stack,
+        extra=["--policy", str(pol)],
+    )
+    got = helpers.run_native(argv, cwd=tmp_path)
+    assert got.status == 0 and got.stdout == "f\n\n", got.show()
+    assert (top / "c" / "b" / "f").is_file()
+
+
+HOST_RENAME_POLICY = """\
+version = 1
+name = "escape-host-rename"
+description = "escape suite: BOX may be renamed, nothing below it read; PUB/** is readable"
+default = "allow"
+
+[[mount]]
+path = "/data"
+
+[host]
+read = ["/usr/**", "/lib/**", "/lib64/**", "/bin/**", "/etc/**", "/proc/**", "/dev/**",
+        "/sys/**", "/", "/var", "/var/tmp", "$BASE", "$BASE/box", "$BASE/pub/**", "$VENV/**",
+        "$CWD/**", "$ATTACKS/**"]
+write = ["$BASE/box", "$BASE/pub/**", "/dev/null", "/dev/tty"]
+"""
+
+
+def test_host_rename_moves_nothing_from_under_a_glob(native_world, tmp_path) -> None:
+    """[host] rules: a writable directory whose contents are not readable is not
+    renamed into a readable place (natively the secret is read under its new name)."""
+    base = Path(tempfile.mkdtemp(prefix="synthfs-rename-", dir="/var/tmp"))
+    try:
+        (base / "box").mkdir()
+        (base / "box" / "secret").write_text(native_world.marker + "\n")
+        (base / "pub").mkdir()
+        argv = [sys.executable, "-I", str(ATTACKS / "rename.py"), "host", str(base),
+                native_world.marker]
+        control = helpers.run_native(argv, cwd=tmp_path)
+        assert control.status == ESCAPED, f"the control proves nothing\n{control.show()}"
+        pol = tmp_path / "policy.toml"
+        pol.write_text(HOST_RENAME_POLICY)
+        env = {**os.environ, "BASE": str(base), "VENV": str(Path(sys.prefix).resolve()),
+               "CWD": str(tmp_path), "ATTACKS": str(ATTACKS)}
+        data = tmp_path / "data"
+        data.mkdir()
+        got = subprocess.run(
+            [*helpers.synthfs_command(), "run", "--data", str(data), "--policy", str(pol),
+             "--", *argv],
+            capture_output=True, text=True, timeout=helpers.TIMEOUT, cwd=tmp_path, env=env,
+        )
+        print(f"synthfs: exit {got.returncode}: {got.stdout.strip()} {got.stderr.strip()[-300:]}")
+        assert got.returncode != ESCAPED, got.stdout + got.stderr
+        assert got.returncode == 0 and "rename refused: EXDEV" in got.stdout, (
+            got.stdout + got.stderr
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.parametrize("attack", STORMS, ids=_ids(STORMS))

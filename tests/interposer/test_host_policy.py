@@ -61,6 +61,9 @@ class RealPaths(FakeEnv):
     def check_host(self, call: Call, op: str, path: str) -> int:
         return self.run_env.check_host(call, op, path)
 
+    def check_host_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
+        return self.run_env.check_host_rename(call, src, dst, tree)
+
     @property
     def host_rules(self) -> bool:
         return self.run_env.host_rules

@@ -1118,3 +1118,81 @@ def test_directory_memo_never_changes_a_decision() -> None:
         assert p.decide(a, Op.READ, "/data").rule == "default"
     ro = p.read_only()
     assert ro._dir_decision(a, Op.WRITE, "/data/a/sub") == a.default  # no write rules
+
+
+# --- renames keep paths under their rules -------------------------------------------------
+
+RENAME_POLICY = """\
+    [[app]]
+    name = "job"
+    match.exe = ["/**"]
+    allow = [{ paths = ["/data", "/data/**"], ops = ["*"] }]
+    deny = [
+      { paths = ["/data/dir/inner/**"], ops = ["*"] },
+      { paths = ["/data/private/**"], ops = ["read"] },
+      { paths = ["/data/hidden/**"], ops = ["*"], errno = "ENOENT" },
+      { paths = ["/data/closed/**"], ops = ["*"] },
+    ]
+    """
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "tree", "allowed"),
+    [
+        ("/data/a", "/data/b", True, True),  # no rule below either
+        ("/data/a/f", "/data/b/g", False, True),
+        ("/data/dir", "/data/moved", True, False),  # /data/dir/inner/** would be left behind
+        ("/data/private", "/data/public", True, False),  # read denied below, allowed there
+        ("/data/private/f", "/data/public/f", False, False),  # one file the same way
+        ("/data/public/f", "/data/private/f", False, True),  # into a stricter place: fine
+        ("/data/a", "/data/closed/a", True, True),
+        ("/data/hidden/x", "/data/closed/x", True, False),  # ENOENT would become EACCES
+        ("/data/closed/x", "/data/hidden/x", True, True),
+    ],
+)
+def test_rename_never_moves_a_path_from_under_a_stricter_rule(
+    src: str, dst: str, tree: bool, allowed: bool
+) -> None:
+    p = load(with_app(RENAME_POLICY))
+    app = app_of(p, "/usr/bin/mv")
+    d = p.decide_rename(app, src, dst, tree)
+    assert d.allowed is allowed, d
+    if not allowed:
+        assert d.errno == errno.EXDEV
+
+
+def test_rename_of_a_tree_some_rule_looks_inside_is_refused() -> None:
+    """A glob with a wildcard that may match below the source: the rules cannot show
+    the two trees decided alike, so the directory is not moved (EXDEV: mv copies)."""
+    p = load(
+        with_app(
+            """\
+            [[app]]
+            name = "job"
+            match.exe = ["/**"]
+            allow = [{ paths = ["/data", "/data/**"], ops = ["*"] }]
+            deny = [{ paths = ["/data/*/tmp.csv"], ops = ["read"] }]
+            """
+        )
+    )
+    app = app_of(p, "/usr/bin/mv")
+    assert p.decide_rename(app, "/data/a", "/data/b", True).errno == errno.EXDEV
+    assert p.decide_rename(app, "/data/a/x", "/data/b/x", True).allowed  # nothing below matches
+    assert p.decide_rename(app, "/data/a/f", "/data/b/f", False).allowed
+    assert p.decide_rename(app, "/data/a/tmp.csv", "/data/f", False).errno == errno.EXDEV
+
+
+def test_host_rename_keeps_host_paths_under_their_globs() -> None:
+    p = load(
+        HEAD
+        + """
+        [host]
+        read = ["/usr/**", "/ws", "/ws/box", "/ws/pub/**"]
+        write = ["/ws/box", "/ws/pub/**", "/ws/w/**"]
+        """
+    )
+    # /ws/box is writable (so it may be renamed) but nothing below it is readable
+    assert p.decide_host_rename("/ws/box", "/ws/pub/box", True).errno == errno.EXDEV
+    assert p.decide_host_rename("/ws/pub/a", "/ws/pub/b", True).allowed
+    assert p.decide_host_rename("/ws/w/a", "/ws/pub/a", True).allowed
+    assert p.decide_host_rename("/ws/pub/f", "/ws/w/f", False).allowed
