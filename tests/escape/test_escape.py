@@ -236,7 +236,7 @@ class Attack:
 
 def _argv(attack: Attack, world: World, cbin) -> list[str]:
     prog, *args = attack.argv
-    if prog in ("paths", "identity", "borrow", "rename"):
+    if prog in ("paths", "identity", "borrow", "rename", "confine"):
         head = [sys.executable, "-I", str(ATTACKS / f"{prog}.py")]
     else:
         head = [str(cbin(prog))]
@@ -685,6 +685,23 @@ def test_host_rename_moves_nothing_from_under_a_glob(native_world, tmp_path) -> 
         )
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+#: openat2 confinement (RESOLVE_*): natively refused, so the control must be refused
+#: too (exit 0 with the kernel's errno); 66 under synthfs means the flag was dropped.
+CONFINE = [
+    Attack(f"confine_{m}", ("confine", m, "{data}"), control=0)
+    for m in (
+        "beneath_dotdot", "beneath_abs", "beneath_abs_link", "beneath_rel_link",
+        "in_root_link", "no_symlinks", "no_magiclinks", "no_xdev",
+        "data_beneath", "data_beneath_link", "data_in_root", "data_no_symlinks",
+    )
+]
+
+
+@pytest.mark.parametrize("attack", CONFINE, ids=_ids(CONFINE))
+def test_openat2_confinement_holds(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
 
 
 @pytest.mark.parametrize("attack", STORMS, ids=_ids(STORMS))
