@@ -356,6 +356,7 @@ def locate(
     ops: tuple[str, ...] | None = None,
     host_op: str | None = None,
     final: Final = Final.LOOKUP,
+    confine: int = 0,
 ) -> Loc:
     """Resolve the guest path at ``addr`` relative to ``dirfd`` (raises OSError).
 
@@ -365,9 +366,18 @@ def locate(
     for ``host_op`` (default: :data:`HOST_OPS` of the syscall) on its real path.
     ``final``: see :class:`~interposer.namespace.Final` (ENTRY: call
     :func:`_looked_up` where the kernel looks the final name up).
+    ``confine``: openat2's RESOLVE_* confinement flags (:func:`_confined_walk`).
     """
     loc = _locate(
-        call, env, dirfd, addr, follow=follow, empty_ok=empty_ok, ops=ops, final=final
+        call,
+        env,
+        dirfd,
+        addr,
+        follow=follow,
+        empty_ok=empty_ok,
+        ops=ops,
+        final=final,
+        confine=confine,
     )
     if not loc.synthetic:
         host_check(call, env, host_op or HOST_OPS.get(call.name, "write"), loc)
@@ -384,6 +394,7 @@ def _locate(
     empty_ok: bool,
     ops: tuple[str, ...] | None,
     final: Final = Final.LOOKUP,
+    confine: int = 0,
 ) -> Loc:
     raw = call.guest.read_path(addr)
     if not raw:
@@ -393,9 +404,11 @@ def _locate(
         if loc is None:
             raise OSError(errno.EBADF, "bad fd")
         return loc
-    if raw.startswith("/"):
+    in_root = confine & abi.RESOLVE_IN_ROOT
+    if raw.startswith("/") and not in_root:
         if (
-            _CLEAN_ABS.match(raw)
+            not confine
+            and _CLEAN_ABS.match(raw)
             and not env.ns.covers(raw)
             and not raw.startswith(("/proc", "/dev/std", "/dev/fd"))
         ):
@@ -404,9 +417,17 @@ def _locate(
         base = "/"
     else:
         base = _base_dir(call, env, dirfd)
-    precheck(call, env, PRE_OPS.get(call.name, ()) if ops is None else ops, raw, base)
+    host_start = not env.ns.covers(base) or (raw.startswith("/") and not in_root)
+    if confine and host_start:
+        # (an IN_ROOT walk reaches /data only from a root above the mount)
+        above = env.ns.mount.startswith(base.rstrip("/") + "/")
+        real = _confined_walk(call, dirfd, raw, confine, follow, above)
+        if real is not None and not env.ns.covers(real):
+            return _host_loc(call, env, real, False, raw.endswith("/"))
+    if not in_root:  # an IN_ROOT path names another place than its text: checked resolved
+        precheck(call, env, PRE_OPS.get(call.name, ()) if ops is None else ops, raw, base)
     last = last_name(raw)
-    if (
+    if not in_root and (
         raw.startswith(("/proc/", "/dev/"))
         or base.startswith(("/proc/", "/dev/"))
         or raw
@@ -425,6 +446,7 @@ def _locate(
         readlink=env.repo.readlink,
         host_realpath=lambda p: env.host.realpath(p, True, _whose(call)),
         final=final,
+        confine=confine,
     )
     if target.synthetic:
         if any(0xDC80 <= ord(c) <= 0xDCFF for c in target.path):
@@ -436,7 +458,97 @@ def _locate(
             must_be_dir=target.must_be_dir,
             last=last,
         )
+    if confine & _NO_LINKS and not host_start:
+        # A walk from /data that left it ('..'): the host part is the kernel's to judge.
+        _confined_walk(call, AT_FDCWD, target.path, confine & _NO_LINKS, follow, False)
     return _host_loc(call, env, target.path, follow, target.must_be_dir)
+
+
+#: openat2's confinement flags (RESOLVE_CACHED is not one: the kernel may answer EAGAIN).
+_CONFINE = (
+    abi.RESOLVE_BENEATH
+    | abi.RESOLVE_IN_ROOT
+    | abi.RESOLVE_NO_SYMLINKS
+    | abi.RESOLVE_NO_MAGICLINKS
+    | abi.RESOLVE_NO_XDEV
+)
+#: Paths that start with a symlink into /proc/self (a RESOLVE_NO_SYMLINKS walk fails there).
+_SELF_LINKS = ("/proc/self", "/proc/thread-self", *_DEV_SELF)
+
+
+def _confined_walk(
+    call: Call, dirfd: int, raw: str, confine: int, follow: bool, reaches_mount: bool
+) -> str | None:
+    """The kernel's own walk of a guest path under openat2 confinement, on the host.
+
+    The supervisor resolves paths itself, so the kernel never sees the guest's
+    RESOLVE_* flags: this walk, an ``O_PATH`` open in the supervisor from the
+    guest's own dirfd (``/proc/PID/fd/N``, ``/proc/PID/cwd``) with the guest's
+    flags, gives the kernel's verdict. EXDEV and ELOOP (a confinement refusal)
+    are raised; other errors are left to the ordinary resolution. For
+    RESOLVE_IN_ROOT the path names another place than its text, so the real
+    path this walk reached is returned (its parent's, plus the new name, when
+    the name does not exist yet), and its failure is the answer unless the
+    walk could have entered the mount (``reaches_mount``: the root is above
+    it; the host has no /data to walk); None otherwise.
+    """
+    if confine & abi.RESOLVE_BENEATH and raw.startswith("/"):
+        raise OSError(errno.EXDEV, "absolute path beneath a directory")
+    if confine & abi.RESOLVE_NO_SYMLINKS and any(
+        raw == p or raw.startswith(p + "/") for p in _SELF_LINKS
+    ):
+        raise OSError(errno.ELOOP, "a symlink on a RESOLVE_NO_SYMLINKS walk")
+    in_root = confine & abi.RESOLVE_IN_ROOT
+    # (under IN_ROOT an absolute path starts at the dirfd: /proc/self is not the proc's)
+    text = _proc_self(raw, call) if raw.startswith(("/proc/", "/dev/")) and not in_root else raw
+    tgid = call.guest.tgid
+    base = -1
+    if not raw.startswith("/") or in_root:
+        where = f"/proc/{tgid}/cwd" if dirfd == AT_FDCWD else f"/proc/{tgid}/fd/{dirfd}"
+        try:
+            base = os.open(where, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return None  # the ordinary resolution reports the bad dirfd
+    flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    dfd = base if base >= 0 else AT_FDCWD
+    try:
+        try:
+            fd = abi.host_openat2(text, flags, confine & _CONFINE, dfd)
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.ELOOP):
+                raise OSError(exc.errno, "refused by the guest's RESOLVE_* flags") from None
+            if not in_root:
+                return None
+            head, _, name = text.rstrip("/").rpartition("/")
+            if exc.errno == errno.ENOENT and name not in ("", ".", ".."):
+                # a name to create, perhaps: where its directory is
+                try:
+                    fd = abi.host_openat2(head or ".", os.O_PATH | os.O_CLOEXEC, confine, dfd)
+                except OSError as exc2:
+                    if exc2.errno in (errno.EXDEV, errno.ELOOP):
+                        raise OSError(exc2.errno, "refused by RESOLVE_* flags") from None
+                else:
+                    try:
+                        parent = os.readlink(f"/proc/self/fd/{fd}")
+                        os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        return parent.rstrip("/") + "/" + name  # a new name there
+                    except OSError:
+                        pass
+                    finally:
+                        os.close(fd)
+                    # (a symlink dangling inside the root: ENOENT, not created through)
+            if reaches_mount:
+                return None
+            raise OSError(exc.errno, "the guest's IN_ROOT walk fails") from None
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return real if in_root and real.startswith("/") else None
+    finally:
+        if base >= 0:
+            os.close(base)
 
 
 def _base_dir(call: Call, env: Env, dirfd: int) -> str:
@@ -616,6 +728,8 @@ def open_at(
     flags &= 0xFFFFFFFF
     if not open_flags_valid(flags):
         return Fail(errno.EINVAL)
+    if resolve & abi.RESOLVE_CACHED and flags & (abi.O_TRUNC | abi.O_CREAT | _O_TMPFILE_BIT):
+        return Fail(errno.EAGAIN)  # the kernel's answer before any lookup
     # O_CREAT|O_EXCL never follows a final symlink (it fails with EEXIST).
     excl = flags & (abi.O_CREAT | abi.O_EXCL) == abi.O_CREAT | abi.O_EXCL
     follow = not (flags & abi.O_NOFOLLOW or excl)
@@ -635,13 +749,23 @@ def open_at(
     final = Final.ENTRY if flags & abi.O_CREAT else Final.LOOKUP
     try:
         loc = locate(
-            call, env, dirfd, addr, follow=follow, ops=ops, host_op=host_op, final=final
+            call,
+            env,
+            dirfd,
+            addr,
+            follow=follow,
+            ops=ops,
+            host_op=host_op,
+            final=final,
+            confine=resolve & _CONFINE,
         )
     except Refused:
         return Fail(errno.EACCES)
     except OSError as exc:
         return Fail(exc.errno or errno.EIO)
     if loc.synthetic:
+        if resolve & abi.RESOLVE_CACHED:
+            return Fail(errno.EAGAIN)  # a /data lookup asks the agent: it may block
         return _open_synthetic(call, env, loc, flags, mode)
     assert loc.host is not None
     creating = bool(flags & abi.O_CREAT) or (flags & abi.O_TMPFILE) == abi.O_TMPFILE
@@ -649,9 +773,10 @@ def open_at(
     if loc.magic:
         # A magic link to a pipe, socket or deleted file: the kernel must follow it.
         return RunChecked(NR_OPENAT, (AT_FDCWD, _cstr(loc.host), flags, kmode))
-    how = abi.OPEN_HOW.pack(
-        flags, kmode, (resolve & ~(abi.RESOLVE_BENEATH | abi.RESOLVE_IN_ROOT)) | _NO_LINKS
-    )
+    # The confinement was judged on the guest's own walk (_confined_walk, the namespace);
+    # the kernel walks the checked real path from '/', where only RESOLVE_CACHED still means
+    # the same.
+    how = abi.OPEN_HOW.pack(flags, kmode, (resolve & abi.RESOLVE_CACHED) | _NO_LINKS)
     return RunChecked(NR_OPENAT2, (AT_FDCWD, _cstr(loc.host), Scratch(how), len(how)))
 
 
@@ -767,8 +892,8 @@ def sys_openat2(call: Call, env: Env) -> Result:
         return Fail(errno.EINVAL)
     if mode and not flags & (abi.O_CREAT | _O_TMPFILE_BIT):
         return Fail(errno.EINVAL)  # a mode only goes with a creating open
-    if resolve & abi.RESOLVE_IN_ROOT:
-        return Fail(errno.EXDEV)  # not emulated; refused rather than guessed
+    if resolve & abi.RESOLVE_BENEATH and resolve & abi.RESOLVE_IN_ROOT:
+        return Fail(errno.EINVAL)
     return open_at(call, env, _s32(a[0]), a[1], flags, mode, resolve)
 
 
@@ -1155,6 +1280,10 @@ def rename_at(
         return Fail(errno.EXDEV)
     if not src.synthetic:
         assert src.host is not None and dst.host is not None
+        if env.host_rules and src.real is not None and dst.real is not None:
+            denied = _host_rename_check(call, env, src.real, dst.real, flags)
+            if denied:
+                return Fail(denied)
         return run_host(env, NR_RENAMEAT2, (AT_FDCWD, Pin(src), AT_FDCWD, Pin(dst), flags))
     assert src.repo is not None and dst.repo is not None
     # The kernel's order: '.' and '..', the source's name, the target's, then the types.
@@ -1193,8 +1322,30 @@ def rename_at(
             return Fail(denied)
     if src.repo == dst.repo:
         return Return(0)
+    # Rules are about paths: nothing may leave a stricter rule by the move (and an
+    # exchange moves the target the other way).
+    denied = env.check_rename(call, src.guest, dst.guest, sattrs.kind is FileKind.DIR)
+    if not denied and flags & 2 and dattrs is not None:
+        denied = env.check_rename(call, dst.guest, src.guest, dattrs.kind is FileKind.DIR)
+    if denied:
+        return Fail(denied)
     s, d = src.repo, dst.repo
     return _synthetic_op(lambda: env.repo.rename(s, d, RenameFlags(flags & 3)))
+
+
+def _host_rename_check(call: Call, env: Env, src: str, dst: str, flags: int) -> int:
+    """The [host] side of :meth:`Env.check_rename` (and the other way for an exchange)."""
+
+    def tree(path: str) -> bool:
+        try:
+            return st.S_ISDIR(os.lstat(path).st_mode)
+        except OSError:
+            return False  # the kernel answers for a name that is not there
+
+    denied = env.check_host_rename(call, src, dst, tree(src))
+    if not denied and flags & 2:
+        denied = env.check_host_rename(call, dst, src, tree(dst))
+    return denied
 
 
 @guarded
@@ -1768,12 +1919,48 @@ def exec_at(
         assert loc.repo is not None
         opened = env.repo.open(loc.repo, 0, 0)
         path = opened.host_path
+        _expect_exec(call, env, path, True)
     else:
         if call.guest.read_path(addr) == "" and flags & AT_EMPTY_PATH:
-            return CONTINUE  # fexecve: the fd was opened (and checked) already
+            # fexecve: the fd was opened (and checked) already
+            _expect_exec(call, env, f"/proc/{call.guest.tgid}/fd/{dirfd}", True)
+            return CONTINUE
         assert loc.host is not None
         path = loc.host
+        _expect_exec(call, env, path, loc.via_fd or loc.magic or loc.real != loc.host)
     return RunChecked(NR_EXECVEAT, (AT_FDCWD, _cstr(path), argv, envp, flags & ~AT_EMPTY_PATH))
+
+
+def _expect_exec(call: Call, env: Env, path: str, via: bool) -> None:
+    """Remember the object a checked execve will run (docs/policy.md, exec).
+
+    The kernel walks ``path`` again: a directory swapped for a symlink after
+    the check would run a program from a place the ``[host]`` rules deny. So
+    the supervisor pins the checked file (``RESOLVE_NO_SYMLINKS``: a swap
+    already made fails with ELOOP) and notes its ``(st_dev, st_ino)`` (for a
+    script, its interpreter's); at the exec stop, before the new image runs an
+    instruction, the mapped executable must be one of the noted objects, or
+    the process is killed. The kernel gets the checked path as text, so
+    ``/proc/self/exe``, ``comm``, ``AT_EXECFN`` and a script's name stay native.
+    ``via``: ``path`` is a magic link (an fd, ``/proc/PID/exe``) to open as is.
+    """
+    if not env.host_rules:
+        return
+    if via:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)  # the object, not a walk
+        pinned: tuple[str, int] | None = ("", fd)
+    else:
+        pinned = env.pin(path, True)  # raises ELOOP when a symlink is in the way now
+    if pinned is None:
+        return
+    try:
+        obj = abi.executed_object(pinned[1], f"/proc/{call.guest.tgid}/cwd")
+    finally:
+        env.unpin(pinned[1])
+    if call.proc.exec_checked is None:
+        call.proc.exec_checked = set()
+    if obj is not None:
+        call.proc.exec_checked.add(obj)
 
 
 @guarded

@@ -141,6 +141,9 @@ class Proc:
     wrote: bool = False
     #: set once the process opened anything synthetic (its fd syscalls need a look)
     synthetic: bool = False
+    #: under [host] rules: ``(st_dev, st_ino)`` of every executable an execve since the
+    #: last exec checked (the image the kernel maps must be one of them), None: unchecked
+    exec_checked: set[tuple[int, int]] | None = None
 
 
 @define
@@ -177,6 +180,13 @@ class Env(Protocol):
 
     def check_host(self, call: Call, op: str, path: str) -> int:
         """0 when the ``[host]`` rules allow ``op`` on the resolved host ``path``, else errno."""
+
+    def check_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
+        """0 when renaming the guest path ``src`` to ``dst`` (``tree``: a directory)
+        moves nothing from under a stricter rule, else the errno (EXDEV)."""
+
+    def check_host_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
+        """The same for two resolved host paths under ``[host]`` rules."""
 
     @property
     def host_rules(self) -> bool:

@@ -179,7 +179,10 @@ class Supervisor:
     """Runs one guest command tree to completion; see the module docstring."""
 
     def __init__(
-        self, env: Env, compiled: CompiledFilter, on_exec: Callable[[Proc], None] | None = None
+        self,
+        env: Env,
+        compiled: CompiledFilter,
+        on_exec: Callable[[Proc], str | None] | None = None,
     ) -> None:
         self.env = env
         self.filter = compiled
@@ -374,7 +377,11 @@ class Supervisor:
         except OSError:
             proc.argv = ()
         if self.on_exec is not None:
-            self.on_exec(proc)
+            reason = self.on_exec(proc)
+            if reason:
+                # The new image has not run an instruction yet: it never will.
+                log.error("killing guest %d: %s", proc.tgid, reason)
+                pt.kill(proc.tgid)
         pt.cont(t.tid)
 
     def _inject_scratch(self, t: Thread) -> None:

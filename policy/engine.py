@@ -254,6 +254,12 @@ class App:
         """False for the catch-all app of executables no [[app]] matches."""
         return self.ref != "default"
 
+    @property
+    def any_exe(self) -> bool:
+        """True when the app matches every executable (a ``/**`` exe glob) and pins
+        no digest: it is not an identity, so a loaded-by-request process may have it."""
+        return self.sha256 is None and any(g.text == "/**" for g in self.exe)
+
     def matches(self, exe: str, argv: Sequence[str]) -> bool:
         """exe and argv matchers only (the pin is checked by identify)."""
         if self.exe_re is None or self.exe_re.fullmatch(exe) is None:
@@ -294,6 +300,49 @@ path = "/data"
 """
 
 _OK_HOST = Decision(Action.ALLOW, "default", "no [host] section: the host is untouched", 0)
+_OK_RENAME = Decision(Action.ALLOW, "rename", "no path leaves a stricter rule", 0)
+#: decide_host ignores the app: any App-typed key serves its cache
+_HOST_APP: Any = None
+
+
+def _may_match_at_or_below(glob: PathGlob, comps: tuple[str, ...]) -> bool:
+    """Whether ``glob`` may match the path of ``comps`` or a path below it
+    (component by component up to its first ``**``; may say True for a glob that
+    cannot, never False for one that can)."""
+    globc = glob.components
+    for i, name in enumerate(comps):
+        if i >= len(globc):
+            return False  # the glob's paths end above this one
+        c = globc[i]
+        if c == "**":
+            return True
+        if _WILD.search(c) is None:
+            if c != name:
+                return False
+        elif _component_rx(c).fullmatch(name) is None:
+            return False
+    return True
+
+
+_WILD = re.compile(r"[*?]")
+
+
+@functools.lru_cache(maxsize=1024)
+def _component_rx(component: str) -> re.Pattern[str]:
+    return re.compile(
+        "".join(
+            "[^/]*" if ch == "*" else "[^/]" if ch == "?" else re.escape(ch) for ch in component
+        ),
+        re.DOTALL,
+    )
+
+
+def _stricter(here: Decision, there: Decision) -> bool:
+    """Whether the denial ``here`` would be lost at ``there`` (allowed, or no longer hidden)."""
+    if there.allowed:
+        return True
+    return here.errno == _errno.ENOENT and there.errno != _errno.ENOENT
+
 
 _CACHE_MAX = 1 << 16  # entries per (app, op) cache before it is cleared
 _HOST_KEY = "host"  # the cache slot of host decisions
@@ -444,12 +493,29 @@ class Policy:
         return f"<Policy {self.name!r} from {self.source}: {counts}{ro}>"
 
     # -- identity ------------------------------------------------------------------------
-    def identify(self, exe: str, argv: Sequence[str], sha256: Callable[[], str]) -> App:
+    def identify(
+        self,
+        exe: str,
+        argv: Sequence[str],
+        sha256: Callable[[], str],
+        *,
+        borrowed: bool = False,
+    ) -> App:
         """The app of a process that just exec'd ``exe`` (a realpath) with ``argv``.
 
         ``sha256()`` is called at most once, and only when the first matching
         app pins a digest; if it raises OSError the pin counts as mismatched.
+        ``borrowed``: the new image runs code its caller chose besides ``exe``
+        (loader variables such as LD_PRELOAD in its environment, or the
+        dynamic loader run directly): only apps that match every executable
+        and pin nothing (:attr:`App.any_exe`) may match, since any other app
+        would lend its identity to that code (docs/policy.md).
         """
+        if borrowed:
+            for app in self.apps:
+                if app.any_exe and all(any(g.matches(a) for a in argv) for g in app.argv):
+                    return app
+            return self._unmatched
         candidates = self._exe_cache.get(exe)
         if candidates is None:
             candidates = tuple(
@@ -566,6 +632,110 @@ class Policy:
         if self._read_only and decision.action is Action.ALLOW and op in WRITE_OPS:
             decision = self._erofs
         return decision
+
+    def _subtree_decision(self, app: App, op: Op, path: str) -> Decision | None:
+        """The decision ``path`` and every path below it get, or None if the rules
+        may tell them apart (as :meth:`_dir_decision`, for a whole subtree)."""
+        if app.deny_all is not None:
+            return app.deny_all
+        comps = tuple(path[1:].split("/"))
+        decision = app.default
+        for rule in _table(app, op)[2]:
+            if not _may_match_at_or_below(rule.glob, comps):
+                continue
+            if rule.under is None:
+                return None
+            under = _rx(rule.under)
+            heads = ("/" + "/".join(comps[:k]) for k in range(len(comps), 0, -1))
+            if not any(under.fullmatch(q) for q in heads):
+                return None
+            decision = rule.decision
+            break
+        if self._read_only and decision.action is Action.ALLOW and op in WRITE_OPS:
+            decision = self._erofs
+        return decision
+
+    def decide_rename(self, app: App, src: str, dst: str, tree: bool) -> Decision:
+        """May ``app`` move ``src`` to ``dst`` (both on a mount, the ``rename`` op on
+        each already allowed) without a path escaping a rule?
+
+        Rules are about paths, so a rename must not carry a file from under a
+        stricter rule to a place where it is looser: for every operation, the
+        source (``tree``: and every path below it) must not be decided more
+        strictly than the same place at the destination (denied there and
+        allowed here, or hidden with ENOENT there and not here). ``tree``
+        (a directory) also needs both subtrees decided alike throughout, which
+        the rules must show (no rule telling paths below either apart), else
+        the rename is refused too. Refusals are EXDEV, as between two file
+        systems: ``mv`` and ``shutil.move`` then copy file by file, each file
+        checked (docs/policy.md, "Renames").
+        """
+        for op in Op:
+            if tree:
+                here = self._subtree_decision(app, op, src)
+                there = self._subtree_decision(app, op, dst)
+            else:
+                here, there = self.decide(app, op, src), self.decide(app, op, dst)
+            if here is None:
+                why = f"rules tell paths below {src} apart for {op.value!r}"
+                return Decision(Action.DENY, "rename", why, _errno.EXDEV)
+            if here.allowed:
+                continue
+            if there is None or _stricter(here, there):
+                why = (
+                    f"{op.value!r} at {src} is decided by {here.rule} ({here.action.value}),"
+                    f" which would not hold at {dst}"
+                )
+                return Decision(Action.DENY, here.rule, why, _errno.EXDEV)
+        return _OK_RENAME
+
+    def decide_host_rename(self, src: str, dst: str, tree: bool) -> Decision:
+        """:meth:`decide_rename` for two host paths under ``[host]`` (read and write
+        classes: a path only readable, or not even that, below a writable directory
+        must not become more reachable under the destination's globs)."""
+        host = self._host
+        if host is None:
+            return _OK_HOST
+        for op in (Op.READ, Op.WRITE):
+            if tree:
+                here = self._host_subtree(host, op, src)
+                there = self._host_subtree(host, op, dst)
+            else:
+                here, there = (
+                    self.decide_host(_HOST_APP, op, src),
+                    self.decide_host(_HOST_APP, op, dst),
+                )
+            if here is None:
+                why = f"[host] {op.value} globs tell paths below {src} apart"
+                return Decision(Action.DENY, "[host]", why, _errno.EXDEV)
+            if here.allowed:
+                continue
+            if there is None or _stricter(here, there):
+                why = f"[host] {op.value} is denied at {src} and would not be at {dst}"
+                return Decision(Action.DENY, "[host]", why, _errno.EXDEV)
+        return _OK_RENAME
+
+    def _host_subtree(self, host: _Host, op: Op, path: str) -> Decision | None:
+        """The [host] decision of ``op``'s class for ``path`` and everything below it,
+        or None when the globs tell them apart."""
+        if op in READ_OPS:
+            pattern, globs, deny = host.read, host.read_globs + host.write_globs, host.read_deny
+        else:
+            pattern, globs, deny = host.write, host.write_globs, host.write_deny
+        if pattern is None:
+            return deny  # unrestricted
+        comps = tuple(path[1:].split("/")) if path != "/" else ()
+        ancestors = ["/" + "/".join(comps[:k]) for k in range(len(comps), 0, -1)] + ["/"]
+        some = False
+        for glob in globs:
+            c = glob.components
+            if c and c[-1] == "**":
+                head = PathGlob.compile("/" + "/".join(c[:-1])) if len(c) > 1 else None
+                if head is None or any(head.matches(a) for a in ancestors):
+                    return self._decide_host(host, op, path)  # allows the whole subtree
+            if _may_match_at_or_below(glob, comps):
+                some = True
+        return None if some else deny
 
     def explain(self, app: App, op: Op, path: str) -> tuple[Decision, ...]:
         """Every decision that applies, the winner first (for ``policy explain``).

@@ -505,6 +505,42 @@ for what in ("new11", "d", "a.txt"):
 print(sorted(os.listdir(r)))
 """
 
+#: openat2's confinement flags (RESOLVE_*): a guest that confines itself stays
+#: confined, with the kernel's errnos, from a dirfd on the root and on d. Leaving
+#: the tree with RESOLVE_NO_XDEV is not compared: /data is another mount under
+#: synthfs (EXDEV) and a plain directory natively.
+PY_RESOLVE = PY_EDGE + """
+BENEATH, IN_ROOT, NO_SYM, NO_MAGIC, NO_XDEV, CACHED = 0x08, 0x10, 0x04, 0x02, 0x01, 0x20
+def at2(dirfd, path, flags, res, mode=0):
+    how = struct.pack("QQQ", flags, mode, res)
+    fd = libc.syscall(437, dirfd, path.encode(), how, len(how))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "openat2")
+    data = os.read(fd, 20) if flags & os.O_ACCMODE == os.O_RDONLY and not flags & os.O_PATH else b""
+    os.close(fd)
+    return data
+top = os.open(r, os.O_PATH | os.O_DIRECTORY)
+d = os.open(f"{r}/d", os.O_PATH | os.O_DIRECTORY)
+R = os.O_RDONLY
+for name, res in [("BENEATH", BENEATH), ("IN_ROOT", IN_ROOT), ("NO_SYMLINKS", NO_SYM),
+                  ("NO_MAGICLINKS", NO_MAGIC), ("NO_XDEV", NO_XDEV),
+                  ("NO_SYMLINKS|BENEATH", NO_SYM | BENEATH)]:
+    for base, bname in ((top, "root"), (d, "d")):
+        for path in ("a.txt", "d/b.txt", "d/../a.txt", "link", "dlink/b.txt", "d/up", "up",
+                     "../a.txt", "../../../b.txt", "/b.txt", "sub/../b.txt", "dangling",
+                     f"/proc/self/fd/{d}/b.txt"):
+            if res == NO_XDEV and path.startswith("../"):
+                continue  # leaves the tree: see above
+            t(f"{name} {bname} {path.replace(str(d), 'D')}", lambda: at2(base, path, R, res))
+    t(f"{name} link O_NOFOLLOW", lambda: at2(top, "link", os.O_PATH | os.O_NOFOLLOW, res))
+    t(f"{name} new O_CREAT", lambda: at2(d, "new_" + name, os.O_CREAT | os.O_WRONLY, res, 0o644))
+t("BENEATH|IN_ROOT", lambda: at2(top, "a.txt", R, BENEATH | IN_ROOT))
+t("CACHED O_CREAT", lambda: at2(top, "c", os.O_CREAT | os.O_WRONLY, CACHED, 0o644))
+t("CACHED O_TRUNC", lambda: at2(top, "a.txt", os.O_TRUNC | os.O_WRONLY, CACHED))
+t("unknown resolve bit", lambda: at2(top, "a.txt", R, 0x40))
+print(sorted(os.listdir(r)), sorted(os.listdir(f"{r}/d")))
+"""
+
 #: NAME_MAX: rename and link look the source up before the new name, and a
 #: long name in the middle of a path fails the walk.
 PY_NAME_MAX = PY_EDGE + """
@@ -907,6 +943,7 @@ CASES: list[Case] = [
     Case("py_errno_o_path", py(PY_O_PATH)),
     Case("py_errno_o_tmpfile", py(PY_O_TMPFILE)),
     Case("py_errno_name_max", py(PY_NAME_MAX)),
+    Case("py_errno_openat2_resolve", py(PY_RESOLVE)),
     Case("py_errno_dot_names", py(PY_DOT_NAMES)),
     Case("py_tmpfile", py(PY_TMPFILE),
          diverges="O_TMPFILE on /data: EOPNOTSUPP (the repository holds no unnamed files)"),

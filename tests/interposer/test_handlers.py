@@ -197,6 +197,12 @@ class FakeEnv:
     def check_host(self, call: Call, op: str, path: str) -> int:
         return 0
 
+    def check_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
+        return 0
+
+    def check_host_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
+        return 0
+
     def check_net(self, call: Call, op: str, address: str, local: bool) -> int:
         return 0
 
