@@ -233,7 +233,7 @@ class Attack:
 
 def _argv(attack: Attack, world: World, cbin) -> list[str]:
     prog, *args = attack.argv
-    if prog in ("paths", "identity"):
+    if prog in ("paths", "identity", "terminal"):
         head = [sys.executable, "-I", str(ATTACKS / f"{prog}.py")]
     else:
         head = [str(cbin(prog))]
@@ -386,6 +386,12 @@ TRUSTED = [
     Attack("sched_setaffinity_agent", ("paths", "sched_setaffinity", "{data}", "{agent_pid}")),
 ]
 
+# The guest shares the user's terminal: typing into it (TIOCSTI, bubblewrap's
+# CVE-2017-5226) or pasting a console selection (TIOCLINUX) reaches the user's shell.
+TERMINAL = [
+    Attack(f"terminal_{m}", ("terminal", m)) for m in ("tiocsti", "tiocsti_high", "tioclinux")
+]
+
 
 def _ids(attacks: list[Attack]) -> list[str]:
     return [a.name for a in attacks]
@@ -510,6 +516,11 @@ def test_task_storm(attack, native_world, synthfs_world, cbin, tmp_path) -> None
 
 @pytest.mark.parametrize("attack", SCRATCH, ids=_ids(SCRATCH))
 def test_scratch_page(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+@pytest.mark.parametrize("attack", TERMINAL, ids=_ids(TERMINAL))
+def test_terminal_injection(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
     run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
 
 
