@@ -89,6 +89,38 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+class DiedOf(int):
+    """128+N, for a guest that died of a signal N that ``synthfs`` received too.
+
+    The terminal's Ctrl-C (Ctrl-\\) reaches ``synthfs`` and its guest alike, and
+    a SIGTERM or SIGHUP is passed on: when that signal ended the guest,
+    :func:`main` ends ``synthfs`` by it as well once everything is closed, so the
+    calling shell sees what it would natively (``$?`` is 128+N either way, and a
+    script stops at a Ctrl-C; coreutils ``timeout`` does the same).
+    """
+
+    signum: int
+
+    @classmethod
+    def of(cls, signum: int) -> DiedOf:
+        status = cls(128 + signum)
+        status.signum = signum
+        return status
+
+
+def _die_of(signum: int) -> None:
+    """End this process by ``signum`` (no core file), as the guest ended."""
+    import resource
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    os.kill(os.getpid(), signum)
+
+
 def main(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
@@ -109,7 +141,7 @@ def main(args: argparse.Namespace) -> int:
                 launch = resources.enter_context(
                     starting(args.data, cache_dir=args.cache, verbose=args.verbose)
                 )
-            return _run(args, command, launch)
+            status = _run(args, command, launch)
     except Exception as exc:  # a clear message, not a traceback, for set-up failures
         if args.verbose:
             raise
@@ -118,6 +150,9 @@ def main(args: argparse.Namespace) -> int:
         if isinstance(exc, EmbeddedError):
             return _fail(str(exc), 125)
         raise
+    if isinstance(status, DiedOf):  # everything is closed: the embedded pair is gone
+        _die_of(status.signum)
+    return status
 
 
 def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) -> int:
@@ -225,15 +260,34 @@ def _live_targets(procs: dict[int, Proc]) -> Iterator[str]:
 
 
 def _supervise(sup: Supervisor, command: list[str]) -> int:
+    from synthfs.interposer.supervisor import CallerSignals
+
+    # What the guest starts with: the caller's dispositions and mask, not ours below.
+    caller = CallerSignals.of_caller()
+    received: set[int] = set()
+
+    def noted(sig: int, _frame: object) -> None:
+        received.add(sig)
+
+    def passed_on(sig: int, _frame: object) -> None:
+        received.add(sig)
+        sup.forward(sig)
+
+    # The terminal sends Ctrl-C (Ctrl-\) to the guests directly (same process group):
+    # we outlive them to report their status. SIGTERM and SIGHUP are passed on. A
+    # signal the caller ignored (nohup, a background job) the guest ignores, and so do we.
     old = {
-        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-        signal.SIGQUIT: signal.signal(signal.SIGQUIT, signal.SIG_IGN),
-        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda s, _f: sup.forward(s)),
-        signal.SIGHUP: signal.signal(signal.SIGHUP, lambda s, _f: sup.forward(s)),
+        sig: signal.signal(sig, signal.SIG_IGN if sig in caller.ignored else handler)
+        for sig, handler in (
+            (signal.SIGINT, noted),
+            (signal.SIGQUIT, noted),
+            (signal.SIGTERM, passed_on),
+            (signal.SIGHUP, passed_on),
+        )
     }
     try:
         try:
-            sup.spawn(command)
+            sup.spawn(command, signals=caller)
         except OSError as exc:
             if exc.errno in (errno.EPERM, errno.EACCES):
                 return _fail(
@@ -242,7 +296,10 @@ def _supervise(sup: Supervisor, command: list[str]) -> int:
                     125,
                 )
             raise
-        return sup.run()
+        status = sup.run()
+        if sup.exit_signal is not None and sup.exit_signal in received:
+            return DiedOf.of(sup.exit_signal)
+        return status
     finally:
         sup.kill_all()
         for sig, handler in old.items():

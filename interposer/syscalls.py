@@ -131,6 +131,10 @@ MAP_FIXED = 0x10
 MREMAP_FIXED = 0x2
 CLONE_UNTRACED = 0x00800000
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+TIOCSTI = 0x5412
+TIOCLINUX = 0x541C
+#: ioctl's command is an unsigned int: the kernel drops the argument register's high half
+_CMD_BITS = 0xFFFF_FFFF
 SEEK_SET = 0
 
 P, P2, T = Role.PATH, Role.PATH2, Role.TEXT
@@ -509,6 +513,20 @@ TABLE: tuple[SyscallSpec, ...] = (
             ),
         ),
         note="filters may stack; a user-notification listener (it outranks TRACE) is refused",
+    ),
+    SyscallSpec(
+        name="ioctl",
+        nr=16,
+        args=(FD, N, A),
+        level=Level.GUARD,
+        action=Action.ERRNO,
+        errno=errno.EPERM,
+        when=(
+            (Cond(1, "MASKED_EQ", TIOCSTI, _CMD_BITS),),
+            (Cond(1, "MASKED_EQ", TIOCLINUX, _CMD_BITS),),
+        ),
+        note="TIOCSTI and TIOCLINUX refused: they would type into the terminal the guest "
+        "shares with the user",
     ),
     # -- signals to the trusted processes ------------------------------------------------
     _row("kill", 62, (N, N), Level.GUARD, "sys_signal_guard", "refused (EPERM) toward the supervisor, agent and server"),

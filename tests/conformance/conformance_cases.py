@@ -968,6 +968,10 @@ CASES: list[Case] = [
     # -- the wrapper keeps the guest's world: status, signals, env, cwd
     Case("exit_status", sh("cat {root}/a.txt; exit 42")),
     Case("killed_by_signal", sh("cat {root}/a.txt; kill -9 $$")),
+    # the caller's ignored and blocked signals, never the launcher's own (Python's SIGPIPE)
+    Case("signal_dispositions", ("grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status")),
+    Case("closed_pipe_kills_quietly", ("bash", "-c", "set -o pipefail; yes | head -1"),
+         needs=("bash",)),
     Case("env_untouched", ("env",)),
     Case("cwd_untouched", ("/bin/pwd",)),
 ]

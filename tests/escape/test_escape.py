@@ -236,7 +236,7 @@ class Attack:
 
 def _argv(attack: Attack, world: World, cbin) -> list[str]:
     prog, *args = attack.argv
-    if prog in ("paths", "identity", "borrow", "rename", "confine"):
+    if prog in ("paths", "identity", "borrow", "rename", "confine", "terminal"):
         head = [sys.executable, "-I", str(ATTACKS / f"{prog}.py")]
     else:
         head = [str(cbin(prog))]
@@ -387,6 +387,12 @@ TRUSTED = [
     Attack("prlimit_server", ("paths", "prlimit", "{data}", "{server_pid}")),
     Attack("prlimit_supervisor", ("paths", "prlimit", "{data}", "ppid")),
     Attack("sched_setaffinity_agent", ("paths", "sched_setaffinity", "{data}", "{agent_pid}")),
+]
+
+# The guest shares the user's terminal: typing into it (TIOCSTI, bubblewrap's
+# CVE-2017-5226) or pasting a console selection (TIOCLINUX) reaches the user's shell.
+TERMINAL = [
+    Attack(f"terminal_{m}", ("terminal", m)) for m in ("tiocsti", "tiocsti_high", "tioclinux")
 ]
 
 
@@ -711,6 +717,11 @@ def test_task_storm(attack, native_world, synthfs_world, cbin, tmp_path) -> None
 
 @pytest.mark.parametrize("attack", SCRATCH, ids=_ids(SCRATCH))
 def test_scratch_page(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+@pytest.mark.parametrize("attack", TERMINAL, ids=_ids(TERMINAL))
+def test_terminal_injection(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
     run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
 
 
