@@ -1236,8 +1236,10 @@ def link_at(
         _created(dst)
         if sattrs.kind is FileKind.DIR:
             return Fail(errno.EPERM)  # as link(2): no hard link to a directory
-        for loc in (src, dst):  # both: a new name of a file must not open a way to write it
-            denied = env.check(call, "link", loc.guest)
+        # Both names, and a new name must give nothing the old one does not: the
+        # source must be readable and writable by this app (what a copy would need).
+        for op, loc in (("link", src), ("link", dst), ("read", src), ("write", src)):
+            denied = env.check(call, op, loc.guest)
             if denied:
                 return Fail(denied)
         s, d = src.repo, dst.repo
