@@ -530,6 +530,11 @@ class AgentService:
 
     def remove(self, msg: Remove) -> Message:
         path = _check_path(msg.path)
+        e = self._entry(path) if not msg.directory else None
+        if e is not None and self.cache.is_dirty(e):
+            with contextlib.suppress(OSError):
+                if self.upstream.call(Stat(path=path), StatReply).attrs.nlink > 1:
+                    self._upload(path)  # what was written through this name stays in the others
         self._void(path, tree=True)
         self._forget(path, below=True)
         self._forget(_parent(path))

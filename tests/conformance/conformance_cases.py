@@ -466,7 +466,11 @@ os.chmod(f"{r}/h2", 0o600)
 print(oct(os.stat(f"{r}/a.txt").st_mode))
 os.rename(f"{r}/h2", f"{r}/h3")
 show("a.txt", "d/h1", "h3")
+fd = os.open(f"{r}/a.txt", os.O_WRONLY | os.O_APPEND)
+os.write(fd, b"late\\n")
+os.dup2(os.open("/dev/null", os.O_RDONLY), fd)  # closed without close(2), as a shell does
 os.unlink(f"{r}/a.txt")
+print(repr(open(f"{r}/d/h1").read()))
 show("d/h1", "h3")
 with os.scandir(r) as it:
     print(sorted((e.name, e.stat(follow_symlinks=False).st_nlink) for e in it if e.is_file()))
