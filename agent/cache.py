@@ -8,6 +8,7 @@ Layout under the cache root::
 
     <root>/<repo_dir>/lock            flock: one agent per cache directory at a time
     <root>/<repo_dir>/index.sqlite    path -> server attrs (version), recorded stat, dirty, LRU
+                                      (a path that is not UTF-8 is kept as a BLOB of its bytes)
     <root>/<repo_dir>/objects/<h>     h = sha256(path)[:40]: the one local copy of path
     <root>/<repo_dir>/tmp/            fetches land here, then are renamed into objects/
 
@@ -50,7 +51,7 @@ import attrs
 
 from synthfs.protocol.codec import build
 from synthfs.protocol.messages import Attrs
-from synthfs.protocol.naming import object_name
+from synthfs.protocol.naming import name_from_wire, object_name, wire_name
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -196,7 +197,7 @@ class ContentCache:
                 if not isinstance(values, list):
                     raise ValueError("attrs")
                 e = Entry(
-                    path=path,
+                    path=name_from_wire(path),  # a path that is not UTF-8 is a BLOB
                     attrs=build(Attrs, *values),
                     recorded=(sig[0], sig[1], sig[2], sig[3]),
                     dirty=bool(dirty),
@@ -227,19 +228,21 @@ class ContentCache:
         self._db.execute(
             "INSERT OR REPLACE INTO copies (path, attrs, recorded, dirty, used) "
             "VALUES (?, ?, ?, ?, ?)",
-            (e.path, json.dumps(a), json.dumps(list(e.recorded)), int(e.dirty), e.used),
+            (wire_name(e.path), json.dumps(a), json.dumps(list(e.recorded)), int(e.dirty),
+             e.used),
         )
         self._touched.discard(e.path)
 
     def _delete(self, path: str) -> None:
-        self._db.execute("DELETE FROM copies WHERE path = ?", (path,))
+        self._db.execute("DELETE FROM copies WHERE path = ?", (wire_name(path),))
         self._touched.discard(path)
 
     def flush_touches(self) -> None:
         """Write the LRU times that changed since the last flush."""
         if not self._touched:
             return
-        rows = [(self._entries[p].used, p) for p in self._touched if p in self._entries]
+        rows = [(self._entries[p].used, wire_name(p)) for p in self._touched
+                if p in self._entries]
         self._db.execute("BEGIN")
         self._db.executemany("UPDATE copies SET used = ? WHERE path = ?", rows)
         self._db.execute("COMMIT")

@@ -50,6 +50,7 @@ import msgpack
 import zmq
 
 from synthfs.protocol.monitor import monitor_event
+from synthfs.protocol.naming import name_from_wire
 
 __all__ = ["BEAT_TIMEOUT", "MAX_AGE", "Promises", "Subscription"]
 
@@ -286,6 +287,7 @@ class Subscription:
             self.promises.beat(instance, seq)
         elif frames[0] == b"inval":
             path, version, instance, seq, parent = body[:5]
+            path = name_from_wire(path)  # a name that is not UTF-8 comes as bin
             if not (isinstance(path, str) and isinstance(version, str)
                     and isinstance(instance, str) and isinstance(seq, int)):
                 raise ValueError("bad invalidation")

@@ -98,7 +98,7 @@ def pack_stat(attrs: Attrs, uid: int, gid: int) -> bytes:
         0,
         attrs.size,
         4096,
-        (attrs.size + 511) // 512,
+        attrs.blocks,  # the repository's allocation (du), not the size rounded up
         m_s,
         m_ns,
         m_s,
@@ -121,7 +121,7 @@ def pack_statx(attrs: Attrs, uid: int, gid: int) -> bytes:
         mode_of(attrs),
         attrs.ino,
         attrs.size,
-        (attrs.size + 511) // 512,
+        attrs.blocks,  # the repository's allocation (du), not the size rounded up
         0,
         m_s,
         m_ns,  # atime

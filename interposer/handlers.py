@@ -449,8 +449,6 @@ def _locate(
         confine=confine,
     )
     if target.synthetic:
-        if any(0xDC80 <= ord(c) <= 0xDCFF for c in target.path):
-            raise OSError(errno.EILSEQ, "names on /data must be UTF-8")
         return Loc(
             guest=env.ns.guest_path(target.path),
             repo=target.path,
@@ -656,8 +654,12 @@ def guarded(fn: Callable[[Call, Env], Result]) -> Handler:
 
 
 def _live_attrs(env: Env, repo: str, attrs: Attrs) -> Attrs:
-    """Attributes with size and times from the local copy when a guest wrote it."""
-    if attrs.kind is not FileKind.FILE:
+    """Attributes with size and times from the local copy when a guest wrote it.
+
+    Not for a file of several names: another name's upload changes it without this
+    sandbox knowing, and the agent's answer (never cached here) is the fresh one,
+    with its own dirty copy's size and times."""
+    if attrs.kind is not FileKind.FILE or attrs.nlink > 1:
         return attrs
     s = env.repo.written_copy(repo)
     if s is None:
@@ -671,6 +673,7 @@ def _live_attrs(env: Env, repo: str, attrs: Attrs) -> Attrs:
         ino=attrs.ino,
         nlink=attrs.nlink,
         version=attrs.version,
+        blocks=s.st_blocks,
     )
 
 
@@ -1380,9 +1383,19 @@ def link_at(
     if src.synthetic or dst.synthetic:
         if src.synthetic != dst.synthetic:
             return Fail(errno.EXDEV)
-        _need(src)
+        sattrs = _need(src)
         _created(dst)
-        return Fail(errno.EPERM)
+        if sattrs.kind is FileKind.DIR:
+            return Fail(errno.EPERM)  # as link(2): no hard link to a directory
+        # Both names, and a new name must give nothing the old one does not: the
+        # source must be readable and writable by this app (what a copy would need).
+        for op, loc in (("link", src), ("link", dst), ("read", src), ("write", src)):
+            denied = env.check(call, op, loc.guest)
+            if denied:
+                return Fail(denied)
+        s, d = src.repo, dst.repo
+        assert s is not None and d is not None
+        return _synthetic_op(lambda: env.repo.link(s, d))
     assert src.host is not None and dst.host is not None
     follow = bool(flags & abi.AT_SYMLINK_FOLLOW)
     return run_host(

@@ -37,6 +37,7 @@ from synthfs.protocol.messages import (
     DirEntry,
     FileKind,
     Hello,
+    Link,
     LinkTarget,
     List,
     Listing,
@@ -65,6 +66,12 @@ BULK_TIMEOUT = 3600.0
 _LEASE_FLAGS = (
     os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NOATIME | 0o100000
 )  # 0o100000: O_LARGEFILE (0 in Python's os on x86_64, set by 32-bit-era callers)
+
+
+def _cacheable(attrs: Attrs) -> bool:
+    """Whether attributes may be kept for ``ttl``: not those of a file of several names,
+    which a write through another name changes without this sandbox hearing of it."""
+    return attrs.nlink <= 1 or attrs.kind is not FileKind.FILE
 
 
 class Remote:
@@ -256,7 +263,8 @@ class Remote:
             raise
         assert isinstance(reply, StatReply)
         attrs = self._stable(path, reply.attrs)
-        self._attrs[path] = (now + self.ttl, attrs)
+        if _cacheable(attrs):
+            self._attrs[path] = (now + self.ttl, attrs)
         if attrs.kind is FileKind.DIR:
             self._dirs.add(path)
         else:
@@ -272,7 +280,8 @@ class Remote:
         for entry in reply.entries:
             child = f"{base}/{entry.name}"
             attrs = self._stable(child, entry.attrs)
-            self._attrs[child] = (expiry, attrs)
+            if _cacheable(attrs):
+                self._attrs[child] = (expiry, attrs)
             entries.append(DirEntry(entry.name, attrs))
         listing = Listing(attrs=self._stable(path, reply.attrs), entries=tuple(entries))
         self._dirs.add(path)
@@ -357,7 +366,8 @@ class Remote:
         if flags & 0o1003:  # O_WRONLY, O_RDWR, O_TRUNC
             self._written.add(path)
         attrs = self._stable(path, reply.attrs)
-        self._attrs[path] = (time.monotonic() + self.ttl, attrs)
+        if _cacheable(attrs):
+            self._attrs[path] = (time.monotonic() + self.ttl, attrs)
         if path not in self._synced or not (flags & 0o1003 or path in self._written):
             # Read-only, no O_TRUNC, of a copy this sandbox never opened for writing:
             # the copy is the server's object (a written one is until its next upload).
@@ -460,6 +470,17 @@ class Remote:
         self._drop_lease(path, tree=True)
         self._ask(Symlink(target=target, path=path))
         self._forget(path)
+
+    def link(self, src: str, dst: str) -> None:
+        self._drop_lease(src)
+        self._drop_lease(dst, tree=True)
+        reply = self._ask(Link(src=src, dst=dst))
+        assert isinstance(reply, StatReply)
+        self._forget(src)
+        self._forget(dst)
+        self._dirs.discard(dst)
+        # One file, one st_ino under both names (du, find -samefile, tar count on it).
+        self._ino[dst] = self._ino.get(src, reply.attrs.ino)
 
     def setattr(
         self,

@@ -59,6 +59,7 @@ from synthfs.protocol.messages import (
     WireType,
     WireValue,
 )
+from synthfs.protocol.naming import wire_name
 
 __all__ = [
     "MAX_FRAME",
@@ -116,6 +117,11 @@ def _unknown(where: str, body: dict[Any, Any], names: frozenset[str]) -> None:
 _MISSING = object()
 
 
+def _fsdecode(raw: bytes) -> str:
+    """A name that came as bin (not UTF-8), as the str ``os.fsdecode`` gives."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
 class _Gen:
     """The source of every decoder and encoder, and the namespace it runs in."""
 
@@ -123,6 +129,7 @@ class _Gen:
         self.ns: dict[str, Any] = {
             "_bad": _bad, "_unknown": _unknown, "_new": object.__new__,
             "_set": object.__setattr__, "_MISSING": _MISSING, "_tuple": tuple,
+            "_fsdecode": _fsdecode, "_fsencode": wire_name,
         }
         self.source: dict[type, str] = {}
         self.decoders: dict[type, Callable[[Any], Any]] = {}
@@ -141,6 +148,12 @@ class _Gen:
         bad = f"_bad({where!r}, {var}, {t.describe()!r})"
         if isinstance(t, WireInt):
             return [f"{indent}if {var}.__class__ is not int or not {t.lo} <= {var} <= {t.hi}:",
+                    f"{indent}    {bad}"]
+        if isinstance(t, WireStr) and t.fs:
+            # A name that is not UTF-8 comes as bin: back to the str os.fsdecode gives.
+            return [f"{indent}if {var}.__class__ is bytes:",
+                    f"{indent}    {var} = _fsdecode({var})",
+                    f"{indent}if {var}.__class__ is not str or len({var}) > {t.max_len}:",
                     f"{indent}    {bad}"]
         if isinstance(t, WireStr | WireBytes):
             typ = "str" if isinstance(t, WireStr) else "bytes"
@@ -206,6 +219,10 @@ class _Gen:
             return f"[{self.encoder_name(t.item.cls)}(x) for x in {expr}]"
         if isinstance(t, WireOptional) and isinstance(t.inner, WireValue | WireTuple):
             return f"(None if {expr} is None else {self.encode_expr(t.inner, expr)})"
+        if isinstance(t, WireStr) and t.fs:
+            return f"({expr} if {expr}.isascii() else _fsencode({expr}))"
+        if isinstance(t, WireTuple) and isinstance(t.item, WireStr) and t.item.fs:
+            return f"[x if x.isascii() else _fsencode(x) for x in {expr}]"
         return expr
 
     # -- one class ------------------------------------------------------------------
@@ -427,5 +444,7 @@ def error_from_exception(exc: BaseException) -> Error:
     becomes EIO, and the caller must log it (fail closed, never guess).
     """
     if isinstance(exc, OSError) and isinstance(exc.errno, int) and 0 < exc.errno < 4096:
-        return Error(errno=exc.errno, message=(exc.strerror or "")[:200])
+        # (a name in the text may hold bytes that are not UTF-8: shown escaped, \udcff)
+        text = (exc.strerror or "")[:200].encode("utf-8", "backslashreplace").decode()
+        return Error(errno=exc.errno, message=text[:200])
     return Error(errno=errno_mod.EIO, message=f"internal error: {type(exc).__name__}")

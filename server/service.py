@@ -62,6 +62,7 @@ from synthfs.protocol.codec import (
     error_from_exception,
 )
 from synthfs.protocol.curve import ZAP_ENDPOINT, CurveServer, apply, server_sockopts, zap_reply
+from synthfs.protocol.naming import wire_name
 from synthfs.server.auth import AuthError, Authority
 from synthfs.server.backends.base import Backend
 
@@ -130,6 +131,10 @@ def _h_symlink(b: Backend, r: Any) -> m.Message:
     return _stat_reply(b.symlink(r.target, r.path))
 
 
+def _h_link(b: Backend, r: Any) -> m.Message:
+    return _stat_reply(b.link(r.src, r.dst))
+
+
 def _h_setattr(b: Backend, r: Any) -> m.Message:
     return _stat_reply(b.setattr(r.path, r.mode, r.atime_ns, r.mtime_ns, r.size))
 
@@ -148,6 +153,7 @@ HANDLERS: dict[type[m.Message], tuple[Callable[[Backend, Any], m.Message], bool,
     m.Remove: (_h_remove, False, lambda r: (r.path,)),
     m.Rename: (_h_rename, False, lambda r: (r.src, r.dst)),
     m.Symlink: (_h_symlink, False, lambda r: (r.path,)),
+    m.Link: (_h_link, False, lambda r: (r.dst, r.src)),
     m.SetAttr: (_h_setattr, False, lambda r: (r.path,)),
 }
 
@@ -591,5 +597,5 @@ class Server:
         push = self._push()
         # Invalidations first: the I/O loop publishes them before it sends the reply.
         for path, version, parent in changed:
-            push.send_multipart([b"P", msgpack.packb([path, version, parent])])
+            push.send_multipart([b"P", msgpack.packb([wire_name(path), version, parent])])
         push.send_multipart([tag.encode(), str(size).encode(), *route, out], copy=False)

@@ -150,7 +150,7 @@ def _kind(st: os.stat_result) -> FileKind | None:
 def _attrs_values(st: os.stat_result, kind: FileKind) -> list[object]:
     """The fields of ``Attrs`` in order (checked by :func:`protocol.codec.build`)."""
     return [kind, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_ctime_ns,
-            st.st_ino, st.st_nlink, version_of(st)]
+            st.st_ino, st.st_nlink, version_of(st), st.st_blocks]
 
 
 def attrs_from_stat(st: os.stat_result) -> Attrs:
@@ -307,7 +307,7 @@ class LocalBackend(Backend):
     @staticmethod
     def _journal_line(key: str, path: str, a: Attrs) -> bytes:
         fields = [path, a.kind.value, a.size, a.mode, a.mtime_ns, a.ctime_ns, a.ino, a.nlink,
-                  a.version]
+                  a.version, a.blocks]
         return f"{key}\t{json.dumps(fields)}\n".encode()
 
     def _remember_commit(self, key: str, path: str, result: Attrs) -> None:
@@ -404,11 +404,6 @@ class LocalBackend(Backend):
                     if is_reserved(name):
                         continue
                     try:
-                        name.encode("utf-8")
-                    except UnicodeEncodeError:
-                        log.warning("skipping a name that is not UTF-8 in %s", path)
-                        continue
-                    try:
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue  # removed while listing
@@ -458,10 +453,7 @@ class LocalBackend(Backend):
             raw = os.readlink(os.fsencode(parts[-1]), dir_fd=pfd)
         finally:
             os.close(pfd)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise oserror(errno.EILSEQ, "link target is not UTF-8") from None
+        return os.fsdecode(raw)  # bytes that are not UTF-8 travel as they are
 
     # -- uploads -----------------------------------------------------------------------
 
@@ -543,14 +535,17 @@ class LocalBackend(Backend):
                         return self._committed[key][1]
                 if not up.covers(size):
                     raise oserror(errno.EIO, f"upload does not match size {size}")
+                result: Attrs | None = None
                 fd = os.open(up.name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,
                              dir_fd=self._staging_fd)
                 try:
                     if os.fstat(fd).st_size != size:
                         raise oserror(errno.EIO, f"staged size is not {size}")
+                    old: os.stat_result | None
                     try:
                         old = os.stat(name, dir_fd=pfd, follow_symlinks=False)
                     except FileNotFoundError:
+                        old = None
                         new_mode = mode & ~_SETID
                     else:
                         if exclusive:
@@ -562,7 +557,12 @@ class LocalBackend(Backend):
                         new_mode = stat.S_IMODE(old.st_mode)
                     os.fchmod(fd, new_mode)
                     os.fsync(fd)
-                    if exclusive:
+                    if not exclusive and old is not None and old.st_nlink > 1:
+                        # A file of several names: rewrite its one inode in place (a
+                        # rename would give this name a new file and split the names).
+                        result = self._rewrite_in_place(pfd, name, fd, size)
+                        os.unlink(up.name, dir_fd=self._staging_fd)
+                    elif exclusive:
                         # link(2) fails (EEXIST) on a name that appeared since the
                         # stat: the exclusive create never replaces anything.
                         os.link(up.name, name, src_dir_fd=self._staging_fd, dst_dir_fd=pfd,
@@ -570,8 +570,9 @@ class LocalBackend(Backend):
                         os.unlink(up.name, dir_fd=self._staging_fd)
                     else:
                         os.rename(up.name, name, src_dir_fd=self._staging_fd, dst_dir_fd=pfd)
-                    self._fsync_dir(pfd)
-                    result = attrs_from_stat(os.fstat(fd))
+                    if result is None:
+                        self._fsync_dir(pfd)
+                        result = attrs_from_stat(os.fstat(fd))
                 finally:
                     os.close(fd)
                 up.done = True
@@ -582,7 +583,55 @@ class LocalBackend(Backend):
         finally:
             os.close(pfd)
 
+    def _rewrite_in_place(self, pfd: int, name: str, src: int, size: int) -> Attrs:
+        """Copy ``size`` bytes of ``src`` over the regular file ``name`` (same inode)."""
+        out = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                      | os.O_NOCTTY, dir_fd=pfd)
+        try:
+            if not stat.S_ISREG(os.fstat(out).st_mode):
+                raise oserror(errno.EACCES, "special files are not served")
+            done = 0
+            while done < size:
+                try:
+                    n = os.copy_file_range(src, out, size - done, done, done)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS,
+                                         errno.EOPNOTSUPP):
+                        raise
+                    # staging on another file system: copy through memory
+                    data = os.pread(src, min(size - done, CHUNK_SIZE), done)
+                    n = os.pwrite(out, data, done) if data else 0
+                if n == 0:
+                    raise oserror(errno.EIO, "the staged upload is shorter than its size")
+                done += n
+            os.ftruncate(out, size)
+            os.fsync(out)
+            return attrs_from_stat(os.fstat(out))
+        finally:
+            os.close(out)
+
     # -- namespace ---------------------------------------------------------------------
+
+    def link(self, src: str, dst: str) -> Attrs:
+        sfd, sname, _ = self._parent(src)
+        try:
+            st = os.stat(sname, dir_fd=sfd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                raise oserror(errno.EPERM, "hard links to directories")
+            if _kind(st) is None:
+                raise oserror(errno.EACCES, "special files are not served")
+            if not split_path(dst):
+                raise oserror(errno.EEXIST)
+            dfd, dname, _ = self._parent(dst)
+            try:
+                self._check_dev(dfd)
+                os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+                self._fsync_dir(dfd)
+                return attrs_from_stat(os.stat(dname, dir_fd=dfd, follow_symlinks=False))
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
 
     def mkdir(self, path: str, mode: int = 0o755) -> Attrs:
         if not split_path(path):
@@ -673,7 +722,7 @@ class LocalBackend(Backend):
                     raise oserror(errno.ELOOP, "the server does not write through symlinks")
                 if size != st.st_size:
                     limit = self._atomic_truncate_max
-                    if st.st_size <= limit and size <= limit:
+                    if st.st_nlink == 1 and st.st_size <= limit and size <= limit:
                         self._truncate_atomic(path, fd, st, size)
                         os.close(fd)
                         fd = self._open(parts, os.O_PATH)

@@ -69,6 +69,13 @@ deny = [{ paths = ["/data/secret", "/data/secret/**"], ops = ["*"], errno = "EAC
 """
 
 
+#: Reads of /data/secret denied, every other operation allowed (link too): a new name
+#: must still not give what the old one does not.
+DENY_READ_SECRET_POLICY = DENY_SECRET_POLICY.replace(
+    'ops = ["*"], errno = "EACCES" }]', 'ops = ["read"], errno = "EACCES" }]'
+).replace("escape-deny-secret", "escape-deny-secret-read")
+
+
 # -- the two worlds -------------------------------------------------------------------------
 
 
@@ -346,9 +353,13 @@ POLICY_TRICKS = [
     for mode in (
         "abs", "dotdot", "dotdot_relative", "dotdot_subdir", "dirfd_dotdot", "chdir_dotdot",
         "tmp_symlink", "tmp_dir_symlink", "guest_symlink_rel", "proc_cwd", "proc_fd_dir",
-        "stat", "rename_into_data", "hardlink", "unlink", "write", "openat2_dotdot",
-        "openat2_dirfd",
+        "stat", "rename_into_data", "hardlink", "hardlink_in_data", "unlink", "write",
+        "openat2_dotdot", "openat2_dirfd",
     )
+] + [
+    Attack("hardlink_in_data:read_denied", ("paths", "hardlink_in_data", "{data}",
+                                            "{data}/secret", "{marker}"),
+           policy=DENY_READ_SECRET_POLICY),
 ] + [
     paths("abs", spelled, policy=DENY_SECRET_POLICY)
     for spelled in ("{data}//secret", "{data}/./secret", "{data}/sub/../secret")

@@ -126,6 +126,9 @@ class FakeRepo:
     def symlink(self, target: str, path: str) -> None:
         self.calls.append(f"symlink {target} {path}")
 
+    def link(self, src: str, dst: str) -> None:
+        self.calls.append(f"link {src} {dst}")
+
     def setattr(self, path: str, **kw: object) -> None:
         self.calls.append(
             f"setattr {path} {sorted((k, v) for k, v in kw.items() if v is not None)}"
@@ -319,8 +322,33 @@ def test_namespace_changes(world) -> None:
     )
     assert call("rename", guest.put(106, "/data/d/f"), guest.put(107, "/data/g")) == Return(0)
     assert env.repo.calls[-1] == "rename /d/f /g"
-    assert call("link", guest.put(108, "/data/d/f"), guest.put(109, "/data/h")) == Fail(errno.EPERM)
     assert call("unlink", guest.put(110, "/data/secret")) == Fail(errno.EACCES)
+
+
+def test_link(world) -> None:
+    guest, env, proc, call = world
+    assert call("link", guest.put(100, "/data/d/f"), guest.put(101, "/data/h")) == Return(0)
+    assert env.repo.calls[-1] == "link /d/f /h"
+    n = len(env.repo.calls)
+    assert call("link", guest.put(102, "/data/d"), guest.put(103, "/data/dl")) == Fail(errno.EPERM)
+    assert call("link", guest.put(104, "/data/d/f"), guest.put(105, "/data/d")) == Fail(
+        errno.EEXIST)
+    assert call("link", guest.put(106, "/data/secret"), guest.put(107, "/data/s2")) == Fail(
+        errno.EACCES)  # the policy judges the source too: a new name must not open a way in
+    assert env.denied[-1] == ("link", "/data/secret")
+    assert call("link", guest.put(108, "/data/d/f"), guest.put(109, "/data/secret2")) == Fail(
+        errno.EACCES)
+    assert call("link", guest.put(110, "/data/d/f"), guest.put(111, "/tmp/h")) == Fail(errno.EXDEV)
+    assert call("link", guest.put(112, "/data/nope"), guest.put(113, "/data/n")) == Fail(
+        errno.ENOENT)
+    assert env.repo.calls[n:] == []
+
+
+def test_names_that_are_not_utf8_reach_the_repository(world) -> None:
+    guest, env, proc, call = world
+    raw = os.fsdecode(b"/data/raw-\xff")
+    assert call("mkdir", guest.put(100, raw), 0o755) == Return(0)
+    assert env.repo.calls[-1] == "mkdir /raw-\udcff 755"
 
 
 def test_close_commits_only_for_writers(world) -> None:

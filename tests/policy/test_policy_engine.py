@@ -358,6 +358,22 @@ def rules_policy(rules: str) -> Policy:
     return load(with_app('[[app]]\nname = "a"\nmatch.exe = ["/**"]\n' + textwrap.dedent(rules)))
 
 
+def test_names_that_are_not_utf8_match_globs() -> None:
+    """A byte that is not UTF-8 is one character (os.fsdecode's U+DC80..U+DCFF) to a glob."""
+    p = rules_policy(
+        """\
+        allow = [{ paths = ["/data/**"], ops = ["read"] }]
+        deny = [{ paths = ["/data/raw-*", "/data/x?y", "/data/d/**/*.key"], ops = ["read"] }]
+        """
+    )
+    a = app_of(p)
+    assert p.decide(a, Op.READ, "/data/raw-\udcff\udcfe").action is Action.DENY
+    assert p.decide(a, Op.READ, "/data/x\udcffy").action is Action.DENY
+    assert p.decide(a, Op.READ, "/data/x\udcff\udcfey").allowed  # two bytes: two characters
+    assert p.decide(a, Op.READ, "/data/d/\udce9/\udc80.key").action is Action.DENY
+    assert p.decide(a, Op.READ, "/data/ok-\udcff").allowed
+
+
 def test_more_literal_characters_win() -> None:
     p = rules_policy(
         """\

@@ -17,6 +17,8 @@ A = m.Attrs(kind=m.FileKind.FILE, size=12, mode=0o644, mtime_ns=1, ctime_ns=-2, 
             nlink=1, version="v1")
 D = m.Attrs(kind="dir", size=0, mode=0o755, mtime_ns=0, ctime_ns=0, ino=1)
 
+V = m.PROTOCOL_VERSION
+
 #: One example of every registered message kind.
 EXAMPLES: list[m.Message] = [
     m.Hello(version=1),
@@ -26,7 +28,8 @@ EXAMPLES: list[m.Message] = [
     m.Stat(path="/a"),
     m.StatReply(attrs=A),
     m.List(path="/"),
-    m.Listing(attrs=D, entries=(m.DirEntry(name="a", attrs=A), m.DirEntry(name="é", attrs=D))),
+    m.Listing(attrs=D, entries=(m.DirEntry(name="a", attrs=A), m.DirEntry(name="é", attrs=D),
+                                m.DirEntry(name="raw-\udcff\udcfe", attrs=A))),
     m.Read(path="/a", offset=3, length=m.CHUNK_SIZE, version="v1"),
     m.Data(data=b"\x00\xff" * 10, eof=True, version="v1"),
     m.UploadChunk(upload_id="u", offset=0, data=b"xyz"),
@@ -36,6 +39,8 @@ EXAMPLES: list[m.Message] = [
     m.Remove(path="/d", directory=True),
     m.Rename(src="/a", dst="/b", flags=m.RenameFlags.NOREPLACE),
     m.Symlink(target="../x", path="/l"),
+    m.Symlink(target="x-\udcff", path="/l-\udce9"),  # names that are not UTF-8
+    m.Link(src="/a", dst="/d/b-\udc80"),
     m.Readlink(path="/l"),
     m.LinkTarget(target="../x"),
     m.SetAttr(path="/a", mode=0o600, atime_ns=None, mtime_ns=-5, size=0),
@@ -77,17 +82,17 @@ def test_decodes_from_a_memoryview() -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        [2, "stat", 1, "", {"path": "/a"}],  # other protocol version
+        [1, "stat", 1, "", {"path": "/a"}],  # protocol 1 (names were text only)
         [True, "stat", 1, "", {"path": "/a"}],  # bool is not a version
-        [1, "nope", 1, "", {}],  # unknown kind
-        [1, "stat", -1, "", {"path": "/a"}],  # negative request id
-        [1, "stat", 1, 5, {"path": "/a"}],  # token not a string
-        [1, "stat", 1, "", {"path": "/a", "extra": 1}],  # unknown field
-        [1, "stat", 1, "", {"path": 3}],  # wrong type
-        [1, "stat", 1, "", {}],  # missing field
-        [1, "stat_reply", 1, "", {"attrs": [1, 2]}],  # short attrs
-        [1, "read", 1, "", {"path": "/a", "offset": 0, "length": m.CHUNK_SIZE + 1}],
-        [1, "stat", 1, ""],  # short envelope
+        [V, "nope", 1, "", {}],  # unknown kind
+        [V, "stat", -1, "", {"path": "/a"}],  # negative request id
+        [V, "stat", 1, 5, {"path": "/a"}],  # token not a string
+        [V, "stat", 1, "", {"path": "/a", "extra": 1}],  # unknown field
+        [V, "stat", 1, "", {"path": 3}],  # wrong type
+        [V, "stat", 1, "", {}],  # missing field
+        [V, "stat_reply", 1, "", {"attrs": [1, 2]}],  # short attrs
+        [V, "read", 1, "", {"path": "/a", "offset": 0, "length": m.CHUNK_SIZE + 1}],
+        [V, "stat", 1, ""],  # short envelope
         {"a": 1},
     ],
 )
@@ -119,7 +124,7 @@ _values = st.recursive(_leaf, lambda c: st.lists(c, max_size=4)
 def test_structured_garbage_is_a_decode_error(kind: str, rid: int, body: object) -> None:
     """Well-formed msgpack envelopes with arbitrary bodies: DecodeError or a valid message."""
     try:
-        frame = msgpack.packb([1, kind, rid, "", body], use_bin_type=True)
+        frame = msgpack.packb([m.PROTOCOL_VERSION, kind, rid, "", body], use_bin_type=True)
     except (OverflowError, ValueError):
         return
     try:

@@ -25,7 +25,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_harness import RawClient, ServerProc, make_key, register
 
-from synthfs.protocol.messages import REGISTRY, Message, Registered, Stat, StatReply
+from synthfs.protocol.messages import (
+    PROTOCOL_VERSION,
+    REGISTRY,
+    Message,
+    Registered,
+    Stat,
+    StatReply,
+)
 
 KINDS = sorted(REGISTRY)
 FIELDS = sorted({f.name for cls in REGISTRY.values() for f in attrs.fields(cls)})
@@ -158,9 +165,10 @@ def test_bad_frames_get_an_error_reply(fuzz_server):
     assert reply_to([b"a", b"b", b"c"]) == 0
     assert reply_to([b""]) == 0
     # A recognisable envelope with a bad body: its request id is salvaged.
-    assert reply_to([msgpack.packb([1, "stat", 77, "", {"path": 5}])]) == 77
-    assert reply_to([msgpack.packb([2, "stat", 78, "", {"path": "/"}])]) == 78
-    assert reply_to([msgpack.packb([1, "stat", 79, "", {"path": "/", "x": 1}])]) == 79
+    assert reply_to([msgpack.packb([PROTOCOL_VERSION, "stat", 77, "", {"path": 5}])]) == 77
+    assert reply_to([msgpack.packb([PROTOCOL_VERSION + 1, "stat", 78, "", {"path": "/"}])]) == 78
+    v = PROTOCOL_VERSION
+    assert reply_to([msgpack.packb([v, "stat", 79, "", {"path": "/", "x": 1}])]) == 79
 
 
 def _is_root(msg: Message) -> bool:

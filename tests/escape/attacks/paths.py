@@ -184,6 +184,14 @@ def main():
         except OSError as e:
             out(REFUSED, f"hard link to the target: refused ({fail_name(e)})")
         read_and_judge(f"{d}/hl", marker, "hard link to the target")
+    elif mode == "hardlink_in_data":
+        # a second name inside the mount, where the policy would let it be read
+        new = f"{data}/hl-{os.getpid()}"
+        try:
+            os.link(target, new)
+        except OSError as e:
+            out(REFUSED, f"hard link to the target inside the mount: refused ({fail_name(e)})")
+        read_and_judge(new, marker, "hard link to the target inside the mount")
     elif mode == "unlink":
         try:
             os.unlink(target)
