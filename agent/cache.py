@@ -113,11 +113,13 @@ def _check_ours(st: os.stat_result, shown: str, is_kind: Callable[[int], bool]) 
     if not is_kind(st.st_mode):
         raise PermissionError(errno.EPERM, f"{shown} is not a regular "
                               f"{'directory' if is_kind is stat.S_ISDIR else 'file'}")
-    if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
+    # A file's mode does not matter: its directory (checked) is 0700.
+    loose = is_kind is stat.S_ISDIR and stat.S_IMODE(st.st_mode) & 0o077
+    if st.st_uid != os.getuid() or loose:
         raise PermissionError(
             errno.EPERM,
-            f"{shown} must be owned by this user with mode "
-            f"{'0700' if is_kind is stat.S_ISDIR else '0600'} "
+            f"{shown} must be owned by this user"
+            f"{' with mode 0700' if is_kind is stat.S_ISDIR else ''} "
             f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): "
             "refusing a cache directory someone else made",
         )
