@@ -675,8 +675,13 @@ class LocalBackend(Backend):
                     limit = self._atomic_truncate_max
                     if st.st_size <= limit and size <= limit:
                         self._truncate_atomic(path, fd, st, size)
+                        # The path now names the new inode. Open it before closing the
+                        # old fd: this block owns exactly one fd number at any time, so
+                        # a failed reopen (a rename meanwhile) never leaves ``fd`` naming
+                        # a number that was closed (and maybe reused by another thread).
+                        new_fd = self._open(parts, os.O_PATH)
                         os.close(fd)
-                        fd = self._open(parts, os.O_PATH)
+                        fd = new_fd
                     else:
                         wfd = self._reopen(fd, os.O_WRONLY | os.O_NONBLOCK)
                         try:
