@@ -366,7 +366,7 @@ def _log_bad_frame(exc: DecodeError) -> None:
 
 def _answer(service: AgentService, frame: Any) -> bytes | None:
     try:
-        env = decode(frame)
+        env = decode(frame, request=True)
     except DecodeError as exc:
         _log_bad_frame(exc)
         return None

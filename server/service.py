@@ -191,20 +191,6 @@ def handle(
     return reply, changed
 
 
-def _salvage_request_id(payload: bytes) -> int:
-    """The request id of a frame that did not decode, when it is recognisable; else 0."""
-    try:
-        raw = msgpack.unpackb(payload, raw=True, use_list=True, max_bin_len=MAX_FRAME,
-                              max_str_len=MAX_FRAME)
-    except Exception:
-        return 0
-    if isinstance(raw, list) and len(raw) >= 3:
-        rid = raw[2]
-        if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**64:
-            return rid
-    return 0
-
-
 class _RateLimitedLog:
     """At most ``burst`` warnings per ``period`` seconds; then a count of the suppressed."""
 
@@ -464,11 +450,11 @@ class Server:
                                                     message="one frame per request"), 0)
             return
         try:
-            env = decode(payload)
+            env = decode(payload, request=True)  # bounded: see protocol.codec
         except DecodeError as exc:
             self._bad.warning("bad frame (%d bytes): %r", len(payload), str(exc)[:200])
             self._reply_now(route, m.Error(errno=errno.EBADMSG, message=str(exc)[:200]),
-                            _salvage_request_id(payload))
+                            exc.request_id)
             return
         except Exception:  # the codec promises DecodeError only; never die on input
             log.exception("codec bug on a %d-byte frame", len(payload))
