@@ -252,7 +252,8 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
             return 1
         promises = Promises()
         if args.subscribe:
-            sub = Subscription(ctx, args.subscribe, promises, sockopts)
+            sub = Subscription(ctx, args.subscribe, promises, sockopts,
+                               key=lambda: upstream.publish_key)
             board = LeaseBoard.bind(ctx, sock_path)  # leases rest on promises
             if board is not None:
                 refused.append(board.path)

@@ -49,6 +49,7 @@ class Upstream:
         self.token_id = ""
         self.repo_id = ""
         self.server_pid = 0
+        self.publish_key = ""  # the sealed invalidation channel's (synthfs.protocol.sealed)
         self.agent_id = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
         self.client = Client(endpoint, timeout=timeout, token_provider=self._current_token,
                              sockopts=sockopts)
@@ -93,6 +94,7 @@ class Upstream:
             self.on_repo_change(reply.repo_id)
         self.repo_id = reply.repo_id
         self.server_pid = reply.server_pid
+        self.publish_key = reply.publish_key
         return reply
 
     def _fresh(self) -> None:
