@@ -68,6 +68,7 @@ from synthfs.protocol.curve import ZAP_ENDPOINT, CurveServer, apply, server_sock
 from synthfs.protocol.sealed import TOPIC, new_key, seal
 from synthfs.server.auth import AuthError, Authority
 from synthfs.server.backends.base import Backend
+from synthfs.server.ratelimit import RateLimitedLog
 
 __all__ = ["BEAT_INTERVAL", "HANDLERS", "INLINE", "Server", "handle"]
 
@@ -195,27 +196,6 @@ def handle(
     return reply, changed
 
 
-class _RateLimitedLog:
-    """At most ``burst`` warnings per ``period`` seconds; then a count of the suppressed."""
-
-    def __init__(self, burst: int = 20, period: float = 10.0) -> None:
-        self.burst, self.period = burst, period
-        self.start, self.count, self.suppressed = time.monotonic(), 0, 0
-
-    def warning(self, fmt: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self.start > self.period:
-            if self.suppressed:
-                log.warning("%d more bad frames in the last %.0f s (not logged)",
-                            self.suppressed, self.period)
-            self.start, self.count, self.suppressed = now, 0, 0
-        self.count += 1
-        if self.count <= self.burst:
-            log.warning(fmt, *args)
-        else:
-            self.suppressed += 1
-
-
 class Server:
     """The broker. ``bind()`` then ``serve(stop_fd)`` from one thread; ``close()`` at the end."""
 
@@ -253,7 +233,7 @@ class Server:
         self._local = threading.local()
         self._push_lock = threading.Lock()
         self._pushes: list[zmq.Socket] = []
-        self._bad = _RateLimitedLog()
+        self._bad = RateLimitedLog(log, "bad frames")
         self._router: zmq.Socket | None = None
         self._pull: zmq.Socket | None = None
         self._pub: zmq.Socket | None = None
