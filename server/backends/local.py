@@ -320,6 +320,17 @@ class LocalBackend(Backend):
         except OSError as exc:
             log.warning("commit journal: %s", exc.strerror)
 
+    def _resent_commit(self, key: str, path: str) -> Attrs:
+        """Under self._lock: the answer to a commit of an upload already committed.
+
+        A resend of the same commit gets the same answer; a commit naming another
+        path gets an error, not the other path's attributes (nothing was written).
+        """
+        done_path, result = self._committed[key]
+        if split_path(done_path) != split_path(path):
+            raise oserror(errno.EEXIST, "this upload was committed to another path")
+        return result
+
     @staticmethod
     def _staged_name(upload_id: str) -> str:
         return "up-" + hashlib.sha256(upload_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
@@ -527,7 +538,7 @@ class LocalBackend(Backend):
         key = self._staged_name(upload_id)
         with self._lock:
             if key in self._committed:
-                return self._committed[key][1]
+                return self._resent_commit(key, path)
         pfd, name, _parts = self._parent(path)
         try:
             self._check_dev(pfd)
@@ -535,12 +546,12 @@ class LocalBackend(Backend):
             if up is None:
                 with self._lock:
                     if key in self._committed:  # a concurrent resend committed it
-                        return self._committed[key][1]
+                        return self._resent_commit(key, path)
                 raise oserror(errno.EIO, "unknown upload (nothing staged)")
             with up.lock:
                 with self._lock:
                     if key in self._committed:
-                        return self._committed[key][1]
+                        return self._resent_commit(key, path)
                 if not up.covers(size):
                     raise oserror(errno.EIO, f"upload does not match size {size}")
                 fd = os.open(up.name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,

@@ -148,6 +148,18 @@ def test_commit_resend_returns_same_attrs(srv):
     assert isinstance(a, StatReply) and a == b
 
 
+def test_a_commit_resent_for_another_path_is_an_error(srv):
+    """A committed upload's id named with another path: an error, never success with
+    the first path's attributes (nothing is written to the second path)."""
+    c = srv.client()
+    c.call(UploadChunk(upload_id="once", offset=0, data=b"abc"))
+    a = c.call(UploadCommit(upload_id="once", path="/f", size=3))
+    assert isinstance(a, StatReply)
+    assert _err(c.call(UploadCommit(upload_id="once", path="/victim", size=3))) == errno.EEXIST
+    assert not (srv.root / "victim").exists()
+    assert c.call(UploadCommit(upload_id="once", path="//f", size=3)) == a  # same path
+
+
 def test_not_a_server_request(srv):
     c = srv.client()
     assert _err(c.call(Hello(version=1))) == errno.EOPNOTSUPP
