@@ -171,10 +171,16 @@ def _blast_server(fuzz_server, count: int) -> None:
     proc, client = fuzz_server
     _drain(client)
     valid, garbage = server_seeds(client.token)
+    rss0 = _rss_kib(proc.proc.pid)
     res = blast(proc.bound, FrameFuzzer(valid, garbage, SEED), count,
                 probe=lambda: Stat(path="/"), probe_ok=_is_root, owes_reply=lambda parts: True,
                 alive=proc.alive, in_order=False, probe_token=client.token)
-    print(res.summary("server"))
+    rss = _rss_kib(proc.proc.pid)
+    print(res.summary("server"), f"; RSS {rss0 // 1024} -> {rss // 1024} MiB")
+    # Bounds: nothing a frame declares grows the server, and a batch of 200 hostile
+    # frames and its probe are answered within a few seconds on a loaded 2-CPU box.
+    assert rss - rss0 < 128 * 1024, f"RSS grew by {(rss - rss0) // 1024} MiB"
+    assert res.worst_probe_s < 10.0, res.worst_probe_s
     assert res.frames == count and res.probes == -(-count // 200)
     assert res.errnos["undecodable"] == 0  # every reply is a valid message
     assert res.mismatches == []
