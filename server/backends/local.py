@@ -19,9 +19,9 @@ leaves the old or the new version. The staging directory is emptied at
 start-up, except a journal of recent commits that keeps a commit resent
 after a restart idempotent. Uncommitted uploads hold at most ``staged_max`` bytes
 together (4 GiB; a chunk beyond gets ENOSPC) and one idle for ``upload_idle_s``
-(10 min) is dropped at the next upload request. Names starting with ``.synthfs-`` are reserved: hidden from
-listings and unreachable from the wire. A destination on another file system
-mounted below the root gets EXDEV (not supported).
+(10 min) is dropped at the next upload request. Names starting with ``.synthfs-``
+are reserved: hidden from listings and unreachable from the wire. A destination
+on another file system mounted below the root gets EXDEV (not supported).
 
 A file's setuid and setgid bits are never set from the wire (dropped
 silently, as a ``nosuid`` mount would ignore them): the repository is a
