@@ -144,9 +144,25 @@ class ContentCache:
         # another user made, or a symlink planted in it, is refused before anything is
         # read from it or written through it.
         self._fds: list[int] = []
+        self._lock_fd = -1
+        try:
+            self._open_dirs(repo_id, root)
+        except BaseException:
+            for fd in self._fds:  # a refused directory: nothing stays open
+                os.close(fd)
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+            raise
+        self._entries: dict[str, Entry] = {}
+        self._touched: set[str] = set()
+        self._bytes = 0  # sum of recorded sizes
+        self._db = self._open_db()
+        self._load()
+
+    def _open_dirs(self, repo_id: str, root: str) -> None:
+        """Open (making them if needed) and check every directory below the root."""
         root_fd = self._private_dir(None, self.root)
         base = _repo_dir_name(repo_id)
-        self._lock_fd = -1
         for n in range(1, 17):
             name = base if n == 1 else f"{base}.{n}"
             dir_fd = self._private_dir(root_fd, name)
@@ -178,11 +194,6 @@ class ContentCache:
             except FileNotFoundError:
                 continue
             _check_ours(st, self.index_path + suffix, stat.S_ISREG)
-        self._entries: dict[str, Entry] = {}
-        self._touched: set[str] = set()
-        self._bytes = 0  # sum of recorded sizes
-        self._db = self._open_db()
-        self._load()
 
     def _private_dir(self, dir_fd: int | None, name: str) -> int:
         """Make (0700) or open the directory ``name`` below ``dir_fd``: ours, 0700, no symlink."""

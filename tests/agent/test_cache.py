@@ -110,3 +110,15 @@ def test_upload_never_follows_a_symlink_planted_for_the_object(running: Stack,
         c = running.call(Commit(path="/f"))
         assert not isinstance(c, Committed)
     assert (running.root / "f").read_bytes() == b"old"
+
+
+def test_a_refused_cache_leaves_no_fd_open(tmp_path: Path) -> None:
+    repo = tmp_path / "cache" / "repo"
+    repo.mkdir(parents=True, mode=0o700)
+    os.chmod(tmp_path / "cache", 0o700)
+    (repo / "objects").symlink_to(tmp_path)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(PermissionError):
+            ContentCache(str(tmp_path / "cache"), "repo")
+    assert len(os.listdir("/proc/self/fd")) == before
