@@ -252,7 +252,8 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
             return 1
         promises = Promises()
         if args.subscribe:
-            sub = Subscription(ctx, args.subscribe, promises, sockopts)
+            sub = Subscription(ctx, args.subscribe, promises, sockopts,
+                               key=lambda: upstream.publish_key)
             board = LeaseBoard.bind(ctx, sock_path)  # leases rest on promises
             if board is not None:
                 refused.append(board.path)
@@ -366,7 +367,7 @@ def _log_bad_frame(exc: DecodeError) -> None:
 
 def _answer(service: AgentService, frame: Any) -> bytes | None:
     try:
-        env = decode(frame)
+        env = decode(frame, request=True)
     except DecodeError as exc:
         _log_bad_frame(exc)
         return None

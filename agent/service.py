@@ -821,7 +821,8 @@ class AgentService:
         assert e is not None
         obj = self.cache.object_path(path)
         upload_id = secrets.token_hex(16)
-        with open(obj, "rb", buffering=0) as f:
+        # Below the verified objects directory, never through a symlink planted there.
+        with open(self.cache.open_object(path), "rb", buffering=0) as f:
             st0 = os.fstat(f.fileno())
             size = st0.st_size
             count = (size + CHUNK_SIZE - 1) // CHUNK_SIZE

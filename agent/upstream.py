@@ -49,6 +49,7 @@ class Upstream:
         self.token_id = ""
         self.repo_id = ""
         self.server_pid = 0
+        self.publish_key = ""  # the sealed invalidation channel's (synthfs.protocol.sealed)
         self.agent_id = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
         self.client = Client(endpoint, timeout=timeout, token_provider=self._current_token,
                              sockopts=sockopts)
@@ -66,20 +67,31 @@ class Upstream:
         self.client.close()
 
     def register(self) -> Registered:
-        """Prove the bootstrap key (HMAC, the key never travels) and take a token."""
-        nonce = secrets.token_hex(16)
-        ts = time.time_ns()
-        mac = register_mac(self._key, self.agent_id, nonce, ts)
+        """Prove the bootstrap key (HMAC, the key never travels) and take a token.
+
+        A registration that reached a server started after it was made (it waited
+        in the queue while the server started) is refused ESTALE: made again, once.
+        """
         self._token = ""
-        reply = self.client.call(
-            Register(
-                version=PROTOCOL_VERSION,
-                agent_id=self.agent_id,
-                nonce=nonce,
-                timestamp_ns=ts,
-                mac=mac,
-            )
-        )
+        for attempt in range(2):
+            nonce = secrets.token_hex(16)
+            ts = time.time_ns()
+            mac = register_mac(self._key, self.agent_id, nonce, ts)
+            try:
+                reply = self.client.call(
+                    Register(
+                        version=PROTOCOL_VERSION,
+                        agent_id=self.agent_id,
+                        nonce=nonce,
+                        timestamp_ns=ts,
+                        mac=mac,
+                    )
+                )
+            except OSError as exc:
+                if exc.errno == errno.ESTALE and attempt == 0:
+                    continue
+                raise
+            break
         if not isinstance(reply, Registered):
             raise OSError(errno.EPROTO, f"server answered Register with {reply.kind}")
         self._token = reply.token
@@ -93,6 +105,7 @@ class Upstream:
             self.on_repo_change(reply.repo_id)
         self.repo_id = reply.repo_id
         self.server_pid = reply.server_pid
+        self.publish_key = reply.publish_key
         return reply
 
     def _fresh(self) -> None:

@@ -421,6 +421,9 @@ class Registered(Message):
     repo_id: str = field(validator=_SHORT)
     #: the server's pid, which a local agent passes on as one no guest may signal
     server_pid: int = field(validator=_U64, default=0)
+    #: the key of the server's sealed invalidation channel (secret; "" without one):
+    #: synthfs.protocol.sealed
+    publish_key: str = field(validator=_SHORT, default="", repr=False)
 
 
 # -- file operations (both links) -------------------------------------------------

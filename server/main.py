@@ -69,10 +69,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-ttl", type=float, default=3600.0, metavar="SECONDS",
                         help="lifetime of a session token (default: 3600)")
     parser.add_argument("--publish", metavar="ENDPOINT", default=None,
-                        help="also announce invalidations on a PUB socket: frames [b'inval', "
-                        "msgpack([path, new version or '' if gone, instance, seq, parent?])] "
-                        "after each mutation, and [b'beat', msgpack([instance, seq])] every "
-                        "0.5 s (agents hold callback promises while these arrive unbroken)")
+                        help="also announce invalidations on a PUB socket: ['inval', path, "
+                        "new version or '' if gone, instance, seq, parent?] after each "
+                        "mutation, and ['beat', instance, seq] every 0.5 s, each sealed with a "
+                        "key only registered agents get (agents hold callback promises while "
+                        "these arrive unbroken)")
     parser.add_argument("--workers", type=int, default=8, metavar="N",
                         help="threads serving bulk data (reads, uploads); default 8")
     parser.add_argument(

@@ -17,9 +17,11 @@ commit fsyncs the staged file, renames it over the destination (a new inode,
 so a new version) and fsyncs the destination directory. A crash at any point
 leaves the old or the new version. The staging directory is emptied at
 start-up, except a journal of recent commits that keeps a commit resent
-after a restart idempotent. Names starting with ``.synthfs-`` are reserved: hidden from
-listings and unreachable from the wire. A destination on another file system
-mounted below the root gets EXDEV (not supported).
+after a restart idempotent. Uncommitted uploads hold at most ``staged_max`` bytes
+together (4 GiB; a chunk beyond gets ENOSPC) and one idle for ``upload_idle_s``
+(10 min) is dropped at the next upload request. Names starting with ``.synthfs-``
+are reserved: hidden from listings and unreachable from the wire. A destination
+on another file system mounted below the root gets EXDEV (not supported).
 
 A file's setuid and setgid bits are never set from the wire (dropped
 silently, as a ``nosuid`` mount would ignore them): the repository is a
@@ -58,7 +60,12 @@ log = logging.getLogger(__name__)
 STAGING_DIR = ".synthfs-staging"
 _JOURNAL = "committed.journal"
 _JOURNAL_READ_MAX = 4 * 1024 * 1024
-_UPLOAD_IDLE_S = 3600.0
+_UPLOAD_IDLE_S = 600.0
+#: Bytes all uncommitted uploads may hold in staging together (a key holder that never
+#: commits fills no more than this); a chunk beyond it gets ENOSPC.
+_STAGED_MAX = 4 * 1024**3
+#: Idle uploads are looked for at most this often (on the next upload request).
+_EXPIRE_EVERY_S = 10.0
 _COMMITTED_MEMORY = 10_000
 _MAX_UPLOAD_SIZE = 2**50
 #: Mode bits a wire request may not set on a file: the repository is a host directory,
@@ -168,6 +175,7 @@ class _Upload:
     last_used: float = attrs_mod.field(factory=time.monotonic)
     lock: threading.Lock = attrs_mod.field(factory=threading.Lock)
     done: bool = False
+    staged: int = 0  # bytes written to its staged file (counted against the bound)
 
     def add(self, start: int, end: int) -> None:
         merged: list[tuple[int, int]] = []
@@ -193,6 +201,8 @@ class LocalBackend(Backend):
         *,
         use_openat2: bool | None = None,
         atomic_truncate_max: int = 64 * 1024 * 1024,
+        staged_max: int = _STAGED_MAX,
+        upload_idle_s: float = _UPLOAD_IDLE_S,
     ) -> None:
         self.root = os.path.realpath(root)
         if not os.path.isdir("/proc/self/fd"):
@@ -201,6 +211,10 @@ class LocalBackend(Backend):
         self.repo_id = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:16]
         self._openat2 = _openat2_works() if use_openat2 is None else use_openat2
         self._atomic_truncate_max = atomic_truncate_max
+        self._staged_max = staged_max
+        self._staged = 0  # bytes held by uncommitted uploads, under self._lock
+        self._upload_idle_s = upload_idle_s
+        self._next_expiry = 0.0
         self._root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._root_dev = os.fstat(self._root_fd).st_dev
         self._lock = threading.Lock()
@@ -319,6 +333,17 @@ class LocalBackend(Backend):
             os.write(self._journal_fd, self._journal_line(key, path, result))
         except OSError as exc:
             log.warning("commit journal: %s", exc.strerror)
+
+    def _resent_commit(self, key: str, path: str) -> Attrs:
+        """Under self._lock: the answer to a commit of an upload already committed.
+
+        A resend of the same commit gets the same answer; a commit naming another
+        path gets an error, not the other path's attributes (nothing was written).
+        """
+        done_path, result = self._committed[key]
+        if split_path(done_path) != split_path(path):
+            raise oserror(errno.EEXIST, "this upload was committed to another path")
+        return result
 
     @staticmethod
     def _staged_name(upload_id: str) -> str:
@@ -458,22 +483,33 @@ class LocalBackend(Backend):
     # -- uploads -----------------------------------------------------------------------
 
     def _expire_uploads(self) -> None:
+        """Under self._lock: drop uploads idle for ``upload_idle_s`` (every 10 s at most)."""
         now = time.monotonic()
+        if now < self._next_expiry:
+            return
+        self._next_expiry = now + min(_EXPIRE_EVERY_S, self._upload_idle_s)
         for uid, up in list(self._uploads.items()):
-            if now - up.last_used > _UPLOAD_IDLE_S and not up.lock.locked():
+            if now - up.last_used > self._upload_idle_s and not up.lock.locked():
                 del self._uploads[uid]
+                self._staged -= up.staged
+                up.done = True
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(up.name, dir_fd=self._staging_fd)
                 log.info("expired idle upload %s", up.name)
 
+    def _release(self, up: _Upload) -> None:
+        """Under self._lock: ``up`` left staging (committed, aborted)."""
+        self._staged -= up.staged
+        up.staged = 0
+
     def _get_upload(self, upload_id: str, create: bool) -> _Upload | None:
         with self._lock:
+            self._expire_uploads()  # on every upload request: idle ones go within 10 s
             up = self._uploads.get(upload_id)
             if up is None and create:
                 name = self._staged_name(upload_id)
                 if name in self._committed:
                     return None  # committed meanwhile: nothing to stage
-                self._expire_uploads()
                 with contextlib.suppress(FileNotFoundError):  # left by an aborted run
                     os.unlink(name, dir_fd=self._staging_fd)
                 os.close(self._new_staged(name))
@@ -491,6 +527,12 @@ class LocalBackend(Backend):
         with up.lock:
             if up.done:
                 return
+            with self._lock:
+                if self._staged + len(data) > self._staged_max:
+                    raise oserror(errno.ENOSPC, "the server's staging area is full "
+                                  "(uncommitted uploads)")
+                self._staged += len(data)
+                up.staged += len(data)
             flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(up.name, flags, dir_fd=self._staging_fd)
             try:
@@ -506,6 +548,8 @@ class LocalBackend(Backend):
     def upload_abort(self, upload_id: str) -> None:
         with self._lock:
             up = self._uploads.pop(upload_id, None)
+            if up is not None:
+                self._release(up)
         if up is None:
             return
         with up.lock:
@@ -519,7 +563,7 @@ class LocalBackend(Backend):
         key = self._staged_name(upload_id)
         with self._lock:
             if key in self._committed:
-                return self._committed[key][1]
+                return self._resent_commit(key, path)
         pfd, name, _parts = self._parent(path)
         try:
             self._check_dev(pfd)
@@ -527,12 +571,12 @@ class LocalBackend(Backend):
             if up is None:
                 with self._lock:
                     if key in self._committed:  # a concurrent resend committed it
-                        return self._committed[key][1]
+                        return self._resent_commit(key, path)
                 raise oserror(errno.EIO, "unknown upload (nothing staged)")
             with up.lock:
                 with self._lock:
                     if key in self._committed:
-                        return self._committed[key][1]
+                        return self._resent_commit(key, path)
                 if not up.covers(size):
                     raise oserror(errno.EIO, f"upload does not match size {size}")
                 result: Attrs | None = None
@@ -578,6 +622,7 @@ class LocalBackend(Backend):
                 up.done = True
                 with self._lock:
                     self._uploads.pop(upload_id, None)
+                    self._release(up)
                     self._remember_commit(key, path, result)
                 return result
         finally:
@@ -724,8 +769,13 @@ class LocalBackend(Backend):
                     limit = self._atomic_truncate_max
                     if st.st_nlink == 1 and st.st_size <= limit and size <= limit:
                         self._truncate_atomic(path, fd, st, size)
+                        # The path now names the new inode. Open it before closing the
+                        # old fd: this block owns exactly one fd number at any time, so
+                        # a failed reopen (a rename meanwhile) never leaves ``fd`` naming
+                        # a number that was closed (and maybe reused by another thread).
+                        new_fd = self._open(parts, os.O_PATH)
                         os.close(fd)
-                        fd = self._open(parts, os.O_PATH)
+                        fd = new_fd
                     else:
                         wfd = self._reopen(fd, os.O_WRONLY | os.O_NONBLOCK)
                         try:

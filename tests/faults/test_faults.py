@@ -811,8 +811,9 @@ def test_cache_disk_full(tmp_path: Path, synthfs: object) -> None:
     repo, cache = tmp_path / "repo", tmp_path / "cache"
     repo.mkdir()
     cache.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(cache)],
-                             capture_output=True, text=True, timeout=30)
+    # mode=0700: the agent refuses a cache directory others may write (a tmpfs is 1777)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs",
+                              str(cache)], capture_output=True, text=True, timeout=30)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:

@@ -137,3 +137,39 @@ def test_structured_garbage_is_a_decode_error(kind: str, rid: int, body: object)
 def test_error_from_exception_keeps_errno_and_fails_closed() -> None:
     assert error_from_exception(FileNotFoundError(errno.ENOENT, "x")).errno == errno.ENOENT
     assert error_from_exception(KeyError("boom")).errno == errno.EIO
+
+
+# -- requests are decoded within the schema's bounds ------------------------------------
+
+
+def test_the_largest_legal_requests_decode_in_request_mode() -> None:
+    path = "/" + "\U0001f600" * (m.MAX_PATH - 1)  # the longest path, 4 UTF-8 bytes a char
+    for msg in (m.Stat(path=path), m.Rename(src=path, dst=path),
+                m.UploadChunk(upload_id="u", offset=0, data=b"x" * m.CHUNK_SIZE),
+                m.SetAttr(path=path, mode=0o644, atime_ns=1, mtime_ns=2, size=3)):
+        assert decode(encode(msg, 7, "t" * 1024), request=True).msg == msg
+
+
+@pytest.mark.parametrize("frame", [
+    b"\xdd\x00\x80\x00\x00" + b"\x80" * 0x800000,  # 8M empty maps
+    b"\x95\x01\xa4stat\x05\xa0\xdf\xff\xff\xff\xff",  # a body of 2^32-1 fields
+    b"\x95\x01\xa4stat\x05\xa0" + b"\x91" * 100_000,  # nesting
+    b"\x95\x01\xa4stat\x05\xa0\x81\xa4path" + b"\x92\x90\x90" * 100,  # many small arrays
+    b"\x95\x01\xa4stat\x05\xa0\x81\xa4path\xc7\x01\x01x",  # an ext type
+], ids=["maps", "fields", "deep", "containers", "ext"])
+def test_a_request_that_declares_too_much_is_refused_early(frame: bytes) -> None:
+    import time
+
+    t = time.perf_counter()
+    with pytest.raises(DecodeError):
+        decode(frame, request=True)
+    assert time.perf_counter() - t < 0.2
+
+
+def test_a_bad_body_keeps_its_request_id_without_a_second_decode() -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(msgpack.packb([1, "stat", 77, "", {"path": 5}]), request=True)
+    assert info.value.request_id == 77
+    with pytest.raises(DecodeError) as info:
+        decode(b"\xc1", request=True)
+    assert info.value.request_id == 0
