@@ -145,7 +145,8 @@ def native_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         listener.bind(str(work / name))
         listener.listen(8)
         listeners.append(listener)
-    dummy = subprocess.Popen(["sleep", "600"])  # stands in for the agent and the server
+    # stands in for the agent and the server (each in a session of its own, as they are)
+    dummy = subprocess.Popen(["sleep", "600"], start_new_session=True)
     repo = (base / "tree").resolve()
     build_repo(repo, canary, marker)
     world = World(
@@ -368,7 +369,19 @@ STORMS = [
 
 SCRATCH = [
     Attack(f"scratch_{m}", ("scratch", m), expect=frozenset({0} | KILLED))
-    for m in ("mprotect", "munmap", "madvise", "procmem", "mremap", "mmap_fixed")
+    for m in (
+        "mprotect", "munmap", "madvise", "procmem", "mremap", "mmap_fixed",
+        # issue #16 class 1: prctl(PR_SET_MM_MAP) (no capability) moves the heap's break
+        # into the area, brk() unmaps it and maps it back writable; userfaultfd would let
+        # the guest answer the faults of the kernel's reads of a checked copy
+        "prctl_brk", "prctl_brk_nobody", "uffd",
+    )
+] + [
+    # the whole class 1 escape: the area made writable, a thread rewrites the checked
+    # copy of an allowed path (a file of the guest's own) with the cache canary's path
+    # between the supervisor's check and the kernel's read
+    Attack("scratch_prctl_brk_race", ("scratch", "prctl_brk_race", "{canary}", "{marker}"),
+           expect=frozenset({0} | KILLED)),
 ]
 
 TRUSTED = [
@@ -384,6 +397,14 @@ TRUSTED = [
     Attack("prlimit_server", ("paths", "prlimit", "{data}", "{server_pid}")),
     Attack("prlimit_supervisor", ("paths", "prlimit", "{data}", "ppid")),
     Attack("sched_setaffinity_agent", ("paths", "sched_setaffinity", "{data}", "{agent_pid}")),
+    Attack("pidfd_agent", ("paths", "pidfd_signal", "{data}", "{agent_pid}")),
+    # issue #16 class 2: a file's owner gets F_SETSIG's signal (SIGSTOP here)
+    Attack("setown_stop_agent", ("paths", "setown", "{data}", "{agent_pid}")),
+    Attack("setown_stop_server", ("paths", "setown", "{data}", "{server_pid}")),
+    Attack("setown_group_stop_agent", ("paths", "setown_group", "{data}", "{agent_pid}")),
+    Attack("setown_ex_stop_agent", ("paths", "setown_ex", "{data}", "{agent_pid}")),
+    Attack("fiosetown_stop_agent", ("paths", "fiosetown", "{data}", "{agent_pid}")),
+    Attack("setpriority_agent", ("paths", "setpriority", "{data}", "{agent_pid}")),
 ]
 
 
