@@ -1292,6 +1292,12 @@ def mknod_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, dev: int) -
             return open_synthetic_create(call, env, loc, mode)
         return Fail(errno.EPERM)
     assert loc.host is not None
+    if st.S_IFMT(mode) in (st.S_IFCHR, st.S_IFBLK):
+        # A device node is a new way into a device, not a file: under [host] rules it
+        # needs a [host] mknod glob (write-listed /dev/** means the nodes that exist).
+        if loc.real is None:
+            return Fail(errno.EPERM)
+        host_check(call, env, "mknod", loc)
     return run_host(env, NR_MKNODAT, (AT_FDCWD, Pin(loc), mode, dev))
 
 

@@ -539,6 +539,58 @@ def test_trusted_process_attack(attack, native_world, synthfs_world, cbin, tmp_p
     run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
 
 
+def device_policy(workdir: Path) -> str:
+    """The host may be read; only ``workdir`` and /tmp written; no mknod list."""
+    return f"""\
+version = 1
+name = "escape-devices"
+description = "escape suite: host writes only in the work directory; no device nodes"
+default = "deny"
+
+[[mount]]
+path = "/data"
+
+[[app]]
+name = "everyone"
+match.exe = ["/**"]
+allow = [{{ paths = ["/data", "/data/**"], ops = ["*"] }}]
+
+[host]
+read = ["/**"]
+write = ["{workdir}", "{workdir}/**", "/tmp/**"]
+"""
+
+
+def test_device_node(native_world, synthfs_world, cbin, tmp_path) -> None:
+    """Issue #16 class 3: a root guest makes a node of its own for a device the policy
+    does not let it write, in a directory it may write, and writes the device through
+    it. The device is /dev/null's (harmless to write, and not write-listed here): the
+    same trick on a disk's block device rewrites any file. Under [host] rules a device
+    node needs a [host] mknod glob, absent here: mknod is refused (EPERM)."""
+    rdev = os.stat("/dev/null").st_rdev
+    dev = f"{os.major(rdev)}:{os.minor(rdev)}"
+    attack = Attack("mknod_dev", ("paths", "mknod_dev", "{data}", dev, "{marker}"),
+                    policy=device_policy(tmp_path))
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+def test_device_node_allowed_twin(synthfs_world, cbin, tmp_path) -> None:
+    """With ``[host] mknod`` naming the directory, the same node is made and written
+    (exit 66 here is success): otherwise the refusal above proves nothing."""
+    rdev = os.stat("/dev/null").st_rdev
+    attack = Attack("twin", ("paths", "mknod_dev", "{data}",
+                             f"{os.major(rdev)}:{os.minor(rdev)}", "{marker}"))
+    pol = tmp_path / "policy.toml"
+    pol.write_text(device_policy(tmp_path) + f'mknod = ["{tmp_path}/*"]\n')
+    launcher = helpers.SynthfsLauncher(mode="agent")
+    argv = launcher.argv(
+        synthfs_world.repo, _argv(attack, synthfs_world, cbin), stack=synthfs_world.stack,
+        extra=["--policy", str(pol)],
+    )
+    got = helpers.run_native(argv, cwd=tmp_path, timeout=attack.timeout)
+    assert got.status == ESCAPED, got.show()
+
+
 #: Attacks on a restarted agent (a new pid the supervisor did not know at start).
 RESTARTED = ["signal", "signal_group", "proc_environ", "proc_fd_list", "proc_mem_read",
              "prlimit"]

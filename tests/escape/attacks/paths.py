@@ -16,6 +16,7 @@ as expected; 3 = refused, but not the way the case requires (e.g. wrong
 errno); 2 = usage or setup error. One line on stdout says what happened.
 """
 
+import contextlib
 import ctypes
 import errno
 import mmap
@@ -368,6 +369,26 @@ def main():
         except OSError as e:
             out(REFUSED, f"pidfd_send_signal: refused ({fail_name(e)})")
         out(ESCAPED, "pidfd_send_signal(pidfd, 0) succeeded: ESCAPED")
+    elif mode == "mknod_dev":
+        # issue #16 class 3: a node of our own for a device the policy does not let us
+        # write (TARGET = MAJOR:MINOR), made in a directory we may write, then written
+        import stat
+
+        major, minor = (int(x) for x in target.split(":"))
+        node = os.path.join(os.getcwd(), "dev-node")
+        with contextlib.suppress(OSError):
+            os.unlink(node)
+        try:
+            os.mknod(node, stat.S_IFCHR | 0o600, os.makedev(major, minor))
+            fd = os.open(node, os.O_WRONLY | os.O_NOCTTY)
+            os.write(fd, (marker or "x").encode() + b"\n")
+            os.close(fd)
+        except OSError as e:
+            out(REFUSED, f"mknod + write of device {target}: refused ({fail_name(e)})")
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(node)
+        out(ESCAPED, f"mknod + write of device {target}: ESCAPED")
     elif mode == "proc_environ":
         read_and_judge(f"/proc/{int(target)}/environ", None, "/proc/PID/environ")
     elif mode == "proc_fd_list":
