@@ -172,6 +172,7 @@ OUT, IN, SZ, N, A = Role.OUT, Role.IN, Role.SIZE, Role.INT, Role.ADDR
 
 _low_addr = ((Cond(0, "LT", SCRATCH_GUARD_END),),)
 ESC = "tests/escape/test_escape.py"
+GUARDS = "tests/interposer/test_guards.py"
 MEMGUARD = "tests/interposer/test_guards.py::test_memory_guards"
 PIDGUARD = "tests/interposer/test_guards.py::test_pid_guards"
 
@@ -302,8 +303,16 @@ TABLE: tuple[SyscallSpec, ...] = (
     _row("linkat", 265, (D, P, D2, P2, AF), Level.HOST, "sys_linkat"),
     _row("symlink", 88, (T, P), Level.FULL, "sys_symlink"),
     _row("symlinkat", 266, (T, D, P), Level.FULL, "sys_symlinkat"),
-    _row("mknod", 133, (P, M, N), Level.HOST, "sys_mknod", "on /data: EPERM"),
-    _row("mknodat", 259, (D, P, M, N), Level.HOST, "sys_mknodat"),
+    _row(
+        "mknod", 133, (P, M, N), Level.HOST, "sys_mknod",
+        "on /data: EPERM (a regular file: create); under [host] a device node needs a "
+        "[host] mknod glob",
+        reach=Reach.DEVICE, shown_by=f"{ESC}::test_device_node",
+    ),
+    _row(
+        "mknodat", 259, (D, P, M, N), Level.HOST, "sys_mknodat", "as mknod",
+        reach=Reach.DEVICE, shown_by=f"{GUARDS}::test_mknod_of_a_device_asks_the_mknod_rule",
+    ),
     # -- extended attributes -------------------------------------------------------------
     _row(
         "getxattr",

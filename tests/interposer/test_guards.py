@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import struct
+import subprocess
+import sys
 
 import pytest
 from test_handlers import FakeEnv, FakeGuest
@@ -218,5 +220,37 @@ def test_mknod_of_a_device_asks_the_mknod_rule() -> None:
     assert run("mknod", path, 0o20600, 0x103, guest=guest, env=env) == Fail(errno.EPERM)
     assert ("mknod", "/work/node") in asked
     asked.clear()
+    at_fdcwd = -100
+    assert run("mknodat", at_fdcwd, path, 0o60600, 0x800, guest=guest, env=env) == Fail(errno.EPERM)
+    assert ("mknod", "/work/node") in asked  # a block device too
+    asked.clear()
     r = run("mknod", path, 0o10600, 0, guest=guest, env=env)  # a FIFO: create only
     assert isinstance(r, RunChecked) and [op for op, _ in asked] == ["create"]
+
+
+# -- SECURITY.md's matrix is the table's ---------------------------------------------------------
+
+
+def test_security_md_matrix_is_generated_from_the_table() -> None:
+    """SECURITY.md's matrix is ``synthfs syscalls --security-matrix``, verbatim; every
+    test a row names exists."""
+    from pathlib import Path
+
+    from synthfs.interposer.syscalls import TABLE
+    from synthfs.interposer.syscalls_cli import matrix
+
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "SECURITY.md").read_text()
+    start, end = "<!-- matrix: synthfs syscalls --security-matrix -->\n", "<!-- matrix end -->"
+    assert start in text and end in text
+    shown = text.split(start, 1)[1].split(end, 1)[0]
+    assert shown == matrix(), "SECURITY.md is stale: paste `synthfs syscalls --security-matrix`"
+    named = {spec.shown_by for spec in TABLE if spec.shown_by}
+    files = sorted({n.partition("::")[0] for n in named})
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         *files],
+        cwd=root, capture_output=True, text=True, timeout=120,
+    ).stdout.splitlines()
+    ids = set(collected) | {c.partition("[")[0] for c in collected}
+    assert not named - ids, f"rows name tests that do not exist: {sorted(named - ids)}"
