@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-
 import errno
 
 from synthfs.interposer.syscalls import TABLE, UNKNOWN_RANGE, Action, Reach, Role, SyscallSpec
@@ -18,7 +17,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--security-matrix",
         action="store_true",
-        help="print SECURITY.md's matrix of the guard rows (what each can reach, what synthfs does)",
+        help="print SECURITY.md's matrix of the guard rows (what each reaches, what synthfs does)",
     )
 
 
