@@ -35,6 +35,7 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef MAP_FIXED_NOREPLACE
@@ -193,7 +194,17 @@ int main(int argc, char **argv) {
         for (int i = 0; i < 20000; i++) {
             /* natively there is no supervisor: play its part (copy, then open the copy) */
             int fd;
-            if (native) { memcpy((char *)slot1, allowed, strlen(allowed) + 1); fd = open((char *)slot1, O_RDONLY); }
+            if (native) {
+                /* the supervisor's write, then its ptrace round trip (tens of microseconds)
+                 * before the kernel reads the copy: wait that long, or until rewritten */
+                memcpy((char *)slot1, allowed, strlen(allowed) + 1);
+                struct timespec t0, t1;
+                clock_gettime(CLOCK_MONOTONIC, &t0);
+                do clock_gettime(CLOCK_MONOTONIC, &t1);
+                while (slot1[0] == allowed[0] && !strcmp((char *)slot1, allowed) &&
+                       (t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec) < 200000);
+                fd = open((char *)slot1, O_RDONLY);
+            }
             else fd = open(allowed, O_RDONLY);
             if (fd < 0) continue;
             char got[256] = {0};
