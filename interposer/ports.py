@@ -37,6 +37,9 @@ class Guest(Protocol):
     def fd_writable(self, fd: int) -> bool:
         """Whether the fd is open for writing (False when it is not open)."""
 
+    def fd_pid(self, fd: int) -> int | None:
+        """The process a pidfd stands for (its fdinfo ``Pid:``); None for other fds."""
+
     def host_cwd(self) -> str: ...
 
     def umask(self) -> int:

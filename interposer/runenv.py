@@ -152,7 +152,10 @@ class RunEnv:
             return 0  # no [host]: the host is untouched (and there is nothing to audit)
         t0 = time.perf_counter_ns()
         app = self._app(call)
-        decision = self.policy.decide_host(app, _OPS[op], path)
+        if op == "mknod":  # a device node: its own [host] list
+            decision = self.policy.decide_mknod(app, path)
+        else:
+            decision = self.policy.decide_host(app, _OPS[op], path)
         if decision.allowed and not self.audit_all:
             return 0
         return self._record(call, app, op, path, decision, t0)

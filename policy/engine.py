@@ -277,6 +277,11 @@ class _Host:
     write_deny: Decision
     read_globs: tuple[PathGlob, ...]
     write_globs: tuple[PathGlob, ...]
+    #: where device nodes may be made (None: nowhere, fail closed)
+    mknod: re.Pattern[str] | None = None
+    mknod_decisions: tuple[Decision, ...] = ()
+    mknod_deny: Decision = Decision(Action.DENY, "engine", "device nodes are refused", 1)
+    mknod_globs: tuple[PathGlob, ...] = ()
 
 
 # --- the default policy -----------------------------------------------------------------
@@ -795,6 +800,23 @@ class Policy:
             self._remember(_HOST_KEY, op, path, decision)
         return decision
 
+    def decide_mknod(self, app: App, path: str) -> Decision:
+        """May ``app`` make a device node (mknod of S_IFCHR/S_IFBLK) at the host ``path``?
+
+        Only where a ``[host] mknod`` glob says so: a write-listed ``/dev/**``
+        means the nodes that exist, and no list means none (fail closed).
+        ``[host]`` absent → allow (the host is untouched)."""
+        host = self._host
+        if host is None:
+            return _OK_HOST
+        bad = self._check_path(path, on_mount=False)
+        if bad is not None:
+            return bad
+        m = host.mknod.fullmatch(path) if host.mknod is not None else None
+        if m is None:
+            return host.mknod_deny
+        return host.mknod_decisions[m.lastindex - 1]  # type: ignore[operator]
+
     def _decide_host(self, host: _Host, op: Op, path: str) -> Decision:
         bad = self._check_path(path, on_mount=False)
         if bad is not None:
@@ -890,7 +912,7 @@ _APP_KEYS = ("name", "description", "match", "default", "default_errno", "allow"
 _MATCH_KEYS = ("exe", "argv", "sha256")
 _ALLOW_KEYS = ("paths", "ops")
 _DENY_KEYS = ("paths", "ops", "errno")
-_HOST_KEYS = ("read", "write", "network", "errno")
+_HOST_KEYS = ("read", "write", "mknod", "network", "errno")
 _OP_NAMES = tuple(o.value for o in Op)
 _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _SHA = re.compile(r"[0-9a-fA-F]{64}")
@@ -1415,7 +1437,7 @@ class _Loader:
         )
         lists: dict[str, tuple[PathGlob, ...]] = {}
         refs: dict[str, list[str]] = {}
-        for key in ("read", "write"):
+        for key in ("read", "write", "mknod"):
             if key in table:
                 raw = self.strings(table[key], (*p, key), 'host path globs, e.g. ["/usr/**"]')
                 lists[key] = tuple(self.path_glob(g, (*p, key, k)) for k, g in enumerate(raw))
@@ -1466,8 +1488,24 @@ class _Loader:
             )
         else:
             write_pat, write_decs, write_deny = None, (), open_["write"]
+        mknod = lists.get("mknod")
+        mknod_deny = Decision(
+            Action.DENY,
+            self.ref((*p, "mknod")) if mknod is not None else self.ref(p),
+            "host path is not in the [host] mknod list"
+            if mknod is not None
+            else "[host] has no mknod list: device nodes are refused",
+            _errno.EPERM,
+        )
+        mknod_pat, mknod_decs = (
+            compile_(mknod, refs["mknod"], "mknod") if mknod is not None else (None, ())
+        )
         return (
             _Host(
+                mknod=mknod_pat,
+                mknod_decisions=mknod_decs,
+                mknod_deny=mknod_deny,
+                mknod_globs=mknod or (),
                 read=read_pat,
                 read_decisions=read_decs,
                 read_deny=read_deny,
