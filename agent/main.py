@@ -47,6 +47,7 @@ from synthfs.protocol.bootstrap import check_key_fd
 from synthfs.protocol.client import DEFAULT_TIMEOUT, Unreachable
 from synthfs.protocol.codec import MAX_FRAME, DecodeError, decode, encode, error_from_exception
 from synthfs.protocol.curve import client_sockopts, handshake, load_keypair, load_public, remote_tcp
+from synthfs.protocol.endpoints import check_endpoint
 from synthfs.protocol.leases import BEAT_INTERVAL, LeaseBoard
 
 __all__ = ["HELP", "configure", "main", "make_undumpable", "read_key_fd", "read_key_file"]
@@ -190,8 +191,17 @@ def main(args: argparse.Namespace) -> int:
 
 def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
     try:
-        key = read_key_fd(args.bootstrap_fd) if args.bootstrap_fd is not None \
-            else read_key_file(args.bootstrap_key)
+        check_endpoint("--server", args.server)
+        if args.subscribe:
+            check_endpoint("--subscribe", args.subscribe)
+        try:
+            key = read_key_fd(args.bootstrap_fd) if args.bootstrap_fd is not None \
+                else read_key_file(args.bootstrap_key)
+        except OSError as exc:
+            if args.bootstrap_fd is None or exc.filename:
+                raise
+            raise OSError(exc.errno, f"--bootstrap-fd {args.bootstrap_fd}: {exc.strerror}") \
+                from None
         sock_path = _socket_path(args.listen)
         _private_dir(sock_path)
     except (OSError, ValueError) as exc:
@@ -272,7 +282,9 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
         if args.ready_fd is not None:
             try:
                 os.write(args.ready_fd, b"ready\n")
-            finally:
+            except OSError as exc:  # serve all the same (as the server does)
+                log.warning("--ready-fd %d: %s", args.ready_fd, exc.strerror)
+            with contextlib.suppress(OSError):
                 os.close(args.ready_fd)
         _serve(router, service, flag, sub)
         return 0

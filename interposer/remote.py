@@ -103,6 +103,7 @@ class Remote:
         #: installs every upload as a new file (atomic rename), so its inode number
         #: changes with each write; programs (sqlite) compare stat and fstat inodes.
         self._ino: dict[str, int] = {}
+        self._probe()  # no agent listening: say so now, not after the whole timeout
         welcome = self._call(Hello(version=PROTOCOL_VERSION))
         if not isinstance(welcome, Welcome):
             raise OSError(errno.EPROTO, f"agent at {endpoint} answered {welcome.kind!r} to hello")
@@ -153,16 +154,27 @@ class Remote:
             self._agent_lost = not self._agent_alive()
             raise OSError(errno.EIO, f"agent unreachable: {exc}") from None
 
+    def _probe(self) -> None:
+        """OSError (ENOENT: no socket file, ECONNREFUSED: nobody listens on it) unless
+        something listens on the agent's ``ipc://`` socket; costs one connect."""
+        if not self.endpoint.startswith("ipc://"):
+            return
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            probe.connect(self.endpoint[len("ipc://") :])
+        except OSError as exc:
+            why = "no such socket" if exc.errno == errno.ENOENT else "nothing listens on it"
+            raise OSError(exc.errno, why) from None
+        finally:
+            probe.close()
+
     def _rehello(self) -> None:
         """Greet whoever listens on the agent's socket now; EIO at once when nobody does."""
-        if self.endpoint.startswith("ipc://"):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            try:
-                probe.connect(self.endpoint[len("ipc://") :])
-            except OSError:
-                raise OSError(errno.EIO, f"no agent listens at {self.endpoint}") from None
-            finally:
-                probe.close()
+        try:
+            self._probe()
+        except OSError as exc:
+            why = f"no agent listens at {self.endpoint}: {exc.strerror}"
+            raise OSError(errno.EIO, why) from None
         old, self._agent_pid = self._agent_pid, None  # a busy new agent is waited for
         try:
             welcome = self._client.call(Hello(version=PROTOCOL_VERSION))
