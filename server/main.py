@@ -175,6 +175,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         key, created = load_or_create_key(key_path)
     except OSError as exc:
+        if exc.filename:  # os.open's error: name the file (a refused key's message does)
+            return _fail(f"bootstrap key {key_path}: {exc.strerror}")
         return _fail(str(exc.strerror or exc))
     if created:
         print(f"synthfs server: created bootstrap key {key_path} (mode 0600)", file=sys.stderr)
