@@ -215,8 +215,12 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
         return _fail(f"--stats {args.stats}: {exc.strerror}")
     private = tempfile.mkdtemp(prefix="synthfs-run-")
     try:
+        def away(why: str) -> None:  # once a run: the guest sees EIO, the user sees why
+            print(f"synthfs run: calls on {ns.mount} fail with EIO: {why}", file=sys.stderr,
+                  flush=True)
+
         try:
-            remote = Remote(endpoint)
+            remote = Remote(endpoint, report=away)
         except OSError as exc:
             hint = ""
             if launch is None and exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
