@@ -169,6 +169,9 @@ def main(args: argparse.Namespace) -> int:
         check_endpoint(args.listen, curve is not None)
         if args.publish:
             check_endpoint(args.publish, curve is not None)
+            if args.publish == args.listen:  # the second bind would take the socket over
+                raise ValueError(f"--publish {args.publish}: the same endpoint as --listen "
+                                 "(give the invalidations an endpoint of their own)")
     except ValueError as exc:
         return _fail(str(exc))
     key_path = args.bootstrap_key or default_key_path()

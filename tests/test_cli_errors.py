@@ -239,3 +239,16 @@ def test_bench_report_from_a_bad_file(tmp_path: Path) -> None:
 @pytest.fixture
 def synthfs_ok(synthfs: helpers.SynthfsLauncher) -> None:
     """Skip where the kernel cannot ptrace/seccomp (tests/conftest.py says why)."""
+
+
+def test_server_publish_on_the_listen_endpoint(tmp_path: Path) -> None:
+    """One socket for both: the publisher's bind took the request socket's file over."""
+    ep = f"ipc://{tmp_path}/s.sock"
+    r = synthfs("server", "--root", str(tmp_path), "--listen", ep, "--publish", ep,
+                "--bootstrap-key", str(tmp_path / "k"), timeout=20)
+    one_line(r, 2, f"--publish {ep}", "--listen")
+
+
+def test_keys_in_a_directory_it_cannot_write(tmp_path: Path) -> None:
+    r = synthfs("keys", "/proc/synthfs-keys-test")
+    one_line(r, 1, "/proc/synthfs-keys-test", "No such file or directory")
