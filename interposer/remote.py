@@ -173,7 +173,7 @@ class Remote:
         except Unreachable as exc:
             self._agent_lost = not self._agent_alive()
             self._away(f"the agent at {self.endpoint} did not answer within {exc.seconds:.3g} s")
-            raise OSError(errno.EIO, f"agent unreachable: {exc}") from None
+            raise OSError(errno.EIO, f"agent unreachable: {exc.strerror}") from None
         except OSError as exc:
             if exc.errno == SERVER_UNREACHABLE:
                 self._away(f"the agent cannot reach its server ({exc.strerror})")

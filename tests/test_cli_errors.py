@@ -252,3 +252,16 @@ def test_server_publish_on_the_listen_endpoint(tmp_path: Path) -> None:
 def test_keys_in_a_directory_it_cannot_write(tmp_path: Path) -> None:
     r = synthfs("keys", "/proc/synthfs-keys-test")
     one_line(r, 1, "/proc/synthfs-keys-test", "No such file or directory")
+
+
+def test_run_agent_that_never_answers(tmp_path: Path) -> None:
+    """Something listens but never speaks: after the agent timeout (10 s), one plain line."""
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mute.bind(str(tmp_path / "mute.sock"))
+    mute.listen(8)
+    try:
+        r = synthfs("run", "--agent", f"ipc://{tmp_path}/mute.sock", "--", "true")
+    finally:
+        mute.close()
+    line = one_line(r, 125, f"ipc://{tmp_path}/mute.sock", "did not answer within 10 s")
+    assert "[Errno" not in line, line
