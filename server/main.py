@@ -169,7 +169,8 @@ def main(args: argparse.Namespace) -> int:
         check_endpoint(args.listen, curve is not None)
         if args.publish:
             check_endpoint(args.publish, curve is not None)
-            if args.publish == args.listen:  # the second bind would take the socket over
+            if args.publish == args.listen and args.listen.startswith("ipc://"):
+                # the second bind would take the socket file over (tcp: EADDRINUSE)
                 raise ValueError(f"--publish {args.publish}: the same endpoint as --listen "
                                  "(give the invalidations an endpoint of their own)")
     except ValueError as exc:
