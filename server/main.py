@@ -170,12 +170,18 @@ def main(args: argparse.Namespace) -> int:
         check_endpoint(args.listen, curve is not None)
         if args.publish:
             check_endpoint(args.publish, curve is not None)
+            if args.publish == args.listen and args.listen.startswith("ipc://"):
+                # the second bind would take the socket file over (tcp: EADDRINUSE)
+                raise ValueError(f"--publish {args.publish}: the same endpoint as --listen "
+                                 "(give the invalidations an endpoint of their own)")
     except ValueError as exc:
         return _fail(str(exc))
     key_path = args.bootstrap_key or default_key_path()
     try:
         key, created = load_or_create_key(key_path)
     except OSError as exc:
+        if exc.filename:  # os.open's error: name the file (a refused key's message does)
+            return _fail(f"bootstrap key {key_path}: {exc.strerror}")
         return _fail(str(exc.strerror or exc))
     if created:
         print(f"synthfs server: created bootstrap key {key_path} (mode 0600)", file=sys.stderr)
