@@ -10,6 +10,8 @@ escape there) and then under synthfs (it must never escape):
   text after the flip would move it out of its directory (and the guest could
   then speak to the agent directly). synthfs pins the checked parent under
   every policy (``handlers.Pin``), so the late flip gives ELOOP.
+  ``attacks/exec_swap.py`` is the same race against execve, toward the agent's
+  cached copy of a /data program the policy denies.
 * ``attacks/procfd.c``: ``open(/proc/self/fd/N, O_WRONLY)`` (and ``/dev/fd/N``,
   ``/proc/thread-self/fd/N``, ``/proc/PID/fd/N``) where N is a deleted file or a
   pipe, which only the kernel can follow, while a thread dup2()s a read-only fd
@@ -25,6 +27,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -40,6 +43,8 @@ ESCAPED = 66
 ATTACKS = Path(__file__).resolve().parent / "attacks"
 #: seconds each race runs (the controls escape within the first second)
 SECONDS = os.environ.get("SYNTHFS_PINS_SECONDS", "4")
+#: execs are slower: a few hundred attempts in these seconds
+EXEC_SECONDS = str(max(float(SECONDS), 10.0))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +67,6 @@ def procfd(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def base() -> Iterator[Path]:
     """A private directory outside /tmp (the [host] policies below name it)."""
-    import shutil
     import tempfile
 
     path = Path(tempfile.mkdtemp(prefix="synthfs-pins-", dir="/var/tmp")).resolve()
@@ -88,7 +92,7 @@ def _stack(base: Path) -> Iterator[object]:
 
 def _synthfs(stack: object, argv: list[str], cwd: Path, extra: list[str]) -> helpers.Outcome:
     launcher = helpers.SynthfsLauncher(mode="agent")
-    full = launcher.argv(Path("/nonexistent"), argv, stack=stack, extra=extra)
+    full = launcher.argv(cwd, argv, stack=stack, extra=extra)  # (agent mode: no repo)
     return helpers.run_native(full, cwd=cwd, timeout=180)
 
 
@@ -132,6 +136,58 @@ def test_a_swapped_directory_never_moves_the_agents_socket(kernel_ok: None, base
         # the agent still answers the next run through its own socket
         again = _synthfs(stack, ["cat", "/data/ok"], guest, [])
         assert again.status == 0 and again.stdout == "original\n", again.show()
+
+
+DENY_TOOL_POLICY = """\
+version = 1
+name = "pins-deny-tool"
+default = "allow"
+
+[[mount]]
+path = "/data"
+
+[[app]]
+name = "all"
+match.exe = ["/**"]
+allow = [{ paths = ["/data", "/data/**"], ops = ["*"] }]
+deny = [{ paths = ["/data/tool"], ops = ["*"], errno = "EACCES" }]
+"""
+
+
+def test_a_swapped_directory_never_execs_a_cached_copy(kernel_ok: None, base: Path) -> None:
+    """No ``[host]`` rules: /data/tool (a copy of ``false``), cached by an earlier run
+    that could read it, is denied to this one; ``exec d/OBJ`` while ``d`` flips to the
+    agent's objects directory never runs the cached copy (ELOOP at the pin, or killed
+    at the exec stop when the kernel mapped another file)."""
+    swap = [sys.executable, "-I", str(ATTACKS / "exec_swap.py")]
+    native = base / "native"
+    (native / "objects").mkdir(parents=True)
+    (native / "guest").mkdir()
+    false = shutil.which("false") or "/bin/false"
+    shutil.copy(false, native / "objects" / "obj")
+    control = helpers.run_native(
+        [*swap, str(native / "objects"), "obj", EXEC_SECONDS], cwd=native / "guest"
+    )
+    assert control.status == ESCAPED, control.show()
+    guest = base / "guest"
+    guest.mkdir()
+    with _stack(base) as stack:
+        shutil.copy(false, base / "repo" / "tool")
+        (base / "repo" / "tool").chmod(0o755)
+        warm = _synthfs(stack, ["cat", "/data/tool"], guest, [])  # the default policy
+        assert warm.status == 0, warm.show()
+        (objects,) = (base / "cache").glob("*/objects")
+        (copy,) = [p for p in objects.iterdir() if p.read_bytes() == Path(false).read_bytes()]
+        policy = base / "deny.toml"
+        policy.write_text(DENY_TOOL_POLICY)
+        got = _synthfs(
+            stack, [*swap, str(objects), copy.name, EXEC_SECONDS], guest, ["--policy", str(policy)]
+        )
+        print(f"control: {_counts(control)}\nsynthfs: exit {got.status}: {_counts(got)}")
+        assert got.status != ESCAPED, f"the cached copy of a denied file ran\n{got.show()}"
+        assert got.status == 0, got.show()
+        counts = ast.literal_eval(_counts(got).rpartition(" ")[0])
+        assert counts["true"] > 0 and counts.get("EACCES", 0) > 0, counts
 
 
 # -- B: /proc magic links to a deleted file or a pipe --------------------------------------------
