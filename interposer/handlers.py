@@ -112,6 +112,11 @@ class Loc:
     magic: bool = False
     #: synthetic: the final component as the guest wrote it ('.' and '..' kept)
     last: str = ""
+    #: host, ``host`` a /proc link to an fd or a cwd (``via_fd``, ``magic``): the
+    #: link's text the check saw. The kernel's call runs on an fd the supervisor
+    #: opens through the link and finds with this same text (:class:`Pin`): a
+    #: guest thread cannot dup2 another file onto the fd in between.
+    link: str | None = None
 
     @property
     def synthetic(self) -> bool:
@@ -158,7 +163,13 @@ def fd_loc(call: Call, env: Env, fd: int, target: str | None = None) -> Loc | No
         if cwd is not None:
             return _synthetic_loc(env, cwd)
         cwd_path = call.guest.host_cwd()
-        return Loc(guest=cwd_path, host=f"/proc/{call.guest.tgid}/cwd", via_fd=True, real=cwd_path)
+        return Loc(
+            guest=cwd_path,
+            host=f"/proc/{call.guest.tgid}/cwd",
+            via_fd=True,
+            real=cwd_path,
+            link=cwd_path,
+        )
     if target is None:
         target = call.guest.fd_target(fd)
     if target is None:
@@ -178,6 +189,7 @@ def fd_loc(call: Call, env: Env, fd: int, target: str | None = None) -> Loc | No
         host=f"/proc/{call.guest.tgid}/fd/{fd}",
         via_fd=True,
         real=_decidable(target),
+        link=target,
     )
 
 
@@ -279,11 +291,14 @@ class Pin:
     """A checked host path for a call the kernel runs (not an open).
 
     The kernel walks a path again; a symlink a guest swaps into a directory
-    component after the check would redirect it. So, when the policy restricts
-    the host, the supervisor opens the checked parent directory (or, for calls
-    that follow the last component, the object itself) with
-    ``RESOLVE_NO_SYMLINKS`` and the kernel is given ``/proc/SUPERVISOR/fd/N/name``
-    (``/proc/SUPERVISOR/fd/N``): a walk that cannot leave what was checked.
+    component after the check would redirect it, to a file the ``[host]`` rules
+    protect or, with no rules, to the agent's socket or cache. So the supervisor
+    opens the checked parent directory (or, for calls that follow the last
+    component, the object itself) with ``RESOLVE_NO_SYMLINKS`` and the kernel is
+    given ``/proc/SUPERVISOR/fd/N/name`` (``/proc/SUPERVISOR/fd/N``): a walk that
+    cannot leave what was checked. A /proc link to an fd (``Loc.link``: an fd
+    of the guest's, ``/proc/PID/fd/N`` to a pipe or a deleted file) is opened
+    through the link instead and must still show the text the check saw.
     """
 
     loc: Loc
@@ -307,8 +322,8 @@ def run_host(
             loc = arg.loc
             assert loc.host is not None
             pinned = None
-            if loc.via_fd and loc.real is not None and not loc.magic:
-                pinned = env.pin(loc.real, True, via=loc.host)  # an fd: the object it holds
+            if loc.link is not None:
+                pinned = env.pin(loc.link, True, via=loc.host)  # an fd: the object it holds
             elif loc.real is not None and loc.real == loc.host:
                 pinned = env.pin(loc.host, arg.whole)
             if pinned is None:
@@ -622,7 +637,7 @@ def _host_loc(call: Call, env: Env, path: str, follow: bool, must_be_dir: bool) 
         # resolution and the guest's could name different objects.
         if not _PROC_FD.match(path) or m is None:
             raise Refused(errno.EACCES, "a magic link reached through another symlink")
-        return Loc(guest=path, host=path, real=_decidable(real), magic=True)
+        return Loc(guest=path, host=path, real=_decidable(real), magic=True, link=real)
     return Loc(guest=real, host=real, must_be_dir=must_be_dir, real=real)
 
 
@@ -778,8 +793,9 @@ def open_at(
     creating = bool(flags & abi.O_CREAT) or (flags & abi.O_TMPFILE) == abi.O_TMPFILE
     kmode = mode & 0o7777 if creating else 0
     if loc.magic:
-        # A magic link to a pipe, socket or deleted file: the kernel must follow it.
-        return RunChecked(NR_OPENAT, (AT_FDCWD, _cstr(loc.host), flags, kmode))
+        # A magic link to a pipe, socket or deleted file: the kernel must follow it, on
+        # the object checked (Pin: a dup2 onto the fd meanwhile fails the open, EACCES).
+        return run_host(env, NR_OPENAT, (AT_FDCWD, Pin(loc, True), flags, kmode))
     # The confinement was judged on the guest's own walk (_confined_walk, the namespace);
     # the kernel walks the checked real path from '/', where only RESOLVE_CACHED still means
     # the same.
@@ -1528,17 +1544,17 @@ def sys_fchmodat2(call: Call, env: Env) -> Result:
 
 
 def host_fd_op(call: Call, env: Env, loc: Loc, run: Callable[[Loc], Result]) -> Result:
-    """fchmod, fchown, fsetxattr, fremovexattr on a host fd, under ``[host]`` rules.
+    """fchmod, fchown, futimens, fsetxattr, fremovexattr on a host fd.
 
     Natively a read-only fd is enough for them; here they are judged as their
-    path forms are (``chmod`` on the fd's file) and run as the path form
-    (``run``) on the object the fd holds, pinned (a guest thread cannot dup2
-    another file onto the fd after the check). Without ``[host]`` rules, and on
-    what is not a file (pipes, sockets), they run natively.
+    path forms are (``chmod`` on the fd's file, under ``[host]`` rules) and run
+    as the path form (``run``) on the object the fd holds, pinned: a guest
+    thread cannot dup2 another file onto the fd after the check, neither a
+    file the rules protect nor, with no rules, the agent's copy of a /data
+    file opened read-only (its times and mode are the agent's record of it).
     """
-    if not env.host_rules or loc.real is None:
-        return CONTINUE
-    host_check(call, env, "chmod", loc)
+    if env.host_rules and loc.real is not None:
+        host_check(call, env, "chmod", loc)
     return run(loc)
 
 
@@ -1966,9 +1982,9 @@ def _expect_exec(call: Call, env: Env, path: str, via: bool) -> None:
     the process is killed. The kernel gets the checked path as text, so
     ``/proc/self/exe``, ``comm``, ``AT_EXECFN`` and a script's name stay native.
     ``via``: ``path`` is a magic link (an fd, ``/proc/PID/exe``) to open as is.
+    With or without ``[host]`` rules: with none, the swap could still run a
+    program from the agent's cache (a copy of a /data file the policy denies).
     """
-    if not env.host_rules:
-        return
     if via:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)  # the object, not a walk
         pinned: tuple[str, int] | None = ("", fd)
@@ -2254,7 +2270,7 @@ def _pinned_socket(env: Env, real: str) -> tuple[bytes, int | None]:
     """The sockaddr of a checked socket path, pinned on the socket itself
     (``/proc/SUPERVISOR/fd/N``: a swapped-in symlink cannot lead the kernel to the
     agent's socket), and the pin to drop after the call (None: not pinned)."""
-    pinned = env.pin(real, True, always=True)
+    pinned = env.pin(real, True)
     if pinned is None:
         return _unix_sockaddr(real), None
     return _unix_sockaddr(pinned[0]), pinned[1]
@@ -2303,9 +2319,12 @@ def _unix_bind(call: Call, env: Env, real: str, sa: SockAddr) -> Result:
     pinned ``/proc/SUPERVISOR/fd/N/name`` would show in getsockname, so the
     supervisor remembers the name the guest gave (by socket inode) and
     getsockname answers with it. A pinned path longer than sun_path allows is
-    refused (ENAMETOOLONG) rather than walked unpinned.
+    refused (ENAMETOOLONG) rather than walked unpinned. Without ``[host]`` rules
+    getsockname is not trapped (syscalls.Need.HOST), so the kernel walks the
+    checked path: bind creates a name, never follows or replaces one, so a race
+    can at worst add a socket file beside a trusted one (docs/policy.md).
     """
-    pinned = env.pin(real, False)
+    pinned = env.pin(real, False) if env.host_rules else None
     if pinned is None:
         sockaddr = _unix_sockaddr(real)
         return RunChecked(NR_BIND, (call.args[0], Scratch(sockaddr), len(sockaddr)))

@@ -201,17 +201,17 @@ class Env(Protocol):
     def bound_names(self) -> dict[int, bytes]:
         """Socket inode -> the sockaddr a guest bound it to (bound via a pinned path)."""
 
-    def pin(
-        self, real_path: str, whole: bool, always: bool = False, via: str | None = None
-    ) -> tuple[str, int] | None:
+    def pin(self, real_path: str, whole: bool, via: str | None = None) -> tuple[str, int] | None:
         """Pin a checked host path for a call the kernel runs (see ``handlers.Pin``).
 
         Opens the parent directory of ``real_path`` (``whole``: the object
         itself) with RESOLVE_NO_SYMLINKS in the supervisor and returns the path
         the kernel should walk instead and the fd to :meth:`unpin` after the
-        call; None when nothing needs pinning (no [host] rules, unless ``always``).
-        ``via``: a guest fd's /proc magic link, opened instead of walking the path;
-        it must still lead to ``real_path``. OSError (ELOOP when a symlink was
+        call; None when there is nothing to pin (``/``). With or without
+        ``[host]`` rules (the trusted paths are refused under every policy).
+        ``via``: a /proc link to an fd (``/proc/PID/fd/N``, ``/proc/PID/cwd``),
+        opened instead of walking a path; its text must still be ``real_path``
+        (the link text the check saw). OSError (ELOOP when a symlink was
         swapped in, EACCES when the fd changed, ENOENT...) fails the call.
         """
 

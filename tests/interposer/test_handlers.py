@@ -217,9 +217,7 @@ class FakeEnv:
     def check_net(self, call: Call, op: str, address: str, local: bool) -> int:
         return 0
 
-    def pin(
-        self, real_path: str, whole: bool, always: bool = False, via: str | None = None
-    ) -> tuple[str, int] | None:
+    def pin(self, real_path: str, whole: bool, via: str | None = None) -> tuple[str, int] | None:
         return None
 
     def unpin(self, fd: int) -> None:
