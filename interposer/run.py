@@ -71,6 +71,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="content cache directory for --data (default: ~/.cache/synthfs)",
     )
     parser.add_argument(
+        "--state",
+        metavar="DIR",
+        help="the --data server's state directory (staged uploads): outside DIR, on its file "
+        "system (default: a private one in the run's work directory when that is on DIR's file "
+        "system, else ~/.local/state/synthfs/server/ID)",
+    )
+    parser.add_argument(
         "--audit", metavar="FILE", help="append policy decisions (denials) as JSON lines to FILE"
     )
     parser.add_argument("--audit-all", action="store_true", help="audit allowed decisions too")
@@ -95,6 +102,8 @@ def main(args: argparse.Namespace) -> int:
         return _fail("no command given (usage: synthfs run [OPTIONS] -- CMD [ARGS...])")
     if not args.agent and not args.data:
         return _fail("say where the data is: --data DIR (a directory to serve) or --agent ENDPOINT")
+    if args.state and not args.data:
+        return _fail("--state is the --data server's: it goes with --data")
     if args.data and not os.path.isdir(args.data):
         return _fail(f"--data {args.data}: not a directory")
     try:
@@ -105,7 +114,8 @@ def main(args: argparse.Namespace) -> int:
                 from synthfs.agent.embedded import starting
 
                 launch = resources.enter_context(
-                    starting(args.data, cache_dir=args.cache, verbose=args.verbose)
+                    starting(args.data, cache_dir=args.cache, verbose=args.verbose,
+                             state_dir=args.state)
                 )
             return _run(args, command, launch)
     except Exception as exc:  # a clear message, not a traceback, for set-up failures

@@ -158,4 +158,4 @@ def test_read_only_refuses_writes_and_keeps_tree(
             extra=["--read-only"],
         )
     assert (out.status, out.stdout) == (0, "hello\nworld\ndone\n"), out.show()
-    assert helpers.diff_trees(before, helpers.drop_server_reserved(helpers.snapshot(repo))) == []
+    assert helpers.diff_trees(before, helpers.snapshot(repo)) == []

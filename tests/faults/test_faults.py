@@ -44,8 +44,10 @@ def stack(tmp_path: Path, synthfs: object) -> Stack:  # synthfs: skip where ptra
 
 
 def _embedded(repo: Path) -> list[str]:
-    """``synthfs run`` on its own server and agent for ``repo``, with a private cache."""
-    return ["--data", str(repo), "--cache", str(repo.parent / "cache")]
+    """``synthfs run`` on its own server and agent for ``repo``, with a private cache
+    and a known state directory (``repo.parent / "state"``: staged uploads)."""
+    return ["--data", str(repo), "--cache", str(repo.parent / "cache"),
+            "--state", str(repo.parent / "state")]
 
 
 def _ops_guest(stack: Stack, seconds: float) -> tuple[Guest, Path]:
@@ -414,7 +416,7 @@ def test_supervisor_killed_mid_upload(tmp_path: Path, synthfs: object) -> None:
     (repo / "big").write_bytes(b"old\n" * 100_000)
     chunks = 768  # 48 MiB: an upload long enough to be caught in flight
     new = b"".join(bytes([65 + i % 26]) * 65536 for i in range(chunks))
-    staging = repo / ".synthfs-staging"
+    staging = repo.parent / "state"
     g = Guest(_embedded(repo), TREE_WRITER, str(chunks))
     try:
         assert g.wait_for(lambda _rs: "closing" in g.lines, 60), g.show()
