@@ -10,7 +10,9 @@ bootstrap key (0600, random), so no other user can reach either process. The
 key never appears in argv or the environment: the server reads the file, the
 agent reads the same key from an inherited pipe, and the file is deleted as
 soon as both are ready. The agent lists the work directory (and its cache)
-in ``Welcome.refused_paths``, so the interposer refuses it to every guest.
+in ``Welcome.refused_paths``, and the server its root and state directory
+(``Registered.trusted_paths``), so the interposer refuses them to every guest
+(:mod:`protocol.trusted`).
 
 The server's state directory (staged uploads, the commit journal) is never in
 the served directory: ``state_dir`` when given, else ``WORKDIR/state`` (removed
@@ -94,8 +96,8 @@ class TrustedStack(NamedTuple):
 
     @property
     def refused_paths(self) -> tuple[str, ...]:
-        """Host paths no guest may name: the work directory and the cache."""
-        return (self.workdir, self.cache_dir)
+        """Host paths no guest may name: the work directory, the cache, the data, the state."""
+        return (self.workdir, self.cache_dir, self.data_dir, self.state_dir)
 
 
 def _check_data_dir(data_dir: str | os.PathLike[str]) -> str:

@@ -49,6 +49,8 @@ class Upstream:
         self.token_id = ""
         self.repo_id = ""
         self.server_pid = 0
+        #: the server's own host paths (``Registered.trusted_paths``)
+        self.server_paths: tuple[str, ...] = ()
         self.agent_id = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
         self.client = Client(endpoint, timeout=timeout, token_provider=self._current_token,
                              sockopts=sockopts)
@@ -93,6 +95,7 @@ class Upstream:
             self.on_repo_change(reply.repo_id)
         self.repo_id = reply.repo_id
         self.server_pid = reply.server_pid
+        self.server_paths = reply.trusted_paths
         return reply
 
     def _fresh(self) -> None:

@@ -1155,6 +1155,8 @@ def rename_at(
         return Fail(errno.EXDEV)
     if not src.synthetic:
         assert src.host is not None and dst.host is not None
+        if any(loc.real is not None and env.host.holds_refused(loc.real) for loc in (src, dst)):
+            return Fail(errno.EACCES)  # moving a directory above a trusted path renames it
         return run_host(env, NR_RENAMEAT2, (AT_FDCWD, Pin(src), AT_FDCWD, Pin(dst), flags))
     assert src.repo is not None and dst.repo is not None
     # The kernel's order: '.' and '..', the source's name, the target's, then the types.

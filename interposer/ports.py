@@ -98,6 +98,10 @@ class Host(Protocol):
     def refused(self, real_path: str) -> bool:
         """True for paths no guest may name (cache, sockets, keys, trusted processes)."""
 
+    def holds_refused(self, real_path: str) -> bool:
+        """True when ``real_path`` is a directory above a refused path: renaming it
+        would give the refused path another name (refused like the path itself)."""
+
     def trusted(self, pid: int) -> bool:
         """Whether a pid or tid belongs to the supervisor, the agent or the server."""
 
@@ -194,7 +198,9 @@ class Env(Protocol):
         Opens the parent directory of ``real_path`` (``whole``: the object
         itself) with RESOLVE_NO_SYMLINKS in the supervisor and returns the path
         the kernel should walk instead and the fd to :meth:`unpin` after the
-        call; None when nothing needs pinning (no [host] rules, unless ``always``).
+        call; None when nothing needs pinning (a path that does not reach the
+        host, e.g. a magic link). Pinned whatever the policy: the trusted paths
+        are refused to every guest, with or without [host] rules.
         ``via``: a guest fd's /proc magic link, opened instead of walking the path;
         it must still lead to ``real_path``. OSError (ELOOP when a symlink was
         swapped in, EACCES when the fd changed, ENOENT...) fails the call.

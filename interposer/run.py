@@ -159,12 +159,14 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
         return _fail(f"cannot build the seccomp filter ({exc}); is libseccomp2 installed?", 125)
     trusted: tuple[int, ...] = ()
     server_socket = ""
+    stack_paths: tuple[str, ...] = ()
     if launch is None:
         endpoint = args.agent
     else:
         stack = launch.ready()  # both up, the key file gone: only now may a guest run
         endpoint, trusted = stack.agent_endpoint, (stack.server_pid, stack.agent_pid)
         server_socket = _socket_path(stack.server_endpoint)
+        stack_paths = stack.refused_paths  # the agent and the server list them too
     audit = open(args.audit, "a", encoding="utf-8") if args.audit else None  # noqa: SIM115
     private = tempfile.mkdtemp(prefix="synthfs-run-")
     try:
@@ -186,7 +188,7 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
         ]
         host = HostSide(
             private,
-            (*remote.refused_paths, socket_path),
+            (*remote.refused_paths, socket_path, *stack_paths),
             (os.getpid(), *trusted, *remote.trusted_pids),
             listeners,
         )

@@ -104,8 +104,9 @@ class RunEnv:
     def pin(
         self, real_path: str, whole: bool, always: bool = False, via: str | None = None
     ) -> tuple[str, int] | None:
-        if not self.host_rules and not always:
-            return None  # no host decisions to protect: the kernel walks the checked path
+        # Pinned with or without [host] rules: the refusal of the trusted paths
+        # (protocol.trusted) is a host decision too, and a symlink swapped into the
+        # checked path after the check must not carry the kernel's walk into them.
         if via is not None:
             # An fd of the guest's (/proc/PID/fd/N): the object it holds now, which must
             # be the one checked (a guest thread may dup2 another file onto N meanwhile).

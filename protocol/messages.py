@@ -401,6 +401,11 @@ class Registered(Message):
     repo_id: str = field(validator=_SHORT)
     #: the server's pid, which a local agent passes on as one no guest may signal
     server_pid: int = field(validator=_U64, default=0)
+    #: the server's host paths (served directory, state directory, key files, sockets):
+    #: an agent on the same host refuses them to every guest (``protocol.trusted``)
+    trusted_paths: tuple[str, ...] = field(
+        converter=_as_tuple, validator=WireTuple(_PATH), default=()
+    )
 
 
 # -- file operations (both links) -------------------------------------------------

@@ -112,9 +112,12 @@ class Session:
 class Authority:
     """Registrations and live sessions. Thread-safe."""
 
-    def __init__(self, key: bytes, repo_id: str, token_ttl_s: float = 3600.0) -> None:
+    def __init__(self, key: bytes, repo_id: str, token_ttl_s: float = 3600.0,
+                 trusted_paths: tuple[str, ...] = ()) -> None:
         self._key = key
         self._repo_id = repo_id
+        #: the server's host paths, told to every agent (``protocol.trusted``)
+        self.trusted_paths = trusted_paths
         self._ttl_ns = int(token_ttl_s * 1e9)
         self._lock = threading.Lock()
         self._nonces: dict[str, int] = {}  # nonce -> forget after (ns)
@@ -169,6 +172,7 @@ class Authority:
             expires_at_ns=session.expires_at_ns,
             repo_id=self._repo_id,
             server_pid=os.getpid(),
+            trusted_paths=self.trusted_paths,
         )
 
     def check(self, token: str, now_ns: int | None = None) -> Session:

@@ -199,7 +199,17 @@ def main(args: argparse.Namespace) -> int:
     if backend.read_only:
         print(f"synthfs server: {root} is on a read-only mount: serving it for reading "
               "(writes are EROFS)", file=sys.stderr)
-    authority = Authority(key, backend.repo_id, args.token_ttl)
+    from synthfs.protocol.trusted import Kind, refused, socket_path
+
+    trusted = refused([
+        (Kind.DATA_ROOT, root),
+        (Kind.STATE, backend.state),
+        (Kind.BOOTSTRAP_KEY, key_path),
+        (Kind.CURVE_SECRET, args.curve_secret),
+        (Kind.SERVER_SOCKET, socket_path(args.listen)),
+        (Kind.SERVER_SOCKET, socket_path(args.publish or "")),
+    ])
+    authority = Authority(key, backend.repo_id, args.token_ttl, trusted)
     del key
     server = Server(backend, authority, args.listen, workers=args.workers, publish=args.publish,
                     curve=curve)

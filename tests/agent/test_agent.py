@@ -38,6 +38,7 @@ from synthfs.protocol.messages import (
     Synced,
     Welcome,
 )
+from synthfs.server.statedir import default_state_dir
 
 RD, WR, RW = os.O_RDONLY, os.O_WRONLY, os.O_RDWR
 
@@ -63,7 +64,12 @@ def test_hello_welcome_lists_refused_paths(running: Stack) -> None:
     assert isinstance(reply, Welcome)
     assert reply.version == PROTOCOL_VERSION
     sock = str(running.run / "agent.sock")
-    assert set(reply.refused_paths) == {str(running.cache), sock, str(running.key)}
+    server_sock = str(running.run / "server.sock")
+    # the agent's own, and the local server's (Registered.trusted_paths): protocol.trusted
+    state = default_state_dir(running.root)
+    assert set(reply.refused_paths) == {
+        str(running.cache), sock, str(running.key), server_sock, str(running.root), state,
+    }
     assert errno_of(running, Hello(version=PROTOCOL_VERSION + 1)) == errno.EPROTO
 
 
