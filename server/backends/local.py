@@ -308,7 +308,10 @@ class LocalBackend(Backend):
                 f"the state directory {state} is not on the same mount as the served "
                 f"directory {self.root}, so uploads could not be renamed into place "
                 "atomically: pass --state DIR with a directory on the same file system "
-                "(and mount) as the root, outside it")
+                "(and mount) as the root, outside it" + (
+                    f" ({self.root} is a mount point, so there is none: serve a directory "
+                    "inside it, or mount it read-only to serve it for reading)"
+                    if os.path.ismount(self.root) else ""))
         if st.st_uid != os.geteuid():
             os.close(fd)
             raise StateDirError(errno.EPERM, f"the state directory {state} belongs to another "
