@@ -106,6 +106,11 @@ def main(args: argparse.Namespace) -> int:
         return _fail("--state is the --data server's: it goes with --data")
     if args.data and not os.path.isdir(args.data):
         return _fail(f"--data {args.data}: not a directory")
+    if args.data:
+        data, cwd = os.path.realpath(args.data), os.path.realpath(os.getcwd())
+        if cwd == data or cwd.startswith(data.rstrip("/") + "/"):
+            return _fail(f"the current directory is inside --data {args.data}, whose host path "
+                         "no guest may use (it sees it as /data): run from outside it")
     try:
         with contextlib.ExitStack() as resources:
             launch: Launch | None = None
