@@ -8,6 +8,7 @@ Layout under the cache root::
 
     <root>/<repo_dir>/lock            flock: one agent per cache directory at a time
     <root>/<repo_dir>/index.sqlite    path -> server attrs (version), recorded stat, dirty, LRU
+                                      (a path that is not UTF-8 is kept as a BLOB of its bytes)
     <root>/<repo_dir>/objects/<h>     h = sha256(path)[:40]: the one local copy of path
     <root>/<repo_dir>/tmp/            fetches land here, then are renamed into objects/
 
@@ -41,6 +42,7 @@ import logging
 import os
 import re
 import sqlite3
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -50,7 +52,7 @@ import attrs
 
 from synthfs.protocol.codec import build
 from synthfs.protocol.messages import Attrs
-from synthfs.protocol.naming import object_name
+from synthfs.protocol.naming import name_from_wire, object_name, wire_name
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -107,6 +109,23 @@ class Entry:
         return self.attrs.version
 
 
+def _check_ours(st: os.stat_result, shown: str, is_kind: Callable[[int], bool]) -> None:
+    """Refuse a cache file or directory another user owns or may write (PermissionError)."""
+    if not is_kind(st.st_mode):
+        raise PermissionError(errno.EPERM, f"{shown} is not a regular "
+                              f"{'directory' if is_kind is stat.S_ISDIR else 'file'}")
+    # A file's mode does not matter: its directory (checked) is 0700.
+    loose = is_kind is stat.S_ISDIR and stat.S_IMODE(st.st_mode) & 0o077
+    if st.st_uid != os.getuid() or loose:
+        raise PermissionError(
+            errno.EPERM,
+            f"{shown} must be owned by this user"
+            f"{' with mode 0700' if is_kind is stat.S_ISDIR else ''} "
+            f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): "
+            "refusing a cache directory someone else made",
+        )
+
+
 def _repo_dir_name(repo_id: str) -> str:
     if _SAFE.fullmatch(repo_id) and repo_id not in (".", ".."):
         return repo_id
@@ -120,33 +139,88 @@ class ContentCache:
         self.root = os.path.abspath(root)
         self.repo_id = repo_id
         self.max_bytes = max_bytes
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
-        base = _repo_dir_name(repo_id)
+        os.makedirs(os.path.dirname(self.root), mode=0o700, exist_ok=True)
+        # Every directory below is checked as the socket's directory is (ours, 0700, not a
+        # symlink) and opened relative to its verified parent's fd with O_NOFOLLOW: a cache
+        # another user made, or a symlink planted in it, is refused before anything is
+        # read from it or written through it.
+        self._fds: list[int] = []
         self._lock_fd = -1
+        try:
+            self._open_dirs(repo_id, root)
+        except BaseException:
+            for fd in self._fds:  # a refused directory: nothing stays open
+                os.close(fd)
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+            raise
+        self._entries: dict[str, Entry] = {}
+        self._touched: set[str] = set()
+        self._bytes = 0  # sum of recorded sizes
+        self._db = self._open_db()
+        self._load()
+
+    def _open_dirs(self, repo_id: str, root: str) -> None:
+        """Open (making them if needed) and check every directory below the root."""
+        root_fd = self._private_dir(None, self.root)
+        base = _repo_dir_name(repo_id)
         for n in range(1, 17):
-            d = os.path.join(self.root, base if n == 1 else f"{base}.{n}")
-            os.makedirs(d, mode=0o700, exist_ok=True)
-            fd = os.open(os.path.join(d, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            name = base if n == 1 else f"{base}.{n}"
+            dir_fd = self._private_dir(root_fd, name)
+            fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dir_fd)
             try:
+                _check_ours(os.fstat(fd), os.path.join(self.root, name, "lock"), stat.S_ISREG)
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 continue
+            except BaseException:
+                os.close(fd)
+                raise
             self._lock_fd = fd
-            self.dir = d
+            self._dir_fd = dir_fd
+            self.dir = os.path.join(self.root, name)
             break
         else:
             raise OSError(errno.EBUSY, f"all cache directories for {repo_id!r} in {root} are busy")
         self.objects = os.path.join(self.dir, "objects")
         self.tmp = os.path.join(self.dir, "tmp")
         self.index_path = os.path.join(self.dir, "index.sqlite")
-        os.makedirs(self.objects, mode=0o700, exist_ok=True)
-        os.makedirs(self.tmp, mode=0o700, exist_ok=True)
-        self._entries: dict[str, Entry] = {}
-        self._touched: set[str] = set()
-        self._bytes = 0  # sum of recorded sizes
-        self._db = self._open_db()
-        self._load()
+        self._objects_fd = self._private_dir(self._dir_fd, "objects")
+        self._tmp_fd = self._private_dir(self._dir_fd, "tmp")
+        for suffix in ("", "-wal", "-shm", "-journal"):  # sqlite opens these by name
+            try:
+                st = os.stat("index.sqlite" + suffix, dir_fd=self._dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            _check_ours(st, self.index_path + suffix, stat.S_ISREG)
+
+    def _private_dir(self, dir_fd: int | None, name: str) -> int:
+        """Make (0700) or open the directory ``name`` below ``dir_fd``: ours, 0700, no symlink."""
+        shown = name if dir_fd is None else os.path.join(self.root, name)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise PermissionError(errno.EPERM, f"{shown} is a symlink or not a directory: "
+                                      "a cache directory must be a real directory") from None
+            raise
+        try:
+            _check_ours(os.fstat(fd), shown, stat.S_ISDIR)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fds.append(fd)
+        return fd
+
+    def open_object(self, path: str, flags: int = os.O_RDONLY) -> int:
+        """An fd on the local copy of ``path``, opened below the verified objects directory."""
+        return os.open(object_name(path), flags | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       dir_fd=self._objects_fd)
 
     def close(self) -> None:
         """Save LRU times, close the index and release the directory lock."""
@@ -155,6 +229,9 @@ class ContentCache:
             self._db.close()
             os.close(self._lock_fd)
             self._lock_fd = -1
+            for fd in self._fds:
+                os.close(fd)
+            self._fds.clear()
 
     def _open_db(self) -> sqlite3.Connection:
         try:
@@ -177,13 +254,13 @@ class ContentCache:
     # -- index ----------------------------------------------------------------------
 
     def _load(self) -> None:
-        for name in os.listdir(self.tmp):
+        for name in os.listdir(self._tmp_fd):
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.tmp, name))
+                os.unlink(name, dir_fd=self._tmp_fd)
         # Start-up cost of every agent (a warm 10,000-copy cache took ~1 s under load):
         # one listing of the objects instead of a stat per row, one hash per row, and
         # the codec's checked build of Attrs (a third of the validators' cost).
-        present = set(os.listdir(self.objects))
+        present = set(os.listdir(self._objects_fd))
         known = set()
         bad = []
         for path, a, rec, dirty, used in self._db.execute(
@@ -196,7 +273,7 @@ class ContentCache:
                 if not isinstance(values, list):
                     raise ValueError("attrs")
                 e = Entry(
-                    path=path,
+                    path=name_from_wire(path),  # a path that is not UTF-8 is a BLOB
                     attrs=build(Attrs, *values),
                     recorded=(sig[0], sig[1], sig[2], sig[3]),
                     dirty=bool(dirty),
@@ -218,7 +295,7 @@ class ContentCache:
         for name in present:
             if name not in known:
                 with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(self.objects, name))
+                    os.unlink(name, dir_fd=self._objects_fd)
         log.info("cache %s: %d local copies", self.dir, len(self._entries))
 
     def _put(self, e: Entry) -> None:
@@ -227,19 +304,21 @@ class ContentCache:
         self._db.execute(
             "INSERT OR REPLACE INTO copies (path, attrs, recorded, dirty, used) "
             "VALUES (?, ?, ?, ?, ?)",
-            (e.path, json.dumps(a), json.dumps(list(e.recorded)), int(e.dirty), e.used),
+            (wire_name(e.path), json.dumps(a), json.dumps(list(e.recorded)), int(e.dirty),
+             e.used),
         )
         self._touched.discard(e.path)
 
     def _delete(self, path: str) -> None:
-        self._db.execute("DELETE FROM copies WHERE path = ?", (path,))
+        self._db.execute("DELETE FROM copies WHERE path = ?", (wire_name(path),))
         self._touched.discard(path)
 
     def flush_touches(self) -> None:
         """Write the LRU times that changed since the last flush."""
         if not self._touched:
             return
-        rows = [(self._entries[p].used, p) for p in self._touched if p in self._entries]
+        rows = [(self._entries[p].used, wire_name(p)) for p in self._touched
+                if p in self._entries]
         self._db.execute("BEGIN")
         self._db.executemany("UPDATE copies SET used = ? WHERE path = ?", rows)
         self._db.execute("COMMIT")

@@ -4,10 +4,12 @@ Trusts: the server's PUB socket (``--subscribe``; a private ``ipc://`` socket
 in the embedded stack). A forged beat could keep promises alive, so the
 endpoint must be as private as the server's own socket.
 
-The server publishes ``[b"inval", msgpack([path, version, instance, seq,
-parent])]`` for every object a mutation changed (and its parent directory,
-``parent`` true) *before* it acknowledges the mutation, and ``[b"beat",
-msgpack([instance, seq])]`` every 0.5 s. :class:`Promises` (pure: messages
+The server publishes ``["inval", path, version, instance, seq, parent]`` for
+every object a mutation changed (and its parent directory, ``parent`` true)
+*before* it acknowledges the mutation, and ``["beat", instance, seq]`` every
+0.5 s, each sealed with the channel key of this agent's registration
+(:mod:`protocol.sealed`: only registered agents can read them, and nobody
+without the key can forge one). :class:`Promises` (pure: messages
 and a clock in, decisions out) holds a promise on a path when a server answer
 about it was asked for while the subscription was live, and honours it only
 while the subscription is provably unbroken:
@@ -50,6 +52,9 @@ import msgpack
 import zmq
 
 from synthfs.protocol.monitor import monitor_event
+from synthfs.protocol.naming import name_from_wire
+from synthfs.protocol.sealed import TOPIC as SEALED_TOPIC
+from synthfs.protocol.sealed import open_sealed
 
 __all__ = ["BEAT_TIMEOUT", "MAX_AGE", "Promises", "Subscription"]
 
@@ -237,14 +242,15 @@ class Subscription:
     """
 
     def __init__(self, ctx: zmq.Context[Any], endpoint: str, promises: Promises,
-                 sockopts: Mapping[int, int | bytes] | None = None) -> None:
+                 sockopts: Mapping[int, int | bytes] | None = None,
+                 key: Callable[[], str] = lambda: "") -> None:
         self.endpoint = endpoint
         self.promises = promises
+        self.key = key  # the channel key of the current registration
         self.socket = ctx.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, 100_000)
-        self.socket.setsockopt(zmq.SUBSCRIBE, b"inval")
-        self.socket.setsockopt(zmq.SUBSCRIBE, b"beat")
+        self.socket.setsockopt(zmq.SUBSCRIBE, SEALED_TOPIC)
         for opt, value in (sockopts or {}).items():
             self.socket.setsockopt(opt, value)
         self.monitor = self.socket.get_monitor_socket(
@@ -278,14 +284,21 @@ class Subscription:
                 self.promises.break_all(f"undecodable publication: {exc}")
 
     def _on_message(self, frames: list[bytes]) -> None:
-        body = msgpack.unpackb(frames[1])
-        if frames[0] == b"beat":
-            instance, seq = body[0], body[1]
+        if len(frames) != 2 or frames[0] != SEALED_TOPIC:
+            raise ValueError("not a sealed publication")
+        # A publication another key sealed (a restarted server, before this agent
+        # registers again) raises SealError (a ValueError): every promise breaks.
+        body = msgpack.unpackb(open_sealed(self.key(), frames[1]))
+        if not isinstance(body, list) or not body:
+            raise ValueError("bad publication")
+        if body[0] == "beat":
+            instance, seq = body[1], body[2]
             if not isinstance(instance, str) or not isinstance(seq, int):
                 raise ValueError("bad beat")
             self.promises.beat(instance, seq)
-        elif frames[0] == b"inval":
-            path, version, instance, seq, parent = body[:5]
+        elif body[0] == "inval":
+            path, version, instance, seq, parent = body[1:6]
+            path = name_from_wire(path)  # a name that is not UTF-8 comes as bin
             if not (isinstance(path, str) and isinstance(version, str)
                     and isinstance(instance, str) and isinstance(seq, int)):
                 raise ValueError("bad invalidation")

@@ -78,6 +78,7 @@ from synthfs.protocol.messages import (
     Done,
     FileKind,
     Hello,
+    Link,
     LinkTarget,
     List,
     Listing,
@@ -201,6 +202,7 @@ class AgentService:
             Remove: self.remove,
             Rename: self.rename,
             Symlink: self.symlink,
+            Link: self.link,
             SetAttr: self.setattr,
         }
 
@@ -242,9 +244,18 @@ class AgentService:
     # -- attribute cache ------------------------------------------------------------
 
     def _remember(self, path: str, a: Attrs, stamp: tuple[int, int] | None = None) -> None:
-        """Cache ``a``; with the promise ``stamp`` taken before its request was sent, hold it."""
+        """Cache ``a``; with the promise ``stamp`` taken before its request was sent, hold it.
+
+        A file of several names (hard links) is never cached: the server publishes a
+        change under the name it was made through only, so what is known of its other
+        names could be stale; every Stat and Open of it asks the server.
+        """
         if self._listings:
             self._learnt(path, a)
+        if a.nlink > 1 and a.kind == FileKind.FILE:
+            self._attrs.pop(path, None)
+            self.promises.release(path)
+            return
         self._attrs[path] = (a, time.monotonic() + self.attr_ttl)
         if stamp is not None:
             self.promises.hold(path, stamp)
@@ -353,7 +364,8 @@ class AgentService:
         st = self.cache.local_stat(e)
         if st is None or not self.cache.is_dirty(e, st):
             return a
-        return attrs.evolve(a, size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+        return attrs.evolve(a, size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns,
+                            blocks=st.st_blocks)
 
     def _entry(self, path: str) -> Entry | None:
         """The cache entry of ``path`` if its local file still exists (else forget it)."""
@@ -364,6 +376,24 @@ class AgentService:
             self.cache.drop(path)
             return None
         return e
+
+    def _other_names_first(self, path: str, a: Attrs) -> Attrs:
+        """``a`` again after uploading what was written through the file's other names.
+
+        A file of several names (hard links) has one local copy per name here: a
+        copy written through another name and not uploaded yet (its writer may not
+        even have closed it: ``echo x >> /data/b`` in a shell closes through dup2)
+        goes to the server first, which rewrites the one inode in place, so this
+        name shows that content. (O(copies) per Stat or Open of such a file.)
+        """
+        if a.nlink <= 1 or a.kind != FileKind.FILE:
+            return a
+        others = [e.path for e in self.cache
+                  if e.attrs.ino == a.ino and e.path != path and self.cache.is_dirty(e)]
+        for other in others:
+            log.debug("%s: uploading %s first (another name of the same file)", path, other)
+            self._upload(other)
+        return self._stat_upstream(path) if others else a
 
     def _stat_upstream(self, path: str) -> Attrs:
         """The server's attributes of ``path``; FileNotFoundError also when the kept
@@ -408,7 +438,7 @@ class AgentService:
             self.stats["attr_hits"] += 1
             return StatReply(attrs=self._present(path, hit[0]))
         try:
-            a = self._stat_upstream(path)
+            a = self._other_names_first(path, self._stat_upstream(path))
         except FileNotFoundError:
             self._forget(path)
             raise
@@ -500,6 +530,11 @@ class AgentService:
 
     def remove(self, msg: Remove) -> Message:
         path = _check_path(msg.path)
+        e = self._entry(path) if not msg.directory else None
+        if e is not None and self.cache.is_dirty(e):
+            with contextlib.suppress(OSError):
+                if self.upstream.call(Stat(path=path), StatReply).attrs.nlink > 1:
+                    self._upload(path)  # what was written through this name stays in the others
         self._void(path, tree=True)
         self._forget(path, below=True)
         self._forget(_parent(path))
@@ -515,6 +550,20 @@ class AgentService:
             self._forget(_parent(p))
         reply = self.upstream.call(Rename(src=src, dst=dst, flags=msg.flags), Done)
         self.cache.rename(src, dst, exchange=bool(msg.flags & RenameFlags.EXCHANGE))
+        return reply
+
+    def link(self, msg: Link) -> Message:
+        src, dst = _check_path(msg.src), _check_path(msg.dst)
+        self._void(src)
+        self._void(dst, tree=True)
+        self._forget(src)
+        self._forget(dst)
+        self._forget(_parent(dst))
+        e = self._entry(src)
+        if e is not None and self.cache.is_dirty(e):
+            self._upload(src)  # the new name must show what was written through the old
+        reply = self.upstream.call(Link(src=src, dst=dst), StatReply)
+        self._forget(_parent(src))
         return reply
 
     def setattr(self, msg: SetAttr) -> Message:
@@ -575,7 +624,7 @@ class AgentService:
             if promised is not None:
                 self.stats["promised_opens"] += 1
                 log.debug("open %s: promised (version %s), no round trip", path, promised.version)
-            a = promised or self._stat_upstream(path)
+            a = promised or self._other_names_first(path, self._stat_upstream(path))
         except FileNotFoundError:
             self._forget(path)
             if e is not None and self.cache.is_dirty(e):
@@ -772,7 +821,8 @@ class AgentService:
         assert e is not None
         obj = self.cache.object_path(path)
         upload_id = secrets.token_hex(16)
-        with open(obj, "rb", buffering=0) as f:
+        # Below the verified objects directory, never through a symlink planted there.
+        with open(self.cache.open_object(path), "rb", buffering=0) as f:
             st0 = os.fstat(f.fileno())
             size = st0.st_size
             count = (size + CHUNK_SIZE - 1) // CHUNK_SIZE

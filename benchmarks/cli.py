@@ -21,7 +21,6 @@ HELP = "benchmark synthfs against native and peer tools"
 DEFAULT_TOOLS = (
     "native,synthfs,synthfs-data,proot,strace,strace-bpf,runsc,bwrap,fuse,seccomp"
 )
-BENCH_DIR = Path(__file__).resolve().parent
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -53,8 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="fewer timed runs (at least 1) for cells whose runs x warm-up exceed S seconds",
     )  # fmt: skip
     parser.add_argument(
-        "--out", type=Path, default=BENCH_DIR / "out",
-        help="directory for data, JSON, chart (default benchmarks/out, git-ignored)",
+        "--out", type=Path, default=Path("synthfs-bench"),
+        help="directory for data, JSON, markdown and chart (default ./synthfs-bench: "
+        "never inside the installed package)",
     )  # fmt: skip
     parser.add_argument(
         "--tmpfs", type=Path,
@@ -63,8 +63,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--results-md", type=Path,
-        help="markdown output (default: benchmarks/RESULTS.md, or OUT/RESULTS-quick.md "
-        "with --quick)",
+        help="markdown output (default: OUT/RESULTS.md, or OUT/RESULTS-quick.md with "
+        "--quick; the project's own figures: --results-md benchmarks/RESULTS.md)",
     )  # fmt: skip
     parser.add_argument(
         "--no-warmup", action="store_true",
@@ -112,9 +112,21 @@ def main(args: argparse.Namespace) -> int:
     if args.report_from:
         import json
 
-        runs = [json.loads(p.read_text()) for p in args.report_from]
-        data = report.merge(*runs)
-        md_path = args.results_md or BENCH_DIR / "RESULTS.md"
+        runs = []
+        for p in args.report_from:
+            try:
+                runs.append(json.loads(p.read_text()))
+            except (OSError, ValueError) as exc:  # missing, unreadable, not JSON
+                why = exc.strerror if isinstance(exc, OSError) else f"not JSON ({exc})"
+                print(f"synthfs bench: --report-from {p}: {why}", file=sys.stderr)
+                return 2
+        try:
+            data = report.merge(*runs)
+        except (KeyError, TypeError, AttributeError) as exc:
+            print(f"synthfs bench: --report-from: not the results.json of a synthfs bench run "
+                  f"({type(exc).__name__}: {exc})", file=sys.stderr)
+            return 2
+        md_path = args.results_md or args.out.resolve() / "RESULTS.md"
         md_path.write_text(report.markdown(data))
         chart = report.plot(data, args.out.resolve() / "results.png")
         print(f"markdown: {md_path}\nchart: {chart}")
@@ -160,7 +172,7 @@ def main(args: argparse.Namespace) -> int:
     stamp = results.meta["started"][:19].replace(":", "").replace("-", "")
     report.write_json(data, out / f"{stem}-{stamp}.json")
     report.write_json(data, out / f"{stem}.json")
-    default_md = out / "RESULTS-quick.md" if args.quick else BENCH_DIR / "RESULTS.md"
+    default_md = out / ("RESULTS-quick.md" if args.quick else "RESULTS.md")
     md_path = args.results_md or default_md
     md_path.write_text(report.markdown(data))
     chart = report.plot(data, out / f"{stem}.png")

@@ -158,7 +158,7 @@ class Options:
     only_workloads: tuple[str, ...] = ()  # empty: all
     timeout: float = 600.0
     cell_budget: float = 0.0  # seconds per cell; fewer timed runs when exceeded (0: off)
-    out_dir: Path = Path("benchmarks/out")
+    out_dir: Path = Path("synthfs-bench")
     tmpfs_dir: Path | None = None  # None: a tmpfs the harness mounts (root) or /dev/shm
     install: bool = True
     quick: bool = False

@@ -98,7 +98,7 @@ def pack_stat(attrs: Attrs, uid: int, gid: int) -> bytes:
         0,
         attrs.size,
         4096,
-        (attrs.size + 511) // 512,
+        attrs.blocks,  # the repository's allocation (du), not the size rounded up
         m_s,
         m_ns,
         m_s,
@@ -121,7 +121,7 @@ def pack_statx(attrs: Attrs, uid: int, gid: int) -> bytes:
         mode_of(attrs),
         attrs.ino,
         attrs.size,
-        (attrs.size + 511) // 512,
+        attrs.blocks,  # the repository's allocation (du), not the size rounded up
         0,
         m_s,
         m_ns,  # atime
@@ -193,12 +193,12 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def host_openat2(path: str, flags: int, resolve: int) -> int:
-    """openat2(AT_FDCWD, path, {flags, 0, resolve}) in the supervisor (raises OSError)."""
+def host_openat2(path: str, flags: int, resolve: int, dirfd: int = AT_FDCWD) -> int:
+    """openat2(dirfd, path, {flags, 0, resolve}) in the supervisor (raises OSError)."""
     how = _HOWS.get((flags, resolve))
     if how is None:
         how = _HOWS.setdefault((flags, resolve), OPEN_HOW.pack(flags, 0, resolve))
-    fd: int = _openat2(NR_OPENAT2, AT_FDCWD, os.fsencode(path), how, OPEN_HOW.size)
+    fd: int = _openat2(NR_OPENAT2, dirfd, os.fsencode(path), how, OPEN_HOW.size)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
@@ -256,3 +256,43 @@ def host_readlink(fd: int) -> str:
     buf = ctypes.create_string_buffer(4096)
     n = _check(_libc.readlinkat(ctypes.c_int(fd), ctypes.c_char_p(b""), buf, 4096), "readlinkat")
     return os.fsdecode(buf.raw[:n])
+
+
+#: binfmt_script: the kernel reads this much of a script, and follows at most this
+#: many interpreters that are scripts themselves (BINPRM_BUF_SIZE, the recursion limit).
+_SHEBANG_BUF = 256
+_SHEBANG_DEPTH = 5
+
+
+def executed_object(fd: int, cwd: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of what the kernel will map when it execs the file ``fd``
+    holds: the file itself, or for a ``#!`` script the interpreter it names (followed
+    as the kernel does; a relative interpreter from ``cwd``). None when that cannot
+    be told (an unreadable script, an interpreter that does not exist: the exec
+    fails then anyway). Raises nothing."""
+    opened: list[int] = []
+    try:
+        for _ in range(_SHEBANG_DEPTH):
+            s = os.fstat(fd)
+            if not st.S_ISREG(s.st_mode):
+                return (s.st_dev, s.st_ino)
+            rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                head = os.pread(rfd, _SHEBANG_BUF, 0)
+            finally:
+                os.close(rfd)
+            if not head.startswith(b"#!"):
+                return (s.st_dev, s.st_ino)
+            line = head[2:].split(b"\n", 1)[0].lstrip(b" \t")
+            interp = line.split(None, 1)[0] if line.split() else b""
+            if not interp:
+                return None
+            name = os.fsdecode(interp)
+            fd = os.open(os.path.join(cwd, name), os.O_PATH | os.O_CLOEXEC)
+            opened.append(fd)
+        return None
+    except OSError:
+        return None
+    finally:
+        for f in opened:
+            os.close(f)

@@ -23,6 +23,7 @@ import errno
 import os
 import re
 import stat as st
+import struct
 from collections.abc import Callable
 
 from attrs import frozen
@@ -58,6 +59,9 @@ NR_BIND = BY_NAME["bind"].nr
 NR_INOTIFY_ADD_WATCH = BY_NAME["inotify_add_watch"].nr
 NR_NAME_TO_HANDLE_AT = BY_NAME["name_to_handle_at"].nr
 NR_STATFS = BY_NAME["statfs"].nr
+NR_BRK = BY_NAME["brk"].nr
+NR_FCNTL = BY_NAME["fcntl"].nr
+NR_IOCTL = BY_NAME["ioctl"].nr
 IN_DONT_FOLLOW = 0x01000000
 
 _NO_LINKS = abi.RESOLVE_NO_SYMLINKS | abi.RESOLVE_NO_MAGICLINKS
@@ -356,6 +360,7 @@ def locate(
     ops: tuple[str, ...] | None = None,
     host_op: str | None = None,
     final: Final = Final.LOOKUP,
+    confine: int = 0,
 ) -> Loc:
     """Resolve the guest path at ``addr`` relative to ``dirfd`` (raises OSError).
 
@@ -365,9 +370,18 @@ def locate(
     for ``host_op`` (default: :data:`HOST_OPS` of the syscall) on its real path.
     ``final``: see :class:`~interposer.namespace.Final` (ENTRY: call
     :func:`_looked_up` where the kernel looks the final name up).
+    ``confine``: openat2's RESOLVE_* confinement flags (:func:`_confined_walk`).
     """
     loc = _locate(
-        call, env, dirfd, addr, follow=follow, empty_ok=empty_ok, ops=ops, final=final
+        call,
+        env,
+        dirfd,
+        addr,
+        follow=follow,
+        empty_ok=empty_ok,
+        ops=ops,
+        final=final,
+        confine=confine,
     )
     if not loc.synthetic:
         host_check(call, env, host_op or HOST_OPS.get(call.name, "write"), loc)
@@ -384,6 +398,7 @@ def _locate(
     empty_ok: bool,
     ops: tuple[str, ...] | None,
     final: Final = Final.LOOKUP,
+    confine: int = 0,
 ) -> Loc:
     raw = call.guest.read_path(addr)
     if not raw:
@@ -393,9 +408,11 @@ def _locate(
         if loc is None:
             raise OSError(errno.EBADF, "bad fd")
         return loc
-    if raw.startswith("/"):
+    in_root = confine & abi.RESOLVE_IN_ROOT
+    if raw.startswith("/") and not in_root:
         if (
-            _CLEAN_ABS.match(raw)
+            not confine
+            and _CLEAN_ABS.match(raw)
             and not env.ns.covers(raw)
             and not raw.startswith(("/proc", "/dev/std", "/dev/fd"))
         ):
@@ -404,9 +421,17 @@ def _locate(
         base = "/"
     else:
         base = _base_dir(call, env, dirfd)
-    precheck(call, env, PRE_OPS.get(call.name, ()) if ops is None else ops, raw, base)
+    host_start = not env.ns.covers(base) or (raw.startswith("/") and not in_root)
+    if confine and host_start:
+        # (an IN_ROOT walk reaches /data only from a root above the mount)
+        above = env.ns.mount.startswith(base.rstrip("/") + "/")
+        real = _confined_walk(call, dirfd, raw, confine, follow, above)
+        if real is not None and not env.ns.covers(real):
+            return _host_loc(call, env, real, False, raw.endswith("/"))
+    if not in_root:  # an IN_ROOT path names another place than its text: checked resolved
+        precheck(call, env, PRE_OPS.get(call.name, ()) if ops is None else ops, raw, base)
     last = last_name(raw)
-    if (
+    if not in_root and (
         raw.startswith(("/proc/", "/dev/"))
         or base.startswith(("/proc/", "/dev/"))
         or raw
@@ -425,10 +450,9 @@ def _locate(
         readlink=env.repo.readlink,
         host_realpath=lambda p: env.host.realpath(p, True, _whose(call)),
         final=final,
+        confine=confine,
     )
     if target.synthetic:
-        if any(0xDC80 <= ord(c) <= 0xDCFF for c in target.path):
-            raise OSError(errno.EILSEQ, "names on /data must be UTF-8")
         return Loc(
             guest=env.ns.guest_path(target.path),
             repo=target.path,
@@ -436,7 +460,97 @@ def _locate(
             must_be_dir=target.must_be_dir,
             last=last,
         )
+    if confine & _NO_LINKS and not host_start:
+        # A walk from /data that left it ('..'): the host part is the kernel's to judge.
+        _confined_walk(call, AT_FDCWD, target.path, confine & _NO_LINKS, follow, False)
     return _host_loc(call, env, target.path, follow, target.must_be_dir)
+
+
+#: openat2's confinement flags (RESOLVE_CACHED is not one: the kernel may answer EAGAIN).
+_CONFINE = (
+    abi.RESOLVE_BENEATH
+    | abi.RESOLVE_IN_ROOT
+    | abi.RESOLVE_NO_SYMLINKS
+    | abi.RESOLVE_NO_MAGICLINKS
+    | abi.RESOLVE_NO_XDEV
+)
+#: Paths that start with a symlink into /proc/self (a RESOLVE_NO_SYMLINKS walk fails there).
+_SELF_LINKS = ("/proc/self", "/proc/thread-self", *_DEV_SELF)
+
+
+def _confined_walk(
+    call: Call, dirfd: int, raw: str, confine: int, follow: bool, reaches_mount: bool
+) -> str | None:
+    """The kernel's own walk of a guest path under openat2 confinement, on the host.
+
+    The supervisor resolves paths itself, so the kernel never sees the guest's
+    RESOLVE_* flags: this walk, an ``O_PATH`` open in the supervisor from the
+    guest's own dirfd (``/proc/PID/fd/N``, ``/proc/PID/cwd``) with the guest's
+    flags, gives the kernel's verdict. EXDEV and ELOOP (a confinement refusal)
+    are raised; other errors are left to the ordinary resolution. For
+    RESOLVE_IN_ROOT the path names another place than its text, so the real
+    path this walk reached is returned (its parent's, plus the new name, when
+    the name does not exist yet), and its failure is the answer unless the
+    walk could have entered the mount (``reaches_mount``: the root is above
+    it; the host has no /data to walk); None otherwise.
+    """
+    if confine & abi.RESOLVE_BENEATH and raw.startswith("/"):
+        raise OSError(errno.EXDEV, "absolute path beneath a directory")
+    if confine & abi.RESOLVE_NO_SYMLINKS and any(
+        raw == p or raw.startswith(p + "/") for p in _SELF_LINKS
+    ):
+        raise OSError(errno.ELOOP, "a symlink on a RESOLVE_NO_SYMLINKS walk")
+    in_root = confine & abi.RESOLVE_IN_ROOT
+    # (under IN_ROOT an absolute path starts at the dirfd: /proc/self is not the proc's)
+    text = _proc_self(raw, call) if raw.startswith(("/proc/", "/dev/")) and not in_root else raw
+    tgid = call.guest.tgid
+    base = -1
+    if not raw.startswith("/") or in_root:
+        where = f"/proc/{tgid}/cwd" if dirfd == AT_FDCWD else f"/proc/{tgid}/fd/{dirfd}"
+        try:
+            base = os.open(where, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return None  # the ordinary resolution reports the bad dirfd
+    flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    dfd = base if base >= 0 else AT_FDCWD
+    try:
+        try:
+            fd = abi.host_openat2(text, flags, confine & _CONFINE, dfd)
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.ELOOP):
+                raise OSError(exc.errno, "refused by the guest's RESOLVE_* flags") from None
+            if not in_root:
+                return None
+            head, _, name = text.rstrip("/").rpartition("/")
+            if exc.errno == errno.ENOENT and name not in ("", ".", ".."):
+                # a name to create, perhaps: where its directory is
+                try:
+                    fd = abi.host_openat2(head or ".", os.O_PATH | os.O_CLOEXEC, confine, dfd)
+                except OSError as exc2:
+                    if exc2.errno in (errno.EXDEV, errno.ELOOP):
+                        raise OSError(exc2.errno, "refused by RESOLVE_* flags") from None
+                else:
+                    try:
+                        parent = os.readlink(f"/proc/self/fd/{fd}")
+                        os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        return parent.rstrip("/") + "/" + name  # a new name there
+                    except OSError:
+                        pass
+                    finally:
+                        os.close(fd)
+                    # (a symlink dangling inside the root: ENOENT, not created through)
+            if reaches_mount:
+                return None
+            raise OSError(exc.errno, "the guest's IN_ROOT walk fails") from None
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return real if in_root and real.startswith("/") else None
+    finally:
+        if base >= 0:
+            os.close(base)
 
 
 def _base_dir(call: Call, env: Env, dirfd: int) -> str:
@@ -544,8 +658,12 @@ def guarded(fn: Callable[[Call, Env], Result]) -> Handler:
 
 
 def _live_attrs(env: Env, repo: str, attrs: Attrs) -> Attrs:
-    """Attributes with size and times from the local copy when a guest wrote it."""
-    if attrs.kind is not FileKind.FILE:
+    """Attributes with size and times from the local copy when a guest wrote it.
+
+    Not for a file of several names: another name's upload changes it without this
+    sandbox knowing, and the agent's answer (never cached here) is the fresh one,
+    with its own dirty copy's size and times."""
+    if attrs.kind is not FileKind.FILE or attrs.nlink > 1:
         return attrs
     s = env.repo.written_copy(repo)
     if s is None:
@@ -559,6 +677,7 @@ def _live_attrs(env: Env, repo: str, attrs: Attrs) -> Attrs:
         ino=attrs.ino,
         nlink=attrs.nlink,
         version=attrs.version,
+        blocks=s.st_blocks,
     )
 
 
@@ -616,6 +735,8 @@ def open_at(
     flags &= 0xFFFFFFFF
     if not open_flags_valid(flags):
         return Fail(errno.EINVAL)
+    if resolve & abi.RESOLVE_CACHED and flags & (abi.O_TRUNC | abi.O_CREAT | _O_TMPFILE_BIT):
+        return Fail(errno.EAGAIN)  # the kernel's answer before any lookup
     # O_CREAT|O_EXCL never follows a final symlink (it fails with EEXIST).
     excl = flags & (abi.O_CREAT | abi.O_EXCL) == abi.O_CREAT | abi.O_EXCL
     follow = not (flags & abi.O_NOFOLLOW or excl)
@@ -635,13 +756,23 @@ def open_at(
     final = Final.ENTRY if flags & abi.O_CREAT else Final.LOOKUP
     try:
         loc = locate(
-            call, env, dirfd, addr, follow=follow, ops=ops, host_op=host_op, final=final
+            call,
+            env,
+            dirfd,
+            addr,
+            follow=follow,
+            ops=ops,
+            host_op=host_op,
+            final=final,
+            confine=resolve & _CONFINE,
         )
     except Refused:
         return Fail(errno.EACCES)
     except OSError as exc:
         return Fail(exc.errno or errno.EIO)
     if loc.synthetic:
+        if resolve & abi.RESOLVE_CACHED:
+            return Fail(errno.EAGAIN)  # a /data lookup asks the agent: it may block
         return _open_synthetic(call, env, loc, flags, mode)
     assert loc.host is not None
     creating = bool(flags & abi.O_CREAT) or (flags & abi.O_TMPFILE) == abi.O_TMPFILE
@@ -649,9 +780,10 @@ def open_at(
     if loc.magic:
         # A magic link to a pipe, socket or deleted file: the kernel must follow it.
         return RunChecked(NR_OPENAT, (AT_FDCWD, _cstr(loc.host), flags, kmode))
-    how = abi.OPEN_HOW.pack(
-        flags, kmode, (resolve & ~(abi.RESOLVE_BENEATH | abi.RESOLVE_IN_ROOT)) | _NO_LINKS
-    )
+    # The confinement was judged on the guest's own walk (_confined_walk, the namespace);
+    # the kernel walks the checked real path from '/', where only RESOLVE_CACHED still means
+    # the same.
+    how = abi.OPEN_HOW.pack(flags, kmode, (resolve & abi.RESOLVE_CACHED) | _NO_LINKS)
     return RunChecked(NR_OPENAT2, (AT_FDCWD, _cstr(loc.host), Scratch(how), len(how)))
 
 
@@ -767,8 +899,8 @@ def sys_openat2(call: Call, env: Env) -> Result:
         return Fail(errno.EINVAL)
     if mode and not flags & (abi.O_CREAT | _O_TMPFILE_BIT):
         return Fail(errno.EINVAL)  # a mode only goes with a creating open
-    if resolve & abi.RESOLVE_IN_ROOT:
-        return Fail(errno.EXDEV)  # not emulated; refused rather than guessed
+    if resolve & abi.RESOLVE_BENEATH and resolve & abi.RESOLVE_IN_ROOT:
+        return Fail(errno.EINVAL)
     return open_at(call, env, _s32(a[0]), a[1], flags, mode, resolve)
 
 
@@ -1157,6 +1289,10 @@ def rename_at(
         assert src.host is not None and dst.host is not None
         if any(loc.real is not None and env.host.holds_refused(loc.real) for loc in (src, dst)):
             return Fail(errno.EACCES)  # moving a directory above a trusted path renames it
+        if env.host_rules and src.real is not None and dst.real is not None:
+            denied = _host_rename_check(call, env, src.real, dst.real, flags)
+            if denied:
+                return Fail(denied)
         return run_host(env, NR_RENAMEAT2, (AT_FDCWD, Pin(src), AT_FDCWD, Pin(dst), flags))
     assert src.repo is not None and dst.repo is not None
     # The kernel's order: '.' and '..', the source's name, the target's, then the types.
@@ -1195,8 +1331,30 @@ def rename_at(
             return Fail(denied)
     if src.repo == dst.repo:
         return Return(0)
+    # Rules are about paths: nothing may leave a stricter rule by the move (and an
+    # exchange moves the target the other way).
+    denied = env.check_rename(call, src.guest, dst.guest, sattrs.kind is FileKind.DIR)
+    if not denied and flags & 2 and dattrs is not None:
+        denied = env.check_rename(call, dst.guest, src.guest, dattrs.kind is FileKind.DIR)
+    if denied:
+        return Fail(denied)
     s, d = src.repo, dst.repo
     return _synthetic_op(lambda: env.repo.rename(s, d, RenameFlags(flags & 3)))
+
+
+def _host_rename_check(call: Call, env: Env, src: str, dst: str, flags: int) -> int:
+    """The [host] side of :meth:`Env.check_rename` (and the other way for an exchange)."""
+
+    def tree(path: str) -> bool:
+        try:
+            return st.S_ISDIR(os.lstat(path).st_mode)
+        except OSError:
+            return False  # the kernel answers for a name that is not there
+
+    denied = env.check_host_rename(call, src, dst, tree(src))
+    if not denied and flags & 2:
+        denied = env.check_host_rename(call, dst, src, tree(dst))
+    return denied
 
 
 @guarded
@@ -1231,9 +1389,19 @@ def link_at(
     if src.synthetic or dst.synthetic:
         if src.synthetic != dst.synthetic:
             return Fail(errno.EXDEV)
-        _need(src)
+        sattrs = _need(src)
         _created(dst)
-        return Fail(errno.EPERM)
+        if sattrs.kind is FileKind.DIR:
+            return Fail(errno.EPERM)  # as link(2): no hard link to a directory
+        # Both names, and a new name must give nothing the old one does not: the
+        # source must be readable and writable by this app (what a copy would need).
+        for op, loc in (("link", src), ("link", dst), ("read", src), ("write", src)):
+            denied = env.check(call, op, loc.guest)
+            if denied:
+                return Fail(denied)
+        s, d = src.repo, dst.repo
+        assert s is not None and d is not None
+        return _synthetic_op(lambda: env.repo.link(s, d))
     assert src.host is not None and dst.host is not None
     follow = bool(flags & abi.AT_SYMLINK_FOLLOW)
     return run_host(
@@ -1290,6 +1458,12 @@ def mknod_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, dev: int) -
             return open_synthetic_create(call, env, loc, mode)
         return Fail(errno.EPERM)
     assert loc.host is not None
+    if st.S_IFMT(mode) in (st.S_IFCHR, st.S_IFBLK):
+        # A device node is a new way into a device, not a file: under [host] rules it
+        # needs a [host] mknod glob (write-listed /dev/** means the nodes that exist).
+        if loc.real is None:
+            return Fail(errno.EPERM)
+        host_check(call, env, "mknod", loc)
     return run_host(env, NR_MKNODAT, (AT_FDCWD, Pin(loc), mode, dev))
 
 
@@ -1770,12 +1944,48 @@ def exec_at(
         assert loc.repo is not None
         opened = env.repo.open(loc.repo, 0, 0)
         path = opened.host_path
+        _expect_exec(call, env, path, True)
     else:
         if call.guest.read_path(addr) == "" and flags & AT_EMPTY_PATH:
-            return CONTINUE  # fexecve: the fd was opened (and checked) already
+            # fexecve: the fd was opened (and checked) already
+            _expect_exec(call, env, f"/proc/{call.guest.tgid}/fd/{dirfd}", True)
+            return CONTINUE
         assert loc.host is not None
         path = loc.host
+        _expect_exec(call, env, path, loc.via_fd or loc.magic or loc.real != loc.host)
     return RunChecked(NR_EXECVEAT, (AT_FDCWD, _cstr(path), argv, envp, flags & ~AT_EMPTY_PATH))
+
+
+def _expect_exec(call: Call, env: Env, path: str, via: bool) -> None:
+    """Remember the object a checked execve will run (docs/policy.md, exec).
+
+    The kernel walks ``path`` again: a directory swapped for a symlink after
+    the check would run a program from a place the ``[host]`` rules deny. So
+    the supervisor pins the checked file (``RESOLVE_NO_SYMLINKS``: a swap
+    already made fails with ELOOP) and notes its ``(st_dev, st_ino)`` (for a
+    script, its interpreter's); at the exec stop, before the new image runs an
+    instruction, the mapped executable must be one of the noted objects, or
+    the process is killed. The kernel gets the checked path as text, so
+    ``/proc/self/exe``, ``comm``, ``AT_EXECFN`` and a script's name stay native.
+    ``via``: ``path`` is a magic link (an fd, ``/proc/PID/exe``) to open as is.
+    """
+    if not env.host_rules:
+        return
+    if via:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)  # the object, not a walk
+        pinned: tuple[str, int] | None = ("", fd)
+    else:
+        pinned = env.pin(path, True)  # raises ELOOP when a symlink is in the way now
+    if pinned is None:
+        return
+    try:
+        obj = abi.executed_object(pinned[1], f"/proc/{call.guest.tgid}/cwd")
+    finally:
+        env.unpin(pinned[1])
+    if call.proc.exec_checked is None:
+        call.proc.exec_checked = set()
+    if obj is not None:
+        call.proc.exec_checked.add(obj)
 
 
 @guarded
@@ -2253,6 +2463,7 @@ def sys_sendmmsg(call: Call, env: Env) -> Result:
 
 @handler
 def sys_memguard(call: Call, env: Env) -> Result:
+    """mprotect, pkey_mprotect, munmap, madvise, remap_file_pages, mmap(MAP_FIXED)."""
     addr, length = call.args[0], call.args[1]
     return Fail(errno.EPERM) if call.guest.touches_scratch(addr, length) else CONTINUE
 
@@ -2272,13 +2483,34 @@ def sys_memguard_shmat(call: Call, env: Env) -> Result:
     return Fail(errno.EPERM) if call.guest.touches_scratch(call.args[1], 1 << 30) else CONTINUE
 
 
-# -- signals -------------------------------------------------------------------------------
+@handler
+def sys_brk_guard(call: Call, env: Env) -> Result:
+    """A break below the scratch area's end (the filter traps no other).
+
+    Shrinking the heap unmaps everything between the new and the old break,
+    and growing it maps that range back writable: with the heap's start below
+    the area (only PR_SET_MM can put it there, and it is refused) that would
+    hand the area to the guest. The kernel's answer to a refused brk is the
+    current break, so that is what the guest gets: ``brk(0)`` runs instead.
+    """
+    return RunChecked(NR_BRK, (0,))
+
+
+# -- other processes: never the trusted ones ---------------------------------------------------
+
+
+def _refused_owner(env: Env, who: int, group: bool) -> bool:
+    """Whether ``who`` (a pid, or a process group when ``group``) is trusted; 0 is nobody."""
+    if who <= 0:
+        return False
+    return env.host.trusted_group(who) if group else env.host.trusted(who)
 
 
 @handler
 def sys_signal_guard(call: Call, env: Env) -> Result:
-    """kill, tkill, tgkill, rt_(tg)sigqueueinfo, pidfd_open, and prlimit64 and
-    sched_set* (another process's limits, scheduling): never toward a trusted process.
+    """kill, tkill, tgkill, rt_(tg)sigqueueinfo, pidfd_open, and the calls that change
+    another process (prlimit64, sched_set*, migrate_pages, move_pages) or read it
+    (get_robust_list): never toward a trusted process.
 
     The first argument is the target (a pid, tgid or tid). kill(-1) (every
     process the user may signal) is refused, and so is kill(-PGID) of the
@@ -2293,4 +2525,104 @@ def sys_signal_guard(call: Call, env: Env) -> Result:
         return CONTINUE
     if pid == -1 or env.host.trusted_group(-pid):
         return Fail(errno.EPERM)
+    return CONTINUE
+
+
+@handler
+def sys_pidfd_guard(call: Call, env: Env) -> Result:
+    """pidfd_send_signal: not to a trusted process, whatever pidfd names it.
+
+    A guest cannot get a pidfd of a trusted process (pidfd_open is guarded,
+    ``/proc/PID`` of one is refused, pidfd_getfd is denied): this is the second
+    lock. The fd is a pidfd (fdinfo ``Pid:``) or a ``/proc/PID`` directory.
+    """
+    fd = _s32(call.args[0])
+    pid = call.guest.fd_pid(fd)
+    if pid is None:
+        m = _PROC_DIR.match(call.guest.fd_target(fd) or "")
+        pid = int(m.group(1)) if m else None
+    if pid is not None and pid > 0 and env.host.trusted(pid):
+        return Fail(errno.EPERM)
+    return CONTINUE
+
+
+_PROC_DIR = re.compile(r"^/proc/(\d+)$")
+F_SETOWN = 8
+F_SETOWN_EX = 15
+F_OWNER_PGRP = 2
+_F_OWNER_EX = struct.Struct("ii")
+_INT = struct.Struct("i")
+FIOSETOWN = 0x8901
+SIOCSPGRP = 0x8902
+TIOCSPGRP = 0x5410
+USERFAULTFD_IOC_NEW = 0xAA00
+TIOCSTI = 0x5412
+TIOCLINUX = 0x541C
+
+
+def _owner(who: int) -> tuple[int, bool]:
+    """F_SETOWN's and FIOSETOWN's argument: a pid, or -PGID for a process group."""
+    return (-who, True) if who < 0 else (who, False)
+
+
+@handler
+def sys_fcntl_guard(call: Call, env: Env) -> Result:
+    """F_SETOWN / F_SETOWN_EX: a file's SIGIO (or F_SETSIG's signal: SIGSTOP too) goes to
+    its owner, so no trusted process or group may become one.
+
+    F_SETOWN_EX points at a ``struct f_owner_ex`` a guest thread may rewrite
+    after the check: the kernel gets the checked copy, in the scratch area.
+    """
+    fd, cmd, arg = _s32(call.args[0]), call.args[1] & 0xFFFFFFFF, call.args[2]
+    if cmd == F_SETOWN:
+        return Fail(errno.EPERM) if _refused_owner(env, *_owner(_s32(arg))) else CONTINUE
+    raw = call.guest.read(arg, _F_OWNER_EX.size)
+    kind, pid = _F_OWNER_EX.unpack(raw)
+    if _refused_owner(env, pid, kind == F_OWNER_PGRP):
+        return Fail(errno.EPERM)
+    return RunChecked(NR_FCNTL, (fd, cmd, Scratch(raw)))
+
+
+@handler
+def sys_ioctl_guard(call: Call, env: Env) -> Result:
+    """FIOSETOWN / SIOCSPGRP (a socket's owner, as F_SETOWN), TIOCSPGRP (a terminal's
+    foreground group: who gets ^C and ^Z): never a trusted process or group; the
+    kernel reads the checked copy of the ``int``. USERFAULTFD_IOC_NEW (a userfaultfd
+    from ``/dev/userfaultfd``) is refused as the userfaultfd syscall is. TIOCSTI and
+    TIOCLINUX are refused: they type into the terminal the guest shares with the user."""
+    fd, req, arg = _s32(call.args[0]), call.args[1] & 0xFFFFFFFF, call.args[2]
+    if req in (USERFAULTFD_IOC_NEW, TIOCSTI, TIOCLINUX):
+        return Fail(errno.EPERM)
+    raw = call.guest.read(arg, _INT.size)
+    (value,) = _INT.unpack(raw)
+    who, group = (value, True) if req == TIOCSPGRP else _owner(value)
+    if _refused_owner(env, who, group):
+        return Fail(errno.EPERM)
+    return RunChecked(NR_IOCTL, (fd, call.args[1], Scratch(raw)))
+
+
+#: setpriority's and ioprio_set's ``which``: (the pid kind, the group kind, the user kind)
+_WHICH = {"setpriority": (0, 1, 2), "ioprio_set": (1, 2, 3)}
+
+
+@handler
+def sys_priority_guard(call: Call, env: Env) -> Result:
+    """setpriority / ioprio_set: not a trusted process or group; never a whole user
+    (every process of the uid, the trusted ones among them). ``who`` 0 is the caller
+    (or its own group, as kill(0))."""
+    which, who = _s32(call.args[0]), _s32(call.args[1])
+    pid_kind, group_kind, user_kind = _WHICH[call.name]
+    if which == user_kind:
+        return Fail(errno.EPERM)
+    if which in (pid_kind, group_kind) and _refused_owner(env, who, which == group_kind):
+        return Fail(errno.EPERM)
+    return CONTINUE
+
+
+@handler
+def sys_kcmp_guard(call: Call, env: Env) -> Result:
+    """kcmp compares two processes' files, memory and fs state: neither may be trusted."""
+    for pid in (_s32(call.args[0]), _s32(call.args[1])):
+        if pid > 0 and env.host.trusted(pid):
+            return Fail(errno.EPERM)
     return CONTINUE

@@ -25,16 +25,36 @@ from __future__ import annotations
 
 import enum
 import errno
+import os
 from collections.abc import Callable
 
 from attrs import frozen
 
+from synthfs.interposer.abi import (
+    RESOLVE_BENEATH,
+    RESOLVE_IN_ROOT,
+    RESOLVE_NO_SYMLINKS,
+    RESOLVE_NO_XDEV,
+)
 from synthfs.protocol.messages import Attrs, FileKind
 
 __all__ = ["MAX_SYMLINKS", "NAME_MAX", "Final", "Namespace", "Target", "Where", "last_name"]
 
 MAX_SYMLINKS = 40
 NAME_MAX = 255
+#: A repository path is at most this many bytes (a kernel path string's limit, PATH_MAX
+#: less its NUL; the wire takes no longer: protocol.messages.MAX_PATH).
+REPO_PATH_MAX = 4095
+
+
+def _check_repo_length(repo: str) -> None:
+    """ENAMETOOLONG for a repository path longer than :data:`REPO_PATH_MAX` bytes.
+
+    The kernel walks a deep relative path (or a long symlink's expansion) with
+    no total limit; a repository path travels whole, so it has one.
+    """
+    if len(repo) > REPO_PATH_MAX // 4 and len(os.fsencode(repo)) > REPO_PATH_MAX:
+        raise OSError(errno.ENAMETOOLONG, "path too long for the repository")
 
 
 class Where(enum.Enum):
@@ -130,13 +150,21 @@ class Namespace:
         readlink: Readlink,
         host_realpath: Callable[[str], str] | None = None,
         final: Final = Final.LOOKUP,
+        confine: int = 0,
     ) -> Target:
         """Resolve ``path`` (relative to the absolute guest path ``base``).
 
         ``follow`` says whether a final synthetic symlink is followed;
         ``final`` what a trailing slash and a long final name do (:class:`Final`).
+        ``confine``: openat2's RESOLVE_* flags, honoured as the kernel does on
+        the components this walk resolves itself (``base`` is the dirfd):
+        BENEATH (an absolute path or symlink, or ``..`` at ``base``: EXDEV),
+        IN_ROOT (``base`` is ``/`` for the walk: ``..`` stays, an absolute path
+        or repository symlink starts there), NO_SYMLINKS (a symlink on the
+        way: ELOOP), NO_XDEV (entering or leaving the mount: EXDEV). Host
+        components are the kernel's to judge (handlers probe them).
         Raises OSError with the errno a kernel would give (ENOENT, ENOTDIR,
-        ELOOP, ENAMETOOLONG).
+        ELOOP, ENAMETOOLONG, EXDEV).
         """
         if not path:
             raise OSError(errno.ENOENT, "empty path")
@@ -146,7 +174,17 @@ class Namespace:
         # '.' stays in the walk: what comes before it must be a directory ('f/.' is ENOTDIR).
         todo = [c for c in path.split("/") if c]
         todo.reverse()  # a stack: next component last
-        cur: list[str] = [] if path.startswith("/") else [c for c in base.split("/") if c]
+        beneath, in_root = confine & RESOLVE_BENEATH, confine & RESOLVE_IN_ROOT
+        no_xdev = confine & RESOLVE_NO_XDEV
+        start = [c for c in base.split("/") if c]
+        root = start if beneath or in_root else []  # the walk may not go above it
+        if path.startswith("/"):
+            if beneath:
+                raise OSError(errno.EXDEV, "absolute path beneath a directory")
+            cur = list(root)
+        else:
+            cur = list(start)
+        inside = self._inside(cur)
         attrs: Attrs | None = None
         looked = -1  # len(cur) when attrs was last looked up
         links = 0
@@ -159,6 +197,10 @@ class Namespace:
             if len(comp) > NAME_MAX and not (entry and not todo):
                 raise OSError(errno.ENAMETOOLONG, "name too long")
             if comp == "..":
+                if (beneath or in_root) and cur == root:
+                    if beneath:
+                        raise OSError(errno.EXDEV, "'..' above the directory")
+                    continue  # IN_ROOT: '..' of the root is the root
                 if not cur:
                     continue
                 if self._inside(cur) or host_realpath is None or self._is_mount_root(cur):
@@ -169,14 +211,19 @@ class Namespace:
                     cur = [c for c in real.split("/") if c]
                     if cur:
                         cur.pop()
+                if no_xdev and self._inside(cur) != inside:
+                    raise OSError(errno.EXDEV, "'..' leaves the mount")
                 attrs = None
                 looked = -1
                 continue
             cur.append(comp)
+            if no_xdev and self._inside(cur) != inside:
+                raise OSError(errno.EXDEV, "the path crosses into the mount")
             if not self._inside(cur):
                 attrs = None
                 continue
             repo = "/" + "/".join(cur[mount_len:]) if len(cur) > mount_len else "/"
+            _check_repo_length(repo)
             last = not todo
             attrs = None if len(comp) > NAME_MAX else lstat(repo)
             looked = len(cur)
@@ -185,6 +232,8 @@ class Namespace:
                     raise OSError(errno.ENOENT, "no such file or directory")
                 continue
             if attrs.kind is FileKind.SYMLINK and (not last or follow or (trailing and not entry)):
+                if confine & RESOLVE_NO_SYMLINKS:
+                    raise OSError(errno.ELOOP, "a symlink on a RESOLVE_NO_SYMLINKS walk")
                 links += 1
                 if links > MAX_SYMLINKS:
                     raise OSError(errno.ELOOP, "too many levels of symbolic links")
@@ -193,9 +242,16 @@ class Namespace:
                     raise OSError(errno.ENOENT, "empty symlink")
                 cur.pop()
                 if target.startswith("/"):
-                    cur = list(self._mount_parts)
+                    if beneath:
+                        raise OSError(errno.EXDEV, "absolute symlink beneath a directory")
+                    # anchored at the mount root, or at an IN_ROOT root inside the mount
+                    cur = list(root if in_root and self._inside(root) else self._mount_parts)
                 # The target may not climb above the mount root.
-                todo.extend(reversed(self._clamp(cur, [c for c in target.split("/") if c])))
+                parts = [c for c in target.split("/") if c]
+                kept = self._clamp(cur, parts)
+                if beneath and kept.count("..") != parts.count(".."):
+                    raise OSError(errno.EXDEV, "a symlink climbing out of the directory")
+                todo.extend(reversed(kept))
                 attrs, looked = None, -1
                 continue
             if not last and attrs.kind is not FileKind.DIR:
@@ -204,6 +260,7 @@ class Namespace:
         repo_path = self.repo_path(guest)
         if repo_path is None:
             return Target(Where.HOST, guest, None, trailing)
+        _check_repo_length(repo_path)
         if looked != len(cur):
             # '.', '..' or a substituted symlink left us somewhere not looked up yet.
             attrs = lstat(repo_path)

@@ -37,6 +37,9 @@ class Guest(Protocol):
     def fd_writable(self, fd: int) -> bool:
         """Whether the fd is open for writing (False when it is not open)."""
 
+    def fd_pid(self, fd: int) -> int | None:
+        """The process a pidfd stands for (its fdinfo ``Pid:``); None for other fds."""
+
     def host_cwd(self) -> str: ...
 
     def umask(self) -> int:
@@ -61,6 +64,8 @@ class Repo(Protocol):
     def remove(self, path: str, directory: bool) -> None: ...
     def rename(self, src: str, dst: str, flags: RenameFlags) -> None: ...
     def symlink(self, target: str, path: str) -> None: ...
+    def link(self, src: str, dst: str) -> None:
+        """A second name ``dst`` of the file ``src`` (EPERM where the repository has none)."""
     def setattr(
         self,
         path: str,
@@ -145,6 +150,9 @@ class Proc:
     wrote: bool = False
     #: set once the process opened anything synthetic (its fd syscalls need a look)
     synthetic: bool = False
+    #: under [host] rules: ``(st_dev, st_ino)`` of every executable an execve since the
+    #: last exec checked (the image the kernel maps must be one of them), None: unchecked
+    exec_checked: set[tuple[int, int]] | None = None
 
 
 @define
@@ -181,6 +189,13 @@ class Env(Protocol):
 
     def check_host(self, call: Call, op: str, path: str) -> int:
         """0 when the ``[host]`` rules allow ``op`` on the resolved host ``path``, else errno."""
+
+    def check_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
+        """0 when renaming the guest path ``src`` to ``dst`` (``tree``: a directory)
+        moves nothing from under a stricter rule, else the errno (EXDEV)."""
+
+    def check_host_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
+        """The same for two resolved host paths under ``[host]`` rules."""
 
     @property
     def host_rules(self) -> bool:

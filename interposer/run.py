@@ -60,7 +60,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--mount", default="/data", help="guest path of the synthetic tree (default: /data)"
     )
     parser.add_argument(
-        "--policy", metavar="FILE", help="policy file (default: policies/default.toml semantics)"
+        "--policy", metavar="FILE|NAME",
+        help="policy file, or the name of a shipped policy (synthfs policy list); "
+        "default: the 'default' policy's semantics"
     )
     parser.add_argument(
         "--read-only", action="store_true", help="refuse every write on the mount (EROFS)"
@@ -94,6 +96,38 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+class DiedOf(int):
+    """128+N, for a guest that died of a signal N that ``synthfs`` received too.
+
+    The terminal's Ctrl-C (Ctrl-\\) reaches ``synthfs`` and its guest alike, and
+    a SIGTERM or SIGHUP is passed on: when that signal ended the guest,
+    :func:`main` ends ``synthfs`` by it as well once everything is closed, so the
+    calling shell sees what it would natively (``$?`` is 128+N either way, and a
+    script stops at a Ctrl-C; coreutils ``timeout`` does the same).
+    """
+
+    signum: int
+
+    @classmethod
+    def of(cls, signum: int) -> DiedOf:
+        status = cls(128 + signum)
+        status.signum = signum
+        return status
+
+
+def _die_of(signum: int) -> None:
+    """End this process by ``signum`` (no core file), as the guest ended."""
+    import resource
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    os.kill(os.getpid(), signum)
+
+
 def main(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
@@ -111,6 +145,13 @@ def main(args: argparse.Namespace) -> int:
         if cwd == data or cwd.startswith(data.rstrip("/") + "/"):
             return _fail(f"the current directory is inside --data {args.data}, whose host path "
                          "no guest may use (it sees it as /data): run from outside it")
+    if args.agent:
+        from synthfs.protocol.endpoints import check_endpoint
+
+        try:
+            check_endpoint("--agent", args.agent, tcp=False)  # an agent listens on ipc:// only
+        except ValueError as exc:
+            return _fail(str(exc))
     try:
         with contextlib.ExitStack() as resources:
             launch: Launch | None = None
@@ -122,7 +163,7 @@ def main(args: argparse.Namespace) -> int:
                     starting(args.data, cache_dir=args.cache, verbose=args.verbose,
                              state_dir=args.state)
                 )
-            return _run(args, command, launch)
+            status = _run(args, command, launch)
     except Exception as exc:  # a clear message, not a traceback, for set-up failures
         if args.verbose:
             raise
@@ -131,6 +172,9 @@ def main(args: argparse.Namespace) -> int:
         if isinstance(exc, EmbeddedError):
             return _fail(str(exc), 125)
         raise
+    if isinstance(status, DiedOf):  # everything is closed: the embedded pair is gone
+        _die_of(status.signum)
+    return status
 
 
 def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) -> int:
@@ -142,13 +186,16 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
     from synthfs.interposer.runenv import RunEnv
     from synthfs.interposer.supervisor import Supervisor
     from synthfs.policy.engine import Policy, PolicyError
+    from synthfs.policy.shipped import PolicyNotFound, locate
 
     try:
         ns = Namespace(args.mount)
     except ValueError as exc:
         return _fail(str(exc))
     try:
-        policy = Policy.from_toml(args.policy) if args.policy else Policy.default(ns.mount)
+        policy = Policy.from_toml(locate(args.policy)) if args.policy else Policy.default(ns.mount)
+    except PolicyNotFound as exc:
+        return _fail(str(exc))
     except PolicyError as exc:
         return _fail(f"bad policy: {exc}")
     if ns.mount not in policy.mounts:
@@ -172,13 +219,32 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
         endpoint, trusted = stack.agent_endpoint, (stack.server_pid, stack.agent_pid)
         server_socket = _socket_path(stack.server_endpoint)
         stack_paths = stack.refused_paths  # the agent and the server list them too
-    audit = open(args.audit, "a", encoding="utf-8") if args.audit else None  # noqa: SIM115
+    # Both files are opened before the guest runs: a bad name fails now, not after it.
+    try:
+        audit = open(args.audit, "a", encoding="utf-8") if args.audit else None  # noqa: SIM115
+    except OSError as exc:
+        return _fail(f"--audit {args.audit}: {exc.strerror}")
+    try:
+        stats_file = open(args.stats, "w", encoding="utf-8") if args.stats else None  # noqa: SIM115
+    except OSError as exc:
+        if audit is not None:
+            audit.close()
+        return _fail(f"--stats {args.stats}: {exc.strerror}")
     private = tempfile.mkdtemp(prefix="synthfs-run-")
     try:
+        def away(why: str) -> None:  # once a run: the guest sees EIO, the user sees why
+            print(f"synthfs run: calls on {ns.mount} fail with EIO: {why}", file=sys.stderr,
+                  flush=True)
+
         try:
-            remote = Remote(endpoint)
+            remote = Remote(endpoint, report=away)
         except OSError as exc:
-            return _fail(f"cannot reach the agent at {endpoint}: {exc.strerror or exc}", 125)
+            hint = ""
+            if launch is None and exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+                hint = (f"; start one with 'synthfs agent --listen {endpoint} ...', "
+                        "or serve a directory with --data DIR")
+            return _fail(f"cannot reach the agent at {endpoint}: {exc.strerror or exc}{hint}",
+                         125)
         socket_path = _socket_path(endpoint)
         # Whoever serves these sockets is trusted, a restarted agent too (learned when
         # a guest names a pid); with --data the server cannot restart (nothing restarts
@@ -211,12 +277,14 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
                 agent_requests=remote.requests, agent_ns=remote.agent_ns, denials=env.denials,
                 listener_probes=sum(listener.probes for listener in listeners),
             )
-            with open(args.stats, "w", encoding="utf-8") as f:
-                json.dump(sup.stats, f, indent=1)
+            assert stats_file is not None
+            json.dump(sup.stats, stats_file, indent=1)
         return status
     finally:
         if audit is not None:
             audit.close()
+        if stats_file is not None:
+            stats_file.close()
         shutil.rmtree(private, ignore_errors=True)
 
 
@@ -237,15 +305,34 @@ def _live_targets(procs: dict[int, Proc]) -> Iterator[str]:
 
 
 def _supervise(sup: Supervisor, command: list[str]) -> int:
+    from synthfs.interposer.supervisor import CallerSignals
+
+    # What the guest starts with: the caller's dispositions and mask, not ours below.
+    caller = CallerSignals.of_caller()
+    received: set[int] = set()
+
+    def noted(sig: int, _frame: object) -> None:
+        received.add(sig)
+
+    def passed_on(sig: int, _frame: object) -> None:
+        received.add(sig)
+        sup.forward(sig)
+
+    # The terminal sends Ctrl-C (Ctrl-\) to the guests directly (same process group):
+    # we outlive them to report their status. SIGTERM and SIGHUP are passed on. A
+    # signal the caller ignored (nohup, a background job) the guest ignores, and so do we.
     old = {
-        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-        signal.SIGQUIT: signal.signal(signal.SIGQUIT, signal.SIG_IGN),
-        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda s, _f: sup.forward(s)),
-        signal.SIGHUP: signal.signal(signal.SIGHUP, lambda s, _f: sup.forward(s)),
+        sig: signal.signal(sig, signal.SIG_IGN if sig in caller.ignored else handler)
+        for sig, handler in (
+            (signal.SIGINT, noted),
+            (signal.SIGQUIT, noted),
+            (signal.SIGTERM, passed_on),
+            (signal.SIGHUP, passed_on),
+        )
     }
     try:
         try:
-            sup.spawn(command)
+            sup.spawn(command, signals=caller)
         except OSError as exc:
             if exc.errno in (errno.EPERM, errno.EACCES):
                 return _fail(
@@ -254,7 +341,10 @@ def _supervise(sup: Supervisor, command: list[str]) -> int:
                     125,
                 )
             raise
-        return sup.run()
+        status = sup.run()
+        if sup.exit_signal is not None and sup.exit_signal in received:
+            return DiedOf.of(sup.exit_signal)
+        return status
     finally:
         sup.kill_all()
         for sig, handler in old.items():

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import time
 from typing import IO
 
@@ -33,7 +34,38 @@ from synthfs.policy.engine import (
 #: op names as handlers give them (an Enum call by value costs ~1 µs per check)
 _OPS = {op.value: op for op in Op}
 
-__all__ = ["RunEnv"]
+__all__ = ["LOADER_VARIABLES", "RunEnv", "borrowed_identity"]
+
+#: Environment variables that make the dynamic loader or the C library run, load or
+#: write code and files the caller chose: glibc's list of variables it drops for a
+#: setuid program (elf/dl-unsecvars.h) that change what runs, plus every ``LD_*``
+#: (musl reads LD_PRELOAD and LD_LIBRARY_PATH). A process exec'd with one of them is
+#: not identified as its executable (docs/policy.md, "Which app is a process?").
+LOADER_VARIABLES = frozenset(
+    {"GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCPATH", "MALLOC_TRACE",
+     "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS"}
+)
+
+#: The dynamic loaders' file names: run directly (``ld.so PROGRAM``) they load any program.
+_LOADER_NAME = re.compile(
+    r"^(?:ld-linux[-\w.]*\.so(?:\.\d+)*|ld-musl-\w+\.so\.\d+|ld\.so(?:\.\d+)?|ld64\.so(?:\.\d+)*)$"
+)
+
+
+def borrowed_identity(exe: str, environ: bytes) -> str | None:
+    """Why a freshly exec'd image runs code chosen besides ``exe``, or None.
+
+    ``environ`` is the new image's environment as the kernel laid it out
+    (``/proc/PID/environ`` at the exec stop, before the image runs: no thread
+    can change it any more).
+    """
+    if _LOADER_NAME.match(exe.rpartition("/")[2]):
+        return "the dynamic loader run directly"
+    for entry in environ.split(b"\0"):
+        name = entry.partition(b"=")[0].decode("latin-1")
+        if name.startswith("LD_") or name in LOADER_VARIABLES:
+            return f"loader variable {name} in its environment"
+    return None
 
 
 class RunEnv:
@@ -61,7 +93,24 @@ class RunEnv:
         self.host_rules = policy.has_host_rules
         self.bound_names: dict[int, bytes] = {}
 
-    def identify(self, proc: Proc) -> None:
+    def identify(self, proc: Proc) -> str | None:
+        """Decide the app of a process at its exec stop; a reason to kill it, or None.
+
+        Killed: under ``[host]`` rules, the image the kernel mapped is not an
+        executable the execve checked (a directory was swapped for a symlink
+        between the check and the exec: handlers._expect_exec).
+        """
+        checked, proc.exec_checked = proc.exec_checked, None
+        if checked is not None:
+            try:
+                s = os.stat(f"/proc/{proc.tgid}/exe")
+                mapped: tuple[int, int] | None = (s.st_dev, s.st_ino)
+            except OSError:
+                mapped = None
+            if mapped not in checked:
+                proc.app = self.policy.unmatched
+                self.denials += 1
+                return "the executable changed between the policy check and the exec"
         exe = proc.exe
 
         def digest() -> str:
@@ -71,7 +120,14 @@ class RunEnv:
                     h.update(block)
             return h.hexdigest()
 
-        proc.app = self.policy.identify(exe, proc.argv, digest)
+        try:
+            with open(f"/proc/{proc.tgid}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            environ = b"LD_=unreadable"  # fail closed: an environment we cannot see
+        why = borrowed_identity(exe, environ)
+        proc.app = self.policy.identify(exe, proc.argv, digest, borrowed=why is not None)
+        return None
 
     @property
     def network(self) -> NetworkMode:
@@ -96,10 +152,34 @@ class RunEnv:
             return 0  # no [host]: the host is untouched (and there is nothing to audit)
         t0 = time.perf_counter_ns()
         app = self._app(call)
-        decision = self.policy.decide_host(app, _OPS[op], path)
+        if op == "mknod":  # a device node: its own [host] list
+            decision = self.policy.decide_mknod(app, path)
+        else:
+            decision = self.policy.decide_host(app, _OPS[op], path)
         if decision.allowed and not self.audit_all:
             return 0
         return self._record(call, app, op, path, decision, t0)
+
+    def check_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
+        """0 when moving ``src`` to ``dst`` (guest paths on the mount; ``tree``: a
+        directory) keeps every path under rules at least as strict
+        (``Policy.decide_rename``), else the errno (EXDEV), audited."""
+        t0 = time.perf_counter_ns()
+        app = self._app(call)
+        decision = self.policy.decide_rename(app, src, dst, tree)
+        if decision.allowed and not self.audit_all:
+            return 0
+        return self._record(call, app, "rename", f"{src} -> {dst}", decision, t0)
+
+    def check_host_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
+        """:meth:`check_rename` for two resolved host paths (``[host]`` rules)."""
+        if not self.host_rules:
+            return 0
+        t0 = time.perf_counter_ns()
+        decision = self.policy.decide_host_rename(src, dst, tree)
+        if decision.allowed and not self.audit_all:
+            return 0
+        return self._record(call, self._app(call), "rename", f"{src} -> {dst}", decision, t0)
 
     def pin(
         self, real_path: str, whole: bool, always: bool = False, via: str | None = None

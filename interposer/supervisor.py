@@ -25,7 +25,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 
-from attrs import define, field
+from attrs import define, field, frozen
 
 from synthfs.interposer import ptrace_adapter as pt
 from synthfs.interposer.actions import Continue, Fail, Kill, Result, Return, RunChecked, Scratch
@@ -34,7 +34,7 @@ from synthfs.interposer.handlers import HANDLERS
 from synthfs.interposer.ports import Call, Env, FsState, Proc
 from synthfs.interposer.syscalls import BY_NR, Gate, Need
 
-__all__ = ["Supervisor"]
+__all__ = ["CallerSignals", "ExecSignals", "Supervisor"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,90 @@ def _proc_octal(path: str, key: bytes) -> int | None:
     return None
 
 
+#: Python sets these to SIG_IGN at start-up whatever the caller gave (the original is
+#: lost); the guest gets SIG_DFL, as ``subprocess``'s ``restore_signals`` gives a child.
+_PYTHON_IGNORES = frozenset({signal.SIGPIPE, signal.SIGXFSZ})
+_SETTABLE = frozenset(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
+
+
+def _signal_sets() -> tuple[frozenset[int], frozenset[int]]:
+    """This thread's ignored and blocked signals, as the kernel reports them.
+
+    One read of ``/proc/thread-self/status`` (~10 µs; asking ``signal.getsignal``
+    about every signal costs ~0.3 ms, and it cannot see dispositions set outside
+    Python).
+    """
+    fd = os.open("/proc/thread-self/status", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        text = os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+    masks = {b"SigIgn:": 0, b"SigBlk:": 0}
+    for line in text.splitlines():
+        key = line[:7]
+        if key in masks:
+            masks[key] = int(line.split()[1], 16)
+    ignored, blocked = (
+        frozenset(sig for sig in _SETTABLE if mask >> (sig - 1) & 1) for mask in masks.values()
+    )
+    return ignored, blocked
+
+
+@frozen
+class CallerSignals:
+    """The signal dispositions and mask the user's shell gave ``synthfs``, for the guest.
+
+    A guest must start as it would natively: a signal the caller ignored stays
+    ignored (``nohup``, a background job's SIGINT), every other one is SIG_DFL
+    whatever ``synthfs`` itself does with it (it outlives SIGINT and SIGQUIT and
+    passes SIGTERM and SIGHUP on while it supervises), and the mask is the caller's.
+    """
+
+    ignored: frozenset[int]
+    blocked: frozenset[int]
+
+    @classmethod
+    def of_caller(cls) -> CallerSignals:
+        """Read them in ``synthfs`` before it changes any (Python's own changes undone).
+
+        Python installs its SIGINT handler only over SIG_DFL: a caller's SIG_IGN
+        is still SIG_IGN here.
+        """
+        ignored, blocked = _signal_sets()
+        return cls(ignored - _PYTHON_IGNORES, blocked)
+
+    def for_exec(self) -> ExecSignals:
+        """What a child of this thread must change before ``execve`` to start with these.
+
+        An ``execve`` keeps SIG_IGN and the mask and resets handlers to SIG_DFL: the
+        child changes only what differs (SIGINT, SIGQUIT, SIGPIPE, SIGXFSZ, typically).
+        """
+        ignored, blocked = _signal_sets()
+        return ExecSignals(
+            to_default=tuple(sorted(ignored - self.ignored)),
+            to_ignore=tuple(sorted(self.ignored - ignored)),
+            mask=self.blocked if blocked != self.blocked else None,
+        )
+
+
+@frozen
+class ExecSignals:
+    """The few calls a launcher's child makes so that its ``execve`` gives
+    :class:`CallerSignals` (computed before the fork, applied after it)."""
+
+    to_default: tuple[int, ...]
+    to_ignore: tuple[int, ...]
+    mask: frozenset[int] | None
+
+    def apply(self) -> None:
+        for sig in self.to_default:
+            signal.signal(sig, signal.SIG_DFL)
+        for sig in self.to_ignore:
+            signal.signal(sig, signal.SIG_IGN)
+        if self.mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
+
+
 class GuestView:
     """The :class:`~interposer.ports.Guest` port for one stopped thread."""
 
@@ -157,6 +241,18 @@ class GuestView:
         flags = _proc_octal(f"/proc/{self.tgid}/fdinfo/{fd}", b"flags:")
         return flags is not None and flags & os.O_ACCMODE != os.O_RDONLY
 
+    def fd_pid(self, fd: int) -> int | None:
+        if fd < 0:
+            return None
+        try:
+            with open(f"/proc/{self.tgid}/fdinfo/{fd}", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Pid:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
     def host_cwd(self) -> str:
         return os.readlink(f"/proc/{self.tid}/cwd")
 
@@ -179,7 +275,10 @@ class Supervisor:
     """Runs one guest command tree to completion; see the module docstring."""
 
     def __init__(
-        self, env: Env, compiled: CompiledFilter, on_exec: Callable[[Proc], None] | None = None
+        self,
+        env: Env,
+        compiled: CompiledFilter,
+        on_exec: Callable[[Proc], str | None] | None = None,
     ) -> None:
         self.env = env
         self.filter = compiled
@@ -190,20 +289,34 @@ class Supervisor:
         self.early: dict[int, int] = {}  # new children whose first stop came before the event
         self.main_pid = 0
         self.exit_status: int | None = None
+        #: the signal the main guest died of (None: it exited, or runs on)
+        self.exit_signal: int | None = None
         self.stops = 0
         #: phase timers (ns), kept only when profiling (``synthfs run --stats FILE``)
         self.stats: dict[str, int] | None = None
 
     # -- launch ------------------------------------------------------------------------------
 
-    def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
-        """Fork the guest: TRACEME, SIGSTOP, load the filter, exec. Returns its pid."""
+    def spawn(
+        self,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        signals: CallerSignals | None = None,
+    ) -> int:
+        """Fork the guest: TRACEME, SIGSTOP, the caller's signals, load the filter, exec.
+
+        ``signals`` (default: this process's at the call) are what the guest starts with.
+        Returns its pid.
+        """
         compiled = self.filter
+        at_exec = (signals or CallerSignals.of_caller()).for_exec()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             try:
                 pt.traceme()
                 os.kill(os.getpid(), signal.SIGSTOP)
+                # Traced from here: a Ctrl-C now is the guest's, delivered by the wait loop.
+                at_exec.apply()
                 compiled.load()
                 os.execvpe(argv[0], list(argv), env if env is not None else os.environ)  # noqa: S606
             except FileNotFoundError:
@@ -374,7 +487,11 @@ class Supervisor:
         except OSError:
             proc.argv = ()
         if self.on_exec is not None:
-            self.on_exec(proc)
+            reason = self.on_exec(proc)
+            if reason:
+                # The new image has not run an instruction yet: it never will.
+                log.error("killing guest %d: %s", proc.tgid, reason)
+                pt.kill(proc.tgid)
         pt.cont(t.tid)
 
     def _inject_scratch(self, t: Thread) -> None:
@@ -445,7 +562,8 @@ class Supervisor:
             if os.WIFEXITED(status):
                 self.exit_status = os.WEXITSTATUS(status)
             else:
-                self.exit_status = 128 + os.WTERMSIG(status)
+                self.exit_signal = os.WTERMSIG(status)
+                self.exit_status = 128 + self.exit_signal
             # The sandbox ends with its main process: no guest is left behind.
             for other in list(self.threads):
                 pt.kill(other)

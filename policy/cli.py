@@ -1,15 +1,22 @@
 """``synthfs policy``: check a policy file, or explain one decision.
 
+    synthfs policy list
     synthfs policy check FILE [FILE ...]
     synthfs policy explain FILE --exe PATH [--argv 'ARGV' | --arg A ...] --op OP --path PATH
 
 Role: a thin shell around :mod:`synthfs.policy.engine` for humans and CI.
 ``check`` prints ``FILE: ok (N apps, M rules)`` or the error with its line
-and fix, and exits 0 (all ok) or 1. ``explain`` identifies the app the way
+and fix, and exits 0 (all ok) or 1; a variable the environment (and
+``--var``) leaves unset is checked as a placeholder and noted on stderr,
+since it need only be set where the policy is used. ``explain`` identifies the app the way
 the supervisor would at execve (realpath of ``--exe``, argv, sha256 of the
 file only if a pin needs it), then prints the decision, the rule that made
 it, the rules it beat, and the errno; exit 0 if allowed, 1 if denied or the
 file is invalid. Usage errors exit 2 (argparse).
+
+Wherever a FILE is expected, the name of a shipped policy works too
+(``synthfs policy check readonly``); ``list`` shows the shipped ones with
+their descriptions.
 
 Trusts its caller (the user at a terminal); reads the policy file and, for a
 pinned app, the executable.
@@ -26,6 +33,7 @@ import sys
 from collections.abc import Mapping
 
 from synthfs.policy.engine import Op, Policy, PolicyError
+from synthfs.policy.shipped import PolicyNotFound, locate, shipped
 
 __all__ = ["HELP", "configure", "main"]
 
@@ -34,6 +42,7 @@ HELP = "check or explain a policy file"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="policy_command", metavar="{check,explain}")
+    sub.add_parser("list", help="list the policies shipped with synthfs (use them by name)")
     check = sub.add_parser("check", help="validate policy files (exit 1 if any is invalid)")
     check.add_argument("files", nargs="+", metavar="FILE")
     _add_vars(check)
@@ -86,7 +95,9 @@ def _env(pairs: list[str]) -> Mapping[str, str] | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    env = _env(args.var) if getattr(args, "policy_command", None) else None
+    env = _env(args.var) if args.policy_command in ("check", "explain") else None
+    if args.policy_command == "list":
+        return _list()
     if args.policy_command == "check":
         if env is None:
             print("synthfs policy: --var needs NAME=VALUE", file=sys.stderr)
@@ -97,33 +108,59 @@ def main(args: argparse.Namespace) -> int:
             print("synthfs policy: --var needs NAME=VALUE", file=sys.stderr)
             return 2
         return _explain(args, env)
-    print("usage: synthfs policy {check,explain} ... (see synthfs policy -h)", file=sys.stderr)
+    print("usage: synthfs policy {list,check,explain} ... (see synthfs policy -h)", file=sys.stderr)
     return 2
 
 
+def _list() -> int:
+    for name, path in shipped().items():
+        try:
+            description = Policy.from_toml(path, env={"WORKSPACE": "/"}).description
+        except PolicyError as exc:  # a broken shipped file is a bug: say so, keep listing
+            description = f"(invalid: {exc})"
+        print(f"{name:<10} {description}")
+        print(f"{'':<10} {path}")
+    return 0
+
+
 def _check(files: list[str], env: Mapping[str, str]) -> int:
+    """Validate each file; a variable set neither in ``env`` nor by --var is a note."""
     status = 0
     for name in files:
+        notes: list[str] = []
         try:
-            policy = Policy.from_toml(name, env=env)
+            policy = Policy.from_toml(locate(name), env=env, notes=notes)
+        except PolicyNotFound as exc:
+            print(f"synthfs policy: {exc}", file=sys.stderr)
+            status = 1
+            continue
         except PolicyError as exc:
             print(exc, file=sys.stderr)
             status = 1
-            continue
-        print(f"{name}: ok ({len(policy.apps)} apps, {policy.rule_count} rules)")
+        else:
+            print(f"{name}: ok ({len(policy.apps)} apps, {policy.rule_count} rules)")
+        for note in notes:
+            print(note, file=sys.stderr)
     return status
 
 
 def _explain(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     try:
-        policy = Policy.from_toml(args.file, env=env)
+        policy = Policy.from_toml(locate(args.file), env=env)
+    except PolicyNotFound as exc:
+        print(f"synthfs policy: {exc}", file=sys.stderr)
+        return 1
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 1
     if args.read_only:
         policy = policy.read_only()
     exe = os.path.realpath(args.exe)
-    argv = shlex.split(args.argv) if args.argv is not None else []
+    try:
+        argv = shlex.split(args.argv) if args.argv is not None else []
+    except ValueError as exc:  # an unbalanced quote
+        print(f"synthfs policy: --argv {args.argv!r}: {exc}", file=sys.stderr)
+        return 2
     argv += args.rest
     if not argv:
         argv = [args.exe]

@@ -14,6 +14,7 @@ particular is chosen by the caller and is *not* an authentication factor.
 API (what the supervisor calls)::
 
     Policy.from_toml(path, env=os.environ) -> Policy      # PolicyError on any defect
+    Policy.from_toml(path, env, notes=[])  # check: an unset variable is a note, not an error
     Policy.from_text(text, name="<policy>", env=os.environ) -> Policy
     Policy.default(mount="/data") -> Policy  # policies/default.toml: all read-write, host as is
     policy.read_only() -> Policy        # --read-only: write-class ops on the mount -> EROFS
@@ -55,7 +56,9 @@ Semantics in brief (the full text, with examples, is ``docs/policy.md``):
   ``"deny" | "loopback" | "allow"``.
 * Variables ``$NAME`` / ``${NAME}`` in paths, exe and argv globs and mount
   paths are expanded at load from ``env``; undefined or empty is an error;
-  ``$$`` is a literal ``$``.
+  ``$$`` is a literal ``$``. With ``notes`` (``synthfs policy check``), an
+  undefined variable reads as a placeholder (``/NAME`` at the start of the
+  text, ``NAME`` after it) and a note saying so is appended instead.
 * Refused at load: unknown keys, wrong types, bad globs, unknown ops or
   errnos, a missing or unsupported ``version``, rules outside every mount,
   two rules of one app giving one (glob, op) pair twice (two readings), and
@@ -254,6 +257,12 @@ class App:
         """False for the catch-all app of executables no [[app]] matches."""
         return self.ref != "default"
 
+    @property
+    def any_exe(self) -> bool:
+        """True when the app matches every executable (a ``/**`` exe glob) and pins
+        no digest: it is not an identity, so a loaded-by-request process may have it."""
+        return self.sha256 is None and any(g.text == "/**" for g in self.exe)
+
     def matches(self, exe: str, argv: Sequence[str]) -> bool:
         """exe and argv matchers only (the pin is checked by identify)."""
         if self.exe_re is None or self.exe_re.fullmatch(exe) is None:
@@ -271,6 +280,11 @@ class _Host:
     write_deny: Decision
     read_globs: tuple[PathGlob, ...]
     write_globs: tuple[PathGlob, ...]
+    #: where device nodes may be made (None: nowhere, fail closed)
+    mknod: re.Pattern[str] | None = None
+    mknod_decisions: tuple[Decision, ...] = ()
+    mknod_deny: Decision = Decision(Action.DENY, "engine", "device nodes are refused", 1)
+    mknod_globs: tuple[PathGlob, ...] = ()
 
 
 # --- the default policy -----------------------------------------------------------------
@@ -294,6 +308,49 @@ path = "/data"
 """
 
 _OK_HOST = Decision(Action.ALLOW, "default", "no [host] section: the host is untouched", 0)
+_OK_RENAME = Decision(Action.ALLOW, "rename", "no path leaves a stricter rule", 0)
+#: decide_host ignores the app: any App-typed key serves its cache
+_HOST_APP: Any = None
+
+
+def _may_match_at_or_below(glob: PathGlob, comps: tuple[str, ...]) -> bool:
+    """Whether ``glob`` may match the path of ``comps`` or a path below it
+    (component by component up to its first ``**``; may say True for a glob that
+    cannot, never False for one that can)."""
+    globc = glob.components
+    for i, name in enumerate(comps):
+        if i >= len(globc):
+            return False  # the glob's paths end above this one
+        c = globc[i]
+        if c == "**":
+            return True
+        if _WILD.search(c) is None:
+            if c != name:
+                return False
+        elif _component_rx(c).fullmatch(name) is None:
+            return False
+    return True
+
+
+_WILD = re.compile(r"[*?]")
+
+
+@functools.lru_cache(maxsize=1024)
+def _component_rx(component: str) -> re.Pattern[str]:
+    return re.compile(
+        "".join(
+            "[^/]*" if ch == "*" else "[^/]" if ch == "?" else re.escape(ch) for ch in component
+        ),
+        re.DOTALL,
+    )
+
+
+def _stricter(here: Decision, there: Decision) -> bool:
+    """Whether the denial ``here`` would be lost at ``there`` (allowed, or no longer hidden)."""
+    if there.allowed:
+        return True
+    return here.errno == _errno.ENOENT and there.errno != _errno.ENOENT
+
 
 _CACHE_MAX = 1 << 16  # entries per (app, op) cache before it is cleared
 _HOST_KEY = "host"  # the cache slot of host decisions
@@ -374,9 +431,17 @@ class Policy:
     # -- constructors ------------------------------------------------------------------
     @classmethod
     def from_toml(
-        cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None
+        cls,
+        path: str | os.PathLike[str],
+        env: Mapping[str, str] | None = None,
+        *,
+        notes: list[str] | None = None,
     ) -> Policy:
-        """Read and validate a policy file. Raises PolicyError (also for I/O errors)."""
+        """Read and validate a policy file. Raises PolicyError (also for I/O errors).
+
+        With ``notes``, a variable ``env`` lacks is checked as a placeholder and
+        noted there (``FILE:LINE: note: ...``) instead of failing the load.
+        """
         display = os.fspath(path)
         try:
             data = Path(path).read_bytes()
@@ -387,14 +452,19 @@ class Policy:
         except UnicodeDecodeError as exc:
             line = data.count(b"\n", 0, exc.start) + 1
             raise PolicyError(display, line, "not UTF-8 text (TOML files are UTF-8)") from None
-        return _Loader(text, display, os.environ if env is None else env).load()
+        return _Loader(text, display, os.environ if env is None else env, notes).load()
 
     @classmethod
     def from_text(
-        cls, text: str, name: str = "<policy>", env: Mapping[str, str] | None = None
+        cls,
+        text: str,
+        name: str = "<policy>",
+        env: Mapping[str, str] | None = None,
+        *,
+        notes: list[str] | None = None,
     ) -> Policy:
         """Validate policy text; ``name`` is used in errors and rule references."""
-        return _Loader(text, name, os.environ if env is None else env).load()
+        return _Loader(text, name, os.environ if env is None else env, notes).load()
 
     @classmethod
     def default(cls, mount: str = "/data") -> Policy:
@@ -444,12 +514,29 @@ class Policy:
         return f"<Policy {self.name!r} from {self.source}: {counts}{ro}>"
 
     # -- identity ------------------------------------------------------------------------
-    def identify(self, exe: str, argv: Sequence[str], sha256: Callable[[], str]) -> App:
+    def identify(
+        self,
+        exe: str,
+        argv: Sequence[str],
+        sha256: Callable[[], str],
+        *,
+        borrowed: bool = False,
+    ) -> App:
         """The app of a process that just exec'd ``exe`` (a realpath) with ``argv``.
 
         ``sha256()`` is called at most once, and only when the first matching
         app pins a digest; if it raises OSError the pin counts as mismatched.
+        ``borrowed``: the new image runs code its caller chose besides ``exe``
+        (loader variables such as LD_PRELOAD in its environment, or the
+        dynamic loader run directly): only apps that match every executable
+        and pin nothing (:attr:`App.any_exe`) may match, since any other app
+        would lend its identity to that code (docs/policy.md).
         """
+        if borrowed:
+            for app in self.apps:
+                if app.any_exe and all(any(g.matches(a) for a in argv) for g in app.argv):
+                    return app
+            return self._unmatched
         candidates = self._exe_cache.get(exe)
         if candidates is None:
             candidates = tuple(
@@ -567,6 +654,110 @@ class Policy:
             decision = self._erofs
         return decision
 
+    def _subtree_decision(self, app: App, op: Op, path: str) -> Decision | None:
+        """The decision ``path`` and every path below it get, or None if the rules
+        may tell them apart (as :meth:`_dir_decision`, for a whole subtree)."""
+        if app.deny_all is not None:
+            return app.deny_all
+        comps = tuple(path[1:].split("/"))
+        decision = app.default
+        for rule in _table(app, op)[2]:
+            if not _may_match_at_or_below(rule.glob, comps):
+                continue
+            if rule.under is None:
+                return None
+            under = _rx(rule.under)
+            heads = ("/" + "/".join(comps[:k]) for k in range(len(comps), 0, -1))
+            if not any(under.fullmatch(q) for q in heads):
+                return None
+            decision = rule.decision
+            break
+        if self._read_only and decision.action is Action.ALLOW and op in WRITE_OPS:
+            decision = self._erofs
+        return decision
+
+    def decide_rename(self, app: App, src: str, dst: str, tree: bool) -> Decision:
+        """May ``app`` move ``src`` to ``dst`` (both on a mount, the ``rename`` op on
+        each already allowed) without a path escaping a rule?
+
+        Rules are about paths, so a rename must not carry a file from under a
+        stricter rule to a place where it is looser: for every operation, the
+        source (``tree``: and every path below it) must not be decided more
+        strictly than the same place at the destination (denied there and
+        allowed here, or hidden with ENOENT there and not here). ``tree``
+        (a directory) also needs both subtrees decided alike throughout, which
+        the rules must show (no rule telling paths below either apart), else
+        the rename is refused too. Refusals are EXDEV, as between two file
+        systems: ``mv`` and ``shutil.move`` then copy file by file, each file
+        checked (docs/policy.md, "Renames").
+        """
+        for op in Op:
+            if tree:
+                here = self._subtree_decision(app, op, src)
+                there = self._subtree_decision(app, op, dst)
+            else:
+                here, there = self.decide(app, op, src), self.decide(app, op, dst)
+            if here is None:
+                why = f"rules tell paths below {src} apart for {op.value!r}"
+                return Decision(Action.DENY, "rename", why, _errno.EXDEV)
+            if here.allowed:
+                continue
+            if there is None or _stricter(here, there):
+                why = (
+                    f"{op.value!r} at {src} is decided by {here.rule} ({here.action.value}),"
+                    f" which would not hold at {dst}"
+                )
+                return Decision(Action.DENY, here.rule, why, _errno.EXDEV)
+        return _OK_RENAME
+
+    def decide_host_rename(self, src: str, dst: str, tree: bool) -> Decision:
+        """:meth:`decide_rename` for two host paths under ``[host]`` (read and write
+        classes: a path only readable, or not even that, below a writable directory
+        must not become more reachable under the destination's globs)."""
+        host = self._host
+        if host is None:
+            return _OK_HOST
+        for op in (Op.READ, Op.WRITE):
+            if tree:
+                here = self._host_subtree(host, op, src)
+                there = self._host_subtree(host, op, dst)
+            else:
+                here, there = (
+                    self.decide_host(_HOST_APP, op, src),
+                    self.decide_host(_HOST_APP, op, dst),
+                )
+            if here is None:
+                why = f"[host] {op.value} globs tell paths below {src} apart"
+                return Decision(Action.DENY, "[host]", why, _errno.EXDEV)
+            if here.allowed:
+                continue
+            if there is None or _stricter(here, there):
+                why = f"[host] {op.value} is denied at {src} and would not be at {dst}"
+                return Decision(Action.DENY, "[host]", why, _errno.EXDEV)
+        return _OK_RENAME
+
+    def _host_subtree(self, host: _Host, op: Op, path: str) -> Decision | None:
+        """The [host] decision of ``op``'s class for ``path`` and everything below it,
+        or None when the globs tell them apart."""
+        if op in READ_OPS:
+            pattern, globs, deny = host.read, host.read_globs + host.write_globs, host.read_deny
+        else:
+            pattern, globs, deny = host.write, host.write_globs, host.write_deny
+        if pattern is None:
+            return deny  # unrestricted
+        comps = tuple(path[1:].split("/")) if path != "/" else ()
+        ancestors = ["/" + "/".join(comps[:k]) for k in range(len(comps), 0, -1)] + ["/"]
+        some = False
+        for glob in globs:
+            c = glob.components
+            if c and c[-1] == "**":
+                head = PathGlob.compile("/" + "/".join(c[:-1])) if len(c) > 1 else None
+                if head is None or any(head.matches(a) for a in ancestors):
+                    return self._decide_host(host, op, path)  # allows the whole subtree
+            if _may_match_at_or_below(glob, comps):
+                some = True
+        return None if some else deny
+
     def explain(self, app: App, op: Op, path: str) -> tuple[Decision, ...]:
         """Every decision that applies, the winner first (for ``policy explain``).
 
@@ -624,6 +815,23 @@ class Policy:
         if decision.rule != "engine":
             self._remember(_HOST_KEY, op, path, decision)
         return decision
+
+    def decide_mknod(self, app: App, path: str) -> Decision:
+        """May ``app`` make a device node (mknod of S_IFCHR/S_IFBLK) at the host ``path``?
+
+        Only where a ``[host] mknod`` glob says so: a write-listed ``/dev/**``
+        means the nodes that exist, and no list means none (fail closed).
+        ``[host]`` absent → allow (the host is untouched)."""
+        host = self._host
+        if host is None:
+            return _OK_HOST
+        bad = self._check_path(path, on_mount=False)
+        if bad is not None:
+            return bad
+        m = host.mknod.fullmatch(path) if host.mknod is not None else None
+        if m is None:
+            return host.mknod_deny
+        return host.mknod_decisions[m.lastindex - 1]  # type: ignore[operator]
 
     def _decide_host(self, host: _Host, op: Op, path: str) -> Decision:
         bad = self._check_path(path, on_mount=False)
@@ -720,7 +928,7 @@ _APP_KEYS = ("name", "description", "match", "default", "default_errno", "allow"
 _MATCH_KEYS = ("exe", "argv", "sha256")
 _ALLOW_KEYS = ("paths", "ops")
 _DENY_KEYS = ("paths", "ops", "errno")
-_HOST_KEYS = ("read", "write", "network", "errno")
+_HOST_KEYS = ("read", "write", "mknod", "network", "errno")
 _OP_NAMES = tuple(o.value for o in Op)
 _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _SHA = re.compile(r"[0-9a-fA-F]{64}")
@@ -753,11 +961,15 @@ def _suggest(word: str, choices: Sequence[str]) -> str:
 class _Loader:
     """Validates a parsed document, one error at a time, with its line."""
 
-    def __init__(self, text: str, display: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, text: str, display: str, env: Mapping[str, str], notes: list[str] | None = None
+    ) -> None:
         self.text = text
         self.display = display
         self.base = os.path.basename(display) or display
         self.env = env
+        #: where an undefined variable is noted (None: it is an error)
+        self.notes = notes
         self.lines: dict[KeyPath, int] = {}
         self.top_written: KeyPath | None = None
         self.core = object()
@@ -837,6 +1049,19 @@ class _Loader:
         return Action(value)
 
     # -- variables and globs ----------------------------------------------------------------------
+    def note_unset(self, name: str, placeholder: str, path: KeyPath) -> None:
+        """Note (once per variable) that ``$name`` was checked as ``placeholder``."""
+        assert self.notes is not None
+        tag = f"${name} is not set"
+        if any(tag in note for note in self.notes):
+            return
+        line = self.line(path)
+        where = self.display if line is None else f"{self.display}:{line}"
+        self.notes.append(
+            f"{where}: note: {tag}; checked as if it were {placeholder!r} (set it where the"
+            f" policy is used, e.g. {name}=/path synthfs run ..., or check with --var {name}=PATH)"
+        )
+
     def expand(self, text: str, path: KeyPath) -> str:
         out: list[str] = []
         i = 0
@@ -858,6 +1083,9 @@ class _Loader:
                 )
             name = m.group(1) or m.group(2)
             value = self.env.get(name)
+            if value is None and self.notes is not None:
+                value = name if j else f"/{name}"  # a component, or a whole absolute path
+                self.note_unset(name, value, path)
             if value is None:
                 raise self.error(
                     path,
@@ -1245,7 +1473,7 @@ class _Loader:
         )
         lists: dict[str, tuple[PathGlob, ...]] = {}
         refs: dict[str, list[str]] = {}
-        for key in ("read", "write"):
+        for key in ("read", "write", "mknod"):
             if key in table:
                 raw = self.strings(table[key], (*p, key), 'host path globs, e.g. ["/usr/**"]')
                 lists[key] = tuple(self.path_glob(g, (*p, key, k)) for k, g in enumerate(raw))
@@ -1296,8 +1524,24 @@ class _Loader:
             )
         else:
             write_pat, write_decs, write_deny = None, (), open_["write"]
+        mknod = lists.get("mknod")
+        mknod_deny = Decision(
+            Action.DENY,
+            self.ref((*p, "mknod")) if mknod is not None else self.ref(p),
+            "host path is not in the [host] mknod list"
+            if mknod is not None
+            else "[host] has no mknod list: device nodes are refused",
+            _errno.EPERM,
+        )
+        mknod_pat, mknod_decs = (
+            compile_(mknod, refs["mknod"], "mknod") if mknod is not None else (None, ())
+        )
         return (
             _Host(
+                mknod=mknod_pat,
+                mknod_decisions=mknod_decs,
+                mknod_deny=mknod_deny,
+                mknod_globs=mknod or (),
                 read=read_pat,
                 read_decisions=read_decs,
                 read_deny=read_deny,

@@ -59,6 +59,7 @@ from synthfs.protocol.messages import (
     WireType,
     WireValue,
 )
+from synthfs.protocol.naming import wire_name
 
 __all__ = [
     "MAX_FRAME",
@@ -81,7 +82,13 @@ _JOIN_MIN = 64 * 1024
 
 
 class DecodeError(ValueError):
-    """A frame that is not a valid synthfs message of this protocol version."""
+    """A frame that is not a valid synthfs message of this protocol version.
+
+    ``request_id`` is the frame's request id when its envelope got that far (so a
+    reply can name it without decoding the frame a second time), else 0.
+    """
+
+    request_id: int = 0
 
 
 @attrs.frozen
@@ -116,6 +123,11 @@ def _unknown(where: str, body: dict[Any, Any], names: frozenset[str]) -> None:
 _MISSING = object()
 
 
+def _fsdecode(raw: bytes) -> str:
+    """A name that came as bin (not UTF-8), as the str ``os.fsdecode`` gives."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
 class _Gen:
     """The source of every decoder and encoder, and the namespace it runs in."""
 
@@ -123,6 +135,7 @@ class _Gen:
         self.ns: dict[str, Any] = {
             "_bad": _bad, "_unknown": _unknown, "_new": object.__new__,
             "_set": object.__setattr__, "_MISSING": _MISSING, "_tuple": tuple,
+            "_fsdecode": _fsdecode, "_fsencode": wire_name,
         }
         self.source: dict[type, str] = {}
         self.decoders: dict[type, Callable[[Any], Any]] = {}
@@ -141,6 +154,12 @@ class _Gen:
         bad = f"_bad({where!r}, {var}, {t.describe()!r})"
         if isinstance(t, WireInt):
             return [f"{indent}if {var}.__class__ is not int or not {t.lo} <= {var} <= {t.hi}:",
+                    f"{indent}    {bad}"]
+        if isinstance(t, WireStr) and t.fs:
+            # A name that is not UTF-8 comes as bin: back to the str os.fsdecode gives.
+            return [f"{indent}if {var}.__class__ is bytes:",
+                    f"{indent}    {var} = _fsdecode({var})",
+                    f"{indent}if {var}.__class__ is not str or len({var}) > {t.max_len}:",
                     f"{indent}    {bad}"]
         if isinstance(t, WireStr | WireBytes):
             typ = "str" if isinstance(t, WireStr) else "bytes"
@@ -206,6 +225,10 @@ class _Gen:
             return f"[{self.encoder_name(t.item.cls)}(x) for x in {expr}]"
         if isinstance(t, WireOptional) and isinstance(t.inner, WireValue | WireTuple):
             return f"(None if {expr} is None else {self.encode_expr(t.inner, expr)})"
+        if isinstance(t, WireStr) and t.fs:
+            return f"({expr} if {expr}.isascii() else _fsencode({expr}))"
+        if isinstance(t, WireTuple) and isinstance(t.item, WireStr) and t.item.fs:
+            return f"[x if x.isascii() else _fsencode(x) for x in {expr}]"
         return expr
 
     # -- one class ------------------------------------------------------------------
@@ -385,19 +408,107 @@ def _encode_joined(kind: str, request_id: int, token: str, body: dict[str, Any],
     return b"".join((head, b"\xc6", n.to_bytes(4, "big"), data))
 
 
-def decode(frame: bytes) -> Envelope:
-    """The envelope in ``frame``; any malformed input raises :class:`DecodeError`."""
+# -- the bounds of a request --------------------------------------------------------------
+#
+# A frame from a peer that has not shown a token yet (the server's socket, the agent's)
+# is decoded with msgpack's limits set from the message schema, and with a budget of
+# containers, so that no frame costs more than a small constant per byte: a declared
+# length beyond the schema's is refused when its header is read (before anything is
+# allocated for it), and a frame of many tiny arrays or maps (each a Python object of
+# ~60 bytes for one byte of input) is refused after ``_REQUEST_CONTAINERS`` of them. No
+# request carries an array of values (WireTuple): a request's containers are the
+# envelope, the body and a few value classes.
+
+
+def _schema_bounds() -> tuple[int, int, int, int]:
+    """(longest str in bytes, longest bytes, most fields of a message, most of a value)."""
+    strs, blobs, fields, values = 1024, 0, 0, 5  # kind and token; the envelope's 5
+    seen: set[type] = set()
+
+    def walk(t: Any) -> None:
+        nonlocal strs, blobs, values
+        if isinstance(t, WireStr):
+            strs = max(strs, 4 * t.max_len)  # characters -> UTF-8 bytes
+        elif isinstance(t, WireBytes):
+            blobs = max(blobs, t.max_len)
+        elif isinstance(t, WireOptional):
+            walk(t.inner)
+        elif isinstance(t, WireTuple):
+            walk(t.item)
+        elif isinstance(t, WireValue) and attrs.has(t.cls) and t.cls not in seen:
+            seen.add(t.cls)
+            values = max(values, len(attrs.fields(t.cls)))
+            for f in attrs.fields(t.cls):
+                walk(f.validator)
+
+    for cls in REGISTRY.values():
+        fields = max(fields, len(attrs.fields(cls)))  # type: ignore[arg-type]
+        for f in attrs.fields(cls):  # type: ignore[arg-type]
+            walk(f.validator)
+    return strs, blobs, fields, values
+
+
+_MAX_STR, _MAX_BIN, _MAX_FIELDS, _MAX_VALUE = _schema_bounds()
+#: Containers (arrays and maps) a request may hold: the envelope, the body, value classes.
+_REQUEST_CONTAINERS = 16
+_REQUEST_LIMITS: dict[str, int] = {
+    "max_str_len": _MAX_STR, "max_bin_len": _MAX_BIN, "max_array_len": _MAX_VALUE,
+    "max_map_len": _MAX_FIELDS, "max_ext_len": 0,
+}
+
+
+class _TooManyContainers(Exception):
+    pass
+
+
+def _unpack_request(frame: bytes) -> Any:
+    """msgpack of a request, within the schema's bounds (see above)."""
+    count = 0
+
+    def counted(x: Any) -> Any:
+        nonlocal count
+        count += 1
+        if count > _REQUEST_CONTAINERS:
+            raise _TooManyContainers
+        return x
+
+    return _unpackb(frame, raw=False, use_list=True, strict_map_key=True,
+                    list_hook=counted, object_hook=counted, **_REQUEST_LIMITS)
+
+
+def decode(frame: bytes, *, request: bool = False) -> Envelope:
+    """The envelope in ``frame``; any malformed input raises :class:`DecodeError`.
+
+    ``request``: the frame comes from a peer that has not been authenticated yet (the
+    server's and the agent's sockets): decode it within the schema's bounds, so it
+    costs at most a small constant per byte whatever it declares.
+    """
     if frame.__class__ is not bytes and not isinstance(frame, bytes | bytearray | memoryview):
         raise DecodeError("a frame is bytes")
     if len(frame) > MAX_FRAME:
         raise DecodeError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME}")
     try:
-        raw = _unpackb(frame, raw=False, use_list=True, strict_map_key=True)
+        if request:
+            raw = _unpack_request(frame)
+        else:
+            raw = _unpackb(frame, raw=False, use_list=True, strict_map_key=True)
+    except _TooManyContainers:
+        raise DecodeError(f"more than {_REQUEST_CONTAINERS} arrays or maps in a request") \
+            from None
     except Exception as exc:  # msgpack raises many unrelated types on garbage
-        raise DecodeError(f"not msgpack: {type(exc).__name__}") from None
+        raise DecodeError(f"not msgpack: {type(exc).__name__}: {exc}"[:200]) from None
     if raw.__class__ is not list or len(raw) != 5:
         raise DecodeError("a frame is [version, kind, request_id, token, body]")
     version, kind, request_id, token, body = raw
+    try:
+        return _envelope(version, kind, request_id, token, body)
+    except DecodeError as exc:
+        if request_id.__class__ is int and 0 <= request_id <= _U64_MAX:
+            exc.request_id = request_id
+        raise
+
+
+def _envelope(version: Any, kind: Any, request_id: Any, token: Any, body: Any) -> Envelope:
     if version.__class__ is not int or version != PROTOCOL_VERSION:
         raise DecodeError(f"protocol version {version!r} is not {PROTOCOL_VERSION}"[:200])
     entry = _KINDS.get(kind) if kind.__class__ is str else None
@@ -427,5 +538,7 @@ def error_from_exception(exc: BaseException) -> Error:
     becomes EIO, and the caller must log it (fail closed, never guess).
     """
     if isinstance(exc, OSError) and isinstance(exc.errno, int) and 0 < exc.errno < 4096:
-        return Error(errno=exc.errno, message=(exc.strerror or "")[:200])
+        # (a name in the text may hold bytes that are not UTF-8: shown escaped, \udcff)
+        text = (exc.strerror or "")[:200].encode("utf-8", "backslashreplace").decode()
+        return Error(errno=exc.errno, message=text[:200])
     return Error(errno=errno_mod.EIO, message=f"internal error: {type(exc).__name__}")

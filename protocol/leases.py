@@ -60,6 +60,7 @@ import zmq
 
 from synthfs.protocol.messages import Opened
 from synthfs.protocol.monitor import monitor_event
+from synthfs.protocol.naming import name_from_wire, wire_name
 
 __all__ = [
     "BEAT_INTERVAL",
@@ -183,7 +184,7 @@ class LeaseBoard:
         elif self._granted.pop(path, None) is None:
             return
         self.seq += 1
-        self._send([b"inval", msgpack.packb([self.instance, self.seq, path, tree])])
+        self._send([b"inval", msgpack.packb([self.instance, self.seq, wire_name(path), tree])])
 
     def break_all(self, why: str) -> None:
         """Every lease ends."""
@@ -398,9 +399,7 @@ class LeaseFeed:
                 raise ValueError("bad beat")
             self.leases.beat(instance, seq, body[2])
         elif kind == b"inval":
-            if not isinstance(body[2], str):
-                raise ValueError("bad invalidation")
-            self.leases.inval(instance, seq, body[2], bool(body[3]))
+            self.leases.inval(instance, seq, name_from_wire(body[2]), bool(body[3]))
         elif kind == b"break":
             self.leases.broken(instance, seq)
         else:

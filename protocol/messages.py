@@ -43,6 +43,7 @@ __all__ = [
     "Error",
     "FileKind",
     "Hello",
+    "Link",
     "LinkTarget",
     "List",
     "Listing",
@@ -78,7 +79,8 @@ __all__ = [
     "message",
 ]
 
-PROTOCOL_VERSION = 1
+#: 2: names are bytes (a path that is not UTF-8 travels as bin), ``Attrs.blocks``, ``Link``.
+PROTOCOL_VERSION = 2
 #: Largest payload of one Read reply or UploadChunk (bulk data moves in chunks).
 CHUNK_SIZE = 4 * 1024 * 1024
 #: Longest path accepted on the wire (Linux PATH_MAX).
@@ -172,17 +174,33 @@ class WireInt(_Value):
 
 @frozen(repr=False, eq=False)
 class WireStr(_Value):
-    """A str of at most ``max_len`` characters."""
+    """A str of at most ``max_len`` characters.
+
+    ``fs``: a Linux name or path, whose bytes need not be UTF-8. In a process it is
+    the str ``os.fsdecode`` gives (a byte that is not UTF-8 is a lone surrogate
+    U+DC80..U+DCFF, as Python's ``os`` functions take and give it); on the wire
+    it is a msgpack str when it is UTF-8, else a bin of its exact bytes
+    (``os.fsencode``). Either way no byte is lost or changed.
+    """
 
     max_len: int
+    fs: bool = False
 
     def __call__(self, inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         if not isinstance(value, str):
             raise _type_error(attribute, value, "a str")
         if len(value) > self.max_len:
             raise ValueError(f"{attribute.name} is longer than {self.max_len} characters")
+        if not value.isascii():
+            try:
+                value.encode("utf-8", "surrogateescape" if self.fs else "strict")
+            except UnicodeEncodeError:
+                raise ValueError(f"{attribute.name} holds a character no byte string "
+                                 "gives") from None
 
     def describe(self) -> str:
+        if self.fs:
+            return f"a name of at most {self.max_len} characters (str, or bin if not UTF-8)"
         return f"a str of at most {self.max_len} characters"
 
 
@@ -264,8 +282,8 @@ WireType = WireInt | WireStr | WireBytes | WireBool | WireValue | WireOptional |
 _U64 = WireInt(0, _U64_MAX)
 _I64 = WireInt(_I64_MIN, _I64_MAX)
 _MODE = WireInt(0, 0o7777)
-_PATH = WireStr(MAX_PATH)
-_NAME = WireStr(255)
+_PATH = WireStr(MAX_PATH, fs=True)
+_NAME = WireStr(255, fs=True)
 _SHORT = WireStr(1024)
 _DATA = WireBytes(CHUNK_SIZE)
 _BOOL = WireBool()
@@ -339,6 +357,8 @@ class Attrs(_Value):
     ino: int = field(validator=_U64)
     nlink: int = field(validator=_U64, default=1)
     version: str = field(validator=_SHORT, default="")
+    #: 512-byte blocks the repository allocates for it (st_blocks; what du counts)
+    blocks: int = field(validator=_U64, default=0)
 
 
 @frozen(repr=False, eq=False)
@@ -401,6 +421,9 @@ class Registered(Message):
     repo_id: str = field(validator=_SHORT)
     #: the server's pid, which a local agent passes on as one no guest may signal
     server_pid: int = field(validator=_U64, default=0)
+    #: the key of the server's sealed invalidation channel (secret; "" without one):
+    #: synthfs.protocol.sealed
+    publish_key: str = field(validator=_SHORT, default="", repr=False)
     #: the server's host paths (served directory, state directory, key files, sockets):
     #: an agent on the same host refuses them to every guest (``protocol.trusted``)
     trusted_paths: tuple[str, ...] = field(
@@ -545,6 +568,19 @@ class Symlink(Message):
 
     target: str = field(validator=_PATH)
     path: str = field(validator=_PATH)
+
+
+@message("link")
+@frozen(repr=False, eq=False)
+class Link(Message):
+    """Give the file ``src`` a second name ``dst`` (link(2): never follows ``src``).
+
+    A backend that holds no hard links answers EPERM, as link(2) does on a file
+    system without them.
+    """
+
+    src: str = field(validator=_PATH)
+    dst: str = field(validator=_PATH)
 
 
 @message("readlink")

@@ -7,6 +7,10 @@ is the key file's content with surrounding whitespace removed (as bytes; a
 fresh file holds 64 hex digits and a newline). A registration is accepted
 only with a correct mac, a timestamp within ±120 s of the server's clock and
 a nonce never seen before (a replay cache covers the whole window). The
+replay cache is in memory, so a registration made before this server process
+started is refused too (ESTALE: an agent sends a fresh one at once); an agent
+whose clock runs d seconds behind the server's cannot register during the
+first d seconds of a server process (d <= 120 s). The
 answer is a session token (``secrets.token_urlsafe(32)``, secret), its id
 (public: the only thing ever logged) and its expiry.
 
@@ -31,6 +35,7 @@ import attrs
 
 from synthfs.protocol.bootstrap import check_key_fd, register_mac
 from synthfs.protocol.messages import PROTOCOL_VERSION, Register, Registered
+from synthfs.server.ratelimit import RateLimitedLog
 
 __all__ = [
     "CLOCK_SKEW_NS",
@@ -113,8 +118,12 @@ class Authority:
     """Registrations and live sessions. Thread-safe."""
 
     def __init__(self, key: bytes, repo_id: str, token_ttl_s: float = 3600.0,
-                 trusted_paths: tuple[str, ...] = ()) -> None:
+                 trusted_paths: tuple[str, ...] = (), *, boot_ns: int | None = None) -> None:
         self._key = key
+        # The nonces seen live in memory only: a registration made before this process
+        # started could be replayed to it. So none older than the start is accepted.
+        self._boot_ns = time.time_ns() if boot_ns is None else boot_ns
+        self._refused = RateLimitedLog(log, "refused registrations")
         self._repo_id = repo_id
         #: the server's host paths, told to every agent (``protocol.trusted``)
         self.trusted_paths = trusted_paths
@@ -134,17 +143,25 @@ class Authority:
             raise AuthError(errno.EPROTONOSUPPORT, f"protocol version {msg.version} unsupported")
         expected = register_mac(self._key, msg.agent_id, msg.nonce, msg.timestamp_ns)
         if not hmac.compare_digest(expected, msg.mac):
-            log.warning("registration of agent %r refused: bad mac", msg.agent_id[:64])
+            self._refused.warning("registration of agent %r refused: bad mac",
+                                  msg.agent_id[:64])
             raise AuthError(errno.EACCES, "registration refused: bad mac")
         if abs(msg.timestamp_ns - now) > CLOCK_SKEW_NS:
-            log.warning("registration of agent %r refused: clock skew", msg.agent_id[:64])
+            self._refused.warning("registration of agent %r refused: clock skew",
+                                  msg.agent_id[:64])
             raise AuthError(errno.EACCES, "registration refused: timestamp outside ±120 s")
+        if msg.timestamp_ns < self._boot_ns:
+            self._refused.warning("registration of agent %r refused: made before the server "
+                                  "started", msg.agent_id[:64])
+            raise AuthError(errno.ESTALE, "registration refused: older than the server's start "
+                            "(a replay, or this host's clock is behind the server's)")
         if not msg.nonce:
             raise AuthError(errno.EACCES, "registration refused: empty nonce")
         with self._lock:
             self._purge(now)
             if msg.nonce in self._nonces:
-                log.warning("registration of agent %r refused: replayed nonce", msg.agent_id[:64])
+                self._refused.warning("registration of agent %r refused: replayed nonce",
+                                      msg.agent_id[:64])
                 raise AuthError(errno.EACCES, "registration refused: replayed nonce")
             if len(self._nonces) >= _MAX_NONCES:
                 raise AuthError(errno.EAGAIN, "too many registrations, retry later")

@@ -81,10 +81,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-ttl", type=float, default=3600.0, metavar="SECONDS",
                         help="lifetime of a session token (default: 3600)")
     parser.add_argument("--publish", metavar="ENDPOINT", default=None,
-                        help="also announce invalidations on a PUB socket: frames [b'inval', "
-                        "msgpack([path, new version or '' if gone, instance, seq, parent?])] "
-                        "after each mutation, and [b'beat', msgpack([instance, seq])] every "
-                        "0.5 s (agents hold callback promises while these arrive unbroken)")
+                        help="also announce invalidations on a PUB socket: ['inval', path, "
+                        "new version or '' if gone, instance, seq, parent?] after each "
+                        "mutation, and ['beat', instance, seq] every 0.5 s, each sealed with a "
+                        "key only registered agents get (agents hold callback promises while "
+                        "these arrive unbroken)")
     parser.add_argument("--workers", type=int, default=8, metavar="N",
                         help="threads serving bulk data (reads, uploads); default 8")
     parser.add_argument(
@@ -181,12 +182,18 @@ def main(args: argparse.Namespace) -> int:
         check_endpoint(args.listen, curve is not None)
         if args.publish:
             check_endpoint(args.publish, curve is not None)
+            if args.publish == args.listen and args.listen.startswith("ipc://"):
+                # the second bind would take the socket file over (tcp: EADDRINUSE)
+                raise ValueError(f"--publish {args.publish}: the same endpoint as --listen "
+                                 "(give the invalidations an endpoint of their own)")
     except ValueError as exc:
         return _fail(str(exc))
     key_path = args.bootstrap_key or default_key_path()
     try:
         key, created = load_or_create_key(key_path)
     except OSError as exc:
+        if exc.filename:  # os.open's error: name the file (a refused key's message does)
+            return _fail(f"bootstrap key {key_path}: {exc.strerror}")
         return _fail(str(exc.strerror or exc))
     if created:
         print(f"synthfs server: created bootstrap key {key_path} (mode 0600)", file=sys.stderr)

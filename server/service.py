@@ -16,11 +16,13 @@ bulk pool (the rest wait in that client's backlog), and metadata never waits
 behind bulk data, so one client's big read does not stall another's stat.
 Workers answer through per-thread PUSH sockets into the PULL; the I/O thread
 alone writes to the ROUTER (and the optional PUB socket, which announces
-invalidations ``[b"inval", msgpack([path, version, instance, seq, parent])]``
-after each mutation and before its reply (an empty version means the object
-is gone; ``parent`` is true for the parent directory of a changed object,
-whose listing changed), and a heartbeat ``[b"beat", msgpack([instance,
-seq])]`` every :data:`BEAT_INTERVAL` seconds. ``instance`` is random per
+invalidations ``["inval", path, version, instance, seq, parent]`` after each
+mutation and before its reply (an empty version means the object is gone;
+``parent`` is true for the parent directory of a changed object, whose
+listing changed), and a heartbeat ``["beat", instance, seq]`` every
+:data:`BEAT_INTERVAL` seconds, each sealed (:mod:`protocol.sealed`) with a
+key made per process and given only in ``Registered`` replies, so a local
+reader that did not register learns nothing from them. ``instance`` is random per
 server process; ``seq`` numbers invalidations 1, 2, 3... (a beat carries the
 last one), so a subscriber detects a restart, a lost message or a dead
 publisher, and holds its callback promises only while none happened).
@@ -49,6 +51,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import attrs
 import msgpack
 import zmq
 
@@ -62,8 +65,11 @@ from synthfs.protocol.codec import (
     error_from_exception,
 )
 from synthfs.protocol.curve import ZAP_ENDPOINT, CurveServer, apply, server_sockopts, zap_reply
+from synthfs.protocol.naming import wire_name
+from synthfs.protocol.sealed import TOPIC, new_key, seal
 from synthfs.server.auth import AuthError, Authority
 from synthfs.server.backends.base import Backend
+from synthfs.server.ratelimit import RateLimitedLog
 
 __all__ = ["BEAT_INTERVAL", "HANDLERS", "INLINE", "Server", "handle"]
 
@@ -130,6 +136,10 @@ def _h_symlink(b: Backend, r: Any) -> m.Message:
     return _stat_reply(b.symlink(r.target, r.path))
 
 
+def _h_link(b: Backend, r: Any) -> m.Message:
+    return _stat_reply(b.link(r.src, r.dst))
+
+
 def _h_setattr(b: Backend, r: Any) -> m.Message:
     return _stat_reply(b.setattr(r.path, r.mode, r.atime_ns, r.mtime_ns, r.size))
 
@@ -148,6 +158,7 @@ HANDLERS: dict[type[m.Message], tuple[Callable[[Backend, Any], m.Message], bool,
     m.Remove: (_h_remove, False, lambda r: (r.path,)),
     m.Rename: (_h_rename, False, lambda r: (r.src, r.dst)),
     m.Symlink: (_h_symlink, False, lambda r: (r.path,)),
+    m.Link: (_h_link, False, lambda r: (r.dst, r.src)),
     m.SetAttr: (_h_setattr, False, lambda r: (r.path,)),
 }
 
@@ -191,41 +202,6 @@ def handle(
     return reply, changed
 
 
-def _salvage_request_id(payload: bytes) -> int:
-    """The request id of a frame that did not decode, when it is recognisable; else 0."""
-    try:
-        raw = msgpack.unpackb(payload, raw=True, use_list=True, max_bin_len=MAX_FRAME,
-                              max_str_len=MAX_FRAME)
-    except Exception:
-        return 0
-    if isinstance(raw, list) and len(raw) >= 3:
-        rid = raw[2]
-        if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**64:
-            return rid
-    return 0
-
-
-class _RateLimitedLog:
-    """At most ``burst`` warnings per ``period`` seconds; then a count of the suppressed."""
-
-    def __init__(self, burst: int = 20, period: float = 10.0) -> None:
-        self.burst, self.period = burst, period
-        self.start, self.count, self.suppressed = time.monotonic(), 0, 0
-
-    def warning(self, fmt: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self.start > self.period:
-            if self.suppressed:
-                log.warning("%d more bad frames in the last %.0f s (not logged)",
-                            self.suppressed, self.period)
-            self.start, self.count, self.suppressed = now, 0, 0
-        self.count += 1
-        if self.count <= self.burst:
-            log.warning(fmt, *args)
-        else:
-            self.suppressed += 1
-
-
 class Server:
     """The broker. ``bind()`` then ``serve(stop_fd)`` from one thread; ``close()`` at the end."""
 
@@ -263,12 +239,13 @@ class Server:
         self._local = threading.local()
         self._push_lock = threading.Lock()
         self._pushes: list[zmq.Socket] = []
-        self._bad = _RateLimitedLog()
+        self._bad = RateLimitedLog(log, "bad frames")
         self._router: zmq.Socket | None = None
         self._pull: zmq.Socket | None = None
         self._pub: zmq.Socket | None = None
         self._zap: zmq.Socket | None = None
         self.instance_id = secrets.token_hex(8)
+        self.publish_key = new_key()  # the sealed channel's key: synthfs.protocol.sealed
         self._pub_seq = 0
         # I/O-thread-only state:
         self._pending = 0
@@ -423,8 +400,8 @@ class Server:
                 if self._pub is not None:
                     path, version, parent = msgpack.unpackb(frames[1].bytes)
                     self._pub_seq += 1
-                    self._pub.send_multipart([b"inval", msgpack.packb(
-                        [path, version, self.instance_id, self._pub_seq, parent])])
+                    self._pub.send_multipart([TOPIC, seal(self.publish_key, msgpack.packb(
+                        ["inval", path, version, self.instance_id, self._pub_seq, parent]))])
                 continue
             # b"R", size, identity, [b""], reply
             size = int(frames[1].bytes)
@@ -441,8 +418,8 @@ class Server:
     def _beat(self) -> None:
         assert self._pub is not None
         with contextlib.suppress(zmq.ZMQError):
-            self._pub.send_multipart(
-                [b"beat", msgpack.packb([self.instance_id, self._pub_seq])], zmq.NOBLOCK)
+            self._pub.send_multipart([TOPIC, seal(self.publish_key, msgpack.packb(
+                ["beat", self.instance_id, self._pub_seq]))], zmq.NOBLOCK)
 
     def _reply_now(self, route: list[bytes], msg: m.Message, request_id: int) -> None:
         assert self._router is not None
@@ -464,11 +441,11 @@ class Server:
                                                     message="one frame per request"), 0)
             return
         try:
-            env = decode(payload)
+            env = decode(payload, request=True)  # bounded: see protocol.codec
         except DecodeError as exc:
             self._bad.warning("bad frame (%d bytes): %r", len(payload), str(exc)[:200])
             self._reply_now(route, m.Error(errno=errno.EBADMSG, message=str(exc)[:200]),
-                            _salvage_request_id(payload))
+                            exc.request_id)
             return
         except Exception:  # the codec promises DecodeError only; never die on input
             log.exception("codec bug on a %d-byte frame", len(payload))
@@ -569,7 +546,10 @@ class Server:
         try:
             if isinstance(msg, m.Register):
                 try:
-                    reply: m.Message = self.authority.register(msg)
+                    registered = self.authority.register(msg)
+                    # Only a registered agent reads the channel (and a test's stand-in
+                    # publisher that registered with the key, when the server has none).
+                    reply: m.Message = attrs.evolve(registered, publish_key=self.publish_key)
                 except AuthError as exc:
                     reply = m.Error(errno=exc.errno or errno.EACCES,
                                     message=str(exc.strerror or "")[:200])
@@ -591,5 +571,5 @@ class Server:
         push = self._push()
         # Invalidations first: the I/O loop publishes them before it sends the reply.
         for path, version, parent in changed:
-            push.send_multipart([b"P", msgpack.packb([path, version, parent])])
+            push.send_multipart([b"P", msgpack.packb([wire_name(path), version, parent])])
         push.send_multipart([tag.encode(), str(size).encode(), *route, out], copy=False)

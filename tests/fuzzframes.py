@@ -12,6 +12,9 @@ mutation: send a seed as is, flip bits, overwrite bytes with msgpack
 markers, splice two seeds, truncate, insert "interesting" headers (huge
 array, map and bin lengths, ext types), pure random bytes, and multipart
 shapes (a seed split across parts, empty parts, a REQ-style delimiter).
+Structure-aware seeds are among them: every message kind with one field made
+hostile (containers nested a dozen deep or 40 wide, wrong types, 20 KB
+strings, or a header declaring 2**32-1 items where the value should be).
 Everything comes from one ``random.Random(seed)``: a failure names its seed
 and replays exactly.
 
@@ -36,12 +39,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import attrs
 import msgpack
 import zmq
 
 from synthfs.protocol.codec import DecodeError, decode, encode
 from synthfs.protocol.messages import (
     PROTOCOL_VERSION,
+    REGISTRY,
     Commit,
     Error,
     Hello,
@@ -103,7 +108,7 @@ _INTERESTING = [
 def decodes(frame: bytes) -> bool:
     """Whether the codec accepts ``frame`` (what an agent answers rather than drops)."""
     try:
-        decode(frame)
+        decode(frame, request=True)  # as the agent and the server decode a request
     except DecodeError:
         return False
     return True
@@ -195,13 +200,58 @@ def server_seeds(token: str, seed: int = SEED) -> tuple[list[bytes], list[bytes]
     rng = random.Random(seed)
     msgs = _requests_for_server()
     valid = _valid_frames(rng, msgs, token) + _valid_frames(rng, msgs[::7], "")
-    return valid, _garbage_envelopes(rng, token, 3000)
+    return valid, _garbage_envelopes(rng, token, 3000) + _structured_frames(rng, token, 3000)
 
 
 def agent_seeds(seed: int = SEED) -> tuple[list[bytes], list[bytes]]:
     """(valid interposer requests, garbage envelopes) for an agent."""
     rng = random.Random(seed)
-    return _valid_frames(rng, _requests_for_agent(), ""), _garbage_envelopes(rng, "", 3000)
+    return (_valid_frames(rng, _requests_for_agent(), ""),
+            _garbage_envelopes(rng, "", 3000) + _structured_frames(rng, "", 3000))
+
+
+def _nested(rng: random.Random, depth: int) -> Any:
+    """A hostile value: containers nested ``depth`` deep, wide, or of odd scalars."""
+    leaf = rng.choice([None, True, 0, -1, 2**64 - 1, 1.5, "", "/d/f", b"\xff", "a" * 300])
+    items = 1  # values in the tree so far: wide levels stop at ~10,000
+    for _ in range(depth):
+        shape = rng.randrange(4)
+        width = rng.randrange(2, 40)
+        if shape < 2 or items * width > 10_000:
+            leaf = [leaf] if shape % 2 == 0 else {"path": leaf}
+            continue
+        items *= width
+        leaf = [leaf] * width if shape == 2 else {str(i): leaf for i in range(width)}
+    return leaf
+
+
+def _structured_frames(rng: random.Random, token: str, n: int) -> list[bytes]:
+    """Every message kind with each field in turn made hostile: a nested or wide container,
+    a value of the wrong type, or a raw header declaring a huge length in its place."""
+    kinds = sorted(REGISTRY)
+    out: list[bytes] = []
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        names = [f.name for f in attrs.fields(REGISTRY[kind])] or ["x"]
+        body: dict[str, Any] = {name: rng.choice([0, "/d/f", b"d", False, None]) for name in names}
+        victim = rng.choice(names)
+        how = rng.randrange(3)
+        if how == 0:
+            body[victim] = _nested(rng, rng.randrange(1, 12))
+        elif how == 1:
+            body[victim] = rng.choice([[], {}, 2**64 - 1, -(2**63), "x" * 20000, b"y" * 20000])
+        try:
+            frame = msgpack.packb([PROTOCOL_VERSION, kind, rng.randrange(1, 2**32),
+                                   rng.choice([token, ""]), body], use_bin_type=True)
+        except (TypeError, ValueError, OverflowError):
+            continue
+        if how == 2:  # the victim's value replaced by a huge declared length, nothing after it
+            key = msgpack.packb(victim)
+            at = frame.rfind(key)
+            if at >= 0:
+                frame = frame[:at + len(key)] + rng.choice(_INTERESTING)
+        out.append(frame)
+    return out
 
 
 class FrameFuzzer:
@@ -310,6 +360,8 @@ class BlastResult:
     seconds: float = 0.0
     errnos: collections.Counter[str] = field(default_factory=collections.Counter)
     mismatches: list[str] = field(default_factory=list)
+    #: the longest wait for a probe's answer (its batch of 200 frames before it)
+    worst_probe_s: float = 0.0
 
     @property
     def dropped(self) -> int:
@@ -323,7 +375,8 @@ class BlastResult:
         top = ", ".join(f"{k} {v}" for k, v in self.errnos.most_common(8))
         return (f"{name}: {self.frames} frames in {self.seconds:.1f} s ({self.rate:.0f}/s): "
                 f"{self.replies} replies, {self.dropped} dropped "
-                f"({self.expected} replies owed), {self.probes} probes answered; "
+                f"({self.expected} replies owed), {self.probes} probes answered "
+                f"(slowest after {self.worst_probe_s * 1000:.0f} ms); "
                 f"replies by kind: {top}")
 
 
@@ -372,6 +425,7 @@ def blast(
     rng = random.Random(fuzzer.rng.random())
     pending: collections.OrderedDict[int, int] = collections.OrderedDict()  # rid -> owed so far
     skew = [0]
+    sent_at: dict[int, float] = {}
     started = time.monotonic()
 
     def receive_until_probe() -> None:
@@ -390,6 +444,8 @@ def blast(
                     res.mismatches.append(f"probe {rid} answered before {rid0}")
                 del pending[rid]
                 res.probes += 1
+                res.worst_probe_s = max(res.worst_probe_s,
+                                        time.monotonic() - sent_at.pop(rid, time.monotonic()))
                 if not alive():
                     raise AssertionError(f"peer died after {res.frames} frames (seed {SEED})")
                 if in_order and res.replies - owed != skew[0]:
@@ -411,6 +467,7 @@ def blast(
                 res.expected += 1
         rid = rng.randrange(2**40, 2**64)
         sock.send(encode(probe(), rid, probe_token))
+        sent_at[rid] = time.monotonic()
         pending[rid] = res.expected
         if len(pending) > 1:
             receive_until_probe()

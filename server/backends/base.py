@@ -14,7 +14,8 @@ backend-specific exception hierarchy.
 The interface is small so that an object-store backend can implement it:
 stat, list, ranged read, whole-object chunked upload with atomic install,
 mkdir, remove, rename, symlink/readlink, setattr, and a version (etag) per
-object that changes whenever its content changes.
+object that changes whenever its content changes. Hard links (``link``) are
+optional: the default answers EPERM.
 """
 
 from __future__ import annotations
@@ -136,6 +137,19 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def symlink(self, target: str, path: str) -> Attrs:
         """Create ``path`` as a symlink whose text is ``target``, verbatim."""
+
+    def link(self, src: str, dst: str) -> Attrs:
+        """Give the file ``src`` the second name ``dst`` (link(2), never following ``src``);
+        the attributes of the file after it (``nlink`` counts the names).
+
+        Errors as link(2): ENOENT (no ``src``, or no parent of ``dst``), EEXIST (``dst``
+        exists, whatever it is), EPERM (``src`` is a directory). A backend that
+        cannot hold hard links (an object store) keeps this default, EPERM, which
+        is what link(2) answers on a file system without them. A backend that
+        holds them must also rewrite a file of several names in place (an upload or
+        a truncation installed by rename would split its names).
+        """
+        raise oserror(errno.EPERM, "this repository holds no hard links")
 
     @abc.abstractmethod
     def setattr(

@@ -19,11 +19,13 @@ mount as the root, so that the final rename is atomic (checked at start-up:
 renames it over the destination (a new inode, so a new version) and fsyncs
 the destination directory. A crash at any point leaves the old or the new
 version. The state directory is emptied at start-up, except a journal of
-recent commits that keeps a commit resent after a restart idempotent. No
-name in the repository is reserved. A root on a read-only mount needs no
-state directory: it is served for reading, and every write is EROFS. A
-destination on another file system mounted below the root gets EXDEV (not
-supported).
+recent commits that keeps a commit resent after a restart idempotent.
+Uncommitted uploads hold at most ``staged_max`` bytes together (4 GiB; a
+chunk beyond gets ENOSPC) and one idle for ``upload_idle_s`` (10 min) is
+dropped at the next upload request. No name in the repository is reserved. A
+root on a read-only mount needs no state directory: it is served for reading,
+and every write is EROFS. A destination on another file system mounted below
+the root gets EXDEV (not supported).
 
 A file's setuid and setgid bits are never set from the wire (dropped
 silently, as a ``nosuid`` mount would ignore them): the repository is a
@@ -67,7 +69,12 @@ log = logging.getLogger(__name__)
 
 _JOURNAL = "committed.journal"
 _JOURNAL_READ_MAX = 4 * 1024 * 1024
-_UPLOAD_IDLE_S = 3600.0
+_UPLOAD_IDLE_S = 600.0
+#: Bytes all uncommitted uploads may hold in staging together (a key holder that never
+#: commits fills no more than this); a chunk beyond it gets ENOSPC.
+_STAGED_MAX = 4 * 1024**3
+#: Idle uploads are looked for at most this often (on the next upload request).
+_EXPIRE_EVERY_S = 10.0
 _COMMITTED_MEMORY = 10_000
 _MAX_UPLOAD_SIZE = 2**50
 #: Mode bits a wire request may not set on a file: the repository is a host directory,
@@ -159,7 +166,7 @@ def _kind(st: os.stat_result) -> FileKind | None:
 def _attrs_values(st: os.stat_result, kind: FileKind) -> list[object]:
     """The fields of ``Attrs`` in order (checked by :func:`protocol.codec.build`)."""
     return [kind, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_ctime_ns,
-            st.st_ino, st.st_nlink, version_of(st)]
+            st.st_ino, st.st_nlink, version_of(st), st.st_blocks]
 
 
 def attrs_from_stat(st: os.stat_result) -> Attrs:
@@ -200,6 +207,7 @@ class _Upload:
     last_used: float = attrs_mod.field(factory=time.monotonic)
     lock: threading.Lock = attrs_mod.field(factory=threading.Lock)
     done: bool = False
+    staged: int = 0  # bytes written to its staged file (counted against the bound)
 
     def add(self, start: int, end: int) -> None:
         merged: list[tuple[int, int]] = []
@@ -232,6 +240,8 @@ class LocalBackend(Backend):
         state: str | os.PathLike[str] | None = None,
         use_openat2: bool | None = None,
         atomic_truncate_max: int = 64 * 1024 * 1024,
+        staged_max: int = _STAGED_MAX,
+        upload_idle_s: float = _UPLOAD_IDLE_S,
     ) -> None:
         self.root = os.path.realpath(root)
         if not os.path.isdir("/proc/self/fd"):
@@ -240,6 +250,10 @@ class LocalBackend(Backend):
         self.repo_id = repo_id_of(self.root)
         self._openat2 = _openat2_works() if use_openat2 is None else use_openat2
         self._atomic_truncate_max = atomic_truncate_max
+        self._staged_max = staged_max
+        self._staged = 0  # bytes held by uncommitted uploads, under self._lock
+        self._upload_idle_s = upload_idle_s
+        self._next_expiry = 0.0
         self._root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._root_dev = os.fstat(self._root_fd).st_dev
         self._lock = threading.Lock()
@@ -393,7 +407,7 @@ class LocalBackend(Backend):
     @staticmethod
     def _journal_line(key: str, path: str, a: Attrs) -> bytes:
         fields = [path, a.kind.value, a.size, a.mode, a.mtime_ns, a.ctime_ns, a.ino, a.nlink,
-                  a.version]
+                  a.version, a.blocks]
         return f"{key}\t{json.dumps(fields)}\n".encode()
 
     def _remember_commit(self, key: str, path: str, result: Attrs) -> None:
@@ -405,6 +419,17 @@ class LocalBackend(Backend):
             os.write(self._journal_fd, self._journal_line(key, path, result))
         except OSError as exc:
             log.warning("commit journal: %s", exc.strerror)
+
+    def _resent_commit(self, key: str, path: str) -> Attrs:
+        """Under self._lock: the answer to a commit of an upload already committed.
+
+        A resend of the same commit gets the same answer; a commit naming another
+        path gets an error, not the other path's attributes (nothing was written).
+        """
+        done_path, result = self._committed[key]
+        if split_path(done_path) != split_path(path):
+            raise oserror(errno.EEXIST, "this upload was committed to another path")
+        return result
 
     @staticmethod
     def _staged_name(upload_id: str) -> str:
@@ -485,11 +510,6 @@ class LocalBackend(Backend):
                 for entry in it:
                     name = entry.name
                     try:
-                        name.encode("utf-8")
-                    except UnicodeEncodeError:
-                        log.warning("skipping a name that is not UTF-8 in %s", path)
-                        continue
-                    try:
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue  # removed while listing
@@ -539,24 +559,33 @@ class LocalBackend(Backend):
             raw = os.readlink(os.fsencode(parts[-1]), dir_fd=pfd)
         finally:
             os.close(pfd)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise oserror(errno.EILSEQ, "link target is not UTF-8") from None
+        return os.fsdecode(raw)  # bytes that are not UTF-8 travel as they are
 
     # -- uploads -----------------------------------------------------------------------
 
     def _expire_uploads(self) -> None:
+        """Under self._lock: drop uploads idle for ``upload_idle_s`` (every 10 s at most)."""
         now = time.monotonic()
+        if now < self._next_expiry:
+            return
+        self._next_expiry = now + min(_EXPIRE_EVERY_S, self._upload_idle_s)
         for uid, up in list(self._uploads.items()):
-            if now - up.last_used > _UPLOAD_IDLE_S and not up.lock.locked():
+            if now - up.last_used > self._upload_idle_s and not up.lock.locked():
                 del self._uploads[uid]
+                self._staged -= up.staged
+                up.done = True
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(up.name, dir_fd=self._staging_fd)
                 log.info("expired idle upload %s", up.name)
 
+    def _release(self, up: _Upload) -> None:
+        """Under self._lock: ``up`` left staging (committed, aborted)."""
+        self._staged -= up.staged
+        up.staged = 0
+
     def _get_upload(self, upload_id: str, create: bool) -> _Upload | None:
         with self._lock:
+            self._expire_uploads()  # on every upload request: idle ones go within 10 s
             up = self._uploads.get(upload_id)
             if up is None and create:
                 if self._staging_fd < 0:
@@ -564,7 +593,6 @@ class LocalBackend(Backend):
                 name = self._staged_name(upload_id)
                 if name in self._committed:
                     return None  # committed meanwhile: nothing to stage
-                self._expire_uploads()
                 with contextlib.suppress(FileNotFoundError):  # left by an aborted run
                     os.unlink(name, dir_fd=self._staging_fd)
                 os.close(self._new_staged(name))
@@ -582,6 +610,12 @@ class LocalBackend(Backend):
         with up.lock:
             if up.done:
                 return
+            with self._lock:
+                if self._staged + len(data) > self._staged_max:
+                    raise oserror(errno.ENOSPC, "the server's staging area is full "
+                                  "(uncommitted uploads)")
+                self._staged += len(data)
+                up.staged += len(data)
             flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(up.name, flags, dir_fd=self._staging_fd)
             try:
@@ -597,6 +631,8 @@ class LocalBackend(Backend):
     def upload_abort(self, upload_id: str) -> None:
         with self._lock:
             up = self._uploads.pop(upload_id, None)
+            if up is not None:
+                self._release(up)
         if up is None:
             return
         with up.lock:
@@ -610,7 +646,7 @@ class LocalBackend(Backend):
         key = self._staged_name(upload_id)
         with self._lock:
             if key in self._committed:
-                return self._committed[key][1]
+                return self._resent_commit(key, path)
         pfd, name, _parts = self._parent(path)
         try:
             self._check_dev(pfd)
@@ -618,22 +654,25 @@ class LocalBackend(Backend):
             if up is None:
                 with self._lock:
                     if key in self._committed:  # a concurrent resend committed it
-                        return self._committed[key][1]
+                        return self._resent_commit(key, path)
                 raise oserror(errno.EIO, "unknown upload (nothing staged)")
             with up.lock:
                 with self._lock:
                     if key in self._committed:
-                        return self._committed[key][1]
+                        return self._resent_commit(key, path)
                 if not up.covers(size):
                     raise oserror(errno.EIO, f"upload does not match size {size}")
+                result: Attrs | None = None
                 fd = os.open(up.name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,
                              dir_fd=self._staging_fd)
                 try:
                     if os.fstat(fd).st_size != size:
                         raise oserror(errno.EIO, f"staged size is not {size}")
+                    old: os.stat_result | None
                     try:
                         old = os.stat(name, dir_fd=pfd, follow_symlinks=False)
                     except FileNotFoundError:
+                        old = None
                         new_mode = mode & ~_SETID
                     else:
                         if exclusive:
@@ -645,7 +684,12 @@ class LocalBackend(Backend):
                         new_mode = stat.S_IMODE(old.st_mode)
                     os.fchmod(fd, new_mode)
                     os.fsync(fd)
-                    if exclusive:
+                    if not exclusive and old is not None and old.st_nlink > 1:
+                        # A file of several names: rewrite its one inode in place (a
+                        # rename would give this name a new file and split the names).
+                        result = self._rewrite_in_place(pfd, name, fd, size)
+                        os.unlink(up.name, dir_fd=self._staging_fd)
+                    elif exclusive:
                         # link(2) fails (EEXIST) on a name that appeared since the
                         # stat: the exclusive create never replaces anything.
                         os.link(up.name, name, src_dir_fd=self._staging_fd, dst_dir_fd=pfd,
@@ -653,19 +697,69 @@ class LocalBackend(Backend):
                         os.unlink(up.name, dir_fd=self._staging_fd)
                     else:
                         os.rename(up.name, name, src_dir_fd=self._staging_fd, dst_dir_fd=pfd)
-                    self._fsync_dir(pfd)
-                    result = attrs_from_stat(os.fstat(fd))
+                    if result is None:
+                        self._fsync_dir(pfd)
+                        result = attrs_from_stat(os.fstat(fd))
                 finally:
                     os.close(fd)
                 up.done = True
                 with self._lock:
                     self._uploads.pop(upload_id, None)
+                    self._release(up)
                     self._remember_commit(key, path, result)
                 return result
         finally:
             os.close(pfd)
 
+    def _rewrite_in_place(self, pfd: int, name: str, src: int, size: int) -> Attrs:
+        """Copy ``size`` bytes of ``src`` over the regular file ``name`` (same inode)."""
+        out = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                      | os.O_NOCTTY, dir_fd=pfd)
+        try:
+            if not stat.S_ISREG(os.fstat(out).st_mode):
+                raise oserror(errno.EACCES, "special files are not served")
+            done = 0
+            while done < size:
+                try:
+                    n = os.copy_file_range(src, out, size - done, done, done)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS,
+                                         errno.EOPNOTSUPP):
+                        raise
+                    # staging on another file system: copy through memory
+                    data = os.pread(src, min(size - done, CHUNK_SIZE), done)
+                    n = os.pwrite(out, data, done) if data else 0
+                if n == 0:
+                    raise oserror(errno.EIO, "the staged upload is shorter than its size")
+                done += n
+            os.ftruncate(out, size)
+            os.fsync(out)
+            return attrs_from_stat(os.fstat(out))
+        finally:
+            os.close(out)
+
     # -- namespace ---------------------------------------------------------------------
+
+    def link(self, src: str, dst: str) -> Attrs:
+        sfd, sname, _ = self._parent(src)
+        try:
+            st = os.stat(sname, dir_fd=sfd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                raise oserror(errno.EPERM, "hard links to directories")
+            if _kind(st) is None:
+                raise oserror(errno.EACCES, "special files are not served")
+            if not split_path(dst):
+                raise oserror(errno.EEXIST)
+            dfd, dname, _ = self._parent(dst)
+            try:
+                self._check_dev(dfd)
+                os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+                self._fsync_dir(dfd)
+                return attrs_from_stat(os.stat(dname, dir_fd=dfd, follow_symlinks=False))
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
 
     def mkdir(self, path: str, mode: int = 0o755) -> Attrs:
         if not split_path(path):
@@ -756,10 +850,15 @@ class LocalBackend(Backend):
                     raise oserror(errno.ELOOP, "the server does not write through symlinks")
                 if size != st.st_size:
                     limit = self._atomic_truncate_max
-                    if st.st_size <= limit and size <= limit:
+                    if st.st_nlink == 1 and st.st_size <= limit and size <= limit:
                         self._truncate_atomic(path, fd, st, size)
+                        # The path now names the new inode. Open it before closing the
+                        # old fd: this block owns exactly one fd number at any time, so
+                        # a failed reopen (a rename meanwhile) never leaves ``fd`` naming
+                        # a number that was closed (and maybe reused by another thread).
+                        new_fd = self._open(parts, os.O_PATH)
                         os.close(fd)
-                        fd = self._open(parts, os.O_PATH)
+                        fd = new_fd
                     else:
                         wfd = self._reopen(fd, os.O_WRONLY | os.O_NONBLOCK)
                         try:

@@ -2,7 +2,9 @@
 
 Subclass :class:`BackendSuite` and implement :meth:`make_backend` to return a
 backend over an *empty* repository. Every test builds its content through the
-backend's own interface, so the suite runs unchanged on any backend.
+backend's own interface, so the suite runs unchanged on any backend. A backend
+that holds no hard links sets ``hard_links = False``: its ``link`` must then
+answer EPERM (as link(2) on a file system without them).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ def _errno(excinfo: pytest.ExceptionInfo[OSError]) -> int | None:
 
 class BackendSuite:
     """Behaviour every backend must have (errnos as a Linux file system gives them)."""
+
+    #: whether the backend holds hard links (else ``link`` is EPERM)
+    hard_links = True
 
     def make_backend(self) -> Backend:
         raise NotImplementedError
@@ -401,6 +406,94 @@ class BackendSuite:
         with pytest.raises(OSError) as ei:
             be.setattr("/nope", mode=0o600)
         assert _errno(ei) == errno.ENOENT
+
+    # -- hard links ---------------------------------------------------------------
+
+    def _links(self):
+        if not self.hard_links:
+            pytest.skip("this backend holds no hard links (link is EPERM: see the test below)")
+
+    def test_link_without_hard_links_is_eperm(self, be):
+        if self.hard_links:
+            pytest.skip("this backend holds hard links")
+        be.write_bytes("/f", b"x")
+        with pytest.raises(OSError) as ei:
+            be.link("/f", "/g")
+        assert _errno(ei) == errno.EPERM
+        assert [e.name for e in be.list("/")[1]] == ["f"]
+
+    def test_link_is_one_file_under_two_names(self, be):
+        self._links()
+        be.mkdir("/d")
+        a = be.write_bytes("/f", b"first")
+        b = be.link("/f", "/d/g")
+        assert (b.kind, b.size, b.nlink, b.ino) == (FileKind.FILE, 5, 2, a.ino)
+        assert be.stat("/f").nlink == be.stat("/d/g").nlink == 2
+        assert {e.name: e.attrs.nlink for e in be.list("/d")[1]} == {"g": 2}
+        # A rewrite or a truncation through one name is seen through the other: one
+        # file (an install by rename would split the names).
+        w = be.write_bytes("/d/g", b"second, longer")
+        assert be.read_bytes("/f") == b"second, longer"
+        assert (be.stat("/f").ino, be.stat("/f").nlink, be.stat("/f").version) == (
+            w.ino, 2, w.version)
+        be.setattr("/f", size=6)
+        assert be.read_bytes("/d/g") == b"second"
+        be.setattr("/d/g", mode=0o600)
+        assert be.stat("/f").mode == 0o600
+        be.remove("/f")
+        assert be.stat("/d/g").nlink == 1
+        assert be.read_bytes("/d/g") == b"second"
+
+    def test_link_errnos(self, be):
+        self._links()
+        be.write_bytes("/f", b"x")
+        be.write_bytes("/g", b"y")
+        be.mkdir("/d")
+        for src, dst, want in [
+            ("/nope", "/n", errno.ENOENT),  # no source
+            ("/f", "/g", errno.EEXIST),  # an existing name, whatever it is
+            ("/f", "/d", errno.EEXIST),
+            ("/d", "/dd", errno.EPERM),  # no hard link to a directory
+            ("/f", "/nope/n", errno.ENOENT),  # no parent
+            ("/f", "/g/n", errno.ENOTDIR),
+        ]:
+            with pytest.raises(OSError) as ei:
+                be.link(src, dst)
+            assert _errno(ei) == want, (src, dst)
+        assert be.read_bytes("/g") == b"y"
+
+    def test_link_to_a_symlink_links_the_symlink(self, be):
+        self._links()
+        be.write_bytes("/f", b"x")
+        be.symlink("f", "/l")
+        a = be.link("/l", "/l2")
+        assert (a.kind, a.nlink) == (FileKind.SYMLINK, 2)
+        assert be.readlink("/l2") == "f"
+
+    # -- names and allocation -----------------------------------------------------
+
+    def test_names_need_not_be_utf8(self, be):
+        raw = "/raw-\udcff\udcfe"  # b"/raw-\xff\xfe", as os.fsdecode gives it
+        be.mkdir("/d\udc80")
+        be.write_bytes(raw, b"bytes")
+        be.write_bytes("/d\udc80/\udce9", b"inner")
+        names = sorted(e.name for e in be.list("/")[1])
+        assert names == ["d\udc80", "raw-\udcff\udcfe"]
+        assert [e.name for e in be.list("/d\udc80")[1]] == ["\udce9"]
+        assert be.read_bytes(raw) == b"bytes"
+        be.rename(raw, "/d\udc80/moved-\udcfa")
+        assert be.read_bytes("/d\udc80/moved-\udcfa") == b"bytes"
+        be.symlink("t-\udcfb", "/l-\udcfc")
+        assert be.readlink("/l-\udcfc") == "t-\udcfb"
+        be.remove("/d\udc80/\udce9")
+        assert [e.name for e in be.list("/d\udc80")[1]] == ["moved-\udcfa"]
+
+    def test_blocks_count_the_allocation(self, be):
+        a = be.write_bytes("/f", secrets.token_bytes(10_000))
+        assert a.blocks * 512 >= 10_000
+        assert be.stat("/f").blocks == a.blocks
+        assert {e.name: e.attrs.blocks for e in be.list("/")[1]} == {"f": a.blocks}
+        assert be.write_bytes("/e", b"").blocks == 0
 
     # -- paths --------------------------------------------------------------------
 

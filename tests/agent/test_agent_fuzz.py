@@ -20,6 +20,14 @@ from fuzzframes import CI_FRAMES, FULL_FRAMES, SEED, FrameFuzzer, agent_seeds, b
 from synthfs.protocol.messages import Message, Stat, StatReply
 
 
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
 def _is_root(msg: Message) -> bool:
     return isinstance(msg, StatReply) and msg.attrs.kind == "dir"
 
@@ -31,11 +39,16 @@ def _blast_agent(running: Stack, count: int) -> None:
     agent = running.agent
     assert agent is not None and running.server is not None
     valid, garbage = agent_seeds()
+    rss0 = _rss_kib(agent.pid)
     res = blast(running.agent_ep, FrameFuzzer(valid, garbage, SEED), count,
                 probe=lambda: Stat(path="/"), probe_ok=_is_root,
                 owes_reply=lambda parts: decodes(parts[-1]),
                 alive=lambda: agent.popen.poll() is None, in_order=True)
-    print(res.summary("agent"))
+    rss = _rss_kib(agent.pid)
+    print(res.summary("agent"), f"; RSS {rss0 // 1024} -> {rss // 1024} MiB")
+    # Bounds: nothing a frame declares grows the agent; every batch answered promptly.
+    assert rss - rss0 < 128 * 1024, f"RSS grew by {(rss - rss0) // 1024} MiB"
+    assert res.worst_probe_s < 10.0, res.worst_probe_s
     assert res.frames == count and res.probes == -(-count // 200)
     assert res.errnos["undecodable"] == 0  # every reply is a valid message
     assert res.mismatches == [], res.mismatches[:10]

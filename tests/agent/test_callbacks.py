@@ -19,6 +19,7 @@ import zmq
 from agent_stack import Proc, Stack, wait_until
 
 from synthfs.agent.callbacks import Promises
+from synthfs.agent.upstream import Upstream
 from synthfs.protocol.client import Client
 from synthfs.protocol.messages import (
     Attrs,
@@ -36,6 +37,7 @@ from synthfs.protocol.messages import (
     StatReply,
     Symlink,
 )
+from synthfs.protocol.sealed import TOPIC, seal
 
 RD, WR = os.O_RDONLY, os.O_WRONLY
 
@@ -314,6 +316,7 @@ def test_a_sequence_gap_breaks_promises(stack: Stack, tmp_path: Path) -> None:
     pub.bind(ep)
     try:
         stack.start_server("-vv")
+        key = _channel_key(stack)
         stack.start_agent("--subscribe", ep)
         assert stack.server is not None
         (stack.root / "f").write_bytes(b"one")
@@ -321,7 +324,7 @@ def test_a_sequence_gap_breaks_promises(stack: Stack, tmp_path: Path) -> None:
         seq = 0
 
         def beat() -> None:
-            pub.send_multipart([b"beat", msgpack.packb(["test", seq])])
+            _publish(pub, key, "beat", "test", seq)
 
         def promised_now() -> bool:
             beat()
@@ -333,7 +336,7 @@ def test_a_sequence_gap_breaks_promises(stack: Stack, tmp_path: Path) -> None:
         n, _ = _one_more_open_costs(stack, c, "/f")
         assert n == 0
         seq = 5  # invalidations 1..5 were lost
-        pub.send_multipart([b"inval", msgpack.packb(["/other", "v", "test", seq, False])])
+        _publish(pub, key, "inval", "/other", "v", "test", seq, False)
         time.sleep(0.1)
         (stack.root / "f").write_bytes(b"two")  # behind the fake publisher's back
         n, o = _one_more_open_costs(stack, c, "/f")
@@ -433,6 +436,20 @@ def test_a_change_through_another_agent_shows_in_the_next_list(listed: Stack,
         assert sorted(names) == ["c", "new", "sub"]
 
 
+def _channel_key(stack: Stack) -> str:
+    """The server's channel key, as any holder of the bootstrap key learns it: register."""
+    up = Upstream(stack.server_ep, stack.key.read_bytes().strip(), timeout=10)
+    try:
+        return up.register().publish_key
+    finally:
+        up.close()
+
+
+def _publish(pub: zmq.Socket, key: str, *message: object) -> None:
+    """What the server's PUB sends: one sealed publication."""
+    pub.send_multipart([TOPIC, seal(key, msgpack.packb(list(message)))])
+
+
 @pytest.fixture
 def beaten(stack: Stack) -> Iterator[Stack]:
     """The agent follows a test publisher that only beats: no invalidation ever comes,
@@ -440,19 +457,22 @@ def beaten(stack: Stack) -> Iterator[Stack]:
     d = tempfile.mkdtemp(prefix="sfs-beat-", dir="/tmp")
     ep = f"ipc://{d}/pub.sock"
     stop = threading.Event()
+    key: list[str] = []
 
     def beat() -> None:
         pub = zmq.Context.instance().socket(zmq.PUB)
         pub.setsockopt(zmq.LINGER, 0)
         pub.bind(ep)
         while not stop.wait(0.2):
-            pub.send_multipart([b"beat", msgpack.packb(["test", 0])])
+            if key:
+                _publish(pub, key[0], "beat", "test", 0)
         pub.close()
 
     beater = threading.Thread(target=beat)
     beater.start()
     try:
         stack.start_server("-vv")
+        key.append(_channel_key(stack))
         stack.start_agent("--subscribe", ep)
         d_ = stack.root / "d"
         d_.mkdir()
@@ -562,3 +582,41 @@ def test_silence_breaks_the_kept_listing(beaten: Stack) -> None:
     time.sleep(1.7)  # > BEAT_TIMEOUT without a beat: no promise is honoured
     n, names = _one_more_list_costs(beaten, c, "/d")
     assert n == 1 and "behind-its-back" in names
+
+
+def test_a_publisher_without_the_channel_key_cannot_keep_promises(stack: Stack) -> None:
+    """Another local user binds a PUB where the agent subscribes and beats: without the
+    key of the agent's registration its beats are refused, so no promise ever holds."""
+    from synthfs.protocol.sealed import new_key
+
+    d = tempfile.mkdtemp(prefix="sfs-forge-", dir="/tmp")
+    ep = f"ipc://{d}/pub.sock"
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(ep)
+    try:
+        stack.start_server("-vv")
+        stack.start_agent("--subscribe", ep)
+        (stack.root / "f").write_bytes(b"one")
+        c = stack.client()
+        forged = new_key()
+
+        def forged_beat_then_promised() -> bool:
+            _publish(pub, forged, "beat", "test", 0)
+            pub.send_multipart([b"beat", msgpack.packb(["test", 0])])  # the old clear form
+            time.sleep(0.05)
+            return _promised_open(stack, c, "/f")
+
+        assert not wait_until(forged_beat_then_promised, timeout=3)
+        # The same beats sealed with the real key do make promises (the test can fail).
+        key = _channel_key(stack)
+
+        def beat_then_promised() -> bool:
+            _publish(pub, key, "beat", "test", 0)
+            time.sleep(0.05)
+            return _promised_open(stack, c, "/f")
+
+        assert wait_until(beat_then_promised, timeout=10)
+    finally:
+        pub.close()
+        shutil.rmtree(d, ignore_errors=True)

@@ -439,6 +439,108 @@ def t(label, f):
 TMP, REG, L = os.O_TMPFILE, stat.S_IFREG | 0o644, "a" * 300
 """
 
+#: Hard links: one file under several names (nlink, one st_ino, writes seen through
+#: every name, link(2)'s errors, a link to a symlink with and without AT_SYMLINK_FOLLOW).
+PY_LINKS = PY_EDGE + """
+os.link(f"{r}/a.txt", f"{r}/d/h1")
+os.link(f"{r}/d/h1", f"{r}/h2")
+def show(*names):
+    for n in names:
+        st = os.stat(f"{r}/{n}")
+        print(n, st.st_nlink, st.st_size, st.st_ino == os.stat(f"{r}/{names[0]}").st_ino)
+show("a.txt", "d/h1", "h2")
+with open(f"{r}/h2", "a") as f:
+    f.write("through h2\\n")
+    f.flush()
+    print(open(f"{r}/a.txt").read(), end="")  # an open writer: what it wrote before
+print(open(f"{r}/d/h1").read(), end="")
+with open(f"{r}/a.txt", "r+") as f:
+    f.write("HELLO")
+print(open(f"{r}/h2").read(), end="")
+fd = os.open(f"{r}/d/h1", os.O_WRONLY | os.O_TRUNC)
+os.write(fd, b"short\\n"); os.close(fd)
+print(open(f"{r}/a.txt").read(), os.fstat(os.open(f"{r}/h2", os.O_RDONLY)).st_size)
+os.truncate(f"{r}/h2", 3)
+print(repr(open(f"{r}/d/h1").read()), os.stat(f"{r}/a.txt").st_size)
+os.chmod(f"{r}/h2", 0o600)
+print(oct(os.stat(f"{r}/a.txt").st_mode))
+os.rename(f"{r}/h2", f"{r}/h3")
+show("a.txt", "d/h1", "h3")
+fd = os.open(f"{r}/a.txt", os.O_WRONLY | os.O_APPEND)
+os.write(fd, b"late\\n")
+os.dup2(os.open("/dev/null", os.O_RDONLY), fd)  # closed without close(2), as a shell does
+os.unlink(f"{r}/a.txt")
+print(repr(open(f"{r}/d/h1").read()))
+show("d/h1", "h3")
+with os.scandir(r) as it:
+    print(sorted((e.name, e.stat(follow_symlinks=False).st_nlink) for e in it if e.is_file()))
+t("link dir", lambda: os.link(f"{r}/d", f"{r}/dl"))
+t("link missing", lambda: os.link(f"{r}/missing", f"{r}/m"))
+t("link onto existing", lambda: os.link(f"{r}/h3", f"{r}/lines.txt"))
+t("link onto dir", lambda: os.link(f"{r}/h3", f"{r}/d"))
+t("link into missing dir", lambda: os.link(f"{r}/h3", f"{r}/nope/x"))
+t("link trailing slash", lambda: os.link(f"{r}/h3", f"{r}/new/"))
+t("link from file/", lambda: os.link(f"{r}/h3/", f"{r}/new"))
+t("link symlink itself", lambda: os.link(f"{r}/link", f"{r}/l2", follow_symlinks=False))
+os.symlink("h3", f"{r}/sl")
+t("linkat follow", lambda: libc.linkat(-100, f"{r}/sl".encode(), -100, f"{r}/l3".encode(), 0x400))
+print(os.path.islink(f"{r}/l2"), os.readlink(f"{r}/l2"), os.path.islink(f"{r}/l3"))
+print(os.stat(f"{r}/l3").st_nlink, os.lstat(f"{r}/l2").st_nlink, os.lstat(f"{r}/link").st_nlink)
+"""
+
+#: Names are bytes: one that is not UTF-8 is created, listed, opened, renamed, linked
+#: to and pointed at, as on a local file system.
+PY_RAW_NAMES = """
+import os, sys
+r = os.fsencode(sys.argv[1])
+n1, n2, n3 = b"raw-\\xff\\xfe", b"\\xe9t\\xe9", b"sub-\\x80"
+with open(r + b"/" + n1, "wb") as f:
+    f.write(b"one\\n")
+os.mkdir(r + b"/" + n3)
+with open(r + b"/" + n3 + b"/" + n2, "wb") as f:
+    f.write(b"two\\n")
+print(sorted(os.listdir(r)))
+print(sorted(os.listdir(os.fsdecode(r))))  # the str form: surrogateescape
+print(os.listdir(r + b"/" + n3), open(r + b"/" + n1, "rb").read())
+os.rename(r + b"/" + n1, r + b"/" + n3 + b"/moved-\\xfa")
+os.symlink(b"target-\\xfb", r + b"/lnk-\\xfc")
+print(os.readlink(r + b"/lnk-\\xfc"), os.path.lexists(r + b"/lnk-\\xfc"))
+os.symlink(n3 + b"/" + n2, r + b"/to-\\xfd")
+print(open(r + b"/to-\\xfd", "rb").read(), os.stat(r + b"/to-\\xfd").st_size)
+os.chdir(r + b"/" + n3)
+print(sorted(os.listdir(b".")), os.getcwd().endswith(os.fsdecode(n3)))
+for dirpath, dirnames, filenames in sorted(os.walk(r)):
+    print(dirpath[len(r):], sorted(dirnames), sorted(filenames))
+os.unlink(r + b"/" + n3 + b"/" + n2)
+print(sorted(os.listdir(r + b"/" + n3)))
+"""
+
+#: st_blocks is the repository's allocation (what du counts), after a read too.
+PY_BLOCKS = """
+import os, sys
+r = sys.argv[1]
+for n in ("a.txt", "seed.bin", "d", "sparse", "link"):
+    st = os.lstat(f"{r}/{n}")
+    print(n, st.st_blocks, st.st_blksize)
+with open(f"{r}/seed.bin", "rb") as f:
+    f.read()
+    print(os.fstat(f.fileno()).st_blocks, os.stat(f"{r}/seed.bin").st_blocks)
+print(os.stat(f"{r}/sparse").st_blocks, os.path.getsize(f"{r}/sparse"))
+with open(f"{r}/sparse", "rb") as f:
+    f.read(10)
+    print(os.fstat(f.fileno()).st_blocks)
+"""
+
+
+def build_sparse(root: Path) -> None:
+    """The standard tree plus ``sparse``: 1 MiB with one written block at its end."""
+    build_standard(root)
+    with open(root / "sparse", "wb") as f:
+        f.seek(1024 * 1024 - 4)
+        f.write(b"end\n")
+    _fix_times(root)
+
+
 #: A trailing slash on a new name: only mkdir makes a directory (ENOENT, EISDIR for O_CREAT).
 PY_SLASH_NEW = PY_EDGE + """
 t("symlink new/", lambda: os.symlink("x", f"{r}/new1/"))
@@ -503,6 +605,42 @@ t("openat2 mode without create", lambda: openat2(f"{r}/a.txt", os.O_RDONLY, 0o60
 for what in ("new11", "d", "a.txt"):
     t(f"O_CREAT|O_DIRECTORY {what}", lambda: os.open(f"{r}/{what}", os.O_CREAT | os.O_DIRECTORY))
 print(sorted(os.listdir(r)))
+"""
+
+#: openat2's confinement flags (RESOLVE_*): a guest that confines itself stays
+#: confined, with the kernel's errnos, from a dirfd on the root and on d. Leaving
+#: the tree with RESOLVE_NO_XDEV is not compared: /data is another mount under
+#: synthfs (EXDEV) and a plain directory natively.
+PY_RESOLVE = PY_EDGE + """
+BENEATH, IN_ROOT, NO_SYM, NO_MAGIC, NO_XDEV, CACHED = 0x08, 0x10, 0x04, 0x02, 0x01, 0x20
+def at2(dirfd, path, flags, res, mode=0):
+    how = struct.pack("QQQ", flags, mode, res)
+    fd = libc.syscall(437, dirfd, path.encode(), how, len(how))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "openat2")
+    data = os.read(fd, 20) if flags & os.O_ACCMODE == os.O_RDONLY and not flags & os.O_PATH else b""
+    os.close(fd)
+    return data
+top = os.open(r, os.O_PATH | os.O_DIRECTORY)
+d = os.open(f"{r}/d", os.O_PATH | os.O_DIRECTORY)
+R = os.O_RDONLY
+for name, res in [("BENEATH", BENEATH), ("IN_ROOT", IN_ROOT), ("NO_SYMLINKS", NO_SYM),
+                  ("NO_MAGICLINKS", NO_MAGIC), ("NO_XDEV", NO_XDEV),
+                  ("NO_SYMLINKS|BENEATH", NO_SYM | BENEATH)]:
+    for base, bname in ((top, "root"), (d, "d")):
+        for path in ("a.txt", "d/b.txt", "d/../a.txt", "link", "dlink/b.txt", "d/up", "up",
+                     "../a.txt", "../../../b.txt", "/b.txt", "sub/../b.txt", "dangling",
+                     f"/proc/self/fd/{d}/b.txt"):
+            if res == NO_XDEV and path.startswith("../"):
+                continue  # leaves the tree: see above
+            t(f"{name} {bname} {path.replace(str(d), 'D')}", lambda: at2(base, path, R, res))
+    t(f"{name} link O_NOFOLLOW", lambda: at2(top, "link", os.O_PATH | os.O_NOFOLLOW, res))
+    t(f"{name} new O_CREAT", lambda: at2(d, "new_" + name, os.O_CREAT | os.O_WRONLY, res, 0o644))
+t("BENEATH|IN_ROOT", lambda: at2(top, "a.txt", R, BENEATH | IN_ROOT))
+t("CACHED O_CREAT", lambda: at2(top, "c", os.O_CREAT | os.O_WRONLY, CACHED, 0o644))
+t("CACHED O_TRUNC", lambda: at2(top, "a.txt", os.O_TRUNC | os.O_WRONLY, CACHED))
+t("unknown resolve bit", lambda: at2(top, "a.txt", R, 0x40))
+print(sorted(os.listdir(r)), sorted(os.listdir(f"{r}/d")))
 """
 
 #: NAME_MAX: rename and link look the source up before the new name, and a
@@ -856,8 +994,19 @@ CASES: list[Case] = [
     Case("cp_from_host", sh("cp /etc/os-release {root}/os && cp -r /etc/apt {root}/apt && "
                             "cmp /etc/os-release {root}/os && echo same")),
     Case("ln_hard", sh("ln {root}/a.txt {root}/hard && stat -c '%n %h %s' {root}/a.txt "
-                       "{root}/hard && echo more >> {root}/hard && cat {root}/a.txt"),
-         diverges="the repository has no hard links: link(2) on /data gives EPERM"),
+                       "{root}/hard && echo more >> {root}/hard && cat {root}/a.txt")),
+    Case("ln_hard_tools", sh(
+        "ln {root}/a.txt {root}/d/h && ln {root}/seed.bin {root}/s2 && "
+        "[ {root}/a.txt -ef {root}/d/h ] && echo same && "
+        "find {root} -samefile {root}/a.txt | sort && du -s {root} && du -s {root}/d && "
+        "printf 'X\\n' > {root}/d/h && cat {root}/a.txt && ls -l {root}/a.txt | cut -c1-12 && "
+        "cp -a {root}/d {root}/d2 && rm {root}/a.txt && stat -c '%n %h' {root}/d/h {root}/s2; "
+        "ln {root}/d {root}/dl; ln {root}/s2 {root}/lines.txt; echo end"
+    ), norm=lambda t, dirs: t),
+    Case("du_tree", sh("du -s {root} && du -s {root}/d && du -a {root} | sort -k2 && "
+                       "cat {root}/seed.bin > /dev/null && du -s {root}/seed.bin {root}/sparse "
+                       "&& stat -c '%n %b %B' {root}/seed.bin {root}/sparse {root}/d"),
+         tree=build_sparse),
     Case("chmod_setuid", sh("chmod 4755 {root}/exec.sh && chmod 2755 {root}/a.txt && "
                             "stat -c '%n %A' {root}/exec.sh {root}/a.txt"),
          diverges="setuid and setgid bits are not stored in the repository (dropped, as on "
@@ -885,8 +1034,7 @@ CASES: list[Case] = [
                          "find {root}/deep -name bottom.txt -exec cat {} + && "
                          "mv {root}/names/with\\ space {root}/names/moved && "
                          "cp {root}/names/raw-* {root}/names/copy-raw"),
-         tree=build_odd_names,
-         diverges="names on /data must be UTF-8 (the wire carries text): raw bytes are not served"),
+         tree=build_odd_names),
     Case(
         "fork_writer",
         sh(
@@ -907,10 +1055,14 @@ CASES: list[Case] = [
     Case("py_errno_o_path", py(PY_O_PATH)),
     Case("py_errno_o_tmpfile", py(PY_O_TMPFILE)),
     Case("py_errno_name_max", py(PY_NAME_MAX)),
+    Case("py_errno_openat2_resolve", py(PY_RESOLVE)),
     Case("py_errno_dot_names", py(PY_DOT_NAMES)),
     Case("py_tmpfile", py(PY_TMPFILE),
          diverges="O_TMPFILE on /data: EOPNOTSUPP (the repository holds no unnamed files)"),
     Case("py_mmap", py(PY_MMAP)),
+    Case("py_links", py(PY_LINKS)),
+    Case("py_raw_names", py(PY_RAW_NAMES)),
+    Case("py_blocks", py(PY_BLOCKS), tree=build_sparse),
     Case("py_meta", py(PY_META)),
     Case("py_stat_consistency", py(PY_CONSISTENT)),
     Case("py_fd_cwd_paths", py(PY_FD_PATHS)),
@@ -931,6 +1083,10 @@ CASES: list[Case] = [
     # -- the wrapper keeps the guest's world: status, signals, env, cwd
     Case("exit_status", sh("cat {root}/a.txt; exit 42")),
     Case("killed_by_signal", sh("cat {root}/a.txt; kill -9 $$")),
+    # the caller's ignored and blocked signals, never the launcher's own (Python's SIGPIPE)
+    Case("signal_dispositions", ("grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status")),
+    Case("closed_pipe_kills_quietly", ("bash", "-c", "set -o pipefail; yes | head -1"),
+         needs=("bash",)),
     Case("env_untouched", ("env",)),
     Case("cwd_untouched", ("/bin/pwd",)),
 ]

@@ -27,12 +27,15 @@ Run: ``.venv/bin/python -m pytest tests/escape`` (TOCTOU at 10,000 attempts;
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,6 +67,13 @@ match.exe = ["/**"]
 allow = [{ paths = ["/data", "/data/**"], ops = ["*"] }]
 deny = [{ paths = ["/data/secret", "/data/secret/**"], ops = ["*"], errno = "EACCES" }]
 """
+
+
+#: Reads of /data/secret denied, every other operation allowed (link too): a new name
+#: must still not give what the old one does not.
+DENY_READ_SECRET_POLICY = DENY_SECRET_POLICY.replace(
+    'ops = ["*"], errno = "EACCES" }]', 'ops = ["read"], errno = "EACCES" }]'
+).replace("escape-deny-secret", "escape-deny-secret-read")
 
 
 # -- the two worlds -------------------------------------------------------------------------
@@ -145,7 +155,8 @@ def native_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         listener.bind(str(work / name))
         listener.listen(8)
         listeners.append(listener)
-    dummy = subprocess.Popen(["sleep", "600"])  # stands in for the agent and the server
+    # stands in for the agent and the server (each in a session of its own, as they are)
+    dummy = subprocess.Popen(["sleep", "600"], start_new_session=True)
     repo = (base / "tree").resolve()
     build_repo(repo, canary, marker)
     world = World(
@@ -233,7 +244,7 @@ class Attack:
 
 def _argv(attack: Attack, world: World, cbin) -> list[str]:
     prog, *args = attack.argv
-    if prog in ("paths", "identity"):
+    if prog in ("paths", "identity", "borrow", "rename", "confine", "terminal"):
         head = [sys.executable, "-I", str(ATTACKS / f"{prog}.py")]
     else:
         head = [str(cbin(prog))]
@@ -343,9 +354,13 @@ POLICY_TRICKS = [
     for mode in (
         "abs", "dotdot", "dotdot_relative", "dotdot_subdir", "dirfd_dotdot", "chdir_dotdot",
         "tmp_symlink", "tmp_dir_symlink", "guest_symlink_rel", "proc_cwd", "proc_fd_dir",
-        "stat", "rename_into_data", "hardlink", "unlink", "write", "openat2_dotdot",
-        "openat2_dirfd",
+        "stat", "rename_into_data", "hardlink", "hardlink_in_data", "unlink", "write",
+        "openat2_dotdot", "openat2_dirfd",
     )
+] + [
+    Attack("hardlink_in_data:read_denied", ("paths", "hardlink_in_data", "{data}",
+                                            "{data}/secret", "{marker}"),
+           policy=DENY_READ_SECRET_POLICY),
 ] + [
     paths("abs", spelled, policy=DENY_SECRET_POLICY)
     for spelled in ("{data}//secret", "{data}/./secret", "{data}/sub/../secret")
@@ -368,7 +383,19 @@ STORMS = [
 
 SCRATCH = [
     Attack(f"scratch_{m}", ("scratch", m), expect=frozenset({0} | KILLED))
-    for m in ("mprotect", "munmap", "madvise", "procmem", "mremap", "mmap_fixed")
+    for m in (
+        "mprotect", "munmap", "madvise", "procmem", "mremap", "mmap_fixed",
+        # issue #16 class 1: prctl(PR_SET_MM_MAP) (no capability) moves the heap's break
+        # into the area, brk() unmaps it and maps it back writable; userfaultfd would let
+        # the guest answer the faults of the kernel's reads of a checked copy
+        "prctl_brk", "prctl_brk_nobody", "uffd",
+    )
+] + [
+    # the whole class 1 escape: the area made writable, a thread rewrites the checked
+    # copy of an allowed path (a file of the guest's own) with the cache canary's path
+    # between the supervisor's check and the kernel's read
+    Attack("scratch_prctl_brk_race", ("scratch", "prctl_brk_race", "{canary}", "{marker}"),
+           expect=frozenset({0} | KILLED)),
 ]
 
 TRUSTED = [
@@ -384,6 +411,20 @@ TRUSTED = [
     Attack("prlimit_server", ("paths", "prlimit", "{data}", "{server_pid}")),
     Attack("prlimit_supervisor", ("paths", "prlimit", "{data}", "ppid")),
     Attack("sched_setaffinity_agent", ("paths", "sched_setaffinity", "{data}", "{agent_pid}")),
+    Attack("pidfd_agent", ("paths", "pidfd_signal", "{data}", "{agent_pid}")),
+    # issue #16 class 2: a file's owner gets F_SETSIG's signal (SIGSTOP here)
+    Attack("setown_stop_agent", ("paths", "setown", "{data}", "{agent_pid}")),
+    Attack("setown_stop_server", ("paths", "setown", "{data}", "{server_pid}")),
+    Attack("setown_group_stop_agent", ("paths", "setown_group", "{data}", "{agent_pid}")),
+    Attack("setown_ex_stop_agent", ("paths", "setown_ex", "{data}", "{agent_pid}")),
+    Attack("fiosetown_stop_agent", ("paths", "fiosetown", "{data}", "{agent_pid}")),
+    Attack("setpriority_agent", ("paths", "setpriority", "{data}", "{agent_pid}")),
+]
+
+# The guest shares the user's terminal: typing into it (TIOCSTI, bubblewrap's
+# CVE-2017-5226) or pasting a console selection (TIOCLINUX) reaches the user's shell.
+TERMINAL = [
+    Attack(f"terminal_{m}", ("terminal", m)) for m in ("tiocsti", "tiocsti_high", "tioclinux")
 ]
 
 
@@ -503,6 +544,204 @@ def test_exec_identity_allowed_twin(synthfs_world, cbin, tmp_path) -> None:
     assert got.status == ESCAPED, got.show()
 
 
+def borrow_policy() -> str:
+    """cat, pinned by its digest, reads /data; so do helpers under /usr/lib; nothing else."""
+    cat = os.path.realpath("/usr/bin/cat")
+    digest = hashlib.sha256(Path(cat).read_bytes()).hexdigest()
+    return f"""\
+version = 1
+name = "escape-borrow"
+description = "escape suite: only the pinned cat (and helpers under /usr/lib) read /data"
+default = "deny"
+
+[[mount]]
+path = "/data"
+
+[[app]]
+name = "cat"
+match.exe = ["{cat}"]
+match.sha256 = "{digest}"
+allow = [{{ paths = ["/data", "/data/**"], ops = ["*"] }}]
+
+[[app]]
+name = "helpers"
+match.exe = ["/usr/lib/**"]
+allow = [{{ paths = ["/data", "/data/**"], ops = ["*"] }}]
+"""
+
+
+@pytest.fixture(scope="session")
+def preload_so(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``attacks/preload.c`` built as a shared library (its constructor reads a file)."""
+    so = tmp_path_factory.mktemp("attacks-so") / "preload.so"
+    subprocess.run(
+        ["gcc", "-O1", "-Wall", "-shared", "-fPIC", "-o", str(so), str(ATTACKS / "preload.c")],
+        check=True, timeout=120,
+    )
+    return so
+
+
+BORROW_MODES = ("ld_preload", "ld_audit", "ldso", "ldso_preload")
+
+
+@pytest.mark.parametrize("mode", BORROW_MODES)
+def test_borrowed_identity(mode, preload_so, native_world, synthfs_world, cbin, tmp_path) -> None:
+    """Code the attacker chose (a preloaded library, or any program under ld.so) never
+    runs with a pinned or exe-matched app's rules (docs/policy.md)."""
+    attack = Attack(
+        f"borrow_{mode}",
+        ("borrow", mode, "{data}", "/usr/bin/cat", "{marker}", str(preload_so)),
+        policy=borrow_policy(),
+    )
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+def test_borrowed_identity_twin(preload_so, synthfs_world, cbin, tmp_path) -> None:
+    """Under the same policy the pinned cat itself does read /data/secret (exit 66 is
+    success here): otherwise the refusals above prove nothing."""
+    attack = Attack(
+        "twin", ("borrow", "twin", "{data}", "/usr/bin/cat", "{marker}", str(preload_so))
+    )
+    pol = tmp_path / "policy.toml"
+    pol.write_text(borrow_policy())
+    launcher = helpers.SynthfsLauncher(mode="agent")
+    argv = launcher.argv(
+        synthfs_world.repo, _argv(attack, synthfs_world, cbin), stack=synthfs_world.stack,
+        extra=["--policy", str(pol)],
+    )
+    got = helpers.run_native(argv, cwd=tmp_path, timeout=attack.timeout)
+    assert got.status == ESCAPED, got.show()
+
+
+RENAME_POLICY = """\
+version = 1
+name = "escape-rename"
+description = "escape suite: /data is open except a subtree (and reads of another)"
+default = "deny"
+
+[[mount]]
+path = "/data"
+
+[[app]]
+name = "everyone"
+match.exe = ["/**"]
+allow = [{ paths = ["/data", "/data/**"], ops = ["*"] }]
+deny = [
+  { paths = ["/data/rn_subtree/dir/inner/**"], ops = ["*"] },
+  { paths = ["/data/rn_into/private/**"], ops = ["read"] },
+]
+"""
+
+
+def _rename_tree(repo: Path, mode: str, marker: str) -> None:
+    top = repo / f"rn_{mode}"
+    shutil.rmtree(top, ignore_errors=True)
+    secret = top / ("dir/inner/secret" if mode == "subtree" else "private/secret")
+    secret.parent.mkdir(parents=True)
+    secret.write_text(marker + "\n")
+    (top / "public").mkdir()
+
+
+@pytest.mark.parametrize("mode", ["subtree", "into"])
+def test_rename_moves_nothing_from_under_a_rule(
+    mode, native_world, synthfs_world, cbin, tmp_path
+) -> None:
+    """Renaming an allowed directory must not make a denied path below it readable
+    under its new name, nor a read-denied tree readable by moving it somewhere open."""
+    for world in (native_world, synthfs_world):
+        _rename_tree(world.repo, mode, world.marker)
+    attack = Attack(f"rename_{mode}", ("rename", mode, "{data}", "{marker}"), policy=RENAME_POLICY)
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+def test_rename_twin_moves_what_no_rule_tells_apart(synthfs_world, tmp_path) -> None:
+    """The same policy lets a directory with no stricter rule inside be renamed."""
+    top = synthfs_world.repo / "rn_twin"
+    shutil.rmtree(top, ignore_errors=True)
+    (top / "a" / "b").mkdir(parents=True)
+    (top / "a" / "b" / "f").write_text("f\n")
+    pol = tmp_path / "policy.toml"
+    pol.write_text(RENAME_POLICY)
+    code = (
+        "import os; os.rename('/data/rn_twin/a', '/data/rn_twin/c');"
+        " print(open('/data/rn_twin/c/b/f').read())"
+    )
+    launcher = helpers.SynthfsLauncher(mode="agent")
+    argv = launcher.argv(
+        synthfs_world.repo, [sys.executable, "-I", "-c", code], stack=synthfs_world.stack,
+        extra=["--policy", str(pol)],
+    )
+    got = helpers.run_native(argv, cwd=tmp_path)
+    assert got.status == 0 and got.stdout == "f\n\n", got.show()
+    assert (top / "c" / "b" / "f").is_file()
+
+
+HOST_RENAME_POLICY = """\
+version = 1
+name = "escape-host-rename"
+description = "escape suite: BOX may be renamed, nothing below it read; PUB/** is readable"
+default = "allow"
+
+[[mount]]
+path = "/data"
+
+[host]
+read = ["/usr/**", "/lib/**", "/lib64/**", "/bin/**", "/etc/**", "/proc/**", "/dev/**",
+        "/sys/**", "/", "/var", "/var/tmp", "$BASE", "$BASE/box", "$BASE/pub/**", "$VENV/**",
+        "$CWD/**", "$ATTACKS/**"]
+write = ["$BASE/box", "$BASE/pub/**", "/dev/null", "/dev/tty"]
+"""
+
+
+def test_host_rename_moves_nothing_from_under_a_glob(native_world, tmp_path) -> None:
+    """[host] rules: a writable directory whose contents are not readable is not
+    renamed into a readable place (natively the secret is read under its new name)."""
+    base = Path(tempfile.mkdtemp(prefix="synthfs-rename-", dir="/var/tmp"))
+    try:
+        (base / "box").mkdir()
+        (base / "box" / "secret").write_text(native_world.marker + "\n")
+        (base / "pub").mkdir()
+        argv = [sys.executable, "-I", str(ATTACKS / "rename.py"), "host", str(base),
+                native_world.marker]
+        control = helpers.run_native(argv, cwd=tmp_path)
+        assert control.status == ESCAPED, f"the control proves nothing\n{control.show()}"
+        pol = tmp_path / "policy.toml"
+        pol.write_text(HOST_RENAME_POLICY)
+        env = {**os.environ, "BASE": str(base), "VENV": str(Path(sys.prefix).resolve()),
+               "CWD": str(tmp_path), "ATTACKS": str(ATTACKS)}
+        data = tmp_path / "data"
+        data.mkdir()
+        got = subprocess.run(
+            [*helpers.synthfs_command(), "run", "--data", str(data), "--policy", str(pol),
+             "--", *argv],
+            capture_output=True, text=True, timeout=helpers.TIMEOUT, cwd=tmp_path, env=env,
+        )
+        print(f"synthfs: exit {got.returncode}: {got.stdout.strip()} {got.stderr.strip()[-300:]}")
+        assert got.returncode != ESCAPED, got.stdout + got.stderr
+        assert got.returncode == 0 and "rename refused: EXDEV" in got.stdout, (
+            got.stdout + got.stderr
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+#: openat2 confinement (RESOLVE_*): natively refused, so the control must be refused
+#: too (exit 0 with the kernel's errno); 66 under synthfs means the flag was dropped.
+CONFINE = [
+    Attack(f"confine_{m}", ("confine", m, "{data}"), control=0)
+    for m in (
+        "beneath_dotdot", "beneath_abs", "beneath_abs_link", "beneath_rel_link",
+        "in_root_link", "no_symlinks", "no_magiclinks", "no_xdev",
+        "data_beneath", "data_beneath_link", "data_in_root", "data_no_symlinks",
+    )
+]
+
+
+@pytest.mark.parametrize("attack", CONFINE, ids=_ids(CONFINE))
+def test_openat2_confinement_holds(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
 @pytest.mark.parametrize("attack", STORMS, ids=_ids(STORMS))
 def test_task_storm(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
     run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
@@ -513,9 +752,66 @@ def test_scratch_page(attack, native_world, synthfs_world, cbin, tmp_path) -> No
     run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
 
 
+@pytest.mark.parametrize("attack", TERMINAL, ids=_ids(TERMINAL))
+def test_terminal_injection(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
 @pytest.mark.parametrize("attack", TRUSTED, ids=_ids(TRUSTED))
 def test_trusted_process_attack(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
     run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+def device_policy(workdir: Path) -> str:
+    """The host may be read; only ``workdir`` and /tmp written; no mknod list."""
+    return f"""\
+version = 1
+name = "escape-devices"
+description = "escape suite: host writes only in the work directory; no device nodes"
+default = "deny"
+
+[[mount]]
+path = "/data"
+
+[[app]]
+name = "everyone"
+match.exe = ["/**"]
+allow = [{{ paths = ["/data", "/data/**"], ops = ["*"] }}]
+
+[host]
+read = ["/**"]
+write = ["{workdir}", "{workdir}/**", "/tmp/**"]
+"""
+
+
+def test_device_node(native_world, synthfs_world, cbin, tmp_path) -> None:
+    """Issue #16 class 3: a root guest makes a node of its own for a device the policy
+    does not let it write, in a directory it may write, and writes the device through
+    it. The device is /dev/null's (harmless to write, and not write-listed here): the
+    same trick on a disk's block device rewrites any file. Under [host] rules a device
+    node needs a [host] mknod glob, absent here: mknod is refused (EPERM)."""
+    rdev = os.stat("/dev/null").st_rdev
+    dev = f"{os.major(rdev)}:{os.minor(rdev)}"
+    attack = Attack("mknod_dev", ("paths", "mknod_dev", "{data}", dev, "{marker}"),
+                    policy=device_policy(tmp_path))
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+def test_device_node_allowed_twin(synthfs_world, cbin, tmp_path) -> None:
+    """With ``[host] mknod`` naming the directory, the same node is made and written
+    (exit 66 here is success): otherwise the refusal above proves nothing."""
+    rdev = os.stat("/dev/null").st_rdev
+    attack = Attack("twin", ("paths", "mknod_dev", "{data}",
+                             f"{os.major(rdev)}:{os.minor(rdev)}", "{marker}"))
+    pol = tmp_path / "policy.toml"
+    pol.write_text(device_policy(tmp_path) + f'mknod = ["{tmp_path}/*"]\n')
+    launcher = helpers.SynthfsLauncher(mode="agent")
+    argv = launcher.argv(
+        synthfs_world.repo, _argv(attack, synthfs_world, cbin), stack=synthfs_world.stack,
+        extra=["--policy", str(pol)],
+    )
+    got = helpers.run_native(argv, cwd=tmp_path, timeout=attack.timeout)
+    assert got.status == ESCAPED, got.show()
 
 
 #: Attacks on a restarted agent (a new pid the supervisor did not know at start).

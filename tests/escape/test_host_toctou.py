@@ -69,7 +69,7 @@ if variant == "link":
     a, b, target = ws + "/link", ws + "/link_alt", ws + "/link"
 else:
     a, b, target = ws + "/d", ws + "/d_alt", ws + "/d/f"
-READS = ("inotify", "handle", "stat")  # read-class calls: the policy hides OUT entirely
+READS = ("inotify", "handle", "stat", "exec")  # read-class calls: the policy hides OUT
 victim = os.stat(out + "/f") if variant not in READS else None
 victim_ino = int(sys.argv[5]) if variant in READS else victim.st_ino
 stop = False
@@ -133,6 +133,12 @@ def attempt():
         finally:
             os.close(inotify_fd)
         return ino == victim_ino
+    if variant == "exec":  # WS/d/f is a copy of true, OUT/f of false: exit 1 ran OUT/f
+        pid = os.posix_spawn(target, [target], {})
+        status = os.waitpid(pid, 0)[1]
+        if os.WIFSIGNALED(status):
+            return None  # killed at the exec stop: the checked file was not what was mapped
+        return os.WEXITSTATUS(status) == 1
     if variant == "stat":  # answered by the supervisor itself, not by the kernel
         return os.stat(target).st_ino == victim_ino
     if variant == "handle":  # ext4's file handle starts with the inode number
@@ -180,6 +186,9 @@ try:
         except OSError as e:
             name = errno.errorcode.get(e.errno, str(e.errno))
             counts[name] = counts.get(name, 0) + 1
+            continue
+        if escaped is None:
+            counts["killed"] = counts.get("killed", 0) + 1
             continue
         counts["escaped" if escaped else "ok"] += 1
         if escaped:
@@ -310,3 +319,39 @@ def test_symlink_swap_never_reaches_a_read_denied_host_file(
     assert counts["escaped"] == 0
     assert counts["ok"] > 0 and counts.get("EACCES", 0) > 0, counts
     assert set(counts) <= {"ok", "escaped", "EACCES", "ELOOP", "ENOENT"}, counts
+
+
+def test_directory_swap_never_execs_a_read_denied_program(
+    world: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """execve of WS/d/f while d flips to OUT, which the [host] rules hide: the program
+    in OUT never runs (the exec is pinned to the checked file: ELOOP, or killed at the
+    exec stop when the kernel mapped another file)."""
+    ws, out = world
+
+    def programs() -> None:
+        for path, prog in ((ws / "d" / "f", "true"), (out / "f", "false")):
+            path.unlink()
+            shutil.copy(shutil.which(prog) or f"/bin/{prog}", path)
+            path.chmod(0o755)
+
+    programs()
+    argv = [sys.executable, str(ws / "guest.py"), str(ws), str(out), "exec"]
+    _escapes_natively(ws, out, [*argv, str(N), "0"])
+    _reset(ws, out)
+    programs()
+    policy = tmp_path / "read.toml"
+    policy.write_text(READ_POLICY)
+    venv = Path(sys.prefix).resolve()
+    r = subprocess.run(
+        [sys.executable, "-m", "synthfs.cli", "run", "--data", str(ws.parent / "data"),
+         "--policy", str(policy), "--", *argv, str(N), "0"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "WORKSPACE": str(ws), "BASE": str(ws.parent), "VENV": str(venv)},
+    )  # fmt: skip
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    counts = _counts(r.stdout)
+    print(counts)
+    assert counts["escaped"] == 0
+    assert counts["ok"] > 0 and counts.get("EACCES", 0) > 0, counts
+    assert set(counts) <= {"ok", "escaped", "EACCES", "ELOOP", "ENOENT", "killed"}, counts

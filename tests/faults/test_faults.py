@@ -151,7 +151,7 @@ def test_embedded_agent_killed(tmp_path: Path, synthfs: object) -> None:
     g = Guest(_embedded(repo), OPS_LOOP, str(stop), "60")
     assert g.wait_for(lambda rs: sum("op" in r for r in rs) >= 8, 30), g.show()
     agents = [p for p in _descendants(g.popen.pid)
-              if b"-m\x00agent\x00" in Path(f"/proc/{p}/cmdline").read_bytes()]
+              if b"-m\x00synthfs.agent\x00" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert len(agents) == 1, agents
     os.kill(agents[0], signal.SIGKILL)
     n = len(g.records())
@@ -819,8 +819,9 @@ def test_cache_disk_full(tmp_path: Path, synthfs: object) -> None:
     repo, cache = tmp_path / "repo", tmp_path / "cache"
     repo.mkdir()
     cache.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(cache)],
-                             capture_output=True, text=True, timeout=30)
+    # mode=0700: the agent refuses a cache directory others may write (a tmpfs is 1777)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs",
+                              str(cache)], capture_output=True, text=True, timeout=30)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:

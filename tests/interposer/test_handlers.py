@@ -36,6 +36,8 @@ class FakeGuest:
     def __init__(self) -> None:
         self.strings: dict[int, str] = {}
         self.fds: dict[int, str] = {}
+        self.pidfds: dict[int, int] = {}
+        self.memory: dict[int, bytes] = {}
         self.cwd = "/home/u"
 
     def put(self, addr: int, text: str) -> int:
@@ -48,13 +50,19 @@ class FakeGuest:
         return self.strings[addr]
 
     def read(self, addr: int, size: int) -> bytes:
-        raise OSError(errno.EFAULT, "bad address")
+        data = self.memory.get(addr, b"")
+        if len(data) < size:
+            raise OSError(errno.EFAULT, "bad address")
+        return data[:size]
 
     def fd_target(self, fd: int) -> str | None:
         return self.fds.get(fd)
 
     def fd_writable(self, fd: int) -> bool:
         return fd in self.fds
+
+    def fd_pid(self, fd: int) -> int | None:
+        return self.pidfds.get(fd)
 
     def host_cwd(self) -> str:
         return self.cwd
@@ -125,6 +133,9 @@ class FakeRepo:
 
     def symlink(self, target: str, path: str) -> None:
         self.calls.append(f"symlink {target} {path}")
+
+    def link(self, src: str, dst: str) -> None:
+        self.calls.append(f"link {src} {dst}")
 
     def setattr(self, path: str, **kw: object) -> None:
         self.calls.append(
@@ -198,6 +209,12 @@ class FakeEnv:
     host_rules = False
 
     def check_host(self, call: Call, op: str, path: str) -> int:
+        return 0
+
+    def check_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
+        return 0
+
+    def check_host_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
         return 0
 
     def check_net(self, call: Call, op: str, address: str, local: bool) -> int:
@@ -316,8 +333,33 @@ def test_namespace_changes(world) -> None:
     )
     assert call("rename", guest.put(106, "/data/d/f"), guest.put(107, "/data/g")) == Return(0)
     assert env.repo.calls[-1] == "rename /d/f /g"
-    assert call("link", guest.put(108, "/data/d/f"), guest.put(109, "/data/h")) == Fail(errno.EPERM)
     assert call("unlink", guest.put(110, "/data/secret")) == Fail(errno.EACCES)
+
+
+def test_link(world) -> None:
+    guest, env, proc, call = world
+    assert call("link", guest.put(100, "/data/d/f"), guest.put(101, "/data/h")) == Return(0)
+    assert env.repo.calls[-1] == "link /d/f /h"
+    n = len(env.repo.calls)
+    assert call("link", guest.put(102, "/data/d"), guest.put(103, "/data/dl")) == Fail(errno.EPERM)
+    assert call("link", guest.put(104, "/data/d/f"), guest.put(105, "/data/d")) == Fail(
+        errno.EEXIST)
+    assert call("link", guest.put(106, "/data/secret"), guest.put(107, "/data/s2")) == Fail(
+        errno.EACCES)  # the policy judges the source too: a new name must not open a way in
+    assert env.denied[-1] == ("link", "/data/secret")
+    assert call("link", guest.put(108, "/data/d/f"), guest.put(109, "/data/secret2")) == Fail(
+        errno.EACCES)
+    assert call("link", guest.put(110, "/data/d/f"), guest.put(111, "/tmp/h")) == Fail(errno.EXDEV)
+    assert call("link", guest.put(112, "/data/nope"), guest.put(113, "/data/n")) == Fail(
+        errno.ENOENT)
+    assert env.repo.calls[n:] == []
+
+
+def test_names_that_are_not_utf8_reach_the_repository(world) -> None:
+    guest, env, proc, call = world
+    raw = os.fsdecode(b"/data/raw-\xff")
+    assert call("mkdir", guest.put(100, raw), 0o755) == Return(0)
+    assert env.repo.calls[-1] == "mkdir /raw-\udcff 755"
 
 
 def test_close_commits_only_for_writers(world) -> None:

@@ -61,6 +61,9 @@ class RealPaths(FakeEnv):
     def check_host(self, call: Call, op: str, path: str) -> int:
         return self.run_env.check_host(call, op, path)
 
+    def check_host_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
+        return self.run_env.check_host_rename(call, src, dst, tree)
+
     @property
     def host_rules(self) -> bool:
         return self.run_env.host_rules
@@ -354,3 +357,51 @@ def test_ci_toml_host_writes_only_in_the_workspace(outside: Path, ci_data: Path)
     }
     assert all(rec["errno"] == errno.EACCES and rec["errname"] == "EACCES" for rec in records)
     assert all(rec["app"] == "ci-job" and rec["rule"].startswith("ci.toml:") for rec in records)
+
+
+def test_execve_notes_what_it_checked_and_a_changed_image_is_killed(world) -> None:
+    """An execve under [host] rules notes the checked file's (dev, ino) (a script's
+    interpreter's); at the exec stop another mapped image is a reason to kill."""
+    ws, env, call = world
+    prog = ws / "out" / "prog"
+    shutil.copy("/bin/true", prog)
+    script = ws / "out" / "s.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    for path, want in ((prog, prog), (script, Path("/bin/sh"))):
+        proc = Proc(tgid=os.getpid(), fs=FsState(), app=env.policy.unmatched)
+        guest = FakeGuest()
+        guest.tgid = os.getpid()
+        addr = guest.put(0x1000, str(path))
+        spec = BY_NAME["execve"]
+        args = (addr, 0, 0, 0, 0, 0)
+        result = HANDLERS[spec.handler](Call(spec.nr, "execve", args, guest, proc), env)
+        assert isinstance(result, RunChecked)
+        s = want.stat()
+        assert proc.exec_checked == {(s.st_dev, s.st_ino)}
+    # at the exec stop (this process stands in for the new image): the mapped file
+    me = Path(f"/proc/{os.getpid()}/exe").stat()
+    proc = Proc(tgid=os.getpid(), fs=FsState(), exe=sys.executable)
+    proc.exec_checked = {(me.st_dev, me.st_ino)}
+    assert env.run_env.identify(proc) is None and proc.exec_checked is None
+    proc.exec_checked = {(s.st_dev, s.st_ino)}  # /bin/sh: not what is mapped
+    assert env.run_env.identify(proc) is not None
+
+
+def test_executed_object_follows_interpreters_as_the_kernel(tmp_path: Path) -> None:
+    sh = Path("/bin/sh").stat()
+
+    def obj(path: Path) -> tuple[int, int] | None:
+        fd = os.open(path, os.O_PATH)
+        try:
+            return abi.executed_object(fd, str(tmp_path))
+        finally:
+            os.close(fd)
+
+    (tmp_path / "a.sh").write_text("#!  /bin/sh -e\n")
+    (tmp_path / "b").write_text("#!a.sh\n")  # a relative interpreter (from the cwd), a script
+    (tmp_path / "c").write_text("#!/nonexistent\n")
+    assert obj(tmp_path / "a.sh") == (sh.st_dev, sh.st_ino)
+    assert obj(tmp_path / "b") == (sh.st_dev, sh.st_ino)
+    assert obj(tmp_path / "c") is None
+    elf = Path("/bin/true").stat()
+    assert obj(Path("/bin/true")) == (elf.st_dev, elf.st_ino)

@@ -136,3 +136,43 @@ def test_bad_mount_points_are_refused() -> None:
             Namespace(bad)
     assert Namespace("/mnt/repo/").guest_path("/x") == "/mnt/repo/x"
     assert FileKind.DIR.value == "dir"
+
+
+BENEATH, IN_ROOT, NO_SYMLINKS, NO_XDEV = 0x08, 0x10, 0x04, 0x01
+
+
+def confined(path: str, base: str, confine: int, follow: bool = True):
+    return Namespace("/data").resolve(
+        path, base, follow=follow, lstat=TREE.get, readlink=LINKS.__getitem__, confine=confine
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "base", "confine", "err"),
+    [
+        ("../f", "/data/d", BENEATH, errno.EXDEV),  # '..' above the dirfd
+        ("e/../../f", "/data/d", BENEATH, errno.EXDEV),
+        ("/data/f", "/data/d", BENEATH, errno.EXDEV),  # absolute
+        ("abs2", "/data", BENEATH, errno.EXDEV),  # absolute repository symlink
+        ("up", "/data", BENEATH, errno.EXDEV),  # a relative one climbing out of the dirfd
+        ("rel/x", "/data", NO_SYMLINKS, errno.ELOOP),
+        ("abs2", "/data", NO_SYMLINKS, errno.ELOOP),
+        ("data/d", "/", NO_XDEV, errno.EXDEV),  # into the mount
+        ("/data/d", "/data/d", NO_XDEV, errno.EXDEV),  # absolute: from '/', into the mount
+        ("../../tmp", "/data/d", NO_XDEV, errno.EXDEV),  # out of it
+    ],
+)
+def test_confinement_flags_refuse_as_the_kernel(path: str, base: str, confine: int, err: int):
+    with pytest.raises(OSError) as info:
+        confined(path, base, confine)
+    assert info.value.errno == err
+
+
+def test_confinement_flags_allow_what_stays_inside() -> None:
+    assert confined("e/../f", "/data/d", BENEATH).path == "/d/f"
+    assert confined("f", "/data/d", NO_SYMLINKS | NO_XDEV | BENEATH).path == "/d/f"
+    assert confined("abs2", "/data", NO_SYMLINKS, follow=False).path == "/abs2"
+    # IN_ROOT: '..' of the root is the root, absolute paths and symlinks start there
+    assert confined("../../f", "/data/d", IN_ROOT).path == "/d/f"
+    assert confined("/f", "/data/d", IN_ROOT).path == "/d/f"
+    assert confined("/e", "/data/d", IN_ROOT).attrs == TREE["/d/e"]

@@ -17,6 +17,8 @@ A = m.Attrs(kind=m.FileKind.FILE, size=12, mode=0o644, mtime_ns=1, ctime_ns=-2, 
             nlink=1, version="v1")
 D = m.Attrs(kind="dir", size=0, mode=0o755, mtime_ns=0, ctime_ns=0, ino=1)
 
+V = m.PROTOCOL_VERSION
+
 #: One example of every registered message kind.
 EXAMPLES: list[m.Message] = [
     m.Hello(version=1),
@@ -26,7 +28,8 @@ EXAMPLES: list[m.Message] = [
     m.Stat(path="/a"),
     m.StatReply(attrs=A),
     m.List(path="/"),
-    m.Listing(attrs=D, entries=(m.DirEntry(name="a", attrs=A), m.DirEntry(name="é", attrs=D))),
+    m.Listing(attrs=D, entries=(m.DirEntry(name="a", attrs=A), m.DirEntry(name="é", attrs=D),
+                                m.DirEntry(name="raw-\udcff\udcfe", attrs=A))),
     m.Read(path="/a", offset=3, length=m.CHUNK_SIZE, version="v1"),
     m.Data(data=b"\x00\xff" * 10, eof=True, version="v1"),
     m.UploadChunk(upload_id="u", offset=0, data=b"xyz"),
@@ -36,6 +39,8 @@ EXAMPLES: list[m.Message] = [
     m.Remove(path="/d", directory=True),
     m.Rename(src="/a", dst="/b", flags=m.RenameFlags.NOREPLACE),
     m.Symlink(target="../x", path="/l"),
+    m.Symlink(target="x-\udcff", path="/l-\udce9"),  # names that are not UTF-8
+    m.Link(src="/a", dst="/d/b-\udc80"),
     m.Readlink(path="/l"),
     m.LinkTarget(target="../x"),
     m.SetAttr(path="/a", mode=0o600, atime_ns=None, mtime_ns=-5, size=0),
@@ -77,17 +82,17 @@ def test_decodes_from_a_memoryview() -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        [2, "stat", 1, "", {"path": "/a"}],  # other protocol version
+        [1, "stat", 1, "", {"path": "/a"}],  # protocol 1 (names were text only)
         [True, "stat", 1, "", {"path": "/a"}],  # bool is not a version
-        [1, "nope", 1, "", {}],  # unknown kind
-        [1, "stat", -1, "", {"path": "/a"}],  # negative request id
-        [1, "stat", 1, 5, {"path": "/a"}],  # token not a string
-        [1, "stat", 1, "", {"path": "/a", "extra": 1}],  # unknown field
-        [1, "stat", 1, "", {"path": 3}],  # wrong type
-        [1, "stat", 1, "", {}],  # missing field
-        [1, "stat_reply", 1, "", {"attrs": [1, 2]}],  # short attrs
-        [1, "read", 1, "", {"path": "/a", "offset": 0, "length": m.CHUNK_SIZE + 1}],
-        [1, "stat", 1, ""],  # short envelope
+        [V, "nope", 1, "", {}],  # unknown kind
+        [V, "stat", -1, "", {"path": "/a"}],  # negative request id
+        [V, "stat", 1, 5, {"path": "/a"}],  # token not a string
+        [V, "stat", 1, "", {"path": "/a", "extra": 1}],  # unknown field
+        [V, "stat", 1, "", {"path": 3}],  # wrong type
+        [V, "stat", 1, "", {}],  # missing field
+        [V, "stat_reply", 1, "", {"attrs": [1, 2]}],  # short attrs
+        [V, "read", 1, "", {"path": "/a", "offset": 0, "length": m.CHUNK_SIZE + 1}],
+        [V, "stat", 1, ""],  # short envelope
         {"a": 1},
     ],
 )
@@ -119,7 +124,7 @@ _values = st.recursive(_leaf, lambda c: st.lists(c, max_size=4)
 def test_structured_garbage_is_a_decode_error(kind: str, rid: int, body: object) -> None:
     """Well-formed msgpack envelopes with arbitrary bodies: DecodeError or a valid message."""
     try:
-        frame = msgpack.packb([1, kind, rid, "", body], use_bin_type=True)
+        frame = msgpack.packb([m.PROTOCOL_VERSION, kind, rid, "", body], use_bin_type=True)
     except (OverflowError, ValueError):
         return
     try:
@@ -132,3 +137,39 @@ def test_structured_garbage_is_a_decode_error(kind: str, rid: int, body: object)
 def test_error_from_exception_keeps_errno_and_fails_closed() -> None:
     assert error_from_exception(FileNotFoundError(errno.ENOENT, "x")).errno == errno.ENOENT
     assert error_from_exception(KeyError("boom")).errno == errno.EIO
+
+
+# -- requests are decoded within the schema's bounds ------------------------------------
+
+
+def test_the_largest_legal_requests_decode_in_request_mode() -> None:
+    path = "/" + "\U0001f600" * (m.MAX_PATH - 1)  # the longest path, 4 UTF-8 bytes a char
+    for msg in (m.Stat(path=path), m.Rename(src=path, dst=path),
+                m.UploadChunk(upload_id="u", offset=0, data=b"x" * m.CHUNK_SIZE),
+                m.SetAttr(path=path, mode=0o644, atime_ns=1, mtime_ns=2, size=3)):
+        assert decode(encode(msg, 7, "t" * 1024), request=True).msg == msg
+
+
+@pytest.mark.parametrize("frame", [
+    b"\xdd\x00\x80\x00\x00" + b"\x80" * 0x800000,  # 8M empty maps
+    b"\x95\x01\xa4stat\x05\xa0\xdf\xff\xff\xff\xff",  # a body of 2^32-1 fields
+    b"\x95\x01\xa4stat\x05\xa0" + b"\x91" * 100_000,  # nesting
+    b"\x95\x01\xa4stat\x05\xa0\x81\xa4path" + b"\x92\x90\x90" * 100,  # many small arrays
+    b"\x95\x01\xa4stat\x05\xa0\x81\xa4path\xc7\x01\x01x",  # an ext type
+], ids=["maps", "fields", "deep", "containers", "ext"])
+def test_a_request_that_declares_too_much_is_refused_early(frame: bytes) -> None:
+    import time
+
+    t = time.perf_counter()
+    with pytest.raises(DecodeError):
+        decode(frame, request=True)
+    assert time.perf_counter() - t < 0.2
+
+
+def test_a_bad_body_keeps_its_request_id_without_a_second_decode() -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(msgpack.packb([1, "stat", 77, "", {"path": 5}]), request=True)
+    assert info.value.request_id == 77
+    with pytest.raises(DecodeError) as info:
+        decode(b"\xc1", request=True)
+    assert info.value.request_id == 0

@@ -20,8 +20,8 @@ from synthfs.protocol import messages as m
 from synthfs.protocol.codec import DecodeError, decode, decoder_source, encode
 
 A = m.Attrs(kind=m.FileKind.FILE, size=12, mode=0o644, mtime_ns=-1, ctime_ns=2, ino=7, nlink=1,
-            version="v1")
-ATTRS_WIRE = ["file", 12, 0o644, -1, 2, 7, 1, "v1"]
+            version="v1", blocks=8)
+ATTRS_WIRE = ["file", 12, 0o644, -1, 2, 7, 1, "v1", 8]
 SLOTS = [f.name for f in attrs.fields(m.Attrs)]
 
 #: Values of the wrong type for every kind of slot (a bool for an int, bytes for a str...).
@@ -29,7 +29,7 @@ WRONG = [None, True, False, 1.0, "1", b"1", [], {}, [1], 2**64 - 1, -(2**63)]
 
 
 def frame(kind: str, body: object, rid: object = 1, token: object = "") -> bytes:
-    out = msgpack.packb([1, kind, rid, token, body], use_bin_type=True)
+    out = msgpack.packb([m.PROTOCOL_VERSION, kind, rid, token, body], use_bin_type=True)
     assert isinstance(out, bytes)
     return out
 
@@ -120,7 +120,7 @@ def test_signed_fields_refuse_past_i64() -> None:
     with pytest.raises(DecodeError):
         decode(frame("setattr", {**body, "mtime_ns": 2**63}))
     with pytest.raises(DecodeError):
-        decode(frame("stat_reply", {"attrs": ["file", 1, 0, 2**63, 0, 1, 1, ""]}))
+        decode(frame("stat_reply", {"attrs": ["file", 1, 0, 2**63, 0, 1, 1, "", 0]}))
 
 
 def test_bools_are_bools_and_strs_are_strs() -> None:
@@ -132,8 +132,19 @@ def test_bools_are_bools_and_strs_are_strs() -> None:
         decode(frame("data", {**body, "version": b"v1"}))
     with pytest.raises(DecodeError):
         decode(frame("data", {**body, "data": "text"}))
+    # A path is the one str that may come as bin: a name whose bytes are not UTF-8.
+    assert decode(frame("stat", {"path": b"/a\xff"})).msg == m.Stat(path="/a\udcff")
+    assert decode(frame("stat", {"path": b"/a"})).msg == m.Stat(path="/a")
     with pytest.raises(DecodeError):
-        decode(frame("stat", {"path": b"/a"}))
+        decode(frame("stat", {"path": b"/a" * 3000}))  # its limit holds for bin too
+    with pytest.raises(DecodeError):
+        decode(frame("error", {"errno": 5, "message": b"text"}))  # other strs stay str
+    out = encode(m.Stat(path="/a\udcff"))
+    assert b"\xc4\x03/a\xff" in out  # bin 8 of the name's exact bytes
+    with pytest.raises(ValueError):
+        m.Stat(path="/a\ud800")  # no byte string gives it: refused when built
+    with pytest.raises(ValueError):
+        m.Error(errno=5, message="\udcff")  # only names carry bytes that are not UTF-8
 
 
 def test_envelope_refuses_bools_for_ints() -> None:
@@ -142,7 +153,8 @@ def test_envelope_refuses_bools_for_ints() -> None:
     with pytest.raises(DecodeError):
         decode(frame("stat", {"path": "/a"}, token=b"tok"))
     with pytest.raises(DecodeError):
-        decode(msgpack.packb([1, ["stat"], 1, "", {"path": "/a"}]))  # unhashable kind
+        # an unhashable kind
+        decode(msgpack.packb([m.PROTOCOL_VERSION, ["stat"], 1, "", {"path": "/a"}]))
 
 
 def test_rename_flags_are_u32_and_decode_to_the_enum() -> None:
@@ -197,7 +209,7 @@ def test_large_blobs_are_joined_into_valid_frames(size: int) -> None:
         assert decode(out).msg == msg
         assert decode(memoryview(out)).msg == msg
         plain = msgpack.unpackb(out, raw=False)  # any msgpack reader sees the same frame
-        assert plain[:4] == [1, msg.kind, 77, "tok"] and plain[4]["data"] == data
+        assert plain[:4] == [m.PROTOCOL_VERSION, msg.kind, 77, "tok"] and plain[4]["data"] == data
 
 
 def test_oversized_blob_is_refused() -> None:
@@ -220,7 +232,7 @@ _scalars = st.one_of(
     st.text(max_size=8), st.binary(max_size=8),
     st.sampled_from(["file", "dir", "symlink", "/a", "", 0, 1, 0o7777, 0o10000, 4096, 4095]),
 )
-_attrs_raw = st.lists(_scalars, min_size=8, max_size=8)
+_attrs_raw = st.lists(_scalars, min_size=9, max_size=9)
 _values = st.one_of(_scalars, _attrs_raw, st.lists(st.one_of(_scalars, st.tuples(
     st.text(max_size=4), _attrs_raw).map(list)), max_size=3))
 
@@ -229,6 +241,8 @@ def _valid(t: m.WireType) -> st.SearchStrategy[object]:
     """Wire values ``t`` accepts, edges included."""
     if isinstance(t, m.WireInt):
         return st.integers(t.lo, t.hi) | st.sampled_from([t.lo, t.hi])
+    if isinstance(t, m.WireStr) and t.fs:  # a name: text, or bin (its bytes, not UTF-8)
+        return st.text(max_size=6) | st.just("é" * t.max_len) | st.binary(max_size=6)
     if isinstance(t, m.WireStr):
         return st.text(max_size=6) | st.just("é" * t.max_len)
     if isinstance(t, m.WireBytes):
@@ -274,12 +288,22 @@ def _bodies(draw: st.DrawFn) -> tuple[str, dict[str, object], bool]:
 def _construct(cls: type[m.Message], body: dict[str, object]) -> m.Message:
     """The slow, validating path from the same wire values."""
     values: dict[str, object] = {}
-    for name, v in body.items():
-        if name == "attrs":
+    types = {f.name: f.validator for f in attrs.fields(cls)}  # type: ignore[arg-type]
+
+    def name(v: object) -> object:  # a name that came as bin: the str os.fsdecode gives
+        return v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v
+
+    for key, v in body.items():
+        t = types.get(key)
+        if key == "attrs":
             v = m.Attrs(*v)  # type: ignore[misc]
-        elif name == "entries":
-            v = [m.DirEntry(name=e[0], attrs=m.Attrs(*e[1])) for e in v]  # type: ignore[index,union-attr]
-        values[name] = v
+        elif key == "entries":
+            v = [m.DirEntry(name=name(e[0]), attrs=m.Attrs(*e[1])) for e in v]  # type: ignore[index,union-attr,arg-type]
+        elif isinstance(t, m.WireStr) and t.fs:
+            v = name(v)
+        elif isinstance(t, m.WireTuple) and isinstance(t.item, m.WireStr) and t.item.fs:
+            v = [name(x) for x in v] if isinstance(v, list) else v
+        values[key] = v
     return cls(**values)
 
 
@@ -301,7 +325,7 @@ def test_fast_decoder_agrees_with_the_validators(
 def test_build_checks_values_as_the_decoder_does() -> None:
     from synthfs.protocol.codec import build
 
-    assert build(m.Attrs, m.FileKind.FILE, 12, 0o644, -1, 2, 7, 1, "v1") == A
+    assert build(m.Attrs, m.FileKind.FILE, 12, 0o644, -1, 2, 7, 1, "v1", 8) == A
     assert build(m.Attrs, *ATTRS_WIRE) == A
     assert build(m.DirEntry, "a", ATTRS_WIRE) == m.DirEntry(name="a", attrs=A)
     for slot, bad in [(1, -1), (1, True), (2, 0o10000), (0, "fifo"), (0, m.RenameFlags.NONE),
@@ -311,6 +335,6 @@ def test_build_checks_values_as_the_decoder_does() -> None:
         with pytest.raises(DecodeError):
             build(m.Attrs, *values)
     with pytest.raises(DecodeError):
-        build(m.Attrs, *ATTRS_WIRE[:7])
+        build(m.Attrs, *ATTRS_WIRE[:8])
     with pytest.raises(TypeError):
         build(m.Stat, "/a")  # messages go through their constructors

@@ -111,6 +111,7 @@ class RawClient:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
         self.token = token
+        self.publish_key = ""  # the sealed invalidation channel's, from Registered
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -155,4 +156,5 @@ def register(client: RawClient, key: bytes, agent_id: str | None = None,
                                  timestamp_ns=ts, mac=mac), token="")
     if isinstance(reply, Registered):
         client.token = reply.token
+        client.publish_key = reply.publish_key
     return reply

@@ -196,3 +196,45 @@ def test_concurrent_resent_commits_install_once(tmp_path):
         assert [n for n in os.listdir(tmp_path / "state") if n.startswith("up-")] == []
     finally:
         be.close()
+
+
+def test_uncommitted_uploads_are_bounded_in_total(tmp_path):
+    """A key holder that stages and never commits fills at most the staging bound."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    be = LocalBackend(root, state=tmp_path / "state", staged_max=1 << 20)
+    try:
+        for i in range(4):
+            be.upload_chunk(f"hog-{i}", 0, b"x" * (256 << 10))
+        with pytest.raises(OSError) as ei:
+            be.upload_chunk("hog-4", 0, b"x")
+        assert ei.value.errno == errno.ENOSPC
+        be.upload_abort("hog-0")  # leaving staging frees its share
+        be.upload_chunk("ok", 0, b"y" * 1000)
+        be.upload_commit("ok", "/ok", 1000)
+        be.upload_chunk("ok-2", 0, b"z" * (255 << 10))
+    finally:
+        be.close()
+
+
+def test_idle_uploads_expire_without_a_new_upload_starting(tmp_path):
+    import time
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    be = LocalBackend(root, state=tmp_path / "state", staged_max=1 << 20,
+                      upload_idle_s=0.2)
+    try:
+        be.upload_chunk("idle", 0, b"x" * (1 << 20))
+        staged = set(os.listdir(tmp_path / "state"))
+        assert len(staged - {"committed.journal"}) == 1
+        time.sleep(0.5)
+        # The next upload request (here its own late commit) expires it first.
+        with pytest.raises(OSError) as ei:
+            be.upload_commit("idle", "/idle", 1 << 20)
+        assert ei.value.errno == errno.EIO
+        assert not (root / "idle").exists()
+        assert set(os.listdir(tmp_path / "state")) <= {"committed.journal"}
+        be.upload_chunk("next", 0, b"y" * (1 << 20))  # its share is free again
+    finally:
+        be.close()

@@ -117,3 +117,13 @@ def test_remote_tcp_needs_curve():
     check_endpoint("tcp://10.0.0.1:5", curve=True)
     with pytest.raises(ValueError, match="needs CURVE"):
         check_endpoint("tcp://10.0.0.1:5", curve=False)
+
+
+def test_a_registration_older_than_the_process_is_refused_within_the_skew_window():
+    now = time.time_ns()
+    started_long_ago = Authority(KEY, "repo", boot_ns=now - 3600 * 10**9)
+    started_long_ago.register(_reg("old-but-in-window", ts=now - 100 * 10**9))
+    just_started = Authority(KEY, "repo", boot_ns=now)
+    with pytest.raises(AuthError) as ei:
+        just_started.register(_reg("captured", ts=now - 100 * 10**9))
+    assert ei.value.errno == errno.ESTALE

@@ -25,7 +25,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_harness import RawClient, ServerProc, make_key, register
 
-from synthfs.protocol.messages import REGISTRY, Message, Registered, Stat, StatReply
+from synthfs.protocol.messages import (
+    PROTOCOL_VERSION,
+    REGISTRY,
+    Message,
+    Registered,
+    Stat,
+    StatReply,
+)
 
 KINDS = sorted(REGISTRY)
 FIELDS = sorted({f.name for cls in REGISTRY.values() for f in attrs.fields(cls)})
@@ -158,9 +165,10 @@ def test_bad_frames_get_an_error_reply(fuzz_server):
     assert reply_to([b"a", b"b", b"c"]) == 0
     assert reply_to([b""]) == 0
     # A recognisable envelope with a bad body: its request id is salvaged.
-    assert reply_to([msgpack.packb([1, "stat", 77, "", {"path": 5}])]) == 77
-    assert reply_to([msgpack.packb([2, "stat", 78, "", {"path": "/"}])]) == 78
-    assert reply_to([msgpack.packb([1, "stat", 79, "", {"path": "/", "x": 1}])]) == 79
+    assert reply_to([msgpack.packb([PROTOCOL_VERSION, "stat", 77, "", {"path": 5}])]) == 77
+    assert reply_to([msgpack.packb([PROTOCOL_VERSION + 1, "stat", 78, "", {"path": "/"}])]) == 78
+    v = PROTOCOL_VERSION
+    assert reply_to([msgpack.packb([v, "stat", 79, "", {"path": "/", "x": 1}])]) == 79
 
 
 def _is_root(msg: Message) -> bool:
@@ -171,10 +179,16 @@ def _blast_server(fuzz_server, count: int) -> None:
     proc, client = fuzz_server
     _drain(client)
     valid, garbage = server_seeds(client.token)
+    rss0 = _rss_kib(proc.proc.pid)
     res = blast(proc.bound, FrameFuzzer(valid, garbage, SEED), count,
                 probe=lambda: Stat(path="/"), probe_ok=_is_root, owes_reply=lambda parts: True,
                 alive=proc.alive, in_order=False, probe_token=client.token)
-    print(res.summary("server"))
+    rss = _rss_kib(proc.proc.pid)
+    print(res.summary("server"), f"; RSS {rss0 // 1024} -> {rss // 1024} MiB")
+    # Bounds: nothing a frame declares grows the server, and a batch of 200 hostile
+    # frames and its probe are answered within a few seconds on a loaded 2-CPU box.
+    assert rss - rss0 < 128 * 1024, f"RSS grew by {(rss - rss0) // 1024} MiB"
+    assert res.worst_probe_s < 10.0, res.worst_probe_s
     assert res.frames == count and res.probes == -(-count // 200)
     assert res.errnos["undecodable"] == 0  # every reply is a valid message
     assert res.mismatches == []
@@ -259,3 +273,95 @@ def test_no_request_plants_a_setuid_file(fuzz_server):
         mode = os.stat(proc.root / name).st_mode
         assert not mode & (stat.S_ISUID | stat.S_ISGID), f"{name}: {mode:o}"
         os.unlink(proc.root / name)
+
+
+# -- decode bombs: frames that declare far more than they carry --------------------------
+
+
+def _bombs() -> dict[str, bytes]:
+    """Frames of at most MAX_FRAME bytes that cost msgpack's defaults seconds and gigabytes."""
+    from synthfs.protocol.codec import MAX_FRAME
+
+    n = MAX_FRAME - 16
+    env = b"\x95" + msgpack.packb([1, "stat", 99, ""])[1:]  # [1, "stat", 99, "", <body>]
+    return {
+        # one array header of ~8M items, each an empty map (~70 bytes of Python each)
+        "empty maps": b"\xdd" + n.to_bytes(4, "big") + b"\x80" * n,
+        "empty arrays": b"\xdd" + n.to_bytes(4, "big") + b"\x90" * n,
+        # a body that declares 2^32-1 fields and holds millions of tiny ones
+        "huge body": env + b"\xdf\xff\xff\xff\xff" + b"\xa1a\x90" * (n // 3),
+        # a tree of 16-wide arrays of empty maps: small headers, many objects
+        "tree": b"\x95" + b"\xdc\xff\xff" * 1024 + b"\x80" * (n - 4096),
+        # deep nesting
+        "deep": b"\x91" * n,
+        # array16 headers preallocating 65535 slots each, nested as deep as msgpack goes
+        "prealloc": b"\xdc\xff\xff" * (n // 3),
+    }
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_decode_bombs_cost_milliseconds_and_no_memory(fuzz_server):
+    """Each bomb is refused in milliseconds, the server's RSS stays bounded, and a
+    registered client is served all the while (msgpack's defaults: ~5 s and ~1.2 GB)."""
+    import errno
+    import threading
+
+    from synthfs.protocol.codec import decode
+    from synthfs.protocol.messages import Error
+
+    proc, client = fuzz_server
+    _drain(client)
+    pid = proc.proc.pid
+    rss0 = _rss_kib(pid)
+    peak = rss0
+    stop = threading.Event()
+    served: list[float] = []
+    failures: list[str] = []
+
+    def agent_side() -> None:
+        with RawClient(proc.bound, client.token) as agent:
+            while not stop.is_set():
+                t = time.perf_counter()
+                try:
+                    reply = agent.call(Stat(path="/"), timeout=5.0)
+                except TimeoutError:
+                    failures.append("a Stat got no reply within 5 s")
+                    return
+                if not _is_root(reply):
+                    failures.append(repr(reply))
+                served.append(time.perf_counter() - t)
+                time.sleep(0.005)
+
+    thread = threading.Thread(target=agent_side)
+    thread.start()
+    times: dict[str, float] = {}
+    try:
+        for name, frame in _bombs().items():
+            worst = 0.0
+            for _ in range(3):
+                t = time.perf_counter()
+                client.sock.send(frame)
+                env = decode(client.recv_frames(timeout=10.0)[-1])
+                worst = max(worst, time.perf_counter() - t)
+                assert isinstance(env.msg, Error) and env.msg.errno == errno.EBADMSG, env.msg
+                peak = max(peak, _rss_kib(pid))
+            times[name] = worst
+    finally:
+        stop.set()
+        thread.join(30)
+    print({k: f"{v * 1000:.1f} ms" for k, v in times.items()},
+          f"RSS {rss0 // 1024} -> peak {peak // 1024} MiB; {len(served)} Stats served, "
+          f"slowest {max(served, default=0) * 1000:.1f} ms")
+    assert not failures, failures
+    assert served, "the registered client was never served"
+    # An 8 MiB frame is received and copied once or twice; nothing grows with what it declares.
+    assert peak - rss0 < 64 * 1024, f"RSS grew by {(peak - rss0) // 1024} MiB"
+    assert max(times.values()) < 0.5, times
+    assert proc.alive()

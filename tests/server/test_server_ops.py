@@ -38,6 +38,7 @@ from synthfs.protocol.messages import (
     UploadChunk,
     UploadCommit,
 )
+from synthfs.protocol.sealed import TOPIC, open_sealed
 
 
 def _upload(c, path: str, data: bytes, mode: int = 0o644) -> StatReply:
@@ -147,6 +148,18 @@ def test_commit_resend_returns_same_attrs(srv):
     assert isinstance(a, StatReply) and a == b
 
 
+def test_a_commit_resent_for_another_path_is_an_error(srv):
+    """A committed upload's id named with another path: an error, never success with
+    the first path's attributes (nothing is written to the second path)."""
+    c = srv.client()
+    c.call(UploadChunk(upload_id="once", offset=0, data=b"abc"))
+    a = c.call(UploadCommit(upload_id="once", path="/f", size=3))
+    assert isinstance(a, StatReply)
+    assert _err(c.call(UploadCommit(upload_id="once", path="/victim", size=3))) == errno.EEXIST
+    assert not (srv.root / "victim").exists()
+    assert c.call(UploadCommit(upload_id="once", path="//f", size=3)) == a  # same path
+
+
 def test_not_a_server_request(srv):
     c = srv.client()
     assert _err(c.call(Hello(version=1))) == errno.EOPNOTSUPP
@@ -215,64 +228,87 @@ def test_many_clients_at_once(srv):
         assert rid == rids[c] and isinstance(msg, StatReply) and msg.attrs.size == len(str(i))
 
 
+class _Sub:
+    """A SUB socket on the sealed channel that opens each publication with ``key``."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(endpoint)
+        self.key = ""
+
+    def poll(self, ms: int) -> bool:
+        return bool(self.sock.poll(ms))
+
+    def recv(self) -> list:
+        topic, body = self.sock.recv_multipart()
+        assert topic == TOPIC
+        return msgpack.unpackb(open_sealed(self.key, body))
+
+    def recv_inval(self, ms: int) -> list | None:
+        """The next invalidation's [path, version, instance, seq, parent] (beats skipped)."""
+        deadline = time.monotonic() + ms / 1000
+        while self.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+            kind, *fields = self.recv()
+            if kind == "inval":
+                return fields
+        return None
+
+
 @pytest.fixture
 def published(make_server, tmp_path):
     d = tempfile.mkdtemp(prefix="sfs-pub-", dir="/tmp")
     srv = make_server("--publish", f"ipc://{d}/pub.sock")
-    sub = zmq.Context.instance().socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"inval")
-    sub.connect(f"ipc://{d}/pub.sock")
+    sub = _Sub(f"ipc://{d}/pub.sock")
     # PUB drops messages until the subscription has reached it: probe until one arrives.
     c = srv.client()
+    sub.key = c.publish_key
     made = 0
-    while not sub.poll(100):
+    while sub.recv_inval(100) is None:
         assert made < 100, "no invalidation ever arrived"
         c.call(Mkdir(path=f"/probe{made}"))
         made += 1
     for i in range(made):
         c.call(Remove(path=f"/probe{i}", directory=True))
     while sub.poll(300):
-        sub.recv_multipart()
-    yield srv, sub
-    sub.close()
+        sub.recv()
+    yield srv, sub, d
+    sub.sock.close()
     shutil.rmtree(d, ignore_errors=True)
 
 
 def test_invalidations_are_published(published):
-    srv, sub = published
+    srv, sub, _d = published
     c = srv.client()
+    assert c.publish_key == sub.key  # one channel key per server process
     a = _upload(c, "/f", b"v1").attrs
     seen = {}
     deadline = time.monotonic() + 5
     while not {"/f", "/"} <= set(seen) and time.monotonic() < deadline:
-        if sub.poll(500):
-            _topic, body = sub.recv_multipart()
-            path, version = msgpack.unpackb(body)[:2]
-            seen[path] = version
+        got = sub.recv_inval(500)
+        if got is not None:
+            seen[got[0]] = got[1]
     assert seen["/f"] == a.version
     assert "/" in seen
     c.call(Remove(path="/f"))
-    while sub.poll(2000):
-        _topic, body = sub.recv_multipart()
-        path, version = msgpack.unpackb(body)[:2]
-        seen[path] = version
-        if path == "/f":
+    while (got := sub.recv_inval(2000)) is not None:
+        seen[got[0]] = got[1]
+        if got[0] == "/f":
             break
     assert seen["/f"] == ""
 
 
 def test_heartbeat_and_sequence_numbers(published):
     """Beats every ~0.5 s carry the instance and the last inval's seq; invals count 1, 2..."""
-    srv, sub = published
-    sub.setsockopt(zmq.SUBSCRIBE, b"beat")
+    srv, sub, _d = published
     beats = []
     deadline = time.monotonic() + 5
     while len(beats) < 3 and time.monotonic() < deadline:
         if sub.poll(1000):
-            topic, body = sub.recv_multipart()
-            if topic == b"beat":
-                beats.append((time.monotonic(), *msgpack.unpackb(body)))
+            kind, *fields = sub.recv()
+            if kind == "beat":
+                beats.append((time.monotonic(), *fields))
     assert len(beats) == 3
     (t0, inst, seq0), (_, inst1, seq1), (t2, inst2, seq2) = beats
     assert inst == inst1 == inst2 and len(inst) == 16
@@ -281,18 +317,47 @@ def test_heartbeat_and_sequence_numbers(published):
     c = srv.client()
     _upload(c, "/g", b"x")
     invals = []
-    while len(invals) < 2 and sub.poll(2000):
-        topic, body = sub.recv_multipart()
-        if topic == b"inval":
-            invals.append(msgpack.unpackb(body))
+    while len(invals) < 2 and (got := sub.recv_inval(2000)) is not None:
+        invals.append(got)
     assert [i[3] for i in invals] == [seq0 + 1, seq0 + 2]
     assert {i[2] for i in invals} == {inst}
     assert invals[0][0] == "/g" and invals[0][4] is False
     assert invals[1][0] == "/" and invals[1][4] is True
     while sub.poll(1500):
-        topic, body = sub.recv_multipart()
-        if topic == b"beat":
-            assert msgpack.unpackb(body) == [inst, seq0 + 2]
+        kind, *fields = sub.recv()
+        if kind == "beat":
+            assert fields == [inst, seq0 + 2]
             break
     else:
         raise AssertionError("no beat after the invalidations")
+
+
+def test_a_reader_that_did_not_register_learns_nothing(make_server):
+    """Another local user subscribes to the channel (no key): it sees that messages
+    pass, never a path, a version, the instance or a sequence number."""
+    d = tempfile.mkdtemp(prefix="sfs-pub-", dir="/tmp")
+    srv = make_server("--publish", f"ipc://{d}/pub.sock")
+    spy = zmq.Context.instance().socket(zmq.SUB)
+    spy.setsockopt(zmq.LINGER, 0)
+    spy.setsockopt(zmq.SUBSCRIBE, b"")
+    spy.connect(f"ipc://{d}/pub.sock")
+    try:
+        c = srv.client()
+        heard: list[bytes] = []
+        names = []
+        deadline = time.monotonic() + 2.0  # several beats, and a change every 0.1 s
+        while time.monotonic() < deadline:
+            names.append("/secret-name-" + secrets.token_hex(4))
+            versions = [_upload(c, names[-1], b"payload").attrs.version]
+            while spy.poll(100):
+                heard.extend(spy.recv_multipart())
+        assert len(heard) > 10, "the spy heard nothing (so the test could not fail)"
+        text = b"".join(heard)
+        for leak in (*(n.encode() for n in names), *(v.encode() for v in versions),
+                     b"inval", b"beat", c.publish_key.encode()):
+            assert leak not in text, leak
+        if c.publish_key:
+            assert bytes.fromhex(c.publish_key) not in text
+    finally:
+        spy.close()
+        shutil.rmtree(d, ignore_errors=True)

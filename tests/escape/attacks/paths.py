@@ -185,6 +185,14 @@ def main():
         except OSError as e:
             out(REFUSED, f"hard link to the target: refused ({fail_name(e)})")
         read_and_judge(f"{d}/hl", marker, "hard link to the target")
+    elif mode == "hardlink_in_data":
+        # a second name inside the mount, where the policy would let it be read
+        new = f"{data}/hl-{os.getpid()}"
+        try:
+            os.link(target, new)
+        except OSError as e:
+            out(REFUSED, f"hard link to the target inside the mount: refused ({fail_name(e)})")
+        read_and_judge(new, marker, "hard link to the target inside the mount")
     elif mode == "unlink":
         try:
             os.unlink(target)
@@ -311,6 +319,84 @@ def main():
         except OSError as e:
             out(REFUSED, f"sched_setaffinity(pid): refused ({fail_name(e)})")
         out(ESCAPED, "sched_setaffinity(pid) succeeded: ESCAPED")
+    elif mode in ("setown", "setown_group", "setown_ex", "fiosetown"):
+        # issue #16 class 2: make the target a file's owner, with F_SETSIG(SIGSTOP) and
+        # O_ASYNC: the next write to the pipe (data on the socket) stops it; SIGCONT
+        # follows the same way. Natively the target is seen stopped (/proc/PID/stat).
+        import fcntl
+        import struct
+
+        F_SETOWN, F_SETSIG, F_SETOWN_EX, FIOSETOWN = 8, 10, 15, 0x8901
+        if target == "ppid":
+            target = str(os.getppid())
+        pid = int(target)
+        if mode == "fiosetown":
+            r, w = socket.socketpair()
+            rfd, poke = r.fileno(), (lambda: w.send(b"x"))
+        else:
+            rfd, wfd = os.pipe()
+            poke = lambda: os.write(wfd, b"x")  # noqa: E731
+        try:
+            if mode == "setown":
+                fcntl.fcntl(rfd, F_SETOWN, pid)
+            elif mode == "setown_group":
+                fcntl.fcntl(rfd, F_SETOWN, -os.getpgid(pid))
+            elif mode == "setown_ex":
+                fcntl.fcntl(rfd, F_SETOWN_EX, struct.pack("ii", 1, pid))  # F_OWNER_PID
+            else:
+                fcntl.ioctl(rfd, FIOSETOWN, struct.pack("i", pid))
+        except OSError as e:
+            out(REFUSED, f"{mode}: refused ({fail_name(e)})")
+        fcntl.fcntl(rfd, F_SETSIG, signal.SIGSTOP)
+        fcntl.fcntl(rfd, fcntl.F_SETFL, fcntl.fcntl(rfd, fcntl.F_GETFL) | os.O_ASYNC)
+        poke()
+        time.sleep(0.2)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            state = "?"  # /proc/PID of a trusted process is refused: the owner was set
+        fcntl.fcntl(rfd, F_SETSIG, signal.SIGCONT)
+        poke()
+        if state in ("T", "?"):
+            out(ESCAPED, f"{mode}: ESCAPED, SIGSTOP reached pid {pid} (state {state})")
+        out(ODD, f"{mode}: owner set but the target was not stopped (state {state})")
+    elif mode == "setpriority":
+        # its current nice value again (a higher one would starve it)
+        pid = int(target)
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, pid))
+        except OSError as e:
+            out(REFUSED, f"setpriority(PRIO_PROCESS, pid): refused ({fail_name(e)})")
+        out(ESCAPED, "setpriority(PRIO_PROCESS, pid) succeeded: ESCAPED")
+    elif mode == "pidfd_signal":
+        pid = int(target)
+        try:
+            fd = os.pidfd_open(pid)
+            signal.pidfd_send_signal(fd, 0)
+        except OSError as e:
+            out(REFUSED, f"pidfd_send_signal: refused ({fail_name(e)})")
+        out(ESCAPED, "pidfd_send_signal(pidfd, 0) succeeded: ESCAPED")
+    elif mode == "mknod_dev":
+        # issue #16 class 3: a node of our own for a device the policy does not let us
+        # write (TARGET = MAJOR:MINOR), made in a directory we may write, then written
+        import stat
+
+        major, minor = (int(x) for x in target.split(":"))
+        node = os.path.join(os.getcwd(), "dev-node")
+        with contextlib.suppress(OSError):
+            os.unlink(node)
+        try:
+            os.mknod(node, stat.S_IFCHR | 0o600, os.makedev(major, minor))
+            fd = os.open(node, os.O_WRONLY | os.O_NOCTTY)
+            os.write(fd, (marker or "x").encode() + b"\n")
+            os.close(fd)
+        except OSError as e:
+            out(REFUSED, f"mknod + write of device {target}: refused ({fail_name(e)})")
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(node)
+        out(ESCAPED, f"mknod + write of device {target}: ESCAPED")
     elif mode == "proc_environ":
         read_and_judge(f"/proc/{int(target)}/environ", None, "/proc/PID/environ")
     elif mode == "proc_fd_list":

@@ -358,6 +358,22 @@ def rules_policy(rules: str) -> Policy:
     return load(with_app('[[app]]\nname = "a"\nmatch.exe = ["/**"]\n' + textwrap.dedent(rules)))
 
 
+def test_names_that_are_not_utf8_match_globs() -> None:
+    """A byte that is not UTF-8 is one character (os.fsdecode's U+DC80..U+DCFF) to a glob."""
+    p = rules_policy(
+        """\
+        allow = [{ paths = ["/data/**"], ops = ["read"] }]
+        deny = [{ paths = ["/data/raw-*", "/data/x?y", "/data/d/**/*.key"], ops = ["read"] }]
+        """
+    )
+    a = app_of(p)
+    assert p.decide(a, Op.READ, "/data/raw-\udcff\udcfe").action is Action.DENY
+    assert p.decide(a, Op.READ, "/data/x\udcffy").action is Action.DENY
+    assert p.decide(a, Op.READ, "/data/x\udcff\udcfey").allowed  # two bytes: two characters
+    assert p.decide(a, Op.READ, "/data/d/\udce9/\udc80.key").action is Action.DENY
+    assert p.decide(a, Op.READ, "/data/ok-\udcff").allowed
+
+
 def test_more_literal_characters_win() -> None:
     p = rules_policy(
         """\
@@ -734,6 +750,43 @@ def test_sha256_unreadable_counts_as_mismatch(fake_exe: tuple[Path, str]) -> Non
     assert p.identify(str(exe), [str(exe)], broken).deny_all is not None
 
 
+def test_borrowed_identity_gets_only_catch_all_apps(fake_exe: tuple[Path, str]) -> None:
+    """A process that runs code its caller chose (LD_PRELOAD, ld.so run directly) is
+    not its executable: the pinned app is skipped, unhashed, and so is any app that
+    names executables; an app for every executable still applies."""
+    exe, digest = fake_exe
+    p = pinned_policy(exe, digest)
+    app = p.identify(str(exe), [str(exe)], no_hash, borrowed=True)
+    assert app.name == "anything"
+    named = ident_policy()
+    assert named.identify("/usr/bin/python3", ["python3"], no_hash).name == "python"
+    assert named.identify("/usr/bin/python3", ["python3"], no_hash, borrowed=True).name == (
+        "(unmatched)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("exe", "environ", "why"),
+    [
+        ("/usr/bin/cat", b"PATH=/bin\0HOME=/root\0", None),
+        ("/usr/bin/cat", b"PATH=/bin\0LD_PRELOAD=/tmp/x.so\0", "LD_PRELOAD"),
+        ("/usr/bin/cat", b"LD_AUDIT=/tmp/x.so\0", "LD_AUDIT"),
+        ("/usr/bin/cat", b"A=1\0LD_LIBRARY_PATH=/tmp\0", "LD_LIBRARY_PATH"),
+        ("/usr/bin/cat", b"GCONV_PATH=/tmp\0", "GCONV_PATH"),
+        ("/usr/bin/cat", b"GLIBC_TUNABLES=x\0", "GLIBC_TUNABLES"),
+        ("/usr/bin/cat", b"XLD_PRELOAD=/tmp/x.so\0", None),
+        ("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", b"", "dynamic loader"),
+        ("/lib/ld-musl-x86_64.so.1", b"", "dynamic loader"),
+        ("/usr/bin/ld", b"", None),
+    ],
+)
+def test_borrowed_identity_reasons(exe: str, environ: bytes, why: str | None) -> None:
+    from synthfs.interposer.runenv import borrowed_identity
+
+    got = borrowed_identity(exe, environ)
+    assert (got is None) if why is None else (got is not None and why in got)
+
+
 def test_exe_globs_match_realpaths_only() -> None:
     p = ident_policy()
     # the supervisor passes realpaths; a symlink name is just another path
@@ -1081,3 +1134,81 @@ def test_directory_memo_never_changes_a_decision() -> None:
         assert p.decide(a, Op.READ, "/data").rule == "default"
     ro = p.read_only()
     assert ro._dir_decision(a, Op.WRITE, "/data/a/sub") == a.default  # no write rules
+
+
+# --- renames keep paths under their rules -------------------------------------------------
+
+RENAME_POLICY = """\
+    [[app]]
+    name = "job"
+    match.exe = ["/**"]
+    allow = [{ paths = ["/data", "/data/**"], ops = ["*"] }]
+    deny = [
+      { paths = ["/data/dir/inner/**"], ops = ["*"] },
+      { paths = ["/data/private/**"], ops = ["read"] },
+      { paths = ["/data/hidden/**"], ops = ["*"], errno = "ENOENT" },
+      { paths = ["/data/closed/**"], ops = ["*"] },
+    ]
+    """
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "tree", "allowed"),
+    [
+        ("/data/a", "/data/b", True, True),  # no rule below either
+        ("/data/a/f", "/data/b/g", False, True),
+        ("/data/dir", "/data/moved", True, False),  # /data/dir/inner/** would be left behind
+        ("/data/private", "/data/public", True, False),  # read denied below, allowed there
+        ("/data/private/f", "/data/public/f", False, False),  # one file the same way
+        ("/data/public/f", "/data/private/f", False, True),  # into a stricter place: fine
+        ("/data/a", "/data/closed/a", True, True),
+        ("/data/hidden/x", "/data/closed/x", True, False),  # ENOENT would become EACCES
+        ("/data/closed/x", "/data/hidden/x", True, True),
+    ],
+)
+def test_rename_never_moves_a_path_from_under_a_stricter_rule(
+    src: str, dst: str, tree: bool, allowed: bool
+) -> None:
+    p = load(with_app(RENAME_POLICY))
+    app = app_of(p, "/usr/bin/mv")
+    d = p.decide_rename(app, src, dst, tree)
+    assert d.allowed is allowed, d
+    if not allowed:
+        assert d.errno == errno.EXDEV
+
+
+def test_rename_of_a_tree_some_rule_looks_inside_is_refused() -> None:
+    """A glob with a wildcard that may match below the source: the rules cannot show
+    the two trees decided alike, so the directory is not moved (EXDEV: mv copies)."""
+    p = load(
+        with_app(
+            """\
+            [[app]]
+            name = "job"
+            match.exe = ["/**"]
+            allow = [{ paths = ["/data", "/data/**"], ops = ["*"] }]
+            deny = [{ paths = ["/data/*/tmp.csv"], ops = ["read"] }]
+            """
+        )
+    )
+    app = app_of(p, "/usr/bin/mv")
+    assert p.decide_rename(app, "/data/a", "/data/b", True).errno == errno.EXDEV
+    assert p.decide_rename(app, "/data/a/x", "/data/b/x", True).allowed  # nothing below matches
+    assert p.decide_rename(app, "/data/a/f", "/data/b/f", False).allowed
+    assert p.decide_rename(app, "/data/a/tmp.csv", "/data/f", False).errno == errno.EXDEV
+
+
+def test_host_rename_keeps_host_paths_under_their_globs() -> None:
+    p = load(
+        HEAD
+        + """
+        [host]
+        read = ["/usr/**", "/ws", "/ws/box", "/ws/pub/**"]
+        write = ["/ws/box", "/ws/pub/**", "/ws/w/**"]
+        """
+    )
+    # /ws/box is writable (so it may be renamed) but nothing below it is readable
+    assert p.decide_host_rename("/ws/box", "/ws/pub/box", True).errno == errno.EXDEV
+    assert p.decide_host_rename("/ws/pub/a", "/ws/pub/b", True).allowed
+    assert p.decide_host_rename("/ws/w/a", "/ws/pub/a", True).allowed
+    assert p.decide_host_rename("/ws/pub/f", "/ws/w/f", False).allowed

@@ -1,0 +1,45 @@
+"""The policies that ship with synthfs, found by name.
+
+``--policy readonly`` names ``policies/readonly.toml`` of the installed
+package; anything that exists as a file (or has a ``/`` or ends in
+``.toml``) is a path. A file named like a shipped policy in the current
+directory wins, as a path would: the user's own file is never shadowed.
+
+Trusts nothing it reads beyond file names: the policy text itself is loaded
+and validated by :mod:`synthfs.policy.engine`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["SHIPPED", "PolicyNotFound", "locate", "shipped"]
+
+#: the directory of the shipped policies (inside the installed package)
+SHIPPED = Path(__file__).resolve().parent.parent / "policies"
+
+
+class PolicyNotFound(FileNotFoundError):
+    """Neither a policy file nor the name of a shipped policy."""
+
+
+def shipped() -> dict[str, Path]:
+    """Name -> file of every shipped policy, sorted by name."""
+    if not SHIPPED.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(SHIPPED.glob("*.toml"))}
+
+
+def locate(name: str) -> str:
+    """The policy file ``--policy NAME`` means (a path, or a shipped policy's name)."""
+    if os.path.exists(name) or "/" in name or name.endswith(".toml"):
+        return name
+    found = shipped().get(name)
+    if found is None:
+        names = ", ".join(shipped()) or "none"
+        raise PolicyNotFound(
+            f"no policy file {name!r} and no shipped policy of that name "
+            f"(shipped: {names}; `synthfs policy list` shows them)"
+        )
+    return str(found)

@@ -1,0 +1,293 @@
+"""Signals, exit status and the terminal: a guest starts and stops as it would natively.
+
+The guest inherits the dispositions and the mask the caller gave ``synthfs``
+(never the launcher's own: Python ignores SIGPIPE and SIGXFSZ, the supervisor
+ignores SIGINT and SIGQUIT), and Ctrl-C in a terminal stops it, with
+``synthfs`` reporting its status. Each run happens natively and under
+``synthfs run`` from the same caller state, and both must agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import resource
+import select
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import helpers
+import pytest
+
+pytestmark = pytest.mark.ptrace
+
+MODES = ("data", "agent")
+#: what ``/proc/self/status`` says about a process's signals (pending ones vary)
+STATUS_LINES = ("grep", "-E", "^Sig(Blk|Ign|Cgt):", "/proc/self/status")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "f").write_text("f\n")
+    return root
+
+
+@contextlib.contextmanager
+def launcher(mode: str, repo: Path) -> Iterator[Callable[[Sequence[str]], list[str]]]:
+    """``argv -> synthfs run ... -- argv`` in ``mode`` (``--data`` or ``--agent``)."""
+    if helpers.ptrace_unavailable_reason():
+        pytest.skip(f"synthfs cannot run here: {helpers.ptrace_unavailable_reason()}")
+    synthfs = helpers.SynthfsLauncher(mode=mode)
+    with synthfs.stack(repo) as stack:
+        yield lambda argv: synthfs.argv(repo, argv, stack=stack)
+
+
+def plain_caller() -> None:
+    """What a shell gives a command it runs in the foreground (subprocess's default)."""
+
+
+def nohup_background_caller() -> None:
+    """``nohup cmd &`` in a script, with a few more ignored and blocked signals."""
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR2, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGWINCH, signal.SIGRTMIN})
+
+
+#: seconds a signal may take to end everything (the guest, synthfs and its stack)
+BOUND = 20.0
+SLEEPER = (sys.executable, "-c", "import time; print('sleeping', flush=True); time.sleep(60)")
+CALLERS = {"plain": plain_caller, "nohup_background": nohup_background_caller}
+#: Python ignores these two at start-up, so what the caller gave ``synthfs`` is lost:
+#: the guest gets SIG_DFL (what subprocess gives a child, and a shell a command)
+UNKNOWABLE = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def _unknowable_as_default(status_lines: str) -> str:
+    """``status_lines`` with the :data:`UNKNOWABLE` signals not ignored."""
+    bits = sum(1 << (sig - 1) for sig in UNKNOWABLE)
+    lines = []
+    for line in status_lines.splitlines(keepends=True):
+        if line.startswith("SigIgn:"):
+            line = f"SigIgn:\t{int(line.split()[1], 16) & ~bits:016x}\n"
+        lines.append(line)
+    return "".join(lines)
+
+
+def _run(argv: Sequence[str], caller: Callable[[], None], cwd: Path) -> tuple[int, str, str]:
+    p = subprocess.run(
+        list(argv), preexec_fn=caller, capture_output=True, text=True, cwd=cwd,
+        stdin=subprocess.DEVNULL, timeout=helpers.TIMEOUT,
+    )
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("mode", MODES)
+def test_the_guest_starts_with_the_callers_signals(
+    mode: str, caller: str, repo: Path, tmp_path: Path
+) -> None:
+    native = _run(STATUS_LINES, CALLERS[caller], tmp_path)
+    with launcher(mode, repo) as under:
+        guest = _run(under(STATUS_LINES), CALLERS[caller], tmp_path)
+    assert native[0] == 0, native
+    expected = (0, _unknowable_as_default(native[1]), "")
+    assert guest == expected, f"expected:\n{expected[1]}\nunder synthfs:\n{guest[1]}{guest[2]}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_closed_pipe_kills_the_writer_quietly(mode: str, repo: Path, tmp_path: Path) -> None:
+    """``yes | head -1``: yes dies of SIGPIPE (141 with pipefail), nothing on stderr."""
+    argv = ("bash", "-c", "set -o pipefail; yes | head -1")
+    native = _run(argv, plain_caller, tmp_path)
+    with launcher(mode, repo) as under:
+        guest = _run(under(argv), plain_caller, tmp_path)
+    assert native == (128 + signal.SIGPIPE, "y\n", "")
+    assert guest == native
+
+
+# -- signals sent to synthfs ------------------------------------------------------------------
+
+
+def _signalled(argv: Sequence[str], caller: Callable[[], None], sig: int) -> int | None:
+    """Send ``sig`` to the process running ``argv`` once its guest sleeps; then, if it
+    still runs half a second later, SIGTERM. Its wait status (None: it never ended)."""
+    p = subprocess.Popen(
+        list(argv), preexec_fn=caller, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline() == b"sleeping\n"
+        p.send_signal(sig)
+        try:
+            return p.wait(0.5)
+        except subprocess.TimeoutExpired:
+            p.terminate()
+        return p.wait(BOUND)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.parametrize(
+    ("caller", "sig"),
+    [("plain", signal.SIGTERM), ("plain", signal.SIGHUP), ("nohup_background", signal.SIGHUP)],
+    ids=["sigterm", "sighup", "sighup_under_nohup"],
+)
+def test_a_signal_to_synthfs_ends_it_as_it_ends_the_guest(
+    caller: str, sig: int, repo: Path
+) -> None:
+    """SIGTERM and SIGHUP are passed on, and ``synthfs`` then dies of them as the guest
+    did; under ``nohup`` SIGHUP is ignored by both (the later SIGTERM ends them)."""
+    native = _signalled(SLEEPER, CALLERS[caller], sig)
+    assert native == -(signal.SIGTERM if caller == "nohup_background" else sig)
+    with launcher("data", repo) as under:
+        assert _signalled(under(SLEEPER), CALLERS[caller], sig) == native
+
+
+
+
+class Terminal:
+    """A pty whose other side is the controlling terminal of ``argv``, a new session."""
+
+    def __init__(self, argv: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.master, slave = os.openpty()
+
+        def session() -> None:
+            os.setsid()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # Ctrl-\ leaves no core file
+
+        try:
+            self.proc = subprocess.Popen(
+                list(argv), stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env,
+                preexec_fn=session,
+            )
+        finally:
+            os.close(slave)
+        self.shown = b""
+
+    def expect(self, text: bytes, timeout: float = BOUND) -> bool:
+        """Read what the terminal shows until ``text`` appears (False: not in time)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.shown:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ready, _, _ = select.select([self.master], [], [], min(left, 0.1))
+            if ready:
+                try:
+                    chunk = os.read(self.master, 4096)
+                except OSError:  # EIO: nobody holds the other side any more
+                    chunk = b""
+                if not chunk:
+                    return text in self.shown
+                self.shown += chunk
+        return True
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def wait(self, timeout: float = BOUND) -> int | None:
+        """The wait status of ``argv`` (None: still running after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self.expect(b"\0never\0", 0.1)  # keep the terminal drained
+        return self.proc.poll()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        os.close(self.master)
+
+
+@contextlib.contextmanager
+def terminal(
+    argv: Sequence[str], cwd: Path, env: dict[str, str] | None = None
+) -> Iterator[Terminal]:
+    t = Terminal(argv, cwd, env)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def _interrupted(argv: Sequence[str], key: bytes, cwd: Path) -> tuple[int | None, bytes, float]:
+    """Type ``key`` once ``argv``'s guest sleeps: its wait status (None: it still ran
+    :data:`BOUND` seconds later), what the terminal showed, the seconds it took."""
+    with terminal(argv, cwd) as t:
+        assert t.expect(b"sleeping\r\n", helpers.TIMEOUT), t.shown
+        time.sleep(0.2)  # into time.sleep itself
+        t.type(key)
+        typed = time.monotonic()
+        status = t.wait()
+        return status, t.shown, time.monotonic() - typed
+
+
+@pytest.mark.parametrize(
+    ("key", "sig"),
+    [(b"\x03", signal.SIGINT), (b"\x1c", signal.SIGQUIT)],
+    ids=["ctrl_c", "ctrl_backslash"],
+)
+def test_the_terminals_interrupt_stops_the_guest(
+    key: bytes, sig: int, repo: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C (Ctrl-\\) in the terminal stops the guest as natively: Python's
+    KeyboardInterrupt (death by SIGQUIT), and ``synthfs`` ends as the guest did."""
+    native, native_shown, _ = _interrupted(SLEEPER, key, tmp_path)
+    assert native == -sig, native_shown
+    with launcher("data", repo) as under:
+        status, shown, took = _interrupted(under(SLEEPER), key, tmp_path)
+    assert status is not None, f"synthfs still ran {BOUND:g} s after the key:\n{shown!r}"
+    assert status == native, f"exit {status}, natively {native}:\n{shown!r}"
+    assert took < BOUND
+    if sig == signal.SIGINT:
+        assert b"KeyboardInterrupt" in native_shown
+        assert b"KeyboardInterrupt" in shown, shown
+    assert b"synthfs" not in shown, shown  # no message, no traceback of ours
+
+
+def _job_control(command: Sequence[str], cwd: Path) -> bytes:
+    """In an interactive bash: run ``command``, Ctrl-Z, ``fg``, Ctrl-C, print ``$?``.
+    What the terminal showed from the stop on (an assertion says where it stuck)."""
+    env = {**os.environ, "PS1": "prompt$ ", "TERM": "dumb", "HISTFILE": "/dev/null"}
+    with terminal(("bash", "--norc", "--noprofile", "-i"), cwd, env) as t:
+        assert t.expect(b"prompt$ "), t.shown
+        t.type(shlex.join(command).encode() + b"\n")
+        assert t.expect(b"sleeping\r\n", helpers.TIMEOUT), t.shown
+        start = len(t.shown)
+        time.sleep(0.2)
+        t.type(b"\x1a")  # Ctrl-Z
+        assert t.expect(b"Stopped"), t.shown[start:]
+        assert t.expect(b"prompt$ "), t.shown[start:]
+        t.type(b"fg\n")
+        time.sleep(0.5)
+        t.type(b"\x03")
+        assert t.expect(b"prompt$ "), t.shown[start:]
+        t.type(b"echo status=$?\n")
+        assert t.expect(b"status=1"), t.shown[start:]
+        t.expect(b"prompt$ ")
+        return t.shown[start:]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_job_control_in_an_interactive_shell(repo: Path, tmp_path: Path) -> None:
+    """Ctrl-Z stops the job, ``fg`` resumes it, Ctrl-C then ends it: $? is 130, as natively."""
+    native = _job_control(SLEEPER, tmp_path)
+    assert b"status=130" in native, native
+    with launcher("data", repo) as under:
+        shown = _job_control(under(SLEEPER), tmp_path)
+    assert b"KeyboardInterrupt" in shown and b"status=130" in shown, shown
