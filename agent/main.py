@@ -51,6 +51,7 @@ from synthfs.protocol.curve import client_sockopts, handshake, load_keypair, loa
 from synthfs.protocol.endpoints import check_endpoint
 from synthfs.protocol.leases import BEAT_INTERVAL, LeaseBoard
 from synthfs.protocol.messages import Error
+from synthfs.protocol.trusted import Kind, refused, socket_path
 
 __all__ = ["HELP", "configure", "main", "make_undumpable", "read_key_fd", "read_key_file"]
 
@@ -221,12 +222,17 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
         print(f"synthfs agent: {_why(exc)}", file=sys.stderr)
         return 2
     cache_root = os.path.abspath(args.cache or default_cache_dir())
-    refused = [cache_root, sock_path]
-    if args.bootstrap_key is not None:
-        refused.append(os.path.abspath(args.bootstrap_key))
-    if args.curve_secret is not None:
-        refused.append(os.path.abspath(args.curve_secret))  # no guest reads our CURVE secret
-    refused.extend(os.path.abspath(p) for p in args.refuse)
+    # The agent's part of the one trusted list (protocol.trusted): the server's
+    # sockets too, which a guest able to replace them would serve in its place.
+    trusted: list[tuple[Kind, str | None]] = [
+        (Kind.CACHE, cache_root),
+        (Kind.AGENT_SOCKET, sock_path),
+        (Kind.BOOTSTRAP_KEY, args.bootstrap_key),
+        (Kind.CURVE_SECRET, args.curve_secret),
+        (Kind.SERVER_SOCKET, socket_path(args.server)),
+        (Kind.SERVER_SOCKET, socket_path(args.subscribe or "")),
+        *((Kind.WORKDIR, p) for p in args.refuse),
+    ]
 
     ctx: zmq.Context[Any] = zmq.Context.instance()  # one context, one I/O thread
     upstream = Upstream(args.server, key, timeout=args.timeout, sockopts=sockopts)
@@ -262,16 +268,19 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
             print(f"synthfs agent: registration with {args.server} failed: {_why(exc)}",
                   file=sys.stderr)
             return 1
+        if not remote_tcp(args.server):
+            # A server on this host: its root, state, keys and sockets are trusted here too.
+            trusted.extend((Kind.SERVER_OWN, p) for p in upstream.server_paths)
         promises = Promises()
         if args.subscribe:
             sub = Subscription(ctx, args.subscribe, promises, sockopts,
                                key=lambda: upstream.publish_key)
             board = LeaseBoard.bind(ctx, sock_path)  # leases rest on promises
             if board is not None:
-                refused.append(board.path)
+                trusted.append((Kind.LEASE_SOCKET, board.path))
         try:
             service = AgentService(upstream, cache_root, cache_size=args.cache_size,
-                                   attr_ttl=args.attr_ttl, refused_paths=tuple(refused),
+                                   attr_ttl=args.attr_ttl, refused_paths=refused(trusted),
                                    promises=promises,
                                    refresh=sub.drain if sub is not None else None,
                                    leases=board,

@@ -53,6 +53,8 @@ class Upstream:
         self.repo_id = ""
         self.server_pid = 0
         self.publish_key = ""  # the sealed invalidation channel's (synthfs.protocol.sealed)
+        #: the server's own host paths (``Registered.trusted_paths``)
+        self.server_paths: tuple[str, ...] = ()
         self.agent_id = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
         self.client = Client(endpoint, timeout=timeout, token_provider=self._current_token,
                              sockopts=sockopts)
@@ -111,6 +113,7 @@ class Upstream:
         self.repo_id = reply.repo_id
         self.server_pid = reply.server_pid
         self.publish_key = reply.publish_key
+        self.server_paths = reply.trusted_paths
         return reply
 
     def _fresh(self) -> None:

@@ -1303,6 +1303,8 @@ def rename_at(
         return Fail(errno.EXDEV)
     if not src.synthetic:
         assert src.host is not None and dst.host is not None
+        if any(loc.real is not None and env.host.holds_refused(loc.real) for loc in (src, dst)):
+            return Fail(errno.EACCES)  # moving a directory above a trusted path renames it
         if env.host_rules and src.real is not None and dst.real is not None:
             denied = _host_rename_check(call, env, src.real, dst.real, flags)
             if denied:

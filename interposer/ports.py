@@ -103,6 +103,10 @@ class Host(Protocol):
     def refused(self, real_path: str) -> bool:
         """True for paths no guest may name (cache, sockets, keys, trusted processes)."""
 
+    def holds_refused(self, real_path: str) -> bool:
+        """True when ``real_path`` is a directory above a refused path: renaming it
+        would give the refused path another name (refused like the path itself)."""
+
     def trusted(self, pid: int) -> bool:
         """Whether a pid or tid belongs to the supervisor, the agent or the server."""
 

@@ -168,6 +168,9 @@ class FakeHost:
     def refused(self, real_path: str) -> bool:
         return real_path.startswith("/cache")
 
+    def holds_refused(self, real_path: str) -> bool:
+        return real_path in ("/", "/cache")
+
     def new_dir_handle(self, repo_path: str, symlink: bool = False) -> str:
         path = f"/run/dirs/{len(self.handles)}"
         self.handles[path] = DirHandle(repo_path)
