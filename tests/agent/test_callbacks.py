@@ -353,7 +353,7 @@ def test_a_sequence_gap_breaks_promises(stack: Stack, tmp_path: Path) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-# -- listings under promises (agent.service: List answered from the agent's memory) ---------
+# -- listings under promises (agent.metadata: List answered from the agent's memory) ---------
 
 
 def _listed(c: Client, path: str) -> dict[str, Attrs]:
