@@ -1932,9 +1932,9 @@ def exec_at(
     )
     if loc.synthetic:
         attrs = _need(loc)
-        if attrs.kind is FileKind.DIR:
-            return Fail(errno.EACCES)
-        if not attrs.mode & 0o111:
+        if attrs.kind is FileKind.SYMLINK:
+            return Fail(errno.ELOOP)  # AT_SYMLINK_NOFOLLOW on a symlink
+        if attrs.kind is not FileKind.FILE or not attrs.mode & 0o111:
             return Fail(errno.EACCES)
         denied = env.check(call, "read", loc.guest)
         if denied:

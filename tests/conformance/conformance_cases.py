@@ -186,7 +186,7 @@ def build_scripts(root: Path) -> None:
         run.sh argv.py configure build-aux/{helper.sh,config.sh}
         bin/{echo,cat,readlink}(ELF copies) wrap.run(#!bin/echo) tools/wrap.sh via.run
         chain/n1..n6 (each #! the one before: n6 is one script too many)
-        bad-empty bad-blank bad-long bad-missing noexec.sh(0644) bad-nested bad-interp-dir
+        bad-empty bad-blank bad-long bad-missing noexec.sh(0644) bad-nested bad-interp-dir run-link
     """
     build_standard(root)
 
@@ -221,6 +221,7 @@ def build_scripts(root: Path) -> None:
     w("noexec.sh", b"#!/bin/sh\necho never\n", 0o644)
     w("bad-nested", b"#!bad-empty\necho nested fell back\n")  # an interpreter that is refused
     w("bad-interp-dir", b"#!build-aux\necho dir fell back\n")
+    os.symlink("run.sh", root / "run-link")
     _fix_times(root)
 
 
@@ -845,6 +846,14 @@ SQL_QUERY = "update t set v='BETA' where k=2; select * from t order by k; pragma
 
 TAR_C = "tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=gnu"
 
+#: execveat(AT_SYMLINK_NOFOLLOW) on a symlink, then on a directory (the kernel's errnos).
+PY_EXECVEAT_NOFOLLOW = (
+    "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+    "argv = (ctypes.c_char_p * 2)(b'x', None); "
+    "[print(n, libc.syscall(322, -100, n, argv, None, 0x100), os.strerror(ctypes.get_errno())) "
+    "for n in (b'run-link', b'build-aux', b'run.sh/')]"
+)
+
 CASES: list[Case] = [
     # -- listing
     Case("ls_1a", ("ls", "-1a", "{root}")),
@@ -1112,7 +1121,8 @@ CASES: list[Case] = [
         "do ./$f; echo $f=$?; done; bash -c './bad-missing; ./bad-interp-dir'; echo bash=$?; "
         + PY + " -c \"import os\nfor f in ('bad-empty', 'bad-long', 'bad-missing', 'noexec.sh',"
         " 'bad-nested', 'bad-interp-dir'):\n  try: os.execv(f, [f])\n"
-        "  except OSError as e: print(f, e)\""
+        "  except OSError as e: print(f, e)\"; "
+        + PY + f' -c "{PY_EXECVEAT_NOFOLLOW}"'
     ), tree=build_scripts, cwd=".", needs=("bash",)),
     Case("script_git_pre_commit_hook", sh(
         "cd {root} && git init -q -b main . && "
