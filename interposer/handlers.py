@@ -2038,7 +2038,7 @@ def _exec_chain(
         denied = env.check(call, "read", loc.guest)
         if denied:
             raise OSError(denied, "denied by policy")
-    new_argv: int | Scratch = argv if head is None else _argv_scratch(call, head, argv)
+    new_argv: int | Scratch = argv if head is None else _argv_scratch(call, head, argv, path)
 
     proc = call.proc
     proc.exec_fds = [*(proc.exec_fds or ()), *held]
@@ -2082,14 +2082,16 @@ def _host_scripts(path: str, cwd: str) -> int:
     return count
 
 
-#: The most argv pointers a rewritten exec may carry (its array must fit the scratch
-#: slot beside the added strings); more: E2BIG (natively the limit is ARG_MAX's).
-_MAX_EXEC_ARGS = 1024
+#: The scratch slot a RunChecked gets (supervisor.SLOT_SIZE): a rewritten exec's argv
+#: array, the strings the supervisor adds and the path must fit in it (about 1,500
+#: arguments); more gets E2BIG (natively ARG_MAX decides).
+EXEC_SCRATCH = 3 * 4096
 
 
-def _argv_scratch(call: Call, head: list[bytes], argv: int) -> Scratch:
+def _argv_scratch(call: Call, head: list[bytes], argv: int, path: str) -> Scratch:
     """The rewritten argv: ``head``'s strings (checked copies in the scratch slot), then
     the caller's ``argv[1:]`` (pointers to its own strings)."""
+    used = sum(len(s) + 8 & ~7 for s in (*head, os.fsencode(path))) + 8 * (len(head) + 1)
     tail: list[int] = []
     if argv:
         i = 1
@@ -2099,7 +2101,7 @@ def _argv_scratch(call: Call, head: list[bytes], argv: int) -> Scratch:
                 break
             tail.append(ptr)
             i += 1
-            if len(tail) + len(head) > _MAX_EXEC_ARGS:
+            if used + 8 * len(tail) > EXEC_SCRATCH:
                 raise OSError(errno.E2BIG, "too many arguments for a rewritten exec")
     array = bytearray(8 * (len(head) + len(tail) + 1))
     for i, ptr in enumerate(tail):

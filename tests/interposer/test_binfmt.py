@@ -56,3 +56,9 @@ def test_rewrite_drops_argv0_for_the_script_name() -> None:
         b"python3",
         b"/data/t",
     ]
+
+
+def test_the_exec_budget_is_the_scratch_slot() -> None:
+    from synthfs.interposer import handlers, supervisor
+
+    assert handlers.EXEC_SCRATCH == supervisor.SLOT_SIZE

@@ -42,7 +42,7 @@ def repo(tmp_path: Path) -> Path:
     script.write_text(
         '#!/bin/sh\necho "0=$0"\ntr "\\0" " " < /proc/$$/cmdline; echo\n'
         "env | grep -v '^_=' | sort\n"
-        "LD_SHOW_AUXV=1 /data/bin/cat /proc/self/cmdline | grep AT_EXECFN\n"
+        "LD_SHOW_AUXV=1 /data/bin/cat /dev/null | grep AT_EXECFN\n"
         "/data/nope.sh; /data/show.sh/x\n"
     )
     script.chmod(0o755)
@@ -131,7 +131,7 @@ def test_an_elf_on_data_shows_no_cache_path(repo: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     script = (
         "cd /data && LD_SHOW_AUXV=1 bin/cat /proc/self/cmdline | tr '\\0' ' ' "
-        "| grep -E 'AT_EXECFN|bin/cat'; bin/cat /proc/self/maps > /dev/null; "
+        "| grep -aE 'AT_EXECFN|bin/cat'; bin/cat /proc/self/maps > /dev/null; "
         f'python3 -c "{EXEC_CAT}"'
     )
     with embedded(repo, cache_dir=cache) as stack:
@@ -141,3 +141,15 @@ def test_an_elf_on_data_shows_no_cache_path(repo: Path, tmp_path: Path) -> None:
     assert "bin/cat /proc/self/cmdline" in r.stdout, out
     assert r.stdout.endswith("cat\0/proc/self/cmdline\0"), out
     assert str(cache) not in out, out
+
+
+def test_a_script_takes_many_arguments(repo: Path, tmp_path: Path) -> None:
+    """The rewritten argv (a pointer per argument) fits the scratch slot up to about
+    1,500 arguments; beyond, E2BIG (docs/policy.md), never a wrong or cut argv."""
+    (repo / "count.sh").write_text('#!/bin/sh\necho "$# ${1} ${1400}"\n')
+    (repo / "count.sh").chmod(0o755)
+    script = "/data/count.sh $(seq 1400); /data/count.sh $(seq 2000) || echo status=$?"
+    with embedded(repo, cache_dir=tmp_path / "cache") as stack:
+        r = run("run", "--agent", stack.agent_endpoint, "--", "sh", "-c", script)
+    assert r.stdout == "1400 1 1400\nstatus=126\n", r.stdout + r.stderr
+    assert "Argument list too long" in r.stderr, r.stderr
