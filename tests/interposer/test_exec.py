@@ -153,3 +153,45 @@ def test_a_script_takes_many_arguments(repo: Path, tmp_path: Path) -> None:
         r = run("run", "--agent", stack.agent_endpoint, "--", "sh", "-c", script)
     assert r.stdout == "1400 1 1400\nstatus=126\n", r.stdout + r.stderr
     assert "Argument list too long" in r.stderr, r.stderr
+
+
+HOST_POLICY = """\
+version = 1
+name = "hostrules"
+description = "scripts and ELFs on /data under [host] rules (exec pinning)"
+default = "allow"
+
+[[mount]]
+path = "/data"
+
+[host]
+read = ["/**"]
+write = ["/dev/null"]
+"""
+
+
+def test_scripts_under_host_rules_pass_the_exec_stop_check(repo: Path, tmp_path: Path) -> None:
+    """Under [host] rules the image the kernel maps must be one the exec checked: the
+    host interpreter of a rewritten script, and the held cache copy of an ELF, are."""
+    (repo / "w").write_text("#!count.sh\n")  # an interpreter on /data that is a script
+    (repo / "count.sh").write_text('#!/bin/sh\necho "$0 $#"\n')
+    for name in ("w", "count.sh"):
+        (repo / name).chmod(0o755)
+    policy = tmp_path / "host.toml"
+    policy.write_text(HOST_POLICY)
+    script = "cd /data && ./w a b && ./bin/cat w && ./tool.py"
+    with embedded(repo, cache_dir=tmp_path / "cache") as stack:
+        r = run(
+            "run",
+            "--agent",
+            stack.agent_endpoint,
+            "--policy",
+            str(policy),
+            "--",
+            "sh",
+            "-c",
+            script,
+        )
+    assert (r.returncode, r.stdout) == (0, "count.sh 3\n#!count.sh\n./tool.py top secret\n"), (
+        r.stderr
+    )
