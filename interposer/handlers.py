@@ -2039,7 +2039,12 @@ def _exec_chain(
         if denied:
             raise OSError(denied, "denied by policy")
     new_argv: int | Scratch = argv if head is None else _argv_scratch(call, head, argv, path)
-
+    # Only a file the kernel is given must stay open (the scripts were read already).
+    kept = [fd for fd in held if path == f"/proc/{os.getpid()}/fd/{fd}"]
+    _release([fd for fd in held if fd not in kept])
+    held[:] = kept
+    if not held:
+        return RunChecked(NR_EXECVEAT, (AT_FDCWD, _cstr(path), new_argv, envp, 0))
     proc = call.proc
     proc.exec_fds = [*(proc.exec_fds or ()), *held]
 
@@ -2047,6 +2052,7 @@ def _exec_chain(
         # The exec failed (a successful one closes them at its exec stop).
         proc.exec_fds = [fd for fd in proc.exec_fds or () if fd not in held] or None
         _release(held)
+
     return RunChecked(NR_EXECVEAT, (AT_FDCWD, _cstr(path), new_argv, envp, 0), after)
 
 
