@@ -12,6 +12,7 @@ import os
 import stat as st
 import struct
 
+from synthfs.interposer import binfmt
 from synthfs.protocol.messages import Attrs, FileKind
 
 __all__ = [
@@ -258,12 +259,6 @@ def host_readlink(fd: int) -> str:
     return os.fsdecode(buf.raw[:n])
 
 
-#: binfmt_script: the kernel reads this much of a script, and follows at most this
-#: many interpreters that are scripts themselves (BINPRM_BUF_SIZE, the recursion limit).
-_SHEBANG_BUF = 256
-_SHEBANG_DEPTH = 5
-
-
 def executed_object(fd: int, cwd: str) -> tuple[int, int] | None:
     """``(st_dev, st_ino)`` of what the kernel will map when it execs the file ``fd``
     holds: the file itself, or for a ``#!`` script the interpreter it names (followed
@@ -272,22 +267,19 @@ def executed_object(fd: int, cwd: str) -> tuple[int, int] | None:
     fails then anyway). Raises nothing."""
     opened: list[int] = []
     try:
-        for _ in range(_SHEBANG_DEPTH):
+        for _ in range(binfmt.MAX_SCRIPTS):
             s = os.fstat(fd)
             if not st.S_ISREG(s.st_mode):
                 return (s.st_dev, s.st_ino)
             rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
             try:
-                head = os.pread(rfd, _SHEBANG_BUF, 0)
+                head = os.pread(rfd, binfmt.BUF_SIZE, 0)
             finally:
                 os.close(rfd)
-            if not head.startswith(b"#!"):
+            line = binfmt.parse(head)  # raises ENOEXEC for a line the kernel refuses
+            if line is None:
                 return (s.st_dev, s.st_ino)
-            line = head[2:].split(b"\n", 1)[0].lstrip(b" \t")
-            interp = line.split(None, 1)[0] if line.split() else b""
-            if not interp:
-                return None
-            name = os.fsdecode(interp)
+            name = os.fsdecode(line[0])
             fd = os.open(os.path.join(cwd, name), os.O_PATH | os.O_CLOEXEC)
             opened.append(fd)
         return None

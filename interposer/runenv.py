@@ -101,6 +101,10 @@ class RunEnv:
         between the check and the exec: handlers._expect_exec).
         """
         checked, proc.exec_checked = proc.exec_checked, None
+        held, proc.exec_fds = proc.exec_fds, None
+        for fd in held or ():
+            with contextlib.suppress(OSError):
+                os.close(fd)  # the files an exec from /data ran (handlers._exec_synthetic)
         if checked is not None:
             try:
                 s = os.stat(f"/proc/{proc.tgid}/exe")

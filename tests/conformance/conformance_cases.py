@@ -175,6 +175,56 @@ def build_odd_names(root: Path) -> None:
     _fix_times(root)
 
 
+def build_scripts(root: Path) -> None:
+    """The standard tree plus executables stored in it (issue #19): ``#!`` scripts, a
+    ./configure that runs scripts of its tree, interpreters that are themselves in the
+    tree (named relative to the cwd, as the kernel allows, so the same bytes work
+    natively and on /data), a copy of a host ELF, and ``#!`` lines the kernel refuses.
+
+    ::
+
+        run.sh argv.py configure build-aux/{helper.sh,config.sh}
+        bin/{echo,cat,readlink}(ELF copies) wrap.run(#!bin/echo) tools/wrap.sh via.run
+        chain/n1..n6 (each #! the one before: n6 is one script too many)
+        bad-empty bad-blank bad-long bad-missing noexec.sh(0644) bad-nested bad-interp-dir run-link
+    """
+    build_standard(root)
+
+    def w(rel: str, data: bytes, mode: int = 0o755) -> None:
+        p = root / rel
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(data)
+        os.chmod(p, mode)
+
+    w("run.sh", b'#!/bin/sh\necho "run.sh: $0 [$#] $*"\ncat "$0" > /dev/null && echo readable\n')
+    w("argv.py", b"#!/usr/bin/env python3\nimport sys\nprint(sys.argv)\n")
+    w("configure", b'#!/bin/sh\n# a ./configure: runs scripts of its own tree\n'
+                   b'echo "configure $*"\n./build-aux/helper.sh check-cc\n'
+                   b'. ./build-aux/config.sh\nbuild-aux/helper.sh "$prefix"\n'
+                   b'echo "prefix=$prefix" > config.status\nchmod +x config.status\n'
+                   b'./config.status && echo status-ran\n')
+    w("build-aux/helper.sh", b'#!/bin/sh\necho "helper: $0 $1"\n')
+    w("build-aux/config.sh", b'prefix=/opt/x\n', 0o644)
+    for name in ("echo", "cat", "readlink"):
+        w(f"bin/{name}", Path(f"/bin/{name}").resolve().read_bytes())
+    # an interpreter in the tree: an ELF, and a script (whose interpreter is the host's)
+    w("wrap.run", b"#!bin/echo from-interp\n")
+    w("tools/wrap.sh", b'#!/bin/sh\necho "wrap.sh: $0 [$#] $*"\n')
+    w("via.run", b"#!tools/wrap.sh  -x  y  \nignored\n")
+    w("chain/n1", b"#!/bin/echo\n")
+    for i in range(2, 7):
+        w(f"chain/n{i}", b"#!chain/n%d\n" % (i - 1))
+    w("bad-empty", b"#!\necho fell back to sh\n")
+    w("bad-blank", b"#!  \t \necho fell back again\n")
+    w("bad-long", b"#!/" + b"x" * 300 + b"\n")
+    w("bad-missing", b"#!/nonexistent/interp\n")
+    w("noexec.sh", b"#!/bin/sh\necho never\n", 0o644)
+    w("bad-nested", b"#!bad-empty\necho nested fell back\n")  # an interpreter that is refused
+    w("bad-interp-dir", b"#!build-aux\necho dir fell back\n")
+    os.symlink("run.sh", root / "run-link")
+    _fix_times(root)
+
+
 # -- normalisers --------------------------------------------------------------------------
 # Each takes (text, dirs) where dirs is the set of guest paths (/data/...) that are
 # directories in that side's resulting tree, and returns the text to compare.
@@ -796,6 +846,14 @@ SQL_QUERY = "update t set v='BETA' where k=2; select * from t order by k; pragma
 
 TAR_C = "tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=gnu"
 
+#: execveat(AT_SYMLINK_NOFOLLOW) on a symlink, then on a directory (the kernel's errnos).
+PY_EXECVEAT_NOFOLLOW = (
+    "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+    "argv = (ctypes.c_char_p * 2)(b'x', None); "
+    "[print(n, libc.syscall(322, -100, n, argv, None, 0x100), os.strerror(ctypes.get_errno())) "
+    "for n in (b'run-link', b'build-aux', b'run.sh/')]"
+)
+
 CASES: list[Case] = [
     # -- listing
     Case("ls_1a", ("ls", "-1a", "{root}")),
@@ -1042,6 +1100,41 @@ CASES: list[Case] = [
             "cat {root}/f1 {root}/f2 {root}/f3"
         ),
     ),
+    # -- executables stored in the tree (issue #19)
+    Case("script_abs_and_relative", sh(
+        "{root}/run.sh a 'b c' && cd {root} && ./run.sh d && sh -c './run.sh e f'"
+    ), tree=build_scripts),
+    Case("script_env_python_argv0", sh(
+        "{root}/argv.py x && cd {root} && ./argv.py y"
+    ), tree=build_scripts),
+    Case("script_configure", sh("./configure --prefix=/opt/x"), tree=build_scripts, cwd="."),
+    Case("script_interpreter_in_tree", sh(
+        "./wrap.run 1 2; echo $?; ./via.run 3; echo $?; ./chain/n5 deep; echo $?"
+    ), tree=build_scripts, cwd="."),
+    # one script too many: the kernel's ELOOP, as each shell reports it
+    Case("script_nesting_limit", sh("./chain/n6 x; echo sh=$?; "
+                                    + PY + " -c \"import os; os.execv('chain/n6', ['n6'])\""),
+         tree=build_scripts, cwd="."),
+    # a #! line the kernel refuses: ENOEXEC, and sh runs the file itself
+    Case("script_bad_shebang", sh(
+        "for f in bad-empty bad-blank bad-long bad-missing noexec.sh bad-nested bad-interp-dir; "
+        "do ./$f; echo $f=$?; done; bash -c './bad-missing; ./bad-interp-dir'; echo bash=$?; "
+        + PY + " -c \"import os\nfor f in ('bad-empty', 'bad-long', 'bad-missing', 'noexec.sh',"
+        " 'bad-nested', 'bad-interp-dir'):\n  try: os.execv(f, [f])\n"
+        "  except OSError as e: print(f, e)\"; "
+        + PY + f' -c "{PY_EXECVEAT_NOFOLLOW}"'
+    ), tree=build_scripts, cwd=".", needs=("bash",)),
+    Case("script_git_pre_commit_hook", sh(
+        "cd {root} && git init -q -b main . && "
+        "printf '#!/bin/sh\\necho \"pre-commit: $0 $#\" >&2\\ngit diff --cached --name-only"
+        " | grep -q run.sh\\n' > .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit && "
+        "git add -A && git -c user.name=t -c user.email=t@e commit -q -m first && "
+        "git log --format='%H %s'"
+    ), tree=build_scripts, ignore=(".git/index",), needs=("git",)),
+    Case("elf_in_tree", sh(
+        "cd {root} && bin/echo hi && ./bin/cat a.txt && {root}/bin/readlink /proc/self/exe && "
+        "./bin/cat /proc/self/cmdline | tr '\\0' ' ' && echo"
+    ), tree=build_scripts),
     # -- python
     Case("py_io", py(PY_IO)),
     Case("py_pathlib", py(PY_PATHLIB)),

@@ -466,3 +466,11 @@ def test_executed_object_follows_interpreters_as_the_kernel(tmp_path: Path) -> N
     assert obj(tmp_path / "c") is None
     elf = Path("/bin/true").stat()
     assert obj(Path("/bin/true")) == (elf.st_dev, elf.st_ino)
+    # the kernel's limit: five scripts then the ELF run; a sixth script is ELOOP
+    (tmp_path / "n1").write_text("#!/bin/sh\n")
+    for i in range(2, 7):
+        (tmp_path / f"n{i}").write_text(f"#!n{i - 1}\n")
+    assert obj(tmp_path / "n5") == (sh.st_dev, sh.st_ino)
+    assert obj(tmp_path / "n6") is None
+    (tmp_path / "d").write_text("#!/bin/sh\0 junk\n")  # a NUL ends the name, as natively
+    assert obj(tmp_path / "d") == (sh.st_dev, sh.st_ino)
