@@ -307,7 +307,10 @@ DEFAULT_POLICY_TOML = """\
 #   synthfs run --data ./datasets --policy policies/default.toml -- ls -la /data
 #
 # Every application may read and write the synthetic mount; the host is
-# untouched (no [host] section) and the network is not restricted.
+# untouched (no [host] section) and the network is not restricted. Symlinks
+# stored in the repository resolve as on a real mount ([[mount]] symlinks,
+# "follow" when not set): only for repositories you trust, since with no
+# [host] rules a link to a host file reaches it (docs/namespace.md).
 version = 1
 name = "default"
 description = "every application reads and writes /data; host and network untouched"

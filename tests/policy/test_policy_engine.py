@@ -1234,3 +1234,13 @@ def test_mount_symlinks_setting() -> None:
     assert policy.symlinks == want
     assert policy.read_only().symlinks == want
     assert Policy.default().symlinks == {"/data": Symlinks.FOLLOW}
+
+
+def test_shipped_policies_symlinks() -> None:
+    """ci.toml (fixtures from anyone) refuses links to the host; the others follow."""
+    env = {"WORKSPACE": "/home/ci/ws"}
+    want = {"ci": Symlinks.REFUSE_HOST, "default": Symlinks.FOLLOW,
+            "per-app": Symlinks.FOLLOW, "readonly": Symlinks.FOLLOW}  # fmt: skip
+    for name, mode in want.items():
+        policy = Policy.from_toml(REPO / "policies" / f"{name}.toml", env=env)
+        assert policy.symlinks == {"/data": mode}, name
