@@ -264,3 +264,22 @@ def test_a_swap_after_the_check_never_writes_the_protected_file(
     assert (world.out / "f").read_text() == MARKER + "\n"
     assert counts["ok"] > 0 and counts.get("EACCES", 0) > 0, counts
     assert set(counts) <= {"ok", "escaped", "EACCES", "ELOOP", "ENOENT"}, counts
+
+
+def test_a_loop_through_the_host_is_eloop(world: World) -> None:
+    """/data/loop -> WS/hl -> /data/loop: ELOOP, as a loop natively (the supervisor
+    resolves each side itself: without a bound this would recurse until it died)."""
+    (world.data / "loop").symlink_to(world.ws / "hl")
+    (world.ws / "hl").symlink_to("/data/loop")
+    script = (
+        "import errno, os\n"
+        "for p in ('/data/loop', '/data/loop/x', '" + str(world.ws / "hl") + "'):\n"
+        "    try:\n"
+        "        os.stat(p)\n"
+        "        print(p, 'ok')\n"
+        "    except OSError as e:\n"
+        "        print(p, errno.errorcode[e.errno])\n"
+    )
+    r = world.synthfs(POLICY.format(symlinks="", host=""), [sys.executable, "-c", script])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [line.split()[-1] for line in r.stdout.splitlines()] == ["ELOOP"] * 3, r.stdout
