@@ -10,7 +10,15 @@ bootstrap key (0600, random), so no other user can reach either process. The
 key never appears in argv or the environment: the server reads the file, the
 agent reads the same key from an inherited pipe, and the file is deleted as
 soon as both are ready. The agent lists the work directory (and its cache)
-in ``Welcome.refused_paths``, so the interposer refuses it to every guest.
+in ``Welcome.refused_paths``, and the server its root and state directory
+(``Registered.trusted_paths``), so the interposer refuses them to every guest
+(:mod:`protocol.trusted`).
+
+The server's state directory (staged uploads, the commit journal) is never in
+the served directory: ``state_dir`` when given, else ``WORKDIR/state`` (removed
+with the work directory) when the work directory is on the data's file
+system, else the server's default (``$XDG_STATE_HOME/synthfs/server/ID``);
+a server that still cannot use it says why (:class:`EmbeddedError`).
 
 Usage::
 
@@ -82,13 +90,14 @@ class TrustedStack(NamedTuple):
     workdir: str  # private 0700 directory: sockets, key, logs (removed on exit)
     cache_dir: str  # the agent's content cache root
     data_dir: str  # the repository directory the server serves
+    state_dir: str  # the server's state directory (staging, journal): outside data_dir
     server_pid: int
     agent_pid: int
 
     @property
     def refused_paths(self) -> tuple[str, ...]:
-        """Host paths no guest may name: the work directory and the cache."""
-        return (self.workdir, self.cache_dir)
+        """Host paths no guest may name: the work directory, the cache, the data, the state."""
+        return (self.workdir, self.cache_dir, self.data_dir, self.state_dir)
 
 
 def _check_data_dir(data_dir: str | os.PathLike[str]) -> str:
@@ -100,6 +109,17 @@ def _check_data_dir(data_dir: str | os.PathLike[str]) -> str:
     if not os.access(path, os.R_OK | os.X_OK):
         raise EmbeddedError(f"data directory {path} is not readable")
     return path
+
+
+def _state_dir(data: str, workdir: str, state_dir: str | None) -> str:
+    """The embedded server's state directory (see the module's docstring)."""
+    if state_dir is not None:
+        return os.path.abspath(state_dir)
+    if os.stat(workdir).st_dev == os.stat(data).st_dev:
+        return os.path.join(workdir, "state")
+    from synthfs.server.statedir import default_state_dir
+
+    return default_state_dir(data)
 
 
 def _runtime_base() -> str | None:
@@ -120,6 +140,7 @@ def embedded(
     attr_ttl: float | None = None,
     server_listen: str | None = None,
     verbose: int = 0,
+    state_dir: str | os.PathLike[str] | None = None,
 ) -> Iterator[TrustedStack]:
     """Start a private server (serving ``data_dir``) and agent; stop both on exit.
 
@@ -128,12 +149,14 @@ def embedded(
     ``token_ttl`` and ``attr_ttl`` pass through to the server and the agent;
     ``server_listen`` replaces the server's private ``ipc://`` endpoint (for
     benchmarks: e.g. ``tcp://127.0.0.1:5701``; a port the caller chose).
+    ``state_dir`` is the server's ``--state`` (see the module's docstring).
     Raises :class:`EmbeddedError` (before starting anything) for a bad
     ``data_dir``, or when a process fails to become ready in ``startup_timeout``.
     """
     with starting(
         data_dir, cache_dir=cache_dir, cache_size=cache_size, startup_timeout=startup_timeout,
         token_ttl=token_ttl, attr_ttl=attr_ttl, server_listen=server_listen, verbose=verbose,
+        state_dir=state_dir,
     ) as launch:
         yield launch.ready()
 
@@ -172,6 +195,7 @@ def starting(
     attr_ttl: float | None = None,
     server_listen: str | None = None,
     verbose: int = 0,
+    state_dir: str | os.PathLike[str] | None = None,
 ) -> Iterator[Launch]:
     """Spawn the pair of :func:`embedded` and return at once; stop both on exit.
 
@@ -183,6 +207,7 @@ def starting(
     cache = os.path.abspath(os.fspath(cache_dir)) if cache_dir is not None else None
     workdir = tempfile.mkdtemp(prefix="synthfs-", dir=_runtime_base())
     os.chmod(workdir, 0o700)
+    state = _state_dir(data, workdir, None if state_dir is None else os.fspath(state_dir))
     procs: list[_Proc] = []
     lifeline: int | None = None
     try:
@@ -207,7 +232,7 @@ def starting(
 
         server_argv = [sys.executable, "-S", "-m", "synthfs.server", *v, "--root", data,
                        "--listen", server_ep, "--bootstrap-key", key_path,
-                       "--publish", pub_ep]
+                       "--publish", pub_ep, "--state", state]
         if token_ttl is not None:
             server_argv += ["--token-ttl", f"{token_ttl:g}"]
         # The server's lifeline: it stops at EOF, once this process and the agent
@@ -253,6 +278,7 @@ def starting(
             workdir=workdir,
             cache_dir=cache,
             data_dir=data,
+            state_dir=state,
             server_pid=server.popen.pid,
             agent_pid=agent.popen.pid,
         )

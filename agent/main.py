@@ -17,8 +17,9 @@ cache, then print a ready line on stderr and write ``b"ready\\n"`` to
 ``--ready-fd`` (and close it). One loop then serves the interposer, one
 request at a time, and (with ``--subscribe``) the server's invalidations
 beside it (:mod:`agent.callbacks`); every exception inside a handler becomes an ``Error``
-reply (unexpected ones are logged with their traceback and answered EIO), so
-the agent never dies on input. SIGTERM/SIGINT stop it cleanly (index saved,
+reply (unexpected ones are logged with their traceback and answered EIO; a
+server that did not answer is ``SERVER_UNREACHABLE``), so the agent never
+dies on input. SIGTERM/SIGINT stop it cleanly (index saved,
 socket file removed).
 """
 
@@ -44,10 +45,13 @@ from synthfs.agent.callbacks import Promises, Subscription
 from synthfs.agent.service import DEFAULT_ATTR_TTL, AgentService
 from synthfs.agent.upstream import Upstream
 from synthfs.protocol.bootstrap import check_key_fd
-from synthfs.protocol.client import DEFAULT_TIMEOUT, Unreachable
+from synthfs.protocol.client import DEFAULT_TIMEOUT, SERVER_UNREACHABLE, Unreachable
 from synthfs.protocol.codec import MAX_FRAME, DecodeError, decode, encode, error_from_exception
 from synthfs.protocol.curve import client_sockopts, handshake, load_keypair, load_public, remote_tcp
+from synthfs.protocol.endpoints import check_endpoint
 from synthfs.protocol.leases import BEAT_INTERVAL, LeaseBoard
+from synthfs.protocol.messages import Error
+from synthfs.protocol.trusted import Kind, refused, socket_path
 
 __all__ = ["HELP", "configure", "main", "make_undumpable", "read_key_fd", "read_key_file"]
 
@@ -190,8 +194,17 @@ def main(args: argparse.Namespace) -> int:
 
 def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
     try:
-        key = read_key_fd(args.bootstrap_fd) if args.bootstrap_fd is not None \
-            else read_key_file(args.bootstrap_key)
+        check_endpoint("--server", args.server)
+        if args.subscribe:
+            check_endpoint("--subscribe", args.subscribe)
+        try:
+            key = read_key_fd(args.bootstrap_fd) if args.bootstrap_fd is not None \
+                else read_key_file(args.bootstrap_key)
+        except OSError as exc:
+            if args.bootstrap_fd is None or exc.filename:
+                raise
+            raise OSError(exc.errno, f"--bootstrap-fd {args.bootstrap_fd}: {exc.strerror}") \
+                from None
         sock_path = _socket_path(args.listen)
         _private_dir(sock_path)
     except (OSError, ValueError) as exc:
@@ -209,12 +222,17 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
         print(f"synthfs agent: {_why(exc)}", file=sys.stderr)
         return 2
     cache_root = os.path.abspath(args.cache or default_cache_dir())
-    refused = [cache_root, sock_path]
-    if args.bootstrap_key is not None:
-        refused.append(os.path.abspath(args.bootstrap_key))
-    if args.curve_secret is not None:
-        refused.append(os.path.abspath(args.curve_secret))  # no guest reads our CURVE secret
-    refused.extend(os.path.abspath(p) for p in args.refuse)
+    # The agent's part of the one trusted list (protocol.trusted): the server's
+    # sockets too, which a guest able to replace them would serve in its place.
+    trusted: list[tuple[Kind, str | None]] = [
+        (Kind.CACHE, cache_root),
+        (Kind.AGENT_SOCKET, sock_path),
+        (Kind.BOOTSTRAP_KEY, args.bootstrap_key),
+        (Kind.CURVE_SECRET, args.curve_secret),
+        (Kind.SERVER_SOCKET, socket_path(args.server)),
+        (Kind.SERVER_SOCKET, socket_path(args.subscribe or "")),
+        *((Kind.WORKDIR, p) for p in args.refuse),
+    ]
 
     ctx: zmq.Context[Any] = zmq.Context.instance()  # one context, one I/O thread
     upstream = Upstream(args.server, key, timeout=args.timeout, sockopts=sockopts)
@@ -250,16 +268,19 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
             print(f"synthfs agent: registration with {args.server} failed: {_why(exc)}",
                   file=sys.stderr)
             return 1
+        if not remote_tcp(args.server):
+            # A server on this host: its root, state, keys and sockets are trusted here too.
+            trusted.extend((Kind.SERVER_OWN, p) for p in upstream.server_paths)
         promises = Promises()
         if args.subscribe:
             sub = Subscription(ctx, args.subscribe, promises, sockopts,
                                key=lambda: upstream.publish_key)
             board = LeaseBoard.bind(ctx, sock_path)  # leases rest on promises
             if board is not None:
-                refused.append(board.path)
+                trusted.append((Kind.LEASE_SOCKET, board.path))
         try:
             service = AgentService(upstream, cache_root, cache_size=args.cache_size,
-                                   attr_ttl=args.attr_ttl, refused_paths=tuple(refused),
+                                   attr_ttl=args.attr_ttl, refused_paths=refused(trusted),
                                    promises=promises,
                                    refresh=sub.drain if sub is not None else None,
                                    leases=board,
@@ -273,7 +294,9 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
         if args.ready_fd is not None:
             try:
                 os.write(args.ready_fd, b"ready\n")
-            finally:
+            except OSError as exc:  # serve all the same (as the server does)
+                log.warning("--ready-fd %d: %s", args.ready_fd, exc.strerror)
+            with contextlib.suppress(OSError):
                 os.close(args.ready_fd)
         _serve(router, service, flag, sub)
         return 0
@@ -374,6 +397,9 @@ def _answer(service: AgentService, frame: Any) -> bytes | None:
     log.debug("agent: <- %d %r", env.request_id, env.msg)
     try:
         reply = service.handle(env.msg)
+    except Unreachable as exc:  # the server, not the request: say so (Upstream logged it)
+        why = f"the server at {exc.endpoint} did not answer within {exc.seconds:.3g} s"
+        reply = Error(errno=SERVER_UNREACHABLE, message=why[:1024])
     except OSError as exc:
         reply = error_from_exception(exc)
     except Exception as exc:

@@ -10,6 +10,9 @@ Re-registration is transparent: shortly before the token expires, or when the
 server answers EKEYEXPIRED / EKEYREJECTED (token expired, or the server
 restarted and forgot it), the agent registers again and resends the request
 once.
+
+A server that stops answering is logged once (a warning naming it), and
+once more when it answers again: not once per failed request.
 """
 
 from __future__ import annotations
@@ -50,10 +53,14 @@ class Upstream:
         self.repo_id = ""
         self.server_pid = 0
         self.publish_key = ""  # the sealed invalidation channel's (synthfs.protocol.sealed)
+        #: the server's own host paths (``Registered.trusted_paths``)
+        self.server_paths: tuple[str, ...] = ()
         self.agent_id = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
         self.client = Client(endpoint, timeout=timeout, token_provider=self._current_token,
                              sockopts=sockopts)
         self.registrations = 0
+        #: monotonic time of the first unanswered request of an outage (None: answering)
+        self.down_since: float | None = None
         #: Called with the new repo id when a re-registration reports another one.
         self.on_repo_change: Callable[[str], None] | None = None
 
@@ -106,26 +113,48 @@ class Upstream:
         self.repo_id = reply.repo_id
         self.server_pid = reply.server_pid
         self.publish_key = reply.publish_key
+        self.server_paths = reply.trusted_paths
         return reply
 
     def _fresh(self) -> None:
         if not self._token or time.time_ns() > self._expires_at_ns - _RENEW_MARGIN_NS:
             self.register()
 
+    def _unreachable(self, exc: Unreachable) -> None:
+        """A request went unanswered: log the outage when it starts."""
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.warning("the server at %s does not answer (no reply within %.3g s): requests "
+                        "that need it fail until it does", self.endpoint, exc.seconds)
+
+    def _answered(self) -> None:
+        if self.down_since is not None:
+            log.warning("the server at %s answers again (after %.1f s)", self.endpoint,
+                        time.monotonic() - self.down_since)
+            self.down_since = None
+
     def call(self, msg: Message, expect: type[_M]) -> _M:
         """Forward ``msg``; re-register and resend once on an authentication error."""
+        try:
+            reply = self._call(msg)
+        except Unreachable as exc:
+            self._unreachable(exc)
+            raise
+        self._answered()
+        if not isinstance(reply, expect):
+            raise OSError(errno.EPROTO, f"server answered {msg.kind} with {reply.kind}")
+        return reply
+
+    def _call(self, msg: Message) -> Message:
         self._fresh()
         try:
-            reply = self.client.call(msg)
+            return self.client.call(msg)
         except OSError as exc:
             if exc.errno not in _AUTH_ERRNOS or isinstance(exc, Unreachable):
                 raise
             log.info("server refused the token (%s): registering again", errno.errorcode[exc.errno])
             self.register()
-            reply = self.client.call(msg)
-        if not isinstance(reply, expect):
-            raise OSError(errno.EPROTO, f"server answered {msg.kind} with {reply.kind}")
-        return reply
+            return self.client.call(msg)
 
     def pipeline(
         self, count: int, make: Callable[[int], Message], expect: type[_M], window: int = 4
@@ -136,7 +165,11 @@ class Upstream:
         (again at a later ``i`` when the token expires again: a long transfer may
         outlive several tokens; twice at the same ``i`` is an error).
         """
-        self._fresh()
+        try:
+            self._fresh()
+        except Unreachable as exc:
+            self._unreachable(exc)
+            raise
         start = 0
         renewed_at = -1
         while start < count:
@@ -149,8 +182,10 @@ class Upstream:
                     yield base + n, reply
                     start = base + n + 1
             except OSError as exc:
-                if exc.errno not in _AUTH_ERRNOS or renewed_at == start \
-                        or isinstance(exc, Unreachable):
+                if isinstance(exc, Unreachable):
+                    self._unreachable(exc)
+                    raise
+                if exc.errno not in _AUTH_ERRNOS or renewed_at == start:
                     raise
                 renewed_at = start
                 self.register()

@@ -112,8 +112,20 @@ def main(args: argparse.Namespace) -> int:
     if args.report_from:
         import json
 
-        runs = [json.loads(p.read_text()) for p in args.report_from]
-        data = report.merge(*runs)
+        runs = []
+        for p in args.report_from:
+            try:
+                runs.append(json.loads(p.read_text()))
+            except (OSError, ValueError) as exc:  # missing, unreadable, not JSON
+                why = exc.strerror if isinstance(exc, OSError) else f"not JSON ({exc})"
+                print(f"synthfs bench: --report-from {p}: {why}", file=sys.stderr)
+                return 2
+        try:
+            data = report.merge(*runs)
+        except (KeyError, TypeError, AttributeError) as exc:
+            print(f"synthfs bench: --report-from: not the results.json of a synthfs bench run "
+                  f"({type(exc).__name__}: {exc})", file=sys.stderr)
+            return 2
         md_path = args.results_md or args.out.resolve() / "RESULTS.md"
         md_path.write_text(report.markdown(data))
         chart = report.plot(data, args.out.resolve() / "results.png")

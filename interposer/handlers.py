@@ -23,6 +23,7 @@ import errno
 import os
 import re
 import stat as st
+import struct
 from collections.abc import Callable
 
 from attrs import evolve, frozen
@@ -58,6 +59,9 @@ NR_BIND = BY_NAME["bind"].nr
 NR_INOTIFY_ADD_WATCH = BY_NAME["inotify_add_watch"].nr
 NR_NAME_TO_HANDLE_AT = BY_NAME["name_to_handle_at"].nr
 NR_STATFS = BY_NAME["statfs"].nr
+NR_BRK = BY_NAME["brk"].nr
+NR_FCNTL = BY_NAME["fcntl"].nr
+NR_IOCTL = BY_NAME["ioctl"].nr
 IN_DONT_FOLLOW = 0x01000000
 
 _NO_LINKS = abi.RESOLVE_NO_SYMLINKS | abi.RESOLVE_NO_MAGICLINKS
@@ -108,6 +112,11 @@ class Loc:
     magic: bool = False
     #: synthetic: the final component as the guest wrote it ('.' and '..' kept)
     last: str = ""
+    #: host, ``host`` a /proc link to an fd or a cwd (``via_fd``, ``magic``): the
+    #: link's text the check saw. The kernel's call runs on an fd the supervisor
+    #: opens through the link and finds with this same text (:class:`Pin`): a
+    #: guest thread cannot dup2 another file onto the fd in between.
+    link: str | None = None
     #: host: the repository symlink that led here (``Target.via``), for the audit
     via: str = ""
 
@@ -156,7 +165,13 @@ def fd_loc(call: Call, env: Env, fd: int, target: str | None = None) -> Loc | No
         if cwd is not None:
             return _synthetic_loc(env, cwd)
         cwd_path = call.guest.host_cwd()
-        return Loc(guest=cwd_path, host=f"/proc/{call.guest.tgid}/cwd", via_fd=True, real=cwd_path)
+        return Loc(
+            guest=cwd_path,
+            host=f"/proc/{call.guest.tgid}/cwd",
+            via_fd=True,
+            real=cwd_path,
+            link=cwd_path,
+        )
     if target is None:
         target = call.guest.fd_target(fd)
     if target is None:
@@ -176,6 +191,7 @@ def fd_loc(call: Call, env: Env, fd: int, target: str | None = None) -> Loc | No
         host=f"/proc/{call.guest.tgid}/fd/{fd}",
         via_fd=True,
         real=_decidable(target),
+        link=target,
     )
 
 
@@ -277,11 +293,14 @@ class Pin:
     """A checked host path for a call the kernel runs (not an open).
 
     The kernel walks a path again; a symlink a guest swaps into a directory
-    component after the check would redirect it. So, when the policy restricts
-    the host, the supervisor opens the checked parent directory (or, for calls
-    that follow the last component, the object itself) with
-    ``RESOLVE_NO_SYMLINKS`` and the kernel is given ``/proc/SUPERVISOR/fd/N/name``
-    (``/proc/SUPERVISOR/fd/N``): a walk that cannot leave what was checked.
+    component after the check would redirect it, to a file the ``[host]`` rules
+    protect or, with no rules, to the agent's socket or cache. So the supervisor
+    opens the checked parent directory (or, for calls that follow the last
+    component, the object itself) with ``RESOLVE_NO_SYMLINKS`` and the kernel is
+    given ``/proc/SUPERVISOR/fd/N/name`` (``/proc/SUPERVISOR/fd/N``): a walk that
+    cannot leave what was checked. A /proc link to an fd (``Loc.link``: an fd
+    of the guest's, ``/proc/PID/fd/N`` to a pipe or a deleted file) is opened
+    through the link instead and must still show the text the check saw.
     """
 
     loc: Loc
@@ -305,8 +324,8 @@ def run_host(
             loc = arg.loc
             assert loc.host is not None
             pinned = None
-            if loc.via_fd and loc.real is not None and not loc.magic:
-                pinned = env.pin(loc.real, True, via=loc.host)  # an fd: the object it holds
+            if loc.link is not None:
+                pinned = env.pin(loc.link, True, via=loc.host)  # an fd: the object it holds
             elif loc.real is not None and loc.real == loc.host:
                 pinned = env.pin(loc.host, arg.whole)
             if pinned is None:
@@ -620,7 +639,7 @@ def _host_loc(call: Call, env: Env, path: str, follow: bool, must_be_dir: bool) 
         # resolution and the guest's could name different objects.
         if not _PROC_FD.match(path) or m is None:
             raise Refused(errno.EACCES, "a magic link reached through another symlink")
-        return Loc(guest=path, host=path, real=_decidable(real), magic=True)
+        return Loc(guest=path, host=path, real=_decidable(real), magic=True, link=real)
     return Loc(guest=real, host=real, must_be_dir=must_be_dir, real=real)
 
 
@@ -792,8 +811,9 @@ def open_at(
     creating = bool(flags & abi.O_CREAT) or (flags & abi.O_TMPFILE) == abi.O_TMPFILE
     kmode = mode & 0o7777 if creating else 0
     if loc.magic:
-        # A magic link to a pipe, socket or deleted file: the kernel must follow it.
-        return RunChecked(NR_OPENAT, (AT_FDCWD, _cstr(loc.host), flags, kmode))
+        # A magic link to a pipe, socket or deleted file: the kernel must follow it, on
+        # the object checked (Pin: a dup2 onto the fd meanwhile fails the open, EACCES).
+        return run_host(env, NR_OPENAT, (AT_FDCWD, Pin(loc, True), flags, kmode))
     # The confinement was judged on the guest's own walk (_confined_walk, the namespace);
     # the kernel walks the checked real path from '/', where only RESOLVE_CACHED still means
     # the same.
@@ -1301,6 +1321,8 @@ def rename_at(
         return Fail(errno.EXDEV)
     if not src.synthetic:
         assert src.host is not None and dst.host is not None
+        if any(loc.real is not None and env.host.holds_refused(loc.real) for loc in (src, dst)):
+            return Fail(errno.EACCES)  # moving a directory above a trusted path renames it
         if env.host_rules and src.real is not None and dst.real is not None:
             denied = _host_rename_check(call, env, src.real, dst.real, flags)
             if denied:
@@ -1470,6 +1492,12 @@ def mknod_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, dev: int) -
             return open_synthetic_create(call, env, loc, mode)
         return Fail(errno.EPERM)
     assert loc.host is not None
+    if st.S_IFMT(mode) in (st.S_IFCHR, st.S_IFBLK):
+        # A device node is a new way into a device, not a file: under [host] rules it
+        # needs a [host] mknod glob (write-listed /dev/** means the nodes that exist).
+        if loc.real is None:
+            return Fail(errno.EPERM)
+        host_check(call, env, "mknod", loc)
     return run_host(env, NR_MKNODAT, (AT_FDCWD, Pin(loc), mode, dev))
 
 
@@ -1536,17 +1564,17 @@ def sys_fchmodat2(call: Call, env: Env) -> Result:
 
 
 def host_fd_op(call: Call, env: Env, loc: Loc, run: Callable[[Loc], Result]) -> Result:
-    """fchmod, fchown, fsetxattr, fremovexattr on a host fd, under ``[host]`` rules.
+    """fchmod, fchown, futimens, fsetxattr, fremovexattr on a host fd.
 
     Natively a read-only fd is enough for them; here they are judged as their
-    path forms are (``chmod`` on the fd's file) and run as the path form
-    (``run``) on the object the fd holds, pinned (a guest thread cannot dup2
-    another file onto the fd after the check). Without ``[host]`` rules, and on
-    what is not a file (pipes, sockets), they run natively.
+    path forms are (``chmod`` on the fd's file, under ``[host]`` rules) and run
+    as the path form (``run``) on the object the fd holds, pinned: a guest
+    thread cannot dup2 another file onto the fd after the check, neither a
+    file the rules protect nor, with no rules, the agent's copy of a /data
+    file opened read-only (its times and mode are the agent's record of it).
     """
-    if not env.host_rules or loc.real is None:
-        return CONTINUE
-    host_check(call, env, "chmod", loc)
+    if env.host_rules and loc.real is not None:
+        host_check(call, env, "chmod", loc)
     return run(loc)
 
 
@@ -1974,9 +2002,9 @@ def _expect_exec(call: Call, env: Env, path: str, via: bool) -> None:
     the process is killed. The kernel gets the checked path as text, so
     ``/proc/self/exe``, ``comm``, ``AT_EXECFN`` and a script's name stay native.
     ``via``: ``path`` is a magic link (an fd, ``/proc/PID/exe``) to open as is.
+    With or without ``[host]`` rules: with none, the swap could still run a
+    program from the agent's cache (a copy of a /data file the policy denies).
     """
-    if not env.host_rules:
-        return
     if via:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)  # the object, not a walk
         pinned: tuple[str, int] | None = ("", fd)
@@ -2263,7 +2291,7 @@ def _pinned_socket(env: Env, real: str) -> tuple[bytes, int | None]:
     """The sockaddr of a checked socket path, pinned on the socket itself
     (``/proc/SUPERVISOR/fd/N``: a swapped-in symlink cannot lead the kernel to the
     agent's socket), and the pin to drop after the call (None: not pinned)."""
-    pinned = env.pin(real, True, always=True)
+    pinned = env.pin(real, True)
     if pinned is None:
         return _unix_sockaddr(real), None
     return _unix_sockaddr(pinned[0]), pinned[1]
@@ -2312,9 +2340,12 @@ def _unix_bind(call: Call, env: Env, real: str, sa: SockAddr) -> Result:
     pinned ``/proc/SUPERVISOR/fd/N/name`` would show in getsockname, so the
     supervisor remembers the name the guest gave (by socket inode) and
     getsockname answers with it. A pinned path longer than sun_path allows is
-    refused (ENAMETOOLONG) rather than walked unpinned.
+    refused (ENAMETOOLONG) rather than walked unpinned. Without ``[host]`` rules
+    getsockname is not trapped (syscalls.Need.HOST), so the kernel walks the
+    checked path: bind creates a name, never follows or replaces one, so a race
+    can at worst add a socket file beside a trusted one (docs/policy.md).
     """
-    pinned = env.pin(real, False)
+    pinned = env.pin(real, False) if env.host_rules else None
     if pinned is None:
         sockaddr = _unix_sockaddr(real)
         return RunChecked(NR_BIND, (call.args[0], Scratch(sockaddr), len(sockaddr)))
@@ -2470,6 +2501,7 @@ def sys_sendmmsg(call: Call, env: Env) -> Result:
 
 @handler
 def sys_memguard(call: Call, env: Env) -> Result:
+    """mprotect, pkey_mprotect, munmap, madvise, remap_file_pages, mmap(MAP_FIXED)."""
     addr, length = call.args[0], call.args[1]
     return Fail(errno.EPERM) if call.guest.touches_scratch(addr, length) else CONTINUE
 
@@ -2489,13 +2521,34 @@ def sys_memguard_shmat(call: Call, env: Env) -> Result:
     return Fail(errno.EPERM) if call.guest.touches_scratch(call.args[1], 1 << 30) else CONTINUE
 
 
-# -- signals -------------------------------------------------------------------------------
+@handler
+def sys_brk_guard(call: Call, env: Env) -> Result:
+    """A break below the scratch area's end (the filter traps no other).
+
+    Shrinking the heap unmaps everything between the new and the old break,
+    and growing it maps that range back writable: with the heap's start below
+    the area (only PR_SET_MM can put it there, and it is refused) that would
+    hand the area to the guest. The kernel's answer to a refused brk is the
+    current break, so that is what the guest gets: ``brk(0)`` runs instead.
+    """
+    return RunChecked(NR_BRK, (0,))
+
+
+# -- other processes: never the trusted ones ---------------------------------------------------
+
+
+def _refused_owner(env: Env, who: int, group: bool) -> bool:
+    """Whether ``who`` (a pid, or a process group when ``group``) is trusted; 0 is nobody."""
+    if who <= 0:
+        return False
+    return env.host.trusted_group(who) if group else env.host.trusted(who)
 
 
 @handler
 def sys_signal_guard(call: Call, env: Env) -> Result:
-    """kill, tkill, tgkill, rt_(tg)sigqueueinfo, pidfd_open, and prlimit64 and
-    sched_set* (another process's limits, scheduling): never toward a trusted process.
+    """kill, tkill, tgkill, rt_(tg)sigqueueinfo, pidfd_open, and the calls that change
+    another process (prlimit64, sched_set*, migrate_pages, move_pages) or read it
+    (get_robust_list): never toward a trusted process.
 
     The first argument is the target (a pid, tgid or tid). kill(-1) (every
     process the user may signal) is refused, and so is kill(-PGID) of the
@@ -2510,4 +2563,104 @@ def sys_signal_guard(call: Call, env: Env) -> Result:
         return CONTINUE
     if pid == -1 or env.host.trusted_group(-pid):
         return Fail(errno.EPERM)
+    return CONTINUE
+
+
+@handler
+def sys_pidfd_guard(call: Call, env: Env) -> Result:
+    """pidfd_send_signal: not to a trusted process, whatever pidfd names it.
+
+    A guest cannot get a pidfd of a trusted process (pidfd_open is guarded,
+    ``/proc/PID`` of one is refused, pidfd_getfd is denied): this is the second
+    lock. The fd is a pidfd (fdinfo ``Pid:``) or a ``/proc/PID`` directory.
+    """
+    fd = _s32(call.args[0])
+    pid = call.guest.fd_pid(fd)
+    if pid is None:
+        m = _PROC_DIR.match(call.guest.fd_target(fd) or "")
+        pid = int(m.group(1)) if m else None
+    if pid is not None and pid > 0 and env.host.trusted(pid):
+        return Fail(errno.EPERM)
+    return CONTINUE
+
+
+_PROC_DIR = re.compile(r"^/proc/(\d+)$")
+F_SETOWN = 8
+F_SETOWN_EX = 15
+F_OWNER_PGRP = 2
+_F_OWNER_EX = struct.Struct("ii")
+_INT = struct.Struct("i")
+FIOSETOWN = 0x8901
+SIOCSPGRP = 0x8902
+TIOCSPGRP = 0x5410
+USERFAULTFD_IOC_NEW = 0xAA00
+TIOCSTI = 0x5412
+TIOCLINUX = 0x541C
+
+
+def _owner(who: int) -> tuple[int, bool]:
+    """F_SETOWN's and FIOSETOWN's argument: a pid, or -PGID for a process group."""
+    return (-who, True) if who < 0 else (who, False)
+
+
+@handler
+def sys_fcntl_guard(call: Call, env: Env) -> Result:
+    """F_SETOWN / F_SETOWN_EX: a file's SIGIO (or F_SETSIG's signal: SIGSTOP too) goes to
+    its owner, so no trusted process or group may become one.
+
+    F_SETOWN_EX points at a ``struct f_owner_ex`` a guest thread may rewrite
+    after the check: the kernel gets the checked copy, in the scratch area.
+    """
+    fd, cmd, arg = _s32(call.args[0]), call.args[1] & 0xFFFFFFFF, call.args[2]
+    if cmd == F_SETOWN:
+        return Fail(errno.EPERM) if _refused_owner(env, *_owner(_s32(arg))) else CONTINUE
+    raw = call.guest.read(arg, _F_OWNER_EX.size)
+    kind, pid = _F_OWNER_EX.unpack(raw)
+    if _refused_owner(env, pid, kind == F_OWNER_PGRP):
+        return Fail(errno.EPERM)
+    return RunChecked(NR_FCNTL, (fd, cmd, Scratch(raw)))
+
+
+@handler
+def sys_ioctl_guard(call: Call, env: Env) -> Result:
+    """FIOSETOWN / SIOCSPGRP (a socket's owner, as F_SETOWN), TIOCSPGRP (a terminal's
+    foreground group: who gets ^C and ^Z): never a trusted process or group; the
+    kernel reads the checked copy of the ``int``. USERFAULTFD_IOC_NEW (a userfaultfd
+    from ``/dev/userfaultfd``) is refused as the userfaultfd syscall is. TIOCSTI and
+    TIOCLINUX are refused: they type into the terminal the guest shares with the user."""
+    fd, req, arg = _s32(call.args[0]), call.args[1] & 0xFFFFFFFF, call.args[2]
+    if req in (USERFAULTFD_IOC_NEW, TIOCSTI, TIOCLINUX):
+        return Fail(errno.EPERM)
+    raw = call.guest.read(arg, _INT.size)
+    (value,) = _INT.unpack(raw)
+    who, group = (value, True) if req == TIOCSPGRP else _owner(value)
+    if _refused_owner(env, who, group):
+        return Fail(errno.EPERM)
+    return RunChecked(NR_IOCTL, (fd, call.args[1], Scratch(raw)))
+
+
+#: setpriority's and ioprio_set's ``which``: (the pid kind, the group kind, the user kind)
+_WHICH = {"setpriority": (0, 1, 2), "ioprio_set": (1, 2, 3)}
+
+
+@handler
+def sys_priority_guard(call: Call, env: Env) -> Result:
+    """setpriority / ioprio_set: not a trusted process or group; never a whole user
+    (every process of the uid, the trusted ones among them). ``who`` 0 is the caller
+    (or its own group, as kill(0))."""
+    which, who = _s32(call.args[0]), _s32(call.args[1])
+    pid_kind, group_kind, user_kind = _WHICH[call.name]
+    if which == user_kind:
+        return Fail(errno.EPERM)
+    if which in (pid_kind, group_kind) and _refused_owner(env, who, which == group_kind):
+        return Fail(errno.EPERM)
+    return CONTINUE
+
+
+@handler
+def sys_kcmp_guard(call: Call, env: Env) -> Result:
+    """kcmp compares two processes' files, memory and fs state: neither may be trusted."""
+    for pid in (_s32(call.args[0]), _s32(call.args[1])):
+        if pid > 0 and env.host.trusted(pid):
+            return Fail(errno.EPERM)
     return CONTINUE

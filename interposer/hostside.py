@@ -298,6 +298,13 @@ class HostSide:
                         return True
         return False
 
+    def holds_refused(self, real_path: str) -> bool:
+        """Whether ``real_path`` is a refused root or a directory above one."""
+        if real_path == "/":
+            return True
+        prefix = real_path.rstrip("/") + "/"
+        return any(root == real_path or root.startswith(prefix) for root in self.refused_roots)
+
     def refused(self, real_path: str) -> bool:
         for root in self.refused_roots:
             if real_path == root or real_path.startswith(root + "/"):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import os
 from collections.abc import Callable
 
 from attrs import frozen
@@ -51,6 +52,19 @@ __all__ = ["MAX_SYMLINKS", "NAME_MAX", "Final", "Namespace", "Target", "Where", 
 
 MAX_SYMLINKS = 40
 NAME_MAX = 255
+#: A repository path is at most this many bytes (a kernel path string's limit, PATH_MAX
+#: less its NUL; the wire takes no longer: protocol.messages.MAX_PATH).
+REPO_PATH_MAX = 4095
+
+
+def _check_repo_length(repo: str) -> None:
+    """ENAMETOOLONG for a repository path longer than :data:`REPO_PATH_MAX` bytes.
+
+    The kernel walks a deep relative path (or a long symlink's expansion) with
+    no total limit; a repository path travels whole, so it has one.
+    """
+    if len(repo) > REPO_PATH_MAX // 4 and len(os.fsencode(repo)) > REPO_PATH_MAX:
+        raise OSError(errno.ENAMETOOLONG, "path too long for the repository")
 
 
 class Where(enum.Enum):
@@ -243,6 +257,7 @@ class Namespace:
                 attrs = None
                 continue
             repo = "/" + "/".join(cur[mount_len:]) if len(cur) > mount_len else "/"
+            _check_repo_length(repo)
             last = not todo
             attrs = None if len(comp) > NAME_MAX else lstat(repo)
             looked = len(cur)
@@ -294,6 +309,7 @@ class Namespace:
         repo_path = self.repo_path(guest)
         if repo_path is None:
             return Target(Where.HOST, guest, None, trailing, via)
+        _check_repo_length(repo_path)
         if looked != len(cur):
             # '.', '..' or a substituted symlink left us somewhere not looked up yet.
             attrs = lstat(repo_path)

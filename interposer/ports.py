@@ -37,6 +37,9 @@ class Guest(Protocol):
     def fd_writable(self, fd: int) -> bool:
         """Whether the fd is open for writing (False when it is not open)."""
 
+    def fd_pid(self, fd: int) -> int | None:
+        """The process a pidfd stands for (its fdinfo ``Pid:``); None for other fds."""
+
     def host_cwd(self) -> str: ...
 
     def umask(self) -> int:
@@ -99,6 +102,10 @@ class Host(Protocol):
 
     def refused(self, real_path: str) -> bool:
         """True for paths no guest may name (cache, sockets, keys, trusted processes)."""
+
+    def holds_refused(self, real_path: str) -> bool:
+        """True when ``real_path`` is a directory above a refused path: renaming it
+        would give the refused path another name (refused like the path itself)."""
 
     def trusted(self, pid: int) -> bool:
         """Whether a pid or tid belongs to the supervisor, the agent or the server."""
@@ -199,17 +206,17 @@ class Env(Protocol):
     def bound_names(self) -> dict[int, bytes]:
         """Socket inode -> the sockaddr a guest bound it to (bound via a pinned path)."""
 
-    def pin(
-        self, real_path: str, whole: bool, always: bool = False, via: str | None = None
-    ) -> tuple[str, int] | None:
+    def pin(self, real_path: str, whole: bool, via: str | None = None) -> tuple[str, int] | None:
         """Pin a checked host path for a call the kernel runs (see ``handlers.Pin``).
 
         Opens the parent directory of ``real_path`` (``whole``: the object
         itself) with RESOLVE_NO_SYMLINKS in the supervisor and returns the path
         the kernel should walk instead and the fd to :meth:`unpin` after the
-        call; None when nothing needs pinning (no [host] rules, unless ``always``).
-        ``via``: a guest fd's /proc magic link, opened instead of walking the path;
-        it must still lead to ``real_path``. OSError (ELOOP when a symlink was
+        call; None when there is nothing to pin (``/``). With or without
+        ``[host]`` rules (the trusted paths are refused under every policy).
+        ``via``: a /proc link to an fd (``/proc/PID/fd/N``, ``/proc/PID/cwd``),
+        opened instead of walking a path; its text must still be ``real_path``
+        (the link text the check saw). OSError (ELOOP when a symlink was
         swapped in, EACCES when the fd changed, ENOENT...) fails the call.
         """
 

@@ -19,15 +19,17 @@ truncating or creating always asks the agent.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import zmq
 from attrs import evolve
 
 from synthfs.interposer import abi
-from synthfs.protocol.client import Client, Unreachable
+from synthfs.protocol.client import SERVER_UNREACHABLE, Client, Unreachable
 from synthfs.protocol.leases import LeaseFeed, Leases
 from synthfs.protocol.leases import signature as copy_signature
 from synthfs.protocol.messages import (
@@ -60,6 +62,8 @@ from synthfs.protocol.naming import object_name
 
 __all__ = ["Remote"]
 
+log = logging.getLogger(__name__)
+
 #: Seconds an Open, Commit or Sync may take (a cold fetch or an upload of a large file).
 BULK_TIMEOUT = 3600.0
 #: Open flags a leased open may carry: read-only, nothing that creates or truncates.
@@ -77,13 +81,27 @@ def _cacheable(attrs: Attrs) -> bool:
 class Remote:
     """The repository as the agent serves it, with the interposer's caches."""
 
-    def __init__(self, endpoint: str, *, ttl: float = 1.0, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        ttl: float = 1.0,
+        timeout: float = 10.0,
+        report: Callable[[str], None] | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.ttl = ttl
+        #: told once why calls fail with EIO (the agent or its server is away)
+        self._report = report or log.warning
+        self._reported = False
         #: the agent's pid (Welcome): a wait on a dead agent ends within a second (EIO)
         self._agent_pid: int | None = None
         self._agent_lost = False
-        self._client = Client(endpoint, timeout=timeout, retries=1, alive=self._agent_alive)
+        # One attempt, no resend: a live agent answers within its own server budget
+        # (its --timeout, 5 s by default: SERVER_UNREACHABLE when the server did not),
+        # and a resend half-way through ours would drop that answer; a dead one is
+        # seen within a second (alive).
+        self._client = Client(endpoint, timeout=timeout, retries=0, alive=self._agent_alive)
         # Open, Commit and Sync move whole files (a cold fetch, an upload): they get
         # a patient client of their own, and are never resent while the agent works.
         self._bulk = Client(endpoint, timeout=BULK_TIMEOUT, retries=0, alive=self._agent_alive)
@@ -103,7 +121,10 @@ class Remote:
         #: installs every upload as a new file (atomic rename), so its inode number
         #: changes with each write; programs (sqlite) compare stat and fstat inodes.
         self._ino: dict[str, int] = {}
+        self._probe()  # no agent listening: say so now, not after the whole timeout
+        self._reported = True  # a failed start-up is the caller's to tell
         welcome = self._call(Hello(version=PROTOCOL_VERSION))
+        self._reported = False
         if not isinstance(welcome, Welcome):
             raise OSError(errno.EPROTO, f"agent at {endpoint} answered {welcome.kind!r} to hello")
         self.refused_paths: tuple[str, ...] = welcome.refused_paths
@@ -151,18 +172,43 @@ class Remote:
             return (client or self._client).call(msg)
         except Unreachable as exc:
             self._agent_lost = not self._agent_alive()
-            raise OSError(errno.EIO, f"agent unreachable: {exc}") from None
+            self._away(f"the agent at {self.endpoint} did not answer within {exc.seconds:.3g} s")
+            raise OSError(errno.EIO, f"agent unreachable: {exc.strerror}") from None
+        except OSError as exc:
+            if exc.errno == SERVER_UNREACHABLE:
+                self._away(f"the agent cannot reach its server ({exc.strerror})")
+                raise OSError(errno.EIO, exc.strerror) from None
+            if exc.errno == errno.EIO and self._agent_lost:  # _rehello: nobody listens
+                self._away(exc.strerror or "the agent has gone")
+            raise
+
+    def _away(self, why: str) -> None:
+        """Tell the user (once) why calls on the mount fail with EIO."""
+        if not self._reported:
+            self._reported = True
+            self._report(why)
+
+    def _probe(self) -> None:
+        """OSError (ENOENT: no socket file, ECONNREFUSED: nobody listens on it) unless
+        something listens on the agent's ``ipc://`` socket; costs one connect."""
+        if not self.endpoint.startswith("ipc://"):
+            return
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            probe.connect(self.endpoint[len("ipc://") :])
+        except OSError as exc:
+            why = "no such socket" if exc.errno == errno.ENOENT else "nothing listens on it"
+            raise OSError(exc.errno, why) from None
+        finally:
+            probe.close()
 
     def _rehello(self) -> None:
         """Greet whoever listens on the agent's socket now; EIO at once when nobody does."""
-        if self.endpoint.startswith("ipc://"):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            try:
-                probe.connect(self.endpoint[len("ipc://") :])
-            except OSError:
-                raise OSError(errno.EIO, f"no agent listens at {self.endpoint}") from None
-            finally:
-                probe.close()
+        try:
+            self._probe()
+        except OSError as exc:
+            why = f"no agent listens at {self.endpoint}: {exc.strerror}"
+            raise OSError(errno.EIO, why) from None
         old, self._agent_pid = self._agent_pid, None  # a busy new agent is waited for
         try:
             welcome = self._client.call(Hello(version=PROTOCOL_VERSION))

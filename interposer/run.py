@@ -73,6 +73,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="content cache directory for --data (default: ~/.cache/synthfs)",
     )
     parser.add_argument(
+        "--state",
+        metavar="DIR",
+        help="the --data server's state directory (staged uploads): outside DIR, on its file "
+        "system (default: a private one in the run's work directory when that is on DIR's file "
+        "system, else ~/.local/state/synthfs/server/ID)",
+    )
+    parser.add_argument(
         "--audit", metavar="FILE", help="append policy decisions (denials) as JSON lines to FILE"
     )
     parser.add_argument("--audit-all", action="store_true", help="audit allowed decisions too")
@@ -129,8 +136,22 @@ def main(args: argparse.Namespace) -> int:
         return _fail("no command given (usage: synthfs run [OPTIONS] -- CMD [ARGS...])")
     if not args.agent and not args.data:
         return _fail("say where the data is: --data DIR (a directory to serve) or --agent ENDPOINT")
+    if args.state and not args.data:
+        return _fail("--state is the --data server's: it goes with --data")
     if args.data and not os.path.isdir(args.data):
         return _fail(f"--data {args.data}: not a directory")
+    if args.data:
+        data, cwd = os.path.realpath(args.data), os.path.realpath(os.getcwd())
+        if cwd == data or cwd.startswith(data.rstrip("/") + "/"):
+            return _fail(f"the current directory is inside --data {args.data}, whose host path "
+                         "no guest may use (it sees it as /data): run from outside it")
+    if args.agent:
+        from synthfs.protocol.endpoints import check_endpoint
+
+        try:
+            check_endpoint("--agent", args.agent, tcp=False)  # an agent listens on ipc:// only
+        except ValueError as exc:
+            return _fail(str(exc))
     try:
         with contextlib.ExitStack() as resources:
             launch: Launch | None = None
@@ -139,7 +160,8 @@ def main(args: argparse.Namespace) -> int:
                 from synthfs.agent.embedded import starting
 
                 launch = resources.enter_context(
-                    starting(args.data, cache_dir=args.cache, verbose=args.verbose)
+                    starting(args.data, cache_dir=args.cache, verbose=args.verbose,
+                             state_dir=args.state)
                 )
             status = _run(args, command, launch)
     except Exception as exc:  # a clear message, not a traceback, for set-up failures
@@ -190,19 +212,40 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
         return _fail(f"cannot build the seccomp filter ({exc}); is libseccomp2 installed?", 125)
     trusted: tuple[int, ...] = ()
     server_socket = ""
+    stack_paths: tuple[str, ...] = ()
     if launch is None:
         endpoint = args.agent
     else:
         stack = launch.ready()  # both up, the key file gone: only now may a guest run
         endpoint, trusted = stack.agent_endpoint, (stack.server_pid, stack.agent_pid)
         server_socket = _socket_path(stack.server_endpoint)
-    audit = open(args.audit, "a", encoding="utf-8") if args.audit else None  # noqa: SIM115
+        stack_paths = stack.refused_paths  # the agent and the server list them too
+    # Both files are opened before the guest runs: a bad name fails now, not after it.
+    try:
+        audit = open(args.audit, "a", encoding="utf-8") if args.audit else None  # noqa: SIM115
+    except OSError as exc:
+        return _fail(f"--audit {args.audit}: {exc.strerror}")
+    try:
+        stats_file = open(args.stats, "w", encoding="utf-8") if args.stats else None  # noqa: SIM115
+    except OSError as exc:
+        if audit is not None:
+            audit.close()
+        return _fail(f"--stats {args.stats}: {exc.strerror}")
     private = tempfile.mkdtemp(prefix="synthfs-run-")
     try:
+        def away(why: str) -> None:  # once a run: the guest sees EIO, the user sees why
+            print(f"synthfs run: calls on {ns.mount} fail with EIO: {why}", file=sys.stderr,
+                  flush=True)
+
         try:
-            remote = Remote(endpoint)
+            remote = Remote(endpoint, report=away)
         except OSError as exc:
-            return _fail(f"cannot reach the agent at {endpoint}: {exc.strerror or exc}", 125)
+            hint = ""
+            if launch is None and exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+                hint = (f"; start one with 'synthfs agent --listen {endpoint} ...', "
+                        "or serve a directory with --data DIR")
+            return _fail(f"cannot reach the agent at {endpoint}: {exc.strerror or exc}{hint}",
+                         125)
         socket_path = _socket_path(endpoint)
         # Whoever serves these sockets is trusted, a restarted agent too (learned when
         # a guest names a pid); with --data the server cannot restart (nothing restarts
@@ -217,7 +260,7 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
         ]
         host = HostSide(
             private,
-            (*remote.refused_paths, socket_path),
+            (*remote.refused_paths, socket_path, *stack_paths),
             (os.getpid(), *trusted, *remote.trusted_pids),
             listeners,
         )
@@ -235,12 +278,14 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
                 agent_requests=remote.requests, agent_ns=remote.agent_ns, denials=env.denials,
                 listener_probes=sum(listener.probes for listener in listeners),
             )
-            with open(args.stats, "w", encoding="utf-8") as f:
-                json.dump(sup.stats, f, indent=1)
+            assert stats_file is not None
+            json.dump(sup.stats, stats_file, indent=1)
         return status
     finally:
         if audit is not None:
             audit.close()
+        if stats_file is not None:
+            stats_file.close()
         shutil.rmtree(private, ignore_errors=True)
 
 

@@ -153,7 +153,10 @@ class RunEnv:
             return 0  # no [host]: the host is untouched (and there is nothing to audit)
         t0 = time.perf_counter_ns()
         app = self._app(call)
-        decision = self.policy.decide_host(app, _OPS[op], path)
+        if op == "mknod":  # a device node: its own [host] list
+            decision = self.policy.decide_mknod(app, path)
+        else:
+            decision = self.policy.decide_host(app, _OPS[op], path)
         if decision.allowed and not self.audit_all:
             return 0
         return self._record(call, app, op, path, decision, t0, via)
@@ -179,16 +182,21 @@ class RunEnv:
             return 0
         return self._record(call, self._app(call), "rename", f"{src} -> {dst}", decision, t0)
 
-    def pin(
-        self, real_path: str, whole: bool, always: bool = False, via: str | None = None
-    ) -> tuple[str, int] | None:
-        if not self.host_rules and not always:
-            return None  # no host decisions to protect: the kernel walks the checked path
+    def pin(self, real_path: str, whole: bool, via: str | None = None) -> tuple[str, int] | None:
+        """See :class:`~interposer.ports.Env`. With or without ``[host]`` rules:
+        with none, the agent's socket, key and cache are still refused, and a
+        kernel walk of the checked text could reach them (a directory swapped
+        for a symlink); a pin costs one ``openat2`` in the supervisor."""
         if via is not None:
-            # An fd of the guest's (/proc/PID/fd/N): the object it holds now, which must
-            # be the one checked (a guest thread may dup2 another file onto N meanwhile).
+            # A /proc link to an fd (the guest's /proc/PID/fd/N, its cwd): the object
+            # it leads to now, which must be the one checked (a guest thread may dup2
+            # another file onto N meanwhile). ``real_path`` is the link text checked.
             fd = os.open(via, os.O_PATH | os.O_CLOEXEC)
-            if os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)") != real_path:
+            try:
+                now = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                now = ""
+            if now != real_path:
                 os.close(fd)
                 raise OSError(errno.EACCES, "the fd changed under the check")
             return f"/proc/{os.getpid()}/fd/{fd}", fd

@@ -241,6 +241,18 @@ class GuestView:
         flags = _proc_octal(f"/proc/{self.tgid}/fdinfo/{fd}", b"flags:")
         return flags is not None and flags & os.O_ACCMODE != os.O_RDONLY
 
+    def fd_pid(self, fd: int) -> int | None:
+        if fd < 0:
+            return None
+        try:
+            with open(f"/proc/{self.tgid}/fdinfo/{fd}", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Pid:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
     def host_cwd(self) -> str:
         return os.readlink(f"/proc/{self.tid}/cwd")
 

@@ -30,6 +30,7 @@ __all__ = [
     "Gate",
     "Level",
     "Need",
+    "Reach",
     "Role",
     "SyscallSpec",
 ]
@@ -92,6 +93,21 @@ class Gate(enum.Enum):
     HOST = "host restricted"  # [host] present (getsockname; Need.HOST_FD reads it too)
 
 
+class Reach(enum.Flag):
+    """What a syscall can name or change beyond its path, fd and socket address
+    arguments (those come from its roles): the columns of SECURITY.md's matrix."""
+
+    NONE = 0
+    PID = enum.auto()  # names a pid, tid or process group
+    MEMORY = enum.auto()  # names memory of the caller (an address range)
+    DEVICE = enum.auto()  # names or makes a device
+    TERMINAL = enum.auto()  # acts on a terminal
+    IDENTITY = enum.auto()  # changes who the process is (exe, credentials)
+    MEMORY_MAP = enum.auto()  # changes the caller's memory map
+    OTHER_PROCESS = enum.auto()  # affects another process (signal, limits, memory, scheduling)
+    MOUNT_NS = enum.auto()  # changes mounts or namespaces
+
+
 class Action(enum.Enum):
     TRACE = "trace"
     ERRNO = "errno"
@@ -122,6 +138,10 @@ class SyscallSpec:
     note: str = field(default="")
     needs: Need = Need.ALWAYS
     gate: Gate = Gate.ALWAYS
+    #: what else it reaches (SECURITY.md's matrix; rows without ``shown_by`` are not in it)
+    reach: Reach = Reach.NONE
+    #: the test that shows what synthfs does with it (``file::test[case]``)
+    shown_by: str = ""
 
 
 #: Lowest address the scratch area may occupy is ``vm.mmap_min_addr``; the guard
@@ -129,12 +149,23 @@ class SyscallSpec:
 SCRATCH_GUARD_END = 0x200000
 MAP_FIXED = 0x10
 MREMAP_FIXED = 0x2
+PR_SET_MM = 35
+F_SETOWN = 8
+F_SETOWN_EX = 15
+FIOSETOWN = 0x8901
+SIOCSPGRP = 0x8902
+TIOCSPGRP = 0x5410
+USERFAULTFD_IOC_NEW = 0xAA00
+PRIO_USER = 2
+IOPRIO_WHO_USER = 3
+#: ``int`` and ``unsigned int`` arguments: the kernel drops the upper 32 bits, so the
+#: filter compares only the lower ones (a guest may set the others to dodge an EQ)
+_U32 = 0xFFFFFFFF
 CLONE_UNTRACED = 0x00800000
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+#: they type into (or act on) the terminal the guest shares with the user's shell
 TIOCSTI = 0x5412
 TIOCLINUX = 0x541C
-#: ioctl's command is an unsigned int: the kernel drops the argument register's high half
-_CMD_BITS = 0xFFFF_FFFF
 SEEK_SET = 0
 
 P, P2, T = Role.PATH, Role.PATH2, Role.TEXT
@@ -143,6 +174,10 @@ FL, AF, M = Role.FLAGS, Role.ATFLAGS, Role.MODE
 OUT, IN, SZ, N, A = Role.OUT, Role.IN, Role.SIZE, Role.INT, Role.ADDR
 
 _low_addr = ((Cond(0, "LT", SCRATCH_GUARD_END),),)
+ESC = "tests/escape/test_escape.py"
+GUARDS = "tests/interposer/test_guards.py"
+MEMGUARD = "tests/interposer/test_guards.py::test_memory_guards"
+PIDGUARD = "tests/interposer/test_guards.py::test_pid_guards"
 
 
 def _row(
@@ -157,9 +192,26 @@ def _row(
     return SyscallSpec(name=name, nr=nr, args=args, level=level, handler=handler, note=note, **kw)  # type: ignore[arg-type]
 
 
-def _deny(name: str, nr: int, err: int, note: str) -> SyscallSpec:
+def _deny(name: str, nr: int, err: int, note: str, **kw: object) -> SyscallSpec:
     return SyscallSpec(
-        name=name, nr=nr, args=(), level=Level.DENIED, action=Action.ERRNO, errno=err, note=note
+        name=name, nr=nr, args=(), level=Level.DENIED, action=Action.ERRNO, errno=err, note=note,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _is32(index: int, *values: int) -> tuple[tuple[Cond, ...], ...]:
+    """Trace when the 32-bit argument ``index`` is one of ``values`` (one alternative each)."""
+    return tuple((Cond(index, "MASKED_EQ", v, _U32),) for v in values)
+
+
+def _in_range(index: int, end: int) -> tuple[tuple[Cond, ...], ...]:
+    """Trace when ``0 < arg < end`` (``end`` a power of two): one alternative per bit
+    length, since libseccomp takes one comparison per argument in a rule."""
+    assert end & (end - 1) == 0
+    mask = (1 << 64) - 1
+    return tuple(
+        (Cond(index, "MASKED_EQ", 1 << k, mask & ~((1 << k) - 1)),)
+        for k in range(end.bit_length() - 1)
     )
 
 
@@ -247,8 +299,16 @@ TABLE: tuple[SyscallSpec, ...] = (
     _row("linkat", 265, (D, P, D2, P2, AF), Level.FULL, "sys_linkat"),
     _row("symlink", 88, (T, P), Level.FULL, "sys_symlink"),
     _row("symlinkat", 266, (T, D, P), Level.FULL, "sys_symlinkat"),
-    _row("mknod", 133, (P, M, N), Level.HOST, "sys_mknod", "on /data: EPERM"),
-    _row("mknodat", 259, (D, P, M, N), Level.HOST, "sys_mknodat"),
+    _row(
+        "mknod", 133, (P, M, N), Level.HOST, "sys_mknod",
+        "on /data: EPERM (a regular file: create); under [host] a device node needs a "
+        "[host] mknod glob",
+        reach=Reach.DEVICE, shown_by=f"{ESC}::test_device_node",
+    ),
+    _row(
+        "mknodat", 259, (D, P, M, N), Level.HOST, "sys_mknodat", "as mknod",
+        reach=Reach.DEVICE, shown_by=f"{GUARDS}::test_mknod_of_a_device_asks_the_mknod_rule",
+    ),
     # -- extended attributes -------------------------------------------------------------
     _row(
         "getxattr",
@@ -449,10 +509,32 @@ TABLE: tuple[SyscallSpec, ...] = (
         gate=Gate.SEND,
     ),
     # -- guards of the scratch page ------------------------------------------------------
-    _row("mprotect", 10, (A, SZ, N), Level.GUARD, "sys_memguard", when=_low_addr),
-    _row("pkey_mprotect", 329, (A, SZ, N, N), Level.GUARD, "sys_memguard", when=_low_addr),
-    _row("munmap", 11, (A, SZ), Level.GUARD, "sys_memguard", when=_low_addr),
-    _row("madvise", 28, (A, SZ, N), Level.GUARD, "sys_memguard", when=_low_addr),
+    # Every call that can change the caller's memory map is here, refused when it touches
+    # the scratch area (see SECURITY.md, "Calls that reach past a path"); mmap without
+    # MAP_FIXED, MAP_FIXED_NOREPLACE, shmdt (it unmaps shm segments only), mseal, mbind,
+    # pkey_alloc and set_mempolicy_home_node move or unprotect nothing and run natively.
+    _row(
+        "mprotect", 10, (A, SZ, N), Level.GUARD, "sys_memguard", when=_low_addr,
+        reach=Reach.MEMORY | Reach.MEMORY_MAP, shown_by=f"{ESC}::test_scratch_page[scratch_mprotect]",
+    ),
+    _row(
+        "pkey_mprotect", 329, (A, SZ, N, N), Level.GUARD, "sys_memguard", when=_low_addr,
+        reach=Reach.MEMORY | Reach.MEMORY_MAP, shown_by=f"{MEMGUARD}[pkey_mprotect]",
+    ),
+    _row(
+        "munmap", 11, (A, SZ), Level.GUARD, "sys_memguard", when=_low_addr,
+        reach=Reach.MEMORY | Reach.MEMORY_MAP, shown_by=f"{ESC}::test_scratch_page[scratch_munmap]",
+    ),
+    _row(
+        "madvise", 28, (A, SZ, N), Level.GUARD, "sys_memguard",
+        "every advice (DONTNEED, FREE, REMOVE, DONTFORK, WIPEONFORK...) on the area: EPERM",
+        when=_low_addr,
+        reach=Reach.MEMORY | Reach.MEMORY_MAP, shown_by=f"{ESC}::test_scratch_page[scratch_madvise]",
+    ),
+    _row(
+        "remap_file_pages", 216, (A, SZ, N, N, N), Level.GUARD, "sys_memguard", when=_low_addr,
+        reach=Reach.MEMORY | Reach.MEMORY_MAP, shown_by=f"{MEMGUARD}[remap_file_pages]",
+    ),
     _row(
         "mremap",
         25,
@@ -463,6 +545,7 @@ TABLE: tuple[SyscallSpec, ...] = (
             (Cond(0, "LT", SCRATCH_GUARD_END),),
             (Cond(3, "MASKED_EQ", MREMAP_FIXED, MREMAP_FIXED), Cond(4, "LT", SCRATCH_GUARD_END)),
         ),
+        reach=Reach.MEMORY | Reach.MEMORY_MAP, shown_by=f"{ESC}::test_scratch_page[scratch_mremap]",
     ),
     _row(
         "mmap",
@@ -471,8 +554,45 @@ TABLE: tuple[SyscallSpec, ...] = (
         Level.GUARD,
         "sys_memguard",
         when=((Cond(0, "LT", SCRATCH_GUARD_END), Cond(3, "MASKED_EQ", MAP_FIXED, MAP_FIXED)),),
+        reach=Reach.MEMORY | Reach.MEMORY_MAP,
+        shown_by=f"{ESC}::test_scratch_page[scratch_mmap_fixed]",
     ),
-    _row("shmat", 30, (N, A, N), Level.GUARD, "sys_memguard_shmat", when=((Cond(1, "NE", 0),),)),
+    _row(
+        "shmat", 30, (N, A, N), Level.GUARD, "sys_memguard_shmat", "SHM_REMAP over the area: EPERM",
+        when=((Cond(1, "NE", 0),),),
+        reach=Reach.MEMORY | Reach.MEMORY_MAP, shown_by=f"{MEMGUARD}[shmat]",
+    ),
+    _row(
+        "brk",
+        12,
+        (A,),
+        Level.GUARD,
+        "sys_brk_guard",
+        "a break below the area's end gets the current break (the kernel's refusal); only "
+        "PR_SET_MM can move the heap's start there",
+        when=_in_range(0, SCRATCH_GUARD_END),
+        reach=Reach.MEMORY | Reach.MEMORY_MAP, shown_by=f"{MEMGUARD}[brk]",
+    ),
+    SyscallSpec(
+        name="prctl",
+        nr=157,
+        args=(N, N, N, N, N),
+        level=Level.GUARD,
+        action=Action.ERRNO,
+        errno=errno.EPERM,
+        when=_is32(0, PR_SET_MM),
+        note="PR_SET_MM refused (CRIU's restore call: PR_SET_MM_MAP needs no capability and "
+        "moves the heap's break over the scratch area, which brk() then remaps writable)",
+        reach=Reach.MEMORY | Reach.MEMORY_MAP | Reach.IDENTITY,
+        shown_by=f"{ESC}::test_scratch_page[scratch_prctl_brk_race]",
+    ),
+    _deny(
+        "userfaultfd",
+        323,
+        errno.EPERM,
+        "a fault handler of the guest's own would answer the kernel's reads of a checked copy",
+        reach=Reach.MEMORY, shown_by=f"{ESC}::test_scratch_page[scratch_uffd]",
+    ),
     # -- refused outright ----------------------------------------------------------------
     _deny("io_uring_setup", 425, errno.ENOSYS, "io_uring bypasses seccomp"),
     _deny("io_uring_enter", 426, errno.ENOSYS, "io_uring bypasses seccomp"),
@@ -507,41 +627,145 @@ TABLE: tuple[SyscallSpec, ...] = (
         ),
         note="filters may stack; a user-notification listener (it outranks TRACE) is refused",
     ),
-    SyscallSpec(
-        name="ioctl",
-        nr=16,
-        args=(FD, N, A),
-        level=Level.GUARD,
-        action=Action.ERRNO,
-        errno=errno.EPERM,
-        when=(
-            (Cond(1, "MASKED_EQ", TIOCSTI, _CMD_BITS),),
-            (Cond(1, "MASKED_EQ", TIOCLINUX, _CMD_BITS),),
-        ),
-        note="TIOCSTI and TIOCLINUX refused: they would type into the terminal the guest "
-        "shares with the user",
+    # -- other processes: never the trusted ones (EPERM) ------------------------------
+    # Every call that names another process (a pid, tid, process group or pidfd) or
+    # sets who gets a file's signals; see SECURITY.md, "Calls that reach past a path".
+    _row(
+        "kill", 62, (N, N), Level.GUARD, "sys_signal_guard",
+        "refused (EPERM) toward the supervisor, agent and server (pid, or -pgid of theirs)",
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{ESC}::test_trusted_process_attack[signal_agent]",
     ),
-    # -- signals to the trusted processes ------------------------------------------------
-    _row("kill", 62, (N, N), Level.GUARD, "sys_signal_guard", "refused (EPERM) toward the supervisor, agent and server"),
-    _row("tkill", 200, (N, N), Level.GUARD, "sys_signal_guard"),
-    _row("tgkill", 234, (N, N, N), Level.GUARD, "sys_signal_guard"),
-    _row("rt_sigqueueinfo", 129, (N, N, IN), Level.GUARD, "sys_signal_guard"),
-    _row("rt_tgsigqueueinfo", 297, (N, N, N, IN), Level.GUARD, "sys_signal_guard"),
-    _row("pidfd_open", 434, (N, N), Level.GUARD, "sys_signal_guard", "no pidfd on a trusted process (pidfd_send_signal needs one)"),
-    # another process's limits and scheduling (0: the caller's own, not trapped): a lowered
-    # RLIMIT_CPU kills with SIGXCPU, a lowered RLIMIT_NOFILE starves a server
-    _row("prlimit64", 302, (N, N, N, N), Level.GUARD, "sys_signal_guard", "refused (EPERM) toward the supervisor, agent and server", when=_other_pid),
-    _row("sched_setaffinity", 203, (N, N, N), Level.GUARD, "sys_signal_guard", when=_other_pid),
-    _row("sched_setscheduler", 144, (N, N, N), Level.GUARD, "sys_signal_guard", when=_other_pid),
-    _row("sched_setparam", 142, (N, N), Level.GUARD, "sys_signal_guard", when=_other_pid),
-    _row("sched_setattr", 314, (N, N, N), Level.GUARD, "sys_signal_guard", when=_other_pid),
+    _row(
+        "tkill", 200, (N, N), Level.GUARD, "sys_signal_guard",
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[tkill]",
+    ),
+    _row(
+        "tgkill", 234, (N, N, N), Level.GUARD, "sys_signal_guard",
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[tgkill]",
+    ),
+    _row(
+        "rt_sigqueueinfo", 129, (N, N, IN), Level.GUARD, "sys_signal_guard",
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[rt_sigqueueinfo]",
+    ),
+    _row(
+        "rt_tgsigqueueinfo", 297, (N, N, N, IN), Level.GUARD, "sys_signal_guard",
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[rt_tgsigqueueinfo]",
+    ),
+    _row(
+        "pidfd_open", 434, (N, N), Level.GUARD, "sys_signal_guard",
+        "no pidfd on a trusted process (pidfd_send_signal needs one)",
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{ESC}::test_trusted_process_attack[pidfd_agent]",
+    ),
+    _row(
+        "pidfd_send_signal", 424, (FD, N, IN, N), Level.GUARD, "sys_pidfd_guard",
+        "the pidfd's process (fdinfo Pid:) must not be trusted",
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[pidfd_send_signal]",
+    ),
+    # who gets a file's SIGIO/SIGURG (and F_SETSIG's signal, SIGSTOP included)
+    _row(
+        "fcntl", 72, (FD, N, A), Level.GUARD, "sys_fcntl_guard",
+        "F_SETOWN/F_SETOWN_EX toward a trusted pid or group: EPERM; the kernel reads a checked copy",
+        when=_is32(1, F_SETOWN, F_SETOWN_EX),
+        reach=Reach.PID | Reach.OTHER_PROCESS,
+        shown_by=f"{ESC}::test_trusted_process_attack[setown_stop_agent]",
+    ),
+    _row(
+        "ioctl", 16, (FD, N, A), Level.GUARD, "sys_ioctl_guard",
+        "FIOSETOWN/SIOCSPGRP (a socket's owner), TIOCSPGRP (a terminal's foreground group) "
+        "toward a trusted pid or group: EPERM, on a checked copy; USERFAULTFD_IOC_NEW: EPERM; "
+        "TIOCSTI and TIOCLINUX: EPERM (they would type into the terminal the guest shares "
+        "with the user)",
+        when=_is32(1, FIOSETOWN, SIOCSPGRP, TIOCSPGRP, USERFAULTFD_IOC_NEW, TIOCSTI, TIOCLINUX),
+        reach=Reach.PID | Reach.TERMINAL | Reach.DEVICE | Reach.OTHER_PROCESS | Reach.MEMORY,
+        shown_by=f"{ESC}::test_trusted_process_attack[fiosetown_stop_agent]",
+    ),
+    # another process's limits, scheduling, priority, memory placement (0: the caller's own,
+    # not trapped): a lowered RLIMIT_CPU kills with SIGXCPU, a lowered RLIMIT_NOFILE
+    # starves a server, SCHED_IDLE or nice 19 starves the agent
+    _row(
+        "prlimit64", 302, (N, N, N, N), Level.GUARD, "sys_signal_guard",
+        "refused (EPERM) toward the supervisor, agent and server", when=_other_pid,
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{ESC}::test_trusted_process_attack[prlimit_agent]",
+    ),
+    _row(
+        "sched_setaffinity", 203, (N, N, N), Level.GUARD, "sys_signal_guard", when=_other_pid,
+        reach=Reach.PID | Reach.OTHER_PROCESS,
+        shown_by=f"{ESC}::test_trusted_process_attack[sched_setaffinity_agent]",
+    ),
+    _row(
+        "sched_setscheduler", 144, (N, N, N), Level.GUARD, "sys_signal_guard", when=_other_pid,
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[sched_setscheduler]",
+    ),
+    _row(
+        "sched_setparam", 142, (N, N), Level.GUARD, "sys_signal_guard", when=_other_pid,
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[sched_setparam]",
+    ),
+    _row(
+        "sched_setattr", 314, (N, N, N), Level.GUARD, "sys_signal_guard", when=_other_pid,
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[sched_setattr]",
+    ),
+    _row(
+        "setpriority", 141, (N, N, N), Level.GUARD, "sys_priority_guard",
+        "toward a trusted pid or group: EPERM; PRIO_USER (every process of a user): EPERM",
+        when=((Cond(1, "NE", 0),), *_is32(0, PRIO_USER)),
+        reach=Reach.PID | Reach.OTHER_PROCESS,
+        shown_by=f"{ESC}::test_trusted_process_attack[setpriority_agent]",
+    ),
+    _row(
+        "ioprio_set", 251, (N, N, N), Level.GUARD, "sys_priority_guard",
+        "as setpriority (IOPRIO_WHO_USER: EPERM)",
+        when=((Cond(1, "NE", 0),), *_is32(0, IOPRIO_WHO_USER)),
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[ioprio_set]",
+    ),
+    _row(
+        "migrate_pages", 256, (N, N, A, A), Level.GUARD, "sys_signal_guard", when=_other_pid,
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[migrate_pages]",
+    ),
+    _row(
+        "move_pages", 279, (N, N, A, A, A, N), Level.GUARD, "sys_signal_guard", when=_other_pid,
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[move_pages]",
+    ),
+    _row(
+        "get_robust_list", 274, (N, OUT, OUT), Level.GUARD, "sys_signal_guard",
+        "another process's robust-list address (an ASLR leak)", when=_other_pid,
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[get_robust_list]",
+    ),
+    _row(
+        "kcmp", 312, (N, N, N, N, N), Level.GUARD, "sys_kcmp_guard",
+        "compares two processes' files and memory: EPERM when either is trusted",
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[kcmp]",
+    ),
     _deny(
-        "ptrace", 101, errno.EPERM, "guests may not trace (the supervisor, the agent or each other)"
+        "ptrace", 101, errno.EPERM, "guests may not trace (the supervisor, the agent or each other)",
+        reach=Reach.PID | Reach.OTHER_PROCESS | Reach.MEMORY,
+        shown_by=f"{ESC}::test_trusted_process_attack[ptrace_agent]",
     ),
-    _deny("process_vm_readv", 310, errno.EPERM, "reads another process's memory"),
-    _deny("process_vm_writev", 311, errno.EPERM, "writes another process's memory"),
-    _deny("process_madvise", 440, errno.EPERM, "acts on another process's memory"),
-    _deny("pidfd_getfd", 438, errno.EPERM, "steals another process's fds"),
+    _deny(
+        "process_vm_readv", 310, errno.EPERM, "reads another process's memory",
+        reach=Reach.PID | Reach.OTHER_PROCESS | Reach.MEMORY,
+        shown_by=f"{ESC}::test_trusted_process_attack[process_vm_readv_agent]",
+    ),
+    _deny(
+        "process_vm_writev", 311, errno.EPERM, "writes another process's memory",
+        reach=Reach.PID | Reach.OTHER_PROCESS | Reach.MEMORY, shown_by=f"{PIDGUARD}[process_vm_writev]",
+    ),
+    _deny(
+        "process_madvise", 440, errno.EPERM, "acts on another process's memory",
+        reach=Reach.PID | Reach.OTHER_PROCESS | Reach.MEMORY | Reach.MEMORY_MAP,
+        shown_by=f"{PIDGUARD}[process_madvise]",
+    ),
+    _deny(
+        "process_mrelease", 448, errno.EPERM, "reaps a dying process's memory (low-memory killers only)",
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[process_mrelease]",
+    ),
+    _deny(
+        "pidfd_getfd", 438, errno.EPERM, "steals another process's fds",
+        reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[pidfd_getfd]",
+    ),
+    _deny(
+        "vhangup", 153, errno.EPERM, "hangs up the terminal: SIGHUP to its session (the supervisor's)",
+        reach=Reach.TERMINAL | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[vhangup]",
+    ),
     _deny("open_by_handle_at", 304, errno.EPERM, "opens by handle, bypassing paths"),
     _deny("chroot", 161, errno.EPERM, "would change the root the namespace is resolved against"),
     _deny("pivot_root", 155, errno.EPERM, "mounts"),

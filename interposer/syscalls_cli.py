@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import errno
 
-from synthfs.interposer.syscalls import TABLE, UNKNOWN_RANGE, Action
+from synthfs.interposer.syscalls import TABLE, UNKNOWN_RANGE, Action, Reach, Role, SyscallSpec
 
-__all__ = ["HELP", "configure", "main", "render"]
+__all__ = ["HELP", "configure", "main", "matrix", "render"]
 
 HELP = "print the syscall table (support level, handler)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument(
+        "--security-matrix",
+        action="store_true",
+        help="print SECURITY.md's matrix of the guard rows (what each reaches, what synthfs does)",
+    )
 
 
 def render(markdown: bool = False) -> str:
@@ -21,8 +27,6 @@ def render(markdown: bool = False) -> str:
         if spec.action is Action.TRACE:
             filt = "trace" + (" (when args match)" if spec.when else "")
         elif spec.action is Action.ERRNO:
-            import errno
-
             filt = f"{errno.errorcode.get(spec.errno, spec.errno)}" + (
                 " (when args match)" if spec.when else ""
             )
@@ -49,6 +53,55 @@ def render(markdown: bool = False) -> str:
     return "\n".join(out) + "\n\n" + tail + "\n"
 
 
+#: (column text, roles that imply it, flag that implies it)
+_NAMES: tuple[tuple[str, frozenset[Role], Reach], ...] = (
+    ("path", frozenset({Role.PATH, Role.PATH2}), Reach.NONE),
+    ("fd", frozenset({Role.FD, Role.DIRFD, Role.DIRFD2}), Reach.NONE),
+    ("pid/pgid", frozenset(), Reach.PID),
+    ("memory", frozenset(), Reach.MEMORY),
+    ("device", frozenset(), Reach.DEVICE),
+    ("terminal", frozenset(), Reach.TERMINAL),
+    ("sockaddr", frozenset({Role.SOCKADDR}), Reach.NONE),
+)
+_CHANGES: tuple[tuple[str, Reach], ...] = (
+    ("identity", Reach.IDENTITY),
+    ("memory map", Reach.MEMORY_MAP),
+    ("another process", Reach.OTHER_PROCESS),
+    ("mounts/ns", Reach.MOUNT_NS),
+)
+
+
+def _does(spec: SyscallSpec) -> str:
+    if spec.action is Action.ERRNO:
+        what = errno.errorcode.get(spec.errno, str(spec.errno))
+        head = f"{what} when args match" if spec.when else f"always {what}"
+    elif spec.action is Action.KILL:
+        head = "kill"
+    else:
+        head = f"`{spec.handler}`" + (" when args match" if spec.when else "")
+    return f"{head}: {spec.note}" if spec.note else head
+
+
+def matrix() -> str:
+    """SECURITY.md's matrix: every row with a ``shown_by``, from the table itself."""
+    lines = [
+        "| syscall | can name | can change | synthfs does | shown by |",
+        "|---|---|---|---|---|",
+    ]
+    for spec in sorted((s for s in TABLE if s.shown_by), key=lambda s: (s.name, s.nr)):
+        roles = set(spec.args)
+        names = [t for t, r, f in _NAMES if roles & r or (f and f in spec.reach)]
+        changes = [t for t, f in _CHANGES if f in spec.reach]
+        lines.append(
+            f"| `{spec.name}` | {', '.join(names) or '-'} | {', '.join(changes) or '-'} "
+            f"| {_does(spec).replace('|', '/')} | `{spec.shown_by}` |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "security_matrix", False):
+        print(matrix(), end="")
+        return 0
     print(render(args.markdown), end="")
     return 0

@@ -6,7 +6,9 @@
 
 Role: a thin shell around :mod:`synthfs.policy.engine` for humans and CI.
 ``check`` prints ``FILE: ok (N apps, M rules)`` or the error with its line
-and fix, and exits 0 (all ok) or 1. ``explain`` identifies the app the way
+and fix, and exits 0 (all ok) or 1; a variable the environment (and
+``--var``) leaves unset is checked as a placeholder and noted on stderr,
+since it need only be set where the policy is used. ``explain`` identifies the app the way
 the supervisor would at execve (realpath of ``--exe``, argv, sha256 of the
 file only if a pin needs it), then prints the decision, the rule that made
 it, the rules it beat, and the errno; exit 0 if allowed, 1 if denied or the
@@ -122,10 +124,12 @@ def _list() -> int:
 
 
 def _check(files: list[str], env: Mapping[str, str]) -> int:
+    """Validate each file; a variable set neither in ``env`` nor by --var is a note."""
     status = 0
     for name in files:
+        notes: list[str] = []
         try:
-            policy = Policy.from_toml(locate(name), env=env)
+            policy = Policy.from_toml(locate(name), env=env, notes=notes)
         except PolicyNotFound as exc:
             print(f"synthfs policy: {exc}", file=sys.stderr)
             status = 1
@@ -133,8 +137,10 @@ def _check(files: list[str], env: Mapping[str, str]) -> int:
         except PolicyError as exc:
             print(exc, file=sys.stderr)
             status = 1
-            continue
-        print(f"{name}: ok ({len(policy.apps)} apps, {policy.rule_count} rules)")
+        else:
+            print(f"{name}: ok ({len(policy.apps)} apps, {policy.rule_count} rules)")
+        for note in notes:
+            print(note, file=sys.stderr)
     return status
 
 
@@ -150,7 +156,11 @@ def _explain(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if args.read_only:
         policy = policy.read_only()
     exe = os.path.realpath(args.exe)
-    argv = shlex.split(args.argv) if args.argv is not None else []
+    try:
+        argv = shlex.split(args.argv) if args.argv is not None else []
+    except ValueError as exc:  # an unbalanced quote
+        print(f"synthfs policy: --argv {args.argv!r}: {exc}", file=sys.stderr)
+        return 2
     argv += args.rest
     if not argv:
         argv = [args.exe]

@@ -14,6 +14,7 @@ particular is chosen by the caller and is *not* an authentication factor.
 API (what the supervisor calls)::
 
     Policy.from_toml(path, env=os.environ) -> Policy      # PolicyError on any defect
+    Policy.from_toml(path, env, notes=[])  # check: an unset variable is a note, not an error
     Policy.from_text(text, name="<policy>", env=os.environ) -> Policy
     Policy.default(mount="/data") -> Policy  # policies/default.toml: all read-write, host as is
     policy.read_only() -> Policy        # --read-only: write-class ops on the mount -> EROFS
@@ -56,7 +57,9 @@ Semantics in brief (the full text, with examples, is ``docs/policy.md``):
   ``"deny" | "loopback" | "allow"``.
 * Variables ``$NAME`` / ``${NAME}`` in paths, exe and argv globs and mount
   paths are expanded at load from ``env``; undefined or empty is an error;
-  ``$$`` is a literal ``$``.
+  ``$$`` is a literal ``$``. With ``notes`` (``synthfs policy check``), an
+  undefined variable reads as a placeholder (``/NAME`` at the start of the
+  text, ``NAME`` after it) and a note saying so is appended instead.
 * Refused at load: unknown keys, wrong types, bad globs, unknown ops or
   errnos, a missing or unsupported ``version``, rules outside every mount,
   two rules of one app giving one (glob, op) pair twice (two readings), and
@@ -295,6 +298,11 @@ class _Host:
     write_deny: Decision
     read_globs: tuple[PathGlob, ...]
     write_globs: tuple[PathGlob, ...]
+    #: where device nodes may be made (None: nowhere, fail closed)
+    mknod: re.Pattern[str] | None = None
+    mknod_decisions: tuple[Decision, ...] = ()
+    mknod_deny: Decision = Decision(Action.DENY, "engine", "device nodes are refused", 1)
+    mknod_globs: tuple[PathGlob, ...] = ()
 
 
 # --- the default policy -----------------------------------------------------------------
@@ -450,9 +458,17 @@ class Policy:
     # -- constructors ------------------------------------------------------------------
     @classmethod
     def from_toml(
-        cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None
+        cls,
+        path: str | os.PathLike[str],
+        env: Mapping[str, str] | None = None,
+        *,
+        notes: list[str] | None = None,
     ) -> Policy:
-        """Read and validate a policy file. Raises PolicyError (also for I/O errors)."""
+        """Read and validate a policy file. Raises PolicyError (also for I/O errors).
+
+        With ``notes``, a variable ``env`` lacks is checked as a placeholder and
+        noted there (``FILE:LINE: note: ...``) instead of failing the load.
+        """
         display = os.fspath(path)
         try:
             data = Path(path).read_bytes()
@@ -463,14 +479,19 @@ class Policy:
         except UnicodeDecodeError as exc:
             line = data.count(b"\n", 0, exc.start) + 1
             raise PolicyError(display, line, "not UTF-8 text (TOML files are UTF-8)") from None
-        return _Loader(text, display, os.environ if env is None else env).load()
+        return _Loader(text, display, os.environ if env is None else env, notes).load()
 
     @classmethod
     def from_text(
-        cls, text: str, name: str = "<policy>", env: Mapping[str, str] | None = None
+        cls,
+        text: str,
+        name: str = "<policy>",
+        env: Mapping[str, str] | None = None,
+        *,
+        notes: list[str] | None = None,
     ) -> Policy:
         """Validate policy text; ``name`` is used in errors and rule references."""
-        return _Loader(text, name, os.environ if env is None else env).load()
+        return _Loader(text, name, os.environ if env is None else env, notes).load()
 
     @classmethod
     def default(cls, mount: str = "/data") -> Policy:
@@ -823,6 +844,23 @@ class Policy:
             self._remember(_HOST_KEY, op, path, decision)
         return decision
 
+    def decide_mknod(self, app: App, path: str) -> Decision:
+        """May ``app`` make a device node (mknod of S_IFCHR/S_IFBLK) at the host ``path``?
+
+        Only where a ``[host] mknod`` glob says so: a write-listed ``/dev/**``
+        means the nodes that exist, and no list means none (fail closed).
+        ``[host]`` absent → allow (the host is untouched)."""
+        host = self._host
+        if host is None:
+            return _OK_HOST
+        bad = self._check_path(path, on_mount=False)
+        if bad is not None:
+            return bad
+        m = host.mknod.fullmatch(path) if host.mknod is not None else None
+        if m is None:
+            return host.mknod_deny
+        return host.mknod_decisions[m.lastindex - 1]  # type: ignore[operator]
+
     def _decide_host(self, host: _Host, op: Op, path: str) -> Decision:
         bad = self._check_path(path, on_mount=False)
         if bad is not None:
@@ -924,7 +962,7 @@ _APP_KEYS = ("name", "description", "match", "default", "default_errno", "allow"
 _MATCH_KEYS = ("exe", "argv", "sha256")
 _ALLOW_KEYS = ("paths", "ops")
 _DENY_KEYS = ("paths", "ops", "errno")
-_HOST_KEYS = ("read", "write", "network", "errno")
+_HOST_KEYS = ("read", "write", "mknod", "network", "errno")
 _OP_NAMES = tuple(o.value for o in Op)
 _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _SHA = re.compile(r"[0-9a-fA-F]{64}")
@@ -957,11 +995,15 @@ def _suggest(word: str, choices: Sequence[str]) -> str:
 class _Loader:
     """Validates a parsed document, one error at a time, with its line."""
 
-    def __init__(self, text: str, display: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, text: str, display: str, env: Mapping[str, str], notes: list[str] | None = None
+    ) -> None:
         self.text = text
         self.display = display
         self.base = os.path.basename(display) or display
         self.env = env
+        #: where an undefined variable is noted (None: it is an error)
+        self.notes = notes
         self.lines: dict[KeyPath, int] = {}
         self.top_written: KeyPath | None = None
         self.core = object()
@@ -1042,6 +1084,19 @@ class _Loader:
         return Action(value)
 
     # -- variables and globs ----------------------------------------------------------------------
+    def note_unset(self, name: str, placeholder: str, path: KeyPath) -> None:
+        """Note (once per variable) that ``$name`` was checked as ``placeholder``."""
+        assert self.notes is not None
+        tag = f"${name} is not set"
+        if any(tag in note for note in self.notes):
+            return
+        line = self.line(path)
+        where = self.display if line is None else f"{self.display}:{line}"
+        self.notes.append(
+            f"{where}: note: {tag}; checked as if it were {placeholder!r} (set it where the"
+            f" policy is used, e.g. {name}=/path synthfs run ..., or check with --var {name}=PATH)"
+        )
+
     def expand(self, text: str, path: KeyPath) -> str:
         out: list[str] = []
         i = 0
@@ -1063,6 +1118,9 @@ class _Loader:
                 )
             name = m.group(1) or m.group(2)
             value = self.env.get(name)
+            if value is None and self.notes is not None:
+                value = name if j else f"/{name}"  # a component, or a whole absolute path
+                self.note_unset(name, value, path)
             if value is None:
                 raise self.error(
                     path,
@@ -1460,7 +1518,7 @@ class _Loader:
         )
         lists: dict[str, tuple[PathGlob, ...]] = {}
         refs: dict[str, list[str]] = {}
-        for key in ("read", "write"):
+        for key in ("read", "write", "mknod"):
             if key in table:
                 raw = self.strings(table[key], (*p, key), 'host path globs, e.g. ["/usr/**"]')
                 lists[key] = tuple(self.path_glob(g, (*p, key, k)) for k, g in enumerate(raw))
@@ -1511,8 +1569,24 @@ class _Loader:
             )
         else:
             write_pat, write_decs, write_deny = None, (), open_["write"]
+        mknod = lists.get("mknod")
+        mknod_deny = Decision(
+            Action.DENY,
+            self.ref((*p, "mknod")) if mknod is not None else self.ref(p),
+            "host path is not in the [host] mknod list"
+            if mknod is not None
+            else "[host] has no mknod list: device nodes are refused",
+            _errno.EPERM,
+        )
+        mknod_pat, mknod_decs = (
+            compile_(mknod, refs["mknod"], "mknod") if mknod is not None else (None, ())
+        )
         return (
             _Host(
+                mknod=mknod_pat,
+                mknod_decisions=mknod_decs,
+                mknod_deny=mknod_deny,
+                mknod_globs=mknod or (),
                 read=read_pat,
                 read_decisions=read_decs,
                 read_deny=read_deny,

@@ -18,8 +18,8 @@ Semantics, in the Majordomo (7/MDP) "lazy pirate" style:
   or carries its own idempotency key (upload ids), so resending is safe.
 * When every attempt has timed out, :class:`Unreachable` is raised: a
   ``TimeoutError`` (so an ``OSError``) with errno **ETIMEDOUT**. The agent
-  turns it into ``Error(ETIMEDOUT)`` for the interposer, which hands that
-  errno to the guest.
+  answers the interposer ``Error(SERVER_UNREACHABLE)`` for it; the
+  interposer says so once on its stderr and gives the guest EIO.
 * With ``alive`` (a callable saying whether the peer process still exists),
   a wait longer than a second checks it once a second: a dead peer ends the
   call at once with :class:`Unreachable` (the request died with it), instead
@@ -55,12 +55,16 @@ import zmq
 from synthfs.protocol.codec import DecodeError, decode, encode
 from synthfs.protocol.messages import Error, Message
 
-__all__ = ["DEFAULT_TIMEOUT", "Client", "Unreachable", "raise_for_error"]
+__all__ = ["DEFAULT_TIMEOUT", "SERVER_UNREACHABLE", "Client", "Unreachable", "raise_for_error"]
 
 log = logging.getLogger(__name__)
 
 #: Total seconds one call may take (all attempts together) unless told otherwise.
 DEFAULT_TIMEOUT = 5.0
+#: The errno of an agent's answer when its server did not answer (:class:`Unreachable`
+#: upstream). No file operation on a repository gives it, so the interposer can tell it
+#: apart: it reports the outage and gives the guest EIO.
+SERVER_UNREACHABLE = errno_mod.EHOSTUNREACH
 
 
 class Unreachable(TimeoutError):

@@ -39,7 +39,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         public, secret = write_keypair(args.prefix)
     except OSError as exc:
-        print(f"synthfs keys: error: {exc.strerror}", file=sys.stderr)
+        why = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+        print(f"synthfs keys: error: {why}", file=sys.stderr)
         return 1
     key = load_keypair(secret).public.decode()
     print(f"synthfs keys: public key {key}\n  {public} (public: give it to the other side)\n"

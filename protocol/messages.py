@@ -424,6 +424,11 @@ class Registered(Message):
     #: the key of the server's sealed invalidation channel (secret; "" without one):
     #: synthfs.protocol.sealed
     publish_key: str = field(validator=_SHORT, default="", repr=False)
+    #: the server's host paths (served directory, state directory, key files, sockets):
+    #: an agent on the same host refuses them to every guest (``protocol.trusted``)
+    trusted_paths: tuple[str, ...] = field(
+        converter=_as_tuple, validator=WireTuple(_PATH), default=()
+    )
 
 
 # -- file operations (both links) -------------------------------------------------

@@ -118,13 +118,15 @@ class Authority:
     """Registrations and live sessions. Thread-safe."""
 
     def __init__(self, key: bytes, repo_id: str, token_ttl_s: float = 3600.0,
-                 *, boot_ns: int | None = None) -> None:
+                 trusted_paths: tuple[str, ...] = (), *, boot_ns: int | None = None) -> None:
         self._key = key
         # The nonces seen live in memory only: a registration made before this process
         # started could be replayed to it. So none older than the start is accepted.
         self._boot_ns = time.time_ns() if boot_ns is None else boot_ns
         self._refused = RateLimitedLog(log, "refused registrations")
         self._repo_id = repo_id
+        #: the server's host paths, told to every agent (``protocol.trusted``)
+        self.trusted_paths = trusted_paths
         self._ttl_ns = int(token_ttl_s * 1e9)
         self._lock = threading.Lock()
         self._nonces: dict[str, int] = {}  # nonce -> forget after (ns)
@@ -187,6 +189,7 @@ class Authority:
             expires_at_ns=session.expires_at_ns,
             repo_id=self._repo_id,
             server_pid=os.getpid(),
+            trusted_paths=self.trusted_paths,
         )
 
     def check(self, token: str, now_ns: int | None = None) -> Session:

@@ -5,8 +5,12 @@ secret key file (both must be private), the client public keys it is given, and
 the repository directory. Trusts nothing that arrives on the socket (see
 :mod:`server.service`).
 
-    synthfs server --root DIR --listen ENDPOINT [--bootstrap-key FILE]
+    synthfs server --root DIR --listen ENDPOINT [--bootstrap-key FILE] [--state DIR]
                    [--curve-secret FILE --curve-clients DIR_OR_FILE]
+
+The served directory is the user's: the server keeps its staging area and
+commit journal in ``--state DIR`` (outside the root, on the same mount), never
+inside the root.
 
 A ``tcp://`` endpoint that is not loopback needs CURVE (:mod:`protocol.curve`):
 the session token and the paths must not cross a network in clear. There is
@@ -65,6 +69,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="the bootstrap key file, created (32 random bytes as hex, mode 0600) when it "
         "does not exist; refused if group or others can access it "
         "(default: $XDG_CONFIG_HOME/synthfs/bootstrap.key, ~/.config when unset)",
+    )
+    parser.add_argument(
+        "--state", metavar="DIR", default=None,
+        help="the server's state directory: staged uploads and the commit journal (made "
+        "0700). Must be outside ROOT and on the same file system and mount as ROOT, so that "
+        "an upload is renamed into place atomically; the server refuses to start otherwise. "
+        "Unused when ROOT is on a read-only mount (served for reading, writes are EROFS). "
+        "Default: $XDG_STATE_HOME/synthfs/server/REPO_ID (~/.local/state when unset)",
     )
     parser.add_argument("--token-ttl", type=float, default=3600.0, metavar="SECONDS",
                         help="lifetime of a session token (default: 3600)")
@@ -150,7 +162,7 @@ def main(args: argparse.Namespace) -> int:
     import zmq
 
     from synthfs.server.auth import Authority, default_key_path, load_or_create_key
-    from synthfs.server.backends.local import LocalBackend
+    from synthfs.server.backends.local import LocalBackend, StateDirError
     from synthfs.server.service import Server
 
     root = os.path.abspath(args.root)
@@ -170,20 +182,41 @@ def main(args: argparse.Namespace) -> int:
         check_endpoint(args.listen, curve is not None)
         if args.publish:
             check_endpoint(args.publish, curve is not None)
+            if args.publish == args.listen and args.listen.startswith("ipc://"):
+                # the second bind would take the socket file over (tcp: EADDRINUSE)
+                raise ValueError(f"--publish {args.publish}: the same endpoint as --listen "
+                                 "(give the invalidations an endpoint of their own)")
     except ValueError as exc:
         return _fail(str(exc))
     key_path = args.bootstrap_key or default_key_path()
     try:
         key, created = load_or_create_key(key_path)
     except OSError as exc:
+        if exc.filename:  # os.open's error: name the file (a refused key's message does)
+            return _fail(f"bootstrap key {key_path}: {exc.strerror}")
         return _fail(str(exc.strerror or exc))
     if created:
         print(f"synthfs server: created bootstrap key {key_path} (mode 0600)", file=sys.stderr)
     try:
-        backend = LocalBackend(root)
+        backend = LocalBackend(root, state=args.state)
+    except StateDirError as exc:
+        return _fail(str(exc.strerror))
     except OSError as exc:
         return _fail(f"cannot serve {root}: {exc.strerror or exc}")
-    authority = Authority(key, backend.repo_id, args.token_ttl)
+    if backend.read_only:
+        print(f"synthfs server: {root} is on a read-only mount: serving it for reading "
+              "(writes are EROFS)", file=sys.stderr)
+    from synthfs.protocol.trusted import Kind, refused, socket_path
+
+    trusted = refused([
+        (Kind.DATA_ROOT, root),
+        (Kind.STATE, backend.state),
+        (Kind.BOOTSTRAP_KEY, key_path),
+        (Kind.CURVE_SECRET, args.curve_secret),
+        (Kind.SERVER_SOCKET, socket_path(args.listen)),
+        (Kind.SERVER_SOCKET, socket_path(args.publish or "")),
+    ])
+    authority = Authority(key, backend.repo_id, args.token_ttl, trusted)
     del key
     server = Server(backend, authority, args.listen, workers=args.workers, publish=args.publish,
                     curve=curve)

@@ -20,6 +20,15 @@ if os.environ.get("SYNTHFS_TEST_SOURCE"):  # test another checkout's synthfs (se
 
 import helpers
 
+# A server's default state directory is under $XDG_STATE_HOME: keep the tests' own in a
+# private directory (subprocess servers inherit it), never in the user's home.
+if "SYNTHFS_TEST_KEEP_STATE_HOME" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="synthfs-test-state-")
+    atexit.register(shutil.rmtree, os.environ["XDG_STATE_HOME"], True)
 
 @functools.cache
 def _kernel_reason() -> str | None:

@@ -35,7 +35,6 @@ __all__ = [
     "Outcome",
     "SynthfsLauncher",
     "diff_trees",
-    "drop_server_reserved",
     "normalise_paths",
     "ptrace_unavailable_reason",
     "run_native",
@@ -62,12 +61,6 @@ def synthfs_command() -> list[str]:
     if SOURCE:
         return [sys.executable, "-c", _BOOT, SOURCE]
     return [str(SYNTHFS)]
-#: Names the server reserves in a repository directory (staging area); hidden
-#: from guests. Kept in sync with the server when it is importable.
-try:
-    from synthfs.server.backends.base import RESERVED_PREFIX
-except Exception:  # a server mid-edit must not break the comparison of every suite
-    RESERVED_PREFIX = ".synthfs-"
 #: Guest path of the synthetic tree in every test.
 MOUNT = "/data"
 #: Content kept verbatim in a snapshot up to this size (larger: sha256 only).
@@ -129,20 +122,6 @@ def snapshot(root: Path | str, *, times: bool = False, modes: bool = True) -> di
 
     visit(root, ".")
     return out
-
-
-def drop_server_reserved(tree: dict[str, Entry]) -> dict[str, Entry]:
-    """A repository snapshot without the server's own top-level ``.synthfs-*`` entries.
-
-    They are the server's state (staging area, commit journal), hidden from
-    guests and absent natively. What is inside them (e.g. a leftover staged
-    upload) is for the server's own fault tests to judge, not this comparison.
-    """
-
-    def server_owned(rel: str) -> bool:
-        return rel.split("/", 1)[0].startswith(RESERVED_PREFIX)
-
-    return {k: v for k, v in tree.items() if not server_owned(k)}
 
 
 def _show(e: Entry) -> str:

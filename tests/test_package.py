@@ -9,6 +9,7 @@ can come from the source tree.
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -24,8 +25,12 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
+    # build from a copy: setuptools leaves build/ and *.egg-info beside the sources
+    src = tmp / "src"
+    shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", "synthfs-bench", ".*_cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "-w", str(tmp / "dist"), str(REPO)], check=True, capture_output=True)
+                    "-w", str(tmp / "dist"), str(src)], check=True, capture_output=True)
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     (wheel,) = (tmp / "dist").glob("synthfs-*.whl")

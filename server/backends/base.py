@@ -28,17 +28,11 @@ import secrets
 from synthfs.protocol.messages import CHUNK_SIZE, MAX_PATH, Attrs, DirEntry, RenameFlags
 
 __all__ = [
-    "RESERVED_PREFIX",
     "Backend",
     "Entries",
-    "is_reserved",
     "oserror",
     "split_path",
 ]
-
-#: Names starting with this prefix belong to the server (staging area, temp
-#: files). They never appear in a listing and no wire path may name them.
-RESERVED_PREFIX = ".synthfs-"
 
 #: A listing's entries (an alias: ``list`` is also a Backend method name).
 Entries = list[DirEntry]
@@ -50,17 +44,13 @@ def oserror(code: int, detail: str = "") -> OSError:
     return OSError(code, f"{msg}: {detail}" if detail else msg)
 
 
-def is_reserved(name: str) -> bool:
-    return name.startswith(RESERVED_PREFIX)
-
-
 def split_path(path: str) -> tuple[str, ...]:
     """The components of a wire path; () is the repository root.
 
     Refused with EINVAL: a non-str, a path not starting with "/", a NUL byte,
     a ".." component, a path longer than MAX_PATH. Empty and "." components are
-    dropped ("/a//./b/" is "/a/b"). A reserved component (a server temp name)
-    is ENOENT: such objects do not exist for clients.
+    dropped ("/a//./b/" is "/a/b"). No name is reserved: a backend keeps its
+    own state outside the repository.
     """
     if not isinstance(path, str) or not path.startswith("/"):
         raise oserror(errno.EINVAL, "wire paths are absolute")
@@ -76,8 +66,6 @@ def split_path(path: str) -> tuple[str, ...]:
             raise oserror(errno.EINVAL, "'..' in a wire path")
         if len(part.encode("utf-8", "surrogatepass")) > 255:
             raise oserror(errno.ENAMETOOLONG)
-        if is_reserved(part):
-            raise oserror(errno.ENOENT)
         parts.append(part)
     return tuple(parts)
 

@@ -11,17 +11,21 @@ cannot be used to reach anything outside it. Operations then act on the
 final name relative to its parent directory's fd, never on a full host path.
 
 Writes are whole-object and atomic. The protocol sends upload chunks before
-the destination path (UploadChunk has no path), so chunks are staged in a
-server-owned directory ``ROOT/.synthfs-staging`` on the same file system;
-commit fsyncs the staged file, renames it over the destination (a new inode,
-so a new version) and fsyncs the destination directory. A crash at any point
-leaves the old or the new version. The staging directory is emptied at
-start-up, except a journal of recent commits that keeps a commit resent
-after a restart idempotent. Uncommitted uploads hold at most ``staged_max`` bytes
-together (4 GiB; a chunk beyond gets ENOSPC) and one idle for ``upload_idle_s``
-(10 min) is dropped at the next upload request. Names starting with ``.synthfs-``
-are reserved: hidden from listings and unreachable from the wire. A destination
-on another file system mounted below the root gets EXDEV (not supported).
+the destination path (UploadChunk has no path), so chunks are staged in the
+server's *state directory*: never inside the served tree (the repository is
+the user's, and shows exactly what the programs wrote), always on the same
+mount as the root, so that the final rename is atomic (checked at start-up:
+:class:`StateDirError` names both paths). Commit fsyncs the staged file,
+renames it over the destination (a new inode, so a new version) and fsyncs
+the destination directory. A crash at any point leaves the old or the new
+version. The state directory is emptied at start-up, except a journal of
+recent commits that keeps a commit resent after a restart idempotent.
+Uncommitted uploads hold at most ``staged_max`` bytes together (4 GiB; a
+chunk beyond gets ENOSPC) and one idle for ``upload_idle_s`` (10 min) is
+dropped at the next upload request. No name in the repository is reserved. A
+root on a read-only mount needs no state directory: it is served for reading,
+and every write is EROFS. A destination on another file system mounted below
+the root gets EXDEV (not supported).
 
 A file's setuid and setgid bits are never set from the wire (dropped
 silently, as a ``nosuid`` mount would ignore them): the repository is a
@@ -51,13 +55,18 @@ import attrs as attrs_mod
 
 from synthfs.protocol.codec import build
 from synthfs.protocol.messages import CHUNK_SIZE, Attrs, DirEntry, FileKind, RenameFlags
-from synthfs.server.backends.base import Backend, Entries, is_reserved, oserror, split_path
+from synthfs.server.backends.base import Backend, Entries, oserror, split_path
+from synthfs.server.statedir import default_state_dir, repo_id_of
 
-__all__ = ["STAGING_DIR", "LocalBackend", "attrs_from_stat", "version_of"]
+__all__ = [
+    "LocalBackend",
+    "StateDirError",
+    "attrs_from_stat",
+    "version_of",
+]
 
 log = logging.getLogger(__name__)
 
-STAGING_DIR = ".synthfs-staging"
 _JOURNAL = "committed.journal"
 _JOURNAL_READ_MAX = 4 * 1024 * 1024
 _UPLOAD_IDLE_S = 600.0
@@ -168,6 +177,29 @@ def attrs_from_stat(st: os.stat_result) -> Attrs:
     return build(Attrs, *_attrs_values(st, kind))  # checked, at a third of Attrs(...)'s cost
 
 
+# -- the state directory ---------------------------------------------------------------
+
+
+class StateDirError(OSError):
+    """The state directory cannot hold this root's staging (the message says why and how)."""
+
+
+def _mount_id(fd: int) -> int | None:
+    """The mount a file descriptor is on (``mnt_id`` of its fdinfo), None if unknown."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _read_only_mount(fd: int) -> bool:
+    return bool(os.fstatvfs(fd).f_flag & os.ST_RDONLY)
+
+
 @attrs_mod.define
 class _Upload:
     name: str
@@ -193,12 +225,19 @@ class _Upload:
 
 
 class LocalBackend(Backend):
-    """A repository served from the local directory ``root``."""
+    """A repository served from the local directory ``root``.
+
+    ``state`` is the server's state directory for this root (staging and the
+    commit journal): created 0700 when missing, never inside ``root``, on the
+    same mount as ``root``; :func:`default_state_dir` when None. It is not
+    used (nor created) when ``root`` is on a read-only mount.
+    """
 
     def __init__(
         self,
         root: str | os.PathLike[str],
         *,
+        state: str | os.PathLike[str] | None = None,
         use_openat2: bool | None = None,
         atomic_truncate_max: int = 64 * 1024 * 1024,
         staged_max: int = _STAGED_MAX,
@@ -208,7 +247,7 @@ class LocalBackend(Backend):
         if not os.path.isdir("/proc/self/fd"):
             # Reopening an O_PATH fd (read, chmod, utimes) goes through /proc/self/fd.
             raise oserror(errno.ENOSYS, "the local backend needs /proc mounted")
-        self.repo_id = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:16]
+        self.repo_id = repo_id_of(self.root)
         self._openat2 = _openat2_works() if use_openat2 is None else use_openat2
         self._atomic_truncate_max = atomic_truncate_max
         self._staged_max = staged_max
@@ -220,9 +259,19 @@ class LocalBackend(Backend):
         self._lock = threading.Lock()
         self._uploads: dict[str, _Upload] = {}
         self._committed: collections.OrderedDict[str, tuple[str, Attrs]] = collections.OrderedDict()
-        self._staging_fd = self._open_staging()
-        self._clean_staging()
-        self._journal_fd = self._load_journal()
+        self.read_only = _read_only_mount(self._root_fd)
+        self.state: str | None = None
+        self._staging_fd = self._journal_fd = -1
+        if not self.read_only:
+            self.state = os.path.realpath(state if state is not None
+                                          else default_state_dir(self.root))
+            try:
+                self._staging_fd = self._open_staging(self.state)
+                self._clean_staging()
+                self._journal_fd = self._load_journal()
+            except BaseException:
+                self.close()
+                raise
         log.info("local backend on %s (repo %s, %s)", self.root, self.repo_id,
                  "openat2" if self._openat2 else "O_NOFOLLOW walk")
 
@@ -237,15 +286,52 @@ class LocalBackend(Backend):
 
     # -- staging -----------------------------------------------------------------------
 
-    def _open_staging(self) -> int:
-        # Creating the staging directory must not show as a change of the root:
-        # put the root's times back (its listing hides the reserved name).
-        before = os.stat(self._root_fd)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(STAGING_DIR, 0o700, dir_fd=self._root_fd)
-            os.utime(f"/proc/self/fd/{self._root_fd}", ns=(before.st_atime_ns, before.st_mtime_ns))
-        fd = os.open(STAGING_DIR, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=self._root_fd)
+    def _open_staging(self, state: str) -> int:
+        """Open (make) the state directory; refuse one the staging cannot use.
+
+        Refused: a directory inside the served tree (it would show there), and
+        one on another mount than the root (rename(2) would say EXDEV, so no
+        commit could be atomic).
+        """
+        if state == self.root or state.startswith(self.root.rstrip("/") + "/"):
+            raise StateDirError(
+                errno.EINVAL,
+                f"the state directory {state} is inside the served directory {self.root}: "
+                "choose one outside it with --state DIR")
+        made = not os.path.lexists(state)
+        old = os.umask(0o077)
+        try:
+            os.makedirs(state, 0o700, exist_ok=True)
+        except OSError as exc:
+            raise StateDirError(
+                exc.errno or errno.EIO,
+                f"cannot make the state directory {state} ({exc.strerror}): "
+                "choose another with --state DIR") from None
+        finally:
+            os.umask(old)
+        fd = os.open(state, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        same = st.st_dev == self._root_dev and _mount_id(fd) == _mount_id(self._root_fd)
+        if not same:
+            os.close(fd)
+            if made:
+                with contextlib.suppress(OSError):
+                    os.rmdir(state)
+            raise StateDirError(
+                errno.EXDEV,
+                f"the state directory {state} is not on the same mount as the served "
+                f"directory {self.root}, so uploads could not be renamed into place "
+                "atomically: pass --state DIR with a directory on the same file system "
+                "(and mount) as the root, outside it" + (
+                    f" ({self.root} is a mount point, so there is none: serve a directory "
+                    "inside it, or mount it read-only to serve it for reading)"
+                    if os.path.ismount(self.root) else ""))
+        if st.st_uid != os.geteuid():
+            os.close(fd)
+            raise StateDirError(errno.EPERM, f"the state directory {state} belongs to another "
+                                "user: choose another with --state DIR")
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(f"/proc/self/fd/{fd}", 0o700)  # staged uploads are repository data
         return fd
 
     def _clean_staging(self) -> None:
@@ -267,7 +353,7 @@ class LocalBackend(Backend):
     def _load_journal(self) -> int:
         """Reload the ids of recent commits, so a commit resent after a restart is idempotent.
 
-        The journal is ``STAGING_DIR/committed.journal``: one line per commit,
+        The journal is ``STATE/committed.journal``: one line per commit,
         ``staged-name <TAB> JSON [path, attrs...]``, appended without fsync (a
         lost line only turns a resent commit into EIO: the agent uploads again).
         At start-up the newest ``_COMMITTED_MEMORY`` lines are kept.
@@ -350,6 +436,8 @@ class LocalBackend(Backend):
         return "up-" + hashlib.sha256(upload_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
     def _new_staged(self, name: str) -> int:
+        if self._staging_fd < 0:
+            raise oserror(errno.EROFS, "the repository is on a read-only mount")
         return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                        0o600, dir_fd=self._staging_fd)
 
@@ -403,7 +491,7 @@ class LocalBackend(Backend):
     def stat(self, path: str) -> Attrs:
         parts = split_path(path)
         if not parts:
-            return self._root_attrs(os.fstat(self._root_fd))
+            return attrs_from_stat(os.fstat(self._root_fd))
         if len(parts) == 1:  # one name in the root: no walk, no extra fd
             return attrs_from_stat(os.stat(parts[0], dir_fd=self._root_fd, follow_symlinks=False))
         pfd = self._open(parts[:-1], os.O_PATH | os.O_DIRECTORY)
@@ -412,22 +500,15 @@ class LocalBackend(Backend):
         finally:
             os.close(pfd)
 
-    def _root_attrs(self, st: os.stat_result) -> Attrs:
-        """The root's attributes without the hidden staging directory's link."""
-        a = attrs_from_stat(st)
-        return attrs_mod.evolve(a, nlink=max(2, a.nlink - 1))
-
     def list(self, path: str) -> tuple[Attrs, Entries]:
         parts = split_path(path)
         fd = self._open(parts, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            own = self._root_attrs(os.fstat(fd)) if not parts else attrs_from_stat(os.fstat(fd))
+            own = attrs_from_stat(os.fstat(fd))
             entries: Entries = []
             with os.scandir(fd) as it:
                 for entry in it:
                     name = entry.name
-                    if is_reserved(name):
-                        continue
                     try:
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
@@ -507,6 +588,8 @@ class LocalBackend(Backend):
             self._expire_uploads()  # on every upload request: idle ones go within 10 s
             up = self._uploads.get(upload_id)
             if up is None and create:
+                if self._staging_fd < 0:
+                    raise oserror(errno.EROFS, "the repository is on a read-only mount")
                 name = self._staged_name(upload_id)
                 if name in self._committed:
                     return None  # committed meanwhile: nothing to stage

@@ -508,10 +508,9 @@ class BackendSuite:
         be.write_bytes("/d/f", b"x")
         assert be.stat("//d/./f/") == be.stat("/d/f")
 
-    def test_reserved_names_are_unreachable(self, be):
-        with pytest.raises(OSError) as ei:
-            be.stat("/.synthfs-staging")
-        assert _errno(ei) == errno.ENOENT
-        with pytest.raises(OSError) as ei:
-            be.write_bytes("/.synthfs-x", b"")
-        assert _errno(ei) == errno.ENOENT
+    def test_no_name_is_reserved(self, be):
+        """A backend keeps its own state outside the repository: every name is the user's."""
+        be.write_bytes("/.synthfs-staging", b"mine")
+        be.mkdir("/.synthfs-x")
+        assert be.read_bytes("/.synthfs-staging") == b"mine"
+        assert [e.name for e in be.list("/")[1]] == [".synthfs-staging", ".synthfs-x"]

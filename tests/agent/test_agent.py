@@ -12,7 +12,7 @@ import pytest
 import zmq
 from agent_stack import Stack, wait_until
 
-from synthfs.protocol.client import Client, Unreachable
+from synthfs.protocol.client import SERVER_UNREACHABLE, Client, Unreachable
 from synthfs.protocol.messages import (
     CHUNK_SIZE,
     PROTOCOL_VERSION,
@@ -38,6 +38,7 @@ from synthfs.protocol.messages import (
     Synced,
     Welcome,
 )
+from synthfs.server.statedir import default_state_dir
 
 RD, WR, RW = os.O_RDONLY, os.O_WRONLY, os.O_RDWR
 
@@ -63,7 +64,12 @@ def test_hello_welcome_lists_refused_paths(running: Stack) -> None:
     assert isinstance(reply, Welcome)
     assert reply.version == PROTOCOL_VERSION
     sock = str(running.run / "agent.sock")
-    assert set(reply.refused_paths) == {str(running.cache), sock, str(running.key)}
+    server_sock = str(running.run / "server.sock")
+    # the agent's own, and the local server's (Registered.trusted_paths): protocol.trusted
+    state = default_state_dir(running.root)
+    assert set(reply.refused_paths) == {
+        str(running.cache), sock, str(running.key), server_sock, str(running.root), state,
+    }
     assert errno_of(running, Hello(version=PROTOCOL_VERSION + 1)) == errno.EPROTO
 
 
@@ -132,7 +138,7 @@ def test_namespace_operations_round_trip(running: Stack) -> None:
     running.call(Remove(path="/d/g"))
     running.call(Remove(path="/d/l"))
     running.call(Remove(path="/d", directory=True))
-    assert [p.name for p in root.iterdir() if not p.name.startswith(".synthfs-")] == []
+    assert list(root.iterdir()) == []  # the server's state is kept outside the root
     assert errno_of(running, Stat(path="/d")) == errno.ENOENT
     assert errno_of(running, Remove(path="/nope")) == errno.ENOENT
     assert errno_of(running, Stat(path="relative")) == errno.EINVAL
@@ -395,7 +401,8 @@ def test_token_expiry_is_transparent(stack: Stack) -> None:
     assert "expired" not in stack.agent.output() if stack.agent else True
 
 
-def test_server_down_gives_bounded_etimedout(stack: Stack) -> None:
+def test_server_down_gives_bounded_server_unreachable(stack: Stack) -> None:
+    """The agent answers within its --timeout, with the errno that says "its server"."""
     stack.start_server()
     stack.start_agent("--timeout", "1", "--attr-ttl", "0")
     assert isinstance(stack.call(Stat(path="/")), StatReply)
@@ -405,7 +412,8 @@ def test_server_down_gives_bounded_etimedout(stack: Stack) -> None:
     with pytest.raises(OSError) as info:
         stack.call(Stat(path="/"))
     took = time.monotonic() - t0
-    assert info.value.errno in (errno.ETIMEDOUT, errno.EIO)
+    assert info.value.errno == SERVER_UNREACHABLE
+    assert stack.server_ep in str(info.value)
     assert took < 3, took
     assert not isinstance(info.value, Unreachable)  # the agent answered, in time
 

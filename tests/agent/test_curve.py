@@ -32,6 +32,7 @@ from synthfs.protocol.messages import (
     PROTOCOL_VERSION,
     Commit,
     Committed,
+    Hello,
     Mkdir,
     Open,
     Opened,
@@ -39,6 +40,7 @@ from synthfs.protocol.messages import (
     Registered,
     Stat,
     StatReply,
+    Welcome,
 )
 
 NAME = "curve-probe-7d1f0e.txt"
@@ -293,6 +295,12 @@ def test_subscription_over_curve(tmp_path: Path, keys: dict[str, tuple[str, str]
         agent = stack.start_agent("--curve-secret", keys["agent"][1], "--server-key",
                                   keys["server"][0], "--subscribe", pub.group(1), "-vv")
         assert isinstance(stack.call(Stat(path="/")), StatReply)  # drains the subscription
+        # Both CURVE secret key files are trusted paths, the server's too (a loopback
+        # server tells its own in Registered.trusted_paths): refused to every guest.
+        welcome = stack.call(Hello(version=PROTOCOL_VERSION))
+        assert isinstance(welcome, Welcome)
+        for secret in (keys["server"][1], keys["agent"][1]):
+            assert os.path.abspath(secret) in welcome.refused_paths, welcome.refused_paths
         # A beat came through the CURVE PUB: the agent follows the server's instance.
         assert wait_until(lambda: isinstance(stack.call(Stat(path="/")), StatReply)
                           and "following instance" in agent.output(), 5), agent.output()

@@ -1140,12 +1140,11 @@ def finish(
 ) -> Side:
     """Normalise one side's outcome and snapshot its tree.
 
-    ``repo=True``: the tree is a repository served by synthfs; the server's own
-    ``.synthfs-*`` entries are not part of it (guests never see them).
+    ``repo=True``: the tree is a repository served by synthfs, compared whole:
+    the server keeps its state outside it, so it holds what the guest wrote
+    and nothing else.
     """
     tree = helpers.snapshot(tree_root, times=case.times)
-    if repo:
-        tree = helpers.drop_server_reserved(tree)
     # Files that embed host stat data (st_ino, st_dev, ctime: git's index) cannot
     # match byte for byte between two file systems: compare their presence only.
     for rel in case.ignore:

@@ -19,7 +19,16 @@ from pathlib import Path
 
 import helpers
 import pytest
-from conformance_cases import CASES, Case, Side, compare, env_for, finish, run_case_native
+from conformance_cases import (
+    CASES,
+    PY,
+    Case,
+    Side,
+    compare,
+    env_for,
+    finish,
+    run_case_native,
+)
 
 pytestmark = pytest.mark.ptrace
 
@@ -158,4 +167,60 @@ def test_read_only_refuses_writes_and_keeps_tree(
             extra=["--read-only"],
         )
     assert (out.status, out.stdout) == (0, "hello\nworld\ndone\n"), out.show()
-    assert helpers.diff_trees(before, helpers.drop_server_reserved(helpers.snapshot(repo))) == []
+    assert helpers.diff_trees(before, helpers.snapshot(repo)) == []
+
+
+#: Paths at PATH_MAX, names at NAME_MAX, and a tree deeper than PATH_MAX reached by
+#: relative paths. argv[1] is the root.
+PY_PATH_MAX = """
+import errno, os, sys
+r = sys.argv[1]
+def t(label, f):
+    try:
+        f()
+        print(label, "ok")
+    except OSError as e:
+        print(label, errno.errorcode.get(e.errno, e.errno))
+def of_length(n):
+    s = r
+    while len(s) + 201 < n:
+        s += "/" + "y" * 200
+    return s + "/" + "z" * (n - len(s) - 1)
+for n in (4095, 4096, 5000):
+    t(f"stat {n} bytes", lambda: os.stat(of_length(n)))
+    t(f"mkdir {n} bytes", lambda: os.mkdir(of_length(n)))
+    t(f"creat {n} bytes", lambda: os.open(of_length(n), os.O_CREAT | os.O_WRONLY))
+for n in (255, 256):
+    t(f"creat name of {n}", lambda: os.close(os.open(f"{r}/" + "n" * n, os.O_CREAT | os.O_WRONLY)))
+    t(f"stat name of {n} inside", lambda: os.stat(f"{r}/" + "n" * n + "/x"))
+os.chdir(r)
+depth = 0
+try:
+    while depth < 25:
+        os.mkdir("d" * 200)
+        os.chdir("d" * 200)
+        depth += 1
+    print("deep: mkdir and chdir 25 levels ok")
+except OSError as e:
+    print("deep: beyond PATH_MAX", errno.errorcode.get(e.errno, e.errno))
+"""
+
+
+def test_paths_at_and_beyond_path_max(tmp_path: Path, synthfs: helpers.SynthfsLauncher) -> None:
+    """Absolute paths of 4096 bytes and names of 256: the kernel's ENAMETOOLONG on both
+    sides. A tree deeper than PATH_MAX (relative mkdir+chdir): the kernel walks on; synthfs
+    says ENAMETOOLONG where a repository path would pass 4095 bytes (docs/namespace.md).
+    It was EIO, with a supervisor traceback on stderr."""
+    outside, home = _dirs(tmp_path)
+    native_root = tmp_path / "native"
+    native_root.mkdir()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    argv = [PY, "-c", PY_PATH_MAX]
+    native = helpers.run_native([*argv, str(native_root)], cwd=outside, env=env_for(home))
+    guest = synthfs.run(repo, [*argv, helpers.MOUNT], cwd=outside, env=env_for(home))
+    assert native.status == 0 and native.stderr == "", native.show()
+    assert (guest.status, guest.stderr) == (0, ""), guest.show()
+    *same, deep = native.stdout.splitlines()
+    assert "ENAMETOOLONG" in native.stdout and deep == "deep: mkdir and chdir 25 levels ok"
+    assert guest.stdout.splitlines() == [*same, "deep: beyond PATH_MAX ENAMETOOLONG"], guest.show()

@@ -165,7 +165,8 @@ def native_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         listener.bind(str(work / name))
         listener.listen(8)
         listeners.append(listener)
-    dummy = subprocess.Popen(["sleep", "600"])  # stands in for the agent and the server
+    # stands in for the agent and the server (each in a session of its own, as they are)
+    dummy = subprocess.Popen(["sleep", "600"], start_new_session=True)
     repo = (base / "tree").resolve()
     build_repo(repo, canary, marker)
     world = World(
@@ -406,7 +407,19 @@ STORMS = [
 
 SCRATCH = [
     Attack(f"scratch_{m}", ("scratch", m), expect=frozenset({0} | KILLED))
-    for m in ("mprotect", "munmap", "madvise", "procmem", "mremap", "mmap_fixed")
+    for m in (
+        "mprotect", "munmap", "madvise", "procmem", "mremap", "mmap_fixed",
+        # issue #16 class 1: prctl(PR_SET_MM_MAP) (no capability) moves the heap's break
+        # into the area, brk() unmaps it and maps it back writable; userfaultfd would let
+        # the guest answer the faults of the kernel's reads of a checked copy
+        "prctl_brk", "prctl_brk_nobody", "uffd",
+    )
+] + [
+    # the whole class 1 escape: the area made writable, a thread rewrites the checked
+    # copy of an allowed path (a file of the guest's own) with the cache canary's path
+    # between the supervisor's check and the kernel's read
+    Attack("scratch_prctl_brk_race", ("scratch", "prctl_brk_race", "{canary}", "{marker}"),
+           expect=frozenset({0} | KILLED)),
 ]
 
 TRUSTED = [
@@ -422,6 +435,14 @@ TRUSTED = [
     Attack("prlimit_server", ("paths", "prlimit", "{data}", "{server_pid}")),
     Attack("prlimit_supervisor", ("paths", "prlimit", "{data}", "ppid")),
     Attack("sched_setaffinity_agent", ("paths", "sched_setaffinity", "{data}", "{agent_pid}")),
+    Attack("pidfd_agent", ("paths", "pidfd_signal", "{data}", "{agent_pid}")),
+    # issue #16 class 2: a file's owner gets F_SETSIG's signal (SIGSTOP here)
+    Attack("setown_stop_agent", ("paths", "setown", "{data}", "{agent_pid}")),
+    Attack("setown_stop_server", ("paths", "setown", "{data}", "{server_pid}")),
+    Attack("setown_group_stop_agent", ("paths", "setown_group", "{data}", "{agent_pid}")),
+    Attack("setown_ex_stop_agent", ("paths", "setown_ex", "{data}", "{agent_pid}")),
+    Attack("fiosetown_stop_agent", ("paths", "fiosetown", "{data}", "{agent_pid}")),
+    Attack("setpriority_agent", ("paths", "setpriority", "{data}", "{agent_pid}")),
 ]
 
 # The guest shares the user's terminal: typing into it (TIOCSTI, bubblewrap's
@@ -748,6 +769,58 @@ def test_terminal_injection(attack, native_world, synthfs_world, cbin, tmp_path)
 @pytest.mark.parametrize("attack", TRUSTED, ids=_ids(TRUSTED))
 def test_trusted_process_attack(attack, native_world, synthfs_world, cbin, tmp_path) -> None:
     run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+def device_policy(workdir: Path) -> str:
+    """The host may be read; only ``workdir`` and /tmp written; no mknod list."""
+    return f"""\
+version = 1
+name = "escape-devices"
+description = "escape suite: host writes only in the work directory; no device nodes"
+default = "deny"
+
+[[mount]]
+path = "/data"
+
+[[app]]
+name = "everyone"
+match.exe = ["/**"]
+allow = [{{ paths = ["/data", "/data/**"], ops = ["*"] }}]
+
+[host]
+read = ["/**"]
+write = ["{workdir}", "{workdir}/**", "/tmp/**"]
+"""
+
+
+def test_device_node(native_world, synthfs_world, cbin, tmp_path) -> None:
+    """Issue #16 class 3: a root guest makes a node of its own for a device the policy
+    does not let it write, in a directory it may write, and writes the device through
+    it. The device is /dev/null's (harmless to write, and not write-listed here): the
+    same trick on a disk's block device rewrites any file. Under [host] rules a device
+    node needs a [host] mknod glob, absent here: mknod is refused (EPERM)."""
+    rdev = os.stat("/dev/null").st_rdev
+    dev = f"{os.major(rdev)}:{os.minor(rdev)}"
+    attack = Attack("mknod_dev", ("paths", "mknod_dev", "{data}", dev, "{marker}"),
+                    policy=device_policy(tmp_path))
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+def test_device_node_allowed_twin(synthfs_world, cbin, tmp_path) -> None:
+    """With ``[host] mknod`` naming the directory, the same node is made and written
+    (exit 66 here is success): otherwise the refusal above proves nothing."""
+    rdev = os.stat("/dev/null").st_rdev
+    attack = Attack("twin", ("paths", "mknod_dev", "{data}",
+                             f"{os.major(rdev)}:{os.minor(rdev)}", "{marker}"))
+    pol = tmp_path / "policy.toml"
+    pol.write_text(device_policy(tmp_path) + f'mknod = ["{tmp_path}/*"]\n')
+    launcher = helpers.SynthfsLauncher(mode="agent")
+    argv = launcher.argv(
+        synthfs_world.repo, _argv(attack, synthfs_world, cbin), stack=synthfs_world.stack,
+        extra=["--policy", str(pol)],
+    )
+    got = helpers.run_native(argv, cwd=tmp_path, timeout=attack.timeout)
+    assert got.status == ESCAPED, got.show()
 
 
 #: Attacks on a restarted agent (a new pid the supervisor did not know at start).

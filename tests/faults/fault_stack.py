@@ -30,7 +30,7 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS / "agent"))  # agent_stack: the separately started stack
 
 from agent_stack import Stack  # noqa: E402
-from helpers import RESERVED_PREFIX, synthfs_command  # noqa: E402
+from helpers import synthfs_command  # noqa: E402
 
 __all__ = [
     "OPS_LOOP",
@@ -99,17 +99,13 @@ def alive(pid: int) -> bool:
 
 
 def stray_files(root: Path, expected: Iterable[str]) -> list[str]:
-    """Paths under ``root`` (relative) outside the staging area and not in ``expected``."""
+    """Paths under ``root`` (relative) not in ``expected`` (the server's state is elsewhere)."""
     keep = set(expected)
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
-        if rel_dir == ".":
-            dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
         for name in [*dirnames, *filenames]:
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            if rel_dir == "." and name.startswith(RESERVED_PREFIX):
-                continue
             if rel not in keep:
                 out.append(rel)
     return sorted(out)

@@ -44,8 +44,10 @@ def stack(tmp_path: Path, synthfs: object) -> Stack:  # synthfs: skip where ptra
 
 
 def _embedded(repo: Path) -> list[str]:
-    """``synthfs run`` on its own server and agent for ``repo``, with a private cache."""
-    return ["--data", str(repo), "--cache", str(repo.parent / "cache")]
+    """``synthfs run`` on its own server and agent for ``repo``, with a private cache
+    and a known state directory (``repo.parent / "state"``: staged uploads)."""
+    return ["--data", str(repo), "--cache", str(repo.parent / "cache"),
+            "--state", str(repo.parent / "state")]
 
 
 def _ops_guest(stack: Stack, seconds: float) -> tuple[Guest, Path]:
@@ -414,7 +416,7 @@ def test_supervisor_killed_mid_upload(tmp_path: Path, synthfs: object) -> None:
     (repo / "big").write_bytes(b"old\n" * 100_000)
     chunks = 768  # 48 MiB: an upload long enough to be caught in flight
     new = b"".join(bytes([65 + i % 26]) * 65536 for i in range(chunks))
-    staging = repo / ".synthfs-staging"
+    staging = repo.parent / "state"
     g = Guest(_embedded(repo), TREE_WRITER, str(chunks))
     try:
         assert g.wait_for(lambda _rs: "closing" in g.lines, 60), g.show()
@@ -471,17 +473,23 @@ def test_repository_disk_full(tmp_path: Path, synthfs: object) -> None:
     """A 1 MiB repository file system: ENOSPC to the guest, old data intact, still usable."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs for the repository needs root")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(repo)],
+    # The repository is a directory of the small file system, beside the server's state
+    # directory (the same mount, outside the served tree); the cache is elsewhere.
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(fs)],
                              capture_output=True, text=True, timeout=30)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    repo = fs / "repo"
     try:
+        repo.mkdir()
         old, keep = b"old\n" * 25_000, os.urandom(300_000)
         (repo / "f").write_bytes(old)
         (repo / "keep").write_bytes(keep)
-        g = Guest(_embedded(repo), DISK_FILLER, cwd=tmp_path)
+        stack = ["--data", str(repo), "--cache", str(tmp_path / "cache"),
+                 "--state", str(fs / "state")]
+        g = Guest(stack, DISK_FILLER, cwd=tmp_path)
         rc = g.finish(60)
         assert rc == 0, f"exit {rc}\n{g.show()}"
         results = {line.split()[0]: line.split()[1:] for line in g.lines if line.startswith("/")}
@@ -497,13 +505,13 @@ def test_repository_disk_full(tmp_path: Path, synthfs: object) -> None:
         with contextlib.suppress(OSError), open(repo / "filler", "wb") as filler:
             while filler.write(b"\0" * 4096):
                 filler.flush()
-        again = Guest(_embedded(repo), "print(len(open('/data/keep', 'rb').read()))",
+        again = Guest(stack, "print(len(open('/data/keep', 'rb').read()))",
                       cwd=tmp_path)
         rc = again.finish(60)
         assert rc == 0 and again.lines == [str(len(keep))], \
             f"a full repository is not served\n{again.show()}"
     finally:
-        subprocess.run(["umount", "-l", str(repo)], timeout=30, check=False)
+        subprocess.run(["umount", "-l", str(fs)], timeout=30, check=False)
 
 
 #: Signals (0: a probe) the agent named in argv[1], then the pid a host file

@@ -36,6 +36,8 @@ class FakeGuest:
     def __init__(self) -> None:
         self.strings: dict[int, str] = {}
         self.fds: dict[int, str] = {}
+        self.pidfds: dict[int, int] = {}
+        self.memory: dict[int, bytes] = {}
         self.cwd = "/home/u"
 
     def put(self, addr: int, text: str) -> int:
@@ -48,13 +50,19 @@ class FakeGuest:
         return self.strings[addr]
 
     def read(self, addr: int, size: int) -> bytes:
-        raise OSError(errno.EFAULT, "bad address")
+        data = self.memory.get(addr, b"")
+        if len(data) < size:
+            raise OSError(errno.EFAULT, "bad address")
+        return data[:size]
 
     def fd_target(self, fd: int) -> str | None:
         return self.fds.get(fd)
 
     def fd_writable(self, fd: int) -> bool:
         return fd in self.fds
+
+    def fd_pid(self, fd: int) -> int | None:
+        return self.pidfds.get(fd)
 
     def host_cwd(self) -> str:
         return self.cwd
@@ -160,6 +168,9 @@ class FakeHost:
     def refused(self, real_path: str) -> bool:
         return real_path.startswith("/cache")
 
+    def holds_refused(self, real_path: str) -> bool:
+        return real_path in ("/", "/cache")
+
     def new_dir_handle(self, repo_path: str, symlink: bool = False) -> str:
         path = f"/run/dirs/{len(self.handles)}"
         self.handles[path] = DirHandle(repo_path)
@@ -209,9 +220,7 @@ class FakeEnv:
     def check_net(self, call: Call, op: str, address: str, local: bool) -> int:
         return 0
 
-    def pin(
-        self, real_path: str, whole: bool, always: bool = False, via: str | None = None
-    ) -> tuple[str, int] | None:
+    def pin(self, real_path: str, whole: bool, via: str | None = None) -> tuple[str, int] | None:
         return None
 
     def unpin(self, fd: int) -> None:

@@ -68,10 +68,8 @@ class RealPaths(FakeEnv):
     def host_rules(self) -> bool:
         return self.run_env.host_rules
 
-    def pin(
-        self, real_path: str, whole: bool, always: bool = False, via: str | None = None
-    ) -> tuple[str, int] | None:
-        return self.run_env.pin(real_path, whole, always, via)
+    def pin(self, real_path: str, whole: bool, via: str | None = None) -> tuple[str, int] | None:
+        return self.run_env.pin(real_path, whole, via)
 
     def unpin(self, fd: int) -> None:
         self.run_env.unpin(fd)
@@ -247,11 +245,74 @@ def test_private_paths_stay_refused_whatever_the_policy(world) -> None:
     assert call("open", "/cache/objects/x", os.O_RDONLY, 0) == Fail(errno.EACCES)
 
 
-def test_pipes_through_magic_links_are_not_host_paths(world) -> None:
-    ws, env, call = world
-    env.host.realpath = lambda p, follow, guest=(0, 0): "pipe:[4242]"  # type: ignore[method-assign]
-    assert not isinstance(call("open", "/proc/self/fd/1", os.O_WRONLY, 0), Fail)
-    assert env.records() == []
+@pytest.fixture
+def own_fds(ws: Path):
+    """A guest that is this process (its /proc/PID/fd is real), and a call maker."""
+    guest, env = FakeGuest(), RealPaths(ws)
+    guest.tgid = guest.tid = os.getpid()  # type: ignore[misc]
+    proc = Proc(tgid=guest.tgid, fs=FsState(), exe="/usr/bin/tool", app=env.policy.unmatched)
+    addr = iter(range(0x1000, 0x100000, 0x100))
+
+    def call(name: str, *args: int | str):
+        spec = BY_NAME[name]
+        values = [guest.put(next(addr), a) if isinstance(a, str) else a for a in args]
+        assert spec.handler is not None
+        full = tuple((values + [0] * 6)[:6])
+        return HANDLERS[spec.handler](Call(spec.nr, name, full, guest, proc), env)
+
+    return env, call
+
+
+def _link_text(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def test_pipes_through_magic_links_are_not_host_paths(own_fds) -> None:
+    env, call = own_fds
+    r, w = os.pipe()
+    try:
+        env.host.realpath = lambda p, follow, guest=(0, 0): _link_text(w)  # type: ignore[method-assign]
+        result = call("open", f"/proc/self/fd/{w}", os.O_WRONLY, 0)
+        assert isinstance(result, RunChecked)
+        # the kernel opens the supervisor's own fd on the pipe, not the guest's fd N
+        pinned = int(_path(result).rpartition("/")[2])
+        assert _link_text(pinned) == _link_text(w) and pinned != w
+        assert result.after is not None
+        result.after(0)
+        with pytest.raises(OSError):
+            os.fstat(pinned)  # unpinned after the call
+        assert env.records() == []
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_magic_link_that_changed_since_the_check_is_not_opened(own_fds, ws: Path) -> None:
+    """open(/proc/self/fd/N) with N a pipe at the check, then (a guest thread's dup2)
+    a read-only fd of a file the rules keep from writing: refused, never handed on."""
+    env, call = own_fds
+    r, w = os.pipe()
+    ro = os.open(ws / "in" / "r.txt", os.O_RDONLY)
+    checked = _link_text(w)
+    try:
+
+        def swapped(p: str, follow: bool, guest: tuple[int, int] = (0, 0)) -> str:
+            os.dup2(ro, w)  # lands between the check and the kernel's open
+            return checked
+
+        env.host.realpath = swapped  # type: ignore[method-assign]
+        assert call("open", f"/proc/self/fd/{w}", os.O_WRONLY, 0) == Fail(errno.EACCES)
+        # the same race against a call the kernel runs on the path (truncate)
+        r2, w2 = os.pipe()
+        os.dup2(w2, w)
+        os.close(r2)
+        os.close(w2)
+        checked = _link_text(w)
+        assert call("truncate", f"/proc/self/fd/{w}", 0) == Fail(errno.EACCES)
+        assert (ws / "in" / "r.txt").read_text() != ""
+    finally:
+        for fd in (r, w, ro):
+            os.close(fd)
 
 
 def test_audit_all_records_host_allows(ws: Path) -> None:

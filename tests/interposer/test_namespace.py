@@ -21,8 +21,8 @@ TREE = {
     "/d/f": _a("file"),
     "/d/e": _a("dir"),
     "/rel": _a("symlink"),  # -> d/e
-    "/abs": _a("symlink"),  # -> /etc/passwd (anchored at the mount root)
-    "/up": _a("symlink"),  # -> ../../../d  (cannot climb above the root)
+    "/abs": _a("symlink"),  # -> /etc/passwd (the host file; anchored: /data/etc/passwd)
+    "/up": _a("symlink"),  # -> ../../../d  (the host /d; anchored: /data/d)
     "/loop": _a("symlink"),  # -> loop
     "/f": _a("file"),
     "/abs2": _a("symlink"),  # -> /d/f

@@ -82,6 +82,12 @@ def test_clear_errors(repo: Path, tmp_path: Path) -> None:
     assert r.returncode == 2 and "no command" in r.stderr
     r = run("run", "--bogus-flag", "--", "true")
     assert r.returncode == 2 and "unrecognized arguments" in r.stderr
+    # The data directory's host path is a trusted path: a guest started inside it could
+    # not use its own cwd, so the run is refused up front, in one line.
+    r = run("run", "--data", str(repo), "--", "true", cwd=repo / "d")
+    assert r.returncode == 2 and "inside --data" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = run("run", "--agent", f"ipc://{tmp_path}/a.sock", "--state", str(tmp_path), "--", "true")
+    assert r.returncode == 2 and "goes with --data" in r.stderr
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (.ci/setup installs it)")

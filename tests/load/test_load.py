@@ -70,7 +70,8 @@ class Fleet:
         self.procs: list[Proc] = []
 
     def start(self) -> None:
-        server = Proc("server", [*SERVER_CMD, "--root", str(self.root), "--listen",
+        server = Proc("server", [*SERVER_CMD, "--root", str(self.root), "--state",
+                                 str(self.root.parent / "state"), "--listen",
                                  self.server_ep, "--bootstrap-key", str(self.key),
                                  "--publish", self.publish_ep], self.tmp / "server.log")
         self.procs.append(server)
@@ -190,7 +191,7 @@ def _load(tmp: Path, ops: int, budget: float, threads: int = 1, fuzz_frames: int
         on_server = _tree_sums(fleet.root / "pub")
         assert {k: on_server.get(k) for k in published} == published
         assert sorted(set(on_server) - set(published)) == []  # no temporary file left
-        staging = fleet.root / ".synthfs-staging"
+        staging = fleet.root.parent / "state"
         left = sorted(set(os.listdir(staging)) - {"committed.journal"}) if staging.exists() else []
         assert left == [], f"uploads left staged: {left[:5]}"
         if fuzz_frames:

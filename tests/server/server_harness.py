@@ -46,8 +46,14 @@ class ServerProc:
         self.bound = endpoint
 
     def argv(self) -> list[str]:
+        state = [] if "--state" in self.extra else ["--state", str(self.state)]
         return [sys.executable, "-m", "synthfs.server", "--root", str(self.root), "--listen",
-                self.endpoint, "--bootstrap-key", str(self.key_path), *self.extra]
+                self.endpoint, "--bootstrap-key", str(self.key_path), *state, *self.extra]
+
+    @property
+    def state(self) -> Path:
+        """The server's state directory (staging, journal): beside the root, outside it."""
+        return self.root.parent / f"{self.root.name}.state"
 
     def start(self, timeout: float = 15.0) -> ServerProc:
         r, w = os.pipe()

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from synthfs.server.backends.local import STAGING_DIR, LocalBackend
+from synthfs.server.backends.local import LocalBackend
 from synthfs.testing.backend_suite import BackendSuite
 
 
@@ -18,14 +18,14 @@ class TestLocalBackend(BackendSuite):
         self.root.mkdir()
 
     def make_backend(self):
-        return LocalBackend(self.root)
+        return LocalBackend(self.root, state=self.root.parent / "state")
 
 
 class TestLocalBackendWithoutOpenat2(TestLocalBackend):
     """The O_NOFOLLOW component walk, for kernels without openat2."""
 
     def make_backend(self):
-        return LocalBackend(self.root, use_openat2=False)
+        return LocalBackend(self.root, state=self.root.parent / "state", use_openat2=False)
 
 
 @pytest.fixture(params=[True, False], ids=["openat2", "walk"])
@@ -39,7 +39,7 @@ def outside(request, tmp_path):
     os.symlink(out, root / "link")
     os.symlink(out / "secret", root / "filelink")
     os.symlink("../outside", root / "rel")
-    be = LocalBackend(root, use_openat2=request.param)
+    be = LocalBackend(root, state=tmp_path / "state", use_openat2=request.param)
     yield be, out
     be.close()
 
@@ -79,7 +79,7 @@ def test_etc_passwd_is_not_served(tmp_path):
     root = tmp_path / "repo"
     root.mkdir()
     os.symlink("/etc", root / "link")
-    be = LocalBackend(root)
+    be = LocalBackend(root, state=tmp_path / "state")
     try:
         with pytest.raises(OSError) as ei:
             be.read("/link/passwd", 0, 4096)
@@ -92,7 +92,7 @@ def test_special_files_are_not_served(tmp_path):
     root = tmp_path / "repo"
     root.mkdir()
     os.mkfifo(root / "fifo")
-    be = LocalBackend(root)
+    be = LocalBackend(root, state=tmp_path / "state")
     try:
         assert be.list("/")[1] == []
         with pytest.raises(OSError) as ei:
@@ -105,18 +105,18 @@ def test_special_files_are_not_served(tmp_path):
 def test_staging_is_cleaned_at_start(tmp_path):
     root = tmp_path / "repo"
     root.mkdir()
-    be = LocalBackend(root)
+    be = LocalBackend(root, state=tmp_path / "state")
     be.upload_chunk("u", 0, b"partial")
     be.close()
-    assert [n for n in os.listdir(root / STAGING_DIR) if n.startswith("up-")]
-    LocalBackend(root).close()
-    assert os.listdir(root / STAGING_DIR) == ["committed.journal"]
+    assert [n for n in os.listdir(tmp_path / "state") if n.startswith("up-")]
+    LocalBackend(root, state=tmp_path / "state").close()
+    assert os.listdir(tmp_path / "state") == ["committed.journal"]
 
 
 def test_upload_installs_a_new_inode(tmp_path):
     root = tmp_path / "repo"
     root.mkdir()
-    be = LocalBackend(root)
+    be = LocalBackend(root, state=tmp_path / "state")
     try:
         a = be.write_bytes("/f", b"one")
         b = be.write_bytes("/f", b"two")
@@ -129,7 +129,7 @@ def test_upload_installs_a_new_inode(tmp_path):
 def test_large_truncate_in_place(tmp_path):
     root = tmp_path / "repo"
     root.mkdir()
-    be = LocalBackend(root, atomic_truncate_max=4)
+    be = LocalBackend(root, state=tmp_path / "state", atomic_truncate_max=4)
     try:
         a = be.write_bytes("/f", b"0123456789")
         b = be.setattr("/f", size=3)
@@ -142,11 +142,12 @@ def test_large_truncate_in_place(tmp_path):
 def test_commit_resent_after_restart_is_idempotent(tmp_path):
     root = tmp_path / "repo"
     root.mkdir()
-    be = LocalBackend(root)
+    be = LocalBackend(root, state=tmp_path / "state")
     be.upload_chunk("u-1", 0, b"content")
     a = be.upload_commit("u-1", "/f", 7)
     be.close()
-    be = LocalBackend(root)  # a restart: memory is gone, the journal is not
+    # a restart: memory is gone, the journal is not
+    be = LocalBackend(root, state=tmp_path / "state")
     try:
         assert be.upload_commit("u-1", "/f", 7) == a
         be.upload_chunk("u-1", 0, b"late resend")  # ignored: already committed
@@ -161,12 +162,12 @@ def test_commit_resent_after_restart_is_idempotent(tmp_path):
 def test_torn_journal_is_tolerated(tmp_path):
     root = tmp_path / "repo"
     root.mkdir()
-    be = LocalBackend(root)
+    be = LocalBackend(root, state=tmp_path / "state")
     a = be.write_bytes("/f", b"x")
     be.close()
-    with open(root / STAGING_DIR / "committed.journal", "ab") as f:
+    with open(tmp_path / "state" / "committed.journal", "ab") as f:
         f.write(b"garbage\tnot json\n\xff\xfe\npartial-line-without-newline\t[1,")
-    LocalBackend(root).close()
+    LocalBackend(root, state=tmp_path / "state").close()
     assert (root / "f").read_bytes() == b"x" and a.size == 1
 
 
@@ -175,7 +176,7 @@ def test_concurrent_resent_commits_install_once(tmp_path):
 
     root = tmp_path / "repo"
     root.mkdir()
-    be = LocalBackend(root)
+    be = LocalBackend(root, state=tmp_path / "state")
     try:
         be.upload_chunk("u", 0, b"x" * 1000)
         results, errors = [], []
@@ -192,7 +193,7 @@ def test_concurrent_resent_commits_install_once(tmp_path):
         for t in threads:
             t.join()
         assert errors == [] and len(results) == 8 and len(set(results)) == 1
-        assert [n for n in os.listdir(root / STAGING_DIR) if n.startswith("up-")] == []
+        assert [n for n in os.listdir(tmp_path / "state") if n.startswith("up-")] == []
     finally:
         be.close()
 
@@ -201,7 +202,7 @@ def test_uncommitted_uploads_are_bounded_in_total(tmp_path):
     """A key holder that stages and never commits fills at most the staging bound."""
     root = tmp_path / "repo"
     root.mkdir()
-    be = LocalBackend(root, staged_max=1 << 20)
+    be = LocalBackend(root, state=tmp_path / "state", staged_max=1 << 20)
     try:
         for i in range(4):
             be.upload_chunk(f"hog-{i}", 0, b"x" * (256 << 10))
@@ -221,10 +222,11 @@ def test_idle_uploads_expire_without_a_new_upload_starting(tmp_path):
 
     root = tmp_path / "repo"
     root.mkdir()
-    be = LocalBackend(root, staged_max=1 << 20, upload_idle_s=0.2)
+    be = LocalBackend(root, state=tmp_path / "state", staged_max=1 << 20,
+                      upload_idle_s=0.2)
     try:
         be.upload_chunk("idle", 0, b"x" * (1 << 20))
-        staged = set(os.listdir(root / STAGING_DIR))
+        staged = set(os.listdir(tmp_path / "state"))
         assert len(staged - {"committed.journal"}) == 1
         time.sleep(0.5)
         # The next upload request (here its own late commit) expires it first.
@@ -232,7 +234,7 @@ def test_idle_uploads_expire_without_a_new_upload_starting(tmp_path):
             be.upload_commit("idle", "/idle", 1 << 20)
         assert ei.value.errno == errno.EIO
         assert not (root / "idle").exists()
-        assert set(os.listdir(root / STAGING_DIR)) <= {"committed.journal"}
+        assert set(os.listdir(tmp_path / "state")) <= {"committed.journal"}
         be.upload_chunk("next", 0, b"y" * (1 << 20))  # its share is free again
     finally:
         be.close()

@@ -101,7 +101,7 @@ def test_missing_or_wrong_token_does_nothing(srv):
     assert _err(c.call(Mkdir(path="/made"), token="x" * 43)) == errno.EKEYREJECTED
     assert _err(c.call(UploadCommit(upload_id="u", path="/f", size=0), token="nope")) == (
         errno.EKEYREJECTED)
-    assert sorted(os.listdir(srv.root)) == [".synthfs-staging"]
+    assert sorted(os.listdir(srv.root)) == []
 
 
 def test_expired_token_does_nothing(make_server):

@@ -38,7 +38,7 @@ def _sha(path) -> str:
 
 def _staged(root) -> list[str]:
     """Staged upload files (the commit journal beside them is not one)."""
-    return [n for n in os.listdir(root / ".synthfs-staging") if n != "committed.journal"]
+    return [n for n in os.listdir(root.parent / f"{root.name}.state") if n != "committed.journal"]
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_kill_between_commit_and_reply_is_old_or_new(old_version, make_server, d
     srv2 = make_server(root=srv.root)
     assert _staged(srv.root) == []
     assert _sha(srv.root / "big") in (old_sha, new_sha)
-    assert sorted(os.listdir(srv.root)) == [".synthfs-staging", "big"]
+    assert sorted(os.listdir(srv.root)) == ["big"]
     # The agent resends its commit: either the journal knows it (then the new
     # version is in place), or it is EIO and the agent uploads again.
     resent = srv2.client().call(UploadCommit(upload_id="u", path="/big", size=len(data)))

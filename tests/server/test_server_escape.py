@@ -19,6 +19,7 @@ from synthfs.protocol.messages import (
     Rename,
     SetAttr,
     Stat,
+    StatReply,
     Symlink,
     UploadChunk,
     UploadCommit,
@@ -113,8 +114,12 @@ def test_absolute_looking_paths_stay_inside(trap):
 
 
 def test_server_files_are_unreachable(trap):
-    _srv, c, _out = trap
+    """Staged uploads live in the state directory, outside the tree: no wire path
+    reaches them, and a repository's own ``.synthfs-staging`` is an ordinary name."""
+    srv, c, _out = trap
     c.call(UploadChunk(upload_id="hidden", offset=0, data=b"x"))
+    assert [n for n in os.listdir(srv.state) if n.startswith("up-")]  # staged, out there
     assert _errno(c.call(List(path="/.synthfs-staging"))) == errno.ENOENT
-    assert _errno(c.call(Mkdir(path="/.synthfs-staging/x"))) == errno.ENOENT
-    assert ".synthfs-staging" not in [e.name for e in c.call(List(path="/")).entries]
+    assert isinstance(c.call(Mkdir(path="/.synthfs-staging")), StatReply)
+    assert ".synthfs-staging" in [e.name for e in c.call(List(path="/")).entries]
+    assert os.listdir(srv.root / ".synthfs-staging") == []

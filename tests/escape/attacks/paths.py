@@ -16,6 +16,7 @@ as expected; 3 = refused, but not the way the case requires (e.g. wrong
 errno); 2 = usage or setup error. One line on stdout says what happened.
 """
 
+import contextlib
 import ctypes
 import errno
 import mmap
@@ -320,6 +321,84 @@ def main():
         except OSError as e:
             out(REFUSED, f"sched_setaffinity(pid): refused ({fail_name(e)})")
         out(ESCAPED, "sched_setaffinity(pid) succeeded: ESCAPED")
+    elif mode in ("setown", "setown_group", "setown_ex", "fiosetown"):
+        # issue #16 class 2: make the target a file's owner, with F_SETSIG(SIGSTOP) and
+        # O_ASYNC: the next write to the pipe (data on the socket) stops it; SIGCONT
+        # follows the same way. Natively the target is seen stopped (/proc/PID/stat).
+        import fcntl
+        import struct
+
+        F_SETOWN, F_SETSIG, F_SETOWN_EX, FIOSETOWN = 8, 10, 15, 0x8901
+        if target == "ppid":
+            target = str(os.getppid())
+        pid = int(target)
+        if mode == "fiosetown":
+            r, w = socket.socketpair()
+            rfd, poke = r.fileno(), (lambda: w.send(b"x"))
+        else:
+            rfd, wfd = os.pipe()
+            poke = lambda: os.write(wfd, b"x")  # noqa: E731
+        try:
+            if mode == "setown":
+                fcntl.fcntl(rfd, F_SETOWN, pid)
+            elif mode == "setown_group":
+                fcntl.fcntl(rfd, F_SETOWN, -os.getpgid(pid))
+            elif mode == "setown_ex":
+                fcntl.fcntl(rfd, F_SETOWN_EX, struct.pack("ii", 1, pid))  # F_OWNER_PID
+            else:
+                fcntl.ioctl(rfd, FIOSETOWN, struct.pack("i", pid))
+        except OSError as e:
+            out(REFUSED, f"{mode}: refused ({fail_name(e)})")
+        fcntl.fcntl(rfd, F_SETSIG, signal.SIGSTOP)
+        fcntl.fcntl(rfd, fcntl.F_SETFL, fcntl.fcntl(rfd, fcntl.F_GETFL) | os.O_ASYNC)
+        poke()
+        time.sleep(0.2)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            state = "?"  # /proc/PID of a trusted process is refused: the owner was set
+        fcntl.fcntl(rfd, F_SETSIG, signal.SIGCONT)
+        poke()
+        if state in ("T", "?"):
+            out(ESCAPED, f"{mode}: ESCAPED, SIGSTOP reached pid {pid} (state {state})")
+        out(ODD, f"{mode}: owner set but the target was not stopped (state {state})")
+    elif mode == "setpriority":
+        # its current nice value again (a higher one would starve it)
+        pid = int(target)
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, pid))
+        except OSError as e:
+            out(REFUSED, f"setpriority(PRIO_PROCESS, pid): refused ({fail_name(e)})")
+        out(ESCAPED, "setpriority(PRIO_PROCESS, pid) succeeded: ESCAPED")
+    elif mode == "pidfd_signal":
+        pid = int(target)
+        try:
+            fd = os.pidfd_open(pid)
+            signal.pidfd_send_signal(fd, 0)
+        except OSError as e:
+            out(REFUSED, f"pidfd_send_signal: refused ({fail_name(e)})")
+        out(ESCAPED, "pidfd_send_signal(pidfd, 0) succeeded: ESCAPED")
+    elif mode == "mknod_dev":
+        # issue #16 class 3: a node of our own for a device the policy does not let us
+        # write (TARGET = MAJOR:MINOR), made in a directory we may write, then written
+        import stat
+
+        major, minor = (int(x) for x in target.split(":"))
+        node = os.path.join(os.getcwd(), "dev-node")
+        with contextlib.suppress(OSError):
+            os.unlink(node)
+        try:
+            os.mknod(node, stat.S_IFCHR | 0o600, os.makedev(major, minor))
+            fd = os.open(node, os.O_WRONLY | os.O_NOCTTY)
+            os.write(fd, (marker or "x").encode() + b"\n")
+            os.close(fd)
+        except OSError as e:
+            out(REFUSED, f"mknod + write of device {target}: refused ({fail_name(e)})")
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(node)
+        out(ESCAPED, f"mknod + write of device {target}: ESCAPED")
     elif mode == "proc_environ":
         read_and_judge(f"/proc/{int(target)}/environ", None, "/proc/PID/environ")
     elif mode == "proc_fd_list":
@@ -362,8 +441,111 @@ def main():
         if n < 0:
             out(REFUSED, f"process_vm_readv: refused ({errno.errorcode.get(ctypes.get_errno())})")
         out(ESCAPED, f"process_vm_readv: ESCAPED {buf.raw!r}")
+    elif mode == "rename_into":
+        # plant a file in the target's directory (a staged upload, a cache entry...)
+        d = tempfile.mkdtemp()
+        with open(f"{d}/planted", "w") as f:
+            f.write("planted\n")
+        try:
+            os.rename(f"{d}/planted", f"{os.path.dirname(target)}/planted-{os.getpid()}")
+        except OSError as e:
+            out(REFUSED, f"rename a file into the target's dir: refused ({fail_name(e)})")
+        os.unlink(f"{os.path.dirname(target)}/planted-{os.getpid()}")
+        out(ESCAPED, "rename a file into the target's dir: ESCAPED")
+    elif mode == "rename_over":
+        # replace the target (a key file, a socket a trusted process connects to)
+        d = tempfile.mkdtemp()
+        with open(f"{d}/planted", "w") as f:
+            f.write("planted\n")
+        try:
+            os.rename(f"{d}/planted", target)
+        except OSError as e:
+            out(REFUSED, f"rename a file over the target: refused ({fail_name(e)})")
+        out(ESCAPED, "rename a file over the target: ESCAPED (replaced)")
+    elif mode == "exec":
+        # TARGET is an executable that exits 66 (a script of the repository)
+        try:
+            os.execv(target, [target])
+        except OSError as e:
+            out(REFUSED, f"exec the target: refused ({fail_name(e)})")
+    elif mode == "rename_ancestor":
+        # move the directory above the target's directory: the target gets a new name
+        box = os.path.dirname(os.path.dirname(target))
+        moved = f"{box}-moved-{os.getpid()}"
+        try:
+            os.rename(box, moved)
+        except OSError as e:
+            out(REFUSED, f"rename the target's grandparent: refused ({fail_name(e)})")
+        data, why = b"", ""
+        try:
+            fd = os.open(moved + target[len(box):], os.O_RDONLY)
+            data = os.read(fd, 4096)
+            os.close(fd)
+        except OSError as e:
+            why = fail_name(e)
+        finally:
+            os.rename(moved, box)
+        if data and (marker is None or marker.encode() in data):
+            out(ESCAPED, f"read through the renamed grandparent: ESCAPED {data[:40]!r}")
+        out(REFUSED, f"grandparent renamed, the target still refused ({why})")
+    elif mode in ("swap_read", "swap_chmod"):
+        # a second thread exchanges W/d between a real directory and a symlink to the
+        # target's directory while this one reads (chmods) W/d/NAME: a check on one
+        # and a kernel walk on the other would reach the target
+        swap(libc, mode, target, marker)
     else:
         out(USAGE, f"unknown mode {mode}")
+
+
+def swap(libc, mode, target, marker, attempts=10000):
+    import threading
+
+    name = os.path.basename(target)
+    w = tempfile.mkdtemp()
+    os.mkdir(f"{w}/d")
+    with open(f"{w}/d/{name}", "w") as f:
+        f.write("decoy\n")
+    os.symlink(os.path.dirname(target), f"{w}/alt")
+    before = None
+    with contextlib.suppress(OSError):  # refused: only the test's own look can judge
+        before = os.stat(target).st_ctime_ns
+    stop = []
+
+    def flip():
+        a, b = f"{w}/d".encode(), f"{w}/alt".encode()
+        while not stop:  # renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE)
+            libc.syscall(316, -100, a, -100, b, 2)
+
+    t = threading.Thread(target=flip, daemon=True)
+    t.start()
+    seen = {"decoy": 0, "refused": 0}
+    try:
+        for i in range(attempts):
+            path = f"{w}/d/{name}"
+            try:
+                if mode == "swap_read":
+                    with open(path, "rb") as f:
+                        data = f.read(4096)
+                    if marker is not None and marker.encode() in data:
+                        out(ESCAPED, f"swap_read: ESCAPED on attempt {i}: {data[:40]!r}")
+                    seen["decoy"] += 1
+                else:
+                    os.chmod(path, 0o640 if i % 2 else 0o644)
+                    seen["decoy"] += 1
+                    if before is not None and i % 256 == 255:
+                        with contextlib.suppress(OSError):
+                            if os.stat(target).st_ctime_ns != before:
+                                break  # natively: reached (judged below)
+            except OSError:
+                seen["refused"] += 1
+    finally:
+        stop.append(1)
+        t.join()
+    if mode == "swap_chmod" and before is not None:
+        with contextlib.suppress(OSError):
+            if os.stat(target).st_ctime_ns != before:
+                out(ESCAPED, f"swap_chmod: ESCAPED (the target's mode changed) {seen}")
+    out(REFUSED, f"{mode}: no escape in {attempts} attempts {seen}")
 
 
 if __name__ == "__main__":
