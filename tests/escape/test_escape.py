@@ -136,6 +136,9 @@ def build_repo(repo: Path, canary: Path, marker: str) -> None:
         "cachedir_abs": str(canary.parent),
         "secret_link": "secret",
         "sub/up_secret": "../secret",
+        # the served directory's own host path: followed, it is a trusted path
+        # (refused), never a way around the per-app rules on /data/secret
+        "host_secret": str(repo / "secret"),
     }
     for name, target in links.items():
         if not (repo / name).is_symlink():
@@ -390,7 +393,7 @@ POLICY_TRICKS = [
     for spelled in ("{data}//secret", "{data}/./secret", "{data}/sub/../secret")
 ] + [
     paths("repo_link", name, policy=DENY_SECRET_POLICY)
-    for name in ("secret_link", "sub/up_secret")
+    for name in ("secret_link", "sub/up_secret", "host_secret")
 ]
 
 ABI = [
