@@ -26,12 +26,12 @@ import stat as st
 import struct
 from collections.abc import Callable
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from synthfs.interposer import abi, binfmt
 from synthfs.interposer.abi import AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW
 from synthfs.interposer.actions import CONTINUE, Fail, Result, Return, RunChecked, Scratch
-from synthfs.interposer.namespace import NAME_MAX, Final, last_name
+from synthfs.interposer.namespace import MAX_SYMLINKS, NAME_MAX, Final, Target, last_name
 from synthfs.interposer.ports import Call, Env
 from synthfs.interposer.syscalls import BY_NAME, Role
 from synthfs.policy.engine import NetworkMode
@@ -117,6 +117,8 @@ class Loc:
     #: opens through the link and finds with this same text (:class:`Pin`): a
     #: guest thread cannot dup2 another file onto the fd in between.
     link: str | None = None
+    #: host: the repository symlink that led here (``Target.via``), for the audit
+    via: str = ""
 
     @property
     def synthetic(self) -> bool:
@@ -281,7 +283,7 @@ def host_check(call: Call, env: Env, op: str, loc: Loc) -> None:
     """
     if loc.real is None:
         return  # a pipe, socket or anonymous inode the process already holds
-    err = env.check_host(call, op, loc.real)
+    err = env.check_host(call, op, loc.real, loc.via)
     if err:
         raise OSError(err, "denied by the host policy")
 
@@ -478,7 +480,7 @@ def _locate(
     if confine & _NO_LINKS and not host_start:
         # A walk from /data that left it ('..'): the host part is the kernel's to judge.
         _confined_walk(call, AT_FDCWD, target.path, confine & _NO_LINKS, follow, False)
-    return _host_loc(call, env, target.path, follow, target.must_be_dir)
+    return _via(_host_loc(call, env, target.path, follow, target.must_be_dir), target)
 
 
 #: openat2's confinement flags (RESOLVE_CACHED is not one: the kernel may answer EAGAIN).
@@ -647,7 +649,23 @@ def locate_guest_path(call: Call, env: Env, path: str, follow: bool) -> Loc:
     )
     if target.synthetic:
         return Loc(guest=env.ns.guest_path(target.path), repo=target.path, attrs=target.attrs)
-    return _host_loc(call, env, target.path, follow, target.must_be_dir)
+    global _hops
+    if _hops >= MAX_SYMLINKS:  # a repository link and a host link naming each other
+        raise OSError(errno.ELOOP, "too many levels of symbolic links")
+    _hops += 1
+    try:
+        return _via(_host_loc(call, env, target.path, follow, target.must_be_dir), target)
+    finally:
+        _hops -= 1
+
+
+#: host <-> /data hops of the lookup under way (the supervisor handles one call at a time)
+_hops = 0
+
+
+def _via(loc: Loc, target: Target) -> Loc:
+    """``loc`` reached through the repository symlink ``target.via`` names (audited)."""
+    return evolve(loc, via=target.via) if target.via and not loc.synthetic else loc
 
 
 def _deny(call: Call, env: Env, op: str, loc: Loc) -> int:
@@ -2422,7 +2440,8 @@ def _unix_target(call: Call, env: Env, op: str, path: str) -> str:
     real = env.host.realpath(target.path, True, _whose(call))
     if env.host.refused(real):
         raise Refused(errno.EACCES, "refused path")
-    host_check(call, env, "create" if op == "bind" else "write", Loc(guest=real, real=real))
+    loc = Loc(guest=real, real=real, via=target.via)
+    host_check(call, env, "create" if op == "bind" else "write", loc)
     return real
 
 

@@ -12,13 +12,22 @@ Rules (documented in docs/namespace.md):
   through the ``host_realpath`` port (as the kernel would); inside the
   synthetic tree it follows the synthetic symlinks already resolved.
 * ``..`` at the mount root leaves to the real parent (``/data/..`` is ``/``).
-* Symlinks stored in the repository are resolved inside the namespace:
-  an absolute target is anchored at the mount root (``/data/l -> /etc``
-  names ``/data/etc``), and a relative target cannot climb above it. A
-  repository symlink can therefore never name a host file.
-* Host symlinks are resolved by the kernel (and, for the security check, by
-  the supervisor); a host symlink that points into the mount reaches the
-  host's own directory of that name, not the synthetic tree.
+* Symlinks stored in the repository resolve as the mount's
+  :class:`~synthfs.policy.engine.Symlinks` setting says. ``FOLLOW`` (the
+  default): as the kernel resolves them on a real mount, an absolute target
+  from the guest's root and a relative one from the link's directory, ``..``
+  above the mount root included; a target back inside the mount stays
+  synthetic, a target on the host is a HOST :class:`Target` whose ``via``
+  names the link (the handlers then treat it as any host path: real path,
+  [host] rules, trusted paths, pins). ``ANCHORED``: an absolute target is
+  anchored at the mount root (``/data/l -> /etc`` names ``/data/etc``) and a
+  relative target cannot climb above it, so a repository symlink never names
+  a host file. ``REFUSE_HOST``: as FOLLOW, but a link whose target leads out
+  of the mount (other than through the mount's own parents on the way back
+  in, as in ``../../data/x``) is EACCES.
+* Host symlinks are resolved by the supervisor (``host_realpath`` for ``..``,
+  the handlers for the rest); a host symlink that points into the mount
+  reaches the synthetic tree.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from synthfs.interposer.abi import (
     RESOLVE_NO_SYMLINKS,
     RESOLVE_NO_XDEV,
 )
+from synthfs.policy.engine import Symlinks
 from synthfs.protocol.messages import Attrs, FileKind
 
 __all__ = ["MAX_SYMLINKS", "NAME_MAX", "Final", "Namespace", "Target", "Where", "last_name"]
@@ -90,13 +100,15 @@ class Target:
     ``path`` is an absolute host path (HOST) or a repository path such as
     ``/a/b`` (SYNTH; ``/`` is the repository root). ``attrs`` is the synthetic
     object's attributes when it exists (None: it does not). ``must_be_dir``
-    records a trailing slash.
+    records a trailing slash. ``via``: for a HOST target reached through a
+    repository symlink, that link's guest path (for the audit record).
     """
 
     where: Where
     path: str
     attrs: Attrs | None = None
     must_be_dir: bool = False
+    via: str = ""
 
     @property
     def synthetic(self) -> bool:
@@ -110,7 +122,7 @@ Readlink = Callable[[str], str]
 class Namespace:
     """One synthetic mount (``/data`` by default) over the host's tree."""
 
-    def __init__(self, mount: str = "/data") -> None:
+    def __init__(self, mount: str = "/data", symlinks: Symlinks = Symlinks.FOLLOW) -> None:
         if not mount.startswith("/") or mount == "/" or "\0" in mount:
             raise ValueError(f"mount point must be an absolute path other than '/': {mount!r}")
         parts = [p for p in mount.split("/") if p]
@@ -119,6 +131,7 @@ class Namespace:
         self.mount = "/" + "/".join(parts)
         self._prefix = self.mount + "/"
         self._mount_parts = parts
+        self.symlinks = symlinks
 
     # -- conversions ----------------------------------------------------------------------
 
@@ -190,8 +203,25 @@ class Namespace:
         links = 0
         mount_len = len(self._mount_parts)
         entry = final is Final.ENTRY
+        anchored = self.symlinks is Symlinks.ANCHORED
+        # The repository links being expanded, innermost last: (len(todo) before their
+        # target was pushed, the link's guest path). A link is done once todo is shorter.
+        marks: list[tuple[int, str]] = []
+        via = ""  # the repository link that took the walk to the host
+
+        def left(link: str) -> None:
+            """The walk stands on the host while expanding ``link``'s target."""
+            nonlocal via
+            if self.symlinks is Symlinks.REFUSE_HOST:
+                raise OSError(errno.EACCES, f"repository symlink {link} leads out of the mount")
+            via = link
+
         while todo:
             comp = todo.pop()
+            while marks and marks[-1][0] > len(todo):
+                if not self._inside(cur):  # the link named the host ('/', '..' at the root)
+                    left(marks[-1][1])
+                marks.pop()
             if comp == ".":
                 continue
             if len(comp) > NAME_MAX and not (entry and not todo):
@@ -213,6 +243,8 @@ class Namespace:
                         cur.pop()
                 if no_xdev and self._inside(cur) != inside:
                     raise OSError(errno.EXDEV, "'..' leaves the mount")
+                if marks and not self._inside(cur) and not self._above(cur):
+                    left(marks[-1][1])
                 attrs = None
                 looked = -1
                 continue
@@ -220,6 +252,8 @@ class Namespace:
             if no_xdev and self._inside(cur) != inside:
                 raise OSError(errno.EXDEV, "the path crosses into the mount")
             if not self._inside(cur):
+                if marks and not self._above(cur):
+                    left(marks[-1][1])
                 attrs = None
                 continue
             repo = "/" + "/".join(cur[mount_len:]) if len(cur) > mount_len else "/"
@@ -241,25 +275,40 @@ class Namespace:
                 if not target:
                     raise OSError(errno.ENOENT, "empty symlink")
                 cur.pop()
+                parts = [c for c in target.split("/") if c]
+                if anchored:
+                    if target.startswith("/"):
+                        if beneath:
+                            raise OSError(errno.EXDEV, "absolute symlink beneath a directory")
+                        # anchored at the mount root, or at an IN_ROOT root inside the mount
+                        cur = list(root if in_root and self._inside(root) else self._mount_parts)
+                    # The target may not climb above the mount root.
+                    kept = self._clamp(cur, parts)
+                    if beneath and kept.count("..") != parts.count(".."):
+                        raise OSError(errno.EXDEV, "a symlink climbing out of the directory")
+                    todo.extend(reversed(kept))
+                    attrs, looked = None, -1
+                    continue
+                # The kernel's way: an absolute target starts at the root (an IN_ROOT
+                # walk's root), '..' climbs as in any path (BENEATH and IN_ROOT stop it).
                 if target.startswith("/"):
                     if beneath:
                         raise OSError(errno.EXDEV, "absolute symlink beneath a directory")
-                    # anchored at the mount root, or at an IN_ROOT root inside the mount
-                    cur = list(root if in_root and self._inside(root) else self._mount_parts)
-                # The target may not climb above the mount root.
-                parts = [c for c in target.split("/") if c]
-                kept = self._clamp(cur, parts)
-                if beneath and kept.count("..") != parts.count(".."):
-                    raise OSError(errno.EXDEV, "a symlink climbing out of the directory")
-                todo.extend(reversed(kept))
+                    cur = list(root)
+                    if no_xdev and self._inside(cur) != inside:
+                        raise OSError(errno.EXDEV, "an absolute symlink to another mount")
+                marks.append((len(todo), self.guest_path(repo)))
+                todo.extend(reversed(parts))
                 attrs, looked = None, -1
                 continue
             if not last and attrs.kind is not FileKind.DIR:
                 raise OSError(errno.ENOTDIR, "not a directory")
+        if marks and not self._inside(cur):
+            left(marks[-1][1])
         guest = "/" + "/".join(cur)
         repo_path = self.repo_path(guest)
         if repo_path is None:
-            return Target(Where.HOST, guest, None, trailing)
+            return Target(Where.HOST, guest, None, trailing, via)
         _check_repo_length(repo_path)
         if looked != len(cur):
             # '.', '..' or a substituted symlink left us somewhere not looked up yet.
@@ -271,6 +320,11 @@ class Namespace:
     def _inside(self, cur: list[str]) -> bool:
         n = len(self._mount_parts)
         return len(cur) >= n and cur[:n] == self._mount_parts
+
+    def _above(self, cur: list[str]) -> bool:
+        """Whether ``cur`` is a parent of the mount (``/`` for ``/data``): a walk
+        passes there on its way back in (``/data/x``, ``../../data/x``)."""
+        return len(cur) < len(self._mount_parts) and self._mount_parts[: len(cur)] == cur
 
     def _is_mount_root(self, cur: list[str]) -> bool:
         return cur == self._mount_parts

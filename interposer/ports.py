@@ -190,8 +190,9 @@ class Env(Protocol):
     def check(self, call: Call, op: str, guest_path: str) -> int:
         """0 when the policy allows ``op`` on ``guest_path`` for this process, else the errno."""
 
-    def check_host(self, call: Call, op: str, path: str) -> int:
-        """0 when the ``[host]`` rules allow ``op`` on the resolved host ``path``, else errno."""
+    def check_host(self, call: Call, op: str, path: str, via: str = "") -> int:
+        """0 when the ``[host]`` rules allow ``op`` on the resolved host ``path``, else errno.
+        ``via``: the repository symlink that led there (shown in the audit record)."""
 
     def check_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
         """0 when renaming the guest path ``src`` to ``dst`` (``tree``: a directory)

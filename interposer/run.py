@@ -203,6 +203,7 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
             f"the policy {args.policy} has no [[mount]] for {ns.mount} "
             f"(it names {', '.join(policy.mounts) or 'none'}): pass --mount or fix the policy"
         )
+    ns = Namespace(ns.mount, policy.symlinks[ns.mount])  # [[mount]] symlinks
     if args.read_only:
         policy = policy.read_only()
     try:

@@ -150,8 +150,9 @@ class RunEnv:
             return 0
         return self._record(call, app, op, guest_path, decision, t0)
 
-    def check_host(self, call: Call, op: str, path: str) -> int:
-        """A decision on a resolved host path (``Policy.decide_host``), audited."""
+    def check_host(self, call: Call, op: str, path: str, via: str = "") -> int:
+        """A decision on a resolved host path (``Policy.decide_host``), audited
+        (``via``: the repository symlink that led there)."""
         if not self.host_rules:
             return 0  # no [host]: the host is untouched (and there is nothing to audit)
         t0 = time.perf_counter_ns()
@@ -162,7 +163,7 @@ class RunEnv:
             decision = self.policy.decide_host(app, _OPS[op], path)
         if decision.allowed and not self.audit_all:
             return 0
-        return self._record(call, app, op, path, decision, t0)
+        return self._record(call, app, op, path, decision, t0, via)
 
     def check_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
         """0 when moving ``src`` to ``dst`` (guest paths on the mount; ``tree``: a
@@ -234,7 +235,9 @@ class RunEnv:
             decision = Decision(Action.DENY, rule, reason, errno.EACCES)
         return self._record(call, self._app(call), op, address, decision, t0)
 
-    def _record(self, call: Call, app: App, op: str, path: str, decision: Decision, t0: int) -> int:
+    def _record(
+        self, call: Call, app: App, op: str, path: str, decision: Decision, t0: int, via: str = ""
+    ) -> int:
         """Count and audit one decision; its errno (0 when allowed)."""
         if not decision.allowed:
             self.denials += 1
@@ -249,6 +252,7 @@ class RunEnv:
                 op=op,
                 decision=decision,
                 latency_us=(time.perf_counter_ns() - t0) / 1000,
+                via=via,
             )
             self.audit.write(record.to_json() + "\n")
             self.audit.flush()

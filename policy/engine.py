@@ -19,6 +19,7 @@ API (what the supervisor calls)::
     Policy.default(mount="/data") -> Policy  # policies/default.toml: all read-write, host as is
     policy.read_only() -> Policy        # --read-only: write-class ops on the mount -> EROFS
     policy.mounts: tuple[str, ...]      # guest paths of the synthetic mounts, e.g. ("/data",)
+    policy.symlinks[mount] -> Symlinks  # FOLLOW | ANCHORED | REFUSE_HOST ([[mount]] symlinks)
     policy.network: NetworkMode         # DENY | LOOPBACK | ALLOW (ALLOW when [host] says nothing)
     policy.identify(exe, argv, sha256) -> App              # at each execve; exe is a realpath
     policy.unmatched -> App             # the app before the first execve / of unlisted exes
@@ -107,6 +108,7 @@ __all__ = [
     "Op",
     "Policy",
     "PolicyError",
+    "Symlinks",
     "is_normal",
 ]
 
@@ -138,6 +140,22 @@ class NetworkMode(enum.Enum):
     DENY = "deny"
     LOOPBACK = "loopback"
     ALLOW = "allow"
+
+
+class Symlinks(enum.Enum):
+    """How a symlink stored on a mount resolves (``[[mount]] symlinks``, docs/namespace.md).
+
+    ``FOLLOW`` (default): as the kernel does on a real mount, from the guest's
+    root; a target on the host is a host path from then on ([host] rules, trusted
+    paths). ``ANCHORED``: absolute targets start at the mount root and ``..``
+    stops there (a repository never names a host file). ``REFUSE_HOST``: a link
+    that leads to the host fails with EACCES (as a symlink the kernel's
+    protected_symlinks refuses to follow).
+    """
+
+    FOLLOW = "follow"
+    ANCHORED = "anchored"
+    REFUSE_HOST = "refuse-host"
 
 
 #: errno names a policy may use, and their values.
@@ -297,7 +315,10 @@ DEFAULT_POLICY_TOML = """\
 #   synthfs run --data ./datasets --policy policies/default.toml -- ls -la /data
 #
 # Every application may read and write the synthetic mount; the host is
-# untouched (no [host] section) and the network is not restricted.
+# untouched (no [host] section) and the network is not restricted. Symlinks
+# stored in the repository resolve as on a real mount ([[mount]] symlinks,
+# "follow" when not set): only for repositories you trust, since with no
+# [host] rules a link to a host file reaches it (docs/namespace.md).
 version = 1
 name = "default"
 description = "every application reads and writes /data; host and network untouched"
@@ -388,6 +409,7 @@ class Policy:
         "network",
         "rule_count",
         "source",
+        "symlinks",
     )
 
     def __init__(
@@ -405,11 +427,16 @@ class Policy:
         rule_count: int,
         core: object,
         read_only: bool = False,
+        symlinks: Mapping[str, Symlinks] | None = None,
     ) -> None:
         self.name = name
         self.description = description
         self.source = source
         self.mounts = mounts
+        #: mount -> how its symlinks resolve (``[[mount]] symlinks``; default FOLLOW)
+        self.symlinks: Mapping[str, Symlinks] = {
+            m: (symlinks or {}).get(m, Symlinks.FOLLOW) for m in mounts
+        }
         self.apps = apps
         self.default_action = default_action
         self.network = network
@@ -493,6 +520,7 @@ class Policy:
             rule_count=self.rule_count,
             core=self._core,
             read_only=True,
+            symlinks=self.symlinks,
         )
 
     @property
@@ -867,6 +895,7 @@ class AuditRecord:
     rule: str
     errno: int
     latency_us: float
+    via: str = ""  # a host path reached through a repository symlink: that link
 
     @classmethod
     def from_decision(
@@ -881,6 +910,7 @@ class AuditRecord:
         op: Op | str,
         decision: Decision,
         latency_us: float,
+        via: str = "",
     ) -> AuditRecord:
         return cls(
             time=time,
@@ -894,10 +924,12 @@ class AuditRecord:
             rule=decision.rule,
             errno=decision.errno,
             latency_us=latency_us,
+            via=via,
         )
 
     def to_json(self) -> str:
         stamp = datetime.datetime.fromtimestamp(self.time, datetime.UTC)
+        via = {"via": self.via} if self.via else {}
         return json.dumps(
             {
                 "event": "policy/decision",
@@ -915,6 +947,7 @@ class AuditRecord:
                 if self.errno
                 else "",
                 "latency_us": round(self.latency_us, 3),
+                **via,
             },
             separators=(",", ":"),
         )
@@ -923,7 +956,8 @@ class AuditRecord:
 # --- the loader ------------------------------------------------------------------------------
 
 _TOP_KEYS = ("version", "name", "description", "default", "default_errno", "mount", "app", "host")
-_MOUNT_KEYS = ("path",)
+_MOUNT_KEYS = ("path", "symlinks")
+_SYMLINKS = frozenset(m.value for m in Symlinks)
 _APP_KEYS = ("name", "description", "match", "default", "default_errno", "allow", "deny")
 _MATCH_KEYS = ("exe", "argv", "sha256")
 _ALLOW_KEYS = ("paths", "ops")
@@ -973,6 +1007,7 @@ class _Loader:
         self.lines: dict[KeyPath, int] = {}
         self.top_written: KeyPath | None = None
         self.core = object()
+        self.symlinks: dict[str, Symlinks] = {}  # [[mount]] symlinks, as written
 
     # -- errors -------------------------------------------------------------------------
     def line(self, path: KeyPath) -> int | None:
@@ -1216,6 +1251,7 @@ class _Loader:
             network=network,
             host=host,
             rule_count=rule_count,
+            symlinks=self.symlinks,
             core=self.core,
         )
 
@@ -1254,6 +1290,15 @@ class _Loader:
                         f"mount {glob.text!r} overlaps mount {other!r} (mounts cannot nest)",
                     )
             out.append(glob.text)
+            if "symlinks" in table:
+                value = table["symlinks"]
+                if not isinstance(value, str) or value not in _SYMLINKS:
+                    shown = repr(value) if isinstance(value, str) else _typename(value)
+                    raise self.error(
+                        (*p, "symlinks"),
+                        f'symlinks must be "follow", "anchored" or "refuse-host", not {shown}',
+                    )
+                self.symlinks[glob.text] = Symlinks(value)
         return tuple(out)
 
     def app(

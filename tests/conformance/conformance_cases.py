@@ -1061,6 +1061,28 @@ CASES: list[Case] = [
         "cp -a {root}/d {root}/d2 && rm {root}/a.txt && stat -c '%n %h' {root}/d/h {root}/s2; "
         "ln {root}/d {root}/dl; ln {root}/s2 {root}/lines.txt; echo end"
     ), norm=lambda t, dirs: t),
+    # Repository symlinks resolve as on a real mount (docs/namespace.md, [[mount]]
+    # symlinks = "follow"): an absolute target from the guest's root, a relative one
+    # climbing above the mount root onto the host (enough '..' to reach '/' from any
+    # root: extra ones stay at '/', so both sides read the host's /etc/hostname).
+    Case("ln_abs_to_host", sh("ln -s /etc/hostname {root}/h && cat {root}/h && readlink {root}/h"
+                              " && [ -f {root}/h ] && ls -L {root}/h >/dev/null && echo file; "
+                              "cat {root}/h/x; ln -s /etc {root}/etc && ls {root}/etc/hostname")),
+    Case("ln_rel_climbing_out", sh(
+        f"ln -s {'../' * 40}etc/hostname {{root}}/d/up_host && cat {{root}}/d/up_host && "
+        f"ln -s {'../' * 40}etc {{root}}/d/up_etc && cat {{root}}/d/up_etc/hostname && "
+        "cd {root}/d/up_etc && pwd -P && cd - >/dev/null && "
+        "readlink -f {root}/d/up_host")),
+    # A virtual environment on /data: its python is a symlink to the host's, and
+    # sys.prefix comes from where the link is (pyvenv.cfg and the activate scripts
+    # embed the venv's path, the native root's: compared by presence).
+    Case("python_venv", sh(
+        "python3 -m venv --without-pip {root}/venv && "
+        "{root}/venv/bin/python -c 'import sys; print(sys.prefix, sys.prefix != sys.base_prefix)'"
+        " && {root}/venv/bin/python3 -c 'import sys; print(sys.executable)' && ls {root}/venv/bin"
+        " && . {root}/venv/bin/activate && python -c 'import sys; print(sys.prefix)'"),
+        ignore=("venv/pyvenv.cfg", "venv/bin/activate", "venv/bin/activate.csh",
+                "venv/bin/activate.fish"), needs=("python3",)),
     Case("du_tree", sh("du -s {root} && du -s {root}/d && du -a {root} | sort -k2 && "
                        "cat {root}/seed.bin > /dev/null && du -s {root}/seed.bin {root}/sparse "
                        "&& stat -c '%n %b %B' {root}/seed.bin {root}/sparse {root}/d"),

@@ -69,6 +69,16 @@ deny = [{ paths = ["/data/secret", "/data/secret/**"], ops = ["*"], errno = "EAC
 """
 
 
+#: DENY_SECRET_POLICY with the mount's symlinks kept inside it, or refused when they
+#: lead out of it (docs/namespace.md): a repository link to a host file gives nothing.
+ANCHORED_POLICY = DENY_SECRET_POLICY.replace(
+    'path = "/data"\n', 'path = "/data"\nsymlinks = "anchored"\n'
+).replace("escape-deny-secret", "escape-anchored")
+REFUSE_HOST_POLICY = DENY_SECRET_POLICY.replace(
+    'path = "/data"\n', 'path = "/data"\nsymlinks = "refuse-host"\n'
+).replace("escape-deny-secret", "escape-refuse-host")
+
+
 #: Reads of /data/secret denied, every other operation allowed (link too): a new name
 #: must still not give what the old one does not.
 DENY_READ_SECRET_POLICY = DENY_SECRET_POLICY.replace(
@@ -126,6 +136,9 @@ def build_repo(repo: Path, canary: Path, marker: str) -> None:
         "cachedir_abs": str(canary.parent),
         "secret_link": "secret",
         "sub/up_secret": "../secret",
+        # the served directory's own host path: followed, it is a trusted path
+        # (refused), never a way around the per-app rules on /data/secret
+        "host_secret": str(repo / "secret"),
     }
     for name, target in links.items():
         if not (repo / name).is_symlink():
@@ -330,21 +343,35 @@ NAMESPACE = [
     paths("long_dotdot"),
     paths("too_long", control=0),
     paths("nonutf8_dotdot"),
-    # symlinks stored in the repository
+    # symlinks stored in the repository: followed by default, the cache stays refused
     paths("repo_link", "cache_abs"),
     paths("repo_link", "cache_rel"),
-    Attack("repo_link_host_file:pw_link", ("paths", "repo_link_host_file", "{data}",
-                                           "pw_link:/etc/passwd")),
-    Attack("repo_link_host_file:etc_link", ("paths", "repo_link_host_file", "{data}",
-                                            "etc_link/passwd:/etc/passwd")),
+    paths("repo_link", "cachedir_abs/canary"),
+    *(
+        Attack(f"repo_link:{name}:{mode}", ("paths", "repo_link", "{data}", name, "{marker}"),
+               policy=pol)
+        for name in ("cache_abs", "cache_rel")
+        for mode, pol in (("anchored", ANCHORED_POLICY), ("refuse-host", REFUSE_HOST_POLICY))
+    ),
+    # ...and a host file under "anchored" (it names a path inside the mount: ENOENT)
+    # or "refuse-host" (EACCES), where no [host] rule protects it
+    *(
+        Attack(f"repo_link_host_file:{link}:{mode}",
+               ("paths", "repo_link_host_file", "{data}", f"{link}:/etc/passwd", want),
+               policy=pol)
+        for link in ("pw_link", "etc_link/passwd")
+        for mode, want, pol in (("anchored", "ENOENT", ANCHORED_POLICY),
+                                ("refuse-host", "EACCES", REFUSE_HOST_POLICY))
+    ),
     # what the cache's host path leaks through
     Attack("maps_leak:ok", ("paths", "maps_leak", "{data}", "ok")),
     Attack("proc_fd_reopen_write:ok", ("paths", "proc_fd_reopen_write", "{data}", "ok"),
            flags=("--read-only",)),
 ]
 
-# repo_link cache_abs resolves inside the namespace: the native control has the
-# same symlink in a plain directory, where it does reach the canary.
+# repo_link cache_abs: the native control has the same symlink in a plain directory,
+# where it does reach the canary; under synthfs the link is followed (or anchored, or
+# refused) and the cache is a trusted path no policy opens.
 
 # The same tricks against a file the per-app policy denies (/data/secret, EACCES),
 # where the forbidden thing lives inside the namespace and only the policy stands
@@ -366,7 +393,7 @@ POLICY_TRICKS = [
     for spelled in ("{data}//secret", "{data}/./secret", "{data}/sub/../secret")
 ] + [
     paths("repo_link", name, policy=DENY_SECRET_POLICY)
-    for name in ("secret_link", "sub/up_secret")
+    for name in ("secret_link", "sub/up_secret", "host_secret")
 ]
 
 ABI = [
@@ -452,22 +479,7 @@ READ_MODES = (
 )
 
 
-@pytest.mark.parametrize(
-    "mode",
-    [
-        pytest.param(
-            m,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a repository symlink cannot climb above the mount root (docs/namespace.md):"
-                " '../../data/ok' from /data stays inside /data",
-            ),
-        )
-        if m == "guest_symlink_rel"
-        else m
-        for m in READ_MODES
-    ],
-)
+@pytest.mark.parametrize("mode", READ_MODES)
 def test_policy_trick_positive_twin(mode, synthfs_world, cbin, tmp_path) -> None:
     """The same trick aimed at the allowed /data/ok must work under the same policy.
 

@@ -208,7 +208,7 @@ class FakeEnv:
     network = NetworkMode.ALLOW
     host_rules = False
 
-    def check_host(self, call: Call, op: str, path: str) -> int:
+    def check_host(self, call: Call, op: str, path: str, via: str = "") -> int:
         return 0
 
     def check_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:

@@ -58,7 +58,7 @@ class RealPaths(FakeEnv):
         self.host.realpath = lambda p, follow, guest=(0, 0): _realpath(p, follow)  # type: ignore[method-assign]
         self.network = self.policy.network
 
-    def check_host(self, call: Call, op: str, path: str) -> int:
+    def check_host(self, call: Call, op: str, path: str, via: str = "") -> int:
         return self.run_env.check_host(call, op, path)
 
     def check_host_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:

@@ -7,6 +7,7 @@ import errno
 import pytest
 
 from synthfs.interposer.namespace import Final, Namespace, Where, last_name
+from synthfs.policy.engine import Symlinks
 from synthfs.protocol.messages import Attrs, FileKind
 
 
@@ -20,11 +21,16 @@ TREE = {
     "/d/f": _a("file"),
     "/d/e": _a("dir"),
     "/rel": _a("symlink"),  # -> d/e
-    "/abs": _a("symlink"),  # -> /etc/passwd (anchored at the mount root)
-    "/up": _a("symlink"),  # -> ../../../d  (cannot climb above the root)
+    "/abs": _a("symlink"),  # -> /etc/passwd (the host file; anchored: /data/etc/passwd)
+    "/up": _a("symlink"),  # -> ../../../d  (the host /d; anchored: /data/d)
     "/loop": _a("symlink"),  # -> loop
     "/f": _a("file"),
     "/abs2": _a("symlink"),  # -> /d/f
+    "/d/e/back": _a("symlink"),  # -> /data/d/f (absolute, back into the mount)
+    "/d/e/out": _a("symlink"),  # -> ../../../etc/x (climbs out of the mount)
+    "/d/e/home": _a("symlink"),  # -> ../../../data/d (out to '/' and back in)
+    "/d/e/root": _a("symlink"),  # -> ../../..  (the mount's parent: the host's '/')
+    "/hop": _a("symlink"),  # -> /data/abs (an in-mount link to a host-bound one)
 }
 LINKS = {
     "/abs2": "/d/f",
@@ -32,11 +38,22 @@ LINKS = {
     "/abs": "/etc/passwd",
     "/up": "../../../d",
     "/loop": "loop",
+    "/d/e/back": "/data/d/f",
+    "/d/e/out": "../../../etc/x",
+    "/d/e/home": "../../../data/d",
+    "/d/e/root": "../../..",
+    "/hop": "/data/abs",
 }
 
 
-def resolve(path: str, base: str = "/", follow: bool = True, final: Final = Final.LOOKUP):
-    return Namespace("/data").resolve(
+def resolve(
+    path: str,
+    base: str = "/",
+    follow: bool = True,
+    final: Final = Final.LOOKUP,
+    symlinks: Symlinks = Symlinks.FOLLOW,
+):
+    return Namespace("/data", symlinks).resolve(
         path, base, follow=follow, lstat=TREE.get, readlink=LINKS.__getitem__, final=final
     )
 
@@ -61,16 +78,55 @@ def test_dotdot_at_the_mount_root_leaves_to_the_real_parent() -> None:
     assert resolve("../etc", base="/data").path == "/etc"
 
 
-def test_symlinks_resolve_inside_the_namespace() -> None:
-    assert resolve("/data/rel").path == "/d/e"
+def test_anchored_symlinks_resolve_inside_the_namespace() -> None:
+    def anchored(path: str, follow: bool = True):
+        return resolve(path, follow=follow, symlinks=Symlinks.ANCHORED)
+
+    assert anchored("/data/rel").path == "/d/e"
     # An absolute target is anchored at the mount root: /etc/passwd names
     # /data/etc/passwd, which does not exist; it never names the host's file.
     with pytest.raises(FileNotFoundError):
-        resolve("/data/abs")
-    anchored = resolve("/data/abs2")
-    assert anchored.where is Where.SYNTH and anchored.path == "/d/f"
-    assert resolve("/data/up").path == "/d"
-    assert resolve("/data/rel", follow=False).path == "/rel"
+        anchored("/data/abs")
+    t = anchored("/data/abs2")
+    assert t.where is Where.SYNTH and t.path == "/d/f"
+    assert anchored("/data/up").path == "/d"
+    assert anchored("/data/rel", follow=False).path == "/rel"
+    with pytest.raises(FileNotFoundError):
+        anchored("/data/d/e/out")  # /data/etc/x: clamped at the root
+
+
+def test_followed_symlinks_resolve_as_the_kernel() -> None:
+    # The default: a target on the host is a host path, the link that led there noted.
+    t = resolve("/data/abs")
+    assert (t.where, t.path, t.via) == (Where.HOST, "/etc/passwd", "/data/abs")
+    t = resolve("/data/d/e/out")
+    assert (t.where, t.path, t.via) == (Where.HOST, "/etc/x", "/data/d/e/out")
+    assert resolve("/data/up").path == "/d"  # ../../../d from /data: the host's /d
+    assert resolve("/data/up").where is Where.HOST
+    assert resolve("/data/d/e/root").path == "/"
+    assert resolve("/data/hop").via == "/data/abs"  # the link that left the mount
+    # A target back inside the mount stays synthetic.
+    for path in ("/data/d/e/back", "/data/d/e/home/f"):
+        t = resolve(path)
+        assert (t.where, t.path, t.via) == (Where.SYNTH, "/d/f", ""), path
+    assert resolve("/data/d/e/home").path == "/d"
+    assert resolve("/data/rel").path == "/d/e"
+
+
+def test_refuse_host_fails_a_link_that_leaves_the_mount() -> None:
+    def refusing(path: str, follow: bool = True):
+        return resolve(path, follow=follow, symlinks=Symlinks.REFUSE_HOST)
+
+    for path in ("/data/abs", "/data/d/e/out", "/data/up", "/data/d/e/root", "/data/hop",
+                 "/data/d/e/root/data/d"):  # fmt: skip
+        with pytest.raises(PermissionError):
+            refusing(path)
+    # Through the mount's parents back in, or not followed, or the guest's own '..': fine.
+    assert refusing("/data/d/e/back").path == "/d/f"
+    assert refusing("/data/d/e/home/f").path == "/d/f"
+    assert refusing("/data/abs", follow=False).path == "/abs"
+    t = refusing("/data/rel/../../../etc")
+    assert (t.where, t.path) == (Where.HOST, "/etc")
 
 
 def test_symlink_then_dotdot_is_physical() -> None:
@@ -105,7 +161,7 @@ def test_entry_names_the_entry_itself_whatever_the_slash() -> None:
     link = resolve("/data/abs2/", follow=False, final=Final.ENTRY)
     assert (link.path, link.attrs) == ("/abs2", TREE["/abs2"])
     with pytest.raises(NotADirectoryError):
-        resolve("/data/abs2/")
+        resolve("/data/abs2/", symlinks=Symlinks.ANCHORED)
     # A long final name is left for the handler (ENAMETOOLONG once it is looked up),
     # and is never asked of the repository.
     asked: list[str] = []

@@ -235,7 +235,7 @@ def test_unix_paths_follow_the_host_rules_and_refusals() -> None:
     assert call("connect", 3, 0x2000, 19) == Fail(errno.EACCES)
     seen: list[tuple[str, str]] = []
 
-    def check_host(c: Call, op: str, path: str) -> int:
+    def check_host(c: Call, op: str, path: str, via: str = "") -> int:
         seen.append((op, path))
         return errno.EACCES
 

@@ -21,6 +21,7 @@ from synthfs.policy.engine import (
     Op,
     Policy,
     PolicyError,
+    Symlinks,
 )
 from synthfs.policy.globs import ArgvGlob, GlobError, PathGlob
 from synthfs.policy.lines import key_lines
@@ -288,6 +289,13 @@ BAD = [
     ('version = 1\n[[mount]]\npath = "/data/*"\n', '"/data/*"', ["literal directory"]),
     ("version = 1\nmount = []\n", "mount = []", ["no mount"]),
     ('version = 1\n[[mount]]\nroot = "/data"\n', "root", ["unknown key 'root'"]),
+    (
+        'version = 1\n[[mount]]\npath = "/data"\nsymlinks = "anchor"\n',
+        "symlinks",
+        ['"follow", "anchored" or "refuse-host"', "'anchor'"],
+    ),
+    ('version = 1\n[[mount]]\npath = "/data"\nsymlinks = true\n', "symlinks", ["not a boolean"]),
+    ('version = 1\n[[mount]]\npath = "/data"\nsimlinks = "follow"\n', "simlinks", ["symlinks"]),
     # [host]
     (HEAD + '[host]\nnetwork = "none"\n', "network", ['"deny", "loopback" or "allow"']),
     (HEAD + '[host]\nread = ["/usr/**"]\nwrite = ["tmp/**"]\n', "tmp/**", ["not absolute"]),
@@ -1212,3 +1220,27 @@ def test_host_rename_keeps_host_paths_under_their_globs() -> None:
     assert p.decide_host_rename("/ws/pub/a", "/ws/pub/b", True).allowed
     assert p.decide_host_rename("/ws/w/a", "/ws/pub/a", True).allowed
     assert p.decide_host_rename("/ws/pub/f", "/ws/w/f", False).allowed
+
+
+def test_mount_symlinks_setting() -> None:
+    """[[mount]] symlinks: "follow" unless set, per mount, kept by --read-only."""
+    doc = (
+        'version = 1\n[[mount]]\npath = "/data"\n'
+        '[[mount]]\npath = "/repo"\nsymlinks = "refuse-host"\n'
+        '[[mount]]\npath = "/old"\nsymlinks = "anchored"\n'
+    )
+    policy = Policy.from_text(doc, env={})
+    want = {"/data": Symlinks.FOLLOW, "/repo": Symlinks.REFUSE_HOST, "/old": Symlinks.ANCHORED}
+    assert policy.symlinks == want
+    assert policy.read_only().symlinks == want
+    assert Policy.default().symlinks == {"/data": Symlinks.FOLLOW}
+
+
+def test_shipped_policies_symlinks() -> None:
+    """ci.toml (fixtures from anyone) refuses links to the host; the others follow."""
+    env = {"WORKSPACE": "/home/ci/ws"}
+    want = {"ci": Symlinks.REFUSE_HOST, "default": Symlinks.FOLLOW,
+            "per-app": Symlinks.FOLLOW, "readonly": Symlinks.FOLLOW}  # fmt: skip
+    for name, mode in want.items():
+        policy = Policy.from_toml(REPO / "policies" / f"{name}.toml", env=env)
+        assert policy.symlinks == {"/data": mode}, name
