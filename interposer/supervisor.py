@@ -395,6 +395,13 @@ class Supervisor:
         event = status >> 16
         t = self.threads.get(pid)
         if t is None:
+            if event == pt.EVENT_EXIT:
+                # A child whose parent died in clone (exit_group, SIGKILL) before its
+                # event: that event never comes, and this child is on its way out. Left
+                # in its exit stop it would keep its zombie leader (and us) waiting.
+                self.early.pop(pid, None)
+                pt.cont(pid)
+                return
             # A new child's first stop can come before its parent's fork event.
             self.early[pid] = sig
             return
@@ -565,7 +572,7 @@ class Supervisor:
                 self.exit_signal = os.WTERMSIG(status)
                 self.exit_status = 128 + self.exit_signal
             # The sandbox ends with its main process: no guest is left behind.
-            for other in list(self.threads):
+            for other in [*self.threads, *self.early]:
                 pt.kill(other)
         if t is None:
             return

@@ -1,0 +1,65 @@
+"""Heavy and odd guests (issue #20): the run ends as it would natively, in bounded time.
+
+Each case is a real guest under a real ``synthfs run`` (agent mode: one embedded
+stack for the module's runs), with a hard timeout: a regression fails, it never
+hangs CI.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import helpers
+import pytest
+
+pytestmark = pytest.mark.ptrace
+
+PROGRAMS = Path(__file__).parent / "heavy"
+
+
+def _compile(name: str, out: Path) -> Path:
+    exe = out / name
+    subprocess.run(
+        ["gcc", "-O1", "-Wall", "-pthread", "-o", str(exe), str(PROGRAMS / f"{name}.c")],
+        check=True,
+        timeout=60,
+    )
+    return exe
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("heavy-bin")
+
+
+@pytest.fixture(scope="module")
+def synthfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[helpers.SynthfsLauncher, Path, object]]:
+    if helpers.ptrace_unavailable_reason():
+        pytest.skip(f"synthfs cannot run here: {helpers.ptrace_unavailable_reason()}")
+    repo = tmp_path_factory.mktemp("heavy-repo")
+    launcher = helpers.SynthfsLauncher(mode="agent")
+    with launcher.stack(repo) as stack:
+        yield launcher, repo, stack
+
+
+def test_exit_group_while_threads_create_threads(synthfs, built: Path) -> None:
+    """exit_group(7) while threads are in clone: status 7 at once, 20 runs out of 20.
+
+    The threads born in those clones never get their parent's clone event
+    reported (the parent died first); the supervisor must still resume them from
+    their exit stops, or their zombie leader, and the run, wait forever.
+    """
+    launcher, repo, stack = synthfs
+    exe = _compile("exit_while_cloning", built)
+    for run in range(20):
+        native = subprocess.run([str(exe), "7"], timeout=30)
+        assert native.returncode == 7
+        try:
+            under = subprocess.run(
+                launcher.argv(repo, [str(exe), "7"], stack=stack), timeout=30
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"run {run}: synthfs hung after the guest's exit_group")
+        assert under.returncode == 7, f"run {run}"
