@@ -129,6 +129,85 @@ def _runtime_base() -> str | None:
     return None
 
 
+#: the file in each work directory naming its owner: ``PID START`` (START: the
+#: process's start time in clock ticks since boot, /proc/PID/stat field 22)
+OWNER_FILE = "owner"
+
+
+def _start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), None when it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def private_dir(prefix: str, base: str | None = None) -> str:
+    """A fresh 0700 ``PREFIX*`` directory owned by this process, leftovers swept first.
+
+    It holds :data:`OWNER_FILE` (this process's pid and start time), so that a
+    later run can tell it is a leftover once this process is gone (SIGKILL, a
+    crash): see :func:`sweep_leftovers`.
+    """
+    sweep_leftovers(base)
+    path = tempfile.mkdtemp(prefix=prefix, dir=base)
+    os.chmod(path, 0o700)
+    pid = os.getpid()
+    fd = os.open(
+        os.path.join(path, OWNER_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+    )
+    try:
+        os.write(fd, f"{pid} {_start_time(pid)}\n".encode())
+    finally:
+        os.close(fd)
+    return path
+
+
+def sweep_leftovers(base: str | None = None) -> list[str]:
+    """Remove the ``synthfs-*`` directories in ``base`` (default: the temp dir) whose owner is gone.
+
+    Only a real directory (never a symlink) owned by this user with mode 0700
+    and an :data:`OWNER_FILE` naming a process that no longer runs (or a pid
+    since reused: the start time differs) is removed; a directory without that
+    file (being created, or not ours) and another live run's are left alone.
+    Returns the paths removed. Never raises.
+    """
+    import stat
+
+    base = base or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return removed
+    uid = os.geteuid()
+    for name in names:
+        if not name.startswith("synthfs-"):
+            continue
+        path = os.path.join(base, name)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o7777 != 0o700:
+                continue
+            fd = os.open(
+                os.path.join(path, OWNER_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            )
+            try:
+                owner = os.read(fd, 64).split()
+            finally:
+                os.close(fd)
+            pid, start = int(owner[0]), int(owner[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if pid == os.getpid() or _start_time(pid) == start:
+            continue  # its owner still runs
+        shutil.rmtree(path, ignore_errors=True)  # never follows symlinks
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def embedded(
     data_dir: str | os.PathLike[str],
@@ -205,8 +284,7 @@ def starting(
     """
     data = _check_data_dir(data_dir)
     cache = os.path.abspath(os.fspath(cache_dir)) if cache_dir is not None else None
-    workdir = tempfile.mkdtemp(prefix="synthfs-", dir=_runtime_base())
-    os.chmod(workdir, 0o700)
+    workdir = private_dir("synthfs-", _runtime_base())
     state = _state_dir(data, workdir, None if state_dir is None else os.fspath(state_dir))
     procs: list[_Proc] = []
     lifeline: int | None = None

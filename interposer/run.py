@@ -23,7 +23,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -231,7 +230,9 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
         if audit is not None:
             audit.close()
         return _fail(f"--stats {args.stats}: {exc.strerror}")
-    private = tempfile.mkdtemp(prefix="synthfs-run-")
+    from synthfs.agent.embedded import private_dir
+
+    private = private_dir("synthfs-run-")
     try:
         def away(why: str) -> None:  # once a run: the guest sees EIO, the user sees why
             print(f"synthfs run: calls on {ns.mount} fail with EIO: {why}", file=sys.stderr,

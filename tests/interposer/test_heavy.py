@@ -7,7 +7,9 @@ hangs CI.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +37,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def synthfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[helpers.SynthfsLauncher, Path, object]]:
+def synthfs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[helpers.SynthfsLauncher, Path, object]]:
     if helpers.ptrace_unavailable_reason():
         pytest.skip(f"synthfs cannot run here: {helpers.ptrace_unavailable_reason()}")
     repo = tmp_path_factory.mktemp("heavy-repo")
@@ -57,9 +61,43 @@ def test_exit_group_while_threads_create_threads(synthfs, built: Path) -> None:
         native = subprocess.run([str(exe), "7"], timeout=30)
         assert native.returncode == 7
         try:
-            under = subprocess.run(
-                launcher.argv(repo, [str(exe), "7"], stack=stack), timeout=30
-            )
+            under = subprocess.run(launcher.argv(repo, [str(exe), "7"], stack=stack), timeout=30)
         except subprocess.TimeoutExpired:
             pytest.fail(f"run {run}: synthfs hung after the guest's exit_group")
         assert under.returncode == 7, f"run {run}"
+
+
+def test_leftovers_of_a_killed_run_are_swept(tmp_path: Path) -> None:
+    """SIGKILL ``synthfs run --data`` mid-run: the next run leaves nothing of it in $TMPDIR."""
+    if helpers.ptrace_unavailable_reason():
+        pytest.skip(f"synthfs cannot run here: {helpers.ptrace_unavailable_reason()}")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(mode=0o700)
+    started = tmp_path / "started"
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    env["TMPDIR"] = str(tmp)
+    cmd = [*helpers.synthfs_command(), "run", "--data", str(repo), "--"]
+    first = subprocess.Popen([*cmd, "sh", "-c", f"touch {started}; exec sleep 60"], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists():
+            assert first.poll() is None, "the first run ended early"
+            assert time.monotonic() < deadline, "the first guest never started"
+            time.sleep(0.05)
+        left = sorted(p.name for p in tmp.iterdir())
+        assert left, "the run made no private directory in $TMPDIR"
+        # Another user's look-alike and a symlink are not ours to remove.
+        decoy = tmp / "synthfs-decoy"
+        decoy.symlink_to(tmp_path)
+        first.kill()
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    second = subprocess.run([*cmd, "true"], env=env, timeout=60)
+    assert second.returncode == 0
+    assert sorted(p.name for p in tmp.iterdir()) == ["synthfs-decoy"]
+    assert (tmp_path / "repo").is_dir()  # the symlink's target is untouched
