@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import stat as st
@@ -38,6 +39,8 @@ from synthfs.policy.engine import NetworkMode
 from synthfs.protocol.messages import Attrs, FileKind, RenameFlags
 
 __all__ = ["HANDLERS", "Loc", "locate"]
+
+log = logging.getLogger(__name__)
 
 NR_OPENAT = BY_NAME["openat"].nr
 NR_OPENAT2 = BY_NAME["openat2"].nr
@@ -881,8 +884,18 @@ def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Re
             return Fail(denied)
     if flags & abi.O_CREAT:
         mode = mode & 0o7777 & ~call.guest.umask()  # read from /proc: only when it matters
+    # A name this call creates is removed again if the guest-side open fails (EMFILE,
+    # ENFILE, ENOMEM): natively a failed open(O_CREAT) creates nothing. O_EXCL tells
+    # us the name is ours; if another process created it meanwhile, it is not.
+    created = attrs is None
     try:
-        opened = env.repo.open(loc.repo, flags, mode & 0o7777)
+        try:
+            opened = env.repo.open(loc.repo, flags | (abi.O_EXCL if created else 0), mode & 0o7777)
+        except FileExistsError:
+            if flags & abi.O_EXCL or not created:
+                raise
+            created = False
+            opened = env.repo.open(loc.repo, flags, mode & 0o7777)
     except OSError as exc:
         return Fail(exc.errno or errno.EIO)
     kflags = flags & ~(
@@ -894,6 +907,11 @@ def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Re
         if ret >= 0:
             call.proc.synthetic = True
             call.proc.wrote = call.proc.wrote or writing
+        elif created:
+            try:
+                env.repo.remove(loc.repo, directory=False)
+            except OSError as exc:
+                log.warning("cannot undo the create of %s after a failed open: %s", loc.guest, exc)
 
     return RunChecked(
         NR_OPENAT2, (AT_FDCWD, _cstr(opened.host_path), Scratch(how), len(how)), after

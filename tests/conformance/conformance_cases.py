@@ -854,6 +854,27 @@ PY_EXECVEAT_NOFOLLOW = (
     "for n in (b'run-link', b'build-aux', b'run.sh/')]"
 )
 
+#: open(O_CREAT) until the fd table is full: the open that fails with EMFILE creates
+#: nothing (synthfs created the name in the repository first: issue #20, item 5)
+PY_CREATE_EMFILE = """
+import errno, os, resource, sys
+r = sys.argv[1]
+os.mkdir(f"{r}/many")
+free = 12
+held = len(os.listdir("/proc/self/fd")) - 1  # the listing's own fd is closed again
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (held + free, hard))
+fds = []
+for i in range(free + 5):
+    try:
+        fds.append(os.open(f"{r}/many/f{i}", os.O_WRONLY | os.O_CREAT, 0o644))
+    except OSError as exc:
+        print(i, errno.errorcode[exc.errno])
+for fd in fds:
+    os.close(fd)
+print(len(fds), sorted(os.listdir(f"{r}/many"), key=lambda n: int(n[1:])))
+"""
+
 CASES: list[Case] = [
     # -- listing
     Case("ls_1a", ("ls", "-1a", "{root}")),
@@ -1202,6 +1223,7 @@ CASES: list[Case] = [
     Case("signal_dispositions", ("grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status")),
     Case("closed_pipe_kills_quietly", ("bash", "-c", "set -o pipefail; yes | head -1"),
          needs=("bash",)),
+    Case("create_at_emfile", py(PY_CREATE_EMFILE)),
     Case("env_untouched", ("env",)),
     Case("cwd_untouched", ("/bin/pwd",)),
 ]
