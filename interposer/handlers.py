@@ -888,6 +888,7 @@ def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Re
     # ENFILE, ENOMEM): natively a failed open(O_CREAT) creates nothing. O_EXCL tells
     # us the name is ours; if another process created it meanwhile, it is not.
     created = attrs is None
+    repo_path = loc.repo
     try:
         try:
             opened = env.repo.open(loc.repo, flags | (abi.O_EXCL if created else 0), mode & 0o7777)
@@ -909,7 +910,7 @@ def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Re
             call.proc.wrote = call.proc.wrote or writing
         elif created:
             try:
-                env.repo.remove(loc.repo, directory=False)
+                env.repo.remove(repo_path, directory=False)
             except OSError as exc:
                 log.warning("cannot undo the create of %s after a failed open: %s", loc.guest, exc)
 
