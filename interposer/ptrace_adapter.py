@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import types
+from collections import OrderedDict
 from typing import Any
 
 # python-ptrace finds libc with ctypes.util.find_library, which runs ldconfig and
@@ -50,6 +51,7 @@ __all__ = [
     "interrupt",
     "kill",
     "listen",
+    "set_fd_budget",
     "set_regs",
     "syscall",
     "traceme",
@@ -161,24 +163,77 @@ def kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+_CLOSED = -2  # GuestMemory._fd of a closed one (never reopened: its pid may be reused)
+
+
+def set_fd_budget(limit: int) -> None:
+    """Keep at most ``limit`` guest mem fds open (at least 16)."""
+    GuestMemory.limit = max(16, limit)
+
+
 class GuestMemory:
     """Reads and writes one guest address space through ``/proc/PID/mem``.
 
     The file must be reopened after every exec (an fd opened before an exec
     silently writes nothing after it). Writes reach read-only pages (the
     scratch page) because the kernel forces them for a tracer.
+
+    The fds are a bounded LRU (:attr:`limit` open at most, see :func:`set_fd_budget`):
+    a guest tree of thousands of processes must not exhaust the supervisor's fd
+    table. An evicted fd is reopened on demand through the thread last named
+    with :meth:`use` (the address space outlives its first thread).
     """
 
-    __slots__ = ("fd", "pid")
+    __slots__ = ("_fd", "pid", "via")
+
+    #: how many guest mem fds stay open at once (the least recently used is closed)
+    limit = 256
+    _open: OrderedDict[GuestMemory, None] = OrderedDict()  # shared by every instance
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.fd = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        self.via = pid
+        self._fd = -1
+        self._reopen()
+
+    @property
+    def fd(self) -> int:
+        if self._fd < 0:
+            if self._fd == _CLOSED:
+                raise OSError(errno.EBADF, "guest memory closed")
+            self._reopen()
+        return self._fd  # marked recent by use(), once a stop
+
+    def use(self, tid: int) -> None:
+        """Name a live thread of this address space (to reopen through) and mark it recent."""
+        self.via = tid
+        if self._fd >= 0:
+            self._open.move_to_end(self)
+
+    def _reopen(self) -> None:
+        opened = self._open
+        while len(opened) >= self.limit:
+            opened.popitem(last=False)[0]._close_fd()
+        path = f"/proc/{self.via}/mem"
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE) or not opened:
+                raise
+            for _ in range(max(1, len(opened) // 2)):  # the table is full of something else
+                opened.popitem(last=False)[0]._close_fd()
+            self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        opened[self] = None
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self._open.pop(self, None)
+        self._close_fd()
+        self._fd = _CLOSED
 
     def read(self, addr: int, size: int) -> bytes:
         try:

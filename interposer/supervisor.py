@@ -21,6 +21,7 @@ import ctypes
 import errno
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -207,6 +208,29 @@ class ExecSignals:
             signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
 
 
+#: the guest mem fds the supervisor keeps open, at most (an LRU: see pt.GuestMemory)
+MEM_FDS_MAX = 1024
+
+
+def _raise_fd_limit() -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; the caller's limits.
+
+    The guest gets the caller's limits back before its exec. The supervisor's
+    own fds (a mem fd per address space, bounded by :data:`MEM_FDS_MAX` and half
+    the limit) then never decide whether a large guest tree survives.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    raised = soft
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            raised = hard
+    if raised == resource.RLIM_INFINITY:
+        raised = 2 * MEM_FDS_MAX
+    pt.set_fd_budget(min(MEM_FDS_MAX, raised // 2))
+    return soft, hard
+
+
 class GuestView:
     """The :class:`~interposer.ports.Guest` port for one stopped thread."""
 
@@ -216,6 +240,7 @@ class GuestView:
         self.tid = tid
         self.tgid = tgid
         self.space = space
+        space.mem.use(tid)
 
     def read_path(self, addr: int) -> str:
         raw = self.space.mem.read_cstring(addr)
@@ -310,6 +335,7 @@ class Supervisor:
         """
         compiled = self.filter
         at_exec = (signals or CallerSignals.of_caller()).for_exec()
+        caller_files = _raise_fd_limit()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             try:
@@ -317,6 +343,7 @@ class Supervisor:
                 os.kill(os.getpid(), signal.SIGSTOP)
                 # Traced from here: a Ctrl-C now is the guest's, delivered by the wait loop.
                 at_exec.apply()
+                resource.setrlimit(resource.RLIMIT_NOFILE, caller_files)  # the caller's
                 compiled.load()
                 os.execvpe(argv[0], list(argv), env if env is not None else os.environ)  # noqa: S606
             except FileNotFoundError:
@@ -712,6 +739,7 @@ class Supervisor:
             self.stats["exit_stops"] += 1
         t.pending = None
         p.space.release(p.slot)
+        p.space.mem.use(tid)
         regs = pt.get_regs(tid)
         ret = regs.rax
         if ret > _MASK64 // 2:

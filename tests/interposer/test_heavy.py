@@ -8,6 +8,7 @@ hangs CI.
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import time
 from collections.abc import Iterator
@@ -101,3 +102,22 @@ def test_leftovers_of_a_killed_run_are_swept(tmp_path: Path) -> None:
     assert second.returncode == 0
     assert sorted(p.name for p in tmp.iterdir()) == ["synthfs-decoy"]
     assert (tmp_path / "repo").is_dir()  # the symlink's target is untouched
+
+
+def test_many_live_processes_under_a_low_fd_limit(synthfs, built: Path) -> None:
+    """1,500 live guest processes under ``ulimit -n 1024`` (soft and hard) run to the end.
+
+    The supervisor kept one /proc/PID/mem fd per process: the 1,000th fork's open
+    failed with EMFILE and its traceback took every guest down.
+    """
+    launcher, repo, stack = synthfs
+    exe = _compile("many_children", built)
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    argv = launcher.argv(repo, [str(exe), "1500"], stack=stack)
+    out = subprocess.run(argv, preexec_fn=low_limit, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout == "1500 children, 1500 reaped, 0 failed\n"
+    assert "Traceback" not in out.stderr
