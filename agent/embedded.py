@@ -129,9 +129,17 @@ def _runtime_base() -> str | None:
     return None
 
 
-#: the file in each work directory naming its owner: ``PID START`` (START: the
-#: process's start time in clock ticks since boot, /proc/PID/stat field 22)
+#: the file in each work directory naming its owner: ``PID START PIDNS`` (START: the
+#: process's start time in clock ticks since boot, /proc/PID/stat field 22; PIDNS:
+#: the pid namespace the pid is in, /proc/self/ns/pid)
 OWNER_FILE = "owner"
+
+
+def _pid_ns() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return "?"
 
 
 def _start_time(pid: int) -> int | None:
@@ -159,7 +167,7 @@ def private_dir(prefix: str, base: str | None = None) -> str:
         os.path.join(path, OWNER_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
     )
     try:
-        os.write(fd, f"{pid} {_start_time(pid)}\n".encode())
+        os.write(fd, f"{pid} {_start_time(pid)} {_pid_ns()}\n".encode())
     finally:
         os.close(fd)
     return path
@@ -169,8 +177,8 @@ def sweep_leftovers(base: str | None = None) -> list[str]:
     """Remove the ``synthfs-*`` directories in ``base`` (default: the temp dir) whose owner is gone.
 
     Only a real directory (never a symlink) owned by this user with mode 0700
-    and an :data:`OWNER_FILE` naming a process that no longer runs (or a pid
-    since reused: the start time differs) is removed; a directory without that
+    and an :data:`OWNER_FILE` naming a process of this pid namespace that no
+    longer runs (or a pid since reused: the start time differs) is removed; a directory without that
     file (being created, or not ours) and another live run's are left alone.
     Returns the paths removed. Never raises.
     """
@@ -183,6 +191,7 @@ def sweep_leftovers(base: str | None = None) -> list[str]:
     except OSError:
         return removed
     uid = os.geteuid()
+    here = _pid_ns()
     for name in names:
         if not name.startswith("synthfs-"):
             continue
@@ -198,9 +207,11 @@ def sweep_leftovers(base: str | None = None) -> list[str]:
                 owner = os.read(fd, 64).split()
             finally:
                 os.close(fd)
-            pid, start = int(owner[0]), int(owner[1])
+            pid, start, pid_ns = int(owner[0]), int(owner[1]), owner[2].decode()
         except (OSError, ValueError, IndexError):
             continue
+        if pid_ns != here:
+            continue  # a run in another pid namespace (a container): its pid means nothing here
         if pid == os.getpid() or _start_time(pid) == start:
             continue  # its owner still runs
         shutil.rmtree(path, ignore_errors=True)  # never follows symlinks
