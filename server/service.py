@@ -66,10 +66,10 @@ from synthfs.protocol.codec import (
 )
 from synthfs.protocol.curve import ZAP_ENDPOINT, CurveServer, apply, server_sockopts, zap_reply
 from synthfs.protocol.naming import wire_name
+from synthfs.protocol.ratelimit import RateLimitedLog
 from synthfs.protocol.sealed import TOPIC, new_key, seal
 from synthfs.server.auth import AuthError, Authority
 from synthfs.server.backends.base import Backend
-from synthfs.server.ratelimit import RateLimitedLog
 
 __all__ = ["BEAT_INTERVAL", "HANDLERS", "INLINE", "Server", "handle"]
 
