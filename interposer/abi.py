@@ -14,17 +14,17 @@ import stat as st
 import struct
 
 from synthfs.interposer import binfmt
-from synthfs.linux import (
-    NR_OPENAT2,
-    OPEN_HOW,
-    RESOLVE_BENEATH,
-    RESOLVE_CACHED,
-    RESOLVE_IN_ROOT,
-    RESOLVE_NO_MAGICLINKS,
-    RESOLVE_NO_SYMLINKS,
-    RESOLVE_NO_XDEV,
-    openat2,
-)
+
+# Re-exported for the handlers (``abi.RESOLVE_*``, ``abi.OPEN_HOW``): one binding, synthfs.linux's.
+from synthfs.linux import NR_OPENAT2 as NR_OPENAT2
+from synthfs.linux import OPEN_HOW as OPEN_HOW
+from synthfs.linux import RESOLVE_BENEATH as RESOLVE_BENEATH
+from synthfs.linux import RESOLVE_CACHED as RESOLVE_CACHED
+from synthfs.linux import RESOLVE_IN_ROOT as RESOLVE_IN_ROOT
+from synthfs.linux import RESOLVE_NO_MAGICLINKS as RESOLVE_NO_MAGICLINKS
+from synthfs.linux import RESOLVE_NO_SYMLINKS as RESOLVE_NO_SYMLINKS
+from synthfs.linux import RESOLVE_NO_XDEV as RESOLVE_NO_XDEV
+from synthfs.linux import openat2
 from synthfs.protocol.messages import Attrs, FileKind
 
 __all__ = [
@@ -33,14 +33,6 @@ __all__ = [
     "AT_REMOVEDIR",
     "AT_SYMLINK_FOLLOW",
     "AT_SYMLINK_NOFOLLOW",
-    "NR_OPENAT2",
-    "OPEN_HOW",
-    "RESOLVE_BENEATH",
-    "RESOLVE_CACHED",
-    "RESOLVE_IN_ROOT",
-    "RESOLVE_NO_MAGICLINKS",
-    "RESOLVE_NO_SYMLINKS",
-    "RESOLVE_NO_XDEV",
     "SYNTH_DEV",
     "dirent64",
     "mode_of",
