@@ -51,6 +51,7 @@ from typing import Any
 import attrs
 
 from synthfs.protocol.codec import build
+from synthfs.protocol.leases import Signature, signature
 from synthfs.protocol.messages import Attrs
 from synthfs.protocol.naming import name_from_wire, object_name, wire_name
 
@@ -79,18 +80,26 @@ CREATE TABLE IF NOT EXISTS copies (
 _ATTR_FIELDS = tuple(f.name for f in attrs.fields(Attrs))
 _SAFE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
-#: (size, mtime_ns, ctime_ns, ino) of a local copy.
-Signature = tuple[int, int, int, int]
-
-
 def default_cache_dir() -> str:
     """``$XDG_CACHE_HOME/synthfs``, or ``~/.cache/synthfs``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "synthfs")
 
 
-def signature(st: os.stat_result) -> Signature:
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+# A signature (protocol.leases') in the index's ``recorded`` column, which keeps its own
+# order (size, mtime_ns, ctime_ns, ino) so that the caches already on disk stay warm.
+def _recorded_of(sig: Signature) -> list[int]:
+    ino, size, mtime_ns, ctime_ns = sig
+    return [size, mtime_ns, ctime_ns, ino]
+
+
+def _signature_of(recorded: list[int]) -> Signature:
+    size, mtime_ns, ctime_ns, ino = recorded
+    return (ino, size, mtime_ns, ctime_ns)
+
+
+def _size(sig: Signature) -> int:
+    return sig[1]
 
 
 @attrs.define
@@ -266,8 +275,8 @@ class ContentCache:
         for path, a, rec, dirty, used in self._db.execute(
                 "SELECT path, attrs, recorded, dirty, used FROM copies"):
             try:
-                sig = tuple(int(x) for x in json.loads(rec))
-                if len(sig) != 4:
+                rec_values = [int(x) for x in json.loads(rec)]
+                if len(rec_values) != 4:
                     raise ValueError("recorded")
                 values = json.loads(a)
                 if not isinstance(values, list):
@@ -275,7 +284,7 @@ class ContentCache:
                 e = Entry(
                     path=name_from_wire(path),  # a path that is not UTF-8 is a BLOB
                     attrs=build(Attrs, *values),
-                    recorded=(sig[0], sig[1], sig[2], sig[3]),
+                    recorded=_signature_of(rec_values),
                     dirty=bool(dirty),
                     used=float(used),
                 )
@@ -286,7 +295,7 @@ class ContentCache:
             name = object_name(e.path)
             if name in present:
                 self._entries[e.path] = e
-                self._bytes += e.recorded[0]
+                self._bytes += _size(e.recorded)
                 known.add(name)
             else:
                 bad.append(path)
@@ -304,7 +313,7 @@ class ContentCache:
         self._db.execute(
             "INSERT OR REPLACE INTO copies (path, attrs, recorded, dirty, used) "
             "VALUES (?, ?, ?, ?, ?)",
-            (wire_name(e.path), json.dumps(a), json.dumps(list(e.recorded)), int(e.dirty),
+            (wire_name(e.path), json.dumps(a), json.dumps(_recorded_of(e.recorded)), int(e.dirty),
              e.used),
         )
         self._touched.discard(e.path)
@@ -375,7 +384,7 @@ class ContentCache:
         e = Entry(path=path, attrs=attrs_, recorded=sig, dirty=dirty, used=time.time(),
                   pinned=old.pinned if old else False)
         self._entries[path] = e
-        self._bytes += sig[0] - (old.recorded[0] if old else 0)
+        self._bytes += _size(sig) - (_size(old.recorded) if old else 0)
         self._put(e)
         return e
 
@@ -383,7 +392,7 @@ class ContentCache:
         """Forget ``path``'s local copy and delete the file (holders keep the inode)."""
         e = self._entries.pop(path, None)
         if e is not None:
-            self._bytes -= e.recorded[0]
+            self._bytes -= _size(e.recorded)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.object_path(path))
             self._delete(path)

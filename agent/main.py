@@ -51,6 +51,7 @@ from synthfs.protocol.curve import client_sockopts, handshake, load_keypair, loa
 from synthfs.protocol.endpoints import check_endpoint
 from synthfs.protocol.leases import BEAT_INTERVAL, LeaseBoard
 from synthfs.protocol.messages import Error
+from synthfs.protocol.ratelimit import RateLimitedLog
 from synthfs.protocol.trusted import Kind, refused, socket_path
 
 __all__ = ["HELP", "configure", "main", "make_undumpable", "read_key_fd", "read_key_file"]
@@ -370,29 +371,15 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
         flag.idle = True
 
 
-#: [window start, bad frames in it]: at most _BAD_BURST logged per 10 s, so a flood
-#: of bad frames cannot fill the disk with log lines.
-_bad_frames = [0.0, 0]
-_BAD_BURST = 20
-
-
-def _log_bad_frame(exc: DecodeError) -> None:
-    now = time.monotonic()
-    if now - _bad_frames[0] >= 10.0:
-        if _bad_frames[1] > _BAD_BURST:
-            log.warning("agent: %d more bad frames dropped (not logged)",
-                        _bad_frames[1] - _BAD_BURST)
-        _bad_frames[:] = [now, 0]
-    _bad_frames[1] += 1
-    if _bad_frames[1] <= _BAD_BURST:
-        log.warning("agent: dropped a bad frame: %s", exc)
+#: At most 20 bad frames logged per 10 s, so a flood of them cannot fill the disk.
+_bad_frames = RateLimitedLog(log, "bad frames")
 
 
 def _answer(service: AgentService, frame: Any) -> bytes | None:
     try:
         env = decode(frame, request=True)
     except DecodeError as exc:
-        _log_bad_frame(exc)
+        _bad_frames.warning("agent: dropped a bad frame: %s", exc)
         return None
     log.debug("agent: <- %d %r", env.request_id, env.msg)
     try:

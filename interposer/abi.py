@@ -1,7 +1,8 @@
 """x86_64 Linux ABI constants and struct packing the handlers need.
 
 Pure: builds the bytes of ``struct stat``, ``struct statx``, ``linux_dirent64``
-and friends from synthetic attributes, and parses ``struct open_how``.
+and friends from synthetic attributes. ``struct open_how``, the RESOLVE_* flags
+and the openat2 binding are :mod:`synthfs.linux`'s, re-exported here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,17 @@ import stat as st
 import struct
 
 from synthfs.interposer import binfmt
+
+# Re-exported for the handlers (``abi.RESOLVE_*``, ``abi.OPEN_HOW``): one binding, synthfs.linux's.
+from synthfs.linux import NR_OPENAT2 as NR_OPENAT2
+from synthfs.linux import OPEN_HOW as OPEN_HOW
+from synthfs.linux import RESOLVE_BENEATH as RESOLVE_BENEATH
+from synthfs.linux import RESOLVE_CACHED as RESOLVE_CACHED
+from synthfs.linux import RESOLVE_IN_ROOT as RESOLVE_IN_ROOT
+from synthfs.linux import RESOLVE_NO_MAGICLINKS as RESOLVE_NO_MAGICLINKS
+from synthfs.linux import RESOLVE_NO_SYMLINKS as RESOLVE_NO_SYMLINKS
+from synthfs.linux import RESOLVE_NO_XDEV as RESOLVE_NO_XDEV
+from synthfs.linux import openat2
 from synthfs.protocol.messages import Attrs, FileKind
 
 __all__ = [
@@ -51,13 +63,6 @@ O_CLOEXEC = 0o2000000
 O_PATH = 0o10000000
 O_TMPFILE = 0o20000000 | O_DIRECTORY
 O_LARGEFILE = 0o100000
-
-RESOLVE_NO_XDEV = 0x01
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_NO_SYMLINKS = 0x04
-RESOLVE_BENEATH = 0x08
-RESOLVE_IN_ROOT = 0x10
-RESOLVE_CACHED = 0x20
 
 #: st_dev of every synthetic object: major 0 (anonymous devices), a fixed minor.
 SYNTH_DEV = os.makedev(0, 0x5F5F)
@@ -157,15 +162,10 @@ def dirent(ino: int, offset: int, kind: FileKind | None, name: bytes) -> bytes:
     return head + body + bytes([dtype])
 
 
-OPEN_HOW = struct.Struct("<QQQ")
-
-
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 NR_STATX = 332
 
-
-NR_OPENAT2 = 437
 NR_FACCESSAT2 = 439
 
 
@@ -174,13 +174,6 @@ def _check(ret: int, what: str) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), what)
     return ret
-
-
-# openat2 through its own prototype of syscall(2): it runs on every trapped host path.
-_openat2 = ctypes.CDLL(None, use_errno=True).syscall
-_openat2.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t)
-_openat2.restype = ctypes.c_long
-_HOWS: dict[tuple[int, int], bytes] = {}
 
 
 def pid_alive(pid: int) -> bool:
@@ -196,14 +189,7 @@ def pid_alive(pid: int) -> bool:
 
 def host_openat2(path: str, flags: int, resolve: int, dirfd: int = AT_FDCWD) -> int:
     """openat2(dirfd, path, {flags, 0, resolve}) in the supervisor (raises OSError)."""
-    how = _HOWS.get((flags, resolve))
-    if how is None:
-        how = _HOWS.setdefault((flags, resolve), OPEN_HOW.pack(flags, 0, resolve))
-    fd: int = _openat2(NR_OPENAT2, dirfd, os.fsencode(path), how, OPEN_HOW.size)
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return fd
+    return openat2(dirfd, path, flags, resolve)
 
 
 def open_checked(real: str, follow: bool, must_be_dir: bool = False) -> int:

@@ -35,7 +35,7 @@ import attrs
 
 from synthfs.protocol.bootstrap import check_key_fd, register_mac
 from synthfs.protocol.messages import PROTOCOL_VERSION, Register, Registered
-from synthfs.server.ratelimit import RateLimitedLog
+from synthfs.protocol.ratelimit import RateLimitedLog
 
 __all__ = [
     "CLOCK_SKEW_NS",

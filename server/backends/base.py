@@ -16,26 +16,83 @@ stat, list, ranged read, whole-object chunked upload with atomic install,
 mkdir, remove, rename, symlink/readlink, setattr, and a version (etag) per
 object that changes whenever its content changes. Hard links (``link``) are
 optional: the default answers EPERM.
+
+A backend speaks in the value types below (:class:`ObjectAttrs`, :class:`Entry`,
+:class:`Kind`, :class:`RenameFlags`), not in the wire's messages: one can be
+written without knowing the protocol, and the server's service turns them into
+wire messages in one place (``server.service.wire_attrs``).
 """
 
 from __future__ import annotations
 
 import abc
+import enum
 import errno
 import os
 import secrets
-
-from synthfs.protocol.messages import CHUNK_SIZE, MAX_PATH, Attrs, DirEntry, RenameFlags
+from typing import NamedTuple
 
 __all__ = [
+    "CHUNK_SIZE",
+    "MAX_PATH",
     "Backend",
     "Entries",
+    "Entry",
+    "Kind",
+    "ObjectAttrs",
+    "RenameFlags",
     "oserror",
     "split_path",
 ]
 
+#: The most bytes a backend is asked to read, or given in one upload chunk, at once.
+CHUNK_SIZE = 4 * 1024 * 1024
+#: The longest path a backend is given (Linux PATH_MAX).
+MAX_PATH = 4096
+
+
+class Kind(enum.StrEnum):
+    """What a repository object is (a backend serves no other kind)."""
+
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+
+
+class RenameFlags(enum.IntFlag):
+    """renameat2 flags, with the kernel's values."""
+
+    NONE = 0
+    NOREPLACE = 1
+    EXCHANGE = 2
+
+
+class ObjectAttrs(NamedTuple):
+    """What a ``stat`` of one repository object says. ``version`` is its etag: it
+    changes whenever the object's content changes."""
+
+    kind: Kind
+    size: int
+    #: permission bits (no file type)
+    mode: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    nlink: int = 1
+    version: str = ""
+    #: 512-byte blocks the repository allocates for it (st_blocks; what du counts)
+    blocks: int = 0
+
+
+class Entry(NamedTuple):
+    """One name in a directory listing and the attributes of what it names."""
+
+    name: str
+    attrs: ObjectAttrs
+
+
 #: A listing's entries (an alias: ``list`` is also a Backend method name).
-Entries = list[DirEntry]
+Entries = list[Entry]
 
 
 def oserror(code: int, detail: str = "") -> OSError:
@@ -79,11 +136,11 @@ class Backend(abc.ABC):
     # -- reads ---------------------------------------------------------------------
 
     @abc.abstractmethod
-    def stat(self, path: str) -> Attrs:
+    def stat(self, path: str) -> ObjectAttrs:
         """Attributes of ``path``; never follows a final symlink (lstat)."""
 
     @abc.abstractmethod
-    def list(self, path: str) -> tuple[Attrs, Entries]:
+    def list(self, path: str) -> tuple[ObjectAttrs, Entries]:
         """The directory's own attributes and every entry with its attributes."""
 
     @abc.abstractmethod
@@ -108,7 +165,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def upload_commit(
         self, upload_id: str, path: str, size: int, mode: int = 0o644, exclusive: bool = False
-    ) -> Attrs:
+    ) -> ObjectAttrs:
         """Install the staged upload as ``path``'s new version, atomically.
 
         ``size`` must equal the staged size with no holes (else EIO and nothing
@@ -125,7 +182,7 @@ class Backend(abc.ABC):
     # -- namespace -----------------------------------------------------------------
 
     @abc.abstractmethod
-    def mkdir(self, path: str, mode: int = 0o755) -> Attrs: ...
+    def mkdir(self, path: str, mode: int = 0o755) -> ObjectAttrs: ...
 
     @abc.abstractmethod
     def remove(self, path: str, directory: bool = False) -> None:
@@ -135,10 +192,10 @@ class Backend(abc.ABC):
     def rename(self, src: str, dst: str, flags: RenameFlags = RenameFlags.NONE) -> None: ...
 
     @abc.abstractmethod
-    def symlink(self, target: str, path: str) -> Attrs:
+    def symlink(self, target: str, path: str) -> ObjectAttrs:
         """Create ``path`` as a symlink whose text is ``target``, verbatim."""
 
-    def link(self, src: str, dst: str) -> Attrs:
+    def link(self, src: str, dst: str) -> ObjectAttrs:
         """Give the file ``src`` the second name ``dst`` (link(2), never following ``src``);
         the attributes of the file after it (``nlink`` counts the names).
 
@@ -159,7 +216,7 @@ class Backend(abc.ABC):
         atime_ns: int | None = None,
         mtime_ns: int | None = None,
         size: int | None = None,
-    ) -> Attrs:
+    ) -> ObjectAttrs:
         """chmod / utimes / truncate; None leaves a field unchanged."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
@@ -167,7 +224,7 @@ class Backend(abc.ABC):
 
     # -- conveniences built on the interface ---------------------------------------
 
-    def write_bytes(self, path: str, data: bytes, mode: int = 0o644) -> Attrs:
+    def write_bytes(self, path: str, data: bytes, mode: int = 0o644) -> ObjectAttrs:
         """Upload ``data`` as ``path``'s new content (chunked, then committed)."""
         upload_id = secrets.token_hex(16)
         for off in range(0, len(data), CHUNK_SIZE):

@@ -14,8 +14,7 @@ import secrets
 
 import pytest
 
-from synthfs.protocol.messages import CHUNK_SIZE, FileKind, RenameFlags
-from synthfs.server.backends.base import Backend
+from synthfs.server.backends.base import CHUNK_SIZE, Backend, Kind, RenameFlags
 
 __all__ = ["BackendSuite"]
 
@@ -43,12 +42,12 @@ class BackendSuite:
 
     def test_root_is_a_directory(self, be):
         a = be.stat("/")
-        assert a.kind is FileKind.DIR
+        assert a.kind is Kind.DIR
         assert a.version
 
     def test_new_repository_lists_empty(self, be):
         own, entries = be.list("/")
-        assert own.kind is FileKind.DIR
+        assert own.kind is Kind.DIR
         assert entries == []
 
     def test_stat_missing_is_enoent(self, be):
@@ -73,8 +72,8 @@ class BackendSuite:
         assert sorted(by_name) == ["a", "l", "sub"]
         assert by_name["a"] == be.stat("/d/a")
         assert by_name["a"].size == 5
-        assert by_name["sub"].kind is FileKind.DIR
-        assert by_name["l"].kind is FileKind.SYMLINK
+        assert by_name["sub"].kind is Kind.DIR
+        assert by_name["l"].kind is Kind.SYMLINK
 
     def test_list_of_a_file_is_enotdir(self, be):
         be.write_bytes("/f", b"")
@@ -137,7 +136,7 @@ class BackendSuite:
 
     def test_write_creates_with_mode(self, be):
         a = be.write_bytes("/f", b"abc", mode=0o640)
-        assert (a.kind, a.size, a.mode) == (FileKind.FILE, 3, 0o640)
+        assert (a.kind, a.size, a.mode) == (Kind.FILE, 3, 0o640)
         assert be.stat("/f") == a
 
     def test_rewrite_keeps_mode_and_changes_version(self, be):
@@ -224,7 +223,7 @@ class BackendSuite:
 
     def test_mkdir(self, be):
         a = be.mkdir("/d", 0o750)
-        assert (a.kind, a.mode) == (FileKind.DIR, 0o750)
+        assert (a.kind, a.mode) == (Kind.DIR, 0o750)
         with pytest.raises(OSError) as ei:
             be.mkdir("/d")
         assert _errno(ei) == errno.EEXIST
@@ -287,7 +286,7 @@ class BackendSuite:
         be.write_bytes("/a", b"A")
         be.mkdir("/b")
         be.rename("/a", "/b", RenameFlags.EXCHANGE)
-        assert be.stat("/a").kind is FileKind.DIR
+        assert be.stat("/a").kind is Kind.DIR
         assert be.read_bytes("/b") == b"A"
         with pytest.raises(OSError) as ei:
             be.rename("/a", "/missing", RenameFlags.EXCHANGE)
@@ -327,9 +326,9 @@ class BackendSuite:
     def test_symlink_and_readlink_verbatim(self, be):
         for i, target in enumerate(["plain", "../../../etc/passwd", "/abs/path", "a//b/./c/"]):
             a = be.symlink(target, f"/l{i}")
-            assert a.kind is FileKind.SYMLINK
+            assert a.kind is Kind.SYMLINK
             assert be.readlink(f"/l{i}") == target
-            assert be.stat(f"/l{i}").kind is FileKind.SYMLINK
+            assert be.stat(f"/l{i}").kind is Kind.SYMLINK
 
     def test_symlink_errnos(self, be):
         be.write_bytes("/f", b"")
@@ -427,7 +426,7 @@ class BackendSuite:
         be.mkdir("/d")
         a = be.write_bytes("/f", b"first")
         b = be.link("/f", "/d/g")
-        assert (b.kind, b.size, b.nlink, b.ino) == (FileKind.FILE, 5, 2, a.ino)
+        assert (b.kind, b.size, b.nlink, b.ino) == (Kind.FILE, 5, 2, a.ino)
         assert be.stat("/f").nlink == be.stat("/d/g").nlink == 2
         assert {e.name: e.attrs.nlink for e in be.list("/d")[1]} == {"g": 2}
         # A rewrite or a truncation through one name is seen through the other: one
@@ -467,7 +466,7 @@ class BackendSuite:
         be.write_bytes("/f", b"x")
         be.symlink("f", "/l")
         a = be.link("/l", "/l2")
-        assert (a.kind, a.nlink) == (FileKind.SYMLINK, 2)
+        assert (a.kind, a.nlink) == (Kind.SYMLINK, 2)
         assert be.readlink("/l2") == "f"
 
     # -- names and allocation -----------------------------------------------------

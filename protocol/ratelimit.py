@@ -1,8 +1,8 @@
 """A warning log that cannot fill a disk: at most ``burst`` lines per ``period``.
 
-Trusts nothing: it is what the server logs hostile input through (bad frames,
-refused CURVE keys, refused registrations), so a flood of them costs a count,
-not a line each.
+Trusts nothing: it is what the server and the agent log hostile input through
+(bad frames, refused CURVE keys, refused registrations), so a flood of them
+costs a count, not a line each. The one such limiter in synthfs.
 """
 
 from __future__ import annotations

@@ -1,0 +1,81 @@
+"""The one binding of ``openat2(2)``: its number, ``struct open_how`` and RESOLVE_*.
+
+Python wraps neither the syscall nor its flags. The interposer's supervisor
+(:mod:`synthfs.interposer.abi`) and the server's local backend
+(:mod:`synthfs.server.backends.beneath`) both open through :func:`openat2`.
+Trusts its callers: it is a thin syscall binding and checks nothing beyond
+what the kernel checks. Light to import (ctypes, struct): the supervisor loads
+it at start-up.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import struct
+
+__all__ = [
+    "NR_OPENAT2",
+    "OPEN_HOW",
+    "RESOLVE_BENEATH",
+    "RESOLVE_CACHED",
+    "RESOLVE_IN_ROOT",
+    "RESOLVE_NO_MAGICLINKS",
+    "RESOLVE_NO_SYMLINKS",
+    "RESOLVE_NO_XDEV",
+    "libc",
+    "openat2",
+    "openat2_available",
+]
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+RESOLVE_CACHED = 0x20
+
+#: ``struct open_how { u64 flags; u64 mode; u64 resolve; }`` (its first, 24-byte version).
+OPEN_HOW = struct.Struct("<QQQ")
+
+#: openat2's number (the same in every table that has it since Linux 5.6).
+NR_OPENAT2 = 437
+#: The machines whose syscall table the binding is known to match.
+_ARCHES = ("x86_64", "aarch64", "riscv64")
+
+_AT_FDCWD = -100
+
+#: The C library, for the syscalls Python does not wrap (errno kept for ctypes.get_errno).
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+# openat2 through its own prototype of syscall(2): it runs on every trapped host path.
+_syscall = ctypes.CDLL(None, use_errno=True).syscall
+_syscall.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t)
+_syscall.restype = ctypes.c_long
+_HOWS: dict[tuple[int, int, int], bytes] = {}
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """``openat2(dirfd, path, {flags, mode, resolve})``: a new fd, or OSError(errno, _, path)."""
+    key = (flags, mode, resolve)
+    how = _HOWS.get(key)
+    if how is None:
+        how = _HOWS.setdefault(key, OPEN_HOW.pack(flags, mode, resolve))
+    fd: int = _syscall(NR_OPENAT2, dirfd, os.fsencode(path), how, OPEN_HOW.size)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return fd
+
+
+def openat2_available() -> bool:
+    """Whether this machine and kernel answer openat2 (Linux 5.6 and later)."""
+    if platform.machine() not in _ARCHES:
+        return False
+    try:
+        os.close(openat2(_AT_FDCWD, "/", os.O_PATH | os.O_CLOEXEC, 0))
+    except OSError:
+        return False
+    return True
