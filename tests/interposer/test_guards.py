@@ -211,7 +211,7 @@ def test_mknod_of_a_device_asks_the_mknod_rule() -> None:
     guest, env = FakeGuest(), FakeEnv()
     asked: list[tuple[str, str]] = []
 
-    def check_host(call: Call, op: str, path: str) -> int:
+    def check_host(call: Call, op: str, path: str, via: str | None = None) -> int:
         asked.append((op, path))
         return errno.EPERM if op == "mknod" else 0
 
