@@ -1,0 +1,175 @@
+"""Guards: the scratch page, the trusted processes, devices."""
+
+from __future__ import annotations
+
+import errno
+import re
+import struct
+
+from synthfs.interposer.actions import CONTINUE, Fail, Result, RunChecked, Scratch
+from synthfs.interposer.handlers.locate import NR_BRK, NR_FCNTL, NR_IOCTL, handler, s32
+from synthfs.interposer.ports import Call, Env
+
+
+@handler
+def sys_memguard(call: Call, env: Env) -> Result:
+    """mprotect, pkey_mprotect, munmap, madvise, remap_file_pages, mmap(MAP_FIXED)."""
+    addr, length = call.args[0], call.args[1]
+    return Fail(errno.EPERM) if call.guest.touches_scratch(addr, length) else CONTINUE
+
+
+@handler
+def sys_mremap_guard(call: Call, env: Env) -> Result:
+    old, old_len, new_len, flags, new = call.args[:5]
+    if call.guest.touches_scratch(old, old_len):
+        return Fail(errno.EPERM)
+    if flags & 0x2 and call.guest.touches_scratch(new, new_len):
+        return Fail(errno.EPERM)
+    return CONTINUE
+
+
+@handler
+def sys_memguard_shmat(call: Call, env: Env) -> Result:
+    return Fail(errno.EPERM) if call.guest.touches_scratch(call.args[1], 1 << 30) else CONTINUE
+
+
+@handler
+def sys_brk_guard(call: Call, env: Env) -> Result:
+    """A break below the scratch area's end (the filter traps no other).
+
+    Shrinking the heap unmaps everything between the new and the old break,
+    and growing it maps that range back writable: with the heap's start below
+    the area (only PR_SET_MM can put it there, and it is refused) that would
+    hand the area to the guest. The kernel's answer to a refused brk is the
+    current break, so that is what the guest gets: ``brk(0)`` runs instead.
+    """
+    return RunChecked(NR_BRK, (0,))
+
+
+def _refused_owner(env: Env, who: int, group: bool) -> bool:
+    """Whether ``who`` (a pid, or a process group when ``group``) is trusted; 0 is nobody."""
+    if who <= 0:
+        return False
+    return env.host.trusted_group(who) if group else env.host.trusted(who)
+
+
+@handler
+def sys_signal_guard(call: Call, env: Env) -> Result:
+    """kill, tkill, tgkill, rt_(tg)sigqueueinfo, pidfd_open, and the calls that change
+    another process (prlimit64, sched_set*, migrate_pages, move_pages) or read it
+    (get_robust_list): never toward a trusted process.
+
+    The first argument is the target (a pid, tgid or tid). kill(-1) (every
+    process the user may signal) is refused, and so is kill(-PGID) of the
+    agent's or the server's process group; the guest's own group (pid 0) is
+    left alone: the supervisor may share it (a shell's job) and forwards what
+    reaches it.
+    """
+    pid = s32(call.args[0])
+    if pid > 0:
+        return Fail(errno.EPERM) if env.host.trusted(pid) else CONTINUE
+    if call.name != "kill" or pid == 0 or s32(call.args[1]) == 0:
+        return CONTINUE
+    if pid == -1 or env.host.trusted_group(-pid):
+        return Fail(errno.EPERM)
+    return CONTINUE
+
+
+@handler
+def sys_pidfd_guard(call: Call, env: Env) -> Result:
+    """pidfd_send_signal: not to a trusted process, whatever pidfd names it.
+
+    A guest cannot get a pidfd of a trusted process (pidfd_open is guarded,
+    ``/proc/PID`` of one is refused, pidfd_getfd is denied): this is the second
+    lock. The fd is a pidfd (fdinfo ``Pid:``) or a ``/proc/PID`` directory.
+    """
+    fd = s32(call.args[0])
+    pid = call.guest.fd_pid(fd)
+    if pid is None:
+        m = _PROC_DIR.match(call.guest.fd_target(fd) or "")
+        pid = int(m.group(1)) if m else None
+    if pid is not None and pid > 0 and env.host.trusted(pid):
+        return Fail(errno.EPERM)
+    return CONTINUE
+
+
+_PROC_DIR = re.compile(r"^/proc/(\d+)$")
+F_SETOWN = 8
+F_SETOWN_EX = 15
+F_OWNER_PGRP = 2
+_F_OWNER_EX = struct.Struct("ii")
+_INT = struct.Struct("i")
+FIOSETOWN = 0x8901
+SIOCSPGRP = 0x8902
+TIOCSPGRP = 0x5410
+USERFAULTFD_IOC_NEW = 0xAA00
+TIOCSTI = 0x5412
+TIOCLINUX = 0x541C
+
+
+def _owner(who: int) -> tuple[int, bool]:
+    """F_SETOWN's and FIOSETOWN's argument: a pid, or -PGID for a process group."""
+    return (-who, True) if who < 0 else (who, False)
+
+
+@handler
+def sys_fcntl_guard(call: Call, env: Env) -> Result:
+    """F_SETOWN / F_SETOWN_EX: a file's SIGIO (or F_SETSIG's signal: SIGSTOP too) goes to
+    its owner, so no trusted process or group may become one.
+
+    F_SETOWN_EX points at a ``struct f_owner_ex`` a guest thread may rewrite
+    after the check: the kernel gets the checked copy, in the scratch area.
+    """
+    fd, cmd, arg = s32(call.args[0]), call.args[1] & 0xFFFFFFFF, call.args[2]
+    if cmd == F_SETOWN:
+        return Fail(errno.EPERM) if _refused_owner(env, *_owner(s32(arg))) else CONTINUE
+    raw = call.guest.read(arg, _F_OWNER_EX.size)
+    kind, pid = _F_OWNER_EX.unpack(raw)
+    if _refused_owner(env, pid, kind == F_OWNER_PGRP):
+        return Fail(errno.EPERM)
+    return RunChecked(NR_FCNTL, (fd, cmd, Scratch(raw)))
+
+
+@handler
+def sys_ioctl_guard(call: Call, env: Env) -> Result:
+    """FIOSETOWN / SIOCSPGRP (a socket's owner, as F_SETOWN), TIOCSPGRP (a terminal's
+    foreground group: who gets ^C and ^Z): never a trusted process or group; the
+    kernel reads the checked copy of the ``int``. USERFAULTFD_IOC_NEW (a userfaultfd
+    from ``/dev/userfaultfd``) is refused as the userfaultfd syscall is. TIOCSTI and
+    TIOCLINUX are refused: they type into the terminal the guest shares with the user."""
+    fd, req, arg = s32(call.args[0]), call.args[1] & 0xFFFFFFFF, call.args[2]
+    if req in (USERFAULTFD_IOC_NEW, TIOCSTI, TIOCLINUX):
+        return Fail(errno.EPERM)
+    raw = call.guest.read(arg, _INT.size)
+    (value,) = _INT.unpack(raw)
+    who, group = (value, True) if req == TIOCSPGRP else _owner(value)
+    if _refused_owner(env, who, group):
+        return Fail(errno.EPERM)
+    return RunChecked(NR_IOCTL, (fd, call.args[1], Scratch(raw)))
+
+
+#: setpriority's and ioprio_set's ``which``: (the pid kind, the group kind, the user kind)
+_WHICH = {"setpriority": (0, 1, 2), "ioprio_set": (1, 2, 3)}
+
+
+@handler
+def sys_priority_guard(call: Call, env: Env) -> Result:
+    """setpriority / ioprio_set: not a trusted process or group; never a whole user
+    (every process of the uid, the trusted ones among them). ``who`` 0 is the caller
+    (or its own group, as kill(0))."""
+    which, who = s32(call.args[0]), s32(call.args[1])
+    pid_kind, group_kind, user_kind = _WHICH[call.name]
+    if which == user_kind:
+        return Fail(errno.EPERM)
+    if which in (pid_kind, group_kind) and _refused_owner(env, who, which == group_kind):
+        return Fail(errno.EPERM)
+    return CONTINUE
+
+
+@handler
+def sys_kcmp_guard(call: Call, env: Env) -> Result:
+    """kcmp compares two processes' files, memory and fs state: neither may be trusted."""
+    for pid in (s32(call.args[0]), s32(call.args[1])):
+        if pid > 0 and env.host.trusted(pid):
+            return Fail(errno.EPERM)
+    return CONTINUE
