@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from attrs import define, field
 
 from synthfs.interposer.namespace import Namespace
 from synthfs.policy.engine import NetworkMode
 from synthfs.protocol.messages import Attrs, DirEntry, Listing, Opened, RenameFlags
+
+if TYPE_CHECKING:
+    from synthfs.interposer.syscalls import SyscallSpec
 
 __all__ = ["Call", "DirHandle", "Env", "FsState", "Guest", "Host", "Proc", "Repo"]
 
@@ -167,6 +170,13 @@ class Call:
     args: tuple[int, int, int, int, int, int]
     guest: Guest
     proc: Proc
+
+    @property
+    def spec(self) -> SyscallSpec:
+        """The syscall's row of the table (its ops, host op and other row data)."""
+        from synthfs.interposer.syscalls import BY_NR  # the table imports the handlers
+
+        return BY_NR[self.nr]
 
 
 class Env(Protocol):

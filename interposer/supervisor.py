@@ -31,7 +31,6 @@ from attrs import define, field, frozen
 from synthfs.interposer import ptrace_adapter as pt
 from synthfs.interposer.actions import Continue, Fail, Kill, Result, Return, RunChecked, Scratch
 from synthfs.interposer.filter import CompiledFilter
-from synthfs.interposer.handlers import HANDLERS
 from synthfs.interposer.ports import Call, Env, FsState, Proc
 from synthfs.interposer.syscalls import BY_NR, Gate, Need
 
@@ -654,11 +653,12 @@ class Supervisor:
         )
         t1 = time.perf_counter_ns() if stats is not None else 0
         try:
-            result = HANDLERS[spec.handler](call, self.env)
+            result = spec.handler(call, self.env)
         except OSError as exc:
             result = Fail(exc.errno or errno.EIO)
         except Exception:
-            log.exception("handler %s failed (pid %d): refusing the call", spec.handler, tid)
+            log.exception("handler %s failed (pid %d): refusing the call",
+                          spec.handler.__name__, tid)
             result = Fail(errno.EIO)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("[%d] %s%r -> %r", tid, spec.name, call.args[: len(spec.args)], result)

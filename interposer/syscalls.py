@@ -8,17 +8,35 @@ natively (it takes no path and cannot reach a synthetic object); a syscall
 number the table does not know at all (newer than this table) gets ENOSYS, so
 a new path syscall is never silently allowed.
 
+A row is a syscall's whole story: its argument roles, the handler function
+the supervisor calls (from :mod:`synthfs.interposer.handlers`, one module per
+section), its support level, the filter's action and argument conditions, the
+policy operations its path is checked for before any lookup (``ops``), the
+operation it does on a host path (``host_op``), what it gives on /data where
+the repository has no such thing (``on_data``), and what it reaches beyond a
+path (``reach``, SECURITY.md's matrix) with the test that shows it.
+
 Roles name what an argument is, as nsjail's ``syscall_defs.h`` does; handlers
 decode arguments by role, so ``open``, ``openat``, ``openat2`` and ``creat``
-end in one shared operation.
+end in one shared operation. The numbers are the kernel's
+(:mod:`synthfs.interposer.numbers`), so handlers can name other syscalls
+without importing this table, which imports them.
 """
 
 from __future__ import annotations
 
 import enum
 import errno
+from collections.abc import Callable
 
 from attrs import field, frozen
+
+from synthfs.interposer import handlers as h
+from synthfs.interposer.actions import Result
+from synthfs.interposer.numbers import NR
+from synthfs.interposer.ports import Call, Env
+
+Handler = Callable[[Call, Env], Result]
 
 __all__ = [
     "BY_NAME",
@@ -130,7 +148,8 @@ class SyscallSpec:
     nr: int
     args: tuple[Role, ...]
     level: Level
-    handler: str | None = None  # function name in interposer.handlers
+    #: the function the supervisor calls at a stop (None: the filter alone decides)
+    handler: Handler | None = None
     action: Action = Action.TRACE
     errno: int = 0  # for Action.ERRNO
     #: TRACE only when every condition holds (several tuples: any of them).
@@ -142,6 +161,23 @@ class SyscallSpec:
     reach: Reach = Reach.NONE
     #: the test that shows what synthfs does with it (``file::test[case]``)
     shown_by: str = ""
+    #: policy operations its path is checked for before any lookup, so a denied request
+    #: never reaches the agent (open decides from its flags)
+    ops: tuple[str, ...] = ()
+    #: the operation it does on a *host* path (docs/policy.md: read, stat and list are
+    #: the read class, the rest the write class); default: ``ops[0]``, else ``write``
+    #: (fail closed)
+    host_op: str = ""
+    #: path calls: whether a final symlink is followed (``l*`` variants: no)
+    follow: bool = True
+    #: what it gives on a /data object that has no such thing (xattrs): an errno, 0: ``0``
+    on_data: int = 0
+    #: an fd call that changes a host file is judged as this path call
+    judged_as: str = ""
+
+    @property
+    def host_operation(self) -> str:
+        return self.host_op or (self.ops[0] if self.ops else "write")
 
 
 #: Lowest address the scratch area may occupy is ``vm.mmap_min_addr``; the guard
@@ -182,20 +218,21 @@ PIDGUARD = "tests/interposer/test_guards.py::test_pid_guards"
 
 def _row(
     name: str,
-    nr: int,
     args: tuple[Role, ...],
     level: Level,
-    handler: str | None = None,
+    handler: Handler | None = None,
     note: str = "",
     **kw: object,
 ) -> SyscallSpec:
-    return SyscallSpec(name=name, nr=nr, args=args, level=level, handler=handler, note=note, **kw)  # type: ignore[arg-type]
+    """One row; its number is the kernel's (:data:`~synthfs.interposer.numbers.NR`)."""
+    return SyscallSpec(name=name, nr=NR[name], args=args, level=level, handler=handler,
+                       note=note, **kw)  # type: ignore[arg-type]
 
 
-def _deny(name: str, nr: int, err: int, note: str, **kw: object) -> SyscallSpec:
+def _deny(name: str, err: int, note: str, **kw: object) -> SyscallSpec:
     return SyscallSpec(
-        name=name, nr=nr, args=(), level=Level.DENIED, action=Action.ERRNO, errno=err, note=note,
-        **kw,  # type: ignore[arg-type]
+        name=name, nr=NR[name], args=(), level=Level.DENIED, action=Action.ERRNO, errno=err,
+        note=note, **kw,  # type: ignore[arg-type]
     )
 
 
@@ -221,247 +258,227 @@ _TMPFILE_NOTE = "a valid O_TMPFILE on a /data directory: EOPNOTSUPP (no unnamed 
 
 TABLE: tuple[SyscallSpec, ...] = (
     # -- opening ------------------------------------------------------------------------
-    _row("open", 2, (P, FL, M), Level.FULL, "sys_open", _TMPFILE_NOTE),
-    _row("openat", 257, (D, P, FL, M), Level.FULL, "sys_openat", _TMPFILE_NOTE),
+    _row("open", (P, FL, M), Level.FULL, h.open.sys_open, _TMPFILE_NOTE),
+    _row("openat", (D, P, FL, M), Level.FULL, h.open.sys_openat, _TMPFILE_NOTE),
     _row(
         "openat2",
-        437,
         (D, P, IN, SZ),
         Level.FULL,
-        "sys_openat2",
+        h.open.sys_openat2,
         "RESOLVE_* flags honoured on the host; on /data RESOLVE_BENEATH/IN_ROOT act at the mount root",
     ),
-    _row("creat", 85, (P, M), Level.FULL, "sys_creat"),
+    _row("creat", (P, M), Level.FULL, h.open.sys_creat),
     # -- attributes ---------------------------------------------------------------------
-    _row("stat", 4, (P, OUT), Level.FULL, "sys_stat"),
-    _row("lstat", 6, (P, OUT), Level.FULL, "sys_lstat"),
-    _row("newfstatat", 262, (D, P, OUT, AF), Level.FULL, "sys_newfstatat"),
-    _row("statx", 332, (D, P, AF, N, OUT), Level.FULL, "sys_statx"),
-    _row("fstat", 5, (FD, OUT), Level.FD, "sys_fstat", needs=Need.SYNTH_FD),
-    _row("access", 21, (P, N), Level.FULL, "sys_access"),
-    _row("faccessat", 269, (D, P, N), Level.FULL, "sys_faccessat"),
-    _row("faccessat2", 439, (D, P, N, AF), Level.FULL, "sys_faccessat2"),
+    _row("stat", (P, OUT), Level.FULL, h.stat.sys_stat, ops=("stat",)),
+    _row("lstat", (P, OUT), Level.FULL, h.stat.sys_lstat, ops=("stat",)),
+    _row("newfstatat", (D, P, OUT, AF), Level.FULL, h.stat.sys_newfstatat, ops=("stat",)),
+    _row("statx", (D, P, AF, N, OUT), Level.FULL, h.stat.sys_statx, ops=("stat",)),
+    _row("fstat", (FD, OUT), Level.FD, h.stat.sys_fstat, needs=Need.SYNTH_FD),
+    _row("access", (P, N), Level.FULL, h.stat.sys_access, ops=("stat",)),
+    _row("faccessat", (D, P, N), Level.FULL, h.stat.sys_faccessat, ops=("stat",)),
+    _row("faccessat2", (D, P, N, AF), Level.FULL, h.stat.sys_faccessat2, ops=("stat",)),
     _row(
         "readlink",
-        89,
         (P, OUT, SZ),
         Level.FULL,
-        "sys_readlink",
-        "/proc/self/{fd/N,cwd,exe} show synthetic paths",
+        h.stat.sys_readlink,
+        "/proc/self/{fd/N,cwd,exe} show synthetic paths", ops=("stat",)
     ),
-    _row("readlinkat", 267, (D, P, OUT, SZ), Level.FULL, "sys_readlinkat"),
+    _row("readlinkat", (D, P, OUT, SZ), Level.FULL, h.stat.sys_readlinkat, ops=("stat",)),
     _row(
         "statfs",
-        137,
         (P, OUT),
         Level.FULL,
-        "sys_statfs",
-        "on /data: the cache file system's figures",
+        h.stat.sys_statfs,
+        "on /data: the cache file system's figures", ops=("stat",)
     ),
-    _row("chmod", 90, (P, M), Level.FULL, "sys_chmod"),
-    _row("fchmodat", 268, (D, P, M), Level.FULL, "sys_fchmodat"),
-    _row("fchmodat2", 452, (D, P, M, AF), Level.FULL, "sys_fchmodat2"),
+    _row("chmod", (P, M), Level.FULL, h.setattr.sys_chmod, ops=("chmod",)),
+    _row("fchmodat", (D, P, M), Level.FULL, h.setattr.sys_fchmodat, ops=("chmod",)),
+    _row("fchmodat2", (D, P, M, AF), Level.FULL, h.setattr.sys_fchmodat2, ops=("chmod",)),
     _row(
         "fchmod",
-        91,
         (FD, M),
         Level.FD,
-        "sys_fchmod",
+        h.setattr.sys_fchmod,
         "on a host fd under [host] rules: judged and run as chmod of the fd's file",
         needs=Need.HOST_FD,
     ),
     _row(
         "chown",
-        92,
         (P, N, N),
         Level.FULL,
-        "sys_chown",
-        "on /data: accepted and ignored (the repository stores no owners)",
+        h.setattr.sys_chown,
+        "on /data: accepted and ignored (the repository stores no owners)", ops=("chmod",)
     ),
-    _row("lchown", 94, (P, N, N), Level.FULL, "sys_lchown"),
-    _row("fchownat", 260, (D, P, N, N, AF), Level.FULL, "sys_fchownat"),
-    _row("fchown", 93, (FD, N, N), Level.FD, "sys_fchown", needs=Need.HOST_FD),
-    _row("truncate", 76, (P, N), Level.FULL, "sys_truncate"),
-    _row("utime", 132, (P, IN), Level.FULL, "sys_utime"),
-    _row("utimes", 235, (P, IN), Level.FULL, "sys_utimes"),
-    _row("futimesat", 261, (D, P, IN), Level.FULL, "sys_futimesat"),
-    _row("utimensat", 280, (D, P, IN, AF), Level.FULL, "sys_utimensat"),
+    _row("lchown", (P, N, N), Level.FULL, h.setattr.sys_lchown, ops=("chmod",)),
+    _row("fchownat", (D, P, N, N, AF), Level.FULL, h.setattr.sys_fchownat, ops=("chmod",)),
+    _row("fchown", (FD, N, N), Level.FD, h.setattr.sys_fchown, needs=Need.HOST_FD),
+    _row("truncate", (P, N), Level.FULL, h.setattr.sys_truncate, ops=("write",)),
+    _row("utime", (P, IN), Level.FULL, h.setattr.sys_utime, ops=("chmod",)),
+    _row("utimes", (P, IN), Level.FULL, h.setattr.sys_utimes, ops=("chmod",)),
+    _row("futimesat", (D, P, IN), Level.FULL, h.setattr.sys_futimesat, ops=("chmod",)),
+    _row("utimensat", (D, P, IN, AF), Level.FULL, h.setattr.sys_utimensat, ops=("chmod",)),
     # -- namespace changes ---------------------------------------------------------------
-    _row("mkdir", 83, (P, M), Level.FULL, "sys_mkdir"),
-    _row("mkdirat", 258, (D, P, M), Level.FULL, "sys_mkdirat"),
-    _row("rmdir", 84, (P,), Level.FULL, "sys_rmdir"),
-    _row("unlink", 87, (P,), Level.FULL, "sys_unlink"),
-    _row("unlinkat", 263, (D, P, AF), Level.FULL, "sys_unlinkat"),
-    _row("rename", 82, (P, P2), Level.FULL, "sys_rename", "across the /data boundary: EXDEV"),
-    _row("renameat", 264, (D, P, D2, P2), Level.FULL, "sys_renameat"),
-    _row("renameat2", 316, (D, P, D2, P2, N), Level.FULL, "sys_renameat2"),
-    _row("link", 86, (P, P2), Level.FULL, "sys_link", "across the /data boundary: EXDEV"),
-    _row("linkat", 265, (D, P, D2, P2, AF), Level.FULL, "sys_linkat"),
-    _row("symlink", 88, (T, P), Level.FULL, "sys_symlink"),
-    _row("symlinkat", 266, (T, D, P), Level.FULL, "sys_symlinkat"),
+    _row("mkdir", (P, M), Level.FULL, h.tree.sys_mkdir, ops=("create",)),
+    _row("mkdirat", (D, P, M), Level.FULL, h.tree.sys_mkdirat, ops=("create",)),
+    _row("rmdir", (P,), Level.FULL, h.tree.sys_rmdir, ops=("delete",)),
+    _row("unlink", (P,), Level.FULL, h.tree.sys_unlink, ops=("delete",)),
+    _row("unlinkat", (D, P, AF), Level.FULL, h.tree.sys_unlinkat, ops=("delete",)),
+    _row("rename", (P, P2), Level.FULL, h.tree.sys_rename, "across the /data boundary: EXDEV", ops=("rename",)),
+    _row("renameat", (D, P, D2, P2), Level.FULL, h.tree.sys_renameat, ops=("rename",)),
+    _row("renameat2", (D, P, D2, P2, N), Level.FULL, h.tree.sys_renameat2, ops=("rename",)),
+    _row("link", (P, P2), Level.FULL, h.tree.sys_link, "across the /data boundary: EXDEV", ops=("link",)),
+    _row("linkat", (D, P, D2, P2, AF), Level.FULL, h.tree.sys_linkat, ops=("link",)),
+    _row("symlink", (T, P), Level.FULL, h.tree.sys_symlink, ops=("create",)),
+    _row("symlinkat", (T, D, P), Level.FULL, h.tree.sys_symlinkat, ops=("create",)),
     _row(
-        "mknod", 133, (P, M, N), Level.HOST, "sys_mknod",
+        "mknod", (P, M, N), Level.HOST, h.tree.sys_mknod,
         "on /data: EPERM (a regular file: create); under [host] a device node needs a "
         "[host] mknod glob",
-        reach=Reach.DEVICE, shown_by=f"{ESC}::test_device_node",
+        reach=Reach.DEVICE, shown_by=f"{ESC}::test_device_node", ops=("create",)
     ),
     _row(
-        "mknodat", 259, (D, P, M, N), Level.HOST, "sys_mknodat", "as mknod",
-        reach=Reach.DEVICE, shown_by=f"{GUARDS}::test_mknod_of_a_device_asks_the_mknod_rule",
+        "mknodat", (D, P, M, N), Level.HOST, h.tree.sys_mknodat, "as mknod",
+        reach=Reach.DEVICE, shown_by=f"{GUARDS}::test_mknod_of_a_device_asks_the_mknod_rule", ops=("create",)
     ),
     # -- extended attributes -------------------------------------------------------------
     _row(
         "getxattr",
-        191,
         (P, T, OUT, SZ),
         Level.FULL,
-        "sys_getxattr",
-        "on /data: ENODATA (no xattrs stored)",
+        h.xattr.sys_xattr,
+        "on /data: ENODATA (no xattrs stored)", ops=("stat",), on_data=errno.ENODATA
     ),
-    _row("lgetxattr", 192, (P, T, OUT, SZ), Level.FULL, "sys_lgetxattr"),
-    _row("setxattr", 188, (P, T, IN, SZ, N), Level.FULL, "sys_setxattr", "on /data: ENOTSUP"),
-    _row("lsetxattr", 189, (P, T, IN, SZ, N), Level.FULL, "sys_lsetxattr"),
-    _row("listxattr", 194, (P, OUT, SZ), Level.FULL, "sys_listxattr", "on /data: empty list"),
-    _row("llistxattr", 195, (P, OUT, SZ), Level.FULL, "sys_llistxattr"),
-    _row("removexattr", 197, (P, T), Level.FULL, "sys_removexattr", "on /data: ENODATA"),
-    _row("lremovexattr", 198, (P, T), Level.FULL, "sys_lremovexattr"),
+    _row("lgetxattr", (P, T, OUT, SZ), Level.FULL, h.xattr.sys_xattr, ops=("stat",), on_data=errno.ENODATA, follow=False),
+    _row("setxattr", (P, T, IN, SZ, N), Level.FULL, h.xattr.sys_xattr, "on /data: ENOTSUP", ops=("chmod",), on_data=errno.ENOTSUP),
+    _row("lsetxattr", (P, T, IN, SZ, N), Level.FULL, h.xattr.sys_xattr, ops=("chmod",), on_data=errno.ENOTSUP, follow=False),
+    _row("listxattr", (P, OUT, SZ), Level.FULL, h.xattr.sys_xattr, "on /data: empty list", ops=("stat",),),
+    _row("llistxattr", (P, OUT, SZ), Level.FULL, h.xattr.sys_xattr, ops=("stat",), follow=False),
+    _row("removexattr", (P, T), Level.FULL, h.xattr.sys_xattr, "on /data: ENODATA", ops=("chmod",), on_data=errno.ENODATA),
+    _row("lremovexattr", (P, T), Level.FULL, h.xattr.sys_xattr, ops=("chmod",), on_data=errno.ENODATA, follow=False),
     _row(
         "fgetxattr",
-        193,
         (FD, T, OUT, SZ),
         Level.FD,
-        "sys_fgetxattr",
+        h.xattr.sys_fxattr,
         "on /data: ENODATA",
-        needs=Need.SYNTH_FD,
+        needs=Need.SYNTH_FD, on_data=errno.ENODATA
     ),
     _row(
         "fsetxattr",
-        190,
         (FD, T, IN, SZ, N),
         Level.FD,
-        "sys_fsetxattr",
+        h.xattr.sys_fxattr,
         "on /data: ENOTSUP (so ACL tools fall back to chmod)",
-        needs=Need.HOST_FD,
+        needs=Need.HOST_FD, on_data=errno.ENOTSUP, judged_as="setxattr"
     ),
     _row(
         "flistxattr",
-        196,
         (FD, OUT, SZ),
         Level.FD,
-        "sys_flistxattr",
+        h.xattr.sys_fxattr,
         "on /data: empty list",
         needs=Need.SYNTH_FD,
     ),
     _row(
         "fremovexattr",
-        199,
         (FD, T),
         Level.FD,
-        "sys_fremovexattr",
+        h.xattr.sys_fxattr,
         "on /data: ENODATA",
-        needs=Need.HOST_FD,
+        needs=Need.HOST_FD, on_data=errno.ENODATA, judged_as="removexattr"
     ),
     _row(
         "setxattrat",
-        463,
         (D, P, AF, T, IN, SZ),
         Level.HOST,
-        "sys_xattrat",
-        "newer than the table's handlers: ENOTSUP on /data",
+        h.xattr.sys_xattrat,
+        "newer than the table's handlers: ENOTSUP on /data", host_op="chmod"
     ),
-    _row("getxattrat", 464, (D, P, AF, T, IN, SZ), Level.HOST, "sys_xattrat"),
-    _row("listxattrat", 465, (D, P, AF, OUT, SZ), Level.HOST, "sys_xattrat"),
-    _row("removexattrat", 466, (D, P, AF, T), Level.HOST, "sys_xattrat"),
-    _row("file_getattr", 468, (D, P, OUT, SZ, AF), Level.HOST, "sys_xattrat"),
-    _row("file_setattr", 469, (D, P, IN, SZ, AF), Level.HOST, "sys_xattrat"),
+    _row("getxattrat", (D, P, AF, T, IN, SZ), Level.HOST, h.xattr.sys_xattrat, host_op="stat"),
+    _row("listxattrat", (D, P, AF, OUT, SZ), Level.HOST, h.xattr.sys_xattrat, host_op="stat"),
+    _row("removexattrat", (D, P, AF, T), Level.HOST, h.xattr.sys_xattrat, host_op="chmod"),
+    _row("file_getattr", (D, P, OUT, SZ, AF), Level.HOST, h.xattr.sys_xattrat, host_op="stat"),
+    _row("file_setattr", (D, P, IN, SZ, AF), Level.HOST, h.xattr.sys_xattrat, host_op="chmod"),
     # -- working directory and exec ------------------------------------------------------
-    _row("chdir", 80, (P,), Level.FULL, "sys_chdir"),
-    _row("fchdir", 81, (FD,), Level.FD, "sys_fchdir"),
-    _row("getcwd", 79, (OUT, SZ), Level.FULL, "sys_getcwd", needs=Need.SYNTH_CWD),
+    _row("chdir", (P,), Level.FULL, h.cwd_exec.sys_chdir, ops=("list",)),
+    _row("fchdir", (FD,), Level.FD, h.cwd_exec.sys_fchdir),
+    _row("getcwd", (OUT, SZ), Level.FULL, h.cwd_exec.sys_getcwd, needs=Need.SYNTH_CWD),
     _row(
         "execve",
-        59,
         (P, A, A),
         Level.FULL,
-        "sys_execve",
-        "a program on /data runs from its cached copy",
+        h.cwd_exec.sys_execve,
+        "a program on /data runs from its cached copy", ops=("read",)
     ),
-    _row("execveat", 322, (D, P, A, A, AF), Level.FULL, "sys_execveat"),
+    _row("execveat", (D, P, A, A, AF), Level.FULL, h.cwd_exec.sys_execveat, ops=("read",)),
     # -- fds that may be synthetic -------------------------------------------------------
-    _row("getdents64", 217, (FD, OUT, SZ), Level.FD, "sys_getdents64", needs=Need.SYNTH_FD),
-    _row("getdents", 78, (FD, OUT, SZ), Level.FD, "sys_getdents", needs=Need.SYNTH_FD),
+    _row("getdents64", (FD, OUT, SZ), Level.FD, h.fds.sys_getdents64, needs=Need.SYNTH_FD),
+    _row("getdents", (FD, OUT, SZ), Level.FD, h.fds.sys_getdents, needs=Need.SYNTH_FD),
     _row(
         "lseek",
-        8,
         (FD, N, N),
         Level.FD,
-        "sys_lseek",
+        h.fds.sys_lseek,
         "traced for SEEK_SET only (rewinddir/seekdir on /data)",
         when=((Cond(2, "EQ", SEEK_SET),),),
         needs=Need.SYNTH_FD,
     ),
     _row(
         "close",
-        3,
         (FD,),
         Level.FD,
-        "sys_close",
+        h.fds.sys_close,
         "a written /data file is uploaded at close",
         needs=Need.WROTE,
     ),
-    _row("close_range", 436, (FD, FD, N), Level.FD, "sys_close_range", needs=Need.WROTE),
+    _row("close_range", (FD, FD, N), Level.FD, h.fds.sys_close_range, needs=Need.WROTE),
     _row(
         "fsync",
-        74,
         (FD,),
         Level.FD,
-        "sys_fsync",
+        h.fds.sys_fsync,
         "a written /data file is uploaded at fsync",
         needs=Need.WROTE,
     ),
-    _row("fdatasync", 75, (FD,), Level.FD, "sys_fsync", needs=Need.WROTE),
-    _row("syncfs", 306, (FD,), Level.FD, "sys_fsync", needs=Need.WROTE),
+    _row("fdatasync", (FD,), Level.FD, h.fds.sys_fsync, needs=Need.WROTE),
+    _row("syncfs", (FD,), Level.FD, h.fds.sys_fsync, needs=Need.WROTE),
     _row(
-        "sync", 162, (), Level.FD, "sys_sync", "uploads every written /data file", needs=Need.WROTE
+        "sync", (), Level.FD, h.fds.sys_sync, "uploads every written /data file", needs=Need.WROTE
     ),
     _row(
         "inotify_add_watch",
-        254,
         (FD, P, N),
         Level.HOST,
-        "sys_inotify_add_watch",
-        "on /data: ENOTSUP (watchers fall back to polling)",
+        h.fds.sys_inotify_add_watch,
+        "on /data: ENOTSUP (watchers fall back to polling)", host_op="stat"
     ),
     _row(
         "name_to_handle_at",
-        303,
         (D, P, OUT, OUT, AF),
         Level.HOST,
-        "sys_name_to_handle_at",
-        "on /data: EOPNOTSUPP",
+        h.fds.sys_name_to_handle_at,
+        "on /data: EOPNOTSUPP", host_op="stat"
     ),
     _row(
         "connect",
-        42,
         (FD, Role.SOCKADDR, SZ),
         Level.HOST,
-        "sys_connect",
+        h.net.sys_connect,
         "AF_UNIX paths checked (the agent's socket is refused); IP addresses by [host] network",
     ),
     _row(
         "bind",
-        49,
         (FD, Role.SOCKADDR, SZ),
         Level.HOST,
-        "sys_bind",
+        h.net.sys_bind,
         "AF_UNIX paths checked; on /data: EACCES; IP addresses by [host] network",
     ),
     _row(
         "getsockname",
-        51,
         (FD, OUT, A),
         Level.HOST,
-        "sys_getsockname",
+        h.net.sys_getsockname,
         "a socket bound in a pinned directory shows the name the guest gave; "
         "in the filter only under [host] rules",
         gate=Gate.HOST,
@@ -469,10 +486,9 @@ TABLE: tuple[SyscallSpec, ...] = (
     # -- the network ([host] network); rows in the filter only when the policy restricts it
     _row(
         "socket",
-        41,
         (Role.FAMILY, N, N),
         Level.HOST,
-        "sys_socket",
+        h.net.sys_socket,
         "network deny: no IP socket (EACCES); deny/loopback: no other family that leaves the machine; "
         "in the filter only when the policy restricts the network",
         # every family but AF_UNIX (1) (a 64-bit compare: upper bits set are trapped too)
@@ -481,10 +497,9 @@ TABLE: tuple[SyscallSpec, ...] = (
     ),
     _row(
         "sendto",
-        44,
         (FD, IN, SZ, N, Role.SOCKADDR, SZ),
         Level.HOST,
-        "sys_sendto",
+        h.net.sys_sendto,
         "with a destination only (send() passes none); checked like connect; "
         "in the filter only when the policy restricts the network or the host",
         when=((Cond(4, "NE", 0),),),
@@ -492,19 +507,17 @@ TABLE: tuple[SyscallSpec, ...] = (
     ),
     _row(
         "sendmsg",
-        46,
         (FD, IN, N),
         Level.HOST,
-        "sys_sendmsg",
+        h.net.sys_sendmsg,
         "msg_name checked like connect; only when the policy restricts the network or the host",
         gate=Gate.SEND,
     ),
     _row(
         "sendmmsg",
-        307,
         (FD, IN, N, N),
         Level.HOST,
-        "sys_sendmmsg",
+        h.net.sys_sendmmsg,
         "every msg_name checked like connect; only when the policy restricts network or host",
         gate=Gate.SEND,
     ),
@@ -514,33 +527,32 @@ TABLE: tuple[SyscallSpec, ...] = (
     # MAP_FIXED, MAP_FIXED_NOREPLACE, shmdt (it unmaps shm segments only), mseal, mbind,
     # pkey_alloc and set_mempolicy_home_node move or unprotect nothing and run natively.
     _row(
-        "mprotect", 10, (A, SZ, N), Level.GUARD, "sys_memguard", when=_low_addr,
+        "mprotect", (A, SZ, N), Level.GUARD, h.guards.sys_memguard, when=_low_addr,
         reach=Reach.MEMORY | Reach.MEMORY_MAP, shown_by=f"{ESC}::test_scratch_page[scratch_mprotect]",
     ),
     _row(
-        "pkey_mprotect", 329, (A, SZ, N, N), Level.GUARD, "sys_memguard", when=_low_addr,
+        "pkey_mprotect", (A, SZ, N, N), Level.GUARD, h.guards.sys_memguard, when=_low_addr,
         reach=Reach.MEMORY | Reach.MEMORY_MAP, shown_by=f"{MEMGUARD}[pkey_mprotect]",
     ),
     _row(
-        "munmap", 11, (A, SZ), Level.GUARD, "sys_memguard", when=_low_addr,
+        "munmap", (A, SZ), Level.GUARD, h.guards.sys_memguard, when=_low_addr,
         reach=Reach.MEMORY | Reach.MEMORY_MAP, shown_by=f"{ESC}::test_scratch_page[scratch_munmap]",
     ),
     _row(
-        "madvise", 28, (A, SZ, N), Level.GUARD, "sys_memguard",
+        "madvise", (A, SZ, N), Level.GUARD, h.guards.sys_memguard,
         "every advice (DONTNEED, FREE, REMOVE, DONTFORK, WIPEONFORK...) on the area: EPERM",
         when=_low_addr,
         reach=Reach.MEMORY | Reach.MEMORY_MAP, shown_by=f"{ESC}::test_scratch_page[scratch_madvise]",
     ),
     _row(
-        "remap_file_pages", 216, (A, SZ, N, N, N), Level.GUARD, "sys_memguard", when=_low_addr,
+        "remap_file_pages", (A, SZ, N, N, N), Level.GUARD, h.guards.sys_memguard, when=_low_addr,
         reach=Reach.MEMORY | Reach.MEMORY_MAP, shown_by=f"{MEMGUARD}[remap_file_pages]",
     ),
     _row(
         "mremap",
-        25,
         (A, SZ, SZ, N, A),
         Level.GUARD,
-        "sys_mremap_guard",
+        h.guards.sys_mremap_guard,
         when=(
             (Cond(0, "LT", SCRATCH_GUARD_END),),
             (Cond(3, "MASKED_EQ", MREMAP_FIXED, MREMAP_FIXED), Cond(4, "LT", SCRATCH_GUARD_END)),
@@ -549,33 +561,29 @@ TABLE: tuple[SyscallSpec, ...] = (
     ),
     _row(
         "mmap",
-        9,
         (A, SZ, N, N, FD, N),
         Level.GUARD,
-        "sys_memguard",
+        h.guards.sys_memguard,
         when=((Cond(0, "LT", SCRATCH_GUARD_END), Cond(3, "MASKED_EQ", MAP_FIXED, MAP_FIXED)),),
         reach=Reach.MEMORY | Reach.MEMORY_MAP,
         shown_by=f"{ESC}::test_scratch_page[scratch_mmap_fixed]",
     ),
     _row(
-        "shmat", 30, (N, A, N), Level.GUARD, "sys_memguard_shmat", "SHM_REMAP over the area: EPERM",
+        "shmat", (N, A, N), Level.GUARD, h.guards.sys_memguard_shmat, "SHM_REMAP over the area: EPERM",
         when=((Cond(1, "NE", 0),),),
         reach=Reach.MEMORY | Reach.MEMORY_MAP, shown_by=f"{MEMGUARD}[shmat]",
     ),
     _row(
         "brk",
-        12,
         (A,),
         Level.GUARD,
-        "sys_brk_guard",
+        h.guards.sys_brk_guard,
         "a break below the area's end gets the current break (the kernel's refusal); only "
         "PR_SET_MM can move the heap's start there",
         when=_in_range(0, SCRATCH_GUARD_END),
         reach=Reach.MEMORY | Reach.MEMORY_MAP, shown_by=f"{MEMGUARD}[brk]",
     ),
-    SyscallSpec(
-        name="prctl",
-        nr=157,
+    SyscallSpec(name="prctl", nr=NR["prctl"],
         args=(N, N, N, N, N),
         level=Level.GUARD,
         action=Action.ERRNO,
@@ -588,19 +596,16 @@ TABLE: tuple[SyscallSpec, ...] = (
     ),
     _deny(
         "userfaultfd",
-        323,
         errno.EPERM,
         "a fault handler of the guest's own would answer the kernel's reads of a checked copy",
         reach=Reach.MEMORY, shown_by=f"{ESC}::test_scratch_page[scratch_uffd]",
     ),
     # -- refused outright ----------------------------------------------------------------
-    _deny("io_uring_setup", 425, errno.ENOSYS, "io_uring bypasses seccomp"),
-    _deny("io_uring_enter", 426, errno.ENOSYS, "io_uring bypasses seccomp"),
-    _deny("io_uring_register", 427, errno.ENOSYS, "io_uring bypasses seccomp"),
-    _deny("clone3", 435, errno.ENOSYS, "its flags hide behind a pointer; libc falls back to clone"),
-    SyscallSpec(
-        name="clone",
-        nr=56,
+    _deny("io_uring_setup", errno.ENOSYS, "io_uring bypasses seccomp"),
+    _deny("io_uring_enter", errno.ENOSYS, "io_uring bypasses seccomp"),
+    _deny("io_uring_register", errno.ENOSYS, "io_uring bypasses seccomp"),
+    _deny("clone3", errno.ENOSYS, "its flags hide behind a pointer; libc falls back to clone"),
+    SyscallSpec(name="clone", nr=NR["clone"],
         args=(N,),
         level=Level.GUARD,
         action=Action.ERRNO,
@@ -608,9 +613,7 @@ TABLE: tuple[SyscallSpec, ...] = (
         when=((Cond(0, "MASKED_EQ", CLONE_UNTRACED, CLONE_UNTRACED),),),
         note="CLONE_UNTRACED refused (a child must stay traced)",
     ),
-    SyscallSpec(
-        name="seccomp",
-        nr=317,
+    SyscallSpec(name="seccomp", nr=NR["seccomp"],
         args=(N, N, A),
         level=Level.GUARD,
         action=Action.ERRNO,
@@ -631,46 +634,46 @@ TABLE: tuple[SyscallSpec, ...] = (
     # Every call that names another process (a pid, tid, process group or pidfd) or
     # sets who gets a file's signals; see SECURITY.md, "Calls that reach past a path".
     _row(
-        "kill", 62, (N, N), Level.GUARD, "sys_signal_guard",
+        "kill", (N, N), Level.GUARD, h.guards.sys_signal_guard,
         "refused (EPERM) toward the supervisor, agent and server (pid, or -pgid of theirs)",
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{ESC}::test_trusted_process_attack[signal_agent]",
     ),
     _row(
-        "tkill", 200, (N, N), Level.GUARD, "sys_signal_guard",
+        "tkill", (N, N), Level.GUARD, h.guards.sys_signal_guard,
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[tkill]",
     ),
     _row(
-        "tgkill", 234, (N, N, N), Level.GUARD, "sys_signal_guard",
+        "tgkill", (N, N, N), Level.GUARD, h.guards.sys_signal_guard,
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[tgkill]",
     ),
     _row(
-        "rt_sigqueueinfo", 129, (N, N, IN), Level.GUARD, "sys_signal_guard",
+        "rt_sigqueueinfo", (N, N, IN), Level.GUARD, h.guards.sys_signal_guard,
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[rt_sigqueueinfo]",
     ),
     _row(
-        "rt_tgsigqueueinfo", 297, (N, N, N, IN), Level.GUARD, "sys_signal_guard",
+        "rt_tgsigqueueinfo", (N, N, N, IN), Level.GUARD, h.guards.sys_signal_guard,
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[rt_tgsigqueueinfo]",
     ),
     _row(
-        "pidfd_open", 434, (N, N), Level.GUARD, "sys_signal_guard",
+        "pidfd_open", (N, N), Level.GUARD, h.guards.sys_signal_guard,
         "no pidfd on a trusted process (pidfd_send_signal needs one)",
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{ESC}::test_trusted_process_attack[pidfd_agent]",
     ),
     _row(
-        "pidfd_send_signal", 424, (FD, N, IN, N), Level.GUARD, "sys_pidfd_guard",
+        "pidfd_send_signal", (FD, N, IN, N), Level.GUARD, h.guards.sys_pidfd_guard,
         "the pidfd's process (fdinfo Pid:) must not be trusted",
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[pidfd_send_signal]",
     ),
     # who gets a file's SIGIO/SIGURG (and F_SETSIG's signal, SIGSTOP included)
     _row(
-        "fcntl", 72, (FD, N, A), Level.GUARD, "sys_fcntl_guard",
+        "fcntl", (FD, N, A), Level.GUARD, h.guards.sys_fcntl_guard,
         "F_SETOWN/F_SETOWN_EX toward a trusted pid or group: EPERM; the kernel reads a checked copy",
         when=_is32(1, F_SETOWN, F_SETOWN_EX),
         reach=Reach.PID | Reach.OTHER_PROCESS,
         shown_by=f"{ESC}::test_trusted_process_attack[setown_stop_agent]",
     ),
     _row(
-        "ioctl", 16, (FD, N, A), Level.GUARD, "sys_ioctl_guard",
+        "ioctl", (FD, N, A), Level.GUARD, h.guards.sys_ioctl_guard,
         "FIOSETOWN/SIOCSPGRP (a socket's owner), TIOCSPGRP (a terminal's foreground group) "
         "toward a trusted pid or group: EPERM, on a checked copy; USERFAULTFD_IOC_NEW: EPERM; "
         "TIOCSTI and TIOCLINUX: EPERM (they would type into the terminal the guest shares "
@@ -683,125 +686,124 @@ TABLE: tuple[SyscallSpec, ...] = (
     # not trapped): a lowered RLIMIT_CPU kills with SIGXCPU, a lowered RLIMIT_NOFILE
     # starves a server, SCHED_IDLE or nice 19 starves the agent
     _row(
-        "prlimit64", 302, (N, N, N, N), Level.GUARD, "sys_signal_guard",
+        "prlimit64", (N, N, N, N), Level.GUARD, h.guards.sys_signal_guard,
         "refused (EPERM) toward the supervisor, agent and server", when=_other_pid,
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{ESC}::test_trusted_process_attack[prlimit_agent]",
     ),
     _row(
-        "sched_setaffinity", 203, (N, N, N), Level.GUARD, "sys_signal_guard", when=_other_pid,
+        "sched_setaffinity", (N, N, N), Level.GUARD, h.guards.sys_signal_guard, when=_other_pid,
         reach=Reach.PID | Reach.OTHER_PROCESS,
         shown_by=f"{ESC}::test_trusted_process_attack[sched_setaffinity_agent]",
     ),
     _row(
-        "sched_setscheduler", 144, (N, N, N), Level.GUARD, "sys_signal_guard", when=_other_pid,
+        "sched_setscheduler", (N, N, N), Level.GUARD, h.guards.sys_signal_guard, when=_other_pid,
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[sched_setscheduler]",
     ),
     _row(
-        "sched_setparam", 142, (N, N), Level.GUARD, "sys_signal_guard", when=_other_pid,
+        "sched_setparam", (N, N), Level.GUARD, h.guards.sys_signal_guard, when=_other_pid,
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[sched_setparam]",
     ),
     _row(
-        "sched_setattr", 314, (N, N, N), Level.GUARD, "sys_signal_guard", when=_other_pid,
+        "sched_setattr", (N, N, N), Level.GUARD, h.guards.sys_signal_guard, when=_other_pid,
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[sched_setattr]",
     ),
     _row(
-        "setpriority", 141, (N, N, N), Level.GUARD, "sys_priority_guard",
+        "setpriority", (N, N, N), Level.GUARD, h.guards.sys_priority_guard,
         "toward a trusted pid or group: EPERM; PRIO_USER (every process of a user): EPERM",
         when=((Cond(1, "NE", 0),), *_is32(0, PRIO_USER)),
         reach=Reach.PID | Reach.OTHER_PROCESS,
         shown_by=f"{ESC}::test_trusted_process_attack[setpriority_agent]",
     ),
     _row(
-        "ioprio_set", 251, (N, N, N), Level.GUARD, "sys_priority_guard",
+        "ioprio_set", (N, N, N), Level.GUARD, h.guards.sys_priority_guard,
         "as setpriority (IOPRIO_WHO_USER: EPERM)",
         when=((Cond(1, "NE", 0),), *_is32(0, IOPRIO_WHO_USER)),
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[ioprio_set]",
     ),
     _row(
-        "migrate_pages", 256, (N, N, A, A), Level.GUARD, "sys_signal_guard", when=_other_pid,
+        "migrate_pages", (N, N, A, A), Level.GUARD, h.guards.sys_signal_guard, when=_other_pid,
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[migrate_pages]",
     ),
     _row(
-        "move_pages", 279, (N, N, A, A, A, N), Level.GUARD, "sys_signal_guard", when=_other_pid,
+        "move_pages", (N, N, A, A, A, N), Level.GUARD, h.guards.sys_signal_guard, when=_other_pid,
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[move_pages]",
     ),
     _row(
-        "get_robust_list", 274, (N, OUT, OUT), Level.GUARD, "sys_signal_guard",
+        "get_robust_list", (N, OUT, OUT), Level.GUARD, h.guards.sys_signal_guard,
         "another process's robust-list address (an ASLR leak)", when=_other_pid,
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[get_robust_list]",
     ),
     _row(
-        "kcmp", 312, (N, N, N, N, N), Level.GUARD, "sys_kcmp_guard",
+        "kcmp", (N, N, N, N, N), Level.GUARD, h.guards.sys_kcmp_guard,
         "compares two processes' files and memory: EPERM when either is trusted",
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[kcmp]",
     ),
     _deny(
-        "ptrace", 101, errno.EPERM, "guests may not trace (the supervisor, the agent or each other)",
+        "ptrace", errno.EPERM, "guests may not trace (the supervisor, the agent or each other)",
         reach=Reach.PID | Reach.OTHER_PROCESS | Reach.MEMORY,
         shown_by=f"{ESC}::test_trusted_process_attack[ptrace_agent]",
     ),
     _deny(
-        "process_vm_readv", 310, errno.EPERM, "reads another process's memory",
+        "process_vm_readv", errno.EPERM, "reads another process's memory",
         reach=Reach.PID | Reach.OTHER_PROCESS | Reach.MEMORY,
         shown_by=f"{ESC}::test_trusted_process_attack[process_vm_readv_agent]",
     ),
     _deny(
-        "process_vm_writev", 311, errno.EPERM, "writes another process's memory",
+        "process_vm_writev", errno.EPERM, "writes another process's memory",
         reach=Reach.PID | Reach.OTHER_PROCESS | Reach.MEMORY, shown_by=f"{PIDGUARD}[process_vm_writev]",
     ),
     _deny(
-        "process_madvise", 440, errno.EPERM, "acts on another process's memory",
+        "process_madvise", errno.EPERM, "acts on another process's memory",
         reach=Reach.PID | Reach.OTHER_PROCESS | Reach.MEMORY | Reach.MEMORY_MAP,
         shown_by=f"{PIDGUARD}[process_madvise]",
     ),
     _deny(
-        "process_mrelease", 448, errno.EPERM, "reaps a dying process's memory (low-memory killers only)",
+        "process_mrelease", errno.EPERM, "reaps a dying process's memory (low-memory killers only)",
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[process_mrelease]",
     ),
     _deny(
-        "pidfd_getfd", 438, errno.EPERM, "steals another process's fds",
+        "pidfd_getfd", errno.EPERM, "steals another process's fds",
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[pidfd_getfd]",
     ),
     _deny(
-        "vhangup", 153, errno.EPERM, "hangs up the terminal: SIGHUP to its session (the supervisor's)",
+        "vhangup", errno.EPERM, "hangs up the terminal: SIGHUP to its session (the supervisor's)",
         reach=Reach.TERMINAL | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[vhangup]",
     ),
-    _deny("open_by_handle_at", 304, errno.EPERM, "opens by handle, bypassing paths"),
-    _deny("chroot", 161, errno.EPERM, "would change the root the namespace is resolved against"),
-    _deny("pivot_root", 155, errno.EPERM, "mounts"),
-    _deny("mount", 165, errno.EPERM, "mounts"),
-    _deny("umount2", 166, errno.EPERM, "mounts"),
-    _deny("open_tree", 428, errno.EPERM, "mounts"),
-    _deny("move_mount", 429, errno.EPERM, "mounts"),
-    _deny("fsopen", 430, errno.EPERM, "mounts"),
-    _deny("fsconfig", 431, errno.EPERM, "mounts"),
-    _deny("fsmount", 432, errno.EPERM, "mounts"),
-    _deny("fspick", 433, errno.EPERM, "mounts"),
-    _deny("mount_setattr", 442, errno.EPERM, "mounts"),
-    _deny("open_tree_attr", 467, errno.EPERM, "mounts"),
-    _deny("fanotify_mark", 301, errno.EPERM, "watches paths outside the supervisor's view"),
-    _deny("swapon", 167, errno.EPERM, "host administration"),
-    _deny("swapoff", 168, errno.EPERM, "host administration"),
-    _deny("acct", 163, errno.EPERM, "host administration"),
-    _deny("quotactl", 179, errno.EPERM, "host administration"),
-    _deny("quotactl_fd", 443, errno.EPERM, "host administration"),
-    _deny("uselib", 134, errno.ENOSYS, "obsolete"),
-    _deny("kexec_load", 246, errno.EPERM, "host administration"),
-    _deny("kexec_file_load", 320, errno.EPERM, "host administration"),
-    _deny("init_module", 175, errno.EPERM, "host administration"),
-    _deny("finit_module", 313, errno.EPERM, "host administration"),
-    _deny("delete_module", 176, errno.EPERM, "host administration"),
-    _deny("reboot", 169, errno.EPERM, "host administration"),
-    _deny("bpf", 321, errno.EPERM, "kernel programs"),
-    _deny("perf_event_open", 298, errno.EPERM, "kernel tracing"),
+    _deny("open_by_handle_at", errno.EPERM, "opens by handle, bypassing paths"),
+    _deny("chroot", errno.EPERM, "would change the root the namespace is resolved against"),
+    _deny("pivot_root", errno.EPERM, "mounts"),
+    _deny("mount", errno.EPERM, "mounts"),
+    _deny("umount2", errno.EPERM, "mounts"),
+    _deny("open_tree", errno.EPERM, "mounts"),
+    _deny("move_mount", errno.EPERM, "mounts"),
+    _deny("fsopen", errno.EPERM, "mounts"),
+    _deny("fsconfig", errno.EPERM, "mounts"),
+    _deny("fsmount", errno.EPERM, "mounts"),
+    _deny("fspick", errno.EPERM, "mounts"),
+    _deny("mount_setattr", errno.EPERM, "mounts"),
+    _deny("open_tree_attr", errno.EPERM, "mounts"),
+    _deny("fanotify_mark", errno.EPERM, "watches paths outside the supervisor's view"),
+    _deny("swapon", errno.EPERM, "host administration"),
+    _deny("swapoff", errno.EPERM, "host administration"),
+    _deny("acct", errno.EPERM, "host administration"),
+    _deny("quotactl", errno.EPERM, "host administration"),
+    _deny("quotactl_fd", errno.EPERM, "host administration"),
+    _deny("uselib", errno.ENOSYS, "obsolete"),
+    _deny("kexec_load", errno.EPERM, "host administration"),
+    _deny("kexec_file_load", errno.EPERM, "host administration"),
+    _deny("init_module", errno.EPERM, "host administration"),
+    _deny("finit_module", errno.EPERM, "host administration"),
+    _deny("delete_module", errno.EPERM, "host administration"),
+    _deny("reboot", errno.EPERM, "host administration"),
+    _deny("bpf", errno.EPERM, "kernel programs"),
+    _deny("perf_event_open", errno.EPERM, "kernel tracing"),
     _deny(
         "keyctl",
-        250,
         errno.EPERM,
         "kernel keyrings (the agent's secrets live elsewhere, but keyrings are shared)",
     ),
-    _deny("add_key", 248, errno.EPERM, "kernel keyrings"),
-    _deny("request_key", 249, errno.EPERM, "kernel keyrings"),
+    _deny("add_key", errno.EPERM, "kernel keyrings"),
+    _deny("request_key", errno.EPERM, "kernel keyrings"),
 )
 
 #: The newest syscall number the table was written against; larger ones get ENOSYS.

@@ -33,7 +33,7 @@ def render(markdown: bool = False) -> str:
         else:
             filt = "kill"
         rows.append(
-            (str(spec.nr), spec.name, spec.level.value, filt, spec.handler or "-", spec.note)
+            (str(spec.nr), spec.name, spec.level.value, filt, _handler_name(spec), spec.note)
         )
     header = ("nr", "syscall", "level", "filter", "handler", "note")
     tail = (
@@ -78,7 +78,7 @@ def _does(spec: SyscallSpec) -> str:
     elif spec.action is Action.KILL:
         head = "kill"
     else:
-        head = f"`{spec.handler}`" + (" when args match" if spec.when else "")
+        head = f"`{_handler_name(spec)}`" + (" when args match" if spec.when else "")
     return f"{head}: {spec.note}" if spec.note else head
 
 
@@ -105,3 +105,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     print(render(args.markdown), end="")
     return 0
+
+
+def _handler_name(spec: SyscallSpec) -> str:
+    return spec.handler.__name__ if spec.handler is not None else "-"

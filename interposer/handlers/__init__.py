@@ -43,14 +43,11 @@ from synthfs.interposer.handlers import (
     xattr,  # noqa: F401
 )
 from synthfs.interposer.handlers.cwd_exec import EXEC_SCRATCH, _exec_synthetic, _expect_exec
-from synthfs.interposer.handlers.locate import HANDLERS, HOST_OPS, PRE_OPS, Loc, Pin, locate
+from synthfs.interposer.handlers.locate import Loc, Pin, locate
 from synthfs.interposer.handlers.open import legacy_open_flags, open_flags_valid
 
 __all__ = [
     "EXEC_SCRATCH",
-    "HANDLERS",
-    "HOST_OPS",
-    "PRE_OPS",
     "Loc",
     "Pin",
     "_exec_synthetic",

@@ -17,7 +17,6 @@ from synthfs.interposer.handlers.locate import (
     cstr,
     fd_loc,
     guarded,
-    handler,
     host_check,
     locate,
     locate_guest_path,
@@ -73,7 +72,6 @@ def sys_fchdir(call: Call, env: Env) -> Result:
     return RunChecked(call.nr, call.args, after)
 
 
-@handler
 def sys_getcwd(call: Call, env: Env) -> Result:
     cwd = call.proc.fs.cwd
     if cwd is None:

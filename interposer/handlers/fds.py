@@ -15,7 +15,6 @@ from synthfs.interposer.handlers.locate import (
     NR_NAME_TO_HANDLE_AT,
     Pin,
     guarded,
-    handler,
     locate,
     need,
     run_host,
@@ -78,7 +77,6 @@ def sys_getdents(call: Call, env: Env) -> Result:
     return _getdents(call, env, legacy=True)
 
 
-@handler
 def sys_lseek(call: Call, env: Env) -> Result:
     target = call.guest.fd_target(s32(call.args[0]))
     handle = env.host.dir_handle(target) if target is not None else None
@@ -108,7 +106,6 @@ def _commit_fd(call: Call, env: Env, fd: int) -> int:
     return 0
 
 
-@handler
 def sys_close(call: Call, env: Env) -> Result:
     if not call.proc.wrote:
         return CONTINUE
@@ -122,7 +119,6 @@ def sys_close(call: Call, env: Env) -> Result:
     return RunChecked(call.nr, call.args, after)
 
 
-@handler
 def sys_close_range(call: Call, env: Env) -> Result:
     if not call.proc.wrote:
         return CONTINUE
@@ -133,7 +129,6 @@ def sys_close_range(call: Call, env: Env) -> Result:
     return CONTINUE
 
 
-@handler
 def sys_fsync(call: Call, env: Env) -> Result:
     if not call.proc.wrote:
         return CONTINUE
@@ -141,7 +136,6 @@ def sys_fsync(call: Call, env: Env) -> Result:
     return Fail(err) if err else CONTINUE
 
 
-@handler
 def sys_sync(call: Call, env: Env) -> Result:
     with contextlib.suppress(OSError):  # sync(2) cannot fail
         env.repo.sync()

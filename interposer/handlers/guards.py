@@ -7,18 +7,16 @@ import re
 import struct
 
 from synthfs.interposer.actions import CONTINUE, Fail, Result, RunChecked, Scratch
-from synthfs.interposer.handlers.locate import NR_BRK, NR_FCNTL, NR_IOCTL, handler, s32
+from synthfs.interposer.handlers.locate import NR_BRK, NR_FCNTL, NR_IOCTL, s32
 from synthfs.interposer.ports import Call, Env
 
 
-@handler
 def sys_memguard(call: Call, env: Env) -> Result:
     """mprotect, pkey_mprotect, munmap, madvise, remap_file_pages, mmap(MAP_FIXED)."""
     addr, length = call.args[0], call.args[1]
     return Fail(errno.EPERM) if call.guest.touches_scratch(addr, length) else CONTINUE
 
 
-@handler
 def sys_mremap_guard(call: Call, env: Env) -> Result:
     old, old_len, new_len, flags, new = call.args[:5]
     if call.guest.touches_scratch(old, old_len):
@@ -28,12 +26,10 @@ def sys_mremap_guard(call: Call, env: Env) -> Result:
     return CONTINUE
 
 
-@handler
 def sys_memguard_shmat(call: Call, env: Env) -> Result:
     return Fail(errno.EPERM) if call.guest.touches_scratch(call.args[1], 1 << 30) else CONTINUE
 
 
-@handler
 def sys_brk_guard(call: Call, env: Env) -> Result:
     """A break below the scratch area's end (the filter traps no other).
 
@@ -53,7 +49,6 @@ def _refused_owner(env: Env, who: int, group: bool) -> bool:
     return env.host.trusted_group(who) if group else env.host.trusted(who)
 
 
-@handler
 def sys_signal_guard(call: Call, env: Env) -> Result:
     """kill, tkill, tgkill, rt_(tg)sigqueueinfo, pidfd_open, and the calls that change
     another process (prlimit64, sched_set*, migrate_pages, move_pages) or read it
@@ -75,7 +70,6 @@ def sys_signal_guard(call: Call, env: Env) -> Result:
     return CONTINUE
 
 
-@handler
 def sys_pidfd_guard(call: Call, env: Env) -> Result:
     """pidfd_send_signal: not to a trusted process, whatever pidfd names it.
 
@@ -112,7 +106,6 @@ def _owner(who: int) -> tuple[int, bool]:
     return (-who, True) if who < 0 else (who, False)
 
 
-@handler
 def sys_fcntl_guard(call: Call, env: Env) -> Result:
     """F_SETOWN / F_SETOWN_EX: a file's SIGIO (or F_SETSIG's signal: SIGSTOP too) goes to
     its owner, so no trusted process or group may become one.
@@ -130,7 +123,6 @@ def sys_fcntl_guard(call: Call, env: Env) -> Result:
     return RunChecked(NR_FCNTL, (fd, cmd, Scratch(raw)))
 
 
-@handler
 def sys_ioctl_guard(call: Call, env: Env) -> Result:
     """FIOSETOWN / SIOCSPGRP (a socket's owner, as F_SETOWN), TIOCSPGRP (a terminal's
     foreground group: who gets ^C and ^Z): never a trusted process or group; the
@@ -152,7 +144,6 @@ def sys_ioctl_guard(call: Call, env: Env) -> Result:
 _WHICH = {"setpriority": (0, 1, 2), "ioprio_set": (1, 2, 3)}
 
 
-@handler
 def sys_priority_guard(call: Call, env: Env) -> Result:
     """setpriority / ioprio_set: not a trusted process or group; never a whole user
     (every process of the uid, the trusted ones among them). ``who`` 0 is the caller
@@ -166,7 +157,6 @@ def sys_priority_guard(call: Call, env: Env) -> Result:
     return CONTINUE
 
 
-@handler
 def sys_kcmp_guard(call: Call, env: Env) -> Result:
     """kcmp compares two processes' files, memory and fs state: neither may be trusted."""
     for pid in (s32(call.args[0]), s32(call.args[1])):

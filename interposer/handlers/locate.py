@@ -15,46 +15,40 @@ from synthfs.interposer import abi
 from synthfs.interposer.abi import AT_FDCWD
 from synthfs.interposer.actions import Fail, Result, Return, RunChecked, Scratch
 from synthfs.interposer.namespace import MAX_SYMLINKS, NAME_MAX, Final, Target, last_name
+from synthfs.interposer.numbers import NR
 from synthfs.interposer.ports import Call, Env
-from synthfs.interposer.syscalls import BY_NAME
 from synthfs.protocol.messages import Attrs, FileKind
 
 log = logging.getLogger(__name__)
 
-NR_OPENAT = BY_NAME["openat"].nr
-NR_OPENAT2 = BY_NAME["openat2"].nr
-NR_MKDIRAT = BY_NAME["mkdirat"].nr
-NR_UNLINKAT = BY_NAME["unlinkat"].nr
-NR_RENAMEAT2 = BY_NAME["renameat2"].nr
-NR_LINKAT = BY_NAME["linkat"].nr
-NR_SYMLINKAT = BY_NAME["symlinkat"].nr
-NR_FCHMODAT = BY_NAME["fchmodat"].nr
-NR_FCHOWNAT = BY_NAME["fchownat"].nr
-NR_TRUNCATE = BY_NAME["truncate"].nr
-NR_UTIMENSAT = BY_NAME["utimensat"].nr
-NR_FUTIMESAT = BY_NAME["futimesat"].nr
-NR_CHDIR = BY_NAME["chdir"].nr
-NR_EXECVEAT = BY_NAME["execveat"].nr
-NR_MKNODAT = BY_NAME["mknodat"].nr
-NR_CONNECT = BY_NAME["connect"].nr
-NR_BIND = BY_NAME["bind"].nr
-NR_INOTIFY_ADD_WATCH = BY_NAME["inotify_add_watch"].nr
-NR_NAME_TO_HANDLE_AT = BY_NAME["name_to_handle_at"].nr
-NR_STATFS = BY_NAME["statfs"].nr
-NR_BRK = BY_NAME["brk"].nr
-NR_FCNTL = BY_NAME["fcntl"].nr
-NR_IOCTL = BY_NAME["ioctl"].nr
+NR_OPENAT = NR["openat"]
+NR_OPENAT2 = NR["openat2"]
+NR_MKDIRAT = NR["mkdirat"]
+NR_UNLINKAT = NR["unlinkat"]
+NR_RENAMEAT2 = NR["renameat2"]
+NR_LINKAT = NR["linkat"]
+NR_SYMLINKAT = NR["symlinkat"]
+NR_FCHMODAT = NR["fchmodat"]
+NR_FCHOWNAT = NR["fchownat"]
+NR_TRUNCATE = NR["truncate"]
+NR_UTIMENSAT = NR["utimensat"]
+NR_FUTIMESAT = NR["futimesat"]
+NR_CHDIR = NR["chdir"]
+NR_EXECVEAT = NR["execveat"]
+NR_MKNODAT = NR["mknodat"]
+NR_CONNECT = NR["connect"]
+NR_BIND = NR["bind"]
+NR_INOTIFY_ADD_WATCH = NR["inotify_add_watch"]
+NR_NAME_TO_HANDLE_AT = NR["name_to_handle_at"]
+NR_STATFS = NR["statfs"]
+NR_BRK = NR["brk"]
+NR_FCNTL = NR["fcntl"]
+NR_IOCTL = NR["ioctl"]
 IN_DONT_FOLLOW = 0x01000000
 
 NO_LINKS = abi.RESOLVE_NO_SYMLINKS | abi.RESOLVE_NO_MAGICLINKS
 
 Handler = Callable[[Call, Env], Result]
-HANDLERS: dict[str, Handler] = {}
-
-
-def handler(fn: Handler) -> Handler:
-    HANDLERS[fn.__name__] = fn
-    return fn
 
 
 def s32(value: int) -> int:
@@ -188,68 +182,7 @@ def _synthetic_loc(env: Env, guest_path: str) -> Loc:
     return Loc(guest=guest_path, repo=repo, attrs=env.repo.lstat(repo))
 
 
-#: The policy operation a syscall's path is checked for before any lookup, so a
-#: denied request never reaches the agent (open decides from its flags).
-PRE_OPS: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(
-        (
-            "stat",
-            "lstat",
-            "newfstatat",
-            "statx",
-            "access",
-            "faccessat",
-            "faccessat2",
-            "readlink",
-            "readlinkat",
-            "statfs",
-            "getxattr",
-            "lgetxattr",
-            "listxattr",
-            "llistxattr",
-        ),
-        ("stat",),
-    ),
-    **dict.fromkeys(("mkdir", "mkdirat", "symlink", "symlinkat", "mknod", "mknodat"), ("create",)),
-    **dict.fromkeys(("unlink", "unlinkat", "rmdir"), ("delete",)),
-    **dict.fromkeys(("rename", "renameat", "renameat2"), ("rename",)),
-    **dict.fromkeys(("link", "linkat"), ("link",)),
-    **dict.fromkeys(
-        (
-            "chmod",
-            "fchmodat",
-            "fchmodat2",
-            "chown",
-            "lchown",
-            "fchownat",
-            "utime",
-            "utimes",
-            "utimensat",
-            "futimesat",
-            "setxattr",
-            "lsetxattr",
-            "removexattr",
-            "lremovexattr",
-        ),
-        ("chmod",),
-    ),
-    "truncate": ("write",),
-    "chdir": ("list",),
-    **dict.fromkeys(("execve", "execveat"), ("read",)),
-}
 
-
-#: The policy operation a syscall does on a *host* path (docs/policy.md: ``read``,
-#: ``stat`` and ``list`` are the read class, the rest the write class). Same as
-#: :data:`PRE_OPS` where that names one op; open decides from its flags. A
-#: syscall missing here is asked for ``write`` (fail closed).
-HOST_OPS: dict[str, str] = {
-    **{name: ops[0] for name, ops in PRE_OPS.items()},
-    **dict.fromkeys(("getxattrat", "listxattrat", "file_getattr"), "stat"),
-    **dict.fromkeys(("setxattrat", "removexattrat", "file_setattr"), "chmod"),
-    "inotify_add_watch": "stat",
-    "name_to_handle_at": "stat",
-}
 
 
 def host_check(call: Call, env: Env, op: str, loc: Loc) -> None:
@@ -360,10 +293,10 @@ def locate(
 ) -> Loc:
     """Resolve the guest path at ``addr`` relative to ``dirfd`` (raises OSError).
 
-    ``ops`` (default: :data:`PRE_OPS` of the syscall) are checked on the path
+    ``ops`` (default: the row's ``ops``) are checked on the path
     as written before anything is looked up; the handler checks the resolved
     path again once it knows what it is. A host location is checked here, once,
-    for ``host_op`` (default: :data:`HOST_OPS` of the syscall) on its real path.
+    for ``host_op`` (default: the row's host operation) on its real path.
     ``final``: see :class:`~interposer.namespace.Final` (ENTRY: call
     :func:`looked_up` where the kernel looks the final name up).
     ``confine``: openat2's RESOLVE_* confinement flags (:func:`_confined_walk`).
@@ -380,7 +313,7 @@ def locate(
         confine=confine,
     )
     if not loc.synthetic:
-        host_check(call, env, host_op or HOST_OPS.get(call.name, "write"), loc)
+        host_check(call, env, host_op or call.spec.host_operation, loc)
     return loc
 
 
@@ -425,7 +358,7 @@ def _locate(
         if real is not None and not env.ns.covers(real):
             return _host_loc(call, env, real, False, raw.endswith("/"))
     if not in_root:  # an IN_ROOT path names another place than its text: checked resolved
-        precheck(call, env, PRE_OPS.get(call.name, ()) if ops is None else ops, raw, base)
+        precheck(call, env, call.spec.ops if ops is None else ops, raw, base)
     last = last_name(raw)
     if not in_root and (
         raw.startswith(("/proc/", "/dev/"))
@@ -662,7 +595,6 @@ def guarded(fn: Callable[[Call, Env], Result]) -> Handler:
 
     run.__name__ = fn.__name__
     run.__doc__ = fn.__doc__
-    HANDLERS[fn.__name__] = run
     return run
 
 

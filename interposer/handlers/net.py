@@ -20,8 +20,8 @@ from synthfs.interposer.handlers.locate import (
     s32,
     whose,
 )
+from synthfs.interposer.numbers import NR
 from synthfs.interposer.ports import Call, Env
-from synthfs.interposer.syscalls import BY_NAME
 from synthfs.policy.engine import NetworkMode
 
 AF_UNSPEC = 0
@@ -29,8 +29,8 @@ AF_UNIX = 1
 AF_INET = 2
 AF_INET6 = 10
 AF_NETLINK = 16
-NR_SENDTO = BY_NAME["sendto"].nr
-NR_SENDMSG = BY_NAME["sendmsg"].nr
+NR_SENDTO = NR["sendto"]
+NR_SENDMSG = NR["sendmsg"]
 _LOCAL_FAMILIES = (AF_UNIX, AF_NETLINK)  # never leave the machine
 _SOCKADDR_MAX = 128  # sizeof(struct sockaddr_storage)
 _SUN_PATH = 108  # sizeof(sockaddr_un.sun_path)

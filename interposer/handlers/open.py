@@ -16,7 +16,6 @@ from synthfs.interposer.handlers.locate import (
     Pin,
     Refused,
     cstr,
-    handler,
     locate,
     log,
     looked_up,
@@ -207,25 +206,21 @@ def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Re
     )
 
 
-@handler
 def sys_open(call: Call, env: Env) -> Result:
     a = call.args
     return open_at(call, env, AT_FDCWD, a[0], legacy_open_flags(a[1]), a[2])
 
 
-@handler
 def sys_openat(call: Call, env: Env) -> Result:
     a = call.args
     return open_at(call, env, s32(a[0]), a[1], legacy_open_flags(a[2]), a[3])
 
 
-@handler
 def sys_creat(call: Call, env: Env) -> Result:
     a = call.args
     return open_at(call, env, AT_FDCWD, a[0], abi.O_CREAT | abi.O_WRONLY | abi.O_TRUNC, a[1])
 
 
-@handler
 def sys_openat2(call: Call, env: Env) -> Result:
     a = call.args
     size = a[3]

@@ -25,8 +25,8 @@ from synthfs.interposer.handlers.locate import (
     s32,
 )
 from synthfs.interposer.handlers.tree import synthetic_op
+from synthfs.interposer.numbers import NR
 from synthfs.interposer.ports import Call, Env
-from synthfs.interposer.syscalls import BY_NAME
 from synthfs.protocol.messages import FileKind
 
 
@@ -287,5 +287,5 @@ def sys_utime(call: Call, env: Env) -> Result:
     loc = locate(call, env, AT_FDCWD, call.args[0], follow=True)
     if not loc.synthetic:
         assert loc.host is not None
-        return run_host(env, BY_NAME["utime"].nr, (Pin(loc, whole=True), tptr))
+        return run_host(env, NR["utime"], (Pin(loc, whole=True), tptr))
     return utimens_at(call, env, AT_FDCWD, call.args[0], times, 0, raw=lambda _l: Fail(errno.EIO))

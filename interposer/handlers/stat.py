@@ -16,7 +16,6 @@ from synthfs.interposer.handlers.locate import (
     cstr,
     fd_loc,
     guarded,
-    handler,
     host_check,
     live_attrs,
     locate,
@@ -109,23 +108,19 @@ def pack_host_stat(s: os.stat_result) -> bytes:
     )
 
 
-@handler
 def sys_stat(call: Call, env: Env) -> Result:
     return stat_at(call, env, AT_FDCWD, call.args[0], call.args[1], 0)
 
 
-@handler
 def sys_lstat(call: Call, env: Env) -> Result:
     return stat_at(call, env, AT_FDCWD, call.args[0], call.args[1], AT_SYMLINK_NOFOLLOW)
 
 
-@handler
 def sys_newfstatat(call: Call, env: Env) -> Result:
     a = call.args
     return stat_at(call, env, s32(a[0]), a[1], a[2], a[3])
 
 
-@handler
 def sys_fstat(call: Call, env: Env) -> Result:
     loc = fd_loc(call, env, s32(call.args[0]))
     if loc is None or not loc.synthetic:
@@ -138,7 +133,6 @@ def sys_fstat(call: Call, env: Env) -> Result:
     )
 
 
-@handler
 def sys_statx(call: Call, env: Env) -> Result:
     dirfd, addr, atflags, _mask, buf = (
         s32(call.args[0]),
@@ -215,17 +209,14 @@ def access_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, atflags: i
     return Return(0)
 
 
-@handler
 def sys_access(call: Call, env: Env) -> Result:
     return access_at(call, env, AT_FDCWD, call.args[0], call.args[1], 0)
 
 
-@handler
 def sys_faccessat(call: Call, env: Env) -> Result:
     return access_at(call, env, s32(call.args[0]), call.args[1], call.args[2], 0)
 
 
-@handler
 def sys_faccessat2(call: Call, env: Env) -> Result:
     a = call.args
     return access_at(call, env, s32(a[0]), a[1], a[2], a[3])
@@ -286,12 +277,10 @@ def _proc_link(call: Call, env: Env, raw: str, dirfd: int) -> str | None:
     return None
 
 
-@handler
 def sys_readlink(call: Call, env: Env) -> Result:
     return readlink_at(call, env, AT_FDCWD, call.args[0], call.args[1], call.args[2])
 
 
-@handler
 def sys_readlinkat(call: Call, env: Env) -> Result:
     a = call.args
     return readlink_at(call, env, s32(a[0]), a[1], a[2], a[3])

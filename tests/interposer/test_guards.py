@@ -16,7 +16,6 @@ import pytest
 from test_handlers import FakeEnv, FakeGuest
 
 from synthfs.interposer.actions import CONTINUE, Fail, RunChecked, Scratch
-from synthfs.interposer.handlers import HANDLERS
 from synthfs.interposer.ports import Call, FsState, Proc
 from synthfs.interposer.syscalls import BY_NAME, SCRATCH_GUARD_END, Action, Cond, SyscallSpec
 
@@ -44,7 +43,7 @@ def run(name: str, *args: int, guest: FakeGuest | None = None, env: FakeEnv | No
     full = (*[a & M64 for a in args], 0, 0, 0, 0, 0, 0)[:6]
     call = Call(spec.nr, name, full, guest, Proc(tgid=guest.tgid, fs=FsState()))
     assert spec.handler is not None
-    return HANDLERS[spec.handler](call, env)
+    return spec.handler(call, env)
 
 
 # -- the scratch area --------------------------------------------------------------------------

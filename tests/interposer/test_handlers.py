@@ -10,7 +10,6 @@ import pytest
 
 from synthfs.interposer import abi
 from synthfs.interposer.actions import Continue, Fail, Return, RunChecked, Scratch
-from synthfs.interposer.handlers import HANDLERS
 from synthfs.interposer.namespace import Namespace
 from synthfs.interposer.ports import Call, DirHandle, FsState, Proc
 from synthfs.policy.engine import NetworkMode
@@ -237,7 +236,7 @@ def world():
 
         spec = BY_NAME[name]
         full = (list(args) + [0] * 6)[:6]
-        return HANDLERS[spec.handler](Call(spec.nr, name, tuple(full), guest, proc), env)
+        return spec.handler(Call(spec.nr, name, tuple(full), guest, proc), env)
 
     return guest, env, proc, call
 

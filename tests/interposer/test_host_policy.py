@@ -24,7 +24,6 @@ from test_handlers import FakeEnv, FakeGuest
 
 from synthfs.interposer import abi
 from synthfs.interposer.actions import Fail, Return, RunChecked, Scratch
-from synthfs.interposer.handlers import HANDLERS, HOST_OPS, PRE_OPS
 from synthfs.interposer.ports import Call, FsState, Proc
 from synthfs.interposer.run import RunEnv
 from synthfs.interposer.syscalls import BY_NAME, TABLE, Action, Role
@@ -109,7 +108,7 @@ def world(ws: Path):
         values = [guest.put(next(addr), a) if isinstance(a, str) else a for a in args]
         full = (values + [0] * 6)[:6]
         assert spec.handler is not None
-        return HANDLERS[spec.handler](Call(spec.nr, name, tuple(full), guest, proc), env)
+        return spec.handler(Call(spec.nr, name, tuple(full), guest, proc), env)
 
     return ws, env, call
 
@@ -124,16 +123,15 @@ def test_every_path_syscall_has_a_host_op_in_the_right_class() -> None:
     opens = {"open", "openat", "openat2", "creat"}
     for spec in TABLE:
         if spec.action is Action.TRACE and Role.PATH in spec.args and spec.name not in opens:
-            assert spec.name in HOST_OPS, f"{spec.name}: no host op (would be asked 'write')"
-    for name, op in HOST_OPS.items():
-        assert Op(op) in READ_OPS | WRITE_OPS
-        if name in PRE_OPS:
-            assert PRE_OPS[name] == (op,)
+            assert spec.ops or spec.host_op, f"{spec.name}: no host op (would be asked 'write')"
+        if spec.host_op or spec.ops:
+            assert Op(spec.host_operation) in READ_OPS | WRITE_OPS
+        assert all(Op(op) for op in spec.ops)
     # queries are read class, mutations write class (docs/policy.md)
     for name in ("stat", "lstat", "statx", "access", "readlink", "getxattr", "statfs", "execve"):
-        assert Op(HOST_OPS[name]) in READ_OPS, name
+        assert Op(BY_NAME[name].host_operation) in READ_OPS, name
     for name in ("mkdir", "unlink", "rename", "link", "symlink", "chmod", "truncate", "utimensat"):
-        assert Op(HOST_OPS[name]) in WRITE_OPS, name
+        assert Op(BY_NAME[name].host_operation) in WRITE_OPS, name
 
 
 def test_opens_are_decided_by_their_access_on_the_real_path(world) -> None:
@@ -258,7 +256,7 @@ def own_fds(ws: Path):
         values = [guest.put(next(addr), a) if isinstance(a, str) else a for a in args]
         assert spec.handler is not None
         full = tuple((values + [0] * 6)[:6])
-        return HANDLERS[spec.handler](Call(spec.nr, name, full, guest, proc), env)
+        return spec.handler(Call(spec.nr, name, full, guest, proc), env)
 
     return env, call
 
@@ -321,7 +319,7 @@ def test_audit_all_records_host_allows(ws: Path) -> None:
     spec = BY_NAME["open"]
     guest.put(0x100, f"{ws}/in/r.txt")
     call = Call(spec.nr, "open", (0x100, os.O_RDONLY, 0, 0, 0, 0), guest, proc)
-    assert isinstance(HANDLERS["sys_open"](call, env), RunChecked)
+    assert isinstance(BY_NAME["open"].handler(call, env), RunChecked)
     (rec,) = env.records()
     assert rec["decision"] == "allow" and rec["errno"] == 0 and rec["errname"] == ""
     assert rec["rule"].startswith("host.toml:") and rec["op"] == "read"  # type: ignore[union-attr]
@@ -435,7 +433,7 @@ def test_execve_notes_what_it_checked_and_a_changed_image_is_killed(world) -> No
         addr = guest.put(0x1000, str(path))
         spec = BY_NAME["execve"]
         args = (addr, 0, 0, 0, 0, 0)
-        result = HANDLERS[spec.handler](Call(spec.nr, "execve", args, guest, proc), env)
+        result = spec.handler(Call(spec.nr, "execve", args, guest, proc), env)
         assert isinstance(result, RunChecked)
         s = want.stat()
         assert proc.exec_checked == {(s.st_dev, s.st_ino)}

@@ -26,7 +26,6 @@ from test_handlers import FakeEnv, FakeGuest
 
 from synthfs.interposer.actions import Continue, Fail, Return, RunChecked, Scratch
 from synthfs.interposer.filter import active_gates, build_filter
-from synthfs.interposer.handlers import HANDLERS
 from synthfs.interposer.ports import Call, FsState, Proc
 from synthfs.interposer.run import RunEnv
 from synthfs.interposer.syscalls import BY_NAME, Gate
@@ -107,7 +106,7 @@ def make(mode: str):
         spec = BY_NAME[name]
         assert spec.handler is not None
         full = (list(args) + [0] * 6)[:6]
-        return HANDLERS[spec.handler](Call(spec.nr, name, tuple(full), guest, proc), env)
+        return spec.handler(Call(spec.nr, name, tuple(full), guest, proc), env)
 
     return guest, env, call
 

@@ -6,7 +6,6 @@ import pyseccomp as sc
 
 from synthfs.cli import main as cli_main
 from synthfs.interposer.filter import build_filter
-from synthfs.interposer.handlers import HANDLERS
 from synthfs.interposer.syscalls import BY_NAME, MAX_KNOWN_NR, TABLE, Action, Level, Role
 
 #: Every x86_64 syscall that takes a path (or reaches another process's files),
@@ -103,7 +102,7 @@ def test_rows_match_the_kernel_numbers_and_handlers_exist() -> None:
         if spec.nr <= 454:  # libseccomp 2.5 knows names up to here
             assert sc.resolve_syscall(arch, spec.nr).decode() == spec.name, spec
         if spec.action is Action.TRACE:
-            assert spec.handler in HANDLERS, f"{spec.name}: handler {spec.handler} missing"
+            assert callable(spec.handler), f"{spec.name}: no handler"
         else:
             assert spec.errno or spec.action is Action.KILL, spec
         assert spec.nr <= MAX_KNOWN_NR
