@@ -21,10 +21,10 @@ from synthfs.interposer.hostside import HostSide
 from synthfs.interposer.namespace import Namespace
 from synthfs.interposer.ports import Call, Proc
 from synthfs.interposer.remote import Remote
+from synthfs.policy.audit import AuditRecord
 from synthfs.policy.engine import (
     Action,
     App,
-    AuditRecord,
     Decision,
     NetworkMode,
     Op,

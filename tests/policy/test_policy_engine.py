@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from synthfs.policy.audit import AuditRecord
 from synthfs.policy.engine import (
     DEFAULT_POLICY_TOML,
     READ_OPS,
     WRITE_OPS,
     Action,
-    AuditRecord,
     Decision,
     NetworkMode,
     Op,
