@@ -287,6 +287,15 @@ class HostSide:
                     self.trusted_pids.discard(old)  # its pid may come back as a guest's
         return known
 
+    def supervisor_group(self, pid: int, target: int) -> bool:
+        """Whether kill(``target`` <= 0) by ``pid`` names the supervisor's own group
+        (the guest shares it, so that the terminal's Ctrl-C reaches both)."""
+        try:
+            group = os.getpgid(pid) if target == 0 else -target
+        except OSError:
+            return False
+        return group == os.getpgrp()
+
     def trusted_group(self, pgid: int) -> bool:
         """Whether ``pgid`` is the process group of the agent or the server."""
         self._learn()

@@ -165,3 +165,22 @@ NR: dict[str, int] = {
     "file_getattr": 468,
     "file_setattr": 469,
 }
+
+
+# -- ioctl requests the table traces (``unsigned int``: compared on 32 bits) ----------------
+FIOSETOWN = 0x8901  # a socket's owner (who gets SIGIO), as F_SETOWN
+SIOCSPGRP = 0x8902
+TIOCSPGRP = 0x5410  # a terminal's foreground group
+TIOCSTI = 0x5412  # types into the terminal
+TIOCLINUX = 0x541C
+USERFAULTFD_IOC_NEW = 0xAA00  # a userfaultfd from /dev/userfaultfd
+FS_IOC_SETFLAGS = 0x40086602  # chattr: immutable, append-only... on any fd, even read-only
+FS_IOC32_SETFLAGS = 0x40046602
+FS_IOC_FSSETXATTR = 0x401C5820  # the same flags, xfs style
+FS_IOC_SETVERSION = 0x40087602  # an inode's generation
+FIFREEZE = 0xC0045877  # freezes the whole file system the fd is on
+FITHAW = 0xC0045878
+#: refused outright (EPERM): they change a file through a read-only fd, or a whole file
+#: system (a frozen one stalls the supervisor in the kernel, unkillably)
+REFUSED_IOCTLS = (USERFAULTFD_IOC_NEW, TIOCSTI, TIOCLINUX, FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS,
+                  FS_IOC_FSSETXATTR, FS_IOC_SETVERSION, FIFREEZE, FITHAW)

@@ -113,6 +113,10 @@ class Host(Protocol):
     def trusted(self, pid: int) -> bool:
         """Whether a pid or tid belongs to the supervisor, the agent or the server."""
 
+    def supervisor_group(self, pid: int, target: int) -> bool:
+        """Whether kill(``target`` <= 0) by ``pid`` names the supervisor's own group."""
+        ...
+
     def trusted_group(self, pgid: int) -> bool:
         """Whether a process group is the agent's or the server's."""
 

@@ -343,6 +343,10 @@ class Supervisor:
                 # Traced from here: a Ctrl-C now is the guest's, delivered by the wait loop.
                 at_exec.apply()
                 resource.setrlimit(resource.RLIMIT_NOFILE, caller_files)  # the caller's
+                # No core dumps: the kernel writes them itself, unchecked (into a cwd the
+                # policy may not let the guest write, replacing a `core` there), and a
+                # dump of a pinned app holds what only it was allowed to read.
+                resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
                 compiled.load()
                 os.execvpe(argv[0], list(argv), env if env is not None else os.environ)  # noqa: S606
             except FileNotFoundError:

@@ -33,7 +33,13 @@ from attrs import field, frozen
 
 from synthfs.interposer import handlers as h
 from synthfs.interposer.actions import Result
-from synthfs.interposer.numbers import NR
+from synthfs.interposer.numbers import (
+    FIOSETOWN,
+    NR,
+    REFUSED_IOCTLS,
+    SIOCSPGRP,
+    TIOCSPGRP,
+)
 from synthfs.interposer.ports import Call, Env
 
 Handler = Callable[[Call, Env], Result]
@@ -188,10 +194,6 @@ MREMAP_FIXED = 0x2
 PR_SET_MM = 35
 F_SETOWN = 8
 F_SETOWN_EX = 15
-FIOSETOWN = 0x8901
-SIOCSPGRP = 0x8902
-TIOCSPGRP = 0x5410
-USERFAULTFD_IOC_NEW = 0xAA00
 PRIO_USER = 2
 IOPRIO_WHO_USER = 3
 #: ``int`` and ``unsigned int`` arguments: the kernel drops the upper 32 bits, so the
@@ -199,9 +201,6 @@ IOPRIO_WHO_USER = 3
 _U32 = 0xFFFFFFFF
 CLONE_UNTRACED = 0x00800000
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
-#: they type into (or act on) the terminal the guest shares with the user's shell
-TIOCSTI = 0x5412
-TIOCLINUX = 0x541C
 SEEK_SET = 0
 
 P, P2, T = Role.PATH, Role.PATH2, Role.TEXT
@@ -675,10 +674,11 @@ TABLE: tuple[SyscallSpec, ...] = (
     _row(
         "ioctl", (FD, N, A), Level.GUARD, h.guards.sys_ioctl_guard,
         "FIOSETOWN/SIOCSPGRP (a socket's owner), TIOCSPGRP (a terminal's foreground group) "
-        "toward a trusted pid or group: EPERM, on a checked copy; USERFAULTFD_IOC_NEW: EPERM; "
-        "TIOCSTI and TIOCLINUX: EPERM (they would type into the terminal the guest shares "
-        "with the user)",
-        when=_is32(1, FIOSETOWN, SIOCSPGRP, TIOCSPGRP, USERFAULTFD_IOC_NEW, TIOCSTI, TIOCLINUX),
+        "toward a trusted pid or group: EPERM, on a checked copy; EPERM always for "
+        "USERFAULTFD_IOC_NEW, TIOCSTI and TIOCLINUX (they type into the terminal the guest "
+        "shares with the user), FS_IOC_SETFLAGS/FSSETXATTR/SETVERSION (chattr through a "
+        "read-only fd) and FIFREEZE/FITHAW (a frozen file system stalls the supervisor)",
+        when=_is32(1, FIOSETOWN, SIOCSPGRP, TIOCSPGRP, *REFUSED_IOCTLS),
         reach=Reach.PID | Reach.TERMINAL | Reach.DEVICE | Reach.OTHER_PROCESS | Reach.MEMORY,
         shown_by=f"{ESC}::test_trusted_process_attack[fiosetown_stop_agent]",
     ),

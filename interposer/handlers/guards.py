@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 import re
+import signal
 import struct
 
 from synthfs.interposer.actions import CONTINUE, Fail, Result, RunChecked, Scratch
 from synthfs.interposer.handlers.locate import NR_BRK, NR_FCNTL, NR_IOCTL, s32
+from synthfs.interposer.numbers import REFUSED_IOCTLS, TIOCSPGRP
 from synthfs.interposer.ports import Call, Env
 
 
@@ -56,18 +58,30 @@ def sys_signal_guard(call: Call, env: Env) -> Result:
 
     The first argument is the target (a pid, tgid or tid). kill(-1) (every
     process the user may signal) is refused, and so is kill(-PGID) of the
-    agent's or the server's process group; the guest's own group (pid 0) is
-    left alone: the supervisor may share it (a shell's job) and forwards what
-    reaches it.
+    agent's or the server's process group. The supervisor shares the guest's
+    group (the terminal's Ctrl-C reaches both, and it forwards what reaches
+    it), so a stop signal toward that group (kill(0), or kill(-PGID) from a
+    child that moved to a group of its own) is refused: it would freeze the
+    sandbox. Other signals to it are let through (the supervisor passes
+    SIGTERM/SIGHUP on; SIGKILL ends the run, as it ends the guests natively).
     """
     pid = s32(call.args[0])
     if pid > 0:
         return Fail(errno.EPERM) if env.host.trusted(pid) else CONTINUE
-    if call.name != "kill" or pid == 0 or s32(call.args[1]) == 0:
+    sig = s32(call.args[1])
+    if call.name != "kill" or sig == 0:
+        return CONTINUE
+    if sig in _STOPS and env.host.supervisor_group(call.guest.tgid, pid):
+        return Fail(errno.EPERM)
+    if pid == 0:
         return CONTINUE
     if pid == -1 or env.host.trusted_group(-pid):
         return Fail(errno.EPERM)
     return CONTINUE
+
+
+#: the signals that stop a process (SIGSTOP cannot be caught, the others stop by default)
+_STOPS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 
 
 def sys_pidfd_guard(call: Call, env: Env) -> Result:
@@ -93,12 +107,6 @@ F_SETOWN_EX = 15
 F_OWNER_PGRP = 2
 _F_OWNER_EX = struct.Struct("ii")
 _INT = struct.Struct("i")
-FIOSETOWN = 0x8901
-SIOCSPGRP = 0x8902
-TIOCSPGRP = 0x5410
-USERFAULTFD_IOC_NEW = 0xAA00
-TIOCSTI = 0x5412
-TIOCLINUX = 0x541C
 
 
 def _owner(who: int) -> tuple[int, bool]:
@@ -127,10 +135,11 @@ def sys_ioctl_guard(call: Call, env: Env) -> Result:
     """FIOSETOWN / SIOCSPGRP (a socket's owner, as F_SETOWN), TIOCSPGRP (a terminal's
     foreground group: who gets ^C and ^Z): never a trusted process or group; the
     kernel reads the checked copy of the ``int``. USERFAULTFD_IOC_NEW (a userfaultfd
-    from ``/dev/userfaultfd``) is refused as the userfaultfd syscall is. TIOCSTI and
-    TIOCLINUX are refused: they type into the terminal the guest shares with the user."""
+    from ``/dev/userfaultfd``) is refused as the userfaultfd syscall is, and so are
+    the rest of :data:`~synthfs.interposer.numbers.REFUSED_IOCTLS` (terminal
+    injection, chattr through a read-only fd, freezing a file system)."""
     fd, req, arg = s32(call.args[0]), call.args[1] & 0xFFFFFFFF, call.args[2]
-    if req in (USERFAULTFD_IOC_NEW, TIOCSTI, TIOCLINUX):
+    if req in REFUSED_IOCTLS:
         return Fail(errno.EPERM)
     raw = call.guest.read(arg, _INT.size)
     (value,) = _INT.unpack(raw)

@@ -516,9 +516,17 @@ def base_dir(call: Call, env: Env, dirfd: int) -> str:
 
 _CLEAN_ABS = re.compile(r"^(?:/(?!\.\.?(?:/|$))[^/]+)+$")
 _PROC_FD = re.compile(r"^/proc/(\d+)(?:/task/\d+)?/fd/(\d+)(/.*)?$")
+#: /proc/PID/... as the guest wrote it (after its own /proc/self is made a pid)
+_PROC_PID = re.compile(r"^/proc/(\d+)(?:/|$)")
 
 
 def _host_loc(call: Call, env: Env, path: str, follow: bool, must_be_dir: bool) -> Loc:
+    # Anything under /proc/PID of a trusted process is refused by its pid, before any
+    # walk: its fd, cwd and root links lead to objects (a pipe, a socket) whose /proc
+    # text names no path the refused list could catch.
+    p = _PROC_PID.match(path)
+    if p and int(p.group(1)) != call.guest.tgid and env.host.trusted(int(p.group(1))):
+        raise Refused(errno.EACCES, "a trusted process's /proc entry")
     # /proc/PID/fd/N[/rest] of the guest's own fd on a synthetic object.
     m = _PROC_FD.match(path)
     if m and int(m.group(1)) == call.guest.tgid and (m.group(3) or follow):
