@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import stat as st
 import struct
@@ -245,30 +246,74 @@ def host_readlink(fd: int) -> str:
     return os.fsdecode(buf.raw[:n])
 
 
-def executed_object(fd: int, cwd: str) -> tuple[int, int] | None:
-    """``(st_dev, st_ino)`` of what the kernel will map when it execs the file ``fd``
-    holds: the file itself, or for a ``#!`` script the interpreter it names (followed
-    as the kernel does; a relative interpreter from ``cwd``). None when that cannot
-    be told (an unreadable script, an interpreter that does not exist: the exec
-    fails then anyway). Raises nothing."""
-    opened: list[int] = []
+def _pread(fd: int, offset: int, size: int) -> bytes:
+    return os.pread(fd, size, offset)
+
+
+#: auxv: AT_BASE, the load address of the ``PT_INTERP`` loader (0: none).
+_AT_BASE = 7
+
+
+def mapped_loader(tgid: int) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the loader the kernel mapped for a process's
+    ``PT_INTERP`` (at AT_BASE, its first mapping), read at its exec stop; None for
+    a program without one. ``(0, 0)`` when it cannot be told (fail closed)."""
     try:
-        for _ in range(binfmt.MAX_SCRIPTS):
+        with open(f"/proc/{tgid}/exe", "rb") as f:
+            word = 4 if f.read(5)[4:] == b"\x01" else 8  # ELFCLASS32: a 32-bit auxv
+        with open(f"/proc/{tgid}/auxv", "rb") as f:
+            auxv = f.read()
+        pairs = struct.iter_unpack("<II" if word == 4 else "<QQ", auxv)
+        base = next((v for k, v in pairs if k == _AT_BASE), 0)
+        if not base:
+            return None
+        with open(f"/proc/{tgid}/maps") as f:
+            for line in f:
+                start, _, end = line.split(" ", 1)[0].partition("-")
+                if int(start, 16) == base:
+                    s = os.stat(f"/proc/{tgid}/map_files/{start}-{end}")
+                    return (s.st_dev, s.st_ino)
+    except (OSError, ValueError):
+        pass
+    return (0, 0)
+
+
+def executed_objects(fd: int, cwd: str) -> list[tuple[str, tuple[int, int]]] | None:
+    """Every file the kernel opens when it execs the file ``fd`` holds, as
+    ``(real path, (st_dev, st_ino))``: the file itself (path ""; its caller
+    checked it), each ``#!`` interpreter (followed as the kernel does; a
+    relative one from ``cwd``), and the ``PT_INTERP`` loader of the ELF at the
+    end (which the kernel maps too). None when that cannot be told (an
+    unreadable script, an interpreter that does not exist: the exec fails then
+    anyway). Raises nothing."""
+    opened: list[int] = []
+    found: list[tuple[str, tuple[int, int]]] = []
+    scripts = 0
+    try:
+        while True:
             s = os.fstat(fd)
+            real = os.readlink(f"/proc/self/fd/{fd}") if opened else ""
+            found.append((real, (s.st_dev, s.st_ino)))
             if not st.S_ISREG(s.st_mode):
-                return (s.st_dev, s.st_ino)
+                return found
             rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
             try:
-                head = os.pread(rfd, binfmt.BUF_SIZE, 0)
+                line = binfmt.parse(os.pread(rfd, binfmt.BUF_SIZE, 0))  # ENOEXEC: refused
+                name = line[0] if line else binfmt.elf_interp(functools.partial(_pread, rfd))
             finally:
                 os.close(rfd)
-            line = binfmt.parse(head)  # raises ENOEXEC for a line the kernel refuses
-            if line is None:
-                return (s.st_dev, s.st_ino)
-            name = os.fsdecode(line[0])
-            fd = os.open(os.path.join(cwd, name), os.O_PATH | os.O_CLOEXEC)
+            if line is not None:
+                scripts += 1
+                if scripts == binfmt.MAX_SCRIPTS:
+                    return None  # ELOOP
+            if name is None:
+                return found
+            fd = os.open(os.path.join(cwd, os.fsdecode(name)), os.O_PATH | os.O_CLOEXEC)
             opened.append(fd)
-        return None
+            if line is None:  # the loader: the kernel does not follow its own PT_INTERP
+                s = os.fstat(fd)
+                found.append((os.readlink(f"/proc/self/fd/{fd}"), (s.st_dev, s.st_ino)))
+                return found
     except OSError:
         return None
     finally:

@@ -9,8 +9,10 @@ trust nothing in the bytes they are given (a guest wrote them).
 from __future__ import annotations
 
 import errno
+import struct
+from collections.abc import Callable
 
-__all__ = ["BUF_SIZE", "MAX_SCRIPTS", "parse", "rewrite_argv"]
+__all__ = ["BUF_SIZE", "MAX_SCRIPTS", "elf_interp", "parse", "rewrite_argv"]
 
 #: BINPRM_BUF_SIZE: the kernel reads this much of the file to decide its format.
 BUF_SIZE = 256
@@ -19,6 +21,15 @@ BUF_SIZE = 256
 MAX_SCRIPTS = 6
 
 _SPACETAB = b" \t"
+#: PT_INTERP: the program header naming the loader the kernel maps with an ELF.
+_PT_INTERP = 3
+#: PATH_MAX: the kernel refuses a longer PT_INTERP (binfmt_elf: ENOEXEC).
+_PATH_MAX = 4096
+#: ELF class -> (e_phoff, e_phentsize, e_phnum) and (p_type, p_offset, p_filesz) layouts.
+_ELF = {
+    1: (struct.Struct("<28xI10xHH"), struct.Struct("<II8xI")),
+    2: (struct.Struct("<32xQ14xHH"), struct.Struct("<I4xQ16xQ")),
+}
 
 
 def parse(head: bytes) -> tuple[bytes, bytes | None] | None:
@@ -88,3 +99,24 @@ def rewrite_argv(
     ``argv[0]`` (which is dropped, as ``remove_arg_zero`` does).
     """
     return [interp, *([arg] if arg is not None else []), script, *argv[1:]]
+
+
+def elf_interp(read: Callable[[int, int], bytes]) -> bytes | None:
+    """The loader path in an ELF's ``PT_INTERP`` (load_elf_binary: the kernel opens it
+    as by open(2) and maps it too), or None (not a little-endian ELF, or no
+    ``PT_INTERP``: a static program). ``read(offset, size)`` reads the file."""
+    head = read(0, 64)
+    if head[:4] != b"\x7fELF" or len(head) < 64 or head[5] != 1 or head[4] not in _ELF:
+        return None
+    ehdr, phdr = _ELF[head[4]]
+    phoff, phentsize, phnum = ehdr.unpack_from(head)
+    if phentsize < phdr.size:
+        return None
+    table = read(phoff, phentsize * phnum)
+    for i in range(len(table) // phentsize):
+        p_type, p_offset, p_filesz = phdr.unpack_from(table, i * phentsize)
+        if p_type == _PT_INTERP:
+            if p_filesz < 2 or p_filesz > _PATH_MAX:
+                raise OSError(errno.ENOEXEC, "a bad PT_INTERP")
+            return _cstring(read(p_offset, p_filesz))
+    return None

@@ -96,9 +96,10 @@ class RunEnv:
     def identify(self, proc: Proc) -> str | None:
         """Decide the app of a process at its exec stop; a reason to kill it, or None.
 
-        Killed: under ``[host]`` rules, the image the kernel mapped is not an
-        executable the execve checked (a directory was swapped for a symlink
-        between the check and the exec: handlers._expect_exec).
+        Killed: the image the kernel mapped, or the ``PT_INTERP`` loader it
+        mapped with it, is not a file the execve checked (a directory was
+        swapped for a symlink between the check and the exec:
+        handlers._expect_exec).
         """
         checked, proc.exec_checked = proc.exec_checked, None
         held, proc.exec_fds = proc.exec_fds, None
@@ -111,7 +112,7 @@ class RunEnv:
                 mapped: tuple[int, int] | None = (s.st_dev, s.st_ino)
             except OSError:
                 mapped = None
-            if mapped not in checked:
+            if mapped not in checked or abi.mapped_loader(proc.tgid) not in {None, *checked}:
                 proc.app = self.policy.unmatched
                 self.denials += 1
                 return "the executable changed between the policy check and the exec"

@@ -288,9 +288,12 @@ def _expect_exec(call: Call, env: Env, path: str, via: bool) -> None:
     the supervisor pins the checked file (``RESOLVE_NO_SYMLINKS``: a swap
     already made fails with ELOOP) and notes its ``(st_dev, st_ino)`` (for a
     script, its interpreter's); at the exec stop, before the new image runs an
-    instruction, the mapped executable must be one of the noted objects, or
-    the process is killed. The kernel gets the checked path as text, so
-    ``/proc/self/exe``, ``comm``, ``AT_EXECFN`` and a script's name stay native.
+    instruction, the mapped executable (and the loader the kernel mapped for
+    its ``PT_INTERP``) must be one of the noted objects, or the process is
+    killed. Each ``#!`` interpreter and ``PT_INTERP`` loader the kernel will
+    open must pass a direct exec's checks (:func:`_check_loaded`). The kernel
+    gets the checked path as text, so ``/proc/self/exe``, ``comm``,
+    ``AT_EXECFN`` and a script's name stay native.
     ``via``: ``path`` is a magic link (an fd, ``/proc/PID/exe``) to open as is.
     With or without ``[host]`` rules: with none, the swap could still run a
     program from the agent's cache (a copy of a /data file the policy denies).
@@ -303,13 +306,24 @@ def _expect_exec(call: Call, env: Env, path: str, via: bool) -> None:
     if pinned is None:
         return
     try:
-        obj = abi.executed_object(pinned[1], f"/proc/{call.guest.tgid}/cwd")
+        objs = abi.executed_objects(pinned[1], f"/proc/{call.guest.tgid}/cwd")
     finally:
         env.unpin(pinned[1])
+    for real, _ in objs or ():
+        if real:
+            _check_loaded(call, env, real)
     if call.proc.exec_checked is None:
         call.proc.exec_checked = set()
-    if obj is not None:
-        call.proc.exec_checked.add(obj)
+    call.proc.exec_checked.update(obj for _, obj in objs or ())
+
+
+def _check_loaded(call: Call, env: Env, real: str) -> None:
+    """The checks of a direct exec for a file the kernel opens on its own at an exec
+    (a ``#!`` interpreter, an ELF's ``PT_INTERP`` loader): a trusted path is
+    refused under every policy, and ``[host]`` rules must allow ``read``. EACCES
+    otherwise, what the kernel gives for an interpreter it may not open."""
+    if env.host.refused(real) or env.check_host(call, "read", real):
+        raise OSError(errno.EACCES, "the interpreter is denied")
 
 
 @guarded

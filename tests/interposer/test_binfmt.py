@@ -62,3 +62,36 @@ def test_the_exec_budget_is_the_scratch_slot() -> None:
     from synthfs.interposer import handlers, supervisor
 
     assert handlers.EXEC_SCRATCH == supervisor.SLOT_SIZE
+
+
+def _elf64(interp: bytes | None, filesz: int | None = None) -> bytes:
+    """A minimal little-endian ELF64 header and one program header at 64."""
+    import struct
+
+    head = b"\x7fELF\x02\x01" + bytes(26) + struct.pack("<Q", 64) + bytes(14)
+    head += struct.pack("<HH", 56, 1) + bytes(6)
+    body = interp + b"\0" if interp is not None else b""
+    p_type = 3 if interp is not None else 1
+    size = len(body) if filesz is None else filesz
+    phdr = struct.pack("<II", p_type, 0) + struct.pack("<QQQQQQ", 120, 0, 0, size, size, 1)
+    return head + phdr + body
+
+
+def _reader(data: bytes):
+    return lambda at, n: data[at : at + n]
+
+
+def test_elf_interp_reads_pt_interp() -> None:
+    assert binfmt.elf_interp(_reader(_elf64(b"/lib/ld.so"))) == b"/lib/ld.so"
+    assert binfmt.elf_interp(_reader(_elf64(None))) is None  # static: no PT_INTERP
+    assert binfmt.elf_interp(_reader(b"#!/bin/sh\n")) is None  # not an ELF
+    assert binfmt.elf_interp(_reader(_elf64(b"/lib/ld.so")[:40])) is None  # cut short
+    with pytest.raises(OSError) as e:  # the kernel's bounds: ENOEXEC
+        binfmt.elf_interp(_reader(_elf64(b"/x", filesz=1 << 20)))
+    assert e.value.errno == errno.ENOEXEC
+
+
+def test_elf_interp_of_a_real_program() -> None:
+    with open("/bin/true", "rb") as f:
+        data = f.read()
+    assert binfmt.elf_interp(_reader(data)) == b"/lib64/ld-linux-x86-64.so.2"  # readelf -l

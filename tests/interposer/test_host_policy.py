@@ -436,39 +436,61 @@ def test_execve_notes_what_it_checked_and_a_changed_image_is_killed(world) -> No
         result = spec.handler(Call(spec.nr, "execve", args, guest, proc), env)
         assert isinstance(result, RunChecked)
         s = want.stat()
-        assert proc.exec_checked == {(s.st_dev, s.st_ino)}
+        assert proc.exec_checked is not None
+        assert {(s.st_dev, s.st_ino), _obj(LOADER)} <= proc.exec_checked
     # at the exec stop (this process stands in for the new image): the mapped file
     me = Path(f"/proc/{os.getpid()}/exe").stat()
     proc = Proc(tgid=os.getpid(), fs=FsState(), exe=sys.executable)
-    proc.exec_checked = {(me.st_dev, me.st_ino)}
+    proc.exec_checked = {(me.st_dev, me.st_ino), _obj(LOADER)}
     assert env.run_env.identify(proc) is None and proc.exec_checked is None
+    proc.exec_checked = {(me.st_dev, me.st_ino)}  # the PT_INTERP loader was not checked
+    assert env.run_env.identify(proc) is not None
     proc.exec_checked = {(s.st_dev, s.st_ino)}  # /bin/sh: not what is mapped
     assert env.run_env.identify(proc) is not None
 
 
-def test_executed_object_follows_interpreters_as_the_kernel(tmp_path: Path) -> None:
+def test_executed_objects_follows_interpreters_as_the_kernel(tmp_path: Path) -> None:
     sh = Path("/bin/sh").stat()
+    loader, ld = LOADER, _obj(LOADER)
 
-    def obj(path: Path) -> tuple[int, int] | None:
+    def objs(path: Path) -> list[tuple[str, tuple[int, int]]] | None:
         fd = os.open(path, os.O_PATH)
         try:
-            return abi.executed_object(fd, str(tmp_path))
+            return abi.executed_objects(fd, str(tmp_path))
         finally:
             os.close(fd)
 
+    def last(path: Path) -> list[tuple[str, tuple[int, int]]] | None:
+        found = objs(path)
+        return None if found is None else found[-2:]  # the ELF the kernel runs, its loader
+
+    shell = [("/usr/bin/dash", (sh.st_dev, sh.st_ino)), (str(loader), ld)]
     (tmp_path / "a.sh").write_text("#!  /bin/sh -e\n")
     (tmp_path / "b").write_text("#!a.sh\n")  # a relative interpreter (from the cwd), a script
     (tmp_path / "c").write_text("#!/nonexistent\n")
-    assert obj(tmp_path / "a.sh") == (sh.st_dev, sh.st_ino)
-    assert obj(tmp_path / "b") == (sh.st_dev, sh.st_ino)
-    assert obj(tmp_path / "c") is None
+    assert last(tmp_path / "a.sh") == shell
+    assert objs(tmp_path / "b") == [
+        ("", _obj(tmp_path / "b")),
+        (str(tmp_path / "a.sh"), _obj(tmp_path / "a.sh")),
+        *shell,
+    ]
+    assert objs(tmp_path / "c") is None
     elf = Path("/bin/true").stat()
-    assert obj(Path("/bin/true")) == (elf.st_dev, elf.st_ino)
+    assert objs(Path("/bin/true")) == [("", (elf.st_dev, elf.st_ino)), (str(loader), ld)]
     # the kernel's limit: five scripts then the ELF run; a sixth script is ELOOP
     (tmp_path / "n1").write_text("#!/bin/sh\n")
     for i in range(2, 7):
         (tmp_path / f"n{i}").write_text(f"#!n{i - 1}\n")
-    assert obj(tmp_path / "n5") == (sh.st_dev, sh.st_ino)
-    assert obj(tmp_path / "n6") is None
+    assert last(tmp_path / "n5") == shell
+    assert objs(tmp_path / "n6") is None
     (tmp_path / "d").write_text("#!/bin/sh\0 junk\n")  # a NUL ends the name, as natively
-    assert obj(tmp_path / "d") == (sh.st_dev, sh.st_ino)
+    assert last(tmp_path / "d") == shell
+
+
+#: The loader the kernel maps for this machine's dynamic ELFs (their PT_INTERP).
+LOADER = Path(os.path.realpath("/lib64/ld-linux-x86-64.so.2"))
+
+
+def _obj(path: Path) -> tuple[int, int]:
+    s = path.stat()
+    return (s.st_dev, s.st_ino)
