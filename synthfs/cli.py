@@ -79,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = int(module.main(args))
     except KeyboardInterrupt:
         status = 130
+    except BrokenPipeError:
+        # The reader went away (`synthfs syscalls | head`): end quietly, as a tool killed
+        # by SIGPIPE would; stdout goes to /dev/null so the final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 141
     if program and getattr(module, "FAST_EXIT", False):
         sys.stdout.flush()
         sys.stderr.flush()

@@ -11,6 +11,7 @@ an agent started separately (``tests/agent/agent_stack.py``), a guest under
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -265,3 +266,12 @@ def test_run_agent_that_never_answers(tmp_path: Path) -> None:
         mute.close()
     line = one_line(r, 125, f"ipc://{tmp_path}/mute.sock", "did not answer within 10 s")
     assert "[Errno" not in line, line
+
+
+def test_a_reader_that_goes_away_gets_no_traceback() -> None:
+    """`synthfs syscalls | head -1`: the pipe closes early; synthfs ends quietly (141)."""
+    cmd = " ".join(shlex.quote(a) for a in helpers.synthfs_command())
+    r = subprocess.run(["sh", "-c", f"{cmd} syscalls | head -1; {cmd} policy list | head -1"],
+                       capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+    assert r.stdout.startswith("nr ")
