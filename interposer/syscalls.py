@@ -522,7 +522,7 @@ TABLE: tuple[SyscallSpec, ...] = (
     ),
     # -- guards of the scratch page ------------------------------------------------------
     # Every call that can change the caller's memory map is here, refused when it touches
-    # the scratch area (see SECURITY.md, "Calls that reach past a path"); mmap without
+    # the scratch area (see SECURITY.md, "Every row of the syscall table, classified"); mmap without
     # MAP_FIXED, MAP_FIXED_NOREPLACE, shmdt (it unmaps shm segments only), mseal, mbind,
     # pkey_alloc and set_mempolicy_home_node move or unprotect nothing and run natively.
     _row(
@@ -631,7 +631,7 @@ TABLE: tuple[SyscallSpec, ...] = (
     ),
     # -- other processes: never the trusted ones (EPERM) ------------------------------
     # Every call that names another process (a pid, tid, process group or pidfd) or
-    # sets who gets a file's signals; see SECURITY.md, "Calls that reach past a path".
+    # sets who gets a file's signals; see SECURITY.md, "Every row of the syscall table, classified".
     _row(
         "kill", (N, N), Level.GUARD, h.guards.sys_signal_guard,
         "refused (EPERM) toward the supervisor, agent and server (pid, or -pgid of theirs)",
