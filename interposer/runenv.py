@@ -99,13 +99,13 @@ class RunEnv:
         Killed: the image the kernel mapped, or the ``PT_INTERP`` loader it
         mapped with it, is not a file the execve checked (a directory was
         swapped for a symlink between the check and the exec:
-        handlers._expect_exec).
+        handlers.cwd_exec._expect_exec).
         """
         checked, proc.exec_checked = proc.exec_checked, None
         held, proc.exec_fds = proc.exec_fds, None
         for fd in held or ():
             with contextlib.suppress(OSError):
-                os.close(fd)  # the files an exec from /data ran (handlers._exec_synthetic)
+                os.close(fd)  # the files an exec from /data ran (handlers.cwd_exec._exec_synthetic)
         if checked is not None:
             try:
                 s = os.stat(f"/proc/{proc.tgid}/exe")

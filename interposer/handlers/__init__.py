@@ -42,7 +42,7 @@ from synthfs.interposer.handlers import (
     tree,  # noqa: F401
     xattr,  # noqa: F401
 )
-from synthfs.interposer.handlers.cwd_exec import EXEC_SCRATCH, _exec_synthetic, _expect_exec
+from synthfs.interposer.handlers.cwd_exec import EXEC_SCRATCH
 from synthfs.interposer.handlers.locate import Loc, Pin, locate
 from synthfs.interposer.handlers.open import legacy_open_flags, open_flags_valid
 
@@ -50,8 +50,6 @@ __all__ = [
     "EXEC_SCRATCH",
     "Loc",
     "Pin",
-    "_exec_synthetic",
-    "_expect_exec",
     "legacy_open_flags",
     "locate",
     "open_flags_valid",
