@@ -93,17 +93,6 @@ _SUITES = {
 }
 
 
-def _reach(spec: SyscallSpec) -> Reach:
-    """What a row reaches: its own ``reach``, and what its kind implies (an exec changes
-    who the process is; the mount family changes mounts and namespaces)."""
-    reach = spec.reach
-    if spec.name in ("execve", "execveat"):
-        reach |= Reach.IDENTITY
-    if spec.note == "mounts" or spec.name in ("chroot", "pivot_root", "unshare", "setns"):
-        reach |= Reach.MOUNT_NS
-    return reach
-
-
 def _shown_by(spec: SyscallSpec) -> str:
     if spec.shown_by:
         return spec.shown_by
@@ -125,9 +114,8 @@ def matrix() -> str:
     ]
     for spec in sorted(TABLE, key=lambda s: (s.name, s.nr)):
         roles = set(spec.args)
-        reach = _reach(spec)
-        names = [t for t, r, f in _NAMES if roles & r or (f and f in reach)]
-        changes = [t for t, f in _CHANGES if f in reach]
+        names = [t for t, r, f in _NAMES if roles & r or (f and f in spec.reach)]
+        changes = [t for t, f in _CHANGES if f in spec.reach]
         lines.append(
             f"| `{spec.name}` | {', '.join(names) or '-'} | {', '.join(changes) or '-'} "
             f"| {_does(spec).replace('|', '/')} | `{_shown_by(spec)}` |"
