@@ -25,7 +25,7 @@ from synthfs.interposer.handlers.locate import (
     s32,
 )
 from synthfs.interposer.ports import Call, Env
-from synthfs.protocol.messages import FileKind
+from synthfs.protocol.messages import Attrs, FileKind
 
 
 class _CheckedFd:
@@ -66,17 +66,23 @@ def _host_stat(call: Call, env: Env, loc: Loc, follow: bool) -> os.stat_result:
         return os.stat(loc.host, follow_symlinks=follow or loc.via_fd)
 
 
+def _stat_attrs(call: Call, env: Env, loc: Loc) -> Attrs:
+    """What stat and statx show of a synthetic location: the policy's ``stat`` decides
+    (OSError with its errno), and a copy this sandbox wrote gives size and times."""
+    assert loc.repo is not None
+    attrs = need(loc)
+    denied = env.check(call, "stat", loc.guest)
+    if denied:
+        raise OSError(denied, "denied by the policy")
+    return live_attrs(env, loc.repo, attrs)
+
+
 def stat_at(call: Call, env: Env, dirfd: int, addr: int, buf: int, atflags: int) -> Result:
     follow = not atflags & AT_SYMLINK_NOFOLLOW
     try:
         loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
         if loc.synthetic:
-            assert loc.repo is not None
-            attrs = need(loc)
-            denied = env.check(call, "stat", loc.guest)
-            if denied:
-                return Fail(denied)
-            data = abi.pack_stat(live_attrs(env, loc.repo, attrs), env.uid, env.gid)
+            data = abi.pack_stat(_stat_attrs(call, env, loc), env.uid, env.gid)
         else:
             data = pack_host_stat(_host_stat(call, env, loc, follow))
     except Refused:
@@ -145,12 +151,7 @@ def sys_statx(call: Call, env: Env) -> Result:
     try:
         loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
         if loc.synthetic:
-            assert loc.repo is not None
-            attrs = need(loc)
-            denied = env.check(call, "stat", loc.guest)
-            if denied:
-                return Fail(denied)
-            data = abi.pack_statx(live_attrs(env, loc.repo, attrs), env.uid, env.gid)
+            data = abi.pack_statx(_stat_attrs(call, env, loc), env.uid, env.gid)
         else:
             assert loc.host is not None
             nofollow = (
