@@ -180,7 +180,8 @@ FS_IOC_FSSETXATTR = 0x401C5820  # the same flags, xfs style
 FS_IOC_SETVERSION = 0x40087602  # an inode's generation
 FIFREEZE = 0xC0045877  # freezes the whole file system the fd is on
 FITHAW = 0xC0045878
+FS_IOC_SHUTDOWN = 0x8004587D  # ext4/xfs/f2fs: shuts the whole file system down
 #: refused outright (EPERM): they change a file through a read-only fd, or a whole file
 #: system (a frozen one stalls the supervisor in the kernel, unkillably)
 REFUSED_IOCTLS = (USERFAULTFD_IOC_NEW, TIOCSTI, TIOCLINUX, FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS,
-                  FS_IOC_FSSETXATTR, FS_IOC_SETVERSION, FIFREEZE, FITHAW)
+                  FS_IOC_FSSETXATTR, FS_IOC_SETVERSION, FIFREEZE, FITHAW, FS_IOC_SHUTDOWN)

@@ -678,7 +678,8 @@ TABLE: tuple[SyscallSpec, ...] = (
         "toward a trusted pid or group: EPERM, on a checked copy; EPERM always for "
         "USERFAULTFD_IOC_NEW, TIOCSTI and TIOCLINUX (they type into the terminal the guest "
         "shares with the user), FS_IOC_SETFLAGS/FSSETXATTR/SETVERSION (chattr through a "
-        "read-only fd) and FIFREEZE/FITHAW (a frozen file system stalls the supervisor)",
+        "read-only fd), FIFREEZE/FITHAW (a frozen file system stalls the supervisor) and "
+        "FS_IOC_SHUTDOWN (it shuts a whole file system down)",
         when=_is32(1, FIOSETOWN, SIOCSPGRP, TIOCSPGRP, *REFUSED_IOCTLS),
         reach=Reach.PID | Reach.TERMINAL | Reach.DEVICE | Reach.OTHER_PROCESS | Reach.MEMORY,
         shown_by=f"{ESC}::test_trusted_process_attack[fiosetown_stop_agent]",

@@ -44,11 +44,16 @@ def sys_brk_guard(call: Call, env: Env) -> Result:
     return RunChecked(NR_BRK, (0,))
 
 
-def _refused_owner(env: Env, who: int, group: bool) -> bool:
-    """Whether ``who`` (a pid, or a process group when ``group``) is trusted; 0 is nobody."""
+def _refused_owner(call: Call, env: Env, who: int, group: bool) -> bool:
+    """Whether ``who`` (a pid, or a process group when ``group``) is trusted; 0 is nobody.
+
+    A group is refused too when it is the supervisor's (the guest shares it): a file
+    owned by it gets F_SETSIG's signal, SIGSTOP included, which would freeze the sandbox."""
     if who <= 0:
         return False
-    return env.host.trusted_group(who) if group else env.host.trusted(who)
+    if group:
+        return env.host.trusted_group(who) or env.host.supervisor_group(call.guest.tgid, -who)
+    return env.host.trusted(who)
 
 
 def sys_signal_guard(call: Call, env: Env) -> Result:
@@ -123,10 +128,10 @@ def sys_fcntl_guard(call: Call, env: Env) -> Result:
     """
     fd, cmd, arg = s32(call.args[0]), call.args[1] & 0xFFFFFFFF, call.args[2]
     if cmd == F_SETOWN:
-        return Fail(errno.EPERM) if _refused_owner(env, *_owner(s32(arg))) else CONTINUE
+        return Fail(errno.EPERM) if _refused_owner(call, env, *_owner(s32(arg))) else CONTINUE
     raw = call.guest.read(arg, _F_OWNER_EX.size)
     kind, pid = _F_OWNER_EX.unpack(raw)
-    if _refused_owner(env, pid, kind == F_OWNER_PGRP):
+    if _refused_owner(call, env, pid, kind == F_OWNER_PGRP):
         return Fail(errno.EPERM)
     return RunChecked(NR_FCNTL, (fd, cmd, Scratch(raw)))
 
@@ -144,7 +149,7 @@ def sys_ioctl_guard(call: Call, env: Env) -> Result:
     raw = call.guest.read(arg, _INT.size)
     (value,) = _INT.unpack(raw)
     who, group = (value, True) if req == TIOCSPGRP else _owner(value)
-    if _refused_owner(env, who, group):
+    if _refused_owner(call, env, who, group):
         return Fail(errno.EPERM)
     return RunChecked(NR_IOCTL, (fd, call.args[1], Scratch(raw)))
 
@@ -161,7 +166,7 @@ def sys_priority_guard(call: Call, env: Env) -> Result:
     pid_kind, group_kind, user_kind = _WHICH[call.name]
     if which == user_kind:
         return Fail(errno.EPERM)
-    if which in (pid_kind, group_kind) and _refused_owner(env, who, which == group_kind):
+    if which in (pid_kind, group_kind) and _refused_owner(call, env, who, which == group_kind):
         return Fail(errno.EPERM)
     return CONTINUE
 

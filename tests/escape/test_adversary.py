@@ -130,8 +130,9 @@ def test_a_guest_cannot_chattr_or_freeze_through_a_read_only_fd(
 def test_a_stop_signal_to_the_supervisors_group_is_refused(
         tmp_path: Path, synthfs: helpers.SynthfsLauncher) -> None:
     """The guest shares the supervisor's process group (Ctrl-C must reach both), so
-    kill(0, SIGSTOP), or kill(-pgid) from a child that moved to its own group, stopped
-    the supervisor and froze the whole sandbox. A stop signal toward a group that holds
+    kill(0, SIGSTOP), kill(-pgid) from a child that moved to its own group, or a file
+    owned by the group (F_SETOWN) whose SIGIO F_SETSIG makes SIGSTOP, stopped the
+    supervisor and froze the whole sandbox. A stop signal toward a group that holds
     the supervisor is refused (EPERM); Ctrl-Z comes from the terminal, not a syscall."""
     prog = textwrap.dedent("""
         import os, signal, sys
@@ -143,6 +144,16 @@ def test_a_stop_signal_to_the_supervisors_group_is_refused(
                 results.append("sent")
             except PermissionError:
                 results.append("refused")
+        import fcntl
+        r, w = os.pipe()
+        try:  # SIGIO to the group, turned into SIGSTOP by F_SETSIG, on the next write
+            fcntl.fcntl(r, fcntl.F_SETOWN, -pg)
+            fcntl.fcntl(r, 10, signal.SIGSTOP)  # F_SETSIG
+            fcntl.fcntl(r, fcntl.F_SETFL, fcntl.fcntl(r, fcntl.F_GETFL) | os.O_ASYNC)
+            os.write(w, b"x")
+            results.append("sent")
+        except PermissionError:
+            results.append("refused")
         if os.fork() == 0:  # a child in a group of its own names the old group
             os.setpgid(0, 0)
             try:
@@ -165,7 +176,7 @@ def test_a_stop_signal_to_the_supervisors_group_is_refused(
         os.killpg(p.pid, signal.SIGCONT)
         os.killpg(p.pid, signal.SIGKILL)
         pytest.fail("the sandbox was stopped by its own guest")
-    assert out == "refused refused 0\n", (out, err)
+    assert out == "refused refused refused 0\n", (out, err)
     assert p.returncode == 0 and time.monotonic() - start < 60
 
 

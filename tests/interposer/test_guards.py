@@ -77,6 +77,12 @@ def test_memory_guards(name: str) -> None:
     assert run(name, 0x10000, 4096) is CONTINUE  # FakeGuest's area ends at 0x10000
 
 
+def test_file_system_wide_ioctls_are_refused() -> None:
+    for req in (0x40086602, 0xC0045877, 0xC0045878, 0x8004587D):  # SETFLAGS, (UN)FREEZE, SHUTDOWN
+        assert trapped(BY_NAME["ioctl"], 3, req | 1 << 40)
+        assert run("ioctl", 3, req, 0) == Fail(errno.EPERM)
+
+
 def test_userfaultfd_is_refused() -> None:
     assert BY_NAME["userfaultfd"].action is Action.ERRNO
     assert run("ioctl", 3, 0xAA00, 0) == Fail(errno.EPERM)  # USERFAULTFD_IOC_NEW

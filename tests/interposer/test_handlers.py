@@ -187,6 +187,9 @@ class FakeHost:
     def trusted_group(self, pgid: int) -> bool:
         return pgid == 7
 
+    def supervisor_group(self, pid: int, target: int) -> bool:
+        return target == -9  # the guest's group is 9 in these tests: the supervisor's
+
 
 class FakeEnv:
     uid = gid = 1000
