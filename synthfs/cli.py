@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("synthfs.agent.main", "run the trusted agent (holds the token, owns the cache)"),
     "keys": ("synthfs.protocol.keys_cli", "make a CURVE key pair for tcp:// agents and servers"),
     "policy": ("synthfs.policy.cli", "check or explain a policy file"),
+    "audit": ("synthfs.policy.audit_cli", "summarise an audit log (synthfs run --audit FILE)"),
     "bench": ("synthfs.benchmarks.cli", "benchmark synthfs against native and peer tools"),
 }
 
