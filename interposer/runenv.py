@@ -118,7 +118,7 @@ class RunEnv:
         self.denials = 0
         #: the policy's denials, for the summary at the end of the run
         self.denied = Denials()
-        self._warned_last: tuple[Call, str, str] | None = None
+        self._last: tuple[Call, str, str, int] | None = None
         self._denied_last: Call | None = None
         self._default_app = policy.unmatched  # before the first exec
         self.host_rules = policy.has_host_rules
@@ -285,6 +285,11 @@ class RunEnv:
         the call goes on (unless :data:`ALWAYS_ENFORCED` names its rule; on a
         ``--read-only`` mount a write the policy denies stays refused, EROFS).
         """
+        # A call checked twice for one op and path (its path as written, then resolved)
+        # is one decision: recorded once.
+        last = self._last
+        if last is not None and last[0] is call and last[1] == op and last[2] == path:
+            return last[3]
         enforced = True
         if not decision.allowed:
             if self.enforcement is Enforcement.WARN and decision.rule not in ALWAYS_ENFORCED:
@@ -292,19 +297,14 @@ class RunEnv:
                     decision = _READ_ONLY
                 else:
                     enforced = False
-                    # A call checked twice (its path as written, then resolved) is
-                    # one access: reported once, as the enforcing run reports it.
-                    if self._warned_last is not None:
-                        last_call, last_op, last_path = self._warned_last
-                        if last_call is call and last_op == op and last_path == path:
-                            return 0
-                    self._warned_last = (call, op, path)
             self.denials += 1
             if call is not self._denied_last:  # a call's first denial: one access refused
                 self._denied_last = call
                 self.denied.add(
                     Denied(app.name, op, path, decision.errno, decision.rule, enforced)
                 )
+        err = decision.errno if enforced and not decision.allowed else 0
+        self._last = (call, op, path, err)
         if self.noted is not None:
             self.noted.append((app.name, op, decision, enforced))
         if self.audit is not None and (self.audit_all or not decision.allowed):
@@ -323,4 +323,4 @@ class RunEnv:
             )
             self.audit.write(record.to_json() + "\n")
             self.audit.flush()
-        return decision.errno if enforced and not decision.allowed else 0
+        return err

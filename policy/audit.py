@@ -144,10 +144,10 @@ class Denials:
         if not self.warned:
             head = f"the policy denied {_accesses(self.enforced)}"
         elif not self.enforced:
-            head = f"--warn: the policy would have denied {_accesses(self.warned)}, let through"
+            head = f"the policy would have denied {_accesses(self.warned)} (not enforced)"
         else:
             head = (f"the policy denied {_accesses(self.enforced)}, and would have denied "
-                    f"{self.warned} more (--warn let them through)")
+                    f"{self.warned} more (not enforced)")
         lines = [f"synthfs: {head}:"]
         lines += [f"  {d.line()}" for d in self.first]
         more = total - len(self.first)
