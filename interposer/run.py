@@ -107,7 +107,11 @@ def _configure_trying(parser: argparse.ArgumentParser) -> None:
 def _denial_summary(args: argparse.Namespace, summary: str) -> None:
     """The end-of-run summary of what the policy denied (or, --warn, would have)."""
     if summary and not args.quiet:
-        print(summary, file=sys.stderr, flush=True)
+        # A closed stderr (``2>&- | ...``, a reader gone) must not change the guest's status.
+        # Written unbuffered: nothing of it is left for the exit's flush to trip on.
+        with contextlib.suppress(OSError):
+            sys.stderr.flush()
+            os.write(2, (summary + "\n").encode("utf-8", "surrogateescape"))
 
 
 def _fail(message: str, code: int = 2) -> int:

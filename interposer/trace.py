@@ -16,6 +16,7 @@ loop tests one attribute and formats nothing.
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 import os
 from collections.abc import Callable
@@ -244,7 +245,9 @@ class Tracer:
 
 
 def _to_stderr(line: str) -> None:
-    os.write(2, line.encode("utf-8", "surrogateescape"))
+    # A reader that went away (``2>&1 | head``) loses the lines, never the run.
+    with contextlib.suppress(OSError):
+        os.write(2, line.encode("utf-8", "surrogateescape"))
 
 
 def _string(call: Call, addr: int) -> str:

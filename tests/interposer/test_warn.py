@@ -164,3 +164,24 @@ def test_quiet_prints_no_summary(repo: Path, policy: Path) -> None:
 def test_no_denial_no_summary(repo: Path, policy: Path) -> None:
     r = run("run", "--data", str(repo), "--policy", str(policy), "--", "cat", "/data/x.txt")
     assert (r.returncode, r.stdout, r.stderr) == (0, "the x file\n", "")
+
+
+@pytest.mark.parametrize("flags", [(), ("-v",)], ids=["summary", "summary-and-v"])
+def test_a_closed_stderr_does_not_change_the_status(
+    flags: tuple[str, ...], repo: Path, policy: Path
+) -> None:
+    """``synthfs run ... 2>&1 | head -1``: the reader gone, the summary (and the -v lines)
+    cannot be written; the status is still the guest's."""
+    import os
+
+    r_fd, w_fd = os.pipe()
+    os.close(r_fd)  # every write to stderr now fails with EPIPE
+    try:
+        p = subprocess.run(
+            [*SYNTHFS, "run", *flags, "--data", str(repo), "--policy", str(policy), "--",
+             "sh", "-c", "cat /data/secret.txt 2>/dev/null; cat /data/x.txt; exit 3"],
+            stdout=subprocess.PIPE, stderr=w_fd, timeout=60,
+        )
+    finally:
+        os.close(w_fd)
+    assert (p.returncode, p.stdout) == (3, b"the x file\n")
