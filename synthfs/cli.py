@@ -72,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"synthfs {name}", description=help_text)
-    parser.add_argument("-v", "--verbose", action="count", default=verbose, help="more logging")
+    parser.add_argument("-v", "--verbose", action="count", default=verbose,
+                        help="more logging (run: each handled syscall, as strace shows it)")
     module.configure(parser)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)

@@ -171,7 +171,8 @@ def native_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         listener.listen(8)
         listeners.append(listener)
     # stands in for the agent and the server (each in a session of its own, as they are)
-    dummy = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    # (killed at teardown; it must outlive the module, which takes over 10 min when loaded)
+    dummy = subprocess.Popen(["sleep", "86400"], start_new_session=True)
     repo = (base / "tree").resolve()
     build_repo(repo, canary, marker)
     world = World(
