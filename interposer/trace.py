@@ -151,10 +151,9 @@ def _pointer(value: int) -> str:
 
 
 def _errno_text(err: int) -> str:
-    name = _RESTART.get(err) or _errno.errorcode.get(err, f"E{err}")
-    if err in _RESTART:
-        return f"? {name}"
-    return f"-1 {name} ({os.strerror(err)})"
+    if err in _RESTART:  # interrupted; strace prints these the same way
+        return f"? {_RESTART[err]}"
+    return f"-1 {_errno.errorcode.get(err, f'E{err}')} ({os.strerror(err)})"
 
 
 def result(value: int, syscall: str = "") -> str:
