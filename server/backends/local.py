@@ -18,6 +18,11 @@ host directory, where such a file would run as the server's user.
 Truncation (SetAttr.size) of a file up to ``atomic_truncate_max`` bytes is
 atomic the same way (copy the kept prefix into a staged file, rename); a
 larger file is truncated in place (ftruncate + fsync).
+
+Sparse files keep their holes: ``data_extents`` finds a file's data with
+SEEK_DATA/SEEK_HOLE, a sparse upload is staged by its extents into a file
+truncated to size, and every copy made here (truncation, a rewrite in place)
+copies data extents only.
 """
 
 from __future__ import annotations
