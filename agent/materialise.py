@@ -41,10 +41,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from synthfs.agent.cache import Entry, signature
 from synthfs.agent.metadata import Knowledge, _check_path, _parent
+from synthfs.extents import check_extents, pieces
 from synthfs.protocol.messages import (
     CHUNK_SIZE,
     Attrs,
     Data,
+    ExtentMap,
+    Extents,
     FileKind,
     Message,
     Open,
@@ -228,29 +231,44 @@ class Materialiser(Knowledge):
             return self.cache.install(path, tmp, a)
         raise AssertionError("unreachable")
 
+    def _server_extents(self, path: str, a: Attrs) -> list[tuple[int, int]]:
+        """The data extents of ``path`` at ``a.version``: one Extents round trip when the
+        server allocates less than the size (the file has holes), else the whole file."""
+        if a.size == 0 or a.blocks * 512 >= a.size:
+            return [(0, a.size)] if a.size else []
+        reply = self.upstream.call(Extents(path=path, version=a.version), ExtentMap)
+        if reply.version != a.version or reply.size != a.size:
+            raise OSError(errno.ESTALE, "the object changed during a fetch")
+        try:
+            return check_extents(reply.extents, reply.size)
+        except OSError as exc:
+            raise OSError(errno.EIO, f"the server's {exc.strerror}") from None
+
     def _fetch_into(self, fd: int, path: str, a: Attrs) -> None:
         """Pipelined Reads; the page-cache writes overlap the next receive (a writer thread).
 
         Filling fresh page-cache pages is the dearest step of a cold fill; ``os.pwrite``
         releases the GIL, so one writer thread lets it run while the loop decodes the
-        next chunk. At most two chunks wait for the writer (bounded memory).
+        next chunk. At most two chunks wait for the writer (bounded memory). A sparse
+        object is read by its data extents only, into a copy truncated to its size:
+        its holes are neither moved nor allocated here.
         """
         size = a.size
-        count = (size + CHUNK_SIZE - 1) // CHUNK_SIZE
-        if count > 1 and hasattr(os, "posix_fallocate"):
+        extents = self._server_extents(path, a)
+        parts = list(pieces(extents, CHUNK_SIZE))
+        count = len(parts)
+        if count > 1 and extents == [(0, size)] and hasattr(os, "posix_fallocate"):
             with contextlib.suppress(OSError):
                 os.posix_fallocate(fd, 0, size)
 
         def read(i: int) -> Message:
-            off = i * CHUNK_SIZE
-            n = min(CHUNK_SIZE, size - off)
+            off, n = parts[i]
             return Read(path=path, offset=off, length=n, version=a.version)
 
         pending: collections.deque[Future[int]] = collections.deque()
         try:
             for i, data in self.upstream.pipeline(count, read, Data, PIPELINE_WINDOW):
-                off = i * CHUNK_SIZE
-                want = min(CHUNK_SIZE, size - off)
+                off, want = parts[i]
                 if data.version != a.version or len(data.data) != want:
                     raise OSError(errno.ESTALE, "the object changed during a fetch")
                 if count == 1:
