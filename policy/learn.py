@@ -1,0 +1,877 @@
+"""Learning a policy from a run: the accesses a run made in, the narrowest policy out.
+
+Role: the pure part of ``synthfs learn`` (``synthfs.policy.learn_cli`` runs the
+command and does the I/O). Given the audit records of a run in which every
+access was allowed and recorded (``--audit-all`` lines), what the repository
+held before and after it (:class:`Tree`), and optionally a policy to extend,
+:func:`learn` writes the TOML text of the narrowest policy under which the
+same run is allowed everything it did:
+
+* one ``[[app]]`` per executable seen (``match.exe`` its path, ``match.sha256``
+  its digest when asked); a process that no executable-naming app may identify
+  (a loader variable such as ``LD_PRELOAD`` in its environment, or the dynamic
+  loader run directly) gets its rules in a last ``[[app]]`` for every
+  executable (``match.exe = ["/**"]``), since no narrower app can match it;
+* its accesses on the mount, per operation, collapsed by :func:`collapse`
+  (the rule is in its docstring and in docs/policy.md, "synthfs learn");
+* the host paths it wrote in ``[host] write`` (device nodes in ``mknod``), a
+  temporary file (created and removed during the run: its name will differ
+  next time) as its directory's ``*``; host reads stay unrestricted;
+* ``[host] network``: ``"deny"``, or ``"loopback"`` when it used loopback.
+
+Every rule carries a comment naming the first access that needed it (pid,
+program, syscall, op, path). The result is checked with the engine itself: each
+recorded access is decided under the learned policy, and any the collapsed
+rules do not allow (a rename that would leave a stricter rule, say) gets an
+exact rule, so what the run did, the policy allows. An access a policy given
+with ``--from`` denies by a rule of its own stays denied and is reported.
+
+Trust: the audit records were written by our supervisor (trusted), but the
+paths in them were chosen by the guest: they are data, escaped when written
+into the file (``$`` doubled, quotes and control characters escaped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from synthfs.policy.engine import READ_OPS, App, NetworkMode, Op, Policy, PolicyError
+
+__all__ = [
+    "MIN_ENTRIES",
+    "Access",
+    "Learned",
+    "Tree",
+    "collapse",
+    "learn",
+    "learning_policy",
+    "read_accesses",
+]
+
+#: A directory is collapsed to ``*`` or ``**`` only when it holds at least this many
+#: entries the operation applies to (a glob over two files says little more than them).
+MIN_ENTRIES = 3
+#: The app name the learning run gives every process it can identify by executable.
+LEARN_APP = "learn"
+_NET_OPS = frozenset({"socket", "connect", "bind", "send"})
+_ORDER = {op: i for i, op in enumerate(Op)}
+
+
+@attrs.frozen(slots=True)
+class Access:
+    """One recorded decision of the learning run (an ``--audit-all`` line)."""
+
+    seq: int  # its place in the file: "first" means the lowest seq
+    pid: int
+    exe: str
+    app: str  # the learning policy's app: LEARN_APP, or "(unmatched)" (borrowed identity)
+    syscall: str
+    path: str
+    op: str
+    allowed: bool
+    rule: str = ""
+
+    @classmethod
+    def from_json(cls, seq: int, line: str) -> Access:
+        """Parse one audit line; ValueError if it is not a decision record."""
+        record = json.loads(line)
+        if not isinstance(record, dict) or record.get("event") != "policy/decision":
+            raise ValueError("not a policy/decision record")
+        try:
+            return cls(
+                seq=seq,
+                pid=int(record["pid"]),
+                exe=str(record["exe"]),
+                app=str(record["app"]),
+                syscall=str(record["syscall"]),
+                path=str(record["path"]),
+                op=str(record["op"]),
+                allowed=record["decision"] == "allow",
+                rule=str(record.get("rule", "")),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"a decision record without {exc}") from None
+
+    @property
+    def borrowed(self) -> bool:
+        """No executable-naming app may identify this process (docs/policy.md)."""
+        return self.app != LEARN_APP
+
+    def origin(self, with_exe: bool = True) -> str:
+        """The comment naming this access: ``pid 42 tar: openat read /data/x``."""
+        who = f"pid {self.pid} {os.path.basename(self.exe) or '?'}: " if with_exe else ""
+        return _comment(f"{who}{self.syscall} {self.op} {self.path}")
+
+
+def read_accesses(lines: Iterable[str]) -> list[Access]:
+    """The decision records among ``lines`` (other events and blank lines skipped)."""
+    out = []
+    for seq, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(Access.from_json(seq, line))
+        except ValueError:
+            continue  # another event of the audit channel
+    return out
+
+
+@attrs.frozen(slots=True)
+class Tree:
+    """What the repository held (before and after the run, merged), as guest paths.
+
+    ``dirs`` maps each directory to the names of its entries. ``known=False``
+    (contents not available): nothing is collapsed, every rule is an exact path.
+    """
+
+    dirs: Mapping[str, frozenset[str]] = attrs.field(factory=dict)
+    known: bool = True
+
+    @classmethod
+    def unknown(cls) -> Tree:
+        return cls({}, known=False)
+
+    def merged(self, other: Tree) -> Tree:
+        dirs = dict(self.dirs)
+        for d, names in other.dirs.items():
+            dirs[d] = dirs.get(d, frozenset()) | names
+        return Tree(dirs, self.known and other.known)
+
+
+def _join(d: str, name: str) -> str:
+    return f"{d}/{name}" if d != "/" else f"/{name}"
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + "/")
+
+
+def _parent(path: str) -> str:
+    head = path.rpartition("/")[0]
+    return head or "/"
+
+
+def _eligible(op: Op, is_dir: bool) -> bool:
+    """Whether ``op`` applies to an entry of this kind (what "most of" counts)."""
+    if op is Op.LIST:
+        return is_dir
+    if op in (Op.READ, Op.WRITE):
+        return not is_dir
+    return True
+
+
+def collapse(
+    touched: Mapping[str, Access],
+    op: Op,
+    tree: Tree,
+    root: str,
+    trees: Iterable[str] = (),
+) -> dict[str, Access]:
+    """The globs that cover ``touched`` (paths the run used ``op`` on), each with the
+    first access it covers.
+
+    The rule, for one operation, from the mount root down:
+
+    * ``D/**`` when ``D`` has subdirectories and the run used the operation on
+      more than half of everything below ``D`` (counted recursively; for
+      ``read``/``write`` files and links only, for ``list`` directories only),
+      at least :data:`MIN_ENTRIES` of them: the run used most of that tree, so
+      the tree is the unit. ``D`` in ``trees`` (a directory the run renamed, which the
+      engine only allows between uniformly decided trees) always gets ``**``.
+    * otherwise ``D/*`` for ``D``'s own entries when the run used the operation
+      on more than half of them (at least :data:`MIN_ENTRIES`);
+    * otherwise each path exactly.
+
+    Entries are what ``tree`` lists plus every touched path (a file created and
+    removed during the run counts as an entry of its directory). With an
+    unknown tree only exact paths come out (and ``trees`` still gets ``**``).
+    """
+    forced = set(trees)
+    children: dict[str, set[str]] = {}
+    dirs: set[str] = set()
+    for d, names in tree.dirs.items():
+        if d == root or d.startswith(root + "/"):
+            dirs.add(d)
+            children.setdefault(d, set()).update(_join(d, n) for n in names)
+    for path in [*touched, *forced]:
+        node = path
+        while node != root and node.startswith(root + "/"):
+            up = _parent(node)
+            children.setdefault(up, set()).add(node)
+            dirs.add(up)
+            node = up
+    out: dict[str, Access] = {}
+
+    def first(paths: Iterable[str]) -> Access | None:
+        found = [touched[p] for p in paths if p in touched]
+        return min(found, key=lambda a: a.seq) if found else None
+
+    def below(d: str) -> list[str]:
+        stack, seen = [d], []
+        while stack:
+            for child in children.get(stack.pop(), ()):
+                seen.append(child)
+                stack.append(child)
+        return seen
+
+    def most(entries: list[str]) -> bool:
+        counted = [e for e in entries if _eligible(op, e in dirs)]
+        hit = sum(1 for e in counted if e in touched)
+        return tree.known and len(counted) >= MIN_ENTRIES and 2 * hit > len(counted)
+
+    def visit(d: str) -> None:
+        """Cover the touched paths strictly below directory ``d``."""
+        everything = below(d)
+        if not any(p in touched for p in everything):
+            return
+        nested = any(c in dirs for c in children.get(d, ()))
+        if d in forced or (nested and most(everything)):
+            access = first([d, *everything])
+            assert access is not None
+            out[_join(d, "**")] = access
+            return
+        star = most(sorted(children.get(d, ())))
+        for child in sorted(children.get(d, ())):
+            if child in touched:
+                glob = _join(d, "*") if star else child
+                held = out.get(glob)
+                if held is None or touched[child].seq < held.seq:
+                    out[glob] = touched[child]
+            if child in dirs:
+                visit(child)
+
+    everything = below(root)
+    used = any(p in touched for p in everything)
+    nested = any(c in dirs for c in children.get(root, ()))
+    if root in forced or (used and nested and most(everything)):
+        access = first([root, *everything])
+        if access is not None:
+            out[_join(root, "**")] = access
+            return out
+    if root in touched:
+        out[root] = touched[root]
+    visit(root)
+    return out
+
+
+def host_globs(writes: Mapping[str, Access], temporaries: Iterable[str]) -> dict[str, Access]:
+    """``[host] write`` (or ``mknod``) globs for the host paths written: each path
+    exactly, except a temporary (created and removed during the run, so its name
+    will differ next time), which gives its directory's ``*``."""
+    temp = set(temporaries)
+    out: dict[str, Access] = {}
+    for path, access in sorted(writes.items(), key=lambda kv: kv[1].seq):
+        glob = _join(_parent(path), "*") if path in temp and path != "/" else path
+        if glob not in out:
+            out[glob] = access
+    return out
+
+
+# -- the policy document: TOML data we can extend and print ---------------------------------
+
+
+def _comment(text: str) -> str:
+    """A comment's text: one line, printable."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _escape_path(path: str) -> str:
+    """A path as a policy glob's text: ``$`` is a variable there, so it is doubled, and
+    ``**`` inside a name (a load error) becomes ``*``, which matches that name too."""
+    path = path.replace("$", "$$")
+    if "**" not in path:
+        return path
+    return "/".join(c if c == "**" else re.sub(r"\*{2,}", "*", c) for c in path.split("/"))
+
+
+def _toml_str(s: str) -> str:
+    out = ['"']
+    for c in s:
+        n = ord(c)
+        if c == '"':
+            out.append('\\"')
+        elif c == "\\":
+            out.append("\\\\")
+        elif n < 0x20 or n == 0x7F:
+            out.append(f"\\u{n:04x}")
+        elif 0xD800 <= n <= 0xDFFF:
+            out.append("\ufffd")  # a name that is not UTF-8: no TOML text can say it
+        else:
+            out.append(c)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_key(key: str) -> str:
+    bare = key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key)
+    return key if bare else _toml_str(key)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + inner + " }" if inner else "{}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+@attrs.define
+class _Rule:
+    glob: str
+    ops: list[Op]
+    comment: str
+
+
+@attrs.define
+class _AppDoc:
+    fields: dict[str, Any]  # name, description, match, default, default_errno
+    allow: list[Any]  # the file's own rules (dicts), kept as they were
+    deny: list[Any]
+    comment: str = ""
+    learned: list[_Rule] = attrs.field(factory=list)
+    exe: str = ""  # the executable a new app was made for ("" for the file's own apps)
+    catch_all: bool = False
+
+    @property
+    def name(self) -> str:
+        return str(self.fields.get("name", ""))
+
+
+@attrs.define
+class _HostDoc:
+    fields: dict[str, Any]  # the file's own [host] table
+    write: list[tuple[str, str]] = attrs.field(factory=list)  # learned (glob, comment)
+    mknod: list[tuple[str, str]] = attrs.field(factory=list)
+    network: tuple[str, str] | None = None  # learned (mode, comment)
+
+
+@attrs.define
+class _Doc:
+    top: dict[str, Any]
+    mounts: list[dict[str, Any]]
+    apps: list[_AppDoc]
+    host: _HostDoc | None
+    header: list[str]
+
+    @classmethod
+    def parse(cls, text: str) -> _Doc:
+        data = tomllib.loads(text)
+        top = {k: v for k, v in data.items() if k not in ("mount", "app", "host")}
+        apps = []
+        for raw in data.get("app", []):
+            fields = {k: v for k, v in raw.items() if k not in ("allow", "deny")}
+            apps.append(_AppDoc(fields, list(raw.get("allow", [])), list(raw.get("deny", []))))
+        host = _HostDoc(dict(data["host"])) if "host" in data else None
+        return cls(top, list(data.get("mount", [])), apps, host, [])
+
+    def render(self) -> str:
+        lines = [f"# {_comment(h)}" if h else "#" for h in self.header]
+        for key, value in self.top.items():
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+        for mount in self.mounts:
+            lines += ["", "[[mount]]"]
+            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in mount.items()]
+        for app in self.apps:
+            lines.append("")
+            if app.comment:
+                lines += [f"# {_comment(c)}" for c in app.comment.splitlines()]
+            lines.append("[[app]]")
+            for key, value in app.fields.items():
+                if key == "match" and isinstance(value, dict):
+                    lines += [f"match.{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()]
+                else:
+                    lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+            if app.allow or app.learned:
+                lines.append("allow = [")
+                lines += [f"  {_toml_value(rule)}," for rule in app.allow]
+                for rule in app.learned:
+                    ops = [op.value for op in sorted(rule.ops, key=_ORDER.__getitem__)]
+                    entry = _toml_value({"paths": [_escape_path(rule.glob)], "ops": ops})
+                    lines.append(f"  {entry},  # {rule.comment}")
+                lines.append("]")
+            if app.deny:
+                lines.append("deny = [")
+                lines += [f"  {_toml_value(rule)}," for rule in app.deny]
+                lines.append("]")
+        if self.host is not None:
+            host = self.host
+            lines += ["", "[host]"]
+            for key, value in host.fields.items():
+                if key in ("write", "mknod") and getattr(host, key):
+                    continue  # written below with the learned globs
+                if key == "network" and host.network is not None:
+                    continue
+                lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+            for key in ("write", "mknod"):
+                learned = getattr(host, key)
+                if not learned:
+                    continue
+                lines.append(f"{key} = [")
+                lines += [f"  {_toml_value(g)}," for g in host.fields.get(key, [])]
+                lines += [f"  {_toml_value(_escape_path(g))},  # {c}" for g, c in learned]
+                lines.append("]")
+            if host.network is not None:
+                mode, why = host.network
+                lines.append(f"network = {_toml_value(mode)}  # {why}")
+        return "\n".join(lines) + "\n"
+
+
+# -- learning ----------------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class Learned:
+    """What :func:`learn` made: the policy text and what the user should know."""
+
+    text: str
+    apps: int
+    rules: int
+    warnings: tuple[str, ...]
+
+
+def learning_policy(mount: str, symlinks: str | None = None) -> str:
+    """The policy of the learning run: everything allowed, everything recorded.
+
+    Processes get the app :data:`LEARN_APP` (``/*/**`` names every executable, but
+    is not ``/**``, so a process with a borrowed identity stays unmatched and
+    the records tell it apart); ``[host]`` write lists ``/**`` so host decisions
+    are made, and recorded; the network is limited to loopback (the only
+    setting in which it is checked, so recorded).
+    """
+    mount_lines = [f"path = {_toml_str(_escape_path(mount))}"]
+    if symlinks:
+        mount_lines.append(f"symlinks = {_toml_str(symlinks)}")
+    return "\n".join([
+        "version = 1",
+        'name = "learn"',
+        'description = "synthfs learn: every access allowed and recorded"',
+        'default = "allow"',
+        "[[mount]]",
+        *mount_lines,
+        "[[app]]",
+        f"name = {_toml_str(LEARN_APP)}",
+        'match.exe = ["/*/**"]',
+        "[host]",
+        'write = ["/**"]',
+        'mknod = ["/**"]',
+        'network = "loopback"',
+        "",
+    ])
+
+
+def _where(access: Access, mounts: tuple[str, ...]) -> str:
+    if access.op not in _ORDER and access.op != "mknod":
+        return "network" if access.op in _NET_OPS else "other"
+    path = access.path.partition(" -> ")[0] if " -> " in access.path else access.path
+    for m in mounts:
+        if path == m or path.startswith(m + "/"):
+            return "mount"
+    return "host"
+
+
+def _rename_pair(access: Access) -> tuple[str, str] | None:
+    """(src, dst) of a rename's tree check (``"SRC -> DST"``), or None."""
+    if access.op != "rename" or " -> " not in access.path:
+        return None
+    src, _, dst = access.path.partition(" -> ")
+    if src.startswith("/") and dst.startswith("/"):
+        return src, dst
+    return None
+
+
+_NETWORK_RANK = {NetworkMode.DENY: 0, NetworkMode.LOOPBACK: 1, NetworkMode.ALLOW: 2}
+
+
+def learn(
+    accesses: list[Access],
+    *,
+    mount: str,
+    tree: Tree,
+    command: str,
+    base: str | None = None,
+    base_name: str = "",
+    env: Mapping[str, str] | None = None,
+    digest: Callable[[str], str | None] | None = None,
+    name: str = "learned",
+) -> Learned:
+    """The narrowest policy that allows what ``accesses`` show (see the module doc).
+
+    ``base``: the text of a policy to extend (``--from``; its comments are not
+    kept); ``digest(exe)``: the sha256 to pin each new app with (None: no pin for
+    that executable), or None not to pin. ``env`` expands the variables of
+    ``base`` (placeholders, as ``policy check`` does, when one is unset).
+    """
+    env = dict(os.environ if env is None else env)
+    warnings: list[str] = []
+    if base is None:
+        doc = _Doc(
+            top={"version": 1, "name": name, "description": _short(f"learned from: {command}"),
+                 "default": "deny"},
+            mounts=[{"path": _escape_path(mount)}],
+            apps=[],
+            host=_HostDoc({}),
+            header=[],
+        )
+    else:
+        doc = _Doc.parse(base)
+    fresh_host, doc.host = doc.host, (doc.host if base is not None else None)
+    base_policy = _load(doc.render(), base_name or "<base>", env)
+    doc.host = fresh_host
+    mounts = base_policy.mounts
+    doc.header = [
+        f"Learned by synthfs learn from: {command}",
+        *([f"extending {base_name} (its rules are kept; its comments are not)"] if base else []),
+        "Review every rule, then enforce: synthfs run --policy THIS_FILE ... -- CMD",
+        "Collapsing: a directory's * when the run used an op on most of its entries, its **",
+        "when on most of its tree (docs/policy.md, 'synthfs learn').",
+        "",
+    ]
+
+    def sha(exe: str) -> Callable[[], str]:
+        def get() -> str:
+            value = digest(exe) if digest is not None else None
+            if value is None:
+                raise OSError("no digest")
+            return value
+        return get
+
+    # Who is who under the base policy: an existing app, a new one per exe, or the catch-all.
+    targets: dict[tuple[str, bool], _AppDoc | None] = {}
+    by_name = {a.name: a for a in doc.apps}
+    new_apps: dict[str, _AppDoc] = {}
+    catch_all: list[_AppDoc] = []
+    used_names = set(by_name)
+
+    def started(access: Access) -> str:
+        """How the first process of ``access.exe`` came to be: the execve that ran it."""
+        for a in accesses:
+            if a.syscall in ("execve", "execveat") and a.path == access.exe:
+                return f"first exec'd by {a.origin()}"
+        return f"first seen: {access.origin(with_exe=False)}"
+
+    def target(access: Access) -> _AppDoc | None:
+        key = (access.exe, access.borrowed)
+        if key in targets:
+            return targets[key]
+        app = base_policy.identify(access.exe, [access.exe], sha(access.exe),
+                                   borrowed=access.borrowed)
+        found: _AppDoc | None
+        if app.deny_all is not None:
+            warnings.append(
+                f"{access.exe} does not match the sha256 pin of app {app.name!r} ({app.ref}):"
+                " its accesses are not learned")
+            found = None
+        elif app.matched:
+            found = by_name[app.name]
+        elif access.borrowed:
+            if not catch_all:
+                catch_all.append(_AppDoc(
+                    {"name": _unique("any-program", used_names), "match": {"exe": ["/**"]}},
+                    [], [], catch_all=True,
+                    comment="processes no app naming an executable may identify (a loader"
+                    " variable such as\nLD_PRELOAD in the environment, or the dynamic loader"
+                    " run directly): their rules\nare every program's (docs/policy.md,"
+                    " 'Borrowed identity'); first: " + access.origin()))
+            found = catch_all[0]
+        else:
+            found = new_apps.get(access.exe)
+            if found is None:
+                match: dict[str, Any] = {"exe": [_escape_path(access.exe)]}
+                value = digest(access.exe) if digest is not None else None
+                if value is not None:
+                    match["sha256"] = value
+                elif digest is not None:
+                    warnings.append(f"{access.exe}: cannot hash it; its app is not pinned")
+                nice = os.path.basename(access.exe) or "program"
+                found = _AppDoc({"name": _unique(nice, used_names), "match": match}, [], [],
+                                exe=access.exe, comment=f"{access.exe}: {started(access)}")
+                new_apps[access.exe] = found
+        targets[key] = found
+        return found
+
+    # What the base policy does not allow already is what must be learned.
+    mount_need: dict[int, dict[Op, dict[str, Access]]] = {}
+    apps_of: dict[int, _AppDoc] = {}
+    host_need: dict[str, dict[str, Access]] = {"write": {}, "mknod": {}}
+    host_ops: dict[str, set[str]] = {}
+    network: Access | None = None
+    renames: list[tuple[Access, _AppDoc, str, str]] = []
+    checks: list[tuple[Access, _AppDoc | None]] = []
+    for access in accesses:
+        where = _where(access, mounts)
+        if not access.allowed:
+            warnings.append(
+                f"refused during learning, not learned: {access.origin()}"
+                f" ({access.rule or 'denied'})")
+            continue
+        app = target(access)
+        if where == "mount":
+            if app is None:
+                continue
+            pair = _rename_pair(access)
+            if pair is not None:
+                renames.append((access, app, *pair))
+                continue
+            checks.append((access, app))
+            if _base_allows(base_policy, access):
+                continue
+            apps_of[id(app)] = app
+            per_op = mount_need.setdefault(id(app), {})
+            per_op.setdefault(Op(access.op), {}).setdefault(access.path, access)
+        elif where == "host":
+            if _rename_pair(access) is not None:
+                continue  # [host] renames: both paths are write-listed below
+            host_ops.setdefault(access.path, set()).add(access.op)
+            if access.op in READ_OPS:
+                continue  # host reads stay unrestricted
+            checks.append((access, app))
+            if base is not None and _base_allows(base_policy, access):
+                continue
+            kind = "mknod" if access.op == "mknod" else "write"
+            host_need[kind].setdefault(access.path, access)
+        elif where == "network":
+            checks.append((access, app))
+            if network is None:
+                network = access
+
+    temporaries = {p for p, ops in host_ops.items() if {"create", "delete"} <= ops}
+    known_dirs = set(tree.dirs)
+    exact: dict[int, dict[Op, dict[str, Access]]] = {}
+    forced: dict[int, set[str]] = {}
+    all_apps = [*doc.apps, *new_apps.values(), *catch_all]
+    for app in all_apps:
+        apps_of.setdefault(id(app), app)
+
+    def build() -> _Doc:
+        for app in all_apps:
+            app.learned = []
+        for key, per_op in {**{k: {} for k in exact}, **{k: {} for k in forced},
+                            **mount_need}.items():
+            app = apps_of[key]
+            globs: dict[str, dict[Op, Access]] = {}
+            for op in Op:
+                touched = dict(per_op.get(op, {}))
+                for path, access in exact.get(key, {}).get(op, {}).items():
+                    touched.setdefault(path, access)
+                if not touched:
+                    continue
+                for root in mounts:
+                    mine = {p: a for p, a in touched.items() if _under(p, root)}
+                    trees = [t for t in forced.get(key, ()) if _under(t, root)]
+                    collapsed = collapse(mine, op, tree, root, trees) if mine else {}
+                    extra = exact.get(key, {}).get(op, {})
+                    for path, access in extra.items():  # exact patches stay exact
+                        if path in mine:
+                            collapsed.setdefault(path, access)
+                    for glob, access in collapsed.items():
+                        globs.setdefault(glob, {})[op] = access
+            existing = _existing_rules(app)
+            for glob in sorted(globs, key=lambda g: min(a.seq for a in globs[g].values())):
+                per_glob = globs[glob]
+                ops = []
+                for op, access in per_glob.items():
+                    seen = existing.get((_escape_path(glob), op))
+                    if seen == "deny":
+                        warnings.append(
+                            f"app {app.name!r}: the policy denies {op.value} on {glob},"
+                            f" which {access.origin()} needed; left denied")
+                    elif seen is None:
+                        ops.append(op)
+                if not ops:
+                    continue
+                firsts: dict[str, list[str]] = {}
+                for op in sorted(ops, key=_ORDER.__getitem__):
+                    a = per_glob[op]
+                    firsts.setdefault(f"{a.syscall} {a.path}", []).append(op.value)
+                comment = "; ".join(
+                    f"{'/'.join(o)}: first {text}" for text, o in firsts.items())
+                first = min(per_glob.values(), key=lambda a: a.seq)
+                prog = os.path.basename(first.exe) if app.catch_all or not app.exe else ""
+                lead = f"pid {first.pid} {prog}: " if prog else f"pid {first.pid}: "
+                app.learned.append(_Rule(glob, ops, _comment(lead + comment)))
+        out = _Doc(doc.top, doc.mounts, all_apps, doc.host, doc.header)
+        if out.host is not None:
+            out.host.write = [
+                (g, a.origin() + (" (a temporary: created and removed in the run)"
+                                  if g.endswith("/*") and g != a.path else ""))
+                for g, a in host_globs(host_need["write"], temporaries).items()
+            ]
+            nodes = host_globs(host_need["mknod"], ())
+            out.host.mknod = [(g, a.origin()) for g, a in nodes.items()]
+            out.host.network = _network(base_policy, network, base is None)
+        return out
+
+    rounds = 0
+    while True:
+        rounds += 1
+        result = build()
+        text = result.render()
+        try:
+            learned = _load(text, name, env)
+        except PolicyError as exc:
+            raise PolicyError(exc.path, exc.line, f"learn made a policy the loader refuses:"
+                              f" {exc.message}") from None
+        failures = _verify(learned, checks, renames, known_dirs, sha)
+        if not failures or rounds >= 4:
+            break
+        progress = False
+        for access, app, moved in failures:
+            if app is None:
+                continue
+            key = id(app)
+            apps_of[key] = app
+            if moved is None:
+                if _where(access, mounts) != "mount":
+                    continue
+                slot = exact.setdefault(key, {}).setdefault(Op(access.op), {})
+                if access.path not in slot:
+                    slot[access.path] = access
+                    mount_need.setdefault(key, {})
+                    progress = True
+            else:
+                src, dst, is_tree = moved
+                if is_tree:
+                    trees = forced.setdefault(key, set())
+                    if not {src, dst} <= trees:
+                        trees |= {src, dst}
+                        progress = True
+                for op in Op:  # the source must allow whatever the destination allows
+                    a = learned.identify(access.exe, [access.exe], sha(access.exe),
+                                         borrowed=access.borrowed)
+                    stricter = not learned.decide(a, op, src).allowed
+                    if stricter and learned.decide(a, op, dst).allowed:
+                        slot = exact.setdefault(key, {}).setdefault(op, {})
+                        if src not in slot:
+                            slot[src] = access
+                            progress = True
+                        if is_tree:  # the tree rule above will cover it
+                            slot.pop(src, None)
+        if not progress:
+            break
+    for access, _app, _pair in failures:
+        warnings.append(f"still denied by the learned policy: {access.origin()}")
+    count = sum(len(a.learned) for a in result.apps)
+    return Learned(text, len(result.apps), count, tuple(dict.fromkeys(warnings)))
+
+
+def _short(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unique(name: str, used: set[str]) -> str:
+    candidate, n = name, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{name}-{n}"
+    used.add(candidate)
+    return candidate
+
+
+def _load(text: str, name: str, env: Mapping[str, str]) -> Policy:
+    return Policy.from_text(text, name=os.path.basename(name) or name, env=env, notes=[])
+
+
+def _base_allows(policy: Policy, access: Access) -> bool:
+    """Whether ``policy`` already allows this access (identified as in the learned run)."""
+    try:
+        app = policy.identify(access.exe, [access.exe], _no_digest, borrowed=access.borrowed)
+        if access.op == "mknod":
+            return policy.decide_mknod(app, access.path).allowed
+        op = Op(access.op)
+        if policy.is_on_mount(access.path):
+            return policy.decide(app, op, access.path).allowed
+        return policy.decide_host(app, op, access.path).allowed
+    except ValueError:
+        return False
+
+
+def _no_digest() -> str:
+    raise OSError("not hashed")
+
+
+def _existing_rules(app: _AppDoc) -> dict[tuple[str, Op], str]:
+    """(glob text, op) -> "allow" | "deny" for the rules a file already gives ``app``."""
+    out: dict[tuple[str, Op], str] = {}
+    for action, rules in (("allow", app.allow), ("deny", app.deny)):
+        for rule in rules:
+            if not isinstance(rule, dict):
+                continue
+            paths = rule.get("paths", [])
+            ops = rule.get("ops", [])
+            paths = [paths] if isinstance(paths, str) else paths
+            ops = [ops] if isinstance(ops, str) else ops
+            for p in paths:
+                for o in ops:
+                    for op in (Op if o == "*" else [o]):
+                        try:
+                            out.setdefault((str(p), Op(op)), action)
+                        except ValueError:
+                            continue
+    return out
+
+
+def _network(base: Policy, used: Access | None, fresh: bool) -> tuple[str, str]:
+    """The ``network`` line: the base's mode raised to what the run used."""
+    need = NetworkMode.LOOPBACK if used is not None else NetworkMode.DENY
+    have = NetworkMode.DENY if fresh else base.network
+    if _NETWORK_RANK[have] >= _NETWORK_RANK[need]:
+        why = "the run used no network" if used is None else "as before"
+        return have.value, why
+    assert used is not None
+    return need.value, used.origin()
+
+
+def _verify(
+    policy: Policy,
+    checks: list[tuple[Access, _AppDoc | None]],
+    renames: list[tuple[Access, _AppDoc, str, str]],
+    dirs: set[str],
+    sha: Callable[[str], Callable[[], str]],
+) -> list[tuple[Access, _AppDoc | None, tuple[str, str, bool] | None]]:
+    """The recorded accesses ``policy`` would deny (with the rename pairs it refuses)."""
+    failures: list[tuple[Access, _AppDoc | None, tuple[str, str, bool] | None]] = []
+    apps: dict[tuple[str, bool], App] = {}
+
+    def app_of(access: Access) -> App:
+        key = (access.exe, access.borrowed)
+        if key not in apps:
+            apps[key] = policy.identify(access.exe, [access.exe], sha(access.exe),
+                                        borrowed=access.borrowed)
+        return apps[key]
+
+    for access, target in checks:
+        app = app_of(access)
+        if access.op in _NET_OPS:
+            if policy.network is NetworkMode.DENY:
+                failures.append((access, target, None))
+            continue
+        if not _base_allows_app(policy, app, access):
+            failures.append((access, target, None))
+    for access, target, src, dst in renames:
+        tree = src in dirs or dst in dirs
+        if not policy.decide_rename(app_of(access), src, dst, tree).allowed:
+            failures.append((access, target, (src, dst, tree)))
+    return failures
+
+
+def _base_allows_app(policy: Policy, app: App, access: Access) -> bool:
+    if access.op == "mknod":
+        return policy.decide_mknod(app, access.path).allowed
+    op = Op(access.op)
+    if policy.is_on_mount(access.path):
+        return policy.decide(app, op, access.path).allowed
+    return policy.decide_host(app, op, access.path).allowed
