@@ -232,13 +232,18 @@ def collapse(
         if not any(p in touched for p in everything):
             return
         nested = any(c in dirs for c in children.get(d, ()))
-        if d in forced or (nested and most(everything)):
+        if nested and most(everything):
             access = first([d, *everything])
             assert access is not None
             out[_join(d, "**")] = access
             return
         star = most(sorted(children.get(d, ())))
         for child in sorted(children.get(d, ())):
+            if child in forced:
+                access = first([child, *below(child)])
+                if access is not None:
+                    out[_join(child, "**")] = access
+                    continue
             if child in touched:
                 glob = _join(d, "*") if star else child
                 held = out.get(glob)
@@ -250,7 +255,7 @@ def collapse(
     everything = below(root)
     used = any(p in touched for p in everything)
     nested = any(c in dirs for c in children.get(root, ()))
-    if root in forced or (used and nested and most(everything)):
+    if (root in forced or (nested and most(everything))) and (used or root in touched):
         access = first([root, *everything])
         if access is not None:
             out[_join(root, "**")] = access
