@@ -14,9 +14,10 @@ same run is allowed everything it did:
   executable (``match.exe = ["/**"]``), since no narrower app can match it;
 * its accesses on the mount, per operation, collapsed by :func:`collapse`
   (the rule is in its docstring and in docs/policy.md, "synthfs learn");
-* the host paths it wrote in ``[host] write`` (device nodes in ``mknod``), a
-  temporary file (created and removed during the run: its name will differ
-  next time) as its directory's ``*``; host reads stay unrestricted;
+* the host paths it wrote in ``[host] write`` (device nodes in ``mknod``);
+  host reads stay unrestricted. A temporary file with a random name, on the
+  host or the mount, is a glob (:func:`temporary_glob`): its name will differ
+  next time;
 * ``[host] network``: ``"deny"``, or ``"loopback"`` when it used loopback.
 
 Every rule carries a comment naming the first access that needed it (pid,
@@ -53,6 +54,7 @@ __all__ = [
     "learn",
     "learning_policy",
     "read_accesses",
+    "temporary_glob",
 ]
 
 #: A directory is collapsed to ``*`` or ``**`` only when it holds at least this many
@@ -266,14 +268,40 @@ def collapse(
     return out
 
 
+#: A run of letters and digits that ``mkstemp`` and friends fill in at random.
+_RANDOM_RUN = re.compile(r"[A-Za-z0-9]{6,}")
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}$")
+
+
+def temporary_glob(path: str) -> str | None:
+    """The glob a temporary file's name stands for, or None if it looks fixed.
+
+    A temporary (a file the run created and that was gone by its end) named by
+    ``mkstemp``, ``mktemp`` or git's ``tmp_obj_XXXXXX`` gets another name each
+    run. Its name's first run of six or more letters and digits that mixes at
+    least two of lower case, upper case and digits is taken for the random
+    part: it and what follows, up to an extension, become ``*``
+    (``/tmp/ccAb12Cd.s`` -> ``/tmp/*.s``, ``objects/ab/tmp_obj_q1W2e3`` ->
+    ``objects/ab/tmp_obj_*``). A plain name (``db.sqlite-journal``,
+    ``index.lock``) is the same every run and stays exact.
+    """
+    head, _, name = path.rpartition("/")
+    for m in _RANDOM_RUN.finditer(name):
+        run = m.group()
+        kinds = sum(any(test(c) for c in run) for test in (str.islower, str.isupper, str.isdigit))
+        if kinds >= 2:
+            ext = _EXTENSION.search(name[m.end():])
+            return f"{head}/{name[: m.start()]}*{ext.group() if ext else ''}"
+    return None
+
+
 def host_globs(writes: Mapping[str, Access], temporaries: Iterable[str]) -> dict[str, Access]:
     """``[host] write`` (or ``mknod``) globs for the host paths written: each path
-    exactly, except a temporary (created and removed during the run, so its name
-    will differ next time), which gives its directory's ``*``."""
+    exactly, except a temporary with a random name (:func:`temporary_glob`)."""
     temp = set(temporaries)
     out: dict[str, Access] = {}
     for path, access in sorted(writes.items(), key=lambda kv: kv[1].seq):
-        glob = _join(_parent(path), "*") if path in temp and path != "/" else path
+        glob = (temporary_glob(path) if path in temp else None) or path
         if glob not in out:
             out[glob] = access
     return out
@@ -512,13 +540,18 @@ def learn(
     env: Mapping[str, str] | None = None,
     digest: Callable[[str], str | None] | None = None,
     name: str = "learned",
+    after: Tree | None = None,
 ) -> Learned:
     """The narrowest policy that allows what ``accesses`` show (see the module doc).
 
-    ``base``: the text of a policy to extend (``--from``; its comments are not
-    kept); ``digest(exe)``: the sha256 to pin each new app with (None: no pin for
-    that executable), or None not to pin. ``env`` expands the variables of
-    ``base`` (placeholders, as ``policy check`` does, when one is unset).
+    ``tree``: what the repository held before and after the run (merged);
+    ``after``: after it alone, to tell temporaries (created, gone at the end:
+    :func:`temporary_glob`) on the mount; without it, a path created and removed
+    or renamed away in the run is one. ``base``: the text of a policy to extend
+    (``--from``; its comments are not kept); ``digest(exe)``: the sha256 to pin
+    each new app with (None: no pin for that executable), or None not to pin.
+    ``env`` expands the variables of ``base`` (placeholders, as ``policy
+    check`` does, when one is unset).
     """
     env = dict(os.environ if env is None else env)
     warnings: list[str] = []
@@ -613,6 +646,7 @@ def learn(
     apps_of: dict[int, _AppDoc] = {}
     host_need: dict[str, dict[str, Access]] = {"write": {}, "mknod": {}}
     host_ops: dict[str, set[str]] = {}
+    mount_ops: dict[str, set[str]] = {}
     network: Access | None = None
     renames: list[tuple[Access, _AppDoc, str, str]] = []
     checks: list[tuple[Access, _AppDoc | None]] = []
@@ -634,6 +668,7 @@ def learn(
             checks.append((access, app))
             if _base_allows(base_policy, access):
                 continue
+            mount_ops.setdefault(access.path, set()).add(access.op)
             apps_of[id(app)] = app
             per_op = mount_need.setdefault(id(app), {})
             per_op.setdefault(Op(access.op), {}).setdefault(access.path, access)
@@ -653,7 +688,15 @@ def learn(
             if network is None:
                 network = access
 
-    temporaries = {p for p, ops in host_ops.items() if {"create", "delete"} <= ops}
+    temporaries = {p for p, ops in host_ops.items()
+                   if "create" in ops and ops & {"delete", "rename"}}
+    # On the mount: created, and not there after the run (removed, or renamed away).
+    created = {a.path for a in accesses if a.op == "create" and _where(a, mounts) == "mount"}
+    if after is not None:
+        gone = {p for p in created if p not in _paths(after)}
+    else:
+        gone = {p for p, ops in mount_ops.items() if "create" in ops and ops & {"delete", "rename"}}
+    renamed_temps = {p: g for p in gone if (g := temporary_glob(p)) is not None}
     known_dirs = set(tree.dirs)
     exact: dict[int, dict[Op, dict[str, Access]]] = {}
     forced: dict[int, set[str]] = {}
@@ -669,7 +712,11 @@ def learn(
             app = apps_of[key]
             globs: dict[str, dict[Op, Access]] = {}
             for op in Op:
-                touched = dict(per_op.get(op, {}))
+                touched: dict[str, Access] = {}
+                for path, access in per_op.get(op, {}).items():  # a temporary: its glob
+                    glob = renamed_temps.get(path, path)
+                    if glob not in touched or access.seq < touched[glob].seq:
+                        touched[glob] = access
                 for path, access in exact.get(key, {}).get(op, {}).items():
                     touched.setdefault(path, access)
                 if not touched:
@@ -712,7 +759,7 @@ def learn(
         if out.host is not None:
             out.host.write = [
                 (g, a.origin() + (" (a temporary: created and removed in the run)"
-                                  if g.endswith("/*") and g != a.path else ""))
+                                  if g != a.path else ""))
                 for g, a in host_globs(host_need["write"], temporaries).items()
             ]
             nodes = host_globs(host_need["mknod"], ())
@@ -771,6 +818,10 @@ def learn(
         warnings.append(f"still denied by the learned policy: {access.origin()}")
     count = sum(len(a.learned) for a in result.apps)
     return Learned(text, len(result.apps), count, tuple(dict.fromkeys(warnings)))
+
+
+def _paths(tree: Tree) -> set[str]:
+    return {*tree.dirs, *(_join(d, n) for d, names in tree.dirs.items() for n in names)}
 
 
 def _short(text: str, limit: int = 100) -> str:

@@ -137,7 +137,8 @@ def _learn(
         digest = _digest_of(args, mount) if args.pin_sha256 else None
         try:
             learned = learn(
-                accesses, mount=mount, tree=before.merged(after), command=shlex.join(command),
+                accesses, mount=mount, tree=before.merged(after), after=after,
+                command=shlex.join(command),
                 base=base_text, base_name=base_name, digest=digest,
                 name=os.path.splitext(os.path.basename(out))[0] or "learned",
             )

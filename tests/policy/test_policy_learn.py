@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from synthfs.policy.engine import Action, Op, Policy
 from synthfs.policy.learn import (
     MIN_ENTRIES,
@@ -19,6 +21,7 @@ from synthfs.policy.learn import (
     learn,
     learning_policy,
     read_accesses,
+    temporary_glob,
 )
 
 _seq = iter(range(1_000_000))
@@ -120,10 +123,35 @@ def test_the_mount_root_itself() -> None:
     assert globs(touched("/data", op="stat"), Op.STAT) == {"/data"}
 
 
-def test_host_temporaries_are_their_directory_star() -> None:
-    w = {"/dev/null": rec("/dev/null", "create"), "/tmp/ccA1.s": rec("/tmp/ccA1.s", "create"),
-         "/home/u/out": rec("/home/u/out", "write")}
-    assert set(host_globs(w, {"/tmp/ccA1.s"})) == {"/dev/null", "/tmp/*", "/home/u/out"}
+@pytest.mark.parametrize(("path", "glob"), [
+    ("/tmp/ccAb12Cd.s", "/tmp/*.s"),  # gcc
+    ("/data/.git/objects/ab/tmp_obj_q1W2e3", "/data/.git/objects/ab/tmp_obj_*"),  # git
+    ("/tmp/tmpk3j4_x9z", "/tmp/*"),  # python's tempfile
+    ("/data/db.sqlite-journal", None),  # sqlite: the same name every run
+    ("/data/.git/index.lock", None),
+    ("/tmp/abcdef", None),  # one kind of character: a word, not a random run
+])
+def test_temporary_glob(path: str, glob: str | None) -> None:
+    assert temporary_glob(path) == glob
+
+
+def test_host_temporaries_with_random_names_are_globs() -> None:
+    w = {p: rec(p, "create") for p in ("/dev/null", "/tmp/ccA1b2C3.s", "/tmp/fixed.lock")}
+    got = host_globs(w, {"/tmp/ccA1b2C3.s", "/tmp/fixed.lock"})
+    assert set(got) == {"/dev/null", "/tmp/*.s", "/tmp/fixed.lock"}
+
+
+def test_mount_temporaries_are_globs_when_gone_after_the_run() -> None:
+    tmp = "/data/d/tmp_obj_Zx81Qa"
+    records = [rec(tmp, "create", "/usr/bin/git"), rec(tmp, "write", "/usr/bin/git"),
+               rec("/data/d/db-journal", "create", "/usr/bin/git")]
+    text, policy = run_learn(records, after=TREE)
+    assert '"/data/d/tmp_obj_*"' in text and '"/data/d/db-journal"' in text
+    git = policy.identify("/usr/bin/git", ["git"], lambda: "")
+    assert policy.decide(git, Op.CREATE, "/data/d/tmp_obj_Other1").allowed
+    assert not policy.decide(git, Op.CREATE, "/data/d/other").allowed
+    kept = TREE.merged(Tree({"/data/d": frozenset({"tmp_obj_Zx81Qa"})}))
+    assert '"/data/d/tmp_obj_*"' not in run_learn(records, after=kept)[0]  # it stayed: exact
 
 
 # -- records ---------------------------------------------------------------------------------
@@ -202,8 +230,8 @@ def test_host_writes_and_network() -> None:
     records = [
         rec("/dev/null", "create", "/usr/bin/dash"),
         rec("/dev/null", "write", "/usr/bin/dash"),
-        rec("/tmp/ccX.s", "create", "/usr/bin/cc1"),
-        rec("/tmp/ccX.s", "delete", "/usr/bin/gcc", syscall="unlink"),
+        rec("/tmp/ccX1y2Z3.s", "create", "/usr/bin/cc1"),
+        rec("/tmp/ccX1y2Z3.s", "delete", "/usr/bin/gcc", syscall="unlink"),
         rec("/etc/passwd", "read", "/usr/bin/dash"),
         rec("127.0.0.1:80", "connect", "/usr/bin/curl", syscall="connect"),
     ]
@@ -212,7 +240,8 @@ def test_host_writes_and_network() -> None:
         assert _allowed(policy, a), a
     app = policy.identify("/usr/bin/dash", ["sh"], lambda: "")
     assert not policy.decide_host(app, Op.WRITE, "/etc/passwd").allowed  # read, never written
-    assert policy.decide_host(app, Op.WRITE, "/tmp/ccOther.s").allowed  # a temporary's dir
+    assert policy.decide_host(app, Op.WRITE, "/tmp/ccOther.s").allowed  # a temporary's glob
+    assert not policy.decide_host(app, Op.WRITE, "/tmp/other.c").allowed
     assert policy.network.value == "loopback"
     assert 'network = "loopback"  # pid 42 curl: connect connect 127.0.0.1:80' in text
     _, quiet = run_learn(records[:1])
