@@ -179,27 +179,33 @@ def collapse(
     """The globs that cover ``touched`` (paths the run used ``op`` on), each with the
     first access it covers.
 
-    The rule, for one operation, from the mount root down:
+    The rule, for one operation, from the mount root down. An entry of a
+    directory is *used* when the run used the operation on it, or when it is a
+    directory most of whose entries are used (recursively); *most* is more
+    than half. Entries that cannot take the operation are not counted (files
+    for ``list``, directories themselves for ``read`` and ``write``: a
+    directory counts through its entries).
 
-    * ``D/**`` when ``D`` has subdirectories and the run used the operation on
-      more than half of everything below ``D`` (counted recursively; for
-      ``read``/``write`` files and links only, for ``list`` directories only),
-      at least :data:`MIN_ENTRIES` of them: the run used most of that tree, so
-      the tree is the unit. ``D`` in ``trees`` (a directory the run renamed, which the
-      engine only allows between uniformly decided trees) always gets ``**``.
+    * ``D/**`` when ``D`` has subdirectories, at least :data:`MIN_ENTRIES`
+      entries in its whole tree, most of its entries are used, and most of its
+      subdirectories are: the run used most of that tree, so the tree is the
+      unit. ``D`` in ``trees`` (a directory the run renamed, which the engine
+      only allows between uniformly decided trees) always gets ``**``.
     * otherwise ``D/*`` for ``D``'s own entries when the run used the operation
-      on more than half of them (at least :data:`MIN_ENTRIES`);
+      on most of them (at least :data:`MIN_ENTRIES`);
     * otherwise each path exactly.
 
-    Entries are what ``tree`` lists plus every touched path (a file created and
-    removed during the run counts as an entry of its directory). With an
-    unknown tree only exact paths come out (and ``trees`` still gets ``**``).
+    So a big tree the run made (``.git`` in a repository it only read) is
+    ``.git/**`` without making the repository's root ``**`` as well. Entries
+    are what ``tree`` lists plus every touched path (a file created and removed
+    during the run counts as an entry of its directory). With an unknown tree
+    only exact paths come out (and ``trees`` still gets ``**``).
     """
     forced = set(trees)
     children: dict[str, set[str]] = {}
     dirs: set[str] = set()
     for d, names in tree.dirs.items():
-        if d == root or d.startswith(root + "/"):
+        if _under(d, root):
             dirs.add(d)
             children.setdefault(d, set()).update(_join(d, n) for n in names)
     for path in [*touched, *forced]:
@@ -210,10 +216,7 @@ def collapse(
             dirs.add(up)
             node = up
     out: dict[str, Access] = {}
-
-    def first(paths: Iterable[str]) -> Access | None:
-        found = [touched[p] for p in paths if p in touched]
-        return min(found, key=lambda a: a.seq) if found else None
+    mostly_memo: dict[str, bool] = {}
 
     def below(d: str) -> list[str]:
         stack, seen = [d], []
@@ -223,25 +226,42 @@ def collapse(
                 stack.append(child)
         return seen
 
-    def most(entries: list[str]) -> bool:
-        counted = [e for e in entries if _eligible(op, e in dirs)]
-        hit = sum(1 for e in counted if e in touched)
-        return tree.known and len(counted) >= MIN_ENTRIES and 2 * hit > len(counted)
+    def first(paths: Iterable[str]) -> Access | None:
+        found = [touched[p] for p in paths if p in touched]
+        return min(found, key=lambda a: a.seq) if found else None
+
+    def counted(d: str, direct: bool) -> list[str]:
+        """``d``'s entries that count: for ``D/*`` those that take the op themselves;
+        for ``D/**`` directories too (through their entries), except for ``list``."""
+        return [c for c in sorted(children.get(d, ()))
+                if _eligible(op, c in dirs) or (not direct and c in dirs and op is not Op.LIST)]
+
+    def mostly(d: str) -> bool:
+        if d not in mostly_memo:
+            mostly_memo[d] = False  # a cycle cannot happen in a tree; be safe anyway
+            entries = counted(d, direct=False)
+            used = sum(1 for c in entries if c in touched or (c in dirs and mostly(c)))
+            mostly_memo[d] = bool(entries) and 2 * used > len(entries)
+        return mostly_memo[d]
+
+    def used_dir(c: str) -> bool:
+        return mostly(c) or (c in touched and not counted(c, direct=False))
+
+    def whole_tree(d: str) -> bool:
+        subdirs = [c for c in children.get(d, ()) if c in dirs]
+        size = sum(1 for x in below(d) if _eligible(op, x in dirs))
+        return (tree.known and bool(subdirs) and size >= MIN_ENTRIES and mostly(d)
+                and 2 * sum(1 for c in subdirs if used_dir(c)) > len(subdirs))
 
     def visit(d: str) -> None:
         """Cover the touched paths strictly below directory ``d``."""
-        everything = below(d)
-        if not any(p in touched for p in everything):
+        if not any(p in touched for p in below(d)):
             return
-        nested = any(c in dirs for c in children.get(d, ()))
-        if nested and most(everything):
-            access = first([d, *everything])
-            assert access is not None
-            out[_join(d, "**")] = access
-            return
-        star = most(sorted(children.get(d, ())))
+        direct = counted(d, direct=True)
+        hit = sum(1 for c in direct if c in touched)
+        star = tree.known and len(direct) >= MIN_ENTRIES and 2 * hit > len(direct)
         for child in sorted(children.get(d, ())):
-            if child in forced:
+            if child in forced or (child in dirs and whole_tree(child)):
                 access = first([child, *below(child)])
                 if access is not None:
                     out[_join(child, "**")] = access
@@ -254,18 +274,15 @@ def collapse(
             if child in dirs:
                 visit(child)
 
-    everything = below(root)
-    used = any(p in touched for p in everything)
-    nested = any(c in dirs for c in children.get(root, ()))
-    if (root in forced or (nested and most(everything))) and (used or root in touched):
-        access = first([root, *everything])
+    if root in forced or whole_tree(root):
+        access = first([root, *below(root)])
         if access is not None:
-            out[_join(root, "**")] = access
-            return out
+            return {_join(root, "**"): access}
     if root in touched:
         out[root] = touched[root]
     visit(root)
-    return out
+    # D itself is a path D/** matches: its exact rule says nothing more
+    return {g: a for g, a in out.items() if _join(g, "**") not in out}
 
 
 #: A run of letters and digits that ``mkstemp`` and friends fill in at random.

@@ -75,14 +75,30 @@ def test_a_directory_without_subdirectories_never_gets_double_star() -> None:
 def test_most_of_a_tree_is_its_double_star() -> None:
     t = touched("/data/e/f/1", "/data/e/f/2", "/data/e/f/3", "/data/e/g.txt")
     assert globs(t) == {"/data/e/**"}
+    # the directory itself too: e/** matches /data/e, no exact rule beside it
+    assert globs(touched("/data/e", *t, op="stat"), Op.STAT) == {"/data/e/**"}
 
 
 def test_most_of_a_tree_but_not_of_the_parent() -> None:
     # e/ read entirely (5 of the 13 files of /data): e/**, and nothing wider
     t = touched("/data/e/f/1", "/data/e/f/2", "/data/e/f/3", "/data/e/f/4", "/data/e/g.txt")
     assert globs(t) == {"/data/e/**"}
-    every = [*t, "/data/a.txt", "/data/b.txt", "/data/d/1", "/data/d/2"]
-    assert globs(touched(*every)) == {"/data/**"}  # 9 of 13 files: the whole repository
+    # most of /data's files, and of each of its subdirectories: the whole repository
+    every = [*t, "/data/a.txt", "/data/b.txt", "/data/d/1", "/data/d/2", "/data/d/3"]
+    assert globs(touched(*every)) == {"/data/**"}
+    # half of d/ only: /data's files are its *, d/ stays exact, e/ is a tree
+    half = [*t, "/data/a.txt", "/data/b.txt", "/data/d/1", "/data/d/2"]
+    assert globs(touched(*half)) == {"/data/*", "/data/d/1", "/data/d/2", "/data/e/**"}
+
+
+def test_a_big_new_tree_does_not_make_its_parent_a_tree() -> None:
+    # git init in a repository it only reads: .git/** for create, not /data/**
+    git = Tree({"/data": frozenset({".git"}), "/data/.git": frozenset({"HEAD", "objects"}),
+                "/data/.git/objects": frozenset(f"o{i}" for i in range(30))})
+    new = ["/data/.git", "/data/.git/HEAD", "/data/.git/objects",
+           *(f"/data/.git/objects/o{i}" for i in range(30))]
+    made = touched(*new, op="create")
+    assert globs(made, Op.CREATE, tree=TREE.merged(git)) == {"/data/.git/**"}
 
 
 def test_small_directories_stay_exact() -> None:
