@@ -27,6 +27,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from typing import NoReturn
 
 from synthfs.policy.engine import Policy, PolicyError
 from synthfs.policy.learn import Tree, learn, learning_policy, read_accesses
@@ -37,6 +38,10 @@ HELP = "run a command with everything allowed and recorded; write the policy it 
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    def error(message: str) -> NoReturn:  # one line, not argparse's usage block
+        parser.exit(2, f"synthfs learn: {message} (see synthfs learn -h)\n")
+
+    parser.error = error  # type: ignore[method-assign]
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--data", metavar="DIR", help="serve DIR as the repository (as synthfs run)")
     src.add_argument("--agent", metavar="ENDPOINT", help="use a running agent (ipc://PATH)")
@@ -134,6 +139,9 @@ def _learn(
                 accesses = read_accesses(f)
         except OSError:
             accesses = []
+        if not accesses and status != 0:  # it never ran (command not found): nothing to learn
+            return _fail(f"the command did not run (status {status}); no policy written",
+                         status)
         digest = _digest_of(args, mount) if args.pin_sha256 else None
         try:
             learned = learn(
