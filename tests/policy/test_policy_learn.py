@@ -330,6 +330,15 @@ def test_paths_are_escaped() -> None:
         assert _allowed(policy, a), a
 
 
+def test_a_name_that_is_not_utf8_is_reported_not_learned() -> None:
+    raw = "/data/raw-\udcff"  # os.fsdecode of b"raw-\xff": no TOML text says it
+    learned = learn([rec(raw, "read"), rec("/data/a.txt", "read")], mount="/data",
+                    tree=Tree.unknown(), command="job", env={})
+    policy = Policy.from_text(learned.text, env={})
+    assert _allowed(policy, rec("/data/a.txt", "read"))
+    assert [w for w in learned.warnings if "still denied" in w and "/data/raw-" in w]
+
+
 BASE = """\
 version = 1
 name = "base"
