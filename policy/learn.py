@@ -570,271 +570,311 @@ def learn(
     ``env`` expands the variables of ``base`` (placeholders, as ``policy
     check`` does, when one is unset).
     """
-    env = dict(os.environ if env is None else env)
-    warnings: list[str] = []
-    if base is None:
-        doc = _Doc(
-            top={"version": 1, "name": name, "description": _short(f"learned from: {command}"),
-                 "default": "deny"},
-            mounts=[{"path": _escape_path(mount)}],
-            apps=[],
-            host=_HostDoc({}),
-            header=[],
-        )
-    else:
-        doc = _Doc.parse(base)
-    fresh_host, doc.host = doc.host, (doc.host if base is not None else None)
-    base_policy = _load(doc.render(), base_name or "<base>", env)
-    doc.host = fresh_host
-    mounts = base_policy.mounts
-    doc.header = [
-        f"Learned by synthfs learn from: {command}",
-        *([f"extending {base_name} (its rules are kept; its comments are not)"] if base else []),
-        "Review every rule, then enforce: synthfs run --policy THIS_FILE ... -- CMD",
-        "Collapsing: a directory's * when the run used an op on most of its entries, its **",
-        "when on most of its tree (docs/policy.md, 'synthfs learn').",
-        "",
-    ]
+    learner = _Learner(accesses, mount=mount, tree=tree, command=command, base=base,
+                       base_name=base_name, env=dict(os.environ if env is None else env),
+                       digest=digest, name=name)
+    return learner.run(after)
 
-    def sha(exe: str) -> Callable[[], str]:
+
+#: A recorded access the learned policy denies: the access, the app it is learned
+#: into (None: it cannot be), and for a rename's tree check (src, dst, is_tree).
+_Failure = tuple[Access, "_AppDoc | None", "tuple[str, str, bool] | None"]
+#: per op, path -> the first access that used it
+_PerOp = dict[Op, dict[str, Access]]
+
+
+class _Learner:
+    """One :func:`learn`: who is who, what is needed, the policy, its check."""
+
+    def __init__(
+        self, accesses: list[Access], *, mount: str, tree: Tree, command: str,
+        base: str | None, base_name: str, env: dict[str, str],
+        digest: Callable[[str], str | None] | None, name: str,
+    ) -> None:
+        self.accesses = accesses
+        self.tree = tree
+        self.base = base
+        self.env = env
+        self.digest = digest
+        self.name = name
+        self.warnings: list[str] = []
+        if base is None:
+            self.doc = _Doc(
+                top={"version": 1, "name": name,
+                     "description": _short(f"learned from: {command}"), "default": "deny"},
+                mounts=[{"path": _escape_path(mount)}], apps=[], host=None, header=[],
+            )
+            self.base_policy = _load(self.doc.render(), "<empty>", env)
+            self.doc.host = _HostDoc({})  # learned: host writes and the network
+        else:
+            self.doc = _Doc.parse(base)
+            self.base_policy = _load(self.doc.render(), base_name or "<base>", env)
+        self.mounts = self.base_policy.mounts
+        self.doc.header = [
+            f"Learned by synthfs learn from: {command}",
+            *([f"extending {base_name} (its rules are kept; its comments are not)"]
+              if base is not None else []),
+            "Review every rule, then enforce: synthfs run --policy THIS_FILE ... -- CMD",
+            "Collapsing: a directory's * when the run used an op on most of its entries, its **",
+            "when on most of its tree (docs/policy.md, 'synthfs learn').",
+            "",
+        ]
+        self.by_name = {a.name: a for a in self.doc.apps}
+        self.used_names = set(self.by_name)
+        self.new_apps: dict[str, _AppDoc] = {}
+        self.catch_all: list[_AppDoc] = []
+        self.targets: dict[tuple[str, bool], _AppDoc | None] = {}
+        # what the base does not allow yet, per app (keyed by id: _AppDoc is mutable)
+        self.apps_of: dict[int, _AppDoc] = {}
+        self.mount_need: dict[int, _PerOp] = {}
+        self.exact: dict[int, _PerOp] = {}  # patches: exact paths the check asked for
+        self.forced: dict[int, set[str]] = {}  # renamed directories: always D/**
+        self.host_need: dict[str, dict[str, Access]] = {"write": {}, "mknod": {}}
+        self.network: Access | None = None
+        self.checks: list[tuple[Access, _AppDoc | None]] = []
+        self.renames: list[tuple[Access, _AppDoc, str, str]] = []
+        self.temp_globs: dict[str, str] = {}
+        self.host_temps: set[str] = set()
+
+    # -- identity --------------------------------------------------------------------------
+    def sha(self, exe: str) -> Callable[[], str]:
         def get() -> str:
-            value = digest(exe) if digest is not None else None
+            value = self.digest(exe) if self.digest is not None else None
             if value is None:
                 raise OSError("no digest")
             return value
         return get
 
-    # Who is who under the base policy: an existing app, a new one per exe, or the catch-all.
-    targets: dict[tuple[str, bool], _AppDoc | None] = {}
-    by_name = {a.name: a for a in doc.apps}
-    new_apps: dict[str, _AppDoc] = {}
-    catch_all: list[_AppDoc] = []
-    used_names = set(by_name)
-
-    def started(access: Access) -> str:
+    def started(self, access: Access) -> str:
         """How the first process of ``access.exe`` came to be: the execve that ran it."""
-        for a in accesses:
+        for a in self.accesses:
             if a.syscall in ("execve", "execveat") and a.path == access.exe:
                 return f"first exec'd by {a.origin()}"
         return f"first seen: {access.origin(with_exe=False)}"
 
-    def target(access: Access) -> _AppDoc | None:
+    def target(self, access: Access) -> _AppDoc | None:
+        """The app ``access`` is learned into: the base's app of that program, a new
+        app for its executable, or the catch-all app; None for a pin mismatch."""
         key = (access.exe, access.borrowed)
-        if key in targets:
-            return targets[key]
-        app = base_policy.identify(access.exe, [access.exe], sha(access.exe),
-                                   borrowed=access.borrowed)
-        found: _AppDoc | None
+        if key not in self.targets:
+            self.targets[key] = self._target(access)
+        return self.targets[key]
+
+    def _target(self, access: Access) -> _AppDoc | None:
+        app = self.base_policy.identify(access.exe, [access.exe], self.sha(access.exe),
+                                        borrowed=access.borrowed)
         if app.deny_all is not None:
-            warnings.append(
+            self.warnings.append(
                 f"{access.exe} does not match the sha256 pin of app {app.name!r} ({app.ref}):"
                 " its accesses are not learned")
-            found = None
-        elif app.matched:
-            found = by_name[app.name]
-        elif access.borrowed:
-            if not catch_all:
-                catch_all.append(_AppDoc(
-                    {"name": _unique("any-program", used_names), "match": {"exe": ["/**"]}},
+            return None
+        if app.matched:
+            return self.by_name[app.name]
+        if access.borrowed:
+            if not self.catch_all:
+                self.catch_all.append(_AppDoc(
+                    {"name": _unique("any-program", self.used_names),
+                     "match": {"exe": ["/**"]}},
                     [], [], catch_all=True,
                     comment="processes no app naming an executable may identify (a loader"
                     " variable such as\nLD_PRELOAD in the environment, or the dynamic loader"
                     " run directly): their rules\nare every program's (docs/policy.md,"
                     " 'Borrowed identity'); first: " + access.origin()))
-            found = catch_all[0]
-        else:
-            found = new_apps.get(access.exe)
-            if found is None:
-                match: dict[str, Any] = {"exe": [_escape_path(access.exe)]}
-                value = digest(access.exe) if digest is not None else None
-                if value is not None:
-                    match["sha256"] = value
-                elif digest is not None:
-                    warnings.append(f"{access.exe}: cannot hash it; its app is not pinned")
-                nice = os.path.basename(access.exe) or "program"
-                found = _AppDoc({"name": _unique(nice, used_names), "match": match}, [], [],
-                                exe=access.exe, comment=f"{access.exe}: {started(access)}")
-                new_apps[access.exe] = found
-        targets[key] = found
+            return self.catch_all[0]
+        found = self.new_apps.get(access.exe)
+        if found is None:
+            match: dict[str, Any] = {"exe": [_escape_path(access.exe)]}
+            value = self.digest(access.exe) if self.digest is not None else None
+            if value is not None:
+                match["sha256"] = value
+            elif self.digest is not None:
+                self.warnings.append(f"{access.exe}: cannot hash it; its app is not pinned")
+            nice = os.path.basename(access.exe) or "program"
+            found = _AppDoc({"name": _unique(nice, self.used_names), "match": match}, [], [],
+                            exe=access.exe, comment=f"{access.exe}: {self.started(access)}")
+            self.new_apps[access.exe] = found
         return found
 
-    # What the base policy does not allow already is what must be learned.
-    mount_need: dict[int, dict[Op, dict[str, Access]]] = {}
-    apps_of: dict[int, _AppDoc] = {}
-    host_need: dict[str, dict[str, Access]] = {"write": {}, "mknod": {}}
-    host_ops: dict[str, set[str]] = {}
-    mount_ops: dict[str, set[str]] = {}
-    network: Access | None = None
-    renames: list[tuple[Access, _AppDoc, str, str]] = []
-    checks: list[tuple[Access, _AppDoc | None]] = []
-    for access in accesses:
-        where = _where(access, mounts)
-        if not access.allowed:
-            warnings.append(
-                f"refused during learning, not learned: {access.origin()}"
-                f" ({access.rule or 'denied'})")
-            continue
-        app = target(access)
-        if where == "mount":
-            if app is None:
+    # -- what is needed ----------------------------------------------------------------------
+    def collect(self, after: Tree | None) -> None:
+        """Sort the accesses: what the base already allows, what must be learned."""
+        host_ops: dict[str, set[str]] = {}
+        mount_ops: dict[str, set[str]] = {}
+        for access in self.accesses:
+            where = _where(access, self.mounts)
+            if not access.allowed:
+                self.warnings.append(f"refused during learning, not learned: {access.origin()}"
+                                     f" ({access.rule or 'denied'})")
                 continue
-            pair = _rename_pair(access)
-            if pair is not None:
-                renames.append((access, app, *pair))
-                continue
-            checks.append((access, app))
-            if _base_allows(base_policy, access):
-                continue
-            mount_ops.setdefault(access.path, set()).add(access.op)
-            apps_of[id(app)] = app
-            per_op = mount_need.setdefault(id(app), {})
-            per_op.setdefault(Op(access.op), {}).setdefault(access.path, access)
-        elif where == "host":
-            if _rename_pair(access) is not None:
-                continue  # [host] renames: both paths are write-listed below
-            host_ops.setdefault(access.path, set()).add(access.op)
-            if access.op in READ_OPS:
-                continue  # host reads stay unrestricted
-            checks.append((access, app))
-            if base is not None and _base_allows(base_policy, access):
-                continue
-            kind = "mknod" if access.op == "mknod" else "write"
-            host_need[kind].setdefault(access.path, access)
-        elif where == "network":
-            checks.append((access, app))
-            if network is None:
-                network = access
-
-    temporaries = {p for p, ops in host_ops.items()
-                   if "create" in ops and ops & {"delete", "rename"}}
-    # On the mount: created, and not there after the run (removed, or renamed away).
-    created = {a.path for a in accesses if a.op == "create" and _where(a, mounts) == "mount"}
-    if after is not None:
-        gone = {p for p in created if p not in _paths(after)}
-    else:
-        gone = {p for p, ops in mount_ops.items() if "create" in ops and ops & {"delete", "rename"}}
-    renamed_temps = {p: g for p in gone if (g := temporary_glob(p)) is not None}
-    known_dirs = set(tree.dirs)
-    exact: dict[int, dict[Op, dict[str, Access]]] = {}
-    forced: dict[int, set[str]] = {}
-    all_apps = [*doc.apps, *new_apps.values(), *catch_all]
-    for app in all_apps:
-        apps_of.setdefault(id(app), app)
-
-    def build() -> _Doc:
-        for app in all_apps:
-            app.learned = []
-        for key, per_op in {**{k: {} for k in exact}, **{k: {} for k in forced},
-                            **mount_need}.items():
-            app = apps_of[key]
-            globs: dict[str, dict[Op, Access]] = {}
-            for op in Op:
-                touched: dict[str, Access] = {}
-                for path, access in per_op.get(op, {}).items():  # a temporary: its glob
-                    glob = renamed_temps.get(path, path)
-                    if glob not in touched or access.seq < touched[glob].seq:
-                        touched[glob] = access
-                for path, access in exact.get(key, {}).get(op, {}).items():
-                    touched.setdefault(path, access)
-                if not touched:
+            app = self.target(access)
+            if where == "mount":
+                if app is None:
                     continue
-                for root in mounts:
-                    mine = {p: a for p, a in touched.items() if _under(p, root)}
-                    trees = [t for t in forced.get(key, ()) if _under(t, root)]
-                    collapsed = collapse(mine, op, tree, root, trees) if mine else {}
-                    extra = exact.get(key, {}).get(op, {})
-                    for path, access in extra.items():  # exact patches stay exact
-                        if path in mine:
-                            collapsed.setdefault(path, access)
-                    for glob, access in collapsed.items():
-                        globs.setdefault(glob, {})[op] = access
+                mount_ops.setdefault(access.path, set()).add(access.op)
+                pair = _rename_pair(access)
+                if pair is not None:
+                    self.renames.append((access, app, *pair))
+                    continue
+                self.checks.append((access, app))
+                if _allows(self.base_policy, access):
+                    continue
+                self.apps_of[id(app)] = app
+                per_op = self.mount_need.setdefault(id(app), {})
+                per_op.setdefault(Op(access.op), {}).setdefault(access.path, access)
+            elif where == "host":
+                if _rename_pair(access) is not None:
+                    continue  # [host] renames: both paths are write-listed
+                host_ops.setdefault(access.path, set()).add(access.op)
+                if access.op in READ_OPS:
+                    continue  # host reads stay unrestricted
+                self.checks.append((access, app))
+                if self.base is not None and _allows(self.base_policy, access):
+                    continue
+                kind = "mknod" if access.op == "mknod" else "write"
+                self.host_need[kind].setdefault(access.path, access)
+            elif where == "network":
+                self.checks.append((access, app))
+                if self.network is None:
+                    self.network = access
+        self.host_temps = {p for p, ops in host_ops.items()
+                           if "create" in ops and ops & {"delete", "rename"}}
+        # On the mount: created, and not there after the run (removed, or renamed away).
+        if after is not None:
+            there = _paths(after)
+            gone = {p for p, ops in mount_ops.items() if "create" in ops and p not in there}
+        else:
+            gone = {p for p, ops in mount_ops.items()
+                    if "create" in ops and ops & {"delete", "rename"}}
+        self.temp_globs = {p: g for p in gone if (g := temporary_glob(p)) is not None}
+        for app in self.apps():
+            self.apps_of.setdefault(id(app), app)
+
+    def apps(self) -> list[_AppDoc]:
+        return [*self.doc.apps, *self.new_apps.values(), *self.catch_all]
+
+    # -- the policy ----------------------------------------------------------------------------
+    def globs_of(self, key: int) -> dict[str, dict[Op, Access]]:
+        """glob -> op -> first access, for one app: its needs collapsed, plus its patches."""
+        globs: dict[str, dict[Op, Access]] = {}
+        needed, patches = self.mount_need.get(key, {}), self.exact.get(key, {})
+        for op in Op:
+            touched: dict[str, Access] = {}
+            for path, access in needed.get(op, {}).items():  # a temporary: its glob
+                glob = self.temp_globs.get(path, path)
+                if glob not in touched or access.seq < touched[glob].seq:
+                    touched[glob] = access
+            for path, access in patches.get(op, {}).items():
+                touched.setdefault(path, access)
+            for root in self.mounts:
+                mine = {p: a for p, a in touched.items() if _under(p, root)}
+                if not mine:
+                    continue
+                trees = [t for t in self.forced.get(key, ()) if _under(t, root)]
+                collapsed = collapse(mine, op, self.tree, root, trees)
+                for path, access in patches.get(op, {}).items():  # patches stay exact
+                    if path in mine:
+                        collapsed.setdefault(path, access)
+                for glob, access in collapsed.items():
+                    globs.setdefault(glob, {})[op] = access
+        return globs
+
+    def build(self) -> _Doc:
+        for app in self.apps():
+            app.learned = []
+        for key in {*self.mount_need, *self.exact, *self.forced}:
+            app = self.apps_of[key]
             existing = _existing_rules(app)
+            globs = self.globs_of(key)
             for glob in sorted(globs, key=lambda g: min(a.seq for a in globs[g].values())):
                 per_glob = globs[glob]
                 ops = []
                 for op, access in per_glob.items():
                     seen = existing.get((_escape_path(glob), op))
                     if seen == "deny":
-                        warnings.append(
+                        self.warnings.append(
                             f"app {app.name!r}: the policy denies {op.value} on {glob},"
                             f" which {access.origin()} needed; left denied")
                     elif seen is None:
                         ops.append(op)
-                if not ops:
-                    continue
-                firsts: dict[str, list[str]] = {}
-                for op in sorted(ops, key=_ORDER.__getitem__):
-                    a = per_glob[op]
-                    firsts.setdefault(f"{a.syscall} {a.path}", []).append(op.value)
-                comment = "; ".join(
-                    f"{'/'.join(o)}: first {text}" for text, o in firsts.items())
-                first = min(per_glob.values(), key=lambda a: a.seq)
-                prog = os.path.basename(first.exe) if app.catch_all or not app.exe else ""
-                lead = f"pid {first.pid} {prog}: " if prog else f"pid {first.pid}: "
-                app.learned.append(_Rule(glob, ops, _comment(lead + comment)))
-        out = _Doc(doc.top, doc.mounts, all_apps, doc.host, doc.header)
+                if ops:
+                    app.learned.append(_Rule(glob, ops, _rule_comment(app, per_glob, ops)))
+        out = _Doc(self.doc.top, self.doc.mounts, self.apps(), self.doc.host, self.doc.header)
         if out.host is not None:
+            writes = host_globs(self.host_need["write"], self.host_temps)
             out.host.write = [
                 (g, a.origin() + (" (a temporary: created and removed in the run)"
                                   if g != a.path else ""))
-                for g, a in host_globs(host_need["write"], temporaries).items()
+                for g, a in writes.items()
             ]
-            nodes = host_globs(host_need["mknod"], ())
+            nodes = host_globs(self.host_need["mknod"], ())
             out.host.mknod = [(g, a.origin()) for g, a in nodes.items()]
-            out.host.network = _network(base_policy, network, base is None)
+            out.host.network = _network(self.base_policy, self.network, self.base is None)
         return out
 
-    rounds = 0
-    while True:
-        rounds += 1
-        result = build()
-        text = result.render()
-        try:
-            learned = _load(text, name, env)
-        except PolicyError as exc:
-            raise PolicyError(exc.path, exc.line, f"learn made a policy the loader refuses:"
-                              f" {exc.message}") from None
-        failures = _verify(learned, checks, renames, known_dirs, sha)
-        if not failures or rounds >= 4:
-            break
+    # -- the check -----------------------------------------------------------------------------
+    def patch(self, failures: list[_Failure], learned: Policy) -> bool:
+        """Rules for what the learned policy still denies; False if nothing could change."""
         progress = False
         for access, app, moved in failures:
             if app is None:
                 continue
             key = id(app)
-            apps_of[key] = app
+            self.apps_of[key] = app
             if moved is None:
-                if _where(access, mounts) != "mount":
+                if _where(access, self.mounts) != "mount":
                     continue
-                slot = exact.setdefault(key, {}).setdefault(Op(access.op), {})
+                slot = self.exact.setdefault(key, {}).setdefault(Op(access.op), {})
                 if access.path not in slot:
                     slot[access.path] = access
-                    mount_need.setdefault(key, {})
                     progress = True
-            else:
-                src, dst, is_tree = moved
-                if is_tree:
-                    trees = forced.setdefault(key, set())
-                    if not {src, dst} <= trees:
-                        trees |= {src, dst}
+                continue
+            src, dst, is_tree = moved
+            if is_tree:
+                trees = self.forced.setdefault(key, set())
+                if not {src, dst} <= trees:
+                    trees |= {src, dst}
+                    progress = True
+                continue  # both trees become D/**: the source allows what the destination does
+            a = learned.identify(access.exe, [access.exe], self.sha(access.exe),
+                                 borrowed=access.borrowed)
+            for op in Op:  # the source must allow whatever the destination allows
+                stricter = not learned.decide(a, op, src).allowed
+                if stricter and learned.decide(a, op, dst).allowed:
+                    slot = self.exact.setdefault(key, {}).setdefault(op, {})
+                    if src not in slot:
+                        slot[src] = access
                         progress = True
-                for op in Op:  # the source must allow whatever the destination allows
-                    a = learned.identify(access.exe, [access.exe], sha(access.exe),
-                                         borrowed=access.borrowed)
-                    stricter = not learned.decide(a, op, src).allowed
-                    if stricter and learned.decide(a, op, dst).allowed:
-                        slot = exact.setdefault(key, {}).setdefault(op, {})
-                        if src not in slot:
-                            slot[src] = access
-                            progress = True
-                        if is_tree:  # the tree rule above will cover it
-                            slot.pop(src, None)
-        if not progress:
-            break
-    for access, _app, _pair in failures:
-        warnings.append(f"still denied by the learned policy: {access.origin()}")
-    count = sum(len(a.learned) for a in result.apps)
-    return Learned(text, len(result.apps), count, tuple(dict.fromkeys(warnings)))
+        return progress
+
+    def run(self, after: Tree | None) -> Learned:
+        self.collect(after)
+        for _round in range(4):
+            result = self.build()
+            text = result.render()
+            try:
+                learned = _load(text, self.name, self.env)
+            except PolicyError as exc:
+                raise PolicyError(exc.path, exc.line, "learn made a policy the loader refuses:"
+                                  f" {exc.message}") from None
+            failures = _verify(learned, self.checks, self.renames, set(self.tree.dirs), self.sha)
+            if not failures or not self.patch(failures, learned):
+                break
+        for access, _app, _moved in failures:
+            self.warnings.append(f"still denied by the learned policy: {access.origin()}")
+        count = sum(len(a.learned) for a in result.apps)
+        return Learned(text, len(result.apps), count, tuple(dict.fromkeys(self.warnings)))
+
+
+def _rule_comment(app: _AppDoc, per_glob: dict[Op, Access], ops: list[Op]) -> str:
+    """``pid 42: read/stat: first openat /data/x; create: first mkdir /data/y``."""
+    firsts: dict[str, list[str]] = {}
+    for op in sorted(ops, key=_ORDER.__getitem__):
+        a = per_glob[op]
+        firsts.setdefault(f"{a.syscall} {a.path}", []).append(op.value)
+    text = "; ".join(f"{'/'.join(o)}: first {what}" for what, o in firsts.items())
+    first = min(per_glob.values(), key=lambda a: a.seq)
+    prog = os.path.basename(first.exe) if app.catch_all or not app.exe else ""
+    return _comment(f"pid {first.pid} {prog}: {text}" if prog else f"pid {first.pid}: {text}")
 
 
 def _paths(tree: Tree) -> set[str]:
@@ -858,10 +898,11 @@ def _load(text: str, name: str, env: Mapping[str, str]) -> Policy:
     return Policy.from_text(text, name=os.path.basename(name) or name, env=env, notes=[])
 
 
-def _base_allows(policy: Policy, access: Access) -> bool:
-    """Whether ``policy`` already allows this access (identified as in the learned run)."""
+def _allows(policy: Policy, access: Access, app: App | None = None) -> bool:
+    """Whether ``policy`` allows this access (by ``app``, or the app of the program)."""
     try:
-        app = policy.identify(access.exe, [access.exe], _no_digest, borrowed=access.borrowed)
+        if app is None:
+            app = policy.identify(access.exe, [access.exe], _no_digest, borrowed=access.borrowed)
         if access.op == "mknod":
             return policy.decide_mknod(app, access.path).allowed
         op = Op(access.op)
@@ -932,19 +973,10 @@ def _verify(
             if policy.network is NetworkMode.DENY:
                 failures.append((access, target, None))
             continue
-        if not _base_allows_app(policy, app, access):
+        if not _allows(policy, access, app):
             failures.append((access, target, None))
     for access, target, src, dst in renames:
         tree = src in dirs or dst in dirs
         if not policy.decide_rename(app_of(access), src, dst, tree).allowed:
             failures.append((access, target, (src, dst, tree)))
     return failures
-
-
-def _base_allows_app(policy: Policy, app: App, access: Access) -> bool:
-    if access.op == "mknod":
-        return policy.decide_mknod(app, access.path).allowed
-    op = Op(access.op)
-    if policy.is_on_mount(access.path):
-        return policy.decide(app, op, access.path).allowed
-    return policy.decide_host(app, op, access.path).allowed
