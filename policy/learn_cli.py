@@ -105,20 +105,33 @@ def main(args: argparse.Namespace) -> int:
     if os.path.isdir(out):
         return _fail(f"-o {args.output}: is a directory")
     try:
-        fd, partial = tempfile.mkstemp(prefix=".synthfs-learn-", suffix=".toml",
-                                       dir=os.path.dirname(out))
+        _write_beside(out, None)
     except OSError as exc:
         return _fail(f"-o {args.output}: cannot write there ({exc.strerror or exc})")
-    os.close(fd)
+    return _learn(args, command, mount, out, base_text, base_name, symlinks)
+
+
+def _write_beside(out: str, text: str | None) -> None:
+    """Write ``text`` to ``out`` whole or not at all: a temporary file in its directory,
+    renamed over it (``None``: only find out that the directory takes one)."""
+    fd, partial = tempfile.mkstemp(prefix=".synthfs-learn-", suffix=".toml",
+                                   dir=os.path.dirname(out))
     try:
-        return _learn(args, command, mount, out, partial, base_text, base_name, symlinks)
+        if text is not None:
+            umask = os.umask(0o022)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)  # as a file the shell's > would make
+            with open(fd, "w", encoding="utf-8", closefd=False) as f:
+                f.write(text)
+            os.replace(partial, out)
     finally:
+        os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(partial)
 
 
 def _learn(
-    args: argparse.Namespace, command: list[str], mount: str, out: str, partial: str,
+    args: argparse.Namespace, command: list[str], mount: str, out: str,
     base_text: str | None, base_name: str, symlinks: str | None,
 ) -> int:
     from synthfs.agent.embedded import private_dir
@@ -152,10 +165,8 @@ def _learn(
             )
         except PolicyError as exc:
             return _fail(str(exc), 1)
-        with open(partial, "w", encoding="utf-8") as f:
-            f.write(learned.text)
         try:
-            os.replace(partial, out)
+            _write_beside(out, learned.text)
         except OSError as exc:
             return _fail(f"-o {args.output}: {exc.strerror or exc}", 1)
     finally:
