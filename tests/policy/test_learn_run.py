@@ -19,6 +19,7 @@ Real server, agent and guests throughout (``--data``); no mocks.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -268,10 +269,13 @@ def test_a_failing_command_still_gets_its_policy(
     policy = tmp_path / "p.toml"
     env = env_for(tmp_path)
     script = "cat /data/a.txt && exit 3"
-    r = synthfs_cmd("learn", "--data", str(repo), "-o", str(policy), "--", "sh", "-c", script,
-                    cwd=tmp_path, env=env)
+    r = synthfs_cmd("learn", "--data", str(repo), "--pin-sha256", "-o", str(policy), "--",
+                    "sh", "-c", script, cwd=tmp_path, env=env)
     assert r.status == 3 and r.stdout == "hello\nworld\n", r.show()
     assert "exited with status 3" in r.stderr and policy.exists(), r.show()
+    cat = Path(shutil.which("cat") or "/usr/bin/cat").resolve()
+    pin = hashlib.sha256(cat.read_bytes()).hexdigest()
+    assert f'match.sha256 = "{pin}"' in policy.read_text()  # --pin-sha256
     again = synthfs_cmd("run", "--data", str(repo), "--policy", str(policy), "--", "sh", "-c",
                         script, cwd=tmp_path, env=env)
     assert (again.status, again.stdout, again.stderr) == (3, r.stdout, ""), again.show()
