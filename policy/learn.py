@@ -169,12 +169,35 @@ def _eligible(op: Op, is_dir: bool) -> bool:
     return True
 
 
+@attrs.frozen(slots=True)
+class _Index:
+    """A tree below one root, indexed once for every :func:`collapse` on it."""
+
+    children: dict[str, frozenset[str]]  # directory -> its entries' paths
+    dirs: frozenset[str]
+    files_below: dict[str, int]  # directory -> non-directories below it (recursively)
+    dirs_below: dict[str, int]
+
+    @classmethod
+    def of(cls, tree: Tree, root: str) -> _Index:
+        children = {d: frozenset(_join(d, n) for n in names)
+                    for d, names in tree.dirs.items() if _under(d, root)}
+        dirs = frozenset(children)
+        files: dict[str, int] = {}
+        subdirs: dict[str, int] = {}
+        for d in sorted(dirs, key=lambda d: d.count("/"), reverse=True):  # deepest first
+            files[d] = sum(files.get(c, 0) if c in dirs else 1 for c in children[d])
+            subdirs[d] = sum(subdirs.get(c, 0) + 1 for c in children[d] if c in dirs)
+        return cls(children, dirs, files, subdirs)
+
+
 def collapse(
     touched: Mapping[str, Access],
     op: Op,
     tree: Tree,
     root: str,
     trees: Iterable[str] = (),
+    index: _Index | None = None,
 ) -> dict[str, Access]:
     """The globs that cover ``touched`` (paths the run used ``op`` on), each with the
     first access it covers.
@@ -202,67 +225,91 @@ def collapse(
     only exact paths come out (and ``trees`` still gets ``**``).
     """
     forced = set(trees)
-    children: dict[str, set[str]] = {}
-    dirs: set[str] = set()
-    for d, names in tree.dirs.items():
-        if _under(d, root):
-            dirs.add(d)
-            children.setdefault(d, set()).update(_join(d, n) for n in names)
+    index = index if index is not None else _Index.of(tree, root)
+    # The part of the tree the run touched: every proper ancestor of a touched path
+    # ("active"), with the entries the tree does not list (made and removed in the run).
+    extra: dict[str, set[str]] = {}
+    active: set[str] = set()
     for path in [*touched, *forced]:
         node = path
         while node != root and node.startswith(root + "/"):
             up = _parent(node)
-            children.setdefault(up, set()).add(node)
-            dirs.add(up)
+            if node not in index.children.get(up, ()):
+                extra.setdefault(up, set()).add(node)
+            if up in active:
+                break
+            active.add(up)
             node = up
-    out: dict[str, Access] = {}
-    mostly_memo: dict[str, bool] = {}
+    dirs = index.dirs | active
 
-    def below(d: str) -> list[str]:
-        stack, seen = [d], []
-        while stack:
-            for child in children.get(stack.pop(), ()):
-                seen.append(child)
-                stack.append(child)
-        return seen
-
-    def first(paths: Iterable[str]) -> Access | None:
-        found = [touched[p] for p in paths if p in touched]
-        return min(found, key=lambda a: a.seq) if found else None
+    def listed(d: str) -> list[str]:
+        return sorted(index.children.get(d, frozenset()) | extra.get(d, set()))
 
     def counted(d: str, direct: bool) -> list[str]:
         """``d``'s entries that count: for ``D/*`` those that take the op themselves;
         for ``D/**`` directories too (through their entries), except for ``list``."""
-        return [c for c in sorted(children.get(d, ()))
-                if _eligible(op, c in dirs) or (not direct and c in dirs and op is not Op.LIST)]
+        test = takes if direct else counts
+        return [c for c in listed(d) if test[c in dirs]]
 
-    def mostly(d: str) -> bool:
-        if d not in mostly_memo:
-            mostly_memo[d] = False  # a cycle cannot happen in a tree; be safe anyway
-            entries = counted(d, direct=False)
-            used = sum(1 for c in entries if c in touched or (c in dirs and mostly(c)))
-            mostly_memo[d] = bool(entries) and 2 * used > len(entries)
-        return mostly_memo[d]
+    def earliest(*found: Access | None) -> Access | None:
+        best = None
+        for a in found:
+            if a is not None and (best is None or a.seq < best.seq):
+                best = a
+        return best
+
+    takes = {True: _eligible(op, True), False: _eligible(op, False)}  # per is_dir
+    counts = {True: takes[True] or op is not Op.LIST, False: takes[False]}
+
+    # Bottom-up over the active directories (the others hold nothing touched).
+    size: dict[str, int] = {}  # entries below that take the op
+    below_first: dict[str, Access | None] = {}  # the first touched access below
+    mostly: dict[str, bool] = {}
+    for d in sorted(active, key=lambda d: d.count("/"), reverse=True):
+        kids = listed(d)
+        total = 0
+        first: Access | None = None
+        used = 0
+        entries = 0
+        for c in kids:
+            is_dir = c in dirs
+            mine = touched.get(c)
+            if mine is not None and (first is None or mine.seq < first.seq):
+                first = mine
+            if c in active:
+                total += size[c]
+                first = earliest(first, below_first[c])
+            elif is_dir:
+                total += _untouched_size(index, op, c)
+            total += takes[is_dir]
+            if counts[is_dir]:
+                entries += 1
+                used += mine is not None or mostly.get(c, False)
+        size[d], below_first[d] = total, first
+        mostly[d] = entries > 0 and 2 * used > entries
 
     def used_dir(c: str) -> bool:
-        return mostly(c) or (c in touched and not counted(c, direct=False))
+        return mostly.get(c, False) or (c in touched and not counted(c, direct=False))
 
     def whole_tree(d: str) -> bool:
-        subdirs = [c for c in children.get(d, ()) if c in dirs]
-        size = sum(1 for x in below(d) if _eligible(op, x in dirs))
-        return (tree.known and bool(subdirs) and size >= MIN_ENTRIES and mostly(d)
+        if not mostly.get(d, False):  # an untouched directory is not mostly used
+            return False
+        subdirs = [c for c in listed(d) if c in dirs]
+        return (tree.known and bool(subdirs) and size[d] >= MIN_ENTRIES
                 and 2 * sum(1 for c in subdirs if used_dir(c)) > len(subdirs))
+
+    out: dict[str, Access] = {}
 
     def visit(d: str) -> None:
         """Cover the touched paths strictly below directory ``d``."""
-        if not any(p in touched for p in below(d)):
+        if below_first.get(d) is None:
             return
         direct = counted(d, direct=True)
         hit = sum(1 for c in direct if c in touched)
         star = tree.known and len(direct) >= MIN_ENTRIES and 2 * hit > len(direct)
-        for child in sorted(children.get(d, ())):
+        for child in listed(d):
             if child in forced or (child in dirs and whole_tree(child)):
-                access = first([child, *below(child)])
+                access = earliest(touched.get(child), below_first.get(child))
                 if access is not None:
                     out[_join(child, "**")] = access
                     continue
@@ -275,7 +322,7 @@ def collapse(
                 visit(child)
 
     if root in forced or whole_tree(root):
-        access = first([root, *below(root)])
+        access = earliest(touched.get(root), below_first.get(root))
         if access is not None:
             return {_join(root, "**"): access}
     if root in touched:
@@ -283,6 +330,15 @@ def collapse(
     visit(root)
     # D itself is a path D/** matches: its exact rule says nothing more
     return {g: a for g, a in out.items() if _join(g, "**") not in out}
+
+
+def _untouched_size(index: _Index, op: Op, d: str) -> int:
+    """The entries below ``d`` that take ``op`` (see ``_eligible``)."""
+    if op is Op.LIST:
+        return index.dirs_below.get(d, 0)
+    if op in (Op.READ, Op.WRITE):
+        return index.files_below.get(d, 0)
+    return index.dirs_below.get(d, 0) + index.files_below.get(d, 0)
 
 
 #: A run of letters and digits that ``mkstemp`` and friends fill in at random.
@@ -634,6 +690,8 @@ class _Learner:
         self.checks: list[tuple[Access, _AppDoc | None]] = []
         self.renames: list[tuple[Access, _AppDoc, str, str]] = []
         self.temp_globs: dict[str, str] = {}
+        self.indexes: dict[str, _Index] = {}  # mount root -> the tree below it
+        self.execs: dict[str, Access] | None = None  # executable -> the first execve of it
         self.host_temps: set[str] = set()
 
     # -- identity --------------------------------------------------------------------------
@@ -647,9 +705,14 @@ class _Learner:
 
     def started(self, access: Access) -> str:
         """How the first process of ``access.exe`` came to be: the execve that ran it."""
-        for a in self.accesses:
-            if a.syscall in ("execve", "execveat") and a.path == access.exe:
-                return f"first exec'd by {a.origin()}"
+        if self.execs is None:
+            self.execs = {}
+            for a in self.accesses:
+                if a.syscall in ("execve", "execveat"):
+                    self.execs.setdefault(a.path, a)
+        exec_ = self.execs.get(access.exe)
+        if exec_ is not None:
+            return f"first exec'd by {exec_.origin()}"
         return f"first seen: {access.origin(with_exe=False)}"
 
     def target(self, access: Access) -> _AppDoc | None:
@@ -770,7 +833,9 @@ class _Learner:
                 if not mine:
                     continue
                 trees = [t for t in self.forced.get(key, ()) if _under(t, root)]
-                collapsed = collapse(mine, op, self.tree, root, trees)
+                if root not in self.indexes:
+                    self.indexes[root] = _Index.of(self.tree, root)
+                collapsed = collapse(mine, op, self.tree, root, trees, self.indexes[root])
                 for path, access in patches.get(op, {}).items():  # patches stay exact
                     if path in mine:
                         collapsed.setdefault(path, access)
