@@ -315,3 +315,29 @@ def test_from_extends_and_agent_lists_the_tree(
         again = synthfs_cmd("run", "--agent", endpoint, "--policy", str(policy), "--", "sh",
                             "-c", script, cwd=tmp_path, env=env)
     assert (again.status, again.stdout) == (0, r.stdout), again.show() + text
+
+
+@pytest.mark.ptrace
+def test_a_borrowed_identity_is_learned_into_the_catch_all(
+    tmp_path: Path, synthfs: helpers.SynthfsLauncher
+) -> None:
+    """cat run with a loader variable is no app naming /usr/bin/cat: its read goes to
+    the last app, every program's (so plain cat has it too), and the same run is
+    allowed; what the run did not read stays denied."""
+    repo = tmp_path / "repo"
+    build_standard(repo)
+    policy = tmp_path / "p.toml"
+    env = env_for(tmp_path)
+    script = "LD_LIBRARY_PATH=/nonexistent cat /data/a.txt"
+    r = synthfs_cmd("learn", "--data", str(repo), "-o", str(policy), "--", "sh", "-c", script,
+                    cwd=tmp_path, env=env)
+    assert r.status == 0, r.show()
+    text = policy.read_text()
+    assert 'name = "any-program"\nmatch.exe = ["/**"]' in text, text
+    again = synthfs_cmd("run", "--data", str(repo), "--policy", str(policy), "--", "sh", "-c",
+                        script, cwd=tmp_path, env=env)
+    assert (again.status, again.stdout) == (0, "hello\nworld\n"), again.show() + text
+    plain = synthfs_cmd("run", "--data", str(repo), "--policy", str(policy), "--",
+                        "sh", "-c", "cat /data/a.txt /data/lines.txt", cwd=tmp_path, env=env)
+    assert plain.status == 1 and plain.stdout == "hello\nworld\n", plain.show() + text
+    assert plain.stderr == "cat: /data/lines.txt: Permission denied\n", plain.show()
