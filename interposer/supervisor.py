@@ -399,21 +399,46 @@ class Supervisor:
             )
             started = time.perf_counter_ns()
         while self.threads:
-            try:
-                pid, status = os.waitpid(-1, pt.WALL)
-            except ChildProcessError:
+            ready = self._ready_stops()
+            if not ready:
                 break
-            self.stops += 1
-            try:
-                self._dispatch(pid, status)
-            except pt.PtraceError as exc:
-                # The thread vanished (killed) between its stop and our request.
-                if exc.errno != errno.ESRCH:
-                    raise
+            for pid, status in ready:
+                self.stops += 1
+                try:
+                    self._dispatch(pid, status)
+                except pt.PtraceError as exc:
+                    # The thread vanished (killed) between its stop and our request.
+                    if exc.errno != errno.ESRCH:
+                        raise
         if self.stats is not None:
             self.stats["stops"] = self.stops
             self.stats["wall_ns"] = time.perf_counter_ns() - started
         return self.exit_status if self.exit_status is not None else 1
+
+    def _ready_stops(self) -> list[tuple[int, int]]:
+        """Every stop the kernel has ready, waiting for the first (empty: no child left).
+
+        ``waitpid(-1)`` reports the tracees in a fixed order (the newest first), so
+        serving one stop per wait let a thread that stops again at once be served
+        again and again while older ones starved (issue #20: 83 calls for a main
+        thread, 43,000 for a newer one). Each stop of a batch is served once before
+        the next batch is collected: a round robin over the threads that are ready.
+        With a single thread there is nobody to be fair to, and no extra call.
+        """
+        try:
+            ready = [os.waitpid(-1, pt.WALL)]
+        except ChildProcessError:
+            return []
+        if len(self.threads) > 1:
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, pt.WALL | os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                ready.append((pid, status))
+        return ready
 
     def _dispatch(self, pid: int, status: int) -> None:
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
