@@ -423,10 +423,14 @@ def _expect_after(t: Terminal, start: int, text: bytes, timeout: float = BOUND) 
     return text in t.shown[start:]
 
 
-def _suspended(command: Sequence[str], cwd: Path) -> tuple[bytes, bytes, bytes]:
+def _suspended(
+    command: Sequence[str], cwd: Path, said: bytes | None
+) -> tuple[bytes, bytes, bytes]:
     """In an interactive bash, run ``sh -c 'COMMAND; echo after=$?'`` (the :data:`TICKER`),
-    Ctrl-Z once it ticks, wait 1 s, ``fg``: what the terminal showed from Ctrl-Z to the
-    stop report, while stopped, and after ``fg`` (an assertion says where it stuck)."""
+    Ctrl-Z once it ticks, wait until the job is reported stopped and the guest has
+    ``said`` so (or 5 s), let it settle, watch 1 s, ``fg``: what the terminal showed
+    from Ctrl-Z to the watch, during it, and after ``fg`` (an assertion says where
+    it stuck)."""
     env = {**os.environ, "PS1": "prompt$ ", "TERM": "dumb", "HISTFILE": "/dev/null"}
     with terminal(("bash", "--norc", "--noprofile", "-i"), cwd, env) as t:
         assert t.expect(b"prompt$ "), t.shown
@@ -438,13 +442,16 @@ def _suspended(command: Sequence[str], cwd: Path) -> tuple[bytes, bytes, bytes]:
         t.type(b"\x1a")  # Ctrl-Z
         assert _expect_after(t, start, b"Stopped"), t.shown[start:]
         assert _expect_after(t, start, b"prompt$ "), t.shown[start:]
-        stopped = len(t.shown)
+        if said is not None:  # sh stops at once, its guest soon after
+            _expect_after(t, start, said, 5.0)
+        t.expect(b"\0never\0", 0.5)
+        watched = len(t.shown)
         t.expect(b"\0never\0", 1.0)
         quiet = len(t.shown)
         t.type(b"fg\n")
         assert _expect_after(t, quiet, b"after=0", helpers.TIMEOUT), t.shown[start:]
         assert _expect_after(t, quiet, b"prompt$ "), t.shown[start:]
-        return t.shown[start:stopped], t.shown[stopped:quiet], t.shown[quiet:]
+        return t.shown[start:watched], t.shown[watched:quiet], t.shown[quiet:]
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
@@ -452,15 +459,16 @@ def _suspended(command: Sequence[str], cwd: Path) -> tuple[bytes, bytes, bytes]:
 def test_ctrl_z_suspends_synthfs_under_sh(handler: str, repo: Path, tmp_path: Path) -> None:
     """``sh -c 'synthfs run -- TICKER'`` in an interactive bash: Ctrl-Z reports the job
     stopped, nothing runs while it is, ``fg`` resumes it and it finishes (``after=0``).
-    A guest's own SIGTSTP handler runs at Ctrl-Z, before the stop, as natively (it ran
+    A guest's own SIGTSTP handler runs at Ctrl-Z, before ``fg``, as natively (it ran
     only at ``fg``: the supervisor stopped before it could deliver the signal)."""
     script = tmp_path / "ticker.py"
     script.write_text(TICKER)
     ticker = [sys.executable, str(script), "30", handler]
+    said = b"suspending" if handler == "handler" else None
     results = {}
     with launcher("data", repo) as under:
         for how, command in (("native", ticker), ("synthfs", under(ticker))):
-            stop, meanwhile, after = _suspended(command, tmp_path)
+            stop, meanwhile, after = _suspended(command, tmp_path, said)
             results[how] = (stop, meanwhile, after)
             assert b"tick" not in meanwhile, (how, stop, meanwhile, after)
             assert b"done" in after and b"after=0" in after, (how, stop, meanwhile, after)
