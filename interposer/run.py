@@ -321,8 +321,10 @@ def _supervise(sup: Supervisor, command: list[str]) -> int:
         sup.forward(sig)
 
     # The terminal sends Ctrl-C (Ctrl-\) to the guests directly (same process group):
-    # we outlive them to report their status. SIGTERM and SIGHUP are passed on. A
-    # signal the caller ignored (nohup, a background job) the guest ignores, and so do we.
+    # we outlive them to report their status. SIGTERM and SIGHUP are passed on. Ctrl-Z's
+    # SIGTSTP reaches the guests directly too: we stop once the main guest has (the
+    # supervisor's job control), not before it. A signal the caller ignored (nohup, a
+    # background job) the guest ignores, and so do we.
     old = {
         sig: signal.signal(sig, signal.SIG_IGN if sig in caller.ignored else handler)
         for sig, handler in (
@@ -330,8 +332,10 @@ def _supervise(sup: Supervisor, command: list[str]) -> int:
             (signal.SIGQUIT, noted),
             (signal.SIGTERM, passed_on),
             (signal.SIGHUP, passed_on),
+            (signal.SIGTSTP, noted),
         )
     }
+    sup.job_control = True
     try:
         try:
             sup.spawn(command, signals=caller)
