@@ -35,6 +35,7 @@ import signal
 import stat
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -364,7 +365,7 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
         except zmq.Again:
             continue
         flag.idle = False
-        reply = _answer(service, parts[-1])
+        reply = _answer(service, parts[-1], _sender(router, parts[:-1]))
         if reply is not None:
             parts[-1] = reply
             router.send_multipart(parts)
@@ -375,13 +376,24 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
 _bad_frames = RateLimitedLog(log, "bad frames")
 
 
-def _answer(service: AgentService, frame: Any) -> bytes | None:
+def _sender(router: zmq.Socket[Any], route: list[Any]) -> Callable[[bytes], None]:
+    """Send a frame to the peer of ``route`` (a note before the reply to its request)."""
+    def send(frame: bytes) -> None:
+        router.send_multipart([*route, frame])
+    return send
+
+
+def _answer(service: AgentService, frame: Any,
+            send: Callable[[bytes], None] | None = None) -> bytes | None:
+    """The encoded reply to one request; ``send`` carries its Progress notes meanwhile."""
     try:
         env = decode(frame, request=True)
     except DecodeError as exc:
         _bad_frames.warning("agent: dropped a bad frame: %s", exc)
         return None
     log.debug("agent: <- %d %r", env.request_id, env.msg)
+    if send is not None:
+        service.note = lambda msg: send(encode(msg, env.request_id))
     try:
         reply = service.handle(env.msg)
     except Unreachable as exc:  # the server, not the request: say so (Upstream logged it)
@@ -392,6 +404,8 @@ def _answer(service: AgentService, frame: Any) -> bytes | None:
     except Exception as exc:
         log.exception("agent: internal error handling %s", env.msg.kind)
         reply = error_from_exception(exc)
+    finally:
+        service.note = None
     try:
         return encode(reply, env.request_id)
     except Exception as exc:
