@@ -41,7 +41,7 @@ from typing import Any
 
 import zmq
 
-from synthfs.agent.cache import DEFAULT_CACHE_SIZE, default_cache_dir
+from synthfs.agent.cache import DEFAULT_CACHE_SIZE, default_cache_dir, parse_size
 from synthfs.agent.callbacks import Promises, Subscription
 from synthfs.agent.service import DEFAULT_ATTR_TTL, AgentService
 from synthfs.agent.upstream import Upstream
@@ -125,6 +125,13 @@ def _private_dir(path: str) -> None:
         )
 
 
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", required=True, metavar="EP", help="the server's endpoint")
     key = parser.add_mutually_exclusive_group(required=True)
@@ -134,8 +141,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="private socket for the interposer (its directory must be 0700)")
     parser.add_argument("--cache", metavar="DIR", default=None,
                         help="content cache (default: $XDG_CACHE_HOME/synthfs or ~/.cache/synthfs)")
-    parser.add_argument("--cache-size", metavar="BYTES", type=int, default=DEFAULT_CACHE_SIZE,
-                        help="bound of the cache; clean copies are evicted LRU (default 1 GiB)")
+    parser.add_argument("--cache-size", metavar="SIZE", type=_size_arg, default=DEFAULT_CACHE_SIZE,
+                        help="bound of the cache in bytes, or e.g. 512M, 10G: clean copies no "
+                        "guest holds for writing are evicted, least recently used first "
+                        "(default 1G)")
     parser.add_argument("--attr-ttl", metavar="S", type=float, default=DEFAULT_ATTR_TTL,
                         help="seconds a Stat/List answer serves later Stats (default 1, max 1)")
     parser.add_argument("--subscribe", metavar="EP", default=None,
