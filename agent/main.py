@@ -45,6 +45,7 @@ from synthfs.agent.cache import DEFAULT_CACHE_SIZE, default_cache_dir, parse_siz
 from synthfs.agent.callbacks import Promises, Subscription
 from synthfs.agent.service import DEFAULT_ATTR_TTL, AgentService
 from synthfs.agent.upstream import Upstream
+from synthfs.linux import reuse_freed_memory
 from synthfs.protocol.bootstrap import check_key_fd
 from synthfs.protocol.client import DEFAULT_TIMEOUT, SERVER_UNREACHABLE, Unreachable
 from synthfs.protocol.codec import MAX_FRAME, DecodeError, decode, encode, error_from_exception
@@ -194,6 +195,7 @@ class _Stop(Exception):
 
 def main(args: argparse.Namespace) -> int:
     make_undumpable()
+    reuse_freed_memory()  # every fetched and uploaded chunk needs 4 MiB buffers again
     flag = _StopFlag()
     flag.install()
     try:

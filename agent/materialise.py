@@ -217,7 +217,18 @@ class Materialiser(Knowledge):
         return Opened(host_path=self.cache.object_path(path), attrs=a)
 
     def _fetch(self, path: str, a: Attrs) -> Entry:
-        """Fetch ``path`` at version ``a.version`` into a temp file, rename into place."""
+        """Fetch ``path`` at version ``a.version`` into a temp file, rename into place.
+
+        A stale clean copy no lease covers is dropped first, not at the install: its
+        page-cache pages go back to the kernel before the new copy needs as many (a
+        guest reading it keeps its inode), so a refetch of a large file reuses them
+        instead of faulting fresh memory in, and the cache never holds both.
+        """
+        old = self.cache.get(path)
+        if old is not None and not old.pinned and not self.cache.is_dirty(old) and not (
+                self.leases is not None and self.leases.granted(path)):
+            self._void(path)
+            self.cache.drop(path)
         for attempt in range(_FETCH_ATTEMPTS):
             fd, tmp = self.cache.new_temp()
             try:
