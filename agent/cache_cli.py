@@ -103,6 +103,10 @@ def _copies(d: str) -> list[Copy]:
     db = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
     try:
         rows = db.execute("SELECT path, recorded, dirty, used FROM copies").fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):  # made, never written: an agent that stopped early
+            return []
+        raise
     finally:
         db.close()
     out = []
@@ -123,7 +127,12 @@ def _scan(root: str) -> list[RepoDir]:
     found = []
     for d in _repo_dirs(root):
         with _locked(d) as free:
-            found.append(RepoDir(os.path.basename(d), not free, _copies(d)))
+            try:
+                copies = _copies(d)
+            except (OSError, sqlite3.Error, ValueError) as exc:
+                print(f"{d}: index unreadable ({exc}): skipped", file=sys.stderr)
+                continue
+            found.append(RepoDir(os.path.basename(d), not free, copies))
     return found
 
 
@@ -168,9 +177,15 @@ def _clear(root: str) -> int:
                 continue
             removed = freed = 0
             kept = []
+            try:
+                copies = _copies(d)
+            except (OSError, sqlite3.Error, ValueError) as exc:
+                print(f"{d}: index unreadable ({exc}): skipped, nothing removed")
+                status = 1
+                continue
             index = os.path.join(d, "index.sqlite")
             db = sqlite3.connect(index, isolation_level=None) if os.path.exists(index) else None
-            for c in _copies(d):
+            for c in copies:
                 if c.dirty:
                     kept.append(c)
                     continue

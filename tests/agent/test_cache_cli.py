@@ -9,6 +9,7 @@ clean copy only, and skips a cache a running agent holds (its lock).
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -107,3 +108,18 @@ def test_a_bad_cache_size_is_one_clear_line(tmp_path: Path) -> None:
                         "--cache-size", "10Q"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "'10Q' is not a size" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_index_without_its_table_is_an_empty_cache(tmp_path: Path) -> None:
+    c, _, _ = _cache(tmp_path / "cache")
+    c.close()
+    other = tmp_path / "cache" / "other"
+    other.mkdir(mode=0o700)
+    (other / "lock").touch()
+    sqlite3.connect(other / "index.sqlite").close()  # made, never written
+    r = _cli("ls", "--cache", str(tmp_path / "cache"))
+    assert r.returncode == 0, r.stderr
+    assert f"{other}: 0 copies" in r.stdout and "2 copies" in r.stdout
+    r = _cli("clear", "--cache", str(tmp_path / "cache"))
+    assert r.returncode == 0, r.stderr
+    assert f"{other}: removed 0 clean copies" in r.stdout
