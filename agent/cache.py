@@ -21,7 +21,12 @@ uploaded: its (size, mtime_ns, ctime_ns, ino) differ from the ones recorded
 then, or the agent flagged it (a local truncation, a pending creation).
 Dirty copies are never evicted; clean ones are evicted least recently used
 first when the total size exceeds the bound (the total is tracked from the
-recorded sizes, and recounted from the files before evicting).
+recorded sizes, and recounted from the files before evicting). What a guest
+has open: a copy open for writing is *pinned* until its commit, and a copy an
+interposer holds a lease on is spared (``evict(spare=...)``), so neither is
+evicted; a copy open only for reading without a lease is not known to the
+agent and may be evicted: eviction unlinks it, the guest's fd keeps reading
+the same inode, and its space returns when that fd is closed.
 
 The index is an SQLite table, one row per local copy, written at once on
 every change of content state (one small upsert, no fsync: the cache can be
