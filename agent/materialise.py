@@ -37,6 +37,8 @@ import logging
 import os
 import secrets
 import stat
+import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from synthfs.agent.cache import Entry, signature
@@ -52,18 +54,21 @@ from synthfs.protocol.messages import (
     Message,
     Open,
     Opened,
+    Progress,
     Read,
     StatReply,
     UploadCommit,
 )
 
-__all__ = ["PIPELINE_WINDOW", "Materialiser"]
+__all__ = ["PIPELINE_WINDOW", "PROGRESS_EVERY", "Materialiser"]
 
 log = logging.getLogger(__name__)
 
 #: Reads / upload chunks in flight during a fetch or an upload.
 PIPELINE_WINDOW = 6
 _FETCH_ATTEMPTS = 3
+#: Seconds between two Progress notes of one fetch (the first goes at its start).
+PROGRESS_EVERY = 0.2
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
@@ -85,6 +90,9 @@ class Materialiser(Knowledge):
 
     #: Writes fetched chunks into the page cache while the next one is received.
     _writer: ThreadPoolExecutor
+    #: Sends a Progress note on the request in hand (set by the I/O loop, else None):
+    #: the interposer shows it on its terminal when the fetch takes long.
+    note: Callable[[Message], None] | None = None
 
     def open(self, msg: Open) -> Message:
         path = _check_path(msg.path)
@@ -209,7 +217,18 @@ class Materialiser(Knowledge):
         return Opened(host_path=self.cache.object_path(path), attrs=a)
 
     def _fetch(self, path: str, a: Attrs) -> Entry:
-        """Fetch ``path`` at version ``a.version`` into a temp file, rename into place."""
+        """Fetch ``path`` at version ``a.version`` into a temp file, rename into place.
+
+        A stale clean copy no lease covers is dropped first, not at the install: its
+        page-cache pages go back to the kernel before the new copy needs as many (a
+        guest reading it keeps its inode), so a refetch of a large file reuses them
+        instead of faulting fresh memory in, and the cache never holds both.
+        """
+        old = self.cache.get(path)
+        if old is not None and not old.pinned and not self.cache.is_dirty(old) and not (
+                self.leases is not None and self.leases.granted(path)):
+            self._void(path)
+            self.cache.drop(path)
         for attempt in range(_FETCH_ATTEMPTS):
             fd, tmp = self.cache.new_temp()
             try:
@@ -266,11 +285,19 @@ class Materialiser(Knowledge):
             return Read(path=path, offset=off, length=n, version=a.version)
 
         pending: collections.deque[Future[int]] = collections.deque()
+        note = self.note if count > 1 else None
+        total = sum(n for _, n in parts)
+        done = 0
+        next_note = 0.0
         try:
             for i, data in self.upstream.pipeline(count, read, Data, PIPELINE_WINDOW):
                 off, want = parts[i]
                 if data.version != a.version or len(data.data) != want:
                     raise OSError(errno.ESTALE, "the object changed during a fetch")
+                if note is not None and time.monotonic() >= next_note:
+                    note(Progress(path=path, done=done, total=total))
+                    next_note = time.monotonic() + PROGRESS_EVERY
+                done += want
                 if count == 1:
                     _pwrite_all(fd, data.data, off)
                     continue

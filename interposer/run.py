@@ -181,6 +181,7 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
     from synthfs.interposer.filter import build_filter
     from synthfs.interposer.hostside import HostSide, Listener
     from synthfs.interposer.namespace import Namespace
+    from synthfs.interposer.progress import ProgressLine
     from synthfs.interposer.remote import Remote
     from synthfs.interposer.runenv import RunEnv
     from synthfs.interposer.supervisor import Supervisor
@@ -239,7 +240,8 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
                   flush=True)
 
         try:
-            remote = Remote(endpoint, report=away)
+            remote = Remote(endpoint, report=away,
+                            progress=ProgressLine.for_terminal(sys.stderr, ns.mount))
         except OSError as exc:
             hint = ""
             if launch is None and exc.errno in (errno.ENOENT, errno.ECONNREFUSED):

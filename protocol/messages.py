@@ -56,6 +56,7 @@ __all__ = [
     "Mkdir",
     "Open",
     "Opened",
+    "Progress",
     "Read",
     "Readlink",
     "Register",
@@ -700,6 +701,21 @@ class Opened(Message):
     lease: str = field(validator=_SHORT, default="")
     lease_seq: int = field(validator=_U64, default=0)
     lease_until_ns: int = field(validator=_U64, default=0)
+
+
+@message("progress")
+@frozen(repr=False, eq=False)
+class Progress(Message):
+    """agent -> interposer: how far a long request (a cold fetch) has come.
+
+    Zero or more may precede the reply to an ``Open``, with its request id; a
+    client waiting for that reply takes them as notes (``Client(on_note=...)``)
+    and goes on waiting. ``done`` of ``total`` bytes of ``path`` are in the cache.
+    """
+
+    path: str = field(validator=_PATH)
+    done: int = field(validator=_U64)
+    total: int = field(validator=_U64)
 
 
 @message("commit")

@@ -49,6 +49,7 @@ EXAMPLES: list[m.Message] = [
     m.SetAttr(path="/a", mode=0o600, atime_ns=None, mtime_ns=-5, size=0),
     m.Open(path="/a", flags=0o102, mode=0o640),
     m.Opened(host_path="/cache/x", attrs=A),
+    m.Progress(path="/x", done=4194304, total=536870912),
     m.Commit(path="/a"),
     m.Committed(attrs=A),
     m.Sync(),
