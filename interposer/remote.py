@@ -29,6 +29,8 @@ import zmq
 from attrs import evolve
 
 from synthfs.interposer import abi
+from synthfs.interposer.inodes import Inodes
+from synthfs.interposer.progress import ProgressLine
 from synthfs.protocol.client import SERVER_UNREACHABLE, Client, Unreachable
 from synthfs.protocol.leases import LeaseFeed, Leases
 from synthfs.protocol.leases import signature as copy_signature
@@ -47,6 +49,7 @@ from synthfs.protocol.messages import (
     Mkdir,
     Open,
     Opened,
+    Progress,
     Readlink,
     Remove,
     Rename,
@@ -88,6 +91,7 @@ class Remote:
         ttl: float = 1.0,
         timeout: float = 10.0,
         report: Callable[[str], None] | None = None,
+        progress: ProgressLine | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.ttl = ttl
@@ -104,7 +108,10 @@ class Remote:
         self._client = Client(endpoint, timeout=timeout, retries=0, alive=self._agent_alive)
         # Open, Commit and Sync move whole files (a cold fetch, an upload): they get
         # a patient client of their own, and are never resent while the agent works.
-        self._bulk = Client(endpoint, timeout=BULK_TIMEOUT, retries=0, alive=self._agent_alive)
+        # Its Progress notes (a long cold fetch) go to the terminal's progress line.
+        self._progress = progress
+        self._bulk = Client(endpoint, timeout=BULK_TIMEOUT, retries=0, alive=self._agent_alive,
+                            on_note=self._note if progress is not None else None)
         self._attrs: dict[str, tuple[float, Attrs | None]] = {}
         self._links: dict[str, tuple[float, str]] = {}
         #: the names of each directory listed, and until when a name it lacks is absent
@@ -117,10 +124,10 @@ class Remote:
         self._written: set[str] = set()
         #: paths seen as directories (see :meth:`known_dir`)
         self._dirs: set[str] = set()
-        #: st_ino shown for each path: the first one seen this session. The server
-        #: installs every upload as a new file (atomic rename), so its inode number
-        #: changes with each write; programs (sqlite) compare stat and fstat inodes.
-        self._ino: dict[str, int] = {}
+        #: st_ino shown for each path: the first one seen this session, never another
+        #: file's (the server installs every upload as a new file, and its file system
+        #: reuses the number freed): see :mod:`synthfs.interposer.inodes`
+        self._ino = Inodes(self._server_ino)
         self._probe()  # no agent listening: say so now, not after the whole timeout
         self._reported = True  # a failed start-up is the caller's to tell
         welcome = self._call(Hello(version=PROTOCOL_VERSION))
@@ -240,16 +247,35 @@ class Remote:
     def _ask(self, msg: Message, bulk: bool = False) -> Message:
         self.requests += 1
         t0 = time.perf_counter_ns()
+        if bulk and self._progress is not None:
+            self._progress.start()
         try:
             return self._call(msg, self._bulk if bulk else None)
         finally:
             self.agent_ns += time.perf_counter_ns() - t0
+            if bulk and self._progress is not None:
+                self._progress.finish()
+
+    def _note(self, note: Progress) -> None:
+        if self._progress is not None:
+            self._progress.update(note.path, note.done, note.total)
 
     # -- cache ------------------------------------------------------------------------------
 
     def _stable(self, path: str, attrs: Attrs) -> Attrs:
-        ino = self._ino.setdefault(path, attrs.ino)
+        ino = self._ino.show(path, attrs.ino)
         return attrs if ino == attrs.ino else evolve(attrs, ino=ino)
+
+    def _server_ino(self, path: str) -> int | None:
+        """The server's inode number of ``path`` now (None: gone), asked afresh."""
+        try:
+            reply = self._ask(Stat(path=path))
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise
+        assert isinstance(reply, StatReply)
+        return reply.attrs.ino
 
     def _record_local(self, path: str) -> None:
         host = self._local.get(path)
@@ -471,7 +497,7 @@ class Remote:
         self._ask(Remove(path=path, directory=directory))
         self._forget(path)
         self._forget_dirs(path)
-        self._ino.pop(path, None)
+        self._ino.forget(path)
         self._synced.pop(path, None)
         self._written.discard(path)
         host = self._local.pop(path, None)
@@ -497,12 +523,7 @@ class Remote:
         written = {p for p in self._written if p == src or p.startswith(src + "/")}
         self._written -= written
         self._written.update(dst + p[len(src) :] for p in written)
-        inos = {p: i for p, i in self._ino.items() if p == src or p.startswith(src + "/")}
-        for p in [p for p in self._ino if p == dst or p.startswith(dst + "/")]:
-            del self._ino[p]
-        for p, i in inos.items():
-            del self._ino[p]
-            self._ino[dst + p[len(src) :]] = i
+        self._ino.move(src, dst)
         for p, h in moved.items():
             # The agent moved the local copy to the new path's name (its cache names an
             # object by the hash of its path: agent.cache.ContentCache.object_path), and
@@ -526,7 +547,7 @@ class Remote:
         self._forget(dst)
         self._dirs.discard(dst)
         # One file, one st_ino under both names (du, find -samefile, tar count on it).
-        self._ino[dst] = self._ino.get(src, reply.attrs.ino)
+        self._ino.link(src, dst, reply.attrs.ino)
 
     def setattr(
         self,

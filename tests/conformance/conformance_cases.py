@@ -538,6 +538,59 @@ print(os.path.islink(f"{r}/l2"), os.readlink(f"{r}/l2"), os.path.islink(f"{r}/l3
 print(os.stat(f"{r}/l3").st_nlink, os.lstat(f"{r}/l2").st_nlink, os.lstat(f"{r}/link").st_nlink)
 """
 
+#: Inode numbers: every live file shows its own (st_dev, st_ino), kept across rewrites,
+#: shared by hard links; the server installs each upload as a new file and its file
+#: system (ext4) hands the freed number to the next file created. Prints the relations
+#: between names (which share a number), never the numbers.
+PY_INODES = """
+import os, sys
+r = sys.argv[1] + "/ino"
+os.mkdir(r)
+def w(name, data=b"x", mode="wb"):
+    with open(f"{r}/{name}", mode) as f:
+        f.write(data)
+def key(n):
+    st = os.stat(f"{r}/{n}")
+    return (st.st_dev, st.st_ino)
+with open(f"{r}/big", "wb") as f:  # truncate -s, then dd conv=notrunc, then cp
+    f.truncate(1 << 16)
+k = key("big")
+w("big", b"data", "r+b")
+print("a write keeps the number", key("big") == k)
+w("copy", open(f"{r}/big", "rb").read())
+for i in range(6):  # create, rewrite, remove, create again
+    w(f"f{i}", b"v1" * i)
+    w(f"f{i}", b"v2" * i)
+for i in range(0, 6, 2):
+    os.unlink(f"{r}/f{i}")
+for i in range(6):
+    w(f"g{i}", b"new" * i)
+w("t1", b"one"); w("tgt", b"old")
+k = key("t1")
+os.rename(f"{r}/t1", f"{r}/tgt")
+print("a rename keeps the number", key("tgt") == k)
+w("tgt", b"rewritten")
+w("after")
+w("h1", b"hard")
+os.link(f"{r}/h1", f"{r}/h2")
+w("h2", b"rewritten through h2")
+os.truncate(f"{r}/copy", 10)
+w("h3", b"late")
+os.mkdir(f"{r}/dir1"); os.rmdir(f"{r}/dir1"); os.mkdir(f"{r}/dir2")
+fd = os.open(f"{r}/big", os.O_RDONLY)
+w("big", b"again", "r+b")
+print("fstat is stat", (os.fstat(fd).st_dev, os.fstat(fd).st_ino) == key("big"))
+os.close(fd)
+names = sorted(os.listdir(r))
+groups = {}
+for n in names:
+    groups.setdefault(key(n), []).append(n)
+print("shared:", sorted(" ".join(g) for g in groups.values() if len(g) > 1))
+print(len(groups), "numbers for", len(names), "names")
+with os.scandir(r) as it:
+    print("d_ino is st_ino", all(e.inode() == key(e.name)[1] for e in it if e.name in names))
+"""
+
 #: Names are bytes: one that is not UTF-8 is created, listed, opened, renamed, linked
 #: to and pointed at, as on a local file system.
 PY_RAW_NAMES = """
@@ -1108,6 +1161,20 @@ CASES: list[Case] = [
                        "cat {root}/seed.bin > /dev/null && du -s {root}/seed.bin {root}/sparse "
                        "&& stat -c '%n %b %B' {root}/seed.bin {root}/sparse {root}/d"),
          tree=build_sparse),
+    # Issue #20 item 6: a sparse file written on /data keeps its holes through the
+    # upload; each command is its own process, so the later ones see what was uploaded.
+    Case("sparse_write", sh(
+        "truncate -s 64M {root}/big && "
+        "dd if={root}/seed.bin of={root}/big bs=4096 count=1 seek=8192 conv=notrunc "
+        "status=none && "
+        "python3 -c 'import sys; f = open(sys.argv[1], \"wb\"); f.seek(32 << 20); "
+        "f.write(b\"end\"); f.close()' {root}/py && "
+        "cp --sparse=always {root}/big {root}/copy && "
+        # one du for all three: du counts a (dev, ino) once across its arguments, so
+        # it also checks that the rewritten big and the new copy show two numbers
+        "stat -c '%n %s %b' {root}/big {root}/py {root}/copy && "
+        "du -k {root}/big {root}/py {root}/copy && cmp {root}/big {root}/copy && echo same"),
+        needs=("python3",)),
     Case("chmod_setuid", sh("chmod 4755 {root}/exec.sh && chmod 2755 {root}/a.txt && "
                             "stat -c '%n %A' {root}/exec.sh {root}/a.txt"),
          diverges="setuid and setgid bits are not stored in the repository (dropped, as on "
@@ -1197,6 +1264,7 @@ CASES: list[Case] = [
          diverges="O_TMPFILE on /data: EOPNOTSUPP (the repository holds no unnamed files)"),
     Case("py_mmap", py(PY_MMAP)),
     Case("py_links", py(PY_LINKS)),
+    Case("py_inodes", py(PY_INODES)),
     Case("py_raw_names", py(PY_RAW_NAMES)),
     Case("py_blocks", py(PY_BLOCKS), tree=build_sparse),
     Case("py_meta", py(PY_META)),
