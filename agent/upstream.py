@@ -408,18 +408,23 @@ class Upstream:
                 if not unknown:
                     raise
                 self._answered(s)
-                self._moved(moved, started)
+                self._moved(moved, started, msg.kind)
                 return self._settle(s, msg, exc)
             self._answered(s)
-            self._moved(moved, started)
+            self._moved(moved, started, msg.kind)
             return reply
         raise AssertionError("unreachable")
 
-    def _moved(self, moved: bool, started: float) -> None:
+    def _moved(self, moved: bool, started: float, what: str = "") -> None:
         """Count a request answered by another server than the one it was sent to first."""
         if moved:
+            took = time.monotonic() - started
             self.failovers += 1
-            self.longest_failover = max(self.longest_failover, time.monotonic() - started)
+            if took > self.longest_failover:
+                log.warning("%s moved to another server, answered %.3f s after it was sent "
+                            "(the longest such wait so far; %d moved)", what or "a request",
+                            took, self.failovers)
+            self.longest_failover = max(self.longest_failover, took)
 
     def _settle(self, s: _Server, msg: Message, exc: OSError) -> Message:
         """The reply to ``msg``, resent after its first server went away, that failed
@@ -476,6 +481,7 @@ class Upstream:
         start = 0
         renewed_at = -1
         lost = 0
+        moved = False
         started = time.monotonic()
         while start < count:
             if staged:
@@ -498,7 +504,7 @@ class Upstream:
                 if lost >= ATTEMPTS:
                     raise
                 other = self._pick(avoid=s)
-                self._moved(other is not s, started)
+                moved = moved or other is not s
                 s = other
                 if staged:
                     start = 0
@@ -507,3 +513,4 @@ class Upstream:
                     raise
                 renewed_at = start
                 self._register(s)
+        self._moved(moved, started, f"a transfer of {count} chunks")
