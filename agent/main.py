@@ -312,6 +312,14 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
             print(f"synthfs agent: cannot use the cache at {cache_root}: {_why(exc)}",
                   file=sys.stderr)
             return 1
+        def learnt_paths() -> None:
+            # A server registered late (down at start-up): its paths are refused from now
+            # on (a supervisor that said Hello before does not learn them: SECURITY.md).
+            assert service is not None
+            service.refused_paths = refused(
+                [*(t for t in trusted if t[0] != Kind.SERVER_OWN),
+                 *((Kind.SERVER_OWN, p) for p in upstream.local_server_paths())])
+        upstream.on_new_paths = learnt_paths
         print(f"synthfs agent: ready on ipc://{sock_path} (server {args.server}, "
               f"repo {upstream.repo_id}, cache {service.cache.dir})", file=sys.stderr, flush=True)
         if args.ready_fd is not None:

@@ -169,6 +169,9 @@ class Upstream:
         self.longest_failover = 0.0
         #: Called with the new repo id when a re-registration reports another one.
         self.on_repo_change: Callable[[str], None] | None = None
+        #: Called after a registration that told host paths not known before (a server
+        #: that was down at start-up, or restarted with another state directory).
+        self.on_new_paths: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"Upstream({', '.join(self.endpoints)})"
@@ -285,7 +288,10 @@ class Upstream:
         s.repo_id = self.repo_id = reply.repo_id
         s.server_pid = reply.server_pid
         s.publish_key = reply.publish_key
+        news = not set(reply.trusted_paths) <= set(s.paths)
         s.paths = reply.trusted_paths
+        if news and self.on_new_paths is not None:
+            self.on_new_paths()
         self.registrations += 1
         log.info("registered with %s as %s (token %s)", s.endpoint, self.agent_id,
                  reply.token_id)

@@ -287,3 +287,29 @@ def test_a_change_made_behind_the_servers_is_seen_within_the_promise_bound(duo: 
         assert seen is not None, "a change behind the servers' backs was never seen"
     print(f"\na direct change seen {seen} s after the promise was taken")
     assert seen is not None and 0.5 < seen <= 2.0 + 0.3
+
+
+def test_a_server_down_at_start_up_is_used_and_refused_to_guests_once_back(duo: Duo) -> None:
+    """The agent starts with server 1 down; once server 1 is back the agent registers
+    with it by itself (its channel key, its token), and its state directory joins the
+    paths a new supervisor is told to refuse."""
+    from synthfs.protocol.messages import PROTOCOL_VERSION, Hello, Welcome
+
+    duo.server(1).stop()
+    c = duo.agent([0, 1], "--timeout", "3")
+    state1 = str(duo.tmp / "state1")
+
+    def refused() -> tuple[str, ...]:
+        w = c.call(Hello(version=PROTOCOL_VERSION))
+        assert isinstance(w, Welcome)
+        return w.refused_paths
+
+    assert not any(p.startswith(state1) for p in refused())
+    assert isinstance(c.call(Stat(path="/")), StatReply)  # served by server 0 meanwhile
+    duo.start_server(1)
+    deadline = time.monotonic() + 10
+    while not any(p.startswith(state1) for p in refused()):
+        assert time.monotonic() < deadline, "the agent never registered with server 1"
+        time.sleep(0.2)
+    for _ in range(4):  # both serve it now
+        assert isinstance(c.call(Stat(path="/")), StatReply)
