@@ -211,6 +211,8 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
             raise ValueError(f"--subscribe names {len(args.subscribes)} endpoints and --server "
                              f"{len(args.servers)}: give each server's --publish endpoint, "
                              "in the same order")
+        if args.promise_max_age <= 0:
+            raise ValueError("--promise-max-age must be positive")
         try:
             key = read_key_fd(args.bootstrap_fd) if args.bootstrap_fd is not None \
                 else read_key_file(args.bootstrap_key)
@@ -226,9 +228,6 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
         return 2
     if not 0 <= args.attr_ttl <= 1:
         print("synthfs agent: --attr-ttl must be between 0 and 1 s", file=sys.stderr)
-        return 2
-    if args.promise_max_age <= 0:
-        print("synthfs agent: --promise-max-age must be positive", file=sys.stderr)
         return 2
     if args.cache_size <= 0 or args.timeout <= 0:
         print("synthfs agent: --cache-size and --timeout must be positive", file=sys.stderr)
