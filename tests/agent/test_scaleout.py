@@ -313,3 +313,31 @@ def test_a_server_down_at_start_up_is_used_and_refused_to_guests_once_back(duo: 
         time.sleep(0.2)
     for _ in range(4):  # both serve it now
         assert isinstance(c.call(Stat(path="/")), StatReply)
+
+
+def test_an_upload_whose_server_is_killed_is_made_through_the_other(duo: Duo) -> None:
+    """A close's upload (3 chunks and a commit) goes to server 0, which is stopped and
+    then killed with the chunks in its queue: the transfer starts again on server 1 and
+    the close succeeds with the whole file installed once."""
+    (duo.root / "a").write_bytes(b"old")
+    c = duo.agent([0, 1])
+    o = _opened(c, "/a", WR_TRUNC)  # its Stat went to server 0: the next request to server 1
+    assert isinstance(c.call(Stat(path="/")), StatReply)
+    data = os.urandom(10 * 1024 * 1024 + 17)
+    Path(o.host_path).write_bytes(data)
+    s0 = duo.server(0)
+    os.kill(s0.pid, signal.SIGSTOP)
+    out: dict[str, object] = {}
+    t = threading.Thread(target=lambda: out.setdefault("reply", c.call(Commit(path="/a"))))
+    t.start()
+    time.sleep(0.5)
+    assert t.is_alive()
+    killed = time.monotonic()
+    s0.popen.kill()
+    s0.popen.wait()
+    t.join(20)
+    assert not t.is_alive()
+    print(f"\nupload answered {time.monotonic() - killed:.2f} s after the kill")
+    assert isinstance(out["reply"], Committed)
+    assert (duo.root / "a").read_bytes() == data
+    assert os.listdir(duo.tmp / "state1") == ["committed.journal"]
