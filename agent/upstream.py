@@ -111,8 +111,9 @@ class _Server:
     """One server: its connection, the session it gave this agent, whether it is up."""
 
     def __init__(self, endpoint: str, attempt: float,
-                 sockopts: Mapping[int, int | bytes] | None) -> None:
+                 sockopts: Mapping[int, int | bytes] | None, alone: bool) -> None:
         self.endpoint = endpoint
+        self.alone = alone
         self.token = ""
         self.expires_at_ns = 0
         self.token_id = ""
@@ -141,6 +142,11 @@ class _Server:
             return False
         self.client.events()
         if self.client.connected is False:
+            if self.down_since is None:  # closed between requests: none was lost
+                self.down_since = time.monotonic()
+                log.warning("the server at %s closed the connection: %s", self.endpoint,
+                            "requests wait for it" if self.alone
+                            else "requests go to the others")
             return False
         return self.down_since is None or self.client.connected is True
 
@@ -158,7 +164,8 @@ class Upstream:
         self.timeout = float(timeout)
         self._key = key
         self.agent_id = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.servers = [_Server(ep, self.timeout / ATTEMPTS, sockopts) for ep in eps]
+        self.servers = [_Server(ep, self.timeout / ATTEMPTS, sockopts, len(eps) == 1)
+                        for ep in eps]
         self._next = 0
         self._uploads: dict[str, _Server] = {}  # upload id -> the server holding its chunks
         self.repo_id = ""
@@ -216,6 +223,9 @@ class Upstream:
                      if s.server_pid and not remote_tcp(s.endpoint))
 
     def close(self) -> None:
+        if self.failovers:
+            log.warning("%d requests were moved to another server; the longest waited "
+                        "%.3f s", self.failovers, self.longest_failover)
         for s in self.servers:
             s.client.close()
 
