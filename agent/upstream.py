@@ -144,9 +144,9 @@ class _Server:
         if self.client.connected is False:
             if self.down_since is None:  # closed between requests: none was lost
                 self.down_since = time.monotonic()
-                log.warning("the server at %s closed the connection: %s", self.endpoint,
-                            "requests wait for it" if self.alone
-                            else "requests go to the others")
+                log.warning("the server at %s does not answer (it closed the connection): %s",
+                            self.endpoint, "requests that need it fail until it does"
+                            if self.alone else "requests go to the other servers")
             return False
         return self.down_since is None or self.client.connected is True
 
@@ -359,7 +359,8 @@ class Upstream:
         """A request to ``s`` went unanswered: log the outage when it starts."""
         if s.down_since is None:
             s.down_since = time.monotonic()
-            what = ("closed the connection" if isinstance(exc, PeerGone)
+            what = ("does not answer (it closed the connection while a request waited)"
+                    if isinstance(exc, PeerGone)
                     else f"does not answer (no reply within {exc.seconds:.3g} s)")
             others = "requests go to the other servers" if len(self.servers) > 1 \
                 else "requests that need it fail until it does"
