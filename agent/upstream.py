@@ -104,6 +104,9 @@ ATTEMPTS = 3
 _MUTATIONS: frozenset[type[Message]] = frozenset(
     {UploadCommit, Mkdir, Remove, Rename, Symlink, Link, SetAttr})
 
+#: Uploads whose server the agent remembers at most (a commit or an abort ends each).
+_MAX_UPLOADS = 1024
+
 _M = TypeVar("_M", bound=Message)
 
 
@@ -347,11 +350,23 @@ class Upstream:
         return s
 
     def _route(self, msg: Message) -> _Server:
+        """Where ``msg`` goes first: an upload's commit or abort where its chunks went."""
         if isinstance(msg, UploadCommit | UploadAbort):
-            s = self._uploads.pop(msg.upload_id, None)
+            s = self._uploads.get(msg.upload_id)
             if s is not None and s.up():
                 return s
         return self._pick()
+
+    def _staged(self, upload_id: str, s: _Server) -> None:
+        """The chunks of ``upload_id`` are on ``s`` (kept until its commit or abort ends)."""
+        self._uploads[upload_id] = s
+        while len(self._uploads) > _MAX_UPLOADS:  # some caller never ended one
+            del self._uploads[next(iter(self._uploads))]
+
+    def _ended(self, msg: Message, ok: bool) -> None:
+        """A commit that succeeded, or an abort, ends its upload's routing."""
+        if isinstance(msg, UploadAbort) or (ok and isinstance(msg, UploadCommit)):
+            self._uploads.pop(msg.upload_id, None)
 
     # -- health -------------------------------------------------------------------------
 
@@ -378,7 +393,12 @@ class Upstream:
 
     def call(self, msg: Message, expect: type[_M]) -> _M:
         """Forward ``msg`` (to another server when its own is lost: see the module doc)."""
-        reply = self._call(msg)
+        try:
+            reply = self._call(msg)
+        except OSError:
+            self._ended(msg, False)
+            raise
+        self._ended(msg, True)
         if not isinstance(reply, expect):
             raise OSError(errno.EPROTO, f"server answered {msg.kind} with {reply.kind}")
         return reply
@@ -412,11 +432,12 @@ class Upstream:
                                       exc.strerror or "") from None
                 gone = isinstance(exc, PeerGone)
                 unknown = unknown or mutation
+                if unknown and isinstance(msg, Rename) and msg.flags & RenameFlags.EXCHANGE:
+                    # applied twice, it undoes itself; neither resend tells: never resent
+                    raise OSError(errno.EIO, f"{s.endpoint} did not answer an exchange of "
+                                  f"{msg.src} and {msg.dst}: its outcome is unknown") from None
                 if mutation and not gone:
                     continue  # hung, not gone: resend to it (see the module doc)
-                if unknown and isinstance(msg, Rename) and msg.flags & RenameFlags.EXCHANGE:
-                    raise OSError(errno.EIO, f"{s.endpoint} went away during an exchange of "
-                                  f"{msg.src} and {msg.dst}: its outcome is unknown") from None
                 other = self._pick(avoid=s)
                 moved = moved or other is not s
                 s = other
@@ -503,7 +524,7 @@ class Upstream:
         while start < count:
             if staged:
                 assert isinstance(first, UploadChunk)
-                self._uploads[first.upload_id] = s
+                self._staged(first.upload_id, s)
             base = start
             try:
                 self._fresh(s)
