@@ -520,6 +520,7 @@ class Upstream:
         renewed_at = -1
         lost = 0
         moved = False
+        switched = True  # to a server whose token may be old
         started = time.monotonic()
         while start < count:
             if staged:
@@ -527,7 +528,9 @@ class Upstream:
                 self._staged(first.upload_id, s)
             base = start
             try:
-                self._fresh(s)
+                if switched:  # (not after a re-registration: that token is fresh)
+                    self._fresh(s)
+                    switched = False
                 replies = s.client.pipeline((make(i) for i in range(base, count)), window)
                 for n, reply in enumerate(replies):
                     if not isinstance(reply, expect):
@@ -543,6 +546,7 @@ class Upstream:
                     raise
                 other = self._pick(avoid=s)
                 moved = moved or other is not s
+                switched = True
                 s = other
                 if staged:
                     start = 0
