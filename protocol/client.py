@@ -203,7 +203,7 @@ class Client:
         # EVENTS first: a getsockopt costs a fraction of the zmq.Again an empty receive
         # raises, and the monitor is read twice a request (measured: +90 µs of the
         # agent's CPU per request with the exception, under load).
-        while mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while cast(int, mon.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             try:
                 event = monitor_event(mon.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
