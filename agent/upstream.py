@@ -45,11 +45,12 @@ with it again and resends the request once.
   installs the same bytes again. The check says what the repository holds, not
   who made it: a concurrent client that did the same thing in that window makes
   the retry succeed as well. A ``Rename`` with ``RENAME_EXCHANGE`` cannot be
-  told apart from its repetition: it is not resent (EIO).
-  A mutation whose server stops answering without closing (hung) stays with it
-  (resent there, where the commit journal makes a resend idempotent) until the
-  budget is spent, then ETIMEDOUT (EIO to the guest), as with one server: sent
-  elsewhere, it could be applied twice when the hung server wakes up.
+  told apart from its repetition: it is never resent (EIO once an attempt went
+  unanswered). A mutation whose server stops answering without closing (hung)
+  stays with it (resent there: a commit's journal, or the same checks, catch a
+  repeat) until the budget is spent, then ETIMEDOUT (EIO to the guest), as with
+  one server: sent elsewhere, it could be applied again when the hung server
+  wakes up, after a later change.
 
 A server that stops answering is logged once (a warning naming it), and
 once more when it answers again: not once per failed request.
