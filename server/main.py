@@ -161,10 +161,12 @@ def _load_curve(args: argparse.Namespace) -> CurveServer | None:
 def main(args: argparse.Namespace) -> int:
     import zmq
 
+    from synthfs.linux import reuse_freed_memory
     from synthfs.server.auth import Authority, default_key_path, load_or_create_key
     from synthfs.server.backends.local import LocalBackend, StateDirError
     from synthfs.server.service import Server
 
+    reuse_freed_memory()  # every Read and upload chunk needs 4 MiB buffers again
     root = os.path.abspath(args.root)
     if not os.path.isdir(root):
         return _fail(f"--root {args.root}: not a directory")
