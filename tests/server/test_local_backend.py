@@ -267,3 +267,33 @@ def test_idle_uploads_expire_without_a_new_upload_starting(tmp_path):
         be.upload_chunk("next", 0, b"y" * (1 << 20))  # its share is free again
     finally:
         be.close()
+
+
+def test_an_exclusive_create_resent_through_another_server_succeeds(tmp_path):
+    """Two servers over one directory share nothing but it: an exclusive create whose
+    answer was lost with server A, resent to server B, finds A's mark and succeeds
+    (the agent's failover); a create of another upload still gets EEXIST."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    a = LocalBackend(root, state=tmp_path / "state-a")
+    b = LocalBackend(root, state=tmp_path / "state-b")
+    try:
+        made = a.upload_commit("u1", "/x", 0, 0o640, exclusive=True)
+        again = b.upload_commit("u1", "/x", 0, 0o640, exclusive=True)
+        assert again == made
+        assert b.upload_commit("u1", "/x", 0, 0o640, exclusive=True) == made  # B's journal
+        with pytest.raises(FileExistsError):
+            b.upload_commit("u2", "/x", 0, 0o640, exclusive=True)
+        b.write_bytes("/x", b"data")  # a write replaces the marked inode
+        c = LocalBackend(root, state=tmp_path / "state-c")  # (A and B journaled u1)
+        try:
+            with pytest.raises(FileExistsError):
+                c.upload_commit("u1", "/x", 0, 0o640, exclusive=True)
+        finally:
+            c.close()
+        (root / "plain").write_bytes(b"")
+        with pytest.raises(FileExistsError):
+            b.upload_commit("u3", "/plain", 0, exclusive=True)
+    finally:
+        a.close()
+        b.close()
