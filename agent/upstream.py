@@ -40,8 +40,9 @@ with it again and resends the request once.
   ``Mkdir`` answered EEXIST succeeded if a directory is there; ``Symlink``
   EEXIST if a link with the same text is there; ``Rename`` ENOENT if the
   destination exists; ``Link`` EEXIST if both names are one file; an exclusive
-  ``UploadCommit`` is idempotent by its upload id on every server (the backend
-  marks what it creates: :mod:`server.backends.staging`), and a plain commit
+  ``UploadCommit`` answered EEXIST stays EEXIST (the repository cannot say
+  whether the dead server made the file, and a lock file must never be won
+  twice: the guest sees the file exist, as with NFSv2), and a plain commit
   installs the same bytes again. The check says what the repository holds, not
   who made it: a concurrent client that did the same thing in that window makes
   the retry succeed as well. A ``Rename`` with ``RENAME_EXCHANGE`` cannot be

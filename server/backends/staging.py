@@ -49,7 +49,7 @@ from synthfs.server.backends.base import (
 )
 from synthfs.server.backends.beneath import Beneath, attrs_from_stat, fsync_dir
 
-__all__ = ["SETID", "Staging", "StateDirError", "create_verifier", "made_by"]
+__all__ = ["SETID", "Staging", "StateDirError"]
 
 log = logging.getLogger(__name__)
 
@@ -69,30 +69,6 @@ _MAX_RANGES = 2 * MAX_EXTENTS
 #: Mode bits a wire request may not set on a file: the repository is a host directory,
 #: and a setuid or setgid file there would run as the server's user (often root).
 SETID = stat.S_ISUID | stat.S_ISGID
-
-
-def create_verifier(upload_id: str) -> int:
-    """The access time an exclusive create gives its new file (ns): NFSv3's verifier.
-
-    The servers over one repository share no state but the repository itself, so a
-    file created exclusively carries the id of the upload that made it, as NFS's
-    exclusive CREATE keeps its verifier in the file's times: when the answer was
-    lost with its server, the same create sent to another server finds its own
-    mark and succeeds again instead of EEXIST. The atime, because the protocol
-    shows no atime to a guest; years 2106 to 2140 with nanoseconds from the id,
-    which no reader moves (relatime leaves an atime after the mtime alone) and no
-    program sets by chance. The next upload of the file replaces the inode, mark
-    and all. A file system that stores coarser times never matches: EEXIST, as
-    before.
-    """
-    h = int.from_bytes(hashlib.sha256(b"synthfs-create\0" + upload_id.encode(
-        "utf-8", "surrogatepass")).digest()[:8], "little")
-    return (2**32 + (h >> 34) % 2**30) * 10**9 + h % 10**9
-
-
-def made_by(st: os.stat_result, upload_id: str) -> bool:
-    """Whether ``st`` is the regular file an exclusive create of ``upload_id`` made."""
-    return stat.S_ISREG(st.st_mode) and st.st_atime_ns == create_verifier(upload_id)
 
 
 class StateDirError(OSError):
@@ -484,8 +460,6 @@ class Staging:
                         new_mode = mode & ~SETID
                     else:
                         if exclusive:
-                            if made_by(old, upload_id):  # a resend, through another server
-                                return self._made_earlier(up, upload_id, key, path, old)
                             raise oserror(errno.EEXIST)
                         if stat.S_ISDIR(old.st_mode):
                             raise oserror(errno.EISDIR)
@@ -493,8 +467,6 @@ class Staging:
                             raise oserror(errno.ELOOP, "the server does not write through symlinks")
                         new_mode = stat.S_IMODE(old.st_mode)
                     os.fchmod(fd, new_mode)
-                    if exclusive:
-                        os.utime(fd, ns=(create_verifier(upload_id), os.fstat(fd).st_mtime_ns))
                     os.fsync(fd)
                     if not exclusive and old is not None and old.st_nlink > 1:
                         # A file of several names: rewrite its one inode in place (a
@@ -504,14 +476,8 @@ class Staging:
                     elif exclusive:
                         # link(2) fails (EEXIST) on a name that appeared since the
                         # stat: the exclusive create never replaces anything.
-                        try:
-                            os.link(up.name, name, src_dir_fd=self.fd, dst_dir_fd=pfd,
-                                    follow_symlinks=False)
-                        except FileExistsError:
-                            now = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-                            if made_by(now, upload_id):
-                                return self._made_earlier(up, upload_id, key, path, now)
-                            raise
+                        os.link(up.name, name, src_dir_fd=self.fd, dst_dir_fd=pfd,
+                                follow_symlinks=False)
                         os.unlink(up.name, dir_fd=self.fd)
                     else:
                         os.rename(up.name, name, src_dir_fd=self.fd, dst_dir_fd=pfd)
@@ -528,21 +494,6 @@ class Staging:
                 return result
         finally:
             os.close(pfd)
-
-    def _made_earlier(self, up: _Upload, upload_id: str, key: str, path: str,
-                      st: os.stat_result) -> ObjectAttrs:
-        """Under ``up.lock``: an exclusive create this upload id made already (the answer
-        to it was lost with the server that made it): the same success again."""
-        result = attrs_from_stat(st)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(up.name, dir_fd=self.fd)
-        up.done = True
-        with self._lock:
-            self._uploads.pop(upload_id, None)
-            self._release(up)
-            self._remember_commit(key, path, result)
-        log.info("exclusive create of %s resent: made by the same upload earlier", path)
-        return result
 
     def _rewrite_in_place(self, pfd: int, name: str, src: int, size: int) -> ObjectAttrs:
         """Copy ``size`` bytes of ``src`` over the regular file ``name`` (same inode).
