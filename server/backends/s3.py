@@ -250,6 +250,12 @@ class S3Backend(Backend):
             collections.OrderedDict())
         self._staged = 0
         self._staged_max = staged_max
+        self._journal_fd = -1
+        try:
+            self._check_bucket()  # before making anything: a wrong name leaves no trace
+        except BaseException:
+            self._pool.shutdown(wait=False)
+            raise
         self.state = os.path.realpath(state)
         old = os.umask(0o077)
         try:
@@ -264,7 +270,6 @@ class S3Backend(Backend):
         self.after_copy: Callable[[], None] | None = None
         self._journal_lock = threading.Lock()
         try:
-            self._check_bucket()
             self._journal_fd = self._recover()
         except BaseException:
             self._pool.shutdown(wait=False)
@@ -323,9 +328,10 @@ class S3Backend(Backend):
         try:
             self._call("head_bucket")
         except OSError as exc:
-            raise oserror(exc.errno or errno.EIO,
-                          f"bucket {self.bucket} at {self.endpoint or 'AWS'}: "
-                          f"{exc.strerror}") from None
+            where = f"{self.bucket} at {self.endpoint or 'AWS'}"
+            if exc.errno == errno.ENOENT:
+                raise oserror(errno.ENOENT, f"no bucket {where} (create it first)") from None
+            raise oserror(exc.errno or errno.EIO, f"bucket {where}: {exc.strerror}") from None
 
     # -- attributes ------------------------------------------------------------------------
 
