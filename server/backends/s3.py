@@ -87,7 +87,7 @@ from synthfs.server.backends.base import (
     split_path,
 )
 
-__all__ = ["MULTIPART_MIN", "RANGE_PART", "S3Backend", "key_of", "repo_id_for"]
+__all__ = ["DIR_OBJECT", "MULTIPART_MIN", "RANGE_PART", "S3Backend", "key_of", "repo_id_for"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,11 @@ _ATTR_MEMORY = 100_000
 SETID = stat_mod.S_ISUID | stat_mod.S_ISGID
 
 _META = "synthfs-"  # x-amz-meta-synthfs-kind, -mode, -mtime, -ctime, -v
+#: The object that makes a directory exist and holds its attributes: ``DIR/`` + this name
+#: (a marker ``DIR/`` cannot: SeaweedFS keeps neither metadata nor content on it, and a
+#: name over NAME_MAX it refuses). The one name the backend reserves (EINVAL): a dot file
+#: ending in U+2400 SYMBOL FOR NULL, which no program names a file by accident.
+DIR_OBJECT = ".synthfs-dir\u2400"
 _JOURNAL = "rename.journal"
 _UPLOADS = "s3-uploads"
 
@@ -121,15 +126,17 @@ def key_of(prefix: str, parts: tuple[str, ...], directory: bool = False) -> str:
     """The object key of a path's components (a directory's marker ends in "/").
 
     EILSEQ for a name that is not UTF-8 (S3 keys are UTF-8); ENAMETOOLONG for a
-    key over :data:`MAX_KEY` bytes.
+    key over :data:`MAX_KEY` bytes; EINVAL for :data:`DIR_OBJECT`.
     """
     for part in parts:
         try:
             part.encode("utf-8")
         except UnicodeEncodeError:
             raise oserror(errno.EILSEQ, "an S3 repository holds UTF-8 names only") from None
+        if part == DIR_OBJECT:
+            raise oserror(errno.EINVAL, "a name the S3 backend keeps for directories")
     key = prefix + "/".join(parts) + ("/" if directory and parts else "")
-    if len(key.encode("utf-8")) > MAX_KEY:
+    if len(key.encode("utf-8")) + (len(DIR_OBJECT) if directory else 0) > MAX_KEY:
         raise oserror(errno.ENAMETOOLONG, "an S3 key holds at most 1024 bytes")
     return key
 
@@ -338,7 +345,10 @@ class S3Backend(Backend):
     def _attrs_of(self, key: str, meta: dict[str, str], size: int, last_modified: Any,
                   etag: str) -> ObjectAttrs:
         kind_s = meta.get(_META + "kind", "")
-        if key.endswith("/") or not key:
+        if key.endswith(DIR_OBJECT):
+            key = key[: -len(DIR_OBJECT)]
+            kind = Kind.DIR
+        elif key.endswith("/"):  # a marker another client made
             kind = Kind.DIR
         else:
             kind = Kind.SYMLINK if kind_s == "symlink" else Kind.FILE
@@ -384,25 +394,29 @@ class S3Backend(Backend):
         self._remember(key, f"{r.get('ETag', '')}|{_ns(r.get('LastModified'))}", a)
         return a
 
-    def _root_attrs(self) -> ObjectAttrs:
-        return ObjectAttrs(Kind.DIR, 0, 0o755, 0, 0, _ino(self.prefix.rstrip("/")), 1,
-                           "root", 0)
+    @staticmethod
+    def _implicit(dkey: str) -> ObjectAttrs:
+        """A directory without its object (a prefix another client filled; the root)."""
+        return ObjectAttrs(Kind.DIR, 0, 0o755, 0, 0, _ino(dkey.rstrip("/")), 1, "implicit", 0)
+
+    def _dir_attrs(self, dkey: str) -> ObjectAttrs | None:
+        """The attributes in the directory object of ``dkey`` (a prefix), None if none."""
+        return self._head(dkey + DIR_OBJECT)
 
     def _node(self, parts: tuple[str, ...]) -> ObjectAttrs | None:
         """What ``parts`` names (never following a final symlink), None if nothing."""
         if not parts:
-            return self._root_attrs()
+            return self._dir_attrs(self.prefix) or self._implicit(self.prefix)
         a = self._head(key_of(self.prefix, parts))
         if a is not None:
             return a
         dkey = key_of(self.prefix, parts, directory=True)
-        a = self._head(dkey)
+        a = self._dir_attrs(dkey)
         if a is not None:
             return a
         r = self._call("list_objects_v2", Prefix=dkey, MaxKeys=1)
         if r.get("KeyCount", 0) or r.get("Contents"):
-            return ObjectAttrs(Kind.DIR, 0, 0o755, 0, 0, _ino(dkey.rstrip("/")), 1,
-                               "implicit", 0)
+            return self._implicit(dkey)
         return None
 
     def _missing(self, parts: tuple[str, ...]) -> OSError:
@@ -455,8 +469,8 @@ class S3Backend(Backend):
             for obj in page.get("Contents", []):
                 key = urllib.parse.unquote(obj["Key"])
                 name = key[len(dkey):]
-                if not name or name in names:
-                    continue  # the directory's own marker
+                if not name or name in names or name == DIR_OBJECT:
+                    continue  # the directory's own object (or marker)
                 tag = f"{obj.get('ETag', '')}|{_ns(obj.get('LastModified'))}"
                 with self._lock:
                     hit = self._attrs.get(key)
@@ -484,10 +498,9 @@ class S3Backend(Backend):
         return own, entries
 
     def _entry_attrs(self, key: str) -> ObjectAttrs | None:
-        a = self._head(key)
-        if a is None and key.endswith("/"):  # a prefix without a marker
-            return ObjectAttrs(Kind.DIR, 0, 0o755, 0, 0, _ino(key.rstrip("/")), 1, "implicit", 0)
-        return a
+        if key.endswith("/"):  # a subdirectory
+            return self._dir_attrs(key) or self._implicit(key)
+        return self._head(key)
 
     def _pages(self, prefix: str, delimiter: str = "/") -> Iterator[dict[str, Any]]:
         token = None
@@ -774,8 +787,9 @@ class S3Backend(Backend):
 
     def _put_marker(self, parts: tuple[str, ...], mode: int, mtime_ns: int, *,
                     exclusive: bool, ctime_ns: int | None = None) -> ObjectAttrs:
+        """PUT the directory object (its existence and attributes)."""
         dkey = key_of(self.prefix, parts, directory=True)
-        return self._put_file(dkey, None, 0, mode, mtime_ns, exclusive, Kind.DIR,
+        return self._put_file(dkey + DIR_OBJECT, None, 0, mode, mtime_ns, exclusive, Kind.DIR,
                               ctime_ns=ctime_ns)
 
     def remove(self, path: str, directory: bool = False) -> None:
@@ -793,11 +807,16 @@ class S3Backend(Backend):
         if a.kind is not Kind.DIR:
             raise oserror(errno.ENOTDIR)
         dkey = key_of(self.prefix, parts, directory=True)
-        r = self._call("list_objects_v2", Prefix=dkey, MaxKeys=2)
-        if any(o["Key"] != dkey for o in r.get("Contents", [])):
+        if not self._empty(dkey):
             raise oserror(errno.ENOTEMPTY)
-        self._call("delete_object", Key=dkey)
-        self._forget(dkey)
+        self._call("delete_object", Key=dkey + DIR_OBJECT)
+        self._forget(dkey + DIR_OBJECT)
+        self._call("delete_object", Key=dkey)  # a marker, or a store's folder (SeaweedFS)
+
+    def _empty(self, dkey: str) -> bool:
+        r = self._call("list_objects_v2", Prefix=dkey, MaxKeys=3, EncodingType="url")
+        own = (dkey, dkey + DIR_OBJECT)
+        return all(urllib.parse.unquote(o["Key"]) in own for o in r.get("Contents", []))
 
     def symlink(self, target: str, path: str) -> ObjectAttrs:
         parts = split_path(path)
@@ -824,12 +843,6 @@ class S3Backend(Backend):
     ) -> ObjectAttrs:
         parts = split_path(path)
         a = self._lookup(parts)
-        if not parts:
-            if size is not None:
-                raise oserror(errno.EISDIR)
-            if mode is None and mtime_ns is None:
-                return a
-            raise oserror(errno.EPERM, "an S3 repository's root has fixed attributes")
         if size is not None:
             if a.kind is Kind.DIR:
                 raise oserror(errno.EISDIR)
@@ -910,16 +923,14 @@ class S3Backend(Backend):
                 raise oserror(errno.EISDIR)
             if a.kind is Kind.DIR and b.kind is not Kind.DIR:
                 raise oserror(errno.ENOTDIR)
-            if b.kind is Kind.DIR:
-                bkey = key_of(self.prefix, dp, directory=True)
-                r = self._call("list_objects_v2", Prefix=bkey, MaxKeys=2)
-                if any(o["Key"] != bkey for o in r.get("Contents", [])):
-                    raise oserror(errno.ENOTEMPTY)
+            if b.kind is Kind.DIR and not self._empty(key_of(self.prefix, dp, directory=True)):
+                raise oserror(errno.ENOTEMPTY)
         if a.kind is Kind.DIR:
             skey = key_of(self.prefix, sp, directory=True)
             dkey = key_of(self.prefix, dp, directory=True)
-            for k in self._tree(skey):  # every new key must be one S3 holds
-                key_of("", tuple((dkey + k[len(skey):]).rstrip("/").split("/")))
+            longest = max((len(k.encode()) for k in self._tree(skey)), default=0)
+            if longest - len(skey.encode()) + len(dkey.encode()) > MAX_KEY:
+                raise oserror(errno.ENAMETOOLONG, "an S3 key holds at most 1024 bytes")
         else:
             skey, dkey = key_of(self.prefix, sp), key_of(self.prefix, dp)
         op_id = secrets.token_hex(8)
@@ -956,6 +967,15 @@ class S3Backend(Backend):
         for k in keys:
             self._forget(k)
         self._forget(dkey)
+        if is_dir:  # the (empty) directories a store with folders keeps, deepest first
+            dirs = {skey}
+            for k in keys:
+                cut = k.rfind("/")
+                while cut >= len(skey):
+                    dirs.add(k[: cut + 1])
+                    cut = k.rfind("/", 0, cut)
+            for d in sorted(dirs, key=len, reverse=True):
+                self._call("delete_object", Key=d)
 
     def _copy(self, skey: str, dkey: str, *, noreplace: bool = False,
               quiet: bool = False) -> None:

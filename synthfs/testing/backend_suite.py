@@ -241,6 +241,20 @@ class BackendSuite:
             be.mkdir("/")
         assert _errno(ei) == errno.EEXIST
 
+    def test_directory_attributes_last(self, be):
+        """A directory's mode and times are the repository's, not the answer of one call."""
+        be.mkdir("/d", 0o750)
+        be.write_bytes("/d/f", b"x")
+        be.mkdir("/d/e", 0o701)
+        a = be.setattr("/d", mtime_ns=1_600_000_000_000_000_000)
+        assert (a.mode, a.mtime_ns) == (0o750, 1_600_000_000_000_000_000)
+        assert be.stat("/d") == a == be.list("/d")[0]
+        assert {e.name: e.attrs.mode for e in be.list("/d")[1]} == {"e": 0o701, "f": 0o644}
+        assert {e.name: e.attrs for e in be.list("/")[1]} == {"d": a}
+        be.setattr("/", mode=0o711, mtime_ns=1_500_000_000_000_000_000)
+        root = be.stat("/")
+        assert (root.mode, root.mtime_ns) == (0o711, 1_500_000_000_000_000_000)
+
     def test_remove_errnos(self, be):
         be.mkdir("/d")
         be.write_bytes("/d/f", b"x")

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from synthfs.server.backends.base import Kind
-from synthfs.server.backends.s3 import MULTIPART_MIN, S3Backend
+from synthfs.server.backends.s3 import DIR_OBJECT, MULTIPART_MIN, S3Backend
 from synthfs.testing.backend_suite import BackendSuite
 
 _prefixes = itertools.count()
@@ -45,13 +45,15 @@ def be(s3_env, bucket, tmp_path):
 
 
 def test_the_layout_in_the_bucket(be, s3_env, bucket):
-    """Files are objects, directories markers ending in "/", attributes metadata."""
+    """Files are objects, a directory its DIR_OBJECT, attributes metadata."""
     be.mkdir("/d", 0o750)
     be.write_bytes("/d/f", b"hello", mode=0o600)
     be.symlink("f", "/d/l")
     s3 = s3_env.client()
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=be.prefix)["Contents"])
-    assert keys == [be.prefix + k for k in ("d/", "d/f", "d/l")]
+    assert keys == [be.prefix + k for k in (f"d/{DIR_OBJECT}", "d/f", "d/l")]
+    head = s3.head_object(Bucket=bucket, Key=f"{be.prefix}d/{DIR_OBJECT}")
+    assert head["Metadata"]["synthfs-mode"] == "750"
     head = s3.head_object(Bucket=bucket, Key=be.prefix + "d/f")
     assert head["Metadata"]["synthfs-mode"] == "600"
     assert s3.get_object(Bucket=bucket, Key=be.prefix + "d/l")["Body"].read() == b"f"
@@ -85,6 +87,14 @@ def test_names_s3_cannot_hold(be):
         with pytest.raises(OSError) as ei:
             op()
         assert ei.value.errno == errno.ENAMETOOLONG
+
+
+def test_the_directory_object_name_is_refused(be):
+    for op in (lambda: be.mkdir("/" + DIR_OBJECT), lambda: be.write_bytes("/" + DIR_OBJECT, b"")):
+        with pytest.raises(OSError) as ei:
+            op()
+        assert ei.value.errno == errno.EINVAL
+    assert be.list("/")[1] == []
 
 
 def test_credentials_never_in_repr(be, s3_env):
@@ -128,7 +138,7 @@ def test_a_rename_cut_between_copy_and_delete_is_finished_at_restart(
         assert keys == ["a", "b"]
         assert s3.get_object(Bucket=bucket, Key=prefix + "/b")["Body"].read() == b"moved"
     else:
-        assert keys == ["a/", *[f"a/{i}" for i in range(5)], "b/", *[f"b/{i}" for i in range(5)]]
+        assert keys == sorted([f"{d}/{n}" for d in "ab" for n in [*"01234", DIR_OBJECT]])
     # The restart finishes it.
     be = S3Backend(s3_env.endpoint, bucket, prefix, state=state)
     try:
