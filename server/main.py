@@ -106,8 +106,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "mutation, and ['beat', instance, seq] every 0.5 s, each sealed with a "
                         "key only registered agents get (agents hold callback promises while "
                         "these arrive unbroken)")
-    parser.add_argument("--workers", type=int, default=8, metavar="N",
-                        help="threads serving bulk data (reads, uploads); default 8")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="threads serving bulk data (reads, uploads); one agent uses at "
+                        "most half of them. Default 8, with --s3 12 (an object store's "
+                        "requests wait on the network: six reads of one file in flight)")
     parser.add_argument(
         "--curve-secret", metavar="FILE", default=None,
         help="the server's CURVE secret key file (NAME.key_secret from 'synthfs keys', mode "
@@ -219,6 +221,8 @@ def main(args: argparse.Namespace) -> int:
         return _fail(f"--root {args.root}: not a directory")
     if args.token_ttl <= 0:
         return _fail("--token-ttl must be positive")
+    if args.workers is None:
+        args.workers = 12 if args.s3 is not None else 8
     if args.workers < 1:
         return _fail("--workers must be at least 1")
     try:

@@ -66,6 +66,18 @@ def _log(workdir: str, name: str) -> str:
         return "(no log)"
 
 
+def _wait(name: str, p: subprocess.Popen[bytes], rfd: int, deadline: float, workdir: str,
+          what: str) -> None:
+    try:
+        left = max(0.0, deadline - time.monotonic())
+        ok = select.select([rfd], [], [], left)[0] and os.read(rfd, 64).startswith(b"ready")
+    finally:
+        os.close(rfd)
+    if not ok:
+        raise RuntimeError(f"synthfs {name} on {what} not ready (exit {p.poll()}):\n"
+                           + _log(workdir, name))
+
+
 @contextlib.contextmanager
 def s3_stack(endpoint: str, bucket: str, prefix: str, credentials: Mapping[str, str], *,
              state_dir: str | None = None, timeout: float = 30.0,
@@ -90,23 +102,17 @@ def s3_stack(endpoint: str, bucket: str, prefix: str, credentials: Mapping[str, 
             "--prefix", prefix, "--listen", server_ep, "--bootstrap-key", key_path,
             "--publish", pub_ep, "--state", state, *server_args], workdir, server_env)
         procs.append(server)
+        deadline = time.monotonic() + timeout
+        _wait("server", server, sready, deadline, workdir, f"s3://{bucket}/{prefix}")
+        # The agent after the server: a registration made before the server started is
+        # refused (and retried later), which would cost seconds.
         agent, aready = _spawn("agent", [
             sys.executable, "-m", "synthfs.agent", "--server", server_ep, "--bootstrap-key",
             key_path, "--listen", agent_ep, "--subscribe", pub_ep, "--cache",
             os.path.join(workdir, "cache"), "--refuse", workdir, *agent_args],
             workdir, base_env)
         procs.append(agent)
-        deadline = time.monotonic() + timeout
-        for name, p, rfd in (("server", server, sready), ("agent", agent, aready)):
-            try:
-                left = max(0.0, deadline - time.monotonic())
-                ok = select.select([rfd], [], [], left)[0] and os.read(rfd, 64).startswith(
-                    b"ready")
-            finally:
-                os.close(rfd)
-            if not ok:
-                raise RuntimeError(f"synthfs {name} on s3://{bucket}/{prefix} not ready "
-                                   f"(exit {p.poll()}):\n{_log(workdir, name)}")
+        _wait("agent", agent, aready, deadline, workdir, f"s3://{bucket}/{prefix}")
         yield S3Stack(agent_ep, server_ep, workdir, state, server.pid, agent.pid)
     finally:
         for p in reversed(procs):
@@ -128,8 +134,7 @@ def push_tree(local: str | os.PathLike[str], be: Backend, path: str = "/") -> No
         st = entry.lstat()
         if stat.S_ISLNK(st.st_mode):
             be.symlink(os.readlink(entry), wire)
-            continue
-        if stat.S_ISDIR(st.st_mode):
+        elif stat.S_ISDIR(st.st_mode):
             be.mkdir(wire, stat.S_IMODE(st.st_mode))
             push_tree(entry, be, wire)
         elif stat.S_ISREG(st.st_mode):
@@ -137,6 +142,9 @@ def push_tree(local: str | os.PathLike[str], be: Backend, path: str = "/") -> No
         else:
             continue
         be.setattr(wire, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
+    if path == "/":
+        st = root.lstat()
+        be.setattr("/", mode=stat.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns)
 
 
 def pull_tree(be: Backend, local: str | os.PathLike[str], path: str = "/") -> None:
@@ -150,6 +158,7 @@ def pull_tree(be: Backend, local: str | os.PathLike[str], path: str = "/") -> No
         a = e.attrs
         if a.kind is Kind.SYMLINK:
             os.symlink(be.readlink(wire), dst)
+            os.utime(dst, ns=(a.mtime_ns, a.mtime_ns), follow_symlinks=False)
             continue
         if a.kind is Kind.DIR:
             pull_tree(be, dst, wire)
