@@ -100,6 +100,9 @@ MULTIPART_MIN = 16 * 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
 #: Connect and read timeout of one request to the store (then the client retries).
 TIMEOUT_S = 10.0
+#: Seconds an object found in the store is answered from memory (a change made by another
+#: client of the bucket is seen after at most this long; this backend's own at once).
+NODE_TTL = 1.0
 #: The longest key S3 holds (bytes of UTF-8).
 MAX_KEY = 1024
 #: Bytes all uncommitted uploads may hold in the state directory together.
@@ -225,6 +228,11 @@ class S3Backend(Backend):
         import boto3
         from botocore.config import Config
 
+        for name in ("boto3", "botocore", "s3transfer", "urllib3"):
+            # Their DEBUG lines carry signed headers (the access key id): never in the log,
+            # not even with -v; this module logs what the store answered instead.
+            logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))
+
         prefix = prefix.strip("/")
         self.prefix = prefix + "/" if prefix else ""
         key_of(self.prefix, ())  # a prefix S3 cannot hold is refused here
@@ -255,6 +263,7 @@ class S3Backend(Backend):
         self._attrs: collections.OrderedDict[str, tuple[str, ObjectAttrs]] = (
             collections.OrderedDict())
         self._uploads: dict[str, _Upload] = {}
+        self._recent: dict[tuple[str, ...], tuple[ObjectAttrs, float]] = {}
         self._committed: collections.OrderedDict[str, tuple[str, ObjectAttrs]] = (
             collections.OrderedDict())
         self._staged = 0
@@ -406,20 +415,46 @@ class S3Backend(Backend):
         return self._head(dkey + DIR_OBJECT)
 
     def _node(self, parts: tuple[str, ...]) -> ObjectAttrs | None:
-        """What ``parts`` names (never following a final symlink), None if nothing."""
-        if not parts:
-            return self._dir_attrs(self.prefix) or self._implicit(self.prefix)
-        a = self._head(key_of(self.prefix, parts))
-        if a is not None:
-            return a
+        """What ``parts`` names (never following a final symlink), None if nothing.
+
+        An object found in the last :data:`NODE_TTL` seconds is answered from memory
+        (this backend's own changes update it at once); a miss always asks the store.
+        The store is asked for the object and for a listing of ``parts/`` at once (a
+        directory is a prefix), so that a miss costs one round trip, not three.
+        """
+        now = time.monotonic()
+        with self._lock:
+            hit = self._recent.get(parts)
+        if hit is not None and hit[1] > now:
+            return hit[0]
         dkey = key_of(self.prefix, parts, directory=True)
-        a = self._dir_attrs(dkey)
+        if not parts:
+            a: ObjectAttrs | None = self._dir_attrs(dkey) or self._implicit(dkey)
+        else:
+            listing = self._pool.submit(self._call, "list_objects_v2", Prefix=dkey, MaxKeys=1)
+            a = self._head(key_of(self.prefix, parts))
+            if a is None:
+                r = listing.result()
+                if r.get("KeyCount", 0) or r.get("Contents"):
+                    a = self._dir_attrs(dkey) or self._implicit(dkey)
         if a is not None:
-            return a
-        r = self._call("list_objects_v2", Prefix=dkey, MaxKeys=1)
-        if r.get("KeyCount", 0) or r.get("Contents"):
-            return self._implicit(dkey)
-        return None
+            self._learn(parts, a, now)
+        return a
+
+    def _learn(self, parts: tuple[str, ...], a: ObjectAttrs, now: float | None = None) -> None:
+        """``parts`` is ``a`` now (kept for :data:`NODE_TTL` seconds)."""
+        expiry = (time.monotonic() if now is None else now) + NODE_TTL
+        with self._lock:
+            self._recent[parts] = (a, expiry)
+            if len(self._recent) > _ATTR_MEMORY:
+                self._recent.clear()
+
+    def _unlearn(self, parts: tuple[str, ...], tree: bool = False) -> None:
+        with self._lock:
+            if tree:
+                self._recent.clear()
+            else:
+                self._recent.pop(parts, None)
 
     def _missing(self, parts: tuple[str, ...]) -> OSError:
         """The error for a lookup of ``parts`` that found nothing: ENOENT, or ENOTDIR/ELOOP
@@ -703,6 +738,7 @@ class S3Backend(Backend):
                 self._committed.popitem(last=False)
         with contextlib.suppress(OSError):
             os.unlink(up.path)
+        self._learn(parts, a)
         return a
 
     def _meta(self, kind: Kind, mode: int, mtime_ns: int, ctime_ns: int,
@@ -766,7 +802,9 @@ class S3Backend(Backend):
         if self._node(parts) is not None:
             raise oserror(errno.EEXIST)
         self._parent_dir(parts)
-        return self._put_marker(parts, mode & 0o7777, time.time_ns(), exclusive=True)
+        a = self._put_marker(parts, mode & 0o7777, time.time_ns(), exclusive=True)
+        self._learn(parts, a)
+        return a
 
     def _put_marker(self, parts: tuple[str, ...], mode: int, mtime_ns: int, *,
                     exclusive: bool, ctime_ns: int | None = None) -> ObjectAttrs:
@@ -780,6 +818,7 @@ class S3Backend(Backend):
         if not parts:
             raise oserror(errno.EBUSY)
         a = self._lookup(parts)
+        self._unlearn(parts)
         if not directory:
             if a.kind is Kind.DIR:
                 raise oserror(errno.EISDIR)
@@ -813,8 +852,10 @@ class S3Backend(Backend):
             raise oserror(errno.EEXIST)
         self._parent_dir(parts)
         body = os.fsencode(target)
-        return self._put_file(key_of(self.prefix, parts), None, len(body), 0o777,
-                              time.time_ns(), True, Kind.SYMLINK, body)
+        a = self._put_file(key_of(self.prefix, parts), None, len(body), 0o777,
+                           time.time_ns(), True, Kind.SYMLINK, body)
+        self._learn(parts, a)
+        return a
 
     def setattr(
         self,
@@ -825,6 +866,16 @@ class S3Backend(Backend):
         size: int | None = None,
     ) -> ObjectAttrs:
         parts = split_path(path)
+        try:
+            a = self._setattr(parts, mode, mtime_ns, size)
+        except OSError:
+            self._unlearn(parts)
+            raise
+        self._learn(parts, a)
+        return a
+
+    def _setattr(self, parts: tuple[str, ...], mode: int | None, mtime_ns: int | None,
+                 size: int | None) -> ObjectAttrs:
         a = self._lookup(parts)
         if size is not None:
             if a.kind is Kind.DIR:
@@ -916,24 +967,37 @@ class S3Backend(Backend):
                 raise oserror(errno.ENAMETOOLONG, "an S3 key holds at most 1024 bytes")
         else:
             skey, dkey = key_of(self.prefix, sp), key_of(self.prefix, dp)
+        self._unlearn(sp, tree=True)
         op_id = secrets.token_hex(8)
         self._journal({"rename": op_id, "src": skey, "dst": dkey,
                        "dir": a.kind is Kind.DIR})
-        noreplace = bool(flags & RenameFlags.NOREPLACE)
-        self._move(skey, dkey, a.kind is Kind.DIR, noreplace=noreplace)
+        try:
+            if a.kind is not Kind.DIR:
+                # A file's copy is one request: if it fails, nothing moved (the journal
+                # forgets it: a NOREPLACE refused by the store must not be finished later).
+                try:
+                    self._copy(skey, dkey, noreplace=bool(flags & RenameFlags.NOREPLACE))
+                except OSError:
+                    self._journal({"done": op_id})
+                    raise
+            self._move(skey, dkey, a.kind is Kind.DIR, copied=True)
+        finally:
+            self._unlearn(sp, tree=True)
         self._journal({"done": op_id})
 
-    def _move(self, skey: str, dkey: str, is_dir: bool, *, noreplace: bool = False) -> None:
+    def _move(self, skey: str, dkey: str, is_dir: bool, *, copied: bool = False) -> None:
         """Copy then delete (both idempotent: a journalled move is finished by running it
-        again). A directory: every key below ``skey`` (its marker too) moves below ``dkey``."""
+        again). A directory: every key below ``skey`` (its own object too) moves below
+        ``dkey``. ``copied``: a file's copy is made already."""
         if not is_dir:
             keys = [skey]
-            try:
-                self._copy(skey, dkey, noreplace=noreplace)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise  # nothing left at the source: a finished move
-                keys = []
+            if not copied:
+                try:
+                    self._copy(skey, dkey)
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT:
+                        raise
+                    keys = []  # nothing left at the source: a finished move
         else:
             keys = self._tree(skey)
             list(self._pool.map(lambda k: self._copy(k, dkey + k[len(skey):], quiet=True), keys))
