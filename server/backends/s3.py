@@ -231,7 +231,7 @@ class S3Backend(Backend):
         for name in ("boto3", "botocore", "s3transfer", "urllib3"):
             # Their DEBUG lines carry signed headers (the access key id): never in the log,
             # not even with -v; this module logs what the store answered instead.
-            logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
 
         prefix = prefix.strip("/")
         self.prefix = prefix + "/" if prefix else ""
