@@ -4,7 +4,7 @@
 (with the store's credentials in *its* environment only) and an agent on it,
 both as real processes in a private directory, waits until both wrote
 ``ready`` (bounded; the error carries their logs) and stops them. The agent's
-environment holds no AWS variable: only the server holds the credentials.
+environment holds no ``AWS_*`` variable: only the server holds the credentials.
 
 :func:`push_tree` and :func:`pull_tree` copy a local directory into the
 repository and back (through :class:`server.backends.s3.S3Backend`), so that a
@@ -93,8 +93,8 @@ def s3_stack(endpoint: str, bucket: str, prefix: str, credentials: Mapping[str, 
     state = state_dir or os.path.join(workdir, "state")
     server_ep, agent_ep = f"ipc://{workdir}/server.sock", f"ipc://{workdir}/agent.sock"
     pub_ep = f"ipc://{workdir}/publish.sock"
-    base_env = {k: v for k, v in os.environ.items() if k not in _AWS}
-    server_env = {**base_env, **credentials}
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    server_env = {**{k: v for k, v in os.environ.items() if k not in _AWS}, **credentials}
     procs: list[subprocess.Popen[bytes]] = []
     try:
         server, sready = _spawn("server", [
