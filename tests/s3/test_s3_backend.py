@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from synthfs.server.backends.base import Kind
+from synthfs.server.backends.base import Kind, RenameFlags
 from synthfs.server.backends.s3 import DIR_OBJECT, MULTIPART_MIN, S3Backend
 from synthfs.testing.backend_suite import BackendSuite
 
@@ -153,3 +153,31 @@ def test_a_rename_cut_between_copy_and_delete_is_finished_at_restart(
         be.close()
     # ... and only once: the journal is empty after it.
     assert (state / "rename.journal").read_bytes() == b""
+
+
+def test_a_noreplace_rename_the_store_refuses_is_not_finished_at_restart(
+        s3_env, bucket, tmp_path):
+    """Another client creates the destination between the check and the copy: the
+    conditional copy refuses it (EEXIST), and the journal must not finish it later."""
+    prefix, state = f"race{next(_prefixes)}", tmp_path / "state"
+    be = S3Backend(s3_env.endpoint, bucket, prefix, state=state)
+    be.write_bytes("/a", b"mine")
+    node = be._node
+
+    def racing(parts):
+        if parts == ("b",):  # the check sees no /b; another client makes it right after
+            s3_env.client().put_object(Bucket=bucket, Key=f"{prefix}/b", Body=b"theirs")
+            return None
+        return node(parts)
+
+    be._node = racing
+    with pytest.raises(OSError) as ei:
+        be.rename("/a", "/b", RenameFlags.NOREPLACE)
+    assert ei.value.errno == errno.EEXIST
+    be.close()
+    be = S3Backend(s3_env.endpoint, bucket, prefix, state=state)  # the restart
+    try:
+        assert be.read_bytes("/b") == b"theirs"
+        assert be.read_bytes("/a") == b"mine"
+    finally:
+        be.close()
