@@ -14,6 +14,7 @@ result the same way.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import secrets
@@ -126,25 +127,47 @@ def s3_stack(endpoint: str, bucket: str, prefix: str, credentials: Mapping[str, 
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def push_tree(local: str | os.PathLike[str], be: Backend, path: str = "/") -> None:
-    """Copy the tree at ``local`` into the repository at ``path`` (modes, mtimes, symlinks)."""
+def push_tree(local: str | os.PathLike[str], be: Backend, workers: int = 16) -> None:
+    """Copy the tree at ``local`` into the repository's root (modes, mtimes, symlinks).
+
+    Directories are made top-down, then files and symlinks in parallel, then the
+    directories' times set bottom-up (a create inside one would move its mtime).
+    """
     root = Path(local)
-    for entry in sorted(root.iterdir()):
-        wire = (path.rstrip("/") + "/" + entry.name)
-        st = entry.lstat()
+    dirs: list[tuple[str, os.stat_result]] = []
+    leaves: list[tuple[str, Path, os.stat_result]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        wire_dir = "/" if rel == "." else "/" + rel
+        for name in sorted(dirnames):
+            path = Path(dirpath, name)
+            st = path.lstat()
+            wire = wire_dir.rstrip("/") + "/" + name
+            if stat.S_ISLNK(st.st_mode):
+                leaves.append((wire, path, st))  # os.walk lists a symlink to a dir here
+            else:
+                be.mkdir(wire, stat.S_IMODE(st.st_mode))
+                dirs.append((wire, st))
+        for name in filenames:
+            path = Path(dirpath, name)
+            leaves.append((wire_dir.rstrip("/") + "/" + name, path, path.lstat()))
+
+    def leaf(item: tuple[str, Path, os.stat_result]) -> None:
+        wire, path, st = item
         if stat.S_ISLNK(st.st_mode):
-            be.symlink(os.readlink(entry), wire)
-        elif stat.S_ISDIR(st.st_mode):
-            be.mkdir(wire, stat.S_IMODE(st.st_mode))
-            push_tree(entry, be, wire)
+            be.symlink(os.readlink(path), wire)
         elif stat.S_ISREG(st.st_mode):
-            be.write_bytes(wire, entry.read_bytes(), stat.S_IMODE(st.st_mode))
+            be.write_bytes(wire, path.read_bytes(), stat.S_IMODE(st.st_mode))
         else:
-            continue
+            return
         be.setattr(wire, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
-    if path == "/":
-        st = root.lstat()
-        be.setattr("/", mode=stat.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns)
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        list(pool.map(leaf, leaves))
+    for wire, st in reversed(dirs):
+        be.setattr(wire, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
+    st = root.lstat()
+    be.setattr("/", mode=stat.S_IMODE(st.st_mode), mtime_ns=st.st_mtime_ns)
 
 
 def pull_tree(be: Backend, local: str | os.PathLike[str], path: str = "/") -> None:
