@@ -45,6 +45,13 @@ def weed_binary() -> str | None:
     return shutil.which("weed")
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the process that started it dies (a killed test run)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def _free_ports(n: int) -> list[int]:
     """``n`` distinct free loopback ports (each also free at +10000: weed's gRPC default)."""
     ports: list[int] = []
@@ -141,7 +148,7 @@ class Seaweed:
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, cwd=self.base,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=_die_with_parent)
         finally:
             log.close()
         try:
