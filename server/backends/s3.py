@@ -151,7 +151,8 @@ def _ino(key: str) -> int:
 
 
 def _blocks(size: int) -> int:
-    return (size + 511) // 512
+    """st_blocks of a dense object: whole 4 KiB blocks, as a local file system allocates."""
+    return (size + 4095) // 4096 * 8
 
 
 def _ns(dt: Any) -> int:
@@ -210,6 +211,8 @@ class S3Backend(Backend):
     ``state`` is the server's state directory (staged uploads and the rename
     journal), made 0700 when missing. ``profile`` picks a profile of the AWS
     configuration; the credentials come from boto3's standard chain.
+    ``workers`` threads make the requests of one call in parallel (a listing's
+    HEADs, a multipart upload's parts, a directory move's copies).
     """
 
     def __init__(
@@ -221,7 +224,7 @@ class S3Backend(Backend):
         state: str | os.PathLike[str],
         profile: str | None = None,
         region: str | None = None,
-        workers: int = 16,
+        workers: int = 64,
         timeout_s: float = TIMEOUT_S,
         staged_max: int = STAGED_MAX,
     ) -> None:
@@ -246,7 +249,7 @@ class S3Backend(Backend):
         self._s3 = session.client(
             "s3", endpoint_url=endpoint, region_name=region or session.region_name or "us-east-1",
             config=Config(
-                max_pool_connections=max(8, workers * 2),
+                max_pool_connections=max(8, workers + 16),
                 connect_timeout=timeout_s, read_timeout=timeout_s,
                 retries={"max_attempts": 3, "mode": "standard"},
                 s3={"addressing_style": "path"},

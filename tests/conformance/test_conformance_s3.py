@@ -34,7 +34,23 @@ QUICK = frozenset({
 })
 
 #: Cases where an S3 repository answers otherwise than a local file system, and why.
-S3_DIVERGES: dict[str, str] = {}
+S3_DIVERGES: dict[str, str] = {
+    "ln_hard": "an S3 repository holds no hard links: link(2) is EPERM",
+    "ln_hard_tools": "an S3 repository holds no hard links: link(2) is EPERM",
+    "py_links": "an S3 repository holds no hard links: link(2) is EPERM",
+    "odd_names": "its starting tree holds what S3 cannot: names that are not UTF-8 "
+                 "(EILSEQ) and a path of 1,500 bytes (a key holds 1,024: ENAMETOOLONG)",
+    "py_raw_names": "an S3 repository holds UTF-8 names only (others are EILSEQ)",
+    "du_tree": "objects are dense: a sparse file's blocks are its size's",
+    "py_blocks": "objects are dense (a sparse file's blocks are its size's), and a "
+                 "directory has no blocks",
+}
+#: Cases that fail on S3 on a loaded machine and may pass on an idle one (not strict).
+S3_SLOW: dict[str, str] = {
+    "bigdir": "a cold listing of 3,000 entries is 3,000 HEADs (the mode and times are object "
+              "metadata, which a LIST does not return): past the agent's 5 s timeout when the "
+              "server gets little CPU",
+}
 
 _prefixes = itertools.count()
 
@@ -72,6 +88,8 @@ def _params():
         reason = S3_DIVERGES.get(c.name) or c.diverges
         if reason:
             marks.append(pytest.mark.xfail(strict=True, reason=reason))
+        elif c.name in S3_SLOW:
+            marks.append(pytest.mark.xfail(strict=False, reason=S3_SLOW[c.name]))
         yield pytest.param(c, marks=marks, id=c.name)
 
 
