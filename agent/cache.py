@@ -21,7 +21,12 @@ uploaded: its (size, mtime_ns, ctime_ns, ino) differ from the ones recorded
 then, or the agent flagged it (a local truncation, a pending creation).
 Dirty copies are never evicted; clean ones are evicted least recently used
 first when the total size exceeds the bound (the total is tracked from the
-recorded sizes, and recounted from the files before evicting).
+recorded sizes, and recounted from the files before evicting). What a guest
+has open: a copy open for writing is *pinned* until its commit, and a copy an
+interposer holds a lease on is spared (``evict(spare=...)``), so neither is
+evicted; a copy open only for reading without a lease is not known to the
+agent and may be evicted: eviction unlinks it, the guest's fd keeps reading
+the same inode, and its space returns when that fd is closed.
 
 The index is an SQLite table, one row per local copy, written at once on
 every change of content state (one small upsert, no fsync: the cache can be
@@ -62,6 +67,7 @@ __all__ = [
     "Signature",
     "default_cache_dir",
     "object_name",
+    "parse_size",
     "signature",
 ]
 
@@ -79,6 +85,21 @@ CREATE TABLE IF NOT EXISTS copies (
 """
 _ATTR_FIELDS = tuple(f.name for f in attrs.fields(Attrs))
 _SAFE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?B?)", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text``: ``1073741824``, ``512M``, ``10G``, ``1.5GiB`` (K, M, G, T are
+    powers of 1024, as du and ls -h mean them). ValueError for anything else, or 0."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"{text!r} is not a size (a number of bytes, or e.g. 512M, 10G)")
+    n = int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
+    if n <= 0:
+        raise ValueError(f"{text!r}: a size must be positive")
+    return n
+
 
 def default_cache_dir() -> str:
     """``$XDG_CACHE_HOME/synthfs``, or ``~/.cache/synthfs``."""

@@ -35,15 +35,17 @@ import signal
 import stat
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 import zmq
 
-from synthfs.agent.cache import DEFAULT_CACHE_SIZE, default_cache_dir
+from synthfs.agent.cache import DEFAULT_CACHE_SIZE, default_cache_dir, parse_size
 from synthfs.agent.callbacks import Promises, Subscription
 from synthfs.agent.service import DEFAULT_ATTR_TTL, AgentService
 from synthfs.agent.upstream import Upstream
+from synthfs.linux import reuse_freed_memory
 from synthfs.protocol.bootstrap import check_key_fd
 from synthfs.protocol.client import DEFAULT_TIMEOUT, SERVER_UNREACHABLE, Unreachable
 from synthfs.protocol.codec import MAX_FRAME, DecodeError, decode, encode, error_from_exception
@@ -124,6 +126,13 @@ def _private_dir(path: str) -> None:
         )
 
 
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", required=True, metavar="EP", help="the server's endpoint")
     key = parser.add_mutually_exclusive_group(required=True)
@@ -133,8 +142,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="private socket for the interposer (its directory must be 0700)")
     parser.add_argument("--cache", metavar="DIR", default=None,
                         help="content cache (default: $XDG_CACHE_HOME/synthfs or ~/.cache/synthfs)")
-    parser.add_argument("--cache-size", metavar="BYTES", type=int, default=DEFAULT_CACHE_SIZE,
-                        help="bound of the cache; clean copies are evicted LRU (default 1 GiB)")
+    parser.add_argument("--cache-size", metavar="SIZE", type=_size_arg, default=DEFAULT_CACHE_SIZE,
+                        help="bound of the cache in bytes, or e.g. 512M, 10G: clean copies no "
+                        "guest holds for writing are evicted, least recently used first "
+                        "(default 1G)")
     parser.add_argument("--attr-ttl", metavar="S", type=float, default=DEFAULT_ATTR_TTL,
                         help="seconds a Stat/List answer serves later Stats (default 1, max 1)")
     parser.add_argument("--subscribe", metavar="EP", default=None,
@@ -184,6 +195,7 @@ class _Stop(Exception):
 
 def main(args: argparse.Namespace) -> int:
     make_undumpable()
+    reuse_freed_memory()  # every fetched and uploaded chunk needs 4 MiB buffers again
     flag = _StopFlag()
     flag.install()
     try:
@@ -364,7 +376,7 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
         except zmq.Again:
             continue
         flag.idle = False
-        reply = _answer(service, parts[-1])
+        reply = _answer(service, parts[-1], _sender(router, parts[:-1]))
         if reply is not None:
             parts[-1] = reply
             router.send_multipart(parts)
@@ -375,13 +387,24 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
 _bad_frames = RateLimitedLog(log, "bad frames")
 
 
-def _answer(service: AgentService, frame: Any) -> bytes | None:
+def _sender(router: zmq.Socket[Any], route: list[Any]) -> Callable[[bytes], None]:
+    """Send a frame to the peer of ``route`` (a note before the reply to its request)."""
+    def send(frame: bytes) -> None:
+        router.send_multipart([*route, frame])
+    return send
+
+
+def _answer(service: AgentService, frame: Any,
+            send: Callable[[bytes], None] | None = None) -> bytes | None:
+    """The encoded reply to one request; ``send`` carries its Progress notes meanwhile."""
     try:
         env = decode(frame, request=True)
     except DecodeError as exc:
         _bad_frames.warning("agent: dropped a bad frame: %s", exc)
         return None
     log.debug("agent: <- %d %r", env.request_id, env.msg)
+    if send is not None:
+        service.note = lambda msg: send(encode(msg, env.request_id))
     try:
         reply = service.handle(env.msg)
     except Unreachable as exc:  # the server, not the request: say so (Upstream logged it)
@@ -392,6 +415,8 @@ def _answer(service: AgentService, frame: Any) -> bytes | None:
     except Exception as exc:
         log.exception("agent: internal error handling %s", env.msg.kind)
         reply = error_from_exception(exc)
+    finally:
+        service.note = None
     try:
         return encode(reply, env.request_id)
     except Exception as exc:

@@ -37,30 +37,38 @@ import logging
 import os
 import secrets
 import stat
+import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from synthfs.agent.cache import Entry, signature
 from synthfs.agent.metadata import Knowledge, _check_path, _parent
+from synthfs.extents import check_extents, pieces
 from synthfs.protocol.messages import (
     CHUNK_SIZE,
     Attrs,
     Data,
+    ExtentMap,
+    Extents,
     FileKind,
     Message,
     Open,
     Opened,
+    Progress,
     Read,
     StatReply,
     UploadCommit,
 )
 
-__all__ = ["PIPELINE_WINDOW", "Materialiser"]
+__all__ = ["PIPELINE_WINDOW", "PROGRESS_EVERY", "Materialiser"]
 
 log = logging.getLogger(__name__)
 
 #: Reads / upload chunks in flight during a fetch or an upload.
 PIPELINE_WINDOW = 6
 _FETCH_ATTEMPTS = 3
+#: Seconds between two Progress notes of one fetch (the first goes at its start).
+PROGRESS_EVERY = 0.2
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
@@ -82,6 +90,9 @@ class Materialiser(Knowledge):
 
     #: Writes fetched chunks into the page cache while the next one is received.
     _writer: ThreadPoolExecutor
+    #: Sends a Progress note on the request in hand (set by the I/O loop, else None):
+    #: the interposer shows it on its terminal when the fetch takes long.
+    note: Callable[[Message], None] | None = None
 
     def open(self, msg: Open) -> Message:
         path = _check_path(msg.path)
@@ -206,7 +217,18 @@ class Materialiser(Knowledge):
         return Opened(host_path=self.cache.object_path(path), attrs=a)
 
     def _fetch(self, path: str, a: Attrs) -> Entry:
-        """Fetch ``path`` at version ``a.version`` into a temp file, rename into place."""
+        """Fetch ``path`` at version ``a.version`` into a temp file, rename into place.
+
+        A stale clean copy no lease covers is dropped first, not at the install: its
+        page-cache pages go back to the kernel before the new copy needs as many (a
+        guest reading it keeps its inode), so a refetch of a large file reuses them
+        instead of faulting fresh memory in, and the cache never holds both.
+        """
+        old = self.cache.get(path)
+        if old is not None and not old.pinned and not self.cache.is_dirty(old) and not (
+                self.leases is not None and self.leases.granted(path)):
+            self._void(path)
+            self.cache.drop(path)
         for attempt in range(_FETCH_ATTEMPTS):
             fd, tmp = self.cache.new_temp()
             try:
@@ -228,31 +250,54 @@ class Materialiser(Knowledge):
             return self.cache.install(path, tmp, a)
         raise AssertionError("unreachable")
 
+    def _server_extents(self, path: str, a: Attrs) -> list[tuple[int, int]]:
+        """The data extents of ``path`` at ``a.version``: one Extents round trip when the
+        server allocates less than the size (the file has holes), else the whole file."""
+        if a.size == 0 or a.blocks * 512 >= a.size:
+            return [(0, a.size)] if a.size else []
+        reply = self.upstream.call(Extents(path=path, version=a.version), ExtentMap)
+        if reply.version != a.version or reply.size != a.size:
+            raise OSError(errno.ESTALE, "the object changed during a fetch")
+        try:
+            return check_extents(reply.extents, reply.size)
+        except OSError as exc:
+            raise OSError(errno.EIO, f"the server's {exc.strerror}") from None
+
     def _fetch_into(self, fd: int, path: str, a: Attrs) -> None:
         """Pipelined Reads; the page-cache writes overlap the next receive (a writer thread).
 
         Filling fresh page-cache pages is the dearest step of a cold fill; ``os.pwrite``
         releases the GIL, so one writer thread lets it run while the loop decodes the
-        next chunk. At most two chunks wait for the writer (bounded memory).
+        next chunk. At most two chunks wait for the writer (bounded memory). A sparse
+        object is read by its data extents only, into a copy truncated to its size:
+        its holes are neither moved nor allocated here.
         """
         size = a.size
-        count = (size + CHUNK_SIZE - 1) // CHUNK_SIZE
-        if count > 1 and hasattr(os, "posix_fallocate"):
+        extents = self._server_extents(path, a)
+        parts = list(pieces(extents, CHUNK_SIZE))
+        count = len(parts)
+        if count > 1 and extents == [(0, size)] and hasattr(os, "posix_fallocate"):
             with contextlib.suppress(OSError):
                 os.posix_fallocate(fd, 0, size)
 
         def read(i: int) -> Message:
-            off = i * CHUNK_SIZE
-            n = min(CHUNK_SIZE, size - off)
+            off, n = parts[i]
             return Read(path=path, offset=off, length=n, version=a.version)
 
         pending: collections.deque[Future[int]] = collections.deque()
+        note = self.note if count > 1 else None
+        total = sum(n for _, n in parts)
+        done = 0
+        next_note = 0.0
         try:
             for i, data in self.upstream.pipeline(count, read, Data, PIPELINE_WINDOW):
-                off = i * CHUNK_SIZE
-                want = min(CHUNK_SIZE, size - off)
+                off, want = parts[i]
                 if data.version != a.version or len(data.data) != want:
                     raise OSError(errno.ESTALE, "the object changed during a fetch")
+                if note is not None and time.monotonic() >= next_note:
+                    note(Progress(path=path, done=done, total=total))
+                    next_note = time.monotonic() + PROGRESS_EVERY
+                done += want
                 if count == 1:
                     _pwrite_all(fd, data.data, off)
                     continue

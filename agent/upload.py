@@ -2,7 +2,9 @@
 
 Role: send a changed local copy to the server (pipelined ``UploadChunk``
 requests, then one ``UploadCommit``), record the version it became, and
-abort the staged upload on any failure.
+abort the staged upload on any failure. A sparse copy sends its data extents
+only (SEEK_DATA/SEEK_HOLE, :mod:`synthfs.extents`) and names them in the
+commit, so its holes stay holes on the server and cost no upload time.
 
 Trusts: the local copy as what the guest wrote (a write during the upload
 leaves it dirty, for the next one); the server to commit a staged upload
@@ -29,6 +31,7 @@ import secrets
 from synthfs.agent.cache import signature
 from synthfs.agent.materialise import PIPELINE_WINDOW
 from synthfs.agent.metadata import Knowledge, _check_path, _parent
+from synthfs.extents import coalesce, data_extents, flatten, pieces
 from synthfs.protocol.messages import (
     CHUNK_SIZE,
     Attrs,
@@ -107,20 +110,23 @@ class Uploads(Knowledge):
         with open(self.cache.open_object(path), "rb", buffering=0) as f:
             st0 = os.fstat(f.fileno())
             size = st0.st_size
-            count = (size + CHUNK_SIZE - 1) // CHUNK_SIZE
             fileno = f.fileno()
+            # Only the data extents travel: the holes of a sparse copy stay holes.
+            extents = coalesce(data_extents(fileno, size))
+            sparse = extents != [(0, size)] and size > 0
+            parts = list(pieces(extents, CHUNK_SIZE))
 
             def chunk(i: int) -> Message:
-                off = i * CHUNK_SIZE
-                data = os.pread(fileno, min(CHUNK_SIZE, size - off), off)
-                return UploadChunk(upload_id=upload_id, offset=off, data=data)
+                off, n = parts[i]
+                return UploadChunk(upload_id=upload_id, offset=off, data=os.pread(fileno, n, off))
 
             try:
-                for _ in self.upstream.pipeline(count, chunk, Done, PIPELINE_WINDOW):
+                for _ in self.upstream.pipeline(len(parts), chunk, Done, PIPELINE_WINDOW):
                     pass
                 stamp = self._stamp()
                 a = self.upstream.call(
-                    UploadCommit(upload_id=upload_id, path=path, size=size, mode=e.attrs.mode),
+                    UploadCommit(upload_id=upload_id, path=path, size=size, mode=e.attrs.mode,
+                                 extents=flatten(extents) if sparse else None),
                     StatReply,
                 ).attrs
             except BaseException:
@@ -134,7 +140,8 @@ class Uploads(Knowledge):
         self.stats["uploads"] += 1
         self._forget(_parent(path))
         self._remember(path, a, stamp)
-        log.debug("uploaded %s: %d bytes, version %s", path, size, a.version)
+        log.debug("uploaded %s: %d bytes (%d of data), version %s", path, size,
+                  sum(n for _, n in extents), a.version)
         return a
 
     def sync(self, msg: Sync) -> Message:

@@ -39,8 +39,10 @@ __all__ = [
     "EVENT_EXIT",
     "EVENT_FORK",
     "EVENT_SECCOMP",
+    "EVENT_STOP",
     "EVENT_VFORK",
     "OPTIONS",
+    "STOP_SIGNALS",
     "WALL",
     "GuestMemory",
     "PtraceError",
@@ -51,10 +53,10 @@ __all__ = [
     "interrupt",
     "kill",
     "listen",
+    "seize",
     "set_fd_budget",
     "set_regs",
     "syscall",
-    "traceme",
 ]
 
 PTRACE_O_TRACESYSGOOD = 0x1
@@ -72,9 +74,14 @@ EVENT_CLONE = 3
 EVENT_EXEC = 4
 EVENT_EXIT = 6
 EVENT_SECCOMP = 7
+EVENT_STOP = 128  # a group-stop, or the first stop of a seized child (PTRACE_SEIZE only)
+
+#: the signals whose default action stops a process (a group-stop when they do)
+STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETEVENTMSG = 0x4201
+PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_LISTEN = 0x4208
 
@@ -113,12 +120,15 @@ def _fail(request: int, pid: int) -> PtraceError:
     return PtraceError(f"ptrace({request}, {pid}): {os.strerror(err)}", errno=err, pid=pid)
 
 
-def traceme() -> None:
-    _pt.ptrace_traceme()
+def seize(pid: int, options: int = OPTIONS) -> None:
+    """Trace ``pid`` (without stopping it) with ``options``; its new children inherit both.
 
-
-def set_options(pid: int, options: int = OPTIONS) -> None:
-    _pt.ptrace(PTRACE_SETOPTIONS, pid, 0, options)
+    Seized, not PTRACE_TRACEME'd: a group-stop is reported as such
+    (:data:`EVENT_STOP` with the stop signal) and :func:`listen` can leave the
+    tracee stopped until a SIGCONT, so job control works under the tracer.
+    """
+    if _ptrace(PTRACE_SEIZE, pid, None, options) == -1:
+        raise _fail(PTRACE_SEIZE, pid)
 
 
 def cont(pid: int, sig: int = 0) -> None:
@@ -133,7 +143,9 @@ def syscall(pid: int, sig: int = 0) -> None:
 
 
 def listen(pid: int) -> None:
-    _pt.ptrace(PTRACE_LISTEN, pid, 0, 0)
+    """Leave a tracee in group-stop stopped (a SIGCONT ends it with a new EVENT_STOP)."""
+    if _ptrace(PTRACE_LISTEN, pid, None, None) == -1:
+        raise _fail(PTRACE_LISTEN, pid)
 
 
 def interrupt(pid: int) -> None:

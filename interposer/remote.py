@@ -29,6 +29,7 @@ import zmq
 from attrs import evolve
 
 from synthfs.interposer import abi
+from synthfs.interposer.progress import ProgressLine
 from synthfs.protocol.client import SERVER_UNREACHABLE, Client, Unreachable
 from synthfs.protocol.leases import LeaseFeed, Leases
 from synthfs.protocol.leases import signature as copy_signature
@@ -47,6 +48,7 @@ from synthfs.protocol.messages import (
     Mkdir,
     Open,
     Opened,
+    Progress,
     Readlink,
     Remove,
     Rename,
@@ -88,6 +90,7 @@ class Remote:
         ttl: float = 1.0,
         timeout: float = 10.0,
         report: Callable[[str], None] | None = None,
+        progress: ProgressLine | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.ttl = ttl
@@ -104,7 +107,10 @@ class Remote:
         self._client = Client(endpoint, timeout=timeout, retries=0, alive=self._agent_alive)
         # Open, Commit and Sync move whole files (a cold fetch, an upload): they get
         # a patient client of their own, and are never resent while the agent works.
-        self._bulk = Client(endpoint, timeout=BULK_TIMEOUT, retries=0, alive=self._agent_alive)
+        # Its Progress notes (a long cold fetch) go to the terminal's progress line.
+        self._progress = progress
+        self._bulk = Client(endpoint, timeout=BULK_TIMEOUT, retries=0, alive=self._agent_alive,
+                            on_note=self._note if progress is not None else None)
         self._attrs: dict[str, tuple[float, Attrs | None]] = {}
         self._links: dict[str, tuple[float, str]] = {}
         #: the names of each directory listed, and until when a name it lacks is absent
@@ -240,10 +246,18 @@ class Remote:
     def _ask(self, msg: Message, bulk: bool = False) -> Message:
         self.requests += 1
         t0 = time.perf_counter_ns()
+        if bulk and self._progress is not None:
+            self._progress.start()
         try:
             return self._call(msg, self._bulk if bulk else None)
         finally:
             self.agent_ns += time.perf_counter_ns() - t0
+            if bulk and self._progress is not None:
+                self._progress.finish()
+
+    def _note(self, note: Progress) -> None:
+        if self._progress is not None:
+            self._progress.update(note.path, note.done, note.total)
 
     # -- cache ------------------------------------------------------------------------------
 

@@ -181,6 +181,7 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
     from synthfs.interposer.filter import build_filter
     from synthfs.interposer.hostside import HostSide, Listener
     from synthfs.interposer.namespace import Namespace
+    from synthfs.interposer.progress import ProgressLine
     from synthfs.interposer.remote import Remote
     from synthfs.interposer.runenv import RunEnv
     from synthfs.interposer.supervisor import Supervisor
@@ -239,7 +240,8 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
                   flush=True)
 
         try:
-            remote = Remote(endpoint, report=away)
+            remote = Remote(endpoint, report=away,
+                            progress=ProgressLine.for_terminal(sys.stderr, ns.mount))
         except OSError as exc:
             hint = ""
             if launch is None and exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
@@ -321,8 +323,10 @@ def _supervise(sup: Supervisor, command: list[str]) -> int:
         sup.forward(sig)
 
     # The terminal sends Ctrl-C (Ctrl-\) to the guests directly (same process group):
-    # we outlive them to report their status. SIGTERM and SIGHUP are passed on. A
-    # signal the caller ignored (nohup, a background job) the guest ignores, and so do we.
+    # we outlive them to report their status. SIGTERM and SIGHUP are passed on. Ctrl-Z's
+    # SIGTSTP reaches the guests directly too: we stop once the main guest has (the
+    # supervisor's job control), not before it. A signal the caller ignored (nohup, a
+    # background job) the guest ignores, and so do we.
     old = {
         sig: signal.signal(sig, signal.SIG_IGN if sig in caller.ignored else handler)
         for sig, handler in (
@@ -330,8 +334,10 @@ def _supervise(sup: Supervisor, command: list[str]) -> int:
             (signal.SIGQUIT, noted),
             (signal.SIGTERM, passed_on),
             (signal.SIGHUP, passed_on),
+            (signal.SIGTSTP, noted),
         )
     }
+    sup.job_control = True
     try:
         try:
             sup.spawn(command, signals=caller)

@@ -108,7 +108,7 @@ class Thread:
     space: MemSpace | None
     pending: Pending | None = None
     started: bool = False  # past the launcher's exec (its stops before are not the guest's)
-    fresh: bool = False  # a new child whose initial SIGSTOP is still to come
+    stopped: int = 0  # the stop signal of the group-stop it is in (0: none)
 
 
 def _proc_octal(path: str, key: bytes) -> int | None:
@@ -310,12 +310,15 @@ class Supervisor:
         self.on_exec = on_exec
         self.threads: dict[int, Thread] = {}
         self.procs: dict[int, Proc] = {}
-        self.early: dict[int, int] = {}  # new children whose first stop came before the event
+        self.early: dict[int, int] = {}  # new children whose first stop (status) came first
         self.main_pid = 0
         self.exit_status: int | None = None
         #: the signal the main guest died of (None: it exited, or runs on)
         self.exit_signal: int | None = None
         self.stops = 0
+        #: stop ``synthfs`` itself while the main guest is stopped (job control: see
+        #: :meth:`_stop_with_guest`); its caller catches SIGTSTP when it sets this
+        self.job_control = False
         #: phase timers (ns), kept only when profiling (``synthfs run --stats FILE``)
         self.stats: dict[str, int] | None = None
 
@@ -327,7 +330,7 @@ class Supervisor:
         env: dict[str, str] | None = None,
         signals: CallerSignals | None = None,
     ) -> int:
-        """Fork the guest: TRACEME, SIGSTOP, the caller's signals, load the filter, exec.
+        """Fork the guest, seize it, then let it set the caller's signals, load the filter, exec.
 
         ``signals`` (default: this process's at the call) are what the guest starts with.
         Returns its pid.
@@ -335,11 +338,16 @@ class Supervisor:
         compiled = self.filter
         at_exec = (signals or CallerSignals.of_caller()).for_exec()
         caller_files = _raise_fd_limit()
+        seized, go = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             try:
-                pt.traceme()
-                os.kill(os.getpid(), signal.SIGSTOP)
+                os.close(go)
+                # Nothing runs before we are traced: the byte comes once we are seized,
+                # and EOF without it means the supervisor is gone (never run untraced).
+                if os.read(seized, 1) != b"s":
+                    os._exit(127)
+                os.close(seized)
                 # Traced from here: a Ctrl-C now is the guest's, delivered by the wait loop.
                 at_exec.apply()
                 resource.setrlimit(resource.RLIMIT_NOFILE, caller_files)  # the caller's
@@ -359,22 +367,20 @@ class Supervisor:
                 os.write(2, f"synthfs run: cannot start {argv[0]}: {exc}\n".encode())
                 os._exit(127)
             os._exit(127)
-        _, status = os.waitpid(pid, pt.WALL)
-        if os.WIFEXITED(status):
-            # Before its SIGSTOP the child only asks to be traced: that was refused.
-            raise PermissionError(
-                errno.EPERM, "PTRACE_TRACEME was refused (is synthfs itself being traced?)"
-            )
-        if not os.WIFSTOPPED(status):
-            raise OSError(
-                errno.ECHILD, f"guest did not stop after PTRACE_TRACEME (status {status:#x})"
-            )
-        pt.set_options(pid)
+        os.close(seized)
+        try:
+            pt.seize(pid)
+        except pt.PtraceError as exc:
+            os.close(go)  # the child reads EOF and exits
+            os.waitpid(pid, 0)
+            why = "PTRACE_SEIZE was refused (is synthfs itself being traced?)"
+            raise PermissionError(exc.errno or errno.EPERM, why) from None
+        os.write(go, b"s")
+        os.close(go)
         self.main_pid = pid
         proc = Proc(tgid=pid, fs=FsState())
         self.procs[pid] = proc
         self.threads[pid] = Thread(pid, proc, None)
-        pt.cont(pid)
         return pid
 
     # -- the wait loop --------------------------------------------------------------------------
@@ -399,21 +405,46 @@ class Supervisor:
             )
             started = time.perf_counter_ns()
         while self.threads:
-            try:
-                pid, status = os.waitpid(-1, pt.WALL)
-            except ChildProcessError:
+            ready = self._ready_stops()
+            if not ready:
                 break
-            self.stops += 1
-            try:
-                self._dispatch(pid, status)
-            except pt.PtraceError as exc:
-                # The thread vanished (killed) between its stop and our request.
-                if exc.errno != errno.ESRCH:
-                    raise
+            for pid, status in ready:
+                self.stops += 1
+                try:
+                    self._dispatch(pid, status)
+                except pt.PtraceError as exc:
+                    # The thread vanished (killed) between its stop and our request.
+                    if exc.errno != errno.ESRCH:
+                        raise
         if self.stats is not None:
             self.stats["stops"] = self.stops
             self.stats["wall_ns"] = time.perf_counter_ns() - started
         return self.exit_status if self.exit_status is not None else 1
+
+    def _ready_stops(self) -> list[tuple[int, int]]:
+        """Every stop the kernel has ready, waiting for the first (empty: no child left).
+
+        ``waitpid(-1)`` reports the tracees in a fixed order (the newest first), so
+        serving one stop per wait let a thread that stops again at once be served
+        again and again while older ones starved (issue #20: 83 calls for a main
+        thread, 43,000 for a newer one). Each stop of a batch is served once before
+        the next batch is collected: a round robin over the threads that are ready.
+        With a single thread there is nobody to be fair to, and no extra call.
+        """
+        try:
+            ready = [os.waitpid(-1, pt.WALL)]
+        except ChildProcessError:
+            return []
+        if len(self.threads) > 1:
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, pt.WALL | os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                ready.append((pid, status))
+        return ready
 
     def _dispatch(self, pid: int, status: int) -> None:
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
@@ -433,7 +464,10 @@ class Supervisor:
                 pt.cont(pid)
                 return
             # A new child's first stop can come before its parent's fork event.
-            self.early[pid] = sig
+            self.early[pid] = status
+            return
+        if event == pt.EVENT_STOP:
+            self._on_stop_event(t, sig)
             return
         if sig == signal.SIGTRAP:
             if event == pt.EVENT_SECCOMP:
@@ -453,12 +487,72 @@ class Supervisor:
         if event:
             pt.cont(pid)
             return
-        if sig == signal.SIGSTOP and t.fresh:
-            t.fresh = False
-            pt.cont(pid)
+        # A signal for the guest: deliver it (a stop signal then makes a group-stop).
+        self._resume(t, sig)
+
+    @staticmethod
+    def _resume(t: Thread, sig: int = 0) -> None:
+        """Let ``t`` run on (to its syscall's exit stop when a checked copy is in flight)."""
+        if t.pending is not None:
+            pt.syscall(t.tid, sig)
+        else:
+            pt.cont(t.tid, sig)
+
+    # -- job control -----------------------------------------------------------------------------
+
+    def _on_stop_event(self, t: Thread, sig: int) -> None:
+        """A group-stop (``sig`` is the stop signal), or a stop that is not one.
+
+        The guest was seized, so a stop signal's group-stop is reported as such: the
+        thread stays stopped (PTRACE_LISTEN, state ``t``: a traced stop) until a
+        SIGCONT, which ends it with another EVENT_STOP (SIGTRAP). A new thread's first
+        stop is one of those SIGTRAP ones too.
+        """
+        if sig not in pt.STOP_SIGNALS:
+            t.stopped = 0
+            self._resume(t)
             return
-        # A signal for the guest: deliver it.
-        pt.cont(pid, sig)
+        t.stopped = sig
+        pt.listen(t.tid)
+        proc = t.proc
+        if (
+            self.job_control
+            and proc.tgid == self.main_pid
+            and all(o.stopped for o in self.threads.values() if o.proc is proc)
+        ):
+            self._stop_with_guest(sig)
+
+    def _stop_with_guest(self, sig: int) -> None:
+        """The main guest stopped: stop ``synthfs`` too, until a SIGCONT, then continue it.
+
+        Natively the job's process would be stopped, and the user's shell would see
+        it: the shell waits for ``synthfs``, so ``synthfs`` stops the same way. The
+        terminal's Ctrl-Z reaches the guest and ``synthfs`` alike (one process group);
+        ``synthfs`` catches SIGTSTP (see :attr:`job_control`), so that it stops after
+        its guest, whose own SIGTSTP handler (an editor restoring the screen) runs at
+        Ctrl-Z, as natively. The same signal, so the shell reports the same stop; a
+        SIGSTOP when the guest moved to another process group (ours may be orphaned,
+        where the kernel drops the other three) or when ours is blocked here.
+        """
+        mine = sig
+        if sig != signal.SIGSTOP:
+            try:
+                elsewhere = os.getpgid(self.main_pid) != os.getpgrp()
+            except ProcessLookupError:
+                return
+            if elsewhere or sig in signal.pthread_sigmask(signal.SIG_BLOCK, ()):
+                mine = signal.SIGSTOP
+        handler = signal.signal(mine, signal.SIG_DFL) if mine != signal.SIGSTOP else None
+        try:
+            os.kill(os.getpid(), mine)  # returns once continued
+        finally:
+            if handler is not None:
+                signal.signal(mine, handler)
+        # Continued: the shell's fg/bg sent SIGCONT to the guest too (one process group),
+        # and this one coalesces with it (the guest cannot take it before we resume it);
+        # a SIGCONT to synthfs alone continues the guest as it would natively.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.main_pid, signal.SIGCONT)
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -486,13 +580,10 @@ class Supervisor:
             space = t.space
         else:
             space = MemSpace(child, pt.GuestMemory(child))
-        new = Thread(child, proc, space, started=t.started)
-        self.threads[child] = new
-        if child in self.early:
-            del self.early[child]
-            pt.cont(child)
-        else:
-            new.fresh = True
+        self.threads[child] = Thread(child, proc, space, started=t.started)
+        first = self.early.pop(child, None)
+        if first is not None:
+            self._dispatch(child, first)  # its first stop came before this event
         pt.cont(t.tid)
 
     def _on_exec(self, t: Thread) -> None:

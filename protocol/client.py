@@ -26,6 +26,9 @@ Semantics, in the Majordomo (7/MDP) "lazy pirate" style:
   of after the whole budget (the interposer's bulk budget is an hour).
 * A message the codec cannot encode (a path with a lone surrogate, i.e. bytes
   that are not UTF-8) raises ``OSError(EINVAL)`` before anything is sent.
+* A :class:`~protocol.messages.Progress` with the id of the request in flight
+  is a note, not the reply: it goes to ``on_note`` (when given) and the wait
+  goes on, its budget started again (the peer is alive and working).
 * An :class:`~protocol.messages.Error` reply raises ``OSError(errno, message)``,
   which Python turns into the matching subclass (``FileNotFoundError`` for
   ENOENT...), so callers can catch either by class or by ``errno``.
@@ -53,7 +56,7 @@ from typing import Any, cast
 import zmq
 
 from synthfs.protocol.codec import DecodeError, decode, encode
-from synthfs.protocol.messages import Error, Message
+from synthfs.protocol.messages import Error, Message, Progress
 
 __all__ = ["DEFAULT_TIMEOUT", "SERVER_UNREACHABLE", "Client", "Unreachable", "raise_for_error"]
 
@@ -96,6 +99,7 @@ class Client:
         context: zmq.Context[Any] | None = None,
         alive: Callable[[], bool] | None = None,
         sockopts: Mapping[int, int | bytes] | None = None,
+        on_note: Callable[[Progress], None] | None = None,
     ) -> None:
         if timeout <= 0 or retries < 0:
             raise ValueError("timeout must be > 0 and retries >= 0")
@@ -106,6 +110,8 @@ class Client:
         self._token_provider = token_provider
         self._sockopts = dict(sockopts or {})
         self._alive = alive
+        #: called with each Progress note on the request in flight
+        self.on_note = on_note
         self._ctx = context or zmq.Context.instance()
         # Start ids at a random point so a reopened client never matches old replies.
         self._next_id = int.from_bytes(os.urandom(4), "little") << 16
@@ -274,7 +280,11 @@ class Client:
             except DecodeError as exc:
                 log.debug("client %s: dropped an undecodable reply: %s", self.endpoint, exc)
             else:
-                if env.request_id in rids:
+                if env.request_id in rids and isinstance(env.msg, Progress):
+                    if self.on_note is not None:
+                        self.on_note(env.msg)
+                    deadline = time.monotonic() + timeout_ms / 1000  # alive and working
+                elif env.request_id in rids:
                     return env.request_id, env.msg
                 log.debug("client %s: dropped a reply to request %d", self.endpoint, env.request_id)
             remaining = int((deadline - time.monotonic()) * 1000)

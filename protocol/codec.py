@@ -172,7 +172,8 @@ class _Gen:
                     *self.check(t.inner, var, where, indent + "    ")]
         if isinstance(t, WireTuple):
             item = self.item_fn(t.item, where + "[]")
-            return [f"{indent}if {var}.__class__ is not list:", f"{indent}    {bad}",
+            most = "" if t.max_len is None else f" or len({var}) > {t.max_len}"
+            return [f"{indent}if {var}.__class__ is not list{most}:", f"{indent}    {bad}",
                     f"{indent}{var} = _tuple([{item}(x) for x in {var}])"]
         if isinstance(t, WireValue) and issubclass(t.cls, enum.Enum):
             # The wire carries the value (a str); build() may also pass the member itself.
@@ -415,9 +416,10 @@ def _encode_joined(kind: str, request_id: int, token: str, body: dict[str, Any],
 # containers, so that no frame costs more than a small constant per byte: a declared
 # length beyond the schema's is refused when its header is read (before anything is
 # allocated for it), and a frame of many tiny arrays or maps (each a Python object of
-# ~60 bytes for one byte of input) is refused after ``_REQUEST_CONTAINERS`` of them. No
-# request carries an array of values (WireTuple): a request's containers are the
-# envelope, the body and a few value classes.
+# ~60 bytes for one byte of input) is refused after ``_REQUEST_CONTAINERS`` of them. A
+# request's containers are the envelope, the body, a few value classes and flat arrays
+# of bounded length (WireTuple with ``max_len``: an UploadCommit's extents), whose items
+# each take at least a byte of the frame.
 
 
 def _schema_bounds() -> tuple[int, int, int, int]:
@@ -434,6 +436,8 @@ def _schema_bounds() -> tuple[int, int, int, int]:
         elif isinstance(t, WireOptional):
             walk(t.inner)
         elif isinstance(t, WireTuple):
+            if t.max_len is not None:
+                values = max(values, t.max_len)
             walk(t.item)
         elif isinstance(t, WireValue) and attrs.has(t.cls) and t.cls not in seen:
             seen.add(t.cls)

@@ -29,8 +29,11 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 from attrs import field, frozen
 
+from synthfs.extents import MAX_EXTENTS
+
 __all__ = [
     "CHUNK_SIZE",
+    "MAX_EXTENTS",
     "MAX_PATH",
     "PROTOCOL_VERSION",
     "REGISTRY",
@@ -41,6 +44,8 @@ __all__ = [
     "DirEntry",
     "Done",
     "Error",
+    "ExtentMap",
+    "Extents",
     "FileKind",
     "Hello",
     "Link",
@@ -51,6 +56,7 @@ __all__ = [
     "Mkdir",
     "Open",
     "Opened",
+    "Progress",
     "Read",
     "Readlink",
     "Register",
@@ -80,7 +86,8 @@ __all__ = [
 ]
 
 #: 2: names are bytes (a path that is not UTF-8 travels as bin), ``Attrs.blocks``, ``Link``.
-PROTOCOL_VERSION = 2
+#: 3: sparse files: ``UploadCommit.extents``, ``Extents``/``ExtentMap``.
+PROTOCOL_VERSION = 3
 #: Largest payload of one Read reply or UploadChunk (bulk data moves in chunks).
 CHUNK_SIZE = 4 * 1024 * 1024
 #: Longest path accepted on the wire (Linux PATH_MAX).
@@ -262,19 +269,27 @@ class WireOptional(_Value):
 
 @frozen(repr=False, eq=False)
 class WireTuple(_Value):
-    """A tuple whose every item ``item`` accepts."""
+    """A tuple whose every item ``item`` accepts; of at most ``max_len`` items if given.
+
+    A request's array must have a ``max_len`` (the codec bounds what an
+    unauthenticated peer may declare by it); a reply's may be unbounded.
+    """
 
     item: WireType
+    max_len: int | None = None
 
     def __call__(self, inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         if not isinstance(value, tuple):
             raise _type_error(attribute, value, "a tuple")
+        if self.max_len is not None and len(value) > self.max_len:
+            raise ValueError(f"{attribute.name} has more than {self.max_len} items")
         check = self.item
         for v in value:
             check(inst, attribute, v)
 
     def describe(self) -> str:
-        return f"an array of {self.item.describe()}"
+        most = "" if self.max_len is None else f" of at most {self.max_len} items"
+        return f"an array{most} of {self.item.describe()}"
 
 
 WireType = WireInt | WireStr | WireBytes | WireBool | WireValue | WireOptional | WireTuple
@@ -340,6 +355,17 @@ def message(kind: str) -> Any:
 
 def _as_tuple(values: Iterable[Any]) -> tuple[Any, ...]:
     return tuple(values)
+
+
+def _as_optional_tuple(values: Iterable[Any] | None) -> tuple[Any, ...] | None:
+    return None if values is None else tuple(values)
+
+
+#: Data extents on the wire: flat ``(offset0, length0, offset1, length1, ...)`` (one
+#: array, not one per extent: a request holds few containers, see the codec).
+#: The wire type checks the ints; ``synthfs.extents.check_extents`` their order,
+#: overlap and bounds, where the size is known.
+_EXTENTS = WireTuple(_U64, max_len=2 * MAX_EXTENTS)
 
 
 # -- values carried inside messages -------------------------------------------------
@@ -500,6 +526,33 @@ class Data(Message):
     version: str = field(validator=_SHORT)
 
 
+@message("extents")
+@frozen(repr=False, eq=False)
+class Extents(Message):
+    """agent -> server: where the data of the file ``path`` is (its holes are the rest).
+
+    ``version`` as in :class:`Read`. Asked before fetching a file whose allocation
+    is smaller than its size, so that the fetch moves the data and not the holes.
+    """
+
+    path: str = field(validator=_PATH)
+    version: str = field(validator=_SHORT, default="")
+
+
+@message("extent_map")
+@frozen(repr=False, eq=False)
+class ExtentMap(Message):
+    """server -> agent: the data extents of a file of ``size`` bytes at ``version``.
+
+    At most ``MAX_EXTENTS`` of them, sorted and disjoint, within ``size``; a file of
+    more is described with fewer, larger extents (some holes then read as data).
+    """
+
+    size: int = field(validator=_U64)
+    version: str = field(validator=_SHORT)
+    extents: tuple[int, ...] = field(converter=_as_tuple, validator=_EXTENTS, default=())
+
+
 @message("upload_chunk")
 @frozen(repr=False, eq=False)
 class UploadChunk(Message):
@@ -520,6 +573,12 @@ class UploadCommit(Message):
     does not exist, else EEXIST (an ``O_CREAT`` that must never replace a file
     another client made meanwhile). Resending a committed upload id answers the
     same attributes again (idempotent).
+
+    ``extents``: None, the chunks cover ``[0, size)``; else the data extents the
+    chunks covered, exactly (flat, see ``ExtentMap``), and the rest of ``size`` is
+    holes: the server keeps them holes where its store can. A list that is not
+    sorted, overlaps, reaches beyond ``size`` or has more than ``MAX_EXTENTS`` is
+    EINVAL; one that differs from what was staged is EIO; neither installs anything.
     """
 
     upload_id: str = field(validator=_SHORT)
@@ -527,6 +586,8 @@ class UploadCommit(Message):
     size: int = field(validator=_U64)
     mode: int = field(validator=_MODE, default=0o644)
     exclusive: bool = field(validator=_BOOL, default=False)
+    extents: tuple[int, ...] | None = field(
+        converter=_as_optional_tuple, validator=WireOptional(_EXTENTS), default=None)
 
 
 @message("upload_abort")
@@ -640,6 +701,21 @@ class Opened(Message):
     lease: str = field(validator=_SHORT, default="")
     lease_seq: int = field(validator=_U64, default=0)
     lease_until_ns: int = field(validator=_U64, default=0)
+
+
+@message("progress")
+@frozen(repr=False, eq=False)
+class Progress(Message):
+    """agent -> interposer: how far a long request (a cold fetch) has come.
+
+    Zero or more may precede the reply to an ``Open``, with its request id; a
+    client waiting for that reply takes them as notes (``Client(on_note=...)``)
+    and goes on waiting. ``done`` of ``total`` bytes of ``path`` are in the cache.
+    """
+
+    path: str = field(validator=_PATH)
+    done: int = field(validator=_U64)
+    total: int = field(validator=_U64)
 
 
 @message("commit")

@@ -208,10 +208,12 @@ def _s3_backend(args: argparse.Namespace) -> tuple[Backend, str, str]:
 def main(args: argparse.Namespace) -> int:
     import zmq
 
+    from synthfs.linux import reuse_freed_memory
     from synthfs.server.auth import Authority, default_key_path, load_or_create_key
     from synthfs.server.backends.local import LocalBackend, StateDirError
     from synthfs.server.service import Server
 
+    reuse_freed_memory()  # every Read and upload chunk needs 4 MiB buffers again
     if args.s3 is None and (args.bucket or args.prefix or args.s3_profile):
         return _fail("--bucket, --prefix and --s3-profile go with --s3")
     if args.s3 is not None and not args.bucket:

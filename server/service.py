@@ -55,6 +55,7 @@ import attrs
 import msgpack
 import zmq
 
+from synthfs.extents import check_extents, coalesce, flatten
 from synthfs.protocol import messages as m
 from synthfs.protocol.codec import (
     MAX_FRAME,
@@ -86,8 +87,9 @@ BEAT_INTERVAL = 0.5
 
 # A backend speaks in its own value types (server.backends.base); here, and only here,
 # they become wire messages. The backend's limits are the wire's.
-if (backend_types.CHUNK_SIZE, backend_types.MAX_PATH) != (m.CHUNK_SIZE, m.MAX_PATH):
-    raise ImportError("the backend's CHUNK_SIZE/MAX_PATH differ from the protocol's")
+if (backend_types.CHUNK_SIZE, backend_types.MAX_PATH, backend_types.MAX_EXTENTS) != (
+        m.CHUNK_SIZE, m.MAX_PATH, m.MAX_EXTENTS):
+    raise ImportError("the backend's CHUNK_SIZE/MAX_PATH/MAX_EXTENTS differ from the protocol's")
 
 
 def _attrs_values(a: ObjectAttrs) -> list[object]:
@@ -136,8 +138,18 @@ def _h_chunk(b: Backend, r: Any) -> m.Message:
     return m.Done()
 
 
+def _h_extents(b: Backend, r: Any) -> m.Message:
+    size, version, extents = b.data_extents(r.path, r.version)
+    # Whatever the backend found, the wire names at most MAX_EXTENTS (holes taken in).
+    return m.ExtentMap(size=size, version=version, extents=flatten(coalesce(extents)))
+
+
 def _h_commit(b: Backend, r: Any) -> m.Message:
-    return _stat_reply(b.upload_commit(r.upload_id, r.path, r.size, r.mode, r.exclusive))
+    if r.extents is None:
+        return _stat_reply(b.upload_commit(r.upload_id, r.path, r.size, r.mode, r.exclusive))
+    extents = check_extents(r.extents, r.size)  # EINVAL, one clear line, nothing installed
+    return _stat_reply(b.upload_commit_sparse(r.upload_id, r.path, r.size, extents, r.mode,
+                                              r.exclusive))
 
 
 def _h_abort(b: Backend, r: Any) -> m.Message:
@@ -177,6 +189,7 @@ HANDLERS: dict[type[m.Message], tuple[Callable[[Backend, Any], m.Message], bool,
     m.Stat: (_h_stat, False, lambda r: ()),
     m.List: (_h_list, False, lambda r: ()),
     m.Read: (_h_read, True, lambda r: ()),
+    m.Extents: (_h_extents, True, lambda r: ()),
     m.Readlink: (_h_readlink, False, lambda r: ()),
     m.UploadChunk: (_h_chunk, True, lambda r: ()),
     m.UploadCommit: (_h_commit, True, lambda r: (r.path,)),

@@ -29,8 +29,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "print the syscall table (support level, handler)"),
     "server": ("synthfs.server.main", "serve a repository directory to agents"),
     "agent": ("synthfs.agent.main", "run the trusted agent (holds the token, owns the cache)"),
+    "cache": ("synthfs.agent.cache_cli", "list the agent's content cache, or clear its clean "
+              "copies"),
     "keys": ("synthfs.protocol.keys_cli", "make a CURVE key pair for tcp:// agents and servers"),
     "policy": ("synthfs.policy.cli", "check or explain a policy file"),
+    "learn": ("synthfs.policy.learn_cli",
+              "run a command with everything allowed and recorded; write the policy it needs"),
     "bench": ("synthfs.benchmarks.cli", "benchmark synthfs against native and peer tools"),
 }
 

@@ -27,6 +27,7 @@ __all__ = [
     "libc",
     "openat2",
     "openat2_available",
+    "reuse_freed_memory",
 ]
 
 RESOLVE_NO_XDEV = 0x01
@@ -79,3 +80,27 @@ def openat2_available() -> bool:
     except OSError:
         return False
     return True
+
+
+#: glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def reuse_freed_memory() -> bool:
+    """Keep freed chunk buffers in the heap for the next chunk (the bulk processes: the
+    server and the agent). False where the C library is not glibc.
+
+    By default glibc serves each 4 MiB buffer of a transfer (a pread, an encoded frame,
+    a received message) from a fresh mmap and unmaps it when freed, so every chunk
+    faults its pages in again; on a VM whose host backs guest memory lazily that cost
+    more CPU than the copies themselves (measured, a 256 MiB fetch: agent 0.5 s of
+    CPU, 0.2 s with this). Buffers up to 32 MiB (glibc's maximum) come from the heap,
+    and up to 128 MiB freed at its top stays for reuse.
+    """
+    try:
+        mallopt = libc.mallopt
+    except AttributeError:
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20) and mallopt(_M_TRIM_THRESHOLD, 128 << 20)
+                and mallopt(_M_TOP_PAD, 16 << 20))

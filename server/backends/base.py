@@ -17,6 +17,17 @@ mkdir, remove, rename, symlink/readlink, setattr, and a version (etag) per
 object that changes whenever its content changes. Hard links (``link``) are
 optional: the default answers EPERM.
 
+Sparse files (holes) are optional too. A file's content is described by its
+*data extents* (:data:`Extents`: sorted, disjoint ``(offset, length)``
+ranges; the rest reads as zeros): :meth:`Backend.data_extents` says where a
+file's data is, and :meth:`Backend.upload_commit_sparse` installs an upload
+whose chunks covered only the given extents. A backend that keeps holes (the
+local one: SEEK_DATA/SEEK_HOLE, a staged file truncated to size) overrides
+both. A store without holes (an object store) keeps the defaults, which treat
+every object as fully dense: one extent over the whole object, and the holes of
+a sparse upload written as zero chunks before a dense commit. Either answer is
+correct (a hole reads as zeros); only the allocation differs.
+
 A backend speaks in the value types below (:class:`ObjectAttrs`, :class:`Entry`,
 :class:`Kind`, :class:`RenameFlags`), not in the wire's messages: one can be
 written without knowing the protocol, and the server's service turns them into
@@ -32,12 +43,16 @@ import os
 import secrets
 from typing import NamedTuple
 
+from synthfs.extents import MAX_EXTENTS, Extents
+
 __all__ = [
     "CHUNK_SIZE",
+    "MAX_EXTENTS",
     "MAX_PATH",
     "Backend",
     "Entries",
     "Entry",
+    "Extents",
     "Kind",
     "ObjectAttrs",
     "RenameFlags",
@@ -156,6 +171,23 @@ class Backend(abc.ABC):
     def readlink(self, path: str) -> str:
         """The text of the symlink at ``path`` (EINVAL if it is not one)."""
 
+    def data_extents(self, path: str, version: str = "") -> tuple[int, str, Extents]:
+        """(size, version, data extents) of the regular file ``path``; the rest is holes.
+
+        Errors as :meth:`read` (EISDIR, ELOOP, ESTALE when a non-empty ``version``
+        differs). The extents may take in holes (a conservative answer is correct),
+        never leave out data. This default, for a store without holes, answers one
+        extent over the whole object.
+        """
+        a = self.stat(path)
+        if a.kind is Kind.DIR:
+            raise oserror(errno.EISDIR)
+        if a.kind is Kind.SYMLINK:
+            raise oserror(errno.ELOOP)
+        if version and version != a.version:
+            raise oserror(errno.ESTALE, "the object changed")
+        return a.size, a.version, [(0, a.size)] if a.size else []
+
     # -- whole-object writes -------------------------------------------------------
 
     @abc.abstractmethod
@@ -174,6 +206,27 @@ class Backend(abc.ABC):
         Committing an already committed ``upload_id`` answers the same
         attributes again.
         """
+
+    def upload_commit_sparse(
+        self, upload_id: str, path: str, size: int, extents: Extents, mode: int = 0o644,
+        exclusive: bool = False,
+    ) -> ObjectAttrs:
+        """:meth:`upload_commit` of an upload whose chunks covered exactly ``extents``
+        (checked by the caller: sorted, disjoint, within ``size``); the rest of
+        ``[0, size)`` is holes. Staged data that differs from ``extents`` is EIO.
+
+        This default, for a store without holes, stages the holes as zero chunks and
+        commits densely (a lost chunk still leaves a gap, so the commit fails).
+        """
+        zeros = bytes(min(CHUNK_SIZE, size))
+        pos = 0
+        for off, length in [*extents, (size, 0)]:
+            while pos < off:
+                n = min(CHUNK_SIZE, off - pos)
+                self.upload_chunk(upload_id, pos, zeros[:n])
+                pos += n
+            pos = max(pos, off + length)
+        return self.upload_commit(upload_id, path, size, mode, exclusive)
 
     @abc.abstractmethod
     def upload_abort(self, upload_id: str) -> None:

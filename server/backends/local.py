@@ -18,6 +18,11 @@ host directory, where such a file would run as the server's user.
 Truncation (SetAttr.size) of a file up to ``atomic_truncate_max`` bytes is
 atomic the same way (copy the kept prefix into a staged file, rename); a
 larger file is truncated in place (ftruncate + fsync).
+
+Sparse files keep their holes: ``data_extents`` finds a file's data with
+SEEK_DATA/SEEK_HOLE, a sparse upload is staged by its extents into a file
+truncated to size, and every copy made here (truncation, a rewrite in place)
+copies data extents only.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ import logging
 import os
 import stat
 
+from synthfs.extents import copy_extents, data_extents
 from synthfs.server.backends.base import (
     CHUNK_SIZE,
     Backend,
     Entries,
     Entry,
+    Extents,
     ObjectAttrs,
     RenameFlags,
     oserror,
@@ -157,11 +164,8 @@ class LocalBackend(Backend):
         entries.sort(key=lambda e: e.name)
         return own, entries
 
-    def read(
-        self, path: str, offset: int, length: int, version: str = ""
-    ) -> tuple[bytes, bool, str]:
-        if not 0 <= length <= CHUNK_SIZE:
-            raise oserror(errno.EINVAL, "read length")
+    def _open_file(self, path: str) -> int:
+        """A read-only fd of the regular file ``path`` (EISDIR, ELOOP, EACCES otherwise)."""
         pfd = self._beneath.open(split_path(path), os.O_PATH)
         try:
             st = os.fstat(pfd)
@@ -171,9 +175,16 @@ class LocalBackend(Backend):
                 raise oserror(errno.ELOOP)
             if not stat.S_ISREG(st.st_mode):
                 raise oserror(errno.EACCES, "special files are not served")
-            fd = reopen(pfd, os.O_RDONLY | os.O_NONBLOCK)
+            return reopen(pfd, os.O_RDONLY | os.O_NONBLOCK)
         finally:
             os.close(pfd)
+
+    def read(
+        self, path: str, offset: int, length: int, version: str = ""
+    ) -> tuple[bytes, bool, str]:
+        if not 0 <= length <= CHUNK_SIZE:
+            raise oserror(errno.EINVAL, "read length")
+        fd = self._open_file(path)
         try:
             st = os.fstat(fd)
             current = version_of(st)
@@ -182,6 +193,17 @@ class LocalBackend(Backend):
             data = os.pread(fd, length, offset) if length and offset < st.st_size else b""
             eof = offset + len(data) >= st.st_size
             return data, eof, current
+        finally:
+            os.close(fd)
+
+    def data_extents(self, path: str, version: str = "") -> tuple[int, str, Extents]:
+        fd = self._open_file(path)
+        try:
+            st = os.fstat(fd)
+            current = version_of(st)
+            if version and version != current:
+                raise oserror(errno.ESTALE, "the object changed")
+            return st.st_size, current, data_extents(fd, st.st_size)
         finally:
             os.close(fd)
 
@@ -208,6 +230,13 @@ class LocalBackend(Backend):
         self, upload_id: str, path: str, size: int, mode: int = 0o644, exclusive: bool = False
     ) -> ObjectAttrs:
         return self._staging.commit(self._beneath, upload_id, path, size, mode, exclusive)
+
+    def upload_commit_sparse(
+        self, upload_id: str, path: str, size: int, extents: Extents, mode: int = 0o644,
+        exclusive: bool = False,
+    ) -> ObjectAttrs:
+        return self._staging.commit(self._beneath, upload_id, path, size, mode, exclusive,
+                                    extents)
 
     # -- namespace ---------------------------------------------------------------------
 
@@ -369,12 +398,9 @@ class LocalBackend(Backend):
             try:
                 src = reopen(fd, os.O_RDONLY | os.O_NONBLOCK)
                 try:
-                    done, want = 0, min(size, st.st_size)
-                    while done < want:
-                        n = os.copy_file_range(src, out, want - done, done, done)
-                        if n == 0:
-                            break
-                        done += n
+                    # The kept prefix by its data extents: its holes stay holes.
+                    copy_extents(src, out, data_extents(src, min(size, st.st_size)),
+                                 CHUNK_SIZE)
                 finally:
                     os.close(src)
                 os.ftruncate(out, size)

@@ -5,7 +5,10 @@ destination path (UploadChunk has no path), so chunks are staged in the
 server's *state directory*: never inside the served tree (the repository is
 the user's, and shows exactly what the programs wrote), always on the same
 mount as the root, so that the final rename is atomic (checked when it is
-opened: :class:`StateDirError` names both paths). Commit fsyncs the staged
+opened: :class:`StateDirError` names both paths). Chunks are written at their
+offsets into a staged file that starts empty, so what no chunk covered stays a
+hole: a sparse upload (its data extents only) is truncated to its size at
+commit and keeps its holes. Commit fsyncs the staged
 file, renames it over the destination (a new inode, so a new version) and
 fsyncs the destination directory. A crash at any point leaves the old or the
 new version. The state directory is emptied when it is opened, except a
@@ -34,7 +37,16 @@ import time
 
 import attrs as attrs_mod
 
-from synthfs.server.backends.base import CHUNK_SIZE, Kind, ObjectAttrs, oserror, split_path
+from synthfs.extents import copy_extents, data_extents
+from synthfs.server.backends.base import (
+    CHUNK_SIZE,
+    MAX_EXTENTS,
+    Extents,
+    Kind,
+    ObjectAttrs,
+    oserror,
+    split_path,
+)
 from synthfs.server.backends.beneath import Beneath, attrs_from_stat, fsync_dir
 
 __all__ = ["SETID", "Staging", "StateDirError"]
@@ -51,6 +63,9 @@ STAGED_MAX = 4 * 1024**3
 _EXPIRE_EVERY_S = 10.0
 _COMMITTED_MEMORY = 10_000
 _MAX_UPLOAD_SIZE = 2**50
+#: Disjoint ranges one upload may hold (its extents, and chunks a pipeline sends out of
+#: order): a chunk that would make more is EINVAL, so that no upload costs more to track.
+_MAX_RANGES = 2 * MAX_EXTENTS
 #: Mode bits a wire request may not set on a file: the repository is a host directory,
 #: and a setuid or setgid file there would run as the server's user (often root).
 SETID = stat.S_ISUID | stat.S_ISGID
@@ -94,6 +109,17 @@ class _Upload:
         if size == 0:
             return all(a == b for a, b in self.ranges) or self.ranges == [(0, 0)]
         return self.ranges == [(0, size)]
+
+    def covers_exactly(self, extents: Extents) -> bool:
+        """Whether the staged ranges are ``extents`` (sorted, disjoint), no more, no less."""
+        ranges = [(a, b) for a, b in self.ranges if a != b]
+        merged: list[tuple[int, int]] = []
+        for off, length in extents:
+            if merged and off == merged[-1][1]:
+                merged[-1] = (merged[-1][0], off + length)
+            else:
+                merged.append((off, off + length))
+        return ranges == merged
 
 
 def _journal_attrs(fields: list[object]) -> ObjectAttrs:
@@ -370,6 +396,10 @@ class Staging:
                 os.close(fd)
             up.add(offset, offset + len(data))
             up.last_used = time.monotonic()
+            if len(up.ranges) > _MAX_RANGES:
+                raise oserror(errno.EINVAL, f"an upload of more than {_MAX_RANGES} separate "
+                              "ranges (a sparse upload names at most "
+                              f"{MAX_EXTENTS} data extents)")
 
     def abort(self, upload_id: str) -> None:
         """Forget upload ``upload_id`` (Backend.upload_abort)."""
@@ -385,8 +415,12 @@ class Staging:
                 os.unlink(up.name, dir_fd=self.fd)
 
     def commit(self, beneath: Beneath, upload_id: str, path: str, size: int, mode: int = 0o644,
-               exclusive: bool = False) -> ObjectAttrs:
-        """Install upload ``upload_id`` as ``path`` beneath the root (Backend.upload_commit)."""
+               exclusive: bool = False, extents: Extents | None = None) -> ObjectAttrs:
+        """Install upload ``upload_id`` as ``path`` beneath the root (Backend.upload_commit).
+
+        ``extents``: the chunks covered exactly these, the rest of ``size`` is holes
+        (Backend.upload_commit_sparse); None: they covered ``[0, size)``.
+        """
         key = self.staged_name(upload_id)
         with self._lock:
             if key in self._committed:
@@ -394,7 +428,7 @@ class Staging:
         pfd, name, _parts = beneath.parent(path)
         try:
             beneath.check_dev(pfd)
-            up = self._get_upload(upload_id, create=size == 0)
+            up = self._get_upload(upload_id, create=size == 0 or extents == [])
             if up is None:
                 with self._lock:
                     if key in self._committed:  # a concurrent resend committed it
@@ -404,12 +438,18 @@ class Staging:
                 with self._lock:
                     if key in self._committed:
                         return self._resent_commit(key, path)
-                if not up.covers(size):
+                if extents is None and not up.covers(size):
                     raise oserror(errno.EIO, f"upload does not match size {size}")
+                if extents is not None and (not up.covers_exactly(extents)
+                                            or any(o + n > size for o, n in extents)):
+                    raise oserror(errno.EIO, "the staged chunks are not the upload's "
+                                  "data extents")
                 result: ObjectAttrs | None = None
                 fd = os.open(up.name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,
                              dir_fd=self.fd)
                 try:
+                    if extents is not None and os.fstat(fd).st_size <= size:
+                        os.ftruncate(fd, size)  # a trailing hole: only the size grows
                     if os.fstat(fd).st_size != size:
                         raise oserror(errno.EIO, f"staged size is not {size}")
                     old: os.stat_result | None
@@ -456,26 +496,20 @@ class Staging:
             os.close(pfd)
 
     def _rewrite_in_place(self, pfd: int, name: str, src: int, size: int) -> ObjectAttrs:
-        """Copy ``size`` bytes of ``src`` over the regular file ``name`` (same inode)."""
+        """Copy ``size`` bytes of ``src`` over the regular file ``name`` (same inode).
+
+        A sparse ``src`` is copied by its data extents into ``name`` emptied first,
+        so its holes stay holes there too.
+        """
         out = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
                       | os.O_NOCTTY, dir_fd=pfd)
         try:
             if not stat.S_ISREG(os.fstat(out).st_mode):
                 raise oserror(errno.EACCES, "special files are not served")
-            done = 0
-            while done < size:
-                try:
-                    n = os.copy_file_range(src, out, size - done, done, done)
-                except OSError as exc:
-                    if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS,
-                                         errno.EOPNOTSUPP):
-                        raise
-                    # staging on another file system: copy through memory
-                    data = os.pread(src, min(size - done, CHUNK_SIZE), done)
-                    n = os.pwrite(out, data, done) if data else 0
-                if n == 0:
-                    raise oserror(errno.EIO, "the staged upload is shorter than its size")
-                done += n
+            extents = data_extents(src, size)
+            if extents != [(0, size)]:
+                os.ftruncate(out, 0)
+            copy_extents(src, out, extents, CHUNK_SIZE)
             os.ftruncate(out, size)
             os.fsync(out)
             return attrs_from_stat(os.fstat(out))

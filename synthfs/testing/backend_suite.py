@@ -8,6 +8,11 @@ answer EPERM (as link(2) on a file system without them). One that cannot
 exchange two names sets ``rename_exchange = False`` (RENAME_EXCHANGE is then
 EINVAL, as on file systems without it), and one that holds UTF-8 names only
 (an object store) sets ``utf8_names_only = True`` (other names are EILSEQ).
+A backend that keeps the holes of sparse files sets ``holes = True``: a
+sparse upload must then allocate (``blocks``) no more than its data, and
+``data_extents`` name exactly the data. Every backend must read a sparse
+upload back right (zeros in its holes) and name extents that cover all of a
+file's data.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ class BackendSuite:
     rename_exchange = True
     #: whether names must be UTF-8 (else any bytes but "/" and NUL)
     utf8_names_only = False
+    #: whether the backend keeps holes (else sparse files are stored dense)
+    holes = False
 
     def make_backend(self) -> Backend:
         raise NotImplementedError
@@ -538,6 +545,62 @@ class BackendSuite:
         assert be.stat("/f").blocks == a.blocks
         assert {e.name: e.attrs.blocks for e in be.list("/")[1]} == {"f": a.blocks}
         assert be.write_bytes("/e", b"").blocks == 0
+
+    # -- sparse files -------------------------------------------------------------
+
+    def _sparse_upload(self, be, path, size, writes):
+        uid = secrets.token_hex(8)
+        for off, data in writes:
+            be.upload_chunk(uid, off, data)
+        return be.upload_commit_sparse(uid, path, size, [(o, len(d)) for o, d in writes])
+
+    def test_a_sparse_upload_reads_back_with_zeros_in_its_holes(self, be):
+        size = CHUNK_SIZE * 2 + 100
+        a = self._sparse_upload(be, "/s", size, [(10, b"head"), (CHUNK_SIZE + 7, b"mid")])
+        assert a.size == size and be.stat("/s").size == size
+        want = bytearray(size)
+        want[10:14] = b"head"
+        want[CHUNK_SIZE + 7 : CHUNK_SIZE + 10] = b"mid"
+        assert be.read_bytes("/s") == bytes(want)
+        assert self._sparse_upload(be, "/h", 1000, []).size == 1000  # holes only
+        assert be.read_bytes("/h") == bytes(1000)
+
+    def test_data_extents_cover_every_byte_of_data(self, be):
+        size = CHUNK_SIZE * 3
+        writes = [(CHUNK_SIZE + 4096, b"x" * 4096), (size - 4096, b"y" * 4096)]
+        a = self._sparse_upload(be, "/s", size, writes)
+        got_size, version, extents = be.data_extents("/s", a.version)
+        assert (got_size, version) == (size, a.version)
+        for off, data in writes:
+            assert any(o <= off and off + len(data) <= o + n for o, n in extents), extents
+        assert extents == sorted(extents) and all(n > 0 for _, n in extents)
+        with pytest.raises(OSError) as ei:
+            be.data_extents("/s", "not-the-version")
+        assert _errno(ei) == errno.ESTALE
+        be.mkdir("/d")
+        with pytest.raises(OSError) as ei:
+            be.data_extents("/d")
+        assert _errno(ei) == errno.EISDIR
+        be.write_bytes("/e", b"")
+        assert be.data_extents("/e")[2] == []
+
+    def test_a_sparse_commit_missing_a_chunk_is_eio(self, be):
+        be.upload_chunk("u", 0, b"abc")
+        with pytest.raises(OSError) as ei:
+            be.upload_commit_sparse("u", "/s", CHUNK_SIZE * 2, [(0, 3), (CHUNK_SIZE, 3)])
+        assert _errno(ei) == errno.EIO
+        with pytest.raises(OSError):
+            be.stat("/s")
+
+    def test_a_sparse_upload_allocates_its_data_only(self, be):
+        if not self.holes:
+            pytest.skip("this backend stores sparse files dense")
+        size = 64 * 1024 * 1024
+        a = self._sparse_upload(be, "/s", size, [(32 * 1024 * 1024, b"d" * 4096)])
+        assert a.blocks * 512 <= 1024 * 1024, a
+        assert be.stat("/s").blocks == a.blocks
+        assert be.data_extents("/s")[2] == [(32 * 1024 * 1024, 4096)]
+        assert self._sparse_upload(be, "/h", size, []).blocks == 0
 
     # -- paths --------------------------------------------------------------------
 

@@ -1108,6 +1108,20 @@ CASES: list[Case] = [
                        "cat {root}/seed.bin > /dev/null && du -s {root}/seed.bin {root}/sparse "
                        "&& stat -c '%n %b %B' {root}/seed.bin {root}/sparse {root}/d"),
          tree=build_sparse),
+    # Issue #20 item 6: a sparse file written on /data keeps its holes through the
+    # upload; each command is its own process, so the later ones see what was uploaded.
+    Case("sparse_write", sh(
+        "truncate -s 64M {root}/big && "
+        "dd if={root}/seed.bin of={root}/big bs=4096 count=1 seek=8192 conv=notrunc "
+        "status=none && "
+        "python3 -c 'import sys; f = open(sys.argv[1], \"wb\"); f.seek(32 << 20); "
+        "f.write(b\"end\"); f.close()' {root}/py && "
+        "cp --sparse=always {root}/big {root}/copy && "
+        # one du per file: du counts a (dev, ino) once across its arguments, and this
+        # case is about allocation, not inode numbers
+        "stat -c '%n %s %b' {root}/big {root}/py {root}/copy && du -k {root}/big && "
+        "du -k {root}/py && du -k {root}/copy && cmp {root}/big {root}/copy && echo same"),
+        needs=("python3",)),
     Case("chmod_setuid", sh("chmod 4755 {root}/exec.sh && chmod 2755 {root}/a.txt && "
                             "stat -c '%n %A' {root}/exec.sh {root}/a.txt"),
          diverges="setuid and setgid bits are not stored in the repository (dropped, as on "

@@ -266,8 +266,12 @@ def _argv(attack: Attack, world: World, cbin) -> list[str]:
 
 def run_attack(attack: Attack, native: World, guest: World, cbin, tmp_path: Path) -> None:
     # 1. the control: natively the attack must succeed, or it proves nothing
-    native.reset()
-    control = helpers.run_native(_argv(attack, native, cbin), cwd=tmp_path, timeout=attack.timeout)
+    for _ in range(3):  # a race control on a loaded machine may not race at all (exit 3)
+        native.reset()
+        control = helpers.run_native(_argv(attack, native, cbin), cwd=tmp_path,
+                                     timeout=attack.timeout)
+        if control.status != 3 or attack.control == 3:
+            break
     if control.status != attack.control:
         if "not implemented" in control.stdout or "Function not implemented" in control.stdout:
             pytest.skip(f"this kernel lacks the feature: control said {control.stdout.strip()!r}")

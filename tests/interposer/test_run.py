@@ -98,7 +98,7 @@ def test_a_traced_synthfs_says_so(repo: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 125, r.stderr
-    assert "PTRACE_TRACEME was refused" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "PTRACE_SEIZE was refused" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_read_only(repo: Path) -> None:

@@ -291,3 +291,188 @@ def test_job_control_in_an_interactive_shell(repo: Path, tmp_path: Path) -> None
     with launcher("data", repo) as under:
         shown = _job_control(under(SLEEPER), tmp_path)
     assert b"KeyboardInterrupt" in shown and b"status=130" in shown, shown
+
+
+#: a guest child stopped by its parent: the parent's wait sees it, it makes no progress,
+#: SIGCONT resumes it (one line each; ``state`` is the letter /proc/PID/stat shows)
+STOPPED_CHILD = r"""
+import mmap, os, signal, struct, time
+signal.alarm(60)
+shared = mmap.mmap(-1, 8)
+def count():
+    return struct.unpack("q", shared[:8])[0]
+pid = os.fork()
+if pid == 0:
+    n = 0
+    while True:
+        n += 1
+        shared[:8] = struct.pack("q", n)
+        time.sleep(0.001)
+while count() == 0:
+    time.sleep(0.01)
+os.kill(pid, signal.SIGSTOP)
+_, status = os.waitpid(pid, os.WUNTRACED)
+print("stopped", os.WIFSTOPPED(status) and signal.Signals(os.WSTOPSIG(status)).name)
+with open(f"/proc/{pid}/stat") as f:
+    print("state", f.read().rsplit(")", 1)[1].split()[0])
+before = count()
+time.sleep(0.5)
+print("progress while stopped", count() - before)
+os.kill(pid, signal.SIGCONT)
+_, status = os.waitpid(pid, os.WCONTINUED)
+print("continued", os.WIFCONTINUED(status))
+before, start = count(), time.monotonic()
+while count() == before and time.monotonic() - start < 20:
+    time.sleep(0.01)
+print("progress after", count() > before)
+os.kill(pid, signal.SIGKILL)
+os.waitpid(pid, 0)
+"""
+
+
+def test_kill_stop_stops_a_guest_until_kill_cont(repo: Path, tmp_path: Path) -> None:
+    """``kill -STOP`` of a guest child stops it (its parent's wait sees the stop, it
+    makes no progress) until ``kill -CONT``, as natively.
+
+    A traced guest ran on: its group-stop was resumed at once (``ps`` showed S).
+    Stopped under a tracer, /proc shows ``t`` (a traced stop), natively ``T``.
+    """
+    argv = (sys.executable, "-c", STOPPED_CHILD)
+    native = _run(argv, plain_caller, tmp_path)
+    assert native == (0, "stopped SIGSTOP\nstate T\nprogress while stopped 0\n"
+                      "continued True\nprogress after True\n", ""), native
+    with launcher("data", repo) as under:
+        status, out, err = _run(under(argv), plain_caller, tmp_path)
+    assert (status, err) == (0, ""), (out, err)
+    lines = out.splitlines()
+    assert lines[1] in ("state T", "state t"), out
+    del lines[1]
+    assert lines == ["stopped SIGSTOP", "progress while stopped 0", "continued True",
+                     "progress after True"], out
+
+
+#: ticks until it has printed COUNT; with ``handler``, a SIGTSTP handler that says so and
+#: stops itself as an editor does (default action, raise, wait for SIGCONT)
+TICKER = r"""
+import os, signal, sys, time
+def on_tstp(sig, frame):
+    print("suspending", flush=True)
+    signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTSTP)
+    signal.signal(signal.SIGTSTP, on_tstp)
+    print("resumed", flush=True)
+if sys.argv[2] == "handler":
+    signal.signal(signal.SIGTSTP, on_tstp)
+print("pid", os.getpid(), flush=True)
+for i in range(int(sys.argv[1])):
+    time.sleep(0.1)
+    print("tick", i, flush=True)
+print("done", flush=True)
+"""
+
+
+def _stopped_by_the_guests_stop(argv: Sequence[str], cwd: Path) -> tuple[str, float, int, str]:
+    """Run ``argv`` (the :data:`TICKER`) as a child, SIGSTOP the guest it names: how the
+    parent's wait saw ``argv`` stop, how long that took, and, after a SIGCONT to
+    ``argv`` alone, its exit status and last output line."""
+    p = subprocess.Popen(list(argv), stdout=subprocess.PIPE, text=True, cwd=cwd)
+    try:
+        guest = int(p.stdout.readline().split()[1])  # type: ignore[union-attr]
+        p.stdout.readline()  # type: ignore[union-attr]
+        os.kill(guest, signal.SIGSTOP)
+        start = time.monotonic()
+        seen = "still running"
+        while time.monotonic() - start < BOUND:
+            pid, status = os.waitpid(p.pid, os.WUNTRACED | os.WNOHANG)
+            if pid:
+                seen = (signal.Signals(os.WSTOPSIG(status)).name if os.WIFSTOPPED(status)
+                        else f"ended {status:#x}")
+                break
+            time.sleep(0.01)
+        took = time.monotonic() - start
+        # Continue what stopped: synthfs alone (not its guest) when it did.
+        with contextlib.suppress(ProcessLookupError):  # a guest that ran on has ended
+            os.kill(p.pid if seen == "SIGSTOP" else guest, signal.SIGCONT)
+        out = p.stdout.read()  # type: ignore[union-attr]
+        return seen, took, p.wait(timeout=BOUND), out.splitlines()[-1]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_a_stopped_guest_stops_synthfs(repo: Path, tmp_path: Path) -> None:
+    """SIGSTOP to the main guest stops ``synthfs run`` too: its parent (a shell) sees its
+    job stop, as it would see the guest stop natively; a SIGCONT to ``synthfs`` alone
+    continues the guest, which finishes."""
+    argv = (sys.executable, "-c", TICKER, "20", "plain")
+    native = _stopped_by_the_guests_stop(argv, tmp_path)
+    assert (native[0], *native[2:]) == ("SIGSTOP", 0, "done"), native
+    with launcher("data", repo) as under:
+        seen, took, status, last = _stopped_by_the_guests_stop(under(argv), tmp_path)
+    assert seen == "SIGSTOP", f"synthfs {seen} {took:.1f} s after its guest stopped"
+    assert (status, last) == (0, "done")
+
+
+def _expect_after(t: Terminal, start: int, text: bytes, timeout: float = BOUND) -> bool:
+    """Like :meth:`Terminal.expect`, for ``text`` shown after offset ``start`` only."""
+    deadline = time.monotonic() + timeout
+    while text not in t.shown[start:] and time.monotonic() < deadline:
+        if not t.expect(b"\0never\0", 0.1) and t.proc.poll() is not None:
+            break  # the shell is gone: nothing more will come
+    return text in t.shown[start:]
+
+
+def _suspended(
+    command: Sequence[str], cwd: Path, said: bytes | None
+) -> tuple[bytes, bytes, bytes]:
+    """In an interactive bash, run ``sh -c 'COMMAND; echo after=$?'`` (the :data:`TICKER`),
+    Ctrl-Z once it ticks, wait until the job is reported stopped and the guest has
+    ``said`` so (or 5 s), let it settle, watch 1 s, ``fg``: what the terminal showed
+    from Ctrl-Z to the watch, during it, and after ``fg`` (an assertion says where
+    it stuck)."""
+    env = {**os.environ, "PS1": "prompt$ ", "TERM": "dumb", "HISTFILE": "/dev/null"}
+    with terminal(("bash", "--norc", "--noprofile", "-i"), cwd, env) as t:
+        assert t.expect(b"prompt$ "), t.shown
+        line = shlex.join(["sh", "-c", f"{shlex.join(command)}; echo after=$?"])
+        t.type(line.encode() + b"\n")
+        typed = len(t.shown)
+        assert _expect_after(t, typed, b"tick 2\r\n", helpers.TIMEOUT), t.shown
+        start = len(t.shown)
+        t.type(b"\x1a")  # Ctrl-Z
+        assert _expect_after(t, start, b"Stopped"), t.shown[start:]
+        assert _expect_after(t, start, b"prompt$ "), t.shown[start:]
+        if said is not None:  # sh stops at once, its guest soon after
+            _expect_after(t, start, said, 5.0)
+        t.expect(b"\0never\0", 0.5)
+        watched = len(t.shown)
+        t.expect(b"\0never\0", 1.0)
+        quiet = len(t.shown)
+        t.type(b"fg\n")
+        assert _expect_after(t, quiet, b"after=0", helpers.TIMEOUT), t.shown[start:]
+        assert _expect_after(t, quiet, b"prompt$ "), t.shown[start:]
+        return t.shown[start:watched], t.shown[watched:quiet], t.shown[quiet:]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("handler", ["plain", "handler"])
+def test_ctrl_z_suspends_synthfs_under_sh(handler: str, repo: Path, tmp_path: Path) -> None:
+    """``sh -c 'synthfs run -- TICKER'`` in an interactive bash: Ctrl-Z reports the job
+    stopped, nothing runs while it is, ``fg`` resumes it and it finishes (``after=0``).
+    A guest's own SIGTSTP handler runs at Ctrl-Z, before ``fg``, as natively (it ran
+    only at ``fg``: the supervisor stopped before it could deliver the signal)."""
+    script = tmp_path / "ticker.py"
+    script.write_text(TICKER)
+    ticker = [sys.executable, str(script), "30", handler]
+    said = b"suspending" if handler == "handler" else None
+    results = {}
+    with launcher("data", repo) as under:
+        for how, command in (("native", ticker), ("synthfs", under(ticker))):
+            stop, meanwhile, after = _suspended(command, tmp_path, said)
+            results[how] = (stop, meanwhile, after)
+            assert b"tick" not in meanwhile, (how, stop, meanwhile, after)
+            assert b"done" in after and b"after=0" in after, (how, stop, meanwhile, after)
+            if handler == "handler":
+                assert b"suspending" in stop and b"resumed" in after, (how, stop, after)
+    shown = b"".join(results["synthfs"])
+    assert b"synthfs run:" not in shown and b"Traceback" not in shown, shown  # no message of ours

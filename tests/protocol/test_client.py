@@ -17,7 +17,15 @@ import zmq
 
 from synthfs.protocol.client import Client, Unreachable
 from synthfs.protocol.codec import decode, encode
-from synthfs.protocol.messages import Attrs, Error, Message, Read, Stat, StatReply
+from synthfs.protocol.messages import (
+    Attrs,
+    Error,
+    Message,
+    Progress,
+    Read,
+    Stat,
+    StatReply,
+)
 
 A = Attrs(kind="file", size=1, mode=0o644, mtime_ns=0, ctime_ns=0, ino=1)
 #: (request_id, message, token, attempt number for that id) -> list of (request_id, reply)
@@ -51,10 +59,15 @@ class Peer:
             self.seen.append((env.request_id, env.msg, env.token))
             n = attempts.get(env.request_id, 0)
             attempts[env.request_id] = n + 1
+            self._sock, self._ident = sock, ident
             for rid, reply in self.script(env.request_id, env.msg, env.token, n):
-                extra = [b""] if self.delimiter else []
-                sock.send_multipart([ident, *extra, encode(reply, rid)])
+                self.sock_send(rid, reply)
         sock.close()
+
+    def sock_send(self, rid: int, reply: Message) -> None:
+        """Send ``reply`` to the request being answered (from the peer's thread)."""
+        extra = [b""] if self.delimiter else []
+        self._sock.send_multipart([self._ident, *extra, encode(reply, rid)])
 
     def stop(self) -> None:
         self._stop.set()
@@ -88,6 +101,30 @@ def test_error_reply_raises_oserror_with_errno(peer: Callable[[Script], Peer]) -
     with Client(p.endpoint) as c, pytest.raises(FileNotFoundError) as info:
         c.call(Stat(path="/a"))
     assert info.value.errno == errno.ENOENT
+
+
+def test_progress_notes_precede_the_reply(peer: Callable[[Script], Peer]) -> None:
+    notes = [Progress(path="/a", done=d, total=8) for d in (0, 4)]
+    p = peer(lambda rid, msg, tok, n: [*((rid, x) for x in notes), (rid, StatReply(attrs=A))])
+    got: list[Progress] = []
+    with Client(p.endpoint, on_note=got.append) as c:
+        assert c.call(Stat(path="/a")) == StatReply(attrs=A)
+    assert got == notes
+    with Client(p.endpoint) as c:  # no one to tell: the notes are skipped all the same
+        assert c.call(Stat(path="/a")) == StatReply(attrs=A)
+
+
+def test_notes_keep_a_slow_request_alive(peer: Callable[[Script], Peer]) -> None:
+    # Each note restarts the wait: a reply after 3 x 0.3 s beats a 0.5 s budget.
+    def script(rid: int, msg: Message, tok: str, n: int) -> list[tuple[int, Message]]:
+        for done in range(3):
+            time.sleep(0.3)
+            p.sock_send(rid, Progress(path="/a", done=done, total=3))
+        return [(rid, StatReply(attrs=A))]
+
+    p = peer(script)
+    with Client(p.endpoint, timeout=0.5, retries=0) as c:
+        assert c.call(Stat(path="/a")) == StatReply(attrs=A)
 
 
 def test_wrong_request_id_is_dropped(peer: Callable[[Script], Peer]) -> None:

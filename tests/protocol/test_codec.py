@@ -34,6 +34,9 @@ EXAMPLES: list[m.Message] = [
     m.Data(data=b"\x00\xff" * 10, eof=True, version="v1"),
     m.UploadChunk(upload_id="u", offset=0, data=b"xyz"),
     m.UploadCommit(upload_id="u", path="/a", size=3, mode=0o600),
+    m.UploadCommit(upload_id="u", path="/a", size=2**31, extents=(0, 4096, 2**30, 4096)),
+    m.Extents(path="/a", version="v1"),
+    m.ExtentMap(size=2**31, version="v1", extents=(4096, 8192)),
     m.UploadAbort(upload_id="u"),
     m.Mkdir(path="/d", mode=0o700),
     m.Remove(path="/d", directory=True),
@@ -46,6 +49,7 @@ EXAMPLES: list[m.Message] = [
     m.SetAttr(path="/a", mode=0o600, atime_ns=None, mtime_ns=-5, size=0),
     m.Open(path="/a", flags=0o102, mode=0o640),
     m.Opened(host_path="/cache/x", attrs=A),
+    m.Progress(path="/x", done=4194304, total=536870912),
     m.Commit(path="/a"),
     m.Committed(attrs=A),
     m.Sync(),
@@ -173,3 +177,38 @@ def test_a_bad_body_keeps_its_request_id_without_a_second_decode() -> None:
     with pytest.raises(DecodeError) as info:
         decode(b"\xc1", request=True)
     assert info.value.request_id == 0
+
+
+def test_a_commit_of_the_most_extents_decodes_in_request_mode() -> None:
+    most = tuple(range(2 * m.MAX_EXTENTS))
+    msg = m.UploadCommit(upload_id="u", path="/a", size=2**40, extents=most)
+    assert decode(encode(msg, 7, "t"), request=True).msg == msg
+    assert m.UploadCommit(upload_id="u", path="/a", size=1).extents is None  # dense
+
+
+def _commit_frame(extents: object) -> bytes:
+    body = {"upload_id": "u", "path": "/a", "size": 10, "extents": extents}
+    return msgpack.packb([V, "upload_commit", 9, "t", body])
+
+
+@pytest.mark.parametrize(("extents", "why"), [
+    ([-1, 5], r"int -1 is not an int in \[0, "),
+    ([0, 1.5], "float is not an int"),
+    (list(range(2 * m.MAX_EXTENTS + 2)), "exceeds max_array_len"),  # before any allocation
+    ([[0, 5]], "list is not an int"),
+    ("0,5", "str is not"),
+], ids=["negative", "float", "too-many", "nested", "str"])
+def test_garbage_extents_are_refused_by_the_codec(extents: object, why: str) -> None:
+    """Negative, mis-typed, too many or mis-shaped extents never reach the server."""
+    with pytest.raises(DecodeError, match=why):
+        decode(_commit_frame(extents), request=True)
+    with pytest.raises(ValueError, match="extents"):
+        m.UploadCommit(upload_id="u", path="/a", size=10,
+                       extents=tuple(range(2 * m.MAX_EXTENTS + 2)))
+
+
+def test_a_reply_of_too_many_extents_is_refused() -> None:
+    """The agent decodes replies without the request bounds: the field's own bound holds."""
+    body = {"size": 10**9, "version": "v", "extents": list(range(2 * m.MAX_EXTENTS + 2))}
+    with pytest.raises(DecodeError, match=f"array of at most {2 * m.MAX_EXTENTS} items"):
+        decode(msgpack.packb([V, "extent_map", 3, "", body]))

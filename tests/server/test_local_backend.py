@@ -7,11 +7,14 @@ import os
 
 import pytest
 
+from synthfs.server.backends.base import Backend
 from synthfs.server.backends.local import LocalBackend
 from synthfs.testing.backend_suite import BackendSuite
 
 
 class TestLocalBackend(BackendSuite):
+    holes = True
+
     @pytest.fixture(autouse=True)
     def _root(self, tmp_path):
         self.root = tmp_path / "repo"
@@ -19,6 +22,32 @@ class TestLocalBackend(BackendSuite):
 
     def make_backend(self):
         return LocalBackend(self.root, state=self.root.parent / "state")
+
+
+class _DenseLocalBackend(LocalBackend):
+    """The local backend with the base class's sparse defaults (a store without holes)."""
+
+    data_extents = Backend.data_extents
+    upload_commit_sparse = Backend.upload_commit_sparse
+
+
+class TestBackendDenseDefaults(TestLocalBackend):
+    """The defaults an object store keeps: sparse files read back right, stored dense."""
+
+    holes = False
+
+    def make_backend(self):
+        return _DenseLocalBackend(self.root, state=self.root.parent / "state")
+
+    def test_the_defaults_store_dense(self):
+        be = self.make_backend()
+        try:
+            a = be.upload_commit_sparse("u", "/s", 3 * 4096, [])
+            assert be.read_bytes("/s") == bytes(3 * 4096)
+            assert a.blocks * 512 >= 3 * 4096  # the holes were written as zeros
+            assert be.data_extents("/s")[2] == [(0, 3 * 4096)]
+        finally:
+            be.close()
 
 
 class TestLocalBackendWithoutOpenat2(TestLocalBackend):
