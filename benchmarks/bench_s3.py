@@ -32,11 +32,12 @@ GET 1 KiB (ops/s)                   317 / 65     807 / 81
 ==================================  ===========  ===========
 
 (two runs each, at load ~11 and ~22). Cold read of 256 MiB: one boto3
-stream 107-243 MB/s; through synthfs 34-52 MB/s, no better than the local
-backend's 40-60 MB/s measured at the same time (the limit is the
-server-agent data path on a loaded machine, not the store). Four parallel
-1 MiB ranges per 4 MiB read made the backend alone slower (21-58 MB/s)
-than one 4 MiB GET per read with six reads in flight (108-147 MB/s).
+stream 98-485 MB/s from run to run; through synthfs 34-52 MB/s before
+main's faster fetch path (no better than the local backend's 40-60 MB/s then:
+the limit was the server-agent data path, not the store), 108-113 MB/s after
+it (load ~10). The backend alone, one 4 MiB GET per read: 138 MB/s with six
+reads in flight (the agent's window), 194 MB/s with twelve; four parallel
+1 MiB ranges per 4 MiB read were slower (21-58 MB/s).
 1,000 creates: 6.8x the time of 1,000 boto3 puts (18x before lookups were
 answered from memory for 1 s and made with one round trip); a create costs
 four store round trips (the agent's lookup, the exclusive create, the
