@@ -44,6 +44,7 @@ from synthfs.agent.cache import DEFAULT_CACHE_SIZE, default_cache_dir
 from synthfs.agent.callbacks import Promises, Subscription
 from synthfs.agent.service import DEFAULT_ATTR_TTL, AgentService
 from synthfs.agent.upstream import Upstream
+from synthfs.agent.writeback import DEFAULT_UPLOAD_DELAY
 from synthfs.protocol.bootstrap import check_key_fd
 from synthfs.protocol.client import DEFAULT_TIMEOUT, SERVER_UNREACHABLE, Unreachable
 from synthfs.protocol.codec import MAX_FRAME, DecodeError, decode, encode, error_from_exception
@@ -151,6 +152,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "with --curve-secret")
     parser.add_argument("--timeout", metavar="S", type=float, default=DEFAULT_TIMEOUT,
                         help="seconds before an unanswered server request fails (default 5)")
+    parser.add_argument("--write-through", action="store_true",
+                        help="a close waits until the server has the file (default: write-back: "
+                        "a close is durable in the agent's journal and the file reaches the "
+                        "server within --upload-delay)")
+    parser.add_argument("--upload-delay", metavar="S", type=float, default=DEFAULT_UPLOAD_DELAY,
+                        help="write-back: seconds within which a closed file reaches the server "
+                        "while it answers (default 1)")
     parser.add_argument("--refuse", metavar="PATH", action="append", default=[],
                         help="another host path to list in Welcome.refused_paths (repeatable)")
     parser.add_argument("--ready-fd", metavar="N", type=int, default=None,
@@ -214,8 +222,9 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
     if not 0 <= args.attr_ttl <= 1:
         print("synthfs agent: --attr-ttl must be between 0 and 1 s", file=sys.stderr)
         return 2
-    if args.cache_size <= 0 or args.timeout <= 0:
-        print("synthfs agent: --cache-size and --timeout must be positive", file=sys.stderr)
+    if args.cache_size <= 0 or args.timeout <= 0 or not 0 < args.upload_delay <= 86400:
+        print("synthfs agent: --cache-size, --timeout and --upload-delay must be positive "
+              "(--upload-delay at most 86400 s)", file=sys.stderr)
         return 2
     try:
         sockopts = _curve_sockopts(args)
@@ -285,13 +294,18 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
                                    promises=promises,
                                    refresh=sub.drain if sub is not None else None,
                                    leases=board,
-                                   leases_endpoint=board.endpoint if board else "")
+                                   leases_endpoint=board.endpoint if board else "",
+                                   write_through=args.write_through,
+                                   upload_delay=args.upload_delay)
         except OSError as exc:
             print(f"synthfs agent: cannot use the cache at {cache_root}: {_why(exc)}",
                   file=sys.stderr)
             return 1
+        mode = "write-through" if args.write_through else \
+            f"write-back within {args.upload_delay:g} s"
         print(f"synthfs agent: ready on ipc://{sock_path} (server {args.server}, "
-              f"repo {upstream.repo_id}, cache {service.cache.dir})", file=sys.stderr, flush=True)
+              f"repo {upstream.repo_id}, cache {service.cache.dir}, {mode})", file=sys.stderr,
+              flush=True)
         if args.ready_fd is not None:
             try:
                 os.write(args.ready_fd, b"ready\n")
@@ -335,11 +349,11 @@ class _StopFlag:
 def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
            sub: Subscription | None = None) -> None:
     housekeeping = time.monotonic() + 1.0
+    poller = zmq.Poller()
+    poller.register(router, zmq.POLLIN)
     if sub is None:
         router.setsockopt(zmq.RCVTIMEO, 1000)  # a blocking receive: cheaper than poll + recv
     else:
-        poller = zmq.Poller()
-        poller.register(router, zmq.POLLIN)
         poller.register(sub.socket, zmq.POLLIN)
         poller.register(sub.monitor, zmq.POLLIN)
     board = service.leases
@@ -349,9 +363,19 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
         if time.monotonic() > housekeeping:
             service.idle()  # at least once a second, busy or not
             housekeeping = time.monotonic() + 1.0
-        if sub is not None:
-            events = dict(poller.poll(1000 if board is None else int(BEAT_INTERVAL * 1000)))
-            if sub.socket in events or sub.monitor in events:
+        # Write-back uploads: when due and nothing waits (or when they are late).
+        due = service.writeback_due()
+        if due is not None and (due == 0.0 and not router.poll(0)):
+            flag.idle = False
+            service.background()
+            flag.idle = True
+            continue
+        if sub is not None or due is not None:
+            wait_ms = 1000 if board is None else int(BEAT_INTERVAL * 1000)
+            if due is not None:
+                wait_ms = min(wait_ms, max(1, int(due * 1000)))
+            events = dict(poller.poll(wait_ms))
+            if sub is not None and (sub.socket in events or sub.monitor in events):
                 sub.drain()  # before the request: what arrived first is known first
             if board is not None:
                 if board.socket in events:
@@ -360,7 +384,8 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
             if router not in events:
                 continue
         try:
-            parts = router.recv_multipart(zmq.NOBLOCK if sub is not None else 0)
+            parts = router.recv_multipart(zmq.NOBLOCK if sub is not None or due is not None
+                                          else 0)
         except zmq.Again:
             continue
         flag.idle = False
@@ -368,6 +393,8 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
         if reply is not None:
             parts[-1] = reply
             router.send_multipart(parts)
+        if service.writeback_urgent():
+            service.background()
         flag.idle = True
 
 

@@ -274,6 +274,15 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
         if args.stats:
             sup.stats = {}
         status = _supervise(sup, command)
+        if launch is not None and remote.wrote:
+            # The embedded agent stops with this run: everything closed on /data reaches
+            # --data before the run returns (an agent of its own keeps write-back going).
+            try:
+                remote.sync(wait=True)
+            except OSError as exc:
+                print(f"synthfs run: files closed on {ns.mount} wait in the agent's journal "
+                      f"({exc.strerror or exc}); the next run on this cache uploads them",
+                      file=sys.stderr, flush=True)
         if args.stats and sup.stats is not None:
             sup.stats.update(
                 agent_requests=remote.requests, agent_ns=remote.agent_ns, denials=env.denials,
