@@ -84,6 +84,8 @@ _TRANSIENT = frozenset({errno.EIO, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.EN
                         errno.EDQUOT, errno.EAGAIN, errno.EBUSY, errno.ESTALE, errno.EPROTO,
                         errno.EKEYEXPIRED, errno.EKEYREJECTED})
 _BACKOFF_MAX = 5.0
+#: Seconds a file the server could not take (its disk full) waits before another try.
+_STUCK = 2.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
@@ -91,6 +93,22 @@ CREATE TABLE IF NOT EXISTS queue (
     queued REAL NOT NULL      -- time.time() of the first close not uploaded yet
 )
 """
+
+
+def queued_paths(directory: str) -> list[str]:
+    """The paths the journal in ``directory`` holds (none when it has none)."""
+    path = os.path.join(directory, "writeback.sqlite")
+    if not os.path.exists(path):
+        return []
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            return [name_from_wire(p) for (p,) in db.execute("SELECT path FROM queue")]
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        log.warning("write-back journal %s unreadable (%s)", path, exc)
+        return []
 
 
 class Journal:
@@ -104,7 +122,8 @@ class Journal:
         self._db.execute(_SCHEMA)
         #: path -> time.time() of its first close not uploaded yet
         self.rows: dict[str, float] = {
-            name_from_wire(p): q for p, q in self._db.execute("SELECT path, queued FROM queue")
+            name_from_wire(p): q
+            for p, q in self._db.execute("SELECT path, queued FROM queue ORDER BY queued")
         }
 
     def close(self) -> None:
@@ -121,13 +140,29 @@ class Journal:
         if path in self.rows:
             return
         now = time.time()
-        self._db.execute("INSERT OR IGNORE INTO queue (path, queued) VALUES (?, ?)",
-                         (wire_name(path), now))
+        self._exec("INSERT OR IGNORE INTO queue (path, queued) VALUES (?, ?)",
+                   (wire_name(path), now))
         self.rows[path] = now
 
     def done(self, path: str) -> None:
-        if self.rows.pop(path, None) is not None:
-            self._db.execute("DELETE FROM queue WHERE path = ?", (wire_name(path),))
+        if self.rows.pop(path, None) is None:
+            return
+        try:
+            self._exec("DELETE FROM queue WHERE path = ?", (wire_name(path),))
+        except OSError as exc:
+            # The file is on the server; a row left behind only makes the next agent
+            # look at the copy again (and send it only if it is dirty).
+            log.warning("write-back: cannot clear %s from the journal (%s)", path,
+                        exc.strerror or exc)
+
+    def _exec(self, sql: str, args: tuple[object, ...]) -> None:
+        """One statement, committed (fsynced); a full disk is ENOSPC, as for any write."""
+        try:
+            self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            full = "full" in str(exc)
+            raise OSError(errno.ENOSPC if full else errno.EIO,
+                          f"write-back journal: {exc}") from None
 
     def under(self, path: str) -> list[str]:
         """Queued paths at or below ``path``."""
@@ -135,7 +170,8 @@ class Journal:
         return [p for p in self.rows if p == path or p.startswith(prefix)]
 
     def oldest(self) -> float | None:
-        return min(self.rows.values()) if self.rows else None
+        # Rows are kept in the order they were queued (loaded so; added at the end).
+        return next(iter(self.rows.values()), None)
 
 
 class WriteBack(Knowledge):
@@ -150,11 +186,13 @@ class WriteBack(Knowledge):
     upload_delay: float
     _retry_at: float  # monotonic: no background upload before (a back-off)
     _backoff: float
+    _stuck: dict[str, float]  # path -> time.time() of its next try
 
     def _open_journal(self, write_through: bool) -> None:
         self.journal = None if write_through else Journal(self.cache.dir)
         self._retry_at = 0.0
         self._backoff = 0.0
+        self._stuck = {}
         if self.journal:
             log.info("write-back: %d closed files still to upload (from before a restart)",
                      len(self.journal))
@@ -170,6 +208,8 @@ class WriteBack(Knowledge):
             except OSError as exc:
                 log.warning("write-back: %d closed files stay queued (%s); the next agent "
                             "on this cache uploads them", len(j), exc.strerror or exc)
+            except Exception:  # never lose the rows to an unexpected error: they stay
+                log.exception("write-back: uploading the queue at exit failed")
         j.close()
 
     # -- handlers ---------------------------------------------------------------------
@@ -190,13 +230,8 @@ class WriteBack(Knowledge):
         if not self.cache.is_dirty(e):
             return Committed(attrs=e.attrs)
         try:
-            fd = self.cache.open_object(path)
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            j.add(path)
-        except (OSError, sqlite3.Error) as exc:
+            self._queue(path)
+        except OSError as exc:
             # The agent's disk cannot keep it (full?): the server must, before close returns.
             log.warning("write-back: cannot queue %s (%s): uploading it now", path, exc)
             return super().commit(msg)  # type: ignore[misc]
@@ -208,16 +243,29 @@ class WriteBack(Knowledge):
             reply = super().sync(msg)  # type: ignore[misc]
             assert isinstance(reply, Synced)
             return reply
+        uploaded = 0
         for e in self.cache:
             if e.path not in j and self.cache.is_dirty(e):
-                fd = self.cache.open_object(e.path)
                 try:
-                    os.fdatasync(fd)
-                finally:
-                    os.close(fd)
-                j.add(e.path)
-        uploaded = self._drain(everything=True) if msg.wait else 0
+                    self._queue(e.path)
+                except OSError as exc:  # the journal cannot keep it: the server must, now
+                    log.warning("write-back: cannot queue %s (%s): uploading it now", e.path,
+                                exc.strerror or exc)
+                    self._upload(e.path)
+                    uploaded += 1
+        if msg.wait:
+            uploaded += self._drain(everything=True)
         return self._status(uploaded)
+
+    def _queue(self, path: str) -> None:
+        """Make the local copy of ``path`` durable here and queue its upload."""
+        assert self.journal is not None
+        fd = self.cache.open_object(path)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self.journal.add(path)
 
     def _status(self, uploaded: int) -> Synced:
         j = self.journal
@@ -233,15 +281,10 @@ class WriteBack(Knowledge):
                       oldest_ms=max(0, int((time.time() - oldest) * 1000)))
 
     def remove(self, msg: Remove) -> Message:
+        reply = super().remove(msg)  # type: ignore[misc]
         j = self.journal
         if j is not None:
-            path = _check_path(msg.path)
-            if not msg.directory and path in j:
-                e = self.cache.get(path)
-                if e is None or e.attrs.nlink <= 1:
-                    j.done(path)  # never uploaded: create -> write -> unlink sends no content
-        reply = super().remove(msg)  # type: ignore[misc]
-        if j is not None:
+            # Never uploaded: create -> write -> close -> unlink sends no content.
             for p in j.under(_check_path(msg.path)):
                 if self.cache.get(p) is None:
                     j.done(p)
@@ -280,6 +323,7 @@ class WriteBack(Knowledge):
         j = self.journal
         if j is not None and path in j and not self._dirty(path):
             j.done(path)
+            self._stuck.pop(path, None)
         return a
 
     # -- the queue --------------------------------------------------------------------
@@ -287,6 +331,21 @@ class WriteBack(Knowledge):
     def _dirty(self, path: str) -> bool:
         e = self.cache.get(path)
         return e is not None and self.cache.is_dirty(e)
+
+    def _oldest_ready(self) -> tuple[float | None, float | None]:
+        """(first close of the oldest row that may be tried now, next end of a wait)."""
+        assert self.journal is not None
+        if not self._stuck:
+            return self.journal.oldest(), None
+        now = time.time()
+        oldest = waits = None
+        for p, q in self.journal.rows.items():
+            until = self._stuck.get(p)
+            if until is not None and until > now:
+                waits = until if waits is None else min(waits, until)
+            elif oldest is None or q < oldest:
+                oldest = q
+        return oldest, waits
 
     def writeback_due(self) -> float | None:
         """Seconds until queued uploads should start (0: now); None: nothing queued."""
@@ -296,18 +355,19 @@ class WriteBack(Knowledge):
         now = time.monotonic()
         if now < self._retry_at:
             return self._retry_at - now
-        oldest = j.oldest()
-        assert oldest is not None
+        oldest, waits = self._oldest_ready()
         # Held a fifth of the bound (a file removed meanwhile is never sent), then sent
         # whenever the agent is idle; at half the bound even while requests wait.
-        return max(0.0, oldest + self.upload_delay / 5 - time.time())
+        soonest = min(t for t in (None if oldest is None else oldest + self.upload_delay / 5,
+                                  waits) if t is not None)
+        return max(0.0, soonest - time.time())
 
     def writeback_urgent(self) -> bool:
         """Queued uploads are half-way to their bound: send them even while requests wait."""
         j = self.journal
         if not j or time.monotonic() < self._retry_at:
             return False
-        oldest = j.oldest()
+        oldest, _ = self._oldest_ready()
         return oldest is not None and time.time() - oldest >= self.upload_delay / 2
 
     def background(self) -> None:
@@ -316,13 +376,13 @@ class WriteBack(Knowledge):
             return
         try:
             self._drain(everything=False)
-        except OSError as exc:
+        except Exception as exc:  # the loop must go on; the rows stay queued
             self._backoff = min(_BACKOFF_MAX, max(0.5, self._backoff * 2))
             self._retry_at = time.monotonic() + self._backoff
             if not isinstance(exc, Unreachable):  # (Upstream logs an outage once)
                 log.warning("write-back: %d closed files wait for the server (%s); "
-                            "again in %.1f s", len(self.journal or ()), exc.strerror or exc,
-                            self._backoff)
+                            "again in %.1f s", len(self.journal or ()),
+                            getattr(exc, "strerror", None) or exc, self._backoff)
             return
         if self._backoff:
             log.info("write-back: the server takes uploads again")
@@ -331,19 +391,23 @@ class WriteBack(Knowledge):
     def _flush(self, paths: list[str]) -> None:
         """Upload ``paths`` now (before a namespace change that depends on them)."""
         for p in paths:
-            self._send_one(p, strict=True)
+            self._send_one(p)
 
     def _drain(self, *, everything: bool) -> int:
         """Upload queued files, oldest first: one batch, or (``everything``) all of them.
 
-        OSError when the server cannot take them (they stay queued).
+        A file the server cannot take now (its disk is full) waits a while
+        (:data:`_STUCK`) without holding the others; ``everything`` tries each
+        queued file and then raises the first such error. Unreachable at once.
         """
         j = self.journal
         assert j is not None
         sent = 0
+        failed: OSError | None = None
+        now = time.time()
         # What is queued now, each at most twice (a copy a guest keeps writing stays
         # queued for later rather than holding this loop).
-        tries = dict.fromkeys(j.rows, 2)
+        tries = {p: 2 for p in j.rows if everything or self._stuck.get(p, 0.0) <= now}
         while True:
             rows = sorted((r for r in j.rows.items() if tries.get(r[0], 0) > 0),
                           key=lambda r: r[1])
@@ -359,15 +423,25 @@ class WriteBack(Knowledge):
                 if got is None:
                     continue
                 e, st, data = got
-                if data is None:
-                    sent += self._send_one(path, strict=everything)  # a large file: alone
+                if data is None:  # a large file: alone
+                    try:
+                        sent += self._send_one(path)
+                    except Unreachable:
+                        raise
+                    except OSError as exc:
+                        failed = failed or exc
+                        tries[path] = 0
                     continue
                 batch.append((path, e, 0, data, st))
                 size += len(data)
             if batch:
-                sent += self._send_batch(batch)
+                n, err = self._send_batch(batch)
+                sent += n
+                failed = failed or err
             if not everything:
                 break
+        if everything and failed is not None:
+            raise failed
         return sent
 
     def _snapshot(self, path: str) -> tuple[Entry, os.stat_result, bytes | None] | None:
@@ -399,33 +473,41 @@ class WriteBack(Knowledge):
         finally:
             os.close(fd)
 
-    def _send_one(self, path: str, *, strict: bool) -> int:
-        """Upload one queued file; a refusal for good drops its row (``strict``: raises)."""
+    def _send_one(self, path: str) -> int:
+        """Upload one queued file (1: sent, 0: nothing to send); OSError when it failed.
+
+        A refusal for good drops its row; a failure the server may get over marks the
+        file for a later try (:data:`_STUCK`); Unreachable is only raised.
+        """
         j = self.journal
         assert j is not None
         if path not in j or not self._dirty(path):
-            if j is not None:
-                j.done(path)
+            j.done(path)
             return 0
         try:
             self._upload(path)
+        except Unreachable:
+            raise
         except OSError as exc:
-            if isinstance(exc, Unreachable) or exc.errno in _TRANSIENT:
-                raise
-            self._refused(path, exc)
-            if strict:
-                raise
-            return 0
+            if exc.errno in _TRANSIENT:
+                if path not in self._stuck:
+                    log.warning("write-back: the server cannot take %s now (%s): it stays "
+                                "queued", path, exc.strerror or exc)
+                self._stuck[path] = time.time() + _STUCK
+            else:
+                log.error("write-back: the server refused %s for good (%s): its closed "
+                          "content stays only in this agent's cache", path,
+                          exc.strerror or exc)
+                j.done(path)
+            raise
         return 1
 
-    def _refused(self, path: str, exc: OSError) -> None:
-        assert self.journal is not None
-        log.error("write-back: the server refused %s for good (%s): its closed content "
-                  "stays only in this agent's cache", path, exc.strerror or exc)
-        self.journal.done(path)
+    def _send_batch(self, batch: list[tuple[str, Entry, int, bytes, os.stat_result]]
+                    ) -> tuple[int, OSError | None]:
+        """Small files together: every chunk pipelined, then every commit pipelined.
 
-    def _send_batch(self, batch: list[tuple[str, Entry, int, bytes, os.stat_result]]) -> int:
-        """Small files together: every chunk pipelined, then every commit pipelined."""
+        (files sent, the first per-file error); Unreachable is raised.
+        """
         ids = [secrets.token_hex(16) for _ in batch]
         chunks = [(ids[k], off, data[off:off + CHUNK_SIZE])
                   for k, (_, _, _, data, _) in enumerate(batch)
@@ -447,17 +529,22 @@ class WriteBack(Knowledge):
                 path, _, _, _, st0 = batch[k]
                 self._uploaded(path, reply.attrs, st0, stamp)
                 done = k + 1
+        except Unreachable:
+            raise
         except OSError as exc:
-            if isinstance(exc, Unreachable):
-                raise
             # One file the server refused (or a restart that lost staged chunks):
             # the rest one by one, each with its own verdict.
             log.debug("write-back: batch stopped at %d (%s): one by one", done, exc)
-            sent = done
+            sent, failed = done, None
             for path, *_ in batch[done:]:
-                sent += self._send_one(path, strict=False)
-            return sent
-        return done
+                try:
+                    sent += self._send_one(path)
+                except Unreachable:
+                    raise
+                except OSError as one:
+                    failed = failed or one
+            return sent, failed
+        return done, None
 
     def _uploaded(self, path: str, a: Attrs, st0: os.stat_result, stamp: object) -> None:
         """Record an upload of the copy as it was at ``st0`` (as Uploads._upload_once does)."""
@@ -475,4 +562,5 @@ class WriteBack(Knowledge):
         assert self.journal is not None
         if not changed:
             self.journal.done(path)
+            self._stuck.pop(path, None)
 

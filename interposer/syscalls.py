@@ -429,7 +429,7 @@ TABLE: tuple[SyscallSpec, ...] = (
         (FD,),
         Level.FD,
         h.fds.sys_close,
-        "a written /data file is uploaded at close",
+        "a written /data file: durable in the agent's journal, queued for upload",
         needs=Need.WROTE,
     ),
     _row("close_range", (FD, FD, N), Level.FD, h.fds.sys_close_range, needs=Need.WROTE),
