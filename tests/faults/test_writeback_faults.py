@@ -207,3 +207,58 @@ def test_agent_sync_reports_and_waits(stack: Stack) -> None:
     assert rc == 0 and "uploaded 5, queued 0" in out, out
     assert not _missing(stack.root, _acked(g))
     json.dumps(out)  # (one line, printable)
+
+
+#: Closes /data/out/a, fsyncs it through a read-only fd, says so and waits for the host
+#: file argv[1]; closes /data/out/b, runs sync(1) (a process that wrote nothing), says
+#: so and waits for argv[2].
+FSYNCER = r"""
+import os, subprocess, sys, time
+def wait(path):
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+def put(name, body):
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(fd, body)
+    os.close(fd)
+put("/data/out/a", b"fsynced")
+ro = os.open("/data/out/a", os.O_RDONLY)
+os.fsync(ro)
+os.close(ro)
+print("fsynced", flush=True)
+wait(sys.argv[1])
+put("/data/out/b", b"synced")
+subprocess.run(["sync"], check=True)
+print("synced", flush=True)
+wait(sys.argv[2])
+put("/data/out/c", b"synced by another sandbox")
+print("closed", flush=True)
+wait(sys.argv[3])
+"""
+
+
+def test_fsync_and_sync_return_once_the_server_has_it(stack: Stack) -> None:
+    """With nothing uploaded behind its back (a bound of 10 min), what fsync (of any fd
+    on the file) or sync (by another process, or another sandbox of the same agent)
+    acknowledged is on the server at once."""
+    stack.start_server()
+    stack.start_agent("--upload-delay", "600")
+    go = [stack.tmp / f"go{i}" for i in range(3)]
+    g = Guest(["--agent", stack.agent_ep], FSYNCER, *map(str, go))
+    try:
+        assert g.wait_for(lambda _rs: "fsynced" in g.lines, 120), g.show()
+        assert (stack.root / "out" / "a").read_bytes() == b"fsynced"
+        go[0].touch()
+        assert g.wait_for(lambda _rs: "synced" in g.lines, 120), g.show()
+        assert (stack.root / "out" / "b").read_bytes() == b"synced"
+        go[1].touch()
+        assert g.wait_for(lambda _rs: "closed" in g.lines, 120), g.show()
+        assert (stack.root / "out" / "c").read_bytes() == b""  # queued
+        other = Guest(["--agent", stack.agent_ep], "import os; os.sync()")
+        assert other.finish(HANG) == 0, other.show()
+        assert (stack.root / "out" / "c").read_bytes() == b"synced by another sandbox"
+    finally:
+        for f in go:
+            f.touch()
+        assert g.finish(HANG) == 0, g.show()
