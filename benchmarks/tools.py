@@ -426,8 +426,11 @@ class Synthfs(Tool):
         try:
             for root in (Root.DISK, Root.TMPFS):
                 cache = self.ctx.out_dir / f"{self.name}-cache-{root.value}"
-                stack = self.stacks.enter_context(
-                    embedded_stack(self.ctx.root(root), cache, **self.agent_options))
+                # The server's state beside the data, on its file system (a tmpfs
+                # root is its own mount: the default state directory is not on it).
+                state = self.ctx.root(root).parent / f"{self.name}-state"
+                stack = self.stacks.enter_context(embedded_stack(
+                    self.ctx.root(root), cache, state_dir=state, **self.agent_options))
                 self.endpoints[root] = str(stack.agent_endpoint)
         except ToolError:
             self.teardown()
