@@ -24,8 +24,10 @@ Semantics (README, docs/architecture.md "Write-back"):
 * A rename, link or truncation of a queued path first uploads it (the server
   applies namespace changes at once, in the order the guests made them); a
   remove drops its row; mkdir/rmdir go to the server at once.
-* The journal survives SIGKILL and restarts: the next agent on this cache
-  uploads every row it finds before the rows are due again.
+* The journal survives SIGKILL, power loss and restarts: the next agent on
+  this cache sends every row it finds at once (their copies are kept even if
+  the cache's unsynced index lost them). A close the journal cannot record
+  (its disk is full) uploads before it returns, as with ``--write-through``.
 * Two agents writing one path: the server's commit order decides (the last
   upload to commit wins, as the last close does in AFS); an exclusive create
   is decided by the server before the guest's ``open`` returns.
