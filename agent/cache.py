@@ -241,6 +241,10 @@ class ContentCache:
         return os.open(object_name(path), flags | os.O_NOFOLLOW | os.O_CLOEXEC,
                        dir_fd=self._objects_fd)
 
+    def sync_objects_dir(self) -> None:
+        """fsync the objects directory: a copy renamed into it keeps its name after a crash."""
+        os.fsync(self._objects_fd)
+
     def close(self) -> None:
         """Save LRU times, close the index and release the directory lock."""
         if self._lock_fd >= 0:

@@ -267,6 +267,7 @@ class WriteBack(Knowledge):
             os.fdatasync(fd)
         finally:
             os.close(fd)
+        self.cache.sync_objects_dir()  # (the copy may be new there: a create, a fetch)
         self.journal.add(path)
 
     def _status(self, uploaded: int) -> Synced:
