@@ -45,6 +45,7 @@ from synthfs.agent.cache import DEFAULT_CACHE_SIZE, default_cache_dir, parse_siz
 from synthfs.agent.callbacks import MAX_AGE, Promises, Subscription
 from synthfs.agent.service import DEFAULT_ATTR_TTL, AgentService
 from synthfs.agent.upstream import Upstream
+from synthfs.agent.writeback import DEFAULT_UPLOAD_DELAY
 from synthfs.linux import reuse_freed_memory
 from synthfs.protocol.bootstrap import check_key_fd
 from synthfs.protocol.client import DEFAULT_TIMEOUT, SERVER_UNREACHABLE, Unreachable
@@ -170,6 +171,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "with --curve-secret")
     parser.add_argument("--timeout", metavar="S", type=float, default=DEFAULT_TIMEOUT,
                         help="seconds before an unanswered server request fails (default 5)")
+    parser.add_argument("--write-through", action="store_true",
+                        help="a close waits until the server has the file (default: write-back: "
+                        "a close is durable in the agent's journal and the file reaches the "
+                        "server within --upload-delay)")
+    parser.add_argument("--upload-delay", metavar="S", type=float, default=DEFAULT_UPLOAD_DELAY,
+                        help="write-back: seconds within which a closed file reaches the server "
+                        "while it answers (default 1)")
     parser.add_argument("--refuse", metavar="PATH", action="append", default=[],
                         help="another host path to list in Welcome.refused_paths (repeatable)")
     parser.add_argument("--ready-fd", metavar="N", type=int, default=None,
@@ -240,8 +248,9 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
     if not 0 <= args.attr_ttl <= 1:
         print("synthfs agent: --attr-ttl must be between 0 and 1 s", file=sys.stderr)
         return 2
-    if args.cache_size <= 0 or args.timeout <= 0:
-        print("synthfs agent: --cache-size and --timeout must be positive", file=sys.stderr)
+    if args.cache_size <= 0 or args.timeout <= 0 or not 0 < args.upload_delay <= 86400:
+        print("synthfs agent: --cache-size, --timeout and --upload-delay must be positive "
+              "(--upload-delay at most 86400 s)", file=sys.stderr)
         return 2
     try:
         sockopts = _curve_sockopts(args)
@@ -317,7 +326,9 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
                                    promises=promises,
                                    refresh=_drainer(subs),
                                    leases=board,
-                                   leases_endpoint=board.endpoint if board else "")
+                                   leases_endpoint=board.endpoint if board else "",
+                                   write_through=args.write_through,
+                                   upload_delay=args.upload_delay)
         except OSError as exc:
             print(f"synthfs agent: cannot use the cache at {cache_root}: {_why(exc)}",
                   file=sys.stderr)
@@ -330,8 +341,11 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
                 [*(t for t in trusted if t[0] != Kind.SERVER_OWN),
                  *((Kind.SERVER_OWN, p) for p in upstream.local_server_paths())])
         upstream.on_new_paths = learnt_paths
+        mode = "write-through" if args.write_through else \
+            f"write-back within {args.upload_delay:g} s"
         print(f"synthfs agent: ready on ipc://{sock_path} (server {args.server}, "
-              f"repo {upstream.repo_id}, cache {service.cache.dir})", file=sys.stderr, flush=True)
+              f"repo {upstream.repo_id}, cache {service.cache.dir}, {mode})", file=sys.stderr,
+              flush=True)
         if args.ready_fd is not None:
             try:
                 os.write(args.ready_fd, b"ready\n")
@@ -400,14 +414,13 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
     housekeeping = time.monotonic() + 1.0
     subs = subs or []
     drain = _drainer(subs)
+    poller = zmq.Poller()
+    poller.register(router, zmq.POLLIN)
     if not subs:
         router.setsockopt(zmq.RCVTIMEO, 1000)  # a blocking receive: cheaper than poll + recv
-    else:
-        poller = zmq.Poller()
-        poller.register(router, zmq.POLLIN)
-        for sub in subs:
-            poller.register(sub.socket, zmq.POLLIN)
-            poller.register(sub.monitor, zmq.POLLIN)
+    for sub in subs:
+        poller.register(sub.socket, zmq.POLLIN)
+        poller.register(sub.monitor, zmq.POLLIN)
     board = service.leases
     if board is not None and board.socket is not None:
         poller.register(board.socket, zmq.POLLIN)
@@ -416,9 +429,20 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
             service.idle()  # at least once a second, busy or not
             service.upstream.housekeeping()
             housekeeping = time.monotonic() + 1.0
-        if drain is not None:
-            events = dict(poller.poll(1000 if board is None else int(BEAT_INTERVAL * 1000)))
-            if any(s.socket in events or s.monitor in events for s in subs):
+        # Write-back uploads: when due and nothing waits (or when they are late).
+        due = service.writeback_due()
+        if due is not None and (due == 0.0 and not router.poll(0)):
+            flag.idle = False
+            service.background()
+            flag.idle = True
+            continue
+        if drain is not None or due is not None:
+            wait_ms = 1000 if board is None else int(BEAT_INTERVAL * 1000)
+            if due is not None:
+                wait_ms = min(wait_ms, max(1, int(due * 1000)))
+            events = dict(poller.poll(wait_ms))
+            if drain is not None and any(s.socket in events or s.monitor in events
+                                         for s in subs):
                 drain()  # before the request: what arrived first is known first
             if board is not None:
                 if board.socket in events:
@@ -427,7 +451,7 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
             if router not in events:
                 continue
         try:
-            parts = router.recv_multipart(zmq.NOBLOCK if subs else 0)
+            parts = router.recv_multipart(zmq.NOBLOCK if subs or due is not None else 0)
         except zmq.Again:
             continue
         flag.idle = False
@@ -435,6 +459,8 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
         if reply is not None:
             parts[-1] = reply
             router.send_multipart(parts)
+        if service.writeback_urgent():
+            service.background()
         flag.idle = True
 
 
