@@ -156,6 +156,16 @@ def _check_ours(st: os.stat_result, shown: str, is_kind: Callable[[int], bool]) 
         )
 
 
+@contextlib.contextmanager
+def _as_oserror() -> Iterator[None]:
+    """An index write that fails (its disk is full) is an OSError like any other write."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        full = "full" in str(exc)
+        raise OSError(errno.ENOSPC if full else errno.EIO, f"cache index: {exc}") from None
+
+
 def _repo_dir_name(repo_id: str) -> str:
     if _SAFE.fullmatch(repo_id) and repo_id not in (".", ".."):
         return repo_id
@@ -252,6 +262,10 @@ class ContentCache:
         return os.open(object_name(path), flags | os.O_NOFOLLOW | os.O_CLOEXEC,
                        dir_fd=self._objects_fd)
 
+    def sync_objects_dir(self) -> None:
+        """fsync the objects directory: a copy renamed into it keeps its name after a crash."""
+        os.fsync(self._objects_fd)
+
     def close(self) -> None:
         """Save LRU times, close the index and release the directory lock."""
         if self._lock_fd >= 0:
@@ -322,6 +336,23 @@ class ContentCache:
                 bad.append(path)
         for path in bad:
             self._db.execute("DELETE FROM copies WHERE path = ?", (path,))
+        # A closed file the write-back journal (synced) names outlives a lost index row
+        # (not synced): it stays, dirty, for the journal's upload.
+        from synthfs.agent.writeback import queued_paths  # (it imports this module)
+
+        for path in queued_paths(self.dir):
+            name = object_name(path)
+            if name in present and path not in self._entries:
+                st = os.stat(name, dir_fd=self._objects_fd, follow_symlinks=False)
+                a = Attrs(kind="file", size=st.st_size, mode=0o644, mtime_ns=st.st_mtime_ns,
+                          ctime_ns=st.st_ctime_ns, ino=0)
+                self._entries[path] = Entry(path=path, attrs=a, recorded=signature(st),
+                                            dirty=True, used=time.time())
+                self._put(self._entries[path])
+                self._bytes += st.st_size
+                known.add(name)
+                log.warning("cache: the index had lost %s, which is queued for upload: kept",
+                            path)
         for name in present:
             if name not in known:
                 with contextlib.suppress(OSError):
@@ -331,16 +362,18 @@ class ContentCache:
     def _put(self, e: Entry) -> None:
         a = [str(v) if f == "kind" else v
              for f, v in zip(_ATTR_FIELDS, attrs.astuple(e.attrs, recurse=False), strict=True)]
-        self._db.execute(
-            "INSERT OR REPLACE INTO copies (path, attrs, recorded, dirty, used) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (wire_name(e.path), json.dumps(a), json.dumps(_recorded_of(e.recorded)), int(e.dirty),
-             e.used),
-        )
+        with _as_oserror():
+            self._db.execute(
+                "INSERT OR REPLACE INTO copies (path, attrs, recorded, dirty, used) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (wire_name(e.path), json.dumps(a), json.dumps(_recorded_of(e.recorded)),
+                 int(e.dirty), e.used),
+            )
         self._touched.discard(e.path)
 
     def _delete(self, path: str) -> None:
-        self._db.execute("DELETE FROM copies WHERE path = ?", (wire_name(path),))
+        with _as_oserror():
+            self._db.execute("DELETE FROM copies WHERE path = ?", (wire_name(path),))
         self._touched.discard(path)
 
     def flush_touches(self) -> None:

@@ -54,7 +54,7 @@ import zmq
 from synthfs.protocol.monitor import monitor_event
 from synthfs.protocol.naming import name_from_wire
 from synthfs.protocol.sealed import TOPIC as SEALED_TOPIC
-from synthfs.protocol.sealed import open_sealed
+from synthfs.protocol.sealed import SealError, open_sealed
 
 __all__ = ["BEAT_TIMEOUT", "MAX_AGE", "Promises", "Subscription"]
 
@@ -71,6 +71,17 @@ _MAX_MARKS = 100_000
 OnInval = Callable[[str, str, bool], None]
 
 
+class _Channel:
+    """What one server's publications said last: its instance, sequence number, time."""
+
+    __slots__ = ("heard", "instance", "seq")
+
+    def __init__(self) -> None:
+        self.instance: str | None = None
+        self.seq = 0
+        self.heard = float("-inf")
+
+
 class Promises:
     """The promise state: pure (messages and times in, decisions out)."""
 
@@ -80,14 +91,14 @@ class Promises:
         clock: Callable[[], float] = time.monotonic,
         beat_timeout: float = BEAT_TIMEOUT,
         max_age: float = MAX_AGE,
+        channels: int = 1,
     ) -> None:
         self.clock = clock
         self.beat_timeout = beat_timeout
         self.max_age = max_age
-        self.instance: str | None = None
-        self.seq = 0
+        #: one per server: a promise holds only while every one is live and unbroken
+        self.channels = [_Channel() for _ in range(max(1, channels))]
         self.epoch = 0
-        self.heard = float("-inf")
         self.n = 0  # invalidations processed in this epoch
         self._held: dict[str, tuple[int, int, float]] = {}  # path -> (epoch, n, since)
         self._marks: dict[str, int] = {}  # path -> n of its last invalidation
@@ -107,11 +118,12 @@ class Promises:
 
     def break_all(self, why: str) -> None:
         """Every promise is void; none holds until the channel proves itself again."""
-        if self.instance is not None or self._held:
+        if any(c.instance is not None for c in self.channels) or self._held:
             log.info("callback promises broken: %s", why)
         self.breaks += 1
         self.epoch += 1
-        self.instance = None
+        for c in self.channels:
+            c.instance = None
         self.n = 0
         self._held.clear()
         self._marks.clear()
@@ -119,28 +131,31 @@ class Promises:
         if self.on_break is not None:
             self.on_break(why)
 
-    def _sync(self, instance: str, seq: int) -> None:
-        if self.instance is None:
-            self.instance, self.seq = instance, seq
+    def _sync(self, c: _Channel, instance: str, seq: int) -> None:
+        if c.instance is None:
+            c.instance, c.seq = instance, seq
             log.debug("callback promises: following instance %s from seq %d", instance, seq)
 
-    def beat(self, instance: str, seq: int) -> None:
+    def beat(self, instance: str, seq: int, channel: int = 0) -> None:
+        c = self.channels[channel]
         now = self.clock()
-        if self.instance is not None and (instance != self.instance or seq != self.seq):
-            self.break_all("server restarted" if instance != self.instance
-                           else f"lost invalidations (seq {self.seq} -> {seq})")
-        self._sync(instance, seq)
-        self.heard = now
+        if c.instance is not None and (instance != c.instance or seq != c.seq):
+            self.break_all("server restarted" if instance != c.instance
+                           else f"lost invalidations (seq {c.seq} -> {seq})")
+        self._sync(c, instance, seq)
+        c.heard = now
 
-    def inval(self, path: str, version: str, instance: str, seq: int, parent: bool) -> None:
+    def inval(self, path: str, version: str, instance: str, seq: int, parent: bool,
+              channel: int = 0) -> None:
+        c = self.channels[channel]
         now = self.clock()
-        if self.instance is not None and (instance != self.instance or seq != self.seq + 1):
-            self.break_all("server restarted" if instance != self.instance
-                           else f"lost invalidations (seq {self.seq} -> {seq})")
-        if self.instance is None:
-            self._sync(instance, seq)
-        self.seq = seq
-        self.heard = now
+        if c.instance is not None and (instance != c.instance or seq != c.seq + 1):
+            self.break_all("server restarted" if instance != c.instance
+                           else f"lost invalidations (seq {c.seq} -> {seq})")
+        if c.instance is None:
+            self._sync(c, instance, seq)
+        c.seq = seq
+        c.heard = now
         if self.on_change is not None:
             self.on_change(path, version, parent)
         if version and self.known(path) == version:
@@ -154,11 +169,22 @@ class Promises:
         if self.on_inval is not None:
             self.on_inval(path, version, parent)
 
-    def disconnected(self) -> None:
-        self.break_all("disconnected from the publisher")
+    def disconnected(self, channel: int = 0) -> None:
+        self.break_all("disconnected from the publisher"
+                       + (f" {channel}" if len(self.channels) > 1 else ""))
+
+    def silent(self, channel: int = 0) -> None:
+        """The channel cannot be read (no key for it yet): it is not live."""
+        c = self.channels[channel]
+        if c.instance is not None:
+            self.break_all(f"channel {channel} cannot be read")
+
+    def _live(self, now: float) -> bool:
+        return all(c.instance is not None and now - c.heard <= self.beat_timeout
+                   for c in self.channels)
 
     def live(self) -> bool:
-        return self.instance is not None and self.clock() - self.heard <= self.beat_timeout
+        return self._live(self.clock())
 
     # -- promises -------------------------------------------------------------------
 
@@ -180,7 +206,7 @@ class Promises:
             return False
         epoch, n, since = h
         now = self.clock()
-        if (epoch != self.epoch or self.instance is None or now - self.heard > self.beat_timeout
+        if (epoch != self.epoch or not self._live(now)
                 or now - since > self.max_age or self._marks.get(path, 0) > n):
             return False
         return self._tree_mark(path) <= n
@@ -222,7 +248,9 @@ class Promises:
 
     def vouched(self) -> float:
         """Until when the channel vouches for the promises it holds (-inf: not live)."""
-        return self.heard + self.beat_timeout if self.instance is not None else float("-inf")
+        if any(c.instance is None for c in self.channels):
+            return float("-inf")
+        return min(c.heard for c in self.channels) + self.beat_timeout
 
     def expire(self) -> None:
         """Housekeeping: drop promises past ``max_age`` or cancelled."""
@@ -243,10 +271,16 @@ class Subscription:
 
     def __init__(self, ctx: zmq.Context[Any], endpoint: str, promises: Promises,
                  sockopts: Mapping[int, int | bytes] | None = None,
-                 key: Callable[[], str] = lambda: "") -> None:
+                 key: Callable[[], str] = lambda: "", channel: int = 0,
+                 on_foreign: Callable[[], None] | None = None) -> None:
         self.endpoint = endpoint
         self.promises = promises
         self.key = key  # the channel key of the current registration
+        #: which of ``promises.channels`` this server's publications feed
+        self.channel = channel
+        #: called when a publication is sealed with another key (the server restarted:
+        #: the agent registers with it again to learn the new one)
+        self.on_foreign = on_foreign
         self.socket = ctx.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, 100_000)
@@ -270,7 +304,7 @@ class Subscription:
             except zmq.Again:
                 break
             if event == zmq.EVENT_DISCONNECTED:
-                self.promises.disconnected()
+                self.promises.disconnected(self.channel)
             elif event == zmq.EVENT_CONNECTED:
                 self.promises.break_all("connected to the publisher")
         while True:
@@ -280,26 +314,34 @@ class Subscription:
                 return
             try:
                 self._on_message(frames)
+            except SealError as exc:
+                self.promises.break_all(f"undecodable publication: {exc}")
+                if self.on_foreign is not None:
+                    self.on_foreign()
             except (ValueError, TypeError, IndexError, msgpack.UnpackException) as exc:
                 self.promises.break_all(f"undecodable publication: {exc}")
 
     def _on_message(self, frames: list[bytes]) -> None:
         if len(frames) != 2 or frames[0] != SEALED_TOPIC:
             raise ValueError("not a sealed publication")
+        key = self.key()
+        if not key:  # not registered with this server yet: its channel is not live
+            self.promises.silent(self.channel)
+            return
         # A publication another key sealed (a restarted server, before this agent
         # registers again) raises SealError (a ValueError): every promise breaks.
-        body = msgpack.unpackb(open_sealed(self.key(), frames[1]))
+        body = msgpack.unpackb(open_sealed(key, frames[1]))
         if not isinstance(body, list) or not body:
             raise ValueError("bad publication")
         if body[0] == "beat":
             instance, seq = body[1], body[2]
             if not isinstance(instance, str) or not isinstance(seq, int):
                 raise ValueError("bad beat")
-            self.promises.beat(instance, seq)
+            self.promises.beat(instance, seq, self.channel)
         elif body[0] == "inval":
             path, version, instance, seq, parent = body[1:6]
             path = name_from_wire(path)  # a name that is not UTF-8 comes as bin
             if not (isinstance(path, str) and isinstance(version, str)
                     and isinstance(instance, str) and isinstance(seq, int)):
                 raise ValueError("bad invalidation")
-            self.promises.inval(path, version, instance, seq, bool(parent))
+            self.promises.inval(path, version, instance, seq, bool(parent), self.channel)

@@ -231,6 +231,7 @@ def embedded(
     server_listen: str | None = None,
     verbose: int = 0,
     state_dir: str | os.PathLike[str] | None = None,
+    write_through: bool = False,
 ) -> Iterator[TrustedStack]:
     """Start a private server (serving ``data_dir``) and agent; stop both on exit.
 
@@ -240,13 +241,14 @@ def embedded(
     ``server_listen`` replaces the server's private ``ipc://`` endpoint (for
     benchmarks: e.g. ``tcp://127.0.0.1:5701``; a port the caller chose).
     ``state_dir`` is the server's ``--state`` (see the module's docstring).
+    ``write_through``: the agent's ``--write-through`` (a close waits for the server).
     Raises :class:`EmbeddedError` (before starting anything) for a bad
     ``data_dir``, or when a process fails to become ready in ``startup_timeout``.
     """
     with starting(
         data_dir, cache_dir=cache_dir, cache_size=cache_size, startup_timeout=startup_timeout,
         token_ttl=token_ttl, attr_ttl=attr_ttl, server_listen=server_listen, verbose=verbose,
-        state_dir=state_dir,
+        state_dir=state_dir, write_through=write_through,
     ) as launch:
         yield launch.ready()
 
@@ -286,6 +288,7 @@ def starting(
     server_listen: str | None = None,
     verbose: int = 0,
     state_dir: str | os.PathLike[str] | None = None,
+    write_through: bool = False,
 ) -> Iterator[Launch]:
     """Spawn the pair of :func:`embedded` and return at once; stop both on exit.
 
@@ -347,6 +350,8 @@ def starting(
                 agent_argv += ["--cache-size", str(cache_size)]
             if attr_ttl is not None:
                 agent_argv += ["--attr-ttl", f"{attr_ttl:g}"]
+            if write_through:
+                agent_argv.append("--write-through")
             agent = _spawn("agent", agent_argv, workdir, env, [key_r, life_w])
             procs.append(agent)
         finally:

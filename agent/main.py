@@ -42,9 +42,10 @@ from typing import Any
 import zmq
 
 from synthfs.agent.cache import DEFAULT_CACHE_SIZE, default_cache_dir, parse_size
-from synthfs.agent.callbacks import Promises, Subscription
+from synthfs.agent.callbacks import MAX_AGE, Promises, Subscription
 from synthfs.agent.service import DEFAULT_ATTR_TTL, AgentService
 from synthfs.agent.upstream import Upstream
+from synthfs.agent.writeback import DEFAULT_UPLOAD_DELAY
 from synthfs.linux import reuse_freed_memory
 from synthfs.protocol.bootstrap import check_key_fd
 from synthfs.protocol.client import DEFAULT_TIMEOUT, SERVER_UNREACHABLE, Unreachable
@@ -134,7 +135,10 @@ def _size_arg(text: str) -> int:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", required=True, metavar="EP", help="the server's endpoint")
+    parser.add_argument("--server", required=True, metavar="EP[,EP...]",
+                        help="the server's endpoint; several, comma-separated, serving one "
+                        "repository: requests are spread over them, and go to the others "
+                        "when one is lost")
     key = parser.add_mutually_exclusive_group(required=True)
     key.add_argument("--bootstrap-key", metavar="FILE", help="bootstrap key file (mode 0600)")
     key.add_argument("--bootstrap-fd", metavar="N", type=int, help="read the key from fd N")
@@ -148,9 +152,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "(default 1G)")
     parser.add_argument("--attr-ttl", metavar="S", type=float, default=DEFAULT_ATTR_TTL,
                         help="seconds a Stat/List answer serves later Stats (default 1, max 1)")
-    parser.add_argument("--subscribe", metavar="EP", default=None,
-                        help="the server's --publish endpoint: hold callback promises, so an "
+    parser.add_argument("--subscribe", metavar="EP[,EP...]", default=None,
+                        help="the server's --publish endpoint (with several servers, each "
+                        "one's, in the order of --server): hold callback promises, so an "
                         "Open or Stat of an unchanged cached object needs no round trip")
+    parser.add_argument("--promise-max-age", metavar="S", type=float, default=MAX_AGE,
+                        help="seconds a callback promise lasts at most: the bound on how long "
+                        "a change made behind the servers' backs (directly in the repository) "
+                        f"can stay unseen by an open (default {MAX_AGE:g})")
     parser.add_argument("--curve-secret", metavar="FILE", default=None,
                         help="this agent's CURVE secret key file (NAME.key_secret from "
                         "'synthfs keys', mode 0600; its NAME.key goes to the server's "
@@ -162,6 +171,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "with --curve-secret")
     parser.add_argument("--timeout", metavar="S", type=float, default=DEFAULT_TIMEOUT,
                         help="seconds before an unanswered server request fails (default 5)")
+    parser.add_argument("--write-through", action="store_true",
+                        help="a close waits until the server has the file (default: write-back: "
+                        "a close is durable in the agent's journal and the file reaches the "
+                        "server within --upload-delay)")
+    parser.add_argument("--upload-delay", metavar="S", type=float, default=DEFAULT_UPLOAD_DELAY,
+                        help="write-back: seconds within which a closed file reaches the server "
+                        "while it answers (default 1)")
     parser.add_argument("--refuse", metavar="PATH", action="append", default=[],
                         help="another host path to list in Welcome.refused_paths (repeatable)")
     parser.add_argument("--ready-fd", metavar="N", type=int, default=None,
@@ -178,7 +194,8 @@ def _why(exc: BaseException) -> str:
 def _curve_sockopts(args: argparse.Namespace) -> dict[int, int | bytes]:
     """The CURVE options for the upstream sockets ({} without CURVE); refuse clear remote links."""
     if args.curve_secret is None and args.server_key is None:
-        for flag, ep in (("--server", args.server), ("--subscribe", args.subscribe)):
+        for flag, ep in [*(("--server", e) for e in args.servers),
+                         *(("--subscribe", e) for e in args.subscribes)]:
             if ep and remote_tcp(ep):
                 raise ValueError(f"{flag} {ep} is not a loopback address: the link needs CURVE "
                                  "(--curve-secret and --server-key), or the token would cross "
@@ -207,9 +224,14 @@ def main(args: argparse.Namespace) -> int:
 
 def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
     try:
-        check_endpoint("--server", args.server)
-        if args.subscribe:
-            check_endpoint("--subscribe", args.subscribe)
+        args.servers = _endpoints("--server", args.server)
+        args.subscribes = _endpoints("--subscribe", args.subscribe) if args.subscribe else []
+        if args.subscribes and len(args.subscribes) != len(args.servers):
+            raise ValueError(f"--subscribe names {len(args.subscribes)} endpoints and --server "
+                             f"{len(args.servers)}: give each server's --publish endpoint, "
+                             "in the same order")
+        if args.promise_max_age <= 0:
+            raise ValueError("--promise-max-age must be positive")
         try:
             key = read_key_fd(args.bootstrap_fd) if args.bootstrap_fd is not None \
                 else read_key_file(args.bootstrap_key)
@@ -226,8 +248,9 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
     if not 0 <= args.attr_ttl <= 1:
         print("synthfs agent: --attr-ttl must be between 0 and 1 s", file=sys.stderr)
         return 2
-    if args.cache_size <= 0 or args.timeout <= 0:
-        print("synthfs agent: --cache-size and --timeout must be positive", file=sys.stderr)
+    if args.cache_size <= 0 or args.timeout <= 0 or not 0 < args.upload_delay <= 86400:
+        print("synthfs agent: --cache-size, --timeout and --upload-delay must be positive "
+              "(--upload-delay at most 86400 s)", file=sys.stderr)
         return 2
     try:
         sockopts = _curve_sockopts(args)
@@ -242,19 +265,19 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
         (Kind.AGENT_SOCKET, sock_path),
         (Kind.BOOTSTRAP_KEY, args.bootstrap_key),
         (Kind.CURVE_SECRET, args.curve_secret),
-        (Kind.SERVER_SOCKET, socket_path(args.server)),
-        (Kind.SERVER_SOCKET, socket_path(args.subscribe or "")),
+        *((Kind.SERVER_SOCKET, socket_path(ep)) for ep in args.servers),
+        *((Kind.SERVER_SOCKET, socket_path(ep)) for ep in args.subscribes),
         *((Kind.WORKDIR, p) for p in args.refuse),
     ]
 
     ctx: zmq.Context[Any] = zmq.Context.instance()  # one context, one I/O thread
-    upstream = Upstream(args.server, key, timeout=args.timeout, sockopts=sockopts)
+    upstream = Upstream(args.servers, key, timeout=args.timeout, sockopts=sockopts)
     del key
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME + 4096)  # larger: dropped with the connection
     service: AgentService | None = None
-    sub: Subscription | None = None
+    subs: list[Subscription] = []
     board: LeaseBoard | None = None
     try:
         old_umask = os.umask(0o077)
@@ -266,28 +289,34 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
             os.umask(old_umask)
         os.chmod(sock_path, 0o600)
         if sockopts:
-            try:
-                handshake(ctx, args.server, sockopts, args.timeout)
-            except OSError as exc:  # refused key, or no handshake at all
-                print(f"synthfs agent: {_why(exc)}", file=sys.stderr)
-                return 1
+            for ep in args.servers:
+                try:
+                    handshake(ctx, ep, sockopts, args.timeout)
+                except OSError as exc:  # refused key, or no handshake at all
+                    if len(args.servers) == 1 or exc.errno != errno.ETIMEDOUT:
+                        print(f"synthfs agent: {_why(exc)}", file=sys.stderr)
+                        return 1
+                    log.warning("%s (the agent starts with the other servers)", _why(exc))
         try:
             upstream.register()
         except Unreachable:
-            print(f"synthfs agent: server at {args.server} did not answer within "
+            print(f"synthfs agent: {'server at' if len(args.servers) == 1 else 'no server of'} "
+                  f"{args.server} did not answer within "
                   f"{args.timeout:g} s", file=sys.stderr)
             return 1
         except OSError as exc:
             print(f"synthfs agent: registration with {args.server} failed: {_why(exc)}",
                   file=sys.stderr)
             return 1
-        if not remote_tcp(args.server):
-            # A server on this host: its root, state, keys and sockets are trusted here too.
-            trusted.extend((Kind.SERVER_OWN, p) for p in upstream.server_paths)
-        promises = Promises()
-        if args.subscribe:
-            sub = Subscription(ctx, args.subscribe, promises, sockopts,
-                               key=lambda: upstream.publish_key)
+        # A server on this host: its root, state, keys and sockets are trusted here too.
+        trusted.extend((Kind.SERVER_OWN, p) for p in upstream.local_server_paths())
+        promises = Promises(channels=len(args.subscribes) or 1, max_age=args.promise_max_age)
+        for i, ep in enumerate(args.subscribes):
+            server = upstream.servers[i]
+            subs.append(Subscription(ctx, ep, promises, sockopts,
+                                     key=lambda s=server: s.publish_key,  # type: ignore[misc]
+                                     channel=i, on_foreign=server.stale))
+        if subs:
             board = LeaseBoard.bind(ctx, sock_path)  # leases rest on promises
             if board is not None:
                 trusted.append((Kind.LEASE_SOCKET, board.path))
@@ -295,15 +324,28 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
             service = AgentService(upstream, cache_root, cache_size=args.cache_size,
                                    attr_ttl=args.attr_ttl, refused_paths=refused(trusted),
                                    promises=promises,
-                                   refresh=sub.drain if sub is not None else None,
+                                   refresh=_drainer(subs),
                                    leases=board,
-                                   leases_endpoint=board.endpoint if board else "")
+                                   leases_endpoint=board.endpoint if board else "",
+                                   write_through=args.write_through,
+                                   upload_delay=args.upload_delay)
         except OSError as exc:
             print(f"synthfs agent: cannot use the cache at {cache_root}: {_why(exc)}",
                   file=sys.stderr)
             return 1
+        def learnt_paths() -> None:
+            # A server registered late (down at start-up): its paths are refused from now
+            # on (a supervisor that said Hello before does not learn them: SECURITY.md).
+            assert service is not None
+            service.refused_paths = refused(
+                [*(t for t in trusted if t[0] != Kind.SERVER_OWN),
+                 *((Kind.SERVER_OWN, p) for p in upstream.local_server_paths())])
+        upstream.on_new_paths = learnt_paths
+        mode = "write-through" if args.write_through else \
+            f"write-back within {args.upload_delay:g} s"
         print(f"synthfs agent: ready on ipc://{sock_path} (server {args.server}, "
-              f"repo {upstream.repo_id}, cache {service.cache.dir})", file=sys.stderr, flush=True)
+              f"repo {upstream.repo_id}, cache {service.cache.dir}, {mode})", file=sys.stderr,
+              flush=True)
         if args.ready_fd is not None:
             try:
                 os.write(args.ready_fd, b"ready\n")
@@ -311,12 +353,12 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
                 log.warning("--ready-fd %d: %s", args.ready_fd, exc.strerror)
             with contextlib.suppress(OSError):
                 os.close(args.ready_fd)
-        _serve(router, service, flag, sub)
+        _serve(router, service, flag, subs)
         return 0
     finally:
         if service is not None:
             service.close()
-        if sub is not None:
+        for sub in subs:
             sub.close()
         if board is not None:
             board.close()
@@ -344,14 +386,39 @@ class _StopFlag:
             raise _Stop
 
 
+def _endpoints(flag: str, value: str) -> list[str]:
+    """The endpoints of a comma-separated ``value``, each checked; ValueError otherwise."""
+    eps = [e.strip() for e in value.split(",")]
+    if not all(eps) or len(set(eps)) != len(eps):
+        raise ValueError(f"{flag} {value}: expected EP or EP1,EP2,... (distinct, none empty)")
+    for ep in eps:
+        check_endpoint(flag, ep)
+    return eps
+
+
+def _drainer(subs: list[Subscription]) -> Callable[[], None] | None:
+    """What processes every subscription's pending publications (None: none)."""
+    if not subs:
+        return None
+    if len(subs) == 1:
+        return subs[0].drain
+
+    def drain() -> None:
+        for sub in subs:
+            sub.drain()
+    return drain
+
+
 def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
-           sub: Subscription | None = None) -> None:
+           subs: list[Subscription] | None = None) -> None:
     housekeeping = time.monotonic() + 1.0
-    if sub is None:
+    subs = subs or []
+    drain = _drainer(subs)
+    poller = zmq.Poller()
+    poller.register(router, zmq.POLLIN)
+    if not subs:
         router.setsockopt(zmq.RCVTIMEO, 1000)  # a blocking receive: cheaper than poll + recv
-    else:
-        poller = zmq.Poller()
-        poller.register(router, zmq.POLLIN)
+    for sub in subs:
         poller.register(sub.socket, zmq.POLLIN)
         poller.register(sub.monitor, zmq.POLLIN)
     board = service.leases
@@ -360,11 +427,23 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
     while not flag.stop:
         if time.monotonic() > housekeeping:
             service.idle()  # at least once a second, busy or not
+            service.upstream.housekeeping()
             housekeeping = time.monotonic() + 1.0
-        if sub is not None:
-            events = dict(poller.poll(1000 if board is None else int(BEAT_INTERVAL * 1000)))
-            if sub.socket in events or sub.monitor in events:
-                sub.drain()  # before the request: what arrived first is known first
+        # Write-back uploads: when due and nothing waits (or when they are late).
+        due = service.writeback_due()
+        if due is not None and (due == 0.0 and not router.poll(0)):
+            flag.idle = False
+            service.background()
+            flag.idle = True
+            continue
+        if drain is not None or due is not None:
+            wait_ms = 1000 if board is None else int(BEAT_INTERVAL * 1000)
+            if due is not None:
+                wait_ms = min(wait_ms, max(1, int(due * 1000)))
+            events = dict(poller.poll(wait_ms))
+            if drain is not None and any(s.socket in events or s.monitor in events
+                                         for s in subs):
+                drain()  # before the request: what arrived first is known first
             if board is not None:
                 if board.socket in events:
                     board.subscribed()
@@ -372,7 +451,7 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
             if router not in events:
                 continue
         try:
-            parts = router.recv_multipart(zmq.NOBLOCK if sub is not None else 0)
+            parts = router.recv_multipart(zmq.NOBLOCK if subs or due is not None else 0)
         except zmq.Again:
             continue
         flag.idle = False
@@ -380,6 +459,8 @@ def _serve(router: zmq.Socket[Any], service: AgentService, flag: _StopFlag,
         if reply is not None:
             parts[-1] = reply
             router.send_multipart(parts)
+        if service.writeback_urgent():
+            service.background()
         flag.idle = True
 
 

@@ -41,6 +41,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import attrs
+
 from synthfs.agent.cache import Entry, signature
 from synthfs.agent.metadata import Knowledge, _check_path, _parent
 from synthfs.extents import check_extents, pieces
@@ -144,7 +146,9 @@ class Materialiser(Knowledge):
         shown = a
         if e is not None and (e.pinned or self.cache.is_dirty(e) or e.version == a.version):
             if e.version != a.version:
-                shown = e.attrs  # the kept copy is of an older version: say so
+                # The kept copy's content is not the server's version (older, or written
+                # and queued): say so; its mode is the server's (a chmod since, cc's +x).
+                shown = attrs.evolve(e.attrs, mode=a.mode)
             if truncate:
                 os.truncate(self.cache.object_path(path), 0)
                 e = self.cache.record(path, e.attrs, e.recorded, dirty=True)

@@ -295,13 +295,8 @@ class MetadataHandlers(Knowledge):
     """The metadata handlers: each takes a message, returns a reply or raises ``OSError``."""
 
     def _trusted_pids(self) -> tuple[int, ...]:
-        """This agent's pid, and the server's when it runs on this machine."""
-        ep = self.upstream.endpoint
-        local = ep.startswith("ipc://") or ep.startswith(
-            ("tcp://127.", "tcp://localhost", "tcp://[::1]")
-        )
-        server = self.upstream.server_pid
-        return (os.getpid(), server) if local and server else (os.getpid(),)
+        """This agent's pid, and those of its servers that run on this machine."""
+        return (os.getpid(), *self.upstream.local_server_pids())
 
     def hello(self, msg: Hello) -> Message:
         if msg.version != PROTOCOL_VERSION:

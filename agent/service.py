@@ -8,7 +8,9 @@ its handler (:meth:`AgentService.handle`):
   listings, callback promises) and the metadata handlers;
 * :mod:`agent.materialise`: ``Open``: fetches into the cache, creates,
   leases on copies;
-* :mod:`agent.upload`: ``Commit``, ``Sync``, uploads.
+* :mod:`agent.upload`: ``Commit``, ``Sync``, uploads;
+* :mod:`agent.writeback`: the write-back queue in front of them (a close is
+  durable in the agent's journal and uploaded behind it).
 
 The parts subclass :class:`agent.metadata.Knowledge`, which declares the state
 they share once; this constructor sets it.
@@ -39,6 +41,7 @@ from synthfs.agent.materialise import Materialiser
 from synthfs.agent.metadata import MetadataHandlers
 from synthfs.agent.upload import Uploads
 from synthfs.agent.upstream import Upstream
+from synthfs.agent.writeback import DEFAULT_UPLOAD_DELAY, WriteBack
 from synthfs.protocol.leases import LeaseBoard
 from synthfs.protocol.messages import (
     Commit,
@@ -65,7 +68,7 @@ log = logging.getLogger(__name__)
 DEFAULT_ATTR_TTL = 1.0
 
 
-class AgentService(MetadataHandlers, Materialiser, Uploads):
+class AgentService(WriteBack, MetadataHandlers, Materialiser, Uploads):
     """The agent's core: one upstream session, one content cache, one attr cache."""
 
     def __init__(
@@ -80,6 +83,8 @@ class AgentService(MetadataHandlers, Materialiser, Uploads):
         refresh: Callable[[], None] | None = None,
         leases: LeaseBoard | None = None,
         leases_endpoint: str = "",
+        write_through: bool = False,
+        upload_delay: float = DEFAULT_UPLOAD_DELAY,
     ) -> None:
         self.upstream = upstream
         self.cache_root = cache_root
@@ -87,6 +92,8 @@ class AgentService(MetadataHandlers, Materialiser, Uploads):
         self.attr_ttl = attr_ttl
         self.refused_paths = refused_paths
         self.cache = ContentCache(cache_root, upstream.repo_id, cache_size)
+        self.write_through = write_through
+        self.upload_delay = upload_delay
         upstream.on_repo_change = self._repo_changed
         self._attrs = {}
         self._listings = collections.OrderedDict()
@@ -121,8 +128,10 @@ class AgentService(MetadataHandlers, Materialiser, Uploads):
             Link: self.link,
             SetAttr: self.setattr,
         }
+        self._open_journal(write_through)
 
     def close(self) -> None:
+        self._close_journal()
         self._writer.shutdown(wait=True)
         self.cache.close()
 
@@ -130,8 +139,11 @@ class AgentService(MetadataHandlers, Materialiser, Uploads):
         log.warning("server now serves repository %r: switching caches", repo_id)
         if self.leases is not None:
             self.leases.break_all("the server serves another repository")
+        if self.journal is not None:
+            self.journal.close()  # its rows wait for that repository's return
         self.cache.close()
         self.cache = ContentCache(self.cache_root, repo_id, self.cache_size)
+        self._open_journal(self.write_through)
         self._attrs.clear()
         self._listings.clear()
         self._listed = 0

@@ -381,7 +381,7 @@ EMBEDDED_NAMES = ("embedded", "EmbeddedStack", "embedded_stack", "Embedded", "st
 
 
 @contextlib.contextmanager
-def embedded_stack(data_dir: Path, cache_dir: Path) -> Iterator[Any]:
+def embedded_stack(data_dir: Path, cache_dir: Path, **agent: Any) -> Iterator[Any]:
     """Start the embedded server + agent for ``data_dir``; yield the handle.
 
     The one place that knows ``agent.embedded``'s API: adapt it here when
@@ -394,8 +394,10 @@ def embedded_stack(data_dir: Path, cache_dir: Path) -> Iterator[Any]:
     if factory is None:
         raise ToolError(f"agent.embedded has none of {', '.join(EMBEDDED_NAMES)}")
     try:
-        cm = factory(data_dir, cache_dir=cache_dir)
+        cm = factory(data_dir, cache_dir=cache_dir, **agent)
     except TypeError:
+        if agent:
+            raise ToolError(f"agent.embedded takes no {', '.join(agent)}") from None
         cm = factory(data_dir)
     with cm as stack:
         if not getattr(stack, "agent_endpoint", None):
@@ -410,6 +412,9 @@ class Synthfs(Tool):
     label = "synthfs"
     note = "`synthfs run --agent EP` with a running agent (embedded server+agent, started once)"
 
+    #: passed to the embedded agent (SynthfsWriteThrough: write_through=True)
+    agent_options: dict[str, Any] = {}
+
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.stacks = contextlib.ExitStack()
@@ -420,8 +425,12 @@ class Synthfs(Tool):
             raise ToolError("`synthfs run` is not implemented yet (no interposer.run module)")
         try:
             for root in (Root.DISK, Root.TMPFS):
-                cache = self.ctx.out_dir / f"synthfs-cache-{root.value}"
-                stack = self.stacks.enter_context(embedded_stack(self.ctx.root(root), cache))
+                cache = self.ctx.out_dir / f"{self.name}-cache-{root.value}"
+                # The server's state beside the data, on its file system (a tmpfs
+                # root is its own mount: the default state directory is not on it).
+                state = self.ctx.root(root).parent / f"{self.name}-state"
+                stack = self.stacks.enter_context(embedded_stack(
+                    self.ctx.root(root), cache, state_dir=state, **self.agent_options))
                 self.endpoints[root] = str(stack.agent_endpoint)
         except ToolError:
             self.teardown()
@@ -452,6 +461,15 @@ class Synthfs(Tool):
         return [*synthfs_exe(), "run", "--agent", ep, "--", "sh", "-c", script]
 
 
+class SynthfsWriteThrough(Synthfs):
+    """``synthfs run --agent EP`` with a ``--write-through`` agent (close waits for the server)."""
+
+    name = "synthfs-wt"
+    label = "synthfs write-through"
+    note = "`synthfs run --agent EP`, the agent `--write-through` (a close waits for the server)"
+    agent_options = {"write_through": True}
+
+
 class SynthfsData(Tool):
     """``synthfs run --data DIR``: start-up with its own embedded stack."""
 
@@ -473,8 +491,8 @@ class SynthfsData(Tool):
 
 
 _TOOL_CLASSES: tuple[type[Tool], ...] = (
-    Native, Synthfs, SynthfsData, Proot, Strace, StraceSeccomp, Runsc, Bubblewrap,
-    RcloneFuse, SeccompFloor,
+    Native, Synthfs, SynthfsWriteThrough, SynthfsData, Proot, Strace, StraceSeccomp, Runsc,
+    Bubblewrap, RcloneFuse, SeccompFloor,
 )  # fmt: skip
 ALL_TOOLS: dict[str, type[Tool]] = {t.name: t for t in _TOOL_CLASSES}
 

@@ -463,29 +463,38 @@ class Remote:
             return
         self._leases.install(path, evolve(granted, attrs=opened.attrs), copy_signature(st))
 
-    def commit(self, path: str) -> None:
+    def commit(self, path: str, wait: bool = False) -> None:
         self._drop_lease(path)
-        self._ask(Commit(path=path), bulk=True)
+        self._ask(Commit(path=path, wait=wait), bulk=True)
         self._attrs.pop(path, None)
         self._record_local(path)
 
-    def sync(self) -> None:
-        """Upload what changed, when a copy this sandbox opened for writing changed.
+    def sync(self, wait: bool = False) -> None:
+        """Queue what changed, when a copy this sandbox opened for writing changed;
+        with ``wait`` (``sync(2)``), also wait until the agent's server has every
+        file the agent has queued (whoever wrote it).
 
-        Called at the exit of every process that may have written (children
-        inherit that): the usual exit, whose writes were committed at close, costs
-        a stat of each written copy and no request. A writable fd can outlive its
-        close (a dup), so a copy stays looked at for the whole session.
+        Called without ``wait`` at the exit of every process that may have written
+        (children inherit that): the usual exit, whose writes were committed at
+        close, costs a stat of each written copy and no request. A writable fd can
+        outlive its close (a dup), so a copy stays looked at for the whole session.
         """
-        if not any(self.written_copy(path) is not None for path in list(self._written)):
+        if not wait and not any(
+            self.written_copy(path) is not None for path in list(self._written)
+        ):
             return
         if self._leases is not None:
             self._leases.drop_all("this sandbox synced")
-        self._ask(Sync(), bulk=True)
+        self._ask(Sync(wait=wait), bulk=True)
         self._attrs.clear()
         self._names.clear()
         for path in self._local:
             self._record_local(path)
+
+    @property
+    def wrote(self) -> bool:
+        """Whether this sandbox opened a /data file for writing."""
+        return bool(self._written)
 
     def mkdir(self, path: str, mode: int) -> None:
         self._drop_lease(path, tree=True)

@@ -79,6 +79,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "system, else ~/.local/state/synthfs/server/ID)",
     )
     parser.add_argument(
+        "--write-through", action="store_true",
+        help="with --data: a close waits until DIR has the file (default: write-back: a close "
+        "is durable in the agent's journal, DIR has the file within a second, and before "
+        "the run ends; fsync and sync always wait)",
+    )
+    parser.add_argument(
         "--audit", metavar="FILE", help="append policy decisions (denials) as JSON lines to FILE"
     )
     parser.add_argument("--audit-all", action="store_true", help="audit allowed decisions too")
@@ -161,6 +167,9 @@ def main(args: argparse.Namespace) -> int:
         return _fail("say where the data is: --data DIR (a directory to serve) or --agent ENDPOINT")
     if args.state and not args.data:
         return _fail("--state is the --data server's: it goes with --data")
+    if args.write_through and not args.data:
+        return _fail("--write-through is for the --data agent: start your own agent with "
+                     "'synthfs agent --write-through'")
     if args.data and not os.path.isdir(args.data):
         return _fail(f"--data {args.data}: not a directory")
     if args.data:
@@ -184,7 +193,7 @@ def main(args: argparse.Namespace) -> int:
 
                 launch = resources.enter_context(
                     starting(args.data, cache_dir=args.cache, verbose=args.verbose,
-                             state_dir=args.state)
+                             state_dir=args.state, write_through=args.write_through)
                 )
             status = _run(args, command, launch)
     except Exception as exc:  # a clear message, not a traceback, for set-up failures
@@ -310,6 +319,15 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
         if args.stats:
             sup.stats = {}
         status = _supervise(sup, command)
+        if launch is not None and remote.wrote:
+            # The embedded agent stops with this run: everything closed on /data reaches
+            # --data before the run returns (an agent of its own keeps write-back going).
+            try:
+                remote.sync(wait=True)
+            except OSError as exc:
+                print(f"synthfs run: files closed on {ns.mount} wait in the agent's journal "
+                      f"({exc.strerror or exc}); the next run on this cache uploads them",
+                      file=sys.stderr, flush=True)
         _denial_summary(args, env.denied.summary(args.audit))
         if args.stats and sup.stats is not None:
             sup.stats.update(

@@ -430,7 +430,7 @@ TABLE: tuple[SyscallSpec, ...] = (
         (FD,),
         Level.FD,
         h.fds.sys_close,
-        "a written /data file is uploaded at close",
+        "a written /data file: durable in the agent's journal, queued for upload",
         needs=Need.WROTE,
     ),
     _row("close_range", (FD, FD, N), Level.FD, h.fds.sys_close_range, needs=Need.WROTE),
@@ -439,13 +439,15 @@ TABLE: tuple[SyscallSpec, ...] = (
         (FD,),
         Level.FD,
         h.fds.sys_fsync,
-        "a written /data file is uploaded at fsync",
-        needs=Need.WROTE,
+        "on /data: returns once the server has the file",
+        needs=Need.SYNTH_FD,
     ),
-    _row("fdatasync", (FD,), Level.FD, h.fds.sys_fsync, needs=Need.WROTE),
-    _row("syncfs", (FD,), Level.FD, h.fds.sys_fsync, needs=Need.WROTE),
+    _row("fdatasync", (FD,), Level.FD, h.fds.sys_fsync, needs=Need.SYNTH_FD),
+    _row("syncfs", (FD,), Level.FD, h.fds.sys_syncfs, "on /data: as sync",
+         needs=Need.SYNTH_FD),
     _row(
-        "sync", (), Level.FD, h.fds.sys_sync, "uploads every written /data file", needs=Need.WROTE
+        "sync", (), Level.FD, h.fds.sys_sync,
+        "returns once the server has every file the agent queued", needs=Need.ALWAYS
     ),
     _row(
         "inotify_add_watch",

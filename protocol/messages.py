@@ -721,9 +721,15 @@ class Progress(Message):
 @message("commit")
 @frozen(repr=False, eq=False)
 class Commit(Message):
-    """Upload the local copy of ``path`` if it changed since its last upload."""
+    """The local copy of ``path`` was closed: upload it if it changed since its last upload.
+
+    A write-back agent makes the copy durable on its own disk and queues the
+    upload (``close``); with ``wait`` it answers only once the server has it
+    durably (``fsync``, ``fdatasync``), as a ``--write-through`` agent always does.
+    """
 
     path: str = field(validator=_PATH)
+    wait: bool = field(validator=_BOOL, default=False)
 
 
 @message("committed")
@@ -735,13 +741,22 @@ class Committed(Message):
 @message("sync")
 @frozen(repr=False, eq=False)
 class Sync(Message):
-    """Upload every local copy that changed since its last upload."""
+    """Queue every local copy that changed since its last upload; with ``wait`` (``sync``,
+    ``syncfs``), answer once the server has everything queued, durably."""
+
+    wait: bool = field(validator=_BOOL, default=True)
 
 
 @message("synced")
 @frozen(repr=False, eq=False)
 class Synced(Message):
+    """``uploaded``: files sent to the server by this request; ``queued`` files and their
+    ``queued_bytes`` still wait for upload, the oldest for ``oldest_ms`` (write-back)."""
+
     uploaded: int = field(validator=_U64)
+    queued: int = field(validator=_U64, default=0)
+    queued_bytes: int = field(validator=_U64, default=0)
+    oldest_ms: int = field(validator=_U64, default=0)
 
 
 @message("done")

@@ -7,6 +7,11 @@ the repository directory. Trusts nothing that arrives on the socket (see
 
     synthfs server --root DIR --listen ENDPOINT [--bootstrap-key FILE] [--state DIR]
                    [--curve-secret FILE --curve-clients DIR_OR_FILE]
+    synthfs server --s3 URL --bucket B [--prefix P] [--s3-profile NAME] --listen ...
+
+With ``--s3`` the repository is a bucket (under a key prefix) of an S3 store
+(:mod:`server.backends.s3`); its credentials come from the standard AWS chain
+(environment, ``~/.aws/credentials``, a profile) and stay in this process.
 
 The served directory is the user's: the server keeps its staging area and
 commit journal in ``--state DIR`` (outside the root, on the same mount), never
@@ -39,12 +44,13 @@ from synthfs.protocol.curve import remote_tcp
 
 if TYPE_CHECKING:
     from synthfs.protocol.curve import CurveServer
+    from synthfs.server.backends.base import Backend
 
 __all__ = ["HELP", "check_endpoint", "configure", "main"]
 
 log = logging.getLogger(__name__)
 
-HELP = "serve a repository directory to agents"
+HELP = "serve a repository directory (or an S3 bucket) to agents"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +63,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--curve-secret and --server-key (the link is then encrypted and only the listed "
         "agents' keys get through)."
     )
-    parser.add_argument("--root", required=True, metavar="DIR", help="the repository directory")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--root", metavar="DIR", help="the repository directory")
+    source.add_argument(
+        "--s3", metavar="URL", nargs="?", const="", default=None,
+        help="serve an S3 bucket instead: the store's endpoint URL (http://HOST:PORT for "
+        "SeaweedFS, MinIO, Ceph RGW...; give --s3 alone for AWS). Credentials come from the "
+        "standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, "
+        "--s3-profile) and never leave the server")
+    parser.add_argument("--bucket", metavar="NAME", default=None,
+                        help="with --s3: the bucket (it must exist)")
+    parser.add_argument("--prefix", metavar="P", default="",
+                        help="with --s3: serve the keys under P/ only (default: the whole bucket)")
+    parser.add_argument("--s3-profile", metavar="NAME", default=None,
+                        help="with --s3: the AWS configuration profile to take credentials "
+                        "and region from")
     parser.add_argument(
         "--listen", required=True, metavar="ENDPOINT",
         help="ZeroMQ endpoint: ipc://PATH (socket created 0600), tcp://HOST:PORT on a "
@@ -86,8 +106,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "mutation, and ['beat', instance, seq] every 0.5 s, each sealed with a "
                         "key only registered agents get (agents hold callback promises while "
                         "these arrive unbroken)")
-    parser.add_argument("--workers", type=int, default=8, metavar="N",
-                        help="threads serving bulk data (reads, uploads); default 8")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="threads serving bulk data (reads, uploads); one agent uses at "
+                        "most half of them. Default 8, with --s3 12 (an object store's "
+                        "requests wait on the network: six reads of one file in flight)")
     parser.add_argument(
         "--curve-secret", metavar="FILE", default=None,
         help="the server's CURVE secret key file (NAME.key_secret from 'synthfs keys', mode "
@@ -158,6 +180,31 @@ def _load_curve(args: argparse.Namespace) -> CurveServer | None:
                        allowed=load_allowed(args.curve_clients))
 
 
+def _s3_backend(args: argparse.Namespace) -> tuple[Backend, str, str]:
+    """The S3 backend the flags name, how to show it (no credentials in either), and its
+    state directory."""
+    from botocore.exceptions import BotoCoreError
+
+    from synthfs.server.backends.s3 import S3Backend, repo_id_for
+    from synthfs.server.statedir import default_state_dir
+
+    endpoint = args.s3 or None
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ValueError(f"{endpoint!r}: expected http://HOST:PORT or https://HOST")
+    state = args.state
+    if state is None:  # the default directory's name comes from the repository's id
+        rid = repo_id_for(endpoint or "", args.bucket, args.prefix.strip("/") + "/"
+                          if args.prefix.strip("/") else "")
+        state = os.path.join(os.path.dirname(default_state_dir("/")), "s3-" + rid)
+    try:
+        backend = S3Backend(endpoint, args.bucket, args.prefix, state=state,
+                            profile=args.s3_profile)
+    except BotoCoreError as exc:  # e.g. ProfileNotFound
+        raise ValueError(str(exc)) from None
+    shown = f"s3://{args.bucket}/{backend.prefix} at {endpoint or 'AWS'}"
+    return backend, shown, backend.state
+
+
 def main(args: argparse.Namespace) -> int:
     import zmq
 
@@ -167,11 +214,17 @@ def main(args: argparse.Namespace) -> int:
     from synthfs.server.service import Server
 
     reuse_freed_memory()  # every Read and upload chunk needs 4 MiB buffers again
-    root = os.path.abspath(args.root)
-    if not os.path.isdir(root):
+    if args.s3 is None and (args.bucket or args.prefix or args.s3_profile):
+        return _fail("--bucket, --prefix and --s3-profile go with --s3")
+    if args.s3 is not None and not args.bucket:
+        return _fail("--s3 needs --bucket NAME")
+    root = os.path.abspath(args.root) if args.root is not None else ""
+    if args.root is not None and not os.path.isdir(root):
         return _fail(f"--root {args.root}: not a directory")
     if args.token_ttl <= 0:
         return _fail("--token-ttl must be positive")
+    if args.workers is None:
+        args.workers = 12 if args.s3 is not None else 8
     if args.workers < 1:
         return _fail("--workers must be at least 1")
     try:
@@ -199,20 +252,33 @@ def main(args: argparse.Namespace) -> int:
         return _fail(str(exc.strerror or exc))
     if created:
         print(f"synthfs server: created bootstrap key {key_path} (mode 0600)", file=sys.stderr)
-    try:
-        backend = LocalBackend(root, state=args.state)
-    except StateDirError as exc:
-        return _fail(str(exc.strerror))
-    except OSError as exc:
-        return _fail(f"cannot serve {root}: {exc.strerror or exc}")
-    if backend.read_only:
+    backend: Backend
+    state: str | None
+    if args.s3 is not None:
+        try:
+            backend, served, state = _s3_backend(args)
+        except ImportError:
+            return _fail("--s3 needs boto3 (pip install 'synthfs[s3]')")
+        except OSError as exc:
+            return _fail(str(exc.strerror or exc))
+        except ValueError as exc:  # a malformed endpoint URL, a profile that does not exist
+            return _fail(f"--s3: {exc}")
+    else:
+        try:
+            backend = local = LocalBackend(root, state=args.state)
+        except StateDirError as exc:
+            return _fail(str(exc.strerror))
+        except OSError as exc:
+            return _fail(f"cannot serve {root}: {exc.strerror or exc}")
+        served, state = root, local.state
+    if isinstance(backend, LocalBackend) and backend.read_only:
         print(f"synthfs server: {root} is on a read-only mount: serving it for reading "
               "(writes are EROFS)", file=sys.stderr)
     from synthfs.protocol.trusted import Kind, refused, socket_path
 
     trusted = refused([
-        (Kind.DATA_ROOT, root),
-        (Kind.STATE, backend.state),
+        (Kind.DATA_ROOT, root or None),
+        (Kind.STATE, state),
         (Kind.BOOTSTRAP_KEY, key_path),
         (Kind.CURVE_SECRET, args.curve_secret),
         (Kind.SERVER_SOCKET, socket_path(args.listen)),
@@ -240,7 +306,7 @@ def main(args: argparse.Namespace) -> int:
         if curve is not None:
             print(f"synthfs server: CURVE on (server key {curve.keys.public.decode()}, "
                   f"{len(curve.allowed)} client keys)", file=sys.stderr)
-        print(f"synthfs server: serving {root} on {bound}", file=sys.stderr, flush=True)
+        print(f"synthfs server: serving {served} on {bound}", file=sys.stderr, flush=True)
         if args.ready_fd is not None:
             try:
                 os.write(args.ready_fd, b"ready\n")

@@ -74,6 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown command {argv[0]!r} (choose from {', '.join(COMMANDS)})")
     name = argv.pop(0)
     module_name, help_text = COMMANDS[name]
+    if name == "agent" and argv[:1] == ["sync"]:  # a client of a running agent
+        name = "agent sync"
+        argv.pop(0)
+        module_name, help_text = "synthfs.agent.sync_cli", "wait until the agent's server has " \
+            "every file closed on /data (--status: show the write-back queue)"
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"synthfs {name}", description=help_text)
     parser.add_argument("-v", "--verbose", action="count", default=verbose,

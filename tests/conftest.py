@@ -42,3 +42,30 @@ def synthfs() -> helpers.SynthfsLauncher:
     if reason:
         pytest.skip(f"synthfs cannot run on this kernel: {reason}")
     return helpers.SynthfsLauncher()
+
+
+@pytest.fixture(scope="session")
+def seaweed():
+    """A real S3 store for the session: SeaweedFS on free loopback ports in a temp dir.
+
+    A :class:`synthfs.testing.seaweed.Seaweed`: ``.endpoint``, ``.env()`` (the AWS
+    credentials for a child process), ``.client()`` (boto3), ``.new_bucket()`` (a fresh
+    empty bucket). Fails (never skips) when ``weed`` is missing: ``.ci/setup`` installs it.
+    """
+    from synthfs.testing.seaweed import Seaweed
+
+    store = Seaweed().start()
+    try:
+        yield store
+    finally:
+        store.stop()
+
+
+@pytest.fixture
+def s3_env(seaweed, monkeypatch):
+    """This process's AWS credentials point at ``seaweed`` for the test (the standard chain)."""
+    for name, value in seaweed.env().items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    return seaweed

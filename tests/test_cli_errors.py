@@ -106,6 +106,21 @@ def test_agent_server_that_is_not_an_endpoint(tmp_path: Path) -> None:
     assert not (tmp_path / "a.sock").exists()
 
 
+def test_agent_server_lists_that_do_not_add_up(tmp_path: Path) -> None:
+    s1, s2 = f"ipc://{tmp_path}/s1.sock", f"ipc://{tmp_path}/s2.sock"
+    base = ["--bootstrap-key", str(tmp_path / "k"), "--listen", f"ipc://{tmp_path}/a.sock"]
+    r = synthfs("agent", "--server", f"{s1},,{s2}", *base)
+    one_line(r, 2, "--server", "EP1,EP2", "none empty")
+    r = synthfs("agent", "--server", f"{s1},{s1}", *base)
+    one_line(r, 2, "--server", "distinct")
+    r = synthfs("agent", "--server", f"{s1},{s2}", "--subscribe", f"ipc://{tmp_path}/p.sock",
+                *base)
+    one_line(r, 2, "--subscribe names 1 endpoints and --server 2", "same order")
+    r = synthfs("agent", "--server", s1, "--promise-max-age", "0", *base)
+    one_line(r, 2, "--promise-max-age must be positive")
+    assert not (tmp_path / "a.sock").exists()
+
+
 def test_agent_bad_bootstrap_fd(tmp_path: Path) -> None:
     r = synthfs("agent", "--server", f"ipc://{tmp_path}/s.sock", "--bootstrap-fd", "77",
                 "--listen", f"ipc://{tmp_path}/a.sock")

@@ -91,16 +91,17 @@ def sys_lseek(call: Call, env: Env) -> Result:
     return Return(offset)
 
 
-def _commit_fd(call: Call, env: Env, fd: int) -> int:
-    """Upload fd's local copy if it is one open for writing; 0 or an errno."""
+def _commit_fd(call: Call, env: Env, fd: int, wait: bool = False) -> int:
+    """Commit fd's local copy if it is one open for writing (``wait``: any /data copy, and
+    return once the server has it); 0 or an errno."""
     target = call.guest.fd_target(fd)
     if target is None:
         return 0
     repo = env.repo.repo_path_of(target)
-    if repo is None or not call.guest.fd_writable(fd):
+    if repo is None or not (wait or call.guest.fd_writable(fd)):
         return 0
     try:
-        env.repo.commit(repo)
+        env.repo.commit(repo, wait=wait)
     except OSError as exc:
         return exc.errno or errno.EIO
     return 0
@@ -130,15 +131,27 @@ def sys_close_range(call: Call, env: Env) -> Result:
 
 
 def sys_fsync(call: Call, env: Env) -> Result:
-    if not call.proc.wrote:
-        return CONTINUE
-    err = _commit_fd(call, env, s32(call.args[0]))
+    """fsync/fdatasync of a /data fd: returns once the server has the file durably
+    (a write-back agent may have only queued it at close)."""
+    err = _commit_fd(call, env, s32(call.args[0]), wait=True)
     return Fail(err) if err else CONTINUE
+
+
+def sys_syncfs(call: Call, env: Env) -> Result:
+    """syncfs of a /data fd: returns once the server has every file the agent queued."""
+    target = call.guest.fd_target(s32(call.args[0]))
+    if target is None or env.repo.repo_path_of(target) is None:
+        return CONTINUE
+    try:
+        env.repo.sync(wait=True)
+    except OSError as exc:
+        return Fail(exc.errno or errno.EIO)
+    return CONTINUE
 
 
 def sys_sync(call: Call, env: Env) -> Result:
     with contextlib.suppress(OSError):  # sync(2) cannot fail
-        env.repo.sync()
+        env.repo.sync(wait=True)
     return CONTINUE
 
 

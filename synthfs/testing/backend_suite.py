@@ -4,11 +4,15 @@ Subclass :class:`BackendSuite` and implement :meth:`make_backend` to return a
 backend over an *empty* repository. Every test builds its content through the
 backend's own interface, so the suite runs unchanged on any backend. A backend
 that holds no hard links sets ``hard_links = False``: its ``link`` must then
-answer EPERM (as link(2) on a file system without them). A backend that keeps
-the holes of sparse files sets ``holes = True``: a sparse upload must then
-allocate (``blocks``) no more than its data, and ``data_extents`` name exactly
-the data. Every backend must read a sparse upload back right (zeros in its
-holes) and name extents that cover all of a file's data.
+answer EPERM (as link(2) on a file system without them). One that cannot
+exchange two names sets ``rename_exchange = False`` (RENAME_EXCHANGE is then
+EINVAL, as on file systems without it), and one that holds UTF-8 names only
+(an object store) sets ``utf8_names_only = True`` (other names are EILSEQ).
+A backend that keeps the holes of sparse files sets ``holes = True``: a
+sparse upload must then allocate (``blocks``) no more than its data, and
+``data_extents`` name exactly the data. Every backend must read a sparse
+upload back right (zeros in its holes) and name extents that cover all of a
+file's data.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ class BackendSuite:
 
     #: whether the backend holds hard links (else ``link`` is EPERM)
     hard_links = True
+    #: whether rename can exchange two names (else RENAME_EXCHANGE is EINVAL)
+    rename_exchange = True
+    #: whether names must be UTF-8 (else any bytes but "/" and NUL)
+    utf8_names_only = False
     #: whether the backend keeps holes (else sparse files are stored dense)
     holes = False
 
@@ -240,6 +248,20 @@ class BackendSuite:
             be.mkdir("/")
         assert _errno(ei) == errno.EEXIST
 
+    def test_directory_attributes_last(self, be):
+        """A directory's mode and times are the repository's, not the answer of one call."""
+        be.mkdir("/d", 0o750)
+        be.write_bytes("/d/f", b"x")
+        be.mkdir("/d/e", 0o701)
+        a = be.setattr("/d", mtime_ns=1_600_000_000_000_000_000)
+        assert (a.mode, a.mtime_ns) == (0o750, 1_600_000_000_000_000_000)
+        assert be.stat("/d") == a == be.list("/d")[0]
+        assert {e.name: e.attrs.mode for e in be.list("/d")[1]} == {"e": 0o701, "f": 0o644}
+        assert {e.name: e.attrs for e in be.list("/")[1]} == {"d": a}
+        be.setattr("/", mode=0o711, mtime_ns=1_500_000_000_000_000_000)
+        root = be.stat("/")
+        assert (root.mode, root.mtime_ns) == (0o711, 1_500_000_000_000_000_000)
+
     def test_remove_errnos(self, be):
         be.mkdir("/d")
         be.write_bytes("/d/f", b"x")
@@ -291,6 +313,12 @@ class BackendSuite:
     def test_rename_exchange(self, be):
         be.write_bytes("/a", b"A")
         be.mkdir("/b")
+        if not self.rename_exchange:
+            with pytest.raises(OSError) as ei:
+                be.rename("/a", "/b", RenameFlags.EXCHANGE)
+            assert _errno(ei) == errno.EINVAL
+            assert be.read_bytes("/a") == b"A" and be.stat("/b").kind is Kind.DIR
+            return
         be.rename("/a", "/b", RenameFlags.EXCHANGE)
         assert be.stat("/a").kind is Kind.DIR
         assert be.read_bytes("/b") == b"A"
@@ -326,6 +354,7 @@ class BackendSuite:
         be.write_bytes("/d/f", b"x")
         be.rename("/d", "/e")
         assert be.read_bytes("/e/f") == b"x"
+        assert [e.name for e in be.list("/")[1]] == ["e"]
 
     # -- symlinks -----------------------------------------------------------------
 
@@ -477,7 +506,24 @@ class BackendSuite:
 
     # -- names and allocation -----------------------------------------------------
 
+    def test_names_that_are_not_utf8_are_eilseq(self, be):
+        if not self.utf8_names_only:
+            pytest.skip("this backend holds any name")
+        be.mkdir("/d")
+        for op in (lambda: be.mkdir("/d\udc80"), lambda: be.write_bytes("/raw-\udcff", b"x"),
+                   lambda: be.symlink("t", "/l-\udcfc"), lambda: be.stat("/d/\udce9"),
+                   lambda: be.rename("/d", "/e\udc80")):
+            with pytest.raises(OSError) as ei:
+                op()
+            assert _errno(ei) == errno.EILSEQ
+        assert [e.name for e in be.list("/")[1]] == ["d"]
+        # a symlink's target is its content, not a name: any bytes
+        be.symlink("t-\udcfb", "/l")
+        assert be.readlink("/l") == "t-\udcfb"
+
     def test_names_need_not_be_utf8(self, be):
+        if self.utf8_names_only:
+            pytest.skip("this backend holds UTF-8 names only (see the test above)")
         raw = "/raw-\udcff\udcfe"  # b"/raw-\xff\xfe", as os.fsdecode gives it
         be.mkdir("/d\udc80")
         be.write_bytes(raw, b"bytes")

@@ -185,7 +185,7 @@ def test_o_creat_creates_on_the_server_now(running: Stack) -> None:
     assert (running.root / "new").read_bytes() == b""
     assert stat.S_IMODE((running.root / "new").stat().st_mode) == 0o640
     Path(o.host_path).write_bytes(b"content")
-    c = running.call(Commit(path="/new"))
+    c = running.call(Commit(path="/new", wait=True))
     assert isinstance(c, Committed) and c.attrs.size == 7
     assert (running.root / "new").read_bytes() == b"content"
 
@@ -200,7 +200,7 @@ def test_write_then_commit_uploads(running: Stack) -> None:
     st = running.call(Stat(path="/f"))
     assert isinstance(st, StatReply)
     assert (running.root / "f").read_bytes() == b"old content"
-    c = running.call(Commit(path="/f"))
+    c = running.call(Commit(path="/f", wait=True))
     assert isinstance(c, Committed)
     assert (running.root / "f").read_bytes() == b"NEW content"
     assert c.attrs.version != o.attrs.version
@@ -231,7 +231,7 @@ def test_o_trunc_truncates_the_local_copy(running: Stack) -> None:
     assert o2.host_path == o.host_path
     assert os.path.getsize(o2.host_path) == 0
     assert (running.root / "f").read_bytes() == b"something long"
-    running.call(Commit(path="/f"))
+    running.call(Commit(path="/f", wait=True))
     assert (running.root / "f").read_bytes() == b""
 
 
@@ -272,7 +272,7 @@ def test_rename_moves_local_copies(running: Stack) -> None:
     assert not os.path.exists(o.host_path)
     o2 = opened(running, "/e/f", RD)
     assert Path(o2.host_path).read_bytes() == b"dirty"  # moved, still dirty, still wins
-    running.call(Commit(path="/e/f"))
+    running.call(Commit(path="/e/f", wait=True))
     assert (running.root / "e" / "f").read_bytes() == b"dirty"
 
 
@@ -373,7 +373,7 @@ def test_lru_bound_evicts_clean_copies_only(stack: Stack) -> None:
 
 
 def running_commit(stack: Stack, path: str) -> bytes:
-    stack.call(Commit(path=path))
+    stack.call(Commit(path=path, wait=True))
     return (stack.root / path.lstrip("/")).read_bytes()
 
 

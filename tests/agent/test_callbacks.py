@@ -262,7 +262,7 @@ def test_a_change_through_another_agent_is_seen_by_the_next_open(promised: Stack
     with _second_agent(promised, tmp_path) as c2:
         o = _opened(c2, "/f", WR | os.O_TRUNC)
         Path(o.host_path).write_bytes(b"two, from the other agent")
-        c2.call(Commit(path="/f"))
+        c2.call(Commit(path="/f", wait=True))  # on the server (fsync)
         # At once: the server published the invalidation before it acknowledged the commit.
         o = _opened(c, "/f")
         assert Path(o.host_path).read_bytes() == b"two, from the other agent"
@@ -417,7 +417,7 @@ def test_a_change_through_another_agent_shows_in_the_next_list(listed: Stack,
         def write(path: str, data: bytes, flags: int) -> None:
             o = _opened(c2, path, flags)
             Path(o.host_path).write_bytes(data)
-            c2.call(Commit(path=path))
+            c2.call(Commit(path=path, wait=True))  # on the server (fsync)
 
         names = changed(lambda: write("/d/new", b"created", WR | os.O_CREAT))
         assert names["new"].size == len(b"created")
@@ -533,7 +533,7 @@ def test_a_name_the_kept_listing_lacks_costs_no_server_request(listed: Stack,
     with _second_agent(listed, tmp_path) as c2:
         o = _opened(c2, "/d/nope", WR | os.O_CREAT)
         Path(o.host_path).write_bytes(b"here now")
-        c2.call(Commit(path="/d/nope"))
+        c2.call(Commit(path="/d/nope", wait=True))  # on the server (fsync)
 
         def seen() -> bool:
             try:

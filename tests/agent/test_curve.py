@@ -386,3 +386,48 @@ def test_without_a_zap_handler_nobody_is_admitted():
             router.close(linger=0)
     finally:
         ctx.term()
+
+
+def test_two_curve_servers_of_one_repository_share_a_key_pair(tmp_path: Path,
+                                                               keys: dict[str, tuple[str, str]]
+                                                               ) -> None:
+    """Two servers over one directory with the same CURVE key pair; the agent is given
+    both (one --server-key): it registers with each through CURVE, reads through
+    either, and goes on through the other when one is killed."""
+    from agent_stack import SERVER_CMD, Proc
+
+    stack = Stack(tmp_path)
+    (stack.root / "f").write_bytes(b"curve data")
+    servers = []
+    listen, publish = [], []
+    try:
+        for i in range(2):
+            p = Proc(f"server{i}", [*SERVER_CMD, "--root", str(stack.root),
+                                    "--state", str(tmp_path / f"state{i}"),
+                                    "--listen", "tcp://127.0.0.1:*",
+                                    "--publish", "tcp://127.0.0.1:*",
+                                    "--bootstrap-key", str(stack.key),
+                                    "--curve-secret", keys["server"][1], "--curve-clients",
+                                    str(tmp_path / "clients")], tmp_path / f"server{i}.log")
+            p.wait_ready()
+            servers.append(p)
+            out = p.output()
+            listen.append(re.search(r"serving .* on (tcp://\S+)$", out, re.M).group(1))
+            publish.append(re.search(r"invalidations on (tcp://\S+)", out).group(1))
+        stack.server_ep = ",".join(listen)
+        stack.start_agent("--subscribe", ",".join(publish), "--curve-secret", keys["agent"][1],
+                          "--server-key", keys["server"][0])
+        c = stack.client()
+        for _ in range(4):  # each server answers in turn
+            o = c.call(Open(path="/f", flags=os.O_RDONLY, mode=0))
+            assert isinstance(o, Opened) and Path(o.host_path).read_bytes() == b"curve data"
+            assert isinstance(c.call(Stat(path="/")), StatReply)
+        servers[0].popen.kill()
+        servers[0].popen.wait()
+        for _ in range(4):
+            assert isinstance(c.call(Stat(path="/f")), StatReply)
+        assert stack.agent is not None and "Traceback" not in stack.agent.output()
+    finally:
+        stack.stop()
+        for p in servers:
+            p.stop()

@@ -56,7 +56,7 @@ def test_starts_serves_and_tears_down(tmp_path: Path) -> None:
             assert isinstance(o, Opened)
             assert Path(o.host_path).read_bytes() == b"hi there"
             Path(o.host_path).write_bytes(b"changed")
-            c.call(Commit(path="/hello.txt"))
+            c.call(Commit(path="/hello.txt", wait=True))
         assert (data / "hello.txt").read_bytes() == b"changed"
         pids = (s.server_pid, s.agent_pid)
         for pid in pids:

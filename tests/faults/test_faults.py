@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from fault_stack import OPS_LOOP, Guest, Stack, alive, stray_files
+from helpers import synthfs_command
 
 #: Longest a single guest call may take under any fault (the agent's own
 #: server timeout is 1-5 s, plus one resend): longer is a hang.
@@ -48,6 +49,17 @@ def _embedded(repo: Path) -> list[str]:
     and a known state directory (``repo.parent / "state"``: staged uploads)."""
     return ["--data", str(repo), "--cache", str(repo.parent / "cache"),
             "--state", str(repo.parent / "state")]
+
+
+def _replayed(stack: Stack) -> None:
+    """Write-back: what a close acknowledged may wait in the agent's journal. Start an
+    agent on the same cache if none runs (it replays the journal), and wait until its
+    server has everything queued (``synthfs agent sync``)."""
+    if stack.agent is None or not alive(stack.agent.pid):
+        stack.start_agent()
+    done = subprocess.run([*synthfs_command(), "agent", "sync", "--agent", stack.agent_ep,
+                           "--timeout", "60"], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def _ops_guest(stack: Stack, seconds: float) -> tuple[Guest, Path]:
@@ -133,6 +145,7 @@ def test_agent_killed_while_serving(stack: Stack) -> None:
     stop.touch()
     rc = g.finish(HANG)
     assert came_back and rc is not None, f"the call in flight never came back\n{g.show()}"
+    _replayed(stack)  # a new agent sends what the killed one had queued
     stats = _check_ops(g, stack.root, AWAY)
     assert stats["failed"] > 0, g.show()
     assert took < 3, f"the call on the dead agent took {took:.1f} s after its death"
@@ -164,6 +177,9 @@ def test_embedded_agent_killed(tmp_path: Path, synthfs: object) -> None:
     after = [r for r in recs[n:] if r["errno"]]
     assert all(r["errno"] == errno.EIO for r in after), after[:5]
     assert max(r["dt"] for r in after) < 3, max(r["dt"] for r in after)
+    # Write-back: closes acknowledged before the kill wait in the cache's journal; the
+    # next run on that cache sends them.
+    assert Guest(_embedded(repo), "pass").finish(HANG) == 0
     _check_ops(g, repo, AWAY)
     print(f"embedded agent killed: {len(after)} calls failed with EIO, "
           f"slowest {max(r['dt'] for r in after):.2f} s")
@@ -233,6 +249,7 @@ def test_server_unreachable_for_5s(stack: Stack) -> None:
             stack.server.popen.send_signal(signal.SIGCONT)
 
     g = _run_ops_around(stack, freeze)
+    _replayed(stack)  # closes queued while it was frozen: sent once it answers again
     stats = _check_ops(g, stack.root, AWAY)
     assert stats["failed"] > 0, "no call noticed the frozen server: the fault was not injected"
     recs = [r for r in g.records() if "op" in r]
@@ -417,7 +434,8 @@ def test_supervisor_killed_mid_upload(tmp_path: Path, synthfs: object) -> None:
     chunks = 768  # 48 MiB: an upload long enough to be caught in flight
     new = b"".join(bytes([65 + i % 26]) * 65536 for i in range(chunks))
     staging = repo.parent / "state"
-    g = Guest(_embedded(repo), TREE_WRITER, str(chunks))
+    # Write-through: the close itself uploads (write-back: tests/faults/test_writeback_faults.py).
+    g = Guest([*_embedded(repo), "--write-through"], TREE_WRITER, str(chunks))
     try:
         assert g.wait_for(lambda _rs: "closing" in g.lines, 60), g.show()
         tree = _descendants(g.popen.pid)
@@ -487,8 +505,9 @@ def test_repository_disk_full(tmp_path: Path, synthfs: object) -> None:
         old, keep = b"old\n" * 25_000, os.urandom(300_000)
         (repo / "f").write_bytes(old)
         (repo / "keep").write_bytes(keep)
+        # Write-through: a close reports the server's ENOSPC (write-back queues the file).
         stack = ["--data", str(repo), "--cache", str(tmp_path / "cache"),
-                 "--state", str(fs / "state")]
+                 "--state", str(fs / "state"), "--write-through"]
         g = Guest(stack, DISK_FILLER, cwd=tmp_path)
         rc = g.finish(60)
         assert rc == 0, f"exit {rc}\n{g.show()}"
@@ -589,6 +608,9 @@ def _upload_fault(stack: Stack, fault, limit: float = HANG,  # type: ignore[no-u
                   mib: int = 48) -> tuple[int, int]:
     """Run BIG_WRITER, inject ``fault()`` as it closes; (close errno, later write's errno).
 
+    The agent runs ``--write-through``: the close itself uploads (the faults of
+    write-back's later upload: tests/faults/test_writeback_faults.py).
+
     The close must return within ``limit`` seconds of the fault's start.
     """
     old = b"old\n" * 1000
@@ -623,7 +645,7 @@ def _upload_fault(stack: Stack, fault, limit: float = HANG,  # type: ignore[no-u
 def test_server_restarted_during_an_upload(stack: Stack) -> None:
     """The server restarts while a 48 MiB close uploads: the close succeeds, never torn."""
     stack.start_server()
-    stack.start_agent()
+    stack.start_agent("--write-through")
 
     def restart() -> None:
         time.sleep(0.1)
@@ -641,7 +663,7 @@ def test_server_restarted_during_an_upload(stack: Stack) -> None:
 def test_token_expiry_during_an_upload(stack: Stack) -> None:
     """Tokens live 0.25 s; a 96 MiB upload outlives several: the close succeeds."""
     stack.start_server("--token-ttl", "0.25", "-v")
-    stack.start_agent()
+    stack.start_agent("--write-through")
     close_err, after_err = _upload_fault(stack, lambda: None, mib=96)
     assert stack.server is not None
     registrations = stack.server.output().count("registered: token")
@@ -653,7 +675,7 @@ def test_token_expiry_during_an_upload(stack: Stack) -> None:
 def test_server_frozen_during_an_upload(stack: Stack) -> None:
     """The server freezes 5 s mid-upload: a bounded error (or success), never torn."""
     stack.start_server()
-    stack.start_agent("--timeout", "1")
+    stack.start_agent("--write-through", "--timeout", "1")
 
     def freeze() -> None:
         time.sleep(0.2)
@@ -671,7 +693,7 @@ def test_server_frozen_during_an_upload(stack: Stack) -> None:
 def test_agent_killed_during_an_upload(stack: Stack) -> None:
     """The agent dies while a close uploads: EIO at once, old version kept, no stray files."""
     stack.start_server()
-    stack.start_agent()
+    stack.start_agent("--write-through")
 
     def kill() -> None:
         time.sleep(0.2)
@@ -885,5 +907,6 @@ def test_close_after_the_agent_restarted(stack: Stack) -> None:
     assert rc == 0, g.show()
     print(f"close after the agent restarted: {g.lines[-1]} in {took:.1f} s")
     assert g.lines[-1] == "close 0", g.show()
+    _replayed(stack)  # write-back: the close queued it
     got = (stack.root / "big").read_bytes()
     assert got == _big(mib), f"the server holds {len(got)} bytes"

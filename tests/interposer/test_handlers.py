@@ -113,11 +113,11 @@ class FakeRepo:
         self.local[path] = host
         return Opened(host_path=host, attrs=self.tree[path])
 
-    def commit(self, path: str) -> None:
-        self.calls.append(f"commit {path}")
+    def commit(self, path: str, wait: bool = False) -> None:
+        self.calls.append(f"commit {path}" + (" wait" if wait else ""))
 
-    def sync(self) -> None:
-        self.calls.append("sync")
+    def sync(self, wait: bool = False) -> None:
+        self.calls.append("sync" + (" wait" if wait else ""))
 
     def mkdir(self, path: str, mode: int) -> None:
         self.calls.append(f"mkdir {path} {mode:o}")

@@ -140,6 +140,8 @@ def work(top: str, n: int, seed: int, shared: str, shared_sums: dict[str, str],
             slowest = (took, op)
         counts[op] = counts.get(op, 0) + 1
         done += 1
+        if done % 10 == 0:  # for a test that acts mid-run (one line per 10 operations)
+            print(f"progress {top} {done}", file=sys.stderr, flush=True)
     return {"ops": done, "counts": counts, "errors": errors,
             "seconds": time.monotonic() - loop_started, "slowest": [slowest[0], slowest[1]],
             "models": {top: model}, "published": published}

@@ -1,7 +1,8 @@
-"""Load: 8 guests across 2 agents and 1 server; nothing lost, torn or wrong, nothing hangs.
+"""Load: 8 guests across agents and servers; nothing lost, torn or wrong, nothing hangs.
 
-One real server (publishing invalidations), two real agents (each with its
-own cache, both subscribed), and four guests per agent, each a
+Real servers over one repository (each publishing invalidations, each with
+its own state directory), real agents (each with its own cache, given every
+server and subscribed to each), and guests spread over the agents, each a
 ``synthfs run --agent ENDPOINT -- python3 guest.py`` doing N mixed
 operations (create, overwrite, append, read back with a checksum, rename,
 delete, list) in its own directory, reads of shared files, and exchanges
@@ -14,9 +15,16 @@ published file holds the last version its guest renamed into place, no
 upload is left staged, and all three trusted processes are still up.
 Every wait is bounded (a guest past the budget is a deadlock and fails).
 
-Variants: two threads per guest; and a hostile client fuzzing the server
+Variants: two threads per guest; a hostile client fuzzing the server
 (:mod:`fuzzframes`, no token) during the whole run, which must neither
-disturb the guests nor go unanswered.
+disturb the guests nor go unanswered; and scale-out: 2 servers x 4 agents x
+8 guests (2 per agent), once as is and once with one server killed
+(SIGKILL) while the guests run: the guests must see no error, only a delay,
+and nothing may be lost.
+
+The repository is a parameter of the stack (:class:`LocalRepo`: one directory
+the servers share, each with its own ``--state``): another backend (an S3
+bucket) gives the servers' arguments and reads the final tree the same way.
 
 CI: ``SYNTHFS_LOAD_OPS`` operations per guest (100); slow: 1,000.
 """
@@ -27,6 +35,7 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -47,45 +56,106 @@ from synthfs.protocol.messages import Message, Stat, StatReply
 GUEST = Path(__file__).resolve().with_name("guest.py")
 AGENTS = 2
 GUESTS_PER_AGENT = 4
-CI_OPS = int(os.environ.get("SYNTHFS_LOAD_OPS", "100"))
-FULL_OPS = 1000
 
 
-class Fleet:
-    """One server, two agents: real processes on private ipc:// sockets."""
+class LocalRepo:
+    """The repository as a local directory that every server serves (``--root``)."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.root = tmp / "repo"
         self.root.mkdir()
+
+    def server_args(self, i: int) -> list[str]:
+        return ["--root", str(self.root), "--state", str(self.state(i))]
+
+    def state(self, i: int) -> Path:
+        return self.tmp / ("state" if i == 0 else f"state{i}")
+
+    def mkdir(self, rel: str) -> None:
+        (self.root / rel).mkdir()
+
+    def put(self, rel: str, data: bytes) -> None:
+        (self.root / rel).write_bytes(data)
+
+    def sums(self, rel: str) -> dict[str, str]:
+        """sha256 of every file directly in ``rel`` (the repository's truth, not a guest's)."""
+        return _tree_sums(self.root / rel)
+
+    def staged(self, i: int) -> list[str]:
+        """Uploads server ``i`` left staged."""
+        staging = self.state(i)
+        return sorted(set(os.listdir(staging)) - {"committed.journal"}) \
+            if staging.exists() else []
+CI_OPS = int(os.environ.get("SYNTHFS_LOAD_OPS", "100"))
+FULL_OPS = 1000
+
+
+class Fleet:
+    """Servers over one repository, agents given all of them: real processes on
+    private ipc:// sockets."""
+
+    def __init__(self, tmp: Path, servers: int = 1, agents: int = AGENTS,
+                 repo: LocalRepo | None = None) -> None:
+        self.tmp = tmp
+        self.repo = repo or LocalRepo(tmp)
+        self.nservers = servers
         self.run = tmp / "run"
         self.run.mkdir(mode=0o700)
         self.key = self.run / "bootstrap.key"
         fd = os.open(self.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, secrets.token_hex(32).encode() + b"\n")
         os.close(fd)
-        self.server_ep = f"ipc://{self.run}/server.sock"
-        self.publish_ep = f"ipc://{self.run}/publish.sock"
-        self.agent_eps = [f"ipc://{self.run}/agent{i}.sock" for i in range(AGENTS)]
+        self.server_eps = [f"ipc://{self.run}/server{'' if i == 0 else i}.sock"
+                           for i in range(servers)]
+        self.server_ep = self.server_eps[0]
+        self.publish_eps = [f"ipc://{self.run}/publish{'' if i == 0 else i}.sock"
+                            for i in range(servers)]
+        self.agent_eps = [f"ipc://{self.run}/agent{i}.sock" for i in range(agents)]
         self.procs: list[Proc] = []
+        self.servers: list[Proc] = []
+        self.killed: list[str] = []
 
     def start(self) -> None:
-        server = Proc("server", [*SERVER_CMD, "--root", str(self.root), "--state",
-                                 str(self.root.parent / "state"), "--listen",
-                                 self.server_ep, "--bootstrap-key", str(self.key),
-                                 "--publish", self.publish_ep], self.tmp / "server.log")
-        self.procs.append(server)
+        for i in range(self.nservers):
+            name = "server" if i == 0 else f"server{i}"
+            server = Proc(name, [*SERVER_CMD, *self.repo.server_args(i), "--listen",
+                                 self.server_eps[i], "--bootstrap-key", str(self.key),
+                                 "--publish", self.publish_eps[i]], self.tmp / f"{name}.log")
+            self.procs.append(server)
+            self.servers.append(server)
+        for p in self.servers:
+            p.wait_ready()
+        n = self.nservers
         for i, ep in enumerate(self.agent_eps):
+            # each agent lists the servers from another one first: they start spread out
+            order = [(i + k) % n for k in range(n)]
             self.procs.append(Proc(f"agent{i}", [
-                sys.executable, "-m", "synthfs.agent", "--server", self.server_ep,
+                sys.executable, "-m", "synthfs.agent",
+                "--server", ",".join(self.server_eps[k] for k in order),
                 "--bootstrap-key",
                 str(self.key), "--listen", ep, "--cache", str(self.tmp / f"cache{i}"),
-                "--subscribe", self.publish_ep], self.tmp / f"agent{i}.log"))
-        for p in self.procs:
+                "--subscribe", ",".join(self.publish_eps[k] for k in order)],
+                self.tmp / f"agent{i}.log"))
+        for p in self.procs[n:]:
             p.wait_ready()
+
+    def kill(self, server: int, frozen: float = 0.5) -> None:
+        """SIGKILL server ``server`` after ``frozen`` seconds stopped (SIGSTOP), so that
+        the agents have requests in its queue when it dies; no clean-up, its
+        connections close."""
+        p = self.servers[server]
+        os.kill(p.pid, signal.SIGSTOP)
+        time.sleep(frozen)
+        p.popen.kill()
+        p.popen.wait()
+        self.killed.append(p.name)
 
     def alive(self) -> list[str]:
         return [p.name for p in self.procs if p.popen.poll() is None]
+
+    def expected_alive(self) -> list[str]:
+        return [p.name for p in self.procs if p.name not in self.killed]
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -95,6 +165,17 @@ class Fleet:
 def _tree_sums(d: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()
             if not p.is_dir()}
+
+
+def _progress(tmp: Path) -> int:
+    """Operations the guests reported so far (each prints a line per 10 on its stderr)."""
+    done = 0
+    for err in tmp.glob("g*.err"):
+        last = [line for line in err.read_text(errors="replace").splitlines()
+                if line.startswith("progress ")]
+        done += sum(int(line.rsplit(" ", 1)[1]) for line in
+                    {line.split()[1]: line for line in last}.values())
+    return done
 
 
 def _attack(fleet: Fleet, frames: int, out: dict[str, object]) -> None:
@@ -120,18 +201,22 @@ def _attack(fleet: Fleet, frames: int, out: dict[str, object]) -> None:
         out["error"] = exc
 
 
-def _load(tmp: Path, ops: int, budget: float, threads: int = 1, fuzz_frames: int = 0) -> None:
-    fleet = Fleet(tmp)
-    shared = fleet.root / "shared"
-    shared.mkdir()
+def _load(tmp: Path, ops: int, budget: float, threads: int = 1, fuzz_frames: int = 0,
+          servers: int = 1, agents: int = AGENTS, guests_per_agent: int = GUESTS_PER_AGENT,
+          kill_after: float | None = None, repo: LocalRepo | None = None) -> None:
+    """The run; with ``kill_after``, server 0 is killed once the guests did that share
+    (0 to 1) of their operations."""
+    fleet = Fleet(tmp, servers=servers, agents=agents, repo=repo)
+    repo = fleet.repo
+    repo.mkdir("shared")
     sums = {}
     for i, size in enumerate([0, 10, 4096, 100_000, 1_000_000, 3_000_000]):
         data = os.urandom(size)
-        (shared / f"s{i}").write_bytes(data)
+        repo.put(f"shared/s{i}", data)
         sums[f"s{i}"] = hashlib.sha256(data).hexdigest()
     manifest = tmp / "shared.json"
     manifest.write_text(json.dumps(sums))
-    (fleet.root / "pub").mkdir()
+    repo.mkdir("pub")
     fleet.start()
     guests: list[tuple[str, subprocess.Popen[bytes]]] = []
     hostile: dict[str, object] = {}
@@ -141,7 +226,7 @@ def _load(tmp: Path, ops: int, budget: float, threads: int = 1, fuzz_frames: int
         if fuzz_frames:
             attacker.start()
         for a, ep in enumerate(fleet.agent_eps):
-            for g in range(GUESTS_PER_AGENT):
+            for g in range(guests_per_agent):
                 name = f"g{a}{g}"
                 argv = [*synthfs_command(), "run", "--agent", ep, "--", sys.executable,
                         str(GUEST), f"/data/{name}", str(ops), str(1000 * a + g),
@@ -149,6 +234,16 @@ def _load(tmp: Path, ops: int, budget: float, threads: int = 1, fuzz_frames: int
                 with open(tmp / f"{name}.err", "wb") as err:
                     guests.append((name, subprocess.Popen(argv, stdout=subprocess.PIPE,
                                                           stderr=err, stdin=subprocess.DEVNULL)))
+        killed_at = None
+        if kill_after is not None:
+            # mid-run: once the guests did that share of their operations
+            want = kill_after * ops * agents * guests_per_agent * threads
+            while _progress(tmp) < want:
+                time.sleep(0.1)
+                assert any(p.poll() is None for _, p in guests), "the guests ended before the kill"
+                assert time.monotonic() - started < budget, "no progress"
+            fleet.kill(0)
+            killed_at = time.monotonic() - started
         results: dict[str, dict] = {}
         hung = []
         for name, p in guests:
@@ -168,32 +263,41 @@ def _load(tmp: Path, ops: int, budget: float, threads: int = 1, fuzz_frames: int
         errors = {n: r["first_errors"] for n, r in results.items() if r["errors"]}
         slowest = max((r["slowest_s"], n, r["slowest_op"]) for n, r in results.items())
         busy = max(r["seconds"] for r in results.values())  # the longest guest's op loop
-        print(f"\nload: {len(results)} guests x {threads} threads x {ops} ops = {total} ops; "
+        print(f"\nload: {servers} servers, {agents} agents, {len(results)} guests x {threads} "
+              f"threads x {ops} ops = {total} ops; "
               f"wall {elapsed:.1f} s "
               f"({total / elapsed:.0f} ops/s with start-up), op loops {busy:.1f} s "
               f"({total / busy:.0f} ops/s); errors {sum(r['errors'] for r in results.values())}; "
-              f"slowest op {slowest[0] * 1000:.0f} ms ({slowest[2]} in {slowest[1]})")
-        assert total == ops * AGENTS * GUESTS_PER_AGENT * threads
+              f"slowest op {slowest[0] * 1000:.0f} ms ({slowest[2]} in {slowest[1]})"
+              + (f"; server 0 killed at {killed_at:.1f} s" if killed_at is not None else ""))
+        for p in fleet.procs:  # each agent's longest wait of a request moved to another server
+            if p.name.startswith("agent"):
+                said = [line.split("WARNING: ", 1)[-1] for line in p.output().splitlines()
+                        if "moved to another" in line or "closed the connection" in line]
+                for line in said[-2:]:
+                    print(f"{p.name}: {line[:200]}")
+        assert total == ops * agents * guests_per_agent * threads
         assert slowest[0] < 60, "an operation took a minute: something waits unbounded"
         assert errors == {}, errors
         # The server's directory, not what the guests believe: nothing lost, torn, wrong, extra.
         dirs = {d: m for r in results.values() for d, m in r["models"].items()}
-        assert len(dirs) == AGENTS * GUESTS_PER_AGENT * threads
+        assert len(dirs) == agents * guests_per_agent * threads
         for d, model in dirs.items():
-            on_server = _tree_sums(fleet.root / d.removeprefix("/data/"))
+            on_server = repo.sums(d.removeprefix("/data/"))
             lost = sorted(set(model) - set(on_server))
             extra = sorted(set(on_server) - set(model))
             wrong = sorted(k for k, v in model.items() if on_server.get(k, v) != v)
             assert (lost, extra, wrong) == ([], [], []), f"{d}: lost/extra/wrong"
-        assert _tree_sums(shared) == sums
+        assert repo.sums("shared") == sums
         published = {k: v for r in results.values() for k, v in r["published"].items()}
         assert published, "no guest published anything"
-        on_server = _tree_sums(fleet.root / "pub")
+        on_server = repo.sums("pub")
         assert {k: on_server.get(k) for k in published} == published
         assert sorted(set(on_server) - set(published)) == []  # no temporary file left
-        staging = fleet.root.parent / "state"
-        left = sorted(set(os.listdir(staging)) - {"committed.journal"}) if staging.exists() else []
-        assert left == [], f"uploads left staged: {left[:5]}"
+        for i in range(servers):
+            if fleet.servers[i].name not in fleet.killed:  # a killed one cleans at its restart
+                left = repo.staged(i)
+                assert left == [], f"uploads left staged by server {i}: {left[:5]}"
         if fuzz_frames:
             attacker.join(timeout=max(1.0, budget - (time.monotonic() - started)))
             assert not attacker.is_alive(), "the fuzzing client did not finish"
@@ -202,7 +306,7 @@ def _load(tmp: Path, ops: int, budget: float, threads: int = 1, fuzz_frames: int
             assert isinstance(res, BlastResult)
             print(res.summary("server under load"))
             assert res.replies == res.frames == fuzz_frames and res.mismatches == []
-        assert fleet.alive() == [p.name for p in fleet.procs]
+        assert fleet.alive() == fleet.expected_alive()
         for p in fleet.procs:
             assert "Traceback" not in p.output(), p.output()[-3000:]
     finally:
@@ -228,6 +332,28 @@ def test_load_while_a_hostile_client_fuzzes_the_server(synthfs, tmp_path: Path) 
     _load(tmp_path, max(1, CI_OPS // 2), budget=300, fuzz_frames=20_000)
 
 
+#: Scale-out: 2 servers x 4 agents x 8 guests (2 per agent), each agent given both servers.
+SCALE = {"servers": 2, "agents": 4, "guests_per_agent": 2}
+
+
+def test_two_servers_four_agents_eight_guests(synthfs, tmp_path: Path) -> None:
+    """CI: SYNTHFS_LOAD_OPS (100) operations per guest over 2 servers."""
+    _load(tmp_path, CI_OPS, budget=300, **SCALE)
+
+
+def test_a_server_killed_mid_run_costs_the_guests_a_delay_only(synthfs, tmp_path: Path) -> None:
+    """CI: the same, with server 0 killed (SIGKILL, after 0.5 s stopped so that requests
+    wait in its queue) a few seconds in: every guest finishes without an error, nothing
+    is lost or torn, and the agents carry on with server 1."""
+    _load(tmp_path, CI_OPS, budget=300, kill_after=0.3, **SCALE)
+
+
 @pytest.mark.slow
 def test_eight_guests_two_agents_full(synthfs, tmp_path: Path) -> None:
     _load(tmp_path, FULL_OPS, budget=1800)
+
+
+@pytest.mark.slow
+def test_two_servers_four_agents_sixteen_guests_one_killed_full(synthfs, tmp_path: Path) -> None:
+    _load(tmp_path, FULL_OPS, budget=1800, servers=2, agents=4, guests_per_agent=4,
+          kill_after=0.3)

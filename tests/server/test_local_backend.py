@@ -267,3 +267,25 @@ def test_idle_uploads_expire_without_a_new_upload_starting(tmp_path):
         be.upload_chunk("next", 0, b"y" * (1 << 20))  # its share is free again
     finally:
         be.close()
+
+
+def test_an_exclusive_create_writes_only_what_the_program_wrote(tmp_path):
+    """The served directory is the user's: an exclusive create leaves ordinary times
+    (no marker in the atime), and the same create through a second server over the
+    directory answers EEXIST (never a second winner of a lock file)."""
+    import time
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    a = LocalBackend(root, state=tmp_path / "state-a")
+    b = LocalBackend(root, state=tmp_path / "state-b")
+    try:
+        before = time.time_ns()
+        a.upload_commit("u1", "/x", 0, 0o640, exclusive=True)
+        st = os.stat(root / "x")
+        assert before - 10**9 <= st.st_atime_ns <= time.time_ns() + 10**9
+        with pytest.raises(FileExistsError):
+            b.upload_commit("u1", "/x", 0, 0o640, exclusive=True)
+    finally:
+        a.close()
+        b.close()

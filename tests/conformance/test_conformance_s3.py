@@ -1,0 +1,108 @@
+"""Conformance on the S3 backend: the same cases, /data served from a SeaweedFS bucket.
+
+Each case's starting tree is built natively, copied into a fresh prefix of a
+bucket (modes, mtimes, symlinks kept), and served by a real ``synthfs server
+--s3`` and agent; the guest runs with ``--agent``; the resulting repository is
+copied back and compared whole with the native run, as in test_conformance.py.
+
+CI (``-m 'not slow'``) runs :data:`QUICK`, a representative subset (a long
+listing, copies and renames of files and trees, removes, chmod/utimes,
+truncation, a database, a tar extraction with its modes and times): each case
+starts its own server and agent (about 5 s on a loaded 2-CPU machine), so the
+other cases are marked slow. What an object store cannot hold diverges on
+purpose (:data:`S3_DIVERGES`: hard links, names that are not UTF-8...).
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from pathlib import Path
+
+import helpers
+import pytest
+from conformance_cases import CASES, Case, compare, env_for, finish, run_case_native
+
+from synthfs.server.backends.s3 import S3Backend
+from synthfs.testing.s3stack import pull_tree, push_tree, s3_stack
+
+pytestmark = pytest.mark.ptrace
+
+#: Run in CI: one or two cases of each family.
+QUICK = frozenset({
+    "ls_la", "cp_r", "mv", "rm_r", "touch_times", "chmod", "truncate", "sqlite3", "tar_extract",
+})
+
+#: Cases where an S3 repository answers otherwise than a local file system, and why.
+S3_DIVERGES: dict[str, str] = {
+    "ln_hard": "an S3 repository holds no hard links: link(2) is EPERM",
+    "ln_hard_tools": "an S3 repository holds no hard links: link(2) is EPERM",
+    "py_links": "an S3 repository holds no hard links: link(2) is EPERM",
+    "odd_names": "its starting tree holds what S3 cannot: names that are not UTF-8 "
+                 "(EILSEQ) and a path of 1,500 bytes (a key holds 1,024: ENAMETOOLONG)",
+    "py_raw_names": "an S3 repository holds UTF-8 names only (others are EILSEQ)",
+    "du_tree": "objects are dense: a sparse file's blocks are its size's",
+    "py_blocks": "objects are dense (a sparse file's blocks are its size's), and a "
+                 "directory has no blocks",
+}
+#: Cases that fail on S3 on a loaded machine and may pass on an idle one (not strict).
+S3_SLOW: dict[str, str] = {
+    "bigdir": "a cold listing of 3,000 entries is 3,000 HEADs (the mode and times are object "
+              "metadata, which a LIST does not return): past the agent's 5 s timeout when the "
+              "server gets little CPU",
+}
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def bucket(seaweed):
+    return seaweed.new_bucket("conf")
+
+
+def run_case_s3(case: Case, base: Path, outside: Path, home: Path, seaweed, bucket: str,
+                synthfs: helpers.SynthfsLauncher) -> object:
+    seed, pulled = base / "seed", base / "repo"
+    seed.mkdir(parents=True)
+    case.tree(seed)
+    prefix = f"{case.name}-{next(_prefixes)}"
+    be = S3Backend(seaweed.endpoint, bucket, prefix, state=base / "push-state")
+    try:
+        push_tree(seed, be)
+        with s3_stack(seaweed.endpoint, bucket, prefix, seaweed.env()) as stack:
+            out = helpers.run_native(
+                [*helpers.synthfs_command(), "run", "--agent", stack.agent_endpoint, "--",
+                 *case.render(helpers.MOUNT)],
+                cwd=outside, env=env_for(home), umask=case.umask)
+        pull_tree(be, pulled)
+    finally:
+        be.close()
+    return finish(case, out, helpers.MOUNT, pulled, repo=True)
+
+
+def _params():
+    for c in CASES:
+        marks = []
+        if c.name not in QUICK:
+            marks.append(pytest.mark.slow)
+        reason = S3_DIVERGES.get(c.name) or c.diverges
+        if reason:
+            marks.append(pytest.mark.xfail(strict=True, reason=reason))
+        elif c.name in S3_SLOW:
+            marks.append(pytest.mark.xfail(strict=False, reason=S3_SLOW[c.name]))
+        yield pytest.param(c, marks=marks, id=c.name)
+
+
+@pytest.mark.parametrize("case", list(_params()))
+def test_conformance_s3(case: Case, tmp_path: Path, synthfs: helpers.SynthfsLauncher,
+                        s3_env, bucket) -> None:
+    missing = [t for t in case.needs if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (add to .ci/setup to run this case)")
+    outside, home = tmp_path / "outside", tmp_path / "home"
+    outside.mkdir()
+    home.mkdir()
+    native = run_case_native(case, tmp_path / "native", outside, home)
+    guest = run_case_s3(case, tmp_path / "s3", outside, home, s3_env, bucket, synthfs)
+    problems = compare(case, native, guest, "synthfs on S3")
+    assert not problems, f"case {case.name}\n" + "\n".join(problems)

@@ -1,0 +1,72 @@
+"""``synthfs server --s3``: its command line, and a guest on a bucket through a real stack."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import helpers
+import pytest
+
+from synthfs.testing.s3stack import s3_stack
+
+
+def _server(args: list[str], env: dict[str, str], tmp_path) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return subprocess.run(
+        [sys.executable, "-m", "synthfs.server", *args, "--listen", f"ipc://{tmp_path}/s.sock",
+         "--bootstrap-key", str(tmp_path / "key"), "--state", str(tmp_path / "state")],
+        env={**base, "HOME": str(tmp_path), **env}, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("args", "creds", "message"), [
+    (["--s3", "URL"], True, "--s3 needs --bucket NAME"),
+    (["--root", "/", "--bucket", "b"], True, "--bucket, --prefix and --s3-profile go with --s3"),
+    (["--s3", "ftp://x", "--bucket", "b"], True, "expected http://HOST:PORT"),
+    (["--s3", "URL", "--bucket", "no-such-bucket"], True, "no bucket no-such-bucket at"),
+    (["--s3", "URL", "--bucket", "BUCKET"], False, "no AWS credentials found"),
+    (["--s3", "URL", "--bucket", "BUCKET", "--s3-profile", "nope"], True,
+     "profile (nope) could not be found"),
+])
+def test_bad_s3_command_lines_get_one_line(seaweed, tmp_path, args, creds, message):
+    bucket = seaweed.new_bucket("cli")
+    args = [seaweed.endpoint if a == "URL" else bucket if a == "BUCKET" else a for a in args]
+    p = _server(args, seaweed.env() if creds else {}, tmp_path)
+    assert p.returncode == 2, p
+    lines = [ln for ln in p.stderr.splitlines() if "error" in ln]
+    assert len(lines) == 1 and message in lines[0], p.stderr
+    assert "Traceback" not in p.stderr
+    assert seaweed.env()["AWS_SECRET_ACCESS_KEY"] not in p.stderr
+
+
+@pytest.mark.ptrace
+def test_a_guest_on_a_bucket(seaweed, synthfs, tmp_path):
+    """Files, directories, symlinks, renames and removes land in the bucket as objects, and
+    the credentials are the server's alone (not the agent's environment, no argv)."""
+    bucket = seaweed.new_bucket("guest")
+    s3 = seaweed.client()
+    s3.put_object(Bucket=bucket, Key="repo/in/from-s3.txt", Body=b"put by another client\n")
+    secret = seaweed.env()["AWS_SECRET_ACCESS_KEY"]
+    with s3_stack(seaweed.endpoint, bucket, "repo", seaweed.env()) as stack:
+        script = (
+            "cat /data/in/from-s3.txt && mkdir -m 750 /data/out && "
+            "printf hello > /data/out/a && mv /data/out/a /data/out/b && "
+            "ln -s b /data/out/l && cat /data/out/l && echo && "
+            "mkdir /data/gone && rmdir /data/gone && ls /data /data/out && "
+            "stat -c '%a %s' /data/out /data/out/b")
+        out = helpers.run_native([*helpers.synthfs_command(), "run", "--agent",
+                                  stack.agent_endpoint, "--", "sh", "-c", script], cwd="/")
+        with open(f"/proc/{stack.agent_pid}/environ", "rb") as f:
+            environ = f.read()
+        assert secret.encode() not in environ and seaweed.access_key.encode() not in environ
+        for pid in (stack.agent_pid, stack.server_pid):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert secret.encode() not in f.read()
+    assert out.status == 0, out
+    assert out.stdout == ("put by another client\nhello\n/data:\nin\nout\n\n/data/out:\nb\nl\n"
+                          "750 0\n644 5\n"), out.stdout
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="repo/")["Contents"])
+    assert keys == ["repo/in/from-s3.txt", "repo/out/.synthfs-dir\u2400", "repo/out/b",
+                    "repo/out/l"]
+    assert s3.get_object(Bucket=bucket, Key="repo/out/b")["Body"].read() == b"hello"
