@@ -93,7 +93,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="write the supervisor's counters and phase timers (JSON) to FILE at exit",
     )
+    _configure_trying(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+
+
+def _configure_trying(parser: argparse.ArgumentParser) -> None:
+    """Trying a policy before enforcing it (docs/policy.md, "Trying a policy")."""
+    parser.add_argument(
+        "--warn", "--permissive", dest="warn", action="store_true",
+        help="deny nothing the policy denies: let the call through and report it (at the "
+        "end, in --audit FILE, with -v); the trusted paths and the guards still hold",
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true",
+        help="no summary of the policy's denials on stderr at the end of the run",
+    )
+
+
+def _denial_summary(args: argparse.Namespace, summary: str) -> None:
+    """The end-of-run summary of what the policy denied (or, --warn, would have)."""
+    if summary and not args.quiet:
+        # A closed stderr (``2>&- | ...``, a reader gone) must not change the guest's status.
+        # Written unbuffered: nothing of it is left for the exit's flush to trip on.
+        with contextlib.suppress(OSError):
+            sys.stderr.flush()
+            os.write(2, (summary + "\n").encode("utf-8", "surrogateescape"))
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -278,8 +302,18 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
         )
         # The agent names its server (--agent: it may restart; asked again when it died).
         host.also_trusted = remote.trusted_now
-        env = RunEnv(ns, remote, host, policy, audit, args.audit_all)
+        from synthfs.interposer.runenv import Enforcement
+
+        tracer = None
+        if args.verbose:
+            from synthfs.interposer.trace import Tracer
+
+            tracer = Tracer()
+        env = RunEnv(ns, remote, host, policy, audit, args.audit_all,
+                     Enforcement.WARN if args.warn else Enforcement.ENFORCE,
+                     tracer.noted if tracer is not None else None)
         sup = Supervisor(env, compiled, on_exec=env.identify)
+        sup.tracer = tracer
         host.live_fd_targets = lambda: _live_targets(sup.procs)
         host.is_guest = sup.threads.__contains__
         if args.stats:
@@ -294,6 +328,7 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
                 print(f"synthfs run: files closed on {ns.mount} wait in the agent's journal "
                       f"({exc.strerror or exc}); the next run on this cache uploads them",
                       file=sys.stderr, flush=True)
+        _denial_summary(args, env.denied.summary(args.audit))
         if args.stats and sup.stats is not None:
             sup.stats.update(
                 agent_requests=remote.requests, agent_ns=remote.agent_ns, denials=env.denials,

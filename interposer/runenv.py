@@ -9,6 +9,7 @@ it is given; everything about the guest comes in through :class:`Call`.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import hashlib
 import os
@@ -21,8 +22,9 @@ from synthfs.interposer.hostside import HostSide
 from synthfs.interposer.namespace import Namespace
 from synthfs.interposer.ports import Call, Proc
 from synthfs.interposer.remote import Remote
-from synthfs.policy.audit import AuditRecord
+from synthfs.policy.audit import AuditRecord, Denials, Denied
 from synthfs.policy.engine import (
+    WRITE_OPS,
     Action,
     App,
     Decision,
@@ -34,7 +36,24 @@ from synthfs.policy.engine import (
 #: op names as handlers give them (an Enum call by value costs ~1 µs per check)
 _OPS = {op.value: op for op in Op}
 
-__all__ = ["LOADER_VARIABLES", "RunEnv", "borrowed_identity"]
+__all__ = ["LOADER_VARIABLES", "Enforcement", "RunEnv", "borrowed_identity"]
+
+
+class Enforcement(enum.Enum):
+    """What a denial of the policy does (``synthfs run --warn``, ``--permissive``)."""
+
+    ENFORCE = "enforce"  # the guest gets the errno
+    #: the call goes on, the denial is reported (audit, summary, -v). Only the policy's
+    #: own rules are relaxed: the trusted paths, the guards and the refused stop routes
+    #: never ask the policy, and the decisions in :data:`ALWAYS_ENFORCED` stand.
+    WARN = "warn"
+
+
+#: denials --warn never lets through: the engine's own refusals (a path it cannot
+#: judge) and --read-only (a user who asked for an unwritten mount gets one)
+ALWAYS_ENFORCED = frozenset({"engine", "--read-only"})
+_READ_ONLY = Decision(Action.DENY, "--read-only", "--read-only: the mount is read-only",
+                      errno.EROFS)
 
 #: Environment variables that make the dynamic loader or the C library run, load or
 #: write code and files the caller chose: glibc's list of variables it drops for a
@@ -79,7 +98,11 @@ class RunEnv:
         policy: Policy,
         audit: IO[str] | None = None,
         audit_all: bool = False,
+        enforcement: Enforcement = Enforcement.ENFORCE,
+        noted: list[tuple[str, str, Decision, bool]] | None = None,
     ) -> None:
+        """``noted`` (``synthfs run -v``): every decision is appended to it as
+        (app, op, decision, enforced), for the supervisor's trace line."""
         self.ns = ns
         self.repo = repo
         self.host = host
@@ -88,7 +111,15 @@ class RunEnv:
         self.gid = os.getegid()
         self.audit = audit
         self.audit_all = audit_all
+        self.enforcement = enforcement
+        self.noted = noted
+        #: record allowed decisions too (in the audit log when audit_all, in ``noted``)
+        self._every = audit_all or noted is not None
         self.denials = 0
+        #: the policy's denials, for the summary at the end of the run
+        self.denied = Denials()
+        self._last: tuple[Call, str, str, int] | None = None
+        self._denied_last: Call | None = None
         self._default_app = policy.unmatched  # before the first exec
         self.host_rules = policy.has_host_rules
         self.bound_names: dict[int, bytes] = {}
@@ -147,9 +178,9 @@ class RunEnv:
         t0 = time.perf_counter_ns()
         app = self._app(call)
         decision = self.policy.decide(app, _OPS[op], guest_path)
-        if decision.allowed and not self.audit_all:
+        if decision.allowed and not self._every:
             return 0
-        return self._record(call, app, op, guest_path, decision, t0)
+        return self._record(call, app, op, guest_path, decision, t0, mount=True)
 
     def check_host(self, call: Call, op: str, path: str, via: str = "") -> int:
         """A decision on a resolved host path (``Policy.decide_host``), audited
@@ -162,7 +193,7 @@ class RunEnv:
             decision = self.policy.decide_mknod(app, path)
         else:
             decision = self.policy.decide_host(app, _OPS[op], path)
-        if decision.allowed and not self.audit_all:
+        if decision.allowed and not self._every:
             return 0
         return self._record(call, app, op, path, decision, t0, via)
 
@@ -173,9 +204,9 @@ class RunEnv:
         t0 = time.perf_counter_ns()
         app = self._app(call)
         decision = self.policy.decide_rename(app, src, dst, tree)
-        if decision.allowed and not self.audit_all:
+        if decision.allowed and not self._every:
             return 0
-        return self._record(call, app, "rename", f"{src} -> {dst}", decision, t0)
+        return self._record(call, app, "rename", f"{src} -> {dst}", decision, t0, mount=True)
 
     def check_host_rename(self, call: Call, src: str, dst: str, tree: bool) -> int:
         """:meth:`check_rename` for two resolved host paths (``[host]`` rules)."""
@@ -183,7 +214,7 @@ class RunEnv:
             return 0
         t0 = time.perf_counter_ns()
         decision = self.policy.decide_host_rename(src, dst, tree)
-        if decision.allowed and not self.audit_all:
+        if decision.allowed and not self._every:
             return 0
         return self._record(call, self._app(call), "rename", f"{src} -> {dst}", decision, t0)
 
@@ -226,7 +257,7 @@ class RunEnv:
         t0 = time.perf_counter_ns()
         mode = self.policy.network
         allowed = mode is NetworkMode.ALLOW or (mode is NetworkMode.LOOPBACK and local)
-        if allowed and not self.audit_all:
+        if allowed and not self._every:
             return 0
         rule = f"[host] network = {mode.value!r}"
         if allowed:
@@ -237,12 +268,46 @@ class RunEnv:
         return self._record(call, self._app(call), op, address, decision, t0)
 
     def _record(
-        self, call: Call, app: App, op: str, path: str, decision: Decision, t0: int, via: str = ""
+        self,
+        call: Call,
+        app: App,
+        op: str,
+        path: str,
+        decision: Decision,
+        t0: int,
+        via: str = "",
+        *,
+        mount: bool = False,
     ) -> int:
-        """Count and audit one decision; its errno (0 when allowed)."""
+        """Count, note and audit one decision; the errno the guest gets (0: allowed).
+
+        The one place a denial takes effect: under ``--warn`` it is reported and
+        the call goes on (unless :data:`ALWAYS_ENFORCED` names its rule; on a
+        ``--read-only`` mount a write the policy denies stays refused, EROFS).
+        """
+        # A call checked twice for one op and path (its path as written, then resolved)
+        # is one decision: recorded once.
+        last = self._last
+        if last is not None and last[0] is call and last[1] == op and last[2] == path:
+            return last[3]
+        enforced = True
         if not decision.allowed:
+            if self.enforcement is Enforcement.WARN and decision.rule not in ALWAYS_ENFORCED:
+                if mount and self.policy.is_read_only and _OPS.get(op) in WRITE_OPS:
+                    decision = _READ_ONLY
+                else:
+                    enforced = False
             self.denials += 1
-        if self.audit is not None:
+            if call is not self._denied_last:  # a call's first denial: one access refused
+                self._denied_last = call
+                self.denied.add(
+                    Denied(app.name, op, path, decision.errno, decision.rule, enforced)
+                )
+        err = decision.errno if enforced and not decision.allowed else 0
+        self._last = (call, op, path, err)
+        if self.noted is not None:
+            self.noted.append((app.name, op, decision, enforced))
+        if self.audit is not None and (self.audit_all or not decision.allowed):
             record = AuditRecord.from_decision(
                 time=time.time(),
                 pid=call.guest.tgid,
@@ -254,7 +319,8 @@ class RunEnv:
                 decision=decision,
                 latency_us=(time.perf_counter_ns() - t0) / 1000,
                 via=via,
+                enforced=enforced,
             )
             self.audit.write(record.to_json() + "\n")
             self.audit.flush()
-        return decision.errno if not decision.allowed else 0
+        return err

@@ -25,6 +25,7 @@ import resource
 import signal
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from attrs import define, field, frozen
 
@@ -32,7 +33,10 @@ from synthfs.interposer import ptrace_adapter as pt
 from synthfs.interposer.actions import Continue, Fail, Kill, Result, Return, RunChecked, Scratch
 from synthfs.interposer.filter import CompiledFilter
 from synthfs.interposer.ports import Call, Env, FsState, Proc
-from synthfs.interposer.syscalls import BY_NR, Gate, Need
+from synthfs.interposer.syscalls import BY_NR, Gate, Need, SyscallSpec
+
+if TYPE_CHECKING:
+    from synthfs.interposer.trace import Tracer
 
 __all__ = ["CallerSignals", "ExecSignals", "Supervisor"]
 
@@ -66,6 +70,12 @@ def _scratch_base() -> int:
 
 
 SCRATCH_BASE = _scratch_base()
+
+
+def _outcome(rax: int, syscall: str) -> str:
+    from synthfs.interposer.trace import result  # -v only
+
+    return result(rax, syscall)
 
 
 def _place(item: Scratch, base: int, blob: bytearray) -> int:
@@ -109,6 +119,8 @@ class Thread:
     pending: Pending | None = None
     started: bool = False  # past the launcher's exec (its stops before are not the guest's)
     stopped: int = 0  # the stop signal of the group-stop it is in (0: none)
+    #: ``-v``: the call under way (name, text, decision), shown with its result at its exit
+    shown: tuple[str, str, str] | None = None
 
 
 def _proc_octal(path: str, key: bytes) -> int | None:
@@ -321,6 +333,8 @@ class Supervisor:
         self.job_control = False
         #: phase timers (ns), kept only when profiling (``synthfs run --stats FILE``)
         self.stats: dict[str, int] | None = None
+        #: ``synthfs run -v``: one strace-like line per handled call (None: nothing formatted)
+        self.tracer: Tracer | None = None
 
     # -- launch ------------------------------------------------------------------------------
 
@@ -596,6 +610,8 @@ class Supervisor:
         # The execve (its scratch slot, in an address space now gone or, after a
         # vfork, still the parent's) will have no exit stop: release the slot.
         self._drop_pending(t)
+        if t.shown is not None:  # -v: it succeeded
+            self._show_exit(t, 0)
         if t.space is not None and t.space.pid == t.tid:
             t.space.mem.close()
         space = MemSpace(t.tid, pt.GuestMemory(t.tid))
@@ -685,6 +701,8 @@ class Supervisor:
         t = self.threads.pop(pid, None)
         if t is not None:
             self._drop_pending(t)
+            if t.shown is not None and self.tracer is not None:  # -v: it never returned
+                self.tracer.emit(pid, t.shown, "?")
         self.early.pop(pid, None)
         if pid == self.main_pid:
             if os.WIFEXITED(status):
@@ -755,8 +773,9 @@ class Supervisor:
             log.exception("handler %s failed (pid %d): refusing the call",
                           spec.handler.__name__, tid)
             result = Fail(errno.EIO)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("[%d] %s%r -> %r", tid, spec.name, call.args[: len(spec.args)], result)
+        if self.tracer is not None:
+            self._traced(t, regs, spec, call, result)
+            return
         if stats is None:
             self._apply(t, regs, result)
             return
@@ -769,6 +788,28 @@ class Supervisor:
         stats["apply_ns"] += t3 - t2
         if isinstance(result, RunChecked):
             stats["rewritten"] += 1
+
+    def _traced(
+        self, t: Thread, regs: pt.Regs, spec: SyscallSpec, call: Call, result: Result
+    ) -> None:
+        """``-v``: apply ``result`` and show the call with what the guest got (at its
+        exit stop when the kernel runs it: a Continue is resumed to its exit for that).
+        The phase timers of ``--stats`` do not count these stops."""
+        assert self.tracer is not None
+        shown = self.tracer.entry(call, spec)
+        if isinstance(result, Continue):
+            t.shown = shown
+            pt.syscall(t.tid)
+            return
+        if isinstance(result, Kill):
+            self.tracer.emit(t.tid, shown, f"? (killed: {result.reason})")
+            self._apply(t, regs, result)
+            return
+        t.shown = shown
+        self._apply(t, regs, result)
+        if t.pending is None:  # answered here (Return, Fail, or a RunChecked that failed)
+            t.shown = None
+            self.tracer.emit(t.tid, shown, _outcome(regs.rax, spec.name))
 
     def _apply(self, t: Thread, regs: pt.Regs, result: Result) -> None:
         tid = t.tid
@@ -828,6 +869,8 @@ class Supervisor:
         p = t.pending
         tid = t.tid
         if p is None:
+            if t.shown is not None:  # -v: a Continue's exit
+                self._show_exit(t, pt.get_regs(tid).rax)
             pt.cont(tid)
             return
         if self.stats is not None:
@@ -854,7 +897,14 @@ class Supervisor:
         elif isinstance(outcome, Fail):
             regs.rax = -outcome.errno & _MASK64
         pt.set_regs(tid, regs)
+        if t.shown is not None:
+            self._show_exit(t, regs.rax)
         pt.cont(tid)
+
+    def _show_exit(self, t: Thread, rax: int) -> None:
+        shown, t.shown = t.shown, None
+        if self.tracer is not None and shown is not None:
+            self.tracer.emit(t.tid, shown, _outcome(rax, shown[0]))
 
     # -- teardown ----------------------------------------------------------------------------------
 

@@ -72,6 +72,7 @@ class Role(enum.StrEnum):
     MODE = "mode"
     OUT = "out"  # a buffer the kernel (or we) fill
     IN = "in"  # a buffer the guest passes in (struct)
+    HOW = "how"  # openat2's struct open_how (its open flags, mode and RESOLVE_* flags)
     SIZE = "size"
     INT = "int"
     ADDR = "addr"
@@ -261,7 +262,7 @@ TABLE: tuple[SyscallSpec, ...] = (
     _row("openat", (D, P, FL, M), Level.FULL, h.open.sys_openat, _TMPFILE_NOTE),
     _row(
         "openat2",
-        (D, P, IN, SZ),
+        (D, P, Role.HOW, SZ),
         Level.FULL,
         h.open.sys_openat2,
         "RESOLVE_* flags honoured on the host; on /data RESOLVE_BENEATH/IN_ROOT act at the mount root",

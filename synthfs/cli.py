@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "policy": ("synthfs.policy.cli", "check or explain a policy file"),
     "learn": ("synthfs.policy.learn_cli",
               "run a command with everything allowed and recorded; write the policy it needs"),
+    "audit": ("synthfs.policy.audit_cli", "summarise an audit log (synthfs run --audit FILE)"),
     "bench": ("synthfs.benchmarks.cli", "benchmark synthfs against native and peer tools"),
 }
 
@@ -80,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "every file closed on /data (--status: show the write-back queue)"
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"synthfs {name}", description=help_text)
-    parser.add_argument("-v", "--verbose", action="count", default=verbose, help="more logging")
+    parser.add_argument("-v", "--verbose", action="count", default=verbose,
+                        help="more logging (run: each handled syscall, as strace shows it)")
     module.configure(parser)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)

@@ -27,7 +27,9 @@ Run: ``.venv/bin/python -m pytest tests/escape`` (TOCTOU at 10,000 attempts;
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -169,7 +171,8 @@ def native_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         listener.listen(8)
         listeners.append(listener)
     # stands in for the agent and the server (each in a session of its own, as they are)
-    dummy = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    # (killed at teardown; it must outlive the module, which takes over 10 min when loaded)
+    dummy = subprocess.Popen(["sleep", "86400"], start_new_session=True)
     repo = (base / "tree").resolve()
     build_repo(repo, canary, marker)
     world = World(
@@ -945,3 +948,65 @@ def test_policy_file_is_valid(tmp_path: Path) -> None:
         timeout=60,
     )
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+# -- --permissive relaxes the policy, and nothing else -------------------------------------------
+
+#: DENY_SECRET_POLICY with [host] rules and the network denied: under --permissive every
+#: one of its denials is let through (and reported), so whatever still stops an attack
+#: below is not the policy
+PERMISSIVE_POLICY = DENY_SECRET_POLICY.replace("escape-deny-secret", "escape-permissive") + """
+[host]
+read = ["/usr/**"]
+write = ["/dev/null"]
+network = "deny"
+"""
+
+#: attacks on what no policy decides: the trusted paths (cache, the stack's work
+#: directory and sockets, the served directory's host path), the trusted processes
+#: (signals, ptrace, memory, a file's owner), the scratch page, the terminal, the ABI
+PERMISSIVE = [
+    dataclasses.replace(a, name=f"permissive:{a.name}", policy=PERMISSIVE_POLICY,
+                        flags=("--permissive",))
+    for a in (
+        paths("abs"), paths("dotdot"), paths("tmp_symlink"), paths("proc_root"),
+        paths("write"), paths("rename_into_data"), paths("openat2_dotdot"),
+        paths("abs", "{key}"), paths("connect", "{sock}"), paths("connect", "{server_sock}"),
+        paths("repo_link", "cache_abs"), paths("repo_link", "host_secret"),
+        *(a for a in TRUSTED if a.name in (
+            "signal_agent", "signal_supervisor", "signal_server_group", "ptrace_agent",
+            "proc_mem_agent", "prlimit_agent", "setown_stop_agent", "fiosetown_stop_agent")),
+        *(a for a in SCRATCH if a.name in ("scratch_mprotect", "scratch_procmem",
+                                           "scratch_prctl_brk")),
+        *TERMINAL[:1],
+        *(a for a in ABI if a.name == "io_uring_enosys"),
+    )
+]
+
+
+@pytest.mark.parametrize("attack", PERMISSIVE, ids=_ids(PERMISSIVE))
+def test_permissive_holds_what_is_not_policy(attack, native_world, synthfs_world, cbin,
+                                             tmp_path) -> None:
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
+
+
+def test_permissive_twin_lets_the_policy_denied_file_through(synthfs_world, cbin,
+                                                             tmp_path) -> None:
+    """The twin of the above: --permissive does relax the policy (the /data/secret it
+    denies is read, and reported), so the refusals above are not the policy's."""
+    attack = paths("abs", "{data}/secret", policy=PERMISSIVE_POLICY)
+    pol = tmp_path / "policy.toml"
+    pol.write_text(PERMISSIVE_POLICY)
+    synthfs_world.reset()
+    launcher = helpers.SynthfsLauncher(mode="agent")
+    audit = tmp_path / "audit.jsonl"
+    argv = launcher.argv(
+        synthfs_world.repo, _argv(attack, synthfs_world, cbin), stack=synthfs_world.stack,
+        extra=["--policy", str(pol), "--permissive", "--audit", str(audit)],
+    )
+    got = helpers.run_native(argv, cwd=tmp_path, timeout=attack.timeout)
+    assert got.status == ESCAPED, got.show()
+    assert "(not enforced)" in got.stderr, got.show()
+    reported = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert {(r["op"], r["path"], r["decision"], r["enforced"]) for r in reported} >= {
+        ("read", "/data/secret", "deny", False)}

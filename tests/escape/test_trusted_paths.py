@@ -16,7 +16,10 @@ escape), then under ``synthfs run`` with each policy:
 * ``host-read``: the guest may read the whole host (``[host] read = ["/**"]``)
   and write under /tmp, and may do anything on /data except ``/data/secret*``;
 * ``no-host``: the same /data rules and no ``[host]`` table (the host is
-  unconfined, except the trusted paths).
+  unconfined, except the trusted paths);
+* ``host-read`` under ``synthfs run --permissive`` (a sample of the attacks,
+  every target): the policy denies nothing, the trusted paths are refused all
+  the same.
 
 The targets: a file of the served directory that the /data rules deny (read,
 stat, list, write, unlink, rename into it, exec from it, by any path trick),
@@ -271,6 +274,24 @@ def _victim(st: Stack, attack: Attack) -> tuple[int, int] | None:
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 @pytest.mark.parametrize("attack", ATTACKS_TABLE, ids=[a.name for a in ATTACKS_TABLE])
 def test_trusted_path(attack: Attack, policy: str, stack: Stack, tmp_path: Path) -> None:
+    _attack(attack, policy, stack, tmp_path)
+
+
+#: --permissive lets through every denial of the policy, [host] rules included: the
+#: trusted paths are refused all the same (a sample of the table: every target)
+PERMISSIVE_TABLE = [
+    a for a in ATTACKS_TABLE
+    if a.mode in ("abs", "write", "rename_ancestor", "swap_read", "exec", "connect")
+]
+
+
+@pytest.mark.parametrize("attack", PERMISSIVE_TABLE, ids=[a.name for a in PERMISSIVE_TABLE])
+def test_trusted_path_under_permissive(attack: Attack, stack: Stack, tmp_path: Path) -> None:
+    _attack(attack, "host-read", stack, tmp_path, ("--permissive",))
+
+
+def _attack(attack: Attack, policy: str, stack: Stack, tmp_path: Path,
+            flags: tuple[str, ...] = ()) -> None:
     if attack.target == "state" and stack.state is None:
         pytest.skip("this server has no --state (its staging is inside the root)")
     # 1. the control: natively the attack reaches the target
@@ -286,7 +307,7 @@ def test_trusted_path(attack: Attack, policy: str, stack: Stack, tmp_path: Path)
     pol = tmp_path / "policy.toml"
     pol.write_text(POLICIES[policy])
     argv = [*helpers.synthfs_command(), "run", "--agent", stack.agent_endpoint,
-            "--policy", str(pol), "--", *_argv(attack, "/data", stack)]
+            "--policy", str(pol), *flags, "--", *_argv(attack, "/data", stack)]
     got = helpers.run_native(argv, cwd=tmp_path)
     print(f"control: {control.stdout.strip()}\nsynthfs: exit {got.status}: {got.stdout.strip()}")
     assert got.status != ESCAPED, f"ESCAPED: {attack.name} ({policy})\n{got.show()}"

@@ -337,7 +337,7 @@ def test_a_borrowed_identity_is_learned_into_the_catch_all(
     again = synthfs_cmd("run", "--data", str(repo), "--policy", str(policy), "--", "sh", "-c",
                         script, cwd=tmp_path, env=env)
     assert (again.status, again.stdout) == (0, "hello\nworld\n"), again.show() + text
-    plain = synthfs_cmd("run", "--data", str(repo), "--policy", str(policy), "--",
+    plain = synthfs_cmd("run", "--data", str(repo), "--policy", str(policy), "-q", "--",
                         "sh", "-c", "cat /data/a.txt /data/lines.txt", cwd=tmp_path, env=env)
     assert plain.status == 1 and plain.stdout == "hello\nworld\n", plain.show() + text
     assert plain.stderr == "cat: /data/lines.txt: Permission denied\n", plain.show()
