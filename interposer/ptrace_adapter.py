@@ -56,6 +56,7 @@ __all__ = [
     "seize",
     "set_fd_budget",
     "set_regs",
+    "store",
     "syscall",
 ]
 
@@ -288,3 +289,33 @@ class GuestMemory:
             raise OSError(errno.EFAULT, "bad guest address") from exc
         if written != len(data):
             raise OSError(errno.EFAULT, "short write to guest memory")
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+_pvw = ctypes.CDLL("libc.so.6", use_errno=True).process_vm_writev
+_pvw.restype = ctypes.c_ssize_t
+_pvw.argtypes = (
+    ctypes.c_int,
+    ctypes.POINTER(_IoVec),
+    ctypes.c_ulong,
+    ctypes.POINTER(_IoVec),
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+)
+
+
+def store(tid: int, addr: int, data: bytes) -> None:
+    """Store a syscall's result ``data`` at ``addr`` in thread ``tid``'s memory as the
+    kernel's copy to a guest buffer would: a page the guest cannot write (read-only,
+    the scratch area) is EFAULT. (:class:`GuestMemory` writes through
+    ``/proc/PID/mem``, which forces the store: only for the supervisor's own use.)"""
+    if not data:
+        return
+    buf = ctypes.create_string_buffer(data, len(data))
+    local = _IoVec(ctypes.addressof(buf), len(data))
+    remote = _IoVec(addr, len(data))
+    if _pvw(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) != len(data):
+        raise OSError(errno.EFAULT, "bad guest address")

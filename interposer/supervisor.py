@@ -818,10 +818,9 @@ class Supervisor:
             return
         if isinstance(result, Return | Fail):
             if isinstance(result, Return):
-                assert t.space is not None
                 try:
                     for addr, data in result.writes:
-                        t.space.mem.write(addr, data)
+                        pt.store(tid, addr, data)
                 except OSError:
                     result = Fail(errno.EFAULT)
             regs.orig_rax = _MASK64
@@ -886,7 +885,7 @@ class Supervisor:
         if isinstance(outcome, Return) and outcome.writes:
             try:
                 for addr, data in outcome.writes:
-                    p.space.mem.write(addr, data)
+                    pt.store(tid, addr, data)
             except OSError:
                 outcome = Fail(errno.EFAULT)
         regs.orig_rax = p.saved[0]

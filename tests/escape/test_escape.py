@@ -462,6 +462,18 @@ TERMINAL = [
 ]
 
 
+# The supervisor's answers land in guest memory as the kernel's own copy would: never
+# where the guest itself cannot store (its read-only pages, the scratch area, where
+# checked copies of paths wait for the kernel: a readlink or getcwd result aimed there
+# would put guest-chosen bytes in another thread's checked path). Natively nothing is
+# mapped at the scratch address, and a read-only page gives EFAULT.
+ANSWERS = [
+    Attack("answers_into_scratch", ("answers", "scratch", "{data}/secret_link", "{data}/sub"),
+           control=0),
+    Attack("answers_into_read_only", ("answers", "rofault", "{data}/ok"), control=0),
+]
+
+
 def _ids(attacks: list[Attack]) -> list[str]:
     return [a.name for a in attacks]
 
@@ -925,6 +937,13 @@ TOCTOU = [
     for target, pol in (("{canary}", None), ("{data}/secret", DENY_SECRET_POLICY))
     for n, marks in ((500, ()), (20_000, (pytest.mark.slow,)))
 ]
+
+
+@pytest.mark.parametrize("attack", ANSWERS, ids=_ids(ANSWERS))
+def test_answers_land_as_the_kernels_would(
+    attack, native_world, synthfs_world, cbin, tmp_path
+) -> None:
+    run_attack(attack, native_world, synthfs_world, cbin, tmp_path)
 
 
 @pytest.mark.parametrize("attack", TOCTOU)
