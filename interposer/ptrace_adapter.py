@@ -251,7 +251,7 @@ class GuestMemory:
     def read(self, addr: int, size: int) -> bytes:
         try:
             return os.pread(self.fd, size, addr)
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:  # OverflowError: an address >= 2**63
             raise OSError(errno.EFAULT, "bad guest address") from exc
 
     def read_cstring(self, addr: int, limit: int = 4096) -> bytes | None:
@@ -268,7 +268,7 @@ class GuestMemory:
         while True:
             try:
                 chunk = os.pread(self.fd, want, addr)
-            except OSError as exc:
+            except (OSError, OverflowError) as exc:
                 raise OSError(errno.EFAULT, "bad guest address") from exc
             if not chunk:
                 raise OSError(errno.EFAULT, "bad guest address")
@@ -285,7 +285,7 @@ class GuestMemory:
     def write(self, addr: int, data: bytes) -> None:
         try:
             written = os.pwrite(self.fd, data, addr)
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:  # OverflowError: an address >= 2**63
             raise OSError(errno.EFAULT, "bad guest address") from exc
         if written != len(data):
             raise OSError(errno.EFAULT, "short write to guest memory")

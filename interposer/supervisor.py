@@ -34,6 +34,7 @@ from synthfs.interposer.actions import Continue, Fail, Kill, Result, Return, Run
 from synthfs.interposer.filter import CompiledFilter
 from synthfs.interposer.ports import Call, Env, FsState, Proc
 from synthfs.interposer.syscalls import BY_NR, Gate, Need, SyscallSpec
+from synthfs.protocol.ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
     from synthfs.interposer.trace import Tracer
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
 __all__ = ["CallerSignals", "ExecSignals", "Supervisor"]
 
 log = logging.getLogger(__name__)
+
+#: A handler that fails says so in one line, at most 20 times in 10 s (a guest can repeat it).
+_handler_failures = RateLimitedLog(log, "handler failures")
 
 SLOT_SIZE = 3 * 4096
 SLOTS = 40
@@ -769,9 +773,11 @@ class Supervisor:
             result = spec.handler(call, self.env)
         except OSError as exc:
             result = Fail(exc.errno or errno.EIO)
-        except Exception:
-            log.exception("handler %s failed (pid %d): refusing the call",
-                          spec.handler.__name__, tid)
+        except Exception as exc:  # a bug, or a guest doing something unforeseen: one line
+            _handler_failures.warning("handler %s failed (pid %d): %s: %s: refusing the call "
+                                      "(EIO)", spec.handler.__name__, tid,
+                                      type(exc).__name__, exc)
+            log.debug("handler %s failed", spec.handler.__name__, exc_info=True)
             result = Fail(errno.EIO)
         if self.tracer is not None:
             self._traced(t, regs, spec, call, result)

@@ -150,3 +150,23 @@ def test_threads_in_stat_loops_are_served_fairly(synthfs, built: Path, under_sh:
     counts = _fairness(launcher.argv(repo, command, stack=stack))
     assert len(counts) == 5 and min(counts) > 0, counts
     assert max(counts) <= 3 * min(counts), f"per-thread calls {counts} (natively {native})"
+
+
+def test_pointers_beyond_user_space_get_efault(synthfs, built: Path, tmp_path: Path) -> None:
+    """Paths and buffers at 2**47, 2**63 and the vsyscall page: EFAULT as natively, and
+    not one Python traceback on synthfs's stderr (600 of them, one per call, before)."""
+    launcher, repo, stack = synthfs
+    exe = _compile("high_pointers", built)
+    native_root = tmp_path / "native"
+    native_root.mkdir()
+    (native_root / "link").symlink_to("target")
+    if not (repo / "link").is_symlink():
+        (repo / "link").symlink_to("target")
+    native = subprocess.run([str(exe), str(native_root)], capture_output=True, text=True,
+                            timeout=60)
+    under = subprocess.run(launcher.argv(repo, [str(exe), helpers.MOUNT], stack=stack),
+                           capture_output=True, text=True, timeout=120)
+    assert native.returncode == 0 and "EFAULT" in native.stdout
+    assert under.returncode == 0, under.stderr[-2000:]
+    assert under.stdout == native.stdout
+    assert "Traceback" not in under.stderr, under.stderr[-2000:]
