@@ -532,16 +532,18 @@ class Supervisor:
             return
         t.stopped = sig
         pt.listen(t.tid)
-        proc = t.proc
+        # synthfs stops only when every guest thread is stopped (the terminal's Ctrl-Z
+        # stops them all): a guest still running may be the one to continue the others
+        # (`(sleep 1; kill -CONT $$) & kill -STOP $$`), and it needs the supervisor.
         if (
             self.job_control
-            and proc.tgid == self.main_pid
-            and all(o.stopped for o in self.threads.values() if o.proc is proc)
+            and self.main_pid in self.procs
+            and all(o.stopped for o in self.threads.values())
         ):
             self._stop_with_guest(sig)
 
     def _stop_with_guest(self, sig: int) -> None:
-        """The main guest stopped: stop ``synthfs`` too, until a SIGCONT, then continue it.
+        """Every guest stopped: stop ``synthfs`` too, until a SIGCONT, then continue the main one.
 
         Natively the job's process would be stopped, and the user's shell would see
         it: the shell waits for ``synthfs``, so ``synthfs`` stops the same way. The

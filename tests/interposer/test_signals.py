@@ -476,3 +476,19 @@ def test_ctrl_z_suspends_synthfs_under_sh(handler: str, repo: Path, tmp_path: Pa
                 assert b"suspending" in stop and b"resumed" in after, (how, stop, after)
     shown = b"".join(results["synthfs"])
     assert b"synthfs run:" not in shown and b"Traceback" not in shown, shown  # no message of ours
+
+
+@pytest.mark.parametrize("stop", ["STOP", "TSTP"])
+def test_a_guest_continued_by_its_own_child_goes_on(repo: Path, tmp_path: Path,
+                                                    stop: str) -> None:
+    """A guest stops itself and its child continues it: natively the job ends in about
+    a second. synthfs must not stop with the guest while a guest process still runs
+    (the child needed the supervisor for its next call: a hang, adversary round 4)."""
+    script = f"(sleep 1; kill -CONT $$) & kill -{stop} $$; echo resumed; wait"
+    native = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                            timeout=BOUND)
+    assert (native.returncode, native.stdout) == (0, "resumed\n")
+    with launcher("data", repo) as under:
+        got = subprocess.run(under(["sh", "-c", script]), capture_output=True, text=True,
+                             timeout=BOUND, cwd=tmp_path)
+    assert (got.returncode, got.stdout) == (0, "resumed\n"), got.stderr[-2000:]
