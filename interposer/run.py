@@ -390,6 +390,10 @@ def _supervise(sup: Supervisor, command: list[str]) -> int:
             (signal.SIGTSTP, noted),
         )
     }
+    # A guest may take the terminal and set TOSTOP: synthfs's own lines (-v, warnings)
+    # must not stop it in the background while its guest waits for it (SIGTTOU). The
+    # guest still starts with the caller's SIGTTOU (for_exec undoes what differs).
+    old[signal.SIGTTOU] = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     sup.job_control = True
     try:
         try:

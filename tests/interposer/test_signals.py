@@ -492,3 +492,39 @@ def test_a_guest_continued_by_its_own_child_goes_on(repo: Path, tmp_path: Path,
         got = subprocess.run(under(["sh", "-c", script]), capture_output=True, text=True,
                              timeout=BOUND, cwd=tmp_path)
     assert (got.returncode, got.stdout) == (0, "resumed\n"), got.stderr[-2000:]
+
+
+#: A guest that takes the terminal (its own process group in the foreground, SIGTTOU
+#: ignored), sets TOSTOP, then makes trapped calls.
+TAKES_THE_TERMINAL = """
+import os, signal, termios
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+fd = os.open('/dev/tty', os.O_RDWR)
+os.setpgid(0, 0)
+os.tcsetpgrp(fd, os.getpgrp())
+a = termios.tcgetattr(fd)
+a[3] |= termios.TOSTOP
+termios.tcsetattr(fd, termios.TCSANOW, a)
+for _ in range(5):
+    os.stat('/')
+print('done', flush=True)
+"""
+
+
+def test_a_guest_that_takes_the_terminal_does_not_freeze_synthfs(repo: Path,
+                                                                  tmp_path: Path) -> None:
+    """With TOSTOP set and the terminal taken by its guest, synthfs writing its own lines
+    (here -v's) got SIGTTOU and stopped while the guest waited for it: the shell showed
+    the job Stopped (adversary round 4). It must end as natively: done, status 0."""
+    env = {**os.environ, "PS1": "prompt$ ", "TERM": "dumb", "HISTFILE": "/dev/null"}
+    with launcher("data", repo) as under:
+        argv = [*under([sys.executable, "-c", TAKES_THE_TERMINAL])]
+        argv.insert(argv.index("run") + 1, "-v")
+        line = shlex.join(argv) + " ; echo after=$?"
+        with terminal(("bash", "--norc", "--noprofile", "-i"), tmp_path, env) as t:
+            assert t.expect(b"prompt$ "), t.shown
+            start = len(t.shown)
+            t.type(line.encode() + b"\n")
+            assert _expect_after(t, start, b"after=0", BOUND), t.shown[start:][-2000:]
+            assert b"Stopped" not in t.shown[start:]
+            assert b"done" in t.shown[start:]
