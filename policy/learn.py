@@ -388,6 +388,14 @@ def _comment(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
+#: Why a name holding ``*`` or ``?`` is never learned: a rule for it would be a glob.
+_NO_ESCAPE = "a name holding * or ? (policy globs have no escape: its rule would match others)"
+
+
+def _has_wildcard(path: str) -> bool:
+    return "*" in path or "?" in path
+
+
 def _escape_path(path: str) -> str:
     """A path as a policy glob's text: ``$`` is a variable there, so it is doubled, and
     ``**`` inside a name (a load error) becomes ``*``, which matches that name too."""
@@ -745,6 +753,9 @@ class _Learner:
                     " 'Borrowed identity'); first: " + access.origin()))
             return self.catch_all[0]
         found = self.new_apps.get(access.exe)
+        if found is None and _has_wildcard(access.exe):
+            self.warnings.append(f"{access.exe}: {_NO_ESCAPE}: its accesses are not learned")
+            return None
         if found is None:
             match: dict[str, Any] = {"exe": [_escape_path(access.exe)]}
             value = self.digest(access.exe) if self.digest is not None else None
@@ -768,6 +779,10 @@ class _Learner:
             if not access.allowed:
                 self.warnings.append(f"refused during learning, not learned: {access.origin()}"
                                      f" ({access.rule or 'denied'})")
+                continue
+            if where in ("mount", "host") and any(
+                    _has_wildcard(p) for p in (access.path, *(_rename_pair(access) or ()))):
+                self.warnings.append(f"{_NO_ESCAPE}, not learned: {access.origin()}")
                 continue
             app = self.target(access)
             if where == "mount":

@@ -323,11 +323,29 @@ def test_denied_during_learning_is_reported_not_learned() -> None:
 
 
 def test_paths_are_escaped() -> None:
-    odd = ['/data/$HOME', '/data/q"uote', "/data/back\\slash", "/data/a**b", "/data/tab\tx"]
+    odd = ['/data/$HOME', '/data/q"uote', "/data/back\\slash", "/data/tab\tx"]
     records = [rec(p, "read") for p in odd]
     text, policy = run_learn(records, tree=Tree.unknown())
     for a in records:
         assert _allowed(policy, a), a
+
+
+def test_a_name_holding_a_glob_character_is_reported_not_learned() -> None:
+    """A file literally named ``**`` (or ``*``, ``a?b``): its rule would be a glob that
+    matches what the run never touched (adversary round 4: /data/** then read
+    /data/secret/key; a host write to hostw/** then overwrote any file below it)."""
+    records = [rec("/data/**", "read"), rec("/data/x/*", "create"), rec("/data/a?b", "read"),
+               rec("/data/a.txt", "read"), rec("/tmp/hostw/**", "create"),
+               rec("/tmp/hostw/ok", "create"), rec("/data/f", "read", exe="/opt/b*n/tool")]
+    learned = learn(records, mount="/data", tree=Tree.unknown(), command="job", env={})
+    policy = Policy.from_text(learned.text, env={})
+    assert _allowed(policy, rec("/data/a.txt", "read"))
+    for other in (rec("/data/secret/key", "read"), rec("/data/x/y", "create"),
+                  rec("/data/axb", "read"), rec("/tmp/hostw/victim", "create"),
+                  rec("/data/f", "read", exe="/opt/bin/tool")):
+        assert not _allowed(policy, other), other
+    said = [w for w in learned.warnings if "policy globs have no escape" in w]
+    assert said and any(w.startswith("/opt/b*n/tool: ") for w in said), learned.warnings
 
 
 def test_a_name_that_is_not_utf8_is_reported_not_learned() -> None:
