@@ -231,7 +231,7 @@ def embedded(
     server_listen: str | None = None,
     verbose: int = 0,
     state_dir: str | os.PathLike[str] | None = None,
-    write_through: bool = False,
+    write_through: bool = True,
 ) -> Iterator[TrustedStack]:
     """Start a private server (serving ``data_dir``) and agent; stop both on exit.
 
@@ -288,7 +288,7 @@ def starting(
     server_listen: str | None = None,
     verbose: int = 0,
     state_dir: str | os.PathLike[str] | None = None,
-    write_through: bool = False,
+    write_through: bool = True,
 ) -> Iterator[Launch]:
     """Spawn the pair of :func:`embedded` and return at once; stop both on exit.
 
@@ -350,8 +350,8 @@ def starting(
                 agent_argv += ["--cache-size", str(cache_size)]
             if attr_ttl is not None:
                 agent_argv += ["--attr-ttl", f"{attr_ttl:g}"]
-            if write_through:
-                agent_argv.append("--write-through")
+            if not write_through:
+                agent_argv.append("--write-back")
             agent = _spawn("agent", agent_argv, workdir, env, [key_r, life_w])
             procs.append(agent)
         finally:

@@ -171,10 +171,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "with --curve-secret")
     parser.add_argument("--timeout", metavar="S", type=float, default=DEFAULT_TIMEOUT,
                         help="seconds before an unanswered server request fails (default 5)")
-    parser.add_argument("--write-through", action="store_true",
-                        help="a close waits until the server has the file (default: write-back: "
-                        "a close is durable in the agent's journal and the file reaches the "
-                        "server within --upload-delay)")
+    parser.add_argument("--write-through", dest="write_through", action="store_true",
+                        default=True,
+                        help="a close waits until the server has the file (the default)")
+    parser.add_argument("--write-back", dest="write_through", action="store_false",
+                        help="a close is durable in the agent's journal and the file reaches "
+                        "the server within --upload-delay; fsync and sync still wait for it")
     parser.add_argument("--upload-delay", metavar="S", type=float, default=DEFAULT_UPLOAD_DELAY,
                         help="write-back: seconds within which a closed file reaches the server "
                         "while it answers (default 1)")

@@ -83,7 +83,7 @@ class AgentService(WriteBack, MetadataHandlers, Materialiser, Uploads):
         refresh: Callable[[], None] | None = None,
         leases: LeaseBoard | None = None,
         leases_endpoint: str = "",
-        write_through: bool = False,
+        write_through: bool = True,
         upload_delay: float = DEFAULT_UPLOAD_DELAY,
     ) -> None:
         self.upstream = upstream

@@ -412,7 +412,7 @@ class Synthfs(Tool):
     label = "synthfs"
     note = "`synthfs run --agent EP` with a running agent (embedded server+agent, started once)"
 
-    #: passed to the embedded agent (SynthfsWriteThrough: write_through=True)
+    #: passed to the embedded agent (SynthfsWriteBack: write_through=False)
     agent_options: dict[str, Any] = {}
 
     def __init__(self, ctx: Context) -> None:
@@ -461,13 +461,13 @@ class Synthfs(Tool):
         return [*synthfs_exe(), "run", "--agent", ep, "--", "sh", "-c", script]
 
 
-class SynthfsWriteThrough(Synthfs):
-    """``synthfs run --agent EP`` with a ``--write-through`` agent (close waits for the server)."""
+class SynthfsWriteBack(Synthfs):
+    """``synthfs run --agent EP`` with a ``--write-back`` agent (close queues the upload)."""
 
-    name = "synthfs-wt"
-    label = "synthfs write-through"
-    note = "`synthfs run --agent EP`, the agent `--write-through` (a close waits for the server)"
-    agent_options = {"write_through": True}
+    name = "synthfs-wb"
+    label = "synthfs write-back"
+    note = "`synthfs run --agent EP`, the agent `--write-back` (a close journals and queues)"
+    agent_options = {"write_through": False}
 
 
 class SynthfsData(Tool):
@@ -491,7 +491,7 @@ class SynthfsData(Tool):
 
 
 _TOOL_CLASSES: tuple[type[Tool], ...] = (
-    Native, Synthfs, SynthfsWriteThrough, SynthfsData, Proot, Strace, StraceSeccomp, Runsc,
+    Native, Synthfs, SynthfsWriteBack, SynthfsData, Proot, Strace, StraceSeccomp, Runsc,
     Bubblewrap, RcloneFuse, SeccompFloor,
 )  # fmt: skip
 ALL_TOOLS: dict[str, type[Tool]] = {t.name: t for t in _TOOL_CLASSES}

@@ -79,10 +79,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "system, else ~/.local/state/synthfs/server/ID)",
     )
     parser.add_argument(
-        "--write-through", action="store_true",
-        help="with --data: a close waits until DIR has the file (default: write-back: a close "
-        "is durable in the agent's journal, DIR has the file within a second, and before "
-        "the run ends; fsync and sync always wait)",
+        "--write-through", dest="write_through", action="store_true", default=True,
+        help="with --data: a close waits until DIR has the file (the default)",
+    )
+    parser.add_argument(
+        "--write-back", dest="write_through", action="store_false",
+        help="with --data: a close is durable in the agent's journal, DIR has the file within "
+        "a second and before the run ends; fsync and sync always wait",
     )
     parser.add_argument(
         "--audit", metavar="FILE", help="append policy decisions (denials) as JSON lines to FILE"
@@ -167,9 +170,9 @@ def main(args: argparse.Namespace) -> int:
         return _fail("say where the data is: --data DIR (a directory to serve) or --agent ENDPOINT")
     if args.state and not args.data:
         return _fail("--state is the --data server's: it goes with --data")
-    if args.write_through and not args.data:
-        return _fail("--write-through is for the --data agent: start your own agent with "
-                     "'synthfs agent --write-through'")
+    if not args.write_through and not args.data:
+        return _fail("--write-back is for the --data agent: start your own agent with "
+                     "'synthfs agent --write-back'")
     if args.data and not os.path.isdir(args.data):
         return _fail(f"--data {args.data}: not a directory")
     if args.data:

@@ -89,6 +89,8 @@ class Stack:
         self.run = tmp / "run"
         self.run.mkdir(mode=0o700)
         self.cache = tmp / "cache"
+        #: flags every start_agent gives before its own (e.g. ("--write-back",))
+        self.agent_defaults: tuple[str, ...] = ()
         self.key = self.run / "bootstrap.key"
         fd = os.open(self.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, secrets.token_hex(32).encode() + b"\n")
@@ -111,7 +113,8 @@ class Stack:
         self.agent = Proc("agent", [sys.executable, "-m", "synthfs.agent",
                                     "--server", self.server_ep, "--bootstrap-key", str(self.key),
                                     "--listen", self.agent_ep,
-                                    "--cache", str(self.cache), *extra], self.tmp / "agent.log")
+                                    "--cache", str(self.cache), *self.agent_defaults, *extra],
+                           self.tmp / "agent.log")
         if wait:
             self.agent.wait_ready()
         return self.agent

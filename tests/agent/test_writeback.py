@@ -44,6 +44,12 @@ def _write(client: Client, path: str, body: bytes, *, wait: bool = False) -> Com
     return c
 
 
+@pytest.fixture(autouse=True)
+def _write_back(stack: Stack) -> None:
+    """Write-back is opt-in (``--write-back``): every agent of these tests has it."""
+    stack.agent_defaults = ("--write-back",)
+
+
 def _start(stack: Stack, *agent: str) -> Client:
     stack.start_server()
     stack.start_agent(*agent)
@@ -159,7 +165,8 @@ def _second_agent(stack: Stack, *extra: str) -> tuple[Proc, Client]:
     ep = f"ipc://{stack.run}/agent2.sock"
     p = Proc("agent2", [sys.executable, "-m", "synthfs.agent", "--server", stack.server_ep,
                         "--bootstrap-key", str(stack.key), "--listen", ep,
-                        "--cache", str(stack.tmp / "cache2"), *extra], stack.tmp / "agent2.log")
+                        "--cache", str(stack.tmp / "cache2"), "--write-back", *extra],
+              stack.tmp / "agent2.log")
     p.wait_ready()
     c = Client(ep, timeout=10, retries=0)
     stack.clients.append(c)

@@ -49,6 +49,7 @@ for i in range(n):
 @pytest.fixture
 def stack(tmp_path: Path, synthfs: object) -> Stack:  # synthfs: skip where ptrace cannot run
     s = Stack(tmp_path)
+    s.agent_defaults = ("--write-back",)
     (s.root / "out").mkdir()
     yield s  # type: ignore[misc]
     s.stop()
@@ -180,7 +181,7 @@ def test_cache_disk_full_while_writing(tmp_path: Path, synthfs: object) -> None:
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
-        g = Guest(["--data", str(repo), "--cache", str(cache)], FILLER)
+        g = Guest(["--data", str(repo), "--cache", str(cache), "--write-back"], FILLER)
         rc = g.finish(300)
         assert rc == 0, g.show()
         recs = {r["name"]: r for r in g.records() if "name" in r}
