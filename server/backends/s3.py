@@ -417,17 +417,22 @@ class S3Backend(Backend):
         """The attributes in the directory object of ``dkey`` (a prefix), None if none."""
         return self._head(dkey + DIR_OBJECT)
 
-    def _node(self, parts: tuple[str, ...]) -> ObjectAttrs | None:
+    def _node(self, parts: tuple[str, ...], fresh: bool = False) -> ObjectAttrs | None:
         """What ``parts`` names (never following a final symlink), None if nothing.
 
         An object found in the last :data:`NODE_TTL` seconds is answered from memory
         (this backend's own changes update it at once); a miss always asks the store.
+        ``fresh`` always asks the store: for the object a request names (a stat, the
+        target of a change), because another server of the same bucket may have changed
+        it a moment ago and told its agents so (an agent revalidating after that news
+        must not get this server's memory of the old object); the memory serves the
+        ancestors' checks.
         The store is asked for the object and for a listing of ``parts/`` at once (a
         directory is a prefix), so that a miss costs one round trip, not three.
         """
         now = time.monotonic()
         with self._lock:
-            hit = self._recent.get(parts)
+            hit = None if fresh else self._recent.get(parts)
         if hit is not None and hit[1] > now:
             return hit[0]
         dkey = key_of(self.prefix, parts, directory=True)
@@ -473,8 +478,8 @@ class S3Backend(Backend):
             break
         return oserror(errno.ENOENT)
 
-    def _lookup(self, parts: tuple[str, ...]) -> ObjectAttrs:
-        a = self._node(parts)
+    def _lookup(self, parts: tuple[str, ...], fresh: bool = False) -> ObjectAttrs:
+        a = self._node(parts, fresh)
         if a is None:
             raise self._missing(parts)
         return a
@@ -495,7 +500,7 @@ class S3Backend(Backend):
     # -- reads -------------------------------------------------------------------------------
 
     def stat(self, path: str) -> ObjectAttrs:
-        return self._lookup(split_path(path))
+        return self._lookup(split_path(path), fresh=True)
 
     def list(self, path: str) -> tuple[ObjectAttrs, Entries]:
         parts = split_path(path)
@@ -581,7 +586,7 @@ class S3Backend(Backend):
             r = self._call("get_object", **kw)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
-                a = self._node(parts)
+                a = self._node(parts, fresh=True)
                 if a is None:
                     raise self._missing(parts) from None
                 if a.kind is Kind.DIR:
@@ -720,7 +725,7 @@ class S3Backend(Backend):
                 raise oserror(errno.EIO, "upload aborted")
             if not up.covers(size) or (size and os.stat(up.path).st_size != size):
                 raise oserror(errno.EIO, "the staged upload is not the committed size")
-            cur = self._node(parts)
+            cur = self._node(parts, fresh=True)
             if cur is None:
                 self._parent_dir(parts)
             elif cur.kind is Kind.DIR:
@@ -802,7 +807,7 @@ class S3Backend(Backend):
         parts = split_path(path)
         if not parts:
             raise oserror(errno.EEXIST)
-        if self._node(parts) is not None:
+        if self._node(parts, fresh=True) is not None:
             raise oserror(errno.EEXIST)
         self._parent_dir(parts)
         a = self._put_marker(parts, mode & 0o7777, time.time_ns(), exclusive=True)
@@ -820,7 +825,7 @@ class S3Backend(Backend):
         parts = split_path(path)
         if not parts:
             raise oserror(errno.EBUSY)
-        a = self._lookup(parts)
+        a = self._lookup(parts, fresh=True)
         self._unlearn(parts)
         if not directory:
             if a.kind is Kind.DIR:
@@ -851,7 +856,7 @@ class S3Backend(Backend):
             raise oserror(errno.EINVAL, "NUL in link target")
         if not target:
             raise oserror(errno.ENOENT, "empty link target")
-        if self._node(parts) is not None:
+        if self._node(parts, fresh=True) is not None:
             raise oserror(errno.EEXIST)
         self._parent_dir(parts)
         body = os.fsencode(target)
@@ -879,7 +884,7 @@ class S3Backend(Backend):
 
     def _setattr(self, parts: tuple[str, ...], mode: int | None, mtime_ns: int | None,
                  size: int | None) -> ObjectAttrs:
-        a = self._lookup(parts)
+        a = self._lookup(parts, fresh=True)
         if size is not None:
             if a.kind is Kind.DIR:
                 raise oserror(errno.EISDIR)
@@ -941,7 +946,7 @@ class S3Backend(Backend):
         sp, dp = split_path(src), split_path(dst)
         if not sp or not dp:
             raise oserror(errno.EBUSY)
-        a = self._lookup(sp)
+        a = self._lookup(sp, fresh=True)
         if flags & RenameFlags.EXCHANGE:
             self._lookup(dp)
             raise oserror(errno.EINVAL, "an S3 repository cannot exchange two names")
@@ -952,7 +957,7 @@ class S3Backend(Backend):
             raise oserror(errno.EINVAL, "a directory cannot move into itself")
         if dp == sp:
             return
-        b = self._node(dp)
+        b = self._node(dp, fresh=True)
         if b is not None:
             if flags & RenameFlags.NOREPLACE:
                 raise oserror(errno.EEXIST)
