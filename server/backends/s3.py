@@ -100,8 +100,10 @@ MULTIPART_MIN = 16 * 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
 #: Connect and read timeout of one request to the store (then the client retries).
 TIMEOUT_S = 10.0
-#: Seconds an object found in the store is answered from memory (a change made by another
-#: client of the bucket is seen after at most this long; this backend's own at once).
+#: Seconds an object found in the store is answered from memory for the checks of a
+#: request's ancestors (a change made by another client of the bucket is seen after at most
+#: this long; this backend's own at once). The object a request names is always asked
+#: for (another server of the bucket may have changed it: see ``_node``).
 NODE_TTL = 1.0
 #: The longest key S3 holds (bytes of UTF-8).
 MAX_KEY = 1024
