@@ -419,7 +419,8 @@ class S3Backend(Backend):
         """The attributes in the directory object of ``dkey`` (a prefix), None if none."""
         return self._head(dkey + DIR_OBJECT)
 
-    def _node(self, parts: tuple[str, ...], fresh: bool = False) -> ObjectAttrs | None:
+    def _node(self, parts: tuple[str, ...], fresh: bool = False,
+              dir_memory: bool = False) -> ObjectAttrs | None:
         """What ``parts`` names (never following a final symlink), None if nothing.
 
         An object found in the last :data:`NODE_TTL` seconds is answered from memory
@@ -428,15 +429,25 @@ class S3Backend(Backend):
         target of a change), because another server of the same bucket may have changed
         it a moment ago and told its agents so (an agent revalidating after that news
         must not get this server's memory of the old object); the memory serves the
-        ancestors' checks.
+        ancestors' checks, and with ``dir_memory`` a directory's stat (its attributes
+        change on chmod/utimes only, not on a create in it: a guest creating files would
+        otherwise cost a listing per create).
         The store is asked for the object and for a listing of ``parts/`` at once (a
         directory is a prefix), so that a miss costs one round trip, not three.
         """
         now = time.monotonic()
         with self._lock:
-            hit = None if fresh else self._recent.get(parts)
+            hit = self._recent.get(parts)
         if hit is not None and hit[1] > now:
-            return hit[0]
+            if not fresh or (dir_memory and hit[0].kind is Kind.DIR):
+                return hit[0]
+            if hit[0].kind is not Kind.DIR:
+                # Asked again, but a file a moment ago: its HEAD alone (no listing) unless
+                # it is gone (a create's lookups cost one request each, not two).
+                known = self._head(key_of(self.prefix, parts))
+                if known is not None:
+                    self._learn(parts, known, now)
+                    return known
         dkey = key_of(self.prefix, parts, directory=True)
         if not parts:
             a: ObjectAttrs | None = self._dir_attrs(dkey) or self._implicit(dkey)
@@ -480,8 +491,9 @@ class S3Backend(Backend):
             break
         return oserror(errno.ENOENT)
 
-    def _lookup(self, parts: tuple[str, ...], fresh: bool = False) -> ObjectAttrs:
-        a = self._node(parts, fresh)
+    def _lookup(self, parts: tuple[str, ...], fresh: bool = False,
+                dir_memory: bool = False) -> ObjectAttrs:
+        a = self._node(parts, fresh, dir_memory)
         if a is None:
             raise self._missing(parts)
         return a
@@ -502,7 +514,7 @@ class S3Backend(Backend):
     # -- reads -------------------------------------------------------------------------------
 
     def stat(self, path: str) -> ObjectAttrs:
-        return self._lookup(split_path(path), fresh=True)
+        return self._lookup(split_path(path), fresh=True, dir_memory=True)
 
     def list(self, path: str) -> tuple[ObjectAttrs, Entries]:
         parts = split_path(path)

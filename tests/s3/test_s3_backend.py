@@ -197,11 +197,11 @@ def test_a_noreplace_rename_the_store_refuses_is_not_finished_at_restart(
     be.write_bytes("/a", b"mine")
     node = be._node
 
-    def racing(parts, fresh=False):
+    def racing(parts, fresh=False, dir_memory=False):
         if parts == ("b",):  # the check sees no /b; another client makes it right after
             s3_env.client().put_object(Bucket=bucket, Key=f"{prefix}/b", Body=b"theirs")
             return None
-        return node(parts, fresh)
+        return node(parts, fresh, dir_memory)
 
     be._node = racing
     with pytest.raises(OSError) as ei:
