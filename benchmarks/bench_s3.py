@@ -38,6 +38,12 @@ the limit was the server-agent data path, not the store), 108-113 MB/s after
 it (load ~10). The backend alone, one 4 MiB GET per read: 138 MB/s with six
 reads in flight (the agent's window), 194 MB/s with twelve; four parallel
 1 MiB ranges per 4 MiB read were slower (21-58 MB/s).
+At load ~4-5 (later): one boto3 stream 436-860 MB/s, synthfs 137-324 MB/s
+with the agent's six reads in flight; raising it to twelve (and the S3
+server's --workers to 24, so that one agent may have twelve served at once)
+gave 105-262 MB/s: no gain above the noise, so the window stays at six. The
+gap is the server-to-agent path (two more copies of every byte and a
+4 MiB GET per read), not the number of reads in flight.
 1,000 creates: 6.8x the time of 1,000 boto3 puts (18x before lookups were
 answered from memory for 1 s and made with one round trip); a create costs
 four store round trips (the agent's lookup, the exclusive create, the

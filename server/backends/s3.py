@@ -100,8 +100,10 @@ MULTIPART_MIN = 16 * 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
 #: Connect and read timeout of one request to the store (then the client retries).
 TIMEOUT_S = 10.0
-#: Seconds an object found in the store is answered from memory (a change made by another
-#: client of the bucket is seen after at most this long; this backend's own at once).
+#: Seconds an object found in the store is answered from memory for the checks of a
+#: request's ancestors (a change made by another client of the bucket is seen after at most
+#: this long; this backend's own at once). The object a request names is always asked
+#: for (another server of the bucket may have changed it: see ``_node``).
 NODE_TTL = 1.0
 #: The longest key S3 holds (bytes of UTF-8).
 MAX_KEY = 1024
@@ -417,11 +419,19 @@ class S3Backend(Backend):
         """The attributes in the directory object of ``dkey`` (a prefix), None if none."""
         return self._head(dkey + DIR_OBJECT)
 
-    def _node(self, parts: tuple[str, ...]) -> ObjectAttrs | None:
+    def _node(self, parts: tuple[str, ...], fresh: bool = False,
+              dir_memory: bool = False) -> ObjectAttrs | None:
         """What ``parts`` names (never following a final symlink), None if nothing.
 
         An object found in the last :data:`NODE_TTL` seconds is answered from memory
         (this backend's own changes update it at once); a miss always asks the store.
+        ``fresh`` always asks the store: for the object a request names (a stat, the
+        target of a change), because another server of the same bucket may have changed
+        it a moment ago and told its agents so (an agent revalidating after that news
+        must not get this server's memory of the old object); the memory serves the
+        ancestors' checks, and with ``dir_memory`` a directory's stat (its attributes
+        change on chmod/utimes only, not on a create in it: a guest creating files would
+        otherwise cost a listing per create).
         The store is asked for the object and for a listing of ``parts/`` at once (a
         directory is a prefix), so that a miss costs one round trip, not three.
         """
@@ -429,7 +439,15 @@ class S3Backend(Backend):
         with self._lock:
             hit = self._recent.get(parts)
         if hit is not None and hit[1] > now:
-            return hit[0]
+            if not fresh or (dir_memory and hit[0].kind is Kind.DIR):
+                return hit[0]
+            if hit[0].kind is not Kind.DIR:
+                # Asked again, but a file a moment ago: its HEAD alone (no listing) unless
+                # it is gone (a create's lookups cost one request each, not two).
+                known = self._head(key_of(self.prefix, parts))
+                if known is not None:
+                    self._learn(parts, known, now)
+                    return known
         dkey = key_of(self.prefix, parts, directory=True)
         if not parts:
             a: ObjectAttrs | None = self._dir_attrs(dkey) or self._implicit(dkey)
@@ -473,8 +491,9 @@ class S3Backend(Backend):
             break
         return oserror(errno.ENOENT)
 
-    def _lookup(self, parts: tuple[str, ...]) -> ObjectAttrs:
-        a = self._node(parts)
+    def _lookup(self, parts: tuple[str, ...], fresh: bool = False,
+                dir_memory: bool = False) -> ObjectAttrs:
+        a = self._node(parts, fresh, dir_memory)
         if a is None:
             raise self._missing(parts)
         return a
@@ -495,7 +514,7 @@ class S3Backend(Backend):
     # -- reads -------------------------------------------------------------------------------
 
     def stat(self, path: str) -> ObjectAttrs:
-        return self._lookup(split_path(path))
+        return self._lookup(split_path(path), fresh=True, dir_memory=True)
 
     def list(self, path: str) -> tuple[ObjectAttrs, Entries]:
         parts = split_path(path)
@@ -581,7 +600,7 @@ class S3Backend(Backend):
             r = self._call("get_object", **kw)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
-                a = self._node(parts)
+                a = self._node(parts, fresh=True)
                 if a is None:
                     raise self._missing(parts) from None
                 if a.kind is Kind.DIR:
@@ -720,7 +739,7 @@ class S3Backend(Backend):
                 raise oserror(errno.EIO, "upload aborted")
             if not up.covers(size) or (size and os.stat(up.path).st_size != size):
                 raise oserror(errno.EIO, "the staged upload is not the committed size")
-            cur = self._node(parts)
+            cur = self._node(parts, fresh=True)
             if cur is None:
                 self._parent_dir(parts)
             elif cur.kind is Kind.DIR:
@@ -802,7 +821,7 @@ class S3Backend(Backend):
         parts = split_path(path)
         if not parts:
             raise oserror(errno.EEXIST)
-        if self._node(parts) is not None:
+        if self._node(parts, fresh=True) is not None:
             raise oserror(errno.EEXIST)
         self._parent_dir(parts)
         a = self._put_marker(parts, mode & 0o7777, time.time_ns(), exclusive=True)
@@ -820,7 +839,7 @@ class S3Backend(Backend):
         parts = split_path(path)
         if not parts:
             raise oserror(errno.EBUSY)
-        a = self._lookup(parts)
+        a = self._lookup(parts, fresh=True)
         self._unlearn(parts)
         if not directory:
             if a.kind is Kind.DIR:
@@ -851,7 +870,7 @@ class S3Backend(Backend):
             raise oserror(errno.EINVAL, "NUL in link target")
         if not target:
             raise oserror(errno.ENOENT, "empty link target")
-        if self._node(parts) is not None:
+        if self._node(parts, fresh=True) is not None:
             raise oserror(errno.EEXIST)
         self._parent_dir(parts)
         body = os.fsencode(target)
@@ -879,7 +898,7 @@ class S3Backend(Backend):
 
     def _setattr(self, parts: tuple[str, ...], mode: int | None, mtime_ns: int | None,
                  size: int | None) -> ObjectAttrs:
-        a = self._lookup(parts)
+        a = self._lookup(parts, fresh=True)
         if size is not None:
             if a.kind is Kind.DIR:
                 raise oserror(errno.EISDIR)
@@ -941,7 +960,7 @@ class S3Backend(Backend):
         sp, dp = split_path(src), split_path(dst)
         if not sp or not dp:
             raise oserror(errno.EBUSY)
-        a = self._lookup(sp)
+        a = self._lookup(sp, fresh=True)
         if flags & RenameFlags.EXCHANGE:
             self._lookup(dp)
             raise oserror(errno.EINVAL, "an S3 repository cannot exchange two names")
@@ -952,7 +971,7 @@ class S3Backend(Backend):
             raise oserror(errno.EINVAL, "a directory cannot move into itself")
         if dp == sp:
             return
-        b = self._node(dp)
+        b = self._node(dp, fresh=True)
         if b is not None:
             if flags & RenameFlags.NOREPLACE:
                 raise oserror(errno.EEXIST)

@@ -41,6 +41,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,6 +88,69 @@ class LocalRepo:
         staging = self.state(i)
         return sorted(set(os.listdir(staging)) - {"committed.journal"}) \
             if staging.exists() else []
+
+
+class S3Repo:
+    """The repository as a fresh bucket of a SeaweedFS store (``seaweed`` fixture) that
+    every server serves (``--s3 URL --bucket B``, each with its own ``--state``); the
+    credentials reach the servers through the environment (``s3_env``). Read back with
+    a plain boto3 client, not through synthfs: the bucket's truth."""
+
+    def __init__(self, tmp: Path, store: Any) -> None:
+        from synthfs.server.backends.s3 import DIR_OBJECT, S3Backend
+
+        self.tmp = tmp
+        self.store = store
+        self.bucket = store.new_bucket("load")
+        self.client = store.client()
+        self._dir_object = DIR_OBJECT
+        self._be = S3Backend(store.endpoint, self.bucket, state=tmp / "seed-state")
+
+    def server_args(self, i: int) -> list[str]:
+        return ["--s3", self.store.endpoint, "--bucket", self.bucket,
+                "--state", str(self.state(i))]
+
+    def state(self, i: int) -> Path:
+        return self.tmp / ("state" if i == 0 else f"state{i}")
+
+    def mkdir(self, rel: str) -> None:
+        self._be.mkdir("/" + rel)
+
+    def put(self, rel: str, data: bytes) -> None:
+        self._be.write_bytes("/" + rel, data)
+
+    def sums(self, rel: str) -> dict[str, str]:
+        """sha256 of every object directly under ``rel/`` (no marker, no subdirectory)."""
+        prefix = rel.strip("/") + "/"
+        out = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+            for obj in page.get("Contents", []):
+                name = obj["Key"][len(prefix):]
+                if name and name != self._dir_object:
+                    body = self.client.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"]
+                    out[name] = hashlib.sha256(body.read()).hexdigest()
+        return out
+
+    def staged(self, i: int) -> list[str]:
+        """Uploads server ``i`` left staged, and a rename it left journalled."""
+        uploads = self.state(i) / "s3-uploads"
+        left = sorted(os.listdir(uploads)) if uploads.exists() else []
+        journal = self.state(i) / "rename.journal"
+        pending: dict[str, str] = {}
+        for line in journal.read_text().splitlines() if journal.exists() else []:
+            rec = json.loads(line)
+            if "rename" in rec:
+                pending[rec["rename"]] = line
+            else:
+                pending.pop(rec.get("done"), None)
+        return left + [f"unfinished rename {line}" for line in pending.values()]
+
+    def close(self) -> None:
+        self._be.close()
+
+
+Repo = LocalRepo | S3Repo
 CI_OPS = int(os.environ.get("SYNTHFS_LOAD_OPS", "100"))
 FULL_OPS = 1000
 
@@ -96,7 +160,7 @@ class Fleet:
     private ipc:// sockets."""
 
     def __init__(self, tmp: Path, servers: int = 1, agents: int = AGENTS,
-                 repo: LocalRepo | None = None) -> None:
+                 repo: Repo | None = None) -> None:
         self.tmp = tmp
         self.repo = repo or LocalRepo(tmp)
         self.nservers = servers
@@ -203,7 +267,7 @@ def _attack(fleet: Fleet, frames: int, out: dict[str, object]) -> None:
 
 def _load(tmp: Path, ops: int, budget: float, threads: int = 1, fuzz_frames: int = 0,
           servers: int = 1, agents: int = AGENTS, guests_per_agent: int = GUESTS_PER_AGENT,
-          kill_after: float | None = None, repo: LocalRepo | None = None) -> None:
+          kill_after: float | None = None, repo: Repo | None = None) -> None:
     """The run; with ``kill_after``, server 0 is killed once the guests did that share
     (0 to 1) of their operations."""
     fleet = Fleet(tmp, servers=servers, agents=agents, repo=repo)
@@ -357,3 +421,39 @@ def test_eight_guests_two_agents_full(synthfs, tmp_path: Path) -> None:
 def test_two_servers_four_agents_sixteen_guests_one_killed_full(synthfs, tmp_path: Path) -> None:
     _load(tmp_path, FULL_OPS, budget=1800, servers=2, agents=4, guests_per_agent=4,
           kill_after=0.3)
+
+
+def _s3_load(tmp: Path, store: Any, ops: int, budget: float, **kw: Any) -> None:
+    repo = S3Repo(tmp, store)
+    try:
+        _load(tmp, ops, budget=budget, repo=repo, **kw)
+    finally:
+        repo.close()
+
+
+#: CI over S3: fewer operations per guest (every one is a round trip to the store).
+S3_CI_OPS = int(os.environ.get("SYNTHFS_S3_LOAD_OPS", "40"))
+
+
+def test_two_servers_four_agents_eight_guests_over_s3(synthfs, s3_env, tmp_path: Path) -> None:
+    """CI: the scale-out run over one SeaweedFS bucket (S3_CI_OPS per guest)."""
+    _s3_load(tmp_path, s3_env, S3_CI_OPS, budget=300, **SCALE)
+
+
+def test_a_server_killed_mid_run_over_s3_costs_a_delay_only(synthfs, s3_env,
+                                                             tmp_path: Path) -> None:
+    """CI: the same with server 0 killed a third of the way in."""
+    _s3_load(tmp_path, s3_env, S3_CI_OPS, budget=300, kill_after=0.3, **SCALE)
+
+
+@pytest.mark.slow
+def test_two_servers_four_agents_eight_guests_over_s3_full(synthfs, s3_env,
+                                                           tmp_path: Path) -> None:
+    _s3_load(tmp_path, s3_env, FULL_OPS // 2, budget=1800, **SCALE)
+
+
+@pytest.mark.slow
+def test_two_servers_four_agents_sixteen_guests_one_killed_over_s3_full(
+        synthfs, s3_env, tmp_path: Path) -> None:
+    _s3_load(tmp_path, s3_env, FULL_OPS // 2, budget=1800, servers=2, agents=4,
+             guests_per_agent=4, kill_after=0.3)

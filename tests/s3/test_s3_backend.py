@@ -69,6 +69,39 @@ def test_objects_written_by_another_client_are_served(be, s3_env, bucket):
     assert be.read_bytes("/plain/data.csv") == b"a,b\n"
 
 
+def test_two_servers_of_one_bucket_see_each_others_changes_at_once(be, s3_env, bucket,
+                                                                   tmp_path):
+    """Two backends (two servers) over one prefix: what one changes, the other's stat,
+    read, remove and rename see at once, though it looked the object up a moment before
+    (its memory of lookups serves ancestors, never the object a request names: the
+    agents were told of the change and revalidate through whichever server)."""
+    other = S3Backend(s3_env.endpoint, bucket, be.prefix, state=tmp_path / "other")
+    try:
+        be.write_bytes("/f", b"v1")
+        be.mkdir("/d")
+        v1 = other.stat("/f").version
+        assert other.stat("/d").kind is Kind.DIR
+        be.write_bytes("/f", b"version 2")
+        a = other.stat("/f")
+        assert (a.size, a.version != v1) == (9, True)
+        data, _eof, version = other.read("/f", 0, 100, a.version)
+        assert (data, version) == (b"version 2", a.version)
+        be.remove("/f")
+        with pytest.raises(OSError) as ei:
+            other.stat("/f")
+        assert ei.value.errno == errno.ENOENT
+        with pytest.raises(OSError) as ei:
+            other.remove("/f")  # not a silent success of a delete of nothing
+        assert ei.value.errno == errno.ENOENT
+        be.remove("/d", directory=True)
+        with pytest.raises(OSError) as ei:
+            other.rename("/d", "/e")
+        assert ei.value.errno == errno.ENOENT
+        other.mkdir("/d")  # the other server's memory does not make it EEXIST
+    finally:
+        other.close()
+
+
 def test_large_file_is_multipart_and_read_by_ranges(be):
     data = os.urandom(MULTIPART_MIN + 3 * 1024 * 1024 + 17)
     a = be.write_bytes("/big", data)
@@ -164,11 +197,11 @@ def test_a_noreplace_rename_the_store_refuses_is_not_finished_at_restart(
     be.write_bytes("/a", b"mine")
     node = be._node
 
-    def racing(parts):
+    def racing(parts, fresh=False, dir_memory=False):
         if parts == ("b",):  # the check sees no /b; another client makes it right after
             s3_env.client().put_object(Bucket=bucket, Key=f"{prefix}/b", Body=b"theirs")
             return None
-        return node(parts)
+        return node(parts, fresh, dir_memory)
 
     be._node = racing
     with pytest.raises(OSError) as ei:
