@@ -30,6 +30,8 @@ __all__ = [
     "data_extents",
     "flatten",
     "pieces",
+    "received",
+    "spans_whole",
 ]
 
 #: The most extents one wire message names (a file with more is described with fewer,
@@ -92,6 +94,26 @@ def coalesce(extents: Extents, limit: int = MAX_EXTENTS) -> Extents:
             start, end = off, off + length
     out.append((start, end - start))
     return out
+
+
+def received(spans: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """``spans`` (sorted, disjoint ``[start, end)`` byte ranges an upload holds) with
+    ``[start, end)`` added: overlapping and touching spans are merged."""
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted([*spans, (start, end)]):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def spans_whole(spans: list[tuple[int, int]], size: int) -> bool:
+    """Whether ``spans`` (from :func:`received`) hold every byte of a ``size``-byte file
+    and none beyond it (size 0: nothing but empty spans)."""
+    if size == 0:
+        return all(a == b for a, b in spans)
+    return spans == [(0, size)]
 
 
 def flatten(extents: Iterable[tuple[int, int]]) -> tuple[int, ...]:

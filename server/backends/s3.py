@@ -79,6 +79,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from synthfs.extents import received, spans_whole
 from synthfs.server.backends.base import (
     CHUNK_SIZE,
     Backend,
@@ -193,18 +194,10 @@ class _Upload:
         self.staged = 0
 
     def add(self, start: int, end: int) -> None:
-        merged: list[tuple[int, int]] = []
-        for a, b in sorted([*self.ranges, (start, end)]):
-            if merged and a <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-            else:
-                merged.append((a, b))
-        self.ranges = merged
+        self.ranges = received(self.ranges, start, end)
 
     def covers(self, size: int) -> bool:
-        if size == 0:
-            return all(a == b for a, b in self.ranges)
-        return self.ranges == [(0, size)]
+        return spans_whole(self.ranges, size)
 
 
 class S3Backend(Backend):

@@ -37,7 +37,7 @@ import time
 
 import attrs as attrs_mod
 
-from synthfs.extents import copy_extents, data_extents
+from synthfs.extents import copy_extents, data_extents, received, spans_whole
 from synthfs.server.backends.base import (
     CHUNK_SIZE,
     MAX_EXTENTS,
@@ -97,18 +97,10 @@ class _Upload:
     staged: int = 0  # bytes written to its staged file (counted against the bound)
 
     def add(self, start: int, end: int) -> None:
-        merged: list[tuple[int, int]] = []
-        for a, b in sorted([*self.ranges, (start, end)]):
-            if merged and a <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-            else:
-                merged.append((a, b))
-        self.ranges = merged
+        self.ranges = received(self.ranges, start, end)
 
     def covers(self, size: int) -> bool:
-        if size == 0:
-            return all(a == b for a, b in self.ranges) or self.ranges == [(0, 0)]
-        return self.ranges == [(0, size)]
+        return spans_whole(self.ranges, size)
 
     def covers_exactly(self, extents: Extents) -> bool:
         """Whether the staged ranges are ``extents`` (sorted, disjoint), no more, no less."""
