@@ -81,6 +81,14 @@ class RenameFlags(enum.IntFlag):
     NOREPLACE = 1
     EXCHANGE = 2
 
+    @classmethod
+    def checked(cls, flags: int) -> RenameFlags:
+        """``flags`` as rename accepts them: EINVAL for unknown bits or both at once."""
+        flags = cls(flags)
+        if flags & ~(cls.NOREPLACE | cls.EXCHANGE) or flags == cls.NOREPLACE | cls.EXCHANGE:
+            raise oserror(errno.EINVAL, "rename flags")
+        return flags
+
 
 class ObjectAttrs(NamedTuple):
     """What a ``stat`` of one repository object says. ``version`` is its etag: it

@@ -291,11 +291,7 @@ class LocalBackend(Backend):
             os.close(pfd)
 
     def rename(self, src: str, dst: str, flags: RenameFlags = RenameFlags.NONE) -> None:
-        flags = RenameFlags(flags)
-        if flags & ~(RenameFlags.NOREPLACE | RenameFlags.EXCHANGE) or flags == (
-            RenameFlags.NOREPLACE | RenameFlags.EXCHANGE
-        ):
-            raise oserror(errno.EINVAL, "rename flags")
+        flags = RenameFlags.checked(flags)
         sfd, sname, _ = self._beneath.parent(src)
         try:
             dfd, dname, _ = self._beneath.parent(dst)

@@ -945,11 +945,7 @@ class S3Backend(Backend):
     # -- rename: copy + delete, journalled ---------------------------------------------------
 
     def rename(self, src: str, dst: str, flags: RenameFlags = RenameFlags.NONE) -> None:
-        flags = RenameFlags(flags)
-        if flags & ~(RenameFlags.NOREPLACE | RenameFlags.EXCHANGE) or flags == (
-            RenameFlags.NOREPLACE | RenameFlags.EXCHANGE
-        ):
-            raise oserror(errno.EINVAL, "rename flags")
+        flags = RenameFlags.checked(flags)
         sp, dp = split_path(src), split_path(dst)
         if not sp or not dp:
             raise oserror(errno.EBUSY)
