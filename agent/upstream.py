@@ -40,9 +40,10 @@ with it again and resends the request once.
   ``Mkdir`` answered EEXIST succeeded if a directory is there; ``Symlink``
   EEXIST if a link with the same text is there; ``Rename`` ENOENT if the
   destination exists; ``Link`` EEXIST if both names are one file; an exclusive
-  ``UploadCommit`` answered EEXIST stays EEXIST (the repository cannot say
-  whether the dead server made the file, and a lock file must never be won
-  twice: the guest sees the file exist, as with NFSv2), and a plain commit
+  ``UploadCommit`` answered EEXIST if the file there is the one it made: its
+  size, and its mtime carrying the upload's stamp (:mod:`synthfs.stamps`, as
+  NFSv3's exclusive create keeps a verifier; a file another client made is a
+  match once in a million, and only if made in that window), and a plain commit
   installs the same bytes again. The check says what the repository holds, not
   who made it: a concurrent client that did the same thing in that window makes
   the retry succeed as well. A ``Rename`` with ``RENAME_EXCHANGE`` cannot be
@@ -92,6 +93,7 @@ from synthfs.protocol.messages import (
     UploadChunk,
     UploadCommit,
 )
+from synthfs.stamps import made_by
 
 __all__ = ["ATTEMPTS", "Upstream"]
 
@@ -492,6 +494,11 @@ class Upstream:
                 done = attrs_of(msg.path)
         elif isinstance(msg, Rename) and code == errno.ENOENT:
             done = Done() if attrs_of(msg.dst) is not None else None
+        elif isinstance(msg, UploadCommit) and msg.exclusive and code == errno.EEXIST:
+            a = attrs_of(msg.path)
+            if (a is not None and a.attrs.kind == FileKind.FILE and a.attrs.size == msg.size
+                    and made_by(msg.upload_id, a.attrs.mtime_ns, time.time_ns())):
+                done = a
         elif isinstance(msg, Link) and code == errno.EEXIST:
             a, b = attrs_of(msg.src), attrs_of(msg.dst)
             if a is not None and b is not None and a.attrs.ino == b.attrs.ino:

@@ -571,7 +571,8 @@ class UploadCommit(Message):
     ``size`` is the total the agent sent; a mismatch is EIO and installs nothing.
     ``mode`` is used when the object is new. ``exclusive``: only if ``path``
     does not exist, else EEXIST (an ``O_CREAT`` that must never replace a file
-    another client made meanwhile). Resending a committed upload id answers the
+    another client made meanwhile); the new file's mtime carries the upload's
+    stamp (``synthfs.stamps``). Resending a committed upload id answers the
     same attributes again (idempotent).
 
     ``extents``: None, the chunks cover ``[0, size)``; else the data extents the

@@ -91,6 +91,7 @@ from synthfs.server.backends.base import (
     oserror,
     split_path,
 )
+from synthfs.stamps import stamped_now
 
 __all__ = ["DIR_OBJECT", "MULTIPART_MIN", "S3Backend", "key_of", "repo_id_for"]
 
@@ -742,8 +743,9 @@ class S3Backend(Backend):
             elif cur.kind is Kind.SYMLINK:
                 raise oserror(errno.ELOOP, "the server does not write through symlinks")
             keep = cur.mode if cur is not None else (mode & 0o7777 & ~SETID)
+            now = time.time_ns()  # an exclusive create's mtime carries its stamp
             a = self._put_file(key, up.path if size else None, size, keep,
-                               time.time_ns(), exclusive)
+                               stamped_now(upload_id, now) if exclusive else now, exclusive)
             up.done = True
         with self._lock:
             self._uploads.pop(upload_id, None)

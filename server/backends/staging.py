@@ -48,6 +48,7 @@ from synthfs.server.backends.base import (
     split_path,
 )
 from synthfs.server.backends.beneath import Beneath, attrs_from_stat, fsync_dir
+from synthfs.stamps import stamped_now
 
 __all__ = ["SETID", "Staging", "StateDirError"]
 
@@ -459,6 +460,10 @@ class Staging:
                             raise oserror(errno.ELOOP, "the server does not write through symlinks")
                         new_mode = stat.S_IMODE(old.st_mode)
                     os.fchmod(fd, new_mode)
+                    if exclusive:  # before the name appears: see protocol create_stamp
+                        st = os.fstat(fd)
+                        os.utime(fd, ns=(st.st_atime_ns,
+                                         stamped_now(upload_id, time.time_ns())))
                     os.fsync(fd)
                     if not exclusive and old is not None and old.st_nlink > 1:
                         # A file of several names: rewrite its one inode in place (a

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import errno
 import secrets
+import time
 
 import pytest
 
 from synthfs.server.backends.base import CHUNK_SIZE, Backend, Kind, RenameFlags
+from synthfs.stamps import made_by
 
 __all__ = ["BackendSuite"]
 
@@ -219,6 +221,10 @@ class BackendSuite:
         assert _errno(ei) == errno.EEXIST
         a = be.upload_commit("w", "/new", 0, mode=0o640, exclusive=True)
         assert (a.size, a.mode) == (0, 0o640) and be.read_bytes("/new") == b""
+        # its mtime carries the upload's stamp (how a resent create knows its file)
+        st = be.stat("/new")
+        assert made_by("w", st.mtime_ns, time.time_ns()) and st.mtime_ns <= time.time_ns()
+        assert not made_by("v", st.mtime_ns, time.time_ns())
 
     def test_commit_onto_directory_is_eisdir(self, be):
         be.mkdir("/d")

@@ -19,9 +19,12 @@ plays the interposer. What is shown:
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import signal
+import stat
+import subprocess
 import sys
 import threading
 import time
@@ -390,3 +393,78 @@ def test_an_upload_whose_server_is_killed_is_made_through_the_other(duo: Duo) ->
     assert isinstance(out["reply"], Committed)
     assert (duo.root / "a").read_bytes() == data
     assert os.listdir(duo.tmp / "state1") == ["committed.journal"]
+
+
+EXCL = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
+
+def _in_thread(call: Callable[[], Message]) -> tuple[threading.Thread, dict[str, object]]:
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            out["reply"] = call()
+        except OSError as exc:
+            out["reply"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+def _tracer_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("TracerPid:")[1].split()[0])
+
+
+def test_an_exclusive_create_the_dead_server_made_succeeds_through_the_other(
+        duo: Duo, tmp_path: Path) -> None:
+    """Server 0 makes the file of an O_CREAT|O_EXCL open, then dies before it answers
+    (strace holds it in the exit of its linkat, and it is killed there): the create
+    resent to server 1 answers EEXIST, and the agent sees the file is its own (its
+    size, its upload's stamp in the mtime): the open succeeds, as if nothing had
+    happened. Before the stamp, the guest got EEXIST for a file it had made."""
+    c = duo.agent([0, 1])
+    s0 = duo.server(0)
+    log = tmp_path / "strace.log"
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", str(log), "-p", str(s0.pid),
+                               "-e", "trace=linkat", "-e", "inject=linkat:delay_exit=4000000"])
+    try:
+        deadline = time.monotonic() + 10
+        while _tracer_of(s0.pid) == 0:
+            assert time.monotonic() < deadline, "strace did not attach"
+            time.sleep(0.05)
+        t, out = _in_thread(lambda: c.call(Open(path="/new", flags=EXCL, mode=0o640)))
+        while not (duo.root / "new").exists():  # server 0 made it, and waits in linkat
+            assert t.is_alive() and time.monotonic() < deadline, out
+            time.sleep(0.02)
+        s0.popen.kill()  # (the tracer's death lets it die at once: it holds no stop)
+        tracer.kill()
+        s0.popen.wait()
+        t.join(10)
+        assert not t.is_alive()
+    finally:
+        tracer.kill()
+        tracer.wait()
+    assert isinstance(out["reply"], Opened), out["reply"]
+    assert (duo.root / "new").read_bytes() == b""
+    assert stat.S_IMODE((duo.root / "new").stat().st_mode) == 0o640
+
+
+def test_an_exclusive_create_of_a_file_another_client_made_stays_eexist(duo: Duo) -> None:
+    """The same failover, but the file was made by another client while server 0 held
+    the create (server 0 never made it): the resent create answers EEXIST, a lock
+    file is never won twice."""
+    c = duo.agent([0, 1])
+    s0 = duo.server(0)
+    os.kill(s0.pid, signal.SIGSTOP)
+    t, out = _in_thread(lambda: c.call(Open(path="/lock", flags=EXCL, mode=0o644)))
+    time.sleep(0.4)  # the create waits in server 0's queue
+    assert t.is_alive()
+    (duo.root / "lock").write_bytes(b"")  # another client's lock
+    s0.popen.kill()
+    s0.popen.wait()
+    t.join(10)
+    assert not t.is_alive()
+    reply = out["reply"]
+    assert isinstance(reply, OSError) and reply.errno == errno.EEXIST, reply

@@ -9,6 +9,7 @@ import pytest
 
 from synthfs.server.backends.base import Backend
 from synthfs.server.backends.local import LocalBackend
+from synthfs.stamps import made_by
 from synthfs.testing.backend_suite import BackendSuite
 
 
@@ -284,6 +285,10 @@ def test_an_exclusive_create_writes_only_what_the_program_wrote(tmp_path):
         a.upload_commit("u1", "/x", 0, 0o640, exclusive=True)
         st = os.stat(root / "x")
         assert before - 10**9 <= st.st_atime_ns <= time.time_ns() + 10**9
+        # the mtime is the creation time, its sub-millisecond digits the upload's stamp
+        assert before - 10**6 <= st.st_mtime_ns <= time.time_ns()
+        assert made_by("u1", st.st_mtime_ns, time.time_ns())
+        assert not made_by("u2", st.st_mtime_ns, time.time_ns())
         with pytest.raises(FileExistsError):
             b.upload_commit("u1", "/x", 0, 0o640, exclusive=True)
     finally:
