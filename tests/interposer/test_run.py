@@ -11,13 +11,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import helpers
 import pytest
 
 from synthfs.agent.embedded import embedded
 
 pytestmark = pytest.mark.ptrace
 
-SYNTHFS = [sys.executable, "-m", "synthfs.cli"]
+SYNTHFS = helpers.synthfs_command()
 
 
 def run(*args: str, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
