@@ -28,6 +28,7 @@ import errno
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 import struct
@@ -295,6 +296,11 @@ class HostSide:
         except OSError:
             return False
         return group == os.getpgrp()
+
+    def survives(self, sig: int) -> bool:
+        """Whether this process catches or ignores ``sig`` (``synthfs run`` catches
+        SIGTSTP and ignores SIGTTOU: it stops only after its guests have)."""
+        return sig != signal.SIGSTOP and signal.getsignal(sig) not in (signal.SIG_DFL, None)
 
     def trusted_group(self, pgid: int) -> bool:
         """Whether ``pgid`` is the process group of the agent or the server."""
