@@ -129,6 +129,13 @@ def _runtime_base() -> str | None:
     return None
 
 
+def private_bases() -> tuple[str, ...]:
+    """Where synthfs processes make their private ``synthfs-*`` directories (the
+    temp dir, and $XDG_RUNTIME_DIR when it is usable): names there that start so
+    are synthfs's, and no guest of any run may reach them."""
+    return tuple(b for b in (tempfile.gettempdir(), _runtime_base()) if b)
+
+
 #: the file in each work directory naming its owner: ``PID START PIDNS`` (START: the
 #: process's start time in clock ticks since boot, /proc/PID/stat field 22; PIDNS:
 #: the pid namespace the pid is in, /proc/self/ns/pid)
