@@ -71,6 +71,7 @@ from collections.abc import Callable
 from synthfs.agent.cache import Entry, signature
 from synthfs.agent.metadata import Knowledge, _check_path, _parent
 from synthfs.agent.upload import Changed
+from synthfs.extents import copy_extents, data_extents
 from synthfs.protocol.client import Unreachable
 from synthfs.protocol.messages import (
     CHUNK_SIZE,
@@ -283,31 +284,14 @@ def _load_sig(text: str | None) -> Written | None:
 
 def _copy(src: int, dst: int, size: int) -> bool:
     """Copy the file ``src`` into the empty ``dst``: a reflink when the file system makes
-    one (True), else its bytes (in the kernel where it can)."""
+    one (True), else its data extents (in the kernel where it can; holes stay holes)."""
     try:
         fcntl.ioctl(dst, _FICLONE, src)
         return True
     except OSError:
         pass
-    off = 0
-    try:
-        while off < size:
-            n = os.copy_file_range(src, dst, size - off, off, off)
-            if n == 0:
-                break
-            off += n
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise
-        while off < size:
-            chunk = os.pread(src, min(CHUNK_SIZE, size - off), off)
-            if not chunk:
-                break
-            view = memoryview(chunk)
-            while view:
-                n = os.pwrite(dst, view, off)
-                view = view[n:]
-                off += n
+    copy_extents(src, dst, data_extents(src, size), CHUNK_SIZE)
+    os.ftruncate(dst, size)
     return False
 
 
@@ -446,9 +430,7 @@ class WriteBack(Knowledge):
             return reply
         uploaded = 0
         for e in self.cache:
-            if e.path not in j and self.cache.is_dirty(e):
-                if not msg.wait and self._being_written(e.path):
-                    continue  # (an exit closed its own fds, not the ones writing this)
+            if self.cache.is_dirty(e) and self._to_queue(e, msg.wait):
                 try:
                     self._queue(e.path)
                 except OSError as exc:  # the journal cannot keep it: the server must, now
@@ -459,6 +441,22 @@ class WriteBack(Knowledge):
         if msg.wait:
             uploaded += self._drain(everything=True)
         return self._status(uploaded)
+
+    def _to_queue(self, e: Entry, now: bool) -> bool:
+        """Whether a ``Sync`` queues the changed copy ``e`` as it is: one not queued
+        yet that no fd writes any more (a process exit closed its own fds, not the ones
+        writing this); ``now`` (``sync``: every file as it is then) also one whose queued
+        version is not the copy (kept aside, or written since its close)."""
+        j = self.journal
+        assert j is not None
+        if e.path not in j:
+            return now or not self._being_written(e.path)
+        if not now:
+            return False
+        if e.path in j.snaps:
+            return True
+        st = self.cache.local_stat(e)
+        return st is not None and j.sigs.get(e.path) not in (None, _written(st))
 
     def _being_written(self, path: str) -> bool:
         """Whether an fd (a guest's) has the copy of ``path`` open for writing now."""

@@ -251,3 +251,18 @@ def test_a_copy_written_through_an_fd_kept_across_its_close_waits_for_that_fd(
     finally:
         os.close(fd)
     assert wait_until(lambda: (stack.root / "f").read_bytes() == b"B" * 1000, 10)
+
+
+def test_sync_sends_a_reopened_copy_as_it_is(stack: Stack) -> None:
+    """``sync`` means every changed file as it is then: a reopened copy's new content
+    goes, not the closed version kept aside (and none stays aside)."""
+    c = _start(stack, *HOLD)
+    _write(c, "/f", b"closed version")
+    o = c.call(Open(path="/f", flags=os.O_RDWR))
+    assert isinstance(o, Opened)
+    with open(o.host_path, "r+b") as f:
+        f.write(b"SYNCED")
+        f.flush()
+        assert c.call(Sync(wait=True)) == Synced(uploaded=1)
+    assert (stack.root / "f").read_bytes() == b"SYNCED version"
+    assert not list(stack.cache.glob("*/snaps/*"))
