@@ -231,7 +231,7 @@ class ContentCache:
         self.index_path = os.path.join(self.dir, "index.sqlite")
         self._objects_fd = self._private_dir(self._dir_fd, "objects")
         self._tmp_fd = self._private_dir(self._dir_fd, "tmp")
-        self._snaps_fd = self._private_dir(self._dir_fd, "snaps")
+        self.snaps_fd = self._private_dir(self._dir_fd, "snaps")
         for suffix in ("", "-wal", "-shm", "-journal"):  # sqlite opens these by name
             try:
                 st = os.stat("index.sqlite" + suffix, dir_fd=self._dir_fd, follow_symlinks=False)
@@ -269,18 +269,18 @@ class ContentCache:
         """An fd on the kept-aside version ``name`` (write-back), below the verified snaps dir."""
         if not _SAFE.fullmatch(name) or name in (".", ".."):
             raise ValueError(f"bad snapshot name {name!r}")
-        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self._snaps_fd)
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.snaps_fd)
 
     def unlink_snap(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=self._snaps_fd)
+            os.unlink(name, dir_fd=self.snaps_fd)
 
     def snaps(self) -> list[str]:
-        return os.listdir(self._snaps_fd)
+        return os.listdir(self.snaps_fd)
 
     def sync_snaps_dir(self) -> None:
         """fsync the snaps directory: a version kept aside keeps its name after a crash."""
-        os.fsync(self._snaps_fd)
+        os.fsync(self.snaps_fd)
 
     def sync_objects_dir(self) -> None:
         """fsync the objects directory: a copy renamed into it keeps its name after a crash."""

@@ -310,12 +310,14 @@ class WriteBack(Knowledge):
     _retry_at: float  # monotonic: no background upload before (a back-off)
     _backoff: float
     _stuck: dict[str, float]  # path -> time.time() of its next try
+    _held: set[str]  # stuck because a guest writes the copy since its close
 
     def _open_journal(self, write_through: bool) -> None:
         self.journal = None if write_through else Journal(self.cache.dir, self.cache.unlink_snap)
         self._retry_at = 0.0
         self._backoff = 0.0
         self._stuck = {}
+        self._held = set()
         if self.journal is not None:
             named = set(self.journal.snaps.values())
             for name in self.cache.snaps():  # kept aside, but the agent died before naming it
@@ -481,7 +483,9 @@ class WriteBack(Knowledge):
             os.close(fd)
         self.cache.sync_objects_dir()  # (the copy may be new there: a create, a fetch)
         self.journal.add(path, sig)
-        self._stuck.pop(path, None)
+        if path in self._held:  # it waited for this close
+            self._held.discard(path)
+            self._stuck.pop(path, None)
 
     def _status(self, uploaded: int) -> Synced:
         j = self.journal
@@ -492,9 +496,7 @@ class WriteBack(Knowledge):
             snap = j.snaps.get(p)
             if snap is not None:
                 with contextlib.suppress(OSError):
-                    fd = self.cache.open_snap(snap)
-                    size += os.fstat(fd).st_size
-                    os.close(fd)
+                    size += os.stat(snap, dir_fd=self.cache.snaps_fd).st_size
                 continue
             e = self.cache.get(p)
             st = self.cache.local_stat(e) if e is not None else None
@@ -550,6 +552,7 @@ class WriteBack(Knowledge):
             if not self._dirty(path):
                 j.done(path)
                 self._stuck.pop(path, None)
+                self._held.discard(path)
             else:
                 j.drop_snap(path)  # the server has a later version than the one kept aside
         return a
@@ -704,6 +707,7 @@ class WriteBack(Knowledge):
     def _hold(self, path: str) -> None:
         """The copy of ``path`` is being written (no close since): try it again later."""
         log.debug("write-back: %s is written again since its close: its upload waits", path)
+        self._held.add(path)
         self._stuck[path] = time.time() + _STUCK
 
     def _snapshot(self, path: str
@@ -855,3 +859,4 @@ class WriteBack(Knowledge):
             # (The copy written since a reopen queues itself at its close.)
             j.done(path)
             self._stuck.pop(path, None)
+            self._held.discard(path)
