@@ -337,3 +337,18 @@ def test_reopened_before_its_upload_the_closed_version_survives_sigkill(
         for p in go:
             p.touch()
         assert g.finish(HANG) == 0, g.show()
+
+
+def test_a_file_an_exit_closes_is_queued_at_the_exit(stack: Stack) -> None:
+    """A shell redirect writes through a dup2'd fd that only the exit closes: the exit
+    queues it (no fd writes it any more), as a close would."""
+    stack.start_server()
+    stack.start_agent("--upload-delay", "600")
+    argv = [*synthfs_command(), "run", "--agent", stack.agent_ep, "--", "/bin/sh", "-c",
+            "echo redirected > /data/out/r"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert _queued(stack) == 1
+    rc, out = _agent_sync(stack)
+    assert rc == 0, out
+    assert (stack.root / "out" / "r").read_text() == "redirected\n"
