@@ -266,3 +266,31 @@ def test_sync_sends_a_reopened_copy_as_it_is(stack: Stack) -> None:
         assert c.call(Sync(wait=True)) == Synced(uploaded=1)
     assert (stack.root / "f").read_bytes() == b"SYNCED version"
     assert not list(stack.cache.glob("*/snaps/*"))
+
+
+def test_a_sparse_file_kept_aside_keeps_its_holes(stack: Stack) -> None:
+    """Reopened before its upload, a sparse file's closed version is kept aside and sent
+    with its holes (the copy aside is not filled with zeros)."""
+    c = _start(stack, "--upload-delay", "0.2")
+    size = 16 << 20
+    o = c.call(Open(path="/sparse", flags=CREATE, mode=0o644))
+    assert isinstance(o, Opened)
+    with open(o.host_path, "r+b") as f:
+        f.truncate(size)
+        f.seek(size - 5)
+        f.write(b"tail\n")
+    c.call(Commit(path="/sparse"))
+    o = c.call(Open(path="/sparse", flags=os.O_RDWR))
+    assert isinstance(o, Opened)
+    (aside,) = stack.cache.glob("*/snaps/*")
+    assert aside.stat().st_blocks * 512 < (1 << 20)
+    fd = os.open(o.host_path, os.O_RDWR)  # a writer: the copy itself is not sent meanwhile
+    try:
+        os.pwrite(fd, b"head", 0)
+        on_server = stack.root / "sparse"
+        assert wait_until(lambda: on_server.stat().st_size == size, 10)
+        assert on_server.stat().st_blocks * 512 < (1 << 20)
+        with open(on_server, "rb") as f:
+            assert f.read(4) == b"\0" * 4
+    finally:
+        os.close(fd)
