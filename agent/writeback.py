@@ -363,16 +363,20 @@ class WriteBack(Knowledge):
         except FileNotFoundError:
             return
         try:
-            if not self._still_closed(path, src, os.fstat(src)):
+            st = os.fstat(src)
+            if not self._still_closed(path, src, st):
                 return  # already written since its close: that close's version is gone
             name = secrets.token_hex(16)
             try:
                 dst = self.cache.open_snap(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
                 try:
-                    reflink = _copy(src, dst, os.fstat(src).st_size)
+                    reflink = _copy(src, dst, st.st_size)
                     os.fdatasync(dst)
                 finally:
                     os.close(dst)
+                if _written(os.fstat(src)) != _written(st):  # an fd kept across the close
+                    self.cache.unlink_snap(name)             # wrote it meanwhile: gone too
+                    return
                 self.cache.sync_snaps_dir()
                 j.keep(path, name)
             except OSError as exc:
