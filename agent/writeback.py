@@ -10,7 +10,9 @@ requests (:meth:`WriteBack.background`): the server has the file within
 
 Trusts: the content cache (:mod:`agent.cache`) for the copies; the server to
 commit each upload atomically (fsync + rename) and to apply a resent one
-idempotently; :mod:`agent.upload` to upload one file and record its version.
+idempotently; :mod:`agent.upload` to upload one file and record its version;
+the kernel's read leases (``F_SETLEASE``) to tell whether any fd still has a
+copy open for writing.
 
 Semantics (README, docs/architecture.md "Write-back"):
 
