@@ -160,15 +160,24 @@ def _start_time(pid: int) -> int | None:
         return None
 
 
+#: the bases :func:`private_dir` has swept in this process
+_swept: set[str] = set()
+
+
 def private_dir(prefix: str, base: str | None = None) -> str:
     """A fresh 0700 ``PREFIX*`` directory owned by this process, leftovers swept first.
 
     It holds :data:`OWNER_FILE` (this process's pid and start time), so that a
     later run can tell it is a leftover once this process is gone (SIGKILL, a
-    crash): see :func:`sweep_leftovers`.
+    crash): see :func:`sweep_leftovers`. A base is swept once a process (``synthfs run
+    --data`` makes two directories, often side by side, and each sweep reads every
+    ``synthfs-*`` entry there): a leftover it misses, the next run sweeps.
     """
-    sweep_leftovers(base)
-    path = _mkdtemp(prefix, base or _temp_base())
+    base = base or _temp_base()
+    if base not in _swept:
+        sweep_leftovers(base)
+        _swept.add(base)
+    path = _mkdtemp(prefix, base)
     pid = os.getpid()
     fd = os.open(
         os.path.join(path, OWNER_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
