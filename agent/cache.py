@@ -57,6 +57,7 @@ from typing import Any
 
 import attrs
 
+from synthfs.agent import default_cache_dir
 from synthfs.protocol.codec import build
 from synthfs.protocol.leases import Signature, signature
 from synthfs.protocol.messages import Attrs
@@ -101,12 +102,6 @@ def parse_size(text: str) -> int:
     if n <= 0:
         raise ValueError(f"{text!r}: a size must be positive")
     return n
-
-
-def default_cache_dir() -> str:
-    """``$XDG_CACHE_HOME/synthfs``, or ``~/.cache/synthfs``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "synthfs")
 
 
 # A signature (protocol.leases') in the index's ``recorded`` column, which keeps its own
