@@ -23,13 +23,13 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import zmq
 from attrs import evolve
 
 from synthfs.interposer import abi
-from synthfs.interposer.inodes import Inodes
+from synthfs.interposer.inodes import Inodes, state_of
 from synthfs.interposer.progress import ProgressLine
 from synthfs.protocol.client import SERVER_UNREACHABLE, Client, Unreachable
 from synthfs.protocol.leases import LeaseFeed, Leases
@@ -263,11 +263,12 @@ class Remote:
     # -- cache ------------------------------------------------------------------------------
 
     def _stable(self, path: str, attrs: Attrs) -> Attrs:
-        ino = self._ino.show(path, attrs.ino)
+        ino = self._ino.show(path, attrs.ino, state_of(attrs))
         return attrs if ino == attrs.ino else evolve(attrs, ino=ino)
 
-    def _server_ino(self, path: str) -> int | None:
-        """The server's inode number of ``path`` now (None: gone), asked afresh."""
+    def _server_ino(self, path: str) -> tuple[int, Hashable] | None:
+        """The server's inode number of ``path`` now and its object's state (None:
+        gone), asked afresh."""
         try:
             reply = self._ask(Stat(path=path))
         except OSError as exc:
@@ -275,7 +276,7 @@ class Remote:
                 return None
             raise
         assert isinstance(reply, StatReply)
-        return reply.attrs.ino
+        return reply.attrs.ino, state_of(reply.attrs)
 
     def _record_local(self, path: str) -> None:
         host = self._local.get(path)
@@ -467,6 +468,7 @@ class Remote:
         self._drop_lease(path)
         self._ask(Commit(path=path, wait=wait), bulk=True)
         self._attrs.pop(path, None)
+        self._ino.changed(path)
         self._record_local(path)
 
     def sync(self, wait: bool = False) -> None:
@@ -486,6 +488,7 @@ class Remote:
         if self._leases is not None:
             self._leases.drop_all("this sandbox synced")
         self._ask(Sync(wait=wait), bulk=True)
+        self._ino.changed_all()
         self._attrs.clear()
         self._names.clear()
         for path in self._local:
@@ -570,6 +573,7 @@ class Remote:
         self._drop_lease(path)
         self._ask(SetAttr(path=path, mode=mode, atime_ns=atime_ns, mtime_ns=mtime_ns, size=size))
         self._attrs.pop(path, None)
+        self._ino.changed(path)
 
     def repo_path_of(self, host_path: str) -> str | None:
         return self._by_host.get(host_path)
