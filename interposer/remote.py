@@ -23,13 +23,14 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import zmq
 from attrs import evolve
 
 from synthfs.interposer import abi
-from synthfs.interposer.inodes import Inodes
+from synthfs.interposer.inodes import Inodes, state_of
+from synthfs.interposer.interrupt import Interrupted, Interruption
 from synthfs.interposer.progress import ProgressLine
 from synthfs.protocol.client import SERVER_UNREACHABLE, Client, Unreachable
 from synthfs.protocol.leases import LeaseFeed, Leases
@@ -75,6 +76,14 @@ _LEASE_FLAGS = (
 )  # 0o100000: O_LARGEFILE (0 in Python's os on x86_64, set by 32-bit-era callers)
 
 
+def _restartable(msg: Message) -> bool:
+    """Whether ``msg`` changes nothing, so that its call may be given up for a signal
+    and made again (:mod:`synthfs.interposer.interrupt`): an open for reading too."""
+    if isinstance(msg, Open):
+        return not msg.flags & (os.O_ACCMODE | os.O_CREAT | os.O_TRUNC)
+    return isinstance(msg, Hello | Stat | List | Readlink)
+
+
 def _cacheable(attrs: Attrs) -> bool:
     """Whether attributes may be kept for ``ttl``: not those of a file of several names,
     which a write through another name changes without this sandbox hearing of it."""
@@ -105,13 +114,18 @@ class Remote:
         # (its --timeout, 5 s by default: SERVER_UNREACHABLE when the server did not),
         # and a resend half-way through ours would drop that answer; a dead one is
         # seen within a second (alive).
-        self._client = Client(endpoint, timeout=timeout, retries=0, alive=self._agent_alive)
+        self._client = Client(endpoint, timeout=timeout, retries=0, alive=self._waiting_on)
         # Open, Commit and Sync move whole files (a cold fetch, an upload): they get
         # a patient client of their own, and are never resent while the agent works.
         # Its Progress notes (a long cold fetch) go to the terminal's progress line.
         self._progress = progress
-        self._bulk = Client(endpoint, timeout=BULK_TIMEOUT, retries=0, alive=self._agent_alive,
+        self._bulk = Client(endpoint, timeout=BULK_TIMEOUT, retries=0, alive=self._waiting_on,
                             on_note=self._note if progress is not None else None)
+        #: a signal for the guests (the supervisor's): a call that changes nothing gives up
+        self.interruption: Interruption | None = None
+        #: whether the request in flight may be given up, and whether it was
+        self._restartable = False
+        self._given_up = False
         self._attrs: dict[str, tuple[float, Attrs | None]] = {}
         self._links: dict[str, tuple[float, str]] = {}
         #: the names of each directory listed, and until when a name it lacks is absent
@@ -164,7 +178,17 @@ class Remote:
         except (OSError, IndexError):
             return False
 
+    def _waiting_on(self) -> bool:
+        """Whether to go on waiting for an answer (asked every second): not once the
+        agent died, nor for a call that changes nothing once a signal was armed."""
+        stop = self.interruption
+        if self._restartable and stop is not None and stop.pending():
+            self._given_up = True
+            return False
+        return self._agent_alive()
+
     def _call(self, msg: Message, client: Client | None = None) -> Message:
+        self._given_up = False
         pid = self._agent_pid
         if pid is not None and not self._agent_lost:
             try:
@@ -178,6 +202,8 @@ class Remote:
                 self._rehello()
             return (client or self._client).call(msg)
         except Unreachable as exc:
+            if self._given_up:  # for a signal: the guest's call is made again
+                raise Interrupted from None
             self._agent_lost = not self._agent_alive()
             self._away(f"the agent at {self.endpoint} did not answer within {exc.seconds:.3g} s")
             raise OSError(errno.EIO, f"agent unreachable: {exc.strerror}") from None
@@ -245,6 +271,13 @@ class Remote:
         return self.trusted_pids if all(abi.pid_alive(p) for p in self.trusted_pids) else None
 
     def _ask(self, msg: Message, bulk: bool = False) -> Message:
+        self._restartable = _restartable(msg)
+        stop = self.interruption
+        if stop is not None:
+            if self._restartable:
+                stop.check()
+            else:
+                stop.changing()
         self.requests += 1
         t0 = time.perf_counter_ns()
         if bulk and self._progress is not None:
@@ -263,11 +296,12 @@ class Remote:
     # -- cache ------------------------------------------------------------------------------
 
     def _stable(self, path: str, attrs: Attrs) -> Attrs:
-        ino = self._ino.show(path, attrs.ino)
+        ino = self._ino.show(path, attrs.ino, state_of(attrs))
         return attrs if ino == attrs.ino else evolve(attrs, ino=ino)
 
-    def _server_ino(self, path: str) -> int | None:
-        """The server's inode number of ``path`` now (None: gone), asked afresh."""
+    def _server_ino(self, path: str) -> tuple[int, Hashable] | None:
+        """The server's inode number of ``path`` now and its object's state (None:
+        gone), asked afresh."""
         try:
             reply = self._ask(Stat(path=path))
         except OSError as exc:
@@ -275,7 +309,7 @@ class Remote:
                 return None
             raise
         assert isinstance(reply, StatReply)
-        return reply.attrs.ino
+        return reply.attrs.ino, state_of(reply.attrs)
 
     def _record_local(self, path: str) -> None:
         host = self._local.get(path)
@@ -467,6 +501,7 @@ class Remote:
         self._drop_lease(path)
         self._ask(Commit(path=path, wait=wait), bulk=True)
         self._attrs.pop(path, None)
+        self._ino.changed(path)
         self._record_local(path)
 
     def sync(self, wait: bool = False) -> None:
@@ -486,6 +521,7 @@ class Remote:
         if self._leases is not None:
             self._leases.drop_all("this sandbox synced")
         self._ask(Sync(wait=wait), bulk=True)
+        self._ino.changed_all()
         self._attrs.clear()
         self._names.clear()
         for path in self._local:
@@ -570,6 +606,7 @@ class Remote:
         self._drop_lease(path)
         self._ask(SetAttr(path=path, mode=mode, atime_ns=atime_ns, mtime_ns=mtime_ns, size=size))
         self._attrs.pop(path, None)
+        self._ino.changed(path)
 
     def repo_path_of(self, host_path: str) -> str | None:
         return self._by_host.get(host_path)

@@ -319,6 +319,7 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
                      tracer.noted if tracer is not None else None)
         sup = Supervisor(env, compiled, on_exec=env.identify)
         sup.tracer = tracer
+        remote.interruption = sup.interruption
         host.live_fd_targets = lambda: _live_targets(sup.procs)
         host.is_guest = sup.threads.__contains__
         if args.stats:
@@ -408,6 +409,7 @@ def _supervise(sup: Supervisor, command: list[str]) -> int:
 
     def noted(sig: int, _frame: object) -> None:
         received.add(sig)
+        sup.interruption.arm(sig)  # the guests got it too: a call served for long gives way
 
     def passed_on(sig: int, _frame: object) -> None:
         received.add(sig)

@@ -32,6 +32,7 @@ from attrs import define, field, frozen
 from synthfs.interposer import ptrace_adapter as pt
 from synthfs.interposer.actions import Continue, Fail, Kill, Result, Return, RunChecked, Scratch
 from synthfs.interposer.filter import CompiledFilter
+from synthfs.interposer.interrupt import Interrupted, Interruption
 from synthfs.interposer.ports import Call, Env, FsState, Proc
 from synthfs.interposer.syscalls import BY_NR, Gate, Need, SyscallSpec
 from synthfs.protocol.ratelimit import RateLimitedLog
@@ -339,6 +340,8 @@ class Supervisor:
         self.stats: dict[str, int] | None = None
         #: ``synthfs run -v``: one strace-like line per handled call (None: nothing formatted)
         self.tracer: Tracer | None = None
+        #: a signal sent to the guests: a call served for long gives up and is made again
+        self.interruption = Interruption()
 
     # -- launch ------------------------------------------------------------------------------
 
@@ -465,6 +468,8 @@ class Supervisor:
         return ready
 
     def _dispatch(self, pid: int, status: int) -> None:
+        if not (os.WIFSTOPPED(status) and status >> 16 == pt.EVENT_EXIT):
+            self.interruption.seen(pid)  # dead of a signal, or past it (not dying of it)
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self._gone(pid, status)
             return
@@ -506,6 +511,7 @@ class Supervisor:
             pt.cont(pid)
             return
         # A signal for the guest: deliver it (a stop signal then makes a group-stop).
+        self.interruption.delivered(sig, pid)
         self._resume(t, sig)
 
     @staticmethod
@@ -772,7 +778,11 @@ class Supervisor:
         )
         t1 = time.perf_counter_ns() if stats is not None else 0
         try:
-            result = spec.handler(call, self.env)
+            with self.interruption.serving():
+                result = spec.handler(call, self.env)
+        except Interrupted:  # a signal came for the guests: they take it first
+            self._restart(t, regs)
+            return
         except OSError as exc:
             result = Fail(exc.errno or errno.EIO)
         except Exception as exc:  # a bug, or a guest doing something unforeseen: one line
@@ -796,6 +806,17 @@ class Supervisor:
         stats["apply_ns"] += t3 - t2
         if isinstance(result, RunChecked):
             stats["rewritten"] += 1
+
+    @staticmethod
+    def _restart(t: Thread, regs: pt.Regs) -> None:
+        """Skip the call and point the guest at its ``syscall`` instruction again with the
+        call's number, as the kernel restarts an interrupted call: a pending signal is
+        delivered first, then the guest makes the same call."""
+        regs.rax = regs.orig_rax
+        regs.orig_rax = _MASK64
+        regs.rip -= 2  # ``syscall`` is two bytes long
+        pt.set_regs(t.tid, regs)
+        pt.cont(t.tid)
 
     def _traced(
         self, t: Thread, regs: pt.Regs, spec: SyscallSpec, call: Call, result: Result
@@ -924,3 +945,4 @@ class Supervisor:
         if self.main_pid and self.exit_status is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.main_pid, sig)
+            self.interruption.arm(sig)

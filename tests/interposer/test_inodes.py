@@ -20,6 +20,8 @@ class Server:
         self.ino: dict[str, int] = {}
         self.asked: list[str] = []
         self.fail: set[str] = set()
+        self.ctime: dict[int, int] = {}
+        self.clock = 0
 
     def _free(self) -> int:
         n = 12
@@ -37,11 +39,21 @@ class Server:
         self.ino[path] = staged
         return staged
 
-    def current(self, path: str) -> int | None:
+    def state(self, ino: int) -> tuple[int, int]:
+        """What the server says of object ``ino`` now: its link count, and a ctime
+        that moves whenever a name of it comes or goes (every change here does)."""
+        return sum(n == ino for n in self.ino.values()), self.ctime.get(ino, 0)
+
+    def touch(self, ino: int) -> None:
+        """A name of ``ino`` came or went: its ctime moves."""
+        self.ctime[ino] = self.clock = self.clock + 1
+
+    def current(self, path: str) -> tuple[int, object] | None:
         self.asked.append(path)
         if path in self.fail:
             raise OSError(errno.EIO, "agent gone")
-        return self.ino.get(path)
+        ino = self.ino.get(path)
+        return None if ino is None else (ino, self.state(ino))
 
 
 @pytest.fixture
@@ -157,3 +169,75 @@ def test_rename_moves_numbers_of_a_tree_and_replaces_the_target(
     inodes.move("/t", "/t")  # onto itself: nothing changes
     assert (inodes.get("/t"), inodes.get("/t/f")) == (d, f)
     assert len(inodes) == 2
+
+
+# -- meetings with known aliases cost nothing (a directory of N hard links) -------------------
+
+
+def _links(srv: Server, n: int) -> int:
+    ino = srv.create("/e/f0")
+    for i in range(1, n):
+        srv.ino[f"/e/l{i}"] = ino
+    srv.touch(ino)
+    return ino
+
+
+def test_hard_links_listed_together_cost_no_question(srv: Server, inodes: Inodes) -> None:
+    """``ls -li`` of N links: one listing's attributes say one object, one state: no
+    request per pair (one each took N=300 links 130 s)."""
+    ino = _links(srv, 300)
+    state = srv.state(ino)
+    assert {inodes.show(p, ino, state) for p in list(srv.ino)} == {ino}
+    assert srv.asked == []
+
+
+def test_a_new_state_is_asked_once_then_known(srv: Server, inodes: Inodes) -> None:
+    ino = _links(srv, 50)
+    paths = list(srv.ino)
+    old = srv.state(ino)
+    for p in paths[:10]:
+        inodes.show(p, ino, old)
+    srv.ino["/e/more"] = ino  # linked elsewhere: a new state
+    srv.touch(ino)
+    new = srv.state(ino)
+    for p in [*paths[10:], "/e/more"]:
+        assert inodes.show(p, ino, new) == ino
+    assert sorted(srv.asked) == sorted(paths[:10])  # once each, at the first meeting
+
+
+def test_a_link_rewritten_elsewhere_moves_the_state_and_splits(
+    srv: Server, inodes: Inodes
+) -> None:
+    """A link of the group rewritten by another process: the object lost a name (its
+    ctime and count moved), so the next meeting asks; the rewritten path is another
+    file now, which shows the number: the new path does not join it."""
+    ino = _links(srv, 3)
+    state = srv.state(ino)
+    inodes.show("/e/f0", ino, state)
+    inodes.show("/e/l1", ino, state)
+    srv.rewrite("/e/f0")
+    srv.touch(ino)  # the old object lost the name /e/f0
+    shown = inodes.show("/e/l2", ino, srv.state(ino))
+    assert shown != ino and shown >= FRESH_BASE
+    assert "/e/f0" in srv.asked
+
+
+def test_a_stale_state_is_not_trusted_once_this_sandbox_changed_a_path(
+    srv: Server, inodes: Inodes
+) -> None:
+    """The attributes of a listing taken before this sandbox rewrote a link still
+    carry the old state: after :meth:`Inodes.changed` the next meeting asks."""
+    ino = _links(srv, 3)
+    state = srv.state(ino)
+    inodes.show("/e/f0", ino, state)
+    srv.rewrite("/e/f0")  # this sandbox's commit (the server takes it now or later)
+    inodes.changed("/e/f0")
+    assert inodes.show("/e/l1", ino, state) != ino
+    assert srv.asked == ["/e/f0"]
+
+
+def test_no_state_means_every_meeting_asks(srv: Server, inodes: Inodes) -> None:
+    ino = _links(srv, 3)
+    for p in list(srv.ino):
+        assert inodes.show(p, ino, None) == ino
+    assert len(srv.asked) == 3  # 0 + 1 + 2: as before, for a server that gives no state

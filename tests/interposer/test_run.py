@@ -344,6 +344,27 @@ def test_children_of_a_writer_cost_no_commit_or_sync(
     assert many - few <= 4 * most, (few, many)
 
 
+def test_listing_hard_links_costs_requests_linear_in_their_number(
+    repo: Path, tmp_path: Path
+) -> None:
+    """``ls -li`` of a directory of N hard links of one file: the listing says they
+    are one object, so no name is asked about each other one (interposer/inodes.py).
+    About three requests a name (its statx and two xattr calls), not one a pair:
+    N = 100 cost some 5,000 requests (N = 300: 130 s) before."""
+    n = 100
+    (repo / "e").mkdir()
+    (repo / "e" / "f0").write_text("x\n")
+    for i in range(1, n):
+        os.link(repo / "e" / "f0", repo / "e" / f"l{i}")
+    stats = tmp_path / "stats.json"
+    script = "ls -li /data/e | awk '{print $1}' | sort -u | wc -l"
+    r = run("run", "--data", str(repo), "--stats", str(stats), "--", "sh", "-c", script,
+            timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["2"], r.stdout  # "total" and the one number of all N
+    assert int(json.loads(stats.read_text())["agent_requests"]) <= 3 * n + 30
+
+
 def test_a_fresh_listing_answers_for_missing_names(repo: Path, tmp_path: Path) -> None:
     """After ``ls``, looking up names the listing lacks costs no agent request; a name
     this sandbox creates afterwards is seen at once."""

@@ -159,6 +159,78 @@ def test_a_signal_to_synthfs_ends_it_as_it_ends_the_guest(
 
 
 
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
+            kids += [int(k) for k in f.read().split()]
+    return kids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+def test_a_signal_ends_a_guest_the_supervisor_serves_for_long(sig: int, repo: Path) -> None:
+    """The guest's open waits on an agent that does not answer (stopped here; a long
+    cold fetch, or many requests, alike: a directory of hard links took 130 s). The
+    signal passed on could not reach it until that call was served (an hour's bulk
+    budget): the call the signal interrupts is dropped and restarted, the guest dies
+    of the signal, as natively, within the bound."""
+    if helpers.ptrace_unavailable_reason():
+        pytest.skip(f"synthfs cannot run here: {helpers.ptrace_unavailable_reason()}")
+    argv = helpers.SynthfsLauncher(mode="data").argv(
+        repo, ("sh", "-c", "ls /data > /dev/null; echo ready; read x; exec cat /data/f"))
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    stopped: list[int] = []
+    try:
+        assert p.stdin is not None and p.stdout is not None
+        assert p.stdout.readline() == b"ready\n"
+        for kid in _children(p.pid):
+            with open(f"/proc/{kid}/cmdline", "rb") as f:
+                if b"synthfs.agent" in f.read():
+                    os.kill(kid, signal.SIGSTOP)
+                    stopped.append(kid)
+        assert stopped, "no embedded agent found"
+        p.stdin.write(b"go\n")
+        p.stdin.flush()
+        time.sleep(1.5)  # cat waits in its open on the stopped agent (attributes listed)
+        assert p.poll() is None
+        p.send_signal(sig)
+        t0 = time.monotonic()
+        status = p.wait(BOUND)
+        assert status == -sig, status  # natively: the shell's exec'd cat dies of it
+        assert time.monotonic() - t0 < BOUND
+    finally:
+        for kid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(kid, signal.SIGCONT)
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_sigterm_ends_a_long_listing_of_hard_links(repo: Path) -> None:
+    """The adversary's case: ``ls -li`` of 300 hard links of one file (130 s, and a
+    SIGTERM waited for all of it, before): over within the bound, as natively."""
+    if helpers.ptrace_unavailable_reason():
+        pytest.skip(f"synthfs cannot run here: {helpers.ptrace_unavailable_reason()}")
+    (repo / "e").mkdir()
+    (repo / "e" / "f0").write_text("x\n")
+    for i in range(1, 300):
+        os.link(repo / "e" / "f0", repo / "e" / f"l{i}")
+    argv = helpers.SynthfsLauncher(mode="data").argv(
+        repo, ("sh", "-c", "echo listing; ls -li /data/e > /dev/null; sleep 60"))
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline() == b"listing\n"
+        time.sleep(3)  # well into the listing (before: 130 s of it)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(BOUND) == -signal.SIGTERM
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 class Terminal:
     """A pty whose other side is the controlling terminal of ``argv``, a new session."""
 
