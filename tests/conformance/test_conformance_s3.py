@@ -38,10 +38,13 @@ S3_DIVERGES: dict[str, str] = {
     "ln_hard": "an S3 repository holds no hard links: link(2) is EPERM",
     "ln_hard_tools": "an S3 repository holds no hard links: link(2) is EPERM",
     "py_links": "an S3 repository holds no hard links: link(2) is EPERM",
+    "py_inodes": "its script makes a hard link (link(2) is EPERM on S3) and stops there "
+                 "(with the link made a copy, its output and tree are the native ones)",
     "odd_names": "its starting tree holds what S3 cannot: names that are not UTF-8 "
                  "(EILSEQ) and a path of 1,500 bytes (a key holds 1,024: ENAMETOOLONG)",
     "py_raw_names": "an S3 repository holds UTF-8 names only (others are EILSEQ)",
     "du_tree": "objects are dense: a sparse file's blocks are its size's",
+    "sparse_write": "objects are dense: a sparse file's blocks are its size's (stat %b, du)",
     "py_blocks": "objects are dense (a sparse file's blocks are its size's), and a "
                  "directory has no blocks",
 }
