@@ -163,6 +163,12 @@ def _ns(dt: Any) -> int:
     return int(dt.timestamp()) * 1_000_000_000 if dt is not None else 0
 
 
+def _listed(key: str) -> str:
+    """A key (or prefix) of a listing asked for with ``EncodingType="url"``: encoded as a
+    form is (AWS, SeaweedFS, MinIO): a space is "+", a "+" is "%2B"."""
+    return urllib.parse.unquote_plus(key)
+
+
 Keys = list[str]  # an alias: ``list`` is also a Backend method name
 
 _loader: Any = None
@@ -520,7 +526,7 @@ class S3Backend(Backend):
         heads: dict[str, str] = {}
         for page in self._pages(dkey):
             for obj in page.get("Contents", []):
-                key = urllib.parse.unquote(obj["Key"])
+                key = _listed(obj["Key"])
                 name = key[len(dkey):]
                 if not name or name in names or name == DIR_OBJECT:
                     continue  # the directory's own object (or marker)
@@ -533,7 +539,7 @@ class S3Backend(Backend):
                     names[name] = None
                     heads[name] = key
             for cp in page.get("CommonPrefixes", []):
-                sub = urllib.parse.unquote(cp["Prefix"])
+                sub = _listed(cp["Prefix"])
                 name = sub[len(dkey):].rstrip("/")
                 if name and name not in names:
                     names[name] = None
@@ -571,7 +577,7 @@ class S3Backend(Backend):
 
     def _tree(self, dkey: str) -> Keys:
         """Every key under the prefix ``dkey`` (no delimiter)."""
-        return [urllib.parse.unquote(o["Key"]) for page in self._pages(dkey, "")
+        return [_listed(o["Key"]) for page in self._pages(dkey, "")
                 for o in page.get("Contents", [])]
 
     def read(
@@ -855,7 +861,7 @@ class S3Backend(Backend):
     def _empty(self, dkey: str) -> bool:
         r = self._call("list_objects_v2", Prefix=dkey, MaxKeys=3, EncodingType="url")
         own = (dkey, dkey + DIR_OBJECT)
-        return all(urllib.parse.unquote(o["Key"]) in own for o in r.get("Contents", []))
+        return all(_listed(o["Key"]) in own for o in r.get("Contents", []))
 
     def symlink(self, target: str, path: str) -> ObjectAttrs:
         parts = split_path(path)

@@ -214,3 +214,18 @@ def test_a_noreplace_rename_the_store_refuses_is_not_finished_at_restart(
         assert be.read_bytes("/a") == b"mine"
     finally:
         be.close()
+
+
+def test_names_with_spaces_and_pluses_are_listed(be):
+    """A listing's keys come URL-encoded as a form is: "a b" is "a+b", "a+b" is "a%2Bb"."""
+    be.mkdir("/d")
+    names = ["a b", "a+b", "a%20b", "été ☃", " lead", "trail "]
+    for name in names:
+        be.write_bytes(f"/d/{name}", name.encode())
+        be.mkdir(f"/d/dir {name}")
+    listed = [e.name for e in be.list("/d")[1]]
+    assert listed == sorted([*names, *(f"dir {n}" for n in names)])
+    be.remove("/d/dir a b", directory=True)  # its emptiness is a listing too
+    be.rename("/d/dir a+b", "/d/moved a+b")  # so is a directory's move
+    assert sorted(e.name for e in be.list("/d")[1] if e.name.startswith(("dir", "mov"))) == \
+        sorted(["moved a+b", *(f"dir {n}" for n in names if n not in ("a b", "a+b"))])
