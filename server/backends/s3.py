@@ -805,7 +805,14 @@ class S3Backend(Backend):
                 raise oserror(errno.EIO, "upload aborted")
             if not up.covers(size) or (size and os.stat(up.path).st_size != size):
                 raise oserror(errno.EIO, "the staged upload is not the committed size")
-            cur = self._node(parts, fresh=True)
+            if exclusive:
+                # The PUT's own precondition (If-None-Match) refuses a file or a symlink
+                # there: only a directory of that name (a prefix) is looked for.
+                cur = None
+                if self._is_prefix(key_of(self.prefix, parts, directory=True)):
+                    raise oserror(errno.EEXIST)
+            else:
+                cur = self._node(parts, fresh=True)
             if cur is None:
                 self._parent_dir(parts)
             elif cur.kind is Kind.DIR:
@@ -923,6 +930,11 @@ class S3Backend(Backend):
         self._call("delete_object", Key=dkey + DIR_OBJECT)
         self._forget(dkey + DIR_OBJECT)
         self._call("delete_object", Key=dkey)  # a marker, or a store's folder (SeaweedFS)
+
+    def _is_prefix(self, dkey: str) -> bool:
+        """True if some key begins with ``dkey`` (a directory is there)."""
+        r = self._call("list_objects_v2", Prefix=dkey, MaxKeys=1)
+        return bool(r.get("KeyCount", 0) or r.get("Contents"))
 
     def _empty(self, dkey: str) -> bool:
         r = self._call("list_objects_v2", Prefix=dkey, MaxKeys=3, EncodingType="url")

@@ -334,3 +334,31 @@ def test_names_with_spaces_and_pluses_are_listed(be):
     be.rename("/d/dir a+b", "/d/moved a+b")  # so is a directory's move
     assert sorted(e.name for e in be.list("/d")[1] if e.name.startswith(("dir", "mov"))) == \
         sorted(["moved a+b", *(f"dir {n}" for n in names if n not in ("a b", "a+b"))])
+
+
+def test_an_exclusive_create_makes_no_head(be):
+    """Its PUT's precondition (If-None-Match) refuses a file or a symlink of that name;
+    only a directory of that name is looked for (a listing), then the PUT."""
+    be.mkdir("/d")
+    be.symlink("t", "/d/l")
+    be.write_bytes("/d/f", b"old")
+    heads: list[str] = []
+    head = be._head
+
+    def counted(key):
+        heads.append(key)
+        return head(key)
+
+    be._head = counted
+    be.upload_chunk("x1", 0, b"new")
+    a = be.upload_commit("x1", "/d/new", 3, 0o600, exclusive=True)
+    assert (a.kind, a.size, a.mode) == (Kind.FILE, 3, 0o600)
+    assert heads == [], heads
+    for name in ("f", "l", ""):  # a file, a symlink, a directory: EEXIST, nothing written
+        be.upload_chunk("x2" + name, 0, b"no")
+        with pytest.raises(OSError) as ei:
+            be.upload_commit("x2" + name, "/d/" + name if name else "/d", 2, exclusive=True)
+        assert ei.value.errno == errno.EEXIST, name
+    be._head = head
+    assert be.read_bytes("/d/f") == b"old" and be.readlink("/d/l") == "t"
+    assert be.read_bytes("/d/new") == b"new"
