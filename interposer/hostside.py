@@ -27,7 +27,7 @@ import contextlib
 import errno
 import os
 import re
-import shutil
+import signal
 import socket
 import stat
 import struct
@@ -130,8 +130,15 @@ class HostSide:
         refused: Iterable[str],
         trusted_pids: Iterable[int],
         listeners: Iterable[Listener] = (),
+        reserved_dirs: Iterable[str] = (),
     ) -> None:
         self.private_dir = os.path.realpath(private_dir)
+        #: ``DIR/synthfs-`` for each directory where synthfs runs make their private
+        #: ``synthfs-*`` directories (the temp dir, $XDG_RUNTIME_DIR): every run's, not
+        #: only this one's, holds sockets and keys no guest may reach (a guest of one
+        #: run spoke to another run's agent through them)
+        self.reserved_prefixes = tuple(
+            os.path.join(os.path.realpath(d), "synthfs-") for d in reserved_dirs if d)
         self._dirs = os.path.join(self.private_dir, "dirs")
         os.makedirs(self._dirs, mode=0o700, exist_ok=True)
         roots = {self.private_dir}
@@ -296,6 +303,11 @@ class HostSide:
             return False
         return group == os.getpgrp()
 
+    def survives(self, sig: int) -> bool:
+        """Whether this process catches or ignores ``sig`` (``synthfs run`` catches
+        SIGTSTP and ignores SIGTTOU: it stops only after its guests have)."""
+        return sig != signal.SIGSTOP and signal.getsignal(sig) not in (signal.SIG_DFL, None)
+
     def trusted_group(self, pgid: int) -> bool:
         """Whether ``pgid`` is the process group of the agent or the server."""
         self._learn()
@@ -315,6 +327,8 @@ class HostSide:
         return any(root == real_path or root.startswith(prefix) for root in self.refused_roots)
 
     def refused(self, real_path: str) -> bool:
+        if real_path.startswith(self.reserved_prefixes):
+            return True
         for root in self.refused_roots:
             if real_path == root or real_path.startswith(root + "/"):
                 return True
@@ -364,4 +378,6 @@ class HostSide:
                     os.rmdir(path)
 
     def close(self) -> None:
+        import shutil
+
         shutil.rmtree(self.private_dir, ignore_errors=True)

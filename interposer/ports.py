@@ -124,6 +124,11 @@ class Host(Protocol):
     def trusted_group(self, pgid: int) -> bool:
         """Whether a process group is the agent's or the server's."""
 
+    def survives(self, sig: int) -> bool:
+        """Whether the supervisor catches or ignores the stop signal ``sig`` (then a
+        stop toward its group stops the guests only, as the terminal's Ctrl-Z does)."""
+        ...
+
     def new_dir_handle(self, repo_path: str, symlink: bool = False) -> str:
         """A fresh placeholder (an empty directory, or a symlink) standing for ``repo_path``."""
 

@@ -66,8 +66,12 @@ def sys_signal_guard(call: Call, env: Env) -> Result:
     agent's or the server's process group. The supervisor shares the guest's
     group (the terminal's Ctrl-C reaches both, and it forwards what reaches
     it), so a stop signal toward that group (kill(0), or kill(-PGID) from a
-    child that moved to a group of its own) is refused: it would freeze the
-    sandbox. Other signals to it are let through (the supervisor passes
+    child that moved to a group of its own) is refused when it would stop the
+    supervisor (SIGSTOP, or one it does not catch): that would freeze the
+    sandbox. One it catches (``synthfs run`` catches SIGTSTP and ignores
+    SIGTTOU) goes through: the guests stop, and the supervisor after them, as
+    at Ctrl-Z (vim suspends itself with kill(0, SIGTSTP)). Other signals to it
+    are let through (the supervisor passes
     SIGTERM/SIGHUP on; SIGKILL ends the run, as it ends the guests natively).
     """
     pid = s32(call.args[0])
@@ -76,7 +80,8 @@ def sys_signal_guard(call: Call, env: Env) -> Result:
     sig = s32(call.args[1])
     if call.name != "kill" or sig == 0:
         return CONTINUE
-    if sig in _STOPS and env.host.supervisor_group(call.guest.tgid, pid):
+    if (sig in _STOPS and env.host.supervisor_group(call.guest.tgid, pid)
+            and not env.host.survives(sig)):
         return Fail(errno.EPERM)
     if pid == 0:
         return CONTINUE

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+import helpers
 import pytest
 
 from synthfs.agent.embedded import embedded
 
 pytestmark = pytest.mark.ptrace
 
-SYNTHFS = [sys.executable, "-m", "synthfs.cli"]
+SYNTHFS = helpers.synthfs_command()
 PATH = "/usr/local/bin:/usr/bin:/bin"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import struct
 
 import pytest
@@ -189,6 +190,9 @@ class FakeHost:
 
     def supervisor_group(self, pid: int, target: int) -> bool:
         return target == -9  # the guest's group is 9 in these tests: the supervisor's
+
+    def survives(self, sig: int) -> bool:
+        return sig == signal.SIGTSTP  # as synthfs run, which catches it
 
 
 class FakeEnv:
@@ -411,6 +415,10 @@ def test_no_signal_reaches_a_trusted_process(world) -> None:
     assert call("kill", -7, 9) == Fail(errno.EPERM)  # the agent's process group
     assert call("kill", -8, 9) == Continue()
     assert call("kill", (-7) & 0xFFFFFFFF, 9) == Fail(errno.EPERM)  # an int in a 64-bit register
+    # a stop toward the supervisor's group: only one the supervisor survives
+    assert call("kill", -9, signal.SIGSTOP) == Fail(errno.EPERM)
+    assert call("kill", -9, signal.SIGTTIN) == Fail(errno.EPERM)
+    assert call("kill", -9, signal.SIGTSTP) == Continue()
 
 
 def test_open_flags_the_kernel_refuses_or_ignores() -> None:

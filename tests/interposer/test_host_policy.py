@@ -19,6 +19,7 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import helpers
 import pytest
 from test_handlers import FakeEnv, FakeGuest
 
@@ -342,7 +343,7 @@ def test_no_host_section_means_no_host_decision(ws: Path) -> None:
 
 # -- policy triples, run for real -------------------------------------------------------------
 
-SYNTHFS = [sys.executable, "-m", "synthfs.cli"]
+SYNTHFS = helpers.synthfs_command()
 ROOT = Path(__file__).resolve().parents[2]
 CI_TOML = ROOT / "policies" / "ci.toml"
 

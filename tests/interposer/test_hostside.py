@@ -161,3 +161,17 @@ def test_a_dead_server_the_agent_named_is_failed_closed(
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_every_runs_private_directories_are_refused(tmp_path: Path) -> None:
+    """Names starting ``synthfs-`` directly in a reserved directory (the temp dir, the
+    runtime dir) are every run's private directories: refused, below them too; other
+    names there, and ``synthfs-`` names deeper down, are not."""
+    base = tmp_path / "tmp"
+    base.mkdir()
+    host = HostSide(str(tmp_path / "private"), (), (os.getpid(),), (), [str(base)])
+    assert host.refused(f"{base}/synthfs-abc")
+    assert host.refused(f"{base}/synthfs-run-x/agent.sock")
+    assert not host.refused(f"{base}/mine/synthfs-abc")
+    assert not host.refused(f"{base}/other")
+    assert not HostSide(str(tmp_path / "p2"), (), (os.getpid(),)).refused(f"{base}/synthfs-abc")

@@ -21,6 +21,7 @@ import textwrap
 import threading
 from pathlib import Path
 
+import helpers
 import pytest
 from test_handlers import FakeEnv, FakeGuest
 
@@ -265,7 +266,7 @@ def test_the_filter_traps_the_network_only_when_the_policy_restricts_it() -> Non
 
 # -- ci.toml for real ---------------------------------------------------------------------------
 
-SYNTHFS = [sys.executable, "-m", "synthfs.cli"]
+SYNTHFS = helpers.synthfs_command()
 ROOT = Path(__file__).resolve().parents[2]
 
 GUEST = textwrap.dedent("""\

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import helpers
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
@@ -31,7 +32,7 @@ from synthfs.interposer.remote import Remote
 from synthfs.protocol.client import Client
 from synthfs.protocol.messages import Commit, Open, Opened
 
-SYNTHFS = [sys.executable, "-m", "synthfs.cli"]
+SYNTHFS = helpers.synthfs_command()
 GUEST = """
 import os, sys
 for line in sys.stdin:

@@ -478,6 +478,51 @@ def test_ctrl_z_suspends_synthfs_under_sh(handler: str, repo: Path, tmp_path: Pa
     assert b"synthfs run:" not in shown and b"Traceback" not in shown, shown  # no message of ours
 
 
+#: A guest that suspends its own job as vim's :suspend does (kill(0, SIGTSTP)), once.
+SUSPENDER = r"""
+import os, signal, time
+for i in range(6):
+    print("tick", i, flush=True)
+    if i == 2:
+        os.kill(0, signal.SIGTSTP)
+        print("back", flush=True)
+    time.sleep(0.1)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_guest_suspends_its_own_job_as_vim_does(repo: Path, tmp_path: Path) -> None:
+    """``kill(0, SIGTSTP)`` from the guest (its process group: the job, synthfs
+    included) under ``sh -c`` in an interactive bash: the job is reported stopped
+    and nothing runs until ``fg``, then it finishes, as natively. It was refused
+    (EPERM) and the guest ran on, since the group holds the supervisor; the
+    supervisor catches SIGTSTP, so it stops after its guests instead of freezing
+    before them."""
+    script = tmp_path / "suspender.py"
+    script.write_text(SUSPENDER)
+    argv = [sys.executable, str(script)]
+    env = {**os.environ, "PS1": "prompt$ ", "TERM": "dumb", "HISTFILE": "/dev/null"}
+    with launcher("data", repo) as under:
+        for how, command in (("native", argv), ("synthfs", under(argv))):
+            with terminal(("bash", "--norc", "--noprofile", "-i"), tmp_path, env) as t:
+                assert t.expect(b"prompt$ "), t.shown
+                line = shlex.join(["sh", "-c", f"{shlex.join(command)}; echo after=$?"])
+                t.type(line.encode() + b"\n")
+                typed = len(t.shown)
+                assert _expect_after(t, typed, b"Stopped", helpers.TIMEOUT), (how, t.shown)
+                assert _expect_after(t, typed, b"prompt$ "), (how, t.shown[typed:])
+                stopped = len(t.shown)
+                t.expect(b"\0never\0", 1.0)
+                assert b"tick" not in t.shown[stopped:], (how, t.shown[typed:])
+                assert b"back" not in t.shown[typed:], (how, t.shown[typed:])
+                t.type(b"fg\n")
+                assert _expect_after(t, stopped, b"after=0", helpers.TIMEOUT), (how, t.shown)
+                after = t.shown[stopped:]
+                assert b"back" in after and b"done" in after, (how, after)
+                assert b"synthfs run:" not in after and b"Traceback" not in after, after
+
+
 @pytest.mark.parametrize("stop", ["STOP", "TSTP"])
 def test_a_guest_continued_by_its_own_child_goes_on(repo: Path, tmp_path: Path,
                                                     stop: str) -> None:

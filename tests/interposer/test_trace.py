@@ -13,12 +13,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import helpers
 import pytest
 
 from synthfs.interposer import trace
 from synthfs.interposer.syscalls import BY_NAME, Role
 
-SYNTHFS = [sys.executable, "-m", "synthfs.cli"]
+SYNTHFS = helpers.synthfs_command()
 
 POLICY = textwrap.dedent("""\
     version = 1

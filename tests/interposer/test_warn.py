@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
+import helpers
 import pytest
 
 pytestmark = pytest.mark.ptrace
 
-SYNTHFS = [sys.executable, "-m", "synthfs.cli"]
+SYNTHFS = helpers.synthfs_command()
 
 POLICY = textwrap.dedent("""\
     version = 1

@@ -13,15 +13,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
+import helpers
 import pytest
 
 pytestmark = pytest.mark.ptrace
 
-SYNTHFS = [sys.executable, "-m", "synthfs.cli"]
+SYNTHFS = helpers.synthfs_command()
 ROOT = Path(__file__).resolve().parents[2]
 SH = os.path.realpath(shutil.which("sh") or "/bin/sh")
 CAT = os.path.realpath(shutil.which("cat") or "/bin/cat")
