@@ -244,7 +244,13 @@ def handle(
     changed: Changed = []
     if want_changes:
         for path in touched(msg):
-            changed.append((path, _version_or_gone(backend, path), False))
+            if isinstance(reply, m.StatReply) and path == getattr(msg, "path", None):
+                # the object the request made (a commit, mkdir, symlink, setattr): its
+                # version is in the reply; a stat again costs a store round trip on S3
+                version = reply.attrs.version
+            else:
+                version = _version_or_gone(backend, path)
+            changed.append((path, version, False))
             parent = posixpath.dirname(path.rstrip("/")) or "/"
             changed.append((parent, _version_or_gone(backend, parent), True))
     return reply, changed

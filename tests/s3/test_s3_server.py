@@ -70,3 +70,36 @@ def test_a_guest_on_a_bucket(seaweed, synthfs, tmp_path):
     assert keys == ["repo/in/from-s3.txt", "repo/out/.synthfs-dir\u2400", "repo/out/b",
                     "repo/out/l"]
     assert s3.get_object(Bucket=bucket, Key="repo/out/b")["Body"].read() == b"hello"
+
+
+def test_a_commit_publishes_the_version_it_made_without_a_stat(s3_env, tmp_path):
+    """The news of a change carries the new version: the one the commit (mkdir, symlink,
+    setattr) answered, not a stat of it again (a store round trip on S3, after every
+    create's PUT); the parent's version is still looked up."""
+    from synthfs.protocol import messages as m
+    from synthfs.server.backends.s3 import S3Backend
+    from synthfs.server.service import handle
+
+    be = S3Backend(s3_env.endpoint, s3_env.new_bucket("news"), "p", state=tmp_path / "st")
+    stats: list[str] = []
+    stat = be.stat
+
+    def counted(path):
+        stats.append(path)
+        return stat(path)
+
+    be.stat = counted
+    try:
+        handle(be, m.UploadChunk(upload_id="u1", offset=0, data=b"hello"))
+        reply, changed = handle(be, m.UploadCommit(upload_id="u1", path="/f", size=5),
+                                want_changes=True)
+        assert isinstance(reply, m.StatReply)
+        assert changed[0] == ("/f", reply.attrs.version, False) and reply.attrs.version
+        assert changed[1][0] == "/" and changed[1][2]
+        reply, changed = handle(be, m.Mkdir(path="/d"), want_changes=True)
+        assert changed[0] == ("/d", reply.attrs.version, False)
+        assert "/f" not in stats and "/d" not in stats, stats
+        reply, changed = handle(be, m.Remove(path="/f"), want_changes=True)
+        assert changed[0] == ("/f", "", False)  # gone: looked up
+    finally:
+        be.close()
