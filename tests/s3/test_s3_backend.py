@@ -332,6 +332,7 @@ def test_a_listing_resent_shares_the_heads_in_flight(be, s3_env, bucket, tmp_pat
         lister.close()
 
 
+@pytest.mark.slow  # a CPU-time bound: a measurement, kept out of CI where load decides it
 def test_a_cold_listing_costs_little_cpu(be, s3_env, bucket, tmp_path):
     """Each entry of a cold listing is one HEAD (its mode and times are metadata): with
     boto3 and its date parser that was ~1.9 ms of CPU an entry (5.6 s for 3,000, past the
