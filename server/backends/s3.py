@@ -355,7 +355,7 @@ class S3Backend(Backend):
     def _attrs_of(self, key: str, meta: dict[str, str], size: int, last_modified: Any,
                   etag: str) -> ObjectAttrs:
         kind_s = meta.get(_META + "kind", "")
-        if key.endswith(DIR_OBJECT):
+        if key == DIR_OBJECT or key.endswith("/" + DIR_OBJECT):  # not "x" + DIR_OBJECT
             key = key[: -len(DIR_OBJECT)]
             kind = Kind.DIR
         elif key.endswith("/"):  # a marker another client made
@@ -520,7 +520,7 @@ class S3Backend(Backend):
         heads: dict[str, str] = {}
         for page in self._pages(dkey):
             for obj in page.get("Contents", []):
-                key = urllib.parse.unquote(obj["Key"])
+                key = urllib.parse.unquote_plus(obj["Key"])
                 name = key[len(dkey):]
                 if not name or name in names or name == DIR_OBJECT:
                     continue  # the directory's own object (or marker)
@@ -533,7 +533,7 @@ class S3Backend(Backend):
                     names[name] = None
                     heads[name] = key
             for cp in page.get("CommonPrefixes", []):
-                sub = urllib.parse.unquote(cp["Prefix"])
+                sub = urllib.parse.unquote_plus(cp["Prefix"])
                 name = sub[len(dkey):].rstrip("/")
                 if name and name not in names:
                     names[name] = None
@@ -556,6 +556,9 @@ class S3Backend(Backend):
         return self._head(key)
 
     def _pages(self, prefix: str, delimiter: str = "/") -> Iterator[dict[str, Any]]:
+        """The pages of a listing. Its keys come form-encoded (``EncodingType=url``: a
+        key may hold characters XML cannot): a space is "+" and a "+" is "%2B", so every
+        key read from a page is decoded with ``unquote_plus``, as botocore does."""
         token = None
         while True:
             kw: dict[str, Any] = {"Prefix": prefix, "EncodingType": "url"}
@@ -571,7 +574,7 @@ class S3Backend(Backend):
 
     def _tree(self, dkey: str) -> Keys:
         """Every key under the prefix ``dkey`` (no delimiter)."""
-        return [urllib.parse.unquote(o["Key"]) for page in self._pages(dkey, "")
+        return [urllib.parse.unquote_plus(o["Key"]) for page in self._pages(dkey, "")
                 for o in page.get("Contents", [])]
 
     def read(
@@ -855,7 +858,7 @@ class S3Backend(Backend):
     def _empty(self, dkey: str) -> bool:
         r = self._call("list_objects_v2", Prefix=dkey, MaxKeys=3, EncodingType="url")
         own = (dkey, dkey + DIR_OBJECT)
-        return all(urllib.parse.unquote(o["Key"]) in own for o in r.get("Contents", []))
+        return all(urllib.parse.unquote_plus(o["Key"]) in own for o in r.get("Contents", []))
 
     def symlink(self, target: str, path: str) -> ObjectAttrs:
         parts = split_path(path)

@@ -214,3 +214,20 @@ def test_a_noreplace_rename_the_store_refuses_is_not_finished_at_restart(
         assert be.read_bytes("/a") == b"mine"
     finally:
         be.close()
+
+
+def test_a_name_that_only_ends_in_the_directory_object_name_is_a_file(be):
+    """Only a whole name equal to DIR_OBJECT is reserved: "x" + DIR_OBJECT is a file."""
+    be.mkdir("/d")
+    for path in ("/report" + DIR_OBJECT, "/d/x" + DIR_OBJECT):
+        a = be.write_bytes(path, b"precious data")
+        assert (a.kind, a.size) == (Kind.FILE, 13)
+        assert be.stat(path).kind is Kind.FILE
+        assert be.read_bytes(path) == b"precious data"
+    assert {e.name: e.attrs.kind for e in be.list("/")[1]} == {
+        "d": Kind.DIR, "report" + DIR_OBJECT: Kind.FILE}
+    assert [e.attrs.kind for e in be.list("/d")[1]] == [Kind.FILE]
+    be.remove("/report" + DIR_OBJECT)
+    be.remove("/d/x" + DIR_OBJECT)
+    be.remove("/d", directory=True)
+    assert be.list("/")[1] == []
