@@ -18,8 +18,9 @@ How a tree becomes objects (``P`` is the prefix, "" or ending in "/"):
   objects but no marker (written by another S3 client) is a directory too,
   with mode 0755 and time 0; the root is the prefix itself, mode 0755;
 * a symlink is an object whose body is the target and whose metadata says
-  ``kind=symlink``. An object without synthfs metadata is a file, mode 0644,
-  mtime its Last-Modified.
+  ``kind=symlink`` (readlink reads at most PATH_MAX + 1 bytes of it: a longer
+  body, which another client may put, is EIO). An object without synthfs
+  metadata is a file, mode 0644, mtime its Last-Modified.
 
 What an object store cannot do, and what the backend answers instead:
 
@@ -82,6 +83,7 @@ from typing import Any
 from synthfs.extents import received, spans_whole
 from synthfs.server.backends.base import (
     CHUNK_SIZE,
+    MAX_PATH,
     Backend,
     Entries,
     Entry,
@@ -647,20 +649,39 @@ class S3Backend(Backend):
             raise oserror(errno.EINVAL)
         key = key_of(self.prefix, parts)
         try:
-            r = self._call("get_object", Key=key)
+            # At most one byte more than a link can hold: another client's object tagged
+            # a symlink may be of any size, and this answers every guest's path walk.
+            r = self._call("get_object", Key=key, Range=f"bytes=0-{MAX_PATH}")
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 a = self._node(parts)
                 if a is None:
                     raise self._missing(parts) from None
                 raise oserror(errno.EINVAL) from None
+            if exc.errno == errno.ERANGE:  # an empty object (no byte 0)
+                a = self._head(key)
+                if a is None:
+                    raise self._missing(parts) from None
+                if a.kind is not Kind.SYMLINK:
+                    raise oserror(errno.EINVAL) from None
+                return ""
             raise
         try:
             if r.get("Metadata", {}).get(_META + "kind") != "symlink":
                 raise oserror(errno.EINVAL)
-            return os.fsdecode(r["Body"].read())
+            try:
+                body = r["Body"].read(MAX_PATH + 1)
+            except self._BotoCoreError as exc:
+                raise oserror(errno.EIO, f"the object store broke off ({type(exc).__name__})"
+                              ) from None
         finally:
             r["Body"].close()
+        if len(body) > MAX_PATH:
+            # No file system holds such a link (symlink(2) refuses it with ENAMETOOLONG),
+            # and ENAMETOOLONG from readlink would blame the caller's path: the object is
+            # what is wrong, as a corrupt inode is EIO.
+            raise oserror(errno.EIO, f"a symlink object over {MAX_PATH} bytes")
+        return os.fsdecode(body)
 
     # -- uploads (staged in the state directory) --------------------------------------------
 

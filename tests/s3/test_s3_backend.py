@@ -231,3 +231,28 @@ def test_a_name_that_only_ends_in_the_directory_object_name_is_a_file(be):
     be.remove("/d/x" + DIR_OBJECT)
     be.remove("/d", directory=True)
     assert be.list("/")[1] == []
+
+
+def test_a_huge_object_tagged_symlink_is_read_by_a_bounded_range(be, s3_env, bucket):
+    """Another client's object tagged a symlink may be of any size: readlink reads at
+    most PATH_MAX + 1 bytes of it, and one longer than any link is EIO."""
+    s3 = s3_env.client()
+    got: list[int] = []
+    be._s3.meta.events.register(
+        "after-call.s3.GetObject", lambda parsed, **kw: got.append(parsed.get("ContentLength", 0)))
+    s3.put_object(Bucket=bucket, Key=be.prefix + "huge", Body=b"a" * (4 << 20),
+                  Metadata={"synthfs-kind": "symlink"})
+    s3.put_object(Bucket=bucket, Key=be.prefix + "longest", Body=b"b" * 4096,
+                  Metadata={"synthfs-kind": "symlink"})
+    s3.put_object(Bucket=bucket, Key=be.prefix + "empty", Body=b"",
+                  Metadata={"synthfs-kind": "symlink"})
+    with pytest.raises(OSError) as ei:
+        be.readlink("/huge")
+    assert ei.value.errno == errno.EIO
+    assert got and max(got) <= 4097, got
+    assert be.readlink("/longest") == "b" * 4096
+    assert be.readlink("/empty") == ""
+    be.write_bytes("/f", b"")
+    with pytest.raises(OSError) as ei:
+        be.readlink("/f")  # an empty file is no symlink
+    assert ei.value.errno == errno.EINVAL
