@@ -20,7 +20,11 @@ How a tree becomes objects (``P`` is the prefix, "" or ending in "/"):
 * a symlink is an object whose body is the target and whose metadata says
   ``kind=symlink`` (readlink reads at most PATH_MAX + 1 bytes of it: a longer
   body, which another client may put, is EIO). An object without synthfs
-  metadata is a file, mode 0644, mtime its Last-Modified.
+  metadata is a file, mode 0644, mtime its Last-Modified. Metadata out of its
+  range or form (any client of the bucket can set it: a mode over 0o7777, a
+  time beyond 64 bits, a version that is no short token) is ignored for the
+  same defaults, for that object only; a file's setuid and setgid bits are
+  dropped, as a chmod through synthfs drops them.
 
 What an object store cannot do, and what the backend answers instead:
 
@@ -72,6 +76,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import stat as stat_mod
 import threading
@@ -163,6 +168,38 @@ def _blocks(size: int) -> int:
 
 def _ns(dt: Any) -> int:
     return int(dt.timestamp()) * 1_000_000_000 if dt is not None else 0
+
+
+_OCTAL = re.compile(r"[0-7]{1,5}")
+_DECIMAL = re.compile(r"-?[0-9]{1,19}")
+_TOKEN = re.compile(r"[0-9A-Za-z._:-]{1,128}")
+
+
+def _meta_mode(value: str | None, kind: Kind) -> int:
+    """The mode bits an object's metadata says, or the default for ``kind``: at most
+    0o7777 in octal digits; a file's setuid and setgid bits dropped, as a chmod
+    through this backend drops them (another client's metadata makes no setuid file).
+    A symlink's is 0o777, as on Linux."""
+    if kind is Kind.SYMLINK:
+        return 0o777
+    if value is None or not _OCTAL.fullmatch(value) or int(value, 8) > 0o7777:
+        return 0o755 if kind is Kind.DIR else 0o644
+    return int(value, 8) & ~(SETID if kind is Kind.FILE else 0)
+
+
+def _meta_time(value: str | None) -> int | None:
+    """Nanoseconds an object's metadata says (a signed 64-bit count, as the wire
+    carries), None when absent or out of range."""
+    if value is None or not _DECIMAL.fullmatch(value):
+        return None
+    ns = int(value)
+    return ns if -(2**63) <= ns < 2**63 else None
+
+
+def _version(meta: dict[str, str], etag: str) -> str:
+    """An object's version: its metadata's (a short token), else its ETag."""
+    v = meta.get(_META + "v", "")
+    return v if _TOKEN.fullmatch(v) else (etag.strip('"') or "0")
 
 
 Keys = list[str]  # an alias: ``list`` is also a Backend method name
@@ -356,6 +393,10 @@ class S3Backend(Backend):
 
     def _attrs_of(self, key: str, meta: dict[str, str], size: int, last_modified: Any,
                   etag: str) -> ObjectAttrs:
+        """The attributes an object's key, metadata and headers say. The metadata may
+        come from any client of the bucket: a value out of its kind's range or form is
+        ignored for what the object itself says (``_meta_*``), never an error, so that
+        one such object cannot make its directory unlistable."""
         kind_s = meta.get(_META + "kind", "")
         if key == DIR_OBJECT or key.endswith("/" + DIR_OBJECT):  # not "x" + DIR_OBJECT
             key = key[: -len(DIR_OBJECT)]
@@ -364,20 +405,14 @@ class S3Backend(Backend):
             kind = Kind.DIR
         else:
             kind = Kind.SYMLINK if kind_s == "symlink" else Kind.FILE
-        default = 0o755 if kind is Kind.DIR else (0o777 if kind is Kind.SYMLINK else 0o644)
-        try:
-            mode = int(meta.get(_META + "mode", ""), 8) & 0o7777
-        except ValueError:
-            mode = default
-        try:
-            mtime = int(meta[_META + "mtime"])
-        except (KeyError, ValueError):
+        mode = _meta_mode(meta.get(_META + "mode"), kind)
+        mtime = _meta_time(meta.get(_META + "mtime"))
+        if mtime is None:
             mtime = _ns(last_modified)
-        try:
-            ctime = int(meta[_META + "ctime"])
-        except (KeyError, ValueError):
+        ctime = _meta_time(meta.get(_META + "ctime"))
+        if ctime is None:
             ctime = mtime
-        version = meta.get(_META + "v") or etag.strip('"') or "0"
+        version = _version(meta, etag)
         if kind is Kind.DIR:
             size = 0
         return ObjectAttrs(kind, size, mode, mtime, ctime, _ino(key.rstrip("/")), 1, version,
@@ -632,7 +667,7 @@ class S3Backend(Backend):
             with contextlib.suppress(ValueError):
                 total = int(cr.rsplit("/", 1)[1])
         etag = r.get("ETag", "")
-        v = meta.get(_META + "v") or etag.strip('"') or "0"
+        v = _version(meta, etag)
         return data, total, v, meta, etag
 
     def _read_one(self, parts: tuple[str, ...], key: str, offset: int, length: int,

@@ -256,3 +256,42 @@ def test_a_huge_object_tagged_symlink_is_read_by_a_bounded_range(be, s3_env, buc
     with pytest.raises(OSError) as ei:
         be.readlink("/f")  # an empty file is no symlink
     assert ei.value.errno == errno.EINVAL
+
+
+def test_metadata_another_client_set_out_of_range_is_ignored(be, s3_env, bucket):
+    """Metadata any client of the bucket can set: a value out of its range or form falls
+    back to what the object itself says for that entry only, and the listing lists the
+    rest (a 40-digit mtime made the whole directory unlistable on the wire)."""
+    s3 = s3_env.client()
+    be.mkdir("/d")
+    be.write_bytes("/d/good", b"good\n")
+    bogus = {
+        "huge-mtime": {"synthfs-mtime": "9" * 40, "synthfs-ctime": "-" + "9" * 30},
+        "signed": {"synthfs-mtime": "+5", "synthfs-mode": "-1"},
+        "big-mode": {"synthfs-mode": "77777", "synthfs-v": "x" * 2000},
+        "odd-version": {"synthfs-v": "a b/c", "synthfs-kind": "socket"},
+        "suid": {"synthfs-mode": "6777"},
+        "sticky": {"synthfs-mode": "1755"},
+    }
+    for name, meta in bogus.items():
+        s3.put_object(Bucket=bucket, Key=f"{be.prefix}d/{name}", Body=b"x", Metadata=meta)
+    s3.put_object(Bucket=bucket, Key=f"{be.prefix}d/link", Body=b"good",
+                  Metadata={"synthfs-kind": "symlink", "synthfs-mode": "4755"})
+    _own, entries = be.list("/d")
+    got = {e.name: e.attrs for e in entries}
+    assert sorted(got) == sorted([*bogus, "good", "link"])
+    assert got["good"] == be.stat("/d/good")
+    now = be.stat("/d/good").mtime_ns
+    for name in bogus:
+        a = got[name]
+        assert a.kind is Kind.FILE and a.size == 1, name
+        assert abs(a.mtime_ns - now) < 60 * 10**9, name  # Last-Modified, not the metadata
+        assert a.ctime_ns == a.mtime_ns, name
+        assert len(a.version) <= 128 and a.version.isascii(), name
+        assert be.stat(f"/d/{name}") == a
+        data, _eof, version = be.read(f"/d/{name}", 0, 10, a.version)  # no ESTALE
+        assert (data, version) == (b"x", a.version)
+    assert [got[n].mode for n in ("huge-mtime", "signed", "big-mode", "suid", "sticky")] == [
+        0o644, 0o644, 0o644, 0o777, 0o1755]
+    assert got["link"].kind is Kind.SYMLINK and got["link"].mode == 0o777
+    assert be.readlink("/d/link") == "good"
