@@ -44,6 +44,13 @@ What an object store cannot do, and what the backend answers instead:
 Writes: chunks are staged in the state directory (``--state``) and a commit
 PUTs the whole object (multipart in parallel parts above
 :data:`MULTIPART_MIN`): the old or the new version is visible, never a mix.
+The bound on staging (:data:`STAGED_MAX`) counts bytes of data: the holes of a
+sparse upload are holes of the staged file, uploaded as the zeros they read as
+(an object has no holes), and a file of more than :data:`HOLES_MAX` bytes of
+holes (a commit, or a truncate that extends) is EFBIG for its writer alone.
+Parts go up on threads of their own (:data:`PART_WORKERS`), a few of one upload
+at a time, so that a huge upload neither starves the lookups of others nor holds
+its parts in memory; an abort stops a commit in progress at its next part.
 
 Rename is copy + delete, which S3 cannot make atomic. The backend journals
 the intent (``rename.journal`` in the state directory, fsynced) before the
@@ -85,7 +92,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from synthfs.extents import received, spans_whole
+from synthfs.extents import Extents, received, spans_whole
 from synthfs.server.backends.base import (
     CHUNK_SIZE,
     MAX_PATH,
@@ -116,8 +123,20 @@ TIMEOUT_S = 10.0
 NODE_TTL = 1.0
 #: The longest key S3 holds (bytes of UTF-8).
 MAX_KEY = 1024
-#: Bytes all uncommitted uploads may hold in the state directory together.
+#: Bytes of data all uncommitted uploads may hold in the state directory together.
 STAGED_MAX = 4 * 1024**3
+#: Bytes of holes one sparse file may have: an object has none, so its holes are uploaded
+#: as zeros (made on the fly: they cost no staging), and a file of more is EFBIG (a guest
+#: sends nothing for a hole; the server would upload it all: a 3 GiB ``truncate -s`` took
+#: ~80 s of the store's bandwidth).
+HOLES_MAX = 256 * 1024**2
+#: Threads that upload the parts of multipart uploads (all uploads together), and parts of
+#: one upload queued at once: a huge upload neither takes the threads the lookups use nor
+#: makes another upload's parts wait behind all of its own.
+PART_WORKERS = 8
+PART_WINDOW = 4
+#: The most parts of one multipart upload (S3's limit).
+MAX_PARTS = 10_000
 UPLOAD_IDLE_S = 600.0
 _COMMITTED_MEMORY = 10_000
 _ATTR_MEMORY = 100_000
@@ -223,7 +242,7 @@ def _botocore_session() -> Any:
 
 
 class _Upload:
-    __slots__ = ("done", "last_used", "lock", "path", "ranges", "staged")
+    __slots__ = ("aborted", "done", "last_used", "lock", "path", "ranges", "staged")
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -231,6 +250,8 @@ class _Upload:
         self.last_used = time.monotonic()
         self.lock = threading.Lock()
         self.done = False
+        #: aborted while a commit runs: the commit stops at its next part
+        self.aborted = False
         self.staged = 0
 
     def add(self, start: int, end: int) -> None:
@@ -262,6 +283,7 @@ class S3Backend(Backend):
         workers: int = 64,
         timeout_s: float = TIMEOUT_S,
         staged_max: int = STAGED_MAX,
+        holes_max: int = HOLES_MAX,
     ) -> None:
         import boto3
         from botocore.config import Config
@@ -297,6 +319,8 @@ class S3Backend(Backend):
         self._ClientError = ClientError
         self._BotoCoreError = BotoCoreError
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="synthfs-s3")
+        self._parts = concurrent.futures.ThreadPoolExecutor(PART_WORKERS,
+                                                            thread_name_prefix="synthfs-s3-part")
         self._lock = threading.Lock()
         self._attrs: collections.OrderedDict[str, tuple[str, ObjectAttrs]] = (
             collections.OrderedDict())
@@ -306,11 +330,13 @@ class S3Backend(Backend):
             collections.OrderedDict())
         self._staged = 0
         self._staged_max = staged_max
+        self._holes_max = holes_max
         self._journal_fd = -1
         try:
             self._check_bucket()  # before making anything: a wrong name leaves no trace
         except BaseException:
             self._pool.shutdown(wait=False)
+            self._parts.shutdown(wait=False)
             raise
         self.state = os.path.realpath(state)
         old = os.umask(0o077)
@@ -329,6 +355,7 @@ class S3Backend(Backend):
             self._journal_fd = self._recover()
         except BaseException:
             self._pool.shutdown(wait=False)
+            self._parts.shutdown(wait=False)
             raise
         log.info("S3 backend on %s bucket %s prefix %r (repo %s)", self.endpoint or "AWS",
                  bucket, self.prefix, self.repo_id)
@@ -338,6 +365,7 @@ class S3Backend(Backend):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._parts.shutdown(wait=True)
         if self._journal_fd >= 0:
             os.close(self._journal_fd)
             self._journal_fd = -1
@@ -744,7 +772,10 @@ class S3Backend(Backend):
         with up.lock:
             if up.done:
                 return
-            grow = max(0, offset + len(data) - up.staged)
+            # Counted: the bytes of data staged (a gap between chunks is a hole of the
+            # staged file, which costs nothing), not the highest offset.
+            ranges = received(up.ranges, offset, offset + len(data))
+            grow = sum(b - a for a, b in ranges) - up.staged
             with self._lock:
                 if self._staged + grow > self._staged_max:
                     raise oserror(errno.ENOSPC, "staged uploads are at their bound")
@@ -755,7 +786,7 @@ class S3Backend(Backend):
                 os.pwrite(fd, data, offset)
             finally:
                 os.close(fd)
-            up.add(offset, offset + len(data))
+            up.ranges = ranges
             up.last_used = time.monotonic()
 
     def upload_abort(self, upload_id: str) -> None:
@@ -764,14 +795,34 @@ class S3Backend(Backend):
             if up is not None:
                 self._staged -= up.staged
         if up is not None:
-            with up.lock:
-                up.done = True
-                with contextlib.suppress(OSError):
-                    os.unlink(up.path)
+            up.aborted = True  # a commit in progress stops at its next part and unlinks
+            if up.lock.acquire(blocking=False):  # never waits for that commit
+                try:
+                    up.done = True
+                    with contextlib.suppress(OSError):
+                        os.unlink(up.path)
+                finally:
+                    up.lock.release()
 
     def upload_commit(
         self, upload_id: str, path: str, size: int, mode: int = 0o644, exclusive: bool = False
     ) -> ObjectAttrs:
+        return self._commit(upload_id, path, size, None, mode, exclusive)
+
+    def upload_commit_sparse(
+        self, upload_id: str, path: str, size: int, extents: Extents, mode: int = 0o644,
+        exclusive: bool = False,
+    ) -> ObjectAttrs:
+        """The object is dense, but its holes are neither staged nor counted: the staged
+        file is truncated to size (its holes read as zeros) and uploaded as it is."""
+        holes = size - sum(n for _, n in extents)
+        if holes > self._holes_max:
+            raise oserror(errno.EFBIG, f"an S3 object has no holes: this file's {holes} bytes "
+                          f"of holes would be uploaded as zeros (at most {self._holes_max})")
+        return self._commit(upload_id, path, size, extents, mode, exclusive)
+
+    def _commit(self, upload_id: str, path: str, size: int, extents: Extents | None,
+                mode: int, exclusive: bool) -> ObjectAttrs:
         parts = split_path(path)
         with self._lock:
             done = self._committed.get(upload_id)
@@ -784,13 +835,29 @@ class S3Backend(Backend):
             raise oserror(errno.EEXIST if exclusive else errno.EISDIR)
         key = key_of(self.prefix, parts)
         if up is None:
-            if size != 0:
+            if size != 0 and (extents is None or extents):
                 raise oserror(errno.EIO, "unknown upload")
             up = _Upload(self._staged_path(upload_id))
         with up.lock:
             if up.done:
+                with self._lock:
+                    done = self._committed.get(upload_id)
+                if done is not None and done[0] == path:
+                    return done[1]  # a resend that waited for the commit it repeats
                 raise oserror(errno.EIO, "upload aborted")
-            if not up.covers(size) or (size and os.stat(up.path).st_size != size):
+            if extents is not None:
+                want: list[tuple[int, int]] = []
+                for off, n in extents:
+                    want = received(want, off, off + n)
+                if up.ranges != want or (up.ranges and up.ranges[-1][1] > size):
+                    raise oserror(errno.EIO, "the staged upload is not the committed extents")
+                if size:
+                    fd = os.open(up.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                    try:
+                        os.ftruncate(fd, size)  # the holes: nothing staged
+                    finally:
+                        os.close(fd)
+            elif not up.covers(size) or (size and os.stat(up.path).st_size != size):
                 raise oserror(errno.EIO, "the staged upload is not the committed size")
             cur = self._node(parts, fresh=True)
             if cur is None:
@@ -803,12 +870,22 @@ class S3Backend(Backend):
                 raise oserror(errno.ELOOP, "the server does not write through symlinks")
             keep = cur.mode if cur is not None else (mode & 0o7777 & ~SETID)
             now = time.time_ns()  # an exclusive create's mtime carries its stamp
-            a = self._put_file(key, up.path if size else None, size, keep,
-                               stamped_now(upload_id, now) if exclusive else now, exclusive)
+            try:
+                a = self._put_file(key, up.path if size else None, size, keep,
+                                   stamped_now(upload_id, now) if exclusive else now,
+                                   exclusive, cancel=up)
+            finally:
+                with self._lock:
+                    ours = self._uploads.get(upload_id) is not up
+                if ours:  # aborted meanwhile (upload_abort left the file to us), or unstaged
+                    up.done = True
+                    with contextlib.suppress(OSError):
+                        os.unlink(up.path)
             up.done = True
         with self._lock:
-            self._uploads.pop(upload_id, None)
-            self._staged -= up.staged
+            if self._uploads.get(upload_id) is up:  # else an abort took it (and its count)
+                del self._uploads[upload_id]
+                self._staged -= up.staged
             self._committed[upload_id] = (path, a)
             while len(self._committed) > _COMMITTED_MEMORY:
                 self._committed.popitem(last=False)
@@ -825,14 +902,14 @@ class S3Backend(Backend):
 
     def _put_file(self, key: str, src: str | None, size: int, mode: int, mtime_ns: int,
                   exclusive: bool, kind: Kind = Kind.FILE, body: bytes = b"",
-                  ctime_ns: int | None = None) -> ObjectAttrs:
+                  ctime_ns: int | None = None, cancel: _Upload | None = None) -> ObjectAttrs:
         """PUT ``src`` (a staged file, or ``body``) as ``key``; its attributes."""
         version = secrets.token_hex(8)
         meta = self._meta(kind, mode, mtime_ns, mtime_ns if ctime_ns is None else ctime_ns,
                           version)
         cond = {"IfNoneMatch": "*"} if exclusive else {}
         if src is not None and size > MULTIPART_MIN:
-            r = self._multipart(key, src, size, meta, cond)
+            r = self._multipart(key, src, size, meta, cond, cancel)
         else:
             data = body
             if src is not None:
@@ -844,27 +921,40 @@ class S3Backend(Backend):
         return a
 
     def _multipart(self, key: str, src: str, size: int, meta: dict[str, str],
-                   cond: dict[str, str]) -> dict[str, Any]:
+                   cond: dict[str, str], cancel: _Upload | None = None) -> dict[str, Any]:
+        """Parts on :attr:`_parts`, at most :data:`PART_WINDOW` of this upload queued at
+        once (memory: a part per part thread); stops when ``cancel`` is aborted."""
+        part_size = max(PART_SIZE, -(-size // MAX_PARTS))
         mp = self._call("create_multipart_upload", Key=key, Metadata=meta)
         uid = mp["UploadId"]
 
         def part(n: int, off: int) -> dict[str, Any]:
+            if cancel is not None and cancel.aborted:
+                raise oserror(errno.ECANCELED, "the upload was aborted")
             with open(src, "rb") as f:
-                f.seek(off)
-                data = f.read(PART_SIZE)
+                data = os.pread(f.fileno(), part_size, off)
             r = self._call("upload_part", Key=key, UploadId=uid, PartNumber=n, Body=data)
             return {"PartNumber": n, "ETag": r["ETag"]}
 
+        queued: collections.deque[concurrent.futures.Future[dict[str, Any]]] = (
+            collections.deque())
         try:
-            futures = [self._pool.submit(part, i + 1, off)
-                       for i, off in enumerate(range(0, size, PART_SIZE))]
-            done = [f.result() for f in futures]
+            done = []
+            for i, off in enumerate(range(0, size, part_size)):
+                if len(queued) >= PART_WINDOW:
+                    done.append(queued.popleft().result())
+                queued.append(self._parts.submit(part, i + 1, off))
+            while queued:
+                done.append(queued.popleft().result())
             # the store may not take If-None-Match on a completion: look first
             if cond and self._head(key) is not None:
                 raise oserror(errno.EEXIST)
             return self._call("complete_multipart_upload", Key=key, UploadId=uid,
                               MultipartUpload={"Parts": done}, **cond)
         except BaseException:
+            for f in queued:
+                f.cancel()
+            concurrent.futures.wait(queued)
             with contextlib.suppress(OSError):
                 self._call("abort_multipart_upload", Key=key, UploadId=uid)
             raise
@@ -982,10 +1072,27 @@ class S3Backend(Backend):
                   mtime_ns: int) -> ObjectAttrs:
         """A new version of the first ``size`` bytes (zero-extended), staged then PUT."""
         key = key_of(self.prefix, parts)
+        if size - a.size > self._holes_max:
+            raise oserror(errno.EFBIG, f"an S3 object has no holes: extending it by "
+                          f"{size - a.size} bytes would upload them as zeros "
+                          f"(at most {self._holes_max})")
+        want = min(size, a.size)  # staged (the extension is a hole of the staged file)
+        with self._lock:
+            if self._staged + want > self._staged_max:
+                raise oserror(errno.ENOSPC, "staged uploads are at their bound")
+            self._staged += want
+        try:
+            return self._truncate_staged(parts, key, a, size, want, mode, mtime_ns)
+        finally:
+            with self._lock:
+                self._staged -= want
+
+    def _truncate_staged(self, parts: tuple[str, ...], key: str, a: ObjectAttrs, size: int,
+                         want: int, mode: int, mtime_ns: int) -> ObjectAttrs:
         tmp = self._staged_path("truncate-" + secrets.token_hex(8))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            done, want, version = 0, min(size, a.size), a.version
+            done, version = 0, a.version
             while done < want:
                 data, _eof, version = self._read_one(parts, key, done,
                                                      min(CHUNK_SIZE, want - done), version)

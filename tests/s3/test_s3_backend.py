@@ -295,3 +295,117 @@ def test_metadata_another_client_set_out_of_range_is_ignored(be, s3_env, bucket)
         0o644, 0o644, 0o644, 0o777, 0o1755]
     assert got["link"].kind is Kind.SYMLINK and got["link"].mode == 0o777
     assert be.readlink("/d/link") == "good"
+
+
+def _sparse(backend, path, size, writes):
+    uid = f"sparse-{next(_prefixes)}"
+    for off, data in writes:
+        backend.upload_chunk(uid, off, data)
+    try:
+        return backend.upload_commit_sparse(uid, path, size, [(o, len(d)) for o, d in writes])
+    except OSError:
+        backend.upload_abort(uid)  # as the agent does
+        raise
+
+
+def test_the_holes_of_a_sparse_upload_cost_no_staging(s3_env, bucket, tmp_path):
+    """An object has no holes, but the server stages none: a sparse upload far larger
+    than the staging bound, with little data, commits, and reads back with zeros."""
+    be = S3Backend(s3_env.endpoint, bucket, f"x{next(_prefixes)}", state=tmp_path / "st",
+                   staged_max=4 * 1024 * 1024)
+    try:
+        size = MULTIPART_MIN + 9 * 1024 * 1024  # multipart: parts from the staged holes
+        a = _sparse(be, "/s", size, [(5, b"head"), (size - 3, b"end")])
+        assert a.size == size
+        assert be.read("/s", 0, 9)[0] == b"\0" * 5 + b"head"
+        assert be.read("/s", size - 4, 10)[0] == b"\0end"
+        assert be.read("/s", 20 * 1024 * 1024, 8)[0] == bytes(8)
+        assert be._staged == 0
+        # the bound counts data: another upload still fits
+        assert be.write_bytes("/f", b"x" * (3 * 1024 * 1024)).size == 3 * 1024 * 1024
+    finally:
+        be.close()
+
+
+def test_holes_beyond_the_bound_are_efbig_for_that_upload_only(s3_env, bucket, tmp_path):
+    """A sparse file whose holes the server would upload as more than ``holes_max`` bytes
+    of zeros is EFBIG (a sparse commit, or a truncate that extends), and nothing else
+    changes: nothing installed, nothing left counted, other uploads go on."""
+    mib = 1024 * 1024
+    be = S3Backend(s3_env.endpoint, bucket, f"x{next(_prefixes)}", state=tmp_path / "st",
+                   holes_max=8 * mib)
+    try:
+        with pytest.raises(OSError) as ei:
+            _sparse(be, "/big", 3 * 1024 * mib, [(1 * 1024 * mib, b"data")])
+        assert ei.value.errno == errno.EFBIG
+        with pytest.raises(OSError) as ei:
+            be.stat("/big")
+        assert ei.value.errno == errno.ENOENT
+        be.write_bytes("/f", b"small")
+        with pytest.raises(OSError) as ei:
+            be.setattr("/f", size=3 * 1024 * mib)
+        assert ei.value.errno == errno.EFBIG
+        assert be.read_bytes("/f") == b"small"
+        assert be.setattr("/f", size=8 * mib).size == 8 * mib  # within the bound
+        assert _sparse(be, "/ok", 8 * mib + 4, [(0, b"data")]).size == 8 * mib + 4
+        assert be._staged == 0
+    finally:
+        be.close()
+
+
+def test_a_big_upload_keeps_a_few_parts_in_flight_and_an_abort_stops_it(be):
+    """A multipart commit queues at most PART_WINDOW parts at once (one huge upload does
+    not take every thread, nor hold every part in memory), and an abort while it runs
+    neither waits for it nor lets it finish: nothing is installed."""
+    import threading
+    import time
+
+    from synthfs.server.backends import s3
+
+    window = getattr(s3, "PART_WINDOW", 4)
+    lock = threading.Lock()
+    state = {"now": 0, "most": 0, "parts": 0}
+    aborts: list[threading.Thread] = []
+
+    def before(**kw):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+
+    def after(**kw):
+        with lock:
+            state["now"] -= 1
+            state["parts"] += 1
+            first = state["parts"] == 1
+        if first and aborting:
+            t = threading.Thread(target=be.upload_abort, args=("big2",))
+            t.start()
+            aborts.append(t)
+
+    events = be._s3.meta.events
+    events.register("before-call.s3.UploadPart", before)
+    events.register("after-call.s3.UploadPart", after)
+    size = MULTIPART_MIN + 40 * 1024 * 1024  # 7 parts
+    data = os.urandom(size)
+    aborting = False
+    for off in range(0, size, 4 * 1024 * 1024):
+        be.upload_chunk("big1", off, data[off:off + 4 * 1024 * 1024])
+    assert be.upload_commit("big1", "/big1", size).size == size
+    assert state["parts"] >= 7 and state["most"] <= window, state
+
+    aborting = True
+    state["parts"] = 0
+    for off in range(0, size, 4 * 1024 * 1024):
+        be.upload_chunk("big2", off, data[off:off + 4 * 1024 * 1024])
+    t0 = time.monotonic()
+    with pytest.raises(OSError):
+        be.upload_commit("big2", "/big2", size)
+    took = time.monotonic() - t0
+    assert aborts
+    aborts[0].join(5)
+    assert not aborts[0].is_alive()
+    with pytest.raises(OSError) as ei:
+        be.stat("/big2")
+    assert ei.value.errno == errno.ENOENT
+    assert state["parts"] < 7, (state, took)  # stopped, not uploaded to the end
+    assert be._staged == 0
