@@ -126,10 +126,10 @@ MAX_KEY = 1024
 #: Bytes of data all uncommitted uploads may hold in the state directory together.
 STAGED_MAX = 4 * 1024**3
 #: Bytes of holes one sparse file may have: an object has none, so its holes are uploaded
-#: as zeros (made on the fly: they cost no staging), and a file of more is EFBIG (a guest
-#: sends nothing for a hole; the server would upload it all: a 3 GiB ``truncate -s`` took
-#: ~80 s of the store's bandwidth).
-HOLES_MAX = 256 * 1024**2
+#: as zeros (read from the holes of the staged file: they cost no staging), and a file of
+#: more is EFBIG (a guest sends nothing for a hole, the server would upload it all: a 3 GiB
+#: ``truncate -s`` is ~90 s of one stream to the store). This much fits the agent's 5 s.
+HOLES_MAX = 128 * 1024**2
 #: Threads that upload the parts of multipart uploads (all uploads together), and parts of
 #: one upload queued at once: a huge upload neither takes the threads the lookups use nor
 #: makes another upload's parts wait behind all of its own.
