@@ -837,7 +837,8 @@ class S3Backend(Backend):
         if up is None:
             if size != 0 and (extents is None or extents):
                 raise oserror(errno.EIO, "unknown upload")
-            up = _Upload(self._staged_path(upload_id))
+            with self._lock:  # no chunk (empty, or holes only): a resend must find it
+                up = self._uploads.setdefault(upload_id, _Upload(self._staged_path(upload_id)))
         with up.lock:
             if up.done:
                 with self._lock:
@@ -877,7 +878,7 @@ class S3Backend(Backend):
             finally:
                 with self._lock:
                     ours = self._uploads.get(upload_id) is not up
-                if ours:  # aborted meanwhile (upload_abort left the file to us), or unstaged
+                if ours:  # aborted meanwhile: upload_abort left the file to us
                     up.done = True
                     with contextlib.suppress(OSError):
                         os.unlink(up.path)

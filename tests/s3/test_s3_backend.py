@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import itertools
 import os
@@ -409,3 +410,16 @@ def test_a_big_upload_keeps_a_few_parts_in_flight_and_an_abort_stops_it(be):
     assert ei.value.errno == errno.ENOENT
     assert state["parts"] < 7, (state, took)  # stopped, not uploaded to the end
     assert be._staged == 0
+
+
+def test_a_commit_of_holes_only_resent_while_it_runs_answers_the_same(be):
+    """The agent resends a commit that takes longer than its attempt (to the same
+    server): a sparse file of holes only (no chunk staged) committed twice at once
+    gives the same attributes twice, not an error from the other's clean-up."""
+    size = MULTIPART_MIN + 16 * 1024 * 1024
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(be.upload_commit_sparse, "holes", "/h", size, []) for _ in range(2)]
+        got = [r.result() for r in runs]
+    assert got[0] == got[1] and got[0].size == size
+    assert be.read("/h", size - 5, 5)[0] == bytes(5)
+    assert be._staged == 0 and not be._uploads
