@@ -254,9 +254,6 @@ class _Upload:
         self.aborted = False
         self.staged = 0
 
-    def add(self, start: int, end: int) -> None:
-        self.ranges = received(self.ranges, start, end)
-
     def covers(self, size: int) -> bool:
         return spans_whole(self.ranges, size)
 
