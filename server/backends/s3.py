@@ -18,8 +18,13 @@ How a tree becomes objects (``P`` is the prefix, "" or ending in "/"):
   objects but no marker (written by another S3 client) is a directory too,
   with mode 0755 and time 0; the root is the prefix itself, mode 0755;
 * a symlink is an object whose body is the target and whose metadata says
-  ``kind=symlink``. An object without synthfs metadata is a file, mode 0644,
-  mtime its Last-Modified.
+  ``kind=symlink`` (readlink reads at most PATH_MAX + 1 bytes of it: a longer
+  body, which another client may put, is EIO). An object without synthfs
+  metadata is a file, mode 0644, mtime its Last-Modified. Metadata out of its
+  range or form (any client of the bucket can set it: a mode over 0o7777, a
+  time beyond 64 bits, a version that is no short token) is ignored for the
+  same defaults, for that object only; a file's setuid and setgid bits are
+  dropped, as a chmod through synthfs drops them.
 
 What an object store cannot do, and what the backend answers instead:
 
@@ -39,6 +44,13 @@ What an object store cannot do, and what the backend answers instead:
 Writes: chunks are staged in the state directory (``--state``) and a commit
 PUTs the whole object (multipart in parallel parts above
 :data:`MULTIPART_MIN`): the old or the new version is visible, never a mix.
+The bound on staging (:data:`STAGED_MAX`) counts bytes of data: the holes of a
+sparse upload are holes of the staged file, uploaded as the zeros they read as
+(an object has no holes), and a file of more than :data:`HOLES_MAX` bytes of
+holes (a commit, or a truncate that extends) is EFBIG for its writer alone.
+Parts go up on threads of their own (:data:`PART_WORKERS`), a few of one upload
+at a time, so that a huge upload neither starves the lookups of others nor holds
+its parts in memory; an abort stops a commit in progress at its next part.
 
 Rename is copy + delete, which S3 cannot make atomic. The backend journals
 the intent (``rename.journal`` in the state directory, fsynced) before the
@@ -83,6 +95,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import stat as stat_mod
 import threading
@@ -91,9 +104,10 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from synthfs.extents import received, spans_whole
+from synthfs.extents import Extents, received, spans_whole
 from synthfs.server.backends.base import (
     CHUNK_SIZE,
+    MAX_PATH,
     Backend,
     Entries,
     Entry,
@@ -122,8 +136,20 @@ TIMEOUT_S = 10.0
 NODE_TTL = 1.0
 #: The longest key S3 holds (bytes of UTF-8).
 MAX_KEY = 1024
-#: Bytes all uncommitted uploads may hold in the state directory together.
+#: Bytes of data all uncommitted uploads may hold in the state directory together.
 STAGED_MAX = 4 * 1024**3
+#: Bytes of holes one sparse file may have: an object has none, so its holes are uploaded
+#: as zeros (read from the holes of the staged file: they cost no staging), and a file of
+#: more is EFBIG (a guest sends nothing for a hole, the server would upload it all: a 3 GiB
+#: ``truncate -s`` is ~90 s of one stream to the store). This much fits the agent's 5 s.
+HOLES_MAX = 128 * 1024**2
+#: Threads that upload the parts of multipart uploads (all uploads together), and parts of
+#: one upload queued at once: a huge upload neither takes the threads the lookups use nor
+#: makes another upload's parts wait behind all of its own.
+PART_WORKERS = 8
+PART_WINDOW = 4
+#: The most parts of one multipart upload (S3's limit).
+MAX_PARTS = 10_000
 UPLOAD_IDLE_S = 600.0
 _COMMITTED_MEMORY = 10_000
 _ATTR_MEMORY = 100_000
@@ -200,6 +226,38 @@ def _listed(key: str) -> str:
     return urllib.parse.unquote_plus(key)
 
 
+_OCTAL = re.compile(r"[0-7]{1,5}")
+_DECIMAL = re.compile(r"-?[0-9]{1,19}")
+_TOKEN = re.compile(r"[0-9A-Za-z._:-]{1,128}")
+
+
+def _meta_mode(value: str | None, kind: Kind) -> int:
+    """The mode bits an object's metadata says, or the default for ``kind``: at most
+    0o7777 in octal digits; a file's setuid and setgid bits dropped, as a chmod
+    through this backend drops them (another client's metadata makes no setuid file).
+    A symlink's is 0o777, as on Linux."""
+    if kind is Kind.SYMLINK:
+        return 0o777
+    if value is None or not _OCTAL.fullmatch(value) or int(value, 8) > 0o7777:
+        return 0o755 if kind is Kind.DIR else 0o644
+    return int(value, 8) & ~(SETID if kind is Kind.FILE else 0)
+
+
+def _meta_time(value: str | None) -> int | None:
+    """Nanoseconds an object's metadata says (a signed 64-bit count, as the wire
+    carries), None when absent or out of range."""
+    if value is None or not _DECIMAL.fullmatch(value):
+        return None
+    ns = int(value)
+    return ns if -(2**63) <= ns < 2**63 else None
+
+
+def _version(meta: dict[str, str], etag: str) -> str:
+    """An object's version: its metadata's (a short token), else its ETag."""
+    v = meta.get(_META + "v", "")
+    return v if _TOKEN.fullmatch(v) else (etag.strip('"') or "0")
+
+
 Keys = list[str]  # an alias: ``list`` is also a Backend method name
 
 _loader: Any = None
@@ -221,7 +279,7 @@ def _botocore_session() -> Any:
 
 
 class _Upload:
-    __slots__ = ("done", "last_used", "lock", "path", "ranges", "staged")
+    __slots__ = ("aborted", "done", "last_used", "lock", "path", "ranges", "staged")
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -229,10 +287,9 @@ class _Upload:
         self.last_used = time.monotonic()
         self.lock = threading.Lock()
         self.done = False
+        #: aborted while a commit runs: the commit stops at its next part
+        self.aborted = False
         self.staged = 0
-
-    def add(self, start: int, end: int) -> None:
-        self.ranges = received(self.ranges, start, end)
 
     def covers(self, size: int) -> bool:
         return spans_whole(self.ranges, size)
@@ -346,6 +403,7 @@ class S3Backend(Backend):
         workers: int = 64,
         timeout_s: float = TIMEOUT_S,
         staged_max: int = STAGED_MAX,
+        holes_max: int = HOLES_MAX,
     ) -> None:
         import boto3
         from botocore.config import Config
@@ -392,6 +450,8 @@ class S3Backend(Backend):
         self._ClientError = ClientError
         self._BotoCoreError = BotoCoreError
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="synthfs-s3")
+        self._parts = concurrent.futures.ThreadPoolExecutor(PART_WORKERS,
+                                                            thread_name_prefix="synthfs-s3-part")
         self._lock = threading.Lock()
         self._attrs: collections.OrderedDict[str, tuple[str, ObjectAttrs]] = (
             collections.OrderedDict())
@@ -404,11 +464,13 @@ class S3Backend(Backend):
             collections.OrderedDict())
         self._staged = 0
         self._staged_max = staged_max
+        self._holes_max = holes_max
         self._journal_fd = -1
         try:
             self._check_bucket()  # before making anything: a wrong name leaves no trace
         except BaseException:
             self._pool.shutdown(wait=False)
+            self._parts.shutdown(wait=False)
             raise
         self.state = os.path.realpath(state)
         old = os.umask(0o077)
@@ -427,6 +489,7 @@ class S3Backend(Backend):
             self._journal_fd = self._recover()
         except BaseException:
             self._pool.shutdown(wait=False)
+            self._parts.shutdown(wait=False)
             raise
         log.info("S3 backend on %s bucket %s prefix %r (repo %s)", self.endpoint or "AWS",
                  bucket, self.prefix, self.repo_id)
@@ -436,6 +499,7 @@ class S3Backend(Backend):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._parts.shutdown(wait=True)
         if self._journal_fd >= 0:
             os.close(self._journal_fd)
             self._journal_fd = -1
@@ -491,28 +555,26 @@ class S3Backend(Backend):
 
     def _attrs_of(self, key: str, meta: dict[str, str], size: int, last_modified: Any,
                   etag: str) -> ObjectAttrs:
+        """The attributes an object's key, metadata and headers say. The metadata may
+        come from any client of the bucket: a value out of its kind's range or form is
+        ignored for what the object itself says (``_meta_*``), never an error, so that
+        one such object cannot make its directory unlistable."""
         kind_s = meta.get(_META + "kind", "")
-        if key.endswith(DIR_OBJECT):
+        if key == DIR_OBJECT or key.endswith("/" + DIR_OBJECT):  # not "x" + DIR_OBJECT
             key = key[: -len(DIR_OBJECT)]
             kind = Kind.DIR
         elif key.endswith("/"):  # a marker another client made
             kind = Kind.DIR
         else:
             kind = Kind.SYMLINK if kind_s == "symlink" else Kind.FILE
-        default = 0o755 if kind is Kind.DIR else (0o777 if kind is Kind.SYMLINK else 0o644)
-        try:
-            mode = int(meta.get(_META + "mode", ""), 8) & 0o7777
-        except ValueError:
-            mode = default
-        try:
-            mtime = int(meta[_META + "mtime"])
-        except (KeyError, ValueError):
+        mode = _meta_mode(meta.get(_META + "mode"), kind)
+        mtime = _meta_time(meta.get(_META + "mtime"))
+        if mtime is None:
             mtime = _ns(last_modified)
-        try:
-            ctime = int(meta[_META + "ctime"])
-        except (KeyError, ValueError):
+        ctime = _meta_time(meta.get(_META + "ctime"))
+        if ctime is None:
             ctime = mtime
-        version = meta.get(_META + "v") or etag.strip('"') or "0"
+        version = _version(meta, etag)
         if kind is Kind.DIR:
             size = 0
         return ObjectAttrs(kind, size, mode, mtime, ctime, _ino(key.rstrip("/")), 1, version,
@@ -725,6 +787,9 @@ class S3Backend(Backend):
         return self._head(key)
 
     def _pages(self, prefix: str, delimiter: str = "/") -> Iterator[dict[str, Any]]:
+        """The pages of a listing. Its keys come form-encoded (``EncodingType=url``: a
+        key may hold characters XML cannot): a space is "+" and a "+" is "%2B", so every
+        key read from a page is decoded with ``unquote_plus``, as botocore does."""
         token = None
         while True:
             kw: dict[str, Any] = {"Prefix": prefix, "EncodingType": "url"}
@@ -796,7 +861,7 @@ class S3Backend(Backend):
             with contextlib.suppress(ValueError):
                 total = int(cr.rsplit("/", 1)[1])
         etag = r.get("ETag", "")
-        v = meta.get(_META + "v") or etag.strip('"') or "0"
+        v = _version(meta, etag)
         return data, total, v, meta, etag
 
     def read_into(
@@ -853,20 +918,39 @@ class S3Backend(Backend):
             raise oserror(errno.EINVAL)
         key = key_of(self.prefix, parts)
         try:
-            r = self._call("get_object", Key=key)
+            # At most one byte more than a link can hold: another client's object tagged
+            # a symlink may be of any size, and this answers every guest's path walk.
+            r = self._call("get_object", Key=key, Range=f"bytes=0-{MAX_PATH}")
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 a = self._node(parts)
                 if a is None:
                     raise self._missing(parts) from None
                 raise oserror(errno.EINVAL) from None
+            if exc.errno == errno.ERANGE:  # an empty object (no byte 0)
+                a = self._head(key)
+                if a is None:
+                    raise self._missing(parts) from None
+                if a.kind is not Kind.SYMLINK:
+                    raise oserror(errno.EINVAL) from None
+                return ""
             raise
         try:
             if r.get("Metadata", {}).get(_META + "kind") != "symlink":
                 raise oserror(errno.EINVAL)
-            return os.fsdecode(r["Body"].read())
+            try:
+                body = r["Body"].read(MAX_PATH + 1)
+            except self._BotoCoreError as exc:
+                raise oserror(errno.EIO, f"the object store broke off ({type(exc).__name__})"
+                              ) from None
         finally:
             r["Body"].close()
+        if len(body) > MAX_PATH:
+            # No file system holds such a link (symlink(2) refuses it with ENAMETOOLONG),
+            # and ENAMETOOLONG from readlink would blame the caller's path: the object is
+            # what is wrong, as a corrupt inode is EIO.
+            raise oserror(errno.EIO, f"a symlink object over {MAX_PATH} bytes")
+        return os.fsdecode(body)
 
     # -- uploads (staged in the state directory) --------------------------------------------
 
@@ -894,7 +978,10 @@ class S3Backend(Backend):
         with up.lock:
             if up.done:
                 return
-            grow = max(0, offset + len(data) - up.staged)
+            # Counted: the bytes of data staged (a gap between chunks is a hole of the
+            # staged file, which costs nothing), not the highest offset.
+            ranges = received(up.ranges, offset, offset + len(data))
+            grow = sum(b - a for a, b in ranges) - up.staged
             with self._lock:
                 if self._staged + grow > self._staged_max:
                     raise oserror(errno.ENOSPC, "staged uploads are at their bound")
@@ -905,7 +992,7 @@ class S3Backend(Backend):
                 os.pwrite(fd, data, offset)
             finally:
                 os.close(fd)
-            up.add(offset, offset + len(data))
+            up.ranges = ranges
             up.last_used = time.monotonic()
 
     def upload_abort(self, upload_id: str) -> None:
@@ -914,14 +1001,34 @@ class S3Backend(Backend):
             if up is not None:
                 self._staged -= up.staged
         if up is not None:
-            with up.lock:
-                up.done = True
-                with contextlib.suppress(OSError):
-                    os.unlink(up.path)
+            up.aborted = True  # a commit in progress stops at its next part and unlinks
+            if up.lock.acquire(blocking=False):  # never waits for that commit
+                try:
+                    up.done = True
+                    with contextlib.suppress(OSError):
+                        os.unlink(up.path)
+                finally:
+                    up.lock.release()
 
     def upload_commit(
         self, upload_id: str, path: str, size: int, mode: int = 0o644, exclusive: bool = False
     ) -> ObjectAttrs:
+        return self._commit(upload_id, path, size, None, mode, exclusive)
+
+    def upload_commit_sparse(
+        self, upload_id: str, path: str, size: int, extents: Extents, mode: int = 0o644,
+        exclusive: bool = False,
+    ) -> ObjectAttrs:
+        """The object is dense, but its holes are neither staged nor counted: the staged
+        file is truncated to size (its holes read as zeros) and uploaded as it is."""
+        holes = size - sum(n for _, n in extents)
+        if holes > self._holes_max:
+            raise oserror(errno.EFBIG, f"an S3 object has no holes: this file's {holes} bytes "
+                          f"of holes would be uploaded as zeros (at most {self._holes_max})")
+        return self._commit(upload_id, path, size, extents, mode, exclusive)
+
+    def _commit(self, upload_id: str, path: str, size: int, extents: Extents | None,
+                mode: int, exclusive: bool) -> ObjectAttrs:
         parts = split_path(path)
         with self._lock:
             done = self._committed.get(upload_id)
@@ -934,13 +1041,30 @@ class S3Backend(Backend):
             raise oserror(errno.EEXIST if exclusive else errno.EISDIR)
         key = key_of(self.prefix, parts)
         if up is None:
-            if size != 0:
+            if size != 0 and (extents is None or extents):
                 raise oserror(errno.EIO, "unknown upload")
-            up = _Upload(self._staged_path(upload_id))
+            with self._lock:  # no chunk (empty, or holes only): a resend must find it
+                up = self._uploads.setdefault(upload_id, _Upload(self._staged_path(upload_id)))
         with up.lock:
             if up.done:
+                with self._lock:
+                    done = self._committed.get(upload_id)
+                if done is not None and done[0] == path:
+                    return done[1]  # a resend that waited for the commit it repeats
                 raise oserror(errno.EIO, "upload aborted")
-            if not up.covers(size) or (size and os.stat(up.path).st_size != size):
+            if extents is not None:
+                want: list[tuple[int, int]] = []
+                for off, n in extents:
+                    want = received(want, off, off + n)
+                if up.ranges != want or (up.ranges and up.ranges[-1][1] > size):
+                    raise oserror(errno.EIO, "the staged upload is not the committed extents")
+                if size:
+                    fd = os.open(up.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                    try:
+                        os.ftruncate(fd, size)  # the holes: nothing staged
+                    finally:
+                        os.close(fd)
+            elif not up.covers(size) or (size and os.stat(up.path).st_size != size):
                 raise oserror(errno.EIO, "the staged upload is not the committed size")
             if exclusive:
                 # The PUT's own precondition (If-None-Match) refuses a file or a symlink
@@ -960,12 +1084,22 @@ class S3Backend(Backend):
                 raise oserror(errno.ELOOP, "the server does not write through symlinks")
             keep = cur.mode if cur is not None else (mode & 0o7777 & ~SETID)
             now = time.time_ns()  # an exclusive create's mtime carries its stamp
-            a = self._put_file(key, up.path if size else None, size, keep,
-                               stamped_now(upload_id, now) if exclusive else now, exclusive)
+            try:
+                a = self._put_file(key, up.path if size else None, size, keep,
+                                   stamped_now(upload_id, now) if exclusive else now,
+                                   exclusive, cancel=up)
+            finally:
+                with self._lock:
+                    ours = self._uploads.get(upload_id) is not up
+                if ours:  # aborted meanwhile: upload_abort left the file to us
+                    up.done = True
+                    with contextlib.suppress(OSError):
+                        os.unlink(up.path)
             up.done = True
         with self._lock:
-            self._uploads.pop(upload_id, None)
-            self._staged -= up.staged
+            if self._uploads.get(upload_id) is up:  # else an abort took it (and its count)
+                del self._uploads[upload_id]
+                self._staged -= up.staged
             self._committed[upload_id] = (path, a)
             while len(self._committed) > _COMMITTED_MEMORY:
                 self._committed.popitem(last=False)
@@ -982,14 +1116,14 @@ class S3Backend(Backend):
 
     def _put_file(self, key: str, src: str | None, size: int, mode: int, mtime_ns: int,
                   exclusive: bool, kind: Kind = Kind.FILE, body: bytes = b"",
-                  ctime_ns: int | None = None) -> ObjectAttrs:
+                  ctime_ns: int | None = None, cancel: _Upload | None = None) -> ObjectAttrs:
         """PUT ``src`` (a staged file, or ``body``) as ``key``; its attributes."""
         version = secrets.token_hex(8)
         meta = self._meta(kind, mode, mtime_ns, mtime_ns if ctime_ns is None else ctime_ns,
                           version)
         cond = {"IfNoneMatch": "*"} if exclusive else {}
         if src is not None and size > MULTIPART_MIN:
-            r = self._multipart(key, src, size, meta, cond)
+            r = self._multipart(key, src, size, meta, cond, cancel)
         else:
             data = body
             if src is not None:
@@ -1001,27 +1135,40 @@ class S3Backend(Backend):
         return a
 
     def _multipart(self, key: str, src: str, size: int, meta: dict[str, str],
-                   cond: dict[str, str]) -> dict[str, Any]:
+                   cond: dict[str, str], cancel: _Upload | None = None) -> dict[str, Any]:
+        """Parts on :attr:`_parts`, at most :data:`PART_WINDOW` of this upload queued at
+        once (memory: a part per part thread); stops when ``cancel`` is aborted."""
+        part_size = max(PART_SIZE, -(-size // MAX_PARTS))
         mp = self._call("create_multipart_upload", Key=key, Metadata=meta)
         uid = mp["UploadId"]
 
         def part(n: int, off: int) -> dict[str, Any]:
+            if cancel is not None and cancel.aborted:
+                raise oserror(errno.ECANCELED, "the upload was aborted")
             with open(src, "rb") as f:
-                f.seek(off)
-                data = f.read(PART_SIZE)
+                data = os.pread(f.fileno(), part_size, off)
             r = self._call("upload_part", Key=key, UploadId=uid, PartNumber=n, Body=data)
             return {"PartNumber": n, "ETag": r["ETag"]}
 
+        queued: collections.deque[concurrent.futures.Future[dict[str, Any]]] = (
+            collections.deque())
         try:
-            futures = [self._pool.submit(part, i + 1, off)
-                       for i, off in enumerate(range(0, size, PART_SIZE))]
-            done = [f.result() for f in futures]
+            done = []
+            for i, off in enumerate(range(0, size, part_size)):
+                if len(queued) >= PART_WINDOW:
+                    done.append(queued.popleft().result())
+                queued.append(self._parts.submit(part, i + 1, off))
+            while queued:
+                done.append(queued.popleft().result())
             # the store may not take If-None-Match on a completion: look first
             if cond and self._head(key) is not None:
                 raise oserror(errno.EEXIST)
             return self._call("complete_multipart_upload", Key=key, UploadId=uid,
                               MultipartUpload={"Parts": done}, **cond)
         except BaseException:
+            for f in queued:
+                f.cancel()
+            concurrent.futures.wait(queued)
             with contextlib.suppress(OSError):
                 self._call("abort_multipart_upload", Key=key, UploadId=uid)
             raise
@@ -1144,10 +1291,27 @@ class S3Backend(Backend):
                   mtime_ns: int) -> ObjectAttrs:
         """A new version of the first ``size`` bytes (zero-extended), staged then PUT."""
         key = key_of(self.prefix, parts)
+        if size - a.size > self._holes_max:
+            raise oserror(errno.EFBIG, f"an S3 object has no holes: extending it by "
+                          f"{size - a.size} bytes would upload them as zeros "
+                          f"(at most {self._holes_max})")
+        want = min(size, a.size)  # staged (the extension is a hole of the staged file)
+        with self._lock:
+            if self._staged + want > self._staged_max:
+                raise oserror(errno.ENOSPC, "staged uploads are at their bound")
+            self._staged += want
+        try:
+            return self._truncate_staged(parts, key, a, size, want, mode, mtime_ns)
+        finally:
+            with self._lock:
+                self._staged -= want
+
+    def _truncate_staged(self, parts: tuple[str, ...], key: str, a: ObjectAttrs, size: int,
+                         want: int, mode: int, mtime_ns: int) -> ObjectAttrs:
         tmp = self._staged_path("truncate-" + secrets.token_hex(8))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            done, want, version = 0, min(size, a.size), a.version
+            done, version = 0, a.version
             while done < want:
                 data, _eof, version = self._read_one(parts, key, done,
                                                      min(CHUNK_SIZE, want - done), version)

@@ -564,6 +564,30 @@ class BackendSuite:
         be.remove("/d\udc80/\udce9")
         assert [e.name for e in be.list("/d\udc80")[1]] == ["moved-\udcfa"]
 
+    def test_names_with_spaces_and_url_characters(self, be):
+        """Every name a listing shows is the name written: an object store's listing
+        encodes names for the URL (a space comes as "+", a "+" as "%2B")."""
+        names = ["my file", "a+b", " lead", "trail ", "a%20b", "a%2Bb", "c&d=e?f#g", "é ü"]
+        be.mkdir("/d x")
+        for n in names:
+            be.write_bytes(f"/d x/{n}", n.encode())
+        be.mkdir("/d x/sub dir")
+        want = sorted([*names, "sub dir"])
+        assert [e.name for e in be.list("/d x")[1]] == want
+        assert [e.name for e in be.list("/")[1]] == ["d x"]
+        be.rename("/d x", "/e +")  # moves every name below it
+        assert [e.name for e in be.list("/e +")[1]] == want
+        for n in names:
+            assert be.read_bytes(f"/e +/{n}") == n.encode()
+        with pytest.raises(OSError) as ei:
+            be.remove("/e +", directory=True)
+        assert _errno(ei) == errno.ENOTEMPTY
+        for n in names:
+            be.remove(f"/e +/{n}")
+        be.remove("/e +/sub dir", directory=True)
+        be.remove("/e +", directory=True)
+        assert be.list("/")[1] == []
+
     def test_blocks_count_the_allocation(self, be):
         a = be.write_bytes("/f", secrets.token_bytes(10_000))
         assert a.blocks * 512 >= 10_000

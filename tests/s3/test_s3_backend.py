@@ -405,3 +405,211 @@ def test_an_exclusive_create_makes_no_head(be):
     be._head = head
     assert be.read_bytes("/d/f") == b"old" and be.readlink("/d/l") == "t"
     assert be.read_bytes("/d/new") == b"new"
+
+
+def test_a_name_that_only_ends_in_the_directory_object_name_is_a_file(be):
+    """Only a whole name equal to DIR_OBJECT is reserved: "x" + DIR_OBJECT is a file."""
+    be.mkdir("/d")
+    for path in ("/report" + DIR_OBJECT, "/d/x" + DIR_OBJECT):
+        a = be.write_bytes(path, b"precious data")
+        assert (a.kind, a.size) == (Kind.FILE, 13)
+        assert be.stat(path).kind is Kind.FILE
+        assert be.read_bytes(path) == b"precious data"
+    assert {e.name: e.attrs.kind for e in be.list("/")[1]} == {
+        "d": Kind.DIR, "report" + DIR_OBJECT: Kind.FILE}
+    assert [e.attrs.kind for e in be.list("/d")[1]] == [Kind.FILE]
+    be.remove("/report" + DIR_OBJECT)
+    be.remove("/d/x" + DIR_OBJECT)
+    be.remove("/d", directory=True)
+    assert be.list("/")[1] == []
+
+
+def test_a_huge_object_tagged_symlink_is_read_by_a_bounded_range(be, s3_env, bucket):
+    """Another client's object tagged a symlink may be of any size: readlink reads at
+    most PATH_MAX + 1 bytes of it, and one longer than any link is EIO."""
+    s3 = s3_env.client()
+    got: list[int] = []
+    be._s3.meta.events.register(
+        "after-call.s3.GetObject", lambda parsed, **kw: got.append(parsed.get("ContentLength", 0)))
+    s3.put_object(Bucket=bucket, Key=be.prefix + "huge", Body=b"a" * (4 << 20),
+                  Metadata={"synthfs-kind": "symlink"})
+    s3.put_object(Bucket=bucket, Key=be.prefix + "longest", Body=b"b" * 4096,
+                  Metadata={"synthfs-kind": "symlink"})
+    s3.put_object(Bucket=bucket, Key=be.prefix + "empty", Body=b"",
+                  Metadata={"synthfs-kind": "symlink"})
+    with pytest.raises(OSError) as ei:
+        be.readlink("/huge")
+    assert ei.value.errno == errno.EIO
+    assert got and max(got) <= 4097, got
+    assert be.readlink("/longest") == "b" * 4096
+    assert be.readlink("/empty") == ""
+    be.write_bytes("/f", b"")
+    with pytest.raises(OSError) as ei:
+        be.readlink("/f")  # an empty file is no symlink
+    assert ei.value.errno == errno.EINVAL
+
+
+def test_metadata_another_client_set_out_of_range_is_ignored(be, s3_env, bucket):
+    """Metadata any client of the bucket can set: a value out of its range or form falls
+    back to what the object itself says for that entry only, and the listing lists the
+    rest (a 40-digit mtime made the whole directory unlistable on the wire)."""
+    s3 = s3_env.client()
+    be.mkdir("/d")
+    be.write_bytes("/d/good", b"good\n")
+    bogus = {
+        "huge-mtime": {"synthfs-mtime": "9" * 40, "synthfs-ctime": "-" + "9" * 30},
+        "signed": {"synthfs-mtime": "+5", "synthfs-mode": "-1"},
+        "big-mode": {"synthfs-mode": "77777", "synthfs-v": "x" * 2000},
+        "odd-version": {"synthfs-v": "a b/c", "synthfs-kind": "socket"},
+        "suid": {"synthfs-mode": "6777"},
+        "sticky": {"synthfs-mode": "1755"},
+    }
+    for name, meta in bogus.items():
+        s3.put_object(Bucket=bucket, Key=f"{be.prefix}d/{name}", Body=b"x", Metadata=meta)
+    s3.put_object(Bucket=bucket, Key=f"{be.prefix}d/link", Body=b"good",
+                  Metadata={"synthfs-kind": "symlink", "synthfs-mode": "4755"})
+    _own, entries = be.list("/d")
+    got = {e.name: e.attrs for e in entries}
+    assert sorted(got) == sorted([*bogus, "good", "link"])
+    assert got["good"] == be.stat("/d/good")
+    now = be.stat("/d/good").mtime_ns
+    for name in bogus:
+        a = got[name]
+        assert a.kind is Kind.FILE and a.size == 1, name
+        assert abs(a.mtime_ns - now) < 60 * 10**9, name  # Last-Modified, not the metadata
+        assert a.ctime_ns == a.mtime_ns, name
+        assert len(a.version) <= 128 and a.version.isascii(), name
+        assert be.stat(f"/d/{name}") == a
+        data, _eof, version = be.read(f"/d/{name}", 0, 10, a.version)  # no ESTALE
+        assert (data, version) == (b"x", a.version)
+    assert [got[n].mode for n in ("huge-mtime", "signed", "big-mode", "suid", "sticky")] == [
+        0o644, 0o644, 0o644, 0o777, 0o1755]
+    assert got["link"].kind is Kind.SYMLINK and got["link"].mode == 0o777
+    assert be.readlink("/d/link") == "good"
+
+
+def _sparse(backend, path, size, writes):
+    uid = f"sparse-{next(_prefixes)}"
+    for off, data in writes:
+        backend.upload_chunk(uid, off, data)
+    try:
+        return backend.upload_commit_sparse(uid, path, size, [(o, len(d)) for o, d in writes])
+    except OSError:
+        backend.upload_abort(uid)  # as the agent does
+        raise
+
+
+def test_the_holes_of_a_sparse_upload_cost_no_staging(s3_env, bucket, tmp_path):
+    """An object has no holes, but the server stages none: a sparse upload far larger
+    than the staging bound, with little data, commits, and reads back with zeros."""
+    be = S3Backend(s3_env.endpoint, bucket, f"x{next(_prefixes)}", state=tmp_path / "st",
+                   staged_max=4 * 1024 * 1024)
+    try:
+        size = MULTIPART_MIN + 9 * 1024 * 1024  # multipart: parts from the staged holes
+        a = _sparse(be, "/s", size, [(5, b"head"), (size - 3, b"end")])
+        assert a.size == size
+        assert be.read("/s", 0, 9)[0] == b"\0" * 5 + b"head"
+        assert be.read("/s", size - 4, 10)[0] == b"\0end"
+        assert be.read("/s", 20 * 1024 * 1024, 8)[0] == bytes(8)
+        assert be._staged == 0
+        # the bound counts data: another upload still fits
+        assert be.write_bytes("/f", b"x" * (3 * 1024 * 1024)).size == 3 * 1024 * 1024
+    finally:
+        be.close()
+
+
+def test_holes_beyond_the_bound_are_efbig_for_that_upload_only(s3_env, bucket, tmp_path):
+    """A sparse file whose holes the server would upload as more than ``holes_max`` bytes
+    of zeros is EFBIG (a sparse commit, or a truncate that extends), and nothing else
+    changes: nothing installed, nothing left counted, other uploads go on."""
+    mib = 1024 * 1024
+    be = S3Backend(s3_env.endpoint, bucket, f"x{next(_prefixes)}", state=tmp_path / "st",
+                   holes_max=8 * mib)
+    try:
+        with pytest.raises(OSError) as ei:
+            _sparse(be, "/big", 3 * 1024 * mib, [(1 * 1024 * mib, b"data")])
+        assert ei.value.errno == errno.EFBIG
+        with pytest.raises(OSError) as ei:
+            be.stat("/big")
+        assert ei.value.errno == errno.ENOENT
+        be.write_bytes("/f", b"small")
+        with pytest.raises(OSError) as ei:
+            be.setattr("/f", size=3 * 1024 * mib)
+        assert ei.value.errno == errno.EFBIG
+        assert be.read_bytes("/f") == b"small"
+        assert be.setattr("/f", size=8 * mib).size == 8 * mib  # within the bound
+        assert _sparse(be, "/ok", 8 * mib + 4, [(0, b"data")]).size == 8 * mib + 4
+        assert be._staged == 0
+    finally:
+        be.close()
+
+
+def test_a_big_upload_keeps_a_few_parts_in_flight_and_an_abort_stops_it(be):
+    """A multipart commit queues at most PART_WINDOW parts at once (one huge upload does
+    not take every thread, nor hold every part in memory), and an abort while it runs
+    neither waits for it nor lets it finish: nothing is installed."""
+    import threading
+    import time
+
+    from synthfs.server.backends import s3
+
+    window = getattr(s3, "PART_WINDOW", 4)
+    lock = threading.Lock()
+    state = {"now": 0, "most": 0, "parts": 0}
+    aborts: list[threading.Thread] = []
+
+    def before(**kw):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+
+    def after(**kw):
+        with lock:
+            state["now"] -= 1
+            state["parts"] += 1
+            first = state["parts"] == 1
+        if first and aborting:
+            t = threading.Thread(target=be.upload_abort, args=("big2",))
+            t.start()
+            aborts.append(t)
+
+    events = be._s3.meta.events
+    events.register("before-call.s3.UploadPart", before)
+    events.register("after-call.s3.UploadPart", after)
+    size = MULTIPART_MIN + 40 * 1024 * 1024  # 7 parts
+    data = os.urandom(size)
+    aborting = False
+    for off in range(0, size, 4 * 1024 * 1024):
+        be.upload_chunk("big1", off, data[off:off + 4 * 1024 * 1024])
+    assert be.upload_commit("big1", "/big1", size).size == size
+    assert state["parts"] >= 7 and state["most"] <= window, state
+
+    aborting = True
+    state["parts"] = 0
+    for off in range(0, size, 4 * 1024 * 1024):
+        be.upload_chunk("big2", off, data[off:off + 4 * 1024 * 1024])
+    t0 = time.monotonic()
+    with pytest.raises(OSError):
+        be.upload_commit("big2", "/big2", size)
+    took = time.monotonic() - t0
+    assert aborts
+    aborts[0].join(5)
+    assert not aborts[0].is_alive()
+    with pytest.raises(OSError) as ei:
+        be.stat("/big2")
+    assert ei.value.errno == errno.ENOENT
+    assert state["parts"] < 7, (state, took)  # stopped, not uploaded to the end
+    assert be._staged == 0
+
+
+def test_a_commit_of_holes_only_resent_while_it_runs_answers_the_same(be):
+    """The agent resends a commit that takes longer than its attempt (to the same
+    server): a sparse file of holes only (no chunk staged) committed twice at once
+    gives the same attributes twice, not an error from the other's clean-up."""
+    size = MULTIPART_MIN + 16 * 1024 * 1024
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(be.upload_commit_sparse, "holes", "/h", size, []) for _ in range(2)]
+        got = [r.result() for r in runs]
+    assert got[0] == got[1] and got[0].size == size
+    assert be.read("/h", size - 5, 5)[0] == bytes(5)
+    assert be._staged == 0 and not be._uploads
