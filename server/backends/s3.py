@@ -67,7 +67,9 @@ import collections
 import concurrent.futures
 import contextlib
 import errno
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -77,7 +79,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from synthfs.extents import received, spans_whole
 from synthfs.server.backends.base import (
@@ -91,6 +93,7 @@ from synthfs.server.backends.base import (
     oserror,
     split_path,
 )
+from synthfs.server.backends.treelock import TreeLock
 from synthfs.stamps import stamped_now
 
 __all__ = ["DIR_OBJECT", "MULTIPART_MIN", "S3Backend", "key_of", "repo_id_for"]
@@ -201,6 +204,24 @@ class _Upload:
         return spans_whole(self.ranges, size)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _changes(*names: str) -> Callable[[_F], _F]:
+    """The method changes the paths of its arguments ``names``: it holds them against a
+    directory's rename (:class:`TreeLock`; a rename holds its own)."""
+    def wrap(fn: _F) -> _F:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def held(self: S3Backend, *args: Any, **kw: Any) -> Any:
+            bound = sig.bind(self, *args, **kw).arguments
+            with self._tree_lock.change(*(split_path(bound[n]) for n in names)):
+                return fn(self, *args, **kw)
+        return cast(_F, held)
+    return wrap
+
+
 class S3Backend(Backend):
     """A repository in ``bucket`` under ``prefix`` at the S3 ``endpoint``.
 
@@ -268,6 +289,7 @@ class S3Backend(Backend):
         self._staged = 0
         self._staged_max = staged_max
         self._journal_fd = -1
+        self._tree_lock = TreeLock()  # a directory's rename against the writes below it
         try:
             self._check_bucket()  # before making anything: a wrong name leaves no trace
         except BaseException:
@@ -710,6 +732,7 @@ class S3Backend(Backend):
                 with contextlib.suppress(OSError):
                     os.unlink(up.path)
 
+    @_changes("path")
     def upload_commit(
         self, upload_id: str, path: str, size: int, mode: int = 0o644, exclusive: bool = False
     ) -> ObjectAttrs:
@@ -812,6 +835,7 @@ class S3Backend(Backend):
 
     # -- namespace -----------------------------------------------------------------------------
 
+    @_changes("path")
     def mkdir(self, path: str, mode: int = 0o755) -> ObjectAttrs:
         parts = split_path(path)
         if not parts:
@@ -830,6 +854,7 @@ class S3Backend(Backend):
         return self._put_file(dkey + DIR_OBJECT, None, 0, mode, mtime_ns, exclusive, Kind.DIR,
                               ctime_ns=ctime_ns)
 
+    @_changes("path")
     def remove(self, path: str, directory: bool = False) -> None:
         parts = split_path(path)
         if not parts:
@@ -857,6 +882,7 @@ class S3Backend(Backend):
         own = (dkey, dkey + DIR_OBJECT)
         return all(urllib.parse.unquote(o["Key"]) in own for o in r.get("Contents", []))
 
+    @_changes("path")
     def symlink(self, target: str, path: str) -> ObjectAttrs:
         parts = split_path(path)
         if not parts:
@@ -874,6 +900,7 @@ class S3Backend(Backend):
         self._learn(parts, a)
         return a
 
+    @_changes("path")
     def setattr(
         self,
         path: str,
@@ -947,11 +974,21 @@ class S3Backend(Backend):
     # -- rename: copy + delete, journalled ---------------------------------------------------
 
     def rename(self, src: str, dst: str, flags: RenameFlags = RenameFlags.NONE) -> None:
+        """A directory's move holds both trees (:class:`TreeLock`): a write below it waits."""
         flags = RenameFlags.checked(flags)
         sp, dp = split_path(src), split_path(dst)
         if not sp or not dp:
             raise oserror(errno.EBUSY)
-        a = self._lookup(sp, fresh=True)
+        while True:
+            is_dir = self._lookup(sp, fresh=True).kind is Kind.DIR
+            hold = self._tree_lock.move if is_dir else self._tree_lock.change
+            with hold(sp, dp):
+                a = self._lookup(sp, fresh=True)
+                if (a.kind is Kind.DIR) == is_dir:  # else replaced meanwhile: lock again
+                    return self._rename(sp, dp, a, flags)
+
+    def _rename(self, sp: tuple[str, ...], dp: tuple[str, ...], a: ObjectAttrs,
+                flags: RenameFlags) -> None:
         if flags & RenameFlags.EXCHANGE:
             self._lookup(dp)
             raise oserror(errno.EINVAL, "an S3 repository cannot exchange two names")
