@@ -32,6 +32,12 @@ CURVE servers and the same loop answers ZAP on an inproc REP socket: a peer
 whose public key is not among the allowed ones is dropped during the
 handshake, so none of its frames reaches this loop.
 
+Mutations go through :class:`DuplicateCache` on the I/O thread: one resent
+by its agent under the same request id is not run again (it gets the first
+copy's answer), and one running longer than :data:`NOTE_EVERY` gets a
+``Progress`` note every :data:`NOTE_EVERY` seconds, so that its agent waits
+for it instead of taking it for lost (:mod:`agent.upstream`).
+
 :func:`handle` (request -> reply, with the changed paths) is pure of sockets
 and is what the tests of dispatch exercise through the real socket.
 """

@@ -50,6 +50,10 @@ destination all of it and the source what was not yet deleted. At the next
 start the backend *finishes* every journalled rename: it copies what is still
 at the source (the source wins, as it would have) and deletes it. A source
 changed by another writer between the crash and the restart is still moved.
+Within this process, a write below a directory being renamed waits until the
+rename ends (:class:`~server.backends.treelock.TreeLock`), so it is never
+deleted with the source nor brought back under the old name; through another
+server of the bucket it is not held (README.md, "Serving an S3 bucket").
 
 Reads are ranged GETs, one per read (the agent keeps several reads of a file
 in flight, so they run in parallel; splitting one 4 MiB read into four 1 MiB
