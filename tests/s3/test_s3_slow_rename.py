@@ -17,7 +17,10 @@ from pathlib import Path
 
 import helpers
 
+from synthfs.protocol.messages import Done, Progress, Rename
 from synthfs.testing.s3stack import s3_stack
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))  # server_harness
 
 #: Keys in the directory renamed: its copy and delete take longer than one attempt of
 #: an agent given ``--timeout 3`` (1 s), and longer than its whole budget.
@@ -54,6 +57,42 @@ def test_a_slow_directory_rename_is_waited_for_and_run_once(seaweed, synthfs):
     assert not [k for k in keys if k.startswith("repo/big/")]
     assert "S3 backend on" in log and "resent" not in log  # (INFO lines are on) noted as
     # running, the Rename was never resent: the cache had nothing to answer
+
+
+def _answer(c, rid: int):
+    """The reply to ``rid`` on ``c`` (its Progress notes skipped)."""
+    while True:
+        got, reply = c.recv(timeout=120)
+        if got == rid and not isinstance(reply, Progress):
+            return reply
+
+
+def test_a_rename_resent_while_it_runs_gets_the_first_answer(seaweed):
+    """An agent's resend (same agent, same request id, on a new connection) that comes
+    while the rename runs waits for it and gets its answer, and both connections get
+    Progress notes meanwhile. Without the cache the resend ran too: once the first had
+    moved the tree (the server's tree lock holds it back until then) it answered ENOENT
+    for a rename that happened; with neither (the base) it ran alongside the first."""
+    from server_harness import RawClient, register
+
+    bucket = seaweed.new_bucket("resend")
+    s3 = seaweed.client()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: s3.put_object(Bucket=bucket, Key=f"repo/big/f{i:04d}",
+                                              Body=b"x"), range(N)))
+    with s3_stack(seaweed.endpoint, bucket, "repo", seaweed.env()) as stack:
+        key = Path(stack.workdir, "bootstrap.key").read_bytes().strip()
+        with RawClient(stack.server_endpoint) as first:
+            register(first, key)
+            rid = first.send(Rename(src="/big", dst="/big2"))
+            with RawClient(stack.server_endpoint, token=first.token) as again:
+                again.send(Rename(src="/big", dst="/big2"), rid=rid)
+                resent = _answer(again, rid)
+            answer = _answer(first, rid)
+    assert isinstance(answer, Done) and isinstance(resent, Done), (answer, resent)
+    keys = _keys(s3, bucket, "repo/")
+    assert sum(k.startswith("repo/big2/f") for k in keys) == N
+    assert not [k for k in keys if k.startswith("repo/big/")]
 
 
 WRITER = r"""
