@@ -11,6 +11,8 @@ Layout under the cache root::
                                       (a path that is not UTF-8 is kept as a BLOB of its bytes)
     <root>/<repo_dir>/objects/<h>     h = sha256(path)[:40]: the one local copy of path
     <root>/<repo_dir>/tmp/            fetches land here, then are renamed into objects/
+    <root>/<repo_dir>/snaps/<n>       write-back: a closed version kept aside while its
+                                      copy is written again (agent/writeback.py names them)
 
 ``repo_dir`` is the server's repo id (made file-name safe). When another agent
 holds the lock on it (two runs at once on one machine), the cache uses
@@ -55,6 +57,7 @@ from typing import Any
 
 import attrs
 
+from synthfs.agent import default_cache_dir
 from synthfs.protocol.codec import build
 from synthfs.protocol.leases import Signature, signature
 from synthfs.protocol.messages import Attrs
@@ -99,12 +102,6 @@ def parse_size(text: str) -> int:
     if n <= 0:
         raise ValueError(f"{text!r}: a size must be positive")
     return n
-
-
-def default_cache_dir() -> str:
-    """``$XDG_CACHE_HOME/synthfs``, or ``~/.cache/synthfs``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "synthfs")
 
 
 # A signature (protocol.leases') in the index's ``recorded`` column, which keeps its own
@@ -229,6 +226,7 @@ class ContentCache:
         self.index_path = os.path.join(self.dir, "index.sqlite")
         self._objects_fd = self._private_dir(self._dir_fd, "objects")
         self._tmp_fd = self._private_dir(self._dir_fd, "tmp")
+        self.snaps_fd = self._private_dir(self._dir_fd, "snaps")
         for suffix in ("", "-wal", "-shm", "-journal"):  # sqlite opens these by name
             try:
                 st = os.stat("index.sqlite" + suffix, dir_fd=self._dir_fd, follow_symlinks=False)
@@ -261,6 +259,23 @@ class ContentCache:
         """An fd on the local copy of ``path``, opened below the verified objects directory."""
         return os.open(object_name(path), flags | os.O_NOFOLLOW | os.O_CLOEXEC,
                        dir_fd=self._objects_fd)
+
+    def open_snap(self, name: str, flags: int = os.O_RDONLY) -> int:
+        """An fd on the kept-aside version ``name`` (write-back), below the verified snaps dir."""
+        if not _SAFE.fullmatch(name) or name in (".", ".."):
+            raise ValueError(f"bad snapshot name {name!r}")
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.snaps_fd)
+
+    def unlink_snap(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=self.snaps_fd)
+
+    def snaps(self) -> list[str]:
+        return os.listdir(self.snaps_fd)
+
+    def sync_snaps_dir(self) -> None:
+        """fsync the snaps directory: a version kept aside keeps its name after a crash."""
+        os.fsync(self.snaps_fd)
 
     def sync_objects_dir(self) -> None:
         """fsync the objects directory: a copy renamed into it keeps its name after a crash."""

@@ -48,23 +48,24 @@ filter meanwhile): it returns as soon as both processes are spawned, and
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, NamedTuple
 
 import synthfs
 
+if TYPE_CHECKING:
+    import subprocess
+
 # Light on imports on purpose (no attrs, no agent.cache and the protocol behind it):
 # ``synthfs run --data`` imports this module first and spawns the pair before it
-# loads anything else, so that they boot while the interposer loads.
+# loads anything else, so that they boot while the interposer loads. subprocess,
+# shutil and tempfile are imported where used: ``synthfs run --agent`` imports this
+# module for :func:`private_dir` alone.
 
 __all__ = ["EmbeddedError", "Launch", "TrustedStack", "embedded", "starting"]
 
@@ -133,7 +134,7 @@ def private_bases() -> tuple[str, ...]:
     """Where synthfs processes make their private ``synthfs-*`` directories (the
     temp dir, and $XDG_RUNTIME_DIR when it is usable): names there that start so
     are synthfs's, and no guest of any run may reach them."""
-    return tuple(b for b in (tempfile.gettempdir(), _runtime_base()) if b)
+    return tuple(b for b in (_temp_base(), _runtime_base()) if b)
 
 
 #: the file in each work directory naming its owner: ``PID START PIDNS`` (START: the
@@ -159,16 +160,24 @@ def _start_time(pid: int) -> int | None:
         return None
 
 
+#: the bases :func:`private_dir` has swept in this process
+_swept: set[str] = set()
+
+
 def private_dir(prefix: str, base: str | None = None) -> str:
     """A fresh 0700 ``PREFIX*`` directory owned by this process, leftovers swept first.
 
     It holds :data:`OWNER_FILE` (this process's pid and start time), so that a
     later run can tell it is a leftover once this process is gone (SIGKILL, a
-    crash): see :func:`sweep_leftovers`.
+    crash): see :func:`sweep_leftovers`. A base is swept once a process (``synthfs run
+    --data`` makes two directories, often side by side, and each sweep reads every
+    ``synthfs-*`` entry there): a leftover it misses, the next run sweeps.
     """
-    sweep_leftovers(base)
-    path = tempfile.mkdtemp(prefix=prefix, dir=base)
-    os.chmod(path, 0o700)
+    base = base or _temp_base()
+    if base not in _swept:
+        sweep_leftovers(base)
+        _swept.add(base)
+    path = _mkdtemp(prefix, base)
     pid = os.getpid()
     fd = os.open(
         os.path.join(path, OWNER_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
@@ -178,6 +187,40 @@ def private_dir(prefix: str, base: str | None = None) -> str:
     finally:
         os.close(fd)
     return path
+
+
+def _temp_base() -> str:
+    """``tempfile.gettempdir()`` without importing tempfile (and shutil, random) for it.
+
+    The same first choice in every usual case: ``$TMPDIR`` (``$TEMP``, ``$TMP``) when
+    it is a writable directory, else ``/tmp``; anything unusual asks tempfile itself.
+    """
+    if "tempfile" not in sys.modules:
+        for name in ("TMPDIR", "TEMP", "TMP"):
+            path = os.environ.get(name)
+            if path:
+                break
+        else:
+            path = "/tmp"  # tempfile's first default
+        path = os.path.abspath(path)
+        if os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK):
+            return path
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+def _mkdtemp(prefix: str, base: str) -> str:
+    """``tempfile.mkdtemp(prefix=prefix, dir=base)``: a new 0700 directory, a random name."""
+    for _ in range(100):
+        path = os.path.join(base, prefix + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(path, 0o700)  # whatever the umask
+        return os.path.abspath(path)
+    raise FileExistsError(f"no free name for {prefix}* in {base}")
 
 
 def sweep_leftovers(base: str | None = None) -> list[str]:
@@ -191,7 +234,7 @@ def sweep_leftovers(base: str | None = None) -> list[str]:
     """
     import stat
 
-    base = base or tempfile.gettempdir()
+    base = base or _temp_base()
     removed: list[str] = []
     try:
         names = os.listdir(base)
@@ -221,6 +264,8 @@ def sweep_leftovers(base: str | None = None) -> list[str]:
             continue  # a run in another pid namespace (a container): its pid means nothing here
         if pid == os.getpid() or _start_time(pid) == start:
             continue  # its owner still runs
+        import shutil
+
         shutil.rmtree(path, ignore_errors=True)  # never follows symlinks
         removed.append(path)
     return removed
@@ -370,7 +415,7 @@ def starting(
         del key
 
         if cache is None:  # the agent's default, computed here after the spawn (see imports)
-            from synthfs.agent.cache import default_cache_dir
+            from synthfs.agent import default_cache_dir
 
             cache = default_cache_dir()
         stack = TrustedStack(
@@ -385,6 +430,8 @@ def starting(
         )
         yield Launch(procs, key_path, spawned + startup_timeout, startup_timeout, stack)
     finally:
+        import shutil
+
         _stop(procs, lifeline)
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -410,16 +457,28 @@ class _Proc:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the launching thread's process dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def _die_with_parent() -> Callable[[], None]:
+    """What the child runs before exec: SIGTERM when the launching thread's process dies.
+
+    libc is looked up here, before the fork: the child only makes the call.
+    """
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+    return in_child
 
 
 def _spawn(
     name: str, argv: list[str], workdir: str, env: dict[str, str], pass_fds: list[int],
     die_with_parent: bool = True,
 ) -> _Proc:
+    import subprocess
+
+    preexec = _die_with_parent() if die_with_parent else None
     ready_r, ready_w = os.pipe()
     argv = [*argv, "--ready-fd", str(ready_w)]
     log_path = os.path.join(workdir, f"{name}.log")
@@ -432,7 +491,7 @@ def _spawn(
             p = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 pass_fds=[ready_w, *pass_fds], cwd="/", start_new_session=True,
-                preexec_fn=_die_with_parent if die_with_parent else None,
+                preexec_fn=preexec,
             )
         except BaseException:
             os.close(ready_r)
@@ -443,6 +502,8 @@ def _spawn(
 
 
 def _wait_ready(procs: list[_Proc], deadline: float, timeout: float) -> None:
+    import subprocess
+
     waiting = {p.ready_fd: p for p in procs if p.ready_fd is not None}
     while waiting:
         left = deadline - time.monotonic()
@@ -473,6 +534,8 @@ def _stop(procs: list[_Proc], lifeline: int | None = None) -> None:
     Each gets SIGTERM, then SIGKILL after ``GRACE`` seconds; the launcher's end of the
     server's lifeline closes once the agent has gone.
     """
+    import subprocess
+
     for p in reversed(procs):  # spawned server first, agent second
         if p.name == "server" and lifeline is not None:
             os.close(lifeline)

@@ -387,6 +387,9 @@ class _StopFlag:
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        # A lease break's notice: write-back's probe for writers (agent/writeback.py) holds
+        # a read lease for two syscalls, and an open for writing then raises SIGIO here.
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop = True

@@ -73,7 +73,7 @@ _FETCH_ATTEMPTS = 3
 PROGRESS_EVERY = 0.2
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> int:
     """Write all of ``data`` at ``offset``: a short write (a full disk) goes on, so it fails.
 
     ``os.pwrite`` returns a count; ignoring a short one left a hole of zeros in a

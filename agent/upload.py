@@ -48,9 +48,16 @@ from synthfs.protocol.messages import (
     UploadCommit,
 )
 
-__all__ = ["Uploads"]
+__all__ = ["Changed", "Uploads"]
 
 log = logging.getLogger(__name__)
+
+
+class Changed(OSError):
+    """A file changed while it was being uploaded (a guest wrote it): nothing was committed."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(errno.EAGAIN, f"{path} changed during its upload")
 
 
 class Uploads(Knowledge):
@@ -105,34 +112,9 @@ class Uploads(Knowledge):
         e = self.cache.get(path)
         assert e is not None
         obj = self.cache.object_path(path)
-        upload_id = secrets.token_hex(16)
         # Below the verified objects directory, never through a symlink planted there.
         with open(self.cache.open_object(path), "rb", buffering=0) as f:
-            st0 = os.fstat(f.fileno())
-            size = st0.st_size
-            fileno = f.fileno()
-            # Only the data extents travel: the holes of a sparse copy stay holes.
-            extents = coalesce(data_extents(fileno, size))
-            sparse = extents != [(0, size)] and size > 0
-            parts = list(pieces(extents, CHUNK_SIZE))
-
-            def chunk(i: int) -> Message:
-                off, n = parts[i]
-                return UploadChunk(upload_id=upload_id, offset=off, data=os.pread(fileno, n, off))
-
-            try:
-                for _ in self.upstream.pipeline(len(parts), chunk, Done, PIPELINE_WINDOW):
-                    pass
-                stamp = self._stamp()
-                a = self.upstream.call(
-                    UploadCommit(upload_id=upload_id, path=path, size=size, mode=e.attrs.mode,
-                                 extents=flatten(extents) if sparse else None),
-                    StatReply,
-                ).attrs
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    self.upstream.call(UploadAbort(upload_id=upload_id), Done)
-                raise
+            a, st0, stamp = self._send_file(path, f.fileno(), e.attrs.mode)
         st1 = os.stat(obj)
         # If a guest wrote during the upload, the copy stays dirty (recorded = before).
         self._void(path)
@@ -140,9 +122,43 @@ class Uploads(Knowledge):
         self.stats["uploads"] += 1
         self._forget(_parent(path))
         self._remember(path, a, stamp)
+        return a
+
+    def _send_file(self, path: str, fileno: int, mode: int, *, steady: bool = False
+                   ) -> tuple[Attrs, os.stat_result, tuple[int, int] | None]:
+        """Upload the file open on ``fileno`` as ``path``: (its new attrs, its stat when
+        read, the stamp). ``steady``: a file that changed while it was read is not
+        committed (the staged upload is aborted; :class:`Changed`)."""
+        upload_id = secrets.token_hex(16)
+        st0 = os.fstat(fileno)
+        size = st0.st_size
+        # Only the data extents travel: the holes of a sparse copy stay holes.
+        extents = coalesce(data_extents(fileno, size))
+        sparse = extents != [(0, size)] and size > 0
+        parts = list(pieces(extents, CHUNK_SIZE))
+
+        def chunk(i: int) -> Message:
+            off, n = parts[i]
+            return UploadChunk(upload_id=upload_id, offset=off, data=os.pread(fileno, n, off))
+
+        try:
+            for _ in self.upstream.pipeline(len(parts), chunk, Done, PIPELINE_WINDOW):
+                pass
+            if steady and signature(os.fstat(fileno)) != signature(st0):
+                raise Changed(path)
+            stamp = self._stamp()
+            a = self.upstream.call(
+                UploadCommit(upload_id=upload_id, path=path, size=size, mode=mode,
+                             extents=flatten(extents) if sparse else None),
+                StatReply,
+            ).attrs
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.upstream.call(UploadAbort(upload_id=upload_id), Done)
+            raise
         log.debug("uploaded %s: %d bytes (%d of data), version %s", path, size,
                   sum(n for _, n in extents), a.version)
-        return a
+        return a, st0, stamp
 
     def sync(self, msg: Sync) -> Message:
         n = 0

@@ -10,17 +10,35 @@ requests (:meth:`WriteBack.background`): the server has the file within
 
 Trusts: the content cache (:mod:`agent.cache`) for the copies; the server to
 commit each upload atomically (fsync + rename) and to apply a resent one
-idempotently; :mod:`agent.upload` to upload one file and record its version.
+idempotently; :mod:`agent.upload` to upload one file and record its version;
+the kernel's read leases (``F_SETLEASE``) to tell whether any fd still has a
+copy open for writing.
 
 Semantics (README, docs/architecture.md "Write-back"):
 
 * ``Commit``: durable here, queued (``close``). ``Commit(wait=True)``
   (``fsync``/``fdatasync``) and ``Sync(wait=True)`` (``sync``/``syncfs``):
   answered only once the server has the file (every queued file) durably.
-  ``Sync(wait=False)`` (a process exit) queues every changed copy.
-* One row per path: a second close before the upload adds nothing (the upload
-  sends the copy as it is then: in order per file, the last close wins). A
-  removed path's row goes (``create, write, close, unlink`` sends no content).
+  ``Sync(wait=False)`` (a process exit) queues every changed copy that no fd
+  has open for writing any more (the exit closed its own).
+* What reaches the server is always a version some close produced (or an
+  ``fsync``/``sync``: the copy as it is then). One row per path, naming the
+  copy's signature at its close: a second close before the upload replaces it
+  (in order per file, the last close wins). The guest writes the copy in
+  place, so an ``Open`` for writing (or ``O_TRUNC``) of a queued path first
+  keeps the closed version aside, copy-on-reopen: a reflink (``FICLONE``) where
+  the cache's file system has them, else a copy, fsynced under ``snaps/``
+  and named in the row before the ``Open`` returns; the upload sends that
+  version, and a replay after SIGKILL too. Copy-on-reopen rather than a copy
+  at every close: the usual close is never reopened before its upload (or is
+  removed first), so it costs nothing; only a reopen within the upload delay
+  pays one copy. A copy written without a reopen (through an fd kept open
+  across the close, a shared mapping) no longer holds its closed version: it
+  waits until no fd writes it any more (a read lease probes that) or its
+  next close, and is then sent as that left it. An upload that read a copy
+  while it changed is not committed (it is tried again). A removed path's row
+  goes with its version kept aside (``create, write, close, unlink`` sends no
+  content).
 * A rename, link or truncation of a queued path first uploads it (the server
   applies namespace changes at once, in the order the guests made them); a
   remove drops its row; mkdir/rmdir go to the server at once.
@@ -40,15 +58,22 @@ Semantics (README, docs/architecture.md "Write-back"):
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
+import json
 import logging
 import os
 import secrets
+import signal
 import sqlite3
 import time
+from collections.abc import Callable
 
 from synthfs.agent.cache import Entry, signature
 from synthfs.agent.metadata import Knowledge, _check_path, _parent
+from synthfs.agent.upload import Changed
+from synthfs.extents import copy_extents, data_extents
 from synthfs.protocol.client import Unreachable
 from synthfs.protocol.messages import (
     CHUNK_SIZE,
@@ -58,6 +83,7 @@ from synthfs.protocol.messages import (
     Done,
     Link,
     Message,
+    Open,
     Remove,
     Rename,
     RenameFlags,
@@ -92,9 +118,36 @@ _STUCK = 2.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
     path TEXT PRIMARY KEY,    -- repository path (a BLOB when it is not UTF-8)
-    queued REAL NOT NULL      -- time.time() of the first close not uploaded yet
+    queued REAL NOT NULL,     -- time.time() of the first close not uploaded yet
+    sig TEXT,                 -- JSON [ino, size, mtime_ns] of the copy at its last close
+    snap TEXT                 -- the closed version kept aside (snaps/<snap>), if reopened
 )
 """
+#: (ino, size, mtime_ns): what a write to a copy changes (a chmod or rename moves only ctime)
+Written = tuple[int, int, int]
+_FICLONE = 0x40049409  # ioctl(dst, FICLONE, src): share src's extents (btrfs, XFS, bcachefs)
+
+
+def _written(st: os.stat_result) -> Written:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _writers(fd: int) -> bool | None:
+    """Whether some fd (of any process) has the file of ``fd`` open for writing.
+
+    A read lease is granted only on a file nobody has open for writing (a
+    shared writable mapping counts); it is let go at once. None: cannot tell
+    (leases unsupported here, or SIGIO, which a lease break would raise, is
+    not ignored by this process).
+    """
+    if signal.getsignal(signal.SIGIO) is not signal.SIG_IGN:
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return True if exc.errno == errno.EAGAIN else None
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return False
 
 
 def queued_paths(directory: str) -> list[str]:
@@ -114,19 +167,35 @@ def queued_paths(directory: str) -> list[str]:
 
 
 class Journal:
-    """The queue of closed files, one row per path, on disk before a close returns."""
+    """The queue of closed files, one row per path, on disk before a close returns.
 
-    def __init__(self, directory: str) -> None:
+    ``unlink_snap(name)`` deletes a version kept aside once no row names it.
+    """
+
+    def __init__(self, directory: str, unlink_snap: Callable[[str], None]) -> None:
         self.path = os.path.join(directory, "writeback.sqlite")
+        self._unlink_snap = unlink_snap
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # each commit is fsynced
         self._db.execute(_SCHEMA)
+        columns = {c[1] for c in self._db.execute("PRAGMA table_info(queue)")}
+        for column in ("sig", "snap"):  # a journal an older agent left
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE queue ADD COLUMN {column} TEXT")
         #: path -> time.time() of its first close not uploaded yet
-        self.rows: dict[str, float] = {
-            name_from_wire(p): q
-            for p, q in self._db.execute("SELECT path, queued FROM queue ORDER BY queued")
-        }
+        self.rows: dict[str, float] = {}
+        #: path -> the copy's (ino, size, mtime_ns) at its last close (None: not known)
+        self.sigs: dict[str, Written | None] = {}
+        #: path -> the name of its closed version kept aside (the copy was reopened)
+        self.snaps: dict[str, str] = {}
+        for p, q, sig, snap in self._db.execute(
+                "SELECT path, queued, sig, snap FROM queue ORDER BY queued"):
+            path = name_from_wire(p)
+            self.rows[path] = q
+            self.sigs[path] = _load_sig(sig)
+            if snap:
+                self.snaps[path] = snap
 
     def close(self) -> None:
         self._db.close()
@@ -137,18 +206,44 @@ class Journal:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def add(self, path: str) -> None:
-        """Queue ``path`` (durably); a path already queued keeps its first time."""
+    def add(self, path: str, sig: Written) -> None:
+        """Queue ``path`` closed as ``sig`` (durably); a path already queued keeps its first
+        time, and a version kept aside for it goes (this close replaces it)."""
+        old = self.snaps.get(path)
         if path in self.rows:
+            if self.sigs.get(path) == sig and old is None:
+                return
+            self._exec("UPDATE queue SET sig = ?, snap = NULL WHERE path = ?",
+                       (json.dumps(sig), wire_name(path)))
+        else:
+            now = time.time()
+            self._exec("INSERT OR REPLACE INTO queue (path, queued, sig) VALUES (?, ?, ?)",
+                       (wire_name(path), now, json.dumps(sig)))
+            self.rows[path] = now
+        self.sigs[path] = sig
+        if old is not None:
+            del self.snaps[path]
+            self._unlink_snap(old)
+
+    def keep(self, path: str, snap: str) -> None:
+        """Name ``snap`` (durable already) as the closed version of queued ``path``."""
+        self._exec("UPDATE queue SET snap = ? WHERE path = ?", (snap, wire_name(path)))
+        self.snaps[path] = snap
+
+    def drop_snap(self, path: str) -> None:
+        """The server has a later version of ``path`` than the one kept aside: forget it."""
+        snap = self.snaps.pop(path, None)
+        if snap is None:
             return
-        now = time.time()
-        self._exec("INSERT OR IGNORE INTO queue (path, queued) VALUES (?, ?)",
-                   (wire_name(path), now))
-        self.rows[path] = now
+        with contextlib.suppress(OSError):  # (a stale name only costs a look at replay)
+            self._exec("UPDATE queue SET snap = NULL WHERE path = ?", (wire_name(path),))
+        self._unlink_snap(snap)
 
     def done(self, path: str) -> None:
         if self.rows.pop(path, None) is None:
             return
+        self.sigs.pop(path, None)
+        snap = self.snaps.pop(path, None)
         try:
             self._exec("DELETE FROM queue WHERE path = ?", (wire_name(path),))
         except OSError as exc:
@@ -156,6 +251,9 @@ class Journal:
             # look at the copy again (and send it only if it is dirty).
             log.warning("write-back: cannot clear %s from the journal (%s)", path,
                         exc.strerror or exc)
+            return  # (its version kept aside stays with it)
+        if snap is not None:
+            self._unlink_snap(snap)
 
     def _exec(self, sql: str, args: tuple[object, ...]) -> None:
         """One statement, committed (fsynced); a full disk is ENOSPC, as for any write."""
@@ -176,6 +274,29 @@ class Journal:
         return next(iter(self.rows.values()), None)
 
 
+def _load_sig(text: str | None) -> Written | None:
+    try:
+        v = json.loads(text) if text else None
+        if isinstance(v, list) and len(v) == 3:
+            return (int(v[0]), int(v[1]), int(v[2]))
+    except (ValueError, TypeError):
+        pass
+    return None
+
+
+def _copy(src: int, dst: int, size: int) -> bool:
+    """Copy the file ``src`` into the empty ``dst``: a reflink when the file system makes
+    one (True), else its data extents (in the kernel where it can; holes stay holes)."""
+    try:
+        fcntl.ioctl(dst, _FICLONE, src)
+        return True
+    except OSError:
+        pass
+    copy_extents(src, dst, data_extents(src, size), CHUNK_SIZE)
+    os.ftruncate(dst, size)
+    return False
+
+
 class WriteBack(Knowledge):
     """``Commit``/``Sync`` with a write-back queue; the namespace handlers keep its order.
 
@@ -185,16 +306,25 @@ class WriteBack(Knowledge):
 
     #: None: write-through (``--write-through``)
     journal: Journal | None
+    #: (agent.upload.Uploads, a later base of the service)
+    _send_file: Callable[..., tuple[Attrs, os.stat_result, tuple[int, int] | None]]
     upload_delay: float
     _retry_at: float  # monotonic: no background upload before (a back-off)
     _backoff: float
     _stuck: dict[str, float]  # path -> time.time() of its next try
+    _held: set[str]  # stuck because a guest writes the copy since its close
 
     def _open_journal(self, write_through: bool) -> None:
-        self.journal = None if write_through else Journal(self.cache.dir)
+        self.journal = None if write_through else Journal(self.cache.dir, self.cache.unlink_snap)
         self._retry_at = 0.0
         self._backoff = 0.0
         self._stuck = {}
+        self._held = set()
+        if self.journal is not None:
+            named = set(self.journal.snaps.values())
+            for name in self.cache.snaps():  # kept aside, but the agent died before naming it
+                if name not in named:
+                    self.cache.unlink_snap(name)
         if self.journal:
             log.info("write-back: %d closed files still to upload (from before a restart)",
                      len(self.journal))
@@ -215,6 +345,67 @@ class WriteBack(Knowledge):
         j.close()
 
     # -- handlers ---------------------------------------------------------------------
+
+    def open(self, msg: Open) -> Message:
+        j = self.journal
+        if j is not None and (msg.flags & os.O_ACCMODE != os.O_RDONLY or msg.flags & os.O_TRUNC):
+            path = _check_path(msg.path)
+            if path in j and path not in j.snaps:
+                self._keep_aside(path)  # before the guest can write the closed version
+        return super().open(msg)  # type: ignore[misc]
+
+    def _keep_aside(self, path: str) -> None:
+        """Keep the closed version of queued ``path`` (its copy) aside, durably, for its
+        upload: the guest is about to write the copy in place. When it cannot be kept
+        (the cache's disk is full), it is uploaded now, or the open fails."""
+        j = self.journal
+        assert j is not None
+        try:
+            src = self.cache.open_object(path)
+        except FileNotFoundError:
+            return
+        try:
+            st = os.fstat(src)
+            if not self._still_closed(path, src, st):
+                return  # already written since its close: that close's version is gone
+            name = secrets.token_hex(16)
+            try:
+                dst = self.cache.open_snap(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+                try:
+                    reflink = _copy(src, dst, st.st_size)
+                    os.fdatasync(dst)
+                finally:
+                    os.close(dst)
+                if _written(os.fstat(src)) != _written(st):  # an fd kept across the close
+                    self.cache.unlink_snap(name)             # wrote it meanwhile: gone too
+                    return
+                self.cache.sync_snaps_dir()
+                j.keep(path, name)
+            except OSError as exc:
+                self.cache.unlink_snap(name)
+                log.warning("write-back: cannot keep the closed version of %s aside (%s): "
+                            "uploading it before it is reopened", path, exc.strerror or exc)
+                self._stuck.pop(path, None)
+                self._send_one(path)
+                return
+            log.debug("write-back: %s reopened: its closed version kept aside (%s)", path,
+                      "reflink" if reflink else "copy")
+        finally:
+            os.close(src)
+
+    def _still_closed(self, path: str, fd: int, st: os.stat_result) -> bool:
+        """Whether the copy open on ``fd`` is a version a close produced: its signature at
+        its last close, or written since by an fd kept open across that close which
+        nothing has open for writing any more (then its row takes that signature)."""
+        j = self.journal
+        assert j is not None
+        sig = j.sigs.get(path)
+        if sig is None or _written(st) == sig:
+            return True
+        if _writers(fd) is False:
+            j.add(path, _written(st))
+            return True
+        return False
 
     def commit(self, msg: Commit) -> Message:
         j = self.journal
@@ -247,7 +438,7 @@ class WriteBack(Knowledge):
             return reply
         uploaded = 0
         for e in self.cache:
-            if e.path not in j and self.cache.is_dirty(e):
+            if self.cache.is_dirty(e) and self._to_queue(e, msg.wait):
                 try:
                     self._queue(e.path)
                 except OSError as exc:  # the journal cannot keep it: the server must, now
@@ -259,16 +450,48 @@ class WriteBack(Knowledge):
             uploaded += self._drain(everything=True)
         return self._status(uploaded)
 
+    def _to_queue(self, e: Entry, now: bool) -> bool:
+        """Whether a ``Sync`` queues the changed copy ``e`` as it is: one not queued
+        yet that no fd writes any more (a process exit closed its own fds, not the ones
+        writing this); ``now`` (``sync``: every file as it is then) also one whose queued
+        version is not the copy (kept aside, or written since its close)."""
+        j = self.journal
+        assert j is not None
+        if e.path not in j:
+            return now or not self._being_written(e.path)
+        if not now:
+            return False
+        if e.path in j.snaps:
+            return True
+        st = self.cache.local_stat(e)
+        return st is not None and j.sigs.get(e.path) not in (None, _written(st))
+
+    def _being_written(self, path: str) -> bool:
+        """Whether an fd (a guest's) has the copy of ``path`` open for writing now."""
+        try:
+            fd = self.cache.open_object(path)
+        except FileNotFoundError:
+            return False
+        try:
+            return _writers(fd) is True
+        finally:
+            os.close(fd)
+
     def _queue(self, path: str) -> None:
-        """Make the local copy of ``path`` durable here and queue its upload."""
+        """Make the local copy of ``path`` durable here and queue its upload (as it is now:
+        a version kept aside for it goes)."""
         assert self.journal is not None
         fd = self.cache.open_object(path)
         try:
             os.fdatasync(fd)
+            sig = _written(os.fstat(fd))
         finally:
             os.close(fd)
         self.cache.sync_objects_dir()  # (the copy may be new there: a create, a fetch)
-        self.journal.add(path)
+        self.journal.add(path, sig)
+        if path in self._held:  # it waited for this close
+            self._held.discard(path)
+            self._stuck.pop(path, None)
 
     def _status(self, uploaded: int) -> Synced:
         j = self.journal
@@ -276,6 +499,11 @@ class WriteBack(Knowledge):
             return Synced(uploaded=uploaded)
         size = 0
         for p in j.rows:
+            snap = j.snaps.get(p)
+            if snap is not None:
+                with contextlib.suppress(OSError):
+                    size += os.stat(snap, dir_fd=self.cache.snaps_fd).st_size
+                continue
             e = self.cache.get(p)
             st = self.cache.local_stat(e) if e is not None else None
             size += st.st_size if st is not None else 0
@@ -304,6 +532,7 @@ class WriteBack(Knowledge):
         reply = super().rename(msg)  # type: ignore[misc]
         if j is not None:
             for p in j.under(_check_path(msg.dst)):
+                j.drop_snap(p)  # a version of the file the rename replaced
                 if not self._dirty(p):
                     j.done(p)  # replaced by the rename
         return reply
@@ -322,11 +551,16 @@ class WriteBack(Knowledge):
         return reply
 
     def _upload(self, path: str) -> Attrs:
+        """Upload the copy as it is now (an fsync, a truncation, a rename's or link's source)."""
         a = super()._upload(path)  # type: ignore[safe-super]
         j = self.journal
-        if j is not None and path in j and not self._dirty(path):
-            j.done(path)
-            self._stuck.pop(path, None)
+        if j is not None and path in j:
+            if not self._dirty(path):
+                j.done(path)
+                self._stuck.pop(path, None)
+                self._held.discard(path)
+            else:
+                j.drop_snap(path)  # the server has a later version than the one kept aside
         return a
 
     # -- the queue --------------------------------------------------------------------
@@ -416,7 +650,7 @@ class WriteBack(Knowledge):
                           key=lambda r: r[1])
             if not rows:
                 break
-            batch: list[tuple[str, Entry, int, bytes, os.stat_result]] = []
+            batch: list[tuple[str, Entry, str | None, bytes, os.stat_result]] = []
             size = 0
             for path, _ in rows:
                 if len(batch) >= _BATCH_FILES or size >= _BATCH_BYTES:
@@ -425,7 +659,7 @@ class WriteBack(Knowledge):
                 got = self._snapshot(path)
                 if got is None:
                     continue
-                e, st, data = got
+                e, st, data, snap = got
                 if data is None:  # a large file: alone
                     try:
                         sent += self._send_one(path)
@@ -435,7 +669,7 @@ class WriteBack(Knowledge):
                         failed = failed or exc
                         tries[path] = 0
                     continue
-                batch.append((path, e, 0, data, st))
+                batch.append((path, e, snap, data, st))
                 size += len(data)
             if batch:
                 n, err = self._send_batch(batch)
@@ -447,23 +681,53 @@ class WriteBack(Knowledge):
             raise failed
         return sent
 
-    def _snapshot(self, path: str) -> tuple[Entry, os.stat_result, bytes | None] | None:
-        """The copy to upload now (its bytes when small); None: nothing to send (row done)."""
+    def _source(self, path: str) -> tuple[Entry, int, str | None] | None:
+        """What to upload for queued ``path``: (its entry, an fd on the closed version: the
+        one kept aside, else the copy, the name kept aside or None); None: nothing now
+        (the row is done, or waits for the copy's writers: :meth:`_hold`)."""
         j = self.journal
         assert j is not None
         e = self._entry(path)
-        if e is None or not self.cache.is_dirty(e):
-            j.done(path)
+        snap = j.snaps.get(path)
+        if e is None or (snap is None and not self.cache.is_dirty(e)):
+            j.done(path)  # removed (nothing is sent), or the server has it
             return None
+        if snap is not None:
+            try:
+                return e, self.cache.open_snap(snap), snap
+            except FileNotFoundError:
+                log.error("write-back: the closed version of %s kept aside is gone: "
+                          "sending the copy", path)
+                j.drop_snap(path)
         try:
             fd = self.cache.open_object(path)
         except FileNotFoundError:
             j.done(path)
             return None
+        if not self._still_closed(path, fd, os.fstat(fd)):
+            os.close(fd)
+            self._hold(path)
+            return None
+        return e, fd, None
+
+    def _hold(self, path: str) -> None:
+        """The copy of ``path`` is being written (no close since): try it again later."""
+        log.debug("write-back: %s is written again since its close: its upload waits", path)
+        self._held.add(path)
+        self._stuck[path] = time.time() + _STUCK
+
+    def _snapshot(self, path: str
+                  ) -> tuple[Entry, os.stat_result, bytes | None, str | None] | None:
+        """The closed version to upload now: (entry, its stat, its bytes when small, the
+        name it was kept aside under); None: nothing to send now."""
+        got = self._source(path)
+        if got is None:
+            return None
+        e, fd, snap = got
         try:
             st = os.fstat(fd)
             if st.st_size > _SMALL:
-                return e, st, None
+                return e, st, None, snap
             parts = []
             off = 0
             while off < st.st_size:
@@ -472,25 +736,30 @@ class WriteBack(Knowledge):
                     break
                 parts.append(chunk)
                 off += len(chunk)
-            return e, st, b"".join(parts)
+            if snap is None and signature(os.fstat(fd)) != signature(st):
+                self._hold(path)  # written while it was read
+                return None
+            return e, st, b"".join(parts), snap
         finally:
             os.close(fd)
 
     def _send_one(self, path: str) -> int:
-        """Upload one queued file (1: sent, 0: nothing to send); OSError when it failed.
+        """Upload one queued file (1: sent, 0: nothing to send now); OSError when it failed.
 
         A refusal for good drops its row; a failure the server may get over marks the
         file for a later try (:data:`_STUCK`); Unreachable is only raised.
         """
         j = self.journal
         assert j is not None
-        if path not in j or not self._dirty(path):
-            j.done(path)
+        if path not in j:
             return 0
         try:
-            self._upload(path)
+            return self._upload_queued(path)
         except Unreachable:
             raise
+        except Changed:
+            self._hold(path)
+            return 0
         except OSError as exc:
             if exc.errno in _TRANSIENT:
                 if path not in self._stuck:
@@ -503,9 +772,28 @@ class WriteBack(Knowledge):
                           exc.strerror or exc)
                 j.done(path)
             raise
+
+    def _upload_queued(self, path: str) -> int:
+        """Upload the closed version of queued ``path`` (1), or nothing now (0)."""
+        got = self._source(path)
+        if got is None:
+            return 0
+        e, fd, snap = got
+        try:
+            server = self.upstream.server_pid
+            try:
+                a, st0, stamp = self._send_file(path, fd, e.attrs.mode, steady=snap is None)
+            except OSError as exc:
+                # A restarted server forgot the staged chunks: once more.
+                if exc.errno != errno.EIO or self.upstream.server_pid == server:
+                    raise
+                a, st0, stamp = self._send_file(path, fd, e.attrs.mode, steady=snap is None)
+        finally:
+            os.close(fd)
+        self._uploaded(path, a, st0, stamp, snap)
         return 1
 
-    def _send_batch(self, batch: list[tuple[str, Entry, int, bytes, os.stat_result]]
+    def _send_batch(self, batch: list[tuple[str, Entry, str | None, bytes, os.stat_result]]
                     ) -> tuple[int, OSError | None]:
         """Small files together: every chunk pipelined, then every commit pipelined.
 
@@ -529,8 +817,8 @@ class WriteBack(Knowledge):
                     lambda k: UploadCommit(upload_id=ids[k], path=batch[k][0],
                                            size=len(batch[k][3]), mode=batch[k][1].attrs.mode),
                     StatReply, _WINDOW):
-                path, _, _, _, st0 = batch[k]
-                self._uploaded(path, reply.attrs, st0, stamp)
+                path, _, snap, _, st0 = batch[k]
+                self._uploaded(path, reply.attrs, st0, stamp, snap)
                 done = k + 1
         except Unreachable:
             raise
@@ -549,21 +837,32 @@ class WriteBack(Knowledge):
             return sent, failed
         return done, None
 
-    def _uploaded(self, path: str, a: Attrs, st0: os.stat_result, stamp: object) -> None:
-        """Record an upload of the copy as it was at ``st0`` (as Uploads._upload_once does)."""
+    def _uploaded(self, path: str, a: Attrs, st0: os.stat_result,
+                  stamp: tuple[int, int] | None, snap: str | None) -> None:
+        """Record an upload of the closed version read at ``st0`` (from the copy, or the
+        version kept aside as ``snap``), as Uploads._upload_once does."""
+        j = self.journal
+        assert j is not None
         try:
-            st1 = os.stat(self.cache.object_path(path))
+            st1: os.stat_result | None = os.stat(self.cache.object_path(path))
         except FileNotFoundError:
             st1 = None
         self._void(path)
-        changed = st1 is None or signature(st1) != signature(st0)
-        if self.cache.get(path) is not None:
-            self.cache.record(path, a, signature(st0), dirty=changed)
+        e = self.cache.get(path)
+        if snap is None:
+            recorded = signature(st0)
+            changed = st1 is None or signature(st1) != recorded
+        elif st1 is not None and _written(st1) == j.sigs.get(path):
+            recorded, changed = signature(st1), False  # reopened, not written (yet)
+        else:
+            recorded, changed = (e.recorded if e is not None else signature(st0)), True
+        if e is not None:
+            self.cache.record(path, a, recorded, dirty=changed)
         self.stats["uploads"] += 1
         self._forget(_parent(path))
-        self._remember(path, a, stamp)  # type: ignore[arg-type]
-        assert self.journal is not None
-        if not changed:
-            self.journal.done(path)
+        self._remember(path, a, stamp)
+        if snap is not None or not changed:
+            # (The copy written since a reopen queues itself at its close.)
+            j.done(path)
             self._stuck.pop(path, None)
-
+            self._held.discard(path)

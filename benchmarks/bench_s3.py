@@ -44,6 +44,9 @@ server's --workers to 24, so that one agent may have twelve served at once)
 gave 105-262 MB/s: no gain above the noise, so the window stays at six. The
 gap is the server-to-agent path (two more copies of every byte and a
 4 MiB GET per read), not the number of reads in flight.
+(Later, #13/#14 fetch work: the fetch alone, with the CPU of the server, the
+agent and the store, and boto3 into a file beside it, is
+``bench_fetch.py --s3``; ``benchmarks/RESULTS.md`` has its figures.)
 1,000 creates: 6.8x the time of 1,000 boto3 puts (18x before lookups were
 answered from memory for 1 s and made with one round trip); a create costs
 four store round trips (the agent's lookup, the exclusive create, the

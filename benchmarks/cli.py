@@ -3,7 +3,8 @@
 The subcommand shell: options in, :func:`benchmarks.harness.run_bench`, then
 the JSON, the markdown table and the PNG chart out. ``--quick`` is the CI
 smoke run (tiny sizes, one timed run, pinned pass only; under 2 minutes);
-``--micro`` runs the supervisor micro-benchmark instead (benchmarks/micro.py).
+``--micro`` runs the supervisor micro-benchmark instead (benchmarks/micro.py);
+``--startup`` the start-up benchmark (benchmarks/startup.py).
 
 Trusts: its command line.
 """
@@ -84,6 +85,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--micro-iterations", type=int, default=20_000, help="loop length for --micro (20000)"
     )
+    parser.add_argument(
+        "--startup", action="store_true",
+        help="time `true` natively, under strace -f, synthfs run --agent and synthfs run "
+        "--data instead (wall and CPU, best and median)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--startup-runs", type=int, default=20, help="timed runs of each for --startup (20)"
+    )
 
 
 def _sizes(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -105,6 +114,10 @@ def main(args: argparse.Namespace) -> int:
         from synthfs.benchmarks import micro
 
         return micro.main(args)
+    if args.startup:
+        from synthfs.benchmarks import startup
+
+        return startup.main(args)
 
     from synthfs.benchmarks import report
     from synthfs.benchmarks.harness import Options, Pass, run_bench

@@ -27,7 +27,6 @@ import contextlib
 import errno
 import os
 import re
-import shutil
 import signal
 import socket
 import stat
@@ -379,4 +378,6 @@ class HostSide:
                     os.rmdir(path)
 
     def close(self) -> None:
+        import shutil
+
         shutil.rmtree(self.private_dir, ignore_errors=True)

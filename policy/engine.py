@@ -84,7 +84,6 @@ import functools
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -466,7 +465,8 @@ class Policy:
         """
         display = os.fspath(path)
         try:
-            data = Path(path).read_bytes()
+            with open(path, "rb") as f:
+                data = f.read()
         except OSError as exc:
             raise PolicyError(display, None, f"cannot read: {exc.strerror or exc}") from None
         try:

@@ -44,6 +44,7 @@ from typing import Any
 import attrs
 
 from synthfs.policy.engine import READ_OPS, App, NetworkMode, Op, Policy, PolicyError
+from synthfs.policy.globs import PathGlob
 
 __all__ = [
     "MIN_ENTRIES",
@@ -346,35 +347,67 @@ _RANDOM_RUN = re.compile(r"[A-Za-z0-9]{6,}")
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}$")
 
 
-def temporary_glob(path: str) -> str | None:
+def temporary_glob(path: str, existing: Iterable[str] = (), fresh: bool = False) -> str | None:
     """The glob a temporary file's name stands for, or None if it looks fixed.
 
     A temporary (a file the run created and that was gone by its end) named by
     ``mkstemp``, ``mktemp`` or git's ``tmp_obj_XXXXXX`` gets another name each
     run. Its name's first run of six or more letters and digits that mixes at
     least two of lower case, upper case and digits is taken for the random
-    part: it and what follows, up to an extension, become ``*``
-    (``/tmp/ccAb12Cd.s`` -> ``/tmp/*.s``, ``objects/ab/tmp_obj_q1W2e3`` ->
-    ``objects/ab/tmp_obj_*``). A plain name (``db.sqlite-journal``,
-    ``index.lock``) is the same every run and stays exact.
+    part (a leading ``tmp`` of that run is literal, as Python's ``tempfile``
+    writes it): it and what follows, up to an extension, become one ``?`` per
+    character, since those generators fill in a fixed count
+    (``/tmp/ccAb12Cd.s`` -> ``/tmp/????????.s``, ``objects/ab/tmp_obj_q1W2e3``
+    -> ``objects/ab/tmp_obj_??????``, ``/tmp/tmpk3j4_x9z`` -> ``/tmp/tmp????????``).
+    The name is the guest's choice, so the glob must keep a literal part (a
+    prefix or an extension) and match none of ``existing`` (the paths there
+    before or after the run), else it is None and the path stays exact; unless
+    its directory is ``fresh``: the run made it (as ``git init`` makes
+    ``.git``), so nothing of the user's was there to match. A guest that
+    removes a file named ``Ab12Cd`` from ``$HOME`` never learns ``$HOME/*``
+    (which would let it write ``.bashrc``).
+    A plain name (``db.sqlite-journal``, ``index.lock``) is the same every run
+    and stays exact.
     """
     head, _, name = path.rpartition("/")
     for m in _RANDOM_RUN.finditer(name):
         run = m.group()
         kinds = sum(any(test(c) for c in run) for test in (str.islower, str.isupper, str.isdigit))
         if kinds >= 2:
-            ext = _EXTENSION.search(name[m.end():])
-            return f"{head}/{name[: m.start()]}*{ext.group() if ext else ''}"
+            start = m.start() + (3 if run[:3].lower() == "tmp" else 0)
+            ext = _EXTENSION.search(name[start:])
+            end = len(name) - len(ext.group()) if ext else len(name)
+            prefix, suffix = name[:start], name[end:]
+            if not prefix and not suffix and not fresh:
+                return None  # nothing of the name is kept: any name there of that length
+            glob = f"{head}/{prefix}{'?' * (end - start)}{suffix}"
+            compiled = PathGlob.compile(glob)
+            if not fresh and any(compiled.matches(p) for p in existing if p != path):
+                return None  # it would allow a file the run did not make
+            return glob
     return None
 
 
-def host_globs(writes: Mapping[str, Access], temporaries: Iterable[str]) -> dict[str, Access]:
+def _siblings(path: str) -> list[str]:
+    """The host paths in ``path``'s directory now (none when it cannot be listed)."""
+    head = path.rpartition("/")[0] or "/"
+    try:
+        return [os.path.join(head, n) for n in os.listdir(head)]
+    except OSError:
+        return []
+
+
+def host_globs(writes: Mapping[str, Access], temporaries: Iterable[str],
+               fresh: Iterable[str] = (),
+               siblings: Callable[[str], list[str]] = _siblings) -> dict[str, Access]:
     """``[host] write`` (or ``mknod``) globs for the host paths written: each path
-    exactly, except a temporary with a random name (:func:`temporary_glob`)."""
-    temp = set(temporaries)
+    exactly, except a temporary with a random name (:func:`temporary_glob`; its
+    directory is ``fresh`` when the run made it, ``siblings`` lists it now)."""
+    temp, made = set(temporaries), set(fresh)
     out: dict[str, Access] = {}
     for path, access in sorted(writes.items(), key=lambda kv: kv[1].seq):
-        glob = (temporary_glob(path) if path in temp else None) or path
+        glob = (temporary_glob(path, siblings(path), _parent(path) in made)
+                if path in temp else None) or path
         if glob not in out:
             out[glob] = access
     return out
@@ -701,6 +734,7 @@ class _Learner:
         self.indexes: dict[str, _Index] = {}  # mount root -> the tree below it
         self.execs: dict[str, Access] | None = None  # executable -> the first execve of it
         self.host_temps: set[str] = set()
+        self.host_made: set[str] = set()
 
     # -- identity --------------------------------------------------------------------------
     def sha(self, exe: str) -> Callable[[], str]:
@@ -823,7 +857,11 @@ class _Learner:
         else:
             gone = {p for p, ops in mount_ops.items()
                     if "create" in ops and ops & {"delete", "rename"}}
-        self.temp_globs = {p: g for p in gone if (g := temporary_glob(p)) is not None}
+        known = _paths(self.tree) | (_paths(after) if after is not None else set())
+        made = {p for p, ops in mount_ops.items() if "create" in ops}
+        self.temp_globs = {p: g for p in gone
+                           if (g := temporary_glob(p, known, _parent(p) in made)) is not None}
+        self.host_made = {p for p, ops in host_ops.items() if "create" in ops}
         for app in self.apps():
             self.apps_of.setdefault(id(app), app)
 
@@ -880,7 +918,7 @@ class _Learner:
                     app.learned.append(_Rule(glob, ops, _rule_comment(app, per_glob, ops)))
         out = _Doc(self.doc.top, self.doc.mounts, self.apps(), self.doc.host, self.doc.header)
         if out.host is not None:
-            writes = host_globs(self.host_need["write"], self.host_temps)
+            writes = host_globs(self.host_need["write"], self.host_temps, self.host_made)
             out.host.write = [
                 (g, a.origin() + (" (a temporary: created and removed in the run)"
                                   if g != a.path else ""))

@@ -7,7 +7,6 @@ user who wrote the file, not the file: every mistake is an error here.
 
 from __future__ import annotations
 
-import difflib
 import errno as _errno
 import os
 import re
@@ -63,6 +62,8 @@ def _typename(value: object) -> str:
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
+    import difflib  # an error's hint only: not on every start-up
+
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     if close:
         return f" (did you mean {close[0]!r}?)"

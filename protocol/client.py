@@ -362,8 +362,9 @@ class Client:
     ) -> tuple[int, Message] | None:
         """The next reply whose id is in ``rids``, or None after ``timeout_ms``.
 
-        ``bulk`` replies (Data chunks) are received without a copy; small ones
-        are copied into bytes, which is cheaper than a zero-copy Frame.
+        ``bulk`` replies (Data chunks) are received without a copy, and their data
+        is a view of the received frame (:func:`protocol.codec.decode`'s ``views``);
+        small ones are copied into bytes, which is cheaper than a zero-copy Frame.
         """
         sock = self._sock
         assert sock is not None
@@ -390,7 +391,8 @@ class Client:
                 return None
             try:
                 data = cast(bytes, frame if isinstance(frame, bytes) else frame.buffer)
-                env = decode(data)  # decode reads any buffer
+                # decode reads any buffer; a bulk reply's data stays a view of the frame
+                env = decode(data, views=bulk)
             except DecodeError as exc:
                 log.debug("client %s: dropped an undecodable reply: %s", self.endpoint, exc)
             else:

@@ -66,6 +66,7 @@ from synthfs.protocol.messages import (
 from synthfs.protocol.naming import wire_name
 
 __all__ = [
+    "HEAD_ROOM",
     "MAX_FRAME",
     "DecodeError",
     "Envelope",
@@ -73,6 +74,7 @@ __all__ = [
     "decode",
     "decoder_source",
     "encode",
+    "encode_around",
     "error_from_exception",
 ]
 
@@ -320,6 +322,8 @@ _GEN_LOCK = threading.RLock()
 _KINDS: dict[str, tuple[type[Message], Callable[[Any], Any], Callable[[Any], Any]]] = {}
 #: message class -> the name of its bytes field, if it has one (written last in a frame)
 _BLOB: dict[type[Message], str] = {}
+#: message class -> the most bytes its bytes field holds
+_BLOB_MAX: dict[type[Message], int] = {}
 
 
 def _coders(cls: type) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
@@ -341,6 +345,7 @@ def _kind(kind: str) -> tuple[type[Message], Callable[[Any], Any], Callable[[Any
         for f in attrs.fields(cls):  # type: ignore[arg-type]
             if isinstance(f.validator, WireBytes):
                 _BLOB[cls] = f.name
+                _BLOB_MAX[cls] = f.validator.max_len
         entry = _KINDS[kind] = (cls, dec, enc)
     return entry
 
@@ -397,6 +402,12 @@ def _encode_joined(kind: str, request_id: int, token: str, body: dict[str, Any],
                    blob: str) -> bytes:
     """The frame of a message with a large bytes field: that field last, one copy of it."""
     data = body.pop(blob)
+    return b"".join((_blob_head(kind, request_id, token, body, blob, len(data)), data))
+
+
+def _blob_head(kind: str, request_id: int, token: str, body: dict[str, Any], blob: str,
+               n: int) -> bytes:
+    """Every byte of a frame before its ``n``-byte field ``blob``, which ends the frame."""
     packer = msgpack.Packer(use_bin_type=True, autoreset=False)
     packer.pack_array_header(5)
     for v in (PROTOCOL_VERSION, kind, request_id, token):
@@ -406,11 +417,45 @@ def _encode_joined(kind: str, request_id: int, token: str, body: dict[str, Any],
         packer.pack(k)
         packer.pack(v)
     packer.pack(blob)
-    n = len(data)
     if n > 0xFFFFFFFF:
         raise ValueError(f"{kind}.{blob}: {n} bytes do not fit a msgpack bin")
     head: bytes = packer.bytes()
-    return b"".join((head, b"\xc6", n.to_bytes(4, "big"), data))
+    return b"".join((head, b"\xc6", n.to_bytes(4, "big")))
+
+
+#: Bytes to leave before a bulk field read in place, for its frame's header
+#: (:func:`encode_around`): the envelope, a version string of 1,024 characters, the rest.
+HEAD_ROOM = 8192
+
+
+def encode_around(msg: Message, request_id: int, token: str, buf: bytearray, start: int,
+                  n: int) -> memoryview:
+    """The frame of ``msg`` whose bytes field is ``buf[start:start + n]``, without copying it.
+
+    ``msg`` carries ``b""`` in that field (a placeholder); the frame's header is
+    written into ``buf`` just before ``start`` (at most :data:`HEAD_ROOM` bytes; a
+    ``ValueError`` when it does not fit) and the frame is the returned view of
+    ``buf``: it decodes to the message holding that data (for 64 KiB or more, it is
+    byte for byte the frame :func:`encode` gives).
+    The bulk path of the server: a read lands in the buffer it is sent from.
+    """
+    entry = _kind(msg.kind)
+    if entry is None or entry[0] is not type(msg):
+        raise TypeError(f"{type(msg).__name__} is not a registered message class")
+    blob = _BLOB.get(type(msg))
+    if blob is None:
+        raise TypeError(f"{msg.kind} has no bytes field")
+    body = entry[2](msg)
+    if body.pop(blob) != b"":
+        raise ValueError(f"{msg.kind}.{blob} must be the b\"\" placeholder")
+    if not 0 <= n <= _BLOB_MAX[type(msg)] or start + n > len(buf):
+        raise ValueError(f"{msg.kind}.{blob}: {n} bytes at {start} do not fit")
+    head = _blob_head(msg.kind, request_id, token, body, blob, n)
+    first = start - len(head)
+    if first < 0:
+        raise ValueError(f"{msg.kind}: a header of {len(head)} bytes does not fit in {start}")
+    buf[first:start] = head
+    return memoryview(buf)[first:start + n]
 
 
 # -- the bounds of a request --------------------------------------------------------------
@@ -469,7 +514,7 @@ class _TooManyContainers(Exception):
     pass
 
 
-def _unpack_request(frame: bytes) -> Any:
+def _unpack_request(frame: bytes | memoryview) -> Any:
     """msgpack of a request, within the schema's bounds (see above)."""
     count = 0
 
@@ -484,17 +529,28 @@ def _unpack_request(frame: bytes) -> Any:
                     list_hook=counted, object_hook=counted, **_REQUEST_LIMITS)
 
 
-def decode(frame: bytes, *, request: bool = False) -> Envelope:
+def decode(frame: bytes | memoryview, *, request: bool = False, views: bool = False
+           ) -> Envelope:
     """The envelope in ``frame``; any malformed input raises :class:`DecodeError`.
 
     ``request``: the frame comes from a peer that has not been authenticated yet (the
     server's and the agent's sockets): decode it within the schema's bounds, so it
     costs at most a small constant per byte whatever it declares.
+
+    ``views`` (replies only): a large bytes field that ends the frame, as
+    :func:`encode` writes it, is given as a read-only ``memoryview`` of ``frame``
+    instead of a copy (the agent writes a fetched chunk from the received frame
+    itself). Every other field is decoded and checked as usual, and the field's
+    length against its bound; a frame of any other shape is decoded as usual.
     """
     if frame.__class__ is not bytes and not isinstance(frame, bytes | bytearray | memoryview):
         raise DecodeError("a frame is bytes")
     if len(frame) > MAX_FRAME:
         raise DecodeError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME}")
+    if views and not request and len(frame) >= _JOIN_MIN:
+        env = _decode_tail(frame)
+        if env is not None:
+            return env
     try:
         if request:
             raw = _unpack_request(frame)
@@ -514,6 +570,68 @@ def decode(frame: bytes, *, request: bool = False) -> Envelope:
         if request_id.__class__ is int and 0 <= request_id <= _U64_MAX:
             exc.request_id = request_id
         raise
+
+
+#: How much of a frame's start :func:`_decode_tail` reads for the header before its field.
+_TAIL_SCAN = 2 * HEAD_ROOM
+
+
+def _decode_tail(frame: bytes | bytearray | memoryview) -> Envelope | None:
+    """``frame`` decoded with its trailing bytes field as a view of it; None: not that shape.
+
+    Only the header (at most :data:`_TAIL_SCAN` bytes) is unpacked; the last field of
+    the body must be the message's bytes field, a msgpack bin ending exactly at the
+    frame's end. Anything else, garbage included, is left to the ordinary decode
+    (which gives the usual errors): this path accepts no frame that one refuses.
+    """
+    view = memoryview(frame).toreadonly()
+    try:
+        u = msgpack.Unpacker(raw=False, use_list=True, strict_map_key=True,
+                             max_buffer_size=_TAIL_SCAN)
+        u.feed(view[:_TAIL_SCAN])
+        if u.read_array_header() != 5:
+            return None
+        version, kind, request_id, token = u.unpack(), u.unpack(), u.unpack(), u.unpack()
+        entry = _kind(kind) if kind.__class__ is str else None
+        blob = _BLOB.get(entry[0]) if entry is not None else None
+        if blob is None or entry is None:
+            return None
+        fields = u.read_map_header()
+        if not 1 <= fields <= _MAX_FIELDS:
+            return None
+        body: dict[str, Any] = {}
+        for _ in range(fields - 1):
+            k = u.unpack()
+            if k.__class__ is not str or k == blob:
+                return None
+            body[k] = u.unpack()
+        if u.unpack() != blob:
+            return None
+        at = u.tell()
+        tag = view[at]
+        width = {0xC4: 1, 0xC5: 2, 0xC6: 4}.get(tag)
+        if width is None:
+            return None
+        n = int.from_bytes(view[at + 1:at + 1 + width], "big")
+        start = at + 1 + width
+        if start + n != len(view):
+            return None
+    except Exception:  # torn, garbage, too long a header: the ordinary decode says why
+        return None
+    body[blob] = b""
+    try:
+        env = _envelope(version, kind, request_id, token, body)
+    except DecodeError as exc:
+        if request_id.__class__ is int and 0 <= request_id <= _U64_MAX:
+            exc.request_id = request_id
+        raise
+    most = _BLOB_MAX[type(env.msg)]
+    if n > most:
+        too_long = DecodeError(f"{kind}.{blob}: bytes of {n} is not bytes of at most {most}")
+        too_long.request_id = env.request_id
+        raise too_long
+    _set(env.msg, blob, view[start:])
+    return env
 
 
 def _envelope(version: Any, kind: Any, request_id: Any, token: Any, body: Any) -> Envelope:

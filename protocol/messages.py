@@ -521,7 +521,13 @@ class Read(Message):
 @message("data")
 @frozen(repr=False, eq=False)
 class Data(Message):
-    data: bytes = field(validator=_DATA, repr=False)
+    """server -> agent: the bytes of a ``Read``.
+
+    Built here, ``data`` is bytes; decoded from a bulk reply (``Client.pipeline``),
+    it is a read-only ``memoryview`` of the received frame (no copy).
+    """
+
+    data: bytes | memoryview = field(validator=_DATA, repr=False)
     eof: bool = field(validator=_BOOL)
     version: str = field(validator=_SHORT)
 

@@ -62,14 +62,17 @@ import msgpack
 import zmq
 
 from synthfs.extents import check_extents, coalesce, flatten
+from synthfs.linux import unfilled_bytearray
 from synthfs.protocol import messages as m
 from synthfs.protocol.codec import (
+    HEAD_ROOM,
     MAX_FRAME,
     DecodeError,
     Envelope,
     build,
     decode,
     encode,
+    encode_around,
     error_from_exception,
 )
 from synthfs.protocol.curve import ZAP_ENDPOINT, CurveServer, apply, server_sockopts, zap_reply
@@ -237,6 +240,17 @@ def _version_or_gone(backend: Backend, path: str) -> str:
         return ""
 
 
+def _failed(msg: m.Message, exc: Exception) -> m.Error:
+    """The Error reply to ``msg`` that raised ``exc`` (a bug is logged, and is EIO)."""
+    if isinstance(exc, OSError):
+        return error_from_exception(exc)
+    if isinstance(exc, ValueError | TypeError | OverflowError):  # a value the OS call refuses
+        log.info("%s refused: %s: %s", msg.kind, type(exc).__name__, exc)
+        return m.Error(errno=errno.EINVAL, message=f"invalid argument: {type(exc).__name__}")
+    log.error("bug while serving %s", msg.kind, exc_info=exc)
+    return m.Error(errno=errno.EIO, message="internal error")
+
+
 def handle(
     backend: Backend, msg: m.Message, want_changes: bool = False
 ) -> tuple[m.Message, Changed]:
@@ -247,14 +261,8 @@ def handle(
     fn, _bulk, touched = entry
     try:
         reply = fn(backend, msg)
-    except OSError as exc:
-        return error_from_exception(exc), []
-    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a value the OS call refuses
-        log.info("%s refused: %s: %s", msg.kind, type(exc).__name__, exc)
-        return m.Error(errno=errno.EINVAL, message=f"invalid argument: {type(exc).__name__}"), []
-    except Exception:
-        log.exception("bug while serving %s", msg.kind)
-        return m.Error(errno=errno.EIO, message="internal error"), []
+    except Exception as exc:
+        return _failed(msg, exc), []
     changed: Changed = []
     if want_changes:
         for path in touched(msg):
@@ -357,6 +365,26 @@ class DuplicateCache:
                 run.noted = now
                 out.append(run)
         return out
+
+
+def read_frame(backend: Backend, r: m.Read, request_id: int) -> bytes | memoryview:
+    """The encoded reply to ``r``: its bytes read straight into the frame that carries them.
+
+    The same frame as ``encode(handle(backend, r)[0], request_id)``, made with no copy
+    of the data: the backend reads into a buffer that leaves room for the header
+    before it (:func:`protocol.codec.encode_around`), and the frame is sent from it.
+    """
+    # Not cleared first: only what the read filled (n bytes) and the header are sent.
+    buf = unfilled_bytearray(HEAD_ROOM + r.length)
+    try:
+        n, eof, version = backend.read_into(r.path, r.offset, memoryview(buf)[HEAD_ROOM:],
+                                            r.version)
+        if not 0 <= n <= r.length:
+            raise OSError(errno.EIO, f"the backend read {n} of {r.length} bytes")
+        return encode_around(m.Data(data=b"", eof=eof, version=version), request_id, "",
+                             buf, HEAD_ROOM, n)
+    except Exception as exc:
+        return encode(_failed(r, exc), request_id)
 
 
 class Server:
@@ -739,6 +767,7 @@ class Server:
         started = time.perf_counter()
         changed: Changed = []
         msg = env.msg
+        out: bytes | memoryview | None = None
         try:
             if isinstance(msg, m.Register):
                 try:
@@ -749,9 +778,12 @@ class Server:
                 except AuthError as exc:
                     reply = m.Error(errno=exc.errno or errno.EACCES,
                                     message=str(exc.strerror or "")[:200])
+            elif isinstance(msg, m.Read):
+                reply, out = msg, read_frame(self.backend, msg, env.request_id)
             else:
                 reply, changed = handle(self.backend, msg, want_changes=self._pub is not None)
-            out = encode(reply, env.request_id)
+            if out is None:
+                out = encode(reply, env.request_id)
             if len(out) > MAX_FRAME:
                 out = encode(m.Error(errno=errno.EOVERFLOW, message="reply too large for a frame"),
                              env.request_id)

@@ -14,6 +14,7 @@ import ctypes
 import os
 import platform
 import struct
+from typing import Any
 
 __all__ = [
     "NR_OPENAT2",
@@ -28,6 +29,7 @@ __all__ = [
     "openat2",
     "openat2_available",
     "reuse_freed_memory",
+    "unfilled_bytearray",
 ]
 
 RESOLVE_NO_XDEV = 0x01
@@ -104,3 +106,27 @@ def reuse_freed_memory() -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20) and mallopt(_M_TRIM_THRESHOLD, 128 << 20)
                 and mallopt(_M_TOP_PAD, 16 << 20))
+
+
+_from_string: Any
+try:  # CPython's own constructor: with a NULL source it leaves the bytes as they were
+    _from_string = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    _from_string.restype = ctypes.py_object
+    _from_string.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+except AttributeError:  # not CPython
+    _from_string = None
+
+
+def unfilled_bytearray(n: int) -> bytearray:
+    """A bytearray of ``n`` bytes that are not cleared first: for a buffer read into.
+
+    ``bytearray(n)`` writes ``n`` zeros that a read then overwrites: for the
+    server's 4 MiB read buffers that pass cost as much as the copy it replaced
+    (measured ~0.2-0.4 ms per chunk here). What the bytes hold before the read is
+    whatever the heap held (other requests' data): the caller must send or keep
+    only the part a read filled, never the rest.
+    """
+    if _from_string is None or n <= 0:
+        return bytearray(n)
+    out: bytearray = _from_string(None, n)
+    return out

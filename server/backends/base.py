@@ -175,6 +175,19 @@ class Backend(abc.ABC):
         A non-empty ``version`` that differs from the object's is ESTALE.
         """
 
+    def read_into(
+        self, path: str, offset: int, buf: memoryview, version: str = ""
+    ) -> tuple[int, bool, str]:
+        """Like :meth:`read` of ``len(buf)`` bytes, into ``buf``: (count, eof, version).
+
+        The server's bulk path reads into the buffer its reply is sent from. This
+        default copies :meth:`read`'s bytes; a backend that can read in place
+        overrides it. Errors as :meth:`read`.
+        """
+        data, eof, current = self.read(path, offset, len(buf), version)
+        buf[:len(data)] = data
+        return len(data), eof, current
+
     @abc.abstractmethod
     def readlink(self, path: str) -> str:
         """The text of the symlink at ``path`` (EINVAL if it is not one)."""

@@ -117,6 +117,25 @@ class BackendSuite:
         assert d == b"" and eof
         assert be.read_bytes("/f") == data
 
+    def test_read_into_fills_the_buffer_as_read_answers(self, be):
+        # not a multiple of anything: a full read, a short last one, one past the end
+        data = bytes(range(251)) * 4099
+        v = be.write_bytes("/f", data).version
+        for off, n in ((0, 4096), (1000, 300_000), (len(data) - 7, 4096), (len(data), 10),
+                       (len(data) + 50, 10), (5, 0)):
+            buf = bytearray(b"\xee" * (n + 3))
+            got, eof, version = be.read_into("/f", off, memoryview(buf)[:n], v)
+            want, want_eof, _v = be.read("/f", off, n, v)
+            assert (bytes(buf[:got]), eof, version) == (want, want_eof, v)
+            assert buf[n:] == b"\xee" * 3  # nothing written past the view it was given
+
+    def test_read_into_of_a_changed_object_is_estale(self, be):
+        a = be.write_bytes("/f", b"one")
+        be.write_bytes("/f", b"two")
+        with pytest.raises(OSError) as ei:
+            be.read_into("/f", 0, memoryview(bytearray(3)), a.version)
+        assert _errno(ei) == errno.ESTALE
+
     def test_read_of_empty_file(self, be):
         be.write_bytes("/e", b"")
         assert be.read("/e", 0, 10)[:2] == (b"", True)

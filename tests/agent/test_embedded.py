@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import re
 import stat
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from synthfs.agent import embedded as emb
 from synthfs.agent.embedded import EmbeddedError, TrustedStack, embedded
 from synthfs.protocol.client import Client
 from synthfs.protocol.messages import (
@@ -156,3 +158,27 @@ def test_embedded_agent_holds_callback_promises(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, "no Open was ever served on a promise"
             time.sleep(0.2)
+
+
+def _leftover(base: Path, name: str) -> Path:
+    """A private directory whose owner (a process that has exited) is gone."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    path = base / name
+    path.mkdir(mode=0o700)
+    pid_ns = os.readlink("/proc/self/ns/pid")
+    (path / emb.OWNER_FILE).write_text(f"{dead.pid} 1 {pid_ns}\n")
+    return path
+
+
+def test_a_base_is_swept_once_a_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``synthfs run --data`` makes two private directories, often in one base: the
+    leftovers there (each an lstat, an open and a /proc read) are swept by the first."""
+    monkeypatch.setattr(emb, "_swept", set(), raising=False)
+    first = _leftover(tmp_path, "synthfs-dead1")
+    made = emb.private_dir("synthfs-", str(tmp_path))
+    assert not first.exists() and Path(made).is_dir()
+    second = _leftover(tmp_path, "synthfs-dead2")
+    emb.private_dir("synthfs-run-", str(tmp_path))
+    assert second.exists()  # left for the next process's sweep
+    assert emb.sweep_leftovers(str(tmp_path)) == [str(second)]

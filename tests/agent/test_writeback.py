@@ -203,3 +203,94 @@ def test_exclusive_create_stays_exclusive_across_agents(stack: Stack) -> None:
         assert raised.value.errno == errno.EEXIST
     finally:
         p2.stop()
+
+
+def test_reopened_then_removed_sends_nothing_and_keeps_nothing(stack: Stack) -> None:
+    """Coalescing holds with a reopen: create, close, reopen (its closed version kept
+    aside), rewrite, close, remove: nothing reaches the server, nothing stays aside."""
+    c = _start(stack, *HOLD)
+    _write(c, "/gone", b"first")
+    o = c.call(Open(path="/gone", flags=os.O_RDWR))
+    assert isinstance(o, Opened)
+    assert len(list(stack.cache.glob("*/snaps/*"))) == 1  # the closed version, aside
+    Path(o.host_path).write_bytes(b"second")
+    c.call(Commit(path="/gone"))
+    assert not list(stack.cache.glob("*/snaps/*"))  # the second close replaced it
+    c.call(Remove(path="/gone"))
+    assert c.call(Sync(wait=True)) == Synced(uploaded=0)
+    assert not (stack.root / "gone").exists()
+
+
+def test_reopened_and_closed_again_the_last_close_wins(stack: Stack) -> None:
+    c = _start(stack, *HOLD)
+    _write(c, "/f", b"first version")
+    o = c.call(Open(path="/f", flags=os.O_WRONLY | os.O_TRUNC))
+    assert isinstance(o, Opened)
+    Path(o.host_path).write_bytes(b"second")
+    c.call(Commit(path="/f"))
+    assert c.call(Sync(wait=True)) == Synced(uploaded=1)
+    assert (stack.root / "f").read_bytes() == b"second"
+
+
+def test_a_copy_written_through_an_fd_kept_across_its_close_waits_for_that_fd(
+        stack: Stack) -> None:
+    """A writer that keeps its fd across another fd's close (a dup, a fork) rewrites the
+    closed version in place: the upload waits until no fd writes the copy, and sends
+    what that left, never the mix in between."""
+    c = _start(stack, "--upload-delay", "0.2")
+    o = c.call(Open(path="/f", flags=CREATE, mode=0o644))
+    assert isinstance(o, Opened)
+    fd = os.open(o.host_path, os.O_WRONLY)
+    try:
+        os.write(fd, b"A" * 1000)
+        c.call(Commit(path="/f"))  # one fd's close; this one stays open
+        os.pwrite(fd, b"B" * 500, 0)  # half of the next version
+        time.sleep(1.5)  # well past the upload delay
+        assert (stack.root / "f").read_bytes() == b"", "a mix of two versions was sent"
+        os.pwrite(fd, b"B" * 500, 500)
+    finally:
+        os.close(fd)
+    assert wait_until(lambda: (stack.root / "f").read_bytes() == b"B" * 1000, 10)
+
+
+def test_sync_sends_a_reopened_copy_as_it_is(stack: Stack) -> None:
+    """``sync`` means every changed file as it is then: a reopened copy's new content
+    goes, not the closed version kept aside (and none stays aside)."""
+    c = _start(stack, *HOLD)
+    _write(c, "/f", b"closed version")
+    o = c.call(Open(path="/f", flags=os.O_RDWR))
+    assert isinstance(o, Opened)
+    with open(o.host_path, "r+b") as f:
+        f.write(b"SYNCED")
+        f.flush()
+        assert c.call(Sync(wait=True)) == Synced(uploaded=1)
+    assert (stack.root / "f").read_bytes() == b"SYNCED version"
+    assert not list(stack.cache.glob("*/snaps/*"))
+
+
+def test_a_sparse_file_kept_aside_keeps_its_holes(stack: Stack) -> None:
+    """Reopened before its upload, a sparse file's closed version is kept aside and sent
+    with its holes (the copy aside is not filled with zeros)."""
+    c = _start(stack, "--upload-delay", "0.2")
+    size = 16 << 20
+    o = c.call(Open(path="/sparse", flags=CREATE, mode=0o644))
+    assert isinstance(o, Opened)
+    with open(o.host_path, "r+b") as f:
+        f.truncate(size)
+        f.seek(size - 5)
+        f.write(b"tail\n")
+    c.call(Commit(path="/sparse"))
+    o = c.call(Open(path="/sparse", flags=os.O_RDWR))
+    assert isinstance(o, Opened)
+    (aside,) = stack.cache.glob("*/snaps/*")
+    assert aside.stat().st_blocks * 512 < (1 << 20)
+    fd = os.open(o.host_path, os.O_RDWR)  # a writer: the copy itself is not sent meanwhile
+    try:
+        os.pwrite(fd, b"head", 0)
+        on_server = stack.root / "sparse"
+        assert wait_until(lambda: on_server.stat().st_size == size, 10)
+        assert on_server.stat().st_blocks * 512 < (1 << 20)
+        with open(on_server, "rb") as f:
+            assert f.read(4) == b"\0" * 4
+    finally:
+        os.close(fd)

@@ -220,3 +220,21 @@ def test_quick_cli_synthfs_agrees_with_native_on_every_workload(
     assert {c["workload"] for c in cells} == {w.id for w in workloads(TINY)}
     for cell in cells:
         assert cell["status"] == "ok", (cell["workload"], cell["error"])
+
+
+def test_startup_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    """`synthfs bench --startup`: every way of starting `true` runs and gets a row (no
+    timing asserted)."""
+    from synthfs.benchmarks import startup
+
+    assert cli.main(_parse(["--startup", "--startup-runs", "1"])) == 0
+    out = capsys.readouterr().out
+    names = ["native", "synthfs --agent", "synthfs --data"]
+    if shutil.which("strace"):
+        names.append("strace -f")
+    for name in names:
+        assert f"| {name} |" in out
+    rows = startup.measure_startup(runs=2)
+    assert sorted(r.tool for r in rows) == sorted(names)
+    for r in rows:
+        assert not r.error and len(r.wall) == len(r.cpu) == 2 and min(r.wall) > 0, r

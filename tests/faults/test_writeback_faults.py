@@ -263,3 +263,92 @@ def test_fsync_and_sync_return_once_the_server_has_it(stack: Stack) -> None:
         for f in go:
             f.touch()
         assert g.finish(HANG) == 0, g.show()
+
+
+#: Closes /data/out/f with the first version, reopens it (argv[1]: "rdwr", O_RDWR, and
+#: writes the first half of the second version over it; "trunc", O_TRUNC, and writes
+#: nothing yet), says "reopened" and waits for the host file argv[2]; then writes the
+#: rest of the second version, closes, says "closed again" and waits for argv[3].
+REOPENER = r"""
+import os, sys, time
+def wait(path):
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+first, second = b"first version\n" * 4000, b"SECOND VERSION\n" * 4000
+name = "/data/out/f"
+fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.write(fd, first)
+os.close(fd)
+if sys.argv[1] == "rdwr":
+    fd = os.open(name, os.O_RDWR)
+    done = os.pwrite(fd, second[:len(second) // 2], 0)
+else:
+    fd = os.open(name, os.O_RDWR | os.O_TRUNC)
+    done = 0
+print("reopened", flush=True)
+wait(sys.argv[2])
+os.pwrite(fd, second[done:], done)
+os.close(fd)
+print("closed again", flush=True)
+wait(sys.argv[3])
+"""
+FIRST, SECOND = b"first version\n" * 4000, b"SECOND VERSION\n" * 4000
+
+
+@pytest.mark.parametrize("how", ["rdwr", "trunc"])
+def test_reopened_before_its_upload_the_closed_version_survives_sigkill(
+        stack: Stack, how: str) -> None:
+    """Close, reopen for writing (O_RDWR and half a new version written; O_TRUNC), then
+    SIGKILL the agent before the upload: after the restart the server gets exactly the
+    closed version (not a mix, not an empty file) and nothing else while the guest still
+    writes; the second close's version follows when it closes."""
+    stack.start_server()
+    stack.start_agent("--upload-delay", "600")  # nothing leaves before the kill
+    go = [stack.tmp / "go0", stack.tmp / "go1"]
+    g = Guest(["--agent", stack.agent_ep], REOPENER, how, *map(str, go))
+    f = stack.root / "out" / "f"
+    try:
+        assert g.wait_for(lambda _rs: "reopened" in g.lines, 120), g.show()
+        assert f.read_bytes() == b""  # created by the server, the content queued
+        assert stack.agent is not None
+        stack.agent.stop(signal.SIGKILL)
+        stack.start_agent()  # replays its journal at once
+        deadline = time.monotonic() + 10
+        while f.read_bytes() == b"" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        got = f.read_bytes()
+        assert got == FIRST, (f"the server has {len(got)} bytes, head {got[:16]!r}, "
+                              f"tail {got[-16:]!r}: not the closed version")
+        # Nothing more goes while the guest writes: not the upload delay, not another
+        # process's exit (``--status`` queues changed copies as an exit does).
+        assert _queued(stack) == 0
+        time.sleep(1.5)
+        assert f.read_bytes() == FIRST
+        go[0].touch()
+        assert g.wait_for(lambda _rs: "closed again" in g.lines, 60), g.show()
+        deadline = time.monotonic() + 10
+        while f.read_bytes() != SECOND and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f.read_bytes() == SECOND, "the second close's version never arrived"
+        assert _queued(stack) == 0
+        assert not list((stack.cache).glob("*/snaps/*")), "a version kept aside stayed"
+    finally:
+        for p in go:
+            p.touch()
+        assert g.finish(HANG) == 0, g.show()
+
+
+def test_a_file_an_exit_closes_is_queued_at_the_exit(stack: Stack) -> None:
+    """A shell redirect writes through a dup2'd fd that only the exit closes: the exit
+    queues it (no fd writes it any more), as a close would."""
+    stack.start_server()
+    stack.start_agent("--upload-delay", "600")
+    argv = [*synthfs_command(), "run", "--agent", stack.agent_ep, "--", "/bin/sh", "-c",
+            "echo redirected > /data/out/r"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert _queued(stack) == 1
+    rc, out = _agent_sync(stack)
+    assert rc == 0, out
+    assert (stack.root / "out" / "r").read_text() == "redirected\n"

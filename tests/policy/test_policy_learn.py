@@ -140,21 +140,41 @@ def test_the_mount_root_itself() -> None:
 
 
 @pytest.mark.parametrize(("path", "glob"), [
-    ("/tmp/ccAb12Cd.s", "/tmp/*.s"),  # gcc
-    ("/data/.git/objects/ab/tmp_obj_q1W2e3", "/data/.git/objects/ab/tmp_obj_*"),  # git
-    ("/tmp/tmpk3j4_x9z", "/tmp/*"),  # python's tempfile
+    ("/tmp/ccAb12Cd.s", "/tmp/????????.s"),  # gcc
+    ("/data/.git/objects/ab/tmp_obj_q1W2e3", "/data/.git/objects/ab/tmp_obj_??????"),  # git
+    ("/tmp/tmpk3j4_x9z", "/tmp/tmp????????"),  # python's tempfile
     ("/data/db.sqlite-journal", None),  # sqlite: the same name every run
     ("/data/.git/index.lock", None),
     ("/tmp/abcdef", None),  # one kind of character: a word, not a random run
+    ("/home/u/Ab12Cd", None),  # all of it random: its glob would match any name there
 ])
 def test_temporary_glob(path: str, glob: str | None) -> None:
     assert temporary_glob(path) == glob
 
 
+def test_a_wholly_random_name_is_a_glob_only_in_a_directory_the_run_made() -> None:
+    """git init's probe ``.git/tukBcnR``: ``.git`` is the run's own, nothing of the user's
+    was there (even ``objects``, which the glob matches, is the run's); in ``$HOME``
+    the same name stays exact."""
+    assert temporary_glob("/data/.git/tukBcnR", fresh=True) == "/data/.git/???????"
+    assert temporary_glob("/data/.git/tukBcnR", ["/data/.git/objects"], fresh=True) \
+        == "/data/.git/???????"  # what the run made itself
+    assert temporary_glob("/home/u/tukBcnR") is None
+
+
+def test_a_temporary_glob_never_matches_a_name_that_is_there() -> None:
+    """The name is the guest's: ``.bAb12C`` would give ``.??????``, which matches
+    ``.bashrc``; with ``.bashrc`` there it stays exact."""
+    assert temporary_glob("/home/u/.bAb12C") == "/home/u/.??????"
+    assert temporary_glob("/home/u/.bAb12C", ["/home/u/.bashrc", "/home/u/.bAb12C"]) is None
+    assert temporary_glob("/tmp/ccAb12Cd.s", ["/tmp/ccZZZZZZ.o"]) == "/tmp/????????.s"
+    assert temporary_glob("/tmp/ccAb12Cd.s", ["/tmp/ccZZZZZZ.s"]) is None
+
+
 def test_host_temporaries_with_random_names_are_globs() -> None:
     w = {p: rec(p, "create") for p in ("/dev/null", "/tmp/ccA1b2C3.s", "/tmp/fixed.lock")}
-    got = host_globs(w, {"/tmp/ccA1b2C3.s", "/tmp/fixed.lock"})
-    assert set(got) == {"/dev/null", "/tmp/*.s", "/tmp/fixed.lock"}
+    got = host_globs(w, {"/tmp/ccA1b2C3.s", "/tmp/fixed.lock"}, siblings=lambda _p: [])
+    assert set(got) == {"/dev/null", "/tmp/????????.s", "/tmp/fixed.lock"}
 
 
 def test_mount_temporaries_are_globs_when_gone_after_the_run() -> None:
@@ -162,12 +182,12 @@ def test_mount_temporaries_are_globs_when_gone_after_the_run() -> None:
     records = [rec(tmp, "create", "/usr/bin/git"), rec(tmp, "write", "/usr/bin/git"),
                rec("/data/d/db-journal", "create", "/usr/bin/git")]
     text, policy = run_learn(records, after=TREE)
-    assert '"/data/d/tmp_obj_*"' in text and '"/data/d/db-journal"' in text
+    assert '"/data/d/tmp_obj_??????"' in text and '"/data/d/db-journal"' in text
     git = policy.identify("/usr/bin/git", ["git"], lambda: "")
     assert policy.decide(git, Op.CREATE, "/data/d/tmp_obj_Other1").allowed
     assert not policy.decide(git, Op.CREATE, "/data/d/other").allowed
     kept = TREE.merged(Tree({"/data/d": frozenset({"tmp_obj_Zx81Qa"})}))
-    assert '"/data/d/tmp_obj_*"' not in run_learn(records, after=kept)[0]  # it stayed: exact
+    assert '"/data/d/tmp_obj_??????"' not in run_learn(records, after=kept)[0]  # it stayed: exact
 
 
 # -- records ---------------------------------------------------------------------------------
@@ -256,7 +276,8 @@ def test_host_writes_and_network() -> None:
         assert _allowed(policy, a), a
     app = policy.identify("/usr/bin/dash", ["sh"], lambda: "")
     assert not policy.decide_host(app, Op.WRITE, "/etc/passwd").allowed  # read, never written
-    assert policy.decide_host(app, Op.WRITE, "/tmp/ccOther.s").allowed  # a temporary's glob
+    assert policy.decide_host(app, Op.WRITE, "/tmp/ccOther1.s").allowed  # a temporary's glob
+    assert not policy.decide_host(app, Op.WRITE, "/tmp/ccOther.s").allowed  # not its length
     assert not policy.decide_host(app, Op.WRITE, "/tmp/other.c").allowed
     assert policy.network.value == "loopback"
     assert 'network = "loopback"  # pid 42 curl: connect connect 127.0.0.1:80' in text

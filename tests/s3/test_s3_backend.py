@@ -111,6 +111,48 @@ def test_large_file_is_multipart_and_read_by_ranges(be):
     assert d == data[5 * 1024 * 1024 : 9 * 1024 * 1024] and not eof
 
 
+def test_an_object_fetched_by_ranges_equals_the_object(be, s3_env, bucket):
+    """Pinned reads of every chunk, several at once and out of order, as a fetch makes
+    them: answered from read-ahead blocks (fewer GETs than chunks), the same bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from synthfs.server.backends.base import CHUNK_SIZE
+    from synthfs.server.backends.s3 import READ_AHEAD
+
+    data = os.urandom(2 * READ_AHEAD + CHUNK_SIZE + 12345)  # not a multiple of anything
+    v = be.write_bytes("/big", data).version
+    gets = []
+    real = be._get
+
+    def counted(*args, **kw):
+        gets.append(args[2])
+        return real(*args, **kw)
+
+    be._get = counted
+    offsets = list(range(0, len(data), CHUNK_SIZE))
+    order = offsets[1::2] + offsets[::2]
+
+    def one(off):
+        buf = bytearray(CHUNK_SIZE)
+        n, eof, version = be.read_into("/big", off, memoryview(buf), v)
+        return off, bytes(buf[:n]), eof, version
+
+    with ThreadPoolExecutor(6) as pool:
+        got = sorted(pool.map(one, order))
+    assert b"".join(d for _off, d, _eof, _v in got) == data
+    assert [eof for *_x, eof, _v in got] == [False] * (len(offsets) - 1) + [True]
+    assert {version for *_x, version in got} == {v}
+    assert sorted(gets) == [0, READ_AHEAD, 2 * READ_AHEAD]  # one GET per block
+    # past the end, and a version that is gone
+    assert be.read_into("/big", len(data) + 10, memoryview(bytearray(10)), v)[:2] == (0, True)
+    new = be.write_bytes("/big", b"x" * len(data)).version
+    with pytest.raises(OSError) as ei:
+        be.read_into("/big", READ_AHEAD + CHUNK_SIZE, memoryview(bytearray(CHUNK_SIZE)), v)
+    assert ei.value.errno == errno.ESTALE
+    n, _eof, version = be.read_into("/big", 0, memoryview(bytearray(8)), new)
+    assert (n, version) == (8, new)
+
+
 def test_names_s3_cannot_hold(be):
     """A key holds 1,024 bytes: a longer path (each name < 256) is ENAMETOOLONG."""
     be.mkdir("/a")

@@ -294,3 +294,34 @@ def test_an_exclusive_create_writes_only_what_the_program_wrote(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("call", ["read", "read_into"])
+def test_a_file_rewritten_while_it_is_read_is_estale(tmp_path, monkeypatch, call):
+    """A writer that changes the file during the read: those bytes never go out under
+    the version from before it (the fetch that asked for it starts again)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    f = root / "f"
+    f.write_bytes(b"a" * 100_000)
+    be = LocalBackend(root, state=tmp_path / "state")
+    version = be.stat("/f").version
+
+    def meanwhile(real):
+        def pread(fd, *args):
+            with open(f, "r+b") as w:  # another process rewrites it, as the read runs
+                w.write(b"b" * 100_001)
+            return real(fd, *args)
+        return pread
+
+    monkeypatch.setattr(os, "pread", meanwhile(os.pread))
+    monkeypatch.setattr(os, "preadv", meanwhile(os.preadv))
+    with pytest.raises(OSError) as ei:
+        if call == "read":
+            be.read("/f", 0, 100_000, version)
+        else:
+            be.read_into("/f", 0, memoryview(bytearray(100_000)), version)
+    assert ei.value.errno == errno.ESTALE
+    monkeypatch.undo()
+    data, _eof, now = be.read("/f", 0, 200_000)
+    assert data == b"b" * 100_001 and now != version
