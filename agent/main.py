@@ -53,7 +53,7 @@ from synthfs.protocol.codec import MAX_FRAME, DecodeError, decode, encode, error
 from synthfs.protocol.curve import client_sockopts, handshake, load_keypair, load_public, remote_tcp
 from synthfs.protocol.endpoints import check_endpoint
 from synthfs.protocol.leases import BEAT_INTERVAL, LeaseBoard
-from synthfs.protocol.messages import Error
+from synthfs.protocol.messages import Error, Progress
 from synthfs.protocol.ratelimit import RateLimitedLog
 from synthfs.protocol.trusted import Kind, refused, socket_path
 
@@ -343,6 +343,12 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
                 [*(t for t in trusted if t[0] != Kind.SERVER_OWN),
                  *((Kind.SERVER_OWN, p) for p in upstream.local_server_paths())])
         upstream.on_new_paths = learnt_paths
+
+        def pass_note(note: Progress) -> None:
+            # A server's note on a long mutation: the guest's wait on us starts again too.
+            if service is not None and service.note is not None:
+                service.note(note)
+        upstream.on_note = pass_note
         mode = "write-through" if args.write_through else \
             f"write-back within {args.upload_delay:g} s"
         print(f"synthfs agent: ready on ipc://{sock_path} (server {args.server}, "

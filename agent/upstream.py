@@ -49,10 +49,20 @@ with it again and resends the request once.
   the retry succeed as well. A ``Rename`` with ``RENAME_EXCHANGE`` cannot be
   told apart from its repetition: it is never resent (EIO once an attempt went
   unanswered). A mutation whose server stops answering without closing (hung)
-  stays with it (resent there: a commit's journal, or the same checks, catch a
-  repeat) until the budget is spent, then ETIMEDOUT (EIO to the guest), as with
-  one server: sent elsewhere, it could be applied again when the hung server
-  wakes up, after a later change.
+  stays with it until the budget is spent, then ETIMEDOUT (EIO to the guest), as
+  with one server: sent elsewhere, it could be applied again when the hung server
+  wakes up, after a later change. Resent there, it keeps its request id: the
+  server's duplicate request cache (:class:`server.service.DuplicateCache`) runs
+  it once, answers a resend that comes while it runs when it ends, and one that
+  comes later with the remembered answer (so a slow rename is never run twice at
+  once); the checks above catch a repeat the cache has forgotten.
+* A mutation that runs long (a directory rename on S3 copies every key) is
+  not "hung": its server sends a ``Progress`` note every
+  :data:`server.service.NOTE_EVERY` seconds while it runs, each starting the
+  attempt's wait again, and the agent passes them on to its client
+  (``on_note``), whose wait starts again too. So a long mutation is waited
+  for as long as it runs (up to :data:`server.service.NOTE_FOR_S`), and a
+  server that stops (hung, not dead) still ends the call within the budget.
 
 A server that stops answering is logged once (a warning naming it), and
 once more when it answers again: not once per failed request.
@@ -79,6 +89,7 @@ from synthfs.protocol.messages import (
     LinkTarget,
     Message,
     Mkdir,
+    Progress,
     Readlink,
     Register,
     Registered,
@@ -118,7 +129,8 @@ class _Server:
     """One server: its connection, the session it gave this agent, whether it is up."""
 
     def __init__(self, endpoint: str, attempt: float,
-                 sockopts: Mapping[int, int | bytes] | None, alone: bool) -> None:
+                 sockopts: Mapping[int, int | bytes] | None, alone: bool,
+                 on_note: Callable[[Progress], None] | None = None) -> None:
         self.endpoint = endpoint
         self.alone = alone
         self.token = ""
@@ -135,7 +147,8 @@ class _Server:
         #: monotonic time of the first unanswered request of an outage (None: answering)
         self.down_since: float | None = None
         self.client = Client(endpoint, timeout=attempt, retries=0,
-                             token_provider=lambda: self.token, sockopts=sockopts, watch=True)
+                             token_provider=lambda: self.token, sockopts=sockopts, watch=True,
+                             on_note=on_note)
 
     def __repr__(self) -> str:
         return f"_Server({self.endpoint!r}, token_id={self.token_id!r})"
@@ -171,8 +184,11 @@ class Upstream:
         self.timeout = float(timeout)
         self._key = key
         self.agent_id = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.servers = [_Server(ep, self.timeout / ATTEMPTS, sockopts, len(eps) == 1)
-                        for ep in eps]
+        #: Called with each Progress note of a server on the request in flight (the agent
+        #: passes it on to its client, whose wait then starts again as well).
+        self.on_note: Callable[[Progress], None] | None = None
+        self.servers = [_Server(ep, self.timeout / ATTEMPTS, sockopts, len(eps) == 1,
+                                self._note) for ep in eps]
         self._next = 0
         self._uploads: dict[str, _Server] = {}  # upload id -> the server holding its chunks
         self.repo_id = ""
@@ -189,6 +205,10 @@ class Upstream:
 
     def __repr__(self) -> str:
         return f"Upstream({', '.join(self.endpoints)})"
+
+    def _note(self, note: Progress) -> None:
+        if self.on_note is not None:
+            self.on_note(note)
 
     # -- what the rest of the agent reads ---------------------------------------------
 
@@ -407,18 +427,19 @@ class Upstream:
             raise OSError(errno.EPROTO, f"server answered {msg.kind} with {reply.kind}")
         return reply
 
-    def _on(self, s: _Server, msg: Message) -> Message:
-        """``msg`` to ``s``; re-register and resend once on an authentication error."""
+    def _on(self, s: _Server, msg: Message, request_id: int | None = None) -> Message:
+        """``msg`` to ``s`` (as ``request_id``: a resend); re-register and resend once on
+        an authentication error."""
         self._fresh(s)
         try:
-            return s.client.call(msg)
+            return s.client.call(msg, request_id)
         except OSError as exc:
             if exc.errno not in _AUTH_ERRNOS or isinstance(exc, Unreachable):
                 raise
             log.info("server %s refused the token (%s): registering again", s.endpoint,
                      errno.errorcode[exc.errno])
             self._register(s)
-            return s.client.call(msg)
+            return s.client.call(msg, request_id)
 
     def _call(self, msg: Message) -> Message:
         mutation = type(msg) in _MUTATIONS
@@ -426,9 +447,12 @@ class Upstream:
         started = time.monotonic()
         moved = False  # sent again elsewhere after its server went away
         unknown = False  # an earlier attempt may have been applied
+        # A mutation keeps its request id while it stays with one server: a resend is
+        # then recognised there (a duplicate request cache) and never run twice.
+        rid = s.client.new_request_id() if mutation else None
         for attempt in range(ATTEMPTS):
             try:
-                reply = self._on(s, msg)
+                reply = self._on(s, msg, rid)
             except Unreachable as exc:
                 self._lost(s, exc)
                 if attempt == ATTEMPTS - 1:
@@ -444,6 +468,8 @@ class Upstream:
                     continue  # hung, not gone: resend to it (see the module doc)
                 other = self._pick(avoid=s)
                 moved = moved or other is not s
+                if mutation and other is not s:
+                    rid = other.client.new_request_id()
                 s = other
                 continue
             except OSError as exc:

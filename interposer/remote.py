@@ -290,7 +290,8 @@ class Remote:
                 self._progress.finish()
 
     def _note(self, note: Progress) -> None:
-        if self._progress is not None:
+        # total 0: a server's "still running" note on a long mutation, not a fetch
+        if self._progress is not None and note.total:
             self._progress.update(note.path, note.done, note.total)
 
     # -- cache ------------------------------------------------------------------------------

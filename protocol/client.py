@@ -35,7 +35,13 @@ Semantics, in the Majordomo (7/MDP) "lazy pirate" style:
   that are not UTF-8) raises ``OSError(EINVAL)`` before anything is sent.
 * A :class:`~protocol.messages.Progress` with the id of the request in flight
   is a note, not the reply: it goes to ``on_note`` (when given) and the wait
-  goes on, its budget started again (the peer is alive and working).
+  goes on, its attempt's budget started again (the peer is alive and working:
+  a server notes a mutation that runs long, an agent a long fetch, or passes
+  its server's notes on).
+* ``call(msg, request_id)`` resends a request under the id it had (from
+  :meth:`Client.new_request_id`): a server answers a mutation it was sent
+  before, under the same id by the same agent, with its first answer instead
+  of running it again (:class:`server.service.DuplicateCache`).
 * An :class:`~protocol.messages.Error` reply raises ``OSError(errno, message)``,
   which Python turns into the matching subclass (``FileNotFoundError`` for
   ENOENT...), so callers can catch either by class or by ``errno``.
@@ -138,6 +144,8 @@ class Client:
         self._alive = alive
         #: called with each Progress note on the request in flight
         self.on_note = on_note
+        #: Progress notes received so far
+        self.notes = 0
         self._ctx = context or zmq.Context.instance()
         # Start ids at a random point so a reopened client never matches old replies.
         self._next_id = int.from_bytes(os.urandom(4), "little") << 16
@@ -228,9 +236,14 @@ class Client:
 
     # -- calls ------------------------------------------------------------------------
 
-    def _frame(self, msg: Message) -> tuple[int, bytes]:
+    def new_request_id(self) -> int:
+        """A request id no other request of this client has (for :meth:`call`'s resends)."""
         rid = self._next_id
         self._next_id = (rid + 1) & 0xFFFFFFFFFFFFFFFF
+        return rid
+
+    def _frame(self, msg: Message, request_id: int | None = None) -> tuple[int, bytes]:
+        rid = self.new_request_id() if request_id is None else request_id
         token = self._token_provider() if self._token_provider is not None else ""
         try:
             return rid, encode(msg, rid, token)
@@ -238,9 +251,13 @@ class Client:
             # e.g. a path holding a lone surrogate (undecodable bytes): not sendable.
             raise OSError(errno_mod.EINVAL, f"cannot encode {msg.kind}: {exc}") from None
 
-    def call(self, msg: Message) -> Message:
-        """Send ``msg``, wait for the reply; raise OSError (an Error reply) or Unreachable."""
-        rid, frame = self._frame(msg)
+    def call(self, msg: Message, request_id: int | None = None) -> Message:
+        """Send ``msg``, wait for the reply; raise OSError (an Error reply) or Unreachable.
+
+        ``request_id`` (from :meth:`new_request_id`): a resend of a request this client
+        made before, under its id (a server runs a mutation resent so only once).
+        """
+        rid, frame = self._frame(msg, request_id)
         sock = self._sock
         assert sock is not None, "client is closed"
         self._sent()
@@ -277,6 +294,7 @@ class Client:
         assert self._alive is not None
         t0 = time.monotonic()
         deadline = t0 + self._attempt_ms / 1000
+        notes = self.notes
         while True:
             left = int((deadline - time.monotonic()) * 1000)
             if left <= 0:
@@ -284,6 +302,9 @@ class Client:
             reply = self._wait_for({rid}, min(left, 1000))
             if reply is not None:
                 return reply
+            if self.notes != notes:  # a Progress note: the wait starts again
+                notes = self.notes
+                deadline = time.monotonic() + self._attempt_ms / 1000
             if not self._alive():
                 self._reopen()  # drop the request: never deliver it late to a successor
                 raise Unreachable(self.endpoint, time.monotonic() - t0)
@@ -376,6 +397,7 @@ class Client:
                 log.debug("client %s: dropped an undecodable reply: %s", self.endpoint, exc)
             else:
                 if env.request_id in rids and isinstance(env.msg, Progress):
+                    self.notes += 1
                     if self.on_note is not None:
                         self.on_note(env.msg)
                     deadline = time.monotonic() + timeout_ms / 1000  # alive and working

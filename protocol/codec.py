@@ -4,7 +4,11 @@ A frame is one msgpack array ``[version, kind, request_id, token, body]``:
 
 * ``version`` is :data:`PROTOCOL_VERSION`; another version is refused.
 * ``kind`` names a registered message class.
-* ``request_id`` is chosen by the client and echoed in the reply.
+* ``request_id`` is chosen by the client and echoed in the reply. A client
+  resends a request under its id; a server runs a mutation resent so (by the
+  same agent) only once (``server.service.DuplicateCache``). No version bump:
+  an older server runs the resend again, as before, and an older agent gives
+  every resend a new id.
 * ``token`` is the session token on agent -> server requests, else ``""``.
 * ``body`` maps field names to values; ``Attrs`` travel as arrays in field
   order and ``DirEntry`` as ``[name, attrs]`` (listings are large).

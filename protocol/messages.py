@@ -713,11 +713,15 @@ class Opened(Message):
 @message("progress")
 @frozen(repr=False, eq=False)
 class Progress(Message):
-    """agent -> interposer: how far a long request (a cold fetch) has come.
+    """How far a long request has come: a note, not the reply.
 
-    Zero or more may precede the reply to an ``Open``, with its request id; a
-    client waiting for that reply takes them as notes (``Client(on_note=...)``)
-    and goes on waiting. ``done`` of ``total`` bytes of ``path`` are in the cache.
+    agent -> interposer: zero or more may precede the reply to an ``Open`` (a
+    cold fetch), with its request id; ``done`` of ``total`` bytes of ``path``
+    are in the cache. server -> agent (and passed on to the interposer): a
+    mutation on ``path`` still running (``done`` and ``total`` 0), sent every
+    ``server.service.NOTE_EVERY`` seconds. A client waiting for the reply takes
+    them as notes (``Client(on_note=...)``) and goes on waiting, its attempt's
+    time started again.
     """
 
     path: str = field(validator=_PATH)

@@ -32,6 +32,12 @@ CURVE servers and the same loop answers ZAP on an inproc REP socket: a peer
 whose public key is not among the allowed ones is dropped during the
 handshake, so none of its frames reaches this loop.
 
+Mutations go through :class:`DuplicateCache` on the I/O thread: one resent
+by its agent under the same request id is not run again (it gets the first
+copy's answer), and one running longer than :data:`NOTE_EVERY` gets a
+``Progress`` note every :data:`NOTE_EVERY` seconds, so that its agent waits
+for it instead of taking it for lost (:mod:`agent.upstream`).
+
 :func:`handle` (request -> reply, with the changed paths) is pure of sockets
 and is what the tests of dispatch exercise through the real socket.
 """
@@ -206,6 +212,22 @@ HANDLERS: dict[type[m.Message], tuple[Callable[[Backend, Any], m.Message], bool,
 }
 
 
+#: Requests with an effect: each is run once per (agent, request id), whatever resends it
+#: (:class:`DuplicateCache`).
+MUTATIONS: frozenset[type[m.Message]] = frozenset(
+    {m.UploadCommit, m.Mkdir, m.Remove, m.Rename, m.Symlink, m.Link, m.SetAttr})
+#: Answers to mutations the duplicate request cache remembers (the latest; each a few
+#: hundred bytes at most: a StatReply, Done or Error).
+DRC_SIZE = 4096
+#: Seconds between two Progress notes to the client of a mutation still running (a
+#: directory rename on S3 copies and deletes every key below it: seconds, or minutes).
+NOTE_EVERY = 0.25
+#: A mutation still running after this long gets no more notes (its client's budget ends
+#: the wait: a worker stuck for good does not hold a guest for ever).
+NOTE_FOR_S = 3600.0
+#: The routes (connections) a running mutation answers at most: its first and its resends.
+_MAX_ROUTES = 4
+
 #: Requests answered on the I/O thread itself: one fd-relative lookup, no data, no fsync.
 #: A thread handoff costs more than the request (tens to hundreds of µs under the GIL).
 INLINE: frozenset[type[m.Message]] = frozenset({m.Stat, m.Readlink})
@@ -254,6 +276,101 @@ def handle(
             parent = posixpath.dirname(path.rstrip("/")) or "/"
             changed.append((parent, _version_or_gone(backend, parent), True))
     return reply, changed
+
+
+class _Running:
+    """A mutation being run: whom to answer, and when it started and was last noted."""
+
+    __slots__ = ("msg", "noted", "request_id", "routes", "started")
+
+    def __init__(self, msg: m.Message, request_id: int, route: list[bytes]) -> None:
+        self.msg = msg
+        self.request_id = request_id
+        self.routes = [route]
+        self.started = self.noted = time.monotonic()
+
+
+class DuplicateCache:
+    """The duplicate request cache (NFS's DRC) of mutations: I/O-thread state, no lock.
+
+    A mutation is keyed by the agent that sent it (its registered id, which its
+    sessions share) and its request id. The agent resends a mutation with the same
+    request id when an attempt went unanswered (:mod:`agent.upstream`): a resend
+    that comes while the first copy runs is not run again, it waits for that copy's
+    answer (both connections get it); one that comes after gets the remembered
+    answer. So a slow directory rename on S3, resent, is not run twice at once (which
+    answered ENOTEMPTY or ENOENT for a rename that happened). The last
+    :data:`DRC_SIZE` answers are kept; an older resend is run again, and the
+    checks of a resent mutation (``Upstream._settle``, an upload's commit journal
+    in the backend) still apply. A request id reused for another request is
+    served as a new request, and not cached.
+    """
+
+    def __init__(self, size: int = DRC_SIZE) -> None:
+        self.size = size
+        self.running: dict[bytes, _Running] = {}
+        #: key -> (the request's fingerprint, its encoded answer)
+        self._done: collections.OrderedDict[bytes, tuple[int, bytes]] = \
+            collections.OrderedDict()
+        self._next_due = 0.0
+        #: resends answered from the cache or joined to a running copy (for the tests)
+        self.hits = 0
+
+    @staticmethod
+    def key(agent_id: str, request_id: int) -> bytes:
+        return request_id.to_bytes(8, "little") + agent_id.encode("utf-8", "surrogatepass")
+
+    @staticmethod
+    def _fingerprint(msg: m.Message) -> int:
+        """Tells a resend from another request under a reused id (a commit's extents can
+        take tens of kB: the cache keeps this, not the request)."""
+        fields: Any = attrs.astuple
+        return hash((type(msg), fields(msg, recurse=False)))
+
+    def admit(self, key: bytes, msg: m.Message, request_id: int,
+              route: list[bytes]) -> tuple[str, bytes]:
+        """``("run", key)``, ``("wait", b"")`` (joined the copy running) or
+        ``("again", answer)``; ``("run", b"")``: run it, uncached."""
+        run = self.running.get(key)
+        if run is not None:
+            if self._fingerprint(run.msg) != self._fingerprint(msg):
+                return "run", b""
+            self.hits += 1
+            run.routes = [run.routes[0], *run.routes[1:][2 - _MAX_ROUTES:], route]
+            return "wait", b""
+        done = self._done.get(key)
+        if done is not None and done[0] == self._fingerprint(msg):
+            self.hits += 1
+            self._done.move_to_end(key)
+            return "again", done[1]
+        self.running[key] = _Running(msg, request_id, route)
+        return "run", key
+
+    def finish(self, key: bytes, out: bytes) -> list[list[bytes]]:
+        """The copy of ``key`` answered ``out``: remember it; the other routes to answer."""
+        run = self.running.pop(key, None)
+        if run is None:
+            return []
+        self._done[key] = (self._fingerprint(run.msg), out)
+        while len(self._done) > self.size:
+            self._done.popitem(last=False)
+        return run.routes[1:]  # the first is answered with the worker's reply
+
+    def drop(self, key: bytes) -> None:
+        """The copy of ``key`` was never run (the server stops)."""
+        self.running.pop(key, None)
+
+    def due(self, now: float) -> list[_Running]:
+        """The mutations to note as still running now (each every :data:`NOTE_EVERY`)."""
+        if now < self._next_due:  # looked at most twice a NOTE_EVERY, not per request
+            return []
+        self._next_due = now + NOTE_EVERY / 2
+        out = []
+        for run in self.running.values():
+            if now - run.noted >= NOTE_EVERY and now - run.started < NOTE_FOR_S:
+                run.noted = now
+                out.append(run)
+        return out
 
 
 def read_frame(backend: Backend, r: m.Read, request_id: int) -> bytes | memoryview:
@@ -325,7 +442,9 @@ class Server:
         self._pending = 0
         self._pending_bytes = 0
         self._bulk_active: dict[bytes, int] = {}
-        self._bulk_backlog: dict[bytes, collections.deque[tuple[list[bytes], Envelope, int]]] = {}
+        self._bulk_backlog: dict[bytes, collections.deque[
+            tuple[list[bytes], Envelope, int, bytes]]] = {}
+        self.drc = DuplicateCache()
 
     def __repr__(self) -> str:
         return f"Server({self.endpoint!r}, {self.backend!r})"
@@ -417,6 +536,9 @@ class Server:
                     self._beat()
                     next_beat = now + BEAT_INTERVAL
                 timeout = min(timeout or 10**9, int((next_beat - now) * 1000) + 1)
+            if self.drc.running:
+                self._note_running()
+                timeout = min(timeout or 10**9, int(NOTE_EVERY * 1000))
             events = dict(poller.poll(timeout))
             if (stop_fd is not None and stop_fd in events) or (stop is not None and stop.is_set()):
                 log.info("stopping")
@@ -477,13 +599,18 @@ class Server:
                     self._pub.send_multipart([TOPIC, seal(self.publish_key, msgpack.packb(
                         ["inval", path, version, self.instance_id, self._pub_seq, parent]))])
                 continue
-            # b"R", size, identity, [b""], reply
+            # b"R", size, cache key (b"": none), identity, [b""], reply
             size = int(frames[1].bytes)
-            ident = frames[2].bytes
+            key = frames[2].bytes
+            ident = frames[3].bytes
             self._pending -= 1
             self._pending_bytes -= size
+            if key:  # a mutation: remembered, and every connection that sent it answered
+                out = frames[-1].bytes
+                for route in self.drc.finish(key, out):
+                    self._send(route, out)
             try:
-                router.send_multipart(frames[2:], zmq.NOBLOCK, copy=False)
+                router.send_multipart(frames[3:], zmq.NOBLOCK, copy=False)
             except zmq.ZMQError as exc:  # peer gone or its queue full: it will resend
                 log.debug("reply dropped: %s", exc)
             if tag == b"B":
@@ -496,11 +623,24 @@ class Server:
                 ["beat", self.instance_id, self._pub_seq]))], zmq.NOBLOCK)
 
     def _reply_now(self, route: list[bytes], msg: m.Message, request_id: int) -> None:
+        self._send(route, encode(msg, request_id))
+
+    def _send(self, route: list[bytes], frame: bytes) -> None:
         assert self._router is not None
         try:
-            self._router.send_multipart([*route, encode(msg, request_id)], zmq.NOBLOCK)
+            self._router.send_multipart([*route, frame], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.debug("reply dropped: %s", exc)
+
+    def _note_running(self) -> None:
+        """A Progress note to the client of each mutation running for a while: its wait
+        starts again (:class:`protocol.client.Client`), and its agent does not resend it."""
+        for run in self.drc.due(time.monotonic()):
+            touched = HANDLERS[type(run.msg)][2](run.msg)
+            note = encode(m.Progress(path=touched[0] if touched else "/", done=0, total=0),
+                          run.request_id)
+            for route in run.routes:
+                self._send(route, note)
 
     def _on_request(self, frames: list[bytes]) -> None:
         if len(frames) == 2:
@@ -545,20 +685,33 @@ class Server:
             return
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s #%d token %s", msg.kind, env.request_id, session.token_id)
+        key = b""
+        if type(msg) in MUTATIONS:
+            verdict, key = self.drc.admit(DuplicateCache.key(session.agent_id, env.request_id),
+                                          msg, env.request_id, route)
+            if verdict == "wait":
+                log.info("%s #%d resent while it runs: it gets the answer of its first copy",
+                         msg.kind, env.request_id)
+                return
+            if verdict == "again":
+                log.info("%s #%d resent after it ran: its answer again", msg.kind,
+                         env.request_id)
+                self._send(route, key)
+                return
         if entry[1]:
             ident = route[0]
             if self._bulk_active.get(ident, 0) < self._per_client_bulk:
                 self._bulk_active[ident] = self._bulk_active.get(ident, 0) + 1
-                self._submit(self._bulk, "B", route, env, len(payload))
+                self._submit(self._bulk, "B", route, env, len(payload), key)
             else:
                 self._bulk_backlog.setdefault(ident, collections.deque()).append(
-                    (route, env, len(payload)))
+                    (route, env, len(payload), key))
                 self._pending += 1
                 self._pending_bytes += len(payload)
         elif type(msg) in INLINE:
             self._answer_inline(route, env)
         else:
-            self._submit(self._meta, "R", route, env, len(payload))
+            self._submit(self._meta, "R", route, env, len(payload), key)
 
     def _answer_inline(self, route: list[bytes], env: Envelope) -> None:
         """A read-only lookup of one name (lstat, readlink): a few µs, cheaper than a handoff."""
@@ -577,12 +730,12 @@ class Server:
     def _bulk_done(self, ident: bytes) -> None:
         backlog = self._bulk_backlog.get(ident)
         if backlog:
-            route, env, size = backlog.popleft()
+            route, env, size, key = backlog.popleft()
             if not backlog:
                 del self._bulk_backlog[ident]
             self._pending -= 1
             self._pending_bytes -= size
-            self._submit(self._bulk, "B", route, env, size)  # keeps its active slot
+            self._submit(self._bulk, "B", route, env, size, key)  # keeps its active slot
             return
         n = self._bulk_active.get(ident, 0) - 1
         if n > 0:
@@ -591,14 +744,16 @@ class Server:
             self._bulk_active.pop(ident, None)
 
     def _submit(self, pool: ThreadPoolExecutor, tag: str, route: list[bytes], env: Envelope,
-                size: int) -> None:
+                size: int, key: bytes = b"") -> None:
         self._pending += 1
         self._pending_bytes += size
         try:
-            pool.submit(self._work, tag, route, env, size)
+            pool.submit(self._work, tag, route, env, size, key)
         except RuntimeError:  # shutting down
             self._pending -= 1
             self._pending_bytes -= size
+            if key:
+                self.drc.drop(key)
 
     # -- workers -----------------------------------------------------------------------
 
@@ -613,7 +768,8 @@ class Server:
                 self._pushes.append(sock)
         return sock
 
-    def _work(self, tag: str, route: list[bytes], env: Envelope, size: int) -> None:
+    def _work(self, tag: str, route: list[bytes], env: Envelope, size: int,
+              key: bytes = b"") -> None:
         started = time.perf_counter()
         changed: Changed = []
         msg = env.msg
@@ -650,4 +806,4 @@ class Server:
         # Invalidations first: the I/O loop publishes them before it sends the reply.
         for path, version, parent in changed:
             push.send_multipart([b"P", msgpack.packb([wire_name(path), version, parent])])
-        push.send_multipart([tag.encode(), str(size).encode(), *route, out], copy=False)
+        push.send_multipart([tag.encode(), str(size).encode(), key, *route, out], copy=False)

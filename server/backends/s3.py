@@ -62,6 +62,10 @@ destination all of it and the source what was not yet deleted. At the next
 start the backend *finishes* every journalled rename: it copies what is still
 at the source (the source wins, as it would have) and deletes it. A source
 changed by another writer between the crash and the restart is still moved.
+Within this process, a write below a directory being renamed waits until the
+rename ends (:class:`~server.backends.treelock.TreeLock`), so it is never
+deleted with the source nor brought back under the old name; through another
+server of the bucket it is not held (README.md, "Serving an S3 bucket").
 
 A listing needs one HEAD per entry it has not seen (mode and times are object
 metadata, which a LIST does not return): those are made by
@@ -91,7 +95,9 @@ import contextlib
 import datetime
 import email.utils
 import errno
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -102,7 +108,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from synthfs.extents import Extents, received, spans_whole
 from synthfs.server.backends.base import (
@@ -118,6 +124,7 @@ from synthfs.server.backends.base import (
     split_path,
 )
 from synthfs.server.backends.s3head import HeadClient
+from synthfs.server.backends.treelock import TreeLock
 from synthfs.stamps import stamped_now
 
 __all__ = ["DIR_OBJECT", "MULTIPART_MIN", "S3Backend", "key_of", "parse_time", "repo_id_for"]
@@ -295,6 +302,24 @@ class _Upload:
         return spans_whole(self.ranges, size)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _changes(*names: str) -> Callable[[_F], _F]:
+    """The method changes the paths of its arguments ``names``: it holds them against a
+    directory's rename (:class:`TreeLock`; a rename holds its own)."""
+    def wrap(fn: _F) -> _F:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def held(self: S3Backend, *args: Any, **kw: Any) -> Any:
+            bound = sig.bind(self, *args, **kw).arguments
+            with self._tree_lock.change(*(split_path(bound[n]) for n in names)):
+                return fn(self, *args, **kw)
+        return cast(_F, held)
+    return wrap
+
+
 #: A pinned read is answered from a block of this many bytes got at once (4 chunks).
 READ_AHEAD = 4 * CHUNK_SIZE
 #: Read-ahead blocks kept at most (memory: this many times READ_AHEAD, 96 MiB).
@@ -466,6 +491,7 @@ class S3Backend(Backend):
         self._staged_max = staged_max
         self._holes_max = holes_max
         self._journal_fd = -1
+        self._tree_lock = TreeLock()  # a directory's rename against the writes below it
         try:
             self._check_bucket()  # before making anything: a wrong name leaves no trace
         except BaseException:
@@ -1010,6 +1036,7 @@ class S3Backend(Backend):
                 finally:
                     up.lock.release()
 
+    @_changes("path")
     def upload_commit(
         self, upload_id: str, path: str, size: int, mode: int = 0o644, exclusive: bool = False
     ) -> ObjectAttrs:
@@ -1175,6 +1202,7 @@ class S3Backend(Backend):
 
     # -- namespace -----------------------------------------------------------------------------
 
+    @_changes("path")
     def mkdir(self, path: str, mode: int = 0o755) -> ObjectAttrs:
         parts = split_path(path)
         if not parts:
@@ -1193,6 +1221,7 @@ class S3Backend(Backend):
         return self._put_file(dkey + DIR_OBJECT, None, 0, mode, mtime_ns, exclusive, Kind.DIR,
                               ctime_ns=ctime_ns)
 
+    @_changes("path")
     def remove(self, path: str, directory: bool = False) -> None:
         parts = split_path(path)
         if not parts:
@@ -1225,6 +1254,7 @@ class S3Backend(Backend):
         own = (dkey, dkey + DIR_OBJECT)
         return all(_listed(o["Key"]) in own for o in r.get("Contents", []))
 
+    @_changes("path")
     def symlink(self, target: str, path: str) -> ObjectAttrs:
         parts = split_path(path)
         if not parts:
@@ -1242,6 +1272,7 @@ class S3Backend(Backend):
         self._learn(parts, a)
         return a
 
+    @_changes("path")
     def setattr(
         self,
         path: str,
@@ -1332,11 +1363,21 @@ class S3Backend(Backend):
     # -- rename: copy + delete, journalled ---------------------------------------------------
 
     def rename(self, src: str, dst: str, flags: RenameFlags = RenameFlags.NONE) -> None:
+        """A directory's move holds both trees (:class:`TreeLock`): a write below it waits."""
         flags = RenameFlags.checked(flags)
         sp, dp = split_path(src), split_path(dst)
         if not sp or not dp:
             raise oserror(errno.EBUSY)
-        a = self._lookup(sp, fresh=True)
+        while True:
+            is_dir = self._lookup(sp, fresh=True).kind is Kind.DIR
+            hold = self._tree_lock.move if is_dir else self._tree_lock.change
+            with hold(sp, dp):
+                a = self._lookup(sp, fresh=True)
+                if (a.kind is Kind.DIR) == is_dir:  # else replaced meanwhile: lock again
+                    return self._rename(sp, dp, a, flags)
+
+    def _rename(self, sp: tuple[str, ...], dp: tuple[str, ...], a: ObjectAttrs,
+                flags: RenameFlags) -> None:
         if flags & RenameFlags.EXCHANGE:
             self._lookup(dp)
             raise oserror(errno.EINVAL, "an S3 repository cannot exchange two names")

@@ -45,6 +45,8 @@ class S3Stack(NamedTuple):
     state_dir: str
     server_pid: int
     agent_pid: int
+    #: every agent's endpoint (the first is ``agent_endpoint``): ``s3_stack(agents=N)``
+    agent_endpoints: tuple[str, ...] = ()
 
 
 def _spawn(name: str, argv: list[str], workdir: str, env: Mapping[str, str],
@@ -82,9 +84,9 @@ def _wait(name: str, p: subprocess.Popen[bytes], rfd: int, deadline: float, work
 @contextlib.contextmanager
 def s3_stack(endpoint: str, bucket: str, prefix: str, credentials: Mapping[str, str], *,
              state_dir: str | None = None, timeout: float = 30.0,
-             server_args: tuple[str, ...] = (), agent_args: tuple[str, ...] = ()
-             ) -> Iterator[S3Stack]:
-    """A server on ``bucket``/``prefix`` and an agent on it; both stopped on exit."""
+             server_args: tuple[str, ...] = (), agent_args: tuple[str, ...] = (),
+             agents: int = 1) -> Iterator[S3Stack]:
+    """A server on ``bucket``/``prefix`` and ``agents`` agents on it; stopped on exit."""
     workdir = tempfile.mkdtemp(prefix="synthfs-s3stack-")
     os.chmod(workdir, 0o700)
     key_path = os.path.join(workdir, "bootstrap.key")
@@ -107,14 +109,19 @@ def s3_stack(endpoint: str, bucket: str, prefix: str, credentials: Mapping[str, 
         _wait("server", server, sready, deadline, workdir, f"s3://{bucket}/{prefix}")
         # The agent after the server: a registration made before the server started is
         # refused (and retried later), which would cost seconds.
-        agent, aready = _spawn("agent", [
-            sys.executable, "-m", "synthfs.agent", "--server", server_ep, "--bootstrap-key",
-            key_path, "--listen", agent_ep, "--subscribe", pub_ep, "--cache",
-            os.path.join(workdir, "cache"), "--refuse", workdir, *agent_args],
-            workdir, base_env)
-        procs.append(agent)
-        _wait("agent", agent, aready, deadline, workdir, f"s3://{bucket}/{prefix}")
-        yield S3Stack(agent_ep, server_ep, workdir, state, server.pid, agent.pid)
+        endpoints = [agent_ep, *(f"ipc://{workdir}/agent{i}.sock" for i in range(1, agents))]
+        pids = []
+        for i, ep in enumerate(endpoints):
+            name = f"agent{i}" if i else "agent"
+            agent, aready = _spawn(name, [
+                sys.executable, "-m", "synthfs.agent", "--server", server_ep, "--bootstrap-key",
+                key_path, "--listen", ep, "--subscribe", pub_ep, "--cache",
+                os.path.join(workdir, f"cache{i}" if i else "cache"), "--refuse", workdir,
+                *agent_args], workdir, base_env)
+            procs.append(agent)
+            _wait(name, agent, aready, deadline, workdir, f"s3://{bucket}/{prefix}")
+            pids.append(agent.pid)
+        yield S3Stack(agent_ep, server_ep, workdir, state, server.pid, pids[0], tuple(endpoints))
     finally:
         for p in reversed(procs):
             with contextlib.suppress(ProcessLookupError):

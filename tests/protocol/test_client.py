@@ -19,10 +19,12 @@ from synthfs.protocol.client import Client, Unreachable
 from synthfs.protocol.codec import decode, encode
 from synthfs.protocol.messages import (
     Attrs,
+    Done,
     Error,
     Message,
     Progress,
     Read,
+    Rename,
     Stat,
     StatReply,
 )
@@ -125,6 +127,33 @@ def test_notes_keep_a_slow_request_alive(peer: Callable[[Script], Peer]) -> None
     p = peer(script)
     with Client(p.endpoint, timeout=0.5, retries=0) as c:
         assert c.call(Stat(path="/a")) == StatReply(attrs=A)
+
+
+def test_notes_keep_a_slow_request_alive_when_the_peer_is_watched(
+        peer: Callable[[Script], Peer]) -> None:
+    # With ``alive`` (the interposer's client of its agent), each note restarts the wait
+    # too: an agent passing on its server's notes on a long rename is waited for (before,
+    # Unreachable after the 0.5 s budget).
+    def script(rid: int, msg: Message, tok: str, n: int) -> list[tuple[int, Message]]:
+        for _ in range(4):
+            time.sleep(0.3)
+            p.sock_send(rid, Progress(path="/a", done=0, total=0))
+        return [(rid, Done())]
+
+    p = peer(script)
+    with Client(p.endpoint, timeout=0.5, retries=0, alive=lambda: True) as c:
+        assert isinstance(c.call(Rename(src="/a", dst="/b")), Done)
+        assert c.notes == 4
+
+
+def test_a_resend_keeps_its_request_id(peer: Callable[[Script], Peer]) -> None:
+    p = peer(lambda rid, msg, tok, n: [(rid, Done())])
+    with Client(p.endpoint) as c:
+        rid = c.new_request_id()
+        for _ in range(2):
+            assert isinstance(c.call(Rename(src="/a", dst="/b"), rid), Done)
+        c.call(Rename(src="/a", dst="/b"))
+    assert [seen[0] for seen in p.seen[:2]] == [rid, rid] and p.seen[2][0] != rid
 
 
 def test_wrong_request_id_is_dropped(peer: Callable[[Script], Peer]) -> None:
