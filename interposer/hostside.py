@@ -175,6 +175,9 @@ class HostSide:
     def realpath(self, path: str, follow: bool, guest: tuple[int, int] = (0, 0)) -> str:
         """See :class:`interposer.ports.Host`; ``guest`` (tgid, tid) is whose
         ``/proc/self`` and ``/proc/thread-self`` a symlink on the way means."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            os.close(kept[2])  # an earlier walk's object: never what this path names now
         if path == "/":
             return "/"
         flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)

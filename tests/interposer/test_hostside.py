@@ -210,3 +210,19 @@ def test_realpath_is_the_real_path_whatever_way_the_walk_took(tmp_path: Path) ->
     finally:
         os.close(fd)
     assert host.take_checked(f"{base}/real/sub/f", True) is None
+
+
+def test_a_walk_that_opens_nothing_hands_over_no_earlier_fd(tmp_path: Path) -> None:
+    """take_checked gives only what the last realpath opened: after the file is gone,
+    a later walk of its path (ENOENT) must not hand over the fd an earlier walk kept
+    (a stat would show the deleted file)."""
+    host = HostSide(str(tmp_path / "private"), (), (os.getpid(),))
+    f = tmp_path / "x"
+    f.write_text("x")
+    real = os.path.realpath(f)
+    for follow in (True, False):
+        f.write_text("x")
+        assert host.realpath(real, follow) == real  # kept, not taken (an open, an unlink)
+        f.unlink()
+        assert host.realpath(real, follow) == real  # ENOENT now
+        assert host.take_checked(real, follow) is None
