@@ -93,6 +93,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--startup-runs", type=int, default=20, help="timed runs of each for --startup (20)"
     )
+    parser.add_argument(
+        "--micro-c", action="store_true",
+        help="--micro with the loops in C (needs cc): no interpreter between the calls",
+    )  # fmt: skip
+    parser.add_argument(
+        "--micro-unpinned", action="store_true", help="--micro without taskset -c 0"
+    )
 
 
 def _sizes(args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -21,6 +21,7 @@ Trusts: the interposer it measures.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import attrs
@@ -177,6 +178,68 @@ def _guest(scenario: str, data: str, n: int) -> str:
     )
 
 
+#: The same loops in C (``synthfs bench --micro-c``): no interpreter between the calls, as
+#: in the issue's figures. argv: OP PATH N; prints the best of three windows of N calls, in
+#: seconds for all N (the Python loops' unit).
+C_LOOP = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
+                          return t.tv_sec + t.tv_nsec / 1e9; }
+static int once(const char *op, const char *path) {
+    struct stat st;
+    if (op[0] == 'g') return syscall(SYS_getpid) > 0 ? 0 : -1;
+    if (op[0] == 's') return stat(path, &st);
+    int fd = open(path, O_RDONLY);
+    return fd < 0 ? -1 : close(fd);
+}
+int main(int argc, char **argv) {
+    if (argc != 4) return 2;
+    long n = atol(argv[3]);
+    for (int i = 0; i < 1000; i++)
+        if (once(argv[1], argv[2])) { perror(argv[2]); return 1; }
+    double best = 1e30;
+    for (int r = 0; r < 3; r++) {
+        double t = now();
+        for (long i = 0; i < n; i++) once(argv[1], argv[2]);
+        t = now() - t;
+        if (t < best) best = t;
+    }
+    printf("%.9f\n", best);
+    return 0;
+}
+"""
+
+#: the C loop's operation and file for each scenario (D: the data directory)
+C_LOOPS = {
+    "getpid": ("getpid", ""),
+    "host-stat": ("stat", "/etc/hostname"),
+    "data-stat": ("stat", "{D}/x"),
+    "data-open": ("open", "{D}/x"),
+}
+
+
+def _c_loop(tmp: str) -> str | None:
+    """Compile :data:`C_LOOP` in ``tmp``; its path (None: no C compiler here)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    src, exe = Path(tmp) / "loop.c", Path(tmp) / "loop"
+    src.write_text(C_LOOP)
+    p = subprocess.run([cc, "-O2", "-o", str(exe), str(src)], capture_output=True, check=False)
+    return str(exe) if p.returncode == 0 else None
+
+
 def _loop_seconds(argv: list[str]) -> tuple[float, str]:
     import subprocess
 
@@ -189,9 +252,14 @@ def _loop_seconds(argv: list[str]) -> tuple[float, str]:
         return 0.0, f"unexpected output {p.stdout[-200:]!r}"
 
 
-def measure_end_to_end(iterations: int = 20_000, pin: bool = True) -> list[EndToEnd]:
+def measure_end_to_end(
+    iterations: int = 20_000, pin: bool = True, c_loop: bool = False
+) -> list[EndToEnd]:
     """Each scenario natively, under ``synthfs run --agent``, strace --seccomp-bpf
-    and the bare seccomp filter; per-call time from loops timed inside the guest."""
+    and the bare seccomp filter; per-call time from loops timed inside the guest
+    (Python loops, or with ``c_loop`` the :data:`C_LOOP` program; RuntimeError when
+    it cannot be compiled). With ``c_loop`` the loop is timed three times in each run
+    and the best window kept."""
     import shutil
     import tempfile
     from pathlib import Path
@@ -205,6 +273,9 @@ def measure_end_to_end(iterations: int = 20_000, pin: bool = True) -> list[EndTo
         data = Path(tmp) / "data"
         data.mkdir()
         (data / "x").write_bytes(b"x" * 4096)
+        loop = _c_loop(tmp) if c_loop else None
+        if c_loop and loop is None:
+            raise RuntimeError("--micro-c needs a C compiler (cc or gcc)")
         with embedded_stack(data, Path(tmp) / "cache") as stack:
             ep = str(stack.agent_endpoint)
             tools: dict[str, tuple[list[str], str]] = {
@@ -216,12 +287,18 @@ def measure_end_to_end(iterations: int = 20_000, pin: bool = True) -> list[EndTo
                 tools["strace-bpf"] = (strace, str(data))
             for scenario in GUEST_LOOPS:
                 n = iterations * (50 if scenario == "getpid" else 1)  # ~40 ns: needs more
-                native_argv = [*prefix, PYTHON, "-c", _guest(scenario, str(data), n)]
-                nat, err = _loop_seconds(native_argv)
+
+                def guest(d: str, scenario: str = scenario, n: int = n) -> list[str]:
+                    if loop is None:
+                        return [PYTHON, "-c", _guest(scenario, d, n)]
+                    op, path = C_LOOPS[scenario]
+                    return [loop, op, path.replace("{D}", d), str(n)]
+
+                nat, err = _loop_seconds([*prefix, *guest(str(data))])
                 for name, (wrap, dpath) in tools.items():
                     if name == "seccomp" and scenario != "getpid":
                         continue
-                    argv = [*prefix, *wrap, PYTHON, "-c", _guest(scenario, dpath, n)]
+                    argv = [*prefix, *wrap, *guest(dpath)]
                     t, terr = _loop_seconds(argv)
                     per_nat, per_tool = nat / n * 1e6, t / n * 1e6
                     out.append(EndToEnd(scenario, name, n, per_nat, per_tool, err or terr))
@@ -230,14 +307,18 @@ def measure_end_to_end(iterations: int = 20_000, pin: bool = True) -> list[EndTo
 
 def main(args: argparse.Namespace) -> int:
     iterations = int(getattr(args, "micro_iterations", 0) or 20_000)
+    c_loop = bool(getattr(args, "micro_c", False))
+    pin = not getattr(args, "micro_unpinned", False)
     try:
-        rows = measure_end_to_end(iterations)
+        rows = measure_end_to_end(iterations, pin=pin, c_loop=c_loop)
     except Exception as exc:  # reported, not hidden: the stack or synthfs run failed
         print(f"synthfs bench --micro: end-to-end loops failed: {exc!r}", file=sys.stderr)
         return 1
-    print(f"Per call, from loops of {iterations:,} (getpid: x50) timed inside the guest")
+    kind = "C loops (best of 3 windows)" if c_loop else "loops"
+    print(f"Per call, from {kind} of {iterations:,} (getpid: x50) timed inside the guest")
     print("(start-up excluded),", end=" ")
-    print("pinned to CPU 0. overhead = tool - native.\n")
+    print("pinned to CPU 0." if pin else "unpinned.", end=" ")
+    print(f"overhead = tool - native. Load average {os.getloadavg()[0]:.1f}.\n")
     print("| scenario | tool | native µs | tool µs | overhead µs | error |")
     print("|---|---|---|---|---|---|")
     for r in rows:

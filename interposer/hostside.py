@@ -43,6 +43,8 @@ _PROC_PID = re.compile(r"^/proc/(\d+)(/.*)?$")
 _MEM = re.compile(r"^/proc/\d+(/task/\d+)?/mem$")
 #: the text of a /proc magic link to what is not a path (``pipe:[7]``, ``anon_inode:[eventfd]``)
 _NOT_A_PATH = re.compile(r"^[\w-]+:")
+#: an absolute path without '.', '..', '//' or a trailing '/'
+_CLEAN_ABS = re.compile(r"^(?:/(?!\.\.?(?:/|$))[^/]+)+$")
 _GC_EVERY = 512
 _KEEP = 64
 
@@ -146,6 +148,8 @@ class HostSide:
             if path:
                 roots.add(os.path.realpath(path))
         self.refused_roots = tuple(sorted(roots))
+        #: what is below a refused root starts with one of these (one startswith per check)
+        self._refused_below = tuple(root + "/" for root in self.refused_roots)
         self.trusted_pids = {int(p) for p in trusted_pids}
         #: the trusted sockets (the agent's, the server's): their listeners are trusted
         self.listeners = tuple(listeners)
@@ -171,9 +175,26 @@ class HostSide:
     def realpath(self, path: str, follow: bool, guest: tuple[int, int] = (0, 0)) -> str:
         """See :class:`interposer.ports.Host`; ``guest`` (tgid, tid) is whose
         ``/proc/self`` and ``/proc/thread-self`` a symlink on the way means."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            os.close(kept[2])  # an earlier walk's object: never what this path names now
         if path == "/":
             return "/"
         flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+        if _CLEAN_ABS.match(path):
+            # The common case first: a walk that meets no symlink at all names what the
+            # text names (no '.', '..' or '//' in it), so no readlink of the fd is needed.
+            # ENOENT there: what exists of it holds no symlink either (the walk stops at
+            # the first one, ELOOP), so the path as written is what :meth:`_walk` gives.
+            # Any other outcome (a symlink on the way) takes the full resolution below.
+            try:
+                fd = abi.host_openat2(path, flags, abi.RESOLVE_NO_SYMLINKS)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    return path
+            else:
+                self._keep(path, follow, fd)
+                return path
         try:
             # No magic link on this walk: /proc/self/fd/N would be the supervisor's fd.
             fd = abi.host_openat2(path, flags, abi.RESOLVE_NO_MAGICLINKS)
@@ -190,10 +211,14 @@ class HostSide:
         if guest[0] and (real == self._own or real.startswith(self._own_prefix)):
             os.close(fd)
             return self._walk(path, follow, guest)  # a symlink to /proc/self: the guest's
+        self._keep(real, follow, fd)
+        return real
+
+    def _keep(self, real: str, follow: bool, fd: int) -> None:
+        """Hold ``fd`` (on ``real``) for :meth:`take_checked`, closing the one held before."""
         kept, self._kept = self._kept, (real, follow, fd)
         if kept is not None:
             os.close(kept[2])
-        return real
 
     def take_checked(self, real: str, follow: bool) -> int | None:
         """See :class:`interposer.ports.Host`: the fd the last :meth:`realpath` opened."""
@@ -329,9 +354,8 @@ class HostSide:
     def refused(self, real_path: str) -> bool:
         if real_path.startswith(self.reserved_prefixes):
             return True
-        for root in self.refused_roots:
-            if real_path == root or real_path.startswith(root + "/"):
-                return True
+        if real_path.startswith(self._refused_below) or real_path in self.refused_roots:
+            return True
         if real_path.startswith("/proc/"):
             if _MEM.match(real_path):
                 return True

@@ -35,6 +35,7 @@ from __future__ import annotations
 import enum
 import errno
 import os
+import re
 from collections.abc import Callable
 
 from attrs import frozen
@@ -55,6 +56,10 @@ NAME_MAX = 255
 #: A repository path is at most this many bytes (a kernel path string's limit, PATH_MAX
 #: less its NUL; the wire takes no longer: protocol.messages.MAX_PATH).
 REPO_PATH_MAX = 4095
+
+
+#: a plain absolute path: no '.', '..' or empty component, no trailing '/'
+_PLAIN = re.compile(r"^(?:/(?!\.\.?(?:/|$))[^/]+)+$")
 
 
 def _check_repo_length(repo: str) -> None:
@@ -179,6 +184,52 @@ class Namespace:
         Raises OSError with the errno a kernel would give (ENOENT, ENOTDIR,
         ELOOP, ENAMETOOLONG, EXDEV).
         """
+        if not confine and path.startswith(self._prefix) and _PLAIN.match(path):
+            plain = self._resolve_plain(path, follow, lstat)
+            if plain is not None:
+                return plain
+        return self._walk(path, base, follow, lstat, readlink, host_realpath, final, confine)
+
+    def _resolve_plain(self, path: str, follow: bool, lstat: Lstat) -> Target | None:
+        """The walk of a plain path below the mount (absolute, no '.', '..', '//' or
+        trailing '/', short names) that meets no repository symlink: what the full walk
+        gives, from the same lookups, without its bookkeeping. None when a symlink is
+        met (the full walk takes over, from the start)."""
+        if len(path) > REPO_PATH_MAX // 4:
+            return None  # long: the full walk's length checks
+        names = path[len(self._prefix) :].split("/")
+        if any(len(name) > NAME_MAX for name in names):
+            return None  # the full walk decides where a long name fails
+        repo = "/"
+        attrs = lstat(repo)
+        last = len(names) - 1
+        for i, name in enumerate(names):
+            if attrs is None:
+                raise OSError(errno.ENOENT, "no such file or directory")
+            if attrs.kind is not FileKind.DIR:
+                if attrs.kind is FileKind.SYMLINK:
+                    return None
+                raise OSError(errno.ENOTDIR, "not a directory")
+            repo = repo + name if i == 0 else repo + "/" + name
+            attrs = lstat(repo)
+            if i == last:
+                if attrs is not None and attrs.kind is FileKind.SYMLINK and follow:
+                    return None
+                return Target(Where.SYNTH, repo, attrs, False)
+        return None  # (not reached: names is never empty)
+
+    def _walk(
+        self,
+        path: str,
+        base: str,
+        follow: bool,
+        lstat: Lstat,
+        readlink: Readlink,
+        host_realpath: Callable[[str], str] | None,
+        final: Final,
+        confine: int,
+    ) -> Target:
+        """:meth:`resolve`, every case."""
         if not path:
             raise OSError(errno.ENOENT, "empty path")
         if len(path) >= 4096:

@@ -187,9 +187,16 @@ class Call:
     @property
     def spec(self) -> SyscallSpec:
         """The syscall's row of the table (its ops, host op and other row data)."""
-        from synthfs.interposer.syscalls import BY_NR  # the table imports the handlers
+        global _BY_NR
+        if _BY_NR is None:  # bound once: the table imports the handlers, which import this
+            from synthfs.interposer.syscalls import BY_NR
 
-        return BY_NR[self.nr]
+            _BY_NR = BY_NR
+        return _BY_NR[self.nr]
+
+
+#: the syscall table by number, once :attr:`Call.spec` is first asked
+_BY_NR: dict[int, SyscallSpec] | None = None
 
 
 class Env(Protocol):

@@ -299,12 +299,23 @@ _pvw = ctypes.CDLL("libc.so.6", use_errno=True).process_vm_writev
 _pvw.restype = ctypes.c_ssize_t
 _pvw.argtypes = (
     ctypes.c_int,
-    ctypes.POINTER(_IoVec),
+    ctypes.c_void_p,
     ctypes.c_ulong,
-    ctypes.POINTER(_IoVec),
+    ctypes.c_void_p,
     ctypes.c_ulong,
     ctypes.c_ulong,
 )
+
+#: One local and one remote iovec and a staging buffer, reused by every :func:`store`
+#: (the supervisor stores one answer at a time): no ctypes object is built per call.
+_STAGE_SIZE = 4096
+_stage = ctypes.create_string_buffer(_STAGE_SIZE)
+_vecs = (_IoVec * 2)()
+_STAGE_ADDR = ctypes.addressof(_stage)
+_vecs[0].base = _STAGE_ADDR
+_LOCAL = ctypes.addressof(_vecs)
+_REMOTE = _LOCAL + ctypes.sizeof(_IoVec)
+_memmove = ctypes.memmove
 
 
 def store(tid: int, addr: int, data: bytes) -> None:
@@ -312,10 +323,20 @@ def store(tid: int, addr: int, data: bytes) -> None:
     kernel's copy to a guest buffer would: a page the guest cannot write (read-only,
     the scratch area) is EFAULT. (:class:`GuestMemory` writes through
     ``/proc/PID/mem``, which forces the store: only for the supervisor's own use.)"""
-    if not data:
+    size = len(data)
+    if not size:
         return
-    buf = ctypes.create_string_buffer(data, len(data))
-    local = _IoVec(ctypes.addressof(buf), len(data))
-    remote = _IoVec(addr, len(data))
-    if _pvw(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) != len(data):
+    if size > _STAGE_SIZE:
+        buf = ctypes.create_string_buffer(data, size)
+        local = _IoVec(ctypes.addressof(buf), size)
+        remote = _IoVec(addr, size)
+        done = _pvw(tid, ctypes.addressof(local), 1, ctypes.addressof(remote), 1, 0)
+    else:
+        _memmove(_STAGE_ADDR, data, size)
+        vecs = _vecs
+        vecs[0].len = size
+        vecs[1].base = addr
+        vecs[1].len = size
+        done = _pvw(tid, _LOCAL, 1, _REMOTE, 1, 0)
+    if done != size:
         raise OSError(errno.EFAULT, "bad guest address")

@@ -195,6 +195,21 @@ def test_micro_guest_loop_runs_natively(tmp_path: Path) -> None:
         assert err == "" and secs > 0
 
 
+def test_micro_c_loop_runs_natively(tmp_path: Path) -> None:
+    from synthfs.benchmarks import micro
+
+    loop = micro._c_loop(str(tmp_path))
+    if loop is None:
+        pytest.skip("no C compiler")
+    (tmp_path / "x").write_text("x")
+    assert set(micro.C_LOOPS) == set(micro.GUEST_LOOPS)
+    for op, path in micro.C_LOOPS.values():
+        secs, err = micro._loop_seconds([loop, op, path.replace("{D}", str(tmp_path)), "10"])
+        assert err == "" and secs > 0
+    secs, err = micro._loop_seconds([loop, "stat", str(tmp_path / "missing"), "10"])
+    assert secs == 0 and "exit 1" in err  # a loop whose call fails says so, never times it
+
+
 def test_tools_are_described() -> None:
     for name, cls in ALL_TOOLS.items():
         assert cls.name == name and cls.label

@@ -375,3 +375,26 @@ def test_a_fresh_listing_answers_for_missing_names(repo: Path, tmp_path: Path) -
     script = "ls /data/d >/dev/null; test -e /data/d/n && exit 9; echo n >/data/d/n; cat /data/d/n"
     r = run("run", "--data", str(repo), "--", "sh", "-c", script)
     assert (r.returncode, r.stdout) == (0, "n\n"), r.stderr
+
+
+def test_a_host_file_unlinked_is_gone_at_once(repo: Path, tmp_path: Path) -> None:
+    """unlink, then lstat and stat of the same path: ENOENT, as natively (the supervisor
+    once answered the lstat from the fd its check of the unlink had opened)."""
+    host = tmp_path / "host"
+    host.mkdir()
+    code = (
+        "import os, sys\n"
+        "for p, look in ((sys.argv[1], os.lstat), (sys.argv[2], os.stat)):\n"
+        "    open(p, 'w').close(); os.unlink(p)\n"
+        "    try:\n"
+        "        look(p)\n"
+        "    except FileNotFoundError:\n"
+        "        print('gone')\n"
+        "    else:\n"
+        "        print('still there')\n"
+    )
+    argv = ["--", sys.executable, "-c", code, str(host / "x"), str(host / "y")]
+    native = subprocess.run(argv[1:], capture_output=True, text=True, check=False)
+    assert native.stdout == "gone\ngone\n", native.stderr
+    r = run("run", "--data", str(repo), *argv)
+    assert (r.returncode, r.stdout) == (0, "gone\ngone\n"), r.stderr
