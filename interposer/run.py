@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
     from synthfs.interposer.ports import Proc
     from synthfs.interposer.runenv import RunEnv
     from synthfs.interposer.supervisor import Supervisor
-    from synthfs.policy.engine import Policy
 
 __all__ = ["FAST_EXIT", "HELP", "RunEnv", "configure", "main"]
 
@@ -221,18 +222,18 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
     from synthfs.interposer.runenv import RunEnv
     from synthfs.interposer.supervisor import Supervisor
     from synthfs.policy.engine import Policy, PolicyError
-    from synthfs.protocol.trusted import Kind, refused
+    from synthfs.policy.shipped import PolicyNotFound, locate
 
     try:
         ns = Namespace(args.mount)
     except ValueError as exc:
         return _fail(str(exc))
     try:
-        policy = _named_policy(args.policy) if args.policy else Policy.default(ns.mount)
+        policy = Policy.from_toml(locate(args.policy)) if args.policy else Policy.default(ns.mount)
+    except PolicyNotFound as exc:
+        return _fail(str(exc))
     except PolicyError as exc:
         return _fail(f"bad policy: {exc}")
-    if isinstance(policy, str):
-        return _fail(policy)
     if ns.mount not in policy.mounts:
         return _fail(
             f"the policy {args.policy} has no [[mount]] for {ns.mount} "
@@ -241,9 +242,8 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
     ns = Namespace(ns.mount, policy.symlinks[ns.mount])  # [[mount]] symlinks
     if args.read_only:
         policy = policy.read_only()
-    filters = _filter_cache(args.data)
     try:
-        compiled = build_filter(policy, filters)
+        compiled = build_filter(policy)
     except OSError as exc:
         return _fail(f"cannot build the seccomp filter ({exc}); is libseccomp2 installed?", 125)
     trusted: tuple[int, ...] = ()
@@ -299,8 +299,7 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
         ]
         host = HostSide(
             private,
-            (*remote.refused_paths, socket_path, *stack_paths,
-             *refused([(Kind.FILTER_CACHE, filters)])),
+            (*remote.refused_paths, socket_path, *stack_paths),
             (os.getpid(), *trusted, *remote.trusted_pids),
             listeners,
             private_bases(),
@@ -341,8 +340,6 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
                 listener_probes=sum(listener.probes for listener in listeners),
             )
             assert stats_file is not None
-            import json
-
             json.dump(sup.stats, stats_file, indent=1)
         return status
     finally:
@@ -350,38 +347,7 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
             audit.close()
         if stats_file is not None:
             stats_file.close()
-        import shutil
-
         shutil.rmtree(private, ignore_errors=True)
-
-
-def _named_policy(name: str) -> Policy | str:
-    """The policy file ``name``, or the shipped policy of that name; else why not (PolicyError
-    for a bad one). The shipped list (and pathlib) is loaded only when a policy is named."""
-    from synthfs.policy.engine import Policy
-    from synthfs.policy.shipped import PolicyNotFound, locate
-
-    try:
-        return Policy.from_toml(locate(name))
-    except PolicyNotFound as exc:
-        return str(exc)
-
-
-def _filter_cache(data: str | None) -> str | None:
-    """Where compiled filters are kept (:mod:`interposer.filter`); None: compile every run.
-
-    Never in or above the served directory: nothing of synthfs's is written into the
-    data a run serves (the guest could not see it there, but its owner would).
-    """
-    from synthfs.interposer.filter import default_filter_cache
-
-    path = os.path.realpath(default_filter_cache())
-    if data:
-        served = os.path.realpath(data)
-        if (path == served or path.startswith(served.rstrip("/") + "/")
-                or served.startswith(path + "/")):
-            return None
-    return path
 
 
 def _socket_path(endpoint: str) -> str:

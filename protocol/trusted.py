@@ -16,9 +16,8 @@ policy is asked:
   is on this host (``ipc://``, loopback ``tcp://``), plus ``--refuse`` paths;
 * the **embedded launcher** (``synthfs run --data``): its private work
   directory (sockets, logs, the bootstrap key until both are ready);
-* the **supervisor**: its private directory (directory placeholders), the
-  agent's socket it connects to, and its cache of compiled seccomp filters
-  (a program there is loaded into the next run's guests: :mod:`interposer.filter`).
+* the **supervisor**: its private directory (directory placeholders), and the
+  agent's socket it connects to.
 
 Trusts the paths its callers hold (their own command lines); the server's
 list reaches the agent over the authenticated link. A path is refused with
@@ -49,7 +48,6 @@ class Kind(enum.Enum):
     CACHE = "the agent's content cache"
     WORKDIR = "the embedded stack's work directory"
     SUPERVISOR_DIR = "the supervisor's private directory"
-    FILTER_CACHE = "the supervisor's cache of compiled seccomp filters"
 
 
 def socket_path(endpoint: str) -> str:

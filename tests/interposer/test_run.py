@@ -267,53 +267,6 @@ def test_start_up_imports_stay_light() -> None:
     assert out == "[] False\n"
 
 
-def test_the_filter_cache_is_out_of_every_guests_reach(repo: Path, tmp_path: Path) -> None:
-    """A program in the filter cache is loaded into later runs' guests: a guest that could
-    write one there would choose the next run's filter. Natively this user may write there
-    (the attack works outside the sandbox); under synthfs the directory is refused."""
-    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
-    filters = tmp_path / "xdg" / "synthfs-filters"
-    plant = f"ls {filters} && echo planted > {filters}/planted.bpf"
-    first = run("run", "--data", str(repo), "--", "true", env=env)
-    assert first.returncode == 0, first.stderr
-    assert [p.suffix for p in filters.iterdir()] == [".bpf"]  # the run compiled and kept it
-    native = subprocess.run(["sh", "-c", plant], capture_output=True, text=True, env=env)
-    assert native.returncode == 0 and (filters / "planted.bpf").exists()
-    (filters / "planted.bpf").unlink()
-    r = run("run", "--data", str(repo), "--", "sh", "-c", plant, env=env)
-    assert r.returncode != 0 and "Permission denied" in r.stderr, r.stderr
-    assert not (filters / "planted.bpf").exists()
-    r = run("run", "--data", str(repo), "--", "sh", "-c", f"mv {filters} {tmp_path}/moved",
-            env=env)
-    assert r.returncode != 0 and filters.is_dir()
-
-
-def test_a_warm_run_imports_only_what_it_needs(repo: Path, tmp_path: Path) -> None:
-    """``synthfs run --agent EP -- true`` with its filter compiled before: what start-up time
-    rests on. No S3 client, no libseccomp binding (its import runs ldconfig twice), and none
-    of the standard library a run does not use (a subprocess, a temporary file, pathlib,
-    sqlite3 (the agent's index), difflib (a policy error's hint))."""
-    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
-    with embedded(repo, cache_dir=tmp_path / "cache") as stack:
-        probe = (
-            "import sys\n"
-            "from synthfs.cli import main\n"
-            f"status = main(['run', '--agent', {stack.agent_endpoint!r}, '--', 'true'])\n"
-            "print(status, ' '.join(sorted(sys.modules)))\n"
-        )
-        for _ in range(2):  # the first compiles the filter and keeps it
-            out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                                 env=env, timeout=60, check=True).stdout
-    status, loaded = out.split(" ", 1)
-    assert status == "0"
-    modules = set(loaded.split())
-    heavy = {"boto3", "botocore", "pyseccomp", "ctypes.util", "subprocess", "tempfile",
-             "pathlib", "sqlite3", "difflib", "secrets", "synthfs.agent.cache",
-             "synthfs.server", "synthfs.policy.shipped"}
-    assert sorted(heavy & modules) == []
-    assert "synthfs.interposer.supervisor" in modules  # the probe did run the supervisor
-
-
 def _requests(repo: Path, tmp_path: Path, script: str) -> int:
     """Agent requests of one run of ``sh -c script`` (``--stats``), after checking it worked."""
     stats = tmp_path / "stats.json"
