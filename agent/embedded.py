@@ -57,6 +57,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 import synthfs
+from synthfs.private_dirs import private_dir_name
 
 if TYPE_CHECKING:
     import subprocess
@@ -128,13 +129,6 @@ def _runtime_base() -> str | None:
     if run and os.path.isdir(run) and os.access(run, os.W_OK) and len(run) < 60:
         return run
     return None
-
-
-def private_bases() -> tuple[str, ...]:
-    """Where synthfs processes make their private ``synthfs-*`` directories (the
-    temp dir, and $XDG_RUNTIME_DIR when it is usable): names there that start so
-    are synthfs's, and no guest of any run may reach them."""
-    return tuple(b for b in (_temp_base(), _runtime_base()) if b)
 
 
 #: the file in each work directory naming its owner: ``PID START PIDNS`` (START: the
@@ -213,7 +207,7 @@ def _temp_base() -> str:
 def _mkdtemp(prefix: str, base: str) -> str:
     """``tempfile.mkdtemp(prefix=prefix, dir=base)``: a new 0700 directory, a random name."""
     for _ in range(100):
-        path = os.path.join(base, prefix + os.urandom(6).hex())
+        path = os.path.join(base, private_dir_name(prefix))
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:

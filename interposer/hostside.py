@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 
 from synthfs.interposer import abi
 from synthfs.interposer.ports import DirHandle
+from synthfs.private_dirs import PRIVATE_DIR
 
 __all__ = ["HostSide", "Listener"]
 
@@ -132,15 +133,8 @@ class HostSide:
         refused: Iterable[str],
         trusted_pids: Iterable[int],
         listeners: Iterable[Listener] = (),
-        reserved_dirs: Iterable[str] = (),
     ) -> None:
         self.private_dir = os.path.realpath(private_dir)
-        #: ``DIR/synthfs-`` for each directory where synthfs runs make their private
-        #: ``synthfs-*`` directories (the temp dir, $XDG_RUNTIME_DIR): every run's, not
-        #: only this one's, holds sockets and keys no guest may reach (a guest of one
-        #: run spoke to another run's agent through them)
-        self.reserved_prefixes = tuple(
-            os.path.join(os.path.realpath(d), "synthfs-") for d in reserved_dirs if d)
         self._dirs = os.path.join(self.private_dir, "dirs")
         os.makedirs(self._dirs, mode=0o700, exist_ok=True)
         roots = {self.private_dir}
@@ -352,8 +346,8 @@ class HostSide:
         return any(root == real_path or root.startswith(prefix) for root in self.refused_roots)
 
     def refused(self, real_path: str) -> bool:
-        if real_path.startswith(self.reserved_prefixes):
-            return True
+        if PRIVATE_DIR.search(real_path):
+            return True  # any run's private directory (a guest spoke to another run's agent)
         if real_path.startswith(self._refused_below) or real_path in self.refused_roots:
             return True
         if real_path.startswith("/proc/"):

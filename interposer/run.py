@@ -267,7 +267,7 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
         if audit is not None:
             audit.close()
         return _fail(f"--stats {args.stats}: {exc.strerror}")
-    from synthfs.agent.embedded import private_bases, private_dir
+    from synthfs.agent.embedded import private_dir
 
     private = private_dir("synthfs-run-")
     try:
@@ -302,7 +302,6 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
             (*remote.refused_paths, socket_path, *stack_paths),
             (os.getpid(), *trusted, *remote.trusted_pids),
             listeners,
-            private_bases(),
         )
         # The agent names its server (--agent: it may restart; asked again when it died).
         host.also_trusted = remote.trusted_now

@@ -17,7 +17,9 @@ policy is asked:
 * the **embedded launcher** (``synthfs run --data``): its private work
   directory (sockets, logs, the bootstrap key until both are ready);
 * the **supervisor**: its private directory (directory placeholders), and the
-  agent's socket it connects to.
+  agent's socket it connects to;
+* **every** run's private directories, wherever they are, by their name
+  (:mod:`synthfs.private_dirs`).
 
 Trusts the paths its callers hold (their own command lines); the server's
 list reaches the agent over the authenticated link. A path is refused with
@@ -32,6 +34,7 @@ import os
 from collections.abc import Iterable
 
 __all__ = ["Kind", "refused", "socket_path"]
+
 
 
 class Kind(enum.Enum):

@@ -220,19 +220,25 @@ OTHER_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize("tmpdir", ["same", "other"])
 def test_a_guest_cannot_reach_another_runs_agent_or_keys(
-        tmp_path: Path, synthfs: helpers.SynthfsLauncher) -> None:
+        tmp_path: Path, synthfs: helpers.SynthfsLauncher, tmpdir: str) -> None:
     """Found by the sixth review: each run refused its own private directory only, so a
     guest whose policy lets it write /tmp (the shipped ``ci`` policy) connected to
     another concurrent run's agent socket in ``$TMPDIR/synthfs-*`` and, speaking the
     supervisor's protocol, read, removed and renamed files of that run's repository
     (the agent trusts its socket's peers: the policy lives in the supervisor); it
     could read that run's keys as well. Every run's ``synthfs-*``
-    directory in the temp dir (and $XDG_RUNTIME_DIR) is refused to every guest."""
+    directory is refused to every guest by its name, wherever it is: the seventh
+    review reached the other run's again when its $TMPDIR differed ("other")."""
     base = tmp_path / "tmp"
     base.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
     env.update(TMPDIR=str(base), WORKSPACE=str(tmp_path))
+    mine_env = dict(env)
+    if tmpdir == "other":
+        (tmp_path / "tmp2").mkdir()
+        mine_env["TMPDIR"] = str(tmp_path / "tmp2")
     victim, mine = tmp_path / "victim", tmp_path / "mine"
     victim.mkdir()
     mine.mkdir()
@@ -248,7 +254,7 @@ def test_a_guest_cannot_reach_another_runs_agent_or_keys(
         native = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
         assert native.stdout == "listed connected\n", native  # the control
         r = subprocess.run([*helpers.synthfs_command(), "run", "--data", str(mine), "--policy",
-                            "ci", "--", *argv], env=env, capture_output=True, text=True,
+                            "ci", "--", *argv], env=mine_env, capture_output=True, text=True,
                            timeout=120)
         assert r.stdout == "refused refused\n", (r.stdout, r.stderr)
     finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from synthfs.interposer.hostside import HostSide, Listener, peer_pid
+from synthfs.private_dirs import private_dir_name
 
 #: Listens on argv[1] (a plain unix socket, or ZeroMQ with argv[2] == "zmq"), says
 #: "ready", then sleeps until killed.
@@ -164,65 +165,14 @@ def test_a_dead_server_the_agent_named_is_failed_closed(
 
 
 def test_every_runs_private_directories_are_refused(tmp_path: Path) -> None:
-    """Names starting ``synthfs-`` directly in a reserved directory (the temp dir, the
-    runtime dir) are every run's private directories: refused, below them too; other
-    names there, and ``synthfs-`` names deeper down, are not."""
-    base = tmp_path / "tmp"
-    base.mkdir()
-    host = HostSide(str(tmp_path / "private"), (), (os.getpid(),), (), [str(base)])
-    assert host.refused(f"{base}/synthfs-abc")
-    assert host.refused(f"{base}/synthfs-run-x/agent.sock")
-    assert not host.refused(f"{base}/mine/synthfs-abc")
-    assert not host.refused(f"{base}/other")
-    assert not HostSide(str(tmp_path / "p2"), (), (os.getpid(),)).refused(f"{base}/synthfs-abc")
-
-
-def test_realpath_is_the_real_path_whatever_way_the_walk_took(tmp_path: Path) -> None:
-    """The symlink-free walk answers without a readlink; every other path is resolved."""
-    host = HostSide(str(tmp_path / "private"), (str(tmp_path / "secret"),), (os.getpid(),))
-    (tmp_path / "real" / "sub").mkdir(parents=True)
-    (tmp_path / "real" / "sub" / "f").write_text("x")
-    (tmp_path / "secret").mkdir()
-    (tmp_path / "link").symlink_to(tmp_path / "real")
-    (tmp_path / "to_secret").symlink_to(tmp_path / "secret")
-    (tmp_path / "real" / "flink").symlink_to(tmp_path / "real" / "sub" / "f")
-    base = os.path.realpath(tmp_path)
-    cases = {
-        f"{base}/real/sub/f": (True, f"{base}/real/sub/f"),
-        f"{base}/link/sub/f": (True, f"{base}/real/sub/f"),  # a directory symlink on the way
-        f"{base}/link/sub/nope/x": (True, f"{base}/real/sub/nope/x"),  # ENOENT past a link
-        f"{base}/real/nope/x": (True, f"{base}/real/nope/x"),  # ENOENT, no link
-        f"{base}/real/flink": (True, f"{base}/real/sub/f"),  # a final link, followed
-        f"{base}/real/flink ": (True, f"{base}/real/flink "),
-        f"{base}/to_secret/k": (True, f"{base}/secret/k"),
-    }
-    for path, (follow, real) in cases.items():
-        assert host.realpath(path, follow) == real, path
-    assert host.realpath(f"{base}/real/flink", False) == f"{base}/real/flink"  # not followed
-    assert host.refused(host.realpath(f"{base}/to_secret/k", True))
-    assert host.refused(f"{base}/secret") and not host.refused(f"{base}/secretive")
-    # The fd the walk opened is the checked object's, handed over once.
-    host.realpath(f"{base}/real/sub/f", True)
-    fd = host.take_checked(f"{base}/real/sub/f", True)
-    assert fd is not None
-    try:
-        assert os.stat(fd).st_ino == os.stat(f"{base}/real/sub/f").st_ino
-    finally:
-        os.close(fd)
-    assert host.take_checked(f"{base}/real/sub/f", True) is None
-
-
-def test_a_walk_that_opens_nothing_hands_over_no_earlier_fd(tmp_path: Path) -> None:
-    """take_checked gives only what the last realpath opened: after the file is gone,
-    a later walk of its path (ENOENT) must not hand over the fd an earlier walk kept
-    (a stat would show the deleted file)."""
+    """A private directory's name (``synthfs-`` or ``synthfs-run-`` and 12 hex digits)
+    is refused wherever it is, below it too (another run's may be in any $TMPDIR);
+    other names, and names that only look alike, are not."""
     host = HostSide(str(tmp_path / "private"), (), (os.getpid(),))
-    f = tmp_path / "x"
-    f.write_text("x")
-    real = os.path.realpath(f)
-    for follow in (True, False):
-        f.write_text("x")
-        assert host.realpath(real, follow) == real  # kept, not taken (an open, an unlink)
-        f.unlink()
-        assert host.realpath(real, follow) == real  # ENOENT now
-        assert host.take_checked(real, follow) is None
+    name = private_dir_name("synthfs-")
+    assert host.refused(f"/tmp/{name}")
+    assert host.refused(f"/home/u/elsewhere/{private_dir_name('synthfs-run-')}/agent.sock")
+    assert host.refused(f"/srv/x/{name}/sub/dir")
+    assert not host.refused("/tmp/synthfs-mine")
+    assert not host.refused(f"/tmp/{name}x")
+    assert not host.refused("/usr/lib/python3/site-packages/synthfs-0.2.0.dist-info/RECORD")

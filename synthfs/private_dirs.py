@@ -1,0 +1,27 @@
+"""The names of synthfs's private directories: how every run's are told from any other.
+
+A run's private directories (the embedded work directory: sockets, logs, the
+bootstrap key; the supervisor's placeholders) are on its own list of trusted
+paths, but another concurrent run's are not, and may be anywhere its
+``$TMPDIR`` said: so they are refused to every guest by their name. Pure, no
+I/O beyond the random name; light on imports (the launcher uses it first).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+__all__ = ["PRIVATE_DIR", "private_dir_name"]
+
+#: Every synthfs process's private directory, wherever it is (any run's, any
+#: ``$TMPDIR``): a path component ``synthfs-`` or ``synthfs-run-`` and 12 hex
+#: digits. Refused to every guest by name, since another run's (its sockets, its
+#: keys) is not on this run's list and may be anywhere its environment said.
+PRIVATE_DIR = re.compile(r"/synthfs-(?:run-)?[0-9a-f]{12}(?:/|$)")
+
+
+def private_dir_name(prefix: str) -> str:
+    """A fresh random name of a private directory (``prefix``: ``synthfs-`` or
+    ``synthfs-run-``), one :data:`PRIVATE_DIR` matches."""
+    return prefix + os.urandom(6).hex()
