@@ -1036,7 +1036,6 @@ class S3Backend(Backend):
                 finally:
                     up.lock.release()
 
-    @_changes("path")
     def upload_commit(
         self, upload_id: str, path: str, size: int, mode: int = 0o644, exclusive: bool = False
     ) -> ObjectAttrs:
@@ -1054,6 +1053,7 @@ class S3Backend(Backend):
                           f"of holes would be uploaded as zeros (at most {self._holes_max})")
         return self._commit(upload_id, path, size, extents, mode, exclusive)
 
+    @_changes("path")  # every commit, dense or sparse (a sparse one went round the lock)
     def _commit(self, upload_id: str, path: str, size: int, extents: Extents | None,
                 mode: int, exclusive: bool) -> ObjectAttrs:
         parts = split_path(path)
