@@ -15,7 +15,11 @@ as it would natively, or runs its handler and then makes the call anew.
 A call that has sent a change (a create, a rename, an upload) is never given
 up: its answer comes as it would have. The signal disarms once a guest given it
 is seen again (dead of it, or in its next stop), or after :data:`GRACE` seconds
-(one nobody takes: blocked, ignored, or for a guest that is not waiting).
+(one nobody takes: blocked, ignored, or for a guest that is not waiting). A
+thread's call gives up once per signal: a thread that blocks the signal (so it
+is never seen taking it) makes its call again and is then served, instead of
+giving up in a loop for the whole grace (review round 7); a restarted call runs
+its handler again, so an ``--audit-all`` log may show that call's decision twice.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import NoReturn
 
 __all__ = ["GRACE", "Interrupted", "Interruption"]
 
@@ -47,11 +52,15 @@ class Interruption:
         self._until = 0.0
         self._serving = False
         self._changed = False
+        #: the thread being served, and the threads whose call gave up for this signal
+        self._tid = 0
+        self._gave_up: set[int] = set()
 
     def arm(self, sig: int) -> None:
         """``sig`` was sent to the guests (called from a signal handler)."""
         self._sig, self._taker = sig, 0
         self._until = time.monotonic() + GRACE
+        self._gave_up = set()
 
     def delivered(self, sig: int, tid: int) -> None:
         """Thread ``tid`` is being given ``sig``: calls give up until it is seen again
@@ -67,9 +76,9 @@ class Interruption:
             self._sig = self._taker = 0
 
     @contextlib.contextmanager
-    def serving(self) -> Iterator[None]:
-        """Around a handler: only there may :meth:`check` give up."""
-        self._serving, self._changed = True, False
+    def serving(self, tid: int = 0) -> Iterator[None]:
+        """Around a handler of thread ``tid``: only there may :meth:`check` give up."""
+        self._serving, self._changed, self._tid = True, False, tid
         try:
             yield
         finally:
@@ -83,10 +92,15 @@ class Interruption:
         """Whether the call being served should give up now."""
         return (
             bool(self._sig) and self._serving and not self._changed
-            and time.monotonic() < self._until
+            and self._tid not in self._gave_up and time.monotonic() < self._until
         )
 
     def check(self) -> None:
         """:class:`Interrupted` when the call being served should give up now."""
         if self.pending():
-            raise Interrupted
+            self.give_up()
+
+    def give_up(self) -> NoReturn:
+        """The call being served gives up now (its thread's once for this signal)."""
+        self._gave_up.add(self._tid)
+        raise Interrupted

@@ -30,7 +30,7 @@ from attrs import evolve
 
 from synthfs.interposer import abi
 from synthfs.interposer.inodes import Inodes, state_of
-from synthfs.interposer.interrupt import Interrupted, Interruption
+from synthfs.interposer.interrupt import Interruption
 from synthfs.interposer.progress import ProgressLine
 from synthfs.protocol.client import SERVER_UNREACHABLE, Client, Unreachable
 from synthfs.protocol.leases import LeaseFeed, Leases
@@ -202,8 +202,8 @@ class Remote:
                 self._rehello()
             return (client or self._client).call(msg)
         except Unreachable as exc:
-            if self._given_up:  # for a signal: the guest's call is made again
-                raise Interrupted from None
+            if self._given_up and self.interruption is not None:  # the call is made again
+                self.interruption.give_up()
             self._agent_lost = not self._agent_alive()
             self._away(f"the agent at {self.endpoint} did not answer within {exc.seconds:.3g} s")
             raise OSError(errno.EIO, f"agent unreachable: {exc.strerror}") from None

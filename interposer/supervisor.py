@@ -778,7 +778,7 @@ class Supervisor:
         )
         t1 = time.perf_counter_ns() if stats is not None else 0
         try:
-            with self.interruption.serving():
+            with self.interruption.serving(tid):
                 result = spec.handler(call, self.env)
         except Interrupted:  # a signal came for the guests: they take it first
             self._restart(t, regs)

@@ -65,3 +65,20 @@ def test_disarmed_after_the_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     now[0] += interrupt.GRACE + 0.1
     with stop.serving():
         stop.check()
+
+
+def test_a_thread_gives_up_once_a_signal() -> None:
+    """A thread that blocks the signal is never seen taking it: its call gives up once,
+    then is served (it gave up in a loop for the whole grace: review round 7), and a
+    new signal may interrupt it again; another thread's call still gives up."""
+    i = Interruption()
+    i.arm(2)
+    with i.serving(10), pytest.raises(Interrupted):
+        i.check()
+    with i.serving(10):
+        i.check()  # the same thread's call, made again: served
+    with i.serving(11), pytest.raises(Interrupted):
+        i.check()
+    i.arm(2)
+    with i.serving(10), pytest.raises(Interrupted):
+        i.check()
