@@ -373,7 +373,7 @@ def temporary_glob(path: str, existing: Iterable[str] = (), fresh: bool = False)
     for m in _RANDOM_RUN.finditer(name):
         run = m.group()
         kinds = sum(any(test(c) for c in run) for test in (str.islower, str.isupper, str.isdigit))
-        if kinds >= 2:
+        if kinds >= 2 or fresh:  # (a random run may come out of one kind: git's "gyrtes")
             start = m.start() + (3 if run[:3].lower() == "tmp" else 0)
             ext = _EXTENSION.search(name[start:])
             end = len(name) - len(ext.group()) if ext else len(name)

@@ -162,6 +162,14 @@ def test_a_wholly_random_name_is_a_glob_only_in_a_directory_the_run_made() -> No
     assert temporary_glob("/home/u/tukBcnR") is None
 
 
+def test_in_a_directory_the_run_made_a_random_part_may_be_of_one_kind() -> None:
+    """git's tmp_obj_XXXXXX came out all lower case (``gyrtes``) once in a CI run: in a
+    directory the run made (``objects/c5``) it is a glob all the same."""
+    assert temporary_glob("/data/.git/objects/c5/tmp_obj_gyrtes", fresh=True) \
+        == "/data/.git/objects/c5/tmp_obj_??????"
+    assert temporary_glob("/data/pub/tmp_obj_gyrtes") is None
+
+
 def test_a_temporary_glob_never_matches_a_name_that_is_there() -> None:
     """The name is the guest's: ``.bAb12C`` would give ``.??????``, which matches
     ``.bashrc``; with ``.bashrc`` there it stays exact."""
