@@ -382,7 +382,8 @@ def temporary_glob(path: str, existing: Iterable[str] = (), fresh: bool = False)
                 return None  # nothing of the name is kept: any name there of that length
             glob = f"{head}/{prefix}{'?' * (end - start)}{suffix}"
             compiled = PathGlob.compile(glob)
-            if not fresh and any(compiled.matches(p) for p in existing if p != path):
+            if not fresh and any(compiled.matches(p) for p in existing
+                                 if p != path and _parent(p) == (head or "/")):
                 return None  # it would allow a file the run did not make
             return glob
     return None
@@ -390,9 +391,9 @@ def temporary_glob(path: str, existing: Iterable[str] = (), fresh: bool = False)
 
 def _siblings(path: str) -> list[str]:
     """The host paths in ``path``'s directory now (none when it cannot be listed)."""
-    head = path.rpartition("/")[0] or "/"
+    head = _parent(path)
     try:
-        return [os.path.join(head, n) for n in os.listdir(head)]
+        return [_join(head, n) for n in os.listdir(head)]
     except OSError:
         return []
 
