@@ -1,9 +1,11 @@
 """The policies that ship with synthfs, found by name.
 
 ``--policy readonly`` names ``policies/readonly.toml`` of the installed
-package; anything that exists as a file (or has a ``/`` or ends in
-``.toml``) is a path. A file named like a shipped policy in the current
-directory wins, as a path would: the user's own file is never shadowed.
+package; anything that exists and is not a directory (or has a ``/`` or
+ends in ``.toml``) is a path. A file named like a shipped policy in the
+current directory wins, as a path would: the user's own file is never
+shadowed. A directory of that name (a project's ``ci/``) is no policy file,
+so it does not hide the shipped policy.
 
 Trusts nothing it reads beyond file names: the policy text itself is loaded
 and validated by :mod:`synthfs.policy.engine`.
@@ -33,7 +35,7 @@ def shipped() -> dict[str, Path]:
 
 def locate(name: str) -> str:
     """The policy file ``--policy NAME`` means (a path, or a shipped policy's name)."""
-    if os.path.exists(name) or "/" in name or name.endswith(".toml"):
+    if (os.path.exists(name) and not os.path.isdir(name)) or "/" in name or name.endswith(".toml"):
         return name
     found = shipped().get(name)
     if found is None:

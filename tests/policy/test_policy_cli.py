@@ -242,3 +242,13 @@ def test_a_file_beats_a_shipped_name(
     (tmp_path / "readonly").write_text("version = 1\nname = 'mine'\nbogus = 1\n")
     code, out, err = run(capsys, "check", "readonly")
     assert code == 1 and "bogus" in err  # the user's own file was read, not the shipped one
+
+
+def test_a_directory_does_not_hide_a_shipped_name(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project's own ``ci/`` directory is no policy file: ``ci`` is the shipped one."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ci").mkdir()
+    code, out, err = run(capsys, "check", "ci")
+    assert code == 0 and out.startswith("ci: ok"), err
