@@ -42,6 +42,13 @@ __all__ = ["HostSide", "Listener"]
 
 _PROC_PID = re.compile(r"^/proc/(\d+)(/.*)?$")
 _MEM = re.compile(r"^/proc/\d+(/task/\d+)?/mem$")
+#: what of a process the kernel guards with a ptrace access check (its memory, environment,
+#: open files, cwd and root): a guest reaches these of its own run's processes only
+_PROC_PRIVATE = re.compile(
+    r"^/proc/(\d+)(?:/task/\d+)?/(?:environ|auxv|mem|stack|syscall|personality|fd|fdinfo"
+    r"|map_files|maps|smaps|smaps_rollup|numa_maps|pagemap|io|cwd|root|exe|timers"
+    r"|timerslack_ns|ns|attr|clear_refs|coredump_filter|wchan)(?:/|$)"
+)
 #: the text of a /proc magic link to what is not a path (``pipe:[7]``, ``anon_inode:[eventfd]``)
 _NOT_A_PATH = re.compile(r"^[\w-]+:")
 #: an absolute path without '.', '..', '//' or a trailing '/'
@@ -252,6 +259,9 @@ class HostSide:
                 cur = "/proc"
                 continue
             if stat.S_ISLNK(st.st_mode) and (todo or follow):
+                if self._foreign_private(candidate):
+                    rest = "/".join(reversed(todo))  # not followed: refused as it is
+                    return candidate + ("/" + rest if rest else "")
                 links += 1
                 if links > 40:
                     return path  # the kernel will say ELOOP
@@ -353,10 +363,19 @@ class HostSide:
         if real_path.startswith("/proc/"):
             if _MEM.match(real_path):
                 return True
+            if self._foreign_private(real_path):
+                return True
             m = _PROC_PID.match(real_path)
             if m and self.trusted(int(m.group(1))):
                 return True
         return False
+
+    def _foreign_private(self, path: str) -> bool:
+        """Whether ``path`` is a guarded part of ``/proc/PID`` (its memory, environment,
+        fds, cwd, root...) of a process that is not a guest of this run: another run's
+        agent or server, or any process of the user outside the sandbox."""
+        m = _PROC_PRIVATE.match(path)
+        return m is not None and not self.is_guest(int(m.group(1)))
 
     # -- placeholders -------------------------------------------------------------------------
 

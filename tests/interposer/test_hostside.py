@@ -90,24 +90,26 @@ def test_a_restarted_listener_is_trusted_and_its_predecessor_forgotten(
         host = _host(tmp_path, sock, first.pid, set())
         assert host.trusted(first.pid)
         assert not host.trusted(bystander.pid)
-        assert host.refused(f"/proc/{first.pid}/environ")
+        assert host.refused(f"/proc/{first.pid}/stat")
         first.kill()
         # nobody listens: fail closed, every pid that is not a guest is refused
         assert host.trusted(bystander.pid)
-        assert host.refused(f"/proc/{bystander.pid}/environ")
+        assert host.refused(f"/proc/{bystander.pid}/stat")
         second = Listening(sock, zmq=True)
         procs.append(second)
         assert host.trusted(second.pid)
-        assert host.refused(f"/proc/{second.pid}/environ")
+        assert host.refused(f"/proc/{second.pid}/stat")
         assert host.refused(f"/proc/{second.pid}/task/{second.pid}/fd")
         tids = [int(t) for t in os.listdir(f"/proc/{second.pid}/task")]
         assert len(tids) > 1  # ZeroMQ's I/O threads
         for tid in tids:
             assert host.trusted(tid), tid  # /proc/TID reaches the process as /proc/PID does
-            assert host.refused(f"/proc/{tid}/environ")
+            assert host.refused(f"/proc/{tid}/stat")
         assert first.pid not in host.trusted_pids  # dead: its pid may return as a guest's
         assert not host.trusted(bystander.pid)
-        assert not host.refused(f"/proc/{bystander.pid}/environ")
+        assert not host.refused(f"/proc/{bystander.pid}/stat")  # what ps reads of anyone
+        # what the kernel guards with a ptrace check stays refused: it is not a guest's
+        assert host.refused(f"/proc/{bystander.pid}/environ")
         assert host.trusted_group(os.getpgid(second.pid))
     finally:
         bystander.kill()

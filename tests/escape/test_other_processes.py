@@ -1,0 +1,119 @@
+"""Escape suite: what a guest may see of processes that are not its run's.
+
+A guest shares the user's uid with every other process of the user: another
+run's agent and server (which hold a token and a cache), the user's shell,
+an editor. Natively, the same uid reads their ``/proc/PID/environ``, opens
+their files through ``/proc/PID/fd/N``, walks their cwd and root. Under
+synthfs a guest reaches those guarded parts of ``/proc/PID`` (the ones the
+kernel gates with a ptrace access check) only for its own run's processes;
+of any other process it sees what ``ps`` shows (``stat``, ``status``,
+``cmdline``).
+
+The bystander stands for another run's trusted process: a process of the
+same user, outside the sandbox, with a secret in its environment, an open
+file, and its cwd in a directory. Each attack runs natively first (the
+control: it must reach the bystander), then under ``synthfs run``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import helpers
+import pytest
+
+pytestmark = pytest.mark.ptrace
+
+SECRET = "bystander-secret-7f3a"
+
+#: what the guest tries, with the bystander's pid as {pid} and its open fd as {fd};
+#: each prints the secret (or the file's content) when it reaches the bystander
+ATTACKS = {
+    "environ": "print(open('/proc/{pid}/environ', 'rb').read().decode(errors='replace'))",
+    "task_environ": "print(open('/proc/{pid}/task/{pid}/environ', 'rb').read().decode())",
+    "fd_open": "print(open('/proc/{pid}/fd/{fd}').read())",
+    "fd_list": "print(os.listdir('/proc/{pid}/fd'), SECRET_MARK)",
+    "fd_readlink": "print(os.readlink('/proc/{pid}/fd/{fd}'), SECRET_MARK)",
+    "cwd_walk": "print(open('/proc/{pid}/cwd/held.txt').read())",
+    "root_walk": "print(open('/proc/{pid}/root' + HELD).read())",
+    "symlink_to_fd": "os.symlink('/proc/{pid}/fd', LINK); print(open(LINK + '/{fd}').read())",
+    "maps": "print(open('/proc/{pid}/maps').read()[:0] + SECRET_MARK)",
+}
+
+
+@pytest.fixture
+def bystander(tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
+    """A process of this user outside any sandbox: (pid, an open fd's number, its file)."""
+    held = tmp_path / "bystander" / "held.txt"
+    held.parent.mkdir()
+    held.write_text(SECRET + "\n")
+    code = (
+        "import os, sys, time\n"
+        f"fd = os.open({str(held)!r}, os.O_RDONLY)\n"
+        "print(fd, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=held.parent, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "BYSTANDER_TOKEN": SECRET},
+    )
+    try:
+        assert proc.stdout is not None
+        fd = int(proc.stdout.readline())
+        yield proc.pid, fd, held
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _program(attack: str, pid: int, fd: int, held: Path, link: Path) -> list[str]:
+    body = ATTACKS[attack].format(pid=pid, fd=fd)
+    prelude = f"import os\nSECRET_MARK = {SECRET!r}\nHELD = {str(held)!r}\nLINK = {str(link)!r}\n"
+    return [sys.executable, "-c", prelude + body]
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_a_guest_does_not_reach_another_process(
+    attack: str, bystander: tuple[int, int, Path], synthfs, tmp_path: Path
+) -> None:
+    pid, fd, held = bystander
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    native = helpers.run_native(_program(attack, pid, fd, held, tmp_path / "n-link"), cwd=tmp_path)
+    assert native.status == 0 and SECRET in native.stdout, native.show()  # the control
+
+    out = synthfs.run(repo, _program(attack, pid, fd, held, tmp_path / "s-link"), cwd=tmp_path)
+    assert SECRET not in out.stdout, out.show()
+    assert out.status != 0, out.show()
+    assert "Permission denied" in out.stderr or "Operation not permitted" in out.stderr, out.show()
+
+
+def test_ps_still_sees_other_processes_and_a_guest_its_own(
+    bystander: tuple[int, int, Path], synthfs, tmp_path: Path
+) -> None:
+    """What ``ps`` reads of any process stays readable, and a guest's own children's
+    guarded parts too (they are guests of the same run)."""
+    pid, _fd, _held = bystander
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    code = (
+        "import os, subprocess, sys, time\n"
+        f"print(open('/proc/{pid}/cmdline').read().split(chr(0))[0].endswith('python3') or "
+        f"'python' in open('/proc/{pid}/cmdline').read())\n"
+        f"print(open('/proc/{pid}/stat').read().split()[0])\n"
+        "child = subprocess.Popen(['sleep', '30'], env={'CHILD_MARK': 'own-child'})\n"
+        "time.sleep(0.2)\n"
+        "print(open(f'/proc/{child.pid}/environ').read().rstrip(chr(0)))\n"
+        "print(os.readlink(f'/proc/{child.pid}/cwd') == os.getcwd())\n"
+        "child.kill(); child.wait()\n"
+    )
+    start = time.monotonic()
+    out = synthfs.run(repo, [sys.executable, "-c", code], cwd=tmp_path)
+    assert out.status == 0, out.show()
+    assert out.stdout.splitlines() == ["True", str(pid), "CHILD_MARK=own-child", "True"], out.show()
+    assert time.monotonic() - start < 60
