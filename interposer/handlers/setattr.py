@@ -192,14 +192,19 @@ def utimens_at(
     *,
     raw: Callable[[Loc], Result],
 ) -> Result:
+    """utimensat, futimesat, utimes, utime: a NULL path names ``dirfd`` itself."""
     follow = not atflags & AT_SYMLINK_NOFOLLOW
     if addr == 0:
+        if dirfd == AT_FDCWD:
+            # A NULL path names the fd itself (futimens), and AT_FDCWD is no fd: EFAULT
+            # from the kernel (utimes too), never a change of the cwd's times.
+            return Fail(errno.EFAULT)
+        if atflags:
+            return Fail(errno.EINVAL)  # as the kernel says for a NULL path with flags
         loc = fd_loc(call, env, dirfd)
         if loc is None:
             return Fail(errno.EBADF)
         if not loc.synthetic:
-            if atflags:
-                return Fail(errno.EINVAL)  # as the kernel says for a NULL path with flags
             return host_fd_op(call, env, loc, raw)
     else:
         loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))

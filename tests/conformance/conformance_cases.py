@@ -907,6 +907,29 @@ PY_EXECVEAT_NOFOLLOW = (
     "for n in (b'run-link', b'build-aux', b'run.sh/')]"
 )
 
+#: the utime family with a NULL path: it names the fd itself (futimens); with AT_FDCWD
+#: (utimes too) it is EFAULT and changes nothing (synthfs set the cwd's times, and took
+#: flags on a /data fd: found by a fuzzer, review round 9)
+PY_UTIMES_NULL = """
+import ctypes, os, struct
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+tv = ctypes.create_string_buffer(struct.pack("<qqqq", 1_000_000_000, 0, 1_000_000_000, 0))
+ts = ctypes.create_string_buffer(struct.pack("<qqqq", 1_100_000_000, 0, 1_100_000_000, 0))
+fd = os.open("a.txt", os.O_RDONLY)
+def show(name, r):
+    print(name, r, os.strerror(ctypes.get_errno()) if r < 0 else "",
+          int(os.stat(".").st_mtime) in (1_000_000_000, 1_100_000_000),
+          int(os.stat("a.txt").st_mtime))
+show("utimes", libc.syscall(235, None, tv))
+show("futimesat fd", libc.syscall(261, fd, None, tv))
+show("futimesat cwd", libc.syscall(261, -100, None, tv))
+show("utimensat cwd", libc.syscall(280, -100, None, ts, 0))
+show("utimensat cwd flags", libc.syscall(280, -100, None, ts, 0x100))
+show("utimensat fd flags", libc.syscall(280, fd, None, ts, 0x100))
+show("utimensat fd", libc.syscall(280, fd, None, ts, 0))
+"""
+
 #: open(O_CREAT) until the fd table is full: the open that fails with EMFILE creates
 #: nothing (synthfs created the name in the repository first: issue #20, item 5)
 PY_CREATE_EMFILE = """
@@ -1257,6 +1280,7 @@ CASES: list[Case] = [
     Case("py_errno_slash_existing", py(PY_SLASH_EXISTING)),
     Case("py_errno_o_path", py(PY_O_PATH)),
     Case("py_errno_o_tmpfile", py(PY_O_TMPFILE)),
+    Case("py_utimes_null", (PY, "-I", "-c", PY_UTIMES_NULL), cwd="."),
     Case("py_errno_name_max", py(PY_NAME_MAX)),
     Case("py_errno_openat2_resolve", py(PY_RESOLVE)),
     Case("py_errno_dot_names", py(PY_DOT_NAMES)),
