@@ -620,6 +620,8 @@ class Supervisor:
         t2 = time.perf_counter_ns() if stats is not None else 0
         if not listener.valid(ident):
             return  # interrupted or dead: what the handler read may be another task's
+        # -v: the call as it was made (the guest runs on once answered)
+        shown = self.tracer.entry(call, spec) if self.tracer is not None else None
         if isinstance(result, Return):
             try:
                 for addr, data in result.writes:
@@ -639,8 +641,7 @@ class Supervisor:
             _handler_failures.warning("handler %s gave %s on the notify channel (pid %d): "
                                       "EIO", spec.handler.__name__, type(result).__name__, tid)
             listener.answer(ident, error=errno.EIO)
-        if self.tracer is not None:
-            shown = self.tracer.entry(call, spec)
+        if self.tracer is not None and shown is not None:
             value = result.value if isinstance(result, Return) else (
                 -result.errno if isinstance(result, Fail) else 0)
             self.tracer.emit(tid, shown, _outcome(value & _MASK64, spec.name))

@@ -355,3 +355,17 @@ def test_roles_of_notify_rows_name_no_second_path() -> None:
     for spec in TABLE:
         if spec.channel is Channel.NOTIFY:
             assert Role.PATH2 not in spec.args and Role.TEXT not in spec.args
+
+
+def test_a_kernel_without_a_feature_falls_back_to_ptrace_and_names_it(monkeypatch) -> None:
+    monkeypatch.setattr(notify, "probe", lambda: "pidfd_getfd (Linux 5.6)")
+    engine, why = notify.choose(notify.Engine.NOTIFY)
+    assert engine is notify.Engine.PTRACE
+    assert why == "--engine notify: this kernel lacks pidfd_getfd (Linux 5.6); using ptrace"
+    assert notify.choose(notify.Engine.PTRACE) == (notify.Engine.PTRACE, "")
+    assert notify.choose(notify.Engine.AUTO)[0] is notify.Engine.PTRACE
+
+
+@needs_notify
+def test_this_kernel_has_what_the_notify_engine_needs() -> None:
+    assert notify.choose(notify.Engine.NOTIFY) == (notify.Engine.NOTIFY, "")
