@@ -203,9 +203,12 @@ def probe() -> str | None:
 def choose(asked: Engine) -> tuple[Engine, str]:
     """The engine a run uses for ``asked``, and a line saying why when it is not that.
 
-    ``auto`` is ptrace: the notify engine is opt-in until it passes the conformance
-    and escape suites as the default. ``notify`` on a kernel without a feature it
-    needs falls back to ptrace, and the line names the feature.
+    ``auto`` is ptrace: the notify engine passes the conformance and escape suites
+    (``SYNTHFS_ENGINE=notify``), but with only the stat family notified, every
+    remaining ptrace stop costs more under its loop than under ptrace's, and
+    ``ls -lR`` costs more CPU than under ptrace (benchmarks/RESULTS.md, "Engine
+    v2"): auto picks notify once the hot rows are notified. ``notify`` on a kernel
+    without a feature it needs falls back to ptrace, and the line names the feature.
     """
     if asked is Engine.PTRACE:
         return Engine.PTRACE, ""

@@ -103,7 +103,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="how trapped calls reach the supervisor: ptrace stops for every row (the "
         "default), or seccomp user notification for the rows 'synthfs syscalls' marks "
         "notify (the stat family; opt-in: a kernel without what it needs falls back to "
-        "ptrace and says which feature is missing); auto: ptrace for now. Default: "
+        "ptrace and says which feature is missing); auto: ptrace for now (notify passes "
+        "the suites but costs more where most calls are other rows). Default: "
         "$SYNTHFS_ENGINE, else ptrace",
     )
     _configure_trying(parser)
