@@ -280,6 +280,10 @@ def measure_end_to_end(
             ep = str(stack.agent_endpoint)
             tools: dict[str, tuple[list[str], str]] = {
                 "synthfs": ([*synthfs_exe(), "run", "--agent", ep, "--"], "/data"),
+                # the stat family over seccomp user notification (issue #12)
+                "synthfs-notify": (
+                    [*synthfs_exe(), "run", "--engine", "notify", "--agent", ep, "--"], "/data"
+                ),
                 "seccomp": ([sys.executable, "-c", FLOOR_LAUNCHER], str(data)),
             }
             if shutil.which("strace"):

@@ -6,6 +6,12 @@ BPF, so that the forked child only makes two ``prctl`` calls before ``execve``
 numbers kill the process; table rows trace, refuse or kill; syscall numbers
 newer than the table get ENOSYS; everything else is allowed and runs at
 native speed.
+
+With the notify engine (:class:`~interposer.notify.Engine`), rows whose
+``channel`` is NOTIFY get ``SECCOMP_RET_USER_NOTIF`` instead of TRACE, and the
+child loads the program with ``seccomp(SECCOMP_SET_MODE_FILTER,
+SECCOMP_FILTER_FLAG_NEW_LISTENER)``, which gives it the listener fd (close-on-
+exec) that the supervisor then takes (:meth:`CompiledFilter.load`).
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import tempfile
 
 import pyseccomp as sc
 
-from synthfs.interposer.syscalls import TABLE, UNKNOWN_RANGE, Action, Cond, Gate
+from synthfs.interposer.notify import NR_SECCOMP, SECCOMP_FILTER_FLAG_NEW_LISTENER, Engine
+from synthfs.interposer.syscalls import TABLE, UNKNOWN_RANGE, Action, Channel, Cond, Gate
 from synthfs.policy.engine import NetworkMode, Policy
 
 __all__ = ["CompiledFilter", "active_gates", "build_filter"]
@@ -26,6 +33,8 @@ _OPS = {"LT": sc.LT, "GT": sc.GT, "EQ": sc.EQ, "NE": sc.NE, "MASKED_EQ": sc.MASK
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
+#: seccomp(2)'s operation (prctl's PR_SET_SECCOMP takes SECCOMP_MODE_FILTER instead)
+SECCOMP_MODE_FILTER_SET = 1
 
 
 class _SockFprog(ctypes.Structure):
@@ -35,12 +44,19 @@ class _SockFprog(ctypes.Structure):
 class CompiledFilter:
     """Raw BPF ready to load; the buffers are allocated before any fork."""
 
-    def __init__(self, bpf: bytes, gates: frozenset[Gate] = frozenset(Gate)) -> None:
+    def __init__(
+        self,
+        bpf: bytes,
+        gates: frozenset[Gate] = frozenset(Gate),
+        engine: Engine = Engine.PTRACE,
+    ) -> None:
         if len(bpf) % 8 or not bpf:
             raise ValueError("BPF program must be a non-empty multiple of 8 bytes")
         self.bpf = bpf
         #: the table rows' gates this filter was built with (the supervisor reads HOST)
         self.gates = gates
+        #: NOTIFY: the NOTIFY rows notify, and :meth:`load` returns the listener fd
+        self.engine = engine
         self._buf = ctypes.create_string_buffer(bpf, len(bpf))
         self._prog = _SockFprog(len(bpf) // 8, ctypes.addressof(self._buf))
         self._libc = ctypes.CDLL(None, use_errno=True)
@@ -53,22 +69,39 @@ class CompiledFilter:
             ctypes.c_ulong,
         )
         self._prctl.restype = ctypes.c_int
+        self._syscall = self._libc.syscall
+        self._syscall.restype = ctypes.c_long
 
     @property
     def instructions(self) -> int:
         return len(self.bpf) // 8
 
-    def load(self) -> None:
-        """Set no_new_privs and install the filter in the calling process."""
+    def load(self) -> int:
+        """Set no_new_privs and install the filter in the calling process.
+
+        Returns the new listener fd under the notify engine (close-on-exec, as the
+        kernel makes it), else -1."""
         if self._prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
+        if self.engine is Engine.NOTIFY:
+            fd = self._syscall(
+                ctypes.c_long(NR_SECCOMP),
+                ctypes.c_uint(SECCOMP_MODE_FILTER_SET),
+                ctypes.c_uint(SECCOMP_FILTER_FLAG_NEW_LISTENER),
+                ctypes.c_void_p(ctypes.addressof(self._prog)),
+            )
+            if fd < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"seccomp(SET_MODE_FILTER, NEW_LISTENER): {os.strerror(err)}")
+            return int(fd)
         if (
             self._prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self._prog), 0, 0)
             != 0
         ):
             err = ctypes.get_errno()
             raise OSError(err, f"prctl(PR_SET_SECCOMP): {os.strerror(err)}")
+        return -1
 
 
 def _arg(cond: Cond) -> sc.Arg:
@@ -89,13 +122,17 @@ def active_gates(policy: Policy | None) -> frozenset[Gate]:
     return frozenset(gates)
 
 
-def build_filter(policy: Policy | None = None) -> CompiledFilter:
+def build_filter(policy: Policy | None = None, engine: Engine = Engine.PTRACE) -> CompiledFilter:
     """The filter for every guest, from :data:`interposer.syscalls.TABLE`.
 
     Rows gated on the policy (:class:`~interposer.syscalls.Gate`) are left out
     when ``policy`` cannot need them, so ``network = "allow"`` traps no socket
-    call; ``None`` builds every row.
+    call; ``None`` builds every row. ``engine`` NOTIFY: rows of channel NOTIFY
+    notify instead of tracing (``engine`` must be a chosen one, not AUTO).
     """
+    if engine is Engine.AUTO:
+        raise ValueError("build_filter needs a chosen engine (notify.choose), not auto")
+    notify = engine is Engine.NOTIFY
     gates = active_gates(policy)
     filt = sc.SyscallFilter(sc.ALLOW)
     filt.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
@@ -103,7 +140,10 @@ def build_filter(policy: Policy | None = None) -> CompiledFilter:
         if spec.gate not in gates:
             continue
         if spec.action is Action.TRACE:
-            action = sc.TRACE(spec.nr & 0xFFFF)
+            if notify and spec.channel is Channel.NOTIFY:
+                action = sc.NOTIFY
+            else:
+                action = sc.TRACE(spec.nr & 0xFFFF)
         elif spec.action is Action.ERRNO:
             action = sc.ERRNO(spec.errno)
         else:
@@ -119,4 +159,4 @@ def build_filter(policy: Policy | None = None) -> CompiledFilter:
         filt.export_bpf(out)
         out.seek(0)
         bpf = out.read()
-    return CompiledFilter(bpf, gates)
+    return CompiledFilter(bpf, gates, engine)

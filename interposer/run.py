@@ -96,6 +96,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="write the supervisor's counters and phase timers (JSON) to FILE at exit",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("ptrace", "notify", "auto"),
+        default=None,
+        help="how trapped calls reach the supervisor: ptrace stops for every row (the "
+        "default), or seccomp user notification for the rows 'synthfs syscalls' marks "
+        "notify (the stat family; opt-in: a kernel without what it needs falls back to "
+        "ptrace and says which feature is missing); auto: ptrace for now (notify passes "
+        "the suites but costs more where most calls are other rows). Default: "
+        "$SYNTHFS_ENGINE, else ptrace",
+    )
     _configure_trying(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
@@ -242,8 +253,16 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
     ns = Namespace(ns.mount, policy.symlinks[ns.mount])  # [[mount]] symlinks
     if args.read_only:
         policy = policy.read_only()
+    from synthfs.interposer.notify import Engine, choose
+
+    asked = getattr(args, "engine", None) or os.environ.get("SYNTHFS_ENGINE") or "ptrace"
+    if asked not in tuple(Engine):
+        return _fail(f"SYNTHFS_ENGINE={asked!r}: not an engine (ptrace, notify or auto)")
+    engine, why = choose(Engine(asked))
+    if why:
+        print(f"synthfs run: {why}", file=sys.stderr, flush=True)
     try:
-        compiled = build_filter(policy)
+        compiled = build_filter(policy, engine)
     except OSError as exc:
         return _fail(f"cannot build the seccomp filter ({exc}); is libseccomp2 installed?", 125)
     trusted: tuple[int, ...] = ()

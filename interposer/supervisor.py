@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import resource
+import select
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -29,12 +30,14 @@ from typing import TYPE_CHECKING
 
 from attrs import define, field, frozen
 
+from synthfs.interposer import notify
 from synthfs.interposer import ptrace_adapter as pt
 from synthfs.interposer.actions import Continue, Fail, Kill, Result, Return, RunChecked, Scratch
 from synthfs.interposer.filter import CompiledFilter
 from synthfs.interposer.interrupt import Interrupted, Interruption
+from synthfs.interposer.notify import Engine, Listener
 from synthfs.interposer.ports import Call, Env, FsState, Proc
-from synthfs.interposer.syscalls import BY_NR, Gate, Need, SyscallSpec
+from synthfs.interposer.syscalls import BY_NR, Channel, Gate, Need, Role, SyscallSpec
 from synthfs.protocol.ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
@@ -63,6 +66,10 @@ NR_MMAP = 9
 NR_CLONE = 56
 NR_VFORK = 58
 _ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+_ERESTARTSYS = -512 & _MASK64
+_ERESTARTNOINTR = -513 & _MASK64
+#: the numbers of the rows the notify engine gets by user notification
+_NOTIFIED_NRS = frozenset(nr for nr, spec in BY_NR.items() if spec.channel is Channel.NOTIFY)
 
 
 def _scratch_base() -> int:
@@ -342,6 +349,8 @@ class Supervisor:
         self.tracer: Tracer | None = None
         #: a signal sent to the guests: a call served for long gives up and is made again
         self.interruption = Interruption()
+        #: the notify engine's listener, taken from the guest at spawn (None: ptrace only)
+        self.listener: Listener | None = None
 
     # -- launch ------------------------------------------------------------------------------
 
@@ -360,10 +369,18 @@ class Supervisor:
         at_exec = (signals or CallerSignals.of_caller()).for_exec()
         caller_files = _raise_fd_limit()
         seized, go = os.pipe()
+        notify = compiled.engine is Engine.NOTIFY
+        # the listener fd's number, child to supervisor; the go-ahead to exec, back
+        handoff_r, handoff_w = os.pipe() if notify else (-1, -1)
+        taken_r, taken_w = os.pipe() if notify else (-1, -1)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             try:
                 os.close(go)
+                if notify:
+                    os.close(handoff_r)
+                    os.close(taken_w)
+                    handoff_r = taken_r
                 # Nothing runs before we are traced: the byte comes once we are seized,
                 # and EOF without it means the supervisor is gone (never run untraced).
                 if os.read(seized, 1) != b"s":
@@ -376,7 +393,14 @@ class Supervisor:
                 # policy may not let the guest write, replacing a `core` there), and a
                 # dump of a pinned app holds what only it was allowed to read.
                 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-                compiled.load()
+                listener = compiled.load()
+                if listener >= 0:
+                    # The notify engine: the supervisor takes the listener (pidfd_getfd)
+                    # before any notified call can come; it is close-on-exec. Only
+                    # write and read run here (neither is trapped).
+                    os.write(handoff_w, listener.to_bytes(4, "little"))
+                    if os.read(handoff_r, 1) != b"g":
+                        os._exit(127)
                 os.execvpe(argv[0], list(argv), env if env is not None else os.environ)  # noqa: S606
             except FileNotFoundError:
                 os.write(2, f"synthfs run: {argv[0]}: command not found\n".encode())
@@ -402,7 +426,45 @@ class Supervisor:
         proc = Proc(tgid=pid, fs=FsState())
         self.procs[pid] = proc
         self.threads[pid] = Thread(pid, proc, None)
+        if notify:
+            os.close(handoff_w)
+            os.close(taken_r)
+            try:
+                self.listener = self._take_listener(pid, handoff_r)
+                if self.listener is not None:
+                    os.write(taken_w, b"g")
+            finally:
+                os.close(handoff_r)
+                os.close(taken_w)  # the child execs now (or reads EOF and exits)
         return pid
+
+    def _take_listener(self, pid: int, pipe: int) -> Listener | None:
+        """Read the child's listener fd number and take a copy of the fd (pidfd_getfd),
+        serving its ptrace stops meanwhile (a signal for it); None when it died first
+        (its exit status says why), or the copy failed (the child is killed)."""
+        got = b""
+        poller = select.poll()
+        poller.register(pipe, select.POLLIN)
+        while len(got) < 4:
+            if poller.poll(50):
+                chunk = os.read(pipe, 4 - len(got))
+                if not chunk:
+                    return None  # it exited (load failed: it said why on stderr)
+                got += chunk
+                continue
+            waited, status = os.waitpid(pid, pt.WALL | os.WNOHANG)
+            if waited:
+                self._dispatch(pid, status)
+                if pid not in self.threads:
+                    return None
+        try:
+            fd = notify.take_listener(pid, int.from_bytes(got, "little"))
+        except OSError as exc:
+            log.error("cannot take the guest's seccomp listener: %s", exc)
+            pt.kill(pid)
+            return None
+        os.set_inheritable(fd, False)
+        return Listener(fd)
 
     # -- the wait loop --------------------------------------------------------------------------
 
@@ -416,6 +478,7 @@ class Supervisor:
                         "exit_stops",
                         "rewritten",
                         "skipped",
+                        "notifications",
                         "decode_ns",
                         "handler_ns",
                         "apply_ns",
@@ -425,25 +488,185 @@ class Supervisor:
                 )
             )
             started = time.perf_counter_ns()
-        while self.threads:
-            ready = self._ready_stops()
-            if not ready:
-                break
-            for pid, status in ready:
-                self.stops += 1
-                try:
-                    self._dispatch(pid, status)
-                except pt.PtraceError as exc:
-                    # The thread vanished (killed) between its stop and our request.
-                    if exc.errno != errno.ESRCH:
-                        raise
+        if self.listener is not None:
+            self._run_both(self.listener)
+        else:
+            while self.threads:
+                ready = self._ready_stops()
+                if not ready:
+                    break
+                self._serve_stops(ready)
         if self.stats is not None:
             self.stats["stops"] = self.stops
             self.stats["wall_ns"] = time.perf_counter_ns() - started
         return self.exit_status if self.exit_status is not None else 1
 
-    def _ready_stops(self) -> list[tuple[int, int]]:
-        """Every stop the kernel has ready, waiting for the first (empty: no child left).
+    def _serve_stops(self, ready: list[tuple[int, int]]) -> None:
+        for pid, status in ready:
+            self.stops += 1
+            try:
+                self._dispatch(pid, status)
+            except pt.PtraceError as exc:
+                # The thread vanished (killed) between its stop and our request.
+                if exc.errno != errno.ESRCH:
+                    raise
+
+    def _run_both(self, listener: Listener) -> None:
+        """The one loop of the notify engine: ptrace stops and notifications.
+
+        ``poll`` over the listener and a ``signalfd`` of SIGCHLD (blocked in this
+        thread: the kernel sends it to the tracer at every stop and exit of a
+        tracee); SIGCHLD readable, or a quiet second, drains ``waitpid(WNOHANG)``.
+        One thread serves both, as the ptrace loop did: handlers, the agent
+        connection and the namespace state stay single-threaded, ptrace requests
+        come from the tracer thread, and no guest tid can be reused while a
+        notification is served (a traced task stays a zombie until this loop
+        reaps it), so a pid read from a notification names its task. A thread for
+        the listener instead would need a lock around every handler and a GIL
+        hand-off per call.
+        """
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        sfd = notify.signalfd_of(signal.SIGCHLD)
+        poller = select.poll()
+        poller.register(sfd, select.POLLIN)
+        poller.register(listener.fd, select.POLLIN)
+        lfd = listener.fd
+        note = notify.Notification()
+        try:
+            self._serve_stops(self._ready_stops(block=False) or [])
+            while self.threads:
+                events = poller.poll(1000)
+                drain = not events  # a quiet second: look all the same
+                for fd, ev in events:
+                    if fd == lfd:
+                        if ev & select.POLLIN:
+                            if listener.recv(note):
+                                self._on_notification(listener, note)
+                        elif ev & (select.POLLHUP | select.POLLERR):
+                            poller.unregister(lfd)  # no task uses the filter any more
+                    else:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(sfd, 4096)
+                        drain = True
+                if drain:
+                    ready = self._ready_stops(block=False)
+                    if ready is None:
+                        break  # no child left
+                    self._serve_stops(ready)
+        finally:
+            os.close(sfd)
+            listener.close()
+            self.listener = None
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    def _on_notification(self, listener: Listener, n: notify.Notification) -> None:
+        """Serve one notified call: the row's handler, then an answer; never a ptrace stop.
+
+        The handler reads the guest (its memory through the address space's
+        ``/proc/PID/mem``, its cwd and fds through ``/proc``); ``ID_VALID`` then
+        says whether all that was the notifying task's (no answer otherwise). A
+        :class:`Return`'s bytes are stored with ``process_vm_writev`` (a page
+        the guest cannot write gets EFAULT, as from the kernel), then the value
+        is sent. The kernel runs the call itself (``CONTINUE``) only when the
+        handler says so for a call that names no path (an fstat of a host fd).
+        """
+        stats = self.stats
+        t0 = time.perf_counter_ns() if stats is not None else 0
+        ident, tid, nr = n.id, n.pid, n.nr
+        t = self.threads.get(tid)
+        if t is None:
+            # Not seen yet: every new thread's first stop is served before it runs,
+            # so this is a task gone (pid reused) or a bug: never an answer on a guess.
+            if listener.valid(ident):
+                _handler_failures.warning("notified call %d from unknown task %d: EPERM", nr, tid)
+                listener.answer(ident, error=errno.EPERM)
+            return
+        spec = BY_NR.get(nr)
+        if not t.started or t.space is None:
+            listener.answer(ident, cont=True)  # the launcher's own calls before its exec
+            return
+        if spec is None or spec.handler is None or spec.channel is not Channel.NOTIFY:
+            listener.answer(ident, error=errno.ENOSYS)  # the filter notifies NOTIFY rows only
+            return
+        needs = spec.needs
+        if needs is not Need.ALWAYS and not self._may_need(t.proc, needs):
+            if stats is not None:
+                stats["skipped"] += 1
+            listener.answer(ident, cont=True)  # an fd call that names no path
+            return
+        call = Call(nr, spec.name, n.args, GuestView(tid, t.proc.tgid, t.space), t.proc)
+        t1 = time.perf_counter_ns() if stats is not None else 0
+        result: Result
+        while True:
+            try:
+                with self.interruption.serving(tid):
+                    result = spec.handler(call, self.env)
+            except Interrupted:
+                # A signal for the guests: the thread's wait in the kernel is interruptible,
+                # so the call is gone (the kernel restarts it after the signal) unless
+                # the thread blocks it; then it is served (once per signal gives up).
+                if listener.valid(ident):
+                    continue
+                return
+            except OSError as exc:
+                result = Fail(exc.errno or errno.EIO)
+            except Exception as exc:
+                _handler_failures.warning("handler %s failed (pid %d): %s: %s: refusing the "
+                                          "call (EIO)", spec.handler.__name__, tid,
+                                          type(exc).__name__, exc)
+                log.debug("handler %s failed", spec.handler.__name__, exc_info=True)
+                result = Fail(errno.EIO)
+            break
+        t2 = time.perf_counter_ns() if stats is not None else 0
+        if not listener.valid(ident):
+            return  # interrupted or dead: what the handler read may be another task's
+        # -v: the call as it was made (the guest runs on once answered)
+        shown = self.tracer.entry(call, spec) if self.tracer is not None else None
+        if isinstance(result, Return):
+            try:
+                for addr, data in result.writes:
+                    pt.store(tid, addr, data)
+            except OSError:
+                result = Fail(errno.EFAULT)
+        if isinstance(result, Return):
+            listener.answer(ident, value=result.value)
+        elif isinstance(result, Fail):
+            listener.answer(ident, error=result.errno)
+        elif isinstance(result, Continue) and Role.PATH not in spec.args:
+            listener.answer(ident, cont=True)
+        elif isinstance(result, Kill):
+            log.error("killing guest %d: %s", t.proc.tgid, result.reason)
+            pt.kill(t.proc.tgid)
+        else:  # RunChecked, or CONTINUE of a checked path: not on this channel
+            _handler_failures.warning("handler %s gave %s on the notify channel (pid %d): "
+                                      "EIO", spec.handler.__name__, type(result).__name__, tid)
+            listener.answer(ident, error=errno.EIO)
+        if self.tracer is not None and shown is not None:
+            value = result.value if isinstance(result, Return) else (
+                -result.errno if isinstance(result, Fail) else 0)
+            self.tracer.emit(tid, shown, _outcome(value & _MASK64, spec.name))
+        if stats is not None:
+            t3 = time.perf_counter_ns()
+            stats["notifications"] += 1
+            stats["decode_ns"] += t1 - t0
+            stats["handler_ns"] += t2 - t1
+            stats["apply_ns"] += t3 - t2
+
+    def _may_need(self, proc: Proc, needs: Need) -> bool:
+        """Whether ``proc`` can hold what a row of ``needs`` looks for (else: skip it)."""
+        if needs is Need.HOST_FD:
+            needs = Need.ALWAYS if self._host_fds else Need.SYNTH_FD
+        if needs is Need.ALWAYS:
+            return True
+        if needs is Need.SYNTH_FD:
+            return proc.synthetic
+        if needs is Need.WROTE:
+            return proc.wrote
+        return proc.fs.cwd is not None
+
+    def _ready_stops(self, block: bool = True) -> list[tuple[int, int]] | None:
+        """Every stop the kernel has ready, waiting for the first unless ``block`` is
+        False (empty: nothing ready; with ``block``, or None without: no child left).
 
         ``waitpid(-1)`` reports the tracees in a fixed order (the newest first), so
         serving one stop per wait let a thread that stops again at once be served
@@ -452,15 +675,19 @@ class Supervisor:
         the next batch is collected: a round robin over the threads that are ready.
         With a single thread there is nobody to be fair to, and no extra call.
         """
-        try:
-            ready = [os.waitpid(-1, pt.WALL)]
-        except ChildProcessError:
-            return []
-        if len(self.threads) > 1:
+        ready: list[tuple[int, int]] = []
+        if block:
+            try:
+                ready.append(os.waitpid(-1, pt.WALL))
+            except ChildProcessError:
+                return []
+        if not block or len(self.threads) > 1:
             while True:
                 try:
                     pid, status = os.waitpid(-1, pt.WALL | os.WNOHANG)
                 except ChildProcessError:
+                    if not ready and not block:
+                        return None
                     break
                 if pid == 0:
                     break
@@ -512,7 +739,25 @@ class Supervisor:
             return
         # A signal for the guest: deliver it (a stop signal then makes a group-stop).
         self.interruption.delivered(sig, pid)
+        if self.listener is not None:
+            self._restart_notified(t)
         self._resume(t, sig)
+
+    @staticmethod
+    def _restart_notified(t: Thread) -> None:
+        """A signal that interrupted a notified call's wait: the call restarts after it.
+
+        The kernel's wait for the supervisor's answer is interruptible, and the
+        call then returns ERESTARTSYS, which a handler without SA_RESTART turns
+        into EINTR: a stat would fail with EINTR where natively it never does.
+        At this signal-delivery stop, before the kernel decides, ERESTARTNOINTR
+        makes it restart the call after the handler whatever its flags, as the
+        ptrace engine restarts a call it gave up (:meth:`_restart`).
+        """
+        regs = pt.get_regs(t.tid)
+        if regs.rax == _ERESTARTSYS and regs.orig_rax in _NOTIFIED_NRS:
+            regs.rax = _ERESTARTNOINTR
+            pt.set_regs(t.tid, regs)
 
     @staticmethod
     def _resume(t: Thread, sig: int = 0) -> None:

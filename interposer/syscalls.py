@@ -50,6 +50,7 @@ __all__ = [
     "MAX_KNOWN_NR",
     "TABLE",
     "Action",
+    "Channel",
     "Cond",
     "Gate",
     "Level",
@@ -139,6 +140,20 @@ class Action(enum.Enum):
     KILL = "kill"
 
 
+class Channel(enum.Enum):
+    """How the kernel hands a TRACE row's call to the supervisor.
+
+    ``PTRACE``: a ptrace seccomp stop (the guest's registers and context can be
+    read and changed). ``NOTIFY``: seccomp user notification when the run's
+    engine is ``notify`` (``synthfs run --engine``), a ptrace stop otherwise. A
+    NOTIFY row's handler only answers (``Return``, ``Fail``, or ``Continue`` for
+    a call that names no path): the kernel never runs a checked path for it.
+    """
+
+    PTRACE = "ptrace"
+    NOTIFY = "notify"
+
+
 @frozen
 class Cond:
     """A seccomp argument comparison: ``arg[index] <op> value`` (op as in libseccomp)."""
@@ -181,6 +196,8 @@ class SyscallSpec:
     on_data: int = 0
     #: an fd call that changes a host file is judged as this path call
     judged_as: str = ""
+    #: which kernel channel traps it under ``--engine notify`` (see :class:`Channel`)
+    channel: Channel = Channel.PTRACE
 
     @property
     def host_operation(self) -> str:
@@ -209,6 +226,7 @@ D, D2, FD = Role.DIRFD, Role.DIRFD2, Role.FD
 FL, AF, M = Role.FLAGS, Role.ATFLAGS, Role.MODE
 OUT, IN, SZ, N, A = Role.OUT, Role.IN, Role.SIZE, Role.INT, Role.ADDR
 
+_NOTIFY = Channel.NOTIFY
 _low_addr = ((Cond(0, "LT", SCRATCH_GUARD_END),),)
 ESC = "tests/escape/test_escape.py"
 GUARDS = "tests/interposer/test_guards.py"
@@ -269,11 +287,13 @@ TABLE: tuple[SyscallSpec, ...] = (
     ),
     _row("creat", (P, M), Level.FULL, h.open.sys_creat),
     # -- attributes ---------------------------------------------------------------------
-    _row("stat", (P, OUT), Level.FULL, h.stat.sys_stat, ops=("stat",)),
-    _row("lstat", (P, OUT), Level.FULL, h.stat.sys_lstat, ops=("stat",)),
-    _row("newfstatat", (D, P, OUT, AF), Level.FULL, h.stat.sys_newfstatat, ops=("stat",)),
-    _row("statx", (D, P, AF, N, OUT), Level.FULL, h.stat.sys_statx, ops=("stat",)),
-    _row("fstat", (FD, OUT), Level.FD, h.stat.sys_fstat, needs=Need.SYNTH_FD),
+    _row("stat", (P, OUT), Level.FULL, h.stat.sys_stat, ops=("stat",), channel=_NOTIFY),
+    _row("lstat", (P, OUT), Level.FULL, h.stat.sys_lstat, ops=("stat",), channel=_NOTIFY),
+    _row("newfstatat", (D, P, OUT, AF), Level.FULL, h.stat.sys_newfstatat, ops=("stat",),
+         channel=_NOTIFY),
+    _row("statx", (D, P, AF, N, OUT), Level.FULL, h.stat.sys_statx, ops=("stat",),
+         channel=_NOTIFY),
+    _row("fstat", (FD, OUT), Level.FD, h.stat.sys_fstat, needs=Need.SYNTH_FD, channel=_NOTIFY),
     _row("access", (P, N), Level.FULL, h.stat.sys_access, ops=("stat",)),
     _row("faccessat", (D, P, N), Level.FULL, h.stat.sys_faccessat, ops=("stat",)),
     _row("faccessat2", (D, P, N, AF), Level.FULL, h.stat.sys_faccessat2, ops=("stat",)),

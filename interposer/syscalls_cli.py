@@ -33,22 +33,26 @@ def render(markdown: bool = False) -> str:
         else:
             filt = "kill"
         rows.append(
-            (str(spec.nr), spec.name, spec.level.value, filt, _handler_name(spec), spec.note)
+            (str(spec.nr), spec.name, spec.level.value, filt, _channel(spec),
+             _handler_name(spec), spec.note)
         )
-    header = ("nr", "syscall", "level", "filter", "handler", "note")
+    header = ("nr", "syscall", "level", "filter", "channel", "handler", "note")
     tail = (
         f"Syscalls {UNKNOWN_RANGE.start}-{UNKNOWN_RANGE.stop - 1} (newer than this table): ENOSYS. "
-        "Every other syscall runs natively (allowed by the filter, never stopped)."
+        "Every other syscall runs natively (allowed by the filter, never stopped). "
+        "channel: how a traced call reaches the supervisor under 'synthfs run --engine "
+        "notify' (notify: seccomp user notification; ptrace: a ptrace stop, as every "
+        "traced row under --engine ptrace)."
     )
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines) + "\n\n" + tail + "\n"
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(5)]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(6)]
     out = []
     for r in (header, *rows):
         out.append(
-            "  ".join(r[i].ljust(widths[i]) for i in range(5)) + ("  " + r[5] if r[5] else "")
+            "  ".join(r[i].ljust(widths[i]) for i in range(6)) + ("  " + r[6] if r[6] else "")
         )
     return "\n".join(out) + "\n\n" + tail + "\n"
 
@@ -129,6 +133,11 @@ def main(args: argparse.Namespace) -> int:
         return 0
     print(render(args.markdown), end="")
     return 0
+
+
+def _channel(spec: SyscallSpec) -> str:
+    """The kernel channel of a traced row (``-``: the filter alone answers it)."""
+    return spec.channel.value if spec.action is Action.TRACE else "-"
 
 
 def _handler_name(spec: SyscallSpec) -> str:

@@ -10,7 +10,8 @@ from the host file system after the programs have exited.
 * :class:`SynthfsLauncher` — how a test runs a command under ``synthfs run``:
   ``--data DIR`` per call (mode ``data``, the default) or an embedded stack
   per repository plus ``--agent ENDPOINT`` (mode ``agent``). Switch with the
-  environment variable ``SYNTHFS_TEST_MODE``.
+  environment variable ``SYNTHFS_TEST_MODE``; ``SYNTHFS_ENGINE`` (``notify``)
+  passes ``--engine`` to every run.
 * :func:`ptrace_unavailable_reason` — why this kernel cannot run synthfs at
   all (the only reason the synthfs side may skip rather than fail).
 """
@@ -300,7 +301,12 @@ class SynthfsLauncher:
         else:
             raise ValueError(f"SYNTHFS_TEST_MODE must be 'data' or 'agent', not {self.mode!r}")
         mount = [] if self.mount == MOUNT else ["--mount", self.mount]
-        return [*synthfs_command(), "run", *source, *mount, *self.extra, *extra, "--", *argv]
+        # SYNTHFS_ENGINE=notify runs a suite under the notify engine, even where a case
+        # gives synthfs an environment of its own (the conformance cases do)
+        engine = os.environ.get("SYNTHFS_ENGINE")
+        chosen = ["--engine", engine] if engine else []
+        return [*synthfs_command(), "run", *source, *mount, *chosen, *self.extra, *extra, "--",
+                *argv]
 
     def run(
         self,

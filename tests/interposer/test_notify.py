@@ -1,0 +1,371 @@
+"""The notify engine (``synthfs run --engine notify``): the stat family over seccomp
+user notification, with real guests, a real agent and the real kernel interface.
+
+Every run here also reads ``--stats``: a test whose calls went through ptrace
+instead would pass for the wrong reason, so each asserts the notifications.
+"""
+
+from __future__ import annotations
+
+import ast
+import ctypes
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import helpers
+import pyseccomp as sc
+import pytest
+
+from synthfs.interposer import notify
+from synthfs.interposer.filter import build_filter
+from synthfs.interposer.syscalls import BY_NAME, TABLE, Action, Channel, Role
+
+pytestmark = pytest.mark.ptrace
+
+MISSING = notify.probe()
+needs_notify = pytest.mark.skipif(MISSING is not None, reason=f"kernel lacks {MISSING}")
+
+SYNTHFS = helpers.synthfs_command()
+#: what `stat` shows, every field the kernel fills but the access time (reads change it)
+FORMAT = "%n|%s|%b|%B|%i|%d|%f|%h|%u|%g|%t|%T|%Y|%Z|%W"
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    (root / "d").mkdir(parents=True)
+    (root / "f.txt").write_text("the f file\n")
+    (root / "secret.txt").write_text("a much longer secret text, 41 bytes long\n")
+    (root / "d" / "y.txt").write_text("why\n")
+    os.symlink("f.txt", root / "link")
+    return root
+
+
+def run(repo: Path, tmp: Path, *argv: str, engine: str = "notify", extra: tuple[str, ...] = (),
+        timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
+    # (not in ``tmp``, the guest's cwd: a file made there changes its times)
+    stats = Path(tempfile.mkdtemp(prefix="synthfs-notify-test-")) / "stats.json"
+    p = subprocess.run(
+        [*SYNTHFS, "run", "--engine", engine, "--data", str(repo), "--stats", str(stats), *extra,
+         "--", *argv],
+        capture_output=True, text=True, timeout=timeout, cwd=tmp,
+    )
+    try:
+        return p, json.loads(stats.read_text()) if stats.exists() else {}
+    finally:
+        shutil.rmtree(stats.parent, ignore_errors=True)
+
+
+# -- the table and the filter -----------------------------------------------------------------
+
+
+def test_notify_rows_are_traced_rows_that_only_answer() -> None:
+    rows = [s for s in TABLE if s.channel is Channel.NOTIFY]
+    assert {s.name for s in rows} == {"stat", "lstat", "fstat", "newfstatat", "statx"}
+    for spec in rows:
+        assert spec.action is Action.TRACE and spec.handler is not None
+        assert spec.handler.__module__ == "synthfs.interposer.handlers.stat", spec.name
+
+
+def _returns(bpf: bytes) -> set[int]:
+    """The k of every BPF_RET|BPF_K (code 0x06) instruction."""
+    out = set()
+    for i in range(0, len(bpf), 8):
+        code = int.from_bytes(bpf[i : i + 2], "little")
+        if code == 0x06:
+            out.add(int.from_bytes(bpf[i + 4 : i + 8], "little"))
+    return out
+
+
+def test_the_notify_filter_notifies_only_the_notify_rows() -> None:
+    ptrace_only = build_filter(None, notify.Engine.PTRACE)
+    both = build_filter(None, notify.Engine.NOTIFY)
+    assert sc.NOTIFY not in _returns(ptrace_only.bpf)
+    assert sc.NOTIFY in _returns(both.bpf)
+    # stat's TRACE (data: its number) is gone; chdir's stays
+    assert sc.TRACE(BY_NAME["stat"].nr) in _returns(ptrace_only.bpf)
+    assert sc.TRACE(BY_NAME["stat"].nr) not in _returns(both.bpf)
+    assert sc.TRACE(BY_NAME["chdir"].nr) in _returns(both.bpf)
+    with pytest.raises(ValueError, match="chosen engine"):
+        build_filter(None, notify.Engine.AUTO)
+
+
+def test_synthfs_syscalls_shows_the_channel() -> None:
+    out = subprocess.run([*SYNTHFS, "syscalls"], capture_output=True, text=True, check=True).stdout
+    lines = {line.split()[1]: line.split() for line in out.splitlines()[1:] if line[:1].isdigit()}
+    assert lines["statx"][4] == "notify" and lines["chdir"][4] == "ptrace"
+    assert lines["io_uring_setup"][4] == "-"
+
+
+# -- the kernel interface, alone --------------------------------------------------------------
+
+
+@needs_notify
+def test_a_notification_whose_task_died_is_no_longer_valid() -> None:
+    """ID_VALID: a task killed while its call waits; the answer finds nobody (no error)."""
+    filt = sc.SyscallFilter(sc.ALLOW)
+    filt.add_rule(sc.NOTIFY, "getppid")
+    with tempfile.TemporaryFile() as out:
+        filt.export_bpf(out)
+        out.seek(0)
+        bpf = out.read()
+    from synthfs.interposer.filter import CompiledFilter
+
+    compiled = CompiledFilter(bpf, engine=notify.Engine.NOTIFY)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(r)
+        fd = compiled.load()
+        os.write(w, fd.to_bytes(4, "little"))
+        libc = ctypes.CDLL(None)
+        libc.syscall(110)  # getppid: blocks in the notification
+        os._exit(0)
+    os.close(w)
+    number = int.from_bytes(os.read(r, 4), "little")
+    os.close(r)
+    listener = notify.Listener(notify.take_listener(pid, number))
+    try:
+        n = notify.Notification()
+        assert listener.recv(n)
+        assert n.pid == pid and n.nr == 110
+        assert listener.valid(n.id)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        assert not listener.valid(n.id)
+        assert listener.answer(n.id, value=1) is False
+    finally:
+        listener.close()
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+# -- real guests ------------------------------------------------------------------------------
+
+
+@needs_notify
+def test_host_stat_results_equal_native(repo: Path, tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    os.symlink("/etc/hostname", tmp_path / "sub" / "hl")
+    paths = ["/etc/hostname", "/usr/bin", "/etc", "sub", "sub/hl", "/nonexistent",
+             "/etc/hostname/x"]
+    # (a /proc/PID entry's own inode is the process's: followed, /proc/self/cwd is not)
+    script = (f"stat -c '{FORMAT}' {' '.join(paths)}; "
+              f"stat -L -c '{FORMAT}' sub/hl /proc/self/cwd/sub; "
+              f"cd sub && stat -c '{FORMAT}' hl .. . ; python3 -c \"import os; "
+              "d = os.open('/etc', os.O_RDONLY); s = os.stat('hostname', dir_fd=d); "
+              "f = os.stat(d); l = os.lstat('/proc/self/exe'); "
+              "print(s.st_ino, s.st_size, f.st_ino, l.st_mode)\"")
+    native = subprocess.run(["sh", "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    p, stats = run(repo, tmp_path, "sh", "-c", script)
+    assert p.stdout == native.stdout
+    assert p.returncode == native.returncode
+    assert p.stderr == native.stderr
+    assert stats["notifications"] > 10
+
+
+@needs_notify
+def test_data_stat_equals_the_ptrace_engine(repo: Path, tmp_path: Path) -> None:
+    paths = "/data /data/f.txt /data/d /data/d/y.txt /data/link /data/nope /data/f.txt/x"
+    script = (f"stat -c '{FORMAT}' {paths}; stat -L -c '{FORMAT}' /data/link; "
+              f"cd /data/d && stat -c '{FORMAT}' y.txt .. ; python3 -c \"import os; "
+              "print(os.stat('y.txt').st_size, os.fstat(os.open('y.txt', 0)).st_size, "
+              "os.stat('/proc/self/cwd/y.txt').st_size)\"")
+    by_ptrace, pstats = run(repo, tmp_path, "sh", "-c", script, engine="ptrace")
+    by_notify, nstats = run(repo, tmp_path, "sh", "-c", script)
+    assert by_notify.stdout == by_ptrace.stdout
+    assert by_notify.stderr == by_ptrace.stderr
+    assert "|11|" in by_notify.stdout  # /data/f.txt's size
+    assert "4 4 4" in by_notify.stdout
+    assert "'/data/nope': No such file" in by_notify.stderr
+    assert "'/data/f.txt/x': Not a directory" in by_notify.stderr
+    assert by_notify.returncode == by_ptrace.returncode == 0
+    assert pstats["notifications"] == 0 and nstats["notifications"] > 10
+
+
+POLICY = textwrap.dedent("""\
+    version = 1
+    name = "no-secret"
+    description = "everything on /data but the secret"
+    default = "deny"
+
+    [[mount]]
+    path = "/data"
+
+    [[app]]
+    name = "all"
+    match.exe = ["/**"]
+    allow = [{ paths = ["/data", "/data/**"], ops = ["*"] }]
+    deny = [{ paths = ["/data/secret.txt"], ops = ["*"] }]
+    """)
+
+
+@needs_notify
+def test_denied_paths_get_the_policy_errno(repo: Path, tmp_path: Path) -> None:
+    policy = tmp_path / "p.toml"
+    policy.write_text(POLICY)
+    guest = ("import os\n"
+             "for p in ('/data/secret.txt', '/data/d/../secret.txt', '/data/f.txt'):\n"
+             "    try: print(p, os.stat(p).st_size)\n"
+             "    except OSError as e: print(p, e.errno)\n"
+             "try: os.lstat('/proc/%d/mem' % os.getppid()); print('supervisor: seen')\n"
+             "except OSError as e: print('supervisor', e.errno)\n")
+    p, stats = run(repo, tmp_path, sys.executable, "-c", guest, extra=("--policy", str(policy)))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [
+        f"/data/secret.txt {errno.EACCES}",
+        f"/data/d/../secret.txt {errno.EACCES}",
+        "/data/f.txt 11",
+        f"supervisor {errno.EACCES}",  # a trusted process's /proc entry
+    ]
+    assert stats["notifications"] >= 4
+
+
+#: A guest of two threads: one stats the path in a buffer, the other flips the buffer
+#: between an allowed file and a denied one of another size. The stat that reports the
+#: denied file's size is an escape.
+RACE = textwrap.dedent("""\
+    import ctypes, os, sys, threading
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(4096)
+    ok, secret = os.fsencode(sys.argv[2]) + b"\\0", os.fsencode(sys.argv[3]) + b"\\0"
+    st = ctypes.create_string_buffer(256)
+    done = False
+    def flip():
+        while not done:
+            ctypes.memmove(buf, secret, len(secret))
+            ctypes.memmove(buf, ok, len(ok))
+    threading.Thread(target=flip, daemon=True).start()
+    seen = {"ok": 0, "denied": 0, "escaped": 0, "torn": 0, "other": 0}
+    for _ in range(int(sys.argv[1])):
+        r = libc.stat(buf, st)
+        size = int.from_bytes(st.raw[48:56], "little")
+        if r == 0:
+            seen["escaped" if size == 41 else "ok" if size == 11 else "other"] += 1
+        elif ctypes.get_errno() == 13:
+            seen["denied"] += 1
+        else:  # a path torn half-way by the flip: ENOENT, as natively
+            seen["other" if ctypes.get_errno() != 2 else "torn"] += 1
+    done = True
+    print(seen)
+    """)
+
+
+@needs_notify
+@pytest.mark.parametrize("where", ["data", "host"])
+def test_a_thread_rewriting_the_path_during_the_call(
+        repo: Path, tmp_path: Path, where: str) -> None:
+    """The path is copied once, decided on and stat'ed by the supervisor: the kernel
+    never reads the guest's buffer again (a CONTINUE of the allowed path would
+    let it stat the denied one: the host case shows it)."""
+    policy = tmp_path / "p.toml"
+    if where == "data":
+        policy.write_text(POLICY)
+        ok, secret = "/data/f.txt", "/data/secret.txt"
+    else:
+        (tmp_path / "ok").mkdir()
+        (tmp_path / "ok" / "f").write_text("the f file\n")
+        (tmp_path / "hidden").mkdir()
+        (tmp_path / "hidden" / "s").write_text((repo / "secret.txt").read_text())
+        ok, secret = str(tmp_path / "ok" / "f"), str(tmp_path / "hidden" / "s")
+        policy.write_text(POLICY + textwrap.dedent(f"""
+            [host]
+            read = ["/usr/**", "/lib/**", "/lib64/**", "/etc/**", "/proc/**", "/dev/**",
+                    "{tmp_path}/ok/**"]
+            write = ["/dev/null"]
+            """))
+    p, stats = run(repo, tmp_path, "/usr/bin/python3", "-I", "-c", RACE, "3000", ok, secret,
+                   extra=("--policy", str(policy)))
+    assert p.returncode == 0, p.stderr
+    seen = ast.literal_eval(p.stdout)
+    assert seen["escaped"] == 0, seen
+    assert seen["other"] == 0, seen
+    assert seen["ok"] > 0, seen  # the race ran: both paths were seen
+    assert stats["notifications"] >= 3000
+
+
+@needs_notify
+def test_a_thread_dying_with_its_call_pending(repo: Path, tmp_path: Path) -> None:
+    """Threads in notified calls when their process exits: the run ends cleanly
+    (their notifications are no longer valid: nothing is answered to a reused pid)."""
+    guest = textwrap.dedent("""\
+        import os, threading, time
+        def spin():
+            while True:
+                os.stat('/data/f.txt'); os.stat('/etc/hostname')
+        for _ in range(4):
+            threading.Thread(target=spin, daemon=True).start()
+        time.sleep(0.5)
+        os._exit(7)
+        """)
+    for _ in range(3):
+        p, stats = run(repo, tmp_path, sys.executable, "-c", guest, timeout=60)
+        assert p.returncode == 7, p.stderr
+        assert "Traceback" not in p.stderr and "unknown task" not in p.stderr, p.stderr
+        assert stats["notifications"] > 100
+
+
+@needs_notify
+def test_a_signal_during_notified_calls(repo: Path, tmp_path: Path) -> None:
+    """SIGALRM with a handler, many times, while stats are in flight: the calls are
+    restarted by the kernel (SA_RESTART) and every stat still gives the right size."""
+    guest = textwrap.dedent("""\
+        import os, signal
+        hits = []
+        signal.signal(signal.SIGALRM, lambda *a: hits.append(1))
+        signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+        bad = sum(os.stat('/data/f.txt').st_size != 11 for _ in range(3000))
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        print(bad, len(hits) > 10)
+        """)
+    p, stats = run(repo, tmp_path, sys.executable, "-c", guest)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["0", "True"]
+    assert stats["notifications"] >= 3000
+
+
+def test_an_engine_name_that_is_not_one_is_a_clear_error(repo: Path, tmp_path: Path) -> None:
+    p = subprocess.run([*SYNTHFS, "run", "--data", str(repo), "--", "true"], capture_output=True,
+                       text=True, env={**os.environ, "SYNTHFS_ENGINE": "fast"}, timeout=60)
+    assert p.returncode == 2
+    assert "SYNTHFS_ENGINE='fast': not an engine" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_auto_is_ptrace_for_now(repo: Path, tmp_path: Path) -> None:
+    p, stats = run(repo, tmp_path, "stat", "/data/f.txt", engine="auto")
+    assert p.returncode == 0, p.stderr
+    assert stats["notifications"] == 0 and stats["seccomp_stops"] > 0
+
+
+def test_roles_of_notify_rows_name_no_second_path() -> None:
+    """The notify channel answers only; a row that the kernel would have to run on a
+    checked path (a second path, a creation) must not be NOTIFY."""
+    for spec in TABLE:
+        if spec.channel is Channel.NOTIFY:
+            assert Role.PATH2 not in spec.args and Role.TEXT not in spec.args
+
+
+def test_a_kernel_without_a_feature_falls_back_to_ptrace_and_names_it(monkeypatch) -> None:
+    monkeypatch.setattr(notify, "probe", lambda: "pidfd_getfd (Linux 5.6)")
+    engine, why = notify.choose(notify.Engine.NOTIFY)
+    assert engine is notify.Engine.PTRACE
+    assert why == "--engine notify: this kernel lacks pidfd_getfd (Linux 5.6); using ptrace"
+    assert notify.choose(notify.Engine.PTRACE) == (notify.Engine.PTRACE, "")
+    assert notify.choose(notify.Engine.AUTO)[0] is notify.Engine.PTRACE
+
+
+@needs_notify
+def test_this_kernel_has_what_the_notify_engine_needs() -> None:
+    assert notify.choose(notify.Engine.NOTIFY) == (notify.Engine.NOTIFY, "")
