@@ -169,6 +169,7 @@ class Namespace:
         host_realpath: Callable[[str], str] | None = None,
         final: Final = Final.LOOKUP,
         confine: int = 0,
+        hidden: Callable[[str], bool] | None = None,
     ) -> Target:
         """Resolve ``path`` (relative to the absolute guest path ``base``).
 
@@ -181,6 +182,12 @@ class Namespace:
         or repository symlink starts there), NO_SYMLINKS (a symlink on the
         way: ELOOP), NO_XDEV (entering or leaving the mount: EXDEV). Host
         components are the kernel's to judge (handlers probe them).
+        ``hidden(guest_path)``: whether the policy hides that path (ENOENT): a
+        component the walk passes through, not its last, is then absent, as
+        the final path is. Else a walk through a hidden directory and out of it
+        again (``hidden/name/../../x``: ENOENT, ENOTDIR or a stat of ``x``) told
+        which names it holds and what they are. A plain path needs no check: it
+        ends below each component it passes, and the policy judges that end.
         Raises OSError with the errno a kernel would give (ENOENT, ENOTDIR,
         ELOOP, ENAMETOOLONG, EXDEV).
         """
@@ -188,7 +195,8 @@ class Namespace:
             plain = self._resolve_plain(path, follow, lstat)
             if plain is not None:
                 return plain
-        return self._walk(path, base, follow, lstat, readlink, host_realpath, final, confine)
+        return self._walk(path, base, follow, lstat, readlink, host_realpath, final, confine,
+                          hidden)
 
     def _resolve_plain(self, path: str, follow: bool, lstat: Lstat) -> Target | None:
         """The walk of a plain path below the mount (absolute, no '.', '..', '//' or
@@ -228,6 +236,7 @@ class Namespace:
         host_realpath: Callable[[str], str] | None,
         final: Final,
         confine: int,
+        hidden: Callable[[str], bool] | None = None,
     ) -> Target:
         """:meth:`resolve`, every case."""
         if not path:
@@ -316,6 +325,8 @@ class Namespace:
                 if not last:
                     raise OSError(errno.ENOENT, "no such file or directory")
                 continue
+            if not last and hidden is not None and hidden(self.guest_path(repo)):
+                raise OSError(errno.ENOENT, "no such file or directory")
             if attrs.kind is FileKind.SYMLINK and (not last or follow or (trailing and not entry)):
                 if confine & RESOLVE_NO_SYMLINKS:
                     raise OSError(errno.ELOOP, "a symlink on a RESOLVE_NO_SYMLINKS walk")

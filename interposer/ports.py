@@ -220,6 +220,10 @@ class Env(Protocol):
     def check(self, call: Call, op: str, guest_path: str) -> int:
         """0 when the policy allows ``op`` on ``guest_path`` for this process, else the errno."""
 
+    def hides(self, call: Call, guest_path: str) -> bool:
+        """Whether the policy hides ``guest_path`` from this process (a denied ``stat``
+        with ENOENT that takes effect), audited only then."""
+
     def check_host(self, call: Call, op: str, path: str, via: str = "") -> int:
         """0 when the ``[host]`` rules allow ``op`` on the resolved host ``path``, else errno.
         ``via``: the repository symlink that led there (shown in the audit record)."""

@@ -182,6 +182,14 @@ class RunEnv:
             return 0
         return self._record(call, app, op, guest_path, decision, t0, mount=True)
 
+    def hides(self, call: Call, guest_path: str) -> bool:
+        """Whether ``stat`` of ``guest_path`` is denied with ENOENT (and that takes effect,
+        as :meth:`check` says: only then is it audited)."""
+        decision = self.policy.decide(self._app(call), Op.STAT, guest_path)
+        if decision.allowed or decision.errno != errno.ENOENT:
+            return False
+        return self.check(call, "stat", guest_path) == errno.ENOENT
+
     def check_host(self, call: Call, op: str, path: str, via: str = "") -> int:
         """A decision on a resolved host path (``Policy.decide_host``), audited
         (``via``: the repository symlink that led there)."""

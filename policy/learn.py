@@ -199,6 +199,7 @@ def collapse(
     root: str,
     trees: Iterable[str] = (),
     index: _Index | None = None,
+    fresh: Iterable[str] = (),
 ) -> dict[str, Access]:
     """The globs that cover ``touched`` (paths the run used ``op`` on), each with the
     first access it covers.
@@ -221,9 +222,14 @@ def collapse(
 
     So a big tree the run made (``.git`` in a repository it only read) is
     ``.git/**`` without making the repository's root ``**`` as well. Entries
-    are what ``tree`` lists plus every touched path (a file created and removed
-    during the run counts as an entry of its directory). With an unknown tree
-    only exact paths come out (and ``trees`` still gets ``**``).
+    are what ``tree`` lists (the repository before and after the run). A
+    touched path it does not list (made and removed in the run, or never there)
+    gets its rule but counts toward no "most", unless its directory is in
+    ``fresh`` (the run made it: nothing of the user's was there) or is itself
+    unlisted: else a guest that makes and removes three files in
+    ``/data/secrets`` would learn ``/data/secrets/*`` for reading the secrets
+    it never read. With an unknown tree only exact paths come out (and
+    ``trees`` still gets ``**``).
     """
     forced = set(trees)
     index = index if index is not None else _Index.of(tree, root)
@@ -242,15 +248,22 @@ def collapse(
             active.add(up)
             node = up
     dirs = index.dirs | active
+    made = frozenset(fresh)
 
     def listed(d: str) -> list[str]:
         return sorted(index.children.get(d, frozenset()) | extra.get(d, set()))
+
+    def weighed(d: str) -> list[str]:
+        """``d``'s entries that "most" is counted on (see the docstring)."""
+        if d in made or d not in index.dirs:
+            return listed(d)
+        return sorted(index.children.get(d, frozenset()))
 
     def counted(d: str, direct: bool) -> list[str]:
         """``d``'s entries that count: for ``D/*`` those that take the op themselves;
         for ``D/**`` directories too (through their entries), except for ``list``."""
         test = takes if direct else counts
-        return [c for c in listed(d) if test[c in dirs]]
+        return [c for c in weighed(d) if test[c in dirs]]
 
     def earliest(*found: Access | None) -> Access | None:
         best = None
@@ -268,6 +281,7 @@ def collapse(
     mostly: dict[str, bool] = {}
     for d in sorted(active, key=lambda d: d.count("/"), reverse=True):
         kids = listed(d)
+        weigh = set(weighed(d))
         total = 0
         first: Access | None = None
         used = 0
@@ -278,8 +292,11 @@ def collapse(
             if mine is not None and (first is None or mine.seq < first.seq):
                 first = mine
             if c in active:
-                total += size[c]
                 first = earliest(first, below_first[c])
+            if c not in weigh:
+                continue
+            if c in active:
+                total += size[c]
             elif is_dir:
                 total += _untouched_size(index, op, c)
             total += takes[is_dir]
@@ -295,7 +312,7 @@ def collapse(
     def whole_tree(d: str) -> bool:
         if not mostly.get(d, False):  # an untouched directory is not mostly used
             return False
-        subdirs = [c for c in listed(d) if c in dirs]
+        subdirs = [c for c in weighed(d) if c in dirs]
         return (tree.known and bool(subdirs) and size[d] >= MIN_ENTRIES
                 and 2 * sum(1 for c in subdirs if used_dir(c)) > len(subdirs))
 
@@ -732,6 +749,7 @@ class _Learner:
         self.checks: list[tuple[Access, _AppDoc | None]] = []
         self.renames: list[tuple[Access, _AppDoc, str, str]] = []
         self.temp_globs: dict[str, str] = {}
+        self.mount_made: frozenset[str] = frozenset()  # paths the run created on the mount
         self.indexes: dict[str, _Index] = {}  # mount root -> the tree below it
         self.execs: dict[str, Access] | None = None  # executable -> the first execve of it
         self.host_temps: set[str] = set()
@@ -860,6 +878,7 @@ class _Learner:
                     if "create" in ops and ops & {"delete", "rename"}}
         known = _paths(self.tree) | (_paths(after) if after is not None else set())
         made = {p for p, ops in mount_ops.items() if "create" in ops}
+        self.mount_made = frozenset(made)
         self.temp_globs = {p: g for p in gone
                            if (g := temporary_glob(p, known, _parent(p) in made)) is not None}
         self.host_made = {p for p, ops in host_ops.items() if "create" in ops}
@@ -889,7 +908,8 @@ class _Learner:
                 trees = [t for t in self.forced.get(key, ()) if _under(t, root)]
                 if root not in self.indexes:
                     self.indexes[root] = _Index.of(self.tree, root)
-                collapsed = collapse(mine, op, self.tree, root, trees, self.indexes[root])
+                collapsed = collapse(mine, op, self.tree, root, trees, self.indexes[root],
+                                     self.mount_made)
                 for path, access in patches.get(op, {}).items():  # patches stay exact
                     if path in mine:
                         collapsed.setdefault(path, access)

@@ -1,11 +1,15 @@
 """The policies that ship with synthfs, found by name.
 
 ``--policy readonly`` names ``policies/readonly.toml`` of the installed
-package; anything that exists and is not a directory (or has a ``/`` or
-ends in ``.toml``) is a path. A file named like a shipped policy in the
-current directory wins, as a path would: the user's own file is never
-shadowed. A directory of that name (a project's ``ci/``) is no policy file,
-so it does not hide the shipped policy.
+package; a name with a ``/`` or ending in ``.toml``, or a file that exists
+and is named like no shipped policy, is a path. A file in the current
+directory named like a shipped policy makes the name ambiguous, and that is
+an error (say ``./readonly`` for the file): taking the file would run
+whatever a guest of an earlier run wrote into its cwd (the ``readonly`` and
+``ci`` policies let it write there) as the policy the user named, and taking
+the shipped one would shadow the user's own file. A directory of that name
+(a project's ``ci/``) is no policy file, so it does not hide the shipped
+policy.
 
 Trusts nothing it reads beyond file names: the policy text itself is loaded
 and validated by :mod:`synthfs.policy.engine`.
@@ -35,9 +39,16 @@ def shipped() -> dict[str, Path]:
 
 def locate(name: str) -> str:
     """The policy file ``--policy NAME`` means (a path, or a shipped policy's name)."""
-    if (os.path.exists(name) and not os.path.isdir(name)) or "/" in name or name.endswith(".toml"):
+    if "/" in name or name.endswith(".toml"):
         return name
     found = shipped().get(name)
+    if os.path.lexists(name) and not os.path.isdir(name):
+        if found is None:
+            return name
+        raise PolicyNotFound(
+            f"{name!r} is both a file here and a shipped policy: say ./{name} for the file"
+            f" or {found} for the shipped one (or remove the file)"
+        )
     if found is None:
         names = ", ".join(shipped()) or "none"
         raise PolicyNotFound(

@@ -383,6 +383,7 @@ def _locate(
         host_realpath=lambda p: env.host.realpath(p, True, whose(call)),
         final=final,
         confine=confine,
+        hidden=lambda g: env.hides(call, g),
     )
     if target.synthetic:
         return Loc(
@@ -570,7 +571,8 @@ def _host_loc(call: Call, env: Env, path: str, follow: bool, must_be_dir: bool) 
 
 def locate_guest_path(call: Call, env: Env, path: str, follow: bool) -> Loc:
     target = env.ns.resolve(
-        path, "/", follow=follow, lstat=env.repo.lstat, readlink=env.repo.readlink
+        path, "/", follow=follow, lstat=env.repo.lstat, readlink=env.repo.readlink,
+        hidden=lambda g: env.hides(call, g),
     )
     if target.synthetic:
         return Loc(guest=env.ns.guest_path(target.path), repo=target.path, attrs=target.attrs)

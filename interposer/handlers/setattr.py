@@ -182,6 +182,9 @@ def _now_ns() -> int:
     return time.time_ns()
 
 
+_NS_MIN, _NS_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def utimens_at(
     call: Call,
     env: Env,
@@ -224,7 +227,9 @@ def utimens_at(
         elif not 0 <= nsec < 1_000_000_000:
             return Fail(errno.EINVAL)
         else:
-            values.append(sec * 1_000_000_000 + nsec)
+            # The kernel takes any seconds and clamps them to what the file system
+            # holds; the protocol's times are int64 nanoseconds (1677 to 2262).
+            values.append(max(_NS_MIN, min(_NS_MAX, sec * 1_000_000_000 + nsec)))
     assert loc.repo is not None
     repo = loc.repo
     if values[0] is None and values[1] is None:

@@ -298,6 +298,9 @@ def sys_symlinkat(call: Call, env: Env) -> Result:
 
 
 def mknod_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, dev: int) -> Result:
+    # The kernel's types: ``umode_t mode, unsigned dev`` (the register's high bits are
+    # not the call's; a mode past 32 bits made the host call fail with EIO).
+    mode, dev = mode & 0xFFFF, dev & 0xFFFFFFFF
     loc = locate(call, env, dirfd, addr, follow=False, final=Final.ENTRY)
     if loc.synthetic:
         _created(loc)

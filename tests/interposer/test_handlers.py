@@ -211,6 +211,9 @@ class FakeEnv:
             return errno.EACCES
         return 0
 
+    def hides(self, call: Call, guest_path: str) -> bool:
+        return False
+
     network = NetworkMode.ALLOW
     host_rules = False
 

@@ -235,13 +235,17 @@ def test_a_shipped_policy_is_found_by_name_from_anywhere(
     assert code == 1 and "no policy file 'nosuch'" in err and "readonly" in err
 
 
-def test_a_file_beats_a_shipped_name(
+def test_a_file_named_like_a_shipped_policy_is_ambiguous(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Neither is taken silently: the file may be a guest's (findings/02), the shipped
+    one would shadow the user's own file; ``./readonly`` names the file."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "readonly").write_text("version = 1\nname = 'mine'\nbogus = 1\n")
     code, out, err = run(capsys, "check", "readonly")
-    assert code == 1 and "bogus" in err  # the user's own file was read, not the shipped one
+    assert code == 1 and "both a file here and a shipped policy" in err and "./readonly" in err
+    code, out, err = run(capsys, "check", "./readonly")
+    assert code == 1 and "bogus" in err  # the user's own file, by its path
 
 
 def test_a_directory_does_not_hide_a_shipped_name(
