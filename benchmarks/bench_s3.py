@@ -11,10 +11,15 @@ What it measures, each ``--rounds`` times (median reported):
   64 MiB object up and down (MB/s), with boto3 and, when it is installed,
   obstore (how the client was chosen).
 * ``cold read``: a ``--big-mib`` object (256 MiB) read by one boto3
-  ``get_object`` stream, against a guest's ``cat /data/big >/dev/null``
-  under ``synthfs run --agent`` on a fresh server + agent over the bucket
-  (cold cache): the guest's wall time minus that of ``synthfs run -- true``
-  on the same stack.
+  ``get_object`` stream, thrown away and written into a new file (in the
+  directory that holds the agent's cache: a cold fetch writes as many fresh
+  page-cache pages), against a guest's ``cat /data/big >/dev/null`` under
+  ``synthfs run --agent`` on a fresh server + agent over the bucket (cold
+  cache): the guest's wall time minus that of ``synthfs run -- true`` on the
+  same stack; with the CPU seconds the server and the agent spent on that read
+  (``/proc``), and the load average. Both sides are measured in the same run, one
+  right after the other, since the load of this shared machine moves from
+  minute to minute.
 * ``small creates``: ``--small`` (1,000) one-byte files created by a guest
   (one Python process) through synthfs, against the same number of boto3
   ``put_object`` calls; the ratio of the two times.
@@ -129,6 +134,13 @@ def clients(store: Any, bucket: str, n: int = 200) -> dict[str, float]:
     return out
 
 
+def _cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (its threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
 def cold_read(store: Any, bucket: str, big_mib: int) -> dict[str, float]:
     from synthfs.testing.s3stack import s3_stack
 
@@ -141,19 +153,36 @@ def cold_read(store: Any, bucket: str, big_mib: int) -> dict[str, float]:
             f.write(block)
         f.seek(0)
         s3.upload_fileobj(f, bucket, f"{prefix}/big")
-    t = time.perf_counter()
-    body = s3.get_object(Bucket=bucket, Key=f"{prefix}/big")["Body"]
-    got = 0
-    while chunk := body.read(1 << 20):
-        got += len(chunk)
-    direct = time.perf_counter() - t
-    assert got == size
+    key = f"{prefix}/big"
     with s3_stack(store.endpoint, bucket, prefix, store.env()) as stack:
         base = _timed_run(stack.agent_endpoint, ["true"])
+        t = time.perf_counter()
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+        got = 0
+        while chunk := body.read(1 << 20):
+            got += len(chunk)
+        stream = time.perf_counter() - t
+        assert got == size
+        dst = os.path.join(stack.workdir, "boto3.bin")  # beside the agent's cache
+        t = time.perf_counter()
+        with open(dst, "wb") as out:
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+            while chunk := body.read(1 << 20):
+                out.write(chunk)
+        to_file = time.perf_counter() - t
+        os.unlink(dst)
+        time.sleep(3)  # this VM takes freed pages back after ~2 s: both sides fill fresh ones
+        s0, a0 = _cpu(stack.server_pid), _cpu(stack.agent_pid)
         read = _timed_run(stack.agent_endpoint, ["sh", "-c", "cat /data/big >/dev/null"])
-    return {"boto3 single stream MB/s": size / MB / direct,
-            "synthfs cold read MB/s": size / MB / max(1e-6, read - base),
-            "synthfs run -- true s": base}
+        server_cpu, agent_cpu = _cpu(stack.server_pid) - s0, _cpu(stack.agent_pid) - a0
+    synthfs = size / MB / max(1e-6, read - base)
+    return {"boto3 single stream MB/s": size / MB / stream,
+            "boto3 single stream to a file MB/s": size / MB / to_file,
+            "synthfs cold read MB/s": synthfs,
+            "synthfs / boto3 stream": synthfs / (size / MB / stream),
+            "synthfs / boto3 to a file": synthfs / (size / MB / to_file),
+            "synthfs server CPU s": server_cpu, "synthfs agent CPU s": agent_cpu,
+            "synthfs run -- true s": base, "load average": os.getloadavg()[0]}
 
 
 def small_creates(store: Any, bucket: str, n: int) -> dict[str, float]:
