@@ -52,6 +52,9 @@ gap is the server-to-agent path (two more copies of every byte and a
 (Later, #13/#14 fetch work: the fetch alone, with the CPU of the server, the
 agent and the store, and boto3 into a file beside it, is
 ``bench_fetch.py --s3``; ``benchmarks/RESULTS.md`` has its figures.)
+Later still (one signed ranged GET per chunk, boto3 into a file measured beside it,
+load 10-11): the guest's cold read 110 and 87 MB/s against boto3 277 / 280 MB/s
+thrown away and 220 / 214 MB/s into a file (RESULTS.md, issue #14's section).
 1,000 creates: 6.8x the time of 1,000 boto3 puts (18x before lookups were
 answered from memory for 1 s and made with one round trip); a create costs
 four store round trips (the agent's lookup, the exclusive create, the
