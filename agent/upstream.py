@@ -56,8 +56,9 @@ with it again and resends the request once.
   it once, answers a resend that comes while it runs when it ends, and one that
   comes later with the remembered answer (so a slow rename is never run twice at
   once); the checks above catch a repeat the cache has forgotten.
-* A mutation that runs long (a directory rename on S3 copies every key) is
-  not "hung": its server sends a ``Progress`` note every
+* A mutation or a listing that runs long (a directory rename on S3 copies
+  every key; a first listing of a large directory on S3 makes a HEAD per
+  entry) is not "hung": its server sends a ``Progress`` note every
   :data:`server.service.NOTE_EVERY` seconds while it runs, each starting the
   attempt's wait again, and the agent passes them on to its client
   (``on_note``), whose wait starts again too. So a long mutation is waited

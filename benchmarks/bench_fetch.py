@@ -21,7 +21,9 @@ so a new mtime alone would not make the next open fetch):
   the fetch (a cold fetch writes that many fresh page-cache pages; on a VM whose
   host backs guest memory lazily, that costs more than any copy of the data);
 * ``--s3``: the same object read by one boto3 ``get_object`` stream, thrown
-  away (``boto3_stream``) and written into a new file (``boto3_to_file``);
+  away (``boto3_stream``) and written into a new file (``boto3_to_file``,
+  ``--settle`` seconds after the last large free, with the CPU seconds of this
+  process and of the store: the figures to set beside the fetch's);
 * ``head``: ``synthfs run --agent EP -- head -c 1 /data/FILE``, less the
   same run of ``true`` (start-up excluded) (local only);
 * ``cat`` (the harness's W1c): ``synthfs run --agent EP -- cat /data/FILE``
@@ -127,7 +129,7 @@ def _local(tmp: str, size_mib: int) -> Iterator[tuple[Any, Callable[[int], str],
 
 
 @contextlib.contextmanager
-def _s3(tmp: str, size_mib: int, out: dict[str, list[float]]
+def _s3(tmp: str, size_mib: int, out: dict[str, list[float]], settle: float
         ) -> Iterator[tuple[Any, Callable[[int], str], str, int]]:
     """As :func:`_local` over SeaweedFS; each round also reads the object with boto3."""
     from synthfs.testing.s3stack import s3_stack
@@ -150,12 +152,16 @@ def _s3(tmp: str, size_mib: int, out: dict[str, list[float]]
                 pass
             out["boto3_stream_mbps"].append((size_mib << 20) / MB / (time.perf_counter() - t))
             dst = os.path.join(tmp, "boto3.bin")
+            time.sleep(settle)  # fresh pages, as the fetch's (see the module doc)
+            w0, c0 = _group_cpu(pgid), time.process_time()
             t = time.perf_counter()
             with open(dst, "wb") as f:
                 body = s3.get_object(Bucket=bucket, Key=key)["Body"]
                 while chunk := body.read(1 << 20):
                     f.write(chunk)
             out["boto3_to_file_mbps"].append((size_mib << 20) / MB / (time.perf_counter() - t))
+            out["boto3_to_file_cpu_s"].append(time.process_time() - c0)
+            out["boto3_store_cpu_s"].append(_group_cpu(pgid) - w0)
             os.unlink(dst)
             return f"/big{i}"
 
@@ -170,12 +176,13 @@ def measure(size_mib: int, rounds: int, fetch_only: bool = False,
 
     out: dict[str, list[float]] = {k: [] for k in (
         "fetch_s", "fetch_mbps", "server_cpu_s", "agent_cpu_s", "store_cpu_s", "dd_mbps",
-        "boto3_stream_mbps", "boto3_to_file_mbps", "head_s", "true_s", "cat_s",
+        "boto3_stream_mbps", "boto3_to_file_mbps", "boto3_to_file_cpu_s",
+        "boto3_store_cpu_s", "head_s", "true_s", "cat_s",
         "native_cat_s")}
     synthfs = [sys.executable, "-m", "synthfs", "run"]
     size = size_mib << 20
     with tempfile.TemporaryDirectory(prefix="bench-fetch-") as tmp:
-        ctx = _s3(tmp, size_mib, out) if s3 else _local(tmp, size_mib)
+        ctx = _s3(tmp, size_mib, out, settle) if s3 else _local(tmp, size_mib)
         with ctx as (stack, cold, data, pgid):
             run = [*synthfs, "--agent", stack.agent_endpoint, "--"]
             client = Client(stack.agent_endpoint, timeout=600)
@@ -247,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.s3:
         print(f"  boto3, one stream: {m['boto3_stream_mbps']:.0f} MB/s thrown away "
               f"[{each('boto3_stream_mbps')}], {m['boto3_to_file_mbps']:.0f} MB/s into a "
-              f"new file [{each('boto3_to_file_mbps')}]")
+              f"new file [{each('boto3_to_file_mbps')}]; CPU of the boto3 process "
+              f"{m['boto3_to_file_cpu_s']:.2f} s, store {m['boto3_store_cpu_s']:.2f} s (into "
+              "the file)")
     if "head_s" not in m:
         return 0
     print(f"  head -c 1, cold: {m['head_s']:.3f} s ({m['head_less_startup_s']:.3f} s without "

@@ -11,10 +11,17 @@ What it measures, each ``--rounds`` times (median reported):
   64 MiB object up and down (MB/s), with boto3 and, when it is installed,
   obstore (how the client was chosen).
 * ``cold read``: a ``--big-mib`` object (256 MiB) read by one boto3
-  ``get_object`` stream, against a guest's ``cat /data/big >/dev/null``
-  under ``synthfs run --agent`` on a fresh server + agent over the bucket
-  (cold cache): the guest's wall time minus that of ``synthfs run -- true``
-  on the same stack.
+  ``get_object`` stream, thrown away and written into a new file (in the
+  directory that holds the agent's cache: a cold fetch writes as many fresh
+  page-cache pages), against a guest's read of ``/data/big`` under
+  ``synthfs run --agent`` on a fresh server + agent over the bucket (cold
+  cache): a Python guest's own time for its open (the fetch) and read of the
+  file, 1 MiB at a time (its start-up not counted: subtracting that of
+  ``synthfs run -- true``, as before, moved the figure by 2x from run to
+  run); with the CPU seconds the server and the agent spent on that read
+  (``/proc``), and the load average. Both sides are measured in the same run, one
+  right after the other, since the load of this shared machine moves from
+  minute to minute.
 * ``small creates``: ``--small`` (1,000) one-byte files created by a guest
   (one Python process) through synthfs, against the same number of boto3
   ``put_object`` calls; the ratio of the two times.
@@ -47,6 +54,9 @@ gap is the server-to-agent path (two more copies of every byte and a
 (Later, #13/#14 fetch work: the fetch alone, with the CPU of the server, the
 agent and the store, and boto3 into a file beside it, is
 ``bench_fetch.py --s3``; ``benchmarks/RESULTS.md`` has its figures.)
+Later still (one signed ranged GET per chunk, boto3 into a file measured beside it,
+load 10-11): the guest's cold read 110 and 87 MB/s against boto3 277 / 280 MB/s
+thrown away and 220 / 214 MB/s into a file (RESULTS.md, issue #14's section).
 1,000 creates: 6.8x the time of 1,000 boto3 puts (18x before lookups were
 answered from memory for 1 s and made with one round trip); a create costs
 four store round trips (the agent's lookup, the exclusive create, the
@@ -129,6 +139,26 @@ def clients(store: Any, bucket: str, n: int = 200) -> dict[str, float]:
     return out
 
 
+def _cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (its threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
+#: The guest of the cold read: it times its own open and read of the file (the fetch is
+#: made at the open), so its start-up under ``synthfs run`` is not counted.
+_GUEST_READ = """
+import time
+t = time.perf_counter()
+n = 0
+with open("/data/big", "rb", buffering=0) as f:
+    while chunk := f.read(1 << 20):
+        n += len(chunk)
+print(n, time.perf_counter() - t)
+"""
+
+
 def cold_read(store: Any, bucket: str, big_mib: int) -> dict[str, float]:
     from synthfs.testing.s3stack import s3_stack
 
@@ -141,19 +171,43 @@ def cold_read(store: Any, bucket: str, big_mib: int) -> dict[str, float]:
             f.write(block)
         f.seek(0)
         s3.upload_fileobj(f, bucket, f"{prefix}/big")
-    t = time.perf_counter()
-    body = s3.get_object(Bucket=bucket, Key=f"{prefix}/big")["Body"]
-    got = 0
-    while chunk := body.read(1 << 20):
-        got += len(chunk)
-    direct = time.perf_counter() - t
-    assert got == size
+    key = f"{prefix}/big"
     with s3_stack(store.endpoint, bucket, prefix, store.env()) as stack:
         base = _timed_run(stack.agent_endpoint, ["true"])
-        read = _timed_run(stack.agent_endpoint, ["sh", "-c", "cat /data/big >/dev/null"])
-    return {"boto3 single stream MB/s": size / MB / direct,
-            "synthfs cold read MB/s": size / MB / max(1e-6, read - base),
-            "synthfs run -- true s": base}
+        t = time.perf_counter()
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+        got = 0
+        while chunk := body.read(1 << 20):
+            got += len(chunk)
+        stream = time.perf_counter() - t
+        assert got == size
+        dst = os.path.join(stack.workdir, "boto3.bin")  # beside the agent's cache
+        time.sleep(3)  # fresh pages, as the synthfs read's below (the upload freed 256 MiB)
+        t = time.perf_counter()
+        with open(dst, "wb") as out:
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+            while chunk := body.read(1 << 20):
+                out.write(chunk)
+        to_file = time.perf_counter() - t
+        os.unlink(dst)
+        time.sleep(3)  # this VM takes freed pages back after ~2 s: both sides fill fresh ones
+        s0, a0 = _cpu(stack.server_pid), _cpu(stack.agent_pid)
+        p = subprocess.run([*_synthfs(), "run", "--agent", stack.agent_endpoint, "--",
+                            sys.executable, "-c", _GUEST_READ], capture_output=True,
+                           check=False)
+        if p.returncode:
+            raise SystemExit(f"guest failed ({p.returncode}): {p.stderr.decode()[-2000:]}")
+        server_cpu, agent_cpu = _cpu(stack.server_pid) - s0, _cpu(stack.agent_pid) - a0
+        got_s, read = p.stdout.split()
+        assert int(got_s) == size, got_s
+    synthfs = size / MB / float(read)
+    return {"boto3 single stream MB/s": size / MB / stream,
+            "boto3 single stream to a file MB/s": size / MB / to_file,
+            "synthfs cold read MB/s": synthfs,
+            "synthfs / boto3 stream": synthfs / (size / MB / stream),
+            "synthfs / boto3 to a file": synthfs / (size / MB / to_file),
+            "synthfs server CPU s": server_cpu, "synthfs agent CPU s": agent_cpu,
+            "synthfs run -- true s": base, "load average": os.getloadavg()[0]}
 
 
 def small_creates(store: Any, bucket: str, n: int) -> dict[str, float]:

@@ -718,7 +718,8 @@ class Progress(Message):
     agent -> interposer: zero or more may precede the reply to an ``Open`` (a
     cold fetch), with its request id; ``done`` of ``total`` bytes of ``path``
     are in the cache. server -> agent (and passed on to the interposer): a
-    mutation on ``path`` still running (``done`` and ``total`` 0), sent every
+    mutation on ``path``, or a listing of it, still running (``done`` and
+    ``total`` 0), sent every
     ``server.service.NOTE_EVERY`` seconds. A client waiting for the reply takes
     them as notes (``Client(on_note=...)``) and goes on waiting, its attempt's
     time started again.

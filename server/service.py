@@ -34,9 +34,13 @@ handshake, so none of its frames reaches this loop.
 
 Mutations go through :class:`DuplicateCache` on the I/O thread: one resent
 by its agent under the same request id is not run again (it gets the first
-copy's answer), and one running longer than :data:`NOTE_EVERY` gets a
-``Progress`` note every :data:`NOTE_EVERY` seconds, so that its agent waits
-for it instead of taking it for lost (:mod:`agent.upstream`).
+copy's answer). A mutation, or a request of the metadata pool (a listing),
+that has not been answered :data:`NOTE_EVERY` seconds after it came gets a
+``Progress`` note every :data:`NOTE_EVERY` seconds, so that its agent
+waits for it instead of taking it for lost (:mod:`agent.upstream`): a cold
+listing of a large directory on S3 (a LIST and a HEAD per entry) takes seconds
+at load, longer than one attempt of the agent (its ``--timeout`` / 3), which
+then resent it, and gave up (EIO) after three.
 
 :func:`handle` (request -> reply, with the changed paths) is pure of sockets
 and is what the tests of dispatch exercise through the real socket.
@@ -53,7 +57,7 @@ import posixpath
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -279,7 +283,7 @@ def handle(
 
 
 class _Running:
-    """A mutation being run: whom to answer, and when it started and was last noted."""
+    """A request being run: whom to answer, and when it started and was last noted."""
 
     __slots__ = ("msg", "noted", "request_id", "routes", "started")
 
@@ -312,7 +316,6 @@ class DuplicateCache:
         #: key -> (the request's fingerprint, its encoded answer)
         self._done: collections.OrderedDict[bytes, tuple[int, bytes]] = \
             collections.OrderedDict()
-        self._next_due = 0.0
         #: resends answered from the cache or joined to a running copy (for the tests)
         self.hits = 0
 
@@ -362,15 +365,43 @@ class DuplicateCache:
 
     def due(self, now: float) -> list[_Running]:
         """The mutations to note as still running now (each every :data:`NOTE_EVERY`)."""
-        if now < self._next_due:  # looked at most twice a NOTE_EVERY, not per request
-            return []
-        self._next_due = now + NOTE_EVERY / 2
-        out = []
-        for run in self.running.values():
-            if now - run.noted >= NOTE_EVERY and now - run.started < NOTE_FOR_S:
-                run.noted = now
-                out.append(run)
-        return out
+        return _due(self.running.values(), now)
+
+
+def _due(runs: Iterable[_Running], now: float) -> list[_Running]:
+    """Those of ``runs`` to note now: unanswered for :data:`NOTE_EVERY` since their start
+    or their last note (and for less than :data:`NOTE_FOR_S`)."""
+    out = []
+    for run in runs:
+        if now - run.noted >= NOTE_EVERY and now - run.started < NOTE_FOR_S:
+            run.noted = now
+            out.append(run)
+    return out
+
+
+class Unanswered:
+    """The metadata requests other than mutations handed to the metadata pool and not
+    answered yet (I/O-thread state, no lock): a listing, mostly. Each is noted as running
+    every :data:`NOTE_EVERY` seconds until its reply goes out, as a mutation is (a
+    mutation is the :class:`DuplicateCache`'s to note). Bulk requests are not: a read or
+    an upload chunk moves 4 MiB at most, and a fetch's pipeline has its own patience."""
+
+    def __init__(self) -> None:
+        self.running: dict[bytes, _Running] = {}
+        self._seq = 0
+
+    def start(self, msg: m.Message, request_id: int, route: list[bytes]) -> bytes:
+        """A token for the request, handed back to :meth:`end` with its reply."""
+        self._seq += 1
+        token = self._seq.to_bytes(8, "little")
+        self.running[token] = _Running(msg, request_id, route)
+        return token
+
+    def end(self, token: bytes) -> None:
+        self.running.pop(token, None)
+
+    def due(self, now: float) -> list[_Running]:
+        return _due(self.running.values(), now)
 
 
 def read_frame(backend: Backend, r: m.Read, request_id: int) -> bytes | memoryview:
@@ -445,6 +476,8 @@ class Server:
         self._bulk_backlog: dict[bytes, collections.deque[
             tuple[list[bytes], Envelope, int, bytes]]] = {}
         self.drc = DuplicateCache()
+        self.unanswered = Unanswered()
+        self._next_note = 0.0
 
     def __repr__(self) -> str:
         return f"Server({self.endpoint!r}, {self.backend!r})"
@@ -536,7 +569,7 @@ class Server:
                     self._beat()
                     next_beat = now + BEAT_INTERVAL
                 timeout = min(timeout or 10**9, int((next_beat - now) * 1000) + 1)
-            if self.drc.running:
+            if self.drc.running or self.unanswered.running:
                 self._note_running()
                 timeout = min(timeout or 10**9, int(NOTE_EVERY * 1000))
             events = dict(poller.poll(timeout))
@@ -599,18 +632,21 @@ class Server:
                     self._pub.send_multipart([TOPIC, seal(self.publish_key, msgpack.packb(
                         ["inval", path, version, self.instance_id, self._pub_seq, parent]))])
                 continue
-            # b"R", size, cache key (b"": none), identity, [b""], reply
+            # b"R", size, cache key (b"": none), note token (b"": none), identity, [b""],
+            # reply
             size = int(frames[1].bytes)
             key = frames[2].bytes
-            ident = frames[3].bytes
+            ident = frames[4].bytes
             self._pending -= 1
             self._pending_bytes -= size
             if key:  # a mutation: remembered, and every connection that sent it answered
                 out = frames[-1].bytes
                 for route in self.drc.finish(key, out):
                     self._send(route, out)
+            else:
+                self.unanswered.end(frames[3].bytes)
             try:
-                router.send_multipart(frames[3:], zmq.NOBLOCK, copy=False)
+                router.send_multipart(frames[4:], zmq.NOBLOCK, copy=False)
             except zmq.ZMQError as exc:  # peer gone or its queue full: it will resend
                 log.debug("reply dropped: %s", exc)
             if tag == b"B":
@@ -633,10 +669,14 @@ class Server:
             log.debug("reply dropped: %s", exc)
 
     def _note_running(self) -> None:
-        """A Progress note to the client of each mutation running for a while: its wait
+        """A Progress note to the client of each request running for a while: its wait
         starts again (:class:`protocol.client.Client`), and its agent does not resend it."""
-        for run in self.drc.due(time.monotonic()):
-            touched = HANDLERS[type(run.msg)][2](run.msg)
+        now = time.monotonic()
+        if now < self._next_note:  # looked at most twice a NOTE_EVERY, not per request
+            return
+        self._next_note = now + NOTE_EVERY / 2
+        for run in [*self.drc.due(now), *self.unanswered.due(now)]:
+            touched = HANDLERS[type(run.msg)][2](run.msg) or [getattr(run.msg, "path", "/")]
             note = encode(m.Progress(path=touched[0] if touched else "/", done=0, total=0),
                           run.request_id)
             for route in run.routes:
@@ -698,6 +738,9 @@ class Server:
                          env.request_id)
                 self._send(route, key)
                 return
+        if type(msg) in INLINE:
+            self._answer_inline(route, env)
+            return
         if entry[1]:
             ident = route[0]
             if self._bulk_active.get(ident, 0) < self._per_client_bulk:
@@ -708,10 +751,10 @@ class Server:
                     (route, env, len(payload), key))
                 self._pending += 1
                 self._pending_bytes += len(payload)
-        elif type(msg) in INLINE:
-            self._answer_inline(route, env)
         else:
-            self._submit(self._meta, "R", route, env, len(payload), key)
+            # noted while it runs (a mutation by the cache: it may have other routes)
+            token = b"" if key else self.unanswered.start(msg, env.request_id, route)
+            self._submit(self._meta, "R", route, env, len(payload), key, token)
 
     def _answer_inline(self, route: list[bytes], env: Envelope) -> None:
         """A read-only lookup of one name (lstat, readlink): a few µs, cheaper than a handoff."""
@@ -744,16 +787,17 @@ class Server:
             self._bulk_active.pop(ident, None)
 
     def _submit(self, pool: ThreadPoolExecutor, tag: str, route: list[bytes], env: Envelope,
-                size: int, key: bytes = b"") -> None:
+                size: int, key: bytes = b"", token: bytes = b"") -> None:
         self._pending += 1
         self._pending_bytes += size
         try:
-            pool.submit(self._work, tag, route, env, size, key)
+            pool.submit(self._work, tag, route, env, size, key, token)
         except RuntimeError:  # shutting down
             self._pending -= 1
             self._pending_bytes -= size
             if key:
                 self.drc.drop(key)
+            self.unanswered.end(token)
 
     # -- workers -----------------------------------------------------------------------
 
@@ -769,7 +813,7 @@ class Server:
         return sock
 
     def _work(self, tag: str, route: list[bytes], env: Envelope, size: int,
-              key: bytes = b"") -> None:
+              key: bytes = b"", token: bytes = b"") -> None:
         started = time.perf_counter()
         changed: Changed = []
         msg = env.msg
@@ -806,4 +850,5 @@ class Server:
         # Invalidations first: the I/O loop publishes them before it sends the reply.
         for path, version, parent in changed:
             push.send_multipart([b"P", msgpack.packb([wire_name(path), version, parent])])
-        push.send_multipart([tag.encode(), str(size).encode(), key, *route, out], copy=False)
+        push.send_multipart([tag.encode(), str(size).encode(), key, token, *route, out],
+                            copy=False)

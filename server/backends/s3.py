@@ -73,13 +73,17 @@ metadata, which a LIST does not return): those are made by
 of boto3's CPU), 64 in parallel, and shared with a listing of the same
 directory made meanwhile (an agent's resend).
 
-Reads are ranged GETs. A read pinned to a version (a fetch's) is answered from a
-read-ahead block of :data:`READ_AHEAD` bytes (16 MiB, four chunks) got with one
-GET, the next block got meanwhile: a fetch costs a GET per four chunks, two in
-flight, instead of one per chunk (each GET costs ~20 ms before its first byte on
-SeaweedFS and a few ms of this process's CPU; splitting a 4 MiB read into four
-1 MiB ranges was slower). At most :data:`AHEAD_BLOCKS` blocks are held (96 MiB).
-A read that names no version is one ranged GET of its own.
+Reads are ranged GETs. With the signed client of :mod:`server.backends.s3head`
+(any endpoint given, no proxy), a read is one ranged GET of its chunk whose body
+is read from the socket straight into the buffer the reply is sent from: an
+agent's fetch keeps several reads in flight (its window), so as many GETs run
+in parallel, and no byte is copied in this process. Without it (boto3 alone),
+a read pinned to a version (a fetch's) is answered from a read-ahead block of
+:data:`READ_AHEAD` bytes (16 MiB, four chunks) got with one GET, the next block
+got meanwhile: through boto3 a GET costs a few ms of this process's CPU (and
+~20 ms before its first byte on SeaweedFS), so a GET per four chunks, two in
+flight, beat one per chunk there. At most :data:`AHEAD_BLOCKS` blocks are held
+(96 MiB). A read that names no version is one ranged GET of its own.
 
 A store that does not answer makes a request fail with EIO after the
 client's retries (3 attempts, connect and read timeouts of :data:`TIMEOUT_S`
@@ -893,7 +897,11 @@ class S3Backend(Backend):
     def read_into(
         self, path: str, offset: int, buf: memoryview, version: str = ""
     ) -> tuple[int, bool, str]:
-        """A read pinned to a ``version`` is answered from a read-ahead block.
+        """One ranged GET into ``buf`` (:meth:`HeadClient.get_into`), else (boto3) a read
+        pinned to a ``version`` is answered from a read-ahead block.
+
+        The store's answer other than the range asked for (past the end, no such
+        key, an error) is asked again through boto3, below, which maps it to an errno.
 
         A fetch reads an object chunk by chunk, a few in flight. One GET per chunk
         costs a request each (signing, a first byte after ~20 ms on SeaweedFS, ~3 ms of
@@ -913,6 +921,18 @@ class S3Backend(Backend):
         parts = split_path(path)
         if not parts:
             raise oserror(errno.EISDIR)
+        if self._heads is not None:
+            got_direct = self._heads.get_into(key_of(self.prefix, parts), offset, buf)
+            if got_direct is not None:
+                got, total, headers = got_direct
+                meta = {k[len("x-amz-meta-"):]: v for k, v in headers.items()
+                        if k.startswith("x-amz-meta-")}
+                if meta.get(_META + "kind") == "symlink":
+                    raise oserror(errno.ELOOP)
+                v = _version(meta, headers.get("etag", ""))
+                if version and v != version:
+                    raise oserror(errno.ESTALE, "the object changed")
+                return got, offset + got >= total, v
         first = offset - offset % READ_AHEAD
         if not version or n == 0 or offset + n > first + READ_AHEAD:
             return super().read_into(path, offset, buf, version)
@@ -926,7 +946,7 @@ class S3Backend(Backend):
             self._ahead.start(self, parts, key, version, first + READ_AHEAD)
         at = offset - first
         got = max(0, min(n, len(data) - at))
-        buf[:got] = data[at:at + got]
+        buf[:got] = memoryview(data)[at:at + got]
         self._ahead.served(key, version, first, got, min(READ_AHEAD, total - first))
         return got, offset + got >= total, v
 
