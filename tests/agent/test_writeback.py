@@ -139,6 +139,31 @@ def test_the_journal_survives_sigkill(stack: Stack) -> None:
     assert wait_until(arrived, 10), stack.agent.output()
 
 
+def test_an_exit_queues_many_copies_in_one_group_commit_that_survives_sigkill(
+        stack: Stack) -> None:
+    # A process exit's Sync queues every copy it wrote and did not close through a
+    # Commit (a shell's `> f` closes the written fd with dup2): one flush and one
+    # journal commit for all of them, as durable as a close each.
+    c = _start(stack, *HOLD)
+    bodies = {f"/g{i}": os.urandom(200 + i) for i in range(12)}
+    for path, body in bodies.items():
+        o = c.call(Open(path=path, flags=CREATE, mode=0o644))
+        assert isinstance(o, Opened)
+        Path(o.host_path).write_bytes(body)
+    status = c.call(Sync(wait=False))
+    assert isinstance(status, Synced) and status.queued == len(bodies)
+    assert stack.agent is not None
+    stack.agent.stop(signal.SIGKILL)
+    c.close()
+    stack.clients.clear()
+    stack.start_agent()
+
+    def arrived() -> bool:
+        return all((stack.root / p[1:]).read_bytes() == b for p, b in bodies.items())
+
+    assert wait_until(arrived, 10), stack.agent.output()
+
+
 def test_sigterm_uploads_the_queue_before_the_agent_ends(stack: Stack) -> None:
     c = _start(stack, *HOLD)
     _write(c, "/f", b"at exit")
