@@ -398,6 +398,42 @@ class WriteBack(Knowledge):
                 self._keep_aside(path)  # before the guest can write the closed version
         return super().open(msg)  # type: ignore[misc]
 
+    def _lease(self, path: str, e: Entry, a: Attrs) -> tuple[str, int, int] | None:
+        """A lease on a queued copy as its close left it, until its upload is due.
+
+        Until its upload this agent's copy is the file's content (the dirty copy wins
+        over the server's), so nothing the server hears of changes what an open here
+        must see; what can change it goes through this agent and voids the lease
+        first: an open for writing, a remove, a rename, the upload itself. A copy
+        written since its close (an fd kept across it) gets none: each open asks.
+        """
+        if not self._closed_copy(path):
+            return super()._lease(path, e, a)  # type: ignore[misc]
+        until = self._lease_until(path)
+        return None if until is None or self.leases is None else self.leases.grant(path, until)
+
+    def _closed_copy(self, path: str) -> bool:
+        """Whether ``path`` is queued and its copy is as its close left it (not open for
+        writing, not written since, not reopened)."""
+        j = self.journal
+        if j is None or path not in j or path in j.snaps:
+            return False
+        e = self.cache.get(path)
+        if e is None or e.pinned:
+            return False
+        st = self.cache.local_stat(e)
+        return st is not None and j.sigs.get(path) == _written(st)
+
+    def _leasable(self, path: str, a: Attrs, shown: Attrs) -> bool:
+        """A listing leases a queued copy as its close left it too (see :meth:`_lease`)."""
+        return self._closed_copy(path) or super()._leasable(path, a, shown)  # type: ignore[misc]
+
+    def _lease_until(self, path: str) -> float | None:
+        """A queued copy's lease lasts until its upload is due (the upload voids it)."""
+        if self.leases is not None and self._closed_copy(path):
+            return self.leases.clock() + self.upload_delay
+        return super()._lease_until(path)  # type: ignore[misc]
+
     def _keep_aside(self, path: str) -> None:
         """Keep the closed version of queued ``path`` (its copy) aside, durably, for its
         upload: the guest is about to write the copy in place. When it cannot be kept
