@@ -399,7 +399,7 @@ class WriteBack(Knowledge):
         return super().open(msg)  # type: ignore[misc]
 
     def _lease(self, path: str, e: Entry, a: Attrs) -> tuple[str, int, int] | None:
-        """A lease on a queued copy as its close left it, until its upload is due.
+        """A lease on a queued copy as its close left it, until its upload.
 
         Until its upload this agent's copy is the file's content (the dirty copy wins
         over the server's), so nothing the server hears of changes what an open here
@@ -429,9 +429,10 @@ class WriteBack(Knowledge):
         return self._closed_copy(path) or super()._leasable(path, a, shown)  # type: ignore[misc]
 
     def _lease_until(self, path: str) -> float | None:
-        """A queued copy's lease lasts until its upload is due (the upload voids it)."""
+        """A queued copy's lease lasts as long as a promise may (``--max-age``): its upload
+        voids it, whenever that comes (the server may be down meanwhile)."""
         if self.leases is not None and self._closed_copy(path):
-            return self.leases.clock() + self.upload_delay
+            return self.leases.clock() + self.promises.max_age
         return super()._lease_until(path)  # type: ignore[misc]
 
     def _keep_aside(self, path: str) -> None:
