@@ -58,6 +58,7 @@ from typing import Any
 import attrs
 
 from synthfs.agent import default_cache_dir
+from synthfs.linux import syncfs
 from synthfs.protocol.codec import build
 from synthfs.protocol.leases import Signature, signature
 from synthfs.protocol.messages import Attrs
@@ -276,6 +277,11 @@ class ContentCache:
     def sync_snaps_dir(self) -> None:
         """fsync the snaps directory: a version kept aside keeps its name after a crash."""
         os.fsync(self.snaps_fd)
+
+    def sync_objects(self) -> None:
+        """Flush every copy (and the objects directory) at once: ``syncfs`` of the cache's
+        file system, one flush where each copy's ``fdatasync`` would be one per copy."""
+        syncfs(self._objects_fd)
 
     def sync_objects_dir(self) -> None:
         """fsync the objects directory: a copy renamed into it keeps its name after a crash."""

@@ -170,8 +170,8 @@ class Materialiser(Knowledge):
         if lease is None:
             return Opened(host_path=host, attrs=self._present(path, shown))
         self.stats["leases"] += 1
-        return Opened(host_path=host, attrs=shown, lease=lease[0], lease_seq=lease[1],
-                      lease_until_ns=lease[2])
+        return Opened(host_path=host, attrs=self._present(path, shown), lease=lease[0],
+                      lease_seq=lease[1], lease_until_ns=lease[2])
 
     def _lease(self, path: str, e: Entry, a: Attrs) -> tuple[str, int, int] | None:
         """A lease on the copy just opened, when a promise vouches for it and it is clean."""

@@ -351,16 +351,26 @@ class MetadataHandlers(Knowledge):
             else:
                 entries.append(DirEntry(name=d.name, attrs=shown))
                 same = False
-            if promised and shown is d.attrs and self.leases is not None:
-                e = self.cache.get(child)
-                if (e is not None and not e.pinned and e.version == d.attrs.version
-                        and e.attrs.mode == d.attrs.mode and d.attrs.kind == FileKind.FILE):
-                    leasable.append(d.name)
+            if promised and self.leases is not None and self._leasable(child, d.attrs, shown):
+                leasable.append(d.name)
         if leasable:
             return self._list_leased(path, listing.attrs, entries, leasable)
         if same and not listing.leased:
             return listing  # frozen: the same object serves every request
         return Listing(attrs=listing.attrs, entries=entries)  # converter=tuple
+
+    def _leasable(self, path: str, a: Attrs, shown: Attrs) -> bool:
+        """Whether a listing may lease ``path``, listed by the server as ``a`` and shown
+        as ``shown``: a clean copy of that version (its promise decides for how long)."""
+        if shown is not a or a.kind != FileKind.FILE:
+            return False
+        e = self.cache.get(path)
+        return (e is not None and not e.pinned and e.version == a.version
+                and e.attrs.mode == a.mode)
+
+    def _lease_until(self, path: str) -> float | None:
+        """Until when a lease on the copy of ``path`` may last (None: none now)."""
+        return self.promises.deadline(path)
 
     def _list_leased(self, path: str, a: Attrs, entries: Sequence[DirEntry],
                      names: Sequence[str]) -> Listing:
@@ -371,7 +381,7 @@ class MetadataHandlers(Knowledge):
         grant = None
         for name in names:
             child = posixpath.join(path, name)
-            until = self.promises.deadline(child)
+            until = self._lease_until(child)
             e = self.cache.get(child)
             if until is None or e is None or self.cache.local_stat(e) is None:
                 continue

@@ -4,7 +4,9 @@ Role: :class:`WriteBack` answers ``Commit`` (a guest closed a written copy)
 without the server: the local copy is flushed to the agent's disk
 (``fdatasync``), a row naming it goes into the :class:`Journal` (an SQLite
 table with ``synchronous=FULL``: the row is on disk when the commit returns),
-and the guest's ``close`` returns. The agent's loop drains the queue between
+and the guest's ``close`` returns. Several rows at once (a process exit's ``Sync``, an
+upload batch's rows leaving) go in one group commit (:meth:`Journal.batch`): one flush
+of the copies (``syncfs``), one journal commit. The agent's loop drains the queue between
 requests (:meth:`WriteBack.background`): the server has the file within
 ``upload_delay`` seconds (default 1) while it answers.
 
@@ -68,7 +70,7 @@ import secrets
 import signal
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from synthfs.agent.cache import Entry, signature
 from synthfs.agent.metadata import Knowledge, _check_path, _parent
@@ -107,6 +109,8 @@ _SMALL = 1 << 20
 _BATCH_FILES = 64
 _BATCH_BYTES = 8 << 20
 _WINDOW = 16
+#: Queuing this many copies at once flushes them with one syncfs, not one fdatasync each.
+_SYNCFS = 4
 #: Errnos after which an upload is retried later (the server may take it then).
 _TRANSIENT = frozenset({errno.EIO, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENOSPC,
                         errno.EDQUOT, errno.EAGAIN, errno.EBUSY, errno.ESTALE, errno.EPROTO,
@@ -150,6 +154,10 @@ def _writers(fd: int) -> bool | None:
     return False
 
 
+class NotCommitted(OSError):
+    """A journal's group commit failed: none of its changes is on disk."""
+
+
 def queued_paths(directory: str) -> list[str]:
     """The paths the journal in ``directory`` holds (none when it has none)."""
     path = os.path.join(directory, "writeback.sqlite")
@@ -189,6 +197,8 @@ class Journal:
         self.sigs: dict[str, Written | None] = {}
         #: path -> the name of its closed version kept aside (the copy was reopened)
         self.snaps: dict[str, str] = {}
+        #: inside batch(): what to do once it is committed (else None)
+        self._batch: list[Callable[[], None]] | None = None
         for p, q, sig, snap in self._db.execute(
                 "SELECT path, queued, sig, snap FROM queue ORDER BY queued"):
             path = name_from_wire(p)
@@ -199,6 +209,40 @@ class Journal:
 
     def close(self) -> None:
         self._db.close()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group the changes made inside into one transaction: one fsync for all of them
+        (group commit). On disk when the block ends; when the commit fails, none of them is
+        (the rows in memory go back to what they were, and OSError is raised)."""
+        if self._batch is not None:  # (nested: the outer block commits)
+            yield
+            return
+        saved = (dict(self.rows), dict(self.sigs), dict(self.snaps))
+        self._batch = []
+        try:
+            self._exec("BEGIN", ())
+            yield
+            try:
+                self._exec("COMMIT", ())
+            except OSError as exc:
+                raise NotCommitted(exc.errno, exc.strerror) from None
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            self.rows, self.sigs, self.snaps = saved
+            self._batch = None
+            raise
+        after, self._batch = self._batch, None
+        for unlink in after:
+            unlink()
+
+    def _later(self, snap: str) -> None:
+        """Delete a version kept aside once no row on disk names it (after the batch)."""
+        if self._batch is None:
+            self._unlink_snap(snap)
+        else:
+            self._batch.append(lambda: self._unlink_snap(snap))
 
     def __contains__(self, path: str) -> bool:
         return path in self.rows
@@ -223,7 +267,7 @@ class Journal:
         self.sigs[path] = sig
         if old is not None:
             del self.snaps[path]
-            self._unlink_snap(old)
+            self._later(old)
 
     def keep(self, path: str, snap: str) -> None:
         """Name ``snap`` (durable already) as the closed version of queued ``path``."""
@@ -237,7 +281,7 @@ class Journal:
             return
         with contextlib.suppress(OSError):  # (a stale name only costs a look at replay)
             self._exec("UPDATE queue SET snap = NULL WHERE path = ?", (wire_name(path),))
-        self._unlink_snap(snap)
+        self._later(snap)
 
     def done(self, path: str) -> None:
         if self.rows.pop(path, None) is None:
@@ -253,7 +297,7 @@ class Journal:
                         exc.strerror or exc)
             return  # (its version kept aside stays with it)
         if snap is not None:
-            self._unlink_snap(snap)
+            self._later(snap)
 
     def _exec(self, sql: str, args: tuple[object, ...]) -> None:
         """One statement, committed (fsynced); a full disk is ENOSPC, as for any write."""
@@ -354,6 +398,43 @@ class WriteBack(Knowledge):
                 self._keep_aside(path)  # before the guest can write the closed version
         return super().open(msg)  # type: ignore[misc]
 
+    def _lease(self, path: str, e: Entry, a: Attrs) -> tuple[str, int, int] | None:
+        """A lease on a queued copy as its close left it, until its upload.
+
+        Until its upload this agent's copy is the file's content (the dirty copy wins
+        over the server's), so nothing the server hears of changes what an open here
+        must see; what can change it goes through this agent and voids the lease
+        first: an open for writing, a remove, a rename, the upload itself. A copy
+        written since its close (an fd kept across it) gets none: each open asks.
+        """
+        if not self._closed_copy(path):
+            return super()._lease(path, e, a)  # type: ignore[misc]
+        until = self._lease_until(path)
+        return None if until is None or self.leases is None else self.leases.grant(path, until)
+
+    def _closed_copy(self, path: str) -> bool:
+        """Whether ``path`` is queued and its copy is as its close left it (not open for
+        writing, not written since, not reopened)."""
+        j = self.journal
+        if j is None or path not in j or path in j.snaps:
+            return False
+        e = self.cache.get(path)
+        if e is None or e.pinned:
+            return False
+        st = self.cache.local_stat(e)
+        return st is not None and j.sigs.get(path) == _written(st)
+
+    def _leasable(self, path: str, a: Attrs, shown: Attrs) -> bool:
+        """A listing leases a queued copy as its close left it too (see :meth:`_lease`)."""
+        return self._closed_copy(path) or super()._leasable(path, a, shown)  # type: ignore[misc]
+
+    def _lease_until(self, path: str) -> float | None:
+        """A queued copy's lease lasts as long as a promise may (``--max-age``): its upload
+        voids it, whenever that comes (the server may be down meanwhile)."""
+        if self.leases is not None and self._closed_copy(path):
+            return self.leases.clock() + self.promises.max_age
+        return super()._lease_until(path)  # type: ignore[misc]
+
     def _keep_aside(self, path: str) -> None:
         """Keep the closed version of queued ``path`` (its copy) aside, durably, for its
         upload: the guest is about to write the copy in place. When it cannot be kept
@@ -437,14 +518,18 @@ class WriteBack(Knowledge):
             assert isinstance(reply, Synced)
             return reply
         uploaded = 0
-        for e in self.cache:
-            if self.cache.is_dirty(e) and self._to_queue(e, msg.wait):
+        todo = [e.path for e in self.cache
+                if self.cache.is_dirty(e) and self._to_queue(e, msg.wait)]
+        try:
+            self._queue(*todo)  # one group commit for them all
+        except OSError:
+            for path in todo:  # one by one: each its own verdict
                 try:
-                    self._queue(e.path)
+                    self._queue(path)
                 except OSError as exc:  # the journal cannot keep it: the server must, now
-                    log.warning("write-back: cannot queue %s (%s): uploading it now", e.path,
+                    log.warning("write-back: cannot queue %s (%s): uploading it now", path,
                                 exc.strerror or exc)
-                    self._upload(e.path)
+                    self._upload(path)
                     uploaded += 1
         if msg.wait:
             uploaded += self._drain(everything=True)
@@ -477,21 +562,41 @@ class WriteBack(Knowledge):
         finally:
             os.close(fd)
 
-    def _queue(self, path: str) -> None:
-        """Make the local copy of ``path`` durable here and queue its upload (as it is now:
-        a version kept aside for it goes)."""
-        assert self.journal is not None
-        fd = self.cache.open_object(path)
-        try:
-            os.fdatasync(fd)
-            sig = _written(os.fstat(fd))
-        finally:
-            os.close(fd)
-        self.cache.sync_objects_dir()  # (the copy may be new there: a create, a fetch)
-        self.journal.add(path, sig)
-        if path in self._held:  # it waited for this close
-            self._held.discard(path)
-            self._stuck.pop(path, None)
+    def _queue(self, *paths: str) -> None:
+        """Make the local copies of ``paths`` durable here and queue their uploads (as they
+        are now: a version kept aside for one goes): one fsync of the objects directory and
+        one journal commit for all of them (group commit)."""
+        j = self.journal
+        assert j is not None
+        if not paths:
+            return
+        sigs = []
+        if len(paths) >= _SYNCFS:
+            fds: list[int] = []
+            try:
+                for path in paths:
+                    fds.append(self.cache.open_object(path))
+                self.cache.sync_objects()  # every copy and its name, in one flush
+                sigs = [(path, _written(os.fstat(fd))) for path, fd in zip(paths, fds, strict=True)]
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        else:
+            for path in paths:
+                fd = self.cache.open_object(path)
+                try:
+                    os.fdatasync(fd)
+                    sigs.append((path, _written(os.fstat(fd))))
+                finally:
+                    os.close(fd)
+            self.cache.sync_objects_dir()  # (a copy may be new there: a create, a fetch)
+        with j.batch():
+            for path, sig in sigs:
+                j.add(path, sig)
+        for path in paths:
+            if path in self._held:  # it waited for this close
+                self._held.discard(path)
+                self._stuck.pop(path, None)
 
     def _status(self, uploaded: int) -> Synced:
         j = self.journal
@@ -812,14 +917,16 @@ class WriteBack(Knowledge):
                     Done, _WINDOW):
                 pass
             stamp = self._stamp()
-            for k, reply in self.upstream.pipeline(
-                    len(batch),
-                    lambda k: UploadCommit(upload_id=ids[k], path=batch[k][0],
-                                           size=len(batch[k][3]), mode=batch[k][1].attrs.mode),
-                    StatReply, _WINDOW):
-                path, _, snap, _, st0 = batch[k]
-                self._uploaded(path, reply.attrs, st0, stamp, snap)
-                done = k + 1
+            with self._clearing():  # the rows of the whole batch go in one commit
+                for k, reply in self.upstream.pipeline(
+                        len(batch),
+                        lambda k: UploadCommit(upload_id=ids[k], path=batch[k][0],
+                                               size=len(batch[k][3]),
+                                               mode=batch[k][1].attrs.mode),
+                        StatReply, _WINDOW):
+                    path, _, snap, _, st0 = batch[k]
+                    self._uploaded(path, reply.attrs, st0, stamp, snap)
+                    done = k + 1
         except Unreachable:
             raise
         except OSError as exc:
@@ -836,6 +943,18 @@ class WriteBack(Knowledge):
                     failed = failed or one
             return sent, failed
         return done, None
+
+    @contextlib.contextmanager
+    def _clearing(self) -> Iterator[None]:
+        """Rows cleared inside (their files are on the server) leave the journal in one
+        commit. When it fails they stay on disk and in memory, and are looked at again
+        (a clean copy is then only cleared, not sent)."""
+        assert self.journal is not None
+        try:
+            with self.journal.batch():
+                yield
+        except NotCommitted as exc:
+            log.warning("write-back: cannot clear uploaded files from the journal (%s)", exc)
 
     def _uploaded(self, path: str, a: Attrs, st0: os.stat_result,
                   stamp: tuple[int, int] | None, snap: str | None) -> None:

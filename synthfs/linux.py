@@ -73,6 +73,13 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
     return fd
 
 
+def syncfs(fd: int) -> None:
+    """syncfs(2): flush every dirty page and inode of the file system holding ``fd``."""
+    if libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def openat2_available() -> bool:
     """Whether this machine and kernel answer openat2 (Linux 5.6 and later)."""
     if platform.machine() not in _ARCHES:

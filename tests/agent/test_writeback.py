@@ -20,6 +20,8 @@ from synthfs.protocol.client import Client
 from synthfs.protocol.messages import (
     Commit,
     Committed,
+    List,
+    Listing,
     Open,
     Opened,
     Remove,
@@ -137,6 +139,61 @@ def test_the_journal_survives_sigkill(stack: Stack) -> None:
         return all((stack.root / p[1:]).read_bytes() == b for p, b in bodies.items())
 
     assert wait_until(arrived, 10), stack.agent.output()
+
+
+def test_an_exit_queues_many_copies_in_one_group_commit_that_survives_sigkill(
+        stack: Stack) -> None:
+    # A process exit's Sync queues every copy it wrote and did not close through a
+    # Commit (a shell's `> f` closes the written fd with dup2): one flush and one
+    # journal commit for all of them, as durable as a close each.
+    c = _start(stack, *HOLD)
+    bodies = {f"/g{i}": os.urandom(200 + i) for i in range(12)}
+    for path, body in bodies.items():
+        o = c.call(Open(path=path, flags=CREATE, mode=0o644))
+        assert isinstance(o, Opened)
+        Path(o.host_path).write_bytes(body)
+    status = c.call(Sync(wait=False))
+    assert isinstance(status, Synced) and status.queued == len(bodies)
+    assert stack.agent is not None
+    stack.agent.stop(signal.SIGKILL)
+    c.close()
+    stack.clients.clear()
+    stack.start_agent()
+
+    def arrived() -> bool:
+        return all((stack.root / p[1:]).read_bytes() == b for p, b in bodies.items())
+
+    assert wait_until(arrived, 10), stack.agent.output()
+
+
+def test_a_queued_copy_as_its_close_left_it_is_leased(stack: Stack) -> None:
+    # Until its upload the agent's copy is the file's content: an open and a listing
+    # lease it (the guest's next opens, `cat` after a shell's `>`, ask nothing), with
+    # the copy's size; a writer's open voids that, and a copy being written gets none.
+    pub = f"ipc://{stack.run}/pub.sock"
+    stack.start_server("--publish", pub)
+    stack.start_agent(*HOLD, "--subscribe", pub)
+    c = stack.client()
+    body = b"closed, queued, not uploaded"
+    _write(c, "/f", body)
+    assert (stack.root / "f").read_bytes() == b""  # queued only
+
+    def leased() -> Opened:
+        o = c.call(Open(path="/f", flags=os.O_RDONLY, mode=0))
+        assert isinstance(o, Opened)
+        return o
+
+    assert wait_until(lambda: leased().lease != "", 10), "no lease on the queued copy"
+    assert leased().attrs.size == len(body)
+    listing = c.call(List(path="/"))
+    assert isinstance(listing, Listing) and listing.leased == ("f",), listing
+    w = c.call(Open(path="/f", flags=os.O_WRONLY, mode=0))  # open for writing: pinned
+    assert isinstance(w, Opened)
+    assert leased().lease == ""
+    c.call(Commit(path="/f"))
+    Path(w.host_path).write_bytes(b"written through an fd kept across its close")
+    assert leased().lease == ""  # not as its close left it
+    assert c.call(Sync(wait=True)) == Synced(uploaded=1)
 
 
 def test_sigterm_uploads_the_queue_before_the_agent_ends(stack: Stack) -> None:
