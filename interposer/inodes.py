@@ -148,6 +148,11 @@ class Inodes:
         self._pin(dst, self.show(src, ino))
         self.changed(dst)
 
+    def shares(self, path: str) -> bool:
+        """Whether another name known here shows ``path``'s number (a hard link of it)."""
+        ino = self._of.get(path)
+        return ino is not None and len(self._paths.get(ino, ())) > 1
+
     def _below(self, path: str) -> list[str]:
         prefix = path.rstrip("/") + "/"
         return [p for p in self._of if p == path or p.startswith(prefix)]

@@ -136,6 +136,9 @@ class Remote:
         self._synced: dict[str, tuple[int, int]] = {}
         #: paths this sandbox opened for writing: what an exit's sync looks at
         self._written: set[str] = set()
+        #: local copies of removed names whose file kept another name, open for writing:
+        #: host path -> (an fd holding the copy, its size and mtime at the remove)
+        self._unhomed: dict[str, tuple[int, int, int]] = {}
         #: paths seen as directories (see :meth:`known_dir`)
         self._dirs: set[str] = set()
         #: st_ino shown for each path: the first one seen this session, never another
@@ -163,6 +166,9 @@ class Remote:
             self._feed = LeaseFeed(zmq.Context.instance(), welcome.leases, self._leases)
 
     def close(self) -> None:
+        for fd, _size, _mtime in self._unhomed.values():
+            os.close(fd)
+        self._unhomed.clear()
         if self._feed is not None:
             self._feed.close()
         self._client.close()
@@ -540,7 +546,19 @@ class Remote:
 
     def remove(self, path: str, directory: bool) -> None:
         self._drop_lease(path, tree=True)
-        self._ask(Remove(path=path, directory=directory))
+        held = self._hold_unhomed(path) if path in self._written else None
+        try:
+            self._ask(Remove(path=path, directory=directory))
+        except BaseException:
+            if held is not None:
+                os.close(held[1])
+            raise
+        if held is not None:
+            copy, fd, st = held
+            earlier = self._unhomed.pop(copy, None)
+            if earlier is not None:
+                os.close(earlier[0])
+            self._unhomed[copy] = (fd, st.st_size, st.st_mtime_ns)
         self._forget(path)
         self._forget_dirs(path)
         self._ino.forget(path)
@@ -549,6 +567,30 @@ class Remote:
         host = self._local.pop(path, None)
         if host is not None:
             self._by_host.pop(host, None)
+
+    def _hold_unhomed(self, path: str) -> tuple[str, int, os.stat_result] | None:
+        """Before ``path`` (a name this sandbox wrote) is removed while its file keeps
+        another name this sandbox made (``link``): an fd on its local copy, and the copy's
+        stat. The remove uploads the copy first, so the other name has what was written
+        until now; a guest fd still open on the copy writes a file no name reaches here."""
+        host = self._local.get(path)
+        if host is None or not self._ino.shares(path):
+            return None
+        try:
+            fd = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        return host, fd, os.fstat(fd)
+
+    def unhomed_write(self, host_path: str) -> bool:
+        """Whether ``host_path`` (an fd's target) is the local copy of a removed name
+        whose file kept another name, written since the remove: those writes reach no
+        name of the file (close and fsync say EIO rather than lose them in silence)."""
+        held = self._unhomed.get(host_path.removesuffix(" (deleted)"))
+        if held is None:
+            return False
+        st = os.fstat(held[0])
+        return (st.st_size, st.st_mtime_ns) != held[1:]
 
     def rename(self, src: str, dst: str, flags: RenameFlags) -> None:
         self._drop_lease(src, tree=True)
