@@ -3,7 +3,7 @@
 ``/data/public/private/sec/../../a.csv`` is judged as ``/data/public/a.csv``
 (allowed) and then walked through ``private`` and ``sec``: the walk's answer
 (success, ENOTDIR, ENOENT) told whether each hidden name existed and whether
-it was a directory (findings/06 of the adversary9 review), by a path as
+it was a directory (review round 9, finding 06), by a path as
 written and by a repository symlink's target.
 """
 

@@ -3,7 +3,7 @@
 A guest that makes and removes three files in ``/data/secrets`` (reading them
 back) learned ``read /data/secrets/*``, the secrets there included, and three
 directories made and removed at the root learned ``create, delete`` on
-``/data/**`` (findings/01 of the adversary9 review). "Most" of a directory is
+``/data/**`` (review round 9, finding 01). "Most" of a directory is
 counted on what the repository held before and after the run; a path the run
 made and removed counts only inside a directory the run made.
 """

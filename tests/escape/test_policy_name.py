@@ -3,7 +3,7 @@
 A guest under the shipped ``readonly`` policy (which leaves the host alone)
 wrote ``./readonly`` with ``default = "allow"``; the user's next ``synthfs run
 --policy readonly`` from that directory ran the guest's policy and wrote
-``/data`` (findings/02 of the adversary9 review). Now such a name is
+``/data`` (review round 9, finding 02). Now such a name is
 ambiguous: one line, exit 2, the command not run.
 """
 
