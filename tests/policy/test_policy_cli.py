@@ -239,8 +239,7 @@ def test_a_file_named_like_a_shipped_policy_is_ambiguous(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Neither is taken silently: the file may be a guest's (review round 9, finding 02),
-    the shipped
-    one would shadow the user's own file; ``./readonly`` names the file."""
+    the shipped one would shadow the user's own file; ``./readonly`` names the file."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "readonly").write_text("version = 1\nname = 'mine'\nbogus = 1\n")
     code, out, err = run(capsys, "check", "readonly")
