@@ -135,6 +135,16 @@ class Thread:
     shown: tuple[str, str, str] | None = None
 
 
+def _store_writes(tid: int, result: Return) -> Return | Fail:
+    """Write a result's data into the guest (a stat buffer...); EFAULT where it cannot."""
+    try:
+        for addr, data in result.writes:
+            pt.store(tid, addr, data)
+    except OSError:
+        return Fail(errno.EFAULT)
+    return result
+
+
 def _proc_octal(path: str, key: bytes) -> int | None:
     """The octal number after ``key`` in a /proc file of ``key value`` lines (None: absent)."""
     try:
@@ -623,11 +633,7 @@ class Supervisor:
         # -v: the call as it was made (the guest runs on once answered)
         shown = self.tracer.entry(call, spec) if self.tracer is not None else None
         if isinstance(result, Return):
-            try:
-                for addr, data in result.writes:
-                    pt.store(tid, addr, data)
-            except OSError:
-                result = Fail(errno.EFAULT)
+            result = _store_writes(tid, result)
         if isinstance(result, Return):
             listener.answer(ident, value=result.value)
         elif isinstance(result, Fail):
@@ -1092,11 +1098,7 @@ class Supervisor:
             return
         if isinstance(result, Return | Fail):
             if isinstance(result, Return):
-                try:
-                    for addr, data in result.writes:
-                        pt.store(tid, addr, data)
-                except OSError:
-                    result = Fail(errno.EFAULT)
+                result = _store_writes(tid, result)
             regs.orig_rax = _MASK64
             regs.rax = (result.value if isinstance(result, Return) else -result.errno) & _MASK64
             pt.set_regs(tid, regs)
