@@ -289,7 +289,8 @@ class Materialiser(Knowledge):
         its holes are neither moved nor allocated here.
         """
         size = a.size
-        if size >= DIRECT_MIN and a.blocks * 512 >= size and self._fetch_direct(fd, path, a):
+        if (self.direct_min is not None and size >= self.direct_min
+                and a.blocks * 512 >= size and self._fetch_direct(fd, path, a)):
             return
         extents = self._server_extents(path, a)
         parts = list(pieces(extents, CHUNK_SIZE))
@@ -330,6 +331,8 @@ class Materialiser(Knowledge):
                     f.result()
         os.ftruncate(fd, size)
 
+    #: the size from which a direct read is tried; None: never (``agent --no-direct``)
+    direct_min: int | None = DIRECT_MIN
     #: monotonic time until which no direct read is tried (see :data:`DIRECT_OFF_S`)
     _direct_off_until = 0.0
 

@@ -125,3 +125,21 @@ def test_only_files_are_located(located):
     for path, code in (("/d", errno.EISDIR), ("/none", errno.ENOENT), ("/", errno.EISDIR)):
         reply, _ = handle(be, m.Locate(path=path))
         assert isinstance(reply, m.Error) and reply.errno == code, (path, reply)
+
+
+def test_an_agent_with_no_direct_fetches_through_the_server(seaweed):
+    bucket = seaweed.new_bucket("nodirect")
+    body = secrets.token_bytes(9 * MIB)
+    seaweed.client().put_object(Bucket=bucket, Key="repo/big", Body=body)
+    with s3_stack(seaweed.endpoint, bucket, "repo", seaweed.env(), server_args=("-vv",),
+                  agent_args=("--no-direct",)) as stack:
+        c = Client(stack.agent_endpoint, timeout=120)
+        try:
+            reply = c.call(m.Open(path="/big", flags=os.O_RDONLY, mode=0))
+        finally:
+            c.close()
+        assert isinstance(reply, m.Opened)
+        with open(reply.host_path, "rb") as f:
+            assert f.read() == body
+        asked = _requests(stack.workdir)
+        assert "read" in asked and "locate" not in asked, asked
