@@ -180,6 +180,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upload-delay", metavar="S", type=float, default=DEFAULT_UPLOAD_DELAY,
                         help="write-back: seconds within which a closed file reaches the server "
                         "while it answers (default 1)")
+    parser.add_argument("--no-direct", dest="direct", action="store_false",
+                        help="fetch every file through the server (by default a large file on "
+                        "an S3 server is read from the store itself, on a URL the server signs)")
     parser.add_argument("--refuse", metavar="PATH", action="append", default=[],
                         help="another host path to list in Welcome.refused_paths (repeatable)")
     parser.add_argument("--ready-fd", metavar="N", type=int, default=None,
@@ -335,6 +338,8 @@ def _main(args: argparse.Namespace, flag: _StopFlag) -> int:
             print(f"synthfs agent: cannot use the cache at {cache_root}: {_why(exc)}",
                   file=sys.stderr)
             return 1
+        if not args.direct:
+            service.direct_min = None
         def learnt_paths() -> None:
             # A server registered late (down at start-up): its paths are refused from now
             # on (a supervisor that said Hello before does not learn them: SECURITY.md).

@@ -7,7 +7,10 @@ cached copy is missing or stale, creating it when an ``O_CREAT`` open asks to.
 Trusts: the content cache (:mod:`agent.cache`: objects below a verified
 directory, never through a symlink planted there); the server's ``Data``
 replies only while their version and length are the ones asked for (else the
-fetch starts again, ESTALE at last); what :mod:`agent.metadata` knows.
+fetch starts again, ESTALE at last); what :mod:`agent.metadata` knows. A
+file of :data:`DIRECT_MIN` bytes or more is first read from the store itself
+when the server locates it (:mod:`agent.direct`: an S3 object version, on a
+presigned URL), else, or when that fails, through the server.
 
 Semantics (the interposer depends on them):
 
@@ -43,6 +46,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import attrs
 
+from synthfs.agent import direct
 from synthfs.agent.cache import Entry, signature
 from synthfs.agent.metadata import Knowledge, _check_path, _parent
 from synthfs.extents import check_extents, pieces
@@ -53,6 +57,8 @@ from synthfs.protocol.messages import (
     ExtentMap,
     Extents,
     FileKind,
+    Locate,
+    Located,
     Message,
     Open,
     Opened,
@@ -71,6 +77,12 @@ PIPELINE_WINDOW = 6
 _FETCH_ATTEMPTS = 3
 #: Seconds between two Progress notes of one fetch (the first goes at its start).
 PROGRESS_EVERY = 0.2
+#: A file this large or larger is first asked for a direct read (``Locate``): below it,
+#: one or two Reads through the server cost less than the extra round trip.
+DIRECT_MIN = 2 * CHUNK_SIZE
+#: Seconds without a direct read after the store could not be reached from here, or the
+#: server cannot locate (each attempt would cost a round trip, or a connect timeout).
+DIRECT_OFF_S = 60.0
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> int:
@@ -277,6 +289,9 @@ class Materialiser(Knowledge):
         its holes are neither moved nor allocated here.
         """
         size = a.size
+        if (self.direct_min is not None and size >= self.direct_min
+                and a.blocks * 512 >= size and self._fetch_direct(fd, path, a)):
+            return
         extents = self._server_extents(path, a)
         parts = list(pieces(extents, CHUNK_SIZE))
         count = len(parts)
@@ -315,3 +330,50 @@ class Materialiser(Knowledge):
                 with contextlib.suppress(Exception):
                     f.result()
         os.ftruncate(fd, size)
+
+    #: the size from which a direct read is tried; None: never (``agent --no-direct``)
+    direct_min: int | None = DIRECT_MIN
+    #: monotonic time until which no direct read is tried (see :data:`DIRECT_OFF_S`)
+    _direct_off_until = 0.0
+
+    def _fetch_direct(self, fd: int, path: str, a: Attrs) -> bool:
+        """Read ``path`` at ``a.version`` from the store itself (:mod:`agent.direct`), on a
+        URL the server located; False when that cannot be done (the copy is then empty
+        again, for the fetch through the server). ESTALE when the object changed."""
+        if time.monotonic() < self._direct_off_until:
+            return False
+        try:
+            loc = self.upstream.call(Locate(path=path, version=a.version), Located)
+        except OSError as exc:
+            if exc.errno == errno.ESTALE:
+                raise
+            if exc.errno == errno.EOPNOTSUPP:  # a local-directory server, or an older one
+                self._direct_off_until = time.monotonic() + DIRECT_OFF_S
+            log.debug("fetch %s: no direct read (%s)", path, exc.strerror)
+            return False
+        if loc.version != a.version or loc.size != a.size:
+            raise OSError(errno.ESTALE, "the object changed during a fetch")
+        note = self.note
+        next_note = 0.0
+
+        def progress(done: int) -> None:
+            nonlocal next_note
+            if note is not None and time.monotonic() >= next_note:
+                note(Progress(path=path, done=done, total=loc.size))
+                next_note = time.monotonic() + PROGRESS_EVERY
+
+        progress(0)
+        with contextlib.suppress(OSError):
+            os.posix_fallocate(fd, 0, loc.size)
+        try:
+            direct.fetch_into(fd, loc.url, loc.etag, loc.size, progress)
+        except direct.Unusable as exc:
+            log.info("fetch %s: direct read failed (%s): through the server", path, exc)
+            self.stats["direct_failed"] += 1
+            if "did not answer" in str(exc):
+                self._direct_off_until = time.monotonic() + DIRECT_OFF_S
+            os.ftruncate(fd, 0)
+            return False
+        os.ftruncate(fd, loc.size)
+        self.stats["direct_fetches"] += 1
+        return True

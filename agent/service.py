@@ -112,7 +112,8 @@ class AgentService(WriteBack, MetadataHandlers, Materialiser, Uploads):
         self._registrations = upstream.registrations
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch-writer")
         self.stats = {"fetches": 0, "uploads": 0, "attr_hits": 0, "promised_opens": 0,
-                      "leases": 0, "promised_lists": 0, "promised_absent": 0}
+                      "leases": 0, "promised_lists": 0, "promised_absent": 0,
+                      "direct_fetches": 0, "direct_failed": 0}
         self._handlers: dict[type[Message], Callable[[Any], Message]] = {
             Hello: self.hello,
             Stat: self.stat,

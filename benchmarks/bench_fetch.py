@@ -129,8 +129,8 @@ def _local(tmp: str, size_mib: int) -> Iterator[tuple[Any, Callable[[int], str],
 
 
 @contextlib.contextmanager
-def _s3(tmp: str, size_mib: int, out: dict[str, list[float]], settle: float
-        ) -> Iterator[tuple[Any, Callable[[int], str], str, int]]:
+def _s3(tmp: str, size_mib: int, out: dict[str, list[float]], settle: float,
+        agent_args: tuple[str, ...] = ()) -> Iterator[tuple[Any, Callable[[int], str], str, int]]:
     """As :func:`_local` over SeaweedFS; each round also reads the object with boto3."""
     from synthfs.testing.s3stack import s3_stack
     from synthfs.testing.seaweed import Seaweed
@@ -165,12 +165,13 @@ def _s3(tmp: str, size_mib: int, out: dict[str, list[float]], settle: float
             os.unlink(dst)
             return f"/big{i}"
 
-        with s3_stack(store.endpoint, bucket, "p", store.env()) as stack:
+        with s3_stack(store.endpoint, bucket, "p", store.env(), agent_args=agent_args) as stack:
             yield stack, cold, "", pgid
 
 
 def measure(size_mib: int, rounds: int, fetch_only: bool = False,
-            s3: bool = False, settle: float = 3.0) -> dict[str, Any]:
+            s3: bool = False, settle: float = 3.0,
+            agent_args: tuple[str, ...] = ()) -> dict[str, Any]:
     from synthfs.protocol.client import Client
     from synthfs.protocol.messages import Open, Opened
 
@@ -182,7 +183,7 @@ def measure(size_mib: int, rounds: int, fetch_only: bool = False,
     synthfs = [sys.executable, "-m", "synthfs", "run"]
     size = size_mib << 20
     with tempfile.TemporaryDirectory(prefix="bench-fetch-") as tmp:
-        ctx = _s3(tmp, size_mib, out, settle) if s3 else _local(tmp, size_mib)
+        ctx = _s3(tmp, size_mib, out, settle, agent_args) if s3 else _local(tmp, size_mib)
         with ctx as (stack, cold, data, pgid):
             run = [*synthfs, "--agent", stack.agent_endpoint, "--"]
             client = Client(stack.agent_endpoint, timeout=600)
@@ -230,11 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--s3", action="store_true", help="over SeaweedFS (started here)")
     p.add_argument("--settle", type=float, default=3.0, metavar="S",
                    help="seconds to wait before each fetch (default 3: see the module doc)")
+    p.add_argument("--no-direct", action="store_true",
+                   help="--s3: the agent fetches through the server (agent --no-direct)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.size_mib < 4 or args.size_mib % 4:
         p.error("--size-mib must be a multiple of 4")
-    r = measure(args.size_mib, args.rounds, args.fetch_only, args.s3, args.settle)
+    r = measure(args.size_mib, args.rounds, args.fetch_only, args.s3, args.settle,
+                ("--no-direct",) if args.no_direct else ())
     if args.json:
         print(json.dumps(r, indent=1))
         return 0

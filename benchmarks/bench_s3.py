@@ -57,6 +57,9 @@ agent and the store, and boto3 into a file beside it, is
 Later still (one signed ranged GET per chunk, boto3 into a file measured beside it,
 load 10-11): the guest's cold read 110 and 87 MB/s against boto3 277 / 280 MB/s
 thrown away and 220 / 214 MB/s into a file (RESULTS.md, issue #14's section).
+With direct fetches (the agent reads the store on a presigned URL, load 3-3.8):
+293-424 MB/s against boto3 503-611 thrown away and 429-540 into a file, the
+server's CPU 0.02 s (RESULTS.md, "S3 direct fetches").
 1,000 creates: 6.8x the time of 1,000 boto3 puts (18x before lookups were
 answered from memory for 1 s and made with one round trip); a create costs
 four store round trips (the agent's lookup, the exclusive create, the

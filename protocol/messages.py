@@ -52,6 +52,8 @@ __all__ = [
     "LinkTarget",
     "List",
     "Listing",
+    "Locate",
+    "Located",
     "Message",
     "Mkdir",
     "Open",
@@ -300,6 +302,7 @@ _MODE = WireInt(0, 0o7777)
 _PATH = WireStr(MAX_PATH, fs=True)
 _NAME = WireStr(255, fs=True)
 _SHORT = WireStr(1024)
+_URL = WireStr(8192)
 _DATA = WireBytes(CHUNK_SIZE)
 _BOOL = WireBool()
 
@@ -557,6 +560,37 @@ class ExtentMap(Message):
     size: int = field(validator=_U64)
     version: str = field(validator=_SHORT)
     extents: tuple[int, ...] = field(converter=_as_tuple, validator=_EXTENTS, default=())
+
+
+@message("locate")
+@frozen(repr=False, eq=False)
+class Locate(Message):
+    """agent -> server: where the agent may read the file ``path`` at ``version`` itself.
+
+    Answered by a backend whose store the agent can reach (S3: a presigned GET of
+    that object version); any other backend answers EOPNOTSUPP, and the agent
+    fetches with :class:`Read` as before.
+    """
+
+    path: str = field(validator=_PATH)
+    version: str = field(validator=_SHORT, default="")
+
+
+@message("located")
+@frozen(repr=False, eq=False)
+class Located(Message):
+    """server -> agent: a GET ``url`` of the ``size`` bytes of ``path`` at ``version``.
+
+    The request must carry ``If-Match: etag`` (it is signed in: without it, or with
+    another ETag, the store refuses; a replaced object answers 412). The URL is good
+    until ``expires_ns`` (wall clock); it is not shown in a repr or logged.
+    """
+
+    url: str = field(validator=_URL, repr=False)
+    etag: str = field(validator=_SHORT)
+    size: int = field(validator=_U64)
+    version: str = field(validator=_SHORT)
+    expires_ns: int = field(validator=_U64)
 
 
 @message("upload_chunk")

@@ -157,6 +157,12 @@ def _h_extents(b: Backend, r: Any) -> m.Message:
     return m.ExtentMap(size=size, version=version, extents=flatten(coalesce(extents)))
 
 
+def _h_locate(b: Backend, r: Any) -> m.Message:
+    loc = b.locate(r.path, r.version)
+    return m.Located(url=loc.url, etag=loc.etag, size=loc.size, version=loc.version,
+                     expires_ns=loc.expires_ns)
+
+
 def _h_commit(b: Backend, r: Any) -> m.Message:
     if r.extents is None:
         return _stat_reply(b.upload_commit(r.upload_id, r.path, r.size, r.mode, r.exclusive))
@@ -203,6 +209,7 @@ HANDLERS: dict[type[m.Message], tuple[Callable[[Backend, Any], m.Message], bool,
     m.List: (_h_list, False, lambda r: ()),
     m.Read: (_h_read, True, lambda r: ()),
     m.Extents: (_h_extents, True, lambda r: ()),
+    m.Locate: (_h_locate, False, lambda r: ()),
     m.Readlink: (_h_readlink, False, lambda r: ()),
     m.UploadChunk: (_h_chunk, True, lambda r: ()),
     m.UploadCommit: (_h_commit, True, lambda r: (r.path,)),

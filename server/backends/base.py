@@ -54,6 +54,7 @@ __all__ = [
     "Entry",
     "Extents",
     "Kind",
+    "Location",
     "ObjectAttrs",
     "RenameFlags",
     "oserror",
@@ -105,6 +106,19 @@ class ObjectAttrs(NamedTuple):
     version: str = ""
     #: 512-byte blocks the repository allocates for it (st_blocks; what du counts)
     blocks: int = 0
+
+
+class Location(NamedTuple):
+    """Where an agent may GET one object version itself (:meth:`Backend.locate`).
+
+    ``url`` is good until ``expires_ns`` (wall clock) and only with ``If-Match: etag``.
+    """
+
+    url: str
+    etag: str
+    size: int
+    version: str
+    expires_ns: int
 
 
 class Entry(NamedTuple):
@@ -208,6 +222,14 @@ class Backend(abc.ABC):
         if version and version != a.version:
             raise oserror(errno.ESTALE, "the object changed")
         return a.size, a.version, [(0, a.size)] if a.size else []
+
+    def locate(self, path: str, version: str = "") -> Location:
+        """A short-lived URL the agent can GET the file ``path`` at ``version`` from itself.
+
+        Errors as :meth:`read`. This default, for a store the agent reads only through
+        the server, is EOPNOTSUPP (the agent then fetches with reads).
+        """
+        raise oserror(errno.EOPNOTSUPP, "this backend is read through the server only")
 
     # -- whole-object writes -------------------------------------------------------
 

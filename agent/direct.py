@@ -1,0 +1,174 @@
+"""Direct fetches: ranged GETs of a presigned URL straight into the cache copy.
+
+Role: when the server answers a ``Locate`` (an S3 backend: a presigned GET of one
+object version, :class:`synthfs.protocol.messages.Located`), the agent reads
+the object from the store itself, :data:`STREAMS` ranges of :data:`PART` bytes in
+flight on keep-alive connections, each range read from the socket into a small
+buffer and written with ``os.pwrite`` at its offset. The server signs one URL and
+moves no byte of the file (its hop cost as much CPU as the read itself).
+
+Trusts: the URL the server gave (it is never logged: it is a bearer of a read of
+that object until it expires). Checks every answer: a 206 of exactly the range
+asked, of an object of the size located, under the ETag located (the store also
+checks ``If-Match``, signed into the URL: a replaced object answers 412, which is
+ESTALE here, as a ``Read`` of another version is). Anything else (the store not
+reachable from here, 403, a cut or short body, a wrong header) is
+:class:`Unusable`: the caller fetches through the server instead.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import http.client
+import logging
+import os
+import queue
+import threading
+import urllib.parse
+from collections.abc import Callable
+
+__all__ = ["PART", "STREAMS", "Unusable", "fetch_into"]
+
+log = logging.getLogger(__name__)
+
+#: Bytes per ranged GET, and GETs in flight.
+PART = 8 << 20
+STREAMS = 4
+#: Bytes read from the socket before each ``pwrite`` (a buffer that stays in the CPU cache).
+SLICE = 1 << 20
+#: Seconds to connect, and to wait for any one read of the socket.
+CONNECT_S = 2.0
+READ_S = 30.0
+
+
+class Unusable(Exception):
+    """The direct fetch could not be done (the message says why): fetch through the server."""
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+class _Target:
+    """The parsed URL: where to connect, and the request target (path and signed query)."""
+
+    def __init__(self, url: str) -> None:
+        u = urllib.parse.urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise Unusable("not an http(s) URL")
+        self.https = u.scheme == "https"
+        self.host = u.hostname
+        self.port = u.port
+        self.target = (u.path or "/") + ("?" + u.query if u.query else "")
+
+    def connect(self) -> http.client.HTTPConnection:
+        if self.https:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=CONNECT_S)
+        return http.client.HTTPConnection(self.host, self.port, timeout=CONNECT_S)
+
+
+def _get_range(c: http.client.HTTPConnection, t: _Target, etag: str, size: int, fd: int,
+               offset: int, n: int, buf: memoryview) -> None:
+    """GET ``n`` bytes at ``offset`` and write them at ``offset`` of ``fd``."""
+    try:
+        c.request("GET", t.target, headers={"If-Match": etag,
+                                            "Range": f"bytes={offset}-{offset + n - 1}"})
+        if c.sock is not None:
+            c.sock.settimeout(READ_S)
+        r = c.getresponse()
+    except (OSError, http.client.HTTPException) as exc:
+        raise Unusable(f"the store did not answer ({type(exc).__name__})") from None
+    if r.status == 412:
+        raise OSError(errno.ESTALE, "the object changed during a fetch")
+    if r.status != 206:
+        raise Unusable(f"the store answered HTTP {r.status}")
+    got_etag = r.getheader("etag")
+    if got_etag is not None and got_etag != etag:
+        raise OSError(errno.ESTALE, "the object changed during a fetch")
+    want = f"bytes {offset}-{offset + n - 1}/{size}"
+    if r.getheader("content-range") != want or r.length != n:
+        raise Unusable("the store answered another range")
+    at = offset
+    end = offset + n
+    try:
+        while at < end:
+            k = min(len(buf), end - at)
+            filled = 0
+            while filled < k:
+                got = r.readinto(buf[filled:k])
+                if not got:
+                    raise Unusable("the store cut the body short")
+                filled += got
+            _pwrite_all(fd, buf[:k], at)
+            at += k
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+        raise Unusable(f"the store broke off ({type(exc).__name__})") from None
+
+
+def fetch_into(fd: int, url: str, etag: str, size: int,
+               progress: Callable[[int], None] | None = None, *,
+               streams: int = STREAMS, part: int = PART) -> None:
+    """Read the ``size`` bytes at ``url`` into ``fd`` (ranges in parallel), or raise.
+
+    OSError ESTALE when the object was replaced (412, another ETag); :class:`Unusable`
+    for any other failure; an OSError of ``pwrite`` (a full disk) as it is. Every
+    worker has ended when this returns or raises (``fd`` is the caller's to close).
+    ``progress(bytes done)`` is called on this thread after each range.
+    """
+    if size == 0:
+        return
+    t = _Target(url)
+    parts = collections.deque((off, min(part, size - off)) for off in range(0, size, part))
+    lock = threading.Lock()
+    stop = threading.Event()
+    done_q: queue.SimpleQueue[int | BaseException | None] = queue.SimpleQueue()
+
+    def work() -> None:
+        c = t.connect()
+        buf = memoryview(bytearray(min(SLICE, part)))
+        try:
+            while not stop.is_set():
+                with lock:
+                    if not parts:
+                        break
+                    off, n = parts.popleft()
+                _get_range(c, t, etag, size, fd, off, n, buf)
+                done_q.put(n)
+        except BaseException as exc:  # handed to the caller's thread
+            stop.set()
+            done_q.put(exc)
+        finally:
+            c.close()
+            done_q.put(None)
+
+    workers = [threading.Thread(target=work, name="direct-fetch", daemon=True)
+               for _ in range(max(1, min(streams, len(parts))))]
+    for w in workers:
+        w.start()
+    running = len(workers)
+    done = 0
+    failure: BaseException | None = None
+    while running:
+        item = done_q.get()
+        if item is None:
+            running -= 1
+        elif isinstance(item, BaseException):
+            failure = failure or item
+        else:
+            done += item
+            if progress is not None and failure is None:
+                try:
+                    progress(done)
+                except BaseException as exc:  # stop the workers first
+                    stop.set()
+                    failure = exc
+    for w in workers:
+        w.join()
+    if failure is not None:
+        raise failure
+    if done != size:
+        raise Unusable(f"read {done} of {size} bytes")
