@@ -554,11 +554,7 @@ class Remote:
                 os.close(held[1])
             raise
         if held is not None:
-            copy, fd, st = held
-            earlier = self._unhomed.pop(copy, None)
-            if earlier is not None:
-                os.close(earlier[0])
-            self._unhomed[copy] = (fd, st.st_size, st.st_mtime_ns)
+            self._keep_unhomed(held)
         self._forget(path)
         self._forget_dirs(path)
         self._ino.forget(path)
@@ -582,6 +578,13 @@ class Remote:
             return None
         return host, fd, os.fstat(fd)
 
+    def _keep_unhomed(self, held: tuple[str, int, os.stat_result]) -> None:
+        copy, fd, st = held
+        earlier = self._unhomed.pop(copy, None)
+        if earlier is not None:
+            os.close(earlier[0])
+        self._unhomed[copy] = (fd, st.st_size, st.st_mtime_ns)
+
     def unhomed_write(self, host_path: str) -> bool:
         """Whether ``host_path`` (an fd's target) is the local copy of a removed name
         whose file kept another name, written since the remove: those writes reach no
@@ -595,7 +598,20 @@ class Remote:
     def rename(self, src: str, dst: str, flags: RenameFlags) -> None:
         self._drop_lease(src, tree=True)
         self._drop_lease(dst, tree=True)
-        self._ask(Rename(src=src, dst=dst, flags=flags))
+        # A rename over a name this sandbox wrote removes that name as unlink does:
+        # its file may keep another name (link), which an fd still open on the
+        # replaced name's copy no longer reaches (close and fsync say EIO).
+        replaces = (not flags & RenameFlags.EXCHANGE and dst in self._written
+                    and not self._ino.same(src, dst))
+        held = self._hold_unhomed(dst) if replaces else None
+        try:
+            self._ask(Rename(src=src, dst=dst, flags=flags))
+        except BaseException:
+            if held is not None:
+                os.close(held[1])
+            raise
+        if held is not None:
+            self._keep_unhomed(held)
         for path in (src, dst):
             self._forget(path)
             self._forget_below(path)
