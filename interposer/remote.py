@@ -570,7 +570,7 @@ class Remote:
         stat. The remove uploads the copy first, so the other name has what was written
         until now; a guest fd still open on the copy writes a file no name reaches here."""
         host = self._local.get(path)
-        if host is None or not self._ino.shares(path):
+        if host is None or not (self._ino.shares(path) or self._server_links(path) > 1):
             return None
         try:
             fd = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
@@ -584,6 +584,16 @@ class Remote:
         if earlier is not None:
             os.close(earlier[0])
         self._unhomed[copy] = (fd, st.st_size, st.st_mtime_ns)
+
+    def _server_links(self, path: str) -> int:
+        """The server's link count of ``path`` now (its other names may never have been
+        met here: hard links the repository held before the run); 0 when unknown."""
+        try:
+            reply = self._ask(Stat(path=path))
+        except OSError:
+            return 0
+        assert isinstance(reply, StatReply)
+        return reply.attrs.nlink
 
     def unhomed_write(self, host_path: str) -> bool:
         """Whether ``host_path`` (an fd's target) is the local copy of a removed name

@@ -64,3 +64,43 @@ def test_rename_over_a_linked_name_does_not_acknowledge_lost_writes(
     assert (repo / "a").read_text() == "B"
     if link == "link":
         assert (repo / "c").read_text() == "one,"  # what fsync acknowledged, no more
+
+
+OLD_LINK = """
+import errno, os, sys
+os.chdir(sys.argv[1])
+fd = os.open("a", os.O_WRONLY | os.O_APPEND)
+os.write(fd, b"one,")
+if sys.argv[2] == "unlink":
+    os.unlink("a")
+else:
+    with open("b", "w") as f:
+        f.write("B")
+    os.rename("b", "a")
+os.write(fd, b"two")
+for name, call in (("fsync", os.fsync), ("close", os.close)):
+    try:
+        call(fd)
+        print(name, "ok")
+    except OSError as exc:
+        print(name, errno.errorcode[exc.errno])
+print("c:", open("c").read())
+"""
+
+
+@pytest.mark.parametrize("mode", ["--write-through", "--write-back"])
+@pytest.mark.parametrize("how", ["unlink", "rename"])
+def test_a_link_the_repository_held_before_the_run_counts(
+    synthfs, tmp_path: Path, mode: str, how: str
+) -> None:
+    """``a`` and ``c`` were one file before the run and the guest never met ``c``: the
+    run knew of no other name, and acknowledged writes ``c`` never got (natively
+    ``c`` holds ``zero,one,two``)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "a").write_text("zero,")
+    (repo / "c").hardlink_to(repo / "a")
+    argv = [sys.executable, "-c", OLD_LINK, "/data", how]
+    out = synthfs.run(repo, argv, cwd=tmp_path, extra=[mode])
+    assert out.status == 0, out.show()
+    assert out.stdout.splitlines() == ["fsync EIO", "close EIO", "c: zero,one,"], out.show()
