@@ -417,11 +417,8 @@ class MetadataHandlers(Knowledge):
 
     def remove(self, msg: Remove) -> Message:
         path = _check_path(msg.path)
-        e = self._entry(path) if not msg.directory else None
-        if e is not None and self.cache.is_dirty(e):
-            with contextlib.suppress(OSError):
-                if self.upstream.call(Stat(path=path), StatReply).attrs.nlink > 1:
-                    self._upload(path)  # what was written through this name stays in the others
+        if not msg.directory:
+            self._keep_in_other_names(path)
         self._void(path, tree=True)
         self._forget(path, below=True)
         self._forget(_parent(path))
@@ -429,8 +426,19 @@ class MetadataHandlers(Knowledge):
         self.cache.drop(path)
         return reply
 
+    def _keep_in_other_names(self, path: str) -> None:
+        """Before ``path``'s name goes (remove, or a rename over it): upload its dirty
+        copy when its file has other names, so they hold what was written through it."""
+        e = self._entry(path)
+        if e is not None and self.cache.is_dirty(e):
+            with contextlib.suppress(OSError):
+                if self.upstream.call(Stat(path=path), StatReply).attrs.nlink > 1:
+                    self._upload(path)  # what was written through this name stays in the others
+
     def rename(self, msg: Rename) -> Message:
         src, dst = _check_path(msg.src), _check_path(msg.dst)
+        if not msg.flags & RenameFlags.EXCHANGE:
+            self._keep_in_other_names(dst)  # the rename removes the name dst
         for p in (src, dst):
             self._void(p, tree=True)
             self._forget(p, below=True)

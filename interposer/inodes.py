@@ -148,6 +148,11 @@ class Inodes:
         self._pin(dst, self.show(src, ino))
         self.changed(dst)
 
+    def same(self, a: str, b: str) -> bool:
+        """Whether ``a`` and ``b`` are known here as names of one file."""
+        ino = self._of.get(a)
+        return ino is not None and ino == self._of.get(b)
+
     def shares(self, path: str) -> bool:
         """Whether another name known here shows ``path``'s number (a hard link of it)."""
         ino = self._of.get(path)

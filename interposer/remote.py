@@ -554,11 +554,7 @@ class Remote:
                 os.close(held[1])
             raise
         if held is not None:
-            copy, fd, st = held
-            earlier = self._unhomed.pop(copy, None)
-            if earlier is not None:
-                os.close(earlier[0])
-            self._unhomed[copy] = (fd, st.st_size, st.st_mtime_ns)
+            self._keep_unhomed(held)
         self._forget(path)
         self._forget_dirs(path)
         self._ino.forget(path)
@@ -574,13 +570,30 @@ class Remote:
         stat. The remove uploads the copy first, so the other name has what was written
         until now; a guest fd still open on the copy writes a file no name reaches here."""
         host = self._local.get(path)
-        if host is None or not self._ino.shares(path):
+        if host is None or not (self._ino.shares(path) or self._server_links(path) > 1):
             return None
         try:
             fd = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
         return host, fd, os.fstat(fd)
+
+    def _keep_unhomed(self, held: tuple[str, int, os.stat_result]) -> None:
+        copy, fd, st = held
+        earlier = self._unhomed.pop(copy, None)
+        if earlier is not None:
+            os.close(earlier[0])
+        self._unhomed[copy] = (fd, st.st_size, st.st_mtime_ns)
+
+    def _server_links(self, path: str) -> int:
+        """The server's link count of ``path`` now (its other names may never have been
+        met here: hard links the repository held before the run); 0 when unknown."""
+        try:
+            reply = self._ask(Stat(path=path))
+        except OSError:
+            return 0
+        assert isinstance(reply, StatReply)
+        return reply.attrs.nlink
 
     def unhomed_write(self, host_path: str) -> bool:
         """Whether ``host_path`` (an fd's target) is the local copy of a removed name
@@ -595,7 +608,20 @@ class Remote:
     def rename(self, src: str, dst: str, flags: RenameFlags) -> None:
         self._drop_lease(src, tree=True)
         self._drop_lease(dst, tree=True)
-        self._ask(Rename(src=src, dst=dst, flags=flags))
+        # A rename over a name this sandbox wrote removes that name as unlink does:
+        # its file may keep another name (link), which an fd still open on the
+        # replaced name's copy no longer reaches (close and fsync say EIO).
+        replaces = (not flags & RenameFlags.EXCHANGE and dst in self._written
+                    and not self._ino.same(src, dst))
+        held = self._hold_unhomed(dst) if replaces else None
+        try:
+            self._ask(Rename(src=src, dst=dst, flags=flags))
+        except BaseException:
+            if held is not None:
+                os.close(held[1])
+            raise
+        if held is not None:
+            self._keep_unhomed(held)
         for path in (src, dst):
             self._forget(path)
             self._forget_below(path)

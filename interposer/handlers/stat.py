@@ -77,7 +77,15 @@ def _stat_attrs(call: Call, env: Env, loc: Loc) -> Attrs:
     return live_attrs(env, loc.repo, attrs)
 
 
+#: the flags fstatat and statx take (the kernel's vfs_statx): any other is EINVAL
+_STAT_FLAGS = AT_SYMLINK_NOFOLLOW | 0x800 | AT_EMPTY_PATH | 0x6000  # AT_NO_AUTOMOUNT, AT_STATX_*
+_AT_STATX_SYNC_TYPE = 0x6000
+_STATX__RESERVED = 0x80000000
+
+
 def stat_at(call: Call, env: Env, dirfd: int, addr: int, buf: int, atflags: int) -> Result:
+    if atflags & 0xFFFFFFFF & ~_STAT_FLAGS:
+        return Fail(errno.EINVAL)  # the kernel's int: the register's high bits do not count
     follow = not atflags & AT_SYMLINK_NOFOLLOW
     try:
         loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
@@ -147,6 +155,10 @@ def sys_statx(call: Call, env: Env) -> Result:
         call.args[3],
         call.args[4],
     )
+    atflags &= 0xFFFFFFFF  # int and unsigned int in the kernel
+    if (atflags & ~_STAT_FLAGS or atflags & _AT_STATX_SYNC_TYPE == _AT_STATX_SYNC_TYPE
+            or _mask & 0xFFFFFFFF & _STATX__RESERVED):
+        return Fail(errno.EINVAL)  # as do_statx and vfs_statx refuse them
     follow = not atflags & AT_SYMLINK_NOFOLLOW
     try:
         loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
