@@ -586,14 +586,14 @@ class Remote:
         self._unhomed[copy] = (fd, st.st_size, st.st_mtime_ns)
 
     def _server_links(self, path: str) -> int:
-        """The server's link count of ``path`` now (its other names may never have been
-        met here: hard links the repository held before the run); 0 when unknown."""
+        """The link count of ``path`` (its other names may never have been met here: hard
+        links the repository held before the run); 0 when unknown. Attributes are cached
+        only for a file of one name, so a fresh cached entry costs no round trip."""
         try:
-            reply = self._ask(Stat(path=path))
+            attrs = self.lstat(path)
         except OSError:
             return 0
-        assert isinstance(reply, StatReply)
-        return reply.attrs.nlink
+        return attrs.nlink if attrs is not None else 0
 
     def unhomed_write(self, host_path: str) -> bool:
         """Whether ``host_path`` (an fd's target) is the local copy of a removed name

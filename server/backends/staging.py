@@ -489,6 +489,14 @@ class Staging:
                     self._release(up)
                     self._remember_commit(key, path, result)
                 return result
+        except OSError as exc:
+            if size == 0 or (exclusive and exc.errno == errno.EEXIST):
+                # Nothing to keep: an empty upload is staged by its commit alone, and an
+                # exclusive create that found its name taken never commits. No abort may
+                # follow (an agent takes the EEXIST of a create it made before a failover
+                # as done), so the staged file goes now, not after UPLOAD_IDLE_S.
+                self.abort(upload_id)
+            raise
         finally:
             os.close(pfd)
 

@@ -143,6 +143,28 @@ def test_staging_is_cleaned_at_start(tmp_path):
     assert os.listdir(tmp_path / "state") == ["committed.journal"]
 
 
+@pytest.mark.parametrize("data", [b"", b"made elsewhere"], ids=["empty", "chunks"])
+def test_a_refused_exclusive_commit_leaves_nothing_staged(tmp_path, data):
+    """An exclusive create that finds its name taken never commits, and no abort follows
+    when its agent takes the EEXIST as its own create's (made by a server that died after
+    it): the staged upload goes at once, not after the idle expiry (a load test's second
+    server kept an empty one)."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "f").write_text("first")
+    be = LocalBackend(root, state=tmp_path / "state")
+    try:
+        if data:
+            be.upload_chunk("u", 0, data)
+        with pytest.raises(OSError) as exc:
+            be.upload_commit("u", "/f", len(data), exclusive=True)
+        assert exc.value.errno == errno.EEXIST
+        assert [n for n in os.listdir(tmp_path / "state") if n.startswith("up-")] == []
+        assert (root / "f").read_text() == "first"
+    finally:
+        be.close()
+
+
 def test_upload_installs_a_new_inode(tmp_path):
     root = tmp_path / "repo"
     root.mkdir()
