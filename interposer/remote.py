@@ -547,14 +547,7 @@ class Remote:
     def remove(self, path: str, directory: bool) -> None:
         self._drop_lease(path, tree=True)
         held = self._hold_unhomed(path) if path in self._written else None
-        try:
-            self._ask(Remove(path=path, directory=directory))
-        except BaseException:
-            if held is not None:
-                os.close(held[1])
-            raise
-        if held is not None:
-            self._keep_unhomed(held)
+        self._ask_keeping(Remove(path=path, directory=directory), held)
         self._forget(path)
         self._forget_dirs(path)
         self._ino.forget(path)
@@ -577,6 +570,18 @@ class Remote:
         except OSError:
             return None
         return host, fd, os.fstat(fd)
+
+    def _ask_keeping(self, msg: Message, held: tuple[str, int, os.stat_result] | None) -> None:
+        """Ask ``msg`` (a remove or a rename over a name): once it is done, keep ``held``
+        (see :meth:`_hold_unhomed`); when it fails, let it go."""
+        try:
+            self._ask(msg)
+        except BaseException:
+            if held is not None:
+                os.close(held[1])
+            raise
+        if held is not None:
+            self._keep_unhomed(held)
 
     def _keep_unhomed(self, held: tuple[str, int, os.stat_result]) -> None:
         copy, fd, st = held
@@ -614,14 +619,7 @@ class Remote:
         replaces = (not flags & RenameFlags.EXCHANGE and dst in self._written
                     and not self._ino.same(src, dst))
         held = self._hold_unhomed(dst) if replaces else None
-        try:
-            self._ask(Rename(src=src, dst=dst, flags=flags))
-        except BaseException:
-            if held is not None:
-                os.close(held[1])
-            raise
-        if held is not None:
-            self._keep_unhomed(held)
+        self._ask_keeping(Rename(src=src, dst=dst, flags=flags), held)
         for path in (src, dst):
             self._forget(path)
             self._forget_below(path)
