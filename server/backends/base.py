@@ -57,6 +57,7 @@ __all__ = [
     "Location",
     "ObjectAttrs",
     "RenameFlags",
+    "check_readable",
     "oserror",
     "split_path",
 ]
@@ -164,6 +165,18 @@ def split_path(path: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
+
+def check_readable(a: ObjectAttrs, version: str = "") -> None:
+    """Raise what a read of ``a`` gets when it is no file's content: EISDIR, ELOOP (the
+    server does not read through symlinks), or ESTALE when a non-empty ``version`` is
+    not the object's."""
+    if a.kind is Kind.DIR:
+        raise oserror(errno.EISDIR)
+    if a.kind is Kind.SYMLINK:
+        raise oserror(errno.ELOOP)
+    if version and version != a.version:
+        raise oserror(errno.ESTALE, "the object changed")
+
 class Backend(abc.ABC):
     """One repository. Thread-safe: the server calls it from a worker pool."""
 
@@ -215,12 +228,7 @@ class Backend(abc.ABC):
         extent over the whole object.
         """
         a = self.stat(path)
-        if a.kind is Kind.DIR:
-            raise oserror(errno.EISDIR)
-        if a.kind is Kind.SYMLINK:
-            raise oserror(errno.ELOOP)
-        if version and version != a.version:
-            raise oserror(errno.ESTALE, "the object changed")
+        check_readable(a, version)
         return a.size, a.version, [(0, a.size)] if a.size else []
 
     def locate(self, path: str, version: str = "") -> Location:

@@ -125,6 +125,7 @@ from synthfs.server.backends.base import (
     Location,
     ObjectAttrs,
     RenameFlags,
+    check_readable,
     oserror,
     split_path,
 )
@@ -979,12 +980,7 @@ class S3Backend(Backend):
                 raise oserror(errno.EISDIR)
             raise self._missing(parts)
         a, etag = got
-        if a.kind is Kind.SYMLINK:
-            raise oserror(errno.ELOOP)
-        if a.kind is Kind.DIR:
-            raise oserror(errno.EISDIR)
-        if version and version != a.version:
-            raise oserror(errno.ESTALE, "the object changed")
+        check_readable(a, version)
         if not etag:
             raise oserror(errno.EOPNOTSUPP, "the store gave no ETag to pin the version by")
         expires_ns = time.time_ns() + int(LOCATE_TTL_S * 1e9)
