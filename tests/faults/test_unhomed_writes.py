@@ -18,6 +18,16 @@ import pytest
 
 pytestmark = pytest.mark.ptrace
 
+#: the guest's last step: fsync and close the fd ``fd``, printing what each said
+FSYNC_CLOSE = """
+for name, call in (("fsync", os.fsync), ("close", os.close)):
+    try:
+        call(fd)
+        print(name, "ok")
+    except OSError as exc:
+        print(name, errno.errorcode[exc.errno])
+"""
+
 GUEST = """
 import errno, os, sys
 os.chdir(sys.argv[1])
@@ -29,13 +39,7 @@ if link:
 os.unlink("c")
 if write_after:
     os.write(fd, b"two")
-for name, call in (("fsync", os.fsync), ("close", os.close)):
-    try:
-        call(fd)
-        print(name, "ok")
-    except OSError as exc:
-        print(name, errno.errorcode[exc.errno])
-print("d:", open("d").read() if os.path.exists("d") else None)
+""" + FSYNC_CLOSE + """print("d:", open("d").read() if os.path.exists("d") else None)
 """
 
 
