@@ -583,6 +583,19 @@ class Remote:
         if held is not None:
             self._keep_unhomed(held)
 
+    def _one_file(self, src: str, dst: str) -> bool:
+        """Whether ``src`` and ``dst`` name one regular file (links made here, or held by
+        the repository before the run: a file of several names is never cached, so its
+        attributes come from the server)."""
+        if self._ino.same(src, dst):
+            return True
+        try:
+            a, b = self.lstat(src), self.lstat(dst)
+        except OSError:
+            return False
+        return (a is not None and b is not None and a.kind is FileKind.FILE
+                and b.kind is FileKind.FILE and a.nlink > 1 and a.ino == b.ino)
+
     def _keep_unhomed(self, held: tuple[str, int, os.stat_result]) -> None:
         copy, fd, st = held
         earlier = self._unhomed.pop(copy, None)
@@ -613,6 +626,11 @@ class Remote:
     def rename(self, src: str, dst: str, flags: RenameFlags) -> None:
         self._drop_lease(src, tree=True)
         self._drop_lease(dst, tree=True)
+        if not flags and dst in self._written and self._one_file(src, dst):
+            # rename(2) of a name over another name of the same file does nothing and
+            # succeeds: the server's would too, but the local copies would be moved, and
+            # an fd still open on dst's copy would write a copy no name reaches.
+            return
         # A rename over a name this sandbox wrote removes that name as unlink does:
         # its file may keep another name (link), which an fd still open on the
         # replaced name's copy no longer reaches (close and fsync say EIO).
