@@ -239,8 +239,9 @@ NOTE_FOR_S = 3600.0
 #: The routes (connections) a running mutation answers at most: its first and its resends.
 _MAX_ROUTES = 4
 
-#: Requests answered on the I/O thread itself: one fd-relative lookup, no data, no fsync.
-#: A thread handoff costs more than the request (tens to hundreds of µs under the GIL).
+#: Requests answered on the I/O thread itself when the backend's lookups are local
+#: (``Backend.local_lookups``): one fd-relative lookup, no data, no fsync. A thread handoff
+#: costs more than the request (tens to hundreds of µs under the GIL).
 INLINE: frozenset[type[m.Message]] = frozenset({m.Stat, m.Readlink})
 
 
@@ -450,6 +451,7 @@ class Server:
         context: zmq.Context | None = None,
     ) -> None:
         self.backend = backend
+        self._inline: frozenset[type[m.Message]] = INLINE if backend.local_lookups else frozenset()
         self.authority = authority
         self.endpoint = endpoint
         self.publish_endpoint = publish
@@ -745,7 +747,7 @@ class Server:
                          env.request_id)
                 self._send(route, key)
                 return
-        if type(msg) in INLINE:
+        if type(msg) in self._inline:
             self._answer_inline(route, env)
             return
         if entry[1]:

@@ -182,6 +182,10 @@ class Backend(abc.ABC):
 
     #: A stable id of the repository (same root -> same id across restarts).
     repo_id: str
+    #: Whether a ``stat`` or ``readlink`` is a local lookup of a few µs (the server answers
+    #: them on its I/O thread) rather than a request to another machine, which may take
+    #: the store's whole timeout and would hold every other client's request meanwhile.
+    local_lookups: bool = True
 
     # -- reads ---------------------------------------------------------------------
 

@@ -425,6 +425,8 @@ class S3Backend(Backend):
     HEADs, a multipart upload's parts, a directory move's copies).
     """
 
+    local_lookups = False  # a HEAD: the store's round trip, or its whole timeout
+
     def __init__(
         self,
         endpoint: str | None,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
+import time
 
 import helpers
 import pytest
@@ -103,3 +105,42 @@ def test_a_commit_publishes_the_version_it_made_without_a_stat(s3_env, tmp_path)
         assert changed[0] == ("/f", "", False)  # gone: looked up
     finally:
         be.close()
+
+
+def test_a_stat_waiting_on_the_store_holds_no_other_client(s3_env, tmp_path):
+    """A Stat on S3 is a HEAD: with the store not answering it waits for the client's
+    timeouts, so it runs on the metadata pool, not the I/O thread. Before, a stat of one
+    agent held every other request of every agent (here a refused token, answered at once
+    by the I/O thread) until the store's timeouts ran out."""
+    sys.path.insert(0, str(helpers.REPO / "tests" / "server"))
+    from server_harness import RawClient, ServerProc, make_key, register
+
+    from synthfs.protocol import messages as m
+
+    class S3ServerProc(ServerProc):
+        def argv(self) -> list[str]:
+            return [sys.executable, "-m", "synthfs.server", "--s3", seaweed.endpoint,
+                    "--bucket", bucket, "--prefix", "repo", "--listen", self.endpoint,
+                    "--bootstrap-key", str(self.key_path), "--state", str(self.state)]
+
+    seaweed = s3_env
+    bucket = seaweed.new_bucket("inline")
+    (tmp_path / "repo").mkdir()  # the state directory's place (the repository is the bucket)
+    key = make_key(tmp_path / "key")
+    server = S3ServerProc(tmp_path / "repo", tmp_path / "key", f"ipc://{tmp_path}/s.sock").start()
+    try:
+        with RawClient(server.bound) as waiting, RawClient(server.bound) as other:
+            assert isinstance(register(waiting, key), m.Registered)
+            seaweed.pause()
+            try:
+                waiting.send(m.Stat(path="/never-cached"))
+                time.sleep(0.5)  # the server has taken it to the store
+                t = time.monotonic()
+                reply = other.call(m.Stat(path="/"), token="x" * 43, timeout=20)
+                took = time.monotonic() - t
+            finally:
+                seaweed.resume()
+            assert isinstance(reply, m.Error) and reply.errno == errno.EKEYREJECTED, reply
+            assert took < 2.0, f"the refusal waited {took:.1f} s for another client's HEAD"
+    finally:
+        server.stop()
