@@ -57,6 +57,7 @@ _MASK64 = (1 << 64) - 1
 _SIGTRAP_SYSCALL = signal.SIGTRAP | 0x80
 CLONE_VM = 0x100
 CLONE_FS = 0x200
+CLONE_FILES = 0x400
 CLONE_THREAD = 0x10000
 PROT_READ = 1
 MAP_PRIVATE = 0x02
@@ -852,6 +853,11 @@ class Supervisor:
                 wrote=parent.wrote,
                 synthetic=parent.synthetic,
             )
+            if flags & CLONE_FILES:
+                # One fd table for two processes: what either opens later is the other's
+                # too, and only the opener is marked. Both are looked at from now on.
+                for p in (parent, proc):
+                    p.synthetic = p.wrote = True
             self.procs[child] = proc
         if flags & CLONE_VM or t.space is None:
             space = t.space

@@ -234,6 +234,10 @@ MEMGUARD = "tests/interposer/test_guards.py::test_memory_guards"
 PIDGUARD = "tests/interposer/test_guards.py::test_pid_guards"
 
 
+#: the escape tests of a /data fd a process never opened (SCM_RIGHTS, CLONE_FILES)
+_PASSED_FD = "tests/escape/test_fd_passing.py::test_a_passed_fd_is_judged_as_the_opener_is"
+
+
 def _row(
     name: str,
     args: tuple[Role, ...],
@@ -454,6 +458,13 @@ TABLE: tuple[SyscallSpec, ...] = (
         needs=Need.WROTE,
     ),
     _row("close_range", (FD, FD, N), Level.FD, h.fds.sys_close_range, needs=Need.WROTE),
+    # an fd arrives without an open: SCM_RIGHTS (pidfd_getfd is refused, clone3 too)
+    _row(
+        "recvmsg", (FD, OUT, N), Level.FD, h.fds.sys_recvmsg,
+        "the receiver's fd calls are looked at from then on (it may get a /data fd)",
+        shown_by=_PASSED_FD,
+    ),
+    _row("recvmmsg", (FD, OUT, N, N, A), Level.FD, h.fds.sys_recvmsg, shown_by=_PASSED_FD),
     _row(
         "fsync",
         (FD,),

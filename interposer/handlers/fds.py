@@ -134,6 +134,17 @@ def sys_close_range(call: Call, env: Env) -> Result:
     return CONTINUE
 
 
+def sys_recvmsg(call: Call, env: Env) -> Result:
+    """recvmsg/recvmmsg: the caller may receive a /data fd (SCM_RIGHTS) and then close,
+    fsync, fchmod... it without ever opening one, so its fd calls are looked at from
+    now on (the Need.SYNTH_FD and Need.WROTE rows), as if it had opened one for
+    writing. Whatever the call gets: a look at its msghdr first would be a check of
+    memory a guest thread can rewrite before the kernel reads it, and a call that
+    blocks may be waiting when another process opens something on /data."""
+    call.proc.synthetic = call.proc.wrote = True
+    return CONTINUE
+
+
 def sys_fsync(call: Call, env: Env) -> Result:
     """fsync/fdatasync of a /data fd: returns once the server has the file durably
     (a write-back agent may have only queued it at close)."""
