@@ -169,6 +169,12 @@ NR: dict[str, int] = {
 }
 
 
+# -- fcntl commands the table traces (``unsigned int``: compared on 32 bits) -----------------
+F_SETOWN = 8  # who gets the file's SIGIO (a pid, or -PGID)
+F_SETOWN_EX = 15  # the same through a struct f_owner_ex
+F_SETLEASE = 1024  # a lease: an open by anyone else waits until the holder lets go
+
+
 # -- ioctl requests the table traces (``unsigned int``: compared on 32 bits) ----------------
 FIOSETOWN = 0x8901  # a socket's owner (who gets SIGIO), as F_SETOWN
 SIOCSPGRP = 0x8902

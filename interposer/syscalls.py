@@ -34,6 +34,9 @@ from attrs import field, frozen
 from synthfs.interposer import handlers as h
 from synthfs.interposer.actions import Result
 from synthfs.interposer.numbers import (
+    F_SETLEASE,
+    F_SETOWN,
+    F_SETOWN_EX,
     FIOSETOWN,
     NR,
     REFUSED_IOCTLS,
@@ -210,8 +213,6 @@ SCRATCH_GUARD_END = 0x200000
 MAP_FIXED = 0x10
 MREMAP_FIXED = 0x2
 PR_SET_MM = 35
-F_SETOWN = 8
-F_SETOWN_EX = 15
 PRIO_USER = 2
 IOPRIO_WHO_USER = 3
 #: ``int`` and ``unsigned int`` arguments: the kernel drops the upper 32 bits, so the
@@ -698,11 +699,13 @@ TABLE: tuple[SyscallSpec, ...] = (
         "the pidfd's process (fdinfo Pid:) must not be trusted",
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[pidfd_send_signal]",
     ),
-    # who gets a file's SIGIO/SIGURG (and F_SETSIG's signal, SIGSTOP included)
+    # who gets a file's SIGIO/SIGURG (and F_SETSIG's signal, SIGSTOP included); a lease
+    # on a file synthfs opens too
     _row(
         "fcntl", (FD, N, A), Level.GUARD, h.guards.sys_fcntl_guard,
-        "F_SETOWN/F_SETOWN_EX toward a trusted pid or group: EPERM; the kernel reads a checked copy",
-        when=_is32(1, F_SETOWN, F_SETOWN_EX),
+        "F_SETOWN/F_SETOWN_EX toward a trusted pid or group: EPERM; the kernel reads a checked "
+        "copy; F_SETLEASE on a /data file (the agent's cache copy): EAGAIN",
+        when=_is32(1, F_SETOWN, F_SETOWN_EX, F_SETLEASE),
         reach=Reach.PID | Reach.OTHER_PROCESS,
         shown_by=f"{ESC}::test_trusted_process_attack[setown_stop_agent]",
     ),

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import re
 import signal
 import struct
 
 from synthfs.interposer.actions import CONTINUE, Fail, Result, RunChecked, Scratch
 from synthfs.interposer.handlers.locate import NR_BRK, NR_FCNTL, NR_IOCTL, s32
-from synthfs.interposer.numbers import REFUSED_IOCTLS, TIOCSPGRP
+from synthfs.interposer.numbers import (
+    F_SETLEASE,
+    F_SETOWN,
+    REFUSED_IOCTLS,
+    TIOCSPGRP,
+)
 from synthfs.interposer.ports import Call, Env
 
 
@@ -112,8 +118,6 @@ def sys_pidfd_guard(call: Call, env: Env) -> Result:
 
 
 _PROC_DIR = re.compile(r"^/proc/(\d+)$")
-F_SETOWN = 8
-F_SETOWN_EX = 15
 F_OWNER_PGRP = 2
 _F_OWNER_EX = struct.Struct("ii")
 _INT = struct.Struct("i")
@@ -132,6 +136,8 @@ def sys_fcntl_guard(call: Call, env: Env) -> Result:
     after the check: the kernel gets the checked copy, in the scratch area.
     """
     fd, cmd, arg = s32(call.args[0]), call.args[1] & 0xFFFFFFFF, call.args[2]
+    if cmd == F_SETLEASE:
+        return _lease(call, env, fd)
     if cmd == F_SETOWN:
         return Fail(errno.EPERM) if _refused_owner(call, env, *_owner(s32(arg))) else CONTINUE
     raw = call.guest.read(arg, _F_OWNER_EX.size)
@@ -139,6 +145,21 @@ def sys_fcntl_guard(call: Call, env: Env) -> Result:
     if _refused_owner(call, env, pid, kind == F_OWNER_PGRP):
         return Fail(errno.EPERM)
     return RunChecked(NR_FCNTL, (fd, cmd, Scratch(raw)))
+
+
+def _lease(call: Call, env: Env, fd: int) -> Result:
+    """F_SETLEASE on a file synthfs opens as well (a /data fd is the agent's cache copy):
+    EAGAIN, the kernel's answer when another open is in the way, which is so. A lease
+    held there would put the agent (a truncation, an upload's read) or the supervisor
+    to sleep until the holder lets go or the kernel's lease-break time (45 s) ends,
+    serving no one meanwhile. Letting go (F_UNLCK) and host files run natively."""
+    if call.args[2] & 0xFFFFFFFF == fcntl.F_UNLCK:
+        return CONTINUE
+    target = call.guest.fd_target(fd)
+    if target is not None and (env.repo.repo_path_of(target) is not None
+                               or env.host.refused(target)):
+        return Fail(errno.EAGAIN)
+    return CONTINUE
 
 
 def sys_ioctl_guard(call: Call, env: Env) -> Result:
