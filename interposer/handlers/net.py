@@ -102,8 +102,11 @@ def _unix_target(call: Call, env: Env, op: str, path: str) -> str:
     return real
 
 
-def _unix_sockaddr(real: str) -> bytes:
-    return AF_UNIX.to_bytes(2, "little") + os.fsencode(real)[:107] + b"\0"
+def _unix_sockaddr(path: str) -> bytes:
+    raw = os.fsencode(path)
+    if len(raw) > _SUN_PATH - 1:
+        raise OSError(errno.ENAMETOOLONG, "a socket path longer than sun_path holds")
+    return AF_UNIX.to_bytes(2, "little") + raw + b"\0"
 
 
 def _pinned_socket(env: Env, real: str) -> tuple[bytes, int | None]:
@@ -161,12 +164,16 @@ def _unix_bind(call: Call, env: Env, real: str, sa: SockAddr) -> Result:
     getsockname answers with it. A pinned path longer than sun_path allows is
     refused (ENAMETOOLONG) rather than walked unpinned. Without ``[host]`` rules
     getsockname is not trapped (syscalls.Need.HOST), so the kernel walks the
-    checked path: bind creates a name, never follows or replaces one, so a race
-    can at worst add a socket file beside a trusted one (docs/policy.md).
+    checked copy of the name the guest gave, relative to its cwd as natively (its
+    name in getsockname; a short relative name in a deep directory fits sun_path
+    where the whole path would not), unless that cwd is on /data (the kernel's is
+    another directory then: the checked path): bind creates a name, never follows
+    or replaces one, so a race can at worst add a socket file beside a trusted one
+    (docs/policy.md).
     """
     pinned = env.pin(real, False) if env.host_rules else None
     if pinned is None:
-        sockaddr = _unix_sockaddr(real)
+        sockaddr = _unix_sockaddr(real if call.proc.fs.cwd is not None else sa.text or real)
         return RunChecked(NR_BIND, (call.args[0], Scratch(sockaddr), len(sockaddr)))
     path, pin = pinned
     if len(os.fsencode(path)) > _SUN_PATH - 1:
