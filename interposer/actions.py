@@ -67,6 +67,10 @@ class RunChecked:
     #: Called with the syscall's return value (negative errno on failure) at its
     #: exit; may return a Return/Fail that replaces the result the guest sees.
     after: Callable[[int], Return | Fail | None] | None = None
+    #: Called instead of ``after`` when the thread never reaches the exit (killed in a
+    #: blocking call, or ended by another thread's exec): lets go of what the call
+    #: held (a pin). Whether the kernel ran the call is not known then.
+    release: Callable[[], None] | None = None
 
 
 CONTINUE = Continue()

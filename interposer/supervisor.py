@@ -122,6 +122,7 @@ class Pending:
     after: Callable[[int], Return | Fail | None] | None
     space: MemSpace
     slot: int
+    release: Callable[[], None] | None = None
 
 
 @define
@@ -875,10 +876,12 @@ class Supervisor:
             # A thread other than the leader exec'd: it now has the leader's pid.
             old = self.threads.pop(former, None)
             if old is not None:
-                self._drop_pending(old)
-        # The execve (its scratch slot, in an address space now gone or, after a
-        # vfork, still the parent's) will have no exit stop: release the slot.
-        self._drop_pending(t)
+                self._drop_pending(old)  # its execve, done
+            self._drop_pending(t, gone=True)  # the leader's call: the exec ended it
+        else:
+            # The execve (its scratch slot, in an address space now gone or, after a
+            # vfork, still the parent's) will have no exit stop: release the slot.
+            self._drop_pending(t)
         if t.shown is not None:  # -v: it succeeded
             self._show_exit(t, 0)
         if t.space is not None and t.space.pid == t.tid:
@@ -961,15 +964,23 @@ class Supervisor:
             os.kill(tid, deferred)
 
     @staticmethod
-    def _drop_pending(t: Thread) -> None:
-        if t.pending is not None:
-            t.pending.space.release(t.pending.slot)
+    def _drop_pending(t: Thread, gone: bool = False) -> None:
+        """A checked call that will have no exit stop: its scratch slot back, and what
+        it held let go when its thread is ``gone`` before the call's end."""
+        p = t.pending
+        if p is not None:
             t.pending = None
+            p.space.release(p.slot)
+            if gone and p.release is not None:
+                try:
+                    p.release()
+                except Exception:  # one call's cleanup must not end the supervisor
+                    log.exception("cleanup of the call of gone thread %d", t.tid)
 
     def _gone(self, pid: int, status: int) -> None:
         t = self.threads.pop(pid, None)
         if t is not None:
-            self._drop_pending(t)
+            self._drop_pending(t, gone=True)
             if t.shown is not None and self.tracer is not None:  # -v: it never returned
                 self.tracer.emit(pid, t.shown, "?")
         self.early.pop(pid, None)
@@ -1143,7 +1154,7 @@ class Supervisor:
         for name, value in zip(_ARG_REGS, values, strict=False):
             setattr(regs, name, value)
         pt.set_regs(tid, regs)
-        t.pending = Pending(saved, result.after, space, slot)
+        t.pending = Pending(saved, result.after, space, slot, result.release)
         pt.syscall(tid)
 
     def _on_syscall_exit(self, t: Thread) -> None:

@@ -252,12 +252,15 @@ def run_host(
     if not fds:
         return RunChecked(nr, tuple(out), after)
 
-    def done(ret: int) -> Return | Fail | None:
+    def unpin() -> None:
         for fd in fds:
             env.unpin(fd)
+
+    def done(ret: int) -> Return | Fail | None:
+        unpin()
         return after(ret) if after is not None else None
 
-    return RunChecked(nr, tuple(out), done)
+    return RunChecked(nr, tuple(out), done, unpin)
 
 
 def precheck(call: Call, env: Env, ops: tuple[str, ...], raw: str, base: str) -> None:

@@ -130,7 +130,7 @@ def _unix_reach(
     def done(ret: int) -> None:
         env.unpin(pin)
 
-    return RunChecked(nr, args(Scratch(sockaddr), len(sockaddr)), done)
+    return RunChecked(nr, args(Scratch(sockaddr), len(sockaddr)), done, lambda: env.unpin(pin))
 
 
 def _sock_call(call: Call, env: Env, nr: int) -> Result:
@@ -190,7 +190,8 @@ def _unix_bind(call: Call, env: Env, real: str, sa: SockAddr) -> Result:
             with contextlib.suppress(OSError):
                 env.bound_names[os.stat(holder).st_ino] = name
 
-    return RunChecked(NR_BIND, (call.args[0], Scratch(sockaddr), len(sockaddr)), done)
+    return RunChecked(NR_BIND, (call.args[0], Scratch(sockaddr), len(sockaddr)), done,
+                      lambda: env.unpin(pin))
 
 
 @guarded
@@ -287,12 +288,15 @@ def _send_checked(
     """sendmsg(fd, checked copy of ``msghdr``, flags); ``after`` sees the result."""
     copy, pin = _checked_msghdr(call, env, msghdr)
 
-    def done(ret: int) -> Return | None:
+    def unpin() -> None:
         if pin is not None:
             env.unpin(pin)
+
+    def done(ret: int) -> Return | None:
+        unpin()
         return after(ret) if after is not None else None
 
-    return RunChecked(NR_SENDMSG, (call.args[0], copy, flags), done)
+    return RunChecked(NR_SENDMSG, (call.args[0], copy, flags), done, unpin)
 
 
 @guarded
