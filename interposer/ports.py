@@ -92,9 +92,10 @@ class Repo(Protocol):
     def local_copy(self, path: str) -> str | None:
         """The host path of ``path``'s local copy, if this session has one."""
 
-    def unhomed_write(self, host_path: str) -> bool:
-        """Whether ``host_path`` (an fd's target) is the local copy of a removed name whose
-        file kept another name, and was written since: writes no name of the file holds."""
+    def unhomed_write(self, host_path: str, link: str) -> bool:
+        """Whether ``host_path`` (an fd's target, ``link`` its ``/proc`` link) is the local
+        copy of a removed name whose file kept another name, and was written since: writes
+        no name of the file holds."""
 
     def written_copy(self, path: str) -> os.stat_result | None:
         """The local copy's stat when a guest changed it since it matched the server."""

@@ -137,8 +137,8 @@ class Remote:
         #: paths this sandbox opened for writing: what an exit's sync looks at
         self._written: set[str] = set()
         #: local copies of removed names whose file kept another name, open for writing:
-        #: host path -> (an fd holding the copy, its size and mtime at the remove)
-        self._unhomed: dict[str, tuple[int, int, int]] = {}
+        #: host path -> the copy's (st_dev, st_ino, size, mtime) at the remove
+        self._unhomed: dict[str, tuple[int, int, int, int]] = {}
         #: paths seen as directories (see :meth:`known_dir`)
         self._dirs: set[str] = set()
         #: st_ino shown for each path: the first one seen this session, never another
@@ -166,8 +166,6 @@ class Remote:
             self._feed = LeaseFeed(zmq.Context.instance(), welcome.leases, self._leases)
 
     def close(self) -> None:
-        for fd, _size, _mtime in self._unhomed.values():
-            os.close(fd)
         self._unhomed.clear()
         if self._feed is not None:
             self._feed.close()
@@ -557,31 +555,28 @@ class Remote:
         if host is not None:
             self._by_host.pop(host, None)
 
-    def _hold_unhomed(self, path: str) -> tuple[str, int, os.stat_result] | None:
+    def _hold_unhomed(self, path: str) -> tuple[str, os.stat_result] | None:
         """Before ``path`` (a name this sandbox wrote) is removed while its file keeps
-        another name this sandbox made (``link``): an fd on its local copy, and the copy's
-        stat. The remove uploads the copy first, so the other name has what was written
-        until now; a guest fd still open on the copy writes a file no name reaches here."""
+        another name this sandbox made (``link``): its local copy and the copy's stat.
+        The remove uploads the copy first, so the other name has what was written until
+        now; a guest fd still open on the copy writes a file no name reaches here. No fd
+        is held: a guest fd's own stat tells the copy's inode (one held per remove ran
+        the supervisor out of fds in a maildir's link-then-unlink deliveries)."""
         host = self._local.get(path)
         if host is None or not (self._ino.shares(path) or self._server_links(path) > 1):
             return None
         try:
-            fd = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
+            return host, os.stat(host)
         except OSError:
             return None
-        return host, fd, os.fstat(fd)
 
-    def _ask_keeping(self, msg: Message, held: tuple[str, int, os.stat_result] | None) -> None:
+    def _ask_keeping(self, msg: Message, held: tuple[str, os.stat_result] | None) -> None:
         """Ask ``msg`` (a remove or a rename over a name): once it is done, keep ``held``
-        (see :meth:`_hold_unhomed`); when it fails, let it go."""
-        try:
-            self._ask(msg)
-        except BaseException:
-            if held is not None:
-                os.close(held[1])
-            raise
+        (see :meth:`_hold_unhomed`)."""
+        self._ask(msg)
         if held is not None:
-            self._keep_unhomed(held)
+            copy, st = held
+            self._unhomed[copy] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _one_file(self, src: str, dst: str) -> bool:
         """Whether ``src`` and ``dst`` name one regular file (links made here, or held by
@@ -596,13 +591,6 @@ class Remote:
         return (a is not None and b is not None and a.kind is FileKind.FILE
                 and b.kind is FileKind.FILE and a.nlink > 1 and a.ino == b.ino)
 
-    def _keep_unhomed(self, held: tuple[str, int, os.stat_result]) -> None:
-        copy, fd, st = held
-        earlier = self._unhomed.pop(copy, None)
-        if earlier is not None:
-            os.close(earlier[0])
-        self._unhomed[copy] = (fd, st.st_size, st.st_mtime_ns)
-
     def _server_links(self, path: str) -> int:
         """The link count of ``path`` (its other names may never have been met here: hard
         links the repository held before the run); 0 when unknown. Attributes are cached
@@ -613,15 +601,20 @@ class Remote:
             return 0
         return attrs.nlink if attrs is not None else 0
 
-    def unhomed_write(self, host_path: str) -> bool:
-        """Whether ``host_path`` (an fd's target) is the local copy of a removed name
-        whose file kept another name, written since the remove: those writes reach no
-        name of the file (close and fsync say EIO rather than lose them in silence)."""
+    def unhomed_write(self, host_path: str, link: str) -> bool:
+        """Whether ``host_path`` (an fd's target; ``link``: the fd's ``/proc`` link) is
+        the local copy of a removed name whose file kept another name, written since the
+        remove: those writes reach no name of the file (close and fsync say EIO rather
+        than lose them in silence)."""
         held = self._unhomed.get(host_path.removesuffix(" (deleted)"))
         if held is None:
             return False
-        st = os.fstat(held[0])
-        return (st.st_size, st.st_mtime_ns) != held[1:]
+        try:
+            st = os.stat(link)
+        except OSError:
+            return False
+        return ((st.st_dev, st.st_ino) == held[:2]
+                and (st.st_size, st.st_mtime_ns) != held[2:])
 
     def rename(self, src: str, dst: str, flags: RenameFlags) -> None:
         self._drop_lease(src, tree=True)

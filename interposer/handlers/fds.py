@@ -101,7 +101,8 @@ def _commit_fd(call: Call, env: Env, fd: int, wait: bool = False) -> int:
     if repo is None:
         # A name of a hard-linked file removed while this fd wrote it: what it wrote
         # since is in no name here (native: the other name has it). Say so.
-        return errno.EIO if env.repo.unhomed_write(target) else 0
+        link = f"/proc/{call.guest.tgid}/fd/{fd}"
+        return errno.EIO if env.repo.unhomed_write(target, link) else 0
     if not (wait or call.guest.fd_writable(fd)):
         return 0
     try:

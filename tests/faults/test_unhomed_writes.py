@@ -64,3 +64,56 @@ def test_writes_no_name_reaches_are_not_acknowledged(
     if link == "link":
         assert (repo / "d").read_text() == "one,"  # what fsync acknowledged, no more
     assert not (repo / "c").exists()
+
+
+#: maildir delivery: write tmp/N, link it to new/N, unlink tmp/N, close; then wait
+DELIVER = """
+import os, sys
+os.makedirs("/data/md/tmp"); os.makedirs("/data/md/new")
+for i in range(int(sys.argv[1])):
+    fd = os.open(f"/data/md/tmp/{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, b"message %d\\n" % i)
+    os.link(f"/data/md/tmp/{i}", f"/data/md/new/{i}")
+    os.unlink(f"/data/md/tmp/{i}")
+    os.close(fd)
+    if i == 0:
+        print("first", flush=True)
+        sys.stdin.readline()
+print("delivered", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_link_then_unlink_deliveries_hold_no_supervisor_fd(synthfs, tmp_path: Path) -> None:
+    """Before (review round 12, finding 5) the supervisor held an fd on each removed
+    name's copy until the run ended: a maildir's deliveries ran it out of fds (EMFILE
+    for every guest's exec and host open)."""
+    import os
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    n = 40
+    with synthfs.stack(repo) as stack:
+        p = subprocess.Popen(synthfs.argv(repo, [sys.executable, "-c", DELIVER, str(n)],
+                                          stack=stack),
+                             cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout is not None and p.stdin is not None
+            assert p.stdout.readline() == "first\n", p.stderr.read() if p.stderr else ""
+            before = len(os.listdir(f"/proc/{p.pid}/fd"))
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            assert p.stdout.readline() == "delivered\n"
+            after = len(os.listdir(f"/proc/{p.pid}/fd"))
+            p.stdin.write("end\n")
+            p.stdin.close()
+            assert p.wait(timeout=120) == 0, p.stderr.read() if p.stderr else ""
+        finally:
+            p.kill()
+            p.wait()
+    assert after - before < n // 4, (before, after)
+    assert sorted(os.listdir(repo / "md" / "new"), key=int) == [str(i) for i in range(n)]
+    assert (repo / "md" / "new" / "7").read_text() == "message 7\n"
+    assert os.listdir(repo / "md" / "tmp") == []

@@ -145,7 +145,7 @@ class FakeRepo:
     def repo_path_of(self, host_path: str) -> str | None:
         return next((p for p, h in self.local.items() if h == host_path), None)
 
-    def unhomed_write(self, host_path: str) -> bool:
+    def unhomed_write(self, host_path: str, link: str) -> bool:
         return False
 
     def known_dir(self, path: str) -> bool:
