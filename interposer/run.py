@@ -239,8 +239,10 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
         ns = Namespace(args.mount)
     except ValueError as exc:
         return _fail(str(exc))
+    policy_file = None
     try:
-        policy = Policy.from_toml(locate(args.policy)) if args.policy else Policy.default(ns.mount)
+        policy_file = locate(args.policy) if args.policy else None
+        policy = Policy.from_toml(policy_file) if policy_file else Policy.default(ns.mount)
     except PolicyNotFound as exc:
         return _fail(str(exc))
     except PolicyError as exc:
@@ -316,9 +318,12 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
             )
             if path
         ]
+        # The run's own files are no guest's: a job could rewrite the policy the next
+        # run enforces, or the audit of its own denials (docs/policy.md).
+        own_files = [p for p in (policy_file, args.audit, args.stats) if p]
         host = HostSide(
             private,
-            (*remote.refused_paths, socket_path, *stack_paths),
+            (*remote.refused_paths, socket_path, *stack_paths, *own_files),
             (os.getpid(), *trusted, *remote.trusted_pids),
             listeners,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 
 from synthfs.interposer import abi, binfmt
 from synthfs.interposer.abi import AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW
@@ -235,14 +236,28 @@ def _interpreter(call: Call, env: Env, name: str) -> Loc:
     return locate_guest_path(call, env, name, True)
 
 
+def _head_of_regular(path: str) -> bytes:
+    """The first bytes of the regular file ``path`` (OSError EACCES for anything else, as
+    execve says): looked at through an O_PATH fd first, so that the supervisor never
+    opens a FIFO (which waits for a writer: the supervisor would serve no one) or a
+    device (an open may act) a guest named."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EACCES, "not a regular file")
+        with open(f"/proc/self/fd/{fd}", "rb") as f:
+            return f.read(binfmt.BUF_SIZE)
+    finally:
+        os.close(fd)
+
+
 def _host_scripts(path: str, cwd: str) -> int:
     """How many ``#!`` scripts the kernel will go through from the host file ``path``
     (to apply its nesting limit to the whole chain); errors are the kernel's to give."""
     count = 0
     while count < binfmt.MAX_SCRIPTS:
         try:
-            with open(path, "rb") as f:
-                line = binfmt.parse(f.read(binfmt.BUF_SIZE))
+            line = binfmt.parse(_head_of_regular(path))
         except OSError:
             return count
         if line is None:

@@ -1,0 +1,100 @@
+"""Escape suite: the run's own files, and what the supervisor itself opens for a guest.
+
+* The policy file a run enforces, its ``--audit`` log and its ``--stats`` file are no
+  guest's (review round 12, findings 11 and 12): in the README's CI setup the policy
+  file lies in the workspace the job may write, so a job rewrote it (``default =
+  "allow"``) and the next step of the same command ran under it; a job also rewrote
+  the audit of its own denials. They are refused like the agent's socket: no read,
+  no write, no rename of them or of a directory above them.
+* An exec of a /data script whose ``#!`` names a FIFO on the host: the supervisor
+  opened the FIFO to count nested ``#!`` lines and waited for a writer, serving no
+  guest, deaf to SIGINT (finding 10). Natively the exec is EACCES at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import helpers
+import pytest
+
+pytestmark = pytest.mark.ptrace
+
+POLICY = """\
+version = 1
+default = "allow"
+
+[[mount]]
+path = "/data"
+
+[[app]]
+name = "job"
+match.exe = ["/**"]
+deny = [{{ paths = ["/data/fixtures/**"], ops = ["write"] }}]
+
+[host]
+read = ["/**"]
+write = ["{work}/**", "/tmp/**", "/dev/null"]
+"""
+
+TAMPER = """
+import os, sys
+work = sys.argv[1]
+for what, f in (
+    ("read policy", lambda: open(work + "/policies/ci.toml").read()),
+    ("write policy", lambda: open(work + "/policies/ci.toml", "w").write('default = "allow"')),
+    ("remove policy", lambda: os.unlink(work + "/policies/ci.toml")),
+    ("rename policies", lambda: os.rename(work + "/policies", work + "/p2")),
+    ("truncate audit", lambda: open(work + "/audit.jsonl", "w").write("{}")),
+    ("write stats", lambda: open(work + "/stats.json", "w").write("{}")),
+):
+    try:
+        f()
+        print(what, "ok")
+    except OSError as e:
+        print(what, e.errno)
+try:
+    open("/data/fixtures/f", "w")
+except OSError as e:
+    print("fixture", e.errno)
+"""
+
+
+def test_a_guest_cannot_touch_its_policy_audit_or_stats(synthfs, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "policies").mkdir(parents=True)
+    policy = work / "policies" / "ci.toml"
+    policy.write_text(POLICY.format(work=work))
+    repo = tmp_path / "repo"
+    (repo / "fixtures").mkdir(parents=True)
+    (repo / "fixtures" / "f").write_text("fixture\n")
+    out = synthfs.run(repo, [sys.executable, "-c", TAMPER, str(work)], cwd=work,
+                      extra=("--policy", str(policy), "--audit", str(work / "audit.jsonl"),
+                             "--stats", str(work / "stats.json")))
+    assert out.status == 0, out.show()
+    assert out.stdout.splitlines() == [
+        "read policy 13", "write policy 13", "remove policy 13", "rename policies 13",
+        "truncate audit 13", "write stats 13", "fixture 13"], out.show()
+    assert policy.read_text() == POLICY.format(work=work)
+    assert '"op": "write"' in (work / "audit.jsonl").read_text().replace('":"', '": "')
+    assert (repo / "fixtures" / "f").read_text() == "fixture\n"
+
+
+def test_a_script_whose_interpreter_is_a_fifo_fails_at_once(synthfs, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    script = (f"printf '#!{fifo}\\n' > /data/s; chmod +x /data/s; /data/s; echo status $?")
+    native_script = script.replace("/data/", f"{repo}/")
+    native = helpers.run_native(["sh", "-c", native_script], cwd=tmp_path, timeout=30)
+    (repo / "s").unlink()
+    t = time.monotonic()
+    out = synthfs.run(repo, ["sh", "-c", script], cwd=tmp_path)
+    took = time.monotonic() - t
+    assert native.stdout == "status 126\n", native.show()
+    assert out.stdout == native.stdout, out.show()
+    assert took < 30, took
