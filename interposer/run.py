@@ -319,7 +319,7 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
             if path
         ]
         # The run's own files are no guest's: a job could rewrite the policy the next
-        # run enforces, or the audit of its own denials (docs/policy.md).
+        # run enforces, or the audit of its own denials (SECURITY.md).
         own_files = [p for p in (policy_file, args.audit, args.stats) if p]
         host = HostSide(
             private,
