@@ -3,9 +3,13 @@
 Role: when the server answers a ``Locate`` (an S3 backend: a presigned GET of one
 object version, :class:`synthfs.protocol.messages.Located`), the agent reads
 the object from the store itself, :data:`STREAMS` ranges of :data:`PART` bytes in
-flight on keep-alive connections, each range read from the socket into a small
-buffer and written with ``os.pwrite`` at its offset. The server signs one URL and
-moves no byte of the file (its hop cost as much CPU as the read itself).
+flight on keep-alive connections. Each body goes from the socket into the copy at
+its offset with ``os.splice`` through a pipe (:func:`_splice_body`): the bytes never
+enter this process (256 MiB from SeaweedFS on loopback: 0.16-0.19 s of CPU against
+0.19-0.23 s read into a buffer and written out, most of what is left being the
+kernel's filling of fresh page-cache pages); over https, or without ``os.splice``,
+a small buffer and ``os.pwrite``. The server signs one URL and moves no byte of
+the file (its hop cost as much CPU as the read itself).
 
 Trusts: the URL the server gave (it is never logged: it is a bearer of a read of
 that object until it expires). Checks every answer: a 206 of exactly the range
@@ -19,11 +23,14 @@ reachable from here, 403, a cut or short body, a wrong header) is
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
+import fcntl
 import http.client
 import logging
 import os
 import queue
+import select
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -37,6 +44,9 @@ PART = 8 << 20
 STREAMS = 4
 #: Bytes read from the socket before each ``pwrite`` (a buffer that stays in the CPU cache).
 SLICE = 1 << 20
+#: The capacity asked for the pipe a body is spliced through (Linux's default
+#: ``pipe-max-size``; a smaller pipe works too, in more calls).
+PIPE_SIZE = 1 << 20
 #: Seconds to connect, and to wait for any one read of the socket.
 CONNECT_S = 2.0
 READ_S = 30.0
@@ -71,9 +81,57 @@ class _Target:
         return http.client.HTTPConnection(self.host, self.port, timeout=CONNECT_S)
 
 
+class _Pipe:
+    """A pipe a body is spliced through from the socket to the copy (one per worker)."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        with contextlib.suppress(OSError):  # a smaller pipe only costs more calls
+            fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+def _splice_body(sock: int, pipe: _Pipe, fd: int, at: int, end: int) -> None:
+    """Move the bytes ``at`` to ``end`` of the copy from ``sock`` into ``fd``, at their
+    offset, through ``pipe`` (no copy into this process). The socket has a timeout, so
+    it is non-blocking: wait for it with ``select`` (:data:`READ_S`)."""
+    while at < end:
+        try:
+            got = os.splice(sock, pipe.w, min(end - at, PIPE_SIZE))
+        except BlockingIOError:
+            if not select.select([sock], [], [], READ_S)[0]:
+                raise TimeoutError from None
+            continue
+        if not got:
+            raise Unusable("the store cut the body short")
+        while got:  # the pipe is emptied before the next splice fills it
+            k = os.splice(pipe.r, fd, got, offset_dst=at)
+            got -= k
+            at += k
+
+
+def _read_body(r: http.client.HTTPResponse, fd: int, at: int, end: int,
+               buf: memoryview) -> None:
+    """The same as :func:`_splice_body`, through ``buf`` (https, or no ``os.splice``)."""
+    while at < end:
+        k = min(len(buf), end - at)
+        filled = 0
+        while filled < k:
+            got = r.readinto(buf[filled:k])
+            if not got:
+                raise Unusable("the store cut the body short")
+            filled += got
+        _pwrite_all(fd, buf[:k], at)
+        at += k
+
+
 def _get_range(c: http.client.HTTPConnection, t: _Target, etag: str, size: int, fd: int,
-               offset: int, n: int, buf: memoryview) -> None:
-    """GET ``n`` bytes at ``offset`` and write them at ``offset`` of ``fd``."""
+               offset: int, n: int, buf: memoryview, pipe: _Pipe | None) -> None:
+    """GET ``n`` bytes at ``offset`` and write them at ``offset`` of ``fd`` (spliced
+    through ``pipe`` when there is one)."""
     try:
         c.request("GET", t.target, headers={"If-Match": etag,
                                             "Range": f"bytes={offset}-{offset + n - 1}"})
@@ -92,19 +150,18 @@ def _get_range(c: http.client.HTTPConnection, t: _Target, etag: str, size: int, 
     want = f"bytes {offset}-{offset + n - 1}/{size}"
     if r.getheader("content-range") != want or r.length != n:
         raise Unusable("the store answered another range")
-    at = offset
-    end = offset + n
     try:
-        while at < end:
-            k = min(len(buf), end - at)
-            filled = 0
-            while filled < k:
-                got = r.readinto(buf[filled:k])
-                if not got:
-                    raise Unusable("the store cut the body short")
-                filled += got
-            _pwrite_all(fd, buf[:k], at)
-            at += k
+        if pipe is None or c.sock is None:
+            _read_body(r, fd, offset, offset + n, buf)
+            return
+        # What the response's reader took in with the headers (peek reads at most once,
+        # a few KiB) goes with pwrite; the rest straight from the socket. Closing the
+        # response then leaves the connection ready for the next request (keep-alive).
+        head = r.fp.peek(1)[:n]
+        r.fp.read(len(head))
+        _pwrite_all(fd, memoryview(head), offset)
+        _splice_body(c.sock.fileno(), pipe, fd, offset + len(head), offset + n)
+        r.close()
     except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
         raise Unusable(f"the store broke off ({type(exc).__name__})") from None
 
@@ -122,6 +179,7 @@ def fetch_into(fd: int, url: str, etag: str, size: int,
     if size == 0:
         return
     t = _Target(url)
+    splice = not t.https and hasattr(os, "splice")
     parts = collections.deque((off, min(part, size - off)) for off in range(0, size, part))
     lock = threading.Lock()
     stop = threading.Event()
@@ -129,20 +187,26 @@ def fetch_into(fd: int, url: str, etag: str, size: int,
 
     def work() -> None:
         c = t.connect()
-        buf = memoryview(bytearray(min(SLICE, part)))
+        pipe: _Pipe | None = None
         try:
+            if splice:
+                with contextlib.suppress(OSError):  # no pipe (EMFILE): through a buffer
+                    pipe = _Pipe()
+            buf = memoryview(bytearray(min(SLICE, part)))  # a store's Connection: close
             while not stop.is_set():
                 with lock:
                     if not parts:
                         break
                     off, n = parts.popleft()
-                _get_range(c, t, etag, size, fd, off, n, buf)
+                _get_range(c, t, etag, size, fd, off, n, buf, pipe)
                 done_q.put(n)
         except BaseException as exc:  # handed to the caller's thread
             stop.set()
             done_q.put(exc)
         finally:
             c.close()
+            if pipe is not None:
+                pipe.close()
             done_q.put(None)
 
     workers = [threading.Thread(target=work, name="direct-fetch", daemon=True)

@@ -59,7 +59,12 @@ load 10-11): the guest's cold read 110 and 87 MB/s against boto3 277 / 280 MB/s
 thrown away and 220 / 214 MB/s into a file (RESULTS.md, issue #14's section).
 With direct fetches (the agent reads the store on a presigned URL, load 3-3.8):
 293-424 MB/s against boto3 503-611 thrown away and 429-540 into a file, the
-server's CPU 0.02 s (RESULTS.md, "S3 direct fetches").
+server's CPU 0.02 s (RESULTS.md, "S3 direct fetches"). With each body spliced
+into the copy (no copy through the agent), four A/B pairs at load 7-18: synthfs
+119-241 MB/s against boto3 142-381 thrown away and 96-267 into a file (medians;
+ratios 0.74-0.91 and 0.88-1.21), the tree before 136-185 (0.50-0.88 and
+0.68-1.57): at that load noise; the agent's CPU 0.19-0.24 s against 0.19-0.56 s
+(RESULTS.md, "direct fetches splice").
 1,000 creates: 6.8x the time of 1,000 boto3 puts (18x before lookups were
 answered from memory for 1 s and made with one round trip); a create costs
 four store round trips (the agent's lookup, the exclusive create, the
