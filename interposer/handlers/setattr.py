@@ -29,13 +29,22 @@ from synthfs.interposer.numbers import NR
 from synthfs.interposer.ports import Call, Env
 from synthfs.protocol.messages import FileKind
 
+NR_FCHMODAT2 = NR["fchmodat2"]
+
 
 def chmod_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, atflags: int) -> Result:
+    if atflags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
+        return Fail(errno.EINVAL)
     follow = not atflags & AT_SYMLINK_NOFOLLOW
     loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))
     if not loc.synthetic:
         assert loc.host is not None
-        return run_host(env, NR_FCHMODAT, (AT_FDCWD, Pin(loc, whole=follow), mode))
+        if follow or loc.link is not None:  # a path followed, or an fd's own object
+            return run_host(env, NR_FCHMODAT, (AT_FDCWD, Pin(loc, whole=follow), mode))
+        # fchmodat2's own no-follow on the pinned parent: a symlink there is EOPNOTSUPP
+        # (Linux has no symlink modes), never a chmod of what it points to.
+        return run_host(env, NR_FCHMODAT2,
+                        (AT_FDCWD, Pin(loc, whole=False), mode, AT_SYMLINK_NOFOLLOW))
     attrs = need(loc)
     if attrs.kind is FileKind.SYMLINK:
         return Fail(errno.EOPNOTSUPP)
