@@ -219,6 +219,21 @@ class Pin:
     whole: bool = False
 
 
+def _pin_as_written(env: Env, loc: Loc, whole: bool) -> tuple[str, int] | None:
+    """The pinned path of ``loc`` that ends as the guest's text did: a last component
+    '.' or '..' (the kernel refuses rmdir, rename, unlink... of those) is kept, on the
+    directory pinned whole; so is a trailing slash (a non-directory's ENOTDIR). The
+    resolved path had lost both: ``rmdir("d/.")`` removed ``d``, ``unlink("f/")``
+    removed ``f``."""
+    if not whole and loc.last in DOTS:
+        pinned = env.pin(loc.host or "/", True)
+        return None if pinned is None else (f"{pinned[0]}/{loc.last}", pinned[1])
+    pinned = env.pin(loc.host or "/", whole)
+    if pinned is not None and loc.must_be_dir:
+        return pinned[0] + "/", pinned[1]
+    return pinned
+
+
 def run_host(
     env: Env,
     nr: int,
@@ -239,7 +254,7 @@ def run_host(
             if loc.link is not None:
                 pinned = env.pin(loc.link, True, via=loc.host)  # an fd: the object it holds
             elif loc.real is not None and loc.real == loc.host:
-                pinned = env.pin(loc.host, arg.whole)
+                pinned = _pin_as_written(env, loc, arg.whole)
             if pinned is None:
                 out.append(cstr(loc.host))
             else:
@@ -399,7 +414,10 @@ def _locate(
     if confine & NO_LINKS and not host_start:
         # A walk from /data that left it ('..'): the host part is the kernel's to judge.
         _confined_walk(call, AT_FDCWD, target.path, confine & NO_LINKS, follow, False)
-    return _via(_host_loc(call, env, target.path, follow, target.must_be_dir), target)
+    loc = _host_loc(call, env, target.path, follow, target.must_be_dir)
+    if last in DOTS and not loc.synthetic:
+        loc = evolve(loc, last=last)  # the kernel's answer to a final '.' or '..'
+    return _via(loc, target)
 
 
 #: openat2's confinement flags (RESOLVE_CACHED is not one: the kernel may answer EAGAIN).

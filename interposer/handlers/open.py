@@ -108,7 +108,9 @@ def open_at(
     # the kernel walks the checked real path from '/', where only RESOLVE_CACHED still means
     # the same.
     how = abi.OPEN_HOW.pack(flags, kmode, (resolve & abi.RESOLVE_CACHED) | NO_LINKS)
-    return RunChecked(NR_OPENAT2, (AT_FDCWD, cstr(loc.host), Scratch(how), len(how)))
+    # A trailing slash stays (the kernel's EISDIR for O_CREAT, ENOTDIR for a file).
+    path = loc.host + "/" if loc.must_be_dir and not loc.host.endswith("/") else loc.host
+    return RunChecked(NR_OPENAT2, (AT_FDCWD, cstr(path), Scratch(how), len(how)))
 
 
 def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Result:
