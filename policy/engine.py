@@ -83,6 +83,7 @@ import errno as _errno
 import functools
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -465,7 +466,11 @@ class Policy:
         """
         display = os.fspath(path)
         try:
-            with open(path, "rb") as f:
+            # O_NONBLOCK: a FIFO (or a device) named as a policy is an error, not a wait
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise PolicyError(display, None, "not a regular file")
                 data = f.read()
         except OSError as exc:
             raise PolicyError(display, None, f"cannot read: {exc.strerror or exc}") from None

@@ -256,3 +256,15 @@ def test_a_directory_does_not_hide_a_shipped_name(
     (tmp_path / "ci").mkdir()
     code, out, err = run(capsys, "check", "ci")
     assert code == 0 and out.startswith("ci: ok"), err
+
+
+def test_check_a_fifo_is_an_error_not_a_wait(capsys: pytest.CaptureFixture[str],
+                                             tmp_path: Path) -> None:
+    """A FIFO given as a policy waited for a writer, without a word (review round 12,
+    finding 13)."""
+    import os
+
+    fifo = tmp_path / "p.toml"
+    os.mkfifo(fifo)
+    code, _out, err = run(capsys, "check", str(fifo))
+    assert code == 1 and err == f"{fifo}: not a regular file\n"
