@@ -151,3 +151,58 @@ def test_a_guest_execs_programs(nobody: Unprivileged, place: Path, engine: str) 
     uid = NOBODY if nobody.drop else os.geteuid()
     assert (done.returncode, done.stdout) == (0, f"{uid}\nhi\n"), done.stderr
     assert "executable changed" not in done.stderr
+
+
+GUEST = """\
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open("/data/a.txt", os.O_RDONLY)
+def t(name, f):
+    try:
+        print(name, f())
+    except OSError as e:
+        print(name, errno.errorcode[e.errno])
+t("set", lambda: libc.prctl(4, 0, 0, 0, 0))  # PR_SET_DUMPABLE 0
+t("get", lambda: libc.prctl(3, 0, 0, 0, 0))  # PR_GET_DUMPABLE
+t("bad", lambda: -ctypes.get_errno() if libc.prctl(4, 2, 0, 0, 0) else 0)  # EINVAL
+t("fchmod", lambda: os.chmod(fd, 0o777))
+t("fstat", lambda: os.fstat(fd).st_size)
+t("stat", lambda: os.stat("/data/a.txt").st_size)
+t("list", lambda: os.listdir("/data"))
+"""
+
+POLICY = """\
+version = 1
+name = "read-only"
+default = "deny"
+[[mount]]
+path = "/data"
+[[app]]
+name = "all"
+match.exe = ["/**"]
+allow = [ { paths = ["/data", "/data/**"], ops = ["read", "stat", "list"] } ]
+"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_non_dumpable_guest_keeps_the_fd_rows(
+    nobody: Unprivileged, place: Path, engine: str
+) -> None:
+    """Finding 08: after prctl(PR_SET_DUMPABLE, 0) the supervisor could not read the
+    guest's fd links, took a /data fd for "not open" and let the kernel run fchmod on
+    the agent's cache object (a chmod the policy denies). The supervisor answers that
+    prctl itself now: fchmod gets the policy's EACCES, the fd rows work on."""
+    (place / "guest.py").write_text(GUEST)
+    (place / "policy.toml").write_text(POLICY)
+    nobody.own(place)
+    done = nobody.run(
+        nobody.synthfs(engine, "-q", "--policy", str(place / "policy.toml"),
+                       "--data", str(place / "data"), "--", nobody.python, str(place / "guest.py")),
+        place / "home", place,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "set 0", "get 0", "bad -22", "fchmod EACCES", "fstat 3", "stat 3", "list ['a.txt']",
+    ], done.stderr  # fmt: skip
+    objects = [p for p in (place / "home").rglob("objects/*") if p.is_file()]
+    assert objects and all(p.stat().st_mode & 0o777 != 0o777 for p in objects)
