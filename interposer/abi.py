@@ -13,6 +13,7 @@ import functools
 import os
 import stat as st
 import struct
+from collections.abc import Collection
 
 from synthfs.interposer import binfmt
 
@@ -250,14 +251,49 @@ def _pread(fd: int, offset: int, size: int) -> bytes:
     return os.pread(fd, size, offset)
 
 
+#: capability(7) numbers
+CAP_SYS_PTRACE = 19
+
+
+def has_capability(cap: int) -> bool:
+    """Whether this process has the capability ``cap`` in its effective set."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            eff = next(int(x.split()[1], 16) for x in f if x.startswith(b"CapEff:"))
+    except (OSError, ValueError, StopIteration):
+        return False
+    return bool(eff >> cap & 1)
+
+
 #: auxv: AT_BASE, the load address of the ``PT_INTERP`` loader (0: none).
 _AT_BASE = 7
 
 
-def mapped_loader(tgid: int) -> tuple[int, int] | None:
-    """``(st_dev, st_ino)`` of the loader the kernel mapped for a process's
-    ``PT_INTERP`` (at AT_BASE, its first mapping), read at its exec stop; None for
-    a program without one. ``(0, 0)`` when it cannot be told (fail closed)."""
+def maps_inode(line: str) -> tuple[int, int]:
+    """The ``(st_dev, st_ino)`` a ``/proc/PID/maps`` line names: its ``MAJ:MIN``
+    (hex) as a ``dev_t``, and its inode number (ValueError: not such a line)."""
+    dev, ino = line.split(None, 5)[3:5]
+    major, minor = dev.split(":")
+    return os.makedev(int(major, 16), int(minor, 16)), int(ino)
+
+
+def loader_checked(tgid: int, checked: Collection[tuple[int, int]]) -> bool:
+    """Whether the loader the kernel mapped for a process's ``PT_INTERP`` (at
+    AT_BASE, its first mapping), read at its exec stop, is one of the ``checked``
+    ``(st_dev, st_ino)``; True for a program without one. False when it cannot be
+    told (fail closed).
+
+    The mapping's ``/proc/PID/maps`` line names the file's inode: ``MAJ:MIN`` of
+    its superblock (hex) and its number, readable with no capability. That is
+    ``st_dev`` on most file systems, not on a btrfs subvolume (an ``st_dev`` of
+    its own) nor for an overlayfs file whose ``st_dev`` is the overlay's while the
+    line shows the layer's inode (or the reverse): a pair that matches names the
+    same inode (a ``dev_t`` names one superblock or subvolume at a time, and
+    ``st_ino`` is unique on it), a pair that does not decides nothing. Only then
+    the mapped file is stat'ed through ``/proc/PID/map_files``, as the check
+    stat'ed it; following those links needs CAP_CHECKPOINT_RESTORE (or
+    CAP_SYS_ADMIN): without it such a file fails closed.
+    """
     try:
         with open(f"/proc/{tgid}/exe", "rb") as f:
             word = 4 if f.read(5)[4:] == b"\x01" else 8  # ELFCLASS32: a 32-bit auxv
@@ -266,16 +302,15 @@ def mapped_loader(tgid: int) -> tuple[int, int] | None:
         pairs = struct.iter_unpack("<II" if word == 4 else "<QQ", auxv)
         base = next((v for k, v in pairs if k == _AT_BASE), 0)
         if not base:
-            return None
+            return True
         with open(f"/proc/{tgid}/maps") as f:
-            for line in f:
-                start, _, end = line.split(" ", 1)[0].partition("-")
-                if int(start, 16) == base:
-                    s = os.stat(f"/proc/{tgid}/map_files/{start}-{end}")
-                    return (s.st_dev, s.st_ino)
-    except (OSError, ValueError):
-        pass
-    return (0, 0)
+            line = next(x for x in f if int(x.split("-", 1)[0], 16) == base)
+        if maps_inode(line) in checked:
+            return True
+        s = os.stat(f"/proc/{tgid}/map_files/{line.split(None, 1)[0]}")
+        return (s.st_dev, s.st_ino) in checked
+    except (OSError, ValueError, StopIteration):
+        return False
 
 
 def executed_objects(fd: int, cwd: str) -> list[tuple[str, tuple[int, int]]] | None:

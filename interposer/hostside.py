@@ -401,7 +401,10 @@ class HostSide:
         """Remove placeholders no guest holds any more."""
         if self.live_fd_targets is None:
             return
-        live = set(self.live_fd_targets())
+        try:
+            live = set(self.live_fd_targets())
+        except OSError:
+            return  # a guest's fds cannot be read: any placeholder may be one of them
         # The newest handles may be in flight (created, not yet opened by the guest).
         recent = {
             os.path.join(self._dirs, str(n)) for n in range(self._next - _KEEP, self._next + 1)

@@ -35,7 +35,9 @@ class Guest(Protocol):
     def read(self, addr: int, size: int) -> bytes: ...
 
     def fd_target(self, fd: int) -> str | None:
-        """What ``/proc/TGID/fd/FD`` links to, or None when the fd is not open."""
+        """What ``/proc/TGID/fd/FD`` links to, or None when the fd is not open;
+        OSError EACCES when the link cannot be read (fail closed: the fd may be a
+        /data one)."""
 
     def fd_writable(self, fd: int) -> bool:
         """Whether the fd is open for writing (False when it is not open)."""
@@ -177,6 +179,9 @@ class Proc:
     #: supervisor fds of the files an execve of this process runs from /data (the
     #: kernel execs ``/proc/SUPERVISOR/fd/N``): closed at its exec stop or failure
     exec_fds: list[int] | None = None
+    #: what PR_GET_DUMPABLE answers where the supervisor answers PR_SET_DUMPABLE itself
+    #: (handlers.guards.sys_prctl): kept by a fork, 1 again after an exec
+    dumpable: int = 1
 
 
 @define
@@ -217,6 +222,10 @@ class Env(Protocol):
     def uid(self) -> int: ...
     @property
     def gid(self) -> int: ...
+    @property
+    def reads_undumpable(self) -> bool:
+        """Whether the supervisor may read a non-dumpable guest's ``/proc/PID/fd``,
+        ``fdinfo`` and ``mem`` (it has CAP_SYS_PTRACE)."""
 
     @property
     def network(self) -> NetworkMode:

@@ -379,13 +379,14 @@ def _socket_path(endpoint: str) -> str:
 
 
 def _live_targets(procs: dict[int, Proc]) -> Iterator[str]:
+    """What the guests' fds link to; PermissionError when some cannot be read."""
     for tgid in list(procs):
         try:
             names = os.listdir(f"/proc/{tgid}/fd")
-        except OSError:
-            continue
+        except FileNotFoundError:
+            continue  # gone
         for name in names:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(FileNotFoundError):  # closed since
                 yield os.readlink(f"/proc/{tgid}/fd/{name}")
 
 

@@ -109,6 +109,7 @@ class RunEnv:
         self.policy = policy
         self.uid = os.geteuid()
         self.gid = os.getegid()
+        self.reads_undumpable = abi.has_capability(abi.CAP_SYS_PTRACE)
         self.audit = audit
         self.audit_all = audit_all
         self.enforcement = enforcement
@@ -143,7 +144,7 @@ class RunEnv:
                 mapped: tuple[int, int] | None = (s.st_dev, s.st_ino)
             except OSError:
                 mapped = None
-            if mapped not in checked or abi.mapped_loader(proc.tgid) not in {None, *checked}:
+            if mapped not in checked or not abi.loader_checked(proc.tgid, checked):
                 proc.app = self.policy.unmatched
                 self.denials += 1
                 return "the executable changed between the policy check and the exec"

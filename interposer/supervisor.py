@@ -294,8 +294,11 @@ class GuestView:
             return None
         try:
             return os.readlink(f"/proc/{self.tgid}/fd/{fd}")
-        except OSError:
+        except FileNotFoundError:
             return None
+        except OSError as exc:
+            # Open but closed to us (a non-dumpable process, another uid): not "not open"
+            raise OSError(errno.EACCES, f"fd {fd} of guest {self.tgid} cannot be read") from exc
 
     def fd_writable(self, fd: int) -> bool:
         flags = _proc_octal(f"/proc/{self.tgid}/fdinfo/{fd}", b"flags:")
@@ -853,6 +856,7 @@ class Supervisor:
                 app=parent.app,
                 wrote=parent.wrote,
                 synthetic=parent.synthetic,
+                dumpable=parent.dumpable,
             )
             if flags & CLONE_FILES:
                 # One fd table for two processes: what either opens later is the other's
@@ -891,6 +895,7 @@ class Supervisor:
         t.started = True
         self._inject_scratch(t)
         proc = t.proc
+        proc.dumpable = 1
         try:
             exe = os.readlink(f"/proc/{t.tid}/exe")
         except OSError:

@@ -213,6 +213,8 @@ SCRATCH_GUARD_END = 0x200000
 MAP_FIXED = 0x10
 MREMAP_FIXED = 0x2
 PR_SET_MM = 35
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
 PRIO_USER = 2
 IOPRIO_WHO_USER = 3
 #: ``int`` and ``unsigned int`` arguments: the kernel drops the upper 32 bits, so the
@@ -618,14 +620,16 @@ TABLE: tuple[SyscallSpec, ...] = (
         when=_in_range(0, SCRATCH_GUARD_END),
         reach=Reach.MEMORY | Reach.MEMORY_MAP, shown_by=f"{MEMGUARD}[brk]",
     ),
-    SyscallSpec(name="prctl", nr=NR["prctl"],
-        args=(N, N, N, N, N),
-        level=Level.GUARD,
-        action=Action.ERRNO,
-        errno=errno.EPERM,
-        when=_is32(0, PR_SET_MM),
-        note="PR_SET_MM refused (CRIU's restore call: PR_SET_MM_MAP needs no capability and "
-        "moves the heap's break over the scratch area, which brk() then remaps writable)",
+    _row(
+        "prctl",
+        (N, N, N, N, N),
+        Level.GUARD,
+        h.guards.sys_prctl,
+        "PR_SET_MM refused: EPERM (CRIU's restore call: PR_SET_MM_MAP needs no capability and "
+        "moves the heap's break over the scratch area, which brk() then remaps writable); "
+        "PR_SET_DUMPABLE 0 answered, not done, by a supervisor without CAP_SYS_PTRACE (the "
+        "guest's fds and memory would be closed to it), PR_GET_DUMPABLE says what was set",
+        when=_is32(0, PR_SET_MM, PR_SET_DUMPABLE, PR_GET_DUMPABLE),
         reach=Reach.MEMORY | Reach.MEMORY_MAP | Reach.IDENTITY,
         shown_by=f"{ESC}::test_scratch_page[scratch_prctl_brk_race]",
     ),

@@ -8,7 +8,7 @@ import re
 import signal
 import struct
 
-from synthfs.interposer.actions import CONTINUE, Fail, Result, RunChecked, Scratch
+from synthfs.interposer.actions import CONTINUE, Fail, Result, Return, RunChecked, Scratch
 from synthfs.interposer.handlers.locate import NR_BRK, NR_FCNTL, NR_IOCTL, s32
 from synthfs.interposer.numbers import (
     F_SETLEASE,
@@ -48,6 +48,32 @@ def sys_brk_guard(call: Call, env: Env) -> Result:
     current break, so that is what the guest gets: ``brk(0)`` runs instead.
     """
     return RunChecked(NR_BRK, (0,))
+
+
+PR_GET_DUMPABLE, PR_SET_DUMPABLE, PR_SET_MM = 3, 4, 35
+
+
+def sys_prctl(call: Call, env: Env) -> Result:
+    """prctl's options the filter traps: PR_SET_MM, PR_SET_DUMPABLE, PR_GET_DUMPABLE.
+
+    PR_SET_MM is refused (it would move the heap's break over the scratch
+    area). A non-dumpable process's ``/proc/PID/fd`` links, ``fdinfo`` and
+    ``mem`` are closed to a supervisor without CAP_SYS_PTRACE (being its tracer
+    does not exempt it): such a supervisor answers PR_SET_DUMPABLE itself (the
+    kernel's checks, then 0, the process stays dumpable) and PR_GET_DUMPABLE
+    with what the process set. One with the capability lets both run.
+    """
+    option = call.args[0] & 0xFFFFFFFF
+    if option == PR_SET_MM:
+        return Fail(errno.EPERM)
+    if env.reads_undumpable:
+        return CONTINUE
+    if option == PR_SET_DUMPABLE:
+        if call.args[1] not in (0, 1):  # SUID_DUMP_DISABLE, SUID_DUMP_USER
+            return Fail(errno.EINVAL)
+        call.proc.dumpable = call.args[1]
+        return Return(0)
+    return Return(call.proc.dumpable)
 
 
 def _refused_owner(call: Call, env: Env, who: int, group: bool) -> bool:

@@ -15,7 +15,7 @@ import sys
 import pytest
 from test_handlers import FakeEnv, FakeGuest
 
-from synthfs.interposer.actions import CONTINUE, Fail, RunChecked, Scratch
+from synthfs.interposer.actions import CONTINUE, Fail, Return, RunChecked, Scratch
 from synthfs.interposer.ports import Call, FsState, Proc
 from synthfs.interposer.syscalls import BY_NAME, SCRATCH_GUARD_END, Action, Cond, SyscallSpec
 
@@ -51,14 +51,9 @@ def run(name: str, *args: int, guest: FakeGuest | None = None, env: FakeEnv | No
 LOW = 0x1000  # inside FakeGuest's scratch area
 
 
-@pytest.mark.parametrize("name", ["pkey_mprotect", "remap_file_pages", "shmat", "brk", "prctl"])
+@pytest.mark.parametrize("name", ["pkey_mprotect", "remap_file_pages", "shmat", "brk"])
 def test_memory_guards(name: str) -> None:
     spec = BY_NAME[name]
-    if name == "prctl":  # PR_SET_MM, whatever the upper 32 bits say
-        assert spec.action is Action.ERRNO and spec.errno == errno.EPERM
-        assert trapped(spec, 35) and trapped(spec, 35 | 1 << 32)
-        assert not trapped(spec, 15)  # PR_SET_NAME runs natively
-        return
     if name == "shmat":
         assert trapped(spec, 3, LOW) and not trapped(spec, 3, 0)
         assert run(name, 3, LOW) == Fail(errno.EPERM)
@@ -75,6 +70,31 @@ def test_memory_guards(name: str) -> None:
     assert trapped(spec, LOW) and not trapped(spec, SCRATCH_GUARD_END)
     assert run(name, LOW, 4096) == Fail(errno.EPERM)
     assert run(name, 0x10000, 4096) is CONTINUE  # FakeGuest's area ends at 0x10000
+
+
+def test_prctl() -> None:
+    """PR_SET_MM is refused; PR_SET_DUMPABLE is answered, not done, by a supervisor
+    that could not read a non-dumpable guest's /proc files (no CAP_SYS_PTRACE)."""
+    spec = BY_NAME["prctl"]
+    for option in (35, 4, 3):  # PR_SET_MM, PR_SET_DUMPABLE, PR_GET_DUMPABLE
+        assert trapped(spec, option) and trapped(spec, option | 1 << 32)  # an int
+    assert not trapped(spec, 15)  # PR_SET_NAME runs natively
+    assert run("prctl", 35, 13) == Fail(errno.EPERM)
+    env = FakeEnv()
+    assert run("prctl", 4, 0, env=env) is CONTINUE  # with CAP_SYS_PTRACE: the kernel's
+    env.reads_undumpable = False
+    guest = FakeGuest()
+    proc = Proc(tgid=guest.tgid, fs=FsState())
+
+    def prctl(*args: int) -> object:
+        call = Call(spec.nr, "prctl", (*args, 0, 0, 0, 0, 0, 0)[:6], guest, proc)
+        return spec.handler(call, env)  # type: ignore[misc]
+
+    assert prctl(3) == Return(1)
+    assert prctl(4, 2) == Fail(errno.EINVAL) and prctl(4, 1 << 32) == Fail(errno.EINVAL)
+    assert prctl(4, 0) == Return(0) and proc.dumpable == 0
+    assert prctl(3) == Return(0)
+    assert prctl(35, 13) == Fail(errno.EPERM)
 
 
 def test_file_system_wide_ioctls_are_refused() -> None:

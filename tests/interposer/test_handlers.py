@@ -200,6 +200,7 @@ class FakeHost:
 
 class FakeEnv:
     uid = gid = 1000
+    reads_undumpable = True  # a supervisor with CAP_SYS_PTRACE (prctl runs natively)
 
     def __init__(self) -> None:
         self.ns = Namespace("/data")
