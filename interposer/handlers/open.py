@@ -31,6 +31,8 @@ O_PATH_FLAGS = abi.O_PATH | abi.O_DIRECTORY | abi.O_NOFOLLOW | abi.O_CLOEXEC
 #: __O_TMPFILE (the bit without O_DIRECTORY) and what must come with it.
 _O_TMPFILE_BIT = abi.O_TMPFILE & ~abi.O_DIRECTORY
 _O_TMPFILE_MASK = abi.O_TMPFILE | abi.O_CREAT
+#: the largest open_how openat2 takes (copy_struct_from_user: E2BIG beyond a page)
+_PAGE = 4096
 
 
 def open_flags_valid(flags: int) -> bool:
@@ -226,13 +228,17 @@ def sys_creat(call: Call, env: Env) -> Result:
 def sys_openat2(call: Call, env: Env) -> Result:
     a = call.args
     size = a[3]
+    if size > _PAGE:
+        return Fail(errno.E2BIG)
     if size < abi.OPEN_HOW.size:
         return Fail(errno.EINVAL)
     try:
-        raw = call.guest.read(a[2], abi.OPEN_HOW.size)
+        raw = call.guest.read(a[2], size)
     except OSError:
         return Fail(errno.EFAULT)
-    flags, mode, resolve = abi.OPEN_HOW.unpack(raw)
+    if raw[abi.OPEN_HOW.size:].strip(b"\0"):
+        return Fail(errno.E2BIG)  # a field of a later kernel the caller set: not ignored
+    flags, mode, resolve = abi.OPEN_HOW.unpack(raw[:abi.OPEN_HOW.size])
     if flags >> 32 or mode & ~0o7777 or resolve & ~0x3F:
         return Fail(errno.EINVAL)
     if mode and not flags & (abi.O_CREAT | _O_TMPFILE_BIT):

@@ -694,6 +694,27 @@ t("open link O_PATH|O_NOFOLLOW|O_TRUNC",
 print(os.path.getsize(f"{r}/a.txt"), sorted(os.listdir(r)))
 """
 
+#: openat2's open_how size: more than the kernel knows only when the rest is zero, at most
+#: a page (E2BIG; review round 12, finding 15), less than its 24 bytes EINVAL.
+PY_OPENAT2_SIZE = PY_EDGE + """
+def raw(path, how, size):
+    buf = ctypes.create_string_buffer(how, max(len(how), 1))
+    fd = libc.syscall(437, -100, path.encode(), buf, size)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "openat2")
+    return fd
+base = struct.pack("QQQ", os.O_RDONLY, 0, 0)
+for what in ("a.txt", "d"):
+    p = f"{r}/{what}"
+    t(f"{what} 24", lambda: raw(p, base, 24))
+    t(f"{what} 32 zero", lambda: raw(p, base + bytes(8), 32))
+    t(f"{what} 32 set", lambda: raw(p, base + b"\\1" + bytes(7), 32))
+    t(f"{what} page", lambda: raw(p, base + bytes(4096 - 24), 4096))
+    t(f"{what} page+1", lambda: raw(p, base + bytes(4097 - 24), 4097))
+    t(f"{what} 1 MiB", lambda: raw(p, base + bytes((1 << 20) - 24), 1 << 20))
+    t(f"{what} 16", lambda: raw(p, base, 16))
+"""
+
 #: O_TMPFILE: the flag combinations the kernel refuses (EINVAL before any lookup)
 #: and lookups that fail; the valid ones are py_tmpfile (a documented divergence).
 PY_O_TMPFILE = PY_EDGE + """
@@ -1279,6 +1300,7 @@ CASES: list[Case] = [
     Case("py_errno_slash_new", py(PY_SLASH_NEW)),
     Case("py_errno_slash_existing", py(PY_SLASH_EXISTING)),
     Case("py_errno_o_path", py(PY_O_PATH)),
+    Case("py_errno_openat2_size", py(PY_OPENAT2_SIZE)),
     Case("py_errno_o_tmpfile", py(PY_O_TMPFILE)),
     Case("py_utimes_null", (PY, "-I", "-c", PY_UTIMES_NULL), cwd="."),
     Case("py_errno_name_max", py(PY_NAME_MAX)),
