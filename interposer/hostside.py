@@ -309,6 +309,11 @@ class HostSide:
         # per trusted process costs less than reading the pid's status file.
         return any(os.path.exists(f"/proc/{tp}/task/{pid}") for tp in group)
 
+    def outsider(self, pid: int) -> bool:
+        """See :class:`~interposer.ports.Host`: a pid that is gone is no outsider (the
+        kernel's ESRCH)."""
+        return not self.is_guest(pid) and os.path.exists(f"/proc/{pid}")
+
     def _learn(self) -> bool:
         """Trust whoever serves the trusted sockets now; False when one has no listener."""
         known = True

@@ -124,6 +124,10 @@ class Host(Protocol):
     def trusted(self, pid: int) -> bool:
         """Whether a pid or tid belongs to the supervisor, the agent or the server."""
 
+    def outsider(self, pid: int) -> bool:
+        """Whether a live pid or tid is no guest of this run (another run's supervisor,
+        agent or server, the user's shell...): a guest may not signal or change it."""
+
     def supervisor_group(self, pid: int, target: int) -> bool:
         """Whether kill(``target`` <= 0) by ``pid`` names the supervisor's own group."""
         ...

@@ -91,7 +91,8 @@ def _refused_owner(call: Call, env: Env, who: int, group: bool) -> bool:
 def sys_signal_guard(call: Call, env: Env) -> Result:
     """kill, tkill, tgkill, rt_(tg)sigqueueinfo, pidfd_open, and the calls that change
     another process (prlimit64, sched_set*, migrate_pages, move_pages) or read it
-    (get_robust_list): never toward a trusted process.
+    (get_robust_list): never toward a trusted process, nor any process that is not a
+    guest of this run.
 
     The first argument is the target (a pid, tgid or tid). kill(-1) (every
     process the user may signal) is refused, and so is kill(-PGID) of the
@@ -108,7 +109,9 @@ def sys_signal_guard(call: Call, env: Env) -> Result:
     """
     pid = s32(call.args[0])
     if pid > 0:
-        return Fail(errno.EPERM) if env.host.trusted(pid) else CONTINUE
+        # Nor toward a process outside the sandbox: another run's supervisor, agent or
+        # server (SIGSTOP one and that run hangs), the user's own shell.
+        return Fail(errno.EPERM) if env.host.trusted(pid) or env.host.outsider(pid) else CONTINUE
     sig = s32(call.args[1])
     if call.name != "kill" or sig == 0:
         return CONTINUE

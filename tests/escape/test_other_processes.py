@@ -117,3 +117,40 @@ def test_ps_still_sees_other_processes_and_a_guest_its_own(
     assert out.status == 0, out.show()
     assert out.stdout.splitlines() == ["True", str(pid), "CHILD_MARK=own-child", "True"], out.show()
     assert time.monotonic() - start < 60
+
+
+SIGNALS = """
+import os, signal, subprocess, sys, time
+pid = int(sys.argv[1])
+for what, call in (("stop", lambda: os.kill(pid, signal.SIGSTOP)),
+                   ("probe", lambda: os.kill(pid, 0)),
+                   ("pidfd", lambda: os.close(os.pidfd_open(pid))),
+                   ("affinity", lambda: os.sched_setaffinity(pid, {0}))):
+    try:
+        call()
+        print(what, "ok")
+    except OSError as e:
+        print(what, e.errno)
+child = subprocess.Popen(["sleep", "30"])
+os.kill(child.pid, signal.SIGTERM)
+print("own child", child.wait())
+"""
+
+
+def test_a_guest_does_not_signal_another_process(
+    bystander: tuple[int, int, Path], synthfs, tmp_path: Path
+) -> None:
+    """Another run's supervisor, agent or server is a process of the user like the
+    bystander: a guest stopped them at will, hanging that run (review round 12, finding
+    14). Processes outside the sandbox are not the guest's to signal or change; its own
+    are."""
+    pid, _fd, _held = bystander
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    out = synthfs.run(repo, [sys.executable, "-c", SIGNALS, str(pid)], cwd=tmp_path)
+    os.kill(pid, 18)  # SIGCONT, whatever happened
+    assert out.status == 0, out.show()
+    assert out.stdout.splitlines() == ["stop 1", "probe 1", "pidfd 1", "affinity 1",
+                                       "own child -15"], out.show()
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().split()[2] != "T"

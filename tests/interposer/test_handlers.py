@@ -188,6 +188,9 @@ class FakeHost:
     def trusted(self, pid: int) -> bool:
         return pid == 1
 
+    def outsider(self, pid: int) -> bool:
+        return pid == 5  # a process of the user outside the sandbox, in these tests
+
     def trusted_group(self, pgid: int) -> bool:
         return pgid == 7
 
