@@ -328,3 +328,31 @@ class SynthfsLauncher:
         return run_native(
             self.argv(repo, argv, stack=stack, extra=extra), cwd=cwd, env=env, umask=umask
         )
+
+
+def supervisor_fd_growth(launcher: SynthfsLauncher, repo: Path, argv: Sequence[str], *,
+                         cwd: Path, timeout: float = 120) -> int:
+    """How many more fds the supervisor holds after the guest's work than before it.
+
+    The guest prints a first line and waits for one on stdin, does its work, prints a
+    second line and waits again (so that it is still running when the supervisor's
+    fds are counted); it must then exit 0.
+    """
+    with launcher.stack(repo) as stack:
+        p = subprocess.Popen(launcher.argv(repo, argv, stack=stack), cwd=cwd,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout is not None and p.stdin is not None
+            counts = []
+            for step in ("work\n", "end\n"):
+                assert p.stdout.readline(), p.stderr.read() if p.stderr else ""
+                counts.append(len(os.listdir(f"/proc/{p.pid}/fd")))
+                p.stdin.write(step)
+                p.stdin.flush()
+            p.stdin.close()
+            assert p.wait(timeout=timeout) == 0, p.stderr.read() if p.stderr else ""
+        finally:
+            p.kill()
+            p.wait()
+    return counts[1] - counts[0]

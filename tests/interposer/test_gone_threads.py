@@ -11,11 +11,10 @@ EMFILE (review round 12, finding 6).
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
 
 pytestmark = pytest.mark.ptrace
@@ -55,32 +54,10 @@ sys.stdin.readline()
 """
 
 
-def _fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def test_a_guest_killed_in_a_pinned_connect_leaks_no_supervisor_fd(synthfs,
                                                                     tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
-    with synthfs.stack(repo) as stack:
-        p = subprocess.Popen(
-            synthfs.argv(repo, [sys.executable, "-c", GUEST, str(tmp_path / "full.sock"),
-                                str(KILLS)], stack=stack),
-            cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
-        try:
-            assert p.stdout is not None and p.stdin is not None
-            assert p.stdout.readline() == "ready\n"
-            before = _fds(p.pid)
-            p.stdin.write("go\n")
-            p.stdin.flush()
-            assert p.stdout.readline() == "done\n"
-            after = _fds(p.pid)
-            p.stdin.write("end\n")
-            p.stdin.close()
-            assert p.wait(timeout=60) == 0, p.stderr.read() if p.stderr else ""
-        finally:
-            p.kill()
-            p.wait()
-    assert after - before < KILLS // 4, (before, after)
+    argv = [sys.executable, "-c", GUEST, str(tmp_path / "full.sock"), str(KILLS)]
+    grew = helpers.supervisor_fd_growth(synthfs, repo, argv, cwd=tmp_path)
+    assert grew < KILLS // 4, grew
