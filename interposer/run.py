@@ -247,6 +247,14 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
         return _fail(str(exc))
     except PolicyError as exc:
         return _fail(f"bad policy: {exc}")
+    try:
+        links = os.stat(policy_file).st_nlink if policy_file else 1
+    except OSError as exc:
+        return _fail(f"--policy {policy_file}: {exc.strerror}")
+    if links > 1:
+        # The guests are refused the policy file by its name: not by another one.
+        return _fail(f"the policy file {policy_file} has {links} names (hard links): a guest "
+                     "could rewrite it through another one; copy it to a file of one name")
     if ns.mount not in policy.mounts:
         return _fail(
             f"the policy {args.policy} has no [[mount]] for {ns.mount} "

@@ -98,3 +98,18 @@ def test_a_script_whose_interpreter_is_a_fifo_fails_at_once(synthfs, tmp_path: P
     assert native.stdout == "status 126\n", native.show()
     assert out.stdout == native.stdout, out.show()
     assert took < 30, took
+
+
+def test_a_policy_file_of_two_names_is_refused(synthfs, tmp_path: Path) -> None:
+    """The guests are refused the policy file by its name: a hard link made before the
+    run was writable (review round 13, finding 4). Such a file is an error at start."""
+    work = tmp_path / "work"
+    work.mkdir()
+    policy = work / "ci.toml"
+    policy.write_text(POLICY.format(work=work))
+    os.link(policy, work / "other-name.toml")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    out = synthfs.run(repo, ["true"], cwd=work, extra=("--policy", str(policy)))
+    assert out.status == 2, out.show()
+    assert "has 2 names (hard links)" in out.stderr and "Traceback" not in out.stderr
