@@ -116,9 +116,13 @@ class Materialiser(Knowledge):
             self._void(path)  # before anything changes: readers must ask again
         e = self._entry(path)
         if flags & os.O_CREAT and e is None and path not in self._attrs:
-            # Nothing known of it: such an open usually creates. One exclusive create
-            # instead of a Stat and then a create; EEXIST: open what is there, below.
-            created = self._create(path, msg.mode, pin=writing)
+            # Nothing known of it: such an open usually creates. Here, when the server
+            # is known to lack the name and the create need not be exclusive (write-back);
+            # else one exclusive create instead of a Stat and then a create; EEXIST:
+            # open what is there, below.
+            guest_excl = flags & os.O_EXCL and not msg.claim  # (exclusive across agents)
+            here = None if guest_excl else self._create_here(path, msg.mode, pin=writing)
+            created = here or self._create(path, msg.mode, pin=writing)
             if created is not None:
                 return created
         try:
@@ -128,7 +132,7 @@ class Materialiser(Knowledge):
                 log.debug("open %s: promised (version %s), no round trip", path, promised.version)
             a = promised or self._other_names_first(path, self._stat_upstream(path))
         except FileNotFoundError:
-            self._forget(path)
+            self._attrs.pop(path, None)  # (a promise on the absence stays: _stat_upstream)
             if e is not None and self.cache.is_dirty(e):
                 a = e.attrs  # a dirty local copy wins (its upload will recreate it)
             elif not flags & os.O_CREAT:
@@ -214,6 +218,11 @@ class Materialiser(Knowledge):
         if dirty:
             e = self.cache.record(path, a, e.recorded, dirty=True)
         return e
+
+    def _create_here(self, path: str, mode: int, *, pin: bool) -> Message | None:
+        """Create ``path`` in this agent only, queued for the server (write-back:
+        agent.writeback); None: the server must create it (the default)."""
+        return None
 
     def _create(self, path: str, mode: int, *, pin: bool) -> Message | None:
         """Create ``path`` empty on the server, exclusively; None when it exists."""

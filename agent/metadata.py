@@ -122,6 +122,12 @@ class Knowledge(abc.ABC):
     #: Directory -> the server's listing and its entries by name (LRU order).
     _listings: collections.OrderedDict[str, tuple[Listing, dict[str, Attrs]]]
     _listed: int  # entries in self._listings
+    #: Files created in this agent and not on the server yet (write-back: queued), by
+    #: path: every Stat, Open and List this agent answers shows them (agent.writeback).
+    _created: dict[str, Attrs]
+    #: Paths the server said do not exist, while a callback promise holds on that
+    #: (a create of the name, by anyone, cancels it): a create needs no round trip.
+    _missing: set[str]
     promises: Promises
     leases: LeaseBoard | None
     leases_endpoint: str
@@ -150,6 +156,7 @@ class Knowledge(abc.ABC):
         """
         if self._listings:
             self._learnt(path, a)
+        self._missing.discard(path)
         if a.nlink > 1 and a.kind == FileKind.FILE:
             self._attrs.pop(path, None)
             self.promises.release(path)
@@ -172,10 +179,13 @@ class Knowledge(abc.ABC):
 
     def _forget(self, path: str, *, below: bool = False) -> None:
         self._attrs.pop(path, None)
+        self._missing.discard(path)
         self.promises.release(path)
         self._drop_listing(path)  # (its parent's fails its check: no promise on path)
         if below:
             prefix = path.rstrip("/") + "/"
+            for p in [p for p in self._missing if p.startswith(prefix)]:
+                self._missing.discard(p)
             for p in [p for p in self._attrs if p.startswith(prefix)]:
                 del self._attrs[p]
                 self.promises.release(p)
@@ -276,19 +286,40 @@ class Knowledge(abc.ABC):
         return e
 
     def _stat_upstream(self, path: str) -> Attrs:
-        """The server's attributes of ``path``; FileNotFoundError also when the kept
-        listing of its directory (promised, as a whole) lacks the name."""
-        parent = _parent(path) if path != "/" else ""
-        if (
-            self._kept_listing(parent) is not None  # (its promises checked)
-            and posixpath.basename(path) not in self._listings[parent][1]
-        ):
+        """The server's attributes of ``path`` (a file created here and not uploaded yet:
+        its own); FileNotFoundError also when the kept listing of its directory
+        (promised, as a whole) lacks the name, or a promise holds on its absence."""
+        created = self._created.get(path)
+        if created is not None:
+            return created
+        if self._known_absent(path):
             self.stats["promised_absent"] += 1
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
         stamp = self._stamp()
-        a = self.upstream.call(Stat(path=path), StatReply).attrs
+        try:
+            a = self.upstream.call(Stat(path=path), StatReply).attrs
+        except FileNotFoundError:
+            self._forget(path)
+            if stamp is not None:  # absent until an invalidation of the name says otherwise
+                self._missing.add(path)
+                self.promises.hold(path, stamp)
+            raise
         self._remember(path, a, stamp)
         return a
+
+    def _known_absent(self, path: str) -> bool:
+        """Whether the server has no ``path``, as a promise vouches (no round trip): the
+        kept listing of its directory lacks the name, or the server said so itself."""
+        if path in self._created:
+            return False
+        if path in self._missing:
+            self._catch_up()
+            if self.promises.holds(path):
+                return True
+            self._missing.discard(path)
+        parent = _parent(path) if path != "/" else ""
+        return (self._kept_listing(parent) is not None  # (its promises checked)
+                and posixpath.basename(path) not in self._listings[parent][1])
 
 
 class MetadataHandlers(Knowledge):
@@ -314,11 +345,9 @@ class MetadataHandlers(Knowledge):
         if hit is not None and (hit[1] > time.monotonic() or self._promised(path) is not None):
             self.stats["attr_hits"] += 1
             return StatReply(attrs=self._present(path, hit[0]))
-        try:
-            a = self._other_names_first(path, self._stat_upstream(path))
-        except FileNotFoundError:
-            self._forget(path)
-            raise
+        if hit is not None:
+            self._forget(path)  # (stale: the server is asked below)
+        a = self._other_names_first(path, self._stat_upstream(path))
         return StatReply(attrs=self._present(path, a))
 
     def list(self, msg: List) -> Message:
@@ -343,6 +372,7 @@ class MetadataHandlers(Knowledge):
         leasable = []
         same = True
         prefix = path if path == "/" else path + "/"
+        created = self._created_in(path, listing)
         for d in listing.entries:
             child = prefix + d.name
             shown = self._present(child, d.attrs)
@@ -353,11 +383,24 @@ class MetadataHandlers(Knowledge):
                 same = False
             if promised and self.leases is not None and self._leasable(child, d.attrs, shown):
                 leasable.append(d.name)
+        for name, a in created:
+            entries.append(DirEntry(name=name, attrs=self._present(prefix + name, a)))
+            same = False
         if leasable:
             return self._list_leased(path, listing.attrs, entries, leasable)
         if same and not listing.leased:
             return listing  # frozen: the same object serves every request
         return Listing(attrs=listing.attrs, entries=entries)  # converter=tuple
+
+    def _created_in(self, path: str, listing: Listing) -> Sequence[tuple[str, Attrs]]:
+        """The files created here in directory ``path`` that ``listing`` lacks."""
+        if not self._created:
+            return []
+        prefix = path if path == "/" else path + "/"
+        names = {d.name for d in listing.entries}
+        return sorted((p[len(prefix):], a) for p, a in self._created.items()
+                      if p.startswith(prefix) and "/" not in p[len(prefix):]
+                      and p[len(prefix):] not in names)
 
     def _leasable(self, path: str, a: Attrs, shown: Attrs) -> bool:
         """Whether a listing may lease ``path``, listed by the server as ``a`` and shown

@@ -69,6 +69,7 @@ import os
 import secrets
 import signal
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator
 
@@ -83,14 +84,18 @@ from synthfs.protocol.messages import (
     Commit,
     Committed,
     Done,
+    FileKind,
     Link,
     Message,
+    Mkdir,
     Open,
+    Opened,
     Remove,
     Rename,
     RenameFlags,
     SetAttr,
     StatReply,
+    Symlink,
     Sync,
     Synced,
     UploadChunk,
@@ -130,6 +135,11 @@ CREATE TABLE IF NOT EXISTS queue (
 #: (ino, size, mtime_ns): what a write to a copy changes (a chmod or rename moves only ctime)
 Written = tuple[int, int, int]
 _FICLONE = 0x40049409  # ioctl(dst, FICLONE, src): share src's extents (btrfs, XFS, bcachefs)
+#: The version of a file created here and not uploaded yet (a server's is never empty).
+_CREATED = ""
+#: Inode numbers of files created here (above what file systems hand out; the
+#: interposer keeps the number a path first showed: interposer/inodes.py).
+_CREATED_INO = 1 << 61
 
 
 def _written(st: os.stat_result) -> Written:
@@ -352,6 +362,7 @@ class WriteBack(Knowledge):
     journal: Journal | None
     #: (agent.upload.Uploads, a later base of the service)
     _send_file: Callable[..., tuple[Attrs, os.stat_result, tuple[int, int] | None]]
+    _match_mode: Callable[[Entry, int], None]  # (agent.materialise.Materialiser)
     upload_delay: float
     _retry_at: float  # monotonic: no background upload before (a back-off)
     _backoff: float
@@ -364,7 +375,12 @@ class WriteBack(Knowledge):
         self._backoff = 0.0
         self._stuck = {}
         self._held = set()
+        self._created = {}
         if self.journal is not None:
+            for path in self.journal.rows:  # created here before a restart, not uploaded
+                e = self.cache.get(path)
+                if e is not None and e.attrs.version == _CREATED:
+                    self._created[path] = e.attrs
             named = set(self.journal.snaps.values())
             for name in self.cache.snaps():  # kept aside, but the agent died before naming it
                 if name not in named:
@@ -397,6 +413,43 @@ class WriteBack(Knowledge):
             if path in j and path not in j.snaps:
                 self._keep_aside(path)  # before the guest can write the closed version
         return super().open(msg)  # type: ignore[misc]
+
+    def _create_here(self, path: str, mode: int, *, pin: bool) -> Message | None:
+        """A create that needs no server: the name is known absent there (a promise
+        vouches) and the open is not exclusive. The empty copy is the file, dirty: its
+        close queues it like any other, and its upload creates it on the server (last
+        upload wins there, as for any two writers). Until then this agent's Stat, Open
+        and List show it, and its remove never reaches the server."""
+        if self.journal is None or not self._known_absent(path):
+            return None
+        now = time.time_ns()
+        fd, tmp = self.cache.new_temp()
+        try:
+            ino = _CREATED_INO + os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
+        a = Attrs(kind=FileKind.FILE, size=0, mode=stat.S_IMODE(mode), mtime_ns=now,
+                  ctime_ns=now, ino=ino, version=_CREATED)
+        e = self.cache.install(path, tmp, a)
+        e = self.cache.record(path, a, e.recorded, dirty=True)
+        e.pinned = pin
+        self._created[path] = a
+        self._missing.discard(path)
+        self.stats["local_creates"] += 1
+        self._match_mode(e, a.mode)
+        return Opened(host_path=self.cache.object_path(path), attrs=a)
+
+    def _homed(self, *paths: str) -> None:
+        """Upload the files created here at or below ``paths`` (not on the server yet):
+        a namespace change the server makes must find them there."""
+        for path in paths:
+            prefix = path.rstrip("/") + "/"
+            for p in [p for p in self._created if p == path or p.startswith(prefix)]:
+                if self._entry(p) is None:
+                    self._created.pop(p, None)
+                    continue
+                self._stuck.pop(p, None)
+                self._upload(p)
 
     def _lease(self, path: str, e: Entry, a: Attrs) -> tuple[str, int, int] | None:
         """A lease on a queued copy as its close left it, until its upload.
@@ -617,6 +670,22 @@ class WriteBack(Knowledge):
                       oldest_ms=max(0, int((time.time() - oldest) * 1000)))
 
     def remove(self, msg: Remove) -> Message:
+        path = _check_path(msg.path)
+        if path in self._created and not msg.directory:
+            # Never on the server: the name goes here, and nothing reaches the server.
+            self._void(path, tree=True)
+            del self._created[path]
+            if self.journal is not None:
+                self.journal.done(path)
+            self._stuck.pop(path, None)
+            self._held.discard(path)
+            self.cache.drop(path)
+            self.stats["local_removes"] += 1
+            return Done()
+        if msg.directory and any(p.startswith(path.rstrip("/") + "/") for p in self._created):
+            raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
+        if path in self._created:
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         reply = super().remove(msg)  # type: ignore[misc]
         j = self.journal
         if j is not None:
@@ -628,6 +697,7 @@ class WriteBack(Knowledge):
 
     def rename(self, msg: Rename) -> Message:
         j = self.journal
+        self._homed(_check_path(msg.src), _check_path(msg.dst))
         if j is not None:
             src, dst = _check_path(msg.src), _check_path(msg.dst)
             # The server renames what it has: it must have what was closed under src.
@@ -643,11 +713,23 @@ class WriteBack(Knowledge):
         return reply
 
     def link(self, msg: Link) -> Message:
+        self._homed(_check_path(msg.src), _check_path(msg.dst))
         if self.journal is not None:
             self._flush(self.journal.under(_check_path(msg.src)))
         return super().link(msg)  # type: ignore[misc]
 
+    def mkdir(self, msg: Mkdir) -> Message:
+        if _check_path(msg.path) in self._created:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        return super().mkdir(msg)  # type: ignore[misc]
+
+    def symlink(self, msg: Symlink) -> Message:
+        if _check_path(msg.path) in self._created:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        return super().symlink(msg)  # type: ignore[misc]
+
     def setattr(self, msg: SetAttr) -> Message:
+        self._homed(_check_path(msg.path))
         reply = super().setattr(msg)  # type: ignore[misc]
         j = self.journal
         path = _check_path(msg.path)
@@ -977,6 +1059,7 @@ class WriteBack(Knowledge):
             recorded, changed = (e.recorded if e is not None else signature(st0)), True
         if e is not None:
             self.cache.record(path, a, recorded, dirty=changed)
+        self._created.pop(path, None)
         self.stats["uploads"] += 1
         self._forget(_parent(path))
         self._remember(path, a, stamp)
