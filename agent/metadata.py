@@ -446,8 +446,14 @@ class MetadataHandlers(Knowledge):
         path = _check_path(msg.path)
         self._void(path, tree=True)
         self._forget(_parent(path))
+        stamp = self._stamp()
         reply = self.upstream.call(Mkdir(path=path, mode=msg.mode), StatReply)
-        self._remember(path, reply.attrs)
+        self._remember(path, reply.attrs, stamp)
+        if stamp is not None:
+            # Made empty: a listing of nothing, promised from before the request (an
+            # entry anyone adds publishes the directory), so that the names created
+            # in it next are known absent without a round trip each.
+            self._keep_listing(path, Listing(attrs=reply.attrs, entries=()))
         return reply
 
     def symlink(self, msg: Symlink) -> Message:

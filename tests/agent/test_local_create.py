@@ -7,6 +7,7 @@ plays the interposer, which claims a name it saw absent with O_EXCL (``Open.clai
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -180,6 +181,46 @@ def test_local_creates_are_replayed_after_sigkill(wb: Stack) -> None:
     assert wait_until(arrived, 15), wb.agent.output()
 
 
+@contextlib.contextmanager
+def _other_agent(stack: Stack, tmp_path: Path) -> Iterator[Client]:
+    """A write-through agent on the same server (its own socket and cache)."""
+    run2 = tmp_path / "run2"
+    run2.mkdir(mode=0o700)
+    ep2 = f"ipc://{run2}/agent.sock"
+    other = Proc("agent2", [sys.executable, "-m", "synthfs.agent", "--server", stack.server_ep,
+                            "--bootstrap-key", str(stack.key), "--listen", ep2,
+                            "--cache", str(tmp_path / "cache2")], tmp_path / "agent2.log")
+    other.wait_ready()
+    try:
+        with Client(ep2, timeout=10, retries=0) as c2:
+            yield c2
+    finally:
+        other.stop()
+
+
+def _write_on_server(c2: Client, path: str, body: bytes) -> None:
+    o = c2.call(Open(path=path, flags=CLAIM, mode=0o644))
+    assert isinstance(o, Opened)  # the server had no such name
+    Path(o.host_path).write_bytes(body)
+    c2.call(Commit(path=path, wait=True))
+
+
+def test_names_in_a_directory_made_here_are_known_absent_until_another_agent_adds_one(
+        wb: Stack, tmp_path: Path) -> None:
+    c = wb.clients[0]
+    c.call(Mkdir(path="/d/n", mode=0o755))
+    before = _requests(wb)
+    with pytest.raises(FileNotFoundError):
+        c.call(Stat(path="/d/n/x"))
+    _create(c, "/d/n/x", b"x")
+    assert _requests(wb) == before  # no Stat, no create
+    with _other_agent(wb, tmp_path) as c2:
+        _write_on_server(c2, "/d/n/y", b"theirs")
+    assert _listed(c, "/d/n") == {"x": 1, "y": 6}
+    st = c.call(Stat(path="/d/n/y"))
+    assert isinstance(st, StatReply) and st.attrs.size == 6
+
+
 def test_a_name_another_agent_created_meanwhile_gets_the_last_upload(
         wb: Stack, tmp_path: Path) -> None:
     # Two agents creating one name: as for any two writers, the server's commit order
@@ -187,21 +228,8 @@ def test_a_name_another_agent_created_meanwhile_gets_the_last_upload(
     # shows its own file.
     c = wb.clients[0]
     _create(c, "/d/both", b"ours, queued")
-    run2 = tmp_path / "run2"
-    run2.mkdir(mode=0o700)
-    ep2 = f"ipc://{run2}/agent.sock"
-    other = Proc("agent2", [sys.executable, "-m", "synthfs.agent", "--server", wb.server_ep,
-                            "--bootstrap-key", str(wb.key), "--listen", ep2,
-                            "--cache", str(tmp_path / "cache2")], tmp_path / "agent2.log")
-    other.wait_ready()
-    try:
-        with Client(ep2, timeout=10, retries=0) as c2:
-            o = c2.call(Open(path="/d/both", flags=CLAIM, mode=0o644))
-            assert isinstance(o, Opened)  # the server had no such name
-            Path(o.host_path).write_bytes(b"theirs, fsynced")
-            c2.call(Commit(path="/d/both", wait=True))
-    finally:
-        other.stop()
+    with _other_agent(wb, tmp_path) as c2:
+        _write_on_server(c2, "/d/both", b"theirs, fsynced")
     assert (wb.root / "d" / "both").read_bytes() == b"theirs, fsynced"
     st = c.call(Stat(path="/d/both"))
     assert isinstance(st, StatReply) and st.attrs.size == len(b"ours, queued")
