@@ -21,7 +21,9 @@ Semantics (the interposer depends on them):
   file's host path. An ``O_CREAT`` open of a path the agent knows nothing of
   tries an exclusive create first (one round trip instead of a Stat and a
   create; EEXIST: it exists, and is opened as above); no create ever replaces
-  a file another client made meanwhile.
+  a file another client made meanwhile. A write-back agent makes a create the
+  server is known to lack itself (:meth:`Materialiser._create_here`,
+  :mod:`agent.writeback`), unless the guest asked for ``O_EXCL``.
 * With a lease channel (:mod:`synthfs.protocol.leases`), a read-only ``Open`` of a clean
   copy under a callback promise carries a lease: the interposer opens that copy
   itself until the lease is voided; a ``List`` reply carries leases on the

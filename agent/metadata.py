@@ -31,6 +31,10 @@ Semantics (the interposer depends on them):
   see :mod:`agent.materialise`).
   A name such a listing lacks does not exist: its ``Stat`` (and an ``Open``'s
   revalidation, an ``O_CREAT`` one's too) gets ENOENT without the server.
+  So does a name the server said does not exist while a promise holds on it
+  (``_missing``), and a directory this agent made starts as an empty kept
+  listing. Files created here and not uploaded (``_created``, write-back) are
+  shown by Stat, Open and List as if the server had them.
 * Wherever a path has a dirty local copy, its size and mtime/ctime come from
   that copy.
 """

@@ -44,13 +44,22 @@ Semantics (README, docs/architecture.md "Write-back"):
 * A rename, link or truncation of a queued path first uploads it (the server
   applies namespace changes at once, in the order the guests made them); a
   remove drops its row; mkdir/rmdir go to the server at once.
+* Local creates (:meth:`WriteBack._create_here`): an ``O_CREAT`` open of a name a
+  promise says the server lacks, without the guest's ``O_EXCL`` (``Open.claim``:
+  the interposer's own), makes the file here only, dirty; Stat, Open and List
+  show it (``_created``) until its upload creates it on the server (not
+  exclusively: a name another agent made meanwhile is replaced, the later commit
+  wins). Its remove before that sends nothing; a rename, link or setattr naming
+  it uploads it first (:meth:`WriteBack._homed`); rmdir of its directory is
+  ENOTEMPTY. After a restart, rows whose copy has no server version are such
+  files again.
 * The journal survives SIGKILL, power loss and restarts: the next agent on
   this cache sends every row it finds at once (their copies are kept even if
   the cache's unsynced index lost them). A close the journal cannot record
   (its disk is full) uploads before it returns, as with ``--write-through``.
 * Two agents writing one path: the server's commit order decides (the last
-  upload to commit wins, as the last close does in AFS); an exclusive create
-  is decided by the server before the guest's ``open`` returns.
+  upload to commit wins, as the last close does in AFS); a guest's exclusive
+  create is decided by the server before its ``open`` returns.
 * An upload the server refuses for good (the parent directory went away,
   the name became a directory) drops its row with an error in the log; one
   the server could not take (down, full) stays queued and is retried, with a
