@@ -429,7 +429,8 @@ class WriteBack(Knowledge):
         close queues it like any other, and its upload creates it on the server (last
         upload wins there, as for any two writers). Until then this agent's Stat, Open
         and List show it, and its remove never reaches the server."""
-        if self.journal is None or not self._known_absent(path):
+        if self.journal is None or not self._known_absent(path) or not self._a_directory(
+                _parent(path)):
             return None
         now = time.time_ns()
         fd, tmp = self.cache.new_temp()
@@ -447,6 +448,16 @@ class WriteBack(Knowledge):
         self.stats["local_creates"] += 1
         self._match_mode(e, a.mode)
         return Opened(host_path=self.cache.object_path(path), attrs=a)
+
+    def _a_directory(self, path: str) -> bool:
+        """Whether a promise vouches that the server has a directory at ``path`` (the
+        upload of a name created in it must find it)."""
+        if path in self._created:
+            return False
+        if self._kept_listing(path) is not None:
+            return True
+        a = self._promised(path)
+        return a is not None and a.kind == FileKind.DIR
 
     def _homed(self, *paths: str) -> None:
         """Upload the files created here at or below ``paths`` (not on the server yet):

@@ -125,6 +125,7 @@ def test_a_file_created_and_removed_before_its_upload_never_reaches_the_server(
 def test_a_stat_that_found_nothing_lets_the_create_skip_the_server(wb: Stack) -> None:
     c = wb.clients[0]
     (wb.root / "e").mkdir()  # behind the server's back: nothing of /e is known yet
+    c.call(Stat(path="/e"))  # (the interposer looks at every directory on the way)
     with pytest.raises(FileNotFoundError):
         c.call(Stat(path="/e/f"))
     before = _requests(wb)
@@ -132,6 +133,17 @@ def test_a_stat_that_found_nothing_lets_the_create_skip_the_server(wb: Stack) ->
     assert _requests(wb) == before
     assert c.call(Sync(wait=True)) == Synced(uploaded=1)
     assert (wb.root / "e" / "f").read_bytes() == b"after a stat"
+
+
+def test_a_create_in_a_directory_the_server_lacks_fails_at_open(wb: Stack) -> None:
+    c = wb.clients[0]
+    with pytest.raises(FileNotFoundError):
+        c.call(Stat(path="/nodir/f"))  # absent (promised): but so is its directory
+    with pytest.raises(FileNotFoundError):
+        c.call(Open(path="/nodir/f", flags=CLAIM, mode=0o644, claim=True))
+    _create(c, "/d/file", b"")
+    with pytest.raises(OSError):  # below a file created here: not a directory
+        c.call(Open(path="/d/file/f", flags=CLAIM, mode=0o644, claim=True))
 
 
 def test_a_guests_exclusive_create_is_decided_by_the_server(wb: Stack) -> None:
