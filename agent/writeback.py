@@ -377,6 +377,8 @@ class WriteBack(Knowledge):
     _backoff: float
     _stuck: dict[str, float]  # path -> time.time() of its next try
     _held: set[str]  # stuck because a guest writes the copy since its close
+    #: created here (``_created``) and not queued yet -> time.time() of the create
+    _unqueued: dict[str, float]
 
     def _open_journal(self, write_through: bool) -> None:
         self.journal = None if write_through else Journal(self.cache.dir, self.cache.unlink_snap)
@@ -385,6 +387,7 @@ class WriteBack(Knowledge):
         self._stuck = {}
         self._held = set()
         self._created = {}
+        self._unqueued = {}
         if self.journal is not None:
             for path in self.journal.rows:  # created here before a restart, not uploaded
                 e = self.cache.get(path)
@@ -403,6 +406,11 @@ class WriteBack(Knowledge):
         j = self.journal
         if j is None:
             return
+        try:
+            self._queue(*[p for p in self._unqueued
+                          if p in self._created and self._entry(p) is not None])
+        except OSError as exc:
+            log.warning("write-back: cannot queue the files created here (%s)", exc)
         if j:
             try:
                 self._drain(everything=True)
@@ -444,6 +452,7 @@ class WriteBack(Knowledge):
         e = self.cache.record(path, a, e.recorded, dirty=True)
         e.pinned = pin
         self._created[path] = a
+        self._unqueued[path] = time.time()  # (its close queues it; else the loop does)
         self._missing.discard(path)
         self.stats["local_creates"] += 1
         self._match_mode(e, a.mode)
@@ -667,6 +676,7 @@ class WriteBack(Knowledge):
             for path, sig in sigs:
                 j.add(path, sig)
         for path in paths:
+            self._unqueued.pop(path, None)
             if path in self._held:  # it waited for this close
                 self._held.discard(path)
                 self._stuck.pop(path, None)
@@ -695,6 +705,7 @@ class WriteBack(Knowledge):
             # Never on the server: the name goes here, and nothing reaches the server.
             self._void(path, tree=True)
             del self._created[path]
+            self._unqueued.pop(path, None)
             if self.journal is not None:
                 self.journal.done(path)
             self._stuck.pop(path, None)
@@ -794,16 +805,19 @@ class WriteBack(Knowledge):
     def writeback_due(self) -> float | None:
         """Seconds until queued uploads should start (0: now); None: nothing queued."""
         j = self.journal
-        if not j:
+        if j is None or not (j or self._unqueued):
             return None
         now = time.monotonic()
         if now < self._retry_at:
             return self._retry_at - now
         oldest, waits = self._oldest_ready()
+        created = next(iter(self._unqueued.values()), None)
         # Held a fifth of the bound (a file removed meanwhile is never sent), then sent
-        # whenever the agent is idle; at half the bound even while requests wait.
-        soonest = min(t for t in (None if oldest is None else oldest + self.upload_delay / 5,
-                                  waits) if t is not None)
+        # whenever the agent is idle; at half the bound even while requests wait. A file
+        # created here and closed by no writer (a lock file) is queued as late.
+        soonest = min(t + self.upload_delay / 5 for t in (oldest, created) if t is not None) \
+            if oldest is not None or created is not None else None
+        soonest = min(t for t in (soonest, waits) if t is not None)
         return max(0.0, soonest - time.time())
 
     def writeback_urgent(self) -> bool:
@@ -819,6 +833,7 @@ class WriteBack(Knowledge):
         if self.writeback_due() != 0.0:
             return
         try:
+            self._queue_created()
             self._drain(everything=False)
         except Exception as exc:  # the loop must go on; the rows stay queued
             self._backoff = min(_BACKOFF_MAX, max(0.5, self._backoff * 2))
@@ -831,6 +846,30 @@ class WriteBack(Knowledge):
         if self._backoff:
             log.info("write-back: the server takes uploads again")
         self._backoff = 0.0
+
+    def _queue_created(self) -> None:
+        """Queue the files created here a fifth of the bound ago that no close queued
+        (opened without writing: ``flock``'s lock file, ``open(O_CREAT)`` then ``close``
+        of a read-only fd sends no Commit). One still open for writing: its close will."""
+        due = time.time() - self.upload_delay / 5
+        todo = []
+        for path, t in list(self._unqueued.items()):
+            if t > due:
+                break  # (in the order they were created)
+            del self._unqueued[path]
+            if path not in self._created or self.journal is None or path in self.journal:
+                continue
+            if self._being_written(path):
+                self._unqueued[path] = time.time()  # looked at again later
+                continue
+            todo.append(path)
+        if todo:
+            try:
+                self._queue(*todo)
+            except OSError:
+                now = time.time()
+                self._unqueued.update((p, now) for p in todo)  # tried again after a while
+                raise
 
     def _flush(self, paths: list[str]) -> None:
         """Upload ``paths`` now (before a namespace change that depends on them)."""

@@ -55,6 +55,14 @@ def _listed(c: Client, path: str) -> dict[str, int]:
     return {d.name: d.attrs.size for d in reply.entries}
 
 
+def _promised_list(stack: Stack, c: Client, path: str) -> bool:
+    """Whether the agent answers a List of ``path`` from memory (promises live)."""
+    _listed(c, path)
+    before = _requests(stack)
+    _listed(c, path)
+    return _requests(stack) == before
+
+
 @pytest.fixture
 def wb(stack: Stack) -> Iterator[Stack]:
     """Server -vv --publish; a --write-back agent (nothing uploaded behind the test's
@@ -68,14 +76,7 @@ def wb(stack: Stack) -> Iterator[Stack]:
     stack.start_server("-vv", "--publish", pub)
     stack.start_agent()
     c = stack.client()
-
-    def promised() -> bool:
-        _listed(c, "/d")
-        before = _requests(stack)
-        _listed(c, "/d")
-        return _requests(stack) == before
-
-    assert wait_until(promised, 10)
+    assert wait_until(lambda: _promised_list(stack, c, "/d"), 10)
     try:
         yield stack
     finally:
@@ -169,6 +170,30 @@ def test_namespace_changes_find_a_local_create_on_the_server(wb: Stack) -> None:
     with pytest.raises(OSError) as busy:
         c.call(Remove(path="/d/sub", directory=True))
     assert busy.value.errno == errno.ENOTEMPTY
+
+
+def test_a_created_file_no_writer_closed_still_reaches_the_server(wb: Stack) -> None:
+    # flock(1) opens its lock file O_RDONLY|O_CREAT: its close sends no Commit. The
+    # agent queues such a file itself (within a fifth of the bound), and at its exit.
+    c = wb.clients[0]
+    o = c.call(Open(path="/d/lock", flags=os.O_RDONLY | os.O_CREAT | os.O_EXCL, mode=0o644,
+                    claim=True))
+    assert isinstance(o, Opened)
+    assert not (wb.root / "d" / "lock").exists()
+    assert wb.agent is not None
+    wb.agent.stop()  # SIGTERM: what is queued goes before it ends
+    assert (wb.root / "d" / "lock").exists()
+    c.close()
+    wb.clients.clear()
+    wb.start_agent("--upload-delay", "5")  # (queued by the loop 1 s after its create)
+    c = wb.client()
+    assert wait_until(lambda: _promised_list(wb, c, "/d"), 10)
+    assert _listed(c, "/d") == {"old": 13, "lock": 0}
+    o = c.call(Open(path="/d/lock2", flags=os.O_RDONLY | os.O_CREAT | os.O_EXCL, mode=0o644,
+                    claim=True))
+    assert isinstance(o, Opened)
+    assert not (wb.root / "d" / "lock2").exists()  # created in the agent
+    assert wait_until(lambda: (wb.root / "d" / "lock2").exists(), 10)
 
 
 def test_local_creates_are_replayed_after_sigkill(wb: Stack) -> None:
