@@ -237,7 +237,7 @@ class Materialiser(Knowledge):
             ).attrs
         except FileExistsError:
             return None
-        self._forget(_parent(path))
+        self._listing_changed(_parent(path))
         self._remember(path, a, stamp)
         e = self._empty_copy(path, a, dirty=False)
         e.pinned = pin

@@ -196,6 +196,18 @@ class Knowledge(abc.ABC):
             for p in [p for p in self._listings if p.startswith(prefix)]:
                 self._drop_listing(p)
 
+    def _listing_changed(self, path: str) -> None:
+        """This agent added or removed an entry of directory ``path``: its listing and
+        attributes are stale (a Stat asks), and it is still the directory it was (a
+        create in it may be local: agent.writeback) while its promise holds as one."""
+        self._drop_listing(path)
+        hit = self._attrs.get(path)
+        if hit is None or hit[0].kind != FileKind.DIR:
+            self._forget(path)
+            return
+        self._attrs[path] = (hit[0], 0.0)
+        self.promises.listing_changed(path)
+
     def _stamp(self) -> tuple[int, int] | None:
         """A promise stamp for the request about to be sent (None: no promise possible)."""
         self._catch_up()
@@ -218,7 +230,11 @@ class Knowledge(abc.ABC):
 
     def _invalidated(self, path: str, version: str, parent: bool) -> None:
         """An invalidation from the server: what the agent knows of ``path`` is stale."""
-        self._attrs.pop(path, None)
+        hit = self._attrs.pop(path, None)
+        if parent and hit is not None:
+            # Its listing changed: stale for a Stat (no TTL left, no promise), still the
+            # directory it was while its promise holds as an object (a create in it).
+            self._attrs[path] = (hit[0], 0.0)
         self._drop_listing(path)
         self._drop_listing(_parent(path))  # an entry it may lack (no promise of it to break)
 
@@ -322,8 +338,14 @@ class Knowledge(abc.ABC):
                 return True
             self._missing.discard(path)
         parent = _parent(path) if path != "/" else ""
-        return (self._kept_listing(parent) is not None  # (its promises checked)
-                and posixpath.basename(path) not in self._listings[parent][1])
+        if (self._kept_listing(parent) is None  # (its promises checked: caught up)
+                or posixpath.basename(path) in self._listings[parent][1]):
+            return False
+        # Absent now, as promised: so it stays known when the listing goes (an entry
+        # added by this agent's own upload), until the name's invalidation.
+        self._missing.add(path)
+        self.promises.hold(path, self.promises.stamp())
+        return True
 
 
 class MetadataHandlers(Knowledge):
@@ -474,7 +496,7 @@ class MetadataHandlers(Knowledge):
             self._keep_in_other_names(path)
         self._void(path, tree=True)
         self._forget(path, below=True)
-        self._forget(_parent(path))
+        self._listing_changed(_parent(path))
         reply = self.upstream.call(Remove(path=path, directory=msg.directory), Done)
         self.cache.drop(path)
         return reply

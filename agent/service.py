@@ -169,7 +169,7 @@ class AgentService(WriteBack, MetadataHandlers, Materialiser, Uploads):
         for p in [
             p
             for p, (_, until) in self._attrs.items()
-            if until <= now and not self.promises.holds(p)
+            if until <= now and not self.promises.holds_object(p)
         ]:
             del self._attrs[p]
         for p in [p for p in self._missing if not self.promises.holds(p)]:

@@ -465,8 +465,11 @@ class WriteBack(Knowledge):
             return False
         if self._kept_listing(path) is not None:
             return True
-        a = self._promised(path)
-        return a is not None and a.kind == FileKind.DIR
+        hit = self._attrs.get(path)
+        if hit is None or hit[0].kind != FileKind.DIR:
+            return False
+        self._catch_up()
+        return self.promises.holds_object(path)  # (entries added since do not matter)
 
     def _homed(self, *paths: str) -> None:
         """Upload the files created here at or below ``paths`` (not on the server yet):
@@ -1120,7 +1123,7 @@ class WriteBack(Knowledge):
             self.cache.record(path, a, recorded, dirty=changed)
         self._created.pop(path, None)
         self.stats["uploads"] += 1
-        self._forget(_parent(path))
+        self._listing_changed(_parent(path))
         self._remember(path, a, stamp)
         if snap is not None or not changed:
             # (The copy written since a reopen queues itself at its close.)

@@ -136,6 +136,26 @@ def test_a_stat_that_found_nothing_lets_the_create_skip_the_server(wb: Stack) ->
     assert (wb.root / "e" / "f").read_bytes() == b"after a stat"
 
 
+def test_creates_stay_local_after_the_agents_own_upload_into_the_directory(
+        wb: Stack) -> None:
+    # The upload changes /d's listing (the kept one goes): /d is still the directory
+    # it was, and a name its listing lacked (or the server said is absent) stays so.
+    c = wb.clients[0]
+    with pytest.raises(FileNotFoundError):
+        c.call(Stat(path="/d/later"))  # from the kept listing
+    _create(c, "/d/first", b"1")
+    assert c.call(Sync(wait=True)) == Synced(uploaded=1)
+    before = _requests(wb)
+    _create(c, "/d/later", b"2")
+    with pytest.raises(FileNotFoundError):
+        c.call(Stat(path="/d/third"))  # the listing is gone: the server says so
+    _create(c, "/d/third", b"3")
+    assert _requests(wb) == before + 1  # that Stat only
+    assert not (wb.root / "d" / "later").exists() and not (wb.root / "d" / "third").exists()
+    assert c.call(Sync(wait=True)) == Synced(uploaded=2)
+    assert (wb.root / "d" / "third").read_bytes() == b"3"
+
+
 def test_a_create_in_a_directory_the_server_lacks_fails_at_open(wb: Stack) -> None:
     c = wb.clients[0]
     with pytest.raises(FileNotFoundError):
