@@ -211,6 +211,25 @@ class Promises:
             return False
         return self._tree_mark(path) <= n
 
+    def listing_changed(self, path: str) -> None:
+        """This agent changed an entry of directory ``path``: its promise ends as a parent
+        invalidation would end it (:meth:`holds_object` still holds)."""
+        self.n += 1
+        self._marks[path] = self.n
+
+    def holds_object(self, path: str) -> bool:
+        """:meth:`holds`, except that a change of the listing of ``path`` (a parent
+        invalidation: an entry came or went) does not end it: ``path`` is still the
+        object the agent knows (a directory that exists, though its entries changed)."""
+        h = self._held.get(path)
+        if h is None:
+            return False
+        epoch, n, since = h
+        now = self.clock()
+        if epoch != self.epoch or not self._live(now) or now - since > self.max_age:
+            return False
+        return self._tree_mark(path) <= n
+
     def _tree_mark(self, path: str) -> int:
         """The last invalidation of ``path`` or an ancestor as an object (0: none)."""
         top = 0

@@ -21,7 +21,9 @@ Semantics (the interposer depends on them):
   file's host path. An ``O_CREAT`` open of a path the agent knows nothing of
   tries an exclusive create first (one round trip instead of a Stat and a
   create; EEXIST: it exists, and is opened as above); no create ever replaces
-  a file another client made meanwhile.
+  a file another client made meanwhile. A write-back agent makes a create the
+  server is known to lack itself (:meth:`Materialiser._create_here`,
+  :mod:`agent.writeback`), unless the guest asked for ``O_EXCL``.
 * With a lease channel (:mod:`synthfs.protocol.leases`), a read-only ``Open`` of a clean
   copy under a callback promise carries a lease: the interposer opens that copy
   itself until the lease is voided; a ``List`` reply carries leases on the
@@ -116,9 +118,13 @@ class Materialiser(Knowledge):
             self._void(path)  # before anything changes: readers must ask again
         e = self._entry(path)
         if flags & os.O_CREAT and e is None and path not in self._attrs:
-            # Nothing known of it: such an open usually creates. One exclusive create
-            # instead of a Stat and then a create; EEXIST: open what is there, below.
-            created = self._create(path, msg.mode, pin=writing)
+            # Nothing known of it: such an open usually creates. Here, when the server
+            # is known to lack the name and the create need not be exclusive (write-back);
+            # else one exclusive create instead of a Stat and then a create; EEXIST:
+            # open what is there, below.
+            guest_excl = flags & os.O_EXCL and not msg.claim  # (exclusive across agents)
+            here = None if guest_excl else self._create_here(path, msg.mode, pin=writing)
+            created = here or self._create(path, msg.mode, pin=writing)
             if created is not None:
                 return created
         try:
@@ -128,7 +134,7 @@ class Materialiser(Knowledge):
                 log.debug("open %s: promised (version %s), no round trip", path, promised.version)
             a = promised or self._other_names_first(path, self._stat_upstream(path))
         except FileNotFoundError:
-            self._forget(path)
+            self._attrs.pop(path, None)  # (a promise on the absence stays: _stat_upstream)
             if e is not None and self.cache.is_dirty(e):
                 a = e.attrs  # a dirty local copy wins (its upload will recreate it)
             elif not flags & os.O_CREAT:
@@ -215,6 +221,11 @@ class Materialiser(Knowledge):
             e = self.cache.record(path, a, e.recorded, dirty=True)
         return e
 
+    def _create_here(self, path: str, mode: int, *, pin: bool) -> Message | None:
+        """Create ``path`` in this agent only, queued for the server (write-back:
+        agent.writeback); None: the server must create it (the default)."""
+        return None
+
     def _create(self, path: str, mode: int, *, pin: bool) -> Message | None:
         """Create ``path`` empty on the server, exclusively; None when it exists."""
         upload_id = secrets.token_hex(16)
@@ -226,7 +237,7 @@ class Materialiser(Knowledge):
             ).attrs
         except FileExistsError:
             return None
-        self._forget(_parent(path))
+        self._listing_changed(_parent(path))
         self._remember(path, a, stamp)
         e = self._empty_copy(path, a, dirty=False)
         e.pinned = pin

@@ -31,6 +31,10 @@ Semantics (the interposer depends on them):
   see :mod:`agent.materialise`).
   A name such a listing lacks does not exist: its ``Stat`` (and an ``Open``'s
   revalidation, an ``O_CREAT`` one's too) gets ENOENT without the server.
+  So does a name the server said does not exist while a promise holds on it
+  (``_missing``), and a directory this agent made starts as an empty kept
+  listing. Files created here and not uploaded (``_created``, write-back) are
+  shown by Stat, Open and List as if the server had them.
 * Wherever a path has a dirty local copy, its size and mtime/ctime come from
   that copy.
 """
@@ -122,6 +126,12 @@ class Knowledge(abc.ABC):
     #: Directory -> the server's listing and its entries by name (LRU order).
     _listings: collections.OrderedDict[str, tuple[Listing, dict[str, Attrs]]]
     _listed: int  # entries in self._listings
+    #: Files created in this agent and not on the server yet (write-back: queued), by
+    #: path: every Stat, Open and List this agent answers shows them (agent.writeback).
+    _created: dict[str, Attrs]
+    #: Paths the server said do not exist, while a callback promise holds on that
+    #: (a create of the name, by anyone, cancels it): a create needs no round trip.
+    _missing: set[str]
     promises: Promises
     leases: LeaseBoard | None
     leases_endpoint: str
@@ -150,6 +160,7 @@ class Knowledge(abc.ABC):
         """
         if self._listings:
             self._learnt(path, a)
+        self._missing.discard(path)
         if a.nlink > 1 and a.kind == FileKind.FILE:
             self._attrs.pop(path, None)
             self.promises.release(path)
@@ -172,15 +183,30 @@ class Knowledge(abc.ABC):
 
     def _forget(self, path: str, *, below: bool = False) -> None:
         self._attrs.pop(path, None)
+        self._missing.discard(path)
         self.promises.release(path)
         self._drop_listing(path)  # (its parent's fails its check: no promise on path)
         if below:
             prefix = path.rstrip("/") + "/"
+            for p in [p for p in self._missing if p.startswith(prefix)]:
+                self._missing.discard(p)
             for p in [p for p in self._attrs if p.startswith(prefix)]:
                 del self._attrs[p]
                 self.promises.release(p)
             for p in [p for p in self._listings if p.startswith(prefix)]:
                 self._drop_listing(p)
+
+    def _listing_changed(self, path: str) -> None:
+        """This agent added or removed an entry of directory ``path``: its listing and
+        attributes are stale (a Stat asks), and it is still the directory it was (a
+        create in it may be local: agent.writeback) while its promise holds as one."""
+        self._drop_listing(path)
+        hit = self._attrs.get(path)
+        if hit is None or hit[0].kind != FileKind.DIR:
+            self._forget(path)
+            return
+        self._attrs[path] = (hit[0], 0.0)
+        self.promises.listing_changed(path)
 
     def _stamp(self) -> tuple[int, int] | None:
         """A promise stamp for the request about to be sent (None: no promise possible)."""
@@ -204,7 +230,11 @@ class Knowledge(abc.ABC):
 
     def _invalidated(self, path: str, version: str, parent: bool) -> None:
         """An invalidation from the server: what the agent knows of ``path`` is stale."""
-        self._attrs.pop(path, None)
+        hit = self._attrs.pop(path, None)
+        if parent and hit is not None:
+            # Its listing changed: stale for a Stat (no TTL left, no promise), still the
+            # directory it was while its promise holds as an object (a create in it).
+            self._attrs[path] = (hit[0], 0.0)
         self._drop_listing(path)
         self._drop_listing(_parent(path))  # an entry it may lack (no promise of it to break)
 
@@ -276,19 +306,46 @@ class Knowledge(abc.ABC):
         return e
 
     def _stat_upstream(self, path: str) -> Attrs:
-        """The server's attributes of ``path``; FileNotFoundError also when the kept
-        listing of its directory (promised, as a whole) lacks the name."""
-        parent = _parent(path) if path != "/" else ""
-        if (
-            self._kept_listing(parent) is not None  # (its promises checked)
-            and posixpath.basename(path) not in self._listings[parent][1]
-        ):
+        """The server's attributes of ``path`` (a file created here and not uploaded yet:
+        its own); FileNotFoundError also when the kept listing of its directory
+        (promised, as a whole) lacks the name, or a promise holds on its absence."""
+        created = self._created.get(path)
+        if created is not None:
+            return created
+        if self._known_absent(path):
             self.stats["promised_absent"] += 1
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
         stamp = self._stamp()
-        a = self.upstream.call(Stat(path=path), StatReply).attrs
+        try:
+            a = self.upstream.call(Stat(path=path), StatReply).attrs
+        except FileNotFoundError:
+            self._forget(path)
+            if stamp is not None:  # absent until an invalidation of the name says otherwise
+                self._missing.add(path)
+                self.promises.hold(path, stamp)
+            raise
         self._remember(path, a, stamp)
         return a
+
+    def _known_absent(self, path: str) -> bool:
+        """Whether the server has no ``path``, as a promise vouches (no round trip): the
+        kept listing of its directory lacks the name, or the server said so itself."""
+        if path in self._created:
+            return False
+        if path in self._missing:
+            self._catch_up()
+            if self.promises.holds(path):
+                return True
+            self._missing.discard(path)
+        parent = _parent(path) if path != "/" else ""
+        if (self._kept_listing(parent) is None  # (its promises checked: caught up)
+                or posixpath.basename(path) in self._listings[parent][1]):
+            return False
+        # Absent now, as promised: so it stays known when the listing goes (an entry
+        # added by this agent's own upload), until the name's invalidation.
+        self._missing.add(path)
+        self.promises.hold(path, self.promises.stamp())
+        return True
 
 
 class MetadataHandlers(Knowledge):
@@ -314,11 +371,9 @@ class MetadataHandlers(Knowledge):
         if hit is not None and (hit[1] > time.monotonic() or self._promised(path) is not None):
             self.stats["attr_hits"] += 1
             return StatReply(attrs=self._present(path, hit[0]))
-        try:
-            a = self._other_names_first(path, self._stat_upstream(path))
-        except FileNotFoundError:
-            self._forget(path)
-            raise
+        if hit is not None:
+            self._forget(path)  # (stale: the server is asked below)
+        a = self._other_names_first(path, self._stat_upstream(path))
         return StatReply(attrs=self._present(path, a))
 
     def list(self, msg: List) -> Message:
@@ -343,6 +398,7 @@ class MetadataHandlers(Knowledge):
         leasable = []
         same = True
         prefix = path if path == "/" else path + "/"
+        created = self._created_in(path, listing)
         for d in listing.entries:
             child = prefix + d.name
             shown = self._present(child, d.attrs)
@@ -353,11 +409,24 @@ class MetadataHandlers(Knowledge):
                 same = False
             if promised and self.leases is not None and self._leasable(child, d.attrs, shown):
                 leasable.append(d.name)
+        for name, a in created:
+            entries.append(DirEntry(name=name, attrs=self._present(prefix + name, a)))
+            same = False
         if leasable:
             return self._list_leased(path, listing.attrs, entries, leasable)
         if same and not listing.leased:
             return listing  # frozen: the same object serves every request
         return Listing(attrs=listing.attrs, entries=entries)  # converter=tuple
+
+    def _created_in(self, path: str, listing: Listing) -> Sequence[tuple[str, Attrs]]:
+        """The files created here in directory ``path`` that ``listing`` lacks."""
+        if not self._created:
+            return []
+        prefix = path if path == "/" else path + "/"
+        names = {d.name for d in listing.entries}
+        return sorted((p[len(prefix):], a) for p, a in self._created.items()
+                      if p.startswith(prefix) and "/" not in p[len(prefix):]
+                      and p[len(prefix):] not in names)
 
     def _leasable(self, path: str, a: Attrs, shown: Attrs) -> bool:
         """Whether a listing may lease ``path``, listed by the server as ``a`` and shown
@@ -403,8 +472,14 @@ class MetadataHandlers(Knowledge):
         path = _check_path(msg.path)
         self._void(path, tree=True)
         self._forget(_parent(path))
+        stamp = self._stamp()
         reply = self.upstream.call(Mkdir(path=path, mode=msg.mode), StatReply)
-        self._remember(path, reply.attrs)
+        self._remember(path, reply.attrs, stamp)
+        if stamp is not None:
+            # Made empty: a listing of nothing, promised from before the request (an
+            # entry anyone adds publishes the directory), so that the names created
+            # in it next are known absent without a round trip each.
+            self._keep_listing(path, Listing(attrs=reply.attrs, entries=()))
         return reply
 
     def symlink(self, msg: Symlink) -> Message:
@@ -421,7 +496,7 @@ class MetadataHandlers(Knowledge):
             self._keep_in_other_names(path)
         self._void(path, tree=True)
         self._forget(path, below=True)
-        self._forget(_parent(path))
+        self._listing_changed(_parent(path))
         reply = self.upstream.call(Remove(path=path, directory=msg.directory), Done)
         self.cache.drop(path)
         return reply

@@ -98,6 +98,7 @@ class AgentService(WriteBack, MetadataHandlers, Materialiser, Uploads):
         self._attrs = {}
         self._listings = collections.OrderedDict()
         self._listed = 0
+        self._missing = set()
         # Without a subscription the promises never become live: every Open revalidates.
         self.promises = promises or Promises()
         self.promises.on_inval = self._invalidated
@@ -113,7 +114,8 @@ class AgentService(WriteBack, MetadataHandlers, Materialiser, Uploads):
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch-writer")
         self.stats = {"fetches": 0, "uploads": 0, "attr_hits": 0, "promised_opens": 0,
                       "leases": 0, "promised_lists": 0, "promised_absent": 0,
-                      "direct_fetches": 0, "direct_failed": 0}
+                      "direct_fetches": 0, "direct_failed": 0,
+                      "local_creates": 0, "local_removes": 0}
         self._handlers: dict[type[Message], Callable[[Any], Message]] = {
             Hello: self.hello,
             Stat: self.stat,
@@ -148,6 +150,7 @@ class AgentService(WriteBack, MetadataHandlers, Materialiser, Uploads):
         self._attrs.clear()
         self._listings.clear()
         self._listed = 0
+        self._missing.clear()
         self.promises.break_all("the server serves another repository")
 
     def handle(self, msg: Message) -> Message:
@@ -166,6 +169,8 @@ class AgentService(WriteBack, MetadataHandlers, Materialiser, Uploads):
         for p in [
             p
             for p, (_, until) in self._attrs.items()
-            if until <= now and not self.promises.holds(p)
+            if until <= now and not self.promises.holds_object(p)
         ]:
             del self._attrs[p]
+        for p in [p for p in self._missing if not self.promises.holds(p)]:
+            self._missing.discard(p)

@@ -119,8 +119,9 @@ class Uploads(Knowledge):
         # If a guest wrote during the upload, the copy stays dirty (recorded = before).
         self._void(path)
         self.cache.record(path, a, signature(st0), dirty=signature(st0) != signature(st1))
+        self._created.pop(path, None)  # (created here: the server has it now)
         self.stats["uploads"] += 1
-        self._forget(_parent(path))
+        self._listing_changed(_parent(path))
         self._remember(path, a, stamp)
         return a
 

@@ -44,13 +44,22 @@ Semantics (README, docs/architecture.md "Write-back"):
 * A rename, link or truncation of a queued path first uploads it (the server
   applies namespace changes at once, in the order the guests made them); a
   remove drops its row; mkdir/rmdir go to the server at once.
+* Local creates (:meth:`WriteBack._create_here`): an ``O_CREAT`` open of a name a
+  promise says the server lacks, without the guest's ``O_EXCL`` (``Open.claim``:
+  the interposer's own), makes the file here only, dirty; Stat, Open and List
+  show it (``_created``) until its upload creates it on the server (not
+  exclusively: a name another agent made meanwhile is replaced, the later commit
+  wins). Its remove before that sends nothing; a rename, link or setattr naming
+  it uploads it first (:meth:`WriteBack._homed`); rmdir of its directory is
+  ENOTEMPTY. After a restart, rows whose copy has no server version are such
+  files again.
 * The journal survives SIGKILL, power loss and restarts: the next agent on
   this cache sends every row it finds at once (their copies are kept even if
   the cache's unsynced index lost them). A close the journal cannot record
   (its disk is full) uploads before it returns, as with ``--write-through``.
 * Two agents writing one path: the server's commit order decides (the last
-  upload to commit wins, as the last close does in AFS); an exclusive create
-  is decided by the server before the guest's ``open`` returns.
+  upload to commit wins, as the last close does in AFS); a guest's exclusive
+  create is decided by the server before its ``open`` returns.
 * An upload the server refuses for good (the parent directory went away,
   the name became a directory) drops its row with an error in the log; one
   the server could not take (down, full) stays queued and is retried, with a
@@ -69,6 +78,7 @@ import os
 import secrets
 import signal
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator
 
@@ -83,14 +93,18 @@ from synthfs.protocol.messages import (
     Commit,
     Committed,
     Done,
+    FileKind,
     Link,
     Message,
+    Mkdir,
     Open,
+    Opened,
     Remove,
     Rename,
     RenameFlags,
     SetAttr,
     StatReply,
+    Symlink,
     Sync,
     Synced,
     UploadChunk,
@@ -130,6 +144,11 @@ CREATE TABLE IF NOT EXISTS queue (
 #: (ino, size, mtime_ns): what a write to a copy changes (a chmod or rename moves only ctime)
 Written = tuple[int, int, int]
 _FICLONE = 0x40049409  # ioctl(dst, FICLONE, src): share src's extents (btrfs, XFS, bcachefs)
+#: The version of a file created here and not uploaded yet (a server's is never empty).
+_CREATED = ""
+#: Inode numbers of files created here (above what file systems hand out; the
+#: interposer keeps the number a path first showed: interposer/inodes.py).
+_CREATED_INO = 1 << 61
 
 
 def _written(st: os.stat_result) -> Written:
@@ -352,11 +371,14 @@ class WriteBack(Knowledge):
     journal: Journal | None
     #: (agent.upload.Uploads, a later base of the service)
     _send_file: Callable[..., tuple[Attrs, os.stat_result, tuple[int, int] | None]]
+    _match_mode: Callable[[Entry, int], None]  # (agent.materialise.Materialiser)
     upload_delay: float
     _retry_at: float  # monotonic: no background upload before (a back-off)
     _backoff: float
     _stuck: dict[str, float]  # path -> time.time() of its next try
     _held: set[str]  # stuck because a guest writes the copy since its close
+    #: created here (``_created``) and not queued yet -> time.time() of the create
+    _unqueued: dict[str, float]
 
     def _open_journal(self, write_through: bool) -> None:
         self.journal = None if write_through else Journal(self.cache.dir, self.cache.unlink_snap)
@@ -364,7 +386,13 @@ class WriteBack(Knowledge):
         self._backoff = 0.0
         self._stuck = {}
         self._held = set()
+        self._created = {}
+        self._unqueued = {}
         if self.journal is not None:
+            for path in self.journal.rows:  # created here before a restart, not uploaded
+                e = self.cache.get(path)
+                if e is not None and e.attrs.version == _CREATED:
+                    self._created[path] = e.attrs
             named = set(self.journal.snaps.values())
             for name in self.cache.snaps():  # kept aside, but the agent died before naming it
                 if name not in named:
@@ -378,6 +406,11 @@ class WriteBack(Knowledge):
         j = self.journal
         if j is None:
             return
+        try:
+            self._queue(*[p for p in self._unqueued
+                          if p in self._created and self._entry(p) is not None])
+        except OSError as exc:
+            log.warning("write-back: cannot queue the files created here (%s)", exc)
         if j:
             try:
                 self._drain(everything=True)
@@ -397,6 +430,58 @@ class WriteBack(Knowledge):
             if path in j and path not in j.snaps:
                 self._keep_aside(path)  # before the guest can write the closed version
         return super().open(msg)  # type: ignore[misc]
+
+    def _create_here(self, path: str, mode: int, *, pin: bool) -> Message | None:
+        """A create that needs no server: the name is known absent there (a promise
+        vouches) and the open is not exclusive. The empty copy is the file, dirty: its
+        close queues it like any other, and its upload creates it on the server (last
+        upload wins there, as for any two writers). Until then this agent's Stat, Open
+        and List show it, and its remove never reaches the server."""
+        if self.journal is None or not self._known_absent(path) or not self._a_directory(
+                _parent(path)):
+            return None
+        now = time.time_ns()
+        fd, tmp = self.cache.new_temp()
+        try:
+            ino = _CREATED_INO + os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
+        a = Attrs(kind=FileKind.FILE, size=0, mode=stat.S_IMODE(mode), mtime_ns=now,
+                  ctime_ns=now, ino=ino, version=_CREATED)
+        e = self.cache.install(path, tmp, a)
+        e = self.cache.record(path, a, e.recorded, dirty=True)
+        e.pinned = pin
+        self._created[path] = a
+        self._unqueued[path] = time.time()  # (its close queues it; else the loop does)
+        self._missing.discard(path)
+        self.stats["local_creates"] += 1
+        self._match_mode(e, a.mode)
+        return Opened(host_path=self.cache.object_path(path), attrs=a)
+
+    def _a_directory(self, path: str) -> bool:
+        """Whether a promise vouches that the server has a directory at ``path`` (the
+        upload of a name created in it must find it)."""
+        if path in self._created:
+            return False
+        if self._kept_listing(path) is not None:
+            return True
+        hit = self._attrs.get(path)
+        if hit is None or hit[0].kind != FileKind.DIR:
+            return False
+        self._catch_up()
+        return self.promises.holds_object(path)  # (entries added since do not matter)
+
+    def _homed(self, *paths: str) -> None:
+        """Upload the files created here at or below ``paths`` (not on the server yet):
+        a namespace change the server makes must find them there."""
+        for path in paths:
+            prefix = path.rstrip("/") + "/"
+            for p in [p for p in self._created if p == path or p.startswith(prefix)]:
+                if self._entry(p) is None:
+                    self._created.pop(p, None)
+                    continue
+                self._stuck.pop(p, None)
+                self._upload(p)
 
     def _lease(self, path: str, e: Entry, a: Attrs) -> tuple[str, int, int] | None:
         """A lease on a queued copy as its close left it, until its upload.
@@ -594,6 +679,7 @@ class WriteBack(Knowledge):
             for path, sig in sigs:
                 j.add(path, sig)
         for path in paths:
+            self._unqueued.pop(path, None)
             if path in self._held:  # it waited for this close
                 self._held.discard(path)
                 self._stuck.pop(path, None)
@@ -617,6 +703,23 @@ class WriteBack(Knowledge):
                       oldest_ms=max(0, int((time.time() - oldest) * 1000)))
 
     def remove(self, msg: Remove) -> Message:
+        path = _check_path(msg.path)
+        if path in self._created and not msg.directory:
+            # Never on the server: the name goes here, and nothing reaches the server.
+            self._void(path, tree=True)
+            del self._created[path]
+            self._unqueued.pop(path, None)
+            if self.journal is not None:
+                self.journal.done(path)
+            self._stuck.pop(path, None)
+            self._held.discard(path)
+            self.cache.drop(path)
+            self.stats["local_removes"] += 1
+            return Done()
+        if msg.directory and any(p.startswith(path.rstrip("/") + "/") for p in self._created):
+            raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
+        if path in self._created:
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         reply = super().remove(msg)  # type: ignore[misc]
         j = self.journal
         if j is not None:
@@ -628,6 +731,7 @@ class WriteBack(Knowledge):
 
     def rename(self, msg: Rename) -> Message:
         j = self.journal
+        self._homed(_check_path(msg.src), _check_path(msg.dst))
         if j is not None:
             src, dst = _check_path(msg.src), _check_path(msg.dst)
             # The server renames what it has: it must have what was closed under src.
@@ -643,11 +747,23 @@ class WriteBack(Knowledge):
         return reply
 
     def link(self, msg: Link) -> Message:
+        self._homed(_check_path(msg.src), _check_path(msg.dst))
         if self.journal is not None:
             self._flush(self.journal.under(_check_path(msg.src)))
         return super().link(msg)  # type: ignore[misc]
 
+    def mkdir(self, msg: Mkdir) -> Message:
+        if _check_path(msg.path) in self._created:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        return super().mkdir(msg)  # type: ignore[misc]
+
+    def symlink(self, msg: Symlink) -> Message:
+        if _check_path(msg.path) in self._created:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        return super().symlink(msg)  # type: ignore[misc]
+
     def setattr(self, msg: SetAttr) -> Message:
+        self._homed(_check_path(msg.path))
         reply = super().setattr(msg)  # type: ignore[misc]
         j = self.journal
         path = _check_path(msg.path)
@@ -692,16 +808,19 @@ class WriteBack(Knowledge):
     def writeback_due(self) -> float | None:
         """Seconds until queued uploads should start (0: now); None: nothing queued."""
         j = self.journal
-        if not j:
+        if j is None or not (j or self._unqueued):
             return None
         now = time.monotonic()
         if now < self._retry_at:
             return self._retry_at - now
         oldest, waits = self._oldest_ready()
+        created = next(iter(self._unqueued.values()), None)
         # Held a fifth of the bound (a file removed meanwhile is never sent), then sent
-        # whenever the agent is idle; at half the bound even while requests wait.
-        soonest = min(t for t in (None if oldest is None else oldest + self.upload_delay / 5,
-                                  waits) if t is not None)
+        # whenever the agent is idle; at half the bound even while requests wait. A file
+        # created here and closed by no writer (a lock file) is queued as late.
+        soonest = min(t + self.upload_delay / 5 for t in (oldest, created) if t is not None) \
+            if oldest is not None or created is not None else None
+        soonest = min(t for t in (soonest, waits) if t is not None)
         return max(0.0, soonest - time.time())
 
     def writeback_urgent(self) -> bool:
@@ -717,6 +836,7 @@ class WriteBack(Knowledge):
         if self.writeback_due() != 0.0:
             return
         try:
+            self._queue_created()
             self._drain(everything=False)
         except Exception as exc:  # the loop must go on; the rows stay queued
             self._backoff = min(_BACKOFF_MAX, max(0.5, self._backoff * 2))
@@ -729,6 +849,30 @@ class WriteBack(Knowledge):
         if self._backoff:
             log.info("write-back: the server takes uploads again")
         self._backoff = 0.0
+
+    def _queue_created(self) -> None:
+        """Queue the files created here a fifth of the bound ago that no close queued
+        (opened without writing: ``flock``'s lock file, ``open(O_CREAT)`` then ``close``
+        of a read-only fd sends no Commit). One still open for writing: its close will."""
+        due = time.time() - self.upload_delay / 5
+        todo = []
+        for path, t in list(self._unqueued.items()):
+            if t > due:
+                break  # (in the order they were created)
+            del self._unqueued[path]
+            if path not in self._created or self.journal is None or path in self.journal:
+                continue
+            if self._being_written(path):
+                self._unqueued[path] = time.time()  # looked at again later
+                continue
+            todo.append(path)
+        if todo:
+            try:
+                self._queue(*todo)
+            except OSError:
+                now = time.time()
+                self._unqueued.update((p, now) for p in todo)  # tried again after a while
+                raise
 
     def _flush(self, paths: list[str]) -> None:
         """Upload ``paths`` now (before a namespace change that depends on them)."""
@@ -977,8 +1121,9 @@ class WriteBack(Knowledge):
             recorded, changed = (e.recorded if e is not None else signature(st0)), True
         if e is not None:
             self.cache.record(path, a, recorded, dirty=changed)
+        self._created.pop(path, None)
         self.stats["uploads"] += 1
-        self._forget(_parent(path))
+        self._listing_changed(_parent(path))
         self._remember(path, a, stamp)
         if snap is not None or not changed:
             # (The copy written since a reopen queues itself at its close.)

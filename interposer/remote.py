@@ -462,7 +462,7 @@ class Remote:
         self._synced[path] = (st.st_size, st.st_mtime_ns)
         return opened
 
-    def open(self, path: str, flags: int, mode: int) -> Opened:
+    def open(self, path: str, flags: int, mode: int, claim: bool = False) -> Opened:
         if self._leases is not None:
             if flags & ~_LEASE_FLAGS & 0xFFFFFFFF:
                 self._leases.drop(path)  # writing, creating, truncating: always the agent
@@ -470,7 +470,8 @@ class Remote:
                 leased = self._open_leased(path)
                 if leased is not None:
                     return leased
-        reply = self._ask(Open(path=path, flags=flags & 0xFFFFFFFF, mode=mode & 0o7777), bulk=True)
+        reply = self._ask(Open(path=path, flags=flags & 0xFFFFFFFF, mode=mode & 0o7777,
+                               claim=claim), bulk=True)
         assert isinstance(reply, Opened)
         self._by_host[reply.host_path] = path
         self._local[path] = reply.host_path

@@ -719,11 +719,15 @@ class Open(Message):
 
     ``flags`` are the guest's open flags (O_CREAT, O_EXCL, O_TRUNC, access mode);
     the agent applies the creation and truncation semantics against the server.
+    ``claim``: the O_EXCL is the interposer's own (it creates a name it saw absent
+    and must learn the name is its own), not the guest's: it need only hold among
+    the agent's sandboxes, so a write-back agent may create the file itself.
     """
 
     path: str = field(validator=_PATH)
     flags: int = field(validator=_U64)
     mode: int = field(validator=_MODE, default=0o644)
+    claim: bool = field(validator=_BOOL, default=False)
 
 
 @message("opened")

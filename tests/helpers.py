@@ -11,7 +11,8 @@ from the host file system after the programs have exited.
   ``--data DIR`` per call (mode ``data``, the default) or an embedded stack
   per repository plus ``--agent ENDPOINT`` (mode ``agent``). Switch with the
   environment variable ``SYNTHFS_TEST_MODE``; ``SYNTHFS_ENGINE`` (``notify``)
-  passes ``--engine`` to every run.
+  passes ``--engine`` to every run; ``SYNTHFS_WRITE_BACK=1`` gives every
+  ``--data`` run a write-back agent (``--write-back``).
 * :func:`ptrace_unavailable_reason` — why this kernel cannot run synthfs at
   all (the only reason the synthfs side may skip rather than fail).
 """
@@ -272,7 +273,8 @@ class SynthfsLauncher:
 
     mode: str = field(default_factory=lambda: os.environ.get("SYNTHFS_TEST_MODE", "data"))
     mount: str = MOUNT
-    extra: tuple[str, ...] = ()
+    extra: tuple[str, ...] = field(default_factory=lambda: (
+        ("--write-back",) if os.environ.get("SYNTHFS_WRITE_BACK") == "1" else ()))
 
     @contextlib.contextmanager
     def stack(self, repo: Path) -> Iterator[object | None]:

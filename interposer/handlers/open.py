@@ -182,7 +182,9 @@ def _open_synthetic(call: Call, env: Env, loc: Loc, flags: int, mode: int) -> Re
     repo_path = loc.repo
     try:
         try:
-            opened = env.repo.open(loc.repo, flags | (abi.O_EXCL if created else 0), mode & 0o7777)
+            claim = created and not flags & abi.O_EXCL  # (the guest did not ask for it)
+            opened = env.repo.open(loc.repo, flags | (abi.O_EXCL if created else 0), mode & 0o7777,
+                                   claim)
         except FileExistsError:
             if flags & abi.O_EXCL or not created:
                 raise

@@ -106,7 +106,7 @@ class FakeRepo:
     def readlink(self, path: str) -> str:
         raise OSError(errno.EINVAL, "not a link")
 
-    def open(self, path: str, flags: int, mode: int) -> Opened:
+    def open(self, path: str, flags: int, mode: int, claim: bool = False) -> Opened:
         self.calls.append(f"open {path}")
         if path not in self.tree:
             self.tree[path] = _a("file", 99)
