@@ -70,6 +70,13 @@ _ERESTARTSYS = -512 & _MASK64
 _ERESTARTNOINTR = -513 & _MASK64
 #: the numbers of the rows the notify engine gets by user notification
 _NOTIFIED_NRS = frozenset(nr for nr, spec in BY_NR.items() if spec.channel is Channel.NOTIFY)
+#: notified rows without side effects whose handler answers (Return/Fail): one a signal
+#: interrupted before the supervisor took it is served at the signal's delivery stop
+_ANSWERED_AT_SIGNAL = frozenset(
+    nr for nr in _NOTIFIED_NRS
+    if BY_NR[nr].name in ("stat", "lstat", "fstat", "newfstatat", "statx", "access",
+                          "faccessat", "faccessat2", "readlink", "readlinkat")
+)
 
 
 def _scratch_base() -> int:
@@ -489,6 +496,7 @@ class Supervisor:
                         "rewritten",
                         "skipped",
                         "notifications",
+                        "at_signal",
                         "decode_ns",
                         "handler_ns",
                         "apply_ns",
@@ -606,27 +614,16 @@ class Supervisor:
             return
         call = Call(nr, spec.name, n.args, GuestView(tid, t.proc.tgid, t.space), t.proc)
         t1 = time.perf_counter_ns() if stats is not None else 0
-        result: Result
         while True:
-            try:
-                with self.interruption.serving(tid):
-                    result = spec.handler(call, self.env)
-            except Interrupted:
-                # A signal for the guests: the thread's wait in the kernel is interruptible,
-                # so the call is gone (the kernel restarts it after the signal) unless
-                # the thread blocks it; then it is served (once per signal gives up).
-                if listener.valid(ident):
-                    continue
+            served = self._handle(spec, call)
+            if served is not None:
+                result = served
+                break
+            # A signal for the guests: once received, the call's wait ends only for a
+            # fatal signal (WAIT_KILLABLE_RECV), so it is served (once per signal gives up)
+            # unless it is gone.
+            if not listener.valid(ident):
                 return
-            except OSError as exc:
-                result = Fail(exc.errno or errno.EIO)
-            except Exception as exc:
-                _handler_failures.warning("handler %s failed (pid %d): %s: %s: refusing the "
-                                          "call (EIO)", spec.handler.__name__, tid,
-                                          type(exc).__name__, exc)
-                log.debug("handler %s failed", spec.handler.__name__, exc_info=True)
-                result = Fail(errno.EIO)
-            break
         t2 = time.perf_counter_ns() if stats is not None else 0
         if not listener.valid(ident):
             return  # interrupted or dead: what the handler read may be another task's
@@ -749,21 +746,44 @@ class Supervisor:
             self._restart_notified(t)
         self._resume(t, sig)
 
-    @staticmethod
-    def _restart_notified(t: Thread) -> None:
-        """A signal that interrupted a notified call's wait: the call restarts after it.
+    def _restart_notified(self, t: Thread) -> None:
+        """A signal that interrupted a notified call's wait before the supervisor took it.
 
-        The kernel's wait for the supervisor's answer is interruptible, and the
+        The kernel's wait for the supervisor's answer is interruptible until the
+        call is received (WAIT_KILLABLE_RECV covers only what follows), and the
         call then returns ERESTARTSYS, which a handler without SA_RESTART turns
         into EINTR: a stat would fail with EINTR where natively it never does.
-        At this signal-delivery stop, before the kernel decides, ERESTARTNOINTR
-        makes it restart the call after the handler whatever its flags, as the
-        ptrace engine restarts a call it gave up (:meth:`_restart`).
+        A call without side effects (:data:`_ANSWERED_AT_SIGNAL`) is served here,
+        at this signal-delivery stop, through its registers, and returns before
+        the handler runs, as natively: a timer firing faster than the supervisor
+        takes a notification no longer drops every call (issue #12: 307,000
+        signals for 2,000 stats at 50 µs). Any other call (or one whose handler
+        gave up, or must run in the kernel) is made ERESTARTNOINTR: the kernel
+        restarts it after the handler whatever its flags, as the ptrace engine
+        restarts a call it gave up (:meth:`_restart`).
         """
         regs = pt.get_regs(t.tid)
-        if regs.rax == _ERESTARTSYS and regs.orig_rax in _NOTIFIED_NRS:
+        nr = regs.orig_rax
+        if regs.rax != _ERESTARTSYS or nr not in _NOTIFIED_NRS:
+            return
+        result: Result | None = None
+        spec = BY_NR[nr]
+        if nr in _ANSWERED_AT_SIGNAL and t.started and t.space is not None and (
+                spec.needs is Need.ALWAYS or self._may_need(t.proc, spec.needs)):
+            args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)
+            result = self._handle(spec, Call(nr, spec.name, args,
+                                             GuestView(t.tid, t.proc.tgid, t.space), t.proc))
+            if isinstance(result, Return):
+                result = _store_writes(t.tid, result)
+        if isinstance(result, Return):
+            regs.rax = result.value & _MASK64
+        elif isinstance(result, Fail):
+            regs.rax = -result.errno & _MASK64
+        else:
             regs.rax = _ERESTARTNOINTR
-            pt.set_regs(t.tid, regs)
+        if self.stats is not None and isinstance(result, Return | Fail):
+            self.stats["at_signal"] += 1
+        pt.set_regs(t.tid, regs)
 
     @staticmethod
     def _resume(t: Thread, sig: int = 0) -> None:
@@ -1028,20 +1048,10 @@ class Supervisor:
             t.proc,
         )
         t1 = time.perf_counter_ns() if stats is not None else 0
-        try:
-            with self.interruption.serving(tid):
-                result = spec.handler(call, self.env)
-        except Interrupted:  # a signal came for the guests: they take it first
+        result = self._handle(spec, call)
+        if result is None:  # a signal came for the guests: they take it first
             self._restart(t, regs)
             return
-        except OSError as exc:
-            result = Fail(exc.errno or errno.EIO)
-        except Exception as exc:  # a bug, or a guest doing something unforeseen: one line
-            _handler_failures.warning("handler %s failed (pid %d): %s: %s: refusing the call "
-                                      "(EIO)", spec.handler.__name__, tid,
-                                      type(exc).__name__, exc)
-            log.debug("handler %s failed", spec.handler.__name__, exc_info=True)
-            result = Fail(errno.EIO)
         if self.tracer is not None:
             self._traced(t, regs, spec, call, result)
             return
@@ -1057,6 +1067,25 @@ class Supervisor:
         stats["apply_ns"] += t3 - t2
         if isinstance(result, RunChecked):
             stats["rewritten"] += 1
+
+    def _handle(self, spec: SyscallSpec, call: Call) -> Result | None:
+        """The row's handler on ``call``; None when it gave up for a signal (the guest's
+        call is to be made again). An exception is the guest's errno (OSError) or a
+        bug, refused with EIO in one line."""
+        assert spec.handler is not None
+        try:
+            with self.interruption.serving(call.guest.tid):
+                return spec.handler(call, self.env)
+        except Interrupted:
+            return None
+        except OSError as exc:
+            return Fail(exc.errno or errno.EIO)
+        except Exception as exc:  # a bug, or a guest doing something unforeseen: one line
+            _handler_failures.warning("handler %s failed (pid %d): %s: %s: refusing the call "
+                                      "(EIO)", spec.handler.__name__, call.guest.tid,
+                                      type(exc).__name__, exc)
+            log.debug("handler %s failed", spec.handler.__name__, exc_info=True)
+            return Fail(errno.EIO)
 
     @staticmethod
     def _restart(t: Thread, regs: pt.Regs) -> None:
