@@ -159,6 +159,14 @@ def build_filter(policy: Policy | None = None, engine: Engine = Engine.PTRACE) -
         if spec.gate not in gates:
             continue
         if spec.action is Action.TRACE:
+            if notify and spec.channel is Channel.NOTIFY and spec.ptrace_if is not None:
+                # with the bit: a ptrace stop; without it: a notification
+                bit = spec.ptrace_if
+                assert bit.op == "MASKED_EQ" and bit.value == bit.mask and not spec.when
+                filt.add_rule_exactly(sc.TRACE(spec.nr & 0xFFFF), spec.nr, _arg(bit))
+                filt.add_rule_exactly(sc.NOTIFY, spec.nr,
+                                      sc.Arg(bit.index, sc.MASKED_EQ, bit.mask, 0))
+                continue
             if notify and spec.channel is Channel.NOTIFY:
                 action = sc.NOTIFY
             else:

@@ -19,23 +19,28 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import resource
 import select
 import signal
+import stat
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from attrs import define, field, frozen
 
-from synthfs.interposer import notify
+from synthfs import linux
+from synthfs.interposer import abi, notify
 from synthfs.interposer import ptrace_adapter as pt
 from synthfs.interposer.actions import Continue, Fail, Kill, Result, Return, RunChecked, Scratch
 from synthfs.interposer.filter import CompiledFilter
 from synthfs.interposer.interrupt import Interrupted, Interruption
 from synthfs.interposer.notify import Engine, Listener
+from synthfs.interposer.numbers import NR
 from synthfs.interposer.ports import Call, Env, FsState, Proc
 from synthfs.interposer.syscalls import BY_NR, Channel, Gate, Need, Role, SyscallSpec
 from synthfs.protocol.ratelimit import RateLimitedLog
@@ -77,6 +82,14 @@ _ANSWERED_AT_SIGNAL = frozenset(
     if BY_NR[nr].name in ("stat", "lstat", "fstat", "newfstatat", "statx", "access",
                           "faccessat", "faccessat2", "readlink", "readlinkat")
 )
+
+
+NR_OPENAT = NR["openat"]
+NR_OPENAT2 = NR["openat2"]
+#: what fcntl(F_SETFL) sets: the guest's own, once the supervisor's O_NONBLOCK is off
+_SETFL = abi.O_APPEND | abi.O_NONBLOCK | 0o20000 | 0o40000 | 0o1000000  # +ASYNC DIRECT NOATIME
+#: what a reopen of a FIFO through /proc/self/fd/N must not carry (it names no new entry)
+_NOT_ON_REOPEN = abi.O_CREAT | abi.O_EXCL | abi.O_TRUNC | abi.O_NOFOLLOW | abi.O_DIRECTORY
 
 
 def _scratch_base() -> int:
@@ -269,6 +282,33 @@ def _raise_fd_limit() -> tuple[int, int]:
         raised = 2 * MEM_FDS_MAX
     pt.set_fd_budget(min(MEM_FDS_MAX, raised // 2))
     return soft, hard
+
+
+def _open_fifo(lfd: int, ident: int, held: int, flags: int) -> None:
+    """A thread's: open the FIFO ``held`` (our non-blocking fd, or an O_PATH one) as the
+    guest asked, blocking until its other end comes, then hand it over and answer.
+
+    The reopen goes through ``/proc/self/fd/N`` (the object checked, no path walk).
+    Natively the open waits the same way; until it is answered, only a fatal signal
+    ends the guest's wait (WAIT_KILLABLE_RECV). Our non-blocking reader, kept until
+    then, lets a writer's open through as the guest's own reader would.
+    """
+    buf, resp = bytearray(notify.ADDFD.size), bytearray(notify.RESP.size)
+    try:
+        try:
+            fd = os.open(f"/proc/self/fd/{held}",
+                         (flags & ~_NOT_ON_REOPEN) | os.O_CLOEXEC | os.O_NOCTTY)
+        except OSError as exc:
+            notify.send(lfd, resp, ident, 0, exc.errno or errno.EIO, False)
+            return
+        try:
+            ret = notify.send_fd(lfd, buf, ident, fd, bool(flags & abi.O_CLOEXEC))
+            if ret < 0 and ret != -errno.ENOENT:
+                notify.send(lfd, resp, ident, 0, -ret, False)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(held)
 
 
 class GuestView:
@@ -635,12 +675,15 @@ class Supervisor:
             listener.answer(ident, value=result.value)
         elif isinstance(result, Fail):
             listener.answer(ident, error=result.errno)
+        elif isinstance(result, RunChecked) and result.nr in (NR_OPENAT, NR_OPENAT2):
+            opened = self._open_for_guest(listener, ident, call, result)
+            result = Return(opened) if opened >= 0 else Fail(-opened)
         elif isinstance(result, Continue) and Role.PATH not in spec.args:
             listener.answer(ident, cont=True)
         elif isinstance(result, Kill):
             log.error("killing guest %d: %s", t.proc.tgid, result.reason)
             pt.kill(t.proc.tgid)
-        else:  # RunChecked, or CONTINUE of a checked path: not on this channel
+        else:  # another RunChecked, or CONTINUE of a checked path: not on this channel
             _handler_failures.warning("handler %s gave %s on the notify channel (pid %d): "
                                       "EIO", spec.handler.__name__, type(result).__name__, tid)
             listener.answer(ident, error=errno.EIO)
@@ -654,6 +697,93 @@ class Supervisor:
             stats["decode_ns"] += t1 - t0
             stats["handler_ns"] += t2 - t1
             stats["apply_ns"] += t3 - t2
+
+    def _open_for_guest(
+        self, listener: Listener, ident: int, call: Call, run: RunChecked
+    ) -> int:
+        """Open what an open handler checked, ourselves, and hand it to the guest (ADDFD).
+
+        ``run`` is the call the ptrace engine would let the kernel make in the
+        guest: ``openat2`` of the checked real path with RESOLVE_NO_SYMLINKS (a
+        link swapped in after the check fails the walk), or ``openat`` of a
+        pinned /proc path. The supervisor makes it instead, with the guest's
+        umask for a create, O_NOCTTY (no controlling terminal for synthfs) and
+        O_NONBLOCK (a FIFO must not block the loop: one opened for a guest that
+        did not ask for it is reopened blocking by a thread,
+        :func:`_open_fifo`), then ``ADDFD`` + ``FLAG_SEND`` installs the fd
+        at the guest's lowest free number, close-on-exec as its flags say, and
+        answers with it in one step. The handler's ``after`` sees that number
+        (or ``-errno``), as at the ptrace exit stop. The guest fd or ``-errno``.
+        """
+        path = run.args[1]
+        assert isinstance(path, Scratch)
+        if run.nr == NR_OPENAT2:
+            how = run.args[2]
+            assert isinstance(how, Scratch)
+            flags, mode, resolve = abi.OPEN_HOW.unpack(how.data[: abi.OPEN_HOW.size])
+        else:
+            flags, mode, resolve = int(run.args[2]), int(run.args[3]), 0  # type: ignore[arg-type]
+        text = os.fsdecode(path.data.rstrip(b"\0"))
+        blocking = not flags & (abi.O_NONBLOCK | abi.O_PATH)
+        # (openat2 refuses O_PATH with any flag O_PATH does not keep: O_NOCTTY included)
+        mine = flags | abi.O_CLOEXEC | (0 if flags & abi.O_PATH else abi.O_NOCTTY) | (
+            abi.O_NONBLOCK if blocking else 0)
+        creating = flags & abi.O_CREAT or flags & abi.O_TMPFILE == abi.O_TMPFILE
+        umask = os.umask(call.guest.umask()) if creating else -1
+        fd = -1
+        ret = 0
+        gone = False
+        try:
+            fd = linux.openat2(abi.AT_FDCWD, text, mine, resolve, mode)
+        except OSError as exc:
+            ret = -(exc.errno or errno.EIO)
+        finally:
+            if umask >= 0:
+                os.umask(umask)
+        if fd < 0 and ret == -errno.ENXIO and blocking:
+            fd = self._fifo_pin(text, flags, resolve)  # a FIFO with no reader yet
+        if fd >= 0:
+            try:
+                kind = stat.S_IFMT(os.fstat(fd).st_mode) if blocking else 0
+                if kind == stat.S_IFIFO:
+                    # (the pins ``after`` lets go of are not needed: our fd holds the FIFO)
+                    threading.Thread(target=_open_fifo, name="synthfs-fifo", daemon=True,
+                                     args=(listener.fd, ident, fd, flags)).start()
+                    fd = -1  # the thread's now
+                    ret = 0
+                else:
+                    if blocking:
+                        fcntl.fcntl(fd, fcntl.F_SETFL, flags & _SETFL)
+                    ret = listener.send_fd(ident, fd, bool(flags & abi.O_CLOEXEC))
+                    if ret == -errno.ENOENT:
+                        gone = True  # (nothing was installed)
+            except OSError as exc:
+                ret = -(exc.errno or errno.EIO)
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        if ret < 0 and not gone:
+            listener.answer(ident, error=-ret)
+        if run.after is not None:
+            outcome = run.after(ret)
+            if outcome is not None:
+                _handler_failures.warning("an open's after gave %s on the notify channel: "
+                                          "ignored (the fd is the guest's)", outcome)
+        return ret
+
+    @staticmethod
+    def _fifo_pin(text: str, flags: int, resolve: int) -> int:
+        """An O_PATH fd on ``text`` when it is a FIFO (an O_WRONLY open got ENXIO: no
+        reader yet), for :func:`_open_fifo`; -1 otherwise (the ENXIO stands: a socket)."""
+        try:
+            fd = linux.openat2(abi.AT_FDCWD, text, abi.O_PATH | abi.O_CLOEXEC
+                               | (flags & abi.O_NOFOLLOW), resolve)
+        except OSError:
+            return -1
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return fd
+        os.close(fd)
+        return -1
 
     def _may_need(self, proc: Proc, needs: Need) -> bool:
         """Whether ``proc`` can hold what a row of ``needs`` looks for (else: skip it)."""

@@ -146,8 +146,9 @@ class Channel(enum.Enum):
     ``PTRACE``: a ptrace seccomp stop (the guest's registers and context can be
     read and changed). ``NOTIFY``: seccomp user notification when the run's
     engine is ``notify`` (``synthfs run --engine``), a ptrace stop otherwise. A
-    NOTIFY row's handler only answers (``Return``, ``Fail``, or ``Continue`` for
-    a call that names no path): the kernel never runs a checked path for it.
+    NOTIFY row's handler only answers (``Return``, ``Fail``, ``Continue`` for
+    a call that names no path, or an open the supervisor makes itself and hands
+    over with ADDFD): the kernel never runs a checked path for it.
     """
 
     PTRACE = "ptrace"
@@ -198,6 +199,9 @@ class SyscallSpec:
     judged_as: str = ""
     #: which kernel channel traps it under ``--engine notify`` (see :class:`Channel`)
     channel: Channel = Channel.PTRACE
+    #: a NOTIFY row's calls that still take a ptrace stop under ``--engine notify``: a
+    #: flag bit set in an argument (``MASKED_EQ`` with value = mask); the others notify
+    ptrace_if: Cond | None = None
 
     @property
     def host_operation(self) -> str:
@@ -270,14 +274,23 @@ def _in_range(index: int, end: int) -> tuple[tuple[Cond, ...], ...]:
     )
 
 
+def _o_path(index: int) -> Cond:
+    """Open flags (argument ``index``) with O_PATH: ADDFD cannot hand an O_PATH fd over
+    (the kernel's ``fget`` refuses them), so those opens stay ptrace stops; openat2's
+    flags are behind a pointer the filter cannot read, so openat2 stays ptrace whole."""
+    return Cond(index, "MASKED_EQ", 0o10000000, 0o10000000)
+
+
 #: A pid argument (the first) that names another process: 0 is the caller itself.
 _other_pid = ((Cond(0, "NE", 0),),)
 _TMPFILE_NOTE = "a valid O_TMPFILE on a /data directory: EOPNOTSUPP (no unnamed files there)"
 
 TABLE: tuple[SyscallSpec, ...] = (
     # -- opening ------------------------------------------------------------------------
-    _row("open", (P, FL, M), Level.FULL, h.open.sys_open, _TMPFILE_NOTE),
-    _row("openat", (D, P, FL, M), Level.FULL, h.open.sys_openat, _TMPFILE_NOTE),
+    _row("open", (P, FL, M), Level.FULL, h.open.sys_open, _TMPFILE_NOTE, channel=_NOTIFY,
+         ptrace_if=_o_path(1)),
+    _row("openat", (D, P, FL, M), Level.FULL, h.open.sys_openat, _TMPFILE_NOTE,
+         channel=_NOTIFY, ptrace_if=_o_path(2)),
     _row(
         "openat2",
         (D, P, Role.HOW, SZ),
@@ -285,7 +298,7 @@ TABLE: tuple[SyscallSpec, ...] = (
         h.open.sys_openat2,
         "RESOLVE_* flags honoured on the host; on /data RESOLVE_BENEATH/IN_ROOT act at the mount root",
     ),
-    _row("creat", (P, M), Level.FULL, h.open.sys_creat),
+    _row("creat", (P, M), Level.FULL, h.open.sys_creat, channel=_NOTIFY),
     # -- attributes ---------------------------------------------------------------------
     _row("stat", (P, OUT), Level.FULL, h.stat.sys_stat, ops=("stat",), channel=_NOTIFY),
     _row("lstat", (P, OUT), Level.FULL, h.stat.sys_lstat, ops=("stat",), channel=_NOTIFY),
@@ -294,17 +307,20 @@ TABLE: tuple[SyscallSpec, ...] = (
     _row("statx", (D, P, AF, N, OUT), Level.FULL, h.stat.sys_statx, ops=("stat",),
          channel=_NOTIFY),
     _row("fstat", (FD, OUT), Level.FD, h.stat.sys_fstat, needs=Need.SYNTH_FD, channel=_NOTIFY),
-    _row("access", (P, N), Level.FULL, h.stat.sys_access, ops=("stat",)),
-    _row("faccessat", (D, P, N), Level.FULL, h.stat.sys_faccessat, ops=("stat",)),
-    _row("faccessat2", (D, P, N, AF), Level.FULL, h.stat.sys_faccessat2, ops=("stat",)),
+    _row("access", (P, N), Level.FULL, h.stat.sys_access, ops=("stat",), channel=_NOTIFY),
+    _row("faccessat", (D, P, N), Level.FULL, h.stat.sys_faccessat, ops=("stat",),
+         channel=_NOTIFY),
+    _row("faccessat2", (D, P, N, AF), Level.FULL, h.stat.sys_faccessat2, ops=("stat",),
+         channel=_NOTIFY),
     _row(
         "readlink",
         (P, OUT, SZ),
         Level.FULL,
         h.stat.sys_readlink,
-        "/proc/self/{fd/N,cwd,exe} show synthetic paths", ops=("stat",)
+        "/proc/self/{fd/N,cwd,exe} show synthetic paths", ops=("stat",), channel=_NOTIFY,
     ),
-    _row("readlinkat", (D, P, OUT, SZ), Level.FULL, h.stat.sys_readlinkat, ops=("stat",)),
+    _row("readlinkat", (D, P, OUT, SZ), Level.FULL, h.stat.sys_readlinkat, ops=("stat",),
+         channel=_NOTIFY),
     _row(
         "statfs",
         (P, OUT),
