@@ -284,6 +284,28 @@ def _raise_fd_limit() -> tuple[int, int]:
     return soft, hard
 
 
+def _creds(pid: int | str) -> bytes | None:
+    """The credential lines (Uid, Gid, Groups, CapEff) of ``/proc/PID/status``."""
+    try:
+        fd = os.open(f"/proc/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            text = os.read(fd, 8192)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    return b"\n".join(line for line in text.split(b"\n")
+                      if line.startswith((b"Uid:", b"Gid:", b"Groups:", b"CapEff:")))
+
+
+def _privileged() -> bool:
+    """Whether this process has any capability (root): a guest may then have dropped
+    some, or changed user, and an open made by us would not be one it could make."""
+    own = _creds("self") or b""
+    cap = next((line for line in own.split(b"\n") if line.startswith(b"CapEff:")), b"0 0")
+    return os.geteuid() == 0 or int(cap.split()[1], 16) != 0
+
+
 def _open_fifo(lfd: int, ident: int, held: int, flags: int) -> None:
     """A thread's: open the FIFO ``held`` (our non-blocking fd, or an O_PATH one) as the
     guest asked, blocking until its other end comes, then hand it over and answer.
@@ -408,6 +430,10 @@ class Supervisor:
         self.interruption = Interruption()
         #: the notify engine's listener, taken from the guest at spawn (None: ptrace only)
         self.listener: Listener | None = None
+        #: a privileged supervisor's credentials: an open it makes for a guest with others
+        #: is refused (None: unprivileged, a guest cannot hold other credentials)
+        self._creds = _creds("self") if _privileged() else None
+        self._told_creds = False
 
     # -- launch ------------------------------------------------------------------------------
 
@@ -676,8 +702,11 @@ class Supervisor:
         elif isinstance(result, Fail):
             listener.answer(ident, error=result.errno)
         elif isinstance(result, RunChecked) and result.nr in (NR_OPENAT, NR_OPENAT2):
-            opened = self._open_for_guest(listener, ident, call, result)
-            result = Return(opened) if opened >= 0 else Fail(-opened)
+            if self._creds is not None and _creds(tid) != self._creds:
+                result = self._not_as_guest(listener, ident, t.proc.tgid, result)
+            else:
+                opened = self._open_for_guest(listener, ident, call, result)
+                result = Return(opened) if opened >= 0 else Fail(-opened)
         elif isinstance(result, Continue) and Role.PATH not in spec.args:
             listener.answer(ident, cont=True)
         elif isinstance(result, Kill):
@@ -770,6 +799,22 @@ class Supervisor:
                 _handler_failures.warning("an open's after gave %s on the notify channel: "
                                           "ignored (the fd is the guest's)", outcome)
         return ret
+
+    def _not_as_guest(self, listener: Listener, ident: int, tgid: int, run: RunChecked) -> Fail:
+        """A guest whose credentials are not ours (it changed user, dropped groups or
+        capabilities under a root synthfs): an open we made would be one it could not
+        make (a root-only file read by a process that became nobody). Refused, EACCES;
+        under ptrace the kernel opens in the guest's own context."""
+        if not self._told_creds:
+            self._told_creds = True
+            log.warning("pid %d runs with other credentials than synthfs (setuid, setgroups, "
+                        "capset): --engine notify cannot open files as it, its opens are "
+                        "refused (EACCES); --engine ptrace opens them in its own context", tgid)
+        if listener.valid(ident):
+            listener.answer(ident, error=errno.EACCES)
+        if run.after is not None:
+            run.after(-errno.EACCES)
+        return Fail(errno.EACCES)
 
     @staticmethod
     def _fifo_pin(text: str, flags: int, resolve: int) -> int:

@@ -615,3 +615,28 @@ def test_opens_made_by_the_supervisor_show_as_under_ptrace(repo: Path, tmp_path:
     assert outs["notify"] == outs["ptrace"]
     assert "TMP/made 0o750" in outs["notify"] and "/data/made 0o750" in outs["notify"]
     assert "fifo through the fifo" in outs["notify"] and "fifo2 the other way" in outs["notify"]
+
+
+@needs_notify
+@pytest.mark.skipif(os.geteuid() != 0, reason="a guest changes user only under a root synthfs")
+def test_a_guest_that_became_nobody_cannot_open_root_files_through_the_supervisor(
+        repo: Path, tmp_path: Path) -> None:
+    """Under a root synthfs a guest may give up root (setuid). The supervisor opens files
+    for notified opens: with its own credentials it would read a root-only file for a
+    process that is nobody now (it did, before the check). Such a process's opens are
+    refused; ptrace opens in the guest's own context (EACCES from the kernel)."""
+    secret = tmp_path / "root-only"
+    secret.write_text("topsecret\n")
+    secret.chmod(0o600)
+    guest = textwrap.dedent(f"""\
+        import os
+        os.setgroups([]); os.setgid(65534); os.setuid(65534)
+        try:
+            print(open({str(secret)!r}).read().strip())
+        except OSError as e:
+            print("refused", e.errno)
+        """)
+    for engine in ("ptrace", "notify"):
+        p, _ = run(repo, tmp_path, sys.executable, "-c", guest, engine=engine)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.split() == ["refused", str(errno.EACCES)], (engine, p.stdout)
