@@ -155,6 +155,7 @@ NR: dict[str, int] = {
     "process_madvise": 440,
     "mount_setattr": 442,
     "quotactl_fd": 443,
+    "landlock_restrict_self": 446,
     "process_mrelease": 448,
     "fchmodat2": 452,
     "setxattrat": 463,

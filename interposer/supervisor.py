@@ -702,7 +702,7 @@ class Supervisor:
         elif isinstance(result, Fail):
             listener.answer(ident, error=result.errno)
         elif isinstance(result, RunChecked) and result.nr in (NR_OPENAT, NR_OPENAT2):
-            if self._creds is not None and _creds(tid) != self._creds:
+            if t.proc.own_rules or (self._creds is not None and _creds(tid) != self._creds):
                 result = self._not_as_guest(listener, ident, t.proc.tgid, result)
             else:
                 opened = self._open_for_guest(listener, ident, call, result)
@@ -802,14 +802,16 @@ class Supervisor:
 
     def _not_as_guest(self, listener: Listener, ident: int, tgid: int, run: RunChecked) -> Fail:
         """A guest whose credentials are not ours (it changed user, dropped groups or
-        capabilities under a root synthfs): an open we made would be one it could not
-        make (a root-only file read by a process that became nobody). Refused, EACCES;
+        capabilities under a root synthfs), or that restricted itself with Landlock: an
+        open we made would be one it could not make (a root-only file read by a process
+        that became nobody, a file outside its own Landlock domain). Refused, EACCES;
         under ptrace the kernel opens in the guest's own context."""
         if not self._told_creds:
             self._told_creds = True
-            log.warning("pid %d runs with other credentials than synthfs (setuid, setgroups, "
-                        "capset): --engine notify cannot open files as it, its opens are "
-                        "refused (EACCES); --engine ptrace opens them in its own context", tgid)
+            log.warning("pid %d runs with other credentials or rules than synthfs (setuid, "
+                        "setgroups, capset, landlock_restrict_self): --engine notify cannot "
+                        "open files as it, its opens are refused (EACCES); --engine ptrace "
+                        "opens them in its own context", tgid)
         if listener.valid(ident):
             listener.answer(ident, error=errno.EACCES)
         if run.after is not None:
@@ -1046,6 +1048,7 @@ class Supervisor:
                 app=parent.app,
                 wrote=parent.wrote,
                 synthetic=parent.synthetic,
+                own_rules=parent.own_rules,
             )
             self.procs[child] = proc
         if flags & CLONE_VM or t.space is None:

@@ -439,6 +439,9 @@ TABLE: tuple[SyscallSpec, ...] = (
     # -- working directory and exec ------------------------------------------------------
     _row("chdir", (P,), Level.FULL, h.cwd_exec.sys_chdir, ops=("list",)),
     _row("fchdir", (FD,), Level.FD, h.cwd_exec.sys_fchdir),
+    _row("landlock_restrict_self", (FD, N), Level.GUARD, h.guards.sys_landlock_guard,
+         "runs; marks the process (and its children): under --engine notify its opens are "
+         "refused (EACCES), since the supervisor's would not be in its Landlock domain"),
     _row("getcwd", (OUT, SZ), Level.FULL, h.cwd_exec.sys_getcwd, needs=Need.SYNTH_CWD),
     _row(
         "execve",

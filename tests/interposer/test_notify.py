@@ -640,3 +640,27 @@ def test_a_guest_that_became_nobody_cannot_open_root_files_through_the_superviso
         p, _ = run(repo, tmp_path, sys.executable, "-c", guest, engine=engine)
         assert p.returncode == 0, p.stderr
         assert p.stdout.split() == ["refused", str(errno.EACCES)], (engine, p.stdout)
+
+
+LANDLOCKED = textwrap.dedent("""\
+    import ctypes, struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = struct.pack("<Q", 1 << 2)  # handles LANDLOCK_ACCESS_FS_READ_FILE, allows none
+    ruleset = libc.syscall(444, attr, len(attr), 0)
+    assert ruleset >= 0 and libc.syscall(446, ruleset, 0) == 0, ctypes.get_errno()
+    try:
+        print(open("/etc/hostname").read().strip())
+    except OSError as e:
+        print("refused", e.errno)
+    """)
+
+
+@needs_notify
+def test_a_guest_that_restricted_itself_with_landlock_stays_restricted(
+        repo: Path, tmp_path: Path) -> None:
+    """A guest's own Landlock domain binds opens the kernel makes in its context; an open
+    the supervisor made for it would not be in that domain (it read the file)."""
+    for engine in ("ptrace", "notify"):
+        p, _ = run(repo, tmp_path, sys.executable, "-c", LANDLOCKED, engine=engine)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.split() == ["refused", str(errno.EACCES)], (engine, p.stdout)
