@@ -431,7 +431,9 @@ class Supervisor:
         #: the notify engine's listener, taken from the guest at spawn (None: ptrace only)
         self.listener: Listener | None = None
         #: a privileged supervisor's credentials: an open it makes for a guest with others
-        #: is refused (None: unprivileged, a guest cannot hold other credentials)
+        #: is refused (None: unprivileged, a guest cannot hold other credentials). Read
+        #: only for a process marked ``own_creds`` (a setuid-family call, or other
+        #: credentials seen at an exec): /proc/PID/status costs tens of µs per open
         self._creds = _creds("self") if _privileged() else None
         self._told_creds = False
 
@@ -702,7 +704,8 @@ class Supervisor:
         elif isinstance(result, Fail):
             listener.answer(ident, error=result.errno)
         elif isinstance(result, RunChecked) and result.nr in (NR_OPENAT, NR_OPENAT2):
-            if t.proc.own_rules or (self._creds is not None and _creds(tid) != self._creds):
+            if t.proc.own_rules or (t.proc.own_creds and self._creds is not None
+                                    and _creds(tid) != self._creds):
                 result = self._not_as_guest(listener, ident, t.proc.tgid, result)
             else:
                 opened = self._open_for_guest(listener, ident, call, result)
@@ -1049,6 +1052,7 @@ class Supervisor:
                 wrote=parent.wrote,
                 synthetic=parent.synthetic,
                 own_rules=parent.own_rules,
+                own_creds=parent.own_creds,
             )
             self.procs[child] = proc
         if flags & CLONE_VM or t.space is None:
@@ -1091,6 +1095,8 @@ class Supervisor:
                 proc.argv = tuple(os.fsdecode(a) for a in f.read().split(b"\0")[:-1])
         except OSError:
             proc.argv = ()
+        if self._creds is not None and not proc.own_creds and _creds(t.tid) != self._creds:
+            proc.own_creds = True  # (a capability bounding set dropped before this exec)
         if self.on_exec is not None:
             reason = self.on_exec(proc)
             if reason:

@@ -439,6 +439,13 @@ TABLE: tuple[SyscallSpec, ...] = (
     # -- working directory and exec ------------------------------------------------------
     _row("chdir", (P,), Level.FULL, h.cwd_exec.sys_chdir, ops=("list",)),
     _row("fchdir", (FD,), Level.FD, h.cwd_exec.sys_fchdir),
+    *(
+        _row(name, (N, N, N), Level.GUARD, h.guards.sys_creds_guard,
+             "runs; marks the process (and its children): under --engine notify a root "
+             "synthfs refuses its opens (EACCES) while its credentials are not synthfs's")
+        for name in ("setuid", "setgid", "setreuid", "setregid", "setgroups", "setresuid",
+                     "setresgid", "setfsuid", "setfsgid", "capset")
+    ),
     _row("landlock_restrict_self", (FD, N), Level.GUARD, h.guards.sys_landlock_guard,
          "runs; marks the process (and its children): under --engine notify its opens are "
          "refused (EACCES), since the supervisor's would not be in its Landlock domain"),

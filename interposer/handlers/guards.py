@@ -28,6 +28,14 @@ def sys_landlock_guard(call: Call, env: Env) -> Result:
     return CONTINUE
 
 
+def sys_creds_guard(call: Call, env: Env) -> Result:
+    """setuid and the like: the process may now hold other credentials than synthfs.
+    Marked (its children inherit the mark): under ``--engine notify`` a privileged
+    supervisor then compares them at each open it would make for it."""
+    call.proc.own_creds = True
+    return CONTINUE
+
+
 def sys_mremap_guard(call: Call, env: Env) -> Result:
     old, old_len, new_len, flags, new = call.args[:5]
     if call.guest.touches_scratch(old, old_len):
