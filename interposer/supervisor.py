@@ -87,7 +87,8 @@ _ANSWERED_AT_SIGNAL = frozenset(
 NR_OPENAT = NR["openat"]
 NR_OPENAT2 = NR["openat2"]
 #: what fcntl(F_SETFL) sets: the guest's own, once the supervisor's O_NONBLOCK is off
-_SETFL = abi.O_APPEND | abi.O_NONBLOCK | 0o20000 | 0o40000 | 0o1000000  # +ASYNC DIRECT NOATIME
+#: (not O_ASYNC: open(2) ignores it, F_SETFL would not)
+_SETFL = abi.O_APPEND | abi.O_NONBLOCK | 0o40000 | 0o1000000  # + O_DIRECT, O_NOATIME
 #: what a reopen of a FIFO through /proc/self/fd/N must not carry (it names no new entry)
 _NOT_ON_REOPEN = abi.O_CREAT | abi.O_EXCL | abi.O_TRUNC | abi.O_NOFOLLOW | abi.O_DIRECTORY
 
