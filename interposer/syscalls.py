@@ -442,13 +442,18 @@ TABLE: tuple[SyscallSpec, ...] = (
     *(
         _row(name, (N, N, N), Level.GUARD, h.guards.sys_creds_guard,
              "runs; marks the process (and its children): under --engine notify a root "
-             "synthfs refuses its opens (EACCES) while its credentials are not synthfs's")
+             "synthfs refuses its opens (EACCES) while its credentials are not synthfs's",
+             reach=Reach.IDENTITY,
+             shown_by="tests/interposer/test_notify.py::"
+                      "test_a_guest_that_became_nobody_cannot_open_root_files_through_the_supervisor")
         for name in ("setuid", "setgid", "setreuid", "setregid", "setgroups", "setresuid",
                      "setresgid", "setfsuid", "setfsgid", "capset")
     ),
     _row("landlock_restrict_self", (FD, N), Level.GUARD, h.guards.sys_landlock_guard,
          "runs; marks the process (and its children): under --engine notify its opens are "
-         "refused (EACCES), since the supervisor's would not be in its Landlock domain"),
+         "refused (EACCES), since the supervisor's would not be in its Landlock domain",
+         shown_by="tests/interposer/test_notify.py::"
+                  "test_a_guest_that_restricted_itself_with_landlock_stays_restricted"),
     _row("getcwd", (OUT, SZ), Level.FULL, h.cwd_exec.sys_getcwd, needs=Need.SYNTH_CWD),
     _row(
         "execve",
