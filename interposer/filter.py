@@ -11,7 +11,9 @@ With the notify engine (:class:`~interposer.notify.Engine`), rows whose
 ``channel`` is NOTIFY get ``SECCOMP_RET_USER_NOTIF`` instead of TRACE, and the
 child loads the program with ``seccomp(SECCOMP_SET_MODE_FILTER,
 SECCOMP_FILTER_FLAG_NEW_LISTENER)``, which gives it the listener fd (close-on-
-exec) that the supervisor then takes (:meth:`CompiledFilter.load`).
+exec) that the supervisor then takes (:meth:`CompiledFilter.load`), and with
+``SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`` (5.19) where the kernel has it: once
+the supervisor has received a call, only a fatal signal ends the guest's wait.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ import tempfile
 
 import pyseccomp as sc
 
-from synthfs.interposer.notify import NR_SECCOMP, SECCOMP_FILTER_FLAG_NEW_LISTENER, Engine
+from synthfs.interposer.notify import (
+    NR_SECCOMP,
+    SECCOMP_FILTER_FLAG_NEW_LISTENER,
+    SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+    Engine,
+)
 from synthfs.interposer.syscalls import TABLE, UNKNOWN_RANGE, Action, Channel, Cond, Gate
 from synthfs.policy.engine import NetworkMode, Policy
 
@@ -76,6 +83,14 @@ class CompiledFilter:
     def instructions(self) -> int:
         return len(self.bpf) // 8
 
+    def _seccomp(self, flags: int) -> int:
+        return int(self._syscall(
+            ctypes.c_long(NR_SECCOMP),
+            ctypes.c_uint(SECCOMP_MODE_FILTER_SET),
+            ctypes.c_uint(flags),
+            ctypes.c_void_p(ctypes.addressof(self._prog)),
+        ))
+
     def load(self) -> int:
         """Set no_new_privs and install the filter in the calling process.
 
@@ -85,12 +100,16 @@ class CompiledFilter:
             err = ctypes.get_errno()
             raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
         if self.engine is Engine.NOTIFY:
-            fd = self._syscall(
-                ctypes.c_long(NR_SECCOMP),
-                ctypes.c_uint(SECCOMP_MODE_FILTER_SET),
-                ctypes.c_uint(SECCOMP_FILTER_FLAG_NEW_LISTENER),
-                ctypes.c_void_p(ctypes.addressof(self._prog)),
+            fd = self._seccomp(
+                SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
             )
+            if fd < 0 and ctypes.get_errno() == errno.EINVAL:
+                # Before 5.19: a signal may still end a received call's wait (the
+                # supervisor then serves it again; a fast timer can starve it).
+                os.write(2, b"synthfs run: this kernel refuses SECCOMP_FILTER_FLAG_WAIT_"
+                            b"KILLABLE_RECV (Linux 5.19): a signal can interrupt a call "
+                            b"being served\n")
+                fd = self._seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER)
             if fd < 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"seccomp(SET_MODE_FILTER, NEW_LISTENER): {os.strerror(err)}")
@@ -140,6 +159,14 @@ def build_filter(policy: Policy | None = None, engine: Engine = Engine.PTRACE) -
         if spec.gate not in gates:
             continue
         if spec.action is Action.TRACE:
+            if notify and spec.channel is Channel.NOTIFY and spec.ptrace_if is not None:
+                # with the bit: a ptrace stop; without it: a notification
+                bit = spec.ptrace_if
+                assert bit.op == "MASKED_EQ" and bit.value == bit.mask and not spec.when
+                filt.add_rule_exactly(sc.TRACE(spec.nr & 0xFFFF), spec.nr, _arg(bit))
+                filt.add_rule_exactly(sc.NOTIFY, spec.nr,
+                                      sc.Arg(bit.index, sc.MASKED_EQ, bit.mask, 0))
+                continue
             if notify and spec.channel is Channel.NOTIFY:
                 action = sc.NOTIFY
             else:

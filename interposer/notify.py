@@ -8,7 +8,8 @@ guest thread blocks in the kernel, the supervisor receives the call's number
 and arguments from the listener fd, emulates it, and answers a value or an
 errno. No ptrace stop, no register access, no exit stop.
 
-This module binds the ioctls (``RECV``, ``SEND``, ``ID_VALID``, ``SET_FLAGS``),
+This module binds the ioctls (``RECV``, ``SEND``, ``ID_VALID``, ``SET_FLAGS``,
+``ADDFD``: an fd of the supervisor's installed in the guest, the answer sent with it),
 probes what the running kernel has (:func:`probe`), and takes the listener
 fd out of the freshly filtered child (:func:`take_listener`: ``pidfd_getfd``).
 What to do with a notification is the supervisor's and the handlers'.
@@ -53,17 +54,24 @@ NOTIF = struct.Struct("<QIIiIQ6Q")
 #: ``struct seccomp_notif_resp``: id, val, error, flags: 24 bytes
 RESP = struct.Struct("<QqiI")
 _ID = struct.Struct("<Q")
+#: ``struct seccomp_notif_addfd``: id, flags, srcfd, newfd, newfd_flags: 24 bytes
+ADDFD = struct.Struct("<QIIII")
 
 SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100
 SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101
 SECCOMP_IOCTL_NOTIF_ID_VALID = 0x40082102
 SECCOMP_IOCTL_NOTIF_SET_FLAGS = 0x40082104
+SECCOMP_IOCTL_NOTIF_ADDFD = 0x40182103
+#: ADDFD answers the call with the new fd's number, atomically (Linux 5.14)
+SECCOMP_ADDFD_FLAG_SEND = 2
 SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP = 1
 SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
 
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_GET_NOTIF_SIZES = 3
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+#: a received notification's wait ends only for a fatal signal (Linux 5.19)
+SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
 
 NR_SECCOMP = 317
 NR_PIDFD_OPEN = 434
@@ -90,13 +98,14 @@ class Notification:
 class Listener:
     """The supervisor's end of the filter: receive, check, answer."""
 
-    __slots__ = ("_idb", "_resp", "_zero", "fd", "sync_wake_up")
+    __slots__ = ("_addb", "_idb", "_resp", "_zero", "fd", "sync_wake_up")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._zero = bytes(NOTIF.size)
         self._resp = bytearray(RESP.size)
         self._idb = bytearray(_ID.size)
+        self._addb = bytearray(ADDFD.size)
         #: whether the kernel wakes the supervisor on the notifying task's CPU (≥ 6.6)
         self.sync_wake_up = False
         try:
@@ -135,20 +144,43 @@ class Listener:
     def answer(self, ident: int, value: int = 0, error: int = 0, cont: bool = False) -> bool:
         """Answer the call: ``value``, or ``-error`` (an errno), or let the kernel run it
         (``cont``). False when the call is gone (interrupted, or its task died)."""
-        flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE if cont else 0
-        RESP.pack_into(self._resp, 0, ident, value, -error if error else 0, flags)
-        try:
-            fcntl.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_SEND, self._resp)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return False
-            raise
-        return True
+        return send(self.fd, self._resp, ident, value, error, cont)
+
+    def send_fd(self, ident: int, fd: int, cloexec: bool) -> int:
+        """Install a copy of our ``fd`` in the guest at its lowest free number and answer
+        the call with that number, in one step (``ADDFD`` + ``FLAG_SEND``).
+
+        The number, or ``-errno``: EMFILE at the guest's fd limit, ENOENT when the call
+        is gone (then nothing was installed); a failure leaves the call unanswered."""
+        return send_fd(self.fd, self._addb, ident, fd, cloexec)
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def send(lfd: int, buf: bytearray, ident: int, value: int, error: int, cont: bool) -> bool:
+    """``SEND`` on listener ``lfd`` with the 24-byte ``buf`` (the caller's: another
+    thread brings its own); see :meth:`Listener.answer`."""
+    flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE if cont else 0
+    RESP.pack_into(buf, 0, ident, value, -error if error else 0, flags)
+    try:
+        fcntl.ioctl(lfd, SECCOMP_IOCTL_NOTIF_SEND, buf)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.EBADF):
+            return False
+        raise
+    return True
+
+
+def send_fd(lfd: int, buf: bytearray, ident: int, fd: int, cloexec: bool) -> int:
+    """``ADDFD`` + ``FLAG_SEND`` on listener ``lfd``; see :meth:`Listener.send_fd`."""
+    ADDFD.pack_into(buf, 0, ident, SECCOMP_ADDFD_FLAG_SEND, fd, 0, os.O_CLOEXEC if cloexec else 0)
+    try:
+        return int(fcntl.ioctl(lfd, SECCOMP_IOCTL_NOTIF_ADDFD, buf))
+    except OSError as exc:
+        return -(exc.errno or errno.EIO)
 
 
 def take_listener(pid: int, fd: int) -> int:
@@ -178,7 +210,8 @@ def probe() -> str | None:
 
     User notification (5.0: ``user_notif`` in ``actions_avail``), structures of the
     sizes this module packs (``SECCOMP_GET_NOTIF_SIZES``), and ``pidfd_open`` /
-    ``pidfd_getfd`` (5.6) to take the listener from the child.
+    ``pidfd_getfd`` (5.6) to take the listener from the child, and ``ADDFD`` with
+    ``FLAG_SEND`` (5.14) to hand an open's fd over.
     """
     try:
         with open("/proc/sys/kernel/seccomp/actions_avail") as f:
@@ -197,7 +230,19 @@ def probe() -> str | None:
     for nr, name in ((NR_PIDFD_OPEN, "pidfd_open"), (NR_PIDFD_GETFD, "pidfd_getfd")):
         if not _has_syscall(nr):
             return f"{name} (Linux 5.6)"
+    if _release() < (5, 14):
+        # (no listener to ask before the run: ADDFD refuses an unknown flag with EINVAL)
+        return "SECCOMP_ADDFD_FLAG_SEND (Linux 5.14), for opens"
     return None
+
+
+def _release() -> tuple[int, int]:
+    """The running kernel's major and minor version (0, 0: unreadable)."""
+    try:
+        major, minor = os.uname().release.split(".")[:2]
+        return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+    except ValueError:
+        return 0, 0
 
 
 def choose(asked: Engine) -> tuple[Engine, str]:

@@ -181,6 +181,10 @@ class Proc:
     #: under [host] rules: ``(st_dev, st_ino)`` of every executable an execve since the
     #: last exec checked (the image the kernel maps must be one of them), None: unchecked
     exec_checked: set[tuple[int, int]] | None = None
+    #: set once the process restricted itself with Landlock (inherited by its children)
+    own_rules: bool = False
+    #: set once it may hold other credentials than synthfs (setuid...; inherited)
+    own_creds: bool = False
     #: supervisor fds of the files an execve of this process runs from /data (the
     #: kernel execs ``/proc/SUPERVISOR/fd/N``): closed at its exec stop or failure
     exec_fds: list[int] | None = None

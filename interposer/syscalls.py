@@ -149,8 +149,9 @@ class Channel(enum.Enum):
     ``PTRACE``: a ptrace seccomp stop (the guest's registers and context can be
     read and changed). ``NOTIFY``: seccomp user notification when the run's
     engine is ``notify`` (``synthfs run --engine``), a ptrace stop otherwise. A
-    NOTIFY row's handler only answers (``Return``, ``Fail``, or ``Continue`` for
-    a call that names no path): the kernel never runs a checked path for it.
+    NOTIFY row's handler only answers (``Return``, ``Fail``, ``Continue`` for
+    a call that names no path, or an open the supervisor makes itself and hands
+    over with ADDFD): the kernel never runs a checked path for it.
     """
 
     PTRACE = "ptrace"
@@ -201,6 +202,9 @@ class SyscallSpec:
     judged_as: str = ""
     #: which kernel channel traps it under ``--engine notify`` (see :class:`Channel`)
     channel: Channel = Channel.PTRACE
+    #: a NOTIFY row's calls that still take a ptrace stop under ``--engine notify``: a
+    #: flag bit set in an argument (``MASKED_EQ`` with value = mask); the others notify
+    ptrace_if: Cond | None = None
 
     @property
     def host_operation(self) -> str:
@@ -277,14 +281,23 @@ def _in_range(index: int, end: int) -> tuple[tuple[Cond, ...], ...]:
     )
 
 
+def _o_path(index: int) -> Cond:
+    """Open flags (argument ``index``) with O_PATH: ADDFD cannot hand an O_PATH fd over
+    (the kernel's ``fget`` refuses them), so those opens stay ptrace stops; openat2's
+    flags are behind a pointer the filter cannot read, so openat2 stays ptrace whole."""
+    return Cond(index, "MASKED_EQ", 0o10000000, 0o10000000)
+
+
 #: A pid argument (the first) that names another process: 0 is the caller itself.
 _other_pid = ((Cond(0, "NE", 0),),)
 _TMPFILE_NOTE = "a valid O_TMPFILE on a /data directory: EOPNOTSUPP (no unnamed files there)"
 
 TABLE: tuple[SyscallSpec, ...] = (
     # -- opening ------------------------------------------------------------------------
-    _row("open", (P, FL, M), Level.FULL, h.open.sys_open, _TMPFILE_NOTE),
-    _row("openat", (D, P, FL, M), Level.FULL, h.open.sys_openat, _TMPFILE_NOTE),
+    _row("open", (P, FL, M), Level.FULL, h.open.sys_open, _TMPFILE_NOTE, channel=_NOTIFY,
+         ptrace_if=_o_path(1)),
+    _row("openat", (D, P, FL, M), Level.FULL, h.open.sys_openat, _TMPFILE_NOTE,
+         channel=_NOTIFY, ptrace_if=_o_path(2)),
     _row(
         "openat2",
         (D, P, Role.HOW, SZ),
@@ -292,7 +305,7 @@ TABLE: tuple[SyscallSpec, ...] = (
         h.open.sys_openat2,
         "RESOLVE_* flags honoured on the host; on /data RESOLVE_BENEATH/IN_ROOT act at the mount root",
     ),
-    _row("creat", (P, M), Level.FULL, h.open.sys_creat),
+    _row("creat", (P, M), Level.FULL, h.open.sys_creat, channel=_NOTIFY),
     # -- attributes ---------------------------------------------------------------------
     _row("stat", (P, OUT), Level.FULL, h.stat.sys_stat, ops=("stat",), channel=_NOTIFY),
     _row("lstat", (P, OUT), Level.FULL, h.stat.sys_lstat, ops=("stat",), channel=_NOTIFY),
@@ -301,17 +314,20 @@ TABLE: tuple[SyscallSpec, ...] = (
     _row("statx", (D, P, AF, N, OUT), Level.FULL, h.stat.sys_statx, ops=("stat",),
          channel=_NOTIFY),
     _row("fstat", (FD, OUT), Level.FD, h.stat.sys_fstat, needs=Need.SYNTH_FD, channel=_NOTIFY),
-    _row("access", (P, N), Level.FULL, h.stat.sys_access, ops=("stat",)),
-    _row("faccessat", (D, P, N), Level.FULL, h.stat.sys_faccessat, ops=("stat",)),
-    _row("faccessat2", (D, P, N, AF), Level.FULL, h.stat.sys_faccessat2, ops=("stat",)),
+    _row("access", (P, N), Level.FULL, h.stat.sys_access, ops=("stat",), channel=_NOTIFY),
+    _row("faccessat", (D, P, N), Level.FULL, h.stat.sys_faccessat, ops=("stat",),
+         channel=_NOTIFY),
+    _row("faccessat2", (D, P, N, AF), Level.FULL, h.stat.sys_faccessat2, ops=("stat",),
+         channel=_NOTIFY),
     _row(
         "readlink",
         (P, OUT, SZ),
         Level.FULL,
         h.stat.sys_readlink,
-        "/proc/self/{fd/N,cwd,exe} show synthetic paths", ops=("stat",)
+        "/proc/self/{fd/N,cwd,exe} show synthetic paths", ops=("stat",), channel=_NOTIFY,
     ),
-    _row("readlinkat", (D, P, OUT, SZ), Level.FULL, h.stat.sys_readlinkat, ops=("stat",)),
+    _row("readlinkat", (D, P, OUT, SZ), Level.FULL, h.stat.sys_readlinkat, ops=("stat",),
+         channel=_NOTIFY),
     _row(
         "statfs",
         (P, OUT),
@@ -430,6 +446,21 @@ TABLE: tuple[SyscallSpec, ...] = (
     # -- working directory and exec ------------------------------------------------------
     _row("chdir", (P,), Level.FULL, h.cwd_exec.sys_chdir, ops=("list",)),
     _row("fchdir", (FD,), Level.FD, h.cwd_exec.sys_fchdir),
+    *(
+        _row(name, (N, N, N), Level.GUARD, h.guards.sys_creds_guard,
+             "runs; marks the process (and its children): under --engine notify a root "
+             "synthfs refuses its opens (EACCES) while its credentials are not synthfs's",
+             reach=Reach.IDENTITY,
+             shown_by="tests/interposer/test_notify.py::"
+                      "test_a_guest_that_became_nobody_cannot_open_root_files_through_the_supervisor")
+        for name in ("setuid", "setgid", "setreuid", "setregid", "setgroups", "setresuid",
+                     "setresgid", "setfsuid", "setfsgid", "capset")
+    ),
+    _row("landlock_restrict_self", (FD, N), Level.GUARD, h.guards.sys_landlock_guard,
+         "runs; marks the process (and its children): under --engine notify its opens are "
+         "refused (EACCES), since the supervisor's would not be in its Landlock domain",
+         shown_by="tests/interposer/test_notify.py::"
+                  "test_a_guest_that_restricted_itself_with_landlock_stays_restricted"),
     _row("getcwd", (OUT, SZ), Level.FULL, h.cwd_exec.sys_getcwd, needs=Need.SYNTH_CWD),
     _row(
         "execve",

@@ -25,6 +25,23 @@ def sys_memguard(call: Call, env: Env) -> Result:
     return Fail(errno.EPERM) if call.guest.touches_scratch(addr, length) else CONTINUE
 
 
+def sys_landlock_guard(call: Call, env: Env) -> Result:
+    """landlock_restrict_self: the process now has rules of its own, which the kernel
+    enforces in its context only. Marked (its children inherit the mark): under
+    ``--engine notify`` the supervisor would open files outside its domain, so its
+    opens are refused there (the supervisor's ``_not_as_guest``)."""
+    call.proc.own_rules = True
+    return CONTINUE
+
+
+def sys_creds_guard(call: Call, env: Env) -> Result:
+    """setuid and the like: the process may now hold other credentials than synthfs.
+    Marked (its children inherit the mark): under ``--engine notify`` a privileged
+    supervisor then compares them at each open it would make for it."""
+    call.proc.own_creds = True
+    return CONTINUE
+
+
 def sys_mremap_guard(call: Call, env: Env) -> Result:
     old, old_len, new_len, flags, new = call.args[:5]
     if call.guest.touches_scratch(old, old_len):
