@@ -1,0 +1,194 @@
+"""The warm start end to end: a real ``synthfs warm``, a real agent and server, real guests.
+
+``synthfs run --warm --agent EP`` hands itself to the warm supervisor and
+becomes the guest: its pid, parent, stdio, cwd, environment and exit status
+are what they would be natively, and everything else is what a cold
+``synthfs run`` gives (the policy, /data through the agent, the trusted paths).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import helpers
+import pytest
+
+from synthfs.agent.embedded import embedded
+
+pytestmark = pytest.mark.ptrace
+
+SYNTHFS = helpers.synthfs_command()
+
+
+class Warm:
+    """A running ``synthfs warm`` and an agent; :meth:`run` is a ``synthfs run --warm``."""
+
+    def __init__(self, sock: Path, endpoint: str, daemon: subprocess.Popen[str]) -> None:
+        self.sock = sock
+        self.endpoint = endpoint
+        self.daemon = daemon
+        self.env = {**os.environ, "SYNTHFS_WARM_SOCKET": str(sock)}
+
+    def popen(
+        self, *command: str, opts: tuple[str, ...] = (), **kw: object
+    ) -> subprocess.Popen[str]:
+        kw.setdefault("env", self.env)
+        return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+            [*SYNTHFS, "run", "--warm", "--agent", self.endpoint, *opts, "--", *command],
+            stdin=kw.pop("stdin", subprocess.DEVNULL), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, **kw,
+        )
+
+    def run(self, *command: str, opts: tuple[str, ...] = (), input: str | None = None,
+            **kw: object) -> subprocess.CompletedProcess[str]:
+        p = self.popen(*command, opts=opts, stdin=subprocess.PIPE if input else None, **kw)
+        out, err = p.communicate(input, timeout=60)
+        return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "x.txt").write_text("the x file\n")
+    return root
+
+
+@pytest.fixture
+def warm(repo: Path, tmp_path: Path) -> Iterator[Warm]:
+    sock = tmp_path / "warm" / "w.sock"
+    with embedded(repo, cache_dir=tmp_path / "cache") as stack:
+        daemon = subprocess.Popen([*SYNTHFS, "warm", "--socket", str(sock)],
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            assert daemon.stderr is not None
+            line = daemon.stderr.readline()  # "serving PATH": it listens
+            assert "serving" in line, line
+            yield Warm(sock, str(stack.agent_endpoint), daemon)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=30)
+
+
+def test_the_guest_is_the_client_itself(warm: Warm) -> None:
+    """Same pid, same parent (this test), traced by a child of the warm supervisor;
+    its exit status straight to its parent."""
+    p = warm.popen("sh", "-c", "echo $$ $PPID; grep TracerPid /proc/$$/status; exit 3")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 3, err
+    pid, ppid, _, tracer = out.split()
+    assert (int(pid), int(ppid)) == (p.pid, os.getpid())
+    with open(f"/proc/{tracer}/stat") as f:
+        assert int(f.read().rsplit(")", 1)[1].split()[1]) == warm.daemon.pid
+    assert "cold" not in err
+
+
+def test_death_by_a_signal_is_the_guests_own(warm: Warm) -> None:
+    r = warm.run("sh", "-c", "kill -9 $$")
+    assert r.returncode == -signal.SIGKILL  # natively so: no 128+N from a wrapper
+
+
+def test_stdio_cwd_and_environment_are_the_callers(warm: Warm, tmp_path: Path) -> None:
+    env = {**warm.env, "SYNTHFS_PROBE": "kept"}
+    r = warm.run("sh", "-c", 'cat; echo "$SYNTHFS_PROBE $(pwd)"; echo to-stderr >&2; exit 0',
+                 input="from stdin\n", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"from stdin\nkept {tmp_path}\n"
+    assert r.stderr == "to-stderr\n"
+
+
+def test_data_through_the_agent_and_a_host_denial(warm: Warm, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / "in").mkdir(parents=True)
+    (ws / "hidden").write_text("no\n")
+    policy = tmp_path / "p.toml"
+    policy.write_text(textwrap.dedent(f"""\
+        version = 1
+        name = "warm"
+        description = "test: host readable but {ws}/hidden"
+        default = "allow"
+
+        [[mount]]
+        path = "/data"
+
+        [host]
+        read = ["/usr/**", "/etc/**", "/proc/**", "/lib/**", "/lib64/**", "/bin/**",
+                "{ws}/in/**"]
+        write = ["{ws}/in/**"]
+        """))
+    r = warm.run("sh", "-c", f"cat /data/x.txt; cat {ws}/hidden", opts=("--policy", str(policy)))
+    assert r.stdout == "the x file\n"
+    assert r.returncode == 1
+    assert "Permission denied" in r.stderr
+
+
+def test_the_warm_socket_is_refused_to_the_guest(warm: Warm) -> None:
+    probe = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print(e.errno)\n"
+        "else:\n    print('connected')\n"
+        "try:\n    __import__('os').listdir(sys.argv[2])\n"
+        "except OSError as e:\n    print(e.errno)\n"
+    )
+    import errno as E
+    import sys
+
+    r = warm.run(sys.executable, "-c", probe, str(warm.sock), str(warm.sock.parent))
+    assert r.stdout.split() == [str(E.EACCES), str(E.EACCES)], r.stderr
+
+
+def test_concurrent_clients(warm: Warm) -> None:
+    runs = [warm.popen("sh", "-c", f"sleep 0.5; cat /data/x.txt; exit {i}") for i in range(3)]
+    for i, p in enumerate(runs):
+        out, err = p.communicate(timeout=60)
+        assert (p.returncode, out) == (i, "the x file\n"), err
+
+
+def test_no_warm_supervisor_starts_cold_and_says_so(warm: Warm, tmp_path: Path) -> None:
+    env = {**warm.env, "SYNTHFS_WARM_SOCKET": str(tmp_path / "none" / "w.sock")}
+    r = warm.run("cat", "/data/x.txt", env=env)
+    assert (r.returncode, r.stdout) == (0, "the x file\n"), r.stderr
+    assert "no warm supervisor at" in r.stderr and "starting cold" in r.stderr
+
+
+def test_a_socket_directory_others_can_enter_is_not_trusted(warm: Warm) -> None:
+    os.chmod(warm.sock.parent, 0o755)
+    try:
+        r = warm.run("true")
+    finally:
+        os.chmod(warm.sock.parent, 0o700)
+    assert r.returncode == 0
+    assert "is not a private directory of this user" in r.stderr
+
+
+def test_a_hostile_client_gets_nothing_and_the_next_one_runs(warm: Warm) -> None:
+    """Junk, a wrong version, a client gone mid-request: each is answered (or not) alone."""
+    for junk in (b"\xff\xff\xff\x7f", b"\x05\x00\x00\x00hello", b"\x02\x00"):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(warm.sock))
+            s.sendmsg([junk], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                os.open(os.devnull, os.O_WRONLY).to_bytes(4, "little"))])
+            s.settimeout(15)
+            s.shutdown(socket.SHUT_WR)
+            try:
+                reply = s.recv(64)
+            except TimeoutError:
+                reply = b"timeout"
+            assert reply[:1] in (b"", b"E"), reply
+    time.sleep(0.2)
+    r = warm.run("cat", "/data/x.txt")
+    assert (r.returncode, r.stdout) == (0, "the x file\n"), r.stderr
+
+
+def test_a_bad_argument_is_the_cold_runs_error(warm: Warm) -> None:
+    r = warm.run("true", opts=("--policy", "/nonexistent.toml"))
+    assert r.returncode == 2
+    assert r.stderr.startswith("synthfs run: ")
