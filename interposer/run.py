@@ -308,9 +308,13 @@ def _run(
             print(f"synthfs run: calls on {ns.mount} fail with EIO: {why}", file=sys.stderr,
                   flush=True)
 
+        progress = ProgressLine.for_terminal(sys.stderr, ns.mount)
         try:
-            remote = Remote(endpoint, report=away,
-                            progress=ProgressLine.for_terminal(sys.stderr, ns.mount))
+            remote = client.connected(endpoint) if client else None
+            if remote is not None:
+                remote.reports_to(away, progress)
+            else:
+                remote = Remote(endpoint, report=away, progress=progress)
         except OSError as exc:
             hint = ""
             if launch is None and exc.errno in (errno.ENOENT, errno.ECONNREFUSED):

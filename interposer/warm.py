@@ -32,20 +32,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import logging
 import os
 import select
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from synthfs.interposer.warm_client import VERSION, default_socket
 
 if TYPE_CHECKING:
     from synthfs.interposer.filter import CompiledFilter
     from synthfs.interposer.notify import Engine
+    from synthfs.interposer.remote import Remote
     from synthfs.interposer.supervisor import Supervisor
     from synthfs.policy.engine import Policy
 
@@ -61,6 +64,8 @@ _SO_PEERPIDFD = 77
 _REQUEST_MAX = 4 << 20
 #: how long a client may take to send its request
 _REQUEST_TIMEOUT = 10.0
+#: seconds a spare supervisor waits for a client before it is replaced
+SPARE_AGE = 60.0
 
 #: compiled filters by (gates, engine): built once in the warm supervisor, before its forks
 _FILTERS: dict[tuple[frozenset[object], object], CompiledFilter] = {}
@@ -72,6 +77,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="where to listen (default: $SYNTHFS_WARM_SOCKET, else "
         "$XDG_RUNTIME_DIR/synthfs-warm/warm.sock or /tmp/synthfs-warm-UID/warm.sock); its "
         "directory is made private (0700) or must be already",
+    )
+    parser.add_argument(
+        "--agent", metavar="ENDPOINT",
+        help="the agent most runs use (ipc://PATH): each run's supervisor is connected to it "
+        "before its client comes; a run with another --agent connects on its own",
     )
 
 
@@ -97,8 +107,11 @@ def _answer(conn: socket.socket, kind: bytes, payload: bytes = b"") -> None:
 class WarmClient:
     """One ``synthfs run --warm`` client, as :func:`interposer.run.main` sees it."""
 
-    def __init__(self, conn: socket.socket, pid: int, pidfd: int, refused: str) -> None:
+    def __init__(
+        self, conn: socket.socket, pid: int, pidfd: int, refused: str, remote: Remote | None
+    ) -> None:
         self.conn = conn
+        self._remote = remote
         self.pid = pid
         self.pidfd = pidfd
         #: the warm supervisor itself (its socket's directory is refused, see run.py)
@@ -106,6 +119,13 @@ class WarmClient:
         self.refused = refused
         #: whether the command was let go (after that, the exit status is the client's own)
         self.went = False
+
+    def connected(self, endpoint: str) -> Remote | None:
+        """The spare's connection to ``endpoint`` (None: it has none to that one)."""
+        remote, self._remote = self._remote, None
+        if remote is not None and remote.endpoint == endpoint:
+            return remote
+        return None
 
     def filter_for(self, policy: Policy, engine: Engine) -> CompiledFilter:
         return _filter_for(policy, engine)
@@ -172,6 +192,17 @@ def _listen(path: str) -> socket.socket:
     return sock
 
 
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    """``synthfs run``'s own parser (built once, before the forks)."""
+    from synthfs.interposer import run
+
+    parser = argparse.ArgumentParser(prog="synthfs run", description=run.HELP)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    run.configure(parser)
+    return parser
+
+
 def _preload() -> None:
     """Everything a run imports, and the default policy's filter, before any fork."""
     import importlib
@@ -182,6 +213,7 @@ def _preload() -> None:
     from synthfs.interposer.notify import Engine, choose
     from synthfs.policy.engine import Policy
 
+    _parser()
     policy = Policy.default("/data")
     _filter_for(policy, Engine.PTRACE)
     engine, why = choose(Engine.NOTIFY)
@@ -191,6 +223,14 @@ def _preload() -> None:
 
 def main(args: argparse.Namespace) -> int:
     path = os.path.abspath(args.socket or default_socket())
+    if args.agent:
+        from synthfs.protocol.endpoints import check_endpoint
+
+        try:
+            check_endpoint("--agent", args.agent, tcp=False)
+        except ValueError as exc:
+            print(f"synthfs warm: {exc}", file=sys.stderr)
+            return 2
     try:
         _preload()
         sock = _listen(path)
@@ -204,16 +244,27 @@ def main(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # A run's supervisor is reaped as it ends (its CPU time then counts in ours at once).
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)
+    spares = _Spares(sock, os.path.dirname(path), args.agent)
     print(f"synthfs warm: serving {path} (pid {os.getpid()})", file=sys.stderr, flush=True)
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
     try:
         while not stopping:
-            with contextlib.suppress(InterruptedError):
-                if poller.poll(1000):
-                    _accept(sock, path)
+            spares.ready()
+            for fd, _ in poller.poll(1000):
+                if fd == wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 512)
+                else:
+                    _accept(sock, spares)
             _reap()
     finally:
+        spares.retire()
         with contextlib.suppress(OSError):
             os.unlink(path)
         sock.close()
@@ -226,7 +277,97 @@ def _reap() -> None:
             pass
 
 
-def _accept(sock: socket.socket, path: str) -> None:
+class _Spares:
+    """One supervisor forked ahead of its run, connected to ``--agent`` already: a
+    client's run starts without a fork or an agent hello on its path. It waits on a
+    socket pair for the client's connection, pidfd and pid; a spare idle for
+    :data:`SPARE_AGE` seconds is replaced (its agent's Welcome may be stale)."""
+
+    def __init__(self, listening: socket.socket, refused: str, agent: str | None) -> None:
+        self.listening = listening
+        self.refused = refused
+        self.agent = agent
+        self.spare: tuple[socket.socket, float] | None = None
+
+    def ready(self) -> None:
+        if self.spare is not None and time.monotonic() - self.spare[1] > SPARE_AGE:
+            self.retire()
+        if self.spare is None:
+            ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                child = os.fork()
+            except OSError as exc:
+                log.warning("cannot fork a spare supervisor: %s", exc)
+                ctl.close()
+                theirs.close()
+                return
+            if child == 0:  # pragma: no cover - the spare
+                ctl.close()
+                self._wait(theirs)
+            theirs.close()
+            self.spare = (ctl, time.monotonic())
+
+    def hand(self, conn: socket.socket, pid: int, pidfd: int) -> bool:
+        """Give a client to the spare (False: it is gone: serve the client otherwise)."""
+        if self.spare is None:
+            return False
+        ctl, _ = self.spare
+        self.spare = None
+        try:
+            ctl.sendmsg([str(pid).encode()],
+                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                          conn.fileno().to_bytes(4, "little") + pidfd.to_bytes(4, "little"))])
+            return True
+        except OSError:
+            return False
+        finally:
+            ctl.close()
+
+    def retire(self) -> None:
+        if self.spare is not None:
+            self.spare[0].close()  # it reads EOF and exits
+            self.spare = None
+
+    def _wait(self, ctl: socket.socket) -> NoReturn:
+        status = 0
+        try:
+            self.listening.close()
+            _detach()
+            remote = None
+            if self.agent:
+                from synthfs.interposer.remote import Remote
+
+                with contextlib.suppress(OSError):  # the run connects and says why
+                    remote = Remote(self.agent)
+            msg, anc, _, _ = ctl.recvmsg(16, socket.CMSG_SPACE(8))
+            fds = [int.from_bytes(data[i : i + 4], "little")
+                   for level, kind, data in anc
+                   if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+                   for i in range(0, len(data) - 3, 4)]
+            if msg and len(fds) == 2:
+                conn = socket.socket(fileno=fds[0])
+                status = _serve(conn, int(msg), fds[1], self.refused, remote)
+        except BaseException as exc:  # said on the client's stderr, when it has one
+            status = 125
+            with contextlib.suppress(OSError):
+                os.write(2, f"synthfs run: the warm supervisor failed: {exc!r}\n".encode())
+        finally:
+            os._exit(status)
+
+
+def _detach() -> None:
+    """A run's supervisor: its own session, default signals (nothing of the warm one's)."""
+    os.setsid()
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+
+
+def _accept(sock: socket.socket, spares: _Spares) -> None:
     try:
         conn, _ = sock.accept()
     except OSError:
@@ -245,29 +386,18 @@ def _accept(sock: socket.socket, path: str) -> None:
             except OSError:
                 return
         try:
-            child = os.fork()
-        except OSError as exc:
-            log.warning("cannot fork a supervisor: %s", exc)
+            if not spares.hand(conn, pid, pidfd):
+                spares.ready()
+                if not spares.hand(conn, pid, pidfd):
+                    log.warning("no supervisor for the client (pid %d)", pid)
+        finally:
             os.close(pidfd)
-            return
-        if child == 0:  # pragma: no cover - the run's supervisor
-            status = 125
-            try:
-                sock.close()
-                status = _serve(conn, pid, pidfd, os.path.dirname(path))
-            except BaseException as exc:  # said on the client's stderr
-                with contextlib.suppress(OSError):
-                    os.write(2, f"synthfs run: the warm supervisor failed: {exc!r}\n".encode())
-            finally:
-                os._exit(status)
-        os.close(pidfd)
 
 
-def _serve(conn: socket.socket, pid: int, pidfd: int, refused: str) -> int:
-    """One run, in its own forked supervisor; 0 when the client was answered."""
-    os.setsid()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)
+def _serve(
+    conn: socket.socket, pid: int, pidfd: int, refused: str, remote: Remote | None
+) -> int:
+    """One run, in its own supervisor; 0 when the client was answered."""
     conn.settimeout(_REQUEST_TIMEOUT)
     head, fds, _, _ = conn.recvmsg(4, socket.CMSG_SPACE(4))
     stderr = -1
@@ -288,11 +418,7 @@ def _serve(conn: socket.socket, pid: int, pidfd: int, refused: str) -> int:
     conn.settimeout(None)
     os.dup2(stderr, 2)
     os.close(stderr)
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    os.dup2(null, 1)
-    os.close(null)
-    client = WarmClient(conn, pid, pidfd, refused)
+    client = WarmClient(conn, pid, pidfd, refused, remote)
     status = _run(client, body)
     if not client.went:
         _answer(conn, b"C" if status is None else b"E", bytes([(status or 0) & 0xFF]))
@@ -321,11 +447,8 @@ def _run(client: WarmClient, body: bytes) -> int | None:
         key, eq, value = kv.partition("=")
         if eq:
             os.environ[key] = value
-    parser = argparse.ArgumentParser(prog="synthfs run", description=run.HELP)
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    run.configure(parser)
     try:
-        args = parser.parse_args(argv)
+        args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse said why on stderr
         return exc.code if isinstance(exc.code, int) else 2
     if args.data:

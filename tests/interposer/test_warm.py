@@ -65,7 +65,8 @@ def repo(tmp_path: Path) -> Path:
 def warm(repo: Path, tmp_path: Path) -> Iterator[Warm]:
     sock = tmp_path / "warm" / "w.sock"
     with embedded(repo, cache_dir=tmp_path / "cache") as stack:
-        daemon = subprocess.Popen([*SYNTHFS, "warm", "--socket", str(sock)],
+        daemon = subprocess.Popen([*SYNTHFS, "warm", "--socket", str(sock),
+                                   "--agent", str(stack.agent_endpoint)],
                                   stderr=subprocess.PIPE, text=True)
         try:
             assert daemon.stderr is not None
@@ -192,3 +193,37 @@ def test_a_bad_argument_is_the_cold_runs_error(warm: Warm) -> None:
     r = warm.run("true", opts=("--policy", "/nonexistent.toml"))
     assert r.returncode == 2
     assert r.stderr.startswith("synthfs run: ")
+
+
+def test_the_notify_engine(warm: Warm) -> None:
+    r = warm.run("sh", "-c", "cat /data/x.txt; stat -c %s /data/x.txt",
+                 opts=("--engine", "notify"))
+    assert (r.returncode, r.stdout) == (0, "the x file\n11\n"), r.stderr
+
+
+def test_a_stop_is_seen_by_the_parent_as_natively(warm: Warm) -> None:
+    """The guest's stop reaches its parent (this test: a shell's job control) and a
+    SIGCONT from it goes on."""
+    p = warm.popen("sh", "-c", "kill -STOP $$; echo resumed")
+    pid, status = os.waitpid(p.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGSTOP
+    os.kill(p.pid, signal.SIGCONT)
+    pid, status = os.waitpid(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    assert p.stdout is not None
+    assert (p.returncode, p.stdout.read()) == (0, "resumed\n")
+
+
+def test_the_guest_dies_with_its_supervisor(warm: Warm) -> None:
+    p = warm.popen("sh", "-c", "grep TracerPid /proc/$$/status; sleep 30")
+    assert p.stdout is not None
+    tracer = int(p.stdout.readline().split()[1])
+    os.kill(tracer, signal.SIGKILL)
+    assert p.wait(timeout=30) == -signal.SIGKILL  # PTRACE_O_EXITKILL: never unsupervised
+
+
+def test_an_unreachable_agent_is_said_as_cold(warm: Warm, tmp_path: Path) -> None:
+    r = subprocess.run([*SYNTHFS, "run", "--warm", "--agent", f"ipc://{tmp_path}/none.sock",
+                        "--", "true"], capture_output=True, text=True, env=warm.env, timeout=60)
+    assert r.returncode == 125
+    assert "cannot reach the agent at" in r.stderr
