@@ -210,6 +210,7 @@ def _preload() -> None:
     for name in ("hostside", "namespace", "progress", "remote", "run", "runenv", "supervisor"):
         importlib.import_module(f"synthfs.interposer.{name}")
     importlib.import_module("synthfs.policy.shipped")
+    importlib.import_module("synthfs.agent.embedded")
     from synthfs.interposer.notify import Engine, choose
     from synthfs.policy.engine import Policy
 
@@ -333,6 +334,9 @@ class _Spares:
         try:
             self.listening.close()
             _detach()
+            from synthfs.agent.embedded import sweep_once
+
+            sweep_once()  # what a run's private directory would start with
             remote = None
             if self.agent:
                 from synthfs.interposer.remote import Remote

@@ -127,6 +127,9 @@ def _handshake(sock: _socket.socket, argv: list[str]) -> int:
     try:
         sock.sendmsg([len(body).to_bytes(4, "little"), body],
                      [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, stderr.to_bytes(4, "little"))])
+        # ctypes (~7 ms) loads while the supervisor sets the run up, not after.
+        from synthfs.interposer.bpf import Program
+
         # Seized from here on (the answer comes from the supervisor that traces us).
         kind = _recv_exact(sock, 1)
         size = int.from_bytes(_recv_exact(sock, 4), "little")
@@ -145,8 +148,6 @@ def _handshake(sock: _socket.socket, argv: list[str]) -> int:
     bpf_size = int.from_bytes(payload[1:5], "little")
     bpf = payload[5 : 5 + bpf_size]
     command = [os.fsdecode(a) for a in payload[5 + bpf_size :].split(b"\0")[:-1]]
-    from synthfs.interposer.bpf import Program
-
     program = Program(bpf)
     # What the caller gave, as a launcher's child sets it (Python ignored these two).
     _signal.signal(_SIGPIPE, _signal.SIG_DFL)
