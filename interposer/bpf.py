@@ -3,12 +3,14 @@
 The one loader both launchers use: the supervisor's forked child
 (:meth:`interposer.filter.CompiledFilter.load`) and the warm start's thin client
 (:mod:`interposer.warm_client`), which must not import pyseccomp or the syscall
-table. Light on imports (``ctypes`` and ``os``); trusts its caller's bytes.
+table. Bound with ``_ctypes`` itself: the ``ctypes`` package costs the thin
+client ~7 ms to import (its whole run is ~30); the four C types below are all
+it needs. Trusts its caller's bytes.
 """
 
 from __future__ import annotations
 
-import ctypes
+import _ctypes
 import os
 
 __all__ = ["NR_SECCOMP", "SECCOMP_FILTER_FLAG_NEW_LISTENER", "Program"]
@@ -22,8 +24,47 @@ SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 NR_SECCOMP = 317  # x86_64
 
 
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+class _ULong(_ctypes._SimpleCData):  # ctypes.c_ulong
+    _type_ = "L"
+
+
+class _Int(_ctypes._SimpleCData):  # ctypes.c_int
+    _type_ = "i"
+
+
+class _Long(_ctypes._SimpleCData):  # ctypes.c_long
+    _type_ = "l"
+
+
+class _UShort(_ctypes._SimpleCData):  # ctypes.c_ushort
+    _type_ = "H"
+
+
+class _Char(_ctypes._SimpleCData):  # ctypes.c_char
+    _type_ = "c"
+
+
+class _SockFprog(_ctypes.Structure):
+    _fields_ = [("len", _UShort), ("filter", _ULong)]
+
+
+class _IntFunction(_ctypes.CFuncPtr):  # a C function returning int; errno kept
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = _Int
+
+
+class _LongFunction(_ctypes.CFuncPtr):  # returning long
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = _Long
+
+
+class _Libc:
+    _handle = _ctypes.dlopen(None, 0)  # type: ignore[arg-type]  # dlopen(NULL): this program
+
+
+def _fail(what: str) -> OSError:
+    err = _ctypes.get_errno()
+    return OSError(err, f"{what}: {os.strerror(err)}")
 
 
 class Program:
@@ -33,36 +74,27 @@ class Program:
         if len(bpf) % 8 or not bpf:
             raise ValueError("BPF program must be a non-empty multiple of 8 bytes")
         self.bpf = bpf
-        self._buf = ctypes.create_string_buffer(bpf, len(bpf))
-        self._prog = _SockFprog(len(bpf) // 8, ctypes.addressof(self._buf))
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._prctl = libc.prctl
-        self._prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                                ctypes.c_ulong)
-        self._prctl.restype = ctypes.c_int
-        self._syscall = libc.syscall
-        self._syscall.restype = ctypes.c_long
+        self._buf = (_Char * len(bpf)).from_buffer_copy(bpf)
+        self._prog = _SockFprog(len(bpf) // 8, _ctypes.addressof(self._buf))
+        # CFuncPtr((name, library)) reads only the library's _handle (a CDLL's in typeshed)
+        self._prctl = _IntFunction(("prctl", _Libc()))  # type: ignore[arg-type]
+        self._syscall = _LongFunction(("syscall", _Libc()))  # type: ignore[arg-type]
 
     def load(self, listener: bool) -> int:
         """Set no_new_privs and install the program in the calling thread.
 
         ``listener``: with ``SECCOMP_FILTER_FLAG_NEW_LISTENER``; the listener fd
         (close-on-exec, as the kernel makes it) is returned, else -1."""
-        if self._prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
+        zero = _ULong(0)
+        if self._prctl(_Int(PR_SET_NO_NEW_PRIVS), _ULong(1), zero, zero, zero) != 0:
+            raise _fail("prctl(PR_SET_NO_NEW_PRIVS)")
+        prog = _ULong(_ctypes.addressof(self._prog))
         if listener:
-            fd = self._syscall(
-                ctypes.c_long(NR_SECCOMP),
-                ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
-                ctypes.c_uint(SECCOMP_FILTER_FLAG_NEW_LISTENER),
-                ctypes.c_void_p(ctypes.addressof(self._prog)),
-            )
+            fd = self._syscall(_Long(NR_SECCOMP), _ULong(SECCOMP_SET_MODE_FILTER),
+                               _ULong(SECCOMP_FILTER_FLAG_NEW_LISTENER), prog)
             if fd < 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"seccomp(SET_MODE_FILTER, NEW_LISTENER): {os.strerror(err)}")
+                raise _fail("seccomp(SET_MODE_FILTER, NEW_LISTENER)")
             return int(fd)
-        if self._prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self._prog), 0, 0):
-            err = ctypes.get_errno()
-            raise OSError(err, f"prctl(PR_SET_SECCOMP): {os.strerror(err)}")
+        if self._prctl(_Int(PR_SET_SECCOMP), _ULong(SECCOMP_MODE_FILTER), prog, zero, zero):
+            raise _fail("prctl(PR_SET_SECCOMP)")
         return -1
