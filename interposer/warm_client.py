@@ -47,9 +47,9 @@ def requested(argv: list[str]) -> bool:
     if os.environ.get("SYNTHFS_WARM", "") not in ("", "0"):
         return True
     for arg in argv:
-        if arg == "--" or not arg.startswith("-"):
+        if arg == "--":
             return False
-        if arg == "--warm":
+        if arg == "--warm":  # (or a command's own, without "--": the run parses it right)
             return True
     return False
 

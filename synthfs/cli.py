@@ -79,12 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if argv else 2
         parser.error(f"unknown command {argv[0]!r} (choose from {', '.join(COMMANDS)})")
     name = argv.pop(0)
-    if name == "run" and program and not verbose:
+    if name == "run" and program:
         # The warm start: this process becomes the guest, nothing of the interposer loaded.
         from synthfs.interposer import warm_client
 
         if warm_client.requested(argv):
-            status = warm_client.run(argv)
+            status = warm_client.run(["-v"] * verbose + argv)
             if status != warm_client.COLD:
                 os._exit(status)
     import argparse

@@ -41,7 +41,7 @@ class Warm:
     ) -> subprocess.Popen[str]:
         kw.setdefault("env", self.env)
         return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-            [*SYNTHFS, "run", "--warm", "--agent", self.endpoint, *opts, "--", *command],
+            [*SYNTHFS, "run", "--agent", self.endpoint, "--warm", *opts, "--", *command],
             stdin=kw.pop("stdin", subprocess.DEVNULL), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, **kw,
         )
@@ -227,3 +227,11 @@ def test_an_unreachable_agent_is_said_as_cold(warm: Warm, tmp_path: Path) -> Non
                         "--", "true"], capture_output=True, text=True, env=warm.env, timeout=60)
     assert r.returncode == 125
     assert "cannot reach the agent at" in r.stderr
+
+
+def test_verbose_runs_warm_too(warm: Warm) -> None:
+    r = subprocess.run([*SYNTHFS, "-v", "run", "--agent", warm.endpoint, "--warm", "--",
+                        "cat", "/data/x.txt"], capture_output=True, text=True, env=warm.env,
+                       timeout=60)
+    assert (r.returncode, r.stdout) == (0, "the x file\n"), r.stderr
+    assert "/data/x.txt" in r.stderr and "cold" not in r.stderr  # the strace-like lines
