@@ -1,16 +1,19 @@
 """Start-up benchmark: what one ``synthfs run ... -- true`` costs, beside ``true`` and strace.
 
 ``synthfs bench --startup`` runs ``true`` natively, under ``strace -f`` (a C
-tracer's start-up), under ``synthfs run --agent EP`` (an agent already
-running: the warm start) and under ``synthfs run --data DIR`` (a private
-server and agent started and stopped by the run), round-robin so that all four
-see the same load. Each gets one untimed run first (``--agent``'s compiles and
+tracer's start-up), under ``synthfs run --warm --agent EP`` (a warm supervisor,
+``synthfs warm --agent EP``, started for the measurement), under ``synthfs run
+--agent EP`` (an agent already running) and under ``synthfs run --data DIR`` (a
+private server and agent started and stopped by the run), round-robin so that
+all five see the same load. Each gets one untimed run first (``--agent``'s compiles and
 keeps the seccomp filter, as any earlier run on the machine would have).
 
 Two figures per row, best and median of the timed runs: wall-clock time, and
 the CPU time of the process and every child it waited for (``wait4``'s
 rusage: with ``--data`` the server and the agent are included; with
-``--agent`` the running agent's share is not, it is another process's). On a
+``--agent`` the running agent's share is not, it is another process's; with
+``--warm`` the runs' supervisors, children of the warm supervisor, are added:
+their CPU over all the runs, shared evenly). On a
 shared machine the CPU time is the steadier figure: the wall clock also counts
 the other processes' turns. Not pinned: ``--data`` starts three processes that
 boot in parallel.
