@@ -28,7 +28,7 @@ VERSION = b"synthfs-warm/1\0"
 #: :func:`run`'s answer when the run is to start the usual way (no supervisor, --data...)
 COLD = -1
 _SO_PEERCRED = 17
-_SIGPIPE, _SIGXFSZ = 13, 25
+_SIGINT, _SIGPIPE, _SIGXFSZ = 2, 13, 25
 
 
 def default_socket() -> str:
@@ -85,6 +85,10 @@ def _recv_exact(sock: _socket.socket, size: int) -> bytes:
 def run(argv: list[str]) -> int:
     """Start ``synthfs run ARGV`` warm: never returns when the command runs; else its
     exit status, or :data:`COLD` (say so, then start the usual way)."""
+    # A Ctrl-C from here on ends this process as it ends the command: by the signal
+    # (Python's KeyboardInterrupt would print a traceback). A caller's SIG_IGN stays.
+    if _signal.getsignal(_SIGINT) is _signal.default_int_handler:
+        _signal.signal(_SIGINT, _signal.SIG_DFL)
     path = default_socket()
     why = _private(path)
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)

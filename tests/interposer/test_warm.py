@@ -235,3 +235,53 @@ def test_verbose_runs_warm_too(warm: Warm) -> None:
                        timeout=60)
     assert (r.returncode, r.stdout) == (0, "the x file\n"), r.stderr
     assert "/data/x.txt" in r.stderr and "cold" not in r.stderr  # the strace-like lines
+
+
+def test_a_client_gone_mid_handshake_costs_nothing(warm: Warm) -> None:
+    """A client that sends its request and exits at once (killed, say): its supervisor
+    finds it gone and ends; the warm supervisor serves the next one."""
+    import sys
+
+    script = (
+        "import os, socket\n"
+        "from synthfs.interposer import warm_client as w\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "s.connect(w.default_socket())\n"
+        "body = w.VERSION + w._strings([os.getcwd(), '4', '--agent', os.environ['EP'], '--',"
+        " 'true'])\n"
+        "s.sendmsg([len(body).to_bytes(4, 'little'), body],"
+        " [(socket.SOL_SOCKET, socket.SCM_RIGHTS, (2).to_bytes(4, 'little'))])\n"
+        "os._exit(7)\n"
+    )
+    for _ in range(3):
+        r = subprocess.run([sys.executable, "-c", script], env={**warm.env, "EP": warm.endpoint},
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 7, r.stderr
+    time.sleep(0.5)
+    r = warm.run("cat", "/data/x.txt")
+    assert (r.returncode, r.stdout) == (0, "the x file\n"), r.stderr
+    assert warm.daemon.poll() is None
+
+
+def test_ctrl_c_is_a_death_by_sigint_before_the_command_too(warm: Warm, tmp_path: Path) -> None:
+    """Natively a Ctrl-C ends the command by SIGINT: so it does while the client waits
+    for a supervisor that does not answer (here a socket that never does), and once the
+    command runs."""
+    mute = tmp_path / "mute"
+    mute.mkdir(mode=0o700)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(mute / "w.sock"))
+    server.listen()
+    runs = []
+    for env in ({**warm.env, "SYNTHFS_WARM_SOCKET": str(mute / "w.sock")}, warm.env):
+        # (as a terminal's foreground job: this test may run where SIGINT is ignored)
+        p = warm.popen("sleep", "30", env=env,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        time.sleep(1.5)
+        os.kill(p.pid, signal.SIGINT)
+        assert p.wait(timeout=60) == -signal.SIGINT
+        runs.append(p)
+    server.close()  # it held the first client's stderr, sent but never received
+    for p in runs:
+        _, err = p.communicate(timeout=60)
+        assert "Traceback" not in err, err
