@@ -27,6 +27,8 @@ __all__ = ["COLD", "VERSION", "default_socket", "requested", "run"]
 VERSION = b"synthfs-warm/1\0"
 #: :func:`run`'s answer when the run is to start the usual way (no supervisor, --data...)
 COLD = -1
+#: seconds the client waits for the warm supervisor's answer
+ANSWER_TIMEOUT = 30.0
 _SO_PEERCRED = 17
 _SIGINT, _SIGPIPE, _SIGXFSZ = 2, 13, 25
 
@@ -128,6 +130,13 @@ def _handshake(sock: _socket.socket, argv: list[str]) -> int:
         os.fstat(2)
     except OSError:
         stderr = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    # A supervisor that never answers is said, not waited on for ever (a cold run's
+    # own set-up gives up on an agent within 10 s).
+    try:
+        timeout = float(os.environ.get("SYNTHFS_WARM_TIMEOUT", "") or ANSWER_TIMEOUT)
+    except ValueError:
+        timeout = ANSWER_TIMEOUT
+    sock.settimeout(timeout)
     try:
         sock.sendmsg([len(body).to_bytes(4, "little"), body],
                      [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, stderr.to_bytes(4, "little"))])
@@ -138,6 +147,9 @@ def _handshake(sock: _socket.socket, argv: list[str]) -> int:
         kind = _recv_exact(sock, 1)
         size = int.from_bytes(_recv_exact(sock, 4), "little")
         payload = _recv_exact(sock, size)
+    except TimeoutError:
+        _say(f"the warm supervisor did not answer in {timeout:g} s (is it stopped?)")
+        return 125
     except (OSError, EOFError):
         _say("the warm supervisor went away before the command started")
         return 125

@@ -285,3 +285,18 @@ def test_ctrl_c_is_a_death_by_sigint_before_the_command_too(warm: Warm, tmp_path
     for p in runs:
         _, err = p.communicate(timeout=60)
         assert "Traceback" not in err, err
+
+
+def test_a_supervisor_that_never_answers_is_said(warm: Warm, tmp_path: Path) -> None:
+    mute = tmp_path / "mute"
+    mute.mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(mute / "w.sock"))
+        server.listen()
+        p = warm.popen("true", env={**warm.env, "SYNTHFS_WARM_SOCKET": str(mute / "w.sock"),
+                                    "SYNTHFS_WARM_TIMEOUT": "2"})
+        assert p.wait(timeout=60) == 125
+        conn, _ = server.accept()
+        conn.close()
+    _, err = p.communicate(timeout=60)
+    assert "the warm supervisor did not answer in 2 s" in err
