@@ -470,8 +470,8 @@ class Supervisor:
         except pt.PtraceError as exc:
             why = "PTRACE_SEIZE was refused (is the client traced already?)"
             raise PermissionError(exc.errno or errno.EPERM, why) from None
-        if not alive():
-            pt.kill(pid)
+        if not alive():  # gone, and its pid another process's since: not ours to touch
+            pt.detach(pid)
             raise ProcessLookupError(errno.ESRCH, "the client went away before it was seized")
         with contextlib.suppress(OSError):  # no core dumps, as spawn's child sets
             resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))

@@ -300,3 +300,31 @@ def test_a_supervisor_that_never_answers_is_said(warm: Warm, tmp_path: Path) -> 
         conn.close()
     _, err = p.communicate(timeout=60)
     assert "the warm supervisor did not answer in 2 s" in err
+
+
+def test_a_pid_that_is_no_longer_the_clients_is_let_go_untouched() -> None:
+    """adopt() seizes by pid; when the client's pidfd says it is gone (its pid since
+    another process's), that process is detached and runs on, not killed."""
+    from typing import cast
+
+    from synthfs.interposer.filter import build_filter
+    from synthfs.interposer.ports import Env
+    from synthfs.interposer.supervisor import Supervisor
+
+    sup = Supervisor(cast(Env, None), build_filter(None))
+    r, w = os.pipe()
+    other = subprocess.Popen(["sh", "-c", "read x; echo still-here $x"], stdin=r,
+                             stdout=subprocess.PIPE, text=True)
+    os.close(r)
+    try:
+        with pytest.raises(ProcessLookupError):
+            sup.adopt(other.pid, lambda: False, -1, b"")
+        with open(f"/proc/{other.pid}/status") as f:
+            assert "TracerPid:\t0\n" in f.read()
+        os.write(w, b"ok\n")
+        out, _ = other.communicate(timeout=30)
+        assert (other.returncode, out) == (0, "still-here ok\n")
+    finally:
+        os.close(w)
+        if other.poll() is None:
+            other.kill()
