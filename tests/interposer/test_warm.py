@@ -130,7 +130,10 @@ def test_data_through_the_agent_and_a_host_denial(warm: Warm, tmp_path: Path) ->
     assert "Permission denied" in r.stderr
 
 
-def test_the_warm_socket_is_refused_to_the_guest(warm: Warm) -> None:
+@pytest.mark.parametrize("start", ["warm", "cold"])
+def test_the_warm_socket_is_refused_to_the_guest(warm: Warm, start: str) -> None:
+    """To a warm run's guests, and to a cold run's (whose guest could otherwise ask
+    the warm supervisor for a run of its own choosing)."""
     probe = (
         "import socket, sys\n"
         "s = socket.socket(socket.AF_UNIX)\n"
@@ -142,7 +145,12 @@ def test_the_warm_socket_is_refused_to_the_guest(warm: Warm) -> None:
     import errno as E
     import sys
 
-    r = warm.run(sys.executable, "-c", probe, str(warm.sock), str(warm.sock.parent))
+    argv = (sys.executable, "-c", probe, str(warm.sock), str(warm.sock.parent))
+    if start == "warm":
+        r = warm.run(*argv)
+    else:
+        r = subprocess.run([*SYNTHFS, "run", "--agent", warm.endpoint, "--", *argv],
+                           capture_output=True, text=True, env=warm.env, timeout=60)
     assert r.stdout.split() == [str(E.EACCES), str(E.EACCES)], r.stderr
 
 
@@ -328,3 +336,11 @@ def test_a_pid_that_is_no_longer_the_clients_is_let_go_untouched() -> None:
         os.close(w)
         if other.poll() is None:
             other.kill()
+
+
+def test_a_second_warm_supervisor_on_the_same_socket_is_refused(warm: Warm) -> None:
+    r = subprocess.run([*SYNTHFS, "warm", "--socket", str(warm.sock)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1
+    assert f"a warm supervisor already serves {warm.sock}" in r.stderr
+    assert warm.run("true").returncode == 0  # the first one still serves
