@@ -236,7 +236,7 @@ def main(args: argparse.Namespace) -> int:
         _preload()
         sock = _listen(path)
     except OSError as exc:
-        print(f"synthfs warm: {exc.strerror or exc}", file=sys.stderr)
+        print(f"synthfs warm: cannot serve {path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     stopping: list[int] = []
 

@@ -342,5 +342,5 @@ def test_a_second_warm_supervisor_on_the_same_socket_is_refused(warm: Warm) -> N
     r = subprocess.run([*SYNTHFS, "warm", "--socket", str(warm.sock)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 1
-    assert f"a warm supervisor already serves {warm.sock}" in r.stderr
+    assert "a warm supervisor already serves" in r.stderr and str(warm.sock) in r.stderr
     assert warm.run("true").returncode == 0  # the first one still serves
