@@ -43,7 +43,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from synthfs.interposer.warm_client import VERSION, default_socket
+from synthfs.interposer.warm_client import VERSION, default_socket, sandboxed
 
 if TYPE_CHECKING:
     from synthfs.interposer.filter import CompiledFilter
@@ -389,6 +389,12 @@ def _accept(sock: socket.socket, spares: _Spares) -> None:
                 pidfd = os.pidfd_open(pid)
             except OSError:
                 return
+        if sandboxed(pid, os.dup(pidfd)):
+            # A guest of any run (all are traced): it would pick its own options (a
+            # --stats FILE written before the seize fails) or a looser policy.
+            log.warning("refused a traced client (pid %d): a guest of a run", pid)
+            os.close(pidfd)
+            return
         try:
             if not spares.hand(conn, pid, pidfd):
                 spares.ready()

@@ -10,7 +10,7 @@ the command: the guest keeps this pid, its parent (the user's shell), session,
 process group and terminal, and its exit status goes to the shell as natively.
 
 Trusts the supervisor only once the socket's directory is this user's and
-private, and the peer is this user's (``SO_PEERCRED``). Imports ``os``,
+private, and the peer is this user's (``SO_PEERCRED``) and not traced (no guest). Imports ``os``,
 ``_socket`` and (for the filter) ``ctypes``: nothing of the interposer.
 """
 
@@ -21,7 +21,7 @@ import _socket
 import os
 import sys
 
-__all__ = ["COLD", "VERSION", "default_socket", "requested", "run"]
+__all__ = ["COLD", "VERSION", "default_socket", "requested", "run", "sandboxed"]
 
 #: the first bytes of a request, and what a supervisor of another version refuses
 VERSION = b"synthfs-warm/1\0"
@@ -30,6 +30,7 @@ COLD = -1
 #: seconds the client waits for the warm supervisor's answer
 ANSWER_TIMEOUT = 30.0
 _SO_PEERCRED = 17
+_SO_PEERPIDFD = 77
 _SIGINT, _SIGPIPE, _SIGXFSZ = 2, 13, 25
 
 
@@ -97,10 +98,14 @@ def run(argv: list[str]) -> int:
     try:
         if why is None:
             sock.connect(path)
-            _, uid, _ = (int.from_bytes(b, "little") for b in _split_ucred(
+            pid, uid, _ = (int.from_bytes(b, "little") for b in _split_ucred(
                 sock.getsockopt(_socket.SOL_SOCKET, _SO_PEERCRED, 12)))
             if uid != os.getuid():
                 why = f"{path} is served by uid {uid}"
+            elif sandboxed(pid, _peer_pidfd(sock)):
+                # A guest that may write the socket's directory can bind its own
+                # socket there: it would be handed this command, unsupervised.
+                why = f"{path} is served by a sandboxed process (pid {pid})"
     except OSError as exc:
         why = exc.strerror or str(exc)
     if why is not None:
@@ -112,6 +117,31 @@ def run(argv: list[str]) -> int:
         return _handshake(sock, argv)
     finally:
         sock.close()
+
+
+def _peer_pidfd(sock: _socket.socket) -> int | None:
+    try:
+        return sock.getsockopt(_socket.SOL_SOCKET, _SO_PEERPIDFD)
+    except OSError:  # a kernel before 6.5
+        return None
+
+
+def sandboxed(pid: int, pidfd: int | None = None) -> bool:
+    """Whether ``pid`` is traced (every guest of a run is, under both engines), or cannot
+    be told: a guest on either side of the warm socket gets nothing. ``pidfd`` (closed
+    here) pins the pid: a process gone since (its pid maybe reused) counts as a guest."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            tracer = next((line for line in f if line.startswith(b"TracerPid:")), b"")
+        traced = int(tracer.split()[1]) != 0 if tracer else True
+        if pidfd is not None:
+            _signal.pidfd_send_signal(pidfd, 0)  # ESRCH: the peer is gone
+    except (OSError, ValueError, IndexError):
+        traced = True
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    return traced
 
 
 def _split_ucred(raw: bytes) -> tuple[bytes, bytes, bytes]:

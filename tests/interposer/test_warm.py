@@ -344,3 +344,85 @@ def test_a_second_warm_supervisor_on_the_same_socket_is_refused(warm: Warm) -> N
     assert r.returncode == 1
     assert "a warm supervisor already serves" in r.stderr and str(warm.sock) in r.stderr
     assert warm.run("true").returncode == 0  # the first one still serves
+
+
+#: a guest that binds a socket of its own where a warm supervisor's would be, and says
+#: what (if anything) connected and asked it for a run
+FAKE_WARM = """
+import os, socket, sys
+path = sys.argv[1]
+os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+os.chmod(os.path.dirname(path), 0o700)
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+s.listen(1)
+print("listening", flush=True)
+s.settimeout(30)
+try:
+    c, _ = s.accept()
+    c.settimeout(5)
+    print("got", len(c.recv(65536)), "bytes", flush=True)
+except OSError as e:
+    print("nothing", e, flush=True)
+"""
+
+
+def test_a_guest_posing_as_the_warm_supervisor_gets_no_run(warm: Warm, tmp_path: Path) -> None:
+    """Review round 13, finding 3: a guest that may write where a client looks for the
+    warm socket bound its own there; the client sent it its command and environment and
+    ran what the guest answered, unsupervised. A client now asks for an untraced peer
+    (every guest is traced) and starts cold otherwise."""
+    import sys
+
+    fake = tmp_path / "fake" / "w.sock"
+    guest = subprocess.Popen([*SYNTHFS, "run", "--agent", warm.endpoint, "--", sys.executable,
+                              "-c", FAKE_WARM, str(fake)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={k: v for k, v in warm.env.items()
+                                  if k != "SYNTHFS_WARM_SOCKET"})
+    try:
+        assert guest.stdout is not None
+        assert guest.stdout.readline() == "listening\n", guest.stderr
+        env = {**warm.env, "SYNTHFS_WARM_SOCKET": str(fake), "MY_SECRET": "s3cr3t"}
+        r = warm.run("cat", "/data/x.txt", env=env)
+        out, err = guest.communicate(timeout=60)
+    finally:
+        guest.kill()
+        guest.wait()
+    assert (r.returncode, r.stdout) == (0, "the x file\n"), r.stderr
+    assert "served by a sandboxed process" in r.stderr and "starting cold" in r.stderr
+    assert out.startswith(("got 0 bytes", "nothing")), out  # it sent the guest nothing
+
+
+def test_a_guest_connecting_to_the_warm_socket_gets_nothing(warm: Warm, tmp_path: Path) -> None:
+    """Review round 13, finding 1: a guest that reached a warm supervisor's socket (one
+    its run did not refuse) had its options acted on before the seize failed (--stats
+    FILE written). The supervisor now refuses a traced client at once."""
+    import sys
+
+    probe = (
+        "import os, socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "s.connect(sys.argv[1])\n"
+        "args = ['--agent', sys.argv[3], '--stats', sys.argv[2], '--', 'true']\n"
+        "body = b'synthfs-warm/1\\0' + b''.join(x.encode() + b'\\0' for x in"
+        " [os.getcwd(), str(len(args)), *args])\n"
+        "s.settimeout(15)\n"
+        "try:\n"
+        "    s.sendmsg([len(body).to_bytes(4, 'little'), body],"
+        " [(socket.SOL_SOCKET, socket.SCM_RIGHTS, (2).to_bytes(4, 'little'))])\n"
+        "    print('answer', len(s.recv(64)))\n"
+        "except OSError:\n    print('answer 0')\n"
+    )
+    stats = tmp_path / "stats.json"
+    # a cold run whose policy does not refuse the warm socket's directory: a [host] rule
+    # cannot loosen a trusted path, so the run is given another XDG_RUNTIME_DIR and the
+    # socket is named by its own path (SYNTHFS_WARM_SOCKET unset in the guest's run)
+    env = {k: v for k, v in warm.env.items() if k != "SYNTHFS_WARM_SOCKET"}
+    r = subprocess.run([*SYNTHFS, "run", "--agent", warm.endpoint, "--", sys.executable,
+                        "-c", probe, str(warm.sock), str(stats), warm.endpoint],
+                       capture_output=True, text=True, env=env, timeout=60)
+    if "Permission denied" in r.stderr:
+        pytest.skip("this run refuses the warm socket by its directory: nothing to reach")
+    assert r.stdout == "answer 0\n", (r.stdout, r.stderr)
+    assert not stats.exists()
