@@ -167,10 +167,7 @@ def private_dir(prefix: str, base: str | None = None) -> str:
     --data`` makes two directories, often side by side, and each sweep reads every
     ``synthfs-*`` entry there): a leftover it misses, the next run sweeps.
     """
-    base = base or _temp_base()
-    if base not in _swept:
-        sweep_leftovers(base)
-        _swept.add(base)
+    base = sweep_once(base)
     path = _mkdtemp(prefix, base)
     pid = os.getpid()
     fd = os.open(
@@ -181,6 +178,16 @@ def private_dir(prefix: str, base: str | None = None) -> str:
     finally:
         os.close(fd)
     return path
+
+
+def sweep_once(base: str | None = None) -> str:
+    """:func:`sweep_leftovers` of ``base`` (default: the temp dir) once in this process
+    (a warm start's supervisor sweeps before its client comes); the base."""
+    base = base or _temp_base()
+    if base not in _swept:
+        sweep_leftovers(base)
+        _swept.add(base)
+    return base
 
 
 def _temp_base() -> str:

@@ -18,34 +18,19 @@ the supervisor has received a call, only a fatal signal ends the guest's wait.
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import os
 import tempfile
 
 import pyseccomp as sc
 
-from synthfs.interposer.notify import (
-    NR_SECCOMP,
-    SECCOMP_FILTER_FLAG_NEW_LISTENER,
-    SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
-    Engine,
-)
+from synthfs.interposer.bpf import Program
+from synthfs.interposer.notify import Engine
 from synthfs.interposer.syscalls import TABLE, UNKNOWN_RANGE, Action, Channel, Cond, Gate
 from synthfs.policy.engine import NetworkMode, Policy
 
 __all__ = ["CompiledFilter", "active_gates", "build_filter"]
 
 _OPS = {"LT": sc.LT, "GT": sc.GT, "EQ": sc.EQ, "NE": sc.NE, "MASKED_EQ": sc.MASKED_EQ}
-PR_SET_NO_NEW_PRIVS = 38
-PR_SET_SECCOMP = 22
-SECCOMP_MODE_FILTER = 2
-#: seccomp(2)'s operation (prctl's PR_SET_SECCOMP takes SECCOMP_MODE_FILTER instead)
-SECCOMP_MODE_FILTER_SET = 1
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
 class CompiledFilter:
@@ -57,70 +42,23 @@ class CompiledFilter:
         gates: frozenset[Gate] = frozenset(Gate),
         engine: Engine = Engine.PTRACE,
     ) -> None:
-        if len(bpf) % 8 or not bpf:
-            raise ValueError("BPF program must be a non-empty multiple of 8 bytes")
+        self.program = Program(bpf)
         self.bpf = bpf
         #: the table rows' gates this filter was built with (the supervisor reads HOST)
         self.gates = gates
         #: NOTIFY: the NOTIFY rows notify, and :meth:`load` returns the listener fd
         self.engine = engine
-        self._buf = ctypes.create_string_buffer(bpf, len(bpf))
-        self._prog = _SockFprog(len(bpf) // 8, ctypes.addressof(self._buf))
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self._prctl = self._libc.prctl
-        self._prctl.argtypes = (
-            ctypes.c_int,
-            ctypes.c_ulong,
-            ctypes.c_ulong,
-            ctypes.c_ulong,
-            ctypes.c_ulong,
-        )
-        self._prctl.restype = ctypes.c_int
-        self._syscall = self._libc.syscall
-        self._syscall.restype = ctypes.c_long
 
     @property
     def instructions(self) -> int:
         return len(self.bpf) // 8
-
-    def _seccomp(self, flags: int) -> int:
-        return int(self._syscall(
-            ctypes.c_long(NR_SECCOMP),
-            ctypes.c_uint(SECCOMP_MODE_FILTER_SET),
-            ctypes.c_uint(flags),
-            ctypes.c_void_p(ctypes.addressof(self._prog)),
-        ))
 
     def load(self) -> int:
         """Set no_new_privs and install the filter in the calling process.
 
         Returns the new listener fd under the notify engine (close-on-exec, as the
         kernel makes it), else -1."""
-        if self._prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
-        if self.engine is Engine.NOTIFY:
-            fd = self._seccomp(
-                SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
-            )
-            if fd < 0 and ctypes.get_errno() == errno.EINVAL:
-                # Before 5.19: a signal may still end a received call's wait (the
-                # supervisor then serves it again; a fast timer can starve it).
-                os.write(2, b"synthfs run: this kernel refuses SECCOMP_FILTER_FLAG_WAIT_"
-                            b"KILLABLE_RECV (Linux 5.19): a signal can interrupt a call "
-                            b"being served\n")
-                fd = self._seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER)
-            if fd < 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"seccomp(SET_MODE_FILTER, NEW_LISTENER): {os.strerror(err)}")
-            return int(fd)
-        if (
-            self._prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self._prog), 0, 0)
-            != 0
-        ):
-            err = ctypes.get_errno()
-            raise OSError(err, f"prctl(PR_SET_SECCOMP): {os.strerror(err)}")
-        return -1
+        return self.program.load(listener=self.engine is Engine.NOTIFY)
 
 
 def _arg(cond: Cond) -> sc.Arg:

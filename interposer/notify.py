@@ -28,6 +28,8 @@ import fcntl
 import os
 import struct
 
+from synthfs.interposer.bpf import NR_SECCOMP
+
 __all__ = [
     "NOTIF",
     "Engine",
@@ -67,13 +69,8 @@ SECCOMP_ADDFD_FLAG_SEND = 2
 SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP = 1
 SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
 
-SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_GET_NOTIF_SIZES = 3
-SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
-#: a received notification's wait ends only for a fatal signal (Linux 5.19)
-SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
 
-NR_SECCOMP = 317
 NR_PIDFD_OPEN = 434
 NR_PIDFD_GETFD = 438
 

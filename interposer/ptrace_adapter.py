@@ -81,6 +81,7 @@ EVENT_STOP = 128  # a group-stop, or the first stop of a seized child (PTRACE_SE
 STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 
 PTRACE_SETOPTIONS = 0x4200
+PTRACE_DETACH = 17
 PTRACE_GETEVENTMSG = 0x4201
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
@@ -151,6 +152,17 @@ def listen(pid: int) -> None:
 
 def interrupt(pid: int) -> None:
     _pt.ptrace(PTRACE_INTERRUPT, pid, 0, 0)
+
+
+def detach(pid: int) -> None:
+    """Let a seized tracee go as it was: stop it (PTRACE_INTERRUPT), then PTRACE_DETACH
+    (a signal it was stopped for is delivered). For a process seized by mistake."""
+    with contextlib.suppress(PtraceError, ChildProcessError):
+        interrupt(pid)
+        _, status = os.waitpid(pid, WALL)
+        if os.WIFSTOPPED(status):
+            sig = os.WSTOPSIG(status) if status >> 16 == 0 else 0
+            _ptrace(PTRACE_DETACH, pid, None, sig or None)
 
 
 def event_msg(pid: int) -> int:

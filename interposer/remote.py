@@ -120,7 +120,7 @@ class Remote:
         # Its Progress notes (a long cold fetch) go to the terminal's progress line.
         self._progress = progress
         self._bulk = Client(endpoint, timeout=BULK_TIMEOUT, retries=0, alive=self._waiting_on,
-                            on_note=self._note if progress is not None else None)
+                            on_note=self._note)
         #: a signal for the guests (the supervisor's): a call that changes nothing gives up
         self.interruption: Interruption | None = None
         #: whether the request in flight may be given up, and whether it was
@@ -292,6 +292,14 @@ class Remote:
             self.agent_ns += time.perf_counter_ns() - t0
             if bulk and self._progress is not None:
                 self._progress.finish()
+
+    def reports_to(
+        self, report: Callable[[str], None], progress: ProgressLine | None
+    ) -> None:
+        """Where to say why calls fail and show long fetches, from now on (a warm
+        start's supervisor connects before it knows its client's terminal)."""
+        self._report = report
+        self._progress = progress
 
     def _note(self, note: Progress) -> None:
         # total 0: a server's "still running" note on a long mutation, not a fetch

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from synthfs.interposer.ports import Proc
     from synthfs.interposer.runenv import RunEnv
     from synthfs.interposer.supervisor import Supervisor
+    from synthfs.interposer.warm import WarmClient
 
 __all__ = ["FAST_EXIT", "HELP", "RunEnv", "configure", "main"]
 
@@ -107,6 +108,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "the suites but costs more where most calls are other rows). Default: "
         "$SYNTHFS_ENGINE, else ptrace",
     )
+    parser.add_argument(
+        "--warm", action="store_true",
+        help="start through the warm supervisor ('synthfs warm', at $SYNTHFS_WARM_SOCKET or "
+        "its default socket): no interposer start-up in this process, which becomes the "
+        "guest itself; without one running, start as usual and say so. Also: SYNTHFS_WARM=1",
+    )
     _configure_trying(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
@@ -171,7 +178,8 @@ def _die_of(signum: int) -> None:
     os.kill(os.getpid(), signum)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, client: WarmClient | None = None) -> int:
+    """``synthfs run``; ``client``: the warm start's guest-to-be (:mod:`interposer.warm`)."""
     command = list(args.command)
     if command and command[0] == "--":
         command.pop(0)
@@ -209,7 +217,7 @@ def main(args: argparse.Namespace) -> int:
                     starting(args.data, cache_dir=args.cache, verbose=args.verbose,
                              state_dir=args.state, write_through=args.write_through)
                 )
-            status = _run(args, command, launch)
+            status = _run(args, command, launch, client)
     except Exception as exc:  # a clear message, not a traceback, for set-up failures
         if args.verbose:
             raise
@@ -223,8 +231,14 @@ def main(args: argparse.Namespace) -> int:
     return status
 
 
-def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) -> int:
-    """Everything after the embedded pair's spawn: policy, filter, agent, guest."""
+def _run(
+    args: argparse.Namespace, command: list[str], launch: Launch | None,
+    client: WarmClient | None = None,
+) -> int:
+    """Everything after the embedded pair's spawn: policy, filter, agent, guest.
+
+    ``client``: the warm start's (:mod:`interposer.warm`): the guest is that process,
+    seized instead of spawned."""
     from synthfs.interposer.filter import build_filter
     from synthfs.interposer.hostside import HostSide, Listener
     from synthfs.interposer.namespace import Namespace
@@ -272,7 +286,7 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
     if why:
         print(f"synthfs run: {why}", file=sys.stderr, flush=True)
     try:
-        compiled = build_filter(policy, engine)
+        compiled = client.filter_for(policy, engine) if client else build_filter(policy, engine)
     except OSError as exc:
         return _fail(f"cannot build the seccomp filter ({exc}); is libseccomp2 installed?", 125)
     trusted: tuple[int, ...] = ()
@@ -304,9 +318,13 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
             print(f"synthfs run: calls on {ns.mount} fail with EIO: {why}", file=sys.stderr,
                   flush=True)
 
+        progress = ProgressLine.for_terminal(sys.stderr, ns.mount)
         try:
-            remote = Remote(endpoint, report=away,
-                            progress=ProgressLine.for_terminal(sys.stderr, ns.mount))
+            remote = client.connected(endpoint) if client else None
+            if remote is not None:
+                remote.reports_to(away, progress)
+            else:
+                remote = Remote(endpoint, report=away, progress=progress)
         except OSError as exc:
             hint = ""
             if launch is None and exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
@@ -326,13 +344,17 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
             )
             if path
         ]
+        from synthfs.interposer.warm_client import default_socket
+
+        warm = os.path.dirname(default_socket())  # a warm supervisor's, running or not
         # The run's own files are no guest's: a job could rewrite the policy the next
         # run enforces, or the audit of its own denials (SECURITY.md).
         own_files = [p for p in (policy_file, args.audit, args.stats) if p]
         host = HostSide(
             private,
-            (*remote.refused_paths, socket_path, *stack_paths, *own_files),
-            (os.getpid(), *trusted, *remote.trusted_pids),
+            (*remote.refused_paths, socket_path, *stack_paths, warm,
+             client.refused if client else "", *own_files),
+            (os.getpid(), *trusted, *remote.trusted_pids, *(client.trusted if client else ())),
             listeners,
         )
         # The agent names its server (--agent: it may restart; asked again when it died).
@@ -354,7 +376,11 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
         host.is_guest = sup.threads.__contains__
         if args.stats:
             sup.stats = {}
-        status = _supervise(sup, command)
+        if client is not None:
+            sup.at_main_exit = lambda: _denial_summary(args, env.denied.summary(args.audit))
+            status = client.supervise(sup, command)
+        else:
+            status = _supervise(sup, command)
         if launch is not None and remote.wrote:
             # The embedded agent stops with this run: everything closed on /data reaches
             # --data before the run returns (an agent of its own keeps write-back going).
@@ -364,7 +390,8 @@ def _run(args: argparse.Namespace, command: list[str], launch: Launch | None) ->
                 print(f"synthfs run: files closed on {ns.mount} wait in the agent's journal "
                       f"({exc.strerror or exc}); the next run on this cache uploads them",
                       file=sys.stderr, flush=True)
-        _denial_summary(args, env.denied.summary(args.audit))
+        if client is None:
+            _denial_summary(args, env.denied.summary(args.audit))
         if args.stats and sup.stats is not None:
             sup.stats.update(
                 agent_requests=remote.requests, agent_ns=remote.agent_ns, denials=env.denials,

@@ -442,6 +442,9 @@ class Supervisor:
         #: credentials seen at an exec): /proc/PID/status costs tens of µs per open
         self._creds = _creds("self") if _privileged() else None
         self._told_creds = False
+        #: called at the main guest's exit stop, before its parent can see it exit (the
+        #: warm start: the user's shell is its parent, not this process)
+        self.at_main_exit: Callable[[], None] | None = None
 
     # -- launch ------------------------------------------------------------------------------
 
@@ -513,10 +516,7 @@ class Supervisor:
             raise PermissionError(exc.errno or errno.EPERM, why) from None
         os.write(go, b"s")
         os.close(go)
-        self.main_pid = pid
-        proc = Proc(tgid=pid, fs=FsState())
-        self.procs[pid] = proc
-        self.threads[pid] = Thread(pid, proc, None)
+        self._track_main(pid)
         if notify:
             os.close(handoff_w)
             os.close(taken_r)
@@ -528,6 +528,40 @@ class Supervisor:
                 os.close(handoff_r)
                 os.close(taken_w)  # the child execs now (or reads EOF and exits)
         return pid
+
+    def _track_main(self, pid: int) -> None:
+        self.main_pid = pid
+        proc = Proc(tgid=pid, fs=FsState())
+        self.procs[pid] = proc
+        self.threads[pid] = Thread(pid, proc, None)
+
+    def adopt(self, pid: int, alive: Callable[[], bool], conn: int, go: bytes) -> None:
+        """Seize ``pid``, a launcher that is not our child (the warm start's client), and
+        let it load the filter and exec.
+
+        ``alive`` says whether the process that asked is still the one ``pid`` names
+        (its pidfd: a pid reused after it died would be another process); ``conn``
+        is its socket: ``go`` goes there once it is seized, and under the notify
+        engine its listener's fd number comes back, as from :meth:`spawn`'s child.
+        Its signals, limits and terminal stay its own: it is the user's process.
+        """
+        _raise_fd_limit()
+        try:
+            pt.seize(pid)
+        except pt.PtraceError as exc:
+            why = "PTRACE_SEIZE was refused (is the client traced already?)"
+            raise PermissionError(exc.errno or errno.EPERM, why) from None
+        if not alive():  # gone, and its pid another process's since: not ours to touch
+            pt.detach(pid)
+            raise ProcessLookupError(errno.ESRCH, "the client went away before it was seized")
+        with contextlib.suppress(OSError):  # no core dumps, as spawn's child sets
+            resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))
+        self._track_main(pid)
+        os.write(conn, go)
+        if self.filter.engine is Engine.NOTIFY:
+            self.listener = self._take_listener(pid, conn)
+            if self.listener is not None:
+                os.write(conn, b"g")
 
     def _take_listener(self, pid: int, pipe: int) -> Listener | None:
         """Read the child's listener fd number and take a copy of the fd (pidfd_getfd),
@@ -916,6 +950,8 @@ class Supervisor:
             elif event == pt.EVENT_EXEC:
                 self._on_exec(t)
             elif event:
+                if event == pt.EVENT_EXIT and pid == self.main_pid and self.at_main_exit:
+                    self.at_main_exit()  # before its parent can see it gone
                 pt.cont(pid)
             else:
                 pt.cont(pid, signal.SIGTRAP)  # the guest's own SIGTRAP: deliver it

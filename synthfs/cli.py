@@ -12,19 +12,23 @@ on a loaded machine, paid at the end of every ``synthfs run``).
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import sys
-from collections.abc import Sequence
 
 from synthfs import __version__
+
+TYPE_CHECKING = False  # not typing's: its import (re, collections...) would double a warm start
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 __all__ = ["COMMANDS", "main"]
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("synthfs.interposer.run", "run a command with the synthetic tree at /data"),
+    "warm": ("synthfs.interposer.warm", "serve warm starts: 'synthfs run --warm --agent EP' "
+             "then starts in a few ms"),
     "syscalls": ("synthfs.interposer.syscalls_cli",
                  "print the syscall table (support level, handler)"),
     "server": ("synthfs.server.main", "serve a repository directory to agents"),
@@ -41,6 +45,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _top_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="synthfs",
         description="Unmodified programs see a data repository as /data, without a kernel mount.",
@@ -73,6 +79,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if argv else 2
         parser.error(f"unknown command {argv[0]!r} (choose from {', '.join(COMMANDS)})")
     name = argv.pop(0)
+    if name == "run" and program:
+        # The warm start: this process becomes the guest, nothing of the interposer loaded.
+        from synthfs.interposer import warm_client
+
+        if warm_client.requested(argv):
+            status = warm_client.run(["-v"] * verbose + argv)
+            if status != warm_client.COLD:
+                os._exit(status)
+    import argparse
+    import importlib
+
     module_name, help_text = COMMANDS[name]
     if name == "agent" and argv[:1] == ["sync"]:  # a client of a running agent
         name = "agent sync"

@@ -244,7 +244,7 @@ def test_startup_rows(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert cli.main(_parse(["--startup", "--startup-runs", "1"])) == 0
     out = capsys.readouterr().out
-    names = ["native", "synthfs --agent", "synthfs --data"]
+    names = ["native", "synthfs --warm", "synthfs --agent", "synthfs --data"]
     if shutil.which("strace"):
         names.append("strace -f")
     for name in names:

@@ -420,10 +420,10 @@ def test_a_kernel_refusing_wait_killable_recv_is_named_and_the_filter_loads() ->
     played here with a bit no kernel has) gets the filter without it, and stderr says so."""
     child = textwrap.dedent("""\
         import os
-        from synthfs.interposer import filter as f
+        from synthfs.interposer import bpf, filter as f
         from synthfs.interposer.notify import Engine
         compiled = f.build_filter(None, Engine.NOTIFY)
-        f.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 30
+        bpf.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 30
         fd = compiled.load()
         os.write(1, b"listener" if fd >= 0 else b"none")
         os._exit(0)
