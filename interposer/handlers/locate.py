@@ -229,9 +229,13 @@ def _pin_as_written(env: Env, loc: Loc, whole: bool) -> tuple[str, int] | None:
         pinned = env.pin(loc.host or "/", True)
         return None if pinned is None else (f"{pinned[0]}/{loc.last}", pinned[1])
     pinned = env.pin(loc.host or "/", whole)
-    if pinned is not None and loc.must_be_dir:
-        return pinned[0] + "/", pinned[1]
-    return pinned
+    return None if pinned is None else (as_written(pinned[0], loc), pinned[1])
+
+
+def as_written(path: str, loc: Loc) -> str:
+    """``path`` (``loc``'s host path, or its pin) ending in '/' when the guest's did: the
+    kernel's ENOTDIR for a non-directory, EISDIR for a create."""
+    return path + "/" if loc.must_be_dir and not path.endswith("/") else path
 
 
 def run_host(

@@ -15,6 +15,7 @@ from synthfs.interposer.handlers.locate import (
     Loc,
     Pin,
     Refused,
+    as_written,
     cstr,
     locate,
     log,
@@ -110,8 +111,7 @@ def open_at(
     # the kernel walks the checked real path from '/', where only RESOLVE_CACHED still means
     # the same.
     how = abi.OPEN_HOW.pack(flags, kmode, (resolve & abi.RESOLVE_CACHED) | NO_LINKS)
-    # A trailing slash stays (the kernel's EISDIR for O_CREAT, ENOTDIR for a file).
-    path = loc.host + "/" if loc.must_be_dir and not loc.host.endswith("/") else loc.host
+    path = as_written(loc.host, loc)
     return RunChecked(NR_OPENAT2, (AT_FDCWD, cstr(path), Scratch(how), len(how)))
 
 
