@@ -418,7 +418,10 @@ def _locate(
     if confine & NO_LINKS and not host_start:
         # A walk from /data that left it ('..'): the host part is the kernel's to judge.
         _confined_walk(call, AT_FDCWD, target.path, confine & NO_LINKS, follow, False)
-    loc = _host_loc(call, env, target.path, follow, target.must_be_dir)
+    # A trailing slash makes the kernel follow a final symlink in a lookup, NOFOLLOW or
+    # not (the kernel gets the slash: as_written): the object checked is the one it reaches.
+    lookup_follows = target.must_be_dir and final is Final.LOOKUP
+    loc = _host_loc(call, env, target.path, follow or lookup_follows, target.must_be_dir)
     if last in DOTS and not loc.synthetic:
         loc = evolve(loc, last=last)  # the kernel's answer to a final '.' or '..'
     return _via(loc, target)

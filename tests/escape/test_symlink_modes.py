@@ -69,3 +69,41 @@ def test_fchmodat2_nofollow_never_reaches_the_target(synthfs, tmp_path: Path, ru
     assert (out.status, out.stdout) == (0, native.stdout), out.show()
     assert protected.stat().st_mode & 0o777 == 0o644
     assert repo.stat().st_mode & 0o777 == 0o755
+
+
+SLASHED = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+w, protected_dir, served = sys.argv[1:4]
+os.symlink(protected_dir, w + "/l-dir")
+os.symlink(served, w + "/l-served")
+for name in (w + "/l-dir/", w + "/l-served/"):
+    r = libc.syscall(452, -100, name.encode(), 0o700, 0x100)  # fchmodat2, NOFOLLOW
+    print("fchmodat2", 0 if r == 0 else ctypes.get_errno())
+    r = libc.fchownat(-100, name.encode(), 65534, 65534, 0x100)
+    print("fchownat", 0 if r == 0 else ctypes.get_errno())
+"""
+
+
+def test_a_trailing_slash_follows_and_is_judged_on_the_target(synthfs, tmp_path: Path) -> None:
+    """With a trailing slash the kernel follows a final symlink, NOFOLLOW or not: the
+    check must be of what it reaches. Review round 14: the link (in a writable
+    directory) was checked, and the target (a protected directory, the served one)
+    got the guest's mode and owner."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    repo.chmod(0o755)
+    protected = tmp_path / "protected"
+    protected.mkdir()
+    protected.chmod(0o755)
+    w = tmp_path / "w"
+    w.mkdir()
+    policy = tmp_path / "p.toml"
+    policy.write_text(POLICY.format(w=w))
+    out = synthfs.run(repo, [sys.executable, "-c", SLASHED, str(w), str(protected), str(repo)],
+                      cwd=tmp_path, extra=("--policy", str(policy)))
+    assert out.status == 0, out.show()
+    assert out.stdout.splitlines() == ["fchmodat2 13", "fchownat 13"] * 2, out.show()
+    for d in (protected, repo):
+        st = d.stat()
+        assert (st.st_mode & 0o777, st.st_uid) == (0o755, 0), d
