@@ -94,7 +94,8 @@ def sys_prctl(call: Call, env: Env) -> Result:
 
 
 def _refused_owner(call: Call, env: Env, who: int, group: bool) -> bool:
-    """Whether ``who`` (a pid, or a process group when ``group``) is trusted; 0 is nobody.
+    """Whether ``who`` (a pid, or a process group when ``group``) is trusted, or (a pid)
+    outside the sandbox; 0 is nobody.
 
     A group is refused too when it is the supervisor's (the guest shares it): a file
     owned by it gets F_SETSIG's signal, SIGSTOP included, which would freeze the sandbox."""
@@ -102,7 +103,7 @@ def _refused_owner(call: Call, env: Env, who: int, group: bool) -> bool:
         return False
     if group:
         return env.host.trusted_group(who) or env.host.supervisor_group(call.guest.tgid, -who)
-    return env.host.trusted(who)
+    return env.host.outsider(who) or env.host.trusted(who)  # no process outside the sandbox
 
 
 def sys_signal_guard(call: Call, env: Env) -> Result:
@@ -149,7 +150,8 @@ _STOPS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTT
 
 
 def sys_pidfd_guard(call: Call, env: Env) -> Result:
-    """pidfd_send_signal: not to a trusted process, whatever pidfd names it.
+    """pidfd_send_signal: not to a trusted process nor one outside the sandbox, whatever
+    pidfd names it.
 
     A guest cannot get a pidfd of a trusted process (pidfd_open is guarded,
     ``/proc/PID`` of one is refused, pidfd_getfd is denied): this is the second
@@ -160,7 +162,7 @@ def sys_pidfd_guard(call: Call, env: Env) -> Result:
     if pid is None:
         m = _PROC_DIR.match(call.guest.fd_target(fd) or "")
         pid = int(m.group(1)) if m else None
-    if pid is not None and pid > 0 and env.host.trusted(pid):
+    if pid is not None and pid > 0 and (env.host.outsider(pid) or env.host.trusted(pid)):
         return Fail(errno.EPERM)
     return CONTINUE
 

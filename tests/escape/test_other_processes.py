@@ -120,12 +120,16 @@ def test_ps_still_sees_other_processes_and_a_guest_its_own(
 
 
 SIGNALS = """
-import os, signal, subprocess, sys, time
+import fcntl, os, signal, subprocess, sys, time
 pid = int(sys.argv[1])
 for what, call in (("stop", lambda: os.kill(pid, signal.SIGSTOP)),
                    ("probe", lambda: os.kill(pid, 0)),
                    ("pidfd", lambda: os.close(os.pidfd_open(pid))),
-                   ("affinity", lambda: os.sched_setaffinity(pid, {0}))):
+                   ("affinity", lambda: os.sched_setaffinity(pid, {0})),
+                   ("nice", lambda: os.setpriority(os.PRIO_PROCESS, pid, 19)),
+                   ("setown", lambda: fcntl.fcntl(os.pipe()[0], fcntl.F_SETOWN, pid)),
+                   ("procfd", lambda: signal.pidfd_send_signal(
+                       os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY), signal.SIGSTOP))):
     try:
         call()
         print(what, "ok")
@@ -150,7 +154,7 @@ def test_a_guest_does_not_signal_another_process(
     out = synthfs.run(repo, [sys.executable, "-c", SIGNALS, str(pid)], cwd=tmp_path)
     os.kill(pid, 18)  # SIGCONT, whatever happened
     assert out.status == 0, out.show()
-    assert out.stdout.splitlines() == ["stop 1", "probe 1", "pidfd 1", "affinity 1",
-                                       "own child -15"], out.show()
+    assert out.stdout.splitlines() == ["stop 1", "probe 1", "pidfd 1", "affinity 1", "nice 1",
+                                       "setown 1", "procfd 1", "own child -15"], out.show()
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().split()[2] != "T"
