@@ -38,7 +38,7 @@ from synthfs.interposer import abi
 from synthfs.interposer.ports import DirHandle
 from synthfs.private_dirs import PRIVATE_DIR
 
-__all__ = ["HostSide", "Listener"]
+__all__ = ["HostSide", "Listener", "links_on"]
 
 _PROC_PID = re.compile(r"^/proc/(\d+)(/.*)?$")
 _MEM = re.compile(r"^/proc/\d+(/task/\d+)?/mem$")
@@ -55,6 +55,38 @@ _NOT_A_PATH = re.compile(r"^[\w-]+:")
 _CLEAN_ABS = re.compile(r"^(?:/(?!\.\.?(?:/|$))[^/]+)+$")
 _GC_EVERY = 512
 _KEEP = 64
+
+
+def links_on(path: str) -> list[str]:
+    """Where each symlink the kernel follows to resolve ``path`` lies (not followed), in order.
+
+    A refused path spelled through a symlink (``ws/lnk/policy.toml``, ``ws/lnk ->
+    real``) is refused by its real path, but a guest that replaced the link would
+    make the same spelling name a file of its own to the next run that reads it:
+    the links on the way are refused too (only they: what lies behind them stays
+    the policy's).
+    """
+    links: list[str] = []
+    todo = [c for c in reversed(os.path.abspath(path).split("/")) if c]
+    cur = ""
+    while todo and len(links) <= 40:
+        comp = todo.pop()
+        if comp == ".":
+            continue
+        if comp == "..":
+            cur = cur.rpartition("/")[0]
+            continue
+        here = f"{cur}/{comp}"
+        try:
+            target = os.readlink(here)
+        except OSError:  # not a symlink, or absent: the rest is as spelled
+            cur = here
+            continue
+        links.append(here)
+        if target.startswith("/"):
+            cur = ""
+        todo.extend(c for c in reversed(target.split("/")) if c)
+    return links
 
 
 def _guest_self(path: str, guest: tuple[int, int]) -> str:
@@ -148,6 +180,7 @@ class HostSide:
         for path in refused:
             if path:
                 roots.add(os.path.realpath(path))
+                roots.update(links_on(path))
         self.refused_roots = tuple(sorted(roots))
         #: what is below a refused root starts with one of these (one startswith per check)
         self._refused_below = tuple(root + "/" for root in self.refused_roots)

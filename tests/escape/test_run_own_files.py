@@ -113,3 +113,41 @@ def test_a_policy_file_of_two_names_is_refused(synthfs, tmp_path: Path) -> None:
     out = synthfs.run(repo, ["true"], cwd=work, extra=("--policy", str(policy)))
     assert out.status == 2, out.show()
     assert "has 2 names (hard links)" in out.stderr and "Traceback" not in out.stderr
+
+
+SWAP_LINK = """
+import os, sys
+work = sys.argv[1]
+for what, f in (
+    ("unlink link", lambda: os.unlink(work + "/ws")),
+    ("rename link", lambda: os.rename(work + "/ws", work + "/ws2")),
+    ("replace link", lambda: os.symlink(work + "/mine", work + "/ws")),
+    ("write beside", lambda: open(work + "/ws/notes", "w").write("ok")),
+):
+    try:
+        f()
+        print(what, "ok")
+    except OSError as e:
+        print(what, e.errno)
+"""
+
+
+def test_a_symlink_on_the_policy_path_is_refused_too(synthfs, tmp_path: Path) -> None:
+    """``--policy work/ws/ci.toml`` with ``ws -> real``: the file was refused by its real
+    path, but the guest replaced the link and the next run read the guest's policy
+    (review round 14). Each symlink on a refused path is refused itself; what lies
+    behind it stays the policy's."""
+    work = tmp_path / "work"
+    (work / "real").mkdir(parents=True)
+    (work / "ws").symlink_to("real")
+    policy = work / "real" / "ci.toml"
+    policy.write_text(POLICY.format(work=work))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    out = synthfs.run(repo, [sys.executable, "-c", SWAP_LINK, str(work)], cwd=work,
+                      extra=("--policy", str(work / "ws" / "ci.toml")))
+    assert out.status == 0, out.show()
+    assert out.stdout.splitlines() == [
+        "unlink link 13", "rename link 13", "replace link 13", "write beside ok"], out.show()
+    assert os.readlink(work / "ws") == "real"
+    assert (work / "real" / "notes").read_text() == "ok"
