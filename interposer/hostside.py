@@ -375,14 +375,20 @@ class HostSide:
         SIGTSTP and ignores SIGTTOU: it stops only after its guests have)."""
         return sig != signal.SIGSTOP and signal.getsignal(sig) not in (signal.SIG_DFL, None)
 
-    def trusted_group(self, pgid: int) -> bool:
-        """Whether ``pgid`` is the process group of the agent or the server."""
+    def foreign_group(self, pgid: int) -> bool:
+        """See :class:`~interposer.ports.Host`: the agent's or the server's group (asked
+        first, as it may be away), or any group with a live member that is no guest."""
         self._learn()
         me = os.getpid()
         for pid in self.trusted_pids.union(self.also_trusted() or ()):
             if pid != me:
                 with contextlib.suppress(OSError):
                     if os.getpgid(pid) == pgid:
+                        return True
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.getpgid(int(name)) == pgid and not self.is_guest(int(name)):
                         return True
         return False
 

@@ -133,8 +133,9 @@ class Host(Protocol):
         """Whether kill(``target`` <= 0) by ``pid`` names the supervisor's own group."""
         ...
 
-    def trusted_group(self, pgid: int) -> bool:
-        """Whether a process group is the agent's or the server's."""
+    def foreign_group(self, pgid: int) -> bool:
+        """Whether a process group (not the supervisor's) holds a process that is no
+        guest of this run: the agent's, the server's, another run's, the user's shell."""
 
     def survives(self, sig: int) -> bool:
         """Whether the supervisor catches or ignores the stop signal ``sig`` (then a

@@ -809,7 +809,7 @@ TABLE: tuple[SyscallSpec, ...] = (
     ),
     _row(
         "kcmp", (N, N, N, N, N), Level.GUARD, h.guards.sys_kcmp_guard,
-        "compares two processes' files and memory: EPERM when either is trusted",
+        "compares two processes' files and memory: EPERM unless both are guests",
         reach=Reach.PID | Reach.OTHER_PROCESS, shown_by=f"{PIDGUARD}[kcmp]",
     ),
     _deny(

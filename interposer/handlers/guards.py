@@ -102,7 +102,7 @@ def _refused_owner(call: Call, env: Env, who: int, group: bool) -> bool:
     if who <= 0:
         return False
     if group:
-        return env.host.trusted_group(who) or env.host.supervisor_group(call.guest.tgid, -who)
+        return env.host.supervisor_group(call.guest.tgid, -who) or env.host.foreign_group(who)
     return env.host.outsider(who) or env.host.trusted(who)  # no process outside the sandbox
 
 
@@ -113,8 +113,9 @@ def sys_signal_guard(call: Call, env: Env) -> Result:
     guest of this run.
 
     The first argument is the target (a pid, tgid or tid). kill(-1) (every
-    process the user may signal) is refused, and so is kill(-PGID) of the
-    agent's or the server's process group. The supervisor shares the guest's
+    process the user may signal) is refused, and so is kill(-PGID) of a group
+    with a member that is no guest (the agent's or the server's, another run's,
+    the user's shell's). The supervisor shares the guest's
     group (the terminal's Ctrl-C reaches both, and it forwards what reaches
     it), so a stop signal toward that group (kill(0), or kill(-PGID) from a
     child that moved to a group of its own) is refused when it would stop the
@@ -133,14 +134,12 @@ def sys_signal_guard(call: Call, env: Env) -> Result:
         # trusted sockets now; trusted() still refuses a gone one it cannot tell)
         return Fail(errno.EPERM) if env.host.outsider(pid) or env.host.trusted(pid) else CONTINUE
     sig = s32(call.args[1])
-    if call.name != "kill" or sig == 0:
+    if call.name != "kill" or sig == 0:  # signal 0 only asks whether any exists
         return CONTINUE
-    if (sig in _STOPS and env.host.supervisor_group(call.guest.tgid, pid)
-            and not env.host.survives(sig)):
-        return Fail(errno.EPERM)
-    if pid == 0:
-        return CONTINUE
-    if pid == -1 or env.host.trusted_group(-pid):
+    own = env.host.supervisor_group(call.guest.tgid, pid)
+    if pid == -1 or (pid < 0 and not own and env.host.foreign_group(-pid)):
+        return Fail(errno.EPERM)  # every process; another run's group, the user's shell's
+    if sig in _STOPS and own and not env.host.survives(sig):
         return Fail(errno.EPERM)
     return CONTINUE
 
@@ -248,8 +247,8 @@ def sys_priority_guard(call: Call, env: Env) -> Result:
 
 
 def sys_kcmp_guard(call: Call, env: Env) -> Result:
-    """kcmp compares two processes' files, memory and fs state: neither may be trusted."""
+    """kcmp compares two processes' files, memory and fs state: both must be guests."""
     for pid in (s32(call.args[0]), s32(call.args[1])):
-        if pid > 0 and env.host.trusted(pid):
+        if pid > 0 and (env.host.outsider(pid) or env.host.trusted(pid)):
             return Fail(errno.EPERM)
     return CONTINUE

@@ -158,3 +158,44 @@ def test_a_guest_does_not_signal_another_process(
                                        "setown 1", "procfd 1", "own child -15"], out.show()
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().split()[2] != "T"
+
+
+GROUPS = """
+import ctypes, fcntl, os, signal, sys
+pgid = int(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+def kcmp():
+    if libc.syscall(312, os.getpid(), pgid, 0, 0, 0) < 0:  # kcmp(KCMP_FILE)
+        raise OSError(ctypes.get_errno(), "kcmp")
+for what, call in (("group stop", lambda: os.kill(-pgid, signal.SIGSTOP)),
+                   ("group probe", lambda: os.kill(-pgid, 0)),
+                   ("group setown", lambda: fcntl.fcntl(os.pipe()[0], fcntl.F_SETOWN, -pgid)),
+                   ("kcmp", kcmp)):
+    try:
+        call()
+        print(what, "ok")
+    except OSError as e:
+        print(what, e.errno)
+os.setpgid(0, 0)  # a group of the guest's own
+os.kill(-os.getpid(), signal.SIGWINCH)
+print("own group ok")
+"""
+
+
+def test_a_guest_does_not_signal_a_group_outside_the_sandbox(synthfs, tmp_path: Path) -> None:
+    """kill(-PGID) reached another run's group, or the user's shell's: only the agent's
+    and the server's groups were refused; kcmp compared another process's files (review
+    round 14). A group with a member that is no guest is refused, as a pid is."""
+    other = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        repo = tmp_path / "repo"
+        repo.mkdir()
+        out = synthfs.run(repo, [sys.executable, "-c", GROUPS, str(other.pid)], cwd=tmp_path)
+        os.kill(other.pid, 18)  # SIGCONT, whatever happened
+        assert out.status == 0, out.show()
+        assert out.stdout.splitlines() == ["group stop 1", "group probe ok", "group setown 1",
+                                           "kcmp 1", "own group ok"], out.show()
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()

@@ -191,7 +191,7 @@ class FakeHost:
     def outsider(self, pid: int) -> bool:
         return pid == 5  # a process of the user outside the sandbox, in these tests
 
-    def trusted_group(self, pgid: int) -> bool:
+    def foreign_group(self, pgid: int) -> bool:
         return pgid == 7
 
     def supervisor_group(self, pid: int, target: int) -> bool:

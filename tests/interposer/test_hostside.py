@@ -110,7 +110,7 @@ def test_a_restarted_listener_is_trusted_and_its_predecessor_forgotten(
         assert not host.refused(f"/proc/{bystander.pid}/stat")  # what ps reads of anyone
         # what the kernel guards with a ptrace check stays refused: it is not a guest's
         assert host.refused(f"/proc/{bystander.pid}/environ")
-        assert host.trusted_group(os.getpgid(second.pid))
+        assert host.foreign_group(os.getpgid(second.pid))
     finally:
         bystander.kill()
         bystander.wait()
