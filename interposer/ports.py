@@ -45,6 +45,9 @@ class Guest(Protocol):
     def fd_pid(self, fd: int) -> int | None:
         """The process a pidfd stands for (its fdinfo ``Pid:``); None for other fds."""
 
+    def fd_path_only(self, fd: int) -> bool:
+        """Whether the fd was opened with ``O_PATH`` (False when it is not open)."""
+
     def host_cwd(self) -> str: ...
 
     def umask(self) -> int:

@@ -374,6 +374,10 @@ class GuestView:
         flags = _proc_octal(f"/proc/{self.tgid}/fdinfo/{fd}", b"flags:")
         return flags is not None and flags & os.O_ACCMODE != os.O_RDONLY
 
+    def fd_path_only(self, fd: int) -> bool:
+        flags = _proc_octal(f"/proc/{self.tgid}/fdinfo/{fd}", b"flags:")
+        return flags is not None and bool(flags & os.O_PATH)
+
     def fd_pid(self, fd: int) -> int | None:
         if fd < 0:
             return None

@@ -130,9 +130,15 @@ def whose(call: Call) -> tuple[int, int]:
     return call.guest.tgid, call.guest.tid
 
 
-def fd_loc(call: Call, env: Env, fd: int, target: str | None = None) -> Loc | None:
+def fd_loc(
+    call: Call, env: Env, fd: int, target: str | None = None, *, io: bool = False
+) -> Loc | None:
     """What an fd refers to; None when it is not open (EBADF). ``target``: its
-    ``/proc`` link, when the caller has read it already."""
+    ``/proc`` link, when the caller has read it already. ``io``: the call needs an
+    fd opened for I/O (fchmod, fchown, futimens, the f*xattr calls): an ``O_PATH``
+    one is EBADF, as from the kernel (never the object's change by its path)."""
+    if io and fd != AT_FDCWD and call.guest.fd_path_only(fd):
+        raise OSError(errno.EBADF, "an O_PATH fd")
     if fd == AT_FDCWD:
         cwd = call.proc.fs.cwd
         if cwd is not None:

@@ -90,7 +90,7 @@ def host_fd_op(call: Call, env: Env, loc: Loc, run: Callable[[Loc], Result]) -> 
 
 @guarded
 def sys_fchmod(call: Call, env: Env) -> Result:
-    loc = fd_loc(call, env, s32(call.args[0]))
+    loc = fd_loc(call, env, s32(call.args[0]), io=True)
     if loc is None:
         return CONTINUE
     if not loc.synthetic:
@@ -146,7 +146,7 @@ def sys_fchownat(call: Call, env: Env) -> Result:
 @guarded
 def sys_fchown(call: Call, env: Env) -> Result:
     a = call.args
-    loc = fd_loc(call, env, s32(a[0]))
+    loc = fd_loc(call, env, s32(a[0]), io=True)
     if loc is None:
         return CONTINUE
     if not loc.synthetic:
@@ -206,6 +206,8 @@ def utimens_at(
 ) -> Result:
     """utimensat, futimesat, utimes, utime: a NULL path names ``dirfd`` itself."""
     follow = not atflags & AT_SYMLINK_NOFOLLOW
+    if (addr or dirfd == AT_FDCWD) and atflags & ~(AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
+        return Fail(errno.EINVAL)
     if addr == 0:
         if dirfd == AT_FDCWD:
             # A NULL path names the fd itself (futimens), and AT_FDCWD is no fd: EFAULT
@@ -213,7 +215,7 @@ def utimens_at(
             return Fail(errno.EFAULT)
         if atflags:
             return Fail(errno.EINVAL)  # as the kernel says for a NULL path with flags
-        loc = fd_loc(call, env, dirfd)
+        loc = fd_loc(call, env, dirfd, io=True)
         if loc is None:
             return Fail(errno.EBADF)
         if not loc.synthetic:

@@ -184,7 +184,7 @@ def sys_statx(call: Call, env: Env) -> Result:
 
 def access_at(call: Call, env: Env, dirfd: int, addr: int, mode: int, atflags: int) -> Result:
     follow = not atflags & AT_SYMLINK_NOFOLLOW
-    if mode & ~7:
+    if mode & ~7 or atflags & ~(abi.AT_EACCESS | AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
         return Fail(errno.EINVAL)
     try:
         loc = locate(call, env, dirfd, addr, follow=follow, empty_ok=bool(atflags & AT_EMPTY_PATH))

@@ -224,6 +224,8 @@ def sys_renameat2(call: Call, env: Env) -> Result:
 def link_at(
     call: Call, env: Env, olddirfd: int, oldaddr: int, newdirfd: int, newaddr: int, flags: int
 ) -> Result:
+    if flags & ~(abi.AT_SYMLINK_FOLLOW | AT_EMPTY_PATH):
+        return Fail(errno.EINVAL)
     src = locate(
         call,
         env,

@@ -36,7 +36,7 @@ def sys_xattr(call: Call, env: Env) -> Result:
 @guarded
 def sys_fxattr(call: Call, env: Env) -> Result:
     """The f*xattr calls; one that changes a host file is judged as its path call."""
-    loc = fd_loc(call, env, s32(call.args[0]))
+    loc = fd_loc(call, env, s32(call.args[0]), io=True)
     if loc is None:
         return CONTINUE
     if not loc.synthetic:

@@ -694,6 +694,32 @@ t("open link O_PATH|O_NOFOLLOW|O_TRUNC",
 print(os.path.getsize(f"{r}/a.txt"), sorted(os.listdir(r)))
 """
 
+#: An O_PATH fd is no fd for I/O: fchmod, fchown, futimens and the f*xattr calls are EBADF
+#: (they changed the file), while the *at forms with AT_EMPTY_PATH work; unknown flags
+#: of faccessat2, linkat and utimensat are EINVAL (session 10).
+PY_O_PATH_FD_OPS = PY_EDGE + """
+def sc(*a):
+    if libc.syscall(*a) < 0:
+        raise OSError(ctypes.get_errno(), "")
+for what, fl in (("a.txt", os.O_PATH), ("link", os.O_PATH | os.O_NOFOLLOW), ("d", os.O_PATH)):
+    fd = os.open(f"{r}/{what}", fl)
+    t(f"{what} fchmod", lambda: os.fchmod(fd, 0o600))
+    t(f"{what} fchown", lambda: os.fchown(fd, os.getuid(), os.getgid()))
+    t(f"{what} futimens", lambda: os.utime(fd, (1, 2)))
+    t(f"{what} fgetxattr", lambda: os.getxattr(fd, "user.x"))
+    t(f"{what} fsetxattr", lambda: os.setxattr(fd, "user.x", b"1"))
+    t(f"{what} flistxattr", lambda: os.listxattr(fd))
+    t(f"{what} fremovexattr", lambda: os.removexattr(fd, "user.x"))
+    t(f"{what} utimensat empty", lambda: sc(280, fd, b"", None, 0x1000))
+    t(f"{what} fstat", lambda: os.fstat(fd) and None)
+    os.close(fd)
+p = f"{r}/a.txt".encode()
+t("faccessat2 bad flag", lambda: sc(439, -100, p, 0, 0x8000))
+t("linkat bad flag", lambda: sc(265, -100, p, -100, f"{r}/new12".encode(), 0x8000))
+t("utimensat bad flag", lambda: sc(280, -100, p, None, 0x8000))
+print(oct(os.stat(f"{r}/a.txt").st_mode), sorted(os.listdir(r)))
+"""
+
 #: openat2's open_how size: more than the kernel knows only when the rest is zero, at most
 #: a page (E2BIG; review round 12, finding 15), less than its 24 bytes EINVAL.
 PY_OPENAT2_SIZE = PY_EDGE + """
@@ -1301,6 +1327,7 @@ CASES: list[Case] = [
     Case("py_errno_slash_existing", py(PY_SLASH_EXISTING)),
     Case("py_errno_o_path", py(PY_O_PATH)),
     Case("py_errno_openat2_size", py(PY_OPENAT2_SIZE)),
+    Case("py_errno_o_path_fd_ops", py(PY_O_PATH_FD_OPS)),
     Case("py_errno_o_tmpfile", py(PY_O_TMPFILE)),
     Case("py_utimes_null", (PY, "-I", "-c", PY_UTIMES_NULL), cwd="."),
     Case("py_errno_name_max", py(PY_NAME_MAX)),

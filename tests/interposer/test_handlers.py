@@ -61,6 +61,9 @@ class FakeGuest:
     def fd_writable(self, fd: int) -> bool:
         return fd in self.fds
 
+    def fd_path_only(self, fd: int) -> bool:
+        return False
+
     def fd_pid(self, fd: int) -> int | None:
         return self.pidfds.get(fd)
 
