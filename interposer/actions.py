@@ -67,9 +67,11 @@ class RunChecked:
     #: Called with the syscall's return value (negative errno on failure) at its
     #: exit; may return a Return/Fail that replaces the result the guest sees.
     after: Callable[[int], Return | Fail | None] | None = None
-    #: Called instead of ``after`` when the thread never reaches the exit (killed in a
-    #: blocking call, or ended by another thread's exec): lets go of what the call
-    #: held (a pin). Whether the kernel ran the call is not known then.
+    #: Called once whenever the call ends, before ``after`` when there is an exit:
+    #: at its exit stop, when its thread is gone first (killed in a blocking call,
+    #: ended by another thread's exec) or the exec ended it, or after the notify
+    #: channel made the call itself. Lets go of what the call held (a pin); ``after``
+    #: only judges the result.
     release: Callable[[], None] | None = None
 
 

@@ -158,6 +158,16 @@ class Thread:
     shown: tuple[str, str, str] | None = None
 
 
+def _released(release: Callable[[], None] | None, tid: int) -> None:
+    """Run a checked call's ``release`` (its end): one call's cleanup must not end the
+    supervisor."""
+    if release is not None:
+        try:
+            release()
+        except Exception:
+            log.exception("cleanup of the call of thread %d", tid)
+
+
 def _store_writes(tid: int, result: Return) -> Return | Fail:
     """Write a result's data into the guest (a stat buffer...); EFAULT where it cannot."""
     try:
@@ -822,7 +832,7 @@ class Supervisor:
             try:
                 kind = stat.S_IFMT(os.fstat(fd).st_mode) if blocking else 0
                 if kind == stat.S_IFIFO:
-                    # (the pins ``after`` lets go of are not needed: our fd holds the FIFO)
+                    # (the pins ``release`` lets go of are not needed: our fd holds it)
                     threading.Thread(target=_open_fifo, name="synthfs-fifo", daemon=True,
                                      args=(listener.fd, ident, fd, flags)).start()
                     fd = -1  # the thread's now
@@ -840,6 +850,7 @@ class Supervisor:
                     os.close(fd)
         if ret < 0 and not gone:
             listener.answer(ident, error=-ret)
+        _released(run.release, call.guest.tid)
         if run.after is not None:
             outcome = run.after(ret)
             if outcome is not None:
@@ -1124,7 +1135,7 @@ class Supervisor:
             old = self.threads.pop(former, None)
             if old is not None:
                 self._drop_pending(old)  # its execve, done
-            self._drop_pending(t, gone=True)  # the leader's call: the exec ended it
+            self._drop_pending(t)  # the leader's call: the exec ended it
         else:
             # The execve (its scratch slot, in an address space now gone or, after a
             # vfork, still the parent's) will have no exit stop: release the slot.
@@ -1214,23 +1225,19 @@ class Supervisor:
             os.kill(tid, deferred)
 
     @staticmethod
-    def _drop_pending(t: Thread, gone: bool = False) -> None:
-        """A checked call that will have no exit stop: its scratch slot back, and what
-        it held let go when its thread is ``gone`` before the call's end."""
+    def _drop_pending(t: Thread) -> None:
+        """A checked call that will have no exit stop (its thread is gone, or an exec
+        ended it): its scratch slot back, and what it held let go."""
         p = t.pending
         if p is not None:
             t.pending = None
             p.space.release(p.slot)
-            if gone and p.release is not None:
-                try:
-                    p.release()
-                except Exception:  # one call's cleanup must not end the supervisor
-                    log.exception("cleanup of the call of gone thread %d", t.tid)
+            _released(p.release, t.tid)
 
     def _gone(self, pid: int, status: int) -> None:
         t = self.threads.pop(pid, None)
         if t is not None:
-            self._drop_pending(t, gone=True)
+            self._drop_pending(t)
             if t.shown is not None and self.tracer is not None:  # -v: it never returned
                 self.tracer.emit(pid, t.shown, "?")
         self.early.pop(pid, None)
@@ -1390,7 +1397,7 @@ class Supervisor:
         assert space is not None
         slot = space.alloc()
         if slot is None:
-            self._apply(t, regs, Fail(errno.EAGAIN))
+            self._not_run(t, regs, result, errno.EAGAIN)
             return
         base = SCRATCH_BASE + slot * SLOT_SIZE
         blob = bytearray()
@@ -1400,13 +1407,13 @@ class Supervisor:
         ]
         if len(blob) > SLOT_SIZE:
             space.release(slot)
-            self._apply(t, regs, Fail(errno.ENAMETOOLONG))
+            self._not_run(t, regs, result, errno.ENAMETOOLONG)
             return
         try:
             space.mem.write(base, bytes(blob))
         except OSError:
             space.release(slot)
-            self._apply(t, regs, Fail(errno.EFAULT))
+            self._not_run(t, regs, result, errno.EFAULT)
             return
         saved = (regs.orig_rax, regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)
         regs.orig_rax = result.nr
@@ -1415,6 +1422,13 @@ class Supervisor:
         pt.set_regs(tid, regs)
         t.pending = Pending(saved, result.after, space, slot, result.release)
         pt.syscall(tid)
+
+    def _not_run(self, t: Thread, regs: pt.Regs, run: RunChecked, err: int) -> None:
+        """A checked call that could not be set up: it ends here, with ``err``."""
+        _released(run.release, t.tid)
+        if run.after is not None:
+            run.after(-err)  # (an open's create is undone)
+        self._apply(t, regs, Fail(err))
 
     def _on_syscall_exit(self, t: Thread) -> None:
         p = t.pending
@@ -1433,6 +1447,7 @@ class Supervisor:
         ret = regs.rax
         if ret > _MASK64 // 2:
             ret -= 1 << 64
+        _released(p.release, tid)
         outcome = p.after(ret) if p.after is not None else None
         if isinstance(outcome, Return) and outcome.writes:
             try:

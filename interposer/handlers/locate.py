@@ -281,11 +281,7 @@ def run_host(
         for fd in fds:
             env.unpin(fd)
 
-    def done(ret: int) -> Return | Fail | None:
-        unpin()
-        return after(ret) if after is not None else None
-
-    return RunChecked(nr, tuple(out), done, unpin)
+    return RunChecked(nr, tuple(out), after, unpin)
 
 
 def precheck(call: Call, env: Env, ops: tuple[str, ...], raw: str, base: str) -> None:

@@ -127,10 +127,7 @@ def _unix_reach(
     if pin is None:
         return RunChecked(nr, args(Scratch(sockaddr), len(sockaddr)))
 
-    def done(ret: int) -> None:
-        env.unpin(pin)
-
-    return RunChecked(nr, args(Scratch(sockaddr), len(sockaddr)), done, lambda: env.unpin(pin))
+    return RunChecked(nr, args(Scratch(sockaddr), len(sockaddr)), None, lambda: env.unpin(pin))
 
 
 def _sock_call(call: Call, env: Env, nr: int) -> Result:
@@ -185,7 +182,6 @@ def _unix_bind(call: Call, env: Env, real: str, sa: SockAddr) -> Result:
     holder = f"/proc/{call.guest.tgid}/fd/{s32(call.args[0])}"
 
     def done(ret: int) -> None:
-        env.unpin(pin)
         if ret == 0:
             with contextlib.suppress(OSError):
                 env.bound_names[os.stat(holder).st_ino] = name
@@ -292,11 +288,7 @@ def _send_checked(
         if pin is not None:
             env.unpin(pin)
 
-    def done(ret: int) -> Return | None:
-        unpin()
-        return after(ret) if after is not None else None
-
-    return RunChecked(NR_SENDMSG, (call.args[0], copy, flags), done, unpin)
+    return RunChecked(NR_SENDMSG, (call.args[0], copy, flags), after, unpin)
 
 
 @guarded
