@@ -176,14 +176,9 @@ class HostSide:
         self.private_dir = os.path.realpath(private_dir)
         self._dirs = os.path.join(self.private_dir, "dirs")
         os.makedirs(self._dirs, mode=0o700, exist_ok=True)
-        roots = {self.private_dir}
-        for path in refused:
-            if path:
-                roots.add(os.path.realpath(path))
-                roots.update(links_on(path))
-        self.refused_roots = tuple(sorted(roots))
-        #: what is below a refused root starts with one of these (one startswith per check)
-        self._refused_below = tuple(root + "/" for root in self.refused_roots)
+        self.refused_roots: tuple[str, ...] = (self.private_dir,)
+        self._refused_below: tuple[str, ...] = ()
+        self.refuse_more(refused)
         self.trusted_pids = {int(p) for p in trusted_pids}
         #: the trusted sockets (the agent's, the server's): their listeners are trusted
         self.listeners = tuple(listeners)
@@ -391,6 +386,17 @@ class HostSide:
                     if os.getpgid(int(name)) == pgid and not self.is_guest(int(name)):
                         return True
         return False
+
+    def refuse_more(self, refused: Iterable[str]) -> None:
+        """Refuse ``refused`` too (each by its real path and the symlinks on its way)."""
+        roots = set(self.refused_roots)
+        for path in refused:
+            if path:
+                roots.add(os.path.realpath(path))
+                roots.update(links_on(path))
+        self.refused_roots = tuple(sorted(roots))
+        #: what is below a refused root starts with one of these (one startswith per check)
+        self._refused_below = tuple(root + "/" for root in self.refused_roots)
 
     def holds_refused(self, real_path: str) -> bool:
         """Whether ``real_path`` is a refused root or a directory above one."""

@@ -152,6 +152,8 @@ class Remote:
         if not isinstance(welcome, Welcome):
             raise OSError(errno.EPROTO, f"agent at {endpoint} answered {welcome.kind!r} to hello")
         self.refused_paths: tuple[str, ...] = welcome.refused_paths
+        #: told the paths a later Welcome adds (the supervisor's HostSide refuses them)
+        self.refused_more: Callable[[tuple[str, ...]], None] | None = None
         self.trusted_pids: tuple[int, ...] = welcome.trusted_pids
         self._agent_pid = welcome.trusted_pids[0] if welcome.trusted_pids else None
         #: requests sent to the agent, and the time they took (``--stats``)
@@ -164,6 +166,16 @@ class Remote:
         if welcome.leases:
             self._leases = Leases()
             self._feed = LeaseFeed(zmq.Context.instance(), welcome.leases, self._leases)
+
+    def same_agent(self) -> bool:
+        """Whether the agent that greeted us still listens on its socket (a spare
+        supervisor greeted it ahead of its run: a restarted one may refuse more)."""
+        if not self.endpoint.startswith("ipc://"):
+            return True  # (a tcp:// agent is another host's: nothing of it to refuse here)
+        from synthfs.interposer.hostside import peer_pid
+
+        pid = peer_pid(self.endpoint[len("ipc://") :])
+        return pid is not None and pid == self._agent_pid
 
     def close(self) -> None:
         self._unhomed.clear()
@@ -253,9 +265,19 @@ class Remote:
             self._agent_pid = old
         if not isinstance(welcome, Welcome) or not welcome.trusted_pids:
             raise OSError(errno.EIO, "the restarted agent did not say who it is")
+        self._welcomed(welcome)
+        self._agent_lost = False
+
+    def _welcomed(self, welcome: Welcome) -> None:
+        """A later Welcome (a restarted agent, a restarted server): who is trusted now,
+        and what the new agent refuses beside what the old one did (another cache)."""
         self.trusted_pids = welcome.trusted_pids
         self._agent_pid = welcome.trusted_pids[0]
-        self._agent_lost = False
+        new = tuple(p for p in welcome.refused_paths if p not in self.refused_paths)
+        if new:
+            self.refused_paths += new
+            if self.refused_more is not None:
+                self.refused_more(new)
 
     def trusted_now(self) -> tuple[int, ...] | None:
         """The pids the agent vouches for (itself, a local server), asked again when
@@ -270,8 +292,7 @@ class Remote:
         except OSError:
             return None
         if isinstance(welcome, Welcome) and welcome.trusted_pids:
-            self.trusted_pids = welcome.trusted_pids
-            self._agent_pid = welcome.trusted_pids[0]
+            self._welcomed(welcome)
         return self.trusted_pids if all(abi.pid_alive(p) for p in self.trusted_pids) else None
 
     def _ask(self, msg: Message, bulk: bool = False) -> Message:

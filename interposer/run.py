@@ -359,6 +359,7 @@ def _run(
         )
         # The agent names its server (--agent: it may restart; asked again when it died).
         host.also_trusted = remote.trusted_now
+        remote.refused_more = host.refuse_more  # a restarted agent's own paths
         from synthfs.interposer.runenv import Enforcement
 
         tracer = None

@@ -348,6 +348,13 @@ class _Spares:
                    for level, kind, data in anc
                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
                    for i in range(0, len(data) - 3, 4)]
+            if remote is not None and not remote.same_agent():
+                # The agent was restarted since our hello: its Welcome (what it refuses:
+                # another cache) is the one the run must enforce.
+                remote.close()
+                remote = None
+                with contextlib.suppress(OSError):
+                    remote = Remote(self.agent or "")
             if msg and len(fds) == 2:
                 conn = socket.socket(fileno=fds[0])
                 status = _serve(conn, int(msg), fds[1], self.refused, remote)

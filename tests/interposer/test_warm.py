@@ -430,3 +430,59 @@ def test_a_guest_connecting_to_the_warm_socket_gets_nothing(warm: Warm, tmp_path
         pytest.skip("this run refuses the warm socket by its directory: nothing to reach")
     assert r.stdout == "answer 0\n", (r.stdout, r.stderr)
     assert not stats.exists()
+
+
+def _wait_socket(path: Path, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_a_spare_greets_a_restarted_agent_again(repo: Path, tmp_path: Path) -> None:
+    """A spare supervisor greets the agent ahead of its run: after the agent was
+    restarted with another cache, the next warm run enforced the old agent's refused
+    list, and its guest read and rewrote the new agent's cache (review round 15,
+    finding 10). The spare now checks who listens before its run, and greets again."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    key, srv, ep = run / "key", run / "srv.sock", run / "agent.sock"
+    server = subprocess.Popen([*SYNTHFS, "server", "--root", str(repo), "--state", str(tmp_path / "state"),
+                               "--listen", f"ipc://{srv}", "--bootstrap-key", str(key)],
+                              stderr=subprocess.PIPE, text=True)
+    procs = [server]
+
+    def agent(cache: Path) -> subprocess.Popen[str]:
+        p = subprocess.Popen([*SYNTHFS, "agent", "--server", f"ipc://{srv}",
+                              "--bootstrap-key", str(key), "--listen", f"ipc://{ep}",
+                              "--cache", str(cache)], stderr=subprocess.PIPE, text=True)
+        procs.append(p)
+        _wait_socket(ep, p)
+        return p
+
+    try:
+        _wait_socket(srv, server)
+        first = agent(tmp_path / "cache1")
+        sock = tmp_path / "warm" / "w.sock"
+        daemon = subprocess.Popen([*SYNTHFS, "warm", "--socket", str(sock), "--agent",
+                                   f"ipc://{ep}"], stderr=subprocess.PIPE, text=True)
+        procs.append(daemon)
+        assert daemon.stderr is not None and "serving" in daemon.stderr.readline()
+        w = Warm(sock, f"ipc://{ep}", daemon)
+        assert w.run("cat", "/data/x.txt").stdout == "the x file\n"  # a spare greets agent 1
+        time.sleep(1)  # the next spare is forked and greets agent 1 too
+        first.terminate()
+        first.wait(timeout=30)
+        ep.unlink(missing_ok=True)
+        cache2 = tmp_path / "cache2"
+        agent(cache2)
+        assert subprocess.run([*SYNTHFS, "run", "--agent", f"ipc://{ep}", "--", "cat",
+                               "/data/x.txt"], capture_output=True, text=True,
+                              timeout=60).stdout == "the x file\n"  # fills cache 2
+        r = w.run("sh", "-c", f"ls {cache2} >/dev/null 2>&1; echo $?; cat /data/x.txt")
+        assert r.stdout == "2\nthe x file\n", (r.stdout, r.stderr)
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            p.wait(timeout=30)
