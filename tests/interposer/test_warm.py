@@ -448,7 +448,8 @@ def test_a_spare_greets_a_restarted_agent_again(repo: Path, tmp_path: Path) -> N
     run = tmp_path / "run"
     run.mkdir(mode=0o700)
     key, srv, ep = run / "key", run / "srv.sock", run / "agent.sock"
-    server = subprocess.Popen([*SYNTHFS, "server", "--root", str(repo), "--state", str(tmp_path / "state"),
+    server = subprocess.Popen([*SYNTHFS, "server", "--root", str(repo),
+                               "--state", str(tmp_path / "state"),
                                "--listen", f"ipc://{srv}", "--bootstrap-key", str(key)],
                               stderr=subprocess.PIPE, text=True)
     procs = [server]
