@@ -339,8 +339,15 @@ class HostSide:
 
     def outsider(self, pid: int) -> bool:
         """See :class:`~interposer.ports.Host`: a pid that is gone is no outsider (the
-        kernel's ESRCH)."""
-        return not self.is_guest(pid) and os.path.exists(f"/proc/{pid}")
+        kernel's ESRCH), nor a zombie (a guest's child that has exited, not yet
+        waited for: it is no longer a guest here, and a signal does nothing to it)."""
+        if self.is_guest(pid):
+            return False
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+        except (OSError, IndexError):
+            return False
 
     def _learn(self) -> bool:
         """Trust whoever serves the trusted sockets now; False when one has no listener."""

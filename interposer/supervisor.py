@@ -92,6 +92,8 @@ NR_OPENAT2 = NR["openat2"]
 _SETFL = abi.O_APPEND | abi.O_NONBLOCK | 0o40000 | 0o1000000  # + O_DIRECT, O_NOATIME
 #: what a reopen of a FIFO through /proc/self/fd/N must not carry (it names no new entry)
 _NOT_ON_REOPEN = abi.O_CREAT | abi.O_EXCL | abi.O_TRUNC | abi.O_NOFOLLOW | abi.O_DIRECTORY
+#: FIFO opens that may wait for their other end at once (a thread and two fds each)
+FIFO_WAITS = 256
 
 
 def _scratch_base() -> int:
@@ -319,31 +321,57 @@ def _privileged() -> bool:
     return os.geteuid() == 0 or int(cap.split()[1], 16) != 0
 
 
-def _open_fifo(lfd: int, ident: int, held: int, flags: int) -> None:
-    """A thread's: open the FIFO ``held`` (our non-blocking fd, or an O_PATH one) as the
-    guest asked, blocking until its other end comes, then hand it over and answer.
+class _FifoWait:
+    """A guest's blocking FIFO open, waiting in a thread for the other end."""
 
-    The reopen goes through ``/proc/self/fd/N`` (the object checked, no path walk).
-    Natively the open waits the same way; until it is answered, only a fatal signal
-    ends the guest's wait (WAIT_KILLABLE_RECV). Our non-blocking reader, kept until
-    then, lets a writer's open through as the guest's own reader would.
-    """
-    buf, resp = bytearray(notify.ADDFD.size), bytearray(notify.RESP.size)
-    try:
+    __slots__ = ("done", "flags", "held", "ident", "listener", "lock")
+
+    def __init__(self, listener: Listener, ident: int, held: int, flags: int) -> None:
+        self.listener, self.ident, self.held, self.flags = listener, ident, held, flags
+        self.lock = threading.Lock()
+        self.done = False
+
+    def end_if_gone(self) -> None:
+        """The guest's call has gone (its task was killed): end the wait by opening the
+        other end ourselves without blocking; the thread's answer then finds no call."""
+        with self.lock:
+            if self.done or self.listener.valid(self.ident):
+                return
+            other = os.O_WRONLY if self.flags & os.O_ACCMODE == os.O_RDONLY else os.O_RDONLY
+            with contextlib.suppress(OSError):
+                os.close(os.open(f"/proc/self/fd/{self.held}",
+                                 other | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY))
+
+    def run(self) -> None:
+        """The thread's: open the FIFO ``held`` (our non-blocking fd, or an O_PATH one)
+        as the guest asked, blocking until its other end comes, then hand it over and
+        answer.
+
+        The reopen goes through ``/proc/self/fd/N`` (the object checked, no path
+        walk). Natively the open waits the same way; until it is answered, only a
+        fatal signal ends the guest's wait (WAIT_KILLABLE_RECV). Our non-blocking
+        reader, kept until then, lets a writer's open through as the guest's own
+        reader would.
+        """
+        lfd, ident, flags = self.listener.fd, self.ident, self.flags
+        buf, resp = bytearray(notify.ADDFD.size), bytearray(notify.RESP.size)
         try:
-            fd = os.open(f"/proc/self/fd/{held}",
-                         (flags & ~_NOT_ON_REOPEN) | os.O_CLOEXEC | os.O_NOCTTY)
-        except OSError as exc:
-            notify.send(lfd, resp, ident, 0, exc.errno or errno.EIO, False)
-            return
-        try:
-            ret = notify.send_fd(lfd, buf, ident, fd, bool(flags & abi.O_CLOEXEC))
-            if ret < 0 and ret != -errno.ENOENT:
-                notify.send(lfd, resp, ident, 0, -ret, False)
+            try:
+                fd = os.open(f"/proc/self/fd/{self.held}",
+                             (flags & ~_NOT_ON_REOPEN) | os.O_CLOEXEC | os.O_NOCTTY)
+            except OSError as exc:
+                notify.send(lfd, resp, ident, 0, exc.errno or errno.EIO, False)
+                return
+            try:
+                ret = notify.send_fd(lfd, buf, ident, fd, bool(flags & abi.O_CLOEXEC))
+                if ret < 0 and ret != -errno.ENOENT:
+                    notify.send(lfd, resp, ident, 0, -ret, False)
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
-    finally:
-        os.close(held)
+            with self.lock:
+                self.done = True
+                os.close(self.held)
 
 
 class GuestView:
@@ -456,6 +484,8 @@ class Supervisor:
         #: credentials seen at an exec): /proc/PID/status costs tens of µs per open
         self._creds = _creds("self") if _privileged() else None
         self._told_creds = False
+        #: FIFO opens waiting in a thread for the other end: see :meth:`_wait_fifo`
+        self._fifo_waits: list[_FifoWait] = []
         #: called at the main guest's exit stop, before its parent can see it exit (the
         #: warm start: the user's shell is its parent, not this process)
         self.at_main_exit: Callable[[], None] | None = None
@@ -796,7 +826,7 @@ class Supervisor:
         umask for a create, O_NOCTTY (no controlling terminal for synthfs) and
         O_NONBLOCK (a FIFO must not block the loop: one opened for a guest that
         did not ask for it is reopened blocking by a thread,
-        :func:`_open_fifo`), then ``ADDFD`` + ``FLAG_SEND`` installs the fd
+        :meth:`_FifoWait.run`), then ``ADDFD`` + ``FLAG_SEND`` installs the fd
         at the guest's lowest free number, close-on-exec as its flags say, and
         answers with it in one step. The handler's ``after`` sees that number
         (or ``-errno``), as at the ptrace exit stop. The guest fd or ``-errno``.
@@ -833,10 +863,8 @@ class Supervisor:
                 kind = stat.S_IFMT(os.fstat(fd).st_mode) if blocking else 0
                 if kind == stat.S_IFIFO:
                     # (the pins ``release`` lets go of are not needed: our fd holds it)
-                    threading.Thread(target=_open_fifo, name="synthfs-fifo", daemon=True,
-                                     args=(listener.fd, ident, fd, flags)).start()
-                    fd = -1  # the thread's now
-                    ret = 0
+                    ret = self._wait_fifo(listener, ident, fd, flags)
+                    fd = -1  # the wait's now
                 else:
                     if blocking:
                         fcntl.fcntl(fd, fcntl.F_SETFL, flags & _SETFL)
@@ -876,10 +904,34 @@ class Supervisor:
             run.after(-errno.EACCES)
         return Fail(errno.EACCES)
 
+    def _wait_fifo(self, listener: Listener, ident: int, held: int, flags: int) -> int:
+        """Wait for a FIFO's other end in a thread (:meth:`_FifoWait.run`), which
+        answers; 0, or -errno when no thread can wait (the guest's open fails).
+
+        Before each new wait, the waits whose guest call has gone (a killed task)
+        are ended (:meth:`_FifoWait.end_if_gone`) and the finished ones forgotten:
+        no thread or fd outlives its call for long; at most :data:`FIFO_WAITS` wait
+        at once (ENFILE beyond: each holds a thread and two fds of the supervisor).
+        """
+        for wait in self._fifo_waits:
+            wait.end_if_gone()
+        self._fifo_waits = [w for w in self._fifo_waits if not w.done]
+        if len(self._fifo_waits) >= FIFO_WAITS:
+            os.close(held)
+            return -errno.ENFILE
+        wait = _FifoWait(listener, ident, held, flags)
+        try:
+            threading.Thread(target=wait.run, name="synthfs-fifo", daemon=True).start()
+        except RuntimeError:  # no thread to be had (a pids limit): the open fails
+            os.close(held)
+            return -errno.EAGAIN
+        self._fifo_waits.append(wait)
+        return 0
+
     @staticmethod
     def _fifo_pin(text: str, flags: int, resolve: int) -> int:
         """An O_PATH fd on ``text`` when it is a FIFO (an O_WRONLY open got ENXIO: no
-        reader yet), for :func:`_open_fifo`; -1 otherwise (the ENXIO stands: a socket)."""
+        reader yet), for :meth:`_FifoWait.run`; -1 otherwise (the ENXIO stands: a socket)."""
         try:
             fd = linux.openat2(abi.AT_FDCWD, text, abi.O_PATH | abi.O_CLOEXEC
                                | (flags & abi.O_NOFOLLOW), resolve)

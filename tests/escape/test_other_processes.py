@@ -199,3 +199,15 @@ def test_a_guest_does_not_signal_a_group_outside_the_sandbox(synthfs, tmp_path: 
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_guest_signals_its_exited_child_before_waiting_for_it(synthfs, tmp_path: Path) -> None:
+    """A child that has exited, not yet waited for, is no longer a guest to the
+    supervisor: kill() of it was EPERM (natively 0, a signal to a zombie does nothing)."""
+    code = ("import os, time\npid = os.fork()\nif pid == 0:\n    os._exit(3)\n"
+            "time.sleep(0.5)\nos.kill(pid, 15)\nprint('kill ok', os.waitpid(pid, 0)[1] >> 8)")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    out = synthfs.run(repo, [sys.executable, "-c", code], cwd=tmp_path)
+    assert out.status == 0, out.show()
+    assert out.stdout == "kill ok 3\n", out.show()

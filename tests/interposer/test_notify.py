@@ -664,3 +664,50 @@ def test_a_guest_that_restricted_itself_with_landlock_stays_restricted(
         p, _ = run(repo, tmp_path, sys.executable, "-c", LANDLOCKED, engine=engine)
         assert p.returncode == 0, p.stderr
         assert p.stdout.split() == ["refused", str(errno.EACCES)], (engine, p.stdout)
+
+
+FIFO_KILLS = textwrap.dedent("""\
+    import os, signal, sys, time
+    readers, writers = sys.argv[1] + "/r", sys.argv[1] + "/w"  # (never each other's end)
+    os.mkfifo(readers)
+    os.mkfifo(writers)
+    for i in range(60):
+        pid = os.fork()
+        if pid == 0:
+            os.open(writers, os.O_WRONLY) if i % 2 else os.open(readers, os.O_RDONLY)
+            os._exit(0)
+        time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    print("killed", flush=True)
+    sys.stdin.read()  # until the test has looked at the supervisor
+    """)
+
+
+@needs_notify
+def test_a_fifo_open_whose_task_was_killed_leaves_nothing_behind(
+    repo: Path, tmp_path: Path
+) -> None:
+    """A blocking FIFO open waits in a supervisor thread; when the guest task was
+    killed meanwhile, nothing woke that thread: a thread and two fds per kill, until
+    the pids ran out and the supervisor died with a traceback (review round 15,
+    finding 2). The next wait now ends the gone ones by opening the other end."""
+    p = subprocess.Popen([*SYNTHFS, "run", "--engine", "notify", "--data", str(repo), "--",
+                          sys.executable, "-c", FIFO_KILLS, str(tmp_path)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=tmp_path)
+    try:
+        assert p.stdout is not None and p.stdin is not None
+        assert p.stdout.readline() == "killed\n"
+        with open(f"/proc/{p.pid}/status") as f:
+            threads = int(next(line for line in f if line.startswith("Threads:")).split()[1])
+        fds = len(os.listdir(f"/proc/{p.pid}/fd"))
+        assert threads < 10, threads
+        assert fds < 60, fds
+        out, err = p.communicate("", timeout=60)
+        assert p.returncode == 0, err
+        assert "Traceback" not in err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
