@@ -299,6 +299,14 @@ def _raise_fd_limit() -> tuple[int, int]:
     return soft, hard
 
 
+def _userns(pid: int | str) -> str | None:
+    """The user namespace of ``pid`` (``/proc/PID/ns/user``; None when gone)."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/user")
+    except OSError:
+        return None
+
+
 def _creds(pid: int | str) -> bytes | None:
     """The credential lines (Uid, Gid, Groups, CapEff) of ``/proc/PID/status``."""
     try:
@@ -484,6 +492,9 @@ class Supervisor:
         #: credentials seen at an exec): /proc/PID/status costs tens of µs per open
         self._creds = _creds("self") if _privileged() else None
         self._told_creds = False
+        #: our user namespace: a guest in another (unshare, clone or setns with
+        #: CLONE_NEWUSER: untraced calls) holds no capability over what ours can open
+        self._userns = _userns("self")
         #: FIFO opens waiting in a thread for the other end: see :meth:`_wait_fifo`
         self._fifo_waits: list[_FifoWait] = []
         #: called at the main guest's exit stop, before its parent can see it exit (the
@@ -788,8 +799,9 @@ class Supervisor:
         elif isinstance(result, Fail):
             listener.answer(ident, error=result.errno)
         elif isinstance(result, RunChecked) and result.nr in (NR_OPENAT, NR_OPENAT2):
-            if t.proc.own_rules or (t.proc.own_creds and self._creds is not None
-                                    and _creds(tid) != self._creds):
+            if t.proc.own_rules or _userns(tid) != self._userns or (
+                    t.proc.own_creds and self._creds is not None
+                    and _creds(tid) != self._creds):
                 result = self._not_as_guest(listener, ident, t.proc.tgid, result)
             else:
                 opened = self._open_for_guest(listener, ident, call, result)
@@ -888,14 +900,16 @@ class Supervisor:
 
     def _not_as_guest(self, listener: Listener, ident: int, tgid: int, run: RunChecked) -> Fail:
         """A guest whose credentials are not ours (it changed user, dropped groups or
-        capabilities under a root synthfs), or that restricted itself with Landlock: an
+        capabilities under a root synthfs, entered a user namespace of its own), or that
+        restricted itself with Landlock: an
         open we made would be one it could not make (a root-only file read by a process
         that became nobody, a file outside its own Landlock domain). Refused, EACCES;
         under ptrace the kernel opens in the guest's own context."""
         if not self._told_creds:
             self._told_creds = True
             log.warning("pid %d runs with other credentials or rules than synthfs (setuid, "
-                        "setgroups, capset, landlock_restrict_self): --engine notify cannot "
+                        "setgroups, capset, landlock_restrict_self, a user namespace of its "
+                        "own): --engine notify cannot "
                         "open files as it, its opens are refused (EACCES); --engine ptrace "
                         "opens them in its own context", tgid)
         if listener.valid(ident):

@@ -642,6 +642,35 @@ def test_a_guest_that_became_nobody_cannot_open_root_files_through_the_superviso
         assert p.stdout.split() == ["refused", str(errno.EACCES)], (engine, p.stdout)
 
 
+@needs_notify
+@pytest.mark.skipif(os.geteuid() != 0, reason="a file of another user, made by root")
+def test_a_guest_in_a_user_namespace_of_its_own_cannot_open_through_the_supervisor(
+        repo: Path, tmp_path: Path) -> None:
+    """unshare(CLONE_NEWUSER) is no traced call and changes no line of /proc/PID/status,
+    but the process holds no capability over a file whose owner its namespace does not
+    map: the supervisor opened such a file for it with its own (review round 15,
+    finding 1). A guest in another user namespace gets EACCES from the supervisor."""
+    secret = tmp_path / "others"
+    secret.write_text("another user's\n")
+    os.chown(secret, 1000, 1000)
+    secret.chmod(0o600)
+    guest = textwrap.dedent(f"""\
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.unshare(0x10000000) == 0, ctypes.get_errno()  # CLONE_NEWUSER
+        try:
+            print(open({str(secret)!r}).read().strip())
+        except OSError as e:
+            print("refused", e.errno)
+        """)
+    native = subprocess.run([sys.executable, "-c", guest], capture_output=True, text=True)
+    assert native.stdout.split() == ["refused", str(errno.EACCES)], native
+    for engine in ("ptrace", "notify"):
+        p, _ = run(repo, tmp_path, sys.executable, "-c", guest, engine=engine)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == native.stdout, (engine, p.stdout)
+
+
 LANDLOCKED = textwrap.dedent("""\
     import ctypes, struct
     libc = ctypes.CDLL(None, use_errno=True)
