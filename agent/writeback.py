@@ -60,8 +60,11 @@ Semantics (README, docs/architecture.md "Write-back"):
 * Two agents writing one path: the server's commit order decides (the last
   upload to commit wins, as the last close does in AFS); a guest's exclusive
   create is decided by the server before its ``open`` returns.
-* An upload the server refuses for good (the parent directory went away,
-  the name became a directory) drops its row with an error in the log; one
+* A closed file whose directory went away before its upload (another agent's
+  guest removed or renamed it while it looked empty there) makes that directory
+  again (mode 0755) and is uploaded: no closed content is lost.
+* An upload the server refuses for good (the name became a directory, a
+  directory on its path became a file) drops its row with an error in the log; one
   the server could not take (down, full) stays queued and is retried, with a
   back-off, until it is taken.
 * ``--write-through`` (no journal): ``Commit`` uploads before answering, as before.
@@ -1003,7 +1006,12 @@ class WriteBack(Knowledge):
         if path not in j:
             return 0
         try:
-            return self._upload_queued(path)
+            try:
+                return self._upload_queued(path)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT or not self._rehome(path):
+                    raise
+                return self._upload_queued(path)
         except Unreachable:
             raise
         except Changed:
@@ -1021,6 +1029,24 @@ class WriteBack(Knowledge):
                           exc.strerror or exc)
                 j.done(path)
             raise
+
+    def _rehome(self, path: str) -> bool:
+        """The directory of a closed file went away before its upload (another agent's
+        guest removed or renamed it, seeing it empty): made again, so that the closed
+        content is not lost (True when some directory was made)."""
+        made = False
+        parts = path.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            try:
+                self.mkdir(Mkdir(path="/" + "/".join(parts[:i]), mode=0o755))
+                made = True
+            except OSError as exc:
+                if exc.errno != errno.EEXIST:
+                    return False
+        if made:
+            log.warning("write-back: the directory of %s went away before its upload: made "
+                        "again (mode 0755)", path)
+        return made
 
     def _upload_queued(self, path: str) -> int:
         """Upload the closed version of queued ``path`` (1), or nothing now (0)."""

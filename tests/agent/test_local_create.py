@@ -292,3 +292,20 @@ def test_a_name_another_agent_created_meanwhile_gets_the_last_upload(
     assert isinstance(st, StatReply) and st.attrs.size == len(b"ours, queued")
     assert c.call(Sync(wait=True)) == Synced(uploaded=1)
     assert (wb.root / "d" / "both").read_bytes() == b"ours, queued"
+
+
+def test_a_closed_file_whose_directory_another_agent_removed_is_not_lost(
+        wb: Stack, tmp_path: Path) -> None:
+    """Another agent's guest saw the directory empty (the file was queued here) and
+    removed it: the upload was refused for good and the closed content dropped for
+    everyone (review round 15, finding 4). The directory is made again, the file kept."""
+    c = wb.clients[0]
+    c.call(Mkdir(path="/d/sub", mode=0o755))
+    _create(c, "/d/sub/f", b"closed here")
+    with _other_agent(wb, tmp_path) as c2:
+        assert c2.call(Remove(path="/d/sub", directory=True)) is not None
+    assert not (wb.root / "d" / "sub").exists()
+    assert c.call(Sync(wait=True)) == Synced(uploaded=1)
+    assert (wb.root / "d" / "sub" / "f").read_bytes() == b"closed here"
+    o = c.call(Open(path="/d/sub/f", flags=os.O_RDONLY, mode=0))
+    assert isinstance(o, Opened) and Path(o.host_path).read_bytes() == b"closed here"
