@@ -299,6 +299,17 @@ def _raise_fd_limit() -> tuple[int, int]:
     return soft, hard
 
 
+def _signal_waits(tid: int) -> bool:
+    """Whether a signal that ``tid`` neither blocks nor ignores is pending for it."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            fields = dict(line.split(b":", 1) for line in f if line[:3] in (b"Sig", b"Shd"))
+        pending = int(fields[b"SigPnd"], 16) | int(fields[b"ShdPnd"], 16)
+        return bool(pending & ~int(fields[b"SigBlk"], 16) & ~int(fields[b"SigIgn"], 16))
+    except (OSError, KeyError, ValueError):
+        return False
+
+
 def _userns(pid: int | str) -> str | None:
     """The user namespace of ``pid`` (``/proc/PID/ns/user``; None when gone)."""
     try:
@@ -332,19 +343,29 @@ def _privileged() -> bool:
 class _FifoWait:
     """A guest's blocking FIFO open, waiting in a thread for the other end."""
 
-    __slots__ = ("done", "flags", "held", "ident", "listener", "lock")
+    __slots__ = ("done", "flags", "held", "ident", "interrupted", "listener", "lock", "tid")
 
-    def __init__(self, listener: Listener, ident: int, held: int, flags: int) -> None:
+    def __init__(self, listener: Listener, ident: int, held: int, flags: int, tid: int) -> None:
         self.listener, self.ident, self.held, self.flags = listener, ident, held, flags
+        self.tid = tid
         self.lock = threading.Lock()
         self.done = False
+        self.interrupted = False
 
     def end_if_gone(self) -> None:
-        """The guest's call has gone (its task was killed): end the wait by opening the
-        other end ourselves without blocking; the thread's answer then finds no call."""
+        """End the wait when the guest's call has gone (its task was killed), or when a
+        signal it does not block waits for it (EINTR then, as natively without
+        SA_RESTART: a traced task's wait ends only for SIGKILL, so a SIGTERM or an
+        alarm would wait for the FIFO's other end forever): we open the other end
+        ourselves without blocking, and the thread's answer finds no call, or says
+        EINTR."""
         with self.lock:
-            if self.done or self.listener.valid(self.ident):
+            if self.done:
                 return
+            if self.listener.valid(self.ident):
+                if not _signal_waits(self.tid):
+                    return
+                self.interrupted = True
             other = os.O_WRONLY if self.flags & os.O_ACCMODE == os.O_RDONLY else os.O_RDONLY
             with contextlib.suppress(OSError):
                 os.close(os.open(f"/proc/self/fd/{self.held}",
@@ -371,6 +392,9 @@ class _FifoWait:
                 notify.send(lfd, resp, ident, 0, exc.errno or errno.EIO, False)
                 return
             try:
+                if self.interrupted:
+                    notify.send(lfd, resp, ident, 0, errno.EINTR, False)
+                    return
                 ret = notify.send_fd(lfd, buf, ident, fd, bool(flags & abi.O_CLOEXEC))
                 if ret < 0 and ret != -errno.ENOENT:
                     notify.send(lfd, resp, ident, 0, -ret, False)
@@ -716,7 +740,9 @@ class Supervisor:
         try:
             self._serve_stops(self._ready_stops(block=False) or [])
             while self.threads:
-                events = poller.poll(1000)
+                events = poller.poll(100 if self._fifo_waits else 1000)
+                if self._fifo_waits:
+                    self._end_fifo_waits()
                 drain = not events  # a quiet second: look all the same
                 for fd, ev in events:
                     if fd == lfd:
@@ -875,7 +901,7 @@ class Supervisor:
                 kind = stat.S_IFMT(os.fstat(fd).st_mode) if blocking else 0
                 if kind == stat.S_IFIFO:
                     # (the pins ``release`` lets go of are not needed: our fd holds it)
-                    ret = self._wait_fifo(listener, ident, fd, flags)
+                    ret = self._wait_fifo(listener, ident, fd, flags, call.guest.tid)
                     fd = -1  # the wait's now
                 else:
                     if blocking:
@@ -918,22 +944,22 @@ class Supervisor:
             run.after(-errno.EACCES)
         return Fail(errno.EACCES)
 
-    def _wait_fifo(self, listener: Listener, ident: int, held: int, flags: int) -> int:
+    def _wait_fifo(self, listener: Listener, ident: int, held: int, flags: int, tid: int
+                   ) -> int:
         """Wait for a FIFO's other end in a thread (:meth:`_FifoWait.run`), which
         answers; 0, or -errno when no thread can wait (the guest's open fails).
 
-        Before each new wait, the waits whose guest call has gone (a killed task)
-        are ended (:meth:`_FifoWait.end_if_gone`) and the finished ones forgotten:
+        Before each new wait and every 0.1 s of the loop while some wait, the waits
+        whose guest call has gone (a killed task) or that a signal waits for are
+        ended (:meth:`_FifoWait.end_if_gone`) and the finished ones forgotten:
         no thread or fd outlives its call for long; at most :data:`FIFO_WAITS` wait
         at once (ENFILE beyond: each holds a thread and two fds of the supervisor).
         """
-        for wait in self._fifo_waits:
-            wait.end_if_gone()
-        self._fifo_waits = [w for w in self._fifo_waits if not w.done]
+        self._end_fifo_waits()
         if len(self._fifo_waits) >= FIFO_WAITS:
             os.close(held)
             return -errno.ENFILE
-        wait = _FifoWait(listener, ident, held, flags)
+        wait = _FifoWait(listener, ident, held, flags, tid)
         try:
             threading.Thread(target=wait.run, name="synthfs-fifo", daemon=True).start()
         except RuntimeError:  # no thread to be had (a pids limit): the open fails
@@ -941,6 +967,11 @@ class Supervisor:
             return -errno.EAGAIN
         self._fifo_waits.append(wait)
         return 0
+
+    def _end_fifo_waits(self) -> None:
+        for wait in self._fifo_waits:
+            wait.end_if_gone()
+        self._fifo_waits = [w for w in self._fifo_waits if not w.done]
 
     @staticmethod
     def _fifo_pin(text: str, flags: int, resolve: int) -> int:

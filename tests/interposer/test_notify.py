@@ -12,12 +12,14 @@ import ctypes
 import errno
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import helpers
@@ -736,6 +738,48 @@ def test_a_fifo_open_whose_task_was_killed_leaves_nothing_behind(
         out, err = p.communicate("", timeout=60)
         assert p.returncode == 0, err
         assert "Traceback" not in err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+FIFO_ALARM = textwrap.dedent("""\
+    import os, signal, sys
+    fifo = sys.argv[1] + "/lonely"
+    os.mkfifo(fifo)
+    def ring(*_):
+        raise TimeoutError
+    signal.signal(signal.SIGALRM, ring)
+    signal.alarm(1)
+    try:
+        os.open(fifo, os.O_RDONLY)
+        print("opened")
+    except TimeoutError:
+        print("interrupted", flush=True)
+    os.unlink(fifo)
+    os.mkfifo(fifo)
+    os.open(fifo, os.O_WRONLY)  # no reader ever: SIGTERM from outside ends the run
+    """)
+
+
+@needs_notify
+def test_a_fifo_open_is_interrupted_by_a_signal(repo: Path, tmp_path: Path) -> None:
+    """A traced task's killable wait ends only for SIGKILL: an alarm's handler never ran
+    and `timeout`'s SIGTERM did not end the run while a FIFO open waited for its other
+    end (review round 15, finding 11). A signal the guest does not block ends the wait
+    with EINTR, as natively for a handler, and a default SIGTERM ends the run."""
+    p = subprocess.Popen([*SYNTHFS, "run", "--engine", "notify", "--data", str(repo), "--",
+                          sys.executable, "-c", FIFO_ALARM, str(tmp_path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert p.stdout is not None
+        assert select.select([p.stdout], [], [], 30)[0], "the alarm never ended the wait"
+        assert p.stdout.readline() == "interrupted\n"
+        time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=20)
+        assert p.returncode == -signal.SIGTERM or p.returncode == 128 + signal.SIGTERM, err
     finally:
         if p.poll() is None:
             p.kill()
