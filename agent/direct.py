@@ -2,8 +2,8 @@
 
 Role: when the server answers a ``Locate`` (an S3 backend: a presigned GET of one
 object version, :class:`synthfs.protocol.messages.Located`), the agent reads
-the object from the store itself, :data:`STREAMS` ranges of :data:`PART` bytes in
-flight on keep-alive connections. Each body goes from the socket into the copy at
+the object from the store itself, :data:`STREAMS` ranges (:func:`part_size`: 8 to
+32 MiB) in flight on keep-alive connections. Each body goes from the socket into the copy at
 its offset with ``os.splice`` through a pipe (:func:`_splice_body`): the bytes never
 enter this process (256 MiB from SeaweedFS on loopback: 0.16-0.19 s of CPU against
 0.19-0.23 s read into a buffer and written out, most of what is left being the
@@ -35,13 +35,19 @@ import threading
 import urllib.parse
 from collections.abc import Callable
 
-__all__ = ["PART", "STREAMS", "Unusable", "fetch_into"]
+__all__ = ["MAX_PART", "PART", "STREAMS", "Unusable", "fetch_into", "part_size"]
 
 log = logging.getLogger(__name__)
 
-#: Bytes per ranged GET, and GETs in flight.
-PART = 8 << 20
+#: GETs in flight; the smallest and the largest range one GET asks for. A file is
+#: cut into ranges of a multiple of :data:`PART` (a store's chunk: SeaweedFS's is
+#: 8 MiB, and a range cut inside one costs it more), as few as keep :data:`STREAMS`
+#: busy up to :data:`MAX_PART` each: every GET costs the store a lookup, so 256 MiB
+#: as 8 ranges of 32 MiB cost SeaweedFS 0.45 s of CPU where 32 of 8 MiB cost
+#: 0.51-0.52 (benchmarks/RESULTS.md).
 STREAMS = 4
+PART = 8 << 20
+MAX_PART = 32 << 20
 #: Bytes read from the socket before each ``pwrite`` (a buffer that stays in the CPU cache).
 SLICE = 1 << 20
 #: The capacity asked for the pipe a body is spliced through (Linux's default
@@ -166,10 +172,18 @@ def _get_range(c: http.client.HTTPConnection, t: _Target, etag: str, size: int, 
         raise Unusable(f"the store broke off ({type(exc).__name__})") from None
 
 
+def part_size(size: int, streams: int = STREAMS) -> int:
+    """The bytes of each ranged GET of a ``size``-byte object (the last one: the rest)."""
+    each = -(-size // max(1, streams))
+    return min(MAX_PART, max(PART, -(-each // PART) * PART))
+
+
 def fetch_into(fd: int, url: str, etag: str, size: int,
                progress: Callable[[int], None] | None = None, *,
-               streams: int = STREAMS, part: int = PART) -> None:
+               streams: int = STREAMS, part: int | None = None) -> None:
     """Read the ``size`` bytes at ``url`` into ``fd`` (ranges in parallel), or raise.
+
+    Ranges of ``part`` bytes (by default :func:`part_size`), ``streams`` in flight.
 
     OSError ESTALE when the object was replaced (412, another ETag); :class:`Unusable`
     for any other failure; an OSError of ``pwrite`` (a full disk) as it is. Every
@@ -179,8 +193,9 @@ def fetch_into(fd: int, url: str, etag: str, size: int,
     if size == 0:
         return
     t = _Target(url)
+    each = part_size(size, streams) if part is None else part
     splice = not t.https and hasattr(os, "splice")
-    parts = collections.deque((off, min(part, size - off)) for off in range(0, size, part))
+    parts = collections.deque((off, min(each, size - off)) for off in range(0, size, each))
     lock = threading.Lock()
     stop = threading.Event()
     done_q: queue.SimpleQueue[int | BaseException | None] = queue.SimpleQueue()
@@ -192,7 +207,7 @@ def fetch_into(fd: int, url: str, etag: str, size: int,
             if splice:
                 with contextlib.suppress(OSError):  # no pipe (EMFILE): through a buffer
                     pipe = _Pipe()
-            buf = memoryview(bytearray(min(SLICE, part)))  # a store's Connection: close
+            buf = memoryview(bytearray(min(SLICE, each)))  # a store's Connection: close
             while not stop.is_set():
                 with lock:
                     if not parts:

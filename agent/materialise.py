@@ -15,7 +15,8 @@ presigned URL), else, or when that fails, through the server.
 Semantics (the interposer depends on them):
 
 * ``Open`` revalidates with the server (one Stat) unless a callback promise
-  holds on the path (then no round trip at all), fetches when the version
+  holds on the path's attributes (then no round trip: a copy kept, or a cold
+  open right after the guest's Stat of it), fetches when the version
   changed and the local copy is clean and not open for writing (a copy open
   for writing stays shared until its ``Commit``), and returns the cache
   file's host path. An ``O_CREAT`` open of a path the agent knows nothing of
@@ -101,6 +102,14 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> int:
     return len(data)
 
 
+def _allocate(fd: int, size: int) -> None:
+    """Allocate the ``size`` bytes of a copy about to be filled (not needed: a failure is
+    left to the writes)."""
+    if hasattr(os, "posix_fallocate"):
+        with contextlib.suppress(OSError):
+            os.posix_fallocate(fd, 0, size)
+
+
 class Materialiser(Knowledge):
     """``Open`` and what it needs: fetches, creates, leases on the copies it opens."""
 
@@ -128,7 +137,10 @@ class Materialiser(Knowledge):
             if created is not None:
                 return created
         try:
-            promised = self._promised(path) if e is not None else None
+            # A promise vouches for the attributes whether or not a copy is kept: a cold
+            # open right after the guest's own Stat of the path (the interposer resolves
+            # it first) needs no second one.
+            promised = self._promised(path)
             if promised is not None:
                 self.stats["promised_opens"] += 1
                 log.debug("open %s: promised (version %s), no round trip", path, promised.version)
@@ -353,6 +365,8 @@ class Materialiser(Knowledge):
         again, for the fetch through the server). ESTALE when the object changed."""
         if time.monotonic() < self._direct_off_until:
             return False
+        # The copy's blocks are allocated while the Locate is on its way (2-10 ms).
+        allocated = self._writer.submit(_allocate, fd, a.size)
         try:
             loc = self.upstream.call(Locate(path=path, version=a.version), Located)
         except OSError as exc:
@@ -362,6 +376,8 @@ class Materialiser(Knowledge):
                 self._direct_off_until = time.monotonic() + DIRECT_OFF_S
             log.debug("fetch %s: no direct read (%s)", path, exc.strerror)
             return False
+        finally:
+            allocated.result()  # (the caller closes fd: nothing may use it after)
         if loc.version != a.version or loc.size != a.size:
             raise OSError(errno.ESTALE, "the object changed during a fetch")
         note = self.note
@@ -374,8 +390,6 @@ class Materialiser(Knowledge):
                 next_note = time.monotonic() + PROGRESS_EVERY
 
         progress(0)
-        with contextlib.suppress(OSError):
-            os.posix_fallocate(fd, 0, loc.size)
         try:
             direct.fetch_into(fd, loc.url, loc.etag, loc.size, progress)
         except direct.Unusable as exc:

@@ -64,7 +64,9 @@ into the copy (no copy through the agent), four A/B pairs at load 7-18: synthfs
 119-241 MB/s against boto3 142-381 thrown away and 96-267 into a file (medians;
 ratios 0.74-0.91 and 0.88-1.21), the tree before 136-185 (0.50-0.88 and
 0.68-1.57): at that load noise; the agent's CPU 0.19-0.24 s against 0.19-0.56 s
-(RESULTS.md, "direct fetches splice").
+(RESULTS.md, "direct fetches splice"). With no second Stat at a cold open and
+ranges of up to 32 MiB, 6 alternated rounds at load 2.3-2.9: 407 against 297 MB/s
+before, boto3 507 (ratios 0.88 and 0.64; RESULTS.md, "no second Stat").
 1,000 creates: 6.8x the time of 1,000 boto3 puts (18x before lookups were
 answered from memory for 1 s and made with one round trip); a create costs
 four store round trips (the agent's lookup, the exclusive create, the

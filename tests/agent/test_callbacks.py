@@ -238,6 +238,42 @@ def test_promised_open_and_stat_make_no_server_request(promised: Stack) -> None:
     assert _requests(promised.server) == before
 
 
+def _kinds(server: Proc) -> list[str]:
+    """The kinds of the requests the server (-vv) dispatched so far, in order."""
+    return re.findall(r"^\S.* (\w+) #\d+ token ", server.output(), re.M)
+
+
+def test_a_cold_open_after_a_promised_stat_asks_no_second_stat(promised: Stack) -> None:
+    """The interposer Stats a path before it opens it: under a promise, the Open of a
+    file with no copy yet fetches at once (a Stat again was a round trip, and a store
+    HEAD on S3, on every cold open)."""
+    c = promised.clients[0]
+    assert promised.server is not None
+    (promised.root / "g").write_bytes(b"cold")
+    st = c.call(Stat(path="/g"))
+    assert isinstance(st, StatReply) and st.attrs.size == 4
+    time.sleep(0.1)
+    before = len(_kinds(promised.server))
+    o = _opened(c, "/g")
+    time.sleep(0.1)  # the server logs after it answers
+    assert Path(o.host_path).read_bytes() == b"cold"
+    assert _kinds(promised.server)[before:] == ["read"]
+
+
+def test_a_change_between_the_stat_and_a_cold_open_is_seen(promised: Stack,
+                                                          tmp_path: Path) -> None:
+    """The promise the cold open relies on is broken by the server's news of a change."""
+    c = promised.clients[0]
+    (promised.root / "g").write_bytes(b"first")
+    assert isinstance(c.call(Stat(path="/g")), StatReply)
+    with _second_agent(promised, tmp_path) as c2:
+        o = _opened(c2, "/g", WR | os.O_TRUNC)
+        Path(o.host_path).write_bytes(b"second, from the other agent")
+        c2.call(Commit(path="/g", wait=True))
+        o = _opened(c, "/g")
+        assert Path(o.host_path).read_bytes() == b"second, from the other agent"
+
+
 @contextlib.contextmanager
 def _second_agent(stack: Stack, tmp_path: Path) -> Iterator[Client]:
     """Another agent on the same server (its own socket and cache, no subscription)."""

@@ -148,3 +148,24 @@ def test_without_a_pipe_the_body_goes_through_a_buffer(store, tmp_path, monkeypa
     body = secrets.token_bytes(3 * 65536)
     s = store(body, "pieces")
     assert _fetch(tmp_path, s.url, len(body), streams=2, part=65536) == body
+
+
+def test_a_file_is_cut_into_as_few_ranges_as_keep_the_streams_busy(store, tmp_path,
+                                                                   monkeypatch):
+    """Whole multiples of PART, one per stream up to MAX_PART: 256 MiB is 8 GETs of
+    32 MiB (each GET costs the store a lookup), 24 MiB still three of 8."""
+    mib = 1 << 20
+    assert [direct.part_size(n * mib) // mib for n in (1, 24, 40, 64, 256, 4096)] == [
+        8, 8, 16, 16, 32, 32]
+    assert direct.part_size(256 * mib, streams=1) == 32 * mib
+    monkeypatch.setattr(direct, "PART", 65536)
+    monkeypatch.setattr(direct, "MAX_PART", 4 * 65536)
+    body = secrets.token_bytes(20 * 65536 - 5)
+    s = store(body, "pieces")
+    fd = os.open(tmp_path / "copy", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        direct.fetch_into(fd, s.url, ETAG, len(body), streams=2)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "copy").read_bytes() == body
+    assert (s.requests, s.connections) == (5, 2)
