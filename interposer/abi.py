@@ -178,6 +178,15 @@ def _check(ret: int, what: str) -> int:
     return ret
 
 
+def pid_running(pid: int) -> bool:
+    """Whether ``pid`` exists and is no zombie (its ``/proc/PID/stat`` state)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process ``pid`` exists (one this process may not signal too)."""
     try:

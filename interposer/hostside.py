@@ -341,13 +341,7 @@ class HostSide:
         """See :class:`~interposer.ports.Host`: a pid that is gone is no outsider (the
         kernel's ESRCH), nor a zombie (a guest's child that has exited, not yet
         waited for: it is no longer a guest here, and a signal does nothing to it)."""
-        if self.is_guest(pid):
-            return False
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-        except (OSError, IndexError):
-            return False
+        return not self.is_guest(pid) and abi.pid_running(pid)
 
     def _learn(self) -> bool:
         """Trust whoever serves the trusted sockets now; False when one has no listener."""

@@ -186,13 +186,7 @@ class Remote:
 
     def _agent_alive(self) -> bool:
         pid = self._agent_pid
-        if pid is None:
-            return True
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-        except (OSError, IndexError):
-            return False
+        return pid is None or abi.pid_running(pid)
 
     def _waiting_on(self) -> bool:
         """Whether to go on waiting for an answer (asked every second): not once the
