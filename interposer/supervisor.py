@@ -299,6 +299,33 @@ def _raise_fd_limit() -> tuple[int, int]:
     return soft, hard
 
 
+#: /dev/tty: whoever opens it gets its own controlling terminal
+_DEV_TTY = os.makedev(5, 0)
+
+
+def _guest_tty(tid: int, flags: int) -> int:
+    """An open of the guest's controlling terminal (what ``/dev/tty`` is to it: ours
+    would be the supervisor's), by its device node; ENXIO when it has none, as the
+    kernel says. A pty's (``/dev/pts/N``) and a virtual console's or serial line's."""
+    try:
+        with open(f"/proc/{tid}/stat", "rb") as f:
+            tty_nr = int(f.read().rsplit(b")", 1)[1].split()[4])
+    except (OSError, IndexError, ValueError):
+        raise OSError(errno.ENXIO, "no controlling terminal") from None
+    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    if 136 <= major <= 143:
+        node = f"/dev/pts/{(major - 136) * 256 + minor}"
+    elif major == 4:
+        node = f"/dev/tty{minor}" if minor < 64 else f"/dev/ttyS{minor - 64}"
+    else:
+        raise OSError(errno.ENXIO, "no controlling terminal we can name")
+    fd = os.open(node, flags)
+    if os.fstat(fd).st_rdev != os.makedev(major, minor):
+        os.close(fd)
+        raise OSError(errno.ENXIO, "the terminal's node is not its device")
+    return fd
+
+
 def _signal_waits(tid: int) -> bool:
     """Whether a signal that ``tid`` neither blocks nor ignores is pending for it."""
     try:
@@ -898,7 +925,13 @@ class Supervisor:
             fd = self._fifo_pin(text, flags, resolve)  # a FIFO with no reader yet
         if fd >= 0:
             try:
-                kind = stat.S_IFMT(os.fstat(fd).st_mode) if blocking else 0
+                st = os.fstat(fd)
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev == _DEV_TTY:
+                    os.close(fd)  # our controlling terminal: the guest's own is another
+                    fd = -1
+                    fd = _guest_tty(call.guest.tid, mine)
+                    st = os.fstat(fd)
+                kind = stat.S_IFMT(st.st_mode) if blocking else 0
                 if kind == stat.S_IFIFO:
                     # (the pins ``release`` lets go of are not needed: our fd holds it)
                     ret = self._wait_fifo(listener, ident, fd, flags, call.guest.tid)

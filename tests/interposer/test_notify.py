@@ -784,3 +784,63 @@ def test_a_fifo_open_is_interrupted_by_a_signal(repo: Path, tmp_path: Path) -> N
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+TTY = textwrap.dedent("""\
+    import os
+    fd = os.open("/dev/tty", os.O_RDWR)
+    print("own", os.isatty(fd), flush=True)
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()  # no controlling terminal any more
+        try:
+            os.open("/dev/tty", os.O_RDWR)
+            print("detached: a terminal", flush=True)
+        except OSError as e:
+            print("detached", e.errno, flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    """)
+
+
+def _on_a_terminal(argv: list[str], cwd: Path) -> str:
+    """``argv``'s output, run as a session leader on a fresh pty it has as its
+    controlling terminal."""
+    import fcntl
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd,
+                         start_new_session=True,
+                         preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(slave)
+    out = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 60)
+            assert ready, out
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: every slave end closed
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(master)
+        p.wait(timeout=60)
+    return out.decode().replace("\r\n", "\n")
+
+
+@needs_notify
+def test_dev_tty_is_the_guests_own_terminal(repo: Path, tmp_path: Path) -> None:
+    """The supervisor opened /dev/tty for the guest: its own controlling terminal, so a
+    guest that had given up its terminal (setsid) got the user's back, and wrote to it
+    (review round 15, finding 3). /dev/tty is the guest's terminal, or ENXIO."""
+    native = _on_a_terminal([sys.executable, "-c", TTY], tmp_path)
+    assert native.split("\n")[:2] == ["own True", f"detached {errno.ENXIO}"], native
+    for engine in ("ptrace", "notify"):
+        out = _on_a_terminal([*SYNTHFS, "run", "-q", "--engine", engine, "--data", str(repo),
+                              "--", sys.executable, "-c", TTY], tmp_path)
+        assert out.split("\n")[:2] == native.split("\n")[:2], (engine, out)
