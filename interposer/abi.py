@@ -179,10 +179,14 @@ def _check(ret: int, what: str) -> int:
 
 
 def pid_running(pid: int) -> bool:
-    """Whether ``pid`` exists and is no zombie (its ``/proc/PID/stat`` state)."""
+    """Whether ``pid`` exists and is no zombie: its ``/proc/PID/stat`` state, or, for a
+    leader that exited before its other threads (``pthread_exit`` in main), a thread
+    that still runs (a signal to the pid reaches them)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+            if f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X"):
+                return True
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
     except (OSError, IndexError):
         return False
 

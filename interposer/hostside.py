@@ -57,6 +57,18 @@ _GC_EVERY = 512
 _KEEP = 64
 
 
+def _members(pgid: int) -> list[int]:
+    """The live processes of group ``pgid`` (zombies do not count: a signal does nothing
+    to them)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getpgid(int(name)) == pgid and abi.pid_running(int(name)):
+                    out.append(int(name))
+    return out
+
+
 def links_on(path: str) -> list[str]:
     """Where each symlink the kernel follows to resolve ``path`` lies (not followed), in order.
 
@@ -67,7 +79,9 @@ def links_on(path: str) -> list[str]:
     the policy's).
     """
     links: list[str] = []
-    todo = [c for c in reversed(os.path.abspath(path).split("/")) if c]
+    # (joined, never normalised: 'lnk/..' is the parent of lnk's target, as the kernel
+    # walks it, not the directory that holds lnk)
+    todo = [c for c in reversed(os.path.join(os.getcwd(), path).split("/")) if c]
     cur = ""
     while todo and len(links) <= 40:
         comp = todo.pop()
@@ -381,12 +395,17 @@ class HostSide:
                 with contextlib.suppress(OSError):
                     if os.getpgid(pid) == pgid:
                         return True
-        for name in os.listdir("/proc"):
-            if name.isdigit():
+        return any(not self.is_guest(pid) for pid in _members(pgid) if pid != me)
+
+    def group_of(self, pid: int) -> int:
+        return os.getpgid(pid)
+
+    def signal_guests(self, pgid: int, sig: int) -> None:
+        """See :class:`~interposer.ports.Host`."""
+        for pid in _members(pgid):
+            if self.is_guest(pid):
                 with contextlib.suppress(OSError):
-                    if os.getpgid(int(name)) == pgid and not self.is_guest(int(name)):
-                        return True
-        return False
+                    os.kill(pid, sig)
 
     def refuse_more(self, refused: Iterable[str]) -> None:
         """Refuse ``refused`` too (each by its real path and the symlinks on its way)."""

@@ -136,6 +136,12 @@ class Host(Protocol):
         """Whether kill(``target`` <= 0) by ``pid`` names the supervisor's own group."""
         ...
 
+    def group_of(self, pid: int) -> int:
+        """The process group of ``pid`` (a guest)."""
+
+    def signal_guests(self, pgid: int, sig: int) -> None:
+        """Send ``sig`` to every guest of this run in process group ``pgid``."""
+
     def foreign_group(self, pgid: int) -> bool:
         """Whether a process group (not the supervisor's) holds a process that is no
         guest of this run: the agent's, the server's, another run's, the user's shell."""

@@ -141,6 +141,13 @@ def sys_signal_guard(call: Call, env: Env) -> Result:
         return Fail(errno.EPERM)  # every process; another run's group, the user's shell's
     if sig in _STOPS and own and not env.host.survives(sig):
         return Fail(errno.EPERM)
+    if own:
+        group = -pid if pid < 0 else env.host.group_of(call.guest.tgid)
+        if env.host.foreign_group(group):
+            # The group synthfs was started in holds others too (a script or make that
+            # ran it, without a terminal's job of its own): the guests alone get it.
+            env.host.signal_guests(group, sig)
+            return Return(0)
     return CONTINUE
 
 

@@ -17,6 +17,7 @@ control: it must reach the bystander), then under ``synthfs run``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -211,3 +212,65 @@ def test_a_guest_signals_its_exited_child_before_waiting_for_it(synthfs, tmp_pat
     out = synthfs.run(repo, [sys.executable, "-c", code], cwd=tmp_path)
     assert out.status == 0, out.show()
     assert out.stdout == "kill ok 3\n", out.show()
+
+
+ZOMBIE_LEADER = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+static void *run(void *arg) { (void)arg; for (;;) pause(); return 0; }
+int main(void) {
+    pthread_t t;
+    pthread_create(&t, 0, run, 0);
+    printf("%d\n", getpid());
+    fflush(stdout);
+    pthread_exit(0);  /* the leader shows Z; the process lives on in its thread */
+}
+"""
+
+
+def test_a_process_whose_leader_exited_is_still_an_outsider(synthfs, tmp_path: Path) -> None:
+    """A zombie is no outsider (a guest's exited child), but a leader that exited
+    before its other threads shows Z too while the process runs on: a guest signalled
+    such a process of the user (review round 16, finding 2)."""
+    src, exe = tmp_path / "leader.c", tmp_path / "leader"
+    src.write_text(ZOMBIE_LEADER)
+    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(exe), str(src)], check=True,
+                   timeout=60)
+    victim = subprocess.Popen([str(exe)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert victim.stdout is not None
+        pid = int(victim.stdout.readline())
+        repo = tmp_path / "repo"
+        repo.mkdir()
+        code = (f"import os\ntry:\n    os.kill({pid}, 9)\n    print('ok')\n"
+                "except OSError as e:\n    print(e.errno)")
+        out = synthfs.run(repo, [sys.executable, "-c", code], cwd=tmp_path)
+        assert out.stdout == "1\n", out.show()
+        time.sleep(0.2)
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_kill_0_reaches_only_the_guests_of_a_shared_group(tmp_path: Path) -> None:
+    """Started by a script (no job of its own), synthfs shares the script's process
+    group: a guest's kill(0, SIGTERM) reached the script and its other jobs (review round
+    16, finding 1). The guests alone get it then."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    guest = "import os, signal, time\nos.kill(0, signal.SIGTERM)\ntime.sleep(5)\nprint('alive')"
+    script = (f"sleep 300 >/dev/null 2>&1 & echo $! > {tmp_path}/bystander\n"
+              f"{' '.join(helpers.synthfs_command())} run --data {repo} -- "
+              f"{sys.executable} -c \"$GUEST\"\n"
+              "echo synthfs $?\n")
+    p = subprocess.run(["sh", "-c", script], env={**os.environ, "GUEST": guest},
+                       capture_output=True, text=True, timeout=60, start_new_session=True)
+    bystander = int((tmp_path / "bystander").read_text())
+    try:
+        assert p.stdout == "synthfs 143\n", (p.stdout, p.stderr)
+        assert os.path.exists(f"/proc/{bystander}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(bystander, 9)

@@ -151,3 +151,25 @@ def test_a_symlink_on_the_policy_path_is_refused_too(synthfs, tmp_path: Path) ->
         "unlink link 13", "rename link 13", "replace link 13", "write beside ok"], out.show()
     assert os.readlink(work / "ws") == "real"
     assert (work / "real" / "notes").read_text() == "ok"
+
+
+def test_a_symlink_before_dotdot_on_the_policy_path_is_refused_too(
+        synthfs, tmp_path: Path) -> None:
+    """``--policy ws/lnk/../ci.toml`` with ``ws/lnk -> ../real/sub``: the kernel goes
+    through the link, then up from its target; a lexical normalisation dropped
+    ``lnk/..`` and the link was never refused (review round 16, finding 3)."""
+    work = tmp_path / "work"
+    (work / "real" / "sub").mkdir(parents=True)
+    (work / "ws").mkdir()
+    (work / "ws" / "lnk").symlink_to("../real/sub")
+    policy = work / "real" / "ci.toml"
+    policy.write_text(POLICY.format(work=work))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    swap = SWAP_LINK.replace('"/ws"', '"/ws/lnk"').replace('"/ws2"', '"/ws/lnk2"')
+    out = synthfs.run(repo, [sys.executable, "-c", swap, str(work)], cwd=work,
+                      extra=("--policy", "ws/lnk/../ci.toml"))
+    assert out.status == 0, out.show()
+    assert out.stdout.splitlines()[:3] == [
+        "unlink link 13", "rename link 13", "replace link 13"], out.show()
+    assert os.readlink(work / "ws" / "lnk") == "../real/sub"

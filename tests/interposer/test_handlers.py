@@ -164,6 +164,7 @@ class FakeRepo:
 class FakeHost:
     def __init__(self) -> None:
         self.handles: dict[str, DirHandle] = {}
+        self.signalled: list[tuple[int, int]] = []
 
     def realpath(self, path: str, follow: bool, guest: tuple[int, int] = (0, 0)) -> str:
         return path
@@ -193,6 +194,12 @@ class FakeHost:
 
     def outsider(self, pid: int) -> bool:
         return pid == 5  # a process of the user outside the sandbox, in these tests
+
+    def group_of(self, pid: int) -> int:
+        return 9
+
+    def signal_guests(self, pgid: int, sig: int) -> None:
+        self.signalled.append((pgid, sig))
 
     def foreign_group(self, pgid: int) -> bool:
         return pgid == 7
