@@ -842,7 +842,10 @@ class Supervisor:
                 return
         t2 = time.perf_counter_ns() if stats is not None else 0
         if not listener.valid(ident):
-            return  # interrupted or dead: what the handler read may be another task's
+            # interrupted or dead: what the handler read may be another task's
+            if isinstance(result, RunChecked):
+                _released(result.release, tid)
+            return
         # -v: the call as it was made (the guest runs on once answered)
         shown = self.tracer.entry(call, spec) if self.tracer is not None else None
         if isinstance(result, Return):
@@ -855,7 +858,7 @@ class Supervisor:
             if t.proc.own_rules or _userns(tid) != self._userns or (
                     t.proc.own_creds and self._creds is not None
                     and _creds(tid) != self._creds):
-                result = self._not_as_guest(listener, ident, t.proc.tgid, result)
+                result = self._not_as_guest(listener, ident, t.proc.tgid, tid, result)
             else:
                 opened = self._open_for_guest(listener, ident, call, result)
                 result = Return(opened) if opened >= 0 else Fail(-opened)
@@ -867,6 +870,8 @@ class Supervisor:
         else:  # another RunChecked, or CONTINUE of a checked path: not on this channel
             _handler_failures.warning("handler %s gave %s on the notify channel (pid %d): "
                                       "EIO", spec.handler.__name__, type(result).__name__, tid)
+            if isinstance(result, RunChecked):
+                _released(result.release, tid)
             listener.answer(ident, error=errno.EIO)
         if self.tracer is not None and shown is not None:
             value = result.value if isinstance(result, Return) else (
@@ -957,7 +962,8 @@ class Supervisor:
                                           "ignored (the fd is the guest's)", outcome)
         return ret
 
-    def _not_as_guest(self, listener: Listener, ident: int, tgid: int, run: RunChecked) -> Fail:
+    def _not_as_guest(self, listener: Listener, ident: int, tgid: int, tid: int,
+                      run: RunChecked) -> Fail:
         """A guest whose credentials are not ours (it changed user, dropped groups or
         capabilities under a root synthfs, entered a user namespace of its own), or that
         restricted itself with Landlock: an
@@ -973,6 +979,7 @@ class Supervisor:
                         "opens them in its own context", tgid)
         if listener.valid(ident):
             listener.answer(ident, error=errno.EACCES)
+        _released(run.release, tid)
         if run.after is not None:
             run.after(-errno.EACCES)
         return Fail(errno.EACCES)
@@ -1549,8 +1556,10 @@ class Supervisor:
         regs.orig_rax = result.nr
         for name, value in zip(_ARG_REGS, values, strict=False):
             setattr(regs, name, value)
-        pt.set_regs(tid, regs)
+        # (pending first: a task killed before set_regs is gone later, and its pins
+        # and slot go then)
         t.pending = Pending(saved, result.after, space, slot, result.release)
+        pt.set_regs(tid, regs)
         pt.syscall(tid)
 
     def _not_run(self, t: Thread, regs: pt.Regs, run: RunChecked, err: int) -> None:

@@ -136,18 +136,23 @@ def sys_signal_guard(call: Call, env: Env) -> Result:
     sig = s32(call.args[1])
     if call.name != "kill" or sig == 0:  # signal 0 only asks whether any exists
         return CONTINUE
+    if pid == -1:
+        return Fail(errno.EPERM)  # every process the user may signal
     own = env.host.supervisor_group(call.guest.tgid, pid)
-    if pid == -1 or (pid < 0 and not own and env.host.foreign_group(-pid)):
-        return Fail(errno.EPERM)  # every process; another run's group, the user's shell's
-    if sig in _STOPS and own and not env.host.survives(sig):
-        return Fail(errno.EPERM)
-    if own:
-        group = -pid if pid < 0 else env.host.group_of(call.guest.tgid)
-        if env.host.foreign_group(group):
-            # The group synthfs was started in holds others too (a script or make that
-            # ran it, without a terminal's job of its own): the guests alone get it.
-            env.host.signal_guests(group, sig)
-            return Return(0)
+    group = -pid if pid < 0 else env.host.group_of(call.guest.tgid)
+    if not own:
+        # Another run's group, the user's shell's (kill(0) too, after a setpgid that
+        # joined one): refused when any member is no guest.
+        return Fail(errno.EPERM) if env.host.foreign_group(group) else CONTINUE
+    if sig in _STOPS:
+        # A stop toward the job synthfs runs in stops it as at Ctrl-Z (vim suspends
+        # itself with kill(0, SIGTSTP)): the supervisor must survive it.
+        return CONTINUE if env.host.survives(sig) else Fail(errno.EPERM)
+    if env.host.foreign_group(group, own=True):
+        # The group synthfs was started in holds others too (a script or make that
+        # ran it, without a terminal's job of its own): the guests alone get it.
+        env.host.signal_guests(group, sig)
+        return Return(0)
     return CONTINUE
 
 

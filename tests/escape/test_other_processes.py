@@ -274,3 +274,23 @@ def test_kill_0_reaches_only_the_guests_of_a_shared_group(tmp_path: Path) -> Non
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(bystander, 9)
+
+
+def test_kill_0_after_joining_another_group_is_refused(synthfs, tmp_path: Path) -> None:
+    """A guest joined another job's group of the same session with setpgid, then
+    kill(0) reached that job (review round 16, finding 6): kill(0) is judged on the
+    caller's group, as kill(-PGID) is."""
+    other = subprocess.Popen(["sleep", "300"], process_group=0)
+    try:
+        code = ("import os, signal\n"
+                f"os.setpgid(0, {other.pid})\n"
+                "try:\n    os.kill(0, signal.SIGTERM)\n    print('ok')\n"
+                "except OSError as e:\n    print(e.errno)")
+        repo = tmp_path / "repo"
+        repo.mkdir()
+        out = synthfs.run(repo, [sys.executable, "-c", code], cwd=tmp_path)
+        assert out.stdout == "1\n", out.show()
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()

@@ -201,7 +201,7 @@ class FakeHost:
     def signal_guests(self, pgid: int, sig: int) -> None:
         self.signalled.append((pgid, sig))
 
-    def foreign_group(self, pgid: int) -> bool:
+    def foreign_group(self, pgid: int, own: bool = False) -> bool:
         return pgid == 7
 
     def supervisor_group(self, pid: int, target: int) -> bool:
