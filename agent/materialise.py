@@ -48,7 +48,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import attrs
 
-from synthfs.agent import direct
 from synthfs.agent.cache import Entry, signature
 from synthfs.agent.metadata import Knowledge, _check_path, _parent
 from synthfs.extents import check_extents, pieces
@@ -376,6 +375,10 @@ class Materialiser(Knowledge):
         progress(0)
         with contextlib.suppress(OSError):
             os.posix_fallocate(fd, 0, loc.size)
+        # Here, not at the top: http.client (ssl, email) is ~30 ms of every agent's start-up,
+        # and only a store that locates (S3) ever gets here.
+        from synthfs.agent import direct
+
         try:
             direct.fetch_into(fd, loc.url, loc.etag, loc.size, progress)
         except direct.Unusable as exc:

@@ -6,8 +6,9 @@ running one with ``--agent``, or an embedded server + agent pair with
 and the supervisor's wait loop. The exit status is the guest's (128+N when it
 died of signal N).
 
-Start-up order (``--data``): the server and the agent are spawned first, with
-nothing but the standard library and the launcher loaded; the interposer's
+Start-up order (``--data``): the server and the agent are forked first, with
+nothing but the standard library, the launcher and the wire they all share
+loaded (:func:`~agent.embedded.starting`, ``fork=True``); the interposer's
 own imports, the policy and the seccomp filter happen while they boot; the
 guest starts once both are ready (the key file deleted), so the guest never
 runs beside a half-started stack.
@@ -215,7 +216,8 @@ def main(args: argparse.Namespace, client: WarmClient | None = None) -> int:
 
                 launch = resources.enter_context(
                     starting(args.data, cache_dir=args.cache, verbose=args.verbose,
-                             state_dir=args.state, write_through=args.write_through)
+                             state_dir=args.state, write_through=args.write_through,
+                             fork=True)
                 )
             status = _run(args, command, launch, client)
     except Exception as exc:  # a clear message, not a traceback, for set-up failures
