@@ -241,7 +241,7 @@ def _run(
 
     ``client``: the warm start's (:mod:`interposer.warm`): the guest is that process,
     seized instead of spawned."""
-    from synthfs.interposer.filter import build_filter
+    from synthfs.interposer.filter import cached_filter
     from synthfs.interposer.hostside import HostSide, Listener
     from synthfs.interposer.namespace import Namespace
     from synthfs.interposer.progress import ProgressLine
@@ -287,8 +287,14 @@ def _run(
     engine, why = choose(Engine(asked))
     if why:
         print(f"synthfs run: {why}", file=sys.stderr, flush=True)
+    from synthfs.interposer.warm_client import default_socket
+
+    # A warm supervisor's directory, running or not: refused to every guest (HostSide,
+    # below), so the seccomp filter is kept there from one run to the next.
+    warm = os.path.dirname(default_socket())
     try:
-        compiled = client.filter_for(policy, engine) if client else build_filter(policy, engine)
+        compiled = client.filter_for(policy, engine) if client \
+            else cached_filter(policy, engine, os.path.join(warm, "filters"))
     except OSError as exc:
         return _fail(f"cannot build the seccomp filter ({exc}); is libseccomp2 installed?", 125)
     trusted: tuple[int, ...] = ()
@@ -346,9 +352,6 @@ def _run(
             )
             if path
         ]
-        from synthfs.interposer.warm_client import default_socket
-
-        warm = os.path.dirname(default_socket())  # a warm supervisor's, running or not
         # The run's own files are no guest's: a job could rewrite the policy the next
         # run enforces, or the audit of its own denials (SECURITY.md).
         own_files = [p for p in (policy_file, args.audit, args.stats) if p]
