@@ -249,18 +249,21 @@ def _run(
     from synthfs.interposer.runenv import RunEnv
     from synthfs.interposer.supervisor import Supervisor
     from synthfs.policy.engine import Policy, PolicyError
-    from synthfs.policy.shipped import PolicyNotFound, locate
 
     try:
         ns = Namespace(args.mount)
     except ValueError as exc:
         return _fail(str(exc))
     policy_file = None
+    if args.policy:  # here: the shipped policies' module imports pathlib (~8 ms)
+        from synthfs.policy.shipped import PolicyNotFound, locate
+
+        try:
+            policy_file = locate(args.policy)
+        except PolicyNotFound as exc:
+            return _fail(str(exc))
     try:
-        policy_file = locate(args.policy) if args.policy else None
         policy = Policy.from_toml(policy_file) if policy_file else Policy.default(ns.mount)
-    except PolicyNotFound as exc:
-        return _fail(str(exc))
     except PolicyError as exc:
         return _fail(f"bad policy: {exc}")
     try:
