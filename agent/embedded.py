@@ -62,6 +62,7 @@ agent's token is made after the fork, in the agent alone.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import select
 import signal
@@ -555,6 +556,7 @@ def _fork(name: str, args: list[str], log: int, keep: list[int], die_with_parent
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     sys.stdout.flush()  # nothing buffered here is written twice
     sys.stderr.flush()
+    gc.freeze()  # the children's collections never scan (nor copy) what they inherit
     try:
         pid = os.fork()
         if pid == 0:  # the child: never returns
@@ -568,6 +570,7 @@ def _forked_child(name: str, args: list[str], log: int, devnull: int, keep: list
                   prctl: Callable[[], None] | None, parent: int) -> None:
     status: object = 1
     try:
+        gc.enable()  # (synthfs run starts with it disabled: synthfs.cli)
         os.setsid()
         if prctl is not None:
             prctl()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import gc
 import json
 import os
 import shutil
@@ -377,6 +378,11 @@ def _run(
         env = RunEnv(ns, remote, host, policy, audit, args.audit_all,
                      Enforcement.WARN if args.warn else Enforcement.ENFORCE,
                      tracer.noted if tracer is not None else None)
+        if not gc.isenabled():
+            # The console script's start-up, without collections (synthfs.cli): what it
+            # made lives as long as this process, never to be scanned again.
+            gc.freeze()
+            gc.enable()
         sup = Supervisor(env, compiled, on_exec=env.identify)
         sup.tracer = tracer
         remote.interruption = sup.interruption
