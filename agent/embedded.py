@@ -398,9 +398,9 @@ def starting(
         # The server's invalidations and heartbeats: the agent holds callback promises
         # (an unchanged cached object opens with no round trip).
         pub_ep = f"ipc://{workdir}/publish.sock"
-        # Start-up speed: run both with -S (no site import, no .pth processing)
-        # and hand them this interpreter's own sys.path instead, so they import
-        # exactly what this process imports (the repository, the venv).
+        # Exec'd (not forked): both run with -S (no site import, no .pth processing)
+        # and get this interpreter's own sys.path instead, so they import exactly
+        # what this process imports (the repository, the venv).
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([_REPO, *filter(None, sys.path)]))
         v = ["-" + "v" * verbose] if verbose else []
@@ -525,8 +525,6 @@ def _spawn(
             import subprocess
 
             preexec = _die_with_parent() if die_with_parent else None
-            # -S: no site import, no .pth processing (``env`` has this interpreter's
-            # sys.path instead, so they import exactly what this process imports).
             child = subprocess.Popen(
                 [sys.executable, "-S", "-m", f"synthfs.{name}", *args], stdin=subprocess.DEVNULL,
                 stdout=log, stderr=log, env=env, pass_fds=[ready_w, *pass_fds], cwd="/",
