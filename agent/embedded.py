@@ -629,7 +629,10 @@ def _max_fd() -> int:
 
 
 class _Forked:
-    """A forked child, as much of :class:`subprocess.Popen` as this module uses."""
+    """A forked child, as much of :class:`subprocess.Popen` as this module uses.
+
+    The supervisor's wait loop (``waitpid(-1)``) may reap it first (a killed agent):
+    it is then gone with status 0, as :class:`subprocess.Popen` has it."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -641,7 +644,10 @@ class _Forked:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere (as subprocess.Popen takes it)
+                pid, status = self.pid, 0
             if pid:
                 self._reaped(status)
         return self.returncode
@@ -660,7 +666,10 @@ class _Forked:
                 else:
                     time.sleep(min(left, 0.01))
         elif self.returncode is None:
-            self._reaped(os.waitpid(self.pid, 0)[1])
+            try:
+                self._reaped(os.waitpid(self.pid, 0)[1])
+            except ChildProcessError:  # reaped elsewhere: the supervisor's wait loop
+                self._reaped(0)
         assert self.returncode is not None
         return self.returncode
 
