@@ -43,11 +43,26 @@ queue until the server binds); the stack is ready when both have written
 while they boot (``synthfs run`` imports the interposer and builds the guest's
 filter meanwhile): it returns as soon as both processes are spawned, and
 ``launch.ready()`` waits for them and deletes the key file.
+
+``starting(fork=True)`` (``synthfs run``) forks the pair from the launcher
+instead of starting two interpreters: it first imports what all three processes
+import (:data:`PRELOAD`: ZeroMQ, attrs, msgpack, the protocol's messages and
+codec, which the launcher needs anyway), so each child starts from there, not
+from an empty interpreter (about 130 ms of CPU less each). Only for a process
+with one thread and no ZeroMQ context (a context's I/O thread does not survive
+a fork): with a second thread running it spawns as usual. A forked child gets
+what an exec'd one gets and nothing more: its own session, PDEATHSIG (the
+agent), ``/`` as its cwd, ``/dev/null`` and its log on 0-2, and no other fd
+than those passed; it runs ``synthfs server`` / ``synthfs agent`` and ends
+with ``os._exit``, never returning into the launcher's code. The launcher holds
+no secret at that point but the bootstrap key, which both children need; the
+agent's token is made after the fork, in the agent alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import select
 import signal
@@ -68,7 +83,11 @@ if TYPE_CHECKING:
 # shutil and tempfile are imported where used: ``synthfs run --agent`` imports this
 # module for :func:`private_dir` alone.
 
-__all__ = ["EmbeddedError", "Launch", "TrustedStack", "embedded", "starting"]
+__all__ = ["PRELOAD", "EmbeddedError", "Launch", "TrustedStack", "embedded", "starting"]
+
+#: What the launcher, the server and the agent all import (``starting(fork=True)``
+#: imports them before forking the pair): the wire and its libraries.
+PRELOAD = ("zmq", "synthfs.protocol.codec", "synthfs.protocol.client")
 
 #: Seconds to wait for SIGTERM to work before SIGKILL.
 GRACE = 2.0
@@ -342,14 +361,25 @@ def starting(
     verbose: int = 0,
     state_dir: str | os.PathLike[str] | None = None,
     write_through: bool = True,
+    fork: bool = False,
 ) -> Iterator[Launch]:
     """Spawn the pair of :func:`embedded` and return at once; stop both on exit.
 
     Call ``ready()`` on the :class:`Launch` before using either process:
     ``startup_timeout`` counts from the spawn. The same arguments and errors as
     :func:`embedded`; the stack is never handed out before both are ready.
+    ``fork``: fork both from this process (see the module's docstring): the caller
+    has no ZeroMQ context and handles no signal yet (threads are checked: with a
+    second one running, both are spawned as usual).
     """
     data = _check_data_dir(data_dir)
+    if fork and _single_threaded():
+        import importlib
+
+        for name in PRELOAD:
+            importlib.import_module(name)
+    else:
+        fork = False
     cache = os.path.abspath(os.fspath(cache_dir)) if cache_dir is not None else None
     workdir = private_dir("synthfs-", _runtime_base())
     state = _state_dir(data, workdir, None if state_dir is None else os.fspath(state_dir))
@@ -368,14 +398,14 @@ def starting(
         # The server's invalidations and heartbeats: the agent holds callback promises
         # (an unchanged cached object opens with no round trip).
         pub_ep = f"ipc://{workdir}/publish.sock"
-        # Start-up speed: run both with -S (no site import, no .pth processing)
-        # and hand them this interpreter's own sys.path instead, so they import
-        # exactly what this process imports (the repository, the venv).
+        # Exec'd (not forked): both run with -S (no site import, no .pth processing)
+        # and get this interpreter's own sys.path instead, so they import exactly
+        # what this process imports (the repository, the venv).
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([_REPO, *filter(None, sys.path)]))
         v = ["-" + "v" * verbose] if verbose else []
 
-        server_argv = [sys.executable, "-S", "-m", "synthfs.server", *v, "--root", data,
+        server_argv = [*v, "--root", data,
                        "--listen", server_ep, "--bootstrap-key", key_path,
                        "--publish", pub_ep, "--state", state]
         if token_ttl is not None:
@@ -387,14 +417,15 @@ def starting(
         server_argv += ["--lifeline-fd", str(life_r)]
         spawned = time.monotonic()
         try:
-            server = _spawn("server", server_argv, workdir, env, [life_r], die_with_parent=False)
+            server = _spawn("server", server_argv, workdir, env, [life_r], fork,
+                            die_with_parent=False)
         finally:
             os.close(life_r)
         procs.append(server)
 
         key_r, key_w = os.pipe()
         try:
-            agent_argv = [sys.executable, "-S", "-m", "synthfs.agent", *v, "--server", server_ep,
+            agent_argv = [*v, "--server", server_ep,
                           "--bootstrap-fd", str(key_r), "--listen", agent_ep,
                           "--subscribe", pub_ep, "--refuse", workdir]
             if cache is not None:
@@ -405,7 +436,7 @@ def starting(
                 agent_argv += ["--attr-ttl", f"{attr_ttl:g}"]
             if not write_through:
                 agent_argv.append("--write-back")
-            agent = _spawn("agent", agent_argv, workdir, env, [key_r, life_w])
+            agent = _spawn("agent", agent_argv, workdir, env, [key_r, life_w], fork)
             procs.append(agent)
         finally:
             os.close(key_r)
@@ -440,7 +471,7 @@ def starting(
 class _Proc:
     """One spawned process: its log file and, until it is ready, its ready fd."""
 
-    def __init__(self, name: str, popen: subprocess.Popen[bytes], log_path: str,
+    def __init__(self, name: str, popen: subprocess.Popen[bytes] | _Forked, log_path: str,
                  ready_fd: int | None) -> None:
         self.name = name
         self.popen = popen
@@ -474,32 +505,186 @@ def _die_with_parent() -> Callable[[], None]:
 
 
 def _spawn(
-    name: str, argv: list[str], workdir: str, env: dict[str, str], pass_fds: list[int],
-    die_with_parent: bool = True,
+    name: str, args: list[str], workdir: str, env: dict[str, str], pass_fds: list[int],
+    fork: bool = False, die_with_parent: bool = True,
 ) -> _Proc:
-    import subprocess
-
-    preexec = _die_with_parent() if die_with_parent else None
+    """``synthfs NAME ARGS --ready-fd N``: a fresh interpreter, or (``fork``) a fork of this one."""
     ready_r, ready_w = os.pipe()
-    argv = [*argv, "--ready-fd", str(ready_w)]
+    args = [*args, "--ready-fd", str(ready_w)]
     log_path = os.path.join(workdir, f"{name}.log")
-    with open(log_path, "wb") as log:
-        try:
-            # A new session: a Ctrl-C meant for the guests does not stop the agent
-            # before it has uploaded their writes. PDEATHSIG: if this process dies
-            # without cleaning up (SIGKILL), the agent stops too (the server follows
-            # it through its lifeline).
-            p = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                pass_fds=[ready_w, *pass_fds], cwd="/", start_new_session=True,
-                preexec_fn=preexec,
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        # A new session: a Ctrl-C meant for the guests does not stop the agent
+        # before it has uploaded their writes. PDEATHSIG: if this process dies
+        # without cleaning up (SIGKILL), the agent stops too (the server follows
+        # it through its lifeline).
+        if fork:
+            child: subprocess.Popen[bytes] | _Forked = _fork(
+                name, args, log, [ready_w, *pass_fds], die_with_parent)
+        else:
+            import subprocess
+
+            preexec = _die_with_parent() if die_with_parent else None
+            child = subprocess.Popen(
+                [sys.executable, "-S", "-m", f"synthfs.{name}", *args], stdin=subprocess.DEVNULL,
+                stdout=log, stderr=log, env=env, pass_fds=[ready_w, *pass_fds], cwd="/",
+                start_new_session=True, preexec_fn=preexec,
             )
-        except BaseException:
-            os.close(ready_r)
-            raise
+    except BaseException:
+        os.close(ready_r)
+        raise
+    finally:
+        os.close(ready_w)
+        os.close(log)
+    return _Proc(name=name, popen=child, log_path=log_path, ready_fd=ready_r)
+
+
+def _single_threaded() -> bool:
+    if "threading" not in sys.modules:
+        return True
+    import threading
+
+    return threading.active_count() == 1
+
+
+def _fork(name: str, args: list[str], log: int, keep: list[int], die_with_parent: bool) -> _Forked:
+    """Fork ``synthfs NAME ARGS`` (see the module's docstring); its handle."""
+    prctl = _die_with_parent() if die_with_parent else None
+    parent = os.getpid()
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    sys.stdout.flush()  # nothing buffered here is written twice
+    sys.stderr.flush()
+    gc.freeze()  # the children's collections never scan (nor copy) what they inherit
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            _forked_child(name, args, log, devnull, keep, prctl, parent)
+    finally:
+        os.close(devnull)
+    return _Forked(pid)
+
+
+def _forked_child(name: str, args: list[str], log: int, devnull: int, keep: list[int],
+                  prctl: Callable[[], None] | None, parent: int) -> None:
+    status: object = 1
+    try:
+        gc.enable()  # (synthfs run starts with it disabled: synthfs.cli)
+        os.setsid()
+        if prctl is not None:
+            prctl()
+            if os.getppid() != parent:  # the launcher died before the prctl
+                os._exit(1)
+        os.chdir("/")
+        os.dup2(devnull, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        # Only 0-2 and ``keep`` stay open (close_fds, as subprocess does).
+        low = 3
+        for fd in sorted(keep):
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, _max_fd())
+        # The signal dispositions and mask are left as they are: a fresh interpreter's
+        # (the launcher forks before it handles any signal itself).
+        _set_cmdline([sys.executable, "-m", f"synthfs.{name}", *args])
+        from synthfs.cli import main
+
+        status = main([name, *args])
+    except SystemExit as exc:  # argparse's errors
+        status = exc.code
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
         finally:
-            os.close(ready_w)
-    return _Proc(name=name, popen=p, log_path=log_path, ready_fd=ready_r)
+            os._exit(status if isinstance(status, int) else 0 if status is None else 1)
+
+
+def _set_cmdline(argv: list[str]) -> None:
+    """Show ``argv`` in ``/proc/self/cmdline`` (``ps``, ``pgrep -f``), as setproctitle does:
+    a forked child would otherwise show its launcher's command line, the guest's included.
+
+    Written over the launcher's argv area (its bytes, ``/proc/self/stat``'s ``arg_start``
+    and ``arg_end``), cut to its length; nothing changes where that fails.
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[-5]), int(fields[-4])
+        text = b"\0".join(os.fsencode(a) for a in argv)[: end - start - 1]
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            mem.write(text.ljust(end - start, b"\0"))
+
+
+def _max_fd() -> int:
+    try:
+        return os.sysconf("SC_OPEN_MAX")
+    except (OSError, ValueError):
+        return 1 << 16
+
+
+class _Forked:
+    """A forked child, as much of :class:`subprocess.Popen` as this module uses.
+
+    The supervisor's wait loop (``waitpid(-1)``) may reap it first (a killed agent):
+    it is then gone with status 0, as :class:`subprocess.Popen` has it."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except OSError:  # before Linux 5.3: wait() polls
+            self._pidfd = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere (as subprocess.Popen takes it)
+                pid, status = self.pid, 0
+            if pid:
+                self._reaped(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        import subprocess
+
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+            while self.poll() is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired([str(self.pid)], timeout)
+                if self._pidfd is not None:
+                    select.select([self._pidfd], [], [], left)
+                else:
+                    time.sleep(min(left, 0.01))
+        elif self.returncode is None:
+            try:
+                self._reaped(os.waitpid(self.pid, 0)[1])
+            except ChildProcessError:  # reaped elsewhere: the supervisor's wait loop
+                self._reaped(0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def _reaped(self, status: int) -> None:
+        self.returncode = os.waitstatus_to_exitcode(status)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 def _wait_ready(procs: list[_Proc], deadline: float, timeout: float) -> None:

@@ -49,7 +49,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import attrs
 
-from synthfs.agent import direct
 from synthfs.agent.cache import Entry, signature
 from synthfs.agent.metadata import Knowledge, _check_path, _parent
 from synthfs.extents import check_extents, pieces
@@ -390,6 +389,10 @@ class Materialiser(Knowledge):
                 next_note = time.monotonic() + PROGRESS_EVERY
 
         progress(0)
+        # Here, not at the top: http.client (ssl, email) is ~30 ms of every agent's start-up,
+        # and only a store that locates (S3) ever gets here.
+        from synthfs.agent import direct
+
         try:
             direct.fetch_into(fd, loc.url, loc.etag, loc.size, progress)
         except direct.Unusable as exc:

@@ -5,8 +5,8 @@ tracer's start-up), under ``synthfs run --warm --agent EP`` (a warm supervisor,
 ``synthfs warm --agent EP``, started for the measurement), under ``synthfs run
 --agent EP`` (an agent already running) and under ``synthfs run --data DIR`` (a
 private server and agent started and stopped by the run), round-robin so that
-all five see the same load. Each gets one untimed run first (``--agent``'s compiles and
-keeps the seccomp filter, as any earlier run on the machine would have).
+all five see the same load. Each gets one untimed run first (it compiles and keeps the
+seccomp filter, as any earlier run on the machine would have).
 
 Two figures per row, best and median of the timed runs: wall-clock time, and
 the CPU time of the process and every child it waited for (``wait4``'s

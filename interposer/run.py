@@ -6,8 +6,9 @@ running one with ``--agent``, or an embedded server + agent pair with
 and the supervisor's wait loop. The exit status is the guest's (128+N when it
 died of signal N).
 
-Start-up order (``--data``): the server and the agent are spawned first, with
-nothing but the standard library and the launcher loaded; the interposer's
+Start-up order (``--data``): the server and the agent are forked first, with
+nothing but the standard library, the launcher and the wire they all share
+loaded (:func:`~agent.embedded.starting`, ``fork=True``); the interposer's
 own imports, the policy and the seccomp filter happen while they boot; the
 guest starts once both are ready (the key file deleted), so the guest never
 runs beside a half-started stack.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import gc
 import json
 import os
 import shutil
@@ -215,7 +217,8 @@ def main(args: argparse.Namespace, client: WarmClient | None = None) -> int:
 
                 launch = resources.enter_context(
                     starting(args.data, cache_dir=args.cache, verbose=args.verbose,
-                             state_dir=args.state, write_through=args.write_through)
+                             state_dir=args.state, write_through=args.write_through,
+                             fork=True)
                 )
             status = _run(args, command, launch, client)
     except Exception as exc:  # a clear message, not a traceback, for set-up failures
@@ -239,7 +242,7 @@ def _run(
 
     ``client``: the warm start's (:mod:`interposer.warm`): the guest is that process,
     seized instead of spawned."""
-    from synthfs.interposer.filter import build_filter
+    from synthfs.interposer.filter import cached_filter
     from synthfs.interposer.hostside import HostSide, Listener
     from synthfs.interposer.namespace import Namespace
     from synthfs.interposer.progress import ProgressLine
@@ -247,18 +250,21 @@ def _run(
     from synthfs.interposer.runenv import RunEnv
     from synthfs.interposer.supervisor import Supervisor
     from synthfs.policy.engine import Policy, PolicyError
-    from synthfs.policy.shipped import PolicyNotFound, locate
 
     try:
         ns = Namespace(args.mount)
     except ValueError as exc:
         return _fail(str(exc))
     policy_file = None
+    if args.policy:  # here: the shipped policies' module imports pathlib (~8 ms)
+        from synthfs.policy.shipped import PolicyNotFound, locate
+
+        try:
+            policy_file = locate(args.policy)
+        except PolicyNotFound as exc:
+            return _fail(str(exc))
     try:
-        policy_file = locate(args.policy) if args.policy else None
         policy = Policy.from_toml(policy_file) if policy_file else Policy.default(ns.mount)
-    except PolicyNotFound as exc:
-        return _fail(str(exc))
     except PolicyError as exc:
         return _fail(f"bad policy: {exc}")
     try:
@@ -285,8 +291,14 @@ def _run(
     engine, why = choose(Engine(asked))
     if why:
         print(f"synthfs run: {why}", file=sys.stderr, flush=True)
+    from synthfs.interposer.warm_client import default_socket
+    from synthfs.private_dirs import filter_cache_dir
+
+    warm = os.path.dirname(default_socket())  # a warm supervisor's, running or not
     try:
-        compiled = client.filter_for(policy, engine) if client else build_filter(policy, engine)
+        # (kept from one run to the next where every guest of every run is refused it)
+        compiled = client.filter_for(policy, engine) if client \
+            else cached_filter(policy, engine, filter_cache_dir())
     except OSError as exc:
         return _fail(f"cannot build the seccomp filter ({exc}); is libseccomp2 installed?", 125)
     trusted: tuple[int, ...] = ()
@@ -344,9 +356,6 @@ def _run(
             )
             if path
         ]
-        from synthfs.interposer.warm_client import default_socket
-
-        warm = os.path.dirname(default_socket())  # a warm supervisor's, running or not
         # The run's own files are no guest's: a job could rewrite the policy the next
         # run enforces, or the audit of its own denials (SECURITY.md).
         own_files = [p for p in (policy_file, args.audit, args.stats) if p]
@@ -370,6 +379,11 @@ def _run(
         env = RunEnv(ns, remote, host, policy, audit, args.audit_all,
                      Enforcement.WARN if args.warn else Enforcement.ENFORCE,
                      tracer.noted if tracer is not None else None)
+        if not gc.isenabled():
+            # The console script's start-up, without collections (synthfs.cli): what it
+            # made lives as long as this process, never to be scanned again.
+            gc.freeze()
+            gc.enable()
         sup = Supervisor(env, compiled, on_exec=env.identify)
         sup.tracer = tracer
         remote.interruption = sup.interruption

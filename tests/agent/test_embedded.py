@@ -106,7 +106,11 @@ def test_exception_inside_the_block_still_tears_down(tmp_path: Path) -> None:
     assert not os.path.exists(work)
 
 
-def test_killed_launcher_takes_server_and_agent_with_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fork", [False, True], ids=["exec", "fork"])
+def test_killed_launcher_takes_server_and_agent_with_it(tmp_path: Path, fork: bool) -> None:
+    """Both ways of starting the pair (fork: synthfs run's); the forked children also
+    hold none of the launcher's fds but those passed to them (a fork keeps close-on-exec
+    fds too), and run in a session of their own."""
     import signal
     import subprocess
     import sys
@@ -114,23 +118,62 @@ def test_killed_launcher_takes_server_and_agent_with_it(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     script = (
-        "import sys, time\n"
-        "from agent.embedded import embedded\n"
-        f"with embedded({str(data)!r}, cache_dir={str(tmp_path / 'cache')!r}) as s:\n"
-        "    print(s.server_pid, s.agent_pid, flush=True)\n"
+        "import os, sys, time\n"
+        "from agent.embedded import starting\n"
+        "r, w = os.pipe()  # the launcher's own: no child may hold it (at fd 200: above\n"
+        "w = os.dup2(w, 200, inheritable=False)  # the fds passed, below them too)\n"
+        f"with starting({str(data)!r}, cache_dir={str(tmp_path / 'cache')!r}, fork={fork}) as l:\n"
+        "    s = l.ready()\n"
+        "    print(s.server_pid, s.agent_pid, os.fstat(w).st_ino, flush=True)\n"
         "    time.sleep(60)\n"
     )
     repo = Path(__file__).resolve().parents[2]
     p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=str(repo))
     assert p.stdout is not None
-    pids = [int(x) for x in p.stdout.readline().split()]
+    *pids, pipe = [int(x) for x in p.stdout.readline().split()]
     assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+    for pid, name in zip(pids, (b"synthfs.server", b"synthfs.agent"), strict=True):
+        held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert f"pipe:[{pipe}]" not in held
+        assert os.getsid(pid) == pid != os.getsid(p.pid)
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+        # Named as an exec'd one is (ps, pgrep -f), not by the launcher's command line.
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert name in cmdline and b"sleep" not in cmdline
     p.send_signal(signal.SIGKILL)
     p.wait()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in pids)
+
+
+def test_a_forked_child_that_fails_reports_its_output(tmp_path: Path) -> None:
+    """starting(fork=True) in a process of one thread: a child's failure is the same clear
+    EmbeddedError, with what the child said, and nothing is left behind."""
+    import sys
+
+    data = tmp_path / "data"
+    data.mkdir()
+    bad_cache = tmp_path / "cache"
+    bad_cache.write_bytes(b"")  # a file: the agent cannot start and says why
+    script = (
+        "import os, sys\n"
+        "from agent.embedded import EmbeddedError, starting\n"
+        "try:\n"
+        f"    with starting({str(data)!r}, cache_dir={str(bad_cache)!r}, fork=True) as l:\n"
+        "        l.ready()\n"
+        "except EmbeddedError as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(3)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       cwd=str(repo), timeout=60)
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert "synthfs agent failed to start" in p.stdout
+    assert "cannot use the cache" in p.stdout
+    assert p.stderr == ""
 
 
 def test_embedded_agent_holds_callback_promises(tmp_path: Path) -> None:

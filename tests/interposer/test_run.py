@@ -249,9 +249,12 @@ def test_a_host_symlink_to_proc_self_means_the_guest(repo: Path, tmp_path: Path)
 
 
 def test_start_up_imports_stay_light() -> None:
-    """What start-up time rests on (benchmarks/RESULTS.md): ``synthfs run --data``
-    spawns the server and agent before it loads attrs or the protocol, and no
-    synthfs process imports asyncio (pyzmq's zmq.utils.monitor does)."""
+    """What start-up time rests on (benchmarks/RESULTS.md): importing ``synthfs run``
+    loads neither attrs nor the protocol (``--agent`` loads them when it needs them,
+    ``--data`` to fork its pair from: agent.embedded.PRELOAD); no synthfs process
+    imports asyncio (pyzmq's zmq.utils.monitor does); the launcher takes a kept filter
+    without pyseccomp (its import runs ldconfig twice), and the agent and the server do
+    not load http.client (the agent's direct fetches from S3 do, when they happen)."""
     probe = (
         "import sys, synthfs.cli, synthfs.interposer.run, synthfs.agent.embedded\n"
         "early = sorted(m for m in sys.modules if m.split('.')[0] in "
@@ -260,11 +263,12 @@ def test_start_up_imports_stay_light() -> None:
         "import synthfs.interposer.runenv, synthfs.interposer.supervisor, "
         "synthfs.interposer.filter, synthfs.agent.main, synthfs.server.main, "
         "synthfs.server.service, synthfs.server.auth, synthfs.server.backends.local\n"
-        "print(early, 'asyncio' in sys.modules)\n"
+        "late = sorted(m for m in sys.modules if m in ('pyseccomp', 'http.client'))\n"
+        "print(early, late, 'asyncio' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout
-    assert out == "[] False\n"
+    assert out == "[] [] False\n"
 
 
 def _requests(repo: Path, tmp_path: Path, script: str) -> int:
@@ -351,3 +355,26 @@ def test_a_host_file_unlinked_is_gone_at_once(repo: Path, tmp_path: Path) -> Non
     assert native.stdout == "gone\ngone\n", native.stderr
     r = run("run", "--data", str(repo), *argv)
     assert (r.returncode, r.stdout) == (0, "gone\ngone\n"), r.stderr
+
+
+def test_the_kept_filter_is_no_guests(repo: Path, tmp_path: Path) -> None:
+    """The seccomp filter kept from one run to the next (interposer.filter.cached_filter)
+    is refused to every guest, by its directory's name: a guest that could rewrite it
+    would choose the next run's filter, also one made in another environment (another
+    $XDG_RUNTIME_DIR, the /tmp fallback of cron or CI: review round 16, finding 9)."""
+    (tmp_path / "rt1").mkdir(mode=0o700)
+    (tmp_path / "rt2").mkdir(mode=0o700)
+    kept_dir = tmp_path / "rt1" / "synthfs-filters" / "kept"
+    first = run("run", "--data", str(repo), "--", "true",
+                env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / "rt1")})
+    assert first.returncode == 0, first.stderr
+    (entry,) = kept_dir.iterdir()
+    kept = entry.read_bytes()
+    script = (f"echo > {entry}; rm -f {entry}; echo > {kept_dir}/x.bpf; "
+              f"mv {kept_dir} {kept_dir}2; cat {entry} > /dev/null")
+    for rt in ("rt1", "rt2"):  # this environment's, and another's
+        p = run("run", "--data", str(repo), "--", "sh", "-c", script,
+                env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / rt)})
+        assert p.returncode != 0
+        assert p.stderr.count("Permission denied") >= 4, p.stderr
+        assert [*kept_dir.iterdir()] == [entry] and entry.read_bytes() == kept
