@@ -166,8 +166,8 @@ def test_a_symlink_in_a_writable_dir_is_decided_on_its_target(world) -> None:
     # the link itself (no follow) lives in the writable dir: deleting it is fine
     r = call("unlink", f"{ws}/out/to_in")
     assert isinstance(r, RunChecked) and _path(r, 1).endswith("/to_in")
-    assert r.after is not None
-    r.after(0)
+    assert r.release is not None
+    r.release()
     # '..' resolves before the decision
     assert call("open", f"{ws}/out/../in/r.txt", os.O_WRONLY, 0) == Fail(errno.EACCES)
 
@@ -208,20 +208,20 @@ def test_mutations_run_on_a_pinned_path(world) -> None:
     """The kernel walks /proc/SUPERVISOR/fd/N[/name]: an fd opened with RESOLVE_NO_SYMLINKS."""
     ws, env, call = world
     r = call("unlink", f"{ws}/out/w.txt")
-    assert isinstance(r, RunChecked) and r.after is not None
+    assert isinstance(r, RunChecked) and r.release is not None
     pinned = _path(r)
     prefix = f"/proc/{os.getpid()}/fd/"
     assert pinned.startswith(prefix) and pinned.endswith("/w.txt")
     fd = int(pinned[len(prefix) :].split("/")[0])
     assert os.readlink(f"/proc/self/fd/{fd}") == f"{ws}/out"  # the checked parent
-    r.after(0)
+    r.release()
     with pytest.raises(OSError):
         os.fstat(fd)  # closed after the call
     r = call("chmod", f"{ws}/out/w.txt", 0o600)  # follows the last component: pin the object
-    assert isinstance(r, RunChecked) and r.after is not None
+    assert isinstance(r, RunChecked) and r.release is not None
     fd = int(_path(r)[len(prefix) :])
     assert os.readlink(f"/proc/self/fd/{fd}") == f"{ws}/out/w.txt"
-    r.after(0)
+    r.release()
     # a symlink where the checked path had a directory: ELOOP, nothing runs
     os.rename(ws / "out", ws / "out.real")
     (ws / "out").symlink_to(ws / "in")
@@ -276,8 +276,8 @@ def test_pipes_through_magic_links_are_not_host_paths(own_fds) -> None:
         # the kernel opens the supervisor's own fd on the pipe, not the guest's fd N
         pinned = int(_path(result).rpartition("/")[2])
         assert _link_text(pinned) == _link_text(w) and pinned != w
-        assert result.after is not None
-        result.after(0)
+        assert result.release is not None
+        result.release()
         with pytest.raises(OSError):
             os.fstat(pinned)  # unpinned after the call
         assert env.records() == []
