@@ -326,13 +326,21 @@ def _guest_tty(tid: int, flags: int) -> int:
     return fd
 
 
+#: the signals whose default action is to do nothing (a traced task has them queued)
+_DEFAULT_IGNORED = sum(1 << (s - 1) for s in (signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH,
+                                              signal.SIGCONT))
+
+
 def _signal_waits(tid: int) -> bool:
-    """Whether a signal that ``tid`` neither blocks nor ignores is pending for it."""
+    """Whether a signal is pending for ``tid`` that it neither blocks nor ignores, and that
+    would do something: caught, or one whose default action is not to do nothing."""
     try:
         with open(f"/proc/{tid}/status", "rb") as f:
             fields = dict(line.split(b":", 1) for line in f if line[:3] in (b"Sig", b"Shd"))
         pending = int(fields[b"SigPnd"], 16) | int(fields[b"ShdPnd"], 16)
-        return bool(pending & ~int(fields[b"SigBlk"], 16) & ~int(fields[b"SigIgn"], 16))
+        acting = int(fields[b"SigCgt"], 16) | ~_DEFAULT_IGNORED
+        return bool(pending & ~int(fields[b"SigBlk"], 16) & ~int(fields[b"SigIgn"], 16)
+                    & acting)
     except (OSError, KeyError, ValueError):
         return False
 

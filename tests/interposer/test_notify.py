@@ -844,3 +844,30 @@ def test_dev_tty_is_the_guests_own_terminal(repo: Path, tmp_path: Path) -> None:
         out = _on_a_terminal([*SYNTHFS, "run", "-q", "--engine", engine, "--data", str(repo),
                               "--", sys.executable, "-c", TTY], tmp_path)
         assert out.split("\n")[:2] == native.split("\n")[:2], (engine, out)
+
+
+FIFO_SIGCHLD = textwrap.dedent("""\
+    import ctypes, os, sys, time
+    fifo = sys.argv[1] + "/f"
+    os.mkfifo(fifo)
+    if os.fork() == 0:
+        time.sleep(0.3)
+        os._exit(0)  # SIGCHLD to the parent, whose default action is to do nothing
+    if os.fork() == 0:
+        time.sleep(1.0)
+        with open(fifo, "w") as w:
+            w.write("data")
+        os._exit(0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.open(fifo.encode(), os.O_RDONLY)  # (no retry on EINTR, unlike os.open)
+    print("open", fd >= 0 or ctypes.get_errno(), os.read(fd, 10) if fd >= 0 else b"")
+    """)
+
+
+@needs_notify
+def test_a_signal_that_does_nothing_does_not_end_a_fifo_wait(repo: Path, tmp_path: Path) -> None:
+    """A traced task has even its default-ignored signals queued: a child's SIGCHLD ended
+    a FIFO open with EINTR, natively it waits on (review round 16, finding 5)."""
+    p, _ = run(repo, tmp_path, sys.executable, "-c", FIFO_SIGCHLD, str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "open True b'data'\n", p.stdout
