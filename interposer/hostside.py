@@ -385,21 +385,25 @@ class HostSide:
         SIGTSTP and ignores SIGTTOU: it stops only after its guests have)."""
         return sig != signal.SIGSTOP and signal.getsignal(sig) not in (signal.SIG_DFL, None)
 
-    def foreign_group(self, pgid: int, own: bool = False) -> bool:
-        """See :class:`~interposer.ports.Host`: the agent's or the server's group (asked
-        first, as it may be away), or any group with a live member that is no guest.
-        ``own``: the supervisor's group, where the trusted processes that share it (an
-        embedded pair) are not counted: they get the signal as at Ctrl-C or Ctrl-Z."""
+    def trusted_group(self, pgid: int) -> bool:
+        """See :class:`~interposer.ports.Host`."""
         self._learn()
-        trusted = self.trusted_pids.union(self.also_trusted() or ())
-        if not own:
-            for pid in trusted:
+        me = os.getpid()
+        for pid in self.trusted_pids.union(self.also_trusted() or ()):
+            if pid != me:
                 with contextlib.suppress(OSError):
                     if os.getpgid(pid) == pgid:
                         return True
+        return False
+
+    def foreign_group(self, pgid: int, own: bool = False) -> bool:
+        """See :class:`~interposer.ports.Host`: the agent's or the server's group (asked
+        first, as it may be away), or any group with a live member that is no guest.
+        ``own``: the supervisor's group (the supervisor itself not counted)."""
+        if not own and self.trusted_group(pgid):
+            return True
         me = os.getpid()
-        return any(not self.is_guest(pid) and pid != me and pid not in trusted
-                   for pid in _members(pgid))
+        return any(not self.is_guest(pid) and pid != me for pid in _members(pgid))
 
     def group_of(self, pid: int) -> int:
         return os.getpgid(pid)

@@ -142,6 +142,9 @@ class Host(Protocol):
     def signal_guests(self, pgid: int, sig: int) -> None:
         """Send ``sig`` to every guest of this run in process group ``pgid``."""
 
+    def trusted_group(self, pgid: int) -> bool:
+        """Whether the agent or the server (not this supervisor) is in group ``pgid``."""
+
     def foreign_group(self, pgid: int, own: bool = False) -> bool:
         """Whether a process group (not the supervisor's) holds a process that is no
         guest of this run: the agent's, the server's, another run's, the user's shell."""

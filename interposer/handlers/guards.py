@@ -148,6 +148,8 @@ def sys_signal_guard(call: Call, env: Env) -> Result:
         # A stop toward the job synthfs runs in stops it as at Ctrl-Z (vim suspends
         # itself with kill(0, SIGTSTP)): the supervisor must survive it.
         return CONTINUE if env.host.survives(sig) else Fail(errno.EPERM)
+    if env.host.trusted_group(group):
+        return Fail(errno.EPERM)  # the agent or the server shares it: not theirs to get
     if env.host.foreign_group(group, own=True):
         # The group synthfs was started in holds others too (a script or make that
         # ran it, without a terminal's job of its own): the guests alone get it.

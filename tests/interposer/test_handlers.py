@@ -201,6 +201,9 @@ class FakeHost:
     def signal_guests(self, pgid: int, sig: int) -> None:
         self.signalled.append((pgid, sig))
 
+    def trusted_group(self, pgid: int) -> bool:
+        return pgid == 7
+
     def foreign_group(self, pgid: int, own: bool = False) -> bool:
         return pgid == 7
 
